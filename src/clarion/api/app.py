@@ -1,0 +1,36 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from clarion import __version__
+from clarion.api import errors
+from clarion.api.auth import KeyCache
+from clarion.api.limits import BodyLimit
+from clarion.api.routes import health, notifications, recipients, sandbox, templates
+from clarion.pipeline.context import Context
+from clarion.pipeline.intake import Intake
+
+DESCRIPTION = """
+Clarion's HTTP API, version 1.
+
+Conventions: JSON bodies; `Authorization: Bearer <api key>`; errors as
+`{"error": {"code", "message", "details"}}`; request bodies up to 512 KiB; batches up to
+1,000 items (`batch_too_large` past that). `POST` requests that create things take an
+`Idempotency-Key` header (notifications also `idempotency_key` in the body): a repeat with
+the same body gets the original response, a different body a 409 `idempotency_conflict`.
+Unknown templates and recipients are a 422 (`unknown_template`, `unknown_recipient`).
+"""
+
+
+def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
+    app = FastAPI(title="Clarion", version=__version__, description=DESCRIPTION)
+    app.state.ctx = ctx
+    app.state.intake = intake
+    app.state.keys = KeyCache()
+    errors.install(app)
+    for module in (health, notifications, recipients, templates, sandbox):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit)
+    return app

@@ -1,0 +1,65 @@
+"""Bearer API keys with scopes. Lookups are cached briefly: auth is on every request."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from clarion.errors import Forbidden, Unauthorized
+from clarion.store import tenants as tenant_store
+
+_TTL = 30.0
+_MISS_TTL = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant_id: str
+    key_id: str
+    scopes: frozenset[str]
+
+
+class KeyCache:
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+
+    async def lookup(self, request: Request, secret: str) -> Principal | None:
+        now = time.monotonic()
+        hit = self._entries.get(secret)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        grant = await tenant_store.find_key(request.app.state.ctx.engine, secret)
+        principal = Principal(grant.tenant_id, grant.key_id, grant.scopes) if grant else None
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[secret] = (now + (_TTL if principal else _MISS_TTL), principal)
+        return principal
+
+
+def bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "missing API key: send `Authorization: Bearer <key>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return token.strip()
+
+
+def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency that authenticates the request and checks one scope."""
+
+    async def dependency(request: Request) -> Principal:
+        keys: KeyCache = request.app.state.keys
+        principal = await keys.lookup(request, bearer(request))
+        if principal is None:
+            raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        if scope not in principal.scopes:
+            raise Forbidden(f"this key lacks the {scope!r} scope", code="insufficient_scope")
+        return principal
+
+    return dependency

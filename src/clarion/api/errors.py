@@ -1,0 +1,106 @@
+"""Every error leaves as ``{"error": {"code", "message", "details"}}``, never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clarion.api.responses import JSONResponse
+from clarion.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    503: "unavailable",
+}
+RETRY_AFTER_UNAVAILABLE = "5"
+
+
+def error_body(code: str, message: str, details: list[Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or []}}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: list[Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+
+
+def api_error_response(exc: ApiError) -> JSONResponse:
+    headers = dict(exc.headers)
+    if exc.status == 503:
+        headers.setdefault("Retry-After", RETRY_AFTER_UNAVAILABLE)
+    return JSONResponse(
+        error_body(exc.code, exc.message, exc.details), status_code=exc.status, headers=headers
+    )
+
+
+def describe_validation(errors: list[Any]) -> list[dict[str, Any]]:
+    details = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ()) if part not in ("body",)]
+        details.append(
+            {"field": ".".join(loc), "message": error.get("msg", ""), "type": error.get("type", "")}
+        )
+    return details
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return api_error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(400, "invalid_json", "the request body is not valid JSON")
+        return error_response(
+            422, "validation_error", "the request is not valid", describe_validation(errors)
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeout)
+    @app.exception_handler(OSError)
+    @app.exception_handler(TimeoutError)
+    async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("storage unavailable: %r", exc)
+        return error_response(
+            503,
+            "unavailable",
+            "storage is unavailable; try again shortly",
+            headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(500, "internal_error", "an internal error occurred")

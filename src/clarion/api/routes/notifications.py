@@ -1,0 +1,123 @@
+"""``/v1/notifications``: accept, batch-accept, read."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import TypeAdapter, ValidationError
+
+from clarion.api.auth import Principal, require
+from clarion.api.errors import api_error_response, describe_validation, error_body
+from clarion.api.idempotency import idempotent, request_hash
+from clarion.api.responses import JSONResponse
+from clarion.api.schemas import MAX_BATCH, NotificationBatchIn, NotificationIn
+from clarion.errors import ApiError, NotFound, ValidationFailed
+from clarion.pipeline.intake import Intake
+from clarion.store import notifications as store
+
+router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
+_ITEM = TypeAdapter(NotificationIn)
+
+Sender = Annotated[Principal, Depends(require("send"))]
+Reader = Annotated[Principal, Depends(require("read"))]
+
+
+def _intake(request: Request) -> Intake:
+    intake: Intake | None = request.app.state.intake
+    if intake is None:
+        raise NotFound("this process does not accept notifications")
+    return intake
+
+
+def to_new(tenant_id: str, item: NotificationIn, header_key: str | None) -> store.NewNotification:
+    if item.to.topic is not None:
+        raise ValidationFailed(
+            "sending to a topic is not available in this version", code="unsupported"
+        )
+    body = item.model_dump(mode="json", exclude={"idempotency_key"})
+    return store.NewNotification(
+        tenant_id=tenant_id,
+        template=item.template,
+        recipient_ids=item.to.recipients(),
+        data=item.data,
+        priority=item.priority.value,
+        channels=[c.value for c in item.channels] if item.channels else None,
+        send_at=item.send_at,
+        expires_at=item.expires_at,
+        idempotency_key=item.idempotency_key or header_key,
+        request_hash=request_hash(body),
+    )
+
+
+def _accepted(outcome: store.Accepted) -> dict[str, Any]:
+    status = "scheduled" if outcome.status == "scheduled" else "accepted"
+    return {"id": outcome.id, "status": status}
+
+
+@router.post("", status_code=202, summary="Accept one notification")
+async def create(request: Request, principal: Sender, item: NotificationIn) -> JSONResponse:
+    new = to_new(principal.tenant_id, item, request.headers.get("idempotency-key"))
+    [outcome] = await _intake(request).accept([new])
+    if isinstance(outcome, ApiError):
+        return api_error_response(outcome)
+    return JSONResponse(_accepted(outcome), status_code=202)
+
+
+def _parse_items(
+    tenant_id: str, raw: list[dict[str, Any]]
+) -> tuple[list[store.NewNotification], list[int], dict[int, dict[str, Any]]]:
+    news: list[store.NewNotification] = []
+    positions: list[int] = []
+    refused: dict[int, dict[str, Any]] = {}
+    for index, entry in enumerate(raw):
+        try:
+            news.append(to_new(tenant_id, _ITEM.validate_python(entry), None))
+            positions.append(index)
+        except ValidationError as exc:
+            refused[index] = error_body(
+                "validation_error",
+                "the notification is not valid",
+                describe_validation(exc.errors()),
+            )
+        except ApiError as exc:
+            refused[index] = error_body(exc.code, exc.message, exc.details)
+    return news, positions, refused
+
+
+@router.post("/batch", status_code=202, summary="Accept up to 1,000 notifications")
+async def create_batch(
+    request: Request, principal: Sender, batch: NotificationBatchIn
+) -> JSONResponse:
+    if len(batch.notifications) > MAX_BATCH:
+        raise ValidationFailed(
+            f"a batch holds at most {MAX_BATCH} notifications", code="batch_too_large"
+        )
+    intake = _intake(request)
+
+    async def handler() -> tuple[int, Any]:
+        news, positions, refused = _parse_items(principal.tenant_id, batch.notifications)
+        outcomes = await intake.accept(news) if news else []
+        results: list[dict[str, Any]] = [{} for _ in batch.notifications]
+        for index, body in refused.items():
+            results[index] = body
+        for index, outcome in zip(positions, outcomes, strict=True):
+            if isinstance(outcome, ApiError):
+                results[index] = error_body(outcome.code, outcome.message, outcome.details)
+            else:
+                results[index] = _accepted(outcome)
+        return 202, {"results": results}
+
+    return await idempotent(
+        request, principal.tenant_id, "notifications.batch", batch.notifications, handler
+    )
+
+
+@router.get("/{notification_id}", summary="A notification and its deliveries")
+async def get(request: Request, principal: Reader, notification_id: str) -> JSONResponse:
+    found = await store.get_with_deliveries(
+        request.app.state.ctx.engine, principal.tenant_id, notification_id
+    )
+    if found is None:
+        raise NotFound(f"no notification {notification_id!r}")
+    return JSONResponse(found)

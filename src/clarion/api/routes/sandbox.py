@@ -1,0 +1,37 @@
+"""``/v1/sandbox/messages``: what the sandbox provider captured, newest first."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from clarion.api.auth import Principal, require
+from clarion.api.responses import JSONResponse
+from clarion.domain.models import Channel
+from clarion.store import messages as store
+
+router = APIRouter(prefix="/v1/sandbox", tags=["sandbox"])
+Reader = Annotated[Principal, Depends(require("read"))]
+
+
+@router.get("/messages", summary="Messages captured by the sandbox provider")
+async def list_messages(
+    request: Request,
+    principal: Reader,
+    channel: Channel | None = None,
+    recipient_id: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> JSONResponse:
+    rows = await store.list_sandbox_messages(
+        request.app.state.ctx.engine,
+        principal.tenant_id,
+        channel=channel.value if channel else None,
+        recipient_id=recipient_id,
+        before=cursor,
+        limit=limit + 1,
+    )
+    page = rows[:limit]
+    next_cursor = page[-1]["id"] if len(rows) > limit else None
+    return JSONResponse({"data": page, "next_cursor": next_cursor})

@@ -1,0 +1,21 @@
+"""Brokers: the interface in ``base``, one module per backend, chosen by URL scheme."""
+
+from __future__ import annotations
+
+from clarion.broker.base import Broker, Delayed, Message
+from clarion.config import Settings
+
+__all__ = ["Broker", "Delayed", "Message", "create_broker"]
+
+
+def create_broker(settings: Settings) -> Broker:
+    url = settings.broker_url
+    if url.startswith("embedded://"):
+        from clarion.broker.embedded import EmbeddedBroker
+
+        return EmbeddedBroker(lease=settings.broker_lease)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from clarion.broker.redis_streams import RedisBroker
+
+        return RedisBroker(url, lease=settings.broker_lease)
+    raise ValueError(f"unknown broker URL scheme: {url!r} (use embedded:// or redis://)")

@@ -1,0 +1,94 @@
+"""The broker interface: streams of plain-data messages, consumed in groups with leases.
+
+The broker moves work; the database holds the truth. Every message is encoded to JSON bytes
+on publish and decoded on consume, in every backend, so serialisation is always exercised.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+Payload = Mapping[str, Any]
+
+
+def encode(payload: Payload) -> bytes:
+    return orjson.dumps(payload)
+
+
+def decode(data: bytes | str) -> dict[str, Any]:
+    value = orjson.loads(data)
+    if not isinstance(value, dict):
+        raise ValueError("a broker message must be a JSON object")
+    return value
+
+
+@dataclass(slots=True)
+class Message:
+    """A message taken from a stream. Ack it once its work is durably done."""
+
+    stream: str
+    id: str
+    payload: dict[str, Any]
+    # True when this message was handed out before (its consumer died or gave it back):
+    # the work may already be done, so a consumer checks the store before repeating it.
+    redelivered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Delayed:
+    """A message to publish on ``stream`` once the clock reaches ``due`` (unix seconds)."""
+
+    stream: str
+    payload: Payload
+    due: float
+
+
+class Broker(ABC):
+    """Streams with consumer groups. One group per stream: every message goes to one consumer.
+
+    A message taken and not acked within the lease is handed out again, to any consumer.
+    """
+
+    @abstractmethod
+    async def publish(self, stream: str, payloads: Sequence[Payload]) -> None:
+        """Append messages to a stream, in one round trip."""
+
+    @abstractmethod
+    async def publish_delayed(self, items: Sequence[Delayed]) -> None:
+        """Hold messages until they are due, then append them to their streams."""
+
+    @abstractmethod
+    async def consume(
+        self, streams: Sequence[str], consumer: str, count: int, timeout: float
+    ) -> list[Message]:
+        """Take up to ``count`` messages, from earlier streams first (they are higher lanes).
+
+        Waits up to ``timeout`` seconds when there is nothing to take; returns ``[]`` then.
+        """
+
+    @abstractmethod
+    async def ack(self, messages: Sequence[Message]) -> None:
+        """The work of these messages is done and durable: forget them."""
+
+    @abstractmethod
+    async def release(self, messages: Sequence[Message]) -> None:
+        """Give messages back unfinished, to be handed out again at once."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise if the broker cannot be reached."""
+
+    @abstractmethod
+    async def backlog(self, streams: Sequence[str]) -> dict[str, int]:
+        """Messages waiting or held unacked, per stream (for metrics and draining)."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect and prepare; called once before use."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,148 @@
+"""The in-process broker of the embedded default.
+
+It keeps nothing on disk: after a crash the runtime rebuilds its contents from the database
+(outbox rows, queued and scheduled deliveries), which is where the truth lives anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from clarion.broker.base import Broker, Delayed, Message, Payload, decode, encode
+
+
+@dataclass(slots=True)
+class _Held:
+    stream: str
+    data: bytes
+    deadline: float
+    times: int
+
+
+@dataclass(slots=True)
+class _Stream:
+    ready: deque[tuple[str, bytes, int]] = field(default_factory=deque)
+
+
+class EmbeddedBroker(Broker):
+    def __init__(self, lease: float = 30.0) -> None:
+        self._lease = lease
+        self._streams: dict[str, _Stream] = {}
+        self._held: dict[str, _Held] = {}
+        self._delayed: list[tuple[float, int, str, bytes]] = []
+        self._ids = itertools.count(1)
+        self._wakeup = asyncio.Event()
+
+    def _stream(self, name: str) -> _Stream:
+        stream = self._streams.get(name)
+        if stream is None:
+            stream = self._streams[name] = _Stream()
+        return stream
+
+    def _next_id(self) -> str:
+        return f"{int(time.time() * 1000)}-{next(self._ids)}"
+
+    def _notify(self) -> None:
+        self._wakeup.set()
+
+    async def publish(self, stream: str, payloads: Sequence[Payload]) -> None:
+        ready = self._stream(stream).ready
+        for payload in payloads:
+            ready.append((self._next_id(), encode(payload), 0))
+        if payloads:
+            self._notify()
+
+    async def publish_delayed(self, items: Sequence[Delayed]) -> None:
+        for item in items:
+            heapq.heappush(
+                self._delayed, (item.due, next(self._ids), item.stream, encode(item.payload))
+            )
+        if items:
+            self._notify()
+
+    def _promote_due(self, now: float) -> None:
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, stream, data = heapq.heappop(self._delayed)
+            self._stream(stream).ready.append((self._next_id(), data, 0))
+
+    def _reclaim_expired(self, now: float) -> None:
+        expired = [mid for mid, held in self._held.items() if held.deadline <= now]
+        for mid in expired:
+            held = self._held.pop(mid)
+            self._stream(held.stream).ready.appendleft((mid, held.data, held.times))
+
+    def _take(self, streams: Sequence[str], count: int, now: float) -> list[Message]:
+        taken: list[Message] = []
+        for name in streams:
+            ready = self._stream(name).ready
+            while ready and len(taken) < count:
+                mid, data, times = ready.popleft()
+                self._held[mid] = _Held(name, data, now + self._lease, times + 1)
+                taken.append(Message(name, mid, decode(data), redelivered=times > 0))
+            if len(taken) >= count:
+                break
+        return taken
+
+    def _next_event_in(self, now: float) -> float | None:
+        candidates = [held.deadline for held in self._held.values()]
+        if self._delayed:
+            candidates.append(self._delayed[0][0])
+        return max(0.0, min(candidates) - now) if candidates else None
+
+    async def consume(
+        self, streams: Sequence[str], consumer: str, count: int, timeout: float
+    ) -> list[Message]:
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.time()
+            self._promote_due(now)
+            if self._held:
+                self._reclaim_expired(now)
+            taken = self._take(streams, count, now)
+            if taken:
+                # Yield once, as a network broker would: a consumer that always finds work
+                # waiting must not keep every other task of the process from running.
+                await asyncio.sleep(0)
+                return taken
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            wait = remaining
+            upcoming = self._next_event_in(now)
+            if upcoming is not None:
+                wait = min(wait, upcoming + 0.001)
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), wait)
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        for message in messages:
+            self._held.pop(message.id, None)
+
+    async def release(self, messages: Sequence[Message]) -> None:
+        for message in messages:
+            held = self._held.pop(message.id, None)
+            if held is not None:
+                self._stream(held.stream).ready.appendleft((message.id, held.data, held.times))
+        if messages:
+            self._notify()
+
+    async def ping(self) -> None:
+        return None
+
+    async def backlog(self, streams: Sequence[str]) -> dict[str, int]:
+        counts = {name: len(self._stream(name).ready) for name in streams}
+        for held in self._held.values():
+            if held.stream in counts:
+                counts[held.stream] += 1
+        for _, _, stream, _ in self._delayed:
+            if stream in counts:
+                counts[stream] += 1
+        return counts

@@ -1,0 +1,305 @@
+"""The Redis broker: one Redis stream per broker stream, read through one consumer group.
+
+Keys carry a hash tag (``clarion:{stream}:s``, ``clarion:{stream}:d``) so that a stream and
+its delayed set share a Redis Cluster slot and the per-stream Lua script touches one slot.
+
+* Waiting and held messages live in the stream; acked ones are deleted from it, so the
+  stream's length is what is left to do.
+* Delayed messages live in a sorted set scored by due time; consumers move the due ones
+  into the stream (atomically, by script) before they read.
+* A message held longer than the lease is taken back with XAUTOCLAIM by any consumer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
+
+from clarion.broker.base import Broker, Delayed, Message, Payload, decode, encode
+
+GROUP = "clarion"
+MAX_CONNECTIONS = 64
+# How often one broker instance moves due delayed messages into a stream, at most.
+MOVE_EVERY = 0.05
+# A blocking read waits at most this long, so due delayed messages are moved promptly.
+BLOCK_SLICE = 0.1
+# Delayed messages moved per script call (keeps each call short for the server).
+MOVE_BATCH = 500
+# Delayed members are a fixed-length random tag + the payload: equal payloads stay distinct.
+TAG_BYTES = 8
+
+# KEYS: delayed set, stream. ARGV: now, batch size, tag length in characters.
+_MOVE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(due) do
+    redis.call('XADD', KEYS[2], '*', 'd', string.sub(member, tonumber(ARGV[3]) + 1))
+    redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"""
+
+
+class RedisBroker(Broker):
+    """Streams in Redis (6.2+, for XAUTOCLAIM) with one consumer group per stream."""
+
+    def __init__(self, url: str, lease: float = 30.0, prefix: str = "clarion") -> None:
+        self._url = url
+        self._lease = lease
+        self._prefix = prefix
+        self._client: Redis | None = None
+        self._move_due: AsyncScript | None = None
+        self._groups: set[str] = set()
+        self._moved_at: dict[str, float] = {}
+        self._claimed_at: dict[str, float] = {}
+        # XAUTOCLAIM is a scan: continue where the last one stopped so the whole
+        # pending list is covered, not just its head.
+        self._claim_cursor: dict[str, str] = {}
+        self._claim_every = max(0.05, lease / 4)
+
+    # -- keys and connection ---------------------------------------------------------------
+
+    def _stream_key(self, stream: str) -> str:
+        return f"{self._prefix}:{{{stream}}}:s"
+
+    def _delayed_key(self, stream: str) -> str:
+        return f"{self._prefix}:{{{stream}}}:d"
+
+    @property
+    def _redis(self) -> Redis:
+        if self._client is None:
+            raise RuntimeError("RedisBroker.start() was not called")
+        return self._client
+
+    async def start(self) -> None:
+        """Connect. Consumers block on reads for a moment, so the pool waits for a free
+        connection rather than failing when all are busy."""
+        pool = BlockingConnectionPool.from_url(
+            self._url, max_connections=MAX_CONNECTIONS, timeout=20, protocol=2
+        )
+        self._client = Redis.from_pool(pool)
+        self._move_due = self._client.register_script(_MOVE_DUE)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(self, stream: str, payloads: Sequence[Payload]) -> None:
+        if not payloads:
+            return
+        key = self._stream_key(stream)
+        # No MAXLEN: trimming would drop work that nobody has done yet.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for payload in payloads:
+                pipe.xadd(key, {"d": encode(payload)})
+            await pipe.execute()
+
+    async def publish_delayed(self, items: Sequence[Delayed]) -> None:
+        if not items:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for item in items:
+                member = os.urandom(TAG_BYTES).hex().encode() + encode(item.payload)
+                pipe.zadd(self._delayed_key(item.stream), {member: item.due})
+            await pipe.execute()
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def consume(
+        self, streams: Sequence[str], consumer: str, count: int, timeout: float
+    ) -> list[Message]:
+        deadline = time.monotonic() + timeout
+        try:
+            return await self._consume(streams, consumer, count, deadline)
+        except ResponseError as exc:
+            # The stream key was deleted under us (FLUSHDB, DEL): recreate the groups once.
+            if "NOGROUP" not in str(exc):
+                raise
+            self._groups.clear()
+            return await self._consume(streams, consumer, count, deadline)
+
+    async def _consume(
+        self, streams: Sequence[str], consumer: str, count: int, deadline: float
+    ) -> list[Message]:
+        await self._ensure_groups(streams)
+        taken = await self._maintain(streams, consumer, count)
+        for stream in streams:
+            if len(taken) >= count:
+                break
+            taken += await self._read(stream, consumer, count - len(taken))
+        while not taken:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            taken = await self._read_blocking(streams, consumer, count, remaining)
+            if not taken:
+                taken = await self._maintain(streams, consumer, count)
+        return taken
+
+    async def _ensure_groups(self, streams: Sequence[str]) -> None:
+        for stream in streams:
+            if stream in self._groups:
+                continue
+            try:
+                # At id 0, so messages published before the group existed are not skipped.
+                await self._redis.xgroup_create(self._stream_key(stream), GROUP, "0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self._groups.add(stream)
+
+    async def _maintain(self, streams: Sequence[str], consumer: str, count: int) -> list[Message]:
+        """Move due delayed messages into their streams and take back expired leases,
+        each at most as often as its interval; return the messages taken back."""
+        now = time.monotonic()
+        claimed: list[Message] = []
+        for stream in streams:
+            if now - self._moved_at.get(stream, -1e9) >= MOVE_EVERY:
+                self._moved_at[stream] = now
+                await self._move_due_messages(stream)
+            if len(claimed) < count and now - self._claimed_at.get(stream, -1e9) >= (
+                self._claim_every
+            ):
+                self._claimed_at[stream] = now
+                claimed += await self._claim(stream, consumer, count - len(claimed))
+        return claimed
+
+    async def _move_due_messages(self, stream: str) -> None:
+        keys = [self._delayed_key(stream), self._stream_key(stream)]
+        args = [time.time(), MOVE_BATCH, TAG_BYTES * 2]
+        # A full batch means more may be due: keep going until the set is drained of them.
+        assert self._move_due is not None  # set with the client in start()
+        while await self._move_due(keys=keys, args=args) == MOVE_BATCH:
+            pass
+
+    async def _claim(self, stream: str, consumer: str, count: int) -> list[Message]:
+        reply = await self._redis.xautoclaim(
+            self._stream_key(stream),
+            GROUP,
+            consumer,
+            min_idle_time=int(self._lease * 1000),
+            start_id=self._claim_cursor.get(stream, "0-0"),
+            count=count,
+        )
+        cursor = reply[0]
+        self._claim_cursor[stream] = cursor.decode() if isinstance(cursor, bytes) else cursor
+        return _messages(stream, reply[1], redelivered=True)
+
+    async def _read(self, stream: str, consumer: str, count: int) -> list[Message]:
+        reply = await self._redis.xreadgroup(
+            GROUP, consumer, {self._stream_key(stream): ">"}, count=count
+        )
+        return [m for _, entries in _by_key(reply) for m in _messages(stream, entries)]
+
+    async def _read_blocking(
+        self, streams: Sequence[str], consumer: str, count: int, remaining: float
+    ) -> list[Message]:
+        """One blocking read over all the streams, for at most one slice of ``remaining``."""
+        names = {self._stream_key(stream).encode(): stream for stream in streams}
+        block = max(1, int(min(remaining, BLOCK_SLICE) * 1000))
+        reply = await self._redis.xreadgroup(
+            GROUP, consumer, dict.fromkeys(names, ">"), count=count, block=block
+        )
+        got: dict[str, list[Message]] = {}
+        for key, entries in _by_key(reply):
+            stream = names[_as_bytes(key)]
+            got[stream] = _messages(stream, entries)
+        taken = [m for stream in streams for m in got.get(stream, [])]
+        # COUNT applies per stream: when several streams had data, give back the excess.
+        if len(taken) > count:
+            await self._requeue(taken[count:], mark_redelivered=False)
+        return taken[:count]
+
+    # -- settling --------------------------------------------------------------------------
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream, ids in _ids_by_stream(messages).items():
+                key = self._stream_key(stream)
+                pipe.xack(key, GROUP, *ids)
+                # Deleted too, so the stream holds only work still to do.
+                pipe.xdel(key, *ids)
+            await pipe.execute()
+
+    async def release(self, messages: Sequence[Message]) -> None:
+        await self._requeue(messages, mark_redelivered=True)
+
+    async def _requeue(self, messages: Sequence[Message], *, mark_redelivered: bool) -> None:
+        """Append copies of ``messages`` and drop the originals, atomically.
+
+        A stream entry's delivery count cannot be carried over, so the copy has a field ``r``
+        that makes the next consumer see it as redelivered.
+        """
+        if not messages:
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for message in messages:
+                key = self._stream_key(message.stream)
+                fields: dict[FieldT, EncodableT] = {"d": encode(message.payload)}
+                if mark_redelivered or message.redelivered:
+                    fields["r"] = b"1"
+                pipe.xadd(key, fields)
+                pipe.xack(key, GROUP, message.id)
+                pipe.xdel(key, message.id)
+            await pipe.execute()
+
+    async def backlog(self, streams: Sequence[str]) -> dict[str, int]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xlen(self._stream_key(stream))
+                pipe.zcard(self._delayed_key(stream))
+            counts = await pipe.execute()
+        return {
+            stream: int(counts[2 * i]) + int(counts[2 * i + 1]) for i, stream in enumerate(streams)
+        }
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _by_key(reply: Any) -> Iterable[tuple[bytes | str, Any]]:
+    """(stream key, entries) pairs from an XREADGROUP reply, in RESP2 or RESP3 shape."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [(key, value[0]) for key, value in reply.items()]
+    return [(key, entries) for key, entries in reply]
+
+
+def _messages(stream: str, entries: Any, redelivered: bool = False) -> list[Message]:
+    messages = []
+    for entry_id, fields in entries:
+        if not fields:  # an entry deleted while pending (older servers report these)
+            continue
+        messages.append(
+            Message(
+                stream,
+                entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+                decode(fields[b"d"]),
+                redelivered=redelivered or b"r" in fields,
+            )
+        )
+    return messages
+
+
+def _ids_by_stream(messages: Sequence[Message]) -> dict[str, list[str]]:
+    ids: dict[str, list[str]] = defaultdict(list)
+    for message in messages:
+        ids[message.stream].append(message.id)
+    return ids

@@ -1,0 +1,132 @@
+"""The ``clarion`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from clarion.config import Settings
+from clarion.domain.models import ALL_SCOPES, Channel
+from clarion.pipeline.context import open_context
+from clarion.pipeline.runtime import ALL_CHANNELS, Roles
+from clarion.store import tenants as tenant_store
+from clarion.store.db import migrate
+
+
+def _channels(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    valid = {c.value for c in Channel}
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown channel(s) {unknown}; choose from {sorted(valid)}"
+        )
+    return names
+
+
+def _scopes(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    valid = {s.value for s in ALL_SCOPES}
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"scopes must be some of {sorted(valid)}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clarion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run every role in one process (the embedded default)")
+    sub.add_parser("api", help="run the HTTP API")
+    worker = sub.add_parser("worker", help="run the planner and channel workers")
+    worker.add_argument("--channels", type=_channels, default=list(ALL_CHANNELS))
+    worker.add_argument("--no-planner", action="store_true", help="run channel workers only")
+    sub.add_parser("scheduler", help="run the outbox relay and the sweeper")
+    sub.add_parser("migrate", help="bring the database schema up to date")
+    tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(
+        dest="action", required=True
+    )
+    create = tenants.add_parser("create", help="create a tenant and print a key with every scope")
+    create.add_argument("name")
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="action", required=True
+    )
+    key = keys.add_parser("create", help="create an API key for a tenant")
+    key.add_argument("tenant", help="the tenant's name")
+    key.add_argument("--scopes", type=_scopes, default=[s.value for s in ALL_SCOPES])
+    secret = sub.add_parser("secret", help="secrets").add_subparsers(dest="action", required=True)
+    secret.add_parser("generate", help="print a new CLARION_SECRET_KEY")
+    return parser
+
+
+async def _admin(args: argparse.Namespace, settings: Settings) -> int:
+    ctx = await open_context(settings)
+    try:
+        await migrate(ctx.engine)
+        if args.command == "migrate":
+            print("database schema is up to date")
+            return 0
+        if args.command == "tenants":
+            if await tenant_store.get_tenant_by_name(ctx.engine, args.name):
+                print(f"a tenant named {args.name!r} exists already", file=sys.stderr)
+                return 1
+            tenant = await tenant_store.create_tenant(ctx.engine, args.name)
+            key = await tenant_store.create_key(
+                ctx.engine, tenant.id, [s.value for s in ALL_SCOPES]
+            )
+            print(f"tenant {tenant.name} ({tenant.id})")
+            print(f"webhook signing secret: {tenant.webhook_secret}")
+            print(key)
+            return 0
+        found = await tenant_store.get_tenant_by_name(ctx.engine, args.tenant)
+        if found is None:
+            print(f"no tenant named {args.tenant!r}", file=sys.stderr)
+            return 1
+        print(await tenant_store.create_key(ctx.engine, found.id, args.scopes))
+        return 0
+    finally:
+        await ctx.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "secret":
+        print(base64.b64encode(os.urandom(32)).decode())
+        return 0
+    if args.command in ("migrate", "tenants", "keys"):
+        return asyncio.run(_admin(args, settings))
+    from clarion import process
+
+    roles = {
+        "serve": Roles.everything(),
+        "api": Roles(api=True),
+        "scheduler": Roles(scheduler=True),
+    }.get(args.command)
+    if roles is None:
+        roles = Roles(planner=not args.no_planner, channels=args.channels)
+    if (
+        args.command in ("api", "worker", "scheduler")
+        and settings.is_sqlite
+        and settings.broker_url.startswith("embedded")
+    ):
+        print(
+            f"`clarion {args.command}` runs one role and needs a shared broker "
+            "(CLARION_BROKER_URL=redis://...); with the embedded default use `clarion serve`",
+            file=sys.stderr,
+        )
+        return 2
+    asyncio.run(process.run(settings, roles, demo=args.command == "serve"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

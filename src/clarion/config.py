@@ -1,0 +1,78 @@
+"""Settings, read from ``CLARION_*`` environment variables."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``500ms``, ``5s``, ``2m``, ``1h`` or a bare number of seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+class Settings(BaseSettings):
+    """Deployment settings. Every field maps to ``CLARION_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CLARION_", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./clarion.db"
+    broker_url: str = "embedded://"
+    redis_url: str | None = None
+    secret_key: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    allow_private_webhooks: bool = False
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    retry_schedule: str = "1s,5s,30s,2m,10m,1h"
+    default_provider: str = "sandbox"
+    # How long a consumer may hold a message before another takes it back.
+    broker_lease: float = Field(default=30.0, gt=0)
+    # Deliveries still `queued` this long after their last change are published again.
+    sweep_after: float = Field(default=300.0, gt=0)
+    # A freshly accepted notification is published by its API process at once; the relay
+    # takes it from the outbox only if that has not happened within this grace period.
+    outbox_grace: float = Field(default=5.0, gt=0)
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    shutdown_timeout: float = Field(default=10.0, gt=0)
+    sqlite_synchronous: str = "FULL"
+    log_level: str = "INFO"
+    # Size of each channel's pool of concurrent sends.
+    worker_concurrency: int = Field(default=256, ge=1)
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _check_schedule(cls, value: str) -> str:
+        for part in value.split(","):
+            parse_duration(part)
+        return value
+
+    @property
+    def retry_delays(self) -> list[float]:
+        return [parse_duration(part) for part in self.retry_schedule.split(",")]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def effective_redis_url(self) -> str | None:
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

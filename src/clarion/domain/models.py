@@ -1,0 +1,73 @@
+"""Value types shared by every stage."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+    PUSH = "push"
+    WEBPUSH = "webpush"
+    INAPP = "inapp"
+    WEBHOOK = "webhook"
+
+
+class Priority(StrEnum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+# Lanes in the order a worker takes them: a critical message never waits behind a lower one.
+LANES: tuple[Priority, ...] = (Priority.CRITICAL, Priority.HIGH, Priority.NORMAL, Priority.LOW)
+
+
+class NotificationStatus(StrEnum):
+    ACCEPTED = "accepted"
+    SCHEDULED = "scheduled"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class DeliveryStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+    DEAD = "dead"
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        DeliveryStatus.SENT,
+        DeliveryStatus.DELIVERED,
+        DeliveryStatus.FAILED,
+        DeliveryStatus.SUPPRESSED,
+        DeliveryStatus.DEAD,
+    }
+)
+
+
+class Scope(StrEnum):
+    SEND = "send"
+    READ = "read"
+    MANAGE = "manage"
+    ADMIN = "admin"
+
+
+ALL_SCOPES: tuple[Scope, ...] = tuple(Scope)
+
+
+def send_stream(channel: str, lane: str) -> str:
+    """The broker stream that carries a channel's deliveries of one priority."""
+    return f"send.{channel}.{lane}"
+
+
+PLAN_STREAM = "plan"

@@ -1,0 +1,1 @@
+"""The stages: intake, relay, planner, channel workers, status, scheduler."""

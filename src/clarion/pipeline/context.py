@@ -1,0 +1,52 @@
+"""What every stage of one process shares: settings, database, broker, providers."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clarion.broker import Broker, create_broker
+from clarion.config import Settings
+from clarion.providers import ProviderSet
+from clarion.store import tenants as tenant_store
+from clarion.store.db import create_engine
+
+
+@dataclass
+class Context:
+    settings: Settings
+    engine: AsyncEngine
+    broker: Broker
+    providers: ProviderSet = field(init=False)
+    _secrets: dict[str, str] = field(default_factory=dict)
+    # Set whenever a stage finishes a piece of work; drain() waits on it.
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.providers = ProviderSet(self.settings, self.engine, self.webhook_secret)
+
+    async def webhook_secret(self, tenant_id: str) -> str:
+        secret = self._secrets.get(tenant_id)
+        if secret is None:
+            tenant = await tenant_store.get_tenant(self.engine, tenant_id)
+            if tenant is None:
+                raise KeyError(tenant_id)
+            secret = self._secrets[tenant_id] = tenant.webhook_secret
+        return secret
+
+    def made_progress(self) -> None:
+        self.progress.set()
+
+    async def aclose(self) -> None:
+        await self.providers.aclose()
+        await self.broker.close()
+        await self.engine.dispose()
+
+
+async def open_context(settings: Settings) -> Context:
+    engine = create_engine(settings)
+    broker = create_broker(settings)
+    await broker.start()
+    return Context(settings=settings, engine=engine, broker=broker)

@@ -1,0 +1,61 @@
+"""Intake: notifications of concurrent requests share one database commit.
+
+202 is answered only after that commit. Then the notifications are published to the plan
+stream at once. Their outbox rows stay until the planner has planned them: if the publish
+fails, or the process dies first, the relay publishes them from the outbox after a grace
+period, so an accepted notification is never left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from clarion.domain.models import PLAN_STREAM
+from clarion.pipeline.context import Context
+from clarion.pipeline.messages import plan_payload
+from clarion.store import notifications as store
+from clarion.store.batching import Batcher
+
+log = logging.getLogger(__name__)
+
+
+class Intake:
+    def __init__(self, ctx: Context, *, max_items: int = 5000) -> None:
+        self._ctx = ctx
+        self._commits: Batcher[store.NewNotification, store.Outcome] = Batcher(
+            self._commit, max_items=max_items, concurrency=2, name="group-commit"
+        )
+        self._publisher: Batcher[tuple[str, str], None] = Batcher(
+            self._publish, max_items=2000, name="intake-publish"
+        )
+
+    def start(self) -> None:
+        self._commits.start()
+        self._publisher.start()
+
+    async def _commit(self, items: list[store.NewNotification]) -> list[store.Outcome]:
+        return await store.accept(
+            self._ctx.engine, items, outbox_grace=self._ctx.settings.outbox_grace
+        )
+
+    async def _publish(self, items: list[tuple[str, str]]) -> list[None]:
+        try:
+            await self._ctx.broker.publish(
+                PLAN_STREAM, [plan_payload(nid, tenant) for nid, tenant in items]
+            )
+        except Exception as exc:  # the relay publishes these from the outbox instead
+            log.warning("publishing %d accepted notifications failed: %r", len(items), exc)
+        return [None] * len(items)
+
+    async def accept(self, items: Sequence[store.NewNotification]) -> list[store.Outcome]:
+        """Store the notifications durably; one outcome per item, in order."""
+        outcomes = await self._commits.submit_many(items)
+        for item, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, store.Accepted) and outcome.created and outcome.publish_now:
+                self._publisher.put_nowait((item.id, item.tenant_id))
+        return outcomes
+
+    async def close(self) -> None:
+        await self._commits.close()
+        await self._publisher.close()

@@ -1,0 +1,161 @@
+"""Runs the roles of one process and stops them in order.
+
+``serve`` runs every role; ``api``, ``worker`` and ``scheduler`` run one each. Every role is
+a loop over a stream or a table; stopping means: stop taking work, finish or hand back what
+is in flight within the deadline, then close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from clarion.broker import Message
+from clarion.domain.models import LANES, PLAN_STREAM, Channel, send_stream
+from clarion.pipeline.context import Context
+from clarion.pipeline.intake import Intake
+from clarion.pipeline.planner import Planner
+from clarion.pipeline.scheduler import Relay, Sweeper, recover_embedded
+from clarion.pipeline.worker import ChannelWorker, StatusWriter
+from clarion.store import notifications as notification_store
+from clarion.store.batching import Batcher
+
+log = logging.getLogger(__name__)
+
+ALL_CHANNELS: tuple[str, ...] = tuple(c.value for c in Channel)
+
+
+def consumer_name(role: str) -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{role}"
+
+
+@dataclass
+class Roles:
+    api: bool = False
+    planner: bool = False
+    channels: Sequence[str] = ()
+    scheduler: bool = False
+
+    @classmethod
+    def everything(cls) -> Roles:
+        return cls(api=True, planner=True, channels=ALL_CHANNELS, scheduler=True)
+
+
+@dataclass
+class Runtime:
+    ctx: Context
+    roles: Roles
+    intake: Intake | None = None
+    workers: list[ChannelWorker] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _status: StatusWriter | None = None
+    _acks: Batcher[Message, None] | None = None
+
+    async def start(self) -> None:
+        ctx = self.ctx
+        if self.roles.api:
+            self.intake = Intake(ctx)
+            self.intake.start()
+        if self.roles.scheduler and ctx.settings.broker_url.startswith("embedded://"):
+            recovered = await recover_embedded(ctx)
+            if recovered:
+                log.info("recovered %d queued deliveries into the embedded broker", recovered)
+        if self.roles.channels:
+            self._status = StatusWriter(ctx)
+            self._status.start()
+            self._acks = Batcher(self._ack, max_items=2000, name="acks")
+            self._acks.start()
+            for channel in self.roles.channels:
+                worker = ChannelWorker(
+                    ctx, channel, consumer_name(channel), self._status, self._acks
+                )
+                self.workers.append(worker)
+                self._spawn(f"worker-{channel}", worker.run(self._stop))
+        if self.roles.planner:
+            planner = Planner(ctx, consumer_name("planner"))
+            self._spawn("planner", self._loop(lambda: planner.run_once(0.25)))
+        if self.roles.scheduler:
+            relay, sweeper = Relay(ctx), Sweeper(ctx)
+            self._spawn("relay", self._loop(relay.run_once, idle=0.2))
+            interval = min(30.0, ctx.settings.sweep_after / 4)
+            self._spawn("sweeper", self._loop(sweeper.run_once, idle=interval))
+
+    async def _ack(self, messages: list[Message]) -> list[None]:
+        await self.ctx.broker.ack(messages)
+        return [None] * len(messages)
+
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def _loop(self, step: Callable[[], Awaitable[int]], idle: float = 0.0) -> None:
+        """Run ``step`` until stopped; when it found nothing, wait ``idle`` or for the stop.
+        A failing step (database or broker away) is logged and retried after a pause."""
+        pause = idle
+        while not self._stop.is_set():
+            try:
+                found = await step()
+                pause = idle
+            except Exception as exc:
+                log.warning("%s failed: %r", asyncio.current_task(), exc)
+                found, pause = 0, min(max(pause * 2, 0.5), 10.0)
+            if not found and pause > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), pause)
+
+    def streams(self) -> list[str]:
+        streams = [PLAN_STREAM]
+        for channel in ALL_CHANNELS:
+            streams.extend(send_stream(channel, lane) for lane in LANES)
+        return streams
+
+    async def idle(self) -> bool:
+        """True when no work is waiting anywhere this runtime can see."""
+        if any(w.inflight for w in self.workers):
+            return False
+        if self._acks is not None and (self._acks.pending or self._status_pending()):
+            return False
+        backlog = await self.ctx.broker.backlog(self.streams())
+        if any(backlog.values()):
+            return False
+        return await notification_store.outbox_size(self.ctx.engine) == 0
+
+    def _status_pending(self) -> bool:
+        return self._status is not None and self._status.pending > 0
+
+    async def drain(self, timeout: float = 60.0) -> None:
+        """Wait until every accepted notification has gone as far as it can (tests)."""
+        async with asyncio.timeout(timeout):
+            quiet = 0
+            while quiet < 2:
+                self.ctx.progress.clear()
+                if await self.idle():
+                    quiet += 1
+                else:
+                    quiet = 0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ctx.progress.wait(), 0.05)
+
+    async def stop(self) -> None:
+        """Stop taking work, finish or hand back what is in flight, close."""
+        self._stop.set()
+        deadline = self.ctx.settings.shutdown_timeout
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=deadline)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for worker in self.workers:
+            await worker.stop(deadline)
+        if self.intake is not None:
+            await self.intake.close()
+        if self._status is not None:
+            await self._status.close()
+        if self._acks is not None:
+            await self._acks.close()

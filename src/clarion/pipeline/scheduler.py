@@ -1,0 +1,96 @@
+"""The scheduler role: the outbox relay, the sweeper, and recovery of the embedded broker."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from clarion.broker import Delayed
+from clarion.domain.models import PLAN_STREAM
+from clarion.pipeline.context import Context
+from clarion.pipeline.messages import group_by_stream, plan_payload, send_payload, stream_of
+from clarion.store import deliveries as delivery_store
+from clarion.store import notifications as notification_store
+from clarion.store.db import as_utc, utcnow
+from clarion.store.tables import outbox
+
+log = logging.getLogger(__name__)
+
+_RELAY_BATCH = 1000
+_SWEEP_BATCH = 1000
+
+
+class Relay:
+    """Publishes due outbox rows: scheduled notifications, and any the API did not."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    async def run_once(self) -> int:
+        ids = await notification_store.claim_due_outbox(
+            self._ctx.engine, _RELAY_BATCH, lease=self._ctx.settings.broker_lease
+        )
+        if not ids:
+            return 0
+        tenants = await self._tenants_of(ids)
+        await self._ctx.broker.publish(
+            PLAN_STREAM, [plan_payload(nid, tenants[nid]) for nid in ids if nid in tenants]
+        )
+        self._ctx.made_progress()
+        return len(ids)
+
+    async def _tenants_of(self, ids: list[str]) -> dict[str, str]:
+        async with self._ctx.engine.connect() as conn:
+            rows = await conn.execute(
+                select(outbox.c.notification_id, outbox.c.tenant_id).where(
+                    outbox.c.notification_id.in_(ids)
+                )
+            )
+            return {row.notification_id: row.tenant_id for row in rows}
+
+
+class Sweeper:
+    """Publishes again deliveries left `queued` too long: work lost between store and broker."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    async def run_once(self) -> int:
+        cutoff = utcnow() - timedelta(seconds=self._ctx.settings.sweep_after)
+        rows = await delivery_store.stale_queued(self._ctx.engine, cutoff, _SWEEP_BATCH)
+        if not rows:
+            return 0
+        log.info("sweeper: publishing %d stale queued deliveries again", len(rows))
+        for stream, payloads in group_by_stream([send_payload(r) for r in rows]).items():
+            await self._ctx.broker.publish(stream, payloads)
+        await delivery_store.touch(self._ctx.engine, [r["id"] for r in rows])
+        return len(rows)
+
+
+async def recover_embedded(ctx: Context) -> int:
+    """Refill an empty in-process broker from the database after a start or a crash:
+    every queued delivery goes back on its lane, or on the delayed set if a retry is due
+    later. Outbox rows need nothing: the relay takes them when due."""
+    now = utcnow()
+    after: str | None = None
+    total = 0
+    while True:
+        rows = await delivery_store.all_queued(ctx.engine, after, 1000)
+        if not rows:
+            return total
+        after = rows[-1]["id"]
+        total += len(rows)
+        ready = []
+        later = []
+        for row in rows:
+            due = as_utc(row["scheduled_for"])
+            payload = send_payload(row)
+            if due is not None and due > now:
+                later.append(Delayed(stream_of(payload), payload, due.timestamp()))
+            else:
+                ready.append(payload)
+        for stream, payloads in group_by_stream(ready).items():
+            await ctx.broker.publish(stream, payloads)
+        await ctx.broker.publish_delayed(later)

@@ -1,0 +1,33 @@
+"""Compiled templates, cached by (tenant, name, version): a version never changes."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from clarion.domain.rendering import CompiledVersion, compile_version
+from clarion.store import templates as template_store
+
+Key = tuple[str, str, int]
+
+
+class TemplateCache:
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._entries: OrderedDict[Key, CompiledVersion] = OrderedDict()
+        self._max = max_entries
+
+    async def load(self, conn: AsyncConnection, keys: Iterable[Key]) -> dict[Key, CompiledVersion]:
+        """The compiled versions for ``keys``, loading the missing ones in one query."""
+        wanted = set(keys)
+        found = {key: self._entries[key] for key in wanted if key in self._entries}
+        missing = wanted - found.keys()
+        if missing:
+            rows = await template_store.load_versions(conn, missing)
+            for key, row in rows.items():
+                compiled = compile_version(row["category"], row["channels"], row["locales"])
+                found[key] = self._entries[key] = compiled
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return found

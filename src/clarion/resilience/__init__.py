@@ -1,0 +1,1 @@
+"""Policy around provider calls: retries (and, later, rate limits and circuit breakers)."""

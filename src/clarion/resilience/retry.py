@@ -1,0 +1,55 @@
+"""What becomes of a delivery whose attempt failed: retry later, fail, or dead-letter."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from clarion.broker import Delayed
+from clarion.domain.backoff import retry_delay
+from clarion.domain.models import DeliveryStatus
+from clarion.errors import PermanentError, ProviderError, TransientError
+from clarion.pipeline.messages import stream_of
+from clarion.store.deliveries import StatusChange
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int
+    schedule: list[float]
+
+    def on_failure(
+        self, payload: dict[str, Any], exc: BaseException, now: datetime
+    ) -> tuple[StatusChange, Delayed | None]:
+        """The status after a failed attempt, and the retry to schedule, if any."""
+        attempt: int = payload["attempt"]
+        base = StatusChange(
+            delivery_id=payload["id"],
+            tenant_id=payload["tenant"],
+            status=DeliveryStatus.FAILED,
+            attempts=attempt,
+        )
+        if isinstance(exc, PermanentError):
+            base.reason, base.last_error = exc.reason, exc.message
+            return base, None
+        if isinstance(exc, ProviderError):
+            base.last_error = exc.message
+            reason = exc.reason
+        else:
+            # A bug or an unforeseen failure: retried like a transient one, and logged.
+            log.error("delivery %s: unexpected %r", payload["id"], exc, exc_info=exc)
+            base.last_error = f"{type(exc).__name__}: {exc}"
+            reason = "internal_error"
+        if attempt >= self.max_attempts:
+            base.status, base.reason = DeliveryStatus.DEAD, reason
+            return base, None
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        delay = retry_delay(attempt, self.schedule, retry_after=retry_after)
+        due = now + timedelta(seconds=delay)
+        base.status, base.scheduled_for = DeliveryStatus.QUEUED, due
+        retry = Delayed(stream_of(payload), {**payload, "attempt": attempt + 1}, due.timestamp())
+        return base, retry

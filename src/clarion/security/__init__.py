@@ -1,0 +1,1 @@
+"""API keys, webhook signatures and network guards."""

@@ -1,0 +1,1 @@
+"""The database: the source of truth."""

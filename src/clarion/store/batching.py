@@ -1,0 +1,116 @@
+"""Group work that arrives concurrently into one round trip.
+
+A batch is whatever has arrived while the previous one was being written, up to a maximum:
+no timer adds latency when traffic is light, and under load each round trip carries many
+items. Used for group commit of notifications, status updates, and captured messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+
+class Batcher(Generic[T, R]):
+    """Feeds items to ``flush`` in batches; each caller gets its own item's result.
+
+    ``flush`` takes a list of items and returns one result per item, in order. If it raises,
+    every caller of that batch gets the exception.
+    """
+
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Awaitable[Sequence[R]]],
+        *,
+        max_items: int = 1000,
+        concurrency: int = 1,
+        name: str = "batcher",
+    ) -> None:
+        self._flush = flush
+        self._max = max_items
+        self._concurrency = concurrency
+        self._name = name
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.flushes = 0
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._run(), name=f"{self._name}-{i}")
+                for i in range(self._concurrency)
+            ]
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, future))
+        return await future
+
+    def put_nowait(self, item: T) -> asyncio.Future[R]:
+        """Queue an item without waiting; the future holds its result."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, future))
+        return future
+
+    async def submit_many(self, items: Sequence[T]) -> list[R]:
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[R]] = []
+        for item in items:
+            future: asyncio.Future[R] = loop.create_future()
+            self._queue.put_nowait((item, future))
+            futures.append(future)
+        return list(await asyncio.gather(*futures))
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _write(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        items = [item for item, _ in batch]
+        try:
+            results = await self._flush(items)
+        except asyncio.CancelledError:
+            for _, future in batch:
+                if not future.done():
+                    future.cancel()
+            raise
+        except Exception as exc:
+            log.debug("%s: batch of %d failed: %r", self._name, len(items), exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.flushes += 1
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def close(self) -> None:
+        """Write what is queued, then stop."""
+        if self._tasks:
+            await self._queue.join()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []

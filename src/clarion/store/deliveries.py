@@ -1,0 +1,181 @@
+"""Deliveries and their status events: bulk writes for the planner and the workers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
+from clarion.store.db import utcnow, write_tx
+from clarion.store.sql import chunks, insert_ignoring_conflicts
+from clarion.store.tables import deliveries, delivery_events, notifications
+
+
+@dataclass(slots=True)
+class StatusChange:
+    """A delivery's new state after an attempt (or a decision not to attempt)."""
+
+    delivery_id: str
+    tenant_id: str
+    status: str
+    attempts: int
+    reason: str | None = None
+    last_error: str | None = None
+    provider_message_id: str | None = None
+    scheduled_for: datetime | None = None
+    sent_at: datetime | None = None
+
+
+async def existing_ids(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for part in chunks(list(ids), 1000):
+        query = select(deliveries.c.id).where(deliveries.c.id.in_(part))
+        found.update((await conn.execute(query)).scalars())
+    return found
+
+
+async def insert_planned(
+    conn: AsyncConnection, rows: list[dict[str, Any]], planned_ids: Sequence[str]
+) -> None:
+    """Insert new deliveries with their first events, and mark their notifications planned."""
+    now = utcnow()
+    for part in chunks(rows, 1000):
+        await conn.execute(insert_ignoring_conflicts(conn, deliveries), part)
+    events = [
+        {
+            "delivery_id": row["id"],
+            "tenant_id": row["tenant_id"],
+            "status": row["status"],
+            "detail": row["reason"],
+            "created_at": now,
+        }
+        for row in rows
+    ]
+    for part in chunks(events, 1000):
+        await conn.execute(delivery_events.insert(), part)
+    for part in chunks(list(planned_ids), 1000):
+        await conn.execute(
+            update(notifications)
+            .where(notifications.c.id.in_(part), notifications.c.status != "cancelled")
+            .values(status=NotificationStatus.PROCESSING)
+        )
+
+
+async def queued_of_notifications(
+    conn: AsyncConnection, notification_ids: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Deliveries of these notifications still waiting to be sent."""
+    found: list[dict[str, Any]] = []
+    for part in chunks(list(notification_ids), 1000):
+        query = select(deliveries).where(
+            deliveries.c.notification_id.in_(part),
+            deliveries.c.status == DeliveryStatus.QUEUED,
+        )
+        found.extend(dict(row) for row in (await conn.execute(query)).mappings())
+    return found
+
+
+async def finished_ids(engine: AsyncEngine, ids: Sequence[str]) -> set[str]:
+    """Which of these deliveries are already in a final state (so must not be sent again)."""
+    found: set[str] = set()
+    async with engine.connect() as conn:
+        for part in chunks(list(ids), 1000):
+            query = select(deliveries.c.id).where(
+                deliveries.c.id.in_(part), deliveries.c.status.in_(list(TERMINAL_STATUSES))
+            )
+            found.update((await conn.execute(query)).scalars())
+    return found
+
+
+_UPDATE = (
+    update(deliveries)
+    .where(deliveries.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        attempts=bindparam("b_attempts"),
+        reason=bindparam("b_reason"),
+        last_error=bindparam("b_last_error"),
+        provider_message_id=bindparam("b_provider_message_id"),
+        scheduled_for=bindparam("b_scheduled_for"),
+        sent_at=bindparam("b_sent_at"),
+        updated_at=bindparam("b_updated_at"),
+    )
+)
+
+
+async def apply_changes(engine: AsyncEngine, changes: Sequence[StatusChange]) -> None:
+    """Write a batch of status changes and their events in one transaction."""
+    if not changes:
+        return
+    now = utcnow()
+    params = [
+        {
+            "b_id": c.delivery_id,
+            "b_status": c.status,
+            "b_attempts": c.attempts,
+            "b_reason": c.reason,
+            "b_last_error": c.last_error,
+            "b_provider_message_id": c.provider_message_id,
+            "b_scheduled_for": c.scheduled_for,
+            "b_sent_at": c.sent_at,
+            "b_updated_at": now,
+        }
+        for c in changes
+    ]
+    events = [
+        {
+            "delivery_id": c.delivery_id,
+            "tenant_id": c.tenant_id,
+            "status": c.status,
+            "detail": c.last_error or c.reason,
+            "created_at": now,
+        }
+        for c in changes
+    ]
+    async with write_tx(engine) as conn:
+        await conn.execute(_UPDATE, params)
+        await conn.execute(delivery_events.insert(), events)
+
+
+async def stale_queued(
+    engine: AsyncEngine, older_than: datetime, limit: int
+) -> list[dict[str, Any]]:
+    """Deliveries left `queued` since before ``older_than`` whose retry is not pending."""
+    now = utcnow()
+    query = (
+        select(deliveries)
+        .where(
+            deliveries.c.status == DeliveryStatus.QUEUED,
+            deliveries.c.updated_at < older_than,
+            (deliveries.c.scheduled_for.is_(None)) | (deliveries.c.scheduled_for < now),
+        )
+        .order_by(deliveries.c.updated_at)
+        .limit(limit)
+    )
+    async with engine.connect() as conn:
+        return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def touch(engine: AsyncEngine, ids: Sequence[str]) -> None:
+    """Mark deliveries as handled just now (the sweeper re-published them)."""
+    now = utcnow()
+    async with write_tx(engine) as conn:
+        for part in chunks(list(ids), 1000):
+            await conn.execute(
+                update(deliveries).where(deliveries.c.id.in_(part)).values(updated_at=now)
+            )
+
+
+async def all_queued(engine: AsyncEngine, after: str | None, limit: int) -> list[dict[str, Any]]:
+    """Every queued delivery, in id order, a page at a time (embedded recovery)."""
+    query = select(deliveries).where(deliveries.c.status == DeliveryStatus.QUEUED)
+    if after:
+        query = query.where(deliveries.c.id > after)
+    query = query.order_by(deliveries.c.id).limit(limit)
+    async with engine.connect() as conn:
+        return [dict(row) for row in (await conn.execute(query)).mappings()]

@@ -1,0 +1,65 @@
+"""Captured sandbox messages and inbox messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clarion.store.db import as_utc, utcnow, write_tx
+from clarion.store.sql import insert_ignoring_conflicts
+from clarion.store.tables import inbox_messages, sandbox_messages
+
+
+async def insert_sandbox_messages(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
+    now = utcnow()
+    async with write_tx(engine) as conn:
+        await conn.execute(
+            insert_ignoring_conflicts(conn, sandbox_messages),
+            [{**r, "created_at": now} for r in rows],
+        )
+
+
+async def insert_inbox_messages(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
+    now = utcnow()
+    async with write_tx(engine) as conn:
+        await conn.execute(
+            insert_ignoring_conflicts(conn, inbox_messages),
+            [{**r, "created_at": now, "status": "unread"} for r in rows],
+        )
+
+
+async def list_sandbox_messages(
+    engine: AsyncEngine,
+    tenant_id: str,
+    *,
+    channel: str | None,
+    recipient_id: str | None,
+    before: str | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Newest first; ``before`` is the id of the last message of the previous page."""
+    t = sandbox_messages
+    query = select(t).where(t.c.tenant_id == tenant_id)
+    if channel:
+        query = query.where(t.c.channel == channel)
+    if recipient_id:
+        query = query.where(t.c.recipient_id == recipient_id)
+    if before:
+        query = query.where(t.c.id < before)
+    query = query.order_by(t.c.id.desc()).limit(limit)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return [
+        {
+            "id": r["id"],
+            "delivery_id": r["delivery_id"],
+            "channel": r["channel"],
+            "recipient_id": r["recipient_id"],
+            "to": r["to"],
+            "content": r["content"],
+            "created_at": as_utc(r["created_at"]),
+        }
+        for r in rows
+    ]

@@ -1,0 +1,321 @@
+"""Notifications: the group-committed intake, the outbox, and reads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from clarion.domain.ids import new_id
+from clarion.domain.models import TERMINAL_STATUSES, NotificationStatus
+from clarion.errors import ApiError, Conflict, ValidationFailed
+from clarion.store import recipients as recipient_store
+from clarion.store import templates as template_store
+from clarion.store.db import as_utc, utcnow, write_tx
+from clarion.store.sql import chunks, insert_ignoring_conflicts
+from clarion.store.tables import deliveries, notifications, outbox
+
+
+@dataclass(slots=True)
+class NewNotification:
+    """A validated request to notify, not yet stored."""
+
+    tenant_id: str
+    template: str
+    recipient_ids: list[str]
+    data: dict[str, Any]
+    priority: str
+    channels: list[str] | None
+    send_at: datetime | None
+    expires_at: datetime | None
+    idempotency_key: str | None
+    request_hash: str
+    id: str = field(default_factory=lambda: new_id("ntf"))
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    id: str
+    status: str
+    # Whether this request created it (False: an idempotent repeat of an earlier one).
+    created: bool
+    # When the relay should publish it: now-ish for immediate sends, send_at for scheduled.
+    publish_now: bool
+
+
+Outcome = Accepted | ApiError
+
+
+async def _references_errors(
+    conn: AsyncConnection, items: Sequence[NewNotification]
+) -> dict[int, ApiError]:
+    """Unknown templates and recipients, found with one query per kind for the batch."""
+    versions = await template_store.active_versions(
+        conn, {(item.tenant_id, item.template) for item in items}
+    )
+    known: dict[str, set[str]] = {}
+    for tenant in {item.tenant_id for item in items}:
+        ids = {rid for item in items if item.tenant_id == tenant for rid in item.recipient_ids}
+        known[tenant] = await recipient_store.existing_ids(conn, tenant, ids)
+    errors: dict[int, ApiError] = {}
+    for index, item in enumerate(items):
+        if (item.tenant_id, item.template) not in versions:
+            errors[index] = ValidationFailed(
+                f"no template named {item.template!r}", code="unknown_template"
+            )
+            continue
+        missing = [rid for rid in item.recipient_ids if rid not in known[item.tenant_id]]
+        if missing:
+            errors[index] = ValidationFailed(
+                f"no recipient with id {missing[0]!r}"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                code="unknown_recipient",
+                details=[{"recipient_id": rid} for rid in missing[:100]],
+            )
+    return errors
+
+
+async def _stored_by_key(
+    conn: AsyncConnection, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], Any]:
+    found: dict[tuple[str, str], Any] = {}
+    n = notifications
+    for part in chunks(sorted(keys), 1000):
+        query = select(n.c.id, n.c.tenant_id, n.c.idempotency_key, n.c.request_hash, n.c.status)
+        query = query.where(tuple_(n.c.tenant_id, n.c.idempotency_key).in_(part))
+        for row in await conn.execute(query):
+            found[(row.tenant_id, row.idempotency_key)] = row
+    return found
+
+
+def _replay(item: NewNotification, row: Any) -> Outcome:
+    if row.request_hash != item.request_hash:
+        return Conflict(
+            "this idempotency key was used with a different request",
+            code="idempotency_conflict",
+        )
+    return Accepted(row.id, row.status, created=False, publish_now=False)
+
+
+def _row(item: NewNotification, now: datetime) -> dict[str, Any]:
+    scheduled = item.send_at is not None and item.send_at > now
+    return {
+        "id": item.id,
+        "tenant_id": item.tenant_id,
+        "template": item.template,
+        "recipient_ids": item.recipient_ids,
+        "data": item.data,
+        "priority": item.priority,
+        "channels": item.channels,
+        "send_at": item.send_at,
+        "expires_at": item.expires_at,
+        "status": NotificationStatus.SCHEDULED if scheduled else NotificationStatus.ACCEPTED,
+        "idempotency_key": item.idempotency_key,
+        "request_hash": item.request_hash,
+        "created_at": now,
+    }
+
+
+async def accept(
+    engine: AsyncEngine, items: Sequence[NewNotification], *, outbox_grace: float
+) -> list[Outcome]:
+    """Store notifications and their outbox rows in one transaction; one outcome per item."""
+    now = utcnow()
+    outcomes: list[Outcome | None] = [None] * len(items)
+    async with write_tx(engine) as conn:
+        for index, error in (await _references_errors(conn, items)).items():
+            outcomes[index] = error
+        keyed = {
+            (item.tenant_id, item.idempotency_key)
+            for i, item in enumerate(items)
+            if item.idempotency_key and outcomes[i] is None
+        }
+        earlier = await _stored_by_key(conn, keyed) if keyed else {}
+        fresh: dict[tuple[str, str], int] = {}
+        new_rows: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            if outcomes[index] is not None:
+                continue
+            key = (item.tenant_id, item.idempotency_key) if item.idempotency_key else None
+            if key is not None and key in earlier:
+                outcomes[index] = _replay(item, earlier[key])
+            elif key is not None and key in fresh:
+                first = items[fresh[key]]
+                outcomes[index] = _replay(item, _Stored(first.id, first.request_hash))
+            else:
+                if key is not None:
+                    fresh[key] = index
+                new_rows.append(_row(item, now))
+        created = await _insert(conn, new_rows, fresh, items, outcomes, now, outbox_grace)
+    for index, item in enumerate(items):
+        if outcomes[index] is None:
+            row = created[item.id]
+            outcomes[index] = Accepted(
+                item.id, row["status"], created=True, publish_now=row["send_at"] is None
+            )
+    return [o for o in outcomes if o is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    id: str
+    request_hash: str
+    status: str = NotificationStatus.ACCEPTED
+
+
+async def _insert(
+    conn: AsyncConnection,
+    rows: list[dict[str, Any]],
+    fresh: dict[tuple[str, str], int],
+    items: Sequence[NewNotification],
+    outcomes: list[Outcome | None],
+    now: datetime,
+    outbox_grace: float,
+) -> dict[str, dict[str, Any]]:
+    if not rows:
+        return {}
+    for part in chunks(rows, 1000):
+        await conn.execute(insert_ignoring_conflicts(conn, notifications), part)
+    if fresh:
+        # Another process may have stored the same key a moment before: its row won.
+        winners = await _stored_by_key(conn, set(fresh))
+        for key, index in fresh.items():
+            row = winners.get(key)
+            if row is not None and row.id != items[index].id:
+                outcomes[index] = _replay(items[index], row)
+    created = {row["id"]: row for row in rows}
+    for index, outcome in enumerate(outcomes):
+        if outcome is not None:
+            created.pop(items[index].id, None)
+    grace = now + timedelta(seconds=outbox_grace)
+    outbox_rows = [
+        {
+            "notification_id": row["id"],
+            "tenant_id": row["tenant_id"],
+            "available_at": row["send_at"] if row["send_at"] and row["send_at"] > now else grace,
+        }
+        for row in created.values()
+    ]
+    for part in chunks(outbox_rows, 1000):
+        await conn.execute(outbox.insert(), part)
+    for row in created.values():
+        if row["send_at"] is not None and row["send_at"] <= now:
+            row["send_at"] = None
+    return created
+
+
+async def claim_due_outbox(engine: AsyncEngine, limit: int, lease: float) -> list[str]:
+    """Take due outbox rows: push their availability past a lease so other relays skip
+    them while this one publishes, and return their notification ids."""
+    now = utcnow()
+    async with write_tx(engine) as conn:
+        query = (
+            select(outbox.c.notification_id)
+            .where(outbox.c.available_at <= now)
+            .order_by(outbox.c.available_at)
+            .limit(limit)
+        )
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        ids = list((await conn.execute(query)).scalars())
+        if ids:
+            await conn.execute(
+                update(outbox)
+                .where(outbox.c.notification_id.in_(ids))
+                .values(available_at=now + timedelta(seconds=lease))
+            )
+    return ids
+
+
+async def delete_outbox(conn: AsyncConnection, notification_ids: Sequence[str]) -> None:
+    for part in chunks(list(notification_ids), 1000):
+        await conn.execute(delete(outbox).where(outbox.c.notification_id.in_(part)))
+
+
+async def outbox_size(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return len((await conn.execute(select(outbox.c.notification_id).limit(1000))).all())
+
+
+async def load_many(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for part in chunks(list(ids), 1000):
+        rows = await conn.execute(select(notifications).where(notifications.c.id.in_(part)))
+        for row in rows.mappings():
+            found[row["id"]] = dict(row)
+    return found
+
+
+def delivery_to_public(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "recipient_id": row["recipient_id"],
+        "channel": row["channel"],
+        "provider": row["provider"],
+        "status": row["status"],
+        "reason": row["reason"],
+        "attempts": row["attempts"],
+        "last_error": row["last_error"],
+        "provider_message_id": row["provider_message_id"],
+        "scheduled_for": as_utc(row["scheduled_for"]),
+        "created_at": as_utc(row["created_at"]),
+        "updated_at": as_utc(row["updated_at"]),
+        "sent_at": as_utc(row["sent_at"]),
+    }
+
+
+async def get_with_deliveries(
+    engine: AsyncEngine, tenant_id: str, notification_id: str, limit: int = 1000
+) -> dict[str, Any] | None:
+    n = notifications
+    async with engine.connect() as conn:
+        row = (
+            (
+                await conn.execute(
+                    select(n).where(n.c.id == notification_id, n.c.tenant_id == tenant_id)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        rows = (
+            (
+                await conn.execute(
+                    select(deliveries)
+                    .where(deliveries.c.notification_id == notification_id)
+                    .order_by(deliveries.c.id)
+                    .limit(limit + 1)
+                )
+            )
+            .mappings()
+            .all()
+        )
+    items = [delivery_to_public(r) for r in rows[:limit]]
+    status = row["status"]
+    if (
+        status == NotificationStatus.PROCESSING
+        and all(d["status"] in TERMINAL_STATUSES for d in items)
+        and len(rows) <= limit
+    ):
+        status = NotificationStatus.COMPLETED
+    return {
+        "id": row["id"],
+        "status": status,
+        "template": row["template"],
+        "priority": row["priority"],
+        "to": {"recipient_ids": row["recipient_ids"]},
+        "data": row["data"],
+        "channels": row["channels"],
+        "send_at": as_utc(row["send_at"]),
+        "expires_at": as_utc(row["expires_at"]),
+        "idempotency_key": row["idempotency_key"],
+        "created_at": as_utc(row["created_at"]),
+        "deliveries": items,
+        "deliveries_truncated": len(rows) > limit,
+    }

@@ -1,0 +1,201 @@
+"""Table definitions (SQLAlchemy Core). Migrations in ``migrations/`` create them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _ts(name: str, nullable: bool = True) -> Column[object]:
+    return Column(name, DateTime(timezone=True), nullable=nullable)
+
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("webhook_secret", String(100), nullable=False),
+    Column("settings", JSON, nullable=False, default=dict),
+    _ts("created_at", nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(40), ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(20), nullable=False),
+    Column("scopes", String(100), nullable=False),
+    _ts("created_at", nullable=False),
+    _ts("revoked_at"),
+)
+
+recipients = Table(
+    "recipients",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(200), primary_key=True),
+    Column("email", String(320)),
+    Column("phone", String(32)),
+    Column("locale", String(35)),
+    Column("timezone", String(64)),
+    Column("push_tokens", JSON),
+    Column("webpush", JSON),
+    Column("webhook_url", Text),
+    Column("data", JSON),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+)
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("active_version", Integer, nullable=False),
+    Column("latest_version", Integer, nullable=False),
+    _ts("updated_at", nullable=False),
+)
+
+template_versions = Table(
+    "template_versions",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("category", String(100), nullable=False),
+    Column("channels", JSON, nullable=False),
+    Column("locales", JSON, nullable=False),
+    _ts("created_at", nullable=False),
+)
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("template", String(200), nullable=False),
+    Column("recipient_ids", JSON, nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("priority", String(10), nullable=False),
+    Column("channels", JSON),
+    _ts("send_at"),
+    _ts("expires_at"),
+    Column("status", String(16), nullable=False),
+    Column("idempotency_key", String(255)),
+    Column("request_hash", String(64)),
+    _ts("created_at", nullable=False),
+    UniqueConstraint("tenant_id", "idempotency_key", name="uq_notifications_idempotency"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("notification_id", String(40), primary_key=True),
+    Column("tenant_id", String(40), nullable=False),
+    _ts("available_at", nullable=False),
+    Index("ix_outbox_available_at", "available_at"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("notification_id", String(40), nullable=False),
+    Column("tenant_id", String(40), nullable=False),
+    Column("recipient_id", String(200), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("provider", String(100)),
+    Column("priority", String(10), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", String(40)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("address", JSON),
+    Column("content", JSON),
+    Column("provider_message_id", String(255)),
+    _ts("scheduled_for"),
+    _ts("expires_at"),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+    _ts("sent_at"),
+    Index("ix_deliveries_notification_id", "notification_id"),
+    Index("ix_deliveries_status_updated_at", "status", "updated_at"),
+)
+
+delivery_events = Table(
+    "delivery_events",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("delivery_id", String(40), nullable=False),
+    Column("tenant_id", String(40), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("detail", Text),
+    _ts("created_at", nullable=False),
+    Index("ix_delivery_events_delivery_id", "delivery_id"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("scope", String(100), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response", JSON, nullable=False),
+    _ts("created_at", nullable=False),
+)
+
+sandbox_messages = Table(
+    "sandbox_messages",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("delivery_id", String(40), nullable=False, unique=True),
+    Column("channel", String(16), nullable=False),
+    Column("recipient_id", String(200), nullable=False),
+    Column("to", JSON),
+    Column("content", JSON, nullable=False),
+    _ts("created_at", nullable=False),
+    Index("ix_sandbox_messages_tenant_id_id", "tenant_id", "id"),
+)
+
+inbox_messages = Table(
+    "inbox_messages",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("recipient_id", String(200), nullable=False),
+    Column("delivery_id", String(40), nullable=False, unique=True),
+    Column("content", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    _ts("created_at", nullable=False),
+    _ts("read_at"),
+    Index("ix_inbox_messages_recipient", "tenant_id", "recipient_id", "id"),
+)

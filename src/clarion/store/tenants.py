@@ -1,0 +1,87 @@
+"""Tenants and their API keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clarion.domain.ids import new_id
+from clarion.security.keys import generate_key, generate_webhook_secret, hash_key
+from clarion.store.db import utcnow, write_tx
+from clarion.store.tables import api_keys, tenants
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    name: str
+    webhook_secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    tenant_id: str
+    key_id: str
+    scopes: frozenset[str]
+
+
+async def create_tenant(engine: AsyncEngine, name: str) -> Tenant:
+    tenant = Tenant(id=new_id("ten"), name=name, webhook_secret=generate_webhook_secret())
+    async with write_tx(engine) as conn:
+        await conn.execute(
+            tenants.insert().values(
+                id=tenant.id,
+                name=name,
+                webhook_secret=tenant.webhook_secret,
+                settings={},
+                created_at=utcnow(),
+            )
+        )
+    return tenant
+
+
+async def get_tenant_by_name(engine: AsyncEngine, name: str) -> Tenant | None:
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(tenants).where(tenants.c.name == name))).first()
+    return Tenant(row.id, row.name, row.webhook_secret) if row else None
+
+
+async def get_tenant(engine: AsyncEngine, tenant_id: str) -> Tenant | None:
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(tenants).where(tenants.c.id == tenant_id))).first()
+    return Tenant(row.id, row.name, row.webhook_secret) if row else None
+
+
+async def count_tenants(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return len((await conn.execute(select(tenants.c.id).limit(1))).all())
+
+
+async def create_key(engine: AsyncEngine, tenant_id: str, scopes: list[str]) -> str:
+    """Store a new key for the tenant and return it; only its hash is kept."""
+    key = generate_key()
+    async with write_tx(engine) as conn:
+        await conn.execute(
+            api_keys.insert().values(
+                id=key.id,
+                tenant_id=tenant_id,
+                key_hash=key.key_hash,
+                prefix=key.prefix,
+                scopes=",".join(sorted(scopes)),
+                created_at=utcnow(),
+            )
+        )
+    return key.secret
+
+
+async def find_key(engine: AsyncEngine, secret: str) -> KeyGrant | None:
+    query = select(api_keys.c.id, api_keys.c.tenant_id, api_keys.c.scopes).where(
+        api_keys.c.key_hash == hash_key(secret), api_keys.c.revoked_at.is_(None)
+    )
+    async with engine.connect() as conn:
+        row = (await conn.execute(query)).first()
+    if row is None:
+        return None
+    return KeyGrant(row.tenant_id, row.id, frozenset(row.scopes.split(",")))

@@ -1,0 +1,93 @@
+"""An in-process Clarion for tests: every role running, and an HTTP client on its API."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from clarion.api.app import create_app
+from clarion.config import Settings
+from clarion.pipeline.context import Context, open_context
+from clarion.pipeline.runtime import Roles, Runtime
+from clarion.store import tenants as tenant_store
+from clarion.store.db import migrate
+
+FAST = {
+    "allow_private_webhooks": True,
+    "retry_schedule": "10ms,20ms,40ms",
+    "max_attempts": 3,
+    "broker_lease": 10.0,
+    "outbox_grace": 1.0,
+    "shutdown_timeout": 3.0,
+    "webhook_timeout": 2.0,
+}
+
+
+def make_settings(database_url: str, broker_url: str, **overrides: Any) -> Settings:
+    return Settings(database_url=database_url, broker_url=broker_url, **{**FAST, **overrides})
+
+
+@dataclass
+class Harness:
+    settings: Settings
+    ctx: Context
+    runtime: Runtime
+    client: httpx.AsyncClient
+    key: str
+    tenant_id: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    async def new_tenant(self, name: str, scopes: list[str] | None = None) -> str:
+        tenant = await tenant_store.create_tenant(self.ctx.engine, name)
+        return await tenant_store.create_key(
+            self.ctx.engine, tenant.id, scopes or ["send", "read", "manage", "admin"]
+        )
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        await self.runtime.drain(timeout)
+
+    async def put_recipient(self, rid: str, **fields: Any) -> None:
+        response = await self.client.put(f"/v1/recipients/{rid}", json=fields, headers=self.auth)
+        assert response.status_code == 200, response.text
+
+    async def put_template(self, name: str, body: dict[str, Any]) -> None:
+        response = await self.client.put(f"/v1/templates/{name}", json=body, headers=self.auth)
+        assert response.status_code == 200, response.text
+
+    async def send(self, body: dict[str, Any], **kwargs: Any) -> httpx.Response:
+        return await self.client.post("/v1/notifications", json=body, headers=self.auth, **kwargs)
+
+    async def notification(self, nid: str) -> dict[str, Any]:
+        response = await self.client.get(f"/v1/notifications/{nid}", headers=self.auth)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, roles: Roles | None = None) -> AsyncIterator[Harness]:
+    ctx = await open_context(settings)
+    runtime: Runtime | None = None
+    try:
+        await migrate(ctx.engine)
+        tenant = await tenant_store.create_tenant(ctx.engine, "acme")
+        key = await tenant_store.create_key(
+            ctx.engine, tenant.id, ["send", "read", "manage", "admin"]
+        )
+        runtime = Runtime(ctx, roles or Roles.everything())
+        await runtime.start()
+        app = create_app(ctx, runtime.intake)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://clarion") as client:
+            yield Harness(settings, ctx, runtime, client, key, tenant.id)
+    finally:
+        if runtime is not None:
+            await runtime.stop()
+        await ctx.aclose()

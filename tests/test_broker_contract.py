@@ -1,0 +1,182 @@
+"""The broker contract, run against every backend.
+
+Nothing here sleeps to wait for work: ``consume``'s own timeout is the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from clarion.broker.base import Broker, Delayed, Message
+from clarion.broker.embedded import EmbeddedBroker
+from clarion.broker.redis_streams import RedisBroker
+
+LEASE = 0.3
+
+
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+def broker_url(request: pytest.FixtureRequest) -> str | None:
+    """None for the embedded broker, else the URL of an empty Redis database."""
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return url
+    return None
+
+
+@pytest.fixture
+async def broker(broker_url: str | None) -> AsyncIterator[Broker]:
+    instance: Broker = (
+        EmbeddedBroker(lease=LEASE) if broker_url is None else RedisBroker(broker_url, lease=LEASE)
+    )
+    await instance.start()
+    yield instance
+    await instance.close()
+
+
+def payloads(messages: list[Message]) -> list[dict[str, object]]:
+    return [m.payload for m in messages]
+
+
+async def test_round_trip_keeps_nested_unicode_data(broker: Broker) -> None:
+    payload = {
+        "id": "n-1",
+        "text": "Grüße, 東京 🚀 \u2028",
+        "nested": {"list": [1, 2.5, None, True, {"k": "v"}], "empty": {}},
+    }
+    await broker.publish("jobs", [payload])
+
+    [message] = await broker.consume(["jobs"], "c1", count=10, timeout=2)
+
+    assert message.stream == "jobs"
+    assert message.payload == payload
+    assert not message.redelivered
+    await broker.ack([message])
+    assert await broker.consume(["jobs"], "c1", count=10, timeout=0.05) == []
+
+
+async def test_higher_lanes_come_first_and_count_is_respected(broker: Broker) -> None:
+    await broker.publish("low", [{"n": i} for i in range(3)])
+    await broker.publish("high", [{"n": 10 + i} for i in range(3)])
+
+    first = await broker.consume(["high", "low"], "c1", count=4, timeout=2)
+    second = await broker.consume(["high", "low"], "c1", count=4, timeout=2)
+
+    assert [(m.stream, m.payload["n"]) for m in first] == [
+        ("high", 10),
+        ("high", 11),
+        ("high", 12),
+        ("low", 0),
+    ]
+    assert [(m.stream, m.payload["n"]) for m in second] == [("low", 1), ("low", 2)]
+
+
+async def test_count_limits_a_single_stream(broker: Broker) -> None:
+    await broker.publish("jobs", [{"n": i} for i in range(5)])
+
+    taken = await broker.consume(["jobs"], "c1", count=2, timeout=2)
+
+    assert payloads(taken) == [{"n": 0}, {"n": 1}]
+
+
+async def test_consume_on_empty_streams_returns_nothing_after_the_timeout(
+    broker: Broker,
+) -> None:
+    started = time.monotonic()
+    assert await broker.consume(["a", "b"], "c1", count=10, timeout=0.25) == []
+    assert time.monotonic() - started >= 0.2
+
+
+async def test_blocked_consumer_gets_a_message_published_meanwhile(broker: Broker) -> None:
+    waiting = asyncio.create_task(broker.consume(["low", "high"], "c1", count=5, timeout=2))
+    await asyncio.sleep(0)  # let the consumer start waiting (scheduling, not waiting for work)
+    await broker.publish("high", [{"n": 1}])
+
+    taken = await waiting
+
+    assert [(m.stream, m.payload) for m in taken] == [("high", {"n": 1})]
+
+
+async def test_unacked_message_is_redelivered_after_the_lease(broker: Broker) -> None:
+    await broker.publish("jobs", [{"n": 1}, {"n": 2}])
+    done, dropped = await broker.consume(["jobs"], "dead", count=2, timeout=2)
+    await broker.ack([done])
+
+    # The consumer "dies" holding the second message: another takes it after the lease.
+    [again] = await broker.consume(["jobs"], "alive", count=10, timeout=2)
+
+    assert again.payload == dropped.payload == {"n": 2}
+    assert again.redelivered
+    await broker.ack([again])
+    # Acked messages never come back, even after several leases.
+    assert await broker.consume(["jobs"], "alive", count=10, timeout=3 * LEASE) == []
+
+
+async def test_delayed_message_appears_once_due(broker: Broker) -> None:
+    due = time.time() + 0.3
+    await broker.publish_delayed([Delayed("jobs", {"n": 1}, due), Delayed("jobs", {"n": 1}, due)])
+
+    assert await broker.consume(["jobs"], "c1", count=10, timeout=0.05) == []
+    taken = await broker.consume(["jobs"], "c1", count=10, timeout=2)
+    if len(taken) < 2:  # the two may be moved into the stream by separate steps
+        taken += await broker.consume(["jobs"], "c1", count=10, timeout=2)
+
+    assert time.time() >= due
+    # Equal payloads stay two messages.
+    assert payloads(taken) == [{"n": 1}, {"n": 1}]
+    assert not any(m.redelivered for m in taken)
+
+
+async def test_delayed_message_due_in_the_past_is_available_at_once(broker: Broker) -> None:
+    await broker.publish_delayed([Delayed("jobs", {"n": 1}, time.time() - 5)])
+
+    taken = await broker.consume(["jobs"], "c1", count=10, timeout=2)
+
+    assert payloads(taken) == [{"n": 1}]
+
+
+async def test_release_makes_a_message_available_again_at_once(broker: Broker) -> None:
+    await broker.publish("jobs", [{"n": 1}])
+    taken = await broker.consume(["jobs"], "c1", count=10, timeout=2)
+
+    await broker.release(taken)
+    # Well inside the lease, so this is the release at work, not the lease running out.
+    [again] = await broker.consume(["jobs"], "c2", count=10, timeout=LEASE / 3)
+
+    assert again.payload == {"n": 1}
+    assert again.redelivered
+    await broker.ack([again])
+    assert await broker.consume(["jobs"], "c2", count=10, timeout=2 * LEASE) == []
+
+
+async def test_backlog_counts_waiting_held_and_delayed(broker: Broker) -> None:
+    await broker.publish("jobs", [{"n": i} for i in range(3)])
+    [held] = await broker.consume(["jobs"], "c1", count=1, timeout=2)
+    await broker.publish_delayed([Delayed("jobs", {"n": 9}, time.time() + 3600)] * 2)
+
+    assert await broker.backlog(["jobs", "other"]) == {"jobs": 5, "other": 0}
+    await broker.ack([held])
+    assert await broker.backlog(["jobs"]) == {"jobs": 4}
+
+
+async def test_many_messages_are_consumed_exactly_once_by_two_consumers(broker: Broker) -> None:
+    total = 5000
+    for start in range(0, total, 500):
+        await broker.publish("jobs", [{"n": n} for n in range(start, start + 500)])
+
+    async def drain(consumer: str) -> list[int]:
+        seen: list[int] = []
+        while batch := await broker.consume(["jobs"], consumer, count=100, timeout=0.2):
+            seen += [m.payload["n"] for m in batch]
+            await broker.ack(batch)
+        return seen
+
+    first, second = await asyncio.gather(drain("c1"), drain("c2"))
+
+    # Exactly once between them; how they share depends on scheduling (the embedded
+    # broker never suspends while work is waiting, so one consumer may take it all).
+    assert sorted(first + second) == list(range(total))
+    assert await broker.backlog(["jobs"]) == {"jobs": 0}

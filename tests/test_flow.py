@@ -1,0 +1,144 @@
+"""The pipeline end to end, on every backend: API → store → broker → workers → providers."""
+
+from __future__ import annotations
+
+import json
+
+from clarion.security.signing import verify
+from clarion.store import tenants as tenant_store
+from harness import Harness
+from webhook_sink import WebhookSink
+
+TEMPLATE = {
+    "channels": {
+        "email": {
+            "subject": "Your order {{ orderId }} shipped",
+            "html": "<p>Hello {{ firstName }}</p>",
+            "text": "Hello {{ firstName }}",
+        },
+        "sms": {"text": "Order {{ orderId }} shipped"},
+        "inapp": {"title": "Shipped", "body": "Order {{ orderId }}"},
+        "webhook": {"body": {"event": "order_shipped", "order": "{{ orderId }}"}},
+    },
+    "locales": {"fr": {"email": {"subject": "Votre commande {{ orderId }} est partie"}}},
+}
+
+
+async def test_notification_is_delivered_on_every_channel(app: Harness, sink: WebhookSink) -> None:
+    await app.put_recipient(
+        "u-123",
+        email="alex@example.com",
+        phone="+14155550100",
+        locale="fr-CA",
+        webhook_url=f"{sink.url}/hooks/alex",
+        data={"firstName": "Alex"},
+    )
+    await app.put_template("order_shipped", TEMPLATE)
+    response = await app.send(
+        {"template": "order_shipped", "to": {"recipient_id": "u-123"}, "data": {"orderId": "A1"}}
+    )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "accepted"
+    assert body["id"].startswith("ntf_")
+
+    await app.drain()
+
+    note = await app.notification(body["id"])
+    assert note["status"] == "completed"
+    by_channel = {d["channel"]: d for d in note["deliveries"]}
+    assert set(by_channel) == {"email", "sms", "inapp", "webhook"}
+    assert all(d["status"] == "sent" and d["attempts"] == 1 for d in by_channel.values())
+
+    sandbox = (await app.client.get("/v1/sandbox/messages", headers=app.auth)).json()["data"]
+    emails = [m for m in sandbox if m["channel"] == "email"]
+    assert emails[0]["to"] == "alex@example.com"
+    assert emails[0]["content"]["subject"] == "Votre commande A1 est partie"  # fr-CA → fr
+    assert emails[0]["content"]["html"] == "<p>Hello Alex</p>"
+
+    [hook] = sink.received
+    assert hook.path == "/hooks/alex"
+    assert json.loads(hook.body) == {"event": "order_shipped", "order": "A1"}
+    assert hook.headers["idempotency-key"] == by_channel["webhook"]["id"]
+    tenant = await tenant_store.get_tenant(app.ctx.engine, app.tenant_id)
+    assert tenant is not None
+    assert verify(tenant.webhook_secret, hook.body, hook.headers["clarion-signature"])
+
+
+async def test_batch_of_a_thousand_reaches_the_sink(app: Harness, sink: WebhookSink) -> None:
+    recipients = [{"id": f"r{i}", "webhook_url": f"{sink.url}/r{i}"} for i in range(50)]
+    response = await app.client.post(
+        "/v1/recipients/batch", json={"recipients": recipients}, headers=app.auth
+    )
+    assert response.status_code == 200
+    await app.put_template("ping", {"channels": {"webhook": {"body": {"n": "{{ n }}"}}}})
+    items = [
+        {"template": "ping", "to": {"recipient_id": f"r{i % 50}"}, "data": {"n": i}}
+        for i in range(1000)
+    ]
+    response = await app.client.post(
+        "/v1/notifications/batch", json={"notifications": items}, headers=app.auth
+    )
+    assert response.status_code == 202
+    results = response.json()["results"]
+    assert len(results) == 1000
+    assert all("id" in r for r in results)
+
+    await app.drain()
+
+    assert sink.count == 1000
+    assert sorted(int(json.loads(r.body)["n"]) for r in sink.received) == list(range(1000))
+    note = await app.notification(results[-1]["id"])
+    assert note["deliveries"][0]["status"] == "sent"
+
+
+async def test_recipient_list_and_missing_address(app: Harness, sink: WebhookSink) -> None:
+    await app.put_recipient("a", webhook_url=f"{sink.url}/a")
+    await app.put_recipient("b")  # no webhook URL
+    await app.put_template("t", {"channels": {"webhook": {"body": {"x": "1"}}}})
+    response = await app.send({"template": "t", "to": {"recipient_ids": ["a", "b", "a"]}})
+    assert response.status_code == 202
+    await app.drain()
+    note = await app.notification(response.json()["id"])
+    states = {d["recipient_id"]: (d["status"], d["reason"]) for d in note["deliveries"]}
+    assert states == {"a": ("sent", None), "b": ("suppressed", "no_address")}
+    assert note["status"] == "completed"
+    assert sink.count == 1
+
+
+async def test_channels_narrow_the_template(app: Harness) -> None:
+    await app.put_recipient("u", email="u@example.com", phone="+33612345678")
+    await app.put_template("t", TEMPLATE)
+    response = await app.send(
+        {
+            "template": "t",
+            "to": {"recipient_id": "u"},
+            "channels": ["sms"],
+            "data": {"orderId": "1", "firstName": "U"},
+        }
+    )
+    await app.drain()
+    note = await app.notification(response.json()["id"])
+    assert [d["channel"] for d in note["deliveries"]] == ["sms"]
+
+
+async def test_missing_variable_fails_the_delivery_with_render_error(app: Harness) -> None:
+    await app.put_recipient("u", phone="+33612345678")
+    await app.put_template("t", {"channels": {"sms": {"text": "Hi {{ name }}"}}})
+    response = await app.send({"template": "t", "to": {"recipient_id": "u"}})
+    await app.drain()
+    [delivery] = (await app.notification(response.json()["id"]))["deliveries"]
+    assert delivery["status"] == "failed"
+    assert delivery["reason"] == "render_error"
+    assert "name" in delivery["last_error"]
+
+
+async def test_critical_lane_is_served(app: Harness) -> None:
+    await app.put_recipient("u", phone="+33612345678")
+    await app.put_template("t", {"channels": {"sms": {"text": "code 1234"}}})
+    response = await app.send(
+        {"template": "t", "to": {"recipient_id": "u"}, "priority": "critical"}
+    )
+    await app.drain()
+    [delivery] = (await app.notification(response.json()["id"]))["deliveries"]
+    assert delivery["status"] == "sent"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,14 @@ class Harness:
     async def drain(self, timeout: float = 30.0) -> None:
         await self.runtime.drain(timeout)
 
+    async def until(self, check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
+        """Wait until ``check()`` holds, looking again whenever a stage makes progress."""
+        async with asyncio.timeout(timeout):
+            while not await check():
+                self.ctx.progress.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ctx.progress.wait(), 0.05)
+
     async def put_recipient(self, rid: str, **fields: Any) -> None:
         response = await self.client.put(f"/v1/recipients/{rid}", json=fields, headers=self.auth)
         assert response.status_code == 200, response.text
@@ -61,8 +70,10 @@ class Harness:
         response = await self.client.put(f"/v1/templates/{name}", json=body, headers=self.auth)
         assert response.status_code == 200, response.text
 
-    async def send(self, body: dict[str, Any], **kwargs: Any) -> httpx.Response:
-        return await self.client.post("/v1/notifications", json=body, headers=self.auth, **kwargs)
+    async def send(self, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+        return await self.client.post(
+            "/v1/notifications", json=body, headers={**self.auth, **(headers or {})}
+        )
 
     async def notification(self, nid: str) -> dict[str, Any]:
         response = await self.client.get(f"/v1/notifications/{nid}", headers=self.auth)
@@ -77,7 +88,9 @@ async def running(settings: Settings, roles: Roles | None = None) -> AsyncIterat
     runtime: Runtime | None = None
     try:
         await migrate(ctx.engine)
-        tenant = await tenant_store.create_tenant(ctx.engine, "acme")
+        tenant = await tenant_store.get_tenant_by_name(
+            ctx.engine, "acme"
+        ) or await tenant_store.create_tenant(ctx.engine, "acme")
         key = await tenant_store.create_key(
             ctx.engine, tenant.id, ["send", "read", "manage", "admin"]
         )

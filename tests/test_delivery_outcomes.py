@@ -1,0 +1,131 @@
+"""What becomes of a delivery when its provider fails: retry, fail, or dead-letter."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+from clarion.pipeline.runtime import Roles
+from harness import Harness, make_settings, running
+from webhook_sink import Received, WebhookSink
+
+TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
+
+
+async def _send_one(app: Harness, sink: WebhookSink, rid: str = "u") -> str:
+    await app.put_recipient(rid, webhook_url=f"{sink.url}/{rid}")
+    await app.put_template("hook", TEMPLATE)
+    response = await app.send({"template": "hook", "to": {"recipient_id": rid}})
+    assert response.status_code == 202
+    nid: str = response.json()["id"]
+    return nid
+
+
+async def test_transient_errors_are_retried_until_sent(app: Harness, sink: WebhookSink) -> None:
+    seen: collections.Counter[str] = collections.Counter()
+
+    def flaky(request: Received) -> int:
+        seen[request.path] += 1
+        return 503 if seen[request.path] <= 2 else 200
+
+    sink.respond = flaky
+    nid = await _send_one(app, sink)
+    await app.drain()
+    [delivery] = (await app.notification(nid))["deliveries"]
+    assert delivery["status"] == "sent"
+    assert delivery["attempts"] == 3
+    keys = {r.headers["idempotency-key"] for r in sink.received}
+    assert keys == {delivery["id"]}  # every try carried the same key
+
+
+async def test_permanent_error_fails_at_once(app: Harness, sink: WebhookSink) -> None:
+    sink.respond = lambda _: 400
+    nid = await _send_one(app, sink)
+    await app.drain()
+    [delivery] = (await app.notification(nid))["deliveries"]
+    assert delivery["status"] == "failed"
+    assert delivery["reason"] == "provider_rejected"
+    assert delivery["attempts"] == 1
+    assert "400" in delivery["last_error"]
+    assert sink.count == 1
+
+
+async def test_out_of_attempts_is_dead(app: Harness, sink: WebhookSink) -> None:
+    sink.respond = lambda _: 500
+    nid = await _send_one(app, sink)
+    await app.drain()
+    [delivery] = (await app.notification(nid))["deliveries"]
+    assert delivery["status"] == "dead"
+    assert delivery["attempts"] == app.settings.max_attempts == sink.count
+    assert delivery["reason"] == "http_500"
+
+
+async def test_unreachable_endpoint_is_retried_then_dead(lite: Harness) -> None:
+    await lite.put_recipient("u", webhook_url="http://127.0.0.1:9/nothing-listens")
+    await lite.put_template("hook", TEMPLATE)
+    response = await lite.send({"template": "hook", "to": {"recipient_id": "u"}})
+    await lite.drain()
+    [delivery] = (await lite.notification(response.json()["id"]))["deliveries"]
+    assert delivery["status"] == "dead"
+    assert delivery["reason"] == "connection_error"
+
+
+async def test_private_webhook_urls_are_refused_by_default(
+    tmp_path: Path, sink: WebhookSink
+) -> None:
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'c.db'}", "embedded://", allow_private_webhooks=False
+    )
+    async with running(settings) as app:
+        nid = await _send_one(app, sink)
+        await app.drain()
+        [delivery] = (await app.notification(nid))["deliveries"]
+    assert delivery["status"] == "failed"
+    assert delivery["reason"] == "address_refused"
+    assert sink.count == 0
+
+
+async def test_expired_notification_is_not_sent(lite: Harness, sink: WebhookSink) -> None:
+    await lite.put_recipient("u", webhook_url=f"{sink.url}/u")
+    await lite.put_template("hook", TEMPLATE)
+    response = await lite.send(
+        {"template": "hook", "to": {"recipient_id": "u"}, "expires_at": "2020-01-01T00:00:00Z"}
+    )
+    await lite.drain()
+    [delivery] = (await lite.notification(response.json()["id"]))["deliveries"]
+    assert (delivery["status"], delivery["reason"]) == ("failed", "expired")
+    assert sink.count == 0
+
+
+async def test_restart_plans_what_was_accepted_but_not_planned(
+    tmp_path: Path, sink: WebhookSink
+) -> None:
+    """The in-process broker forgets on a stop; the outbox does not."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
+    async with running(make_settings(url, "embedded://"), Roles(api=True)) as app:
+        nid = await _send_one(app, sink)
+    assert sink.count == 0
+    async with running(make_settings(url, "embedded://")) as app:
+        await app.drain()
+        [delivery] = (await app.notification(nid))["deliveries"]
+    assert delivery["status"] == "sent"
+    assert sink.count == 1
+
+
+async def test_restart_sends_what_was_planned_but_not_sent(
+    tmp_path: Path, sink: WebhookSink
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
+    async with running(make_settings(url, "embedded://"), Roles(api=True, planner=True)) as app:
+        nid = await _send_one(app, sink)
+
+        async def planned() -> bool:
+            return len((await app.notification(nid))["deliveries"]) == 1
+
+        await app.until(planned)
+    assert sink.count == 0
+    async with running(make_settings(url, "embedded://")) as app:
+        await app.drain()
+        [delivery] = (await app.notification(nid))["deliveries"]
+    assert delivery["status"] == "sent"
+    assert sink.count == 1

@@ -1,0 +1,130 @@
+"""Pure rules: ids, rendering, locales, backoff, signatures, address guard, settings."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from clarion.config import Settings, parse_duration
+from clarion.domain.backoff import retry_delay
+from clarion.domain.ids import delivery_id, new_id
+from clarion.domain.rendering import compile_content, compile_version, locale_chain
+from clarion.errors import MissingVariable, PermanentError, TemplateError
+from clarion.security.netguard import AddressGuard, is_public
+from clarion.security.signing import sign, verify
+
+
+def test_ids_sort_by_time_and_delivery_ids_are_deterministic() -> None:
+    first = new_id("ntf")
+    time.sleep(0.002)  # ids carry milliseconds: this orders the two, it waits for no work
+    assert first < new_id("ntf")
+    assert delivery_id("ntf_1", "u", "email") == delivery_id("ntf_1", "u", "email")
+    assert delivery_id("ntf_1", "u", "email") != delivery_id("ntf_1", "u", "sms")
+    assert delivery_id("ntf_1", "u", "email").startswith("dlv_")
+
+
+def test_render_nested_webhook_body_and_escaping() -> None:
+    body = compile_content({"body": {"a": ["{{ x }}", 3], "b": "{{ y | upper }}"}})
+    assert body.render({"x": "1", "y": "z"}) == {"body": {"a": ["1", 3], "b": "Z"}}
+    email = compile_content({"html": "<b>{{ name }}</b>", "text": "{{ name }}"})
+    rendered = email.render({"name": "<script>"})
+    assert rendered["html"] == "<b>&lt;script&gt;</b>"
+    assert rendered["text"] == "<script>"
+
+
+def test_missing_variable_is_named() -> None:
+    with pytest.raises(MissingVariable) as caught:
+        compile_content({"text": "Hi {{ who }}"}).render({})
+    assert caught.value.name == "who"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ cycler.__init__.__globals__ }}",
+        "{{ lipsum.__globals__ }}",
+        "{{ joiner.__init__.__globals__.os }}",
+        "{{ range(10**9) | list | length }}",
+        "{{ self.__init__.__globals__ }}",
+    ],
+)
+def test_sandbox_refuses_internals(source: str) -> None:
+    with pytest.raises(TemplateError):
+        compile_content({"text": source}).render({})
+
+
+def test_syntax_error_names_the_line() -> None:
+    with pytest.raises(TemplateError) as caught:
+        compile_content({"html": "a\nb {% for %}"})
+    assert caught.value.line == 2
+
+
+def test_locale_fallback() -> None:
+    assert locale_chain("fr-CA", {"fr": {}, "de": {}}) == ["fr"]
+    assert locale_chain("fr-CA", {"fr-ca": {}, "fr": {}}) == ["fr-ca", "fr"]
+    assert locale_chain("es", {"fr": {}}) == []
+    version = compile_version(
+        "transactional",
+        {"email": {"subject": "Hi", "text": "t"}},
+        {"fr": {"email": {"subject": "Salut"}}},
+    )
+    locale, template = version.for_channel("email", "fr-CA")
+    assert locale == "fr"
+    assert template.render({}) == {"subject": "Salut", "text": "t"}
+    assert version.for_channel("email", None)[1].render({}) == {"subject": "Hi", "text": "t"}
+
+
+def test_backoff_has_full_jitter_within_the_schedule() -> None:
+    rng = random.Random(7)
+    schedule = [1.0, 5.0, 30.0]
+    for attempt, base in [(1, 1.0), (2, 5.0), (3, 30.0), (9, 30.0)]:
+        delays = [retry_delay(attempt, schedule, rng=rng) for _ in range(200)]
+        assert all(base / 2 <= d <= base for d in delays)
+        assert len(set(delays)) > 100
+    assert retry_delay(1, schedule, retry_after=60.0, rng=rng) == 60.0
+
+
+def test_signature_round_trip_and_tamper() -> None:
+    header = sign("s3cret", b'{"a":1}')
+    assert verify("s3cret", b'{"a":1}', header)
+    assert not verify("s3cret", b'{"a":2}', header)
+    assert not verify("other", b'{"a":1}', header)
+    assert not verify("s3cret", b'{"a":1}', sign("s3cret", b'{"a":1}', timestamp=1))
+    assert not verify("s3cret", b"x", "garbage")
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("192.168.0.1", False),
+        ("169.254.169.254", False),
+        ("::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("2001:4860:4860::8888", True),
+    ],
+)
+def test_public_addresses(address: str, public: bool) -> None:
+    assert is_public(address) is public
+
+
+async def test_guard_refuses_loopback_and_bad_schemes() -> None:
+    guard = AddressGuard(allow_private=False)
+    with pytest.raises(PermanentError):
+        await guard.check("http://127.0.0.1:8080/x")
+    with pytest.raises(PermanentError):
+        await guard.check("file:///etc/passwd")
+    await AddressGuard(allow_private=True).check("http://127.0.0.1/x")
+
+
+def test_settings_durations() -> None:
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("2m") == 120
+    assert Settings(retry_schedule="1s,5s,1h").retry_delays == [1, 5, 3600]
+    with pytest.raises(ValueError, match="duration"):
+        Settings(retry_schedule="soon")

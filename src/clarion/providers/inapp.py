@@ -2,42 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clarion.providers.base import OutboundMessage, Provider, SendResult
+from clarion.providers.base import OutboundMessage
+from clarion.providers.stored import StoredProvider
 from clarion.store import messages
-from clarion.store.batching import Batcher
 
 
-class InAppProvider(Provider):
+class InAppProvider(StoredProvider):
     kind = "inapp"
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._writer: Batcher[dict[str, object], None] = Batcher(
-            self._flush, max_items=1000, name="inbox-writer"
-        )
+        super().__init__(engine, messages.insert_inbox_messages)
 
-    async def start(self) -> None:
-        self._writer.start()
-
-    async def _flush(self, rows: list[dict[str, object]]) -> list[None]:
-        await messages.insert_inbox_messages(self._engine, rows)
-        return [None] * len(rows)
-
-    async def send(self, message: OutboundMessage) -> SendResult:
+    def row(self, message: OutboundMessage) -> dict[str, Any]:
         # The id derives from the delivery: a repeated send finds the message already there.
-        message_id = "msg_" + message.delivery_id.removeprefix("dlv_")
-        await self._writer.submit(
-            {
-                "id": message_id,
-                "tenant_id": message.tenant_id,
-                "recipient_id": message.recipient_id,
-                "delivery_id": message.delivery_id,
-                "content": message.content,
-            }
-        )
-        return SendResult(provider_message_id=message_id)
-
-    async def aclose(self) -> None:
-        await self._writer.close()
+        return {
+            "id": "msg_" + message.delivery_id.removeprefix("dlv_"),
+            "tenant_id": message.tenant_id,
+            "recipient_id": message.recipient_id,
+            "delivery_id": message.delivery_id,
+            "content": message.content,
+        }

@@ -1,0 +1,44 @@
+"""A provider whose "send" is a row in Clarion's own database, written in batches."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clarion.providers.base import OutboundMessage, Provider, SendResult
+from clarion.store.batching import Batcher
+
+Insert = Callable[[AsyncEngine, list[dict[str, Any]]], Awaitable[None]]
+
+
+class StoredProvider(Provider):
+    """Rows of concurrent sends share one INSERT; a send returns once its row is stored."""
+
+    def __init__(self, engine: AsyncEngine, insert: Insert) -> None:
+        self._engine = engine
+        self._insert = insert
+        self._writer: Batcher[dict[str, Any], None] = Batcher(
+            self._flush, max_items=1000, name=f"{self.kind}-writer"
+        )
+
+    @abstractmethod
+    def row(self, message: OutboundMessage) -> dict[str, Any]:
+        """The row that records ``message``; its ``id`` is the provider's message id."""
+
+    async def start(self) -> None:
+        self._writer.start()
+
+    async def _flush(self, rows: list[dict[str, Any]]) -> list[None]:
+        await self._insert(self._engine, rows)
+        return [None] * len(rows)
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        row = self.row(message)
+        await self._writer.submit(row)
+        return SendResult(provider_message_id=row["id"])
+
+    async def aclose(self) -> None:
+        await self._writer.close()

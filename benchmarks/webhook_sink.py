@@ -35,8 +35,11 @@ class WebhookSink:
 
     respond: Responder = field(default=lambda _: 200)
     keep_bodies: bool = True
+    # Seconds to wait before answering (a slow receiver).
+    delay: float = 0.0
     received: list[Received] = field(default_factory=list)
-    count: int = 0
+    count: int = 0  # requests answered
+    arrived: int = 0  # requests read, answered or not
     port: int = 0
     _server: asyncio.Server | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
@@ -50,10 +53,10 @@ class WebhookSink:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def wait_for(self, count: int, timeout: float) -> None:
-        """Wait until ``count`` requests have arrived (raises TimeoutError)."""
+    async def wait_for(self, count: int, timeout: float, *, answered: bool = True) -> None:
+        """Wait until ``count`` requests have been answered (or only read), or time out."""
         async with asyncio.timeout(timeout):
-            while self.count < count:
+            while (self.count if answered else self.arrived) < count:
                 self._changed.clear()
                 await self._changed.wait()
 
@@ -72,6 +75,10 @@ class WebhookSink:
                 request = await self._read(reader)
                 if request is None:
                     break
+                self.arrived += 1
+                self._changed.set()
+                if self.delay:
+                    await asyncio.sleep(self.delay)
                 status = self.respond(request)
                 self.count += 1
                 if self.keep_bodies:

@@ -40,8 +40,10 @@ class Settings(BaseSettings):
     # Deliveries still `queued` this long after their last change are published again.
     sweep_after: float = Field(default=300.0, gt=0)
     # A freshly accepted notification is published by its API process at once; the relay
-    # takes it from the outbox only if that has not happened within this grace period.
-    outbox_grace: float = Field(default=5.0, gt=0)
+    # takes it from the outbox only if it is still unplanned after this grace period. Under
+    # a backlog a notification can wait in the plan stream for a while: a short grace makes
+    # the relay publish it again and the planner do the work twice.
+    outbox_grace: float = Field(default=60.0, gt=0)
     webhook_timeout: float = Field(default=10.0, gt=0)
     shutdown_timeout: float = Field(default=10.0, gt=0)
     sqlite_synchronous: str = "FULL"

@@ -1,0 +1,903 @@
+"""End-to-end throughput of Clarion: HTTP batch intake to webhook received.
+
+Starts Clarion as real processes in one of two configurations, a webhook sink in a process
+of its own, creates recipients whose webhook URL points at the sink and a template, sends
+notifications through the batch API and waits until the sink has received every one. Prints
+one JSON object with the figures to stdout; progress goes to stderr.
+
+    uv run python benchmarks/e2e.py --config embedded --notifications 100000 --recipients 1000
+    uv run python benchmarks/e2e.py --config postgres-redis --notifications 100000 \\
+        --recipients 1000 --workers 2
+
+``embedded``: one ``clarion serve`` on a fresh SQLite file with the in-process broker.
+``postgres-redis``: one ``clarion api``, K ``clarion worker`` and one ``clarion scheduler``
+sharing a fresh PostgreSQL database (created here, dropped at the end) and one Redis
+database (flushed before and after).
+
+A notification counts as delivered when the sink has received its webhook. Times are wall
+clock (``time.time()``) in both processes of this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+
+STARTUP_TIMEOUT = 90.0  # per process group: imports take seconds on a busy machine
+STOP_TIMEOUT = 20.0  # after SIGTERM, before SIGKILL
+REQUEST_TIMEOUT = 120.0
+RETRIES = 5  # per batch request, on connection errors, 429 and 5xx
+TEMPLATE = "bench"
+THIS_FILE = Path(__file__).resolve()
+
+
+def log(message: str) -> None:
+    print(f"[e2e {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- the sink process ------------------------------------------------------------------------
+
+
+async def run_sink(records: Path) -> None:
+    """The sink role: receive webhooks, answer control commands on a second port.
+
+    Control protocol, one line each way: ``stats`` -> ``{"received", "distinct"}``;
+    ``dump`` -> writes ``notification id, idempotency key, time`` lines to ``records``;
+    ``quit`` -> stops. The first line on stdout is ``{"port", "control"}``.
+    """
+    from webhook_sink import Received, WebhookSink
+
+    rows: list[tuple[str, str, float]] = []
+    keys: set[str] = set()
+
+    def record(request: Received) -> int:
+        key = request.headers.get("idempotency-key", "")
+        rows.append((request.headers.get("clarion-notification-id", ""), key, request.at))
+        keys.add(key)
+        return 200
+
+    sink = WebhookSink(respond=record, keep_bodies=False)
+    await sink.start()
+    done = asyncio.Event()
+
+    async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            command = line.decode().strip()
+            reply: dict[str, Any] = {"received": len(rows), "distinct": len(keys)}
+            if command == "dump":
+                with records.open("w") as out:
+                    out.writelines(f"{nid}\t{key}\t{at!r}\n" for nid, key, at in rows)
+            elif command == "quit":
+                done.set()
+            writer.write(orjson.dumps(reply) + b"\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(control, "127.0.0.1", 0)
+    control_port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    print(orjson.dumps({"port": sink.port, "control": control_port}).decode(), flush=True)
+    await done.wait()
+    server.close()
+    await sink.close()
+
+
+class SinkControl:
+    """The benchmark's end of the sink's control connection."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def ask(self, command: str) -> dict[str, Any]:
+        if self._reader is None or self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection("127.0.0.1", self._port)
+        self._writer.write(command.encode() + b"\n")
+        await self._writer.drain()
+        async with asyncio.timeout(60):
+            line = await self._reader.readline()
+        if not line:
+            raise RuntimeError("the sink closed its control connection")
+        reply: dict[str, Any] = orjson.loads(line)
+        return reply
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+# -- child processes -------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: TextIO | None = None
+
+
+@dataclass
+class Children:
+    """Every process this benchmark started; ``stop_all`` ends them, whatever happened."""
+
+    log_dir: Path
+    items: list[Child] = field(default_factory=list)
+
+    def start(
+        self, name: str, args: Sequence[str], env: dict[str, str], *, stdout_pipe: bool = False
+    ) -> Child:
+        log_path = self.log_dir / f"{name}.log"
+        log_file = log_path.open("w")
+        popen = subprocess.Popen(
+            list(args),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout_pipe else log_file,
+            stderr=log_file,
+            start_new_session=True,  # a Ctrl-C on the terminal reaches only this process
+        )
+        child = Child(name, popen, log_path, log_file)
+        self.items.append(child)
+        return child
+
+    def check(self) -> None:
+        for child in self.items:
+            code = child.popen.poll()
+            if code is not None:
+                raise RuntimeError(f"{child.name} exited with code {code}:\n{tail(child)}")
+
+    def stop_all(self, timeout: float = STOP_TIMEOUT) -> None:
+        alive = [c for c in self.items if c.popen.poll() is None]
+        for child in alive:
+            with contextlib.suppress(ProcessLookupError):
+                child.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(c.popen.poll() is None for c in alive):
+            time.sleep(0.05)
+        for child in alive:
+            if child.popen.poll() is None:
+                log(f"{child.name} did not stop within {timeout:.0f}s: SIGKILL")
+                child.popen.kill()
+            child.popen.wait()
+        for child in self.items:
+            if child.log_file is not None:
+                child.log_file.close()
+            if child.popen.stdout is not None:
+                child.popen.stdout.close()
+
+
+def tail(child: Child, lines: int = 40) -> str:
+    with contextlib.suppress(OSError):
+        text = child.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+    return ""
+
+
+def clarion(*args: str) -> list[str]:
+    return [sys.executable, "-m", "clarion.cli", *args]
+
+
+# -- backing stores --------------------------------------------------------------------------
+
+
+def with_database(url: str, database: str, scheme: str | None = None) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(scheme=scheme or parts.scheme, path=f"/{database}"))
+
+
+async def create_database(admin_url: str, name: str, settings: Sequence[str] = ()) -> None:
+    """Create the database; ``settings`` (``name=value``) become its defaults."""
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        for setting in settings:
+            key, _, value = setting.partition("=")
+            literal = value.strip().replace("'", "''")
+            await conn.execute(f"ALTER DATABASE \"{name}\" SET {key.strip()} = '{literal}'")
+    finally:
+        await conn.close()
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def postgres_bindir() -> Path:
+    """The newest /usr/lib/postgresql/<version>/bin, or the directory of `initdb` on PATH."""
+    found = shutil.which("initdb")
+    candidates = [Path(found).resolve().parent] if found else []
+
+    def version(path: Path) -> float:
+        with contextlib.suppress(ValueError):
+            return float(path.parent.name)
+        return 0.0
+
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=version, reverse=True)
+    for directory in candidates:
+        if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
+            return directory
+    raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found")
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster with stock settings, on a free port."""
+
+    def __init__(self) -> None:
+        self.bindir = postgres_bindir()
+        self.dir = Path(tempfile.mkdtemp(prefix="clarion-e2e-pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.started = False
+
+    def _run(self, *args: str) -> None:
+        command = list(args)
+        if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+            command = ["runuser", "-u", "postgres", "--", *command]
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=STARTUP_TIMEOUT, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+
+    def start(self) -> str:
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, user="postgres", group="postgres")
+        initdb = str(self.bindir / "initdb")
+        self._run(initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        log_file = str(self.dir / "postgres.log")
+        pg_ctl = str(self.bindir / "pg_ctl")
+        self._run(pg_ctl, "-D", str(self.data), "-l", log_file, "-o", options, "-w", "start")
+        self.started = True
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def postmaster_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        return None
+
+    def stop(self) -> None:
+        try:
+            if self.started:
+                self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "stop", "-m", "fast")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def postgres_settings(admin_url: str) -> dict[str, str]:
+    import asyncpg
+
+    names = ["server_version", "autovacuum", "fsync", "synchronous_commit", "shared_buffers"]
+    conn = await asyncpg.connect(admin_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT name, setting, unit FROM pg_settings WHERE name = ANY($1)", names
+        )
+    finally:
+        await conn.close()
+    return {r["name"]: r["setting"] + (f" x {r['unit']}" if r["unit"] else "") for r in rows}
+
+
+REDIS_LOCK = "clarion-e2e:running"
+REDIS_LOCK_TTL = 30
+
+
+def claim_redis(url: str) -> None:
+    """Flush the Redis database and mark it in use, unless another run marked it."""
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        if client.exists(REDIS_LOCK):
+            raise RuntimeError(
+                f"another benchmark is using {url} (key {REDIS_LOCK!r}); "
+                "wait for it or pass --redis-url with another database number"
+            )
+        client.flushdb()
+        client.set(REDIS_LOCK, os.getpid(), ex=REDIS_LOCK_TTL)
+
+
+async def hold_redis(url: str) -> None:
+    """Keep the in-use mark alive while the benchmark runs."""
+    import redis.asyncio as aredis
+
+    async with aredis.Redis.from_url(url) as client:
+        while True:
+            await asyncio.sleep(REDIS_LOCK_TTL / 3)
+            await client.set(REDIS_LOCK, os.getpid(), ex=REDIS_LOCK_TTL)
+
+
+def flush_redis(url: str) -> None:
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+
+
+def connected_to(pid: int, port: int) -> bool:
+    """True when process ``pid`` holds an established TCP connection to ``port`` (Linux).
+
+    A worker connects to Redis when its loops start reading: it is past its imports and
+    taking work. Redis shows no trace of a consumer before it has been handed a message.
+    """
+    sockets: set[str] = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    sockets.add(target[8:-1])
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if fields[3] == "01" and remote_port == port and fields[9] in sockets:
+                    return True
+    return False
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """What the load generator saw."""
+
+    started: float = 0.0
+    accepted_at: dict[str, float] = field(default_factory=dict)
+    rejected: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="clarion-e2e-"))
+        self.children = Children(self.tmp)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.database: str | None = None
+        self.admin_url: str = args.postgres_url
+        self.private_postgres: PrivatePostgres | None = None
+        self.postgres: dict[str, str] | None = None
+        self.redis_url: str | None = None
+        self.sink: Child | None = None
+        self.key = ""
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def env(self, database_url: str, broker_url: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            CLARION_DATABASE_URL=database_url,
+            CLARION_BROKER_URL=broker_url,
+            CLARION_HTTP_HOST="127.0.0.1",
+            CLARION_HTTP_PORT=str(self.port),
+            CLARION_ALLOW_PRIVATE_WEBHOOKS="true",
+            CLARION_LOG_LEVEL=os.environ.get("CLARION_LOG_LEVEL", "warning"),
+        )
+        return env
+
+    async def prepare_stores(self) -> dict[str, str]:
+        if self.args.config == "embedded":
+            return self.env(f"sqlite+aiosqlite:///{self.tmp / 'clarion.db'}", "embedded://")
+        claim_redis(self.args.redis_url)
+        self.redis_url = self.args.redis_url
+        if self.args.private_postgres:
+            self.private_postgres = PrivatePostgres()
+            self.admin_url = await asyncio.to_thread(self.private_postgres.start)
+        self.postgres = await postgres_settings(self.admin_url)
+        if self.postgres.get("autovacuum") == "off":
+            log("warning: autovacuum is off on this server: no statistics, stale query plans")
+        name = f"clarion_bench_{secrets.token_hex(4)}"
+        await create_database(self.admin_url, name, self.args.pg_set)
+        self.database = name
+        database_url = with_database(self.admin_url, name, "postgresql+asyncpg")
+        log(f"database {name}, redis {self.args.redis_url} (flushed)")
+        return self.env(database_url, self.args.redis_url)
+
+    async def start_sink(self) -> tuple[str, SinkControl]:
+        records = self.tmp / "received.tsv"
+        args = [sys.executable, str(THIS_FILE), "--sink-records", str(records)]
+        self.sink = self.children.start("sink", args, dict(os.environ), stdout_pipe=True)
+        stdout = self.sink.popen.stdout
+        assert stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), STARTUP_TIMEOUT)
+        if not line:
+            self.children.check()
+            raise RuntimeError("the sink did not start")
+        ports = orjson.loads(line)
+        return f"http://127.0.0.1:{ports['port']}", SinkControl(ports["control"])
+
+    def create_tenant(self, env: dict[str, str]) -> str:
+        result = subprocess.run(
+            clarion("tenants", "create", "bench"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_TIMEOUT,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"`clarion tenants create` failed:\n{result.stderr[-4000:]}")
+        return result.stdout.strip().splitlines()[-1]
+
+    def start_clarion(self, env: dict[str, str]) -> list[int]:
+        """Start the Clarion processes; returns the worker processes' pids."""
+        if self.args.config == "embedded":
+            self.children.start("serve", clarion("serve"), env)
+            return []
+        self.children.start("api", clarion("api"), env)
+        worker_args = ["worker"]
+        if self.args.worker_channels:
+            worker_args += ["--channels", self.args.worker_channels]
+        pids = [
+            self.children.start(f"worker-{i}", clarion(*worker_args), env).popen.pid
+            for i in range(self.args.workers)
+        ]
+        self.children.start("scheduler", clarion("scheduler"), env)
+        return pids
+
+    async def wait_ready(self, session: aiohttp.ClientSession, worker_pids: list[int]) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        api_ready = False
+        while True:
+            self.children.check()
+            if not api_ready:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(f"{self.base}/readyz") as response:
+                        api_ready = response.status == 200
+            redis_port = urlsplit(self.args.redis_url).port or 6379
+            if api_ready and all(connected_to(pid, redis_port) for pid in worker_pids):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Clarion was not ready within {STARTUP_TIMEOUT:.0f}s")
+            await asyncio.sleep(0.2)
+
+    async def call(
+        self, session: aiohttp.ClientSession, method: str, path: str, body: Any
+    ) -> dict[str, Any]:
+        headers = {"authorization": f"Bearer {self.key}", "content-type": "application/json"}
+        data = orjson.dumps(body) if body is not None else None
+        url = self.base + path
+        async with session.request(method, url, data=data, headers=headers) as response:
+            text = await response.read()
+            if response.status >= 300:
+                raise RuntimeError(f"{method} {path}: HTTP {response.status}: {text[:500]!r}")
+            reply: dict[str, Any] = orjson.loads(text)
+            return reply
+
+    async def create_fixtures(self, session: aiohttp.ClientSession, sink_url: str) -> None:
+        ids = [f"r{i}" for i in range(self.args.recipients)]
+        for start in range(0, len(ids), 1000):
+            people = [{"id": rid, "webhook_url": f"{sink_url}/{rid}"} for rid in ids[start:][:1000]]
+            await self.call(session, "POST", "/v1/recipients/batch", {"recipients": people})
+        template = {"channels": {"webhook": {"body": {"n": "{{ n }}"}}}}
+        await self.call(session, "PUT", f"/v1/templates/{TEMPLATE}", template)
+
+    # -- load ------------------------------------------------------------------------------
+
+    def bodies(self) -> list[bytes]:
+        m, n, size = self.args.notifications, self.args.recipients, self.args.batch
+        bodies = []
+        for start in range(0, m, size):
+            items = [
+                {"template": TEMPLATE, "to": {"recipient_id": f"r{i % n}"}, "data": {"n": i}}
+                for i in range(start, min(start + size, m))
+            ]
+            bodies.append(orjson.dumps({"notifications": items}))
+        return bodies
+
+    async def post_batch(self, session: aiohttp.ClientSession, body: bytes, load: Load) -> None:
+        headers = {"authorization": f"Bearer {self.key}", "content-type": "application/json"}
+        url = f"{self.base}/v1/notifications/batch"
+        for attempt in range(RETRIES + 1):
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    raw = await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, raw = 0, repr(exc).encode()
+            if status == 202:
+                break
+            if attempt == RETRIES or not (status == 0 or status == 429 or status >= 500):
+                raise RuntimeError(f"batch refused: HTTP {status}: {raw[:500]!r}")
+            load.retries += 1
+            await asyncio.sleep(0.2 * 2**attempt)
+        now = time.time()
+        for result in orjson.loads(raw)["results"]:
+            if "id" in result:
+                load.accepted_at[result["id"]] = now
+            else:
+                load.rejected[result.get("error", {}).get("code", "unknown")] += 1
+
+    async def send_all(self, session: aiohttp.ClientSession) -> Load:
+        bodies = self.bodies()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        for body in bodies:
+            queue.put_nowait(body)
+        load = Load()
+
+        async def sender() -> None:
+            while not queue.empty():
+                await self.post_batch(session, queue.get_nowait(), load)
+
+        load.started = time.time()
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(self.args.concurrency, len(bodies))):
+                group.create_task(sender())
+        return load
+
+    async def wait_delivered(self, sink: SinkControl, expected: int) -> None:
+        deadline = time.monotonic() + self.args.timeout
+        last_log = 0.0
+        while True:
+            stats = await sink.ask("stats")
+            if stats["distinct"] >= expected:
+                return
+            self.children.check()
+            now = time.monotonic()
+            if now > deadline:
+                raise TimeoutError(
+                    f"only {stats['distinct']} of {expected} webhooks within {self.args.timeout}s"
+                )
+            if now - last_log >= 5:
+                log(f"received {stats['distinct']} of {expected}")
+                last_log = now
+            await asyncio.sleep(0.1)
+
+    async def check_statuses(self, session: aiohttp.ClientSession, load: Load) -> dict[str, Any]:
+        """Read a sample of notifications back: every delivery should be `sent`."""
+        ids = list(load.accepted_at)
+        sample = [ids[i] for i in range(0, len(ids), max(1, len(ids) // 20))][:20]
+        sent = 0
+        for nid in sample:
+            found = await self.call(session, "GET", f"/v1/notifications/{nid}", None)
+            deliveries = found["deliveries"]
+            if deliveries and all(d["status"] == "sent" for d in deliveries):
+                sent += 1
+        return {"checked": len(sample), "all_deliveries_sent": sent}
+
+    # -- the run ---------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        env = await self.prepare_stores()
+        holder = asyncio.create_task(hold_redis(self.redis_url)) if self.redis_url else None
+        sink: SinkControl | None = None
+        try:
+            sink_url, sink = await self.start_sink()
+            self.key = await asyncio.to_thread(self.create_tenant, env)
+            worker_pids = self.start_clarion(env)
+            timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+            connector = aiohttp.TCPConnector(limit=max(self.args.concurrency, 4))
+            async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+                await self.wait_ready(session, worker_pids)
+                await self.create_fixtures(session, sink_url)
+                return await self.measure(session, sink)
+        finally:
+            if sink is not None:
+                sink.close()
+            if holder is not None:
+                holder.cancel()
+
+    async def measure(self, session: aiohttp.ClientSession, sink: SinkControl) -> dict[str, Any]:
+        log(f"ready: sending {self.args.notifications} notifications")
+        cpu_before = self.cpu_times()
+        load = await self.send_all(session)
+        log(f"accepted {len(load.accepted_at)} in {time.time() - load.started:.1f}s")
+        await self.wait_delivered(sink, len(load.accepted_at))
+        cpu = cpu_used(cpu_before, self.cpu_times(), len(load.accepted_at))
+        await asyncio.sleep(self.args.settle)  # late repeats count as duplicates
+        await sink.ask("dump")
+        statuses = await self.check_statuses(session, load)
+        received = read_records(self.tmp / "received.tsv")
+        return {**self.figures(load, received), "status_check": statuses, "cpu": cpu}
+
+    def cpu_times(self) -> dict[tuple[str, int], float]:
+        """CPU seconds used so far by each process of this run, and by the whole machine."""
+        roles = {c.popen.pid: c.name.split("-")[0] for c in self.children.items}
+        roles[os.getpid()] = "loadgen"
+        postmaster = self.private_postgres.postmaster_pid() if self.private_postgres else None
+        if postmaster is not None:
+            roles[postmaster] = "postgres"
+        redis_port = urlsplit(self.redis_url).port or 6379 if self.redis_url else None
+        for pid in os.listdir("/proc"):
+            if pid.isdigit() and int(pid) not in roles:
+                command = read_text(f"/proc/{pid}/cmdline").replace("\0", " ")
+                if command.startswith("redis-server") and f":{redis_port}" in command:
+                    roles[int(pid)] = "redis"
+                elif command.startswith("postgres") and (
+                    (self.database is not None and self.database in command)
+                    or (postmaster is not None and parent_pid(int(pid)) == postmaster)
+                ):
+                    roles[int(pid)] = "postgres"
+        times = {(role, pid): process_cpu(pid) for pid, role in roles.items()}
+        fields = read_text("/proc/stat").split("\n", 1)[0].split()[1:9]
+        jiffies = [int(f) for f in fields]
+        busy = sum(jiffies) - jiffies[3] - jiffies[4]  # all but idle and iowait
+        times[("machine", 0)] = busy / os.sysconf("SC_CLK_TCK")
+        times[("wall", 0)] = time.monotonic()
+        return times
+
+    def figures(self, load: Load, received: list[tuple[str, str, float]]) -> dict[str, Any]:
+        m = len(load.accepted_at)
+        first_at: dict[str, float] = {}
+        for nid, _key, at in received:
+            if nid in load.accepted_at and nid not in first_at:
+                first_at[nid] = at
+        delivered = sorted(first_at.values())
+        latencies = sorted(first_at[nid] - load.accepted_at[nid] for nid in first_at)
+        keys = Counter(key for _nid, key, _at in received)
+        accept_span = max(load.accepted_at.values()) - load.started
+        deliver_span = delivered[-1] - load.started
+        workers = self.args.workers if self.args.config == "postgres-redis" else None
+        return {
+            "config": self.args.config,
+            "notifications": self.args.notifications,
+            "recipients": self.args.recipients,
+            "workers": workers,
+            "worker_channels": (self.args.worker_channels or "all") if workers else None,
+            "batch": self.args.batch,
+            "concurrency": self.args.concurrency,
+            "accepted": m,
+            "rejected": dict(load.rejected),
+            "batch_retries": load.retries,
+            "delivered": len(first_at),
+            "accept_seconds": round(accept_span, 2),
+            "deliver_seconds": round(deliver_span, 2),
+            "accepted_per_s": round(m / accept_span, 1),
+            "delivered_per_s": round(m / deliver_span, 1),
+            "sustained_delivered_per_s": round(sustained(delivered, 0.1, 0.9), 1),
+            "latency_ms": {
+                name: round(percentile(latencies, q) * 1000, 1)
+                for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+            },
+            "webhooks_received": len(received),
+            "duplicates": sum(count - 1 for count in keys.values()),
+            "postgres": {**self.postgres, "database_settings": self.args.pg_set}
+            if self.postgres
+            else None,
+            "clarion_env": {
+                k: v for k, v in sorted(os.environ.items()) if k.startswith("CLARION_")
+            },
+            "machine": machine(),
+            "command": shlex.join(["python", *sys.argv]),
+        }
+
+    def cleanup(self, failed: bool) -> None:
+        if failed:
+            for child in self.children.items:
+                if text := tail(child):
+                    log(f"--- last lines of {child.name} ---\n{text}")
+        self.children.stop_all()
+        if self.args.keep:
+            kept = [str(self.tmp)] + [f"database {self.database}"] * bool(self.database)
+            if self.private_postgres is not None:
+                pg = self.private_postgres
+                kept.append(f"PostgreSQL on port {pg.port} (pg_ctl -D {pg.data} stop)")
+            log(f"kept: {', '.join(kept)}; Redis data stays until the next run flushes it")
+            return
+        if self.database is not None:
+            try:
+                asyncio.run(drop_database(self.admin_url, self.database))
+            except Exception as exc:
+                log(f"could not drop database {self.database}: {exc!r}")
+        if self.redis_url is not None:
+            try:
+                flush_redis(self.redis_url)
+            except Exception as exc:
+                log(f"could not flush {self.redis_url}: {exc!r}")
+        if self.private_postgres is not None:
+            try:
+                self.private_postgres.stop()
+            except Exception as exc:
+                log(f"could not stop the private PostgreSQL: {exc!r}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as file:
+            return file.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def parent_pid(pid: int) -> int | None:
+    stat = read_text(f"/proc/{pid}/stat")
+    return int(stat.rsplit(")", 1)[1].split()[1]) if ")" in stat else None
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (0 when it is gone)."""
+    stat = read_text(f"/proc/{pid}/stat")
+    if ")" not in stat:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_used(
+    before: dict[tuple[str, int], float], after: dict[tuple[str, int], float], notifications: int
+) -> dict[str, Any]:
+    """CPU seconds between two snapshots by role; `other` is whatever else the machine did."""
+    window = after.pop(("wall", 0)) - before.pop(("wall", 0))
+    machine = after.pop(("machine", 0)) - before.pop(("machine", 0))
+    by_role: Counter[str] = Counter()
+    for (role, pid), seconds in after.items():
+        by_role[role] += seconds - before.get((role, pid), 0.0)
+    ours = sum(by_role.values())
+    capacity = window * len(os.sched_getaffinity(0))
+    return {
+        "window_s": round(window, 1),
+        "machine_busy_pct": round(100 * machine / capacity, 1),
+        "seconds": {role: round(v, 1) for role, v in by_role.most_common()},
+        "other_s": round(max(0.0, machine - ours), 1),
+        "ms_per_notification": round(1000 * ours / notifications, 2),
+    }
+
+
+def read_records(path: Path) -> list[tuple[str, str, float]]:
+    rows = []
+    with path.open() as lines:
+        for line in lines:
+            nid, key, at = line.rstrip("\n").split("\t")
+            rows.append((nid, key, float(at)))
+    return rows
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, round(q * len(sorted_values) + 0.5 - 1e-9))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def sustained(times: list[float], low: float, high: float) -> float:
+    """Deliveries per second between the ``low`` and ``high`` fractions of them."""
+    if len(times) < 10:
+        return float("nan")
+    first, last = int(low * len(times)), int(high * len(times)) - 1
+    span = times[last] - times[first]
+    return (last - first) / span if span > 0 else float("inf")
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory_gb = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu,
+        "memory_gb": memory_gb,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", choices=["embedded", "postgres-redis"], default="embedded")
+    parser.add_argument("--notifications", "-m", type=int, default=10_000)
+    parser.add_argument("--recipients", "-n", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2, help="postgres-redis: worker processes")
+    parser.add_argument(
+        "--worker-channels",
+        default="",
+        help="postgres-redis: `clarion worker --channels` (default: every channel)",
+    )
+    parser.add_argument("--batch", type=int, default=1000, help="notifications per request")
+    parser.add_argument("--concurrency", type=int, default=4, help="batch requests in flight")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for all")
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds to wait for repeats")
+    parser.add_argument(
+        "--postgres-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="a server where this benchmark may create and drop a database",
+    )
+    parser.add_argument(
+        "--private-postgres",
+        action="store_true",
+        help="start a throwaway PostgreSQL cluster with stock settings instead",
+    )
+    parser.add_argument(
+        "--pg-set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the benchmark's database (ALTER DATABASE ... SET), repeatable",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/13",
+        help="a Redis database this benchmark flushes before and after",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the logs, the SQLite file or PostgreSQL database, and the Redis data",
+    )
+    parser.add_argument("--sink-records", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not 1 <= args.batch <= 1000:
+        parser.error("--batch must be between 1 and 1000")
+    if min(args.notifications, args.recipients, args.workers, args.concurrency) < 1:
+        parser.error("--notifications, --recipients, --workers and --concurrency must be >= 1")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    if args.sink_records is not None:
+        asyncio.run(run_sink(args.sink_records))
+        return 0
+
+    def on_sigterm(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    bench = Bench(args)
+    failed = True
+    try:
+        result = asyncio.run(bench.run())
+        failed = False
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        bench.cleanup(failed)
+    print(orjson.dumps(result).decode(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

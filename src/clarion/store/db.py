@@ -69,7 +69,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=10,
         max_overflow=10,
         pool_pre_ping=True,
-        connect_args={"command_timeout": 30},
+        connect_args={
+            "command_timeout": 30,
+            # asyncpg prepares every statement; after five runs PostgreSQL may switch to a
+            # generic plan, which for the hot paths' `IN (...)` lists of ids is much slower
+            # than planning with the actual values (measured in docs/performance.md).
+            "server_settings": {"plan_cache_mode": "force_custom_plan"},
+        },
     )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import os
 import platform
 import secrets
@@ -866,6 +867,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep the logs, the SQLite file or PostgreSQL database, and the Redis data",
     )
+    parser.add_argument(
+        "--wait-for-other",
+        type=float,
+        default=1800.0,
+        help="seconds to wait for another run of this benchmark on the machine to finish",
+    )
     parser.add_argument("--sink-records", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not 1 <= args.batch <= 1000:
@@ -875,12 +882,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main() -> int:
-    args = parse_args()
-    if args.sink_records is not None:
-        asyncio.run(run_sink(args.sink_records))
-        return 0
+def wait_for_lock(lock: TextIO, wait: float) -> None:
+    """Take a machine-wide lock so that two runs never measure each other: wait for a run
+    in progress, at most ``wait`` seconds. The lock goes with the process."""
+    deadline = time.monotonic() + wait
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"another benchmark run held the lock for {wait:.0f}s") from None
+            if not waiting:
+                log("waiting for another benchmark run to finish")
+                waiting = True
+            time.sleep(1)
 
+
+def run_benchmark(args: argparse.Namespace) -> int:
     def on_sigterm(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
@@ -897,6 +917,16 @@ def main() -> int:
         bench.cleanup(failed)
     print(orjson.dumps(result).decode(), flush=True)
     return 0
+
+
+def main() -> int:
+    args = parse_args()
+    if args.sink_records is not None:
+        asyncio.run(run_sink(args.sink_records))
+        return 0
+    with Path(tempfile.gettempdir(), "clarion-e2e.lock").open("w") as lock:
+        wait_for_lock(lock, args.wait_for_other)
+        return run_benchmark(args)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ import orjson
 STARTUP_TIMEOUT = 90.0  # per process group: imports take seconds on a busy machine
 STOP_TIMEOUT = 20.0  # after SIGTERM, before SIGKILL
 REQUEST_TIMEOUT = 120.0
-RETRIES = 5  # per batch request, on connection errors, 429 and 5xx
+RETRIES = 5  # per batch request, only when it was surely not processed: no connection, 429, 503
 TEMPLATE = "bench"
 THIS_FILE = Path(__file__).resolve()
 
@@ -481,6 +481,7 @@ class Bench:
 
     async def wait_ready(self, session: aiohttp.ClientSession, worker_pids: list[int]) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
+        redis_port = urlsplit(self.args.redis_url).port or 6379
         api_ready = False
         while True:
             self.children.check()
@@ -488,7 +489,6 @@ class Bench:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with session.get(f"{self.base}/readyz") as response:
                         api_ready = response.status == 200
-            redis_port = urlsplit(self.args.redis_url).port or 6379
             if api_ready and all(connected_to(pid, redis_port) for pid in worker_pids):
                 return
             if time.monotonic() > deadline:
@@ -537,11 +537,12 @@ class Bench:
                 async with session.post(url, data=body, headers=headers) as response:
                     raw = await response.read()
                     status = response.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except aiohttp.ClientConnectorError as exc:  # not sent: safe to send again
                 status, raw = 0, repr(exc).encode()
             if status == 202:
                 break
-            if attempt == RETRIES or not (status == 0 or status == 429 or status >= 500):
+            # Anything else may have been accepted: sending it again would count it twice.
+            if attempt == RETRIES or status not in (0, 429, 503):
                 raise RuntimeError(f"batch refused: HTTP {status}: {raw[:500]!r}")
             load.retries += 1
             await asyncio.sleep(0.2 * 2**attempt)
@@ -641,7 +642,7 @@ class Bench:
         postmaster = self.private_postgres.postmaster_pid() if self.private_postgres else None
         if postmaster is not None:
             roles[postmaster] = "postgres"
-        redis_port = urlsplit(self.redis_url).port or 6379 if self.redis_url else None
+        redis_port = (urlsplit(self.redis_url).port or 6379) if self.redis_url else None
         for pid in os.listdir("/proc"):
             if pid.isdigit() and int(pid) not in roles:
                 command = read_text(f"/proc/{pid}/cmdline").replace("\0", " ")
@@ -763,17 +764,17 @@ def cpu_used(
 ) -> dict[str, Any]:
     """CPU seconds between two snapshots by role; `other` is whatever else the machine did."""
     window = after.pop(("wall", 0)) - before.pop(("wall", 0))
-    machine = after.pop(("machine", 0)) - before.pop(("machine", 0))
-    by_role: Counter[str] = Counter()
+    busy = after.pop(("machine", 0)) - before.pop(("machine", 0))
+    by_role: dict[str, float] = {}
     for (role, pid), seconds in after.items():
-        by_role[role] += seconds - before.get((role, pid), 0.0)
+        by_role[role] = by_role.get(role, 0.0) + seconds - before.get((role, pid), 0.0)
     ours = sum(by_role.values())
     capacity = window * len(os.sched_getaffinity(0))
     return {
         "window_s": round(window, 1),
-        "machine_busy_pct": round(100 * machine / capacity, 1),
-        "seconds": {role: round(v, 1) for role, v in by_role.most_common()},
-        "other_s": round(max(0.0, machine - ours), 1),
+        "machine_busy_pct": round(100 * busy / capacity, 1),
+        "seconds": {role: round(v, 1) for role, v in sorted(by_role.items(), key=lambda i: -i[1])},
+        "other_s": round(max(0.0, busy - ours), 1),
         "ms_per_notification": round(1000 * ours / notifications, 2),
     }
 
@@ -827,7 +828,7 @@ def machine() -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", choices=["embedded", "postgres-redis"], default="embedded")
+    parser.add_argument("--config", choices=["embedded", "postgres-redis"])
     parser.add_argument("--notifications", "-m", type=int, default=10_000)
     parser.add_argument("--recipients", "-n", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2, help="postgres-redis: worker processes")
@@ -875,6 +876,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--sink-records", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.config is None and args.sink_records is None:
+        parser.error("--config is required")
     if not 1 <= args.batch <= 1000:
         parser.error("--batch must be between 1 and 1000")
     if min(args.notifications, args.recipients, args.workers, args.concurrency) < 1:

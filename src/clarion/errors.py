@@ -7,6 +7,7 @@
     │   ├── Conflict             409 (idempotency_conflict, ...)
     │   ├── Unauthorized         401
     │   ├── Forbidden            403
+    │   ├── TooManyRequests      429 rate_limited, with Retry-After
     │   └── Unavailable          503, with Retry-After
     ├── TemplateError            a template that cannot be stored or rendered
     │   └── MissingVariable
@@ -81,6 +82,13 @@ class PayloadTooLarge(ApiError):
     code = "payload_too_large"
 
 
+class TooManyRequests(ApiError):
+    """429; carries ``Retry-After`` and the ``RateLimit-*`` headers."""
+
+    status = 429
+    code = "rate_limited"
+
+
 class Unavailable(ApiError):
     status = 503
     code = "unavailable"
@@ -119,5 +127,11 @@ class TransientError(ProviderError):
 
 
 class PermanentError(ProviderError):
-    def __init__(self, message: str, *, reason: str = "provider_rejected") -> None:
+    """``dead_address``: the token or subscription the service says is gone for good; the
+    worker removes it from the recipient."""
+
+    def __init__(
+        self, message: str, *, reason: str = "provider_rejected", dead_address: Any = None
+    ) -> None:
         super().__init__(message, reason=reason)
+        self.dead_address = dead_address

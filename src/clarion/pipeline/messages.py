@@ -33,6 +33,8 @@ def send_payload(row: dict[str, Any], attempt: int | None = None) -> dict[str, A
         "content": row["content"],
         "attempt": attempt if attempt is not None else row["attempts"] + 1,
         "expires_at": _ts(row.get("expires_at")),
+        "category": row.get("category"),
+        "critical": bool(row.get("critical")),
     }
 
 
@@ -51,6 +53,9 @@ def outbound(payload: dict[str, Any]) -> OutboundMessage:
         content=payload["content"],
         priority=payload["priority"],
         attempt=payload["attempt"],
+        category=payload.get("category"),
+        critical=bool(payload.get("critical")),
+        expires_at=payload.get("expires_at"),
     )
 
 

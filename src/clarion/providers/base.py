@@ -4,18 +4,31 @@ A provider knows only its own wire protocol and how to classify its failures: it
 :class:`~clarion.errors.TransientError` (worth retrying) or
 :class:`~clarion.errors.PermanentError` (never). Retries, rate limits, circuit breakers and
 status recording are layers around it, not inside it.
+
+A configurable provider is built from a :class:`ProviderSpec` (its tenant's stored
+configuration, secrets decrypted) and the process's :class:`ProviderEnv`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from clarion.config import Settings
 
 
 @dataclass(frozen=True, slots=True)
 class OutboundMessage:
-    """One delivery, rendered and addressed, ready for a provider."""
+    """One delivery, rendered and addressed, ready for a provider.
+
+    ``to`` is the channel's address: an email address, an E.164 phone number, a list of push
+    tokens (``{"platform", "token"}``), a list of web push subscriptions, a URL, or the
+    recipient id for in-app. ``category`` and ``critical`` come from the template's category.
+    """
 
     delivery_id: str
     tenant_id: str
@@ -26,11 +39,44 @@ class OutboundMessage:
     content: dict[str, Any]
     priority: str
     attempt: int
+    category: str | None = None
+    critical: bool = False
+    # When the message stops being worth delivering (epoch seconds), if it has a deadline.
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
+    """A send the service accepted. ``dead_addresses``: tokens or subscriptions the service
+    refused as gone while others of the same delivery went through (they are removed from
+    the recipient)."""
+
     provider_message_id: str | None = None
+    dead_addresses: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """A tenant's configured provider, as stored (``config`` validated, secrets decrypted)."""
+
+    tenant_id: str
+    name: str
+    kind: str
+    channel: str
+    # Left out of the repr: it holds credentials.
+    config: dict[str, Any] = field(repr=False)
+    priority: int = 1
+    rate_limit_per_second: float | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEnv:
+    """What a provider may use from its process."""
+
+    settings: Settings
+    engine: AsyncEngine
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Provider(ABC):

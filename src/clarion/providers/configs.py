@@ -1,0 +1,137 @@
+"""Configuration of each provider kind, validated when a tenant stores a provider.
+
+Field names follow the API contract. ``SECRET`` fields are encrypted at rest and shown as
+``"***"``. Every kind takes ``base_url`` to point it at another endpoint (a regional one, or
+a test server).
+"""
+
+from __future__ import annotations
+
+import ssl
+from email.utils import parseaddr
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, StringConstraints
+
+Text = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+Secret = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
+
+
+def _email_from(value: str) -> str:
+    if "@" not in parseaddr(value)[1] or "\r" in value or "\n" in value:
+        raise ValueError("not an email address (`name@example.com` or `Name <name@example.com>`)")
+    return value
+
+
+def _ca_pem(value: str) -> str:
+    try:
+        ssl.create_default_context(cadata=value)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ValueError("not PEM-encoded CA certificates") from exc
+    return value
+
+
+EmailFrom = Annotated[Text, AfterValidator(_email_from)]
+
+
+class KindConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    SECRET: ClassVar[frozenset[str]] = frozenset()
+    base_url: HttpUrl | None = None
+
+
+class SmtpConfig(KindConfig):
+    SECRET = frozenset({"password"})
+    host: Text
+    port: int = Field(default=587, ge=1, le=65535)
+    username: Text | None = None
+    password: Secret | None = None
+    from_: EmailFrom = Field(alias="from")
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    # Verify the server's certificate (turn off only for a relay with a private CA).
+    verify_tls: bool = True
+    # CA certificates (PEM text) to trust instead of the system's, for a relay with a
+    # private CA. The text itself, not a path: tenants must not name files on the server.
+    ca_pem: (
+        Annotated[str, StringConstraints(min_length=1, max_length=100_000), AfterValidator(_ca_pem)]
+        | None
+    ) = None
+    pool_size: int = Field(default=4, ge=1, le=64)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SesConfig(KindConfig):
+    SECRET = frozenset({"secret_access_key"})
+    region: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")]
+    access_key_id: Text
+    secret_access_key: Secret
+    from_: EmailFrom = Field(alias="from")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SendgridConfig(KindConfig):
+    SECRET = frozenset({"api_key"})
+    api_key: Secret
+    from_: EmailFrom = Field(alias="from")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TwilioConfig(KindConfig):
+    SECRET = frozenset({"auth_token"})
+    account_sid: Annotated[str, StringConstraints(pattern=r"^AC[0-9a-fA-F]{32}$")]
+    auth_token: Secret
+    from_: Text = Field(alias="from")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class FcmConfig(KindConfig):
+    SECRET = frozenset({"service_account"})
+    # The service account's JSON key file, as an object or as the file's text.
+    service_account: dict[str, Any] | Secret
+    # Where the OAuth2 token is obtained; defaults to the key file's `token_uri`.
+    token_url: HttpUrl | None = None
+
+
+class ApnsConfig(KindConfig):
+    SECRET = frozenset({"private_key"})
+    team_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$")]
+    key_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$")]
+    private_key: Secret
+    topic: Text
+    environment: Literal["production", "sandbox"] = "production"
+
+
+class WebpushConfig(KindConfig):
+    SECRET = frozenset({"vapid_private_key"})
+    vapid_private_key: Secret
+    vapid_subject: Annotated[str, StringConstraints(pattern=r"^(mailto:|https://).+")]
+
+
+class SandboxConfig(KindConfig):
+    pass
+
+
+class WebhookConfig(KindConfig):
+    pass
+
+
+# kind → (config model, channels it can carry)
+KINDS: dict[str, tuple[type[KindConfig], frozenset[str]]] = {
+    "smtp": (SmtpConfig, frozenset({"email"})),
+    "ses": (SesConfig, frozenset({"email"})),
+    "sendgrid": (SendgridConfig, frozenset({"email"})),
+    "twilio": (TwilioConfig, frozenset({"sms"})),
+    "fcm": (FcmConfig, frozenset({"push"})),
+    "apns": (ApnsConfig, frozenset({"push"})),
+    "webpush": (WebpushConfig, frozenset({"webpush"})),
+    "webhook": (WebhookConfig, frozenset({"webhook"})),
+    "sandbox": (
+        SandboxConfig,
+        frozenset({"email", "sms", "push", "webpush", "inapp", "webhook"}),
+    ),
+}

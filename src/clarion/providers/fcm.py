@@ -1,0 +1,302 @@
+"""The FCM provider: Firebase Cloud Messaging's HTTP v1 API.
+
+Each token is one ``POST /v1/projects/{project}/messages:send``, authorised by an OAuth2
+access token that the service account obtains by signing a JWT (RS256) and exchanging it at
+the key file's ``token_uri``. The access token is cached until five minutes before it
+expires and refreshed by one caller at a time; a 401 drops it and the send is tried once
+more with a new one (the token may have been revoked early).
+
+Errors follow the FCM v1 error codes: UNREGISTERED (or an invalid registration token) means
+the token is gone; SENDER_ID_MISMATCH, THIRD_PARTY_AUTH_ERROR and 403 are bad credentials;
+QUOTA_EXCEEDED, UNAVAILABLE and INTERNAL are worth retrying, after ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import jwt
+import orjson
+
+from clarion.errors import PermanentError, ProviderError, TransientError
+from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.configs import FcmConfig
+from clarion.providers.push import parse_retry_after, send_tokens, tokens_for
+
+DEFAULT_BASE_URL = "https://fcm.googleapis.com"
+SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+ASSERTION_LIFETIME = 3600
+# An access token is replaced this long before it expires, so none expires in flight.
+REFRESH_MARGIN = 300.0
+HIGH_PRIORITIES = frozenset({"critical", "high"})
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccount:
+    """The fields of a Google service account key file that a send needs."""
+
+    project_id: str
+    client_email: str
+    private_key: str
+    private_key_id: str | None
+    token_uri: str
+
+    @classmethod
+    def parse(cls, value: dict[str, Any] | str) -> ServiceAccount:
+        """From the key file as an object or its JSON text; PermanentError if unusable."""
+        try:
+            data = orjson.loads(value) if isinstance(value, str) else value
+        except orjson.JSONDecodeError as exc:
+            raise PermanentError(
+                "the service account is not valid JSON", reason="bad_credentials"
+            ) from exc
+        if not isinstance(data, dict):
+            raise PermanentError("the service account is not an object", reason="bad_credentials")
+        fields = ("project_id", "client_email", "private_key", "token_uri")
+        missing = [name for name in fields if not isinstance(data.get(name), str)]
+        if missing:
+            raise PermanentError(
+                f"the service account lacks {', '.join(missing)}", reason="bad_credentials"
+            )
+        return cls(
+            project_id=data["project_id"],
+            client_email=data["client_email"],
+            private_key=data["private_key"],
+            private_key_id=data.get("private_key_id"),
+            token_uri=data["token_uri"],
+        )
+
+
+class AccessTokens:
+    """OAuth2 access tokens of one service account, cached until shortly before expiry."""
+
+    def __init__(
+        self,
+        account: ServiceAccount,
+        token_url: str,
+        session: Callable[[], aiohttp.ClientSession],
+        clock: Clock = time.time,
+    ) -> None:
+        self._account = account
+        self._token_url = token_url
+        self._session = session
+        self._clock = clock
+        self._token: str | None = None
+        self._refresh_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> str:
+        """A valid access token, fetched only if the cached one is missing or near expiry."""
+        token = self._fresh()
+        if token is not None:
+            return token
+        async with self._lock:
+            # Another caller may have refreshed while this one waited for the lock.
+            token = self._fresh()
+            if token is None:
+                token, expires_in = await self._fetch()
+                self._token, self._refresh_at = token, self._clock() + expires_in - REFRESH_MARGIN
+            return token
+
+    def drop(self, token: str) -> None:
+        """Forget a token the service refused (unless it was already replaced)."""
+        if self._token == token:
+            self._token = None
+
+    def _fresh(self) -> str | None:
+        if self._token is not None and self._clock() < self._refresh_at:
+            return self._token
+        return None
+
+    def _assertion(self) -> str:
+        now = int(self._clock())
+        claims = {
+            "iss": self._account.client_email,
+            "scope": SCOPE,
+            "aud": self._account.token_uri,
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME,
+        }
+        headers = {"kid": self._account.private_key_id} if self._account.private_key_id else None
+        try:
+            return jwt.encode(claims, self._account.private_key, algorithm="RS256", headers=headers)
+        except (ValueError, TypeError, jwt.PyJWTError) as exc:
+            raise PermanentError(
+                f"the service account's private key is unusable: {exc}", reason="bad_credentials"
+            ) from exc
+
+    async def _fetch(self) -> tuple[str, float]:
+        form = {"grant_type": GRANT_TYPE, "assertion": self._assertion()}
+        try:
+            async with self._session().post(self._token_url, data=form) as response:
+                raw = await response.read()
+                status, retry_after = response.status, response.headers.get("retry-after")
+        except aiohttp.ClientError as exc:
+            raise TransientError(
+                f"token endpoint: {type(exc).__name__}: {exc}", reason="connection_error"
+            ) from exc
+        body = _json(raw)
+        if status == 200 and isinstance(body.get("access_token"), str):
+            expires_in = body.get("expires_in")
+            if not isinstance(expires_in, int | float):
+                expires_in = ASSERTION_LIFETIME
+            return body["access_token"], float(expires_in)
+        detail = f"token endpoint HTTP {status}: {raw[:200].decode(errors='replace')}"
+        if status == 429 or status >= 500:
+            raise TransientError(
+                detail, reason=f"http_{status}", retry_after=parse_retry_after(retry_after)
+            )
+        raise PermanentError(detail, reason="bad_credentials")
+
+
+class FcmProvider(Provider):
+    """Sends push messages to the ``fcm`` tokens of a delivery."""
+
+    kind = "fcm"
+
+    def __init__(self, spec: ProviderSpec, env: ProviderEnv, *, timeout: float = 10.0) -> None:
+        config = FcmConfig.model_validate(spec.config)
+        self._timeout = timeout
+        self._client: aiohttp.ClientSession | None = None
+        base = str(config.base_url) if config.base_url else DEFAULT_BASE_URL
+        self._base = base.rstrip("/")
+        self._auth: tuple[ServiceAccount, AccessTokens] | PermanentError
+        try:
+            account = ServiceAccount.parse(config.service_account)
+        except PermanentError as exc:
+            # A broken key fails each send (permanently), not the process that loads it.
+            self._auth = exc
+        else:
+            token_url = str(config.token_url) if config.token_url else account.token_uri
+            self._auth = (account, AccessTokens(account, token_url, self._session))
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._client is None:
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=0),
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                headers={"user-agent": "Clarion-FCM/1"},
+            )
+        return self._client
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        if isinstance(self._auth, PermanentError):
+            raise self._auth
+        account, tokens = self._auth
+        url = f"{self._base}/v1/projects/{account.project_id}/messages:send"
+        return await send_tokens(
+            tokens_for(message, "fcm"),
+            lambda token: self._send_one(url, tokens, message, token),
+            self._timeout,
+        )
+
+    async def _send_one(
+        self, url: str, tokens: AccessTokens, message: OutboundMessage, token: str
+    ) -> str | None:
+        payload = orjson.dumps(fcm_body(message, token))
+        access = await tokens.get()
+        status, body, retry_after = await self._post(url, access, payload)
+        if status == 401:
+            # Revoked or expired early: one more try with a new token.
+            tokens.drop(access)
+            status, body, retry_after = await self._post(url, await tokens.get(), payload)
+        if 200 <= status < 300:
+            name = body.get("name")
+            return name if isinstance(name, str) else None
+        raise fcm_error(status, body, retry_after, token)
+
+    async def _post(
+        self, url: str, access: str, payload: bytes
+    ) -> tuple[int, dict[str, Any], str | None]:
+        headers = {"authorization": f"Bearer {access}", "content-type": "application/json"}
+        try:
+            async with self._session().post(url, data=payload, headers=headers) as response:
+                raw = await response.read()
+                return response.status, _json(raw), response.headers.get("retry-after")
+        except aiohttp.ClientError as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}", reason="connection_error") from exc
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def fcm_body(message: OutboundMessage, token: str) -> dict[str, Any]:
+    """The ``messages:send`` request body for one token."""
+    content = message.content
+    body: dict[str, Any] = {"token": token}
+    notification = {key: content[key] for key in ("title", "body") if content.get(key)}
+    if notification:
+        body["notification"] = notification
+    data = content.get("data")
+    if isinstance(data, dict) and data:
+        # FCM takes only string values in `data`.
+        body["data"] = {
+            str(key): value if isinstance(value, str) else orjson.dumps(value).decode()
+            for key, value in data.items()
+        }
+    high = message.priority in HIGH_PRIORITIES
+    android: dict[str, Any] = {"priority": "high" if high else "normal"}
+    # Apple refuses priority 10 for a message without an alert.
+    apns_headers = {"apns-priority": "10" if high and notification else "5"}
+    collapse_id = content.get("collapse_id")
+    if isinstance(collapse_id, str) and collapse_id:
+        android["collapse_key"] = collapse_id
+        apns_headers["apns-collapse-id"] = collapse_id
+    if message.expires_at is not None:
+        android["ttl"] = f"{max(0, int(message.expires_at - time.time()))}s"
+        apns_headers["apns-expiration"] = str(int(message.expires_at))
+    body["android"] = android
+    body["apns"] = {"headers": apns_headers}
+    return {"message": body}
+
+
+def fcm_error(
+    status: int, body: dict[str, Any], retry_after: str | None, token: str
+) -> ProviderError:
+    """The error for an FCM v1 response that is not a success."""
+    error = body.get("error")
+    if not isinstance(error, dict):
+        error = {}
+    details = [item for item in error.get("details") or [] if isinstance(item, dict)]
+    code = next(
+        (item["errorCode"] for item in details if isinstance(item.get("errorCode"), str)),
+        error.get("status") or f"HTTP_{status}",
+    )
+    detail = f"FCM {status} {code}: {str(error.get('message', ''))[:200]}"
+    if status == 429 or status >= 500 or code in ("QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL"):
+        return TransientError(
+            detail, reason=f"http_{status}", retry_after=parse_retry_after(retry_after)
+        )
+    if code == "UNREGISTERED" or status == 404:
+        return PermanentError(detail, reason="unregistered", dead_address=token)
+    if code in ("SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR") or status in (401, 403):
+        return PermanentError(detail, reason="bad_credentials")
+    if code == "INVALID_ARGUMENT" and _about_token(error, details):
+        return PermanentError(detail, reason="invalid_address", dead_address=token)
+    return PermanentError(detail, reason="provider_rejected")
+
+
+def _about_token(error: dict[str, Any], details: list[dict[str, Any]]) -> bool:
+    for item in details:
+        for violation in item.get("fieldViolations") or []:
+            if isinstance(violation, dict) and violation.get("field") == "message.token":
+                return True
+    return "registration token" in str(error.get("message", "")).lower()
+
+
+def _json(raw: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -20,6 +21,8 @@ from pydantic import (
 from clarion.domain.models import Channel, Priority
 
 MAX_BATCH = 1000
+# A recipient's `data` is merged into every render: kept small so planning stays cheap.
+MAX_RECIPIENT_DATA = 64 * 1024
 
 Name = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
@@ -51,12 +54,14 @@ def _phone(value: str) -> str:
 
 
 def _locale(value: str) -> str:
-    if not _LOCALE.match(value):
+    if len(value) > 35 or not _LOCALE.match(value):
         raise ValueError("not a locale tag (e.g. fr or fr-CA)")
     return value
 
 
 def _timezone(value: str) -> str:
+    if len(value) > 64:
+        raise ValueError("not an IANA time zone (too long)")
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -64,7 +69,17 @@ def _timezone(value: str) -> str:
     return value
 
 
+def _small_data(value: dict[str, Any]) -> dict[str, Any]:
+    if len(orjson.dumps(value)) > MAX_RECIPIENT_DATA:
+        raise ValueError(f"data takes more than {MAX_RECIPIENT_DATA // 1024} KiB as JSON")
+    return value
+
+
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+Email = Annotated[str, AfterValidator(_email)]
+Phone = Annotated[str, AfterValidator(_phone)]
+Locale = Annotated[str, AfterValidator(_locale)]
+TimeZone = Annotated[str, AfterValidator(_timezone)]
 
 
 class To(BaseModel):
@@ -131,14 +146,16 @@ class WebPushSubscription(BaseModel):
 class RecipientIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    email: Annotated[str, AfterValidator(_email)] | None = None
-    phone: Annotated[str, AfterValidator(_phone)] | None = None
-    locale: Annotated[str, AfterValidator(_locale)] | None = None
-    timezone: Annotated[str, AfterValidator(_timezone)] | None = None
+    email: Email | None = None
+    phone: Phone | None = None
+    locale: Locale | None = None
+    timezone: TimeZone | None = None
     push_tokens: list[PushToken] = Field(default_factory=list, max_length=100)
     webpush: list[WebPushSubscription] = Field(default_factory=list, max_length=100)
     webhook_url: HttpUrl | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: Annotated[dict[str, Any], AfterValidator(_small_data)] = Field(
+        default_factory=dict, description="At most 64 KiB as JSON."
+    )
 
     def to_row(self) -> dict[str, Any]:
         row = self.model_dump(mode="json")
@@ -152,7 +169,8 @@ class RecipientBatchItem(RecipientIn):
 class RecipientBatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    recipients: list[dict[str, Any]]
+    # Items are validated one by one, so that each is accepted or refused on its own.
+    recipients: list[Any]
 
 
 class TemplateIn(BaseModel):
@@ -160,6 +178,78 @@ class TemplateIn(BaseModel):
 
     category: Name = "transactional"
     channels: dict[Channel, dict[str, Any]] = Field(min_length=1)
-    locales: dict[Annotated[str, AfterValidator(_locale)], dict[Channel, dict[str, Any]]] = Field(
-        default_factory=dict
+    locales: dict[Locale, dict[Channel, dict[str, Any]]] = Field(default_factory=dict)
+
+
+CategoryName = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_DURATION = re.compile(r"^([1-9]\d{0,6})([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DIGEST_MIN_SECONDS = 60
+DIGEST_MAX_SECONDS = 7 * 86400
+
+
+def _clock(value: str) -> str:
+    if not _CLOCK.match(value):
+        raise ValueError("not a time of day as HH:MM between 00:00 and 23:59")
+    return value
+
+
+def duration_seconds(value: str) -> int:
+    """Seconds in a duration such as ``90s``, ``15m``, ``1h`` or ``7d``."""
+    match = _DURATION.match(value)
+    if match is None:
+        raise ValueError("not a duration such as 15m, 1h or 1d")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _digest_window(value: str) -> str:
+    if not DIGEST_MIN_SECONDS <= duration_seconds(value) <= DIGEST_MAX_SECONDS:
+        raise ValueError("a digest window lies between 1m and 7d")
+    return value
+
+
+class QuietHours(BaseModel):
+    """Hours in which non-critical deliveries wait. ``start`` after ``end`` spans midnight;
+    without ``timezone`` the recipient's own time zone applies."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: Annotated[str, AfterValidator(_clock)]
+    end: Annotated[str, AfterValidator(_clock)]
+    timezone: TimeZone | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("quiet hours need a start different from their end")
+        return self
+
+
+class PreferencesIn(BaseModel):
+    """A recipient's choices: channel-wide opt-outs, per-category ones, quiet hours."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: dict[Channel, bool] = Field(default_factory=dict)
+    categories: dict[CategoryName, dict[Channel, bool]] = Field(
+        default_factory=dict, max_length=1000
     )
+    quiet_hours: QuietHours | None = None
+
+
+class DigestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    window: Annotated[str, AfterValidator(_digest_window)]
+
+
+class CategoryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    critical: bool = False
+    default_channels: list[Channel] | None = Field(default=None, min_length=1)
+    digest: DigestIn | None = None
+    max_per_hour: int | None = Field(default=None, ge=1, le=1_000_000)

@@ -13,53 +13,68 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import Template, TemplateSyntaxError, UndefinedError
+from jinja2.exceptions import SecurityError, TemplateRuntimeError
 
+from clarion.domain.htmltext import html_to_text
+from clarion.domain.localized import FILTERS
+from clarion.domain.sandbox import ClarionSandbox, make_environment
+from clarion.domain.sandbox_limits import STATE, RenderState
+from clarion.domain.template_check import prepare
 from clarion.errors import MissingVariable, TemplateError
 
 _UNDEFINED_NAME = re.compile(r"'([^']+)' is undefined|has no attribute '([^']+)'")
 
-
-def _environment(autoescape: bool) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
-        autoescape=autoescape, undefined=StrictUndefined, keep_trailing_newline=True
-    )
-    # Globals that can be abused to build large objects or to probe the runtime.
-    for name in ("range", "lipsum", "cycler", "joiner", "namespace", "dict"):
-        env.globals.pop(name, None)
-    return env
-
-
-_PLAIN = _environment(autoescape=False)
-_HTML = _environment(autoescape=True)
+_PLAIN = make_environment(autoescape=False, filters=FILTERS)
+_HTML = make_environment(autoescape=True, filters=FILTERS)
 # Fields rendered with HTML escaping of the data placed in them.
 _HTML_FIELDS = frozenset({"html"})
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledTemplate:
-    """A channel's content, compiled: the same shape as the source with templates in it."""
+    """A channel's content, compiled: the same shape as the source with templates in it.
+
+    ``text_from_html``: an email with HTML and no text part; rendering derives the text.
+    """
 
     tree: Any
+    text_from_html: bool = False
 
-    def render(self, context: Mapping[str, Any]) -> Any:
-        return _render_tree(self.tree, context)
+    def render(
+        self, context: Mapping[str, Any], locale: str | None = None, timezone: str | None = None
+    ) -> Any:
+        """Render with ``context``'s variables. ``locale`` and ``timezone`` drive the
+        localized filters; left out, they are the context's ``recipient``'s (the planner's
+        context always sets ``recipient`` itself, after the data, so data cannot spoof it)."""
+        recipient = context.get("recipient")
+        if isinstance(recipient, Mapping):
+            locale = locale or recipient.get("locale")
+            timezone = timezone or recipient.get("timezone")
+        variables = dict(context)
+        variables[STATE] = RenderState(locale, timezone)
+        rendered = _render_tree(self.tree, variables)
+        if self.text_from_html and isinstance(rendered, dict) and "html" in rendered:
+            rendered["text"] = html_to_text(rendered["html"])
+        return rendered
+
+
+def _compile_string(source: str, field: str | None) -> Template | str:
+    env: ClarionSandbox = _HTML if field in _HTML_FIELDS else _PLAIN
+    if "{" not in source:
+        return source
+    where = f"{field}: " if field else ""
+    try:
+        return env.from_string(prepare(env, source))
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"{where}line {exc.lineno}: {exc.message}", line=exc.lineno) from exc
+    except TemplateError as exc:
+        raise TemplateError(f"{where}{exc.message}", line=exc.line) from exc
 
 
 def _compile_tree(node: Any, field: str | None) -> Any:
     if isinstance(node, str):
-        env = _HTML if field in _HTML_FIELDS else _PLAIN
-        if "{" not in node:
-            return node
-        try:
-            return env.from_string(node)
-        except TemplateSyntaxError as exc:
-            where = f"{field}: " if field else ""
-            raise TemplateError(
-                f"{where}line {exc.lineno}: {exc.message}", line=exc.lineno
-            ) from exc
+        return _compile_string(node, field)
     if isinstance(node, Mapping):
         return {key: _compile_tree(value, str(key)) for key, value in node.items()}
     if isinstance(node, list):
@@ -67,35 +82,56 @@ def _compile_tree(node: Any, field: str | None) -> Any:
     return node
 
 
-def _render_tree(node: Any, context: Mapping[str, Any]) -> Any:
+@dataclass(frozen=True, slots=True)
+class _Unusable:
+    """Stands for a stored template that no longer compiles: rendering it fails."""
+
+    message: str
+
+
+def _render_tree(node: Any, variables: dict[str, Any]) -> Any:
     if isinstance(node, str) or node is None or isinstance(node, (int, float, bool)):
         return node
+    if isinstance(node, _Unusable):
+        raise TemplateError(node.message)
     if isinstance(node, dict):
-        return {key: _render_tree(value, context) for key, value in node.items()}
+        return {key: _render_tree(value, variables) for key, value in node.items()}
     if isinstance(node, list):
-        return [_render_tree(value, context) for value in node]
+        return [_render_tree(value, variables) for value in node]
+    return _render_one(node, variables)
+
+
+def _render_one(template: Template, variables: dict[str, Any]) -> str:
     try:
-        return node.render(context)
+        context = template.new_context(variables, shared=True)
+        return template.environment.concat(template.root_render_func(context))
     except UndefinedError as exc:
         match = _UNDEFINED_NAME.search(str(exc))
         name = (match.group(1) or match.group(2)) if match else str(exc)
         raise MissingVariable(name) from exc
     except SecurityError as exc:
         raise TemplateError(f"refused by the sandbox: {exc}") from exc
-    except (TypeError, ValueError, ArithmeticError, OverflowError) as exc:
+    except TemplateError:
+        raise
+    except TemplateRuntimeError as exc:
+        raise TemplateError(f"render failed: {exc}") from exc
+    except RecursionError as exc:
+        raise TemplateError("render failed: nested too deeply") from exc
+    except Exception as exc:  # data of any shape meets template code of any shape
         raise TemplateError(f"render failed: {exc}") from exc
 
 
-def compile_content(content: Mapping[str, Any]) -> CompiledTemplate:
+def compile_content(content: Mapping[str, Any], channel: str | None = None) -> CompiledTemplate:
     """Compile one channel's content; raises :class:`TemplateError` naming the line."""
-    return CompiledTemplate(_compile_tree(content, None))
+    derive = channel == "email" and "html" in content and "text" not in content
+    return CompiledTemplate(_compile_tree(content, None), text_from_html=derive)
 
 
 def compile_channels(channels: Mapping[str, Mapping[str, Any]]) -> dict[str, CompiledTemplate]:
     compiled = {}
     for channel, content in channels.items():
         try:
-            compiled[channel] = compile_content(content)
+            compiled[channel] = compile_content(content, channel)
         except TemplateError as exc:
             raise TemplateError(f"{channel}.{exc.message}", line=exc.line) from exc
     return compiled
@@ -147,3 +183,15 @@ def compile_version(
         except TemplateError as exc:
             raise TemplateError(f"locales.{locale}.{exc.message}", line=exc.line) from exc
     return CompiledVersion(category, base, per_locale)
+
+
+def compile_stored(
+    category: str, channels: Mapping[str, Mapping[str, Any]], locales: Mapping[str, Any]
+) -> CompiledVersion:
+    """Like :func:`compile_version`, for a version already stored: one that no longer
+    compiles (the rules got stricter) renders as a template error on every channel."""
+    try:
+        return compile_version(category, channels, locales)
+    except TemplateError as exc:
+        unusable = CompiledTemplate(_Unusable(f"the stored template is refused: {exc.message}"))
+        return CompiledVersion(category, dict.fromkeys(channels, unusable), {})

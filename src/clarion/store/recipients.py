@@ -1,18 +1,39 @@
-"""Recipients: the tenant's users and their addresses."""
+"""Recipients: the tenant's users, their addresses and their preferences.
+
+Preferences live in the ``preferences`` JSON column of the recipient's row (NULL until set)::
+
+    {"channels": {"sms": False},
+     "categories": {"marketing": {"email": False, "push": True}},
+     "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris" | None}
+                    | None}
+
+Replacing a recipient (``upsert_many``) leaves them as they are.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from clarion.store.db import as_utc, utcnow
+from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import chunks, upsert
 from clarion.store.tables import recipients
 
 FIELDS = ("email", "phone", "locale", "timezone", "push_tokens", "webpush", "webhook_url", "data")
+
+
+def empty_preferences() -> dict[str, Any]:
+    """What a recipient who never set preferences has: everything allowed, no quiet hours."""
+    return {"channels": {}, "categories": {}, "quiet_hours": None}
+
+
+def preferences_of(row: Any) -> dict[str, Any]:
+    """The preferences of a recipient row (as ``load_many`` returns it), in full shape."""
+    stored = row.get("preferences")
+    return {**empty_preferences(), **stored} if stored else empty_preferences()
 
 
 def to_public(row: Any) -> dict[str, Any]:
@@ -66,3 +87,29 @@ async def existing_ids(conn: AsyncConnection, tenant_id: str, ids: Iterable[str]
         )
         found.update((await conn.execute(query)).scalars())
     return found
+
+
+async def get_preferences(
+    engine: AsyncEngine, tenant_id: str, recipient_id: str
+) -> dict[str, Any] | None:
+    """The recipient's preferences, or None if there is no such recipient."""
+    query = select(recipients.c.preferences).where(
+        recipients.c.tenant_id == tenant_id, recipients.c.id == recipient_id
+    )
+    async with engine.connect() as conn:
+        row = (await conn.execute(query)).mappings().first()
+    return preferences_of(row) if row is not None else None
+
+
+async def set_preferences(
+    engine: AsyncEngine, tenant_id: str, recipient_id: str, preferences: dict[str, Any]
+) -> bool:
+    """Replace the recipient's preferences; False if there is no such recipient."""
+    stmt = (
+        update(recipients)
+        .where(recipients.c.tenant_id == tenant_id, recipients.c.id == recipient_id)
+        .values(preferences=preferences, updated_at=utcnow())
+    )
+    async with write_tx(engine) as conn:
+        result = await conn.execute(stmt)
+    return bool(result.rowcount)

@@ -93,6 +93,97 @@ async def get(
     return _public(row) if row else None
 
 
+async def list_templates(
+    engine: AsyncEngine, tenant_id: str, *, after: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Templates by name, with their active version's category; ``after`` is the last name
+    of the previous page."""
+    t, tv = templates, template_versions
+    query = (
+        select(t.c.name, t.c.active_version, t.c.latest_version, t.c.updated_at, tv.c.category)
+        .join(
+            tv,
+            (tv.c.tenant_id == t.c.tenant_id)
+            & (tv.c.name == t.c.name)
+            & (tv.c.version == t.c.active_version),
+        )
+        .where(t.c.tenant_id == tenant_id)
+    )
+    if after is not None:
+        query = query.where(t.c.name > after)
+    query = query.order_by(t.c.name).limit(limit)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return [
+        {
+            "name": r["name"],
+            "active_version": r["active_version"],
+            "latest_version": r["latest_version"],
+            "category": r["category"],
+            "updated_at": as_utc(r["updated_at"]),
+        }
+        for r in rows
+    ]
+
+
+async def list_versions(
+    engine: AsyncEngine, tenant_id: str, name: str, *, before: int | None, limit: int
+) -> list[dict[str, Any]] | None:
+    """A template's versions, newest first; None when there is no such template."""
+    tv = template_versions
+    query = select(tv.c.version, tv.c.category, tv.c.created_at).where(
+        tv.c.tenant_id == tenant_id, tv.c.name == name
+    )
+    if before is not None:
+        query = query.where(tv.c.version < before)
+    query = query.order_by(tv.c.version.desc()).limit(limit)
+    async with engine.connect() as conn:
+        active = await _active_version(conn, tenant_id, name)
+        if active is None:
+            return None
+        rows = (await conn.execute(query)).mappings().all()
+    return [
+        {
+            "version": r["version"],
+            "active": r["version"] == active,
+            "category": r["category"],
+            "created_at": as_utc(r["created_at"]),
+        }
+        for r in rows
+    ]
+
+
+async def _active_version(conn: AsyncConnection, tenant_id: str, name: str) -> int | None:
+    query = select(templates.c.active_version).where(
+        templates.c.tenant_id == tenant_id, templates.c.name == name
+    )
+    found: int | None = (await conn.execute(query)).scalar()
+    return found
+
+
+async def rollback(engine: AsyncEngine, tenant_id: str, name: str, version: int) -> str | None:
+    """Make an earlier (or any stored) version active again.
+
+    Returns None when done, else what is missing: ``"template"`` or ``"version"``.
+    """
+    tv = template_versions
+    stored = (
+        select(tv.c.version)
+        .where(tv.c.tenant_id == tenant_id, tv.c.name == name, tv.c.version == version)
+        .exists()
+    )
+    statement = (
+        update(templates)
+        .where(templates.c.tenant_id == tenant_id, templates.c.name == name, stored)
+        .values(active_version=version, updated_at=utcnow())
+    )
+    async with write_tx(engine) as conn:
+        if (await conn.execute(statement)).rowcount == 1:
+            return None
+        exists = await _active_version(conn, tenant_id, name)
+    return "template" if exists is None else "version"
+
+
 async def active_versions(
     conn: AsyncConnection, keys: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], int]:

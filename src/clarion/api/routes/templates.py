@@ -1,16 +1,26 @@
-"""``/v1/templates``: store a new version, read the active one or any version."""
+"""``/v1/templates``: store a new version, read, list, roll back, preview."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from clarion.api.auth import Principal, require
 from clarion.api.responses import JSONResponse
-from clarion.api.schemas import TemplateIn
-from clarion.domain.rendering import compile_version
-from clarion.errors import NotFound, TemplateError, ValidationFailed
+from clarion.api.schemas import RecipientId, TemplateIn
+from clarion.domain.models import Channel
+from clarion.domain.rendering import (
+    CompiledTemplate,
+    CompiledVersion,
+    compile_version,
+    locale_chain,
+)
+from clarion.errors import MissingVariable, NotFound, TemplateError, ValidationFailed
+from clarion.pipeline.planner import render_context
+from clarion.store import categories as category_store
+from clarion.store import recipients as recipient_store
 from clarion.store import templates as store
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
@@ -18,6 +28,11 @@ router = APIRouter(prefix="/v1/templates", tags=["templates"])
 Manager = Annotated[Principal, Depends(require("manage"))]
 Reader = Annotated[Principal, Depends(require("read"))]
 TemplateName = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+Limit = Annotated[int, Query(ge=1, le=500)]
+LocaleTag = Annotated[
+    str, StringConstraints(max_length=35, pattern=r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
+]
 
 # Categories that always exist; others are created through /v1/categories.
 BUILT_IN_CATEGORIES = frozenset({"transactional", "marketing", "security"})
@@ -27,7 +42,8 @@ BUILT_IN_CATEGORIES = frozenset({"transactional", "marketing", "security"})
 async def put(
     request: Request, principal: Manager, name: TemplateName, body: TemplateIn
 ) -> JSONResponse:
-    if body.category not in BUILT_IN_CATEGORIES:
+    engine = request.app.state.ctx.engine
+    if not await category_store.known(engine, principal.tenant_id, [body.category]):
         raise ValidationFailed(f"no category named {body.category!r}", code="unknown_category")
     channels = {channel.value: content for channel, content in body.channels.items()}
     locales = {
@@ -40,14 +56,7 @@ async def put(
             raise ValidationFailed(
                 f"locale {locale!r} overrides channels the template lacks: {sorted(extra)}"
             )
-    try:
-        compile_version(body.category, channels, locales)
-    except TemplateError as exc:
-        raise ValidationFailed(
-            f"template error in {exc.message}",
-            code="template_error",
-            details=[{"line": exc.line, "message": exc.message}],
-        ) from exc
+    _compiled(body.category, channels, locales)
     version = await store.put(
         request.app.state.ctx.engine,
         principal.tenant_id,
@@ -71,3 +80,162 @@ async def get(
         what = f"version {version} of template {name!r}" if version else f"template {name!r}"
         raise NotFound(f"no {what}")
     return JSONResponse(found)
+
+
+def _compiled(category: str, channels: dict[str, Any], locales: dict[str, Any]) -> CompiledVersion:
+    try:
+        return compile_version(category, channels, locales)
+    except TemplateError as exc:
+        raise ValidationFailed(
+            f"template error in {exc.message}",
+            code="template_error",
+            details=[{"line": exc.line, "message": exc.message}],
+        ) from exc
+
+
+@router.get("", summary="List templates by name (cursor-paginated)")
+async def list_templates(
+    request: Request,
+    principal: Reader,
+    limit: Limit = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> JSONResponse:
+    rows = await store.list_templates(
+        request.app.state.ctx.engine, principal.tenant_id, after=cursor, limit=limit + 1
+    )
+    page = rows[:limit]
+    next_cursor = page[-1]["name"] if len(rows) > limit else None
+    return JSONResponse({"data": page, "next_cursor": next_cursor})
+
+
+@router.get(
+    "/{name}/versions",
+    summary="List a template's versions, newest first (an extension of the published API)",
+)
+async def list_versions(
+    request: Request,
+    principal: Reader,
+    name: TemplateName,
+    limit: Limit = 50,
+    cursor: Annotated[int | None, Query(ge=1)] = None,
+) -> JSONResponse:
+    rows = await store.list_versions(
+        request.app.state.ctx.engine, principal.tenant_id, name, before=cursor, limit=limit + 1
+    )
+    if rows is None:
+        raise NotFound(f"no template {name!r}")
+    page = rows[:limit]
+    next_cursor = str(page[-1]["version"]) if len(rows) > limit else None
+    return JSONResponse({"data": page, "next_cursor": next_cursor})
+
+
+class RollbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+
+
+@router.post(
+    "/{name}/rollback",
+    summary="Make a stored version active again; answers with that version",
+)
+async def rollback(
+    request: Request, principal: Manager, name: TemplateName, body: RollbackIn
+) -> JSONResponse:
+    engine = request.app.state.ctx.engine
+    missing = await store.rollback(engine, principal.tenant_id, name, body.version)
+    if missing == "template":
+        raise NotFound(f"no template {name!r}")
+    if missing == "version":
+        raise NotFound(f"no version {body.version} of template {name!r}")
+    found = await store.get(engine, principal.tenant_id, name)
+    if found is None:  # deleted between the two statements
+        raise NotFound(f"no template {name!r}")
+    return JSONResponse(found)
+
+
+class PreviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recipient_id: RecipientId | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    locale: LocaleTag | None = None
+    channel: Channel | None = None
+    version: int | None = Field(default=None, ge=1)
+
+
+@router.post(
+    "/{name}/preview",
+    summary="Render a template without sending anything",
+    description=(
+        "Needs the `read` scope, since nothing is sent. Variables: `data` over the "
+        "recipient's data (with `recipient_id`), plus `recipient`. The locale is `locale`, "
+        "else the recipient's; `locale` in the answer is the most specific one the content "
+        "used (`fr-CA` → `fr` → the default, null). `version` previews a stored version "
+        "other than the active one. A variable the data lacks is a 422 `missing_variable`; "
+        "any other render failure a 422 `render_error`."
+    ),
+)
+async def preview(
+    request: Request, principal: Reader, name: TemplateName, body: PreviewIn
+) -> JSONResponse:
+    engine = request.app.state.ctx.engine
+    found = await store.get(engine, principal.tenant_id, name, body.version)
+    if found is None:
+        what = f"version {body.version} of template" if body.version else "template"
+        raise NotFound(f"no {what} {name!r}")
+    recipient: dict[str, Any] = {}
+    if body.recipient_id is not None:
+        loaded = await recipient_store.get(engine, principal.tenant_id, body.recipient_id)
+        if loaded is None:
+            raise NotFound(f"no recipient {body.recipient_id!r}")
+        recipient = loaded
+    compiled = _compiled(found["category"], found["channels"], found["locales"])
+    locale = body.locale or recipient.get("locale")
+    context = render_context({"data": body.data}, recipient)
+    rendered: dict[str, Any] = {}
+    used: set[str] = set()
+    for channel in _preview_channels(compiled, body.channel):
+        content_locale, template = compiled.for_channel(channel, locale)
+        if content_locale is not None:
+            used.add(content_locale)
+        rendered[channel] = _render(channel, template, context, locale, recipient)
+    chosen = next((tag for tag in locale_chain(locale, compiled.locales) if tag in used), None)
+    return JSONResponse(
+        {"name": name, "version": found["version"], "locale": chosen, "channels": rendered}
+    )
+
+
+def _preview_channels(compiled: CompiledVersion, channel: Channel | None) -> list[str]:
+    if channel is None:
+        return list(compiled.channels)
+    if channel.value not in compiled.channels:
+        raise ValidationFailed(
+            f"the template has no {channel.value!r} channel",
+            code="unknown_channel",
+            details=[{"channel": channel.value, "available": sorted(compiled.channels)}],
+        )
+    return [channel.value]
+
+
+def _render(
+    channel: str,
+    template: CompiledTemplate,
+    context: dict[str, Any],
+    locale: str | None,
+    recipient: dict[str, Any],
+) -> Any:
+    try:
+        return template.render(context, locale=locale, timezone=recipient.get("timezone"))
+    except MissingVariable as exc:
+        raise ValidationFailed(
+            f"{channel}: {exc.message}",
+            code="missing_variable",
+            details=[{"channel": channel, "variable": exc.name}],
+        ) from exc
+    except TemplateError as exc:
+        raise ValidationFailed(
+            f"{channel}: {exc.message}",
+            code="render_error",
+            details=[{"channel": channel, "message": exc.message}],
+        ) from exc

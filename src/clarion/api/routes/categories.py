@@ -1,0 +1,63 @@
+"""``/v1/categories``: the kinds of notification a tenant sends, and their policies."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from clarion.api.auth import Principal, require
+from clarion.api.responses import JSONResponse
+from clarion.api.schemas import CategoryIn
+from clarion.errors import NotFound
+from clarion.store import categories as store
+
+router = APIRouter(prefix="/v1/categories", tags=["categories"])
+
+Manager = Annotated[Principal, Depends(require("manage"))]
+Reader = Annotated[Principal, Depends(require("read"))]
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+CategoryPath = Annotated[str, Path(min_length=1, max_length=100, pattern=NAME_PATTERN)]
+
+
+@router.put(
+    "/{name}",
+    summary="Create or replace a category",
+    description=(
+        "`transactional`, `marketing` and `security` always exist; storing one of them sets "
+        "its policy, but `security` stays critical (422 otherwise). `digest.window` is a "
+        "duration from `1m` to `7d` (`s`, `m`, `h`, `d` units)."
+    ),
+)
+async def put(
+    request: Request, principal: Manager, name: CategoryPath, body: CategoryIn
+) -> JSONResponse:
+    policy = body.model_dump(mode="json")
+    if body.default_channels is not None:
+        policy["default_channels"] = list(dict.fromkeys(policy["default_channels"]))
+    found = await store.put(request.app.state.ctx.engine, principal.tenant_id, name, policy)
+    request.app.state.ctx.categories.invalidate(principal.tenant_id)
+    return JSONResponse(found)
+
+
+@router.get("/{name}", summary="A category")
+async def get(request: Request, principal: Reader, name: CategoryPath) -> JSONResponse:
+    found = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
+    if found is None:
+        raise NotFound(f"no category {name!r}")
+    return JSONResponse(found)
+
+
+@router.get("", summary="The tenant's categories, built-ins included, by name")
+async def list_categories(
+    request: Request,
+    principal: Reader,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100, pattern=NAME_PATTERN)] = None,
+) -> JSONResponse:
+    rows = await store.list_(
+        request.app.state.ctx.engine, principal.tenant_id, after=cursor, limit=limit + 1
+    )
+    page = rows[:limit]
+    next_cursor = page[-1]["name"] if len(rows) > limit else None
+    return JSONResponse({"data": page, "next_cursor": next_cursor})

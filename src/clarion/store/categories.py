@@ -1,0 +1,160 @@
+"""Categories: the tenant's kinds of notification and the policy each carries.
+
+A category row is a plain dict::
+
+    {"name": "marketing", "critical": False, "default_channels": ["email"] | None,
+     "digest": {"window": "1h"} | None, "max_per_hour": 10 | None, "built_in": True,
+     "created_at": datetime | None, "updated_at": datetime | None}
+
+``transactional``, ``marketing`` and ``security`` exist for every tenant without being
+stored (their timestamps are then None). A tenant may store a row under a built-in name to
+set its policy (a ``max_per_hour`` on marketing, say), but ``security`` stays critical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from clarion.errors import ValidationFailed
+from clarion.store.db import as_utc, utcnow, write_tx
+from clarion.store.sql import upsert
+from clarion.store.tables import categories
+
+POLICY = ("critical", "default_channels", "digest", "max_per_hour")
+ALWAYS_CRITICAL = frozenset({"security"})
+
+
+def _built_in(name: str, critical: bool) -> dict[str, Any]:
+    return {
+        "name": name,
+        "critical": critical,
+        "default_channels": None,
+        "digest": None,
+        "max_per_hour": None,
+        "built_in": True,
+        "created_at": None,
+        "updated_at": None,
+    }
+
+
+BUILT_IN: dict[str, dict[str, Any]] = {
+    "transactional": _built_in("transactional", critical=False),
+    "marketing": _built_in("marketing", critical=False),
+    "security": _built_in("security", critical=True),
+}
+
+
+def _from_row(row: Any) -> dict[str, Any]:
+    name = row["name"]
+    return {
+        "name": name,
+        "critical": bool(row["critical"]) or name in ALWAYS_CRITICAL,
+        "default_channels": row["default_channels"],
+        "digest": row["digest"],
+        "max_per_hour": row["max_per_hour"],
+        "built_in": name in BUILT_IN,
+        "created_at": as_utc(row["created_at"]),
+        "updated_at": as_utc(row["updated_at"]),
+    }
+
+
+def _copy_built_ins() -> dict[str, dict[str, Any]]:
+    return {name: dict(row) for name, row in BUILT_IN.items()}
+
+
+async def put(
+    engine: AsyncEngine, tenant_id: str, name: str, body: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Create or replace a category's policy; ``body`` holds the keys of ``POLICY`` (absent
+    ones reset to their defaults). Returns the category as stored."""
+    critical = bool(body.get("critical", False))
+    if name in ALWAYS_CRITICAL and not critical:
+        raise ValidationFailed(
+            f"category {name!r} is always critical",
+            details=[{"field": "critical", "message": "must be true for this category"}],
+        )
+    now = utcnow()
+    row = {
+        "tenant_id": tenant_id,
+        "name": name,
+        "critical": critical,
+        "default_channels": body.get("default_channels"),
+        "digest": body.get("digest"),
+        "max_per_hour": body.get("max_per_hour"),
+        "created_at": now,
+        "updated_at": now,
+    }
+    async with write_tx(engine) as conn:
+        stmt = upsert(conn, categories, ["tenant_id", "name"], [*POLICY, "updated_at"])
+        await conn.execute(stmt, [row])
+    found = await get(engine, tenant_id, name)
+    assert found is not None  # just written
+    return found
+
+
+async def get(engine: AsyncEngine, tenant_id: str, name: str) -> dict[str, Any] | None:
+    """One category of the tenant, built-ins included; None if it does not exist."""
+    query = select(categories).where(categories.c.tenant_id == tenant_id, categories.c.name == name)
+    async with engine.connect() as conn:
+        row = (await conn.execute(query)).mappings().first()
+    if row is not None:
+        return _from_row(row)
+    built_in = BUILT_IN.get(name)
+    return dict(built_in) if built_in is not None else None
+
+
+async def list_(
+    engine: AsyncEngine, tenant_id: str, *, after: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The tenant's categories, built-ins included, in name order, ``limit`` of them from
+    the first name after ``after``."""
+    query = select(categories).where(categories.c.tenant_id == tenant_id)
+    if after is not None:
+        query = query.where(categories.c.name > after)
+    query = query.order_by(categories.c.name).limit(limit)
+    async with engine.connect() as conn:
+        stored = {row["name"]: _from_row(row) for row in (await conn.execute(query)).mappings()}
+    merged = {name: dict(row) for name, row in BUILT_IN.items() if after is None or name > after}
+    merged.update(stored)
+    return [merged[name] for name in sorted(merged)][:limit]
+
+
+async def load_for(
+    conn: AsyncConnection, tenant_ids: Iterable[str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every category of these tenants, built-ins included, by tenant then name (one query).
+
+    Each tenant's entry holds the built-ins, so ``load_for(...)[tenant][name]`` answers for
+    any category a stored template can name."""
+    wanted = sorted(set(tenant_ids))
+    found: dict[str, dict[str, dict[str, Any]]] = {t: _copy_built_ins() for t in wanted}
+    if not wanted:
+        return found
+    query = select(categories).where(categories.c.tenant_id.in_(wanted))
+    for row in (await conn.execute(query)).mappings():
+        found[row["tenant_id"]][row["name"]] = _from_row(row)
+    return found
+
+
+async def known(
+    engine_or_conn: AsyncEngine | AsyncConnection, tenant_id: str, names: Iterable[str]
+) -> set[str]:
+    """Which of ``names`` are categories of the tenant (built-ins always are)."""
+    wanted = set(names)
+    found = wanted & BUILT_IN.keys()
+    rest = sorted(wanted - found)
+    if not rest:
+        return found
+    query = select(categories.c.name).where(
+        categories.c.tenant_id == tenant_id, categories.c.name.in_(rest)
+    )
+    if isinstance(engine_or_conn, AsyncEngine):
+        async with engine_or_conn.connect() as conn:
+            found.update((await conn.execute(query)).scalars())
+    else:
+        found.update((await engine_or_conn.execute(query)).scalars())
+    return found

@@ -1,0 +1,228 @@
+"""Everything stored about one recipient: exporting it, and erasing it.
+
+Erasure removes the recipient's row (addresses, tokens, subscriptions, preferences, data),
+its inbox and its sandbox captures, and strips the delivery history of anything personal:
+deliveries keep their status, channel and timestamps for the tenant's counts, but lose
+their address, content and errors, and both the recipient id and the delivery id (which is
+derived from the recipient id) are replaced by values that owe nothing to the person.
+What was still waiting is suppressed (reason ``cancelled``) and dead letters become failures,
+so nothing is sent or replayed without an address. Notifications forget the recipient, and
+their data when it was about that person alone; stored responses of recipient batches that
+list the id are dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy import Text, bindparam, cast, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from clarion.domain.ids import new_id
+from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus
+from clarion.store import recipients as recipient_store
+from clarion.store.db import as_utc, write_tx
+from clarion.store.sql import chunks
+from clarion.store.tables import (
+    deliveries,
+    delivery_events,
+    idempotency_keys,
+    inbox_messages,
+    notifications,
+    recipients,
+    sandbox_messages,
+)
+
+ERASED = "erased"
+EXPORT_LIMIT = 10_000
+_BATCH_SCOPE = "recipients.batch"
+
+
+async def erase(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> bool:
+    """Erase the recipient in one transaction; False if there is no such recipient."""
+    async with write_tx(engine) as conn:
+        removed = await conn.execute(
+            delete(recipients).where(
+                recipients.c.tenant_id == tenant_id, recipients.c.id == recipient_id
+            )
+        )
+        if not removed.rowcount:
+            return False
+        for table in (inbox_messages, sandbox_messages):
+            await conn.execute(
+                delete(table).where(
+                    table.c.tenant_id == tenant_id, table.c.recipient_id == recipient_id
+                )
+            )
+        await _scrub_deliveries(conn, tenant_id, recipient_id)
+        await _forget_in_notifications(conn, tenant_id, recipient_id)
+        await _forget_batch_responses(conn, tenant_id, recipient_id)
+    return True
+
+
+async def _scrub_deliveries(conn: AsyncConnection, tenant_id: str, recipient_id: str) -> None:
+    mine = (deliveries.c.tenant_id == tenant_id) & (deliveries.c.recipient_id == recipient_id)
+    # What is still waiting is never sent: there is no address left to send it to.
+    await conn.execute(
+        update(deliveries)
+        .where(mine, deliveries.c.status.not_in(list(TERMINAL_STATUSES)))
+        .values(status=DeliveryStatus.SUPPRESSED, reason="cancelled")
+    )
+    # Nor can a dead letter be replayed: it leaves the dead-letter queue as a failure.
+    await conn.execute(
+        update(deliveries)
+        .where(mine, deliveries.c.status == DeliveryStatus.DEAD)
+        .values(status=DeliveryStatus.FAILED)
+    )
+    ids = list((await conn.execute(select(deliveries.c.id).where(mine))).scalars())
+    events = (
+        update(delivery_events)
+        .where(delivery_events.c.delivery_id == bindparam("b_old"))
+        .values(delivery_id=bindparam("b_new"), detail=None)
+    )
+    rows = (
+        update(deliveries)
+        .where(deliveries.c.id == bindparam("b_old"))
+        .values(
+            id=bindparam("b_new"),
+            recipient_id=ERASED,
+            address=None,
+            content=None,
+            last_error=None,
+        )
+    )
+    for part in chunks(ids, 1000):
+        renames = [{"b_old": old, "b_new": new_id("dlv")} for old in part]
+        await conn.execute(events, renames)
+        await conn.execute(rows, renames)
+
+
+async def _rows_mentioning(
+    conn: AsyncConnection, column: Any, where: Any, recipient_id: str
+) -> list[Any]:
+    """Rows whose JSON ``column`` holds the id as a string. The SQL match on the JSON text
+    only narrows the search (LIKE ignores ASCII case on SQLite); callers check exactly."""
+    needle = orjson.dumps(recipient_id).decode()
+    query = select(*column.table.primary_key.columns, column).where(
+        where, cast(column, Text).contains(needle, autoescape=True)
+    )
+    return list(await conn.execute(query))
+
+
+async def _forget_in_notifications(
+    conn: AsyncConnection, tenant_id: str, recipient_id: str
+) -> None:
+    t = notifications
+    rows = await _rows_mentioning(conn, t.c.recipient_ids, t.c.tenant_id == tenant_id, recipient_id)
+    changes = []
+    for row in rows:
+        if recipient_id not in row.recipient_ids:
+            continue
+        rest = [rid for rid in row.recipient_ids if rid != recipient_id]
+        changes.append({"b_id": row.id, "b_ids": rest, "b_alone": not rest})
+    if not changes:
+        return
+    stmt = update(t).where(t.c.id == bindparam("b_id")).values(recipient_ids=bindparam("b_ids"))
+    for part in chunks(changes, 1000):
+        await conn.execute(stmt, [{"b_id": c["b_id"], "b_ids": c["b_ids"]} for c in part])
+    # A notification to this person alone carried data about them.
+    alone = [c["b_id"] for c in changes if c["b_alone"]]
+    for ids in chunks(alone, 1000):
+        await conn.execute(update(t).where(t.c.id.in_(ids)).values(data={}))
+
+
+async def _forget_batch_responses(conn: AsyncConnection, tenant_id: str, recipient_id: str) -> None:
+    """Stored responses of recipient batches list the ids they upserted."""
+    k = idempotency_keys
+    where = (k.c.tenant_id == tenant_id) & (k.c.scope == _BATCH_SCOPE)
+    rows = await _rows_mentioning(conn, k.c.response, where, recipient_id)
+    for row in rows:
+        stored = row._mapping
+        response = stored["response"]
+        results = response.get("results", []) if isinstance(response, dict) else []
+        if any(isinstance(r, dict) and r.get("id") == recipient_id for r in results):
+            await conn.execute(delete(k).where(where, k.c.key == stored["key"]))
+
+
+async def export(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> dict[str, Any] | None:
+    """Everything stored about the recipient; None if there is no such recipient.
+
+    Inbox messages, deliveries and sandbox captures are the newest ``EXPORT_LIMIT`` of each;
+    ``truncated`` says whether any list was cut."""
+    async with engine.connect() as conn:
+        row = (
+            (
+                await conn.execute(
+                    select(recipients).where(
+                        recipients.c.tenant_id == tenant_id, recipients.c.id == recipient_id
+                    )
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        inbox = await _newest(conn, inbox_messages, tenant_id, recipient_id, _inbox_public)
+        sent = await _newest(conn, deliveries, tenant_id, recipient_id, _delivery_public)
+        sandbox = await _newest(conn, sandbox_messages, tenant_id, recipient_id, _sandbox_public)
+    return {
+        "recipient": recipient_store.to_public(row),
+        "preferences": recipient_store.preferences_of(row),
+        "inbox_messages": inbox[0],
+        "deliveries": sent[0],
+        "sandbox_messages": sandbox[0],
+        "truncated": inbox[1] or sent[1] or sandbox[1],
+    }
+
+
+async def _newest(
+    conn: AsyncConnection, table: Any, tenant_id: str, recipient_id: str, public: Any
+) -> tuple[list[dict[str, Any]], bool]:
+    query = (
+        select(table)
+        .where(table.c.tenant_id == tenant_id, table.c.recipient_id == recipient_id)
+        .order_by(table.c.created_at.desc(), table.c.id.desc())
+        .limit(EXPORT_LIMIT + 1)
+    )
+    rows = (await conn.execute(query)).mappings().all()
+    return [public(r) for r in rows[:EXPORT_LIMIT]], len(rows) > EXPORT_LIMIT
+
+
+def _inbox_public(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "delivery_id": row["delivery_id"],
+        "content": row["content"],
+        "status": row["status"],
+        "created_at": as_utc(row["created_at"]),
+        "read_at": as_utc(row["read_at"]),
+    }
+
+
+def _delivery_public(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "notification_id": row["notification_id"],
+        "channel": row["channel"],
+        "provider": row["provider"],
+        "status": row["status"],
+        "reason": row["reason"],
+        "attempts": row["attempts"],
+        "created_at": as_utc(row["created_at"]),
+        "sent_at": as_utc(row["sent_at"]),
+        "address": row["address"],
+        "content": row["content"],
+    }
+
+
+def _sandbox_public(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "delivery_id": row["delivery_id"],
+        "channel": row["channel"],
+        "to": row["to"],
+        "content": row["content"],
+        "created_at": as_utc(row["created_at"]),
+    }

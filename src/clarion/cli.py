@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 from clarion.config import Settings
 from clarion.domain.models import ALL_SCOPES, Channel
-from clarion.pipeline.context import open_context
+from clarion.pipeline.context import Context, open_context
 from clarion.pipeline.runtime import ALL_CHANNELS, Roles
+from clarion.store import providers as provider_store
 from clarion.store import tenants as tenant_store
 from clarion.store.db import migrate
 
@@ -59,9 +60,30 @@ def build_parser() -> argparse.ArgumentParser:
     key = keys.add_parser("create", help="create an API key for a tenant")
     key.add_argument("tenant", help="the tenant's name")
     key.add_argument("--scopes", type=_scopes, default=[s.value for s in ALL_SCOPES])
+    keys.add_parser(
+        "rotate-secret",
+        help="re-encrypt every provider's credentials with CLARION_SECRET_KEY "
+        "(after moving the old key to CLARION_PREVIOUS_SECRET_KEYS)",
+    )
     secret = sub.add_parser("secret", help="secrets").add_subparsers(dest="action", required=True)
     secret.add_parser("generate", help="print a new CLARION_SECRET_KEY")
     return parser
+
+
+async def rotate_secret(ctx: Context) -> int:
+    """Re-encrypt provider credentials with the current key; prints how many changed."""
+    if ctx.keyring.current is None:
+        print("CLARION_SECRET_KEY is not set: nothing to re-encrypt with", file=sys.stderr)
+        return 1
+    outcome = await provider_store.rotate(ctx.engine, ctx.keyring)
+    print(f"re-encrypted {outcome.changed} provider(s) with key {ctx.keyring.current_id}")
+    for tenant_id, name in outcome.unreadable:
+        print(
+            f"provider {name!r} of tenant {tenant_id}: cannot be decrypted with the "
+            "current or previous keys; left as it is",
+            file=sys.stderr,
+        )
+    return 1 if outcome.unreadable else 0
 
 
 async def _admin(args: argparse.Namespace, settings: Settings) -> int:
@@ -83,6 +105,8 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
             print(f"webhook signing secret: {tenant.webhook_secret}")
             print(key)
             return 0
+        if args.action == "rotate-secret":
+            return await rotate_secret(ctx)
         found = await tenant_store.get_tenant_by_name(ctx.engine, args.tenant)
         if found is None:
             print(f"no tenant named {args.tenant!r}", file=sys.stderr)

@@ -1,0 +1,172 @@
+"""``/v1/providers``: a tenant's providers, their credentials encrypted at rest.
+
+A secret field of ``config`` (a password, an API key, a private key) is stored encrypted and
+shown as ``"***"``; a ``PUT`` that sends ``"***"`` for one keeps the stored value, so a
+client can send back what it read. The names of the built-in providers (``sandbox``,
+``webhook``, ``inapp``) are reserved.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from clarion.api.auth import Principal, require
+from clarion.api.errors import describe_validation
+from clarion.api.responses import JSONResponse
+from clarion.domain.models import Channel
+from clarion.errors import NotFound, ValidationFailed
+from clarion.pipeline.context import Context
+from clarion.providers import BUILT_IN_NAMES
+from clarion.providers.base import ProviderSpec
+from clarion.providers.configs import KINDS
+from clarion.providers.credentials import check_credentials
+from clarion.security.secrets import MASK, SecretError, SecretKeyMissing
+from clarion.store import providers as store
+
+router = APIRouter(prefix="/v1/providers", tags=["providers"])
+
+Manager = Annotated[Principal, Depends(require("manage"))]
+Reader = Annotated[Principal, Depends(require("read"))]
+ProviderName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class ProviderIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel: Channel
+    kind: str = Field(min_length=1, max_length=20, description=", ".join(sorted(KINDS)))
+    config: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(default=1, ge=1, le=1_000_000)
+    rate_limit_per_second: float | None = Field(default=None, gt=0, le=1_000_000)
+    enabled: bool = True
+
+
+def _field_error(field: str, message: str, code: str = "validation_error") -> ValidationFailed:
+    return ValidationFailed(message, code=code, details=[{"field": field, "message": message}])
+
+
+def _check_kind(body: ProviderIn) -> None:
+    if body.kind not in KINDS:
+        raise _field_error(
+            "kind",
+            f"unknown provider kind {body.kind!r}; choose from {', '.join(sorted(KINDS))}",
+            code="unknown_kind",
+        )
+    channels = KINDS[body.kind][1]
+    if body.channel.value not in channels:
+        raise _field_error(
+            "channel",
+            f"a {body.kind} provider carries {', '.join(sorted(channels))}, "
+            f"not {body.channel.value}",
+            code="channel_not_supported",
+        )
+
+
+async def _keep_secrets(
+    ctx: Context, tenant_id: str, name: str, kind: str, config: dict[str, Any]
+) -> dict[str, Any]:
+    """``config`` with each secret sent as ``"***"`` replaced by the stored value."""
+    masked = sorted(f for f in KINDS[kind][0].SECRET if config.get(f) == MASK)
+    if not masked:
+        return config
+    stored = await store.get(ctx.engine, tenant_id, name)
+    try:
+        kept = stored.open_secrets(ctx.keyring) if stored and stored.kind == kind else {}
+    except SecretError as exc:
+        if ctx.keyring.current is None:
+            raise SecretKeyMissing() from exc
+        raise _field_error(
+            f"config.{masked[0]}", "the stored value cannot be decrypted; send it again"
+        ) from exc
+    missing = [f for f in masked if f not in kept]
+    if missing:
+        raise ValidationFailed(
+            'no stored secret to keep: send the value, not "***"',
+            details=[{"field": f"config.{f}", "message": "nothing stored"} for f in missing],
+        )
+    return {**config, **{f: kept[f] for f in masked}}
+
+
+def _validated(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    model = KINDS[kind][0]
+    try:
+        valid = model.model_validate(config)
+    except ValidationError as exc:
+        details = describe_validation(exc.errors())
+        for detail in details:
+            detail["field"] = f"config.{detail['field']}" if detail["field"] else "config"
+        raise ValidationFailed("the provider's config is not valid", details=details) from exc
+    values: dict[str, Any] = valid.model_dump(mode="json", by_alias=True)
+    problems = check_credentials(kind, values)
+    if problems:
+        raise ValidationFailed("the provider's credentials are not usable", details=problems)
+    return values
+
+
+@router.put(
+    "/{name}",
+    summary="Create or replace a provider",
+    description=(
+        'Secret fields of `config` are encrypted at rest and shown as `"***"`; sending '
+        '`"***"` back keeps the stored value. `sandbox`, `webhook` and `inapp` are the '
+        "built-in providers' names and cannot be used. Without a secret key in the "
+        "deployment, a provider with credentials is refused with 503 `secret_key_missing`."
+    ),
+)
+async def put(
+    request: Request, principal: Manager, name: ProviderName, body: ProviderIn
+) -> JSONResponse:
+    if name in BUILT_IN_NAMES:
+        raise ValidationFailed(f"{name!r} is a built-in provider's name", code="reserved_name")
+    _check_kind(body)
+    ctx: Context = request.app.state.ctx
+    config = await _keep_secrets(ctx, principal.tenant_id, name, body.kind, body.config)
+    values = _validated(body.kind, config)
+    spec = ProviderSpec(
+        tenant_id=principal.tenant_id,
+        name=name,
+        kind=body.kind,
+        channel=body.channel.value,
+        config=values,
+        priority=body.priority,
+        rate_limit_per_second=body.rate_limit_per_second,
+        enabled=body.enabled,
+    )
+    row = await store.put(ctx.engine, ctx.keyring, spec)
+    ctx.providers.invalidate(principal.tenant_id)
+    return JSONResponse(row.public())
+
+
+@router.get("/{name}", summary="A provider (secrets shown as ***)")
+async def get(request: Request, principal: Reader, name: ProviderName) -> JSONResponse:
+    row = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
+    if row is None:
+        raise NotFound(f"no provider named {name!r}")
+    return JSONResponse(row.public())
+
+
+@router.get("", summary="The tenant's providers, by name")
+async def list_providers(
+    request: Request,
+    principal: Reader,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+) -> JSONResponse:
+    rows = await store.list_page(
+        request.app.state.ctx.engine, principal.tenant_id, after=cursor, limit=limit + 1
+    )
+    page = rows[:limit]
+    next_cursor = page[-1].name if len(rows) > limit else None
+    return JSONResponse({"data": [r.public() for r in page], "next_cursor": next_cursor})
+
+
+@router.delete("/{name}", status_code=204, summary="Delete a provider")
+async def delete(request: Request, principal: Manager, name: ProviderName) -> Response:
+    ctx: Context = request.app.state.ctx
+    if not await store.delete_one(ctx.engine, principal.tenant_id, name):
+        raise NotFound(f"no provider named {name!r}")
+    ctx.providers.invalidate(principal.tenant_id)
+    return Response(status_code=204)

@@ -1,0 +1,101 @@
+"""``/v1/unsubscribe/{token}``: the link in every non-critical email (RFC 8058).
+
+No API key: the signed token is the credential. ``POST`` (a mail client's one-click, body
+``List-Unsubscribe=One-Click``, or the confirm button) turns email off for the token's
+category in the recipient's preferences. ``GET`` only shows that button: mail clients and
+scanners fetch links on their own, and a fetch must change nothing.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select, update
+from starlette.responses import HTMLResponse, Response
+
+from clarion.api.responses import JSONResponse
+from clarion.errors import NotFound
+from clarion.security.unsubscribe import Unsubscribe, verify_token
+from clarion.store.db import utcnow, write_tx
+from clarion.store.recipients import preferences_of
+from clarion.store.tables import recipients
+
+router = APIRouter(prefix="/v1/unsubscribe", tags=["unsubscribe"])
+# Any malformed, forged or stale token is the same 404: it tells a prober nothing.
+Token = str
+CHANNEL = "email"
+_HEADERS = {
+    "Cache-Control": "no-store",
+    # The token is in the URL: no page this one links to may learn it.
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+    "X-Robots-Tag": "noindex",
+}
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>body{{font:16px system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem}}
+button{{font:inherit;padding:.5rem 1rem}}</style></head>
+<body><h1>{title}</h1><p>{text}</p>{form}</body></html>
+"""
+
+
+async def _target(request: Request, token: str) -> Unsubscribe:
+    target = await verify_token(request.app.state.ctx.engine, token)
+    if target is None:
+        raise NotFound("this unsubscribe link is not valid")
+    return target
+
+
+def _page(title: str, text: str, form: str = "") -> HTMLResponse:
+    body = _PAGE.format(title=html.escape(title), text=text, form=form)
+    return HTMLResponse(body, headers=_HEADERS)
+
+
+@router.get("/{token}", summary="The unsubscribe page (changes nothing)")
+async def confirm_page(request: Request, token: Token) -> Response:
+    target = await _target(request, token)
+    category = html.escape(target.category)
+    return _page(
+        "Unsubscribe",
+        f"Stop receiving <strong>{category}</strong> email?",
+        '<form method="post"><input type="hidden" name="List-Unsubscribe" '
+        'value="One-Click"><button type="submit">Unsubscribe</button></form>',
+    )
+
+
+@router.post("/{token}", summary="Unsubscribe from the link's category (RFC 8058 one-click)")
+async def unsubscribe(request: Request, token: Token) -> Response:
+    target = await _target(request, token)
+    if not await _turn_off(request, target):
+        raise NotFound("this unsubscribe link is not valid")
+    if "text/html" in request.headers.get("accept", ""):
+        category = html.escape(target.category)
+        return _page("Unsubscribed", f"You will no longer receive {category} email.")
+    return JSONResponse(
+        {"status": "unsubscribed", "category": target.category, "channel": CHANNEL},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _turn_off(request: Request, target: Unsubscribe) -> bool:
+    """Set ``categories[category].email = false``, keeping every other preference; False if
+    the recipient is gone. Read and write in one transaction so a concurrent change of
+    other preferences is not lost."""
+    where = (recipients.c.tenant_id == target.tenant_id, recipients.c.id == target.recipient_id)
+    async with write_tx(request.app.state.ctx.engine) as conn:
+        query = select(recipients.c.preferences).where(*where).with_for_update()
+        row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            return False
+        preferences: dict[str, Any] = preferences_of(row)
+        categories = dict(preferences.get("categories") or {})
+        categories[target.category] = {**categories.get(target.category, {}), CHANNEL: False}
+        preferences["categories"] = categories
+        await conn.execute(
+            update(recipients).where(*where).values(preferences=preferences, updated_at=utcnow())
+        )
+    return True

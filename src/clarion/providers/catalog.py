@@ -1,0 +1,121 @@
+"""Each tenant's configured providers, cached briefly in the process.
+
+Loaded for many tenants in one query, kept for ``provider_cache_ttl`` seconds (so a change
+made through another process is seen within seconds), and dropped at once by
+:meth:`Catalog.invalidate` when this process changes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clarion.providers.base import ProviderSpec
+from clarion.security.secrets import Keyring, SecretError
+from clarion.store import providers as store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A configured provider. ``error`` says why its secrets could not be opened (then the
+    spec lacks them and the provider cannot be built)."""
+
+    spec: ProviderSpec
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class TenantProviders:
+    loaded_at: float
+    by_name: dict[str, Entry] = field(default_factory=dict)
+    # channel → its enabled providers, lowest priority number first, then by name
+    chains: dict[str, list[ProviderSpec]] = field(default_factory=dict)
+
+    def add(self, entry: Entry) -> None:
+        self.by_name[entry.spec.name] = entry
+        if entry.spec.enabled:
+            self.chains.setdefault(entry.spec.channel, []).append(entry.spec)
+
+    def sort(self) -> None:
+        for specs in self.chains.values():
+            specs.sort(key=lambda s: (s.priority, s.name))
+
+
+class Catalog:
+    def __init__(self, engine: AsyncEngine, keyring: Keyring, ttl: float) -> None:
+        self._engine = engine
+        self._keyring = keyring
+        self._ttl = ttl
+        self._tenants: dict[str, TenantProviders] = {}
+        self._invalidated: dict[str, float] = {}
+        self._lock = asyncio.Lock()
+        self._reported: set[tuple[str, str, str]] = set()
+
+    def _fresh(self, tenant_id: str, now: float) -> bool:
+        cached = self._tenants.get(tenant_id)
+        if cached is None or cached.loaded_at + self._ttl <= now:
+            return False
+        return cached.loaded_at > self._invalidated.get(tenant_id, -math.inf)
+
+    async def prepare(self, tenant_ids: Iterable[str]) -> list[str]:
+        """Load the tenants whose copy is missing or stale; returns those reloaded."""
+        stale = {t for t in tenant_ids if not self._fresh(t, time.monotonic())}
+        if not stale:
+            return []
+        async with self._lock:
+            started = time.monotonic()
+            stale = {t for t in stale if not self._fresh(t, started)}
+            if stale:
+                await self._load(stale, started)
+        return sorted(stale)
+
+    async def _load(self, tenant_ids: set[str], started: float) -> None:
+        rows = await store.load_tenants(self._engine, tenant_ids)
+        # Stamped with the time the query began: an invalidation while it ran wins.
+        loaded = {t: TenantProviders(loaded_at=started) for t in tenant_ids}
+        for row in rows:
+            loaded[row.tenant_id].add(self._entry(row))
+        for tenant in loaded.values():
+            tenant.sort()
+        self._tenants.update(loaded)
+
+    def _entry(self, row: store.ProviderRow) -> Entry:
+        try:
+            return Entry(row.spec(row.open_secrets(self._keyring)))
+        except SecretError as exc:
+            key = (row.tenant_id, row.name, str(exc))
+            if key not in self._reported:
+                self._reported.add(key)
+                log.error(
+                    "provider %r of tenant %s: its credentials cannot be decrypted (%s); "
+                    "is CLARION_SECRET_KEY or CLARION_PREVIOUS_SECRET_KEYS missing a key?",
+                    row.name,
+                    row.tenant_id,
+                    exc,
+                )
+            return Entry(row.spec(None), error=str(exc))
+
+    def invalidate(self, tenant_id: str) -> None:
+        self._invalidated[tenant_id] = time.monotonic()
+
+    def entry(self, tenant_id: str, name: str) -> Entry | None:
+        cached = self._tenants.get(tenant_id)
+        return cached.by_name.get(name) if cached else None
+
+    def names(self, tenant_id: str) -> set[str]:
+        cached = self._tenants.get(tenant_id)
+        return set(cached.by_name) if cached else set()
+
+    def chain(self, tenant_id: str, channel: str) -> list[ProviderSpec]:
+        """The enabled providers of a channel in the order they are tried; [] when the
+        tenant has none or is not loaded."""
+        cached = self._tenants.get(tenant_id)
+        return list(cached.chains.get(channel, ())) if cached else []

@@ -1,0 +1,106 @@
+"""Checks that a provider's key material can be used, when it is stored rather than at its
+first send: an APNs ``.p8`` key, an FCM service account, a VAPID private key.
+
+Each problem is a ``{"field": "config.<name>", "message"}`` detail; a message never quotes
+the value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import (
+    load_der_private_key,
+    load_pem_private_key,
+)
+
+Problems = list[dict[str, str]]
+
+
+def _problem(field: str, message: str) -> Problems:
+    return [{"field": f"config.{field}", "message": message}]
+
+
+def _pem_key(text: str) -> Any:
+    try:
+        return load_pem_private_key(text.strip().encode(), password=None)
+    except (ValueError, TypeError):
+        return None
+
+
+def _p256(key: Any) -> bool:
+    return isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
+
+
+def _apns(config: dict[str, Any]) -> Problems:
+    if not _p256(_pem_key(config["private_key"])):
+        return _problem(
+            "private_key", "not an EC P-256 private key in PEM form (the .p8 file's content)"
+        )
+    return []
+
+
+def _fcm(config: dict[str, Any]) -> Problems:
+    account = config["service_account"]
+    if isinstance(account, str):
+        try:
+            account = orjson.loads(account)
+        except orjson.JSONDecodeError:
+            return _problem("service_account", "not JSON (the key file's content)")
+    if not isinstance(account, dict):
+        return _problem("service_account", "not a JSON object")
+    missing = [k for k in ("project_id", "client_email", "private_key") if not account.get(k)]
+    if missing:
+        return _problem("service_account", f"lacks {', '.join(missing)}")
+    if not isinstance(_pem_key(str(account["private_key"])), rsa.RSAPrivateKey):
+        return _problem("service_account", "its private_key is not an RSA key in PEM form")
+    return []
+
+
+def _b64url(text: str) -> bytes | None:
+    cleaned = "".join(text.split())
+    try:
+        return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _vapid_key(text: str) -> bool:
+    if "-----BEGIN" in text:
+        return _p256(_pem_key(text))
+    raw = _b64url(text)
+    if raw is None:
+        return False
+    try:
+        if len(raw) == 32:
+            return _p256(ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1()))
+        return _p256(load_der_private_key(raw, password=None))
+    except (ValueError, TypeError):
+        return False
+
+
+def _webpush(config: dict[str, Any]) -> Problems:
+    if not _vapid_key(config["vapid_private_key"]):
+        return _problem(
+            "vapid_private_key",
+            "not a P-256 private key (PEM, or base64url of the raw 32 bytes or of DER)",
+        )
+    return []
+
+
+_CHECKS: dict[str, Callable[[dict[str, Any]], Problems]] = {
+    "apns": _apns,
+    "fcm": _fcm,
+    "webpush": _webpush,
+}
+
+
+def check_credentials(kind: str, config: dict[str, Any]) -> Problems:
+    """The problems of a validated config's key material; [] when it is usable."""
+    check = _CHECKS.get(kind)
+    return check(config) if check else []

@@ -1,0 +1,114 @@
+"""What the HTTP API providers share: a pooled client with a bounded timeout, and the usual
+meaning of status codes.
+
+- 2xx: accepted.
+- 408, 425, 429, 5xx: :class:`TransientError`, honouring ``Retry-After`` (seconds or an
+  HTTP date). Timeouts and connection failures are transient too.
+- 401, 403: :class:`PermanentError` ``bad_credentials``.
+- any other 4xx: :class:`PermanentError` ``provider_rejected`` with the service's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from clarion.errors import PermanentError, TransientError
+from clarion.store.db import utcnow
+
+DEFAULT_TIMEOUT = 30.0
+_RETRY_CODES = frozenset({408, 425, 429})
+_CREDENTIAL_CODES = frozenset({401, 403})
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or utcnow())).total_seconds())
+
+
+def is_transient(status: int) -> bool:
+    return status in _RETRY_CODES or status >= 500
+
+
+def raise_for_status(status: int, message: str, retry_after: str | None = None) -> None:
+    """Raise the error a non-2xx ``status`` means; ``message`` is the service's own words."""
+    if 200 <= status < 300:
+        return
+    detail = f"HTTP {status}: {message[:300]}"
+    if is_transient(status):
+        raise TransientError(
+            detail, reason=f"http_{status}", retry_after=parse_retry_after(retry_after)
+        )
+    if status in _CREDENTIAL_CODES:
+        raise PermanentError(detail, reason="bad_credentials")
+    raise PermanentError(detail, reason="provider_rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+class HttpClient:
+    """One connection pool per provider; every request bounded by ``timeout``."""
+
+    def __init__(
+        self, *, timeout: float = DEFAULT_TIMEOUT, max_connections: int = 64, name: str
+    ) -> None:
+        self._timeout = timeout
+        self._max_connections = max_connections
+        self._user_agent = f"Clarion/{name}"
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                headers={"user-agent": self._user_agent},
+            )
+        return self._session
+
+    async def start(self) -> None:
+        self._open()
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """POST, converting timeouts and connection failures to :class:`TransientError`."""
+        session = self._open()
+        try:
+            async with session.post(
+                url, data=body, headers=dict(headers), allow_redirects=False
+            ) as response:
+                return Reply(response.status, response.headers, await response.read())
+        except TimeoutError as exc:
+            raise TransientError(f"timed out after {self._timeout}s", reason="timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}", reason="connection_error") from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

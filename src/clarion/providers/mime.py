@@ -1,0 +1,155 @@
+"""Email as the email providers send it: one composed :class:`Email`, and its MIME form.
+
+SMTP and SES send the MIME message built here (so both carry the same headers); SendGrid
+sends the same fields as JSON. A non-critical category gets one-click unsubscribe headers
+(RFC 8058): ``List-Unsubscribe: <url>`` and ``List-Unsubscribe-Post``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.policy import EmailPolicy
+from email.utils import format_datetime, make_msgid, parseaddr
+from typing import Any
+
+from clarion.errors import PermanentError
+from clarion.providers.base import OutboundMessage
+from clarion.security.unsubscribe import UnsubscribeLinks
+from clarion.store.db import utcnow
+
+# Headers whose value must reach the reader exactly as written: folding a long URL into
+# RFC 2047 encoded words, as the stdlib does with any word over 78 characters, would leave
+# mail clients unable to read it. Their values are ASCII and under the 998-octet line limit.
+_VERBATIM = frozenset({"list-unsubscribe"})
+
+
+_MAX_LINE = 998
+
+
+def _verbatim(name: str, value: str) -> bool:
+    return name.lower() in _VERBATIM and value.isascii() and len(name) + len(value) + 2 <= _MAX_LINE
+
+
+class _Policy(EmailPolicy):
+    def fold(self, name: str, value: str) -> str:
+        if _verbatim(name, value):
+            return f"{name}: {value}{self.linesep}"
+        return str(super().fold(name, value))
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if _verbatim(name, value):
+            return f"{name}: {value}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)
+
+
+# SMTP line endings; bodies 7-bit clean (quoted-printable or base64), so no relay needs
+# 8BITMIME.
+POLICY = _Policy(linesep="\r\n", cte_type="7bit")
+_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"\\]+@[^@\s<>()\[\],;:\"\\]+\.[^@\s<>()\[\],;:\"\\]+$")
+_LINE_BREAKS = re.compile(r"[\r\n]+\s*")
+
+
+def address_of(value: Any) -> str:
+    """The recipient's address, ASCII (an international domain in its IDNA form)."""
+    if not isinstance(value, str) or not _ADDRESS.match(value.strip()):
+        raise PermanentError("the recipient has no valid email address", reason="invalid_address")
+    local, domain = value.strip().rsplit("@", 1)
+    if not local.isascii():
+        # A non-ASCII mailbox needs SMTPUTF8 end to end; not offered.
+        raise PermanentError("non-ASCII mailbox names are not supported", reason="invalid_address")
+    try:
+        ascii_domain = domain.encode("idna").decode()
+    except UnicodeError as exc:
+        raise PermanentError(f"invalid domain {domain!r}", reason="invalid_address") from exc
+    return f"{local}@{ascii_domain}"
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """The configured ``from``: the header as written, and its bare address."""
+
+    header: str
+    address: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> Sender:
+        name, address = parseaddr(text)
+        if "@" not in address or "\r" in text or "\n" in text:
+            raise ValueError(f"not an email address: {text!r}")
+        return cls(header=text, address=address, name=name)
+
+    @property
+    def domain(self) -> str:
+        return self.address.rsplit("@", 1)[1].lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Email:
+    """One composed email. ``headers`` are the extra ones (tracing, unsubscribe)."""
+
+    sender: Sender
+    to: str
+    subject: str
+    text: str | None
+    html: str | None
+    delivery_id: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class EmailComposer:
+    """Turns an outbound message into an :class:`Email` from one sender."""
+
+    def __init__(self, sender: str, links: UnsubscribeLinks) -> None:
+        self.sender = Sender.parse(sender)
+        self._links = links
+
+    async def compose(self, message: OutboundMessage) -> Email:
+        content = message.content
+        subject = _LINE_BREAKS.sub(" ", str(content.get("subject") or "")).strip()
+        html = content.get("html") or None
+        text = content.get("text") or None
+        headers = {"X-Clarion-Delivery-Id": message.delivery_id}
+        if message.category and not message.critical:
+            try:
+                url = await self._links.url(
+                    message.tenant_id, message.recipient_id, message.category
+                )
+            except LookupError as exc:
+                raise PermanentError(str(exc), reason="unknown_tenant") from exc
+            headers["List-Unsubscribe"] = f"<{url}>"
+            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        return Email(
+            sender=self.sender,
+            to=address_of(message.to),
+            subject=subject,
+            text=str(text) if text is not None else None,
+            html=str(html) if html is not None else None,
+            delivery_id=message.delivery_id,
+            headers=headers,
+        )
+
+
+def to_mime(email: Email) -> EmailMessage:
+    """The MIME message: multipart/alternative (text, then HTML) when there is HTML."""
+    msg = EmailMessage(policy=POLICY)
+    msg["From"] = email.sender.header
+    msg["To"] = email.to
+    msg["Subject"] = email.subject
+    msg["Date"] = format_datetime(utcnow())
+    msg["Message-ID"] = make_msgid(idstring=email.delivery_id, domain=email.sender.domain)
+    for name, value in email.headers.items():
+        msg[name] = value
+    if email.text is not None or email.html is None:
+        msg.set_content(email.text or "", subtype="plain", charset="utf-8")
+        if email.html is not None:
+            msg.add_alternative(email.html, subtype="html", charset="utf-8")
+    else:
+        msg.set_content(email.html, subtype="html", charset="utf-8")
+    return msg
+
+
+def to_bytes(msg: EmailMessage) -> bytes:
+    return msg.as_bytes(policy=POLICY)

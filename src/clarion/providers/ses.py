@@ -1,0 +1,146 @@
+"""The Amazon SES provider: SES API v2 ``SendEmail`` with a raw MIME message.
+
+The message is the one :mod:`clarion.providers.mime` builds for SMTP too (so it carries
+the unsubscribe headers, which SES's simple content cannot all express), sent as
+``Content.Raw.Data`` and signed with Signature Version 4 by botocore. SES answers
+``{"MessageId"}``; its errors name their type in ``x-amzn-ErrorType`` or ``__type``.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from clarion.errors import PermanentError, TransientError
+from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.configs import SesConfig
+from clarion.providers.http import (
+    DEFAULT_TIMEOUT,
+    HttpClient,
+    Reply,
+    parse_retry_after,
+    raise_for_status,
+)
+from clarion.providers.mime import Email, EmailComposer, to_bytes, to_mime
+from clarion.security.unsubscribe import UnsubscribeLinks
+
+PATH = "/v2/email/outbound-emails"
+# Worth retrying whatever the status: SES throttles with 429 and with 400 LimitExceeded.
+_TRANSIENT = frozenset(
+    {
+        "TooManyRequestsException",
+        "LimitExceededException",
+        "ThrottlingException",
+        "Throttling",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalFailure",
+    }
+)
+# The request's signature or key is refused: nothing a retry can fix.
+_CREDENTIALS = frozenset(
+    {
+        "SignatureDoesNotMatch",
+        "InvalidSignatureException",
+        "IncompleteSignature",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "MissingAuthenticationTokenException",
+        "AccessDeniedException",
+        "ExpiredTokenException",
+    }
+)
+
+
+def error_type(reply: Reply, body: dict[str, Any]) -> str:
+    """``MessageRejected`` from ``MessageRejected:http://...`` or ``ns#MessageRejected``."""
+    raw = reply.headers.get("x-amzn-errortype") or str(body.get("__type") or body.get("code", ""))
+    return raw.split(":", 1)[0].rsplit("#", 1)[-1]
+
+
+def raise_for_reply(reply: Reply) -> None:
+    if 200 <= reply.status < 300:
+        return
+    try:
+        body = orjson.loads(reply.body) if reply.body else {}
+    except orjson.JSONDecodeError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    kind = error_type(reply, body)
+    detail = f"{kind}: {body.get('message') or body.get('Message') or reply.text[:200]}"
+    if kind in _TRANSIENT:
+        raise TransientError(
+            f"SES {reply.status} {detail}",
+            reason=f"http_{reply.status}",
+            retry_after=parse_retry_after(reply.headers.get("retry-after")),
+        )
+    if kind in _CREDENTIALS:
+        raise PermanentError(f"SES {reply.status} {detail}", reason="bad_credentials")
+    raise_for_status(reply.status, detail, reply.headers.get("retry-after"))
+
+
+def message_id_of(reply: Reply) -> str | None:
+    """SES's id of an accepted message. An answer without one was still an acceptance:
+    raising would have the message sent again."""
+    try:
+        found = orjson.loads(reply.body).get("MessageId")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return str(found) if found else None
+
+
+class SesProvider(Provider):
+    """Sends email through Amazon SES."""
+
+    kind = "ses"
+
+    def __init__(
+        self, spec: ProviderSpec, env: ProviderEnv, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self._config = config = SesConfig.model_validate(spec.config)
+        base = str(config.base_url or f"https://email.{config.region}.amazonaws.com")
+        self._url = base.rstrip("/") + PATH
+        self._signer = SigV4Auth(
+            Credentials(config.access_key_id, config.secret_access_key), "ses", config.region
+        )
+        self._composer = EmailComposer(
+            config.from_, UnsubscribeLinks(env.engine, env.settings.public_url)
+        )
+        self._http = HttpClient(timeout=timeout, name="ses")
+
+    async def start(self) -> None:
+        await self._http.start()
+
+    def _request(self, email: Email) -> tuple[bytes, dict[str, str]]:
+        """The signed request: its body and its headers."""
+        raw = to_bytes(to_mime(email))
+        body = orjson.dumps(
+            {
+                # The identity SES checks; the From header keeps the display name.
+                "FromEmailAddress": email.sender.address,
+                "Destination": {"ToAddresses": [email.to]},
+                "Content": {"Raw": {"Data": base64.b64encode(raw).decode()}},
+                "EmailTags": [{"Name": "clarion_delivery_id", "Value": email.delivery_id}],
+            }
+        )
+        request = AWSRequest(
+            method="POST", url=self._url, data=body, headers={"Content-Type": "application/json"}
+        )
+        self._signer.add_auth(request)
+        return body, dict(request.headers.items())
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        email = await self._composer.compose(message)
+        body, headers = self._request(email)
+        reply = await self._http.post(self._url, body, headers)
+        raise_for_reply(reply)
+        return SendResult(provider_message_id=message_id_of(reply))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

@@ -1,0 +1,191 @@
+"""Twilio SMS: the Programmable Messaging API, with signed status callbacks.
+
+A send is one form-encoded ``POST /2010-04-01/Accounts/{sid}/Messages.json`` with HTTP basic
+auth; the message's ``sid`` (``SM...``) is the provider message id. Twilio later reports
+delivery to the ``StatusCallback`` URL, which names the tenant and the delivery and is signed
+by Twilio with the account's auth token (``X-Twilio-Signature``, checked by
+:func:`valid_signature`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+
+from clarion.errors import PermanentError, TransientError
+from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.configs import TwilioConfig
+from clarion.providers.webhook import parse_retry_after
+from clarion.security.netguard import AddressGuard
+
+API_URL = "https://api.twilio.com"
+TIMEOUT = 15.0
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+MESSAGING_SERVICE = re.compile(r"^MG[0-9a-fA-F]{32}$")
+# Twilio error codes meaning the 'To' number cannot receive this message, ever.
+INVALID_TO = frozenset({21211, 21217, 21401, 21614})
+# The recipient replied STOP: Twilio refuses to message them until they opt back in.
+UNSUBSCRIBED = 21610
+
+
+def status_callback_url(public_url: str, provider: str, tenant_id: str, delivery_id: str) -> str:
+    """Where Twilio reports a message's status: Clarion's callback route for this delivery."""
+    query = urlencode({"tenant": tenant_id, "delivery": delivery_id})
+    return f"{public_url.rstrip('/')}/v1/providers/{provider}/callbacks?{query}"
+
+
+def signature(auth_token: str, url: str, params: Iterable[tuple[str, str]]) -> str:
+    """Twilio's request signature: base64 of HMAC-SHA1, keyed by the auth token, over the
+    full URL followed by every POST parameter's name and value, sorted by name (and, for a
+    repeated name, by value)."""
+    data = url + "".join(name + value for name, value in sorted(params))
+    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def valid_signature(
+    auth_token: str, url: str, params: Iterable[tuple[str, str]], given: str | None
+) -> bool:
+    """Whether ``given`` is Twilio's signature of this request (compared in constant time).
+    Twilio may have signed the URL with its default port spelled out or left out, so both
+    forms are accepted."""
+    if not given:
+        return False
+    pairs = list(params)
+    found = False
+    for candidate in _port_forms(url):
+        expected = signature(auth_token, candidate, pairs)
+        found |= hmac.compare_digest(expected.encode(), given.encode())
+    return found
+
+
+def _port_forms(url: str) -> list[str]:
+    parts = urlsplit(url)
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    host = parts.hostname or ""
+    if default is None or (parts.port is not None and parts.port != default):
+        return [url]
+    if ":" in host:
+        host = f"[{host}]"
+    userinfo = parts.netloc.rpartition("@")[0]
+    prefix = f"{userinfo}@" if userinfo else ""
+    bare = urlunsplit(parts._replace(netloc=f"{prefix}{host}"))
+    with_port = urlunsplit(parts._replace(netloc=f"{prefix}{host}:{default}"))
+    return list(dict.fromkeys([url, bare, with_port]))
+
+
+def classify(status: int, body: bytes, retry_after: str | None) -> None:
+    """Raise for a Twilio error answer: transient for 408/429/5xx, permanent otherwise."""
+    code, text = _error_of(body)
+    detail = f"Twilio HTTP {status}" + (f" error {code}" if code else "") + f": {text}"
+    if status in (408, 429) or status >= 500:
+        raise TransientError(
+            detail, reason=f"http_{status}", retry_after=parse_retry_after(retry_after)
+        )
+    if status in (401, 403):
+        raise PermanentError(detail, reason="bad_credentials")
+    if code in INVALID_TO:
+        raise PermanentError(detail, reason="invalid_address")
+    if code == UNSUBSCRIBED:
+        raise PermanentError(detail, reason="opted_out")
+    raise PermanentError(detail, reason="provider_rejected")
+
+
+def _error_of(body: bytes) -> tuple[int | None, str]:
+    """Twilio errors are ``{"code", "message", "more_info", "status"}``; proxies may differ."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, body[:200].decode(errors="replace")
+    if not isinstance(data, dict):
+        return None, str(data)[:200]
+    code = data.get("code")
+    return (code if isinstance(code, int) else None), str(data.get("message", ""))[:200]
+
+
+class TwilioProvider(Provider):
+    """Sends SMS through a tenant's Twilio account."""
+
+    kind = "twilio"
+
+    def __init__(self, spec: ProviderSpec, env: ProviderEnv) -> None:
+        self._spec = spec
+        self._config = TwilioConfig.model_validate(spec.config)
+        self._public_url = env.settings.public_url
+        self._guard = AddressGuard(env.settings.allow_private_webhooks)
+        base = str(self._config.base_url) if self._config.base_url else API_URL
+        self._url = (
+            f"{base.rstrip('/')}/2010-04-01/Accounts/{self._config.account_sid}/Messages.json"
+        )
+        self._timeout = aiohttp.ClientTimeout(total=float(env.extra.get("timeout", TIMEOUT)))
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64),
+            timeout=self._timeout,
+            headers={
+                "authorization": aiohttp.encode_basic_auth(
+                    self._config.account_sid, self._config.auth_token
+                ),
+                "user-agent": "Clarion/1",
+                "accept": "application/json",
+            },
+        )
+
+    def form(self, message: OutboundMessage) -> dict[str, str]:
+        """The Messages API request for one delivery."""
+        to = message.to
+        if not isinstance(to, str) or not to:
+            raise PermanentError("the recipient has no phone number", reason="no_address")
+        if not E164.match(to):
+            raise PermanentError("the phone number is not in E.164 form", reason="invalid_address")
+        text = message.content.get("text")
+        if not isinstance(text, str) or not text:
+            raise PermanentError("the SMS content has no text", reason="render_error")
+        sender = self._config.from_
+        origin = "MessagingServiceSid" if MESSAGING_SERVICE.match(sender) else "From"
+        callback = status_callback_url(
+            self._public_url, self._spec.name, message.tenant_id, message.delivery_id
+        )
+        return {"To": to, origin: sender, "Body": text, "StatusCallback": callback}
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        if self._session is None:
+            raise RuntimeError("TwilioProvider.send before start")
+        form = self.form(message)
+        await self._guard.check(self._url)
+        try:
+            async with self._session.post(
+                self._url, data=form, allow_redirects=False, timeout=self._timeout
+            ) as response:
+                body = await response.read()
+                if not 200 <= response.status < 300:
+                    classify(response.status, body, response.headers.get("retry-after"))
+                return SendResult(provider_message_id=_sid_of(body))
+        except TimeoutError as exc:
+            raise TransientError("Twilio did not answer in time", reason="timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}", reason="connection_error") from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _sid_of(body: bytes) -> str | None:
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    sid = data.get("sid") if isinstance(data, dict) else None
+    return sid if isinstance(sid, str) else None

@@ -1,0 +1,224 @@
+"""Tenants' providers. Secret fields of a config are sealed in their own column; the
+``config`` column keeps the rest, with each secret that is set shown as ``"***"``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clarion.providers.base import ProviderSpec
+from clarion.providers.configs import KINDS
+from clarion.security.secrets import MASK, Keyring, RedactedConfig, SecretError, provider_aad
+from clarion.store.db import as_utc, utcnow, write_tx
+from clarion.store.sql import chunks, upsert
+from clarion.store.tables import providers
+
+_UPDATED = [
+    "channel",
+    "kind",
+    "config",
+    "secrets",
+    "priority",
+    "rate_limit_per_second",
+    "enabled",
+    "updated_at",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRow:
+    tenant_id: str
+    name: str
+    channel: str
+    kind: str
+    config: dict[str, Any] = field(repr=False)
+    secrets: str | None = field(repr=False)
+    priority: int
+    rate_limit_per_second: float | None
+    enabled: bool
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_mapping(cls, row: RowMapping) -> ProviderRow:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    def public(self) -> dict[str, Any]:
+        """What the API shows: never a secret."""
+        return {
+            "name": self.name,
+            "channel": self.channel,
+            "kind": self.kind,
+            "config": self.config,
+            "priority": self.priority,
+            "rate_limit_per_second": self.rate_limit_per_second,
+            "enabled": self.enabled,
+            "created_at": as_utc(self.created_at),
+            "updated_at": as_utc(self.updated_at),
+        }
+
+    def open_secrets(self, keyring: Keyring) -> dict[str, Any]:
+        """The secret fields, decrypted; ``SecretError`` if they cannot be."""
+        if self.secrets is None:
+            return {}
+        value = keyring.open_json(self.secrets, provider_aad(self.tenant_id, self.name))
+        if not isinstance(value, dict):
+            raise SecretError("the sealed secrets are not an object")
+        return value
+
+    def spec(self, secrets: dict[str, Any] | None) -> ProviderSpec:
+        """The spec with ``secrets`` merged in; with None (they could not be opened) the
+        secret fields are left out rather than passed on as ``"***"``."""
+        secret_fields = secret_fields_of(self.kind)
+        values = {k: v for k, v in self.config.items() if not (k in secret_fields and v == MASK)}
+        values.update(secrets or {})
+        return ProviderSpec(
+            tenant_id=self.tenant_id,
+            name=self.name,
+            kind=self.kind,
+            channel=self.channel,
+            config=RedactedConfig(values, secret_fields),
+            priority=self.priority,
+            rate_limit_per_second=self.rate_limit_per_second,
+            enabled=self.enabled,
+        )
+
+
+def secret_fields_of(kind: str) -> frozenset[str]:
+    entry = KINDS.get(kind)
+    return entry[0].SECRET if entry else frozenset()
+
+
+def split_config(kind: str, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what may be shown, with set secrets as ``"***"``; the secret values)."""
+    secret_fields = secret_fields_of(kind)
+    shown: dict[str, Any] = {}
+    secrets: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in secret_fields and value is not None:
+            shown[key] = MASK
+            secrets[key] = value
+        else:
+            shown[key] = value
+    return shown, secrets
+
+
+async def put(engine: AsyncEngine, keyring: Keyring, spec: ProviderSpec) -> ProviderRow:
+    """Create or replace a provider from a validated, complete ``spec``."""
+    shown, secrets = split_config(spec.kind, dict(spec.config))
+    sealed = (
+        keyring.seal_json(secrets, provider_aad(spec.tenant_id, spec.name)) if secrets else None
+    )
+    now = utcnow()
+    values = {
+        "tenant_id": spec.tenant_id,
+        "name": spec.name,
+        "channel": spec.channel,
+        "kind": spec.kind,
+        "config": shown,
+        "secrets": sealed,
+        "priority": spec.priority,
+        "rate_limit_per_second": spec.rate_limit_per_second,
+        "enabled": spec.enabled,
+        "created_at": now,
+        "updated_at": now,
+    }
+    async with write_tx(engine) as conn:
+        stmt = upsert(conn, providers, ["tenant_id", "name"], _UPDATED)
+        await conn.execute(stmt.values(**values))
+    found = await get(engine, spec.tenant_id, spec.name)
+    assert found is not None
+    return found
+
+
+async def get(engine: AsyncEngine, tenant_id: str, name: str) -> ProviderRow | None:
+    query = select(providers).where(providers.c.tenant_id == tenant_id, providers.c.name == name)
+    async with engine.connect() as conn:
+        row = (await conn.execute(query)).mappings().first()
+    return ProviderRow.from_mapping(row) if row else None
+
+
+async def list_page(
+    engine: AsyncEngine, tenant_id: str, *, after: str | None, limit: int
+) -> list[ProviderRow]:
+    """Providers of a tenant by name, those after ``after``."""
+    query = select(providers).where(providers.c.tenant_id == tenant_id)
+    if after is not None:
+        query = query.where(providers.c.name > after)
+    query = query.order_by(providers.c.name).limit(limit)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return [ProviderRow.from_mapping(r) for r in rows]
+
+
+async def delete_one(engine: AsyncEngine, tenant_id: str, name: str) -> bool:
+    stmt = delete(providers).where(providers.c.tenant_id == tenant_id, providers.c.name == name)
+    async with write_tx(engine) as conn:
+        result = await conn.execute(stmt)
+    return bool(result.rowcount)
+
+
+async def load_tenants(engine: AsyncEngine, tenant_ids: Iterable[str]) -> list[ProviderRow]:
+    """Every provider of these tenants (one query per thousand tenants)."""
+    found: list[ProviderRow] = []
+    async with engine.connect() as conn:
+        for part in chunks(sorted(set(tenant_ids)), 1000):
+            query = select(providers).where(providers.c.tenant_id.in_(part))
+            rows = (await conn.execute(query)).mappings().all()
+            found.extend(ProviderRow.from_mapping(r) for r in rows)
+    return found
+
+
+@dataclass
+class Rotation:
+    changed: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+async def rotate(engine: AsyncEngine, keyring: Keyring, batch_size: int = 200) -> Rotation:
+    """Re-seal every provider's secrets with the current key, a batch per transaction.
+    Idempotent: rows already sealed with the current key are left alone. A row changed
+    meanwhile (its sealed value differs from the one read) is left to its writer, who
+    sealed it with the current key."""
+    outcome = Rotation()
+    after: tuple[str, str] = ("", "")
+    while True:
+        async with write_tx(engine) as conn:
+            query = (
+                select(providers.c.tenant_id, providers.c.name, providers.c.secrets)
+                .where(
+                    providers.c.secrets.is_not(None),
+                    tuple_(providers.c.tenant_id, providers.c.name) > after,
+                )
+                .order_by(providers.c.tenant_id, providers.c.name)
+                .limit(batch_size)
+            )
+            rows = (await conn.execute(query)).all()
+            for tenant_id, name, sealed in rows:
+                if keyring.is_current(sealed):
+                    continue
+                aad = provider_aad(tenant_id, name)
+                try:
+                    plain = keyring.decrypt(sealed, aad)
+                except SecretError:
+                    outcome.unreadable.append((tenant_id, name))
+                    continue
+                result = await conn.execute(
+                    update(providers)
+                    .where(
+                        providers.c.tenant_id == tenant_id,
+                        providers.c.name == name,
+                        providers.c.secrets == sealed,
+                    )
+                    .values(secrets=keyring.encrypt(plain, aad))
+                )
+                outcome.changed += result.rowcount
+        if len(rows) < batch_size:
+            return outcome
+        after = (rows[-1][0], rows[-1][1])

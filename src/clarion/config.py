@@ -29,12 +29,20 @@ class Settings(BaseSettings):
     broker_url: str = "embedded://"
     redis_url: str | None = None
     secret_key: str | None = None
+    # Keys replaced by CLARION_SECRET_KEY, comma-separated: they still open what they sealed
+    # until `clarion keys rotate-secret` has re-sealed it with the current key.
+    previous_secret_keys: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # The address recipients' mail clients reach this API at (unsubscribe links).
+    public_url: str = "http://127.0.0.1:8080"
     allow_private_webhooks: bool = False
     max_attempts: int = Field(default=8, ge=1, le=100)
     retry_schedule: str = "1s,5s,30s,2m,10m,1h"
     default_provider: str = "sandbox"
+    # How long a process trusts its copy of the tenants' provider settings; a change made
+    # through another process is seen within this time.
+    provider_cache_ttl: float = Field(default=5.0, ge=0)
     # How long a consumer may hold a message before another takes it back.
     broker_lease: float = Field(default=30.0, gt=0)
     # Deliveries still `queued` this long after their last change are published again.
@@ -50,6 +58,16 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Size of each channel's pool of concurrent sends.
     worker_concurrency: int = Field(default=256, ge=1)
+    # Circuit breaker per (tenant, provider): opens when at least `breaker_min_calls` sends
+    # in the last `breaker_window` seconds failed at `breaker_failure_threshold` or more.
+    breaker_failure_threshold: float = Field(default=0.5, gt=0, le=1)
+    breaker_min_calls: int = Field(default=20, ge=1)
+    breaker_window: float = Field(default=10.0, ge=1)
+    breaker_cooldown: float = Field(default=30.0, gt=0)
+    # Notifications a tenant may submit per second (sustained) and at once (burst);
+    # a tenant's settings may override both (same names).
+    intake_rate_per_second: float = Field(default=10000.0, gt=0)
+    intake_burst: int = Field(default=20000, ge=1)
 
     @field_validator("retry_schedule")
     @classmethod

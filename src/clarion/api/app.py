@@ -8,7 +8,19 @@ from clarion import __version__
 from clarion.api import errors
 from clarion.api.auth import KeyCache
 from clarion.api.limits import BodyLimit
-from clarion.api.routes import health, notifications, recipients, sandbox, templates
+from clarion.api.routes import (
+    categories,
+    dead_letters,
+    health,
+    notifications,
+    provider_callbacks,
+    provider_health,
+    providers,
+    recipients,
+    sandbox,
+    templates,
+    unsubscribe,
+)
 from clarion.pipeline.context import Context
 from clarion.pipeline.intake import Intake
 
@@ -30,7 +42,19 @@ def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
     app.state.intake = intake
     app.state.keys = KeyCache()
     errors.install(app)
-    for module in (health, notifications, recipients, templates, sandbox):
+    for module in (
+        health,
+        notifications,
+        recipients,
+        categories,
+        templates,
+        providers,
+        sandbox,
+    ):
         app.include_router(module.router)
+    app.include_router(provider_callbacks.router)
+    app.include_router(dead_letters.router)
+    app.include_router(provider_health.router)
+    app.include_router(unsubscribe.router)
     app.add_middleware(BodyLimit)
     return app

@@ -84,8 +84,13 @@ class Broker(ABC):
         """Raise if the broker cannot be reached."""
 
     @abstractmethod
-    async def backlog(self, streams: Sequence[str]) -> dict[str, int]:
-        """Messages waiting or held unacked, per stream (for metrics and draining)."""
+    async def backlog(
+        self, streams: Sequence[str], due_before: float | None = None
+    ) -> dict[str, int]:
+        """Messages waiting or held unacked, per stream (for metrics and draining).
+
+        Delayed messages count when due before ``due_before`` (a Unix time), or all of them
+        when it is None."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect and prepare; called once before use."""

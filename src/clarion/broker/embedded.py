@@ -137,12 +137,14 @@ class EmbeddedBroker(Broker):
     async def ping(self) -> None:
         return None
 
-    async def backlog(self, streams: Sequence[str]) -> dict[str, int]:
+    async def backlog(
+        self, streams: Sequence[str], due_before: float | None = None
+    ) -> dict[str, int]:
         counts = {name: len(self._stream(name).ready) for name in streams}
         for held in self._held.values():
             if held.stream in counts:
                 counts[held.stream] += 1
-        for _, _, stream, _ in self._delayed:
-            if stream in counts:
+        for due, _, stream, _ in self._delayed:
+            if stream in counts and (due_before is None or due < due_before):
                 counts[stream] += 1
         return counts

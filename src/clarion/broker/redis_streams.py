@@ -258,11 +258,14 @@ class RedisBroker(Broker):
                 pipe.xdel(key, message.id)
             await pipe.execute()
 
-    async def backlog(self, streams: Sequence[str]) -> dict[str, int]:
+    async def backlog(
+        self, streams: Sequence[str], due_before: float | None = None
+    ) -> dict[str, int]:
+        until = "+inf" if due_before is None else f"({due_before}"
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream in streams:
                 pipe.xlen(self._stream_key(stream))
-                pipe.zcard(self._delayed_key(stream))
+                pipe.zcount(self._delayed_key(stream), "-inf", until)
             counts = await pipe.execute()
         return {
             stream: int(counts[2 * i]) + int(counts[2 * i + 1]) for i, stream in enumerate(streams)

@@ -9,7 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.broker import Broker, create_broker
 from clarion.config import Settings
+from clarion.pipeline.categories import CategoryCache
 from clarion.providers import ProviderSet
+from clarion.resilience.backends import Backends, open_backends
+from clarion.security.secrets import Keyring, resolve_keyring
 from clarion.store import tenants as tenant_store
 from clarion.store.db import create_engine
 
@@ -19,13 +22,20 @@ class Context:
     settings: Settings
     engine: AsyncEngine
     broker: Broker
+    # The keys that seal tenants' provider credentials (see clarion.security.secrets).
+    keyring: Keyring = field(default_factory=lambda: Keyring(None))
     providers: ProviderSet = field(init=False)
+    # Rate limiter and circuit breakers: in Redis when there is one, else in-process.
+    resilience: Backends = field(init=False)
+    # Category policies for the planner; the API drops a tenant's entry when it changes one.
+    categories: CategoryCache = field(default_factory=CategoryCache)
     _secrets: dict[str, str] = field(default_factory=dict)
     # Set whenever a stage finishes a piece of work; drain() waits on it.
     progress: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self.providers = ProviderSet(self.settings, self.engine, self.webhook_secret)
+        self.providers = ProviderSet(self.settings, self.engine, self.webhook_secret, self.keyring)
+        self.resilience = open_backends(self.settings)
 
     async def webhook_secret(self, tenant_id: str) -> str:
         secret = self._secrets.get(tenant_id)
@@ -41,12 +51,14 @@ class Context:
 
     async def aclose(self) -> None:
         await self.providers.aclose()
+        await self.resilience.aclose()
         await self.broker.close()
         await self.engine.dispose()
 
 
 async def open_context(settings: Settings) -> Context:
+    keyring = resolve_keyring(settings)
     engine = create_engine(settings)
     broker = create_broker(settings)
     await broker.start()
-    return Context(settings=settings, engine=engine, broker=broker)
+    return Context(settings=settings, engine=engine, broker=broker, keyring=keyring)

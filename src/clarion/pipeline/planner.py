@@ -1,9 +1,11 @@
 """The planner: turns accepted notifications into deliveries, in batches.
 
-For a batch of plan messages it loads the notifications, their recipients and templates
-with one query each, chooses channels, renders each channel's content in the recipient's
-locale, inserts the deliveries (deterministic ids, so a replayed plan adds nothing) and
-publishes them to their channel's lane.
+For a batch of plan messages it loads the notifications, their recipients (preferences
+included), templates and categories with one query each, decides per recipient which
+channels go now, which wait for the end of quiet hours and which are suppressed, renders
+each channel's content in the recipient's locale, inserts the deliveries (deterministic ids,
+so a replayed plan adds nothing) and publishes them: to their channel's lane, or to the
+broker's delayed set until the quiet window ends.
 """
 
 from __future__ import annotations
@@ -13,15 +15,24 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from clarion.broker import Message
+from clarion.broker import Delayed, Message
 from clarion.domain.ids import delivery_id
-from clarion.domain.models import PLAN_STREAM, DeliveryStatus, NotificationStatus
+from clarion.domain.models import PLAN_STREAM, DeliveryStatus, NotificationStatus, Priority
+from clarion.domain.preferences import (
+    CategoryPolicy,
+    Decision,
+    Preferences,
+    candidate_channels,
+    decide,
+)
 from clarion.domain.rendering import CompiledVersion
-from clarion.domain.routing import choose_routes
+from clarion.domain.routing import address_for
 from clarion.errors import TemplateError
+from clarion.pipeline.categories import CategoryCache, Policies
 from clarion.pipeline.context import Context
-from clarion.pipeline.messages import group_by_stream, send_payload
+from clarion.pipeline.messages import group_by_stream, send_payload, stream_of
 from clarion.pipeline.templates import TemplateCache
+from clarion.resilience.ratelimit import Take, recipient_category_take
 from clarion.store import deliveries as delivery_store
 from clarion.store import notifications as notification_store
 from clarion.store import recipients as recipient_store
@@ -68,10 +79,22 @@ class Planner:
         ids = list(dict.fromkeys(m.payload["notification"] for m in messages))
         redelivered = [m.payload["notification"] for m in messages if m.redelivered]
         plan, republish = await self._plan(ids, redelivered)
-        queued = [send_payload(row) for row in plan.rows if row["status"] == DeliveryStatus.QUEUED]
-        queued.extend(send_payload(row) for row in republish)
-        for stream, payloads in group_by_stream(queued).items():
+        now = utcnow().timestamp()
+        ready: list[dict[str, Any]] = []
+        later: list[Delayed] = []
+        for row in [*plan.rows, *republish]:
+            if row["status"] not in (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED):
+                continue
+            payload = send_payload(row)
+            due = as_utc(row["scheduled_for"])
+            if due is not None and due.timestamp() > now:
+                later.append(Delayed(stream_of(payload), payload, due.timestamp()))
+            else:
+                ready.append(payload)
+        for stream, payloads in group_by_stream(ready).items():
             await self._ctx.broker.publish(stream, payloads)
+        if later:
+            await self._ctx.broker.publish_delayed(later)
 
     async def _plan(
         self, ids: list[str], redelivered: list[str]
@@ -84,6 +107,9 @@ class Planner:
                 for n in notes.values()
                 if n["status"] in (NotificationStatus.ACCEPTED, NotificationStatus.SCHEDULED)
             ]
+            tenants = {n["tenant_id"] for n in todo}
+            await self._ctx.providers.prepare(tenants)
+            categories = await self._ctx.categories.load(conn, tenants)
             heads = await template_store.active_versions(
                 conn, {(n["tenant_id"], n["template"]) for n in todo}
             )
@@ -98,7 +124,8 @@ class Planner:
             for note in todo:
                 head = heads.get((note["tenant_id"], note["template"]))
                 version = compiled.get((note["tenant_id"], note["template"], head or 0))
-                plan.rows.extend(self._deliveries(note, version, people, now))
+                policies = categories.get(note["tenant_id"], {})
+                plan.rows.extend(self._deliveries(note, version, people, policies, now))
             existing = await delivery_store.existing_ids(conn, [r["id"] for r in plan.rows])
             republish = (
                 await delivery_store.queued_of_notifications(conn, redelivered)
@@ -106,42 +133,118 @@ class Planner:
                 else []
             )
         plan.rows = [row for row in plan.rows if row["id"] not in existing]
+        await self._cap_per_hour(plan.rows, categories)
         async with write_tx(self._ctx.engine) as conn:
             await delivery_store.insert_planned(conn, plan.rows, plan.planned)
             await notification_store.delete_outbox(conn, ids)
         return plan, republish
+
+    async def _cap_per_hour(
+        self, rows: list[dict[str, Any]], categories: dict[str, Policies]
+    ) -> None:
+        """Suppress, with reason ``rate_limited``, what would exceed a category's
+        ``max_per_hour`` for a recipient. A notification counts once per recipient whatever
+        its channels; critical ones are never capped and don't count."""
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        takes: list[Take] = []
+        for row in rows:
+            if row["status"] not in (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED):
+                continue
+            policy = categories.get(row["tenant_id"], {}).get(row["category"])
+            if policy is None or not policy.max_per_hour or policy.critical:
+                continue
+            if row["priority"] == Priority.CRITICAL:
+                continue
+            key = (row["notification_id"], row["recipient_id"])
+            if key not in groups:
+                groups[key] = []
+                takes.append(
+                    recipient_category_take(
+                        row["tenant_id"], row["recipient_id"], policy.name, policy.max_per_hour
+                    )
+                )
+            groups[key].append(row)
+        if not takes:
+            return
+        decisions = await self._ctx.resilience.limiter.take_many(takes)
+        for group, decision in zip(groups.values(), decisions, strict=True):
+            if not decision.allowed:
+                for row in group:
+                    row.update(
+                        status=DeliveryStatus.SUPPRESSED, reason="rate_limited", scheduled_for=None
+                    )
 
     def _deliveries(
         self,
         note: dict[str, Any],
         version: CompiledVersion | None,
         people: dict[tuple[str, str], dict[str, Any]],
+        policies: Policies,
         now: datetime,
     ) -> list[dict[str, Any]]:
         if version is None:
             log.warning("notification %s: template %r is gone", note["id"], note["template"])
             return []
+        policy = CategoryCache.policy(policies, version.category)
         rows = []
-        expires_at = as_utc(note["expires_at"])
         for rid in note["recipient_ids"]:
             recipient = people.get((note["tenant_id"], rid))
             if recipient is None:
                 continue
+            channels = candidate_channels(list(version.channels), note["channels"], policy)
+            decision = decide(
+                channels=channels,
+                preferences=Preferences.from_json(recipient.get("preferences")),
+                recipient_timezone=recipient.get("timezone"),
+                category=policy,
+                priority=note["priority"],
+                now=now,
+            )
             context = render_context(note, recipient)
-            for route in choose_routes(list(version.channels), note["channels"], recipient):
-                row = self._row(note, rid, route.channel, route.address, now)
-                row["expires_at"] = expires_at
-                if route.address is None:
-                    row.update(status=DeliveryStatus.SUPPRESSED, reason="no_address")
-                elif expires_at is not None and expires_at <= now:
-                    row.update(status=DeliveryStatus.FAILED, reason="expired")
-                else:
-                    self._render(row, version, route.channel, recipient, context)
+            for channel in channels:
+                row = self._row(note, rid, channel, address_for(channel, recipient), now, policy)
+                self._settle(row, decision, version, recipient, context, now)
                 rows.append(row)
         return rows
 
+    def _settle(
+        self,
+        row: dict[str, Any],
+        decision: Decision,
+        version: CompiledVersion,
+        recipient: dict[str, Any],
+        context: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        """What becomes of one channel: suppressed, expired, failed to render, deferred past
+        quiet hours, or queued."""
+        channel = row["channel"]
+        expires_at = row["expires_at"]
+        if channel in decision.suppressed:
+            row.update(status=DeliveryStatus.SUPPRESSED, reason=decision.suppressed[channel])
+        elif row["address"] is None:
+            row.update(status=DeliveryStatus.SUPPRESSED, reason="no_address")
+        elif expires_at is not None and expires_at <= now:
+            row.update(status=DeliveryStatus.FAILED, reason="expired")
+        else:
+            self._render(row, version, channel, recipient, context)
+            until = decision.deferred.get(channel)
+            if until is None or row["status"] != DeliveryStatus.QUEUED:
+                return
+            if expires_at is not None and expires_at <= until:
+                # The quiet window outlasts the notification: it would expire while waiting.
+                row.update(status=DeliveryStatus.FAILED, reason="expired")
+            else:
+                row.update(status=DeliveryStatus.SCHEDULED, reason="deferred", scheduled_for=until)
+
     def _row(
-        self, note: dict[str, Any], rid: str, channel: str, address: Any, now: datetime
+        self,
+        note: dict[str, Any],
+        rid: str,
+        channel: str,
+        address: Any,
+        now: datetime,
+        policy: CategoryPolicy,
     ) -> dict[str, Any]:
         return {
             "id": delivery_id(note["id"], rid, channel),
@@ -158,7 +261,10 @@ class Planner:
             "address": address,
             "content": None,
             "provider_message_id": None,
+            "category": policy.name,
+            "critical": policy.critical,
             "scheduled_for": None,
+            "expires_at": as_utc(note["expires_at"]),
             "created_at": now,
             "updated_at": now,
             "sent_at": None,

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,9 @@ from clarion.store.batching import Batcher
 log = logging.getLogger(__name__)
 
 ALL_CHANNELS: tuple[str, ...] = tuple(c.value for c in Channel)
+# drain() waits for delayed messages due within this many seconds (retries), not for those
+# due later (deliveries deferred past quiet hours).
+_DRAIN_HORIZON = 60.0
 
 
 def consumer_name(role: str) -> str:
@@ -121,7 +125,9 @@ class Runtime:
             return False
         if self._acks is not None and (self._acks.pending or self._status_pending()):
             return False
-        backlog = await self.ctx.broker.backlog(self.streams())
+        # A delivery deferred for hours is waiting, not work in progress.
+        horizon = time.time() + _DRAIN_HORIZON
+        backlog = await self.ctx.broker.backlog(self.streams(), due_before=horizon)
         if any(backlog.values()):
             return False
         return await notification_store.outbox_size(self.ctx.engine) == 0

@@ -1,21 +1,25 @@
 """Channel workers: take deliveries from a channel's lanes and hand them to providers.
 
 The loop only takes work, calls the send chain and acks once the outcome is stored. Policy
-(retries now; rate limits and breakers as layers later) decides outcomes around the call.
+lives around the call: the send chain (circuit breakers with failover, provider rate limits,
+the call's timeout) and the retry policy (backoff, dead letters).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Any
 
-from clarion.broker import Message
+from clarion.broker import Delayed, Message
 from clarion.domain.models import LANES, DeliveryStatus, send_stream
-from clarion.errors import PermanentError, TransientError
 from clarion.pipeline.context import Context
-from clarion.pipeline.messages import outbound
+from clarion.pipeline.messages import outbound, stream_of
+from clarion.resilience.backends import send_timeout
 from clarion.resilience.retry import RetryPolicy
+from clarion.resilience.sendchain import Failed, SendChain, Sent
+from clarion.store import addresses as address_store
 from clarion.store import deliveries as delivery_store
 from clarion.store.batching import Batcher
 from clarion.store.db import utcnow
@@ -71,8 +75,13 @@ class ChannelWorker:
         self._inflight: dict[asyncio.Task[None], Message] = {}
         self._room = asyncio.Event()
         self._room.set()
-        # Bounds a provider call that ignores its own timeout.
-        self._call_timeout = ctx.settings.webhook_timeout * 2
+        self._chain = SendChain(
+            ctx.resilience.breakers,
+            ctx.resilience.limiter,
+            ctx.providers,
+            timeout=send_timeout(ctx.settings),
+            max_pace_wait=min(5.0, ctx.settings.broker_lease / 3),
+        )
 
     @property
     def inflight(self) -> int:
@@ -109,7 +118,8 @@ class ChannelWorker:
             log.error("worker task failed: %r", task.exception())
 
     async def _handle(self, message: Message) -> None:
-        change, retry = await self._attempt(message.payload)
+        payload = message.payload
+        change, retry, dead = await self._attempt(payload)
         try:
             if retry is not None:
                 await self._ctx.broker.publish_delayed([retry])
@@ -120,8 +130,29 @@ class ChannelWorker:
             return
         self._acks.put_nowait(message)
         self._ctx.made_progress()
+        if dead:
+            await self._forget(payload, dead)
 
-    async def _attempt(self, payload: dict[str, Any]) -> tuple[StatusChange, Any]:
+    async def _forget(self, payload: dict[str, Any], dead: Any) -> None:
+        """Remove tokens or subscriptions the service said are gone, so no later
+        notification tries them again."""
+        try:
+            removed = await address_store.remove_dead(
+                self._ctx.engine, payload["tenant"], payload["recipient"], self.channel, dead
+            )
+        except Exception as exc:
+            log.warning("delivery %s: removing dead addresses failed: %r", payload["id"], exc)
+            return
+        if removed:
+            log.info(
+                "recipient %s: removed %d dead %s address(es)",
+                payload["recipient"],
+                removed,
+                self.channel,
+            )
+
+    async def _attempt(self, payload: dict[str, Any]) -> tuple[StatusChange, Delayed | None, Any]:
+        """One try: the status it leads to, the retry to schedule, and dead addresses."""
         now = utcnow()
         expires_at = payload.get("expires_at")
         if expires_at is not None and now.timestamp() >= expires_at:
@@ -132,28 +163,38 @@ class ChannelWorker:
                 attempts=payload["attempt"] - 1,
                 reason="expired",
             )
-            return change, None
-        try:
-            provider = await self._ctx.providers.get(payload["provider"])
-            async with asyncio.timeout(self._call_timeout):
-                result = await provider.send(outbound(payload))
-        except TimeoutError:
-            timeout = TransientError(f"no answer within {self._call_timeout}s", reason="timeout")
-            return self._policy.on_failure(payload, timeout, now)
-        except KeyError:
-            exc = PermanentError(f"no provider named {payload['provider']!r}", reason="no_provider")
-            return self._policy.on_failure(payload, exc, now)
-        except Exception as exc:
-            return self._policy.on_failure(payload, exc, now)
+            return change, None, None
+        providers = self._ctx.providers
+        await providers.prepare([payload["tenant"]])
+        candidates = providers.chain(payload["tenant"], payload["channel"])
+        outcome = await self._chain.send(outbound(payload), candidates)
+        if isinstance(outcome, Sent):
+            change = StatusChange(
+                payload["id"],
+                payload["tenant"],
+                DeliveryStatus.SENT,
+                attempts=payload["attempt"],
+                provider_message_id=outcome.result.provider_message_id,
+                sent_at=utcnow(),
+                provider=outcome.provider,
+            )
+            return change, None, outcome.result.dead_addresses
+        if isinstance(outcome, Failed):
+            change, retry = self._policy.on_failure(payload, outcome.error, now)
+            change.provider = outcome.provider or None
+            return change, retry, getattr(outcome.error, "dead_address", None)
+        # Not attempted (every provider's breaker open, or its rate limit full): wait without
+        # spending an attempt. The due time keeps the sweeper from publishing it meanwhile.
+        due = now + timedelta(seconds=outcome.retry_in)
         change = StatusChange(
             payload["id"],
             payload["tenant"],
-            DeliveryStatus.SENT,
-            attempts=payload["attempt"],
-            provider_message_id=result.provider_message_id,
-            sent_at=utcnow(),
+            DeliveryStatus.QUEUED,
+            attempts=payload["attempt"] - 1,
+            reason=outcome.reason,
+            scheduled_for=due,
         )
-        return change, None
+        return change, Delayed(stream_of(payload), payload, due.timestamp()), None
 
     async def stop(self, deadline: float) -> None:
         """Finish what is in flight within ``deadline`` seconds; give the rest back."""

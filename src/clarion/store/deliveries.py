@@ -7,13 +7,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import String, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
 from clarion.store.db import utcnow, write_tx
 from clarion.store.sql import chunks, insert_ignoring_conflicts
 from clarion.store.tables import deliveries, delivery_events, notifications
+
+# Deliveries still to be sent: queued now, or scheduled for later (quiet hours).
+WAITING = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
 
 
 @dataclass(slots=True)
@@ -29,6 +32,8 @@ class StatusChange:
     provider_message_id: str | None = None
     scheduled_for: datetime | None = None
     sent_at: datetime | None = None
+    # The provider that took the attempt (failover may pick another than the planned one).
+    provider: str | None = None
 
 
 async def existing_ids(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
@@ -69,12 +74,12 @@ async def insert_planned(
 async def queued_of_notifications(
     conn: AsyncConnection, notification_ids: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """Deliveries of these notifications still waiting to be sent."""
+    """Deliveries of these notifications still waiting to be sent (now or later)."""
     found: list[dict[str, Any]] = []
     for part in chunks(list(notification_ids), 1000):
         query = select(deliveries).where(
             deliveries.c.notification_id.in_(part),
-            deliveries.c.status == DeliveryStatus.QUEUED,
+            deliveries.c.status.in_(WAITING),
         )
         found.extend(dict(row) for row in (await conn.execute(query)).mappings())
     return found
@@ -104,6 +109,7 @@ _UPDATE = (
         scheduled_for=bindparam("b_scheduled_for"),
         sent_at=bindparam("b_sent_at"),
         updated_at=bindparam("b_updated_at"),
+        provider=func.coalesce(bindparam("b_provider", type_=String), deliveries.c.provider),
     )
 )
 
@@ -124,6 +130,7 @@ async def apply_changes(engine: AsyncEngine, changes: Sequence[StatusChange]) ->
             "b_scheduled_for": c.scheduled_for,
             "b_sent_at": c.sent_at,
             "b_updated_at": now,
+            "b_provider": c.provider,
         }
         for c in changes
     ]
@@ -145,14 +152,17 @@ async def apply_changes(engine: AsyncEngine, changes: Sequence[StatusChange]) ->
 async def stale_queued(
     engine: AsyncEngine, older_than: datetime, limit: int
 ) -> list[dict[str, Any]]:
-    """Deliveries left `queued` since before ``older_than`` whose retry is not pending."""
-    now = utcnow()
+    """Deliveries waiting since before ``older_than``: neither changed nor due since then.
+
+    A retry or a deferral due later is the broker's delayed set's to publish; only once it
+    has been due for as long as a stale queued delivery is it published again here.
+    """
     query = (
         select(deliveries)
         .where(
-            deliveries.c.status == DeliveryStatus.QUEUED,
+            deliveries.c.status.in_(WAITING),
             deliveries.c.updated_at < older_than,
-            (deliveries.c.scheduled_for.is_(None)) | (deliveries.c.scheduled_for < now),
+            (deliveries.c.scheduled_for.is_(None)) | (deliveries.c.scheduled_for < older_than),
         )
         .order_by(deliveries.c.updated_at)
         .limit(limit)
@@ -172,10 +182,48 @@ async def touch(engine: AsyncEngine, ids: Sequence[str]) -> None:
 
 
 async def all_queued(engine: AsyncEngine, after: str | None, limit: int) -> list[dict[str, Any]]:
-    """Every queued delivery, in id order, a page at a time (embedded recovery)."""
-    query = select(deliveries).where(deliveries.c.status == DeliveryStatus.QUEUED)
+    """Every waiting delivery, in id order, a page at a time (embedded recovery)."""
+    query = select(deliveries).where(deliveries.c.status.in_(WAITING))
     if after:
         query = query.where(deliveries.c.id > after)
     query = query.order_by(deliveries.c.id).limit(limit)
     async with engine.connect() as conn:
         return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def apply_provider_report(
+    engine: AsyncEngine,
+    tenant_id: str,
+    delivery_id: str,
+    status: str,
+    *,
+    reason: str | None = None,
+    last_error: str | None = None,
+) -> bool:
+    """Record what a provider later reported about a sent delivery (``delivered`` or
+    ``failed``), with its event. Only a delivery that is ``sending`` or ``sent`` changes, so
+    a late or repeated report never moves a delivery backwards or revives a finished one.
+    Returns whether it changed."""
+    now = utcnow()
+    async with write_tx(engine) as conn:
+        result = await conn.execute(
+            update(deliveries)
+            .where(
+                deliveries.c.id == delivery_id,
+                deliveries.c.tenant_id == tenant_id,
+                deliveries.c.status.in_([DeliveryStatus.SENDING, DeliveryStatus.SENT]),
+            )
+            .values(status=status, reason=reason, last_error=last_error, updated_at=now)
+        )
+        if result.rowcount == 0:
+            return False
+        await conn.execute(
+            delivery_events.insert().values(
+                delivery_id=delivery_id,
+                tenant_id=tenant_id,
+                status=status,
+                detail=last_error or reason,
+                created_at=now,
+            )
+        )
+    return True

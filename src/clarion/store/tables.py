@@ -5,8 +5,10 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -15,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData(
@@ -68,6 +71,7 @@ recipients = Table(
     Column("data", JSON),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
+    Column("preferences", JSON),
 )
 
 templates = Table(
@@ -137,6 +141,9 @@ deliveries = Table(
     Column("address", JSON),
     Column("content", JSON),
     Column("provider_message_id", String(255)),
+    # The template's category, and whether it is critical (no List-Unsubscribe, no opt-out).
+    Column("category", String(100)),
+    Column("critical", Boolean, nullable=False, default=False, server_default=false()),
     _ts("scheduled_for"),
     _ts("expires_at"),
     _ts("created_at", nullable=False),
@@ -198,4 +205,43 @@ inbox_messages = Table(
     _ts("created_at", nullable=False),
     _ts("read_at"),
     Index("ix_inbox_messages_recipient", "tenant_id", "recipient_id", "id"),
+)
+
+categories = Table(
+    "categories",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("name", String(100), primary_key=True),
+    Column("critical", Boolean, nullable=False, default=False),
+    Column("default_channels", JSON),
+    Column("digest", JSON),
+    Column("max_per_hour", Integer),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+)
+
+# Erasure and export find a recipient's deliveries and sandbox captures by these.
+Index("ix_deliveries_tenant_id_recipient_id", deliveries.c.tenant_id, deliveries.c.recipient_id)
+Index(
+    "ix_sandbox_messages_tenant_id_recipient_id",
+    sandbox_messages.c.tenant_id,
+    sandbox_messages.c.recipient_id,
+)
+
+# A tenant's providers. `config` holds the settings with each secret field shown as "***";
+# `secrets` the secret fields, sealed (see clarion.security.secrets).
+providers = Table(
+    "providers",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("name", String(100), primary_key=True),
+    Column("channel", String(16), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("config", JSON, nullable=False),
+    Column("secrets", Text),
+    Column("priority", Integer, nullable=False),
+    Column("rate_limit_per_second", Float),
+    Column("enabled", Boolean, nullable=False),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
 )

@@ -10,6 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 from clarion.api.auth import Principal, require
 from clarion.api.errors import api_error_response, describe_validation, error_body
 from clarion.api.idempotency import idempotent, request_hash
+from clarion.api.quota import charge_intake
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import MAX_BATCH, NotificationBatchIn, NotificationIn
 from clarion.errors import ApiError, NotFound, ValidationFailed
@@ -58,10 +59,11 @@ def _accepted(outcome: store.Accepted) -> dict[str, Any]:
 @router.post("", status_code=202, summary="Accept one notification")
 async def create(request: Request, principal: Sender, item: NotificationIn) -> JSONResponse:
     new = to_new(principal.tenant_id, item, request.headers.get("idempotency-key"))
+    limits = await charge_intake(request, principal.tenant_id, 1)
     [outcome] = await _intake(request).accept([new])
     if isinstance(outcome, ApiError):
-        return api_error_response(outcome)
-    return JSONResponse(_accepted(outcome), status_code=202)
+        return limits.apply(api_error_response(outcome))
+    return limits.apply(JSONResponse(_accepted(outcome), status_code=202))
 
 
 def _parse_items(
@@ -94,6 +96,7 @@ async def create_batch(
             f"a batch holds at most {MAX_BATCH} notifications", code="batch_too_large"
         )
     intake = _intake(request)
+    limits = await charge_intake(request, principal.tenant_id, len(batch.notifications))
 
     async def handler() -> tuple[int, Any]:
         news, positions, refused = _parse_items(principal.tenant_id, batch.notifications)
@@ -108,9 +111,10 @@ async def create_batch(
                 results[index] = _accepted(outcome)
         return 202, {"results": results}
 
-    return await idempotent(
+    response = await idempotent(
         request, principal.tenant_id, "notifications.batch", batch.notifications, handler
     )
+    return limits.apply(response)
 
 
 @router.get("/{notification_id}", summary="A notification and its deliveries")

@@ -1,0 +1,157 @@
+"""``/v1/dead-letters``: deliveries that ran out of attempts; list them, send them again.
+
+A replayed delivery keeps its id, so the destination sees the same ``Idempotency-Key`` and
+a delivery already sent is never sent twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from clarion.api.auth import Principal, require
+from clarion.api.idempotency import idempotent
+from clarion.api.responses import JSONResponse
+from clarion.api.schemas import AwareDatetime, Name
+from clarion.domain.models import Channel
+from clarion.errors import Conflict, NotFound, ValidationFailed
+from clarion.pipeline.context import Context
+from clarion.pipeline.messages import group_by_stream, send_payload
+from clarion.store import dead_letters as store
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"])
+Admin = Annotated[Principal, Depends(require("admin"))]
+_PUBLISH_CHUNK = 1000
+
+
+class ReplayFilter(BaseModel):
+    """Which dead letters to replay; every field narrows, none means all of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: Channel | None = None
+    provider: Name | None = None
+    after: AwareDatetime | None = None
+    before: AwareDatetime | None = None
+    limit: int = Field(default=store.MAX_REPLAY, ge=1, le=store.MAX_REPLAY)
+
+
+def _aware(name: str, value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValidationFailed(
+            f"{name} needs a time zone (use RFC 3339, e.g. ...Z)",
+            details=[{"field": name, "message": "timestamp without a time zone"}],
+        )
+    return value
+
+
+def _cursor(text: str | None) -> store.Cursor | None:
+    if text is None:
+        return None
+    try:
+        return store.Cursor.decode(text)
+    except ValueError as exc:
+        raise ValidationFailed(
+            "the cursor is not one this list returned",
+            details=[{"field": "cursor", "message": str(exc)}],
+        ) from exc
+
+
+@router.get("", summary="Dead deliveries, newest first")
+async def list_dead_letters(
+    request: Request,
+    principal: Admin,
+    channel: Channel | None = None,
+    provider: Annotated[str | None, Query(max_length=200)] = None,
+    after: datetime | None = None,
+    before: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=300)] = None,
+) -> JSONResponse:
+    filters = store.DeadFilter(
+        principal.tenant_id,
+        channel=channel.value if channel else None,
+        provider=provider,
+        after=_aware("after", after),
+        before=_aware("before", before),
+    )
+    ctx: Context = request.app.state.ctx
+    page, following = await store.list_dead(ctx.engine, filters, _cursor(cursor), limit)
+    return JSONResponse({"data": page, "next_cursor": following.encode() if following else None})
+
+
+async def _publish(ctx: Context, rows: list[dict[str, Any]]) -> None:
+    """Hand requeued deliveries to their lanes. They are already `queued` in the store: if
+    publishing fails the sweeper publishes them later, so the replay still stands."""
+    payloads = [send_payload(row) for row in rows]
+    try:
+        for stream, items in group_by_stream(payloads).items():
+            for start in range(0, len(items), _PUBLISH_CHUNK):
+                await ctx.broker.publish(stream, items[start : start + _PUBLISH_CHUNK])
+    except Exception as exc:
+        log.warning("replayed deliveries not published (the sweeper will): %r", exc)
+    ctx.made_progress()
+
+
+@router.post("/replay", status_code=202, summary="Replay the dead deliveries that match")
+async def replay_matching(
+    request: Request, principal: Admin, body: ReplayFilter | None = None
+) -> JSONResponse:
+    body = body or ReplayFilter()
+    ctx: Context = request.app.state.ctx
+
+    async def handler() -> tuple[int, Any]:
+        filters = store.DeadFilter(
+            principal.tenant_id,
+            channel=body.channel.value if body.channel else None,
+            provider=body.provider,
+            after=body.after,
+            before=body.before,
+        )
+        rows, more = await store.replay_many(ctx.engine, filters, body.limit)
+        await _publish(ctx, rows)
+        return 202, {"replayed": len(rows), "more": more}
+
+    return await idempotent(
+        request,
+        principal.tenant_id,
+        "dead_letters.replay",
+        body.model_dump(mode="json"),
+        handler,
+    )
+
+
+@router.post("/{delivery_id}/replay", status_code=202, summary="Replay one dead delivery")
+async def replay_one(
+    request: Request,
+    principal: Admin,
+    delivery_id: Annotated[str, Path(max_length=100)],
+) -> JSONResponse:
+    ctx: Context = request.app.state.ctx
+
+    async def handler() -> tuple[int, Any]:
+        row = await store.replay_one(ctx.engine, principal.tenant_id, delivery_id)
+        if row is None:
+            status = await store.status_of(ctx.engine, principal.tenant_id, delivery_id)
+            if status is None:
+                raise NotFound(f"no delivery {delivery_id!r}")
+            raise Conflict(
+                f"delivery {delivery_id!r} is {status}, not dead: only dead deliveries "
+                "can be replayed",
+                code="not_dead",
+            )
+        await _publish(ctx, [row])
+        return 202, store.public(row)
+
+    return await idempotent(
+        request,
+        principal.tenant_id,
+        "dead_letters.replay_one",
+        {"delivery_id": delivery_id},
+        handler,
+    )

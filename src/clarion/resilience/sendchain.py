@@ -1,0 +1,222 @@
+"""The send chain: breaker, pacing and timeout around one provider call, with failover.
+
+For one delivery and its tenant's providers of the channel (in priority order) the chain
+takes the first provider whose circuit breaker lets a call through, waits for that
+provider's rate-limit slot, sends within a timeout, and records the outcome in the breaker.
+
+Failover happens through the breakers, never inside one attempt: after a transient error
+from the first provider the attempt ends (the provider may have sent it anyway: trying the
+second at once risks a double send). Once the first provider's breaker opens, the next
+attempts go to the second. When every breaker is open the outcome is
+:class:`NoHealthyProvider`, to be rescheduled without spending an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from clarion.errors import PermanentError, TransientError
+from clarion.providers.base import OutboundMessage, Provider, SendResult
+from clarion.resilience.breaker import BreakerKey, CircuitBreaker
+from clarion.resilience.ratelimit import PACE_MAX_WAIT, RateLimiter
+
+log = logging.getLogger(__name__)
+
+# Kinds of provider whose health is not one thing: a webhook's destination is each
+# recipient's own endpoint (one broken endpoint must not stop the others), in-app is our own
+# database. A candidate without a kind is matched by name.
+UNGUARDED = frozenset({"webhook", "inapp"})
+# Soonest a deferred delivery is looked at again.
+MIN_DEFER = 0.05
+
+
+class Candidate(Protocol):
+    """A provider the chain may use (``ProviderSpec`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def rate_limit_per_second(self) -> float | None: ...
+
+
+class ProviderLookup(Protocol):
+    """Where provider instances come from (``ProviderSet`` is one)."""
+
+    async def sender(self, tenant_id: str, channel: str, name: str) -> Provider: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    provider: str
+    result: SendResult
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The call failed: ``error`` goes to the retry policy (transient, permanent, or an
+    unforeseen exception, retried like a transient one)."""
+
+    provider: str
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """Not attempted now: publish again after ``retry_in`` seconds, same attempt number."""
+
+    retry_in: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoHealthyProvider(Deferred):
+    """Every provider's breaker is open (``retry_in``: until the soonest re-check)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Throttled(Deferred):
+    """The chosen provider's rate-limit queue is longer than a send may wait."""
+
+    provider: str = ""
+
+
+Outcome = Sent | Failed | Deferred
+
+
+class SendChain:
+    """Policy around ``provider.send``: one instance per process, shared by the workers."""
+
+    def __init__(
+        self,
+        breakers: CircuitBreaker,
+        limiter: RateLimiter,
+        providers: ProviderLookup,
+        *,
+        timeout: float,
+        max_pace_wait: float = PACE_MAX_WAIT,
+        unguarded: Collection[str] = UNGUARDED,
+    ) -> None:
+        self._breakers = breakers
+        self._limiter = limiter
+        self._providers = providers
+        self._timeout = timeout
+        self._max_pace_wait = max_pace_wait
+        self._unguarded = frozenset(unguarded)
+
+    async def send(self, message: OutboundMessage, candidates: Sequence[Candidate]) -> Outcome:
+        """Send ``message`` through the first usable candidate."""
+        if not candidates:
+            error = PermanentError(
+                f"no provider is configured for channel {message.channel!r}", reason="no_provider"
+            )
+            return Failed("", error)
+        chosen = await self._choose(message.tenant_id, candidates)
+        if isinstance(chosen, NoHealthyProvider):
+            return chosen
+        throttled = await self._pace(message.tenant_id, chosen)
+        if throttled is not None:
+            return throttled
+        return await self._call(message, chosen)
+
+    async def _choose(
+        self, tenant_id: str, candidates: Sequence[Candidate]
+    ) -> Candidate | NoHealthyProvider:
+        for candidate in candidates:
+            if self._is_unguarded(candidate):
+                return candidate
+            if await self._allows(BreakerKey(tenant_id, candidate.name)):
+                return candidate
+        waits = []
+        for candidate in candidates:
+            status = await self._breakers.status(BreakerKey(tenant_id, candidate.name))
+            waits.append(status.retry_in)
+        return NoHealthyProvider(max(MIN_DEFER, min(waits)), "no_healthy_provider")
+
+    async def _allows(self, key: BreakerKey) -> bool:
+        try:
+            return await self._breakers.allow(key)
+        except Exception as exc:
+            # Breaker state unreachable: send rather than stop every delivery.
+            log.warning("breaker %s unavailable, letting the call through: %r", key, exc)
+            return True
+
+    async def _pace(self, tenant_id: str, chosen: Candidate) -> Throttled | None:
+        rate = chosen.rate_limit_per_second
+        if not rate:
+            return None
+        key = f"provider:{tenant_id}:{chosen.name}"
+        try:
+            decision = await self._limiter.acquire(key, rate, 1, max_wait=self._max_pace_wait)
+        except Exception as exc:
+            log.warning("rate limit %s unavailable: %r", key, exc)
+            return Throttled(1.0, "rate_limit_unavailable", chosen.name)
+        if decision.allowed:
+            return None
+        return Throttled(max(MIN_DEFER, decision.retry_after), "rate_limited", chosen.name)
+
+    def _is_unguarded(self, candidate: Candidate) -> bool:
+        return (getattr(candidate, "kind", None) or candidate.name) in self._unguarded
+
+    async def _call(self, message: OutboundMessage, chosen: Candidate) -> Sent | Failed:
+        name = chosen.name
+        try:
+            provider = await self._providers.sender(message.tenant_id, message.channel, name)
+        except KeyError:
+            return Failed(name, PermanentError(f"no provider named {name!r}", reason="no_provider"))
+        except Exception as exc:
+            # Credentials that can't be decrypted, a provider that can't start: the attempt
+            # fails like a send would (retried if transient), and says nothing of the
+            # service's health.
+            return Failed(name, exc)
+        error: BaseException
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await provider.send(message)
+        except TimeoutError:
+            error = TransientError(f"no answer within {self._timeout}s", reason="timeout")
+        except Exception as exc:
+            error = exc
+        else:
+            await self._record(message.tenant_id, chosen, True)
+            return Sent(name, result)
+        # A permanent error is the provider answering: it says nothing against its health.
+        await self._record(message.tenant_id, chosen, isinstance(error, PermanentError))
+        return Failed(name, error)
+
+    async def _record(self, tenant_id: str, chosen: Candidate, ok: bool) -> None:
+        if self._is_unguarded(chosen):
+            return
+        try:
+            await self._breakers.record(BreakerKey(tenant_id, chosen.name), ok)
+        except Exception as exc:
+            log.warning("breaker %s/%s: recording failed: %r", tenant_id, chosen.name, exc)
+
+
+def fallback_channel(
+    channel: str,
+    *,
+    critical: bool,
+    fallbacks: Mapping[str, str],
+    unavailable: Collection[str] = (),
+) -> str | None:
+    """The channel a critical delivery moves to when ``channel`` has no healthy provider.
+
+    ``fallbacks`` is the template's mapping (``{"push": "sms", "sms": "email"}``); a
+    fallback that is itself in ``unavailable`` is followed further. ``None``: keep waiting
+    on ``channel`` (not critical, no fallback, or every fallback unavailable or a loop).
+    """
+    if not critical:
+        return None
+    seen = {channel}
+    following = fallbacks.get(channel)
+    while following is not None and following not in seen:
+        if following not in unavailable:
+            return following
+        seen.add(following)
+        following = fallbacks.get(following)
+    return None

@@ -1,0 +1,176 @@
+"""Dead letters: deliveries that ran out of attempts, listed and put back in the queue.
+
+A replay is a claim in the store: one ``UPDATE ... WHERE status = 'dead'`` moves the rows
+back to ``queued`` (attempts 0, reason and error cleared) and returns exactly the rows it
+changed, so two replays running at once never publish the same delivery twice. Each
+replayed delivery gets a ``replayed`` event; its earlier events stay.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from clarion.domain.models import DeliveryStatus
+from clarion.store.db import as_utc, utcnow, write_tx
+from clarion.store.notifications import delivery_to_public
+from clarion.store.sql import chunks
+from clarion.store.tables import deliveries, delivery_events
+
+MAX_REPLAY = 10_000
+REPLAYED = "replayed"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadFilter:
+    """Which dead letters: ``after``/``before`` bound the time each went dead."""
+
+    tenant_id: str
+    channel: str | None = None
+    provider: str | None = None
+    after: datetime | None = None
+    before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Position in the newest-first list: the last item's (updated_at, id)."""
+
+    updated_at: datetime
+    id: str
+
+    def encode(self) -> str:
+        raw = f"{self.updated_at.isoformat()}|{self.id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        """Raises ``ValueError`` for a cursor this module did not make."""
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+            stamp, _, ident = raw.partition("|")
+            moment = as_utc(datetime.fromisoformat(stamp))
+        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError("not a cursor from this list") from exc
+        if moment is None or not ident:
+            raise ValueError("not a cursor from this list")
+        return cls(moment, ident)
+
+
+def _where(query: Select[Any], f: DeadFilter) -> Select[Any]:
+    d = deliveries
+    query = query.where(d.c.tenant_id == f.tenant_id, d.c.status == DeliveryStatus.DEAD)
+    if f.channel:
+        query = query.where(d.c.channel == f.channel)
+    if f.provider:
+        query = query.where(d.c.provider == f.provider)
+    if f.after:
+        query = query.where(d.c.updated_at > f.after)
+    if f.before:
+        query = query.where(d.c.updated_at < f.before)
+    return query
+
+
+def public(row: Any) -> dict[str, Any]:
+    return {**delivery_to_public(row), "notification_id": row["notification_id"]}
+
+
+async def list_dead(
+    engine: AsyncEngine, f: DeadFilter, cursor: Cursor | None, limit: int
+) -> tuple[list[dict[str, Any]], Cursor | None]:
+    """A page of dead letters, newest first, and the cursor of the next page."""
+    d = deliveries
+    query = _where(select(d), f)
+    if cursor is not None:
+        query = query.where(
+            or_(
+                d.c.updated_at < cursor.updated_at,
+                and_(d.c.updated_at == cursor.updated_at, d.c.id < cursor.id),
+            )
+        )
+    query = query.order_by(d.c.updated_at.desc(), d.c.id.desc()).limit(limit + 1)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    page = rows[:limit]
+    following = None
+    if len(rows) > limit:
+        last = page[-1]
+        stamp = as_utc(last["updated_at"])
+        assert stamp is not None
+        following = Cursor(stamp, last["id"])
+    return [public(row) for row in page], following
+
+
+async def status_of(engine: AsyncEngine, tenant_id: str, delivery_id: str) -> str | None:
+    query = select(deliveries.c.status).where(
+        deliveries.c.id == delivery_id, deliveries.c.tenant_id == tenant_id
+    )
+    async with engine.connect() as conn:
+        status: str | None = (await conn.execute(query)).scalar()
+    return status
+
+
+def _requeue(ids_query: Any) -> Any:
+    """Back to the queue: the same delivery, as if it had never been tried."""
+    d = deliveries
+    return (
+        update(d)
+        .where(d.c.id.in_(ids_query), d.c.status == DeliveryStatus.DEAD)
+        .values(
+            status=DeliveryStatus.QUEUED,
+            attempts=0,
+            reason=None,
+            last_error=None,
+            scheduled_for=None,
+            updated_at=utcnow(),
+        )
+        .returning(*d.c)
+    )
+
+
+async def _claim(conn: AsyncConnection, ids_query: Any) -> list[dict[str, Any]]:
+    rows = [dict(row) for row in (await conn.execute(_requeue(ids_query))).mappings()]
+    now = utcnow()
+    events = [
+        {
+            "delivery_id": row["id"],
+            "tenant_id": row["tenant_id"],
+            "status": REPLAYED,
+            "detail": None,
+            "created_at": now,
+        }
+        for row in rows
+    ]
+    for part in chunks(events, 1000):
+        await conn.execute(delivery_events.insert(), part)
+    return rows
+
+
+async def replay_one(
+    engine: AsyncEngine, tenant_id: str, delivery_id: str
+) -> dict[str, Any] | None:
+    """Requeue one dead delivery; ``None`` if it is not (or no longer) dead."""
+    d = deliveries
+    ids = select(d.c.id).where(d.c.id == delivery_id, d.c.tenant_id == tenant_id)
+    async with write_tx(engine) as conn:
+        rows = await _claim(conn, ids)
+    return rows[0] if rows else None
+
+
+async def replay_many(
+    engine: AsyncEngine, f: DeadFilter, limit: int = MAX_REPLAY
+) -> tuple[list[dict[str, Any]], bool]:
+    """Requeue up to ``limit`` dead deliveries matching ``f``, oldest first; returns the
+    rows this call changed and whether more remain."""
+    d = deliveries
+    ids = _where(select(d.c.id), f).order_by(d.c.updated_at, d.c.id).limit(limit)
+    async with write_tx(engine) as conn:
+        rows = await _claim(conn, ids)
+        more = (await conn.execute(_where(select(d.c.id), f).limit(1))).first() is not None
+    return rows, more

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create = tenants.add_parser("create", help="create a tenant and print a key with every scope")
     create.add_argument("name")
+    quota = tenants.add_parser(
+        "quota", help="set a tenant's intake quota (notifications per second, and burst)"
+    )
+    quota.add_argument("name")
+    quota.add_argument("--rate", type=float, help="per second; omitted: the deployment's")
+    quota.add_argument("--burst", type=int, help="at once; omitted: the deployment's")
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
         dest="action", required=True
     )
@@ -86,6 +92,33 @@ async def rotate_secret(ctx: Context) -> int:
     return 1 if outcome.unreadable else 0
 
 
+async def _tenants(args: argparse.Namespace, ctx: Context) -> int:
+    found = await tenant_store.get_tenant_by_name(ctx.engine, args.name)
+    if args.action == "quota":
+        if found is None:
+            print(f"no tenant named {args.name!r}", file=sys.stderr)
+            return 1
+        for value in (args.rate, args.burst):
+            if value is not None and value <= 0:
+                print("--rate and --burst must be positive", file=sys.stderr)
+                return 2
+        changes = {"intake_rate_per_second": args.rate, "intake_burst": args.burst}
+        await tenant_store.update_settings(ctx.engine, found.id, changes)
+        print(
+            f"tenant {found.name}: rate {args.rate or 'default'}/s, burst {args.burst or 'default'}"
+        )
+        return 0
+    if found is not None:
+        print(f"a tenant named {args.name!r} exists already", file=sys.stderr)
+        return 1
+    tenant = await tenant_store.create_tenant(ctx.engine, args.name)
+    key = await tenant_store.create_key(ctx.engine, tenant.id, [s.value for s in ALL_SCOPES])
+    print(f"tenant {tenant.name} ({tenant.id})")
+    print(f"webhook signing secret: {tenant.webhook_secret}")
+    print(key)
+    return 0
+
+
 async def _admin(args: argparse.Namespace, settings: Settings) -> int:
     ctx = await open_context(settings)
     try:
@@ -94,17 +127,7 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
             print("database schema is up to date")
             return 0
         if args.command == "tenants":
-            if await tenant_store.get_tenant_by_name(ctx.engine, args.name):
-                print(f"a tenant named {args.name!r} exists already", file=sys.stderr)
-                return 1
-            tenant = await tenant_store.create_tenant(ctx.engine, args.name)
-            key = await tenant_store.create_key(
-                ctx.engine, tenant.id, [s.value for s in ALL_SCOPES]
-            )
-            print(f"tenant {tenant.name} ({tenant.id})")
-            print(f"webhook signing secret: {tenant.webhook_secret}")
-            print(key)
-            return 0
+            return await _tenants(args, ctx)
         if args.action == "rotate-secret":
             return await rotate_secret(ctx)
         found = await tenant_store.get_tenant_by_name(ctx.engine, args.tenant)

@@ -179,6 +179,15 @@ class TemplateIn(BaseModel):
     category: Name = "transactional"
     channels: dict[Channel, dict[str, Any]] = Field(min_length=1)
     locales: dict[Locale, dict[Channel, dict[str, Any]]] = Field(default_factory=dict)
+    # Critical notifications only: the channel to use when one has no healthy provider.
+    fallbacks: dict[Channel, Channel] = Field(
+        default_factory=dict,
+        description=(
+            "Extension: for critical notifications (critical priority or category), the "
+            "channel to send by when a channel has no healthy provider, e.g. "
+            '{"push": "sms"}. Both must be channels of the template.'
+        ),
+    )
 
 
 CategoryName = Annotated[

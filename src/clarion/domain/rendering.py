@@ -8,6 +8,7 @@ it is given, never change it, and never reach Python internals.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -157,6 +158,8 @@ class CompiledVersion:
     category: str
     channels: dict[str, CompiledTemplate]
     locales: dict[str, dict[str, CompiledTemplate]]
+    # channel -> the channel critical notifications use when it has no healthy provider
+    fallbacks: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def for_channel(self, channel: str, locale: str | None) -> tuple[str | None, CompiledTemplate]:
         for candidate in locale_chain(locale, self.locales):

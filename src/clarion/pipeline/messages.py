@@ -35,6 +35,7 @@ def send_payload(row: dict[str, Any], attempt: int | None = None) -> dict[str, A
         "expires_at": _ts(row.get("expires_at")),
         "category": row.get("category"),
         "critical": bool(row.get("critical")),
+        "fallback": row.get("fallback"),
     }
 
 

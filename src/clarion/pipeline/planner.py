@@ -228,6 +228,8 @@ class Planner:
             row.update(status=DeliveryStatus.FAILED, reason="expired")
         else:
             self._render(row, version, channel, recipient, context)
+            if row["status"] == DeliveryStatus.QUEUED:
+                row["fallback"] = self._fallback(row, version, recipient, context)
             until = decision.deferred.get(channel)
             if until is None or row["status"] != DeliveryStatus.QUEUED:
                 return
@@ -262,6 +264,7 @@ class Planner:
             "content": None,
             "provider_message_id": None,
             "category": policy.name,
+            "fallback": None,
             "critical": policy.critical,
             "scheduled_for": None,
             "expires_at": as_utc(note["expires_at"]),
@@ -269,6 +272,28 @@ class Planner:
             "updated_at": now,
             "sent_at": None,
         }
+
+    @staticmethod
+    def _fallback(
+        row: dict[str, Any],
+        version: CompiledVersion,
+        recipient: dict[str, Any],
+        context: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        """For a critical delivery whose template names a fallback channel: that channel's
+        address and content, rendered now, so a worker can switch without the planner."""
+        target = version.fallbacks.get(row["channel"])
+        if target is None or not (row["critical"] or row["priority"] == Priority.CRITICAL):
+            return None
+        address = address_for(target, recipient)
+        if address is None:
+            return None
+        _, template = version.for_channel(target, recipient.get("locale"))
+        try:
+            content = template.render(context)
+        except TemplateError:
+            return None
+        return {"channel": target, "address": address, "content": content}
 
     @staticmethod
     def _render(

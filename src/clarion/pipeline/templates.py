@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import replace
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -31,6 +32,7 @@ class TemplateCache:
             rows = await template_store.load_versions(conn, missing)
             for key, row in rows.items():
                 compiled = compile_stored(row["category"], row["channels"], row["locales"])
+                compiled = replace(compiled, fallbacks=dict(row.get("fallbacks") or {}))
                 found[key] = self._entries[key] = compiled
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)

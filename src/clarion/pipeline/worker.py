@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from clarion.broker import Delayed, Message
+from clarion.domain.ids import delivery_id
 from clarion.domain.models import LANES, DeliveryStatus, send_stream
 from clarion.pipeline.context import Context
-from clarion.pipeline.messages import outbound, stream_of
+from clarion.pipeline.messages import outbound, send_payload, stream_of
 from clarion.resilience.backends import send_timeout
 from clarion.resilience.retry import RetryPolicy
-from clarion.resilience.sendchain import Failed, SendChain, Sent
+from clarion.resilience.sendchain import Failed, NoHealthyProvider, SendChain, Sent
 from clarion.store import addresses as address_store
 from clarion.store import deliveries as delivery_store
 from clarion.store.batching import Batcher
@@ -26,6 +27,37 @@ from clarion.store.db import utcnow
 from clarion.store.deliveries import StatusChange
 
 log = logging.getLogger(__name__)
+
+
+def fallback_row(
+    payload: dict[str, Any], fallback: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    """The delivery a critical delivery switches to on its fallback channel."""
+    expires_at = payload.get("expires_at")
+    return {
+        "id": delivery_id(payload["notification"], payload["recipient"], fallback["channel"]),
+        "notification_id": payload["notification"],
+        "tenant_id": payload["tenant"],
+        "recipient_id": payload["recipient"],
+        "channel": fallback["channel"],
+        "provider": None,
+        "priority": payload["priority"],
+        "status": DeliveryStatus.QUEUED,
+        "reason": None,
+        "attempts": 0,
+        "last_error": None,
+        "address": fallback["address"],
+        "content": fallback["content"],
+        "provider_message_id": None,
+        "category": payload.get("category"),
+        "critical": bool(payload.get("critical")),
+        "fallback": None,
+        "scheduled_for": None,
+        "expires_at": datetime.fromtimestamp(expires_at, UTC) if expires_at else None,
+        "created_at": now,
+        "updated_at": now,
+        "sent_at": None,
+    }
 
 
 class StatusWriter:
@@ -183,6 +215,10 @@ class ChannelWorker:
             change, retry = self._policy.on_failure(payload, outcome.error, now)
             change.provider = outcome.provider or None
             return change, retry, getattr(outcome.error, "dead_address", None)
+        if isinstance(outcome, NoHealthyProvider) and payload.get("fallback"):
+            switched = await self._fall_back(payload)
+            if switched is not None:
+                return switched, None, None
         # Not attempted (every provider's breaker open, or its rate limit full): wait without
         # spending an attempt. The due time keeps the sweeper from publishing it meanwhile.
         due = now + timedelta(seconds=outcome.retry_in)
@@ -195,6 +231,31 @@ class ChannelWorker:
             scheduled_for=due,
         )
         return change, Delayed(stream_of(payload), payload, due.timestamp()), None
+
+    async def _fall_back(self, payload: dict[str, Any]) -> StatusChange | None:
+        """A critical delivery whose channel has no healthy provider goes out on its
+        template's fallback channel: a delivery of its own (deterministic id, so at most
+        one), and this one is failed with reason ``no_healthy_provider``. None: the
+        fallback could not be created; the delivery waits instead."""
+        fallback = payload["fallback"]
+        now = utcnow()
+        row = fallback_row(payload, fallback, now)
+        try:
+            created = await delivery_store.insert_one(self._ctx.engine, row)
+            if created:
+                await self._ctx.broker.publish(stream_of(send_payload(row)), [send_payload(row)])
+        except Exception as exc:
+            log.warning("delivery %s: creating the fallback failed: %r", payload["id"], exc)
+            return None
+        return StatusChange(
+            payload["id"],
+            payload["tenant"],
+            DeliveryStatus.FAILED,
+            attempts=payload["attempt"] - 1,
+            reason="no_healthy_provider",
+            last_error=f"no healthy {payload['channel']} provider: sent by "
+            f"{fallback['channel']} instead ({row['id']})",
+        )
 
     async def stop(self, deadline: float) -> None:
         """Finish what is in flight within ``deadline`` seconds; give the rest back."""

@@ -227,3 +227,24 @@ async def apply_provider_report(
             )
         )
     return True
+
+
+async def insert_one(engine: AsyncEngine, row: dict[str, Any]) -> bool:
+    """Insert one delivery with its first event unless its id exists; True if inserted."""
+    async with write_tx(engine) as conn:
+        result = await conn.execute(insert_ignoring_conflicts(conn, deliveries), [row])
+        if not result.rowcount:
+            return False
+        await conn.execute(
+            delivery_events.insert(),
+            [
+                {
+                    "delivery_id": row["id"],
+                    "tenant_id": row["tenant_id"],
+                    "status": row["status"],
+                    "detail": row["reason"],
+                    "created_at": row["created_at"],
+                }
+            ],
+        )
+    return True

@@ -93,6 +93,8 @@ template_versions = Table(
     Column("category", String(100), nullable=False),
     Column("channels", JSON, nullable=False),
     Column("locales", JSON, nullable=False),
+    # Critical notifications: channel -> channel to use when it has no healthy provider.
+    Column("fallbacks", JSON),
     _ts("created_at", nullable=False),
 )
 
@@ -144,6 +146,10 @@ deliveries = Table(
     # The template's category, and whether it is critical (no List-Unsubscribe, no opt-out).
     Column("category", String(100)),
     Column("critical", Boolean, nullable=False, default=False, server_default=false()),
+    # For a critical delivery whose template names a fallback channel: that channel, the
+    # recipient's address on it and its rendered content, ready if this channel has no
+    # healthy provider.
+    Column("fallback", JSON),
     _ts("scheduled_for"),
     _ts("expires_at"),
     _ts("created_at", nullable=False),

@@ -21,6 +21,7 @@ async def put(
     category: str,
     channels: dict[str, Any],
     locales: dict[str, Any],
+    fallbacks: dict[str, str] | None = None,
 ) -> int:
     """Store a new version and make it active; returns its number."""
     now = utcnow()
@@ -41,6 +42,7 @@ async def put(
                 category=category,
                 channels=channels,
                 locales=locales,
+                fallbacks=fallbacks or None,
                 created_at=now,
             )
         )
@@ -70,6 +72,7 @@ def _public(row: Any) -> dict[str, Any]:
         "category": row["category"],
         "channels": row["channels"],
         "locales": row["locales"],
+        "fallbacks": row["fallbacks"] or {},
         "created_at": as_utc(row["created_at"]),
     }
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.ids import new_id
@@ -85,3 +86,20 @@ async def find_key(engine: AsyncEngine, secret: str) -> KeyGrant | None:
     if row is None:
         return None
     return KeyGrant(row.tenant_id, row.id, frozenset(row.scopes.split(",")))
+
+
+async def update_settings(engine: AsyncEngine, tenant_id: str, changes: dict[str, Any]) -> None:
+    """Merge ``changes`` into the tenant's settings; a None value removes the setting."""
+    async with write_tx(engine) as conn:
+        current = (
+            await conn.execute(
+                select(tenants.c.settings).where(tenants.c.id == tenant_id).with_for_update()
+            )
+        ).scalar()
+        merged = dict(current or {})
+        for name, value in changes.items():
+            if value is None:
+                merged.pop(name, None)
+            else:
+                merged[name] = value
+        await conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(settings=merged))

@@ -64,8 +64,22 @@ async def put(
         category=body.category,
         channels=channels,
         locales=locales,
+        fallbacks=_fallbacks(body, channels),
     )
     return JSONResponse({"name": name, "version": version})
+
+
+def _fallbacks(body: TemplateIn, channels: dict[str, Any]) -> dict[str, str]:
+    """The template's fallback channels: each from and to one of its own channels."""
+    fallbacks = {src.value: dst.value for src, dst in body.fallbacks.items()}
+    for src, dst in fallbacks.items():
+        if src not in channels or dst not in channels or src == dst:
+            raise ValidationFailed(
+                f"fallback {src!r} -> {dst!r} must lead from one of the template's channels "
+                "to another",
+                details=[{"field": f"fallbacks.{src}", "message": "not a channel of the template"}],
+            )
+    return fallbacks
 
 
 @router.get("/{name}", summary="The active version of a template, or the one asked for")

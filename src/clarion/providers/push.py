@@ -16,33 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import UTC
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from clarion.errors import PermanentError, ProviderError, TransientError
 from clarion.providers.base import OutboundMessage, Provider, SendResult
+from clarion.providers.http import parse_retry_after
 
 Outcome = SendResult | ProviderError
 
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - time.time())
+__all__ = ["PushFanout", "parse_retry_after", "push_targets", "send_tokens", "tokens_for"]
 
 
 def push_targets(to: Any) -> list[tuple[str, str]]:

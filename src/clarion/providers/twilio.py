@@ -23,7 +23,7 @@ import orjson
 from clarion.errors import PermanentError, TransientError
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import TwilioConfig
-from clarion.providers.webhook import parse_retry_after
+from clarion.providers.http import parse_retry_after
 from clarion.security.netguard import AddressGuard
 
 API_URL = "https://api.twilio.com"

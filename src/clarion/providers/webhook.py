@@ -17,19 +17,11 @@ import orjson
 
 from clarion.errors import PermanentError, TransientError
 from clarion.providers.base import OutboundMessage, Provider, SendResult
+from clarion.providers.http import parse_retry_after
 from clarion.security.netguard import AddressGuard
 from clarion.security.signing import sign
 
 SecretLookup = Callable[[str], Awaitable[str]]
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 def classify_status(code: int, text: str, retry_after: str | None) -> None:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from clarion.errors import PermanentError, ProviderError, TransientError
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import WebpushConfig
-from clarion.providers.webhook import parse_retry_after
+from clarion.providers.http import parse_retry_after
 from clarion.security.netguard import AddressGuard
 
 TIMEOUT = 15.0

@@ -38,9 +38,11 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import orjson
@@ -510,10 +512,24 @@ class Bench:
 
     async def create_fixtures(self, session: aiohttp.ClientSession, sink_url: str) -> None:
         ids = [f"r{i}" for i in range(self.args.recipients)]
+        extra: dict[str, Any] = {}
+        if self.args.preferences:
+            extra = {"locale": "fr-CA", "timezone": "America/Toronto"}
         for start in range(0, len(ids), 1000):
-            people = [{"id": rid, "webhook_url": f"{sink_url}/{rid}"} for rid in ids[start:][:1000]]
+            people = [
+                {"id": rid, "webhook_url": f"{sink_url}/{rid}", **extra}
+                for rid in ids[start:][:1000]
+            ]
             await self.call(session, "POST", "/v1/recipients/batch", {"recipients": people})
-        template = {"channels": {"webhook": {"body": {"n": "{{ n }}"}}}}
+        template: dict[str, Any] = {"channels": {"webhook": {"body": {"n": "{{ n }}"}}}}
+        if self.args.preferences:
+            # Every recipient has preferences the planner must read and decide on (quiet
+            # hours that are not in force, opt-outs of other channels), and a French locale
+            # that falls back from fr-CA to the template's fr content.
+            template["locales"] = {"fr": {"webhook": {"body": {"n": "{{ n }}", "l": "fr"}}}}
+            prefs = preferences_not_in_force()
+            for rid in ids:
+                await self.call(session, "PUT", f"/v1/recipients/{rid}/preferences", prefs)
         await self.call(session, "PUT", f"/v1/templates/{TEMPLATE}", template)
 
     # -- load ------------------------------------------------------------------------------
@@ -677,6 +693,7 @@ class Bench:
             "config": self.args.config,
             "notifications": self.args.notifications,
             "recipients": self.args.recipients,
+            "preferences": self.args.preferences,
             "workers": workers,
             "worker_channels": (self.args.worker_channels or "all") if workers else None,
             "batch": self.args.batch,
@@ -826,6 +843,17 @@ def machine() -> dict[str, Any]:
     }
 
 
+def preferences_not_in_force() -> dict[str, Any]:
+    """Opt-outs of channels the benchmark does not use, and quiet hours starting in 2 h."""
+    local = datetime.now(ZoneInfo("America/Toronto"))
+    start, end = local + timedelta(hours=2), local + timedelta(hours=3)
+    return {
+        "channels": {"sms": False, "push": False},
+        "categories": {"marketing": {"email": False}},
+        "quiet_hours": {"start": f"{start:%H:%M}", "end": f"{end:%H:%M}"},
+    }
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=["embedded", "postgres-redis"])
@@ -873,6 +901,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1800.0,
         help="seconds to wait for another run of this benchmark on the machine to finish",
+    )
+    parser.add_argument(
+        "--preferences",
+        action="store_true",
+        help="give every recipient preferences, quiet hours (not in force) and a locale",
     )
     parser.add_argument("--sink-records", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -91,12 +92,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(PoolTimeout)
     @app.exception_handler(OSError)
     @app.exception_handler(TimeoutError)
+    @app.exception_handler(RedisError)
     async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
         log.warning("storage unavailable: %r", exc)
         return error_response(
             503,
             "unavailable",
-            "storage is unavailable; try again shortly",
+            "storage or broker is unavailable; try again shortly",
             headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
         )
 

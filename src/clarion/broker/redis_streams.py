@@ -24,6 +24,7 @@ from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
 from clarion.broker.base import Broker, Delayed, Message, Payload, decode, encode
+from clarion.broker.reconnect import reconnecting
 
 GROUP = "clarion"
 MAX_CONNECTIONS = 64
@@ -82,7 +83,7 @@ class RedisBroker(Broker):
         """Connect. Consumers block on reads for a moment, so the pool waits for a free
         connection rather than failing when all are busy."""
         pool = BlockingConnectionPool.from_url(
-            self._url, max_connections=MAX_CONNECTIONS, timeout=20, protocol=2
+            self._url, max_connections=MAX_CONNECTIONS, timeout=20, protocol=2, **reconnecting()
         )
         self._client = Redis.from_pool(pool)
         self._move_due = self._client.register_script(_MOVE_DUE)

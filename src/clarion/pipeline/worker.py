@@ -8,6 +8,7 @@ the call's timeout) and the retry policy (backoff, dead letters).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -120,17 +121,30 @@ class ChannelWorker:
         return len(self._inflight)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Take and start sends until ``stop``. A broker or database that is away (a Redis
+        restart, say) is waited out with a growing pause; what was taken and not started
+        comes back after its lease."""
+        pause = 0.0
         while not stop.is_set():
             room = self._concurrency - len(self._inflight)
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
                 continue
-            messages = await self._ctx.broker.consume(
-                self.streams, self._consumer, min(room, 500), 0.25
-            )
-            if messages:
-                await self._dispatch(messages)
+            try:
+                messages = await self._ctx.broker.consume(
+                    self.streams, self._consumer, min(room, 500), 0.25
+                )
+                if messages:
+                    await self._dispatch(messages)
+                pause = 0.0
+            except Exception as exc:
+                pause = min(max(pause * 2, 0.5), 10.0)
+                log.warning(
+                    "worker %s: taking work failed, again in %.1fs: %r", self.channel, pause, exc
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
 
     async def _dispatch(self, messages: list[Message]) -> None:
         again = [m.payload["id"] for m in messages if m.redelivered]

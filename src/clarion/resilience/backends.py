@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from clarion.broker.reconnect import reconnecting
 from clarion.config import Settings
 from clarion.resilience.breaker import BreakerPolicy, CircuitBreaker, MemoryBreaker, RedisBreaker
 from clarion.resilience.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -52,7 +53,7 @@ def open_backends(settings: Settings) -> Backends:
     if url is None:
         return Backends(MemoryRateLimiter(), MemoryBreaker(policy))
     pool = BlockingConnectionPool.from_url(
-        url, max_connections=_MAX_CONNECTIONS, timeout=_POOL_TIMEOUT, protocol=2
+        url, max_connections=_MAX_CONNECTIONS, timeout=_POOL_TIMEOUT, protocol=2, **reconnecting()
     )
     # from_pool: closing the client closes the pool too.
     client = Redis.from_pool(pool)

@@ -118,10 +118,15 @@ class SendChain:
         chosen = await self._choose(message.tenant_id, candidates)
         if isinstance(chosen, NoHealthyProvider):
             return chosen
+        # The provider is built (and its connections opened) before its rate-limit slot is
+        # taken, so that the send leaves when its slot comes, not a connection later.
+        provider = await self._provider(message, chosen.name)
+        if isinstance(provider, Failed):
+            return provider
         throttled = await self._pace(message.tenant_id, chosen)
         if throttled is not None:
             return throttled
-        return await self._call(message, chosen)
+        return await self._call(message, chosen, provider)
 
     async def _choose(
         self, tenant_id: str, candidates: Sequence[Candidate]
@@ -162,10 +167,9 @@ class SendChain:
     def _is_unguarded(self, candidate: Candidate) -> bool:
         return (getattr(candidate, "kind", None) or candidate.name) in self._unguarded
 
-    async def _call(self, message: OutboundMessage, chosen: Candidate) -> Sent | Failed:
-        name = chosen.name
+    async def _provider(self, message: OutboundMessage, name: str) -> Provider | Failed:
         try:
-            provider = await self._providers.sender(message.tenant_id, message.channel, name)
+            return await self._providers.sender(message.tenant_id, message.channel, name)
         except KeyError:
             return Failed(name, PermanentError(f"no provider named {name!r}", reason="no_provider"))
         except Exception as exc:
@@ -173,6 +177,11 @@ class SendChain:
             # fails like a send would (retried if transient), and says nothing of the
             # service's health.
             return Failed(name, exc)
+
+    async def _call(
+        self, message: OutboundMessage, chosen: Candidate, provider: Provider
+    ) -> Sent | Failed:
+        name = chosen.name
         error: BaseException
         try:
             async with asyncio.timeout(self._timeout):

@@ -20,6 +20,21 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
+_CHANNELS = frozenset({"email", "sms", "push", "webpush", "inapp", "webhook"})
+
+
+def _channel_schedules(text: str) -> dict[str, list[float]]:
+    """Parse ``sms=5s,1m;push=1s,5s`` into delays per channel."""
+    schedules: dict[str, list[float]] = {}
+    for entry in filter(None, (part.strip() for part in text.split(";"))):
+        channel, sep, schedule = entry.partition("=")
+        channel = channel.strip()
+        if not sep or channel not in _CHANNELS:
+            raise ValueError(f"not a channel's retry schedule: {entry!r} (e.g. sms=5s,1m,10m)")
+        schedules[channel] = [parse_duration(part) for part in schedule.split(",")]
+    return schedules
+
+
 class Settings(BaseSettings):
     """Deployment settings. Every field maps to ``CLARION_<NAME>``."""
 
@@ -39,6 +54,8 @@ class Settings(BaseSettings):
     allow_private_webhooks: bool = False
     max_attempts: int = Field(default=8, ge=1, le=100)
     retry_schedule: str = "1s,5s,30s,2m,10m,1h"
+    # Per-channel schedules over the one above: "sms=5s,1m,10m;push=1s,5s,30s".
+    channel_retry_schedules: str = ""
     default_provider: str = "sandbox"
     # How long a process trusts its copy of the tenants' provider settings; a change made
     # through another process is seen within this time.
@@ -76,9 +93,20 @@ class Settings(BaseSettings):
             parse_duration(part)
         return value
 
+    @field_validator("channel_retry_schedules")
+    @classmethod
+    def _check_channel_schedules(cls, value: str) -> str:
+        _channel_schedules(value)
+        return value
+
     @property
     def retry_delays(self) -> list[float]:
         return [parse_duration(part) for part in self.retry_schedule.split(",")]
+
+    def retry_delays_for(self, channel: str) -> list[float]:
+        """The retry schedule of a channel: its own if one is set, else the default."""
+        own = _channel_schedules(self.channel_retry_schedules).get(channel)
+        return own if own is not None else self.retry_delays
 
     @property
     def is_sqlite(self) -> bool:

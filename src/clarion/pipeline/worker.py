@@ -103,7 +103,9 @@ class ChannelWorker:
         self._status = status
         self._acks = acks
         self.streams = [send_stream(channel, lane) for lane in LANES]
-        self._policy = RetryPolicy(ctx.settings.max_attempts, ctx.settings.retry_delays)
+        self._policy = RetryPolicy(
+            ctx.settings.max_attempts, ctx.settings.retry_delays_for(channel)
+        )
         self._concurrency = ctx.settings.worker_concurrency
         self._inflight: dict[asyncio.Task[None], Message] = {}
         self._room = asyncio.Event()

@@ -16,6 +16,7 @@ from clarion.pipeline.context import Context, open_context
 from clarion.pipeline.runtime import ALL_CHANNELS, Roles
 from clarion.store import providers as provider_store
 from clarion.store import tenants as tenant_store
+from clarion.store import webhooks as webhook_store
 from clarion.store.db import migrate
 
 
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--scopes", type=_scopes, default=[s.value for s in ALL_SCOPES])
     keys.add_parser(
         "rotate-secret",
-        help="re-encrypt every provider's credentials with CLARION_SECRET_KEY "
+        help="re-encrypt every provider's credentials and webhook secret with CLARION_SECRET_KEY "
         "(after moving the old key to CLARION_PREVIOUS_SECRET_KEYS)",
     )
     secret = sub.add_parser("secret", help="secrets").add_subparsers(dest="action", required=True)
@@ -77,19 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def rotate_secret(ctx: Context) -> int:
-    """Re-encrypt provider credentials with the current key; prints how many changed."""
+    """Re-encrypt provider credentials and webhook secrets with the current key; prints how
+    many changed."""
     if ctx.keyring.current is None:
         print("CLARION_SECRET_KEY is not set: nothing to re-encrypt with", file=sys.stderr)
         return 1
     outcome = await provider_store.rotate(ctx.engine, ctx.keyring)
     print(f"re-encrypted {outcome.changed} provider(s) with key {ctx.keyring.current_id}")
-    for tenant_id, name in outcome.unreadable:
+    hooks = await webhook_store.rotate(ctx.engine, ctx.keyring)
+    print(f"re-encrypted {hooks.changed} webhook secret(s) with key {ctx.keyring.current_id}")
+    unreadable = [("provider", *u) for u in outcome.unreadable]
+    unreadable += [("webhook", *u) for u in hooks.unreadable]
+    for what, tenant_id, name in unreadable:
         print(
-            f"provider {name!r} of tenant {tenant_id}: cannot be decrypted with the "
+            f"{what} {name!r} of tenant {tenant_id}: cannot be decrypted with the "
             "current or previous keys; left as it is",
             file=sys.stderr,
         )
-    return 1 if outcome.unreadable else 0
+    return 1 if unreadable else 0
 
 
 async def _tenants(args: argparse.Namespace, ctx: Context) -> int:

@@ -20,6 +20,7 @@ from clarion.api.routes import (
     sandbox,
     templates,
     unsubscribe,
+    webhooks,
 )
 from clarion.pipeline.context import Context
 from clarion.pipeline.intake import Intake
@@ -56,5 +57,6 @@ def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
     app.include_router(dead_letters.router)
     app.include_router(provider_health.router)
     app.include_router(unsubscribe.router)
+    app.include_router(webhooks.router)
     app.add_middleware(BodyLimit)
     return app

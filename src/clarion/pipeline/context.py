@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clarion.broker import Broker, create_broker
 from clarion.config import Settings
 from clarion.pipeline.categories import CategoryCache
+from clarion.pipeline.subscriptions import Subscriptions
 from clarion.providers import ProviderSet
 from clarion.resilience.backends import Backends, open_backends
 from clarion.security.secrets import Keyring, resolve_keyring
@@ -29,6 +30,8 @@ class Context:
     resilience: Backends = field(init=False)
     # Category policies for the planner; the API drops a tenant's entry when it changes one.
     categories: CategoryCache = field(default_factory=CategoryCache)
+    # Tenants' status webhooks; the API drops a tenant's entry when it changes one.
+    webhooks: Subscriptions = field(init=False)
     _secrets: dict[str, str] = field(default_factory=dict)
     # Set whenever a stage finishes a piece of work; drain() waits on it.
     progress: asyncio.Event = field(default_factory=asyncio.Event)
@@ -36,6 +39,7 @@ class Context:
     def __post_init__(self) -> None:
         self.providers = ProviderSet(self.settings, self.engine, self.webhook_secret, self.keyring)
         self.resilience = open_backends(self.settings)
+        self.webhooks = Subscriptions(self.engine, self.keyring, self.settings.provider_cache_ttl)
 
     async def webhook_secret(self, tenant_id: str) -> str:
         secret = self._secrets.get(tenant_id)

@@ -31,6 +31,7 @@ from clarion.errors import TemplateError
 from clarion.pipeline.categories import CategoryCache, Policies
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import group_by_stream, send_payload, stream_of
+from clarion.pipeline.status_events import StatusEvents
 from clarion.pipeline.templates import TemplateCache
 from clarion.resilience.ratelimit import Take, recipient_category_take
 from clarion.store import deliveries as delivery_store
@@ -62,6 +63,7 @@ class Planner:
         self._ctx = ctx
         self._consumer = consumer
         self._templates = TemplateCache()
+        self._events = StatusEvents(ctx)
         self.batch_size = 200
 
     async def run_once(self, timeout: float) -> int:
@@ -79,6 +81,7 @@ class Planner:
         ids = list(dict.fromkeys(m.payload["notification"] for m in messages))
         redelivered = [m.payload["notification"] for m in messages if m.redelivered]
         plan, republish = await self._plan(ids, redelivered)
+        await self._events.emit_rows(plan.rows)
         now = utcnow().timestamp()
         ready: list[dict[str, Any]] = []
         later: list[Delayed] = []

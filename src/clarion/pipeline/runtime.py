@@ -20,9 +20,11 @@ from typing import Any
 from clarion.broker import Message
 from clarion.domain.models import LANES, PLAN_STREAM, Channel, send_stream
 from clarion.pipeline.context import Context
+from clarion.pipeline.events import EventDispatcher
 from clarion.pipeline.intake import Intake
 from clarion.pipeline.planner import Planner
 from clarion.pipeline.scheduler import Relay, Sweeper, recover_embedded
+from clarion.pipeline.status_events import EVENTS_STREAM
 from clarion.pipeline.worker import ChannelWorker, StatusWriter
 from clarion.store import notifications as notification_store
 from clarion.store.batching import Batcher
@@ -60,6 +62,7 @@ class Runtime:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _status: StatusWriter | None = None
+    _events: EventDispatcher | None = None
     _acks: Batcher[Message, None] | None = None
 
     async def start(self) -> None:
@@ -82,6 +85,10 @@ class Runtime:
                 )
                 self.workers.append(worker)
                 self._spawn(f"worker-{channel}", worker.run(self._stop))
+            # Status events go out wherever deliveries do.
+            self._events = EventDispatcher(ctx, consumer_name("events"), self._acks)
+            self._events.start()
+            self._spawn("events", self._loop(self._events.run_once))
         if self.roles.planner:
             planner = Planner(ctx, consumer_name("planner"))
             self._spawn("planner", self._loop(lambda: planner.run_once(0.25)))
@@ -117,11 +124,14 @@ class Runtime:
         streams = [PLAN_STREAM]
         for channel in ALL_CHANNELS:
             streams.extend(send_stream(channel, lane) for lane in LANES)
+        streams.append(EVENTS_STREAM)
         return streams
 
     async def idle(self) -> bool:
         """True when no work is waiting anywhere this runtime can see."""
         if any(w.inflight for w in self.workers):
+            return False
+        if self._events is not None and self._events.inflight:
             return False
         if self._acks is not None and (self._acks.pending or self._status_pending()):
             return False
@@ -159,6 +169,8 @@ class Runtime:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for worker in self.workers:
             await worker.stop(deadline)
+        if self._events is not None:
+            await self._events.stop(deadline)
         if self.intake is not None:
             await self.intake.close()
         if self._status is not None:

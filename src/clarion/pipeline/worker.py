@@ -18,6 +18,7 @@ from clarion.domain.ids import delivery_id
 from clarion.domain.models import LANES, DeliveryStatus, send_stream
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import outbound, send_payload, stream_of
+from clarion.pipeline.status_events import StatusEvents
 from clarion.resilience.backends import send_timeout
 from clarion.resilience.retry import RetryPolicy
 from clarion.resilience.sendchain import Failed, NoHealthyProvider, SendChain, Sent
@@ -25,7 +26,7 @@ from clarion.store import addresses as address_store
 from clarion.store import deliveries as delivery_store
 from clarion.store.batching import Batcher
 from clarion.store.db import utcnow
-from clarion.store.deliveries import StatusChange
+from clarion.store.deliveries import DeliveryRef, StatusChange
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,12 @@ def fallback_row(
 
 
 class StatusWriter:
-    """Stores status changes in batches, shared by the channel workers of a process."""
+    """Stores status changes in batches, shared by the channel workers of a process, and
+    publishes the batch's status events (one call) once it is committed."""
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
+        self._events = StatusEvents(ctx)
         self._batcher: Batcher[StatusChange, None] = Batcher(
             self._flush, max_items=2000, concurrency=2, name="status-writer"
         )
@@ -74,7 +77,9 @@ class StatusWriter:
         self._batcher.start()
 
     async def _flush(self, changes: list[StatusChange]) -> list[None]:
+        events = await self._events.of_changes(changes)
         await delivery_store.apply_changes(self._ctx.engine, changes)
+        await self._events.publish(events)
         return [None] * len(changes)
 
     @property
@@ -168,6 +173,9 @@ class ChannelWorker:
     async def _handle(self, message: Message) -> None:
         payload = message.payload
         change, retry, dead = await self._attempt(payload)
+        change.ref = DeliveryRef(
+            payload["notification"], payload["recipient"], self.channel, payload.get("provider")
+        )
         try:
             if retry is not None:
                 await self._ctx.broker.publish_delayed([retry])

@@ -19,6 +19,17 @@ from clarion.store.tables import deliveries, delivery_events, notifications
 WAITING = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryRef:
+    """What a status event tells about a delivery besides its new state."""
+
+    notification_id: str
+    recipient_id: str
+    channel: str
+    # The planned provider (a change names the one that took the attempt, if any).
+    provider: str | None
+
+
 @dataclass(slots=True)
 class StatusChange:
     """A delivery's new state after an attempt (or a decision not to attempt)."""
@@ -34,6 +45,8 @@ class StatusChange:
     sent_at: datetime | None = None
     # The provider that took the attempt (failover may pick another than the planned one).
     provider: str | None = None
+    # Not stored: carried so the status event of this change can be published.
+    ref: DeliveryRef | None = None
 
 
 async def existing_ids(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
@@ -227,6 +240,15 @@ async def apply_provider_report(
             )
         )
     return True
+
+
+async def get_one(engine: AsyncEngine, tenant_id: str, delivery_id: str) -> dict[str, Any] | None:
+    query = select(deliveries).where(
+        deliveries.c.id == delivery_id, deliveries.c.tenant_id == tenant_id
+    )
+    async with engine.connect() as conn:
+        row = (await conn.execute(query)).mappings().first()
+    return dict(row) if row else None
 
 
 async def insert_one(engine: AsyncEngine, row: dict[str, Any]) -> bool:

@@ -251,3 +251,18 @@ providers = Table(
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
 )
+
+# A tenant's status webhooks: where delivery status events are POSTed. `secret` is the
+# signing secret, sealed (see clarion.security.secrets).
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("name", String(100), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("events", JSON, nullable=False),
+    Column("secret", Text, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+)

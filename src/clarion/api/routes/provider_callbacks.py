@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from clarion.domain.models import DeliveryStatus
 from clarion.errors import ApiError, Forbidden, NotFound, Unavailable
+from clarion.pipeline.status_events import StatusEvents
 from clarion.providers.base import ProviderSpec
 from clarion.providers.configs import TwilioConfig
 from clarion.providers.twilio import valid_signature
@@ -81,17 +82,25 @@ def _auth_token(spec: ProviderSpec) -> str:
 
 async def _record(request: Request, tenant: str, delivery: str, params: dict[str, str]) -> None:
     status = params.get("MessageStatus", "")
-    engine = request.app.state.ctx.engine
+    ctx = request.app.state.ctx
     if status == "delivered":
-        await store.apply_provider_report(engine, tenant, delivery, DeliveryStatus.DELIVERED)
+        changed = await store.apply_provider_report(
+            ctx.engine, tenant, delivery, DeliveryStatus.DELIVERED
+        )
+        reported = DeliveryStatus.DELIVERED
     elif status in ("failed", "undelivered"):
         code = params.get("ErrorCode")
         error = f"Twilio reported {status}" + (f" (error {code})" if code else "")
-        await store.apply_provider_report(
-            engine,
+        changed = await store.apply_provider_report(
+            ctx.engine,
             tenant,
             delivery,
             DeliveryStatus.FAILED,
             reason="provider_rejected",
             last_error=error,
         )
+        reported = DeliveryStatus.FAILED
+    else:
+        return
+    if changed:
+        await StatusEvents(ctx).emit_report(tenant, delivery, reported)

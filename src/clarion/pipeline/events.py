@@ -1,0 +1,201 @@
+"""The event dispatcher: POSTs status events to the tenants' webhooks.
+
+It takes messages from the ``events`` stream (see :mod:`clarion.pipeline.status_events`)
+and POSTs each event to every enabled webhook of its tenant that wants its type, signed
+with that webhook's secret. A failure worth retrying (5xx, 408, 429, a timeout, a refused
+connection) is retried for that webhook alone, after the retry schedule's delay, up to
+``max_attempts`` tries; other failures are dropped at once. A message is acked once its
+outcome is decided: delivered, dropped, or its retries published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from clarion.broker import Delayed, Message
+from clarion.domain.backoff import retry_delay
+from clarion.errors import PermanentError, TransientError
+from clarion.pipeline.context import Context
+from clarion.pipeline.status_events import EVENTS_STREAM
+from clarion.pipeline.subscriptions import Subscription
+from clarion.providers.webhook import classify_status
+from clarion.security.netguard import AddressGuard
+from clarion.security.signing import sign
+from clarion.store.batching import Batcher
+
+log = logging.getLogger(__name__)
+
+CONCURRENCY = 64
+
+
+class EventDispatcher:
+    """Delivers events with at most ``concurrency`` messages in flight."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        consumer: str,
+        acks: Batcher[Message, None],
+        concurrency: int = CONCURRENCY,
+    ) -> None:
+        self._ctx = ctx
+        self._consumer = consumer
+        self._acks = acks
+        self._concurrency = concurrency
+        self._guard = AddressGuard(ctx.settings.allow_private_webhooks)
+        self._timeout = ctx.settings.webhook_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._inflight: dict[asyncio.Task[None], Message] = {}
+        self._room = asyncio.Event()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=0),
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            headers={"user-agent": "Clarion-Webhooks/1"},
+            auto_decompress=False,
+        )
+
+    async def run_once(self) -> int:
+        """Take what there is room for and start it; returns how many messages it took."""
+        room = self._concurrency - len(self._inflight)
+        if room <= 0:
+            self._room.clear()
+            # Bounded, so the loop around this sees a stop request.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), 0.25)
+            return 0
+        messages = await self._ctx.broker.consume([EVENTS_STREAM], self._consumer, room, 0.25)
+        for message in messages:
+            task = asyncio.create_task(self._handle(message))
+            self._inflight[task] = message
+            task.add_done_callback(self._finished)
+        return len(messages)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        self._room.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event task failed: %r", task.exception())
+
+    async def _handle(self, message: Message) -> None:
+        if not _well_formed(message.payload):
+            # Taking it again would fail again: drop it.
+            log.error("events: dropped a malformed message %s", message.id)
+            self._acks.put_nowait(message)
+            return
+        try:
+            retries = await self._dispatch(message.payload)
+            if retries:
+                await self._ctx.broker.publish_delayed(retries)
+        except Exception as exc:
+            # Not acked: the message comes back after its lease and is tried again.
+            log.warning("event %s: dispatching failed: %r", _event_id(message.payload), exc)
+            return
+        self._acks.put_nowait(message)
+        self._ctx.made_progress()
+
+    async def _dispatch(self, payload: dict[str, Any]) -> list[Delayed]:
+        """POST the event to each webhook it is for; the retries to schedule."""
+        tenant_id, event = payload["tenant"], payload["event"]
+        await self._ctx.webhooks.prepare([tenant_id])
+        hooks = self._ctx.webhooks.matching(tenant_id, event["type"])
+        only = payload.get("webhook")
+        if only is not None:
+            hooks = [h for h in hooks if h.name == only]
+        if not hooks:
+            return []
+        body = orjson.dumps(event)
+        outcomes = await asyncio.gather(
+            *(self._post(hook, event["id"], body) for hook in hooks), return_exceptions=True
+        )
+        retries = []
+        for hook, outcome in zip(hooks, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                retry = self._after_failure(payload, hook, outcome)
+                if retry is not None:
+                    retries.append(retry)
+        return retries
+
+    def _after_failure(
+        self, payload: dict[str, Any], hook: Subscription, exc: BaseException
+    ) -> Delayed | None:
+        attempt: int = payload.get("attempt", 1)
+        what = f"event {payload['event']['id']} to webhook {hook.name!r} of {hook.tenant_id}"
+        if isinstance(exc, PermanentError):
+            log.warning("%s dropped: %s", what, exc.message)
+            return None
+        if not isinstance(exc, TransientError):
+            log.error("%s: unexpected %r", what, exc, exc_info=exc)
+        if attempt >= self._ctx.settings.max_attempts:
+            log.warning("%s dropped after %d attempts: %r", what, attempt, exc)
+            return None
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        delay = retry_delay(attempt, self._ctx.settings.retry_delays, retry_after=retry_after)
+        again = {**payload, "webhook": hook.name, "attempt": attempt + 1}
+        return Delayed(EVENTS_STREAM, again, time.time() + delay)
+
+    async def _post(self, hook: Subscription, event_id: str, body: bytes) -> None:
+        """One POST; raises :class:`TransientError` or :class:`PermanentError` on failure."""
+        if self._session is None:
+            raise RuntimeError("EventDispatcher.run_once before start")
+        headers = {
+            "content-type": "application/json",
+            "clarion-signature": sign(hook.secret, body),
+            "clarion-event-id": event_id,
+            "idempotency-key": f"{event_id}:{hook.name}",
+        }
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._guard.check(hook.url)
+                async with self._session.post(
+                    hook.url, data=body, headers=headers, allow_redirects=False
+                ) as response:
+                    text = await response.text(errors="replace")
+                    classify_status(response.status, text, response.headers.get("retry-after"))
+        except TimeoutError as exc:
+            raise TransientError(f"timed out after {self._timeout}s", reason="timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}", reason="connection_error") from exc
+
+    async def stop(self, deadline: float) -> None:
+        """Finish what is in flight within ``deadline`` seconds; give the rest back."""
+        if self._inflight:
+            _, pending = await asyncio.wait(list(self._inflight), timeout=deadline)
+            unfinished = [self._inflight[t] for t in pending if t in self._inflight]
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            if unfinished:
+                with contextlib.suppress(Exception):
+                    await self._ctx.broker.release(unfinished)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _event_id(payload: dict[str, Any]) -> str:
+    event = payload.get("event")
+    return str(event.get("id")) if isinstance(event, dict) else "?"
+
+
+def _well_formed(payload: dict[str, Any]) -> bool:
+    event = payload.get("event")
+    return (
+        isinstance(payload.get("tenant"), str)
+        and isinstance(event, dict)
+        and isinstance(event.get("id"), str)
+        and isinstance(event.get("type"), str)
+    )

@@ -1,0 +1,160 @@
+"""Status events: what a tenant's webhooks are told when a delivery changes state.
+
+An event is published to the ``events`` stream after the change it reports is committed,
+and only for tenants with an enabled webhook that wants its type, so tenants without
+webhooks pay one dictionary lookup per batch. A broker failure at that moment loses the
+events of that batch (logged): the status in the database is the truth, events are news.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from clarion.domain.ids import new_id
+from clarion.domain.models import DeliveryStatus
+from clarion.pipeline.context import Context
+from clarion.store import deliveries as delivery_store
+from clarion.store.db import as_utc, utcnow
+from clarion.store.deliveries import StatusChange
+
+log = logging.getLogger(__name__)
+
+EVENTS_STREAM = "events"
+# The statuses that make an event; an intermediate `queued` (a retry is due) makes none.
+EMITTED = frozenset(
+    {
+        DeliveryStatus.SENT,
+        DeliveryStatus.DELIVERED,
+        DeliveryStatus.FAILED,
+        DeliveryStatus.DEAD,
+        DeliveryStatus.SUPPRESSED,
+        DeliveryStatus.SCHEDULED,
+    }
+)
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    moment = as_utc(value)
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def event(status: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": new_id("evt"),
+        "type": f"delivery.{status}",
+        "created_at": rfc3339(utcnow()),
+        "data": data,
+    }
+
+
+def change_data(change: StatusChange) -> dict[str, Any]:
+    ref = change.ref
+    return {
+        "delivery_id": change.delivery_id,
+        "notification_id": ref.notification_id if ref else None,
+        "recipient_id": ref.recipient_id if ref else None,
+        "channel": ref.channel if ref else None,
+        "provider": change.provider or (ref.provider if ref else None),
+        "provider_message_id": change.provider_message_id,
+        "status": change.status,
+        "reason": change.reason,
+        "attempts": change.attempts,
+        "last_error": change.last_error,
+        "scheduled_for": rfc3339(change.scheduled_for),
+        "sent_at": rfc3339(change.sent_at),
+    }
+
+
+def row_data(row: dict[str, Any]) -> dict[str, Any]:
+    """The data of an event about a delivery row as stored (or about to be)."""
+    return {
+        "delivery_id": row["id"],
+        "notification_id": row["notification_id"],
+        "recipient_id": row["recipient_id"],
+        "channel": row["channel"],
+        "provider": row["provider"],
+        "provider_message_id": row["provider_message_id"],
+        "status": row["status"],
+        "reason": row["reason"],
+        "attempts": row["attempts"],
+        "last_error": row["last_error"],
+        "scheduled_for": rfc3339(row["scheduled_for"]),
+        "sent_at": rfc3339(row["sent_at"]),
+    }
+
+
+def message(tenant_id: str, evt: dict[str, Any]) -> dict[str, Any]:
+    """The ``events`` stream's message: the event and whose it is."""
+    return {"tenant": tenant_id, "event": evt, "attempt": 1}
+
+
+class StatusEvents:
+    """Turns status changes and new delivery rows into event messages and publishes them."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    async def _subscribed(self, tenant_ids: Iterable[str]) -> None:
+        await self._ctx.webhooks.prepare(tenant_ids)
+
+    async def of_changes(self, changes: Sequence[StatusChange]) -> list[dict[str, Any]]:
+        """The messages for a batch of changes (to publish once it is committed)."""
+        emitted = [c for c in changes if c.status in EMITTED]
+        if not emitted:
+            return []
+        await self._subscribed({c.tenant_id for c in emitted})
+        wants = self._ctx.webhooks.wants
+        return [
+            message(c.tenant_id, event(c.status, change_data(c)))
+            for c in emitted
+            if wants(c.tenant_id, f"delivery.{c.status}")
+        ]
+
+    async def of_rows(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages for newly inserted delivery rows (only their final or deferred
+        states make events; a queued row's event comes from its worker)."""
+        emitted = [r for r in rows if r["status"] in EMITTED]
+        if not emitted:
+            return []
+        await self._subscribed({r["tenant_id"] for r in emitted})
+        wants = self._ctx.webhooks.wants
+        return [
+            message(r["tenant_id"], event(r["status"], row_data(r)))
+            for r in emitted
+            if wants(r["tenant_id"], f"delivery.{r['status']}")
+        ]
+
+    async def publish(self, messages: list[dict[str, Any]]) -> None:
+        """Publish committed changes' events in one call; a failure is logged, not raised,
+        since what they report is stored already."""
+        if not messages:
+            return
+        try:
+            await self._ctx.broker.publish(EVENTS_STREAM, messages)
+        except Exception as exc:
+            log.warning("%d status event(s) could not be published: %r", len(messages), exc)
+
+    async def emit_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Publish the events of rows already committed; failures are logged."""
+        try:
+            messages = await self.of_rows(rows)
+        except Exception as exc:
+            log.warning("status events of %d deliveries were not published: %r", len(rows), exc)
+            return
+        await self.publish(messages)
+
+    async def emit_report(self, tenant_id: str, delivery_id: str, status: str) -> None:
+        """Publish the event of a provider's report, already committed, about a delivery."""
+        try:
+            await self._subscribed([tenant_id])
+            if not self._ctx.webhooks.wants(tenant_id, f"delivery.{status}"):
+                return
+            row = await delivery_store.get_one(self._ctx.engine, tenant_id, delivery_id)
+        except Exception as exc:
+            log.warning("delivery %s: its status event was not published: %r", delivery_id, exc)
+            return
+        if row is not None:
+            await self.publish([message(tenant_id, event(row["status"], row_data(row)))])

@@ -23,6 +23,7 @@ from clarion.broker import Delayed, Message
 from clarion.domain.backoff import retry_delay
 from clarion.errors import PermanentError, TransientError
 from clarion.pipeline.context import Context
+from clarion.pipeline.inflight import finish_or_hand_back
 from clarion.pipeline.status_events import EVENTS_STREAM
 from clarion.pipeline.subscriptions import Subscription
 from clarion.providers.webhook import classify_status
@@ -171,16 +172,7 @@ class EventDispatcher:
 
     async def stop(self, deadline: float) -> None:
         """Finish what is in flight within ``deadline`` seconds; give the rest back."""
-        if self._inflight:
-            _, pending = await asyncio.wait(list(self._inflight), timeout=deadline)
-            unfinished = [self._inflight[t] for t in pending if t in self._inflight]
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-            if unfinished:
-                with contextlib.suppress(Exception):
-                    await self._ctx.broker.release(unfinished)
+        await finish_or_hand_back(self._inflight, self._ctx.broker, deadline)
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -17,6 +17,7 @@ from clarion.broker import Delayed, Message
 from clarion.domain.ids import delivery_id
 from clarion.domain.models import LANES, DeliveryStatus, send_stream
 from clarion.pipeline.context import Context
+from clarion.pipeline.inflight import finish_or_hand_back
 from clarion.pipeline.messages import outbound, send_payload, stream_of
 from clarion.pipeline.status_events import StatusEvents
 from clarion.resilience.backends import send_timeout
@@ -283,12 +284,4 @@ class ChannelWorker:
 
     async def stop(self, deadline: float) -> None:
         """Finish what is in flight within ``deadline`` seconds; give the rest back."""
-        if self._inflight:
-            _, pending = await asyncio.wait(list(self._inflight), timeout=deadline)
-            unfinished = [self._inflight[t] for t in pending if t in self._inflight]
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-            if unfinished:
-                await self._ctx.broker.release(unfinished)
+        await finish_or_hand_back(self._inflight, self._ctx.broker, deadline)

@@ -8,13 +8,14 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.providers.base import ProviderSpec
 from clarion.providers.configs import KINDS
 from clarion.security.secrets import MASK, Keyring, RedactedConfig, SecretError, provider_aad
+from clarion.store import named
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import chunks, upsert
 from clarion.store.tables import providers
@@ -138,9 +139,7 @@ async def put(engine: AsyncEngine, keyring: Keyring, spec: ProviderSpec) -> Prov
 
 
 async def get(engine: AsyncEngine, tenant_id: str, name: str) -> ProviderRow | None:
-    query = select(providers).where(providers.c.tenant_id == tenant_id, providers.c.name == name)
-    async with engine.connect() as conn:
-        row = (await conn.execute(query)).mappings().first()
+    row = await named.get_one(engine, providers, tenant_id, name)
     return ProviderRow.from_mapping(row) if row else None
 
 
@@ -148,20 +147,12 @@ async def list_page(
     engine: AsyncEngine, tenant_id: str, *, after: str | None, limit: int
 ) -> list[ProviderRow]:
     """Providers of a tenant by name, those after ``after``."""
-    query = select(providers).where(providers.c.tenant_id == tenant_id)
-    if after is not None:
-        query = query.where(providers.c.name > after)
-    query = query.order_by(providers.c.name).limit(limit)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).mappings().all()
+    rows = await named.list_page(engine, providers, tenant_id, after=after, limit=limit)
     return [ProviderRow.from_mapping(r) for r in rows]
 
 
 async def delete_one(engine: AsyncEngine, tenant_id: str, name: str) -> bool:
-    stmt = delete(providers).where(providers.c.tenant_id == tenant_id, providers.c.name == name)
-    async with write_tx(engine) as conn:
-        result = await conn.execute(stmt)
-    return bool(result.rowcount)
+    return await named.delete_one(engine, providers, tenant_id, name)
 
 
 async def load_tenants(engine: AsyncEngine, tenant_ids: Iterable[str]) -> list[ProviderRow]:

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.security.secrets import MASK, Keyring, SecretError, associated_data
+from clarion.store import named
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.providers import Rotation
 from clarion.store.sql import chunks, upsert
@@ -100,9 +101,7 @@ async def put(engine: AsyncEngine, keyring: Keyring, hook: WebhookIn) -> Webhook
 
 
 async def get(engine: AsyncEngine, tenant_id: str, name: str) -> WebhookRow | None:
-    query = select(webhooks).where(webhooks.c.tenant_id == tenant_id, webhooks.c.name == name)
-    async with engine.connect() as conn:
-        row = (await conn.execute(query)).mappings().first()
+    row = await named.get_one(engine, webhooks, tenant_id, name)
     return WebhookRow.from_mapping(row) if row else None
 
 
@@ -110,20 +109,12 @@ async def list_page(
     engine: AsyncEngine, tenant_id: str, *, after: str | None, limit: int
 ) -> list[WebhookRow]:
     """Webhooks of a tenant by name, those after ``after``."""
-    query = select(webhooks).where(webhooks.c.tenant_id == tenant_id)
-    if after is not None:
-        query = query.where(webhooks.c.name > after)
-    query = query.order_by(webhooks.c.name).limit(limit)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).mappings().all()
+    rows = await named.list_page(engine, webhooks, tenant_id, after=after, limit=limit)
     return [WebhookRow.from_mapping(r) for r in rows]
 
 
 async def delete_one(engine: AsyncEngine, tenant_id: str, name: str) -> bool:
-    stmt = delete(webhooks).where(webhooks.c.tenant_id == tenant_id, webhooks.c.name == name)
-    async with write_tx(engine) as conn:
-        result = await conn.execute(stmt)
-    return bool(result.rowcount)
+    return await named.delete_one(engine, webhooks, tenant_id, name)
 
 
 async def load_enabled(engine: AsyncEngine, tenant_ids: Iterable[str]) -> list[WebhookRow]:

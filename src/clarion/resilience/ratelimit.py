@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 # Pacing keeps this fraction clear of a provider's limit, so that jitter between our
 # clock and the provider's (network, scheduling) cannot put one send too many into any
 # one-second window the provider counts.
-PACE_MARGIN = 0.05
+PACE_MARGIN = 0.04
 # How long a send may wait for its slot before it is handed back to be retried later.
 PACE_MAX_WAIT = 5.0
 # How late after its slot a paced send may still go. Slots are spaced by the margin above:

@@ -633,3 +633,14 @@ async def test_export_of_a_recipient_without_history(lite: Harness) -> None:
     assert export["preferences"] == {"channels": {}, "categories": {}, "quiet_hours": None}
     assert export["inbox_messages"] == export["deliveries"] == export["sandbox_messages"] == []
     assert export["truncated"] is False
+
+
+async def test_a_browsers_push_subscription_is_stored_as_it_comes(lite: Harness) -> None:
+    subscription = {
+        "endpoint": "https://push.example.net/send/abc",
+        "expirationTime": None,
+        "keys": {"p256dh": "BPk", "auth": "x7"},
+    }
+    await lite.put_recipient("u-web", webpush=[subscription])
+    found = (await lite.client.get("/v1/recipients/u-web", headers=lite.auth)).json()
+    assert found["webpush"] == [subscription]

@@ -141,6 +141,9 @@ class WebPushSubscription(BaseModel):
 
     endpoint: HttpUrl
     keys: WebPushKeys
+    # As a browser's PushSubscription.toJSON() gives it (ms since the epoch, or null), so
+    # that object can be stored as it is.
+    expirationTime: int | None = Field(default=None, ge=0)
 
 
 class RecipientIn(BaseModel):

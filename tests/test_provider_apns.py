@@ -40,7 +40,7 @@ def message(
 
 def provider_for(config: dict[str, Any], timeout: float = 10.0) -> ApnsProvider:
     spec = ProviderSpec(tenant_id="ten_1", name="apns", kind="apns", channel="push", config=config)
-    env = ProviderEnv(settings=Settings(), engine=cast(Any, None))
+    env = ProviderEnv(settings=Settings(allow_private_webhooks=True), engine=cast(Any, None))
     return ApnsProvider(spec, env, timeout=timeout)
 
 

@@ -37,7 +37,7 @@ def message(*tokens: str, priority: str = "normal", **content: Any) -> OutboundM
 
 def provider_for(config: dict[str, Any], timeout: float = 10.0) -> FcmProvider:
     spec = ProviderSpec(tenant_id="ten_1", name="fcm", kind="fcm", channel="push", config=config)
-    env = ProviderEnv(settings=Settings(), engine=cast(Any, None))
+    env = ProviderEnv(settings=Settings(allow_private_webhooks=True), engine=cast(Any, None))
     return FcmProvider(spec, env, timeout=timeout)
 
 

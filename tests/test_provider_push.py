@@ -38,7 +38,7 @@ def spec(kind: str, config: dict[str, Any]) -> ProviderSpec:
     return ProviderSpec(tenant_id="ten_1", name=kind, kind=kind, channel="push", config=config)
 
 
-ENV = ProviderEnv(settings=Settings(), engine=cast(Any, None))
+ENV = ProviderEnv(settings=Settings(allow_private_webhooks=True), engine=cast(Any, None))
 
 
 @pytest.fixture

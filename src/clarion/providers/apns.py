@@ -30,6 +30,7 @@ from clarion.errors import PermanentError, ProviderError, TransientError
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import ApnsConfig
 from clarion.providers.push import parse_retry_after, send_tokens, tokens_for
+from clarion.security.netguard import AddressGuard
 
 BASE_URLS = {
     "production": "https://api.push.apple.com",
@@ -103,6 +104,7 @@ class ApnsProvider(Provider):
         self._timeout = timeout
         base = str(config.base_url) if config.base_url else BASE_URLS[config.environment]
         self._base = base.rstrip("/")
+        self._guard = AddressGuard(env.settings.allow_private_webhooks)
         self._client: httpx.AsyncClient | None = None
         self._auth: ProviderToken | PermanentError
         try:
@@ -129,6 +131,7 @@ class ApnsProvider(Provider):
         if isinstance(self._auth, PermanentError):
             raise self._auth
         auth = self._auth
+        await self._guard.check(self._base)
         return await send_tokens(
             tokens_for(message, "apns"),
             lambda token: self._send_one(auth, message, token),

@@ -27,6 +27,7 @@ from clarion.errors import PermanentError, ProviderError, TransientError
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import FcmConfig
 from clarion.providers.push import parse_retry_after, send_tokens, tokens_for
+from clarion.security.netguard import AddressGuard
 
 DEFAULT_BASE_URL = "https://fcm.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -166,6 +167,8 @@ class FcmProvider(Provider):
         config = FcmConfig.model_validate(spec.config)
         self._timeout = timeout
         self._client: aiohttp.ClientSession | None = None
+        self._guard = AddressGuard(env.settings.allow_private_webhooks)
+        self._token_url = ""
         base = str(config.base_url) if config.base_url else DEFAULT_BASE_URL
         self._base = base.rstrip("/")
         self._auth: tuple[ServiceAccount, AccessTokens] | PermanentError
@@ -176,6 +179,7 @@ class FcmProvider(Provider):
             self._auth = exc
         else:
             token_url = str(config.token_url) if config.token_url else account.token_uri
+            self._token_url = token_url
             self._auth = (account, AccessTokens(account, token_url, self._session))
 
     def _session(self) -> aiohttp.ClientSession:
@@ -192,6 +196,9 @@ class FcmProvider(Provider):
             raise self._auth
         account, tokens = self._auth
         url = f"{self._base}/v1/projects/{account.project_id}/messages:send"
+        # Both endpoints come from the tenant's configuration: neither may be internal.
+        await self._guard.check(url)
+        await self._guard.check(self._token_url)
         return await send_tokens(
             tokens_for(message, "fcm"),
             lambda token: self._send_one(url, tokens, message, token),

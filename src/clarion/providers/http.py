@@ -19,6 +19,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from clarion.errors import PermanentError, TransientError
+from clarion.security.netguard import AddressGuard
 from clarion.store.db import utcnow
 
 DEFAULT_TIMEOUT = 30.0
@@ -76,8 +77,14 @@ class HttpClient:
     """One connection pool per provider; every request bounded by ``timeout``."""
 
     def __init__(
-        self, *, timeout: float = DEFAULT_TIMEOUT, max_connections: int = 64, name: str
+        self,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_connections: int = 64,
+        name: str,
+        guard: AddressGuard | None = None,
     ) -> None:
+        self._guard = guard
         self._timeout = timeout
         self._max_connections = max_connections
         self._user_agent = f"Clarion/{name}"
@@ -96,7 +103,10 @@ class HttpClient:
         self._open()
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Reply:
-        """POST, converting timeouts and connection failures to :class:`TransientError`."""
+        """POST, converting timeouts and connection failures to :class:`TransientError`.
+        With a guard, a URL whose host is not public is refused first."""
+        if self._guard is not None:
+            await self._guard.check(url)
         session = self._open()
         try:
             async with session.post(

@@ -18,6 +18,7 @@ from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, Provi
 from clarion.providers.configs import SendgridConfig
 from clarion.providers.http import DEFAULT_TIMEOUT, HttpClient, Reply, raise_for_status
 from clarion.providers.mime import Email, EmailComposer
+from clarion.security.netguard import AddressGuard
 from clarion.security.unsubscribe import UnsubscribeLinks
 
 DEFAULT_BASE = "https://api.sendgrid.com"
@@ -85,7 +86,11 @@ class SendgridProvider(Provider):
         self._composer = EmailComposer(
             config.from_, UnsubscribeLinks(env.engine, env.settings.public_url)
         )
-        self._http = HttpClient(timeout=timeout, name="sendgrid")
+        self._http = HttpClient(
+            timeout=timeout,
+            name="sendgrid",
+            guard=AddressGuard(env.settings.allow_private_webhooks),
+        )
 
     async def start(self) -> None:
         await self._http.start()

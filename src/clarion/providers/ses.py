@@ -27,6 +27,7 @@ from clarion.providers.http import (
     raise_for_status,
 )
 from clarion.providers.mime import Email, EmailComposer, to_bytes, to_mime
+from clarion.security.netguard import AddressGuard
 from clarion.security.unsubscribe import UnsubscribeLinks
 
 PATH = "/v2/email/outbound-emails"
@@ -112,7 +113,11 @@ class SesProvider(Provider):
         self._composer = EmailComposer(
             config.from_, UnsubscribeLinks(env.engine, env.settings.public_url)
         )
-        self._http = HttpClient(timeout=timeout, name="ses")
+        self._http = HttpClient(
+            timeout=timeout,
+            name="ses",
+            guard=AddressGuard(env.settings.allow_private_webhooks),
+        )
 
     async def start(self) -> None:
         await self._http.start()

@@ -18,6 +18,7 @@ from clarion.errors import PermanentError, ProviderError, TransientError
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import SmtpConfig
 from clarion.providers.mime import EmailComposer, to_bytes, to_mime
+from clarion.security.netguard import AddressGuard
 from clarion.security.unsubscribe import UnsubscribeLinks
 
 DEFAULT_TIMEOUT = 30.0
@@ -75,6 +76,7 @@ class SmtpProvider(Provider):
             self._config.from_, UnsubscribeLinks(env.engine, env.settings.public_url)
         )
         self._timeout = timeout
+        self._guard = AddressGuard(env.settings.allow_private_webhooks)
         self._tls = tls_context(self._config) if self._config.tls != "none" else None
         self._slots = asyncio.Semaphore(self._config.pool_size)
         self._idle: list[aiosmtplib.SMTP] = []
@@ -132,6 +134,7 @@ class SmtpProvider(Provider):
 
     async def _connect(self) -> aiosmtplib.SMTP:
         config = self._config
+        await self._guard.check_host(config.host, config.port)
         client = aiosmtplib.SMTP(
             hostname=config.host,
             port=config.port,

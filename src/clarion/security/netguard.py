@@ -32,13 +32,16 @@ class AddressGuard:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise PermanentError(f"not an http(s) URL: {url!r}", reason="invalid_address")
+        await self.check_host(parts.hostname, parts.port)
+
+    async def check_host(self, host: str, port: int | None = None) -> None:
+        """Raise :class:`PermanentError` when ``host`` may not be connected to."""
         if self.allow_private:
             return
-        host = parts.hostname
         now = time.monotonic()
         cached = self._verdicts.get(host)
         if cached is None or cached[0] < now:
-            cached = (now + _CACHE_TTL, await self._verdict(host, parts.port))
+            cached = (now + _CACHE_TTL, await self._verdict(host, port))
             self._verdicts[host] = cached
         if cached[1] is not None:
             raise PermanentError(cached[1], reason="address_refused")
@@ -56,6 +59,7 @@ class AddressGuard:
             if not is_public(address):
                 return (
                     f"{host!r} resolves to a non-public address ({address}); "
-                    "set CLARION_ALLOW_PRIVATE_WEBHOOKS=true to allow it"
+                    "set CLARION_ALLOW_PRIVATE_WEBHOOKS=true to allow it (webhooks and "
+                    "providers' endpoints)"
                 )
         return None

@@ -6,6 +6,9 @@ import collections
 from pathlib import Path
 
 from clarion.pipeline.runtime import Roles
+from clarion.store import deliveries as delivery_store
+from clarion.store.db import utcnow
+from clarion.store.deliveries import StatusChange
 from harness import Harness, make_settings, running
 from webhook_sink import Received, WebhookSink
 
@@ -129,3 +132,34 @@ async def test_restart_sends_what_was_planned_but_not_sent(
         [delivery] = (await app.notification(nid))["deliveries"]
     assert delivery["status"] == "sent"
     assert sink.count == 1
+
+
+async def test_a_delivered_report_before_the_workers_outcome_is_kept(lite: Harness) -> None:
+    """A provider may report `delivered` before the worker has stored `sent`: the delivery
+    stays `delivered` when the worker's write comes."""
+    now = utcnow()
+    row = {
+        "id": "dlv_early",
+        "notification_id": "ntf_early",
+        "tenant_id": lite.tenant_id,
+        "recipient_id": "u1",
+        "channel": "sms",
+        "provider": "twilio-main",
+        "priority": "normal",
+        "status": "queued",
+        "reason": None,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    assert await delivery_store.insert_one(lite.ctx.engine, row)
+    assert await delivery_store.apply_provider_report(
+        lite.ctx.engine, lite.tenant_id, "dlv_early", "delivered"
+    )
+    await delivery_store.apply_changes(
+        lite.ctx.engine,
+        [StatusChange("dlv_early", lite.tenant_id, "sent", attempts=1, sent_at=utcnow())],
+    )
+    found = await delivery_store.get_one(lite.ctx.engine, lite.tenant_id, "dlv_early")
+    assert found is not None
+    assert found["status"] == "delivered"

@@ -112,7 +112,9 @@ async def finished_ids(engine: AsyncEngine, ids: Sequence[str]) -> set[str]:
 
 _UPDATE = (
     update(deliveries)
-    .where(deliveries.c.id == bindparam("b_id"))
+    # A provider's report that the message was delivered may arrive before the worker has
+    # stored its own outcome of the send: the report is the later truth.
+    .where(deliveries.c.id == bindparam("b_id"), deliveries.c.status != DeliveryStatus.DELIVERED)
     .values(
         status=bindparam("b_status"),
         attempts=bindparam("b_attempts"),
@@ -214,9 +216,10 @@ async def apply_provider_report(
     last_error: str | None = None,
 ) -> bool:
     """Record what a provider later reported about a sent delivery (``delivered`` or
-    ``failed``), with its event. Only a delivery that is ``sending`` or ``sent`` changes, so
-    a late or repeated report never moves a delivery backwards or revives a finished one.
-    Returns whether it changed."""
+    ``failed``), with its event. Only a delivery that is ``queued`` (the report came before
+    the worker stored the send's outcome), ``sending`` or ``sent`` changes, so a late or
+    repeated report never moves a delivery backwards or revives a finished one. Returns
+    whether it changed."""
     now = utcnow()
     async with write_tx(engine) as conn:
         result = await conn.execute(
@@ -224,7 +227,9 @@ async def apply_provider_report(
             .where(
                 deliveries.c.id == delivery_id,
                 deliveries.c.tenant_id == tenant_id,
-                deliveries.c.status.in_([DeliveryStatus.SENDING, DeliveryStatus.SENT]),
+                deliveries.c.status.in_(
+                    [DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.SENT]
+                ),
             )
             .values(status=status, reason=reason, last_error=last_error, updated_at=now)
         )

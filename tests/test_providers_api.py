@@ -217,6 +217,11 @@ async def test_optional_secret_left_out_is_not_masked(lite: Harness) -> None:
         ("fcm", {"service_account": {"project_id": "x"}}, "config.service_account"),
         (
             "fcm",
+            {"service_account": {k: v for k, v in SERVICE_ACCOUNT.items() if k != "token_uri"}},
+            "config.service_account",
+        ),
+        (
+            "fcm",
             {"service_account": {**SERVICE_ACCOUNT, "private_key": P8_PEM}},
             "config.service_account",
         ),

@@ -54,7 +54,8 @@ def _fcm(config: dict[str, Any]) -> Problems:
             return _problem("service_account", "not JSON (the key file's content)")
     if not isinstance(account, dict):
         return _problem("service_account", "not a JSON object")
-    missing = [k for k in ("project_id", "client_email", "private_key") if not account.get(k)]
+    required = ("project_id", "client_email", "private_key", "token_uri")
+    missing = [k for k in required if not account.get(k)]
     if missing:
         return _problem("service_account", f"lacks {', '.join(missing)}")
     if not isinstance(_pem_key(str(account["private_key"])), rsa.RSAPrivateKey):

@@ -641,6 +641,11 @@ async def test_a_browsers_push_subscription_is_stored_as_it_comes(lite: Harness)
         "expirationTime": None,
         "keys": {"p256dh": "BPk", "auth": "x7"},
     }
-    await lite.put_recipient("u-web", webpush=[subscription])
+    expiring = {**subscription, "endpoint": "https://push.example.net/send/d", "expirationTime": 1}
+    await lite.put_recipient("u-web", webpush=[subscription, expiring])
     found = (await lite.client.get("/v1/recipients/u-web", headers=lite.auth)).json()
-    assert found["webpush"] == [subscription]
+    # Kept when the browser gave one.
+    assert found["webpush"] == [
+        {"endpoint": subscription["endpoint"], "keys": subscription["keys"]},
+        expiring,
+    ]

@@ -162,6 +162,10 @@ class RecipientIn(BaseModel):
 
     def to_row(self) -> dict[str, Any]:
         row = self.model_dump(mode="json")
+        # A subscription keeps `expirationTime` only when the browser gave one.
+        for subscription in row["webpush"]:
+            if subscription.get("expirationTime") is None:
+                subscription.pop("expirationTime", None)
         return row
 
 

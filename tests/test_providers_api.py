@@ -732,3 +732,26 @@ async def test_the_worker_sends_through_the_prepared_choice(app: Harness) -> Non
     await app.ctx.providers.prepare([app.tenant_id])
     delivery = await _send_one_email(app)
     assert (delivery["provider"], delivery["status"]) == ("mail-box", "sent")
+
+
+async def test_a_channel_whose_providers_are_all_disabled_sends_nothing(lite: Harness) -> None:
+    """Disabling a tenant's only email provider must not send its mail to the default."""
+    response = await lite.client.put(
+        "/v1/providers/mail-off",
+        json={"channel": "email", "kind": "sandbox", "config": {}, "enabled": False},
+        headers=lite.auth,
+    )
+    assert response.status_code == 200, response.text
+    await lite.put_recipient("u1", email="u1@example.com")
+    await lite.put_template("t", {"channels": {"email": {"subject": "s", "text": "t"}}})
+
+    response = await lite.send({"template": "t", "to": {"recipient_id": "u1"}})
+    assert response.status_code == 202
+    await lite.drain()
+
+    [delivery] = (await lite.notification(response.json()["id"]))["deliveries"]
+    assert delivery["status"] == "failed"
+    assert delivery["reason"] == "no_provider"
+    assert delivery["attempts"] == 1
+    captured = (await lite.client.get("/v1/sandbox/messages", headers=lite.auth)).json()
+    assert captured["data"] == []

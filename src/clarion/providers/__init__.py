@@ -89,9 +89,11 @@ class ProviderSet:
 
     def chain(self, tenant_id: str, channel: str) -> list[ProviderSpec]:
         """A channel's enabled providers in the order to try them (failover); for a channel
-        with none, the built-in or default provider alone (kind = its name, config {})."""
+        the tenant configured nothing for, the built-in or default provider alone (kind = its
+        name, config {}). A channel whose providers are all disabled has none: its
+        deliveries fail (``no_provider``) rather than going to the default."""
         specs = self._catalog.chain(tenant_id, channel)
-        if specs:
+        if specs or self._catalog.configured(tenant_id, channel):
             return specs
         name = self.default_name(channel)
         return [ProviderSpec(tenant_id=tenant_id, name=name, kind=name, channel=channel, config={})]

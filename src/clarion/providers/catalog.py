@@ -38,9 +38,12 @@ class TenantProviders:
     by_name: dict[str, Entry] = field(default_factory=dict)
     # channel → its enabled providers, lowest priority number first, then by name
     chains: dict[str, list[ProviderSpec]] = field(default_factory=dict)
+    # channels with at least one provider, enabled or not
+    configured: set[str] = field(default_factory=set)
 
     def add(self, entry: Entry) -> None:
         self.by_name[entry.spec.name] = entry
+        self.configured.add(entry.spec.channel)
         if entry.spec.enabled:
             self.chains.setdefault(entry.spec.channel, []).append(entry.spec)
 
@@ -113,6 +116,11 @@ class Catalog:
     def names(self, tenant_id: str) -> set[str]:
         cached = self._tenants.get(tenant_id)
         return set(cached.by_name) if cached else set()
+
+    def configured(self, tenant_id: str, channel: str) -> bool:
+        """Whether the tenant has any provider for the channel, enabled or not."""
+        cached = self._tenants.get(tenant_id)
+        return cached is not None and channel in cached.configured
 
     def chain(self, tenant_id: str, channel: str) -> list[ProviderSpec]:
         """The enabled providers of a channel in the order they are tried; [] when the

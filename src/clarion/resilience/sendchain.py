@@ -112,7 +112,7 @@ class SendChain:
         """Send ``message`` through the first usable candidate."""
         if not candidates:
             error = PermanentError(
-                f"no provider is configured for channel {message.channel!r}", reason="no_provider"
+                f"no enabled provider for channel {message.channel!r}", reason="no_provider"
             )
             return Failed("", error)
         chosen = await self._choose(message.tenant_id, candidates)

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from clarion import __version__
 from clarion.api import errors
 from clarion.api.auth import KeyCache
-from clarion.api.limits import BodyLimit
+from clarion.api.limits import EdgeGuard
 from clarion.api.routes import (
     categories,
     dead_letters,
@@ -58,5 +58,5 @@ def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
     app.include_router(provider_health.router)
     app.include_router(unsubscribe.router)
     app.include_router(webhooks.router)
-    app.add_middleware(BodyLimit)
+    app.add_middleware(EdgeGuard)
     return app

@@ -1,7 +1,9 @@
-"""Request body size limit (ASGI middleware).
+"""The edge of the API (ASGI middleware): size limit and input rules, before any handler.
 
 The body is read up front, never more than the limit, so an oversized request is refused
-with a 413 before any handler sees it, whether or not it declared its length.
+with a 413 before any handler sees it, whether or not it declared its length. The path, the
+query string and a JSON body are then checked against the rules of
+:mod:`clarion.api.inputs`; a request that breaks one is a 400 ``invalid_input``.
 """
 
 from __future__ import annotations
@@ -12,38 +14,55 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clarion.api.errors import error_body
+from clarion.api.inputs import InputRefused, check_target, parse_json
 
 MAX_BODY = 512 * 1024
 
 
-class BodyLimit:
+def _is_json(scope: Scope) -> bool:
+    for name, value in scope.get("headers") or ():
+        if name == b"content-type":
+            kind: bytes = value.split(b";", 1)[0].strip().lower()
+            return kind == b"application/json" or kind.endswith(b"+json")
+    return False
+
+
+class _ClientGone(Exception):
+    """The client went away before its body was read: nothing will read an answer."""
+
+
+class EdgeGuard:
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        try:
+            check_target(scope["path"], scope.get("query_string", b""))
+        except InputRefused as exc:
+            await _refuse_input(send, exc)
+            return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await self._read(scope, receive)
+        except _ClientGone:
+            return
+        if body is None:
             await self._refuse(send)
             return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+        if body and _is_json(scope):
+            try:
+                parse_json(body)
+            except InputRefused as exc:
+                await _refuse_input(send, exc)
                 return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await self._refuse(send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+            except ValueError:
+                pass  # not JSON at all: the handler answers `invalid_json`
         delivered = False
 
         async def replay() -> Message:
@@ -55,16 +74,42 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
+    async def _read(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The whole body, or None when it is over the limit."""
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
     async def _refuse(self, send: Send) -> None:
-        body = orjson.dumps(
-            error_body(
-                "payload_too_large", f"the request body is larger than {self.limit // 1024} KiB"
-            )
-        )
-        headers: list[Any] = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        message = f"the request body is larger than {self.limit // 1024} KiB"
+        await _answer(send, 413, error_body("payload_too_large", message), close=True)
+
+
+async def _refuse_input(send: Send, exc: InputRefused) -> None:
+    details = [{"field": exc.where, "message": exc.message, "type": "invalid_input"}]
+    await _answer(send, 400, error_body("invalid_input", exc.message, details))
+
+
+async def _answer(send: Send, status: int, payload: dict[str, Any], close: bool = False) -> None:
+    body = orjson.dumps(payload)
+    headers: list[Any] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from clarion.domain.contact import normal_email, normal_phone
 from clarion.domain.models import Channel, Priority
 
 MAX_BATCH = 1000
@@ -30,27 +31,31 @@ Name = Annotated[
 RecipientId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-_PHONE = re.compile(r"^\+[1-9]\d{1,14}$")
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def utc_timestamp(value: datetime) -> datetime:
+    """``value`` in UTC; ``ValueError`` unless it has a zone and lies in 1970 to 9998.
+
+    Every timestamp is stored in UTC, so an offset given by the client (``-05:00``) is
+    applied here, once, and no store can drop it."""
+    if value.tzinfo is None:
         raise ValueError("the timestamp needs a time zone (use RFC 3339, e.g. ...Z)")
-    return value
+    try:
+        moment = value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("the timestamp is out of range (1970 to 9998)") from exc
+    if not EARLIEST <= moment < LATEST:
+        raise ValueError("the timestamp is out of range (1970 to 9998)")
+    return moment
 
 
-def _email(value: str) -> str:
-    if len(value) > 320 or not _EMAIL.match(value):
-        raise ValueError("not an email address")
-    return value
-
-
-def _phone(value: str) -> str:
-    if not _PHONE.match(value):
-        raise ValueError("not a phone number in E.164 form (e.g. +14155550100)")
-    return value
+def _aware(value: datetime | None) -> datetime | None:
+    return None if value is None else utc_timestamp(value)
 
 
 def _locale(value: str) -> str:
@@ -76,8 +81,8 @@ def _small_data(value: dict[str, Any]) -> dict[str, Any]:
 
 
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
-Email = Annotated[str, AfterValidator(_email)]
-Phone = Annotated[str, AfterValidator(_phone)]
+Email = Annotated[str, AfterValidator(normal_email)]
+Phone = Annotated[str, AfterValidator(normal_phone)]
 Locale = Annotated[str, AfterValidator(_locale)]
 TimeZone = Annotated[str, AfterValidator(_timezone)]
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from clarion.api.auth import Principal, require
 from clarion.api.idempotency import idempotent
 from clarion.api.responses import JSONResponse
-from clarion.api.schemas import AwareDatetime, Name
+from clarion.api.schemas import AwareDatetime, Name, utc_timestamp
 from clarion.domain.models import Channel
 from clarion.errors import Conflict, NotFound, ValidationFailed
 from clarion.pipeline.context import Context
@@ -42,12 +42,14 @@ class ReplayFilter(BaseModel):
 
 
 def _aware(name: str, value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+    if value is None:
+        return None
+    try:
+        return utc_timestamp(value)
+    except ValueError as exc:
         raise ValidationFailed(
-            f"{name} needs a time zone (use RFC 3339, e.g. ...Z)",
-            details=[{"field": name, "message": "timestamp without a time zone"}],
-        )
-    return value
+            f"{name}: {exc}", details=[{"field": name, "message": str(exc)}]
+        ) from exc
 
 
 def _cursor(text: str | None) -> store.Cursor | None:

@@ -87,7 +87,7 @@ async def get(
     request: Request,
     principal: Reader,
     name: TemplateName,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
 ) -> JSONResponse:
     found = await store.get(request.app.state.ctx.engine, principal.tenant_id, name, version)
     if found is None:
@@ -131,7 +131,7 @@ async def list_versions(
     principal: Reader,
     name: TemplateName,
     limit: Limit = 50,
-    cursor: Annotated[int | None, Query(ge=1)] = None,
+    cursor: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
 ) -> JSONResponse:
     rows = await store.list_versions(
         request.app.state.ctx.engine, principal.tenant_id, name, before=cursor, limit=limit + 1
@@ -146,7 +146,7 @@ async def list_versions(
 class RollbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2_147_483_647)
 
 
 @router.post(
@@ -175,7 +175,7 @@ class PreviewIn(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
     locale: LocaleTag | None = None
     channel: Channel | None = None
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=2_147_483_647)
 
 
 @router.post(

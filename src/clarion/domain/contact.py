@@ -1,0 +1,38 @@
+"""Email addresses and phone numbers: checked with the libraries made for them, and kept in
+one normal form, so that the API accepts exactly what the providers can send to."""
+
+from __future__ import annotations
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+MAX_EMAIL = 254
+
+
+def normal_email(value: str) -> str:
+    """The address in normal form; ``ValueError`` saying why it is not one.
+
+    Mailbox names must be ASCII: a non-ASCII one needs SMTPUTF8 end to end, which the email
+    providers do not offer. An international domain is fine."""
+    if len(value) > MAX_EMAIL:
+        raise ValueError(f"not an email address (longer than {MAX_EMAIL} characters)")
+    try:
+        checked = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"not an email address: {exc}") from exc
+    return str(checked.normalized)
+
+
+def normal_phone(value: str) -> str:
+    """The number in E.164 form; ``ValueError`` unless it has a known country code and a
+    length possible for that country (``+14155550100``). Numbering plans change faster than
+    any library's copy of them, so a number is not refused for its range."""
+    if not value.startswith("+") or len(value) > 32:
+        raise ValueError("not a phone number in E.164 form (e.g. +14155550100)")
+    try:
+        number = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"not a phone number: {exc}") from exc
+    if not phonenumbers.is_possible_number(number):
+        raise ValueError("not a phone number: the wrong length for its country code")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

@@ -37,6 +37,9 @@ class Message:
     # True when this message was handed out before (its consumer died or gave it back):
     # the work may already be done, so a consumer checks the store before repeating it.
     redelivered: bool = False
+    # Why the message cannot be decoded, if it cannot: a broker sets such a message aside
+    # (see docs/operations.md, "Poison messages") instead of handing it out.
+    poison: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ its delayed set share a Redis Cluster slot and the per-stream Lua script touches
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import defaultdict
@@ -25,6 +26,8 @@ from redis.typing import EncodableT, FieldT
 
 from clarion.broker.base import Broker, Delayed, Message, Payload, decode, encode
 from clarion.broker.reconnect import reconnecting
+
+log = logging.getLogger(__name__)
 
 GROUP = "clarion"
 MAX_CONNECTIONS = 64
@@ -124,13 +127,45 @@ class RedisBroker(Broker):
     ) -> list[Message]:
         deadline = time.monotonic() + timeout
         try:
-            return await self._consume(streams, consumer, count, deadline)
+            taken = await self._consume(streams, consumer, count, deadline)
         except ResponseError as exc:
             # The stream key was deleted under us (FLUSHDB, DEL): recreate the groups once.
             if "NOGROUP" not in str(exc):
                 raise
             self._groups.clear()
-            return await self._consume(streams, consumer, count, deadline)
+            taken = await self._consume(streams, consumer, count, deadline)
+        poison = [m for m in taken if m.poison is not None]
+        if poison:
+            await self._set_aside(poison)
+            taken = [m for m in taken if m.poison is None]
+        return taken
+
+    def poison_key(self, stream: str) -> str:
+        """Where entries that cannot be decoded are kept for an operator to read."""
+        return f"{self._stream_key(stream)}:poison"
+
+    async def _set_aside(self, messages: Sequence[Message]) -> None:
+        """Move undecodable entries to the stream's poison stream: handed out again they
+        would fail again, forever."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for message in messages:
+                log.error(
+                    "stream %s: entry %s cannot be decoded (%s): set aside in %s",
+                    message.stream,
+                    message.id,
+                    message.poison,
+                    self.poison_key(message.stream),
+                )
+                key = self._stream_key(message.stream)
+                fields: dict[FieldT, EncodableT] = {
+                    "id": message.id,
+                    "error": message.poison or "",
+                    "raw": str(message.payload.get("raw", "")),
+                }
+                pipe.xadd(self.poison_key(message.stream), fields, maxlen=10_000)
+                pipe.xack(key, GROUP, message.id)
+                pipe.xdel(key, message.id)
+            await pipe.execute()
 
     async def _consume(
         self, streams: Sequence[str], consumer: str, count: int, deadline: float
@@ -291,12 +326,14 @@ def _messages(stream: str, entries: Any, redelivered: bool = False) -> list[Mess
     for entry_id, fields in entries:
         if not fields:  # an entry deleted while pending (older servers report these)
             continue
+        ident = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        try:
+            payload, poison = decode(fields[b"d"]), None
+        except (KeyError, ValueError) as exc:
+            payload, poison = {"raw": repr(fields)[:1000]}, f"{type(exc).__name__}: {exc}"
         messages.append(
             Message(
-                stream,
-                entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
-                decode(fields[b"d"]),
-                redelivered=redelivered or b"r" in fields,
+                stream, ident, payload, redelivered=redelivered or b"r" in fields, poison=poison
             )
         )
     return messages

@@ -31,6 +31,8 @@ class NotificationStatus(StrEnum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
+    # Planning failed on this notification alone, every time (see the planner).
+    FAILED = "failed"
 
 
 class DeliveryStatus(StrEnum):

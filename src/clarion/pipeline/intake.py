@@ -8,16 +8,32 @@ period, so an accepted notification is never left behind.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
 from clarion.domain.models import PLAN_STREAM
+from clarion.errors import ApiError, ValidationFailed
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import plan_payload
 from clarion.store import notifications as store
-from clarion.store.batching import Batcher
+from clarion.store.batching import Batcher, is_outage
 
 log = logging.getLogger(__name__)
+
+
+def _outcome(result: store.Outcome | BaseException) -> store.Outcome:
+    if isinstance(result, (store.Accepted, ApiError)):
+        return result  # an API error is an outcome, whether returned or raised
+    if isinstance(result, asyncio.CancelledError) or is_outage(result):
+        raise result
+    if not isinstance(result, Exception):
+        raise result
+    log.warning("a notification the store refused: %r", result)
+    return ValidationFailed(
+        "the notification could not be stored; check its fields for values no database accepts",
+        code="unstorable",
+    )
 
 
 class Intake:
@@ -49,8 +65,14 @@ class Intake:
         return [None] * len(items)
 
     async def accept(self, items: Sequence[store.NewNotification]) -> list[store.Outcome]:
-        """Store the notifications durably; one outcome per item, in order."""
-        outcomes = await self._commits.submit_many(items)
+        """Store the notifications durably; one outcome per item, in order.
+
+        An item the store refuses on its own is refused alone (a 422 ``unstorable``); an
+        outage fails the request (a 503)."""
+        results = await asyncio.gather(
+            *(self._commits.put_nowait(item) for item in items), return_exceptions=True
+        )
+        outcomes = [_outcome(result) for result in results]
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, store.Accepted) and outcome.created and outcome.publish_now:
                 self._publisher.put_nowait((item.id, item.tenant_id))

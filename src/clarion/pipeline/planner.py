@@ -38,6 +38,7 @@ from clarion.store import deliveries as delivery_store
 from clarion.store import notifications as notification_store
 from clarion.store import recipients as recipient_store
 from clarion.store import templates as template_store
+from clarion.store.batching import is_outage
 from clarion.store.db import as_utc, utcnow, write_tx
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,28 @@ class Planner:
             [PLAN_STREAM], self._consumer, self.batch_size, timeout
         )
         if messages:
-            await self.handle(messages)
+            await self._handle_isolated(messages)
             await self._ctx.broker.ack(messages)
             self._ctx.made_progress()
         return len(messages)
+
+    async def _handle_isolated(self, messages: list[Message]) -> None:
+        """Plan a batch; one that fails for anything but an outage is bisected, so that a
+        notification that cannot be planned fails alone and its neighbours go on."""
+        try:
+            await self.handle(messages)
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            if len(messages) > 1:
+                middle = len(messages) // 2
+                await self._handle_isolated(messages[:middle])
+                await self._handle_isolated(messages[middle:])
+                return
+            nid = messages[0].payload.get("notification")
+            log.error("notification %s cannot be planned: %r", nid, exc, exc_info=exc)
+            if isinstance(nid, str):
+                await notification_store.fail_unplannable(self._ctx.engine, nid)
 
     async def handle(self, messages: list[Message]) -> None:
         ids = list(dict.fromkeys(m.payload["notification"] for m in messages))

@@ -25,7 +25,7 @@ from clarion.resilience.retry import RetryPolicy
 from clarion.resilience.sendchain import Failed, NoHealthyProvider, SendChain, Sent
 from clarion.store import addresses as address_store
 from clarion.store import deliveries as delivery_store
-from clarion.store.batching import Batcher
+from clarion.store.batching import Batcher, is_outage
 from clarion.store.db import utcnow
 from clarion.store.deliveries import DeliveryRef, StatusChange
 
@@ -88,7 +88,7 @@ class StatusWriter:
         return self._batcher.pending
 
     async def write(self, change: StatusChange) -> None:
-        await self._batcher.submit(change)
+        await self._batcher.submit(change.bound())
 
     async def close(self) -> None:
         await self._batcher.close()
@@ -173,7 +173,13 @@ class ChannelWorker:
 
     async def _handle(self, message: Message) -> None:
         payload = message.payload
-        change, retry, dead = await self._attempt(payload)
+        try:
+            change, retry, dead = await self._attempt(payload)
+        except Exception as exc:
+            # A bug or a payload no step can handle: counted as an attempt, so that after
+            # the last one it is a dead letter with the reason, never taken again forever.
+            change, retry = self._policy.on_failure(payload, exc, utcnow())
+            dead = None
         change.ref = DeliveryRef(
             payload["notification"], payload["recipient"], self.channel, payload.get("provider")
         )
@@ -182,13 +188,36 @@ class ChannelWorker:
                 await self._ctx.broker.publish_delayed([retry])
             await self._status.write(change)
         except Exception as exc:
-            # Not acked: the message comes back after its lease and is tried again.
-            log.warning("delivery %s: storing the outcome failed: %r", change.delivery_id, exc)
-            return
+            if is_outage(exc) or not await self._store_unstorable(change, exc):
+                # Not acked: the message comes back after its lease and is tried again.
+                log.warning("delivery %s: storing the outcome failed: %r", change.delivery_id, exc)
+                return
         self._acks.put_nowait(message)
         self._ctx.made_progress()
         if dead:
             await self._forget(payload, dead)
+
+    async def _store_unstorable(self, change: StatusChange, exc: Exception) -> bool:
+        """An outcome the store refuses on its own (not an outage) would come back and be
+        sent again forever: the delivery goes to the dead letters instead, with the reason.
+        False when even that cannot be stored."""
+        log.error("delivery %s: its outcome cannot be stored: %r", change.delivery_id, exc)
+        dead = StatusChange(
+            change.delivery_id,
+            change.tenant_id,
+            DeliveryStatus.DEAD,
+            attempts=change.attempts,
+            reason="unstorable_outcome",
+            last_error=f"the outcome ({change.status}) could not be stored: {type(exc).__name__}",
+            provider=change.provider,
+            ref=change.ref,
+        )
+        try:
+            await self._status.write(dead)
+        except Exception as again:
+            log.error("delivery %s: storing it as dead failed: %r", change.delivery_id, again)
+            return False
+        return True
 
     async def _forget(self, payload: dict[str, Any], dead: Any) -> None:
         """Remove tokens or subscriptions the service said are gone, so no later

@@ -3,6 +3,10 @@
 A batch is whatever has arrived while the previous one was being written, up to a maximum:
 no timer adds latency when traffic is light, and under load each round trip carries many
 items. Used for group commit of notifications, status updates, and captured messages.
+
+Items of a batch belong to different tenants, so one item must not fail the others: a batch
+that fails for anything but an outage (the store or broker out of reach) is split in halves
+and each half written again, down to the item that fails, which alone gets the error.
 """
 
 from __future__ import annotations
@@ -13,17 +17,36 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
 
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` says the store or broker is out of reach (every item would fail
+    alike), False when it may be one item's fault."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, OperationalError):
+            return True
+        # asyncpg refuses a value it cannot encode with a ValueError under InterfaceError.
+        return isinstance(exc, InterfaceError) and not isinstance(exc.orig, ValueError)
+    return isinstance(
+        exc, (OSError, TimeoutError, PoolTimeout, RedisConnectionError, RedisTimeoutError)
+    )
+
+
 class Batcher(Generic[T, R]):
     """Feeds items to ``flush`` in batches; each caller gets its own item's result.
 
-    ``flush`` takes a list of items and returns one result per item, in order. If it raises,
-    every caller of that batch gets the exception.
+    ``flush`` takes a list of items and returns one result per item, in order. If it raises
+    for an outage, every caller of that batch gets the exception; for anything else the
+    batch is bisected, so that only the items that fail on their own get it.
     """
 
     def __init__(
@@ -94,6 +117,12 @@ class Batcher(Generic[T, R]):
                     future.cancel()
             raise
         except Exception as exc:
+            if len(batch) > 1 and not is_outage(exc):
+                log.info("%s: batch of %d failed, bisecting: %r", self._name, len(items), exc)
+                middle = len(batch) // 2
+                await self._write(batch[:middle])
+                await self._write(batch[middle:])
+                return
             log.debug("%s: batch of %d failed: %r", self._name, len(items), exc)
             for _, future in batch:
                 if not future.done():

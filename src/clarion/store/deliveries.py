@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import String, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from clarion.domain.bounded import bounded
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
 from clarion.store.db import utcnow, write_tx
 from clarion.store.sql import chunks, insert_ignoring_conflicts
@@ -30,6 +31,10 @@ class DeliveryRef:
     provider: str | None
 
 
+MAX_ERROR = 2000
+MAX_MESSAGE_ID = 255  # the column's size
+
+
 @dataclass(slots=True)
 class StatusChange:
     """A delivery's new state after an attempt (or a decision not to attempt)."""
@@ -47,6 +52,12 @@ class StatusChange:
     provider: str | None = None
     # Not stored: carried so the status event of this change can be published.
     ref: DeliveryRef | None = None
+
+    def bound(self) -> StatusChange:
+        """Bound what came from a provider's answer, before it reaches a shared batch."""
+        self.last_error = bounded(self.last_error, MAX_ERROR)
+        self.provider_message_id = bounded(self.provider_message_id, MAX_MESSAGE_ID)
+        return self
 
 
 async def existing_ids(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
@@ -134,6 +145,7 @@ async def apply_changes(engine: AsyncEngine, changes: Sequence[StatusChange]) ->
     if not changes:
         return
     now = utcnow()
+    changes = [c.bound() for c in changes]
     params = [
         {
             "b_id": c.delivery_id,

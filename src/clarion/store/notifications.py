@@ -319,3 +319,16 @@ async def get_with_deliveries(
         "deliveries": items,
         "deliveries_truncated": len(rows) > limit,
     }
+
+
+async def fail_unplannable(engine: AsyncEngine, notification_id: str) -> None:
+    """A notification whose planning fails on its own, every time: it is marked ``failed``
+    and leaves the outbox, so that it is neither planned again forever nor holds up the
+    notifications planned beside it."""
+    async with write_tx(engine) as conn:
+        await conn.execute(
+            update(notifications)
+            .where(notifications.c.id == notification_id)
+            .values(status=NotificationStatus.FAILED)
+        )
+        await delete_outbox(conn, [notification_id])

@@ -48,13 +48,49 @@ class _Policy(EmailPolicy):
 # 8BITMIME.
 POLICY = _Policy(linesep="\r\n", cte_type="7bit")
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"\\]+@[^@\s<>()\[\],;:\"\\]+\.[^@\s<>()\[\],;:\"\\]+$")
-_LINE_BREAKS = re.compile(r"[\r\n]+\s*")
+# Every line boundary Python knows (str.splitlines), and tabs: folded to one space.
+_LINE_BREAKS = re.compile(r" *[\t\n\x0b\x0c\r\x1c-\x1e\x85\u2028\u2029]\s*")
+# Control characters (Unicode category Cc) that remain are refused.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def header_text(name: str, value: str) -> str:
+    """A header value made from template output, safe to send.
+
+    Line breaks and tabs in the rendered text fold to single spaces. What remains must be
+    free of control characters both as written and as a reader decodes it: the email
+    library (and every mail client) decodes RFC 2047 encoded words, so template data
+    holding ``=?utf-8?q?x=0D=0ABcc:_a@b?=`` would otherwise become a header line of its
+    own. Anything else is refused as ``render_error``.
+    """
+    text = _LINE_BREAKS.sub(" ", value).strip()
+    found = _CONTROL.search(text)
+    if found is not None:
+        raise PermanentError(
+            f"the {name.lower()} holds the control character U+{ord(found.group()):04X}",
+            reason="render_error",
+        )
+    if "=?" in text:
+        decoded = str(POLICY.header_factory(name, text))
+        found = _CONTROL.search(decoded)
+        if found is not None:
+            raise PermanentError(
+                f"the {name.lower()} holds an RFC 2047 encoded word that decodes to the "
+                f"control character U+{ord(found.group()):04X}",
+                reason="render_error",
+            )
+    return text
 
 
 def address_of(value: Any) -> str:
     """The recipient's address, ASCII (an international domain in its IDNA form)."""
     if not isinstance(value, str) or not _ADDRESS.match(value.strip()):
         raise PermanentError("the recipient has no valid email address", reason="invalid_address")
+    if "=?" in value:
+        # The email library decodes RFC 2047 encoded words even inside an address.
+        raise PermanentError(
+            "an RFC 2047 encoded word is not allowed in an address", reason="invalid_address"
+        )
     local, domain = value.strip().rsplit("@", 1)
     if not local.isascii():
         # A non-ASCII mailbox needs SMTPUTF8 end to end; not offered.
@@ -108,7 +144,7 @@ class EmailComposer:
 
     async def compose(self, message: OutboundMessage) -> Email:
         content = message.content
-        subject = _LINE_BREAKS.sub(" ", str(content.get("subject") or "")).strip()
+        subject = header_text("Subject", str(content.get("subject") or ""))
         html = content.get("html") or None
         text = content.get("text") or None
         headers = {"X-Clarion-Delivery-Id": message.delivery_id}

@@ -26,6 +26,7 @@ from clarion.pipeline.context import Context
 from clarion.pipeline.inflight import finish_or_hand_back
 from clarion.pipeline.status_events import EVENTS_STREAM
 from clarion.pipeline.subscriptions import Subscription
+from clarion.providers.http import read_bounded, refuse_redirect
 from clarion.providers.webhook import classify_status
 from clarion.security.netguard import AddressGuard
 from clarion.security.signing import sign
@@ -62,7 +63,9 @@ class EventDispatcher:
 
     def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=0),
+            connector=aiohttp.TCPConnector(
+                limit=self._concurrency, limit_per_host=0, resolver=self._guard.resolver()
+            ),
             timeout=aiohttp.ClientTimeout(total=self._timeout),
             headers={"user-agent": "Clarion-Webhooks/1"},
             auto_decompress=False,
@@ -163,7 +166,8 @@ class EventDispatcher:
                 async with self._session.post(
                     hook.url, data=body, headers=headers, allow_redirects=False
                 ) as response:
-                    text = await response.text(errors="replace")
+                    refuse_redirect(response.status, response.headers)
+                    text = (await read_bounded(response, 4096)).decode(errors="replace")
                     classify_status(response.status, text, response.headers.get("retry-after"))
         except TimeoutError as exc:
             raise TransientError(f"timed out after {self._timeout}s", reason="timeout") from exc

@@ -124,6 +124,7 @@ class ApnsProvider(Provider):
                 http2=True,
                 timeout=httpx.Timeout(self._timeout),
                 headers={"user-agent": "Clarion-APNs/1"},
+                transport=self._guard.transport(http1=False, http2=True),
             )
         return self._client
 
@@ -225,6 +226,12 @@ def apns_error(response: httpx.Response, token: str) -> ProviderError:
     """The error for an APNs answer that is not a success."""
     status, reason = response.status_code, _reason(response)
     detail = f"APNs {status} {reason or response.reason_phrase}"
+    if 300 <= status < 400:
+        location = response.headers.get("location", "")[:200]
+        return PermanentError(
+            f"{detail}: redirect to {location!r} refused (redirects are not followed)",
+            reason="redirect_refused",
+        )
     if (status, reason) in GONE:
         cause = "unregistered" if status == 410 else "invalid_address"
         return PermanentError(detail, reason=cause, dead_address=token)

@@ -26,6 +26,7 @@ import orjson
 from clarion.errors import PermanentError, ProviderError, TransientError
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import FcmConfig
+from clarion.providers.http import read_bounded, refuse_redirect
 from clarion.providers.push import parse_retry_after, send_tokens, tokens_for
 from clarion.security.netguard import AddressGuard
 
@@ -137,8 +138,11 @@ class AccessTokens:
     async def _fetch(self) -> tuple[str, float]:
         form = {"grant_type": GRANT_TYPE, "assertion": self._assertion()}
         try:
-            async with self._session().post(self._token_url, data=form) as response:
-                raw = await response.read()
+            async with self._session().post(
+                self._token_url, data=form, allow_redirects=False
+            ) as response:
+                refuse_redirect(response.status, response.headers, "token endpoint")
+                raw = await read_bounded(response)
                 status, retry_after = response.status, response.headers.get("retry-after")
         except aiohttp.ClientError as exc:
             raise TransientError(
@@ -185,7 +189,9 @@ class FcmProvider(Provider):
     def _session(self) -> aiohttp.ClientSession:
         if self._client is None:
             self._client = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, limit_per_host=0),
+                connector=aiohttp.TCPConnector(
+                    limit=256, limit_per_host=0, resolver=self._guard.resolver()
+                ),
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
                 headers={"user-agent": "Clarion-FCM/1"},
             )
@@ -225,8 +231,11 @@ class FcmProvider(Provider):
     ) -> tuple[int, dict[str, Any], str | None]:
         headers = {"authorization": f"Bearer {access}", "content-type": "application/json"}
         try:
-            async with self._session().post(url, data=payload, headers=headers) as response:
-                raw = await response.read()
+            async with self._session().post(
+                url, data=payload, headers=headers, allow_redirects=False
+            ) as response:
+                refuse_redirect(response.status, response.headers)
+                raw = await read_bounded(response)
                 return response.status, _json(raw), response.headers.get("retry-after")
         except aiohttp.ClientError as exc:
             raise TransientError(f"{type(exc).__name__}: {exc}", reason="connection_error") from exc

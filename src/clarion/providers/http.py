@@ -6,6 +6,11 @@ meaning of status codes.
   HTTP date). Timeouts and connection failures are transient too.
 - 401, 403: :class:`PermanentError` ``bad_credentials``.
 - any other 4xx: :class:`PermanentError` ``provider_rejected`` with the service's message.
+- 3xx: :class:`PermanentError` ``redirect_refused`` naming the target: no request follows a
+  redirect (the target could be an internal address the guard would refuse).
+
+A reply's body is read up to :data:`MAX_REPLY` bytes; what is stored from it is bounded
+again by the status writer.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from clarion.security.netguard import AddressGuard
 from clarion.store.db import utcnow
 
 DEFAULT_TIMEOUT = 30.0
+MAX_REPLY = 256 * 1024
 _RETRY_CODES = frozenset({408, 425, 429})
 _CREDENTIAL_CODES = frozenset({401, 403})
 
@@ -46,6 +52,27 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 def is_transient(status: int) -> bool:
     return status in _RETRY_CODES or status >= 500
+
+
+def refuse_redirect(status: int, headers: Mapping[str, str], what: str = "") -> None:
+    """Raise :class:`PermanentError` ``redirect_refused`` for a 3xx answer."""
+    if 300 <= status < 400:
+        location = headers.get("location", "")[:200]
+        prefix = f"{what}: " if what else ""
+        raise PermanentError(
+            f"{prefix}HTTP {status} redirect to {location!r} refused (redirects are not followed)",
+            reason="redirect_refused",
+        )
+
+
+async def read_bounded(response: aiohttp.ClientResponse, limit: int = MAX_REPLY) -> bytes:
+    """The body, or its first ``limit`` bytes (the rest is dropped with the connection)."""
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) >= limit:
+            break
+    return bytes(body[:limit])
 
 
 def raise_for_status(status: int, message: str, retry_after: str | None = None) -> None:
@@ -93,7 +120,10 @@ class HttpClient:
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections,
+                    resolver=self._guard.resolver() if self._guard else None,
+                ),
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
                 headers={"user-agent": self._user_agent},
             )
@@ -112,7 +142,8 @@ class HttpClient:
             async with session.post(
                 url, data=body, headers=dict(headers), allow_redirects=False
             ) as response:
-                return Reply(response.status, response.headers, await response.read())
+                refuse_redirect(response.status, response.headers)
+                return Reply(response.status, response.headers, await read_bounded(response))
         except TimeoutError as exc:
             raise TransientError(f"timed out after {self._timeout}s", reason="timeout") from exc
         except aiohttp.ClientError as exc:

@@ -134,10 +134,11 @@ class SmtpProvider(Provider):
 
     async def _connect(self) -> aiosmtplib.SMTP:
         config = self._config
-        await self._guard.check_host(config.host, config.port)
+        # Connected here, to an address the guard checked: aiosmtplib would resolve again.
+        sock = await self._guard.connect(config.host, config.port, self._timeout)
         client = aiosmtplib.SMTP(
             hostname=config.host,
-            port=config.port,
+            sock=sock,
             username=config.username,
             password=config.password,
             local_hostname=self._local_hostname,
@@ -146,6 +147,7 @@ class SmtpProvider(Provider):
             start_tls=config.tls == "starttls",
             tls_context=self._tls,
         )
+        # The transport aiosmtplib makes owns the socket (and closes it when connect fails).
         await client.connect()
         return client
 

@@ -23,7 +23,7 @@ import orjson
 from clarion.errors import PermanentError, TransientError
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import TwilioConfig
-from clarion.providers.http import parse_retry_after
+from clarion.providers.http import parse_retry_after, read_bounded, refuse_redirect
 from clarion.security.netguard import AddressGuard
 
 API_URL = "https://api.twilio.com"
@@ -130,7 +130,7 @@ class TwilioProvider(Provider):
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64),
+            connector=aiohttp.TCPConnector(limit=64, resolver=self._guard.resolver()),
             timeout=self._timeout,
             headers={
                 "authorization": aiohttp.encode_basic_auth(
@@ -167,7 +167,8 @@ class TwilioProvider(Provider):
             async with self._session.post(
                 self._url, data=form, allow_redirects=False, timeout=self._timeout
             ) as response:
-                body = await response.read()
+                refuse_redirect(response.status, response.headers)
+                body = await read_bounded(response)
                 if not 200 <= response.status < 300:
                     classify(response.status, body, response.headers.get("retry-after"))
                 return SendResult(provider_message_id=_sid_of(body))

@@ -17,7 +17,7 @@ import orjson
 
 from clarion.errors import PermanentError, TransientError
 from clarion.providers.base import OutboundMessage, Provider, SendResult
-from clarion.providers.http import parse_retry_after
+from clarion.providers.http import parse_retry_after, read_bounded, refuse_redirect
 from clarion.security.netguard import AddressGuard
 from clarion.security.signing import sign
 
@@ -55,7 +55,9 @@ class WebhookProvider(Provider):
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
+            connector=aiohttp.TCPConnector(
+                limit=self._max_connections, limit_per_host=0, resolver=self._guard.resolver()
+            ),
             timeout=aiohttp.ClientTimeout(total=self._timeout),
             headers={"user-agent": "Clarion-Webhooks/1"},
             auto_decompress=False,
@@ -83,7 +85,8 @@ class WebhookProvider(Provider):
             async with self._session.post(
                 url, data=body, headers=headers, allow_redirects=False
             ) as response:
-                text = await response.text(errors="replace")
+                refuse_redirect(response.status, response.headers)
+                text = (await read_bounded(response, 4096)).decode(errors="replace")
                 classify_status(response.status, text, response.headers.get("retry-after"))
                 return SendResult(provider_message_id=response.headers.get("x-request-id"))
         except TimeoutError as exc:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from clarion.errors import PermanentError, ProviderError, TransientError
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import WebpushConfig
-from clarion.providers.http import parse_retry_after
+from clarion.providers.http import parse_retry_after, read_bounded, refuse_redirect
 from clarion.security.netguard import AddressGuard
 
 TIMEOUT = 15.0
@@ -250,7 +250,9 @@ class WebpushProvider(Provider):
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, limit_per_host=0),
+            connector=aiohttp.TCPConnector(
+                limit=256, limit_per_host=0, resolver=self._guard.resolver()
+            ),
             timeout=self._timeout,
             headers={"user-agent": "Clarion/1"},
         )
@@ -318,7 +320,8 @@ class WebpushProvider(Provider):
                 allow_redirects=False,
                 timeout=self._timeout,
             ) as response:
-                text = await response.text(errors="replace")
+                refuse_redirect(response.status, response.headers)
+                text = (await read_bounded(response, 4096)).decode(errors="replace")
                 outcome = classify(
                     sub.endpoint, response.status, text, response.headers.get("retry-after")
                 )

@@ -9,10 +9,16 @@ What was still waiting is suppressed (reason ``cancelled``) and dead letters bec
 so nothing is sent or replayed without an address. Notifications forget the recipient, and
 their data when it was about that person alone; stored responses of recipient batches that
 list the id are dropped.
+
+On SQLite, ``secure_delete`` overwrites what is deleted in the database file, but the
+write-ahead log still holds the pages as they were until a checkpoint: erasure therefore
+ends with ``wal_checkpoint(TRUNCATE)``, which copies the log into the file and empties it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import orjson
@@ -34,7 +40,10 @@ from clarion.store.tables import (
     sandbox_messages,
 )
 
+log = logging.getLogger(__name__)
+
 ERASED = "erased"
+_CHECKPOINT_TRIES = 20
 EXPORT_LIMIT = 10_000
 _BATCH_SCOPE = "recipients.batch"
 
@@ -58,7 +67,24 @@ async def erase(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> bool:
         await _scrub_deliveries(conn, tenant_id, recipient_id)
         await _forget_in_notifications(conn, tenant_id, recipient_id)
         await _forget_batch_responses(conn, tenant_id, recipient_id)
+    if engine.dialect.name == "sqlite":
+        await checkpoint(engine)
     return True
+
+
+async def checkpoint(engine: AsyncEngine) -> bool:
+    """Copy SQLite's write-ahead log into the database file and truncate it; True once done.
+    A reader holding an old snapshot keeps the log busy: tried again briefly."""
+    for attempt in range(_CHECKPOINT_TRIES):
+        async with engine.connect() as conn:
+            busy, _, _ = (await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+        if busy == 0:
+            return True
+        await asyncio.sleep(0.01 * (attempt + 1))
+    log.warning(
+        "the write-ahead log stayed busy: erased data remains in it until the next checkpoint"
+    )
+    return False
 
 
 async def _scrub_deliveries(conn: AsyncConnection, tenant_id: str, recipient_id: str) -> None:

@@ -77,8 +77,8 @@ async def checkpoint(engine: AsyncEngine) -> bool:
     A reader holding an old snapshot keeps the log busy: tried again briefly."""
     for attempt in range(_CHECKPOINT_TRIES):
         async with engine.connect() as conn:
-            busy, _, _ = (await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
-        if busy == 0:
+            row = (await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+        if row[0] == 0:  # (busy, log frames, frames checkpointed)
             return True
         await asyncio.sleep(0.01 * (attempt + 1))
     log.warning(

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     previous_secret_keys: str | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # HTTP server limits (per process): see docs/operations.md, "HTTP server limits".
+    http_header_timeout: float = Field(default=10.0, gt=0)
+    http_body_timeout: float = Field(default=30.0, gt=0)
+    http_keep_alive: float = Field(default=5.0, gt=0)
+    http_max_connections: int = Field(default=4096, ge=1)
+    http_max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     # The address recipients' mail clients reach this API at (unsubscribe links).
     public_url: str = "http://127.0.0.1:8080"
     allow_private_webhooks: bool = False

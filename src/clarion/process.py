@@ -7,15 +7,14 @@ second one exits at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
-from collections.abc import Generator
 
 import uvicorn
 
 from clarion.api.app import create_app
+from clarion.api.server import http_server
 from clarion.config import Settings
 from clarion.pipeline.context import Context, open_context
 from clarion.pipeline.runtime import Roles, Runtime
@@ -23,14 +22,6 @@ from clarion.store import tenants as tenant_store
 from clarion.store.db import migrate
 
 log = logging.getLogger("clarion")
-
-
-class _Server(uvicorn.Server):
-    """Uvicorn without its own signal handling: this process owns its signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 async def ensure_demo_tenant(ctx: Context) -> str | None:
@@ -66,19 +57,11 @@ async def run(settings: Settings, roles: Roles, *, demo: bool = False) -> None:
         await runtime.start()
         stop = asyncio.Event()
         _install_signals(stop)
-        server: _Server | None = None
+        server: uvicorn.Server | None = None
         server_task: asyncio.Task[None] | None = None
         if roles.api:
             app = create_app(ctx, runtime.intake)
-            config = uvicorn.Config(
-                app,
-                host=settings.http_host,
-                port=settings.http_port,
-                log_level=settings.log_level.lower(),
-                access_log=False,
-                lifespan="off",
-            )
-            server = _Server(config)
+            server = http_server(app, settings)
             server_task = asyncio.create_task(server.serve(), name="http")
             print(
                 f"Clarion listening on http://{settings.http_host}:{settings.http_port}", flush=True

@@ -58,5 +58,5 @@ def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
     app.include_router(provider_health.router)
     app.include_router(unsubscribe.router)
     app.include_router(webhooks.router)
-    app.add_middleware(EdgeGuard)
+    app.add_middleware(EdgeGuard, body_timeout=ctx.settings.http_body_timeout)
     return app

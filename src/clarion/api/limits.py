@@ -1,13 +1,15 @@
 """The edge of the API (ASGI middleware): size limit and input rules, before any handler.
 
 The body is read up front, never more than the limit, so an oversized request is refused
-with a 413 before any handler sees it, whether or not it declared its length. The path, the
+with a 413 before any handler sees it, whether or not it declared its length; a body that
+does not arrive whole within the body timeout is a 408 ``request_timeout``. The path, the
 query string and a JSON body are then checked against the rules of
 :mod:`clarion.api.inputs`; a request that breaks one is a 400 ``invalid_input``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -17,6 +19,7 @@ from clarion.api.errors import error_body
 from clarion.api.inputs import InputRefused, check_target, parse_json
 
 MAX_BODY = 512 * 1024
+BODY_TIMEOUT = 30.0
 
 
 def _is_json(scope: Scope) -> bool:
@@ -32,9 +35,12 @@ class _ClientGone(Exception):
 
 
 class EdgeGuard:
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int = MAX_BODY, body_timeout: float = BODY_TIMEOUT
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,8 +55,13 @@ class EdgeGuard:
             await self.app(scope, receive, send)
             return
         try:
-            body = await self._read(scope, receive)
+            async with asyncio.timeout(self.body_timeout):
+                body = await self._read(scope, receive)
         except _ClientGone:
+            return
+        except TimeoutError:
+            message = f"the request body did not arrive within {self.body_timeout:g}s"
+            await _answer(send, 408, error_body("request_timeout", message), close=True)
             return
         if body is None:
             await self._refuse(send)

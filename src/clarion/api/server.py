@@ -1,0 +1,196 @@
+"""The HTTP server: uvicorn (httptools) with the limits a public endpoint needs.
+
+uvicorn bounds the idle time between two requests on a connection (keep-alive) but not the
+time a client takes to send a request's headers, nor the number of connections one process
+holds open. :class:`LimitedProtocol` adds both:
+
+- **Header timeout**: from the moment a connection opens, or the first byte of its next
+  request, the headers must be complete within ``header_timeout`` seconds; otherwise the
+  answer is ``408 request_timeout`` and the connection is closed. A client that never
+  sends anything, or trickles its headers a byte at a time, is let go.
+- **Header size**: headers larger than ``max_header_bytes`` are answered
+  ``431 headers_too_large`` and the connection is closed.
+- **Connection cap**: a connection over ``max_connections`` for this process is answered
+  ``503 server_busy`` (``Retry-After: 1``) at once and closed.
+
+The body's own timeout and size limit are in :class:`clarion.api.limits.EdgeGuard`, which
+reads every body before any handler runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Generator
+from typing import Any
+
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from clarion.api.errors import error_body
+from clarion.config import Settings
+
+
+def raw_answer(status: int, reason: str, code: str, message: str, *extra: str) -> bytes:
+    """A complete HTTP/1.1 answer with the JSON error body, closing the connection."""
+    body = orjson.dumps(error_body(code, message))
+    head = [
+        f"HTTP/1.1 {status} {reason}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        "connection: close",
+        *extra,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class LimitedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header timeout, a header size limit and a cap
+    on the connections of the process. Configured by :func:`protocol_for`."""
+
+    header_timeout: float = 10.0
+    max_header_bytes: int = 64 * 1024
+    max_connections: int = 4096
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0  # bytes received while the headers are incomplete
+        self._head_size = 0  # the size of the request line and headers parsed
+        self._in_head = True
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self._close_with(
+                raw_answer(
+                    503,
+                    "Service Unavailable",
+                    "server_busy",
+                    "this server holds as many connections as it may; try again shortly",
+                    "retry-after: 1",
+                )
+            )
+            return
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self.max_header_bytes:
+            self._too_large()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_size = 0
+        if self._header_timer is None:
+            self._arm()  # the next request on a kept-alive connection
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._disarm()
+        if self._head_size > self.max_header_bytes:
+            self._too_large()
+            return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.transport.is_closing():
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self.transport.is_closing():
+            super().on_message_complete()
+
+    def _too_large(self) -> None:
+        if self.transport.is_closing():
+            return
+        limit = self.max_header_bytes // 1024
+        self._close_with(
+            raw_answer(
+                431,
+                "Request Header Fields Too Large",
+                "headers_too_large",
+                f"the request line and headers are larger than {limit} KiB",
+            )
+        )
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if not self._in_head or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a pipelined request waits for the one before it, not for its client
+        if self._head_bytes == 0 and self.cycle is None:
+            message = f"no request arrived within {self.header_timeout:g}s"
+        else:
+            message = f"the request headers did not arrive within {self.header_timeout:g}s"
+        self._close_with(raw_answer(408, "Request Timeout", "request_timeout", message))
+
+    def _close_with(self, answer: bytes) -> None:
+        self._disarm()
+        self.transport.write(answer)
+        self.transport.close()
+
+
+def protocol_for(settings: Settings) -> type[LimitedProtocol]:
+    return type(
+        "ClarionHttpProtocol",
+        (LimitedProtocol,),
+        {
+            "header_timeout": settings.http_header_timeout,
+            "max_header_bytes": settings.http_max_header_bytes,
+            "max_connections": settings.http_max_connections,
+        },
+    )
+
+
+def http_server(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Server:
+    """The uvicorn server for ``app`` with Clarion's limits (see the module docs)."""
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        http=protocol_for(settings),
+        timeout_keep_alive=max(1, round(settings.http_keep_alive)),
+        backlog=min(settings.http_max_connections, socket.SOMAXCONN * 16),
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="off",
+        **overrides,
+    )
+    return _Server(config)
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn without its own signal handling: the process owns its signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield

@@ -1,0 +1,177 @@
+"""The real HTTP server lets go of slow and idle clients and caps its connections: raw
+sockets against uvicorn with Clarion's protocol, as a slowloris or a careless client would
+connect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from clarion.api.server import http_server
+from harness import make_settings, running
+
+
+@contextlib.asynccontextmanager
+async def served(tmp_path: Path, **limits: Any) -> AsyncIterator[tuple[int, str]]:
+    """Clarion's API on a real socket; yields the port and an API key."""
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}", "embedded://", **limits
+    )
+    async with running(settings) as harness:
+        app = harness.client._transport.app  # type: ignore[attr-defined]
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)  # connections queue here until the server accepts them
+        server = http_server(app, settings)
+        task = asyncio.create_task(server.serve(sockets=[listener]))
+        try:
+            yield listener.getsockname()[1], harness.key
+        finally:
+            server.should_exit = True
+            await task
+            listener.close()
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def answer(
+    reader: asyncio.StreamReader, limit: float = 5.0
+) -> tuple[int, dict[str, str], bytes]:
+    """One response; raises if none comes within ``limit`` seconds."""
+    async with asyncio.timeout(limit):
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:] if line)
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers, body
+
+
+async def closed(reader: asyncio.StreamReader, limit: float = 5.0) -> bool:
+    async with asyncio.timeout(limit):
+        return await reader.read() == b""
+
+
+def error_code(body: bytes) -> str:
+    return str(json.loads(body)["error"]["code"])
+
+
+async def test_a_connection_that_sends_nothing_is_let_go(tmp_path: Path) -> None:
+    async with served(tmp_path, http_header_timeout=0.3) as (port, _):
+        reader, writer = await connect(port)
+        status, headers, body = await answer(reader)
+        assert status == 408
+        assert headers["connection"] == "close"
+        assert error_code(body) == "request_timeout"
+        assert await closed(reader)
+        writer.close()
+
+
+async def test_headers_trickled_a_byte_at_a_time_time_out(tmp_path: Path) -> None:
+    async with served(tmp_path, http_header_timeout=0.3) as (port, _):
+        reader, writer = await connect(port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+
+        async def trickle() -> None:
+            # The slow client itself: a header byte every 50 ms, never the blank line.
+            with contextlib.suppress(ConnectionError):
+                for _ in range(200):
+                    writer.write(b"x")
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+
+        slow = asyncio.create_task(trickle())
+        try:
+            status, _, body = await answer(reader)
+        finally:
+            slow.cancel()
+        assert status == 408
+        assert error_code(body) == "request_timeout"
+        assert await closed(reader)
+        writer.close()
+
+
+async def test_a_body_that_does_not_arrive_times_out(tmp_path: Path) -> None:
+    async with served(tmp_path, http_body_timeout=0.3) as (port, key):
+        reader, writer = await connect(port)
+        writer.write(
+            b"POST /v1/notifications HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {key}\r\n".encode()
+            + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            + b'{"template": '
+        )
+        status, headers, body = await answer(reader)
+        assert status == 408
+        assert headers["connection"] == "close"
+        assert error_code(body) == "request_timeout"
+        assert await closed(reader)
+        writer.close()
+
+
+async def test_headers_over_the_limit_are_refused(tmp_path: Path) -> None:
+    async with served(tmp_path, http_max_header_bytes=8192) as (port, _):
+        reader, writer = await connect(port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n")
+        status, _, body = await answer(reader)
+        assert status == 431
+        assert error_code(body) == "headers_too_large"
+        assert await closed(reader)
+        writer.close()
+
+
+async def test_connections_over_the_cap_are_answered_503(tmp_path: Path) -> None:
+    async with served(tmp_path, http_max_connections=3) as (port, _):
+        held = [await connect(port) for _ in range(3)]
+        for reader, writer in held:  # each one accepted and served, then kept alive
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, _ = await answer(reader)
+            assert status == 200
+        reader, writer = await connect(port)
+        status, headers, body = await answer(reader)
+        assert status == 503
+        assert headers["retry-after"] == "1"
+        assert error_code(body) == "server_busy"
+        assert await closed(reader)
+        writer.close()
+        # A connection let go frees its place.
+        _, first = held.pop()
+        first.close()
+        await first.wait_closed()
+        for _ in range(50):
+            reader, writer = await connect(port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, _ = await answer(reader)
+            writer.close()
+            if status == 200:
+                break
+        assert status == 200
+        for _, w in held:
+            w.close()
+
+
+async def test_an_idle_kept_alive_connection_is_closed(tmp_path: Path) -> None:
+    async with served(tmp_path, http_keep_alive=1) as (port, _):
+        reader, writer = await connect(port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, _ = await answer(reader)
+        assert status == 200
+        assert "connection" not in headers or headers["connection"] != "close"
+        assert await closed(reader, limit=5)
+        writer.close()
+
+
+async def test_requests_within_the_limits_are_served(tmp_path: Path) -> None:
+    async with served(tmp_path, http_header_timeout=5) as (port, _):
+        reader, writer = await connect(port)
+        for _ in range(3):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, _ = await answer(reader)
+            assert status == 200
+        writer.close()

@@ -12,6 +12,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from clarion.api.limits import LARGE_BODY, EdgeGuard
 from clarion.api.server import http_server
 from harness import make_settings, running
 
@@ -57,6 +60,9 @@ async def answer(
 async def closed(reader: asyncio.StreamReader, limit: float = 5.0) -> bool:
     async with asyncio.timeout(limit):
         return await reader.read() == b""
+
+
+JSON = {"content-type": "application/json"}
 
 
 def error_code(body: bytes) -> str:
@@ -175,3 +181,39 @@ async def test_requests_within_the_limits_are_served(tmp_path: Path) -> None:
             status, _, _ = await answer(reader)
             assert status == 200
         writer.close()
+
+
+async def test_large_bodies_are_handled_a_few_at_a_time() -> None:
+    """Memory: a burst of large batches is handled `large_bodies` at a time, not all at
+    once; small requests are not held back by them."""
+    running_now, most = 0, 0
+    release, two_in = asyncio.Event(), asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal running_now, most
+        message = await receive()
+        running_now += 1
+        most = max(most, running_now)
+        if len(message["body"]) >= LARGE_BODY:
+            if running_now == 2:
+                two_in.set()
+            await release.wait()
+        running_now -= 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard = EdgeGuard(app, large_bodies=2)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://x")
+    async with client:
+        large = b'{"pad": "' + b"x" * LARGE_BODY + b'"}'
+        calls = [
+            asyncio.create_task(client.post("/", content=large, headers=JSON)) for _ in range(8)
+        ]
+        await two_in.wait()
+        small = await client.post("/", content=b'{"a": 1}', headers=JSON)
+        assert small.status_code == 200
+        assert most == 2 + 1  # two large bodies at most, and the small one
+        release.set()
+        answers = await asyncio.gather(*calls)
+    assert [a.status_code for a in answers] == [200] * 8
+    assert most == 3

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     http_keep_alive: float = Field(default=5.0, gt=0)
     http_max_connections: int = Field(default=4096, ge=1)
     http_max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Request bodies of 64 KiB or more handled at once per process (others wait their turn).
+    http_large_bodies: int = Field(default=4, ge=1)
     # The address recipients' mail clients reach this API at (unsubscribe links).
     public_url: str = "http://127.0.0.1:8080"
     allow_private_webhooks: bool = False

@@ -58,5 +58,9 @@ def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
     app.include_router(provider_health.router)
     app.include_router(unsubscribe.router)
     app.include_router(webhooks.router)
-    app.add_middleware(EdgeGuard, body_timeout=ctx.settings.http_body_timeout)
+    app.add_middleware(
+        EdgeGuard,
+        body_timeout=ctx.settings.http_body_timeout,
+        large_bodies=ctx.settings.http_large_bodies,
+    )
     return app

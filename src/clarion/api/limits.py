@@ -10,6 +10,9 @@ query string and a JSON body are then checked against the rules of
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -20,6 +23,40 @@ from clarion.api.inputs import InputRefused, check_target, parse_json
 
 MAX_BODY = 512 * 1024
 BODY_TIMEOUT = 30.0
+# Bodies of this size or more are handled at most LARGE_BODIES at a time per process.
+LARGE_BODY = 64 * 1024
+LARGE_BODIES = 4
+_TRIM_DELAY = 0.5
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to call
+        return None
+    return trim
+
+
+_trim = _malloc_trim()
+_trim_pending = False
+
+
+def release_memory() -> None:
+    """Hand memory freed by Python back to the system soon (glibc keeps it otherwise);
+    calls made while one is pending are one."""
+    global _trim_pending
+    if _trim is None or _trim_pending:
+        return
+    _trim_pending = True
+    asyncio.get_running_loop().call_later(_TRIM_DELAY, _trim_now)
+
+
+def _trim_now() -> None:
+    global _trim_pending
+    _trim_pending = False
+    if _trim is not None:
+        _trim(0)
 
 
 def _is_json(scope: Scope) -> bool:
@@ -36,11 +73,17 @@ class _ClientGone(Exception):
 
 class EdgeGuard:
     def __init__(
-        self, app: ASGIApp, limit: int = MAX_BODY, body_timeout: float = BODY_TIMEOUT
+        self,
+        app: ASGIApp,
+        limit: int = MAX_BODY,
+        body_timeout: float = BODY_TIMEOUT,
+        large_bodies: int = LARGE_BODIES,
     ) -> None:
         self.app = app
         self.limit = limit
         self.body_timeout = body_timeout
+        self._large = asyncio.Semaphore(large_bodies)
+        self._large_in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,6 +109,21 @@ class EdgeGuard:
         if body is None:
             await self._refuse(send)
             return
+        if len(body) < LARGE_BODY:
+            await self._handle(scope, body, receive, send)
+            return
+        # A large body becomes many times its size in objects while it is handled: only a
+        # few are handled at once, and their memory is handed back to the system after.
+        async with self._large:
+            self._large_in_flight += 1
+            try:
+                await self._handle(scope, body, receive, send)
+            finally:
+                self._large_in_flight -= 1
+        if self._large_in_flight == 0:
+            release_memory()
+
+    async def _handle(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         if body and _is_json(scope):
             try:
                 parse_json(body)

@@ -133,6 +133,24 @@ async def test_missing_variable_fails_the_delivery_with_render_error(app: Harnes
     assert "name" in delivery["last_error"]
 
 
+async def test_a_notification_ends_completed_partial_or_failed(app: Harness) -> None:
+    """`completed`: nothing failed; `partial`: some sent, some failed; `failed`: none sent."""
+    await app.put_recipient("ok", phone="+33612345678", data={"name": "Alex"})
+    await app.put_recipient("ko", phone="+33612345679")
+    await app.put_template("t", {"channels": {"sms": {"text": "Hi {{ name }}"}}})
+    answers = [
+        await app.send({"template": "t", "to": {"recipient_ids": ids}, "data": data})
+        for ids, data in (
+            (["ok"], {}),
+            (["ok", "ko"], {}),
+            (["ko"], {}),
+        )
+    ]
+    await app.drain()
+    statuses = [(await app.notification(a.json()["id"]))["status"] for a in answers]
+    assert statuses == ["completed", "partial", "failed"]
+
+
 async def test_critical_lane_is_served(app: Harness) -> None:
     await app.put_recipient("u", phone="+33612345678")
     await app.put_template("t", {"channels": {"sms": {"text": "code 1234"}}})

@@ -30,6 +30,7 @@ class NotificationStatus(StrEnum):
     SCHEDULED = "scheduled"
     PROCESSING = "processing"
     COMPLETED = "completed"
+    PARTIAL = "partial"
     CANCELLED = "cancelled"
     # Planning failed on this notification alone, every time (see the planner).
     FAILED = "failed"

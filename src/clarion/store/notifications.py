@@ -11,7 +11,7 @@ from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import new_id
-from clarion.domain.models import TERMINAL_STATUSES, NotificationStatus
+from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
 from clarion.errors import ApiError, Conflict, ValidationFailed
 from clarion.store import recipients as recipient_store
 from clarion.store import templates as template_store
@@ -303,7 +303,7 @@ async def get_with_deliveries(
         and all(d["status"] in TERMINAL_STATUSES for d in items)
         and len(rows) <= limit
     ):
-        status = NotificationStatus.COMPLETED
+        status = outcome_of([d["status"] for d in items])
     return {
         "id": row["id"],
         "status": status,
@@ -332,3 +332,19 @@ async def fail_unplannable(engine: AsyncEngine, notification_id: str) -> None:
             .values(status=NotificationStatus.FAILED)
         )
         await delete_outbox(conn, [notification_id])
+
+
+_FAILURES = frozenset({DeliveryStatus.FAILED, DeliveryStatus.DEAD})
+_SUCCESSES = frozenset({DeliveryStatus.SENT, DeliveryStatus.DELIVERED})
+
+
+def outcome_of(statuses: list[str]) -> NotificationStatus:
+    """A finished notification's status from its deliveries' final ones: ``completed`` when
+    none failed (each sent, delivered or deliberately suppressed), ``failed`` when some
+    failed and none succeeded, ``partial`` for a mix."""
+    failed = any(s in _FAILURES for s in statuses)
+    if not failed:
+        return NotificationStatus.COMPLETED
+    if any(s in _SUCCESSES for s in statuses):
+        return NotificationStatus.PARTIAL
+    return NotificationStatus.FAILED

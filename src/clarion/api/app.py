@@ -34,6 +34,13 @@ Conventions: JSON bodies; `Authorization: Bearer <api key>`; errors as
 `Idempotency-Key` header (notifications also `idempotency_key` in the body): a repeat with
 the same body gets the original response, a different body a 409 `idempotency_conflict`.
 Unknown templates and recipients are a 422 (`unknown_template`, `unknown_recipient`).
+
+Input is checked before any handler: JSON nested deeper than 32 levels, integers beyond
+64 bits, NaN or Infinity, NUL or lone surrogates in strings, NUL in the path or query are a
+400 `invalid_input`; timestamps must carry a zone and lie between 1970 and 9998. Limits of
+the server: headers within 10 s and 64 KiB (else 408 `request_timeout`, 431
+`headers_too_large`), the body within 30 s (408), a cap on open connections (503
+`server_busy` with `Retry-After`). Each limit closes the connection.
 """
 
 

@@ -17,7 +17,7 @@ from clarion.errors import PermanentError
 from clarion.providers.mime import Email, Sender, address_of, header_text, to_bytes, to_mime
 from harness import Harness
 from standins.smtp import SmtpStandIn
-from test_provider_smtp import outbound, provider, relay, send
+from test_provider_smtp import configure_smtp, outbound, provider, relay, send
 
 __all__ = ["relay"]  # the SMTP relay fixture
 
@@ -162,21 +162,7 @@ async def test_smtp_never_sends_an_injected_header(
 async def test_through_the_api_the_delivery_fails_render_error(
     lite: Harness, relay: SmtpStandIn
 ) -> None:
-    response = await lite.client.put(
-        "/v1/providers/smtp-main",
-        json={
-            "channel": "email",
-            "kind": "smtp",
-            "config": {
-                "host": "127.0.0.1",
-                "port": relay.port,
-                "from": "Acme <no-reply@acme.test>",
-                "tls": "none",
-            },
-        },
-        headers=lite.auth,
-    )
-    assert response.status_code in (200, 201), response.text
+    await configure_smtp(lite, relay)
     await lite.put_recipient("u-1", email="alex@example.com")
     await lite.put_template(
         "hello", {"channels": {"email": {"subject": "{{ s }}", "text": "Hello"}}}

@@ -69,14 +69,20 @@ def error_code(body: bytes) -> str:
     return str(json.loads(body)["error"]["code"])
 
 
+async def assert_let_go(reader: asyncio.StreamReader, status: int, code: str) -> dict[str, str]:
+    """The server answers ``status`` with the error ``code``, then closes the connection."""
+    got, headers, body = await answer(reader)
+    assert got == status
+    assert headers["connection"] == "close"
+    assert error_code(body) == code
+    assert await closed(reader)
+    return headers
+
+
 async def test_a_connection_that_sends_nothing_is_let_go(tmp_path: Path) -> None:
     async with served(tmp_path, http_header_timeout=0.3) as (port, _):
         reader, writer = await connect(port)
-        status, headers, body = await answer(reader)
-        assert status == 408
-        assert headers["connection"] == "close"
-        assert error_code(body) == "request_timeout"
-        assert await closed(reader)
+        await assert_let_go(reader, 408, "request_timeout")
         writer.close()
 
 
@@ -95,12 +101,9 @@ async def test_headers_trickled_a_byte_at_a_time_time_out(tmp_path: Path) -> Non
 
         slow = asyncio.create_task(trickle())
         try:
-            status, _, body = await answer(reader)
+            await assert_let_go(reader, 408, "request_timeout")
         finally:
             slow.cancel()
-        assert status == 408
-        assert error_code(body) == "request_timeout"
-        assert await closed(reader)
         writer.close()
 
 
@@ -113,11 +116,7 @@ async def test_a_body_that_does_not_arrive_times_out(tmp_path: Path) -> None:
             + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
             + b'{"template": '
         )
-        status, headers, body = await answer(reader)
-        assert status == 408
-        assert headers["connection"] == "close"
-        assert error_code(body) == "request_timeout"
-        assert await closed(reader)
+        await assert_let_go(reader, 408, "request_timeout")
         writer.close()
 
 
@@ -125,10 +124,7 @@ async def test_headers_over_the_limit_are_refused(tmp_path: Path) -> None:
     async with served(tmp_path, http_max_header_bytes=8192) as (port, _):
         reader, writer = await connect(port)
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n")
-        status, _, body = await answer(reader)
-        assert status == 431
-        assert error_code(body) == "headers_too_large"
-        assert await closed(reader)
+        await assert_let_go(reader, 431, "headers_too_large")
         writer.close()
 
 
@@ -140,11 +136,8 @@ async def test_connections_over_the_cap_are_answered_503(tmp_path: Path) -> None
             status, _, _ = await answer(reader)
             assert status == 200
         reader, writer = await connect(port)
-        status, headers, body = await answer(reader)
-        assert status == 503
+        headers = await assert_let_go(reader, 503, "server_busy")
         assert headers["retry-after"] == "1"
-        assert error_code(body) == "server_busy"
-        assert await closed(reader)
         writer.close()
         # A connection let go frees its place.
         _, first = held.pop()

@@ -89,6 +89,25 @@ async def send(smtp: SmtpProvider, message: OutboundMessage) -> str | None:
         await smtp.aclose()
 
 
+async def configure_smtp(harness: Harness, relay: SmtpStandIn) -> None:
+    """The tenant's email goes through ``relay``, configured over the API."""
+    response = await harness.client.put(
+        "/v1/providers/smtp-main",
+        json={
+            "channel": "email",
+            "kind": "smtp",
+            "config": {
+                "host": "127.0.0.1",
+                "port": relay.port,
+                "from": "Acme <no-reply@acme.test>",
+                "tls": "none",
+            },
+        },
+        headers=harness.auth,
+    )
+    assert response.status_code in (200, 201), response.text
+
+
 def parts(received: EmailMessage) -> list[tuple[str, str]]:
     return [(part.get_content_type(), text_of(part)) for part in received.iter_parts()]
 
@@ -314,21 +333,7 @@ async def test_end_to_end_through_the_api_then_one_click_unsubscribe(
 ) -> None:
     """Configure SMTP over the API, send, receive it at the relay; the email's own
     unsubscribe link then turns marketing email off for that recipient."""
-    response = await lite.client.put(
-        "/v1/providers/smtp-main",
-        json={
-            "channel": "email",
-            "kind": "smtp",
-            "config": {
-                "host": "127.0.0.1",
-                "port": relay.port,
-                "from": "Acme <no-reply@acme.test>",
-                "tls": "none",
-            },
-        },
-        headers=lite.auth,
-    )
-    assert response.status_code in (200, 201), response.text
+    await configure_smtp(lite, relay)
     await lite.put_recipient("u-1", email="alex@example.com", data={"firstName": "Zoë"})
     await lite.put_template(
         "promo",

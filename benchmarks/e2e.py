@@ -2,12 +2,19 @@
 
 Starts Clarion as real processes in one of two configurations, a webhook sink in a process
 of its own, creates recipients whose webhook URL points at the sink and a template, sends
-notifications through the batch API and waits until the sink has received every one. Prints
-one JSON object with the figures to stdout; progress goes to stderr.
+notifications through the batch API (or one POST each, ``--mode single``) and waits until
+the sink has received every one. Prints one JSON object with the figures to stdout; progress
+goes to stderr. Each notification carries an idempotency key, as real clients send
+(``--no-idempotency-keys`` to leave them out); ``--rate R`` paces the load at R
+notifications a second, for latency below saturation.
 
     uv run python benchmarks/e2e.py --config embedded --notifications 100000 --recipients 1000
     uv run python benchmarks/e2e.py --config postgres-redis --notifications 100000 \\
         --recipients 1000 --workers 2
+    uv run python benchmarks/e2e.py --config postgres-redis --mode single --concurrency 32 \
+        --notifications 20000
+    uv run python benchmarks/e2e.py --config postgres-redis --rate 1000 --batch 10 \
+        --notifications 30000
 
 ``embedded``: one ``clarion serve`` on a fresh SQLite file with the in-process broker.
 ``postgres-redis``: one ``clarion api``, K ``clarion worker`` and one ``clarion scheduler``
@@ -390,6 +397,8 @@ class Load:
     accepted_at: dict[str, float] = field(default_factory=dict)
     rejected: Counter[str] = field(default_factory=Counter)
     retries: int = 0
+    # Seconds from sending each request to its answer (the API's 202 latency).
+    request_seconds: list[float] = field(default_factory=list)
 
 
 class Bench:
@@ -406,6 +415,7 @@ class Bench:
         self.redis_url: str | None = None
         self.sink: Child | None = None
         self.key = ""
+        self.run_id = secrets.token_hex(4)
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -534,25 +544,41 @@ class Bench:
 
     # -- load ------------------------------------------------------------------------------
 
+    def item(self, i: int) -> dict[str, Any]:
+        notification: dict[str, Any] = {
+            "template": TEMPLATE,
+            "to": {"recipient_id": f"r{i % self.args.recipients}"},
+            "data": {"n": i},
+        }
+        if self.args.idempotency_keys:
+            # As real clients do: one key per notification, unique to this run.
+            notification["idempotency_key"] = f"{self.run_id}-{i}"
+        return notification
+
     def bodies(self) -> list[bytes]:
-        m, n, size = self.args.notifications, self.args.recipients, self.args.batch
-        bodies = []
-        for start in range(0, m, size):
-            items = [
-                {"template": TEMPLATE, "to": {"recipient_id": f"r{i % n}"}, "data": {"n": i}}
-                for i in range(start, min(start + size, m))
-            ]
-            bodies.append(orjson.dumps({"notifications": items}))
-        return bodies
+        """One request body per request: a batch, or one notification in `single` mode."""
+        m = self.args.notifications
+        if self.args.mode == "single":
+            return [orjson.dumps(self.item(i)) for i in range(m)]
+        size = self.args.batch
+        return [
+            orjson.dumps(
+                {"notifications": [self.item(i) for i in range(start, min(start + size, m))]}
+            )
+            for start in range(0, m, size)
+        ]
 
     async def post_batch(self, session: aiohttp.ClientSession, body: bytes, load: Load) -> None:
         headers = {"authorization": f"Bearer {self.key}", "content-type": "application/json"}
-        url = f"{self.base}/v1/notifications/batch"
+        single = self.args.mode == "single"
+        url = f"{self.base}/v1/notifications" + ("" if single else "/batch")
         for attempt in range(RETRIES + 1):
             try:
+                sent_at = time.monotonic()
                 async with session.post(url, data=body, headers=headers) as response:
                     raw = await response.read()
                     status = response.status
+                load.request_seconds.append(time.monotonic() - sent_at)
             except aiohttp.ClientConnectorError as exc:  # not sent: safe to send again
                 status, raw = 0, repr(exc).encode()
             if status == 202:
@@ -563,7 +589,8 @@ class Bench:
             load.retries += 1
             await asyncio.sleep(0.2 * 2**attempt)
         now = time.time()
-        for result in orjson.loads(raw)["results"]:
+        answer = orjson.loads(raw)
+        for result in [answer] if single else answer["results"]:
             if "id" in result:
                 load.accepted_at[result["id"]] = now
             else:
@@ -576,11 +603,21 @@ class Bench:
             queue.put_nowait(body)
         load = Load()
 
+        per_request = 1 if self.args.mode == "single" else self.args.batch
+        interval = per_request / self.args.rate if self.args.rate else 0.0
+        slots = iter(range(len(bodies)))
+        paced_from = time.monotonic()
+
         async def sender() -> None:
             while not queue.empty():
-                await self.post_batch(session, queue.get_nowait(), load)
+                body = queue.get_nowait()
+                if interval:  # paced: request k goes out at k * interval, not before
+                    due = paced_from + next(slots) * interval
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                await self.post_batch(session, body, load)
 
         load.started = time.time()
+        paced_from = time.monotonic()
         async with asyncio.TaskGroup() as group:
             for _ in range(min(self.args.concurrency, len(bodies))):
                 group.create_task(sender())
@@ -685,6 +722,7 @@ class Bench:
                 first_at[nid] = at
         delivered = sorted(first_at.values())
         latencies = sorted(first_at[nid] - load.accepted_at[nid] for nid in first_at)
+        requests = sorted(load.request_seconds)
         keys = Counter(key for _nid, key, _at in received)
         accept_span = max(load.accepted_at.values()) - load.started
         deliver_span = delivered[-1] - load.started
@@ -696,8 +734,11 @@ class Bench:
             "preferences": self.args.preferences,
             "workers": workers,
             "worker_channels": (self.args.worker_channels or "all") if workers else None,
-            "batch": self.args.batch,
+            "mode": self.args.mode,
+            "batch": self.args.batch if self.args.mode == "batch" else 1,
             "concurrency": self.args.concurrency,
+            "rate": self.args.rate or None,
+            "idempotency_keys": self.args.idempotency_keys,
             "accepted": m,
             "rejected": dict(load.rejected),
             "batch_retries": load.retries,
@@ -710,6 +751,10 @@ class Bench:
             "latency_ms": {
                 name: round(percentile(latencies, q) * 1000, 1)
                 for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+            },
+            "api_latency_ms": {
+                name: round(percentile(requests, q) * 1000, 1)
+                for name, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))
             },
             "webhooks_received": len(received),
             "duplicates": sum(count - 1 for count in keys.values()),
@@ -865,8 +910,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="",
         help="postgres-redis: `clarion worker --channels` (default: every channel)",
     )
+    parser.add_argument(
+        "--mode",
+        choices=["batch", "single"],
+        default="batch",
+        help="batch: POST /v1/notifications/batch; single: one POST /v1/notifications each",
+    )
     parser.add_argument("--batch", type=int, default=1000, help="notifications per request")
-    parser.add_argument("--concurrency", type=int, default=4, help="batch requests in flight")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (clients)")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="notifications per second, paced (0: as fast)"
+    )
+    parser.add_argument(
+        "--no-idempotency-keys",
+        dest="idempotency_keys",
+        action="store_false",
+        help="send notifications without an idempotency key (by default each has one)",
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for all")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to wait for repeats")
     parser.add_argument(
@@ -913,6 +973,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--config is required")
     if not 1 <= args.batch <= 1000:
         parser.error("--batch must be between 1 and 1000")
+    if args.rate < 0:
+        parser.error("--rate must be >= 0")
     if min(args.notifications, args.recipients, args.workers, args.concurrency) < 1:
         parser.error("--notifications, --recipients, --workers and --concurrency must be >= 1")
     return args

@@ -180,3 +180,18 @@ async def test_many_messages_are_consumed_exactly_once_by_two_consumers(broker: 
     # broker never suspends while work is waiting, so one consumer may take it all).
     assert sorted(first + second) == list(range(total))
     assert await broker.backlog(["jobs"]) == {"jobs": 0}
+
+
+async def test_an_extended_lease_keeps_a_message_from_being_handed_out_again(
+    broker: Broker,
+) -> None:
+    await broker.publish("jobs", [{"n": 1}])
+    [held] = await broker.consume(["jobs"], "slow", count=1, timeout=2)
+    # Renewed every third of a lease for three leases: nobody else gets it meanwhile.
+    for _ in range(9):
+        await asyncio.sleep(LEASE / 3)
+        await broker.extend([held], "slow")
+        assert await broker.consume(["jobs"], "other", count=1, timeout=0) == []
+    await broker.ack([held])
+    await broker.extend([held], "slow")
+    assert await broker.consume(["jobs"], "other", count=1, timeout=3 * LEASE) == []

@@ -8,7 +8,8 @@ import base64
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from clarion.config import Settings
 from clarion.domain.models import ALL_SCOPES, Channel
@@ -177,8 +178,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    asyncio.run(process.run(settings, roles, demo=args.command == "serve"))
+    run_loop(process.run(settings, roles, demo=args.command == "serve"))
     return 0
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run a process on uvloop where it is installed (Linux, macOS), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Size of each channel's pool of concurrent sends.
     worker_concurrency: int = Field(default=256, ge=1)
+    # The share of that pool one tenant may hold: a tenant whose endpoints hang holds at
+    # most this much, the other tenants' work runs in the rest (docs/architecture.md).
+    worker_tenant_share: float = Field(default=0.5, gt=0, le=1)
+    # Status-event POSTs in flight per process, shared between tenants the same way.
+    event_concurrency: int = Field(default=64, ge=1)
     # Circuit breaker per (tenant, provider): opens when at least `breaker_min_calls` sends
     # in the last `breaker_window` seconds failed at `breaker_failure_threshold` or more.
     breaker_failure_threshold: float = Field(default=0.5, gt=0, le=1)

@@ -83,6 +83,13 @@ class Broker(ABC):
         """Give messages back unfinished, to be handed out again at once."""
 
     @abstractmethod
+    async def extend(self, messages: Sequence[Message], consumer: str) -> None:
+        """Renew the lease of messages ``consumer`` still holds: a consumer that keeps taken
+        messages waiting (its tenants' fair shares) keeps them from being handed out again.
+        An acked message is left alone. Call it well within the lease: one already taken
+        back by another consumer may be claimed back by this one."""
+
+    @abstractmethod
     async def ping(self) -> None:
         """Raise if the broker cannot be reached."""
 

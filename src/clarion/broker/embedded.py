@@ -134,6 +134,13 @@ class EmbeddedBroker(Broker):
         if messages:
             self._notify()
 
+    async def extend(self, messages: Sequence[Message], consumer: str) -> None:
+        deadline = time.time() + self._lease
+        for message in messages:
+            held = self._held.get(message.id)
+            if held is not None:
+                held.deadline = deadline
+
     async def ping(self) -> None:
         return None
 

@@ -22,7 +22,7 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
-from redis.typing import EncodableT, FieldT
+from redis.typing import EncodableT, FieldT, StreamIdT
 
 from clarion.broker.base import Broker, Delayed, Message, Payload, decode, encode
 from clarion.broker.reconnect import reconnecting
@@ -274,6 +274,17 @@ class RedisBroker(Broker):
 
     async def release(self, messages: Sequence[Message]) -> None:
         await self._requeue(messages, mark_redelivered=True)
+
+    async def extend(self, messages: Sequence[Message], consumer: str) -> None:
+        """XCLAIM with an idle time of 0 to the holder itself: its idle clock restarts, and
+        JUSTID leaves the delivery count alone."""
+        if not messages:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream, ids in _ids_by_stream(messages).items():
+                claimed: list[StreamIdT] = list(ids)
+                pipe.xclaim(self._stream_key(stream), GROUP, consumer, 0, claimed, justid=True)
+            await pipe.execute()
 
     async def _requeue(self, messages: Sequence[Message], *, mark_redelivered: bool) -> None:
         """Append copies of ``messages`` and drop the originals, atomically.

@@ -11,7 +11,6 @@ outcome is decided: delivered, dropped, or its retries published.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -22,8 +21,8 @@ import orjson
 from clarion.broker import Delayed, Message
 from clarion.domain.backoff import retry_delay
 from clarion.errors import PermanentError, TransientError
+from clarion.pipeline.consumer import FairConsumer
 from clarion.pipeline.context import Context
-from clarion.pipeline.inflight import finish_or_hand_back
 from clarion.pipeline.status_events import EVENTS_STREAM
 from clarion.pipeline.subscriptions import Subscription
 from clarion.providers.http import read_bounded, refuse_redirect
@@ -34,32 +33,33 @@ from clarion.store.batching import Batcher
 
 log = logging.getLogger(__name__)
 
-CONCURRENCY = 64
-
 
 class EventDispatcher:
-    """Delivers events with at most ``concurrency`` messages in flight."""
+    """Delivers events with at most ``event_concurrency`` messages in flight, shared fairly
+    between tenants (:class:`~clarion.pipeline.consumer.FairConsumer`)."""
 
-    def __init__(
-        self,
-        ctx: Context,
-        consumer: str,
-        acks: Batcher[Message, None],
-        concurrency: int = CONCURRENCY,
-    ) -> None:
+    def __init__(self, ctx: Context, consumer: str, acks: Batcher[Message, None]) -> None:
         self._ctx = ctx
-        self._consumer = consumer
         self._acks = acks
-        self._concurrency = concurrency
+        self._concurrency = ctx.settings.event_concurrency
         self._guard = AddressGuard(ctx.settings.allow_private_webhooks)
         self._timeout = ctx.settings.webhook_timeout
         self._session: aiohttp.ClientSession | None = None
-        self._inflight: dict[asyncio.Task[None], Message] = {}
-        self._room = asyncio.Event()
+        self._consumer = FairConsumer(
+            ctx.broker,
+            [EVENTS_STREAM],
+            consumer,
+            self._handle,
+            concurrency=self._concurrency,
+            tenant_share=ctx.settings.worker_tenant_share,
+            lease=ctx.settings.broker_lease,
+            name="events",
+        )
 
     @property
     def inflight(self) -> int:
-        return len(self._inflight)
+        """Events taken and not finished."""
+        return self._consumer.held
 
     def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -71,27 +71,8 @@ class EventDispatcher:
             auto_decompress=False,
         )
 
-    async def run_once(self) -> int:
-        """Take what there is room for and start it; returns how many messages it took."""
-        room = self._concurrency - len(self._inflight)
-        if room <= 0:
-            self._room.clear()
-            # Bounded, so the loop around this sees a stop request.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._room.wait(), 0.25)
-            return 0
-        messages = await self._ctx.broker.consume([EVENTS_STREAM], self._consumer, room, 0.25)
-        for message in messages:
-            task = asyncio.create_task(self._handle(message))
-            self._inflight[task] = message
-            task.add_done_callback(self._finished)
-        return len(messages)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._inflight.pop(task, None)
-        self._room.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("event task failed: %r", task.exception())
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._consumer.run(stop)
 
     async def _handle(self, message: Message) -> None:
         if not _well_formed(message.payload):
@@ -176,7 +157,7 @@ class EventDispatcher:
 
     async def stop(self, deadline: float) -> None:
         """Finish what is in flight within ``deadline`` seconds; give the rest back."""
-        await finish_or_hand_back(self._inflight, self._ctx.broker, deadline)
+        await self._consumer.stop(deadline)
         if self._session is not None:
             await self._session.close()
             self._session = None

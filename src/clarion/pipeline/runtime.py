@@ -88,7 +88,7 @@ class Runtime:
             # Status events go out wherever deliveries do.
             self._events = EventDispatcher(ctx, consumer_name("events"), self._acks)
             self._events.start()
-            self._spawn("events", self._loop(self._events.run_once))
+            self._spawn("events", self._events.run(self._stop))
         if self.roles.planner:
             planner = Planner(ctx, consumer_name("planner"))
             self._spawn("planner", self._loop(lambda: planner.run_once(0.25)))

@@ -8,7 +8,6 @@ the call's timeout) and the retry policy (backoff, dead letters).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,8 +15,8 @@ from typing import Any
 from clarion.broker import Delayed, Message
 from clarion.domain.ids import delivery_id
 from clarion.domain.models import LANES, DeliveryStatus, send_stream
+from clarion.pipeline.consumer import FairConsumer
 from clarion.pipeline.context import Context
-from clarion.pipeline.inflight import finish_or_hand_back
 from clarion.pipeline.messages import outbound, send_payload, stream_of
 from clarion.pipeline.status_events import StatusEvents
 from clarion.resilience.backends import send_timeout
@@ -105,17 +104,12 @@ class ChannelWorker:
     ) -> None:
         self._ctx = ctx
         self.channel = channel
-        self._consumer = consumer
         self._status = status
         self._acks = acks
         self.streams = [send_stream(channel, lane) for lane in LANES]
         self._policy = RetryPolicy(
             ctx.settings.max_attempts, ctx.settings.retry_delays_for(channel)
         )
-        self._concurrency = ctx.settings.worker_concurrency
-        self._inflight: dict[asyncio.Task[None], Message] = {}
-        self._room = asyncio.Event()
-        self._room.set()
         self._chain = SendChain(
             ctx.resilience.breakers,
             ctx.resilience.limiter,
@@ -123,53 +117,40 @@ class ChannelWorker:
             timeout=send_timeout(ctx.settings),
             max_pace_wait=min(5.0, ctx.settings.broker_lease / 3),
         )
+        self._consumer = FairConsumer(
+            ctx.broker,
+            self.streams,
+            consumer,
+            self._handle,
+            concurrency=ctx.settings.worker_concurrency,
+            tenant_share=ctx.settings.worker_tenant_share,
+            lease=ctx.settings.broker_lease,
+            name=f"worker {channel}",
+            screen=self._screen,
+        )
 
     @property
     def inflight(self) -> int:
-        return len(self._inflight)
+        """Deliveries taken and not finished."""
+        return self._consumer.held
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Take and start sends until ``stop``. A broker or database that is away (a Redis
-        restart, say) is waited out with a growing pause; what was taken and not started
-        comes back after its lease."""
-        pause = 0.0
-        while not stop.is_set():
-            room = self._concurrency - len(self._inflight)
-            if room <= 0:
-                self._room.clear()
-                await self._room.wait()
-                continue
-            try:
-                messages = await self._ctx.broker.consume(
-                    self.streams, self._consumer, min(room, 500), 0.25
-                )
-                if messages:
-                    await self._dispatch(messages)
-                pause = 0.0
-            except Exception as exc:
-                pause = min(max(pause * 2, 0.5), 10.0)
-                log.warning(
-                    "worker %s: taking work failed, again in %.1fs: %r", self.channel, pause, exc
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), pause)
+        await self._consumer.run(stop)
 
-    async def _dispatch(self, messages: list[Message]) -> None:
-        again = [m.payload["id"] for m in messages if m.redelivered]
-        done = await delivery_store.finished_ids(self._ctx.engine, again) if again else set()
+    async def _screen(self, messages: list[Message]) -> list[Message]:
+        """A message handed out again may have been sent already (its consumer died after
+        storing the outcome, before the ack): those are acked, not sent twice."""
+        again = [str(m.payload.get("id")) for m in messages if m.redelivered]
+        if not again:
+            return messages
+        done = await delivery_store.finished_ids(self._ctx.engine, again)
+        fresh = []
         for message in messages:
-            if message.payload["id"] in done:
+            if message.redelivered and message.payload.get("id") in done:
                 self._acks.put_nowait(message)
-                continue
-            task = asyncio.create_task(self._handle(message))
-            self._inflight[task] = message
-            task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._inflight.pop(task, None)
-        self._room.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("worker task failed: %r", task.exception())
+            else:
+                fresh.append(message)
+        return fresh
 
     async def _handle(self, message: Message) -> None:
         payload = message.payload
@@ -313,4 +294,4 @@ class ChannelWorker:
 
     async def stop(self, deadline: float) -> None:
         """Finish what is in flight within ``deadline`` seconds; give the rest back."""
-        await finish_or_hand_back(self._inflight, self._ctx.broker, deadline)
+        await self._consumer.stop(deadline)

@@ -1,0 +1,172 @@
+"""A tenant whose receivers hang holds no more than its share of a worker: another tenant's
+deliveries and status events go out as if it were alone."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from harness import Harness, make_settings, running
+from webhook_sink import WebhookSink
+
+HOOK = {"channels": {"webhook": {"body": {"n": "{{ n }}"}}}}
+NOISY, QUIET = 1000, 200
+SECRET_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+class Hang:
+    """An HTTP server that reads requests and never answers them."""
+
+    def __init__(self) -> None:
+        self.arrived = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._changed = asyncio.Event()
+        self.url = ""
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=2048)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            if await reader.readuntil(b"\r\n\r\n"):
+                self.arrived += 1
+                self._changed.set()
+            while await reader.read(65536):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def wait_for(self, count: int, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while self.arrived < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+
+@pytest.fixture
+async def hang() -> AsyncIterator[Hang]:
+    server = Hang()
+    await server.start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def app(backend: tuple[str, str]) -> AsyncIterator[Harness]:
+    """Clarion on each backend with the default webhook timeout (10 s): a hanging receiver
+    holds its slot that long."""
+    settings = make_settings(*backend, webhook_timeout=10.0, secret_key=SECRET_KEY)
+    async with running(settings) as harness:
+        yield harness
+
+
+async def tenant(app: Harness, name: str) -> httpx.AsyncClient:
+    key = await app.new_tenant(name)
+    client = httpx.AsyncClient(
+        transport=app.client._transport,
+        base_url="http://clarion",
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    response = await client.put("/v1/templates/hook", json=HOOK)
+    assert response.status_code == 200, response.text
+    return client
+
+
+async def send(client: httpx.AsyncClient, prefix: str, count: int, url: str) -> float:
+    """``count`` notifications, each to a recipient of its own at ``url``/<n>; returns when
+    they were accepted."""
+    recipients = [
+        {"id": f"{prefix}{i}", "webhook_url": f"{url}/{prefix}/{i}"} for i in range(count)
+    ]
+    for start in range(0, count, 500):
+        response = await client.post(
+            "/v1/recipients/batch", json={"recipients": recipients[start : start + 500]}
+        )
+        assert response.status_code == 200, response.text
+    notifications = [
+        {
+            "template": "hook",
+            "to": {"recipient_id": f"{prefix}{i}"},
+            "data": {"n": i},
+            "idempotency_key": f"{prefix}-{i}",
+        }
+        for i in range(count)
+    ]
+    for start in range(0, count, 500):
+        response = await client.post(
+            "/v1/notifications/batch",
+            json={"notifications": notifications[start : start + 500]},
+        )
+        assert response.status_code == 202, response.text
+    return time.time()
+
+
+def p99(latencies: list[float]) -> float:
+    ordered = sorted(latencies)
+    return ordered[max(0, int(len(ordered) * 0.99) - 1)]
+
+
+async def test_hanging_receivers_of_one_tenant_do_not_slow_another(
+    app: Harness, hang: Hang, sink: WebhookSink
+) -> None:
+    noisy, quiet = await tenant(app, "noisy"), await tenant(app, "quiet")
+    async with contextlib.aclosing(noisy), contextlib.aclosing(quiet):
+        await send(noisy, "a", NOISY, hang.url)
+        # The noisy tenant's receivers hold every slot they may have.
+        limit = app.runtime.workers[0]._consumer.tenant_limit
+        await hang.wait_for(limit, timeout=30)
+
+        accepted = await send(quiet, "b", QUIET, sink.url)
+        await sink.wait_for(QUIET, timeout=30)
+
+    latencies = [hit.at - accepted for hit in sink.received if hit.path.startswith("/b/")]
+    assert len(latencies) == QUIET
+    assert p99(latencies) < 2.0, sorted(latencies)[-5:]
+    # The noisy tenant was held to its share: no more of its requests than its limit
+    # arrived while the quiet tenant's went through.
+    assert hang.arrived <= limit * len(app.runtime.workers)
+
+
+async def test_a_hanging_status_webhook_of_one_tenant_does_not_slow_another(
+    app: Harness, hang: Hang, sink: WebhookSink
+) -> None:
+    noisy, quiet = await tenant(app, "noisy"), await tenant(app, "quiet")
+    async with contextlib.aclosing(noisy), contextlib.aclosing(quiet):
+        for client, url in ((noisy, hang.url), (quiet, sink.url)):
+            response = await client.put(
+                "/v1/webhooks/status", json={"url": f"{url}/events", "events": ["delivery.sent"]}
+            )
+            assert response.status_code == 200, response.text
+        # The noisy tenant's deliveries go out at once; each of their status events hangs.
+        await send(noisy, "a", NOISY, sink.url)
+        events = app.runtime._events
+        assert events is not None
+        await hang.wait_for(events._consumer.tenant_limit, timeout=30)
+
+        accepted = await send(quiet, "b", QUIET, sink.url)
+        await sink.wait_for(NOISY + 2 * QUIET, timeout=30)
+
+    latencies = [hit.at - accepted for hit in sink.received if hit.path == "/events"]
+    assert len(latencies) == QUIET
+    assert p99(latencies) < 2.0, sorted(latencies)[-5:]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import new_id
@@ -82,13 +82,21 @@ async def _references_errors(
 async def _stored_by_key(
     conn: AsyncConnection, keys: set[tuple[str, str]]
 ) -> dict[tuple[str, str], Any]:
+    """The stored notifications with these (tenant, idempotency key) pairs: one
+    ``tenant_id = ? AND idempotency_key IN (...)`` per tenant, which the unique index
+    answers whatever the planner knows of the table."""
     found: dict[tuple[str, str], Any] = {}
     n = notifications
-    for part in chunks(sorted(keys), 1000):
-        query = select(n.c.id, n.c.tenant_id, n.c.idempotency_key, n.c.request_hash, n.c.status)
-        query = query.where(tuple_(n.c.tenant_id, n.c.idempotency_key).in_(part))
-        for row in await conn.execute(query):
-            found[(row.tenant_id, row.idempotency_key)] = row
+    by_tenant: dict[str, list[str]] = {}
+    for tenant, key in keys:
+        by_tenant.setdefault(tenant, []).append(key)
+    for tenant, tenant_keys in by_tenant.items():
+        for part in chunks(sorted(tenant_keys), 1000):
+            query = select(n.c.id, n.c.idempotency_key, n.c.request_hash, n.c.status).where(
+                n.c.tenant_id == tenant, n.c.idempotency_key.in_(part)
+            )
+            for row in await conn.execute(query):
+                found[(tenant, row.idempotency_key)] = row
     return found
 
 
@@ -129,34 +137,34 @@ async def accept(
     async with write_tx(engine) as conn:
         for index, error in (await _references_errors(conn, items)).items():
             outcomes[index] = error
-        keyed = {
-            (item.tenant_id, item.idempotency_key)
-            for i, item in enumerate(items)
-            if item.idempotency_key and outcomes[i] is None
-        }
-        earlier = await _stored_by_key(conn, keyed) if keyed else {}
+        # Repeats are rare: insert first, and look up only the keys that were taken.
         fresh: dict[tuple[str, str], int] = {}
+        repeats: dict[int, int] = {}  # an item repeating a key earlier in the batch → it
         new_rows: list[dict[str, Any]] = []
         for index, item in enumerate(items):
             if outcomes[index] is not None:
                 continue
             key = (item.tenant_id, item.idempotency_key) if item.idempotency_key else None
-            if key is not None and key in earlier:
-                outcomes[index] = _replay(item, earlier[key])
-            elif key is not None and key in fresh:
-                first = items[fresh[key]]
-                outcomes[index] = _replay(item, _Stored(first.id, first.request_hash))
-            else:
-                if key is not None:
-                    fresh[key] = index
-                new_rows.append(_row(item, now))
+            if key is not None and key in fresh:
+                repeats[index] = fresh[key]
+                continue
+            if key is not None:
+                fresh[key] = index
+            new_rows.append(_row(item, now))
         created = await _insert(conn, new_rows, fresh, items, outcomes, now, outbox_grace)
     for index, item in enumerate(items):
-        if outcomes[index] is None:
+        if outcomes[index] is None and index not in repeats:
             row = created[item.id]
             outcomes[index] = Accepted(
                 item.id, row["status"], created=True, publish_now=row["send_at"] is None
             )
+    for index, first in repeats.items():
+        outcome = outcomes[first]
+        if isinstance(outcome, Accepted):
+            stored = _Stored(outcome.id, items[first].request_hash, outcome.status)
+            outcomes[index] = _replay(items[index], stored)
+        else:
+            outcomes[index] = outcome
     return [o for o in outcomes if o is not None]
 
 
@@ -178,15 +186,25 @@ async def _insert(
 ) -> dict[str, dict[str, Any]]:
     if not rows:
         return {}
+    stmt = insert_ignoring_conflicts(conn, notifications).returning(notifications.c.id)
+    inserted: set[str] = set()
     for part in chunks(rows, 1000):
-        await conn.execute(insert_ignoring_conflicts(conn, notifications), part)
-    if fresh:
-        # Another process may have stored the same key a moment before: its row won.
-        winners = await _stored_by_key(conn, set(fresh))
-        for key, index in fresh.items():
-            row = winners.get(key)
-            if row is not None and row.id != items[index].id:
-                outcomes[index] = _replay(items[index], row)
+        inserted.update((await conn.execute(stmt, part)).scalars())
+    taken = {key for key, index in fresh.items() if items[index].id not in inserted}
+    if taken:
+        # An earlier request (or another process a moment before) stored the same key.
+        earlier = await _stored_by_key(conn, taken)
+        for key in taken:
+            index = fresh[key]
+            row = earlier.get(key)
+            outcomes[index] = (
+                _replay(items[index], row)
+                if row is not None
+                else Conflict(
+                    "this idempotency key is being used by another request",
+                    code="idempotency_conflict",
+                )
+            )
     created = {row["id"]: row for row in rows}
     for index, outcome in enumerate(outcomes):
         if outcome is not None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio import Redis
 
 from clarion.broker.base import Broker, Delayed, Message
 from clarion.broker.embedded import EmbeddedBroker
@@ -195,3 +196,28 @@ async def test_an_extended_lease_keeps_a_message_from_being_handed_out_again(
     await broker.ack([held])
     await broker.extend([held], "slow")
     assert await broker.consume(["jobs"], "other", count=1, timeout=3 * LEASE) == []
+
+
+@pytest.mark.redis
+async def test_redis_due_messages_move_after_the_server_forgets_its_scripts(
+    redis_url: str,
+) -> None:
+    broker = RedisBroker(redis_url, lease=LEASE)
+    await broker.start()
+    try:
+        await broker.publish_delayed(
+            [Delayed(stream, {"s": stream}, time.time() - 1) for stream in ("a", "b", "c")]
+        )
+        client = Redis.from_url(redis_url)
+        await client.script_flush()
+        await client.aclose()
+
+        taken: list[Message] = []
+        while len(taken) < 3:
+            got = await broker.consume(["a", "b", "c"], "c1", count=10, timeout=2)
+            assert got, "due messages were not moved"
+            taken += got
+
+        assert sorted(m.stream for m in taken) == ["a", "b", "c"]
+    finally:
+        await broker.close()

@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.typing import EncodableT, FieldT, StreamIdT
 
 from clarion.broker.base import Broker, Delayed, Message, Payload, decode, encode
@@ -201,11 +201,13 @@ class RedisBroker(Broker):
         """Move due delayed messages into their streams and take back expired leases,
         each at most as often as its interval; return the messages taken back."""
         now = time.monotonic()
+        moving = [s for s in streams if now - self._moved_at.get(s, -1e9) >= MOVE_EVERY]
+        for stream in moving:
+            self._moved_at[stream] = now
+        if moving:
+            await self._move_due_messages(moving)
         claimed: list[Message] = []
         for stream in streams:
-            if now - self._moved_at.get(stream, -1e9) >= MOVE_EVERY:
-                self._moved_at[stream] = now
-                await self._move_due_messages(stream)
             if len(claimed) < count and now - self._claimed_at.get(stream, -1e9) >= (
                 self._claim_every
             ):
@@ -213,13 +215,24 @@ class RedisBroker(Broker):
                 claimed += await self._claim(stream, consumer, count - len(claimed))
         return claimed
 
-    async def _move_due_messages(self, stream: str) -> None:
-        keys = [self._delayed_key(stream), self._stream_key(stream)]
-        args = [time.time(), MOVE_BATCH, TAG_BYTES * 2]
-        # A full batch means more may be due: keep going until the set is drained of them.
+    async def _move_due_messages(self, streams: Sequence[str]) -> None:
+        """One script call per stream (each touches one cluster slot), all in one round
+        trip. A full batch means more may be due: that stream goes again until drained."""
         assert self._move_due is not None  # set with the client in start()
-        while await self._move_due(keys=keys, args=args) == MOVE_BATCH:
-            pass
+        sha = self._move_due.sha
+        while streams:
+            args = [time.time(), MOVE_BATCH, TAG_BYTES * 2]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for stream in streams:
+                    keys = [self._delayed_key(stream), self._stream_key(stream)]
+                    pipe.evalsha(sha, 2, *keys, *args)
+                try:
+                    moved = await pipe.execute()
+                except NoScriptError:
+                    # The server lost its script cache (a restart, SCRIPT FLUSH).
+                    await self._redis.script_load(_MOVE_DUE)
+                    continue
+            streams = [s for s, n in zip(streams, moved, strict=True) if n == MOVE_BATCH]
 
     async def _claim(self, stream: str, consumer: str, count: int) -> list[Message]:
         reply = await self._redis.xautoclaim(

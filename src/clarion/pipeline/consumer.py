@@ -10,7 +10,8 @@ Fair shares
     and the others' work, taken past its waiting messages, runs in the rest.
 
 Read-ahead
-    The loop takes only what it can start, except when everything waiting belongs to
+    The loop takes only what it can start (once a handful of slots are free, so that a busy
+    process does not pay a broker round trip per message), except when everything waiting belongs to
     tenants at their limit: then it reads ahead (up to ``max_held`` messages held in all)
     to reach other tenants' work behind theirs. Held messages have their leases renewed,
     so waiting in this process never makes the broker hand them to another consumer.
@@ -69,6 +70,7 @@ class FairConsumer:
         self.concurrency = concurrency
         self.tenant_limit = max(1, int(concurrency * tenant_share))
         self._max_held = max_held if max_held is not None else max(concurrency * 16, 1000)
+        self._min_take = max(1, concurrency // 8)
         self._renew_every = lease / 4
         # Per lane, the tenants with waiting messages, in round-robin order.
         self._waiting: list[dict[str, deque[Message]]] = [{} for _ in self._streams]
@@ -128,7 +130,13 @@ class FairConsumer:
         room = self._max_held - self.held
         if free <= 0 or room <= 0:
             return 0
-        return min(room, _READ_AHEAD if self._waiting_count else free)
+        if self._waiting_count:
+            return min(room, _READ_AHEAD)
+        if self._running and free < self._min_take:
+            # Busy: wait for a handful of free slots rather than take one at a time (a
+            # broker round trip per message).
+            return 0
+        return min(room, free)
 
     def _enqueue(self, messages: list[Message]) -> None:
         now = time.monotonic()

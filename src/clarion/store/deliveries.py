@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.bounded import bounded
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
+from clarion.store import bulk
 from clarion.store.db import utcnow, write_tx
 from clarion.store.sql import chunks, insert_ignoring_conflicts
 from clarion.store.tables import deliveries, delivery_events, notifications
@@ -73,6 +74,13 @@ async def insert_planned(
 ) -> None:
     """Insert new deliveries with their first events, and mark their notifications planned."""
     now = utcnow()
+    if conn.dialect.name == "postgresql":
+        for part in chunks(rows, 2000):
+            await bulk.insert_deliveries(conn, part)
+            await bulk.insert_events(
+                conn, [(r["id"], r["tenant_id"], r["status"], r["reason"]) for r in part], now
+            )
+        rows = []
     for part in chunks(rows, 1000):
         await conn.execute(insert_ignoring_conflicts(conn, deliveries), part)
     events = [
@@ -146,6 +154,16 @@ async def apply_changes(engine: AsyncEngine, changes: Sequence[StatusChange]) ->
         return
     now = utcnow()
     changes = [c.bound() for c in changes]
+    async with write_tx(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            await _apply_set_based(conn, changes, now)
+        else:
+            await _apply_row_by_row(conn, changes, now)
+
+
+async def _apply_row_by_row(
+    conn: AsyncConnection, changes: Sequence[StatusChange], now: datetime
+) -> None:
     params = [
         {
             "b_id": c.delivery_id,
@@ -171,9 +189,35 @@ async def apply_changes(engine: AsyncEngine, changes: Sequence[StatusChange]) ->
         }
         for c in changes
     ]
-    async with write_tx(engine) as conn:
-        await conn.execute(_UPDATE, params)
-        await conn.execute(delivery_events.insert(), events)
+    await conn.execute(_UPDATE, params)
+    await conn.execute(delivery_events.insert(), events)
+
+
+async def _apply_set_based(
+    conn: AsyncConnection, changes: Sequence[StatusChange], now: datetime
+) -> None:
+    # One UPDATE row per delivery: of two changes to the same delivery in a batch, the
+    # later is its state (as executemany would leave it); both are events.
+    latest = {
+        c.delivery_id: (
+            c.delivery_id,
+            c.status,
+            c.attempts,
+            c.reason,
+            c.last_error,
+            c.provider_message_id,
+            c.scheduled_for,
+            c.sent_at,
+            c.provider,
+        )
+        for c in changes
+    }
+    await bulk.apply_changes(conn, list(latest.values()), now)
+    await bulk.insert_events(
+        conn,
+        [(c.delivery_id, c.tenant_id, c.status, c.last_error or c.reason) for c in changes],
+        now,
+    )
 
 
 async def stale_queued(

@@ -75,6 +75,28 @@ async def test_higher_lanes_come_first_and_count_is_respected(broker: Broker) ->
     assert [(m.stream, m.payload["n"]) for m in second] == [("low", 1), ("low", 2)]
 
 
+async def test_overfill_may_return_up_to_count_per_stream_higher_lanes_first(
+    broker: Broker,
+) -> None:
+    await broker.publish("low", [{"n": i} for i in range(3)])
+    await broker.publish("high", [{"n": 10 + i} for i in range(3)])
+
+    taken: list[Message] = []
+    while len(taken) < 6:
+        got = await broker.consume(["high", "low"], "c1", count=2, timeout=2, overfill=True)
+        assert got, "messages were left behind"
+        assert len(got) <= 4  # at most count per stream
+        lanes = [["high", "low"].index(m.stream) for m in got]
+        assert lanes == sorted(lanes)
+        taken += got
+        await broker.ack(got)
+
+    # Each stream in its order, every message once.
+    by_stream = {s: [m.payload["n"] for m in taken if m.stream == s] for s in ("high", "low")}
+    assert by_stream == {"high": [10, 11, 12], "low": [0, 1, 2]}
+    assert await broker.consume(["high", "low"], "c1", count=2, timeout=0.05) == []
+
+
 async def test_count_limits_a_single_stream(broker: Broker) -> None:
     await broker.publish("jobs", [{"n": i} for i in range(5)])
 

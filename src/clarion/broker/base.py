@@ -67,11 +67,19 @@ class Broker(ABC):
 
     @abstractmethod
     async def consume(
-        self, streams: Sequence[str], consumer: str, count: int, timeout: float
+        self,
+        streams: Sequence[str],
+        consumer: str,
+        count: int,
+        timeout: float,
+        *,
+        overfill: bool = False,
     ) -> list[Message]:
         """Take up to ``count`` messages, from earlier streams first (they are higher lanes).
 
         Waits up to ``timeout`` seconds when there is nothing to take; returns ``[]`` then.
+        ``overfill``: the caller holds (and renews the leases of) whatever it is given, so
+        the broker may return up to ``count`` per stream when that saves it round trips.
         """
 
     @abstractmethod

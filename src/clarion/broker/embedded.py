@@ -97,7 +97,13 @@ class EmbeddedBroker(Broker):
         return max(0.0, min(candidates) - now) if candidates else None
 
     async def consume(
-        self, streams: Sequence[str], consumer: str, count: int, timeout: float
+        self,
+        streams: Sequence[str],
+        consumer: str,
+        count: int,
+        timeout: float,
+        *,
+        overfill: bool = False,
     ) -> list[Message]:
         deadline = time.monotonic() + timeout
         while True:

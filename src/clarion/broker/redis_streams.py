@@ -123,17 +123,23 @@ class RedisBroker(Broker):
     # -- consuming -------------------------------------------------------------------------
 
     async def consume(
-        self, streams: Sequence[str], consumer: str, count: int, timeout: float
+        self,
+        streams: Sequence[str],
+        consumer: str,
+        count: int,
+        timeout: float,
+        *,
+        overfill: bool = False,
     ) -> list[Message]:
         deadline = time.monotonic() + timeout
         try:
-            taken = await self._consume(streams, consumer, count, deadline)
+            taken = await self._consume(streams, consumer, count, deadline, overfill)
         except ResponseError as exc:
             # The stream key was deleted under us (FLUSHDB, DEL): recreate the groups once.
             if "NOGROUP" not in str(exc):
                 raise
             self._groups.clear()
-            taken = await self._consume(streams, consumer, count, deadline)
+            taken = await self._consume(streams, consumer, count, deadline, overfill)
         poison = [m for m in taken if m.poison is not None]
         if poison:
             await self._set_aside(poison)
@@ -168,21 +174,21 @@ class RedisBroker(Broker):
             await pipe.execute()
 
     async def _consume(
-        self, streams: Sequence[str], consumer: str, count: int, deadline: float
+        self, streams: Sequence[str], consumer: str, count: int, deadline: float, overfill: bool
     ) -> list[Message]:
+        """Leases taken back first, then one read over every stream: it returns at once
+        when any has messages, else blocks for a slice of the time left (due delayed
+        messages are moved between slices)."""
         await self._ensure_groups(streams)
         taken = await self._maintain(streams, consumer, count)
-        for stream in streams:
-            if len(taken) >= count:
-                break
-            taken += await self._read(stream, consumer, count - len(taken))
-        while not taken:
+        while len(taken) < count:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            taken = await self._read_blocking(streams, consumer, count, remaining)
-            if not taken:
-                taken = await self._maintain(streams, consumer, count)
+            # Not blocking when there is something to return, or no time left.
+            block = None if taken or remaining <= 0 else remaining
+            taken += await self._read(streams, consumer, count - len(taken), block, overfill)
+            if taken or remaining <= 0:
+                break
+            taken = await self._maintain(streams, consumer, count)
         return taken
 
     async def _ensure_groups(self, streams: Sequence[str]) -> None:
@@ -247,30 +253,35 @@ class RedisBroker(Broker):
         self._claim_cursor[stream] = cursor.decode() if isinstance(cursor, bytes) else cursor
         return _messages(stream, reply[1], redelivered=True)
 
-    async def _read(self, stream: str, consumer: str, count: int) -> list[Message]:
-        reply = await self._redis.xreadgroup(
-            GROUP, consumer, {self._stream_key(stream): ">"}, count=count
-        )
-        return [m for _, entries in _by_key(reply) for m in _messages(stream, entries)]
-
-    async def _read_blocking(
-        self, streams: Sequence[str], consumer: str, count: int, remaining: float
+    async def _read(
+        self,
+        streams: Sequence[str],
+        consumer: str,
+        count: int,
+        block: float | None,
+        overfill: bool,
     ) -> list[Message]:
-        """One blocking read over all the streams, for at most one slice of ``remaining``."""
+        """One XREADGROUP over all the streams (blocking for at most one slice of
+        ``block`` seconds, if given), in stream order."""
         names = {self._stream_key(stream).encode(): stream for stream in streams}
-        block = max(1, int(min(remaining, BLOCK_SLICE) * 1000))
         reply = await self._redis.xreadgroup(
-            GROUP, consumer, dict.fromkeys(names, ">"), count=count, block=block
+            GROUP,
+            consumer,
+            dict.fromkeys(names, ">"),
+            count=count,
+            block=None if block is None else max(1, int(min(block, BLOCK_SLICE) * 1000)),
         )
         got: dict[str, list[Message]] = {}
         for key, entries in _by_key(reply):
             stream = names[_as_bytes(key)]
             got[stream] = _messages(stream, entries)
         taken = [m for stream in streams for m in got.get(stream, [])]
-        # COUNT applies per stream: when several streams had data, give back the excess.
-        if len(taken) > count:
+        # COUNT applies per stream: when several streams had data and the caller wants no
+        # more than ``count``, give back the excess.
+        if len(taken) > count and not overfill:
             await self._requeue(taken[count:], mark_redelivered=False)
-        return taken[:count]
+            return taken[:count]
+        return taken
 
     # -- settling --------------------------------------------------------------------------
 

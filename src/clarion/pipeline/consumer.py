@@ -105,7 +105,7 @@ class FairConsumer:
                     continue
                 try:
                     messages = await self._broker.consume(
-                        self._streams, self._consumer, count, 0.25
+                        self._streams, self._consumer, count, 0.25, overfill=True
                     )
                     if messages and self._screen is not None:
                         messages = await self._screen(messages)

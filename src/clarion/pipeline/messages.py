@@ -1,67 +1,70 @@
-"""The messages stages pass through the broker: plain JSON-able data."""
+"""The messages stages pass through the broker, and the one way deliveries are published."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from clarion.domain.models import send_stream
+from clarion.broker import Broker, Delayed
+from clarion.domain.delivery import Delivery
 from clarion.providers.base import OutboundMessage
 from clarion.store.db import as_utc
+
+# Messages per XADD pipeline: bounds one round trip, not what a call may publish.
+_PUBLISH_CHUNK = 1000
 
 
 def plan_payload(notification_id: str, tenant_id: str) -> dict[str, Any]:
     return {"notification": notification_id, "tenant": tenant_id}
 
 
-def _ts(value: datetime | None) -> float | None:
-    value = as_utc(value)
-    return value.timestamp() if value else None
-
-
-def send_payload(row: dict[str, Any], attempt: int | None = None) -> dict[str, Any]:
-    """The message for a delivery row; ``attempt`` is the number of the try it asks for."""
-    return {
-        "id": row["id"],
-        "tenant": row["tenant_id"],
-        "notification": row["notification_id"],
-        "recipient": row["recipient_id"],
-        "channel": row["channel"],
-        "provider": row["provider"],
-        "priority": row["priority"],
-        "to": row["address"],
-        "content": row["content"],
-        "attempt": attempt if attempt is not None else row["attempts"] + 1,
-        "expires_at": _ts(row.get("expires_at")),
-        "category": row.get("category"),
-        "critical": bool(row.get("critical")),
-        "fallback": row.get("fallback"),
-    }
-
-
-def stream_of(payload: dict[str, Any]) -> str:
-    return send_stream(payload["channel"], payload["priority"])
-
-
-def outbound(payload: dict[str, Any]) -> OutboundMessage:
+def outbound(delivery: Delivery) -> OutboundMessage:
     return OutboundMessage(
-        delivery_id=payload["id"],
-        tenant_id=payload["tenant"],
-        notification_id=payload["notification"],
-        recipient_id=payload["recipient"],
-        channel=payload["channel"],
-        to=payload["to"],
-        content=payload["content"],
-        priority=payload["priority"],
-        attempt=payload["attempt"],
-        category=payload.get("category"),
-        critical=bool(payload.get("critical")),
-        expires_at=payload.get("expires_at"),
+        delivery_id=delivery.id,
+        tenant_id=delivery.tenant,
+        notification_id=delivery.notification,
+        recipient_id=delivery.recipient,
+        channel=delivery.channel,
+        to=delivery.to,
+        content=delivery.content,
+        priority=delivery.priority,
+        attempt=delivery.attempt,
+        category=delivery.category,
+        critical=delivery.critical,
+        expires_at=delivery.expires_at,
     )
 
 
-def group_by_stream(payloads: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    streams: dict[str, list[dict[str, Any]]] = {}
-    for payload in payloads:
-        streams.setdefault(stream_of(payload), []).append(payload)
-    return streams
+def of_rows(
+    rows: Iterable[Mapping[str, Any]], now: float
+) -> tuple[list[Delivery], list[tuple[Delivery, float]]]:
+    """The deliveries of stored rows: those to send now, and those due later (a retry's or
+    a quiet window's ``scheduled_for``) with their due time."""
+    ready: list[Delivery] = []
+    later: list[tuple[Delivery, float]] = []
+    for row in rows:
+        delivery = Delivery.from_row(row)
+        due = as_utc(row.get("scheduled_for"))
+        if due is not None and due.timestamp() > now:
+            later.append((delivery, due.timestamp()))
+        else:
+            ready.append(delivery)
+    return ready, later
+
+
+async def publish_deliveries(
+    broker: Broker,
+    ready: Sequence[Delivery] = (),
+    later: Sequence[tuple[Delivery, float]] = (),
+) -> None:
+    """Put deliveries on their lanes, and those due later on the delayed set."""
+    lanes: dict[str, list[dict[str, Any]]] = {}
+    for delivery in ready:
+        lanes.setdefault(delivery.stream, []).append(delivery.to_payload())
+    for stream, payloads in lanes.items():
+        for start in range(0, len(payloads), _PUBLISH_CHUNK):
+            await broker.publish(stream, payloads[start : start + _PUBLISH_CHUNK])
+    if later:
+        await broker.publish_delayed(
+            [Delayed(delivery.stream, delivery.to_payload(), due) for delivery, due in later]
+        )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from clarion.broker import Delayed, Message
+from clarion.broker import Message
 from clarion.domain.ids import delivery_id
 from clarion.domain.models import PLAN_STREAM, DeliveryStatus, NotificationStatus, Priority
 from clarion.domain.preferences import (
@@ -30,7 +30,7 @@ from clarion.domain.routing import address_for
 from clarion.errors import TemplateError
 from clarion.pipeline.categories import CategoryCache, Policies
 from clarion.pipeline.context import Context
-from clarion.pipeline.messages import group_by_stream, send_payload, stream_of
+from clarion.pipeline.messages import of_rows, publish_deliveries
 from clarion.pipeline.status_events import StatusEvents
 from clarion.pipeline.templates import TemplateCache
 from clarion.resilience.ratelimit import Take, recipient_category_take
@@ -101,22 +101,12 @@ class Planner:
         redelivered = [m.payload["notification"] for m in messages if m.redelivered]
         plan, republish = await self._plan(ids, redelivered)
         await self._events.emit_rows(plan.rows)
-        now = utcnow().timestamp()
-        ready: list[dict[str, Any]] = []
-        later: list[Delayed] = []
-        for row in [*plan.rows, *republish]:
-            if row["status"] not in (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED):
-                continue
-            payload = send_payload(row)
-            due = as_utc(row["scheduled_for"])
-            if due is not None and due.timestamp() > now:
-                later.append(Delayed(stream_of(payload), payload, due.timestamp()))
-            else:
-                ready.append(payload)
-        for stream, payloads in group_by_stream(ready).items():
-            await self._ctx.broker.publish(stream, payloads)
-        if later:
-            await self._ctx.broker.publish_delayed(later)
+        waiting = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
+        ready, later = of_rows(
+            (row for row in [*plan.rows, *republish] if row["status"] in waiting),
+            utcnow().timestamp(),
+        )
+        await publish_deliveries(self._ctx.broker, ready, later)
 
     async def _plan(
         self, ids: list[str], redelivered: list[str]

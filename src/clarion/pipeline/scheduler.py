@@ -7,13 +7,13 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from clarion.broker import Delayed
+from clarion.domain.delivery import Delivery
 from clarion.domain.models import PLAN_STREAM
 from clarion.pipeline.context import Context
-from clarion.pipeline.messages import group_by_stream, plan_payload, send_payload, stream_of
+from clarion.pipeline.messages import of_rows, plan_payload, publish_deliveries
 from clarion.store import deliveries as delivery_store
 from clarion.store import notifications as notification_store
-from clarion.store.db import as_utc, utcnow
+from clarion.store.db import utcnow
 from clarion.store.tables import outbox
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,8 @@ class Sweeper:
         if not rows:
             return 0
         log.info("sweeper: publishing %d stale queued deliveries again", len(rows))
-        for stream, payloads in group_by_stream([send_payload(r) for r in rows]).items():
-            await self._ctx.broker.publish(stream, payloads)
+        # Stale means due: whatever its scheduled time, it goes on its lane now.
+        await publish_deliveries(self._ctx.broker, [Delivery.from_row(r) for r in rows])
         await delivery_store.touch(self._ctx.engine, [r["id"] for r in rows])
         return len(rows)
 
@@ -82,15 +82,5 @@ async def recover_embedded(ctx: Context) -> int:
             return total
         after = rows[-1]["id"]
         total += len(rows)
-        ready = []
-        later = []
-        for row in rows:
-            due = as_utc(row["scheduled_for"])
-            payload = send_payload(row)
-            if due is not None and due > now:
-                later.append(Delayed(stream_of(payload), payload, due.timestamp()))
-            else:
-                ready.append(payload)
-        for stream, payloads in group_by_stream(ready).items():
-            await ctx.broker.publish(stream, payloads)
-        await ctx.broker.publish_delayed(later)
+        ready, later = of_rows(rows, now.timestamp())
+        await publish_deliveries(ctx.broker, ready, later)

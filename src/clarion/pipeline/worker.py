@@ -13,11 +13,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from clarion.broker import Delayed, Message
+from clarion.domain.delivery import Delivery, MalformedDelivery
 from clarion.domain.ids import delivery_id
 from clarion.domain.models import LANES, DeliveryStatus, send_stream
 from clarion.pipeline.consumer import FairConsumer
 from clarion.pipeline.context import Context
-from clarion.pipeline.messages import outbound, send_payload, stream_of
+from clarion.pipeline.messages import outbound, publish_deliveries
 from clarion.pipeline.status_events import StatusEvents
 from clarion.resilience.backends import send_timeout
 from clarion.resilience.retry import RetryPolicy
@@ -31,19 +32,17 @@ from clarion.store.deliveries import DeliveryRef, StatusChange
 log = logging.getLogger(__name__)
 
 
-def fallback_row(
-    payload: dict[str, Any], fallback: dict[str, Any], now: datetime
-) -> dict[str, Any]:
-    """The delivery a critical delivery switches to on its fallback channel."""
-    expires_at = payload.get("expires_at")
+def fallback_row(delivery: Delivery, fallback: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The stored row of the delivery a critical one switches to on its fallback channel."""
+    expires_at = delivery.expires_at
     return {
-        "id": delivery_id(payload["notification"], payload["recipient"], fallback["channel"]),
-        "notification_id": payload["notification"],
-        "tenant_id": payload["tenant"],
-        "recipient_id": payload["recipient"],
+        "id": delivery_id(delivery.notification, delivery.recipient, fallback["channel"]),
+        "notification_id": delivery.notification,
+        "tenant_id": delivery.tenant,
+        "recipient_id": delivery.recipient,
         "channel": fallback["channel"],
         "provider": None,
-        "priority": payload["priority"],
+        "priority": delivery.priority,
         "status": DeliveryStatus.QUEUED,
         "reason": None,
         "attempts": 0,
@@ -51,8 +50,8 @@ def fallback_row(
         "address": fallback["address"],
         "content": fallback["content"],
         "provider_message_id": None,
-        "category": payload.get("category"),
-        "critical": bool(payload.get("critical")),
+        "category": delivery.category,
+        "critical": delivery.critical,
         "fallback": None,
         "scheduled_for": None,
         "expires_at": datetime.fromtimestamp(expires_at, UTC) if expires_at else None,
@@ -153,16 +152,22 @@ class ChannelWorker:
         return fresh
 
     async def _handle(self, message: Message) -> None:
-        payload = message.payload
         try:
-            change, retry, dead = await self._attempt(payload)
+            delivery = Delivery.from_payload(message.payload)
+        except MalformedDelivery as exc:
+            # Nothing to store an outcome against: taken again it would fail again.
+            log.error("%s: message %s dropped: %s", self.channel, message.id, exc)
+            self._acks.put_nowait(message)
+            return
+        try:
+            change, retry, dead = await self._attempt(delivery)
         except Exception as exc:
             # A bug or a payload no step can handle: counted as an attempt, so that after
             # the last one it is a dead letter with the reason, never taken again forever.
-            change, retry = self._policy.on_failure(payload, exc, utcnow())
+            change, retry = self._policy.on_failure(delivery, exc, utcnow())
             dead = None
         change.ref = DeliveryRef(
-            payload["notification"], payload["recipient"], self.channel, payload.get("provider")
+            delivery.notification, delivery.recipient, self.channel, delivery.provider
         )
         try:
             if retry is not None:
@@ -176,7 +181,7 @@ class ChannelWorker:
         self._acks.put_nowait(message)
         self._ctx.made_progress()
         if dead:
-            await self._forget(payload, dead)
+            await self._forget(delivery, dead)
 
     async def _store_unstorable(self, change: StatusChange, exc: Exception) -> bool:
         """An outcome the store refuses on its own (not an outage) would come back and be
@@ -200,95 +205,93 @@ class ChannelWorker:
             return False
         return True
 
-    async def _forget(self, payload: dict[str, Any], dead: Any) -> None:
+    async def _forget(self, delivery: Delivery, dead: Any) -> None:
         """Remove tokens or subscriptions the service said are gone, so no later
         notification tries them again."""
         try:
             removed = await address_store.remove_dead(
-                self._ctx.engine, payload["tenant"], payload["recipient"], self.channel, dead
+                self._ctx.engine, delivery.tenant, delivery.recipient, self.channel, dead
             )
         except Exception as exc:
-            log.warning("delivery %s: removing dead addresses failed: %r", payload["id"], exc)
+            log.warning("delivery %s: removing dead addresses failed: %r", delivery.id, exc)
             return
         if removed:
             log.info(
                 "recipient %s: removed %d dead %s address(es)",
-                payload["recipient"],
+                delivery.recipient,
                 removed,
                 self.channel,
             )
 
-    async def _attempt(self, payload: dict[str, Any]) -> tuple[StatusChange, Delayed | None, Any]:
+    async def _attempt(self, delivery: Delivery) -> tuple[StatusChange, Delayed | None, Any]:
         """One try: the status it leads to, the retry to schedule, and dead addresses."""
         now = utcnow()
-        expires_at = payload.get("expires_at")
-        if expires_at is not None and now.timestamp() >= expires_at:
+        if delivery.expires_at is not None and now.timestamp() >= delivery.expires_at:
             change = StatusChange(
-                payload["id"],
-                payload["tenant"],
+                delivery.id,
+                delivery.tenant,
                 DeliveryStatus.FAILED,
-                attempts=payload["attempt"] - 1,
+                attempts=delivery.attempt - 1,
                 reason="expired",
             )
             return change, None, None
         providers = self._ctx.providers
-        await providers.prepare([payload["tenant"]])
-        candidates = providers.chain(payload["tenant"], payload["channel"])
-        outcome = await self._chain.send(outbound(payload), candidates)
+        await providers.prepare([delivery.tenant])
+        candidates = providers.chain(delivery.tenant, delivery.channel)
+        outcome = await self._chain.send(outbound(delivery), candidates)
         if isinstance(outcome, Sent):
             change = StatusChange(
-                payload["id"],
-                payload["tenant"],
+                delivery.id,
+                delivery.tenant,
                 DeliveryStatus.SENT,
-                attempts=payload["attempt"],
+                attempts=delivery.attempt,
                 provider_message_id=outcome.result.provider_message_id,
                 sent_at=utcnow(),
                 provider=outcome.provider,
             )
             return change, None, outcome.result.dead_addresses
         if isinstance(outcome, Failed):
-            change, retry = self._policy.on_failure(payload, outcome.error, now)
+            change, retry = self._policy.on_failure(delivery, outcome.error, now)
             change.provider = outcome.provider or None
             return change, retry, getattr(outcome.error, "dead_address", None)
-        if isinstance(outcome, NoHealthyProvider) and payload.get("fallback"):
-            switched = await self._fall_back(payload)
+        if isinstance(outcome, NoHealthyProvider) and delivery.fallback:
+            switched = await self._fall_back(delivery, delivery.fallback)
             if switched is not None:
                 return switched, None, None
         # Not attempted (every provider's breaker open, or its rate limit full): wait without
         # spending an attempt. The due time keeps the sweeper from publishing it meanwhile.
         due = now + timedelta(seconds=outcome.retry_in)
         change = StatusChange(
-            payload["id"],
-            payload["tenant"],
+            delivery.id,
+            delivery.tenant,
             DeliveryStatus.QUEUED,
-            attempts=payload["attempt"] - 1,
+            attempts=delivery.attempt - 1,
             reason=outcome.reason,
             scheduled_for=due,
         )
-        return change, Delayed(stream_of(payload), payload, due.timestamp()), None
+        return change, Delayed(delivery.stream, delivery.to_payload(), due.timestamp()), None
 
-    async def _fall_back(self, payload: dict[str, Any]) -> StatusChange | None:
+    async def _fall_back(self, delivery: Delivery, fallback: dict[str, Any]) -> StatusChange | None:
         """A critical delivery whose channel has no healthy provider goes out on its
         template's fallback channel: a delivery of its own (deterministic id, so at most
         one), and this one is failed with reason ``no_healthy_provider``. None: the
         fallback could not be created; the delivery waits instead."""
-        fallback = payload["fallback"]
         now = utcnow()
-        row = fallback_row(payload, fallback, now)
+        row = fallback_row(delivery, fallback, now)
         try:
             created = await delivery_store.insert_one(self._ctx.engine, row)
             if created:
-                await self._ctx.broker.publish(stream_of(send_payload(row)), [send_payload(row)])
+                await publish_deliveries(self._ctx.broker, [Delivery.from_row(row)])
         except Exception as exc:
-            log.warning("delivery %s: creating the fallback failed: %r", payload["id"], exc)
+            log.warning("delivery %s: creating the fallback failed: %r", delivery.id, exc)
             return None
         return StatusChange(
-            payload["id"],
-            payload["tenant"],
+            delivery.id,
+            delivery.tenant,
             DeliveryStatus.FAILED,
-            attempts=payload["attempt"] - 1,
+            attempts=delivery.attempt - 1,
             reason="no_healthy_provider",
-            last_error=f"no healthy {payload['channel']} provider: sent by "
+            last_error=f"no healthy {delivery.channel} provider: sent by "
             f"{fallback['channel']} instead ({row['id']})",
         )
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from clarion.broker import Delayed
 from clarion.domain.backoff import retry_delay
+from clarion.domain.delivery import Delivery
 from clarion.domain.models import DeliveryStatus
 from clarion.errors import PermanentError, ProviderError, TransientError
-from clarion.pipeline.messages import stream_of
 from clarion.store.deliveries import StatusChange
 
 log = logging.getLogger(__name__)
@@ -23,13 +22,13 @@ class RetryPolicy:
     schedule: list[float]
 
     def on_failure(
-        self, payload: dict[str, Any], exc: BaseException, now: datetime
+        self, delivery: Delivery, exc: BaseException, now: datetime
     ) -> tuple[StatusChange, Delayed | None]:
         """The status after a failed attempt, and the retry to schedule, if any."""
-        attempt: int = payload["attempt"]
+        attempt = delivery.attempt
         base = StatusChange(
-            delivery_id=payload["id"],
-            tenant_id=payload["tenant"],
+            delivery_id=delivery.id,
+            tenant_id=delivery.tenant,
             status=DeliveryStatus.FAILED,
             attempts=attempt,
         )
@@ -41,7 +40,7 @@ class RetryPolicy:
             reason = exc.reason
         else:
             # A bug or an unforeseen failure: retried like a transient one, and logged.
-            log.error("delivery %s: unexpected %r", payload["id"], exc, exc_info=exc)
+            log.error("delivery %s: unexpected %r", delivery.id, exc, exc_info=exc)
             base.last_error = f"{type(exc).__name__}: {exc}"
             reason = "internal_error"
         if attempt >= self.max_attempts:
@@ -51,5 +50,5 @@ class RetryPolicy:
         delay = retry_delay(attempt, self.schedule, retry_after=retry_after)
         due = now + timedelta(seconds=delay)
         base.status, base.scheduled_for = DeliveryStatus.QUEUED, due
-        retry = Delayed(stream_of(payload), {**payload, "attempt": attempt + 1}, due.timestamp())
+        retry = Delayed(delivery.stream, delivery.next_attempt().to_payload(), due.timestamp())
         return base, retry

@@ -17,16 +17,16 @@ from clarion.api.auth import Principal, require
 from clarion.api.idempotency import idempotent
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import AwareDatetime, Name, utc_timestamp
+from clarion.domain.delivery import Delivery
 from clarion.domain.models import Channel
 from clarion.errors import Conflict, NotFound, ValidationFailed
 from clarion.pipeline.context import Context
-from clarion.pipeline.messages import group_by_stream, send_payload
+from clarion.pipeline.messages import publish_deliveries
 from clarion.store import dead_letters as store
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"])
 Admin = Annotated[Principal, Depends(require("admin"))]
-_PUBLISH_CHUNK = 1000
 
 
 class ReplayFilter(BaseModel):
@@ -90,11 +90,8 @@ async def list_dead_letters(
 async def _publish(ctx: Context, rows: list[dict[str, Any]]) -> None:
     """Hand requeued deliveries to their lanes. They are already `queued` in the store: if
     publishing fails the sweeper publishes them later, so the replay still stands."""
-    payloads = [send_payload(row) for row in rows]
     try:
-        for stream, items in group_by_stream(payloads).items():
-            for start in range(0, len(items), _PUBLISH_CHUNK):
-                await ctx.broker.publish(stream, items[start : start + _PUBLISH_CHUNK])
+        await publish_deliveries(ctx.broker, [Delivery.from_row(row) for row in rows])
     except Exception as exc:
         log.warning("replayed deliveries not published (the sweeper will): %r", exc)
     ctx.made_progress()

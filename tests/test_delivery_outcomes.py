@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from datetime import timedelta
 from pathlib import Path
 
 from clarion.pipeline.runtime import Roles
@@ -163,3 +164,40 @@ async def test_a_delivered_report_before_the_workers_outcome_is_kept(lite: Harne
     found = await delivery_store.get_one(lite.ctx.engine, lite.tenant_id, "dlv_early")
     assert found is not None
     assert found["status"] == "delivered"
+
+
+async def test_an_outcome_never_overwrites_that_of_a_later_attempt(app: Harness) -> None:
+    """A retry's message is published before the first outcome is stored, so the retry can
+    run and store its outcome first: the late, older outcome is an event, not the state."""
+    now = utcnow()
+    row = {
+        "id": "dlv_race",
+        "notification_id": "ntf_race",
+        "tenant_id": app.tenant_id,
+        "recipient_id": "u1",
+        "channel": "webhook",
+        "provider": "webhook",
+        "priority": "normal",
+        "status": "queued",
+        "reason": None,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    assert await delivery_store.insert_one(app.ctx.engine, row)
+    retry_at = now + timedelta(seconds=1)
+    engine, tenant = app.ctx.engine, app.tenant_id
+    await delivery_store.apply_changes(
+        engine,
+        [
+            StatusChange("dlv_race", tenant, "queued", attempts=2, scheduled_for=retry_at),
+            StatusChange("dlv_race", tenant, "dead", attempts=3, reason="http_500"),
+        ],
+    )
+    await delivery_store.apply_changes(
+        engine, [StatusChange("dlv_race", tenant, "queued", attempts=1, scheduled_for=retry_at)]
+    )
+
+    found = await delivery_store.get_one(engine, tenant, "dlv_race")
+    assert found is not None
+    assert (found["status"], found["attempts"], found["reason"]) == ("dead", 3, "http_500")

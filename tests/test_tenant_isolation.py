@@ -163,12 +163,12 @@ async def test_a_poisoned_tenant_changes_nothing_for_another(
         assert rows == {"sent": 2000}
 
         # A: the long id is kept, bounded; the NUL body ends dead, its error made storable.
+        statuses = await delivery_statuses(app, "tenant-a")
+        assert statuses == {"sent": 20, "dead": 20}
         dead = (await a.get("/v1/dead-letters", params={"limit": 100})).json()["data"]
         assert len(dead) == 20
         assert all(d["recipient_id"] == "nul-body" for d in dead)
         assert all("\x00" not in (d["last_error"] or "") for d in dead)
-        statuses = await delivery_statuses(app, "tenant-a")
-        assert statuses == {"sent": 20, "dead": 20}
         assert hostile.hits["nul-body"] == 20 * app.settings.max_attempts
 
 

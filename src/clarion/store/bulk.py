@@ -86,7 +86,9 @@ _CHANGE_COLUMNS = {
 }
 
 # A provider's report that the message was delivered may arrive before the worker has
-# stored its own outcome of the send: the report is the later truth.
+# stored its own outcome of the send: the report is the later truth. And an outcome never
+# overwrites one of a later attempt: a retry can run (its message published before the
+# first outcome is stored) and store its outcome first.
 _APPLY_CHANGES = text(
     "UPDATE deliveries AS d SET status = v.status, attempts = v.attempts, "
     "reason = v.reason, last_error = v.last_error, "
@@ -94,7 +96,7 @@ _APPLY_CHANGES = text(
     "sent_at = v.sent_at, updated_at = CAST(:updated_at AS timestamptz), "
     "provider = coalesce(v.provider, d.provider) "
     f"FROM {_unnest(_CHANGE_COLUMNS)} AS v({', '.join(_CHANGE_COLUMNS)}) "
-    "WHERE d.id = v.id AND d.status <> 'delivered'"
+    "WHERE d.id = v.id AND d.status <> 'delivered' AND d.attempts <= v.attempts"
 )
 
 

@@ -132,8 +132,13 @@ async def finished_ids(engine: AsyncEngine, ids: Sequence[str]) -> set[str]:
 _UPDATE = (
     update(deliveries)
     # A provider's report that the message was delivered may arrive before the worker has
-    # stored its own outcome of the send: the report is the later truth.
-    .where(deliveries.c.id == bindparam("b_id"), deliveries.c.status != DeliveryStatus.DELIVERED)
+    # stored its own outcome of the send: the report is the later truth. An outcome never
+    # overwrites one of a later attempt (a retry may store its outcome first).
+    .where(
+        deliveries.c.id == bindparam("b_id"),
+        deliveries.c.status != DeliveryStatus.DELIVERED,
+        deliveries.c.attempts <= bindparam("b_attempts"),
+    )
     .values(
         status=bindparam("b_status"),
         attempts=bindparam("b_attempts"),

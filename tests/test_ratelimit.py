@@ -153,8 +153,8 @@ async def test_pacing_never_exceeds_the_rate_in_any_second(limiters: list[RateLi
     await asyncio.gather(*(sender(limiters[i % 2]) for i in range(8)))
     assert len(stamps) > rate  # enough sends for full windows to have been checked
     assert _most_in_any_window(stamps, 1.0) <= rate
-    # And the pacing margin is small: the rate is used, not wasted.
-    assert rate * (1 - PACE_MARGIN) > rate - 1
+    # And the pacing margin is small: at least 90% of the rate is used, not wasted.
+    assert rate * (1 - PACE_MARGIN) >= 0.9 * rate
 
 
 async def test_recipient_category_cap(limiters: list[RateLimiter]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import inspect
 import json
 import os
@@ -21,7 +22,7 @@ from clarion.config import Settings
 from clarion.errors import TransientError
 from clarion.pipeline import planner
 from clarion.pipeline.context import open_context
-from clarion.providers import ProviderSet, registry
+from clarion.providers import ProviderSet, kinds, registry
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.sandbox import SandboxProvider
 from clarion.security.secrets import Keyring, key_id, resolve_keyring
@@ -432,7 +433,9 @@ class Recording(Provider):
 def recording(monkeypatch: pytest.MonkeyPatch) -> type[Recording]:
     Recording.built = []
     for kind in ("smtp", "sendgrid", "twilio", "fcm", "apns"):
-        monkeypatch.setitem(registry.KINDS, kind, f"{__name__}:Recording")
+        monkeypatch.setitem(
+            kinds.KINDS, kind, dataclasses.replace(kinds.KINDS[kind], provider=f"{__name__}:Recording")
+        )
     return Recording
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.config import Settings
 from clarion.errors import ProviderError, TransientError
-from clarion.providers import registry
+from clarion.providers import kinds, registry
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.catalog import Catalog
 from clarion.providers.webhook import SecretLookup
@@ -28,11 +28,15 @@ __all__ = ["OutboundMessage", "Provider", "ProviderSet", "ProviderSpec", "SendRe
 
 log = logging.getLogger(__name__)
 
-# Channels whose delivery needs no configured provider.
-BUILT_IN = {"webhook": "webhook", "inapp": "inapp"}
+# Channels carried by a built-in provider of their own, with no configuration: the built-in
+# kinds that carry one channel (the sandbox carries every channel, as the default).
+BUILT_IN = {
+    next(iter(kind.channels)): name
+    for name, kind in kinds.KINDS.items()
+    if kind.built_in and len(kind.channels) == 1
+}
 # Names of the built-in providers: valid for every tenant, never a tenant's own name.
-BUILT_IN_NAMES = frozenset({"sandbox", "webhook", "inapp"})
-PUSH_KINDS = ("apns", "fcm")
+BUILT_IN_NAMES = kinds.BUILT_IN
 # A replaced provider may still be sending; it is closed this long after being replaced.
 RETIRE_GRACE = 30.0
 
@@ -117,7 +121,7 @@ class ProviderSet:
             if name in BUILT_IN_NAMES:
                 return await self._built_in(name)
             raise KeyError(f"no provider named {name!r}")
-        if entry.spec.kind in registry.BUILT_IN_KINDS:
+        if entry.spec.kind in kinds.BUILT_IN:
             return await self._built_in(entry.spec.kind)
         if entry.error is not None:
             raise TransientError(
@@ -139,11 +143,11 @@ class ProviderSet:
     async def _push(self, tenant_id: str, name: str) -> Provider | None:
         await self.prepare((tenant_id,))
         named = self._catalog.entry(tenant_id, name)
-        if named is None or named.spec.kind not in PUSH_KINDS:
+        if named is None or named.spec.kind not in kinds.PUSH_PLATFORMS:
             return None
         chosen: dict[str, str] = {}
         for spec in self._catalog.chain(tenant_id, "push"):
-            if spec.kind in PUSH_KINDS:
+            if spec.kind in kinds.PUSH_PLATFORMS:
                 chosen.setdefault(spec.kind, spec.name)
         chosen.setdefault(named.spec.kind, name)
         by_platform = {kind: await self.get(tenant_id, n) for kind, n in sorted(chosen.items())}
@@ -232,7 +236,7 @@ class ProviderSet:
         reloaded = set(tenant_ids)
         for key in [k for k in self._instances if k[0] in reloaded]:
             entry = self._catalog.entry(*key)
-            if entry is None or entry.spec.kind in registry.BUILT_IN_KINDS:
+            if entry is None or entry.spec.kind in kinds.BUILT_IN:
                 _, provider = self._instances.pop(key)
                 self._retire(provider)
 

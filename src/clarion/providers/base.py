@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -77,6 +78,35 @@ class ProviderEnv:
     settings: Settings
     engine: AsyncEngine
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a provider reported later about a sent delivery: ``delivered`` or ``failed``
+    (with the reason and the provider's words)."""
+
+    status: str
+    reason: str | None = None
+    error: str | None = None
+
+
+class ReportRefused(Exception):
+    """A delivery report that is not authentic (its signature is missing or wrong) or is
+    not a report at all."""
+
+
+class ReportReader(Protocol):
+    """Verifies a delivery report against the provider's configuration and reads it; None
+    for a report that changes nothing. ``url`` is the address the provider was told to
+    call; ``params`` the form fields of the report."""
+
+    def __call__(
+        self,
+        config: Mapping[str, Any],
+        url: str,
+        params: Sequence[tuple[str, str]],
+        headers: Mapping[str, str],
+    ) -> Report | None: ...
 
 
 class Provider(ABC):

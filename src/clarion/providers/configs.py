@@ -118,20 +118,3 @@ class SandboxConfig(KindConfig):
 
 class WebhookConfig(KindConfig):
     pass
-
-
-# kind → (config model, channels it can carry)
-KINDS: dict[str, tuple[type[KindConfig], frozenset[str]]] = {
-    "smtp": (SmtpConfig, frozenset({"email"})),
-    "ses": (SesConfig, frozenset({"email"})),
-    "sendgrid": (SendgridConfig, frozenset({"email"})),
-    "twilio": (TwilioConfig, frozenset({"sms"})),
-    "fcm": (FcmConfig, frozenset({"push"})),
-    "apns": (ApnsConfig, frozenset({"push"})),
-    "webpush": (WebpushConfig, frozenset({"webpush"})),
-    "webhook": (WebhookConfig, frozenset({"webhook"})),
-    "sandbox": (
-        SandboxConfig,
-        frozenset({"email", "sms", "push", "webpush", "inapp", "webhook"}),
-    ),
-}

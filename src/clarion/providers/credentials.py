@@ -37,7 +37,7 @@ def _p256(key: Any) -> bool:
     return isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
 
 
-def _apns(config: dict[str, Any]) -> Problems:
+def check_apns(config: dict[str, Any]) -> Problems:
     if not _p256(_pem_key(config["private_key"])):
         return _problem(
             "private_key", "not an EC P-256 private key in PEM form (the .p8 file's content)"
@@ -45,7 +45,7 @@ def _apns(config: dict[str, Any]) -> Problems:
     return []
 
 
-def _fcm(config: dict[str, Any]) -> Problems:
+def check_fcm(config: dict[str, Any]) -> Problems:
     account = config["service_account"]
     if isinstance(account, str):
         try:
@@ -85,23 +85,10 @@ def _vapid_key(text: str) -> bool:
         return False
 
 
-def _webpush(config: dict[str, Any]) -> Problems:
+def check_webpush(config: dict[str, Any]) -> Problems:
     if not _vapid_key(config["vapid_private_key"]):
         return _problem(
             "vapid_private_key",
             "not a P-256 private key (PEM, or base64url of the raw 32 bytes or of DER)",
         )
     return []
-
-
-_CHECKS: dict[str, Callable[[dict[str, Any]], Problems]] = {
-    "apns": _apns,
-    "fcm": _fcm,
-    "webpush": _webpush,
-}
-
-
-def check_credentials(kind: str, config: dict[str, Any]) -> Problems:
-    """The problems of a validated config's key material; [] when it is usable."""
-    check = _CHECKS.get(kind)
-    return check(config) if check else []

@@ -13,15 +13,25 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
+from pydantic import ValidationError
 
 from clarion.errors import PermanentError, TransientError
-from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.domain.models import DeliveryStatus
+from clarion.providers.base import (
+    OutboundMessage,
+    Provider,
+    ProviderEnv,
+    ProviderSpec,
+    Report,
+    ReportRefused,
+    SendResult,
+)
 from clarion.providers.configs import TwilioConfig
 from clarion.providers.http import parse_retry_after, read_bounded, refuse_redirect
 from clarion.security.netguard import AddressGuard
@@ -65,6 +75,34 @@ def valid_signature(
         expected = signature(auth_token, candidate, pairs)
         found |= hmac.compare_digest(expected.encode(), given.encode())
     return found
+
+
+def read_report(
+    config: Mapping[str, Any],
+    url: str,
+    params: Sequence[tuple[str, str]],
+    headers: Mapping[str, str],
+) -> Report | None:
+    """A Twilio status callback, verified by its ``X-Twilio-Signature``: ``delivered``, or
+    ``failed``/``undelivered`` (``provider_rejected``); any other status changes nothing.
+    :class:`TransientError` when the account's auth token cannot be read."""
+    try:
+        auth_token = TwilioConfig.model_validate(dict(config)).auth_token
+    except ValidationError as exc:
+        # The stored credentials cannot be read (e.g. sealed with another secret key).
+        raise TransientError(
+            "the provider's credentials are unavailable", reason="secret_key_mismatch"
+        ) from exc
+    if not valid_signature(auth_token, url, params, headers.get("x-twilio-signature")):
+        raise ReportRefused("the request signature is missing or wrong")
+    status = dict(params).get("MessageStatus", "")
+    if status == "delivered":
+        return Report(DeliveryStatus.DELIVERED)
+    if status in ("failed", "undelivered"):
+        code = dict(params).get("ErrorCode")
+        error = f"Twilio reported {status}" + (f" (error {code})" if code else "")
+        return Report(DeliveryStatus.FAILED, reason="provider_rejected", error=error)
+    return None
 
 
 def _port_forms(url: str) -> list[str]:

@@ -21,15 +21,12 @@ from typing import Protocol
 
 from clarion.errors import PermanentError, TransientError
 from clarion.providers.base import OutboundMessage, Provider, SendResult
+from clarion.providers.kinds import UNGUARDED
 from clarion.resilience.breaker import BreakerKey, CircuitBreaker
 from clarion.resilience.ratelimit import PACE_MAX_WAIT, RateLimiter
 
 log = logging.getLogger(__name__)
 
-# Kinds of provider whose health is not one thing: a webhook's destination is each
-# recipient's own endpoint (one broken endpoint must not stop the others), in-app is our own
-# database. A candidate without a kind is matched by name.
-UNGUARDED = frozenset({"webhook", "inapp"})
 # Soonest a deferred delivery is looked at again.
 MIN_DEFER = 0.05
 

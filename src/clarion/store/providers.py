@@ -13,7 +13,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.providers.base import ProviderSpec
-from clarion.providers.configs import KINDS
+from clarion.providers.kinds import secret_fields as kind_secret_fields
 from clarion.security.secrets import MASK, Keyring, RedactedConfig, SecretError, provider_aad
 from clarion.store import named
 from clarion.store.db import as_utc, utcnow, write_tx
@@ -92,8 +92,7 @@ class ProviderRow:
 
 
 def secret_fields_of(kind: str) -> frozenset[str]:
-    entry = KINDS.get(kind)
-    return entry[0].SECRET if entry else frozenset()
+    return kind_secret_fields(kind)
 
 
 def split_config(kind: str, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,10 +1,11 @@
 """``/v1/providers/{name}/callbacks``: delivery reports that providers send back.
 
-Twilio POSTs a message's status changes to the ``StatusCallback`` URL given when it was
-sent. No API key comes with them: a report is authentic when its ``X-Twilio-Signature`` is
-the HMAC of the URL Twilio called and its parameters, keyed by the account's auth token. The
-URL is rebuilt from ``CLARION_PUBLIC_URL`` (what Twilio was told to call), never from the
-request's Host header.
+No API key comes with a report: it is authentic when the provider's kind verifies it
+against the provider's configuration (``Kind.reports``). Twilio POSTs a message's status
+changes to the ``StatusCallback`` URL given when it was sent, signed in its
+``X-Twilio-Signature`` with the account's auth token over the URL Twilio called and the
+parameters. The URL is rebuilt from ``CLARION_PUBLIC_URL`` (what the provider was told to
+call), never from the request's Host header.
 """
 
 from __future__ import annotations
@@ -13,14 +14,11 @@ from typing import Annotated
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from pydantic import ValidationError
 
-from clarion.domain.models import DeliveryStatus
-from clarion.errors import ApiError, Forbidden, NotFound, Unavailable
+from clarion.errors import ApiError, Forbidden, NotFound, ProviderError, Unavailable
 from clarion.pipeline.status_events import StatusEvents
-from clarion.providers.base import ProviderSpec
-from clarion.providers.configs import TwilioConfig
-from clarion.providers.twilio import valid_signature
+from clarion.providers.base import Report, ReportRefused
+from clarion.providers.kinds import KINDS
 from clarion.store import deliveries as store
 
 router = APIRouter(prefix="/v1/providers", tags=["providers"])
@@ -47,17 +45,22 @@ async def provider_callback(request: Request, name: Name, tenant: Id, delivery: 
     ``failed``/``undelivered`` marks it failed (``provider_rejected``); other statuses change
     nothing. Only a sent delivery changes. Answers 204."""
     spec = await request.app.state.ctx.providers.spec(tenant, name)
-    if spec is None or spec.kind != "twilio":
+    kind = KINDS.get(spec.kind) if spec is not None else None
+    reader = kind.report_reader() if kind is not None else None
+    if spec is None or reader is None:
         raise NotFound(f"no provider named {name!r}")
     params = await _form(request)
     url = request.app.state.ctx.settings.public_url.rstrip("/") + request.url.path
     if request.url.query:
         url += "?" + request.url.query
-    if not valid_signature(
-        _auth_token(spec), url, params, request.headers.get("x-twilio-signature")
-    ):
-        raise Forbidden("the request signature is missing or wrong", code="invalid_signature")
-    await _record(request, tenant, delivery, dict(params))
+    try:
+        report = reader(spec.config, url, params, request.headers)
+    except ReportRefused as exc:
+        raise Forbidden(str(exc), code="invalid_signature") from exc
+    except ProviderError as exc:
+        raise Unavailable(exc.message) from exc
+    if report is not None:
+        await _record(request, tenant, delivery, report)
     return Response(status_code=204)
 
 
@@ -69,38 +72,13 @@ async def _form(request: Request) -> list[tuple[str, str]]:
     try:
         return parse_qsl(body, keep_blank_values=True, max_num_fields=MAX_PARAMS)
     except ValueError as exc:
-        raise Forbidden("the request is not a Twilio status callback") from exc
+        raise Forbidden("the request is not a status callback") from exc
 
 
-def _auth_token(spec: ProviderSpec) -> str:
-    try:
-        return TwilioConfig.model_validate(spec.config).auth_token
-    except ValidationError as exc:
-        # The stored credentials cannot be read (e.g. sealed with another secret key).
-        raise Unavailable("the provider's credentials are unavailable") from exc
-
-
-async def _record(request: Request, tenant: str, delivery: str, params: dict[str, str]) -> None:
-    status = params.get("MessageStatus", "")
+async def _record(request: Request, tenant: str, delivery: str, report: Report) -> None:
     ctx = request.app.state.ctx
-    if status == "delivered":
-        changed = await store.apply_provider_report(
-            ctx.engine, tenant, delivery, DeliveryStatus.DELIVERED
-        )
-        reported = DeliveryStatus.DELIVERED
-    elif status in ("failed", "undelivered"):
-        code = params.get("ErrorCode")
-        error = f"Twilio reported {status}" + (f" (error {code})" if code else "")
-        changed = await store.apply_provider_report(
-            ctx.engine,
-            tenant,
-            delivery,
-            DeliveryStatus.FAILED,
-            reason="provider_rejected",
-            last_error=error,
-        )
-        reported = DeliveryStatus.FAILED
-    else:
-        return
+    changed = await store.apply_provider_report(
+        ctx.engine, tenant, delivery, report.status, reason=report.reason, last_error=report.error
+    )
     if changed:
-        await StatusEvents(ctx).emit_report(tenant, delivery, reported)
+        await StatusEvents(ctx).emit_report(tenant, delivery, report.status)

@@ -21,8 +21,7 @@ from clarion.errors import NotFound, ValidationFailed
 from clarion.pipeline.context import Context
 from clarion.providers import BUILT_IN_NAMES
 from clarion.providers.base import ProviderSpec
-from clarion.providers.configs import KINDS
-from clarion.providers.credentials import check_credentials
+from clarion.providers.kinds import CONFIGURABLE, KINDS
 from clarion.security.secrets import MASK, SecretError, SecretKeyMissing
 from clarion.store import providers as store
 
@@ -37,7 +36,7 @@ class ProviderIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     channel: Channel
-    kind: str = Field(min_length=1, max_length=20, description=", ".join(sorted(KINDS)))
+    kind: str = Field(min_length=1, max_length=20, description=", ".join(sorted(CONFIGURABLE)))
     config: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(default=1, ge=1, le=1_000_000)
     rate_limit_per_second: float | None = Field(default=None, gt=0, le=1_000_000)
@@ -49,13 +48,13 @@ def _field_error(field: str, message: str, code: str = "validation_error") -> Va
 
 
 def _check_kind(body: ProviderIn) -> None:
-    if body.kind not in KINDS:
+    if body.kind not in CONFIGURABLE:
         raise _field_error(
             "kind",
-            f"unknown provider kind {body.kind!r}; choose from {', '.join(sorted(KINDS))}",
+            f"unknown provider kind {body.kind!r}; choose from {', '.join(sorted(CONFIGURABLE))}",
             code="unknown_kind",
         )
-    channels = KINDS[body.kind][1]
+    channels = KINDS[body.kind].channels
     if body.channel.value not in channels:
         raise _field_error(
             "channel",
@@ -69,7 +68,7 @@ async def _keep_secrets(
     ctx: Context, tenant_id: str, name: str, kind: str, config: dict[str, Any]
 ) -> dict[str, Any]:
     """``config`` with each secret sent as ``"***"`` replaced by the stored value."""
-    masked = sorted(f for f in KINDS[kind][0].SECRET if config.get(f) == MASK)
+    masked = sorted(f for f in KINDS[kind].secret_fields if config.get(f) == MASK)
     if not masked:
         return config
     stored = await store.get(ctx.engine, tenant_id, name)
@@ -91,7 +90,8 @@ async def _keep_secrets(
 
 
 def _validated(kind: str, config: dict[str, Any]) -> dict[str, Any]:
-    model = KINDS[kind][0]
+    model = KINDS[kind].config
+    assert model is not None  # a configurable kind (checked by _check_kind)
     try:
         valid = model.model_validate(config)
     except ValidationError as exc:
@@ -100,7 +100,7 @@ def _validated(kind: str, config: dict[str, Any]) -> dict[str, Any]:
             detail["field"] = f"config.{detail['field']}" if detail["field"] else "config"
         raise ValidationFailed("the provider's config is not valid", details=details) from exc
     values: dict[str, Any] = valid.model_dump(mode="json", by_alias=True)
-    problems = check_credentials(kind, values)
+    problems = KINDS[kind].check_credentials(values)
     if problems:
         raise ValidationFailed("the provider's credentials are not usable", details=problems)
     return values

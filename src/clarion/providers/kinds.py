@@ -1,0 +1,137 @@
+"""One descriptor per provider kind: everything Clarion knows of a kind besides its code.
+
+The API validates a provider's configuration with the kind's config model and credential
+check and refuses a channel the kind cannot carry; the store knows which fields are secret;
+:mod:`clarion.providers.registry` builds the kind's class, imported on first use (a process
+loads only the protocols its tenants configure); the send chain guards a kind's calls with
+its tenant's circuit breaker unless it is built in and local; push fans out over the kinds
+that are push platforms; and a kind that accepts delivery reports names what verifies and
+reads them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from clarion.errors import PermanentError
+from clarion.providers import configs, credentials
+from clarion.providers.base import ReportReader
+from clarion.providers.credentials import Problems
+
+ALL_CHANNELS = frozenset({"email", "sms", "push", "webpush", "inapp", "webhook"})
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    name: str
+    channels: frozenset[str]
+    # The model of its configuration; None for a kind no tenant configures (inapp).
+    config: type[configs.KindConfig] | None
+    # "module:Class" of a kind a tenant configures, built per provider; None for the
+    # built-in kinds, one shared instance per process.
+    provider: str | None = None
+    # Checks the key material of a validated configuration.
+    credentials: Callable[[dict[str, Any]], Problems] | None = None
+    # Calls go through the tenant's circuit breaker (and so fail over), unless the kind's
+    # health is not one thing: a webhook's far end is each recipient's own endpoint (one
+    # broken endpoint must not stop the others), in-app is Clarion's own database.
+    guarded: bool = True
+    # A platform that a push delivery fans out to (its tokens carry the platform).
+    push_platform: bool = False
+    # "module:function" verifying and reading the kind's delivery reports (a ReportReader).
+    reports: str | None = None
+
+    @property
+    def built_in(self) -> bool:
+        return self.provider is None
+
+    @property
+    def secret_fields(self) -> frozenset[str]:
+        return self.config.SECRET if self.config is not None else frozenset()
+
+    def check_credentials(self, config: dict[str, Any]) -> Problems:
+        """The problems of a validated config's key material; [] when it is usable."""
+        return self.credentials(config) if self.credentials is not None else []
+
+    def report_reader(self) -> ReportReader | None:
+        return cast(ReportReader, import_target(self.reports)) if self.reports else None
+
+
+def import_target(target: str) -> Any:
+    """The object named by ``"module:attribute"``; :class:`PermanentError` when this
+    installation cannot import it."""
+    module_name, _, attribute = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise PermanentError(
+            f"{target} is not available in this installation", reason="no_provider"
+        ) from exc
+
+
+KINDS: dict[str, Kind] = {
+    kind.name: kind
+    for kind in (
+        Kind(
+            "smtp",
+            frozenset({"email"}),
+            configs.SmtpConfig,
+            "clarion.providers.smtp:SmtpProvider",
+        ),
+        Kind("ses", frozenset({"email"}), configs.SesConfig, "clarion.providers.ses:SesProvider"),
+        Kind(
+            "sendgrid",
+            frozenset({"email"}),
+            configs.SendgridConfig,
+            "clarion.providers.sendgrid:SendgridProvider",
+        ),
+        Kind(
+            "twilio",
+            frozenset({"sms"}),
+            configs.TwilioConfig,
+            "clarion.providers.twilio:TwilioProvider",
+            reports="clarion.providers.twilio:read_report",
+        ),
+        Kind(
+            "fcm",
+            frozenset({"push"}),
+            configs.FcmConfig,
+            "clarion.providers.fcm:FcmProvider",
+            credentials=credentials.check_fcm,
+            push_platform=True,
+        ),
+        Kind(
+            "apns",
+            frozenset({"push"}),
+            configs.ApnsConfig,
+            "clarion.providers.apns:ApnsProvider",
+            credentials=credentials.check_apns,
+            push_platform=True,
+        ),
+        Kind(
+            "webpush",
+            frozenset({"webpush"}),
+            configs.WebpushConfig,
+            "clarion.providers.webpush:WebpushProvider",
+            credentials=credentials.check_webpush,
+        ),
+        Kind("sandbox", ALL_CHANNELS, configs.SandboxConfig),
+        Kind("webhook", frozenset({"webhook"}), configs.WebhookConfig, guarded=False),
+        Kind("inapp", frozenset({"inapp"}), None, guarded=False),
+    )
+}
+
+# Kinds a tenant may configure (PUT /v1/providers/{name}).
+CONFIGURABLE = frozenset(name for name, kind in KINDS.items() if kind.config is not None)
+# The built-in kinds; their names are reserved as provider names and valid for every tenant.
+BUILT_IN = frozenset(name for name, kind in KINDS.items() if kind.built_in)
+PUSH_PLATFORMS = frozenset(name for name, kind in KINDS.items() if kind.push_platform)
+UNGUARDED = frozenset(name for name, kind in KINDS.items() if not kind.guarded)
+
+
+def secret_fields(kind: str) -> frozenset[str]:
+    found = KINDS.get(kind)
+    return found.secret_fields if found else frozenset()

@@ -22,7 +22,7 @@ from clarion.config import Settings
 from clarion.errors import TransientError
 from clarion.pipeline import planner
 from clarion.pipeline.context import open_context
-from clarion.providers import ProviderSet, kinds, registry
+from clarion.providers import ProviderSet, kinds
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.sandbox import SandboxProvider
 from clarion.security.secrets import Keyring, key_id, resolve_keyring
@@ -434,7 +434,9 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> type[Recording]:
     Recording.built = []
     for kind in ("smtp", "sendgrid", "twilio", "fcm", "apns"):
         monkeypatch.setitem(
-            kinds.KINDS, kind, dataclasses.replace(kinds.KINDS[kind], provider=f"{__name__}:Recording")
+            kinds.KINDS,
+            kind,
+            dataclasses.replace(kinds.KINDS[kind], provider=f"{__name__}:Recording"),
         )
     return Recording
 
@@ -758,3 +760,21 @@ async def test_a_channel_whose_providers_are_all_disabled_sends_nothing(lite: Ha
     assert delivery["attempts"] == 1
     captured = (await lite.client.get("/v1/sandbox/messages", headers=lite.auth)).json()
     assert captured["data"] == []
+
+
+def test_every_kind_descriptor_is_whole() -> None:
+    from clarion.providers import registry
+
+    for name, kind in kinds.KINDS.items():
+        assert kind.name == name
+        assert kind.channels, name
+        assert kind.channels <= kinds.ALL_CHANNELS, name
+        if not kind.built_in:
+            assert issubclass(registry.load(name), Provider), name
+            assert kind.config is not None, name
+        if kind.reports is not None:
+            assert callable(kind.report_reader()), name
+    assert kinds.BUILT_IN == {"sandbox", "webhook", "inapp"}
+    assert kinds.PUSH_PLATFORMS == {"apns", "fcm"}
+    assert kinds.UNGUARDED == {"webhook", "inapp"}
+    assert "inapp" not in kinds.CONFIGURABLE

@@ -21,8 +21,8 @@ import aiohttp
 import orjson
 from pydantic import ValidationError
 
-from clarion.errors import PermanentError, TransientError
 from clarion.domain.models import DeliveryStatus
+from clarion.errors import PermanentError, TransientError
 from clarion.providers.base import (
     OutboundMessage,
     Provider,

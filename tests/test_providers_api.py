@@ -774,7 +774,7 @@ def test_every_kind_descriptor_is_whole() -> None:
             assert kind.config is not None, name
         if kind.reports is not None:
             assert callable(kind.report_reader()), name
-    assert kinds.BUILT_IN == {"sandbox", "webhook", "inapp"}
-    assert kinds.PUSH_PLATFORMS == {"apns", "fcm"}
-    assert kinds.UNGUARDED == {"webhook", "inapp"}
+    assert {"sandbox", "webhook", "inapp"} == kinds.BUILT_IN
+    assert {"apns", "fcm"} == kinds.PUSH_PLATFORMS
+    assert {"webhook", "inapp"} == kinds.UNGUARDED
     assert "inapp" not in kinds.CONFIGURABLE

@@ -16,6 +16,7 @@ from clarion.resilience.backends import Backends, open_backends
 from clarion.security.secrets import Keyring, resolve_keyring
 from clarion.store import tenants as tenant_store
 from clarion.store.db import create_engine
+from clarion.store.pg import PgPool
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Context:
     categories: CategoryCache = field(default_factory=CategoryCache)
     # Tenants' status webhooks; the API drops a tenant's entry when it changes one.
     webhooks: Subscriptions = field(init=False)
+    # The hot statements' asyncpg pool on PostgreSQL (store/pg.py); None on SQLite.
+    pg: PgPool | None = None
     _secrets: dict[str, str] = field(default_factory=dict)
     # Set whenever a stage finishes a piece of work; drain() waits on it.
     progress: asyncio.Event = field(default_factory=asyncio.Event)
@@ -57,6 +60,8 @@ class Context:
         await self.providers.aclose()
         await self.resilience.aclose()
         await self.broker.close()
+        if self.pg is not None:
+            await self.pg.aclose()
         await self.engine.dispose()
 
 
@@ -65,4 +70,5 @@ async def open_context(settings: Settings) -> Context:
     engine = create_engine(settings)
     broker = create_broker(settings)
     await broker.start()
-    return Context(settings=settings, engine=engine, broker=broker, keyring=keyring)
+    pg = PgPool(settings.database_url) if engine.dialect.name == "postgresql" else None
+    return Context(settings=settings, engine=engine, broker=broker, keyring=keyring, pg=pg)

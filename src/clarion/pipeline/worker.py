@@ -8,6 +8,7 @@ the call's timeout) and the retry policy (backoff, dead letters).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from clarion.broker import Delayed, Message
 from clarion.domain.delivery import Delivery, MalformedDelivery
 from clarion.domain.ids import delivery_id
 from clarion.domain.models import LANES, DeliveryStatus, send_stream
-from clarion.pipeline.consumer import FairConsumer
+from clarion.pipeline.consumer import FairConsumer, tenant_of
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import outbound, publish_deliveries
 from clarion.pipeline.status_events import StatusEvents
@@ -77,7 +78,7 @@ class StatusWriter:
 
     async def _flush(self, changes: list[StatusChange]) -> list[None]:
         events = await self._events.of_changes(changes)
-        await delivery_store.apply_changes(self._ctx.engine, changes)
+        await delivery_store.apply_changes(self._ctx.engine, changes, self._ctx.pg)
         await self._events.publish(events)
         return [None] * len(changes)
 
@@ -137,8 +138,11 @@ class ChannelWorker:
         await self._consumer.run(stop)
 
     async def _screen(self, messages: list[Message]) -> list[Message]:
-        """A message handed out again may have been sent already (its consumer died after
+        """Load the providers of the messages' tenants (once per take, not per send). A
+        message handed out again may have been sent already (its consumer died after
         storing the outcome, before the ack): those are acked, not sent twice."""
+        with contextlib.suppress(Exception):  # else loaded per delivery, failing alone
+            await self._ctx.providers.prepare({tenant_of(m) for m in messages})
         again = [str(m.payload.get("id")) for m in messages if m.redelivered]
         if not again:
             return messages
@@ -236,7 +240,8 @@ class ChannelWorker:
             )
             return change, None, None
         providers = self._ctx.providers
-        await providers.prepare([delivery.tenant])
+        if not providers.is_fresh(delivery.tenant):  # loaded per take by _screen
+            await providers.prepare([delivery.tenant])
         candidates = providers.chain(delivery.tenant, delivery.channel)
         outcome = await self._chain.send(outbound(delivery), candidates)
         if isinstance(outcome, Sent):

@@ -52,7 +52,7 @@ class Intake:
 
     async def _commit(self, items: list[store.NewNotification]) -> list[store.Outcome]:
         return await store.accept(
-            self._ctx.engine, items, outbox_grace=self._ctx.settings.outbox_grace
+            self._ctx.engine, items, outbox_grace=self._ctx.settings.outbox_grace, pg=self._ctx.pg
         )
 
     async def _publish(self, items: list[tuple[str, str]]) -> list[None]:

@@ -4,7 +4,8 @@ meaning of status codes.
 - 2xx: accepted.
 - 408, 425, 429, 5xx: :class:`TransientError`, honouring ``Retry-After`` (seconds or an
   HTTP date). Timeouts and connection failures are transient too.
-- 401, 403: :class:`PermanentError` ``bad_credentials``.
+- 401, 403: :class:`PermanentError` ``bad_credentials`` (``provider_rejected`` where the
+  far end is not a service Clarion holds credentials for, such as a webhook receiver).
 - any other 4xx: :class:`PermanentError` ``provider_rejected`` with the service's message.
 - 3xx: :class:`PermanentError` ``redirect_refused`` naming the target: no request follows a
   redirect (the target could be an internal address the guard would refuse).
@@ -75,8 +76,12 @@ async def read_bounded(response: aiohttp.ClientResponse, limit: int = MAX_REPLY)
     return bytes(body[:limit])
 
 
-def raise_for_status(status: int, message: str, retry_after: str | None = None) -> None:
-    """Raise the error a non-2xx ``status`` means; ``message`` is the service's own words."""
+def raise_for_status(
+    status: int, message: str, retry_after: str | None = None, *, credentials: bool = True
+) -> None:
+    """Raise the error a non-2xx ``status`` means; ``message`` is the service's own words.
+    ``credentials``: whether a 401 or 403 says the credentials Clarion sent are wrong (a
+    service's API) rather than that the far end refuses the request (a webhook)."""
     if 200 <= status < 300:
         return
     detail = f"HTTP {status}: {message[:300]}"
@@ -84,7 +89,7 @@ def raise_for_status(status: int, message: str, retry_after: str | None = None) 
         raise TransientError(
             detail, reason=f"http_{status}", retry_after=parse_retry_after(retry_after)
         )
-    if status in _CREDENTIAL_CODES:
+    if credentials and status in _CREDENTIAL_CODES:
         raise PermanentError(detail, reason="bad_credentials")
     raise PermanentError(detail, reason="provider_rejected")
 

@@ -150,7 +150,7 @@ class HttpClient:
             self._evict()
         for address in addresses:
             try:
-                _, conn = await loop.create_connection(
+                transport, conn = await loop.create_connection(
                     lambda: Connection(origin, self._forget),
                     address,
                     port,
@@ -162,6 +162,8 @@ class HttpClient:
             except OSError as exc:
                 last = exc
                 continue
+            # uvloop may return before it has called connection_made.
+            conn.transport = transport
             if self._closed:
                 conn.close()
                 raise RuntimeError("the HTTP client is closed")

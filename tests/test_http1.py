@@ -359,10 +359,11 @@ async def test_head_204_and_304_carry_no_body(
             writer.write(answers[request[0].split(b" ")[0]])
 
     server = await serve(bodiless)
-    for method in ("HEAD", "GET", "PUT", "HEAD"):
+    for method in ("GET", "PUT", "HEAD", "GET"):
         reply = await client.request(method, server.url(), {}, timeout=5, max_body=10)
         assert reply.body == b""
-    assert server.connections == 1
+    # A HEAD's connection is not reused (its parser would expect the announced body).
+    assert server.connections == 2
 
 
 async def test_an_interim_answer_is_skipped(

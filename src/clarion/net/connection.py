@@ -48,9 +48,11 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.answered = False  # any byte of the current response arrived
         self._on_lost = on_lost
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = self._loop.create_future()
+        self._parser = httptools.HttpResponseParser(self)
         self._reply: asyncio.Future[Reply] | None = None
-        self._parser: httptools.HttpResponseParser | None = None
+        self.deadline = 0.0  # loop time by which the current exchange must end
         self._head = False
         self._max_body = 0
         self._status = 0
@@ -73,7 +75,6 @@ class Connection(asyncio.Protocol):
             return
         self.answered = True
         try:
-            assert self._parser is not None
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(httptools.HttpParserError("the server switched protocols"))
@@ -97,12 +98,15 @@ class Connection(asyncio.Protocol):
 
     # The request
 
-    def exchange(self, request: bytes, *, head: bool, max_body: int) -> asyncio.Future[Reply]:
-        """Write ``request`` and return the future of its reply."""
+    def exchange(
+        self, request: bytes, *, head: bool, max_body: int, deadline: float
+    ) -> asyncio.Future[Reply]:
+        """Write ``request`` and return the future of its reply, which fails with
+        :class:`TimeoutError` (and the connection closes) if :meth:`expire` finds it
+        unanswered after ``deadline`` (loop time)."""
         assert self.transport is not None
-        reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        reply: asyncio.Future[Reply] = self._loop.create_future()
         self._reply = reply
-        self._parser = httptools.HttpResponseParser(self)
         self._head = head
         self._max_body = max_body
         self._headers = CIMultiDict()
@@ -110,6 +114,7 @@ class Connection(asyncio.Protocol):
         self._size = 0
         self._headers_done = self._framed = self.answered = False
         self.requests += 1
+        self.deadline = deadline
         if self.usable():
             self.transport.write(request)
         else:
@@ -136,7 +141,6 @@ class Connection(asyncio.Protocol):
         self._headers.add(name.decode("latin-1"), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
-        assert self._parser is not None
         self._status = self._parser.get_status_code()
         if self._status < 200:
             return  # an interim answer (100 Continue): the real one follows
@@ -146,8 +150,9 @@ class Connection(asyncio.Protocol):
             coding is not None and "chunked" in coding.lower()
         )
         if self._head:
-            # llhttp cannot be told the request was HEAD: the reply ends with its headers.
-            self.reusable = self.reusable and self._parser.should_keep_alive()
+            # llhttp cannot be told the request was HEAD: the reply ends with its headers,
+            # and the parser, expecting a body, is not fit for another.
+            self.reusable = False
             self._finish()
 
     def on_body(self, body: bytes) -> None:
@@ -171,11 +176,15 @@ class Connection(asyncio.Protocol):
         if not self._headers_done:
             self._headers = CIMultiDict()  # after an interim answer
             return
-        assert self._parser is not None
         self.reusable = self.reusable and self._parser.should_keep_alive()
         self._finish()
 
     # Outcomes
+
+    def expire(self, now: float) -> None:
+        """Fail the exchange in progress if its deadline has passed."""
+        if self._reply is not None and self.deadline <= now:
+            self._fail(TimeoutError())
 
     def _finish(self) -> None:
         reply, self._reply = self._reply, None

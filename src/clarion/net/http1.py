@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 
 import httptools
@@ -41,6 +41,10 @@ from clarion.net.framing import HeadWriter, Origin, Target, parse_target
 from clarion.security.netguard import AddressGuard
 
 _MAX_TARGETS = 1024  # URLs whose parsed form is kept
+# How often requests on the wire are checked against their deadlines (a timer per request
+# would cost more than the rest of its bookkeeping).
+_TICK = 0.05
+_Call = tuple[bytes, bool, int, float]  # request bytes, HEAD or not, max_body, deadline
 
 
 class HttpClient:
@@ -61,11 +65,13 @@ class HttpClient:
         self._ssl = ssl_context
         self._heads = HeadWriter(user_agent)
         self._targets: dict[str, Target] = {}
-        self._slots = asyncio.Semaphore(max_connections)
+        self._busy = 0  # requests holding a turn (at most max_connections)
+        self._turns: deque[asyncio.Future[None]] = deque()  # requests waiting for one
         self._open: set[Connection] = set()
         self._idle: dict[Origin, dict[Connection, None]] = {}
         self._lru: OrderedDict[Connection, None] = OrderedDict()  # idle, oldest first
         self._sweeper: asyncio.TimerHandle | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
 
     @property
@@ -89,9 +95,22 @@ class HttpClient:
         target = self._target(url)
         head, replayable = self._heads.head(method, target, headers, len(body))
         data = head + body if len(body) < 65536 else b"".join((head, body))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(_TICK, self._watch)
         try:
-            async with asyncio.timeout(timeout), self._slots:
-                return await self._send(target.origin, data, method == "HEAD", replayable, max_body)
+            # On the wire, the watchdog holds the request to its deadline; waiting for a
+            # turn or a connection is bounded here.
+            if self._busy < self._max and not self._turns:
+                self._busy += 1
+            else:
+                await self._wait_turn(deadline)
+            try:
+                call = (data, method == "HEAD", max_body, deadline)
+                return await self._send(target.origin, call, replayable)
+            finally:
+                self._next_turn()
         except TimeoutError as exc:
             raise TransientError(f"timed out after {timeout}s", reason="timeout") from exc
         except (OSError, httptools.HttpParserError) as exc:
@@ -100,9 +119,10 @@ class HttpClient:
     async def aclose(self) -> None:
         """Close every connection; the client takes no more requests."""
         self._closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        for timer in (self._sweeper, self._watchdog):
+            if timer is not None:
+                timer.cancel()
+        self._sweeper = self._watchdog = None
         open_now = list(self._open)
         for conn in open_now:
             conn.close()
@@ -118,29 +138,52 @@ class HttpClient:
             self._targets[url] = target
         return target
 
-    async def _send(
-        self, origin: Origin, data: bytes, head: bool, replayable: bool, max_body: int
-    ) -> Reply:
-        conn = self._take_idle(origin) or await self._connect(origin)
+    async def _wait_turn(self, deadline: float) -> None:
+        turn = asyncio.get_running_loop().create_future()
+        self._turns.append(turn)
         try:
-            return await self._exchange(conn, data, head, max_body)
+            async with asyncio.timeout_at(deadline):
+                await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self._next_turn()  # given a turn while leaving: pass it on
+            raise
+
+    def _next_turn(self) -> None:
+        """Hand the finished request's turn to the first one waiting, or give it up."""
+        while self._turns:
+            turn = self._turns.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._busy -= 1
+
+    async def _send(self, origin: Origin, call: _Call, replayable: bool) -> Reply:
+        conn = self._take_idle(origin) or await self._connect(origin, call[3])
+        try:
+            return await self._exchange(conn, call)
         except OSError as exc:
             fresh = conn.requests < 2 or conn.answered
             if fresh or not replayable or isinstance(exc, TimeoutError):
                 raise
         # The server closed the kept-alive connection as the request went out.
-        return await self._exchange(await self._connect(origin), data, head, max_body)
+        return await self._exchange(await self._connect(origin, call[3]), call)
 
-    async def _exchange(self, conn: Connection, data: bytes, head: bool, max_body: int) -> Reply:
+    async def _exchange(self, conn: Connection, call: _Call) -> Reply:
+        data, head, max_body, deadline = call
         try:
-            reply = await conn.exchange(data, head=head, max_body=max_body)
+            reply = await conn.exchange(data, head=head, max_body=max_body, deadline=deadline)
         except BaseException:
             conn.close()
             raise
         self._release(conn)
         return reply
 
-    async def _connect(self, origin: Origin) -> Connection:
+    async def _connect(self, origin: Origin, deadline: float) -> Connection:
+        async with asyncio.timeout_at(deadline):
+            return await self._open_connection(origin)
+
+    async def _open_connection(self, origin: Origin) -> Connection:
         scheme, host, port = origin
         tls = self._tls() if scheme == "https" else None
         loop = asyncio.get_running_loop()
@@ -219,6 +262,15 @@ class HttpClient:
                 return
             self._forget(conn)
             conn.close()
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self._open):
+            conn.expire(now)
+        if self._busy:
+            self._watchdog = loop.call_later(_TICK, self._watch)
 
     def _forget(self, conn: Connection) -> None:
         """Drop a connection from the pool's books (closed, or about to be)."""

@@ -19,6 +19,7 @@ _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
 _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 _PLAIN, _DROP, _AGENT, _IDEMPOTENCY = range(4)
 _REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_METHODS = _REPLAYABLE | {"POST", "PATCH"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,7 @@ class HeadWriter:
         after its first one failed before any answer (Go's net/http rule: an idempotent
         method, or an ``Idempotency-Key``)."""
         replayable = method in _REPLAYABLE
-        if not replayable and not _TOKEN.fullmatch(method):
+        if method not in _METHODS and not _TOKEN.fullmatch(method):
             raise PermanentError(f"invalid HTTP method {method[:20]!r}", reason="invalid_request")
         lines = [method, target.line, f"content-length: {length}\r\n"]
         agent = True

@@ -337,12 +337,30 @@ async def test_header_injection_is_refused(
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://127.0.0.1/x", "http:///x", "http://127.0.0.1:99999/", "http://127.0.0.1/a b"]
+    "url", ["ftp://127.0.0.1/x", "http:///x", "http://127.0.0.1:99999/", "http://a b/"]
 )
 async def test_a_url_that_cannot_be_sent_is_refused(client: HttpClient, url: str) -> None:
     with pytest.raises(PermanentError) as caught:
         await client.request("GET", url, {}, timeout=5, max_body=10)
     assert caught.value.reason == "invalid_address"
+
+
+async def test_a_path_is_percent_encoded_and_url_credentials_become_basic_auth(
+    serve: Callable[..., Awaitable[Server]], client: HttpClient
+) -> None:
+    heads: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while (request := await read_request(reader)) is not None:
+            heads.append(request[0])
+            writer.write(OK)
+
+    server = await serve(record)
+    url = f"http://user:p%40ss@127.0.0.1:{server.port}/a b/\u00e9?q=1 2&r=%2F"
+    await client.request("GET", url, {}, timeout=5, max_body=10)
+    head = heads[0].decode()
+    assert head.startswith("GET /a%20b/%C3%A9?q=1%202&r=%2F HTTP/1.1\r\n")
+    assert "authorization: Basic dXNlcjpwQHNz\r\n" in head  # user:p@ss
 
 
 async def test_head_204_and_304_carry_no_body(

@@ -1,12 +1,18 @@
 """What goes on the wire for a request: the target of a URL and the request's head, refused
-when a header would split into another (CR, LF or NUL in a name or value)."""
+when a header would split into another (CR, LF or NUL in a name or value).
+
+A URL's path and query are sent as written, with non-ASCII characters, spaces and controls
+percent-encoded; credentials in a URL (``https://user:pass@host/``) become a basic
+``Authorization`` header."""
 
 from __future__ import annotations
 
 import re
+import string
+from base64 import b64encode
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from clarion.errors import PermanentError
 
@@ -28,7 +34,8 @@ class Target:
     and ``Host`` header, pre-encoded."""
 
     origin: Origin
-    line: str  # " /path?query HTTP/1.1\r\nhost: name[:port]\r\n"
+    line: str  # " /path?query HTTP/1.1\r\nhost: name[:port]\r\n" (and authorization)
+    crlfs: int  # line breaks in ``line``
 
 
 def parse_target(url: str) -> Target:
@@ -47,13 +54,23 @@ def parse_target(url: str) -> Target:
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"
-    if _BAD_TARGET.search(path) or _BAD_TARGET.search(host):
-        raise PermanentError(f"not a valid URL path: {url[:200]!r}", reason="invalid_address")
+    if not path.isascii() or _BAD_TARGET.search(path):
+        path = quote(path, safe=string.punctuation)
+    if _BAD_TARGET.search(host):
+        raise PermanentError(f"not a valid host name: {url[:200]!r}", reason="invalid_address")
     default = _PORTS[parts.scheme]
     shown = f"[{host}]" if ":" in host else host
     if port is not None and port != default:
         shown = f"{shown}:{port}"
-    return Target((parts.scheme, host, port or default), f" {path} HTTP/1.1\r\nhost: {shown}\r\n")
+    line = f" {path} HTTP/1.1\r\nhost: {shown}\r\n{_authorization(parts)}"
+    return Target((parts.scheme, host, port or default), line, line.count("\n"))
+
+
+def _authorization(parts: SplitResult) -> str:
+    if parts.username is None:
+        return ""
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return f"authorization: Basic {b64encode(pair.encode()).decode()}\r\n"
 
 
 class HeadWriter:
@@ -90,10 +107,10 @@ class HeadWriter:
             lines.append(self._agent)
         lines.append("\r\n")
         block = "".join(lines)
-        # The URL's and the client's own parts are checked already, and they hold one CRLF
-        # per line (the target's two, the method's none): any other CR, LF or NUL comes
+        # The URL's and the client's own parts are checked already, and every other line
+        # ends in one CRLF (the method's in the target's): any other CR, LF or NUL comes
         # from a header.
-        _check_block(block, len(lines))
+        _check_block(block, len(lines) - 2 + target.crlfs)
         return block.encode(), replayable
 
     def _learn(self, name: str) -> int:

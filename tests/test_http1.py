@@ -472,6 +472,52 @@ async def test_the_pool_cap_holds_under_concurrency(
     assert server.most_open == 3
 
 
+async def test_requests_beyond_the_cap_go_out_in_the_order_they_came(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    keys: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while (request := await read_request(reader)) is not None:
+            keys.extend(line for line in request[0].split(b"\r\n") if line.startswith(b"x-n:"))
+            writer.write(OK)
+
+    server = await serve(record)
+    single = HttpClient(AddressGuard(allow_private=True), max_connections=1)
+    try:
+        sends = [
+            single.request("GET", server.url(), {"x-n": str(n)}, timeout=5, max_body=10)
+            for n in range(20)
+        ]
+        await asyncio.gather(*sends)
+    finally:
+        await single.aclose()
+    assert keys == [f"x-n: {n}".encode() for n in range(20)]
+    assert server.connections == 1
+
+
+async def test_aclose_ends_requests_in_flight_and_closes_every_connection(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    arrived = asyncio.Event()
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        arrived.set()
+        await reader.read()
+
+    server = await serve(hang)
+    http = HttpClient(AddressGuard(allow_private=True))
+    pending = asyncio.ensure_future(post(http, server.url(), key=False))
+    await arrived.wait()
+    await http.aclose()
+    error = await failure(pending)
+    assert error.reason == "connection_error"
+    assert http.connections == 0
+    with pytest.raises(RuntimeError):
+        await post(http, server.url())
+
+
 async def test_room_is_made_by_closing_another_origins_idle_connection(
     serve: Callable[..., Awaitable[Server]],
 ) -> None:

@@ -42,9 +42,15 @@ class Server:
     """Runs ``handler`` for each connection (with its number, from 0); counts connections
     and requests' heads."""
 
-    def __init__(self, handler: Handler = answer_all, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler = answer_all,
+        tls: ssl.SSLContext | None = None,
+        bind: tuple[str, int] = ("127.0.0.1", 0),
+    ) -> None:
         self.handler = handler
         self.tls = tls
+        self.bind = bind
         self.connections = 0
         self.open = 0
         self.most_open = 0
@@ -54,7 +60,7 @@ class Server:
         self._done: set[asyncio.Future[None]] = set()
 
     async def start(self) -> Server:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        self._server = await asyncio.start_server(self._serve, *self.bind, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -95,8 +101,12 @@ class Server:
 async def serve() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
     servers: list[Server] = []
 
-    async def start(handler: Handler = answer_all, tls: ssl.SSLContext | None = None) -> Server:
-        server = await Server(handler, tls).start()
+    async def start(
+        handler: Handler = answer_all,
+        tls: ssl.SSLContext | None = None,
+        bind: tuple[str, int] = ("127.0.0.1", 0),
+    ) -> Server:
+        server = await Server(handler, tls, bind).start()
         servers.append(server)
         return server
 
@@ -568,15 +578,20 @@ def ca() -> trustme.CA:
 
 @pytest.fixture
 async def named(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """``hooks.test`` resolves to 127.0.0.1; each lookup is recorded."""
+    """``hooks.test`` resolves to 127.0.0.1, ``two.test`` to 127.0.0.2 and 127.0.0.1; each
+    lookup is recorded."""
     lookups: list[str] = []
     loop = asyncio.get_running_loop()
     real = loop.getaddrinfo
+    names = {"hooks.test": ["127.0.0.1"], "two.test": ["127.0.0.2", "127.0.0.1"]}
 
     async def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
         lookups.append(host)
-        if host == "hooks.test":
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", int(port)))]
+        if host in names:
+            return [
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, int(port)))
+                for address in names[host]
+            ]
         return await real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
@@ -625,3 +640,23 @@ async def test_tls_refuses_a_certificate_for_another_name_or_an_unknown_ca(
         await http.aclose()
     assert all(isinstance(error, TransientError) for error in errors)
     assert [error.reason for error in errors] == ["certificate_error"] * 2
+
+
+async def test_an_address_that_hangs_leaves_time_for_the_next(
+    serve: Callable[..., Awaitable[Server]], ca: trustme.CA, named: list[str]
+) -> None:
+    """``two.test``'s first address accepts connections and never answers the TLS
+    handshake; the second is a working server. Each gets half the time."""
+    good = await serve(tls=tls_server(ca, "two.test"))
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await reader.read()
+
+    hanging = await serve(mute, bind=("127.0.0.2", good.port))
+    http = tls_client(ca)
+    try:
+        reply = await post(http, good.url(host="two.test"), timeout=2.0)
+    finally:
+        await http.aclose()
+    assert reply.body == b"ok"
+    assert (hanging.connections, good.connections) == (1, 1)

@@ -180,40 +180,45 @@ class HttpClient:
         return reply
 
     async def _connect(self, origin: Origin, deadline: float) -> Connection:
-        async with asyncio.timeout_at(deadline):
-            return await self._open_connection(origin)
-
-    async def _open_connection(self, origin: Origin) -> Connection:
-        scheme, host, port = origin
-        tls = self._tls() if scheme == "https" else None
+        """A new connection to a checked address of the origin's host, tried in turn; each
+        address gets an equal share of the time left, so an unreachable first address
+        (a broken IPv6 route) leaves time for the next."""
+        _, host, port = origin
         loop = asyncio.get_running_loop()
-        last: OSError | None = None
-        addresses = await self._guard.resolve(host, port)
+        async with asyncio.timeout_at(deadline):
+            addresses = await self._guard.resolve(host, port)
         if len(self._open) >= self._max:
             self._evict()
-        for address in addresses:
+        last: OSError | None = None
+        for tried, address in enumerate(addresses):
+            share = (deadline - loop.time()) / (len(addresses) - tried)
             try:
-                transport, conn = await loop.create_connection(
-                    lambda: Connection(origin, self._forget),
-                    address,
-                    port,
-                    ssl=tls,
-                    server_hostname=host if tls is not None else None,
-                )
+                async with asyncio.timeout(share):
+                    return await self._open_connection(origin, address)
             except ssl.SSLCertVerificationError:
                 raise
-            except OSError as exc:
+            except OSError as exc:  # TimeoutError included
                 last = exc
-                continue
-            # uvloop may return before it has called connection_made.
-            conn.transport = transport
-            if self._closed:
-                conn.close()
-                raise RuntimeError("the HTTP client is closed")
-            if not conn.lost.done():
-                self._open.add(conn)
-            return conn
         raise last or ConnectionError(f"no address for {host!r}")
+
+    async def _open_connection(self, origin: Origin, address: str) -> Connection:
+        scheme, host, port = origin
+        tls = self._tls() if scheme == "https" else None
+        transport, conn = await asyncio.get_running_loop().create_connection(
+            lambda: Connection(origin, self._forget),
+            address,
+            port,
+            ssl=tls,
+            server_hostname=host if tls is not None else None,
+        )
+        # uvloop may return before it has called connection_made.
+        conn.transport = transport
+        if self._closed:
+            conn.close()
+            raise RuntimeError("the HTTP client is closed")
+        if not conn.lost.done():
+            self._open.add(conn)
+        return conn
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl is None:

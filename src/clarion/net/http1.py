@@ -3,15 +3,16 @@
 
 - A connection goes to an address returned by ``AddressGuard.resolve`` (the one lookup;
   IP literals are checked too), and TLS verifies the certificate against the URL's host
-  name, not the address.
+  name, not the address. A host's addresses are tried in turn, each with an equal share
+  of the time left.
 - Connections are kept per origin (scheme, host, port) and reused; at most
   ``max_connections`` are open and in use, and requests beyond that wait their turn in
   order. An idle connection is closed after ``idle_timeout``, and one the server closed,
   answered ``Connection: close`` on, or that carried a cut-short or failed exchange is
   never reused.
 - A whole request (waiting for a connection, connecting, sending, reading the answer) is
-  bounded by ``timeout``; the answer's body by ``max_body`` (the rest is dropped with the
-  connection).
+  bounded by ``timeout`` (while on the wire, checked every 50 ms); the answer's body by
+  ``max_body`` (the rest is dropped with the connection).
 - A request that fails on a reused connection before any answer arrives (the server
   closed the idle connection as it was sent) is sent once more on a new connection if it
   is safe to repeat: GET, HEAD, OPTIONS, PUT, DELETE, or an ``Idempotency-Key``.

@@ -42,9 +42,15 @@ class Server:
     """Runs ``handler`` for each connection (with its number, from 0); counts connections
     and requests' heads."""
 
-    def __init__(self, handler: Handler = answer_all, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler = answer_all,
+        tls: ssl.SSLContext | None = None,
+        bind: tuple[str, int] = ("127.0.0.1", 0),
+    ) -> None:
         self.handler = handler
         self.tls = tls
+        self.bind = bind
         self.connections = 0
         self.open = 0
         self.most_open = 0
@@ -54,7 +60,7 @@ class Server:
         self._done: set[asyncio.Future[None]] = set()
 
     async def start(self) -> Server:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        self._server = await asyncio.start_server(self._serve, *self.bind, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -95,8 +101,12 @@ class Server:
 async def serve() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
     servers: list[Server] = []
 
-    async def start(handler: Handler = answer_all, tls: ssl.SSLContext | None = None) -> Server:
-        server = await Server(handler, tls).start()
+    async def start(
+        handler: Handler = answer_all,
+        tls: ssl.SSLContext | None = None,
+        bind: tuple[str, int] = ("127.0.0.1", 0),
+    ) -> Server:
+        server = await Server(handler, tls, bind).start()
         servers.append(server)
         return server
 
@@ -472,6 +482,52 @@ async def test_the_pool_cap_holds_under_concurrency(
     assert server.most_open == 3
 
 
+async def test_requests_beyond_the_cap_go_out_in_the_order_they_came(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    keys: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while (request := await read_request(reader)) is not None:
+            keys.extend(line for line in request[0].split(b"\r\n") if line.startswith(b"x-n:"))
+            writer.write(OK)
+
+    server = await serve(record)
+    single = HttpClient(AddressGuard(allow_private=True), max_connections=1)
+    try:
+        sends = [
+            single.request("GET", server.url(), {"x-n": str(n)}, timeout=5, max_body=10)
+            for n in range(20)
+        ]
+        await asyncio.gather(*sends)
+    finally:
+        await single.aclose()
+    assert keys == [f"x-n: {n}".encode() for n in range(20)]
+    assert server.connections == 1
+
+
+async def test_aclose_ends_requests_in_flight_and_closes_every_connection(
+    serve: Callable[..., Awaitable[Server]],
+) -> None:
+    arrived = asyncio.Event()
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        arrived.set()
+        await reader.read()
+
+    server = await serve(hang)
+    http = HttpClient(AddressGuard(allow_private=True))
+    pending = asyncio.ensure_future(post(http, server.url(), key=False))
+    await arrived.wait()
+    await http.aclose()
+    error = await failure(pending)
+    assert error.reason == "connection_error"
+    assert http.connections == 0
+    with pytest.raises(RuntimeError):
+        await post(http, server.url())
+
+
 async def test_room_is_made_by_closing_another_origins_idle_connection(
     serve: Callable[..., Awaitable[Server]],
 ) -> None:
@@ -522,15 +578,20 @@ def ca() -> trustme.CA:
 
 @pytest.fixture
 async def named(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """``hooks.test`` resolves to 127.0.0.1; each lookup is recorded."""
+    """``hooks.test`` resolves to 127.0.0.1, ``two.test`` to 127.0.0.2 and 127.0.0.1; each
+    lookup is recorded."""
     lookups: list[str] = []
     loop = asyncio.get_running_loop()
     real = loop.getaddrinfo
+    names = {"hooks.test": ["127.0.0.1"], "two.test": ["127.0.0.2", "127.0.0.1"]}
 
     async def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
         lookups.append(host)
-        if host == "hooks.test":
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", int(port)))]
+        if host in names:
+            return [
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, int(port)))
+                for address in names[host]
+            ]
         return await real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
@@ -579,3 +640,23 @@ async def test_tls_refuses_a_certificate_for_another_name_or_an_unknown_ca(
         await http.aclose()
     assert all(isinstance(error, TransientError) for error in errors)
     assert [error.reason for error in errors] == ["certificate_error"] * 2
+
+
+async def test_an_address_that_hangs_leaves_time_for_the_next(
+    serve: Callable[..., Awaitable[Server]], ca: trustme.CA, named: list[str]
+) -> None:
+    """``two.test``'s first address accepts connections and never answers the TLS
+    handshake; the second is a working server. Each gets half the time."""
+    good = await serve(tls=tls_server(ca, "two.test"))
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await reader.read()
+
+    hanging = await serve(mute, bind=("127.0.0.2", good.port))
+    http = tls_client(ca)
+    try:
+        reply = await post(http, good.url(host="two.test"), timeout=2.0)
+    finally:
+        await http.aclose()
+    assert reply.body == b"ok"
+    assert (hanging.connections, good.connections) == (1, 1)

@@ -3,15 +3,16 @@
 
 - A connection goes to an address returned by ``AddressGuard.resolve`` (the one lookup;
   IP literals are checked too), and TLS verifies the certificate against the URL's host
-  name, not the address.
+  name, not the address. A host's addresses are tried in turn, each with an equal share
+  of the time left.
 - Connections are kept per origin (scheme, host, port) and reused; at most
   ``max_connections`` are open and in use, and requests beyond that wait their turn in
   order. An idle connection is closed after ``idle_timeout``, and one the server closed,
   answered ``Connection: close`` on, or that carried a cut-short or failed exchange is
   never reused.
 - A whole request (waiting for a connection, connecting, sending, reading the answer) is
-  bounded by ``timeout``; the answer's body by ``max_body`` (the rest is dropped with the
-  connection).
+  bounded by ``timeout`` (while on the wire, checked every 50 ms); the answer's body by
+  ``max_body`` (the rest is dropped with the connection).
 - A request that fails on a reused connection before any answer arrives (the server
   closed the idle connection as it was sent) is sent once more on a new connection if it
   is safe to repeat: GET, HEAD, OPTIONS, PUT, DELETE, or an ``Idempotency-Key``.
@@ -180,40 +181,45 @@ class HttpClient:
         return reply
 
     async def _connect(self, origin: Origin, deadline: float) -> Connection:
-        async with asyncio.timeout_at(deadline):
-            return await self._open_connection(origin)
-
-    async def _open_connection(self, origin: Origin) -> Connection:
-        scheme, host, port = origin
-        tls = self._tls() if scheme == "https" else None
+        """A new connection to a checked address of the origin's host, tried in turn; each
+        address gets an equal share of the time left, so an unreachable first address
+        (a broken IPv6 route) leaves time for the next."""
+        _, host, port = origin
         loop = asyncio.get_running_loop()
-        last: OSError | None = None
-        addresses = await self._guard.resolve(host, port)
+        async with asyncio.timeout_at(deadline):
+            addresses = await self._guard.resolve(host, port)
         if len(self._open) >= self._max:
             self._evict()
-        for address in addresses:
+        last: OSError | None = None
+        for tried, address in enumerate(addresses):
+            share = (deadline - loop.time()) / (len(addresses) - tried)
             try:
-                transport, conn = await loop.create_connection(
-                    lambda: Connection(origin, self._forget),
-                    address,
-                    port,
-                    ssl=tls,
-                    server_hostname=host if tls is not None else None,
-                )
+                async with asyncio.timeout(share):
+                    return await self._open_connection(origin, address)
             except ssl.SSLCertVerificationError:
                 raise
-            except OSError as exc:
+            except OSError as exc:  # TimeoutError included
                 last = exc
-                continue
-            # uvloop may return before it has called connection_made.
-            conn.transport = transport
-            if self._closed:
-                conn.close()
-                raise RuntimeError("the HTTP client is closed")
-            if not conn.lost.done():
-                self._open.add(conn)
-            return conn
         raise last or ConnectionError(f"no address for {host!r}")
+
+    async def _open_connection(self, origin: Origin, address: str) -> Connection:
+        scheme, host, port = origin
+        tls = self._tls() if scheme == "https" else None
+        transport, conn = await asyncio.get_running_loop().create_connection(
+            lambda: Connection(origin, self._forget),
+            address,
+            port,
+            ssl=tls,
+            server_hostname=host if tls is not None else None,
+        )
+        # uvloop may return before it has called connection_made.
+        conn.transport = transport
+        if self._closed:
+            conn.close()
+            raise RuntimeError("the HTTP client is closed")
+        if not conn.lost.done():
+            self._open.add(conn)
+        return conn
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl is None:

@@ -12,6 +12,9 @@ from clarion.api.routes import (
     categories,
     dead_letters,
     health,
+    inbox,
+    inbox_live,
+    inbox_web,
     notifications,
     provider_callbacks,
     provider_health,
@@ -65,6 +68,9 @@ def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
     app.include_router(provider_health.router)
     app.include_router(unsubscribe.router)
     app.include_router(webhooks.router)
+    app.include_router(inbox.router)
+    app.include_router(inbox_live.router)
+    app.include_router(inbox_web.router)
     app.add_middleware(
         EdgeGuard,
         body_timeout=ctx.settings.http_body_timeout,

@@ -12,6 +12,8 @@ from clarion.config import Settings
 from clarion.pipeline.categories import CategoryCache
 from clarion.pipeline.subscriptions import Subscriptions
 from clarion.providers import ProviderSet
+from clarion.realtime import Hub, create_hub
+from clarion.realtime.gate import InboxGate
 from clarion.resilience.backends import Backends, open_backends
 from clarion.security.secrets import Keyring, resolve_keyring
 from clarion.store import tenants as tenant_store
@@ -32,6 +34,9 @@ class Context:
     categories: CategoryCache = field(default_factory=CategoryCache)
     # Tenants' status webhooks; the API drops a tenant's entry when it changes one.
     webhooks: Subscriptions = field(init=False)
+    # Live inbox events (Redis pub/sub, or in process) and the gate of recipient tokens.
+    hub: Hub = field(init=False)
+    inbox: InboxGate = field(init=False)
     _secrets: dict[str, str] = field(default_factory=dict)
     # Set whenever a stage finishes a piece of work; drain() waits on it.
     progress: asyncio.Event = field(default_factory=asyncio.Event)
@@ -40,6 +45,9 @@ class Context:
         self.providers = ProviderSet(self.settings, self.engine, self.webhook_secret, self.keyring)
         self.resilience = open_backends(self.settings)
         self.webhooks = Subscriptions(self.engine, self.keyring, self.settings.provider_cache_ttl)
+        self.hub = create_hub(self.resilience.redis, self.settings.inbox_queue_size)
+        self.inbox = InboxGate(self.engine, self.hub, self.settings.provider_cache_ttl)
+        self.providers.hub = self.hub
 
     async def webhook_secret(self, tenant_id: str) -> str:
         secret = self._secrets.get(tenant_id)
@@ -55,6 +63,7 @@ class Context:
 
     async def aclose(self) -> None:
         await self.providers.aclose()
+        await self.hub.aclose()
         await self.resilience.aclose()
         await self.broker.close()
         await self.engine.dispose()

@@ -41,6 +41,8 @@ tenants = Table(
     Column("name", String(200), nullable=False, unique=True),
     Column("webhook_secret", String(100), nullable=False),
     Column("settings", JSON, nullable=False, default=dict),
+    # Signs recipient tokens (security/inbox_tokens.py); replaced to revoke them all.
+    Column("inbox_secret", String(100)),
     _ts("created_at", nullable=False),
 )
 
@@ -207,10 +209,31 @@ inbox_messages = Table(
     Column("recipient_id", String(200), nullable=False),
     Column("delivery_id", String(40), nullable=False, unique=True),
     Column("content", JSON, nullable=False),
+    Column("category", String(100)),
+    # unread | read | archived: derived from the timestamps below, kept for the indexes.
     Column("status", String(16), nullable=False),
     _ts("created_at", nullable=False),
     _ts("read_at"),
-    Index("ix_inbox_messages_recipient", "tenant_id", "recipient_id", "id"),
+    _ts("seen_at"),
+    _ts("archived_at"),
+    # Hidden from the feed and the counts until the waker brings it back (store/inbox.py).
+    _ts("snoozed_until"),
+    # The feed, newest first, all of it or one status: a page is an index range.
+    Index("ix_inbox_messages_feed", "tenant_id", "recipient_id", "created_at", "id"),
+    Index("ix_inbox_messages_status", "tenant_id", "recipient_id", "status", "created_at", "id"),
+    Index("ix_inbox_messages_snoozed_until", "snoozed_until"),
+)
+
+# Recipient tokens issued before `revoked_at` are refused: the recipient was erased (named
+# by its digest, security/inbox_tokens.py::recipient_digest, never by its id), or
+# (recipient_id "*") the tenant's inbox secret was rotated. API processes follow this table.
+inbox_revocations = Table(
+    "inbox_revocations",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("recipient_id", String(200), primary_key=True),
+    _ts("revoked_at", nullable=False),
+    Index("ix_inbox_revocations_revoked_at", "revoked_at"),
 )
 
 categories = Table(

@@ -1,0 +1,42 @@
+"""``/inbox/clarion-inbox.js`` (the drop-in web component) and ``/inbox/demo`` (a page that
+uses it). Both are files of the package (``clarion/web/inbox/``), read once."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+router = APIRouter(prefix="/inbox", tags=["inbox"], include_in_schema=False)
+
+
+@cache
+def _asset(name: str) -> bytes:
+    return files("clarion.web").joinpath("inbox", name).read_bytes()
+
+
+@router.get("/clarion-inbox.js")
+async def component() -> Response:
+    return Response(
+        _asset("clarion-inbox.js"),
+        media_type="text/javascript; charset=utf-8",
+        headers={"Cache-Control": "public, max-age=300"},
+    )
+
+
+@router.get("/demo")
+async def demo() -> Response:
+    # The token travels in the URL fragment or a form field, never to this server's logs.
+    return Response(
+        _asset("demo.html"),
+        media_type="text/html; charset=utf-8",
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": (
+                "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'"
+            ),
+            "Referrer-Policy": "no-referrer",
+        },
+    )

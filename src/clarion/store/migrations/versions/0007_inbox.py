@@ -1,0 +1,61 @@
+"""in-app inbox: message states, feed indexes, recipient-token secrets and revocations
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-11-23 08:00:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0007"
+down_revision: str | None = "0006"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("tenants", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("inbox_secret", sa.String(length=100), nullable=True))
+    with op.batch_alter_table("inbox_messages", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("category", sa.String(length=100), nullable=True))
+        batch_op.add_column(sa.Column("seen_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("archived_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("snoozed_until", sa.DateTime(timezone=True), nullable=True))
+        batch_op.drop_index("ix_inbox_messages_recipient")
+        batch_op.create_index(
+            "ix_inbox_messages_feed", ["tenant_id", "recipient_id", "created_at", "id"]
+        )
+        batch_op.create_index(
+            "ix_inbox_messages_status",
+            ["tenant_id", "recipient_id", "status", "created_at", "id"],
+        )
+        batch_op.create_index("ix_inbox_messages_snoozed_until", ["snoozed_until"])
+    op.create_table(
+        "inbox_revocations",
+        sa.Column("tenant_id", sa.String(length=40), nullable=False),
+        sa.Column("recipient_id", sa.String(length=200), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("tenant_id", "recipient_id", name=op.f("pk_inbox_revocations")),
+    )
+    with op.batch_alter_table("inbox_revocations", schema=None) as batch_op:
+        batch_op.create_index("ix_inbox_revocations_revoked_at", ["revoked_at"])
+
+
+def downgrade() -> None:
+    op.drop_table("inbox_revocations")
+    with op.batch_alter_table("inbox_messages", schema=None) as batch_op:
+        batch_op.drop_index("ix_inbox_messages_snoozed_until")
+        batch_op.drop_index("ix_inbox_messages_status")
+        batch_op.drop_index("ix_inbox_messages_feed")
+        batch_op.create_index(
+            "ix_inbox_messages_recipient", ["tenant_id", "recipient_id", "id"], unique=False
+        )
+        batch_op.drop_column("snoozed_until")
+        batch_op.drop_column("archived_at")
+        batch_op.drop_column("seen_at")
+        batch_op.drop_column("category")
+    with op.batch_alter_table("tenants", schema=None) as batch_op:
+        batch_op.drop_column("inbox_secret")

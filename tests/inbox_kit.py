@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from clarion.api.server import http_server
 from harness import Harness
 
 TEMPLATE = {
@@ -60,3 +69,101 @@ async def counts(app: Harness, token: str) -> dict[str, int]:
     assert response.status_code == 200, response.text
     body: dict[str, int] = response.json()
     return body
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Harness) -> AsyncIterator[str]:
+    """The harness's API on a real socket (for SSE and WebSockets); yields its base URL."""
+    asgi = app.client._transport.app  # type: ignore[attr-defined]
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    server = http_server(asgi, app.settings)
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        app.ctx.hub.close_all("server_stopping")
+        server.should_exit = True
+        await task
+        listener.close()
+
+
+class Socket:
+    """A WebSocket client on the inbox that reads JSON events."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+
+    async def next(self, timeout: float = 10.0) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            frame = await self.conn.recv()
+        event: dict[str, Any] = orjson.loads(frame)
+        return event
+
+    async def until(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The next event of ``kind``, skipping others."""
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.next(timeout)
+                if event["type"] == kind:
+                    return event
+
+    async def send(self, frame: Any) -> None:
+        await self.conn.send(
+            frame if isinstance(frame, str | bytes) else orjson.dumps(frame).decode()
+        )
+
+
+@contextlib.asynccontextmanager
+async def websocket(base: str, token: str, **kwargs: Any) -> AsyncIterator[Socket]:
+    url = base.replace("http://", "ws://") + "/v1/inbox/ws?token=" + token
+    async with connect(url, **kwargs) as conn:
+        yield Socket(conn)
+
+
+class Stream:
+    """A Server-Sent Events client on the inbox: events as (id, data)."""
+
+    def __init__(self, lines: AsyncIterator[str]) -> None:
+        self._lines = lines
+        self.comments: list[str] = []
+
+    async def next(self, timeout: float = 10.0) -> tuple[str | None, dict[str, Any]]:
+        ident: str | None = None
+        data: list[str] = []
+        async with asyncio.timeout(timeout):
+            async for line in self._lines:
+                if line.startswith(":"):
+                    self.comments.append(line)
+                elif line.startswith("id:"):
+                    ident = line[3:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif line == "" and data:
+                    event: dict[str, Any] = orjson.loads("\n".join(data))
+                    return ident, event
+        raise EOFError("the stream ended")
+
+    async def until(self, kind: str, timeout: float = 10.0) -> tuple[str | None, dict[str, Any]]:
+        async with asyncio.timeout(timeout):
+            while True:
+                ident, event = await self.next(timeout)
+                if event["type"] == kind:
+                    return ident, event
+
+
+@contextlib.asynccontextmanager
+async def event_stream(
+    base: str, token: str, last_event_id: str | None = None
+) -> AsyncIterator[Stream]:
+    headers = {"Authorization": f"Bearer {token}"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    async with (
+        httpx.AsyncClient(base_url=base, timeout=30) as client,
+        client.stream("GET", "/v1/inbox/stream", headers=headers) as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        yield Stream(response.aiter_lines())

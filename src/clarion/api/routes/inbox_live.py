@@ -52,7 +52,9 @@ async def _stream_reader(request: Request) -> RecipientClaims:
     return await check(request, token_of(request, query=True))
 
 
-def _sse(event: Event, ident: str) -> bytes:
+def _sse(event: Event, cursor: str) -> bytes:
+    # A message's id is its own; any other event repeats the newest message's id.
+    ident = event["message"]["id"] if event["type"] == "message" else cursor
     return b"id: " + ident.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 

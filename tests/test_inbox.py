@@ -343,3 +343,38 @@ async def test_a_repeated_send_makes_no_second_message(lite: Harness) -> None:
     }
     assert await inbox_store.insert(lite.ctx.engine, [row]) == []
     assert len((await feed(lite, token))["data"]) == 1
+
+
+async def test_inbox_routes_answer_other_origins_and_tenant_routes_do_not(
+    lite: Harness,
+) -> None:
+    token = await inbox_ready(lite, "u-1")
+    preflight = await lite.client.options(
+        "/v1/inbox/count",
+        headers={
+            "Origin": "https://shop.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "authorization" in preflight.headers["access-control-allow-headers"]
+    response = await lite.client.get(
+        "/v1/inbox/count", headers={**bearer(token), "Origin": "https://shop.example"}
+    )
+    assert response.headers["access-control-allow-origin"] == "*"
+    response = await lite.client.get("/v1/recipients/u-1", headers=lite.auth)
+    assert "access-control-allow-origin" not in response.headers
+
+
+async def test_the_component_and_the_demo_are_served(lite: Harness) -> None:
+    script = await lite.client.get("/inbox/clarion-inbox.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert 'customElements.define("clarion-inbox"' in script.text
+    demo = await lite.client.get("/inbox/demo")
+    assert demo.status_code == 200
+    assert "/inbox/clarion-inbox.js" in demo.text
+    assert "default-src 'self'" in demo.headers["content-security-policy"]
+    assert (await lite.client.get("/inbox/demo.js")).status_code == 200

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from clarion import __version__
 from clarion.api import errors
 from clarion.api.auth import KeyCache
+from clarion.api.inbox_cors import InboxCors
 from clarion.api.limits import EdgeGuard
 from clarion.api.routes import (
     categories,
@@ -76,4 +77,5 @@ def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
         body_timeout=ctx.settings.http_body_timeout,
         large_bodies=ctx.settings.http_large_bodies,
     )
+    app.add_middleware(InboxCors)
     return app

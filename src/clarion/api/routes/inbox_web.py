@@ -17,18 +17,27 @@ def _asset(name: str) -> bytes:
     return files("clarion.web").joinpath("inbox", name).read_bytes()
 
 
+def _script(name: str) -> Response:
+    return Response(
+        _asset(name),
+        media_type="text/javascript; charset=utf-8",
+        headers={"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"},
+    )
+
+
 @router.get("/clarion-inbox.js")
 async def component() -> Response:
-    return Response(
-        _asset("clarion-inbox.js"),
-        media_type="text/javascript; charset=utf-8",
-        headers={"Cache-Control": "public, max-age=300"},
-    )
+    return _script("clarion-inbox.js")
+
+
+@router.get("/demo.js")
+async def demo_script() -> Response:
+    return _script("demo.js")
 
 
 @router.get("/demo")
 async def demo() -> Response:
-    # The token travels in the URL fragment or a form field, never to this server's logs.
+    # The token travels in the URL fragment or a form field, never in a request.
     return Response(
         _asset("demo.html"),
         media_type="text/html; charset=utf-8",

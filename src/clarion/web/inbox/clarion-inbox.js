@@ -1,6 +1,8 @@
 /*
  * <clarion-inbox token="..." base-url="https://notify.example.com">
  *
+ * Optional: transport="sse" uses Server-Sent Events from the start.
+ *
  * Clarion's drop-in in-app inbox: a bell with the unread count, a panel with the
  * recipient's messages (mark read, mark all read, archive), kept live over a WebSocket
  * (Server-Sent Events when WebSockets are unavailable) that resumes after a reconnect.
@@ -36,6 +38,7 @@
              border: 1px solid var(--clarion-border, #d0d7de); border-radius: var(--clarion-radius, 8px);
              box-shadow: 0 8px 24px rgba(0,0,0,.15); overflow: hidden; }
     .panel[hidden] { display: none; }
+    .panel:focus { outline: none; }
     header { display: flex; align-items: center; justify-content: space-between; padding: 10px 12px;
              border-bottom: 1px solid var(--clarion-border, #d0d7de); }
     header h2 { margin: 0; font-size: 15px; }
@@ -44,7 +47,8 @@
     .item { display: flex; gap: 8px; padding: 10px 12px; border-bottom: 1px solid var(--clarion-border, #d0d7de); }
     .item.unread { background: var(--clarion-unread-bg, #f0f6ff); }
     .item .text { flex: 1; min-width: 0; }
-    .item .title { font-weight: 600; margin: 0; }
+    .item .title { display: block; font-weight: 600; margin: 0; color: inherit; }
+    .item a.title { color: var(--clarion-accent, #2f6feb); }
     .item .body { margin: 2px 0 0; color: var(--clarion-muted, #59636e); overflow-wrap: anywhere; }
     .item time { font-size: 12px; color: var(--clarion-muted, #59636e); }
     .item .actions { display: flex; flex-direction: column; gap: 4px; }
@@ -61,7 +65,7 @@
   const MAX_BACKOFF_MS = 30000;
 
   class ClarionInbox extends HTMLElement {
-    static get observedAttributes() { return ["token", "base-url"]; }
+    static get observedAttributes() { return ["token", "base-url", "transport"]; }
 
     constructor() {
       super();
@@ -124,6 +128,7 @@
     // ---- live -------------------------------------------------------------------
     start() {
       if (!this.token) { this.showStatus("no token"); return; }
+      if (this.getAttribute("transport") === "sse") this.useSse = true;
       this.reload().catch((error) => this.showStatus(String(error.message || error)));
       this.connect();
     }
@@ -214,7 +219,7 @@
         <button class="bell" part="bell" aria-haspopup="dialog" aria-expanded="false" aria-label="Notifications">
           ${BELL}<span class="badge" part="badge" hidden aria-hidden="true"></span>
         </button>
-        <div class="panel" part="panel" role="dialog" aria-label="Notifications" hidden>
+        <div class="panel" part="panel" role="dialog" aria-label="Notifications" tabindex="-1" hidden>
           <header>
             <h2>Notifications</h2>
             <button class="link read-all" type="button">Mark all read</button>
@@ -279,15 +284,23 @@
     }
 
     renderList() {
+      // Keep the keyboard where it was: on the same message, else on the panel.
+      const focused = this.root.activeElement;
+      const hadFocus = focused && this.list.contains(focused);
+      const focusedId = hadFocus && focused.closest(".item") ? focused.closest(".item").dataset.id : null;
       this.list.replaceChildren();
       if (!this.messages.length) {
         const empty = document.createElement("li");
         empty.className = "empty";
         empty.textContent = "You are all caught up.";
         this.list.append(empty);
-        return;
+      } else {
+        for (const message of this.messages) this.list.append(this.item(message));
       }
-      for (const message of this.messages) this.list.append(this.item(message));
+      if (hadFocus) {
+        const again = focusedId && this.list.querySelector(`.item[data-id="${CSS.escape(focusedId)}"]`);
+        (again || this.panel).focus();
+      }
     }
 
     item(message) {

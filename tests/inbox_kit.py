@@ -116,8 +116,15 @@ class Socket:
 
 
 @contextlib.asynccontextmanager
-async def websocket(base: str, token: str, **kwargs: Any) -> AsyncIterator[Socket]:
-    url = base.replace("http://", "ws://") + "/v1/inbox/ws?token=" + token
+async def websocket(
+    base: str, token: str, *, header: bool = False, **kwargs: Any
+) -> AsyncIterator[Socket]:
+    """A WebSocket on the inbox, the token in the query (or the header when ``header``)."""
+    url = base.replace("http://", "ws://") + "/v1/inbox/ws"
+    if header:
+        kwargs["additional_headers"] = {"Authorization": f"Bearer {token}"}
+    else:
+        url += "?token=" + token
     async with connect(url, **kwargs) as conn:
         yield Socket(conn)
 
@@ -143,6 +150,14 @@ class Stream:
                 elif line == "" and data:
                     event: dict[str, Any] = orjson.loads("\n".join(data))
                     return ident, event
+        raise EOFError("the stream ended")
+
+    async def comment(self, timeout: float = 10.0) -> str:
+        """The next comment line (a heartbeat), skipping events."""
+        async with asyncio.timeout(timeout):
+            async for line in self._lines:
+                if line.startswith(":"):
+                    return line
         raise EOFError("the stream ended")
 
     async def until(self, kind: str, timeout: float = 10.0) -> tuple[str | None, dict[str, Any]]:

@@ -9,12 +9,13 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from clarion.store import inbox_access
-from harness import Harness
+from harness import Harness, make_settings, running
 from inbox_kit import (
     bearer,
     event_stream,
@@ -288,3 +289,22 @@ async def test_a_token_in_the_query_stays_out_of_the_log(
             uvicorn_log.removeHandler(caplog.handler)
     assert "WebSocket /v1/inbox/ws?token=***" in caplog.text
     assert token not in caplog.text
+
+
+async def test_the_websocket_takes_the_token_in_the_header(lite: Harness) -> None:
+    token = await inbox_ready(lite, "u-1")
+    async with serving(lite) as base, websocket(base, token, header=True) as ws:
+        assert (await ws.next())["type"] == "count"
+
+
+async def test_sse_sends_heartbeats(tmp_path: Path) -> None:
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}", "embedded://", inbox_heartbeat=0.1
+    )
+    async with running(settings) as harness:
+        token = await inbox_ready(harness, "u-1")
+        async with serving(harness) as base, event_stream(base, token) as stream:
+            await stream.next()
+            assert await stream.comment() == ": heartbeat"
+            await send(harness, "u-1", 1)
+            await stream.until("message")

@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import jwt
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from clarion.api.server import http_server
+from clarion.store import inbox
 from harness import Harness
 
 TEMPLATE = {
@@ -65,9 +67,12 @@ async def feed(app: Harness, token: str, **params: Any) -> dict[str, Any]:
 
 
 async def counts(app: Harness, token: str) -> dict[str, int]:
+    """The counts the API answers, checked against the messages themselves."""
     response = await app.client.get("/v1/inbox/count", headers=bearer(token))
     assert response.status_code == 200, response.text
     body: dict[str, int] = response.json()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert body == await inbox.recount(app.ctx.engine, claims["tid"], claims["sub"])
     return body
 
 

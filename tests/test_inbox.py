@@ -11,7 +11,7 @@ import jwt
 import pytest
 
 from clarion.security import inbox_tokens
-from clarion.store import inbox as inbox_store
+from clarion.store import inbox_changes
 from harness import Harness
 from inbox_kit import bearer, counts, feed, inbox_ready, send, token_for
 
@@ -341,7 +341,7 @@ async def test_a_repeated_send_makes_no_second_message(lite: Harness) -> None:
         "content": {"title": "again"},
         "category": None,
     }
-    assert await inbox_store.insert(lite.ctx.engine, [row]) == []
+    assert await inbox_changes.insert(lite.ctx.engine, [row]) == []
     assert len((await feed(lite, token))["data"]) == 1
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clarion.providers.base import OutboundMessage
 from clarion.providers.stored import StoredProvider
 from clarion.realtime.base import Hub
-from clarion.store import inbox
+from clarion.store import inbox_changes
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class InAppProvider(StoredProvider):
         }
 
     async def _store(self, engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
-        stored = await inbox.insert(engine, rows)
+        stored = await inbox_changes.insert(engine, rows)
         if self._hub is None or not stored:
             return
         events = [

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clarion.realtime.base import Event, Hub
 from clarion.security import inbox_tokens
 from clarion.security.inbox_tokens import InvalidToken, RecipientClaims
-from clarion.store import inbox, inbox_access
+from clarion.store import inbox_access, inbox_changes
 from clarion.store.db import utcnow
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class InboxGate:
     async def upkeep(self) -> int:
         """Follow revocations; bring back due snoozed messages. Returns how many came back."""
         await self._follow()
-        woken = await inbox.wake_due(self.engine)
+        woken = await inbox_changes.wake_due(self.engine)
         if woken:
             await self.hub.publish_many(
                 [

@@ -18,6 +18,7 @@ from clarion.errors import NotFound, ValidationFailed
 from clarion.realtime.gate import InboxGate
 from clarion.security.inbox_tokens import RecipientClaims
 from clarion.store import inbox as store
+from clarion.store import inbox_changes as changes
 from clarion.store.db import utcnow
 
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
@@ -94,7 +95,7 @@ async def archive_read(request: Request, who: Reader) -> JSONResponse:
 
 async def _change_all(request: Request, who: Reader, action: str) -> JSONResponse:
     gate = _gate(request)
-    changed = await store.change_all(gate.engine, who.tenant_id, who.recipient_id, action)
+    changed = await changes.change_all(gate.engine, who.tenant_id, who.recipient_id, action)
     if changed:
         await gate.changed(who.tenant_id, who.recipient_id, f"{action}_all", None)
     return JSONResponse({"updated": changed})
@@ -110,7 +111,9 @@ async def snooze(
             details=[{"field": "until", "message": "must be in the future"}],
         )
     gate = _gate(request)
-    found = await store.snooze(gate.engine, who.tenant_id, who.recipient_id, message_id, body.until)
+    found = await changes.snooze(
+        gate.engine, who.tenant_id, who.recipient_id, message_id, body.until
+    )
     if found is None:
         raise NotFound(f"no message {message_id!r} in this inbox")
     await gate.changed(who.tenant_id, who.recipient_id, "snooze", [message_id])
@@ -124,7 +127,7 @@ async def change(
     request: Request, who: Reader, message_id: MessageId, action: Action
 ) -> JSONResponse:
     gate = _gate(request)
-    found = await store.change(gate.engine, who.tenant_id, who.recipient_id, message_id, action)
+    found = await changes.change(gate.engine, who.tenant_id, who.recipient_id, message_id, action)
     if found is None:
         raise NotFound(f"no message {message_id!r} in this inbox")
     await gate.changed(who.tenant_id, who.recipient_id, action, [message_id])

@@ -15,6 +15,9 @@ down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+_VISIBLE = "snoozed_until IS NULL"
+_FEED = "status IN ('unread', 'read') AND snoozed_until IS NULL"
+
 
 def upgrade() -> None:
     with op.batch_alter_table("tenants", schema=None) as batch_op:
@@ -25,14 +28,37 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("archived_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("snoozed_until", sa.DateTime(timezone=True), nullable=True))
         batch_op.drop_index("ix_inbox_messages_recipient")
-        batch_op.create_index(
-            "ix_inbox_messages_feed", ["tenant_id", "recipient_id", "created_at", "id"]
+    # Partial indexes: the predicates are those of the queries in store/inbox.py.
+    for name, columns, where in (
+        ("ix_inbox_messages_feed", ["created_at", "id"], _FEED),
+        ("ix_inbox_messages_status", ["status", "created_at", "id"], _VISIBLE),
+    ):
+        op.create_index(
+            name,
+            "inbox_messages",
+            ["tenant_id", "recipient_id", *columns],
+            sqlite_where=sa.text(where),
+            postgresql_where=sa.text(where),
         )
-        batch_op.create_index(
-            "ix_inbox_messages_status",
-            ["tenant_id", "recipient_id", "status", "created_at", "id"],
-        )
-        batch_op.create_index("ix_inbox_messages_snoozed_until", ["snoozed_until"])
+    op.create_index(
+        "ix_inbox_messages_all", "inbox_messages", ["tenant_id", "recipient_id", "created_at", "id"]
+    )
+    op.create_index("ix_inbox_messages_snoozed_until", "inbox_messages", ["snoozed_until"])
+    op.create_table(
+        "inbox_counters",
+        sa.Column("tenant_id", sa.String(length=40), nullable=False),
+        sa.Column("recipient_id", sa.String(length=200), nullable=False),
+        sa.Column("unread", sa.Integer(), nullable=False),
+        sa.Column("unseen", sa.Integer(), nullable=False),
+        sa.Column("total", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("tenant_id", "recipient_id", name=op.f("pk_inbox_counters")),
+    )
+    # Messages stored before: all unread and unseen.
+    op.execute(
+        "INSERT INTO inbox_counters (tenant_id, recipient_id, unread, unseen, total) "
+        "SELECT tenant_id, recipient_id, count(*), count(*), count(*) FROM inbox_messages "
+        "GROUP BY tenant_id, recipient_id"
+    )
     op.create_table(
         "inbox_revocations",
         sa.Column("tenant_id", sa.String(length=40), nullable=False),
@@ -46,10 +72,15 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("inbox_revocations")
+    op.drop_table("inbox_counters")
+    for name in (
+        "ix_inbox_messages_snoozed_until",
+        "ix_inbox_messages_all",
+        "ix_inbox_messages_status",
+        "ix_inbox_messages_feed",
+    ):
+        op.drop_index(name, table_name="inbox_messages")
     with op.batch_alter_table("inbox_messages", schema=None) as batch_op:
-        batch_op.drop_index("ix_inbox_messages_snoozed_until")
-        batch_op.drop_index("ix_inbox_messages_status")
-        batch_op.drop_index("ix_inbox_messages_feed")
         batch_op.create_index(
             "ix_inbox_messages_recipient", ["tenant_id", "recipient_id", "id"], unique=False
         )

@@ -3,11 +3,13 @@ then tells the recipient's live connections (after the commit, never before)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clarion.domain.durations import duration_seconds
 from clarion.providers.base import OutboundMessage
 from clarion.providers.stored import StoredProvider
 from clarion.realtime.base import Hub
@@ -25,13 +27,22 @@ class InAppProvider(StoredProvider):
 
     def row(self, message: OutboundMessage) -> dict[str, Any]:
         # The id derives from the delivery: a repeated send finds the message already there.
+        content = dict(message.content)
+        after = content.pop("fallback_after", None)
+        channel = content.pop("fallback_channel", None)
+        fallback = None
+        if isinstance(after, str) and isinstance(channel, str):
+            with contextlib.suppress(ValueError):  # checked when the template was stored
+                fallback = (duration_seconds(after), channel)
         return {
             "id": "msg_" + message.delivery_id.removeprefix("dlv_"),
             "tenant_id": message.tenant_id,
             "recipient_id": message.recipient_id,
             "delivery_id": message.delivery_id,
-            "content": message.content,
+            "notification_id": message.notification_id,
+            "content": content,
             "category": message.category,
+            "fallback": fallback,
         }
 
     async def _store(self, engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:

@@ -11,9 +11,12 @@ this process's live connections that hold an older token.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -22,6 +25,7 @@ from clarion.security import inbox_tokens
 from clarion.security.inbox_tokens import InvalidToken, RecipientClaims
 from clarion.store import inbox_access, inbox_changes
 from clarion.store.db import utcnow
+from clarion.store.notifications import NewNotification, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +33,27 @@ log = logging.getLogger(__name__)
 _OVERLAP = timedelta(seconds=5)
 
 
+Submit = Callable[[Sequence[NewNotification]], Awaitable[list[Outcome]]]
+
+
 def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
+
+
+def _fallback(row: dict[str, Any]) -> NewNotification:
+    key = f"inapp-fallback:{row['id']}"
+    return NewNotification(
+        tenant_id=row["tenant_id"],
+        template=row["template"],
+        recipient_ids=[row["recipient_id"]],
+        data=row["data"] or {},
+        priority=row["priority"] or "normal",
+        channels=[row["fallback_channel"]],
+        send_at=None,
+        expires_at=None,
+        idempotency_key=key,
+        request_hash=hashlib.sha256(key.encode()).hexdigest(),
+    )
 
 
 class InboxGate:
@@ -43,6 +66,8 @@ class InboxGate:
         self._watermark: datetime | None = None
         self._loaded = asyncio.Lock()
         self._ready = False
+        # How an API process accepts a notification (its intake): offline fallbacks.
+        self.submit: Submit | None = None
 
     async def mint(self, tenant_id: str, recipient_id: str, ttl: int) -> tuple[str, datetime]:
         secret = await inbox_access.secret(self.engine, tenant_id, create=True)
@@ -122,8 +147,10 @@ class InboxGate:
             self._ready = True
 
     async def upkeep(self) -> int:
-        """Follow revocations; bring back due snoozed messages. Returns how many came back."""
+        """Follow revocations; bring back due snoozed messages; send due offline fallbacks.
+        Returns how many messages it acted on."""
         await self._follow()
+        fallen = await self._fall_back() if self.submit is not None else 0
         woken = await inbox_changes.wake_due(self.engine)
         if woken:
             await self.hub.publish_many(
@@ -136,7 +163,18 @@ class InboxGate:
                     for w in woken
                 ]
             )
-        return len(woken)
+        return len(woken) + fallen
+
+    async def _fall_back(self) -> int:
+        """Unseen in time: the notification goes out again on the fallback channel, as a
+        notification of its own (preferences, quiet hours and all), once: its idempotency
+        key is the message's, so processes that race submit one."""
+        due = await inbox_changes.due_fallbacks(self.engine)
+        items = [_fallback(row) for row in due if row["template"] is not None]
+        if items and self.submit is not None:
+            await self.submit(items)
+        await inbox_changes.fallbacks_done(self.engine, [row["id"] for row in due])
+        return len(due)
 
     async def changed(
         self, tenant_id: str, recipient_id: str, action: str, ids: list[str] | None

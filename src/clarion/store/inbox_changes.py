@@ -11,7 +11,7 @@ order, so two changes never wait on each other in a cycle.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, select, update
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clarion.store.db import utcnow, write_tx
 from clarion.store.inbox import mine, public, stamp
 from clarion.store.sql import chunks, insert_ignoring_conflicts
-from clarion.store.tables import inbox_counters, inbox_messages
+from clarion.store.tables import inbox_counters, inbox_messages, notifications
 
 t = inbox_messages
 ACTIONS = ("read", "unread", "seen", "archive", "unarchive")
@@ -66,19 +66,7 @@ async def insert(engine: AsyncEngine, rows: list[dict[str, Any]]) -> list[dict[s
     """Store new messages; returns those that were not stored already (a repeated send of
     the same delivery inserts nothing), as ``{"tenant_id", "recipient_id", "message"}``."""
     now = utcnow()
-    values = [
-        {
-            "category": None,
-            **r,
-            "created_at": now,
-            "status": "unread",
-            "read_at": None,
-            "seen_at": None,
-            "archived_at": None,
-            "snoozed_until": None,
-        }
-        for r in rows
-    ]
+    values = [_new_row(r, now) for r in rows]
     async with write_tx(engine) as conn:
         stmt = insert_ignoring_conflicts(conn, t).returning(t.c.id)
         fresh = set((await conn.execute(stmt, values)).scalars())
@@ -89,6 +77,22 @@ async def insert(engine: AsyncEngine, rows: list[dict[str, Any]]) -> list[dict[s
         {"tenant_id": v["tenant_id"], "recipient_id": v["recipient_id"], "message": public(_Row(v))}
         for v in stored
     ]
+
+
+def _new_row(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    values = {"category": None, "notification_id": None, **row}
+    fallback = values.pop("fallback", None)
+    return {
+        **values,
+        "created_at": now,
+        "status": "unread",
+        "read_at": None,
+        "seen_at": None,
+        "archived_at": None,
+        "snoozed_until": None,
+        "fallback_due": now + timedelta(seconds=fallback[0]) if fallback else None,
+        "fallback_channel": fallback[1] if fallback else None,
+    }
 
 
 class _Row:
@@ -106,11 +110,12 @@ def _after(action: str, row: dict[str, Any], now: datetime) -> dict[str, Any]:
             "read_at": row["read_at"] or now,
             "seen_at": row["seen_at"] or now,
             "status": "archived" if archived else "read",
+            "fallback_due": None,
         }
     if action == "unread":
         return {"read_at": None, "status": "archived" if archived else "unread"}
     if action == "seen":
-        return {"seen_at": row["seen_at"] or now}
+        return {"seen_at": row["seen_at"] or now, "fallback_due": None}
     if action == "archive":
         return {"archived_at": row["archived_at"] or now, "status": "archived"}
     if action == "unarchive":
@@ -185,7 +190,7 @@ async def change_all(engine: AsyncEngine, tenant_id: str, recipient_id: str, act
             if action == "read":
                 # Read also means seen: those seen before keep their time.
                 base = update(t).where(t.c.id.in_(ids))
-                await conn.execute(base.values(read_at=now, status="read"))
+                await conn.execute(base.values(read_at=now, status="read", fallback_due=None))
                 await conn.execute(base.where(t.c.seen_at.is_(None)).values(seen_at=now))
             else:
                 await conn.execute(
@@ -235,3 +240,31 @@ async def wake_due(engine: AsyncEngine, limit: int = 500) -> list[dict[str, Any]
         }
         for r in rows
     ]
+
+
+async def due_fallbacks(engine: AsyncEngine, limit: int = 500) -> list[dict[str, Any]]:
+    """Unseen messages whose fallback is due, with what their notification asked for
+    (``template``, ``data``, ``priority``; None when the notification is gone)."""
+    n = notifications
+    query = (
+        select(
+            t.c.id,
+            t.c.tenant_id,
+            t.c.recipient_id,
+            t.c.fallback_channel,
+            n.c.template,
+            n.c.data,
+            n.c.priority,
+        )
+        .select_from(t.outerjoin(n, n.c.id == t.c.notification_id))
+        .where(t.c.fallback_due <= utcnow(), t.c.seen_at.is_(None))
+        .limit(limit)
+    )
+    async with engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def fallbacks_done(engine: AsyncEngine, ids: list[str]) -> None:
+    async with write_tx(engine) as conn:
+        for part in chunks(ids, 1000):
+            await conn.execute(update(t).where(t.c.id.in_(part)).values(fallback_due=None))

@@ -219,6 +219,11 @@ inbox_messages = Table(
     _ts("archived_at"),
     # Hidden from the feed and the counts until the waker brings it back (store/inbox.py).
     _ts("snoozed_until"),
+    # Offline fallback: unless seen by `fallback_due`, the notification goes out again on
+    # `fallback_channel` (realtime/gate.py). Cleared once seen or sent.
+    Column("notification_id", String(40)),
+    _ts("fallback_due"),
+    Column("fallback_channel", String(16)),
 )
 
 # The feed, newest first: each list is a range of one of these, so a page costs a page
@@ -253,6 +258,7 @@ Index(
     inbox_messages.c.id,
 )
 Index("ix_inbox_messages_snoozed_until", inbox_messages.c.snoozed_until)
+Index("ix_inbox_messages_fallback_due", inbox_messages.c.fallback_due)
 
 # Each recipient's counts, kept by every change of its inbox in the same transaction, so
 # that reading them costs one row (store/inbox.py).

@@ -27,6 +27,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("seen_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("archived_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("snoozed_until", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("notification_id", sa.String(length=40), nullable=True))
+        batch_op.add_column(sa.Column("fallback_due", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("fallback_channel", sa.String(length=16), nullable=True))
         batch_op.drop_index("ix_inbox_messages_recipient")
     # Partial indexes: the predicates are those of the queries in store/inbox.py.
     for name, columns, where in (
@@ -44,6 +47,7 @@ def upgrade() -> None:
         "ix_inbox_messages_all", "inbox_messages", ["tenant_id", "recipient_id", "created_at", "id"]
     )
     op.create_index("ix_inbox_messages_snoozed_until", "inbox_messages", ["snoozed_until"])
+    op.create_index("ix_inbox_messages_fallback_due", "inbox_messages", ["fallback_due"])
     op.create_table(
         "inbox_counters",
         sa.Column("tenant_id", sa.String(length=40), nullable=False),
@@ -74,6 +78,7 @@ def downgrade() -> None:
     op.drop_table("inbox_revocations")
     op.drop_table("inbox_counters")
     for name in (
+        "ix_inbox_messages_fallback_due",
         "ix_inbox_messages_snoozed_until",
         "ix_inbox_messages_all",
         "ix_inbox_messages_status",
@@ -84,6 +89,9 @@ def downgrade() -> None:
         batch_op.create_index(
             "ix_inbox_messages_recipient", ["tenant_id", "recipient_id", "id"], unique=False
         )
+        batch_op.drop_column("fallback_channel")
+        batch_op.drop_column("fallback_due")
+        batch_op.drop_column("notification_id")
         batch_op.drop_column("snoozed_until")
         batch_op.drop_column("archived_at")
         batch_op.drop_column("seen_at")

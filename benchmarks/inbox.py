@@ -81,6 +81,46 @@ class Client:
         await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
 
 
+class Api:
+    def __init__(self, session: aiohttp.ClientSession, base: str, headers: dict[str, str]) -> None:
+        self.session, self.base, self.headers = session, base, headers
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        for attempt in range(3):
+            try:
+                return await self._once(method, path, body)
+            except aiohttp.ClientOSError:
+                # A kept-alive connection the server closed as the request left: the
+                # request was not sent.
+                if attempt == 2:
+                    raise
+        return None
+
+    async def _once(self, method: str, path: str, body: Any) -> Any:
+        async with self.session.request(
+            method, self.base + path, data=orjson.dumps(body), headers=self.headers
+        ) as response:
+            text = await response.read()
+            if response.status >= 300:
+                raise RuntimeError(f"{path}: HTTP {response.status}: {text[:300]!r}")
+            return orjson.loads(text)
+
+
+async def wait_ready(session: aiohttp.ClientSession, base: str, children: Children) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        children.check()
+        try:
+            async with session.get(f"{base}/readyz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("clarion api did not start")
+        await asyncio.sleep(0.2)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     limit = raise_file_limit()
     tmp = Path(tempfile.mkdtemp(prefix="clarion-inbox-"))
@@ -114,28 +154,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=300)
         connector = aiohttp.TCPConnector(limit=64)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-
-            async def call(method: str, path: str, body: Any = None) -> Any:
-                async with session.request(
-                    method, base + path, data=orjson.dumps(body), headers=headers
-                ) as response:
-                    text = await response.read()
-                    if response.status >= 300:
-                        raise RuntimeError(f"{path}: HTTP {response.status}: {text[:300]!r}")
-                    return orjson.loads(text)
-
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while True:
-                children.check()
-                try:
-                    async with session.get(f"{base}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError("clarion api did not start")
-                await asyncio.sleep(0.2)
+            call = Api(session, base, headers).call
+            await wait_ready(session, base, children)
 
             await call("PUT", "/v1/templates/bench", TEMPLATE)
             ids = [f"r{i}" for i in range(args.connections)]

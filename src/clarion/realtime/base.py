@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 Key = tuple[str, str]  # (tenant id, recipient id)
@@ -107,7 +110,12 @@ class Hub(ABC):
         subs.add(sub)
         try:
             if len(subs) == 1:
-                await self._listen(key)
+                try:
+                    await self._listen(key)
+                except Exception as exc:
+                    # The client is told to come back; it resumes from the table then.
+                    log.warning("live inbox subscription failed: %r", exc)
+                    sub.close(RESYNC)
             yield sub
         finally:
             sub.close("closed")

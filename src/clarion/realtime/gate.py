@@ -73,6 +73,7 @@ class InboxGate:
         secret = await inbox_access.secret(self.engine, tenant_id, create=True)
         if secret is None:
             raise LookupError(tenant_id)
+        self._secrets[tenant_id] = (time.monotonic() + self._secret_ttl, secret)
         now_ms = int(time.time() * 1000)
         token = inbox_tokens.mint(secret, tenant_id, recipient_id, now_ms, ttl)
         expires = datetime.fromtimestamp(now_ms // 1000 + ttl, tz=UTC)

@@ -139,7 +139,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         CLARION_HTTP_HOST="127.0.0.1",
         CLARION_HTTP_PORT=str(port),
         CLARION_HTTP_MAX_CONNECTIONS=str(args.connections + 1000),
-        CLARION_LOG_LEVEL="warning",
+        CLARION_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warning"),
     )
     client = Client()
     try:

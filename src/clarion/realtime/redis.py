@@ -6,6 +6,10 @@ So an event travels only to the processes that hold its recipient's connections,
 connection's queue only ever receives its own recipient's events: routing is done by
 Redis on the channel name, not by filtering in the process.
 
+One task owns the subscriber connection and (un)subscribes between reads (every 50 ms at
+most), so the connection is never used by two coroutines at once, and a connection that
+ends never waits on Redis.
+
 Pub/sub is fire-and-forget. When the subscriber connection is lost, events published
 meanwhile are lost for this process: every local connection is closed with reason
 ``resync``, and its client resumes from its last event id (the inbox table is the truth).
@@ -19,6 +23,7 @@ import logging
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from clarion.realtime.base import RESYNC, Event, Hub, Key
@@ -26,6 +31,9 @@ from clarion.realtime.base import RESYNC, Event, Hub, Key
 log = logging.getLogger(__name__)
 
 _PREFIX = "clarion:inbox:"
+# How long a read waits before the owner looks for new (un)subscriptions again.
+_POLL = 0.05
+_SUBSCRIBE_TIMEOUT = 10.0
 
 
 def channel(tenant_id: str, recipient_id: str) -> str:
@@ -39,13 +47,17 @@ def _key(name: str) -> Key:
 
 
 class RedisHub(Hub):
+    """One task owns the pub/sub connection: it subscribes and unsubscribes what the
+    connections of this process ask for, between reads, so the connection is never used
+    by two coroutines at once, and a connection that ends never waits on Redis."""
+
     def __init__(self, redis: Redis, queue_size: int = 256) -> None:
         super().__init__(queue_size)
         self._redis = redis
-        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
-        self._lock = asyncio.Lock()  # subscribe/unsubscribe one at a time
-        self._reader: asyncio.Task[None] | None = None
-        self._listening = asyncio.Event()
+        self._owner: asyncio.Task[None] | None = None
+        # Channels to subscribe (with who waits for it) or to unsubscribe, in order.
+        self._requests: list[tuple[str, str, asyncio.Future[None] | None]] = []
+        self._wake = asyncio.Event()
 
     async def publish(self, tenant_id: str, recipient_id: str, event: Event) -> None:
         await self._redis.publish(channel(tenant_id, recipient_id), orjson.dumps(event))
@@ -59,49 +71,76 @@ class RedisHub(Hub):
             await pipe.execute()
 
     async def start(self) -> None:
-        if self._reader is None:
-            self._reader = asyncio.create_task(self._read(), name="inbox-hub")
+        if self._owner is None:
+            self._owner = asyncio.create_task(self._own(), name="inbox-hub")
 
     async def _listen(self, key: Key) -> None:
         await self.start()
-        async with self._lock:
-            await self._pubsub.subscribe(channel(*key))
-        self._listening.set()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._requests.append(("subscribe", channel(*key), done))
+        self._wake.set()
+        async with asyncio.timeout(_SUBSCRIBE_TIMEOUT):
+            await done
 
     async def _unlisten(self, key: Key) -> None:
-        async with self._lock:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(channel(*key))
+        self._requests.append(("unsubscribe", channel(*key), None))
+        self._wake.set()
 
-    async def _read(self) -> None:
+    async def _own(self) -> None:
         pause = 0.1
         while True:
-            await self._listening.wait()
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                message = await self._pubsub.get_message(timeout=1.0)
-                pause = 0.1
-            except (RedisError, OSError) as exc:
+                await self._serve(pubsub)
+            except (RedisError, OSError, RuntimeError) as exc:
                 log.warning("inbox pub/sub connection lost (%r): live connections resync", exc)
+                self._fail_waiting(exc)
                 self.close_all(RESYNC)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
-                continue
-            if message is None or message.get("type") != "message":
-                continue
-            name = message["channel"]
-            name = name.decode() if isinstance(name, bytes) else str(name)
-            try:
-                event = orjson.loads(message["data"])
-            except orjson.JSONDecodeError:
-                log.warning("undecodable inbox event on %s dropped", name)
-                continue
-            self.deliver(_key(name), event)
+            finally:
+                with contextlib.suppress(RedisError, OSError, RuntimeError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _serve(self, pubsub: PubSub) -> None:
+        while True:
+            if not pubsub.subscribed and not self._requests:
+                self._wake.clear()
+                await self._wake.wait()
+            await self._apply(pubsub)
+            message = await pubsub.get_message(timeout=_POLL)
+            if message is not None and message.get("type") == "message":
+                self._route(message)
+
+    async def _apply(self, pubsub: PubSub) -> None:
+        requests, self._requests = self._requests, []
+        for kind, name, done in requests:
+            if kind == "subscribe":
+                await pubsub.subscribe(name)
+                if done is not None and not done.done():
+                    done.set_result(None)
+            elif not self._local.get(_key(name)):  # unless someone came back meanwhile
+                await pubsub.unsubscribe(name)
+
+    def _route(self, message: dict[str, object]) -> None:
+        name = message["channel"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        try:
+            event = orjson.loads(message["data"])  # type: ignore[arg-type]
+        except orjson.JSONDecodeError:
+            log.warning("undecodable inbox event on %s dropped", name)
+            return
+        self.deliver(_key(name), event)
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        requests, self._requests = self._requests, []
+        for _, _, done in requests:
+            if done is not None and not done.done():
+                done.set_exception(ConnectionError(f"inbox pub/sub unavailable: {exc!r}"))
 
     async def aclose(self) -> None:
         await super().aclose()
-        if self._reader is not None:
-            self._reader.cancel()
+        if self._owner is not None:
+            self._owner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        with contextlib.suppress(RedisError, OSError):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._owner

@@ -8,10 +8,11 @@ Prints one JSON object.
     uv run python benchmarks/http_clients.py
     uv run --with pyreqwest python benchmarks/http_clients.py --requests 20000 --rounds 2
 
-Clients: ``aiohttp`` as the webhook provider uses it; ``aiohttp-tuned`` (a pre-built
-``yarl.URL``, no session timeout but an ``asyncio.timeout`` around the call, no automatic
-``Accept`` headers); ``pyreqwest`` when it is installed (it is not a dependency of
-Clarion).
+Clients: ``clarion``, Clarion's own HTTP/1.1 client (``clarion.net``) as the webhook
+provider uses it (guarded, bounded); ``aiohttp`` as the webhook provider used it before;
+``aiohttp-tuned`` (a pre-built ``yarl.URL``, no session timeout but an ``asyncio.timeout``
+around the call, no automatic ``Accept`` headers); ``pyreqwest`` when it is installed (it
+is not a dependency of Clarion).
 """
 
 from __future__ import annotations
@@ -96,6 +97,23 @@ async def run_aiohttp(url: str, requests: int, concurrency: int, tuned: bool) ->
         await session.close()
 
 
+async def run_clarion(url: str, requests: int, concurrency: int) -> dict[str, Any]:
+    from clarion.net import HttpClient
+    from clarion.security.netguard import AddressGuard
+
+    client = HttpClient(AddressGuard(allow_private=True), max_connections=concurrency)
+
+    async def send(i: int) -> None:
+        reply = await client.request("POST", url, headers(i), BODY, timeout=10, max_body=4096)
+        if reply.status != 200:
+            raise RuntimeError(f"HTTP {reply.status}")
+
+    try:
+        return await measure(send, requests, concurrency)
+    finally:
+        await client.aclose()
+
+
 async def run_pyreqwest(url: str, requests: int, concurrency: int) -> dict[str, Any]:
     from pyreqwest.client import ClientBuilder
 
@@ -120,6 +138,7 @@ async def run_pyreqwest(url: str, requests: int, concurrency: int) -> dict[str, 
 
 def child(client: str, url: str, requests: int, concurrency: int) -> None:
     runs = {
+        "clarion": lambda: run_clarion(url, requests, concurrency),
         "aiohttp": lambda: run_aiohttp(url, requests, concurrency, tuned=False),
         "aiohttp-tuned": lambda: run_aiohttp(url, requests, concurrency, tuned=True),
         "pyreqwest": lambda: run_pyreqwest(url, requests, concurrency),
@@ -145,7 +164,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.url, args.requests, args.concurrency)
         return
-    clients = ["aiohttp", "aiohttp-tuned"]
+    clients = ["clarion", "aiohttp", "aiohttp-tuned"]
     if importlib.util.find_spec("pyreqwest") is not None:
         clients.append("pyreqwest")
     port = free_port()

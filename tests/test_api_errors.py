@@ -21,11 +21,21 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     return body
 
 
+async def _prepared(harness: Harness) -> Harness:
+    await harness.put_recipient("u", phone="+14155550100")
+    await harness.put_template("t", {"channels": {"sms": {"text": "hi {{ name }}"}}})
+    return harness
+
+
 @pytest.fixture
 async def ready(lite: Harness) -> Harness:
-    await lite.put_recipient("u", phone="+14155550100")
-    await lite.put_template("t", {"channels": {"sms": {"text": "hi {{ name }}"}}})
-    return lite
+    return await _prepared(lite)
+
+
+@pytest.fixture
+async def ready_both(app: Harness) -> Harness:
+    """As ``ready``, on each store (the intake's statements differ between them)."""
+    return await _prepared(app)
 
 
 async def test_malformed_json(ready: Harness) -> None:
@@ -60,7 +70,8 @@ async def test_wrong_types_are_422(ready: Harness, body: Any) -> None:
     assert body["error"]["details"]
 
 
-async def test_unknown_template_and_recipient(ready: Harness) -> None:
+async def test_unknown_template_and_recipient(ready_both: Harness) -> None:
+    ready = ready_both
     response = await ready.send({"template": "nope", "to": {"recipient_id": "u"}})
     assert_error(response, 422, "unknown_template")
     response = await ready.send({"template": "t", "to": {"recipient_ids": ["u", "ghost"]}})
@@ -85,7 +96,8 @@ async def test_oversized_batch_is_422(ready: Harness) -> None:
     assert_error(response, 422, "batch_too_large")
 
 
-async def test_batch_items_are_judged_one_by_one(ready: Harness) -> None:
+async def test_batch_items_are_judged_one_by_one(ready_both: Harness) -> None:
+    ready = ready_both
     items = [
         {"template": "t", "to": {"recipient_id": "u"}, "data": {"name": "a"}},
         {"template": "t", "to": {"recipient_id": "ghost"}},
@@ -150,7 +162,8 @@ async def test_other_tenants_objects_are_404(ready: Harness) -> None:
     assert_error(response, 422, "unknown_template")
 
 
-async def test_idempotency_replay_and_conflict(ready: Harness) -> None:
+async def test_idempotency_replay_and_conflict(ready_both: Harness) -> None:
+    ready = ready_both
     body = {"template": "t", "to": {"recipient_id": "u"}, "data": {"name": "a"}}
     first = await ready.send({**body, "idempotency_key": "k1"})
     again = await ready.send({**body, "idempotency_key": "k1"})
@@ -165,7 +178,8 @@ async def test_idempotency_replay_and_conflict(ready: Harness) -> None:
     assert len(note["deliveries"]) == 1  # one notification, sent once
 
 
-async def test_idempotency_within_one_batch_and_for_batches(ready: Harness) -> None:
+async def test_idempotency_within_one_batch_and_for_batches(ready_both: Harness) -> None:
+    ready = ready_both
     item = {"template": "t", "to": {"recipient_id": "u"}, "idempotency_key": "same"}
     payload = {"notifications": [item, item, {**item, "data": {"name": "z"}}]}
     headers = {**ready.auth, "Idempotency-Key": "batch-1"}

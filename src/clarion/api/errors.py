@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from redis.exceptions import RedisError
@@ -14,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clarion.api.responses import JSONResponse
 from clarion.errors import ApiError
+from clarion.store.batching import is_outage
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,14 @@ def install(app: FastAPI) -> None:
             "storage or broker is unavailable; try again shortly",
             headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
         )
+
+    @app.exception_handler(asyncpg.PostgresError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    async def _asyncpg(request: Request, exc: Exception) -> JSONResponse:
+        # The hot statements run on asyncpg directly (store/pg.py).
+        if is_outage(exc):
+            return await _unavailable(request, exc)
+        return await _internal(request, exc)
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:

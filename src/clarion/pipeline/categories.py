@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.preferences import CategoryPolicy
 from clarion.store import categories as category_store
@@ -36,7 +36,7 @@ class CategoryCache:
     def invalidate(self, tenant_id: str) -> None:
         self._entries.pop(tenant_id, None)
 
-    async def load(self, conn: AsyncConnection, tenant_ids: Iterable[str]) -> dict[str, Policies]:
+    async def load(self, engine: AsyncEngine, tenant_ids: Iterable[str]) -> dict[str, Policies]:
         """Every category of these tenants (built-ins included), one query for the stale."""
         now = time.monotonic()
         wanted = set(tenant_ids)
@@ -47,7 +47,8 @@ class CategoryCache:
         }
         missing = wanted - found.keys()
         if missing:
-            rows = await category_store.load_for(conn, missing)
+            async with engine.connect() as conn:
+                rows = await category_store.load_for(conn, missing)
             for tenant_id in missing:
                 policies = {name: to_policy(row) for name, row in rows.get(tenant_id, {}).items()}
                 self._entries[tenant_id] = (now, policies)

@@ -18,6 +18,7 @@ from clarion.resilience.backends import Backends, open_backends
 from clarion.security.secrets import Keyring, resolve_keyring
 from clarion.store import tenants as tenant_store
 from clarion.store.db import create_engine
+from clarion.store.pg import PgPool
 
 
 @dataclass
@@ -37,6 +38,8 @@ class Context:
     # Live inbox events (Redis pub/sub, or in process) and the gate of recipient tokens.
     hub: Hub = field(init=False)
     inbox: InboxGate = field(init=False)
+    # The hot statements' asyncpg pool on PostgreSQL (store/pg.py); None on SQLite.
+    pg: PgPool | None = None
     _secrets: dict[str, str] = field(default_factory=dict)
     # Set whenever a stage finishes a piece of work; drain() waits on it.
     progress: asyncio.Event = field(default_factory=asyncio.Event)
@@ -66,6 +69,8 @@ class Context:
         await self.hub.aclose()
         await self.resilience.aclose()
         await self.broker.close()
+        if self.pg is not None:
+            await self.pg.aclose()
         await self.engine.dispose()
 
 
@@ -74,4 +79,5 @@ async def open_context(settings: Settings) -> Context:
     engine = create_engine(settings)
     broker = create_broker(settings)
     await broker.start()
-    return Context(settings=settings, engine=engine, broker=broker, keyring=keyring)
+    pg = PgPool(settings.database_url) if engine.dialect.name == "postgresql" else None
+    return Context(settings=settings, engine=engine, broker=broker, keyring=keyring, pg=pg)

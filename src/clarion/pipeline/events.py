@@ -15,18 +15,18 @@ import logging
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 
 from clarion.broker import Delayed, Message
 from clarion.domain.backoff import retry_delay
 from clarion.errors import PermanentError, TransientError
+from clarion.net import HttpClient
 from clarion.pipeline.consumer import FairConsumer
 from clarion.pipeline.context import Context
 from clarion.pipeline.status_events import EVENTS_STREAM
 from clarion.pipeline.subscriptions import Subscription
-from clarion.providers.http import read_bounded, refuse_redirect
-from clarion.providers.webhook import classify_status
+from clarion.providers.http import raise_for_status, refuse_redirect
+from clarion.providers.webhook import MAX_ANSWER, USER_AGENT
 from clarion.security.netguard import AddressGuard
 from clarion.security.signing import sign
 from clarion.store.batching import Batcher
@@ -44,7 +44,7 @@ class EventDispatcher:
         self._concurrency = ctx.settings.event_concurrency
         self._guard = AddressGuard(ctx.settings.allow_private_webhooks)
         self._timeout = ctx.settings.webhook_timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
         self._consumer = FairConsumer(
             ctx.broker,
             [EVENTS_STREAM],
@@ -62,13 +62,8 @@ class EventDispatcher:
         return self._consumer.held
 
     def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=self._concurrency, limit_per_host=0, resolver=self._guard.resolver()
-            ),
-            timeout=aiohttp.ClientTimeout(total=self._timeout),
-            headers={"user-agent": "Clarion-Webhooks/1"},
-            auto_decompress=False,
+        self._http = HttpClient(
+            self._guard, max_connections=self._concurrency, user_agent=USER_AGENT
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -133,7 +128,7 @@ class EventDispatcher:
 
     async def _post(self, hook: Subscription, event_id: str, body: bytes) -> None:
         """One POST; raises :class:`TransientError` or :class:`PermanentError` on failure."""
-        if self._session is None:
+        if self._http is None:
             raise RuntimeError("EventDispatcher.run_once before start")
         headers = {
             "content-type": "application/json",
@@ -141,26 +136,20 @@ class EventDispatcher:
             "clarion-event-id": event_id,
             "idempotency-key": f"{event_id}:{hook.name}",
         }
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._guard.check(hook.url)
-                async with self._session.post(
-                    hook.url, data=body, headers=headers, allow_redirects=False
-                ) as response:
-                    refuse_redirect(response.status, response.headers)
-                    text = (await read_bounded(response, 4096)).decode(errors="replace")
-                    classify_status(response.status, text, response.headers.get("retry-after"))
-        except TimeoutError as exc:
-            raise TransientError(f"timed out after {self._timeout}s", reason="timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}", reason="connection_error") from exc
+        reply = await self._http.request(
+            "POST", hook.url, headers, body, timeout=self._timeout, max_body=MAX_ANSWER
+        )
+        refuse_redirect(reply.status, reply.headers)
+        raise_for_status(
+            reply.status, reply.text, reply.headers.get("retry-after"), credentials=False
+        )
 
     async def stop(self, deadline: float) -> None:
         """Finish what is in flight within ``deadline`` seconds; give the rest back."""
         await self._consumer.stop(deadline)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
 
 def _event_id(payload: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from clarion.domain.models import PLAN_STREAM
 from clarion.errors import ApiError, ValidationFailed
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import plan_payload
+from clarion.resilience.ratelimit import Decision, Take
 from clarion.store import notifications as store
 from clarion.store.batching import Batcher, is_outage
 
@@ -45,14 +46,23 @@ class Intake:
         self._publisher: Batcher[tuple[str, str], None] = Batcher(
             self._publish, max_items=2000, name="intake-publish"
         )
+        # Concurrent requests' quota charges: one round trip to the limiter for all.
+        self._charges: Batcher[Take, Decision] = Batcher(
+            ctx.resilience.limiter.take_many, max_items=1000, name="intake-quota"
+        )
 
     def start(self) -> None:
         self._commits.start()
         self._publisher.start()
+        self._charges.start()
+
+    async def charge(self, take: Take) -> Decision:
+        """Take from a tenant's intake quota (or refuse without taking anything)."""
+        return await self._charges.submit(take)
 
     async def _commit(self, items: list[store.NewNotification]) -> list[store.Outcome]:
         return await store.accept(
-            self._ctx.engine, items, outbox_grace=self._ctx.settings.outbox_grace
+            self._ctx.engine, items, outbox_grace=self._ctx.settings.outbox_grace, pg=self._ctx.pg
         )
 
     async def _publish(self, items: list[tuple[str, str]]) -> list[None]:
@@ -81,3 +91,4 @@ class Intake:
     async def close(self) -> None:
         await self._commits.close()
         await self._publisher.close()
+        await self._charges.close()

@@ -34,12 +34,10 @@ from clarion.pipeline.messages import of_rows, publish_deliveries
 from clarion.pipeline.status_events import StatusEvents
 from clarion.pipeline.templates import TemplateCache
 from clarion.resilience.ratelimit import Take, recipient_category_take
-from clarion.store import deliveries as delivery_store
 from clarion.store import notifications as notification_store
-from clarion.store import recipients as recipient_store
-from clarion.store import templates as template_store
+from clarion.store import planning
 from clarion.store.batching import is_outage
-from clarion.store.db import as_utc, utcnow, write_tx
+from clarion.store.db import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +110,9 @@ class Planner:
         self, ids: list[str], redelivered: list[str]
     ) -> tuple[Plan, list[dict[str, Any]]]:
         now = utcnow()
-        async with self._ctx.engine.connect() as conn:
-            notes = await notification_store.load_many(conn, ids)
+        engine, pg = self._ctx.engine, self._ctx.pg
+        async with planning.reads(engine, pg) as reads:
+            notes = await reads.notifications(ids)
             todo = [
                 n
                 for n in notes.values()
@@ -121,16 +120,13 @@ class Planner:
             ]
             tenants = {n["tenant_id"] for n in todo}
             await self._ctx.providers.prepare(tenants)
-            categories = await self._ctx.categories.load(conn, tenants)
-            heads = await template_store.active_versions(
-                conn, {(n["tenant_id"], n["template"]) for n in todo}
-            )
+            categories = await self._ctx.categories.load(engine, tenants)
+            heads = await reads.active_versions({(n["tenant_id"], n["template"]) for n in todo})
             compiled = await self._templates.load(
-                conn,
-                [(t, name, v) for (t, name), v in heads.items()],
+                engine, [(t, name, v) for (t, name), v in heads.items()]
             )
-            people = await recipient_store.load_many(
-                conn, {(n["tenant_id"], rid) for n in todo for rid in n["recipient_ids"]}
+            people = await reads.recipients(
+                {(n["tenant_id"], rid) for n in todo for rid in n["recipient_ids"]}
             )
             plan = Plan(rows=[], planned=[n["id"] for n in todo])
             for note in todo:
@@ -138,17 +134,12 @@ class Planner:
                 version = compiled.get((note["tenant_id"], note["template"], head or 0))
                 policies = categories.get(note["tenant_id"], {})
                 plan.rows.extend(self._deliveries(note, version, people, policies, now))
-            existing = await delivery_store.existing_ids(conn, [r["id"] for r in plan.rows])
-            republish = (
-                await delivery_store.queued_of_notifications(conn, redelivered)
-                if redelivered
-                else []
-            )
+            existing = await reads.existing_deliveries([r["id"] for r in plan.rows])
+            republish = await reads.waiting_deliveries(redelivered) if redelivered else []
         plan.rows = [row for row in plan.rows if row["id"] not in existing]
         await self._cap_per_hour(plan.rows, categories)
-        async with write_tx(self._ctx.engine) as conn:
-            await delivery_store.insert_planned(conn, plan.rows, plan.planned)
-            await notification_store.delete_outbox(conn, ids)
+        inserted = await planning.store_plan(engine, pg, plan.rows, plan.planned, ids, now)
+        plan.rows = [row for row in plan.rows if row["id"] in inserted]
         return plan, republish
 
     async def _cap_per_hour(

@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import replace
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.rendering import CompiledVersion, compile_stored
 from clarion.store import templates as template_store
@@ -21,7 +21,7 @@ class TemplateCache:
         self._entries: OrderedDict[Key, CompiledVersion] = OrderedDict()
         self._max = max_entries
 
-    async def load(self, conn: AsyncConnection, keys: Iterable[Key]) -> dict[Key, CompiledVersion]:
+    async def load(self, engine: AsyncEngine, keys: Iterable[Key]) -> dict[Key, CompiledVersion]:
         """The compiled versions for ``keys``, loading the missing ones in one query."""
         wanted = set(keys)
         found = {key: self._entries[key] for key in wanted if key in self._entries}
@@ -29,7 +29,8 @@ class TemplateCache:
             self._entries.move_to_end(key)
         missing = wanted - found.keys()
         if missing:
-            rows = await template_store.load_versions(conn, missing)
+            async with engine.connect() as conn:
+                rows = await template_store.load_versions(conn, missing)
             for key, row in rows.items():
                 compiled = compile_stored(row["category"], row["channels"], row["locales"])
                 compiled = replace(compiled, fallbacks=dict(row.get("fallbacks") or {}))

@@ -1,64 +1,30 @@
 """Channel workers: take deliveries from a channel's lanes and hand them to providers.
 
-The loop only takes work, calls the send chain and acks once the outcome is stored. Policy
-lives around the call: the send chain (circuit breakers with failover, provider rate limits,
-the call's timeout) and the retry policy (backoff, dead letters).
+The loop knows no policy: take deliveries (fair shares between tenants: consumer.py), run
+one attempt on each (expiry, the send chain, retries, fallback and waiting are its steps:
+attempt.py), store the outcome, ack.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from clarion.broker import Delayed, Message
+from clarion.broker import Message
 from clarion.domain.delivery import Delivery, MalformedDelivery
-from clarion.domain.ids import delivery_id
 from clarion.domain.models import LANES, DeliveryStatus, send_stream
-from clarion.pipeline.consumer import FairConsumer
+from clarion.pipeline.attempt import Attempts
+from clarion.pipeline.consumer import FairConsumer, tenant_of
 from clarion.pipeline.context import Context
-from clarion.pipeline.messages import outbound, publish_deliveries
 from clarion.pipeline.status_events import StatusEvents
-from clarion.resilience.backends import send_timeout
-from clarion.resilience.retry import RetryPolicy
-from clarion.resilience.sendchain import Failed, NoHealthyProvider, SendChain, Sent
 from clarion.store import addresses as address_store
 from clarion.store import deliveries as delivery_store
 from clarion.store.batching import Batcher, is_outage
-from clarion.store.db import utcnow
 from clarion.store.deliveries import DeliveryRef, StatusChange
 
 log = logging.getLogger(__name__)
-
-
-def fallback_row(delivery: Delivery, fallback: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """The stored row of the delivery a critical one switches to on its fallback channel."""
-    expires_at = delivery.expires_at
-    return {
-        "id": delivery_id(delivery.notification, delivery.recipient, fallback["channel"]),
-        "notification_id": delivery.notification,
-        "tenant_id": delivery.tenant,
-        "recipient_id": delivery.recipient,
-        "channel": fallback["channel"],
-        "provider": None,
-        "priority": delivery.priority,
-        "status": DeliveryStatus.QUEUED,
-        "reason": None,
-        "attempts": 0,
-        "last_error": None,
-        "address": fallback["address"],
-        "content": fallback["content"],
-        "provider_message_id": None,
-        "category": delivery.category,
-        "critical": delivery.critical,
-        "fallback": None,
-        "scheduled_for": None,
-        "expires_at": datetime.fromtimestamp(expires_at, UTC) if expires_at else None,
-        "created_at": now,
-        "updated_at": now,
-        "sent_at": None,
-    }
 
 
 class StatusWriter:
@@ -77,7 +43,7 @@ class StatusWriter:
 
     async def _flush(self, changes: list[StatusChange]) -> list[None]:
         events = await self._events.of_changes(changes)
-        await delivery_store.apply_changes(self._ctx.engine, changes)
+        await delivery_store.apply_changes(self._ctx.engine, changes, self._ctx.pg)
         await self._events.publish(events)
         return [None] * len(changes)
 
@@ -106,16 +72,7 @@ class ChannelWorker:
         self._status = status
         self._acks = acks
         self.streams = [send_stream(channel, lane) for lane in LANES]
-        self._policy = RetryPolicy(
-            ctx.settings.max_attempts, ctx.settings.retry_delays_for(channel)
-        )
-        self._chain = SendChain(
-            ctx.resilience.breakers,
-            ctx.resilience.limiter,
-            ctx.providers,
-            timeout=send_timeout(ctx.settings),
-            max_pace_wait=min(5.0, ctx.settings.broker_lease / 3),
-        )
+        self._attempts = Attempts(ctx, channel)
         self._consumer = FairConsumer(
             ctx.broker,
             self.streams,
@@ -137,8 +94,11 @@ class ChannelWorker:
         await self._consumer.run(stop)
 
     async def _screen(self, messages: list[Message]) -> list[Message]:
-        """A message handed out again may have been sent already (its consumer died after
+        """Load the providers of the messages' tenants (once per take, not per send). A
+        message handed out again may have been sent already (its consumer died after
         storing the outcome, before the ack): those are acked, not sent twice."""
+        with contextlib.suppress(Exception):  # else loaded per delivery, failing alone
+            await self._ctx.providers.prepare({tenant_of(m) for m in messages})
         again = [str(m.payload.get("id")) for m in messages if m.redelivered]
         if not again:
             return messages
@@ -160,12 +120,10 @@ class ChannelWorker:
             self._acks.put_nowait(message)
             return
         try:
-            change, retry, dead = await self._attempt(delivery)
+            attempt = await self._attempts.run(delivery)
         except Exception as exc:
-            # A bug or a payload no step can handle: counted as an attempt, so that after
-            # the last one it is a dead letter with the reason, never taken again forever.
-            change, retry = self._policy.on_failure(delivery, exc, utcnow())
-            dead = None
+            attempt = self._attempts.failed(delivery, exc)
+        change, retry, dead = attempt.change, attempt.retry, attempt.dead
         change.ref = DeliveryRef(
             delivery.notification, delivery.recipient, self.channel, delivery.provider
         )
@@ -222,78 +180,6 @@ class ChannelWorker:
                 removed,
                 self.channel,
             )
-
-    async def _attempt(self, delivery: Delivery) -> tuple[StatusChange, Delayed | None, Any]:
-        """One try: the status it leads to, the retry to schedule, and dead addresses."""
-        now = utcnow()
-        if delivery.expires_at is not None and now.timestamp() >= delivery.expires_at:
-            change = StatusChange(
-                delivery.id,
-                delivery.tenant,
-                DeliveryStatus.FAILED,
-                attempts=delivery.attempt - 1,
-                reason="expired",
-            )
-            return change, None, None
-        providers = self._ctx.providers
-        await providers.prepare([delivery.tenant])
-        candidates = providers.chain(delivery.tenant, delivery.channel)
-        outcome = await self._chain.send(outbound(delivery), candidates)
-        if isinstance(outcome, Sent):
-            change = StatusChange(
-                delivery.id,
-                delivery.tenant,
-                DeliveryStatus.SENT,
-                attempts=delivery.attempt,
-                provider_message_id=outcome.result.provider_message_id,
-                sent_at=utcnow(),
-                provider=outcome.provider,
-            )
-            return change, None, outcome.result.dead_addresses
-        if isinstance(outcome, Failed):
-            change, retry = self._policy.on_failure(delivery, outcome.error, now)
-            change.provider = outcome.provider or None
-            return change, retry, getattr(outcome.error, "dead_address", None)
-        if isinstance(outcome, NoHealthyProvider) and delivery.fallback:
-            switched = await self._fall_back(delivery, delivery.fallback)
-            if switched is not None:
-                return switched, None, None
-        # Not attempted (every provider's breaker open, or its rate limit full): wait without
-        # spending an attempt. The due time keeps the sweeper from publishing it meanwhile.
-        due = now + timedelta(seconds=outcome.retry_in)
-        change = StatusChange(
-            delivery.id,
-            delivery.tenant,
-            DeliveryStatus.QUEUED,
-            attempts=delivery.attempt - 1,
-            reason=outcome.reason,
-            scheduled_for=due,
-        )
-        return change, Delayed(delivery.stream, delivery.to_payload(), due.timestamp()), None
-
-    async def _fall_back(self, delivery: Delivery, fallback: dict[str, Any]) -> StatusChange | None:
-        """A critical delivery whose channel has no healthy provider goes out on its
-        template's fallback channel: a delivery of its own (deterministic id, so at most
-        one), and this one is failed with reason ``no_healthy_provider``. None: the
-        fallback could not be created; the delivery waits instead."""
-        now = utcnow()
-        row = fallback_row(delivery, fallback, now)
-        try:
-            created = await delivery_store.insert_one(self._ctx.engine, row)
-            if created:
-                await publish_deliveries(self._ctx.broker, [Delivery.from_row(row)])
-        except Exception as exc:
-            log.warning("delivery %s: creating the fallback failed: %r", delivery.id, exc)
-            return None
-        return StatusChange(
-            delivery.id,
-            delivery.tenant,
-            DeliveryStatus.FAILED,
-            attempts=delivery.attempt - 1,
-            reason="no_healthy_provider",
-            last_error=f"no healthy {delivery.channel} provider: sent by "
-            f"{fallback['channel']} instead ({row['id']})",
-        )
 
     async def stop(self, deadline: float) -> None:
         """Finish what is in flight within ``deadline`` seconds; give the rest back."""

@@ -80,6 +80,11 @@ class ProviderSet:
         if reloaded:
             self._retire_removed(reloaded)
 
+    def is_fresh(self, tenant_id: str) -> bool:
+        """Whether a tenant's settings are loaded and not stale (``prepare`` has nothing to
+        do for it)."""
+        return self._catalog.is_fresh(tenant_id)
+
     def invalidate(self, tenant_id: str) -> None:
         """Forget a tenant's settings: the next use reloads them."""
         self._catalog.invalidate(tenant_id)

@@ -68,6 +68,9 @@ class Catalog:
             return False
         return cached.loaded_at > self._invalidated.get(tenant_id, -math.inf)
 
+    def is_fresh(self, tenant_id: str) -> bool:
+        return self._fresh(tenant_id, time.monotonic())
+
     async def prepare(self, tenant_ids: Iterable[str]) -> list[str]:
         """Load the tenants whose copy is missing or stale; returns those reloaded."""
         stale = {t for t in tenant_ids if not self._fresh(t, time.monotonic())}

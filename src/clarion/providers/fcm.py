@@ -18,15 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
-import aiohttp
 import jwt
 import orjson
 
 from clarion.errors import PermanentError, ProviderError, TransientError
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import FcmConfig
-from clarion.providers.http import read_bounded, refuse_redirect
+from clarion.providers.http import ApiClient
 from clarion.providers.push import parse_retry_after, send_tokens, tokens_for
 from clarion.security.netguard import AddressGuard
 
@@ -84,12 +84,12 @@ class AccessTokens:
         self,
         account: ServiceAccount,
         token_url: str,
-        session: Callable[[], aiohttp.ClientSession],
+        http: ApiClient,
         clock: Clock = time.time,
     ) -> None:
         self._account = account
         self._token_url = token_url
-        self._session = session
+        self._http = http
         self._clock = clock
         self._token: str | None = None
         self._refresh_at = 0.0
@@ -137,17 +137,14 @@ class AccessTokens:
 
     async def _fetch(self) -> tuple[str, float]:
         form = {"grant_type": GRANT_TYPE, "assertion": self._assertion()}
+        headers = {"content-type": "application/x-www-form-urlencoded"}
         try:
-            async with self._session().post(
-                self._token_url, data=form, allow_redirects=False
-            ) as response:
-                refuse_redirect(response.status, response.headers, "token endpoint")
-                raw = await read_bounded(response)
-                status, retry_after = response.status, response.headers.get("retry-after")
-        except aiohttp.ClientError as exc:
-            raise TransientError(
-                f"token endpoint: {type(exc).__name__}: {exc}", reason="connection_error"
-            ) from exc
+            reply = await self._http.post(
+                self._token_url, urlencode(form).encode(), headers, what="token endpoint"
+            )
+        except TransientError as exc:
+            raise TransientError(f"token endpoint: {exc.message}", reason=exc.reason) from exc
+        raw, status, retry_after = reply.body, reply.status, reply.headers.get("retry-after")
         body = _json(raw)
         if status == 200 and isinstance(body.get("access_token"), str):
             expires_in = body.get("expires_in")
@@ -170,8 +167,10 @@ class FcmProvider(Provider):
     def __init__(self, spec: ProviderSpec, env: ProviderEnv, *, timeout: float = 10.0) -> None:
         config = FcmConfig.model_validate(spec.config)
         self._timeout = timeout
-        self._client: aiohttp.ClientSession | None = None
         self._guard = AddressGuard(env.settings.allow_private_webhooks)
+        self._http = ApiClient(
+            user_agent="Clarion-FCM/1", guard=self._guard, timeout=timeout, max_connections=256
+        )
         self._token_url = ""
         base = str(config.base_url) if config.base_url else DEFAULT_BASE_URL
         self._base = base.rstrip("/")
@@ -184,18 +183,7 @@ class FcmProvider(Provider):
         else:
             token_url = str(config.token_url) if config.token_url else account.token_uri
             self._token_url = token_url
-            self._auth = (account, AccessTokens(account, token_url, self._session))
-
-    def _session(self) -> aiohttp.ClientSession:
-        if self._client is None:
-            self._client = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=256, limit_per_host=0, resolver=self._guard.resolver()
-                ),
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-                headers={"user-agent": "Clarion-FCM/1"},
-            )
-        return self._client
+            self._auth = (account, AccessTokens(account, token_url, self._http))
 
     async def send(self, message: OutboundMessage) -> SendResult:
         if isinstance(self._auth, PermanentError):
@@ -230,20 +218,11 @@ class FcmProvider(Provider):
         self, url: str, access: str, payload: bytes
     ) -> tuple[int, dict[str, Any], str | None]:
         headers = {"authorization": f"Bearer {access}", "content-type": "application/json"}
-        try:
-            async with self._session().post(
-                url, data=payload, headers=headers, allow_redirects=False
-            ) as response:
-                refuse_redirect(response.status, response.headers)
-                raw = await read_bounded(response)
-                return response.status, _json(raw), response.headers.get("retry-after")
-        except aiohttp.ClientError as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}", reason="connection_error") from exc
+        reply = await self._http.post(url, payload, headers)
+        return reply.status, _json(reply.body), reply.headers.get("retry-after")
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        await self._http.aclose()
 
 
 def fcm_body(message: OutboundMessage, token: str) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""What the HTTP API providers share: a pooled client with a bounded timeout, and the usual
-meaning of status codes.
+"""What the HTTP API providers share: a client for a service's API (Clarion's own HTTP/1.1
+client, :mod:`clarion.net`, with a bounded timeout and reply), and the usual meaning of
+status codes.
 
 - 2xx: accepted.
 - 408, 425, 429, 5xx: :class:`TransientError`, honouring ``Retry-After`` (seconds or an
   HTTP date). Timeouts and connection failures are transient too.
-- 401, 403: :class:`PermanentError` ``bad_credentials``.
+- 401, 403: :class:`PermanentError` ``bad_credentials`` (``provider_rejected`` where the
+  far end is not a service Clarion holds credentials for, such as a webhook receiver).
 - any other 4xx: :class:`PermanentError` ``provider_rejected`` with the service's message.
 - 3xx: :class:`PermanentError` ``redirect_refused`` naming the target: no request follows a
   redirect (the target could be an internal address the guard would refuse).
@@ -16,16 +18,24 @@ again by the status writer.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-import aiohttp
-from multidict import CIMultiDictProxy
-
 from clarion.errors import PermanentError, TransientError
+from clarion.net import HttpClient, Reply
 from clarion.security.netguard import AddressGuard
 from clarion.store.db import utcnow
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "MAX_REPLY",
+    "ApiClient",
+    "Reply",
+    "is_transient",
+    "parse_retry_after",
+    "raise_for_status",
+    "refuse_redirect",
+]
 
 DEFAULT_TIMEOUT = 30.0
 MAX_REPLY = 256 * 1024
@@ -65,18 +75,12 @@ def refuse_redirect(status: int, headers: Mapping[str, str], what: str = "") -> 
         )
 
 
-async def read_bounded(response: aiohttp.ClientResponse, limit: int = MAX_REPLY) -> bytes:
-    """The body, or its first ``limit`` bytes (the rest is dropped with the connection)."""
-    body = bytearray()
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) >= limit:
-            break
-    return bytes(body[:limit])
-
-
-def raise_for_status(status: int, message: str, retry_after: str | None = None) -> None:
-    """Raise the error a non-2xx ``status`` means; ``message`` is the service's own words."""
+def raise_for_status(
+    status: int, message: str, retry_after: str | None = None, *, credentials: bool = True
+) -> None:
+    """Raise the error a non-2xx ``status`` means; ``message`` is the service's own words.
+    ``credentials``: whether a 401 or 403 says the credentials Clarion sent are wrong (a
+    service's API) rather than that the far end refuses the request (a webhook)."""
     if 200 <= status < 300:
         return
     detail = f"HTTP {status}: {message[:300]}"
@@ -84,72 +88,43 @@ def raise_for_status(status: int, message: str, retry_after: str | None = None) 
         raise TransientError(
             detail, reason=f"http_{status}", retry_after=parse_retry_after(retry_after)
         )
-    if status in _CREDENTIAL_CODES:
+    if credentials and status in _CREDENTIAL_CODES:
         raise PermanentError(detail, reason="bad_credentials")
     raise PermanentError(detail, reason="provider_rejected")
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
-
-
-class HttpClient:
-    """One connection pool per provider; every request bounded by ``timeout``."""
+class ApiClient:
+    """A service's API: one connection pool per provider, every request bounded by
+    ``timeout``, every reply by ``max_body``, and a redirect refused."""
 
     def __init__(
         self,
         *,
+        user_agent: str,
+        guard: AddressGuard,
         timeout: float = DEFAULT_TIMEOUT,
         max_connections: int = 64,
-        name: str,
-        guard: AddressGuard | None = None,
     ) -> None:
-        self._guard = guard
         self._timeout = timeout
-        self._max_connections = max_connections
-        self._user_agent = f"Clarion/{name}"
-        self._session: aiohttp.ClientSession | None = None
+        self._http = HttpClient(guard, max_connections=max_connections, user_agent=user_agent)
 
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=self._max_connections,
-                    resolver=self._guard.resolver() if self._guard else None,
-                ),
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-                headers={"user-agent": self._user_agent},
-            )
-        return self._session
-
-    async def start(self) -> None:
-        self._open()
-
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Reply:
-        """POST, converting timeouts and connection failures to :class:`TransientError`.
-        With a guard, a URL whose host is not public is refused first."""
-        if self._guard is not None:
-            await self._guard.check(url)
-        session = self._open()
-        try:
-            async with session.post(
-                url, data=body, headers=dict(headers), allow_redirects=False
-            ) as response:
-                refuse_redirect(response.status, response.headers)
-                return Reply(response.status, response.headers, await read_bounded(response))
-        except TimeoutError as exc:
-            raise TransientError(f"timed out after {self._timeout}s", reason="timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}", reason="connection_error") from exc
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        what: str = "",
+        max_body: int = MAX_REPLY,
+    ) -> Reply:
+        """POST; a timeout or a connection failure is a :class:`TransientError`, a URL
+        whose host is not public a :class:`PermanentError` (``what`` names the endpoint
+        in a refused redirect's message)."""
+        reply = await self._http.request(
+            "POST", url, headers, body, timeout=self._timeout, max_body=max_body
+        )
+        refuse_redirect(reply.status, reply.headers, what)
+        return reply
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()

@@ -16,7 +16,7 @@ import orjson
 
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import SendgridConfig
-from clarion.providers.http import DEFAULT_TIMEOUT, HttpClient, Reply, raise_for_status
+from clarion.providers.http import DEFAULT_TIMEOUT, ApiClient, Reply, raise_for_status
 from clarion.providers.mime import Email, EmailComposer
 from clarion.security.netguard import AddressGuard
 from clarion.security.unsubscribe import UnsubscribeLinks
@@ -86,14 +86,11 @@ class SendgridProvider(Provider):
         self._composer = EmailComposer(
             config.from_, UnsubscribeLinks(env.engine, env.settings.public_url)
         )
-        self._http = HttpClient(
+        self._http = ApiClient(
             timeout=timeout,
-            name="sendgrid",
+            user_agent="Clarion/sendgrid",
             guard=AddressGuard(env.settings.allow_private_webhooks),
         )
-
-    async def start(self) -> None:
-        await self._http.start()
 
     async def send(self, message: OutboundMessage) -> SendResult:
         email = await self._composer.compose(message)

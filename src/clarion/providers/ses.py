@@ -21,7 +21,7 @@ from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, Provi
 from clarion.providers.configs import SesConfig
 from clarion.providers.http import (
     DEFAULT_TIMEOUT,
-    HttpClient,
+    ApiClient,
     Reply,
     parse_retry_after,
     raise_for_status,
@@ -113,14 +113,11 @@ class SesProvider(Provider):
         self._composer = EmailComposer(
             config.from_, UnsubscribeLinks(env.engine, env.settings.public_url)
         )
-        self._http = HttpClient(
+        self._http = ApiClient(
             timeout=timeout,
-            name="ses",
+            user_agent="Clarion/ses",
             guard=AddressGuard(env.settings.allow_private_webhooks),
         )
-
-    async def start(self) -> None:
-        await self._http.start()
 
     def _request(self, email: Email) -> tuple[bytes, dict[str, str]]:
         """The signed request: its body and its headers."""

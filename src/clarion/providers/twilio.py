@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import aiohttp
 import orjson
 from pydantic import ValidationError
 
@@ -33,7 +32,7 @@ from clarion.providers.base import (
     SendResult,
 )
 from clarion.providers.configs import TwilioConfig
-from clarion.providers.http import parse_retry_after, read_bounded, refuse_redirect
+from clarion.providers.http import ApiClient, parse_retry_after
 from clarion.security.netguard import AddressGuard
 
 API_URL = "https://api.twilio.com"
@@ -158,25 +157,20 @@ class TwilioProvider(Provider):
         self._spec = spec
         self._config = TwilioConfig.model_validate(spec.config)
         self._public_url = env.settings.public_url
-        self._guard = AddressGuard(env.settings.allow_private_webhooks)
         base = str(self._config.base_url) if self._config.base_url else API_URL
         self._url = (
             f"{base.rstrip('/')}/2010-04-01/Accounts/{self._config.account_sid}/Messages.json"
         )
-        self._timeout = aiohttp.ClientTimeout(total=float(env.extra.get("timeout", TIMEOUT)))
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=64, resolver=self._guard.resolver()),
-            timeout=self._timeout,
-            headers={
-                "authorization": aiohttp.encode_basic_auth(
-                    self._config.account_sid, self._config.auth_token
-                ),
-                "user-agent": "Clarion/1",
-                "accept": "application/json",
-            },
+        credentials = f"{self._config.account_sid}:{self._config.auth_token}".encode()
+        self._headers = {
+            "authorization": f"Basic {base64.b64encode(credentials).decode()}",
+            "accept": "application/json",
+            "content-type": "application/x-www-form-urlencoded",
+        }
+        self._http = ApiClient(
+            user_agent="Clarion/1",
+            guard=AddressGuard(env.settings.allow_private_webhooks),
+            timeout=float(env.extra.get("timeout", TIMEOUT)),
         )
 
     def form(self, message: OutboundMessage) -> dict[str, str]:
@@ -197,28 +191,14 @@ class TwilioProvider(Provider):
         return {"To": to, origin: sender, "Body": text, "StatusCallback": callback}
 
     async def send(self, message: OutboundMessage) -> SendResult:
-        if self._session is None:
-            raise RuntimeError("TwilioProvider.send before start")
-        form = self.form(message)
-        await self._guard.check(self._url)
-        try:
-            async with self._session.post(
-                self._url, data=form, allow_redirects=False, timeout=self._timeout
-            ) as response:
-                refuse_redirect(response.status, response.headers)
-                body = await read_bounded(response)
-                if not 200 <= response.status < 300:
-                    classify(response.status, body, response.headers.get("retry-after"))
-                return SendResult(provider_message_id=_sid_of(body))
-        except TimeoutError as exc:
-            raise TransientError("Twilio did not answer in time", reason="timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}", reason="connection_error") from exc
+        body = urlencode(self.form(message)).encode()
+        reply = await self._http.post(self._url, body, self._headers)
+        if not 200 <= reply.status < 300:
+            classify(reply.status, reply.body, reply.headers.get("retry-after"))
+        return SendResult(provider_message_id=_sid_of(reply.body))
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
 
 
 def _sid_of(body: bytes) -> str | None:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import http_ece
 import jwt
 import orjson
@@ -29,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from clarion.errors import PermanentError, ProviderError, TransientError
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import WebpushConfig
-from clarion.providers.http import parse_retry_after, read_bounded, refuse_redirect
+from clarion.providers.http import ApiClient, parse_retry_after
 from clarion.security.netguard import AddressGuard
 
 TIMEOUT = 15.0
@@ -240,29 +239,22 @@ class WebpushProvider(Provider):
             self._key_error = str(exc)
         self._allow_private = env.settings.allow_private_webhooks
         self._guard = AddressGuard(self._allow_private)
-        self._timeout = aiohttp.ClientTimeout(total=float(env.extra.get("timeout", TIMEOUT)))
-        self._session: aiohttp.ClientSession | None = None
+        self._http = ApiClient(
+            user_agent="Clarion/1",
+            guard=self._guard,
+            timeout=float(env.extra.get("timeout", TIMEOUT)),
+            max_connections=256,
+        )
 
     @property
     def public_key(self) -> str | None:
         """The VAPID public key (base64url, uncompressed point): browsers subscribe with it."""
         return self._vapid.public_key if self._vapid else None
 
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=256, limit_per_host=0, resolver=self._guard.resolver()
-            ),
-            timeout=self._timeout,
-            headers={"user-agent": "Clarion/1"},
-        )
-
     async def send(self, message: OutboundMessage) -> SendResult:
-        session, vapid = self._session, self._vapid
+        vapid = self._vapid
         if vapid is None:
             raise PermanentError(self._key_error or "no VAPID key", reason="bad_credentials")
-        if session is None:
-            raise RuntimeError("WebpushProvider.send before start")
         targets = message.to if isinstance(message.to, list) else []
         if not targets:
             raise PermanentError("the recipient has no web push subscription", reason="no_address")
@@ -279,7 +271,7 @@ class WebpushProvider(Provider):
             "Content-Type": "application/octet-stream",
         }
         results = await asyncio.gather(
-            *(self._push(session, vapid, t, plaintext, headers) for t in targets),
+            *(self._push(vapid, t, plaintext, headers) for t in targets),
             return_exceptions=True,
         )
         for result in results:
@@ -289,7 +281,6 @@ class WebpushProvider(Provider):
 
     async def _push(
         self,
-        session: aiohttp.ClientSession,
         vapid: Vapid,
         target: Any,
         plaintext: bytes,
@@ -301,41 +292,16 @@ class WebpushProvider(Provider):
             await self._guard.check(subscription.endpoint)
             body = encrypt(plaintext, subscription)
             auth = vapid.authorization(subscription.endpoint)
-            return await self._post(session, subscription, body, {**headers, "Authorization": auth})
+            return await self._post(subscription, body, {**headers, "Authorization": auth})
         except ProviderError as exc:
             return Outcome(str(endpoint), error=exc)
 
-    async def _post(
-        self,
-        session: aiohttp.ClientSession,
-        sub: Subscription,
-        body: bytes,
-        headers: dict[str, str],
-    ) -> Outcome:
-        try:
-            async with session.post(
-                sub.endpoint,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                timeout=self._timeout,
-            ) as response:
-                refuse_redirect(response.status, response.headers)
-                text = (await read_bounded(response, 4096)).decode(errors="replace")
-                outcome = classify(
-                    sub.endpoint, response.status, text, response.headers.get("retry-after")
-                )
-                if outcome.ok:
-                    return Outcome(sub.endpoint, location=response.headers.get("location"))
-                return outcome
-        except TimeoutError as exc:
-            raise TransientError(
-                "the push service did not answer in time", reason="timeout"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}", reason="connection_error") from exc
+    async def _post(self, sub: Subscription, body: bytes, headers: dict[str, str]) -> Outcome:
+        reply = await self._http.post(sub.endpoint, body, headers, max_body=4096)
+        outcome = classify(sub.endpoint, reply.status, reply.text, reply.headers.get("retry-after"))
+        if outcome.ok:
+            return Outcome(sub.endpoint, location=reply.headers.get("location"))
+        return outcome
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()

@@ -1,9 +1,9 @@
 """Refuse outbound requests to loopback, private and other internal addresses (SSRF).
 
 The check is made on the address a connection is actually opened to, never on a separate
-lookup: HTTP clients resolve names through :class:`GuardedResolver` (aiohttp) or
-:class:`GuardedBackend` (httpx), and SMTP connects a socket to an address that
-:meth:`AddressGuard.resolve` checked. A name that resolves to a public address when checked
+lookup: Clarion's HTTP/1.1 client (:mod:`clarion.net`) and SMTP connect to an address that
+:meth:`AddressGuard.resolve` checked, and httpx (APNs) resolves names through
+:class:`GuardedBackend`. A name that resolves to a public address when checked
 and to an internal one a moment later (DNS rebinding) therefore gains nothing: the address
 connected to is the one checked. IP literals are checked before any request.
 
@@ -23,8 +23,6 @@ from urllib.parse import urlsplit
 
 import httpcore
 import httpx
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 
 from clarion.errors import PermanentError, TransientError
 
@@ -82,7 +80,7 @@ class AddressGuard:
     async def check(self, url: str) -> None:
         """Raise :class:`PermanentError` for a URL that is not http(s) or names a
         non-public IP address. A host name is checked when it is connected to, by the
-        resolver or backend of the client that connects."""
+        client that connects."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise PermanentError(f"not an http(s) URL: {url!r}", reason="invalid_address")
@@ -132,11 +130,6 @@ class AddressGuard:
                 return sock
         raise last or OSError(f"no address for {host!r}")
 
-    def resolver(self) -> AbstractResolver:
-        """For ``aiohttp.TCPConnector(resolver=...)``: the connector connects to exactly
-        the addresses returned, so each one is checked here."""
-        return GuardedResolver(self)
-
     def transport(self, *, http1: bool = True, http2: bool = False) -> httpx.AsyncHTTPTransport:
         """For ``httpx.AsyncClient(transport=...)``: connections go to checked addresses."""
         transport = httpx.AsyncHTTPTransport(http1=http1, http2=http2)
@@ -153,27 +146,6 @@ class AddressGuard:
             network_backend=GuardedBackend(self),
         )
         return transport
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp's default resolver, refusing a name with any non-public address."""
-
-    def __init__(self, guard: AddressGuard) -> None:
-        self._guard = guard
-        self._inner = DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        found = await self._inner.resolve(host, port, family)
-        if not self._guard.allow_private:
-            for result in found:
-                if not is_public(result["host"]):
-                    raise _refusal(host, result["host"])
-        return found
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+import asyncpg
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -27,6 +28,14 @@ R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
+# Server errors that say the server, not a statement, is the trouble: connection failures
+# (08), shutdowns and "cannot connect now" (57), too many connections, disk full (53).
+_PG_OUTAGES = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
 
 def is_outage(exc: BaseException) -> bool:
     """True when ``exc`` says the store or broker is out of reach (every item would fail
@@ -36,6 +45,11 @@ def is_outage(exc: BaseException) -> bool:
             return True
         # asyncpg refuses a value it cannot encode with a ValueError under InterfaceError.
         return isinstance(exc, InterfaceError) and not isinstance(exc.orig, ValueError)
+    if isinstance(exc, asyncpg.PostgresError):  # the hot statements run on asyncpg directly
+        return isinstance(exc, _PG_OUTAGES)
+    if isinstance(exc, asyncpg.InterfaceError):
+        # A connection or pool that is closed; a value asyncpg cannot encode is a ValueError.
+        return not isinstance(exc, ValueError)
     return isinstance(
         exc, (OSError, TimeoutError, PoolTimeout, RedisConnectionError, RedisTimeoutError)
     )

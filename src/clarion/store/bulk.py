@@ -1,20 +1,23 @@
-"""Set-based bulk writes for PostgreSQL: one statement per batch, with a column's values
-sent as one array parameter and unpacked by ``unnest``.
+"""The hot statements on PostgreSQL: set-based, one fixed SQL text each, run on asyncpg.
 
-``executemany`` sends one Bind/Execute per row, which both asyncpg and PostgreSQL pay for
-row by row; a batch of 2,000 status changes becomes two statements here. SQLite, where a
-statement per row costs nothing over the wire, keeps ``executemany``.
+A batch's column values travel as one array parameter per column and are unpacked by
+``unnest``; ids go as one array (``= ANY($1)``). ``executemany`` would send one
+Bind/Execute per row, which asyncpg and PostgreSQL both pay for row by row, and an ``IN``
+list is a new SQL text (a new prepared statement) for every size. A write that touches
+several tables is one statement with data-modifying ``WITH`` clauses: atomic without a
+transaction block, and one round trip. SQLite, with no wire to cross, keeps SQLAlchemy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+
+from clarion.domain.models import DeliveryStatus
+from clarion.store.pg import PgPool
 
 # Column name -> PostgreSQL array type, in table order.
 _DELIVERY_COLUMNS: dict[str, str] = {
@@ -44,12 +47,14 @@ _DELIVERY_COLUMNS: dict[str, str] = {
 _JSON_COLUMNS = {name for name, kind in _DELIVERY_COLUMNS.items() if kind == "json"}
 
 
-def _unnest(columns: dict[str, str]) -> str:
-    # JSON travels as text (asyncpg has no json[] codec) and is cast back per element.
+def _unnest(columns: dict[str, str], first: int = 1) -> str:
+    """``unnest($first::type[], ...) AS v(names)``; JSON travels as text (asyncpg has no
+    json[] codec) and is cast back where it is used."""
     arrays = ", ".join(
-        f"CAST(:{name} AS {'text' if kind == 'json' else kind}[])" for name, kind in columns.items()
+        f"${first + i}::{'text' if kind == 'json' else kind}[]"
+        for i, kind in enumerate(columns.values())
     )
-    return f"unnest({arrays})"
+    return f"unnest({arrays}) AS v({', '.join(columns)})"
 
 
 def _select(columns: dict[str, str]) -> str:
@@ -58,19 +63,22 @@ def _select(columns: dict[str, str]) -> str:
     )
 
 
-_INSERT_DELIVERIES = text(
-    f"INSERT INTO deliveries ({', '.join(_DELIVERY_COLUMNS)}) "
-    f"SELECT {_select(_DELIVERY_COLUMNS)} "
-    f"FROM {_unnest(_DELIVERY_COLUMNS)} AS v({', '.join(_DELIVERY_COLUMNS)}) "
-    "ON CONFLICT DO NOTHING"
-)
+_N = len(_DELIVERY_COLUMNS)
 
-_EVENT_COLUMNS = {"delivery_id": "text", "tenant_id": "text", "status": "text", "detail": "text"}
-
-_INSERT_EVENTS = text(
-    "INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
-    f"SELECT v.delivery_id, v.tenant_id, v.status, v.detail, CAST(:created_at AS timestamptz) "
-    f"FROM {_unnest(_EVENT_COLUMNS)} AS v({', '.join(_EVENT_COLUMNS)})"
+# New deliveries, with an event for each one inserted in another state than `queued` (a
+# delivery's creation is its `queued` event), their notifications marked `processing`, and
+# the planned notifications' outbox rows gone: the planner's whole write, one statement.
+_STORE_PLAN = (
+    f"WITH ins AS (INSERT INTO deliveries ({', '.join(_DELIVERY_COLUMNS)}) "
+    f"SELECT {_select(_DELIVERY_COLUMNS)} FROM {_unnest(_DELIVERY_COLUMNS)} "
+    "ON CONFLICT DO NOTHING RETURNING id, tenant_id, status, reason), "
+    "ev AS (INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
+    f"SELECT id, tenant_id, status, reason, ${_N + 1}::timestamptz FROM ins "
+    f"WHERE status <> '{DeliveryStatus.QUEUED.value}'), "
+    f"up AS (UPDATE notifications SET status = 'processing' WHERE id = ANY(${_N + 2}::text[]) "
+    "AND status <> 'cancelled'), "
+    f"gone AS (DELETE FROM outbox WHERE notification_id = ANY(${_N + 3}::text[])) "
+    "SELECT id FROM ins"
 )
 
 _CHANGE_COLUMNS = {
@@ -84,19 +92,25 @@ _CHANGE_COLUMNS = {
     "sent_at": "timestamptz",
     "provider": "text",
 }
+_EVENT_COLUMNS = {"delivery_id": "text", "tenant_id": "text", "status": "text", "detail": "text"}
+_M = len(_CHANGE_COLUMNS)
 
-# A provider's report that the message was delivered may arrive before the worker has
-# stored its own outcome of the send: the report is the later truth. And an outcome never
-# overwrites one of a later attempt: a retry can run (its message published before the
-# first outcome is stored) and store its outcome first.
-_APPLY_CHANGES = text(
-    "UPDATE deliveries AS d SET status = v.status, attempts = v.attempts, "
+# Status changes and their events, one statement. A provider's report that the message was
+# delivered may arrive before the worker has stored its own outcome of the send: the report
+# is the later truth. And an outcome never overwrites one of a later attempt: a retry can
+# run (its message published before the first outcome is stored) and store its outcome
+# first.
+_APPLY_CHANGES = (
+    "WITH changed AS (UPDATE deliveries AS d SET status = v.status, attempts = v.attempts, "
     "reason = v.reason, last_error = v.last_error, "
     "provider_message_id = v.provider_message_id, scheduled_for = v.scheduled_for, "
-    "sent_at = v.sent_at, updated_at = CAST(:updated_at AS timestamptz), "
+    f"sent_at = v.sent_at, updated_at = ${_M + 1}::timestamptz, "
     "provider = coalesce(v.provider, d.provider) "
-    f"FROM {_unnest(_CHANGE_COLUMNS)} AS v({', '.join(_CHANGE_COLUMNS)}) "
-    "WHERE d.id = v.id AND d.status <> 'delivered' AND d.attempts <= v.attempts"
+    f"FROM {_unnest(_CHANGE_COLUMNS)} "
+    "WHERE d.id = v.id AND d.status <> 'delivered' AND d.attempts <= v.attempts) "
+    "INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
+    f"SELECT v.delivery_id, v.tenant_id, v.status, v.detail, ${_M + 1}::timestamptz "
+    f"FROM {_unnest(_EVENT_COLUMNS, _M + 2)}"
 )
 
 
@@ -105,39 +119,43 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-async def insert_deliveries(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """``INSERT ... ON CONFLICT DO NOTHING`` of delivery rows (dicts with every column)."""
-    params = {
-        name: [_json(row[name]) for row in rows]
-        if name in _JSON_COLUMNS
-        else [row[name] for row in rows]
-        for name in _DELIVERY_COLUMNS
-    }
-    await conn.execute(_INSERT_DELIVERIES, params)
-
-
-async def insert_events(
-    conn: AsyncConnection, events: Sequence[tuple[str, str, str, str | None]], at: datetime
-) -> None:
-    """Delivery events: (delivery id, tenant id, status, detail), all created ``at``."""
-    columns: list[list[Any]] = [[], [], [], []]
-    for event in events:
-        for values, value in zip(columns, event, strict=True):
+def _columns(rows: Iterable[Sequence[Any]], width: int) -> list[list[Any]]:
+    columns: list[list[Any]] = [[] for _ in range(width)]
+    for row in rows:
+        for values, value in zip(columns, row, strict=True):
             values.append(value)
-    params: dict[str, Any] = dict(zip(_EVENT_COLUMNS, columns, strict=True))
-    params["created_at"] = at
-    await conn.execute(_INSERT_EVENTS, params)
+    return columns
+
+
+async def store_plan(
+    pg: PgPool,
+    rows: Sequence[dict[str, Any]],
+    planned_ids: Sequence[str],
+    outbox_ids: Sequence[str],
+    at: datetime,
+) -> set[str]:
+    """Insert the deliveries (``ON CONFLICT DO NOTHING``), mark the notifications planned and
+    drop their outbox rows, in one statement; the ids of the deliveries inserted."""
+    arrays = [
+        [_json(row[name]) for row in rows] if name in _JSON_COLUMNS else [row[name] for row in rows]
+        for name in _DELIVERY_COLUMNS
+    ]
+    records = await pg.fetch(_STORE_PLAN, *arrays, at, list(planned_ids), list(outbox_ids))
+    return {record[0] for record in records}
 
 
 async def apply_changes(
-    conn: AsyncConnection, changes: Sequence[tuple[Any, ...]], at: datetime
+    pg: PgPool,
+    changes: Sequence[tuple[Any, ...]],
+    events: Sequence[tuple[str, str, str, str | None]],
+    at: datetime,
 ) -> None:
-    """Update deliveries from rows of (id, status, attempts, reason, last_error,
-    provider message id, scheduled for, sent at, provider); ids must be distinct."""
-    columns: list[list[Any]] = [[] for _ in _CHANGE_COLUMNS]
-    for change in changes:
-        for values, value in zip(columns, change, strict=True):
-            values.append(value)
-    params: dict[str, Any] = dict(zip(_CHANGE_COLUMNS, columns, strict=True))
-    params["updated_at"] = at
-    await conn.execute(_APPLY_CHANGES, params)
+    """Update deliveries from rows of (id, status, attempts, reason, last_error, provider
+    message id, scheduled for, sent at, provider) — ids distinct — and store the events
+    (delivery id, tenant id, status, detail), all at ``at``."""
+    await pg.execute(
+        _APPLY_CHANGES,
+        *_columns(changes, _M),
+        at,
+        *_columns(events, len(_EVENT_COLUMNS)),
+    )

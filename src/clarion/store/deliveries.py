@@ -14,6 +14,7 @@ from clarion.domain.bounded import bounded
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
 from clarion.store import bulk
 from clarion.store.db import utcnow, write_tx
+from clarion.store.pg import PgPool
 from clarion.store.sql import chunks, insert_ignoring_conflicts
 from clarion.store.tables import deliveries, delivery_events, notifications
 
@@ -70,17 +71,11 @@ async def existing_ids(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
 
 
 async def insert_planned(
-    conn: AsyncConnection, rows: list[dict[str, Any]], planned_ids: Sequence[str]
+    conn: AsyncConnection, rows: list[dict[str, Any]], planned_ids: Sequence[str], at: datetime
 ) -> None:
-    """Insert new deliveries with their first events, and mark their notifications planned."""
-    now = utcnow()
-    if conn.dialect.name == "postgresql":
-        for part in chunks(rows, 2000):
-            await bulk.insert_deliveries(conn, part)
-            await bulk.insert_events(
-                conn, [(r["id"], r["tenant_id"], r["status"], r["reason"]) for r in part], now
-            )
-        rows = []
+    """Insert new deliveries, with an event for each one created in another state than
+    ``queued`` (a delivery's creation is its ``queued`` event), and mark their notifications
+    planned. (PostgreSQL: ``bulk.store_plan``.)"""
     for part in chunks(rows, 1000):
         await conn.execute(insert_ignoring_conflicts(conn, deliveries), part)
     events = [
@@ -89,9 +84,10 @@ async def insert_planned(
             "tenant_id": row["tenant_id"],
             "status": row["status"],
             "detail": row["reason"],
-            "created_at": now,
+            "created_at": at,
         }
         for row in rows
+        if row["status"] != DeliveryStatus.QUEUED
     ]
     for part in chunks(events, 1000):
         await conn.execute(delivery_events.insert(), part)
@@ -153,17 +149,19 @@ _UPDATE = (
 )
 
 
-async def apply_changes(engine: AsyncEngine, changes: Sequence[StatusChange]) -> None:
-    """Write a batch of status changes and their events in one transaction."""
+async def apply_changes(
+    engine: AsyncEngine, changes: Sequence[StatusChange], pg: PgPool | None = None
+) -> None:
+    """Write a batch of status changes and their events atomically."""
     if not changes:
         return
     now = utcnow()
     changes = [c.bound() for c in changes]
+    if pg is not None:
+        await _apply_set_based(pg, changes, now)
+        return
     async with write_tx(engine) as conn:
-        if conn.dialect.name == "postgresql":
-            await _apply_set_based(conn, changes, now)
-        else:
-            await _apply_row_by_row(conn, changes, now)
+        await _apply_row_by_row(conn, changes, now)
 
 
 async def _apply_row_by_row(
@@ -198,9 +196,7 @@ async def _apply_row_by_row(
     await conn.execute(delivery_events.insert(), events)
 
 
-async def _apply_set_based(
-    conn: AsyncConnection, changes: Sequence[StatusChange], now: datetime
-) -> None:
+async def _apply_set_based(pg: PgPool, changes: Sequence[StatusChange], now: datetime) -> None:
     # One UPDATE row per delivery: of two changes to the same delivery in a batch, the
     # later is its state (as executemany would leave it); both are events.
     latest = {
@@ -217,12 +213,8 @@ async def _apply_set_based(
         )
         for c in changes
     }
-    await bulk.apply_changes(conn, list(latest.values()), now)
-    await bulk.insert_events(
-        conn,
-        [(c.delivery_id, c.tenant_id, c.status, c.last_error or c.reason) for c in changes],
-        now,
-    )
+    events = [(c.delivery_id, c.tenant_id, c.status, c.last_error or c.reason) for c in changes]
+    await bulk.apply_changes(pg, list(latest.values()), events, now)
 
 
 async def stale_queued(

@@ -13,10 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clarion.domain.ids import new_id
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
 from clarion.errors import ApiError, Conflict, ValidationFailed
-from clarion.store import recipients as recipient_store
-from clarion.store import templates as template_store
 from clarion.store.db import as_utc, utcnow, write_tx
-from clarion.store.sql import chunks, insert_ignoring_conflicts
+from clarion.store.intake import IntakeTx, Stored, intake_tx
+from clarion.store.pg import PgPool
+from clarion.store.sql import chunks
 from clarion.store.tables import deliveries, notifications, outbox
 
 
@@ -50,25 +50,20 @@ class Accepted:
 Outcome = Accepted | ApiError
 
 
-async def _references_errors(
-    conn: AsyncConnection, items: Sequence[NewNotification]
-) -> dict[int, ApiError]:
+async def _references_errors(tx: IntakeTx, items: Sequence[NewNotification]) -> dict[int, ApiError]:
     """Unknown templates and recipients, found with one query per kind for the batch."""
-    versions = await template_store.active_versions(
-        conn, {(item.tenant_id, item.template) for item in items}
+    templates = await tx.known_templates({(item.tenant_id, item.template) for item in items})
+    known = await tx.known_recipients(
+        {(item.tenant_id, rid) for item in items for rid in item.recipient_ids}
     )
-    known: dict[str, set[str]] = {}
-    for tenant in {item.tenant_id for item in items}:
-        ids = {rid for item in items if item.tenant_id == tenant for rid in item.recipient_ids}
-        known[tenant] = await recipient_store.existing_ids(conn, tenant, ids)
     errors: dict[int, ApiError] = {}
     for index, item in enumerate(items):
-        if (item.tenant_id, item.template) not in versions:
+        if (item.tenant_id, item.template) not in templates:
             errors[index] = ValidationFailed(
                 f"no template named {item.template!r}", code="unknown_template"
             )
             continue
-        missing = [rid for rid in item.recipient_ids if rid not in known[item.tenant_id]]
+        missing = [rid for rid in item.recipient_ids if (item.tenant_id, rid) not in known]
         if missing:
             errors[index] = ValidationFailed(
                 f"no recipient with id {missing[0]!r}"
@@ -79,28 +74,7 @@ async def _references_errors(
     return errors
 
 
-async def _stored_by_key(
-    conn: AsyncConnection, keys: set[tuple[str, str]]
-) -> dict[tuple[str, str], Any]:
-    """The stored notifications with these (tenant, idempotency key) pairs: one
-    ``tenant_id = ? AND idempotency_key IN (...)`` per tenant, which the unique index
-    answers whatever the planner knows of the table."""
-    found: dict[tuple[str, str], Any] = {}
-    n = notifications
-    by_tenant: dict[str, list[str]] = {}
-    for tenant, key in keys:
-        by_tenant.setdefault(tenant, []).append(key)
-    for tenant, tenant_keys in by_tenant.items():
-        for part in chunks(sorted(tenant_keys), 1000):
-            query = select(n.c.id, n.c.idempotency_key, n.c.request_hash, n.c.status).where(
-                n.c.tenant_id == tenant, n.c.idempotency_key.in_(part)
-            )
-            for row in await conn.execute(query):
-                found[(tenant, row.idempotency_key)] = row
-    return found
-
-
-def _replay(item: NewNotification, row: Any) -> Outcome:
+def _replay(item: NewNotification, row: Stored) -> Outcome:
     if row.request_hash != item.request_hash:
         return Conflict(
             "this idempotency key was used with a different request",
@@ -129,13 +103,17 @@ def _row(item: NewNotification, now: datetime) -> dict[str, Any]:
 
 
 async def accept(
-    engine: AsyncEngine, items: Sequence[NewNotification], *, outbox_grace: float
+    engine: AsyncEngine,
+    items: Sequence[NewNotification],
+    *,
+    outbox_grace: float,
+    pg: PgPool | None = None,
 ) -> list[Outcome]:
     """Store notifications and their outbox rows in one transaction; one outcome per item."""
     now = utcnow()
     outcomes: list[Outcome | None] = [None] * len(items)
-    async with write_tx(engine) as conn:
-        for index, error in (await _references_errors(conn, items)).items():
+    async with intake_tx(engine, pg) as tx:
+        for index, error in (await _references_errors(tx, items)).items():
             outcomes[index] = error
         # Repeats are rare: insert first, and look up only the keys that were taken.
         fresh: dict[tuple[str, str], int] = {}
@@ -151,7 +129,7 @@ async def accept(
             if key is not None:
                 fresh[key] = index
             new_rows.append(_row(item, now))
-        created = await _insert(conn, new_rows, fresh, items, outcomes, now, outbox_grace)
+        created = await _insert(tx, new_rows, fresh, items, outcomes, now, outbox_grace)
     for index, item in enumerate(items):
         if outcomes[index] is None and index not in repeats:
             row = created[item.id]
@@ -161,22 +139,15 @@ async def accept(
     for index, first in repeats.items():
         outcome = outcomes[first]
         if isinstance(outcome, Accepted):
-            stored = _Stored(outcome.id, items[first].request_hash, outcome.status)
+            stored = Stored(outcome.id, items[first].request_hash, outcome.status)
             outcomes[index] = _replay(items[index], stored)
         else:
             outcomes[index] = outcome
     return [o for o in outcomes if o is not None]
 
 
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    id: str
-    request_hash: str
-    status: str = NotificationStatus.ACCEPTED
-
-
 async def _insert(
-    conn: AsyncConnection,
+    tx: IntakeTx,
     rows: list[dict[str, Any]],
     fresh: dict[tuple[str, str], int],
     items: Sequence[NewNotification],
@@ -186,40 +157,27 @@ async def _insert(
 ) -> dict[str, dict[str, Any]]:
     if not rows:
         return {}
-    stmt = insert_ignoring_conflicts(conn, notifications).returning(notifications.c.id)
-    inserted: set[str] = set()
-    for part in chunks(rows, 1000):
-        inserted.update((await conn.execute(stmt, part)).scalars())
+    grace = now + timedelta(seconds=outbox_grace)
+    inserted = await tx.insert(
+        rows,
+        [row["send_at"] if row["send_at"] and row["send_at"] > now else grace for row in rows],
+    )
     taken = {key for key, index in fresh.items() if items[index].id not in inserted}
     if taken:
         # An earlier request (or another process a moment before) stored the same key.
-        earlier = await _stored_by_key(conn, taken)
+        earlier = await tx.stored_by_key(taken)
         for key in taken:
             index = fresh[key]
-            row = earlier.get(key)
+            stored = earlier.get(key)
             outcomes[index] = (
-                _replay(items[index], row)
-                if row is not None
+                _replay(items[index], stored)
+                if stored is not None
                 else Conflict(
                     "this idempotency key is being used by another request",
                     code="idempotency_conflict",
                 )
             )
-    created = {row["id"]: row for row in rows}
-    for index, outcome in enumerate(outcomes):
-        if outcome is not None:
-            created.pop(items[index].id, None)
-    grace = now + timedelta(seconds=outbox_grace)
-    outbox_rows = [
-        {
-            "notification_id": row["id"],
-            "tenant_id": row["tenant_id"],
-            "available_at": row["send_at"] if row["send_at"] and row["send_at"] > now else grace,
-        }
-        for row in created.values()
-    ]
-    for part in chunks(outbox_rows, 1000):
-        await conn.execute(outbox.insert(), part)
+    created = {row["id"]: row for row in rows if row["id"] in inserted}
     for row in created.values():
         if row["send_at"] is not None and row["send_at"] <= now:
             row["send_at"] = None

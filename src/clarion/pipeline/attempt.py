@@ -1,0 +1,175 @@
+"""One attempt at a delivery: the policy around the provider call, as steps.
+
+    expired? ─yes─▶ failed (expired)
+      │
+    send chain: first provider whose breaker is closed, paced on its rate limit, within
+      │         a timeout (resilience/sendchain.py)
+      ├─ sent ─────────────▶ sent, with the service's message id
+      ├─ failed ───────────▶ retry policy: a retry on the delayed set, failed, or dead
+      └─ not attempted ───▶ a critical delivery with a fallback channel: that channel
+                             instead; else wait on the delayed set, no attempt spent
+
+The channel worker's loop knows none of this: it takes a delivery, runs :meth:`Attempts.run`,
+stores the outcome and acks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from clarion.broker import Delayed
+from clarion.domain.delivery import Delivery
+from clarion.domain.ids import delivery_id
+from clarion.domain.models import DeliveryStatus
+from clarion.pipeline.context import Context
+from clarion.pipeline.messages import outbound, publish_deliveries
+from clarion.resilience.backends import send_timeout
+from clarion.resilience.retry import RetryPolicy
+from clarion.resilience.sendchain import Deferred, Failed, NoHealthyProvider, SendChain, Sent
+from clarion.store import deliveries as delivery_store
+from clarion.store.db import utcnow
+from clarion.store.deliveries import StatusChange
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What one try leads to: the delivery's new state, the retry to schedule (if any), and
+    addresses the service said are gone (to remove from the recipient)."""
+
+    change: StatusChange
+    retry: Delayed | None = None
+    dead: Any = None
+
+
+def fallback_row(delivery: Delivery, fallback: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The stored row of the delivery a critical one switches to on its fallback channel."""
+    expires_at = delivery.expires_at
+    return {
+        "id": delivery_id(delivery.notification, delivery.recipient, fallback["channel"]),
+        "notification_id": delivery.notification,
+        "tenant_id": delivery.tenant,
+        "recipient_id": delivery.recipient,
+        "channel": fallback["channel"],
+        "provider": None,
+        "priority": delivery.priority,
+        "status": DeliveryStatus.QUEUED,
+        "reason": None,
+        "attempts": 0,
+        "last_error": None,
+        "address": fallback["address"],
+        "content": fallback["content"],
+        "provider_message_id": None,
+        "category": delivery.category,
+        "critical": delivery.critical,
+        "fallback": None,
+        "scheduled_for": None,
+        "expires_at": datetime.fromtimestamp(expires_at, UTC) if expires_at else None,
+        "created_at": now,
+        "updated_at": now,
+        "sent_at": None,
+    }
+
+
+class Attempts:
+    """The steps of one channel's attempts; one instance per channel worker."""
+
+    def __init__(self, ctx: Context, channel: str) -> None:
+        self._ctx = ctx
+        self._policy = RetryPolicy(
+            ctx.settings.max_attempts, ctx.settings.retry_delays_for(channel)
+        )
+        self._chain = SendChain(
+            ctx.resilience.breakers,
+            ctx.resilience.limiter,
+            ctx.providers,
+            timeout=send_timeout(ctx.settings),
+            max_pace_wait=min(5.0, ctx.settings.broker_lease / 3),
+        )
+
+    async def run(self, delivery: Delivery) -> Attempt:
+        """One try of ``delivery``."""
+        now = utcnow()
+        if delivery.expires_at is not None and now.timestamp() >= delivery.expires_at:
+            change = StatusChange(
+                delivery.id,
+                delivery.tenant,
+                DeliveryStatus.FAILED,
+                attempts=delivery.attempt - 1,
+                reason="expired",
+            )
+            return Attempt(change)
+        providers = self._ctx.providers
+        if not providers.is_fresh(delivery.tenant):  # the worker loads them per take
+            await providers.prepare([delivery.tenant])
+        candidates = providers.chain(delivery.tenant, delivery.channel)
+        outcome = await self._chain.send(outbound(delivery), candidates)
+        if isinstance(outcome, Sent):
+            change = StatusChange(
+                delivery.id,
+                delivery.tenant,
+                DeliveryStatus.SENT,
+                attempts=delivery.attempt,
+                provider_message_id=outcome.result.provider_message_id,
+                sent_at=utcnow(),
+                provider=outcome.provider,
+            )
+            return Attempt(change, dead=outcome.result.dead_addresses)
+        if isinstance(outcome, Failed):
+            change, retry = self._policy.on_failure(delivery, outcome.error, now)
+            change.provider = outcome.provider or None
+            return Attempt(change, retry, getattr(outcome.error, "dead_address", None))
+        return await self._not_attempted(delivery, outcome, now)
+
+    def failed(self, delivery: Delivery, exc: BaseException) -> Attempt:
+        """A step raised (a bug, or a payload no step can handle): counted as an attempt,
+        so that after the last one it is a dead letter with the reason, never taken again
+        forever."""
+        change, retry = self._policy.on_failure(delivery, exc, utcnow())
+        return Attempt(change, retry)
+
+    async def _not_attempted(self, delivery: Delivery, outcome: Deferred, now: datetime) -> Attempt:
+        if isinstance(outcome, NoHealthyProvider) and delivery.fallback:
+            switched = await self._fall_back(delivery, delivery.fallback)
+            if switched is not None:
+                return Attempt(switched)
+        # Not attempted (every provider's breaker open, or its rate limit full): wait without
+        # spending an attempt. The due time keeps the sweeper from publishing it meanwhile.
+        due = now + timedelta(seconds=outcome.retry_in)
+        change = StatusChange(
+            delivery.id,
+            delivery.tenant,
+            DeliveryStatus.QUEUED,
+            attempts=delivery.attempt - 1,
+            reason=outcome.reason,
+            scheduled_for=due,
+        )
+        return Attempt(change, Delayed(delivery.stream, delivery.to_payload(), due.timestamp()))
+
+    async def _fall_back(self, delivery: Delivery, fallback: dict[str, Any]) -> StatusChange | None:
+        """A critical delivery whose channel has no healthy provider goes out on its
+        template's fallback channel: a delivery of its own (deterministic id, so at most
+        one), and this one is failed with reason ``no_healthy_provider``. None: the
+        fallback could not be created; the delivery waits instead."""
+        now = utcnow()
+        row = fallback_row(delivery, fallback, now)
+        try:
+            created = await delivery_store.insert_one(self._ctx.engine, row)
+            if created:
+                await publish_deliveries(self._ctx.broker, [Delivery.from_row(row)])
+        except Exception as exc:
+            log.warning("delivery %s: creating the fallback failed: %r", delivery.id, exc)
+            return None
+        return StatusChange(
+            delivery.id,
+            delivery.tenant,
+            DeliveryStatus.FAILED,
+            attempts=delivery.attempt - 1,
+            reason="no_healthy_provider",
+            last_error=f"no healthy {delivery.channel} provider: sent by "
+            f"{fallback['channel']} instead ({row['id']})",
+        )

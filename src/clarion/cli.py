@@ -15,6 +15,7 @@ from clarion.config import Settings
 from clarion.domain.models import ALL_SCOPES, Channel
 from clarion.pipeline.context import Context, open_context
 from clarion.pipeline.runtime import ALL_CHANNELS, Roles
+from clarion.store import inbox_access
 from clarion.store import providers as provider_store
 from clarion.store import tenants as tenant_store
 from clarion.store import webhooks as webhook_store
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-encrypt every provider's credentials and webhook secret with CLARION_SECRET_KEY "
         "(after moving the old key to CLARION_PREVIOUS_SECRET_KEYS)",
     )
+    inbox_secret = keys.add_parser(
+        "rotate-inbox-secret",
+        help="replace a tenant's inbox secret: every recipient token issued so far stops working",
+    )
+    inbox_secret.add_argument("tenant", help="the tenant's name")
     secret = sub.add_parser("secret", help="secrets").add_subparsers(dest="action", required=True)
     secret.add_parser("generate", help="print a new CLARION_SECRET_KEY")
     return parser
@@ -141,6 +147,10 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
         if found is None:
             print(f"no tenant named {args.tenant!r}", file=sys.stderr)
             return 1
+        if args.action == "rotate-inbox-secret":
+            await inbox_access.rotate(ctx.engine, found.id)
+            print(f"tenant {found.name}: inbox secret replaced, earlier recipient tokens revoked")
+            return 0
         print(await tenant_store.create_key(ctx.engine, found.id, args.scopes))
         return 0
     finally:

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     # the relay publish it again and the planner do the work twice.
     outbox_grace: float = Field(default=60.0, gt=0)
     webhook_timeout: float = Field(default=10.0, gt=0)
+    # Live inbox connections: events a connection may have waiting before it is closed as
+    # too slow; the SSE heartbeat; how often an API process looks for revoked recipient
+    # tokens and snoozed messages whose time has come.
+    inbox_queue_size: int = Field(default=256, ge=1, le=100_000)
+    inbox_heartbeat: float = Field(default=15.0, gt=0)
+    inbox_upkeep_interval: float = Field(default=1.0, gt=0)
     shutdown_timeout: float = Field(default=10.0, gt=0)
     sqlite_synchronous: str = "FULL"
     log_level: str = "INFO"

@@ -70,6 +70,9 @@ async def run(settings: Settings, roles: Roles, *, demo: bool = False) -> None:
         waiting = [stopped] + ([server_task] if server_task else [])
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if server is not None and server_task is not None:
+            # Live inbox streams never end on their own: closed first, so the server's
+            # shutdown does not wait on them.
+            ctx.hub.close_all("server_stopping")
             server.should_exit = True
             await server_task
         stopped.cancel()

@@ -7,11 +7,15 @@ from fastapi import FastAPI
 from clarion import __version__
 from clarion.api import errors
 from clarion.api.auth import KeyCache
+from clarion.api.inbox_cors import InboxCors
 from clarion.api.limits import EdgeGuard
 from clarion.api.routes import (
     categories,
     dead_letters,
     health,
+    inbox,
+    inbox_live,
+    inbox_web,
     notifications,
     provider_callbacks,
     provider_health,
@@ -65,9 +69,13 @@ def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
     app.include_router(provider_health.router)
     app.include_router(unsubscribe.router)
     app.include_router(webhooks.router)
+    app.include_router(inbox.router)
+    app.include_router(inbox_live.router)
+    app.include_router(inbox_web.router)
     app.add_middleware(
         EdgeGuard,
         body_timeout=ctx.settings.http_body_timeout,
         large_bodies=ctx.settings.http_large_bodies,
     )
+    app.add_middleware(InboxCors)
     return app

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from clarion.errors import Forbidden, Unauthorized
+from clarion.security.inbox_tokens import looks_like_token
 from clarion.store import tenants as tenant_store
 
 _TTL = 30.0
@@ -50,16 +51,25 @@ def bearer(request: Request) -> str:
     return token.strip()
 
 
-def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
-    """A dependency that authenticates the request and checks one scope."""
+def require(scope: str, *others: str) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency that authenticates the request and checks a scope (any one of
+    ``scope`` and ``others``)."""
+    allowed = (scope, *others)
 
     async def dependency(request: Request) -> Principal:
         keys: KeyCache = request.app.state.keys
-        principal = await keys.lookup(request, bearer(request))
+        secret = bearer(request)
+        if looks_like_token(secret):
+            raise Forbidden(
+                "a recipient token is accepted on /v1/inbox only; this route takes an API key",
+                code="api_key_required",
+            )
+        principal = await keys.lookup(request, secret)
         if principal is None:
             raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
-        if scope not in principal.scopes:
-            raise Forbidden(f"this key lacks the {scope!r} scope", code="insufficient_scope")
+        if not principal.scopes.intersection(allowed):
+            wanted = " or ".join(repr(s) for s in allowed)
+            raise Forbidden(f"this key lacks the {wanted} scope", code="insufficient_scope")
         return principal
 
     return dependency

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import socket
 from collections.abc import Generator
 from typing import Any
@@ -183,9 +185,34 @@ def http_server(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Serve
         log_level=settings.log_level.lower(),
         access_log=False,
         lifespan="off",
+        # Inbox WebSocket frames are small JSON; a larger one closes its connection (1009).
+        ws_max_size=WS_MAX_SIZE,
         **overrides,
     )
+    _hide_tokens()
     return _Server(config)
+
+
+WS_MAX_SIZE = 64 * 1024
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]+")
+
+
+class _HideTokens(logging.Filter):
+    """uvicorn logs each WebSocket's path with its query: a recipient token given as
+    ``?token=`` must not land in the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(
+                _TOKEN_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+def _hide_tokens() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _HideTokens) for f in logger.filters):
+        logger.addFilter(_HideTokens())
 
 
 class _Server(uvicorn.Server):

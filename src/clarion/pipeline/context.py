@@ -12,6 +12,8 @@ from clarion.config import Settings
 from clarion.pipeline.categories import CategoryCache
 from clarion.pipeline.subscriptions import Subscriptions
 from clarion.providers import ProviderSet
+from clarion.realtime import Hub, create_hub
+from clarion.realtime.gate import InboxGate
 from clarion.resilience.backends import Backends, open_backends
 from clarion.security.secrets import Keyring, resolve_keyring
 from clarion.store import tenants as tenant_store
@@ -33,6 +35,9 @@ class Context:
     categories: CategoryCache = field(default_factory=CategoryCache)
     # Tenants' status webhooks; the API drops a tenant's entry when it changes one.
     webhooks: Subscriptions = field(init=False)
+    # Live inbox events (Redis pub/sub, or in process) and the gate of recipient tokens.
+    hub: Hub = field(init=False)
+    inbox: InboxGate = field(init=False)
     # The hot statements' asyncpg pool on PostgreSQL (store/pg.py); None on SQLite.
     pg: PgPool | None = None
     _secrets: dict[str, str] = field(default_factory=dict)
@@ -43,6 +48,9 @@ class Context:
         self.providers = ProviderSet(self.settings, self.engine, self.webhook_secret, self.keyring)
         self.resilience = open_backends(self.settings)
         self.webhooks = Subscriptions(self.engine, self.keyring, self.settings.provider_cache_ttl)
+        self.hub = create_hub(self.resilience.redis, self.settings.inbox_queue_size)
+        self.inbox = InboxGate(self.engine, self.hub, self.settings.provider_cache_ttl)
+        self.providers.hub = self.hub
 
     async def webhook_secret(self, tenant_id: str) -> str:
         secret = self._secrets.get(tenant_id)
@@ -58,6 +66,7 @@ class Context:
 
     async def aclose(self) -> None:
         await self.providers.aclose()
+        await self.hub.aclose()
         await self.resilience.aclose()
         await self.broker.close()
         if self.pg is not None:

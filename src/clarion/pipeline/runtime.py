@@ -70,6 +70,10 @@ class Runtime:
         if self.roles.api:
             self.intake = Intake(ctx)
             self.intake.start()
+            ctx.inbox.submit = self.intake.accept
+            # Revoked recipient tokens, snoozed inbox messages whose time has come.
+            upkeep = self._loop(ctx.inbox.upkeep, idle=ctx.settings.inbox_upkeep_interval)
+            self._spawn("inbox-upkeep", upkeep)
         if self.roles.scheduler and ctx.settings.broker_url.startswith("embedded://"):
             recovered = await recover_embedded(ctx)
             if recovered:

@@ -22,6 +22,7 @@ from clarion.providers import kinds, registry
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.catalog import Catalog
 from clarion.providers.webhook import SecretLookup
+from clarion.realtime.base import Hub
 from clarion.security.secrets import Keyring
 
 __all__ = ["OutboundMessage", "Provider", "ProviderSet", "ProviderSpec", "SendResult"]
@@ -63,6 +64,8 @@ class ProviderSet:
         self._env = ProviderEnv(settings=settings, engine=engine)
         self._catalog = Catalog(engine, keyring or Keyring(None), settings.provider_cache_ttl)
         self._shared: dict[str, Provider] = {}
+        # Live inbox pushes for the in-app provider (set by the process's context).
+        self.hub: Hub | None = None
         self._instances: dict[tuple[str, str], tuple[ProviderSpec, Provider]] = {}
         self._fanouts: dict[str, tuple[tuple[int, ...], Provider]] = {}
         # Replaced providers waiting out their grace before being closed.
@@ -186,7 +189,7 @@ class ProviderSet:
         if name == "inapp":
             from clarion.providers.inapp import InAppProvider
 
-            return InAppProvider(self._engine)
+            return InAppProvider(self._engine, self.hub)
         if name == "webhook":
             from clarion.providers.webhook import WebhookProvider
 

@@ -1,28 +1,60 @@
-"""The in-app provider: stores the message in the recipient's inbox (one per delivery)."""
+"""The in-app provider: stores the message in the recipient's inbox (one per delivery),
+then tells the recipient's live connections (after the commit, never before)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clarion.domain.durations import duration_seconds
 from clarion.providers.base import OutboundMessage
 from clarion.providers.stored import StoredProvider
-from clarion.store import messages
+from clarion.realtime.base import Hub
+from clarion.store import inbox_changes
+
+log = logging.getLogger(__name__)
 
 
 class InAppProvider(StoredProvider):
     kind = "inapp"
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__(engine, messages.insert_inbox_messages)
+    def __init__(self, engine: AsyncEngine, hub: Hub | None = None) -> None:
+        super().__init__(engine, self._store)
+        self._hub = hub
 
     def row(self, message: OutboundMessage) -> dict[str, Any]:
         # The id derives from the delivery: a repeated send finds the message already there.
+        content = dict(message.content)
+        after = content.pop("fallback_after", None)
+        channel = content.pop("fallback_channel", None)
+        fallback = None
+        if isinstance(after, str) and isinstance(channel, str):
+            with contextlib.suppress(ValueError):  # checked when the template was stored
+                fallback = (duration_seconds(after), channel)
         return {
             "id": "msg_" + message.delivery_id.removeprefix("dlv_"),
             "tenant_id": message.tenant_id,
             "recipient_id": message.recipient_id,
             "delivery_id": message.delivery_id,
-            "content": message.content,
+            "notification_id": message.notification_id,
+            "content": content,
+            "category": message.category,
+            "fallback": fallback,
         }
+
+    async def _store(self, engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
+        stored = await inbox_changes.insert(engine, rows)
+        if self._hub is None or not stored:
+            return
+        events = [
+            (s["tenant_id"], s["recipient_id"], {"type": "message", "message": s["message"]})
+            for s in stored
+        ]
+        try:
+            await self._hub.publish_many(events)
+        except Exception as exc:
+            # Stored is delivered: a client that missed the push resumes from the table.
+            log.warning("live push of %d inbox message(s) failed: %r", len(events), exc)

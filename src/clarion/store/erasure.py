@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -27,13 +28,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import new_id
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus
+from clarion.store import inbox_access
 from clarion.store import recipients as recipient_store
-from clarion.store.db import as_utc, write_tx
+from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import chunks
 from clarion.store.tables import (
     deliveries,
     delivery_events,
     idempotency_keys,
+    inbox_counters,
     inbox_messages,
     notifications,
     recipients,
@@ -48,8 +51,10 @@ EXPORT_LIMIT = 10_000
 _BATCH_SCOPE = "recipients.batch"
 
 
-async def erase(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> bool:
-    """Erase the recipient in one transaction; False if there is no such recipient."""
+async def erase(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> datetime | None:
+    """Erase the recipient in one transaction; when it was done (its recipient tokens
+    issued before are revoked), or None if there is no such recipient."""
+    erased_at = utcnow()
     async with write_tx(engine) as conn:
         removed = await conn.execute(
             delete(recipients).where(
@@ -57,8 +62,9 @@ async def erase(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> bool:
             )
         )
         if not removed.rowcount:
-            return False
-        for table in (inbox_messages, sandbox_messages):
+            return None
+        await inbox_access.revoke(conn, tenant_id, recipient_id, erased_at)
+        for table in (inbox_messages, inbox_counters, sandbox_messages):
             await conn.execute(
                 delete(table).where(
                     table.c.tenant_id == tenant_id, table.c.recipient_id == recipient_id
@@ -69,7 +75,7 @@ async def erase(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> bool:
         await _forget_batch_responses(conn, tenant_id, recipient_id)
     if engine.dialect.name == "sqlite":
         await checkpoint(engine)
-    return True
+    return erased_at
 
 
 async def checkpoint(engine: AsyncEngine) -> bool:
@@ -221,9 +227,13 @@ def _inbox_public(row: Any) -> dict[str, Any]:
         "id": row["id"],
         "delivery_id": row["delivery_id"],
         "content": row["content"],
+        "category": row["category"],
         "status": row["status"],
         "created_at": as_utc(row["created_at"]),
         "read_at": as_utc(row["read_at"]),
+        "seen_at": as_utc(row["seen_at"]),
+        "archived_at": as_utc(row["archived_at"]),
+        "snoozed_until": as_utc(row["snoozed_until"]),
     }
 
 

@@ -1,4 +1,4 @@
-"""Captured sandbox messages and inbox messages."""
+"""Captured sandbox messages (the inbox is in ``inbox.py``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import insert_ignoring_conflicts
-from clarion.store.tables import inbox_messages, sandbox_messages
+from clarion.store.tables import sandbox_messages
 
 
 async def insert_sandbox_messages(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
@@ -18,15 +18,6 @@ async def insert_sandbox_messages(engine: AsyncEngine, rows: list[dict[str, Any]
         await conn.execute(
             insert_ignoring_conflicts(conn, sandbox_messages),
             [{**r, "created_at": now} for r in rows],
-        )
-
-
-async def insert_inbox_messages(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
-    now = utcnow()
-    async with write_tx(engine) as conn:
-        await conn.execute(
-            insert_ignoring_conflicts(conn, inbox_messages),
-            [{**r, "created_at": now, "status": "unread"} for r in rows],
         )
 
 

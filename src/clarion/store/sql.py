@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import FromClause, Table
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+def _sqlite_from_hint(_compiler: Any, _table: FromClause, text: str | None) -> str | None:
+    return text
+
+
+# SQLAlchemy's SQLite compiler drops table hints, but SQLite has one: `INDEXED BY name`
+# after a table names the index to use. Queries ask for it with
+# `.with_hint(table, "INDEXED BY ...", "sqlite")` (store/inbox.py).
+SQLiteCompiler.get_from_hint_text = _sqlite_from_hint  # type: ignore[method-assign,assignment]
 
 
 def insert_ignoring_conflicts(conn: AsyncConnection, table: Table) -> Any:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 
 metadata = MetaData(
@@ -41,6 +42,8 @@ tenants = Table(
     Column("name", String(200), nullable=False, unique=True),
     Column("webhook_secret", String(100), nullable=False),
     Column("settings", JSON, nullable=False, default=dict),
+    # Signs recipient tokens (security/inbox_tokens.py); replaced to revoke them all.
+    Column("inbox_secret", String(100)),
     _ts("created_at", nullable=False),
 )
 
@@ -207,10 +210,78 @@ inbox_messages = Table(
     Column("recipient_id", String(200), nullable=False),
     Column("delivery_id", String(40), nullable=False, unique=True),
     Column("content", JSON, nullable=False),
+    Column("category", String(100)),
+    # unread | read | archived: derived from the timestamps below, kept for the indexes.
     Column("status", String(16), nullable=False),
     _ts("created_at", nullable=False),
     _ts("read_at"),
-    Index("ix_inbox_messages_recipient", "tenant_id", "recipient_id", "id"),
+    _ts("seen_at"),
+    _ts("archived_at"),
+    # Hidden from the feed and the counts until the waker brings it back (store/inbox.py).
+    _ts("snoozed_until"),
+    # Offline fallback: unless seen by `fallback_due`, the notification goes out again on
+    # `fallback_channel` (realtime/gate.py). Cleared once seen or sent.
+    Column("notification_id", String(40)),
+    _ts("fallback_due"),
+    Column("fallback_channel", String(16)),
+)
+
+# The feed, newest first: each list is a range of one of these, so a page costs a page
+# however many messages the recipient has. Partial (snoozed messages are in none), and the
+# queries repeat their predicates word for word so both databases use them.
+_VISIBLE = "snoozed_until IS NULL"
+_FEED = "status IN ('unread', 'read') AND snoozed_until IS NULL"
+Index(
+    "ix_inbox_messages_feed",
+    inbox_messages.c.tenant_id,
+    inbox_messages.c.recipient_id,
+    inbox_messages.c.created_at,
+    inbox_messages.c.id,
+    sqlite_where=text(_FEED),
+    postgresql_where=text(_FEED),
+)
+Index(
+    "ix_inbox_messages_status",
+    inbox_messages.c.tenant_id,
+    inbox_messages.c.recipient_id,
+    inbox_messages.c.status,
+    inbox_messages.c.created_at,
+    inbox_messages.c.id,
+    sqlite_where=text(_VISIBLE),
+    postgresql_where=text(_VISIBLE),
+)
+Index(
+    "ix_inbox_messages_all",
+    inbox_messages.c.tenant_id,
+    inbox_messages.c.recipient_id,
+    inbox_messages.c.created_at,
+    inbox_messages.c.id,
+)
+Index("ix_inbox_messages_snoozed_until", inbox_messages.c.snoozed_until)
+Index("ix_inbox_messages_fallback_due", inbox_messages.c.fallback_due)
+
+# Each recipient's counts, kept by every change of its inbox in the same transaction, so
+# that reading them costs one row (store/inbox.py).
+inbox_counters = Table(
+    "inbox_counters",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("recipient_id", String(200), primary_key=True),
+    Column("unread", Integer, nullable=False),
+    Column("unseen", Integer, nullable=False),
+    Column("total", Integer, nullable=False),
+)
+
+# Recipient tokens issued before `revoked_at` are refused: the recipient was erased (named
+# by its digest, security/inbox_tokens.py::recipient_digest, never by its id), or
+# (recipient_id "*") the tenant's inbox secret was rotated. API processes follow this table.
+inbox_revocations = Table(
+    "inbox_revocations",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("recipient_id", String(200), primary_key=True),
+    _ts("revoked_at", nullable=False),
+    Index("ix_inbox_revocations_revoked_at", "revoked_at"),
 )
 
 categories = Table(

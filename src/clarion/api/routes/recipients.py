@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from clarion.api.auth import Principal, require
 from clarion.api.errors import describe_validation, error_body
@@ -19,6 +19,7 @@ from clarion.api.schemas import (
     RecipientIn,
 )
 from clarion.errors import NotFound, ValidationFailed
+from clarion.security import inbox_tokens
 from clarion.store import categories as category_store
 from clarion.store import erasure
 from clarion.store import recipients as store
@@ -28,6 +29,7 @@ router = APIRouter(prefix="/v1/recipients", tags=["recipients"])
 _ITEM = TypeAdapter(RecipientBatchItem)
 
 Manager = Annotated[Principal, Depends(require("manage"))]
+Issuer = Annotated[Principal, Depends(require("manage", "send"))]
 Reader = Annotated[Principal, Depends(require("read"))]
 RecipientPath = Annotated[str, Path(min_length=1, max_length=200)]
 
@@ -99,9 +101,40 @@ async def batch(request: Request, principal: Manager, body: RecipientBatchIn) ->
     ),
 )
 async def erase(request: Request, principal: Manager, recipient_id: RecipientPath) -> Response:
-    if not await erasure.erase(request.app.state.ctx.engine, principal.tenant_id, recipient_id):
+    ctx = request.app.state.ctx
+    erased_at = await erasure.erase(ctx.engine, principal.tenant_id, recipient_id)
+    if erased_at is None:
         raise NotFound(f"no recipient {recipient_id!r}")
+    # Here at once; other API processes when they next follow the revocations.
+    await ctx.inbox.erased(principal.tenant_id, recipient_id, erased_at)
     return Response(status_code=204)
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    expires_in: int = Field(default=inbox_tokens.DEFAULT_TTL, ge=60, le=inbox_tokens.MAX_TTL)
+
+
+@router.post(
+    "/{recipient_id}/token",
+    summary="A recipient token for the recipient's inbox",
+    description=(
+        "A signed token that lets an end user's browser or app read this recipient's inbox "
+        "(`/v1/inbox`, its live stream and WebSocket) and nothing else. `expires_in` in "
+        "seconds: 86,400 by default, at most 2,592,000 (30 days). Revoked by "
+        "`clarion keys rotate-inbox-secret TENANT` or by erasing the recipient. Needs the "
+        "`manage` or `send` scope."
+    ),
+)
+async def token(
+    request: Request, principal: Issuer, recipient_id: RecipientPath, body: TokenIn | None = None
+) -> JSONResponse:
+    ctx = request.app.state.ctx
+    if await store.get(ctx.engine, principal.tenant_id, recipient_id) is None:
+        raise NotFound(f"no recipient {recipient_id!r}")
+    ttl = (body or TokenIn()).expires_in
+    issued, expires_at = await ctx.inbox.mint(principal.tenant_id, recipient_id, ttl)
+    return JSONResponse({"token": issued, "expires_at": expires_at})
 
 
 @router.get(

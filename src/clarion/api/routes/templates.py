@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from clarion.api.auth import Principal, require
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import RecipientId, TemplateIn
+from clarion.domain.durations import duration_seconds
 from clarion.domain.models import Channel
 from clarion.domain.rendering import (
     CompiledTemplate,
@@ -56,6 +57,7 @@ async def put(
             raise ValidationFailed(
                 f"locale {locale!r} overrides channels the template lacks: {sorted(extra)}"
             )
+    _inapp_fallback(channels)
     _compiled(body.category, channels, locales)
     version = await store.put(
         request.app.state.ctx.engine,
@@ -67,6 +69,35 @@ async def put(
         fallbacks=_fallbacks(body, channels),
     )
     return JSONResponse({"name": name, "version": version})
+
+
+_INAPP_FALLBACK_MAX = 7 * 86400
+
+
+def _inapp_fallback(channels: dict[str, Any]) -> None:
+    """``inapp.fallback_after`` (a duration, 1s to 7d) and ``inapp.fallback_channel``
+    (another channel of the template) come together."""
+    inapp = channels.get("inapp") or {}
+    after, channel = inapp.get("fallback_after"), inapp.get("fallback_channel")
+    if after is None and channel is None:
+        return
+    problems = []
+    try:
+        if not isinstance(after, str) or not 1 <= duration_seconds(after) <= _INAPP_FALLBACK_MAX:
+            raise ValueError(after)
+    except ValueError:
+        problems.append(
+            {"field": "channels.inapp.fallback_after", "message": "a duration from 1s to 7d"}
+        )
+    if not isinstance(channel, str) or channel == "inapp" or channel not in channels:
+        problems.append(
+            {
+                "field": "channels.inapp.fallback_channel",
+                "message": "another channel of the template",
+            }
+        )
+    if problems:
+        raise ValidationFailed("the in-app offline fallback is not valid", details=problems)
 
 
 def _fallbacks(body: TemplateIn, channels: dict[str, Any]) -> dict[str, str]:

@@ -1,0 +1,264 @@
+"""Live inbox connections on one ``clarion api`` process, and accept→frame latency.
+
+Starts a private Redis, then ``clarion api`` and ``clarion worker --channels inapp`` on a
+fresh SQLite file (Redis as broker and live hub). Creates ``--connections`` recipients,
+mints a recipient token for each and opens one WebSocket per recipient to the API process
+(in steps, ``--step`` at a time), reading the API process's resident memory before and
+after. Then sends in-app notifications at ``--rate`` per second for ``--seconds`` seconds,
+each to a random connected recipient, in batches every 50 ms; each carries the time it was
+sent, and the latency is from the send to the frame arriving at the client. Prints one
+JSON object; progress goes to stderr.
+
+    uv run python benchmarks/inbox.py --connections 1000 --rate 1000 --seconds 10
+
+The client runs on the same machine, in one process: on a small machine it competes with
+the server for the CPU, so the figures are an upper bound of the server's own share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from api_memory import rss_mib
+from e2e import STARTUP_TIMEOUT, Children, clarion, free_port, log, machine, percentile
+
+TEMPLATE = {"channels": {"inapp": {"title": "bench", "body": "{{ t }}"}}}
+
+
+def raise_file_limit() -> int:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+class Client:
+    """Every WebSocket of the benchmark, and the latencies their frames show."""
+
+    def __init__(self) -> None:
+        self.sockets: list[ClientConnection] = []
+        self.latencies: list[float] = []
+        self.readers: list[asyncio.Task[None]] = []
+        self.closed = 0
+        self.expected = -1
+        self.all_arrived = asyncio.Event()
+
+    async def open(self, url: str) -> None:
+        ws = await connect(url, open_timeout=60, max_queue=64)
+        self.sockets.append(ws)
+        self.readers.append(asyncio.create_task(self._read(ws)))
+
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            async for frame in ws:
+                received = time.time()
+                event = orjson.loads(frame)
+                if event.get("type") == "message":
+                    self.latencies.append(received - float(event["message"]["body"]))
+                    if len(self.latencies) == self.expected:
+                        self.all_arrived.set()
+        except Exception:
+            pass
+        self.closed += 1
+
+    async def aclose(self) -> None:
+        for task in self.readers:
+            task.cancel()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+        await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
+
+
+class Api:
+    def __init__(self, session: aiohttp.ClientSession, base: str, headers: dict[str, str]) -> None:
+        self.session, self.base, self.headers = session, base, headers
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        for attempt in range(3):
+            try:
+                return await self._once(method, path, body)
+            except aiohttp.ClientOSError:
+                # A kept-alive connection the server closed as the request left: the
+                # request was not sent.
+                if attempt == 2:
+                    raise
+        return None
+
+    async def _once(self, method: str, path: str, body: Any) -> Any:
+        async with self.session.request(
+            method, self.base + path, data=orjson.dumps(body), headers=self.headers
+        ) as response:
+            text = await response.read()
+            if response.status >= 300:
+                raise RuntimeError(f"{path}: HTTP {response.status}: {text[:300]!r}")
+            return orjson.loads(text)
+
+
+async def wait_ready(session: aiohttp.ClientSession, base: str, children: Children) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        children.check()
+        try:
+            async with session.get(f"{base}/readyz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("clarion api did not start")
+        await asyncio.sleep(0.2)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    limit = raise_file_limit()
+    tmp = Path(tempfile.mkdtemp(prefix="clarion-inbox-"))
+    children = Children(tmp)
+    port, redis_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    children.start(
+        "redis",
+        ["redis-server", "--port", str(redis_port), "--save", "", "--dir", str(tmp)],
+        dict(os.environ),
+    )
+    env = dict(os.environ)
+    env.update(
+        CLARION_DATABASE_URL=f"sqlite+aiosqlite:///{tmp / 'clarion.db'}",
+        CLARION_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
+        CLARION_HTTP_HOST="127.0.0.1",
+        CLARION_HTTP_PORT=str(port),
+        CLARION_HTTP_MAX_CONNECTIONS=str(args.connections + 1000),
+        CLARION_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warning"),
+    )
+    client = Client()
+    try:
+        created = await asyncio.create_subprocess_exec(
+            *clarion("tenants", "create", "bench"), env=env, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await created.communicate()
+        key = out.decode().strip().splitlines()[-1]
+        api = children.start("api", clarion("api"), env)
+        children.start("worker", clarion("worker", "--channels", "inapp"), env)
+        headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+        timeout = aiohttp.ClientTimeout(total=300)
+        connector = aiohttp.TCPConnector(limit=64)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            call = Api(session, base, headers).call
+            await wait_ready(session, base, children)
+
+            await call("PUT", "/v1/templates/bench", TEMPLATE)
+            ids = [f"r{i}" for i in range(args.connections)]
+            for start in range(0, len(ids), 1000):
+                people = [{"id": rid} for rid in ids[start : start + 1000]]
+                await call("POST", "/v1/recipients/batch", {"recipients": people})
+            log(f"{len(ids)} recipients")
+            tokens = await asyncio.gather(
+                *(call("POST", f"/v1/recipients/{rid}/token") for rid in ids)
+            )
+            log("tokens minted")
+            rss_before = rss_mib(api.popen.pid)
+            ws_base = base.replace("http://", "ws://") + "/v1/inbox/ws?token="
+            opened_at = time.monotonic()
+            failed = 0
+            for start in range(0, len(ids), args.step):
+                results = await asyncio.gather(
+                    *(client.open(ws_base + t["token"]) for t in tokens[start : start + args.step]),
+                    return_exceptions=True,
+                )
+                failed += sum(isinstance(r, BaseException) for r in results)
+                log(f"{len(client.sockets)} open, {failed} failed")
+            open_seconds = time.monotonic() - opened_at
+            # Let the connections' opening counts arrive before measuring memory.
+            await asyncio.sleep(2)
+            rss_open = rss_mib(api.popen.pid)
+            connected = [ids[i] for i in range(len(client.sockets))]
+
+            sent = 0
+            posts: list[asyncio.Task[Any]] = []
+            started = time.monotonic()
+            period = 0.05
+            per_batch = max(1, round(args.rate * period))
+            while time.monotonic() - started < args.seconds:
+                tick = time.monotonic()
+                now = time.time()
+                batch = [
+                    {
+                        "template": "bench",
+                        "to": {"recipient_id": random.choice(connected)},
+                        "data": {"t": f"{now:.6f}"},
+                    }
+                    for _ in range(per_batch)
+                ]
+                posts.append(
+                    asyncio.create_task(
+                        call("POST", "/v1/notifications/batch", {"notifications": batch})
+                    )
+                )
+                sent += per_batch
+                await asyncio.sleep(max(0.0, period - (time.monotonic() - tick)))
+            await asyncio.gather(*posts)
+            # Frames still on their way.
+            client.expected = sent
+            if len(client.latencies) >= sent:
+                client.all_arrived.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(client.all_arrived.wait(), 30)
+            latencies = sorted(client.latencies)
+            return {
+                "machine": machine(),
+                "file_limit": limit,
+                "connections_asked": args.connections,
+                "connections_open": len(client.sockets),
+                "connections_failed": failed,
+                "connections_closed_by_server": client.closed,
+                "open_seconds": round(open_seconds, 1),
+                "api_rss_mib_before": round(rss_before, 1),
+                "api_rss_mib_open": round(rss_open, 1),
+                "kib_per_connection": round(
+                    (rss_open - rss_before) * 1024 / max(1, len(client.sockets)), 1
+                ),
+                "rate_per_second": args.rate,
+                "seconds": args.seconds,
+                "sent": sent,
+                "frames": len(latencies),
+                "latency_ms_p50": round(percentile(latencies, 0.5) * 1000, 1)
+                if latencies
+                else None,
+                "latency_ms_p99": round(percentile(latencies, 0.99) * 1000, 1)
+                if latencies
+                else None,
+                "latency_ms_max": round(latencies[-1] * 1000, 1) if latencies else None,
+            }
+    finally:
+        await client.aclose()
+        children.stop_all()
+        if args.keep:
+            log(f"logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--step", type=int, default=250)
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--keep", action="store_true", help="keep the processes' logs")
+    args = parser.parse_args()
+    print(orjson.dumps(asyncio.run(run(args)), option=orjson.OPT_INDENT_2).decode())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""``/v1/inbox``: a recipient's own inbox, with a recipient token (see ``api/inbox_auth.py``).
+
+Every change is committed first, then pushed to the recipient's live connections
+(``changed``), which follow it with the new counts.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, ConfigDict
+
+from clarion.api.inbox_auth import recipient
+from clarion.api.responses import JSONResponse
+from clarion.api.schemas import AwareDatetime
+from clarion.errors import NotFound, ValidationFailed
+from clarion.realtime.gate import InboxGate
+from clarion.security.inbox_tokens import RecipientClaims
+from clarion.store import inbox as store
+from clarion.store import inbox_changes as changes
+from clarion.store.db import utcnow
+
+router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
+
+Reader = Annotated[RecipientClaims, Depends(recipient)]
+MessageId = Annotated[str, Path(min_length=1, max_length=40)]
+Action = Literal["read", "unread", "seen", "archive", "unarchive"]
+
+
+class SnoozeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    until: AwareDatetime
+
+
+def _gate(request: Request) -> InboxGate:
+    return request.app.state.ctx.inbox  # type: ignore[no-any-return]
+
+
+def _cursor(text: str | None) -> store.Cursor | None:
+    if text is None:
+        return None
+    try:
+        return store.Cursor.decode(text)
+    except ValueError as exc:
+        raise ValidationFailed(
+            "the cursor is not one this list returned",
+            details=[{"field": "cursor", "message": str(exc)}],
+        ) from exc
+
+
+@router.get(
+    "",
+    summary="The recipient's inbox, newest first",
+    description=(
+        "`status`: `unread`, `read`, `archived`, or `all`; without it, everything not "
+        "archived. Snoozed messages are left out until their time comes."
+    ),
+)
+async def list_inbox(
+    request: Request,
+    who: Reader,
+    status: Literal["unread", "read", "archived", "all"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=300)] = None,
+) -> JSONResponse:
+    engine = _gate(request).engine
+    data, following = await store.page(
+        engine,
+        who.tenant_id,
+        who.recipient_id,
+        status=status,
+        cursor=_cursor(cursor),
+        limit=limit,
+    )
+    return JSONResponse(
+        {"data": data, "next_cursor": following.encode() if following is not None else None}
+    )
+
+
+@router.get("/count", summary="Unread, unseen and total messages (archived and snoozed apart)")
+async def count(request: Request, who: Reader) -> JSONResponse:
+    return JSONResponse(await store.counts(_gate(request).engine, who.tenant_id, who.recipient_id))
+
+
+@router.post("/read-all", summary="Mark every unread message read")
+async def read_all(request: Request, who: Reader) -> JSONResponse:
+    return await _change_all(request, who, "read")
+
+
+@router.post("/archive-read", summary="Archive every read message")
+async def archive_read(request: Request, who: Reader) -> JSONResponse:
+    return await _change_all(request, who, "archive")
+
+
+async def _change_all(request: Request, who: Reader, action: str) -> JSONResponse:
+    gate = _gate(request)
+    changed = await changes.change_all(gate.engine, who.tenant_id, who.recipient_id, action)
+    if changed:
+        await gate.changed(who.tenant_id, who.recipient_id, f"{action}_all", None)
+    return JSONResponse({"updated": changed})
+
+
+@router.post("/{message_id}/snooze", summary="Hide a message until a time; it comes back then")
+async def snooze(
+    request: Request, who: Reader, message_id: MessageId, body: SnoozeIn
+) -> JSONResponse:
+    if body.until <= utcnow():
+        raise ValidationFailed(
+            "until must be in the future",
+            details=[{"field": "until", "message": "must be in the future"}],
+        )
+    gate = _gate(request)
+    found = await changes.snooze(
+        gate.engine, who.tenant_id, who.recipient_id, message_id, body.until
+    )
+    if found is None:
+        raise NotFound(f"no message {message_id!r} in this inbox")
+    await gate.changed(who.tenant_id, who.recipient_id, "snooze", [message_id])
+    return JSONResponse(found)
+
+
+@router.post(
+    "/{message_id}/{action}", summary="Mark one message read, unread, seen, archived or not"
+)
+async def change(
+    request: Request, who: Reader, message_id: MessageId, action: Action
+) -> JSONResponse:
+    gate = _gate(request)
+    found = await changes.change(gate.engine, who.tenant_id, who.recipient_id, message_id, action)
+    if found is None:
+        raise NotFound(f"no message {message_id!r} in this inbox")
+    await gate.changed(who.tenant_id, who.recipient_id, action, [message_id])
+    return JSONResponse(found)

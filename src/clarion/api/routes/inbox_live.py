@@ -1,0 +1,250 @@
+"""``/v1/inbox/stream`` (Server-Sent Events) and ``/v1/inbox/ws`` (WebSocket): the live
+inbox. Both take the recipient token in ``Authorization`` or as ``?token=`` (a browser's
+``EventSource`` cannot send headers). The events are those of :mod:`clarion.api.live`.
+
+SSE: each event is ``id: <message id>`` (the newest message the client holds) and
+``data: <json>``; a reconnecting ``EventSource`` sends it back as ``Last-Event-ID`` and
+first receives what it missed. A comment (``: heartbeat``) goes out when nothing else has
+for ``CLARION_INBOX_HEARTBEAT`` seconds.
+
+WebSocket: the client may send ``{"type": "resume", "after": "<message id>"}`` (first,
+to be answered before any live event, or at any time) and ``{"type": "ping"}`` (answered
+``{"type": "pong"}``). A frame that is not JSON, not an object, larger than 4 KiB, binary,
+or of an unknown type is answered with ``{"type": "error", "code", "message"}`` and the
+connection stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
+from starlette.responses import StreamingResponse
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from clarion.api.inbox_auth import check, token_of
+from clarion.api.live import LiveSession
+from clarion.errors import ApiError, Unauthorized
+from clarion.realtime.base import Event
+from clarion.realtime.gate import InboxGate
+from clarion.security.inbox_tokens import RecipientClaims
+
+router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
+
+MAX_FRAME = 4096
+# The first frame may be a resume: live events wait for it this long.
+_FIRST_FRAME = 1.0
+_CLOSE_CODES = {
+    "too_slow": 4008,
+    "revoked": 4001,
+    "token_expired": 4001,
+    "resync": 4009,
+    "server_stopping": 1012,
+}
+
+
+async def _stream_reader(request: Request) -> RecipientClaims:
+    return await check(request, token_of(request, query=True))
+
+
+def _sse(event: Event, cursor: str) -> bytes:
+    # A message's id is its own; any other event repeats the newest message's id.
+    ident = event["message"]["id"] if event["type"] == "message" else cursor
+    return b"id: " + ident.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+
+def _clean_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or len(value) > 40 or not value.isascii():
+        return None
+    return value
+
+
+@router.get(
+    "/stream",
+    summary="Live inbox events (Server-Sent Events)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def stream(
+    request: Request,
+    who: Annotated[RecipientClaims, Depends(_stream_reader)],
+    last_event_id: Annotated[str | None, Header(max_length=200)] = None,
+    after: Annotated[str | None, Query(max_length=40)] = None,
+) -> StreamingResponse:
+    gate: InboxGate = request.app.state.ctx.inbox
+    heartbeat = request.app.state.ctx.settings.inbox_heartbeat
+    resume_after = _clean_id(last_event_id) or _clean_id(after)
+
+    async def events() -> AsyncIterator[bytes]:
+        async with gate.hub.subscribe(who.tenant_id, who.recipient_id, who.issued_at_ms) as sub:
+            session = LiveSession(gate, who, sub)
+            first = await session.open()
+            if resume_after is not None:
+                first = await session.resume(resume_after)
+            yield b"retry: 2000\n\n"
+            for event in first:
+                yield _sse(event, session.cursor)
+            while True:
+                try:
+                    batch = await asyncio.wait_for(sub.next_batch(), heartbeat)
+                except TimeoutError:
+                    if time.time() >= who.expires_at:
+                        sub.close("token_expired")
+                        continue
+                    yield b": heartbeat\n\n"
+                    continue
+                if batch is None:
+                    yield _sse({"type": "closed", "reason": sub.reason}, session.cursor)
+                    return
+                for event in await session.translate(batch):
+                    yield _sse(event, session.cursor)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+class _Socket:
+    """A WebSocket whose sends are one at a time (the reader answers pings and errors
+    while the writer forwards events)."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.ws = websocket
+        self._lock = asyncio.Lock()
+
+    async def send(self, event: Event) -> None:
+        async with self._lock:
+            await self.ws.send_text(orjson.dumps(event).decode())
+
+    async def error(self, code: str, message: str) -> None:
+        await self.send({"type": "error", "code": code, "message": message})
+
+
+def _frame(message: Mapping[str, Any]) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+    """A client frame read: (the object, None) or (None, (error code, message))."""
+    text = message.get("text")
+    if text is None:
+        return None, ("binary_frame", "frames are JSON text")
+    if len(text) > MAX_FRAME:
+        return None, ("frame_too_large", f"frames are at most {MAX_FRAME} bytes")
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None, ("invalid_json", "the frame is not JSON")
+    if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+        return None, ("invalid_frame", 'a frame is an object with a "type"')
+    return frame, None
+
+
+async def _answer(sock: _Socket, session: LiveSession, frame: dict[str, Any]) -> None:
+    kind = frame["type"]
+    if kind == "ping":
+        await sock.send({"type": "pong"})
+    elif kind == "resume":
+        after = frame.get("after")
+        if not isinstance(after, str) or not 1 <= len(after) <= 40:
+            await sock.error("invalid_frame", '"after" is a message id')
+            return
+        for event in await session.resume(after):
+            await sock.send(event)
+    else:
+        await sock.error("unknown_type", f"unknown frame type {kind[:40]!r}")
+
+
+async def _handle(sock: _Socket, session: LiveSession, message: Mapping[str, Any]) -> bool:
+    """Answer one client message; False once the client has gone."""
+    if message["type"] == "websocket.disconnect":
+        return False
+    frame, problem = _frame(message)
+    if problem is not None:
+        await sock.error(*problem)
+    elif frame is not None:
+        await _answer(sock, session, frame)
+    return True
+
+
+async def _read(sock: _Socket, session: LiveSession) -> None:
+    while await _handle(sock, session, await sock.ws.receive()):
+        pass
+
+
+async def _write(sock: _Socket, session: LiveSession, who: RecipientClaims, beat: float) -> None:
+    sub = session.sub
+    while True:
+        try:
+            batch = await asyncio.wait_for(sub.next_batch(), beat)
+        except TimeoutError:
+            if time.time() >= who.expires_at:
+                sub.close("token_expired")
+            continue
+        if batch is None:
+            return
+        for event in await session.translate(batch):
+            await sock.send(event)
+
+
+async def _refuse(websocket: WebSocket, exc: ApiError) -> None:
+    await websocket.accept()
+    await websocket.send_text(
+        orjson.dumps({"type": "error", "code": exc.code, "message": exc.message}).decode()
+    )
+    await websocket.close(code=4401 if exc.status == 401 else 4403, reason=exc.code)
+
+
+@router.websocket("/ws")
+async def ws(websocket: WebSocket) -> None:
+    try:
+        who = await check(websocket, token_of(websocket, query=True))
+    except ApiError as exc:
+        await _refuse(websocket, exc)
+        return
+    except Exception:
+        await _refuse(websocket, Unauthorized("invalid recipient token"))
+        return
+    gate: InboxGate = websocket.app.state.ctx.inbox
+    beat = websocket.app.state.ctx.settings.inbox_heartbeat
+    await websocket.accept()
+    sock = _Socket(websocket)
+    async with gate.hub.subscribe(who.tenant_id, who.recipient_id, who.issued_at_ms) as sub:
+        session = LiveSession(gate, who, sub)
+        for event in await session.open():
+            await sock.send(event)
+        # A first frame (a resume) is answered before any live event goes out.
+        first: Mapping[str, Any] | None = None
+        with contextlib.suppress(TimeoutError):
+            first = await asyncio.wait_for(websocket.receive(), _FIRST_FRAME)
+        if first is not None and not await _handle(sock, session, first):
+            return
+        tasks = [
+            asyncio.create_task(_read(sock, session), name="inbox-ws-read"),
+            asyncio.create_task(_write(sock, session, who, beat), name="inbox-ws-write"),
+            asyncio.create_task(sub.closed.wait(), name="inbox-ws-closed"),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        reason = sub.reason
+    await _close(websocket, reason)
+
+
+async def _close(websocket: WebSocket, reason: str | None) -> None:
+    if websocket.client_state != WebSocketState.CONNECTED:
+        return
+    code = _CLOSE_CODES.get(reason or "", 1000)
+    # A client that stopped reading may never take the close frame: bounded.
+    with contextlib.suppress(TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
+        async with asyncio.timeout(2.0):
+            await websocket.close(code=code, reason=reason or "")

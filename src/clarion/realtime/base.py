@@ -1,0 +1,155 @@
+"""The live hub: events for one recipient reach every open connection of that recipient.
+
+A :class:`Hub` has one method that matters to a publisher, :meth:`Hub.publish`, and one to
+a connection, :meth:`Hub.subscribe`. Events are plain JSON on the wire (the in-process hub
+encodes and decodes them too). Each connection has a bounded queue: a connection that
+falls behind is closed with a reason (its client resumes from its last event id), and
+never slows the others, because the hub only ever puts into a queue without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+Key = tuple[str, str]  # (tenant id, recipient id)
+
+TOO_SLOW = "too_slow"
+REVOKED = "revoked"
+RESYNC = "resync"
+STOPPING = "server_stopping"
+
+
+class Subscription:
+    """One live connection's view of the hub: a bounded queue and a close reason."""
+
+    def __init__(self, key: Key, issued_at_ms: int, maxsize: int) -> None:
+        self.key = key
+        # When the connection's token was issued: a revocation after it closes it.
+        self.issued_at_ms = issued_at_ms
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self.closed = asyncio.Event()
+        self.reason: str | None = None
+
+    def offer(self, event: Event) -> None:
+        if self.closed.is_set():
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.close(TOO_SLOW)
+
+    def close(self, reason: str) -> None:
+        if not self.closed.is_set():
+            self.reason = reason
+            self.closed.set()
+
+    async def next_batch(self) -> list[Event] | None:
+        """Every event waiting (at least one), or None once the subscription is closed."""
+        if self._queue.empty() and not self.closed.is_set():
+            getter = asyncio.ensure_future(self._queue.get())
+            closer = asyncio.ensure_future(self.closed.wait())
+            try:
+                await asyncio.wait([getter, closer], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in (getter, closer):
+                    waiter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    first = await getter
+                    self._queue.put_nowait(first)  # back at the head of an empty queue
+        if self.closed.is_set():
+            return None
+        events = []
+        while not self._queue.empty():
+            events.append(self._queue.get_nowait())
+        return events
+
+
+class Hub(ABC):
+    """Routes each recipient's events to the subscriptions of this process; the
+    implementation decides how an event published in one process reaches the others."""
+
+    def __init__(self, queue_size: int = 256) -> None:
+        self.queue_size = queue_size
+        self._local: dict[Key, set[Subscription]] = {}
+
+    @abstractmethod
+    async def publish(self, tenant_id: str, recipient_id: str, event: Event) -> None:
+        """Send ``event`` to every connection of the recipient, in every process."""
+
+    async def publish_many(self, items: list[tuple[str, str, Event]]) -> None:
+        for tenant_id, recipient_id, event in items:
+            await self.publish(tenant_id, recipient_id, event)
+
+    async def _listen(self, key: Key) -> None:  # noqa: B027 - optional hook
+        """The first local subscription of ``key`` opened."""
+
+    async def _unlisten(self, key: Key) -> None:  # noqa: B027 - optional hook
+        """The last local subscription of ``key`` closed."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    async def aclose(self) -> None:
+        self.close_all(STOPPING)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self, tenant_id: str, recipient_id: str, issued_at_ms: int = 0
+    ) -> AsyncIterator[Subscription]:
+        key = (tenant_id, recipient_id)
+        sub = Subscription(key, issued_at_ms, self.queue_size)
+        subs = self._local.setdefault(key, set())
+        subs.add(sub)
+        try:
+            if len(subs) == 1:
+                try:
+                    await self._listen(key)
+                except Exception as exc:
+                    # The client is told to come back; it resumes from the table then.
+                    log.warning("live inbox subscription failed: %r", exc)
+                    sub.close(RESYNC)
+            yield sub
+        finally:
+            sub.close("closed")
+            subs.discard(sub)
+            if not subs and self._local.get(key) is subs:
+                del self._local[key]
+                await self._unlisten(key)
+
+    def deliver(self, key: Key, event: Event) -> None:
+        """Put ``event`` in the queue of each local subscription of ``key``."""
+        for sub in list(self._local.get(key, ())):
+            sub.offer(event)
+
+    def revoke(self, tenant_id: str, recipient_id: str | None, before_ms: int) -> int:
+        """Close local subscriptions of the recipient (of every recipient of the tenant
+        when None) whose token was issued before ``before_ms``; returns how many."""
+        closed = 0
+        for key, subs in list(self._local.items()):
+            if key[0] != tenant_id or (recipient_id is not None and key[1] != recipient_id):
+                continue
+            for sub in list(subs):
+                if sub.issued_at_ms < before_ms and not sub.closed.is_set():
+                    sub.close(REVOKED)
+                    closed += 1
+        return closed
+
+    def recipients(self, tenant_id: str) -> list[str]:
+        """The recipients of the tenant with a live connection in this process."""
+        return [key[1] for key in self._local if key[0] == tenant_id]
+
+    def close_all(self, reason: str) -> None:
+        for subs in list(self._local.values()):
+            for sub in list(subs):
+                sub.close(reason)
+
+    def connections(self) -> int:
+        return sum(len(subs) for subs in self._local.values())

@@ -1,0 +1,310 @@
+"""The live inbox over a real socket, on both backends: SSE and WebSocket receive what a
+worker stored, resume returns exactly what was missed, hostile frames get error frames,
+erasure and rotation close connections, a stalled client is cut without delaying others."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from clarion.store import inbox_access
+from harness import Harness, make_settings, running
+from inbox_kit import (
+    bearer,
+    event_stream,
+    feed,
+    inbox_ready,
+    send,
+    serving,
+    token_for,
+    websocket,
+)
+
+
+@pytest.fixture
+async def base(app: Harness) -> AsyncIterator[str]:
+    async with serving(app) as url:
+        yield url
+
+
+async def test_websocket_receives_a_message_from_the_worker(app: Harness, base: str) -> None:
+    token = await inbox_ready(app, "u-1")
+    async with websocket(base, token) as ws:
+        assert await ws.next() == {"type": "count", "unread": 0, "unseen": 0, "total": 0}
+        await send(app, "u-1", 1)
+        event = await ws.until("message")
+        assert event["message"]["title"] == "Shipped 1"
+        assert event["message"]["read_at"] is None
+        assert await ws.until("count") == {"type": "count", "unread": 1, "unseen": 1, "total": 1}
+        # A change made elsewhere (another device, over REST) reaches this connection.
+        mid = event["message"]["id"]
+        response = await app.client.post(f"/v1/inbox/{mid}/read", headers=bearer(token))
+        assert response.status_code == 200
+        changed = await ws.until("changed")
+        assert changed == {"type": "changed", "action": "read", "ids": [mid]}
+        assert await ws.until("count") == {"type": "count", "unread": 0, "unseen": 0, "total": 1}
+        await ws.send({"type": "ping"})
+        assert await ws.until("pong") == {"type": "pong"}
+
+
+async def test_sse_receives_a_message_from_the_worker(app: Harness, base: str) -> None:
+    token = await inbox_ready(app, "u-1")
+    async with event_stream(base, token) as stream:
+        ident, first = await stream.next()
+        assert first["type"] == "count"
+        assert ident == "0"  # nothing yet: resuming from "0" means from the start
+        await send(app, "u-1", 1)
+        ident, event = await stream.until("message")
+        assert ident == event["message"]["id"]
+        ident, counted = await stream.until("count")
+        assert counted["unread"] == 1
+        assert ident == event["message"]["id"]
+
+
+async def test_a_connection_never_sees_another_recipients_events(app: Harness, base: str) -> None:
+    mine = await inbox_ready(app, "u-1")
+    await app.put_recipient("u-2", email="u-2@example.com")
+    async with websocket(base, mine) as ws:
+        await ws.until("count")
+        await send(app, "u-2", 1)
+        await send(app, "u-1", 2)
+        event = await ws.until("message")
+        assert event["message"]["title"] == "Shipped 2"
+        [only] = (await feed(app, mine))["data"]
+        assert only["id"] == event["message"]["id"]
+
+
+async def _receive_n(app: Harness, ws_or_stream: object, n: int) -> list[str]:
+    got = []
+    for _ in range(n):
+        event = await ws_or_stream.until("message")  # type: ignore[attr-defined]
+        if isinstance(event, tuple):
+            event = event[1]
+        got.append(event["message"]["id"])
+    return got
+
+
+async def test_websocket_resume_returns_exactly_what_was_missed(app: Harness, base: str) -> None:
+    token = await inbox_ready(app, "u-1")
+    async with websocket(base, token) as ws:
+        await ws.until("count")
+        for i in range(2):
+            await send(app, "u-1", i)
+        seen = await _receive_n(app, ws, 2)
+    for i in range(2, 5):
+        await send(app, "u-1", i)
+    await app.drain()
+    everything = [m["id"] for m in (await feed(app, token))["data"]][::-1]
+    assert everything[:2] == seen
+    async with websocket(base, token) as ws:
+        await ws.send({"type": "resume", "after": seen[-1]})
+        await ws.until("count")  # the connection's opening count
+        replayed = [(await ws.until("message"))["message"]["id"] for _ in range(3)]
+        assert replayed == everything[2:]
+        assert (await ws.until("count"))["total"] == 5
+        # Nothing more: a ping's answer comes next, no message twice.
+        await ws.send({"type": "ping"})
+        assert (await ws.next())["type"] == "pong"
+        # Resuming again from the same place sends nothing this connection already sent.
+        await ws.send({"type": "resume", "after": seen[-1]})
+        assert (await ws.next())["type"] == "count"
+
+
+async def test_sse_resume_with_last_event_id(app: Harness, base: str) -> None:
+    token = await inbox_ready(app, "u-1")
+    async with event_stream(base, token) as stream:
+        await stream.next()
+        await send(app, "u-1", 0)
+        last, _ = await stream.until("message")
+    assert last is not None
+    for i in range(1, 4):
+        await send(app, "u-1", i)
+    await app.drain()
+    expected = [m["id"] for m in (await feed(app, token))["data"]][::-1][1:]
+    async with event_stream(base, token, last_event_id=last) as stream:
+        got = []
+        while True:
+            ident, event = await stream.next()
+            if event["type"] == "message":
+                got.append(event["message"]["id"])
+                assert ident == event["message"]["id"]
+            elif event["type"] == "count":
+                break
+        assert got == expected
+        assert event["total"] == 4
+
+
+async def test_bad_frames_get_error_frames_and_the_connection_lives(
+    app: Harness, base: str
+) -> None:
+    token = await inbox_ready(app, "u-1")
+    async with websocket(base, token) as ws:
+        await ws.until("count")
+        cases = [
+            ("{not json", "invalid_json"),
+            ("[1, 2]", "invalid_frame"),
+            ('{"no": "type"}', "invalid_frame"),
+            ('{"type": "explode"}', "unknown_type"),
+            ('{"type": "resume"}', "invalid_frame"),
+            ('{"type": "resume", "after": 5}', "invalid_frame"),
+            ('{"type": "' + "x" * 5000 + '"}', "frame_too_large"),
+            (b"\x00\x01binary", "binary_frame"),
+        ]
+        for frame, code in cases:
+            await ws.send(frame)
+            error = await ws.until("error")
+            assert error["code"] == code, (frame, error)
+        # An unknown resume id asks the client to reload, and the connection goes on.
+        await ws.send({"type": "resume", "after": "msg_unknown"})
+        assert await ws.next() == {"type": "reset", "reason": "unknown_message"}
+        await send(app, "u-1", 1)
+        assert (await ws.until("message"))["message"]["title"] == "Shipped 1"
+    # A frame larger than the server takes closes that connection with 1009; others live.
+    async with websocket(base, token, max_size=None) as ws:
+        await ws.until("count")
+        await ws.send("x" * (2 * 1024 * 1024))
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.next()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1009
+    async with websocket(base, token) as ws:
+        assert (await ws.next())["type"] == "count"
+
+
+async def test_bad_tokens_on_the_websocket_get_an_error_and_a_close(
+    app: Harness, base: str
+) -> None:
+    await inbox_ready(app, "u-1")
+    for token, code, close in (
+        ("nonsense", "invalid_token", 4401),
+        (app.key, "recipient_token_required", 4403),
+    ):
+        async with websocket(base, token) as ws:
+            error = await ws.next()
+            assert error["type"] == "error"
+            assert error["code"] == code
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.next()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == close
+
+
+async def test_erasure_closes_the_recipients_connections(app: Harness, base: str) -> None:
+    token = await inbox_ready(app, "u-1")
+    other = await inbox_ready(app, "u-2")
+    async with websocket(base, token) as ws, websocket(base, other) as bystander:
+        await ws.until("count")
+        await bystander.until("count")
+        response = await app.client.delete("/v1/recipients/u-1", headers=app.auth)
+        assert response.status_code == 204
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.until("never")
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4001
+        assert closed.value.rcvd.reason == "revoked"
+        await bystander.send({"type": "ping"})
+        assert (await bystander.until("pong"))["type"] == "pong"
+
+
+async def test_rotation_closes_every_connection_of_the_tenant(lite: Harness) -> None:
+    token = await inbox_ready(lite, "u-1")
+    async with serving(lite) as base, event_stream(base, token) as stream:
+        await stream.next()
+        await inbox_access.rotate(lite.ctx.engine, lite.tenant_id)
+        _, closed = await stream.until("closed", timeout=10)
+        assert closed["reason"] == "revoked"
+    response = await lite.client.get("/v1/inbox", headers=bearer(token))
+    assert response.status_code == 401
+    assert (await feed(lite, await token_for(lite, "u-1")))["data"] == []
+
+
+async def test_snooze_return_is_pushed_live(app: Harness, base: str) -> None:
+    token = await inbox_ready(app, "u-1")
+    await send(app, "u-1", 1)
+    await app.drain()
+    [message] = (await feed(app, token))["data"]
+    async with websocket(base, token) as ws:
+        assert (await ws.next())["total"] == 1
+        until = datetime.now(UTC) + timedelta(seconds=1)
+        response = await app.client.post(
+            f"/v1/inbox/{message['id']}/snooze",
+            json={"until": until.isoformat()},
+            headers=bearer(token),
+        )
+        assert response.status_code == 200
+        assert (await ws.until("changed"))["action"] == "snooze"
+        assert (await ws.until("count"))["total"] == 0
+        back = await ws.until("message")
+        assert back["message"]["id"] == message["id"]
+        assert (await ws.until("count"))["total"] == 1
+
+
+async def test_a_stalled_client_is_cut_without_delaying_others(lite: Harness) -> None:
+    """A client that stops reading fills its socket, then its queue: it is closed as too
+    slow, while another recipient's connection gets its events at once."""
+    stalled = await inbox_ready(lite, "u-slow")
+    healthy = await inbox_ready(lite, "u-ok")
+    hub = lite.ctx.hub
+    async with serving(lite) as base, websocket(base, healthy) as ok:
+        await ok.until("count")
+        async with websocket(base, stalled, max_queue=1) as slow:
+            await slow.until("count")
+            # The client stops reading: its frames pile up in the socket, then in the
+            # server's bounded queue for it.
+            blob = ["x" * 1000] * 60  # about 64 KB per event
+            deadline = time.monotonic() + 30
+            while hub.connections() == 2 and time.monotonic() < deadline:
+                await hub.publish(
+                    lite.tenant_id, "u-slow", {"type": "changed", "action": "x", "ids": blob}
+                )
+                await asyncio.sleep(0)
+            assert hub.connections() == 1, "the stalled connection was not cut"
+            started = time.monotonic()
+            await hub.publish(
+                lite.tenant_id, "u-ok", {"type": "changed", "action": "read", "ids": ["a"]}
+            )
+            assert (await ok.until("changed"))["ids"] == ["a"]
+            assert time.monotonic() - started < 1.0
+
+
+async def test_a_token_in_the_query_stays_out_of_the_log(
+    lite: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = await inbox_ready(lite, "u-1")
+    caplog.set_level("INFO")
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    async with serving(lite) as base:
+        uvicorn_log.addHandler(caplog.handler)  # uvicorn's loggers do not propagate
+        try:
+            async with websocket(base, token) as ws:
+                await ws.until("count")
+        finally:
+            uvicorn_log.removeHandler(caplog.handler)
+    assert "WebSocket /v1/inbox/ws?token=***" in caplog.text
+    assert token not in caplog.text
+
+
+async def test_the_websocket_takes_the_token_in_the_header(lite: Harness) -> None:
+    token = await inbox_ready(lite, "u-1")
+    async with serving(lite) as base, websocket(base, token, header=True) as ws:
+        assert (await ws.next())["type"] == "count"
+
+
+async def test_sse_sends_heartbeats(tmp_path: Path) -> None:
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}", "embedded://", inbox_heartbeat=0.1
+    )
+    async with running(settings) as harness:
+        token = await inbox_ready(harness, "u-1")
+        async with serving(harness) as base, event_stream(base, token) as stream:
+            await stream.next()
+            assert await stream.comment() == ": heartbeat"
+            await send(harness, "u-1", 1)
+            await stream.until("message")

@@ -638,6 +638,7 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # runs the CLI in processes of its own: about 12 s
 def test_rotate_secret_reencrypts_every_provider(tmp_path: Path) -> None:
     old, new = os.urandom(32), os.urandom(32)
     url = f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}"

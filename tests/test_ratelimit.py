@@ -137,6 +137,7 @@ def _most_in_any_window(stamps: list[float], width: float) -> int:
     )
 
 
+@pytest.mark.slow  # paces in real time for over two seconds per limiter
 async def test_pacing_never_exceeds_the_rate_in_any_second(limiters: list[RateLimiter]) -> None:
     """Eight senders in two "processes" pace on one provider limited to 20/s for about two
     seconds: the sends they record never number more than 20 in any one-second window."""

@@ -16,6 +16,7 @@ from clarion.api.routes import (
     inbox,
     inbox_live,
     inbox_web,
+    message_log,
     notifications,
     provider_callbacks,
     provider_health,
@@ -72,6 +73,7 @@ def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
     app.include_router(inbox.router)
     app.include_router(inbox_live.router)
     app.include_router(inbox_web.router)
+    app.include_router(message_log.router)
     app.add_middleware(
         EdgeGuard,
         body_timeout=ctx.settings.http_body_timeout,

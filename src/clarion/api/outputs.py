@@ -1,0 +1,103 @@
+"""Response models: what each operation answers, as published in ``/openapi.json``.
+
+Handlers build plain dicts and answer with :class:`~clarion.api.responses.JSONResponse`
+(orjson); these models document the shapes (and the SDK's models are checked against
+them), they are not run on the hot path.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(_Out):
+    code: str = Field(description="Machine-readable, e.g. `validation_error`, `not_found`")
+    message: str
+    details: list[Any] = Field(default_factory=list)
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx and 5xx answer."""
+
+    error: ErrorDetail
+
+
+class DeliveryOut(_Out):
+    id: str
+    recipient_id: str | None
+    channel: str
+    provider: str | None
+    status: str = Field(
+        description="scheduled | queued | sending | sent | delivered | failed | suppressed | dead"
+    )
+    reason: str | None
+    attempts: int
+    last_error: str | None
+    provider_message_id: str | None = None
+    scheduled_for: datetime | None = None
+    created_at: datetime
+    updated_at: datetime | None = None
+    sent_at: datetime | None = None
+
+
+class DeliveryListItem(DeliveryOut):
+    notification_id: str
+    category: str | None = None
+    priority: str | None = None
+
+
+class DeliveryEvent(_Out):
+    type: str = Field(
+        description="queued | scheduled | retry_scheduled | fallback | sent | delivered | "
+        "failed | dead | suppressed | replayed | cancelled"
+    )
+    at: datetime | None
+    provider: str | None = None
+    outcome: str | None = Field(None, description="success | failure | retry, or null")
+    latency_ms: float | None = None
+    error: str | None = None
+    reason: str | None = None
+
+
+class DeliveryDetail(DeliveryListItem):
+    events: list[DeliveryEvent]
+
+
+class DeliveryPage(BaseModel):
+    data: list[DeliveryListItem]
+    next_cursor: str | None
+
+
+class NotificationTo(_Out):
+    recipient_ids: list[str] | None = None
+    topic: str | None = None
+
+
+class NotificationSummary(_Out):
+    id: str
+    status: str = Field(
+        description="accepted | scheduled | processing | completed | partial | failed | cancelled"
+    )
+    template: str
+    priority: str
+    to: NotificationTo
+    channels: list[str] | None
+    send_at: datetime | None
+    expires_at: datetime | None
+    idempotency_key: str | None
+    created_at: datetime
+    totals: dict[str, int] = Field(
+        default_factory=dict, description="How many deliveries are in each status"
+    )
+
+
+class NotificationPage(BaseModel):
+    data: list[NotificationSummary]
+    next_cursor: str | None

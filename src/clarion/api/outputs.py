@@ -101,3 +101,20 @@ class NotificationSummary(_Out):
 class NotificationPage(BaseModel):
     data: list[NotificationSummary]
     next_cursor: str | None
+
+
+class NotificationAccepted(_Out):
+    id: str
+    status: str = Field(description="accepted | scheduled")
+
+
+class BatchResults(BaseModel):
+    results: list[dict[str, Any]] = Field(
+        description='In request order: `{"id", "status"}` or `{"error": {...}}`'
+    )
+
+
+class NotificationDetail(NotificationSummary):
+    data: dict[str, Any]
+    deliveries: list[DeliveryOut]
+    deliveries_truncated: bool = False

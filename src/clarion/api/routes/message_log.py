@@ -85,7 +85,6 @@ def _page(rows: list[dict[str, object]], limit: int) -> dict[str, object]:
     "/v1/notifications",
     summary="The message log: notifications, newest first",
     response_model=NotificationPage,
-    operation_id="list_notifications",
 )
 async def list_notifications(
     request: Request,
@@ -119,7 +118,6 @@ async def list_notifications(
     "/v1/deliveries",
     summary="The message log: deliveries across notifications, newest first",
     response_model=DeliveryPage,
-    operation_id="list_deliveries",
 )
 async def list_deliveries(
     request: Request,
@@ -158,7 +156,6 @@ async def list_deliveries(
     "/v1/deliveries/{delivery_id}",
     summary="One delivery with its timeline",
     response_model=DeliveryDetail,
-    operation_id="get_delivery",
 )
 async def get_delivery(request: Request, principal: Reader, delivery_id: str) -> JSONResponse:
     found = await store.get_delivery(request.app.state.ctx.engine, principal.tenant_id, delivery_id)

@@ -118,3 +118,70 @@ class NotificationDetail(NotificationSummary):
     data: dict[str, Any]
     deliveries: list[DeliveryOut]
     deliveries_truncated: bool = False
+
+
+class Page(BaseModel):
+    """A page of a list: `next_cursor` is null on the last page."""
+
+    data: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class RecipientOut(_Out):
+    id: str
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+    push_tokens: list[dict[str, Any]] | None = None
+    webpush: list[dict[str, Any]] | None = None
+    webhook_url: str | None = None
+    data: dict[str, Any] | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class RecipientToken(_Out):
+    token: str
+    expires_at: datetime
+
+
+class PreferencesOut(_Out):
+    channels: dict[str, bool] = Field(default_factory=dict)
+    categories: dict[str, dict[str, bool]] = Field(default_factory=dict)
+    quiet_hours: dict[str, Any] | None = None
+
+
+class TemplateStored(_Out):
+    name: str
+    version: int
+
+
+class TemplateVersionOut(_Out):
+    name: str
+    version: int
+    category: str
+    channels: dict[str, Any]
+    locales: dict[str, Any]
+    fallbacks: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime
+
+
+class TemplateSummary(_Out):
+    name: str
+    active_version: int
+    latest_version: int
+    category: str
+    updated_at: datetime
+
+
+class TemplatePage(BaseModel):
+    data: list[TemplateSummary]
+    next_cursor: str | None
+
+
+class TemplatePreviewOut(_Out):
+    name: str
+    version: int
+    locale: str | None
+    channels: dict[str, dict[str, Any]]

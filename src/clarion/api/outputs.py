@@ -185,3 +185,146 @@ class TemplatePreviewOut(_Out):
     version: int
     locale: str | None
     channels: dict[str, dict[str, Any]]
+
+
+class CategoryOut(_Out):
+    name: str
+    critical: bool
+    default_channels: list[str] | None
+    digest: dict[str, Any] | None
+    max_per_hour: int | None
+    built_in: bool
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+class CategoryPage(BaseModel):
+    data: list[CategoryOut]
+    next_cursor: str | None
+
+
+class ProviderOut(_Out):
+    name: str
+    channel: str
+    kind: str
+    config: dict[str, Any] = Field(description='Settings, each secret shown as `"***"`')
+    priority: int
+    rate_limit_per_second: float | None
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProviderPage(BaseModel):
+    data: list[ProviderOut]
+    next_cursor: str | None
+
+
+class WebhookOut(_Out):
+    name: str
+    url: str
+    events: list[str]
+    secret: str = Field(description='`"***"`, except in the answer that made it')
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookPage(BaseModel):
+    data: list[WebhookOut]
+    next_cursor: str | None
+
+
+class DeadLetter(DeliveryOut):
+    notification_id: str
+
+
+class DeadLetterPage(BaseModel):
+    data: list[DeadLetter]
+    next_cursor: str | None
+
+
+class ReplayResult(_Out):
+    replayed: int
+    more: bool = Field(description="Whether more dead letters match than were replayed")
+
+
+class SandboxMessage(_Out):
+    id: str
+    delivery_id: str
+    channel: str
+    recipient_id: str
+    to: Any = None
+    content: dict[str, Any]
+    created_at: datetime
+
+
+class SandboxPage(BaseModel):
+    data: list[SandboxMessage]
+    next_cursor: str | None
+
+
+class InboxMessage(_Out):
+    id: str
+    title: Any = None
+    body: Any = None
+    action_url: Any = None
+    data: Any = None
+    category: str | None = None
+    created_at: datetime | None = None
+    read_at: datetime | None = None
+    seen_at: datetime | None = None
+    archived_at: datetime | None = None
+
+
+class InboxPage(BaseModel):
+    data: list[InboxMessage]
+    next_cursor: str | None
+
+
+class InboxCounts(_Out):
+    unread: int
+    unseen: int
+    total: int
+
+
+class Updated(_Out):
+    updated: int
+
+
+class Health(_Out):
+    status: str
+
+
+class Ready(_Out):
+    status: str
+    checks: dict[str, str]
+
+
+class BreakerState(_Out):
+    provider: str
+    state: str = Field(description="closed | open | half_open")
+    failure_rate: float
+    calls: int
+    retry_in: float
+
+
+class ProviderHealth(BaseModel):
+    data: list[BreakerState]
+
+
+class Unsubscribed(_Out):
+    status: str
+    category: str
+    channel: str
+
+
+class RecipientExport(_Out):
+    """Everything stored about a recipient."""
+
+    recipient: RecipientOut
+    preferences: PreferencesOut
+    inbox_messages: list[dict[str, Any]]
+    deliveries: list[dict[str, Any]]
+    sandbox_messages: list[dict[str, Any]]
+    truncated: bool = Field(description="Whether a list was cut at its limit")

@@ -10,7 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from clarion.api.auth import Principal, require
 from clarion.api.errors import describe_validation, error_body
 from clarion.api.idempotency import idempotent
-from clarion.api.outputs import BatchResults, PreferencesOut, RecipientOut, RecipientToken
+from clarion.api.outputs import (
+    BatchResults,
+    PreferencesOut,
+    RecipientExport,
+    RecipientOut,
+    RecipientToken,
+)
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import (
     MAX_BATCH,
@@ -149,6 +155,7 @@ async def token(
         f"the newest {erasure.EXPORT_LIMIT:,} of each list; `truncated` is true when a list "
         f"was cut."
     ),
+    response_model=RecipientExport,
 )
 async def export(request: Request, principal: Reader, recipient_id: RecipientPath) -> JSONResponse:
     found = await erasure.export(request.app.state.ctx.engine, principal.tenant_id, recipient_id)

@@ -4,11 +4,11 @@ isolation, and refusal of bad input — on both stores."""
 
 from __future__ import annotations
 
+import base64
 import collections
 import re
 from typing import Any
 
-import pytest
 from sqlalchemy.dialects import postgresql, sqlite
 
 from clarion.store import message_log as log
@@ -172,37 +172,47 @@ async def test_another_tenants_log_is_invisible(app: Harness, sink: WebhookSink)
     assert response.json()["error"]["code"] == "not_found"
 
 
-@pytest.mark.parametrize(
-    ("path", "params", "code"),
-    [
-        ("/v1/notifications", {"cursor": "not a cursor"}, "invalid_cursor"),
-        ("/v1/deliveries", {"cursor": "bm9wZQ"}, "invalid_cursor"),  # "nope"
-        ("/v1/deliveries", {"cursor": "MjAyNi0xMS0yM1QwMDowMDowMHwn"}, "invalid_cursor"),
-        ("/v1/notifications", {"limit": "0"}, "validation_error"),
-        ("/v1/notifications", {"limit": "501"}, "validation_error"),
-        ("/v1/deliveries", {"limit": "many"}, "validation_error"),
-        ("/v1/notifications", {"status": "done"}, "validation_error"),
-        ("/v1/deliveries", {"status": "completed"}, "validation_error"),
-        ("/v1/deliveries", {"channel": "carrier-pigeon"}, "validation_error"),
-        ("/v1/deliveries", {"created_after": "yesterday"}, "validation_error"),
-        ("/v1/deliveries", {"created_after": "2026-01-01T00:00:00"}, "validation_error"),
-        ("/v1/notifications", {"created_before": "0001-01-01T00:00:00Z"}, "validation_error"),
-        (
-            "/v1/deliveries",
-            {"created_after": "2026-02-01T00:00:00Z", "created_before": "2026-01-01T00:00:00Z"},
-            "validation_error",
-        ),
-        ("/v1/deliveries", {"recipient_id": "x" * 201}, "validation_error"),
-        ("/v1/deliveries", {"template": ""}, "validation_error"),
-    ],
-)
-async def test_bad_cursors_and_filters_are_refused(
-    lite: Harness, path: str, params: dict[str, str], code: str
-) -> None:
-    response = await lite.client.get(path, params=params, headers=lite.auth)
-    assert response.status_code == 422, response.text
-    assert response.json()["error"]["code"] == code
-    assert response.json()["error"]["message"]
+def _cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+BAD_INPUT = [
+    ("/v1/notifications", {"cursor": "not a cursor"}, "invalid_cursor"),
+    ("/v1/deliveries", {"cursor": "bm9wZQ"}, "invalid_cursor"),  # "nope"
+    ("/v1/deliveries", {"cursor": "MjAyNi0xMS0yM1QwMDowMDowMHwn"}, "invalid_cursor"),
+    ("/v1/notifications", {"limit": "0"}, "validation_error"),
+    ("/v1/notifications", {"limit": "501"}, "validation_error"),
+    ("/v1/deliveries", {"limit": "many"}, "validation_error"),
+    ("/v1/notifications", {"status": "done"}, "validation_error"),
+    ("/v1/deliveries", {"status": "completed"}, "validation_error"),
+    ("/v1/deliveries", {"channel": "carrier-pigeon"}, "validation_error"),
+    ("/v1/deliveries", {"created_after": "yesterday"}, "validation_error"),
+    ("/v1/deliveries", {"created_after": "2026-01-01T00:00:00"}, "validation_error"),
+    ("/v1/notifications", {"created_before": "0001-01-01T00:00:00Z"}, "validation_error"),
+    (
+        "/v1/deliveries",
+        {"created_after": "2026-02-01T00:00:00Z", "created_before": "2026-01-01T00:00:00Z"},
+        "validation_error",
+    ),
+    ("/v1/deliveries", {"recipient_id": "x" * 201}, "validation_error"),
+    ("/v1/deliveries", {"template": ""}, "validation_error"),
+]
+
+
+async def test_bad_cursors_and_filters_are_refused(app: Harness) -> None:
+    for path, params, code in BAD_INPUT:
+        response = await app.client.get(path, params=params, headers=app.auth)
+        assert response.status_code == 422, (path, params, response.text)
+        error = response.json()["error"]
+        assert error["code"] == code, (path, params)
+        assert error["message"]
+        assert isinstance(error["details"], list)
+    # NUL in the query is refused at the edge, before any handler.
+    response = await app.client.get(
+        "/v1/deliveries", params={"recipient_id": "a\x00b"}, headers=app.auth
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_input"
 
 
 async def test_the_log_needs_the_read_scope(lite: Harness) -> None:

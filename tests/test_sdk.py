@@ -260,6 +260,16 @@ async def test_retries_honour_retry_after(tmp_path: Path) -> None:
         found = await app.client.get(f"/v1/notifications/{accepted.id}", headers=app.auth)
         assert found.json()["idempotency_key"] == "retried"
 
+        def sync_send() -> tuple[float, models.Accepted]:
+            with Clarion(api_key=app.key, base_url=url) as client:
+                started = time.monotonic()
+                sent = client.notifications.send(template="order", to="u-1")
+                return time.monotonic() - started, sent
+
+        waited, sent = await in_thread(sync_send)
+        assert waited >= 0.5  # the sync client waits out the 429 the same way
+        assert sent.status == "accepted"
+
 
 async def test_webhook_signatures_verify(lite: Harness, server: str, sink: WebhookSink) -> None:
     await _setup(lite, sink)

@@ -164,6 +164,64 @@ async def test_async_client_covers_every_resource(lite: Harness, server: str) ->
             await client.recipients.get("u-2")
 
 
+async def test_configuration_resources(lite: Harness, server: str) -> None:
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        category = await client.categories.put("news", default_channels=["email"], max_per_hour=5)
+        assert (category.name, category.max_per_hour, category.built_in) == ("news", 5, False)
+        assert (await client.categories.get("security")).critical is True
+        names = [c.name async for c in client.categories.list(page_size=2)]
+        assert names == sorted(names)
+        assert {"news", "marketing", "security", "transactional"} <= set(names)
+
+        provider = await client.providers.put(
+            "capture", channel="email", kind="sandbox", priority=2, rate_limit_per_second=50
+        )
+        assert (provider.kind, provider.priority, provider.enabled) == ("sandbox", 2, True)
+        assert (await client.providers.get("capture")).rate_limit_per_second == 50
+        assert [p.name async for p in client.providers.list()] == ["capture"]
+        await client.providers.delete("capture")
+        with pytest.raises(NotFoundError):
+            await client.providers.get("capture")
+        with pytest.raises(UnprocessableError):
+            await client.providers.put("bad", channel="email", kind="carrier-pigeon")
+
+        hook = await client.webhooks.put(
+            "ops", url="https://hooks.example.com/clarion", events=["delivery.failed"]
+        )
+        assert len(hook.secret) >= 16  # made by Clarion, shown this once
+        assert (await client.webhooks.get("ops")).secret == "***"
+        assert [w.name async for w in client.webhooks.list()] == ["ops"]
+        await client.webhooks.delete("ops")
+        with pytest.raises(NotFoundError):
+            await client.webhooks.delete("ops")
+
+
+async def test_dead_letters_and_sandbox(lite: Harness, server: str, sink: WebhookSink) -> None:
+    sink.respond = lambda _: 500
+    await _setup(lite, sink)
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        email = await client.notifications.send(template="order", to="u-1", data={"orderId": 1})
+        failing = await client.notifications.send(template="hook", to="hooked", data={"orderId": 2})
+        await lite.drain()
+        [captured] = [m async for m in client.sandbox.messages(channel="email")]
+        assert captured.recipient_id == "u-1"
+        assert captured.content["subject"] == "Order 1"
+        assert (await client.notifications.get(email.id)).status == "completed"
+
+        [dead] = [d async for d in client.dead_letters.list(channel="webhook")]
+        assert dead.notification_id == failing.id
+        assert dead.status == "dead"
+        sink.respond = lambda _: 200
+        replayed = await client.dead_letters.replay(dead.id)
+        assert replayed.status == "queued"
+        with pytest.raises(ConflictError) as not_dead:
+            await client.dead_letters.replay(dead.id)
+        assert not_dead.value.code == "not_dead"
+        await lite.drain()
+        assert (await client.deliveries.get(dead.id)).status == "sent"
+        assert (await client.dead_letters.replay_matching()).replayed == 0
+
+
 async def test_pagination_iterates_every_page(lite: Harness, server: str) -> None:
     await _setup(lite)
     async with AsyncClarion(api_key=lite.key, base_url=server) as client:

@@ -316,3 +316,150 @@ def preview_template(
     )
     path = f"/v1/templates/{_seg(name)}/preview"
     return Call("POST", path, m.TemplatePreview.model_validate, None, body)
+
+
+# Categories ------------------------------------------------------------------------------
+
+
+def put_category(
+    name: str,
+    *,
+    critical: bool = False,
+    default_channels: Sequence[m.Channel] | None = None,
+    digest: Mapping[str, Any] | None = None,
+    max_per_hour: int | None = None,
+) -> Call[m.Category]:
+    """Create or replace a category's policy."""
+    body = _query(
+        critical=critical,
+        default_channels=list(default_channels) if default_channels is not None else None,
+        digest=dict(digest) if digest is not None else None,
+        max_per_hour=max_per_hour,
+    )
+    return Call("PUT", f"/v1/categories/{_seg(name)}", m.Category.model_validate, None, body)
+
+
+def get_category(name: str) -> Call[m.Category]:
+    return Call("GET", f"/v1/categories/{_seg(name)}", m.Category.model_validate)
+
+
+def list_categories(*, page_size: int | None = None) -> ListCall[m.Category]:
+    return ListCall("/v1/categories", m.Category, _query(limit=page_size))
+
+
+# Providers -------------------------------------------------------------------------------
+
+
+def put_provider(
+    name: str,
+    *,
+    channel: m.Channel,
+    kind: str,
+    config: Mapping[str, Any] | None = None,
+    priority: int = 1,
+    rate_limit_per_second: float | None = None,
+    enabled: bool = True,
+) -> Call[m.Provider]:
+    """Create or replace a provider; secrets in ``config`` are stored encrypted and shown
+    as ``"***"`` from then on."""
+    body = _query(
+        channel=channel,
+        kind=kind,
+        config=dict(config or {}),
+        priority=priority,
+        rate_limit_per_second=rate_limit_per_second,
+        enabled=enabled,
+    )
+    return Call("PUT", f"/v1/providers/{_seg(name)}", m.Provider.model_validate, None, body)
+
+
+def get_provider(name: str) -> Call[m.Provider]:
+    return Call("GET", f"/v1/providers/{_seg(name)}", m.Provider.model_validate)
+
+
+def list_providers(*, page_size: int | None = None) -> ListCall[m.Provider]:
+    return ListCall("/v1/providers", m.Provider, _query(limit=page_size))
+
+
+def delete_provider(name: str) -> Call[None]:
+    return Call("DELETE", f"/v1/providers/{_seg(name)}", _none)
+
+
+# Webhooks --------------------------------------------------------------------------------
+
+
+def put_webhook(
+    name: str,
+    *,
+    url: str,
+    events: Sequence[str],
+    secret: str | None = None,
+    enabled: bool = True,
+) -> Call[m.Webhook]:
+    """Create or replace a status webhook. Without ``secret`` for a new one, Clarion makes
+    one and shows it once, in this answer."""
+    body = _query(url=url, events=list(events), secret=secret, enabled=enabled)
+    return Call("PUT", f"/v1/webhooks/{_seg(name)}", m.Webhook.model_validate, None, body)
+
+
+def get_webhook(name: str) -> Call[m.Webhook]:
+    return Call("GET", f"/v1/webhooks/{_seg(name)}", m.Webhook.model_validate)
+
+
+def list_webhooks(*, page_size: int | None = None) -> ListCall[m.Webhook]:
+    return ListCall("/v1/webhooks", m.Webhook, _query(limit=page_size))
+
+
+def delete_webhook(name: str) -> Call[None]:
+    return Call("DELETE", f"/v1/webhooks/{_seg(name)}", _none)
+
+
+# Dead letters ----------------------------------------------------------------------------
+
+
+def list_dead_letters(
+    *,
+    channel: str | None = None,
+    provider: str | None = None,
+    after: datetime | None = None,
+    before: datetime | None = None,
+    page_size: int | None = None,
+) -> ListCall[m.DeadLetter]:
+    """Deliveries out of attempts, newest first (scope ``admin``)."""
+    params = _query(channel=channel, provider=provider, after=after, before=before, limit=page_size)
+    return ListCall("/v1/dead-letters", m.DeadLetter, params)
+
+
+def replay_dead_letter(
+    delivery_id: str, *, idempotency_key: str | None = None
+) -> Call[m.DeadLetter]:
+    """Queue one dead delivery again."""
+    path = f"/v1/dead-letters/{_seg(delivery_id)}/replay"
+    key = idempotency_key or new_idempotency_key()
+    return Call("POST", path, m.DeadLetter.model_validate, None, None, key)
+
+
+def replay_dead_letters(
+    *,
+    channel: str | None = None,
+    provider: str | None = None,
+    after: datetime | None = None,
+    before: datetime | None = None,
+    limit: int | None = None,
+    idempotency_key: str | None = None,
+) -> Call[m.ReplayResult]:
+    """Queue again the dead deliveries that match (all of them without filters)."""
+    body = _query(channel=channel, provider=provider, after=after, before=before, limit=limit)
+    key = idempotency_key or new_idempotency_key()
+    return Call("POST", "/v1/dead-letters/replay", m.ReplayResult.model_validate, None, body, key)
+
+
+# Sandbox ---------------------------------------------------------------------------------
+
+
+def list_sandbox_messages(
+    *, channel: str | None = None, recipient_id: str | None = None, page_size: int | None = None
+) -> ListCall[m.SandboxMessage]:
+    """What the sandbox provider captured, newest first."""
+    params = _query(channel=channel, recipient_id=recipient_id, limit=page_size)
+    return ListCall("/v1/sandbox/messages", m.SandboxMessage, params)

@@ -154,6 +154,36 @@ class Templates(_SyncResource):
     preview = _sync(calls.preview_template)
 
 
+class Categories(_SyncResource):
+    put = _sync(calls.put_category)
+    get = _sync(calls.get_category)
+    list = _sync_list(calls.list_categories)
+
+
+class Providers(_SyncResource):
+    put = _sync(calls.put_provider)
+    get = _sync(calls.get_provider)
+    list = _sync_list(calls.list_providers)
+    delete = _sync(calls.delete_provider)
+
+
+class Webhooks(_SyncResource):
+    put = _sync(calls.put_webhook)
+    get = _sync(calls.get_webhook)
+    list = _sync_list(calls.list_webhooks)
+    delete = _sync(calls.delete_webhook)
+
+
+class DeadLetters(_SyncResource):
+    list = _sync_list(calls.list_dead_letters)
+    replay = _sync(calls.replay_dead_letter)
+    replay_matching = _sync(calls.replay_dead_letters)
+
+
+class Sandbox(_SyncResource):
+    messages = _sync_list(calls.list_sandbox_messages)
+
+
 class Clarion(_Base):
     """A blocking client. ``Clarion(api_key=..., base_url=...)``; close it (or use it as a
     context manager) to release its connections."""
@@ -174,6 +204,11 @@ class Clarion(_Base):
         self.deliveries = Deliveries(self)
         self.recipients = Recipients(self)
         self.templates = Templates(self)
+        self.categories = Categories(self)
+        self.providers = Providers(self)
+        self.webhooks = Webhooks(self)
+        self.dead_letters = DeadLetters(self)
+        self.sandbox = Sandbox(self)
 
     def run(self, call: calls.Call[R]) -> R:
         """Send one request, retrying as the policy says, and read its answer."""
@@ -285,6 +320,36 @@ class AsyncTemplates(_AsyncResource):
     preview = _async(calls.preview_template)
 
 
+class AsyncCategories(_AsyncResource):
+    put = _async(calls.put_category)
+    get = _async(calls.get_category)
+    list = _async_list(calls.list_categories)
+
+
+class AsyncProviders(_AsyncResource):
+    put = _async(calls.put_provider)
+    get = _async(calls.get_provider)
+    list = _async_list(calls.list_providers)
+    delete = _async(calls.delete_provider)
+
+
+class AsyncWebhooks(_AsyncResource):
+    put = _async(calls.put_webhook)
+    get = _async(calls.get_webhook)
+    list = _async_list(calls.list_webhooks)
+    delete = _async(calls.delete_webhook)
+
+
+class AsyncDeadLetters(_AsyncResource):
+    list = _async_list(calls.list_dead_letters)
+    replay = _async(calls.replay_dead_letter)
+    replay_matching = _async(calls.replay_dead_letters)
+
+
+class AsyncSandbox(_AsyncResource):
+    messages = _async_list(calls.list_sandbox_messages)
+
+
 class AsyncClarion(_Base):
     """The asyncio client: the same resources as :class:`Clarion`, awaited."""
 
@@ -304,6 +369,11 @@ class AsyncClarion(_Base):
         self.deliveries = AsyncDeliveries(self)
         self.recipients = AsyncRecipients(self)
         self.templates = AsyncTemplates(self)
+        self.categories = AsyncCategories(self)
+        self.providers = AsyncProviders(self)
+        self.webhooks = AsyncWebhooks(self)
+        self.dead_letters = AsyncDeadLetters(self)
+        self.sandbox = AsyncSandbox(self)
 
     async def run(self, call: calls.Call[R]) -> R:
         """Send one request, retrying as the policy says, and read its answer."""

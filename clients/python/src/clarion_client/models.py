@@ -191,6 +191,58 @@ class TemplatePreview(Model):
     channels: dict[str, dict[str, Any]]
 
 
+class Category(Model):
+    name: str
+    critical: bool
+    default_channels: list[str] | None
+    digest: dict[str, Any] | None
+    max_per_hour: int | None
+    built_in: bool
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+class Provider(Model):
+    name: str
+    channel: str
+    kind: str
+    config: dict[str, Any]
+    priority: int
+    rate_limit_per_second: float | None
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class Webhook(Model):
+    name: str
+    url: str
+    events: list[str]
+    secret: str
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeadLetter(Delivery):
+    notification_id: str
+
+
+class ReplayResult(Model):
+    replayed: int
+    more: bool
+
+
+class SandboxMessage(Model):
+    id: str
+    delivery_id: str
+    channel: str
+    recipient_id: str
+    to: Any = None
+    content: dict[str, Any]
+    created_at: datetime
+
+
 class Page(BaseModel, Generic[T]):
     """One page of a list."""
 
@@ -217,4 +269,10 @@ SCHEMAS: dict[type[BaseModel], str] = {
     Template: "TemplateVersionOut",
     TemplateSummary: "TemplateSummary",
     TemplatePreview: "TemplatePreviewOut",
+    Category: "CategoryOut",
+    Provider: "ProviderOut",
+    Webhook: "WebhookOut",
+    DeadLetter: "DeadLetter",
+    ReplayResult: "ReplayResult",
+    SandboxMessage: "SandboxMessage",
 }

@@ -32,6 +32,15 @@ ERROR_SCHEMA: dict[str, Any] = {
             },
         }
     },
+    "examples": [
+        {
+            "error": {
+                "code": "validation_error",
+                "message": "the request is not valid",
+                "details": [{"field": "to", "message": "Field required", "type": "missing"}],
+            }
+        }
+    ],
 }
 _DESCRIPTIONS = {
     "400": "Malformed input (`bad_request`, `invalid_input`)",

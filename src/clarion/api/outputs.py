@@ -104,6 +104,11 @@ class NotificationPage(BaseModel):
 
 
 class NotificationAccepted(_Out):
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [{"id": "ntf_01m8a0f3x5k2", "status": "accepted"}]},
+    )
+
     id: str
     status: str = Field(description="accepted | scheduled")
 

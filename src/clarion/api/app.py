@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from clarion import __version__
-from clarion.api import errors
+from clarion.api import errors, openapi
 from clarion.api.auth import KeyCache
 from clarion.api.inbox_cors import InboxCors
 from clarion.api.limits import EdgeGuard
@@ -16,6 +16,7 @@ from clarion.api.routes import (
     inbox,
     inbox_live,
     inbox_web,
+    message_log,
     notifications,
     provider_callbacks,
     provider_health,
@@ -49,11 +50,17 @@ the server: headers within 10 s and 64 KiB (else 408 `request_timeout`, 431
 
 
 def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
-    app = FastAPI(title="Clarion", version=__version__, description=DESCRIPTION)
+    app = FastAPI(
+        title="Clarion",
+        version=__version__,
+        description=DESCRIPTION,
+        generate_unique_id_function=openapi.operation_id,
+    )
     app.state.ctx = ctx
     app.state.intake = intake
     app.state.keys = KeyCache()
     errors.install(app)
+    openapi.install(app)
     for module in (
         health,
         notifications,
@@ -72,6 +79,7 @@ def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
     app.include_router(inbox.router)
     app.include_router(inbox_live.router)
     app.include_router(inbox_web.router)
+    app.include_router(message_log.router)
     app.add_middleware(
         EdgeGuard,
         body_timeout=ctx.settings.http_body_timeout,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from clarion.errors import Forbidden, Unauthorized
 from clarion.security.inbox_tokens import looks_like_token
@@ -51,12 +53,24 @@ def bearer(request: Request) -> str:
     return token.strip()
 
 
-def require(scope: str, *others: str) -> Callable[[Request], Awaitable[Principal]]:
+# Declares the scheme in the OpenAPI document; the key is read and checked below (with
+# Clarion's own error bodies, so FastAPI's auto_error is off).
+API_KEY = HTTPBearer(
+    scheme_name="HTTPBearer",
+    description="An API key: `Authorization: Bearer <key>`",
+    auto_error=False,
+)
+Declared = Annotated[HTTPAuthorizationCredentials | None, Depends(API_KEY)]
+
+
+def require(
+    scope: str, *others: str
+) -> Callable[[Request, HTTPAuthorizationCredentials | None], Awaitable[Principal]]:
     """A dependency that authenticates the request and checks a scope (any one of
     ``scope`` and ``others``)."""
     allowed = (scope, *others)
 
-    async def dependency(request: Request) -> Principal:
+    async def dependency(request: Request, _declared: Declared) -> Principal:
         keys: KeyCache = request.app.state.keys
         secret = bearer(request)
         if looks_like_token(secret):

@@ -20,16 +20,25 @@ def request_hash(value: Any) -> str:
     return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+MAX_KEY = 255
+
+
+def header_key(request: Request) -> str | None:
+    """The request's ``Idempotency-Key``, if any; 422 if longer than a stored key can be."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and len(key) > MAX_KEY:
+        raise ValidationFailed(f"Idempotency-Key is longer than {MAX_KEY} characters")
+    return key or None
+
+
 async def idempotent(
     request: Request, tenant_id: str, scope: str, body: Any, handler: Handler
 ) -> JSONResponse:
     """Run ``handler`` once per key; repeats with the same body get its stored response."""
-    key = request.headers.get("idempotency-key")
+    key = header_key(request)
     if not key:
         status, content = await handler()
         return JSONResponse(content, status_code=status)
-    if len(key) > 255:
-        raise ValidationFailed("Idempotency-Key is longer than 255 characters")
     engine = request.app.state.ctx.engine
     digest = request_hash(body)
     earlier = await store.claim(engine, tenant_id, key, scope, digest)

@@ -4,7 +4,10 @@ every tenant route."""
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from clarion.errors import Forbidden, Unauthorized
@@ -41,6 +44,15 @@ async def check(conn: HTTPConnection, token: str) -> RecipientClaims:
         raise Unauthorized(str(exc), code=code, headers=_CHALLENGE) from exc
 
 
-async def recipient(request: Request) -> RecipientClaims:
+# Declares the scheme in the OpenAPI document; the token is read and checked above.
+RECIPIENT_TOKEN = HTTPBearer(
+    scheme_name="RecipientToken",
+    description="A recipient token from `POST /v1/recipients/{id}/token` (the inbox only)",
+    auto_error=False,
+)
+Declared = Annotated[HTTPAuthorizationCredentials | None, Depends(RECIPIENT_TOKEN)]
+
+
+async def recipient(request: Request, _declared: Declared) -> RecipientClaims:
     """The dependency of the inbox's REST routes."""
     return await check(request, token_of(request))

@@ -108,7 +108,20 @@ class To(BaseModel):
 
 
 class NotificationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "template": "order_shipped",
+                    "to": {"recipient_id": "u-123"},
+                    "data": {"firstName": "Alex", "orderId": "ord_99482A"},
+                    "priority": "normal",
+                    "idempotency_key": "order-99482-shipped",
+                }
+            ]
+        },
+    )
 
     template: Name
     to: To
@@ -152,7 +165,20 @@ class WebPushSubscription(BaseModel):
 
 
 class RecipientIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "email": "alex@example.com",
+                    "phone": "+14155550100",
+                    "locale": "fr-CA",
+                    "timezone": "America/Toronto",
+                    "data": {"firstName": "Alex"},
+                }
+            ]
+        },
+    )
 
     email: Email | None = None
     phone: Phone | None = None
@@ -186,7 +212,25 @@ class RecipientBatchIn(BaseModel):
 
 
 class TemplateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "category": "transactional",
+                    "channels": {
+                        "email": {
+                            "subject": "Your order {{ orderId }} shipped",
+                            "html": "<p>Hello {{ firstName }}</p>",
+                            "text": "Hello {{ firstName }}",
+                        },
+                        "sms": {"text": "Order {{ orderId }} shipped"},
+                    },
+                    "locales": {"fr": {"email": {"subject": "Commande {{ orderId }} partie"}}},
+                }
+            ]
+        },
+    )
 
     category: Name = "transactional"
     channels: dict[Channel, dict[str, Any]] = Field(min_length=1)

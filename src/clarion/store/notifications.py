@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import new_id
-from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
+from clarion.domain.models import NotificationStatus
+from clarion.domain.outcome import aggregate_status
 from clarion.errors import ApiError, Conflict, ValidationFailed
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.intake import IntakeTx, Stored, intake_tx
@@ -272,14 +273,9 @@ async def get_with_deliveries(
             .mappings()
             .all()
         )
+        totals = await _totals(conn, notification_id)
     items = [delivery_to_public(r) for r in rows[:limit]]
-    status = row["status"]
-    if (
-        status == NotificationStatus.PROCESSING
-        and all(d["status"] in TERMINAL_STATUSES for d in items)
-        and len(rows) <= limit
-    ):
-        status = outcome_of([d["status"] for d in items])
+    status = aggregate_status(row["status"], totals)
     return {
         "id": row["id"],
         "status": status,
@@ -294,6 +290,7 @@ async def get_with_deliveries(
         "created_at": as_utc(row["created_at"]),
         "deliveries": items,
         "deliveries_truncated": len(rows) > limit,
+        "totals": totals,
     }
 
 
@@ -310,17 +307,12 @@ async def fail_unplannable(engine: AsyncEngine, notification_id: str) -> None:
         await delete_outbox(conn, [notification_id])
 
 
-_FAILURES = frozenset({DeliveryStatus.FAILED, DeliveryStatus.DEAD})
-_SUCCESSES = frozenset({DeliveryStatus.SENT, DeliveryStatus.DELIVERED})
-
-
-def outcome_of(statuses: list[str]) -> NotificationStatus:
-    """A finished notification's status from its deliveries' final ones: ``completed`` when
-    none failed (each sent, delivered or deliberately suppressed), ``failed`` when some
-    failed and none succeeded, ``partial`` for a mix."""
-    failed = any(s in _FAILURES for s in statuses)
-    if not failed:
-        return NotificationStatus.COMPLETED
-    if any(s in _SUCCESSES for s in statuses):
-        return NotificationStatus.PARTIAL
-    return NotificationStatus.FAILED
+async def _totals(conn: AsyncConnection, notification_id: str) -> dict[str, int]:
+    """How many of the notification's deliveries are in each status."""
+    d = deliveries
+    query = (
+        select(d.c.status, func.count())
+        .where(d.c.notification_id == notification_id)
+        .group_by(d.c.status)
+    )
+    return {status: count for status, count in (await conn.execute(query)).all()}

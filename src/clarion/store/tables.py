@@ -297,12 +297,56 @@ categories = Table(
     _ts("updated_at", nullable=False),
 )
 
-# Erasure and export find a recipient's deliveries and sandbox captures by these.
-Index("ix_deliveries_tenant_id_recipient_id", deliveries.c.tenant_id, deliveries.c.recipient_id)
+# Erasure and export find a recipient's deliveries and sandbox captures by these; the
+# message log lists a recipient's deliveries newest first by the first.
+Index(
+    "ix_deliveries_tenant_recipient_created",
+    deliveries.c.tenant_id,
+    deliveries.c.recipient_id,
+    deliveries.c.created_at,
+    deliveries.c.id,
+)
 Index(
     "ix_sandbox_messages_tenant_id_recipient_id",
     sandbox_messages.c.tenant_id,
     sandbox_messages.c.recipient_id,
+)
+
+# The message log (store/message_log.py): each list, newest first, is a range of one of
+# these — unfiltered, or by status (and template for notifications) — read backwards from a
+# (created_at, id) cursor, so a page costs a page however large the tables grow.
+Index(
+    "ix_notifications_tenant_created",
+    notifications.c.tenant_id,
+    notifications.c.created_at,
+    notifications.c.id,
+)
+Index(
+    "ix_notifications_tenant_status_created",
+    notifications.c.tenant_id,
+    notifications.c.status,
+    notifications.c.created_at,
+    notifications.c.id,
+)
+Index(
+    "ix_notifications_tenant_template_created",
+    notifications.c.tenant_id,
+    notifications.c.template,
+    notifications.c.created_at,
+    notifications.c.id,
+)
+Index(
+    "ix_deliveries_tenant_created",
+    deliveries.c.tenant_id,
+    deliveries.c.created_at,
+    deliveries.c.id,
+)
+Index(
+    "ix_deliveries_tenant_status_created",
+    deliveries.c.tenant_id,
+    deliveries.c.status,
+    deliveries.c.created_at,
+    deliveries.c.id,
 )
 
 # A tenant's providers. `config` holds the settings with each secret field shown as "***";

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from clarion.api.auth import Principal, require
+from clarion.api.outputs import CategoryOut, CategoryPage
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import CategoryIn
 from clarion.errors import NotFound
@@ -28,6 +29,7 @@ CategoryPath = Annotated[str, Path(min_length=1, max_length=100, pattern=NAME_PA
         "its policy, but `security` stays critical (422 otherwise). `digest.window` is a "
         "duration from `1m` to `7d` (`s`, `m`, `h`, `d` units)."
     ),
+    response_model=CategoryOut,
 )
 async def put(
     request: Request, principal: Manager, name: CategoryPath, body: CategoryIn
@@ -40,7 +42,7 @@ async def put(
     return JSONResponse(found)
 
 
-@router.get("/{name}", summary="A category")
+@router.get("/{name}", summary="A category", response_model=CategoryOut)
 async def get(request: Request, principal: Reader, name: CategoryPath) -> JSONResponse:
     found = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
     if found is None:
@@ -48,7 +50,9 @@ async def get(request: Request, principal: Reader, name: CategoryPath) -> JSONRe
     return JSONResponse(found)
 
 
-@router.get("", summary="The tenant's categories, built-ins included, by name")
+@router.get(
+    "", summary="The tenant's categories, built-ins included, by name", response_model=CategoryPage
+)
 async def list_categories(
     request: Request,
     principal: Reader,

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clarion.api.auth import Principal, require
 from clarion.api.idempotency import idempotent
+from clarion.api.outputs import DeadLetter, DeadLetterPage, ReplayResult
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import AwareDatetime, Name, utc_timestamp
 from clarion.domain.delivery import Delivery
@@ -64,7 +65,7 @@ def _cursor(text: str | None) -> store.Cursor | None:
         ) from exc
 
 
-@router.get("", summary="Dead deliveries, newest first")
+@router.get("", summary="Dead deliveries, newest first", response_model=DeadLetterPage)
 async def list_dead_letters(
     request: Request,
     principal: Admin,
@@ -97,7 +98,12 @@ async def _publish(ctx: Context, rows: list[dict[str, Any]]) -> None:
     ctx.made_progress()
 
 
-@router.post("/replay", status_code=202, summary="Replay the dead deliveries that match")
+@router.post(
+    "/replay",
+    status_code=202,
+    summary="Replay the dead deliveries that match",
+    response_model=ReplayResult,
+)
 async def replay_matching(
     request: Request, principal: Admin, body: ReplayFilter | None = None
 ) -> JSONResponse:
@@ -125,7 +131,12 @@ async def replay_matching(
     )
 
 
-@router.post("/{delivery_id}/replay", status_code=202, summary="Replay one dead delivery")
+@router.post(
+    "/{delivery_id}/replay",
+    status_code=202,
+    summary="Replay one dead delivery",
+    response_model=DeadLetter,
+)
 async def replay_one(
     request: Request,
     principal: Admin,

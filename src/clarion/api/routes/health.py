@@ -8,18 +8,19 @@ from fastapi import APIRouter, Request
 from sqlalchemy import text
 
 from clarion.api.errors import error_response
+from clarion.api.outputs import Health, Ready
 from clarion.api.responses import JSONResponse
 
 router = APIRouter(tags=["operations"])
 _CHECK_TIMEOUT = 3.0
 
 
-@router.get("/healthz", summary="The process is alive")
+@router.get("/healthz", summary="The process is alive", response_model=Health)
 async def healthz() -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz", summary="The database and the broker answer")
+@router.get("/readyz", summary="The database and the broker answer", response_model=Ready)
 async def readyz(request: Request) -> JSONResponse:
     ctx = request.app.state.ctx
     checks: dict[str, str] = {}

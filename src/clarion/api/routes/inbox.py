@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict
 
 from clarion.api.inbox_auth import recipient
+from clarion.api.outputs import InboxCounts, InboxMessage, InboxPage, Updated
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import AwareDatetime
 from clarion.errors import NotFound, ValidationFailed
@@ -56,6 +57,7 @@ def _cursor(text: str | None) -> store.Cursor | None:
         "`status`: `unread`, `read`, `archived`, or `all`; without it, everything not "
         "archived. Snoozed messages are left out until their time comes."
     ),
+    response_model=InboxPage,
 )
 async def list_inbox(
     request: Request,
@@ -78,17 +80,21 @@ async def list_inbox(
     )
 
 
-@router.get("/count", summary="Unread, unseen and total messages (archived and snoozed apart)")
+@router.get(
+    "/count",
+    summary="Unread, unseen and total messages (archived and snoozed apart)",
+    response_model=InboxCounts,
+)
 async def count(request: Request, who: Reader) -> JSONResponse:
     return JSONResponse(await store.counts(_gate(request).engine, who.tenant_id, who.recipient_id))
 
 
-@router.post("/read-all", summary="Mark every unread message read")
+@router.post("/read-all", summary="Mark every unread message read", response_model=Updated)
 async def read_all(request: Request, who: Reader) -> JSONResponse:
     return await _change_all(request, who, "read")
 
 
-@router.post("/archive-read", summary="Archive every read message")
+@router.post("/archive-read", summary="Archive every read message", response_model=Updated)
 async def archive_read(request: Request, who: Reader) -> JSONResponse:
     return await _change_all(request, who, "archive")
 
@@ -101,7 +107,11 @@ async def _change_all(request: Request, who: Reader, action: str) -> JSONRespons
     return JSONResponse({"updated": changed})
 
 
-@router.post("/{message_id}/snooze", summary="Hide a message until a time; it comes back then")
+@router.post(
+    "/{message_id}/snooze",
+    summary="Hide a message until a time; it comes back then",
+    response_model=InboxMessage,
+)
 async def snooze(
     request: Request, who: Reader, message_id: MessageId, body: SnoozeIn
 ) -> JSONResponse:
@@ -121,7 +131,9 @@ async def snooze(
 
 
 @router.post(
-    "/{message_id}/{action}", summary="Mark one message read, unread, seen, archived or not"
+    "/{message_id}/{action}",
+    summary="Mark one message read, unread, seen, archived or not",
+    response_model=InboxMessage,
 )
 async def change(
     request: Request, who: Reader, message_id: MessageId, action: Action

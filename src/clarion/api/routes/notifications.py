@@ -9,7 +9,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from clarion.api.auth import Principal, require
 from clarion.api.errors import api_error_response, describe_validation, error_body
-from clarion.api.idempotency import idempotent, request_hash
+from clarion.api.idempotency import header_key, idempotent, request_hash
+from clarion.api.outputs import BatchResults, NotificationAccepted, NotificationDetail
 from clarion.api.quota import charge_intake
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import MAX_BATCH, NotificationBatchIn, NotificationIn
@@ -56,9 +57,14 @@ def _accepted(outcome: store.Accepted) -> dict[str, Any]:
     return {"id": outcome.id, "status": status}
 
 
-@router.post("", status_code=202, summary="Accept one notification")
+@router.post(
+    "",
+    status_code=202,
+    summary="Accept one notification",
+    response_model=NotificationAccepted,
+)
 async def create(request: Request, principal: Sender, item: NotificationIn) -> JSONResponse:
-    new = to_new(principal.tenant_id, item, request.headers.get("idempotency-key"))
+    new = to_new(principal.tenant_id, item, header_key(request))
     limits = await charge_intake(request, principal.tenant_id, 1)
     [outcome] = await _intake(request).accept([new])
     if isinstance(outcome, ApiError):
@@ -87,7 +93,12 @@ def _parse_items(
     return news, positions, refused
 
 
-@router.post("/batch", status_code=202, summary="Accept up to 1,000 notifications")
+@router.post(
+    "/batch",
+    status_code=202,
+    summary="Accept up to 1,000 notifications",
+    response_model=BatchResults,
+)
 async def create_batch(
     request: Request, principal: Sender, batch: NotificationBatchIn
 ) -> JSONResponse:
@@ -117,7 +128,11 @@ async def create_batch(
     return limits.apply(response)
 
 
-@router.get("/{notification_id}", summary="A notification and its deliveries")
+@router.get(
+    "/{notification_id}",
+    summary="A notification and its deliveries",
+    response_model=NotificationDetail,
+)
 async def get(request: Request, principal: Reader, notification_id: str) -> JSONResponse:
     found = await store.get_with_deliveries(
         request.app.state.ctx.engine, principal.tenant_id, notification_id

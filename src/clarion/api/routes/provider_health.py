@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from clarion.api.auth import Principal, require
+from clarion.api.outputs import ProviderHealth
 from clarion.api.responses import JSONResponse
 from clarion.pipeline.context import Context
 
@@ -14,7 +15,11 @@ router = APIRouter(prefix="/v1/health", tags=["providers"])
 Reader = Annotated[Principal, Depends(require("read"))]
 
 
-@router.get("/providers", summary="Circuit breaker state of each provider that sent lately")
+@router.get(
+    "/providers",
+    summary="Circuit breaker state of each provider that sent lately",
+    response_model=ProviderHealth,
+)
 async def provider_health(request: Request, principal: Reader) -> JSONResponse:
     """Each provider of the tenant that has been called: ``state`` is ``closed``, ``open``
     or ``half_open``; ``failure_rate`` and ``calls`` cover the breaker's rolling window;

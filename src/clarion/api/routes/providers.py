@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clarion.api.auth import Principal, require
 from clarion.api.errors import describe_validation
+from clarion.api.outputs import ProviderOut, ProviderPage
 from clarion.api.responses import JSONResponse
 from clarion.domain.models import Channel
 from clarion.errors import NotFound, ValidationFailed
@@ -115,6 +116,7 @@ def _validated(kind: str, config: dict[str, Any]) -> dict[str, Any]:
         "built-in providers' names and cannot be used. Without a secret key in the "
         "deployment, a provider with credentials is refused with 503 `secret_key_missing`."
     ),
+    response_model=ProviderOut,
 )
 async def put(
     request: Request, principal: Manager, name: ProviderName, body: ProviderIn
@@ -140,7 +142,7 @@ async def put(
     return JSONResponse(row.public())
 
 
-@router.get("/{name}", summary="A provider (secrets shown as ***)")
+@router.get("/{name}", summary="A provider (secrets shown as ***)", response_model=ProviderOut)
 async def get(request: Request, principal: Reader, name: ProviderName) -> JSONResponse:
     row = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
     if row is None:
@@ -148,7 +150,7 @@ async def get(request: Request, principal: Reader, name: ProviderName) -> JSONRe
     return JSONResponse(row.public())
 
 
-@router.get("", summary="The tenant's providers, by name")
+@router.get("", summary="The tenant's providers, by name", response_model=ProviderPage)
 async def list_providers(
     request: Request,
     principal: Reader,

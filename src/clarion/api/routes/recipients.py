@@ -10,6 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from clarion.api.auth import Principal, require
 from clarion.api.errors import describe_validation, error_body
 from clarion.api.idempotency import idempotent
+from clarion.api.outputs import (
+    BatchResults,
+    PreferencesOut,
+    RecipientExport,
+    RecipientOut,
+    RecipientToken,
+)
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import (
     MAX_BATCH,
@@ -34,7 +41,7 @@ Reader = Annotated[Principal, Depends(require("read"))]
 RecipientPath = Annotated[str, Path(min_length=1, max_length=200)]
 
 
-@router.put("/{recipient_id}", summary="Create or replace a recipient")
+@router.put("/{recipient_id}", summary="Create or replace a recipient", response_model=RecipientOut)
 async def put(
     request: Request, principal: Manager, recipient_id: RecipientPath, body: RecipientIn
 ) -> JSONResponse:
@@ -45,7 +52,7 @@ async def put(
     return JSONResponse(found)
 
 
-@router.get("/{recipient_id}", summary="A recipient")
+@router.get("/{recipient_id}", summary="A recipient", response_model=RecipientOut)
 async def get(request: Request, principal: Reader, recipient_id: RecipientPath) -> JSONResponse:
     found = await store.get(request.app.state.ctx.engine, principal.tenant_id, recipient_id)
     if found is None:
@@ -53,7 +60,9 @@ async def get(request: Request, principal: Reader, recipient_id: RecipientPath) 
     return JSONResponse(found)
 
 
-@router.post("/batch", summary="Create or replace up to 1,000 recipients")
+@router.post(
+    "/batch", summary="Create or replace up to 1,000 recipients", response_model=BatchResults
+)
 async def batch(request: Request, principal: Manager, body: RecipientBatchIn) -> JSONResponse:
     if len(body.recipients) > MAX_BATCH:
         raise ValidationFailed(
@@ -125,6 +134,7 @@ class TokenIn(BaseModel):
         "`clarion keys rotate-inbox-secret TENANT` or by erasing the recipient. Needs the "
         "`manage` or `send` scope."
     ),
+    response_model=RecipientToken,
 )
 async def token(
     request: Request, principal: Issuer, recipient_id: RecipientPath, body: TokenIn | None = None
@@ -145,6 +155,7 @@ async def token(
         f"the newest {erasure.EXPORT_LIMIT:,} of each list; `truncated` is true when a list "
         f"was cut."
     ),
+    response_model=RecipientExport,
 )
 async def export(request: Request, principal: Reader, recipient_id: RecipientPath) -> JSONResponse:
     found = await erasure.export(request.app.state.ctx.engine, principal.tenant_id, recipient_id)
@@ -153,7 +164,11 @@ async def export(request: Request, principal: Reader, recipient_id: RecipientPat
     return JSONResponse(found)
 
 
-@router.get("/{recipient_id}/preferences", summary="A recipient's preferences")
+@router.get(
+    "/{recipient_id}/preferences",
+    summary="A recipient's preferences",
+    response_model=PreferencesOut,
+)
 async def get_preferences(
     request: Request, principal: Reader, recipient_id: RecipientPath
 ) -> JSONResponse:
@@ -171,6 +186,7 @@ async def get_preferences(
         "A category's own setting wins over the channel-wide one; a critical category ignores "
         "both. Categories must exist (422 `unknown_category`)."
     ),
+    response_model=PreferencesOut,
 )
 async def put_preferences(
     request: Request, principal: Manager, recipient_id: RecipientPath, body: PreferencesIn

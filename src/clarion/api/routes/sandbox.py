@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from clarion.api.auth import Principal, require
+from clarion.api.outputs import SandboxPage
 from clarion.api.responses import JSONResponse
 from clarion.domain.models import Channel
 from clarion.store import messages as store
@@ -15,7 +16,9 @@ router = APIRouter(prefix="/v1/sandbox", tags=["sandbox"])
 Reader = Annotated[Principal, Depends(require("read"))]
 
 
-@router.get("/messages", summary="Messages captured by the sandbox provider")
+@router.get(
+    "/messages", summary="Messages captured by the sandbox provider", response_model=SandboxPage
+)
 async def list_messages(
     request: Request,
     principal: Reader,

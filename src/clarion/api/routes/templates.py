@@ -8,6 +8,13 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from clarion.api.auth import Principal, require
+from clarion.api.outputs import (
+    Page,
+    TemplatePage,
+    TemplatePreviewOut,
+    TemplateStored,
+    TemplateVersionOut,
+)
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import RecipientId, TemplateIn
 from clarion.domain.durations import duration_seconds
@@ -39,7 +46,11 @@ LocaleTag = Annotated[
 BUILT_IN_CATEGORIES = frozenset({"transactional", "marketing", "security"})
 
 
-@router.put("/{name}", summary="Store a new version of a template and make it active")
+@router.put(
+    "/{name}",
+    summary="Store a new version of a template and make it active",
+    response_model=TemplateStored,
+)
 async def put(
     request: Request, principal: Manager, name: TemplateName, body: TemplateIn
 ) -> JSONResponse:
@@ -113,7 +124,11 @@ def _fallbacks(body: TemplateIn, channels: dict[str, Any]) -> dict[str, str]:
     return fallbacks
 
 
-@router.get("/{name}", summary="The active version of a template, or the one asked for")
+@router.get(
+    "/{name}",
+    summary="The active version of a template, or the one asked for",
+    response_model=TemplateVersionOut,
+)
 async def get(
     request: Request,
     principal: Reader,
@@ -138,7 +153,7 @@ def _compiled(category: str, channels: dict[str, Any], locales: dict[str, Any]) 
         ) from exc
 
 
-@router.get("", summary="List templates by name (cursor-paginated)")
+@router.get("", summary="List templates by name (cursor-paginated)", response_model=TemplatePage)
 async def list_templates(
     request: Request,
     principal: Reader,
@@ -156,6 +171,7 @@ async def list_templates(
 @router.get(
     "/{name}/versions",
     summary="List a template's versions, newest first (an extension of the published API)",
+    response_model=Page,
 )
 async def list_versions(
     request: Request,
@@ -183,6 +199,7 @@ class RollbackIn(BaseModel):
 @router.post(
     "/{name}/rollback",
     summary="Make a stored version active again; answers with that version",
+    response_model=TemplateVersionOut,
 )
 async def rollback(
     request: Request, principal: Manager, name: TemplateName, body: RollbackIn
@@ -220,6 +237,7 @@ class PreviewIn(BaseModel):
         "other than the active one. A variable the data lacks is a 422 `missing_variable`; "
         "any other render failure a 422 `render_error`."
     ),
+    response_model=TemplatePreviewOut,
 )
 async def preview(
     request: Request, principal: Reader, name: TemplateName, body: PreviewIn

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy import select, update
 from starlette.responses import HTMLResponse, Response
 
+from clarion.api.outputs import Unsubscribed
 from clarion.api.responses import JSONResponse
 from clarion.errors import NotFound
 from clarion.security.unsubscribe import Unsubscribe, verify_token
@@ -55,7 +56,9 @@ def _page(title: str, text: str, form: str = "") -> HTMLResponse:
     return HTMLResponse(body, headers=_HEADERS)
 
 
-@router.get("/{token}", summary="The unsubscribe page (changes nothing)")
+@router.get(
+    "/{token}", summary="The unsubscribe page (changes nothing)", response_class=HTMLResponse
+)
 async def confirm_page(request: Request, token: Token) -> Response:
     target = await _target(request, token)
     category = html.escape(target.category)
@@ -67,7 +70,12 @@ async def confirm_page(request: Request, token: Token) -> Response:
     )
 
 
-@router.post("/{token}", summary="Unsubscribe from the link's category (RFC 8058 one-click)")
+@router.post(
+    "/{token}",
+    summary="Unsubscribe from the link's category (RFC 8058 one-click)",
+    response_model=Unsubscribed,
+    responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
+)
 async def unsubscribe(request: Request, token: Token) -> Response:
     target = await _target(request, token)
     if not await _turn_off(request, target):

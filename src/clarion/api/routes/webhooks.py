@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clarion.api.auth import Principal, require
+from clarion.api.outputs import WebhookOut, WebhookPage
 from clarion.api.responses import JSONResponse
 from clarion.errors import NotFound, ValidationFailed
 from clarion.pipeline.context import Context
@@ -109,6 +110,7 @@ async def _secret_of(
         "new webhook gets one made by Clarion, shown only in this response; an existing one "
         'keeps its secret (so does `"***"`).'
     ),
+    response_model=WebhookOut,
 )
 async def put(
     request: Request, principal: Manager, name: WebhookName, body: WebhookBody
@@ -130,7 +132,9 @@ async def put(
     return JSONResponse(row.public(secret if made and secret else MASK))
 
 
-@router.get("/{name}", summary="A status webhook (its secret shown as ***)")
+@router.get(
+    "/{name}", summary="A status webhook (its secret shown as ***)", response_model=WebhookOut
+)
 async def get(request: Request, principal: Manager, name: WebhookName) -> JSONResponse:
     row = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
     if row is None:
@@ -138,7 +142,7 @@ async def get(request: Request, principal: Manager, name: WebhookName) -> JSONRe
     return JSONResponse(row.public())
 
 
-@router.get("", summary="The tenant's status webhooks, by name")
+@router.get("", summary="The tenant's status webhooks, by name", response_model=WebhookPage)
 async def list_webhooks(
     request: Request,
     principal: Manager,

@@ -1,0 +1,465 @@
+"""Every operation as a plain description of its request (method, path, query, body) and
+of how to read its answer. The sync and async clients run the same descriptions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+from pydantic import BaseModel
+
+from clarion_client import models as m
+
+R = TypeVar("R")
+T = TypeVar("T", bound=BaseModel)
+Recipients = str | Sequence[str] | Mapping[str, Any] | m.To
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[R]):
+    method: str
+    path: str
+    parse: Callable[[Any], R]
+    params: dict[str, Any] | None = None
+    json: Any = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListCall(Generic[T]):
+    """A cursor-paginated list: ``page(cursor)`` is the call for one page."""
+
+    path: str
+    item: type[T]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def page(self, cursor: str | None) -> Call[m.Page[T]]:
+        params = dict(self.params)
+        if cursor is not None:
+            params["cursor"] = cursor
+        page_type = m.Page[self.item]  # type: ignore[name-defined]
+        return Call("GET", self.path, page_type.model_validate, params)
+
+
+def new_idempotency_key() -> str:
+    return f"py-{uuid.uuid4().hex}"
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _query(**params: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        if value is None:
+            continue
+        out[name] = value.isoformat() if isinstance(value, datetime) else value
+    return out
+
+
+def _none(_: Any) -> None:
+    return None
+
+
+def to_target(to: Recipients) -> m.To:
+    """``"u-1"`` → one recipient, ``["u-1", "u-2"]`` → several, or a mapping / ``To``."""
+    if isinstance(to, m.To):
+        return to
+    if isinstance(to, str):
+        return m.To(recipient_id=to)
+    if isinstance(to, Mapping):
+        return m.To.model_validate(dict(to))
+    return m.To(recipient_ids=list(to))
+
+
+def _body(model: BaseModel) -> Any:
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+# Notifications ---------------------------------------------------------------------------
+
+
+def send_notification(
+    *,
+    template: str,
+    to: Recipients,
+    data: Mapping[str, Any] | None = None,
+    priority: m.Priority = "normal",
+    channels: Sequence[m.Channel] | None = None,
+    send_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    idempotency_key: str | None = None,
+) -> Call[m.Accepted]:
+    """Accept one notification. Without ``idempotency_key`` one is made, so a retried
+    request never sends twice."""
+    request = m.NotificationRequest(
+        template=template,
+        to=to_target(to),
+        data=dict(data or {}),
+        priority=priority,
+        channels=list(channels) if channels is not None else None,
+        send_at=send_at,
+        expires_at=expires_at,
+    )
+    key = idempotency_key or new_idempotency_key()
+    return Call("POST", "/v1/notifications", m.Accepted.model_validate, None, _body(request), key)
+
+
+def send_batch(
+    notifications: Sequence[m.NotificationRequest | Mapping[str, Any]],
+    *,
+    idempotency_key: str | None = None,
+) -> Call[m.BatchResults]:
+    """Accept up to 1,000 notifications; each is accepted or refused on its own."""
+    items = [
+        _body(n if isinstance(n, m.NotificationRequest) else m.NotificationRequest(**n))
+        for n in notifications
+    ]
+    key = idempotency_key or new_idempotency_key()
+    return Call(
+        "POST",
+        "/v1/notifications/batch",
+        m.BatchResults.model_validate,
+        None,
+        {"notifications": items},
+        key,
+    )
+
+
+def get_notification(notification_id: str) -> Call[m.Notification]:
+    return Call("GET", f"/v1/notifications/{_seg(notification_id)}", m.Notification.model_validate)
+
+
+def list_notifications(
+    *,
+    status: str | None = None,
+    template: str | None = None,
+    recipient_id: str | None = None,
+    category: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    page_size: int | None = None,
+) -> ListCall[m.NotificationSummary]:
+    """The message log, newest first."""
+    params = _query(
+        status=status,
+        template=template,
+        recipient_id=recipient_id,
+        category=category,
+        created_after=created_after,
+        created_before=created_before,
+        limit=page_size,
+    )
+    return ListCall("/v1/notifications", m.NotificationSummary, params)
+
+
+# Deliveries ------------------------------------------------------------------------------
+
+
+def list_deliveries(
+    *,
+    status: str | None = None,
+    channel: str | None = None,
+    provider: str | None = None,
+    reason: str | None = None,
+    recipient_id: str | None = None,
+    notification_id: str | None = None,
+    template: str | None = None,
+    category: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    page_size: int | None = None,
+) -> ListCall[m.DeliveryListItem]:
+    """Deliveries across notifications, newest first."""
+    params = _query(
+        status=status,
+        channel=channel,
+        provider=provider,
+        reason=reason,
+        recipient_id=recipient_id,
+        notification_id=notification_id,
+        template=template,
+        category=category,
+        created_after=created_after,
+        created_before=created_before,
+        limit=page_size,
+    )
+    return ListCall("/v1/deliveries", m.DeliveryListItem, params)
+
+
+def get_delivery(delivery_id: str) -> Call[m.DeliveryDetail]:
+    """One delivery with its timeline of events."""
+    return Call("GET", f"/v1/deliveries/{_seg(delivery_id)}", m.DeliveryDetail.model_validate)
+
+
+# Recipients ------------------------------------------------------------------------------
+
+
+def put_recipient(
+    recipient_id: str,
+    *,
+    email: str | None = None,
+    phone: str | None = None,
+    locale: str | None = None,
+    timezone: str | None = None,
+    push_tokens: Sequence[Mapping[str, Any]] | None = None,
+    webpush: Sequence[Mapping[str, Any]] | None = None,
+    webhook_url: str | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> Call[m.Recipient]:
+    """Create or replace a recipient (fields left out are cleared)."""
+    body = _query(
+        email=email,
+        phone=phone,
+        locale=locale,
+        timezone=timezone,
+        push_tokens=[dict(t) for t in push_tokens] if push_tokens is not None else None,
+        webpush=[dict(w) for w in webpush] if webpush is not None else None,
+        webhook_url=webhook_url,
+        data=dict(data) if data is not None else None,
+    )
+    path = f"/v1/recipients/{_seg(recipient_id)}"
+    return Call("PUT", path, m.Recipient.model_validate, None, body)
+
+
+def get_recipient(recipient_id: str) -> Call[m.Recipient]:
+    return Call("GET", f"/v1/recipients/{_seg(recipient_id)}", m.Recipient.model_validate)
+
+
+def delete_recipient(recipient_id: str) -> Call[None]:
+    """Erase a recipient: contact data, inbox, preferences, topic memberships."""
+    return Call("DELETE", f"/v1/recipients/{_seg(recipient_id)}", _none)
+
+
+def get_preferences(recipient_id: str) -> Call[m.Preferences]:
+    path = f"/v1/recipients/{_seg(recipient_id)}/preferences"
+    return Call("GET", path, m.Preferences.model_validate)
+
+
+def put_preferences(
+    recipient_id: str,
+    *,
+    channels: Mapping[str, bool] | None = None,
+    categories: Mapping[str, Mapping[str, bool]] | None = None,
+    quiet_hours: Mapping[str, Any] | None = None,
+) -> Call[m.Preferences]:
+    body = _query(
+        channels=dict(channels) if channels is not None else None,
+        categories={k: dict(v) for k, v in categories.items()} if categories else None,
+        quiet_hours=dict(quiet_hours) if quiet_hours is not None else None,
+    )
+    path = f"/v1/recipients/{_seg(recipient_id)}/preferences"
+    return Call("PUT", path, m.Preferences.model_validate, None, body)
+
+
+def recipient_token(recipient_id: str, *, expires_in: int | None = None) -> Call[m.RecipientToken]:
+    """A token for the recipient's inbox (for an end user's browser or app)."""
+    path = f"/v1/recipients/{_seg(recipient_id)}/token"
+    body = _query(expires_in=expires_in)
+    return Call("POST", path, m.RecipientToken.model_validate, None, body)
+
+
+# Templates -------------------------------------------------------------------------------
+
+
+def put_template(
+    name: str,
+    *,
+    channels: Mapping[str, Any],
+    category: str | None = None,
+    locales: Mapping[str, Any] | None = None,
+) -> Call[m.TemplateStored]:
+    """Store a new version of a template and make it active."""
+    body = _query(
+        channels=dict(channels),
+        category=category,
+        locales=dict(locales) if locales is not None else None,
+    )
+    return Call("PUT", f"/v1/templates/{_seg(name)}", m.TemplateStored.model_validate, None, body)
+
+
+def get_template(name: str, *, version: int | None = None) -> Call[m.Template]:
+    params = _query(version=version)
+    return Call("GET", f"/v1/templates/{_seg(name)}", m.Template.model_validate, params)
+
+
+def list_templates(*, page_size: int | None = None) -> ListCall[m.TemplateSummary]:
+    return ListCall("/v1/templates", m.TemplateSummary, _query(limit=page_size))
+
+
+def rollback_template(name: str, *, version: int) -> Call[m.Template]:
+    path = f"/v1/templates/{_seg(name)}/rollback"
+    return Call("POST", path, m.Template.model_validate, None, {"version": version})
+
+
+def preview_template(
+    name: str,
+    *,
+    data: Mapping[str, Any] | None = None,
+    recipient_id: str | None = None,
+    locale: str | None = None,
+    channel: str | None = None,
+    version: int | None = None,
+) -> Call[m.TemplatePreview]:
+    """Render a template without sending anything."""
+    body = _query(
+        data=dict(data) if data is not None else None,
+        recipient_id=recipient_id,
+        locale=locale,
+        channel=channel,
+        version=version,
+    )
+    path = f"/v1/templates/{_seg(name)}/preview"
+    return Call("POST", path, m.TemplatePreview.model_validate, None, body)
+
+
+# Categories ------------------------------------------------------------------------------
+
+
+def put_category(
+    name: str,
+    *,
+    critical: bool = False,
+    default_channels: Sequence[m.Channel] | None = None,
+    digest: Mapping[str, Any] | None = None,
+    max_per_hour: int | None = None,
+) -> Call[m.Category]:
+    """Create or replace a category's policy."""
+    body = _query(
+        critical=critical,
+        default_channels=list(default_channels) if default_channels is not None else None,
+        digest=dict(digest) if digest is not None else None,
+        max_per_hour=max_per_hour,
+    )
+    return Call("PUT", f"/v1/categories/{_seg(name)}", m.Category.model_validate, None, body)
+
+
+def get_category(name: str) -> Call[m.Category]:
+    return Call("GET", f"/v1/categories/{_seg(name)}", m.Category.model_validate)
+
+
+def list_categories(*, page_size: int | None = None) -> ListCall[m.Category]:
+    return ListCall("/v1/categories", m.Category, _query(limit=page_size))
+
+
+# Providers -------------------------------------------------------------------------------
+
+
+def put_provider(
+    name: str,
+    *,
+    channel: m.Channel,
+    kind: str,
+    config: Mapping[str, Any] | None = None,
+    priority: int = 1,
+    rate_limit_per_second: float | None = None,
+    enabled: bool = True,
+) -> Call[m.Provider]:
+    """Create or replace a provider; secrets in ``config`` are stored encrypted and shown
+    as ``"***"`` from then on."""
+    body = _query(
+        channel=channel,
+        kind=kind,
+        config=dict(config or {}),
+        priority=priority,
+        rate_limit_per_second=rate_limit_per_second,
+        enabled=enabled,
+    )
+    return Call("PUT", f"/v1/providers/{_seg(name)}", m.Provider.model_validate, None, body)
+
+
+def get_provider(name: str) -> Call[m.Provider]:
+    return Call("GET", f"/v1/providers/{_seg(name)}", m.Provider.model_validate)
+
+
+def list_providers(*, page_size: int | None = None) -> ListCall[m.Provider]:
+    return ListCall("/v1/providers", m.Provider, _query(limit=page_size))
+
+
+def delete_provider(name: str) -> Call[None]:
+    return Call("DELETE", f"/v1/providers/{_seg(name)}", _none)
+
+
+# Webhooks --------------------------------------------------------------------------------
+
+
+def put_webhook(
+    name: str,
+    *,
+    url: str,
+    events: Sequence[str],
+    secret: str | None = None,
+    enabled: bool = True,
+) -> Call[m.Webhook]:
+    """Create or replace a status webhook. Without ``secret`` for a new one, Clarion makes
+    one and shows it once, in this answer."""
+    body = _query(url=url, events=list(events), secret=secret, enabled=enabled)
+    return Call("PUT", f"/v1/webhooks/{_seg(name)}", m.Webhook.model_validate, None, body)
+
+
+def get_webhook(name: str) -> Call[m.Webhook]:
+    return Call("GET", f"/v1/webhooks/{_seg(name)}", m.Webhook.model_validate)
+
+
+def list_webhooks(*, page_size: int | None = None) -> ListCall[m.Webhook]:
+    return ListCall("/v1/webhooks", m.Webhook, _query(limit=page_size))
+
+
+def delete_webhook(name: str) -> Call[None]:
+    return Call("DELETE", f"/v1/webhooks/{_seg(name)}", _none)
+
+
+# Dead letters ----------------------------------------------------------------------------
+
+
+def list_dead_letters(
+    *,
+    channel: str | None = None,
+    provider: str | None = None,
+    after: datetime | None = None,
+    before: datetime | None = None,
+    page_size: int | None = None,
+) -> ListCall[m.DeadLetter]:
+    """Deliveries out of attempts, newest first (scope ``admin``)."""
+    params = _query(channel=channel, provider=provider, after=after, before=before, limit=page_size)
+    return ListCall("/v1/dead-letters", m.DeadLetter, params)
+
+
+def replay_dead_letter(
+    delivery_id: str, *, idempotency_key: str | None = None
+) -> Call[m.DeadLetter]:
+    """Queue one dead delivery again."""
+    path = f"/v1/dead-letters/{_seg(delivery_id)}/replay"
+    key = idempotency_key or new_idempotency_key()
+    return Call("POST", path, m.DeadLetter.model_validate, None, None, key)
+
+
+def replay_dead_letters(
+    *,
+    channel: str | None = None,
+    provider: str | None = None,
+    after: datetime | None = None,
+    before: datetime | None = None,
+    limit: int | None = None,
+    idempotency_key: str | None = None,
+) -> Call[m.ReplayResult]:
+    """Queue again the dead deliveries that match (all of them without filters)."""
+    body = _query(channel=channel, provider=provider, after=after, before=before, limit=limit)
+    key = idempotency_key or new_idempotency_key()
+    return Call("POST", "/v1/dead-letters/replay", m.ReplayResult.model_validate, None, body, key)
+
+
+# Sandbox ---------------------------------------------------------------------------------
+
+
+def list_sandbox_messages(
+    *, channel: str | None = None, recipient_id: str | None = None, page_size: int | None = None
+) -> ListCall[m.SandboxMessage]:
+    """What the sandbox provider captured, newest first."""
+    params = _query(channel=channel, recipient_id=recipient_id, limit=page_size)
+    return ListCall("/v1/sandbox/messages", m.SandboxMessage, params)

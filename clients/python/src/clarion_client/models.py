@@ -1,0 +1,278 @@
+"""Typed requests and responses. Each response model has the fields the server's OpenAPI
+document gives its schema (a test checks them against ``/openapi.json``); fields a newer
+server adds are kept (``extra="allow"``), so an upgrade of the server never breaks this
+client."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# Requests -------------------------------------------------------------------------------
+
+
+class To(BaseModel):
+    """Exactly one of ``recipient_id``, ``recipient_ids`` or ``topic``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipient_id: str | None = None
+    recipient_ids: list[str] | None = None
+    topic: str | None = None
+
+
+Priority = Literal["critical", "high", "normal", "low"]
+Channel = Literal["email", "sms", "push", "webpush", "inapp", "webhook"]
+
+
+class NotificationRequest(BaseModel):
+    """The body of ``POST /v1/notifications`` (and each item of a batch)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    template: str
+    to: To
+    data: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = "normal"
+    channels: list[Channel] | None = None
+    send_at: datetime | None = None
+    expires_at: datetime | None = None
+    idempotency_key: str | None = None
+
+
+# Responses ------------------------------------------------------------------------------
+
+
+class ErrorInfo(Model):
+    code: str
+    message: str
+    details: list[Any] = Field(default_factory=list)
+
+
+class Accepted(Model):
+    """A notification accepted for delivery (202)."""
+
+    id: str
+    status: str
+
+
+class BatchItemError(Model):
+    error: ErrorInfo
+
+
+class BatchResults(Model):
+    """Per item, in request order: what was accepted, or why not."""
+
+    results: list[Accepted | BatchItemError]
+
+
+class Delivery(Model):
+    id: str
+    recipient_id: str | None
+    channel: str
+    provider: str | None
+    status: str
+    reason: str | None
+    attempts: int
+    last_error: str | None
+    provider_message_id: str | None = None
+    scheduled_for: datetime | None = None
+    created_at: datetime
+    updated_at: datetime | None = None
+    sent_at: datetime | None = None
+
+
+class DeliveryListItem(Delivery):
+    notification_id: str
+    category: str | None = None
+    priority: str | None = None
+
+
+class DeliveryEvent(Model):
+    type: str
+    at: datetime | None
+    provider: str | None = None
+    outcome: str | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    reason: str | None = None
+
+
+class DeliveryDetail(DeliveryListItem):
+    events: list[DeliveryEvent]
+
+
+class NotificationTo(Model):
+    recipient_ids: list[str] | None = None
+    topic: str | None = None
+
+
+class NotificationSummary(Model):
+    id: str
+    status: str
+    template: str
+    priority: str
+    to: NotificationTo
+    channels: list[str] | None
+    send_at: datetime | None
+    expires_at: datetime | None
+    idempotency_key: str | None
+    created_at: datetime
+    totals: dict[str, int] = Field(default_factory=dict)
+
+
+class Notification(NotificationSummary):
+    data: dict[str, Any]
+    deliveries: list[Delivery]
+    deliveries_truncated: bool = False
+
+
+class Recipient(Model):
+    id: str
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+    push_tokens: list[dict[str, Any]] | None = None
+    webpush: list[dict[str, Any]] | None = None
+    webhook_url: str | None = None
+    data: dict[str, Any] | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class RecipientToken(Model):
+    token: str
+    expires_at: datetime
+
+
+class Preferences(Model):
+    channels: dict[str, bool] = Field(default_factory=dict)
+    categories: dict[str, dict[str, bool]] = Field(default_factory=dict)
+    quiet_hours: dict[str, Any] | None = None
+
+
+class TemplateStored(Model):
+    name: str
+    version: int
+
+
+class Template(Model):
+    name: str
+    version: int
+    category: str
+    channels: dict[str, Any]
+    locales: dict[str, Any]
+    fallbacks: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime
+
+
+class TemplateSummary(Model):
+    name: str
+    active_version: int
+    latest_version: int
+    category: str
+    updated_at: datetime
+
+
+class TemplatePreview(Model):
+    name: str
+    version: int
+    locale: str | None
+    channels: dict[str, dict[str, Any]]
+
+
+class Category(Model):
+    name: str
+    critical: bool
+    default_channels: list[str] | None
+    digest: dict[str, Any] | None
+    max_per_hour: int | None
+    built_in: bool
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+class Provider(Model):
+    name: str
+    channel: str
+    kind: str
+    config: dict[str, Any]
+    priority: int
+    rate_limit_per_second: float | None
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class Webhook(Model):
+    name: str
+    url: str
+    events: list[str]
+    secret: str
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeadLetter(Delivery):
+    notification_id: str
+
+
+class ReplayResult(Model):
+    replayed: int
+    more: bool
+
+
+class SandboxMessage(Model):
+    id: str
+    delivery_id: str
+    channel: str
+    recipient_id: str
+    to: Any = None
+    content: dict[str, Any]
+    created_at: datetime
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list."""
+
+    data: list[T]
+    next_cursor: str | None
+
+
+# The server's OpenAPI schema each response model mirrors (checked by the test suite).
+SCHEMAS: dict[type[BaseModel], str] = {
+    NotificationRequest: "NotificationIn",
+    To: "To",
+    Accepted: "NotificationAccepted",
+    Notification: "NotificationDetail",
+    NotificationSummary: "NotificationSummary",
+    NotificationTo: "NotificationTo",
+    Delivery: "DeliveryOut",
+    DeliveryListItem: "DeliveryListItem",
+    DeliveryDetail: "DeliveryDetail",
+    DeliveryEvent: "DeliveryEvent",
+    Recipient: "RecipientOut",
+    RecipientToken: "RecipientToken",
+    Preferences: "PreferencesOut",
+    TemplateStored: "TemplateStored",
+    Template: "TemplateVersionOut",
+    TemplateSummary: "TemplateSummary",
+    TemplatePreview: "TemplatePreviewOut",
+    Category: "CategoryOut",
+    Provider: "ProviderOut",
+    Webhook: "WebhookOut",
+    DeadLetter: "DeadLetter",
+    ReplayResult: "ReplayResult",
+    SandboxMessage: "SandboxMessage",
+}

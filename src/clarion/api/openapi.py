@@ -1,0 +1,121 @@
+"""The published OpenAPI document: what FastAPI derives from the routes (with the bearer
+schemes of ``auth`` and ``inbox_auth``), plus what it cannot know — the real error body
+for every 4xx and 5xx, the ``Idempotency-Key`` header and stable operation ids
+(``<module>_<function>``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "Error",
+    "description": 'Every 4xx and 5xx answer: `{"error": {"code", "message", "details"}}`.',
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "details"],
+            "properties": {
+                "code": {
+                    "type": "string",
+                    "description": "Machine-readable: `validation_error`, `not_found`, ...",
+                    "examples": ["validation_error"],
+                },
+                "message": {"type": "string"},
+                "details": {"type": "array", "items": {}},
+            },
+        }
+    },
+    "examples": [
+        {
+            "error": {
+                "code": "validation_error",
+                "message": "the request is not valid",
+                "details": [{"field": "to", "message": "Field required", "type": "missing"}],
+            }
+        }
+    ],
+}
+_DESCRIPTIONS = {
+    "400": "Malformed input (`bad_request`, `invalid_input`)",
+    "401": "No API key, or not a valid one",
+    "403": "The key lacks the scope this operation needs",
+    "404": "No such object for this tenant",
+    "409": "Conflict (`idempotency_conflict`, ...)",
+    "413": "The request body is over 512 KiB",
+    "422": "The request is not valid (`validation_error` and more specific codes)",
+    "429": "Rate limited; `Retry-After` says when to try again",
+    "503": "Temporarily unavailable; `Retry-After` says when to try again",
+}
+_AUTHENTICATED = ("401", "403", "429", "503")
+# POSTs that create things and honour the header (see clarion.api.idempotency).
+IDEMPOTENT = {
+    "/v1/notifications",
+    "/v1/notifications/batch",
+    "/v1/recipients/batch",
+    "/v1/dead-letters/replay",
+    "/v1/dead-letters/{delivery_id}/replay",
+}
+IDEMPOTENCY_HEADER: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Repeating a request with the same key and body returns the original "
+    "response; the same key with another body is a 409 `idempotency_conflict`. Kept at "
+    "least 24 hours.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+
+
+def operation_id(route: APIRoute) -> str:
+    """``<router module>_<function name>``: stable while the code is."""
+    module = route.endpoint.__module__.rsplit(".", 1)[-1]
+    return f"{module}_{route.name}"
+
+
+def _document_errors(operation: dict[str, Any], path: str, method: str, secured: bool) -> None:
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    codes = {"400", "422"}
+    if secured:
+        codes.update(_AUTHENTICATED)
+    if "{" in path or secured:
+        codes.add("404")
+    if method in ("post", "put", "patch"):
+        codes.add("413")
+    for code in sorted(codes | {c for c in responses if c[0] in "45"}):
+        entry = responses.setdefault(code, {"description": _DESCRIPTIONS.get(code, "Error")})
+        entry["content"] = {"application/json": {"schema": ERROR_REF}}
+
+
+def build(app: FastAPI) -> dict[str, Any]:
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    schemas["Error"] = ERROR_SCHEMA
+    for path, item in schema.get("paths", {}).items():
+        for method, operation in item.items():
+            _document_errors(operation, path, method, bool(operation.get("security")))
+            if method == "post" and path in IDEMPOTENT:
+                parameters = operation.setdefault("parameters", [])
+                if not any(p.get("name") == "Idempotency-Key" for p in parameters):
+                    parameters.append(IDEMPOTENCY_HEADER)
+    return schema
+
+
+def install(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

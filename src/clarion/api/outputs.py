@@ -1,0 +1,335 @@
+"""Response models: what each operation answers, as published in ``/openapi.json``.
+
+Handlers build plain dicts and answer with :class:`~clarion.api.responses.JSONResponse`
+(orjson); these models document the shapes (and the SDK's models are checked against
+them), they are not run on the hot path.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(_Out):
+    code: str = Field(description="Machine-readable, e.g. `validation_error`, `not_found`")
+    message: str
+    details: list[Any] = Field(default_factory=list)
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx and 5xx answer."""
+
+    error: ErrorDetail
+
+
+class DeliveryOut(_Out):
+    id: str
+    recipient_id: str | None
+    channel: str
+    provider: str | None
+    status: str = Field(
+        description="scheduled | queued | sending | sent | delivered | failed | suppressed | dead"
+    )
+    reason: str | None
+    attempts: int
+    last_error: str | None
+    provider_message_id: str | None = None
+    scheduled_for: datetime | None = None
+    created_at: datetime
+    updated_at: datetime | None = None
+    sent_at: datetime | None = None
+
+
+class DeliveryListItem(DeliveryOut):
+    notification_id: str
+    category: str | None = None
+    priority: str | None = None
+
+
+class DeliveryEvent(_Out):
+    type: str = Field(
+        description="queued | scheduled | retry_scheduled | fallback | sent | delivered | "
+        "failed | dead | suppressed | replayed | cancelled"
+    )
+    at: datetime | None
+    provider: str | None = None
+    outcome: str | None = Field(None, description="success | failure | retry, or null")
+    latency_ms: float | None = None
+    error: str | None = None
+    reason: str | None = None
+
+
+class DeliveryDetail(DeliveryListItem):
+    events: list[DeliveryEvent]
+
+
+class DeliveryPage(BaseModel):
+    data: list[DeliveryListItem]
+    next_cursor: str | None
+
+
+class NotificationTo(_Out):
+    recipient_ids: list[str] | None = None
+    topic: str | None = None
+
+
+class NotificationSummary(_Out):
+    id: str
+    status: str = Field(
+        description="accepted | scheduled | processing | completed | partial | failed | cancelled"
+    )
+    template: str
+    priority: str
+    to: NotificationTo
+    channels: list[str] | None
+    send_at: datetime | None
+    expires_at: datetime | None
+    idempotency_key: str | None
+    created_at: datetime
+    totals: dict[str, int] = Field(
+        default_factory=dict, description="How many deliveries are in each status"
+    )
+
+
+class NotificationPage(BaseModel):
+    data: list[NotificationSummary]
+    next_cursor: str | None
+
+
+class NotificationAccepted(_Out):
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [{"id": "ntf_01m8a0f3x5k2", "status": "accepted"}]},
+    )
+
+    id: str
+    status: str = Field(description="accepted | scheduled")
+
+
+class BatchResults(BaseModel):
+    results: list[dict[str, Any]] = Field(
+        description='In request order: `{"id", "status"}` or `{"error": {...}}`'
+    )
+
+
+class NotificationDetail(NotificationSummary):
+    data: dict[str, Any]
+    deliveries: list[DeliveryOut]
+    deliveries_truncated: bool = False
+
+
+class Page(BaseModel):
+    """A page of a list: `next_cursor` is null on the last page."""
+
+    data: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class RecipientOut(_Out):
+    id: str
+    email: str | None = None
+    phone: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+    push_tokens: list[dict[str, Any]] | None = None
+    webpush: list[dict[str, Any]] | None = None
+    webhook_url: str | None = None
+    data: dict[str, Any] | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class RecipientToken(_Out):
+    token: str
+    expires_at: datetime
+
+
+class PreferencesOut(_Out):
+    channels: dict[str, bool] = Field(default_factory=dict)
+    categories: dict[str, dict[str, bool]] = Field(default_factory=dict)
+    quiet_hours: dict[str, Any] | None = None
+
+
+class TemplateStored(_Out):
+    name: str
+    version: int
+
+
+class TemplateVersionOut(_Out):
+    name: str
+    version: int
+    category: str
+    channels: dict[str, Any]
+    locales: dict[str, Any]
+    fallbacks: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime
+
+
+class TemplateSummary(_Out):
+    name: str
+    active_version: int
+    latest_version: int
+    category: str
+    updated_at: datetime
+
+
+class TemplatePage(BaseModel):
+    data: list[TemplateSummary]
+    next_cursor: str | None
+
+
+class TemplatePreviewOut(_Out):
+    name: str
+    version: int
+    locale: str | None
+    channels: dict[str, dict[str, Any]]
+
+
+class CategoryOut(_Out):
+    name: str
+    critical: bool
+    default_channels: list[str] | None
+    digest: dict[str, Any] | None
+    max_per_hour: int | None
+    built_in: bool
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+class CategoryPage(BaseModel):
+    data: list[CategoryOut]
+    next_cursor: str | None
+
+
+class ProviderOut(_Out):
+    name: str
+    channel: str
+    kind: str
+    config: dict[str, Any] = Field(description='Settings, each secret shown as `"***"`')
+    priority: int
+    rate_limit_per_second: float | None
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProviderPage(BaseModel):
+    data: list[ProviderOut]
+    next_cursor: str | None
+
+
+class WebhookOut(_Out):
+    name: str
+    url: str
+    events: list[str]
+    secret: str = Field(description='`"***"`, except in the answer that made it')
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookPage(BaseModel):
+    data: list[WebhookOut]
+    next_cursor: str | None
+
+
+class DeadLetter(DeliveryOut):
+    notification_id: str
+
+
+class DeadLetterPage(BaseModel):
+    data: list[DeadLetter]
+    next_cursor: str | None
+
+
+class ReplayResult(_Out):
+    replayed: int
+    more: bool = Field(description="Whether more dead letters match than were replayed")
+
+
+class SandboxMessage(_Out):
+    id: str
+    delivery_id: str
+    channel: str
+    recipient_id: str
+    to: Any = None
+    content: dict[str, Any]
+    created_at: datetime
+
+
+class SandboxPage(BaseModel):
+    data: list[SandboxMessage]
+    next_cursor: str | None
+
+
+class InboxMessage(_Out):
+    id: str
+    title: Any = None
+    body: Any = None
+    action_url: Any = None
+    data: Any = None
+    category: str | None = None
+    created_at: datetime | None = None
+    read_at: datetime | None = None
+    seen_at: datetime | None = None
+    archived_at: datetime | None = None
+
+
+class InboxPage(BaseModel):
+    data: list[InboxMessage]
+    next_cursor: str | None
+
+
+class InboxCounts(_Out):
+    unread: int
+    unseen: int
+    total: int
+
+
+class Updated(_Out):
+    updated: int
+
+
+class Health(_Out):
+    status: str
+
+
+class Ready(_Out):
+    status: str
+    checks: dict[str, str]
+
+
+class BreakerState(_Out):
+    provider: str
+    state: str = Field(description="closed | open | half_open")
+    failure_rate: float
+    calls: int
+    retry_in: float
+
+
+class ProviderHealth(BaseModel):
+    data: list[BreakerState]
+
+
+class Unsubscribed(_Out):
+    status: str
+    category: str
+    channel: str
+
+
+class RecipientExport(_Out):
+    """Everything stored about a recipient."""
+
+    recipient: RecipientOut
+    preferences: PreferencesOut
+    inbox_messages: list[dict[str, Any]]
+    deliveries: list[dict[str, Any]]
+    sandbox_messages: list[dict[str, Any]]
+    truncated: bool = Field(description="Whether a list was cut at its limit")

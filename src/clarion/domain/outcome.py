@@ -1,0 +1,29 @@
+"""A notification's aggregate status, from its deliveries' statuses (computed when read)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
+
+FAILURES = frozenset({DeliveryStatus.FAILED, DeliveryStatus.DEAD})
+SUCCESSES = frozenset({DeliveryStatus.SENT, DeliveryStatus.DELIVERED})
+
+
+def aggregate_status(stored: str, totals: Mapping[str, int]) -> str:
+    """The status the API shows: the stored one until the notification is planned; once
+    planned (stored ``processing``), ``processing`` while any delivery is unfinished, then
+    ``completed`` when none failed (each sent, delivered or deliberately suppressed),
+    ``failed`` when some failed and none succeeded, ``partial`` for a mix.
+
+    ``totals`` counts deliveries per status (statuses with no delivery may be absent)."""
+    if stored != NotificationStatus.PROCESSING:
+        return stored
+    present = {status for status, count in totals.items() if count}
+    if present - TERMINAL_STATUSES:
+        return NotificationStatus.PROCESSING
+    if not present & FAILURES:
+        return NotificationStatus.COMPLETED
+    if present & SUCCESSES:
+        return NotificationStatus.PARTIAL
+    return NotificationStatus.FAILED

@@ -1,0 +1,343 @@
+"""The message log: notifications and deliveries, newest first, filtered, a page at a time.
+
+Each list walks one of the ``(tenant_id[, status | template | recipient_id], created_at,
+id)`` indexes backwards from a keyset cursor (``created_at, id`` of the last row shown), so
+a page costs a page however large the tables are. A notification's aggregate status is
+computed here, at read time, from its deliveries' statuses (one grouped query per page over
+``ix_deliveries_notification_id``): the hot path writes nothing per delivery for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
+from clarion.domain.outcome import FAILURES, SUCCESSES, aggregate_status
+from clarion.store.db import as_utc
+from clarion.store.notifications import delivery_to_public
+from clarion.store.sql import chunks
+from clarion.store.tables import deliveries, delivery_events, notifications, template_versions
+
+_FAILURES = list(FAILURES)
+_SUCCESSES = list(SUCCESSES)
+MAX_EVENTS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a page ended: the next one starts strictly after (older than) this row."""
+
+    created_at: datetime
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    after: datetime | None = None  # created_at >= after
+    before: datetime | None = None  # created_at < before
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationFilter:
+    status: str | None = None
+    template: str | None = None
+    recipient_id: str | None = None
+    category: str | None = None
+    created: TimeRange = TimeRange()
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter:
+    status: str | None = None
+    channel: str | None = None
+    provider: str | None = None
+    reason: str | None = None
+    recipient_id: str | None = None
+    notification_id: str | None = None
+    template: str | None = None
+    category: str | None = None
+    created: TimeRange = TimeRange()
+
+
+async def delivery_totals(
+    engine: AsyncEngine, notification_ids: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """Per notification: how many of its deliveries are in each status."""
+    d = deliveries
+    totals: dict[str, dict[str, int]] = {nid: {} for nid in notification_ids}
+    async with engine.connect() as conn:
+        for part in chunks(list(notification_ids), 500):
+            query = (
+                select(d.c.notification_id, d.c.status, func.count())
+                .where(d.c.notification_id.in_(part))
+                .group_by(d.c.notification_id, d.c.status)
+            )
+            for nid, status, count in (await conn.execute(query)).all():
+                totals[nid][status] = count
+    return totals
+
+
+Predicate = Callable[[Any], ColumnElement[bool]]
+
+
+def _d_exists(predicate: Predicate) -> ColumnElement[bool]:
+    """Whether the notification has a delivery matching ``predicate`` (on an alias)."""
+    d = deliveries.alias("d_agg")
+    return exists().where(d.c.notification_id == notifications.c.id, predicate(d))
+
+
+def _status_condition(status: str) -> ColumnElement[bool]:
+    """The stored-status condition that selects notifications whose aggregate status is
+    ``status`` (see :func:`aggregate_status`)."""
+    n = notifications
+
+    def pending(d: Any) -> ColumnElement[bool]:
+        column: ColumnElement[str] = d.c.status
+        return column.not_in(list(TERMINAL_STATUSES))
+
+    def failure(d: Any) -> ColumnElement[bool]:
+        column: ColumnElement[str] = d.c.status
+        return column.in_(_FAILURES)
+
+    def success(d: Any) -> ColumnElement[bool]:
+        column: ColumnElement[str] = d.c.status
+        return column.in_(_SUCCESSES)
+
+    processing = n.c.status == NotificationStatus.PROCESSING
+    finished = and_(processing, ~_d_exists(pending))
+    if status == NotificationStatus.PROCESSING:
+        return and_(processing, _d_exists(pending))
+    if status == NotificationStatus.COMPLETED:
+        return and_(finished, ~_d_exists(failure))
+    if status == NotificationStatus.PARTIAL:
+        return and_(finished, _d_exists(failure), _d_exists(success))
+    if status == NotificationStatus.FAILED:
+        return or_(
+            n.c.status == NotificationStatus.FAILED,
+            and_(finished, _d_exists(failure), ~_d_exists(success)),
+        )
+    return n.c.status == status
+
+
+def _time(column: Any, created: TimeRange) -> list[ColumnElement[bool]]:
+    where = []
+    if created.after is not None:
+        where.append(column >= created.after)
+    if created.before is not None:
+        where.append(column < created.before)
+    return where
+
+
+def _after(table: Any, position: Position | None) -> list[ColumnElement[bool]]:
+    if position is None:
+        return []
+    return [tuple_(table.c.created_at, table.c.id) < tuple_(position.created_at, position.id)]
+
+
+def _templates_of_category(tenant_id: str, category: str) -> Any:
+    v = template_versions
+    return (
+        select(v.c.name)
+        .where(v.c.tenant_id == tenant_id, v.c.category == category)
+        .distinct()
+        .scalar_subquery()
+    )
+
+
+def notifications_query(
+    tenant_id: str, where: NotificationFilter, after: Position | None, limit: int
+) -> Select[Any]:
+    n = notifications
+    conditions = [n.c.tenant_id == tenant_id, *_time(n.c.created_at, where.created)]
+    conditions += _after(n, after)
+    if where.status is not None:
+        conditions.append(_status_condition(where.status))
+    if where.template is not None:
+        conditions.append(n.c.template == where.template)
+    if where.category is not None:
+        conditions.append(n.c.template.in_(_templates_of_category(tenant_id, where.category)))
+    if where.recipient_id is not None:
+        d = deliveries
+        conditions.append(
+            n.c.id.in_(
+                select(d.c.notification_id).where(
+                    d.c.tenant_id == tenant_id, d.c.recipient_id == where.recipient_id
+                )
+            )
+        )
+    return select(n).where(*conditions).order_by(n.c.created_at.desc(), n.c.id.desc()).limit(limit)
+
+
+async def list_notifications(
+    engine: AsyncEngine,
+    tenant_id: str,
+    where: NotificationFilter,
+    after: Position | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` notifications, newest first, each with its delivery totals."""
+    query = notifications_query(tenant_id, where, after, limit)
+    async with engine.connect() as conn:
+        rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+    totals = await delivery_totals(engine, [r["id"] for r in rows])
+    return [notification_summary(row, totals[row["id"]]) for row in rows]
+
+
+def notification_summary(row: Mapping[str, Any], totals: Mapping[str, int]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "status": aggregate_status(row["status"], totals),
+        "template": row["template"],
+        "priority": row["priority"],
+        "to": {"recipient_ids": row["recipient_ids"]},
+        "channels": row["channels"],
+        "send_at": as_utc(row["send_at"]),
+        "expires_at": as_utc(row["expires_at"]),
+        "idempotency_key": row["idempotency_key"],
+        "created_at": as_utc(row["created_at"]),
+        "totals": dict(totals),
+    }
+
+
+def deliveries_query(
+    tenant_id: str, where: DeliveryFilter, after: Position | None, limit: int
+) -> Select[Any]:
+    d = deliveries
+    conditions = [d.c.tenant_id == tenant_id, *_time(d.c.created_at, where.created)]
+    conditions += _after(d, after)
+    for column, value in (
+        (d.c.status, where.status),
+        (d.c.channel, where.channel),
+        (d.c.provider, where.provider),
+        (d.c.reason, where.reason),
+        (d.c.recipient_id, where.recipient_id),
+        (d.c.notification_id, where.notification_id),
+        (d.c.category, where.category),
+    ):
+        if value is not None:
+            conditions.append(column == value)
+    if where.template is not None:
+        n = notifications
+        conditions.append(
+            d.c.notification_id.in_(
+                select(n.c.id).where(n.c.tenant_id == tenant_id, n.c.template == where.template)
+            )
+        )
+    return select(d).where(*conditions).order_by(d.c.created_at.desc(), d.c.id.desc()).limit(limit)
+
+
+async def list_deliveries(
+    engine: AsyncEngine,
+    tenant_id: str,
+    where: DeliveryFilter,
+    after: Position | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` deliveries across notifications, newest first."""
+    query = deliveries_query(tenant_id, where, after, limit)
+    async with engine.connect() as conn:
+        rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+    return [delivery_summary(row) for row in rows]
+
+
+def delivery_summary(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        **delivery_to_public(row),
+        "notification_id": row["notification_id"],
+        "category": row["category"],
+        "priority": row["priority"],
+    }
+
+
+async def get_delivery(
+    engine: AsyncEngine, tenant_id: str, delivery_id: str
+) -> dict[str, Any] | None:
+    """One delivery of this tenant with its timeline, or None."""
+    d, e = deliveries, delivery_events
+    async with engine.connect() as conn:
+        query = select(d).where(d.c.id == delivery_id, d.c.tenant_id == tenant_id)
+        found = (await conn.execute(query)).mappings().first()
+        if found is None:
+            return None
+        row = dict(found)
+        events = (
+            await conn.execute(
+                select(e.c.status, e.c.detail, e.c.created_at)
+                .where(e.c.delivery_id == delivery_id, e.c.tenant_id == tenant_id)
+                .order_by(e.c.id)
+                .limit(MAX_EVENTS)
+            )
+        ).all()
+    return {
+        **delivery_summary(row),
+        "events": timeline(row, [(s, detail, as_utc(at)) for s, detail, at in events]),
+    }
+
+
+_TYPES = {
+    DeliveryStatus.QUEUED.value: "retry_scheduled",
+    DeliveryStatus.SCHEDULED.value: "scheduled",
+    "replayed": "replayed",
+}
+_OUTCOMES = {
+    DeliveryStatus.SENT.value: "success",
+    DeliveryStatus.DELIVERED.value: "success",
+    DeliveryStatus.FAILED.value: "failure",
+    DeliveryStatus.DEAD.value: "failure",
+    DeliveryStatus.QUEUED.value: "retry",
+}
+
+
+def timeline(
+    delivery: Mapping[str, Any], events: Sequence[tuple[str, str | None, datetime | None]]
+) -> list[dict[str, Any]]:
+    """The delivery's events, oldest first. Its creation is its ``queued`` event (no row is
+    written for it); a delivery created in another state (deferred, suppressed) has that
+    state's row at its creation time instead."""
+    created = as_utc(delivery["created_at"])
+    out: list[dict[str, Any]] = []
+    if not events or events[0][2] != created:
+        out.append(_event("queued", created))
+        first_is_creation = False
+    else:
+        first_is_creation = True
+    last_failed = max(
+        (i for i, (status, _, _) in enumerate(events) if status == DeliveryStatus.FAILED),
+        default=-1,
+    )
+    for index, (status, detail, at) in enumerate(events):
+        kind = _TYPES.get(status, status)
+        if index == 0 and first_is_creation and status == DeliveryStatus.QUEUED:
+            kind = "queued"
+        elif index == last_failed and delivery["reason"] == "no_healthy_provider":
+            kind = "fallback"
+        provider = delivery["provider"] if status in _SUCCESSES else None
+        outcome = _OUTCOMES.get(status)
+        error, reason = (detail, None) if outcome in ("failure", "retry") else (None, detail)
+        out.append(_event(kind, at, provider, outcome, error, reason))
+    return out
+
+
+def _event(
+    kind: str,
+    at: datetime | None,
+    provider: str | None = None,
+    outcome: str | None = None,
+    error: str | None = None,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "at": at,
+        "provider": provider,
+        "outcome": outcome,
+        "latency_ms": None,
+        "error": error,
+        "reason": reason,
+    }

@@ -1,0 +1,277 @@
+"""The message log: notifications and deliveries listed newest first with filters and
+cursors, the aggregate status that tells the truth, a delivery's timeline, tenant
+isolation, and refusal of bad input — on both stores."""
+
+from __future__ import annotations
+
+import base64
+import collections
+import re
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+
+from clarion.store import message_log as log
+from clarion.store.db import utcnow
+from harness import Harness
+from webhook_sink import Received, WebhookSink
+
+TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
+
+
+async def _get(app: Harness, path: str, **params: Any) -> Any:
+    response = await app.client.get(path, params=params, headers=app.auth)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def _scene(app: Harness, sink: WebhookSink) -> dict[str, str]:
+    """ok: sent; bad: rejected (failed); flaky: two 503s then sent; nourl: suppressed."""
+    seen: collections.Counter[str] = collections.Counter()
+
+    def respond(request: Received) -> int:
+        seen[request.path] += 1
+        if request.path == "/bad":
+            return 400
+        if request.path == "/flaky" and seen[request.path] <= 2:
+            return 503
+        return 200
+
+    sink.respond = respond
+    for rid in ("ok", "bad", "flaky"):
+        await app.put_recipient(rid, webhook_url=f"{sink.url}/{rid}")
+    await app.put_recipient("nourl", email="n@example.com")
+    await app.put_template("hook", TEMPLATE)
+    sent: dict[str, str] = {}
+    for name, rids in (
+        ("ok", ["ok"]),
+        ("bad", ["bad"]),
+        ("mixed", ["ok", "bad"]),
+        ("flaky", ["flaky"]),
+        ("nourl", ["nourl"]),
+    ):
+        response = await app.send({"template": "hook", "to": {"recipient_ids": rids}})
+        assert response.status_code == 202, response.text
+        sent[name] = response.json()["id"]
+    await app.drain()
+    return sent
+
+
+async def test_log_status_filters_pages_and_timeline(app: Harness, sink: WebhookSink) -> None:
+    sent = await _scene(app, sink)
+    expected = {
+        "ok": "completed",
+        "bad": "failed",
+        "mixed": "partial",
+        "flaky": "completed",
+        "nourl": "completed",  # deliberately not sent (no address) is not a failure
+    }
+    for name, status in expected.items():
+        assert (await app.notification(sent[name]))["status"] == status, name
+
+    # The list: newest first, with the same aggregate status and the totals.
+    page = await _get(app, "/v1/notifications")
+    assert page["next_cursor"] is None
+    items = page["data"]
+    assert {i["id"] for i in items} == set(sent.values())
+    keys = [(i["created_at"], i["id"]) for i in items]
+    assert keys == sorted(keys, reverse=True)
+    by_id = {i["id"]: i for i in items}
+    for name, status in expected.items():
+        assert by_id[sent[name]]["status"] == status, name
+    assert by_id[sent["mixed"]]["totals"] == {"sent": 1, "failed": 1}
+
+    # Filtering by an aggregate status finds exactly those.
+    for status in ("completed", "failed", "partial", "processing", "accepted"):
+        found = {i["id"] for i in (await _get(app, "/v1/notifications", status=status))["data"]}
+        assert found == {sent[n] for n, s in expected.items() if s == status}, status
+    found = await _get(app, "/v1/notifications", recipient_id="bad")
+    assert {i["id"] for i in found["data"]} == {sent["bad"], sent["mixed"]}
+    assert len((await _get(app, "/v1/notifications", template="hook"))["data"]) == 5
+    assert (await _get(app, "/v1/notifications", template="other"))["data"] == []
+    assert len((await _get(app, "/v1/notifications", category="transactional"))["data"]) == 5
+    assert (await _get(app, "/v1/notifications", category="marketing"))["data"] == []
+
+    # Pages of two walk the whole list once, in order.
+    walked: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = await _get(app, "/v1/notifications", **params)
+        walked += [i["id"] for i in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert walked == [i["id"] for i in items]
+
+    # Deliveries across notifications, filtered.
+    deliveries = (await _get(app, "/v1/deliveries"))["data"]
+    assert len(deliveries) == 6
+    keys = [(d["created_at"], d["id"]) for d in deliveries]
+    assert keys == sorted(keys, reverse=True)
+    failed = (await _get(app, "/v1/deliveries", status="failed"))["data"]
+    assert {d["recipient_id"] for d in failed} == {"bad"}
+    assert len(failed) == 2
+    assert all(d["reason"] == "provider_rejected" for d in failed)
+    rejected = await _get(app, "/v1/deliveries", reason="provider_rejected", recipient_id="bad")
+    assert {d["id"] for d in rejected["data"]} == {d["id"] for d in failed}
+    mixed = await _get(app, "/v1/deliveries", notification_id=sent["mixed"])
+    assert {d["recipient_id"] for d in mixed["data"]} == {"ok", "bad"}
+    assert len((await _get(app, "/v1/deliveries", channel="webhook"))["data"]) == 6
+    assert (await _get(app, "/v1/deliveries", channel="sms"))["data"] == []
+    assert len((await _get(app, "/v1/deliveries", template="hook", limit=500))["data"]) == 6
+    assert len((await _get(app, "/v1/deliveries", category="transactional"))["data"]) == 6
+    suppressed = (await _get(app, "/v1/deliveries", status="suppressed"))["data"]
+    assert [d["reason"] for d in suppressed] == ["no_address"]
+    late = await _get(app, "/v1/deliveries", created_after=utcnow().isoformat())
+    assert late["data"] == []
+    early = await _get(app, "/v1/deliveries", created_before="2000-01-01T00:00:00Z")
+    assert early["data"] == []
+    two = await _get(app, "/v1/deliveries", limit=5)
+    rest = await _get(app, "/v1/deliveries", limit=5, cursor=two["next_cursor"])
+    assert [d["id"] for d in two["data"] + rest["data"]] == [d["id"] for d in deliveries]
+    assert rest["next_cursor"] is None
+
+    # Timelines: a retried delivery, a rejected one, a suppressed one.
+    [flaky] = (await app.notification(sent["flaky"]))["deliveries"]
+    detail = await _get(app, f"/v1/deliveries/{flaky['id']}")
+    assert detail["notification_id"] == sent["flaky"]
+    assert detail["status"] == "sent"
+    types = [e["type"] for e in detail["events"]]
+    assert types == ["queued", "retry_scheduled", "retry_scheduled", "sent"]
+    assert detail["events"][0]["at"] == detail["created_at"]
+    assert detail["events"][1]["outcome"] == "retry"
+    assert "503" in detail["events"][1]["error"]
+    assert detail["events"][-1]["outcome"] == "success"
+    assert detail["events"][-1]["provider"] == detail["provider"]
+    [bad] = (await app.notification(sent["bad"]))["deliveries"]
+    events = (await _get(app, f"/v1/deliveries/{bad['id']}"))["events"]
+    assert [e["type"] for e in events] == ["queued", "failed"]
+    assert "400" in events[1]["error"]
+    [nourl] = (await app.notification(sent["nourl"]))["deliveries"]
+    events = (await _get(app, f"/v1/deliveries/{nourl['id']}"))["events"]
+    assert [(e["type"], e["reason"]) for e in events] == [("suppressed", "no_address")]
+
+
+async def test_another_tenants_log_is_invisible(app: Harness, sink: WebhookSink) -> None:
+    sent = await _scene(app, sink)
+    [delivery] = (await app.notification(sent["ok"]))["deliveries"]
+    other = {"Authorization": f"Bearer {await app.new_tenant('other')}"}
+    for path in ("/v1/notifications", "/v1/deliveries"):
+        response = await app.client.get(path, headers=other)
+        assert response.status_code == 200
+        assert response.json() == {"data": [], "next_cursor": None}
+    # A cursor of ours shows nothing of ours to them either.
+    mine = await _get(app, "/v1/deliveries", limit=1)
+    response = await app.client.get(
+        "/v1/deliveries", params={"cursor": mine["next_cursor"]}, headers=other
+    )
+    assert response.json()["data"] == []
+    response = await app.client.get(f"/v1/deliveries/{delivery['id']}", headers=other)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def _cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+BAD_INPUT = [
+    ("/v1/notifications", {"cursor": "not a cursor"}, "invalid_cursor"),
+    ("/v1/deliveries", {"cursor": "bm9wZQ"}, "invalid_cursor"),  # "nope"
+    ("/v1/deliveries", {"cursor": "MjAyNi0xMS0yM1QwMDowMDowMHwn"}, "invalid_cursor"),
+    ("/v1/notifications", {"limit": "0"}, "validation_error"),
+    ("/v1/notifications", {"limit": "501"}, "validation_error"),
+    ("/v1/deliveries", {"limit": "many"}, "validation_error"),
+    ("/v1/notifications", {"status": "done"}, "validation_error"),
+    ("/v1/deliveries", {"status": "completed"}, "validation_error"),
+    ("/v1/deliveries", {"channel": "carrier-pigeon"}, "validation_error"),
+    ("/v1/deliveries", {"created_after": "yesterday"}, "validation_error"),
+    ("/v1/deliveries", {"created_after": "2026-01-01T00:00:00"}, "validation_error"),
+    ("/v1/notifications", {"created_before": "0001-01-01T00:00:00Z"}, "validation_error"),
+    (
+        "/v1/deliveries",
+        {"created_after": "2026-02-01T00:00:00Z", "created_before": "2026-01-01T00:00:00Z"},
+        "validation_error",
+    ),
+    ("/v1/deliveries", {"recipient_id": "x" * 201}, "validation_error"),
+    ("/v1/deliveries", {"template": ""}, "validation_error"),
+]
+
+
+async def test_bad_cursors_and_filters_are_refused(app: Harness) -> None:
+    for path, params, code in BAD_INPUT:
+        response = await app.client.get(path, params=params, headers=app.auth)
+        assert response.status_code == 422, (path, params, response.text)
+        error = response.json()["error"]
+        assert error["code"] == code, (path, params)
+        assert error["message"]
+        assert isinstance(error["details"], list)
+    # NUL in the query is refused at the edge, before any handler.
+    response = await app.client.get(
+        "/v1/deliveries", params={"recipient_id": "a\x00b"}, headers=app.auth
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_input"
+
+
+async def test_the_log_needs_the_read_scope(lite: Harness) -> None:
+    sender = await lite.new_tenant("sender-only", ["send"])
+    for path in ("/v1/notifications", "/v1/deliveries", "/v1/deliveries/dlv_x"):
+        response = await lite.client.get(path, headers={"Authorization": f"Bearer {sender}"})
+        assert response.status_code == 403, path
+        response = await lite.client.get(path)
+        assert response.status_code == 401, path
+    response = await lite.client.get("/v1/deliveries/dlv_nothing", headers=lite.auth)
+    assert response.status_code == 404
+
+
+async def _plan(app: Harness, query: Any) -> str:
+    engine = app.ctx.engine
+    dialect = postgresql.dialect() if engine.dialect.name == "postgresql" else sqlite.dialect()
+    compiled = query.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+    async with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            # Empty tables make a sequential scan cheapest: ask whether an index serves it.
+            await conn.exec_driver_sql("SET enable_seqscan = off")
+            rows = (await conn.exec_driver_sql(f"EXPLAIN {compiled}")).all()
+        else:
+            rows = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")).all()
+    return "\n".join(str(r[-1]) for r in rows)
+
+
+async def test_common_lists_are_index_ranges_without_a_sort(app: Harness) -> None:
+    at = log.Position(utcnow(), "dlv_x")
+    deliveries = {
+        log.DeliveryFilter(): "ix_deliveries_tenant_created",
+        log.DeliveryFilter(status="failed"): "ix_deliveries_tenant_status_created",
+        log.DeliveryFilter(recipient_id="u-1"): "ix_deliveries_tenant_recipient_created",
+        log.DeliveryFilter(channel="email"): "ix_deliveries_tenant_created",
+    }
+    notifications = {
+        log.NotificationFilter(): "ix_notifications_tenant_created",
+        log.NotificationFilter(status="accepted"): "ix_notifications_tenant_status_created",
+        log.NotificationFilter(template="hook"): "ix_notifications_tenant_template_created",
+    }
+    for after in (None, at):
+        for dfilter, index in deliveries.items():
+            plan = await _plan(app, log.deliveries_query("ten_x", dfilter, after, 51))
+            assert index in plan, (dfilter, plan)
+            assert "Seq Scan" not in plan, (dfilter, plan)
+            assert "TEMP B-TREE" not in plan, (dfilter, plan)
+            assert "Sort" not in plan, (dfilter, plan)
+        for nfilter, index in notifications.items():
+            plan = await _plan(app, log.notifications_query("ten_x", nfilter, after, 51))
+            assert index in plan, (nfilter, plan)
+            assert "Seq Scan" not in plan, (nfilter, plan)
+            assert "TEMP B-TREE" not in plan, (nfilter, plan)
+            assert "Sort" not in plan, (nfilter, plan)
+    # The computed statuses and a recipient's notifications probe deliveries by index.
+    for nfilter in (
+        log.NotificationFilter(status="completed"),
+        log.NotificationFilter(status="failed"),
+        log.NotificationFilter(recipient_id="u-1"),
+    ):
+        plan = await _plan(app, log.notifications_query("ten_x", nfilter, None, 51))
+        assert "Seq Scan" not in plan, (nfilter, plan)
+        assert not re.search(r"\bSCAN (d_agg|deliveries)\b", plan), (nfilter, plan)

@@ -1,0 +1,418 @@
+"""The Python SDK (clients/python) against a running Clarion: a real HTTP server on
+127.0.0.1 serving the in-process app, so that the tests can drain its workers. Sync calls
+run in a thread while the event loop serves them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import uvicorn
+
+from clarion.api.app import create_app
+from clarion_client import (
+    AsyncClarion,
+    AuthenticationError,
+    Clarion,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    SignatureVerificationError,
+    UnprocessableError,
+    models,
+    parse_event,
+    verify_signature,
+)
+from clarion_client.webhooks import sign
+from harness import Harness, make_settings, running
+from webhook_sink import WebhookSink
+
+R = TypeVar("R")
+EMAIL = {"email": {"subject": "Order {{ orderId }}", "text": "Hello {{ firstName }}"}}
+HOOK = {"webhook": {"body": {"order": "{{ orderId }}"}}}
+
+
+@contextlib.asynccontextmanager
+async def served(harness: Harness) -> AsyncIterator[str]:
+    """Serve the harness's app over HTTP on 127.0.0.1; yields its base URL. The socket
+    listens before the server starts, so the first request simply waits in its backlog."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    app = create_app(harness.ctx, harness.runtime.intake)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@pytest.fixture
+async def server(lite: Harness) -> AsyncIterator[str]:
+    async with served(lite) as url:
+        yield url
+
+
+async def in_thread(fn: Callable[[], R]) -> R:
+    return await asyncio.to_thread(fn)
+
+
+async def _setup(app: Harness, sink: WebhookSink | None = None) -> None:
+    await app.put_recipient("u-1", email="u1@example.com", data={"firstName": "Alex"})
+    await app.put_template("order", {"channels": EMAIL})
+    if sink is not None:
+        await app.put_recipient("hooked", webhook_url=f"{sink.url}/hooked")
+        await app.put_template("hook", {"channels": HOOK})
+
+
+async def test_sync_client_sends_in_three_lines_and_reads_back(lite: Harness, server: str) -> None:
+    await _setup(lite)
+
+    def scenario() -> tuple[models.Accepted, models.Notification]:
+        client = Clarion(api_key=lite.key, base_url=server)
+        accepted = client.notifications.send(template="order", to="u-1", data={"orderId": "A1"})
+        found = client.notifications.get(accepted.id)
+        client.close()
+        return accepted, found
+
+    accepted, found = await in_thread(scenario)
+    assert accepted.id.startswith("ntf_")
+    assert accepted.status == "accepted"
+    assert found.id == accepted.id
+    assert found.template == "order"
+    assert found.to.recipient_ids == ["u-1"]
+    await lite.drain()
+
+    def read_log() -> tuple[models.Notification, list[models.NotificationSummary]]:
+        with Clarion(api_key=lite.key, base_url=server) as client:
+            return client.notifications.get(accepted.id), list(client.notifications.list())
+
+    found, listed = await in_thread(read_log)
+    assert found.status == "completed"
+    assert found.totals == {"sent": 1}
+    [delivery] = found.deliveries
+    assert delivery.status == "sent"
+    assert [n.id for n in listed] == [accepted.id]
+
+
+async def test_async_client_covers_every_resource(lite: Harness, server: str) -> None:
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        recipient = await client.recipients.put(
+            "u-2", email="u2@example.com", locale="fr", data={"firstName": "Léa"}
+        )
+        assert recipient.id == "u-2"
+        assert recipient.locale == "fr"
+        assert (await client.recipients.get("u-2")).email == "u2@example.com"
+        prefs = await client.recipients.put_preferences("u-2", channels={"sms": False})
+        assert prefs.channels == {"sms": False}
+        assert (await client.recipients.get_preferences("u-2")).channels == {"sms": False}
+        token = await client.recipients.token("u-2", expires_in=3600)
+        assert token.token
+
+        stored = await client.templates.put("order", channels=EMAIL)
+        assert (stored.name, stored.version) == ("order", 1)
+        second = await client.templates.put(
+            "order", channels={"email": {"subject": "v2 {{ orderId }}", "text": "t"}}
+        )
+        assert second.version == 2
+        assert (await client.templates.get("order")).version == 2
+        assert (await client.templates.get("order", version=1)).channels == EMAIL
+        names = [t.name async for t in client.templates.list()]
+        assert names == ["order"]
+        back = await client.templates.rollback("order", version=1)
+        assert back.version == 1
+        preview = await client.templates.preview(
+            "order", recipient_id="u-2", data={"orderId": "B2"}, channel="email"
+        )
+        assert preview.channels["email"]["subject"] == "Order B2"
+
+        batch = await client.notifications.send_batch(
+            [
+                {"template": "order", "to": {"recipient_id": "u-2"}, "data": {"orderId": "1"}},
+                models.NotificationRequest(
+                    template="nope", to=models.To(recipient_id="u-2"), data={}
+                ),
+            ]
+        )
+        first, refused = batch.results
+        assert isinstance(first, models.Accepted)
+        assert isinstance(refused, models.BatchItemError)
+        assert refused.error.code == "unknown_template"
+        await lite.drain()
+
+        deliveries = [d async for d in client.deliveries.list(recipient_id="u-2")]
+        assert [d.notification_id for d in deliveries] == [first.id]
+        detail = await client.deliveries.get(deliveries[0].id)
+        assert [e.type for e in detail.events] == ["queued", "sent"]
+        summaries = [n async for n in client.notifications.list(status="completed")]
+        assert [n.id for n in summaries] == [first.id]
+
+        await client.recipients.delete("u-2")
+        with pytest.raises(NotFoundError):
+            await client.recipients.get("u-2")
+
+
+async def test_configuration_resources(lite: Harness, server: str) -> None:
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        category = await client.categories.put("news", default_channels=["email"], max_per_hour=5)
+        assert (category.name, category.max_per_hour, category.built_in) == ("news", 5, False)
+        assert (await client.categories.get("security")).critical is True
+        names = [c.name async for c in client.categories.list(page_size=2)]
+        assert names == sorted(names)
+        assert {"news", "marketing", "security", "transactional"} <= set(names)
+
+        provider = await client.providers.put(
+            "capture", channel="email", kind="sandbox", priority=2, rate_limit_per_second=50
+        )
+        assert (provider.kind, provider.priority, provider.enabled) == ("sandbox", 2, True)
+        assert (await client.providers.get("capture")).rate_limit_per_second == 50
+        assert [p.name async for p in client.providers.list()] == ["capture"]
+        await client.providers.delete("capture")
+        with pytest.raises(NotFoundError):
+            await client.providers.get("capture")
+        with pytest.raises(UnprocessableError):
+            await client.providers.put("bad", channel="email", kind="carrier-pigeon")
+
+        hook = await client.webhooks.put(
+            "ops", url="https://hooks.example.com/clarion", events=["delivery.failed"]
+        )
+        assert len(hook.secret) >= 16  # made by Clarion, shown this once
+        assert (await client.webhooks.get("ops")).secret == "***"
+        assert [w.name async for w in client.webhooks.list()] == ["ops"]
+        await client.webhooks.delete("ops")
+        with pytest.raises(NotFoundError):
+            await client.webhooks.delete("ops")
+
+
+async def test_dead_letters_and_sandbox(lite: Harness, server: str, sink: WebhookSink) -> None:
+    sink.respond = lambda _: 500
+    await _setup(lite, sink)
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        email = await client.notifications.send(template="order", to="u-1", data={"orderId": 1})
+        failing = await client.notifications.send(template="hook", to="hooked", data={"orderId": 2})
+        await lite.drain()
+        [captured] = [m async for m in client.sandbox.messages(channel="email")]
+        assert captured.recipient_id == "u-1"
+        assert captured.content["subject"] == "Order 1"
+        assert (await client.notifications.get(email.id)).status == "completed"
+
+        [dead] = [d async for d in client.dead_letters.list(channel="webhook")]
+        assert dead.notification_id == failing.id
+        assert dead.status == "dead"
+        sink.respond = lambda _: 200
+        replayed = await client.dead_letters.replay(dead.id)
+        assert replayed.status == "queued"
+        with pytest.raises(ConflictError) as not_dead:
+            await client.dead_letters.replay(dead.id)
+        assert not_dead.value.code == "not_dead"
+        await lite.drain()
+        assert (await client.deliveries.get(dead.id)).status == "sent"
+        assert (await client.dead_letters.replay_matching()).replayed == 0
+
+
+async def test_pagination_iterates_every_page(lite: Harness, server: str) -> None:
+    await _setup(lite)
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        sent = [
+            (await client.notifications.send(template="order", to="u-1", data={"orderId": i})).id
+            for i in range(7)
+        ]
+        pager = client.notifications.list(page_size=3)
+        pages = [page async for page in pager.pages()]
+        assert [len(p.data) for p in pages] == [3, 3, 1]
+        assert pages[-1].next_cursor is None
+        items = [n.id async for n in client.notifications.list(page_size=2)]
+        assert sorted(items) == sorted(sent)
+        assert len(items) == 7
+
+    def sync_pages() -> list[str]:
+        with Clarion(api_key=lite.key, base_url=server) as client:
+            return [n.id for n in client.notifications.list(page_size=4)]
+
+    assert await in_thread(sync_pages) == items
+
+
+async def test_errors_carry_the_api_code(lite: Harness, server: str) -> None:
+    await _setup(lite)
+    reader = await lite.new_tenant("reader", ["read"])
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        with pytest.raises(NotFoundError) as missing:
+            await client.notifications.get("ntf_nothing")
+        assert missing.value.status == 404
+        assert missing.value.code == "not_found"
+        with pytest.raises(UnprocessableError) as unknown:
+            await client.notifications.send(template="nope", to="u-1")
+        assert unknown.value.code == "unknown_template"
+        with pytest.raises(UnprocessableError) as bad_cursor:
+            await client.deliveries.list().first_page(cursor="garbage")
+        assert bad_cursor.value.code == "invalid_cursor"
+    async with AsyncClarion(api_key="ck_wrong", base_url=server) as client:
+        with pytest.raises(AuthenticationError) as wrong:
+            await client.notifications.get("ntf_x")
+        assert wrong.value.code == "unauthorized"
+    async with AsyncClarion(api_key=reader, base_url=server) as client:
+        with pytest.raises(PermissionDeniedError) as scope:
+            await client.notifications.send(template="order", to="u-1")
+        assert scope.value.code == "insufficient_scope"
+
+
+async def test_idempotent_replay_and_conflict(lite: Harness, server: str) -> None:
+    await _setup(lite)
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        first = await client.notifications.send(
+            template="order", to="u-1", data={"orderId": "X"}, idempotency_key="order-X"
+        )
+        again = await client.notifications.send(
+            template="order", to="u-1", data={"orderId": "X"}, idempotency_key="order-X"
+        )
+        assert again.id == first.id
+        with pytest.raises(ConflictError) as conflict:
+            await client.notifications.send(
+                template="order", to="u-1", data={"orderId": "Y"}, idempotency_key="order-X"
+            )
+        assert conflict.value.code == "idempotency_conflict"
+        # Without a key, each call gets its own: two sends are two notifications.
+        one = await client.notifications.send(template="order", to="u-1")
+        two = await client.notifications.send(template="order", to="u-1")
+        assert one.id != two.id
+
+
+async def test_retries_honour_retry_after(tmp_path: Path) -> None:
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}",
+        "embedded://",
+        intake_rate_per_second=1.0,
+        intake_burst=1,
+    )
+    async with running(settings) as app, served(app) as url:
+        await _setup(app)
+        async with AsyncClarion(api_key=app.key, base_url=url, max_retries=0) as client:
+            await client.notifications.send(template="order", to="u-1")
+            with pytest.raises(RateLimitError) as limited:
+                await client.notifications.send(template="order", to="u-1")
+            assert limited.value.code == "rate_limited"
+            assert limited.value.retry_after is not None
+            assert 0 < limited.value.retry_after <= 2
+        async with AsyncClarion(api_key=app.key, base_url=url, max_retries=3) as client:
+            started = time.monotonic()
+            accepted = await client.notifications.send(
+                template="order", to="u-1", idempotency_key="retried"
+            )
+            waited = time.monotonic() - started
+        # The 429 said when to come back; the client waited that long, then got through
+        # with the same idempotency key: one notification.
+        assert waited >= 0.5
+        assert accepted.status == "accepted"
+        found = await app.client.get(f"/v1/notifications/{accepted.id}", headers=app.auth)
+        assert found.json()["idempotency_key"] == "retried"
+
+        def sync_send() -> tuple[float, models.Accepted]:
+            with Clarion(api_key=app.key, base_url=url) as client:
+                started = time.monotonic()
+                sent = client.notifications.send(template="order", to="u-1")
+                return time.monotonic() - started, sent
+
+        waited, sent = await in_thread(sync_send)
+        assert waited >= 0.5  # the sync client waits out the 429 the same way
+        assert sent.status == "accepted"
+
+
+async def test_webhook_signatures_verify(lite: Harness, server: str, sink: WebhookSink) -> None:
+    await _setup(lite, sink)
+    secret = "s3cret-s3cret-s3cret"
+    response = await lite.client.put(
+        "/v1/webhooks/events",
+        json={"url": f"{sink.url}/events", "events": ["delivery.sent"], "secret": secret},
+        headers=lite.auth,
+    )
+    assert response.status_code == 200, response.text
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        await client.notifications.send(template="hook", to="hooked", data={"orderId": "W"})
+    await lite.drain()
+    await sink.wait_for(2, timeout=30)
+    [event_request] = [r for r in sink.received if r.path == "/events"]
+    body, headers = event_request.body, dict(event_request.headers)
+    event = parse_event(body, headers, secret)
+    assert event["type"] == "delivery.sent"
+    verify_signature(body, headers["clarion-signature"], secret)
+    with pytest.raises(SignatureVerificationError):
+        verify_signature(body + b" ", headers["clarion-signature"], secret)
+    with pytest.raises(SignatureVerificationError):
+        verify_signature(body, headers["clarion-signature"], "another-secret-entirely")
+    with pytest.raises(SignatureVerificationError):
+        verify_signature(body, None, secret)
+    with pytest.raises(SignatureVerificationError):
+        verify_signature(body, "t=abc,v1=00", secret)
+    stale = sign(secret, body, int(time.time()) - 3600)
+    with pytest.raises(SignatureVerificationError):
+        verify_signature(body, stale, secret)
+    verify_signature(body, stale, secret, tolerance=7200)
+
+
+async def test_models_match_the_openapi_document(lite: Harness) -> None:
+    """Every SDK model has the fields, required-ness and JSON types of the server's schema
+    of the same shape, so the two cannot drift apart."""
+    doc = (await lite.client.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    for model, name in models.SCHEMAS.items():
+        server_schema = schemas[name]
+        client_schema = model.model_json_schema()
+        server_fields = server_schema.get("properties", {})
+        client_fields = client_schema.get("properties", {})
+        assert set(client_fields) == set(server_fields), (model.__name__, name)
+        assert set(client_schema.get("required", [])) == set(server_schema.get("required", [])), (
+            model.__name__,
+            name,
+        )
+        for field in server_fields:
+            theirs = _types(server_fields[field], schemas)
+            ours = _types(client_fields[field], client_schema.get("$defs", {}))
+            assert ours == theirs, (model.__name__, field, ours, theirs)
+
+
+def _types(prop: dict[str, Any], defs: dict[str, Any]) -> frozenset[str]:
+    """The JSON types a property schema admits (formats included: date-time matters)."""
+    if "$ref" in prop:
+        return _types(defs[prop["$ref"].rsplit("/", 1)[-1]], defs)
+    if "anyOf" in prop:
+        return frozenset().union(*(_types(p, defs) for p in prop["anyOf"]))
+    if "enum" in prop or "const" in prop:
+        return frozenset({"string"})
+    if "allOf" in prop and len(prop["allOf"]) == 1:
+        return _types(prop["allOf"][0], defs)
+    kind = prop.get("type", "any")
+    return frozenset({f"{kind}:{prop['format']}" if "format" in prop else kind})
+
+
+def test_the_sdk_is_packaged_typed() -> None:
+    root = Path(__file__).resolve().parents[1] / "clients" / "python"
+    assert (root / "src" / "clarion_client" / "py.typed").exists()
+    assert 'name = "clarion-client"' in (root / "pyproject.toml").read_text()
+
+
+def test_retry_after_is_read_as_seconds_or_a_date() -> None:
+    from email.utils import formatdate
+
+    from clarion_client._retry import parse_retry_after
+
+    assert parse_retry_after("2") == 2.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("nan") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    later = parse_retry_after(formatdate(time.time() + 30, usegmt=True))
+    assert later is not None
+    assert 25 < later <= 30

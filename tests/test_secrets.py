@@ -102,7 +102,7 @@ def test_no_key_cannot_seal() -> None:
     assert "CLARION_SECRET_KEY" in caught.value.message
 
 
-@pytest.mark.parametrize("text", ["", "not base64!", b64(b"short"), b64(os.urandom(33))])
+@pytest.mark.parametrize("text", ["", "not base64!", b64(b"short"), b64(b"k" * 33)])
 def test_malformed_keys_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="CLARION_SECRET_KEY"):
         parse_key(text)

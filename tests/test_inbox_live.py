@@ -10,13 +10,15 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from clarion.store import inbox_access
+from clarion.store import inbox, inbox_access
 from harness import Harness, make_settings, running
 from inbox_kit import (
+    Socket,
     bearer,
     event_stream,
     feed,
@@ -37,19 +39,28 @@ async def base(app: Harness) -> AsyncIterator[str]:
 async def test_websocket_receives_a_message_from_the_worker(app: Harness, base: str) -> None:
     token = await inbox_ready(app, "u-1")
     async with websocket(base, token) as ws:
-        assert await ws.next() == {"type": "count", "unread": 0, "unseen": 0, "total": 0}
+        assert await ws.next() == {
+            "type": "count",
+            "unread": 0,
+            "unseen": 0,
+            "total": 0,
+            "cursor": "0",
+        }
         await send(app, "u-1", 1)
         event = await ws.until("message")
         assert event["message"]["title"] == "Shipped 1"
         assert event["message"]["read_at"] is None
-        assert await ws.until("count") == {"type": "count", "unread": 1, "unseen": 1, "total": 1}
+        assert event["cursor"] == "1"
+        counted = await ws.until("count")
+        assert counted == {"type": "count", "unread": 1, "unseen": 1, "total": 1, "cursor": "1"}
         # A change made elsewhere (another device, over REST) reaches this connection.
         mid = event["message"]["id"]
         response = await app.client.post(f"/v1/inbox/{mid}/read", headers=bearer(token))
         assert response.status_code == 200
         changed = await ws.until("changed")
         assert changed == {"type": "changed", "action": "read", "ids": [mid]}
-        assert await ws.until("count") == {"type": "count", "unread": 0, "unseen": 0, "total": 1}
+        counted = await ws.until("count")
+        assert counted == {"type": "count", "unread": 0, "unseen": 0, "total": 1, "cursor": "1"}
         await ws.send({"type": "ping"})
         assert await ws.until("pong") == {"type": "pong"}
 
@@ -62,10 +73,10 @@ async def test_sse_receives_a_message_from_the_worker(app: Harness, base: str) -
         assert ident == "0"  # nothing yet: resuming from "0" means from the start
         await send(app, "u-1", 1)
         ident, event = await stream.until("message")
-        assert ident == event["message"]["id"]
+        assert ident == event["cursor"] == "1"
         ident, counted = await stream.until("count")
         assert counted["unread"] == 1
-        assert ident == event["message"]["id"]
+        assert ident == "1"
 
 
 async def test_a_connection_never_sees_another_recipients_events(app: Harness, base: str) -> None:
@@ -81,14 +92,13 @@ async def test_a_connection_never_sees_another_recipients_events(app: Harness, b
         assert only["id"] == event["message"]["id"]
 
 
-async def _receive_n(app: Harness, ws_or_stream: object, n: int) -> list[str]:
-    got = []
-    for _ in range(n):
-        event = await ws_or_stream.until("message")  # type: ignore[attr-defined]
-        if isinstance(event, tuple):
-            event = event[1]
-        got.append(event["message"]["id"])
-    return got
+async def _receive_n(ws: Socket, n: int) -> list[dict[str, Any]]:
+    return [await ws.until("message") for _ in range(n)]
+
+
+async def arrival_order(app: Harness, rid: str) -> list[str]:
+    """The recipient's message ids in arrival order (the order a resume replays)."""
+    return [m["id"] for _, m in await inbox.since(app.ctx.engine, app.tenant_id, rid, 0)]
 
 
 async def test_websocket_resume_returns_exactly_what_was_missed(app: Harness, base: str) -> None:
@@ -97,24 +107,46 @@ async def test_websocket_resume_returns_exactly_what_was_missed(app: Harness, ba
         await ws.until("count")
         for i in range(2):
             await send(app, "u-1", i)
-        seen = await _receive_n(app, ws, 2)
+        seen = await _receive_n(ws, 2)
     for i in range(2, 5):
         await send(app, "u-1", i)
     await app.drain()
-    everything = [m["id"] for m in (await feed(app, token))["data"]][::-1]
-    assert everything[:2] == seen
+    everything = await arrival_order(app, "u-1")
+    assert everything[:2] == [e["message"]["id"] for e in seen]
+    cursor = seen[-1]["cursor"]
     async with websocket(base, token) as ws:
-        await ws.send({"type": "resume", "after": seen[-1]})
+        await ws.send({"type": "resume", "after": cursor})
         await ws.until("count")  # the connection's opening count
-        replayed = [(await ws.until("message"))["message"]["id"] for _ in range(3)]
-        assert replayed == everything[2:]
+        replayed = await _receive_n(ws, 3)
+        assert [e["message"]["id"] for e in replayed] == everything[2:]
+        assert [int(e["cursor"]) for e in replayed] == sorted(int(e["cursor"]) for e in replayed)
         assert (await ws.until("count"))["total"] == 5
         # Nothing more: a ping's answer comes next, no message twice.
         await ws.send({"type": "ping"})
         assert (await ws.next())["type"] == "pong"
         # Resuming again from the same place sends nothing this connection already sent.
-        await ws.send({"type": "resume", "after": seen[-1]})
+        await ws.send({"type": "resume", "after": cursor})
         assert (await ws.next())["type"] == "count"
+
+
+async def test_a_resume_after_a_message_id_still_works(lite: Harness) -> None:
+    """Clients of earlier versions resume after the id of the last message they got."""
+    token = await inbox_ready(lite, "u-1")
+    for i in range(3):
+        await send(lite, "u-1", i)
+    await lite.drain()
+    everything = await arrival_order(lite, "u-1")
+    async with serving(lite) as base, websocket(base, token) as ws:
+        await ws.until("count")
+        await ws.send({"type": "resume", "after": everything[0]})
+        replayed = await _receive_n(ws, 2)
+        assert [e["message"]["id"] for e in replayed] == everything[1:]
+        assert (await ws.next())["type"] == "count"
+        # A cursor past the end, or neither a cursor nor a message id: reload.
+        for bad in ("99", "12345678901234567890123", "nonsense"):
+            await ws.send({"type": "resume", "after": bad})
+            assert await ws.next() == {"type": "reset", "reason": "unknown_message"}
+            assert (await ws.next())["type"] == "count"
 
 
 async def test_sse_resume_with_last_event_id(app: Harness, base: str) -> None:
@@ -127,14 +159,14 @@ async def test_sse_resume_with_last_event_id(app: Harness, base: str) -> None:
     for i in range(1, 4):
         await send(app, "u-1", i)
     await app.drain()
-    expected = [m["id"] for m in (await feed(app, token))["data"]][::-1][1:]
+    expected = (await arrival_order(app, "u-1"))[1:]
     async with event_stream(base, token, last_event_id=last) as stream:
         got = []
         while True:
             ident, event = await stream.next()
             if event["type"] == "message":
                 got.append(event["message"]["id"])
-                assert ident == event["message"]["id"]
+                assert ident == event["cursor"]
             elif event["type"] == "count":
                 break
         assert got == expected

@@ -53,8 +53,10 @@ async def _stream_reader(request: Request) -> RecipientClaims:
 
 
 def _sse(event: Event, cursor: str) -> bytes:
-    # A message's id is its own; any other event repeats the newest message's id.
-    ident = event["message"]["id"] if event["type"] == "message" else cursor
+    # Every event's id is the connection's cursor as of that event: what a reconnect
+    # resumes after.
+    ident = event.get("cursor")
+    ident = ident if isinstance(ident, str) else cursor
     return b"id: " + ident.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
@@ -91,7 +93,7 @@ async def stream(
                 first = await session.resume(resume_after)
             yield b"retry: 2000\n\n"
             for event in first:
-                yield _sse(event, session.cursor)
+                yield _sse(event, session.position)
             while True:
                 try:
                     batch = await asyncio.wait_for(sub.next_batch(), heartbeat)
@@ -102,10 +104,10 @@ async def stream(
                     yield b": heartbeat\n\n"
                     continue
                 if batch is None:
-                    yield _sse({"type": "closed", "reason": sub.reason}, session.cursor)
+                    yield _sse({"type": "closed", "reason": sub.reason}, session.position)
                     return
                 for event in await session.translate(batch):
-                    yield _sse(event, session.cursor)
+                    yield _sse(event, session.position)
 
     return StreamingResponse(
         events(),
@@ -153,7 +155,7 @@ async def _answer(sock: _Socket, session: LiveSession, frame: dict[str, Any]) ->
     elif kind == "resume":
         after = frame.get("after")
         if not isinstance(after, str) or not 1 <= len(after) <= 40:
-            await sock.error("invalid_frame", '"after" is a message id')
+            await sock.error("invalid_frame", '"after" is a cursor (or a message id)')
             return
         for event in await session.resume(after):
             await sock.send(event)

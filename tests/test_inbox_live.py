@@ -5,6 +5,7 @@ erasure and rotation close connections, a stalled client is cut without delaying
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -12,9 +13,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from clarion.security import inbox_tokens
 from clarion.store import inbox, inbox_access
 from harness import Harness, make_settings, running
 from inbox_kit import (
@@ -210,22 +214,41 @@ async def test_bad_frames_get_error_frames_and_the_connection_lives(
         assert (await ws.next())["type"] == "count"
 
 
-async def test_bad_tokens_on_the_websocket_get_an_error_and_a_close(
+async def test_bad_tokens_on_the_websocket_are_refused_before_the_handshake(
     app: Harness, base: str
 ) -> None:
+    """No WebSocket opens: the upgrade is answered with the REST routes' status and JSON
+    error body, whether the token comes in the query or the header."""
     await inbox_ready(app, "u-1")
-    for token, code, close in (
-        ("nonsense", "invalid_token", 4401),
-        (app.key, "recipient_token_required", 4403),
-    ):
-        async with websocket(base, token) as ws:
-            error = await ws.next()
-            assert error["type"] == "error"
-            assert error["code"] == code
-            with pytest.raises(ConnectionClosed) as closed:
-                await ws.next()
-            assert closed.value.rcvd is not None
-            assert closed.value.rcvd.code == close
+    secret = await inbox_access.secret(app.ctx.engine, app.tenant_id)
+    assert secret is not None
+    past_ms = int((time.time() - 7200) * 1000)
+    expired = inbox_tokens.mint(secret, app.tenant_id, "u-1", past_ms, 60)
+    tampered = (await token_for(app, "u-1"))[:-4] + "AAAA"
+    cases = [
+        ("nonsense", 401, "invalid_token"),
+        (tampered, 401, "invalid_token"),
+        (expired, 401, "token_expired"),
+        (app.key, 403, "recipient_token_required"),
+    ]
+    for (token, status, code), header in itertools.product(cases, (False, True)):
+        with pytest.raises(InvalidStatus) as refused:
+            async with websocket(base, token, header=header):
+                pass
+        response = refused.value.response
+        assert response.status_code == status, (token, header)
+        body = orjson.loads(response.body or b"{}")
+        assert body["error"]["code"] == code
+        assert set(body["error"]) == {"code", "message", "details"}
+    # No token at all.
+    url = base.replace("http://", "ws://") + "/v1/inbox/ws"
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url):
+            pass
+    assert refused.value.response.status_code == 401
+    # The server goes on: a good token connects.
+    async with websocket(base, await token_for(app, "u-1")) as ws:
+        assert (await ws.next())["type"] == "count"
 
 
 async def test_erasure_closes_the_recipients_connections(app: Harness, base: str) -> None:
@@ -278,13 +301,14 @@ async def test_snooze_return_is_pushed_live(app: Harness, base: str) -> None:
         assert (await ws.until("count"))["total"] == 1
 
 
-async def test_a_stalled_client_is_cut_without_delaying_others(lite: Harness) -> None:
+async def test_a_stalled_client_is_cut_without_delaying_others(app: Harness, base: str) -> None:
     """A client that stops reading fills its socket, then its queue: it is closed as too
-    slow, while another recipient's connection gets its events at once."""
-    stalled = await inbox_ready(lite, "u-slow")
-    healthy = await inbox_ready(lite, "u-ok")
-    hub = lite.ctx.hub
-    async with serving(lite) as base, websocket(base, healthy) as ok:
+    slow, while another recipient's connection gets its events at once. Both hubs: in
+    process, and Redis pub/sub (where the events travel through Redis)."""
+    stalled = await inbox_ready(app, "u-slow")
+    healthy = await inbox_ready(app, "u-ok")
+    hub = app.ctx.hub
+    async with websocket(base, healthy) as ok:
         await ok.until("count")
         async with websocket(base, stalled, max_queue=1) as slow:
             await slow.until("count")
@@ -294,13 +318,13 @@ async def test_a_stalled_client_is_cut_without_delaying_others(lite: Harness) ->
             deadline = time.monotonic() + 30
             while hub.connections() == 2 and time.monotonic() < deadline:
                 await hub.publish(
-                    lite.tenant_id, "u-slow", {"type": "changed", "action": "x", "ids": blob}
+                    app.tenant_id, "u-slow", {"type": "changed", "action": "x", "ids": blob}
                 )
                 await asyncio.sleep(0)
             assert hub.connections() == 1, "the stalled connection was not cut"
             started = time.monotonic()
             await hub.publish(
-                lite.tenant_id, "u-ok", {"type": "changed", "action": "read", "ids": ["a"]}
+                app.tenant_id, "u-ok", {"type": "changed", "action": "read", "ids": ["a"]}
             )
             assert (await ok.until("changed"))["ids"] == ["a"]
             assert time.monotonic() - started < 1.0

@@ -7,7 +7,9 @@ SSE: each event is ``id: <message id>`` (the newest message the client holds) an
 first receives what it missed. A comment (``: heartbeat``) goes out when nothing else has
 for ``CLARION_INBOX_HEARTBEAT`` seconds.
 
-WebSocket: the client may send ``{"type": "resume", "after": "<message id>"}`` (first,
+WebSocket: a missing, bad or expired token (or an API key) is refused before the handshake
+completes, with the HTTP status and JSON error body of the REST routes (401, 403). The
+client may send ``{"type": "resume", "after": "<message id>"}`` (first,
 to be answered before any live event, or at any time) and ``{"type": "ping"}`` (answered
 ``{"type": "pong"}``). A frame that is not JSON, not an object, larger than 4 KiB, binary,
 or of an unknown type is answered with ``{"type": "error", "code", "message"}`` and the
@@ -27,6 +29,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
 from starlette.responses import StreamingResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from clarion.api.errors import api_error_response
 from clarion.api.inbox_auth import check, token_of
 from clarion.api.live import LiveSession
 from clarion.errors import ApiError, Unauthorized
@@ -196,11 +199,13 @@ async def _write(sock: _Socket, session: LiveSession, who: RecipientClaims, beat
 
 
 async def _refuse(websocket: WebSocket, exc: ApiError) -> None:
-    await websocket.accept()
-    await websocket.send_text(
-        orjson.dumps({"type": "error", "code": exc.code, "message": exc.message}).decode()
-    )
-    await websocket.close(code=4401 if exc.status == 401 else 4403, reason=exc.code)
+    """Refuse the handshake: an HTTP 401 or 403 with the JSON error body, before any
+    WebSocket exists. A server without the denial-response extension of ASGI answers the
+    close before accept with a bare 403."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(api_error_response(exc))
+    else:
+        await websocket.close(code=4401 if exc.status == 401 else 4403, reason=exc.code)
 
 
 @router.websocket("/ws")

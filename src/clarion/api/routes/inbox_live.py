@@ -2,14 +2,14 @@
 inbox. Both take the recipient token in ``Authorization`` or as ``?token=`` (a browser's
 ``EventSource`` cannot send headers). The events are those of :mod:`clarion.api.live`.
 
-SSE: each event is ``id: <message id>`` (the newest message the client holds) and
-``data: <json>``; a reconnecting ``EventSource`` sends it back as ``Last-Event-ID`` and
-first receives what it missed. A comment (``: heartbeat``) goes out when nothing else has
-for ``CLARION_INBOX_HEARTBEAT`` seconds.
+SSE: each event is ``id: <cursor>`` (the connection's place in the arrival order, see
+:mod:`clarion.api.live`) and ``data: <json>``; a reconnecting ``EventSource`` sends it
+back as ``Last-Event-ID`` and first receives what it missed. A comment
+(``: heartbeat``) goes out when nothing else has for ``CLARION_INBOX_HEARTBEAT`` seconds.
 
 WebSocket: a missing, bad or expired token (or an API key) is refused before the handshake
 completes, with the HTTP status and JSON error body of the REST routes (401, 403). The
-client may send ``{"type": "resume", "after": "<message id>"}`` (first,
+client may send ``{"type": "resume", "after": "<cursor>"}`` (first,
 to be answered before any live event, or at any time) and ``{"type": "ping"}`` (answered
 ``{"type": "pong"}``). A frame that is not JSON, not an object, larger than 4 KiB, binary,
 or of an unknown type is answered with ``{"type": "error", "code", "message"}`` and the

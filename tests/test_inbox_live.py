@@ -5,18 +5,24 @@ erasure and rotation close connections, a stalled client is cut without delaying
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from clarion.store import inbox_access
+from clarion.security import inbox_tokens
+from clarion.store import inbox, inbox_access
 from harness import Harness, make_settings, running
 from inbox_kit import (
+    Socket,
     bearer,
     event_stream,
     feed,
@@ -37,19 +43,28 @@ async def base(app: Harness) -> AsyncIterator[str]:
 async def test_websocket_receives_a_message_from_the_worker(app: Harness, base: str) -> None:
     token = await inbox_ready(app, "u-1")
     async with websocket(base, token) as ws:
-        assert await ws.next() == {"type": "count", "unread": 0, "unseen": 0, "total": 0}
+        assert await ws.next() == {
+            "type": "count",
+            "unread": 0,
+            "unseen": 0,
+            "total": 0,
+            "cursor": "0",
+        }
         await send(app, "u-1", 1)
         event = await ws.until("message")
         assert event["message"]["title"] == "Shipped 1"
         assert event["message"]["read_at"] is None
-        assert await ws.until("count") == {"type": "count", "unread": 1, "unseen": 1, "total": 1}
+        assert event["cursor"] == "1"
+        counted = await ws.until("count")
+        assert counted == {"type": "count", "unread": 1, "unseen": 1, "total": 1, "cursor": "1"}
         # A change made elsewhere (another device, over REST) reaches this connection.
         mid = event["message"]["id"]
         response = await app.client.post(f"/v1/inbox/{mid}/read", headers=bearer(token))
         assert response.status_code == 200
         changed = await ws.until("changed")
         assert changed == {"type": "changed", "action": "read", "ids": [mid]}
-        assert await ws.until("count") == {"type": "count", "unread": 0, "unseen": 0, "total": 1}
+        counted = await ws.until("count")
+        assert counted == {"type": "count", "unread": 0, "unseen": 0, "total": 1, "cursor": "1"}
         await ws.send({"type": "ping"})
         assert await ws.until("pong") == {"type": "pong"}
 
@@ -62,10 +77,10 @@ async def test_sse_receives_a_message_from_the_worker(app: Harness, base: str) -
         assert ident == "0"  # nothing yet: resuming from "0" means from the start
         await send(app, "u-1", 1)
         ident, event = await stream.until("message")
-        assert ident == event["message"]["id"]
+        assert ident == event["cursor"] == "1"
         ident, counted = await stream.until("count")
         assert counted["unread"] == 1
-        assert ident == event["message"]["id"]
+        assert ident == "1"
 
 
 async def test_a_connection_never_sees_another_recipients_events(app: Harness, base: str) -> None:
@@ -81,14 +96,13 @@ async def test_a_connection_never_sees_another_recipients_events(app: Harness, b
         assert only["id"] == event["message"]["id"]
 
 
-async def _receive_n(app: Harness, ws_or_stream: object, n: int) -> list[str]:
-    got = []
-    for _ in range(n):
-        event = await ws_or_stream.until("message")  # type: ignore[attr-defined]
-        if isinstance(event, tuple):
-            event = event[1]
-        got.append(event["message"]["id"])
-    return got
+async def _receive_n(ws: Socket, n: int) -> list[dict[str, Any]]:
+    return [await ws.until("message") for _ in range(n)]
+
+
+async def arrival_order(app: Harness, rid: str) -> list[str]:
+    """The recipient's message ids in arrival order (the order a resume replays)."""
+    return [m["id"] for _, m in await inbox.since(app.ctx.engine, app.tenant_id, rid, 0)]
 
 
 async def test_websocket_resume_returns_exactly_what_was_missed(app: Harness, base: str) -> None:
@@ -97,24 +111,46 @@ async def test_websocket_resume_returns_exactly_what_was_missed(app: Harness, ba
         await ws.until("count")
         for i in range(2):
             await send(app, "u-1", i)
-        seen = await _receive_n(app, ws, 2)
+        seen = await _receive_n(ws, 2)
     for i in range(2, 5):
         await send(app, "u-1", i)
     await app.drain()
-    everything = [m["id"] for m in (await feed(app, token))["data"]][::-1]
-    assert everything[:2] == seen
+    everything = await arrival_order(app, "u-1")
+    assert everything[:2] == [e["message"]["id"] for e in seen]
+    cursor = seen[-1]["cursor"]
     async with websocket(base, token) as ws:
-        await ws.send({"type": "resume", "after": seen[-1]})
+        await ws.send({"type": "resume", "after": cursor})
         await ws.until("count")  # the connection's opening count
-        replayed = [(await ws.until("message"))["message"]["id"] for _ in range(3)]
-        assert replayed == everything[2:]
+        replayed = await _receive_n(ws, 3)
+        assert [e["message"]["id"] for e in replayed] == everything[2:]
+        assert [int(e["cursor"]) for e in replayed] == sorted(int(e["cursor"]) for e in replayed)
         assert (await ws.until("count"))["total"] == 5
         # Nothing more: a ping's answer comes next, no message twice.
         await ws.send({"type": "ping"})
         assert (await ws.next())["type"] == "pong"
         # Resuming again from the same place sends nothing this connection already sent.
-        await ws.send({"type": "resume", "after": seen[-1]})
+        await ws.send({"type": "resume", "after": cursor})
         assert (await ws.next())["type"] == "count"
+
+
+async def test_a_resume_after_a_message_id_still_works(lite: Harness) -> None:
+    """Clients of earlier versions resume after the id of the last message they got."""
+    token = await inbox_ready(lite, "u-1")
+    for i in range(3):
+        await send(lite, "u-1", i)
+    await lite.drain()
+    everything = await arrival_order(lite, "u-1")
+    async with serving(lite) as base, websocket(base, token) as ws:
+        await ws.until("count")
+        await ws.send({"type": "resume", "after": everything[0]})
+        replayed = await _receive_n(ws, 2)
+        assert [e["message"]["id"] for e in replayed] == everything[1:]
+        assert (await ws.next())["type"] == "count"
+        # A cursor past the end, or neither a cursor nor a message id: reload.
+        for bad in ("99", "12345678901234567890123", "nonsense"):
+            await ws.send({"type": "resume", "after": bad})
+            assert await ws.next() == {"type": "reset", "reason": "unknown_message"}
+            assert (await ws.next())["type"] == "count"
 
 
 async def test_sse_resume_with_last_event_id(app: Harness, base: str) -> None:
@@ -127,14 +163,14 @@ async def test_sse_resume_with_last_event_id(app: Harness, base: str) -> None:
     for i in range(1, 4):
         await send(app, "u-1", i)
     await app.drain()
-    expected = [m["id"] for m in (await feed(app, token))["data"]][::-1][1:]
+    expected = (await arrival_order(app, "u-1"))[1:]
     async with event_stream(base, token, last_event_id=last) as stream:
         got = []
         while True:
             ident, event = await stream.next()
             if event["type"] == "message":
                 got.append(event["message"]["id"])
-                assert ident == event["message"]["id"]
+                assert ident == event["cursor"]
             elif event["type"] == "count":
                 break
         assert got == expected
@@ -178,22 +214,41 @@ async def test_bad_frames_get_error_frames_and_the_connection_lives(
         assert (await ws.next())["type"] == "count"
 
 
-async def test_bad_tokens_on_the_websocket_get_an_error_and_a_close(
+async def test_bad_tokens_on_the_websocket_are_refused_before_the_handshake(
     app: Harness, base: str
 ) -> None:
+    """No WebSocket opens: the upgrade is answered with the REST routes' status and JSON
+    error body, whether the token comes in the query or the header."""
     await inbox_ready(app, "u-1")
-    for token, code, close in (
-        ("nonsense", "invalid_token", 4401),
-        (app.key, "recipient_token_required", 4403),
-    ):
-        async with websocket(base, token) as ws:
-            error = await ws.next()
-            assert error["type"] == "error"
-            assert error["code"] == code
-            with pytest.raises(ConnectionClosed) as closed:
-                await ws.next()
-            assert closed.value.rcvd is not None
-            assert closed.value.rcvd.code == close
+    secret = await inbox_access.secret(app.ctx.engine, app.tenant_id)
+    assert secret is not None
+    past_ms = int((time.time() - 7200) * 1000)
+    expired = inbox_tokens.mint(secret, app.tenant_id, "u-1", past_ms, 60)
+    tampered = (await token_for(app, "u-1"))[:-4] + "AAAA"
+    cases = [
+        ("nonsense", 401, "invalid_token"),
+        (tampered, 401, "invalid_token"),
+        (expired, 401, "token_expired"),
+        (app.key, 403, "recipient_token_required"),
+    ]
+    for (token, status, code), header in itertools.product(cases, (False, True)):
+        with pytest.raises(InvalidStatus) as refused:
+            async with websocket(base, token, header=header):
+                pass
+        response = refused.value.response
+        assert response.status_code == status, (token, header)
+        body = orjson.loads(response.body or b"{}")
+        assert body["error"]["code"] == code
+        assert set(body["error"]) == {"code", "message", "details"}
+    # No token at all.
+    url = base.replace("http://", "ws://") + "/v1/inbox/ws"
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url):
+            pass
+    assert refused.value.response.status_code == 401
+    # The server goes on: a good token connects.
+    async with websocket(base, await token_for(app, "u-1")) as ws:
+        assert (await ws.next())["type"] == "count"
 
 
 async def test_erasure_closes_the_recipients_connections(app: Harness, base: str) -> None:
@@ -246,13 +301,14 @@ async def test_snooze_return_is_pushed_live(app: Harness, base: str) -> None:
         assert (await ws.until("count"))["total"] == 1
 
 
-async def test_a_stalled_client_is_cut_without_delaying_others(lite: Harness) -> None:
+async def test_a_stalled_client_is_cut_without_delaying_others(app: Harness, base: str) -> None:
     """A client that stops reading fills its socket, then its queue: it is closed as too
-    slow, while another recipient's connection gets its events at once."""
-    stalled = await inbox_ready(lite, "u-slow")
-    healthy = await inbox_ready(lite, "u-ok")
-    hub = lite.ctx.hub
-    async with serving(lite) as base, websocket(base, healthy) as ok:
+    slow, while another recipient's connection gets its events at once. Both hubs: in
+    process, and Redis pub/sub (where the events travel through Redis)."""
+    stalled = await inbox_ready(app, "u-slow")
+    healthy = await inbox_ready(app, "u-ok")
+    hub = app.ctx.hub
+    async with websocket(base, healthy) as ok:
         await ok.until("count")
         async with websocket(base, stalled, max_queue=1) as slow:
             await slow.until("count")
@@ -262,13 +318,13 @@ async def test_a_stalled_client_is_cut_without_delaying_others(lite: Harness) ->
             deadline = time.monotonic() + 30
             while hub.connections() == 2 and time.monotonic() < deadline:
                 await hub.publish(
-                    lite.tenant_id, "u-slow", {"type": "changed", "action": "x", "ids": blob}
+                    app.tenant_id, "u-slow", {"type": "changed", "action": "x", "ids": blob}
                 )
                 await asyncio.sleep(0)
             assert hub.connections() == 1, "the stalled connection was not cut"
             started = time.monotonic()
             await hub.publish(
-                lite.tenant_id, "u-ok", {"type": "changed", "action": "read", "ids": ["a"]}
+                app.tenant_id, "u-ok", {"type": "changed", "action": "read", "ids": ["a"]}
             )
             assert (await ok.until("changed"))["ids"] == ["a"]
             assert time.monotonic() - started < 1.0

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clarion.domain.durations import duration_seconds
 from clarion.providers.base import OutboundMessage
 from clarion.providers.stored import StoredProvider
-from clarion.realtime.base import Hub
+from clarion.realtime.base import Hub, arrivals
 from clarion.store import inbox_changes
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,7 @@ class InAppProvider(StoredProvider):
         stored = await inbox_changes.insert(engine, rows)
         if self._hub is None or not stored:
             return
-        events = [
-            (s["tenant_id"], s["recipient_id"], {"type": "message", "message": s["message"]})
-            for s in stored
-        ]
+        events = arrivals(stored)
         try:
             await self._hub.publish_many(events)
         except Exception as exc:

@@ -27,6 +27,19 @@ RESYNC = "resync"
 STOPPING = "server_stopping"
 
 
+def arrivals(stored: list[dict[str, Any]]) -> list[tuple[str, str, Event]]:
+    """The hub events of messages stored or back from snooze (``inbox_changes.insert``,
+    ``wake_due``): each with its place in the arrival order and its recipient's counts."""
+    return [
+        (
+            s["tenant_id"],
+            s["recipient_id"],
+            {"type": "message", "message": s["message"], "seq": s["seq"], "counts": s["counts"]},
+        )
+        for s in stored
+    ]
+
+
 class Subscription:
     """One live connection's view of the hub: a bounded queue and a close reason."""
 

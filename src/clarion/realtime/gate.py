@@ -20,11 +20,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clarion.realtime.base import Event, Hub
+from clarion.realtime.base import Event, Hub, arrivals
 from clarion.security import inbox_tokens
 from clarion.security.inbox_tokens import InvalidToken, RecipientClaims
 from clarion.store import inbox_access, inbox_changes
 from clarion.store.db import utcnow
+from clarion.store.inbox import State
 from clarion.store.notifications import NewNotification, Outcome
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class InboxGate:
         self._ready = False
         # How an API process accepts a notification (its intake): offline fallbacks.
         self.submit: Submit | None = None
+        # What time it is for snoozes and fallbacks (tests move it).
+        self.clock: Callable[[], datetime] = utcnow
 
     async def mint(self, tenant_id: str, recipient_id: str, ttl: int) -> tuple[str, datetime]:
         secret = await inbox_access.secret(self.engine, tenant_id, create=True)
@@ -152,25 +155,16 @@ class InboxGate:
         Returns how many messages it acted on."""
         await self._follow()
         fallen = await self._fall_back() if self.submit is not None else 0
-        woken = await inbox_changes.wake_due(self.engine)
+        woken = await inbox_changes.wake_due(self.engine, self.clock())
         if woken:
-            await self.hub.publish_many(
-                [
-                    (
-                        w["tenant_id"],
-                        w["recipient_id"],
-                        {"type": "message", "message": w["message"]},
-                    )
-                    for w in woken
-                ]
-            )
+            await self.hub.publish_many(arrivals(woken))
         return len(woken) + fallen
 
     async def _fall_back(self) -> int:
         """Unseen in time: the notification goes out again on the fallback channel, as a
         notification of its own (preferences, quiet hours and all), once: its idempotency
         key is the message's, so processes that race submit one."""
-        due = await inbox_changes.due_fallbacks(self.engine)
+        due = await inbox_changes.due_fallbacks(self.engine, self.clock())
         items = [_fallback(row) for row in due if row["template"] is not None]
         if items and self.submit is not None:
             await self.submit(items)
@@ -178,10 +172,18 @@ class InboxGate:
         return len(due)
 
     async def changed(
-        self, tenant_id: str, recipient_id: str, action: str, ids: list[str] | None
+        self,
+        tenant_id: str,
+        recipient_id: str,
+        action: str,
+        ids: list[str] | None,
+        counts: State | None = None,
     ) -> None:
-        """Tell the recipient's connections that messages changed (``ids`` None: many)."""
+        """Tell the recipient's connections that messages changed (``ids`` None: many),
+        with the counts the change committed."""
         event: Event = {"type": "changed", "action": action, "ids": ids}
+        if counts is not None:
+            event["counts"] = counts
         try:
             await self.hub.publish(tenant_id, recipient_id, event)
         except Exception as exc:

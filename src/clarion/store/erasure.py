@@ -64,7 +64,8 @@ async def erase(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> datet
         if not removed.rowcount:
             return None
         await inbox_access.revoke(conn, tenant_id, recipient_id, erased_at)
-        for table in (inbox_messages, inbox_counters, sandbox_messages):
+        # The counter row before the messages: the inbox's lock order (inbox_changes.py).
+        for table in (inbox_counters, inbox_messages, sandbox_messages):
             await conn.execute(
                 delete(table).where(
                     table.c.tenant_id == tenant_id, table.c.recipient_id == recipient_id

@@ -32,6 +32,10 @@ STATUSES = ("unread", "read", "archived")
 VISIBLE = text("snoozed_until IS NULL")
 FEED = text("status IN ('unread', 'read') AND snoozed_until IS NULL")
 RESUME_LIMIT = 500
+# A recipient's counter row as live connections follow it: the counts, the last ``seq``
+# given to a message (where "now" is in the arrival order) and the row's ``version``.
+STATE_COLUMNS = ("unread", "unseen", "total", "seq", "version")
+State = dict[str, int]
 
 
 def stamp(value: datetime | None) -> str | None:
@@ -161,46 +165,45 @@ async def recount(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> dic
     return {"unread": int(unread), "unseen": int(unseen), "total": int(total)}
 
 
+async def state(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> State:
+    """The recipient's counter row (``STATE_COLUMNS``), zeros before its first message."""
+    c = inbox_counters
+    query = select(*(c.c[n] for n in STATE_COLUMNS)).where(
+        c.c.tenant_id == tenant_id, c.c.recipient_id == recipient_id
+    )
+    async with engine.connect() as conn:
+        row = (await conn.execute(query)).mappings().first()
+    return {n: 0 if row is None else int(row[n]) for n in STATE_COLUMNS}
+
+
 async def position(
     engine: AsyncEngine, tenant_id: str, recipient_id: str, message_id: str
-) -> Cursor | None:
-    """Where a message sits in the feed, to resume after it; None if it is not there."""
-    query = select(t.c.created_at, t.c.id).where(
-        mine(tenant_id, recipient_id), t.c.id == message_id
-    )
+) -> int | None:
+    """A message's place in the arrival order (its ``seq``), to resume after it; None if
+    the recipient has no such message."""
+    query = select(t.c.seq).where(mine(tenant_id, recipient_id), t.c.id == message_id)
     async with engine.connect() as conn:
-        row = (await conn.execute(query)).first()
-    if row is None:
-        return None
-    return Cursor(as_utc(row.created_at) or utcnow(), row.id)
-
-
-async def newest(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> Cursor | None:
-    query = (
-        select(t.c.created_at, t.c.id)
-        .where(mine(tenant_id, recipient_id))
-        .order_by(t.c.created_at.desc(), t.c.id.desc())
-        .limit(1)
-    )
-    async with engine.connect() as conn:
-        row = (await conn.execute(query)).first()
-    return None if row is None else Cursor(as_utc(row.created_at) or utcnow(), row.id)
+        found = (await conn.execute(query)).scalar()
+    return None if found is None else int(found)
 
 
 async def since(
     engine: AsyncEngine,
     tenant_id: str,
     recipient_id: str,
-    after: Cursor | None,
+    after: int,
     limit: int = RESUME_LIMIT,
-) -> list[dict[str, Any]]:
-    """Messages newer than ``after`` (all of them when None), oldest first, snoozed ones
-    left out: what a reconnecting client missed. At most ``limit`` + 1 (the caller tells
-    the client to reload when there are more)."""
-    query = select(t).where(mine(tenant_id, recipient_id), VISIBLE)
-    if after is not None:
-        query = query.where(tuple_(t.c.created_at, t.c.id) > tuple_(after.created_at, after.id))
-    query = query.order_by(t.c.created_at.asc(), t.c.id.asc()).limit(limit + 1)
+) -> list[tuple[int, dict[str, Any]]]:
+    """``(seq, message)`` of the messages that arrived after ``seq`` ``after`` (0: all),
+    in arrival order, snoozed ones left out: what a reconnecting client missed. A message
+    back from snooze arrived again when it came back. At most ``limit`` + 1 (the caller
+    tells the client to reload when there are more)."""
+    query = (
+        select(t)
+        .where(mine(tenant_id, recipient_id), t.c.seq > after, VISIBLE)
+        .order_by(t.c.seq.asc())
+        .limit(limit + 1)
+    )
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()
-    return [public(r) for r in rows]
+    return [(int(r.seq), public(r)) for r in rows]

@@ -2,24 +2,33 @@
 
 A message counts in ``total`` while it is in the feed (``unread`` or ``read``, not
 snoozed), in ``unread`` while it is unread there, in ``unseen`` while it is unseen there.
-Each change reads the rows it changes (locked on PostgreSQL: ``FOR UPDATE``), works out
-how each one's contribution moves, and adds the difference to ``inbox_counters`` with one
-upsert. Message rows are always locked before the counter row, and counter rows in key
-order, so two changes never wait on each other in a cycle.
+Each change reads the rows it changes, works out how each one's contribution moves, and
+adds the difference to ``inbox_counters`` with one upsert, which also moves the row's
+``version`` (what orders the counts live events carry).
+
+Arrival order: a message stored (or back from snooze) takes the next ``seq`` of its
+recipient's counter row, in the same upsert, so under that row's lock: a message that
+takes a later ``seq`` commits after every one with an earlier ``seq`` of the recipient.
+Resuming after a ``seq`` is therefore exact, which ``created_at`` (set before the commit)
+is not.
+
+Locks (PostgreSQL): a transaction locks the counter rows it changes first, in key order,
+then message rows; so two changes never wait on each other in a cycle.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.store.db import utcnow, write_tx
-from clarion.store.inbox import mine, public, stamp
+from clarion.store.inbox import STATE_COLUMNS, State, mine, public, stamp
 from clarion.store.sql import chunks, insert_ignoring_conflicts
 from clarion.store.tables import inbox_counters, inbox_messages, notifications
 
@@ -40,41 +49,112 @@ def _minus(after: Delta, before: Delta) -> Delta:
     return (after[0] - before[0], after[1] - before[1], after[2] - before[2])
 
 
-async def bump(conn: AsyncConnection, deltas: dict[Key, Delta]) -> None:
-    """Add each recipient's delta to its counters (one statement, in key order)."""
-    params = [
-        {"tenant_id": k[0], "recipient_id": k[1], "unread": d[0], "unseen": d[1], "total": d[2]}
-        for k, d in sorted(deltas.items())
-        if d != (0, 0, 0)
-    ]
-    if not params:
-        return
+def _plus(a: Delta, b: Delta) -> Delta:
+    return (a[0] + b[0], a[1] + b[1], a[2] + b[2])
+
+
+async def bump(
+    conn: AsyncConnection, deltas: dict[Key, Delta], arrivals: dict[Key, int] | None = None
+) -> dict[Key, State]:
+    """Add each recipient's delta to its counters and move its ``seq`` on by its number
+    of ``arrivals`` (one statement, in key order); returns each changed row as it is now."""
+    arrivals = arrivals or {}
+    keys = sorted(
+        k for k in {*deltas, *arrivals} if deltas.get(k, (0, 0, 0)) != (0, 0, 0) or arrivals.get(k)
+    )
+    if not keys:
+        return {}
+    params = []
+    for key in keys:
+        d = deltas.get(key, (0, 0, 0))
+        params.append(
+            {
+                "tenant_id": key[0],
+                "recipient_id": key[1],
+                "unread": d[0],
+                "unseen": d[1],
+                "total": d[2],
+                "seq": arrivals.get(key, 0),
+                "version": 1,
+            }
+        )
     c = inbox_counters
     stmt: Any = postgresql.insert(c) if conn.dialect.name == "postgresql" else sqlite.insert(c)
     stmt = stmt.on_conflict_do_update(
         index_elements=["tenant_id", "recipient_id"],
-        set_={name: c.c[name] + stmt.excluded[name] for name in ("unread", "unseen", "total")},
+        set_={
+            **{
+                name: c.c[name] + stmt.excluded[name]
+                for name in ("unread", "unseen", "total", "seq")
+            },
+            "version": c.c.version + 1,
+        },
+    ).returning(c.c.tenant_id, c.c.recipient_id, *(c.c[n] for n in STATE_COLUMNS))
+    rows = (await conn.execute(stmt, params)).mappings().all()
+    return {(r["tenant_id"], r["recipient_id"]): _state(r) for r in rows}
+
+
+def _state(row: Any) -> State:
+    return {name: int(row[name]) for name in STATE_COLUMNS}
+
+
+async def _lock_counter(conn: AsyncConnection, tenant_id: str, recipient_id: str) -> State | None:
+    """The recipient's counter row, locked (PostgreSQL) before any of its messages."""
+    c = inbox_counters
+    query = select(*(c.c[n] for n in STATE_COLUMNS)).where(
+        c.c.tenant_id == tenant_id, c.c.recipient_id == recipient_id
     )
-    await conn.execute(stmt, params)
+    row = (await conn.execute(_locked(conn, query))).mappings().first()
+    return None if row is None else _state(row)
 
 
 def _locked(conn: AsyncConnection, query: Select[Any]) -> Select[Any]:
     return query.with_for_update() if conn.dialect.name == "postgresql" else query
 
 
+def _numbered(
+    values: list[dict[str, Any]], arrivals: Counter[Key], states: dict[Key, State]
+) -> None:
+    """Give each row the next ``seq`` of its recipient, in list order: the upsert moved
+    each recipient's ``seq`` on by its number of rows, and returned where it ends."""
+    following = {key: states[key]["seq"] - n + 1 for key, n in arrivals.items()}
+    for row in values:
+        key = (row["tenant_id"], row["recipient_id"])
+        row["seq"] = following[key]
+        following[key] += 1
+
+
 async def insert(engine: AsyncEngine, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Store new messages; returns those that were not stored already (a repeated send of
-    the same delivery inserts nothing), as ``{"tenant_id", "recipient_id", "message"}``."""
+    the same delivery inserts nothing), as ``{"tenant_id", "recipient_id", "message",
+    "seq", "counts"}`` (``counts``: the recipient's, this transaction's changes included).
+
+    Two statements in the usual case: the counters are moved first (taking each
+    recipient's next ``seq`` numbers under its row lock), then the messages inserted. A
+    message that was there already gives its count back (a third statement, rare); its
+    ``seq`` number stays unused."""
     now = utcnow()
     values = [_new_row(r, now) for r in rows]
+    arrivals = Counter((v["tenant_id"], v["recipient_id"]) for v in values)
     async with write_tx(engine) as conn:
+        states = await bump(conn, {k: (n, n, n) for k, n in arrivals.items()}, arrivals)
+        _numbered(values, arrivals, states)
         stmt = insert_ignoring_conflicts(conn, t).returning(t.c.id)
         fresh = set((await conn.execute(stmt, values)).scalars())
         stored = [v for v in values if v["id"] in fresh]
-        added = Counter((v["tenant_id"], v["recipient_id"]) for v in stored)
-        await bump(conn, {key: (n, n, n) for key, n in added.items()})
+        if len(stored) < len(values):
+            there = Counter(
+                (v["tenant_id"], v["recipient_id"]) for v in values if v["id"] not in fresh
+            )
+            states.update(await bump(conn, {k: (-n, -n, -n) for k, n in there.items()}))
     return [
-        {"tenant_id": v["tenant_id"], "recipient_id": v["recipient_id"], "message": public(_Row(v))}
+        {
+            "tenant_id": v["tenant_id"],
+            "recipient_id": v["recipient_id"],
+            "message": public(_Row(v)),
+            "seq": v["seq"],
+            "counts": states[(v["tenant_id"], v["recipient_id"])],
+        }
         for v in stored
     ]
 
@@ -92,6 +172,7 @@ def _new_row(row: dict[str, Any], now: datetime) -> dict[str, Any]:
         "snoozed_until": None,
         "fallback_due": now + timedelta(seconds=fallback[0]) if fallback else None,
         "fallback_channel": fallback[1] if fallback else None,
+        "seq": 0,
     }
 
 
@@ -131,11 +212,14 @@ async def _one(
     return dict(found) if found is not None else None
 
 
+Changed = tuple[dict[str, Any], State]
+
+
 async def change(
     engine: AsyncEngine, tenant_id: str, recipient_id: str, message_id: str, action: str
-) -> dict[str, Any] | None:
-    """Apply ``action`` to one message; the message as it is after, or None if the
-    recipient has no such message."""
+) -> Changed | None:
+    """Apply ``action`` to one message; the message as it is after and the recipient's
+    counts, or None if the recipient has no such message."""
     return await _set(
         engine, tenant_id, recipient_id, message_id, lambda r: _after(action, r, utcnow())
     )
@@ -143,13 +227,13 @@ async def change(
 
 async def snooze(
     engine: AsyncEngine, tenant_id: str, recipient_id: str, message_id: str, until: datetime
-) -> dict[str, Any] | None:
+) -> Changed | None:
     """Hide the message from the feed and the counts until ``until``."""
     found = await _set(
         engine, tenant_id, recipient_id, message_id, lambda _: {"snoozed_until": until}
     )
     if found is not None:
-        found["snoozed_until"] = stamp(until)
+        found[0]["snoozed_until"] = stamp(until)
     return found
 
 
@@ -158,31 +242,37 @@ async def _set(
     tenant_id: str,
     recipient_id: str,
     message_id: str,
-    changes: Any,
-) -> dict[str, Any] | None:
+    changes: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Changed | None:
+    key = (tenant_id, recipient_id)
     async with write_tx(engine) as conn:
+        state = await _lock_counter(conn, tenant_id, recipient_id)
         row = await _one(conn, tenant_id, recipient_id, message_id)
-        if row is None:
+        if row is None or state is None:
             return None
         values = changes(row)
         after = {**row, **values}
         await conn.execute(update(t).where(t.c.id == message_id).values(values))
-        await bump(
-            conn, {(tenant_id, recipient_id): _minus(contribution(after), contribution(row))}
-        )
-    return public(_Row(after))
+        moved = await bump(conn, {key: _minus(contribution(after), contribution(row))})
+    return public(_Row(after)), moved.get(key, state)
 
 
-async def change_all(engine: AsyncEngine, tenant_id: str, recipient_id: str, action: str) -> int:
+async def change_all(
+    engine: AsyncEngine, tenant_id: str, recipient_id: str, action: str
+) -> tuple[int, State]:
     """``read``: every unread message of the feed is read; ``archive``: every read one is
-    archived. Returns how many changed."""
+    archived. Returns how many changed, and the recipient's counts."""
     source = {"read": "unread", "archive": "read"}[action]
     now = utcnow()
+    key = (tenant_id, recipient_id)
     query = select(t.c.id, t.c.status, t.c.seen_at, t.c.read_at, t.c.archived_at, t.c.snoozed_until)
     query = query.where(
         mine(tenant_id, recipient_id), t.c.status == source, t.c.snoozed_until.is_(None)
     )
     async with write_tx(engine) as conn:
+        state = await _lock_counter(conn, tenant_id, recipient_id)
+        if state is None:  # no message was ever stored
+            return 0, {name: 0 for name in STATE_COLUMNS}
         rows = [dict(r) for r in (await conn.execute(_locked(conn, query))).mappings()]
         total: Delta = (0, 0, 0)
         for part in chunks(rows, 1000):
@@ -198,51 +288,69 @@ async def change_all(engine: AsyncEngine, tenant_id: str, recipient_id: str, act
                 )
         for row in rows:
             after = {**row, **_after(action, row, now)}
-            delta = _minus(contribution(after), contribution(row))
-            total = (total[0] + delta[0], total[1] + delta[1], total[2] + delta[2])
-        await bump(conn, {(tenant_id, recipient_id): total})
-    return len(rows)
+            total = _plus(total, _minus(contribution(after), contribution(row)))
+        moved = await bump(conn, {key: total})
+    return len(rows), moved.get(key, state)
 
 
-async def wake_due(engine: AsyncEngine, limit: int = 500) -> list[dict[str, Any]]:
-    """Bring back snoozed messages whose time has come. Each is claimed by one process
-    (the UPDATE clears ``snoozed_until`` only where it is still due), and returned as
-    ``{"tenant_id", "recipient_id", "message"}`` for the live push."""
-    now = utcnow()
-    due = select(t.c.id).where(t.c.snoozed_until <= now).limit(limit)
-    if engine.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
+async def wake_due(
+    engine: AsyncEngine, now: datetime | None = None, limit: int = 500
+) -> list[dict[str, Any]]:
+    """Bring back snoozed messages whose time (``now``: the present) has come. Each comes
+    back as a new arrival: it takes its recipient's next ``seq``, so a client that resumes
+    from before gets it again. Returned as ``{"tenant_id", "recipient_id", "message",
+    "seq", "counts"}`` for the live push.
+
+    The candidates are read first, then their recipients' counter rows locked (their
+    ``seq`` moved on), then each message cleared where it is still due: of processes that
+    race, one brings each message back (the others' ``seq`` numbers stay unused)."""
+    moment = now or utcnow()
+    due = (
+        select(t.c.id, t.c.tenant_id, t.c.recipient_id)
+        .where(t.c.snoozed_until <= moment)
+        .order_by(t.c.tenant_id, t.c.recipient_id, t.c.snoozed_until, t.c.id)
+        .limit(limit)
+    )
     async with write_tx(engine) as conn:
-        rows = (
-            (
-                await conn.execute(
-                    update(t)
-                    .where(t.c.id.in_(due.scalar_subquery()), t.c.snoozed_until <= now)
-                    .values(snoozed_until=None)
-                    .returning(*t.c)
-                )
-            )
-            .mappings()
-            .all()
+        candidates = [dict(r) for r in (await conn.execute(due)).mappings()]
+        if not candidates:
+            return []
+        arrivals = Counter((c["tenant_id"], c["recipient_id"]) for c in candidates)
+        states = await bump(conn, {}, arrivals)
+        _numbered(candidates, arrivals, states)
+        await conn.execute(
+            update(t)
+            .where(t.c.id == bindparam("m_id"), t.c.snoozed_until <= moment)
+            .values(snoozed_until=None, seq=bindparam("m_seq")),
+            [{"m_id": c["id"], "m_seq": c["seq"]} for c in candidates],
         )
+        numbers = {c["id"]: c["seq"] for c in candidates}
+        found = await conn.execute(select(t).where(t.c.id.in_(list(numbers))))
+        rows = [
+            dict(r)
+            for r in found.mappings()
+            if r["seq"] == numbers[r["id"]] and r["snoozed_until"] is None
+        ]
         deltas: dict[Key, Delta] = {}
         for row in rows:
             key = (row["tenant_id"], row["recipient_id"])
-            d = contribution(dict(row))
-            old = deltas.get(key, (0, 0, 0))
-            deltas[key] = (old[0] + d[0], old[1] + d[1], old[2] + d[2])
-        await bump(conn, deltas)
+            deltas[key] = _plus(deltas.get(key, (0, 0, 0)), contribution(row))
+        states.update(await bump(conn, deltas))
     return [
         {
             "tenant_id": r["tenant_id"],
             "recipient_id": r["recipient_id"],
-            "message": public(_Row(dict(r))),
+            "message": public(_Row(r)),
+            "seq": r["seq"],
+            "counts": states[(r["tenant_id"], r["recipient_id"])],
         }
         for r in rows
     ]
 
 
-async def due_fallbacks(engine: AsyncEngine, limit: int = 500) -> list[dict[str, Any]]:
+async def due_fallbacks(
+    engine: AsyncEngine, now: datetime | None = None, limit: int = 500
+) -> list[dict[str, Any]]:
     """Unseen messages whose fallback is due, with what their notification asked for
     (``template``, ``data``, ``priority``; None when the notification is gone)."""
     n = notifications
@@ -257,7 +365,7 @@ async def due_fallbacks(engine: AsyncEngine, limit: int = 500) -> list[dict[str,
             n.c.priority,
         )
         .select_from(t.outerjoin(n, n.c.id == t.c.notification_id))
-        .where(t.c.fallback_due <= utcnow(), t.c.seen_at.is_(None))
+        .where(t.c.fallback_due <= (now or utcnow()), t.c.seen_at.is_(None))
         .limit(limit)
     )
     async with engine.connect() as conn:

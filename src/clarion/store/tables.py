@@ -224,6 +224,10 @@ inbox_messages = Table(
     Column("notification_id", String(40)),
     _ts("fallback_due"),
     Column("fallback_channel", String(16)),
+    # The recipient's arrival order, in commit order: taken from `inbox_counters.seq` under
+    # that row's lock when the message is stored, and again when it comes back from snooze.
+    # A live connection resumes after a `seq` (store/inbox.py::since).
+    Column("seq", BigInteger, nullable=False, server_default=text("0")),
 )
 
 # The feed, newest first: each list is a range of one of these, so a page costs a page
@@ -257,6 +261,13 @@ Index(
     inbox_messages.c.created_at,
     inbox_messages.c.id,
 )
+Index(
+    "ix_inbox_messages_seq",
+    inbox_messages.c.tenant_id,
+    inbox_messages.c.recipient_id,
+    inbox_messages.c.seq,
+    unique=True,
+)
 Index("ix_inbox_messages_snoozed_until", inbox_messages.c.snoozed_until)
 Index("ix_inbox_messages_fallback_due", inbox_messages.c.fallback_due)
 
@@ -270,6 +281,11 @@ inbox_counters = Table(
     Column("unread", Integer, nullable=False),
     Column("unseen", Integer, nullable=False),
     Column("total", Integer, nullable=False),
+    # The last `seq` given to a message of the recipient (see inbox_messages.seq).
+    Column("seq", BigInteger, nullable=False, server_default=text("0")),
+    # One more on every change of the counts: what orders the counts that live events
+    # carry (realtime/base.py), whatever order they arrive in.
+    Column("version", BigInteger, nullable=False, server_default=text("0")),
 )
 
 # Recipient tokens issued before `revoked_at` are refused: the recipient was erased (named

@@ -101,9 +101,9 @@ async def archive_read(request: Request, who: Reader) -> JSONResponse:
 
 async def _change_all(request: Request, who: Reader, action: str) -> JSONResponse:
     gate = _gate(request)
-    changed = await changes.change_all(gate.engine, who.tenant_id, who.recipient_id, action)
+    changed, counts = await changes.change_all(gate.engine, who.tenant_id, who.recipient_id, action)
     if changed:
-        await gate.changed(who.tenant_id, who.recipient_id, f"{action}_all", None)
+        await gate.changed(who.tenant_id, who.recipient_id, f"{action}_all", None, counts)
     return JSONResponse({"updated": changed})
 
 
@@ -126,8 +126,9 @@ async def snooze(
     )
     if found is None:
         raise NotFound(f"no message {message_id!r} in this inbox")
-    await gate.changed(who.tenant_id, who.recipient_id, "snooze", [message_id])
-    return JSONResponse(found)
+    message, counts = found
+    await gate.changed(who.tenant_id, who.recipient_id, "snooze", [message_id], counts)
+    return JSONResponse(message)
 
 
 @router.post(
@@ -142,5 +143,6 @@ async def change(
     found = await changes.change(gate.engine, who.tenant_id, who.recipient_id, message_id, action)
     if found is None:
         raise NotFound(f"no message {message_id!r} in this inbox")
-    await gate.changed(who.tenant_id, who.recipient_id, action, [message_id])
-    return JSONResponse(found)
+    message, counts = found
+    await gate.changed(who.tenant_id, who.recipient_id, action, [message_id], counts)
+    return JSONResponse(message)

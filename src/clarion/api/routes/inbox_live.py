@@ -2,12 +2,14 @@
 inbox. Both take the recipient token in ``Authorization`` or as ``?token=`` (a browser's
 ``EventSource`` cannot send headers). The events are those of :mod:`clarion.api.live`.
 
-SSE: each event is ``id: <message id>`` (the newest message the client holds) and
-``data: <json>``; a reconnecting ``EventSource`` sends it back as ``Last-Event-ID`` and
-first receives what it missed. A comment (``: heartbeat``) goes out when nothing else has
-for ``CLARION_INBOX_HEARTBEAT`` seconds.
+SSE: each event is ``id: <cursor>`` (the connection's place in the arrival order, see
+:mod:`clarion.api.live`) and ``data: <json>``; a reconnecting ``EventSource`` sends it
+back as ``Last-Event-ID`` and first receives what it missed. A comment
+(``: heartbeat``) goes out when nothing else has for ``CLARION_INBOX_HEARTBEAT`` seconds.
 
-WebSocket: the client may send ``{"type": "resume", "after": "<message id>"}`` (first,
+WebSocket: a missing, bad or expired token (or an API key) is refused before the handshake
+completes, with the HTTP status and JSON error body of the REST routes (401, 403). The
+client may send ``{"type": "resume", "after": "<cursor>"}`` (first,
 to be answered before any live event, or at any time) and ``{"type": "ping"}`` (answered
 ``{"type": "pong"}``). A frame that is not JSON, not an object, larger than 4 KiB, binary,
 or of an unknown type is answered with ``{"type": "error", "code", "message"}`` and the
@@ -27,6 +29,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
 from starlette.responses import StreamingResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from clarion.api.errors import api_error_response
 from clarion.api.inbox_auth import check, token_of
 from clarion.api.live import LiveSession
 from clarion.errors import ApiError, Unauthorized
@@ -53,8 +56,10 @@ async def _stream_reader(request: Request) -> RecipientClaims:
 
 
 def _sse(event: Event, cursor: str) -> bytes:
-    # A message's id is its own; any other event repeats the newest message's id.
-    ident = event["message"]["id"] if event["type"] == "message" else cursor
+    # Every event's id is the connection's cursor as of that event: what a reconnect
+    # resumes after.
+    ident = event.get("cursor")
+    ident = ident if isinstance(ident, str) else cursor
     return b"id: " + ident.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
@@ -91,7 +96,7 @@ async def stream(
                 first = await session.resume(resume_after)
             yield b"retry: 2000\n\n"
             for event in first:
-                yield _sse(event, session.cursor)
+                yield _sse(event, session.position)
             while True:
                 try:
                     batch = await asyncio.wait_for(sub.next_batch(), heartbeat)
@@ -102,10 +107,10 @@ async def stream(
                     yield b": heartbeat\n\n"
                     continue
                 if batch is None:
-                    yield _sse({"type": "closed", "reason": sub.reason}, session.cursor)
+                    yield _sse({"type": "closed", "reason": sub.reason}, session.position)
                     return
                 for event in await session.translate(batch):
-                    yield _sse(event, session.cursor)
+                    yield _sse(event, session.position)
 
     return StreamingResponse(
         events(),
@@ -153,7 +158,7 @@ async def _answer(sock: _Socket, session: LiveSession, frame: dict[str, Any]) ->
     elif kind == "resume":
         after = frame.get("after")
         if not isinstance(after, str) or not 1 <= len(after) <= 40:
-            await sock.error("invalid_frame", '"after" is a message id')
+            await sock.error("invalid_frame", '"after" is a cursor (or a message id)')
             return
         for event in await session.resume(after):
             await sock.send(event)
@@ -194,11 +199,13 @@ async def _write(sock: _Socket, session: LiveSession, who: RecipientClaims, beat
 
 
 async def _refuse(websocket: WebSocket, exc: ApiError) -> None:
-    await websocket.accept()
-    await websocket.send_text(
-        orjson.dumps({"type": "error", "code": exc.code, "message": exc.message}).decode()
-    )
-    await websocket.close(code=4401 if exc.status == 401 else 4403, reason=exc.code)
+    """Refuse the handshake: an HTTP 401 or 403 with the JSON error body, before any
+    WebSocket exists. A server without the denial-response extension of ASGI answers the
+    close before accept with a bare 403."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(api_error_response(exc))
+    else:
+        await websocket.close(code=4401 if exc.status == 401 else 4403, reason=exc.code)
 
 
 @router.websocket("/ws")

@@ -71,7 +71,7 @@
       super();
       this.messages = [];          // newest first
       this.counts = { unread: 0, unseen: 0, total: 0 };
-      this.lastId = null;          // the newest message id received: where a resume starts
+      this.cursor = null;          // the cursor of the last event received: where a resume starts
       this.socket = null;
       this.source = null;
       this.useSse = !("WebSocket" in window);
@@ -148,7 +148,7 @@
       socket.onopen = () => {
         opened = true;
         this.failures = 0;
-        if (this.lastId) socket.send(JSON.stringify({ type: "resume", after: this.lastId }));
+        if (this.cursor) socket.send(JSON.stringify({ type: "resume", after: this.cursor }));
         this.showStatus("");
       };
       socket.onmessage = (frame) => {
@@ -157,18 +157,37 @@
       socket.onclose = (close) => {
         this.socket = null;
         if (close.code === 4401 || close.code === 4403 || close.reason === "revoked") {
-          this.showStatus("signed out of notifications");
+          this.signedOut();
           return;
         }
-        // A WebSocket that never opens (a proxy that blocks them): Server-Sent Events.
-        if (!opened && ++this.failures >= 2) this.useSse = true;
-        this.retry();
+        if (opened) { this.retry(); return; }
+        // Never opened: a refused token (the handshake's 401/403 is not shown to pages,
+        // so ask over HTTP), or a proxy that blocks WebSockets (Server-Sent Events then).
+        this.tokenRefused().then((refused) => {
+          if (refused) { this.signedOut(); return; }
+          if (++this.failures >= 2) this.useSse = true;
+          this.retry();
+        });
       };
+    }
+
+    async tokenRefused() {
+      try {
+        const response = await fetch(this.baseUrl + "/v1/inbox/count", {
+          headers: { Authorization: "Bearer " + this.token },
+        });
+        return response.status === 401 || response.status === 403;
+      } catch (_) { return false; }
+    }
+
+    signedOut() {
+      this.stop();
+      this.showStatus("signed out of notifications");
     }
 
     connectSse() {
       const url = this.baseUrl + "/v1/inbox/stream?token=" + encodeURIComponent(this.token) +
-        (this.lastId ? "&after=" + encodeURIComponent(this.lastId) : "");
+        (this.cursor ? "&after=" + encodeURIComponent(this.cursor) : "");
       const source = new EventSource(url);
       this.source = source;
       // EventSource reconnects by itself and sends Last-Event-ID: it resumes on its own.
@@ -176,7 +195,9 @@
         try { this.onEvent(JSON.parse(event.data)); } catch (_) { /* not ours */ }
       };
       source.onerror = () => {
-        if (source.readyState === EventSource.CLOSED) { this.source = null; this.retry(); }
+        if (source.readyState !== EventSource.CLOSED) return;
+        this.source = null;
+        this.tokenRefused().then((refused) => (refused ? this.signedOut() : this.retry()));
       };
     }
 
@@ -188,9 +209,9 @@
     }
 
     onEvent(event) {
+      if (typeof event.cursor === "string") this.cursor = event.cursor;
       switch (event.type) {
         case "message":
-          this.lastId = event.message.id;
           if (!this.messages.some((m) => m.id === event.message.id)) {
             this.messages.unshift(event.message);
             this.renderList();

@@ -1,7 +1,7 @@
 """inbox: per-recipient arrival sequence (commit-ordered resume) and counter versions
 
 Revision ID: 0011
-Revises: 0007
+Revises: 0010
 Create Date: 2026-11-23 11:30:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0007"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -16,6 +16,7 @@ from clarion.api.routes import (
     inbox,
     inbox_live,
     inbox_web,
+    metrics,
     notifications,
     provider_callbacks,
     provider_health,
@@ -26,6 +27,7 @@ from clarion.api.routes import (
     unsubscribe,
     webhooks,
 )
+from clarion.observability.scrape import Sources
 from clarion.pipeline.context import Context
 from clarion.pipeline.intake import Intake
 
@@ -48,14 +50,18 @@ the server: headers within 10 s and 64 KiB (else 408 `request_timeout`, 431
 """
 
 
-def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
+def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = None) -> FastAPI:
+    """The API of ``ctx``. ``sources``: what ``/metrics`` reads at scrape time (by default
+    everything, as for ``clarion serve``)."""
     app = FastAPI(title="Clarion", version=__version__, description=DESCRIPTION)
     app.state.ctx = ctx
+    app.state.metrics_sources = sources or Sources(ctx, inbox=True)
     app.state.intake = intake
     app.state.keys = KeyCache()
     errors.install(app)
     for module in (
         health,
+        metrics,
         notifications,
         recipients,
         categories,

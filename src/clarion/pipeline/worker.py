@@ -15,6 +15,7 @@ from typing import Any
 from clarion.broker import Message
 from clarion.domain.delivery import Delivery, MalformedDelivery
 from clarion.domain.models import LANES, DeliveryStatus, send_stream
+from clarion.observability import metrics
 from clarion.pipeline.attempt import Attempts
 from clarion.pipeline.consumer import FairConsumer, tenant_of
 from clarion.pipeline.context import Context
@@ -138,6 +139,9 @@ class ChannelWorker:
                 return
         self._acks.put_nowait(message)
         self._ctx.made_progress()
+        # A retry spends an attempt; waiting for a provider (breaker, rate limit) does not.
+        retried = retry is not None and change.attempts == delivery.attempt
+        metrics.attempt(self.channel, delivery, attempt.kind, change.status, change.reason, retried)
         if dead:
             await self._forget(delivery, dead)
 

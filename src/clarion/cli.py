@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
@@ -13,6 +12,7 @@ from typing import Any
 
 from clarion.config import Settings
 from clarion.domain.models import ALL_SCOPES, Channel
+from clarion.observability.logs import configure_logging
 from clarion.pipeline.context import Context, open_context
 from clarion.pipeline.runtime import ALL_CHANNELS, Roles
 from clarion.store import inbox_access
@@ -160,9 +160,7 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "secret":
         print(base64.b64encode(os.urandom(32)).decode())
         return 0

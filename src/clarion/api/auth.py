@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import Request
+from structlog.contextvars import bind_contextvars
 
 from clarion.errors import Forbidden, Unauthorized
 from clarion.security.inbox_tokens import looks_like_token
@@ -67,6 +68,8 @@ def require(scope: str, *others: str) -> Callable[[Request], Awaitable[Principal
         principal = await keys.lookup(request, secret)
         if principal is None:
             raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        # The request's own task: every line it logs from here carries the tenant.
+        bind_contextvars(tenant_id=principal.tenant_id)
         if not principal.scopes.intersection(allowed):
             wanted = " or ".join(repr(s) for s in allowed)
             raise Forbidden(f"this key lacks the {wanted} scope", code="insufficient_scope")

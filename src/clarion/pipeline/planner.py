@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from structlog.contextvars import bind_contextvars, bound_contextvars
+
 from clarion.broker import Message
 from clarion.domain.ids import delivery_id
 from clarion.domain.models import PLAN_STREAM, DeliveryStatus, NotificationStatus, Priority
@@ -73,6 +75,7 @@ class Planner:
             [PLAN_STREAM], self._consumer, self.batch_size, timeout
         )
         if messages:
+            bind_contextvars(stage="planner", batch=len(messages))
             started = time.perf_counter()
             await self._handle_isolated(messages)
             await self._ctx.broker.ack(messages)
@@ -94,7 +97,10 @@ class Planner:
                 await self._handle_isolated(messages[middle:])
                 return
             nid = messages[0].payload.get("notification")
-            log.error("notification %s cannot be planned: %r", nid, exc, exc_info=exc)
+            with bound_contextvars(
+                notification_id=nid, tenant_id=messages[0].payload.get("tenant")
+            ):
+                log.error("notification %s cannot be planned: %r", nid, exc, exc_info=exc)
             if isinstance(nid, str):
                 await notification_store.fail_unplannable(self._ctx.engine, nid)
 

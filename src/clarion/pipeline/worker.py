@@ -12,6 +12,8 @@ import contextlib
 import logging
 from typing import Any
 
+from structlog.contextvars import bound_contextvars
+
 from clarion.broker import Message
 from clarion.domain.delivery import Delivery, MalformedDelivery
 from clarion.domain.models import LANES, DeliveryStatus, send_stream
@@ -120,10 +122,12 @@ class ChannelWorker:
             log.error("%s: message %s dropped: %s", self.channel, message.id, exc)
             self._acks.put_nowait(message)
             return
-        try:
-            attempt = await self._attempts.run(delivery)
-        except Exception as exc:
-            attempt = self._attempts.failed(delivery, exc)
+        ids = {"tenant_id": delivery.tenant, "notification_id": delivery.notification}
+        with bound_contextvars(**ids, delivery_id=delivery.id):
+            try:
+                attempt = await self._attempts.run(delivery)
+            except Exception as exc:
+                attempt = self._attempts.failed(delivery, exc)
         change, retry, dead = attempt.change, attempt.retry, attempt.dead
         change.ref = DeliveryRef(
             delivery.notification, delivery.recipient, self.channel, delivery.provider

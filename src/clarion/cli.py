@@ -10,6 +10,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from clarion import __version__
 from clarion.config import Settings
 from clarion.domain.models import ALL_SCOPES, Channel
 from clarion.observability.logs import configure_logging
@@ -44,6 +45,7 @@ def _scopes(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clarion", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"clarion {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run every role in one process (the embedded default)")
     sub.add_parser("api", help="run the HTTP API")
@@ -183,6 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"`clarion {args.command}` runs one role and needs a shared broker "
             "(CLARION_BROKER_URL=redis://...); with the embedded default use `clarion serve`",
+            file=sys.stderr,
+        )
+        return 2
+    if not settings.is_sqlite and not settings.secret_key:
+        print(
+            f"`clarion {args.command}` on PostgreSQL needs CLARION_SECRET_KEY: it seals tenants' "
+            "provider credentials and must be the same in every process. Make one with "
+            "`clarion secret generate` and keep it safe.",
             file=sys.stderr,
         )
         return 2

@@ -68,6 +68,12 @@ def describe(settings: Settings, roles: Roles) -> str:
     return f"ready: {'; '.join(parts)} [database {database}, broker {broker}]"
 
 
+def sandbox_default(settings: Settings, roles: Roles) -> bool:
+    """Whether this process sends through the sandbox by default on a production store."""
+    sends = bool(roles.channels)
+    return sends and not settings.is_sqlite and settings.default_provider == "sandbox"
+
+
 def sources_for(ctx: Context, roles: Roles) -> Sources:
     """What this process's /metrics reads at scrape time: the shared streams and outbox
     from the processes that consume them, not from every API process."""
@@ -99,6 +105,13 @@ async def run(settings: Settings, roles: Roles, *, demo: bool = False) -> None:
             server_task = asyncio.create_task(server.serve(), name="http")
             print(
                 f"Clarion listening on http://{settings.http_host}:{settings.http_port}", flush=True
+            )
+        if sandbox_default(settings, roles):
+            log.warning(
+                "CLARION_DEFAULT_PROVIDER is `sandbox`: email, SMS, push and web push of "
+                "tenants without a provider of their own are kept in the sandbox, not sent "
+                "to anyone. Configure providers (PUT /v1/providers/{name}) or set "
+                "CLARION_DEFAULT_PROVIDER."
             )
         log.info(describe(settings, roles))
         stopped = asyncio.create_task(stop.wait())

@@ -103,7 +103,7 @@ def value(result: list[dict[str, Any]]) -> float:
 async def test_prometheus_sees_sends_lag_and_latency(
     postgres_url: str, redis_url: str, procs: Procs, ports: Ports
 ) -> None:
-    settings = {"log_level": "WARNING", "shutdown_timeout": 3}
+    settings = {"log_level": "INFO", "shutdown_timeout": 3}
     env = clarion_env(postgres_url, redis_url, http_port=ports.api, **settings)
     key = await asyncio.to_thread(create_tenant, env, "acme")
     auth = {"Authorization": f"Bearer {key}"}
@@ -121,6 +121,14 @@ async def test_prometheus_sees_sends_lag_and_latency(
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as ops:
                 await wait_ready(ops, proc)
         await run_checks(client, prom, auth, procs)
+    # Every role says what it serves; a worker sending to the sandbox on PostgreSQL says so.
+    assert f"ready: api on http://127.0.0.1:{ports.api}" in api.output(100_000)
+    worker_log = worker.output(100_000)
+    assert "ready: planner (stream plan); channel workers for email" in worker_log
+    assert f"metrics and probes on http://127.0.0.1:{ports.worker}/metrics" in worker_log
+    assert "CLARION_DEFAULT_PROVIDER is `sandbox`" in worker_log
+    assert "has no email provider: its email deliveries go to the sandbox" in worker_log
+    assert "ready: scheduler (outbox relay, sweeper)" in scheduler.output(100_000)
 
 
 async def run_checks(

@@ -27,12 +27,14 @@ from clarion.store.db import migrate
 log = logging.getLogger("clarion")
 
 
-async def ensure_demo_tenant(ctx: Context) -> str | None:
-    """On an empty database, create the `demo` tenant and return its new key."""
+async def ensure_demo_tenant(ctx: Context) -> tuple[str, str] | None:
+    """On an empty database, create the `demo` tenant and return its new key and its
+    webhook signing secret."""
     if await tenant_store.count_tenants(ctx.engine):
         return None
     tenant = await tenant_store.create_tenant(ctx.engine, "demo")
-    return await tenant_store.create_key(ctx.engine, tenant.id, ["send", "read", "manage", "admin"])
+    scopes = ["send", "read", "manage", "admin"]
+    return await tenant_store.create_key(ctx.engine, tenant.id, scopes), tenant.webhook_secret
 
 
 def _install_signals(stop: asyncio.Event) -> None:
@@ -87,9 +89,11 @@ async def run(settings: Settings, roles: Roles, *, demo: bool = False) -> None:
     try:
         await migrate(ctx.engine)
         if demo:
-            key = await ensure_demo_tenant(ctx)
-            if key:
-                print(f"Created tenant 'demo'. Its API key (shown once):\n{key}", flush=True)
+            created = await ensure_demo_tenant(ctx)
+            if created:
+                key, secret = created
+                print(f"Created tenant 'demo'. Its webhook signing secret: {secret}", flush=True)
+                print(f"Its API key (shown once):\n{key}", flush=True)
         runtime = Runtime(ctx, roles)
         await runtime.start()
         stop = asyncio.Event()

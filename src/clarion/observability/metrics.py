@@ -122,6 +122,16 @@ class Metrics:
         )
         # (tenant, provider name) → (channel, kind, open?): as this process last saw it.
         self.breakers: dict[tuple[str, str], tuple[str, str, bool]] = {}
+        # Label children of the per-attempt metrics, found without the library's lock.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: the per-attempt hooks call this per send."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
 
 METRICS = Metrics()
@@ -218,14 +228,14 @@ def attempt(
     m = METRICS
     labels = (channel, kind, str(status), reason or "")
     if m.tenant_label:
-        m.deliveries.labels(*labels, delivery.tenant).inc()
+        m.child(m.deliveries, *labels, delivery.tenant).inc()
     else:
-        m.deliveries.labels(*labels).inc()
+        m.child(m.deliveries, *labels).inc()
     if status == "sent":
         accepted = accepted_at(delivery.notification)
         if accepted is not None:
             lane = delivery.priority
-            m.latency.labels(channel, lane).observe(max(0.0, time.time() - accepted))
+            m.child(m.latency, channel, lane).observe(max(0.0, time.time() - accepted))
     elif retry:
         m.retries.labels(channel, reason or "").inc()
     elif status == "dead":
@@ -233,7 +243,7 @@ def attempt(
 
 
 def provider_call(channel: str, kind: str, outcome: str, seconds: float) -> None:
-    METRICS.provider_calls.labels(channel, kind, outcome).observe(seconds)
+    METRICS.child(METRICS.provider_calls, channel, kind, outcome).observe(seconds)
 
 
 def breaker_seen(channel: str, tenant: str, name: str, kind: str, allowed: bool) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from clarion.errors import PermanentError, TransientError
@@ -53,8 +53,9 @@ class ProviderLookup(Protocol):
 class Sent:
     provider: str
     result: SendResult
-    # The provider's kind (``ses``, ``smtp``, …): the bounded name metrics use.
-    kind: str = ""
+    # The provider's kind (``ses``, ``smtp``, …): the bounded name metrics use; not part
+    # of the outcome's identity.
+    kind: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,7 @@ class Failed:
 
     provider: str
     error: BaseException
-    kind: str = ""
+    kind: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)

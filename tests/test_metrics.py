@@ -12,6 +12,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from clarion.domain.ids import new_id
+from clarion.observability import metrics
 from clarion.observability.metrics import accepted_at
 from clarion.observability.ops_server import create_ops_app
 from clarion.observability.scrape import Sources
@@ -133,3 +134,23 @@ async def test_operations_port_answers_probes_and_metrics(app: Harness) -> None:
         missing = await client.get("/v1/notifications")
         assert missing.status_code == 404
         assert missing.json()["error"]["code"] == "not_found"
+
+
+async def test_tenant_label_only_when_asked(lite: Harness) -> None:
+    await lite.put_template("hello", TEMPLATE)
+    await lite.put_recipient("u-1", email="u1@example.com")
+    metrics.configure(tenant_label=True)
+    try:
+        body = {"template": "hello", "to": {"recipient_id": "u-1"}, "data": {"n": 1}}
+        response = await lite.send(body)
+        assert response.status_code == 202
+        await lite.drain()
+        _, samples = await scrape(lite.client)
+    finally:
+        metrics.configure(tenant_label=False)
+    tenant = lite.tenant_id
+    assert total(samples, "clarion_notifications_accepted_total", tenant=tenant) == 1
+    sent = total(samples, "clarion_deliveries_total", tenant=tenant, status="sent")
+    assert sent == 1
+    _, plain = await scrape(lite.client)
+    assert not any(("tenant", tenant) in labels for _, labels in plain)

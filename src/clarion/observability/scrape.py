@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -65,13 +66,13 @@ class _Snapshot(Collector):
         yield from self.families
 
 
-_SNAPSHOTS: dict[int, _Snapshot] = {}
+_SNAPSHOTS: weakref.WeakKeyDictionary[Any, _Snapshot] = weakref.WeakKeyDictionary()
 
 
 def _snapshot(registry: Any) -> _Snapshot:
-    snap = _SNAPSHOTS.get(id(registry))
+    snap = _SNAPSHOTS.get(registry)
     if snap is None:
-        snap = _SNAPSHOTS[id(registry)] = _Snapshot()
+        snap = _SNAPSHOTS[registry] = _Snapshot()
         registry.register(snap)
     return snap
 

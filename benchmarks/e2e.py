@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import fcntl
 import os
@@ -417,6 +418,8 @@ class Bench:
         self.sink: Child | None = None
         self.key = ""
         self.run_id = secrets.token_hex(4)
+        # Roles on PostgreSQL refuse to start without one; every process shares it.
+        self.secret_key = base64.b64encode(secrets.token_bytes(32)).decode()
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -429,6 +432,7 @@ class Bench:
             CLARION_HTTP_PORT=str(self.port),
             CLARION_ALLOW_PRIVATE_WEBHOOKS="true",
             CLARION_LOG_LEVEL=os.environ.get("CLARION_LOG_LEVEL", "warning"),
+            CLARION_SECRET_KEY=os.environ.get("CLARION_SECRET_KEY") or self.secret_key,
         )
         return env
 

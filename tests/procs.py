@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 CLI = [sys.executable, "-m", "clarion.cli"]
+TEST_SECRET_KEY = "Y2xhcmlvbi10ZXN0cy1zZWNyZXQta2V5LTMyLWJ5dGU="  # 32 bytes, tests only
 
 
 def free_port() -> int:
@@ -40,6 +41,8 @@ def clarion_env(
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLARION_")}
     env["CLARION_DATABASE_URL"] = database_url
     env["CLARION_BROKER_URL"] = broker_url
+    # Roles on PostgreSQL refuse to start without a secret key.
+    env["CLARION_SECRET_KEY"] = TEST_SECRET_KEY
     env["PYTHONUNBUFFERED"] = "1"
     for name, value in settings.items():
         env[f"CLARION_{name.upper()}"] = str(value)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from clarion import __version__
 from clarion.config import Settings
 from clarion.domain.models import ALL_SCOPES, Channel
+from clarion.observability.logs import configure_logging
 from clarion.pipeline.context import Context, open_context
 from clarion.pipeline.runtime import ALL_CHANNELS, Roles
 from clarion.store import inbox_access
@@ -44,6 +45,7 @@ def _scopes(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clarion", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"clarion {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run every role in one process (the embedded default)")
     sub.add_parser("api", help="run the HTTP API")
@@ -160,9 +162,7 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "secret":
         print(base64.b64encode(os.urandom(32)).decode())
         return 0
@@ -185,6 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"`clarion {args.command}` runs one role and needs a shared broker "
             "(CLARION_BROKER_URL=redis://...); with the embedded default use `clarion serve`",
+            file=sys.stderr,
+        )
+        return 2
+    if not settings.is_sqlite and not settings.secret_key:
+        print(
+            f"`clarion {args.command}` on PostgreSQL needs CLARION_SECRET_KEY: it seals tenants' "
+            "provider credentials and must be the same in every process. Make one with "
+            "`clarion secret generate` and keep it safe.",
             file=sys.stderr,
         )
         return 2

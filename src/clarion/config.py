@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -87,6 +88,14 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(default=10.0, gt=0)
     sqlite_synchronous: str = "FULL"
     log_level: str = "INFO"
+    # Logs as one JSON object a line (`json`) or as readable text (`text`).
+    log_format: Literal["text", "json"] = "text"
+    # Workers' and schedulers' port for /metrics, /healthz and /readyz (off when unset).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # Adds a `tenant` label to the notification and delivery counters: one series per
+    # tenant, so only for deployments with few tenants.
+    metrics_tenant_label: bool = False
     # Size of each channel's pool of concurrent sends.
     worker_concurrency: int = Field(default=256, ge=1)
     # The share of that pool one tenant may hold: a tenant whose endpoints hang holds at

@@ -16,6 +16,9 @@ import uvicorn
 from clarion.api.app import create_app
 from clarion.api.server import http_server
 from clarion.config import Settings
+from clarion.observability import metrics
+from clarion.observability.ops_server import ops_server
+from clarion.observability.scrape import Sources
 from clarion.pipeline.context import Context, open_context
 from clarion.pipeline.runtime import Roles, Runtime
 from clarion.store import tenants as tenant_store
@@ -24,12 +27,14 @@ from clarion.store.db import migrate
 log = logging.getLogger("clarion")
 
 
-async def ensure_demo_tenant(ctx: Context) -> str | None:
-    """On an empty database, create the `demo` tenant and return its new key."""
+async def ensure_demo_tenant(ctx: Context) -> tuple[str, str] | None:
+    """On an empty database, create the `demo` tenant and return its new key and its
+    webhook signing secret."""
     if await tenant_store.count_tenants(ctx.engine):
         return None
     tenant = await tenant_store.create_tenant(ctx.engine, "demo")
-    return await tenant_store.create_key(ctx.engine, tenant.id, ["send", "read", "manage", "admin"])
+    scopes = ["send", "read", "manage", "admin"]
+    return await tenant_store.create_key(ctx.engine, tenant.id, scopes), tenant.webhook_secret
 
 
 def _install_signals(stop: asyncio.Event) -> None:
@@ -45,27 +50,74 @@ def _install_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, on_signal)
 
 
+def describe(settings: Settings, roles: Roles) -> str:
+    """What a process serves, for its "ready" line."""
+    parts = []
+    if roles.api:
+        parts.append(f"api on http://{settings.http_host}:{settings.http_port}")
+    if roles.planner:
+        parts.append("planner (stream plan)")
+    if roles.channels:
+        channels = ", ".join(roles.channels)
+        parts.append(f"channel workers for {channels} (streams send.<channel>.<lane>, events)")
+    if roles.scheduler:
+        parts.append("scheduler (outbox relay, sweeper)")
+    if settings.metrics_port is not None:
+        where = f"http://{settings.metrics_host}:{settings.metrics_port}"
+        parts.append(f"metrics and probes on {where}/metrics, /healthz, /readyz")
+    database = settings.database_url.split("://", 1)[0]
+    broker = settings.broker_url.split("://", 1)[0]
+    return f"ready: {'; '.join(parts)} [database {database}, broker {broker}]"
+
+
+def sandbox_default(settings: Settings, roles: Roles) -> bool:
+    """Whether this process sends through the sandbox by default on a production store."""
+    sends = bool(roles.channels)
+    return sends and not settings.is_sqlite and settings.default_provider == "sandbox"
+
+
+def sources_for(ctx: Context, roles: Roles) -> Sources:
+    """What this process's /metrics reads at scrape time: the shared streams and outbox
+    from the processes that consume them, not from every API process."""
+    consumes = roles.planner or bool(roles.channels) or roles.scheduler
+    return Sources(ctx, streams=consumes, outbox=roles.scheduler, inbox=roles.api)
+
+
 async def run(settings: Settings, roles: Roles, *, demo: bool = False) -> None:
+    metrics.configure(tenant_label=settings.metrics_tenant_label)
     ctx = await open_context(settings)
     try:
         await migrate(ctx.engine)
         if demo:
-            key = await ensure_demo_tenant(ctx)
-            if key:
-                print(f"Created tenant 'demo'. Its API key (shown once):\n{key}", flush=True)
+            created = await ensure_demo_tenant(ctx)
+            if created:
+                key, secret = created
+                print(f"Created tenant 'demo'. Its webhook signing secret: {secret}", flush=True)
+                print(f"Its API key (shown once):\n{key}", flush=True)
         runtime = Runtime(ctx, roles)
         await runtime.start()
         stop = asyncio.Event()
         _install_signals(stop)
         server: uvicorn.Server | None = None
         server_task: asyncio.Task[None] | None = None
+        sources = sources_for(ctx, roles)
+        ops = ops_server(ctx, sources)
+        ops_task = asyncio.create_task(ops.serve(), name="ops-http") if ops else None
         if roles.api:
-            app = create_app(ctx, runtime.intake)
+            app = create_app(ctx, runtime.intake, sources)
             server = http_server(app, settings)
             server_task = asyncio.create_task(server.serve(), name="http")
             print(
                 f"Clarion listening on http://{settings.http_host}:{settings.http_port}", flush=True
             )
+        if sandbox_default(settings, roles):
+            log.warning(
+                "CLARION_DEFAULT_PROVIDER is `sandbox`: email, SMS, push and web push of "
+                "tenants without a provider of their own are kept in the sandbox, not sent "
+                "to anyone. Configure providers (PUT /v1/providers/{name}) or set "
+                "CLARION_DEFAULT_PROVIDER."
+            )
+        log.info(describe(settings, roles))
         stopped = asyncio.create_task(stop.wait())
         waiting = [stopped] + ([server_task] if server_task else [])
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -77,5 +129,9 @@ async def run(settings: Settings, roles: Roles, *, demo: bool = False) -> None:
             await server_task
         stopped.cancel()
         await runtime.stop()
+        if ops is not None and ops_task is not None:
+            # Probes answer until the work in flight is finished or handed back.
+            ops.should_exit = True
+            await ops_task
     finally:
         await ctx.aclose()

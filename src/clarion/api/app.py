@@ -17,6 +17,7 @@ from clarion.api.routes import (
     inbox_live,
     inbox_web,
     message_log,
+    metrics,
     notifications,
     provider_callbacks,
     provider_health,
@@ -27,6 +28,7 @@ from clarion.api.routes import (
     unsubscribe,
     webhooks,
 )
+from clarion.observability.scrape import Sources
 from clarion.pipeline.context import Context
 from clarion.pipeline.intake import Intake
 
@@ -49,7 +51,9 @@ the server: headers within 10 s and 64 KiB (else 408 `request_timeout`, 431
 """
 
 
-def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
+def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = None) -> FastAPI:
+    """The API of ``ctx``. ``sources``: what ``/metrics`` reads at scrape time (by default
+    everything, as for ``clarion serve``)."""
     app = FastAPI(
         title="Clarion",
         version=__version__,
@@ -57,12 +61,14 @@ def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
         generate_unique_id_function=openapi.operation_id,
     )
     app.state.ctx = ctx
+    app.state.metrics_sources = sources or Sources(ctx, inbox=True)
     app.state.intake = intake
     app.state.keys = KeyCache()
     errors.install(app)
     openapi.install(app)
     for module in (
         health,
+        metrics,
         notifications,
         recipients,
         categories,

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clarion.api.responses import JSONResponse
 from clarion.errors import ApiError
+from clarion.observability import metrics
 from clarion.store.batching import is_outage
 
 log = logging.getLogger(__name__)
@@ -69,23 +70,33 @@ def describe_validation(errors: list[Any]) -> list[dict[str, Any]]:
     return details
 
 
+def _refused(request: Request, code: str) -> None:
+    """A request to send refused whole (counted once, whatever it held)."""
+    if request.method == "POST" and request.url.path.startswith("/v1/notifications"):
+        metrics.refused(code)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        _refused(request, exc.code)
         return api_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
+            _refused(request, "invalid_json")
             return error_response(400, "invalid_json", "the request body is not valid JSON")
+        _refused(request, "validation_error")
         return error_response(
             422, "validation_error", "the request is not valid", describe_validation(errors)
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
+        _refused(request, code)
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}))
 
@@ -95,8 +106,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(OSError)
     @app.exception_handler(TimeoutError)
     @app.exception_handler(RedisError)
-    async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("storage unavailable: %r", exc)
+        _refused(request, "unavailable")
         return error_response(
             503,
             "unavailable",

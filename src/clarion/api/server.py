@@ -184,6 +184,9 @@ def http_server(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Serve
         backlog=min(settings.http_max_connections, socket.SOMAXCONN * 16),
         log_level=settings.log_level.lower(),
         access_log=False,
+        # uvicorn's records go through the process's handler (observability/logs.py):
+        # the same format, masked.
+        log_config=None,
         lifespan="off",
         # Inbox WebSocket frames are small JSON; a larger one closes its connection (1009).
         ws_max_size=WS_MAX_SIZE,

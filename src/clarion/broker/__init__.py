@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from clarion.broker.base import Broker, Delayed, Message
+from clarion.broker.base import Broker, Delayed, Message, StreamStats
 from clarion.config import Settings
 
-__all__ = ["Broker", "Delayed", "Message", "create_broker"]
+__all__ = ["Broker", "Delayed", "Message", "StreamStats", "create_broker"]
 
 
 def create_broker(settings: Settings) -> Broker:

@@ -51,6 +51,22 @@ class Delayed:
     due: float
 
 
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    """A stream as its consumer group sees it (metrics, read at scrape time).
+
+    ``length``: messages in the stream (waiting or held: acked ones are deleted);
+    ``pending``: taken by a consumer and not yet acked; ``lag``: not yet taken;
+    ``delayed``: retries and deferred sends waiting to be due."""
+
+    stream: str
+    group: str
+    length: int
+    pending: int
+    lag: int
+    delayed: int
+
+
 class Broker(ABC):
     """Streams with consumer groups. One group per stream: every message goes to one consumer.
 
@@ -109,6 +125,11 @@ class Broker(ABC):
 
         Delayed messages count when due before ``due_before`` (a Unix time), or all of them
         when it is None."""
+
+    async def stream_stats(self, streams: Sequence[str]) -> list[StreamStats]:
+        """Length, pending, lag and delayed messages of each stream (for metrics)."""
+        counts = await self.backlog(streams)
+        return [StreamStats(s, "clarion", n, 0, n, 0) for s, n in counts.items()]
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect and prepare; called once before use."""

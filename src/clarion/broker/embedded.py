@@ -15,7 +15,15 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from clarion.broker.base import Broker, Delayed, Message, Payload, decode, encode
+from clarion.broker.base import (
+    Broker,
+    Delayed,
+    Message,
+    Payload,
+    StreamStats,
+    decode,
+    encode,
+)
 
 
 @dataclass(slots=True)
@@ -161,3 +169,20 @@ class EmbeddedBroker(Broker):
             if stream in counts and (due_before is None or due < due_before):
                 counts[stream] += 1
         return counts
+
+    async def stream_stats(self, streams: Sequence[str]) -> list[StreamStats]:
+        held = dict.fromkeys(streams, 0)
+        delayed = dict.fromkeys(streams, 0)
+        for item in self._held.values():
+            if item.stream in held:
+                held[item.stream] += 1
+        for _, _, stream, _ in self._delayed:
+            if stream in delayed:
+                delayed[stream] += 1
+        stats = []
+        for name in streams:
+            ready = len(self._stream(name).ready)
+            stats.append(
+                StreamStats(name, "clarion", ready + held[name], held[name], ready, delayed[name])
+            )
+        return stats

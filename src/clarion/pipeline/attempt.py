@@ -44,6 +44,8 @@ class Attempt:
     change: StatusChange
     retry: Delayed | None = None
     dead: Any = None
+    # The kind of the provider called (metrics), if one was.
+    kind: str = ""
 
 
 def fallback_row(delivery: Delivery, fallback: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -118,11 +120,12 @@ class Attempts:
                 sent_at=utcnow(),
                 provider=outcome.provider,
             )
-            return Attempt(change, dead=outcome.result.dead_addresses)
+            return Attempt(change, dead=outcome.result.dead_addresses, kind=outcome.kind)
         if isinstance(outcome, Failed):
             change, retry = self._policy.on_failure(delivery, outcome.error, now)
             change.provider = outcome.provider or None
-            return Attempt(change, retry, getattr(outcome.error, "dead_address", None))
+            dead = getattr(outcome.error, "dead_address", None)
+            return Attempt(change, retry, dead, outcome.kind)
         return await self._not_attempted(delivery, outcome, now)
 
     def failed(self, delivery: Delivery, exc: BaseException) -> Attempt:

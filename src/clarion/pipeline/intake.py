@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from clarion.domain.models import PLAN_STREAM
 from clarion.errors import ApiError, ValidationFailed
+from clarion.observability import metrics
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import plan_payload
 from clarion.resilience.ratelimit import Decision, Take
@@ -83,6 +84,7 @@ class Intake:
             *(self._commits.put_nowait(item) for item in items), return_exceptions=True
         )
         outcomes = [_outcome(result) for result in results]
+        metrics.notifications(outcomes, items)
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, store.Accepted) and outcome.created and outcome.publish_now:
                 self._publisher.put_nowait((item.id, item.tenant_id))

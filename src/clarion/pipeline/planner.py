@@ -11,9 +11,12 @@ broker's delayed set until the quiet window ends.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from structlog.contextvars import bind_contextvars, bound_contextvars
 
 from clarion.broker import Message
 from clarion.domain.ids import delivery_id
@@ -28,6 +31,7 @@ from clarion.domain.preferences import (
 from clarion.domain.rendering import CompiledVersion
 from clarion.domain.routing import address_for
 from clarion.errors import TemplateError
+from clarion.observability import metrics
 from clarion.pipeline.categories import CategoryCache, Policies
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import of_rows, publish_deliveries
@@ -71,9 +75,12 @@ class Planner:
             [PLAN_STREAM], self._consumer, self.batch_size, timeout
         )
         if messages:
+            bind_contextvars(stage="planner", batch=len(messages))
+            started = time.perf_counter()
             await self._handle_isolated(messages)
             await self._ctx.broker.ack(messages)
             self._ctx.made_progress()
+            metrics.planner_batch(len(messages), time.perf_counter() - started)
         return len(messages)
 
     async def _handle_isolated(self, messages: list[Message]) -> None:
@@ -90,7 +97,10 @@ class Planner:
                 await self._handle_isolated(messages[middle:])
                 return
             nid = messages[0].payload.get("notification")
-            log.error("notification %s cannot be planned: %r", nid, exc, exc_info=exc)
+            with bound_contextvars(
+                notification_id=nid, tenant_id=messages[0].payload.get("tenant")
+            ):
+                log.error("notification %s cannot be planned: %r", nid, exc, exc_info=exc)
             if isinstance(nid, str):
                 await notification_store.fail_unplannable(self._ctx.engine, nid)
 
@@ -99,6 +109,7 @@ class Planner:
         redelivered = [m.payload["notification"] for m in messages if m.redelivered]
         plan, republish = await self._plan(ids, redelivered)
         await self._events.emit_rows(plan.rows)
+        metrics.planned(plan.rows)
         waiting = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
         ready, later = of_rows(
             (row for row in [*plan.rows, *republish] if row["status"] in waiting),

@@ -12,9 +12,12 @@ import contextlib
 import logging
 from typing import Any
 
+from structlog.contextvars import bound_contextvars
+
 from clarion.broker import Message
 from clarion.domain.delivery import Delivery, MalformedDelivery
 from clarion.domain.models import LANES, DeliveryStatus, send_stream
+from clarion.observability import metrics
 from clarion.pipeline.attempt import Attempts
 from clarion.pipeline.consumer import FairConsumer, tenant_of
 from clarion.pipeline.context import Context
@@ -119,10 +122,12 @@ class ChannelWorker:
             log.error("%s: message %s dropped: %s", self.channel, message.id, exc)
             self._acks.put_nowait(message)
             return
-        try:
-            attempt = await self._attempts.run(delivery)
-        except Exception as exc:
-            attempt = self._attempts.failed(delivery, exc)
+        ids = {"tenant_id": delivery.tenant, "notification_id": delivery.notification}
+        with bound_contextvars(**ids, delivery_id=delivery.id):
+            try:
+                attempt = await self._attempts.run(delivery)
+            except Exception as exc:
+                attempt = self._attempts.failed(delivery, exc)
         change, retry, dead = attempt.change, attempt.retry, attempt.dead
         change.ref = DeliveryRef(
             delivery.notification, delivery.recipient, self.channel, delivery.provider
@@ -138,6 +143,9 @@ class ChannelWorker:
                 return
         self._acks.put_nowait(message)
         self._ctx.made_progress()
+        # A retry spends an attempt; waiting for a provider (breaker, rate limit) does not.
+        retried = retry is not None and change.attempts == delivery.attempt
+        metrics.attempt(self.channel, delivery, attempt.kind, change.status, change.reason, retried)
         if dead:
             await self._forget(delivery, dead)
 

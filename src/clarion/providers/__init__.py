@@ -64,6 +64,8 @@ class ProviderSet:
         self._env = ProviderEnv(settings=settings, engine=engine)
         self._catalog = Catalog(engine, keyring or Keyring(None), settings.provider_cache_ttl)
         self._shared: dict[str, Provider] = {}
+        # (tenant, channel) pairs already warned of going to the sandbox.
+        self._sandboxed: set[tuple[str, str]] = set()
         # Live inbox pushes for the in-app provider (set by the process's context).
         self.hub: Hub | None = None
         self._instances: dict[tuple[str, str], tuple[ProviderSpec, Provider]] = {}
@@ -108,7 +110,22 @@ class ProviderSet:
         if specs or self._catalog.configured(tenant_id, channel):
             return specs
         name = self.default_name(channel)
+        if name == "sandbox" and (tenant_id, channel) not in self._sandboxed:
+            self._sandbox_warning(tenant_id, channel)
         return [ProviderSpec(tenant_id=tenant_id, name=name, kind=name, channel=channel, config={})]
+
+    def _sandbox_warning(self, tenant_id: str, channel: str) -> None:
+        """Once per tenant and channel in a process: on a production store, a channel that
+        falls back to the sandbox reaches no one, and says so loudly."""
+        self._sandboxed.add((tenant_id, channel))
+        if not self._settings.is_sqlite:
+            log.warning(
+                "tenant %s has no %s provider: its %s deliveries go to the sandbox and reach "
+                "no one (PUT /v1/providers/{name}, or CLARION_DEFAULT_PROVIDER)",
+                tenant_id,
+                channel,
+                channel,
+            )
 
     async def spec(self, tenant_id: str, name: str) -> ProviderSpec | None:
         """A tenant's configured provider by name (enabled or not); None for a built-in or

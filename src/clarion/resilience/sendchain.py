@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from clarion.errors import PermanentError, TransientError
+from clarion.observability import metrics
 from clarion.providers.base import OutboundMessage, Provider, SendResult
 from clarion.providers.kinds import UNGUARDED
 from clarion.resilience.breaker import BreakerKey, CircuitBreaker
@@ -51,6 +53,9 @@ class ProviderLookup(Protocol):
 class Sent:
     provider: str
     result: SendResult
+    # The provider's kind (``ses``, ``smtp``, …): the bounded name metrics use; not part
+    # of the outcome's identity.
+    kind: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,7 @@ class Failed:
 
     provider: str
     error: BaseException
+    kind: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +118,7 @@ class SendChain:
                 f"no enabled provider for channel {message.channel!r}", reason="no_provider"
             )
             return Failed("", error)
-        chosen = await self._choose(message.tenant_id, candidates)
+        chosen = await self._choose(message.tenant_id, message.channel, candidates)
         if isinstance(chosen, NoHealthyProvider):
             return chosen
         # The provider is built (and its connections opened) before its rate-limit slot is
@@ -120,18 +126,20 @@ class SendChain:
         provider = await self._provider(message, chosen.name)
         if isinstance(provider, Failed):
             return provider
-        throttled = await self._pace(message.tenant_id, chosen)
+        throttled = await self._pace(message.tenant_id, message.channel, chosen)
         if throttled is not None:
             return throttled
         return await self._call(message, chosen, provider)
 
     async def _choose(
-        self, tenant_id: str, candidates: Sequence[Candidate]
+        self, tenant_id: str, channel: str, candidates: Sequence[Candidate]
     ) -> Candidate | NoHealthyProvider:
         for candidate in candidates:
             if self._is_unguarded(candidate):
                 return candidate
-            if await self._allows(BreakerKey(tenant_id, candidate.name)):
+            allowed = await self._allows(BreakerKey(tenant_id, candidate.name))
+            metrics.breaker_seen(channel, tenant_id, candidate.name, kind_of(candidate), allowed)
+            if allowed:
                 return candidate
         waits = []
         for candidate in candidates:
@@ -147,16 +155,19 @@ class SendChain:
             log.warning("breaker %s unavailable, letting the call through: %r", key, exc)
             return True
 
-    async def _pace(self, tenant_id: str, chosen: Candidate) -> Throttled | None:
+    async def _pace(self, tenant_id: str, channel: str, chosen: Candidate) -> Throttled | None:
         rate = chosen.rate_limit_per_second
         if not rate:
             return None
         key = f"provider:{tenant_id}:{chosen.name}"
+        started = time.perf_counter()
         try:
             decision = await self._limiter.acquire(key, rate, 1, max_wait=self._max_pace_wait)
         except Exception as exc:
             log.warning("rate limit %s unavailable: %r", key, exc)
             return Throttled(1.0, "rate_limit_unavailable", chosen.name)
+        waited = time.perf_counter() - started
+        metrics.rate_limit(channel, kind_of(chosen), waited, deferred=not decision.allowed)
         if decision.allowed:
             return None
         return Throttled(max(MIN_DEFER, decision.retry_after), "rate_limited", chosen.name)
@@ -178,21 +189,26 @@ class SendChain:
     async def _call(
         self, message: OutboundMessage, chosen: Candidate, provider: Provider
     ) -> Sent | Failed:
-        name = chosen.name
+        name, kind = chosen.name, kind_of(chosen)
         error: BaseException
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
                 result = await provider.send(message)
         except TimeoutError:
             error = TransientError(f"no answer within {self._timeout}s", reason="timeout")
+            outcome = "timeout"
         except Exception as exc:
             error = exc
+            outcome = _outcome_of(exc)
         else:
+            metrics.provider_call(message.channel, kind, "ok", time.perf_counter() - started)
             await self._record(message.tenant_id, chosen, True)
-            return Sent(name, result)
+            return Sent(name, result, kind)
+        metrics.provider_call(message.channel, kind, outcome, time.perf_counter() - started)
         # A permanent error is the provider answering: it says nothing against its health.
         await self._record(message.tenant_id, chosen, isinstance(error, PermanentError))
-        return Failed(name, error)
+        return Failed(name, error, kind)
 
     async def _record(self, tenant_id: str, chosen: Candidate, ok: bool) -> None:
         if self._is_unguarded(chosen):
@@ -201,6 +217,20 @@ class SendChain:
             await self._breakers.record(BreakerKey(tenant_id, chosen.name), ok)
         except Exception as exc:
             log.warning("breaker %s/%s: recording failed: %r", tenant_id, chosen.name, exc)
+
+
+def kind_of(candidate: Candidate) -> str:
+    """A provider's kind (its name when it has none, as the sandbox)."""
+    kind = getattr(candidate, "kind", None)
+    return kind if isinstance(kind, str) else candidate.name
+
+
+def _outcome_of(exc: BaseException) -> str:
+    if isinstance(exc, PermanentError):
+        return "permanent"
+    if isinstance(exc, TransientError):
+        return "transient"
+    return "error"
 
 
 def fallback_channel(

@@ -15,6 +15,7 @@ from clarion.api.quota import charge_intake
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import MAX_BATCH, NotificationBatchIn, NotificationIn
 from clarion.errors import ApiError, NotFound, ValidationFailed
+from clarion.observability import metrics
 from clarion.pipeline.intake import Intake
 from clarion.store import notifications as store
 
@@ -111,6 +112,7 @@ async def create_batch(
 
     async def handler() -> tuple[int, Any]:
         news, positions, refused = _parse_items(principal.tenant_id, batch.notifications)
+        metrics.refused_items(refused.values())
         outcomes = await intake.accept(news) if news else []
         results: list[dict[str, Any]] = [{} for _ in batch.notifications]
         for index, body in refused.items():

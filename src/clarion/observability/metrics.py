@@ -1,0 +1,262 @@
+"""Prometheus metrics: the catalogue and the hooks the pipeline calls.
+
+Every process has its own registry (``REGISTRY`` below) and exposes it on ``/metrics``:
+the API on its own port, workers and schedulers on ``CLARION_METRICS_PORT``
+(observability/ops_server.py). A Clarion process is one event loop and never forks, so
+there is no multiprocess mode to manage: Prometheus scrapes each process.
+
+The hooks are small and count per batch where a batch exists (``inc(n)``); label children
+are cached, so a hook on the hot path is a dictionary lookup and an addition. What is
+costly to know (stream lengths and lag, the outbox, pools) is read at scrape time
+(observability/scrape.py), never on the hot path.
+
+Labels are bounded: channel, lane, provider *kind* (``ses``, ``smtp``, …, never a tenant's
+provider name), status, reason (a fixed vocabulary). Tenant ids appear only when
+``CLARION_METRICS_TENANT_LABEL`` is set, and only on the notification and delivery counters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from clarion import __version__
+
+# accept → sent: from milliseconds (in-app) to an hour (a retried or rate-limited email).
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+_B32 = {c: i for i, c in enumerate("0123456789abcdefghjkmnpqrstvwxyz")}
+
+
+class Metrics:
+    """The metrics of one process. ``tenant_label`` adds ``tenant`` to the notification and
+    delivery counters (unbounded with the number of tenants: off by default)."""
+
+    def __init__(self, *, tenant_label: bool = False) -> None:
+        self.tenant_label = tenant_label
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        tenant = ("tenant",) if tenant_label else ()
+        info = Gauge("clarion_build_info", "Clarion's version", ["version"], registry=r)
+        info.labels(__version__).set(1)
+        self.accepted = Counter(
+            "clarion_notifications_accepted",
+            "Notifications accepted (stored durably, answered 202)",
+            [*tenant],
+            registry=r,
+        )
+        self.refused = Counter(
+            "clarion_notifications_refused",
+            "Notifications refused, by the error code answered",
+            ["reason", *tenant],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "clarion_deliveries",
+            "Delivery outcomes: planned (queued, scheduled, suppressed, failed) and attempted "
+            "(sent, queued for a retry, failed, dead)",
+            ["channel", "provider", "status", "reason", *tenant],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "clarion_delivery_latency_seconds",
+            "From a notification's acceptance to its delivery being sent",
+            ["channel", "lane"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.provider_calls = Histogram(
+            "clarion_provider_call_seconds",
+            "Provider calls by outcome (ok, transient, permanent, timeout, error)",
+            ["channel", "provider", "outcome"],
+            buckets=CALL_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            "clarion_delivery_retries",
+            "Failed attempts put back for a retry",
+            ["channel", "reason"],
+            registry=r,
+        )
+        self.dead = Counter(
+            "clarion_dead_letters",
+            "Deliveries out of attempts (dead letters)",
+            ["channel", "reason"],
+            registry=r,
+        )
+        self.breaker_rejections = Counter(
+            "clarion_circuit_breaker_rejections",
+            "Sends a provider's open circuit breaker turned away",
+            ["channel", "provider"],
+            registry=r,
+        )
+        self.rate_waits = Histogram(
+            "clarion_rate_limit_wait_seconds",
+            "Time a send waited for its provider's rate-limit slot",
+            ["channel", "provider"],
+            buckets=CALL_BUCKETS,
+            registry=r,
+        )
+        self.rate_deferred = Counter(
+            "clarion_rate_limit_deferred",
+            "Sends put back for later because their rate-limit slot was too far away",
+            ["channel", "provider"],
+            registry=r,
+        )
+        self.planner_batch = Histogram(
+            "clarion_planner_batch_size",
+            "Notifications taken by the planner in one batch",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.planner_seconds = Histogram(
+            "clarion_planner_batch_seconds",
+            "Time the planner spent on one batch",
+            buckets=CALL_BUCKETS,
+            registry=r,
+        )
+        # (tenant, provider name) → (channel, kind, open?): as this process last saw it.
+        self.breakers: dict[tuple[str, str], tuple[str, str, bool]] = {}
+        # Label children of the per-attempt metrics, found without the library's lock.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: the per-attempt hooks call this per send."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+
+METRICS = Metrics()
+
+
+def configure(*, tenant_label: bool) -> Metrics:
+    """Set the process's metrics up (once, at start); returns them."""
+    global METRICS
+    if METRICS.tenant_label != tenant_label:
+        METRICS = Metrics(tenant_label=tenant_label)
+    return METRICS
+
+
+def accepted_at(notification_id: str) -> float | None:
+    """When a notification was accepted (Unix seconds), read from its time-ordered id."""
+    _, _, body = notification_id.partition("_")
+    if len(body) != 26:
+        return None
+    value = 0
+    for char in body[:10]:  # 50 bits: two zero bits, then the 48 bits of milliseconds
+        digit = _B32.get(char)
+        if digit is None:
+            return None
+        value = (value << 5) | digit
+    return value / 1000.0
+
+
+# -- hooks ------------------------------------------------------------------------------
+
+
+def notifications(outcomes: Sequence[Any], items: Sequence[Any]) -> None:
+    """The intake's outcomes of a request's notifications (``Accepted`` or an ``ApiError``),
+    in the order of ``items`` (their ``NewNotification``)."""
+    m = METRICS
+    if not m.tenant_label:
+        created = refused = 0
+        codes: Tally[str] = Tally()
+        for outcome in outcomes:
+            code = getattr(outcome, "code", None)
+            if code is None:
+                created += bool(getattr(outcome, "created", False))
+            else:
+                codes[code] += 1
+                refused += 1
+        if created:
+            m.accepted.inc(created)
+        for code, n in codes.items():
+            m.refused.labels(code).inc(n)
+        return
+    for outcome, item in zip(outcomes, items, strict=False):
+        code, tenant = getattr(outcome, "code", None), item.tenant_id
+        if code is None:
+            if getattr(outcome, "created", False):
+                m.accepted.labels(tenant).inc()
+        else:
+            m.refused.labels(code, tenant).inc()
+
+
+def refused(reason: str, n: int = 1, tenant: str = "") -> None:
+    """Notifications refused before the intake (validation, quota, authentication)."""
+    m = METRICS
+    child = m.refused.labels(reason, tenant) if m.tenant_label else m.refused.labels(reason)
+    child.inc(n)
+
+
+def refused_items(bodies: Iterable[dict[str, Any]]) -> None:
+    """Items of a batch refused one by one (their error bodies)."""
+    for code, n in Tally(body["error"]["code"] for body in bodies).items():
+        refused(code, n)
+
+
+def planned(rows: Sequence[dict[str, Any]]) -> None:
+    """Deliveries the planner created, by the state it created them in."""
+    if not rows:
+        return
+    m = METRICS
+    keys: Tally[tuple[str, ...]] = Tally()
+    for row in rows:
+        key: tuple[str, ...] = (row["channel"], "", str(row["status"]), row.get("reason") or "")
+        keys[(*key, row["tenant_id"]) if m.tenant_label else key] += 1
+    for key, n in keys.items():
+        m.deliveries.labels(*key).inc(n)
+
+
+def planner_batch(size: int, seconds: float) -> None:
+    METRICS.planner_batch.observe(size)
+    METRICS.planner_seconds.observe(seconds)
+
+
+def attempt(
+    channel: str, delivery: Any, kind: str, status: str, reason: str | None, retry: bool
+) -> None:
+    """The stored outcome of one attempt at ``delivery`` (a ``domain.delivery.Delivery``)."""
+    m = METRICS
+    labels = (channel, kind, str(status), reason or "")
+    if m.tenant_label:
+        m.child(m.deliveries, *labels, delivery.tenant).inc()
+    else:
+        m.child(m.deliveries, *labels).inc()
+    if status == "sent":
+        accepted = accepted_at(delivery.notification)
+        if accepted is not None:
+            lane = delivery.priority
+            m.child(m.latency, channel, lane).observe(max(0.0, time.time() - accepted))
+    elif retry:
+        m.retries.labels(channel, reason or "").inc()
+    elif status == "dead":
+        m.dead.labels(channel, reason or "").inc()
+
+
+def provider_call(channel: str, kind: str, outcome: str, seconds: float) -> None:
+    METRICS.child(METRICS.provider_calls, channel, kind, outcome).observe(seconds)
+
+
+def breaker_seen(channel: str, tenant: str, name: str, kind: str, allowed: bool) -> None:
+    """A breaker's answer, remembered for the ``clarion_circuit_breakers`` gauge."""
+    m = METRICS
+    m.breakers[(tenant, name)] = (channel, kind, not allowed)
+    if not allowed:
+        m.breaker_rejections.labels(channel, kind).inc()
+
+
+def rate_limit(channel: str, kind: str, waited: float, deferred: bool) -> None:
+    m = METRICS
+    if deferred:
+        m.rate_deferred.labels(channel, kind).inc()
+    else:
+        m.rate_waits.labels(channel, kind).observe(waited)

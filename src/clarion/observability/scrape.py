@@ -1,0 +1,199 @@
+"""What is read at scrape time: streams, the outbox, connections, pools, breakers.
+
+None of it is counted on the hot path. A scrape asks the broker for every stream's length,
+pending entries and lag (one Redis round trip), the database for the outbox's size and
+age, and the process for its pools and live connections; what it gathers is handed to
+Prometheus by a collector registered once per registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from clarion.domain.models import LANES, PLAN_STREAM, Channel, send_stream
+from clarion.observability import metrics
+from clarion.pipeline.status_events import EVENTS_STREAM
+from clarion.store.db import as_utc
+from clarion.store.tables import outbox
+
+if TYPE_CHECKING:
+    from clarion.pipeline.context import Context
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# A scrape waits at most this long for the broker and the database.
+SCRAPE_TIMEOUT = 3.0
+
+
+def all_streams() -> list[str]:
+    streams = [PLAN_STREAM]
+    for channel in Channel:
+        streams.extend(send_stream(channel.value, lane) for lane in LANES)
+    streams.append(EVENTS_STREAM)
+    return streams
+
+
+@dataclass
+class Sources:
+    """What one process reports at scrape time, by its roles."""
+
+    ctx: Context
+    # Streams and the outbox are shared by every process: reported by processes that
+    # consume them (workers, schedulers), so that an API fleet does not multiply the load.
+    streams: bool = True
+    outbox: bool = True
+    inbox: bool = False
+
+
+@dataclass(eq=False)
+class _Snapshot(Collector):
+    families: list[Metric] = field(default_factory=list)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+_SNAPSHOTS: weakref.WeakKeyDictionary[Any, _Snapshot] = weakref.WeakKeyDictionary()
+
+
+def _snapshot(registry: Any) -> _Snapshot:
+    snap = _SNAPSHOTS.get(registry)
+    if snap is None:
+        snap = _SNAPSHOTS[registry] = _Snapshot()
+        registry.register(snap)
+    return snap
+
+
+async def _streams(ctx: Context) -> list[Metric]:
+    stats = await ctx.broker.stream_stats(all_streams())
+    families = {
+        "length": GaugeMetricFamily(
+            "clarion_stream_length", "Messages in a stream (waiting or held)", labels=["stream"]
+        ),
+        "pending": GaugeMetricFamily(
+            "clarion_stream_pending",
+            "Messages taken by a consumer and not yet acked",
+            labels=["stream", "group"],
+        ),
+        "lag": GaugeMetricFamily(
+            "clarion_stream_lag",
+            "Messages not yet taken by the stream's consumer group",
+            labels=["stream", "group"],
+        ),
+        "delayed": GaugeMetricFamily(
+            "clarion_stream_delayed", "Retries and deferred sends not yet due", labels=["stream"]
+        ),
+    }
+    for s in stats:
+        families["length"].add_metric([s.stream], s.length)
+        families["pending"].add_metric([s.stream, s.group], s.pending)
+        families["lag"].add_metric([s.stream, s.group], s.lag)
+        families["delayed"].add_metric([s.stream], s.delayed)
+    return list(families.values())
+
+
+async def _outbox(ctx: Context) -> list[Metric]:
+    async with ctx.engine.connect() as conn:
+        row = (await conn.execute(select(func.count(), func.min(outbox.c.available_at)))).one()
+    size = GaugeMetricFamily(
+        "clarion_outbox_backlog", "Accepted notifications not yet planned (outbox rows)"
+    )
+    size.add_metric([], row[0] or 0)
+    oldest = as_utc(row[1])
+    age = GaugeMetricFamily(
+        "clarion_outbox_oldest_age_seconds",
+        "How long the oldest outbox row has been due for publishing by the relay (0: none)",
+    )
+    age.add_metric([], max(0.0, time.time() - oldest.timestamp()) if oldest else 0.0)
+    return [size, age]
+
+
+def _pools(ctx: Context) -> list[Metric]:
+    family = GaugeMetricFamily(
+        "clarion_db_pool_connections",
+        "Database connections of this process by pool and state",
+        labels=["pool", "state"],
+    )
+    pool: Any = ctx.engine.pool
+    if hasattr(pool, "checkedout"):
+        family.add_metric(["sqlalchemy", "in_use"], pool.checkedout())
+        family.add_metric(["sqlalchemy", "idle"], pool.checkedin())
+    raw = getattr(ctx.pg, "_pool", None) if ctx.pg is not None else None
+    if raw is not None:
+        size, idle = raw.get_size(), raw.get_idle_size()
+        family.add_metric(["asyncpg", "in_use"], size - idle)
+        family.add_metric(["asyncpg", "idle"], idle)
+    return [family]
+
+
+def _breakers() -> list[Metric]:
+    family = GaugeMetricFamily(
+        "clarion_circuit_breakers",
+        "Providers' circuit breakers by state, as this process last saw them",
+        labels=["channel", "provider", "state"],
+    )
+    tally: Counter[tuple[str, str, str]] = Counter()
+    for channel, kind, is_open in list(metrics.METRICS.breakers.values()):
+        tally[(channel, kind, "open" if is_open else "closed")] += 1
+    for labels, n in sorted(tally.items()):
+        family.add_metric(list(labels), n)
+    return [family]
+
+
+def _inbox(ctx: Context) -> list[Metric]:
+    family = GaugeMetricFamily(
+        "clarion_inbox_connections", "Live inbox connections (WebSocket and SSE) held here"
+    )
+    family.add_metric([], ctx.hub.connections())
+    return [family]
+
+
+async def _gather(sources: Sources) -> list[Metric]:
+    ctx = sources.ctx
+    families: list[Metric] = [*_pools(ctx), *_breakers()]
+    if sources.inbox:
+        families.extend(_inbox(ctx))
+    failed = GaugeMetricFamily(
+        "clarion_scrape_errors",
+        "Parts of this scrape that could not be read (1: the broker or the database did not "
+        "answer in time)",
+        labels=["part"],
+    )
+    parts: Sequence[tuple[str, Any]] = [
+        ("streams", _streams if sources.streams else None),
+        ("outbox", _outbox if sources.outbox else None),
+    ]
+    for name, read in parts:
+        if read is None:
+            continue
+        try:
+            async with asyncio.timeout(SCRAPE_TIMEOUT):
+                families.extend(await read(ctx))
+            failed.add_metric([name], 0)
+        except Exception as exc:
+            log.warning("metrics: reading %s failed: %r", name, exc)
+            failed.add_metric([name], 1)
+    families.append(failed)
+    return families
+
+
+async def exposition(sources: Sources) -> bytes:
+    """The process's metrics in Prometheus's text format, gathered now."""
+    registry = metrics.METRICS.registry
+    # Nothing awaits between storing the snapshot and rendering it: concurrent scrapes
+    # each render a whole snapshot.
+    _snapshot(registry).families = await _gather(sources)
+    return generate_latest(registry)

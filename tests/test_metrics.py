@@ -1,0 +1,156 @@
+"""Prometheus metrics on every backend: the catalogue's series move with the work, the
+exposition passes ``promtool check metrics``, and the operations port answers its probes."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from clarion.domain.ids import new_id
+from clarion.observability import metrics
+from clarion.observability.metrics import accepted_at
+from clarion.observability.ops_server import create_ops_app
+from clarion.observability.scrape import Sources
+from harness import Harness
+from servers import _missing
+
+TEMPLATE = {"channels": {"email": {"subject": "Hi {{ n }}", "text": "Number {{ n }}"}}}
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+async def scrape(client: httpx.AsyncClient) -> tuple[str, Samples]:
+    response = await client.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return response.text, parse(response.text)
+
+
+def test_accepted_at_reads_the_time_of_an_id() -> None:
+    nid = new_id("ntf")
+    moment = accepted_at(nid)
+    assert moment is not None
+    assert abs(moment - time.time()) < 5
+    for hostile in ("", "ntf_", "ntf_short", "ntf_" + "!" * 26, "no-underscore" * 3):
+        assert accepted_at(hostile) is None
+
+
+async def test_metrics_follow_a_send(app: Harness) -> None:
+    await app.put_template("hello", TEMPLATE)
+    await app.put_recipient("u-1", email="u1@example.com")
+    _, before = await scrape(app.client)
+    for n in range(3):
+        response = await app.send(
+            {"template": "hello", "to": {"recipient_id": "u-1"}, "data": {"n": n}}
+        )
+        assert response.status_code == 202, response.text
+    refused = await app.send({"template": "missing", "to": {"recipient_id": "u-1"}})
+    assert refused.status_code == 422
+    invalid = await app.send({"template": "hello"})
+    assert invalid.status_code == 422
+    await app.drain()
+    _, after = await scrape(app.client)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("clarion_notifications_accepted_total") == 3
+    assert delta("clarion_notifications_refused_total", reason="unknown_template") == 1
+    assert delta("clarion_notifications_refused_total", reason="validation_error") == 1
+    assert delta("clarion_deliveries_total", channel="email", status="queued", reason="") == 3
+    sent = {"channel": "email", "provider": "sandbox", "status": "sent"}
+    assert delta("clarion_deliveries_total", **sent) == 3
+    lane = {"channel": "email", "lane": "normal"}
+    assert delta("clarion_delivery_latency_seconds_count", **lane) == 3
+    call = {"channel": "email", "provider": "sandbox", "outcome": "ok"}
+    assert delta("clarion_provider_call_seconds_count", **call) == 3
+    assert delta("clarion_planner_batch_size_sum") >= 3
+    # Read at scrape time: every stream, the outbox, the pools, live connections.
+    for stream in ("plan", "send.email.normal", "send.sms.critical", "events"):
+        key = ("clarion_stream_lag", frozenset({("stream", stream), ("group", "clarion")}))
+        assert after[key] == 0
+    assert total(after, "clarion_stream_length", stream="send.email.normal") == 0
+    assert ("clarion_outbox_backlog", frozenset()) in after
+    assert ("clarion_inbox_connections", frozenset()) in after
+    assert total(after, "clarion_db_pool_connections") >= 1
+    assert total(after, "clarion_scrape_errors") == 0
+    # Nothing identifying a recipient or a notification is a label.
+    text, _ = await scrape(app.client)
+    assert "u-1" not in text
+    assert "u1@example.com" not in text
+    assert "ntf_" not in text
+
+
+async def test_exposition_passes_promtool(app: Harness) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        _missing("promtool is not installed (Debian: apt-get install prometheus)")
+    await app.put_template("hello", TEMPLATE)
+    await app.put_recipient("u-1", email="u1@example.com")
+    response = await app.send({"template": "hello", "to": {"recipient_id": "u-1"}, "data": {}})
+    assert response.status_code == 202
+    await app.drain()
+    text, _ = await scrape(app.client)
+    checked = await asyncio.to_thread(
+        subprocess.run,
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.strip() == checked.stderr.strip() == ""
+
+
+async def test_operations_port_answers_probes_and_metrics(app: Harness) -> None:
+    ops = create_ops_app(app.ctx, Sources(app.ctx, outbox=False))
+    transport = httpx.ASGITransport(app=ops)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ops") as client:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+        _, samples = await scrape(client)
+        assert total(samples, "clarion_stream_lag", stream="plan") == 0
+        assert ("clarion_outbox_backlog", frozenset()) not in samples
+        missing = await client.get("/v1/notifications")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "not_found"
+
+
+async def test_tenant_label_only_when_asked(lite: Harness) -> None:
+    await lite.put_template("hello", TEMPLATE)
+    await lite.put_recipient("u-1", email="u1@example.com")
+    metrics.configure(tenant_label=True)
+    try:
+        body = {"template": "hello", "to": {"recipient_id": "u-1"}, "data": {"n": 1}}
+        response = await lite.send(body)
+        assert response.status_code == 202
+        await lite.drain()
+        _, samples = await scrape(lite.client)
+    finally:
+        metrics.configure(tenant_label=False)
+    tenant = lite.tenant_id
+    assert total(samples, "clarion_notifications_accepted_total", tenant=tenant) == 1
+    sent = total(samples, "clarion_deliveries_total", tenant=tenant, status="sent")
+    assert sent == 1
+    _, plain = await scrape(lite.client)
+    assert not any(("tenant", tenant) in labels for _, labels in plain)

@@ -23,6 +23,7 @@ from clarion.api.routes import (
     recipients,
     sandbox,
     templates,
+    topics,
     unsubscribe,
     webhooks,
 )
@@ -62,6 +63,7 @@ def create_app(ctx: Context, intake: Intake | None) -> FastAPI:
         templates,
         providers,
         sandbox,
+        topics,
     ):
         app.include_router(module.router)
     app.include_router(provider_callbacks.router)

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import DateTime, delete, func, literal, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import new_id
@@ -17,7 +18,7 @@ from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.intake import IntakeTx, Stored, intake_tx
 from clarion.store.pg import PgPool
 from clarion.store.sql import chunks
-from clarion.store.tables import deliveries, notifications, outbox
+from clarion.store.tables import deliveries, delivery_events, notifications, outbox
 
 
 @dataclass(slots=True)
@@ -34,6 +35,8 @@ class NewNotification:
     expires_at: datetime | None
     idempotency_key: str | None
     request_hash: str
+    # A topic send: every subscriber of the topic when it is planned (recipient_ids empty).
+    topic: str | None = None
     id: str = field(default_factory=lambda: new_id("ntf"))
 
 
@@ -99,6 +102,7 @@ def _row(item: NewNotification, now: datetime) -> dict[str, Any]:
         "idempotency_key": item.idempotency_key,
         "request_hash": item.request_hash,
         "created_at": now,
+        "topic": item.topic,
     }
 
 
@@ -272,29 +276,134 @@ async def get_with_deliveries(
             .mappings()
             .all()
         )
+        totals = await _totals(conn, notification_id)
     items = [delivery_to_public(r) for r in rows[:limit]]
-    status = row["status"]
-    if (
-        status == NotificationStatus.PROCESSING
-        and all(d["status"] in TERMINAL_STATUSES for d in items)
-        and len(rows) <= limit
-    ):
-        status = outcome_of([d["status"] for d in items])
     return {
         "id": row["id"],
-        "status": status,
+        "status": _status(row, totals),
         "template": row["template"],
         "priority": row["priority"],
-        "to": {"recipient_ids": row["recipient_ids"]},
+        "to": {"topic": row["topic"]}
+        if row["topic"] is not None
+        else {"recipient_ids": row["recipient_ids"]},
         "data": row["data"],
         "channels": row["channels"],
         "send_at": as_utc(row["send_at"]),
         "expires_at": as_utc(row["expires_at"]),
         "idempotency_key": row["idempotency_key"],
         "created_at": as_utc(row["created_at"]),
+        "totals": totals,
         "deliveries": items,
         "deliveries_truncated": len(rows) > limit,
     }
+
+
+async def _totals(conn: AsyncConnection, notification_id: str) -> dict[str, int]:
+    d = deliveries
+    query = (
+        select(d.c.status, func.count())
+        .where(d.c.notification_id == notification_id)
+        .group_by(d.c.status)
+    )
+    return {status: int(n) for status, n in sorted((await conn.execute(query)).all())}
+
+
+def _status(row: Any, totals: dict[str, int]) -> str:
+    """``processing`` becomes its outcome once every delivery is final (and, for a topic
+    send, every chunk of subscribers is planned)."""
+    status: str = row["status"]
+    if status != NotificationStatus.PROCESSING:
+        return status
+    if row["topic"] is not None and row["planned_at"] is None:
+        return status
+    if any(s not in TERMINAL_STATUSES for s in totals):
+        return status
+    return outcome_of(list(totals))
+
+
+async def deliveries_page(
+    engine: AsyncEngine, tenant_id: str, notification_id: str, after: str | None, limit: int
+) -> list[dict[str, Any]] | None:
+    """A notification's deliveries in id order after the cursor; None if the tenant has no
+    such notification."""
+    n, d = notifications, deliveries
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            select(n.c.id).where(n.c.id == notification_id, n.c.tenant_id == tenant_id)
+        )
+        if found.first() is None:
+            return None
+        query = select(d).where(d.c.notification_id == notification_id, d.c.id > (after or ""))
+        rows = (await conn.execute(query.order_by(d.c.id).limit(limit))).mappings().all()
+    return [delivery_to_public(r) for r in rows]
+
+
+_CANCELLABLE = (
+    NotificationStatus.ACCEPTED,
+    NotificationStatus.SCHEDULED,
+    NotificationStatus.PROCESSING,
+)
+_UNSENT = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
+
+
+async def cancel(engine: AsyncEngine, tenant_id: str, notification_id: str) -> bool:
+    """Cancel what of the notification is not sent yet: its status becomes ``cancelled``,
+    its deliveries still waiting (queued, or scheduled for later) become ``cancelled`` with
+    an event each, and a scheduled or still-planning send leaves the outbox. A notification
+    already finished is left as it is. False if the tenant has no such notification."""
+    for attempt in range(3):
+        try:
+            return await _cancel(engine, tenant_id, notification_id)
+        except DBAPIError as exc:
+            # The deliveries' UPDATE may meet a status writer's batch in another order.
+            code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+            if code != "40P01" or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _cancel(engine: AsyncEngine, tenant_id: str, notification_id: str) -> bool:
+    n, d = notifications, deliveries
+    now = utcnow()
+    async with write_tx(engine) as conn:
+        # The notification's row first: the planner's write waits for it, or it for the
+        # planner's (bulk.py), so no chunk is inserted after the cancellation.
+        moved = await conn.execute(
+            update(n)
+            .where(n.c.id == notification_id, n.c.tenant_id == tenant_id)
+            .where(n.c.status.in_(_CANCELLABLE))
+            .values(status=NotificationStatus.CANCELLED)
+        )
+        if moved.rowcount != 1:
+            found = await conn.execute(
+                select(n.c.id).where(n.c.id == notification_id, n.c.tenant_id == tenant_id)
+            )
+            return found.first() is not None
+        waiting = (d.c.notification_id == notification_id) & d.c.status.in_(_UNSENT)
+        await conn.execute(
+            delivery_events.insert().from_select(
+                ["delivery_id", "tenant_id", "status", "detail", "created_at"],
+                select(
+                    d.c.id,
+                    d.c.tenant_id,
+                    literal(DeliveryStatus.CANCELLED.value),
+                    literal("cancelled"),
+                    literal(now, type_=DateTime(timezone=True)),
+                ).where(waiting),
+            )
+        )
+        await conn.execute(
+            update(d)
+            .where(waiting)
+            .values(
+                status=DeliveryStatus.CANCELLED,
+                reason="cancelled",
+                scheduled_for=None,
+                updated_at=now,
+            )
+        )
+        await delete_outbox(conn, [notification_id])
+    return True
 
 
 async def fail_unplannable(engine: AsyncEngine, notification_id: str) -> None:

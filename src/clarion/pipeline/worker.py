@@ -101,7 +101,7 @@ class ChannelWorker:
         with contextlib.suppress(Exception):  # else loaded per delivery, failing alone
             await self._ctx.providers.prepare({tenant_of(m) for m in messages})
         done = await delivery_store.finished_ids(
-            self._ctx.engine, [str(m.payload.get("id")) for m in messages]
+            self._ctx.engine, [str(m.payload.get("id")) for m in messages], self._ctx.pg
         )
         if not done:
             return messages

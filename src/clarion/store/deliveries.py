@@ -128,8 +128,17 @@ async def queued_of_notifications(
     return found
 
 
-async def finished_ids(engine: AsyncEngine, ids: Sequence[str]) -> set[str]:
-    """Which of these deliveries are already in a final state (so must not be sent again)."""
+_FINISHED = "SELECT id FROM deliveries WHERE id = ANY($1::text[]) AND status = ANY($2::text[])"
+
+
+async def finished_ids(
+    engine: AsyncEngine, ids: Sequence[str], pg: PgPool | None = None
+) -> set[str]:
+    """Which of these deliveries are already in a final state or cancelled (so must not be
+    sent). Asked once per take by every worker: on PostgreSQL one fixed statement."""
+    if pg is not None:
+        rows = await pg.fetch(_FINISHED, list(ids), [str(s) for s in TERMINAL_STATUSES])
+        return {row[0] for row in rows}
     found: set[str] = set()
     async with engine.connect() as conn:
         for part in chunks(list(ids), 1000):

@@ -397,6 +397,10 @@ async def seed_person(app: Harness, sink: WebhookSink) -> dict[str, str]:
         f"/v1/recipients/{PERSON}/preferences", json=prefs, headers=app.auth
     )
     assert response.status_code == 200, response.text
+    response = await app.client.put(
+        "/v1/topics/news/subscribers", json={"recipient_ids": [PERSON, BYSTANDER]}, headers=app.auth
+    )
+    assert response.status_code == 200, response.text
     await app.put_template("every", EVERY_CHANNEL)
     ids = {}
     for name, to, data in [
@@ -570,8 +574,10 @@ async def test_export_holds_everything_stored(app: Harness, sink: WebhookSink) -
         "inbox_messages",
         "deliveries",
         "sandbox_messages",
+        "topics",
         "truncated",
     }
+    assert export["topics"] == ["news"]
     assert export["truncated"] is False
     recipient = export["recipient"]
     for name, value in person_body(sink).items():

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     # a backlog a notification can wait in the plan stream for a while: a short grace makes
     # the relay publish it again and the planner do the work twice.
     outbox_grace: float = Field(default=60.0, gt=0)
+    # A topic send is planned this many subscribers at a time, each chunk committed with
+    # the notification's cursor (docs/topics.md).
+    topic_chunk: int = Field(default=5000, ge=1, le=100_000)
     webhook_timeout: float = Field(default=10.0, gt=0)
     # Live inbox connections: events a connection may have waiting before it is closed as
     # too slow; the SSE heartbeat; how often an API process looks for revoked recipient

@@ -25,6 +25,7 @@ from clarion.api.routes import (
     recipients,
     sandbox,
     templates,
+    topics,
     unsubscribe,
     webhooks,
 )
@@ -75,6 +76,7 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
         templates,
         providers,
         sandbox,
+        topics,
     ):
         app.include_router(module.router)
     app.include_router(provider_callbacks.router)

@@ -45,10 +45,19 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
     SUPPRESSED = "suppressed"
     DEAD = "dead"
+    # Its notification was cancelled before it was sent (``DELETE /v1/notifications/{id}``).
+    CANCELLED = "cancelled"
 
+
+# What an attempt ends in: the only changes a cancelled delivery still takes, because a
+# worker that had taken it before the cancellation may have sent it.
+ATTEMPT_OUTCOMES = frozenset(
+    {DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.FAILED, DeliveryStatus.DEAD}
+)
 
 TERMINAL_STATUSES = frozenset(
     {
+        DeliveryStatus.CANCELLED,
         DeliveryStatus.SENT,
         DeliveryStatus.DELIVERED,
         DeliveryStatus.FAILED,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
 
@@ -27,3 +28,18 @@ def aggregate_status(stored: str, totals: Mapping[str, int]) -> str:
     if present & SUCCESSES:
         return NotificationStatus.PARTIAL
     return NotificationStatus.FAILED
+
+
+def shown_status(row: Mapping[Any, Any], totals: Mapping[str, int]) -> str:
+    """:func:`aggregate_status` of a stored notification row; a topic send stays
+    ``processing`` until every chunk of its subscribers is planned."""
+    if row.get("topic") is not None and row.get("planned_at") is None:
+        return str(row["status"])
+    return aggregate_status(row["status"], totals)
+
+
+def shown_to(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A stored notification's ``to``, as the request gave it."""
+    if row.get("topic") is not None:
+        return {"topic": row["topic"]}
+    return {"recipient_ids": row["recipient_ids"]}

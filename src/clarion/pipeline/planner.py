@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from structlog.contextvars import bind_contextvars, bound_contextvars
@@ -34,7 +34,7 @@ from clarion.errors import TemplateError
 from clarion.observability import metrics
 from clarion.pipeline.categories import CategoryCache, Policies
 from clarion.pipeline.context import Context
-from clarion.pipeline.messages import of_rows, publish_deliveries
+from clarion.pipeline.messages import of_rows, plan_payload, publish_deliveries
 from clarion.pipeline.status_events import StatusEvents
 from clarion.pipeline.templates import TemplateCache
 from clarion.resilience.ratelimit import Take, recipient_category_take
@@ -59,6 +59,20 @@ def render_context(notification: dict[str, Any], recipient: dict[str, Any]) -> d
     context.update(notification["data"] or {})
     context["recipient"] = {name: recipient.get(name) for name in _RECIPIENT_VARS}
     return context
+
+
+def _planning_topic(note: dict[str, Any]) -> bool:
+    """A topic send whose subscribers are not all planned yet."""
+    return (
+        note["topic"] is not None
+        and note["planned_at"] is None
+        and note["status"]
+        in (
+            NotificationStatus.ACCEPTED,
+            NotificationStatus.SCHEDULED,
+            NotificationStatus.PROCESSING,
+        )
+    )
 
 
 class Planner:
@@ -107,27 +121,35 @@ class Planner:
     async def handle(self, messages: list[Message]) -> None:
         ids = list(dict.fromkeys(m.payload["notification"] for m in messages))
         redelivered = [m.payload["notification"] for m in messages if m.redelivered]
-        plan, republish = await self._plan(ids, redelivered)
+        plan, republish, topical = await self._plan(ids, redelivered)
         await self._events.emit_rows(plan.rows)
         metrics.planned(plan.rows)
+        await self._publish([*plan.rows, *republish])
+        for note in topical:
+            await self._plan_chunk(note)
+
+    async def _publish(self, rows: list[dict[str, Any]]) -> None:
         waiting = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
         ready, later = of_rows(
-            (row for row in [*plan.rows, *republish] if row["status"] in waiting),
-            utcnow().timestamp(),
+            (row for row in rows if row["status"] in waiting), utcnow().timestamp()
         )
         await publish_deliveries(self._ctx.broker, ready, later)
 
     async def _plan(
         self, ids: list[str], redelivered: list[str]
-    ) -> tuple[Plan, list[dict[str, Any]]]:
+    ) -> tuple[Plan, list[dict[str, Any]], list[dict[str, Any]]]:
+        """Plan the notifications to listed recipients; return the topic sends still being
+        planned, whose next chunk is planned apart (``_plan_chunk``)."""
         now = utcnow()
         engine, pg = self._ctx.engine, self._ctx.pg
         async with planning.reads(engine, pg) as reads:
             notes = await reads.notifications(ids)
+            topical = [n for n in notes.values() if _planning_topic(n)]
             todo = [
                 n
                 for n in notes.values()
-                if n["status"] in (NotificationStatus.ACCEPTED, NotificationStatus.SCHEDULED)
+                if n["topic"] is None
+                and n["status"] in (NotificationStatus.ACCEPTED, NotificationStatus.SCHEDULED)
             ]
             tenants = {n["tenant_id"] for n in todo}
             await self._ctx.providers.prepare(tenants)
@@ -146,12 +168,54 @@ class Planner:
                 policies = categories.get(note["tenant_id"], {})
                 plan.rows.extend(self._deliveries(note, version, people, policies, now))
             existing = await reads.existing_deliveries([r["id"] for r in plan.rows])
-            republish = await reads.waiting_deliveries(redelivered) if redelivered else []
+            # A topic send's chunks are published as they are planned; one whose publish
+            # was lost is found by the sweeper, not by reading the whole send again here.
+            listed = [nid for nid in redelivered if notes.get(nid, {}).get("topic") is None]
+            republish = await reads.waiting_deliveries(listed) if listed else []
         plan.rows = [row for row in plan.rows if row["id"] not in existing]
         await self._cap_per_hour(plan.rows, categories)
-        inserted = await planning.store_plan(engine, pg, plan.rows, plan.planned, ids, now)
+        # A topic send keeps its outbox row until its last chunk is planned.
+        outbox_ids = [nid for nid in ids if notes.get(nid, {}).get("topic") is None]
+        inserted = await planning.store_plan(engine, pg, plan.rows, plan.planned, outbox_ids, now)
         plan.rows = [row for row in plan.rows if row["id"] in inserted]
-        return plan, republish
+        return plan, republish, topical
+
+    async def _plan_chunk(self, note: dict[str, Any]) -> None:
+        """Plan the next chunk of a topic send's subscribers, exactly as a listed send's
+        recipients are planned, and commit it with the notification's cursor; then ask for
+        the next chunk through the plan stream, behind whatever else is waiting there, so
+        a broadcast never holds up other notifications' planning."""
+        now = utcnow()
+        engine, pg = self._ctx.engine, self._ctx.pg
+        tenant, size = note["tenant_id"], self._ctx.settings.topic_chunk
+        after = note["planned_through"]
+        async with planning.reads(engine, pg) as reads:
+            chunk = await reads.topic_chunk(tenant, note["topic"], after, size)
+            heads = await reads.active_versions({(tenant, note["template"])})
+        await self._ctx.providers.prepare({tenant})
+        categories = await self._ctx.categories.load(engine, {tenant})
+        compiled = await self._templates.load(engine, [(t, n, v) for (t, n), v in heads.items()])
+        version = compiled.get(
+            (tenant, note["template"], heads.get((tenant, note["template"])) or 0)
+        )
+        people = {(tenant, person["id"]): person for person in chunk}
+        part = {**note, "recipient_ids": [person["id"] for person in chunk]}
+        rows = self._deliveries(part, version, people, categories.get(tenant, {}), now)
+        await self._cap_per_hour(rows, categories)
+        done = len(chunk) < size
+        through = chunk[-1]["id"] if chunk else after
+        retry_at = now + timedelta(seconds=self._ctx.settings.outbox_grace)
+        inserted = await planning.store_chunk(
+            engine, pg, rows, note["id"], (after, through), done, now, retry_at
+        )
+        if inserted is None:
+            return  # another planner planned this chunk, or the send was cancelled
+        rows = [row for row in rows if row["id"] in inserted]
+        await self._events.emit_rows(rows)
+        metrics.planned(rows)
+        await self._publish(rows)
+        if not done:
+            await self._ctx.broker.publish(PLAN_STREAM, [plan_payload(note["id"], tenant)])
 
     async def _cap_per_hour(
         self, rows: list[dict[str, Any]], categories: dict[str, Policies]

@@ -97,18 +97,20 @@ class ChannelWorker:
         await self._consumer.run(stop)
 
     async def _screen(self, messages: list[Message]) -> list[Message]:
-        """Load the providers of the messages' tenants (once per take, not per send). A
-        message handed out again may have been sent already (its consumer died after
-        storing the outcome, before the ack): those are acked, not sent twice."""
+        """Load the providers of the messages' tenants (once per take, not per send), and
+        set aside, acked, what must not be sent: a delivery whose notification was
+        cancelled, or one handed out again that was sent already (its consumer died after
+        storing the outcome, before the ack). One read per take, for all its messages."""
         with contextlib.suppress(Exception):  # else loaded per delivery, failing alone
             await self._ctx.providers.prepare({tenant_of(m) for m in messages})
-        again = [str(m.payload.get("id")) for m in messages if m.redelivered]
-        if not again:
+        done = await delivery_store.finished_ids(
+            self._ctx.engine, [str(m.payload.get("id")) for m in messages], self._ctx.pg
+        )
+        if not done:
             return messages
-        done = await delivery_store.finished_ids(self._ctx.engine, again)
         fresh = []
         for message in messages:
-            if message.redelivered and message.payload.get("id") in done:
+            if message.payload.get("id") in done:
                 self._acks.put_nowait(message)
             else:
                 fresh.append(message)

@@ -68,9 +68,15 @@ _N = len(_DELIVERY_COLUMNS)
 # New deliveries, with an event for each one inserted in another state than `queued` (a
 # delivery's creation is its `queued` event), their notifications marked `processing`, and
 # the planned notifications' outbox rows gone: the planner's whole write, one statement.
+# None of a cancelled notification: `live` takes a share lock on the notifications, so a
+# cancellation either comes first (and nothing is inserted) or waits for this statement
+# (and then cancels what it inserted).
 _STORE_PLAN = (
-    f"WITH ins AS (INSERT INTO deliveries ({', '.join(_DELIVERY_COLUMNS)}) "
+    f"WITH live AS (SELECT id FROM notifications WHERE id = ANY(${_N + 2}::text[]) "
+    "AND status <> 'cancelled' FOR SHARE), "
+    f"ins AS (INSERT INTO deliveries ({', '.join(_DELIVERY_COLUMNS)}) "
     f"SELECT {_select(_DELIVERY_COLUMNS)} FROM {_unnest(_DELIVERY_COLUMNS)} "
+    "JOIN live ON live.id = v.notification_id "
     "ON CONFLICT DO NOTHING RETURNING id, tenant_id, status, reason), "
     "ev AS (INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
     f"SELECT id, tenant_id, status, reason, ${_N + 1}::timestamptz FROM ins "
@@ -107,7 +113,8 @@ _APPLY_CHANGES = (
     f"sent_at = v.sent_at, updated_at = ${_M + 1}::timestamptz, "
     "provider = coalesce(v.provider, d.provider) "
     f"FROM {_unnest(_CHANGE_COLUMNS)} "
-    "WHERE d.id = v.id AND d.status <> 'delivered' AND d.attempts <= v.attempts) "
+    "WHERE d.id = v.id AND d.status <> 'delivered' AND d.attempts <= v.attempts "
+    "AND (d.status <> 'cancelled' OR v.status IN ('sent', 'delivered', 'failed', 'dead'))) "
     "INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
     f"SELECT v.delivery_id, v.tenant_id, v.status, v.detail, ${_M + 1}::timestamptz "
     f"FROM {_unnest(_EVENT_COLUMNS, _M + 2)}"
@@ -136,11 +143,59 @@ async def store_plan(
 ) -> set[str]:
     """Insert the deliveries (``ON CONFLICT DO NOTHING``), mark the notifications planned and
     drop their outbox rows, in one statement; the ids of the deliveries inserted."""
-    arrays = [
+    records = await pg.fetch(
+        _STORE_PLAN, *_delivery_arrays(rows), at, list(planned_ids), list(outbox_ids)
+    )
+    return {record[0] for record in records}
+
+
+def _delivery_arrays(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    return [
         [_json(row[name]) for row in rows] if name in _JSON_COLUMNS else [row[name] for row in rows]
         for name in _DELIVERY_COLUMNS
     ]
-    records = await pg.fetch(_STORE_PLAN, *arrays, at, list(planned_ids), list(outbox_ids))
+
+
+# A topic send's cursor moves only from where this planner read it, and not once the
+# notification is cancelled: a chunk is planned once, by one planner.
+_ADVANCE = (
+    "UPDATE notifications SET planned_through = $2, planned_at = $3, status = CASE "
+    "WHEN status IN ('accepted', 'scheduled') THEN 'processing' ELSE status END "
+    "WHERE id = $1 AND status IN ('accepted', 'scheduled', 'processing') "
+    "AND planned_at IS NULL AND planned_through IS NOT DISTINCT FROM $4 RETURNING id"
+)
+
+
+async def store_chunk(
+    pg: PgPool,
+    rows: Sequence[dict[str, Any]],
+    notification_id: str,
+    cursor: tuple[str | None, str | None],
+    done: bool,
+    at: datetime,
+    retry_at: datetime,
+) -> set[str] | None:
+    """One chunk of a topic send, in one transaction: move the notification's cursor from
+    ``cursor[0]`` to ``cursor[1]`` and insert the chunk's deliveries; when ``done``, mark it
+    planned and drop its outbox row, else push the outbox row's time to ``retry_at`` (the
+    relay picks the send up again only if planning stalls). None if the cursor had moved
+    (another planner took this chunk) or the notification was cancelled."""
+    async with pg.connection() as conn, conn.transaction():
+        moved = await conn.fetchval(
+            _ADVANCE, notification_id, cursor[1], at if done else None, cursor[0]
+        )
+        if moved is None:
+            return None
+        outbox = [notification_id] if done else []
+        records = await conn.fetch(
+            _STORE_PLAN, *_delivery_arrays(rows), at, [notification_id], outbox
+        )
+        if not done:
+            await conn.execute(
+                "UPDATE outbox SET available_at = $2 WHERE notification_id = $1",
+                notification_id,
+                retry_at,
+            )
     return {record[0] for record in records}
 
 

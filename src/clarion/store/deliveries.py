@@ -7,11 +7,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, func, select, update
+from sqlalchemy import String, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.bounded import bounded
-from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
+from clarion.domain.models import (
+    ATTEMPT_OUTCOMES,
+    TERMINAL_STATUSES,
+    DeliveryStatus,
+    NotificationStatus,
+)
 from clarion.store import bulk
 from clarion.store.db import utcnow, write_tx
 from clarion.store.pg import PgPool
@@ -72,10 +77,19 @@ async def existing_ids(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
 
 async def insert_planned(
     conn: AsyncConnection, rows: list[dict[str, Any]], planned_ids: Sequence[str], at: datetime
-) -> None:
+) -> set[str]:
     """Insert new deliveries, with an event for each one created in another state than
     ``queued`` (a delivery's creation is its ``queued`` event), and mark their notifications
-    planned. (PostgreSQL: ``bulk.store_plan``.)"""
+    planned; none of a notification cancelled meanwhile. The ids inserted.
+    (PostgreSQL: ``bulk.store_plan``.)"""
+    notes = list({row["notification_id"] for row in rows})
+    cancelled: set[str] = set()
+    for part in chunks(notes, 1000):
+        query = select(notifications.c.id).where(
+            notifications.c.id.in_(part), notifications.c.status == NotificationStatus.CANCELLED
+        )
+        cancelled.update((await conn.execute(query)).scalars())
+    rows = [row for row in rows if row["notification_id"] not in cancelled]
     for part in chunks(rows, 1000):
         await conn.execute(insert_ignoring_conflicts(conn, deliveries), part)
     events = [
@@ -97,6 +111,7 @@ async def insert_planned(
             .where(notifications.c.id.in_(part), notifications.c.status != "cancelled")
             .values(status=NotificationStatus.PROCESSING)
         )
+    return {row["id"] for row in rows}
 
 
 async def queued_of_notifications(
@@ -113,8 +128,17 @@ async def queued_of_notifications(
     return found
 
 
-async def finished_ids(engine: AsyncEngine, ids: Sequence[str]) -> set[str]:
-    """Which of these deliveries are already in a final state (so must not be sent again)."""
+_FINISHED = "SELECT id FROM deliveries WHERE id = ANY($1::text[]) AND status = ANY($2::text[])"
+
+
+async def finished_ids(
+    engine: AsyncEngine, ids: Sequence[str], pg: PgPool | None = None
+) -> set[str]:
+    """Which of these deliveries are already in a final state or cancelled (so must not be
+    sent). Asked once per take by every worker: on PostgreSQL one fixed statement."""
+    if pg is not None:
+        rows = await pg.fetch(_FINISHED, list(ids), [str(s) for s in TERMINAL_STATUSES])
+        return {row[0] for row in rows}
     found: set[str] = set()
     async with engine.connect() as conn:
         for part in chunks(list(ids), 1000):
@@ -134,6 +158,11 @@ _UPDATE = (
         deliveries.c.id == bindparam("b_id"),
         deliveries.c.status != DeliveryStatus.DELIVERED,
         deliveries.c.attempts <= bindparam("b_attempts"),
+        # A cancelled delivery is not queued again; what an attempt made of it is kept.
+        or_(
+            deliveries.c.status != DeliveryStatus.CANCELLED,
+            *(bindparam("b_status") == str(outcome) for outcome in sorted(ATTEMPT_OUTCOMES)),
+        ),
     )
     .values(
         status=bindparam("b_status"),

@@ -1,10 +1,11 @@
 """Everything stored about one recipient: exporting it, and erasing it.
 
 Erasure removes the recipient's row (addresses, tokens, subscriptions, preferences, data),
-its inbox and its sandbox captures, and strips the delivery history of anything personal:
-deliveries keep their status, channel and timestamps for the tenant's counts, but lose
-their address, content and errors, and both the recipient id and the delivery id (which is
-derived from the recipient id) are replaced by values that owe nothing to the person.
+its topic memberships, its inbox and its sandbox captures, and strips the delivery history
+of anything personal: deliveries keep their status, channel and timestamps for the tenant's
+counts, but lose their address, content and errors, and both the recipient id and the
+delivery id (which is derived from the recipient id) are replaced by values that owe
+nothing to the person.
 What was still waiting is suppressed (reason ``cancelled``) and dead letters become failures,
 so nothing is sent or replayed without an address. Notifications forget the recipient, and
 their data when it was about that person alone; stored responses of recipient batches that
@@ -30,6 +31,7 @@ from clarion.domain.ids import new_id
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus
 from clarion.store import inbox_access
 from clarion.store import recipients as recipient_store
+from clarion.store import topics as topic_store
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import chunks
 from clarion.store.tables import (
@@ -71,6 +73,7 @@ async def erase(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> datet
                     table.c.tenant_id == tenant_id, table.c.recipient_id == recipient_id
                 )
             )
+        await topic_store.forget_recipient(conn, tenant_id, recipient_id)
         await _scrub_deliveries(conn, tenant_id, recipient_id)
         await _forget_in_notifications(conn, tenant_id, recipient_id)
         await _forget_batch_responses(conn, tenant_id, recipient_id)
@@ -200,9 +203,11 @@ async def export(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> dict
         inbox = await _newest(conn, inbox_messages, tenant_id, recipient_id, _inbox_public)
         sent = await _newest(conn, deliveries, tenant_id, recipient_id, _delivery_public)
         sandbox = await _newest(conn, sandbox_messages, tenant_id, recipient_id, _sandbox_public)
+        topics = await topic_store.of_recipient(conn, tenant_id, recipient_id)
     return {
         "recipient": recipient_store.to_public(row),
         "preferences": recipient_store.preferences_of(row),
+        "topics": topics,
         "inbox_messages": inbox[0],
         "deliveries": sent[0],
         "sandbox_messages": sandbox[0],

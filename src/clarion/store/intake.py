@@ -133,6 +133,7 @@ _COLUMNS = {
     "idempotency_key": "text",
     "request_hash": "text",
     "created_at": "timestamptz",
+    "topic": "text",
 }
 _JSON = {"recipient_ids", "data", "channels"}
 _N = len(_COLUMNS)

@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, t
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
-from clarion.domain.outcome import FAILURES, SUCCESSES, aggregate_status
+from clarion.domain.outcome import FAILURES, SUCCESSES, shown_status, shown_to
 from clarion.store.db import as_utc
 from clarion.store.notifications import delivery_to_public
 from clarion.store.sql import chunks
@@ -192,10 +192,10 @@ async def list_notifications(
 def notification_summary(row: Mapping[str, Any], totals: Mapping[str, int]) -> dict[str, Any]:
     return {
         "id": row["id"],
-        "status": aggregate_status(row["status"], totals),
+        "status": shown_status(row, totals),
         "template": row["template"],
         "priority": row["priority"],
-        "to": {"recipient_ids": row["recipient_ids"]},
+        "to": shown_to(row),
         "channels": row["channels"],
         "send_at": as_utc(row["send_at"]),
         "expires_at": as_utc(row["expires_at"]),

@@ -7,18 +7,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import DateTime, delete, func, literal, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import new_id
-from clarion.domain.models import NotificationStatus
-from clarion.domain.outcome import aggregate_status
+from clarion.domain.models import DeliveryStatus, NotificationStatus
+from clarion.domain.outcome import shown_status, shown_to
 from clarion.errors import ApiError, Conflict, ValidationFailed
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.intake import IntakeTx, Stored, intake_tx
 from clarion.store.pg import PgPool
 from clarion.store.sql import chunks
-from clarion.store.tables import deliveries, notifications, outbox
+from clarion.store.tables import deliveries, delivery_events, notifications, outbox
 
 
 @dataclass(slots=True)
@@ -35,6 +36,8 @@ class NewNotification:
     expires_at: datetime | None
     idempotency_key: str | None
     request_hash: str
+    # A topic send: every subscriber of the topic when it is planned (recipient_ids empty).
+    topic: str | None = None
     id: str = field(default_factory=lambda: new_id("ntf"))
 
 
@@ -100,6 +103,7 @@ def _row(item: NewNotification, now: datetime) -> dict[str, Any]:
         "idempotency_key": item.idempotency_key,
         "request_hash": item.request_hash,
         "created_at": now,
+        "topic": item.topic,
     }
 
 
@@ -275,23 +279,117 @@ async def get_with_deliveries(
         )
         totals = await _totals(conn, notification_id)
     items = [delivery_to_public(r) for r in rows[:limit]]
-    status = aggregate_status(row["status"], totals)
     return {
         "id": row["id"],
-        "status": status,
+        "status": shown_status(row, totals),
         "template": row["template"],
         "priority": row["priority"],
-        "to": {"recipient_ids": row["recipient_ids"]},
+        "to": shown_to(row),
         "data": row["data"],
         "channels": row["channels"],
         "send_at": as_utc(row["send_at"]),
         "expires_at": as_utc(row["expires_at"]),
         "idempotency_key": row["idempotency_key"],
         "created_at": as_utc(row["created_at"]),
+        "totals": totals,
         "deliveries": items,
         "deliveries_truncated": len(rows) > limit,
-        "totals": totals,
     }
+
+
+async def _totals(conn: AsyncConnection, notification_id: str) -> dict[str, int]:
+    d = deliveries
+    query = (
+        select(d.c.status, func.count())
+        .where(d.c.notification_id == notification_id)
+        .group_by(d.c.status)
+    )
+    return {status: int(n) for status, n in sorted((await conn.execute(query)).all())}
+
+
+async def deliveries_page(
+    engine: AsyncEngine, tenant_id: str, notification_id: str, after: str | None, limit: int
+) -> list[dict[str, Any]] | None:
+    """A notification's deliveries in id order after the cursor; None if the tenant has no
+    such notification."""
+    n, d = notifications, deliveries
+    async with engine.connect() as conn:
+        found = await conn.execute(
+            select(n.c.id).where(n.c.id == notification_id, n.c.tenant_id == tenant_id)
+        )
+        if found.first() is None:
+            return None
+        query = select(d).where(d.c.notification_id == notification_id, d.c.id > (after or ""))
+        rows = (await conn.execute(query.order_by(d.c.id).limit(limit))).mappings().all()
+    return [delivery_to_public(r) for r in rows]
+
+
+_CANCELLABLE = (
+    NotificationStatus.ACCEPTED,
+    NotificationStatus.SCHEDULED,
+    NotificationStatus.PROCESSING,
+)
+_UNSENT = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
+
+
+async def cancel(engine: AsyncEngine, tenant_id: str, notification_id: str) -> bool:
+    """Cancel what of the notification is not sent yet: its status becomes ``cancelled``,
+    its deliveries still waiting (queued, or scheduled for later) become ``cancelled`` with
+    an event each, and a scheduled or still-planning send leaves the outbox. A notification
+    already finished is left as it is. False if the tenant has no such notification."""
+    for attempt in range(3):
+        try:
+            return await _cancel(engine, tenant_id, notification_id)
+        except DBAPIError as exc:
+            # The deliveries' UPDATE may meet a status writer's batch in another order.
+            code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+            if code != "40P01" or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _cancel(engine: AsyncEngine, tenant_id: str, notification_id: str) -> bool:
+    n, d = notifications, deliveries
+    now = utcnow()
+    async with write_tx(engine) as conn:
+        # The notification's row first: the planner's write waits for it, or it for the
+        # planner's (bulk.py), so no chunk is inserted after the cancellation.
+        moved = await conn.execute(
+            update(n)
+            .where(n.c.id == notification_id, n.c.tenant_id == tenant_id)
+            .where(n.c.status.in_(_CANCELLABLE))
+            .values(status=NotificationStatus.CANCELLED)
+        )
+        if moved.rowcount != 1:
+            found = await conn.execute(
+                select(n.c.id).where(n.c.id == notification_id, n.c.tenant_id == tenant_id)
+            )
+            return found.first() is not None
+        waiting = (d.c.notification_id == notification_id) & d.c.status.in_(_UNSENT)
+        await conn.execute(
+            delivery_events.insert().from_select(
+                ["delivery_id", "tenant_id", "status", "detail", "created_at"],
+                select(
+                    d.c.id,
+                    d.c.tenant_id,
+                    literal(DeliveryStatus.CANCELLED.value),
+                    literal("cancelled"),
+                    literal(now, type_=DateTime(timezone=True)),
+                ).where(waiting),
+            )
+        )
+        await conn.execute(
+            update(d)
+            .where(waiting)
+            .values(
+                status=DeliveryStatus.CANCELLED,
+                reason="cancelled",
+                scheduled_for=None,
+                updated_at=now,
+            )
+        )
+        await delete_outbox(conn, [notification_id])
+    return True
 
 
 async def fail_unplannable(engine: AsyncEngine, notification_id: str) -> None:
@@ -305,14 +403,3 @@ async def fail_unplannable(engine: AsyncEngine, notification_id: str) -> None:
             .values(status=NotificationStatus.FAILED)
         )
         await delete_outbox(conn, [notification_id])
-
-
-async def _totals(conn: AsyncConnection, notification_id: str) -> dict[str, int]:
-    """How many of the notification's deliveries are in each status."""
-    d = deliveries
-    query = (
-        select(d.c.status, func.count())
-        .where(d.c.notification_id == notification_id)
-        .group_by(d.c.status)
-    )
-    return {status: count for status, count in (await conn.execute(query)).all()}

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import asyncpg
+from sqlalchemy import case, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.store import bulk
@@ -20,8 +21,10 @@ from clarion.store import deliveries as delivery_store
 from clarion.store import notifications as notification_store
 from clarion.store import recipients as recipient_store
 from clarion.store import templates as template_store
+from clarion.store import topics as topic_store
 from clarion.store.db import write_tx
 from clarion.store.pg import PgPool
+from clarion.store.tables import notifications, outbox
 
 
 class PlanReads(Protocol):
@@ -39,6 +42,12 @@ class PlanReads(Protocol):
 
     async def waiting_deliveries(self, notification_ids: Sequence[str]) -> list[dict[str, Any]]:
         """Deliveries of these notifications still to be sent (now or later)."""
+        ...
+
+    async def topic_chunk(
+        self, tenant_id: str, topic: str, after: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """The recipients of the next chunk of a topic's subscribers, in id order."""
         ...
 
 
@@ -62,6 +71,12 @@ class _SqlReads:
 
     async def waiting_deliveries(self, notification_ids: Sequence[str]) -> list[dict[str, Any]]:
         return await delivery_store.queued_of_notifications(self._conn, notification_ids)
+
+    async def topic_chunk(
+        self, tenant_id: str, topic: str, after: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        query = topic_store.chunk_query(tenant_id, topic, after, limit)
+        return [dict(row) for row in (await self._conn.execute(query)).mappings()]
 
 
 def _pairs(keys: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
@@ -114,6 +129,12 @@ class _PgReads:
         )
         return [dict(row) for row in rows]
 
+    async def topic_chunk(
+        self, tenant_id: str, topic: str, after: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        rows = await self._conn.fetch(topic_store.PG_CHUNK, tenant_id, topic, after or "", limit)
+        return [dict(row) for row in rows]
+
 
 @asynccontextmanager
 async def reads(engine: AsyncEngine, pg: PgPool | None) -> AsyncIterator[PlanReads]:
@@ -143,6 +164,54 @@ async def store_plan(
     # SQLite has one process, whose writers take turns: what the reads did not find is
     # what this transaction inserts.
     async with write_tx(engine) as conn:
-        await delivery_store.insert_planned(conn, rows, planned_ids, at)
+        inserted = await delivery_store.insert_planned(conn, rows, planned_ids, at)
         await notification_store.delete_outbox(conn, outbox_ids)
-    return {row["id"] for row in rows}
+    return inserted
+
+
+async def store_chunk(
+    engine: AsyncEngine,
+    pg: PgPool | None,
+    rows: list[dict[str, Any]],
+    notification_id: str,
+    cursor: tuple[str | None, str | None],
+    done: bool,
+    at: datetime,
+    retry_at: datetime,
+) -> set[str] | None:
+    """One chunk of a topic send, atomically: the notification's cursor moves from
+    ``cursor[0]`` to ``cursor[1]`` with the chunk's deliveries (see ``bulk.store_chunk``).
+    None, and nothing stored, if the cursor had already moved or the send was cancelled."""
+    if pg is not None:
+        return await bulk.store_chunk(pg, rows, notification_id, cursor, done, at, retry_at)
+    n = notifications
+    after, through = cursor
+    async with write_tx(engine) as conn:
+        moved = await conn.execute(
+            update(n)
+            .where(
+                n.c.id == notification_id,
+                n.c.status.in_(["accepted", "scheduled", "processing"]),
+                n.c.planned_at.is_(None),
+                n.c.planned_through.is_(None) if after is None else n.c.planned_through == after,
+            )
+            .values(
+                planned_through=through,
+                planned_at=at if done else None,
+                status=case(
+                    (n.c.status.in_(["accepted", "scheduled"]), "processing"), else_=n.c.status
+                ),
+            )
+        )
+        if moved.rowcount != 1:
+            return None
+        inserted = await delivery_store.insert_planned(conn, rows, [], at)
+        if done:
+            await notification_store.delete_outbox(conn, [notification_id])
+        else:
+            await conn.execute(
+                update(outbox)
+                .where(outbox.c.notification_id == notification_id)
+                .values(available_at=retry_at)
+            )
+    return inserted

@@ -117,6 +117,12 @@ notifications = Table(
     Column("idempotency_key", String(255)),
     Column("request_hash", String(64)),
     _ts("created_at", nullable=False),
+    # A topic send: the topic, the last recipient id whose deliveries are planned (the
+    # planner goes through the subscribers in chunks, in id order) and when the last chunk
+    # was planned.
+    Column("topic", String(200)),
+    Column("planned_through", String(200)),
+    _ts("planned_at"),
     UniqueConstraint("tenant_id", "idempotency_key", name="uq_notifications_idempotency"),
 )
 
@@ -158,7 +164,8 @@ deliveries = Table(
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
     _ts("sent_at"),
-    Index("ix_deliveries_notification_id", "notification_id"),
+    # A notification's deliveries, paged in id order.
+    Index("ix_deliveries_notification_id_id", "notification_id", "id"),
     Index("ix_deliveries_status_updated_at", "status", "updated_at"),
 )
 
@@ -396,4 +403,16 @@ webhooks = Table(
     Column("enabled", Boolean, nullable=False),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
+)
+
+# Topic memberships: the planner reads a topic's subscribers in recipient id order, in
+# chunks; export and erasure find a recipient's by the second index.
+topic_subscribers = Table(
+    "topic_subscribers",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("topic", String(200), primary_key=True),
+    Column("recipient_id", String(200), primary_key=True),
+    _ts("created_at", nullable=False),
+    Index("ix_topic_subscribers_recipient", "tenant_id", "recipient_id"),
 )

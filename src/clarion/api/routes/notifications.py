@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import TypeAdapter, ValidationError
 
 from clarion.api.auth import Principal, require
@@ -34,10 +34,6 @@ def _intake(request: Request) -> Intake:
 
 
 def to_new(tenant_id: str, item: NotificationIn, header_key: str | None) -> store.NewNotification:
-    if item.to.topic is not None:
-        raise ValidationFailed(
-            "sending to a topic is not available in this version", code="unsupported"
-        )
     body = item.model_dump(mode="json", exclude={"idempotency_key"})
     return store.NewNotification(
         tenant_id=tenant_id,
@@ -50,6 +46,7 @@ def to_new(tenant_id: str, item: NotificationIn, header_key: str | None) -> stor
         expires_at=item.expires_at,
         idempotency_key=item.idempotency_key or header_key,
         request_hash=request_hash(body),
+        topic=item.to.topic,
     )
 
 
@@ -142,3 +139,33 @@ async def get(request: Request, principal: Reader, notification_id: str) -> JSON
     if found is None:
         raise NotFound(f"no notification {notification_id!r}")
     return JSONResponse(found)
+
+
+@router.get("/{notification_id}/deliveries", summary="A notification's deliveries, paged")
+async def deliveries(
+    request: Request,
+    principal: Reader,
+    notification_id: str,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
+) -> JSONResponse:
+    rows = await store.deliveries_page(
+        request.app.state.ctx.engine, principal.tenant_id, notification_id, cursor, limit + 1
+    )
+    if rows is None:
+        raise NotFound(f"no notification {notification_id!r}")
+    data = rows[:limit]
+    return JSONResponse(
+        {"data": data, "next_cursor": data[-1]["id"] if len(rows) > limit else None}
+    )
+
+
+@router.delete("/{notification_id}", status_code=202, summary="Cancel what is not sent yet")
+async def cancel(request: Request, principal: Sender, notification_id: str) -> JSONResponse:
+    engine = request.app.state.ctx.engine
+    if not await store.cancel(engine, principal.tenant_id, notification_id):
+        raise NotFound(f"no notification {notification_id!r}")
+    found = await store.get_with_deliveries(engine, principal.tenant_id, notification_id)
+    if found is None:  # erased in between
+        raise NotFound(f"no notification {notification_id!r}")
+    return JSONResponse(found, status_code=202)

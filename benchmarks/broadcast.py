@@ -1,0 +1,201 @@
+"""A broadcast to a topic on PostgreSQL + Redis: one POST, N subscribers.
+
+Starts Clarion as in ``e2e.py --config postgres-redis`` (one ``clarion api``, K ``clarion
+worker``, one ``clarion scheduler``, a fresh database and a flushed Redis database), creates
+N recipients subscribed to one topic, then POSTs one notification to the topic and measures:
+
+* time to all deliveries created: from the POST to the commit of the last chunk (the
+  notification's ``planned_at``);
+* time to all delivered: from the POST to the last delivery's ``sent_at``, every delivery
+  ``sent``;
+* the API and the pipeline staying responsive meanwhile: a ``critical`` in-app notification
+  to a recipient outside the topic is POSTed every ``--probe-interval`` seconds while the
+  broadcast drains; each one's latency is its delivery's ``sent_at`` minus the moment it was
+  POSTed (p50, p99, max).
+
+Prints one JSON object to stdout; progress goes to stderr. Takes the same machine-wide lock
+as ``e2e.py``, so the two never measure each other.
+
+    uv run python benchmarks/broadcast.py --subscribers 50000
+    uv run python benchmarks/broadcast.py --subscribers 1000000 --channel webhook --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+
+import e2e
+
+TOPIC = "everyone"
+PROBE = "probe"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
+    parser.add_argument("--subscribers", type=int, default=50_000)
+    parser.add_argument("--channel", choices=["inapp", "webhook"], default="inapp")
+    parser.add_argument("--priority", choices=["high", "normal", "low"], default="normal")
+    parser.add_argument("--probe-interval", type=float, default=0.25)
+    own, rest = parser.parse_known_args(argv)
+    # Everything else (stores, workers, --keep, ...) as e2e.py takes it.
+    args = e2e.parse_args(["--config", "postgres-redis", *rest])
+    for name, value in vars(own).items():
+        setattr(args, name, value)
+    if args.subscribers < 1:
+        parser.error("--subscribers must be >= 1")
+    return args
+
+
+class Broadcast(e2e.Bench):
+    async def create_fixtures(self, session: aiohttp.ClientSession, sink_url: str) -> None:
+        n = self.args.subscribers
+        ids = [f"s{i:08d}" for i in range(n)]
+        hooks = self.args.channel == "webhook"
+
+        def extra(rid: str) -> dict[str, str]:
+            return {"webhook_url": f"{sink_url}/{rid}"} if hooks else {}
+
+        gate = asyncio.Semaphore(4)
+
+        async def people(start: int) -> None:
+            body = {"recipients": [{"id": rid, **extra(rid)} for rid in ids[start : start + 1000]]}
+            async with gate:
+                await self.call(session, "POST", "/v1/recipients/batch", body)
+
+        await asyncio.gather(*(people(start) for start in range(0, n, 1000)))
+        await self.call(session, "PUT", f"/v1/recipients/{PROBE}", {})
+        for start in range(0, n, 10_000):
+            body = {"recipient_ids": ids[start : start + 10_000]}
+            reply = await self.call(session, "PUT", f"/v1/topics/{TOPIC}/subscribers", body)
+            if reply["errors"]:
+                raise RuntimeError(f"subscribing failed: {reply['errors'][:3]}")
+        content: dict[str, Any] = (
+            {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}
+            if self.args.channel == "webhook"
+            else {"inapp": {"title": "News", "body": "Hello {{ recipient.id }}"}}
+        )
+        await self.call(session, "PUT", "/v1/templates/news", {"channels": content})
+        alert = {"category": "security", "channels": {"inapp": {"title": "Alert", "body": "!"}}}
+        await self.call(session, "PUT", "/v1/templates/alert", alert)
+        log(f"{n} recipients subscribed to {TOPIC!r}")
+
+    async def measure(
+        self, session: aiohttp.ClientSession, sink: e2e.SinkControl
+    ) -> dict[str, Any]:
+        assert self.database is not None
+        db = await asyncpg.connect(e2e.with_database(self.admin_url, self.database))
+        try:
+            return await self._measure(session, db)
+        finally:
+            await db.close()
+
+    async def _measure(
+        self, session: aiohttp.ClientSession, db: asyncpg.Connection
+    ) -> dict[str, Any]:
+        n = self.args.subscribers
+        cpu_before = self.cpu_times()
+        started = time.time()
+        body = {"template": "news", "to": {"topic": TOPIC}, "priority": self.args.priority}
+        nid = (await self.call(session, "POST", "/v1/notifications", body))["id"]
+        probes: dict[str, float] = {}
+        deadline = time.monotonic() + self.args.timeout
+        sent = 0
+        while sent < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {sent} of {n} deliveries sent in {self.args.timeout}s")
+            self.children.check()
+            posted = time.time()
+            probe = {"template": "alert", "to": {"recipient_id": PROBE}, "priority": "critical"}
+            probes[(await self.call(session, "POST", "/v1/notifications", probe))["id"]] = posted
+            await asyncio.sleep(self.args.probe_interval)
+            sent = await db.fetchval(
+                "SELECT count(*) FROM deliveries WHERE notification_id = $1 AND status = 'sent'",
+                nid,
+            )
+        cpu = e2e.cpu_used(cpu_before, self.cpu_times(), n)
+        planned_at, last_sent, statuses = await self._broadcast_times(db, nid)
+        latencies = await self._probe_latencies(db, probes)
+        return {
+            "config": "postgres-redis",
+            "channel": self.args.channel,
+            "subscribers": n,
+            "workers": self.args.workers,
+            "priority": self.args.priority,
+            "all_created_s": round(planned_at - started, 2),
+            "all_delivered_s": round(last_sent - started, 2),
+            "created_per_s": round(n / (planned_at - started)),
+            "delivered_per_s": round(n / (last_sent - started)),
+            "statuses": statuses,
+            "critical_probes": len(latencies),
+            "critical_p50_ms": round(1000 * e2e.percentile(latencies, 0.50), 1),
+            "critical_p99_ms": round(1000 * e2e.percentile(latencies, 0.99), 1),
+            "critical_max_ms": round(1000 * latencies[-1], 1),
+            "cpu": cpu,
+            "machine": e2e.machine(),
+            "postgres": self.postgres,
+        }
+
+    @staticmethod
+    async def _broadcast_times(
+        db: asyncpg.Connection, nid: str
+    ) -> tuple[float, float, dict[str, int]]:
+        planned_at = await db.fetchval("SELECT planned_at FROM notifications WHERE id = $1", nid)
+        last_sent = await db.fetchval(
+            "SELECT max(sent_at) FROM deliveries WHERE notification_id = $1", nid
+        )
+        rows = await db.fetch(
+            "SELECT status, count(*) FROM deliveries WHERE notification_id = $1 GROUP BY status",
+            nid,
+        )
+        return planned_at.timestamp(), last_sent.timestamp(), {r[0]: r[1] for r in rows}
+
+    @staticmethod
+    async def _probe_latencies(db: asyncpg.Connection, probes: dict[str, float]) -> list[float]:
+        """Seconds from each probe's POST to its delivery's send; waits for the last ones."""
+        deadline = time.monotonic() + 30
+        while True:
+            rows = await db.fetch(
+                "SELECT notification_id, sent_at FROM deliveries "
+                "WHERE notification_id = ANY($1::text[]) AND status = 'sent'",
+                list(probes),
+            )
+            if len(rows) == len(probes) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        if len(rows) < len(probes):
+            raise RuntimeError(f"{len(probes) - len(rows)} critical probes were not sent")
+        return sorted(row[1].timestamp() - probes[row[0]] for row in rows)
+
+
+def log(message: str) -> None:
+    print(f"[broadcast {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    args = parse_args()
+    with Path(tempfile.gettempdir(), "clarion-e2e.lock").open("w") as lock:
+        e2e.wait_for_lock(lock, args.wait_for_other)
+        bench = Broadcast(args)
+        failed = True
+        try:
+            result = asyncio.run(bench.run())
+            failed = False
+        finally:
+            bench.cleanup(failed)
+    print(orjson.dumps(result).decode(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

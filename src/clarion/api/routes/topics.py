@@ -1,0 +1,107 @@
+"""``/v1/topics``: subscribe and unsubscribe recipients in bulk, a topic's size, its
+subscribers. A topic exists while it has subscribers: one with none (or another tenant's)
+is a 404."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from clarion.api.auth import Principal, require
+from clarion.api.errors import error_body
+from clarion.api.responses import JSONResponse
+from clarion.api.schemas import RecipientId
+from clarion.errors import NotFound, ValidationFailed
+from clarion.store import topics as store
+
+router = APIRouter(prefix="/v1/topics", tags=["topics"])
+
+Manager = Annotated[Principal, Depends(require("manage"))]
+TopicPath = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class MembersIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The bound is checked in the handler, so that too many ids is `batch_too_large`.
+    recipient_ids: list[RecipientId] = Field(min_length=1)
+
+
+def _checked(body: MembersIn) -> list[str]:
+    if len(body.recipient_ids) > store.MAX_PER_CALL:
+        raise ValidationFailed(
+            f"a call takes at most {store.MAX_PER_CALL:,} recipient ids", code="batch_too_large"
+        )
+    return body.recipient_ids
+
+
+def _unknown(body: MembersIn, unknown: list[str]) -> list[dict[str, Any]]:
+    missing = set(unknown)
+    return [
+        {
+            "index": index,
+            "recipient_id": rid,
+            **error_body("unknown_recipient", f"no recipient with id {rid!r}"),
+        }
+        for index, rid in enumerate(body.recipient_ids)
+        if rid in missing
+    ]
+
+
+@router.put("/{name}/subscribers", summary="Subscribe up to 10,000 recipients to a topic")
+async def subscribe(
+    request: Request, principal: Manager, name: TopicPath, body: MembersIn
+) -> JSONResponse:
+    change = await store.subscribe(
+        request.app.state.ctx.engine, principal.tenant_id, name, _checked(body)
+    )
+    return JSONResponse(
+        {
+            "name": name,
+            "subscribers": change.subscribers,
+            "added": change.changed,
+            "errors": _unknown(body, change.unknown),
+        }
+    )
+
+
+@router.delete("/{name}/subscribers", summary="Unsubscribe up to 10,000 recipients")
+async def unsubscribe(
+    request: Request, principal: Manager, name: TopicPath, body: MembersIn
+) -> JSONResponse:
+    engine = request.app.state.ctx.engine
+    ids = _checked(body)
+    if not await store.size(engine, principal.tenant_id, name):
+        raise NotFound(f"no topic {name!r}")
+    change = await store.unsubscribe(engine, principal.tenant_id, name, ids)
+    return JSONResponse(
+        {"name": name, "subscribers": change.subscribers, "removed": change.changed}
+    )
+
+
+@router.get("/{name}", summary="A topic and its number of subscribers")
+async def get(request: Request, principal: Manager, name: TopicPath) -> JSONResponse:
+    count = await store.size(request.app.state.ctx.engine, principal.tenant_id, name)
+    if not count:
+        raise NotFound(f"no topic {name!r}")
+    return JSONResponse({"name": name, "subscribers": count})
+
+
+@router.get("/{name}/subscribers", summary="A topic's subscribers, in recipient id order")
+async def subscribers(
+    request: Request,
+    principal: Manager,
+    name: TopicPath,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+) -> JSONResponse:
+    rows = await store.page(
+        request.app.state.ctx.engine, principal.tenant_id, name, cursor, limit + 1
+    )
+    if not rows and cursor is None:
+        raise NotFound(f"no topic {name!r}")
+    data = rows[:limit]
+    next_cursor = data[-1]["recipient_id"] if len(rows) > limit else None
+    return JSONResponse({"data": data, "next_cursor": next_cursor})

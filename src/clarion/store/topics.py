@@ -1,0 +1,144 @@
+"""Topic memberships: subscribe and unsubscribe in bulk, count, list, and the chunks of
+subscribers the planner reads for a topic send.
+
+A topic exists while it has subscribers. Subscribing inserts from the recipients table
+(``INSERT ... SELECT ... ON CONFLICT DO NOTHING``), so a membership always names a stored
+recipient, even when an erasure runs at the same moment, and repeating a call adds nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import DateTime, delete, func, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from clarion.store.db import as_utc, utcnow, write_tx
+from clarion.store.sql import chunks
+from clarion.store.tables import recipients, topic_subscribers
+
+MAX_PER_CALL = 10_000
+_PART = 1000  # ids per statement: bounds SQLite's variables and one statement's size
+
+t = topic_subscribers
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    changed: int  # memberships added or removed
+    unknown: list[str]  # ids with no recipient (subscribing only)
+    subscribers: int  # the topic's size after the change
+
+
+async def count(conn: AsyncConnection, tenant_id: str, topic: str) -> int:
+    query = select(func.count()).where(t.c.tenant_id == tenant_id, t.c.topic == topic)
+    return int((await conn.execute(query)).scalar_one())
+
+
+async def size(engine: AsyncEngine, tenant_id: str, topic: str) -> int:
+    async with engine.connect() as conn:
+        return await count(conn, tenant_id, topic)
+
+
+def _insert(conn: AsyncConnection) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(t)
+
+
+async def subscribe(
+    engine: AsyncEngine, tenant_id: str, topic: str, recipient_ids: Sequence[str]
+) -> Change:
+    """Add the recipients to the topic; ids with no recipient are reported, not added."""
+    ids = list(dict.fromkeys(recipient_ids))
+    now = utcnow()
+    added = 0
+    known: set[str] = set()
+    async with write_tx(engine) as conn:
+        for part in chunks(ids, _PART):
+            r = recipients
+            mine = (r.c.tenant_id == tenant_id) & r.c.id.in_(part)
+            known.update((await conn.execute(select(r.c.id).where(mine))).scalars())
+            source = select(
+                r.c.tenant_id, literal(topic), r.c.id, literal(now, type_=DateTime(timezone=True))
+            ).where(mine)
+            stmt = (
+                _insert(conn)
+                .from_select(["tenant_id", "topic", "recipient_id", "created_at"], source)
+                .on_conflict_do_nothing()
+            )
+            added += max((await conn.execute(stmt)).rowcount, 0)
+        total = await count(conn, tenant_id, topic)
+    return Change(added, [rid for rid in ids if rid not in known], total)
+
+
+async def unsubscribe(
+    engine: AsyncEngine, tenant_id: str, topic: str, recipient_ids: Sequence[str]
+) -> Change:
+    ids = list(dict.fromkeys(recipient_ids))
+    removed = 0
+    async with write_tx(engine) as conn:
+        for part in chunks(ids, _PART):
+            result = await conn.execute(
+                delete(t).where(
+                    t.c.tenant_id == tenant_id, t.c.topic == topic, t.c.recipient_id.in_(part)
+                )
+            )
+            removed += max(result.rowcount, 0)
+        total = await count(conn, tenant_id, topic)
+    return Change(removed, [], total)
+
+
+async def page(
+    engine: AsyncEngine, tenant_id: str, topic: str, after: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Subscribers in recipient id order, after the cursor; up to ``limit`` rows."""
+    query = select(t.c.recipient_id, t.c.created_at).where(
+        t.c.tenant_id == tenant_id, t.c.topic == topic
+    )
+    if after is not None:
+        query = query.where(t.c.recipient_id > after)
+    query = query.order_by(t.c.recipient_id).limit(limit)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [{"recipient_id": row[0], "subscribed_at": as_utc(row[1])} for row in rows]
+
+
+async def of_recipient(conn: AsyncConnection, tenant_id: str, recipient_id: str) -> list[str]:
+    query = (
+        select(t.c.topic)
+        .where(t.c.tenant_id == tenant_id, t.c.recipient_id == recipient_id)
+        .order_by(t.c.topic)
+    )
+    return list((await conn.execute(query)).scalars())
+
+
+async def forget_recipient(conn: AsyncConnection, tenant_id: str, recipient_id: str) -> None:
+    await conn.execute(
+        delete(t).where(t.c.tenant_id == tenant_id, t.c.recipient_id == recipient_id)
+    )
+
+
+def chunk_query(tenant_id: str, topic: str, after: str | None, limit: int) -> Any:
+    """The next chunk of a topic's subscribers for the planner: their recipient rows, in
+    id order, after ``after``."""
+    r = recipients
+    return (
+        select(r)
+        .join(t, (t.c.tenant_id == r.c.tenant_id) & (t.c.recipient_id == r.c.id))
+        .where(t.c.tenant_id == tenant_id, t.c.topic == topic, t.c.recipient_id > (after or ""))
+        .order_by(t.c.recipient_id)
+        .limit(limit)
+    )
+
+
+# The same on asyncpg (the planner's reads there are fixed statements); "" before the first
+# chunk (recipient ids are never empty).
+PG_CHUNK = (
+    "SELECT r.* FROM topic_subscribers AS s JOIN recipients AS r "
+    "ON r.tenant_id = s.tenant_id AND r.id = s.recipient_id "
+    "WHERE s.tenant_id = $1 AND s.topic = $2 AND s.recipient_id > $3 "
+    "ORDER BY s.recipient_id LIMIT $4"
+)

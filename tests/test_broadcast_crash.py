@@ -1,0 +1,129 @@
+"""A broadcast survives kill -9 of the worker planning and sending it (PostgreSQL + Redis).
+
+20,000 subscribers, planned 2,000 at a time (in-app channel). The worker is killed once part
+of the deliveries exist; a second worker takes over. Every subscriber ends with exactly one
+delivery row, and every delivery ends ``sent``. The kill is triggered by the database's
+count, and the end found by polling it against a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from clarion.store.tables import deliveries
+from procs import Procs, clarion_env, create_tenant, free_port, wait_ready, wait_until
+
+SUBSCRIBERS = 20_000
+CHUNK = 2_000
+DEADLINE = 120.0
+FAST = {
+    "broker_lease": 3,
+    "sweep_after": 10,
+    "outbox_grace": 2,
+    "topic_chunk": CHUNK,
+    "log_level": "WARNING",
+    "shutdown_timeout": 3,
+}
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.postgres, pytest.mark.redis]
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    started = Procs(tmp_path)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+async def _audience(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    async def people(start: int) -> None:
+        body = {"recipients": [{"id": f"s{n:06d}"} for n in range(start, start + 1000)]}
+        response = await client.post("/v1/recipients/batch", json=body, headers=auth)
+        assert response.status_code == 200, response.text
+
+    for start in range(0, SUBSCRIBERS, 5000):
+        await asyncio.gather(*(people(s) for s in range(start, start + 5000, 1000)))
+    for start in range(0, SUBSCRIBERS, 10_000):
+        ids = [f"s{n:06d}" for n in range(start, start + 10_000)]
+        response = await client.put(
+            "/v1/topics/everyone/subscribers", json={"recipient_ids": ids}, headers=auth
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["errors"] == []
+    template = {"channels": {"inapp": {"title": "News", "body": "Hello {{ recipient.id }}"}}}
+    response = await client.put("/v1/templates/news", json=template, headers=auth)
+    assert response.status_code == 200, response.text
+
+
+async def test_worker_killed_during_a_broadcast(
+    postgres_url: str, redis_url: str, procs: Procs
+) -> None:
+    port = free_port()
+    env = clarion_env(postgres_url, redis_url, http_port=port, **FAST)
+    key = await asyncio.to_thread(create_tenant, env, "broadcast")
+    auth = {"Authorization": f"Bearer {key}"}
+    api = procs.start("api", ["api"], env)
+    procs.start("scheduler", ["scheduler"], env)
+    engine = create_async_engine(postgres_url)
+    by_status = select(deliveries.c.status, func.count()).group_by(deliveries.c.status)
+    last: dict[str, int] = {}
+
+    async def statuses() -> dict[str, int]:
+        async with engine.connect() as conn:
+            last.clear()
+            last.update({s: n for s, n in (await conn.execute(by_status)).all()})
+            return dict(last)
+
+    def explain() -> str:
+        return f"deliveries by status: {last}\n{procs.report()}"
+
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            await wait_ready(client, api)
+            await _audience(client, auth)
+            first = procs.start("worker-1", ["worker"], env)
+            response = await client.post(
+                "/v1/notifications",
+                json={"template": "news", "to": {"topic": "everyone"}, "priority": "low"},
+                headers=auth,
+            )
+            assert response.status_code == 202, response.text
+            nid = response.json()["id"]
+
+            async def part_way() -> bool:
+                assert first.alive(), first.output()
+                return sum((await statuses()).values()) >= CHUNK
+
+            await wait_until(part_way, DEADLINE, "the first chunk", explain=explain)
+            await first.kill9()
+            at_kill = sum(last.values())
+            assert at_kill < SUBSCRIBERS, f"all {at_kill} deliveries existed before the kill"
+            started = time.monotonic()
+            procs.start("worker-2", ["worker"], env)
+
+            async def all_sent() -> bool:
+                return await statuses() == {"sent": SUBSCRIBERS}
+
+            await wait_until(all_sent, DEADLINE, "every delivery sent", explain=explain)
+            query = select(
+                func.count(), func.count(func.distinct(deliveries.c.recipient_id))
+            ).where(deliveries.c.notification_id == nid)
+            async with engine.connect() as conn:
+                rows, people = (await conn.execute(query)).one()
+            assert (rows, people) == (SUBSCRIBERS, SUBSCRIBERS)
+            note = (await client.get(f"/v1/notifications/{nid}", headers=auth)).json()
+            assert note["status"] == "completed"
+            assert note["totals"] == {"sent": SUBSCRIBERS}
+            print(f"killed at {at_kill} deliveries; done {time.monotonic() - started:.1f}s later")
+    finally:
+        await engine.dispose()

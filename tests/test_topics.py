@@ -1,0 +1,243 @@
+"""Topics: memberships, sends to a topic planned in chunks, totals, paging, cancellation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clarion.pipeline import attempt
+from clarion.pipeline.planner import Planner
+from clarion.pipeline.runtime import Roles
+from harness import Harness, make_settings, running
+
+EMAIL = {"channels": {"email": {"subject": "News", "text": "Hello {{ recipient.id }}"}}}
+
+
+@pytest.fixture
+async def chunky(backend: tuple[str, str]) -> AsyncIterator[Harness]:
+    """Clarion on each backend, planning topic sends two subscribers at a time."""
+    async with running(make_settings(*backend, topic_chunk=2)) as harness:
+        yield harness
+
+
+async def _people(app: Harness, ids: list[str]) -> None:
+    body = {"recipients": [{"id": rid, "email": f"{rid}@example.com"} for rid in ids]}
+    response = await app.client.post("/v1/recipients/batch", json=body, headers=app.auth)
+    assert response.status_code == 200, response.text
+
+
+async def _subscribe(app: Harness, topic: str, ids: list[str]) -> dict[str, Any]:
+    response = await app.client.put(
+        f"/v1/topics/{topic}/subscribers", json={"recipient_ids": ids}, headers=app.auth
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _pages(app: Harness, path: str, limit: int) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        response = await app.client.get(path, params=params, headers=app.auth)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert len(page["data"]) <= limit
+        items.extend(page["data"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
+
+
+async def test_membership_is_bulk_idempotent_and_reports_unknown_ids(app: Harness) -> None:
+    await _people(app, ["u1", "u2", "u3", "u4"])
+    body = await _subscribe(app, "news", ["u1", "ghost", "u2", "u3", "u2"])
+    assert (body["name"], body["subscribers"], body["added"]) == ("news", 3, 3)
+    assert [(e["index"], e["recipient_id"]) for e in body["errors"]] == [(1, "ghost")]
+    assert body["errors"][0]["error"]["code"] == "unknown_recipient"
+
+    again = await _subscribe(app, "news", ["u1", "u2", "u4"])
+    assert (again["subscribers"], again["added"], again["errors"]) == (4, 1, [])
+
+    topic = await app.client.get("/v1/topics/news", headers=app.auth)
+    assert topic.json() == {"name": "news", "subscribers": 4}
+    listed = await _pages(app, "/v1/topics/news/subscribers", limit=3)
+    assert [s["recipient_id"] for s in listed] == ["u1", "u2", "u3", "u4"]
+
+    gone = await app.client.request(
+        "DELETE",
+        "/v1/topics/news/subscribers",
+        json={"recipient_ids": ["u2", "u9"]},
+        headers=app.auth,
+    )
+    assert gone.status_code == 200, gone.text
+    assert (gone.json()["removed"], gone.json()["subscribers"]) == (1, 3)
+
+    # A recipient's topics are in its export; erasure removes its memberships.
+    export = await app.client.get("/v1/recipients/u1/export", headers=app.auth)
+    assert export.json()["topics"] == ["news"]
+    assert (await app.client.delete("/v1/recipients/u1", headers=app.auth)).status_code == 204
+    listed = await _pages(app, "/v1/topics/news/subscribers", limit=500)
+    assert [s["recipient_id"] for s in listed] == ["u3", "u4"]
+
+
+async def test_membership_bad_cases(app: Harness) -> None:
+    await _people(app, ["u1"])
+    await _subscribe(app, "news", ["u1"])
+    put = "/v1/topics/news/subscribers"
+    too_many = [f"u{i}" for i in range(10_001)]
+    response = await app.client.put(put, json={"recipient_ids": too_many}, headers=app.auth)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "batch_too_large"
+    for body in ({"recipient_ids": []}, {"recipient_ids": "u1"}, {}, {"recipient_ids": [""]}):
+        response = await app.client.put(put, json=body, headers=app.auth)
+        assert response.status_code == 422, body
+        assert response.json()["error"]["code"] == "validation_error"
+    bad_name = await app.client.get("/v1/topics/no%20spaces", headers=app.auth)
+    assert bad_name.status_code == 422
+    assert (await app.client.get("/v1/topics/empty", headers=app.auth)).status_code == 404
+
+    # Another tenant sees no topic of ours, and can't read or change it.
+    other = {"Authorization": f"Bearer {await app.new_tenant('other')}"}
+    assert (await app.client.get("/v1/topics/news", headers=other)).status_code == 404
+    assert (await app.client.get(f"{put}", headers=other)).status_code == 404
+    response = await app.client.request(
+        "DELETE", put, json={"recipient_ids": ["u1"]}, headers=other
+    )
+    assert response.status_code == 404
+    response = await app.client.put(put, json={"recipient_ids": ["u1"]}, headers=other)
+    assert response.json()["errors"][0]["recipient_id"] == "u1"  # not their recipient
+    assert (await app.client.get("/v1/topics/news", headers=app.auth)).json()["subscribers"] == 1
+
+    reader = {"Authorization": f"Bearer {await app.new_tenant('reader', ['read', 'send'])}"}
+    assert (await app.client.get("/v1/topics/news", headers=reader)).status_code == 403
+
+
+async def test_topic_send_reaches_exactly_the_subscribers(chunky: Harness) -> None:
+    app = chunky
+    members = [f"m{i}" for i in range(5)]
+    await _people(app, [*members, "outsider"])
+    await _subscribe(app, "news", members)
+    response = await app.client.put(
+        "/v1/recipients/m3/preferences", json={"channels": {"email": False}}, headers=app.auth
+    )
+    assert response.status_code == 200, response.text
+    await app.put_template("digest", EMAIL)
+    sent = await app.send({"template": "digest", "to": {"topic": "news"}, "data": {"n": 7}})
+    assert sent.status_code == 202, sent.text
+    await app.drain()
+
+    note = await app.notification(sent.json()["id"])
+    assert note["to"] == {"topic": "news"}
+    assert note["status"] == "completed"
+    assert note["totals"] == {"sent": 4, "suppressed": 1}
+    deliveries = await _pages(app, f"/v1/notifications/{note['id']}/deliveries", limit=2)
+    assert sorted(d["recipient_id"] for d in deliveries) == members
+    assert len({d["id"] for d in deliveries}) == 5
+    [opted_out] = [d for d in deliveries if d["recipient_id"] == "m3"]
+    assert (opted_out["status"], opted_out["reason"]) == ("suppressed", "opted_out")
+    captured = (await app.client.get("/v1/sandbox/messages", headers=app.auth)).json()["data"]
+    assert sorted(m["recipient_id"] for m in captured) == ["m0", "m1", "m2", "m4"]
+
+    empty = await app.send({"template": "digest", "to": {"topic": "nobody"}})
+    await app.drain()
+    note = await app.notification(empty.json()["id"])
+    assert (note["status"], note["totals"], note["deliveries"]) == ("completed", {}, [])
+
+    other = {"Authorization": f"Bearer {await app.new_tenant('other')}"}
+    path = f"/v1/notifications/{sent.json()['id']}/deliveries"
+    assert (await app.client.get(path, headers=other)).status_code == 404
+    assert (await app.client.get(path, params={"limit": 501}, headers=app.auth)).status_code == 422
+
+
+async def test_cancel_of_a_scheduled_send(app: Harness) -> None:
+    await _people(app, ["u1"])
+    await app.put_template("digest", EMAIL)
+    later = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    sent = await app.send({"template": "digest", "to": {"recipient_id": "u1"}, "send_at": later})
+    nid = sent.json()["id"]
+    other = {"Authorization": f"Bearer {await app.new_tenant('other')}"}
+    assert (await app.client.delete(f"/v1/notifications/{nid}", headers=other)).status_code == 404
+    assert (
+        await app.client.delete("/v1/notifications/ntf_nope", headers=app.auth)
+    ).status_code == 404
+
+    response = await app.client.delete(f"/v1/notifications/{nid}", headers=app.auth)
+    assert response.status_code == 202, response.text
+    assert (response.json()["id"], response.json()["status"]) == (nid, "cancelled")
+    await app.drain()  # nothing left in the outbox
+    again = await app.client.delete(f"/v1/notifications/{nid}", headers=app.auth)
+    assert (again.status_code, again.json()["status"]) == (202, "cancelled")
+    assert (await app.notification(nid))["deliveries"] == []
+
+
+async def test_cancel_before_planning_and_between_chunks(backend: tuple[str, str]) -> None:
+    """Cancelled before it is planned, a send plans nothing; cancelled between two chunks
+    of a topic send, planning stops and what was planned is cancelled, never sent."""
+    settings = make_settings(*backend, topic_chunk=2)
+    async with running(settings, Roles(api=True)) as app:
+        await _people(app, [f"m{i}" for i in range(5)])
+        await _subscribe(app, "news", [f"m{i}" for i in range(5)])
+        await app.put_template("digest", EMAIL)
+        listed = (await app.send({"template": "digest", "to": {"recipient_id": "m0"}})).json()
+        early = (await app.send({"template": "digest", "to": {"topic": "news"}})).json()
+        for nid in (listed["id"], early["id"]):
+            response = await app.client.delete(f"/v1/notifications/{nid}", headers=app.auth)
+            assert response.status_code == 202
+        broadcast = (await app.send({"template": "digest", "to": {"topic": "news"}})).json()
+
+        planner = Planner(app.ctx, "test-planner")
+        while (await app.notification(broadcast["id"]))["totals"] == {}:
+            await planner.run_once(timeout=1.0)
+        note = await app.notification(broadcast["id"])
+        assert note["totals"] == {"queued": 2}
+        assert note["status"] == "processing"
+        response = await app.client.delete(f"/v1/notifications/{broadcast['id']}", headers=app.auth)
+        assert response.status_code == 202
+        assert response.json()["totals"] == {"cancelled": 2}
+        while await planner.run_once(timeout=0.2):  # the next chunk's message: refused
+            pass
+
+    async with running(settings) as app:
+        await app.drain()
+        for nid in (listed["id"], early["id"]):
+            note = await app.notification(nid)
+            assert (note["status"], note["totals"]) == ("cancelled", {})
+        note = await app.notification(broadcast["id"])
+        assert (note["status"], note["totals"]) == ("cancelled", {"cancelled": 2})
+        assert all(d["reason"] == "cancelled" for d in note["deliveries"])
+        captured = (await app.client.get("/v1/sandbox/messages", headers=app.auth)).json()
+        assert captured["data"] == []
+
+
+async def test_delivery_expiring_while_queued_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planned in time, taken by a worker after ``expires_at``: failed, reason expired."""
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}", "embedded://")
+    async with running(settings, Roles(api=True, planner=True)) as app:
+        await _people(app, ["u1"])
+        await app.put_template("digest", EMAIL)
+        soon = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+        sent = await app.send(
+            {"template": "digest", "to": {"recipient_id": "u1"}, "expires_at": soon}
+        )
+        nid = sent.json()["id"]
+        await app.until(lambda: _has_deliveries(app, nid))
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    monkeypatch.setattr(attempt, "utcnow", lambda: later)  # the worker's clock, 10 min on
+    async with running(settings) as app:
+        await app.drain()
+        [delivery] = (await app.notification(nid))["deliveries"]
+        assert (delivery["status"], delivery["reason"]) == ("failed", "expired")
+        captured = (await app.client.get("/v1/sandbox/messages", headers=app.auth)).json()
+        assert captured["data"] == []
+
+
+async def _has_deliveries(app: Harness, nid: str) -> bool:
+    return bool((await app.notification(nid))["deliveries"])

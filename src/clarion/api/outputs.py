@@ -125,6 +125,36 @@ class NotificationDetail(NotificationSummary):
     deliveries_truncated: bool = False
 
 
+class NotificationDeliveryPage(BaseModel):
+    """A notification's deliveries in id order; `next_cursor` is null on the last page."""
+
+    data: list[DeliveryOut]
+    next_cursor: str | None
+
+
+class TopicOut(_Out):
+    name: str
+    subscribers: int
+
+
+class TopicChange(TopicOut):
+    added: int | None = Field(None, description="On subscribe: memberships added")
+    removed: int | None = Field(None, description="On unsubscribe: memberships removed")
+    errors: list[dict[str, Any]] = Field(
+        default_factory=list, description="Unknown recipient ids, each with its position"
+    )
+
+
+class TopicSubscriber(_Out):
+    recipient_id: str
+    subscribed_at: datetime | None
+
+
+class TopicSubscriberPage(BaseModel):
+    data: list[TopicSubscriber]
+    next_cursor: str | None
+
+
 class Page(BaseModel):
     """A page of a list: `next_cursor` is null on the last page."""
 

@@ -10,7 +10,12 @@ from pydantic import TypeAdapter, ValidationError
 from clarion.api.auth import Principal, require
 from clarion.api.errors import api_error_response, describe_validation, error_body
 from clarion.api.idempotency import header_key, idempotent, request_hash
-from clarion.api.outputs import BatchResults, NotificationAccepted, NotificationDetail
+from clarion.api.outputs import (
+    BatchResults,
+    NotificationAccepted,
+    NotificationDeliveryPage,
+    NotificationDetail,
+)
 from clarion.api.quota import charge_intake
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import MAX_BATCH, NotificationBatchIn, NotificationIn
@@ -141,7 +146,11 @@ async def get(request: Request, principal: Reader, notification_id: str) -> JSON
     return JSONResponse(found)
 
 
-@router.get("/{notification_id}/deliveries", summary="A notification's deliveries, paged")
+@router.get(
+    "/{notification_id}/deliveries",
+    summary="A notification's deliveries, paged",
+    response_model=NotificationDeliveryPage,
+)
 async def deliveries(
     request: Request,
     principal: Reader,
@@ -160,7 +169,12 @@ async def deliveries(
     )
 
 
-@router.delete("/{notification_id}", status_code=202, summary="Cancel what is not sent yet")
+@router.delete(
+    "/{notification_id}",
+    status_code=202,
+    summary="Cancel what is not sent yet",
+    response_model=NotificationDetail,
+)
 async def cancel(request: Request, principal: Sender, notification_id: str) -> JSONResponse:
     engine = request.app.state.ctx.engine
     if not await store.cancel(engine, principal.tenant_id, notification_id):

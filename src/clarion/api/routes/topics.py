@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clarion.api.auth import Principal, require
 from clarion.api.errors import error_body
+from clarion.api.outputs import TopicChange, TopicOut, TopicSubscriberPage
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import RecipientId
 from clarion.errors import NotFound, ValidationFailed
@@ -50,7 +51,11 @@ def _unknown(body: MembersIn, unknown: list[str]) -> list[dict[str, Any]]:
     ]
 
 
-@router.put("/{name}/subscribers", summary="Subscribe up to 10,000 recipients to a topic")
+@router.put(
+    "/{name}/subscribers",
+    summary="Subscribe up to 10,000 recipients to a topic",
+    response_model=TopicChange,
+)
 async def subscribe(
     request: Request, principal: Manager, name: TopicPath, body: MembersIn
 ) -> JSONResponse:
@@ -67,7 +72,11 @@ async def subscribe(
     )
 
 
-@router.delete("/{name}/subscribers", summary="Unsubscribe up to 10,000 recipients")
+@router.delete(
+    "/{name}/subscribers",
+    summary="Unsubscribe up to 10,000 recipients",
+    response_model=TopicChange,
+)
 async def unsubscribe(
     request: Request, principal: Manager, name: TopicPath, body: MembersIn
 ) -> JSONResponse:
@@ -81,7 +90,7 @@ async def unsubscribe(
     )
 
 
-@router.get("/{name}", summary="A topic and its number of subscribers")
+@router.get("/{name}", summary="A topic and its number of subscribers", response_model=TopicOut)
 async def get(request: Request, principal: Manager, name: TopicPath) -> JSONResponse:
     count = await store.size(request.app.state.ctx.engine, principal.tenant_id, name)
     if not count:
@@ -89,7 +98,11 @@ async def get(request: Request, principal: Manager, name: TopicPath) -> JSONResp
     return JSONResponse({"name": name, "subscribers": count})
 
 
-@router.get("/{name}/subscribers", summary="A topic's subscribers, in recipient id order")
+@router.get(
+    "/{name}/subscribers",
+    summary="A topic's subscribers, in recipient id order",
+    response_model=TopicSubscriberPage,
+)
 async def subscribers(
     request: Request,
     principal: Manager,

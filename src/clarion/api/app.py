@@ -29,6 +29,7 @@ from clarion.api.routes import (
     unsubscribe,
     webhooks,
 )
+from clarion.api.send_one import SendOne
 from clarion.observability.scrape import Sources
 from clarion.pipeline.context import Context
 from clarion.pipeline.intake import Intake
@@ -88,6 +89,9 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     app.include_router(inbox_live.router)
     app.include_router(inbox_web.router)
     app.include_router(message_log.router)
+    # Inside the edge guard, which hands it the checked body: one notification per request
+    # answered without FastAPI's routing (api/send_one.py).
+    app.add_middleware(SendOne, state=app.state)
     app.add_middleware(
         EdgeGuard,
         body_timeout=ctx.settings.http_body_timeout,

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.contextvars import bind_contextvars
 
 from clarion.errors import Forbidden, Unauthorized
@@ -30,12 +31,12 @@ class KeyCache:
     def __init__(self) -> None:
         self._entries: dict[str, tuple[float, Principal | None]] = {}
 
-    async def lookup(self, request: Request, secret: str) -> Principal | None:
+    async def lookup(self, engine: AsyncEngine, secret: str) -> Principal | None:
         now = time.monotonic()
         hit = self._entries.get(secret)
         if hit is not None and hit[0] > now:
             return hit[1]
-        grant = await tenant_store.find_key(request.app.state.ctx.engine, secret)
+        grant = await tenant_store.find_key(engine, secret)
         principal = Principal(grant.tenant_id, grant.key_id, grant.scopes) if grant else None
         if len(self._entries) > 10_000:
             self._entries.clear()
@@ -44,7 +45,11 @@ class KeyCache:
 
 
 def bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
+    return bearer_of(request.headers.get("authorization", ""))
+
+
+def bearer_of(header: str) -> str:
+    """The token of an ``Authorization: Bearer`` header's value, or a 401."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized(
@@ -72,21 +77,33 @@ def require(
     allowed = (scope, *others)
 
     async def dependency(request: Request, _declared: Declared) -> Principal:
-        keys: KeyCache = request.app.state.keys
-        secret = bearer(request)
-        if looks_like_token(secret):
-            raise Forbidden(
-                "a recipient token is accepted on /v1/inbox only; this route takes an API key",
-                code="api_key_required",
-            )
-        principal = await keys.lookup(request, secret)
-        if principal is None:
-            raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
-        # The request's own task: every line it logs from here carries the tenant.
-        bind_contextvars(tenant_id=principal.tenant_id)
-        if not principal.scopes.intersection(allowed):
-            wanted = " or ".join(repr(s) for s in allowed)
-            raise Forbidden(f"this key lacks the {wanted} scope", code="insufficient_scope")
-        return principal
+        return await authenticate(
+            request.app.state.keys,
+            request.app.state.ctx.engine,
+            request.headers.get("authorization", ""),
+            allowed,
+        )
 
     return dependency
+
+
+async def authenticate(
+    keys: KeyCache, engine: AsyncEngine, authorization: str, allowed: tuple[str, ...]
+) -> Principal:
+    """The principal of an ``Authorization`` header's API key holding one of ``allowed``
+    scopes; a 401 or 403 otherwise."""
+    secret = bearer_of(authorization)
+    if looks_like_token(secret):
+        raise Forbidden(
+            "a recipient token is accepted on /v1/inbox only; this route takes an API key",
+            code="api_key_required",
+        )
+    principal = await keys.lookup(engine, secret)
+    if principal is None:
+        raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    # The request's own task: every line it logs from here carries the tenant.
+    bind_contextvars(tenant_id=principal.tenant_id)
+    if not principal.scopes.intersection(allowed):
+        wanted = " or ".join(repr(s) for s in allowed)
+        raise Forbidden(f"this key lacks the {wanted} scope", code="insufficient_scope")
+    return principal

@@ -76,6 +76,37 @@ def _refused(request: Request, code: str) -> None:
         metrics.refused(code)
 
 
+def _unavailable_response(exc: BaseException) -> JSONResponse:
+    log.warning("storage unavailable: %r", exc)
+    return error_response(
+        503,
+        "unavailable",
+        "storage or broker is unavailable; try again shortly",
+        headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
+    )
+
+
+def _internal_response(exc: BaseException) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "an internal error occurred")
+
+
+_OUTAGES = (OperationalError, DBAPIError, PoolTimeout, OSError, TimeoutError, RedisError)
+
+
+def response_for(exc: Exception) -> tuple[JSONResponse, str | None]:
+    """The answer to an exception a handler raised, and the refusal code to count (None for
+    an internal error). The same mapping as the app's exception handlers below, for code
+    that answers without FastAPI (``api/send_one.py``)."""
+    if isinstance(exc, ApiError):
+        return api_error_response(exc), exc.code
+    if isinstance(exc, _OUTAGES):
+        return _unavailable_response(exc), "unavailable"
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError) and is_outage(exc):
+        return _unavailable_response(exc), "unavailable"
+    return _internal_response(exc), None
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -87,11 +118,9 @@ def install(app: FastAPI) -> None:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
             _refused(request, "invalid_json")
-            return error_response(400, "invalid_json", "the request body is not valid JSON")
+            return invalid_json_response()
         _refused(request, "validation_error")
-        return error_response(
-            422, "validation_error", "the request is not valid", describe_validation(errors)
-        )
+        return validation_response(errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -107,14 +136,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(TimeoutError)
     @app.exception_handler(RedisError)
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("storage unavailable: %r", exc)
         _refused(request, "unavailable")
-        return error_response(
-            503,
-            "unavailable",
-            "storage or broker is unavailable; try again shortly",
-            headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
-        )
+        return _unavailable_response(exc)
 
     @app.exception_handler(asyncpg.PostgresError)
     @app.exception_handler(asyncpg.InterfaceError)
@@ -126,5 +149,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return error_response(500, "internal_error", "an internal error occurred")
+        return _internal_response(exc)
+
+
+def invalid_json_response() -> JSONResponse:
+    return error_response(400, "invalid_json", "the request body is not valid JSON")
+
+
+def validation_response(errors: list[Any]) -> JSONResponse:
+    return error_response(
+        422, "validation_error", "the request is not valid", describe_validation(errors)
+    )

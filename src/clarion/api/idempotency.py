@@ -25,7 +25,11 @@ MAX_KEY = 255
 
 def header_key(request: Request) -> str | None:
     """The request's ``Idempotency-Key``, if any; 422 if longer than a stored key can be."""
-    key = request.headers.get("idempotency-key")
+    return checked_key(request.headers.get("idempotency-key"))
+
+
+def checked_key(key: str | None) -> str | None:
+    """An ``Idempotency-Key`` header's value, if any; 422 if too long."""
     if key is not None and len(key) > MAX_KEY:
         raise ValidationFailed(f"Idempotency-Key is longer than {MAX_KEY} characters")
     return key or None

@@ -27,6 +27,8 @@ BODY_TIMEOUT = 30.0
 LARGE_BODY = 64 * 1024
 LARGE_BODIES = 4
 _TRIM_DELAY = 0.5
+# The scope key under which a JSON body, once parsed and checked here, is handed on.
+PARSED_JSON = "clarion.json"
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -126,7 +128,7 @@ class EdgeGuard:
     async def _handle(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         if body and _is_json(scope):
             try:
-                parse_json(body)
+                scope[PARSED_JSON] = parse_json(body)
             except InputRefused as exc:
                 await _refuse_input(send, exc)
                 return

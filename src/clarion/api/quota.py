@@ -134,11 +134,16 @@ class IntakeQuota:
 
 async def charge_intake(request: Request, tenant_id: str, cost: int) -> Charged:
     """Charge a request that submits ``cost`` notifications to its tenant's quota."""
-    quota: IntakeQuota | None = getattr(request.app.state, "quota", None)
+    return await charge_intake_of(request.app.state, tenant_id, cost)
+
+
+async def charge_intake_of(state: Any, tenant_id: str, cost: int) -> Charged:
+    """:func:`charge_intake` given the application's ``state``."""
+    quota: IntakeQuota | None = getattr(state, "quota", None)
     if quota is None:
-        ctx = request.app.state.ctx
-        intake = request.app.state.intake
-        quota = request.app.state.quota = IntakeQuota(
+        ctx = state.ctx
+        intake = state.intake
+        quota = state.quota = IntakeQuota(
             ctx.settings,
             ctx.engine,
             ctx.resilience.limiter,

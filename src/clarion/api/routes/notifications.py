@@ -16,7 +16,7 @@ from clarion.api.outputs import (
     NotificationDeliveryPage,
     NotificationDetail,
 )
-from clarion.api.quota import charge_intake
+from clarion.api.quota import charge_intake, charge_intake_of
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import MAX_BATCH, NotificationBatchIn, NotificationIn
 from clarion.errors import ApiError, NotFound, ValidationFailed
@@ -67,9 +67,22 @@ def _accepted(outcome: store.Accepted) -> dict[str, Any]:
     response_model=NotificationAccepted,
 )
 async def create(request: Request, principal: Sender, item: NotificationIn) -> JSONResponse:
-    new = to_new(principal.tenant_id, item, header_key(request))
-    limits = await charge_intake(request, principal.tenant_id, 1)
-    [outcome] = await _intake(request).accept([new])
+    # Most requests to this route are answered by api/send_one.py, in front of FastAPI,
+    # through the same function; this route answers the rest (and documents it).
+    return await accept_one(request.app.state, principal.tenant_id, item, header_key(request))
+
+
+async def accept_one(
+    state: Any, tenant_id: str, item: NotificationIn, key: str | None
+) -> JSONResponse:
+    """Charge the tenant's quota for one notification and store it: the 202, or the error
+    answer of a refused one, with the ``RateLimit-*`` headers."""
+    new = to_new(tenant_id, item, key)
+    limits = await charge_intake_of(state, tenant_id, 1)
+    intake: Intake | None = state.intake
+    if intake is None:
+        raise NotFound("this process does not accept notifications")
+    [outcome] = await intake.accept([new])
     if isinstance(outcome, ApiError):
         return limits.apply(api_error_response(outcome))
     return limits.apply(JSONResponse(_accepted(outcome), status_code=202))

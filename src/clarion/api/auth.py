@@ -10,9 +10,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncEngine
-from structlog.contextvars import bind_contextvars
 
 from clarion.errors import Forbidden, Unauthorized
+from clarion.observability import logs
 from clarion.security.inbox_tokens import looks_like_token
 from clarion.store import tenants as tenant_store
 
@@ -102,7 +102,7 @@ async def authenticate(
     if principal is None:
         raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
     # The request's own task: every line it logs from here carries the tenant.
-    bind_contextvars(tenant_id=principal.tenant_id)
+    logs.bind(tenant_id=principal.tenant_id)
     if not principal.scopes.intersection(allowed):
         wanted = " or ".join(repr(s) for s in allowed)
         raise Forbidden(f"this key lacks the {wanted} scope", code="insufficient_scope")

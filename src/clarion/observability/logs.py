@@ -15,13 +15,15 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import IO, Any
 
 import structlog
-from structlog.contextvars import bound_contextvars, merge_contextvars
+from structlog.contextvars import merge_contextvars
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["bound", "configure_logging", "log_handler", "mask", "mask_text"]
+__all__ = ["bind", "bound", "configure_logging", "log_handler", "mask", "mask_text"]
 
 _MASK = "***"
 # Order matters: whole secrets (PEM blocks, JWTs, keys) before the shapes inside them.
@@ -104,9 +106,37 @@ def _text(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
     return f"{line}\n{exception}" if exception else line
 
 
+# The ids bound in this task (one variable holding them all: structlog's own context
+# variables cost a context copy per binding, which a worker pays per delivery).
+_NONE: Mapping[str, Any] = MappingProxyType({})
+_IDS: ContextVar[Mapping[str, Any]] = ContextVar("clarion_log_ids", default=_NONE)
+
+
+def bind(**ids: Any) -> None:
+    """Ids carried by every later log line of this task (and tasks it starts)."""
+    _IDS.set({**_IDS.get(), **ids})
+
+
+@contextmanager
+def bound(**ids: Any) -> Iterator[None]:
+    """Ids carried by every log line inside the block (this task only)."""
+    token = _IDS.set({**_IDS.get(), **ids})
+    try:
+        yield
+    finally:
+        _IDS.reset(token)
+
+
+def _merge_ids(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    for name, value in _IDS.get().items():
+        event_dict.setdefault(name, value)
+    return event_dict
+
+
 def _processors() -> list[Processor]:
     return [
-        merge_contextvars,
+        merge_contextvars,  # what code outside Clarion binds with structlog's own
+        _merge_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -144,10 +174,3 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-
-
-@contextmanager
-def bound(**ids: Any) -> Iterator[None]:
-    """Ids carried by every log line inside the block (this task only)."""
-    with bound_contextvars(**ids):
-        yield

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from structlog.contextvars import bind_contextvars, bound_contextvars
-
 from clarion.broker import Message
 from clarion.domain.ids import delivery_id
 from clarion.domain.models import PLAN_STREAM, DeliveryStatus, NotificationStatus, Priority
@@ -31,7 +29,7 @@ from clarion.domain.preferences import (
 from clarion.domain.rendering import CompiledVersion
 from clarion.domain.routing import address_for
 from clarion.errors import TemplateError
-from clarion.observability import metrics
+from clarion.observability import logs, metrics
 from clarion.pipeline.categories import CategoryCache, Policies
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import of_rows, plan_payload, publish_deliveries
@@ -89,7 +87,7 @@ class Planner:
             [PLAN_STREAM], self._consumer, self.batch_size, timeout
         )
         if messages:
-            bind_contextvars(stage="planner", batch=len(messages))
+            logs.bind(stage="planner", batch=len(messages))
             started = time.perf_counter()
             await self._handle_isolated(messages)
             await self._ctx.broker.ack(messages)
@@ -111,9 +109,7 @@ class Planner:
                 await self._handle_isolated(messages[middle:])
                 return
             nid = messages[0].payload.get("notification")
-            with bound_contextvars(
-                notification_id=nid, tenant_id=messages[0].payload.get("tenant")
-            ):
+            with logs.bound(notification_id=nid, tenant_id=messages[0].payload.get("tenant")):
                 log.error("notification %s cannot be planned: %r", nid, exc, exc_info=exc)
             if isinstance(nid, str):
                 await notification_store.fail_unplannable(self._ctx.engine, nid)

@@ -12,12 +12,10 @@ import contextlib
 import logging
 from typing import Any
 
-from structlog.contextvars import bound_contextvars
-
 from clarion.broker import Message
 from clarion.domain.delivery import Delivery, MalformedDelivery
 from clarion.domain.models import LANES, DeliveryStatus, send_stream
-from clarion.observability import metrics
+from clarion.observability import logs, metrics
 from clarion.pipeline.attempt import Attempts
 from clarion.pipeline.consumer import FairConsumer, tenant_of
 from clarion.pipeline.context import Context
@@ -125,7 +123,7 @@ class ChannelWorker:
             self._acks.put_nowait(message)
             return
         ids = {"tenant_id": delivery.tenant, "notification_id": delivery.notification}
-        with bound_contextvars(**ids, delivery_id=delivery.id):
+        with logs.bound(**ids, delivery_id=delivery.id):
             try:
                 attempt = await self._attempts.run(delivery)
             except Exception as exc:

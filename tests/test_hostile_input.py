@@ -211,3 +211,37 @@ def test_parse_json_rules() -> None:
             parse_json(bad)
     with pytest.raises(json.JSONDecodeError):
         parse_json(b"{")
+
+
+@pytest.mark.parametrize(
+    ("body", "value"),
+    [
+        (b"[9223372036854775807]", [2**63 - 1]),
+        (b"[-9223372036854775808]", [-(2**63)]),
+        (b'["1234567890123456789012"]', ["1234567890123456789012"]),
+        (b"[1e308, -0.0, 123456789012345678]", [1e308, -0.0, 123456789012345678]),
+        ('["caf\u00e9 \U0001f600"]'.encode(), ["caf\u00e9 \U0001f600"]),
+        (b'{"a": 1, "a": 2}', {"a": 2}),
+    ],
+)
+def test_parse_json_edges_within_the_rules(body: bytes, value: Any) -> None:
+    assert parse_json(body) == value
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[9223372036854775808]",
+        b"[-9223372036854775809]",
+        b"[18446744073709551616]",
+        b"[1e400]",
+        b'{"a": "x\\u0000"}',
+        b'{"a\\u0000": 1}',
+        b'["\\ud800"]',
+        b"[" * 40 + b"]" * 40,
+        b"\xef\xbb\xbf[1e999]",
+    ],
+)
+def test_parse_json_refusals(body: bytes) -> None:
+    with pytest.raises(InputRefused):
+        parse_json(body)

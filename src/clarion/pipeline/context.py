@@ -41,6 +41,8 @@ class Context:
     # The hot statements' asyncpg pool on PostgreSQL (store/pg.py); None on SQLite.
     pg: PgPool | None = None
     _secrets: dict[str, str] = field(default_factory=dict)
+    # A tenant's secret being read: the deliveries that need it meanwhile wait for that read.
+    _secret_reads: dict[str, asyncio.Future[str]] = field(default_factory=dict)
     # Set whenever a stage finishes a piece of work; drain() waits on it.
     progress: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -54,11 +56,22 @@ class Context:
 
     async def webhook_secret(self, tenant_id: str) -> str:
         secret = self._secrets.get(tenant_id)
-        if secret is None:
-            tenant = await tenant_store.get_tenant(self.engine, tenant_id)
-            if tenant is None:
-                raise KeyError(tenant_id)
-            secret = self._secrets[tenant_id] = tenant.webhook_secret
+        if secret is not None:
+            return secret
+        # One read per tenant, however many of its deliveries start at once (a worker's
+        # first take holds hundreds).
+        reading = self._secret_reads.get(tenant_id)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read_secret(tenant_id))
+            self._secret_reads[tenant_id] = reading
+            reading.add_done_callback(lambda _: self._secret_reads.pop(tenant_id, None))
+        return await asyncio.shield(reading)
+
+    async def _read_secret(self, tenant_id: str) -> str:
+        tenant = await tenant_store.get_tenant(self.engine, tenant_id)
+        if tenant is None:
+            raise KeyError(tenant_id)
+        secret = self._secrets[tenant_id] = tenant.webhook_secret
         return secret
 
     def made_progress(self) -> None:

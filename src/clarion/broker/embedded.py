@@ -44,6 +44,10 @@ class EmbeddedBroker(Broker):
         self._lease = lease
         self._streams: dict[str, _Stream] = {}
         self._held: dict[str, _Held] = {}
+        # (deadline, message id) of every lease given; an entry whose message was acked or
+        # whose lease was extended since is stale and skipped when it comes up. Finding the
+        # expired leases costs what expired, not a look at everything held.
+        self._leases: list[tuple[float, str]] = []
         self._delayed: list[tuple[float, int, str, bytes]] = []
         self._ids = itertools.count(1)
         self._wakeup = asyncio.Event()
@@ -81,10 +85,16 @@ class EmbeddedBroker(Broker):
             self._stream(stream).ready.append((self._next_id(), data, 0))
 
     def _reclaim_expired(self, now: float) -> None:
-        expired = [mid for mid, held in self._held.items() if held.deadline <= now]
-        for mid in expired:
-            held = self._held.pop(mid)
-            self._stream(held.stream).ready.appendleft((mid, held.data, held.times))
+        leases = self._leases
+        while leases and leases[0][0] <= now:
+            deadline, mid = heapq.heappop(leases)
+            held = self._held.get(mid)
+            if held is not None and held.deadline == deadline:
+                del self._held[mid]
+                self._stream(held.stream).ready.appendleft((mid, held.data, held.times))
+
+    def _give_lease(self, mid: str, deadline: float) -> None:
+        heapq.heappush(self._leases, (deadline, mid))
 
     def _take(self, streams: Sequence[str], count: int, now: float) -> list[Message]:
         taken: list[Message] = []
@@ -93,13 +103,21 @@ class EmbeddedBroker(Broker):
             while ready and len(taken) < count:
                 mid, data, times = ready.popleft()
                 self._held[mid] = _Held(name, data, now + self._lease, times + 1)
+                self._give_lease(mid, now + self._lease)
                 taken.append(Message(name, mid, decode(data), redelivered=times > 0))
             if len(taken) >= count:
                 break
         return taken
 
     def _next_event_in(self, now: float) -> float | None:
-        candidates = [held.deadline for held in self._held.values()]
+        leases = self._leases
+        while leases:  # the earliest lease still given, past the stale ones
+            deadline, mid = leases[0]
+            held = self._held.get(mid)
+            if held is not None and held.deadline == deadline:
+                break
+            heapq.heappop(leases)
+        candidates = [leases[0][0]] if leases else []
         if self._delayed:
             candidates.append(self._delayed[0][0])
         return max(0.0, min(candidates) - now) if candidates else None
@@ -154,6 +172,7 @@ class EmbeddedBroker(Broker):
             held = self._held.get(message.id)
             if held is not None:
                 held.deadline = deadline
+                self._give_lease(message.id, deadline)
 
     async def ping(self) -> None:
         return None

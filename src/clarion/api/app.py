@@ -10,6 +10,7 @@ from clarion.api.auth import KeyCache
 from clarion.api.inbox_cors import InboxCors
 from clarion.api.limits import EdgeGuard
 from clarion.api.routes import (
+    audit,
     categories,
     dead_letters,
     health,
@@ -88,6 +89,7 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     app.include_router(inbox_live.router)
     app.include_router(inbox_web.router)
     app.include_router(message_log.router)
+    app.include_router(audit.router)
     app.add_middleware(
         EdgeGuard,
         body_timeout=ctx.settings.http_body_timeout,

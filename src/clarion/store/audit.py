@@ -79,13 +79,15 @@ def diff(
     *,
     secrets_changed: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """The fields that differ between two masked views of a resource; each name in
-    ``secrets_changed`` is listed as changed even if its masked views are equal."""
+    """The fields that differ between two masked views of a resource (all of them for a
+    creation or a deletion); each name in ``secrets_changed`` is listed as changed even if
+    its masked views are equal."""
     old, new = dict(before or {}), dict(after or {})
     forced = set(secrets_changed)
     changes: dict[str, Any] = {}
     for key in sorted((old.keys() | new.keys()) - _UNCHANGING):
-        if old.get(key) == new.get(key) and key not in forced:
+        whole = before is None or after is None  # a creation or a deletion: every field
+        if not whole and old.get(key) == new.get(key) and key not in forced:
             continue
         entry: dict[str, Any] = {}
         if before is not None:
@@ -93,6 +95,8 @@ def diff(
         if after is not None:
             entry["to"] = new.get(key)
         changes[key] = entry
+    for key in sorted(forced - changes.keys()):  # a secret inside a field (config.password)
+        changes[key] = {"from": MASK, "to": MASK}
     return changes
 
 

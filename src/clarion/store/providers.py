@@ -123,8 +123,9 @@ def _secrets_changed(
     try:
         old = before.open_secrets(keyring)
     except SecretError:
-        return sorted(secrets)
-    return sorted(f for f in old.keys() | secrets.keys() if old.get(f) != secrets.get(f))
+        return sorted(f"config.{f}" for f in secrets)
+    changed = [f for f in old.keys() | secrets.keys() if old.get(f) != secrets.get(f)]
+    return sorted(f"config.{f}" for f in changed)
 
 
 async def put(

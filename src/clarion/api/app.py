@@ -30,6 +30,7 @@ from clarion.api.routes import (
     unsubscribe,
     webhooks,
 )
+from clarion.observability import tracing
 from clarion.observability.scrape import Sources
 from clarion.pipeline.context import Context
 from clarion.pipeline.intake import Intake
@@ -96,4 +97,6 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
         large_bodies=ctx.settings.http_large_bodies,
     )
     app.add_middleware(InboxCors)
+    if tracing.ON:  # outermost: the request's span covers everything else
+        app.add_middleware(tracing.TraceRequests)
     return app

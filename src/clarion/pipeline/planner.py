@@ -31,7 +31,7 @@ from clarion.domain.preferences import (
 from clarion.domain.rendering import CompiledVersion
 from clarion.domain.routing import address_for
 from clarion.errors import TemplateError
-from clarion.observability import metrics
+from clarion.observability import metrics, tracing
 from clarion.pipeline.categories import CategoryCache, Policies
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import of_rows, plan_payload, publish_deliveries
@@ -91,7 +91,8 @@ class Planner:
         if messages:
             bind_contextvars(stage="planner", batch=len(messages))
             started = time.perf_counter()
-            await self._handle_isolated(messages)
+            with tracing.planning(messages):
+                await self._handle_isolated(messages)
             await self._ctx.broker.ack(messages)
             self._ctx.made_progress()
             metrics.planner_batch(len(messages), time.perf_counter() - started)
@@ -215,7 +216,8 @@ class Planner:
         metrics.planned(rows)
         await self._publish(rows)
         if not done:
-            await self._ctx.broker.publish(PLAN_STREAM, [plan_payload(note["id"], tenant)])
+            trace = tracing.carried(note["id"])
+            await self._ctx.broker.publish(PLAN_STREAM, [plan_payload(note["id"], tenant, trace)])
 
     async def _cap_per_hour(
         self, rows: list[dict[str, Any]], categories: dict[str, Policies]

@@ -181,13 +181,31 @@ def test_enabled_only_by_the_standard_variables(env: dict[str, str], wanted: boo
     assert tracing.wanted(env) is wanted
 
 
-def test_configure_builds_the_exporters_asked_for() -> None:
-    assert tracing.configure({"OTEL_TRACES_EXPORTER": "console"}) is True
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_configure_builds_the_exporters_asked_for(protocol: str) -> None:
+    env = {
+        "OTEL_TRACES_EXPORTER": "otlp,console",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+    }
+    assert tracing.configure(env) is True
     try:
         assert tracing.ON
     finally:
         tracing.disable()
     assert not tracing.ON
+
+
+def test_without_the_extra_tracing_stays_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def missing(_env: object) -> None:
+        raise ImportError("No module named 'opentelemetry'")
+
+    monkeypatch.setattr(tracing, "_provider_from", missing)
+    assert tracing.configure({"OTEL_TRACES_EXPORTER": "otlp"}) is False
+    assert not tracing.ON
+    assert "clarion[otel]" in caplog.text
 
 
 def _delivery(**changes: Any) -> Delivery:

@@ -16,7 +16,7 @@ from clarion.domain.models import ALL_SCOPES, Channel
 from clarion.observability.logs import configure_logging
 from clarion.pipeline.context import Context, open_context
 from clarion.pipeline.runtime import ALL_CHANNELS, Roles
-from clarion.store import inbox_access
+from clarion.store import audit, inbox_access
 from clarion.store import providers as provider_store
 from clarion.store import tenants as tenant_store
 from clarion.store import webhooks as webhook_store
@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-encrypt every provider's credentials and webhook secret with CLARION_SECRET_KEY "
         "(after moving the old key to CLARION_PREVIOUS_SECRET_KEYS)",
     )
+    revoke = keys.add_parser(
+        "revoke", help="revoke an API key (API processes stop accepting it within 30 seconds)"
+    )
+    revoke.add_argument("tenant", help="the tenant's name")
+    revoke.add_argument("key_id", help="the key's id: key_ and the 8 characters after ck_")
     inbox_secret = keys.add_parser(
         "rotate-inbox-secret",
         help="replace a tenant's inbox secret: every recipient token issued so far stops working",
@@ -92,9 +97,9 @@ async def rotate_secret(ctx: Context) -> int:
     if ctx.keyring.current is None:
         print("CLARION_SECRET_KEY is not set: nothing to re-encrypt with", file=sys.stderr)
         return 1
-    outcome = await provider_store.rotate(ctx.engine, ctx.keyring)
+    outcome = await provider_store.rotate(ctx.engine, ctx.keyring, actor=audit.CLI)
     print(f"re-encrypted {outcome.changed} provider(s) with key {ctx.keyring.current_id}")
-    hooks = await webhook_store.rotate(ctx.engine, ctx.keyring)
+    hooks = await webhook_store.rotate(ctx.engine, ctx.keyring, actor=audit.CLI)
     print(f"re-encrypted {hooks.changed} webhook secret(s) with key {ctx.keyring.current_id}")
     unreadable = [("provider", *u) for u in outcome.unreadable]
     unreadable += [("webhook", *u) for u in hooks.unreadable]
@@ -118,7 +123,7 @@ async def _tenants(args: argparse.Namespace, ctx: Context) -> int:
                 print("--rate and --burst must be positive", file=sys.stderr)
                 return 2
         changes = {"intake_rate_per_second": args.rate, "intake_burst": args.burst}
-        await tenant_store.update_settings(ctx.engine, found.id, changes)
+        await tenant_store.update_settings(ctx.engine, found.id, changes, actor=audit.CLI)
         print(
             f"tenant {found.name}: rate {args.rate or 'default'}/s, burst {args.burst or 'default'}"
         )
@@ -126,11 +131,21 @@ async def _tenants(args: argparse.Namespace, ctx: Context) -> int:
     if found is not None:
         print(f"a tenant named {args.name!r} exists already", file=sys.stderr)
         return 1
-    tenant = await tenant_store.create_tenant(ctx.engine, args.name)
-    key = await tenant_store.create_key(ctx.engine, tenant.id, [s.value for s in ALL_SCOPES])
+    tenant = await tenant_store.create_tenant(ctx.engine, args.name, actor=audit.CLI)
+    key = await tenant_store.create_key(
+        ctx.engine, tenant.id, [s.value for s in ALL_SCOPES], actor=audit.CLI
+    )
     print(f"tenant {tenant.name} ({tenant.id})")
     print(f"webhook signing secret: {tenant.webhook_secret}")
     print(key)
+    return 0
+
+
+async def _revoke(ctx: Context, tenant: tenant_store.Tenant, key_id: str) -> int:
+    if not await tenant_store.revoke_key(ctx.engine, tenant.id, key_id, actor=audit.CLI):
+        print(f"tenant {tenant.name} has no active key {key_id!r}", file=sys.stderr)
+        return 1
+    print(f"tenant {tenant.name}: key {key_id} revoked")
     return 0
 
 
@@ -150,10 +165,12 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
             print(f"no tenant named {args.tenant!r}", file=sys.stderr)
             return 1
         if args.action == "rotate-inbox-secret":
-            await inbox_access.rotate(ctx.engine, found.id)
+            await inbox_access.rotate(ctx.engine, found.id, actor=audit.CLI)
             print(f"tenant {found.name}: inbox secret replaced, earlier recipient tokens revoked")
             return 0
-        print(await tenant_store.create_key(ctx.engine, found.id, args.scopes))
+        if args.action == "revoke":
+            return await _revoke(ctx, found, args.key_id)
+        print(await tenant_store.create_key(ctx.engine, found.id, args.scopes, actor=audit.CLI))
         return 0
     finally:
         await ctx.aclose()

@@ -16,7 +16,7 @@ import uvicorn
 from clarion.api.app import create_app
 from clarion.api.server import http_server
 from clarion.config import Settings
-from clarion.observability import metrics
+from clarion.observability import metrics, tracing
 from clarion.observability.ops_server import ops_server
 from clarion.observability.scrape import Sources
 from clarion.pipeline.context import Context, open_context
@@ -85,6 +85,8 @@ def sources_for(ctx: Context, roles: Roles) -> Sources:
 
 async def run(settings: Settings, roles: Roles, *, demo: bool = False) -> None:
     metrics.configure(tenant_label=settings.metrics_tenant_label)
+    if tracing.configure():
+        log.info("tracing on: spans exported as the OTEL_* variables say")
     ctx = await open_context(settings)
     try:
         await migrate(ctx.engine)
@@ -135,3 +137,5 @@ async def run(settings: Settings, roles: Roles, *, demo: bool = False) -> None:
             await ops_task
     finally:
         await ctx.aclose()
+        if tracing.ON:
+            tracing.disable()  # flushes the spans still waiting for export

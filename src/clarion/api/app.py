@@ -10,6 +10,7 @@ from clarion.api.auth import KeyCache
 from clarion.api.inbox_cors import InboxCors
 from clarion.api.limits import EdgeGuard
 from clarion.api.routes import (
+    audit,
     categories,
     dead_letters,
     health,
@@ -30,6 +31,7 @@ from clarion.api.routes import (
     webhooks,
 )
 from clarion.api.send_one import SendOne
+from clarion.observability import tracing
 from clarion.observability.scrape import Sources
 from clarion.pipeline.context import Context
 from clarion.pipeline.intake import Intake
@@ -89,6 +91,7 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     app.include_router(inbox_live.router)
     app.include_router(inbox_web.router)
     app.include_router(message_log.router)
+    app.include_router(audit.router)
     # Inside the edge guard, which hands it the checked body: one notification per request
     # answered without FastAPI's routing (api/send_one.py).
     app.add_middleware(SendOne, state=app.state)
@@ -98,4 +101,6 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
         large_bodies=ctx.settings.http_large_bodies,
     )
     app.add_middleware(InboxCors)
+    if tracing.ON:  # outermost: the request's span covers everything else
+        app.add_middleware(tracing.TraceRequests)
     return app

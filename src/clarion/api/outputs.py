@@ -363,3 +363,24 @@ class RecipientExport(_Out):
     deliveries: list[dict[str, Any]]
     sandbox_messages: list[dict[str, Any]]
     truncated: bool = Field(description="Whether a list was cut at its limit")
+
+
+class AuditEntry(_Out):
+    id: str
+    at: datetime
+    key_id: str = Field(description="The API key's id, or `cli` / `system`")
+    action: str = Field(
+        description="create | update | delete | rollback | revoke | rotate | reencrypt | erase"
+    )
+    resource: str = Field(
+        description="template | provider | webhook | category | api_key | tenant | recipient"
+    )
+    name: str = Field(description="The resource's name (an erased recipient: its digest)")
+    diff: dict[str, Any] = Field(
+        description='The fields changed, `{"field": {"from": ..., "to": ...}}`; secrets as `***`'
+    )
+
+
+class AuditPage(BaseModel):
+    data: list[AuditEntry]
+    next_cursor: str | None

@@ -29,6 +29,11 @@ def _timestamp(value: datetime | None) -> float | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
+def _traceparent(value: Any) -> str | None:
+    """An optional field: anything but a string of a traceparent's length is ignored."""
+    return value if isinstance(value, str) and len(value) == 55 else None
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     id: str
@@ -51,6 +56,9 @@ class Delivery:
     # For a critical delivery: the channel, address and content to switch to when its own
     # channel has no healthy provider.
     fallback: dict[str, Any] | None = None
+    # The W3C traceparent of the trace it belongs to (observability/tracing.py), when
+    # tracing is on; optional on the wire, absent otherwise.
+    trace: str | None = None
 
     @property
     def stream(self) -> str:
@@ -81,7 +89,7 @@ class Delivery:
         )
 
     def to_payload(self) -> dict[str, Any]:
-        return {
+        payload: dict[str, Any] = {
             "id": self.id,
             "tenant": self.tenant,
             "notification": self.notification,
@@ -97,6 +105,9 @@ class Delivery:
             "critical": self.critical,
             "fallback": self.fallback,
         }
+        if self.trace is not None:
+            payload["traceparent"] = self.trace
+        return payload
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Delivery:
@@ -117,6 +128,7 @@ class Delivery:
                 category=payload.get("category"),
                 critical=bool(payload.get("critical")),
                 fallback=payload.get("fallback"),
+                trace=_traceparent(payload.get("traceparent")),
             )
         except (KeyError, TypeError) as exc:
             raise MalformedDelivery(f"not a delivery: missing {exc}") from exc

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from clarion.domain.models import PLAN_STREAM
 from clarion.errors import ApiError, ValidationFailed
-from clarion.observability import metrics
+from clarion.observability import metrics, tracing
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import plan_payload
 from clarion.resilience.ratelimit import Decision, Take
@@ -44,7 +44,7 @@ class Intake:
         self._commits: Batcher[store.NewNotification, store.Outcome] = Batcher(
             self._commit, max_items=max_items, concurrency=2, name="group-commit"
         )
-        self._publisher: Batcher[tuple[str, str], None] = Batcher(
+        self._publisher: Batcher[tuple[str, str, str | None], None] = Batcher(
             self._publish, max_items=2000, name="intake-publish"
         )
         # Concurrent requests' quota charges: one round trip to the limiter for all.
@@ -66,10 +66,10 @@ class Intake:
             self._ctx.engine, items, outbox_grace=self._ctx.settings.outbox_grace, pg=self._ctx.pg
         )
 
-    async def _publish(self, items: list[tuple[str, str]]) -> list[None]:
+    async def _publish(self, items: list[tuple[str, str, str | None]]) -> list[None]:
         try:
             await self._ctx.broker.publish(
-                PLAN_STREAM, [plan_payload(nid, tenant) for nid, tenant in items]
+                PLAN_STREAM, [plan_payload(nid, tenant, trace) for nid, tenant, trace in items]
             )
         except Exception as exc:  # the relay publishes these from the outbox instead
             log.warning("publishing %d accepted notifications failed: %r", len(items), exc)
@@ -80,14 +80,16 @@ class Intake:
 
         An item the store refuses on its own is refused alone (a 422 ``unstorable``); an
         outage fails the request (a 503)."""
-        results = await asyncio.gather(
-            *(self._commits.put_nowait(item) for item in items), return_exceptions=True
-        )
+        with tracing.accepting(items):
+            results = await asyncio.gather(
+                *(self._commits.put_nowait(item) for item in items), return_exceptions=True
+            )
+            trace = tracing.traceparent()  # None unless tracing is on
         outcomes = [_outcome(result) for result in results]
         metrics.notifications(outcomes, items)
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, store.Accepted) and outcome.created and outcome.publish_now:
-                self._publisher.put_nowait((item.id, item.tenant_id))
+                self._publisher.put_nowait((item.id, item.tenant_id, trace))
         return outcomes
 
     async def close(self) -> None:

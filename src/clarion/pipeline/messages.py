@@ -7,6 +7,7 @@ from typing import Any
 
 from clarion.broker import Broker, Delayed
 from clarion.domain.delivery import Delivery
+from clarion.observability import tracing
 from clarion.providers.base import OutboundMessage
 from clarion.store.db import as_utc
 
@@ -14,8 +15,11 @@ from clarion.store.db import as_utc
 _PUBLISH_CHUNK = 1000
 
 
-def plan_payload(notification_id: str, tenant_id: str) -> dict[str, Any]:
-    return {"notification": notification_id, "tenant": tenant_id}
+def plan_payload(notification_id: str, tenant_id: str, trace: str | None = None) -> dict[str, Any]:
+    payload = {"notification": notification_id, "tenant": tenant_id}
+    if trace is not None:  # tracing on: the W3C traceparent of the notification's trace
+        payload["traceparent"] = trace
+    return payload
 
 
 def outbound(delivery: Delivery) -> OutboundMessage:
@@ -58,6 +62,8 @@ async def publish_deliveries(
     later: Sequence[tuple[Delivery, float]] = (),
 ) -> None:
     """Put deliveries on their lanes, and those due later on the delayed set."""
+    if tracing.ON:
+        ready, later = tracing.stamped(ready, later)
     lanes: dict[str, list[dict[str, Any]]] = {}
     for delivery in ready:
         lanes.setdefault(delivery.stream, []).append(delivery.to_payload())

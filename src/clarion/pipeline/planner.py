@@ -29,7 +29,7 @@ from clarion.domain.preferences import (
 from clarion.domain.rendering import CompiledVersion
 from clarion.domain.routing import address_for
 from clarion.errors import TemplateError
-from clarion.observability import logs, metrics
+from clarion.observability import logs, metrics, tracing
 from clarion.pipeline.categories import CategoryCache, Policies
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import of_rows, plan_payload, publish_deliveries
@@ -89,7 +89,8 @@ class Planner:
         if messages:
             logs.bind(stage="planner", batch=len(messages))
             started = time.perf_counter()
-            await self._handle_isolated(messages)
+            with tracing.planning(messages):
+                await self._handle_isolated(messages)
             await self._ctx.broker.ack(messages)
             self._ctx.made_progress()
             metrics.planner_batch(len(messages), time.perf_counter() - started)
@@ -211,7 +212,8 @@ class Planner:
         metrics.planned(rows)
         await self._publish(rows)
         if not done:
-            await self._ctx.broker.publish(PLAN_STREAM, [plan_payload(note["id"], tenant)])
+            trace = tracing.carried(note["id"])
+            await self._ctx.broker.publish(PLAN_STREAM, [plan_payload(note["id"], tenant, trace)])
 
     async def _cap_per_hour(
         self, rows: list[dict[str, Any]], categories: dict[str, Policies]

@@ -15,7 +15,7 @@ from typing import Any
 from clarion.broker import Message
 from clarion.domain.delivery import Delivery, MalformedDelivery
 from clarion.domain.models import LANES, DeliveryStatus, send_stream
-from clarion.observability import logs, metrics
+from clarion.observability import logs, metrics, tracing
 from clarion.pipeline.attempt import Attempts
 from clarion.pipeline.consumer import FairConsumer, tenant_of
 from clarion.pipeline.context import Context
@@ -43,8 +43,9 @@ class StatusWriter:
         self._batcher.start()
 
     async def _flush(self, changes: list[StatusChange]) -> list[None]:
-        events = await self._events.of_changes(changes)
-        await delivery_store.apply_changes(self._ctx.engine, changes, self._ctx.pg)
+        with tracing.writing(changes):
+            events = await self._events.of_changes(changes)
+            await delivery_store.apply_changes(self._ctx.engine, changes, self._ctx.pg)
         await self._events.publish(events)
         return [None] * len(changes)
 
@@ -95,6 +96,10 @@ class ChannelWorker:
         await self._consumer.run(stop)
 
     async def _screen(self, messages: list[Message]) -> list[Message]:
+        with tracing.taking(self.channel, messages):
+            return await self._unfinished(messages)
+
+    async def _unfinished(self, messages: list[Message]) -> list[Message]:
         """Load the providers of the messages' tenants (once per take, not per send), and
         set aside, acked, what must not be sent: a delivery whose notification was
         cancelled, or one handed out again that was sent already (its consumer died after
@@ -123,7 +128,7 @@ class ChannelWorker:
             self._acks.put_nowait(message)
             return
         ids = {"tenant_id": delivery.tenant, "notification_id": delivery.notification}
-        with logs.bound(**ids, delivery_id=delivery.id):
+        with logs.bound(**ids, delivery_id=delivery.id), tracing.attempt(delivery) as trace:
             try:
                 attempt = await self._attempts.run(delivery)
             except Exception as exc:
@@ -132,6 +137,7 @@ class ChannelWorker:
         change.ref = DeliveryRef(
             delivery.notification, delivery.recipient, self.channel, delivery.provider
         )
+        change.trace = trace
         try:
             if retry is not None:
                 await self._ctx.broker.publish_delayed([retry])

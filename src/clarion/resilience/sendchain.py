@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from clarion.errors import PermanentError, TransientError
-from clarion.observability import metrics
+from clarion.observability import metrics, tracing
 from clarion.providers.base import OutboundMessage, Provider, SendResult
 from clarion.providers.kinds import UNGUARDED
 from clarion.resilience.breaker import BreakerKey, CircuitBreaker
@@ -194,7 +194,8 @@ class SendChain:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
-                result = await provider.send(message)
+                with tracing.provider_call(message, name, kind):
+                    result = await provider.send(message)
         except TimeoutError:
             error = TransientError(f"no answer within {self._timeout}s", reason="timeout")
             outcome = "timeout"

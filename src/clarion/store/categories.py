@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.errors import ValidationFailed
+from clarion.store import audit
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import upsert
 from clarion.store.tables import categories
@@ -67,7 +68,12 @@ def _copy_built_ins() -> dict[str, dict[str, Any]]:
 
 
 async def put(
-    engine: AsyncEngine, tenant_id: str, name: str, body: Mapping[str, Any]
+    engine: AsyncEngine,
+    tenant_id: str,
+    name: str,
+    body: Mapping[str, Any],
+    *,
+    actor: str = audit.SYSTEM,
 ) -> dict[str, Any]:
     """Create or replace a category's policy; ``body`` holds the keys of ``POLICY`` (absent
     ones reset to their defaults). Returns the category as stored."""
@@ -88,12 +94,24 @@ async def put(
         "created_at": now,
         "updated_at": now,
     }
+    mine = (categories.c.tenant_id == tenant_id) & (categories.c.name == name)
     async with write_tx(engine) as conn:
+        old = (await conn.execute(select(categories).where(mine).with_for_update())).mappings()
+        stored = old.first()
+        before = _from_row(stored) if stored is not None else BUILT_IN.get(name)
         stmt = upsert(conn, categories, ["tenant_id", "name"], [*POLICY, "updated_at"])
         await conn.execute(stmt, [row])
-    found = await get(engine, tenant_id, name)
-    assert found is not None  # just written
+        found = _from_row((await conn.execute(select(categories).where(mine))).mappings().one())
+        change = audit.diff(_policy(before), _policy(found))
+        action = audit.Action.CREATE if before is None else audit.Action.UPDATE
+        await audit.record(
+            conn, audit.Change(tenant_id, actor, audit.Resource.CATEGORY, name, action, change)
+        )
     return found
+
+
+def _policy(category: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if category is None else {k: category[k] for k in POLICY}
 
 
 async def get(engine: AsyncEngine, tenant_id: str, name: str) -> dict[str, Any] | None:

@@ -59,6 +59,8 @@ class StatusChange:
     provider: str | None = None
     # Not stored: carried so the status event of this change can be published.
     ref: DeliveryRef | None = None
+    # Not stored: the attempt's traceparent, linked from the status write's span (tracing).
+    trace: str | None = None
 
     def bound(self) -> StatusChange:
         """Bound what came from a provider's answer, before it reaches a shared batch."""

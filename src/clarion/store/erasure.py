@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import new_id
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus
-from clarion.store import inbox_access
+from clarion.store import audit, inbox_access
 from clarion.store import recipients as recipient_store
 from clarion.store import topics as topic_store
 from clarion.store.db import as_utc, utcnow, write_tx
@@ -43,6 +43,7 @@ from clarion.store.tables import (
     notifications,
     recipients,
     sandbox_messages,
+    tenants,
 )
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,12 @@ EXPORT_LIMIT = 10_000
 _BATCH_SCOPE = "recipients.batch"
 
 
-async def erase(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> datetime | None:
+async def erase(
+    engine: AsyncEngine, tenant_id: str, recipient_id: str, *, actor: str = audit.SYSTEM
+) -> datetime | None:
     """Erase the recipient in one transaction; when it was done (its recipient tokens
-    issued before are revoked), or None if there is no such recipient."""
+    issued before are revoked), or None if there is no such recipient. The audit log names
+    the recipient by :func:`clarion.store.audit.erased_name`, never by its id."""
     erased_at = utcnow()
     async with write_tx(engine) as conn:
         removed = await conn.execute(
@@ -77,9 +81,22 @@ async def erase(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> datet
         await _scrub_deliveries(conn, tenant_id, recipient_id)
         await _forget_in_notifications(conn, tenant_id, recipient_id)
         await _forget_batch_responses(conn, tenant_id, recipient_id)
+        await _audit_erasure(conn, tenant_id, recipient_id, actor)
     if engine.dialect.name == "sqlite":
         await checkpoint(engine)
     return erased_at
+
+
+async def _audit_erasure(
+    conn: AsyncConnection, tenant_id: str, recipient_id: str, actor: str
+) -> None:
+    key = (
+        await conn.execute(select(tenants.c.webhook_secret).where(tenants.c.id == tenant_id))
+    ).scalar()
+    name = audit.erased_name(key or tenant_id, recipient_id)
+    await audit.record(
+        conn, audit.Change(tenant_id, actor, audit.Resource.RECIPIENT, name, audit.Action.ERASE)
+    )
 
 
 async def checkpoint(engine: AsyncEngine) -> bool:

@@ -8,6 +8,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.security.inbox_tokens import MAX_TTL, new_secret, recipient_digest
+from clarion.security.secrets import MASK
+from clarion.store import audit
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import upsert
 from clarion.store.tables import inbox_revocations, tenants
@@ -58,14 +60,31 @@ async def _record(conn: AsyncConnection, tenant_id: str, who: str, at: datetime)
     )
 
 
-async def rotate(engine: AsyncEngine, tenant_id: str) -> datetime:
+async def rotate(engine: AsyncEngine, tenant_id: str, *, actor: str = audit.SYSTEM) -> datetime:
     """Replace the tenant's inbox secret: every token issued so far stops working."""
     now = utcnow()
     async with write_tx(engine) as conn:
-        await conn.execute(
-            update(tenants).where(tenants.c.id == tenant_id).values(inbox_secret=new_secret())
-        )
+        name = (
+            await conn.execute(
+                update(tenants)
+                .where(tenants.c.id == tenant_id)
+                .values(inbox_secret=new_secret())
+                .returning(tenants.c.name)
+            )
+        ).scalar()
         await _record(conn, tenant_id, EVERYONE, now)
+        change = {"inbox_secret": {"from": MASK, "to": MASK}}
+        await audit.record(
+            conn,
+            audit.Change(
+                tenant_id,
+                actor,
+                audit.Resource.TENANT,
+                name or tenant_id,
+                audit.Action.ROTATE,
+                change,
+            ),
+        )
     return now
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import RowMapping, Table, delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clarion.store import audit
 from clarion.store.db import write_tx
 
 
@@ -30,8 +31,19 @@ async def list_page(
         return (await conn.execute(query)).mappings().all()
 
 
-async def delete_one(engine: AsyncEngine, table: Table, tenant_id: str, name: str) -> bool:
-    stmt = delete(table).where(table.c.tenant_id == tenant_id, table.c.name == name)
+async def delete_one(
+    engine: AsyncEngine,
+    table: Table,
+    tenant_id: str,
+    name: str,
+    change: Callable[[RowMapping], audit.Change],
+) -> bool:
+    """Delete the row; ``change`` makes its audit record from the row deleted."""
+    mine = (table.c.tenant_id == tenant_id) & (table.c.name == name)
     async with write_tx(engine) as conn:
-        result = await conn.execute(stmt)
-    return bool(result.rowcount)
+        row = (await conn.execute(select(table).where(mine).with_for_update())).mappings().first()
+        if row is None:
+            return False
+        await conn.execute(delete(table).where(mine))
+        await audit.record(conn, change(row))
+    return True

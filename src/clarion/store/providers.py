@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clarion.providers.base import ProviderSpec
 from clarion.providers.kinds import secret_fields as kind_secret_fields
 from clarion.security.secrets import MASK, Keyring, RedactedConfig, SecretError, provider_aad
-from clarion.store import named
+from clarion.store import audit, named
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import chunks, upsert
 from clarion.store.tables import providers
@@ -64,6 +64,10 @@ class ProviderRow:
             "updated_at": as_utc(self.updated_at),
         }
 
+    def audited(self) -> dict[str, Any]:
+        """What the audit log compares: the public view, secrets masked."""
+        return {k: v for k, v in self.public().items() if k not in ("created_at", "updated_at")}
+
     def open_secrets(self, keyring: Keyring) -> dict[str, Any]:
         """The secret fields, decrypted; ``SecretError`` if they cannot be."""
         if self.secrets is None:
@@ -109,7 +113,24 @@ def split_config(kind: str, config: dict[str, Any]) -> tuple[dict[str, Any], dic
     return shown, secrets
 
 
-async def put(engine: AsyncEngine, keyring: Keyring, spec: ProviderSpec) -> ProviderRow:
+def _secrets_changed(
+    keyring: Keyring, before: ProviderRow | None, secrets: dict[str, Any]
+) -> list[str]:
+    """The secret fields whose values differ from the stored ones (all that are set, when
+    the stored ones cannot be opened)."""
+    if before is None:
+        return []
+    try:
+        old = before.open_secrets(keyring)
+    except SecretError:
+        return sorted(f"config.{f}" for f in secrets)
+    changed = [f for f in old.keys() | secrets.keys() if old.get(f) != secrets.get(f)]
+    return sorted(f"config.{f}" for f in changed)
+
+
+async def put(
+    engine: AsyncEngine, keyring: Keyring, spec: ProviderSpec, *, actor: str = audit.SYSTEM
+) -> ProviderRow:
     """Create or replace a provider from a validated, complete ``spec``."""
     shown, secrets = split_config(spec.kind, dict(spec.config))
     sealed = (
@@ -129,11 +150,27 @@ async def put(engine: AsyncEngine, keyring: Keyring, spec: ProviderSpec) -> Prov
         "created_at": now,
         "updated_at": now,
     }
+    mine = (providers.c.tenant_id == spec.tenant_id) & (providers.c.name == spec.name)
     async with write_tx(engine) as conn:
+        old = (
+            (await conn.execute(select(providers).where(mine).with_for_update())).mappings().first()
+        )
+        before = ProviderRow.from_mapping(old) if old else None
         stmt = upsert(conn, providers, ["tenant_id", "name"], _UPDATED)
         await conn.execute(stmt.values(**values))
-    found = await get(engine, spec.tenant_id, spec.name)
-    assert found is not None
+        found = ProviderRow.from_mapping(
+            (await conn.execute(select(providers).where(mine))).mappings().one()
+        )
+        change = audit.diff(
+            before.audited() if before else None,
+            found.audited(),
+            secrets_changed=_secrets_changed(keyring, before, secrets),
+        )
+        action = audit.Action.UPDATE if before else audit.Action.CREATE
+        await audit.record(
+            conn,
+            audit.Change(spec.tenant_id, actor, audit.Resource.PROVIDER, spec.name, action, change),
+        )
     return found
 
 
@@ -150,8 +187,21 @@ async def list_page(
     return [ProviderRow.from_mapping(r) for r in rows]
 
 
-async def delete_one(engine: AsyncEngine, tenant_id: str, name: str) -> bool:
-    return await named.delete_one(engine, providers, tenant_id, name)
+async def delete_one(
+    engine: AsyncEngine, tenant_id: str, name: str, *, actor: str = audit.SYSTEM
+) -> bool:
+    def change(row: RowMapping) -> audit.Change:
+        before = ProviderRow.from_mapping(row).audited()
+        return audit.Change(
+            tenant_id,
+            actor,
+            audit.Resource.PROVIDER,
+            name,
+            audit.Action.DELETE,
+            audit.diff(before, None),
+        )
+
+    return await named.delete_one(engine, providers, tenant_id, name, change)
 
 
 async def load_tenants(engine: AsyncEngine, tenant_ids: Iterable[str]) -> list[ProviderRow]:
@@ -171,7 +221,9 @@ class Rotation:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
-async def rotate(engine: AsyncEngine, keyring: Keyring, batch_size: int = 200) -> Rotation:
+async def rotate(
+    engine: AsyncEngine, keyring: Keyring, batch_size: int = 200, *, actor: str = audit.SYSTEM
+) -> Rotation:
     """Re-seal every provider's secrets with the current key, a batch per transaction.
     Idempotent: rows already sealed with the current key are left alone. A row changed
     meanwhile (its sealed value differs from the one read) is left to its writer, who
@@ -209,6 +261,15 @@ async def rotate(engine: AsyncEngine, keyring: Keyring, batch_size: int = 200) -
                     .values(secrets=keyring.encrypt(plain, aad))
                 )
                 outcome.changed += result.rowcount
+                if result.rowcount:
+                    await audit.record(conn, _reencrypted(tenant_id, name, actor))
         if len(rows) < batch_size:
             return outcome
         after = (rows[-1][0], rows[-1][1])
+
+
+def _reencrypted(tenant_id: str, name: str, actor: str) -> audit.Change:
+    change = {"secrets": {"from": MASK, "to": MASK}}
+    return audit.Change(
+        tenant_id, actor, audit.Resource.PROVIDER, name, audit.Action.REENCRYPT, change
+    )

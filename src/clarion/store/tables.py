@@ -416,3 +416,21 @@ topic_subscribers = Table(
     _ts("created_at", nullable=False),
     Index("ix_topic_subscribers_recipient", "tenant_id", "recipient_id"),
 )
+
+# The audit log (store/audit.py): one row per change of a tenant's configuration, written
+# in the change's own transaction and never updated or deleted. `actor` is the API key's id
+# (or `cli`, `system`); `diff` holds the changed fields, secrets masked.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(40), nullable=False),
+    _ts("at", nullable=False),
+    Column("actor", String(40), nullable=False),
+    Column("resource", String(20), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("action", String(20), nullable=False),
+    Column("diff", JSON),
+    Index("ix_audit_log_tenant_at", "tenant_id", "at", "id"),
+    Index("ix_audit_log_tenant_resource_at", "tenant_id", "resource", "name", "at", "id"),
+)

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from clarion.store import audit
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import chunks
 from clarion.store.tables import template_versions, templates
@@ -22,18 +23,22 @@ async def put(
     channels: dict[str, Any],
     locales: dict[str, Any],
     fallbacks: dict[str, str] | None = None,
+    actor: str = audit.SYSTEM,
 ) -> int:
     """Store a new version and make it active; returns its number."""
     now = utcnow()
     async with write_tx(engine) as conn:
         head = (
             await conn.execute(
-                select(templates.c.latest_version)
+                select(templates.c.latest_version, templates.c.active_version)
                 .where(templates.c.tenant_id == tenant_id, templates.c.name == name)
                 .with_for_update()
             )
         ).first()
         version = 1 if head is None else head.latest_version + 1
+        before = (
+            None if head is None else await _audited(conn, tenant_id, name, head.active_version)
+        )
         await conn.execute(
             template_versions.insert().values(
                 tenant_id=tenant_id,
@@ -62,7 +67,40 @@ async def put(
                 .where(templates.c.tenant_id == tenant_id, templates.c.name == name)
                 .values(active_version=version, latest_version=version, updated_at=now)
             )
+        after = {
+            "version": version,
+            "category": category,
+            "channels": channels,
+            "locales": locales,
+            "fallbacks": fallbacks or {},
+        }
+        await audit.record(
+            conn,
+            audit.Change(
+                tenant_id,
+                actor,
+                audit.Resource.TEMPLATE,
+                name,
+                audit.Action.CREATE if head is None else audit.Action.UPDATE,
+                audit.diff(before, after),
+            ),
+        )
     return version
+
+
+async def _audited(
+    conn: AsyncConnection, tenant_id: str, name: str, version: int
+) -> dict[str, Any] | None:
+    """A stored version as the audit log compares it."""
+    tv = template_versions
+    query = select(tv).where(
+        tv.c.tenant_id == tenant_id, tv.c.name == name, tv.c.version == version
+    )
+    row = (await conn.execute(query)).mappings().first()
+    if row is None:
+        return None
+    public = _public(row)
+    return {k: public[k] for k in ("version", "category", "channels", "locales", "fallbacks")}
 
 
 def _public(row: Any) -> dict[str, Any]:
@@ -156,15 +194,21 @@ async def list_versions(
     ]
 
 
-async def _active_version(conn: AsyncConnection, tenant_id: str, name: str) -> int | None:
+async def _active_version(
+    conn: AsyncConnection, tenant_id: str, name: str, *, lock: bool = False
+) -> int | None:
     query = select(templates.c.active_version).where(
         templates.c.tenant_id == tenant_id, templates.c.name == name
     )
+    if lock:
+        query = query.with_for_update()
     found: int | None = (await conn.execute(query)).scalar()
     return found
 
 
-async def rollback(engine: AsyncEngine, tenant_id: str, name: str, version: int) -> str | None:
+async def rollback(
+    engine: AsyncEngine, tenant_id: str, name: str, version: int, *, actor: str = audit.SYSTEM
+) -> str | None:
     """Make an earlier (or any stored) version active again.
 
     Returns None when done, else what is missing: ``"template"`` or ``"version"``.
@@ -181,9 +225,17 @@ async def rollback(engine: AsyncEngine, tenant_id: str, name: str, version: int)
         .values(active_version=version, updated_at=utcnow())
     )
     async with write_tx(engine) as conn:
-        if (await conn.execute(statement)).rowcount == 1:
+        current = await _active_version(conn, tenant_id, name, lock=True)
+        if current is not None and (await conn.execute(statement)).rowcount == 1:
+            change = {"active_version": {"from": current, "to": version}}
+            await audit.record(
+                conn,
+                audit.Change(
+                    tenant_id, actor, audit.Resource.TEMPLATE, name, audit.Action.ROLLBACK, change
+                ),
+            )
             return None
-        exists = await _active_version(conn, tenant_id, name)
+        exists = current
     return "template" if exists is None else "version"
 
 

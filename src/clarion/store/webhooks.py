@@ -13,7 +13,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.security.secrets import MASK, Keyring, SecretError, associated_data
-from clarion.store import named
+from clarion.store import audit, named
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.providers import Rotation
 from clarion.store.sql import chunks, upsert
@@ -54,6 +54,10 @@ class WebhookRow:
             "updated_at": as_utc(self.updated_at),
         }
 
+    def audited(self) -> dict[str, Any]:
+        """What the audit log compares: the public view, the secret masked."""
+        return {k: v for k, v in self.public().items() if k not in ("created_at", "updated_at")}
+
     def open_secret(self, keyring: Keyring) -> str:
         """The signing secret; ``SecretError`` if it cannot be decrypted."""
         return keyring.decrypt(self.secret, webhook_aad(self.tenant_id, self.name)).decode()
@@ -72,7 +76,9 @@ class WebhookIn:
     sealed: str | None = field(default=None, repr=False)
 
 
-async def put(engine: AsyncEngine, keyring: Keyring, hook: WebhookIn) -> WebhookRow:
+async def put(
+    engine: AsyncEngine, keyring: Keyring, hook: WebhookIn, *, actor: str = audit.SYSTEM
+) -> WebhookRow:
     """Create or replace a webhook. With a new ``secret`` it is sealed and stored; without,
     the stored one (``hook.sealed``) is kept."""
     if hook.secret is not None:
@@ -93,10 +99,26 @@ async def put(engine: AsyncEngine, keyring: Keyring, hook: WebhookIn) -> Webhook
         "created_at": now,
         "updated_at": now,
     }
+    mine = (webhooks.c.tenant_id == hook.tenant_id) & (webhooks.c.name == hook.name)
     async with write_tx(engine) as conn:
+        old = (
+            (await conn.execute(select(webhooks).where(mine).with_for_update())).mappings().first()
+        )
+        before = WebhookRow.from_mapping(old) if old else None
         await conn.execute(upsert(conn, webhooks, ["tenant_id", "name"], updated).values(**values))
-    found = await get(engine, hook.tenant_id, hook.name)
-    assert found is not None
+        found = WebhookRow.from_mapping(
+            (await conn.execute(select(webhooks).where(mine))).mappings().one()
+        )
+        # A secret sent (or made) replaces the stored one: recorded as changed, never shown.
+        replaced = ["secret"] if before is not None and hook.secret is not None else []
+        change = audit.diff(
+            before.audited() if before else None, found.audited(), secrets_changed=replaced
+        )
+        action = audit.Action.UPDATE if before else audit.Action.CREATE
+        await audit.record(
+            conn,
+            audit.Change(hook.tenant_id, actor, audit.Resource.WEBHOOK, hook.name, action, change),
+        )
     return found
 
 
@@ -113,8 +135,21 @@ async def list_page(
     return [WebhookRow.from_mapping(r) for r in rows]
 
 
-async def delete_one(engine: AsyncEngine, tenant_id: str, name: str) -> bool:
-    return await named.delete_one(engine, webhooks, tenant_id, name)
+async def delete_one(
+    engine: AsyncEngine, tenant_id: str, name: str, *, actor: str = audit.SYSTEM
+) -> bool:
+    def change(row: RowMapping) -> audit.Change:
+        before = WebhookRow.from_mapping(row).audited()
+        return audit.Change(
+            tenant_id,
+            actor,
+            audit.Resource.WEBHOOK,
+            name,
+            audit.Action.DELETE,
+            audit.diff(before, None),
+        )
+
+    return await named.delete_one(engine, webhooks, tenant_id, name, change)
 
 
 async def load_enabled(engine: AsyncEngine, tenant_ids: Iterable[str]) -> list[WebhookRow]:
@@ -128,7 +163,9 @@ async def load_enabled(engine: AsyncEngine, tenant_ids: Iterable[str]) -> list[W
     return found
 
 
-async def rotate(engine: AsyncEngine, keyring: Keyring, batch_size: int = 200) -> Rotation:
+async def rotate(
+    engine: AsyncEngine, keyring: Keyring, batch_size: int = 200, *, actor: str = audit.SYSTEM
+) -> Rotation:
     """Re-seal every webhook's secret with the current key, a batch per transaction, as
     :func:`clarion.store.providers.rotate` does for providers' credentials."""
     outcome = Rotation()
@@ -161,6 +198,15 @@ async def rotate(engine: AsyncEngine, keyring: Keyring, batch_size: int = 200) -
                     .values(secret=keyring.encrypt(plain, aad))
                 )
                 outcome.changed += result.rowcount
+                if result.rowcount:
+                    await audit.record(conn, _reencrypted(tenant_id, name, actor))
         if len(rows) < batch_size:
             return outcome
         after = (rows[-1][0], rows[-1][1])
+
+
+def _reencrypted(tenant_id: str, name: str, actor: str) -> audit.Change:
+    change = {"secret": {"from": MASK, "to": MASK}}
+    return audit.Change(
+        tenant_id, actor, audit.Resource.WEBHOOK, name, audit.Action.REENCRYPT, change
+    )

@@ -37,7 +37,9 @@ async def put(
     policy = body.model_dump(mode="json")
     if body.default_channels is not None:
         policy["default_channels"] = list(dict.fromkeys(policy["default_channels"]))
-    found = await store.put(request.app.state.ctx.engine, principal.tenant_id, name, policy)
+    found = await store.put(
+        request.app.state.ctx.engine, principal.tenant_id, name, policy, actor=principal.key_id
+    )
     request.app.state.ctx.categories.invalidate(principal.tenant_id)
     return JSONResponse(found)
 

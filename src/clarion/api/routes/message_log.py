@@ -58,20 +58,26 @@ def decode_cursor(text: str | None) -> store.Position | None:
     return store.Position(moment, ident)
 
 
-def time_range(after: datetime | None, before: datetime | None) -> store.TimeRange:
+def time_range(
+    after: datetime | None,
+    before: datetime | None,
+    names: tuple[str, str] = ("created_after", "created_before"),
+) -> store.TimeRange:
+    """The range between two query parameters (named ``names`` in errors)."""
+    low_name, high_name = names
     bounds: dict[str, datetime | None] = {}
-    for name, value in (("created_after", after), ("created_before", before)):
+    for name, value in ((low_name, after), (high_name, before)):
         try:
             bounds[name] = None if value is None else utc_timestamp(value)
         except ValueError as exc:
             raise ValidationFailed(
                 f"{name}: {exc}", details=[{"field": name, "message": str(exc)}]
             ) from exc
-    low, high = bounds["created_after"], bounds["created_before"]
+    low, high = bounds[low_name], bounds[high_name]
     if low is not None and high is not None and low >= high:
         raise ValidationFailed(
-            "created_after must be earlier than created_before",
-            details=[{"field": "created_after", "message": "not earlier than created_before"}],
+            f"{low_name} must be earlier than {high_name}",
+            details=[{"field": low_name, "message": f"not earlier than {high_name}"}],
         )
     return store.TimeRange(low, high)
 

@@ -137,7 +137,7 @@ async def put(
         rate_limit_per_second=body.rate_limit_per_second,
         enabled=body.enabled,
     )
-    row = await store.put(ctx.engine, ctx.keyring, spec)
+    row = await store.put(ctx.engine, ctx.keyring, spec, actor=principal.key_id)
     ctx.providers.invalidate(principal.tenant_id)
     return JSONResponse(row.public())
 
@@ -168,7 +168,7 @@ async def list_providers(
 @router.delete("/{name}", status_code=204, summary="Delete a provider")
 async def delete(request: Request, principal: Manager, name: ProviderName) -> Response:
     ctx: Context = request.app.state.ctx
-    if not await store.delete_one(ctx.engine, principal.tenant_id, name):
+    if not await store.delete_one(ctx.engine, principal.tenant_id, name, actor=principal.key_id):
         raise NotFound(f"no provider named {name!r}")
     ctx.providers.invalidate(principal.tenant_id)
     return Response(status_code=204)

@@ -111,7 +111,9 @@ async def batch(request: Request, principal: Manager, body: RecipientBatchIn) ->
 )
 async def erase(request: Request, principal: Manager, recipient_id: RecipientPath) -> Response:
     ctx = request.app.state.ctx
-    erased_at = await erasure.erase(ctx.engine, principal.tenant_id, recipient_id)
+    erased_at = await erasure.erase(
+        ctx.engine, principal.tenant_id, recipient_id, actor=principal.key_id
+    )
     if erased_at is None:
         raise NotFound(f"no recipient {recipient_id!r}")
     # Here at once; other API processes when they next follow the revocations.

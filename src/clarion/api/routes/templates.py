@@ -78,6 +78,7 @@ async def put(
         channels=channels,
         locales=locales,
         fallbacks=_fallbacks(body, channels),
+        actor=principal.key_id,
     )
     return JSONResponse({"name": name, "version": version})
 
@@ -205,7 +206,9 @@ async def rollback(
     request: Request, principal: Manager, name: TemplateName, body: RollbackIn
 ) -> JSONResponse:
     engine = request.app.state.ctx.engine
-    missing = await store.rollback(engine, principal.tenant_id, name, body.version)
+    missing = await store.rollback(
+        engine, principal.tenant_id, name, body.version, actor=principal.key_id
+    )
     if missing == "template":
         raise NotFound(f"no template {name!r}")
     if missing == "version":

@@ -127,7 +127,7 @@ async def put(
         secret=secret,
         sealed=sealed,
     )
-    row = await store.put(ctx.engine, ctx.keyring, hook)
+    row = await store.put(ctx.engine, ctx.keyring, hook, actor=principal.key_id)
     ctx.webhooks.invalidate(principal.tenant_id)
     return JSONResponse(row.public(secret if made and secret else MASK))
 
@@ -160,7 +160,7 @@ async def list_webhooks(
 @router.delete("/{name}", status_code=204, summary="Delete a status webhook")
 async def delete(request: Request, principal: Manager, name: WebhookName) -> Response:
     ctx: Context = request.app.state.ctx
-    if not await store.delete_one(ctx.engine, principal.tenant_id, name):
+    if not await store.delete_one(ctx.engine, principal.tenant_id, name, actor=principal.key_id):
         raise NotFound(f"no webhook named {name!r}")
     ctx.webhooks.invalidate(principal.tenant_id)
     return Response(status_code=204)

@@ -1,0 +1,68 @@
+"""``GET /v1/audit``: the tenant's audit log, newest first (scope ``admin``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from clarion.api.auth import Principal, require
+from clarion.api.outputs import AuditPage
+from clarion.api.responses import JSONResponse
+from clarion.api.routes.message_log import decode_cursor, encode_cursor, time_range
+from clarion.store import audit as store
+
+router = APIRouter(tags=["audit"])
+Admin = Annotated[Principal, Depends(require("admin"))]
+Text = Annotated[str | None, Query(min_length=1, max_length=200)]
+
+
+@router.get(
+    "/v1/audit",
+    summary="The audit log: every change to the tenant's configuration, newest first",
+    description=(
+        "Changes to templates, providers, webhooks, categories, API keys and tenant "
+        "settings, and recipients' erasures: who (`key_id`: the API key's id, or `cli` for "
+        "the `clarion` command), what (`resource`, `name`, `action`), when (`at`) and the "
+        "fields changed (`diff`, secrets shown as `***`). Filters combine; `after` is "
+        "inclusive, `before` exclusive."
+    ),
+    response_model=AuditPage,
+)
+async def list_audit(
+    request: Request,
+    principal: Admin,
+    resource: store.Resource | None = None,
+    name: Text = None,
+    key_id: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
+    action: store.Action | None = None,
+    after: Annotated[datetime | None, Query(description="At or after (RFC 3339)")] = None,
+    before: Annotated[datetime | None, Query(description="Before (RFC 3339)")] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size (at most 500)")] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous page")
+    ] = None,
+) -> JSONResponse:
+    span = time_range(after, before, ("after", "before"))
+    where = store.AuditFilter(
+        resource=resource.value if resource else None,
+        name=name,
+        actor=key_id,
+        action=action.value if action else None,
+        after=span.after,
+        before=span.before,
+    )
+    position = decode_cursor(cursor)
+    rows = await store.list_page(
+        request.app.state.ctx.engine,
+        principal.tenant_id,
+        where,
+        (position.created_at, position.id) if position else None,
+        limit + 1,
+    )
+    following = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        following = encode_cursor({"created_at": last["at"], "id": last["id"]})
+    return JSONResponse({"data": rows[:limit], "next_cursor": following})

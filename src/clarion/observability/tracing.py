@@ -1,0 +1,370 @@
+"""OpenTelemetry traces, optional: ``pip install clarion[otel]`` and the standard ``OTEL_*``
+variables turn them on (:func:`configure`, once per process).
+
+Off (the default), :data:`ON` is False and every hook returns at once: no span, no
+context, nothing imported from OpenTelemetry. The pipeline calls the hooks a few times per
+batch and once per delivery, each behind that flag.
+
+What a trace holds: the API request (a server span), ``intake.accept`` within it (the
+notification ids as attributes); the plan message carries the W3C ``traceparent`` of
+``intake.accept``, and every delivery planned from it carries the same one. A batch is one
+span *linked* to the contexts of its items, never a parent of millions of children:
+``planner.batch``, ``worker.take``, ``status.write`` (at most :data:`MAX_LINKS` links
+each). Each attempt at a delivery is a ``delivery.attempt`` span, a child of the context
+the delivery carried, and its provider call a ``provider.send`` client span within it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from clarion.domain.delivery import Delivery
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import SpanContext, Tracer
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from clarion.providers.base import OutboundMessage
+
+log = logging.getLogger(__name__)
+
+ON = False  # read by the hot path's hooks; set once by configure() or enable()
+MAX_LINKS = 128  # the SDK's default OTEL_SPAN_LINK_COUNT_LIMIT: more would be dropped
+MAX_ID_ATTRIBUTES = 100  # notification ids listed on an intake span
+
+_tracer: Tracer | None = None
+_provider: TracerProvider | None = None
+_NOOP: contextlib.nullcontext[None] = contextlib.nullcontext()
+# The planner's batch: the traceparent each notification's plan message carried.
+_carried: ContextVar[Mapping[str, str] | None] = ContextVar("clarion_carried", default=None)
+
+
+def wanted(env: Mapping[str, str]) -> bool:
+    """Whether the ``OTEL_*`` variables ask for traces: an exporter named (not ``none``), or
+    an OTLP endpoint; never with ``OTEL_SDK_DISABLED=true``."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporters = env.get("OTEL_TRACES_EXPORTER")
+    if exporters is not None:
+        names = {n.strip().lower() for n in exporters.split(",")} - {""}
+        return bool(names - {"none"})
+    endpoints = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    return any(env.get(name, "").strip() for name in endpoints)
+
+
+def configure(env: Mapping[str, str] | None = None) -> bool:
+    """Turn traces on when the environment asks for them and the ``otel`` extra is
+    installed; returns whether they are on."""
+    env = os.environ if env is None else env
+    if not wanted(env):
+        return False
+    try:
+        provider = _provider_from(env)
+    except ImportError:
+        log.warning(
+            "OTEL_* variables ask for traces, but OpenTelemetry is not installed "
+            "(pip install 'clarion[otel]'): tracing stays off"
+        )
+        return False
+    enable(provider)
+    return True
+
+
+def _provider_from(env: Mapping[str, str]) -> TracerProvider:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over this default.
+    provider = TracerProvider(resource=Resource.create({"service.name": "clarion"}))
+    names = env.get("OTEL_TRACES_EXPORTER", "otlp")
+    for name in {n.strip().lower() for n in names.split(",")} - {"", "none"}:
+        if name == "console":
+            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        elif name == "otlp":
+            provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(env)))
+        else:
+            log.warning("OTEL_TRACES_EXPORTER: unknown exporter %r ignored", name)
+    return provider
+
+
+def _otlp_exporter(env: Mapping[str, str]) -> Any:
+    """The OTLP exporter of ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` (``http/protobuf`` by
+    default, or ``grpc``); it reads its endpoint, headers and timeout from the environment."""
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+    )
+    if protocol.strip().lower() == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
+            OTLPSpanExporter,
+        )
+    return OTLPSpanExporter()
+
+
+def enable(provider: TracerProvider) -> None:
+    """Send spans to ``provider`` from now on (tests pass one with an in-memory exporter)."""
+    global ON, _tracer, _provider
+    _provider = provider
+    _tracer = provider.get_tracer("clarion")
+    ON = True
+
+
+def disable() -> None:
+    """Stop tracing and flush what was recorded."""
+    global ON, _tracer, _provider
+    ON = False
+    if _provider is not None:
+        _provider.shutdown()
+    _tracer = _provider = None
+
+
+def _live() -> Tracer:
+    assert _tracer is not None
+    return _tracer
+
+
+# -- the W3C traceparent carried in messages ---------------------------------------------
+
+
+def traceparent() -> str | None:
+    """The current span's context as a W3C ``traceparent``; None when tracing is off."""
+    if not ON:
+        return None
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    flags = int(context.trace_flags)
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags:02x}"
+
+
+def _span_context(value: object) -> SpanContext | None:
+    """The remote span context a ``traceparent`` names, or None if it is not one."""
+    if not isinstance(value, str) or len(value) != 55:
+        return None
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    version, trace_id, span_id, flags = [*value.split("-"), "", "", ""][:4]
+    try:
+        context = SpanContext(
+            int(trace_id, 16), int(span_id, 16), True, TraceFlags(int(flags, 16) & 1)
+        )
+    except ValueError:
+        return None
+    if version != "00" or not context.is_valid:
+        return None
+    return NonRecordingSpan(context).get_span_context()
+
+
+def _links(traces: Iterable[object]) -> list[Any]:
+    from opentelemetry.trace import Link
+
+    contexts = (_span_context(t) for t in traces if t)
+    return [Link(c) for c in itertools.islice((c for c in contexts if c), MAX_LINKS)]
+
+
+# -- batches: one span linked to its items -----------------------------------------------
+
+
+def batch(name: str, traces: Iterable[object], size: int, **attributes: Any) -> Any:
+    """A span for a batch of ``size`` items, linked to the contexts their messages carried
+    (``traces``: traceparents, None where an item carried none). A root span of its own."""
+    if not ON:
+        return _NOOP
+    return _batch(name, traces, size, attributes)
+
+
+@contextlib.contextmanager
+def _batch(
+    name: str, traces: Iterable[object], size: int, attributes: dict[str, Any]
+) -> Iterator[None]:
+    from opentelemetry import context
+
+    links = _links(traces)
+    values = {**attributes, "clarion.batch.size": size, "clarion.batch.linked": len(links)}
+    with _live().start_as_current_span(
+        name, context=context.Context(), links=links, attributes=values
+    ):
+        yield
+
+
+def taking(channel: str, messages: Sequence[Any]) -> Any:
+    """``worker.take``: a channel worker's take, linked to its deliveries' traces."""
+    if not ON:
+        return _NOOP
+    traces = (m.payload.get("traceparent") for m in messages)
+    return _batch("worker.take", traces, len(messages), {"clarion.channel": channel})
+
+
+def writing(changes: Sequence[Any]) -> Any:
+    """``status.write``: a batch of status changes, linked to their attempts' spans."""
+    if not ON:
+        return _NOOP
+    return _batch("status.write", (c.trace for c in changes), len(changes), {})
+
+
+def planning(messages: Sequence[Any]) -> Any:
+    """The planner's batch span; within it, the deliveries planned take the traceparent
+    their notification's plan message carried (:func:`stamped`)."""
+    if not ON:
+        return _NOOP
+    return _planning(messages)
+
+
+@contextlib.contextmanager
+def _planning(messages: Sequence[Any]) -> Iterator[None]:
+    carried: dict[str, str] = {}
+    for message in messages:
+        nid, trace = message.payload.get("notification"), message.payload.get("traceparent")
+        if isinstance(nid, str) and isinstance(trace, str):
+            carried[nid] = trace
+    token = _carried.set(carried)
+    try:
+        with _batch("planner.batch", carried.values(), len(messages), {}):
+            yield
+    finally:
+        _carried.reset(token)
+
+
+def carried(notification_id: str) -> str | None:
+    """The traceparent the notification's plan message carried, in the planner's batch."""
+    if not ON:
+        return None
+    found = _carried.get()
+    return found.get(notification_id) if found else None
+
+
+def stamped(
+    ready: Sequence[Delivery], later: Sequence[tuple[Delivery, float]]
+) -> tuple[Sequence[Delivery], Sequence[tuple[Delivery, float]]]:
+    """The deliveries with the traceparent of their notification (planner batches only;
+    a delivery that carries one keeps it)."""
+    found = _carried.get() if ON else None
+    if not found:
+        return ready, later
+
+    def stamp(d: Delivery) -> Delivery:
+        trace = d.trace or found.get(d.notification)
+        return d if trace == d.trace else replace(d, trace=trace)
+
+    return [stamp(d) for d in ready], [(stamp(d), due) for d, due in later]
+
+
+# -- spans of one item -------------------------------------------------------------------
+
+
+def accepting(items: Sequence[Any]) -> Any:
+    """``intake.accept``: within the request's span, around the group commit of ``items``
+    (new notifications: their ids as attributes)."""
+    if not ON:
+        return _NOOP
+    listed = [item.id for item in items[:MAX_ID_ATTRIBUTES]]
+    values: dict[str, Any] = {"clarion.notification.count": len(items)}
+    if len(listed) == 1:
+        values["clarion.notification_id"] = listed[0]
+    else:
+        values["clarion.notification_ids"] = listed
+    return _live().start_as_current_span("intake.accept", attributes=values)
+
+
+def attempt(delivery: Delivery) -> Any:
+    """``delivery.attempt``: a child of the context the delivery carried. Yields the
+    traceparent of the attempt (for the status write's link); None when off."""
+    if not ON:
+        return _NOOP
+    return _attempt(delivery)
+
+
+@contextlib.contextmanager
+def _attempt(delivery: Delivery) -> Iterator[str | None]:
+    from opentelemetry import context, trace
+
+    parent = _span_context(delivery.trace)
+    base = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent else None
+    values: dict[str, Any] = {
+        "clarion.delivery_id": delivery.id,
+        "clarion.notification_id": delivery.notification,
+        "clarion.tenant_id": delivery.tenant,
+        "clarion.channel": delivery.channel,
+        "clarion.attempt": delivery.attempt,
+    }
+    with _live().start_as_current_span(
+        "delivery.attempt",
+        context=base or context.Context(),
+        kind=trace.SpanKind.CONSUMER,
+        attributes=values,
+    ):
+        yield traceparent()
+
+
+def provider_call(message: OutboundMessage, name: str, kind: str) -> Any:
+    """``provider.send``: the provider's call (its HTTP request, SMTP session...)."""
+    if not ON:
+        return _NOOP
+    from opentelemetry import trace
+
+    values = {
+        "clarion.provider": name,
+        "clarion.provider.kind": kind,
+        "clarion.channel": message.channel,
+        "clarion.delivery_id": message.delivery_id,
+        "clarion.notification_id": message.notification_id,
+    }
+    return _live().start_as_current_span(
+        "provider.send", kind=trace.SpanKind.CLIENT, attributes=values
+    )
+
+
+# -- the API's requests ------------------------------------------------------------------
+
+
+class TraceRequests:
+    """ASGI middleware: a server span per HTTP request, continuing the caller's trace when
+    it sent a ``traceparent``. Installed only when tracing is on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not ON:
+            await self.app(scope, receive, send)
+            return
+        from opentelemetry import context, trace
+
+        parent = None
+        for key, value in scope.get("headers", ()):
+            if key == b"traceparent":
+                parent = _span_context(value.decode("latin-1"))
+        base = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent else None
+        method = scope.get("method", "GET")
+        values: dict[str, Any] = {"http.request.method": method, "url.path": scope["path"]}
+        with _live().start_as_current_span(
+            f"{method}",
+            context=base or context.Context(),
+            kind=trace.SpanKind.SERVER,
+            attributes=values,
+        ) as span:
+
+            async def sending(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    span.set_attribute("http.response.status_code", message["status"])
+                await send(message)
+
+            try:
+                await self.app(scope, receive, sending)
+            finally:
+                route = getattr(scope.get("route"), "path", None)
+                if isinstance(route, str):
+                    span.set_attribute("http.route", route)
+                    span.update_name(f"{method} {route}")

@@ -1,0 +1,237 @@
+"""OpenTelemetry traces: from the API request through intake, the broker, the planner and
+the worker to the provider's call, with batch spans linked to their items."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from clarion.domain.delivery import Delivery
+from clarion.observability import tracing
+from clarion.pipeline.messages import plan_payload
+from harness import Harness, make_settings, running
+
+pytest.importorskip("opentelemetry.sdk")
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+from opentelemetry.trace import SpanKind
+
+EMAIL = {"channels": {"email": {"subject": "Hi", "text": "Hello {{ recipient.id }}"}}}
+CALLER_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+CALLER_SPAN = 0x00F067AA0BA902B7
+
+
+@pytest.fixture
+def exported() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.enable(provider)
+    try:
+        yield exporter
+    finally:
+        tracing.disable()
+
+
+@pytest.fixture
+async def traced(
+    exported: InMemorySpanExporter, backend: tuple[str, str]
+) -> AsyncIterator[Harness]:
+    async with running(make_settings(*backend)) as harness:
+        yield harness
+
+
+def _named(spans: list[ReadableSpan], name: str) -> list[ReadableSpan]:
+    return [s for s in spans if s.name == name]
+
+
+def _links_to(span: ReadableSpan, target: ReadableSpan) -> bool:
+    assert target.context is not None
+    return any(
+        link.context.trace_id == target.context.trace_id
+        and link.context.span_id == target.context.span_id
+        for link in span.links
+    )
+
+
+async def test_a_trace_follows_a_notification_to_the_provider(
+    traced: Harness, exported: InMemorySpanExporter
+) -> None:
+    app = traced
+    await app.put_template("hello", EMAIL)
+    for rid in ("u1", "u2"):
+        await app.put_recipient(rid, email=f"{rid}@example.com")
+    exported.clear()
+    caller = f"00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01"
+    response = await app.send(
+        {"template": "hello", "to": {"recipient_ids": ["u1", "u2"]}}, {"traceparent": caller}
+    )
+    assert response.status_code == 202, response.text
+    nid = response.json()["id"]
+    await app.drain()
+    await app.until(
+        lambda: _done(app, nid),
+    )
+    spans = list(exported.get_finished_spans())
+
+    [server] = [s for s in spans if s.kind == SpanKind.SERVER and s.name.startswith("POST")]
+    assert server.context is not None
+    assert server.parent is not None
+    assert server.context.trace_id == CALLER_TRACE  # the caller's trace continues
+    assert server.parent.span_id == CALLER_SPAN
+    assert server.attributes is not None
+    assert server.attributes["http.response.status_code"] == 202
+    assert server.name == "POST /v1/notifications"
+
+    [accept] = _named(spans, "intake.accept")
+    assert accept.parent is not None
+    assert accept.parent.span_id == server.context.span_id
+    assert accept.attributes is not None
+    assert accept.attributes["clarion.notification_id"] == nid
+
+    # The planner's batch is a span of its own, linked to the notification's context.
+    planned = [s for s in _named(spans, "planner.batch") if _links_to(s, accept)]
+    assert len(planned) == 1
+    assert planned[0].context is not None
+    assert planned[0].context.trace_id != CALLER_TRACE
+    assert planned[0].parent is None
+
+    # Each delivery's attempt continues the trace, under intake.accept, through the broker.
+    attempts = _named(spans, "delivery.attempt")
+    assert len(attempts) == 2
+    assert accept.context is not None
+    delivery_ids = set()
+    for attempt in attempts:
+        assert attempt.context is not None
+        assert attempt.parent is not None
+        assert attempt.context.trace_id == CALLER_TRACE
+        assert attempt.parent.span_id == accept.context.span_id
+        assert attempt.attributes is not None
+        assert attempt.attributes["clarion.notification_id"] == nid
+        delivery_ids.add(attempt.attributes["clarion.delivery_id"])
+    assert len(delivery_ids) == 2
+
+    # The provider's call within each attempt.
+    calls = _named(spans, "provider.send")
+    assert len(calls) == 2
+    for call in calls:
+        assert call.kind == SpanKind.CLIENT
+        assert call.attributes is not None
+        assert call.attributes["clarion.delivery_id"] in delivery_ids
+        parent = next(a for a in attempts if a.context.span_id == call.parent.span_id)  # type: ignore[union-attr]
+        assert parent.attributes is not None
+        assert parent.attributes["clarion.delivery_id"] == call.attributes["clarion.delivery_id"]
+
+    # The worker's takes and the status writes: batch spans linked to their items.
+    takes = _named(spans, "worker.take")
+    assert sum(1 for t in takes if _links_to(t, accept)) >= 1
+    assert sum(len(t.links) for t in takes if _links_to(t, accept)) == 2
+    writes = _named(spans, "status.write")
+    for attempt in attempts:
+        assert any(_links_to(w, attempt) for w in writes)
+    for batch in [*planned, *takes, *writes]:
+        assert batch.parent is None  # never a child of millions of items' traces
+        assert batch.attributes is not None
+        assert batch.attributes["clarion.batch.size"] >= 1
+
+
+async def _done(app: Harness, nid: str) -> bool:
+    note = await app.notification(nid)
+    return bool(note["status"] in ("completed", "partial", "failed"))
+
+
+def test_off_costs_nothing() -> None:
+    assert not tracing.ON
+    assert tracing.configure({}) is False
+    assert not tracing.ON
+    assert tracing.traceparent() is None
+    assert tracing.batch("x", [], 0) is tracing._NOOP
+    assert tracing.planning([]) is tracing._NOOP
+    assert tracing.taking("email", []) is tracing._NOOP
+    assert tracing.writing([]) is tracing._NOOP
+    assert tracing.carried("ntf_1") is None
+    delivery = _delivery()
+    assert tracing.attempt(delivery) is tracing._NOOP
+    # Off, the wire has no trace field at all.
+    assert "traceparent" not in delivery.to_payload()
+    assert "traceparent" not in plan_payload("ntf_1", "ten_1")
+
+
+@pytest.mark.parametrize(
+    ("env", "wanted"),
+    [
+        ({}, False),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, True),
+        ({"OTEL_TRACES_EXPORTER": "none"}, False),
+        ({"OTEL_TRACES_EXPORTER": "console,otlp"}, True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}, False),
+        ({"OTEL_SERVICE_NAME": "clarion"}, False),
+    ],
+)
+def test_enabled_only_by_the_standard_variables(env: dict[str, str], wanted: bool) -> None:
+    assert tracing.wanted(env) is wanted
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_configure_builds_the_exporters_asked_for(protocol: str) -> None:
+    env = {
+        "OTEL_TRACES_EXPORTER": "otlp,console",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+    }
+    assert tracing.configure(env) is True
+    try:
+        assert tracing.ON
+    finally:
+        tracing.disable()
+    assert not tracing.ON
+
+
+def test_without_the_extra_tracing_stays_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def missing(_env: object) -> None:
+        raise ImportError("No module named 'opentelemetry'")
+
+    monkeypatch.setattr(tracing, "_provider_from", missing)
+    assert tracing.configure({"OTEL_TRACES_EXPORTER": "otlp"}) is False
+    assert not tracing.ON
+    assert "clarion[otel]" in caplog.text
+
+
+def _delivery(**changes: Any) -> Delivery:
+    base: dict[str, Any] = {
+        "id": "dlv_1",
+        "tenant": "ten_1",
+        "notification": "ntf_1",
+        "recipient": "u1",
+        "channel": "email",
+        "provider": None,
+        "priority": "normal",
+        "to": "u1@example.com",
+        "content": {"subject": "s"},
+        "attempt": 1,
+    }
+    return Delivery(**{**base, **changes})
+
+
+def test_the_traceparent_is_an_optional_field_on_the_wire() -> None:
+    trace = f"00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01"
+    carried = _delivery(trace=trace)
+    assert carried.to_payload()["traceparent"] == trace
+    assert Delivery.from_payload(carried.to_payload()) == carried
+    # Older messages have none; a malformed one is ignored, never a reason to drop work.
+    plain = _delivery().to_payload()
+    assert Delivery.from_payload(plain).trace is None
+    for junk in (42, "nonsense", None, ["x"]):
+        assert Delivery.from_payload({**plain, "traceparent": junk}).trace is None
+    assert plan_payload("ntf_1", "ten_1", trace)["traceparent"] == trace

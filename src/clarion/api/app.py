@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 
 from clarion import __version__
 from clarion.api import errors, openapi
@@ -30,6 +31,7 @@ from clarion.api.routes import (
     unsubscribe,
     webhooks,
 )
+from clarion.api.send_one import PATH as SEND_PATH
 from clarion.api.send_one import SendOne
 from clarion.observability import tracing
 from clarion.observability.scrape import Sources
@@ -94,7 +96,9 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     app.include_router(audit.router)
     # Inside the edge guard, which hands it the checked body: one notification per request
     # answered without FastAPI's routing (api/send_one.py).
-    app.add_middleware(SendOne, state=app.state)
+    app.add_middleware(
+        SendOne, state=app.state, route=_route(notifications.router, "POST", SEND_PATH)
+    )
     app.add_middleware(
         EdgeGuard,
         body_timeout=ctx.settings.http_body_timeout,
@@ -104,3 +108,10 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     if tracing.ON:  # outermost: the request's span covers everything else
         app.add_middleware(tracing.TraceRequests)
     return app
+
+
+def _route(router: APIRouter, method: str, path: str) -> APIRoute:
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.path == path and method in (route.methods or ()):
+            return route
+    raise LookupError(f"no route {method} {path}")

@@ -36,9 +36,12 @@ _SCOPES = ("send",)
 
 
 class SendOne:
-    def __init__(self, app: ASGIApp, state: State) -> None:
+    def __init__(self, app: ASGIApp, state: State, route: Any = None) -> None:
         self.app = app
         self.state = state
+        # The FastAPI route it answers for, set in the scope as the router would set it
+        # (a request's trace span and logs name it).
+        self.route = route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
@@ -50,6 +53,7 @@ class SendOne:
             await self.app(scope, receive, send)
             return
         tenant_id, item, key = ready
+        scope["route"] = self.route
         try:
             response = await accept_one(self.state, tenant_id, item, key)
         except Exception as exc:

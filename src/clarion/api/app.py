@@ -24,6 +24,7 @@ from clarion.api.routes import (
     providers,
     recipients,
     sandbox,
+    schedules,
     templates,
     topics,
     unsubscribe,
@@ -88,6 +89,7 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     app.include_router(inbox_live.router)
     app.include_router(inbox_web.router)
     app.include_router(message_log.router)
+    app.include_router(schedules.router)
     app.add_middleware(
         EdgeGuard,
         body_timeout=ctx.settings.http_body_timeout,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, distinct, or_, select, update
+from sqlalchemy import ColumnElement, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.cron import DEFAULT_ZONE
@@ -159,7 +159,7 @@ def _in_zone(zone: str) -> ColumnElement[bool]:
 async def zones(engine: AsyncEngine, tenant_id: str, to: dict[str, Any]) -> list[str]:
     """The distinct time zones of an audience (recipients without one count as UTC)."""
     source, where = _audience(tenant_id, to)
-    query = select(distinct(recipients.c.timezone)).select_from(source).where(*where)
+    query = select(recipients.c.timezone).distinct().select_from(source).where(*where)
     async with engine.connect() as conn:
         found = (await conn.execute(query)).scalars().all()
     return sorted({zone or DEFAULT_ZONE for zone in found})

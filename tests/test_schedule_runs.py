@@ -20,6 +20,7 @@ from clarion.pipeline.recurring import Recurring
 from clarion.pipeline.runtime import ALL_CHANNELS, Roles
 from clarion.pipeline.scheduler import Relay
 from clarion.store import schedule_runs as runs
+from clarion.store import schedules as schedule_store
 from clarion.store.tables import notifications
 from harness import Harness, make_settings, running
 
@@ -135,13 +136,26 @@ async def test_recipient_schedule_is_local_time_across_clock_changes(quiet: Harn
             local = [at.astimezone(zone) for at in got[rid]]
             assert [(t.hour, t.minute) for t in local] == [(9, 0)] * len(local)
             assert len({t.date() for t in local}) == len(local)
+        await app.client.delete(f"/v1/schedules/{name}", headers=app.auth)
 
 
 _NINE = datetime.min.time().replace(hour=9)
 
 
-async def test_two_schedulers_make_one_run_per_due_time(quiet: Harness) -> None:
+async def test_two_schedulers_make_one_run_per_due_time(
+    quiet: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = quiet
+    # Counts the guarded moves of a schedule's watermark that another scheduler won.
+    lost: list[bool] = []
+    advance = schedule_store.advance
+
+    async def counted(*args: Any) -> bool:
+        moved = await advance(*args)
+        lost.extend([] if moved else [True])
+        return moved
+
+    monkeypatch.setattr(schedule_store, "advance", counted)
     zones = {"a": "Asia/Tokyo", "b": "America/Chicago", "c": None}
     await _people(app, zones)
     clock = FakeClock(datetime(2027, 6, 1, 12, 0, tzinfo=UTC))
@@ -189,6 +203,7 @@ async def test_two_schedulers_make_one_run_per_due_time(quiet: Harness) -> None:
         )
     assert made == len(ids)  # no notification beyond those the runs record
     assert [r["recipients"] for r in fixed] == [3] * minutes
+    assert lost, "the schedulers never raced: the test proves nothing"
     assert sorted(r["recipients"] for r in local) == [1] * len(local)
 
 

@@ -35,7 +35,8 @@ async def _put(app: Harness, name: str, body: Any, auth: dict[str, str] | None =
 def _refused(response: httpx.Response, status: int = 422) -> dict[str, Any]:
     assert response.status_code == status, response.text
     error: dict[str, Any] = response.json()["error"]
-    assert error["code"] and error["message"]
+    assert error["code"]
+    assert error["message"]
     return error
 
 

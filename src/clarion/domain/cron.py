@@ -65,7 +65,12 @@ class Cron:
     def _walk(self, zone_name: str, after: datetime) -> Iterator[datetime]:
         # The instant after `after`, as a wall time in the zone; cronsim steps from there.
         start = after.astimezone(zone(zone_name))
-        for local in CronSim(self.expression, start):
+        walk = CronSim(self.expression, start)
+        while True:
+            try:
+                local = next(walk)
+            except (StopIteration, OverflowError, ValueError):
+                return  # none in fifty years, or past the calendar's end (year 9999)
             yield local.astimezone(UTC)
 
     def next_after(self, zone_name: str, after: datetime) -> datetime:

@@ -26,6 +26,7 @@ from clarion.pipeline.messages import plan_payload
 from clarion.store import notifications as notification_store
 from clarion.store import schedule_runs as runs
 from clarion.store import schedules as store
+from clarion.store.batching import is_outage
 from clarion.store.db import write_tx
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 _SCAN = 100  # schedules advanced per pass
 _TAKE = 20  # runs fired per pass
 _PER_ZONE = 100  # due times of one zone recorded per advance (a catch-up is bounded)
+_RETRY = timedelta(minutes=1)  # before a schedule that failed to advance is looked at again
 CHUNK = 1000  # recipients per notification: the most a notification lists
 
 
@@ -78,7 +80,14 @@ class Recurring:
     async def advance(self, now: datetime) -> int:
         created = 0
         for schedule in await store.due(self._ctx.engine, now, _SCAN):
-            created += await self._advance(schedule, now)
+            try:
+                created += await self._advance(schedule, now)
+            except Exception as exc:
+                if is_outage(exc):
+                    raise
+                # One schedule that cannot be advanced must not hold up the others.
+                log.error("schedule %r cannot be advanced: %r", schedule["name"], exc)
+                await store.postpone(self._ctx.engine, schedule, now + _RETRY)
         if created:
             self._ctx.made_progress()
         return created
@@ -115,7 +124,13 @@ class Recurring:
         lease = self._ctx.settings.broker_lease
         taken = await runs.take(self._ctx.engine, now, lease, _TAKE)
         for run in taken:
-            await self._fire(run)
+            try:
+                await self._fire(run)
+            except Exception as exc:
+                if is_outage(exc):
+                    raise
+                # Left to its lease: taken again later, after the others.
+                log.error("run %s of schedule %r failed: %r", run["id"], run["schedule"], exc)
         if taken:
             self._ctx.made_progress()
         return len(taken)

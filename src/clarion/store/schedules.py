@@ -130,6 +130,20 @@ async def advance(
     return result.rowcount == 1
 
 
+async def postpone(engine: AsyncEngine, schedule: dict[str, Any], until: datetime) -> None:
+    """Look at a schedule that could not be advanced again later, not at every pass."""
+    async with write_tx(engine) as conn:
+        await conn.execute(
+            update(s)
+            .where(
+                s.c.tenant_id == schedule["tenant_id"],
+                s.c.name == schedule["name"],
+                s.c.fired_through == schedule["fired_through"],
+            )
+            .values(next_run_at=until)
+        )
+
+
 def _audience(tenant_id: str, to: dict[str, Any]) -> tuple[Any, list[ColumnElement[bool]]]:
     r = recipients
     where: list[ColumnElement[bool]] = [r.c.tenant_id == tenant_id]

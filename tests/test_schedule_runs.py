@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from clarion.config import Settings
+from clarion.pipeline import recurring
 from clarion.pipeline.context import open_context
 from clarion.pipeline.recurring import Recurring
 from clarion.pipeline.runtime import ALL_CHANNELS, Roles
@@ -280,3 +281,63 @@ async def test_send_at_survives_a_restart_and_fires_on_time(backend: tuple[str, 
         clock.now = due  # the scheduler's own loop takes it from here
         await app.until(sent, timeout=5)
         assert time.monotonic() - started < 1.0
+
+
+async def test_a_run_taken_over_after_a_crash_repeats_nothing(
+    quiet: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = quiet
+    people = {f"p{i}": "Europe/Paris" for i in range(5)}
+    await _people(app, {**people, "other": "Asia/Tokyo"})
+    await app.client.put(
+        "/v1/topics/t/subscribers", json={"recipient_ids": [*people, "other"]}, headers=app.auth
+    )
+    monkeypatch.setattr(recurring, "CHUNK", 2)
+    clock = FakeClock(datetime(2027, 6, 1, 0, 0, tzinfo=UTC))
+    app.ctx.clock = clock
+    body = {"template": "daily", "to": {"topic": "t"}}
+    await _put(app, "chunks", {"cron": "0 9 * * *", "timezone": "recipient", "notification": body})
+    # The scheduler dies after committing the run's second notification, before recording it.
+    step = runs.step
+    calls: list[int] = []
+
+    async def dies_on_the_second(*args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return await step(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "step", dies_on_the_second)
+    clock.now = datetime(2027, 6, 1, 7, 0, tzinfo=UTC)  # 09:00 in Paris
+    await _passes(Recurring(app.ctx))
+    [paris] = [
+        r
+        for r in await runs.of_schedule(app.ctx.engine, app.tenant_id, "chunks")
+        if r["zone"] == "Europe/Paris"
+    ]
+    assert (paris["status"], paris["cursor"], len(paris["notification_ids"])) == (
+        "running",
+        "p1",
+        1,
+    )
+    # Another scheduler takes it over once the lease has passed.
+    monkeypatch.setattr(runs, "step", step)
+    clock.now += timedelta(seconds=app.settings.broker_lease + 1)
+    await _passes(Recurring(app.ctx))
+    [paris] = [
+        r
+        for r in await runs.of_schedule(app.ctx.engine, app.tenant_id, "chunks")
+        if r["zone"] == "Europe/Paris"
+    ]
+    assert (paris["status"], paris["recipients"]) == (runs.COMPLETED, 5)
+    assert len(paris["notification_ids"]) == 3
+    await app.drain()
+    got = [rid for nid in paris["notification_ids"] for rid in await _recipients_of(app, nid)]
+    assert sorted(got) == sorted(people)  # each once
+    async with app.ctx.engine.connect() as conn:
+        made = await conn.scalar(
+            select(func.count())
+            .select_from(notifications)
+            .where(notifications.c.idempotency_key.like("schedule:%"))
+        )
+    assert made == 3  # Paris: 2 + 2 + 1, and Tokyo's run is not due yet

@@ -341,3 +341,22 @@ async def test_a_run_taken_over_after_a_crash_repeats_nothing(
             .where(notifications.c.idempotency_key.like("schedule:%"))
         )
     assert made == 3  # Paris: 2 + 2 + 1, and Tokyo's run is not due yet
+
+
+async def test_the_scheduler_role_fires_a_due_schedule(app: Harness) -> None:
+    await _people(app, {"u1": "Europe/Paris"})
+    clock = FakeClock(datetime(2027, 6, 1, 6, 0, tzinfo=UTC))
+    app.ctx.clock = clock
+    body = {"template": "daily", "to": {"recipient_id": "u1"}}
+    await _put(app, "role", {"cron": "0 9 * * *", "timezone": "recipient", "notification": body})
+
+    async def delivered() -> bool:
+        page = await app.client.get("/v1/schedules/role/runs", headers=app.auth)
+        done = [r for r in page.json()["data"] if r["status"] == "completed"]
+        if not done:
+            return False
+        detail = await app.notification(done[0]["notification_id"])
+        return [d["status"] for d in detail["deliveries"]] == ["sent"]
+
+    clock.now = datetime(2027, 6, 1, 7, 0, tzinfo=UTC)  # 09:00 in Paris: the loop takes it
+    await app.until(delivered, timeout=10)

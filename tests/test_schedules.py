@@ -172,3 +172,17 @@ async def test_scopes(app: Harness) -> None:
     assert (await app.client.get("/v1/schedules", headers=reader)).status_code == 200
     _refused(await app.client.delete("/v1/schedules/s", headers=reader), 403)
     _refused(await app.client.get("/v1/schedules"), 401)
+
+
+async def test_erasure_removes_the_recipient_from_schedules(app: Harness) -> None:
+    await _setup(app)
+    assert (await _put(app, "both", _body())).status_code == 200
+    alone = _body(
+        notification={"template": "daily", "to": {"recipient_id": "u2"}, "data": {"x": 1}}
+    )
+    assert (await _put(app, "alone", alone)).status_code == 200
+    erased = await app.client.delete("/v1/recipients/u2", headers=app.auth)
+    assert erased.status_code in (200, 204), erased.text
+    both = (await app.client.get("/v1/schedules/both", headers=app.auth)).json()
+    assert both["notification"]["to"] == {"recipient_ids": ["u1"]}
+    _refused(await app.client.get("/v1/schedules/alone", headers=app.auth), 404)

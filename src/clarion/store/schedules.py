@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, or_, select, update
+import orjson
+from sqlalchemy import ColumnElement, Text, cast, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.cron import DEFAULT_ZONE
@@ -219,3 +220,25 @@ async def unknown_recipients(engine: AsyncEngine, tenant_id: str, ids: Sequence[
     async with engine.connect() as conn:
         found = set((await conn.execute(query)).scalars())
     return [rid for rid in ids if rid not in found]
+
+
+async def forget_recipient(conn: AsyncConnection, tenant_id: str, recipient_id: str) -> None:
+    """Erasure: schedules stop listing the recipient; one that addressed only them (its
+    data was about them) is deleted with its runs."""
+    needle = orjson.dumps(recipient_id).decode()
+    mentioning = select(s.c.name, s.c.notification).where(
+        s.c.tenant_id == tenant_id, cast(s.c.notification, Text).contains(needle, autoescape=True)
+    )
+    for name, body in (await conn.execute(mentioning)).all():
+        before = listed(body["to"])
+        if recipient_id not in before:
+            continue  # the id appears elsewhere (in data, or as a topic name)
+        rest = [rid for rid in before if rid != recipient_id]
+        where = (s.c.tenant_id == tenant_id) & (s.c.name == name)
+        if not rest:
+            r = schedule_runs
+            await conn.execute(delete(s).where(where))
+            await conn.execute(delete(r).where(r.c.tenant_id == tenant_id, r.c.schedule == name))
+            continue
+        to = {"recipient_ids": rest}
+        await conn.execute(update(s).where(where).values(notification={**body, "to": to}))

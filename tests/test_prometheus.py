@@ -128,7 +128,7 @@ async def test_prometheus_sees_sends_lag_and_latency(
     assert f"metrics and probes on http://127.0.0.1:{ports.worker}/metrics" in worker_log
     assert "CLARION_DEFAULT_PROVIDER is `sandbox`" in worker_log
     assert "has no email provider: its email deliveries go to the sandbox" in worker_log
-    assert "ready: scheduler (outbox relay, sweeper)" in scheduler.output(100_000)
+    assert "ready: scheduler (outbox relay, sweeper, schedules)" in scheduler.output(100_000)
 
 
 async def run_checks(

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the planner and channel workers")
     worker.add_argument("--channels", type=_channels, default=list(ALL_CHANNELS))
     worker.add_argument("--no-planner", action="store_true", help="run channel workers only")
-    sub.add_parser("scheduler", help="run the outbox relay and the sweeper")
+    sub.add_parser("scheduler", help="run the outbox relay, the sweeper and recurring schedules")
     sub.add_parser("migrate", help="bring the database schema up to date")
     tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(
         dest="action", required=True

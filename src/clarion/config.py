@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # A topic send is planned this many subscribers at a time, each chunk committed with
     # the notification's cursor (docs/topics.md).
     topic_chunk: int = Field(default=5000, ge=1, le=100_000)
+    # Recurring schedules (docs/schedules.md): due times missed by more than the catch-up
+    # window (the scheduler was down) are skipped; a `recipient` schedule looks for new
+    # time zones among its audience at least this often; runs are kept this long.
+    schedule_catchup: float = Field(default=3600.0, gt=0)
+    schedule_zone_rescan: float = Field(default=900.0, gt=0)
+    schedule_history: float = Field(default=30 * 86400.0, gt=0)
     webhook_timeout: float = Field(default=10.0, gt=0)
     # Live inbox connections: events a connection may have waiting before it is closed as
     # too slow; the SSE heartbeat; how often an API process looks for revoked recipient

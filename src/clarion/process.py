@@ -61,7 +61,7 @@ def describe(settings: Settings, roles: Roles) -> str:
         channels = ", ".join(roles.channels)
         parts.append(f"channel workers for {channels} (streams send.<channel>.<lane>, events)")
     if roles.scheduler:
-        parts.append("scheduler (outbox relay, sweeper)")
+        parts.append("scheduler (outbox relay, sweeper, schedules)")
     if settings.metrics_port is not None:
         where = f"http://{settings.metrics_host}:{settings.metrics_port}"
         parts.append(f"metrics and probes on {where}/metrics, /healthz, /readyz")

@@ -26,6 +26,7 @@ from clarion.api.routes import (
     providers,
     recipients,
     sandbox,
+    schedules,
     templates,
     topics,
     unsubscribe,
@@ -93,6 +94,7 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     app.include_router(inbox_live.router)
     app.include_router(inbox_web.router)
     app.include_router(message_log.router)
+    app.include_router(schedules.router)
     app.include_router(audit.router)
     # Inside the edge guard, which hands it the checked body: one notification per request
     # answered without FastAPI's routing (api/send_one.py).

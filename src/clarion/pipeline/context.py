@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,7 +19,7 @@ from clarion.realtime.gate import InboxGate
 from clarion.resilience.backends import Backends, open_backends
 from clarion.security.secrets import Keyring, resolve_keyring
 from clarion.store import tenants as tenant_store
-from clarion.store.db import create_engine
+from clarion.store.db import create_engine, utcnow
 from clarion.store.pg import PgPool
 
 
@@ -43,6 +45,9 @@ class Context:
     _secrets: dict[str, str] = field(default_factory=dict)
     # A tenant's secret being read: the deliveries that need it meanwhile wait for that read.
     _secret_reads: dict[str, asyncio.Future[str]] = field(default_factory=dict)
+    # "Now" for the scheduler role (the relay's due outbox rows, recurring schedules):
+    # tests replace it with a fake clock to cross months and clock changes without waiting.
+    clock: Callable[[], datetime] = utcnow
     # Set whenever a stage finishes a piece of work; drain() waits on it.
     progress: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -23,6 +23,7 @@ from clarion.pipeline.context import Context
 from clarion.pipeline.events import EventDispatcher
 from clarion.pipeline.intake import Intake
 from clarion.pipeline.planner import Planner
+from clarion.pipeline.recurring import Recurring
 from clarion.pipeline.scheduler import Relay, Sweeper, recover_embedded
 from clarion.pipeline.status_events import EVENTS_STREAM
 from clarion.pipeline.worker import ChannelWorker, StatusWriter
@@ -99,6 +100,8 @@ class Runtime:
         if self.roles.scheduler:
             relay, sweeper = Relay(ctx), Sweeper(ctx)
             self._spawn("relay", self._loop(relay.run_once, idle=0.2))
+            recurring = Recurring(ctx)
+            self._spawn("schedules", self._loop(recurring.run_once, idle=0.5))
             interval = min(30.0, ctx.settings.sweep_after / 4)
             self._spawn("sweeper", self._loop(sweeper.run_once, idle=interval))
 

@@ -30,7 +30,10 @@ class Relay:
 
     async def run_once(self) -> int:
         ids = await notification_store.claim_due_outbox(
-            self._ctx.engine, _RELAY_BATCH, lease=self._ctx.settings.broker_lease
+            self._ctx.engine,
+            _RELAY_BATCH,
+            lease=self._ctx.settings.broker_lease,
+            now=self._ctx.clock(),
         )
         if not ids:
             return 0

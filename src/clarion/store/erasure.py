@@ -1,8 +1,9 @@
 """Everything stored about one recipient: exporting it, and erasing it.
 
 Erasure removes the recipient's row (addresses, tokens, subscriptions, preferences, data),
-its topic memberships, its inbox and its sandbox captures, and strips the delivery history
-of anything personal: deliveries keep their status, channel and timestamps for the tenant's
+its topic memberships, its place in recurring schedules (one addressed to it alone is
+deleted), its inbox and its sandbox captures, and strips the delivery history of anything
+personal: deliveries keep their status, channel and timestamps for the tenant's
 counts, but lose their address, content and errors, and both the recipient id and the
 delivery id (which is derived from the recipient id) are replaced by values that owe
 nothing to the person.
@@ -31,6 +32,7 @@ from clarion.domain.ids import new_id
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus
 from clarion.store import audit, inbox_access
 from clarion.store import recipients as recipient_store
+from clarion.store import schedules as schedule_store
 from clarion.store import topics as topic_store
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import chunks
@@ -78,6 +80,7 @@ async def erase(
                 )
             )
         await topic_store.forget_recipient(conn, tenant_id, recipient_id)
+        await schedule_store.forget_recipient(conn, tenant_id, recipient_id)
         await _scrub_deliveries(conn, tenant_id, recipient_id)
         await _forget_in_notifications(conn, tenant_id, recipient_id)
         await _forget_batch_responses(conn, tenant_id, recipient_id)

@@ -189,10 +189,12 @@ async def _insert(
     return created
 
 
-async def claim_due_outbox(engine: AsyncEngine, limit: int, lease: float) -> list[str]:
-    """Take due outbox rows: push their availability past a lease so other relays skip
-    them while this one publishes, and return their notification ids."""
-    now = utcnow()
+async def claim_due_outbox(
+    engine: AsyncEngine, limit: int, lease: float, now: datetime | None = None
+) -> list[str]:
+    """Take outbox rows due at ``now``: push their availability past a lease so other
+    relays skip them while this one publishes, and return their notification ids."""
+    now = now or utcnow()
     async with write_tx(engine) as conn:
         query = (
             select(outbox.c.notification_id)

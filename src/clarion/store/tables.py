@@ -434,3 +434,49 @@ audit_log = Table(
     Index("ix_audit_log_tenant_at", "tenant_id", "at", "id"),
     Index("ix_audit_log_tenant_resource_at", "tenant_id", "resource", "name", "at", "id"),
 )
+
+# Recurring schedules (store/schedules.py, docs/schedules.md). `fired_through`: every due
+# time up to it has its run; `next_run_at`: when the scheduler looks at it next (NULL when
+# disabled or past its end), the only column the scheduler's scan reads.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("cron", String(100), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("notification", JSON, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    _ts("starts_at"),
+    _ts("ends_at"),
+    _ts("fired_through", nullable=False),
+    _ts("next_run_at"),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+    Index("ix_schedules_next_run_at", "next_run_at"),
+)
+
+# One row per (schedule, due time, zone): the unique key is the claim, so several
+# schedulers create each run once. `lease_until` is when another scheduler may take over
+# a run that is not finished; `cursor` the last recipient id whose notification is made.
+schedule_runs = Table(
+    "schedule_runs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("schedule", String(200), nullable=False),
+    _ts("due_at", nullable=False),
+    Column("zone", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    _ts("lease_until", nullable=False),
+    Column("cursor", String(200)),
+    Column("notification_ids", JSON, nullable=False),
+    Column("recipients", Integer, nullable=False),
+    Column("error", Text),
+    _ts("created_at", nullable=False),
+    _ts("fired_at"),
+    _ts("finished_at"),
+    UniqueConstraint("tenant_id", "schedule", "due_at", "zone", name="uq_schedule_runs_due"),
+    Index("ix_schedule_runs_history", "tenant_id", "schedule", "id"),
+    Index("ix_schedule_runs_open", "status", "lease_until"),
+)

@@ -105,7 +105,8 @@ async def batch(request: Request, principal: Manager, body: RecipientBatchIn) ->
         "inbox and sandbox captures; deliveries are kept for counts but lose their address, "
         "content, errors and any link to the recipient's id (their own ids change too, as "
         "they derive from it). Deliveries still waiting become `suppressed` (`cancelled`); "
-        "dead letters become `failed`. On SQLite the freed pages are overwritten "
+        "dead letters become `failed`. Recurring schedules stop listing it (one addressed "
+        "to it alone is deleted). On SQLite the freed pages are overwritten "
         "(`secure_delete`)."
     ),
 )

@@ -1,0 +1,155 @@
+"""``/v1/schedules``: recurring sends (docs/schedules.md). Another tenant's schedule, like
+one that does not exist, is a 404."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+
+from clarion.api.auth import Principal, require
+from clarion.api.responses import JSONResponse
+from clarion.api.schedule_models import (
+    ScheduleIn,
+    ScheduleOut,
+    SchedulePage,
+    ScheduleRunPage,
+)
+from clarion.domain.cron import RECIPIENT, Cron, next_look
+from clarion.errors import NotFound, ValidationFailed
+from clarion.pipeline.context import Context
+from clarion.pipeline.recurring import usable_zones
+from clarion.store import schedule_runs as runs
+from clarion.store import schedules as store
+
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+
+Manager = Annotated[Principal, Depends(require("manage"))]
+Reader = Annotated[Principal, Depends(require("read"))]
+SchedulePath = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Limit = Annotated[int, Query(ge=1, le=500)]
+
+
+async def _check_references(ctx: Context, tenant_id: str, body: ScheduleIn) -> None:
+    """The template and listed recipients must exist now, as for a send (each run checks
+    again: a recipient erased since is left out)."""
+    note = body.notification
+    if not await store.known_template(ctx.engine, tenant_id, note.template):
+        raise ValidationFailed(f"no template named {note.template!r}", code="unknown_template")
+    ids = note.to.recipients()
+    missing = await store.unknown_recipients(ctx.engine, tenant_id, ids) if ids else []
+    if missing:
+        raise ValidationFailed(
+            f"no recipient with id {missing[0]!r}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+            code="unknown_recipient",
+            details=[{"recipient_id": rid} for rid in missing[:100]],
+        )
+
+
+async def _timing(
+    ctx: Context, tenant_id: str, body: ScheduleIn, old: dict[str, Any] | None, now: datetime
+) -> tuple[datetime, datetime | None]:
+    """The new watermark and next look. A replacement that keeps the cron, zone, start and
+    enabled state keeps the watermark, so a due time it has not fired yet still fires;
+    any other change starts from now, so no past due time fires because of the edit."""
+    same = old is not None and all(
+        old[name] == getattr(body, name) for name in ("cron", "timezone", "starts_at")
+    )
+    fired_through = old["fired_through"] if same and old and old["enabled"] else now
+    if not body.enabled:
+        return fired_through, None
+    if body.timezone == RECIPIENT:
+        to = body.notification.to.model_dump(exclude_none=True)
+        zones = usable_zones(await store.zones(ctx.engine, tenant_id, to))
+        rescan: datetime | None = now + timedelta(seconds=ctx.settings.schedule_zone_rescan)
+    else:
+        zones, rescan = [body.timezone], None
+    following = next_look(
+        Cron(body.cron),
+        zones,
+        fired_through,
+        starts_at=body.starts_at,
+        ends_at=body.ends_at,
+        rescan=rescan,
+    )
+    return fired_through, following
+
+
+@router.put("/{name}", summary="Create or replace a recurring schedule", response_model=ScheduleOut)
+async def put(
+    request: Request, principal: Manager, name: SchedulePath, body: ScheduleIn
+) -> JSONResponse:
+    ctx: Context = request.app.state.ctx
+    await _check_references(ctx, principal.tenant_id, body)
+    now = ctx.clock()
+    old = await store.current(ctx.engine, principal.tenant_id, name)
+    fired_through, following = await _timing(ctx, principal.tenant_id, body, old, now)
+    values = {
+        "cron": body.cron,
+        "timezone": body.timezone,
+        "notification": body.stored_notification(),
+        "enabled": body.enabled,
+        "starts_at": body.starts_at,
+        "ends_at": body.ends_at,
+        "fired_through": fired_through,
+        "next_run_at": following,
+        "updated_at": now,
+    }
+    await store.put(ctx.engine, principal.tenant_id, name, values)
+    found = await store.get(ctx.engine, principal.tenant_id, name)
+    if found is None:  # deleted in between
+        raise NotFound(f"no schedule {name!r}")
+    return JSONResponse(found)
+
+
+@router.get("/{name}", summary="A recurring schedule", response_model=ScheduleOut)
+async def get(request: Request, principal: Reader, name: SchedulePath) -> JSONResponse:
+    found = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
+    if found is None:
+        raise NotFound(f"no schedule {name!r}")
+    return JSONResponse(found)
+
+
+@router.get("", summary="The tenant's schedules, in name order", response_model=SchedulePage)
+async def listing(
+    request: Request,
+    principal: Reader,
+    limit: Limit = 100,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+) -> JSONResponse:
+    rows = await store.page(request.app.state.ctx.engine, principal.tenant_id, cursor, limit + 1)
+    data = rows[:limit]
+    return JSONResponse(
+        {"data": data, "next_cursor": data[-1]["name"] if len(rows) > limit else None}
+    )
+
+
+@router.delete("/{name}", status_code=204, summary="Delete a schedule and its run history")
+async def delete(request: Request, principal: Manager, name: SchedulePath) -> Response:
+    if not await store.remove(request.app.state.ctx.engine, principal.tenant_id, name):
+        raise NotFound(f"no schedule {name!r}")
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{name}/runs",
+    summary="A schedule's runs, newest first",
+    response_model=ScheduleRunPage,
+)
+async def history(
+    request: Request,
+    principal: Reader,
+    name: SchedulePath,
+    limit: Limit = 100,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
+) -> JSONResponse:
+    engine = request.app.state.ctx.engine
+    if await store.get(engine, principal.tenant_id, name) is None:
+        raise NotFound(f"no schedule {name!r}")
+    rows = await runs.page(engine, principal.tenant_id, name, cursor, limit + 1)
+    data = rows[:limit]
+    return JSONResponse(
+        {"data": data, "next_cursor": data[-1]["id"] if len(rows) > limit else None}
+    )

@@ -36,12 +36,8 @@ class Stored(NamedTuple):
 
 
 class IntakeTx(Protocol):
-    async def known_templates(self, keys: set[Key]) -> set[Key]:
-        """Which (tenant, template name) pairs exist."""
-        ...
-
-    async def known_recipients(self, keys: set[Key]) -> set[Key]:
-        """Which (tenant, recipient id) pairs exist."""
+    async def known(self, templates: set[Key], recipients: set[Key]) -> tuple[set[Key], set[Key]]:
+        """Which (tenant, template name) and which (tenant, recipient id) pairs exist."""
         ...
 
     async def insert(
@@ -68,7 +64,10 @@ class _SqlIntake:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def known_templates(self, keys: set[Key]) -> set[Key]:
+    async def known(self, templates: set[Key], recipients: set[Key]) -> tuple[set[Key], set[Key]]:
+        return await self._known_templates(templates), await self._known_recipients(recipients)
+
+    async def _known_templates(self, keys: set[Key]) -> set[Key]:
         found: set[Key] = set()
         t = templates
         for part in chunks(sorted(keys), 1000):
@@ -76,7 +75,7 @@ class _SqlIntake:
             found.update((row.tenant_id, row.name) for row in await self._conn.execute(query))
         return found
 
-    async def known_recipients(self, keys: set[Key]) -> set[Key]:
+    async def _known_recipients(self, keys: set[Key]) -> set[Key]:
         found: set[Key] = set()
         for tenant, ids in _by_tenant(keys).items():
             for part in chunks(sorted(ids), 1000):
@@ -151,6 +150,18 @@ _INSERT = (
 )
 
 
+# Both reference checks in one round trip: 0 marks a template found, 1 a recipient.
+_KNOWN = (
+    "SELECT 0, t.tenant_id, t.name FROM templates AS t "
+    "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, name) "
+    "ON t.tenant_id = k.tenant_id AND t.name = k.name "
+    "UNION ALL "
+    "SELECT 1, r.tenant_id, r.id FROM recipients AS r "
+    "JOIN unnest($3::text[], $4::text[]) AS k(tenant_id, id) "
+    "ON r.tenant_id = k.tenant_id AND r.id = k.id"
+)
+
+
 def _pairs(keys: Iterable[Key]) -> tuple[list[str], list[str]]:
     ordered = sorted(keys)
     return [k[0] for k in ordered], [k[1] for k in ordered]
@@ -160,23 +171,12 @@ class _PgIntake:
     def __init__(self, pg: PgPool) -> None:
         self._pg = pg
 
-    async def known_templates(self, keys: set[Key]) -> set[Key]:
-        rows = await self._pg.fetch(
-            "SELECT t.tenant_id, t.name FROM templates AS t "
-            "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, name) "
-            "ON t.tenant_id = k.tenant_id AND t.name = k.name",
-            *_pairs(keys),
-        )
-        return {(row[0], row[1]) for row in rows}
-
-    async def known_recipients(self, keys: set[Key]) -> set[Key]:
-        rows = await self._pg.fetch(
-            "SELECT r.tenant_id, r.id FROM recipients AS r "
-            "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, id) "
-            "ON r.tenant_id = k.tenant_id AND r.id = k.id",
-            *_pairs(keys),
-        )
-        return {(row[0], row[1]) for row in rows}
+    async def known(self, templates: set[Key], recipients: set[Key]) -> tuple[set[Key], set[Key]]:
+        rows = await self._pg.fetch(_KNOWN, *_pairs(templates), *_pairs(recipients))
+        found: tuple[set[Key], set[Key]] = (set(), set())
+        for row in rows:
+            found[row[0]].add((row[1], row[2]))
+        return found
 
     async def insert(
         self, rows: Sequence[dict[str, Any]], available_at: Sequence[datetime]

@@ -55,10 +55,10 @@ Outcome = Accepted | ApiError
 
 
 async def _references_errors(tx: IntakeTx, items: Sequence[NewNotification]) -> dict[int, ApiError]:
-    """Unknown templates and recipients, found with one query per kind for the batch."""
-    templates = await tx.known_templates({(item.tenant_id, item.template) for item in items})
-    known = await tx.known_recipients(
-        {(item.tenant_id, rid) for item in items for rid in item.recipient_ids}
+    """Unknown templates and recipients, found with one query for the batch."""
+    templates, known = await tx.known(
+        {(item.tenant_id, item.template) for item in items},
+        {(item.tenant_id, rid) for item in items for rid in item.recipient_ids},
     )
     errors: dict[int, ApiError] = {}
     for index, item in enumerate(items):

@@ -153,3 +153,19 @@ async def test_a_replayed_key_gets_the_first_answer(ready: Harness) -> None:
     )
     assert other.status_code == 409
     assert other.json()["error"]["code"] == "idempotency_conflict"
+
+
+async def test_a_batch_is_parsed_once_at_the_edge(
+    ready: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class NoSecondParse:
+        @staticmethod
+        def loads(_: bytes) -> Any:
+            raise AssertionError("the body was parsed again after the edge")
+
+    monkeypatch.setattr("starlette.requests.json", NoSecondParse)
+    response = await ready.client.post(
+        "/v1/notifications/batch", json={"notifications": [GOOD, GOOD]}, headers=ready.auth
+    )
+    assert response.status_code == 202, response.text
+    assert [r["status"] for r in response.json()["results"]] == ["accepted", "accepted"]

@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clarion.api.errors import error_body
@@ -184,3 +187,25 @@ async def _answer(send: Send, status: int, payload: dict[str, Any], close: bool 
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class EdgeParsedRoute(APIRoute):
+    """A route that reads a JSON body as :class:`EdgeGuard` parsed it, instead of parsing
+    it again (for a batch of a thousand notifications, a second parse is a tenth of the
+    request's work). The edge's value is what ``json.loads`` gives for a body that passed
+    its rules; a body the edge did not parse (not declared JSON) is read as before."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def with_parsed_body(request: Request) -> Response:
+            parsed = request.scope.get(PARSED_JSON, _UNPARSED)
+            if parsed is not _UNPARSED:
+                # Starlette's Request keeps the parsed body here (Request.json caches it).
+                request._json = parsed
+            return await handler(request)
+
+        return with_parsed_body
+
+
+_UNPARSED = object()

@@ -10,6 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 from clarion.api.auth import Principal, require
 from clarion.api.errors import api_error_response, describe_validation, error_body
 from clarion.api.idempotency import header_key, idempotent, request_hash
+from clarion.api.limits import EdgeParsedRoute
 from clarion.api.outputs import (
     BatchResults,
     NotificationAccepted,
@@ -24,7 +25,7 @@ from clarion.observability import metrics
 from clarion.pipeline.intake import Intake
 from clarion.store import notifications as store
 
-router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
+router = APIRouter(prefix="/v1/notifications", tags=["notifications"], route_class=EdgeParsedRoute)
 _ITEM = TypeAdapter(NotificationIn)
 
 Sender = Annotated[Principal, Depends(require("send"))]

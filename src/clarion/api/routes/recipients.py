@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from clarion.api.auth import Principal, require
 from clarion.api.errors import describe_validation, error_body
 from clarion.api.idempotency import idempotent
+from clarion.api.limits import EdgeParsedRoute
 from clarion.api.outputs import (
     BatchResults,
     PreferencesOut,
@@ -32,7 +33,7 @@ from clarion.store import erasure
 from clarion.store import recipients as store
 from clarion.store.db import write_tx
 
-router = APIRouter(prefix="/v1/recipients", tags=["recipients"])
+router = APIRouter(prefix="/v1/recipients", tags=["recipients"], route_class=EdgeParsedRoute)
 _ITEM = TypeAdapter(RecipientBatchItem)
 
 Manager = Annotated[Principal, Depends(require("manage"))]

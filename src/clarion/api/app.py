@@ -10,6 +10,8 @@ from clarion.api.auth import KeyCache
 from clarion.api.inbox_cors import InboxCors
 from clarion.api.limits import EdgeGuard
 from clarion.api.routes import (
+    admin_web,
+    api_docs,
     categories,
     dead_letters,
     health,
@@ -24,6 +26,7 @@ from clarion.api.routes import (
     providers,
     recipients,
     sandbox,
+    template_drafts,
     templates,
     topics,
     unsubscribe,
@@ -60,6 +63,8 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
         version=__version__,
         description=DESCRIPTION,
         generate_unique_id_function=openapi.operation_id,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ctx = ctx
     app.state.metrics_sources = sources or Sources(ctx, inbox=True)
@@ -87,7 +92,10 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     app.include_router(inbox.router)
     app.include_router(inbox_live.router)
     app.include_router(inbox_web.router)
+    app.include_router(template_drafts.router)
     app.include_router(message_log.router)
+    app.include_router(admin_web.router)
+    app.include_router(api_docs.router)
     app.add_middleware(
         EdgeGuard,
         body_timeout=ctx.settings.http_body_timeout,

@@ -222,6 +222,11 @@ class TemplatePreviewOut(_Out):
     channels: dict[str, dict[str, Any]]
 
 
+class DraftPreviewOut(_Out):
+    locale: str | None
+    channels: dict[str, dict[str, Any]]
+
+
 class CategoryOut(_Out):
     name: str
     critical: bool

@@ -26,6 +26,7 @@ from clarion.api.routes import (
     providers,
     recipients,
     sandbox,
+    stats,
     template_drafts,
     templates,
     topics,
@@ -93,6 +94,7 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     app.include_router(inbox_live.router)
     app.include_router(inbox_web.router)
     app.include_router(template_drafts.router)
+    app.include_router(stats.router)
     app.include_router(message_log.router)
     app.include_router(admin_web.router)
     app.include_router(api_docs.router)

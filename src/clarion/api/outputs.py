@@ -353,6 +353,31 @@ class ProviderHealth(BaseModel):
     data: list[BreakerState]
 
 
+class StatsMinute(_Out):
+    minute: datetime
+    channel: str
+    accepted: int
+    sent: int
+    failed: int
+
+
+class StatsLatency(_Out):
+    p50: float
+    p99: float
+    samples: int
+
+
+class StatsOut(_Out):
+    since: datetime
+    until: datetime
+    per_minute: list[StatsMinute]
+    latency_ms: dict[str, StatsLatency]
+    dead_letters: int
+    dead_letters_capped: bool
+    breakers: list[BreakerState]
+    truncated: bool = Field(description="Whether more deliveries were created than were counted")
+
+
 class Unsubscribed(_Out):
     status: str
     category: str

@@ -193,6 +193,8 @@ async def test_the_console_end_to_end(
         await page.get_by_role("button", name="Open").click()
         await expect(page.locator("pre.json")).to_contain_text(json.dumps(XSS))
         await expect(page.locator(".card.wide tbody tr")).to_have_count(2)
+        await expect(page.locator(".card", has_text="Preferences")).to_contain_text("No opt-outs")
+        await expect(page.locator(".card", has_text="In-app inbox")).to_contain_text("empty")
         await shot(page, "admin-6-recipient")
 
         # A provider that fails: an SMTP server nobody listens on.

@@ -2,7 +2,7 @@
 // seconds while the screen is open.
 
 import { get, CHANNELS } from "/admin/api.js";
-import { h, clear, badge, notice, errorText, heading, link, when } from "/admin/dom.js";
+import { h, append, clear, badge, notice, errorText, heading, when } from "/admin/dom.js";
 
 const POLL_MS = 5000;
 const SVG = "http://www.w3.org/2000/svg";
@@ -32,7 +32,7 @@ function chart(series, since, minutes) {
         svg("title", {}, document.createTextNode(`${new Date(m.minute).toISOString().slice(11, 16)} ${kind} ${value}`))));
     });
   }
-  return svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "per minute" }, svg("line", { x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5, class: "axis" }), ...bars);
+  return svg("svg", { class: "chart", preserveAspectRatio: "none", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "per minute" }, svg("line", { x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5, class: "axis" }), ...bars);
 }
 
 function tile(label, value, tone = "") {
@@ -64,7 +64,7 @@ export async function render(main) {
     }
     const open = stats.breakers.filter((b) => b.state !== "closed").length;
     const channels = CHANNELS.filter((c) => perChannel[c] || stats.latency_ms[c]);
-    clear(body).append(
+    append(clear(body), [
       h("div", { class: "tiles" },
         tile("Accepted, last hour", totals.accepted.toLocaleString()),
         tile("Sent", totals.sent.toLocaleString(), "ok"),
@@ -79,14 +79,15 @@ export async function render(main) {
           return h("section", { class: "card channel-card", dataset: { channel: c } },
             h("div", { class: "channel-head" }, h("h2", { text: c }),
               latency ? h("span", { class: "muted", text: `p50 ${latency.p50} ms · p99 ${latency.p99} ms` }) : h("span", { class: "muted", text: "no sends" })),
-            chart(perChannel[c] || [], since, 60));
+            chart(perChannel[c] || [], since, 60),
+            h("div", { class: "chart-axis" }, h("span", { text: "60 min ago" }), h("span", { text: "30" }), h("span", { text: "now" })));
         }) : h("p", { class: "empty", text: "Nothing sent in the last hour." })),
       h("section", { class: "card" }, h("h2", { text: "Circuit breakers" }),
         stats.breakers.length
           ? h("table", {}, h("thead", {}, h("tr", {}, ["Provider", "State", "Failure rate", "Calls", "Retry in"].map((t) => h("th", { text: t })))),
             h("tbody", {}, stats.breakers.map((b) => h("tr", {}, h("td", { text: b.provider }), h("td", {}, badge(b.state)), h("td", { text: `${Math.round(b.failure_rate * 100)}%` }), h("td", { text: String(b.calls) }), h("td", { text: b.retry_in ? `${b.retry_in}s` : "—" })))))
           : h("p", { class: "empty", text: "No provider has been called lately." })),
-    );
+    ]);
     updated.textContent = `Updated ${when(stats.until)} · refreshes every 5 s`;
   }
 

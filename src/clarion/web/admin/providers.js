@@ -36,7 +36,7 @@ export async function render(main) {
         h("td", {}, String(p.priority)),
         h("td", {}, badge(p.enabled ? "enabled" : "disabled")),
         h("td", {}, breakers[p.name] ? badge(breakers[p.name].state) : h("span", { class: "muted", text: "idle" })),
-        h("td", {}, Object.entries(p.config).map(([k, v]) => h("div", { class: "config-line" }, code(k), " ", v === MASK ? h("span", { class: "muted", text: "••• (write-only)" }) : typeof v === "string" ? v : JSON.stringify(v)))),
+        h("td", {}, Object.entries(p.config).filter(([, v]) => v !== null && v !== "").map(([k, v]) => h("div", { class: "config-line" }, code(k), " ", v === MASK ? h("span", { class: "muted", text: "••• (write-only)" }) : typeof v === "string" ? v : JSON.stringify(v)))),
         h("td", { title: when(p.updated_at) }, ago(p.updated_at)),
         h("td", { class: "row-actions" },
           h("button", { type: "button", class: "small", text: p.enabled ? "Disable" : "Enable", onclick: () => act(() => put(`/v1/providers/${enc(p.name)}`, { channel: p.channel, kind: p.kind, config: p.config, priority: p.priority, rate_limit_per_second: p.rate_limit_per_second, enabled: !p.enabled }), `${p.name} ${p.enabled ? "disabled" : "enabled"}`) }),

@@ -2,7 +2,7 @@
 // stored about them, or erase them.
 
 import { get, post, del, api, enc } from "/admin/api.js";
-import { h, clear, badge, when, ago, field, table, notice, errorText, heading, link, pretty, code } from "/admin/dom.js";
+import { h, append, clear, badge, when, ago, field, table, notice, errorText, heading, link, pretty, code } from "/admin/dom.js";
 
 export async function render(main, { rest }) {
   const id = h("input", { name: "recipient_id", required: true, placeholder: "u-123", value: rest[0] || "", "aria-label": "Recipient id" });
@@ -67,10 +67,10 @@ async function recipient(main, id) {
   get(`/v1/recipients/${enc(id)}/preferences`).then((prefs) => {
     const channelRows = Object.entries(prefs.channels || {}).map(([c, on]) => h("tr", {}, h("td", {}, c), h("td", {}, badge(on ? "enabled" : "disabled"))));
     const categoryRows = Object.entries(prefs.categories || {}).flatMap(([cat, channels]) => Object.entries(channels).map(([c, on]) => h("tr", {}, h("td", {}, `${cat} · ${c}`), h("td", {}, badge(on ? "enabled" : "disabled")))));
-    preferences.append(
+    append(preferences, [
       table(["Channel or category", "Setting"], [...channelRows, ...categoryRows], "No opt-outs: everything is on."),
       prefs.quiet_hours ? h("p", {}, "Quiet hours ", code(`${prefs.quiet_hours.start}–${prefs.quiet_hours.end}`), ` ${prefs.quiet_hours.timezone || ""}`) : null,
-    );
+    ]);
   }).catch((error) => preferences.append(notice(errorText(error), "bad")));
   (async () => {
     const token = await post(`/v1/recipients/${enc(id)}/token`);
@@ -78,17 +78,17 @@ async function recipient(main, id) {
       api("GET", "/v1/inbox", { query: { limit: 20 }, keyOverride: token.token }),
       api("GET", "/v1/inbox/count", { keyOverride: token.token }),
     ]);
-    inbox.append(
+    append(inbox, [
       h("p", { class: "muted", text: `${counts.unread} unread · ${counts.total} in all` }),
       h("ul", { class: "inbox-list" }, feed.data.map((m) => h("li", { class: m.read_at ? "read" : "unread" },
         h("strong", { text: typeof m.title === "string" ? m.title : JSON.stringify(m.title) }),
         h("p", { text: typeof m.body === "string" ? m.body : JSON.stringify(m.body) }),
         h("small", { class: "muted", text: ago(m.created_at) })))),
       feed.data.length ? null : h("p", { class: "empty", text: "The inbox is empty." }),
-    );
+    ]);
   })().catch((error) => inbox.append(notice(errorText(error), "bad")));
   get("/v1/deliveries", { recipient_id: id, limit: 50 }).then((page) => {
-    history.append(table(["Delivery", "Status", "Channel", "Provider", "Reason", "Created", "Notification"], page.data.map((d) => h("tr", {},
+    append(history, [table(["Delivery", "Status", "Channel", "Provider", "Reason", "Created", "Notification"], page.data.map((d) => h("tr", {},
       h("td", {}, link(`#/log/delivery/${enc(d.id)}`, d.id)),
       h("td", {}, badge(d.status)),
       h("td", {}, d.channel),
@@ -96,6 +96,6 @@ async function recipient(main, id) {
       h("td", {}, d.reason || ""),
       h("td", { title: when(d.created_at) }, ago(d.created_at)),
       h("td", {}, link(`#/log/notification/${enc(d.notification_id)}`, d.notification_id)))), "Nothing sent to this recipient yet."),
-    page.next_cursor ? link(`#/log?tab=deliveries&recipient_id=${enc(id)}`, "All of it in the message log") : null);
+    page.next_cursor ? link(`#/log?tab=deliveries&recipient_id=${enc(id)}`, "All of it in the message log") : null]);
   }).catch((error) => history.append(notice(errorText(error), "bad")));
 }

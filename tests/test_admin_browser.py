@@ -85,9 +85,7 @@ async def _sign_in(page: Page, base: str, key: str) -> None:
     await page.get_by_label("API key").fill(key)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.get_by_role("heading", name="Message log")).to_be_visible()
-    stored = await page.evaluate(
-        "[sessionStorage.length, localStorage.length, document.cookie]"
-    )
+    stored = await page.evaluate("[sessionStorage.length, localStorage.length, document.cookie]")
     assert stored == [1, 0, ""]
 
 
@@ -130,7 +128,8 @@ async def _send_test(page: Page, rid: str) -> str:
     accepted = page.locator(".test-result a")
     await accepted.wait_for()
     nid = await accepted.text_content()
-    assert nid and nid.startswith("ntf_")
+    assert nid
+    assert nid.startswith("ntf_")
     return nid
 
 
@@ -176,7 +175,7 @@ async def test_the_console_end_to_end(
         # The sandbox viewer: the email, in a sandboxed frame with no script.
         await page.get_by_role("link", name="Sandbox").click()
         await page.get_by_role("tab", name="email").click()
-        item = page.locator(f".mail-item").first
+        item = page.locator(".mail-item").first
         await expect(item).to_contain_text("Hello Alex")
         frame = page.locator(".mail-view iframe")
         assert await frame.get_attribute("sandbox") == ""
@@ -256,7 +255,8 @@ async def test_the_console_end_to_end(
         assert await page.evaluate("window.__xss") is None
         assert errors == []
         assert outside.refused == []
-        assert requests and all(urlsplit(url).hostname == "127.0.0.1" for url in requests)
+        assert requests
+        assert all(urlsplit(url).hostname == "127.0.0.1" for url in requests)
         await page.close()
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.models import DeliveryStatus
@@ -79,11 +79,10 @@ def _count(window: Window, row: Any) -> None:
             failed.failed += 1
 
 
-async def window(engine: AsyncEngine, tenant_id: str, now: datetime, minutes: int) -> Window:
-    """The deliveries created in the last ``minutes`` (up to ``MAX_ROWS``, newest first)."""
-    since = (now - timedelta(minutes=minutes - 1)).replace(second=0, microsecond=0)
-    result = Window(since=since, until=now)
-    query = (
+def window_query(tenant_id: str, since: datetime) -> Select[Any]:
+    """The newest deliveries created since ``since``: a backwards range of
+    ``ix_deliveries_tenant_created``, at most ``MAX_ROWS + 1`` rows."""
+    return (
         select(
             deliveries.c.created_at,
             deliveries.c.channel,
@@ -95,8 +94,26 @@ async def window(engine: AsyncEngine, tenant_id: str, now: datetime, minutes: in
         .order_by(deliveries.c.created_at.desc(), deliveries.c.id.desc())
         .limit(MAX_ROWS + 1)
     )
+
+
+def dead_query(tenant_id: str) -> Select[Any]:
+    """How many dead letters, counting at most ``MAX_DEAD + 1`` index entries."""
+    capped = (
+        select(deliveries.c.id)
+        .where(deliveries.c.tenant_id == tenant_id, deliveries.c.status == "dead")
+        .order_by(deliveries.c.created_at.desc(), deliveries.c.id.desc())
+        .limit(MAX_DEAD + 1)
+        .subquery()
+    )
+    return select(func.count()).select_from(capped)
+
+
+async def window(engine: AsyncEngine, tenant_id: str, now: datetime, minutes: int) -> Window:
+    """The deliveries created in the last ``minutes`` (up to ``MAX_ROWS``, newest first)."""
+    since = (now - timedelta(minutes=minutes - 1)).replace(second=0, microsecond=0)
+    result = Window(since=since, until=now)
     async with engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
+        rows = (await conn.execute(window_query(tenant_id, since))).all()
     result.truncated = len(rows) > MAX_ROWS
     for row in rows[:MAX_ROWS]:
         _count(result, row)
@@ -118,12 +135,6 @@ def latency(window: Window) -> dict[str, dict[str, float | int]]:
 
 async def dead_letters(engine: AsyncEngine, tenant_id: str) -> int:
     """How many dead letters the tenant has, counting no further than ``MAX_DEAD + 1``."""
-    capped = (
-        select(deliveries.c.id)
-        .where(deliveries.c.tenant_id == tenant_id, deliveries.c.status == "dead")
-        .limit(MAX_DEAD + 1)
-        .subquery()
-    )
     async with engine.connect() as conn:
-        found = await conn.scalar(select(func.count()).select_from(capped))
+        found = await conn.scalar(dead_query(tenant_id))
     return int(found or 0)

@@ -277,3 +277,71 @@ async def test_the_api_docs_work_offline(
         assert outside.refused == []
         assert all(urlsplit(url).hostname == "127.0.0.1" for url in requests)
         await page.close()
+
+
+SCREENS = [
+    ("dashboard", "Dashboard"),
+    ("log?tab=deliveries&status=sent", "Message log"),
+    ("templates", "Templates"),
+    ("templates/hostile", "Template hostile"),
+    ("sandbox", "Sandbox"),
+    ("dead-letters", "Dead letters"),
+    ("recipients/u-xss", "Recipient u-xss"),
+    ("providers", "Providers"),
+    ("settings", "Categories & webhooks"),
+]
+
+
+async def test_every_screen_shows_hostile_data_as_text(
+    lite: Harness, context: tuple[BrowserContext, Outside]
+) -> None:
+    browser_context, outside = context
+    await lite.put_template(
+        "hostile",
+        {
+            "channels": {
+                "inapp": {"title": XSS, "body": "{{ payload }}"},
+                "email": {"subject": "{{ payload }}", "html": XSS, "text": "x"},
+            }
+        },
+    )
+    await lite.put_recipient(
+        "u-xss", email="x@example.com", locale="fr", data={"payload": XSS, "name": XSS}
+    )
+    sent = await lite.send({"template": "hostile", "to": {"recipient_id": "u-xss"}})
+    assert sent.status_code == 202, sent.text
+    await lite.drain()
+    category = await lite.client.put(
+        "/v1/categories/billing", json={"max_per_hour": 5}, headers=lite.auth
+    )
+    assert category.status_code == 200, category.text
+    async with serving(lite) as base:
+        page = await browser_context.new_page()
+        errors: list[str] = []
+        requests: list[str] = []
+        await _watch(page, errors, requests)
+        await page.goto(f"{base}/admin/")
+        await page.get_by_label("API key").fill(lite.key)
+        await page.get_by_role("button", name="Sign in").click()
+        for route, title in SCREENS:
+            await page.goto(f"{base}/admin/#/{route}")
+            await expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible()
+            await page.wait_for_load_state("networkidle")
+            await shot(page, "admin-screen-" + route.split("?")[0].replace("/", "-"))
+        # The email's HTML is the payload, in a frame where no script runs.
+        await page.goto(f"{base}/admin/#/sandbox?channel=email")
+        await expect(page.locator(".mail-view .subject")).to_have_text(XSS)
+        assert await page.locator(".mail-view iframe").get_attribute("sandbox") == ""
+        await page.goto(f"{base}/admin/#/recipients/u-xss")
+        # The in-app message (title and body the payload) in the recipient's inbox.
+        await expect(page.locator(".inbox-list strong")).to_have_text(XSS)
+        await expect(page.locator(".inbox-list p")).to_have_text(XSS)
+        # Signing out forgets the key.
+        await page.get_by_role("button", name="Sign out").click()
+        await expect(page.get_by_label("API key")).to_be_visible()
+        assert await page.evaluate("sessionStorage.length") == 0
+        assert await page.evaluate("window.__xss") is None
+        assert errors == []
+        assert outside.refused == []
+        assert all(urlsplit(url).hostname == "127.0.0.1" for url in requests)
+        await page.close()

@@ -327,6 +327,9 @@ async def test_every_screen_shows_hostile_data_as_text(
             await page.goto(f"{base}/admin/#/{route}")
             await expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible()
             await page.wait_for_load_state("networkidle")
+            if route == "templates/hostile":
+                await expect(page.locator(".versions li")).to_have_count(1)
+                await expect(page.locator(".preview-pane")).to_contain_text("payload")
             await shot(page, "admin-screen-" + route.split("?")[0].replace("/", "-"))
         # The email's HTML is the payload, in a frame where no script runs.
         await page.goto(f"{base}/admin/#/sandbox?channel=email")

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.ids import new_id
 from clarion.security.keys import generate_key, generate_webhook_secret, hash_key
-from clarion.store.db import utcnow, write_tx
+from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.tables import api_keys, tenants
 
 
@@ -103,3 +103,72 @@ async def update_settings(engine: AsyncEngine, tenant_id: str, changes: dict[str
             else:
                 merged[name] = value
         await conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(settings=merged))
+
+
+async def list_tenants(engine: AsyncEngine) -> list[dict[str, Any]]:
+    """Every tenant by name, with how many live keys it has."""
+    live = (
+        select(api_keys.c.tenant_id, func.count().label("live_keys"))
+        .where(api_keys.c.revoked_at.is_(None))
+        .group_by(api_keys.c.tenant_id)
+        .subquery()
+    )
+    query = (
+        select(tenants.c.id, tenants.c.name, tenants.c.created_at, live.c["live_keys"])
+        .select_from(tenants.outerjoin(live, live.c.tenant_id == tenants.c.id))
+        .order_by(tenants.c.name)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [
+        {"id": r.id, "name": r.name, "created_at": as_utc(r.created_at), "keys": r.live_keys or 0}
+        for r in rows
+    ]
+
+
+async def list_keys(engine: AsyncEngine, tenant_id: str) -> list[dict[str, Any]]:
+    """A tenant's keys, oldest first: id, prefix, scopes, created and revoked times (the
+    secret itself is never stored)."""
+    query = (
+        select(
+            api_keys.c.id,
+            api_keys.c.prefix,
+            api_keys.c.scopes,
+            api_keys.c.created_at,
+            api_keys.c.revoked_at,
+        )
+        .where(api_keys.c.tenant_id == tenant_id)
+        .order_by(api_keys.c.created_at, api_keys.c.id)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [
+        {
+            "id": r.id,
+            "prefix": r.prefix,
+            "scopes": r.scopes.split(","),
+            "created_at": as_utc(r.created_at),
+            "revoked_at": as_utc(r.revoked_at),
+        }
+        for r in rows
+    ]
+
+
+async def revoke_key(engine: AsyncEngine, tenant_id: str, key_id: str) -> str:
+    """Revoke a tenant's key: ``"revoked"``, ``"already"`` (it was) or ``"unknown"``."""
+    async with write_tx(engine) as conn:
+        changed = await conn.execute(
+            update(api_keys)
+            .where(
+                api_keys.c.id == key_id,
+                api_keys.c.tenant_id == tenant_id,
+                api_keys.c.revoked_at.is_(None),
+            )
+            .values(revoked_at=utcnow())
+        )
+        if changed.rowcount:
+            return "revoked"
+        found = await conn.execute(
+            select(api_keys.c.id).where(api_keys.c.id == key_id, api_keys.c.tenant_id == tenant_id)
+        )
+        return "already" if found.first() else "unknown"

@@ -120,6 +120,22 @@ async def _write_template(page: Page) -> None:
     await page.get_by_role("button", name="Save version").click()
     await expect(page.locator(".status-line")).to_have_text("Saved as version 1")
     await expect(page.locator(".versions li")).to_have_count(1)
+    # A French subject: the fr locale's preview uses it; saved as version 2, then rolled back.
+    await page.locator("[data-channel=email]").click()
+    await page.get_by_label("New locale").fill("fr")
+    await page.get_by_role("button", name="+ locale").click()
+    await page.locator("input[name='email.subject']").fill("Bonjour {{ firstName }}")
+    await expect(subject).to_have_text("Bonjour Alex")
+    await expect(page.locator(".preview-meta")).to_have_text("email · locale fr")
+    await page.locator("[data-locale='']").click()
+    await expect(subject).to_have_text("Hello Alex")
+    await page.get_by_role("button", name="Save version").click()
+    await expect(page.locator(".status-line")).to_have_text("Saved as version 2")
+    await expect(page.locator(".versions li")).to_have_count(2)
+    await page.locator("[data-version='1']").get_by_role("button", name="Roll back").click()
+    await expect(page.locator(".status-line")).to_have_text("Version 1 is active again")
+    await expect(page.locator("[data-version='1']")).to_contain_text("active")
+    await expect(page.locator("[data-locale=fr]")).to_have_count(0)
 
 
 async def _send_test(page: Page, rid: str) -> str:

@@ -224,6 +224,10 @@ async def test_the_console_end_to_end(
         provider_row = page.locator("tr[data-name='smtp-broken']")
         await expect(provider_row).to_contain_text("write-only")
         assert "hunter2" not in (await page.content())
+        await page.get_by_label("Test recipient").fill("alex")
+        await provider_row.get_by_role("button", name="Test").click()
+        await expect(page.locator(".messages")).to_contain_text("smtp-broken: failed, transient")
+        await expect(page.locator(".messages")).to_contain_text("ConnectionRefused")
         await shot(page, "admin-7-providers")
 
         await page.get_by_role("link", name="Templates").click()

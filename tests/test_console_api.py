@@ -6,6 +6,7 @@ index-served, per tenant) on both backends."""
 from __future__ import annotations
 
 import re
+import socket
 from importlib.resources import files
 from typing import Any
 
@@ -271,3 +272,74 @@ async def test_stats_read_index_ranges(app: Harness) -> None:
         assert "Seq Scan" not in plan, plan
         assert "TEMP B-TREE" not in plan, plan
         assert "Sort" not in plan, plan
+
+
+# -- POST /v1/providers/{name}/test ------------------------------------------------------
+
+
+async def _put_provider(app: Harness, name: str, body: dict[str, Any]) -> None:
+    response = await app.client.put(f"/v1/providers/{name}", json=body, headers=app.auth)
+    assert response.status_code == 200, response.text
+
+
+async def _test(app: Harness, name: str, body: Any, key: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {key}"} if key else app.auth
+    return await app.client.post(f"/v1/providers/{name}/test", json=body, headers=headers)
+
+
+async def test_a_provider_test_sends_one_message(lite: Harness) -> None:
+    await _put_provider(lite, "capture", {"channel": "email", "kind": "sandbox", "config": {}})
+    await lite.put_recipient("u-1", email="u1@example.com")
+    response = await _test(lite, "capture", {"recipient_id": "u-1"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["ok"] is True
+    assert (body["provider"], body["channel"]) == ("capture", "email")
+    assert body["provider_message_id"]
+    captured = await lite.client.get("/v1/sandbox/messages", headers=lite.auth)
+    [message] = captured.json()["data"]
+    assert message["to"] == "u1@example.com"
+    assert message["content"]["subject"] == "Clarion test"
+    # No delivery, no notification: nothing in the message log.
+    listed = await lite.client.get("/v1/deliveries", headers=lite.auth)
+    assert listed.json()["data"] == []
+
+
+async def test_a_provider_that_cannot_send_says_why(lite: Harness) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = {"host": "127.0.0.1", "port": port, "from": "a@example.com", "tls": "none"}
+    await _put_provider(lite, "broken", {"channel": "email", "kind": "smtp", "config": config})
+    await lite.put_recipient("u-1", email="u1@example.com")
+    response = await _test(lite, "broken", {"recipient_id": "u-1"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["ok"] is False
+    assert body["transient"] is True
+    assert "Connect" in body["error"]
+    health = await lite.client.get("/v1/health/providers", headers=lite.auth)
+    assert health.json()["data"] == []
+
+
+async def test_provider_tests_refuse_what_they_cannot_do(lite: Harness) -> None:
+    await _put_provider(lite, "texts", {"channel": "sms", "kind": "sandbox", "config": {}})
+    await lite.put_recipient("u-1", email="u1@example.com")
+    no_phone = await _test(lite, "texts", {"recipient_id": "u-1"})
+    assert no_phone.status_code == 422
+    assert no_phone.json()["error"]["code"] == "no_address"
+    for name, body, status in [
+        ("nobody", {"recipient_id": "u-1"}, 404),
+        ("texts", {"recipient_id": "u-404"}, 404),
+        ("sandbox", {"recipient_id": "u-1"}, 404),
+        ("texts", {}, 422),
+        ("texts", {"recipient_id": "u-1", "to": "x"}, 422),
+        ("bad name!", {"recipient_id": "u-1"}, 422),
+    ]:
+        response = await _test(lite, name, body)
+        assert response.status_code == status, (name, body, response.text)
+        assert "error" in response.json()
+    other = await lite.new_tenant("other")
+    assert (await _test(lite, "texts", {"recipient_id": "u-1"}, key=other)).status_code == 404
+    reader = await lite.new_tenant("readers", ["read"])
+    assert (await _test(lite, "texts", {"recipient_id": "u-1"}, key=reader)).status_code == 403

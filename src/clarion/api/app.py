@@ -23,6 +23,7 @@ from clarion.api.routes import (
     notifications,
     provider_callbacks,
     provider_health,
+    provider_tests,
     providers,
     recipients,
     sandbox,
@@ -88,6 +89,7 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     app.include_router(provider_callbacks.router)
     app.include_router(dead_letters.router)
     app.include_router(provider_health.router)
+    app.include_router(provider_tests.router)
     app.include_router(unsubscribe.router)
     app.include_router(webhooks.router)
     app.include_router(inbox.router)

@@ -255,6 +255,16 @@ class ProviderOut(_Out):
     updated_at: datetime
 
 
+class ProviderTestOut(_Out):
+    provider: str
+    channel: str
+    ok: bool
+    provider_message_id: str | None = None
+    error: str | None = None
+    reason: str | None = None
+    transient: bool | None = None
+
+
 class ProviderPage(BaseModel):
     data: list[ProviderOut]
     next_cursor: str | None

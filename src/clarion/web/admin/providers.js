@@ -2,7 +2,7 @@
 // them (it shows "***"), the form has password fields that start empty, and a save that
 // leaves one empty keeps the stored value.
 
-import { get, put, del, enc, CHANNELS } from "/admin/api.js";
+import { get, put, post, del, enc, CHANNELS } from "/admin/api.js";
 import { h, clear, badge, ago, when, field, select, table, notice, errorText, heading, code } from "/admin/dom.js";
 
 const MASK = "***";
@@ -22,7 +22,28 @@ export async function render(main) {
   const messages = h("div", { class: "messages" });
   const listArea = h("div", {});
   const formArea = h("section", { class: "card" });
-  main.append(heading("Providers"), h("p", { class: "muted", text: "A channel with no provider of its own uses the deployment's default (the sandbox unless configured). The lowest priority number is tried first; the next is the fallback." }), messages, listArea, formArea);
+  const testRecipient = h("input", { name: "test_recipient", placeholder: "recipient id", "aria-label": "Test recipient" });
+  const testBar = h("div", { class: "inline-form" }, h("span", { class: "muted", text: "Test sends go to" }), testRecipient);
+  main.append(heading("Providers", testBar), h("p", { class: "muted", text: "A channel with no provider of its own uses the deployment's default (the sandbox unless configured). The lowest priority number is tried first; the next is the fallback. Test sends one message through one provider to the recipient's address on its channel." }), messages, listArea, formArea);
+
+  async function test(p) {
+    clear(messages);
+    const rid = testRecipient.value.trim();
+    if (!rid) {
+      messages.append(notice("Type the id of a recipient to send the test to.", "warn"));
+      testRecipient.focus();
+      return;
+    }
+    try {
+      const result = await post(`/v1/providers/${enc(p.name)}/test`, { recipient_id: rid });
+      messages.append(result.ok
+        ? notice(`${p.name}: sent (${result.provider_message_id || "no message id"})`, "ok")
+        : notice(`${p.name}: failed, ${result.transient ? "transient" : "permanent"} (${result.reason}): ${result.error}`, "bad"));
+    } catch (error) {
+      messages.append(notice(errorText(error), "bad"));
+    }
+    await reload();
+  }
 
   async function reload() {
     const [page, health] = await Promise.all([get("/v1/providers", { limit: 500 }), get("/v1/health/providers")]);
@@ -40,6 +61,7 @@ export async function render(main) {
         h("td", { title: when(p.updated_at) }, ago(p.updated_at)),
         h("td", { class: "row-actions" },
           h("button", { type: "button", class: "small", text: p.enabled ? "Disable" : "Enable", onclick: () => act(() => put(`/v1/providers/${enc(p.name)}`, { channel: p.channel, kind: p.kind, config: p.config, priority: p.priority, rate_limit_per_second: p.rate_limit_per_second, enabled: !p.enabled }), `${p.name} ${p.enabled ? "disabled" : "enabled"}`) }),
+          h("button", { type: "button", class: "small", text: "Test", onclick: () => test(p) }),
           h("button", { type: "button", class: "small", text: "Edit", onclick: () => drawForm(p) }),
           h("button", { type: "button", class: "small danger", text: "Delete", onclick: () => confirm(`Delete provider ${p.name}?`) && act(() => del(`/v1/providers/${enc(p.name)}`), `${p.name} deleted`) })),
       )),

@@ -54,7 +54,11 @@ function loginView() {
           if (!location.hash || location.hash === "#/login") location.hash = "#/log";
           route();
         } catch (error) {
-          const text = error.status === 401 ? "That key is not valid." : errorText(error);
+          const text = error.status === 401
+            ? "That key is not valid."
+            : error.status === 403
+              ? "That key lacks the read scope the console needs."
+              : errorText(error);
           message.append(notice(text, "bad"));
         }
       },

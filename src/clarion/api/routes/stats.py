@@ -23,9 +23,9 @@ Reader = Annotated[Principal, Depends(require("read"))]
     "",
     summary="Deliveries per minute and channel, latency and breaker states, lately",
     description=(
-        "Over the last `minutes` (1 to 60): per minute and channel, deliveries `accepted` "
-        "(created), `sent` (sent or delivered) and `failed` (failed or dead); p50 and p99 of "
-        "the time from a delivery's creation to its sending, per channel. At most "
+        "Of the deliveries created in the last `minutes` (1 to 60), per minute and channel: "
+        "`accepted` (created), `sent` (sent or delivered) and `failed` (failed or dead); p50 "
+        "and p99 of the time from a delivery's creation to its sending, per channel. At most "
         f"{store.MAX_ROWS:,} of the newest deliveries are counted (`truncated` says when "
         f"more were created); `dead_letters` counts up to {store.MAX_DEAD + 1:,}."
     ),

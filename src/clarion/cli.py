@@ -10,7 +10,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from clarion import __version__
+from clarion import __version__, cli_bulk
 from clarion.config import Settings
 from clarion.domain.models import ALL_SCOPES, Channel
 from clarion.observability.logs import configure_logging
@@ -43,8 +43,31 @@ def _scopes(text: str) -> list[str]:
     return names
 
 
+SETTINGS_HELP = """\
+settings (environment; every one is in docs/operations.md):
+  CLARION_DATABASE_URL   sqlite+aiosqlite:///./clarion.db (default) or
+                         postgresql+asyncpg://user@host/db
+  CLARION_BROKER_URL     embedded:// (default, one process) or redis://host:6379/0
+  CLARION_REDIS_URL      Redis for rate limits, breakers and live inbox fan-out
+  CLARION_SECRET_KEY     seals provider credentials (`clarion secret generate`)
+  CLARION_HTTP_HOST      the API's address (127.0.0.1)
+  CLARION_HTTP_PORT      the API's port (8080)
+  CLARION_DEFAULT_PROVIDER  where channels without a provider go (sandbox)
+  CLARION_METRICS_PORT   /metrics, /healthz and /readyz on their own port
+  CLARION_LOG_LEVEL      INFO; CLARION_LOG_FORMAT: text or json
+  CLARION_API_URL, CLARION_API_KEY  where `recipients import` and `send` connect
+
+The admin console is at /admin and the API reference at /docs on the API's port.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clarion", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="clarion",
+        description=__doc__,
+        epilog=SETTINGS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"clarion {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run every role in one process (the embedded default)")
@@ -59,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create = tenants.add_parser("create", help="create a tenant and print a key with every scope")
     create.add_argument("name")
+    tenants.add_parser("list", help="list tenants: name, id, creation, live keys")
     quota = tenants.add_parser(
         "quota", help="set a tenant's intake quota (notifications per second, and burst)"
     )
@@ -71,16 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     key = keys.add_parser("create", help="create an API key for a tenant")
     key.add_argument("tenant", help="the tenant's name")
     key.add_argument("--scopes", type=_scopes, default=[s.value for s in ALL_SCOPES])
+    listed = keys.add_parser("list", help="list a tenant's keys (never their secrets)")
+    listed.add_argument("tenant", help="the tenant's name")
+    revoke = keys.add_parser(
+        "revoke", help="revoke a key: refused everywhere within 30 seconds (auth caches)"
+    )
+    revoke.add_argument("tenant", help="the tenant's name")
+    revoke.add_argument("key_id", help="the key's id, as `keys list` shows it")
     keys.add_parser(
         "rotate-secret",
         help="re-encrypt every provider's credentials and webhook secret with CLARION_SECRET_KEY "
         "(after moving the old key to CLARION_PREVIOUS_SECRET_KEYS)",
     )
-    revoke = keys.add_parser(
-        "revoke", help="revoke an API key (API processes stop accepting it within 30 seconds)"
-    )
-    revoke.add_argument("tenant", help="the tenant's name")
-    revoke.add_argument("key_id", help="the key's id: key_ and the 8 characters after ck_")
     inbox_secret = keys.add_parser(
         "rotate-inbox-secret",
         help="replace a tenant's inbox secret: every recipient token issued so far stops working",
@@ -88,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     inbox_secret.add_argument("tenant", help="the tenant's name")
     secret = sub.add_parser("secret", help="secrets").add_subparsers(dest="action", required=True)
     secret.add_parser("generate", help="print a new CLARION_SECRET_KEY")
+    cli_bulk.add_parsers(sub, _channels)
     return parser
 
 
@@ -112,7 +139,40 @@ async def rotate_secret(ctx: Context) -> int:
     return 1 if unreadable else 0
 
 
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else "-"
+
+
+async def _list_tenants(ctx: Context) -> int:
+    rows = await tenant_store.list_tenants(ctx.engine)
+    width = max([len(r["name"]) for r in rows] + [4])
+    print(f"{'NAME':<{width}}  {'ID':<32}  {'CREATED':<20}  KEYS")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['id']:<32}  {_when(r['created_at']):<20}  {r['keys']}")
+    return 0
+
+
+async def _keys(args: argparse.Namespace, ctx: Context, tenant: tenant_store.Tenant) -> int:
+    if args.action == "revoke":
+        outcome = await tenant_store.revoke_key(ctx.engine, tenant.id, args.key_id, actor=audit.CLI)
+        if outcome == "unknown":
+            print(f"tenant {tenant.name} has no key {args.key_id!r}", file=sys.stderr)
+            return 1
+        print(f"key {args.key_id} {'revoked' if outcome == 'revoked' else 'was revoked already'}")
+        return 0
+    print(f"{'ID':<32}  {'PREFIX':<12}  {'SCOPES':<24}  {'CREATED':<20}  REVOKED")
+    for k in await tenant_store.list_keys(ctx.engine, tenant.id):
+        scopes = ",".join(k["scopes"])
+        print(
+            f"{k['id']:<32}  {k['prefix']:<12}  {scopes:<24}  {_when(k['created_at']):<20}  "
+            f"{_when(k['revoked_at'])}"
+        )
+    return 0
+
+
 async def _tenants(args: argparse.Namespace, ctx: Context) -> int:
+    if args.action == "list":
+        return await _list_tenants(ctx)
     found = await tenant_store.get_tenant_by_name(ctx.engine, args.name)
     if args.action == "quota":
         if found is None:
@@ -141,14 +201,6 @@ async def _tenants(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-async def _revoke(ctx: Context, tenant: tenant_store.Tenant, key_id: str) -> int:
-    if not await tenant_store.revoke_key(ctx.engine, tenant.id, key_id, actor=audit.CLI):
-        print(f"tenant {tenant.name} has no active key {key_id!r}", file=sys.stderr)
-        return 1
-    print(f"tenant {tenant.name}: key {key_id} revoked")
-    return 0
-
-
 async def _admin(args: argparse.Namespace, settings: Settings) -> int:
     ctx = await open_context(settings)
     try:
@@ -168,8 +220,8 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
             await inbox_access.rotate(ctx.engine, found.id, actor=audit.CLI)
             print(f"tenant {found.name}: inbox secret replaced, earlier recipient tokens revoked")
             return 0
-        if args.action == "revoke":
-            return await _revoke(ctx, found, args.key_id)
+        if args.action in ("list", "revoke"):
+            return await _keys(args, ctx, found)
         print(await tenant_store.create_key(ctx.engine, found.id, args.scopes, actor=audit.CLI))
         return 0
     finally:
@@ -185,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in ("migrate", "tenants", "keys"):
         return asyncio.run(_admin(args, settings))
+    if args.command in ("recipients", "send"):
+        return cli_bulk.run(args)
     from clarion import process
 
     roles = {

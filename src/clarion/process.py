@@ -109,9 +109,8 @@ async def run(settings: Settings, roles: Roles, *, demo: bool = False) -> None:
             app = create_app(ctx, runtime.intake, sources)
             server = http_server(app, settings)
             server_task = asyncio.create_task(server.serve(), name="http")
-            print(
-                f"Clarion listening on http://{settings.http_host}:{settings.http_port}", flush=True
-            )
+            base = f"http://{settings.http_host}:{settings.http_port}"
+            print(f"Clarion listening on {base} (console: {base}/admin/)", flush=True)
         if sandbox_default(settings, roles):
             log.warning(
                 "CLARION_DEFAULT_PROVIDER is `sandbox`: email, SMS, push and web push of "

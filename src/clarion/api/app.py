@@ -11,6 +11,8 @@ from clarion.api.auth import KeyCache
 from clarion.api.inbox_cors import InboxCors
 from clarion.api.limits import EdgeGuard
 from clarion.api.routes import (
+    admin_web,
+    api_docs,
     audit,
     categories,
     dead_letters,
@@ -23,10 +25,13 @@ from clarion.api.routes import (
     notifications,
     provider_callbacks,
     provider_health,
+    provider_tests,
     providers,
     recipients,
     sandbox,
     schedules,
+    stats,
+    template_drafts,
     templates,
     topics,
     unsubscribe,
@@ -66,6 +71,8 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
         version=__version__,
         description=DESCRIPTION,
         generate_unique_id_function=openapi.operation_id,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ctx = ctx
     app.state.metrics_sources = sources or Sources(ctx, inbox=True)
@@ -88,14 +95,19 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     app.include_router(provider_callbacks.router)
     app.include_router(dead_letters.router)
     app.include_router(provider_health.router)
+    app.include_router(provider_tests.router)
     app.include_router(unsubscribe.router)
     app.include_router(webhooks.router)
     app.include_router(inbox.router)
     app.include_router(inbox_live.router)
     app.include_router(inbox_web.router)
+    app.include_router(template_drafts.router)
+    app.include_router(stats.router)
     app.include_router(message_log.router)
     app.include_router(schedules.router)
     app.include_router(audit.router)
+    app.include_router(admin_web.router)
+    app.include_router(api_docs.router)
     # Inside the edge guard, which hands it the checked body: one notification per request
     # answered without FastAPI's routing (api/send_one.py).
     app.add_middleware(

@@ -222,6 +222,11 @@ class TemplatePreviewOut(_Out):
     channels: dict[str, dict[str, Any]]
 
 
+class DraftPreviewOut(_Out):
+    locale: str | None
+    channels: dict[str, dict[str, Any]]
+
+
 class CategoryOut(_Out):
     name: str
     critical: bool
@@ -248,6 +253,16 @@ class ProviderOut(_Out):
     enabled: bool
     created_at: datetime
     updated_at: datetime
+
+
+class ProviderTestOut(_Out):
+    provider: str
+    channel: str
+    ok: bool
+    provider_message_id: str | None = None
+    error: str | None = None
+    reason: str | None = None
+    transient: bool | None = None
 
 
 class ProviderPage(BaseModel):
@@ -346,6 +361,31 @@ class BreakerState(_Out):
 
 class ProviderHealth(BaseModel):
     data: list[BreakerState]
+
+
+class StatsMinute(_Out):
+    minute: datetime
+    channel: str
+    accepted: int
+    sent: int
+    failed: int
+
+
+class StatsLatency(_Out):
+    p50: float
+    p99: float
+    samples: int
+
+
+class StatsOut(_Out):
+    since: datetime
+    until: datetime
+    per_minute: list[StatsMinute]
+    latency_ms: dict[str, StatsLatency]
+    dead_letters: int
+    dead_letters_capped: bool
+    breakers: list[BreakerState]
+    truncated: bool = Field(description="Whether more deliveries were created than were counted")
 
 
 class Unsubscribed(_Out):

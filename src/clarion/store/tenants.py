@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.ids import new_id
 from clarion.security.keys import generate_key, generate_webhook_secret, hash_key
 from clarion.security.secrets import MASK
 from clarion.store import audit
-from clarion.store.db import utcnow, write_tx
+from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.tables import api_keys, tenants
 
 
@@ -97,9 +97,9 @@ async def create_key(
 
 async def revoke_key(
     engine: AsyncEngine, tenant_id: str, key_id: str, *, actor: str = audit.SYSTEM
-) -> bool:
-    """Revoke one of the tenant's keys; False if it has no such key not yet revoked. API
-    processes cache keys they have seen for up to 30 seconds."""
+) -> str:
+    """Revoke one of the tenant's keys: ``"revoked"``, ``"already"`` (it was) or
+    ``"unknown"``. API processes cache keys they have seen for up to 30 seconds."""
     now = utcnow()
     k = api_keys
     statement = (
@@ -109,7 +109,10 @@ async def revoke_key(
     )
     async with write_tx(engine) as conn:
         if not (await conn.execute(statement)).rowcount:
-            return False
+            found = await conn.execute(
+                select(k.c.id).where(k.c.id == key_id, k.c.tenant_id == tenant_id)
+            )
+            return "already" if found.first() else "unknown"
         change = {"revoked_at": {"from": None, "to": now.isoformat()}}
         await audit.record(
             conn,
@@ -117,7 +120,7 @@ async def revoke_key(
                 tenant_id, actor, audit.Resource.API_KEY, key_id, audit.Action.REVOKE, change
             ),
         )
-    return True
+    return "revoked"
 
 
 async def find_key(engine: AsyncEngine, secret: str) -> KeyGrant | None:
@@ -161,3 +164,52 @@ async def update_settings(
                     tenant_id, actor, audit.Resource.TENANT, found.name, audit.Action.UPDATE, change
                 ),
             )
+
+
+async def list_tenants(engine: AsyncEngine) -> list[dict[str, Any]]:
+    """Every tenant by name, with how many live keys it has."""
+    live = (
+        select(api_keys.c.tenant_id, func.count().label("live_keys"))
+        .where(api_keys.c.revoked_at.is_(None))
+        .group_by(api_keys.c.tenant_id)
+        .subquery()
+    )
+    query = (
+        select(tenants.c.id, tenants.c.name, tenants.c.created_at, live.c["live_keys"])
+        .select_from(tenants.outerjoin(live, live.c.tenant_id == tenants.c.id))
+        .order_by(tenants.c.name)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [
+        {"id": r.id, "name": r.name, "created_at": as_utc(r.created_at), "keys": r.live_keys or 0}
+        for r in rows
+    ]
+
+
+async def list_keys(engine: AsyncEngine, tenant_id: str) -> list[dict[str, Any]]:
+    """A tenant's keys, oldest first: id, prefix, scopes, created and revoked times (the
+    secret itself is never stored)."""
+    query = (
+        select(
+            api_keys.c.id,
+            api_keys.c.prefix,
+            api_keys.c.scopes,
+            api_keys.c.created_at,
+            api_keys.c.revoked_at,
+        )
+        .where(api_keys.c.tenant_id == tenant_id)
+        .order_by(api_keys.c.created_at, api_keys.c.id)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [
+        {
+            "id": r.id,
+            "prefix": r.prefix,
+            "scopes": r.scopes.split(","),
+            "created_at": as_utc(r.created_at),
+            "revoked_at": as_utc(r.revoked_at),
+        }
+        for r in rows
+    ]

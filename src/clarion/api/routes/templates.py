@@ -54,8 +54,26 @@ BUILT_IN_CATEGORIES = frozenset({"transactional", "marketing", "security"})
 async def put(
     request: Request, principal: Manager, name: TemplateName, body: TemplateIn
 ) -> JSONResponse:
+    channels, locales, _ = await checked(request, principal.tenant_id, body)
+    version = await store.put(
+        request.app.state.ctx.engine,
+        principal.tenant_id,
+        name,
+        category=body.category,
+        channels=channels,
+        locales=locales,
+        fallbacks=_fallbacks(body, channels),
+        actor=principal.key_id,
+    )
+    return JSONResponse({"name": name, "version": version})
+
+
+async def checked(
+    request: Request, tenant_id: str, body: TemplateIn
+) -> tuple[dict[str, Any], dict[str, Any], CompiledVersion]:
+    """A template body's channels, locales and compiled form, once it is valid (else 422)."""
     engine = request.app.state.ctx.engine
-    if not await category_store.known(engine, principal.tenant_id, [body.category]):
+    if not await category_store.known(engine, tenant_id, [body.category]):
         raise ValidationFailed(f"no category named {body.category!r}", code="unknown_category")
     channels = {channel.value: content for channel, content in body.channels.items()}
     locales = {
@@ -69,18 +87,7 @@ async def put(
                 f"locale {locale!r} overrides channels the template lacks: {sorted(extra)}"
             )
     _inapp_fallback(channels)
-    _compiled(body.category, channels, locales)
-    version = await store.put(
-        request.app.state.ctx.engine,
-        principal.tenant_id,
-        name,
-        category=body.category,
-        channels=channels,
-        locales=locales,
-        fallbacks=_fallbacks(body, channels),
-        actor=principal.key_id,
-    )
-    return JSONResponse({"name": name, "version": version})
+    return channels, locales, _compiled(body.category, channels, locales)
 
 
 _INAPP_FALLBACK_MAX = 7 * 86400
@@ -250,13 +257,28 @@ async def preview(
     if found is None:
         what = f"version {body.version} of template" if body.version else "template"
         raise NotFound(f"no {what} {name!r}")
-    recipient: dict[str, Any] = {}
-    if body.recipient_id is not None:
-        loaded = await recipient_store.get(engine, principal.tenant_id, body.recipient_id)
-        if loaded is None:
-            raise NotFound(f"no recipient {body.recipient_id!r}")
-        recipient = loaded
+    recipient = await preview_recipient(request, principal.tenant_id, body)
     compiled = _compiled(found["category"], found["channels"], found["locales"])
+    chosen, rendered = render_preview(compiled, body, recipient)
+    return JSONResponse(
+        {"name": name, "version": found["version"], "locale": chosen, "channels": rendered}
+    )
+
+
+async def preview_recipient(request: Request, tenant_id: str, body: PreviewIn) -> dict[str, Any]:
+    """The recipient a preview names (404 if unknown), or nobody."""
+    if body.recipient_id is None:
+        return {}
+    loaded = await recipient_store.get(request.app.state.ctx.engine, tenant_id, body.recipient_id)
+    if loaded is None:
+        raise NotFound(f"no recipient {body.recipient_id!r}")
+    return loaded
+
+
+def render_preview(
+    compiled: CompiledVersion, body: PreviewIn, recipient: dict[str, Any]
+) -> tuple[str | None, dict[str, Any]]:
+    """The locale the content used and each channel rendered, as a preview answers."""
     locale = body.locale or recipient.get("locale")
     context = render_context({"data": body.data}, recipient)
     rendered: dict[str, Any] = {}
@@ -267,9 +289,7 @@ async def preview(
             used.add(content_locale)
         rendered[channel] = _render(channel, template, context, locale, recipient)
     chosen = next((tag for tag in locale_chain(locale, compiled.locales) if tag in used), None)
-    return JSONResponse(
-        {"name": name, "version": found["version"], "locale": chosen, "channels": rendered}
-    )
+    return chosen, rendered
 
 
 def _preview_channels(compiled: CompiledVersion, channel: Channel | None) -> list[str]:

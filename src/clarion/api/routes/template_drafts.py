@@ -1,0 +1,47 @@
+"""``POST /v1/templates/preview``: render a template that is not stored (an extension of
+the published API). The console's editor previews each change as it is typed with it,
+without storing a version per keystroke."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import ConfigDict
+
+from clarion.api.auth import Principal, require
+from clarion.api.outputs import DraftPreviewOut
+from clarion.api.responses import JSONResponse
+from clarion.api.routes.templates import PreviewIn, checked, preview_recipient, render_preview
+from clarion.api.schemas import TemplateIn
+from clarion.errors import ValidationFailed
+
+router = APIRouter(prefix="/v1/templates", tags=["templates"])
+Reader = Annotated[Principal, Depends(require("read"))]
+
+
+class DraftPreviewIn(PreviewIn):
+    model_config = ConfigDict(extra="forbid")
+
+    template: TemplateIn
+
+
+@router.post(
+    "/preview",
+    summary="Render a draft template without storing or sending anything",
+    description=(
+        "`template` is a body `PUT /v1/templates/{name}` would take; it is checked the same "
+        "way (422 `template_error`, `unknown_category`, ...) and rendered like "
+        "`POST /v1/templates/{name}/preview` renders a stored one. Nothing is stored."
+    ),
+    response_model=DraftPreviewOut,
+)
+async def preview_draft(request: Request, principal: Reader, body: DraftPreviewIn) -> JSONResponse:
+    if body.version is not None:
+        raise ValidationFailed(
+            "a draft has no versions", details=[{"field": "version", "message": "not allowed"}]
+        )
+    _, _, compiled = await checked(request, principal.tenant_id, body.template)
+    recipient = await preview_recipient(request, principal.tenant_id, body)
+    locale, channels = render_preview(compiled, body, recipient)
+    return JSONResponse({"locale": locale, "channels": channels})

@@ -1,0 +1,123 @@
+// Categories (what a notification is about, and how recipients may opt out) and status
+// webhooks (delivery events posted to the tenant, signed).
+
+import { get, put, del, enc, CHANNELS } from "/admin/api.js";
+import { h, clear, badge, ago, when, field, table, notice, errorText, heading, code } from "/admin/dom.js";
+
+const EVENTS = ["*", "delivery.sent", "delivery.delivered", "delivery.failed", "delivery.dead", "delivery.suppressed", "delivery.scheduled"];
+
+export async function render(main) {
+  const categories = h("section", { class: "card" });
+  const webhooks = h("section", { class: "card" });
+  main.append(heading("Categories & webhooks"), categories, webhooks);
+  await Promise.all([drawCategories(categories), drawWebhooks(webhooks)]);
+}
+
+function checks(name, options, chosen) {
+  return h("div", { class: "checks" }, options.map((o) => h("label", { class: "check" }, h("input", { type: "checkbox", name, value: o, checked: chosen.includes(o) }), ` ${o}`)));
+}
+
+async function drawCategories(area) {
+  const page = await get("/v1/categories", { limit: 500 });
+  const messages = h("div", {});
+  const name = h("input", { name: "name", required: true, pattern: "[A-Za-z0-9_.:\\-]{1,100}", placeholder: "billing" });
+  const critical = h("input", { type: "checkbox", name: "critical" });
+  const digest = h("input", { name: "digest", placeholder: "e.g. 1h (empty: none)" });
+  const maxPerHour = h("input", { name: "max_per_hour", type: "number", min: 1 });
+  const channels = checks("default_channels", CHANNELS, []);
+  const form = h("form", {
+    class: "stack",
+    onsubmit: async (event) => {
+      event.preventDefault();
+      clear(messages);
+      const chosen = [...channels.querySelectorAll("input:checked")].map((box) => box.value);
+      const body = { critical: critical.checked, default_channels: chosen.length ? chosen : null, digest: digest.value.trim() ? { window: digest.value.trim() } : null, max_per_hour: maxPerHour.value ? Number(maxPerHour.value) : null };
+      try {
+        await put(`/v1/categories/${enc(name.value.trim())}`, body);
+        clear(area);
+        await drawCategories(area);
+      } catch (error) {
+        messages.append(notice(errorText(error), "bad"));
+      }
+    },
+  }, h("div", { class: "grid3" }, field("Name", name), field("Digest window", digest), field("At most per hour", maxPerHour)),
+  h("label", { class: "toggle" }, critical, " Critical (ignores opt-outs and quiet hours)"),
+  field("Default channels", channels),
+  h("div", { class: "filter-actions" }, h("button", { type: "submit", class: "primary", text: "Save category" })), messages);
+
+  area.append(
+    h("h2", { text: "Categories" }),
+    table(["Name", "Critical", "Default channels", "Digest", "Per hour", ""], page.data.map((c) => h("tr", { dataset: { name: c.name } },
+      h("td", {}, h("strong", { text: c.name })),
+      h("td", {}, c.critical ? badge("critical") : "no"),
+      h("td", {}, (c.default_channels || []).join(", ") || "template's"),
+      h("td", {}, c.digest ? c.digest.window : "—"),
+      h("td", {}, c.max_per_hour ? String(c.max_per_hour) : "—"),
+      h("td", {}, c.built_in ? h("span", { class: "muted", text: "built in" }) : h("button", { type: "button", class: "small", text: "Edit", onclick: () => {
+        name.value = c.name; critical.checked = c.critical; digest.value = c.digest ? c.digest.window : ""; maxPerHour.value = c.max_per_hour || "";
+        for (const box of channels.querySelectorAll("input")) box.checked = (c.default_channels || []).includes(box.value);
+        name.focus();
+      } })),
+    ))),
+    h("h3", { text: "Add or change a category" }), form,
+  );
+}
+
+async function drawWebhooks(area) {
+  const page = await get("/v1/webhooks", { limit: 500 });
+  const messages = h("div", {});
+  const name = h("input", { name: "name", required: true, pattern: "[A-Za-z0-9_.:\\-]{1,100}", placeholder: "status-events" });
+  const url = h("input", { name: "url", type: "url", required: true, placeholder: "https://hooks.example.com/clarion" });
+  const secret = h("input", { name: "secret", type: "password", autocomplete: "off", placeholder: "16+ characters; empty keeps the stored one" });
+  const events = checks("events", EVENTS, ["*"]);
+  const form = h("form", {
+    class: "stack",
+    onsubmit: async (event) => {
+      event.preventDefault();
+      clear(messages);
+      const body = { url: url.value.trim(), events: [...events.querySelectorAll("input:checked")].map((box) => box.value) };
+      if (secret.value) body.secret = secret.value;
+      try {
+        const saved = await put(`/v1/webhooks/${enc(name.value.trim())}`, body);
+        secret.value = "";
+        clear(area);
+        await drawWebhooks(area);
+        if (saved.secret && saved.secret !== "***") {
+          area.prepend(notice(`Signing secret of ${saved.name} (shown once, keep it now): ${saved.secret}`, "ok"));
+        }
+      } catch (error) {
+        messages.append(notice(errorText(error), "bad"));
+      }
+    },
+  }, h("div", { class: "grid3" }, field("Name", name), field("URL", url), field("Signing secret", secret, "Write-only")),
+  field("Events", events),
+  h("div", { class: "filter-actions" }, h("button", { type: "submit", class: "primary", text: "Save webhook" })), messages);
+
+  area.append(
+    h("h2", { text: "Status webhooks" }),
+    table(["Name", "URL", "Events", "Status", "Updated", ""], page.data.map((w) => h("tr", { dataset: { name: w.name } },
+      h("td", {}, h("strong", { text: w.name })),
+      h("td", {}, code(w.url)),
+      h("td", {}, w.events.join(", ")),
+      h("td", {}, badge(w.enabled ? "enabled" : "disabled")),
+      h("td", { title: when(w.updated_at) }, ago(w.updated_at)),
+      h("td", { class: "row-actions" },
+        h("button", { type: "button", class: "small", text: "Edit", onclick: () => {
+          name.value = w.name; url.value = w.url; secret.value = "";
+          for (const box of events.querySelectorAll("input")) box.checked = w.events.includes(box.value);
+          name.focus();
+        } }),
+        h("button", { type: "button", class: "small danger", text: "Delete", onclick: async () => {
+          if (!confirm(`Delete webhook ${w.name}?`)) return;
+          try {
+            await del(`/v1/webhooks/${enc(w.name)}`);
+            clear(area);
+            await drawWebhooks(area);
+          } catch (error) {
+            messages.append(notice(errorText(error), "bad"));
+          }
+        } })),
+    )), "No webhooks: nothing is posted back to you."),
+    h("h3", { text: "Add or change a webhook" }), form,
+  );
+}

@@ -1,0 +1,370 @@
+"""The admin console in a real browser (headless Chromium through Playwright), end to end:
+sign in, write a template while its preview follows the typing, send a test, find it in
+the message log with its timeline, read the email in the sandbox viewer, break a provider
+and replay the dead letter, all from the console. Hostile data shows as text, and no
+request leaves 127.0.0.1. Screenshots go to ``artifacts/browser/admin-*.png``.
+
+Needs the system's Chromium, like ``test_inbox_browser.py``."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page, Route, expect
+
+from harness import Harness
+from inbox_kit import serving
+from test_inbox_browser import browser, shot
+
+__all__ = ["browser"]
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
+
+XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+
+
+class Outside:
+    """Every request the page makes; any to a host other than 127.0.0.1 is refused."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.refused: list[str] = []
+
+    async def route(self, route: Route) -> None:
+        url = route.request.url
+        self.seen.append(url)
+        host = urlsplit(url).hostname
+        if url.startswith(("data:", "about:", "blob:")) or host == "127.0.0.1":
+            await route.continue_()
+        else:
+            self.refused.append(url)
+            await route.abort()
+
+
+@pytest.fixture
+async def context(browser: Browser) -> AsyncIterator[tuple[BrowserContext, Outside]]:
+    context = await browser.new_context(viewport={"width": 1440, "height": 900})
+    outside = Outside()
+    await context.route("**/*", outside.route)
+    try:
+        yield context, outside
+    finally:
+        await context.close()
+
+
+async def _watch(page: Page, errors: list[str], requests: list[str]) -> None:
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("request", lambda request: requests.append(request.url))
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def _deliveries(app: Harness, **params: Any) -> list[dict[str, Any]]:
+    response = await app.client.get("/v1/deliveries", params=params, headers=app.auth)
+    assert response.status_code == 200, response.text
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
+
+
+async def _sign_in(page: Page, base: str, key: str) -> None:
+    await page.goto(f"{base}/admin/")
+    await page.get_by_label("API key").fill("clk_not_a_key")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("alert")).to_contain_text("not valid")
+    await shot(page, "admin-1-login")
+    await page.get_by_label("API key").fill(key)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Message log")).to_be_visible()
+    stored = await page.evaluate("[sessionStorage.length, localStorage.length, document.cookie]")
+    assert stored == [1, 0, ""]
+
+
+async def _write_template(page: Page) -> None:
+    await page.get_by_role("link", name="Templates").click()
+    await page.get_by_label("New template name").fill("welcome")
+    await page.get_by_role("button", name="New template").click()
+    await expect(page.get_by_role("heading", name="Template welcome")).to_be_visible()
+    await page.locator("textarea[name=sample]").fill('{"firstName": "Alex", "orderId": "A1"}')
+    subject = page.locator(".preview-pane .subject")
+    await page.locator("input[name='email.subject']").fill("Hello {{ firstName }}")
+    await expect(subject).to_have_text("Hello Alex")
+    await page.locator("input[name='email.subject']").press_sequentially(", order {{ orderId }}")
+    await expect(subject).to_have_text("Hello Alex, order A1")
+    await page.locator("textarea[name='email.html']").fill(
+        '<h1 style="color:#4f46e5">Welcome, {{ firstName }}</h1><p>Order {{ orderId }}.</p>'
+    )
+    frame = page.frame_locator(".preview-pane iframe")
+    await expect(frame.locator("h1")).to_have_text("Welcome, Alex")
+    await page.locator("textarea[name='email.text']").fill("Welcome, {{ firstName }}")
+    # A missing variable is reported, not rendered.
+    await page.locator("input[name='email.subject']").fill("Hi {{ nobody }}")
+    await expect(page.locator(".preview-pane")).to_contain_text("missing_variable")
+    await page.locator("input[name='email.subject']").fill("Hello {{ firstName }}")
+    await expect(subject).to_have_text("Hello Alex")
+    # Hostile template text shows as text in the SMS preview.
+    await page.locator("[data-channel=sms]").click()
+    await page.get_by_label("Send on sms").check()
+    await page.locator("textarea[name='sms.text']").fill(XSS + " {{ orderId }}")
+    await expect(page.locator(".preview-pane .bubble")).to_have_text(XSS + " A1")
+    await shot(page, "admin-2-template-editor")
+    await page.get_by_role("button", name="Save version").click()
+    await expect(page.locator(".status-line")).to_have_text("Saved as version 1")
+    await expect(page.locator(".versions li")).to_have_count(1)
+    # A French subject: the fr locale's preview uses it; saved as version 2, then rolled back.
+    await page.locator("[data-channel=email]").click()
+    await page.get_by_label("New locale").fill("fr")
+    await page.get_by_role("button", name="+ locale").click()
+    await page.locator("input[name='email.subject']").fill("Bonjour {{ firstName }}")
+    await expect(subject).to_have_text("Bonjour Alex")
+    await expect(page.locator(".preview-meta")).to_have_text("email · locale fr")
+    await page.locator("[data-locale='']").click()
+    await expect(subject).to_have_text("Hello Alex")
+    await page.get_by_role("button", name="Save version").click()
+    await expect(page.locator(".status-line")).to_have_text("Saved as version 2")
+    await expect(page.locator(".versions li")).to_have_count(2)
+    await page.locator("[data-version='1']").get_by_role("button", name="Roll back").click()
+    await expect(page.locator(".status-line")).to_have_text("Version 1 is active again")
+    await expect(page.locator("[data-version='1']")).to_contain_text("active")
+    await expect(page.locator("[data-locale=fr]")).to_have_count(0)
+
+
+async def _send_test(page: Page, rid: str) -> str:
+    await page.locator("input[name=test_recipient]").fill(rid)
+    await page.get_by_role("button", name="Send test").click()
+    accepted = page.locator(".test-result a")
+    await accepted.wait_for()
+    nid = await accepted.text_content()
+    assert nid
+    assert nid.startswith("ntf_")
+    return nid
+
+
+async def test_the_console_end_to_end(
+    lite: Harness, context: tuple[BrowserContext, Outside]
+) -> None:
+    browser_context, outside = context
+    await lite.put_recipient(
+        "alex", email="alex@example.com", phone="+14155550100", data={"nickname": XSS}
+    )
+    async with serving(lite) as base:
+        page = await browser_context.new_page()
+        errors: list[str] = []
+        requests: list[str] = []
+        await _watch(page, errors, requests)
+        await _sign_in(page, base, lite.key)
+        await _write_template(page)
+        nid = await _send_test(page, "alex")
+
+        async def sent() -> bool:
+            found = await _deliveries(lite, notification_id=nid)
+            return [d["status"] for d in found] == ["sent", "sent"]
+
+        await lite.until(sent)
+        [delivery] = await _deliveries(lite, notification_id=nid, channel="email")
+
+        # The message log: the notification, its delivery, the timeline.
+        await page.get_by_role("link", name="Message log").click()
+        row = page.locator(f"tr[data-id='{nid}']")
+        await expect(row).to_contain_text("completed")
+        await expect(row).to_contain_text("welcome")
+        await page.get_by_label("Template").fill("welcome")
+        await page.get_by_role("button", name="Apply").click()
+        await expect(page.locator("tbody tr")).to_have_count(1)
+        await shot(page, "admin-3-message-log")
+        await page.get_by_role("link", name=nid).click()
+        await page.get_by_role("link", name=delivery["id"]).first.click()
+        timeline = page.locator(".timeline")
+        await expect(timeline.locator("[data-type=queued]")).to_be_visible()
+        await expect(timeline.locator("[data-type=sent]")).to_contain_text("sandbox")
+        await shot(page, "admin-4-timeline")
+
+        # The sandbox viewer: the email, in a sandboxed frame with no script.
+        await page.get_by_role("link", name="Sandbox").click()
+        await page.get_by_role("tab", name="email").click()
+        item = page.locator(".mail-item").first
+        await expect(item).to_contain_text("Hello Alex")
+        frame = page.locator(".mail-view iframe")
+        assert await frame.get_attribute("sandbox") == ""
+        await expect(page.frame_locator(".mail-view iframe").locator("h1")).to_have_text(
+            "Welcome, Alex"
+        )
+        await shot(page, "admin-5-sandbox-email")
+        await page.get_by_role("tab", name="sms").click()
+        await expect(page.locator(".mail-view .bubble")).to_have_text(XSS + " A1")
+
+        # Hostile recipient data shows as text.
+        await page.get_by_role("link", name="Recipients").click()
+        await page.get_by_label("Recipient id").fill("alex")
+        await page.get_by_role("button", name="Open").click()
+        await expect(page.locator("pre.json")).to_contain_text(json.dumps(XSS))
+        await expect(page.locator(".card.wide tbody tr")).to_have_count(2)
+        await expect(page.locator(".card", has_text="Preferences")).to_contain_text("No opt-outs")
+        await expect(page.locator(".card", has_text="In-app inbox")).to_contain_text("empty")
+        await shot(page, "admin-6-recipient")
+
+        # A provider that fails: an SMTP server nobody listens on.
+        await page.get_by_role("link", name="Providers").click()
+        await page.get_by_label("Name", exact=True).fill("smtp-broken")
+        await page.locator("input[name='config.host']").fill("127.0.0.1")
+        await page.locator("input[name='config.port']").fill(str(_closed_port()))
+        await page.locator("input[name='config.password']").fill("hunter2-secret")
+        await page.locator("input[name='config.from']").fill("shop@example.com")
+        await page.locator("input[name='config.tls']").fill("none")
+        await page.get_by_role("button", name="Add provider").click()
+        provider_row = page.locator("tr[data-name='smtp-broken']")
+        await expect(provider_row).to_contain_text("write-only")
+        assert "hunter2" not in (await page.content())
+        await page.get_by_label("Test recipient").fill("alex")
+        await provider_row.get_by_role("button", name="Test").click()
+        await expect(page.locator(".messages")).to_contain_text("smtp-broken: failed, transient")
+        await expect(page.locator(".messages")).to_contain_text("ConnectionRefused")
+        await shot(page, "admin-7-providers")
+
+        await page.get_by_role("link", name="Templates").click()
+        await page.get_by_role("link", name="welcome").click()
+        failing = await _send_test(page, "alex")
+
+        async def dead() -> bool:
+            found = await _deliveries(lite, notification_id=failing, channel="email")
+            return [d["status"] for d in found] == ["dead"]
+
+        await lite.until(dead)
+        [dead_email] = await _deliveries(lite, notification_id=failing, channel="email")
+
+        # Fix it from the console (delete the broken provider: the deployment's default,
+        # the sandbox, takes the channel over), then replay the dead letter.
+        await page.get_by_role("link", name="Providers").click()
+        await provider_row.get_by_role("button", name="Disable").click()
+        await expect(provider_row).to_contain_text("disabled")
+        page.once("dialog", lambda dialog: dialog.accept())
+        await provider_row.get_by_role("button", name="Delete").click()
+        await expect(page.locator(".messages")).to_contain_text("smtp-broken deleted")
+        await expect(provider_row).to_have_count(0)
+        await page.get_by_role("link", name="Dead letters").click()
+        dead_row = page.locator(f"tr[data-id='{dead_email['id']}']")
+        await expect(dead_row).to_contain_text("smtp-broken")
+        await shot(page, "admin-8-dead-letters")
+        await dead_row.locator("input[name=pick]").check()
+        await page.get_by_role("button", name="Replay selected").click()
+        await expect(page.locator(".messages")).to_contain_text("Replayed 1 of 1")
+
+        async def replayed() -> bool:
+            found = await _deliveries(lite, notification_id=failing, channel="email")
+            return [d["status"] for d in found] == ["sent"]
+
+        await lite.until(replayed)
+        await page.goto(f"{base}/admin/#/log/delivery/{dead_email['id']}")
+        await expect(page.locator(".timeline [data-type=replayed]")).to_be_visible()
+        await expect(page.locator(".timeline [data-type=sent]")).to_be_visible()
+        await shot(page, "admin-9-replayed")
+
+        await page.get_by_role("link", name="Dashboard").click()
+        await expect(page.locator(".channel-card[data-channel=email]")).to_be_visible()
+        await shot(page, "admin-10-dashboard")
+
+        assert await page.evaluate("window.__xss") is None
+        assert errors == []
+        assert outside.refused == []
+        assert requests
+        assert all(urlsplit(url).hostname == "127.0.0.1" for url in requests)
+        await page.close()
+
+
+async def test_the_api_docs_work_offline(
+    lite: Harness, context: tuple[BrowserContext, Outside]
+) -> None:
+    browser_context, outside = context
+    async with serving(lite) as base:
+        page = await browser_context.new_page()
+        errors: list[str] = []
+        requests: list[str] = []
+        await _watch(page, errors, requests)
+        await page.goto(f"{base}/docs")
+        await expect(page.locator(".swagger-ui .info .title")).to_contain_text("Clarion")
+        await expect(page.locator(".opblock-tag-section").first).to_be_visible()
+        await shot(page, "docs-1-swagger")
+        assert errors == []
+        assert outside.refused == []
+        assert all(urlsplit(url).hostname == "127.0.0.1" for url in requests)
+        await page.close()
+
+
+SCREENS = [
+    ("dashboard", "Dashboard"),
+    ("log?tab=deliveries&status=sent", "Message log"),
+    ("templates", "Templates"),
+    ("templates/hostile", "Template hostile"),
+    ("sandbox", "Sandbox"),
+    ("dead-letters", "Dead letters"),
+    ("recipients/u-xss", "Recipient u-xss"),
+    ("providers", "Providers"),
+    ("settings", "Categories & webhooks"),
+]
+
+
+async def test_every_screen_shows_hostile_data_as_text(
+    lite: Harness, context: tuple[BrowserContext, Outside]
+) -> None:
+    browser_context, outside = context
+    await lite.put_template(
+        "hostile",
+        {
+            "channels": {
+                "inapp": {"title": XSS, "body": "{{ payload }}"},
+                "email": {"subject": "{{ payload }}", "html": XSS, "text": "x"},
+            }
+        },
+    )
+    await lite.put_recipient(
+        "u-xss", email="x@example.com", locale="fr", data={"payload": XSS, "name": XSS}
+    )
+    sent = await lite.send({"template": "hostile", "to": {"recipient_id": "u-xss"}})
+    assert sent.status_code == 202, sent.text
+    await lite.drain()
+    category = await lite.client.put(
+        "/v1/categories/billing", json={"max_per_hour": 5}, headers=lite.auth
+    )
+    assert category.status_code == 200, category.text
+    async with serving(lite) as base:
+        page = await browser_context.new_page()
+        errors: list[str] = []
+        requests: list[str] = []
+        await _watch(page, errors, requests)
+        await page.goto(f"{base}/admin/")
+        await page.get_by_label("API key").fill(lite.key)
+        await page.get_by_role("button", name="Sign in").click()
+        for route, title in SCREENS:
+            await page.goto(f"{base}/admin/#/{route}")
+            await expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible()
+            await page.wait_for_load_state("networkidle")
+            if route == "templates/hostile":
+                await expect(page.locator(".versions li")).to_have_count(1)
+                await expect(page.locator(".preview-pane")).to_contain_text("payload")
+            await shot(page, "admin-screen-" + route.split("?")[0].replace("/", "-"))
+        # The email's HTML is the payload, in a frame where no script runs.
+        await page.goto(f"{base}/admin/#/sandbox?channel=email")
+        await expect(page.locator(".mail-view .subject")).to_have_text(XSS)
+        assert await page.locator(".mail-view iframe").get_attribute("sandbox") == ""
+        await page.goto(f"{base}/admin/#/recipients/u-xss")
+        # The in-app message (title and body the payload) in the recipient's inbox.
+        await expect(page.locator(".inbox-list strong")).to_have_text(XSS)
+        await expect(page.locator(".inbox-list p")).to_have_text(XSS)
+        # Signing out forgets the key.
+        await page.get_by_role("button", name="Sign out").click()
+        await expect(page.get_by_label("API key")).to_be_visible()
+        assert await page.evaluate("sessionStorage.length") == 0
+        assert await page.evaluate("window.__xss") is None
+        assert errors == []
+        assert outside.refused == []
+        assert all(urlsplit(url).hostname == "127.0.0.1" for url in requests)
+        await page.close()

@@ -130,7 +130,10 @@ async def queued_of_notifications(
     return found
 
 
-_FINISHED = "SELECT id FROM deliveries WHERE id = ANY($1::text[]) AND status = ANY($2::text[])"
+# By primary key only, the status compared here: with `status = ANY(...)` in the query, a
+# planner without fresh statistics may read the status index instead, every row `sent` so
+# far, on every take.
+_STATUSES = "SELECT id, status FROM deliveries WHERE id = ANY($1::text[])"
 
 
 async def finished_ids(
@@ -139,8 +142,9 @@ async def finished_ids(
     """Which of these deliveries are already in a final state or cancelled (so must not be
     sent). Asked once per take by every worker: on PostgreSQL one fixed statement."""
     if pg is not None:
-        rows = await pg.fetch(_FINISHED, list(ids), [str(s) for s in TERMINAL_STATUSES])
-        return {row[0] for row in rows}
+        rows = await pg.fetch(_STATUSES, list(ids))
+        final = {str(s) for s in TERMINAL_STATUSES}
+        return {row[0] for row in rows if row[1] in final}
     found: set[str] = set()
     async with engine.connect() as conn:
         for part in chunks(list(ids), 1000):

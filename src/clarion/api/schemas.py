@@ -303,12 +303,35 @@ class PreferencesIn(BaseModel):
         default_factory=dict, max_length=1000
     )
     quiet_hours: QuietHours | None = None
+    snooze_until: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "Extension: a temporary opt-out of every non-critical send until this RFC 3339 "
+            "time (null or absent: none). What arrives meanwhile is deferred to the snooze's "
+            "end, or dropped in a category with `during_snooze: drop`; the snooze ends by "
+            "itself."
+        ),
+    )
+
+
+# A digest key names a field of the notification's data: `project` or `project.id`.
+DigestKey = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"),
+]
 
 
 class DigestIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     window: Annotated[str, AfterValidator(_digest_window)]
+    key: DigestKey | None = Field(
+        default=None,
+        description=(
+            "A field of the notification's data (a dotted path for a nested one) whose value "
+            "splits a recipient's digests: one window per value. Absent: one per channel."
+        ),
+    )
 
 
 class CategoryIn(BaseModel):
@@ -318,3 +341,23 @@ class CategoryIn(BaseModel):
     default_channels: list[Channel] | None = Field(default=None, min_length=1)
     digest: DigestIn | None = None
     max_per_hour: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_per_day: int | None = Field(default=None, ge=1, le=1_000_000)
+    overflow: Literal["drop", "defer", "digest"] = Field(
+        default="drop",
+        description=(
+            "What becomes of a notification over `max_per_hour` or `max_per_day`: `drop` "
+            "(suppressed, `rate_limited`), `defer` (scheduled for the first free slot within "
+            "7 days, else dropped) or `digest` (held for the category's digest, which it "
+            "then needs)."
+        ),
+    )
+    during_snooze: Literal["defer", "drop"] = Field(
+        default="defer",
+        description="What arrives while a recipient is snoozed: deferred to the end, or dropped.",
+    )
+
+    @model_validator(mode="after")
+    def _overflow_needs_digest(self) -> CategoryIn:
+        if self.overflow == "digest" and self.digest is None:
+            raise ValueError("`overflow: digest` needs the category's `digest`")
+        return self

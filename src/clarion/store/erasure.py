@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import new_id
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus
+from clarion.store import digests as digest_store
 from clarion.store import inbox_access
 from clarion.store import recipients as recipient_store
 from clarion.store import topics as topic_store
@@ -74,6 +75,7 @@ async def erase(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> datet
                 )
             )
         await topic_store.forget_recipient(conn, tenant_id, recipient_id)
+        await digest_store.forget_recipient(conn, tenant_id, recipient_id)
         await _scrub_deliveries(conn, tenant_id, recipient_id)
         await _forget_in_notifications(conn, tenant_id, recipient_id)
         await _forget_batch_responses(conn, tenant_id, recipient_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -135,7 +135,7 @@ class Decision:
     suppressed: Mapping[str, str]  # channel -> reason
     held: tuple[str, ...] = ()  # channels held for the category's digest
     # channel -> why it is deferred, when not for quiet hours ("snoozed")
-    deferred_for: Mapping[str, str] = _NO_MAPPING
+    deferred_for: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def candidate_channels(

@@ -721,10 +721,14 @@ def test_digest_holds_digestible_channels_unless_critical() -> None:
     # No digest on the category: nothing held whatever the template offers.
     assert _decide_all({}, NOON, digestible=("email",)).held == ()
     critical = _decide_all({}, NOON, category=DIGESTED, digestible=("email",), priority="critical")
-    assert critical.held == () and "email" in critical.send_now
+    assert critical.held == ()
+    assert "email" in critical.send_now
     # Opted out is never held; snoozed (defer) is held, the digest itself waits for the end.
-    opted = _decide_all({"channels": {"email": False}}, NOON, category=DIGESTED, digestible=("email",))
-    assert opted.suppressed == {"email": OPTED_OUT} and opted.held == ()
+    opted = _decide_all(
+        {"channels": {"email": False}}, NOON, category=DIGESTED, digestible=("email",)
+    )
+    assert opted.suppressed == {"email": OPTED_OUT}
+    assert opted.held == ()
     snoozed = _decide_all(
         {"snooze_until": "2026-01-15T18:00:00Z"}, NOON, category=DIGESTED, digestible=("email",)
     )

@@ -1,0 +1,227 @@
+"""Digests: a category's notifications held per (recipient, channel, key), one message per
+window when it closes (the scheduler's clock injected), on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from clarion.pipeline.digests import DigestCloser
+from clarion.store import digests as digest_store
+from clarion.store.db import utcnow
+from clarion.store.tables import digest_items, digest_windows
+from harness import Harness
+
+DIGEST_EMAIL = {
+    "subject": "{{ count }} updates",
+    "text": "{% for item in items %}{{ item.what }};{% endfor %}",
+}
+TEMPLATE: dict[str, Any] = {
+    "category": "updates",
+    "channels": {
+        "email": {"subject": "Update {{ what }}", "text": "{{ what }}", "digest": DIGEST_EMAIL},
+        "sms": {"text": "Update {{ what }}"},
+    },
+    "locales": {"fr": {"email": {"digest": {"subject": "{{ count }} nouvelles", "text": "-"}}}},
+}
+HOUR = timedelta(hours=1)
+
+
+async def _category(app: Harness, body: dict[str, Any], name: str = "updates") -> None:
+    response = await app.client.put(f"/v1/categories/{name}", json=body, headers=app.auth)
+    assert response.status_code == 200, response.text
+
+
+async def _setup(app: Harness, digest: dict[str, Any] | None = None, **recipient: Any) -> None:
+    await _category(app, {"digest": digest or {"window": "1h"}})
+    await app.put_template("news", TEMPLATE)
+    await app.put_recipient("u1", email="u1@example.com", phone="+14155550100", **recipient)
+
+
+async def _send(app: Harness, data: dict[str, Any], **extra: Any) -> str:
+    body = {"template": "news", "to": {"recipient_id": "u1"}, "data": data, **extra}
+    response = await app.send(body)
+    assert response.status_code == 202, response.text
+    nid: str = response.json()["id"]
+    return nid
+
+
+async def _emails(app: Harness) -> list[dict[str, Any]]:
+    response = await app.client.get(
+        "/v1/sandbox/messages", params={"channel": "email"}, headers=app.auth
+    )
+    assert response.status_code == 200, response.text
+    return list(reversed(response.json()["data"]))  # oldest first
+
+
+async def _closed(app: Harness) -> list[dict[str, Any]]:
+    query = select(digest_windows).where(digest_windows.c.closed_at.is_not(None))
+    async with app.ctx.engine.connect() as conn:
+        return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def test_a_window_sends_one_digest_with_every_item_when_it_closes(app: Harness) -> None:
+    await _setup(app)
+    ids = [await _send(app, {"what": f"a{n}"}) for n in range(4)]
+    await app.drain()
+
+    for nid in ids:
+        note = await app.notification(nid)
+        by_channel = {d["channel"]: d for d in note["deliveries"]}
+        # Held for the digest: the channel with digest content; the other goes as usual.
+        assert (by_channel["email"]["status"], by_channel["email"]["reason"]) == (
+            "suppressed",
+            "digest",
+        )
+        assert by_channel["sms"]["status"] == "sent"
+        assert note["status"] == "completed"
+    assert await _emails(app) == []
+    [window] = await digest_store.open_windows(app.ctx.engine, app.tenant_id, "u1")
+    assert (window["channel"], window["category"], window["dkey"], window["items"]) == (
+        "email",
+        "updates",
+        "",
+        4,
+    )
+
+    closer = DigestCloser(app.ctx)
+    assert await closer.run_once(utcnow() + HOUR / 2) == 0  # not yet
+    assert await closer.run_once(utcnow() + HOUR + timedelta(seconds=1)) == 1
+    await app.drain()
+    [email] = await _emails(app)
+    assert email["content"]["subject"] == "4 updates"
+    assert email["content"]["text"] == "a0;a1;a2;a3;"
+    # Closing again finds nothing: exactly one digest.
+    assert await closer.run_once(utcnow() + 2 * HOUR) == 0
+    await app.drain()
+    assert len(await _emails(app)) == 1
+    [closed] = await _closed(app)
+    digest = await app.notification(closed["notification_id"])
+    assert digest["status"] == "completed"
+    assert [(d["channel"], d["status"]) for d in digest["deliveries"]] == [("email", "sent")]
+
+    # What arrives after the closing opens a new window.
+    await _send(app, {"what": "b0"})
+    await app.drain()
+    [again] = await digest_store.open_windows(app.ctx.engine, app.tenant_id, "u1")
+    assert again["id"] != window["id"]
+    assert again["items"] == 1
+
+
+async def test_the_key_splits_digests_and_the_locale_applies(app: Harness) -> None:
+    await _setup(app, {"window": "10m", "key": "project.id"}, locale="fr-CA")
+    for what, project in (("x1", "p1"), ("y1", "p2"), ("x2", "p1"), ("z1", None)):
+        await _send(app, {"what": what, "project": {"id": project}})
+    await app.drain()
+    windows = await digest_store.open_windows(app.ctx.engine, app.tenant_id, "u1")
+    assert sorted((w["dkey"], w["items"]) for w in windows) == [("", 1), ("p1", 2), ("p2", 1)]
+
+    assert await DigestCloser(app.ctx).run_once(utcnow() + timedelta(minutes=11)) == 3
+    await app.drain()
+    subjects = sorted(m["content"]["subject"] for m in await _emails(app))
+    assert subjects == ["1 nouvelles", "1 nouvelles", "2 nouvelles"]
+
+
+async def test_critical_sends_bypass_the_digest(app: Harness) -> None:
+    await _setup(app)
+    nid = await _send(app, {"what": "now"}, priority="critical")
+    await app.drain()
+    note = await app.notification(nid)
+    assert {d["status"] for d in note["deliveries"]} == {"sent"}
+    assert await digest_store.open_windows(app.ctx.engine, app.tenant_id, "u1") == []
+    [email] = await _emails(app)
+    assert email["content"]["subject"] == "Update now"
+
+
+async def test_a_template_without_digest_content_is_not_held(app: Harness) -> None:
+    await _setup(app)
+    plain = {"category": "updates", "channels": {"email": {"subject": "S", "text": "T"}}}
+    await app.put_template("news", plain)
+    nid = await _send(app, {"what": "w"})
+    await app.drain()
+    assert [d["status"] for d in (await app.notification(nid))["deliveries"]] == ["sent"]
+    assert await digest_store.open_windows(app.ctx.engine, app.tenant_id, "u1") == []
+
+
+async def test_cancelled_notifications_leave_the_digest_and_two_closers_close_once(
+    app: Harness,
+) -> None:
+    await _setup(app)
+    await _send(app, {"what": "kept"})
+    gone = await _send(app, {"what": "gone"})
+    await _send(app, {"what": "kept2"})
+    await app.drain()
+    response = await app.client.delete(f"/v1/notifications/{gone}", headers=app.auth)
+    assert response.status_code == 202, response.text
+    due = utcnow() + HOUR + timedelta(seconds=1)
+    made = await asyncio.gather(*(DigestCloser(app.ctx).run_once(due) for _ in range(3)))
+    assert sum(made) == 1
+    await app.drain()
+    [email] = await _emails(app)
+    assert (email["content"]["subject"], email["content"]["text"]) == ("2 updates", "kept;kept2;")
+
+
+async def test_holding_twice_holds_once(app: Harness) -> None:
+    """A plan replayed after a crash (between holding and storing its deliveries) holds
+    the same deliveries again: nothing is added, before or after the window closed."""
+    await _setup(app)
+    nid = await _send(app, {"what": "once"})
+    await app.drain()
+    [window] = await digest_store.open_windows(app.ctx.engine, app.tenant_id, "u1")
+    async with app.ctx.engine.connect() as conn:
+        [item] = (await conn.execute(select(digest_items))).mappings().all()
+    replay = digest_store.Held(
+        app.tenant_id, "u1", "email", "updates", "", 3600, item["delivery_id"], nid
+    )
+    await digest_store.hold(app.ctx.engine, [replay], utcnow())
+    assert await _count_items(app) == 1
+    assert await DigestCloser(app.ctx).run_once(utcnow() + 2 * HOUR) == 1
+    await digest_store.hold(app.ctx.engine, [replay], utcnow())
+    assert await _count_items(app) == 1
+    assert await DigestCloser(app.ctx).run_once(utcnow() + 4 * HOUR) == 0
+    await app.drain()
+    assert len(await _emails(app)) == 1
+    assert window["items"] == 1
+
+
+async def _count_items(app: Harness) -> int:
+    async with app.ctx.engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(digest_items))).scalar())
+
+
+async def test_erasure_forgets_the_recipients_windows(lite: Harness) -> None:
+    await _setup(lite)
+    await _send(lite, {"what": "w"})
+    await lite.drain()
+    assert len(await digest_store.open_windows(lite.ctx.engine, lite.tenant_id, "u1")) == 1
+    response = await lite.client.delete("/v1/recipients/u1", headers=lite.auth)
+    assert response.status_code == 204
+    assert await digest_store.open_windows(lite.ctx.engine, lite.tenant_id, "u1") == []
+    assert await _count_items(lite) == 0
+
+
+async def test_bad_digest_content_and_windows_are_refused(lite: Harness) -> None:
+    await _category(lite, {"digest": {"window": "1h"}})
+    bad = {"category": "updates", "channels": {"email": {"subject": "S", "digest": "text"}}}
+    response = await lite.client.put("/v1/templates/t", json=bad, headers=lite.auth)
+    _error(response, 422, "template_error")
+    broken = {
+        "category": "updates",
+        "channels": {"email": {"subject": "S", "digest": {"subject": "{{ count"}}},
+    }
+    response = await lite.client.put("/v1/templates/t", json=broken, headers=lite.auth)
+    _error(response, 422, "template_error")
+    for digest in ({"window": "1 hour"}, {"window": "1h", "key": "a b"}, {"window": 3600}):
+        response = await lite.client.put(
+            "/v1/categories/updates", json={"digest": digest}, headers=lite.auth
+        )
+        _error(response, 422, "validation_error")
+
+
+def _error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code, response.text

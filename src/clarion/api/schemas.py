@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -81,6 +82,16 @@ def _small_data(value: dict[str, Any]) -> dict[str, Any]:
 
 
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+
+
+def _text_only(value: Any) -> Any:
+    if value is not None and not isinstance(value, (str, datetime)):
+        raise ValueError("an RFC 3339 time as a string, e.g. 2026-11-24T08:00:00Z")
+    return value
+
+
+# An RFC 3339 string with its offset; numbers (epoch seconds) are refused.
+Rfc3339 = Annotated[datetime, BeforeValidator(_text_only), AfterValidator(_aware)]
 Email = Annotated[str, AfterValidator(normal_email)]
 Phone = Annotated[str, AfterValidator(normal_phone)]
 Locale = Annotated[str, AfterValidator(_locale)]
@@ -303,7 +314,7 @@ class PreferencesIn(BaseModel):
         default_factory=dict, max_length=1000
     )
     quiet_hours: QuietHours | None = None
-    snooze_until: AwareDatetime | None = Field(
+    snooze_until: Rfc3339 | None = Field(
         default=None,
         description=(
             "Extension: a temporary opt-out of every non-critical send until this RFC 3339 "
@@ -348,7 +359,7 @@ class CategoryIn(BaseModel):
             "What becomes of a notification over `max_per_hour` or `max_per_day`: `drop` "
             "(suppressed, `rate_limited`), `defer` (scheduled for the first free slot within "
             "7 days, else dropped) or `digest` (held for the category's digest, which it "
-            "then needs)."
+            "then needs; the digest then holds only what is over a cap)."
         ),
     )
     during_snooze: Literal["defer", "drop"] = Field(
@@ -360,4 +371,6 @@ class CategoryIn(BaseModel):
     def _overflow_needs_digest(self) -> CategoryIn:
         if self.overflow == "digest" and self.digest is None:
             raise ValueError("`overflow: digest` needs the category's `digest`")
+        if self.overflow == "digest" and not (self.max_per_hour or self.max_per_day):
+            raise ValueError("`overflow: digest` needs `max_per_hour` or `max_per_day`")
         return self

@@ -116,7 +116,8 @@ class CategoryPolicy:
     default_channels: tuple[str, ...] | None = None
     max_per_hour: int | None = None
     max_per_day: int | None = None
-    # What becomes of a notification over a cap: "drop" | "defer" | "digest".
+    # What becomes of a notification over a cap: "drop" | "defer" | "digest" (then the
+    # digest holds only what is over a cap, not everything).
     overflow: str = "drop"
     # Seconds a digest window stays open (None: the category has no digest), and the data
     # field whose value splits a recipient's digests (None: one digest per channel).
@@ -188,7 +189,8 @@ def decide(
     suppressed: dict[str, str] = {}
     held: list[str] = []
     snoozing: dict[str, str] = {}
-    hold = category.digest_window is not None
+    # With `overflow: digest` the digest is for what is over a cap (pipeline/throttle.py).
+    hold = category.digest_window is not None and category.overflow != "digest"
     for channel in wanted:
         if not preferences.allows(category.name, channel):
             suppressed[channel] = OPTED_OUT

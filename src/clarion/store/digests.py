@@ -173,13 +173,14 @@ async def close_due(
 
 
 async def _items(conn: AsyncConnection, window_ids: list[str]) -> dict[str, list[Any]]:
-    """Each window's notifications still standing (data, template, priority), in order."""
+    """Each window's notifications still standing (data, template, priority), in the order
+    they were accepted (a planner batch may hold several in another order)."""
     i, n = digest_items, notifications
     query = (
         select(i.c.window_id, n.c.data, n.c.template, n.c.priority)
         .join(n, n.c.id == i.c.notification_id)
         .where(i.c.window_id.in_(window_ids), n.c.status != NotificationStatus.CANCELLED)
-        .order_by(i.c.window_id, i.c.id)
+        .order_by(i.c.window_id, n.c.created_at, n.c.id)
     )
     found: dict[str, list[Any]] = {}
     for row in await conn.execute(query):

@@ -198,6 +198,15 @@ async def test_erasure_forgets_the_recipients_windows(lite: Harness) -> None:
     await _send(lite, {"what": "w"})
     await lite.drain()
     assert len(await digest_store.open_windows(lite.ctx.engine, lite.tenant_id, "u1")) == 1
+    export = (await lite.client.get("/v1/recipients/u1/export", headers=lite.auth)).json()
+    [held] = export["digests"]
+    assert (held["channel"], held["category"], held["key"], held["held"]) == (
+        "email",
+        "updates",
+        "",
+        1,
+    )
+    assert held["closes_at"].endswith("Z")
     response = await lite.client.delete("/v1/recipients/u1", headers=lite.auth)
     assert response.status_code == 204
     assert await digest_store.open_windows(lite.ctx.engine, lite.tenant_id, "u1") == []

@@ -366,4 +366,8 @@ class RecipientExport(_Out):
     inbox_messages: list[dict[str, Any]]
     deliveries: list[dict[str, Any]]
     sandbox_messages: list[dict[str, Any]]
+    digests: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Open digest windows: channel, category, key, held, opened_at, closes_at",
+    )
     truncated: bool = Field(description="Whether a list was cut at its limit")

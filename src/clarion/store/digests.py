@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, select, update
+from sqlalchemy import bindparam, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.digests import MAX_ITEMS, digest_notification_id
 from clarion.domain.ids import new_id
 from clarion.domain.models import NotificationStatus, Priority
-from clarion.store.db import utcnow, write_tx
+from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import chunks, insert_ignoring_conflicts
 from clarion.store.tables import digest_items, digest_windows, notifications, outbox
 
@@ -235,18 +235,34 @@ async def _forget(conn: AsyncConnection, ids: list[str]) -> None:
         await conn.execute(delete(digest_windows).where(digest_windows.c.id.in_(part)))
 
 
-async def open_windows(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> list[Any]:
-    """The recipient's open windows with how many notifications each holds (tests, export)."""
+async def open_windows(
+    engine_or_conn: AsyncEngine | AsyncConnection, tenant_id: str, recipient_id: str
+) -> list[dict[str, Any]]:
+    """The recipient's open windows, oldest first, with how many notifications each holds
+    (``items``; the export lists them)."""
     t, i = digest_windows, digest_items
     query = (
-        select(t.c.id, t.c.channel, t.c.category, t.c.dkey, t.c.closes_at, t.c.held)
+        select(
+            t.c.id,
+            t.c.channel,
+            t.c.category,
+            t.c.dkey,
+            t.c.opened_at,
+            t.c.closes_at,
+            func.count(i.c.id).label("items"),
+        )
+        .outerjoin(i, i.c.window_id == t.c.id)
         .where(t.c.tenant_id == tenant_id, t.c.recipient_id == recipient_id)
         .where(t.c.closed_at.is_(None))
-        .order_by(t.c.opened_at)
+        .group_by(t.c.id, t.c.channel, t.c.category, t.c.dkey, t.c.opened_at, t.c.closes_at)
+        .order_by(t.c.opened_at, t.c.id)
     )
-    async with engine.connect() as conn:
-        rows = [dict(row) for row in (await conn.execute(query)).mappings()]
-        for row in rows:
-            count = select(i.c.id).where(i.c.window_id == row["id"])
-            row["items"] = len((await conn.execute(count)).all())
-    return rows
+    if isinstance(engine_or_conn, AsyncEngine):
+        async with engine_or_conn.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+    else:
+        rows = (await engine_or_conn.execute(query)).mappings().all()
+    return [
+        {**row, "opened_at": as_utc(row["opened_at"]), "closes_at": as_utc(row["closes_at"])}
+        for row in rows
+    ]

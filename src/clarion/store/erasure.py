@@ -206,10 +206,22 @@ async def export(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> dict
         sent = await _newest(conn, deliveries, tenant_id, recipient_id, _delivery_public)
         sandbox = await _newest(conn, sandbox_messages, tenant_id, recipient_id, _sandbox_public)
         topics = await topic_store.of_recipient(conn, tenant_id, recipient_id)
+        held = await digest_store.open_windows(conn, tenant_id, recipient_id)
     return {
         "recipient": recipient_store.to_public(row),
         "preferences": recipient_store.preferences_of(row),
         "topics": topics,
+        "digests": [
+            {
+                "channel": w["channel"],
+                "category": w["category"],
+                "key": w["dkey"],
+                "held": w["items"],
+                "opened_at": w["opened_at"],
+                "closes_at": w["closes_at"],
+            }
+            for w in held
+        ],
         "inbox_messages": inbox[0],
         "deliveries": sent[0],
         "sandbox_messages": sandbox[0],

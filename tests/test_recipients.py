@@ -577,9 +577,11 @@ async def test_export_holds_everything_stored(app: Harness, sink: WebhookSink) -
         "deliveries",
         "sandbox_messages",
         "topics",
+        "digests",
         "truncated",
     }
     assert export["topics"] == ["news"]
+    assert export["digests"] == []
     assert export["truncated"] is False
     recipient = export["recipient"]
     for name, value in person_body(sink).items():

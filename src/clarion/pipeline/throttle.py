@@ -77,7 +77,8 @@ async def cap(
 ) -> None:
     """Apply the caps to a batch's new deliveries, in place (one round trip to the limiter);
     ``exempt`` names notifications that are never capped (digests)."""
-    groups: dict[tuple[str, str], tuple[CategoryPolicy, list[dict[str, Any]], int]] = {}
+    # (notification, recipient) -> its policy, its deliveries, and its takes' slice
+    groups: dict[tuple[str, str], tuple[CategoryPolicy, list[dict[str, Any]], slice]] = {}
     takes: list[Take] = []
     for row in rows:
         policy = _capped(row, categories, exempt)
@@ -85,14 +86,15 @@ async def cap(
             continue
         key = (row["notification_id"], row["recipient_id"])
         if key not in groups:
-            groups[key] = (policy, [], len(takes))
+            start = len(takes)
             takes.extend(_takes(row, policy))
+            groups[key] = (policy, [], slice(start, len(takes)))
         groups[key][1].append(row)
     if not takes:
         return
     decisions = await limiter.take_many(takes)
-    for policy, group, start in groups.values():
-        mine = decisions[start : start + len(_takes(group[0], policy))]
+    for policy, group, span in groups.values():
+        mine = decisions[span]
         wait = max(d.retry_after for d in mine)
         if all(d.allowed for d in mine):
             if wait > _NOW:

@@ -75,7 +75,9 @@ async def hold(engine: AsyncEngine, items: Sequence[Held], now: datetime) -> Non
         groups.setdefault(item.window_key, []).append(item)
     async with write_tx(engine) as conn:
         ids: dict[WindowKey, str] = {}
-        for part in chunks(list(groups.items()), 500):
+        # Windows are locked in key order, so that planners holding overlapping sets of
+        # windows at once never wait on each other in a cycle.
+        for part in chunks(sorted(groups.items()), 500):
             ids.update(await _open(conn, part, now))
         rows = [
             {

@@ -8,8 +8,10 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
+from clarion.domain.digests import MAX_ITEMS
 from clarion.pipeline.digests import DigestCloser
 from clarion.store import digests as digest_store
 from clarion.store.db import utcnow
@@ -234,3 +236,50 @@ async def test_bad_digest_content_and_windows_are_refused(lite: Harness) -> None
 def _error(response: httpx.Response, status: int, code: str) -> None:
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code, response.text
+
+
+async def test_a_full_window_closes_at_once(lite: Harness) -> None:
+    now = utcnow()
+    items = [
+        digest_store.Held(lite.tenant_id, "u1", "email", "updates", "", 3600, f"dlv_{n}", "ntf_x")
+        for n in range(MAX_ITEMS - 1)
+    ]
+    await digest_store.hold(lite.ctx.engine, items, now)
+    [window] = await digest_store.open_windows(lite.ctx.engine, lite.tenant_id, "u1")
+    assert window["closes_at"] == now + HOUR
+    last = digest_store.Held(lite.tenant_id, "u1", "email", "updates", "", 3600, "dlv_z", "ntf_x")
+    later = now + timedelta(minutes=5)
+    await digest_store.hold(lite.ctx.engine, [last], later)
+    [window] = await digest_store.open_windows(lite.ctx.engine, lite.tenant_id, "u1")
+    assert window["items"] == MAX_ITEMS
+    assert window["closes_at"] == later
+
+
+async def test_a_window_being_added_to_is_not_closed_under_the_planner(app: Harness) -> None:
+    """PostgreSQL: a planner's hold locks its window until it commits; a scheduler closing
+    meanwhile passes it by, and closes it with the new item the next time."""
+    if app.ctx.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite writers take turns in one process")
+    await _setup(app)
+    await _send(app, {"what": "first"})
+    await app.drain()
+    nid = await _send(app, {"what": "second"})
+    await app.drain()
+    async with app.ctx.engine.connect() as conn:
+        [item] = (
+            await conn.execute(select(digest_items).where(digest_items.c.notification_id == nid))
+        ).all()
+        await conn.execute(digest_items.delete().where(digest_items.c.notification_id == nid))
+        await conn.commit()
+    held = digest_store.Held(
+        app.tenant_id, "u1", "email", "updates", "", 3600, item.delivery_id, nid
+    )
+    due = utcnow() + 2 * HOUR
+    closer = DigestCloser(app.ctx)
+    async with app.ctx.engine.begin() as planner:
+        await digest_store.hold_in(planner, [held], utcnow())
+        assert await closer.run_once(due) == 0  # locked: passed by
+    assert await closer.run_once(due) == 1
+    await app.drain()
+    [email] = await _emails(app)
+    assert email["content"]["text"] == "first;second;"

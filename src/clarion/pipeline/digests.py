@@ -13,6 +13,7 @@ template's digest content.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,8 @@ from clarion.store.db import utcnow
 log = logging.getLogger(__name__)
 
 _CLOSE_BATCH = 100
+# Closed windows are pruned at most this often (seconds), when there is nothing to close.
+_PRUNE_EVERY = 60.0
 
 
 class Holding:
@@ -102,6 +105,7 @@ class DigestCloser:
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
+        self._pruned = -_PRUNE_EVERY
 
     async def run_once(self, now: datetime | None = None) -> int:
         """Close the windows due at ``now`` (the clock's time unless given); how many
@@ -119,6 +123,7 @@ class DigestCloser:
             except Exception as exc:  # the relay publishes them from the outbox instead
                 log.warning("publishing %d digests failed: %r", len(closed), exc)
             self._ctx.made_progress()
-        else:
+        elif time.monotonic() - self._pruned >= _PRUNE_EVERY:
+            self._pruned = time.monotonic()
             await store.prune(engine, now)
         return len(closed)

@@ -67,29 +67,36 @@ def _insert(conn: AsyncConnection) -> Any:
 
 
 async def hold(engine: AsyncEngine, items: Sequence[Held], now: datetime) -> None:
-    """Put each item in the open window of its key, opening the windows that are not."""
+    """Put each item in the open window of its key, opening the windows that are not, in
+    one transaction."""
     if not items:
         return
+    async with write_tx(engine) as conn:
+        await hold_in(conn, items, now)
+
+
+async def hold_in(conn: AsyncConnection, items: Sequence[Held], now: datetime) -> None:
+    """:func:`hold` within the caller's transaction (its windows stay locked until the
+    caller commits)."""
     groups: dict[WindowKey, list[Held]] = {}
     for item in items:
         groups.setdefault(item.window_key, []).append(item)
-    async with write_tx(engine) as conn:
-        ids: dict[WindowKey, str] = {}
-        # Windows are locked in key order, so that planners holding overlapping sets of
-        # windows at once never wait on each other in a cycle.
-        for part in chunks(sorted(groups.items()), 500):
-            ids.update(await _open(conn, part, now))
-        rows = [
-            {
-                "window_id": ids[item.window_key],
-                "delivery_id": item.delivery_id,
-                "notification_id": item.notification_id,
-                "created_at": now,
-            }
-            for item in items
-        ]
-        for rows_part in chunks(rows, 1000):
-            await conn.execute(insert_ignoring_conflicts(conn, digest_items), rows_part)
+    ids: dict[WindowKey, str] = {}
+    # Windows are locked in key order, so that planners holding overlapping sets of
+    # windows at once never wait on each other in a cycle.
+    for part in chunks(sorted(groups.items()), 500):
+        ids.update(await _open(conn, part, now))
+    rows = [
+        {
+            "window_id": ids[item.window_key],
+            "delivery_id": item.delivery_id,
+            "notification_id": item.notification_id,
+            "created_at": now,
+        }
+        for item in items
+    ]
+    for part in chunks(rows, 1000):
+        await conn.execute(insert_ignoring_conflicts(conn, digest_items), part)
 
 
 async def _open(

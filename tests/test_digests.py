@@ -283,3 +283,25 @@ async def test_a_window_being_added_to_is_not_closed_under_the_planner(app: Harn
     await app.drain()
     [email] = await _emails(app)
     assert email["content"]["text"] == "first;second;"
+
+
+async def test_preview_renders_the_digest_content(lite: Harness) -> None:
+    await _setup(lite)
+    body = {"digest": True, "data": {"items": [{"what": "p"}, {"what": "q"}], "count": 2}}
+    response = await lite.client.post("/v1/templates/news/preview", json=body, headers=lite.auth)
+    assert response.status_code == 200, response.text
+    assert response.json()["channels"] == {"email": {"subject": "2 updates", "text": "p;q;"}}
+    french = await lite.client.post(
+        "/v1/templates/news/preview", json={**body, "locale": "fr"}, headers=lite.auth
+    )
+    assert french.json()["channels"]["email"]["subject"] == "2 nouvelles"
+    # Without digest content on the channel asked for: 422, as for a channel it lacks.
+    sms = await lite.client.post(
+        "/v1/templates/news/preview", json={**body, "channel": "sms"}, headers=lite.auth
+    )
+    _error(sms, 422, "unknown_channel")
+    # The plain preview leaves the digest content out of the channel's own.
+    plain = await lite.client.post(
+        "/v1/templates/news/preview", json={"data": {"what": "w"}}, headers=lite.auth
+    )
+    assert plain.json()["channels"]["email"] == {"subject": "Update w", "text": "w"}

@@ -309,14 +309,17 @@ def preview_template(
     locale: str | None = None,
     channel: str | None = None,
     version: int | None = None,
+    digest: bool | None = None,
 ) -> Call[m.TemplatePreview]:
-    """Render a template without sending anything."""
+    """Render a template without sending anything (``digest``: its digest content, with
+    ``items`` and ``count`` in ``data``)."""
     body = _query(
         data=dict(data) if data is not None else None,
         recipient_id=recipient_id,
         locale=locale,
         channel=channel,
         version=version,
+        digest=digest,
     )
     path = f"/v1/templates/{_seg(name)}/preview"
     return Call("POST", path, m.TemplatePreview.model_validate, None, body)

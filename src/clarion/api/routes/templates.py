@@ -224,6 +224,13 @@ class PreviewIn(BaseModel):
     locale: LocaleTag | None = None
     channel: Channel | None = None
     version: int | None = Field(default=None, ge=1, le=2_147_483_647)
+    digest: bool = Field(
+        default=False,
+        description=(
+            "Extension: render the channels' `digest` content (only channels that have one), "
+            "as a digest is rendered; give `items` and `count` in `data`."
+        ),
+    )
 
 
 @router.post(
@@ -254,6 +261,10 @@ async def preview(
             raise NotFound(f"no recipient {body.recipient_id!r}")
         recipient = loaded
     compiled = _compiled(found["category"], found["channels"], found["locales"])
+    if body.digest:
+        compiled = CompiledVersion(
+            compiled.category, dict(compiled.digests), compiled.locale_digests
+        )
     locale = body.locale or recipient.get("locale")
     context = render_context({"data": body.data}, recipient)
     rendered: dict[str, Any] = {}

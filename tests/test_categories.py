@@ -53,7 +53,7 @@ async def test_put_get_and_replace(lite: Harness) -> None:
     stored = response.json()
     assert stored["name"] == "newsletter"
     assert stored["default_channels"] == ["email", "push"]
-    assert stored["digest"] == {"window": "1h"}
+    assert stored["digest"] == {"window": "1h", "key": None}
     assert stored["max_per_hour"] == 10
     assert stored["built_in"] is False
     assert stored["created_at"].endswith("Z")
@@ -65,6 +65,26 @@ async def test_put_get_and_replace(lite: Harness) -> None:
     assert replaced["default_channels"] is None
     assert replaced["max_per_hour"] is None
     assert replaced["created_at"] == stored["created_at"]
+
+
+async def test_caps_overflow_and_snooze_policy_round_trip(lite: Harness) -> None:
+    body = {
+        "digest": {"window": "15m", "key": "project.id"},
+        "max_per_hour": 5,
+        "max_per_day": 20,
+        "overflow": "digest",
+        "during_snooze": "drop",
+    }
+    stored = (await put(lite, "updates", body)).json()
+    assert {k: stored[k] for k in body} == body
+    got = (await lite.client.get("/v1/categories/updates", headers=lite.auth)).json()
+    assert got == stored
+    plain = (await put(lite, "updates", {})).json()
+    assert (plain["overflow"], plain["during_snooze"], plain["max_per_day"]) == (
+        "drop",
+        "defer",
+        None,
+    )
 
 
 async def test_a_built_in_can_take_a_policy(lite: Harness) -> None:
@@ -103,6 +123,14 @@ async def test_security_stays_critical(lite: Harness) -> None:
         ({"digest": {}}, "digest.window"),
         ({"max_per_hour": 0}, "max_per_hour"),
         ({"max_per_hour": 1.5}, "max_per_hour"),
+        ({"max_per_day": 0}, "max_per_day"),
+        ({"max_per_day": "ten"}, "max_per_day"),
+        ({"overflow": "explode"}, "overflow"),
+        ({"overflow": "digest"}, ""),
+        ({"during_snooze": "later"}, "during_snooze"),
+        ({"digest": {"window": "1h", "key": "a..b"}}, "digest.key"),
+        ({"digest": {"window": "1h", "key": ""}}, "digest.key"),
+        ({"digest": {"window": "1h", "key": "x" * 201}}, "digest.key"),
         ({"surprise": 1}, "surprise"),
     ],
 )
@@ -205,7 +233,7 @@ async def test_store_seams_on_every_backend(app: Harness) -> None:
     assert set(loaded) == {app.tenant_id, other.id, "ten_empty"}
     assert sorted(loaded[app.tenant_id]) == sorted([*BUILT_INS, "billing"])
     assert loaded[app.tenant_id]["billing"]["max_per_hour"] == 4
-    assert loaded[app.tenant_id]["marketing"]["digest"] == {"window": "1h"}
+    assert loaded[app.tenant_id]["marketing"]["digest"] == {"window": "1h", "key": None}
     assert loaded[app.tenant_id]["security"]["critical"] is True
     assert loaded[other.id]["security"]["max_per_hour"] == 9
     assert loaded[other.id]["marketing"]["digest"] is None

@@ -406,13 +406,20 @@ def test_json_shape_round_trips() -> None:
         "channels": {"sms": False},
         "categories": {"marketing": {"email": False, "push": True}},
         "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris"},
+        "snooze_until": "2026-11-24T08:00:00Z",
     }
     prefs = Preferences.from_json(api)
+    assert prefs.snooze_until == dt.datetime(2026, 11, 24, 8, tzinfo=dt.UTC)
     assert prefs.quiet_hours == QuietHours(dt.time(22), dt.time(7), "Europe/Paris")
     assert prefs.to_json() == api
     assert Preferences.from_json(None) == EMPTY
     assert Preferences.from_json({}) == EMPTY
-    assert EMPTY.to_json() == {"channels": {}, "categories": {}, "quiet_hours": None}
+    assert EMPTY.to_json() == {
+        "channels": {},
+        "categories": {},
+        "quiet_hours": None,
+        "snooze_until": None,
+    }
     bare = Preferences.from_json(quiet("22:00", "07:00"))
     assert bare.to_json()["quiet_hours"] == {"start": "22:00", "end": "07:00"}
 
@@ -648,3 +655,81 @@ hours_strategy = st.builds(
 def test_json_round_trip(data: st.DataObject) -> None:
     prefs = _preferences(data.draw, data.draw(st.one_of(st.none(), hours_strategy)))
     assert Preferences.from_json(prefs.to_json()) == prefs
+
+
+DIGESTED = CategoryPolicy("marketing", digest_window=3600)
+DROPPING = CategoryPolicy("marketing", during_snooze="drop")
+
+
+def _decide_all(
+    prefs: dict[str, Any],
+    now: dt.datetime,
+    *,
+    category: CategoryPolicy = MARKETING,
+    priority: str = "normal",
+    digestible: tuple[str, ...] = (),
+    zone: str | None = None,
+) -> Decision:
+    return decide(
+        channels=("email", "inapp", "webhook"),
+        preferences=Preferences.from_json(prefs),
+        recipient_timezone=zone,
+        category=category,
+        priority=priority,
+        now=now,
+        digestible=digestible,
+    )
+
+
+def test_snooze_defers_every_channel_to_its_end_then_ends_by_itself() -> None:
+    until = "2026-01-15T18:00:00Z"
+    decision = _decide_all({"snooze_until": until}, NOON)
+    assert decision.send_now == ()
+    assert dict(decision.deferred) == dict.fromkeys(
+        ("email", "inapp", "webhook"), utc("2026-01-15 18:00")
+    )
+    assert dict(decision.deferred_for) == dict.fromkeys(("email", "inapp", "webhook"), "snoozed")
+    # Once its time has come, nothing of it is left.
+    later = _decide_all({"snooze_until": until}, utc("2026-01-15 18:00"))
+    assert later.send_now == ("email", "inapp", "webhook")
+
+
+def test_snooze_ending_in_quiet_hours_waits_for_their_end_on_channels_that_interrupt() -> None:
+    prefs = {"snooze_until": "2026-01-15T22:30:00Z", **quiet("22:00", "07:00", "UTC")}
+    decision = _decide_all(prefs, NOON)
+    assert decision.deferred["email"] == utc("2026-01-16 07:00")
+    assert decision.deferred["inapp"] == utc("2026-01-15 22:30")
+
+
+def test_snooze_drop_opt_out_and_critical() -> None:
+    snoozed = {"snooze_until": "2026-01-15T18:00:00Z"}
+    dropped = _decide_all(snoozed, NOON, category=DROPPING)
+    assert dict(dropped.suppressed) == dict.fromkeys(("email", "inapp", "webhook"), "snoozed")
+    opted = _decide_all({**snoozed, "channels": {"email": False}}, NOON, category=DROPPING)
+    assert opted.suppressed["email"] == OPTED_OUT
+    for critical in (
+        _decide_all(snoozed, NOON, priority=Priority.CRITICAL),
+        _decide_all(snoozed, NOON, category=CategoryPolicy("security", critical=True)),
+    ):
+        assert critical.send_now == ("email", "inapp", "webhook")
+
+
+def test_digest_holds_digestible_channels_unless_critical() -> None:
+    held = _decide_all({}, NOON, category=DIGESTED, digestible=("email", "inapp"))
+    assert held.held == ("email", "inapp")
+    assert held.send_now == ("webhook",)
+    # No digest on the category: nothing held whatever the template offers.
+    assert _decide_all({}, NOON, digestible=("email",)).held == ()
+    critical = _decide_all({}, NOON, category=DIGESTED, digestible=("email",), priority="critical")
+    assert critical.held == ()
+    assert "email" in critical.send_now
+    # Opted out is never held; snoozed (defer) is held, the digest itself waits for the end.
+    opted = _decide_all(
+        {"channels": {"email": False}}, NOON, category=DIGESTED, digestible=("email",)
+    )
+    assert opted.suppressed == {"email": OPTED_OUT}
+    assert opted.held == ()
+    snoozed = _decide_all(
+        {"snooze_until": "2026-01-15T18:00:00Z"}, NOON, category=DIGESTED, digestible=("email",)
+    )
+    assert snoozed.held == ("email",)

@@ -247,11 +247,12 @@ async def test_preferences_start_empty_and_round_trip(lite: Harness) -> None:
     await lite.put_recipient("u")
     path = "/v1/recipients/u/preferences"
     empty = (await lite.client.get(path, headers=lite.auth)).json()
-    assert empty == {"channels": {}, "categories": {}, "quiet_hours": None}
+    assert empty == {"channels": {}, "categories": {}, "quiet_hours": None, "snooze_until": None}
     body = {
         "channels": {"sms": False, "email": True},
         "categories": {"marketing": {"email": False, "push": True}, "security": {"sms": True}},
         "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris"},
+        "snooze_until": "2030-01-01T08:00:00Z",
     }
     response = await lite.client.put(path, json=body, headers=lite.auth)
     assert response.status_code == 200, response.text
@@ -266,6 +267,7 @@ async def test_preferences_start_empty_and_round_trip(lite: Harness) -> None:
         "channels": {},
         "categories": {},
         "quiet_hours": {"start": "00:00", "end": "23:59", "timezone": None},
+        "snooze_until": None,
     }
 
 
@@ -295,7 +297,7 @@ async def test_invalid_preferences_are_refused(
     want = field or "quiet_hours.timezone"
     assert any(name == want or name.startswith(f"{want}.") for name in named), named
     empty = (await lite.client.get(path, headers=lite.auth)).json()
-    assert empty == {"channels": {}, "categories": {}, "quiet_hours": None}
+    assert empty == {"channels": {}, "categories": {}, "quiet_hours": None, "snooze_until": None}
 
 
 async def test_preferences_name_only_existing_categories(lite: Harness) -> None:
@@ -575,9 +577,11 @@ async def test_export_holds_everything_stored(app: Harness, sink: WebhookSink) -
         "deliveries",
         "sandbox_messages",
         "topics",
+        "digests",
         "truncated",
     }
     assert export["topics"] == ["news"]
+    assert export["digests"] == []
     assert export["truncated"] is False
     recipient = export["recipient"]
     for name, value in person_body(sink).items():
@@ -638,7 +642,12 @@ async def test_export_of_a_recipient_without_history(lite: Harness) -> None:
     await lite.put_recipient("quiet", email="quiet@example.com")
     export = (await lite.client.get("/v1/recipients/quiet/export", headers=lite.auth)).json()
     assert export["recipient"]["email"] == "quiet@example.com"
-    assert export["preferences"] == {"channels": {}, "categories": {}, "quiet_hours": None}
+    assert export["preferences"] == {
+        "channels": {},
+        "categories": {},
+        "quiet_hours": None,
+        "snooze_until": None,
+    }
     assert export["inbox_messages"] == export["deliveries"] == export["sandbox_messages"] == []
     assert export["truncated"] is False
 

@@ -185,6 +185,7 @@ class PreferencesOut(_Out):
     channels: dict[str, bool] = Field(default_factory=dict)
     categories: dict[str, dict[str, bool]] = Field(default_factory=dict)
     quiet_hours: dict[str, Any] | None = None
+    snooze_until: datetime | None = None
 
 
 class TemplateStored(_Out):
@@ -233,6 +234,9 @@ class CategoryOut(_Out):
     default_channels: list[str] | None
     digest: dict[str, Any] | None
     max_per_hour: int | None
+    max_per_day: int | None = None
+    overflow: str = "drop"
+    during_snooze: str = "defer"
     built_in: bool
     created_at: datetime | None
     updated_at: datetime | None
@@ -402,6 +406,10 @@ class RecipientExport(_Out):
     inbox_messages: list[dict[str, Any]]
     deliveries: list[dict[str, Any]]
     sandbox_messages: list[dict[str, Any]]
+    digests: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Open digest windows: channel, category, key, held, opened_at, closes_at",
+    )
     truncated: bool = Field(description="Whether a list was cut at its limit")
 
 

@@ -11,6 +11,7 @@ import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     HttpUrl,
@@ -81,6 +82,16 @@ def _small_data(value: dict[str, Any]) -> dict[str, Any]:
 
 
 AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+
+
+def _text_only(value: Any) -> Any:
+    if value is not None and not isinstance(value, (str, datetime)):
+        raise ValueError("an RFC 3339 time as a string, e.g. 2026-11-24T08:00:00Z")
+    return value
+
+
+# An RFC 3339 string with its offset; numbers (epoch seconds) are refused.
+Rfc3339 = Annotated[datetime, BeforeValidator(_text_only), AfterValidator(_aware)]
 Email = Annotated[str, AfterValidator(normal_email)]
 Phone = Annotated[str, AfterValidator(normal_phone)]
 Locale = Annotated[str, AfterValidator(_locale)]
@@ -303,12 +314,35 @@ class PreferencesIn(BaseModel):
         default_factory=dict, max_length=1000
     )
     quiet_hours: QuietHours | None = None
+    snooze_until: Rfc3339 | None = Field(
+        default=None,
+        description=(
+            "Extension: a temporary opt-out of every non-critical send until this RFC 3339 "
+            "time (null or absent: none). What arrives meanwhile is deferred to the snooze's "
+            "end, or dropped in a category with `during_snooze: drop`; the snooze ends by "
+            "itself."
+        ),
+    )
+
+
+# A digest key names a field of the notification's data: `project` or `project.id`.
+DigestKey = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"),
+]
 
 
 class DigestIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     window: Annotated[str, AfterValidator(_digest_window)]
+    key: DigestKey | None = Field(
+        default=None,
+        description=(
+            "A field of the notification's data (a dotted path for a nested one) whose value "
+            "splits a recipient's digests: one window per value. Absent: one per channel."
+        ),
+    )
 
 
 class CategoryIn(BaseModel):
@@ -318,3 +352,25 @@ class CategoryIn(BaseModel):
     default_channels: list[Channel] | None = Field(default=None, min_length=1)
     digest: DigestIn | None = None
     max_per_hour: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_per_day: int | None = Field(default=None, ge=1, le=1_000_000)
+    overflow: Literal["drop", "defer", "digest"] = Field(
+        default="drop",
+        description=(
+            "What becomes of a notification over `max_per_hour` or `max_per_day`: `drop` "
+            "(suppressed, `rate_limited`), `defer` (scheduled for the first free slot within "
+            "7 days, else dropped) or `digest` (held for the category's digest, which it "
+            "then needs; the digest then holds only what is over a cap)."
+        ),
+    )
+    during_snooze: Literal["defer", "drop"] = Field(
+        default="defer",
+        description="What arrives while a recipient is snoozed: deferred to the end, or dropped.",
+    )
+
+    @model_validator(mode="after")
+    def _overflow_needs_digest(self) -> CategoryIn:
+        if self.overflow == "digest" and self.digest is None:
+            raise ValueError("`overflow: digest` needs the category's `digest`")
+        if self.overflow == "digest" and not (self.max_per_hour or self.max_per_day):
+            raise ValueError("`overflow: digest` needs `max_per_hour` or `max_per_day`")
+        return self

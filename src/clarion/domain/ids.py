@@ -31,3 +31,9 @@ def delivery_id(notification_id: str, recipient_id: str, channel: str) -> str:
     """
     digest = hashlib.sha256(f"{notification_id}\x1f{recipient_id}\x1f{channel}".encode()).digest()
     return f"dlv_{_b32(int.from_bytes(digest[:16], 'big') >> 2, 25)}"
+
+
+def derived_id(prefix: str, *parts: str) -> str:
+    """An id of ``prefix``'s shape that depends on ``parts`` alone (the same every time)."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return f"{prefix}_{_b32(int.from_bytes(digest[:17], 'big') >> 6, 26)}"

@@ -1,14 +1,16 @@
 """A recipient's preferences: which channels they opted out of, and when not to interrupt them.
 
 ``decide`` is the one rule the planner applies per recipient: each candidate channel is sent
-now, deferred to the end of the quiet window, or suppressed. Quiet hours defer, never drop.
+now, deferred (to the end of the quiet window or of a snooze), held for the category's
+digest, or suppressed. Quiet hours defer, never drop; a snooze defers or drops, as the
+category says.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -17,6 +19,10 @@ from clarion.domain.models import Channel, Priority
 
 UTC = dt.UTC
 OPTED_OUT = "opted_out"
+# A delivery folded into a digest (its data travels in the digest's ``items``).
+HELD_FOR_DIGEST = "digest"
+# What arrived while the recipient was snoozed, in a category that drops it then.
+SNOOZED = "snoozed"
 
 # Quiet hours protect a person's attention, so they hold back only the channels that buzz,
 # ring or land in an inbox someone watches. An in-app inbox entry waits silently until the
@@ -57,6 +63,8 @@ class Preferences:
     channels: Mapping[str, bool]
     categories: Mapping[str, Mapping[str, bool]]
     quiet_hours: QuietHours | None
+    # A temporary opt-out of every non-critical send, until this aware UTC instant.
+    snooze_until: dt.datetime | None = None
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any] | None) -> Preferences:
@@ -71,6 +79,7 @@ class Preferences:
             channels=MappingProxyType(dict(value.get("channels") or {})),
             categories=MappingProxyType(categories),
             quiet_hours=_quiet_from_json(value.get("quiet_hours")),
+            snooze_until=_instant_from_json(value.get("snooze_until")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -80,7 +89,12 @@ class Preferences:
             "channels": dict(self.channels),
             "categories": {name: dict(s) for name, s in self.categories.items()},
             "quiet_hours": None if quiet is None else _quiet_to_json(quiet),
+            "snooze_until": _instant_to_json(self.snooze_until),
         }
+
+    def snoozed(self, now: dt.datetime) -> bool:
+        """Whether a snooze is on at ``now``: it ends by itself when its time has come."""
+        return self.snooze_until is not None and now < self.snooze_until
 
     def allows(self, category: str, channel: str) -> bool:
         """The category's own setting for the channel, else the channel-wide one, else yes."""
@@ -101,15 +115,28 @@ class CategoryPolicy:
     critical: bool = False
     default_channels: tuple[str, ...] | None = None
     max_per_hour: int | None = None
+    max_per_day: int | None = None
+    # What becomes of a notification over a cap: "drop" | "defer" | "digest" (then the
+    # digest holds only what is over a cap, not everything).
+    overflow: str = "drop"
+    # Seconds a digest window stays open (None: the category has no digest), and the data
+    # field whose value splits a recipient's digests (None: one digest per channel).
+    digest_window: int | None = None
+    digest_key: str | None = None
+    # What arrives while the recipient is snoozed: "defer" (to the snooze's end) | "drop".
+    during_snooze: str = "defer"
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """Every candidate channel lands in exactly one of the three."""
+    """Every candidate channel lands in exactly one of the four."""
 
     send_now: tuple[str, ...]
-    deferred: Mapping[str, dt.datetime]  # channel -> aware UTC instant the quiet window ends
+    deferred: Mapping[str, dt.datetime]  # channel -> aware UTC instant to send at
     suppressed: Mapping[str, str]  # channel -> reason
+    held: tuple[str, ...] = ()  # channels held for the category's digest
+    # channel -> why it is deferred, when not for quiet hours ("snoozed")
+    deferred_for: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def candidate_channels(
@@ -133,10 +160,16 @@ def decide(
     category: CategoryPolicy,
     priority: str,
     now: dt.datetime,
+    digestible: Collection[str] = (),
 ) -> Decision:
-    """Send now, defer past quiet hours, or suppress, for each channel.
+    """Send now, defer, hold for a digest, or suppress, for each channel.
 
-    A critical category or ``critical`` priority overrides both opt-outs and quiet hours.
+    A critical category or ``critical`` priority overrides opt-outs, snooze, digests and
+    quiet hours. Otherwise, in this order: an opted-out channel is suppressed; a snooze
+    drops the channel (``during_snooze: drop``) or lets the rest decide and defers what
+    would go sooner to the snooze's end; a channel in ``digestible`` (the template has
+    digest content for it) of a category with a digest is held; quiet hours defer the
+    channels that interrupt.
     """
     _require_aware(now)
     wanted = list(dict.fromkeys(channels))
@@ -146,17 +179,40 @@ def decide(
     until = None
     if quiet is not None:
         until = quiet_window_end(now, quiet, zone_for(quiet, recipient_timezone))
+    snooze_end = preferences.snooze_until if preferences.snoozed(now) else None
+    after_snooze = None
+    if snooze_end is not None and quiet is not None:
+        # The snooze may end inside quiet hours: then those channels wait for their end.
+        after_snooze = quiet_window_end(snooze_end, quiet, zone_for(quiet, recipient_timezone))
     send_now: list[str] = []
     deferred: dict[str, dt.datetime] = {}
     suppressed: dict[str, str] = {}
+    held: list[str] = []
+    snoozing: dict[str, str] = {}
+    # With `overflow: digest` the digest is for what is over a cap (pipeline/throttle.py).
+    hold = category.digest_window is not None and category.overflow != "digest"
     for channel in wanted:
         if not preferences.allows(category.name, channel):
             suppressed[channel] = OPTED_OUT
+        elif snooze_end is not None and category.during_snooze == "drop":
+            suppressed[channel] = SNOOZED
+        elif hold and channel in digestible:
+            held.append(channel)
+        elif snooze_end is not None:
+            interrupts = channel in INTERRUPTIVE
+            deferred[channel] = (after_snooze if interrupts else None) or snooze_end
+            snoozing[channel] = SNOOZED
         elif until is not None and channel in INTERRUPTIVE:
             deferred[channel] = until
         else:
             send_now.append(channel)
-    return Decision(tuple(send_now), MappingProxyType(deferred), MappingProxyType(suppressed))
+    return Decision(
+        tuple(send_now),
+        MappingProxyType(deferred),
+        MappingProxyType(suppressed),
+        tuple(held),
+        MappingProxyType(snoozing),
+    )
 
 
 def zone_for(quiet: QuietHours, recipient_timezone: str | None) -> ZoneInfo:
@@ -249,3 +305,14 @@ def _quiet_to_json(quiet: QuietHours) -> dict[str, Any]:
 def _wall(value: dt.time) -> str:
     whole_minute = value.second == 0 and value.microsecond == 0
     return value.isoformat(timespec="minutes" if whole_minute else "auto")
+
+
+def _instant_from_json(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    instant = dt.datetime.fromisoformat(value)
+    return instant.astimezone(UTC) if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
+
+
+def _instant_to_json(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")

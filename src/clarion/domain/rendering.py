@@ -151,15 +151,25 @@ def locale_chain(wanted: str | None, available: Mapping[str, Any]) -> list[str]:
     return chain
 
 
+# A channel's content may carry, under this key, the content its digest is rendered from
+# (with ``items`` and ``count``); it is never part of the channel's own message.
+DIGEST_KEY = "digest"
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledVersion:
-    """A template version, compiled: per channel, and per locale with overrides merged."""
+    """A template version, compiled: per channel, and per locale with overrides merged.
+
+    ``digests`` and ``locale_digests`` hold, the same way, each channel's digest content
+    (only for the channels that have one)."""
 
     category: str
     channels: dict[str, CompiledTemplate]
     locales: dict[str, dict[str, CompiledTemplate]]
     # channel -> the channel critical notifications use when it has no healthy provider
     fallbacks: dict[str, str] = dataclasses.field(default_factory=dict)
+    digests: dict[str, CompiledTemplate] = dataclasses.field(default_factory=dict)
+    locale_digests: dict[str, dict[str, CompiledTemplate]] = dataclasses.field(default_factory=dict)
 
     def for_channel(self, channel: str, locale: str | None) -> tuple[str | None, CompiledTemplate]:
         for candidate in locale_chain(locale, self.locales):
@@ -168,13 +178,54 @@ class CompiledVersion:
                 return candidate, compiled
         return None, self.channels[channel]
 
+    def digest_version(self) -> CompiledVersion:
+        """The version a digest is rendered with: each channel's digest content in place of
+        its content. A channel without digest content renders as a template error."""
+        missing = CompiledTemplate(_Unusable("the template has no digest content for this channel"))
+        return CompiledVersion(
+            self.category,
+            {channel: self.digests.get(channel, missing) for channel in self.channels},
+            self.locale_digests,
+        )
+
+
+def _split(content: Mapping[str, Any]) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
+    """A channel's own content, and its digest content if it has one."""
+    own = {key: value for key, value in content.items() if key != DIGEST_KEY}
+    digest = content.get(DIGEST_KEY)
+    if digest is not None and not isinstance(digest, Mapping):
+        raise TemplateError(f"{DIGEST_KEY}: must be an object of fields, like the channel's")
+    return own, digest
+
+
+def _compile_split(
+    channels: Mapping[str, Mapping[str, Any]],
+) -> tuple[dict[str, CompiledTemplate], dict[str, CompiledTemplate]]:
+    own: dict[str, dict[str, Any]] = {}
+    digests: dict[str, Mapping[str, Any]] = {}
+    for channel, content in channels.items():
+        try:
+            own[channel], digest = _split(content)
+        except TemplateError as exc:
+            raise TemplateError(f"{channel}.{exc.message}", line=exc.line) from exc
+        if digest is not None:
+            digests[channel] = digest
+    compiled = compile_channels(own)
+    try:
+        compiled_digests = compile_channels(digests)
+    except TemplateError as exc:
+        raise TemplateError(f"{DIGEST_KEY}.{exc.message}", line=exc.line) from exc
+    return compiled, compiled_digests
+
 
 def compile_version(
     category: str, channels: Mapping[str, Mapping[str, Any]], locales: Mapping[str, Any]
 ) -> CompiledVersion:
-    """Compile every channel, and every locale's overrides merged over the default content."""
-    base = compile_channels(channels)
+    """Compile every channel, and every locale's overrides merged over the default content
+    (a locale's ``digest`` replaces the channel's whole digest content)."""
+    base, digests = _compile_split(channels)
     per_locale: dict[str, dict[str, CompiledTemplate]] = {}
+    per_locale_digests: dict[str, dict[str, CompiledTemplate]] = {}
     for locale, overrides in locales.items():
         merged = {
             channel: {**channels[channel], **content}
@@ -182,10 +233,12 @@ def compile_version(
             if channel in channels and isinstance(content, Mapping)
         }
         try:
-            per_locale[locale] = compile_channels(merged)
+            per_locale[locale], per_locale_digests[locale] = _compile_split(merged)
         except TemplateError as exc:
             raise TemplateError(f"locales.{locale}.{exc.message}", line=exc.line) from exc
-    return CompiledVersion(category, base, per_locale)
+    return CompiledVersion(
+        category, base, per_locale, digests=digests, locale_digests=per_locale_digests
+    )
 
 
 def compile_stored(

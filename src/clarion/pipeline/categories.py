@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clarion.domain.durations import duration_seconds
 from clarion.domain.preferences import CategoryPolicy
 from clarion.store import categories as category_store
 
@@ -20,11 +21,17 @@ Policies = dict[str, CategoryPolicy]
 
 def to_policy(row: Mapping[str, Any]) -> CategoryPolicy:
     channels = row.get("default_channels")
+    digest = row.get("digest") or None
     return CategoryPolicy(
         name=row["name"],
         critical=bool(row.get("critical")),
         default_channels=tuple(channels) if channels is not None else None,
         max_per_hour=row.get("max_per_hour"),
+        max_per_day=row.get("max_per_day"),
+        overflow=row.get("overflow") or "drop",
+        digest_window=duration_seconds(digest["window"]) if digest else None,
+        digest_key=digest.get("key") if digest else None,
+        during_snooze=row.get("during_snooze") or "defer",
     )
 
 

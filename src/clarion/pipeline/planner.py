@@ -30,12 +30,12 @@ from clarion.domain.rendering import CompiledVersion
 from clarion.domain.routing import address_for
 from clarion.errors import TemplateError
 from clarion.observability import logs, metrics, tracing
+from clarion.pipeline import digests, throttle
 from clarion.pipeline.categories import CategoryCache, Policies
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import of_rows, plan_payload, publish_deliveries
 from clarion.pipeline.status_events import StatusEvents
 from clarion.pipeline.templates import TemplateCache
-from clarion.resilience.ratelimit import Take, recipient_category_take
 from clarion.store import notifications as notification_store
 from clarion.store import planning
 from clarion.store.batching import is_outage
@@ -159,18 +159,20 @@ class Planner:
                 {(n["tenant_id"], rid) for n in todo for rid in n["recipient_ids"]}
             )
             plan = Plan(rows=[], planned=[n["id"] for n in todo])
+            holding = digests.Holding()
             for note in todo:
                 head = heads.get((note["tenant_id"], note["template"]))
                 version = compiled.get((note["tenant_id"], note["template"], head or 0))
                 policies = categories.get(note["tenant_id"], {})
-                plan.rows.extend(self._deliveries(note, version, people, policies, now))
+                plan.rows.extend(self._deliveries(note, version, people, policies, now, holding))
             existing = await reads.existing_deliveries([r["id"] for r in plan.rows])
             # A topic send's chunks are published as they are planned; one whose publish
             # was lost is found by the sweeper, not by reading the whole send again here.
             listed = [nid for nid in redelivered if notes.get(nid, {}).get("topic") is None]
             republish = await reads.waiting_deliveries(listed) if listed else []
         plan.rows = [row for row in plan.rows if row["id"] not in existing]
-        await self._cap_per_hour(plan.rows, categories)
+        exempt = {n["id"] for n in todo if n.get("digest_of")}
+        await self._cap_and_hold(plan.rows, categories, holding, now, exempt)
         # A topic send keeps its outbox row until its last chunk is planned.
         outbox_ids = [nid for nid in ids if notes.get(nid, {}).get("topic") is None]
         inserted = await planning.store_plan(engine, pg, plan.rows, plan.planned, outbox_ids, now)
@@ -197,8 +199,9 @@ class Planner:
         )
         people = {(tenant, person["id"]): person for person in chunk}
         part = {**note, "recipient_ids": [person["id"] for person in chunk]}
-        rows = self._deliveries(part, version, people, categories.get(tenant, {}), now)
-        await self._cap_per_hour(rows, categories)
+        holding = digests.Holding()
+        rows = self._deliveries(part, version, people, categories.get(tenant, {}), now, holding)
+        await self._cap_and_hold(rows, categories, holding, now)
         done = len(chunk) < size
         through = chunk[-1]["id"] if chunk else after
         retry_at = now + timedelta(seconds=self._ctx.settings.outbox_grace)
@@ -215,40 +218,18 @@ class Planner:
             trace = tracing.carried(note["id"])
             await self._ctx.broker.publish(PLAN_STREAM, [plan_payload(note["id"], tenant, trace)])
 
-    async def _cap_per_hour(
-        self, rows: list[dict[str, Any]], categories: dict[str, Policies]
+    async def _cap_and_hold(
+        self,
+        rows: list[dict[str, Any]],
+        categories: dict[str, Policies],
+        holding: digests.Holding,
+        now: datetime,
+        exempt: set[str] | frozenset[str] = frozenset(),
     ) -> None:
-        """Suppress, with reason ``rate_limited``, what would exceed a category's
-        ``max_per_hour`` for a recipient. A notification counts once per recipient whatever
-        its channels; critical ones are never capped and don't count."""
-        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        takes: list[Take] = []
-        for row in rows:
-            if row["status"] not in (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED):
-                continue
-            policy = categories.get(row["tenant_id"], {}).get(row["category"])
-            if policy is None or not policy.max_per_hour or policy.critical:
-                continue
-            if row["priority"] == Priority.CRITICAL:
-                continue
-            key = (row["notification_id"], row["recipient_id"])
-            if key not in groups:
-                groups[key] = []
-                takes.append(
-                    recipient_category_take(
-                        row["tenant_id"], row["recipient_id"], policy.name, policy.max_per_hour
-                    )
-                )
-            groups[key].append(row)
-        if not takes:
-            return
-        decisions = await self._ctx.resilience.limiter.take_many(takes)
-        for group, decision in zip(groups.values(), decisions, strict=True):
-            if not decision.allowed:
-                for row in group:
-                    row.update(
-                        status=DeliveryStatus.SUPPRESSED, reason="rate_limited", scheduled_for=None
-                    )
+        """Apply the categories' caps (pipeline/throttle.py), then hold what goes into
+        digests (pipeline/digests.py), before the deliveries are stored."""
+        await throttle.cap(self._ctx.resilience.limiter, rows, categories, holding, now, exempt)
+        await digests.hold(self._ctx, holding.held(rows), now)
 
     def _deliveries(
         self,
@@ -257,11 +238,15 @@ class Planner:
         people: dict[tuple[str, str], dict[str, Any]],
         policies: Policies,
         now: datetime,
+        holding: digests.Holding,
     ) -> list[dict[str, Any]]:
         if version is None:
             log.warning("notification %s: template %r is gone", note["id"], note["template"])
             return []
         policy = CategoryCache.policy(policies, version.category)
+        if note.get("digest_of") is not None:
+            version = version.digest_version()
+        digestible = holding.digestible(note, version, policy)
         rows = []
         for rid in note["recipient_ids"]:
             recipient = people.get((note["tenant_id"], rid))
@@ -275,10 +260,13 @@ class Planner:
                 category=policy,
                 priority=note["priority"],
                 now=now,
+                digestible=digestible,
             )
             context = render_context(note, recipient)
             for channel in channels:
                 row = self._row(note, rid, channel, address_for(channel, recipient), now, policy)
+                if channel in digestible:
+                    holding.offer(row, note, policy)
                 self._settle(row, decision, version, recipient, context, now)
                 rows.append(row)
         return rows
@@ -292,8 +280,8 @@ class Planner:
         context: dict[str, Any],
         now: datetime,
     ) -> None:
-        """What becomes of one channel: suppressed, expired, failed to render, deferred past
-        quiet hours, or queued."""
+        """What becomes of one channel: suppressed, expired, held for a digest, failed to
+        render, deferred (quiet hours, snooze), or queued."""
         channel = row["channel"]
         expires_at = row["expires_at"]
         if channel in decision.suppressed:
@@ -302,6 +290,8 @@ class Planner:
             row.update(status=DeliveryStatus.SUPPRESSED, reason="no_address")
         elif expires_at is not None and expires_at <= now:
             row.update(status=DeliveryStatus.FAILED, reason="expired")
+        elif channel in decision.held:
+            digests.Holding.hold(row)
         else:
             self._render(row, version, channel, recipient, context)
             if row["status"] == DeliveryStatus.QUEUED:
@@ -310,10 +300,11 @@ class Planner:
             if until is None or row["status"] != DeliveryStatus.QUEUED:
                 return
             if expires_at is not None and expires_at <= until:
-                # The quiet window outlasts the notification: it would expire while waiting.
+                # The wait outlasts the notification: it would expire while waiting.
                 row.update(status=DeliveryStatus.FAILED, reason="expired")
             else:
-                row.update(status=DeliveryStatus.SCHEDULED, reason="deferred", scheduled_for=until)
+                reason = decision.deferred_for.get(channel, "deferred")
+                row.update(status=DeliveryStatus.SCHEDULED, reason=reason, scheduled_for=until)
 
     def _row(
         self,

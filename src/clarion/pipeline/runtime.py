@@ -20,6 +20,7 @@ from typing import Any
 from clarion.broker import Message
 from clarion.domain.models import LANES, PLAN_STREAM, Channel, send_stream
 from clarion.pipeline.context import Context
+from clarion.pipeline.digests import DigestCloser
 from clarion.pipeline.events import EventDispatcher
 from clarion.pipeline.intake import Intake
 from clarion.pipeline.planner import Planner
@@ -104,6 +105,8 @@ class Runtime:
             self._spawn("schedules", self._loop(recurring.run_once, idle=0.5))
             interval = min(30.0, ctx.settings.sweep_after / 4)
             self._spawn("sweeper", self._loop(sweeper.run_once, idle=interval))
+            closer = DigestCloser(ctx)
+            self._spawn("digests", self._loop(closer.run_once, idle=1.0))
 
     async def _ack(self, messages: list[Message]) -> list[None]:
         await self.ctx.broker.ack(messages)

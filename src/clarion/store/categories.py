@@ -3,8 +3,10 @@
 A category row is a plain dict::
 
     {"name": "marketing", "critical": False, "default_channels": ["email"] | None,
-     "digest": {"window": "1h"} | None, "max_per_hour": 10 | None, "built_in": True,
-     "created_at": datetime | None, "updated_at": datetime | None}
+     "digest": {"window": "1h", "key": "project" | None} | None,
+     "max_per_hour": 10 | None, "max_per_day": 50 | None,
+     "overflow": "drop" | "defer" | "digest", "during_snooze": "defer" | "drop",
+     "built_in": True, "created_at": datetime | None, "updated_at": datetime | None}
 
 ``transactional``, ``marketing`` and ``security`` exist for every tenant without being
 stored (their timestamps are then None). A tenant may store a row under a built-in name to
@@ -25,7 +27,15 @@ from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import upsert
 from clarion.store.tables import categories
 
-POLICY = ("critical", "default_channels", "digest", "max_per_hour")
+POLICY = (
+    "critical",
+    "default_channels",
+    "digest",
+    "max_per_hour",
+    "max_per_day",
+    "overflow",
+    "during_snooze",
+)
 ALWAYS_CRITICAL = frozenset({"security"})
 
 
@@ -36,6 +46,9 @@ def _built_in(name: str, critical: bool) -> dict[str, Any]:
         "default_channels": None,
         "digest": None,
         "max_per_hour": None,
+        "max_per_day": None,
+        "overflow": "drop",
+        "during_snooze": "defer",
         "built_in": True,
         "created_at": None,
         "updated_at": None,
@@ -55,12 +68,20 @@ def _from_row(row: Any) -> dict[str, Any]:
         "name": name,
         "critical": bool(row["critical"]) or name in ALWAYS_CRITICAL,
         "default_channels": row["default_channels"],
-        "digest": row["digest"],
+        "digest": _digest(row["digest"]),
         "max_per_hour": row["max_per_hour"],
+        "max_per_day": row["max_per_day"],
+        "overflow": row["overflow"] or "drop",
+        "during_snooze": row["during_snooze"] or "defer",
         "built_in": name in BUILT_IN,
         "created_at": as_utc(row["created_at"]),
         "updated_at": as_utc(row["updated_at"]),
     }
+
+
+def _digest(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    # Stored before digests had keys: {"window": ...} alone.
+    return None if not value else {"window": value["window"], "key": value.get("key")}
 
 
 def _copy_built_ins() -> dict[str, dict[str, Any]]:
@@ -91,6 +112,9 @@ async def put(
         "default_channels": body.get("default_channels"),
         "digest": body.get("digest"),
         "max_per_hour": body.get("max_per_hour"),
+        "max_per_day": body.get("max_per_day"),
+        "overflow": body.get("overflow") or "drop",
+        "during_snooze": body.get("during_snooze") or "defer",
         "created_at": now,
         "updated_at": now,
     }

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clarion.domain.ids import new_id
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus
 from clarion.store import audit, inbox_access
+from clarion.store import digests as digest_store
 from clarion.store import recipients as recipient_store
 from clarion.store import schedules as schedule_store
 from clarion.store import topics as topic_store
@@ -81,6 +82,7 @@ async def erase(
             )
         await topic_store.forget_recipient(conn, tenant_id, recipient_id)
         await schedule_store.forget_recipient(conn, tenant_id, recipient_id)
+        await digest_store.forget_recipient(conn, tenant_id, recipient_id)
         await _scrub_deliveries(conn, tenant_id, recipient_id)
         await _forget_in_notifications(conn, tenant_id, recipient_id)
         await _forget_batch_responses(conn, tenant_id, recipient_id)
@@ -224,10 +226,22 @@ async def export(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> dict
         sent = await _newest(conn, deliveries, tenant_id, recipient_id, _delivery_public)
         sandbox = await _newest(conn, sandbox_messages, tenant_id, recipient_id, _sandbox_public)
         topics = await topic_store.of_recipient(conn, tenant_id, recipient_id)
+        held = await digest_store.open_windows(conn, tenant_id, recipient_id)
     return {
         "recipient": recipient_store.to_public(row),
         "preferences": recipient_store.preferences_of(row),
         "topics": topics,
+        "digests": [
+            {
+                "channel": w["channel"],
+                "category": w["category"],
+                "key": w["dkey"],
+                "held": w["items"],
+                "opened_at": w["opened_at"],
+                "closes_at": w["closes_at"],
+            }
+            for w in held
+        ],
         "inbox_messages": inbox[0],
         "deliveries": sent[0],
         "sandbox_messages": sandbox[0],

@@ -5,7 +5,8 @@ Preferences live in the ``preferences`` JSON column of the recipient's row (NULL
     {"channels": {"sms": False},
      "categories": {"marketing": {"email": False, "push": True}},
      "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris" | None}
-                    | None}
+                    | None,
+     "snooze_until": "2026-11-24T08:00:00Z" | None}
 
 Replacing a recipient (``upsert_many``) leaves them as they are.
 """
@@ -27,7 +28,7 @@ FIELDS = ("email", "phone", "locale", "timezone", "push_tokens", "webpush", "web
 
 def empty_preferences() -> dict[str, Any]:
     """What a recipient who never set preferences has: everything allowed, no quiet hours."""
-    return {"channels": {}, "categories": {}, "quiet_hours": None}
+    return {"channels": {}, "categories": {}, "quiet_hours": None, "snooze_until": None}
 
 
 def preferences_of(row: Any) -> dict[str, Any]:

@@ -123,6 +123,8 @@ notifications = Table(
     Column("topic", String(200)),
     Column("planned_through", String(200)),
     _ts("planned_at"),
+    # A digest: the window (digest_windows.id) whose held notifications it sums up.
+    Column("digest_of", String(40)),
     UniqueConstraint("tenant_id", "idempotency_key", name="uq_notifications_idempotency"),
 )
 
@@ -318,6 +320,9 @@ categories = Table(
     Column("max_per_hour", Integer),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
+    Column("max_per_day", Integer),
+    Column("overflow", String(10)),
+    Column("during_snooze", String(10)),
 )
 
 # Erasure and export find a recipient's deliveries and sandbox captures by these; the
@@ -479,4 +484,59 @@ schedule_runs = Table(
     UniqueConstraint("tenant_id", "schedule", "due_at", "zone", name="uq_schedule_runs_due"),
     Index("ix_schedule_runs_history", "tenant_id", "schedule", "id"),
     Index("ix_schedule_runs_open", "status", "lease_until"),
+)
+
+# Digests (store/digests.py): a window per (recipient, channel, category, key) holds a
+# category's notifications until it closes; then one notification (`digest_of` the window)
+# sums them up. At most one window per key is open (`closed_at` NULL); a closed one is kept
+# a day with its items, so that a plan replayed after its window closed holds nothing twice.
+_OPEN = "closed_at IS NULL"
+digest_windows = Table(
+    "digest_windows",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("recipient_id", String(200), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("category", String(100), nullable=False),
+    Column("dkey", String(200), nullable=False),
+    Column("held", Integer, nullable=False),
+    _ts("opened_at", nullable=False),
+    _ts("closes_at", nullable=False),
+    _ts("closed_at"),
+    Column("notification_id", String(40)),
+)
+Index(
+    "ix_digest_windows_open",
+    digest_windows.c.tenant_id,
+    digest_windows.c.recipient_id,
+    digest_windows.c.channel,
+    digest_windows.c.category,
+    digest_windows.c.dkey,
+    unique=True,
+    sqlite_where=text(_OPEN),
+    postgresql_where=text(_OPEN),
+)
+Index(
+    "ix_digest_windows_closes_at",
+    digest_windows.c.closes_at,
+    sqlite_where=text(_OPEN),
+    postgresql_where=text(_OPEN),
+)
+Index("ix_digest_windows_closed_at", digest_windows.c.closed_at)
+Index("ix_digest_windows_recipient", digest_windows.c.tenant_id, digest_windows.c.recipient_id)
+
+# What a window holds, in arrival order (`id`): one row per held delivery (its id is
+# unique, so a replayed plan holds nothing twice); the data is the notification's own.
+digest_items = Table(
+    "digest_items",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("window_id", String(40), nullable=False),
+    Column("delivery_id", String(40), nullable=False, unique=True),
+    Column("notification_id", String(40), nullable=False),
+    _ts("created_at", nullable=False),
+    Index("ix_digest_items_window_id_id", "window_id", "id"),
 )

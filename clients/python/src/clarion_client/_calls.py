@@ -247,11 +247,15 @@ def put_preferences(
     channels: Mapping[str, bool] | None = None,
     categories: Mapping[str, Mapping[str, bool]] | None = None,
     quiet_hours: Mapping[str, Any] | None = None,
+    snooze_until: datetime | None = None,
 ) -> Call[m.Preferences]:
+    """Replace a recipient's preferences; ``snooze_until`` (an aware datetime) holds back
+    every non-critical send until then."""
     body = _query(
         channels=dict(channels) if channels is not None else None,
         categories={k: dict(v) for k, v in categories.items()} if categories else None,
         quiet_hours=dict(quiet_hours) if quiet_hours is not None else None,
+        snooze_until=snooze_until,
     )
     path = f"/v1/recipients/{_seg(recipient_id)}/preferences"
     return Call("PUT", path, m.Preferences.model_validate, None, body)
@@ -305,14 +309,17 @@ def preview_template(
     locale: str | None = None,
     channel: str | None = None,
     version: int | None = None,
+    digest: bool | None = None,
 ) -> Call[m.TemplatePreview]:
-    """Render a template without sending anything."""
+    """Render a template without sending anything (``digest``: its digest content, with
+    ``items`` and ``count`` in ``data``)."""
     body = _query(
         data=dict(data) if data is not None else None,
         recipient_id=recipient_id,
         locale=locale,
         channel=channel,
         version=version,
+        digest=digest,
     )
     path = f"/v1/templates/{_seg(name)}/preview"
     return Call("POST", path, m.TemplatePreview.model_validate, None, body)
@@ -328,13 +335,20 @@ def put_category(
     default_channels: Sequence[m.Channel] | None = None,
     digest: Mapping[str, Any] | None = None,
     max_per_hour: int | None = None,
+    max_per_day: int | None = None,
+    overflow: str | None = None,
+    during_snooze: str | None = None,
 ) -> Call[m.Category]:
-    """Create or replace a category's policy."""
+    """Create or replace a category's policy (``overflow``: drop, defer or digest;
+    ``during_snooze``: defer or drop)."""
     body = _query(
         critical=critical,
         default_channels=list(default_channels) if default_channels is not None else None,
         digest=dict(digest) if digest is not None else None,
         max_per_hour=max_per_hour,
+        max_per_day=max_per_day,
+        overflow=overflow,
+        during_snooze=during_snooze,
     )
     return Call("PUT", f"/v1/categories/{_seg(name)}", m.Category.model_validate, None, body)
 

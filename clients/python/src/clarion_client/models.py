@@ -159,6 +159,7 @@ class Preferences(Model):
     channels: dict[str, bool] = Field(default_factory=dict)
     categories: dict[str, dict[str, bool]] = Field(default_factory=dict)
     quiet_hours: dict[str, Any] | None = None
+    snooze_until: datetime | None = None
 
 
 class TemplateStored(Model):
@@ -197,6 +198,9 @@ class Category(Model):
     default_channels: list[str] | None
     digest: dict[str, Any] | None
     max_per_hour: int | None
+    max_per_day: int | None = None
+    overflow: str = "drop"
+    during_snooze: str = "defer"
     built_in: bool
     created_at: datetime | None
     updated_at: datetime | None

@@ -234,6 +234,13 @@ class PreviewIn(BaseModel):
     locale: LocaleTag | None = None
     channel: Channel | None = None
     version: int | None = Field(default=None, ge=1, le=2_147_483_647)
+    digest: bool = Field(
+        default=False,
+        description=(
+            "Extension: render the channels' `digest` content (only channels that have one), "
+            "as a digest is rendered; give `items` and `count` in `data`."
+        ),
+    )
 
 
 @router.post(
@@ -279,6 +286,10 @@ def render_preview(
     compiled: CompiledVersion, body: PreviewIn, recipient: dict[str, Any]
 ) -> tuple[str | None, dict[str, Any]]:
     """The locale the content used and each channel rendered, as a preview answers."""
+    if body.digest:
+        compiled = CompiledVersion(
+            compiled.category, dict(compiled.digests), compiled.locale_digests
+        )
     locale = body.locale or recipient.get("locale")
     context = render_context({"data": body.data}, recipient)
     rendered: dict[str, Any] = {}

@@ -1,7 +1,7 @@
 """audit log: an append-only record of every change to a tenant's configuration
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-11-23 13:45:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0015"
-down_revision: str | None = "0013"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

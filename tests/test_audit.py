@@ -158,7 +158,10 @@ async def test_every_change_is_recorded_without_secrets(
         "critical": {"to": False},
         "default_channels": {"to": None},
         "digest": {"to": None},
+        "during_snooze": {"to": "defer"},
+        "max_per_day": {"to": None},
         "max_per_hour": {"to": 3},
+        "overflow": {"to": "drop"},
     }
     assert diffs[1] == {"max_per_hour": {"from": 3, "to": 5}}
     assert diffs[3]["category"] == {"from": "promo", "to": "transactional"}

@@ -93,7 +93,10 @@ def test_any_subject_is_one_header_line_or_refused(subject: str) -> None:
         assert refused.reason == "render_error"
         return
     decoded = assert_one_subject_line(data)
-    assert decoded.strip() == decoded
+    # What Clarion writes is stripped; an encoded word may still decode to an edge space
+    # (`=??B?0CA?=` is an invalid byte and a space), which is text, not a header break.
+    if "=?" not in subject:
+        assert decoded.strip() == decoded
 
 
 @pytest.mark.parametrize(

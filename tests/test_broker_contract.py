@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from clarion.broker.base import Broker, Delayed, Message
 from clarion.broker.embedded import EmbeddedBroker
 from clarion.broker.redis_streams import RedisBroker
+from clarion.pipeline.inflight import holding
 
 LEASE = 0.3
 
@@ -243,3 +244,14 @@ async def test_redis_due_messages_move_after_the_server_forgets_its_scripts(
         assert sorted(m.stream for m in taken) == ["a", "b", "c"]
     finally:
         await broker.close()
+
+
+async def test_work_held_longer_than_a_lease_is_not_handed_out_again(broker: Broker) -> None:
+    """The planner's batches (pipeline/inflight.py::holding): a batch planned for three
+    leases stays with its planner, and is acked once."""
+    await broker.publish("plan", [{"n": 1}])
+    taken = await broker.consume(["plan"], "planner-1", count=10, timeout=2)
+    async with holding(broker, taken, "planner-1", LEASE):
+        assert await broker.consume(["plan"], "planner-2", count=10, timeout=3 * LEASE) == []
+    await broker.ack(taken)
+    assert await broker.consume(["plan"], "planner-2", count=10, timeout=2 * LEASE) == []

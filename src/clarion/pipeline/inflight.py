@@ -1,10 +1,12 @@
-"""Stopping a consumer that has sends in flight: finish them to a deadline, hand back the
-rest."""
+"""Messages held while they are worked on: their leases renewed, and on stop finished to a
+deadline or handed back."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Sequence
 
 from clarion.broker import Broker, Message
 
@@ -31,3 +33,28 @@ async def finish_or_hand_back(
         except Exception as exc:
             # They come back after their lease instead.
             log.warning("handing back %d messages failed: %r", len(unfinished), exc)
+
+
+@contextlib.asynccontextmanager
+async def holding(
+    broker: Broker, messages: Sequence[Message], consumer: str, lease: float
+) -> AsyncIterator[None]:
+    """Renew the leases of ``messages`` every third of a lease while the block runs, so
+    that work which takes longer than a lease (a large batch on a busy machine) is not
+    taken back and done a second time by another consumer."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                await broker.extend(messages, consumer)
+            except Exception as exc:  # they may come back after their lease instead
+                log.warning("renewing %d leases failed: %r", len(messages), exc)
+
+    renewer = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer

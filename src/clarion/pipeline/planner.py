@@ -33,6 +33,7 @@ from clarion.observability import logs, metrics, tracing
 from clarion.pipeline import digests, throttle
 from clarion.pipeline.categories import CategoryCache, Policies
 from clarion.pipeline.context import Context
+from clarion.pipeline.inflight import holding
 from clarion.pipeline.messages import of_rows, plan_payload, publish_deliveries
 from clarion.pipeline.status_events import StatusEvents
 from clarion.pipeline.templates import TemplateCache
@@ -89,8 +90,10 @@ class Planner:
         if messages:
             logs.bind(stage="planner", batch=len(messages))
             started = time.perf_counter()
+            lease = self._ctx.settings.broker_lease
             with tracing.planning(messages):
-                await self._handle_isolated(messages)
+                async with holding(self._ctx.broker, messages, self._consumer, lease):
+                    await self._handle_isolated(messages)
             await self._ctx.broker.ack(messages)
             self._ctx.made_progress()
             metrics.planner_batch(len(messages), time.perf_counter() - started)

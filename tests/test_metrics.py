@@ -9,8 +9,12 @@ import subprocess
 import time
 
 import httpx
+import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
+from clarion.config import Settings
 from clarion.domain.ids import new_id
 from clarion.observability import metrics
 from clarion.observability.metrics import accepted_at
@@ -154,3 +158,61 @@ async def test_tenant_label_only_when_asked(lite: Harness) -> None:
     assert sent == 1
     _, plain = await scrape(lite.client)
     assert not any(("tenant", tenant) in labels for _, labels in plain)
+
+
+def registry_samples() -> Samples:
+    """The process's registry as /metrics would render it, without the scrape-time part."""
+    return parse(generate_latest(metrics.METRICS.registry).decode())
+
+
+async def test_metrics_off_counts_nothing_and_answers_404(app: Harness) -> None:
+    await app.put_template("hello", TEMPLATE)
+    await app.put_recipient("u-1", email="u1@example.com")
+    before = registry_samples()
+    metrics.configure(tenant_label=False, enabled=False)
+    try:
+        for n in range(2):
+            body = {"template": "hello", "to": {"recipient_id": "u-1"}, "data": {"n": n}}
+            response = await app.send(body)
+            assert response.status_code == 202, response.text
+        refused = await app.send({"template": "missing", "to": {"recipient_id": "u-1"}})
+        assert refused.status_code == 422
+        await app.drain()
+        after = registry_samples()
+        off = await app.client.get("/metrics")
+        ops = create_ops_app(app.ctx, Sources(app.ctx))
+        transport = httpx.ASGITransport(app=ops)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ops") as client:
+            ops_off = await client.get("/metrics")
+            assert (await client.get("/healthz")).json() == {"status": "ok"}
+            assert (await client.get("/readyz")).status_code == 200
+    finally:
+        metrics.configure(tenant_label=False, enabled=True)
+    assert after == before
+    for answer in (off, ops_off):
+        assert answer.status_code == 404
+        assert answer.json()["error"]["code"] == "not_found"
+        assert "CLARION_METRICS=off" in answer.json()["error"]["message"]
+    # Turned back on: counted as before.
+    body = {"template": "hello", "to": {"recipient_id": "u-1"}, "data": {"n": 9}}
+    response = await app.send(body)
+    assert response.status_code == 202
+    await app.drain()
+    _, on = await scrape(app.client)
+    sent = {"channel": "email", "provider": "sandbox", "status": "sent"}
+    assert (
+        total(on, "clarion_deliveries_total", **sent)
+        == total(before, "clarion_deliveries_total", **sent) + 1
+    )
+    assert total(on, "clarion_notifications_accepted_total") == (
+        total(before, "clarion_notifications_accepted_total") + 1
+    )
+
+
+def test_metrics_setting_is_on_or_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().metrics == "on"
+    monkeypatch.setenv("CLARION_METRICS", "off")
+    assert Settings().metrics == "off"
+    monkeypatch.setenv("CLARION_METRICS", "maybe")
+    with pytest.raises(ValidationError):
+        Settings()

@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Logs as one JSON object a line (`json`) or as readable text (`text`).
     log_format: Literal["text", "json"] = "text"
+    # `off`: no metric is counted (every hook returns at once) and /metrics answers 404.
+    metrics: Literal["on", "off"] = "on"
     # Workers' and schedulers' port for /metrics, /healthz and /readyz (off when unset).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"

@@ -64,7 +64,10 @@ def describe(settings: Settings, roles: Roles) -> str:
         parts.append("scheduler (outbox relay, sweeper, schedules)")
     if settings.metrics_port is not None:
         where = f"http://{settings.metrics_host}:{settings.metrics_port}"
-        parts.append(f"metrics and probes on {where}/metrics, /healthz, /readyz")
+        if settings.metrics == "on":
+            parts.append(f"metrics and probes on {where}/metrics, /healthz, /readyz")
+        else:
+            parts.append(f"probes on {where}/healthz, /readyz (metrics off)")
     database = settings.database_url.split("://", 1)[0]
     broker = settings.broker_url.split("://", 1)[0]
     return f"ready: {'; '.join(parts)} [database {database}, broker {broker}]"
@@ -84,7 +87,7 @@ def sources_for(ctx: Context, roles: Roles) -> Sources:
 
 
 async def run(settings: Settings, roles: Roles, *, demo: bool = False) -> None:
-    metrics.configure(tenant_label=settings.metrics_tenant_label)
+    metrics.configure(tenant_label=settings.metrics_tenant_label, enabled=settings.metrics == "on")
     if tracing.configure():
         log.info("tracing on: spans exported as the OTEL_* variables say")
     ctx = await open_context(settings)

@@ -13,6 +13,10 @@ costly to know (stream lengths and lag, the outbox, pools) is read at scrape tim
 Labels are bounded: channel, lane, provider *kind* (``ses``, ``smtp``, …, never a tenant's
 provider name), status, reason (a fixed vocabulary). Tenant ids appear only when
 ``CLARION_METRICS_TENANT_LABEL`` is set, and only on the notification and delivery counters.
+
+``CLARION_METRICS=off`` turns every hook into a return: each checks the module's
+``ENABLED`` flag first (one global read), before touching a metric, and ``/metrics``
+answers 404.
 """
 
 from __future__ import annotations
@@ -135,11 +139,14 @@ class Metrics:
 
 
 METRICS = Metrics()
+# False with CLARION_METRICS=off: every hook below returns at once, /metrics answers 404.
+ENABLED = True
 
 
-def configure(*, tenant_label: bool) -> Metrics:
+def configure(*, tenant_label: bool, enabled: bool = True) -> Metrics:
     """Set the process's metrics up (once, at start); returns them."""
-    global METRICS
+    global METRICS, ENABLED
+    ENABLED = enabled
     if METRICS.tenant_label != tenant_label:
         METRICS = Metrics(tenant_label=tenant_label)
     return METRICS
@@ -165,6 +172,8 @@ def accepted_at(notification_id: str) -> float | None:
 def notifications(outcomes: Sequence[Any], items: Sequence[Any]) -> None:
     """The intake's outcomes of a request's notifications (``Accepted`` or an ``ApiError``),
     in the order of ``items`` (their ``NewNotification``)."""
+    if not ENABLED:
+        return
     m = METRICS
     if not m.tenant_label:
         created = refused = 0
@@ -192,6 +201,8 @@ def notifications(outcomes: Sequence[Any], items: Sequence[Any]) -> None:
 
 def refused(reason: str, n: int = 1, tenant: str = "") -> None:
     """Notifications refused before the intake (validation, quota, authentication)."""
+    if not ENABLED:
+        return
     m = METRICS
     child = m.refused.labels(reason, tenant) if m.tenant_label else m.refused.labels(reason)
     child.inc(n)
@@ -199,13 +210,15 @@ def refused(reason: str, n: int = 1, tenant: str = "") -> None:
 
 def refused_items(bodies: Iterable[dict[str, Any]]) -> None:
     """Items of a batch refused one by one (their error bodies)."""
+    if not ENABLED:
+        return
     for code, n in Tally(body["error"]["code"] for body in bodies).items():
         refused(code, n)
 
 
 def planned(rows: Sequence[dict[str, Any]]) -> None:
     """Deliveries the planner created, by the state it created them in."""
-    if not rows:
+    if not ENABLED or not rows:
         return
     m = METRICS
     keys: Tally[tuple[str, ...]] = Tally()
@@ -217,6 +230,8 @@ def planned(rows: Sequence[dict[str, Any]]) -> None:
 
 
 def planner_batch(size: int, seconds: float) -> None:
+    if not ENABLED:
+        return
     METRICS.planner_batch.observe(size)
     METRICS.planner_seconds.observe(seconds)
 
@@ -225,6 +240,8 @@ def attempt(
     channel: str, delivery: Any, kind: str, status: str, reason: str | None, retry: bool
 ) -> None:
     """The stored outcome of one attempt at ``delivery`` (a ``domain.delivery.Delivery``)."""
+    if not ENABLED:
+        return
     m = METRICS
     labels = (channel, kind, str(status), reason or "")
     if m.tenant_label:
@@ -243,11 +260,15 @@ def attempt(
 
 
 def provider_call(channel: str, kind: str, outcome: str, seconds: float) -> None:
+    if not ENABLED:
+        return
     METRICS.child(METRICS.provider_calls, channel, kind, outcome).observe(seconds)
 
 
 def breaker_seen(channel: str, tenant: str, name: str, kind: str, allowed: bool) -> None:
     """A breaker's answer, remembered for the ``clarion_circuit_breakers`` gauge."""
+    if not ENABLED:
+        return
     m = METRICS
     m.breakers[(tenant, name)] = (channel, kind, not allowed)
     if not allowed:
@@ -255,6 +276,8 @@ def breaker_seen(channel: str, tenant: str, name: str, kind: str, allowed: bool)
 
 
 def rate_limit(channel: str, kind: str, waited: float, deferred: bool) -> None:
+    if not ENABLED:
+        return
     m = METRICS
     if deferred:
         m.rate_deferred.labels(channel, kind).inc()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from clarion.errors import NotFound
+from clarion.observability import metrics as hooks
 from clarion.observability.scrape import CONTENT_TYPE, Sources, exposition
 
 router = APIRouter(tags=["operations"])
@@ -11,5 +13,7 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/metrics", summary="Prometheus metrics of this process", include_in_schema=False)
 async def metrics(request: Request) -> Response:
+    if not hooks.ENABLED:
+        raise NotFound("Metrics are off on this process (CLARION_METRICS=off).")
     sources: Sources = request.app.state.metrics_sources
     return Response(await exposition(sources), media_type=CONTENT_TYPE)

@@ -13,15 +13,18 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
+from sqlalchemy.dialects import postgresql, sqlite
 
 from clarion.config import Settings
 from clarion.domain.ids import new_id
 from clarion.observability import metrics
+from clarion.observability import scrape as scrape_module
 from clarion.observability.metrics import accepted_at
 from clarion.observability.ops_server import create_ops_app
-from clarion.observability.scrape import Sources
+from clarion.observability.scrape import Sources, dead_letter_query
 from harness import Harness
 from servers import _missing
+from webhook_sink import WebhookSink
 
 TEMPLATE = {"channels": {"email": {"subject": "Hi {{ n }}", "text": "Number {{ n }}"}}}
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -216,3 +219,91 @@ def test_metrics_setting_is_on_or_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLARION_METRICS", "maybe")
     with pytest.raises(ValidationError):
         Settings()
+
+
+HOOK = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
+
+
+async def _dead_letters(app: Harness, sink: WebhookSink, rids: list[str]) -> list[str]:
+    """Deliveries to ``rids`` that died (the sink answers 500 to every attempt)."""
+    sink.respond = lambda request: 500
+    await app.put_template("hook", HOOK)
+    for rid in rids:
+        await app.put_recipient(rid, webhook_url=f"{sink.url}/{rid}")
+    response = await app.send({"template": "hook", "to": {"recipient_ids": rids}})
+    assert response.status_code == 202, response.text
+    await app.drain()
+    deliveries = (await app.notification(response.json()["id"]))["deliveries"]
+    assert {d["status"] for d in deliveries} == {"dead"}
+    return [d["id"] for d in deliveries]
+
+
+async def test_dead_letter_backlog_is_read_at_scrape_time(
+    app: Harness, sink: WebhookSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, empty = await scrape(app.client)
+    assert total(empty, "clarion_dead_letter_backlog", channel="webhook") == 0
+    assert total(empty, "clarion_dead_letter_backlog", channel="email") == 0
+    assert total(empty, "clarion_dead_letter_backlog_capped") == 0
+    dead = await _dead_letters(app, sink, ["a", "b"])
+    _, samples = await scrape(app.client)
+    assert total(samples, "clarion_dead_letter_backlog", channel="webhook") == 2
+    assert total(samples, "clarion_dead_letter_backlog", channel="email") == 0
+    assert total(samples, "clarion_scrape_errors", part="dead_letters") == 0
+    # Past the cap: the newest are counted and the gauge says it was capped.
+    monkeypatch.setattr(scrape_module, "DEAD_LETTER_CAP", 1)
+    _, capped = await scrape(app.client)
+    assert total(capped, "clarion_dead_letter_backlog", channel="webhook") == 2
+    assert total(capped, "clarion_dead_letter_backlog_capped") == 1
+    monkeypatch.undo()
+    # A replayed dead letter leaves the backlog.
+    sink.respond = lambda request: 200
+    replayed = await app.client.post(f"/v1/dead-letters/{dead[0]}/replay", headers=app.auth)
+    assert replayed.status_code in (200, 202), replayed.text
+    await app.drain()
+    _, after = await scrape(app.client)
+    assert total(after, "clarion_dead_letter_backlog", channel="webhook") == 1
+    # Only the processes that report shared state read it.
+    ops = create_ops_app(app.ctx, Sources(app.ctx, dead_letters=False))
+    transport = httpx.ASGITransport(app=ops)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ops") as client:
+        _, without = await scrape(client)
+    assert not any(name.startswith("clarion_dead_letter_backlog") for name, _ in without)
+
+
+async def test_dead_letter_backlog_by_tenant_only_when_asked(
+    lite: Harness, sink: WebhookSink
+) -> None:
+    await _dead_letters(lite, sink, ["a"])
+    metrics.configure(tenant_label=True)
+    try:
+        _, samples = await scrape(lite.client)
+    finally:
+        metrics.configure(tenant_label=False)
+    tenant = lite.tenant_id
+    assert total(samples, "clarion_dead_letter_backlog", channel="webhook", tenant=tenant) == 1
+    _, plain = await scrape(lite.client)
+    assert not any(("tenant", tenant) in labels for _, labels in plain)
+
+
+async def test_dead_letter_backlog_reads_the_status_index(app: Harness) -> None:
+    engine = app.ctx.engine
+    for by_tenant in (False, True):
+        query = dead_letter_query(by_tenant)
+        if engine.dialect.name == "postgresql":
+            compiled = query.compile(
+                dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
+            )
+            explain = "EXPLAIN"
+        else:
+            compiled = query.compile(
+                dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}
+            )
+            explain = "EXPLAIN QUERY PLAN"
+        async with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                # Empty tables make a sequential scan cheapest: ask whether an index serves it.
+                await conn.exec_driver_sql("SET enable_seqscan = off")
+            rows = (await conn.exec_driver_sql(f"{explain} {compiled}")).all()
+        plan = "\n".join(str(r[-1]) for r in rows)
+        assert "ix_deliveries_status_updated_at" in plan, plan

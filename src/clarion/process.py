@@ -80,10 +80,16 @@ def sandbox_default(settings: Settings, roles: Roles) -> bool:
 
 
 def sources_for(ctx: Context, roles: Roles) -> Sources:
-    """What this process's /metrics reads at scrape time: the shared streams and outbox
-    from the processes that consume them, not from every API process."""
+    """What this process's /metrics reads at scrape time: the shared streams, outbox and
+    dead letters from the processes that consume them, not from every API process."""
     consumes = roles.planner or bool(roles.channels) or roles.scheduler
-    return Sources(ctx, streams=consumes, outbox=roles.scheduler, inbox=roles.api)
+    return Sources(
+        ctx,
+        streams=consumes,
+        outbox=roles.scheduler,
+        dead_letters=roles.scheduler,
+        inbox=roles.api,
+    )
 
 
 async def run(settings: Settings, roles: Roles, *, demo: bool = False) -> None:

@@ -1,8 +1,10 @@
-"""What is read at scrape time: streams, the outbox, connections, pools, breakers.
+"""What is read at scrape time: streams, the outbox, dead letters, connections, pools,
+breakers.
 
 None of it is counted on the hot path. A scrape asks the broker for every stream's length,
 pending entries and lag (one Redis round trip), the database for the outbox's size and
-age, and the process for its pools and live connections; what it gathers is handed to
+age and for the dead letters by channel (a bounded read of the status index), and the
+process for its pools and live connections; what it gathers is handed to
 Prometheus by a collector registered once per registry.
 """
 
@@ -20,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
-from clarion.domain.models import LANES, PLAN_STREAM, Channel, send_stream
+from clarion.domain.models import LANES, PLAN_STREAM, Channel, DeliveryStatus, send_stream
 from clarion.observability import metrics
 from clarion.pipeline.status_events import EVENTS_STREAM
 from clarion.store.db import as_utc
-from clarion.store.tables import outbox
+from clarion.store.tables import deliveries, outbox
 
 if TYPE_CHECKING:
     from clarion.pipeline.context import Context
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # A scrape waits at most this long for the broker and the database.
 SCRAPE_TIMEOUT = 3.0
+# Dead letters a scrape counts at most (the newest ones, by the status index).
+DEAD_LETTER_CAP = 10_000
 
 
 def all_streams() -> list[str]:
@@ -55,6 +59,7 @@ class Sources:
     # consume them (workers, schedulers), so that an API fleet does not multiply the load.
     streams: bool = True
     outbox: bool = True
+    dead_letters: bool = True
     inbox: bool = False
 
 
@@ -121,6 +126,47 @@ async def _outbox(ctx: Context) -> list[Metric]:
     return [size, age]
 
 
+def dead_letter_query(by_tenant: bool) -> Select[Any]:
+    """Dead letters by channel (and tenant) among the newest ``DEAD_LETTER_CAP + 1``: a
+    backward range of the (status, updated_at) index, so a scrape reads at most that many
+    rows however large the backlog."""
+    columns = [deliveries.c.channel, *([deliveries.c.tenant_id] if by_tenant else [])]
+    newest = (
+        select(*columns)
+        .where(deliveries.c.status == DeliveryStatus.DEAD.value)
+        .order_by(deliveries.c.updated_at.desc())
+        .limit(DEAD_LETTER_CAP + 1)
+        .subquery()
+    )
+    return select(*newest.c, func.count()).group_by(*newest.c)
+
+
+async def _dead_letters(ctx: Context) -> list[Metric]:
+    by_tenant = metrics.METRICS.tenant_label
+    async with ctx.engine.connect() as conn:
+        rows = (await conn.execute(dead_letter_query(by_tenant))).all()
+    backlog = GaugeMetricFamily(
+        "clarion_dead_letter_backlog",
+        f"Deliveries in the dead letters (status dead), counting at most {DEAD_LETTER_CAP} "
+        "(the newest)",
+        labels=["channel", *(["tenant"] if by_tenant else [])],
+    )
+    counts: dict[tuple[str, ...], int] = {}
+    if not by_tenant:
+        counts = {(channel.value,): 0 for channel in Channel}
+    for row in rows:
+        counts[tuple(row[:-1])] = row[-1]
+    for labels, n in sorted(counts.items()):
+        backlog.add_metric(list(labels), n)
+    capped = GaugeMetricFamily(
+        "clarion_dead_letter_backlog_capped",
+        f"1 when the dead letters are more than {DEAD_LETTER_CAP}: the backlog is at least "
+        "that large and its split by channel is that of the newest ones",
+    )
+    capped.add_metric([], 1 if sum(n for *_, n in rows) > DEAD_LETTER_CAP else 0)
+    return [backlog, capped]
+
+
 def _pools(ctx: Context) -> list[Metric]:
     family = GaugeMetricFamily(
         "clarion_db_pool_connections",
@@ -175,6 +221,7 @@ async def _gather(sources: Sources) -> list[Metric]:
     parts: Sequence[tuple[str, Any]] = [
         ("streams", _streams if sources.streams else None),
         ("outbox", _outbox if sources.outbox else None),
+        ("dead_letters", _dead_letters if sources.dead_letters else None),
     ]
     for name, read in parts:
         if read is None:

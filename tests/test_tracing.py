@@ -3,15 +3,20 @@ the worker to the provider's call, with batch spans linked to their items."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from clarion.domain.delivery import Delivery
 from clarion.observability import tracing
+from clarion.pipeline import status_events
 from clarion.pipeline.messages import plan_payload
 from harness import Harness, make_settings, running
+from webhook_sink import WebhookSink
 
 pytest.importorskip("opentelemetry.sdk")
 
@@ -235,3 +240,101 @@ def test_the_traceparent_is_an_optional_field_on_the_wire() -> None:
     for junk in (42, "nonsense", None, ["x"]):
         assert Delivery.from_payload({**plain, "traceparent": junk}).trace is None
     assert plan_payload("ntf_1", "ten_1", trace)["traceparent"] == trace
+
+
+HOOK_TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
+SECRET_KEY = base64.b64encode(b"k" * 32).decode()
+
+
+def _parse_traceparent(value: str) -> tuple[int, int]:
+    version, trace_id, span_id, flags = value.split("-")
+    assert version == "00"
+    assert flags == "01"
+    return int(trace_id, 16), int(span_id, 16)
+
+
+async def _send_to_webhook(app: Harness, sink: WebhookSink) -> str:
+    await app.put_template("hook", HOOK_TEMPLATE)
+    await app.put_recipient("u1", webhook_url=f"{sink.url}/u1")
+    response = await app.client.put(
+        "/v1/webhooks/main",
+        json={"url": f"{sink.url}/events", "events": ["delivery.sent"]},
+        headers=app.auth,
+    )
+    assert response.status_code == 200, response.text
+    response = await app.send({"template": "hook", "to": {"recipient_id": "u1"}})
+    assert response.status_code == 202, response.text
+    await app.drain()
+    nid: str = response.json()["id"]
+    return nid
+
+
+@pytest.fixture
+async def traced_hooks(
+    exported: InMemorySpanExporter, backend: tuple[str, str]
+) -> AsyncIterator[Harness]:
+    async with running(make_settings(*backend, secret_key=SECRET_KEY)) as harness:
+        yield harness
+
+
+async def test_outbound_webhooks_carry_the_traceparent(
+    traced_hooks: Harness, exported: InMemorySpanExporter, sink: WebhookSink
+) -> None:
+    app = traced_hooks
+    exported.clear()
+    await _send_to_webhook(app, sink)
+    spans = list(exported.get_finished_spans())
+    [call] = [r for r in sink.received if r.path == "/u1"]
+    [posted] = [r for r in sink.received if r.path == "/events"]
+
+    # The provider's POST carries the provider.send span's context.
+    [send] = _named(spans, "provider.send")
+    assert send.context is not None
+    assert _parse_traceparent(call.headers["traceparent"]) == (
+        send.context.trace_id,
+        send.context.span_id,
+    )
+
+    # The status event's POST: an event.post client span, a child of the attempt.
+    [attempt] = _named(spans, "delivery.attempt")
+    [post] = _named(spans, "event.post")
+    assert post.kind == SpanKind.CLIENT
+    assert post.context is not None
+    assert attempt.context is not None
+    assert post.parent is not None
+    assert post.parent.span_id == attempt.context.span_id
+    assert post.context.trace_id == attempt.context.trace_id
+    assert post.attributes is not None
+    event = json.loads(posted.body)
+    assert post.attributes["clarion.event_id"] == event["id"]
+    assert post.attributes["clarion.event_type"] == "delivery.sent"
+    assert post.attributes["clarion.delivery_id"] == event["data"]["delivery_id"]
+    assert post.attributes["clarion.webhook"] == "main"
+    assert _parse_traceparent(posted.headers["traceparent"]) == (
+        post.context.trace_id,
+        post.context.span_id,
+    )
+
+
+async def test_outbound_webhooks_carry_no_traceparent_when_off(
+    tmp_path: Path, sink: WebhookSink
+) -> None:
+    assert not tracing.ON
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}", "embedded://", secret_key=SECRET_KEY
+    )
+    async with running(settings) as app:
+        await _send_to_webhook(app, sink)
+    paths = sorted(r.path for r in sink.received)
+    assert paths == ["/events", "/u1"]
+    for received in sink.received:
+        assert "traceparent" not in received.headers
+
+
+def test_event_messages_carry_a_traceparent_only_when_given() -> None:
+    evt = {"id": "evt_1", "type": "delivery.sent", "data": {}}
+    assert "traceparent" not in status_events.message("ten_1", evt)
+    carried = f"00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01"
+    assert status_events.message("ten_1", evt, carried)["traceparent"] == carried
+    # A malformed one carried by a message starts a trace of its own.
+    assert tracing._span_context("00-not-a-trace") is None

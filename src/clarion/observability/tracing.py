@@ -12,6 +12,12 @@ span *linked* to the contexts of its items, never a parent of millions of childr
 ``planner.batch``, ``worker.take``, ``status.write`` (at most :data:`MAX_LINKS` links
 each). Each attempt at a delivery is a ``delivery.attempt`` span, a child of the context
 the delivery carried, and its provider call a ``provider.send`` client span within it.
+
+Outbound HTTP requests carry their span's context as a W3C ``traceparent`` header, so a
+receiver that traces continues the trace: the webhook provider's POST (the
+``provider.send`` span, :func:`outbound`), and each status-event POST (an
+``event.post`` client span, a child of the attempt whose change made the event when its
+message carried that attempt's context: :func:`posting_event`).
 """
 
 from __future__ import annotations
@@ -324,6 +330,51 @@ def provider_call(message: OutboundMessage, name: str, kind: str) -> Any:
     return _live().start_as_current_span(
         "provider.send", kind=trace.SpanKind.CLIENT, attributes=values
     )
+
+
+def outbound(headers: dict[str, str]) -> None:
+    """Add the current span's ``traceparent`` to an outbound request's headers (nothing
+    when tracing is off or no span is current)."""
+    if not ON:
+        return
+    value = traceparent()
+    if value is not None:
+        headers["traceparent"] = value
+
+
+def posting_event(tenant_id: str, event: Mapping[str, Any], hook: str, carried: object) -> Any:
+    """``event.post``: one status-event POST to one webhook, a child of the context the
+    event's message ``carried`` (the attempt that made it), else a trace of its own. Yields
+    its traceparent (the request's header); None when off."""
+    if not ON:
+        return _NOOP
+    return _posting_event(tenant_id, event, hook, carried)
+
+
+@contextlib.contextmanager
+def _posting_event(
+    tenant_id: str, event: Mapping[str, Any], hook: str, carried: object
+) -> Iterator[str | None]:
+    from opentelemetry import context, trace
+
+    parent = _span_context(carried)
+    base = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent else None
+    data = event.get("data")
+    values: dict[str, Any] = {
+        "clarion.tenant_id": tenant_id,
+        "clarion.event_id": str(event.get("id", "")),
+        "clarion.event_type": str(event.get("type", "")),
+        "clarion.webhook": hook,
+    }
+    if isinstance(data, Mapping) and isinstance(data.get("delivery_id"), str):
+        values["clarion.delivery_id"] = data["delivery_id"]
+    with _live().start_as_current_span(
+        "event.post",
+        context=base or context.Context(),
+        kind=trace.SpanKind.CLIENT,
+        attributes=values,
+    ):
+        yield traceparent()
 
 
 # -- the API's requests ------------------------------------------------------------------

@@ -21,6 +21,7 @@ from clarion.broker import Delayed, Message
 from clarion.domain.backoff import retry_delay
 from clarion.errors import PermanentError, TransientError
 from clarion.net import HttpClient
+from clarion.observability import tracing
 from clarion.pipeline.consumer import FairConsumer
 from clarion.pipeline.context import Context
 from clarion.pipeline.status_events import EVENTS_STREAM
@@ -97,8 +98,10 @@ class EventDispatcher:
         if not hooks:
             return []
         body = orjson.dumps(event)
+        carried = payload.get("traceparent")
         outcomes = await asyncio.gather(
-            *(self._post(hook, event["id"], body) for hook in hooks), return_exceptions=True
+            *(self._traced_post(tenant_id, event, hook, body, carried) for hook in hooks),
+            return_exceptions=True,
         )
         retries = []
         for hook, outcome in zip(hooks, outcomes, strict=True):
@@ -126,7 +129,22 @@ class EventDispatcher:
         again = {**payload, "webhook": hook.name, "attempt": attempt + 1}
         return Delayed(EVENTS_STREAM, again, time.time() + delay)
 
-    async def _post(self, hook: Subscription, event_id: str, body: bytes) -> None:
+    async def _traced_post(
+        self,
+        tenant_id: str,
+        event: dict[str, Any],
+        hook: Subscription,
+        body: bytes,
+        carried: object,
+    ) -> None:
+        """:meth:`_post` in an ``event.post`` span when tracing is on (observability/tracing.py),
+        its context sent as the request's ``traceparent``."""
+        with tracing.posting_event(tenant_id, event, hook.name, carried) as parent:
+            await self._post(hook, event["id"], body, parent)
+
+    async def _post(
+        self, hook: Subscription, event_id: str, body: bytes, traceparent: str | None = None
+    ) -> None:
         """One POST; raises :class:`TransientError` or :class:`PermanentError` on failure."""
         if self._http is None:
             raise RuntimeError("EventDispatcher.run_once before start")
@@ -136,6 +154,8 @@ class EventDispatcher:
             "clarion-event-id": event_id,
             "idempotency-key": f"{event_id}:{hook.name}",
         }
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
         reply = await self._http.request(
             "POST", hook.url, headers, body, timeout=self._timeout, max_body=MAX_ANSWER
         )

@@ -86,9 +86,13 @@ def row_data(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def message(tenant_id: str, evt: dict[str, Any]) -> dict[str, Any]:
-    """The ``events`` stream's message: the event and whose it is."""
-    return {"tenant": tenant_id, "event": evt, "attempt": 1}
+def message(tenant_id: str, evt: dict[str, Any], trace: str | None = None) -> dict[str, Any]:
+    """The ``events`` stream's message: the event and whose it is; with tracing on, the
+    traceparent of the attempt that made it (an optional field)."""
+    found = {"tenant": tenant_id, "event": evt, "attempt": 1}
+    if trace is not None:
+        found["traceparent"] = trace
+    return found
 
 
 class StatusEvents:
@@ -108,7 +112,7 @@ class StatusEvents:
         await self._subscribed({c.tenant_id for c in emitted})
         wants = self._ctx.webhooks.wants
         return [
-            message(c.tenant_id, event(c.status, change_data(c)))
+            message(c.tenant_id, event(c.status, change_data(c)), c.trace)
             for c in emitted
             if wants(c.tenant_id, f"delivery.{c.status}")
         ]

@@ -2,7 +2,8 @@
 
 Signed with the tenant's secret (``Clarion-Signature``), carrying the delivery id as
 ``Idempotency-Key`` so a receiver can drop a repeat (and so the client may send it again
-on a new connection when a kept-alive one was closed under it). This is the
+on a new connection when a kept-alive one was closed under it); with tracing on, the
+``provider.send`` span's W3C ``traceparent``. This is the
 highest-volume HTTP path: it goes through Clarion's own HTTP/1.1 client
 (:mod:`clarion.net`), which costs a fraction of aiohttp's CPU per request (see
 docs/architecture.md).
@@ -16,6 +17,7 @@ import orjson
 
 from clarion.errors import PermanentError
 from clarion.net import HttpClient
+from clarion.observability import tracing
 from clarion.providers.base import OutboundMessage, Provider, SendResult
 from clarion.providers.http import raise_for_status, refuse_redirect
 from clarion.security.netguard import AddressGuard
@@ -65,6 +67,7 @@ class WebhookProvider(Provider):
             "clarion-notification-id": message.notification_id,
             "clarion-attempt": str(message.attempt),
         }
+        tracing.outbound(headers)  # the provider.send span's traceparent (tracing on only)
         reply = await self._http.request(
             "POST", url, headers, body, timeout=self._timeout, max_body=MAX_ANSWER
         )

@@ -120,7 +120,7 @@ async def test_prometheus_sees_sends_lag_and_latency(
         for proc, port in ((worker, ports.worker), (scheduler, ports.scheduler)):
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as ops:
                 await wait_ready(ops, proc)
-        await run_checks(client, prom, auth, procs)
+        await run_checks(client, prom, auth, procs, ports.scheduler)
     # Every role says what it serves; a worker sending to the sandbox on PostgreSQL says so.
     assert f"ready: api on http://127.0.0.1:{ports.api}" in api.output(100_000)
     worker_log = worker.output(100_000)
@@ -132,7 +132,11 @@ async def test_prometheus_sees_sends_lag_and_latency(
 
 
 async def run_checks(
-    client: httpx.AsyncClient, prom: httpx.AsyncClient, auth: dict[str, str], procs: Procs
+    client: httpx.AsyncClient,
+    prom: httpx.AsyncClient,
+    auth: dict[str, str],
+    procs: Procs,
+    scheduler_port: int,
 ) -> None:
     async def every_target_up() -> bool:
         try:
@@ -180,3 +184,9 @@ async def run_checks(
         return value(await query(prom, "sum(clarion_notifications_accepted_total)")) >= 5
 
     await wait_until(five_accepted, 30, "the accepted counter to reach 5", 0.5)
+    # The dead-letter backlog is read by the scheduler, one series per channel.
+    backlog = await query(prom, "clarion_dead_letter_backlog")
+    scraped = {item["metric"]["instance"] for item in backlog}
+    assert scraped == {f"127.0.0.1:{scheduler_port}"}, backlog
+    assert {item["metric"]["channel"] for item in backlog} >= {"email", "webhook"}
+    assert value(backlog) == 0

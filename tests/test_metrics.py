@@ -22,6 +22,8 @@ from clarion.observability import scrape as scrape_module
 from clarion.observability.metrics import accepted_at
 from clarion.observability.ops_server import create_ops_app
 from clarion.observability.scrape import Sources, dead_letter_query
+from clarion.pipeline.runtime import Roles
+from clarion.process import describe, sources_for
 from harness import Harness
 from servers import _missing
 from webhook_sink import WebhookSink
@@ -307,3 +309,18 @@ async def test_dead_letter_backlog_reads_the_status_index(app: Harness) -> None:
             rows = (await conn.exec_driver_sql(f"{explain} {compiled}")).all()
         plan = "\n".join(str(r[-1]) for r in rows)
         assert "ix_deliveries_status_updated_at" in plan, plan
+
+
+def test_ready_line_and_sources_follow_the_setting(lite: Harness) -> None:
+    worker = Roles(planner=True, channels=("email",))
+    on = Settings(metrics_port=9100)
+    assert "metrics and probes on http://127.0.0.1:9100/metrics" in describe(on, worker)
+    off = Settings(metrics_port=9100, metrics="off")
+    line = describe(off, worker)
+    assert "probes on http://127.0.0.1:9100/healthz, /readyz (metrics off)" in line
+    assert "/metrics" not in line
+    # Shared state (the outbox, the dead letters) is read by schedulers only.
+    assert not sources_for(lite.ctx, worker).dead_letters
+    assert not sources_for(lite.ctx, Roles(api=True)).dead_letters
+    assert sources_for(lite.ctx, Roles(scheduler=True)).dead_letters
+    assert sources_for(lite.ctx, Roles.everything()).dead_letters

@@ -75,11 +75,11 @@ function row(entry) {
   return h(
     "tr",
     { dataset: { id: entry.id } },
-    h("td", { title: when(entry.at) }, h("div", { text: when(entry.at) }), h("small", { class: "muted", text: ago(entry.at) })),
-    h("td", {}, code(entry.key_id)),
+    h("td", { class: "nowrap", title: when(entry.at) }, h("div", { text: when(entry.at) }), h("small", { class: "muted", text: ago(entry.at) })),
+    h("td", { class: "nowrap" }, code(entry.key_id)),
     h("td", {}, badge(entry.action)),
     h("td", {}, entry.resource),
-    h("td", {}, h("strong", { text: entry.name })),
+    h("td", { class: "name-cell" }, h("strong", { text: entry.name })),
     h("td", {}, text ? h("pre", { class: "diff", text }) : h("span", { class: "muted", text: "—" })),
   );
 }

@@ -423,6 +423,9 @@ async def test_audit_log_schedules_and_topics(
         await expect(update.locator("pre.diff")).to_contain_text("<script>window.__xss=2</script>")
         await expect(rows.nth(1)).to_contain_text("create")
         await shot(page, "admin-audit-log")
+        await update.get_by_role("link", name="digest").click()  # its changes alone
+        await expect(page.get_by_label("Name")).to_have_value("digest")
+        await expect(rows).to_have_count(2)
         await page.get_by_label("Action").select_option("delete")
         await page.get_by_role("button", name="Apply").click()
         await expect(page.locator(".results")).to_contain_text("No change matches.")

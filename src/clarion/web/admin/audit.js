@@ -2,7 +2,7 @@
 // resource, name, key and action and a time range, a page of 50 at a time; each change's
 // fields shown as "field: from → to" text.
 
-import { get } from "/admin/api.js";
+import { get, enc } from "/admin/api.js";
 import { h, when, ago, field, select, table, notice, errorText, heading, badge, code } from "/admin/dom.js";
 
 const RESOURCES = ["template", "provider", "webhook", "category", "api_key", "tenant", "recipient"];
@@ -76,10 +76,10 @@ function row(entry) {
     "tr",
     { dataset: { id: entry.id } },
     h("td", { class: "nowrap", title: when(entry.at) }, h("div", { text: when(entry.at) }), h("small", { class: "muted", text: ago(entry.at) })),
-    h("td", { class: "nowrap" }, code(entry.key_id)),
+    h("td", { class: "nowrap" }, h("a", { href: `#/audit?key_id=${enc(entry.key_id)}`, title: "Changes by this key" }, code(entry.key_id))),
     h("td", {}, badge(entry.action)),
     h("td", {}, entry.resource),
-    h("td", { class: "name-cell" }, h("strong", { text: entry.name })),
+    h("td", { class: "name-cell" }, h("a", { href: `#/audit?resource=${enc(entry.resource)}&name=${enc(entry.name)}`, title: "Changes to this one" }, h("strong", { text: entry.name }))),
     h("td", {}, text ? h("pre", { class: "diff", text }) : h("span", { class: "muted", text: "—" })),
   );
 }

@@ -470,11 +470,20 @@ async def test_audit_log_schedules_and_topics(
         await expect(run).to_contain_text("Europe/Paris")
         await expect(run.get_by_role("link")).to_contain_text("ntf_")
         await shot(page, "admin-schedule")
+        # Edited on its page: a bad zone is refused, then a new time is saved.
+        await page.get_by_label("Time zone").fill("Mars/Olympus")
+        await page.get_by_role("button", name="Save schedule").click()
+        await expect(page.get_by_role("alert")).to_contain_text("Mars/Olympus")
+        await page.get_by_label("Time zone").fill("Europe/Paris")
+        await page.get_by_label("Cron").fill("30 4 * * *")
+        await page.get_by_role("button", name="Save schedule").click()
+        await expect(page.locator(".facts")).to_contain_text("30 4 * * *")
+        await expect(run).to_have_count(1)
 
         # Listed; disabled from the list; then deleted.
         await page.get_by_role("link", name="All schedules").click()
         listed = page.locator("tr[data-name=nightly]")
-        await expect(listed).to_contain_text("0 3 * * *")
+        await expect(listed).to_contain_text("30 4 * * *")
         await expect(listed).to_contain_text("enabled")
         await listed.get_by_role("button", name="Disable").click()
         await expect(page.locator("#main > .messages")).to_contain_text("nightly disabled")

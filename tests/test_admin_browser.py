@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 
+from clarion.pipeline.recurring import Recurring
 from harness import Harness
 from inbox_kit import serving
 from test_inbox_browser import browser, shot
@@ -309,6 +311,9 @@ SCREENS = [
     ("recipients/u-xss", "Recipient u-xss"),
     ("providers", "Providers"),
     ("settings", "Categories & webhooks"),
+    ("audit", "Audit log"),
+    ("schedules", "Schedules"),
+    ("topics", "Topics"),
 ]
 
 
@@ -366,5 +371,152 @@ async def test_every_screen_shows_hostile_data_as_text(
         assert await page.evaluate("window.__xss") is None
         assert errors == []
         assert outside.refused == []
+        assert all(urlsplit(url).hostname == "127.0.0.1" for url in requests)
+        await page.close()
+
+
+async def test_audit_log_schedules_and_topics(
+    lite: Harness, context: tuple[BrowserContext, Outside]
+) -> None:
+    """The audit log (filters, a diff carrying hostile text, "Load more"), a schedule made,
+    refused, fired, disabled and deleted from the console, and a topic's subscribers."""
+    browser_context, outside = context
+    await lite.put_recipient("u-xss", email="x@example.com", data={"payload": XSS})
+    await lite.put_recipient("alex", email="alex@example.com")
+    await lite.put_template("digest", {"channels": {"email": {"subject": "Digest", "text": "x"}}})
+    await lite.put_template(
+        "digest", {"channels": {"email": {"subject": XSS, "text": "{{ payload }}"}}}
+    )
+    for limit in range(1, 53):  # 52 changes of one category: more than a page of 50
+        response = await lite.client.put(
+            "/v1/categories/billing", json={"max_per_hour": limit}, headers=lite.auth
+        )
+        assert response.status_code == 200, response.text
+    everything = await lite.client.get("/v1/audit", params={"limit": 500}, headers=lite.auth)
+    total = len(everything.json()["data"])
+    assert 52 < total < 100
+    async with serving(lite) as base:
+        page = await browser_context.new_page()
+        errors: list[str] = []
+        requests: list[str] = []
+        await _watch(page, errors, requests)
+        await page.goto(f"{base}/admin/")
+        await page.get_by_label("API key").fill(lite.key)
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page.get_by_role("heading", name="Message log")).to_be_visible()
+
+        # The audit log: newest first; the template's change shows the payload as text.
+        await page.get_by_role("link", name="Audit log").click()
+        await expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
+        rows = page.locator(".results tbody tr")
+        await expect(rows).to_have_count(50)
+        await expect(rows.first).to_contain_text("billing")
+        await expect(rows.first).to_contain_text("max_per_hour: 51 → 52")
+        await page.get_by_role("button", name="Load more").click()
+        await expect(rows).to_have_count(total)
+        await expect(page.get_by_role("button", name="Load more")).to_have_count(0)
+        await page.get_by_label("Resource").select_option("template")
+        await page.get_by_role("button", name="Apply").click()
+        await expect(rows).to_have_count(2)
+        update = rows.first
+        await expect(update).to_contain_text("update")
+        await expect(update.locator("pre.diff")).to_contain_text("<script>window.__xss=2</script>")
+        await expect(rows.nth(1)).to_contain_text("create")
+        await shot(page, "admin-audit-log")
+        await update.get_by_role("link", name="digest").click()  # its changes alone
+        await expect(page.get_by_label("Name")).to_have_value("digest")
+        await expect(rows).to_have_count(2)
+        await page.get_by_label("Action").select_option("delete")
+        await page.get_by_role("button", name="Apply").click()
+        await expect(page.locator(".results")).to_contain_text("No change matches.")
+
+        # Schedules: a bad cron and bad JSON are refused with the API's words; then one is made.
+        await page.get_by_role("link", name="Schedules").click()
+        await expect(page.locator(".results")).to_contain_text("No schedules")
+        await page.get_by_label("Name").fill("nightly")
+        await page.get_by_label("Cron").fill("61 * * * *")
+        await page.get_by_label("Time zone").fill("Europe/Paris")
+        notification = {"template": "digest", "to": {"recipient_id": "u-xss"}, "data": {}}
+        await page.get_by_label("Notification (JSON)").fill(json.dumps(notification))
+        await page.get_by_role("button", name="Create schedule").click()
+        await expect(page.get_by_role("alert")).to_contain_text("validation_error")
+        await expect(page.get_by_role("alert")).to_contain_text("cron")
+        await page.get_by_label("Cron").fill("0 3 * * *")
+        await page.get_by_label("Notification (JSON)").fill("{not json")
+        await page.get_by_role("button", name="Create schedule").click()
+        await expect(page.get_by_role("alert")).to_contain_text("not valid JSON")
+        notification["template"] = "nope"
+        await page.get_by_label("Notification (JSON)").fill(json.dumps(notification))
+        await page.get_by_role("button", name="Create schedule").click()
+        await expect(page.get_by_role("alert")).to_contain_text("unknown_template")
+        notification.update(template="digest", data={"payload": XSS})
+        await page.get_by_label("Notification (JSON)").fill(json.dumps(notification))
+        await page.get_by_role("button", name="Create schedule").click()
+        await expect(page.get_by_role("heading", name="Schedule nightly")).to_be_visible()
+        await expect(page.locator("pre.json")).to_contain_text(json.dumps(XSS))
+        await expect(page.locator(".card.wide")).to_contain_text("No runs yet.")
+
+        # It fires: the scheduler's clock moved past its due time.
+        stored = await lite.client.get("/v1/schedules/nightly", headers=lite.auth)
+        due = datetime.fromisoformat(stored.json()["next_run_at"])
+        lite.ctx.clock = lambda: due + timedelta(seconds=1)
+        scheduler = Recurring(lite.ctx)
+        while await scheduler.run_once():
+            pass
+        await lite.drain()
+        await page.reload()
+        run = page.locator(".card.wide tbody tr")
+        await expect(run).to_have_count(1)
+        await expect(run).to_contain_text("Europe/Paris")
+        await expect(run.get_by_role("link")).to_contain_text("ntf_")
+        await shot(page, "admin-schedule")
+        # Edited on its page: a bad zone is refused, then a new time is saved.
+        await page.get_by_label("Time zone").fill("Mars/Olympus")
+        await page.get_by_role("button", name="Save schedule").click()
+        await expect(page.get_by_role("alert")).to_contain_text("Mars/Olympus")
+        await page.get_by_label("Time zone").fill("Europe/Paris")
+        await page.get_by_label("Cron").fill("30 4 * * *")
+        await page.get_by_role("button", name="Save schedule").click()
+        await expect(page.locator(".facts")).to_contain_text("30 4 * * *")
+        await expect(run).to_have_count(1)
+
+        # Listed; disabled from the list; then deleted.
+        await page.get_by_role("link", name="All schedules").click()
+        listed = page.locator("tr[data-name=nightly]")
+        await expect(listed).to_contain_text("30 4 * * *")
+        await expect(listed).to_contain_text("enabled")
+        await listed.get_by_role("button", name="Disable").click()
+        await expect(page.locator("#main > .messages")).to_contain_text("nightly disabled")
+        await expect(listed).to_contain_text("disabled")
+        await shot(page, "admin-schedules")
+        page.once("dialog", lambda dialog: dialog.accept())
+        await listed.get_by_role("button", name="Delete").click()
+        await expect(page.locator("#main > .messages")).to_contain_text("nightly deleted")
+        await expect(listed).to_have_count(0)
+        gone = await lite.client.get("/v1/schedules/nightly", headers=lite.auth)
+        assert gone.status_code == 404
+
+        # Topics: subscribe two (and an unknown id, reported), remove one.
+        await page.get_by_role("link", name="Topics").click()
+        await page.get_by_label("Topic name").fill("news")
+        await page.get_by_role("button", name="Open").click()
+        await expect(page.get_by_role("heading", name="Topic news")).to_be_visible()
+        await expect(page.locator(".topic-size")).to_contain_text("No topic news yet")
+        await page.get_by_label("Recipient ids").fill("alex, u-xss\nghost")
+        await page.get_by_role("button", name="Subscribe", exact=True).click()
+        await expect(page.locator(".messages")).to_contain_text("Subscribed 2 of 3")
+        await expect(page.locator(".messages")).to_contain_text("ghost")
+        await expect(page.locator(".topic-size")).to_contain_text("2 subscribers")
+        await expect(page.locator("tr[data-id]")).to_have_count(2)
+        await shot(page, "admin-topic")
+        await page.locator("tr[data-id=alex]").get_by_role("button", name="Remove").click()
+        await expect(page.locator(".messages")).to_contain_text("Unsubscribed 1 of 1")
+        await expect(page.locator(".topic-size")).to_contain_text("1 subscriber")
+        await expect(page.locator("tr[data-id]")).to_have_count(1)
+
+        assert await page.evaluate("window.__xss") is None
+        assert errors == []
+        assert outside.refused == []
+        assert requests
         assert all(urlsplit(url).hostname == "127.0.0.1" for url in requests)
         await page.close()

@@ -9,6 +9,7 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ import pytest
 import uvicorn
 
 from clarion.api.app import create_app
+from clarion.pipeline.recurring import Recurring
 from clarion_client import (
     AsyncClarion,
     AuthenticationError,
@@ -287,6 +289,120 @@ async def test_idempotent_replay_and_conflict(lite: Harness, server: str) -> Non
         one = await client.notifications.send(template="order", to="u-1")
         two = await client.notifications.send(template="order", to="u-1")
         assert one.id != two.id
+
+
+async def test_schedules_audit_and_topics(lite: Harness, server: str) -> None:
+    await _setup(lite)
+    await lite.put_recipient("u-2", email="u2@example.com")
+    reader = await lite.new_tenant("reader", ["read"])
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        body = {"template": "order", "to": "u-1", "data": {"orderId": "R"}}
+        made = await client.schedules.put(
+            "nightly", cron="0 3 * * *", timezone="Europe/Paris", notification=body
+        )
+        assert (made.name, made.cron, made.enabled) == ("nightly", "0 3 * * *", True)
+        assert made.notification["to"] == {"recipient_id": "u-1"}
+        assert made.next_run_at is not None
+        off = await client.schedules.put(
+            "weekly", cron="0 9 * * MON", notification=body, enabled=False
+        )
+        assert (off.timezone, off.next_run_at) == ("UTC", None)
+        assert [s.name async for s in client.schedules.list(page_size=1)] == ["nightly", "weekly"]
+        assert [r async for r in client.schedules.runs("nightly")] == []
+        with pytest.raises(UnprocessableError) as bad_cron:
+            await client.schedules.put("bad", cron="61 * * * *", notification=body)
+        assert bad_cron.value.code == "validation_error"
+        with pytest.raises(UnprocessableError) as unknown:
+            await client.schedules.put("bad", cron="* * * * *", notification={**body, "to": "x"})
+        assert unknown.value.code == "unknown_recipient"
+
+        # It fires once the scheduler's clock passes its due time.
+        due = made.next_run_at
+        lite.ctx.clock = lambda: due + timedelta(seconds=1)
+        scheduler = Recurring(lite.ctx)
+        while await scheduler.run_once():
+            pass
+        await lite.drain()
+        [run] = [r async for r in client.schedules.runs("nightly")]
+        assert (run.due_at, run.zone, run.status, run.recipients) == (
+            due,
+            "Europe/Paris",
+            "completed",
+            1,
+        )
+        assert run.notification_id is not None
+        assert (await client.notifications.get(run.notification_id)).template == "order"
+        await client.schedules.delete("nightly")
+        with pytest.raises(NotFoundError):
+            await client.schedules.get("nightly")
+        with pytest.raises(NotFoundError):
+            await client.schedules.delete("nightly")
+
+        # The audit log: newest first, filtered, iterated page after page.
+        await client.templates.put("order", channels={"sms": {"text": "Order {{ orderId }}"}})
+        changes = [e async for e in client.audit.list(resource="template", page_size=1)]
+        assert [(e.action, e.name, e.diff["version"]) for e in changes] == [
+            ("update", "order", {"from": 1, "to": 2}),
+            ("create", "order", {"to": 1}),
+        ]
+        assert changes[0].at >= changes[1].at
+        assert [e async for e in client.audit.list(resource="template", before=changes[1].at)] == []
+        with pytest.raises(UnprocessableError):
+            await client.audit.list(action="explode").first_page()
+
+        # Topics: subscribe (an unknown id reported), page through, unsubscribe.
+        change = await client.topics.subscribe("news", ["u-1", "u-2", "ghost"])
+        assert (change.added, change.subscribers) == (2, 2)
+        assert [e["recipient_id"] for e in change.errors] == ["ghost"]
+        assert (await client.topics.get("news")).subscribers == 2
+        members = [m.recipient_id async for m in client.topics.subscribers("news", page_size=1)]
+        assert members == ["u-1", "u-2"]
+        removed = await client.topics.unsubscribe("news", ["u-1"])
+        assert (removed.removed, removed.subscribers) == (1, 1)
+        with pytest.raises(NotFoundError):
+            await client.topics.get("nobody-here")
+    async with AsyncClarion(api_key=reader, base_url=server) as client:
+        with pytest.raises(PermissionDeniedError):
+            await client.audit.list().first_page()
+        with pytest.raises(NotFoundError):  # another tenant's schedule
+            await client.schedules.get("weekly")
+
+
+async def test_stats_draft_preview_and_provider_test(lite: Harness, server: str) -> None:
+    await _setup(lite)
+    await lite.put_recipient("silent")
+    sent = await lite.send(
+        {"template": "order", "to": {"recipient_id": "u-1"}, "data": {"orderId": "S"}}
+    )
+    assert sent.status_code == 202, sent.text
+    await lite.drain()
+
+    def sync_calls() -> tuple[Any, ...]:
+        with Clarion(api_key=lite.key, base_url=server) as client:
+            stats = client.stats.get(minutes=5)
+            draft = client.templates.preview_draft(
+                channels={"email": {"subject": "Hi {{ firstName }}", "text": "x"}},
+                recipient_id="u-1",
+            )
+            with pytest.raises(UnprocessableError) as missing:
+                client.templates.preview_draft(channels={"sms": {"text": "{{ nobody }}"}})
+            client.providers.put("capture", channel="email", kind="sandbox")
+            tested = client.providers.test("capture", recipient_id="u-1")
+            with pytest.raises(UnprocessableError) as no_address:
+                client.providers.test("capture", recipient_id="silent")
+            with pytest.raises(NotFoundError):
+                client.providers.test("nope", recipient_id="u-1")
+            return stats, draft, missing.value.code, tested, no_address.value.code
+
+    stats, draft, missing, tested, no_address = await in_thread(sync_calls)
+    assert sum(m.sent for m in stats.per_minute if m.channel == "email") == 1, stats
+    assert stats.latency_ms["email"].samples == 1
+    assert (stats.dead_letters, stats.truncated) == (0, False)
+    assert draft.channels["email"]["subject"] == "Hi Alex"
+    assert missing == "missing_variable"
+    assert (tested.ok, tested.channel, tested.error) == (True, "email", None)
+    assert tested.provider_message_id
+    assert no_address == "no_address"
 
 
 async def test_retries_honour_retry_after(tmp_path: Path) -> None:

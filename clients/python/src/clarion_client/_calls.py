@@ -325,6 +325,37 @@ def preview_template(
     return Call("POST", path, m.TemplatePreview.model_validate, None, body)
 
 
+def preview_draft(
+    *,
+    channels: Mapping[str, Any],
+    category: str | None = None,
+    locales: Mapping[str, Any] | None = None,
+    fallbacks: Mapping[str, str] | None = None,
+    data: Mapping[str, Any] | None = None,
+    recipient_id: str | None = None,
+    locale: str | None = None,
+    channel: str | None = None,
+    digest: bool | None = None,
+) -> Call[m.DraftPreview]:
+    """Render a template that is not stored (checked as ``put`` would check it); nothing
+    is stored or sent."""
+    template = _query(
+        channels=dict(channels),
+        category=category,
+        locales=dict(locales) if locales is not None else None,
+        fallbacks=dict(fallbacks) if fallbacks is not None else None,
+    )
+    body = _query(
+        template=template,
+        data=dict(data) if data is not None else None,
+        recipient_id=recipient_id,
+        locale=locale,
+        channel=channel,
+        digest=digest,
+    )
+    return Call("POST", "/v1/templates/preview", m.DraftPreview.model_validate, None, body)
+
+
 # Categories ------------------------------------------------------------------------------
 
 
@@ -397,6 +428,14 @@ def list_providers(*, page_size: int | None = None) -> ListCall[m.Provider]:
 
 def delete_provider(name: str) -> Call[None]:
     return Call("DELETE", f"/v1/providers/{_seg(name)}", _none)
+
+
+def test_provider(name: str, *, recipient_id: str) -> Call[m.ProviderTestResult]:
+    """Send one fixed test message through this provider alone, now, to the recipient's
+    address on its channel (scope ``manage``); ``ok`` says whether the service took it."""
+    path = f"/v1/providers/{_seg(name)}/test"
+    body = {"recipient_id": recipient_id}
+    return Call("POST", path, m.ProviderTestResult.model_validate, None, body)
 
 
 # Webhooks --------------------------------------------------------------------------------
@@ -477,3 +516,122 @@ def list_sandbox_messages(
     """What the sandbox provider captured, newest first."""
     params = _query(channel=channel, recipient_id=recipient_id, limit=page_size)
     return ListCall("/v1/sandbox/messages", m.SandboxMessage, params)
+
+
+# Audit log -------------------------------------------------------------------------------
+
+
+def list_audit(
+    *,
+    resource: str | None = None,
+    name: str | None = None,
+    key_id: str | None = None,
+    action: str | None = None,
+    after: datetime | None = None,
+    before: datetime | None = None,
+    page_size: int | None = None,
+) -> ListCall[m.AuditEntry]:
+    """Changes to the tenant's configuration, newest first (scope ``admin``); ``after`` is
+    inclusive, ``before`` exclusive."""
+    params = _query(
+        resource=resource,
+        name=name,
+        key_id=key_id,
+        action=action,
+        after=after,
+        before=before,
+        limit=page_size,
+    )
+    return ListCall("/v1/audit", m.AuditEntry, params)
+
+
+# Schedules -------------------------------------------------------------------------------
+
+
+def put_schedule(
+    name: str,
+    *,
+    cron: str,
+    notification: m.NotificationRequest | Mapping[str, Any],
+    timezone: str = "UTC",
+    enabled: bool = True,
+    starts_at: datetime | None = None,
+    ends_at: datetime | None = None,
+) -> Call[m.Schedule]:
+    """Create or replace a recurring schedule: ``notification`` (a send's body, without
+    ``send_at`` or ``idempotency_key``) goes out at each ``cron`` time in ``timezone`` (an
+    IANA zone, or ``"recipient"``: each recipient's own)."""
+    if isinstance(notification, Mapping):
+        fields = dict(notification)
+        if "to" in fields:
+            fields["to"] = to_target(fields["to"])
+        notification = m.NotificationRequest(**fields)
+    request = m.ScheduleRequest(
+        cron=cron,
+        timezone=timezone,
+        notification=notification,
+        enabled=enabled,
+        starts_at=starts_at,
+        ends_at=ends_at,
+    )
+    path = f"/v1/schedules/{_seg(name)}"
+    return Call("PUT", path, m.Schedule.model_validate, None, _body(request))
+
+
+def get_schedule(name: str) -> Call[m.Schedule]:
+    return Call("GET", f"/v1/schedules/{_seg(name)}", m.Schedule.model_validate)
+
+
+def list_schedules(*, page_size: int | None = None) -> ListCall[m.Schedule]:
+    """The tenant's schedules, in name order."""
+    return ListCall("/v1/schedules", m.Schedule, _query(limit=page_size))
+
+
+def delete_schedule(name: str) -> Call[None]:
+    """Delete a schedule and its run history."""
+    return Call("DELETE", f"/v1/schedules/{_seg(name)}", _none)
+
+
+def list_schedule_runs(name: str, *, page_size: int | None = None) -> ListCall[m.ScheduleRun]:
+    """A schedule's runs, newest first."""
+    path = f"/v1/schedules/{_seg(name)}/runs"
+    return ListCall(path, m.ScheduleRun, _query(limit=page_size))
+
+
+# Topics ----------------------------------------------------------------------------------
+
+
+def get_topic(name: str) -> Call[m.Topic]:
+    """A topic and its number of subscribers (404 when it has none)."""
+    return Call("GET", f"/v1/topics/{_seg(name)}", m.Topic.model_validate)
+
+
+def list_topic_subscribers(
+    name: str, *, page_size: int | None = None
+) -> ListCall[m.TopicSubscriber]:
+    """A topic's subscribers, in recipient id order."""
+    path = f"/v1/topics/{_seg(name)}/subscribers"
+    return ListCall(path, m.TopicSubscriber, _query(limit=page_size))
+
+
+def subscribe(name: str, recipient_ids: Sequence[str]) -> Call[m.TopicChange]:
+    """Subscribe up to 10,000 recipients; unknown ids come back in ``errors``."""
+    path = f"/v1/topics/{_seg(name)}/subscribers"
+    body = {"recipient_ids": list(recipient_ids)}
+    return Call("PUT", path, m.TopicChange.model_validate, None, body)
+
+
+def unsubscribe(name: str, recipient_ids: Sequence[str]) -> Call[m.TopicChange]:
+    """Unsubscribe up to 10,000 recipients."""
+    path = f"/v1/topics/{_seg(name)}/subscribers"
+    body = {"recipient_ids": list(recipient_ids)}
+    return Call("DELETE", path, m.TopicChange.model_validate, None, body)
+
+
+# Stats -----------------------------------------------------------------------------------
+
+
+def get_stats(*, minutes: int | None = None) -> Call[m.Stats]:
+    """Deliveries per minute and channel over the last ``minutes`` (1 to 60), latency,
+    dead letters and circuit breakers."""
+    return Call("GET", "/v1/stats", m.Stats.model_validate, _query(minutes=minutes))

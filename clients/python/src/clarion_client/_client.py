@@ -152,6 +152,7 @@ class Templates(_SyncResource):
     list = _sync_list(calls.list_templates)
     rollback = _sync(calls.rollback_template)
     preview = _sync(calls.preview_template)
+    preview_draft = _sync(calls.preview_draft)
 
 
 class Categories(_SyncResource):
@@ -165,6 +166,7 @@ class Providers(_SyncResource):
     get = _sync(calls.get_provider)
     list = _sync_list(calls.list_providers)
     delete = _sync(calls.delete_provider)
+    test = _sync(calls.test_provider)
 
 
 class Webhooks(_SyncResource):
@@ -182,6 +184,29 @@ class DeadLetters(_SyncResource):
 
 class Sandbox(_SyncResource):
     messages = _sync_list(calls.list_sandbox_messages)
+
+
+class Audit(_SyncResource):
+    list = _sync_list(calls.list_audit)
+
+
+class Schedules(_SyncResource):
+    put = _sync(calls.put_schedule)
+    get = _sync(calls.get_schedule)
+    list = _sync_list(calls.list_schedules)
+    delete = _sync(calls.delete_schedule)
+    runs = _sync_list(calls.list_schedule_runs)
+
+
+class Topics(_SyncResource):
+    get = _sync(calls.get_topic)
+    subscribers = _sync_list(calls.list_topic_subscribers)
+    subscribe = _sync(calls.subscribe)
+    unsubscribe = _sync(calls.unsubscribe)
+
+
+class Stats(_SyncResource):
+    get = _sync(calls.get_stats)
 
 
 class Clarion(_Base):
@@ -209,6 +234,10 @@ class Clarion(_Base):
         self.webhooks = Webhooks(self)
         self.dead_letters = DeadLetters(self)
         self.sandbox = Sandbox(self)
+        self.audit = Audit(self)
+        self.schedules = Schedules(self)
+        self.topics = Topics(self)
+        self.stats = Stats(self)
 
     def run(self, call: calls.Call[R]) -> R:
         """Send one request, retrying as the policy says, and read its answer."""
@@ -318,6 +347,7 @@ class AsyncTemplates(_AsyncResource):
     list = _async_list(calls.list_templates)
     rollback = _async(calls.rollback_template)
     preview = _async(calls.preview_template)
+    preview_draft = _async(calls.preview_draft)
 
 
 class AsyncCategories(_AsyncResource):
@@ -331,6 +361,7 @@ class AsyncProviders(_AsyncResource):
     get = _async(calls.get_provider)
     list = _async_list(calls.list_providers)
     delete = _async(calls.delete_provider)
+    test = _async(calls.test_provider)
 
 
 class AsyncWebhooks(_AsyncResource):
@@ -348,6 +379,29 @@ class AsyncDeadLetters(_AsyncResource):
 
 class AsyncSandbox(_AsyncResource):
     messages = _async_list(calls.list_sandbox_messages)
+
+
+class AsyncAudit(_AsyncResource):
+    list = _async_list(calls.list_audit)
+
+
+class AsyncSchedules(_AsyncResource):
+    put = _async(calls.put_schedule)
+    get = _async(calls.get_schedule)
+    list = _async_list(calls.list_schedules)
+    delete = _async(calls.delete_schedule)
+    runs = _async_list(calls.list_schedule_runs)
+
+
+class AsyncTopics(_AsyncResource):
+    get = _async(calls.get_topic)
+    subscribers = _async_list(calls.list_topic_subscribers)
+    subscribe = _async(calls.subscribe)
+    unsubscribe = _async(calls.unsubscribe)
+
+
+class AsyncStats(_AsyncResource):
+    get = _async(calls.get_stats)
 
 
 class AsyncClarion(_Base):
@@ -374,6 +428,10 @@ class AsyncClarion(_Base):
         self.webhooks = AsyncWebhooks(self)
         self.dead_letters = AsyncDeadLetters(self)
         self.sandbox = AsyncSandbox(self)
+        self.audit = AsyncAudit(self)
+        self.schedules = AsyncSchedules(self)
+        self.topics = AsyncTopics(self)
+        self.stats = AsyncStats(self)
 
     async def run(self, call: calls.Call[R]) -> R:
         """Send one request, retrying as the policy says, and read its answer."""

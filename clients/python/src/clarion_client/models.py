@@ -247,6 +247,132 @@ class SandboxMessage(Model):
     created_at: datetime
 
 
+class DraftPreview(Model):
+    """A draft template rendered (nothing stored)."""
+
+    locale: str | None
+    channels: dict[str, dict[str, Any]]
+
+
+class ProviderTestResult(Model):
+    """One test message through one provider: ``ok``, or why not."""
+
+    provider: str
+    channel: str
+    ok: bool
+    provider_message_id: str | None = None
+    error: str | None = None
+    reason: str | None = None
+    transient: bool | None = None
+
+
+class AuditEntry(Model):
+    """One change to the tenant's configuration: who (``key_id``), what, when, which fields
+    (``diff``: ``{"field": {"from": ..., "to": ...}}``, secrets as ``"***"``)."""
+
+    id: str
+    at: datetime
+    key_id: str
+    action: str
+    resource: str
+    name: str
+    diff: dict[str, Any]
+
+
+class ScheduleRequest(BaseModel):
+    """The body of ``PUT /v1/schedules/{name}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str
+    timezone: str = "UTC"
+    notification: NotificationRequest
+    enabled: bool = True
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+
+
+class Schedule(Model):
+    name: str
+    cron: str
+    timezone: str
+    notification: dict[str, Any]
+    enabled: bool
+    starts_at: datetime | None
+    ends_at: datetime | None
+    next_run_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ScheduleRun(Model):
+    id: str
+    due_at: datetime
+    zone: str
+    status: str
+    fired_at: datetime | None
+    finished_at: datetime | None
+    notification_id: str | None
+    notification_ids: list[str]
+    recipients: int
+    error: str | None
+
+
+class Topic(Model):
+    name: str
+    subscribers: int
+
+
+class TopicChange(Topic):
+    """A subscribe (``added``, and ``errors`` for unknown ids) or an unsubscribe
+    (``removed``); ``subscribers`` is the topic's size after it."""
+
+    added: int | None = None
+    removed: int | None = None
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class TopicSubscriber(Model):
+    recipient_id: str
+    subscribed_at: datetime | None
+
+
+class BreakerState(Model):
+    provider: str
+    state: str
+    failure_rate: float
+    calls: int
+    retry_in: float
+
+
+class StatsMinute(Model):
+    minute: datetime
+    channel: str
+    accepted: int
+    sent: int
+    failed: int
+
+
+class StatsLatency(Model):
+    p50: float
+    p99: float
+    samples: int
+
+
+class Stats(Model):
+    """Deliveries per minute and channel, latency per channel, dead letters and breakers
+    over the last minutes."""
+
+    since: datetime
+    until: datetime
+    per_minute: list[StatsMinute]
+    latency_ms: dict[str, StatsLatency]
+    dead_letters: int
+    dead_letters_capped: bool
+    breakers: list[BreakerState]
+    truncated: bool
+
+
 class Page(BaseModel, Generic[T]):
     """One page of a list."""
 
@@ -279,4 +405,17 @@ SCHEMAS: dict[type[BaseModel], str] = {
     DeadLetter: "DeadLetter",
     ReplayResult: "ReplayResult",
     SandboxMessage: "SandboxMessage",
+    DraftPreview: "DraftPreviewOut",
+    ProviderTestResult: "ProviderTestOut",
+    AuditEntry: "AuditEntry",
+    ScheduleRequest: "ScheduleIn",
+    Schedule: "ScheduleOut",
+    ScheduleRun: "ScheduleRunOut",
+    Topic: "TopicOut",
+    TopicChange: "TopicChange",
+    TopicSubscriber: "TopicSubscriber",
+    BreakerState: "BreakerState",
+    StatsMinute: "StatsMinute",
+    StatsLatency: "StatsLatency",
+    Stats: "StatsOut",
 }

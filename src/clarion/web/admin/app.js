@@ -12,6 +12,9 @@ import * as deadLetters from "/admin/dead-letters.js";
 import * as providers from "/admin/providers.js";
 import * as settings from "/admin/settings.js";
 import * as recipients from "/admin/recipients.js";
+import * as schedules from "/admin/schedules.js";
+import * as topics from "/admin/topics.js";
+import * as audit from "/admin/audit.js";
 
 const SCREENS = [
   ["dashboard", "Dashboard", dashboard.render],
@@ -20,8 +23,11 @@ const SCREENS = [
   ["sandbox", "Sandbox", sandbox.render],
   ["dead-letters", "Dead letters", deadLetters.render],
   ["recipients", "Recipients", recipients.render],
+  ["topics", "Topics", topics.render],
+  ["schedules", "Schedules", schedules.render],
   ["providers", "Providers", providers.render],
   ["settings", "Categories & webhooks", settings.render],
+  ["audit", "Audit log", audit.render],
 ];
 
 const root = document.getElementById("app");

@@ -240,6 +240,16 @@ async def _plan(app: Harness, query: Any) -> str:
     return "\n".join(str(r[-1]) for r in rows)
 
 
+# A partition's copy of an index is named after its columns.
+_PARTITION_INDEX = {
+    "ix_deliveries_tenant_created": "_tenant_id_created_at_id_idx",
+    "ix_deliveries_tenant_status_created": "_tenant_id_status_created_at_id_idx",
+    "ix_deliveries_tenant_recipient_created": "_tenant_id_recipient_id_created_at_id_idx",
+}
+# A sort node (a Merge Append's "Sort Key" merges sorted inputs, it sorts nothing).
+_SORT_NODE = re.compile(r"(^|->)\s*(Incremental )?Sort  \(", re.MULTILINE)
+
+
 async def test_common_lists_are_index_ranges_without_a_sort(app: Harness) -> None:
     at = log.Position(utcnow(), "dlv_x")
     deliveries = {
@@ -256,10 +266,12 @@ async def test_common_lists_are_index_ranges_without_a_sort(app: Harness) -> Non
     for after in (None, at):
         for dfilter, index in deliveries.items():
             plan = await _plan(app, log.deliveries_query("ten_x", dfilter, after, 51))
-            assert index in plan, (dfilter, plan)
+            # On PostgreSQL deliveries are partitioned by day (store/retention.py): each
+            # partition is read by its copy of the index and the pages merged in order.
+            assert index in plan or _PARTITION_INDEX[index] in plan, (dfilter, plan)
             assert "Seq Scan" not in plan, (dfilter, plan)
             assert "TEMP B-TREE" not in plan, (dfilter, plan)
-            assert "Sort" not in plan, (dfilter, plan)
+            assert not _SORT_NODE.search(plan), (dfilter, plan)
         for nfilter, index in notifications.items():
             plan = await _plan(app, log.notifications_query("ten_x", nfilter, after, 51))
             assert index in plan, (nfilter, plan)

@@ -8,19 +8,21 @@ import base64
 import os
 import sys
 from collections.abc import Coroutine, Sequence
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from clarion import __version__, cli_bulk
-from clarion.config import Settings
+from clarion.config import Settings, parse_duration
 from clarion.domain.models import ALL_SCOPES, Channel
 from clarion.observability.logs import configure_logging
 from clarion.pipeline.context import Context, open_context
 from clarion.pipeline.runtime import ALL_CHANNELS, Roles
-from clarion.store import audit, inbox_access
+from clarion.store import audit, inbox_access, retention
 from clarion.store import providers as provider_store
 from clarion.store import tenants as tenant_store
 from clarion.store import webhooks as webhook_store
-from clarion.store.db import migrate
+from clarion.store.db import migrate, utcnow
 
 
 def _channels(text: str) -> list[str]:
@@ -77,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--no-planner", action="store_true", help="run channel workers only")
     sub.add_parser("scheduler", help="run the outbox relay, the sweeper and recurring schedules")
     sub.add_parser("migrate", help="bring the database schema up to date")
+    archive = sub.add_parser(
+        "archive",
+        help="export deliveries, their events and finished notifications older than a "
+        "cutoff to compressed JSON lines, then remove them from the database",
+    )
+    archive.add_argument(
+        "--before", required=True, help="age of the cutoff: 14d, 36h, 90m (days d, hours h, ...)"
+    )
+    archive.add_argument("--to", type=Path, help="directory for the .jsonl.gz files")
+    archive.add_argument(
+        "--dry-run", action="store_true", help="only count what would be exported and removed"
+    )
     tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(
         dest="action", required=True
     )
@@ -201,6 +215,33 @@ async def _tenants(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+async def _archive(args: argparse.Namespace, ctx: Context) -> int:
+    try:
+        age = parse_duration(args.before)
+    except ValueError:
+        print(f"--before: not an age: {args.before!r} (e.g. 14d, 36h)", file=sys.stderr)
+        return 2
+    if age <= 0:
+        print("--before must be a positive age", file=sys.stderr)
+        return 2
+    if args.to is None and not args.dry_run:
+        print("--to DIR is required (or --dry-run)", file=sys.stderr)
+        return 2
+    now = utcnow()
+    cutoff = now - timedelta(seconds=age)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    done = await retention.archive(
+        ctx.engine, cutoff, args.to or Path("."), stamp, dry_run=args.dry_run
+    )
+    verb = "would export" if args.dry_run else "exported"
+    for name, rows in done.files:
+        print(f"{verb} {rows} rows: {name}")
+    for name in done.dropped:
+        print(f"dropped partition {name}")
+    print(f"cutoff {cutoff.isoformat()}: {sum(r for _n, r in done.files)} rows")
+    return 0
+
+
 async def _admin(args: argparse.Namespace, settings: Settings) -> int:
     ctx = await open_context(settings)
     try:
@@ -210,6 +251,8 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         if args.command == "tenants":
             return await _tenants(args, ctx)
+        if args.command == "archive":
+            return await _archive(args, ctx)
         if args.action == "rotate-secret":
             return await rotate_secret(ctx)
         found = await tenant_store.get_tenant_by_name(ctx.engine, args.tenant)
@@ -235,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "secret":
         print(base64.b64encode(os.urandom(32)).decode())
         return 0
-    if args.command in ("migrate", "tenants", "keys"):
+    if args.command in ("migrate", "tenants", "keys", "archive"):
         return asyncio.run(_admin(args, settings))
     if args.command in ("recipients", "send"):
         return cli_bulk.run(args)

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     schedule_catchup: float = Field(default=3600.0, gt=0)
     schedule_zone_rescan: float = Field(default=900.0, gt=0)
     schedule_history: float = Field(default=30 * 86400.0, gt=0)
+    # Deliveries, their events and finished notifications older than this many days leave
+    # the database (0 keeps everything); the scheduler looks this often (docs/operations.md,
+    # "Retention").
+    retention_days: float = Field(default=30.0, ge=0)
+    retention_interval: float = Field(default=600.0, gt=0)
     webhook_timeout: float = Field(default=10.0, gt=0)
     # Live inbox connections: events a connection may have waiting before it is closed as
     # too slow; the SSE heartbeat; how often an API process looks for revoked recipient

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from clarion.domain.ids import derived_id
+from clarion.domain.ids import derived_timed_id
 
 # A window closes early once it holds this many notifications: a digest stays readable, and
 # its notification's data stays bounded.
@@ -45,5 +45,6 @@ def digest_key(data: Mapping[str, Any] | None, path: str | None) -> str:
 
 
 def digest_notification_id(window_id: str) -> str:
-    """The one notification a window's closing creates: closing it again finds it there."""
-    return derived_id("ntf", "digest", window_id)
+    """The one notification a window's closing creates: closing it again finds it there.
+    It carries the window's time, as an accepted notification carries its own."""
+    return derived_timed_id("ntf", window_id, "digest", window_id)

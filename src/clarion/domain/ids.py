@@ -24,13 +24,45 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{_b32((millis << 80) | rand, 26)}"
 
 
+# The first ten characters of an id from `new_id` spell its milliseconds (with two zero
+# bits above them): `time_part` reads them back, `time_prefix` writes those of a time.
+TIME_CHARS = 10
+# An id whose time part is not a time from `new_id` (a derived id) counts as this one: it
+# sorts after every real time, so its rows gather in one place (store/retention.py).
+NO_TIME = "z" * TIME_CHARS
+
+
+def time_prefix(millis: int) -> str:
+    """The time part of an id made at ``millis`` (milliseconds since the epoch)."""
+    return _b32((millis & ((1 << 48) - 1)) << 80, 26)[:TIME_CHARS]
+
+
+def time_part(any_id: str) -> str:
+    """The time part of an id made by :func:`new_id`, or :data:`NO_TIME` for another."""
+    _prefix, sep, body = any_id.partition("_")
+    if not sep or len(body) != 26 or body[0] != "0":
+        return NO_TIME
+    return body[:TIME_CHARS]
+
+
 def delivery_id(notification_id: str, recipient_id: str, channel: str) -> str:
     """The one id of the delivery of a notification to a recipient on a channel.
 
-    A replayed plan derives the same id, so it can never create a second delivery.
+    A replayed plan derives the same id, so it can never create a second delivery. It
+    starts with the notification's time part, so deliveries sort (and are partitioned) by
+    the time their notification was accepted; 80 bits of a hash of the three follow.
     """
     digest = hashlib.sha256(f"{notification_id}\x1f{recipient_id}\x1f{channel}".encode()).digest()
-    return f"dlv_{_b32(int.from_bytes(digest[:16], 'big') >> 2, 25)}"
+    hashed = _b32(int.from_bytes(digest[:10], "big"), 16)
+    return f"dlv_{time_part(notification_id)}{hashed}"
+
+
+def derived_timed_id(prefix: str, timed_id: str, *parts: str) -> str:
+    """An id of ``prefix``'s shape with the time part of ``timed_id`` (an id from
+    :func:`new_id`), its random part a hash of ``parts``: the same every time, and sorted by
+    that time."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return f"{prefix}_{time_part(timed_id)}{_b32(int.from_bytes(digest[:10], 'big'), 16)}"
 
 
 def derived_id(prefix: str, *parts: str) -> str:

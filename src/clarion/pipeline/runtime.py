@@ -25,7 +25,7 @@ from clarion.pipeline.events import EventDispatcher
 from clarion.pipeline.intake import Intake
 from clarion.pipeline.planner import Planner
 from clarion.pipeline.recurring import Recurring
-from clarion.pipeline.scheduler import Relay, Sweeper, recover_embedded
+from clarion.pipeline.scheduler import Relay, Retention, Sweeper, recover_embedded
 from clarion.pipeline.status_events import EVENTS_STREAM
 from clarion.pipeline.worker import ChannelWorker, StatusWriter
 from clarion.store import notifications as notification_store
@@ -107,6 +107,10 @@ class Runtime:
             self._spawn("sweeper", self._loop(sweeper.run_once, idle=interval))
             closer = DigestCloser(ctx)
             self._spawn("digests", self._loop(closer.run_once, idle=1.0))
+            keeper = Retention(ctx)
+            self._spawn(
+                "retention", self._loop(keeper.run_once, idle=ctx.settings.retention_interval)
+            )
 
     async def _ack(self, messages: list[Message]) -> list[None]:
         await self.ctx.broker.ack(messages)

@@ -1,4 +1,5 @@
-"""The scheduler role: the outbox relay, the sweeper, and recovery of the embedded broker."""
+"""The scheduler role: the outbox relay, the sweeper, retention, and recovery of the embedded
+broker."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from clarion.pipeline.context import Context
 from clarion.pipeline.messages import of_rows, plan_payload, publish_deliveries
 from clarion.store import deliveries as delivery_store
 from clarion.store import notifications as notification_store
+from clarion.store import retention
 from clarion.store.db import utcnow
 from clarion.store.tables import outbox
 
@@ -70,6 +72,25 @@ class Sweeper:
         await publish_deliveries(self._ctx.broker, [Delivery.from_row(r) for r in rows])
         await delivery_store.touch(self._ctx.engine, [r["id"] for r in rows])
         return len(rows)
+
+
+class Retention:
+    """Day partitions made ahead, and what is older than the retention horizon removed
+    (store/retention.py)."""
+
+    MAX_BATCHES = 20
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    async def run_once(self) -> int:
+        """One pass; non-zero when it stopped with rows still to remove (run again soon)."""
+        settings = self._ctx.settings
+        report = await retention.maintain(
+            self._ctx.engine, self._ctx.clock(), settings.retention_days, self.MAX_BATCHES
+        )
+        full = self.MAX_BATCHES * retention.BATCH
+        return sum(1 for count in report.deleted.values() if count >= full)
 
 
 async def recover_embedded(ctx: Context) -> int:

@@ -113,7 +113,10 @@ _APPLY_CHANGES = (
     f"sent_at = v.sent_at, updated_at = ${_M + 1}::timestamptz, "
     "provider = coalesce(v.provider, d.provider) "
     f"FROM {_unnest(_CHANGE_COLUMNS)} "
-    "WHERE d.id = v.id AND d.status <> 'delivered' AND d.attempts <= v.attempts "
+    # `d.id = ANY($1)` as well: ids known when the statement is planned, so that only the
+    # partitions holding them are read (store/retention.py).
+    "WHERE d.id = v.id AND d.id = ANY($1::text[]) "
+    "AND d.status <> 'delivered' AND d.attempts <= v.attempts "
     "AND (d.status <> 'cancelled' OR v.status IN ('sent', 'delivered', 'failed', 'dead'))) "
     "INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
     f"SELECT v.delivery_id, v.tenant_id, v.status, v.detail, ${_M + 1}::timestamptz "

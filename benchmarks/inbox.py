@@ -34,7 +34,18 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from api_memory import rss_mib
-from e2e import STARTUP_TIMEOUT, Children, clarion, free_port, log, machine, percentile
+from e2e import (
+    STARTUP_TIMEOUT,
+    Children,
+    clarion,
+    create_database,
+    drop_database,
+    free_port,
+    log,
+    machine,
+    percentile,
+    with_database,
+)
 
 TEMPLATE = {"channels": {"inapp": {"title": "bench", "body": "{{ t }}"}}}
 
@@ -133,8 +144,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         dict(os.environ),
     )
     env = dict(os.environ)
+    database = None
+    database_url = f"sqlite+aiosqlite:///{tmp / 'clarion.db'}"
+    if args.postgres_url:
+        database = f"clarion_inbox_{os.getpid()}"
+        await create_database(args.postgres_url, database)
+        database_url = with_database(args.postgres_url, database, "postgresql+asyncpg")
+        env.setdefault("CLARION_SECRET_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
     env.update(
-        CLARION_DATABASE_URL=f"sqlite+aiosqlite:///{tmp / 'clarion.db'}",
+        CLARION_DATABASE_URL=database_url,
         CLARION_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
         CLARION_HTTP_HOST="127.0.0.1",
         CLARION_HTTP_PORT=str(port),
@@ -217,6 +235,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             latencies = sorted(client.latencies)
             return {
                 "machine": machine(),
+                "store": "postgresql" if database is not None else "sqlite",
                 "file_limit": limit,
                 "connections_asked": args.connections,
                 "connections_open": len(client.sockets),
@@ -243,6 +262,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await client.aclose()
         children.stop_all()
+        if database is not None:
+            await drop_database(args.postgres_url, database)
         if args.keep:
             log(f"logs kept in {tmp}")
         else:
@@ -256,6 +277,11 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--keep", action="store_true", help="keep the processes' logs")
+    parser.add_argument(
+        "--postgres-url",
+        help="store on PostgreSQL: a server where the benchmark may create and drop a "
+        "database (postgresql://postgres@127.0.0.1:5432/postgres); SQLite when not given",
+    )
     args = parser.parse_args()
     print(orjson.dumps(asyncio.run(run(args)), option=orjson.OPT_INDENT_2).decode())
 

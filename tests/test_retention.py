@@ -266,3 +266,30 @@ async def test_the_partition_migration_keeps_a_database_holding_data(
         assert await _count(engine, deliveries, id=young) == 1
     finally:
         await context.aclose()
+
+
+def test_a_delivery_id_carries_its_notification_time() -> None:
+    from clarion.domain.digests import digest_notification_id
+    from clarion.domain.ids import NO_TIME, new_id, renamed_delivery_id, time_part
+
+    nid = new_id("ntf")
+    did = delivery_id(nid, "u-1", "email")
+    assert did == delivery_id(nid, "u-1", "email")  # a replayed plan finds it
+    assert did != delivery_id(nid, "u-1", "sms") != delivery_id(nid, "u-2", "email")
+    assert len(did) == 30
+    assert time_part(did) == time_part(nid) != NO_TIME
+    day = datetime.now(UTC).date()
+    assert retention.day_bound(day) <= did < retention.day_bound(day + timedelta(days=1))
+    # A digest's notification carries its window's time; an erased delivery keeps its day.
+    window = new_id("dgw")
+    assert time_part(digest_notification_id(window)) == time_part(window)
+    renamed = renamed_delivery_id(did)
+    assert renamed != did
+    assert time_part(renamed) == time_part(did)
+    # Ids that carry no time sort after every day.
+    assert time_part("ntf_legacy") == NO_TIME
+    assert delivery_id("ntf_legacy", "u-1", "email") > retention.day_bound(date_max())
+
+
+def date_max() -> Any:
+    return datetime(2200, 1, 1, tzinfo=UTC).date()

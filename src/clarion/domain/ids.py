@@ -57,6 +57,12 @@ def delivery_id(notification_id: str, recipient_id: str, channel: str) -> str:
     return f"dlv_{time_part(notification_id)}{hashed}"
 
 
+def renamed_delivery_id(old: str) -> str:
+    """A fresh random id for a delivery (an erasure unlinks it from the recipient) that
+    keeps the old id's time part, so the row stays with its day (store/retention.py)."""
+    return f"dlv_{time_part(old)}{_b32(int.from_bytes(os.urandom(10), 'big'), 16)}"
+
+
 def derived_timed_id(prefix: str, timed_id: str, *parts: str) -> str:
     """An id of ``prefix``'s shape with the time part of ``timed_id`` (an id from
     :func:`new_id`), its random part a hash of ``parts``: the same every time, and sorted by

@@ -28,7 +28,7 @@ import orjson
 from sqlalchemy import Text, bindparam, cast, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from clarion.domain.ids import new_id
+from clarion.domain.ids import renamed_delivery_id
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus
 from clarion.store import audit, inbox_access
 from clarion.store import digests as digest_store
@@ -151,7 +151,7 @@ async def _scrub_deliveries(conn: AsyncConnection, tenant_id: str, recipient_id:
         )
     )
     for part in chunks(ids, 1000):
-        renames = [{"b_old": old, "b_new": new_id("dlv")} for old in part]
+        renames = [{"b_old": old, "b_new": renamed_delivery_id(old)} for old in part]
         await conn.execute(events, renames)
         await conn.execute(rows, renames)
 

@@ -268,10 +268,14 @@ async def test_stats_read_index_ranges(app: Harness) -> None:
             else:
                 rows = (await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")).all()
         plan = "\n".join(str(r[-1]) for r in rows)
-        assert index in plan, plan
+        # On PostgreSQL each day partition is read by its copy of the index (named after
+        # its columns) and the partitions' rows merged in order.
+        partition_index = index.replace("ix_deliveries", "").replace("tenant", "tenant_id")
+        partition_index = partition_index.replace("_created", "_created_at_id_idx")
+        assert index in plan or partition_index in plan, plan
         assert "Seq Scan" not in plan, plan
         assert "TEMP B-TREE" not in plan, plan
-        assert "Sort" not in plan, plan
+        assert not re.search(r"(^|->)\s*(Incremental )?Sort  \(", plan, re.MULTILINE), plan
 
 
 # -- POST /v1/providers/{name}/test ------------------------------------------------------

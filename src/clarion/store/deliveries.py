@@ -199,6 +199,13 @@ async def apply_changes(
         await _apply_row_by_row(conn, changes, now)
 
 
+def _has_event(change: StatusChange) -> bool:
+    """Whether a change is stored as an event row. A plain `sent` is not: the row's status
+    and `sent_at` tell it, and the timeline shows it from them (store/message_log.py), so
+    the commonest change writes one row, not two."""
+    return change.status != DeliveryStatus.SENT or bool(change.last_error or change.reason)
+
+
 async def _apply_row_by_row(
     conn: AsyncConnection, changes: Sequence[StatusChange], now: datetime
 ) -> None:
@@ -226,9 +233,11 @@ async def _apply_row_by_row(
             "created_at": now,
         }
         for c in changes
+        if _has_event(c)
     ]
     await conn.execute(_UPDATE, params)
-    await conn.execute(delivery_events.insert(), events)
+    if events:
+        await conn.execute(delivery_events.insert(), events)
 
 
 async def _apply_set_based(pg: PgPool, changes: Sequence[StatusChange], now: datetime) -> None:
@@ -248,7 +257,11 @@ async def _apply_set_based(pg: PgPool, changes: Sequence[StatusChange], now: dat
         )
         for c in changes
     }
-    events = [(c.delivery_id, c.tenant_id, c.status, c.last_error or c.reason) for c in changes]
+    events = [
+        (c.delivery_id, c.tenant_id, c.status, c.last_error or c.reason)
+        for c in changes
+        if _has_event(c)
+    ]
     await bulk.apply_changes(pg, list(latest.values()), events, now)
 
 

@@ -301,6 +301,13 @@ def timeline(
     written for it); a delivery created in another state (deferred, suppressed) has that
     state's row at its creation time instead."""
     created = as_utc(delivery["created_at"])
+    sent_at = as_utc(delivery["sent_at"]) if delivery.get("sent_at") else None
+    if sent_at is not None and not any(s == DeliveryStatus.SENT for s, _, _ in events):
+        # A plain `sent` is not stored as an event row (store/deliveries.py): its time is
+        # the row's `sent_at`.
+        later = [i for i, e in enumerate(events) if e[2] is not None and e[2] > sent_at]
+        cut = later[0] if later else len(events)
+        events = [*events[:cut], (DeliveryStatus.SENT.value, None, sent_at), *events[cut:]]
     out: list[dict[str, Any]] = []
     if not events or events[0][2] != created:
         out.append(_event("queued", created))

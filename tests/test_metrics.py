@@ -308,7 +308,8 @@ async def test_dead_letter_backlog_reads_the_status_index(app: Harness) -> None:
                 await conn.exec_driver_sql("SET enable_seqscan = off")
             rows = (await conn.exec_driver_sql(f"{explain} {compiled}")).all()
         plan = "\n".join(str(r[-1]) for r in rows)
-        assert "ix_deliveries_status_updated_at" in plan, plan
+        # On PostgreSQL each day partition has its copy, named after the columns.
+        assert "ix_deliveries_status_updated_at" in plan or "_status_updated_at_idx" in plan, plan
 
 
 def test_ready_line_and_sources_follow_the_setting(lite: Harness) -> None:

@@ -79,7 +79,8 @@ async def create_key(
     actor: str = audit.SYSTEM,
 ) -> str:
     """Store a new key for the tenant and return it; only its hash is kept."""
-    return (await issue_key(engine, tenant_id, scopes, name=name, actor=actor))["secret"]
+    made = await issue_key(engine, tenant_id, scopes, name=name, actor=actor)
+    return str(made["secret"])
 
 
 async def issue_key(

@@ -15,6 +15,7 @@ import * as recipients from "/admin/recipients.js";
 import * as schedules from "/admin/schedules.js";
 import * as topics from "/admin/topics.js";
 import * as audit from "/admin/audit.js";
+import * as keys from "/admin/keys.js";
 
 const SCREENS = [
   ["dashboard", "Dashboard", dashboard.render],
@@ -27,6 +28,7 @@ const SCREENS = [
   ["schedules", "Schedules", schedules.render],
   ["providers", "Providers", providers.render],
   ["settings", "Categories & webhooks", settings.render],
+  ["keys", "API keys", keys.render],
   ["audit", "Audit log", audit.render],
 ];
 

@@ -58,6 +58,27 @@ async def test_security_schemes_and_operation_ids(lite: Harness) -> None:
     assert len(ids) == len(set(ids))
     assert ops["post", "/v1/notifications"]["operationId"] == "notifications_create"
     assert ops["get", "/v1/deliveries"]["operationId"] == "message_log_list_deliveries"
+    assert ops["get", "/v1/keys"]["operationId"] == "keys_list_keys"
+    assert ops["post", "/v1/keys"]["operationId"] == "keys_create"
+    assert ops["delete", "/v1/keys/{key_id}"]["operationId"] == "keys_revoke"
+
+
+async def test_api_keys_are_documented(lite: Harness) -> None:
+    doc = await _doc(lite)
+    schemas = doc["components"]["schemas"]
+    create = doc["paths"]["/v1/keys"]["post"]
+    made = create["responses"]["201"]["content"]["application/json"]["schema"]
+    assert made == {"$ref": "#/components/schemas/ApiKeyCreated"}
+    assert "secret" in schemas["ApiKeyCreated"]["required"]
+    assert "secret" not in schemas["ApiKeyOut"]["properties"]
+    # The answer holds a secret that is not kept: no replay, so no Idempotency-Key.
+    assert "Idempotency-Key" not in [p["name"] for p in create.get("parameters", [])]
+    revoke = doc["paths"]["/v1/keys/{key_id}"]["delete"]
+    assert {"204", "404", "409"} <= set(revoke["responses"])
+    body = create["requestBody"]["content"]["application/json"]["schema"]
+    scopes = schemas[body["$ref"].rsplit("/", 1)[-1]]["properties"]["scopes"]
+    assert scopes["items"] == {"$ref": "#/components/schemas/Scope"}
+    assert schemas["Scope"]["enum"] == ["send", "read", "manage", "admin"]
 
 
 async def test_idempotency_header_and_response_models(lite: Harness) -> None:

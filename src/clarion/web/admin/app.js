@@ -45,7 +45,7 @@ function parseRoute() {
 function loginView() {
   const input = h("input", {
     type: "password", name: "key", autocomplete: "off", spellcheck: "false", required: true,
-    placeholder: "clk_…", "aria-label": "API key",
+    placeholder: "ck_…", "aria-label": "API key",
   });
   const message = h("div", { class: "login-message" });
   const form = h(

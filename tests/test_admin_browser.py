@@ -9,6 +9,7 @@ Needs the system's Chromium, like ``test_inbox_browser.py``."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -311,6 +312,7 @@ SCREENS = [
     ("recipients/u-xss", "Recipient u-xss"),
     ("providers", "Providers"),
     ("settings", "Categories & webhooks"),
+    ("keys", "API keys"),
     ("audit", "Audit log"),
     ("schedules", "Schedules"),
     ("topics", "Topics"),
@@ -518,5 +520,91 @@ async def test_audit_log_schedules_and_topics(
         assert errors == []
         assert outside.refused == []
         assert requests
+        assert all(urlsplit(url).hostname == "127.0.0.1" for url in requests)
+        await page.close()
+
+
+async def test_api_keys_are_made_and_revoked_from_the_console(
+    lite: Harness, context: tuple[BrowserContext, Outside]
+) -> None:
+    """A key made in the console (its secret shown once, copied, never stored), used, then
+    revoked after a confirmation; the console's own key cannot be revoked there."""
+    browser_context, outside = context
+    hostile = await lite.client.post(
+        "/v1/keys", json={"name": XSS, "scopes": ["read"]}, headers=lite.auth
+    )
+    assert hostile.status_code == 201, hostile.text
+    async with serving(lite) as base:
+        await browser_context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+        page = await browser_context.new_page()
+        errors: list[str] = []
+        requests: list[str] = []
+        await _watch(page, errors, requests)
+        await page.goto(f"{base}/admin/")
+        await page.get_by_label("API key").fill(lite.key)
+        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_role("link", name="API keys").click()
+        await expect(page.get_by_role("heading", name="API keys")).to_be_visible()
+        rows = page.locator("tbody tr")
+        await expect(rows).to_have_count(2)
+        await expect(rows.first.locator("strong")).to_have_text(XSS)
+        own = rows.nth(1)
+        await expect(own).to_contain_text("this console's key")
+        await expect(own.get_by_role("button", name="Revoke")).to_have_count(0)
+
+        # No scope ticked: refused before any request.
+        await page.get_by_label("Key name").fill("ci deploy")
+        await page.locator("input[name=scope][value=send]").uncheck()
+        await page.get_by_role("button", name="Create key").click()
+        await expect(page.locator(".messages")).to_contain_text("Tick at least one scope")
+        await page.locator("input[name=scope][value=read]").check()
+        await page.locator("input[name=scope][value=send]").check()
+        await page.get_by_role("button", name="Create key").click()
+        shown = page.get_by_label("New API key")
+        await expect(shown).to_have_value(re.compile(r"^ck_[0-9a-f]{8}_"))
+        secret = await shown.input_value()
+        await expect(rows).to_have_count(3)
+        made = page.locator("tbody tr", has_text="ci deploy")
+        await expect(made).to_contain_text("read, send")
+        await expect(made).to_contain_text(f"{secret[:11]}_…")
+        await page.get_by_role("button", name="Copy").click()
+        await expect(page.locator(".secret-once [role=status]")).to_have_text("Copied")
+        assert await page.evaluate("navigator.clipboard.readText()") == secret
+        await shot(page, "admin-keys-created")
+        stored = await page.evaluate(
+            "JSON.stringify([{...sessionStorage}, {...localStorage}, document.cookie])"
+        )
+        assert secret not in stored
+        # The key works, with its scopes.
+        used = await lite.client.get("/v1/templates", headers={"Authorization": f"Bearer {secret}"})
+        assert used.status_code == 200, used.text
+        # Done: the secret is gone from the page.
+        await page.get_by_role("button", name="Done").click()
+        await expect(page.locator(".secret-once")).to_have_count(0)
+        assert secret not in await page.content()
+
+        # Revoking asks first: dismissed, nothing happens; accepted, the key is refused.
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        await made.get_by_role("button", name="Revoke").click()
+        await expect(made).to_contain_text("active")
+        page.once("dialog", lambda dialog: dialog.accept())
+        await made.get_by_role("button", name="Revoke").click()
+        await expect(page.locator(".messages")).to_contain_text("Key ci deploy revoked")
+        await expect(made).to_contain_text("revoked")
+        await expect(made.get_by_role("button", name="Revoke")).to_have_count(0)
+        await shot(page, "admin-keys-revoked")
+        refused = await lite.client.get(
+            "/v1/templates", headers={"Authorization": f"Bearer {secret}"}
+        )
+        assert refused.status_code == 401, refused.text
+        audit = await lite.client.get(
+            "/v1/audit", params={"resource": "api_key"}, headers=lite.auth
+        )
+        assert [e["action"] for e in audit.json()["data"]][:2] == ["revoke", "create"]
+        assert secret not in audit.text
+
+        assert await page.evaluate("window.__xss") is None
+        assert errors == []
+        assert outside.refused == []
         assert all(urlsplit(url).hostname == "127.0.0.1" for url in requests)
         await page.close()

@@ -58,10 +58,10 @@ async def test_tenants_and_keys_are_listed_and_keys_revoked(
 
     assert await _cli(monkeypatch, lite, "keys", "list", "zeta") == 0
     [header, row] = capsys.readouterr().out.splitlines()
-    assert header.split() == ["ID", "PREFIX", "SCOPES", "CREATED", "REVOKED"]
+    assert header.split() == ["ID", "PREFIX", "SCOPES", "CREATED", "REVOKED", "NAME"]
     key_id = row.split()[0]
     assert other not in row
-    assert row.split()[-1] == "-"
+    assert row.split()[-2:] == ["-", "-"]  # not revoked, no name
 
     # The key works until it is revoked; then it is a 401 (it was never cached).
     assert await _cli(monkeypatch, lite, "keys", "revoke", "acme", key_id) == 1
@@ -73,8 +73,15 @@ async def test_tenants_and_keys_are_listed_and_keys_revoked(
     assert await _cli(monkeypatch, lite, "keys", "revoke", "zeta", key_id) == 0
     assert "already" in capsys.readouterr().out
     assert await _cli(monkeypatch, lite, "keys", "list", "zeta") == 0
-    assert re.search(r"\d{4}-\d\d-\d\dT\S+Z$", capsys.readouterr().out.splitlines()[1])
+    assert re.search(r"\d{4}-\d\d-\d\dT\S+Z  -$", capsys.readouterr().out.splitlines()[1])
     assert await _cli(monkeypatch, lite, "keys", "list", "nobody") == 1
+    # A named key: the name ends its line.
+    assert await _cli(monkeypatch, lite, "keys", "create", "zeta", "--name", "billing job") == 0
+    assert capsys.readouterr().out.startswith("ck_")
+    assert await _cli(monkeypatch, lite, "keys", "list", "zeta") == 0
+    assert capsys.readouterr().out.splitlines()[2].endswith("  billing job")
+    with pytest.raises(SystemExit):
+        await _cli(monkeypatch, lite, "keys", "create", "zeta", "--name", "x" * 101)
 
 
 async def _recipient(app: Harness, rid: str) -> dict[str, Any] | None:

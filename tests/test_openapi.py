@@ -3,9 +3,18 @@ schemes, stable operation ids, the ``Idempotency-Key`` header and response model
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import jsonschema_rs
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+
+from clarion.providers.kinds import CONFIGURABLE, KINDS
 from harness import Harness
+from test_providers_api import VALID
+from test_providers_api import body as provider_body
+from test_providers_api import put as put_provider
 
 
 async def _doc(app: Harness) -> dict[str, Any]:
@@ -49,6 +58,27 @@ async def test_security_schemes_and_operation_ids(lite: Harness) -> None:
     assert len(ids) == len(set(ids))
     assert ops["post", "/v1/notifications"]["operationId"] == "notifications_create"
     assert ops["get", "/v1/deliveries"]["operationId"] == "message_log_list_deliveries"
+    assert ops["get", "/v1/keys"]["operationId"] == "keys_list_keys"
+    assert ops["post", "/v1/keys"]["operationId"] == "keys_create"
+    assert ops["delete", "/v1/keys/{key_id}"]["operationId"] == "keys_revoke"
+
+
+async def test_api_keys_are_documented(lite: Harness) -> None:
+    doc = await _doc(lite)
+    schemas = doc["components"]["schemas"]
+    create = doc["paths"]["/v1/keys"]["post"]
+    made = create["responses"]["201"]["content"]["application/json"]["schema"]
+    assert made == {"$ref": "#/components/schemas/ApiKeyCreated"}
+    assert "secret" in schemas["ApiKeyCreated"]["required"]
+    assert "secret" not in schemas["ApiKeyOut"]["properties"]
+    # The answer holds a secret that is not kept: no replay, so no Idempotency-Key.
+    assert "Idempotency-Key" not in [p["name"] for p in create.get("parameters", [])]
+    revoke = doc["paths"]["/v1/keys/{key_id}"]["delete"]
+    assert {"204", "404", "409"} <= set(revoke["responses"])
+    body = create["requestBody"]["content"]["application/json"]["schema"]
+    scopes = schemas[body["$ref"].rsplit("/", 1)[-1]]["properties"]["scopes"]
+    assert scopes["items"] == {"$ref": "#/components/schemas/Scope"}
+    assert schemas["Scope"]["enum"] == ["send", "read", "manage", "admin"]
 
 
 async def test_idempotency_header_and_response_models(lite: Harness) -> None:
@@ -74,3 +104,146 @@ async def test_an_overlong_idempotency_key_is_refused(lite: Harness) -> None:
     assert response.json()["error"]["code"] == "validation_error"
     response = await lite.send(body, headers={"Idempotency-Key": "k" * 255})
     assert response.status_code == 202
+
+
+# -- provider bodies: a union discriminated on `kind` ----------------------------------------
+
+# Config fields whose checks a JSON schema cannot state (an address parsed, a URL's scheme,
+# key material loaded): a body valid under the published schema may still be refused there.
+SEMANTIC = {
+    "config.from",
+    "config.base_url",
+    "config.token_url",
+    "config.ca_pem",
+    "config.private_key",
+    "config.service_account",
+    "config.vapid_private_key",
+}
+
+
+def _validator(doc: dict[str, Any], name: str) -> Any:
+    root = {"components": doc["components"], "$ref": f"#/components/schemas/{name}"}
+    return jsonschema_rs.validator_for(root)
+
+
+async def test_provider_bodies_are_a_union_on_kind(lite: Harness) -> None:
+    doc = await _doc(lite)
+    schemas = doc["components"]["schemas"]
+    put = doc["paths"]["/v1/providers/{name}"]["put"]
+    body = put["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/ProviderRequest"}
+    assert put["requestBody"]["required"] is True
+    assert "ProviderIn" not in schemas
+    union = schemas["ProviderRequest"]
+    assert union["discriminator"]["propertyName"] == "kind"
+    mapping = union["discriminator"]["mapping"]
+    assert set(mapping) == CONFIGURABLE
+    assert sorted(r["$ref"] for r in union["oneOf"]) == sorted(mapping.values())
+    for kind, ref in mapping.items():
+        one = schemas[ref.rsplit("/", 1)[-1]]
+        assert one["properties"]["kind"]["const"] == kind
+        channel = one["properties"]["channel"]
+        assert set(channel.get("enum", [channel.get("const")])) == KINDS[kind].channels
+        assert one["additionalProperties"] is False
+        config_model = KINDS[kind].config
+        assert config_model is not None
+        config_ref = one["properties"]["config"]["$ref"]
+        config = schemas[config_ref.rsplit("/", 1)[-1]]
+        assert config["description"]  # each kind's config is documented
+        assert config["additionalProperties"] is False
+        assert "base_url" in config["properties"]
+        for field, prop in config["properties"].items():
+            assert prop.get("writeOnly", False) is (field in config_model.SECRET), (kind, field)
+        assert ("config" in one.get("required", [])) == bool(config.get("required")), kind
+        # The published example is a body of this kind.
+        [example] = one["examples"]
+        assert example["kind"] == kind
+        assert _validator(doc, "ProviderRequest").is_valid(example), kind
+    assert "from" in schemas["SmtpConfig"]["properties"]  # the wire name, not `from_`
+
+
+async def test_valid_bodies_of_every_kind_pass_the_schema_and_the_server(lite: Harness) -> None:
+    doc = await _doc(lite)
+    union = _validator(doc, "ProviderRequest")
+    assert set(VALID) == CONFIGURABLE
+    for kind in sorted(VALID):
+        payload = provider_body(kind, priority=2, rate_limit_per_second=5.5, enabled=False)
+        assert union.is_valid(payload), (kind, list(union.iter_errors(payload))[:1])
+        response = await put_provider(lite, f"p-{kind}", payload)
+        assert response.status_code == 200, (kind, response.text)
+        # What GET shows (secrets as "***") goes back as a valid body, and is accepted.
+        shown = response.json()
+        again = {k: shown[k] for k in ("channel", "kind", "config", "priority", "enabled")}
+        again["config"] = {k: v for k, v in again["config"].items() if v is not None}
+        assert union.is_valid(again), (kind, list(union.iter_errors(again))[:1])
+        response = await put_provider(lite, f"p-{kind}", again)
+        assert response.status_code == 200, (kind, response.text)
+    # Refused by both, with the codes of before.
+    refusals = [
+        ({**provider_body("smtp"), "channel": "sms"}, "channel_not_supported"),
+        ({**provider_body("smtp"), "kind": "carrier-pigeon"}, "unknown_kind"),
+        ({**provider_body("smtp"), "kind": "inapp", "channel": "inapp"}, "unknown_kind"),
+        (provider_body("sendgrid", config={"api_key": "k", "from": "a@b.c", "x": 1}), None),
+        ({"channel": "email", "kind": "smtp"}, None),
+        ({**provider_body("sandbox"), "priority": 0}, None),
+    ]
+    for payload, code in refusals:
+        assert not union.is_valid(payload), payload
+        response = await put_provider(lite, "refused", payload)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == (code or "validation_error"), payload
+    # Valid by the schema, refused by a check it cannot state (not ASCII, so not PEM).
+    smtp = provider_body("smtp")
+    payload = {**smtp, "config": {**smtp["config"], "ca_pem": "é"}}
+    assert union.is_valid(payload)
+    response = await put_provider(lite, "refused", payload)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["details"][0]["field"] == "config.ca_pem"
+
+
+def _generate(operation: Any, count: int) -> list[Any]:
+    bodies: list[Any] = []
+
+    @settings(
+        max_examples=count,
+        database=None,
+        deadline=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy())
+    def collect(case: Any) -> None:
+        bodies.append(case.body)
+
+    collect()
+    return bodies
+
+
+async def test_generated_bodies_agree_with_the_server(lite: Harness) -> None:
+    """Bodies schemathesis generates from the published union: each is accepted, or refused
+    only for what a JSON schema cannot say (never an unknown kind or a channel the kind
+    cannot carry, never a field the schema allows)."""
+    doc = await _doc(lite)
+    mapping = doc["components"]["schemas"]["ProviderRequest"]["discriminator"]["mapping"]
+    bodies: list[Any] = []
+    for kind in sorted(mapping):  # each kind alone, so that every one is tried
+        one_kind = copy.deepcopy(doc)
+        one_kind["components"]["schemas"]["ProviderRequest"] = {"$ref": mapping[kind]}
+        operation = schemathesis.openapi.from_dict(one_kind)["/v1/providers/{name}"]["PUT"]
+        made = _generate(operation, 12)
+        assert made, kind
+        assert {b["kind"] for b in made} == {kind}
+        bodies += made
+    for payload in bodies:
+        response = await put_provider(lite, "generated", payload)
+        if response.status_code == 200:
+            continue
+        error = response.json()["error"]
+        if response.status_code == 400:  # lone surrogates, NUL: refused at the edge
+            assert error["code"] == "invalid_input", payload
+            continue
+        assert response.status_code == 422, (payload, response.text)
+        assert error["code"] == "validation_error", (payload, error)
+        fields = {d["field"] for d in error["details"]}
+        assert fields <= SEMANTIC, (payload, error)

@@ -368,6 +368,57 @@ async def test_schedules_audit_and_topics(lite: Harness, server: str) -> None:
             await client.schedules.get("weekly")
 
 
+async def test_api_keys_made_listed_and_revoked(lite: Harness, server: str) -> None:
+    stranger = await lite.new_tenant("stranger")
+    async with AsyncClarion(api_key=stranger, base_url=server) as client:
+        [their_key] = [k async for k in client.keys.list()]
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        made = await client.keys.create(name="billing job", scopes=["send", "read"])
+        assert isinstance(made, models.ApiKeyCreated)
+        assert made.secret.startswith(f"ck_{made.prefix}_")
+        assert (made.name, made.scopes, made.revoked_at) == ("billing job", ["read", "send"], None)
+        listed = [k async for k in client.keys.list(page_size=1)]
+        assert listed[0].id == made.id
+        assert len(listed) == 2
+        assert all("secret" not in k.model_dump() for k in listed)
+        own = listed[1]
+        with pytest.raises(UnprocessableError) as bad_scope:
+            await client.keys.create(name="x", scopes=["root"])  # type: ignore[list-item]
+        assert bad_scope.value.code == "validation_error"
+        with pytest.raises(UnprocessableError):
+            await client.keys.create(name="x" * 101, scopes=["send"])
+        with pytest.raises(ConflictError) as itself:
+            await client.keys.revoke(own.id)
+        assert itself.value.code == "cannot_revoke_own_key"
+        with pytest.raises(NotFoundError):
+            await client.keys.revoke("key_00000000")
+        with pytest.raises(NotFoundError):  # another tenant's key
+            await client.keys.revoke(their_key.id)
+
+    def with_the_new_key() -> int:
+        with Clarion(api_key=made.secret, base_url=server) as other:
+            templates = len(list(other.templates.list()))
+            with pytest.raises(PermissionDeniedError):
+                other.keys.list().first_page()
+            return templates
+
+    assert await in_thread(with_the_new_key) == 0
+
+    def revoke_then_use() -> None:
+        with Clarion(api_key=lite.key, base_url=server) as client:
+            client.keys.revoke(made.id)
+            client.keys.revoke(made.id)  # again: nothing changes
+            [revoked] = [k for k in client.keys.list() if k.id == made.id]
+            assert revoked.revoked_at is not None
+        with (
+            Clarion(api_key=made.secret, base_url=server) as other,
+            pytest.raises(AuthenticationError),
+        ):
+            other.templates.list().first_page()
+
+    await in_thread(revoke_then_use)
+
+
 async def test_stats_draft_preview_and_provider_test(lite: Harness, server: str) -> None:
     await _setup(lite)
     await lite.put_recipient("silent")

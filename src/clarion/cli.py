@@ -45,6 +45,13 @@ def _scopes(text: str) -> list[str]:
     return names
 
 
+def _key_name(text: str) -> str:
+    name = text.strip()
+    if not name or len(name) > 100 or not name.isprintable():
+        raise argparse.ArgumentTypeError("a name is 1 to 100 printable characters")
+    return name
+
+
 SETTINGS_HELP = """\
 settings (environment; every one is in docs/operations.md):
   CLARION_DATABASE_URL   sqlite+aiosqlite:///./clarion.db (default) or
@@ -109,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     key = keys.add_parser("create", help="create an API key for a tenant")
     key.add_argument("tenant", help="the tenant's name")
     key.add_argument("--scopes", type=_scopes, default=[s.value for s in ALL_SCOPES])
+    key.add_argument("--name", type=_key_name, help="what the key is for (up to 100 characters)")
     listed = keys.add_parser("list", help="list a tenant's keys (never their secrets)")
     listed.add_argument("tenant", help="the tenant's name")
     revoke = keys.add_parser(
@@ -174,12 +182,12 @@ async def _keys(args: argparse.Namespace, ctx: Context, tenant: tenant_store.Ten
             return 1
         print(f"key {args.key_id} {'revoked' if outcome == 'revoked' else 'was revoked already'}")
         return 0
-    print(f"{'ID':<32}  {'PREFIX':<12}  {'SCOPES':<24}  {'CREATED':<20}  REVOKED")
+    print(f"{'ID':<32}  {'PREFIX':<12}  {'SCOPES':<24}  {'CREATED':<20}  {'REVOKED':<20}  NAME")
     for k in await tenant_store.list_keys(ctx.engine, tenant.id):
         scopes = ",".join(k["scopes"])
         print(
             f"{k['id']:<32}  {k['prefix']:<12}  {scopes:<24}  {_when(k['created_at']):<20}  "
-            f"{_when(k['revoked_at'])}"
+            f"{_when(k['revoked_at']):<20}  {k['name'] or '-'}"
         )
     return 0
 
@@ -265,7 +273,10 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         if args.action in ("list", "revoke"):
             return await _keys(args, ctx, found)
-        print(await tenant_store.create_key(ctx.engine, found.id, args.scopes, actor=audit.CLI))
+        secret = await tenant_store.create_key(
+            ctx.engine, found.id, args.scopes, name=args.name, actor=audit.CLI
+        )
+        print(secret)
         return 0
     finally:
         await ctx.aclose()

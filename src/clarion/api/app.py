@@ -20,6 +20,7 @@ from clarion.api.routes import (
     inbox,
     inbox_live,
     inbox_web,
+    keys,
     message_log,
     metrics,
     notifications,
@@ -106,6 +107,7 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     app.include_router(message_log.router)
     app.include_router(schedules.router)
     app.include_router(audit.router)
+    app.include_router(keys.router)
     app.include_router(admin_web.router)
     app.include_router(api_docs.router)
     # Inside the edge guard, which hands it the checked body: one notification per request

@@ -43,6 +43,13 @@ class KeyCache:
         self._entries[secret] = (now + (_TTL if principal else _MISS_TTL), principal)
         return principal
 
+    def forget(self, key_id: str) -> None:
+        """Drop a key this process has cached (it was revoked here: refuse it at once;
+        other processes see the revocation when their entry expires)."""
+        stale = [s for s, (_, p) in self._entries.items() if p is not None and p.key_id == key_id]
+        for secret in stale:
+            del self._entries[secret]
+
 
 def bearer(request: Request) -> str:
     return bearer_of(request.headers.get("authorization", ""))

@@ -1,15 +1,19 @@
 """The published OpenAPI document: what FastAPI derives from the routes (with the bearer
 schemes of ``auth`` and ``inbox_auth``), plus what it cannot know — the real error body
-for every 4xx and 5xx, the ``Idempotency-Key`` header and stable operation ids
-(``<module>_<function>``)."""
+for every 4xx and 5xx, the ``Idempotency-Key`` header, stable operation ids
+(``<module>_<function>``) and the provider body as a union discriminated on ``kind``
+(``provider_schemas``)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+
+from clarion.api import provider_schemas
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 ERROR_SCHEMA: dict[str, Any] = {
@@ -102,6 +106,7 @@ def build(app: FastAPI) -> dict[str, Any]:
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     schemas["Error"] = ERROR_SCHEMA
+    schemas.update(provider_schemas.components())
     for path, item in schema.get("paths", {}).items():
         for method, operation in item.items():
             _document_errors(operation, path, method, bool(operation.get("security")))
@@ -109,7 +114,15 @@ def build(app: FastAPI) -> dict[str, Any]:
                 parameters = operation.setdefault("parameters", [])
                 if not any(p.get("name") == "Idempotency-Key" for p in parameters):
                     parameters.append(IDEMPOTENCY_HEADER)
+    _drop_unused(schemas, schema)
     return schema
+
+
+def _drop_unused(schemas: dict[str, Any], document: dict[str, Any]) -> None:
+    """Remove the loose ``ProviderIn`` FastAPI documents for the body it reads, now that
+    the operation points at the union instead."""
+    if '"#/components/schemas/ProviderIn"' not in json.dumps(document):
+        schemas.pop("ProviderIn", None)
 
 
 def install(app: FastAPI) -> None:

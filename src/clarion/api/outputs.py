@@ -432,3 +432,24 @@ class AuditEntry(_Out):
 class AuditPage(BaseModel):
     data: list[AuditEntry]
     next_cursor: str | None
+
+
+class ApiKeyOut(_Out):
+    id: str
+    name: str | None = Field(description="Given when the key was made; null for older keys")
+    prefix: str = Field(description="The key starts with `ck_<prefix>_`: tells keys apart")
+    scopes: list[str] = Field(description="Some of send, read, manage, admin")
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    secret: str = Field(
+        description="The whole key, for `Authorization: Bearer`. Shown in this answer only: "
+        "Clarion keeps just its hash"
+    )
+
+
+class ApiKeyPage(BaseModel):
+    data: list[ApiKeyOut]
+    next_cursor: str | None

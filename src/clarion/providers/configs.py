@@ -26,7 +26,8 @@ def _email_from(value: str) -> str:
 def _ca_pem(value: str) -> str:
     try:
         ssl.create_default_context(cadata=value)
-    except (ssl.SSLError, ValueError) as exc:
+    # TypeError: text that is not ASCII (PEM is).
+    except (ssl.SSLError, ValueError, TypeError) as exc:
         raise ValueError("not PEM-encoded CA certificates") from exc
     return value
 
@@ -42,6 +43,8 @@ class KindConfig(BaseModel):
 
 
 class SmtpConfig(KindConfig):
+    """`smtp`: any SMTP relay (STARTTLS, implicit TLS or plain), a pool of connections."""
+
     SECRET = frozenset({"password"})
     host: Text
     port: int = Field(default=587, ge=1, le=65535)
@@ -63,6 +66,8 @@ class SmtpConfig(KindConfig):
 
 
 class SesConfig(KindConfig):
+    """`ses`: Amazon SES API v2, signed with the access key (Signature Version 4)."""
+
     SECRET = frozenset({"secret_access_key"})
     region: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")]
     access_key_id: Text
@@ -73,6 +78,8 @@ class SesConfig(KindConfig):
 
 
 class SendgridConfig(KindConfig):
+    """`sendgrid`: SendGrid v3 mail send."""
+
     SECRET = frozenset({"api_key"})
     api_key: Secret
     from_: EmailFrom = Field(alias="from")
@@ -81,6 +88,8 @@ class SendgridConfig(KindConfig):
 
 
 class TwilioConfig(KindConfig):
+    """`twilio`: Twilio Programmable Messaging; `from` is a number or a sender id."""
+
     SECRET = frozenset({"auth_token"})
     account_sid: Annotated[str, StringConstraints(pattern=r"^AC[0-9a-fA-F]{32}$")]
     auth_token: Secret
@@ -90,6 +99,8 @@ class TwilioConfig(KindConfig):
 
 
 class FcmConfig(KindConfig):
+    """`fcm`: Firebase Cloud Messaging HTTP v1 with a service account's key file."""
+
     SECRET = frozenset({"service_account"})
     # The service account's JSON key file, as an object or as the file's text.
     service_account: dict[str, Any] | Secret
@@ -98,6 +109,8 @@ class FcmConfig(KindConfig):
 
 
 class ApnsConfig(KindConfig):
+    """`apns`: Apple Push Notification service with a `.p8` token-auth key."""
+
     SECRET = frozenset({"private_key"})
     team_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$")]
     key_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$")]
@@ -107,14 +120,16 @@ class ApnsConfig(KindConfig):
 
 
 class WebpushConfig(KindConfig):
+    """`webpush`: Web Push with a VAPID P-256 key (PEM, or base64url of raw or DER bytes)."""
+
     SECRET = frozenset({"vapid_private_key"})
     vapid_private_key: Secret
     vapid_subject: Annotated[str, StringConstraints(pattern=r"^(mailto:|https://).+")]
 
 
 class SandboxConfig(KindConfig):
-    pass
+    """`sandbox`: keeps each message for `GET /v1/sandbox/messages`; sends nothing."""
 
 
 class WebhookConfig(KindConfig):
-    pass
+    """`webhook`: a signed JSON POST to each recipient's `webhook_url`."""

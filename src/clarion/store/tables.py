@@ -55,8 +55,10 @@ api_keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("prefix", String(20), nullable=False),
     Column("scopes", String(100), nullable=False),
+    Column("name", String(100)),
     _ts("created_at", nullable=False),
     _ts("revoked_at"),
+    Index("ix_api_keys_tenant_created", "tenant_id", "created_at", "id"),
 )
 
 recipients = Table(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.ids import new_id
@@ -70,11 +71,35 @@ async def count_tenants(engine: AsyncEngine) -> int:
 
 
 async def create_key(
-    engine: AsyncEngine, tenant_id: str, scopes: list[str], *, actor: str = audit.SYSTEM
+    engine: AsyncEngine,
+    tenant_id: str,
+    scopes: list[str],
+    *,
+    name: str | None = None,
+    actor: str = audit.SYSTEM,
 ) -> str:
     """Store a new key for the tenant and return it; only its hash is kept."""
+    made = await issue_key(engine, tenant_id, scopes, name=name, actor=actor)
+    return str(made["secret"])
+
+
+async def issue_key(
+    engine: AsyncEngine,
+    tenant_id: str,
+    scopes: list[str],
+    *,
+    name: str | None = None,
+    actor: str = audit.SYSTEM,
+) -> dict[str, Any]:
+    """Store a new key for the tenant: its public view (as :func:`list_keys` shows it)
+    plus ``secret``, the whole key, which is not kept anywhere."""
     key = generate_key()
-    created = {"scopes": {"to": sorted(scopes)}, "prefix": {"to": key.prefix}}
+    now = utcnow()
+    created = {
+        "name": {"to": name},
+        "scopes": {"to": sorted(scopes)},
+        "prefix": {"to": key.prefix},
+    }
     async with write_tx(engine) as conn:
         await conn.execute(
             api_keys.insert().values(
@@ -83,7 +108,8 @@ async def create_key(
                 key_hash=key.key_hash,
                 prefix=key.prefix,
                 scopes=",".join(sorted(scopes)),
-                created_at=utcnow(),
+                name=name,
+                created_at=now,
             )
         )
         await audit.record(
@@ -92,7 +118,15 @@ async def create_key(
                 tenant_id, actor, audit.Resource.API_KEY, key.id, audit.Action.CREATE, created
             ),
         )
-    return key.secret
+    return {
+        "id": key.id,
+        "name": name,
+        "prefix": key.prefix,
+        "scopes": sorted(scopes),
+        "created_at": now,
+        "revoked_at": None,
+        "secret": key.secret,
+    }
 
 
 async def revoke_key(
@@ -187,29 +221,50 @@ async def list_tenants(engine: AsyncEngine) -> list[dict[str, Any]]:
     ]
 
 
+_KEY_COLUMNS = (
+    api_keys.c.id,
+    api_keys.c.name,
+    api_keys.c.prefix,
+    api_keys.c.scopes,
+    api_keys.c.created_at,
+    api_keys.c.revoked_at,
+)
+
+
+def _key_view(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "name": r.name,
+        "prefix": r.prefix,
+        "scopes": r.scopes.split(","),
+        "created_at": as_utc(r.created_at),
+        "revoked_at": as_utc(r.revoked_at),
+    }
+
+
 async def list_keys(engine: AsyncEngine, tenant_id: str) -> list[dict[str, Any]]:
-    """A tenant's keys, oldest first: id, prefix, scopes, created and revoked times (the
-    secret itself is never stored)."""
+    """A tenant's keys, oldest first: id, name, prefix, scopes, created and revoked times
+    (the secret itself is never stored)."""
     query = (
-        select(
-            api_keys.c.id,
-            api_keys.c.prefix,
-            api_keys.c.scopes,
-            api_keys.c.created_at,
-            api_keys.c.revoked_at,
-        )
+        select(*_KEY_COLUMNS)
         .where(api_keys.c.tenant_id == tenant_id)
         .order_by(api_keys.c.created_at, api_keys.c.id)
     )
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()
-    return [
-        {
-            "id": r.id,
-            "prefix": r.prefix,
-            "scopes": r.scopes.split(","),
-            "created_at": as_utc(r.created_at),
-            "revoked_at": as_utc(r.revoked_at),
-        }
-        for r in rows
-    ]
+    return [_key_view(r) for r in rows]
+
+
+async def list_keys_page(
+    engine: AsyncEngine, tenant_id: str, position: tuple[datetime, str] | None, limit: int
+) -> list[dict[str, Any]]:
+    """A tenant's keys newest first, strictly after (older than) ``position``."""
+    k = api_keys
+    query = select(*_KEY_COLUMNS).where(k.c.tenant_id == tenant_id)
+    if position is not None:
+        at, ident = position
+        query = query.where(or_(k.c.created_at < at, and_(k.c.created_at == at, k.c.id < ident)))
+    query = query.order_by(k.c.created_at.desc(), k.c.id.desc()).limit(limit)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [_key_view(r) for r in rows]

@@ -545,6 +545,29 @@ def list_audit(
     return ListCall("/v1/audit", m.AuditEntry, params)
 
 
+# API keys --------------------------------------------------------------------------------
+
+
+def list_keys(*, page_size: int | None = None) -> ListCall[m.ApiKey]:
+    """The tenant's API keys, newest first, revoked ones too; never their secrets (scope
+    ``admin``)."""
+    return ListCall("/v1/keys", m.ApiKey, _query(limit=page_size))
+
+
+def create_key(*, name: str, scopes: Sequence[m.Scope]) -> Call[m.ApiKeyCreated]:
+    """Make a key with a name and scopes (only scopes the calling key holds); its
+    ``secret`` is in this answer only. Not retried after a lost connection: the answer is
+    never stored, so a retry would make a second key."""
+    body = {"name": name, "scopes": list(scopes)}
+    return Call("POST", "/v1/keys", m.ApiKeyCreated.model_validate, None, body)
+
+
+def revoke_key(key_id: str) -> Call[None]:
+    """Revoke a key: refused everywhere within 30 seconds. A key cannot revoke itself
+    (:class:`ConflictError`, ``cannot_revoke_own_key``)."""
+    return Call("DELETE", f"/v1/keys/{_seg(key_id)}", _none)
+
+
 # Schedules -------------------------------------------------------------------------------
 
 

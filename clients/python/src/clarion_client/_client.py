@@ -190,6 +190,12 @@ class Audit(_SyncResource):
     list = _sync_list(calls.list_audit)
 
 
+class Keys(_SyncResource):
+    list = _sync_list(calls.list_keys)
+    create = _sync(calls.create_key)
+    revoke = _sync(calls.revoke_key)
+
+
 class Schedules(_SyncResource):
     put = _sync(calls.put_schedule)
     get = _sync(calls.get_schedule)
@@ -235,6 +241,7 @@ class Clarion(_Base):
         self.dead_letters = DeadLetters(self)
         self.sandbox = Sandbox(self)
         self.audit = Audit(self)
+        self.keys = Keys(self)
         self.schedules = Schedules(self)
         self.topics = Topics(self)
         self.stats = Stats(self)
@@ -385,6 +392,12 @@ class AsyncAudit(_AsyncResource):
     list = _async_list(calls.list_audit)
 
 
+class AsyncKeys(_AsyncResource):
+    list = _async_list(calls.list_keys)
+    create = _async(calls.create_key)
+    revoke = _async(calls.revoke_key)
+
+
 class AsyncSchedules(_AsyncResource):
     put = _async(calls.put_schedule)
     get = _async(calls.get_schedule)
@@ -429,6 +442,7 @@ class AsyncClarion(_Base):
         self.dead_letters = AsyncDeadLetters(self)
         self.sandbox = AsyncSandbox(self)
         self.audit = AsyncAudit(self)
+        self.keys = AsyncKeys(self)
         self.schedules = AsyncSchedules(self)
         self.topics = AsyncTopics(self)
         self.stats = AsyncStats(self)

@@ -279,6 +279,26 @@ class AuditEntry(Model):
     diff: dict[str, Any]
 
 
+Scope = Literal["send", "read", "manage", "admin"]
+
+
+class ApiKey(Model):
+    """An API key as listed: never its secret. The key starts with ``ck_<prefix>_``."""
+
+    id: str
+    name: str | None
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKey):
+    """A key just made: ``secret`` is the whole key, shown in this answer only."""
+
+    secret: str
+
+
 class ScheduleRequest(BaseModel):
     """The body of ``PUT /v1/schedules/{name}``."""
 
@@ -408,6 +428,8 @@ SCHEMAS: dict[type[BaseModel], str] = {
     DraftPreview: "DraftPreviewOut",
     ProviderTestResult: "ProviderTestOut",
     AuditEntry: "AuditEntry",
+    ApiKey: "ApiKeyOut",
+    ApiKeyCreated: "ApiKeyCreated",
     ScheduleRequest: "ScheduleIn",
     Schedule: "ScheduleOut",
     ScheduleRun: "ScheduleRunOut",

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from clarion.api import provider_schemas
 from clarion.api.auth import Principal, require
 from clarion.api.errors import describe_validation
 from clarion.api.outputs import ProviderOut, ProviderPage
@@ -117,6 +118,7 @@ def _validated(kind: str, config: dict[str, Any]) -> dict[str, Any]:
         "deployment, a provider with credentials is refused with 503 `secret_key_missing`."
     ),
     response_model=ProviderOut,
+    openapi_extra=provider_schemas.OPENAPI_EXTRA,
 )
 async def put(
     request: Request, principal: Manager, name: ProviderName, body: ProviderIn

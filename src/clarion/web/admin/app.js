@@ -15,6 +15,7 @@ import * as recipients from "/admin/recipients.js";
 import * as schedules from "/admin/schedules.js";
 import * as topics from "/admin/topics.js";
 import * as audit from "/admin/audit.js";
+import * as keys from "/admin/keys.js";
 
 const SCREENS = [
   ["dashboard", "Dashboard", dashboard.render],
@@ -27,6 +28,7 @@ const SCREENS = [
   ["schedules", "Schedules", schedules.render],
   ["providers", "Providers", providers.render],
   ["settings", "Categories & webhooks", settings.render],
+  ["keys", "API keys", keys.render],
   ["audit", "Audit log", audit.render],
 ];
 
@@ -43,7 +45,7 @@ function parseRoute() {
 function loginView() {
   const input = h("input", {
     type: "password", name: "key", autocomplete: "off", spellcheck: "false", required: true,
-    placeholder: "clk_…", "aria-label": "API key",
+    placeholder: "ck_…", "aria-label": "API key",
   });
   const message = h("div", { class: "login-message" });
   const form = h(

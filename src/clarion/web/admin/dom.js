@@ -51,7 +51,7 @@ const TONES = {
   failed: "bad", dead: "bad", open: "bad", failure: "bad",
   partial: "warn", retry_scheduled: "warn", retry: "warn", half_open: "warn", suppressed: "muted",
   cancelled: "muted", disabled: "muted", skipped: "muted", delete: "bad", erase: "bad", revoke: "bad",
-  create: "ok", pending: "info", running: "warn",
+  create: "ok", pending: "info", running: "warn", active: "ok", revoked: "bad",
 };
 
 export function badge(status) {

@@ -116,6 +116,18 @@ async def test_take_many_decides_in_order(limiters: list[RateLimiter]) -> None:
     assert [d.allowed for d in decisions] == [True, True, False, True]
 
 
+async def test_a_batch_after_the_server_lost_its_scripts(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        limiter = RedisRateLimiter(client)
+        await client.script_flush()  # as after a restart of Redis
+        takes = [Take("lost", 1.0, 2), Take("lost", 1.0, 2), Take("lost", 1.0, 2)]
+        decisions = await limiter.take_many(takes)
+        assert [d.allowed for d in decisions] == [True, True, False]
+    finally:
+        await client.aclose()
+
+
 async def test_acquire_hands_back_when_the_queue_is_too_long(
     limiters: list[RateLimiter],
 ) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 # Pacing keeps this fraction clear of a provider's limit, so that jitter between our
 # clock and the provider's (network, scheduling, a busy event loop after the slot) cannot
@@ -254,13 +255,27 @@ class RedisRateLimiter(RateLimiter):
             [take] = takes
             replies = [await self._script(keys=[self._key(take.key)], args=self._args(take))]
         else:
+            replies = await self._pipelined(takes)
+        return [_decision(reply) for reply in replies]
+
+    async def _pipelined(self, takes: Sequence[Take]) -> list[Any]:
+        """One round trip of ``EVALSHA``s. redis-py's pipelined scripts first ask the server
+        whether each script is loaded (``SCRIPT EXISTS``), a second round trip every time;
+        here a server that lost its scripts (restarted) answers ``NOSCRIPT``, and the
+        script is loaded and the batch sent once more."""
+        for first in (True, False):
             async with self._client.pipeline(transaction=False) as pipe:
                 for take in takes:
-                    await self._script(
-                        keys=[self._key(take.key)], args=self._args(take), client=pipe
+                    pipe.execute_command(
+                        "EVALSHA", self._script.sha, 1, self._key(take.key), *self._args(take)
                     )
-                replies = await pipe.execute()
-        return [_decision(reply) for reply in replies]
+                try:
+                    return list(await pipe.execute())
+                except NoScriptError:
+                    if not first:
+                        raise
+            await self._client.script_load(GCRA_SCRIPT)
+        raise AssertionError("unreachable")
 
     async def _reserve(self, take: Take) -> tuple[Decision, float]:
         reply = await self._script(keys=[self._key(take.key)], args=self._args(take))

@@ -155,6 +155,25 @@ class ProviderSet:
             )
         return await self._instance(entry.spec)
 
+    def ready(self, tenant_id: str, channel: str, name: str) -> Provider | None:
+        """What :meth:`sender` would return, when that needs no wait: the tenant's settings
+        are fresh and the provider is built. None: ask :meth:`sender` (it loads, builds or
+        raises). A channel worker's send takes this path for all but its first delivery
+        of a provider in each ``provider_cache_ttl``."""
+        if channel == "push" or not self._catalog.is_fresh(tenant_id):
+            return None
+        entry = self._catalog.entry(tenant_id, name)
+        if entry is None:
+            return self._shared.get(name) if name in BUILT_IN_NAMES else None
+        spec = entry.spec
+        if spec.kind in kinds.BUILT_IN:
+            return self._shared.get(spec.kind)
+        current = self._instances.get((tenant_id, name))
+        # ``_instance`` keeps the entry's own spec, so an unchanged one is the same object.
+        if current is None or current[0] is not spec or entry.error is not None:
+            return None
+        return current[1]
+
     async def sender(self, tenant_id: str, channel: str, name: str) -> Provider:
         """What sends a delivery planned for provider ``name``: for push through an APNs or
         FCM provider, a fan-out to the tenant's first provider of each platform; otherwise
@@ -221,6 +240,8 @@ class ProviderSet:
         key = (spec.tenant_id, spec.name)
         current = self._instances.get(key)
         if current is not None and current[0] == spec:
+            if current[0] is not spec:  # reloaded, unchanged: :meth:`ready` compares by identity
+                self._instances[key] = (spec, current[1])
             return current[1]
         async with self._build_lock:
             current = self._instances.get(key)

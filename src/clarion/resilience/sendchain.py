@@ -46,6 +46,9 @@ class Candidate(Protocol):
 class ProviderLookup(Protocol):
     """Where provider instances come from (``ProviderSet`` is one)."""
 
+    def ready(self, tenant_id: str, channel: str, name: str) -> Provider | None:
+        """The provider when it is at hand without waiting; None: ask :meth:`sender`."""
+
     async def sender(self, tenant_id: str, channel: str, name: str) -> Provider: ...
 
 
@@ -118,17 +121,28 @@ class SendChain:
                 f"no enabled provider for channel {message.channel!r}", reason="no_provider"
             )
             return Failed("", error)
-        chosen = await self._choose(message.tenant_id, message.channel, candidates)
-        if isinstance(chosen, NoHealthyProvider):
-            return chosen
+        # The common case awaits nothing before the call: an unguarded first provider (no
+        # breaker to ask), already built, with no rate limit.
+        first = candidates[0]
+        if self._is_unguarded(first):
+            chosen = first
+        else:
+            choice = await self._choose(message.tenant_id, message.channel, candidates)
+            if isinstance(choice, NoHealthyProvider):
+                return choice
+            chosen = choice
         # The provider is built (and its connections opened) before its rate-limit slot is
         # taken, so that the send leaves when its slot comes, not a connection later.
-        provider = await self._provider(message, chosen.name)
-        if isinstance(provider, Failed):
-            return provider
-        throttled = await self._pace(message.tenant_id, message.channel, chosen)
-        if throttled is not None:
-            return throttled
+        provider = self._providers.ready(message.tenant_id, message.channel, chosen.name)
+        if provider is None:
+            found = await self._provider(message, chosen.name)
+            if isinstance(found, Failed):
+                return found
+            provider = found
+        if chosen.rate_limit_per_second:
+            throttled = await self._pace(message.tenant_id, message.channel, chosen)
+            if throttled is not None:
+                return throttled
         return await self._call(message, chosen, provider)
 
     async def _choose(
@@ -204,7 +218,8 @@ class SendChain:
             outcome = _outcome_of(exc)
         else:
             metrics.provider_call(message.channel, kind, "ok", time.perf_counter() - started)
-            await self._record(message.tenant_id, chosen, True)
+            if not self._is_unguarded(chosen):
+                await self._record(message.tenant_id, chosen, True)
             return Sent(name, result, kind)
         metrics.provider_call(message.channel, kind, outcome, time.perf_counter() - started)
         # A permanent error is the provider answering: it says nothing against its health.

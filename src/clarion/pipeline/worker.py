@@ -127,8 +127,12 @@ class ChannelWorker:
             log.error("%s: message %s dropped: %s", self.channel, message.id, exc)
             self._acks.put_nowait(message)
             return
-        ids = {"tenant_id": delivery.tenant, "notification_id": delivery.notification}
-        with logs.bound(**ids, delivery_id=delivery.id), tracing.attempt(delivery) as trace:
+        ids = logs.bound(
+            tenant_id=delivery.tenant,
+            notification_id=delivery.notification,
+            delivery_id=delivery.id,
+        )
+        with ids, tracing.attempt(delivery) as trace:
             try:
                 attempt = await self._attempts.run(delivery)
             except Exception as exc:

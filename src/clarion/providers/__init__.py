@@ -66,6 +66,9 @@ class ProviderSet:
         self._shared: dict[str, Provider] = {}
         # (tenant, channel) pairs already warned of going to the sandbox.
         self._sandboxed: set[tuple[str, str]] = set()
+        # The spec of the built-in or default provider of a (tenant, channel) with none of
+        # its own: made once, not per delivery.
+        self._defaults: dict[tuple[str, str], ProviderSpec] = {}
         # Live inbox pushes for the in-app provider (set by the process's context).
         self.hub: Hub | None = None
         self._instances: dict[tuple[str, str], tuple[ProviderSpec, Provider]] = {}
@@ -109,10 +112,17 @@ class ProviderSet:
         specs = self._catalog.chain(tenant_id, channel)
         if specs or self._catalog.configured(tenant_id, channel):
             return specs
-        name = self.default_name(channel)
-        if name == "sandbox" and (tenant_id, channel) not in self._sandboxed:
-            self._sandbox_warning(tenant_id, channel)
-        return [ProviderSpec(tenant_id=tenant_id, name=name, kind=name, channel=channel, config={})]
+        key = (tenant_id, channel)
+        default = self._defaults.get(key)
+        if default is None:
+            name = self.default_name(channel)
+            if name == "sandbox" and key not in self._sandboxed:
+                self._sandbox_warning(tenant_id, channel)
+            default = ProviderSpec(
+                tenant_id=tenant_id, name=name, kind=name, channel=channel, config={}
+            )
+            self._defaults[key] = default
+        return [default]
 
     def _sandbox_warning(self, tenant_id: str, channel: str) -> None:
         """Once per tenant and channel in a process: on a production store, a channel that

@@ -13,7 +13,6 @@ attempts go to the second. When every breaker is open the outcome is
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -25,6 +24,7 @@ from clarion.observability import metrics, tracing
 from clarion.providers.base import OutboundMessage, Provider, SendResult
 from clarion.providers.kinds import UNGUARDED
 from clarion.resilience.breaker import BreakerKey, CircuitBreaker
+from clarion.resilience.deadlines import Deadlines
 from clarion.resilience.ratelimit import PACE_MAX_WAIT, RateLimiter
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,8 @@ class SendChain:
         self._limiter = limiter
         self._providers = providers
         self._timeout = timeout
+        # One timer for every call in flight, not one per call (resilience/deadlines.py).
+        self._deadline = Deadlines(timeout)
         self._max_pace_wait = max_pace_wait
         self._unguarded = frozenset(unguarded)
 
@@ -207,9 +209,8 @@ class SendChain:
         error: BaseException
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._timeout):
-                with tracing.provider_call(message, name, kind):
-                    result = await provider.send(message)
+            with self._deadline(), tracing.provider_call(message, name, kind):
+                result = await provider.send(message)
         except TimeoutError:
             error = TransientError(f"no answer within {self._timeout}s", reason="timeout")
             outcome = "timeout"

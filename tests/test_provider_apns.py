@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import httpx
 import jwt
+import msgspec
 import pytest
 
 from clarion.config import Settings
@@ -105,7 +105,7 @@ async def test_background_and_critical(apns: ApnsStandin, provider: ApnsProvider
 
 
 async def test_expiry_becomes_apns_expiration(apns: ApnsStandin, provider: ApnsProvider) -> None:
-    await provider.send(dataclasses.replace(message("aa11"), expires_at=1_900_000_000.5))
+    await provider.send(msgspec.structs.replace(message("aa11"), expires_at=1_900_000_000.5))
 
     assert apns.received[0].headers["apns-expiration"] == "1900000000"
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import msgspec
 import pytest
 
 from clarion.config import Settings
@@ -82,7 +82,9 @@ async def test_data_values_are_sent_as_strings(fcm: FcmStandin, provider: FcmPro
 
 async def test_expiry_and_collapse_id(fcm: FcmStandin, provider: FcmProvider) -> None:
     later = time.time() + 600
-    await provider.send(dataclasses.replace(message("tok-a", collapse_id="c1"), expires_at=later))
+    await provider.send(
+        msgspec.structs.replace(message("tok-a", collapse_id="c1"), expires_at=later)
+    )
 
     android, apns = fcm.received[0]["android"], fcm.received[0]["apns"]
     assert android["collapse_key"] == "c1"

@@ -50,6 +50,9 @@ class FakeProvider(Provider):
 class Lookup:
     providers: dict[str, Provider]
 
+    def ready(self, tenant_id: str, channel: str, name: str) -> Provider | None:
+        return self.providers.get(name)
+
     async def sender(self, tenant_id: str, channel: str, name: str) -> Provider:
         return self.providers[name]
 

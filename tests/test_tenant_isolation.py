@@ -243,6 +243,30 @@ async def test_the_batcher_bisects_item_errors_and_fails_fast_on_outages() -> No
         await batcher.close()
 
 
+async def test_posted_items_are_written_and_a_failing_one_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    written: list[int] = []
+
+    async def flush(items: list[int]) -> list[None]:
+        if 7 in items:
+            raise ValueError("seven is poison")
+        written.extend(items)
+        return [None] * len(items)
+
+    batcher: Batcher[int, None] = Batcher(flush, max_items=100, name="acks")
+    batcher.start()
+    try:
+        for i in range(16):
+            batcher.post(i)
+        waited = batcher.put_nowait(16)  # a waited item in the same batch still gets its result
+        assert await waited is None  # written after the halves before it
+    finally:
+        await batcher.close()
+    assert sorted(written) == [i for i in range(17) if i != 7]
+    assert "acks: 1 posted item(s) failed" in caplog.text
+
+
 async def test_an_undecodable_entry_is_set_aside(redis_url: str) -> None:
     broker = RedisBroker(redis_url, lease=0.2, prefix="poison-test")
     await broker.start()

@@ -100,6 +100,9 @@ class RedisBroker(Broker):
             self._url, max_connections=MAX_CONNECTIONS, timeout=20, protocol=2, **reconnecting()
         )
         self._client = Redis.from_pool(pool)
+        # Entries as the server sent them: _messages reads their fields, without a dict,
+        # a tuple and a list built per entry by redis-py first.
+        self._client.set_response_callback("XREADGROUP", _as_sent)
         self._move_due = self._client.register_script(_MOVE_DUE)
         self._publish = self._client.register_script(_PUBLISH)
 
@@ -402,11 +405,23 @@ def _by_key(reply: Any) -> Iterable[tuple[bytes | str, Any]]:
     return [(key, entries) for key, entries in reply]
 
 
+def _as_sent(response: Any, **_: Any) -> Any:
+    return response
+
+
 def _messages(stream: str, entries: Any, redelivered: bool = False) -> list[Message]:
+    """The messages of stream entries: each ``(id, fields)``, its fields a dict (XAUTOCLAIM,
+    parsed by redis-py) or the server's flat list of names and values (XREADGROUP)."""
     messages = []
     for entry_id, fields in entries:
         if not fields:  # an entry deleted while pending (older servers report these)
             continue
+        if isinstance(fields, list):
+            if len(fields) == 2 and fields[0] == b"d":  # the payload alone: the usual entry
+                fields = {b"d": fields[1]}
+            else:
+                pairs = iter(fields)
+                fields = dict(zip(pairs, pairs, strict=False))
         ident = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         try:
             payload, poison = decode(fields[b"d"]), None

@@ -66,11 +66,15 @@ def _compile_string(source: str, field: str | None) -> Template | str:
         return source
     where = f"{field}: " if field else ""
     try:
-        return env.from_string(prepare(env, source))
+        template = env.from_string(prepare(env, source))
     except TemplateSyntaxError as exc:
         raise TemplateError(f"{where}line {exc.lineno}: {exc.message}", line=exc.lineno) from exc
     except TemplateError as exc:
         raise TemplateError(f"{where}{exc.message}", line=exc.line) from exc
+    # Every render makes a context that copies the keys of the template's globals: from a
+    # plain dict, not the ChainMap over the environment's (which never changes once made).
+    template.globals = dict(template.globals)
+    return template
 
 
 def _compile_tree(node: Any, field: str | None) -> Any:
@@ -91,15 +95,16 @@ class _Unusable:
 
 
 def _render_tree(node: Any, variables: dict[str, Any]) -> Any:
-    if isinstance(node, str) or node is None or isinstance(node, (int, float, bool)):
-        return node
-    if isinstance(node, _Unusable):
-        raise TemplateError(node.message)
+    # Most common first: a compiled tree holds dicts, templates, lists and plain values.
     if isinstance(node, dict):
         return {key: _render_tree(value, variables) for key, value in node.items()}
+    if isinstance(node, Template):
+        return _render_one(node, variables)
     if isinstance(node, list):
         return [_render_tree(value, variables) for value in node]
-    return _render_one(node, variables)
+    if isinstance(node, _Unusable):
+        raise TemplateError(node.message)
+    return node
 
 
 def _render_one(template: Template, variables: dict[str, Any]) -> str:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import IO, Any
@@ -117,14 +117,25 @@ def bind(**ids: Any) -> None:
     _IDS.set({**_IDS.get(), **ids})
 
 
-@contextmanager
-def bound(**ids: Any) -> Iterator[None]:
+class _Bound:
+    """The context manager :func:`bound` returns: a class, not a generator, since a channel
+    worker enters one per delivery."""
+
+    __slots__ = ("_ids", "_token")
+
+    def __init__(self, ids: Mapping[str, Any]) -> None:
+        self._ids = ids
+
+    def __enter__(self) -> None:
+        self._token = _IDS.set({**_IDS.get(), **self._ids})
+
+    def __exit__(self, *_: object) -> None:
+        _IDS.reset(self._token)
+
+
+def bound(**ids: Any) -> AbstractContextManager[None]:
     """Ids carried by every log line inside the block (this task only)."""
-    token = _IDS.set({**_IDS.get(), **ids})
-    try:
-        yield
-    finally:
-        _IDS.reset(token)
+    return _Bound(ids)
 
 
 def _merge_ids(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

@@ -28,8 +28,9 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+
+from msgspec.structs import replace
 
 from clarion.domain.delivery import Delivery
 

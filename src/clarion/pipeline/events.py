@@ -74,7 +74,7 @@ class EventDispatcher:
         if not _well_formed(message.payload):
             # Taking it again would fail again: drop it.
             log.error("events: dropped a malformed message %s", message.id)
-            self._acks.put_nowait(message)
+            self._acks.post(message)
             return
         try:
             retries = await self._dispatch(message.payload)
@@ -84,7 +84,7 @@ class EventDispatcher:
             # Not acked: the message comes back after its lease and is tried again.
             log.warning("event %s: dispatching failed: %r", _event_id(message.payload), exc)
             return
-        self._acks.put_nowait(message)
+        self._acks.post(message)
         self._ctx.made_progress()
 
     async def _dispatch(self, payload: dict[str, Any]) -> list[Delayed]:

@@ -74,6 +74,34 @@ def _planning_topic(note: dict[str, Any]) -> bool:
     )
 
 
+def _common_row(note: dict[str, Any], policy: CategoryPolicy, now: datetime) -> dict[str, Any]:
+    """What the rows of a notification's deliveries share (a new row is a copy)."""
+    return {
+        "id": None,
+        "notification_id": note["id"],
+        "tenant_id": note["tenant_id"],
+        "recipient_id": None,
+        "channel": None,
+        "provider": None,
+        "priority": note["priority"],
+        "status": DeliveryStatus.QUEUED,
+        "reason": None,
+        "attempts": 0,
+        "last_error": None,
+        "address": None,
+        "content": None,
+        "provider_message_id": None,
+        "category": policy.name,
+        "fallback": None,
+        "critical": policy.critical,
+        "scheduled_for": None,
+        "expires_at": as_utc(note["expires_at"]),
+        "created_at": now,
+        "updated_at": now,
+        "sent_at": None,
+    }
+
+
 class Planner:
     def __init__(self, ctx: Context, consumer: str) -> None:
         self._ctx = ctx
@@ -250,12 +278,16 @@ class Planner:
         if note.get("digest_of") is not None:
             version = version.digest_version()
         digestible = holding.digestible(note, version, policy)
+        # What is the same for every recipient of the notification, worked out once.
+        channels = candidate_channels(list(version.channels), note["channels"], policy)
+        tenant, nid = note["tenant_id"], note["id"]
+        common = _common_row(note, policy, now)
+        providers = {channel: self._ctx.providers.name_for(tenant, channel) for channel in channels}
         rows = []
         for rid in note["recipient_ids"]:
-            recipient = people.get((note["tenant_id"], rid))
+            recipient = people.get((tenant, rid))
             if recipient is None:
                 continue
-            channels = candidate_channels(list(version.channels), note["channels"], policy)
             decision = decide(
                 channels=channels,
                 preferences=Preferences.from_json(recipient.get("preferences")),
@@ -267,7 +299,12 @@ class Planner:
             )
             context = render_context(note, recipient)
             for channel in channels:
-                row = self._row(note, rid, channel, address_for(channel, recipient), now, policy)
+                row = common.copy()
+                row["id"] = delivery_id(nid, rid, channel)
+                row["recipient_id"] = rid
+                row["channel"] = channel
+                row["provider"] = providers[channel]
+                row["address"] = address_for(channel, recipient)
                 if channel in digestible:
                     holding.offer(row, note, policy)
                 self._settle(row, decision, version, recipient, context, now)
@@ -308,40 +345,6 @@ class Planner:
             else:
                 reason = decision.deferred_for.get(channel, "deferred")
                 row.update(status=DeliveryStatus.SCHEDULED, reason=reason, scheduled_for=until)
-
-    def _row(
-        self,
-        note: dict[str, Any],
-        rid: str,
-        channel: str,
-        address: Any,
-        now: datetime,
-        policy: CategoryPolicy,
-    ) -> dict[str, Any]:
-        return {
-            "id": delivery_id(note["id"], rid, channel),
-            "notification_id": note["id"],
-            "tenant_id": note["tenant_id"],
-            "recipient_id": rid,
-            "channel": channel,
-            "provider": self._ctx.providers.name_for(note["tenant_id"], channel),
-            "priority": note["priority"],
-            "status": DeliveryStatus.QUEUED,
-            "reason": None,
-            "attempts": 0,
-            "last_error": None,
-            "address": address,
-            "content": None,
-            "provider_message_id": None,
-            "category": policy.name,
-            "fallback": None,
-            "critical": policy.critical,
-            "scheduled_for": None,
-            "expires_at": as_utc(note["expires_at"]),
-            "created_at": now,
-            "updated_at": now,
-            "sent_at": None,
-        }
 
     @staticmethod
     def _fallback(

@@ -114,7 +114,7 @@ class ChannelWorker:
         fresh = []
         for message in messages:
             if message.payload.get("id") in done:
-                self._acks.put_nowait(message)
+                self._acks.post(message)
             else:
                 fresh.append(message)
         return fresh
@@ -125,10 +125,14 @@ class ChannelWorker:
         except MalformedDelivery as exc:
             # Nothing to store an outcome against: taken again it would fail again.
             log.error("%s: message %s dropped: %s", self.channel, message.id, exc)
-            self._acks.put_nowait(message)
+            self._acks.post(message)
             return
-        ids = {"tenant_id": delivery.tenant, "notification_id": delivery.notification}
-        with logs.bound(**ids, delivery_id=delivery.id), tracing.attempt(delivery) as trace:
+        ids = logs.bound(
+            tenant_id=delivery.tenant,
+            notification_id=delivery.notification,
+            delivery_id=delivery.id,
+        )
+        with ids, tracing.attempt(delivery) as trace:
             try:
                 attempt = await self._attempts.run(delivery)
             except Exception as exc:
@@ -147,7 +151,7 @@ class ChannelWorker:
                 # Not acked: the message comes back after its lease and is tried again.
                 log.warning("delivery %s: storing the outcome failed: %r", change.delivery_id, exc)
                 return
-        self._acks.put_nowait(message)
+        self._acks.post(message)
         self._ctx.made_progress()
         # A retry spends an attempt; waiting for a provider (breaker, rate limit) does not.
         retried = retry is not None and change.attempts == delivery.attempt

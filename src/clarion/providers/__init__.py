@@ -66,6 +66,9 @@ class ProviderSet:
         self._shared: dict[str, Provider] = {}
         # (tenant, channel) pairs already warned of going to the sandbox.
         self._sandboxed: set[tuple[str, str]] = set()
+        # The spec of the built-in or default provider of a (tenant, channel) with none of
+        # its own: made once, not per delivery.
+        self._defaults: dict[tuple[str, str], ProviderSpec] = {}
         # Live inbox pushes for the in-app provider (set by the process's context).
         self.hub: Hub | None = None
         self._instances: dict[tuple[str, str], tuple[ProviderSpec, Provider]] = {}
@@ -109,10 +112,17 @@ class ProviderSet:
         specs = self._catalog.chain(tenant_id, channel)
         if specs or self._catalog.configured(tenant_id, channel):
             return specs
-        name = self.default_name(channel)
-        if name == "sandbox" and (tenant_id, channel) not in self._sandboxed:
-            self._sandbox_warning(tenant_id, channel)
-        return [ProviderSpec(tenant_id=tenant_id, name=name, kind=name, channel=channel, config={})]
+        key = (tenant_id, channel)
+        default = self._defaults.get(key)
+        if default is None:
+            name = self.default_name(channel)
+            if name == "sandbox" and key not in self._sandboxed:
+                self._sandbox_warning(tenant_id, channel)
+            default = ProviderSpec(
+                tenant_id=tenant_id, name=name, kind=name, channel=channel, config={}
+            )
+            self._defaults[key] = default
+        return [default]
 
     def _sandbox_warning(self, tenant_id: str, channel: str) -> None:
         """Once per tenant and channel in a process: on a production store, a channel that
@@ -154,6 +164,25 @@ class ProviderSet:
                 reason="secret_key_mismatch",
             )
         return await self._instance(entry.spec)
+
+    def ready(self, tenant_id: str, channel: str, name: str) -> Provider | None:
+        """What :meth:`sender` would return, when that needs no wait: the tenant's settings
+        are fresh and the provider is built. None: ask :meth:`sender` (it loads, builds or
+        raises). A channel worker's send takes this path for all but its first delivery
+        of a provider in each ``provider_cache_ttl``."""
+        if channel == "push" or not self._catalog.is_fresh(tenant_id):
+            return None
+        entry = self._catalog.entry(tenant_id, name)
+        if entry is None:
+            return self._shared.get(name) if name in BUILT_IN_NAMES else None
+        spec = entry.spec
+        if spec.kind in kinds.BUILT_IN:
+            return self._shared.get(spec.kind)
+        current = self._instances.get((tenant_id, name))
+        # ``_instance`` keeps the entry's own spec, so an unchanged one is the same object.
+        if current is None or current[0] is not spec or entry.error is not None:
+            return None
+        return current[1]
 
     async def sender(self, tenant_id: str, channel: str, name: str) -> Provider:
         """What sends a delivery planned for provider ``name``: for push through an APNs or
@@ -221,6 +250,8 @@ class ProviderSet:
         key = (spec.tenant_id, spec.name)
         current = self._instances.get(key)
         if current is not None and current[0] == spec:
+            if current[0] is not spec:  # reloaded, unchanged: :meth:`ready` compares by identity
+                self._instances[key] = (spec, current[1])
             return current[1]
         async with self._build_lock:
             current = self._instances.get(key)

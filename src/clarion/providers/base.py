@@ -16,19 +16,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from clarion.config import Settings
 
 
-@dataclass(frozen=True, slots=True)
-class OutboundMessage:
+class OutboundMessage(msgspec.Struct, frozen=True):
     """One delivery, rendered and addressed, ready for a provider.
 
     ``to`` is the channel's address: an email address, an E.164 phone number, a list of push
     tokens (``{"platform", "token"}``), a list of web push subscriptions, a URL, or the
     recipient id for in-app. ``category`` and ``critical`` come from the template's category.
+    Immutable; a ``msgspec.Struct`` since one is made per send (``msgspec.structs.replace``
+    makes a changed copy).
     """
 
     delivery_id: str

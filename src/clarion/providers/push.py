@@ -15,9 +15,10 @@ sends its tokens concurrently. Both combine what came back by one rule (:func:`c
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
+
+import msgspec
 
 from clarion.errors import PermanentError, ProviderError, TransientError
 from clarion.providers.base import OutboundMessage, Provider, SendResult
@@ -149,4 +150,4 @@ class PushFanout(Provider):
 
 def _narrowed(message: OutboundMessage, platform: str) -> OutboundMessage:
     to = [{"platform": platform, "token": token} for token in tokens_for(message, platform)]
-    return dataclasses.replace(message, to=to)
+    return msgspec.structs.replace(message, to=to)

@@ -13,7 +13,6 @@ attempts go to the second. When every breaker is open the outcome is
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -25,6 +24,7 @@ from clarion.observability import metrics, tracing
 from clarion.providers.base import OutboundMessage, Provider, SendResult
 from clarion.providers.kinds import UNGUARDED
 from clarion.resilience.breaker import BreakerKey, CircuitBreaker
+from clarion.resilience.deadlines import Deadlines
 from clarion.resilience.ratelimit import PACE_MAX_WAIT, RateLimiter
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ class Candidate(Protocol):
 
 class ProviderLookup(Protocol):
     """Where provider instances come from (``ProviderSet`` is one)."""
+
+    def ready(self, tenant_id: str, channel: str, name: str) -> Provider | None:
+        """The provider when it is at hand without waiting; None: ask :meth:`sender`."""
 
     async def sender(self, tenant_id: str, channel: str, name: str) -> Provider: ...
 
@@ -108,6 +111,8 @@ class SendChain:
         self._limiter = limiter
         self._providers = providers
         self._timeout = timeout
+        # One timer for every call in flight, not one per call (resilience/deadlines.py).
+        self._deadline = Deadlines(timeout)
         self._max_pace_wait = max_pace_wait
         self._unguarded = frozenset(unguarded)
 
@@ -118,17 +123,28 @@ class SendChain:
                 f"no enabled provider for channel {message.channel!r}", reason="no_provider"
             )
             return Failed("", error)
-        chosen = await self._choose(message.tenant_id, message.channel, candidates)
-        if isinstance(chosen, NoHealthyProvider):
-            return chosen
+        # The common case awaits nothing before the call: an unguarded first provider (no
+        # breaker to ask), already built, with no rate limit.
+        first = candidates[0]
+        if self._is_unguarded(first):
+            chosen = first
+        else:
+            choice = await self._choose(message.tenant_id, message.channel, candidates)
+            if isinstance(choice, NoHealthyProvider):
+                return choice
+            chosen = choice
         # The provider is built (and its connections opened) before its rate-limit slot is
         # taken, so that the send leaves when its slot comes, not a connection later.
-        provider = await self._provider(message, chosen.name)
-        if isinstance(provider, Failed):
-            return provider
-        throttled = await self._pace(message.tenant_id, message.channel, chosen)
-        if throttled is not None:
-            return throttled
+        provider = self._providers.ready(message.tenant_id, message.channel, chosen.name)
+        if provider is None:
+            found = await self._provider(message, chosen.name)
+            if isinstance(found, Failed):
+                return found
+            provider = found
+        if chosen.rate_limit_per_second:
+            throttled = await self._pace(message.tenant_id, message.channel, chosen)
+            if throttled is not None:
+                return throttled
         return await self._call(message, chosen, provider)
 
     async def _choose(
@@ -193,9 +209,8 @@ class SendChain:
         error: BaseException
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._timeout):
-                with tracing.provider_call(message, name, kind):
-                    result = await provider.send(message)
+            with self._deadline(), tracing.provider_call(message, name, kind):
+                result = await provider.send(message)
         except TimeoutError:
             error = TransientError(f"no answer within {self._timeout}s", reason="timeout")
             outcome = "timeout"
@@ -204,7 +219,8 @@ class SendChain:
             outcome = _outcome_of(exc)
         else:
             metrics.provider_call(message.channel, kind, "ok", time.perf_counter() - started)
-            await self._record(message.tenant_id, chosen, True)
+            if not self._is_unguarded(chosen):
+                await self._record(message.tenant_id, chosen, True)
             return Sent(name, result, kind)
         metrics.provider_call(message.channel, kind, outcome, time.perf_counter() - started)
         # A permanent error is the provider answering: it says nothing against its health.

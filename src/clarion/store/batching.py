@@ -75,7 +75,8 @@ class Batcher(Generic[T, R]):
         self._max = max_items
         self._concurrency = concurrency
         self._name = name
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        # Each item with the future its caller waits on (None: no one waits, see ``post``).
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R] | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.flushes = 0
 
@@ -96,6 +97,11 @@ class Batcher(Generic[T, R]):
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((item, future))
         return future
+
+    def post(self, item: T) -> None:
+        """Queue an item whose result no one waits for (an ack): no future is made for it;
+        if it fails, the failure is logged."""
+        self._queue.put_nowait((item, None))
 
     async def submit_many(self, items: Sequence[T]) -> list[R]:
         loop = asyncio.get_running_loop()
@@ -121,13 +127,13 @@ class Batcher(Generic[T, R]):
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _write(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _write(self, batch: list[tuple[T, asyncio.Future[R] | None]]) -> None:
         items = [item for item, _ in batch]
         try:
             results = await self._flush(items)
         except asyncio.CancelledError:
             for _, future in batch:
-                if not future.done():
+                if future is not None and not future.done():
                     future.cancel()
             raise
         except Exception as exc:
@@ -138,13 +144,18 @@ class Batcher(Generic[T, R]):
                 await self._write(batch[middle:])
                 return
             log.debug("%s: batch of %d failed: %r", self._name, len(items), exc)
+            posted = 0
             for _, future in batch:
-                if not future.done():
+                if future is None:
+                    posted += 1
+                elif not future.done():
                     future.set_exception(exc)
+            if posted:
+                log.warning("%s: %d posted item(s) failed: %r", self._name, posted, exc)
             return
         self.flushes += 1
         for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_result(result)
 
     async def close(self) -> None:

@@ -38,6 +38,10 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+_SQLITE_MMAP = 256 * 1024 * 1024
+_SQLITE_CACHE_KIB = 32 * 1024
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.database_url
     if url.startswith("sqlite"):
@@ -59,6 +63,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA secure_delete=ON")
+            # Pages read through a memory map rather than a read() each, and a page cache of
+            # 32 MiB per connection instead of 2: the hot tables' indexes stay in memory.
+            cursor.execute(f"PRAGMA mmap_size={_SQLITE_MMAP}")
+            cursor.execute(f"PRAGMA cache_size=-{_SQLITE_CACHE_KIB}")
             cursor.close()
 
         return engine

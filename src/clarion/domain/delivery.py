@@ -86,6 +86,8 @@ class Delivery:
             category=row.get("category"),
             critical=bool(row.get("critical")),
             fallback=row.get("fallback"),
+            # A row read with its notification's stored traceparent (store/deliveries.py).
+            trace=_traceparent(row.get("trace")),
         )
 
     def to_payload(self) -> dict[str, Any]:

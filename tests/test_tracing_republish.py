@@ -17,6 +17,7 @@ import redis
 from clarion.observability import tracing
 from clarion.pipeline.digests import DigestCloser
 from clarion.pipeline.runtime import Roles
+from clarion.resilience.breaker import BreakerKey
 from clarion.store.db import utcnow
 from harness import Harness, make_settings, running
 from webhook_sink import Received, WebhookSink
@@ -276,3 +277,38 @@ async def test_a_digest_is_a_trace_linked_to_what_it_holds(
         _, accept = _request_of(spans, item)
         assert _links_to(made, accept)
     assert_joined(spans, nid, made, attempts=1)
+
+
+async def test_a_fallback_channel_stays_in_the_trace(
+    exported: InMemorySpanExporter, backend: tuple[str, str]
+) -> None:
+    settings = make_settings(*backend, breaker_min_calls=3, breaker_cooldown=600.0)
+    async with running(settings) as app:
+        response = await app.client.put(
+            "/v1/providers/push-main",
+            json={"channel": "push", "kind": "sandbox", "config": {}},
+            headers=app.auth,
+        )
+        assert response.status_code == 200, response.text
+        template = {
+            "category": "security",
+            "channels": {"push": {"title": "Sign-in", "body": "New"}, "sms": {"text": "New"}},
+            "fallbacks": {"push": "sms"},
+        }
+        await app.put_template("signin", template)
+        await app.put_recipient(
+            "u1", phone="+14155550100", push_tokens=[{"platform": "fcm", "token": "tok-1"}]
+        )
+        key = BreakerKey(app.tenant_id, "push-main")
+        for _ in range(3):
+            await app.ctx.resilience.breakers.record(key, False)
+        body = {"template": "signin", "to": {"recipient_id": "u1"}, "channels": ["push"]}
+        nid = await _send(app, body)
+        await app.drain()
+        by_channel = {d["channel"]: d for d in (await app.notification(nid))["deliveries"]}
+        assert by_channel["sms"]["status"] == "sent"
+    spans = list(exported.get_finished_spans())
+    _, accept = _request_of(spans, nid)
+    assert_joined(spans, nid, accept, attempts=2)
+    sms = _named(spans, "delivery.attempt", notification_id=nid, channel="sms")
+    assert len(sms) == 1

@@ -1,8 +1,8 @@
 """trace context: the W3C traceparent a notification (and a schedule) was made in
 
-Revision ID: 0016
-Revises: 0015
-Create Date: 2026-11-23 16:10:00
+Revision ID: 0017
+Revises: 0016
+Create Date: 2026-11-23 17:20:00
 """
 
 from collections.abc import Sequence
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0016"
-down_revision: str | None = "0015"
+revision: str = "0017"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

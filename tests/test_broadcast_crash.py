@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+import redis
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from clarion.store.tables import deliveries, notifications, outbox
@@ -39,6 +40,12 @@ FAST = {
 }
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.postgres, pytest.mark.redis]
+
+
+_BUSY = (
+    "SELECT pid, state, wait_event_type, wait_event, now() - xact_start, left(query, 160) "
+    "FROM pg_stat_activity WHERE state <> 'idle' AND pid <> pg_backend_pid()"
+)
 
 
 @pytest.fixture
@@ -93,13 +100,22 @@ async def test_worker_killed_during_a_broadcast(
         return f"deliveries by status: {last}\n{procs.report()}"
 
     async def planning() -> str:
-        """Where the broadcast's planning stands (for a failure's message)."""
+        """Where the broadcast's planning stands (for a failure's message): the
+        notification, its outbox row, the plan stream, and what the database is doing."""
         n, o = notifications, outbox
         async with engine.connect() as conn:
             query = select(n.c.status, n.c.planned_through, n.c.planned_at)
             notes = (await conn.execute(query)).all()
             boxes = (await conn.execute(select(o.c.notification_id, o.c.available_at))).all()
-        return f"notifications: {notes}\noutbox: {boxes}\nnow: {datetime.now(UTC)}"
+            busy = (await conn.execute(text(_BUSY))).all()
+        with redis.Redis.from_url(redis_url) as broker:
+            plan = [
+                (k, broker.xlen(k), broker.xpending(k, "clarion")) for k in broker.keys("*plan*")
+            ]
+        return (
+            f"notifications: {notes}\noutbox: {boxes}\nnow: {datetime.now(UTC)}\n"
+            f"plan stream: {plan}\nbusy backends: {busy}"
+        )
 
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:

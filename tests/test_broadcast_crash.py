@@ -110,7 +110,8 @@ async def test_worker_killed_during_a_broadcast(
             busy = (await conn.execute(text(_BUSY))).all()
         with redis.Redis.from_url(redis_url) as broker:
             plan = [
-                (k, broker.xlen(k), broker.xpending(k, "clarion")) for k in broker.keys("*plan*")
+                (k, broker.xlen(k), broker.xpending_range(k, "clarion", "-", "+", 10))
+                for k in broker.keys("*plan*")
             ]
         return (
             f"notifications: {notes}\noutbox: {boxes}\nnow: {datetime.now(UTC)}\n"

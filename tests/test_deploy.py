@@ -86,6 +86,24 @@ def test_promtool_accepts_config_and_rules() -> None:
     assert rules.returncode == 0, rules.stdout + rules.stderr
     config = run(promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"))
     assert config.returncode == 0, config.stdout + config.stderr
+    # The rules' own tests: a growing dead-letter backlog fires, a steady one does not.
+    tests = run(promtool, "test", "rules", str(DEPLOY / "prometheus" / "alerts_test.yml"))
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+
+
+def test_the_dashboard_shows_every_backlog() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "clarion.json").read_text())
+    shown = {m for e in expressions(dashboard) for m in METRIC.findall(e)}
+    backlogs = {
+        "clarion_stream_lag",
+        "clarion_stream_pending",
+        "clarion_outbox_backlog",
+        "clarion_dead_letter_backlog",
+        "clarion_dead_letter_backlog_capped",
+    }
+    assert backlogs - shown == set()
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
 
 
 def test_kustomize_renders_probes_and_budgets() -> None:

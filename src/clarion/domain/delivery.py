@@ -88,6 +88,8 @@ class Delivery(msgspec.Struct, frozen=True):
             category=row.get("category"),
             critical=bool(row.get("critical")),
             fallback=row.get("fallback"),
+            # A row read with its notification's stored traceparent (store/deliveries.py).
+            trace=_traceparent(row.get("trace")),
         )
 
     def to_payload(self) -> dict[str, Any]:

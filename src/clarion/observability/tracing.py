@@ -13,6 +13,15 @@ span *linked* to the contexts of its items, never a parent of millions of childr
 each). Each attempt at a delivery is a ``delivery.attempt`` span, a child of the context
 the delivery carried, and its provider call a ``provider.send`` client span within it.
 
+The context is stored with the notification (``notifications.trace``), so whatever
+publishes it or its deliveries again carries it too: the outbox relay (a scheduled
+``send_at``, or a publish the API never made), the sweeper, embedded recovery, a
+dead-letter replay; a retry and a fallback keep the context of the delivery they follow.
+What the scheduler role makes starts a trace of its own, linked to where it came from: a
+recurring schedule's run (``schedule.run``, linked to the request that stored the
+schedule) and a digest (``digest.close``, linked to the notifications it sums up); the
+notifications they make keep that trace's context the same way.
+
 Outbound HTTP requests carry their span's context as a W3C ``traceparent`` header, so a
 receiver that traces continues the trace: the webhook provider's POST (the
 ``provider.send`` span, :func:`outbound`), and each status-event POST (an
@@ -192,14 +201,19 @@ def batch(name: str, traces: Iterable[object], size: int, **attributes: Any) -> 
     return _batch(name, traces, size, attributes)
 
 
+def _batch(name: str, traces: Iterable[object], size: int, attributes: dict[str, Any]) -> Any:
+    return _root(name, traces, {**attributes, "clarion.batch.size": size}, "clarion.batch")
+
+
 @contextlib.contextmanager
-def _batch(
-    name: str, traces: Iterable[object], size: int, attributes: dict[str, Any]
+def _root(
+    name: str, traces: Iterable[object], attributes: dict[str, Any], prefix: str
 ) -> Iterator[None]:
+    """A root span linked to ``traces`` (``<prefix>.linked``: how many links it has)."""
     from opentelemetry import context
 
     links = _links(traces)
-    values = {**attributes, "clarion.batch.size": size, "clarion.batch.linked": len(links)}
+    values = {**attributes, f"{prefix}.linked": len(links)}
     with _live().start_as_current_span(
         name, context=context.Context(), links=links, attributes=values
     ):
@@ -266,6 +280,41 @@ def stamped(
         return d if trace == d.trace else replace(d, trace=trace)
 
     return [stamp(d) for d in ready], [(stamp(d), due) for d, due in later]
+
+
+# -- what the scheduler role makes: new traces linked to where they came from -------------
+
+
+def schedule_run(run: Mapping[str, Any], configured: object) -> Any:
+    """``schedule.run``: a recurring schedule's run making its notifications. A trace of
+    its own (a schedule fires for months), linked to the request that stored the schedule
+    (``configured``: its traceparent, if it was traced); the notifications made within it
+    keep its context, so their planning and attempts join this trace."""
+    if not ON:
+        return _NOOP
+    values = {
+        "clarion.tenant_id": str(run.get("tenant_id")),
+        "clarion.schedule": str(run.get("schedule")),
+        "clarion.schedule.run_id": str(run.get("id")),
+        "clarion.schedule.zone": str(run.get("zone")),
+    }
+    return _root("schedule.run", [configured], values, "clarion.schedule")
+
+
+def digest(tenant_id: str, notification_id: str, held: Sequence[object]) -> str | None:
+    """``digest.close``: a digest notification made of held ones. A trace of its own,
+    linked to the traces of the notifications it sums up (``held``: their traceparents);
+    returns its traceparent, which the digest keeps like any notification (None when
+    off)."""
+    if not ON:
+        return None
+    values = {
+        "clarion.tenant_id": tenant_id,
+        "clarion.notification_id": notification_id,
+        "clarion.digest.items": len(held),
+    }
+    with _root("digest.close", held, values, "clarion.digest"):
+        return traceparent()
 
 
 # -- spans of one item -------------------------------------------------------------------

@@ -16,7 +16,7 @@ stores the outcome and acks.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -163,7 +163,9 @@ class Attempts:
         try:
             created = await delivery_store.insert_one(self._ctx.engine, row)
             if created:
-                await publish_deliveries(self._ctx.broker, [Delivery.from_row(row)])
+                # The fallback stays in the trace of the delivery it stands in for.
+                switched = replace(Delivery.from_row(row), trace=delivery.trace)
+                await publish_deliveries(self._ctx.broker, [switched])
         except Exception as exc:
             log.warning("delivery %s: creating the fallback failed: %r", delivery.id, exc)
             return None

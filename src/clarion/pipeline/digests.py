@@ -22,6 +22,7 @@ from clarion.domain.digests import digest_key
 from clarion.domain.models import PLAN_STREAM, DeliveryStatus, Priority
 from clarion.domain.preferences import HELD_FOR_DIGEST, CategoryPolicy
 from clarion.domain.rendering import CompiledVersion
+from clarion.observability import tracing
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import plan_payload
 from clarion.store import digests as store
@@ -113,12 +114,16 @@ class DigestCloser:
         now = now or utcnow()
         engine = self._ctx.engine
         closed = await store.close_due(
-            engine, now, _CLOSE_BATCH, outbox_grace=self._ctx.settings.outbox_grace
+            engine,
+            now,
+            _CLOSE_BATCH,
+            outbox_grace=self._ctx.settings.outbox_grace,
+            trace=tracing.digest,
         )
         if closed:
             log.info("closed %d digest windows", len(closed))
             try:
-                payloads = [plan_payload(c.notification_id, c.tenant_id) for c in closed]
+                payloads = [plan_payload(c.notification_id, c.tenant_id, c.trace) for c in closed]
                 await self._ctx.broker.publish(PLAN_STREAM, payloads)
             except Exception as exc:  # the relay publishes them from the outbox instead
                 log.warning("publishing %d digests failed: %r", len(closed), exc)

@@ -81,10 +81,15 @@ class Intake:
         An item the store refuses on its own is refused alone (a 422 ``unstorable``); an
         outage fails the request (a 503)."""
         with tracing.accepting(items):
+            trace = tracing.traceparent()  # None unless tracing is on
+            if trace is not None:
+                # Stored with each notification: a later publish (the relay's, the
+                # sweeper's, a replay's) joins this trace, even after a crash.
+                for item in items:
+                    item.trace = trace
             results = await asyncio.gather(
                 *(self._commits.put_nowait(item) for item in items), return_exceptions=True
             )
-            trace = tracing.traceparent()  # None unless tracing is on
         outcomes = [_outcome(result) for result in results]
         metrics.notifications(outcomes, items)
         for item, outcome in zip(items, outcomes, strict=True):

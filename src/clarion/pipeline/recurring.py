@@ -21,6 +21,7 @@ from clarion.domain.cron import RECIPIENT, Cron, next_look, window_start
 from clarion.domain.cron import zone as zone_info
 from clarion.domain.models import PLAN_STREAM
 from clarion.errors import ApiError
+from clarion.observability import tracing
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import plan_payload
 from clarion.store import notifications as notification_store
@@ -143,6 +144,12 @@ class Recurring:
         if not schedule["enabled"]:
             await runs.finish(engine, run, runs.SKIPPED, self._ctx.clock(), "schedule disabled")
             return
+        with tracing.schedule_run(run, schedule.get("trace")):
+            await self._make(run, schedule)
+
+    async def _make(self, run: dict[str, Any], schedule: dict[str, Any]) -> None:
+        """Make the run's notifications, from its cursor on."""
+        engine = self._ctx.engine
         to = schedule["notification"]["to"]
         if to.get("topic") and schedule["timezone"] != RECIPIENT:
             # The whole topic at one time: one topic send, planned in chunks as any other.
@@ -167,6 +174,7 @@ class Recurring:
         topic) and record it; False when the run ends here (failed, or no longer ours)."""
         engine, clock = self._ctx.engine, self._ctx.clock
         new = self._notification(run, schedule, ids)
+        new.trace = tracing.traceparent()  # the run's span (tracing on), kept with it
         [outcome] = await notification_store.accept(
             engine, [new], outbox_grace=self._ctx.settings.outbox_grace, pg=self._ctx.pg
         )
@@ -176,7 +184,7 @@ class Recurring:
             )
             return False
         if outcome.created:
-            await self._publish(outcome.id, run["tenant_id"])
+            await self._publish(outcome.id, run["tenant_id"], new.trace)
         lease = clock() + timedelta(seconds=self._ctx.settings.broker_lease)
         return await runs.step(
             engine,
@@ -187,9 +195,10 @@ class Recurring:
             lease_until=lease,
         )
 
-    async def _publish(self, notification_id: str, tenant_id: str) -> None:
+    async def _publish(self, notification_id: str, tenant_id: str, trace: str | None) -> None:
         try:
-            await self._ctx.broker.publish(PLAN_STREAM, [plan_payload(notification_id, tenant_id)])
+            payload = plan_payload(notification_id, tenant_id, trace)
+            await self._ctx.broker.publish(PLAN_STREAM, [payload])
         except Exception as exc:  # the relay publishes it from the outbox instead
             log.warning("publishing scheduled notification %s failed: %r", notification_id, exc)
 

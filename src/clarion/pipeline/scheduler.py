@@ -16,7 +16,7 @@ from clarion.store import deliveries as delivery_store
 from clarion.store import notifications as notification_store
 from clarion.store import retention
 from clarion.store.db import utcnow
-from clarion.store.tables import outbox
+from clarion.store.tables import notifications, outbox
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,8 @@ _SWEEP_BATCH = 1000
 
 
 class Relay:
-    """Publishes due outbox rows: scheduled notifications, and any the API did not."""
+    """Publishes due outbox rows: scheduled notifications, and any the API did not, each
+    with the trace context it was accepted in."""
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
@@ -39,21 +40,24 @@ class Relay:
         )
         if not ids:
             return 0
-        tenants = await self._tenants_of(ids)
+        found = await self._tenants_of(ids)
         await self._ctx.broker.publish(
-            PLAN_STREAM, [plan_payload(nid, tenants[nid]) for nid in ids if nid in tenants]
+            PLAN_STREAM, [plan_payload(nid, *found[nid]) for nid in ids if nid in found]
         )
         self._ctx.made_progress()
         return len(ids)
 
-    async def _tenants_of(self, ids: list[str]) -> dict[str, str]:
+    async def _tenants_of(self, ids: list[str]) -> dict[str, tuple[str, str | None]]:
+        """Each notification's tenant, and the trace it was accepted in (if traced)."""
+        o, n = outbox, notifications
+        query = (
+            select(o.c.notification_id, o.c.tenant_id, n.c.trace)
+            .select_from(o.outerjoin(n, n.c.id == o.c.notification_id))
+            .where(o.c.notification_id.in_(ids))
+        )
         async with self._ctx.engine.connect() as conn:
-            rows = await conn.execute(
-                select(outbox.c.notification_id, outbox.c.tenant_id).where(
-                    outbox.c.notification_id.in_(ids)
-                )
-            )
-            return {row.notification_id: row.tenant_id for row in rows}
+            rows = await conn.execute(query)
+            return {row.notification_id: (row.tenant_id, row.trace) for row in rows}
 
 
 class Sweeper:

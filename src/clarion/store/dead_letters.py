@@ -3,7 +3,8 @@
 A replay is a claim in the store: one ``UPDATE ... WHERE status = 'dead'`` moves the rows
 back to ``queued`` (attempts 0, reason and error cleared) and returns exactly the rows it
 changed, so two replays running at once never publish the same delivery twice. Each
-replayed delivery gets a ``replayed`` event; its earlier events stay.
+replayed delivery gets a ``replayed`` event; its earlier events stay. The rows come back
+with their notification's stored traceparent, so a replay joins the original trace.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from clarion.domain.models import DeliveryStatus
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.notifications import delivery_to_public
 from clarion.store.sql import chunks
-from clarion.store.tables import deliveries, delivery_events
+from clarion.store.tables import deliveries, delivery_events, notifications
 
 MAX_REPLAY = 10_000
 REPLAYED = "replayed"
@@ -149,7 +150,21 @@ async def _claim(conn: AsyncConnection, ids_query: Any) -> list[dict[str, Any]]:
     ]
     for part in chunks(events, 1000):
         await conn.execute(delivery_events.insert(), part)
+    await _add_traces(conn, rows)
     return rows
+
+
+async def _add_traces(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Each row's notification's stored traceparent (``trace``): a replayed delivery
+    joins the trace its notification was accepted in."""
+    n = notifications
+    ids = sorted({row["notification_id"] for row in rows})
+    traces: dict[str, str | None] = {}
+    for part in chunks(ids, 1000):
+        query = select(n.c.id, n.c.trace).where(n.c.id.in_(part), n.c.trace.is_not(None))
+        traces.update((row.id, row.trace) for row in await conn.execute(query))
+    for row in rows:
+        row["trace"] = traces.get(row["notification_id"])
 
 
 async def replay_one(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, func, or_, select, update
+from sqlalchemy import Select, String, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.bounded import bounded
@@ -265,6 +265,15 @@ async def _apply_set_based(pg: PgPool, changes: Sequence[StatusChange], now: dat
     await bulk.apply_changes(pg, list(latest.values()), events, now)
 
 
+def _with_trace() -> Select[Any]:
+    """Delivery rows with their notification's stored traceparent (``trace``), for what
+    publishes them again: a joined lookup by primary key, off the hot path."""
+    n = notifications
+    return select(deliveries, n.c.trace).select_from(
+        deliveries.outerjoin(n, n.c.id == deliveries.c.notification_id)
+    )
+
+
 async def stale_queued(
     engine: AsyncEngine, older_than: datetime, limit: int
 ) -> list[dict[str, Any]]:
@@ -274,7 +283,7 @@ async def stale_queued(
     has been due for as long as a stale queued delivery is it published again here.
     """
     query = (
-        select(deliveries)
+        _with_trace()
         .where(
             deliveries.c.status.in_(WAITING),
             deliveries.c.updated_at < older_than,
@@ -299,7 +308,7 @@ async def touch(engine: AsyncEngine, ids: Sequence[str]) -> None:
 
 async def all_queued(engine: AsyncEngine, after: str | None, limit: int) -> list[dict[str, Any]]:
     """Every waiting delivery, in id order, a page at a time (embedded recovery)."""
-    query = select(deliveries).where(deliveries.c.status.in_(WAITING))
+    query = _with_trace().where(deliveries.c.status.in_(WAITING))
     if after:
         query = query.where(deliveries.c.id > after)
     query = query.order_by(deliveries.c.id).limit(limit)

@@ -19,7 +19,7 @@ notification to the planner. Closed windows and their items are kept a day (see
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -134,14 +134,29 @@ async def _open(
 class Closed:
     notification_id: str
     tenant_id: str
+    trace: str | None = None
+
+
+# (tenant id, digest notification id, the held notifications' traceparents) → the
+# digest's own traceparent (observability/tracing.py::digest).
+Tracer = Callable[[str, str, Sequence[object]], str | None]
+
+
+def _untraced(_tenant: str, _notification: str, _held: Sequence[object]) -> None:
+    return None
 
 
 async def close_due(
-    engine: AsyncEngine, now: datetime, limit: int, outbox_grace: float
+    engine: AsyncEngine,
+    now: datetime,
+    limit: int,
+    outbox_grace: float,
+    trace: Tracer = _untraced,
 ) -> list[Closed]:
     """Close up to ``limit`` windows due at ``now``: one notification each (with its
     outbox row) summing up what it held, in the same transaction as the closing. A window
-    whose every notification was cancelled closes with none."""
+    whose every notification was cancelled closes with none. Each digest keeps the
+    traceparent ``trace`` gives it (from the traces of what it holds)."""
     t = digest_windows
     stamp = utcnow()
     async with write_tx(engine) as conn:
@@ -158,7 +173,7 @@ async def close_due(
             return []
         held = await _items(conn, [w["id"] for w in windows])
         notes = [
-            _digest_row(window, held[window["id"]], stamp)
+            _digest_row(window, held[window["id"]], stamp, trace)
             for window in windows
             if held.get(window["id"])
         ]
@@ -178,7 +193,7 @@ async def close_due(
             .values(closed_at=stamp, notification_id=bindparam("nid")),
             [{"wid": w["id"], "nid": made.get(w["id"])} for w in windows],
         )
-    return [Closed(n["id"], n["tenant_id"]) for n in notes]
+    return [Closed(n["id"], n["tenant_id"], n["trace"]) for n in notes]
 
 
 async def _items(conn: AsyncConnection, window_ids: list[str]) -> dict[str, list[Any]]:
@@ -186,7 +201,7 @@ async def _items(conn: AsyncConnection, window_ids: list[str]) -> dict[str, list
     they were accepted (a planner batch may hold several in another order)."""
     i, n = digest_items, notifications
     query = (
-        select(i.c.window_id, n.c.data, n.c.template, n.c.priority)
+        select(i.c.window_id, n.c.data, n.c.template, n.c.priority, n.c.trace)
         .join(n, n.c.id == i.c.notification_id)
         .where(i.c.window_id.in_(window_ids), n.c.status != NotificationStatus.CANCELLED)
         .order_by(i.c.window_id, n.c.created_at, n.c.id)
@@ -197,13 +212,16 @@ async def _items(conn: AsyncConnection, window_ids: list[str]) -> dict[str, list
     return found
 
 
-def _digest_row(window: dict[str, Any], held: list[Any], at: datetime) -> dict[str, Any]:
+def _digest_row(
+    window: dict[str, Any], held: list[Any], at: datetime, trace: Tracer
+) -> dict[str, Any]:
     # The first held notification's template renders the digest; the digest goes on the
     # highest lane any of them had.
     priority = max((row.priority for row in held), key=lambda p: _PRIORITY_ORDER.get(p, 1))
     items = [row.data or {} for row in held]
+    nid = digest_notification_id(window["id"])
     return {
-        "id": digest_notification_id(window["id"]),
+        "id": nid,
         "tenant_id": window["tenant_id"],
         "template": held[0].template,
         "recipient_ids": [window["recipient_id"]],
@@ -218,6 +236,7 @@ def _digest_row(window: dict[str, Any], held: list[Any], at: datetime) -> dict[s
         "created_at": at,
         "topic": None,
         "digest_of": window["id"],
+        "trace": trace(window["tenant_id"], nid, [row.trace for row in held]),
     }
 
 

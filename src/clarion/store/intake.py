@@ -133,6 +133,7 @@ _COLUMNS = {
     "request_hash": "text",
     "created_at": "timestamptz",
     "topic": "text",
+    "trace": "text",
 }
 _JSON = {"recipient_ids", "data", "channels"}
 _N = len(_COLUMNS)

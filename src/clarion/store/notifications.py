@@ -38,6 +38,8 @@ class NewNotification:
     request_hash: str
     # A topic send: every subscriber of the topic when it is planned (recipient_ids empty).
     topic: str | None = None
+    # The traceparent of the span it is accepted in (tracing on), stored with it.
+    trace: str | None = None
     id: str = field(default_factory=lambda: new_id("ntf"))
 
 
@@ -104,6 +106,7 @@ def _row(item: NewNotification, now: datetime) -> dict[str, Any]:
         "request_hash": item.request_hash,
         "created_at": now,
         "topic": item.topic,
+        "trace": item.trace,
     }
 
 

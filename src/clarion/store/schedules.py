@@ -64,13 +64,13 @@ async def current(engine: AsyncEngine, tenant_id: str, name: str) -> dict[str, A
 
 async def put(engine: AsyncEngine, tenant_id: str, name: str, values: dict[str, Any]) -> bool:
     """Create or replace a schedule (``values``: its fields, ``fired_through``,
-    ``next_run_at`` and ``updated_at``); True if it was created."""
+    ``next_run_at``, ``updated_at`` and the request's ``trace``); True if it was created."""
     row = {"tenant_id": tenant_id, "name": name, "created_at": values["updated_at"], **values}
     async with write_tx(engine) as conn:
         existed = (
             await conn.execute(select(s.c.name).where(s.c.tenant_id == tenant_id, s.c.name == name))
         ).first()
-        replace = [*_FIELDS, "fired_through", "next_run_at", "updated_at"]
+        replace = [*_FIELDS, "fired_through", "next_run_at", "updated_at", "trace"]
         await conn.execute(upsert(conn, s, ["tenant_id", "name"], replace), [row])
     return existed is None
 

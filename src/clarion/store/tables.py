@@ -127,6 +127,10 @@ notifications = Table(
     _ts("planned_at"),
     # A digest: the window (digest_windows.id) whose held notifications it sums up.
     Column("digest_of", String(40)),
+    # The W3C traceparent of the span it was made in (the API's intake, a schedule's run, a
+    # digest's closing), when tracing is on: whoever publishes it again, or its deliveries,
+    # joins that trace (observability/tracing.py).
+    Column("trace", String(55)),
     UniqueConstraint("tenant_id", "idempotency_key", name="uq_notifications_idempotency"),
 )
 
@@ -460,6 +464,9 @@ schedules = Table(
     _ts("next_run_at"),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
+    # The traceparent of the request that last stored it (tracing on): each run's span
+    # links to it.
+    Column("trace", String(55)),
     Index("ix_schedules_next_run_at", "next_run_at"),
 )
 

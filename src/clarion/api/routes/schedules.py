@@ -18,6 +18,7 @@ from clarion.api.schedule_models import (
 )
 from clarion.domain.cron import RECIPIENT, Cron, next_look
 from clarion.errors import NotFound, ValidationFailed
+from clarion.observability import tracing
 from clarion.pipeline.context import Context
 from clarion.pipeline.recurring import usable_zones
 from clarion.store import schedule_runs as runs
@@ -96,6 +97,7 @@ async def put(
         "fired_through": fired_through,
         "next_run_at": following,
         "updated_at": now,
+        "trace": tracing.traceparent(),  # each run's span links to this request
     }
     await store.put(ctx.engine, principal.tenant_id, name, values)
     found = await store.get(ctx.engine, principal.tenant_id, name)

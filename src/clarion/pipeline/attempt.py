@@ -16,9 +16,11 @@ stores the outcome and acks.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import msgspec
 
 from clarion.broker import Delayed
 from clarion.domain.delivery import Delivery
@@ -164,7 +166,7 @@ class Attempts:
             created = await delivery_store.insert_one(self._ctx.engine, row)
             if created:
                 # The fallback stays in the trace of the delivery it stands in for.
-                switched = replace(Delivery.from_row(row), trace=delivery.trace)
+                switched = msgspec.structs.replace(Delivery.from_row(row), trace=delivery.trace)
                 await publish_deliveries(self._ctx.broker, [switched])
         except Exception as exc:
             log.warning("delivery %s: creating the fallback failed: %r", delivery.id, exc)

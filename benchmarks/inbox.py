@@ -26,12 +26,14 @@ import resource
 import shutil
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from api_memory import rss_mib
 from e2e import (
@@ -64,11 +66,15 @@ class Client:
         self.latencies: list[float] = []
         self.readers: list[asyncio.Task[None]] = []
         self.closed = 0
+        # Why they closed: the close code the server sent (None: no close frame came).
+        self.close_codes: Counter[Any] = Counter()
         self.expected = -1
         self.all_arrived = asyncio.Event()
 
     async def open(self, url: str) -> None:
-        ws = await connect(url, open_timeout=60, max_queue=64)
+        # No pings from this side: 10,000 connections' keepalives would be load the
+        # benchmark adds, and a late pong would close a connection here, not at the server.
+        ws = await connect(url, open_timeout=60, max_queue=64, ping_interval=None)
         self.sockets.append(ws)
         self.readers.append(asyncio.create_task(self._read(ws)))
 
@@ -81,8 +87,10 @@ class Client:
                     self.latencies.append(received - float(event["message"]["body"]))
                     if len(self.latencies) == self.expected:
                         self.all_arrived.set()
-        except Exception:
-            pass
+        except ConnectionClosed as exc:
+            self.close_codes[exc.rcvd.code if exc.rcvd else None] += 1
+        except Exception as exc:
+            self.close_codes[type(exc).__name__] += 1
         self.closed += 1
 
     async def aclose(self) -> None:
@@ -241,6 +249,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "connections_open": len(client.sockets),
                 "connections_failed": failed,
                 "connections_closed_by_server": client.closed,
+                "close_codes": {str(k): v for k, v in client.close_codes.items()},
                 "open_seconds": round(open_seconds, 1),
                 "api_rss_mib_before": round(rss_before, 1),
                 "api_rss_mib_open": round(rss_open, 1),

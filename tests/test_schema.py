@@ -17,6 +17,7 @@ from procs import Procs, clarion_env, create_tenant, free_port, wait_ready
 pytestmark = pytest.mark.schema
 
 SEED = 20261122
+_INTERPRETER_BUG = "AST constructor recursion depth mismatch"
 EXAMPLES = 20  # per operation and phase
 CHECKS = "not_a_server_error,response_schema_conformance"
 PHASES = "examples,coverage,fuzzing,stateful"
@@ -67,9 +68,16 @@ async def test_no_generated_request_breaks_the_api(
             str(tmp_path / "report"),
             "--no-color",
         ]
-        run = await asyncio.to_thread(
-            subprocess.run, command, capture_output=True, text=True, timeout=840, check=False
-        )
+        for _ in range(2):
+            run = await asyncio.to_thread(
+                subprocess.run, command, capture_output=True, text=True, timeout=840, check=False
+            )
+            # CPython 3.11.7's `ast.parse` can fail on its own when called from several
+            # threads (hypothesis describes a filter's lambda with it while schemathesis's
+            # workers generate cases): the tool crashed, nothing was learnt about the API,
+            # so the run is made once more. Any other failure fails the test.
+            if _INTERPRETER_BUG not in run.stdout:
+                break
         assert run.returncode == 0, f"{run.stdout[-20000:]}\n{run.stderr[-4000:]}\n{procs.report()}"
         assert " passed" in run.stdout
     finally:

@@ -34,6 +34,8 @@ _PREFIX = "clarion:inbox:"
 # How long a read waits before the owner looks for new (un)subscriptions again.
 _POLL = 0.05
 _SUBSCRIBE_TIMEOUT = 10.0
+# Channels named in one SUBSCRIBE or UNSUBSCRIBE.
+_PER_COMMAND = 1000
 
 
 def channel(tenant_id: str, recipient_id: str) -> str:
@@ -113,14 +115,33 @@ class RedisHub(Hub):
                 self._route(message)
 
     async def _apply(self, pubsub: PubSub) -> None:
+        """Everything asked since the last read, in one SUBSCRIBE and one UNSUBSCRIBE of
+        many channels: a thousand connections opening at once cost two commands, not a
+        thousand round trips of the event loop (which, with 10,000 connections busy, took
+        longer than a subscription may wait)."""
         requests, self._requests = self._requests, []
-        for kind, name, done in requests:
-            if kind == "subscribe":
-                await pubsub.subscribe(name)
-                if done is not None and not done.done():
-                    done.set_result(None)
-            elif not self._local.get(_key(name)):  # unless someone came back meanwhile
-                await pubsub.unsubscribe(name)
+        if not requests:
+            return
+        # Only the last word on a channel counts: a connection that closed and came back
+        # since the last read is still wanted, one that came and went is not.
+        last: dict[str, str] = {}
+        for kind, name, _ in requests:
+            last[name] = kind
+        wanted = [name for name, kind in last.items() if kind == "subscribe"]
+        gone = [
+            n for n, kind in last.items() if kind != "subscribe" and not self._local.get(_key(n))
+        ]
+        try:
+            for start in range(0, len(wanted), _PER_COMMAND):
+                await pubsub.subscribe(*wanted[start : start + _PER_COMMAND])
+            for start in range(0, len(gone), _PER_COMMAND):
+                await pubsub.unsubscribe(*gone[start : start + _PER_COMMAND])
+        except BaseException:
+            self._requests[:0] = requests  # failed with the rest (see _own)
+            raise
+        for _, _, done in requests:
+            if done is not None and not done.done():
+                done.set_result(None)
 
     def _route(self, message: dict[str, object]) -> None:
         name = message["channel"]

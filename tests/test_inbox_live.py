@@ -353,6 +353,16 @@ async def test_the_websocket_takes_the_token_in_the_header(lite: Harness) -> Non
         assert (await ws.next())["type"] == "count"
 
 
+async def test_the_websocket_declines_compression(lite: Harness) -> None:
+    # Frames are a few hundred bytes: a compressor per connection cost memory and CPU.
+    token = await inbox_ready(lite, "u-1")
+    async with serving(lite) as base, websocket(base, token, compression="deflate") as ws:
+        assert ws.conn.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.conn.response.headers
+        assert ws.conn.protocol.extensions == []
+        assert (await ws.next())["type"] == "count"
+
+
 async def test_sse_sends_heartbeats(tmp_path: Path) -> None:
     settings = make_settings(
         f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}", "embedded://", inbox_heartbeat=0.1

@@ -190,6 +190,9 @@ def http_server(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Serve
         lifespan="off",
         # Inbox WebSocket frames are small JSON; a larger one closes its connection (1009).
         ws_max_size=WS_MAX_SIZE,
+        # No permessage-deflate: an inbox frame is a few hundred bytes, and each connection's
+        # compressor held about 40 KiB and cost CPU on every frame.
+        ws_per_message_deflate=False,
         **overrides,
     )
     _hide_tokens()

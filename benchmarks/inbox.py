@@ -20,13 +20,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import resource
 import shutil
+import subprocess
 import tempfile
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +43,92 @@ from e2e import (
     STARTUP_TIMEOUT,
     Children,
     clarion,
+    cpu_used,
     create_database,
     drop_database,
     free_port,
     log,
     machine,
     percentile,
+    process_cpu,
+    read_text,
+    wait_for_lock,
     with_database,
 )
 
 TEMPLATE = {"channels": {"inapp": {"title": "bench", "body": "{{ t }}"}}}
+
+
+def quantiles_ms(values: list[float]) -> list[float] | None:
+    if not values:
+        return None
+    return [round(percentile(values, q) * 1000, 1) for q in (0.5, 0.99)]
+
+
+def cpu_times(children: Children, database: str | None) -> dict[tuple[str, int], float]:
+    """CPU seconds so far of each process of the run (PostgreSQL: the backends serving the
+    run's database), and of the whole machine."""
+    times = {(c.name, c.popen.pid): process_cpu(c.popen.pid) for c in children.items}
+    for pid in os.listdir("/proc") if database else ():
+        if pid.isdigit() and f" {database} " in read_text(f"/proc/{pid}/cmdline"):
+            times[("postgres", int(pid))] = process_cpu(int(pid))
+    times[("loadgen", os.getpid())] = process_cpu(os.getpid())
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    jiffies = [int(f) for f in fields]
+    times[("machine", 0)] = (sum(jiffies) - jiffies[3] - jiffies[4]) / os.sysconf("SC_CLK_TCK")
+    times[("wall", 0)] = time.monotonic()
+    return times
+
+
+async def stored_state(url: str, missing_to: list[str]) -> dict[str, Any]:
+    """What the store holds for the run: deliveries by status, inbox messages, and how many
+    of the recipients whose frames are missing have as many messages as were sent them."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        statuses = await conn.fetch(
+            "SELECT status, attempts, count(*) AS n FROM deliveries GROUP BY 1, 2"
+        )
+        messages = await conn.fetchval("SELECT count(*) FROM inbox_messages")
+        stored_for_missing = await conn.fetchval(
+            "SELECT count(*) FROM inbox_messages WHERE recipient_id = ANY($1::text[])",
+            sorted(set(missing_to)),
+        )
+    finally:
+        await conn.close()
+    return {
+        "deliveries": {f"{r['status']}/{r['attempts']}": r["n"] for r in statuses},
+        "inbox_messages": messages,
+        "messages_of_recipients_missing_frames": stored_for_missing,
+    }
+
+
+def profile(directory: Path, children: Children, seconds: float) -> list[subprocess.Popen[bytes]]:
+    """py-spy on the API process and the worker for the sending phase (collapsed stacks)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(c.popen.pid),
+                "--duration",
+                str(round(seconds)),
+                "--rate",
+                "50",
+                "--format",
+                "raw",
+                "--output",
+                str(directory / f"{c.name}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for c in children.items
+        if c.name in ("api", "worker")
+    ]
 
 
 def raise_file_limit() -> int:
@@ -64,6 +143,8 @@ class Client:
     def __init__(self) -> None:
         self.sockets: list[ClientConnection] = []
         self.latencies: list[float] = []
+        # Per message number: (sent → stored, stored → frame) seconds.
+        self.arrived: dict[int, tuple[float, float]] = {}
         self.readers: list[asyncio.Task[None]] = []
         self.closed = 0
         # Why they closed: the close code the server sent (None: no close frame came).
@@ -84,7 +165,11 @@ class Client:
                 received = time.time()
                 event = orjson.loads(frame)
                 if event.get("type") == "message":
-                    self.latencies.append(received - float(event["message"]["body"]))
+                    message = event["message"]
+                    at, _, number = message["body"].partition(" ")
+                    stored = datetime.fromisoformat(message["created_at"]).timestamp()
+                    self.latencies.append(received - float(at))
+                    self.arrived[int(number)] = (stored - float(at), received - stored)
                     if len(self.latencies) == self.expected:
                         self.all_arrived.set()
         except ConnectionClosed as exc:
@@ -205,27 +290,38 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 failed += sum(isinstance(r, BaseException) for r in results)
                 log(f"{len(client.sockets)} open, {failed} failed")
             open_seconds = time.monotonic() - opened_at
+            # The client's own 10,000 connections are long-lived objects: left to the
+            # collector, a full collection stopped this process for over a second, and
+            # every frame waiting meanwhile counted that pause as latency.
+            gc.collect()
+            gc.freeze()
             # Let the connections' opening counts arrive before measuring memory.
             await asyncio.sleep(2)
             rss_open = rss_mib(api.popen.pid)
             connected = [ids[i] for i in range(len(client.sockets))]
 
             sent = 0
+            to: list[str] = []
             posts: list[asyncio.Task[Any]] = []
+            profilers = profile(args.profile, children, args.seconds + 5) if args.profile else []
+            cpu_before = cpu_times(children, database)
+            log(f"sending {args.rate}/s for {args.seconds:g}s")
             started = time.monotonic()
             period = 0.05
             per_batch = max(1, round(args.rate * period))
             while time.monotonic() - started < args.seconds:
                 tick = time.monotonic()
                 now = time.time()
-                batch = [
-                    {
-                        "template": "bench",
-                        "to": {"recipient_id": random.choice(connected)},
-                        "data": {"t": f"{now:.6f}"},
-                    }
-                    for _ in range(per_batch)
-                ]
+                batch = []
+                for _ in range(per_batch):
+                    to.append(random.choice(connected))
+                    batch.append(
+                        {
+                            "template": "bench",
+                            "to": {"recipient_id": to[-1]},
+                            "data": {"t": f"{now:.6f} {len(to) - 1}"},
+                        }
+                    )
                 posts.append(
                     asyncio.create_task(
                         call("POST", "/v1/notifications/batch", {"notifications": batch})
@@ -234,13 +330,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 sent += per_batch
                 await asyncio.sleep(max(0.0, period - (time.monotonic() - tick)))
             await asyncio.gather(*posts)
+            log(f"{sent} sent")
             # Frames still on their way.
             client.expected = sent
             if len(client.latencies) >= sent:
                 client.all_arrived.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(client.all_arrived.wait(), 30)
+            cpu = cpu_used(cpu_before, cpu_times(children, database), sent)
+            for profiler in profilers:
+                profiler.wait()
             latencies = sorted(client.latencies)
+            missing = [n for n in range(sent) if n not in client.arrived]
+            stored_s = sorted(a[0] for a in client.arrived.values())
+            pushed_s = sorted(a[1] for a in client.arrived.values())
+            store_check = None
+            if database is not None:
+                store_check = await stored_state(database_url, [to[n] for n in missing])
             return {
                 "machine": machine(),
                 "store": "postgresql" if database is not None else "sqlite",
@@ -267,6 +373,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if latencies
                 else None,
                 "latency_ms_max": round(latencies[-1] * 1000, 1) if latencies else None,
+                "send_to_stored_ms_p50_p99": quantiles_ms(stored_s),
+                "stored_to_frame_ms_p50_p99": quantiles_ms(pushed_s),
+                "missing": len(missing),
+                "missing_recipients": len({to[n] for n in missing}),
+                "store_check": store_check,
+                "cpu": cpu,
             }
     finally:
         await client.aclose()
@@ -287,12 +399,27 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--keep", action="store_true", help="keep the processes' logs")
     parser.add_argument(
+        "--profile",
+        type=Path,
+        help="a directory for py-spy profiles (collapsed stacks) of the API process and the "
+        "worker while notifications are sent",
+    )
+    parser.add_argument(
         "--postgres-url",
         help="store on PostgreSQL: a server where the benchmark may create and drop a "
         "database (postgresql://postgres@127.0.0.1:5432/postgres); SQLite when not given",
     )
+    parser.add_argument(
+        "--wait-for-other",
+        type=float,
+        default=1800.0,
+        help="seconds to wait for another benchmark run on the machine to finish",
+    )
     args = parser.parse_args()
-    print(orjson.dumps(asyncio.run(run(args)), option=orjson.OPT_INDENT_2).decode())
+    with Path(tempfile.gettempdir(), "clarion-e2e.lock").open("w") as lock:
+        wait_for_lock(lock, args.wait_for_other)
+        result = asyncio.run(run(args))
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
 
 
 if __name__ == "__main__":

@@ -6,8 +6,12 @@ mints a recipient token for each and opens one WebSocket per recipient to the AP
 (in steps, ``--step`` at a time), reading the API process's resident memory before and
 after. Then sends in-app notifications at ``--rate`` per second for ``--seconds`` seconds,
 each to a random connected recipient, in batches every 50 ms; each carries the time it was
-sent, and the latency is from the send to the frame arriving at the client. Prints one
-JSON object; progress goes to stderr.
+sent, and the latency is from the send to the frame arriving at the client, split at the
+message's ``created_at`` (stored by the worker) into send→stored and stored→frame. Each
+message is numbered: a frame that never came is named, and the store is asked whether its
+message was stored (PostgreSQL). Reports the CPU seconds of each process while sending.
+Takes the machine-wide lock of ``e2e.py`` (``$TMPDIR/clarion-e2e.lock``). Prints one JSON
+object; progress goes to stderr.
 
     uv run python benchmarks/inbox.py --connections 1000 --rate 1000 --seconds 10
 
@@ -293,8 +297,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # The client's own 10,000 connections are long-lived objects: left to the
             # collector, a full collection stopped this process for over a second, and
             # every frame waiting meanwhile counted that pause as latency.
+            # Nor a collection while it measures: it lasts a minute at most.
             gc.collect()
             gc.freeze()
+            gc.disable()
             # Let the connections' opening counts arrive before measuring memory.
             await asyncio.sleep(2)
             rss_open = rss_mib(api.popen.pid)
@@ -381,6 +387,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "cpu": cpu,
             }
     finally:
+        gc.enable()
         await client.aclose()
         children.stop_all()
         if database is not None:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
+from sqlalchemy import insert, select, text, update
 
+from clarion.domain.models import PLAN_STREAM
 from clarion.pipeline import attempt
+from clarion.pipeline.context import open_context
+from clarion.pipeline.messages import plan_payload
 from clarion.pipeline.planner import Planner
 from clarion.pipeline.runtime import Roles
+from clarion.store.db import _alembic_config, migrate
+from clarion.store.tables import notifications, topic_stripes
 from harness import Harness, make_settings, running
 
 EMAIL = {"channels": {"email": {"subject": "News", "text": "Hello {{ recipient.id }}"}}}
@@ -155,6 +163,87 @@ async def test_topic_send_reaches_exactly_the_subscribers(chunky: Harness) -> No
     assert (await app.client.get(path, params={"limit": 501}, headers=app.auth)).status_code == 422
 
 
+async def _stripes(app: Harness, nid: str) -> list[dict[str, Any]]:
+    async with app.ctx.engine.connect() as conn:
+        query = (
+            select(topic_stripes)
+            .where(topic_stripes.c.notification_id == nid)
+            .order_by(topic_stripes.c.stripe)
+        )
+        return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+
+async def test_a_broadcast_is_planned_in_stripes_side_by_side(backend: tuple[str, str]) -> None:
+    """23 subscribers, chunks of 2, up to 4 stripes: two planners take the stripes' chunks
+    as they come, every stripe asked for twice (as after the relay's second publish), so
+    two planners race for the same chunks; every subscriber gets exactly one delivery, and
+    the stripes are gone once the send is planned."""
+    settings = make_settings(*backend, topic_chunk=2, topic_stripes=4)
+    members = [f"m{i:02d}" for i in range(23)]
+    async with running(settings, Roles(api=True)) as app:
+        await _people(app, [*members, "outsider"])
+        await _subscribe(app, "news", members)
+        await app.put_template("digest", EMAIL)
+        sent = (await app.send({"template": "digest", "to": {"topic": "news"}})).json()
+        first, second = Planner(app.ctx, "planner-1"), Planner(app.ctx, "planner-2")
+        assert await first.run_once(timeout=1.0) == 1  # the send: its stripes are made
+        stripes = await _stripes(app, sent["id"])
+        assert [s["stripe"] for s in stripes] == [0, 1, 2, 3]
+        # Each stripe ends where the next begins; the first has no start, the last no end.
+        assert stripes[0]["planned_through"] is None
+        assert stripes[-1]["last_id"] is None
+        for before, after in itertools.pairwise(stripes):
+            assert before["last_id"] == after["planned_through"] is not None
+        # The send published again, as the relay does when planning stalls: each stripe is
+        # asked for a second time, and both planners take what comes.
+        tenant = (await _note(app, sent["id"]))["tenant_id"]
+        await app.ctx.broker.publish(PLAN_STREAM, [plan_payload(sent["id"], tenant)])
+        idle = 0
+        for turn in itertools.count():
+            idle = 0 if await (first, second)[turn % 2].run_once(timeout=0.3) else idle + 1
+            if idle == 2:
+                break
+        note = await app.notification(sent["id"])
+        assert note["totals"] == {"queued": 23}, note
+        assert await _stripes(app, sent["id"]) == []
+        deliveries = await _pages(app, f"/v1/notifications/{sent['id']}/deliveries", limit=100)
+        assert sorted(d["recipient_id"] for d in deliveries) == members
+
+    async with running(settings) as app:
+        await app.drain()
+        note = await app.notification(sent["id"])
+        assert (note["status"], note["totals"]) == ("completed", {"sent": 23})
+        captured = (await app.client.get("/v1/sandbox/messages", headers=app.auth)).json()
+        assert sorted(m["recipient_id"] for m in captured["data"]) == members
+
+
+async def _note(app: Harness, nid: str) -> dict[str, Any]:
+    async with app.ctx.engine.connect() as conn:
+        query = select(notifications).where(notifications.c.id == nid)
+        return dict((await conn.execute(query)).mappings().one())
+
+
+async def test_cancel_between_stripes_chunks_drops_the_stripes(backend: tuple[str, str]) -> None:
+    settings = make_settings(*backend, topic_chunk=2, topic_stripes=3)
+    members = [f"m{i:02d}" for i in range(12)]
+    async with running(settings, Roles(api=True)) as app:
+        await _people(app, members)
+        await _subscribe(app, "news", members)
+        await app.put_template("digest", EMAIL)
+        sent = (await app.send({"template": "digest", "to": {"topic": "news"}})).json()
+        planner = Planner(app.ctx, "planner")
+        assert await planner.run_once(timeout=1.0) == 1  # the stripes
+        assert await planner.run_once(timeout=1.0) == 3  # one chunk of each
+        assert (await app.notification(sent["id"]))["totals"] == {"queued": 6}
+        response = await app.client.delete(f"/v1/notifications/{sent['id']}", headers=app.auth)
+        assert response.json()["totals"] == {"cancelled": 6}
+        assert await _stripes(app, sent["id"]) == []
+        while await planner.run_once(timeout=0.2):  # the stripes' next chunks: refused
+            pass
+        note = await app.notification(sent["id"])
+        assert (note["status"], note["totals"]) == ("cancelled", {"cancelled": 6})
+
+
 async def test_cancel_of_a_scheduled_send(app: Harness) -> None:
     await _people(app, ["u1"])
     await app.put_template("digest", EMAIL)
@@ -179,7 +268,7 @@ async def test_cancel_of_a_scheduled_send(app: Harness) -> None:
 async def test_cancel_before_planning_and_between_chunks(backend: tuple[str, str]) -> None:
     """Cancelled before it is planned, a send plans nothing; cancelled between two chunks
     of a topic send, planning stops and what was planned is cancelled, never sent."""
-    settings = make_settings(*backend, topic_chunk=2)
+    settings = make_settings(*backend, topic_chunk=2, topic_stripes=1)
     async with running(settings, Roles(api=True)) as app:
         await _people(app, [f"m{i}" for i in range(5)])
         await _subscribe(app, "news", [f"m{i}" for i in range(5)])
@@ -241,3 +330,57 @@ async def test_delivery_expiring_while_queued_is_dropped(
 
 async def _has_deliveries(app: Harness, nid: str) -> bool:
     return bool((await app.notification(nid))["deliveries"])
+
+
+async def test_a_send_planned_on_the_old_cursor_goes_on_as_one_stripe(
+    backend: tuple[str, str],
+) -> None:
+    """Migration 0019: a topic send half planned on the notification's own cursor becomes
+    one stripe from that cursor; down again, the cursor is the lowest open stripe's."""
+    context = await open_context(make_settings(*backend))
+    engine = context.engine
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(_alembic_config(c), "0018"))
+        row = {
+            "tenant_id": "t1",
+            "template": "digest",
+            "recipient_ids": [],
+            "data": {},
+            "priority": "normal",
+            "created_at": datetime.now(UTC),
+            "topic": "news",
+        }
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(notifications),
+                [
+                    {**row, "id": "ntf_half", "status": "processing", "planned_through": "m05"},
+                    {**row, "id": "ntf_new", "status": "accepted", "planned_through": None},
+                    {**row, "id": "ntf_off", "status": "cancelled", "planned_through": "m03"},
+                ],
+            )
+        await migrate(engine)
+        async with engine.connect() as conn:
+            found = (await conn.execute(select(topic_stripes))).mappings().all()
+        assert [dict(r) for r in found] == [
+            {
+                "notification_id": "ntf_half",
+                "stripe": 0,
+                "planned_through": "m05",
+                "last_id": None,
+                "done_at": None,
+            }
+        ]
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(topic_stripes).values(planned_through="m07"),
+            )
+            await conn.run_sync(lambda c: command.downgrade(_alembic_config(c), "0018"))
+            cursor = await conn.execute(
+                text("SELECT planned_through FROM notifications WHERE id = 'ntf_half'")
+            )
+            assert cursor.scalar_one() == "m07"
+        await migrate(engine)
+    finally:
+        await context.aclose()

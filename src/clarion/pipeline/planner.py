@@ -10,8 +10,10 @@ broker's delayed set until the quiet window ends.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -102,6 +104,28 @@ def _common_row(note: dict[str, Any], policy: CategoryPolicy, now: datetime) -> 
     }
 
 
+def _stripe_of(message: Message) -> int | None:
+    """The stripe a plan message asks to plan the next chunk of (a topic send), if any."""
+    stripe = message.payload.get("stripe")
+    return stripe if type(stripe) is int and stripe >= 0 else None
+
+
+async def _together(work: list[Coroutine[Any, Any, None]]) -> None:
+    """Run a batch's units side by side (one alone needs no task); if one fails, the
+    others are cancelled and its exception is raised as it is, so the batch's bisection
+    sees an outage as an outage."""
+    if len(work) == 1:
+        await work[0]
+        return
+    try:
+        async with asyncio.TaskGroup() as group:
+            for unit in work:
+                group.create_task(unit)
+    except BaseExceptionGroup as failed:
+        errors = list(failed.exceptions)
+        raise next((e for e in errors if is_outage(e)), errors[0]) from None
+
+
 class Planner:
     def __init__(self, ctx: Context, consumer: str) -> None:
         self._ctx = ctx
@@ -147,14 +171,31 @@ class Planner:
                 await notification_store.fail_unplannable(self._ctx.engine, nid)
 
     async def handle(self, messages: list[Message]) -> None:
-        ids = list(dict.fromkeys(m.payload["notification"] for m in messages))
-        redelivered = [m.payload["notification"] for m in messages if m.redelivered]
-        plan, republish, topical = await self._plan(ids, redelivered)
-        await self._events.emit_rows(plan.rows)
-        metrics.planned(plan.rows)
-        await self._publish([*plan.rows, *republish])
-        for note in topical:
-            await self._plan_chunk(note)
+        plain = [m for m in messages if _stripe_of(m) is None]
+        ids = list(dict.fromkeys(m.payload["notification"] for m in plain))
+        redelivered = [m.payload["notification"] for m in plain if m.redelivered]
+        work: list[Coroutine[Any, Any, None]] = []
+        if ids:
+            plan, republish, topical = await self._plan(ids, redelivered)
+            await self._events.emit_rows(plan.rows)
+            metrics.planned(plan.rows)
+            await self._publish([*plan.rows, *republish])
+            work.extend(self._open_topic(note) for note in topical)
+        chunks = sorted(
+            {(m.payload["notification"], s) for m in messages if (s := _stripe_of(m)) is not None}
+        )
+        if chunks:
+            notes = await self._notifications([nid for nid, _ in chunks])
+            work.extend(
+                self._plan_chunk(notes[nid], stripe)
+                for nid, stripe in chunks
+                if nid in notes and _planning_topic(notes[nid])
+            )
+        await _together(work)
+
+    async def _notifications(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        async with planning.reads(self._ctx.engine, self._ctx.pg) as reads:
+            return await reads.notifications(list(dict.fromkeys(ids)))
 
     async def _publish(self, rows: list[dict[str, Any]]) -> None:
         waiting = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
@@ -210,17 +251,41 @@ class Planner:
         plan.rows = [row for row in plan.rows if row["id"] in inserted]
         return plan, republish, topical
 
-    async def _plan_chunk(self, note: dict[str, Any]) -> None:
-        """Plan the next chunk of a topic send's subscribers, exactly as a listed send's
-        recipients are planned, and commit it with the notification's cursor; then ask for
-        the next chunk through the plan stream, behind whatever else is waiting there, so
-        a broadcast never holds up other notifications' planning."""
+    async def _open_topic(self, note: dict[str, Any]) -> None:
+        """A topic send's first plan message: split its subscribers into stripes (once) and
+        ask for the first chunk of each stripe not done yet, so that free planners plan
+        them side by side. Met again (the relay published the send once more: planning
+        stalled), it asks again for every stripe not done; a stripe asked for twice is
+        planned once (``_plan_chunk``)."""
+        settings = self._ctx.settings
+        engine, nid, tenant = self._ctx.engine, note["id"], note["tenant_id"]
+        stripes = await planning.open_stripes(
+            engine, note, settings.topic_stripes, settings.topic_chunk
+        )
+        if stripes is None:
+            return  # cancelled, or planned already
+        if not stripes:
+            await planning.finish_topic(engine, self._ctx.pg, nid, utcnow())
+            return
+        trace = tracing.carried(nid)
+        await self._ctx.broker.publish(
+            PLAN_STREAM, [{**plan_payload(nid, tenant, trace), "stripe": s} for s in stripes]
+        )
+
+    async def _plan_chunk(self, note: dict[str, Any], stripe: int) -> None:
+        """Plan the next chunk of a topic send's stripe, exactly as a listed send's
+        recipients are planned, and commit it with the stripe's cursor; then ask for the
+        stripe's next chunk through the plan stream, behind whatever else is waiting there,
+        so a broadcast never holds up other notifications' planning."""
         now = utcnow()
         engine, pg = self._ctx.engine, self._ctx.pg
-        tenant, size = note["tenant_id"], self._ctx.settings.topic_chunk
-        after = note["planned_through"]
+        tenant, size, nid = note["tenant_id"], self._ctx.settings.topic_chunk, note["id"]
         async with planning.reads(engine, pg) as reads:
-            chunk = await reads.topic_chunk(tenant, note["topic"], after, size)
+            cursor = await reads.stripe(nid, stripe)
+            if cursor is None or cursor["done_at"] is not None:
+                return  # planned already (a message asked for twice)
+            after, last = cursor["planned_through"], cursor["last_id"]
+            chunk = await reads.topic_chunk(tenant, note["topic"], after, last, size)
             heads = await reads.active_versions({(tenant, note["template"])})
         await self._ctx.providers.prepare({tenant})
         categories = await self._ctx.categories.load(engine, {tenant})
@@ -233,21 +298,24 @@ class Planner:
         holding = digests.Holding()
         rows = self._deliveries(part, version, people, categories.get(tenant, {}), now, holding)
         await self._cap_and_hold(rows, categories, holding, now)
-        done = len(chunk) < size
         through = chunk[-1]["id"] if chunk else after
+        done = len(chunk) < size or (last is not None and through == last)
         retry_at = now + timedelta(seconds=self._ctx.settings.outbox_grace)
-        inserted = await planning.store_chunk(
-            engine, pg, rows, note["id"], (after, through), done, now, retry_at
+        inserted = await planning.store_stripe(
+            engine, pg, rows, nid, stripe, (after, through), done, now, retry_at
         )
         if inserted is None:
-            return  # another planner planned this chunk, or the send was cancelled
+            return  # another planner stored this chunk, or the send was cancelled
         rows = [row for row in rows if row["id"] in inserted]
         await self._events.emit_rows(rows)
         metrics.planned(rows)
         await self._publish(rows)
-        if not done:
-            trace = tracing.carried(note["id"])
-            await self._ctx.broker.publish(PLAN_STREAM, [plan_payload(note["id"], tenant, trace)])
+        if done:
+            await planning.finish_topic(engine, pg, nid, utcnow())
+        else:
+            trace = tracing.carried(nid)
+            payload = {**plan_payload(nid, tenant, trace), "stripe": stripe}
+            await self._ctx.broker.publish(PLAN_STREAM, [payload])
 
     async def _cap_and_hold(
         self,

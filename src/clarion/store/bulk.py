@@ -159,47 +159,87 @@ def _delivery_arrays(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
     ]
 
 
-# A topic send's cursor moves only from where this planner read it, and not once the
-# notification is cancelled: a chunk is planned once, by one planner.
-_ADVANCE = (
-    "UPDATE notifications SET planned_through = $2, planned_at = $3, status = CASE "
-    "WHEN status IN ('accepted', 'scheduled') THEN 'processing' ELSE status END "
-    "WHERE id = $1 AND status IN ('accepted', 'scheduled', 'processing') "
-    "AND planned_at IS NULL AND planned_through IS NOT DISTINCT FROM $4 RETURNING id"
+# A chunk of a topic send's stripe: its deliveries and their events, as in _STORE_PLAN, with
+# no notification or outbox row touched (store_stripe does that around it).
+_INSERT_CHUNK = (
+    f"WITH ins AS (INSERT INTO deliveries ({', '.join(_DELIVERY_COLUMNS)}) "
+    f"SELECT {_select(_DELIVERY_COLUMNS)} FROM {_unnest(_DELIVERY_COLUMNS)} "
+    "ON CONFLICT DO NOTHING RETURNING id, tenant_id, status, reason), "
+    "ev AS (INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
+    f"SELECT id, tenant_id, status, reason, ${_N + 1}::timestamptz FROM ins "
+    f"WHERE status <> '{DeliveryStatus.QUEUED.value}') "
+    "SELECT id FROM ins"
+)
+
+_LIVE = "('accepted', 'scheduled', 'processing')"
+
+# A stripe's cursor moves only from where this planner read it: a chunk is stored once, by
+# one planner. Stripes have a row each, so stripes of one send never wait for each other.
+_ADVANCE_STRIPE = (
+    "UPDATE topic_stripes SET planned_through = $3, done_at = $4 "
+    "WHERE notification_id = $1 AND stripe = $2 AND done_at IS NULL "
+    "AND planned_through IS NOT DISTINCT FROM $5 RETURNING stripe"
 )
 
 
-async def store_chunk(
+async def store_stripe(
     pg: PgPool,
     rows: Sequence[dict[str, Any]],
     notification_id: str,
+    stripe: int,
     cursor: tuple[str | None, str | None],
     done: bool,
     at: datetime,
     retry_at: datetime,
 ) -> set[str] | None:
-    """One chunk of a topic send, in one transaction: move the notification's cursor from
-    ``cursor[0]`` to ``cursor[1]`` and insert the chunk's deliveries; when ``done``, mark it
-    planned and drop its outbox row, else push the outbox row's time to ``retry_at`` (the
-    relay picks the send up again only if planning stalls). None if the cursor had moved
-    (another planner took this chunk) or the notification was cancelled."""
+    """One chunk of a topic send's stripe, in one transaction: the notification is still
+    live (a share lock: a cancellation waits for this chunk, or this chunk for it), the
+    stripe's cursor moves from ``cursor[0]`` to ``cursor[1]`` (done when ``done``), the
+    deliveries are inserted, and the outbox row's time moves to ``retry_at`` (the relay
+    picks the send up again only if planning stalls). None if the send was cancelled or
+    the cursor had moved (another planner stored this chunk)."""
     async with pg.connection() as conn, conn.transaction():
+        live = await conn.fetchval(
+            f"SELECT id FROM notifications WHERE id = $1 AND status IN {_LIVE} FOR SHARE",
+            notification_id,
+        )
+        if live is None:
+            return None
         moved = await conn.fetchval(
-            _ADVANCE, notification_id, cursor[1], at if done else None, cursor[0]
+            _ADVANCE_STRIPE,
+            notification_id,
+            stripe,
+            cursor[1],
+            at if done else None,
+            cursor[0],
         )
         if moved is None:
             return None
-        outbox = [notification_id] if done else []
-        records = await conn.fetch(
-            _STORE_PLAN, *_delivery_arrays(rows), at, [notification_id], outbox
+        records = await conn.fetch(_INSERT_CHUNK, *_delivery_arrays(rows), at)
+        # Last: the outbox row is the one row the stripes of a send all write.
+        await conn.execute(
+            "UPDATE outbox SET available_at = $2 WHERE notification_id = $1",
+            notification_id,
+            retry_at,
         )
-        if not done:
-            await conn.execute(
-                "UPDATE outbox SET available_at = $2 WHERE notification_id = $1",
-                notification_id,
-                retry_at,
-            )
     return {record[0] for record in records}
+
+
+# A topic send whose stripes are all done is planned: the notification says so, and its
+# stripes and outbox row go. Run after a stripe's last chunk committed, by each planner
+# that finished one: the last of them to commit sees every stripe done.
+_FINISH_TOPIC = (
+    "WITH done AS (UPDATE notifications SET planned_at = $2 "
+    f"WHERE id = $1 AND planned_at IS NULL AND status IN {_LIVE} AND NOT EXISTS "
+    "(SELECT 1 FROM topic_stripes WHERE notification_id = $1 AND done_at IS NULL) "
+    "RETURNING id), "
+    "stripes AS (DELETE FROM topic_stripes WHERE notification_id IN (SELECT id FROM done)) "
+    "DELETE FROM outbox WHERE notification_id IN (SELECT id FROM done) "
+)
+
+
+async def finish_topic(pg: PgPool, notification_id: str, at: datetime) -> None:
+    await pg.execute(_FINISH_TOPIC, notification_id, at)
 
 
 async def apply_changes(

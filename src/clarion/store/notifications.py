@@ -19,7 +19,7 @@ from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.intake import IntakeTx, Stored, intake_tx
 from clarion.store.pg import PgPool
 from clarion.store.sql import chunks
-from clarion.store.tables import deliveries, delivery_events, notifications, outbox
+from clarion.store.tables import deliveries, delivery_events, notifications, outbox, topic_stripes
 
 
 @dataclass(slots=True)
@@ -394,7 +394,14 @@ async def _cancel(engine: AsyncEngine, tenant_id: str, notification_id: str) -> 
             )
         )
         await delete_outbox(conn, [notification_id])
+        await _drop_stripes(conn, notification_id)
     return True
+
+
+async def _drop_stripes(conn: AsyncConnection, notification_id: str) -> None:
+    """A topic send that will not be planned further needs its stripes no more."""
+    stripes = topic_stripes
+    await conn.execute(delete(stripes).where(stripes.c.notification_id == notification_id))
 
 
 async def fail_unplannable(engine: AsyncEngine, notification_id: str) -> None:
@@ -408,3 +415,4 @@ async def fail_unplannable(engine: AsyncEngine, notification_id: str) -> None:
             .values(status=NotificationStatus.FAILED)
         )
         await delete_outbox(conn, [notification_id])
+        await _drop_stripes(conn, notification_id)

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import asyncpg
-from sqlalchemy import case, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.store import bulk
@@ -24,7 +24,7 @@ from clarion.store import templates as template_store
 from clarion.store import topics as topic_store
 from clarion.store.db import write_tx
 from clarion.store.pg import PgPool
-from clarion.store.tables import notifications, outbox
+from clarion.store.tables import notifications, outbox, topic_stripes, topic_subscribers
 
 
 class PlanReads(Protocol):
@@ -45,9 +45,14 @@ class PlanReads(Protocol):
         ...
 
     async def topic_chunk(
-        self, tenant_id: str, topic: str, after: str | None, limit: int
+        self, tenant_id: str, topic: str, after: str | None, last: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        """The recipients of the next chunk of a topic's subscribers, in id order."""
+        """The recipients of the next chunk of a topic's subscribers, in id order, after
+        ``after`` and up to ``last`` (inclusive; no end when None)."""
+        ...
+
+    async def stripe(self, notification_id: str, stripe: int) -> dict[str, Any] | None:
+        """A topic send's stripe (store/tables.py ``topic_stripes``), or None."""
         ...
 
 
@@ -73,10 +78,16 @@ class _SqlReads:
         return await delivery_store.queued_of_notifications(self._conn, notification_ids)
 
     async def topic_chunk(
-        self, tenant_id: str, topic: str, after: str | None, limit: int
+        self, tenant_id: str, topic: str, after: str | None, last: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        query = topic_store.chunk_query(tenant_id, topic, after, limit)
+        query = topic_store.chunk_query(tenant_id, topic, after, last, limit)
         return [dict(row) for row in (await self._conn.execute(query)).mappings()]
+
+    async def stripe(self, notification_id: str, stripe: int) -> dict[str, Any] | None:
+        s = topic_stripes
+        query = select(s).where(s.c.notification_id == notification_id, s.c.stripe == stripe)
+        row = (await self._conn.execute(query)).mappings().first()
+        return dict(row) if row is not None else None
 
 
 def _pairs(keys: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
@@ -130,10 +141,20 @@ class _PgReads:
         return [dict(row) for row in rows]
 
     async def topic_chunk(
-        self, tenant_id: str, topic: str, after: str | None, limit: int
+        self, tenant_id: str, topic: str, after: str | None, last: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        rows = await self._conn.fetch(topic_store.PG_CHUNK, tenant_id, topic, after or "", limit)
+        rows = await self._conn.fetch(
+            topic_store.PG_CHUNK, tenant_id, topic, after or "", limit, last
+        )
         return [dict(row) for row in rows]
+
+    async def stripe(self, notification_id: str, stripe: int) -> dict[str, Any] | None:
+        row = await self._conn.fetchrow(
+            "SELECT * FROM topic_stripes WHERE notification_id = $1 AND stripe = $2",
+            notification_id,
+            stripe,
+        )
+        return dict(row) if row is not None else None
 
 
 @asynccontextmanager
@@ -169,49 +190,132 @@ async def store_plan(
     return inserted
 
 
-async def store_chunk(
+_LIVE = ("accepted", "scheduled", "processing")
+
+
+async def open_stripes(
+    engine: AsyncEngine,
+    note: dict[str, Any],
+    most: int,
+    chunk: int,
+) -> list[int] | None:
+    """Split a topic send's subscribers into stripes, once: up to ``most`` stripes of about
+    equal size, none smaller than ``chunk`` subscribers (a small topic is one stripe). The
+    first planner to get here makes them, holding the notification's row (so two planners
+    never make two sets, and a cancellation waits); a later one finds them. Returns the
+    stripes not done yet, or None if the send is no longer live (cancelled)."""
+    n, s, t = notifications, topic_stripes, topic_subscribers
+    nid = note["id"]
+    async with write_tx(engine) as conn:
+        moved = await conn.execute(
+            update(n)
+            .where(n.c.id == nid, n.c.status.in_(_LIVE), n.c.planned_at.is_(None))
+            .values(
+                status=case(
+                    (n.c.status.in_(["accepted", "scheduled"]), "processing"), else_=n.c.status
+                )
+            )
+        )
+        if moved.rowcount != 1:
+            return None
+        found = (
+            await conn.execute(select(s.c.stripe, s.c.done_at).where(s.c.notification_id == nid))
+        ).all()
+        if found:
+            return sorted(stripe for stripe, done_at in found if done_at is None)
+        total = (
+            await conn.execute(
+                select(func.count())
+                .select_from(t)
+                .where(t.c.tenant_id == note["tenant_id"], t.c.topic == note["topic"])
+            )
+        ).scalar_one()
+        count = max(1, min(most, total // max(chunk, 1)))
+        ends: list[str] = []
+        if count > 1:
+            step = -(-total // count)
+            query = topic_store.boundaries_query(note["tenant_id"], note["topic"], step, count - 1)
+            ends = list((await conn.execute(query)).scalars())
+        starts: list[str | None] = [None, *ends]
+        lasts: list[str | None] = [*ends, None]
+        await conn.execute(
+            insert(s),
+            [
+                {"notification_id": nid, "stripe": i, "planned_through": a, "last_id": b}
+                for i, (a, b) in enumerate(zip(starts, lasts, strict=True))
+            ],
+        )
+        return list(range(len(starts)))
+
+
+async def store_stripe(
     engine: AsyncEngine,
     pg: PgPool | None,
     rows: list[dict[str, Any]],
     notification_id: str,
+    stripe: int,
     cursor: tuple[str | None, str | None],
     done: bool,
     at: datetime,
     retry_at: datetime,
 ) -> set[str] | None:
-    """One chunk of a topic send, atomically: the notification's cursor moves from
-    ``cursor[0]`` to ``cursor[1]`` with the chunk's deliveries (see ``bulk.store_chunk``).
+    """One chunk of a topic send's stripe, atomically: the stripe's cursor moves from
+    ``cursor[0]`` to ``cursor[1]`` with the chunk's deliveries (see ``bulk.store_stripe``).
     None, and nothing stored, if the cursor had already moved or the send was cancelled."""
     if pg is not None:
-        return await bulk.store_chunk(pg, rows, notification_id, cursor, done, at, retry_at)
-    n = notifications
+        return await bulk.store_stripe(
+            pg, rows, notification_id, stripe, cursor, done, at, retry_at
+        )
+    n, s = notifications, topic_stripes
     after, through = cursor
     async with write_tx(engine) as conn:
+        live = await conn.execute(
+            select(n.c.id).where(n.c.id == notification_id, n.c.status.in_(_LIVE))
+        )
+        if live.first() is None:
+            return None
         moved = await conn.execute(
-            update(n)
+            update(s)
             .where(
-                n.c.id == notification_id,
-                n.c.status.in_(["accepted", "scheduled", "processing"]),
-                n.c.planned_at.is_(None),
-                n.c.planned_through.is_(None) if after is None else n.c.planned_through == after,
+                s.c.notification_id == notification_id,
+                s.c.stripe == stripe,
+                s.c.done_at.is_(None),
+                s.c.planned_through.is_(None) if after is None else s.c.planned_through == after,
             )
-            .values(
-                planned_through=through,
-                planned_at=at if done else None,
-                status=case(
-                    (n.c.status.in_(["accepted", "scheduled"]), "processing"), else_=n.c.status
-                ),
-            )
+            .values(planned_through=through, done_at=at if done else None)
         )
         if moved.rowcount != 1:
             return None
         inserted = await delivery_store.insert_planned(conn, rows, [], at)
-        if done:
-            await notification_store.delete_outbox(conn, [notification_id])
-        else:
-            await conn.execute(
-                update(outbox)
-                .where(outbox.c.notification_id == notification_id)
-                .values(available_at=retry_at)
-            )
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.notification_id == notification_id)
+            .values(available_at=retry_at)
+        )
     return inserted
+
+
+async def finish_topic(
+    engine: AsyncEngine, pg: PgPool | None, notification_id: str, at: datetime
+) -> None:
+    """A topic send whose stripes are all done is planned: ``planned_at`` is set, and its
+    stripes and outbox row go. Each planner that finished a stripe calls this after its
+    commit, so the last of them sees every stripe done."""
+    if pg is not None:
+        await bulk.finish_topic(pg, notification_id, at)
+        return
+    n, s = notifications, topic_stripes
+    async with write_tx(engine) as conn:
+        undone = await conn.execute(
+            select(s.c.stripe).where(s.c.notification_id == notification_id, s.c.done_at.is_(None))
+        )
+        if undone.first() is not None:
+            return
+        moved = await conn.execute(
+            update(n)
+            .where(n.c.id == notification_id, n.c.status.in_(_LIVE), n.c.planned_at.is_(None))
+            .values(planned_at=at)
+        )
+        if moved.rowcount == 1:
+            await conn.execute(delete(s).where(s.c.notification_id == notification_id))
+            await notification_store.delete_outbox(conn, [notification_id])

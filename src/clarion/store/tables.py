@@ -428,6 +428,21 @@ topic_subscribers = Table(
     Index("ix_topic_subscribers_recipient", "tenant_id", "recipient_id"),
 )
 
+# A topic send planned side by side (pipeline/planner.py): its subscribers, in recipient id
+# order, split into stripes of about equal size when planning starts; each stripe is planned
+# chunk by chunk on its own cursor (`planned_through`, the last recipient id planned) up to
+# its last recipient id (`last_id`, inclusive; null for the last stripe: no end). A stripe
+# is done when its last chunk is stored; the rows go when the whole send is planned.
+topic_stripes = Table(
+    "topic_stripes",
+    metadata,
+    Column("notification_id", String(40), primary_key=True),
+    Column("stripe", Integer, primary_key=True, autoincrement=False),
+    Column("planned_through", String(200)),
+    Column("last_id", String(200)),
+    _ts("done_at"),
+)
+
 # The audit log (store/audit.py): one row per change of a tenant's configuration, written
 # in the change's own transaction and never updated or deleted. `actor` is the API key's id
 # (or `cli`, `system`); `diff` holds the changed fields, secrets masked.

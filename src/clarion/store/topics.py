@@ -121,17 +121,18 @@ async def forget_recipient(conn: AsyncConnection, tenant_id: str, recipient_id: 
     )
 
 
-def chunk_query(tenant_id: str, topic: str, after: str | None, limit: int) -> Any:
+def chunk_query(tenant_id: str, topic: str, after: str | None, last: str | None, limit: int) -> Any:
     """The next chunk of a topic's subscribers for the planner: their recipient rows, in
-    id order, after ``after``."""
+    id order, after ``after`` and up to ``last`` (inclusive; no end when None)."""
     r = recipients
-    return (
+    query = (
         select(r)
         .join(t, (t.c.tenant_id == r.c.tenant_id) & (t.c.recipient_id == r.c.id))
         .where(t.c.tenant_id == tenant_id, t.c.topic == topic, t.c.recipient_id > (after or ""))
         .order_by(t.c.recipient_id)
         .limit(limit)
     )
+    return query if last is None else query.where(t.c.recipient_id <= last)
 
 
 # The same on asyncpg (the planner's reads there are fixed statements); "" before the first
@@ -140,5 +141,25 @@ PG_CHUNK = (
     "SELECT r.* FROM topic_subscribers AS s JOIN recipients AS r "
     "ON r.tenant_id = s.tenant_id AND r.id = s.recipient_id "
     "WHERE s.tenant_id = $1 AND s.topic = $2 AND s.recipient_id > $3 "
+    "AND ($5::text IS NULL OR s.recipient_id <= $5) "
     "ORDER BY s.recipient_id LIMIT $4"
 )
+
+
+def boundaries_query(tenant_id: str, topic: str, step: int, count: int) -> Any:
+    """The recipient ids that end each of ``count`` stripes of ``step`` subscribers, in id
+    order: every ``step``-th subscriber's id (one pass over the topic's index)."""
+    numbered = (
+        select(
+            t.c.recipient_id,
+            func.row_number().over(order_by=t.c.recipient_id).label("n"),
+        )
+        .where(t.c.tenant_id == tenant_id, t.c.topic == topic)
+        .subquery()
+    )
+    return (
+        select(numbered.c.recipient_id)
+        .where(numbered.c.n % step == 0)
+        .order_by(numbered.c.n)
+        .limit(count)
+    )

@@ -200,7 +200,9 @@ async def test_a_broadcast_is_planned_in_stripes_side_by_side(backend: tuple[str
         await app.ctx.broker.publish(PLAN_STREAM, [plan_payload(sent["id"], tenant)])
         idle = 0
         for turn in itertools.count():
-            idle = 0 if await (first, second)[turn % 2].run_once(timeout=0.3) else idle + 1
+            planner = (first, second)[turn % 2]
+            took = await planner.run_once(timeout=0.2) + await planner.run_chunks_once(0.2)
+            idle = 0 if took else idle + 1
             if idle == 2:
                 break
         note = await app.notification(sent["id"])
@@ -233,15 +235,16 @@ async def test_cancel_between_stripes_chunks_drops_the_stripes(backend: tuple[st
         sent = (await app.send({"template": "digest", "to": {"topic": "news"}})).json()
         planner = Planner(app.ctx, "planner")
         assert await planner.run_once(timeout=1.0) == 1  # the stripes
-        assert await planner.run_once(timeout=1.0) == 3  # one chunk of each
-        assert (await app.notification(sent["id"]))["totals"] == {"queued": 6}
+        assert await planner.run_chunks_once(timeout=1.0) == 2  # a chunk of two of them
+        assert await planner.run_chunks_once(timeout=1.0) == 2  # the third's, the first's
+        assert (await app.notification(sent["id"]))["totals"] == {"queued": 8}
         response = await app.client.delete(f"/v1/notifications/{sent['id']}", headers=app.auth)
-        assert response.json()["totals"] == {"cancelled": 6}
+        assert response.json()["totals"] == {"cancelled": 8}
         assert await _stripes(app, sent["id"]) == []
-        while await planner.run_once(timeout=0.2):  # the stripes' next chunks: refused
+        while await planner.run_chunks_once(timeout=0.2):  # the stripes' next chunks: refused
             pass
         note = await app.notification(sent["id"])
-        assert (note["status"], note["totals"]) == ("cancelled", {"cancelled": 6})
+        assert (note["status"], note["totals"]) == ("cancelled", {"cancelled": 8})
 
 
 async def test_cancel_of_a_scheduled_send(app: Harness) -> None:
@@ -282,14 +285,15 @@ async def test_cancel_before_planning_and_between_chunks(backend: tuple[str, str
 
         planner = Planner(app.ctx, "test-planner")
         while (await app.notification(broadcast["id"]))["totals"] == {}:
-            await planner.run_once(timeout=1.0)
+            await planner.run_once(timeout=0.2)
+            await planner.run_chunks_once(timeout=0.2)
         note = await app.notification(broadcast["id"])
         assert note["totals"] == {"queued": 2}
         assert note["status"] == "processing"
         response = await app.client.delete(f"/v1/notifications/{broadcast['id']}", headers=app.auth)
         assert response.status_code == 202
         assert response.json()["totals"] == {"cancelled": 2}
-        while await planner.run_once(timeout=0.2):  # the next chunk's message: refused
+        while await planner.run_chunks_once(timeout=0.2):  # the next chunk: refused
             pass
 
     async with running(settings) as app:

@@ -83,3 +83,6 @@ def send_stream(channel: str, lane: str) -> str:
 
 
 PLAN_STREAM = "plan"
+# The chunks of topic sends being planned (pipeline/planner.py): a stream of their own, so
+# that a broadcast's chunks never stand in front of other notifications' planning.
+CHUNK_STREAM = "plan.chunks"

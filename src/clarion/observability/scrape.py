@@ -24,7 +24,14 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Select, func, select
 
-from clarion.domain.models import LANES, PLAN_STREAM, Channel, DeliveryStatus, send_stream
+from clarion.domain.models import (
+    CHUNK_STREAM,
+    LANES,
+    PLAN_STREAM,
+    Channel,
+    DeliveryStatus,
+    send_stream,
+)
 from clarion.observability import metrics
 from clarion.pipeline.status_events import EVENTS_STREAM
 from clarion.store.db import as_utc
@@ -43,7 +50,7 @@ DEAD_LETTER_CAP = 10_000
 
 
 def all_streams() -> list[str]:
-    streams = [PLAN_STREAM]
+    streams = [PLAN_STREAM, CHUNK_STREAM]
     for channel in Channel:
         streams.extend(send_stream(channel.value, lane) for lane in LANES)
     streams.append(EVENTS_STREAM)

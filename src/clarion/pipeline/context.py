@@ -58,6 +58,7 @@ class Context:
         self.hub = create_hub(self.resilience.redis, self.settings.inbox_queue_size)
         self.inbox = InboxGate(self.engine, self.hub, self.settings.provider_cache_ttl)
         self.providers.hub = self.hub
+        self.providers.pg = self.pg
 
     async def webhook_secret(self, tenant_id: str) -> str:
         secret = self._secrets.get(tenant_id)

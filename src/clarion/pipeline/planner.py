@@ -20,7 +20,13 @@ from typing import Any
 
 from clarion.broker import Message
 from clarion.domain.ids import delivery_id
-from clarion.domain.models import PLAN_STREAM, DeliveryStatus, NotificationStatus, Priority
+from clarion.domain.models import (
+    CHUNK_STREAM,
+    PLAN_STREAM,
+    DeliveryStatus,
+    NotificationStatus,
+    Priority,
+)
 from clarion.domain.preferences import (
     CategoryPolicy,
     Decision,
@@ -47,6 +53,11 @@ from clarion.store.db import as_utc, utcnow
 log = logging.getLogger(__name__)
 
 _RECIPIENT_VARS = ("id", "email", "phone", "locale", "timezone")
+# Chunks of topic sends one planner works on at once (each its own stripe's), and the
+# recipients it turns into deliveries between two looks at the event loop (a chunk's rows
+# are built in Python: other work of the process gets its turn meanwhile).
+CHUNKS_AT_ONCE = 2
+_SLICE = 500
 
 
 @dataclass(slots=True)
@@ -136,9 +147,16 @@ class Planner:
 
     async def run_once(self, timeout: float) -> int:
         """Plan one batch of whatever is waiting; returns how many messages it took."""
-        messages = await self._ctx.broker.consume(
-            [PLAN_STREAM], self._consumer, self.batch_size, timeout
-        )
+        return await self._run(PLAN_STREAM, self.batch_size, timeout)
+
+    async def run_chunks_once(self, timeout: float) -> int:
+        """Plan the next chunks of topic sends, up to ``CHUNKS_AT_ONCE`` side by side (one
+        per stripe), apart from the plan stream: a broadcast's chunks never hold up the
+        planning of other notifications, critical ones included."""
+        return await self._run(CHUNK_STREAM, CHUNKS_AT_ONCE, timeout)
+
+    async def _run(self, stream: str, count: int, timeout: float) -> int:
+        messages = await self._ctx.broker.consume([stream], self._consumer, count, timeout)
         if messages:
             logs.bind(stage="planner", batch=len(messages))
             started = time.perf_counter()
@@ -269,14 +287,13 @@ class Planner:
             return
         trace = tracing.carried(nid)
         await self._ctx.broker.publish(
-            PLAN_STREAM, [{**plan_payload(nid, tenant, trace), "stripe": s} for s in stripes]
+            CHUNK_STREAM, [{**plan_payload(nid, tenant, trace), "stripe": s} for s in stripes]
         )
 
     async def _plan_chunk(self, note: dict[str, Any], stripe: int) -> None:
         """Plan the next chunk of a topic send's stripe, exactly as a listed send's
         recipients are planned, and commit it with the stripe's cursor; then ask for the
-        stripe's next chunk through the plan stream, behind whatever else is waiting there,
-        so a broadcast never holds up other notifications' planning."""
+        stripe's next chunk through the chunk stream, behind the other stripes' chunks."""
         now = utcnow()
         engine, pg = self._ctx.engine, self._ctx.pg
         tenant, size, nid = note["tenant_id"], self._ctx.settings.topic_chunk, note["id"]
@@ -294,9 +311,14 @@ class Planner:
             (tenant, note["template"], heads.get((tenant, note["template"])) or 0)
         )
         people = {(tenant, person["id"]): person for person in chunk}
-        part = {**note, "recipient_ids": [person["id"] for person in chunk]}
         holding = digests.Holding()
-        rows = self._deliveries(part, version, people, categories.get(tenant, {}), now, holding)
+        rows: list[dict[str, Any]] = []
+        policies = categories.get(tenant, {})
+        for start in range(0, len(chunk), _SLICE):
+            if start:
+                await asyncio.sleep(0)
+            part = {**note, "recipient_ids": [p["id"] for p in chunk[start : start + _SLICE]]}
+            rows.extend(self._deliveries(part, version, people, policies, now, holding))
         await self._cap_and_hold(rows, categories, holding, now)
         through = chunk[-1]["id"] if chunk else after
         done = len(chunk) < size or (last is not None and through == last)
@@ -315,7 +337,7 @@ class Planner:
         else:
             trace = tracing.carried(nid)
             payload = {**plan_payload(nid, tenant, trace), "stripe": stripe}
-            await self._ctx.broker.publish(PLAN_STREAM, [payload])
+            await self._ctx.broker.publish(CHUNK_STREAM, [payload])
 
     async def _cap_and_hold(
         self,

@@ -24,6 +24,7 @@ from clarion.providers.catalog import Catalog
 from clarion.providers.webhook import SecretLookup
 from clarion.realtime.base import Hub
 from clarion.security.secrets import Keyring
+from clarion.store.pg import PgPool
 
 __all__ = ["OutboundMessage", "Provider", "ProviderSet", "ProviderSpec", "SendResult"]
 
@@ -71,6 +72,8 @@ class ProviderSet:
         self._defaults: dict[tuple[str, str], ProviderSpec] = {}
         # Live inbox pushes for the in-app provider (set by the process's context).
         self.hub: Hub | None = None
+        # The hot statements' asyncpg pool on PostgreSQL (set by the process's context).
+        self.pg: PgPool | None = None
         self._instances: dict[tuple[str, str], tuple[ProviderSpec, Provider]] = {}
         self._fanouts: dict[str, tuple[tuple[int, ...], Provider]] = {}
         # Replaced providers waiting out their grace before being closed.
@@ -235,7 +238,7 @@ class ProviderSet:
         if name == "inapp":
             from clarion.providers.inapp import InAppProvider
 
-            return InAppProvider(self._engine, self.hub)
+            return InAppProvider(self._engine, self.hub, self.pg)
         if name == "webhook":
             from clarion.providers.webhook import WebhookProvider
 

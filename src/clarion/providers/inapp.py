@@ -14,6 +14,7 @@ from clarion.providers.base import OutboundMessage
 from clarion.providers.stored import StoredProvider
 from clarion.realtime.base import Hub, arrivals
 from clarion.store import inbox_changes
+from clarion.store.pg import PgPool
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +22,12 @@ log = logging.getLogger(__name__)
 class InAppProvider(StoredProvider):
     kind = "inapp"
 
-    def __init__(self, engine: AsyncEngine, hub: Hub | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, hub: Hub | None = None, pg: PgPool | None = None
+    ) -> None:
         super().__init__(engine, self._store)
         self._hub = hub
+        self._pg = pg
 
     def row(self, message: OutboundMessage) -> dict[str, Any]:
         # The id derives from the delivery: a repeated send finds the message already there.
@@ -46,7 +50,7 @@ class InAppProvider(StoredProvider):
         }
 
     async def _store(self, engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
-        stored = await inbox_changes.insert(engine, rows)
+        stored = await inbox_changes.insert(engine, rows, self._pg)
         if self._hub is None or not stored:
             return
         events = arrivals(stored)

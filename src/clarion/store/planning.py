@@ -126,10 +126,12 @@ class _PgReads:
         return {(row["tenant_id"], row["id"]): dict(row) for row in rows}
 
     async def existing_deliveries(self, ids: Sequence[str]) -> set[str]:
-        rows = await self._conn.fetch(
-            "SELECT id FROM deliveries WHERE id = ANY($1::text[])", list(ids)
-        )
-        return {row[0] for row in rows}
+        # Nothing to read: the planner plans only notifications still `accepted` or
+        # `scheduled`, and the statement that inserts a notification's deliveries moves it
+        # on (bulk.store_plan), so none of their deliveries exist yet; and should a second
+        # planner race the first, the insert itself reports what it inserted (`ON CONFLICT
+        # DO NOTHING RETURNING`). SQLite's write has no such report: it reads.
+        return set()
 
     async def waiting_deliveries(self, notification_ids: Sequence[str]) -> list[dict[str, Any]]:
         rows = await self._conn.fetch(

@@ -20,8 +20,10 @@ class StoredProvider(Provider):
     def __init__(self, engine: AsyncEngine, insert: Insert) -> None:
         self._engine = engine
         self._insert = insert
+        # Two writes in flight: a send that arrives while a large batch is being written
+        # (a broadcast's) goes out in the next one without waiting for it.
         self._writer: Batcher[dict[str, Any], None] = Batcher(
-            self._flush, max_items=1000, name=f"{self.kind}-writer"
+            self._flush, max_items=1000, concurrency=2, name=f"{self.kind}-writer"
         )
 
     @abstractmethod

@@ -331,7 +331,8 @@ class Planner:
         rows = [row for row in rows if row["id"] in inserted]
         await self._events.emit_rows(rows)
         metrics.planned(rows)
-        await self._publish(rows)
+        for start in range(0, len(rows), _SLICE):
+            await self._publish(rows[start : start + _SLICE])
         if done:
             await planning.finish_topic(engine, pg, nid, utcnow())
         else:

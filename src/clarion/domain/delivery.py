@@ -15,7 +15,51 @@ from typing import Any
 
 import msgspec
 
-from clarion.domain.models import send_stream
+from clarion.domain.models import DeliveryStatus, send_stream
+
+
+def new_row(
+    *,
+    notification_id: str,
+    tenant_id: str,
+    priority: str,
+    category: str | None,
+    critical: bool,
+    expires_at: datetime | None,
+    now: datetime,
+    id: str | None = None,
+    recipient_id: str | None = None,
+    channel: str | None = None,
+    address: Any = None,
+    content: Any = None,
+) -> dict[str, Any]:
+    """A new delivery's stored row (``queued``, no attempt yet): the one place its columns
+    are spelled out. The planner makes one per notification and copies it per recipient
+    and channel; a worker's fallback makes one for the channel it switches to."""
+    return {
+        "id": id,
+        "notification_id": notification_id,
+        "tenant_id": tenant_id,
+        "recipient_id": recipient_id,
+        "channel": channel,
+        "provider": None,
+        "priority": priority,
+        "status": DeliveryStatus.QUEUED,
+        "reason": None,
+        "attempts": 0,
+        "last_error": None,
+        "address": address,
+        "content": content,
+        "provider_message_id": None,
+        "category": category,
+        "fallback": None,
+        "critical": critical,
+        "scheduled_for": None,
+        "expires_at": expires_at,
+        "created_at": now,
+        "updated_at": now,
+        "sent_at": None,
+    }
 
 
 class MalformedDelivery(ValueError):

@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from clarion.broker import Delayed
-from clarion.domain.delivery import Delivery
+from clarion.domain.delivery import Delivery, new_row
 from clarion.domain.ids import delivery_id
 from clarion.domain.models import DeliveryStatus
 from clarion.pipeline.context import Context
@@ -53,30 +53,20 @@ class Attempt:
 def fallback_row(delivery: Delivery, fallback: dict[str, Any], now: datetime) -> dict[str, Any]:
     """The stored row of the delivery a critical one switches to on its fallback channel."""
     expires_at = delivery.expires_at
-    return {
-        "id": delivery_id(delivery.notification, delivery.recipient, fallback["channel"]),
-        "notification_id": delivery.notification,
-        "tenant_id": delivery.tenant,
-        "recipient_id": delivery.recipient,
-        "channel": fallback["channel"],
-        "provider": None,
-        "priority": delivery.priority,
-        "status": DeliveryStatus.QUEUED,
-        "reason": None,
-        "attempts": 0,
-        "last_error": None,
-        "address": fallback["address"],
-        "content": fallback["content"],
-        "provider_message_id": None,
-        "category": delivery.category,
-        "critical": delivery.critical,
-        "fallback": None,
-        "scheduled_for": None,
-        "expires_at": datetime.fromtimestamp(expires_at, UTC) if expires_at else None,
-        "created_at": now,
-        "updated_at": now,
-        "sent_at": None,
-    }
+    return new_row(
+        id=delivery_id(delivery.notification, delivery.recipient, fallback["channel"]),
+        notification_id=delivery.notification,
+        tenant_id=delivery.tenant,
+        recipient_id=delivery.recipient,
+        channel=fallback["channel"],
+        priority=delivery.priority,
+        address=fallback["address"],
+        content=fallback["content"],
+        category=delivery.category,
+        critical=delivery.critical,
+        expires_at=datetime.fromtimestamp(expires_at, UTC) if expires_at else None,
+        now=now,
+    )
 
 
 class Attempts:

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from clarion.broker import Message
+from clarion.domain.delivery import new_row
 from clarion.domain.ids import delivery_id
 from clarion.domain.models import (
     CHUNK_STREAM,
@@ -89,30 +90,15 @@ def _planning_topic(note: dict[str, Any]) -> bool:
 
 def _common_row(note: dict[str, Any], policy: CategoryPolicy, now: datetime) -> dict[str, Any]:
     """What the rows of a notification's deliveries share (a new row is a copy)."""
-    return {
-        "id": None,
-        "notification_id": note["id"],
-        "tenant_id": note["tenant_id"],
-        "recipient_id": None,
-        "channel": None,
-        "provider": None,
-        "priority": note["priority"],
-        "status": DeliveryStatus.QUEUED,
-        "reason": None,
-        "attempts": 0,
-        "last_error": None,
-        "address": None,
-        "content": None,
-        "provider_message_id": None,
-        "category": policy.name,
-        "fallback": None,
-        "critical": policy.critical,
-        "scheduled_for": None,
-        "expires_at": as_utc(note["expires_at"]),
-        "created_at": now,
-        "updated_at": now,
-        "sent_at": None,
-    }
+    return new_row(
+        notification_id=note["id"],
+        tenant_id=note["tenant_id"],
+        priority=note["priority"],
+        category=policy.name,
+        critical=policy.critical,
+        expires_at=as_utc(note["expires_at"]),
+        now=now,
+    )
 
 
 def _stripe_of(message: Message) -> int | None:

@@ -216,7 +216,7 @@ class Planner:
         now = utcnow()
         engine, pg = self._ctx.engine, self._ctx.pg
         async with planning.reads(engine, pg) as reads:
-            notes = await reads.notifications(ids)
+            notes, heads = await reads.notifications_and_heads(ids)
             topical = [n for n in notes.values() if _planning_topic(n)]
             todo = [
                 n
@@ -227,7 +227,6 @@ class Planner:
             tenants = {n["tenant_id"] for n in todo}
             await self._ctx.providers.prepare(tenants)
             categories = await self._ctx.categories.load(engine, tenants)
-            heads = await reads.active_versions({(n["tenant_id"], n["template"]) for n in todo})
             compiled = await self._templates.load(
                 engine, [(t, name, v) for (t, name), v in heads.items()]
             )

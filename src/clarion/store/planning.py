@@ -30,6 +30,13 @@ from clarion.store.tables import notifications, outbox, topic_stripes, topic_sub
 class PlanReads(Protocol):
     async def notifications(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
 
+    async def notifications_and_heads(
+        self, ids: Sequence[str]
+    ) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
+        """The notifications, and the active version of each one's template (by tenant and
+        template name; absent when the template is gone)."""
+        ...
+
     async def active_versions(
         self, keys: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], int]: ...
@@ -62,6 +69,15 @@ class _SqlReads:
 
     async def notifications(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return await notification_store.load_many(self._conn, ids)
+
+    async def notifications_and_heads(
+        self, ids: Sequence[str]
+    ) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
+        notes = await self.notifications(ids)
+        heads = await self.active_versions(
+            {(n["tenant_id"], n["template"]) for n in notes.values()}
+        )
+        return notes, heads
 
     async def active_versions(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         return await template_store.active_versions(self._conn, keys)
@@ -104,6 +120,26 @@ class _PgReads:
             "SELECT * FROM notifications WHERE id = ANY($1::text[])", list(ids)
         )
         return {row["id"]: dict(row) for row in rows}
+
+    async def notifications_and_heads(
+        self, ids: Sequence[str]
+    ) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
+        # One round trip: the template's active version joined to each notification.
+        rows = await self._conn.fetch(
+            "SELECT t.active_version AS _head, n.* FROM notifications AS n "
+            "LEFT JOIN templates AS t ON t.tenant_id = n.tenant_id AND t.name = n.template "
+            "WHERE n.id = ANY($1::text[])",
+            list(ids),
+        )
+        notes: dict[str, dict[str, Any]] = {}
+        heads: dict[tuple[str, str], int] = {}
+        for row in rows:
+            note = dict(row)
+            head = note.pop("_head")
+            notes[note["id"]] = note
+            if head is not None:
+                heads[(note["tenant_id"], note["template"])] = head
+        return notes, heads
 
     async def active_versions(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         rows = await self._conn.fetch(

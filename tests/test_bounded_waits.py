@@ -21,7 +21,7 @@ from clarion.broker.redis_streams import RedisBroker
 from clarion.observability import stacks
 from clarion.pipeline.inflight import holding
 from clarion.store import pg as pg_module
-from clarion.store.batching import is_outage
+from clarion.store.batching import Batcher, is_outage
 from clarion.store.pg import PgPool
 from faultkit import private_redis
 
@@ -127,3 +127,23 @@ async def test_the_dump_names_the_await_each_task_is_parked_on() -> None:
     for name in ("outer", "inner", "wait"):
         assert f"in {name}" in section
     assert dump.rstrip().endswith("--- end of tasks ---")
+
+
+async def test_a_batch_whose_results_cannot_be_handed_out_fails_its_callers() -> None:
+    """A flush that answers the wrong number of results is a fault: the callers get an
+    error instead of waiting forever, and the batcher goes on with the next batches."""
+    calls = 0
+
+    async def flush(items: list[int]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        return [] if calls == 1 else [item * 2 for item in items]
+
+    batcher: Batcher[int, int] = Batcher(flush, name="test")
+    batcher.start()
+    try:
+        with pytest.raises(ValueError, match="zip"):
+            await asyncio.wait_for(batcher.submit(1), 10)
+        assert await asyncio.wait_for(batcher.submit(2), 10) == 4
+    finally:
+        await batcher.close()

@@ -10,6 +10,7 @@ broker's delayed set until the quiet window ends.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -43,6 +44,15 @@ from clarion.store.batching import is_outage
 from clarion.store.db import as_utc, utcnow
 
 log = logging.getLogger(__name__)
+
+# A step of planning (a batch of listed sends, or one chunk of a topic send) that has not
+# finished in this many seconds never will: it is given up (TimeoutError, an outage), its
+# plan messages are not acked and come back after their lease, to be planned again, which
+# adds nothing twice. A step takes about a second for 5,000 recipients; every wait in it is
+# bounded far below this on its own (statements, pooled connections, Redis replies), so
+# this catches only what nothing else does. Without it, a step stuck on an await would hold
+# its plan messages for good: their leases are renewed while it runs (inflight.holding).
+STEP_DEADLINE = 300.0
 
 _RECIPIENT_VARS = ("id", "email", "phone", "locale", "timezone")
 
@@ -149,12 +159,14 @@ class Planner:
     async def handle(self, messages: list[Message]) -> None:
         ids = list(dict.fromkeys(m.payload["notification"] for m in messages))
         redelivered = [m.payload["notification"] for m in messages if m.redelivered]
-        plan, republish, topical = await self._plan(ids, redelivered)
-        await self._events.emit_rows(plan.rows)
-        metrics.planned(plan.rows)
-        await self._publish([*plan.rows, *republish])
+        async with asyncio.timeout(STEP_DEADLINE):
+            plan, republish, topical = await self._plan(ids, redelivered)
+            await self._events.emit_rows(plan.rows)
+            metrics.planned(plan.rows)
+            await self._publish([*plan.rows, *republish])
         for note in topical:
-            await self._plan_chunk(note)
+            async with asyncio.timeout(STEP_DEADLINE):
+                await self._plan_chunk(note)
 
     async def _publish(self, rows: list[dict[str, Any]]) -> None:
         waiting = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)

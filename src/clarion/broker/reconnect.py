@@ -10,9 +10,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 # A reply (or a write) that has not come in this many seconds will not come: the connection
 # is dropped and the call fails (redis TimeoutError, an outage to the callers) instead of
-# waiting forever on a half-open socket. Far above any command Clarion sends: its longest,
-# a blocking XREADGROUP, blocks for 0.1 s at most (broker/redis_streams.py).
-SOCKET_TIMEOUT = 30.0
+# waiting forever on a half-open socket. Set here rather than left to redis-py, whose
+# default changed between versions (none before 8, 5 s since). Far above any command
+# Clarion sends: its longest, a blocking XREADGROUP, blocks for 0.1 s at most
+# (broker/redis_streams.py).
+SOCKET_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
 
 

@@ -43,9 +43,14 @@ async def holding(
     that work which takes longer than a lease (a large batch on a busy machine) is not
     taken back and done a second time by another consumer.
 
-    Each renewal is bounded by a lease (one that takes longer has failed: the lease ran
-    out meanwhile), and leaving the block waits for the renewer at most that long too: a
-    stuck renewal can neither outlive the block nor keep it from ending."""
+    The renewer stops on a flag, not on its cancellation alone: a cancellation can be lost.
+    On Python 3.11, ``asyncio.wait_for`` (redis-py sends every command through it when a
+    socket timeout is set) returns the inner result and drops a cancellation that arrives
+    as the command completes; the renewer then went on renewing for good, and the block's
+    end, which awaited it, never came: the planner stopped, holding its plan message with
+    its lease kept fresh, and nothing was logged. Each renewal is also bounded by a lease
+    (one that takes longer has failed: the lease ran out meanwhile), and leaving the block
+    waits for the renewer at most that long."""
     done = asyncio.Event()
 
     async def renew() -> None:

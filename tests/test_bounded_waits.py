@@ -6,6 +6,7 @@ caller) instead of stopping its stage for good; and a stuck process tells what i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import signal
 from collections.abc import Sequence
@@ -69,6 +70,39 @@ async def test_a_renewal_that_never_returns_neither_stops_the_work_nor_outlives_
         assert [
             t for t in asyncio.all_tasks() if "holding.<locals>.renew" in repr(t.get_coro())
         ] == []
+    finally:
+        await broker.close()
+
+
+class _LostCancellation(EmbeddedBroker):
+    """A broker whose renewal drops a cancellation that comes while it runs, as
+    ``asyncio.wait_for`` does on Python 3.11 (under every redis-py send) when the call
+    completes at that moment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewing = asyncio.Event()
+
+    async def extend(self, messages: Sequence[Message], consumer: str) -> None:
+        self.renewing.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0.05)
+
+
+async def test_the_end_of_a_held_batch_does_not_wait_on_a_renewer_that_lost_its_cancel() -> None:
+    """The planner's stall in a broadcast: leaving ``holding`` while a renewal was under way
+    waited for good on a renewer that went on renewing."""
+    broker = _LostCancellation()
+    await broker.start()
+    try:
+        await broker.publish("plan", [{"n": 1}])
+        taken = await broker.consume(["plan"], "planner-1", count=10, timeout=2)
+        async with holding(broker, taken, "planner-1", lease=0.3):
+            await asyncio.wait_for(broker.renewing.wait(), 10)
+        renewers = [
+            t for t in asyncio.all_tasks() if "holding.<locals>.renew" in repr(t.get_coro())
+        ]
+        assert renewers == []
     finally:
         await broker.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -14,10 +15,12 @@ from sqlalchemy import insert, select, text, update
 
 from clarion.domain.models import PLAN_STREAM
 from clarion.pipeline import attempt
+from clarion.pipeline import planner as planner_module
 from clarion.pipeline.context import open_context
 from clarion.pipeline.messages import plan_payload
 from clarion.pipeline.planner import Planner
 from clarion.pipeline.runtime import Roles
+from clarion.store import planning
 from clarion.store.db import _alembic_config, migrate
 from clarion.store.tables import notifications, topic_stripes
 from harness import Harness, make_settings, running
@@ -306,6 +309,46 @@ async def test_cancel_before_planning_and_between_chunks(backend: tuple[str, str
         assert all(d["reason"] == "cancelled" for d in note["deliveries"])
         captured = (await app.client.get("/v1/sandbox/messages", headers=app.auth)).json()
         assert captured["data"] == []
+
+
+async def test_a_chunk_stuck_on_an_await_is_given_up_and_planned_again(
+    backend: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk whose write never returns holds its plan message only until the step's
+    deadline: then the planner fails the batch (not acked), the message comes back after
+    its lease, and the chunk is planned again; every subscriber gets one delivery."""
+    monkeypatch.setattr(planner_module, "STEP_DEADLINE", 0.5)
+    store_stripe = planning.store_stripe
+    hung: list[str] = []
+
+    async def first_one_hangs(*args: Any, **kwargs: Any) -> set[str] | None:
+        if not hung:
+            hung.append("once")
+            await asyncio.Event().wait()
+        return await store_stripe(*args, **kwargs)
+
+    monkeypatch.setattr(planning, "store_stripe", first_one_hangs)
+    settings = make_settings(*backend, topic_chunk=2, broker_lease=1.0)
+    members = [f"m{i}" for i in range(5)]
+    async with running(settings, Roles(api=True)) as app:
+        await _people(app, members)
+        await _subscribe(app, "news", members)
+        await app.put_template("digest", EMAIL)
+        sent = (await app.send({"template": "digest", "to": {"topic": "news"}})).json()
+        planner = Planner(app.ctx, "test-planner")
+
+        async def plan_until_stuck() -> None:
+            while not hung:
+                await planner.run_once(timeout=0.2)
+                await planner.run_chunks_once(timeout=0.2)
+
+        with pytest.raises(TimeoutError):
+            await plan_until_stuck()
+    async with running(settings) as app:
+        await app.drain()
+        note = await app.notification(sent["id"])
+        assert (note["status"], note["totals"]) == ("completed", {"sent": 5})
+        assert sorted(d["recipient_id"] for d in note["deliveries"]) == members
 
 
 async def test_delivery_expiring_while_queued_is_dropped(

@@ -17,7 +17,7 @@ import uvicorn
 from clarion.api.app import create_app
 from clarion.api.server import http_server
 from clarion.config import Settings
-from clarion.observability import metrics, tracing
+from clarion.observability import metrics, stacks, tracing
 from clarion.observability.ops_server import ops_server
 from clarion.observability.scrape import Sources
 from clarion.pipeline.context import Context, open_context
@@ -133,6 +133,7 @@ async def run(settings: Settings, roles: Roles, *, demo: bool = False) -> None:
         await runtime.start()
         stop = asyncio.Event()
         _install_signals(stop)
+        stacks.install()
         server: uvicorn.Server | None = None
         server_task: asyncio.Task[None] | None = None
         sources = sources_for(ctx, roles)

@@ -41,13 +41,26 @@ async def holding(
 ) -> AsyncIterator[None]:
     """Renew the leases of ``messages`` every third of a lease while the block runs, so
     that work which takes longer than a lease (a large batch on a busy machine) is not
-    taken back and done a second time by another consumer."""
+    taken back and done a second time by another consumer.
+
+    The renewer stops on a flag, not on its cancellation alone: a cancellation can be lost.
+    On Python 3.11, ``asyncio.wait_for`` (redis-py sends every command through it when a
+    socket timeout is set) returns the inner result and drops a cancellation that arrives
+    as the command completes; the renewer then went on renewing for good, and the block's
+    end, which awaited it, never came: the planner stopped, holding its plan message with
+    its lease kept fresh, and nothing was logged. Each renewal is also bounded by a lease
+    (one that takes longer has failed: the lease ran out meanwhile), and leaving the block
+    waits for the renewer at most that long."""
+    done = asyncio.Event()
 
     async def renew() -> None:
         while True:
             await asyncio.sleep(lease / 3)
+            if done.is_set():
+                return
             try:
-                await broker.extend(messages, consumer)
+                async with asyncio.timeout(lease):
+                    await broker.extend(messages, consumer)
             except Exception as exc:  # they may come back after their lease instead
                 log.warning("renewing %d leases failed: %r", len(messages), exc)
 
@@ -55,6 +68,8 @@ async def holding(
     try:
         yield
     finally:
+        done.set()
         renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewer
+        _, pending = await asyncio.wait([renewer], timeout=lease)
+        if pending:
+            log.warning("renewing %d leases did not stop when asked", len(messages))

@@ -53,6 +53,15 @@ from clarion.store.db import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
+# A step of planning (a batch of listed sends, or one chunk of a topic send) that has not
+# finished in this many seconds never will: it is given up (TimeoutError, an outage), its
+# plan messages are not acked and come back after their lease, to be planned again, which
+# adds nothing twice. A step takes about a second for 5,000 recipients; every wait in it is
+# bounded far below this on its own (statements, pooled connections, Redis replies), so
+# this catches only what nothing else does. Without it, a step stuck on an await would hold
+# its plan messages for good: their leases are renewed while it runs (inflight.holding).
+STEP_DEADLINE = 300.0
+
 _RECIPIENT_VARS = ("id", "email", "phone", "locale", "timezone")
 # Chunks of topic sends one planner works on at once (each its own stripe's), and the
 # recipients it turns into deliveries between two looks at the event loop (a chunk's rows
@@ -180,10 +189,11 @@ class Planner:
         redelivered = [m.payload["notification"] for m in plain if m.redelivered]
         work: list[Coroutine[Any, Any, None]] = []
         if ids:
-            plan, republish, topical = await self._plan(ids, redelivered)
-            await self._events.emit_rows(plan.rows)
-            metrics.planned(plan.rows)
-            await self._publish([*plan.rows, *republish])
+            async with asyncio.timeout(STEP_DEADLINE):
+                plan, republish, topical = await self._plan(ids, redelivered)
+                await self._events.emit_rows(plan.rows)
+                metrics.planned(plan.rows)
+                await self._publish([*plan.rows, *republish])
             work.extend(self._open_topic(note) for note in topical)
         chunks = sorted(
             {(m.payload["notification"], s) for m in messages if (s := _stripe_of(m)) is not None}
@@ -195,7 +205,9 @@ class Planner:
                 for nid, stripe in chunks
                 if nid in notes and _planning_topic(notes[nid])
             )
-        await _together(work)
+        # Each chunk (and each send's stripes being made) a step: bounded as a whole.
+        async with asyncio.timeout(STEP_DEADLINE):
+            await _together(work)
 
     async def _notifications(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         async with planning.reads(self._ctx.engine, self._ctx.pg) as reads:

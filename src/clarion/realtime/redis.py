@@ -36,6 +36,7 @@ _POLL = 0.05
 _SUBSCRIBE_TIMEOUT = 10.0
 # Channels named in one SUBSCRIBE or UNSUBSCRIBE.
 _PER_COMMAND = 1000
+_CLOSE_WAIT = 15.0
 
 
 def channel(tenant_id: str, recipient_id: str) -> str:
@@ -60,6 +61,9 @@ class RedisHub(Hub):
         # Channels to subscribe (with who waits for it) or to unsubscribe, in order.
         self._requests: list[tuple[str, str, asyncio.Future[None] | None]] = []
         self._wake = asyncio.Event()
+        # The owner's loops end on this flag: a cancellation alone can be lost (see
+        # pipeline/inflight.py::holding).
+        self._closing = False
 
     async def publish(self, tenant_id: str, recipient_id: str, event: Event) -> None:
         await self._redis.publish(channel(tenant_id, recipient_id), orjson.dumps(event))
@@ -90,7 +94,7 @@ class RedisHub(Hub):
 
     async def _own(self) -> None:
         pause = 0.1
-        while True:
+        while not self._closing:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await self._serve(pubsub)
@@ -105,7 +109,7 @@ class RedisHub(Hub):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _serve(self, pubsub: PubSub) -> None:
-        while True:
+        while not self._closing:
             if not pubsub.subscribed and not self._requests:
                 self._wake.clear()
                 await self._wake.wait()
@@ -162,6 +166,14 @@ class RedisHub(Hub):
     async def aclose(self) -> None:
         await super().aclose()
         if self._owner is not None:
+            self._closing = True
+            self._wake.set()
             self._owner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._owner
+            # Its loops see the flag within a poll; a pub/sub call it is in is bounded by
+            # the client's socket timeout.
+            _, pending = await asyncio.wait([self._owner], timeout=_CLOSE_WAIT)
+            if pending:
+                log.warning("the inbox pub/sub task did not stop when asked")
+            else:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._owner

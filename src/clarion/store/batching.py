@@ -123,6 +123,14 @@ class Batcher(Generic[T, R]):
                 batch.append(self._queue.get_nowait())
             try:
                 await self._write(batch)
+            except Exception as exc:
+                # Not the flush's failure (``_write`` hands that to the callers) but a fault
+                # in handing out the results: the callers get it rather than wait forever,
+                # and this task lives on for the next batches.
+                log.error("%s: a batch of %d was lost: %r", self._name, len(batch), exc)
+                for _, future in batch:
+                    if future is not None and not future.done():
+                        future.set_exception(exc)
             finally:
                 for _ in batch:
                     self._queue.task_done()

@@ -46,6 +46,13 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     SET): the pool's reset round trip on every release is skipped."""
 
 
+# How long a statement waits for one of the pool's connections. asyncpg waits forever by
+# default: one connection never given back would stop every later statement, silently.
+# Bounded, the wait fails (TimeoutError, an outage to the callers), and the unit of work
+# that needed the connection is retried like any other that met an unreachable database.
+ACQUIRE_TIMEOUT = 30.0
+
+
 class PgPool:
     """A small asyncpg pool, opened on first use."""
 
@@ -76,17 +83,17 @@ class PgPool:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         pool = await self._open()
-        async with pool.acquire() as conn:
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             yield conn
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        pool = await self._open()
-        rows: list[asyncpg.Record] = await pool.fetch(sql, *args)
+        async with self.connection() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
         return rows
 
     async def execute(self, sql: str, *args: Any) -> str:
-        pool = await self._open()
-        status: str = await pool.execute(sql, *args)
+        async with self.connection() as conn:
+            status: str = await conn.execute(sql, *args)
         return status
 
     async def aclose(self) -> None:

@@ -119,9 +119,9 @@ notifications = Table(
     Column("idempotency_key", String(255)),
     Column("request_hash", String(64)),
     _ts("created_at", nullable=False),
-    # A topic send: the topic, the last recipient id whose deliveries are planned (the
-    # planner goes through the subscribers in chunks, in id order) and when the last chunk
-    # was planned.
+    # A topic send: the topic, and when its last chunk was planned. Its cursors are in
+    # `topic_stripes`; `planned_through` is the single cursor of sends planned before
+    # stripes (migration 0019 turns one in progress into a stripe), no longer written.
     Column("topic", String(200)),
     Column("planned_through", String(200)),
     _ts("planned_at"),

@@ -50,6 +50,17 @@ async def _subscribe(app: Harness, topic: str, ids: list[str]) -> dict[str, Any]
     return body
 
 
+async def _broadcast(app: Harness, members: list[str]) -> dict[str, Any]:
+    """``members`` subscribed to "news", and a send to the topic accepted."""
+    await _people(app, members)
+    await _subscribe(app, "news", members)
+    await app.put_template("digest", EMAIL)
+    sent = await app.send({"template": "digest", "to": {"topic": "news"}})
+    assert sent.status_code == 202, sent.text
+    body: dict[str, Any] = sent.json()
+    return body
+
+
 async def _pages(app: Harness, path: str, limit: int) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     cursor: str | None = None
@@ -232,10 +243,7 @@ async def test_cancel_between_stripes_chunks_drops_the_stripes(backend: tuple[st
     settings = make_settings(*backend, topic_chunk=2, topic_stripes=3)
     members = [f"m{i:02d}" for i in range(12)]
     async with running(settings, Roles(api=True)) as app:
-        await _people(app, members)
-        await _subscribe(app, "news", members)
-        await app.put_template("digest", EMAIL)
-        sent = (await app.send({"template": "digest", "to": {"topic": "news"}})).json()
+        sent = await _broadcast(app, members)
         planner = Planner(app.ctx, "planner")
         assert await planner.run_once(timeout=1.0) == 1  # the stripes
         assert await planner.run_chunks_once(timeout=1.0) == 2  # a chunk of two of them
@@ -331,10 +339,7 @@ async def test_a_chunk_stuck_on_an_await_is_given_up_and_planned_again(
     settings = make_settings(*backend, topic_chunk=2, broker_lease=1.0)
     members = [f"m{i}" for i in range(5)]
     async with running(settings, Roles(api=True)) as app:
-        await _people(app, members)
-        await _subscribe(app, "news", members)
-        await app.put_template("digest", EMAIL)
-        sent = (await app.send({"template": "digest", "to": {"topic": "news"}})).json()
+        sent = await _broadcast(app, members)
         planner = Planner(app.ctx, "test-planner")
 
         async def plan_until_stuck() -> None:

@@ -132,7 +132,8 @@ class Broadcast(e2e.Bench):
                 )
         cpu = e2e.cpu_used(cpu_before, self.cpu_times(), n)
         planned_at, last_sent, statuses = await self._broadcast_times(db, nid)
-        latencies = await self._probe_latencies(db, probes)
+        parts = await self._probe_latencies(db, probes)
+        latencies = [sum(part) for part in parts]
         return {
             "config": "postgres-redis",
             "channel": self.args.channel,
@@ -148,6 +149,11 @@ class Broadcast(e2e.Bench):
             "critical_p50_ms": round(1000 * e2e.percentile(latencies, 0.50), 1),
             "critical_p99_ms": round(1000 * e2e.percentile(latencies, 0.99), 1),
             "critical_max_ms": round(1000 * latencies[-1], 1),
+            # Where a critical send's time went: to the start of its planning (intake, the
+            # plan stream, a free planner), then to its send (planning, the lane, a free
+            # worker slot, the provider), each p50 / p99 / max.
+            "critical_to_planning_ms": _ms_p50_p99_max([p[0] for p in parts]),
+            "critical_planning_to_sent_ms": _ms_p50_p99_max([p[1] for p in parts]),
             "cpu": cpu,
             "machine": e2e.machine(),
             "postgres": self.postgres,
@@ -168,12 +174,16 @@ class Broadcast(e2e.Bench):
         return planned_at.timestamp(), last_sent.timestamp(), {r[0]: r[1] for r in rows}
 
     @staticmethod
-    async def _probe_latencies(db: asyncpg.Connection, probes: dict[str, float]) -> list[float]:
-        """Seconds from each probe's POST to its delivery's send; waits for the last ones."""
+    async def _probe_latencies(
+        db: asyncpg.Connection, probes: dict[str, float]
+    ) -> list[tuple[float, float]]:
+        """Per probe, seconds from its POST to the start of its planning (its delivery's
+        ``created_at``) and from there to its send (``sent_at``), by total; waits for the
+        last ones."""
         deadline = time.monotonic() + 30
         while True:
             rows = await db.fetch(
-                "SELECT notification_id, sent_at FROM deliveries "
+                "SELECT notification_id, created_at, sent_at FROM deliveries "
                 "WHERE notification_id = ANY($1::text[]) AND status = 'sent'",
                 list(probes),
             )
@@ -182,7 +192,16 @@ class Broadcast(e2e.Bench):
             await asyncio.sleep(0.2)
         if len(rows) < len(probes):
             raise RuntimeError(f"{len(probes) - len(rows)} critical probes were not sent")
-        return sorted(row[1].timestamp() - probes[row[0]] for row in rows)
+        parts = [
+            (row[1].timestamp() - probes[row[0]], row[2].timestamp() - row[1].timestamp())
+            for row in rows
+        ]
+        return sorted(parts, key=sum)
+
+
+def _ms_p50_p99_max(values: list[float]) -> list[float]:
+    ordered = sorted(values)
+    return [round(1000 * e2e.percentile(ordered, q), 1) for q in (0.5, 0.99, 1.0)]
 
 
 def log(message: str) -> None:

@@ -69,6 +69,19 @@ def quantiles_ms(values: list[float]) -> list[float] | None:
     return [round(percentile(values, q) * 1000, 1) for q in (0.5, 0.99)]
 
 
+def by_second(arrived: dict[int, tuple[float, float, float]], start: float) -> list[list[float]]:
+    """Accept→frame latency p50, p99 and max (ms) of the messages sent in each second of
+    the run: whether the slow ones cluster (a start, a pause) or spread."""
+    seconds: dict[int, list[float]] = {}
+    for at, to_stored, to_frame in arrived.values():
+        seconds.setdefault(int(at - start), []).append(to_stored + to_frame)
+    rows = []
+    for second in sorted(seconds):
+        values = sorted(seconds[second])
+        rows.append([round(percentile(values, q) * 1000, 1) for q in (0.5, 0.99, 1.0)])
+    return rows
+
+
 def cpu_times(children: Children, database: str | None) -> dict[tuple[str, int], float]:
     """CPU seconds so far of each process of the run (PostgreSQL: the backends serving the
     run's database), and of the whole machine."""
@@ -147,8 +160,8 @@ class Client:
     def __init__(self) -> None:
         self.sockets: list[ClientConnection] = []
         self.latencies: list[float] = []
-        # Per message number: (sent → stored, stored → frame) seconds.
-        self.arrived: dict[int, tuple[float, float]] = {}
+        # Per message number: (sent at, sent → stored, stored → frame) seconds.
+        self.arrived: dict[int, tuple[float, float, float]] = {}
         self.readers: list[asyncio.Task[None]] = []
         self.closed = 0
         # Why they closed: the close code the server sent (None: no close frame came).
@@ -173,7 +186,7 @@ class Client:
                     at, _, number = message["body"].partition(" ")
                     stored = datetime.fromisoformat(message["created_at"]).timestamp()
                     self.latencies.append(received - float(at))
-                    self.arrived[int(number)] = (stored - float(at), received - stored)
+                    self.arrived[int(number)] = (float(at), stored - float(at), received - stored)
                     if len(self.latencies) == self.expected:
                         self.all_arrived.set()
         except ConnectionClosed as exc:
@@ -313,6 +326,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cpu_before = cpu_times(children, database)
             log(f"sending {args.rate}/s for {args.seconds:g}s")
             started = time.monotonic()
+            started_wall = time.time()
             period = 0.05
             per_batch = max(1, round(args.rate * period))
             while time.monotonic() - started < args.seconds:
@@ -348,8 +362,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 profiler.wait()
             latencies = sorted(client.latencies)
             missing = [n for n in range(sent) if n not in client.arrived]
-            stored_s = sorted(a[0] for a in client.arrived.values())
-            pushed_s = sorted(a[1] for a in client.arrived.values())
+            stored_s = sorted(a[1] for a in client.arrived.values())
+            pushed_s = sorted(a[2] for a in client.arrived.values())
             store_check = None
             if database is not None:
                 store_check = await stored_state(database_url, [to[n] for n in missing])
@@ -381,6 +395,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "latency_ms_max": round(latencies[-1] * 1000, 1) if latencies else None,
                 "send_to_stored_ms_p50_p99": quantiles_ms(stored_s),
                 "stored_to_frame_ms_p50_p99": quantiles_ms(pushed_s),
+                "latency_ms_p50_p99_max_by_second": by_second(client.arrived, started_wall),
                 "missing": len(missing),
                 "missing_recipients": len({to[n] for n in missing}),
                 "store_check": store_check,

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,47 +42,61 @@ def arrivals(stored: list[dict[str, Any]]) -> list[tuple[str, str, Event]]:
 
 
 class Subscription:
-    """One live connection's view of the hub: a bounded queue and a close reason."""
+    """One live connection's view of the hub: a bounded queue and a close reason.
+
+    Lean on purpose: an API process holds one per open connection (10,000 and more), and
+    each wait for the next events allocates one future and nothing else. Waits that made a
+    task or a timer each (``wait_for``, ``asyncio.wait``) left tens of objects per
+    connection behind every push, and a collector walking hundreds of thousands of them
+    paused the whole process (docs/performance.md, "The live inbox on a quiet day")."""
 
     def __init__(self, key: Key, issued_at_ms: int, maxsize: int) -> None:
         self.key = key
         # When the connection's token was issued: a revocation after it closes it.
         self.issued_at_ms = issued_at_ms
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self._events: deque[Event] = deque()
+        self._maxsize = maxsize  # 0 or less: unbounded
+        self._waiter: asyncio.Future[None] | None = None
         self.closed = asyncio.Event()
         self.reason: str | None = None
 
     def offer(self, event: Event) -> None:
         if self.closed.is_set():
             return
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if 0 < self._maxsize <= len(self._events):
             self.close(TOO_SLOW)
+            return
+        self._events.append(event)
+        self._wake()
 
     def close(self, reason: str) -> None:
         if not self.closed.is_set():
             self.reason = reason
             self.closed.set()
+            self._wake()
 
-    async def next_batch(self) -> list[Event] | None:
-        """Every event waiting (at least one), or None once the subscription is closed."""
-        if self._queue.empty() and not self.closed.is_set():
-            getter = asyncio.ensure_future(self._queue.get())
-            closer = asyncio.ensure_future(self.closed.wait())
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_batch(self, timeout: float | None = None) -> list[Event] | None:
+        """Every event waiting (at least one), or None once the subscription is closed;
+        TimeoutError when ``timeout`` seconds pass with neither."""
+        if not self._events and not self.closed.is_set():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait([getter, closer], return_when=asyncio.FIRST_COMPLETED)
+                if timeout is None:
+                    await waiter
+                else:
+                    async with asyncio.timeout(timeout):
+                        await waiter
             finally:
-                for waiter in (getter, closer):
-                    waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    first = await getter
-                    self._queue.put_nowait(first)  # back at the head of an empty queue
+                self._waiter = None
         if self.closed.is_set():
             return None
-        events = []
-        while not self._queue.empty():
-            events.append(self._queue.get_nowait())
+        events = list(self._events)
+        self._events.clear()
         return events
 
 

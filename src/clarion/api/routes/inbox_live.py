@@ -99,7 +99,7 @@ async def stream(
                 yield _sse(event, session.position)
             while True:
                 try:
-                    batch = await asyncio.wait_for(sub.next_batch(), heartbeat)
+                    batch = await sub.next_batch(heartbeat)
                 except TimeoutError:
                     if time.time() >= who.expires_at:
                         sub.close("token_expired")
@@ -183,17 +183,9 @@ async def _read(sock: _Socket, session: LiveSession) -> None:
         pass
 
 
-async def _write(sock: _Socket, session: LiveSession, who: RecipientClaims, beat: float) -> None:
+async def _write(sock: _Socket, session: LiveSession) -> None:
     sub = session.sub
-    while True:
-        try:
-            batch = await asyncio.wait_for(sub.next_batch(), beat)
-        except TimeoutError:
-            if time.time() >= who.expires_at:
-                sub.close("token_expired")
-            continue
-        if batch is None:
-            return
+    while (batch := await sub.next_batch()) is not None:
         for event in await session.translate(batch):
             await sock.send(event)
 
@@ -219,32 +211,44 @@ async def ws(websocket: WebSocket) -> None:
         await _refuse(websocket, Unauthorized("invalid recipient token"))
         return
     gate: InboxGate = websocket.app.state.ctx.inbox
-    beat = websocket.app.state.ctx.settings.inbox_heartbeat
     await websocket.accept()
     sock = _Socket(websocket)
     async with gate.hub.subscribe(who.tenant_id, who.recipient_id, who.issued_at_ms) as sub:
         session = LiveSession(gate, who, sub)
-        for event in await session.open():
-            await sock.send(event)
-        # A first frame (a resume) is answered before any live event goes out.
-        first: Mapping[str, Any] | None = None
-        with contextlib.suppress(TimeoutError):
-            first = await asyncio.wait_for(websocket.receive(), _FIRST_FRAME)
-        if first is not None and not await _handle(sock, session, first):
-            return
-        tasks = [
-            asyncio.create_task(_read(sock, session), name="inbox-ws-read"),
-            asyncio.create_task(_write(sock, session, who, beat), name="inbox-ws-write"),
-            asyncio.create_task(sub.closed.wait(), name="inbox-ws-closed"),
-        ]
+        # One timer for the connection's life closes it when its token expires (not a
+        # timeout on every wait: see realtime/base.py, Subscription).
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, who.expires_at - time.time()), sub.close, "token_expired"
+        )
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await _serve(websocket, sock, session)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            expiry.cancel()
         reason = sub.reason
     await _close(websocket, reason)
+
+
+async def _serve(websocket: WebSocket, sock: _Socket, session: LiveSession) -> None:
+    for event in await session.open():
+        await sock.send(event)
+    # A first frame (a resume) is answered before any live event goes out.
+    first: Mapping[str, Any] | None = None
+    with contextlib.suppress(TimeoutError):
+        first = await asyncio.wait_for(websocket.receive(), _FIRST_FRAME)
+    if first is not None and not await _handle(sock, session, first):
+        return
+    tasks = [
+        asyncio.create_task(_read(sock, session), name="inbox-ws-read"),
+        asyncio.create_task(_write(sock, session), name="inbox-ws-write"),
+        # A writer blocked on a client that stopped reading still ends at the close.
+        asyncio.create_task(session.sub.closed.wait(), name="inbox-ws-closed"),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _close(websocket: WebSocket, reason: str | None) -> None:

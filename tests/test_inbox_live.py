@@ -268,6 +268,25 @@ async def test_erasure_closes_the_recipients_connections(app: Harness, base: str
         assert (await bystander.until("pong"))["type"] == "pong"
 
 
+async def test_an_open_websocket_closes_when_its_token_expires(app: Harness, base: str) -> None:
+    """A token that expires while its connection is open ends the connection then (4001
+    ``token_expired``), with no event or heartbeat needed to notice; a fresh token
+    reconnects."""
+    await inbox_ready(app, "u-1")
+    secret = await inbox_access.secret(app.ctx.engine, app.tenant_id)
+    assert secret is not None
+    short = inbox_tokens.mint(secret, app.tenant_id, "u-1", int(time.time() * 1000), 1)
+    async with websocket(base, short) as ws:
+        assert (await ws.next())["type"] == "count"
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.until("never", timeout=10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4001
+    assert closed.value.rcvd.reason == "token_expired"
+    async with websocket(base, await token_for(app, "u-1")) as ws:
+        assert (await ws.next())["type"] == "count"
+
+
 async def test_rotation_closes_every_connection_of_the_tenant(lite: Harness) -> None:
     token = await inbox_ready(lite, "u-1")
     async with serving(lite) as base, event_stream(base, token) as stream:

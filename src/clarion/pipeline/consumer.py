@@ -7,7 +7,10 @@ Fair shares
     ``tenant_limit`` of them. Taken messages wait in per-lane, per-tenant queues; a free
     slot goes to the next tenant in round robin, from the highest lane that has a tenant
     under its limit. So a tenant whose endpoints hang holds at most its limit of the slots,
-    and the others' work, taken past its waiting messages, runs in the rest.
+    and the others' work, taken past its waiting messages, runs in the rest. The top lane
+    (critical) has ``express`` slots more, in all and per tenant: a critical delivery
+    taken while a broadcast's deliveries fill every slot (or its tenant's share) starts
+    at once instead of waiting for one of them to finish.
 
 Read-ahead
     The loop takes only what it can start (once a handful of slots are free, so that a busy
@@ -71,6 +74,10 @@ class FairConsumer:
         self.tenant_limit = max(1, int(concurrency * tenant_share))
         self._max_held = max_held if max_held is not None else max(concurrency * 16, 1000)
         self._min_take = max(1, concurrency // 8)
+        # Slots only the top lane (critical) may use, over the process's and its tenant's
+        # limits: a critical delivery never waits for a slot that the lower lanes hold,
+        # however busy a broadcast keeps them.
+        self.express = max(1, concurrency // 8)
         self._renew_every = lease / 4
         # Per lane, the tenants with waiting messages, in round-robin order.
         self._waiting: list[dict[str, deque[Message]]] = [{} for _ in self._streams]
@@ -153,15 +160,18 @@ class FairConsumer:
 
     def _start_ready(self) -> None:
         """Fill free slots: highest lane first, round robin between its tenants, skipping
-        tenants at their limit."""
-        for queues in self._waiting:
+        tenants at their limit. The top lane has ``express`` slots more, in all and per
+        tenant."""
+        for lane, queues in enumerate(self._waiting):
+            extra = self.express if lane == 0 else 0
+            limit, tenant_limit = self.concurrency + extra, self.tenant_limit + extra
             skipped = 0
             while queues and skipped < len(queues):
-                if len(self._running) >= self.concurrency:
-                    return
+                if len(self._running) >= limit:
+                    break
                 tenant = next(iter(queues))
                 queue = queues.pop(tenant)
-                if self._per_tenant[tenant] >= self.tenant_limit:
+                if self._per_tenant[tenant] >= tenant_limit:
                     queues[tenant] = queue
                     skipped += 1
                     continue

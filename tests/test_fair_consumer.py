@@ -1,0 +1,52 @@
+"""The consumer's slots: the top lane's express slots over the process's and the tenant's
+limits, and the lower lanes kept to theirs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from clarion.broker import Message
+from clarion.pipeline.consumer import FairConsumer
+
+STREAMS = ["send.x.critical", "send.x.high", "send.x.normal", "send.x.low"]
+
+
+def message(lane: str, ident: str, tenant: str) -> Message:
+    return Message(f"send.x.{lane}", ident, {"tenant": tenant})
+
+
+async def test_a_critical_message_starts_while_the_lower_lanes_fill_every_slot() -> None:
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def handle(msg: Message) -> None:
+        started.append(msg.id)
+        await release.wait()
+
+    broker: Any = None  # never called: messages are handed in directly
+    consumer = FairConsumer(
+        broker, STREAMS, "c", handle, concurrency=8, tenant_share=0.5, lease=60, name="t"
+    )
+    assert (consumer.tenant_limit, consumer.express) == (4, 1)
+    # A broadcast of two tenants fills every slot, with more of it waiting.
+    consumer._enqueue([message("normal", f"a{i}", "a") for i in range(20)])
+    consumer._enqueue([message("normal", f"b{i}", "b") for i in range(20)])
+    await asyncio.sleep(0)
+    assert len(started) == 8
+    # Tenant a's critical delivery starts at once, over both limits.
+    consumer._enqueue([message("critical", "alert-1", "a")])
+    await asyncio.sleep(0)
+    assert started[-1] == "alert-1"
+    # The express slots are few: the next critical one waits for a slot like the rest,
+    # and a high one is no exception.
+    consumer._enqueue([message("critical", "alert-2", "b"), message("high", "h", "c")])
+    await asyncio.sleep(0)
+    assert len(started) == 9
+    release.set()
+    while consumer.held:
+        await asyncio.sleep(0)
+    assert {"alert-2", "h"} <= set(started)
+    assert len(started) == 43
+    # The second critical one came first once slots were free.
+    assert started.index("alert-2") < started.index("h") < started.index("a4")

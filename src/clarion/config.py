@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     # its stripe's cursor; its subscribers are split into up to this many stripes, planned
     # side by side by whichever planners are free (docs/topics.md).
     topic_chunk: int = Field(default=2000, ge=1, le=100_000)
-    topic_stripes: int = Field(default=4, ge=1, le=64)
+    topic_stripes: int = Field(default=8, ge=1, le=64)
     # Recurring schedules (docs/schedules.md): due times missed by more than the catch-up
     # window (the scheduler was down) are skipped; a `recipient` schedule looks for new
     # time zones among its audience at least this often; runs are kept this long.

@@ -66,7 +66,7 @@ _RECIPIENT_VARS = ("id", "email", "phone", "locale", "timezone")
 # Chunks of topic sends one planner works on at once (each its own stripe's), and the
 # recipients it turns into deliveries between two looks at the event loop (a chunk's rows
 # are built in Python: other work of the process gets its turn meanwhile).
-CHUNKS_AT_ONCE = 2
+CHUNKS_AT_ONCE = 4
 _SLICE = 500
 
 

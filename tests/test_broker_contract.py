@@ -255,3 +255,34 @@ async def test_work_held_longer_than_a_lease_is_not_handed_out_again(broker: Bro
         assert await broker.consume(["plan"], "planner-2", count=10, timeout=3 * LEASE) == []
     await broker.ack(taken)
     assert await broker.consume(["plan"], "planner-2", count=10, timeout=2 * LEASE) == []
+
+
+async def test_one_holder_leads_a_role_until_it_steps_down(broker: Broker) -> None:
+    """pipeline/lead.py: one process per role leads; the embedded broker (one process)
+    always lets its caller lead."""
+    assert await broker.lead("planner", "p1", ttl=60)
+    assert await broker.lead("planner", "p1", ttl=60)  # kept
+    assert await broker.lead("senders", "p2", ttl=60)  # another role: its own lead
+    shared = isinstance(broker, RedisBroker)
+    assert await broker.lead("planner", "p2", ttl=60) is not shared
+    await broker.step_down("planner", "p2")  # not the holder: nothing changes
+    assert await broker.lead("planner", "p2", ttl=60) is not shared
+    await broker.step_down("planner", "p1")
+    assert await broker.lead("planner", "p2", ttl=60)
+    assert await broker.lead("planner", "p1", ttl=60) is not shared
+
+
+@pytest.mark.redis
+async def test_a_lead_lapses_when_its_holder_stops_renewing(redis_url: str) -> None:
+    broker = RedisBroker(redis_url, lease=LEASE)
+    await broker.start()
+    try:
+        assert await broker.lead("planner", "gone", ttl=60)
+        assert not await broker.lead("planner", "next", ttl=60)
+        client = Redis.from_url(redis_url)
+        assert 0 < await client.pttl("clarion:lead:planner") <= 60_000
+        await client.delete("clarion:lead:planner")  # what 60 s without renewal does
+        await client.aclose()
+        assert await broker.lead("planner", "next", ttl=60)
+    finally:
+        await broker.close()

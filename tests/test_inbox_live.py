@@ -275,7 +275,8 @@ async def test_an_open_websocket_closes_when_its_token_expires(app: Harness, bas
     await inbox_ready(app, "u-1")
     secret = await inbox_access.secret(app.ctx.engine, app.tenant_id)
     assert secret is not None
-    short = inbox_tokens.mint(secret, app.tenant_id, "u-1", int(time.time() * 1000), 1)
+    # Expiry is in whole seconds: this one ends 2 to 3 s from now, time enough to connect.
+    short = inbox_tokens.mint(secret, app.tenant_id, "u-1", int(time.time() * 1000), 3)
     async with websocket(base, short) as ws:
         assert (await ws.next())["type"] == "count"
         with pytest.raises(ConnectionClosed) as closed:

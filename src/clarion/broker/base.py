@@ -113,6 +113,14 @@ class Broker(ABC):
         An acked message is left alone. Call it well within the lease: one already taken
         back by another consumer may be claimed back by this one."""
 
+    async def lead(self, role: str, holder: str, ttl: float) -> bool:
+        """Take or keep the lead of ``role`` for ``ttl`` seconds; True when ``holder`` has
+        it (pipeline/lead.py). A broker of one process: that process always leads."""
+        return True
+
+    async def step_down(self, role: str, holder: str) -> None:  # noqa: B027 - optional
+        """Give up the lead of ``role`` if ``holder`` has it, for another to take at once."""
+
     @abstractmethod
     async def ping(self) -> None:
         """Raise if the broker cannot be reached."""

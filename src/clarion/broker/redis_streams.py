@@ -61,6 +61,29 @@ return #ARGV
 """
 
 
+# KEYS: the lead's key. ARGV: holder, lease in milliseconds. 1 when the holder leads.
+_LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+end
+if not holder then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return 0
+"""
+
+# KEYS: the lead's key. ARGV: holder.
+_STEP_DOWN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 class RedisBroker(Broker):
     """Streams in Redis (6.2+, for XAUTOCLAIM) with one consumer group per stream."""
 
@@ -71,6 +94,8 @@ class RedisBroker(Broker):
         self._client: Redis | None = None
         self._move_due: AsyncScript | None = None
         self._publish: AsyncScript | None = None
+        self._lead: AsyncScript | None = None
+        self._step_down: AsyncScript | None = None
         self._groups: set[str] = set()
         self._moved_at: dict[str, float] = {}
         self._claimed_at: dict[str, float] = {}
@@ -105,6 +130,8 @@ class RedisBroker(Broker):
         self._client.set_response_callback("XREADGROUP", _as_sent)
         self._move_due = self._client.register_script(_MOVE_DUE)
         self._publish = self._client.register_script(_PUBLISH)
+        self._lead = self._client.register_script(_LEAD)
+        self._step_down = self._client.register_script(_STEP_DOWN)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -113,6 +140,19 @@ class RedisBroker(Broker):
 
     async def ping(self) -> None:
         await self._redis.ping()
+
+    # -- leads -----------------------------------------------------------------------------
+
+    def _lead_key(self, role: str) -> str:
+        return f"{self._prefix}:lead:{role}"
+
+    async def lead(self, role: str, holder: str, ttl: float) -> bool:
+        assert self._lead is not None  # set with the client in start()
+        return bool(await self._lead(keys=[self._lead_key(role)], args=[holder, int(ttl * 1000)]))
+
+    async def step_down(self, role: str, holder: str) -> None:
+        assert self._step_down is not None  # set with the client in start()
+        await self._step_down(keys=[self._lead_key(role)], args=[holder])
 
     # -- publishing ------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from clarion.pipeline import digests, throttle
 from clarion.pipeline.categories import CategoryCache, Policies
 from clarion.pipeline.context import Context
 from clarion.pipeline.inflight import holding
+from clarion.pipeline.lead import Lead
 from clarion.pipeline.messages import of_rows, plan_payload, publish_deliveries
 from clarion.pipeline.status_events import StatusEvents
 from clarion.pipeline.templates import TemplateCache
@@ -139,10 +140,16 @@ class Planner:
         self._templates = TemplateCache()
         self._events = StatusEvents(ctx)
         self.batch_size = 200
+        # One process leads the planning while it keeps up (pipeline/lead.py); topic
+        # chunks, each a large unit of work, go to whichever planner is free.
+        self.lead = Lead(ctx.broker, PLAN_STREAM, consumer)
 
-    async def run_once(self, timeout: float) -> int:
+    async def run_once(self, timeout: float, stop: asyncio.Event | None = None) -> int:
         """Plan one batch of whatever is waiting; returns how many messages it took."""
-        return await self._run(PLAN_STREAM, self.batch_size, timeout)
+        block = await self.lead.turn(timeout, stop)
+        taken = await self._run(PLAN_STREAM, self.batch_size, block)
+        self.lead.took(taken, self.batch_size)
+        return taken
 
     async def run_chunks_once(self, timeout: float) -> int:
         """Plan the next chunks of topic sends, up to ``CHUNKS_AT_ONCE`` side by side (one

@@ -66,6 +66,7 @@ class Runtime:
     _status: StatusWriter | None = None
     _events: EventDispatcher | None = None
     _acks: Batcher[Message, None] | None = None
+    _planner: Planner | None = None
 
     async def start(self) -> None:
         ctx = self.ctx
@@ -96,8 +97,8 @@ class Runtime:
             self._events.start()
             self._spawn("events", self._events.run(self._stop))
         if self.roles.planner:
-            planner = Planner(ctx, consumer_name("planner"))
-            self._spawn("planner", self._loop(lambda: planner.run_once(0.25)))
+            planner = self._planner = Planner(ctx, consumer_name("planner"))
+            self._spawn("planner", self._loop(lambda: planner.run_once(0.25, self._stop)))
             self._spawn("planner-chunks", self._loop(lambda: planner.run_chunks_once(0.25)))
         if self.roles.scheduler:
             relay, sweeper = Relay(ctx), Sweeper(ctx)
@@ -182,6 +183,8 @@ class Runtime:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._planner is not None:
+            await self._planner.lead.step_down()
         for worker in self.workers:
             await worker.stop(deadline)
         if self._events is not None:

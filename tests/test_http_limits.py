@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from clarion.api.limits import LARGE_BODY, EdgeGuard
-from clarion.api.server import http_server
+from clarion.api.server import _HeldHead, http_server
 from harness import make_settings, running
 
 
@@ -210,3 +210,65 @@ async def test_large_bodies_are_handled_a_few_at_a_time() -> None:
         answers = await asyncio.gather(*calls)
     assert [a.status_code for a in answers] == [200] * 8
     assert most == 3
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+HEAD = b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n"
+
+
+async def test_an_answer_head_leaves_with_its_body_in_one_write() -> None:
+    transport = _Transport()
+    held = _HeldHead(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    held.write(HEAD)
+    assert transport.writes == []
+    held.write(b"{}")
+    assert transport.writes == [HEAD + b"{}"]
+    # A 100 Continue goes at once: the client waits for it before sending its body.
+    held.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert transport.writes[-1] == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def test_a_head_whose_body_is_late_leaves_on_its_own() -> None:
+    """An event stream's head goes before its first event, which may come much later."""
+    transport = _Transport()
+    held = _HeldHead(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+    held.write(HEAD)
+    await asyncio.sleep(0)  # the end of this turn of the event loop
+    assert transport.writes == [HEAD]
+    held.write(b"{}")
+    assert transport.writes == [HEAD, b"{}"]
+    held.write(HEAD)
+    held.close()  # a closing connection still sends what it holds
+    assert transport.writes[-1] == HEAD
+    assert transport.closed
+
+
+async def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
+    async with served(tmp_path) as (port, _):
+        reader, writer = await connect(port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n" * 3)
+        writer.write(b"GET /nowhere HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        for _ in range(3):
+            status, _, body = await answer(reader)
+            assert status == 200
+            assert json.loads(body)
+        status, _, body = await answer(reader)
+        assert status == 404
+        assert error_code(body) == "not_found"
+        assert await closed(reader)
+        writer.close()
+        await writer.wait_closed()

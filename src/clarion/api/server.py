@@ -13,6 +13,10 @@ holds open. :class:`LimitedProtocol` adds both:
 - **Connection cap**: a connection over ``max_connections`` for this process is answered
   ``503 server_busy`` (``Retry-After: 1``) at once and closed.
 
+And one saving: uvicorn writes an answer's head and body in two writes (two system calls,
+two segments for the client to read); :class:`_HeldHead` holds the head until the body
+follows, so a small answer leaves in one.
+
 The body's own timeout and size limit are in :class:`clarion.api.limits.EdgeGuard`, which
 reads every body before any handler runs.
 """
@@ -112,6 +116,9 @@ class LimitedProtocol(HttpToolsProtocol):
             self._too_large()
             return
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:
+            cycle.transport = _HeldHead(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         if not self.transport.is_closing():
@@ -159,6 +166,42 @@ class LimitedProtocol(HttpToolsProtocol):
         self._disarm()
         self.transport.write(answer)
         self.transport.close()
+
+
+class _HeldHead:
+    """The transport as one request's response cycle sees it. uvicorn writes a response's
+    status line and headers, then its body, in two writes: two system calls and two
+    segments for the client to read. The head is held until the body's first write (or
+    the end of this turn of the event loop, whichever comes first) and leaves with it."""
+
+    __slots__ = ("_head", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 100 "):
+            self._head = data
+            self._loop.call_soon(self._flush)
+            return
+        self._transport.write(data)
+
+    def _flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            if not self._transport.is_closing():
+                self._transport.write(head)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
 
 
 def protocol_for(settings: Settings) -> type[LimitedProtocol]:

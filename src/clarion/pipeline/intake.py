@@ -41,8 +41,11 @@ def _outcome(result: store.Outcome | BaseException) -> store.Outcome:
 class Intake:
     def __init__(self, ctx: Context, *, max_items: int = 5000) -> None:
         self._ctx = ctx
+        # One commit at a time: what arrives meanwhile waits and shares the next one. Two
+        # side by side halved each commit's share of concurrent requests and cost more
+        # CPU per notification, with no gain in latency (docs/performance.md).
         self._commits: Batcher[store.NewNotification, store.Outcome] = Batcher(
-            self._commit, max_items=max_items, concurrency=2, name="group-commit"
+            self._commit, max_items=max_items, name="group-commit"
         )
         self._publisher: Batcher[tuple[str, str, str | None], None] = Batcher(
             self._publish, max_items=2000, name="intake-publish"

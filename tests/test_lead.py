@@ -1,19 +1,16 @@
-"""Work concentrates in the leading process while it keeps up (pipeline/lead.py): a
-stand-by pauses after reads that find little, and works at once under a backlog."""
+"""The planning concentrates in the leading process while it keeps up (pipeline/lead.py):
+a stand-by pauses after reads that find little, and works at once under a backlog."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 
 from clarion.broker.base import Broker, Message
 from clarion.broker.redis_streams import RedisBroker
 from clarion.pipeline import lead as lead_module
-from clarion.pipeline.consumer import FairConsumer
-from clarion.pipeline.lead import MAX_PAUSE, PAUSE, Lead
+from clarion.pipeline.lead import PAUSE, Lead
 
 
 class _Leads:
@@ -45,7 +42,7 @@ async def test_the_leader_blocks_on_its_reads_and_never_pauses() -> None:
     assert await lead.turn(0.25) == 0.25
 
 
-async def test_a_stand_by_pauses_longer_while_it_finds_nothing(
+async def test_a_stand_by_pauses_while_the_leader_keeps_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     slept: list[float] = []
@@ -56,16 +53,14 @@ async def test_a_stand_by_pauses_longer_while_it_finds_nothing(
     monkeypatch.setattr(lead_module.asyncio, "sleep", sleep)
     lead = lead_for(_Leads("a"), "b")
     assert await lead.turn(0.25) == 0.0  # reads without blocking, no pause yet
-    for _ in range(6):
-        lead.took(0, 100)
+    assert slept == []
+    for taken in (0, 3):  # nothing, or a little: the leader keeps up
+        lead.took(taken, 100)
         assert await lead.turn(0.25) == 0.0
-    assert slept == [PAUSE, 2 * PAUSE, 4 * PAUSE, MAX_PAUSE, MAX_PAUSE, MAX_PAUSE]
-    lead.took(3, 100)  # a little: the leader keeps up
-    await lead.turn(0.25)
+    assert slept == [PAUSE, PAUSE]
     lead.took(60, 100)  # a good share of what it asked for: the leader is behind
-    await lead.turn(0.25)
-    assert slept[-1] == PAUSE  # after the little; none after the good share
-    assert len(slept) == 7
+    assert await lead.turn(0.25) == 0.0
+    assert slept == [PAUSE, PAUSE]
     await lead.step_down()  # it does not lead: nothing to give up
 
 
@@ -86,49 +81,25 @@ async def redis_broker(redis_url: str) -> AsyncIterator[Broker]:
 
 
 @pytest.mark.redis
-async def test_under_a_backlog_the_stand_by_works_beside_the_leader(
-    redis_broker: Broker,
-) -> None:
-    release, filled, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    started: dict[str, list[str]] = {"leader": [], "stand-by": []}
-
-    def handler(name: str) -> Callable[[Message], Coroutine[Any, Any, None]]:
-        async def handle(message: Message) -> None:
-            started[name].append(message.id)
-            if all(len(ids) >= 4 for ids in started.values()):
-                filled.set()
-            await release.wait()
-            await redis_broker.ack([message])
-            if sum(map(len, started.values())) == 40:
-                finished.set()
-
-        return handle
-
-    assert await redis_broker.lead("send.x", "leader", ttl=30)
-    await redis_broker.publish("send.x", [{"tenant": f"t{i}"} for i in range(40)])
-    consumers = {
-        name: FairConsumer(
-            redis_broker,
-            ["send.x"],
-            name,
-            handler(name),
-            concurrency=4,
-            tenant_share=1.0,
-            lease=30,
-            name=name,
-        )
-        for name in started
-    }
-    stop = asyncio.Event()
-    runs = [asyncio.create_task(c.run(stop)) for c in consumers.values()]
-    try:
-        # Each fills its slots: the stand-by's reads find all they ask for.
-        await asyncio.wait_for(filled.wait(), 10)
-        release.set()
-        await asyncio.wait_for(finished.wait(), 10)
-    finally:
-        stop.set()
-        await asyncio.gather(*runs)
-    assert len(set(started["leader"]) | set(started["stand-by"])) == 40
-    # The leader gave up its lead on stopping: another process takes it at once.
-    assert await redis_broker.lead("send.x", "next", ttl=30)
+async def test_under_a_backlog_the_stand_by_reads_at_once(redis_broker: Broker) -> None:
+    leader, stand_by = Lead(redis_broker, "plan", "p1"), Lead(redis_broker, "plan", "p2")
+    assert await leader.turn(0.25) == 0.25
+    assert await stand_by.turn(0.25) == 0.0
+    await redis_broker.publish("plan", [{"n": i} for i in range(300)])
+    taken: list[Message] = []
+    for _ in range(3):
+        block = await stand_by.turn(0.25)
+        got = await redis_broker.consume(["plan"], "p2", 100, block)
+        stand_by.took(len(got), 100)
+        taken += got
+    assert len(taken) == 300
+    assert stand_by._pause == 0.0
+    await redis_broker.ack(taken)
+    # Nothing left: the next read finds nothing, and the stand-by pauses before the one after.
+    got = await redis_broker.consume(["plan"], "p2", 100, await stand_by.turn(0.25))
+    stand_by.took(len(got), 100)
+    assert got == []
+    assert stand_by._pause == PAUSE
+    # A leader that stops gives its lead up: another process takes it at once.
+    await leader.step_down()
+    assert await redis_broker.lead("plan", "p2", ttl=30)

@@ -32,7 +32,6 @@ from typing import Any
 
 from clarion.broker import Broker, Message
 from clarion.pipeline.inflight import finish_or_hand_back
-from clarion.pipeline.lead import Lead
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +87,6 @@ class FairConsumer:
         # When each held message's lease was last renewed (monotonic seconds).
         self._renewed: dict[str, tuple[Message, float]] = {}
         self._room = asyncio.Event()
-        # One process leads the streams' work while it keeps up (pipeline/lead.py).
-        self._lead = Lead(broker, ",".join(self._streams), consumer)
 
     @property
     def held(self) -> int:
@@ -114,13 +111,9 @@ class FairConsumer:
                         await asyncio.wait_for(self._room.wait(), 0.25)
                     continue
                 try:
-                    block = await self._lead.turn(0.25, stop)
-                    if stop.is_set():
-                        break
                     messages = await self._broker.consume(
-                        self._streams, self._consumer, count, block, overfill=True
+                        self._streams, self._consumer, count, 0.25, overfill=True
                     )
-                    self._lead.took(len(messages), count)
                     if messages and self._screen is not None:
                         messages = await self._screen(messages)
                     self._enqueue(messages)
@@ -136,7 +129,6 @@ class FairConsumer:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
-            await self._lead.step_down()
 
     def _wanted(self) -> int:
         """How many messages to take now: what can start, or a read-ahead when everything

@@ -403,6 +403,7 @@ class Load:
     accepted_at: dict[str, float] = field(default_factory=dict)
     rejected: Counter[str] = field(default_factory=Counter)
     retries: int = 0
+    throttled: int = 0
     # Seconds from sending each request to its answer (the API's 202 latency).
     request_seconds: list[float] = field(default_factory=list)
 
@@ -581,7 +582,9 @@ class Bench:
         headers = {"authorization": f"Bearer {self.key}", "content-type": "application/json"}
         single = self.args.mode == "single"
         url = f"{self.base}/v1/notifications" + ("" if single else "/batch")
-        for attempt in range(RETRIES + 1):
+        attempt = 0
+        while True:
+            retry_after: float | None = None
             try:
                 sent_at = time.monotonic()
                 reply = await client.request(
@@ -589,17 +592,26 @@ class Bench:
                 )
                 raw, status = reply.body, reply.status
                 load.request_seconds.append(time.monotonic() - sent_at)
+                if status == 429:
+                    retry_after = float(reply.headers.get("retry-after", "1"))
             except TransientError as exc:  # refused, reset or timed out
                 if exc.reason != "connection_error" or attempt == RETRIES:
                     raise
                 status, raw = 0, repr(exc).encode()
             if status == 202:
                 break
-            # Anything else may have been accepted: sending it again would count it twice.
-            if attempt == RETRIES or status not in (0, 429, 503):
-                raise RuntimeError(f"batch refused: HTTP {status}: {raw[:500]!r}")
             load.retries += 1
+            if retry_after is not None:
+                # Over the tenant's intake quota: a client waits as told, for as long as
+                # it takes (the quota paces the load; it refuses nothing for good).
+                load.throttled += 1
+                await asyncio.sleep(retry_after)
+                continue
+            # Anything else may have been accepted: sending it again would count it twice.
+            if attempt == RETRIES or status not in (0, 503):
+                raise RuntimeError(f"batch refused: HTTP {status}: {raw[:500]!r}")
             await asyncio.sleep(0.2 * 2**attempt)
+            attempt += 1
         now = time.time()
         answer = orjson.loads(raw)
         for result in [answer] if single else answer["results"]:
@@ -763,6 +775,7 @@ class Bench:
             "accepted": m,
             "rejected": dict(load.rejected),
             "batch_retries": load.retries,
+            "throttled": load.throttled,
             "delivered": len(first_at),
             "accept_seconds": round(accept_span, 2),
             "deliver_seconds": round(deliver_span, 2),

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from clarion.broker.base import Payload
+from clarion.domain.models import PLAN_CRITICAL_STREAM, PLAN_STREAM
 from clarion.security.signing import verify
 from clarion.store import tenants as tenant_store
 from harness import Harness
@@ -149,6 +155,58 @@ async def test_a_notification_ends_completed_partial_or_failed(app: Harness) -> 
     await app.drain()
     statuses = [(await app.notification(a.json()["id"]))["status"] for a in answers]
     assert statuses == ["completed", "partial", "failed"]
+
+
+async def test_critical_notifications_are_planned_from_a_stream_of_their_own(
+    app: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A critical send never waits behind other notifications' planning, nor for the plan
+    stream's leader: the intake, and the relay for a scheduled one, publish it to the
+    critical plan stream, which every planner reads at once."""
+    planned_from: dict[str, str] = {}
+    publish = app.ctx.broker.publish
+
+    async def noting(stream: str, payloads: Sequence[Payload]) -> None:
+        if stream.startswith("plan"):
+            planned_from.update((p["notification"], stream) for p in payloads)
+        await publish(stream, payloads)
+
+    monkeypatch.setattr(app.ctx.broker, "publish", noting)
+    await app.put_recipient("u", phone="+33612345678")
+    await app.put_template("t", {"channels": {"sms": {"text": "code 1234"}}})
+    body = {"template": "t", "to": {"recipient_id": "u"}}
+    now = datetime.now(UTC)
+    sends = {
+        "critical": {**body, "priority": "critical"},
+        "normal": body,
+        "critical later": {
+            **body,
+            "priority": "critical",
+            "send_at": (now + timedelta(hours=1)).isoformat(),
+        },
+        "high later": {
+            **body,
+            "priority": "high",
+            "send_at": (now + timedelta(hours=1)).isoformat(),
+        },
+    }
+    ids = {name: (await app.send(sent)).json()["id"] for name, sent in sends.items()}
+    app.ctx.clock = lambda: now + timedelta(hours=2)  # the relay publishes the later ones
+
+    async def all_sent() -> bool:
+        for nid in ids.values():
+            deliveries = (await app.notification(nid))["deliveries"]
+            if [d["status"] for d in deliveries] != ["sent"]:
+                return False
+        return True
+
+    await app.until(all_sent)
+    assert {name: planned_from[nid] for name, nid in ids.items()} == {
+        "critical": PLAN_CRITICAL_STREAM,
+        "normal": PLAN_STREAM,
+        "critical later": PLAN_CRITICAL_STREAM,
+        "high later": PLAN_STREAM,
+    }
 
 
 async def test_critical_lane_is_served(app: Harness) -> None:

@@ -57,7 +57,7 @@ def describe(settings: Settings, roles: Roles) -> str:
     if roles.api:
         parts.append(f"api on http://{settings.http_host}:{settings.http_port}")
     if roles.planner:
-        parts.append("planner (streams plan, plan.chunks)")
+        parts.append("planner (streams plan.critical, plan, plan.chunks)")
     if roles.channels:
         channels = ", ".join(roles.channels)
         parts.append(f"channel workers for {channels} (streams send.<channel>.<lane>, events)")

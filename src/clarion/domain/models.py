@@ -83,6 +83,15 @@ def send_stream(channel: str, lane: str) -> str:
 
 
 PLAN_STREAM = "plan"
+# Critical notifications to plan: a stream every planner reads at once, never waiting for
+# the plan stream's leader (pipeline/lead.py) or behind other notifications.
+PLAN_CRITICAL_STREAM = "plan.critical"
 # The chunks of topic sends being planned (pipeline/planner.py): a stream of their own, so
 # that a broadcast's chunks never stand in front of other notifications' planning.
 CHUNK_STREAM = "plan.chunks"
+PLAN_STREAMS: tuple[str, ...] = (PLAN_CRITICAL_STREAM, PLAN_STREAM, CHUNK_STREAM)
+
+
+def plan_stream(priority: str | None) -> str:
+    """The stream a notification of this priority is planned from."""
+    return PLAN_CRITICAL_STREAM if priority == Priority.CRITICAL else PLAN_STREAM

@@ -25,9 +25,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Select, func, select
 
 from clarion.domain.models import (
-    CHUNK_STREAM,
     LANES,
-    PLAN_STREAM,
+    PLAN_STREAMS,
     Channel,
     DeliveryStatus,
     send_stream,
@@ -50,7 +49,7 @@ DEAD_LETTER_CAP = 10_000
 
 
 def all_streams() -> list[str]:
-    streams = [PLAN_STREAM, CHUNK_STREAM]
+    streams = list(PLAN_STREAMS)
     for channel in Channel:
         streams.extend(send_stream(channel.value, lane) for lane in LANES)
     streams.append(EVENTS_STREAM)

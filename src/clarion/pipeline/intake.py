@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
-from clarion.domain.models import PLAN_STREAM
+from clarion.domain.models import plan_stream
 from clarion.errors import ApiError, ValidationFailed
 from clarion.observability import metrics, tracing
 from clarion.pipeline.context import Context
@@ -47,7 +48,7 @@ class Intake:
         self._commits: Batcher[store.NewNotification, store.Outcome] = Batcher(
             self._commit, max_items=max_items, name="group-commit"
         )
-        self._publisher: Batcher[tuple[str, str, str | None], None] = Batcher(
+        self._publisher: Batcher[store.NewNotification, None] = Batcher(
             self._publish, max_items=2000, name="intake-publish"
         )
         # Concurrent requests' quota charges: one round trip to the limiter for all.
@@ -69,13 +70,16 @@ class Intake:
             self._ctx.engine, items, outbox_grace=self._ctx.settings.outbox_grace, pg=self._ctx.pg
         )
 
-    async def _publish(self, items: list[tuple[str, str, str | None]]) -> list[None]:
-        try:
-            await self._ctx.broker.publish(
-                PLAN_STREAM, [plan_payload(nid, tenant, trace) for nid, tenant, trace in items]
-            )
-        except Exception as exc:  # the relay publishes these from the outbox instead
-            log.warning("publishing %d accepted notifications failed: %r", len(items), exc)
+    async def _publish(self, items: list[store.NewNotification]) -> list[None]:
+        streams: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            payload = plan_payload(item.id, item.tenant_id, item.trace)
+            streams.setdefault(plan_stream(item.priority), []).append(payload)
+        for stream, payloads in streams.items():
+            try:
+                await self._ctx.broker.publish(stream, payloads)
+            except Exception as exc:  # the relay publishes these from the outbox instead
+                log.warning("publishing %d accepted notifications failed: %r", len(payloads), exc)
         return [None] * len(items)
 
     async def accept(self, items: Sequence[store.NewNotification]) -> list[store.Outcome]:
@@ -97,7 +101,7 @@ class Intake:
         metrics.notifications(outcomes, items)
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, store.Accepted) and outcome.created and outcome.publish_now:
-                self._publisher.put_nowait((item.id, item.tenant_id, trace))
+                self._publisher.put_nowait(item)
         return outcomes
 
     async def close(self) -> None:

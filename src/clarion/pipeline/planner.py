@@ -23,6 +23,7 @@ from clarion.domain.delivery import new_row
 from clarion.domain.ids import delivery_id
 from clarion.domain.models import (
     CHUNK_STREAM,
+    PLAN_CRITICAL_STREAM,
     PLAN_STREAM,
     DeliveryStatus,
     NotificationStatus,
@@ -150,6 +151,12 @@ class Planner:
         taken = await self._run(PLAN_STREAM, self.batch_size, block)
         self.lead.took(taken, self.batch_size)
         return taken
+
+    async def run_critical_once(self, timeout: float) -> int:
+        """Plan the critical notifications waiting. Every planner reads them at once,
+        whoever leads the plan stream: a critical send never waits for a stand-by's pause,
+        nor behind the leader's batch."""
+        return await self._run(PLAN_CRITICAL_STREAM, self.batch_size, timeout)
 
     async def run_chunks_once(self, timeout: float) -> int:
         """Plan the next chunks of topic sends, up to ``CHUNKS_AT_ONCE`` side by side (one

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clarion.broker import Message
-from clarion.domain.models import CHUNK_STREAM, LANES, PLAN_STREAM, Channel, send_stream
+from clarion.domain.models import LANES, PLAN_STREAMS, Channel, send_stream
 from clarion.pipeline.context import Context
 from clarion.pipeline.digests import DigestCloser
 from clarion.pipeline.events import EventDispatcher
@@ -99,6 +99,7 @@ class Runtime:
         if self.roles.planner:
             planner = self._planner = Planner(ctx, consumer_name("planner"))
             self._spawn("planner", self._loop(lambda: planner.run_once(0.25, self._stop)))
+            self._spawn("planner-critical", self._loop(lambda: planner.run_critical_once(0.25)))
             self._spawn("planner-chunks", self._loop(lambda: planner.run_chunks_once(0.25)))
         if self.roles.scheduler:
             relay, sweeper = Relay(ctx), Sweeper(ctx)
@@ -137,7 +138,7 @@ class Runtime:
                     await asyncio.wait_for(self._stop.wait(), pause)
 
     def streams(self) -> list[str]:
-        streams = [PLAN_STREAM, CHUNK_STREAM]
+        streams = list(PLAN_STREAMS)
         for channel in ALL_CHANNELS:
             streams.extend(send_stream(channel, lane) for lane in LANES)
         streams.append(EVENTS_STREAM)

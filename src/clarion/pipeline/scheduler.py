@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 
 from clarion.domain.delivery import Delivery
-from clarion.domain.models import PLAN_STREAM
+from clarion.domain.models import plan_stream
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import of_rows, plan_payload, publish_deliveries
 from clarion.store import deliveries as delivery_store
@@ -40,24 +41,26 @@ class Relay:
         )
         if not ids:
             return 0
-        found = await self._tenants_of(ids)
-        await self._ctx.broker.publish(
-            PLAN_STREAM, [plan_payload(nid, *found[nid]) for nid in ids if nid in found]
-        )
+        streams: dict[str, list[dict[str, Any]]] = {}
+        for nid, tenant, trace, priority in await self._outboxed(ids):
+            streams.setdefault(plan_stream(priority), []).append(plan_payload(nid, tenant, trace))
+        for stream, payloads in streams.items():
+            await self._ctx.broker.publish(stream, payloads)
         self._ctx.made_progress()
         return len(ids)
 
-    async def _tenants_of(self, ids: list[str]) -> dict[str, tuple[str, str | None]]:
-        """Each notification's tenant, and the trace it was accepted in (if traced)."""
+    async def _outboxed(self, ids: list[str]) -> list[tuple[str, str, str | None, str | None]]:
+        """Each notification's id, tenant, the trace it was accepted in (if traced) and its
+        priority (critical ones are planned from a stream of their own)."""
         o, n = outbox, notifications
         query = (
-            select(o.c.notification_id, o.c.tenant_id, n.c.trace)
+            select(o.c.notification_id, o.c.tenant_id, n.c.trace, n.c.priority)
             .select_from(o.outerjoin(n, n.c.id == o.c.notification_id))
             .where(o.c.notification_id.in_(ids))
         )
         async with self._ctx.engine.connect() as conn:
             rows = await conn.execute(query)
-            return {row.notification_id: (row.tenant_id, row.trace) for row in rows}
+            return [(r.notification_id, r.tenant_id, r.trace, r.priority) for r in rows]
 
 
 class Sweeper:

@@ -10,7 +10,7 @@ import pytest
 from clarion.broker.base import Broker, Message
 from clarion.broker.redis_streams import RedisBroker
 from clarion.pipeline import lead as lead_module
-from clarion.pipeline.lead import PAUSE, Lead
+from clarion.pipeline.lead import LINGER, PAUSE, Lead
 
 
 class _Leads:
@@ -40,6 +40,33 @@ async def test_the_leader_blocks_on_its_reads_and_never_pauses() -> None:
     lead.took(0, 100)
     assert lead.leading
     assert await lead.turn(0.25) == 0.25
+
+
+async def test_the_leader_lingers_after_a_read_that_found_a_few(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(lead_module.asyncio, "sleep", sleep)
+    lead = lead_for(_Leads("a"), "a")
+    assert await lead.turn(0.25) == 0.25
+    lead.took(3, 200)  # a few: let more gather before the next read
+    assert await lead.turn(0.25) == 0.25
+    assert slept == [LINGER]
+    for taken in (0, 50, 200):  # nothing (the next is taken as it comes), or a backlog
+        lead.took(taken, 200)
+        assert await lead.turn(0.25) == 0.25
+    assert slept == [LINGER]
+    # Becoming the leader while paused as a stand-by: at most a linger.
+    stand_by = lead_for(leads := _Leads("a"), "b")
+    assert await stand_by.turn(0.25) == 0.0
+    stand_by.took(0, 200)
+    leads.holder, stand_by._checked = "b", -1e9
+    assert await stand_by.turn(0.25) == 0.25
+    assert slept == [LINGER, LINGER]
 
 
 async def test_a_stand_by_pauses_while_the_leader_keeps_up(

@@ -42,15 +42,19 @@ async def test_the_leader_blocks_on_its_reads_and_never_pauses() -> None:
     assert await lead.turn(0.25) == 0.25
 
 
-async def test_the_leader_lingers_after_a_read_that_found_a_few(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    slept: list[float] = []
+@pytest.fixture
+def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The pauses taken, instead of sleeping them."""
+    pauses: list[float] = []
 
     async def sleep(seconds: float) -> None:
-        slept.append(seconds)
+        pauses.append(seconds)
 
     monkeypatch.setattr(lead_module.asyncio, "sleep", sleep)
+    return pauses
+
+
+async def test_the_leader_lingers_after_a_read_that_found_a_few(slept: list[float]) -> None:
     lead = lead_for(_Leads("a"), "a")
     assert await lead.turn(0.25) == 0.25
     lead.took(3, 200)  # a few: let more gather before the next read
@@ -69,15 +73,7 @@ async def test_the_leader_lingers_after_a_read_that_found_a_few(
     assert slept == [LINGER, LINGER]
 
 
-async def test_a_stand_by_pauses_while_the_leader_keeps_up(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-
-    monkeypatch.setattr(lead_module.asyncio, "sleep", sleep)
+async def test_a_stand_by_pauses_while_the_leader_keeps_up(slept: list[float]) -> None:
     lead = lead_for(_Leads("a"), "b")
     assert await lead.turn(0.25) == 0.0  # reads without blocking, no pause yet
     assert slept == []

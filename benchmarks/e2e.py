@@ -6,7 +6,9 @@ notifications through the batch API (or one POST each, ``--mode single``) and wa
 the sink has received every one. Prints one JSON object with the figures to stdout; progress
 goes to stderr. Each notification carries an idempotency key, as real clients send
 (``--no-idempotency-keys`` to leave them out); ``--rate R`` paces the load at R
-notifications a second, for latency below saturation.
+notifications a second, for latency below saturation. A request refused with 429 (over the
+tenant's intake quota, 10,000 a second by default) is sent again after its ``Retry-After``,
+as a client would; the output counts them as ``throttled``.
 
     uv run python benchmarks/e2e.py --config embedded --notifications 100000 --recipients 1000
     uv run python benchmarks/e2e.py --config postgres-redis --notifications 100000 \\

@@ -249,7 +249,7 @@ class Planner:
         now = utcnow()
         engine, pg = self._ctx.engine, self._ctx.pg
         async with planning.reads(engine, pg) as reads:
-            notes, heads = await reads.notifications_and_heads(ids)
+            notes, heads, category_versions = await reads.batch(ids)
             topical = [n for n in notes.values() if _planning_topic(n)]
             todo = sorted(
                 (
@@ -262,7 +262,9 @@ class Planner:
             )
             tenants = {n["tenant_id"] for n in todo}
             await self._ctx.providers.prepare(tenants)
-            categories = await self._ctx.categories.load(engine, tenants)
+            categories = await self._ctx.categories.load(
+                engine, {t: category_versions[t] for t in tenants}
+            )
             compiled = await self._templates.load(
                 engine, [(t, name, v) for (t, name), v in heads.items()]
             )
@@ -325,8 +327,9 @@ class Planner:
             after, last = cursor["planned_through"], cursor["last_id"]
             chunk = await reads.topic_chunk(tenant, note["topic"], after, last, size)
             heads = await reads.active_versions({(tenant, note["template"])})
+            category_versions = await reads.category_versions([tenant])
         await self._ctx.providers.prepare({tenant})
-        categories = await self._ctx.categories.load(engine, {tenant})
+        categories = await self._ctx.categories.load(engine, category_versions)
         compiled = await self._templates.load(engine, [(t, n, v) for (t, n), v in heads.items()])
         version = compiled.get(
             (tenant, note["template"], heads.get((tenant, note["template"])) or 0)

@@ -223,11 +223,12 @@ async def release_outbox(engine: AsyncEngine, now: datetime) -> int:
     planned; one scheduled for later keeps its time. For a process that knows no broker
     holds their plan messages (the embedded one, at its start). Returns how many moved."""
     n = notifications
-    later = select(n.c.id).where(n.c.send_at > now)
+    # Looked up by key from each outbox row (a few), never a scan of the notifications.
+    later = select(n.c.id).where(n.c.id == outbox.c.notification_id, n.c.send_at > now)
     async with write_tx(engine) as conn:
         moved = await conn.execute(
             update(outbox)
-            .where(outbox.c.available_at > now, outbox.c.notification_id.not_in(later))
+            .where(outbox.c.available_at > now, ~later.exists())
             .values(available_at=now)
         )
     return moved.rowcount or 0

@@ -274,7 +274,9 @@ async def test_a_change_applies_to_what_is_accepted_after_it(app: Harness) -> No
     await categories.put(app.ctx.engine, app.tenant_id, "updates", {"max_per_day": 1})
     assert await _send_and_plan(app, app, 1) == ("sent", None)
     assert await _send_and_plan(app, app, 2) == ("suppressed", "rate_limited")
-    await categories.put(app.ctx.engine, app.tenant_id, "updates", {"critical": True})
+    # Made critical with the same cap: never capped any more.
+    body = {"critical": True, "max_per_day": 1}
+    await categories.put(app.ctx.engine, app.tenant_id, "updates", body)
     assert await _send_and_plan(app, app, 3) == ("sent", None)
 
 

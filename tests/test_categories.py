@@ -7,9 +7,10 @@ from typing import Any
 import httpx
 import pytest
 
+from clarion.pipeline.runtime import ALL_CHANNELS, Roles
 from clarion.store import categories
 from clarion.store import tenants as tenant_store
-from harness import Harness
+from harness import Harness, make_settings, running
 
 BUILT_INS = ["marketing", "security", "transactional"]
 
@@ -248,3 +249,50 @@ async def test_store_seams_on_every_backend(app: Harness) -> None:
     # The built-in table itself is never changed by what is loaded or stored.
     assert categories.BUILT_IN["marketing"]["digest"] is None
     assert categories.BUILT_IN["security"]["critical"] is True
+
+
+TEMPLATE = {"category": "updates", "channels": {"email": {"subject": "Hi", "text": "{{ n }}"}}}
+
+
+async def _send_and_plan(app: Harness, sender: Harness, n: int) -> tuple[str, str | None]:
+    body = {"template": "news", "to": {"recipient_id": "u1"}, "data": {"n": n}}
+    response = await sender.send(body)
+    assert response.status_code == 202, response.text
+    await app.drain()
+    [delivery] = (await app.notification(response.json()["id"]))["deliveries"]
+    return delivery["status"], delivery["reason"]
+
+
+async def test_a_change_applies_to_what_is_accepted_after_it(app: Harness) -> None:
+    """A category written where this process's cache is not told (another process's API):
+    the next send is planned under the new policy, with no wait."""
+    assert (await put(app, "updates", {})).status_code == 200
+    await app.put_template("news", TEMPLATE)
+    await app.put_recipient("u1", email="u1@example.com")
+    # Planned once: the tenant's categories are now cached by the planner.
+    assert await _send_and_plan(app, app, 0) == ("sent", None)
+    await categories.put(app.ctx.engine, app.tenant_id, "updates", {"max_per_day": 1})
+    assert await _send_and_plan(app, app, 1) == ("sent", None)
+    assert await _send_and_plan(app, app, 2) == ("suppressed", "rate_limited")
+    # Made critical with the same cap: never capped any more.
+    body = {"critical": True, "max_per_day": 1}
+    await categories.put(app.ctx.engine, app.tenant_id, "updates", body)
+    assert await _send_and_plan(app, app, 3) == ("sent", None)
+
+
+async def test_a_change_through_one_api_process_reaches_the_planner_of_another(
+    postgres_url: str, redis_url: str
+) -> None:
+    """PostgreSQL and Redis: the API in one process, the planner and workers in another."""
+    workers = Roles(planner=True, channels=ALL_CHANNELS, scheduler=True)
+    async with (
+        running(make_settings(postgres_url, redis_url), workers) as app,
+        running(make_settings(postgres_url, redis_url), Roles(api=True)) as api,
+    ):
+        assert (await put(api, "updates", {})).status_code == 200
+        await api.put_template("news", TEMPLATE)
+        await api.put_recipient("u1", email="u1@example.com")
+        assert await _send_and_plan(app, api, 0) == ("sent", None)
+        assert (await put(api, "updates", {"max_per_day": 1})).status_code == 200
+        assert await _send_and_plan(app, api, 1) == ("sent", None)
+        assert await _send_and_plan(app, api, 2) == ("suppressed", "rate_limited")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import collections
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+
+from sqlalchemy import select
 
 from clarion.pipeline.runtime import Roles
 from clarion.store import deliveries as delivery_store
-from clarion.store.db import utcnow
+from clarion.store.db import as_utc, utcnow
 from clarion.store.deliveries import StatusChange
+from clarion.store.tables import outbox
 from harness import Harness, make_settings, running
 from webhook_sink import Received, WebhookSink
 
@@ -201,3 +204,39 @@ async def test_an_outcome_never_overwrites_that_of_a_later_attempt(app: Harness)
     found = await delivery_store.get_one(engine, tenant, "dlv_race")
     assert found is not None
     assert (found["status"], found["attempts"], found["reason"]) == ("dead", 3, "http_500")
+
+
+async def test_a_restart_plans_the_unplanned_at_once_not_after_the_grace(
+    tmp_path: Path, sink: WebhookSink
+) -> None:
+    """`serve` is the only process of the embedded mode: at its start no broker holds the
+    notifications it had accepted, so it publishes them at once rather than after the
+    outbox's grace (here a minute, far beyond the wait below); a scheduled one keeps its
+    time."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
+    settings = make_settings(url, "embedded://", outbox_grace=60.0)
+    async with running(settings, Roles(api=True)) as app:
+        ids = [await _send_one(app, sink, rid) for rid in ("a", "b", "c")]
+        send_at = (utcnow() + timedelta(hours=1)).isoformat()
+        later = await app.send(
+            {"template": "hook", "to": {"recipient_id": "a"}, "send_at": send_at}
+        )
+        assert later.status_code == 202, later.text
+    assert sink.count == 0
+    async with running(settings) as app:
+
+        async def sent() -> bool:
+            notes = [await app.notification(nid) for nid in ids]
+            statuses = [[d["status"] for d in n["deliveries"]] for n in notes]
+            return statuses == [["sent"]] * len(ids)
+
+        await app.until(sent, timeout=20.0)
+        assert sink.count == 3
+        waiting = await app.notification(later.json()["id"])
+        assert (waiting["status"], waiting["deliveries"]) == ("scheduled", [])
+        async with app.ctx.engine.connect() as conn:
+            query = select(outbox.c.available_at).where(
+                outbox.c.notification_id == later.json()["id"]
+            )
+            [available_at] = (await conn.execute(query)).scalars()
+        assert as_utc(available_at) == datetime.fromisoformat(send_at)

@@ -10,9 +10,11 @@ import httpx
 import pytest
 
 from clarion.pipeline.digests import DigestCloser
+from clarion.pipeline.planner import Planner
+from clarion.pipeline.runtime import Roles
 from clarion.store import digests as digest_store
 from clarion.store.db import utcnow
-from harness import Harness
+from harness import Harness, make_settings, running
 
 TEMPLATE: dict[str, Any] = {
     "category": "updates",
@@ -187,3 +189,24 @@ async def test_another_tenants_recipient_cannot_be_snoozed(lite: Harness) -> Non
     )
     assert response.status_code == 404, response.text
     assert response.json()["error"]["code"] == "not_found"
+
+
+async def test_over_a_cap_the_first_accepted_go(backend: tuple[str, str]) -> None:
+    """Notifications over a cap planned in one batch: the first accepted are the ones sent,
+    whatever order the store reads them back in."""
+    async with running(make_settings(*backend), Roles(api=True)) as app:
+        await _setup(app, {"max_per_day": 3})
+        ids = []
+        for n in range(8):
+            body = {"template": "news", "to": {"recipient_id": "u1"}, "data": {"what": f"n{n}"}}
+            response = await app.send(body)
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["id"])
+        planner = Planner(app.ctx, "planner")
+        while await planner.run_once(timeout=0.2):
+            pass
+        statuses = []
+        for nid in ids:
+            deliveries = (await app.notification(nid))["deliveries"]
+            statuses.append({d["status"] for d in deliveries})
+    assert statuses == [{"queued"}] * 3 + [{"suppressed"}] * 5

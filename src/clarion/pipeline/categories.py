@@ -1,13 +1,15 @@
-"""Category policies for the planner, cached per tenant.
+"""Category policies for the planner, cached per tenant and version.
 
-A change made through this process's API drops the tenant's entry at once; a change made
-through another process is seen once the entry is older than ``ttl`` seconds.
+Every category write moves its tenant's version in the store, in the write's transaction
+(store/categories.py). The planner reads the versions of a batch's tenants with the batch
+(folded into its first read on PostgreSQL) and the cache reloads a tenant whose version
+has moved: a change applies to everything accepted after the write has been answered,
+whichever process plans it; the categories of an unchanged tenant are not read again.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,29 +38,32 @@ def to_policy(row: Mapping[str, Any]) -> CategoryPolicy:
 
 
 class CategoryCache:
-    def __init__(self, ttl: float = 5.0) -> None:
-        self._ttl = ttl
-        self._entries: dict[str, tuple[float, Policies]] = {}
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[int, Policies]] = {}
 
     def invalidate(self, tenant_id: str) -> None:
         self._entries.pop(tenant_id, None)
 
-    async def load(self, engine: AsyncEngine, tenant_ids: Iterable[str]) -> dict[str, Policies]:
-        """Every category of these tenants (built-ins included), one query for the stale."""
-        now = time.monotonic()
-        wanted = set(tenant_ids)
-        found = {
-            t: entry[1]
-            for t in wanted
-            if (entry := self._entries.get(t)) is not None and now - entry[0] < self._ttl
-        }
-        missing = wanted - found.keys()
+    async def load(self, engine: AsyncEngine, versions: Mapping[str, int]) -> dict[str, Policies]:
+        """Every category of these tenants (built-ins included), given each one's version as
+        read with the batch; one query for those whose cached entry has another version.
+
+        The categories are read after the versions, so an entry is never older than its
+        version (a write in between is reloaded once more, next time)."""
+        found: dict[str, Policies] = {}
+        missing = []
+        for tenant_id, version in versions.items():
+            entry = self._entries.get(tenant_id)
+            if entry is not None and entry[0] == version:
+                found[tenant_id] = entry[1]
+            else:
+                missing.append(tenant_id)
         if missing:
             async with engine.connect() as conn:
                 rows = await category_store.load_for(conn, missing)
             for tenant_id in missing:
                 policies = {name: to_policy(row) for name, row in rows.get(tenant_id, {}).items()}
-                self._entries[tenant_id] = (now, policies)
+                self._entries[tenant_id] = (versions[tenant_id], policies)
                 found[tenant_id] = policies
         return found
 

@@ -85,6 +85,13 @@ def render_context(notification: dict[str, Any], recipient: dict[str, Any]) -> d
     return context
 
 
+def accept_order(note: dict[str, Any]) -> tuple[datetime, str]:
+    """Sorts notifications in the order they were accepted: by the commit that stored them,
+    then by id (time-ordered; those of one commit were accepted together). Caps count what
+    comes first, so a batch is planned in this order whatever order the store read it in."""
+    return note["created_at"], note["id"]
+
+
 def _planning_topic(note: dict[str, Any]) -> bool:
     """A topic send whose subscribers are not all planned yet."""
     return (
@@ -242,17 +249,22 @@ class Planner:
         now = utcnow()
         engine, pg = self._ctx.engine, self._ctx.pg
         async with planning.reads(engine, pg) as reads:
-            notes, heads = await reads.notifications_and_heads(ids)
+            notes, heads, category_versions = await reads.batch(ids)
             topical = [n for n in notes.values() if _planning_topic(n)]
-            todo = [
-                n
-                for n in notes.values()
-                if n["topic"] is None
-                and n["status"] in (NotificationStatus.ACCEPTED, NotificationStatus.SCHEDULED)
-            ]
+            todo = sorted(
+                (
+                    n
+                    for n in notes.values()
+                    if n["topic"] is None
+                    and n["status"] in (NotificationStatus.ACCEPTED, NotificationStatus.SCHEDULED)
+                ),
+                key=accept_order,
+            )
             tenants = {n["tenant_id"] for n in todo}
             await self._ctx.providers.prepare(tenants)
-            categories = await self._ctx.categories.load(engine, tenants)
+            categories = await self._ctx.categories.load(
+                engine, {t: category_versions[t] for t in tenants}
+            )
             compiled = await self._templates.load(
                 engine, [(t, name, v) for (t, name), v in heads.items()]
             )
@@ -315,8 +327,9 @@ class Planner:
             after, last = cursor["planned_through"], cursor["last_id"]
             chunk = await reads.topic_chunk(tenant, note["topic"], after, last, size)
             heads = await reads.active_versions({(tenant, note["template"])})
+            category_versions = await reads.category_versions([tenant])
         await self._ctx.providers.prepare({tenant})
-        categories = await self._ctx.categories.load(engine, {tenant})
+        categories = await self._ctx.categories.load(engine, category_versions)
         compiled = await self._templates.load(engine, [(t, n, v) for (t, n), v in heads.items()])
         version = compiled.get(
             (tenant, note["template"], heads.get((tenant, note["template"])) or 0)

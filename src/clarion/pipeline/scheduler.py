@@ -57,6 +57,7 @@ class Relay:
             select(o.c.notification_id, o.c.tenant_id, n.c.trace, n.c.priority)
             .select_from(o.outerjoin(n, n.c.id == o.c.notification_id))
             .where(o.c.notification_id.in_(ids))
+            .order_by(n.c.created_at, o.c.notification_id)
         )
         async with self._ctx.engine.connect() as conn:
             rows = await conn.execute(query)
@@ -104,8 +105,14 @@ class Retention:
 async def recover_embedded(ctx: Context) -> int:
     """Refill an empty in-process broker from the database after a start or a crash:
     every queued delivery goes back on its lane, or on the delayed set if a retry is due
-    later. Outbox rows need nothing: the relay takes them when due."""
+    later. The process is the only one, so no broker holds the plan messages of what it
+    had accepted and not planned: their outbox rows are made due now, for the relay to
+    publish at once (in accept order) instead of after their grace; a notification
+    scheduled for later keeps its time."""
     now = utcnow()
+    released = await notification_store.release_outbox(ctx.engine, now)
+    if released:
+        log.info("publishing %d accepted notifications not yet planned", released)
     after: str | None = None
     total = 0
     while True:

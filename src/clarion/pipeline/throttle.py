@@ -12,6 +12,10 @@ and don't count. Over a cap:
 * ``digest``: held for the category's digest (dropped on a channel the template has no
   digest content for).
 
+The planner hands a batch over in the order its notifications were accepted
+(``planner.accept_order``), on either store: over a cap, the first accepted are the ones
+that go, and the later ones overflow.
+
 With both caps set, each is asked: one may have counted a notification that the other
 refused, which errs on the side of sending less.
 """

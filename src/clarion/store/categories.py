@@ -11,6 +11,10 @@ A category row is a plain dict::
 ``transactional``, ``marketing`` and ``security`` exist for every tenant without being
 stored (their timestamps are then None). A tenant may store a row under a built-in name to
 set its policy (a ``max_per_hour`` on marketing, say), but ``security`` stays critical.
+
+Every write moves the tenant's version (``category_versions``) in its transaction: a reader
+that caches a tenant's categories asks for the version (``versions``) and reloads when it has
+moved, so what is accepted after a write is planned under it, in any process.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.errors import ValidationFailed
 from clarion.store import audit
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import upsert
-from clarion.store.tables import categories
+from clarion.store.tables import categories, category_versions
 
 POLICY = (
     "critical",
@@ -131,6 +136,29 @@ async def put(
         await audit.record(
             conn, audit.Change(tenant_id, actor, audit.Resource.CATEGORY, name, action, change)
         )
+        await _bump(conn, tenant_id)
+    return found
+
+
+async def _bump(conn: AsyncConnection, tenant_id: str) -> None:
+    """Move the tenant's version, in the transaction of the write it stamps."""
+    v = category_versions
+    stmt: Any = (
+        postgresql.insert(v) if conn.dialect.name == "postgresql" else sqlite.insert(v)
+    ).values(tenant_id=tenant_id, version=1)
+    await conn.execute(
+        stmt.on_conflict_do_update(index_elements=["tenant_id"], set_={"version": v.c.version + 1})
+    )
+
+
+async def versions(conn: AsyncConnection, tenant_ids: Iterable[str]) -> dict[str, int]:
+    """The version of each tenant's categories (0 for one never written), one query."""
+    wanted = sorted(set(tenant_ids))
+    found = dict.fromkeys(wanted, 0)
+    if wanted:
+        v = category_versions
+        query = select(v.c.tenant_id, v.c.version).where(v.c.tenant_id.in_(wanted))
+        found.update({row.tenant_id: row.version for row in await conn.execute(query)})
     return found
 
 

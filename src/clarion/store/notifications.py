@@ -202,7 +202,7 @@ async def claim_due_outbox(
         query = (
             select(outbox.c.notification_id)
             .where(outbox.c.available_at <= now)
-            .order_by(outbox.c.available_at)
+            .order_by(outbox.c.available_at, outbox.c.notification_id)
             .limit(limit)
         )
         if conn.dialect.name == "postgresql":
@@ -215,6 +215,23 @@ async def claim_due_outbox(
                 .values(available_at=now + timedelta(seconds=lease))
             )
     return ids
+
+
+async def release_outbox(engine: AsyncEngine, now: datetime) -> int:
+    """Make due at ``now`` every outbox row still waiting out its grace: those of
+    notifications to send now (or whose ``send_at`` has passed) and of topic sends being
+    planned; one scheduled for later keeps its time. For a process that knows no broker
+    holds their plan messages (the embedded one, at its start). Returns how many moved."""
+    n = notifications
+    # Looked up by key from each outbox row (a few), never a scan of the notifications.
+    later = select(n.c.id).where(n.c.id == outbox.c.notification_id, n.c.send_at > now)
+    async with write_tx(engine) as conn:
+        moved = await conn.execute(
+            update(outbox)
+            .where(outbox.c.available_at > now, ~later.exists())
+            .values(available_at=now)
+        )
+    return moved.rowcount or 0
 
 
 async def delete_outbox(conn: AsyncConnection, notification_ids: Sequence[str]) -> None:

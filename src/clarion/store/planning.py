@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import asyncpg
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.store import bulk
+from clarion.store import categories as category_store
 from clarion.store import deliveries as delivery_store
 from clarion.store import notifications as notification_store
 from clarion.store import recipients as recipient_store
@@ -27,15 +28,26 @@ from clarion.store.pg import PgPool
 from clarion.store.tables import notifications, outbox, topic_stripes, topic_subscribers
 
 
+class Batch(NamedTuple):
+    """What the planner's first read of a batch finds."""
+
+    notes: dict[str, dict[str, Any]]  # the notifications by id
+    # The active version of each one's template, by tenant and template name (absent when
+    # the template is gone).
+    heads: dict[tuple[str, str], int]
+    # The version of each one's tenant's categories (store/categories.py ``versions``).
+    category_versions: dict[str, int]
+
+
 class PlanReads(Protocol):
     async def notifications(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
 
-    async def notifications_and_heads(
-        self, ids: Sequence[str]
-    ) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
-        """The notifications, and the active version of each one's template (by tenant and
-        template name; absent when the template is gone)."""
+    async def batch(self, ids: Sequence[str]) -> Batch:
+        """The notifications, their templates' active versions and their tenants' category
+        versions."""
         ...
+
+    async def category_versions(self, tenant_ids: Iterable[str]) -> dict[str, int]: ...
 
     async def active_versions(
         self, keys: Iterable[tuple[str, str]]
@@ -70,14 +82,16 @@ class _SqlReads:
     async def notifications(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return await notification_store.load_many(self._conn, ids)
 
-    async def notifications_and_heads(
-        self, ids: Sequence[str]
-    ) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
+    async def batch(self, ids: Sequence[str]) -> Batch:
         notes = await self.notifications(ids)
         heads = await self.active_versions(
             {(n["tenant_id"], n["template"]) for n in notes.values()}
         )
-        return notes, heads
+        versions = await self.category_versions(n["tenant_id"] for n in notes.values())
+        return Batch(notes, heads, versions)
+
+    async def category_versions(self, tenant_ids: Iterable[str]) -> dict[str, int]:
+        return await category_store.versions(self._conn, tenant_ids)
 
     async def active_versions(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         return await template_store.active_versions(self._conn, keys)
@@ -121,25 +135,34 @@ class _PgReads:
         )
         return {row["id"]: dict(row) for row in rows}
 
-    async def notifications_and_heads(
-        self, ids: Sequence[str]
-    ) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], int]]:
-        # One round trip: the template's active version joined to each notification.
+    async def batch(self, ids: Sequence[str]) -> Batch:
+        # One round trip: the template's active version and the tenant's category version
+        # joined to each notification.
         rows = await self._conn.fetch(
-            "SELECT t.active_version AS _head, n.* FROM notifications AS n "
+            "SELECT t.active_version AS _head, coalesce(cv.version, 0) AS _categories, n.* "
+            "FROM notifications AS n "
             "LEFT JOIN templates AS t ON t.tenant_id = n.tenant_id AND t.name = n.template "
+            "LEFT JOIN category_versions AS cv ON cv.tenant_id = n.tenant_id "
             "WHERE n.id = ANY($1::text[])",
             list(ids),
         )
-        notes: dict[str, dict[str, Any]] = {}
-        heads: dict[tuple[str, str], int] = {}
+        found = Batch({}, {}, {})
         for row in rows:
             note = dict(row)
             head = note.pop("_head")
-            notes[note["id"]] = note
+            found.category_versions[note["tenant_id"]] = note.pop("_categories")
+            found.notes[note["id"]] = note
             if head is not None:
-                heads[(note["tenant_id"], note["template"])] = head
-        return notes, heads
+                found.heads[(note["tenant_id"], note["template"])] = head
+        return found
+
+    async def category_versions(self, tenant_ids: Iterable[str]) -> dict[str, int]:
+        wanted = sorted(set(tenant_ids))
+        rows = await self._conn.fetch(
+            "SELECT tenant_id, version FROM category_versions WHERE tenant_id = ANY($1::text[])",
+            wanted,
+        )
+        return {**dict.fromkeys(wanted, 0), **{row[0]: row[1] for row in rows}}
 
     async def active_versions(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         rows = await self._conn.fetch(

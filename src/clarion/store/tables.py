@@ -331,6 +331,16 @@ categories = Table(
     Column("during_snooze", String(10)),
 )
 
+# A tenant's categories' version: moved by every category write, in its transaction. A
+# planner reads it with each batch and reloads the tenant's categories when it has moved,
+# so a change applies to everything accepted after the write. No row: version 0.
+category_versions = Table(
+    "category_versions",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)
+
 # Erasure and export find a recipient's deliveries and sandbox captures by these; the
 # message log lists a recipient's deliveries newest first by the first.
 Index(

@@ -358,8 +358,17 @@ class Ready(_Out):
 class BreakerState(_Out):
     provider: str
     state: str = Field(description="closed | open | half_open")
-    failure_rate: float
+    failure_rate: float = Field(
+        description="closed: over the rolling window; open or half_open: of the window "
+        "that opened the breaker"
+    )
     calls: int
+    failures: int
+    window_seconds: float = Field(description="the length of the rolling window")
+    opened_at: datetime | None = Field(description="when the breaker opened; null if closed")
+    next_probe_at: datetime | None = Field(
+        description="when an open breaker lets a probe through; null if closed"
+    )
     retry_in: float
 
 

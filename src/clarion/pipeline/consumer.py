@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from clarion.broker import Broker, Message
+from clarion.observability.outages import outage_of
 from clarion.pipeline.inflight import finish_or_hand_back
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,11 @@ class FairConsumer:
                 except Exception as exc:
                     pause = min(max(pause * 2, 0.5), 10.0)
                     log.warning(
-                        "%s: taking work failed, again in %.1fs: %r", self._name, pause, exc
+                        "%s: taking work failed (%s unavailable?), again in %.1fs: %r",
+                        self._name,
+                        outage_of(exc),
+                        pause,
+                        exc,
                     )
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), pause)

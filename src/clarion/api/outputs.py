@@ -55,15 +55,19 @@ class DeliveryListItem(DeliveryOut):
 
 class DeliveryEvent(_Out):
     type: str = Field(
-        description="queued | scheduled | retry_scheduled | fallback | sent | delivered | "
-        "failed | dead | suppressed | replayed | cancelled"
+        description="queued | scheduled | attempt | retry_scheduled | fallback | sent | "
+        "delivered | failed | dead | suppressed | replayed | cancelled"
     )
     at: datetime | None
     provider: str | None = None
     outcome: str | None = Field(None, description="success | failure | retry, or null")
-    latency_ms: float | None = None
+    latency_ms: float | None = Field(None, description="an attempt's provider call")
     error: str | None = None
+    error_class: str | None = Field(
+        None, description="a failed attempt's: timeout | transient | permanent | internal"
+    )
     reason: str | None = None
+    attempt: int | None = Field(None, description="an attempt's number (1 for the first)")
 
 
 class DeliveryDetail(DeliveryListItem):

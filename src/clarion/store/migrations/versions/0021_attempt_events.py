@@ -1,5 +1,6 @@
-"""attempt events: provider, latency, error class and reason on delivery events, and the
-latency of the attempt that set a delivery's state on its row
+"""attempt events: provider, latency, error class and reason on delivery events
+
+A delivery's row keeps the latency of the attempt that set its state.
 
 Revision ID: 0021
 Revises: 0019

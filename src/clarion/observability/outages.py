@@ -14,6 +14,7 @@ from types import TracebackType
 
 DATABASE, BROKER, RATE_LIMITER = "database", "broker", "rate limiter"
 BREAKERS, REALTIME_HUB = "circuit breakers", "realtime hub"
+PROVIDER = "provider"
 
 # Module prefix -> component, most specific first.
 _COMPONENTS = (
@@ -23,6 +24,7 @@ _COMPONENTS = (
     ("clarion.api.quota", RATE_LIMITER),
     ("clarion.resilience.breaker", BREAKERS),
     ("clarion.store", DATABASE),
+    ("clarion.providers", PROVIDER),
 )
 # Library of the exception -> the server it speaks to.
 _SERVERS = {"redis": "redis", "asyncpg": "postgresql", "sqlite3": "sqlite"}

@@ -33,11 +33,12 @@ async def provider_health(request: Request, principal: Reader) -> JSONResponse:
     states = await breakers.states(principal.tenant_id)
     now = datetime.now(UTC)
     window = breakers.policy.window
-    data = [_shown(name, status, window, now) for name, status in sorted(states.items())]
+    data = [breaker_view(name, status, window, now) for name, status in sorted(states.items())]
     return JSONResponse({"data": data})
 
 
-def _shown(name: str, status: BreakerStatus, window: float, now: datetime) -> dict[str, Any]:
+def breaker_view(name: str, status: BreakerStatus, window: float, now: datetime) -> dict[str, Any]:
+    """A breaker as the API shows it (here and in ``/v1/stats``)."""
     closed = status.state == CLOSED
     opened_at = status.opened_at
     return {

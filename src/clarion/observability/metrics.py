@@ -206,7 +206,11 @@ def refused(reason: str, n: int = 1, tenant: str = "") -> None:
     if not ENABLED:
         return
     m = METRICS
-    child = m.refused.labels(reason, tenant) if m.tenant_label else m.refused.labels(reason)
+    if m.tenant_label:
+        # Refused before authentication: no tenant to tell.
+        child = m.refused.labels(_label(reason), _label(tenant))
+    else:
+        child = m.refused.labels(_label(reason))
     child.inc(n)
 
 

@@ -20,16 +20,24 @@ async def test_redis_down_is_named_and_the_database_is_not(
     with private_redis() as redis:
         async with running(make_settings(postgres_url, redis.url)) as app:
             await app.put_template("hello", {"channels": {"webhook": {"body": {"hi": "x"}}}})
+            took = _Watch("clarion.pipeline.consumer", "taking work failed (broker (redis) ")
+            consumer_log = logging.getLogger("clarion.pipeline.consumer")
+            consumer_log.addHandler(took)
             redis.kill()
-            caplog.set_level(logging.WARNING, logger="clarion.api.errors")
-            async with tolerant_client(app) as client, asyncio.timeout(30):
-                refused = await client.post(
-                    "/v1/notifications",
-                    json={"template": "hello", "to": {"recipient_id": "r1"}},
-                )
-                ready = await client.get("/readyz")
-                # The database is fine: what needs only it still answers.
-                listed = await client.get("/v1/notifications")
+            caplog.set_level(logging.WARNING, logger="clarion")
+            try:
+                async with tolerant_client(app) as client, asyncio.timeout(30):
+                    refused = await client.post(
+                        "/v1/notifications",
+                        json={"template": "hello", "to": {"recipient_id": "r1"}},
+                    )
+                    ready = await client.get("/readyz")
+                    # The database is fine: what needs only it still answers.
+                    listed = await client.get("/v1/notifications")
+                    # The workers' next take meets the outage, and says where.
+                    await took.seen.wait()
+            finally:
+                consumer_log.removeHandler(took)
     assert listed.status_code == 200, listed.text
 
     # The intake quota is taken in Redis before anything is stored.
@@ -52,6 +60,19 @@ async def test_redis_down_is_named_and_the_database_is_not(
     assert body["message"] == (
         "not ready: broker, rate limiter, circuit breakers, realtime hub unavailable"
     )
+
+
+class _Watch(logging.Handler):
+    """Sets ``seen`` once a record of ``logger`` holding ``text`` is logged."""
+
+    def __init__(self, logger: str, text: str) -> None:
+        super().__init__(logging.WARNING)
+        self.logger, self.text = logger, text
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == self.logger and self.text in record.getMessage():
+            self.seen.set()
 
 
 async def test_readyz_names_each_component_when_all_is_well(

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from faultkit import private_redis, tolerant_client
+from faultkit import private_postgres, private_redis, tolerant_client
 from harness import make_settings, running
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -91,3 +91,20 @@ async def test_readyz_names_each_component_when_all_is_well(
             "realtime_hub": "ok",
         },
     }
+
+
+async def test_database_down_is_named_and_the_broker_is_not(redis_url: str) -> None:
+    async with private_postgres() as pg, running(make_settings(pg.url, redis_url)) as app:
+        await asyncio.to_thread(pg.stop, "fast")
+        async with tolerant_client(app) as client, asyncio.timeout(30):
+            looked = await client.get("/v1/notifications")
+            ready = await client.get("/readyz")
+        await asyncio.to_thread(pg.start)
+    assert looked.status_code == 503, looked.text
+    error = looked.json()["error"]
+    assert error["details"] == [{"component": "database", "server": "postgresql"}]
+    assert error["message"] == "the database (postgresql) is unavailable; try again shortly"
+    assert ready.status_code == 503, ready.text
+    [checks] = ready.json()["error"]["details"]
+    assert checks["database"].startswith("unavailable (postgresql): ")
+    assert {checks[c] for c in checks if c != "database"} == {"ok"}

@@ -27,7 +27,7 @@ _COMPONENTS = (
     ("clarion.providers", PROVIDER),
 )
 # Library of the exception -> the server it speaks to.
-_SERVERS = {"redis": "redis", "asyncpg": "postgresql", "sqlite3": "sqlite"}
+_SERVERS = {"redis": "redis", "asyncpg": "postgresql", "sqlite3": "sqlite", "aiosqlite": "sqlite"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +67,20 @@ def _component(modules: list[str]) -> str | None:
 
 
 def _server(exc: BaseException) -> str | None:
-    for cause in _chain(exc):
-        for candidate in (cause, getattr(cause, "orig", None)):  # SQLAlchemy wraps the driver's
+    """The server the exception's library speaks to: by the exception's class (or the
+    driver's, which SQLAlchemy wraps), else by the innermost driver frame it passed (a
+    refused connection is a plain ``OSError``)."""
+    chain = _chain(exc)
+    for cause in chain:
+        for candidate in (cause, getattr(cause, "orig", None)):
             if candidate is None:
                 continue
             library = type(candidate).__module__.split(".")[0]
+            if library in _SERVERS:
+                return _SERVERS[library]
+    for cause in chain:
+        for module in reversed(_modules(cause.__traceback__)):
+            library = module.split(".")[0]
             if library in _SERVERS:
                 return _SERVERS[library]
     return None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from redis.asyncio import Redis
@@ -121,6 +123,39 @@ async def test_failed_probe_opens_again(breakers: list[CircuitBreaker]) -> None:
     assert await second.allow(KEY)
 
 
+async def test_an_open_breaker_shows_what_opened_it(breakers: list[CircuitBreaker]) -> None:
+    first, second = breakers
+    before = time.time()
+    await _record(first, 8, 12)  # 20 calls, 60 % failed: opens
+    after = time.time()
+    status = await second.status(KEY)
+    assert (status.state, status.calls, status.failures) == ("open", 20, 12)
+    assert status.failure_rate == 0.6
+    assert status.opened_at is not None
+    assert before - 1 <= status.opened_at <= after + 1
+    opened_at = status.opened_at
+    # A failed probe keeps it open: still the figures (and time) that opened it.
+    await _until_half_open(first)
+    half_open = await first.status(KEY)
+    assert (half_open.calls, half_open.failures, half_open.opened_at) == (20, 12, opened_at)
+    assert await first.allow(KEY)
+    await first.record(KEY, False)
+    reopened = await second.status(KEY)
+    assert (reopened.state, reopened.calls, reopened.failures) == ("open", 20, 12)
+    assert reopened.opened_at == opened_at
+    # A successful probe closes it: a fresh window, nothing open.
+    await _until_half_open(second)
+    assert await second.allow(KEY)
+    await second.record(KEY, True)
+    closed = await first.status(KEY)
+    assert (closed.state, closed.calls, closed.failures, closed.opened_at) == (
+        "closed",
+        0,
+        0,
+        None,
+    )
+
+
 async def test_outcomes_during_the_cooldown_change_nothing(
     breakers: list[CircuitBreaker],
 ) -> None:
@@ -157,6 +192,7 @@ async def test_old_outcomes_leave_the_window() -> None:
 async def test_health_endpoint_shows_the_callers_breakers(app: Harness) -> None:
     breakers = app.ctx.resilience.breakers
     failing = BreakerKey(app.tenant_id, "smtp-main")
+    before = datetime.now(UTC)
     for _ in range(app.settings.breaker_min_calls):
         await breakers.record(failing, False)
     await breakers.record(BreakerKey(app.tenant_id, "sendgrid"), True)
@@ -170,10 +206,24 @@ async def test_health_endpoint_shows_the_callers_breakers(app: Harness) -> None:
         "state": "closed",
         "failure_rate": 0.0,
         "calls": 1,
+        "failures": 0,
+        "window_seconds": app.settings.breaker_window,
+        "opened_at": None,
+        "next_probe_at": None,
         "retry_in": 0.0,
     }
-    assert data[1]["state"] == "open"
-    assert 0 < data[1]["retry_in"] <= app.settings.breaker_cooldown
+    shown = data[1]
+    assert shown["state"] == "open"
+    # The figures that opened it, not the window emptied when it opened.
+    calls = app.settings.breaker_min_calls
+    assert (shown["calls"], shown["failures"], shown["failure_rate"]) == (calls, calls, 1.0)
+    assert shown["window_seconds"] == app.settings.breaker_window
+    opened_at = datetime.fromisoformat(shown["opened_at"])
+    next_probe_at = datetime.fromisoformat(shown["next_probe_at"])
+    assert before.timestamp() - 1 <= opened_at.timestamp() <= time.time() + 1
+    assert 0 < shown["retry_in"] <= app.settings.breaker_cooldown
+    assert opened_at < next_probe_at
+    assert next_probe_at.timestamp() <= opened_at.timestamp() + app.settings.breaker_cooldown + 1
     unauthenticated = await app.client.get("/v1/health/providers")
     assert unauthenticated.status_code == 401
     assert unauthenticated.json()["error"]["code"] == "unauthorized"

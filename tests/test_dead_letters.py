@@ -128,7 +128,7 @@ async def test_replay_sends_exactly_once(app: Harness, sink: WebhookSink) -> Non
         history = [row.status for row in await conn.execute(query.order_by(delivery_events.c.id))]
     assert history[-2:] == ["dead", "replayed"]  # a plain `sent` is the row's own state
     timeline = (await app.client.get(f"/v1/deliveries/{dead['id']}", headers=app.auth)).json()
-    assert [e["type"] for e in timeline["events"]][-3:] == ["dead", "replayed", "sent"]
+    assert [e["type"] for e in timeline["events"]][-4:] == ["dead", "replayed", "attempt", "sent"]
     again = await app.client.post(f"/v1/dead-letters/{dead['id']}/replay", headers=app.auth)
     assert again.status_code == 409
     assert again.json()["error"]["code"] == "not_dead"

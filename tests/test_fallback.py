@@ -105,6 +105,13 @@ async def test_a_non_critical_delivery_waits_instead(lite: Harness) -> None:
     [push] = (await lite.notification(nid))["deliveries"]
     assert push["status"] == "queued"
     assert push["attempts"] == 0
+    # Its timeline: waiting, with the reason, and no attempt.
+    detail = await lite.client.get(f"/v1/deliveries/{push['id']}", headers=lite.auth)
+    events = detail.json()["events"]
+    assert "attempt" not in [e["type"] for e in events]
+    waits = [e for e in events if e["type"] == "retry_scheduled"]
+    assert waits
+    assert {(e["reason"], e["error"]) for e in waits} == {("no_healthy_provider", None)}
 
 
 async def test_fallbacks_must_name_the_templates_channels(lite: Harness) -> None:

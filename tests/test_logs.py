@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import pytest
 from structlog.contextvars import bound_contextvars
 
-from clarion.observability.logs import log_handler, mask_text
-from harness import Harness
+from clarion.observability.logs import guard_libraries, log_handler, mask_secrets, mask_text
+from harness import Harness, make_settings, running
+from webhook_sink import WebhookSink
 
 EMAIL = "alex.pii-test@example.com"
 PHONE = "+14155550123"
@@ -112,3 +113,62 @@ def test_mask_text_rules() -> None:
         "8 retries",
     ):
         assert mask_text(plain) == plain
+
+
+BODY = "parcel-body-7f3a91"
+MAILBOX = "dana.private"
+HOOK_PATH = "wh-path-5c2e0d"
+
+
+@pytest.mark.parametrize("pii", [False, True], ids=["pii-off", "pii-on"])
+async def test_bodies_and_addresses_only_with_the_pii_switch(
+    backend: tuple[str, str], sink: WebhookSink, pii: bool
+) -> None:
+    """Every logger at DEBUG while a send runs end to end (SQL statements, aiosqlite, HTTP
+    traces): no message body, address or webhook URL reaches the output unless
+    CLARION_LOG_PII is on; then they do (and secrets stay masked)."""
+    stream = io.StringIO()
+    handler = log_handler("text", stream, pii=pii)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    guard_libraries(pii, "DEBUG")
+    try:
+        async with running(make_settings(*backend, log_pii=pii)) as app:
+            template = {
+                "channels": {
+                    "email": {"subject": "Parcel", "text": f"Your {BODY} ships {{{{ day }}}}"},
+                    "webhook": {"body": {"text": f"{BODY} {{{{ day }}}}"}},
+                }
+            }
+            await app.put_template("parcel", template)
+            await app.put_recipient(
+                "u-1", email=f"{MAILBOX}@example.org", webhook_url=f"{sink.url}/{HOOK_PATH}"
+            )
+            data = {"day": "friday", "password": PASSWORD}
+            body = {"template": "parcel", "to": {"recipient_id": "u-1"}, "data": data}
+            response = await app.send(body)
+            assert response.status_code == 202, response.text
+            await app.drain()
+            await sink.wait_for(1, timeout=30)
+            assert BODY in sink.received[0].body.decode()
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        guard_libraries(True)  # back to the defaults: libraries follow the root, SQL quiet
+    output = stream.getvalue()
+    leaked = [marker for marker in (BODY, MAILBOX, HOOK_PATH) if marker in output]
+    if pii:
+        assert " DEBUG " in output  # libraries' traces, let through
+        assert BODY in output
+        assert MAILBOX in output
+    else:
+        shown = [line for line in output.splitlines() if any(m in line for m in leaked)]
+        assert leaked == [], shown[:5]
+    assert PASSWORD not in output
+
+
+def test_mask_secrets_leaves_contact_data() -> None:
+    text = "to bob@example.org, +14155550123, Authorization: Bearer abcdef123456"
+    assert mask_secrets(text) == "to bob@example.org, +14155550123, Authorization: Bearer ***"

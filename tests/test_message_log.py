@@ -138,19 +138,66 @@ async def test_log_status_filters_pages_and_timeline(app: Harness, sink: Webhook
     assert detail["notification_id"] == sent["flaky"]
     assert detail["status"] == "sent"
     types = [e["type"] for e in detail["events"]]
-    assert types == ["queued", "retry_scheduled", "retry_scheduled", "sent"]
+    retried = ["attempt", "retry_scheduled"]
+    assert types == ["queued", *retried, *retried, "attempt", "sent"]
     assert detail["events"][0]["at"] == detail["created_at"]
-    assert detail["events"][1]["outcome"] == "retry"
-    assert "503" in detail["events"][1]["error"]
+    assert detail["events"][2]["outcome"] == "retry"
+    assert "503" in detail["events"][2]["error"]
     assert detail["events"][-1]["outcome"] == "success"
     assert detail["events"][-1]["provider"] == detail["provider"]
     [bad] = (await app.notification(sent["bad"]))["deliveries"]
     events = (await _get(app, f"/v1/deliveries/{bad['id']}"))["events"]
-    assert [e["type"] for e in events] == ["queued", "failed"]
-    assert "400" in events[1]["error"]
+    assert [e["type"] for e in events] == ["queued", "attempt", "failed"]
+    assert "400" in events[2]["error"]
     [nourl] = (await app.notification(sent["nourl"]))["deliveries"]
     events = (await _get(app, f"/v1/deliveries/{nourl['id']}"))["events"]
     assert [(e["type"], e["reason"]) for e in events] == [("suppressed", "no_address")]
+
+
+async def test_every_attempt_is_in_the_timeline(app: Harness, sink: WebhookSink) -> None:
+    """Each attempt, failed or not, is an `attempt` event with its provider, outcome,
+    latency and error class; a retry names its provider and reason."""
+    sent = await _scene(app, sink)
+    [flaky] = (await app.notification(sent["flaky"]))["deliveries"]
+    events = (await _get(app, f"/v1/deliveries/{flaky['id']}"))["events"]
+    attempts = [e for e in events if e["type"] == "attempt"]
+    assert [a["attempt"] for a in attempts] == [1, 2, 3]
+    assert [a["outcome"] for a in attempts] == ["failure", "failure", "success"]
+    assert [a["error_class"] for a in attempts] == ["transient", "transient", None]
+    for attempt in attempts:
+        assert attempt["provider"] == flaky["provider"] == "webhook"
+        assert isinstance(attempt["latency_ms"], int), attempt
+        assert attempt["latency_ms"] >= 0
+    assert all("503" in a["error"] for a in attempts[:2])
+    assert attempts[2]["error"] is None
+    retries = [e for e in events if e["type"] == "retry_scheduled"]
+    assert len(retries) == 2
+    for retry in retries:
+        assert retry["provider"] == "webhook"
+        assert retry["reason"]
+        assert retry["outcome"] == "retry"
+    # Each attempt sits right before the state it led to.
+    kinds = [e["type"] for e in events]
+    for index, kind in enumerate(kinds):
+        if kind == "attempt":
+            assert kinds[index + 1] in ("retry_scheduled", "sent", "failed", "dead")
+
+    [bad] = (await app.notification(sent["bad"]))["deliveries"]
+    events = (await _get(app, f"/v1/deliveries/{bad['id']}"))["events"]
+    attempt, failed = events[1], events[2]
+    assert (attempt["type"], attempt["attempt"], attempt["outcome"]) == ("attempt", 1, "failure")
+    assert (attempt["provider"], attempt["error_class"]) == ("webhook", "permanent")
+    assert isinstance(attempt["latency_ms"], int)
+    assert "400" in attempt["error"]
+    assert (failed["type"], failed["provider"], failed["reason"]) == (
+        "failed",
+        "webhook",
+        "provider_rejected",
+    )
+    # Not attempted (suppressed): no attempt event.
+    [nourl] = (await app.notification(sent["nourl"]))["deliveries"]
+    events = (await _get(app, f"/v1/deliveries/{nourl['id']}"))["events"]
+    assert [e["type"] for e in events] == ["suppressed"]
 
 
 async def test_another_tenants_log_is_invisible(app: Harness, sink: WebhookSink) -> None:

@@ -83,7 +83,7 @@ async def test_metrics_follow_a_send(app: Harness) -> None:
     assert delta("clarion_notifications_accepted_total") == 3
     assert delta("clarion_notifications_refused_total", reason="unknown_template") == 1
     assert delta("clarion_notifications_refused_total", reason="validation_error") == 1
-    assert delta("clarion_deliveries_total", channel="email", status="queued", reason="") == 3
+    assert delta("clarion_deliveries_total", channel="email", status="queued", reason="none") == 3
     sent = {"channel": "email", "provider": "sandbox", "status": "sent"}
     assert delta("clarion_deliveries_total", **sent) == 3
     lane = {"channel": "email", "lane": "normal"}
@@ -136,7 +136,9 @@ async def test_operations_port_answers_probes_and_metrics(app: Harness) -> None:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = await client.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+        checks = ready.json()["checks"]
+        assert {"database", "broker"} <= set(checks)
+        assert set(checks.values()) == {"ok"}
         _, samples = await scrape(client)
         assert total(samples, "clarion_stream_lag", stream="plan") == 0
         assert ("clarion_outbox_backlog", frozenset()) not in samples
@@ -325,3 +327,27 @@ def test_ready_line_and_sources_follow_the_setting(lite: Harness) -> None:
     assert not sources_for(lite.ctx, Roles(api=True)).dead_letters
     assert sources_for(lite.ctx, Roles(scheduler=True)).dead_letters
     assert sources_for(lite.ctx, Roles.everything()).dead_letters
+
+
+async def test_no_label_is_empty(app: Harness, sink: WebhookSink) -> None:
+    """Planned, sent, retried, dead and suppressed deliveries: every label has a value, and
+    a retry's reason is the cause of the failed attempt."""
+    await app.put_template("hello", TEMPLATE)
+    await app.put_recipient("u-1", email="u1@example.com")
+    await app.put_recipient("nobody")
+    response = await app.send({"template": "hello", "to": {"recipient_ids": ["u-1", "nobody"]}})
+    assert response.status_code == 202, response.text
+    await _dead_letters(app, sink, ["a"])
+    text, samples = await scrape(app.client)
+    empty = [line for line in text.splitlines() if '=""' in line]
+    assert empty == []
+    assert all(value for _, labels in samples for _, value in labels)
+    retries = {
+        dict(labels)["reason"]: value
+        for (name, labels), value in samples.items()
+        if name == "clarion_delivery_retries_total"
+    }
+    assert retries
+    assert "none" not in retries
+    assert total(samples, "clarion_dead_letters_total", channel="webhook") >= 1
+    assert total(samples, "clarion_deliveries_total", provider="none", status="queued") >= 1

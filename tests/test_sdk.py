@@ -157,7 +157,9 @@ async def test_async_client_covers_every_resource(lite: Harness, server: str) ->
         deliveries = [d async for d in client.deliveries.list(recipient_id="u-2")]
         assert [d.notification_id for d in deliveries] == [first.id]
         detail = await client.deliveries.get(deliveries[0].id)
-        assert [e.type for e in detail.events] == ["queued", "sent"]
+        assert [e.type for e in detail.events] == ["queued", "attempt", "sent"]
+        attempt = detail.events[1]
+        assert (attempt.attempt, attempt.outcome, attempt.provider) == (1, "success", "sandbox")
         summaries = [n async for n in client.notifications.list(status="completed")]
         assert [n.id for n in summaries] == [first.id]
 

@@ -285,7 +285,7 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, pii=settings.log_pii)
     if args.command == "secret":
         print(base64.b64encode(os.urandom(32)).decode())
         return 0

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Logs as one JSON object a line (`json`) or as readable text (`text`).
     log_format: Literal["text", "json"] = "text"
+    # On: logs may show message bodies, addresses and SQL parameters (libraries' DEBUG
+    # traces, unmasked contact data). For debugging on a machine of one's own only.
+    log_pii: bool = False
     # `off`: no metric is counted (every hook returns at once) and /metrics answers 404.
     metrics: Literal["on", "off"] = "on"
     # Workers' and schedulers' port for /metrics, /healthz and /readyz (off when unset).

@@ -135,3 +135,15 @@ class PermanentError(ProviderError):
     ) -> None:
         super().__init__(message, reason=reason)
         self.dead_address = dead_address
+
+
+def error_class(exc: BaseException) -> str:
+    """The class of a failed attempt's error, as timelines and logs show it: ``timeout``,
+    ``transient``, ``permanent``, or ``internal`` (an unforeseen exception)."""
+    if isinstance(exc, TransientError):
+        return "timeout" if exc.reason == "timeout" else "transient"
+    if isinstance(exc, PermanentError):
+        return "permanent"
+    if isinstance(exc, ProviderError):
+        return "transient"
+    return "internal"

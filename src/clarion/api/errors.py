@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from clarion.api.responses import JSONResponse
 from clarion.errors import ApiError
 from clarion.observability import metrics
+from clarion.observability.outages import outage_of
 from clarion.store.batching import is_outage
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,15 @@ def _refused(request: Request, code: str) -> None:
 
 
 def _unavailable_response(exc: BaseException) -> JSONResponse:
-    log.warning("storage unavailable: %r", exc)
+    """A 503 naming the component that failed (the database, the broker, the rate
+    limiter...) and its server, in the log line, the message and the details."""
+    outage = outage_of(exc)
+    log.warning("%s unavailable: %r", outage, exc)
     return error_response(
         503,
         "unavailable",
-        "storage or broker is unavailable; try again shortly",
+        f"the {outage} is unavailable; try again shortly",
+        [{"component": outage.component, "server": outage.server}],
         headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
     )
 

@@ -55,15 +55,19 @@ class DeliveryListItem(DeliveryOut):
 
 class DeliveryEvent(_Out):
     type: str = Field(
-        description="queued | scheduled | retry_scheduled | fallback | sent | delivered | "
-        "failed | dead | suppressed | replayed | cancelled"
+        description="queued | scheduled | attempt | retry_scheduled | fallback | sent | "
+        "delivered | failed | dead | suppressed | replayed | cancelled"
     )
     at: datetime | None
     provider: str | None = None
     outcome: str | None = Field(None, description="success | failure | retry, or null")
-    latency_ms: float | None = None
+    latency_ms: float | None = Field(None, description="an attempt's provider call")
     error: str | None = None
+    error_class: str | None = Field(
+        None, description="a failed attempt's: timeout | transient | permanent | internal"
+    )
     reason: str | None = None
+    attempt: int | None = Field(None, description="an attempt's number (1 for the first)")
 
 
 class DeliveryDetail(DeliveryListItem):
@@ -358,8 +362,17 @@ class Ready(_Out):
 class BreakerState(_Out):
     provider: str
     state: str = Field(description="closed | open | half_open")
-    failure_rate: float
+    failure_rate: float = Field(
+        description="closed: over the rolling window; open or half_open: of the window "
+        "that opened the breaker"
+    )
     calls: int
+    failures: int
+    window_seconds: float = Field(description="the length of the rolling window")
+    opened_at: datetime | None = Field(description="when the breaker opened; null if closed")
+    next_probe_at: datetime | None = Field(
+        description="when an open breaker lets a probe through; null if closed"
+    )
     retry_in: float
 
 

@@ -6,6 +6,14 @@ where the work started — ``tenant_id`` by the request's authentication, ``deli
 ``notification_id`` and ``tenant_id`` by a channel worker around an attempt, ``stage`` by
 the planner — and one processor, :func:`mask`, runs on every line last before rendering, so
 no email address, phone number, token or secret leaves the process in a log.
+
+Message bodies and contact data never reach a log at any level, DEBUG included, unless
+``CLARION_LOG_PII`` is on: libraries that trace what they carry (SQLAlchemy's statements
+with their parameters and rows, aiosqlite's operations, HTTP/2 header tables with device
+tokens, WebSocket frames, request URLs) are held at WARNING and their DEBUG records dropped
+(:func:`guard_libraries`, :class:`PiiGuard`), and SQL errors leave their parameters out
+(store/db.py). With the switch on, for debugging on a machine of one's own, all of that is
+logged and contact data is left unmasked; secrets (keys, tokens, passwords) stay masked.
 """
 
 from __future__ import annotations
@@ -23,7 +31,18 @@ import structlog
 from structlog.contextvars import merge_contextvars
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["bind", "bound", "configure_logging", "log_handler", "mask", "mask_text"]
+__all__ = [
+    "CHATTY",
+    "PiiGuard",
+    "bind",
+    "bound",
+    "configure_logging",
+    "guard_libraries",
+    "log_handler",
+    "mask",
+    "mask_secrets",
+    "mask_text",
+]
 
 _MASK = "***"
 # Order matters: whole secrets (PEM blocks, JWTs, keys) before the shapes inside them.
@@ -60,6 +79,9 @@ _RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     (re.compile(r"(?<![\w+])\+\d[\d ().-]{6,18}\d"), "+" + _MASK),
     (re.compile(r"(?<![\w.:/-])\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}(?![\w-])"), _MASK),
 ]
+# The rules above that mask contact data rather than secrets (left out with CLARION_LOG_PII).
+_CONTACT_RULES = 3
+_SECRET_RULES = _RULES[:-_CONTACT_RULES]
 _SECRET_NAMES = re.compile(
     r"(?i)password|secret|token|api_?key|authorization|private_?key|credential|signature"
 )
@@ -72,26 +94,91 @@ def mask_text(text: str) -> str:
     return text
 
 
-def _mask_value(key: str, value: Any) -> Any:
+def mask_secrets(text: str) -> str:
+    """``text`` with every token and secret masked (contact data left as it is)."""
+    for pattern, replacement in _SECRET_RULES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _mask_value(key: str, value: Any, masker: Callable[[str], str] = mask_text) -> Any:
     if isinstance(value, str):
-        return _MASK if _SECRET_NAMES.search(key) else mask_text(value)
+        return _MASK if _SECRET_NAMES.search(key) else masker(value)
     if isinstance(value, Mapping):
-        return {k: _mask_value(str(k), v) for k, v in value.items()}
+        return {k: _mask_value(str(k), v, masker) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_mask_value(key, v) for v in value]
+        return [_mask_value(key, v, masker) for v in value]
     if value is None or isinstance(value, bool | int | float):
         return value
-    return mask_text(repr(value))
+    return masker(repr(value))
 
 
-def mask(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """The processor: masks every value of the line (the message, the bound ids, the
-    rendered exception); a field named like a secret is masked whole."""
-    for key, value in list(event_dict.items()):
-        if key.startswith("_"):
-            continue
-        event_dict[key] = _mask_value(key, value)
-    return event_dict
+def _masking(masker: Callable[[str], str]) -> Processor:
+    def processor(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        for key, value in list(event_dict.items()):
+            if key.startswith("_"):
+                continue
+            event_dict[key] = _mask_value(key, value, masker)
+        return event_dict
+
+    return processor
+
+
+mask = _masking(mask_text)
+mask.__doc__ = """The processor: masks every value of the line (the message, the bound ids, the
+rendered exception); a field named like a secret is masked whole."""
+# With CLARION_LOG_PII on: secrets only.
+mask_only_secrets = _masking(mask_secrets)
+
+# Libraries whose records carry what they send or store: SQL statements with parameters and
+# rows, aiosqlite's operations, request URLs, HTTP/2 header tables (APNs device tokens in
+# the path), WebSocket and SMTP traffic.
+CHATTY = (
+    "sqlalchemy.engine",
+    "sqlalchemy.orm",
+    "aiosqlite",
+    "asyncpg",
+    "httpx",
+    "httpcore",
+    "hpack",
+    "h2",
+    "h11",
+    "websockets",
+    "aiosmtplib",
+    "urllib3",
+    "botocore",
+    "uvicorn.access",
+)
+
+
+def _own(name: str) -> bool:
+    return name == "clarion" or name.startswith("clarion.")
+
+
+def _chatty(name: str) -> bool:
+    return any(name == lib or name.startswith(lib + ".") for lib in CHATTY)
+
+
+class PiiGuard(logging.Filter):
+    """Drops a library's records that may carry bodies or contact data: any library's
+    DEBUG records (wire traces), and INFO from the :data:`CHATTY` ones. Clarion's own
+    records, and every WARNING and above, pass (masked)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _own(record.name) or record.levelno >= logging.WARNING:
+            return True
+        return record.levelno >= logging.INFO and not _chatty(record.name)
+
+
+def guard_libraries(pii: bool, level: str = "INFO") -> None:
+    """Hold the :data:`CHATTY` libraries at WARNING (so they do not even format what they
+    would log), or, with ``pii``, let them follow the root ``level``. SQLAlchemy keeps its
+    own default (WARNING) unless ``pii`` at DEBUG: then its statements are logged with
+    their parameters."""
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.NOTSET if pii else logging.WARNING)
+    sql = logging.INFO if pii and level.upper() == "DEBUG" else logging.WARNING
+    logging.getLogger("sqlalchemy.engine").setLevel(sql)
 
 
 def _text(_: WrappedLogger, __: str, event_dict: EventDict) -> str:
@@ -154,28 +241,35 @@ def _processors() -> list[Processor]:
     ]
 
 
-def log_handler(fmt: str = "text", stream: IO[str] | None = None) -> logging.Handler:
-    """A handler rendering records as ``fmt`` (``text`` or ``json``), masked."""
+def log_handler(
+    fmt: str = "text", stream: IO[str] | None = None, *, pii: bool = False
+) -> logging.Handler:
+    """A handler rendering records as ``fmt`` (``text`` or ``json``), masked; without
+    ``pii``, libraries' records that may carry bodies or contact data are dropped."""
     renderer: Processor = structlog.processors.JSONRenderer() if fmt == "json" else _text
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_processors(),
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
-            mask,
+            mask_only_secrets if pii else mask,
             renderer,
         ],
     )
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
+    if not pii:
+        handler.addFilter(PiiGuard())
     return handler
 
 
-def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Send every log record of the process through one masked handler."""
+def configure_logging(level: str = "INFO", fmt: str = "text", *, pii: bool = False) -> None:
+    """Send every log record of the process through one masked handler; ``pii``
+    (``CLARION_LOG_PII``) lets bodies and contact data through, for debugging only."""
     root = logging.getLogger()
-    root.handlers = [log_handler(fmt)]
+    root.handlers = [log_handler(fmt, pii=pii)]
     root.setLevel(level.upper())
+    guard_libraries(pii, level)
     structlog.configure(
         processors=[
             *_processors(),

@@ -34,6 +34,8 @@ from clarion import __version__
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+# The value of a label with nothing to tell (no provider called, no reason).
+NONE = "none"
 _B32 = {c: i for i, c in enumerate("0123456789abcdefghjkmnpqrstvwxyz")}
 
 
@@ -204,7 +206,11 @@ def refused(reason: str, n: int = 1, tenant: str = "") -> None:
     if not ENABLED:
         return
     m = METRICS
-    child = m.refused.labels(reason, tenant) if m.tenant_label else m.refused.labels(reason)
+    if m.tenant_label:
+        # Refused before authentication: no tenant to tell.
+        child = m.refused.labels(_label(reason), _label(tenant))
+    else:
+        child = m.refused.labels(_label(reason))
     child.inc(n)
 
 
@@ -223,10 +229,16 @@ def planned(rows: Sequence[dict[str, Any]]) -> None:
     m = METRICS
     keys: Tally[tuple[str, ...]] = Tally()
     for row in rows:
-        key: tuple[str, ...] = (row["channel"], "", str(row["status"]), row.get("reason") or "")
+        status, reason = str(row["status"]), _label(row.get("reason"))
+        key: tuple[str, ...] = (row["channel"], NONE, status, reason)
         keys[(*key, row["tenant_id"]) if m.tenant_label else key] += 1
     for key, n in keys.items():
         m.deliveries.labels(*key).inc(n)
+
+
+def _label(value: str | None) -> str:
+    """A label's value: never empty (``none`` when there is nothing to tell)."""
+    return value or NONE
 
 
 def planner_batch(size: int, seconds: float) -> None:
@@ -243,7 +255,7 @@ def attempt(
     if not ENABLED:
         return
     m = METRICS
-    labels = (channel, kind, str(status), reason or "")
+    labels = (channel, _label(kind), str(status), _label(reason))
     if m.tenant_label:
         m.child(m.deliveries, *labels, delivery.tenant).inc()
     else:
@@ -254,9 +266,9 @@ def attempt(
             lane = delivery.priority
             m.child(m.latency, channel, lane).observe(max(0.0, time.time() - accepted))
     elif retry:
-        m.retries.labels(channel, reason or "").inc()
+        m.child(m.retries, channel, _label(reason)).inc()
     elif status == "dead":
-        m.dead.labels(channel, reason or "").inc()
+        m.child(m.dead, channel, _label(reason)).inc()
 
 
 def provider_call(channel: str, kind: str, outcome: str, seconds: float) -> None:

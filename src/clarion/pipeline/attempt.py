@@ -50,6 +50,10 @@ class Attempt:
     kind: str = ""
 
 
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
 def fallback_row(delivery: Delivery, fallback: dict[str, Any], now: datetime) -> dict[str, Any]:
     """The stored row of the delivery a critical one switches to on its fallback channel."""
     expires_at = delivery.expires_at
@@ -111,11 +115,14 @@ class Attempts:
                 provider_message_id=outcome.result.provider_message_id,
                 sent_at=utcnow(),
                 provider=outcome.provider,
+                attempt=delivery.attempt,
+                latency_ms=_ms(outcome.latency),
             )
             return Attempt(change, dead=outcome.result.dead_addresses, kind=outcome.kind)
         if isinstance(outcome, Failed):
             change, retry = self._policy.on_failure(delivery, outcome.error, now)
             change.provider = outcome.provider or None
+            change.latency_ms = _ms(outcome.latency)
             dead = getattr(outcome.error, "dead_address", None)
             return Attempt(change, retry, dead, outcome.kind)
         return await self._not_attempted(delivery, outcome, now)

@@ -31,7 +31,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from clarion.broker import Broker, Message
+from clarion.observability.outages import outage_of
 from clarion.pipeline.inflight import finish_or_hand_back
+from clarion.store.batching import is_outage
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,11 @@ class FairConsumer:
                 except Exception as exc:
                     pause = min(max(pause * 2, 0.5), 10.0)
                     log.warning(
-                        "%s: taking work failed, again in %.1fs: %r", self._name, pause, exc
+                        "%s: taking work failed%s, again in %.1fs: %r",
+                        self._name,
+                        unavailable(exc),
+                        pause,
+                        exc,
                     )
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), pause)
@@ -231,3 +237,9 @@ class FairConsumer:
             except Exception as exc:
                 log.warning("%s: handing back %d failed: %r", self._name, len(waiting), exc)
         await finish_or_hand_back(self._running, self._broker, deadline)
+
+
+def unavailable(exc: BaseException) -> str:
+    """`` (broker (redis) unavailable)`` when ``exc`` is an outage, naming the component it
+    came from; empty for any other failure."""
+    return f" ({outage_of(exc)} unavailable)" if is_outage(exc) else ""

@@ -19,6 +19,7 @@ from typing import Any
 
 from clarion.broker import Message
 from clarion.domain.models import LANES, PLAN_STREAMS, Channel, send_stream
+from clarion.pipeline.consumer import unavailable
 from clarion.pipeline.context import Context
 from clarion.pipeline.digests import DigestCloser
 from clarion.pipeline.events import EventDispatcher
@@ -131,7 +132,9 @@ class Runtime:
                 found = await step()
                 pause = idle
             except Exception as exc:
-                log.warning("%s failed: %r", asyncio.current_task(), exc)
+                task = asyncio.current_task()
+                name = task.get_name() if task is not None else "loop"
+                log.warning("%s failed%s: %r", name, unavailable(exc), exc)
                 found, pause = 0, min(max(pause * 2, 0.5), 10.0)
             if not found and pause > 0:
                 with contextlib.suppress(TimeoutError):

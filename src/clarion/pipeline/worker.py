@@ -155,7 +155,8 @@ class ChannelWorker:
         self._ctx.made_progress()
         # A retry spends an attempt; waiting for a provider (breaker, rate limit) does not.
         retried = retry is not None and change.attempts == delivery.attempt
-        metrics.attempt(self.channel, delivery, attempt.kind, change.status, change.reason, retried)
+        reason = change.reason or change.retry_reason
+        metrics.attempt(self.channel, delivery, attempt.kind, change.status, reason, retried)
         if dead:
             await self._forget(delivery, dead)
 

@@ -52,17 +52,27 @@ class BreakerPolicy:
 
 @dataclass(frozen=True, slots=True)
 class BreakerStatus:
-    """``retry_in``: seconds until a call may be let through again (0 when closed)."""
+    """``retry_in``: seconds until a call may be let through again (0 when closed).
+
+    Closed: ``calls``, ``failures`` and ``failure_rate`` cover the rolling window. Open or
+    half-open: they are the figures of the window that opened the breaker (its outcomes are
+    cleared when it opens), and ``opened_at`` (Unix seconds) is when it opened; a failed
+    probe keeps it open with those figures.
+    """
 
     state: str
     failure_rate: float
     calls: int
     retry_in: float = 0.0
+    failures: int = 0
+    opened_at: float | None = None
 
 
-def _status(state: str, calls: int, failures: int, retry_in: float) -> BreakerStatus:
+def _status(
+    state: str, calls: int, failures: int, retry_in: float, opened_at: float | None = None
+) -> BreakerStatus:
     rate = failures / calls if calls else 0.0
-    return BreakerStatus(state, round(rate, 4), calls, max(0.0, retry_in))
+    return BreakerStatus(state, round(rate, 4), calls, max(0.0, retry_in), failures, opened_at)
 
 
 class CircuitBreaker(ABC):
@@ -103,14 +113,23 @@ class _Circuit:
     tripped: bool = False
     open_until: float = 0.0
     probe_until: float = 0.0
+    # What opened it: calls and failures in the window, and when (Unix seconds).
+    opened_by: tuple[int, int] = (0, 0)
+    opened_at: float = 0.0
 
 
 class MemoryBreaker(CircuitBreaker):
     """Breakers of this process (the embedded default). ``clock`` is monotonic seconds."""
 
-    def __init__(self, policy: BreakerPolicy, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        policy: BreakerPolicy,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         super().__init__(policy)
         self._clock = clock
+        self._wall = wall
         self._circuits: dict[BreakerKey, _Circuit] = {}
 
     def _window(self, circuit: _Circuit, now: float) -> tuple[int, int]:
@@ -130,7 +149,11 @@ class MemoryBreaker(CircuitBreaker):
         circuit.probe_until = now + self.policy.probe_ttl
         return True
 
-    def _open(self, circuit: _Circuit, now: float) -> None:
+    def _open(self, circuit: _Circuit, now: float, window: tuple[int, int] | None) -> None:
+        """Open ``circuit``: tripped by ``window`` (calls, failures), or by a failed probe
+        (None), which keeps the figures and the time of the first opening."""
+        if window is not None:
+            circuit.opened_by, circuit.opened_at = window, self._wall()
         circuit.tripped, circuit.open_until, circuit.probe_until = (
             True,
             now + self.policy.cooldown,
@@ -147,13 +170,14 @@ class MemoryBreaker(CircuitBreaker):
             if ok:
                 self._circuits[key] = _Circuit()
             else:
-                self._open(circuit, now)
+                self._open(circuit, now, None)
             return
         counts = circuit.buckets.setdefault(math.floor(now / self.policy.bucket), [0, 0])
         counts[0] += 1
         counts[1] += 0 if ok else 1
-        if self.policy.trips(*self._window(circuit, now)):
-            self._open(circuit, now)
+        window = self._window(circuit, now)
+        if self.policy.trips(*window):
+            self._open(circuit, now, window)
 
     async def status(self, key: BreakerKey) -> BreakerStatus:
         circuit = self._circuits.get(key)
@@ -163,9 +187,10 @@ class MemoryBreaker(CircuitBreaker):
         calls, failures = self._window(circuit, now)
         if not circuit.tripped:
             return _status(CLOSED, calls, failures, 0)
+        calls, failures = circuit.opened_by
         if now < circuit.open_until:
-            return _status(OPEN, calls, failures, circuit.open_until - now)
-        return _status(HALF_OPEN, calls, failures, circuit.probe_until - now)
+            return _status(OPEN, calls, failures, circuit.open_until - now, circuit.opened_at)
+        return _status(HALF_OPEN, calls, failures, circuit.probe_until - now, circuit.opened_at)
 
     async def states(self, tenant_id: str) -> dict[str, BreakerStatus]:
         keys = [k for k in self._circuits if k.tenant_id == tenant_id]
@@ -183,15 +208,21 @@ return 0
 """
 
 # KEYS: window, trip, open, probe. ARGV: ok (1|0), bucket ms, buckets, min calls,
-# threshold, cooldown ms, trip ttl ms. Returns the state after the outcome.
+# threshold, cooldown ms, trip ttl ms. Returns the state after the outcome. The trip key
+# holds what opened the breaker: "calls:failures:opened at (Unix ms)"; a failed probe
+# keeps it.
 _RECORD = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ok = ARGV[1] == '1'
 local cooldown = tonumber(ARGV[6])
-local function trip()
+local function trip(figures)
     redis.call('DEL', KEYS[1], KEYS[4])
-    redis.call('SET', KEYS[2], '1', 'PX', ARGV[7])
+    if figures then
+        redis.call('SET', KEYS[2], figures, 'PX', ARGV[7])
+    else
+        redis.call('PEXPIRE', KEYS[2], ARGV[7])
+    end
     redis.call('SET', KEYS[3], '1', 'PX', cooldown)
     return 'open'
 end
@@ -201,7 +232,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
         redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
         return 'closed'
     end
-    return trip()
+    return trip(nil)
 end
 local bucket_ms = tonumber(ARGV[2])
 local buckets = tonumber(ARGV[3])
@@ -222,12 +253,14 @@ for i = 1, #fields, 2 do
         fails = fails + tonumber(fields[i + 1])
     end
 end
-if calls >= tonumber(ARGV[4]) and fails >= tonumber(ARGV[5]) * calls then return trip() end
+if calls >= tonumber(ARGV[4]) and fails >= tonumber(ARGV[5]) * calls then
+    return trip(calls .. ':' .. fails .. ':' .. now)
+end
 return 'closed'
 """
 
 # KEYS: window, trip, open, probe. ARGV: bucket ms, buckets.
-# Returns {state, calls, failures, ms until a call may go}.
+# Returns {state, calls, failures, ms until a call may go, what opened it (the trip key)}.
 _STATUS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -241,12 +274,13 @@ for i = 1, #fields, 2 do
         else fails = fails + tonumber(fields[i + 1]) end
     end
 end
-if redis.call('EXISTS', KEYS[2]) == 0 then return {'closed', calls, fails, 0} end
+local figures = redis.call('GET', KEYS[2])
+if not figures then return {'closed', calls, fails, 0, ''} end
 local open = redis.call('PTTL', KEYS[3])
-if open > 0 then return {'open', calls, fails, open} end
+if open > 0 then return {'open', calls, fails, open, figures} end
 local probe = redis.call('PTTL', KEYS[4])
 if probe < 0 then probe = 0 end
-return {'half_open', calls, fails, probe}
+return {'half_open', calls, fails, probe, figures}
 """
 
 # A tripped breaker is forgotten (closed) after this long without news.
@@ -305,9 +339,14 @@ class RedisBreaker(CircuitBreaker):
 
     async def status(self, key: BreakerKey) -> BreakerStatus:
         args = [_ms(self.policy.bucket), self.policy.buckets]
-        state, calls, failures, wait_ms = await self._status(keys=self._keys(key), args=args)
-        name = state.decode() if isinstance(state, bytes) else str(state)
-        return _status(name, int(calls), int(failures), int(wait_ms) / 1000)
+        reply = await self._status(keys=self._keys(key), args=args)
+        state, calls, failures, wait_ms, figures = reply
+        name = _text(state)
+        if name == CLOSED:
+            return _status(name, int(calls), int(failures), int(wait_ms) / 1000)
+        opened_calls, opened_failures, opened_ms = _figures(_text(figures))
+        opened_at = opened_ms / 1000 if opened_ms else None
+        return _status(name, opened_calls, opened_failures, int(wait_ms) / 1000, opened_at)
 
     async def states(self, tenant_id: str) -> dict[str, BreakerStatus]:
         names = await self._client.smembers(self._known(tenant_id))
@@ -320,3 +359,15 @@ class RedisBreaker(CircuitBreaker):
 
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _figures(value: str) -> tuple[int, int, int]:
+    """``calls:failures:opened at (ms)`` from a trip key; zeros for one written without."""
+    parts = value.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return 0, 0, 0
+    return int(parts[0]), int(parts[1]), int(parts[2])

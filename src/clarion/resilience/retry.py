@@ -10,7 +10,7 @@ from clarion.broker import Delayed
 from clarion.domain.backoff import retry_delay
 from clarion.domain.delivery import Delivery
 from clarion.domain.models import DeliveryStatus
-from clarion.errors import PermanentError, ProviderError, TransientError
+from clarion.errors import PermanentError, ProviderError, TransientError, error_class
 from clarion.store.deliveries import StatusChange
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ class RetryPolicy:
             tenant_id=delivery.tenant,
             status=DeliveryStatus.FAILED,
             attempts=attempt,
+            attempt=attempt,
+            error_class=error_class(exc),
         )
         if isinstance(exc, PermanentError):
             base.reason, base.last_error = exc.reason, exc.message
@@ -50,5 +52,6 @@ class RetryPolicy:
         delay = retry_delay(attempt, self.schedule, retry_after=retry_after)
         due = now + timedelta(seconds=delay)
         base.status, base.scheduled_for = DeliveryStatus.QUEUED, due
+        base.retry_reason = reason
         retry = Delayed(delivery.stream, delivery.next_attempt().to_payload(), due.timestamp())
         return base, retry

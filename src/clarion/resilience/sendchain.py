@@ -59,6 +59,8 @@ class Sent:
     # The provider's kind (``ses``, ``smtp``, …): the bounded name metrics use; not part
     # of the outcome's identity.
     kind: str = field(default="", compare=False)
+    # How long the provider call took (seconds).
+    latency: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,8 @@ class Failed:
     provider: str
     error: BaseException
     kind: str = field(default="", compare=False)
+    # How long the provider call took (seconds); None when no call was made.
+    latency: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,14 +222,16 @@ class SendChain:
             error = exc
             outcome = _outcome_of(exc)
         else:
-            metrics.provider_call(message.channel, kind, "ok", time.perf_counter() - started)
+            took = time.perf_counter() - started
+            metrics.provider_call(message.channel, kind, "ok", took)
             if not self._is_unguarded(chosen):
                 await self._record(message.tenant_id, chosen, True)
-            return Sent(name, result, kind)
-        metrics.provider_call(message.channel, kind, outcome, time.perf_counter() - started)
+            return Sent(name, result, kind, took)
+        took = time.perf_counter() - started
+        metrics.provider_call(message.channel, kind, outcome, took)
         # A permanent error is the provider answering: it says nothing against its health.
         await self._record(message.tenant_id, chosen, isinstance(error, PermanentError))
-        return Failed(name, error, kind)
+        return Failed(name, error, kind, took)
 
     async def _record(self, tenant_id: str, chosen: Candidate, ok: bool) -> None:
         if self._is_unguarded(chosen):

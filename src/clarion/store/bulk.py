@@ -97,8 +97,19 @@ _CHANGE_COLUMNS = {
     "scheduled_for": "timestamptz",
     "sent_at": "timestamptz",
     "provider": "text",
+    "latency_ms": "int",
 }
-_EVENT_COLUMNS = {"delivery_id": "text", "tenant_id": "text", "status": "text", "detail": "text"}
+_EVENT_COLUMNS = {
+    "delivery_id": "text",
+    "tenant_id": "text",
+    "status": "text",
+    "detail": "text",
+    "attempt": "int",
+    "provider": "text",
+    "latency_ms": "int",
+    "error_class": "text",
+    "reason": "text",
+}
 _M = len(_CHANGE_COLUMNS)
 
 # Status changes and their events, one statement. A provider's report that the message was
@@ -110,7 +121,7 @@ _APPLY_CHANGES = (
     "WITH changed AS (UPDATE deliveries AS d SET status = v.status, attempts = v.attempts, "
     "reason = v.reason, last_error = v.last_error, "
     "provider_message_id = v.provider_message_id, scheduled_for = v.scheduled_for, "
-    f"sent_at = v.sent_at, updated_at = ${_M + 1}::timestamptz, "
+    f"sent_at = v.sent_at, latency_ms = v.latency_ms, updated_at = ${_M + 1}::timestamptz, "
     "provider = coalesce(v.provider, d.provider) "
     f"FROM {_unnest(_CHANGE_COLUMNS)} "
     # `d.id = ANY($1)` as well: ids known when the statement is planned, so that only the
@@ -118,8 +129,8 @@ _APPLY_CHANGES = (
     "WHERE d.id = v.id AND d.id = ANY($1::text[]) "
     "AND d.status <> 'delivered' AND d.attempts <= v.attempts "
     "AND (d.status <> 'cancelled' OR v.status IN ('sent', 'delivered', 'failed', 'dead'))) "
-    "INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
-    f"SELECT v.delivery_id, v.tenant_id, v.status, v.detail, ${_M + 1}::timestamptz "
+    f"INSERT INTO delivery_events ({', '.join(_EVENT_COLUMNS)}, created_at) "
+    f"SELECT {', '.join('v.' + name for name in _EVENT_COLUMNS)}, ${_M + 1}::timestamptz "
     f"FROM {_unnest(_EVENT_COLUMNS, _M + 2)}"
 )
 
@@ -245,12 +256,13 @@ async def finish_topic(pg: PgPool, notification_id: str, at: datetime) -> None:
 async def apply_changes(
     pg: PgPool,
     changes: Sequence[tuple[Any, ...]],
-    events: Sequence[tuple[str, str, str, str | None]],
+    events: Sequence[tuple[Any, ...]],
     at: datetime,
 ) -> None:
     """Update deliveries from rows of (id, status, attempts, reason, last_error, provider
-    message id, scheduled for, sent at, provider) — ids distinct — and store the events
-    (delivery id, tenant id, status, detail), all at ``at``."""
+    message id, scheduled for, sent at, provider, latency ms) — ids distinct — and store
+    the events (delivery id, tenant id, status, detail, attempt, provider, latency ms,
+    error class, reason), all at ``at``."""
     await pg.execute(
         _APPLY_CHANGES,
         *_columns(changes, _M),

@@ -52,6 +52,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
             connect_args={"timeout": 30},
             pool_size=4,
             max_overflow=4,
+            # An error's message leaves out its statement's parameters (bodies, addresses):
+            # it is logged.
+            hide_parameters=not settings.log_pii,
         )
         synchronous = settings.sqlite_synchronous.upper()
 
@@ -77,6 +80,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=10,
         max_overflow=10,
         pool_pre_ping=True,
+        # An error's message leaves out its statement's parameters (bodies, addresses): it
+        # is logged.
+        hide_parameters=not settings.log_pii,
         connect_args={
             "command_timeout": 30,
             # asyncpg prepares every statement; after five runs PostgreSQL may switch to a

@@ -57,6 +57,15 @@ class StatusChange:
     sent_at: datetime | None = None
     # The provider that took the attempt (failover may pick another than the planned one).
     provider: str | None = None
+    # Set when the change is the outcome of an attempt: its number (stored on the event
+    # row, the timeline's `attempt` event), how long the provider call took, and the class
+    # of its error (timeout, transient, permanent, internal).
+    attempt: int | None = None
+    latency_ms: int | None = None
+    error_class: str | None = None
+    # Why a retry was scheduled (the error's reason): on the event only, the delivery's
+    # `reason` stays what the API documents.
+    retry_reason: str | None = None
     # Not stored: carried so the status event of this change can be published.
     ref: DeliveryRef | None = None
     # Not stored: the attempt's traceparent, linked from the status write's span (tracing).
@@ -178,6 +187,7 @@ _UPDATE = (
         provider_message_id=bindparam("b_provider_message_id"),
         scheduled_for=bindparam("b_scheduled_for"),
         sent_at=bindparam("b_sent_at"),
+        latency_ms=bindparam("b_latency_ms"),
         updated_at=bindparam("b_updated_at"),
         provider=func.coalesce(bindparam("b_provider", type_=String), deliveries.c.provider),
     )
@@ -219,6 +229,7 @@ async def _apply_row_by_row(
             "b_provider_message_id": c.provider_message_id,
             "b_scheduled_for": c.scheduled_for,
             "b_sent_at": c.sent_at,
+            "b_latency_ms": c.latency_ms,
             "b_updated_at": now,
             "b_provider": c.provider,
         }
@@ -231,6 +242,11 @@ async def _apply_row_by_row(
             "status": c.status,
             "detail": c.last_error or c.reason,
             "created_at": now,
+            "attempt": c.attempt,
+            "provider": c.provider,
+            "latency_ms": c.latency_ms,
+            "error_class": c.error_class,
+            "reason": c.reason or c.retry_reason,
         }
         for c in changes
         if _has_event(c)
@@ -254,11 +270,22 @@ async def _apply_set_based(pg: PgPool, changes: Sequence[StatusChange], now: dat
             c.scheduled_for,
             c.sent_at,
             c.provider,
+            c.latency_ms,
         )
         for c in changes
     }
     events = [
-        (c.delivery_id, c.tenant_id, c.status, c.last_error or c.reason)
+        (
+            c.delivery_id,
+            c.tenant_id,
+            c.status,
+            c.last_error or c.reason,
+            c.attempt,
+            c.provider,
+            c.latency_ms,
+            c.error_class,
+            c.reason or c.retry_reason,
+        )
         for c in changes
         if _has_event(c)
     ]

@@ -268,16 +268,39 @@ async def get_delivery(
         row = dict(found)
         events = (
             await conn.execute(
-                select(e.c.status, e.c.detail, e.c.created_at)
+                select(
+                    e.c.status,
+                    e.c.detail,
+                    e.c.created_at,
+                    e.c.attempt,
+                    e.c.provider,
+                    e.c.latency_ms,
+                    e.c.error_class,
+                    e.c.reason,
+                )
                 .where(e.c.delivery_id == delivery_id, e.c.tenant_id == tenant_id)
                 .order_by(e.c.id)
                 .limit(MAX_EVENTS)
             )
         ).all()
-    return {
-        **delivery_summary(row),
-        "events": timeline(row, [(s, detail, as_utc(at)) for s, detail, at in events]),
-    }
+    rows = [EventRow(s, detail, as_utc(at), *rest) for s, detail, at, *rest in events]
+    return {**delivery_summary(row), "events": timeline(row, rows)}
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """A stored delivery event. ``attempt`` is set when it is the outcome of an attempt
+    (with the provider, the call's latency and the error's class); ``reason`` is stored on
+    its own since those columns exist (before, ``detail`` held the error or the reason)."""
+
+    status: str
+    detail: str | None
+    at: datetime | None
+    attempt: int | None = None
+    provider: str | None = None
+    latency_ms: int | None = None
+    error_class: str | None = None
+    reason: str | None = None
 
 
 _TYPES = {
@@ -294,41 +317,66 @@ _OUTCOMES = {
 }
 
 
-def timeline(
-    delivery: Mapping[str, Any], events: Sequence[tuple[str, str | None, datetime | None]]
-) -> list[dict[str, Any]]:
+def _with_sent(delivery: Mapping[str, Any], events: Sequence[EventRow]) -> list[EventRow]:
+    """The events with the delivery's plain `sent`, which has no row (store/deliveries.py):
+    its time is the row's `sent_at`, and its attempt the row's provider, latency and
+    attempt count."""
+    sent_at = as_utc(delivery["sent_at"]) if delivery.get("sent_at") else None
+    if sent_at is None or any(e.status == DeliveryStatus.SENT for e in events):
+        return list(events)
+    sent = EventRow(
+        DeliveryStatus.SENT.value,
+        None,
+        sent_at,
+        attempt=delivery.get("attempts") or None,
+        provider=delivery["provider"],
+        latency_ms=delivery.get("latency_ms"),
+    )
+    later = [i for i, e in enumerate(events) if e.at is not None and e.at > sent_at]
+    cut = later[0] if later else len(events)
+    return [*events[:cut], sent, *events[cut:]]
+
+
+def timeline(delivery: Mapping[str, Any], events: Sequence[EventRow]) -> list[dict[str, Any]]:
     """The delivery's events, oldest first. Its creation is its ``queued`` event (no row is
     written for it); a delivery created in another state (deferred, suppressed) has that
-    state's row at its creation time instead."""
+    state's row at its creation time instead. Each attempt is an ``attempt`` event (its
+    provider, outcome, latency and error class) before the state it led to."""
     created = as_utc(delivery["created_at"])
-    sent_at = as_utc(delivery["sent_at"]) if delivery.get("sent_at") else None
-    if sent_at is not None and not any(s == DeliveryStatus.SENT for s, _, _ in events):
-        # A plain `sent` is not stored as an event row (store/deliveries.py): its time is
-        # the row's `sent_at`.
-        later = [i for i, e in enumerate(events) if e[2] is not None and e[2] > sent_at]
-        cut = later[0] if later else len(events)
-        events = [*events[:cut], (DeliveryStatus.SENT.value, None, sent_at), *events[cut:]]
+    events = _with_sent(delivery, events)
     out: list[dict[str, Any]] = []
-    if not events or events[0][2] != created:
+    first_is_creation = bool(events) and events[0].at == created
+    if not first_is_creation:
         out.append(_event("queued", created))
-        first_is_creation = False
-    else:
-        first_is_creation = True
     last_failed = max(
-        (i for i, (status, _, _) in enumerate(events) if status == DeliveryStatus.FAILED),
-        default=-1,
+        (i for i, e in enumerate(events) if e.status == DeliveryStatus.FAILED), default=-1
     )
-    for index, (status, detail, at) in enumerate(events):
-        kind = _TYPES.get(status, status)
-        if index == 0 and first_is_creation and status == DeliveryStatus.QUEUED:
+    for index, e in enumerate(events):
+        kind = _TYPES.get(e.status, e.status)
+        if index == 0 and first_is_creation and e.status == DeliveryStatus.QUEUED:
             kind = "queued"
         elif index == last_failed and delivery["reason"] == "no_healthy_provider":
             kind = "fallback"
-        provider = delivery["provider"] if status in _SUCCESSES else None
-        outcome = _OUTCOMES.get(status)
-        error, reason = (detail, None) if outcome in ("failure", "retry") else (None, detail)
-        out.append(_event(kind, at, provider, outcome, error, reason))
+        success = e.status in _SUCCESSES
+        provider = e.provider or (delivery["provider"] if success else None)
+        outcome = _OUTCOMES.get(e.status)
+        error, reason = _error_and_reason(e, outcome)
+        if e.attempt is not None:
+            attempt = _event("attempt", e.at, provider, "success" if success else "failure")
+            attempt.update(latency_ms=e.latency_ms, attempt=e.attempt)
+            if not success:
+                attempt.update(error=error, error_class=e.error_class)
+            out.append(attempt)
+        out.append(_event(kind, e.at, provider, outcome, error, reason))
     return out
+
+
+def _error_and_reason(e: EventRow, outcome: str | None) -> tuple[str | None, str | None]:
+    if e.reason is not None:
+        return (e.detail if e.detail != e.reason else None), e.reason
+    # A row without its own reason: `detail` is the error of a failure or a retry, else
+    # the reason.
+    return (e.detail, None) if outcome in ("failure", "retry") else (None, e.detail)
 
 
 def _event(
@@ -346,5 +394,7 @@ def _event(
         "outcome": outcome,
         "latency_ms": None,
         "error": error,
+        "error_class": None,
         "reason": reason,
+        "attempt": None,
     }

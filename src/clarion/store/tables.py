@@ -172,6 +172,9 @@ deliveries = Table(
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
     _ts("sent_at"),
+    # How long the provider call of the attempt that set the state took (its timeline's
+    # `attempt` event of a plain `sent`, which has no event row).
+    Column("latency_ms", Integer),
     # A notification's deliveries, paged in id order.
     Index("ix_deliveries_notification_id_id", "notification_id", "id"),
     Index("ix_deliveries_status_updated_at", "status", "updated_at"),
@@ -188,6 +191,15 @@ delivery_events = Table(
     Column("status", String(16), nullable=False),
     Column("detail", Text),
     _ts("created_at", nullable=False),
+    # Set when the event is the outcome of an attempt (a provider call, or a try that
+    # failed before one): its number, the provider, how long the call took, the class of
+    # its error (timeout, transient, permanent, internal). `reason`: why (a retry's cause,
+    # a deferral's, a failure's).
+    Column("attempt", Integer),
+    Column("provider", String(100)),
+    Column("latency_ms", Integer),
+    Column("error_class", String(40)),
+    Column("reason", String(40)),
     Index("ix_delivery_events_delivery_id", "delivery_id"),
 )
 

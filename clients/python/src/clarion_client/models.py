@@ -104,7 +104,9 @@ class DeliveryEvent(Model):
     outcome: str | None = None
     latency_ms: float | None = None
     error: str | None = None
+    error_class: str | None = None
     reason: str | None = None
+    attempt: int | None = None
 
 
 class DeliveryDetail(DeliveryListItem):
@@ -362,6 +364,10 @@ class BreakerState(Model):
     state: str
     failure_rate: float
     calls: int
+    failures: int
+    window_seconds: float
+    opened_at: datetime | None
+    next_probe_at: datetime | None
     retry_in: float
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import Any
 
 from fastapi import APIRouter, Request
 from sqlalchemy import text
@@ -20,22 +22,42 @@ async def healthz() -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz", summary="The database and the broker answer", response_model=Ready)
+@router.get(
+    "/readyz",
+    summary="The database, the broker and the shared-state Redis answer",
+    response_model=Ready,
+)
 async def readyz(request: Request) -> JSONResponse:
+    """``checks`` names each component: ``ok``, or ``unavailable (server): Error``. With a
+    Redis for rate limits, breakers and live inbox events (one client for the three), each
+    of those is a check of its own."""
     ctx = request.app.state.ctx
     checks: dict[str, str] = {}
-    try:
-        async with asyncio.timeout(_CHECK_TIMEOUT), ctx.engine.connect() as conn:
+
+    async def database() -> None:
+        async with ctx.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = f"unavailable: {type(exc).__name__}"
+
+    checks["database"] = await _check(database(), ctx.engine.dialect.name)
+    scheme = ctx.settings.broker_url.partition(":")[0]
+    broker = "redis" if scheme in ("redis", "rediss") else scheme
+    checks["broker"] = await _check(ctx.broker.ping(), broker)
+    redis = ctx.resilience.redis
+    if redis is not None:
+        shared = await _check(redis.ping(), "redis")
+        for component in ("rate_limiter", "circuit_breakers", "realtime_hub"):
+            checks[component] = shared
+    failed = [name.replace("_", " ") for name, value in checks.items() if value != "ok"]
+    if not failed:
+        return JSONResponse({"status": "ready", "checks": checks})
+    message = f"not ready: {', '.join(failed)} unavailable"
+    return error_response(503, "unavailable", message, [checks], headers={"Retry-After": "5"})
+
+
+async def _check(probe: Awaitable[Any], server: str) -> str:
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT):
-            await ctx.broker.ping()
-        checks["broker"] = "ok"
+            await probe
     except Exception as exc:
-        checks["broker"] = f"unavailable: {type(exc).__name__}"
-    if all(v == "ok" for v in checks.values()):
-        return JSONResponse({"status": "ready", "checks": checks})
-    return error_response(503, "unavailable", "not ready", [checks], headers={"Retry-After": "5"})
+        return f"unavailable ({server}): {type(exc).__name__}"
+    return "ok"

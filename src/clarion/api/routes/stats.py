@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from clarion.api.auth import Principal, require
 from clarion.api.outputs import StatsOut
 from clarion.api.responses import JSONResponse
+from clarion.api.routes.provider_health import breaker_view
 from clarion.pipeline.context import Context
 from clarion.store import stats as store
 from clarion.store.db import utcnow
@@ -60,13 +61,7 @@ async def stats(
             "dead_letters": dead,
             "dead_letters_capped": dead > store.MAX_DEAD,
             "breakers": [
-                {
-                    "provider": name,
-                    "state": status.state,
-                    "failure_rate": status.failure_rate,
-                    "calls": status.calls,
-                    "retry_in": round(status.retry_in, 3),
-                }
+                breaker_view(name, status, ctx.resilience.breakers.policy.window, now)
                 for name, status in sorted(breakers.items())
             ],
             "truncated": window.truncated,

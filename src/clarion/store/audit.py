@@ -44,6 +44,8 @@ class Resource(StrEnum):
     API_KEY = "api_key"
     TENANT = "tenant"
     RECIPIENT = "recipient"
+    TOPIC = "topic"
+    SCHEDULE = "schedule"
 
 
 class Action(StrEnum):

@@ -107,7 +107,14 @@ async def put(
         "updated_at": now,
         "trace": tracing.traceparent(),  # each run's span links to this request
     }
-    await store.put(ctx.engine, principal.tenant_id, name, values)
+    await store.put(
+        ctx.engine,
+        principal.tenant_id,
+        name,
+        values,
+        actor=principal.key_id,
+        most=ctx.settings.max_schedules,
+    )
     found = await store.get(ctx.engine, principal.tenant_id, name)
     if found is None:  # deleted in between
         raise NotFound(f"no schedule {name!r}")
@@ -138,7 +145,8 @@ async def listing(
 
 @router.delete("/{name}", status_code=204, summary="Delete a schedule and its run history")
 async def delete(request: Request, principal: Manager, name: SchedulePath) -> Response:
-    if not await store.remove(request.app.state.ctx.engine, principal.tenant_id, name):
+    engine = request.app.state.ctx.engine
+    if not await store.remove(engine, principal.tenant_id, name, actor=principal.key_id):
         raise NotFound(f"no schedule {name!r}")
     return Response(status_code=204)
 

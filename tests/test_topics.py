@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import insert, select, text, update
 
 from clarion.domain.models import PLAN_STREAM
@@ -21,8 +23,8 @@ from clarion.pipeline.messages import plan_payload
 from clarion.pipeline.planner import Planner
 from clarion.pipeline.runtime import Roles
 from clarion.store import planning
-from clarion.store.db import _alembic_config, migrate
-from clarion.store.tables import notifications, topic_stripes
+from clarion.store.db import MIGRATIONS, _alembic_config, as_utc, migrate
+from clarion.store.tables import notifications, topic_stripes, topic_subscribers, topics
 from harness import Harness, make_settings, running
 
 EMAIL = {"channels": {"email": {"subject": "News", "text": "Hello {{ recipient.id }}"}}}
@@ -499,6 +501,45 @@ async def test_a_send_planned_on_the_old_cursor_goes_on_as_one_stripe(
                 text("SELECT planned_through FROM notifications WHERE id = 'ntf_half'")
             )
             assert cursor.scalar_one() == "m07"
+        await migrate(engine)
+    finally:
+        await context.aclose()
+
+
+async def test_topics_with_subscribers_exist_after_the_topics_migration(
+    backend: tuple[str, str],
+) -> None:
+    """Migration 0023: every topic that has subscribers becomes a topic that exists,
+    created when its first subscriber joined; down again, the table goes."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    before = ScriptDirectory.from_config(config).get_revision("0023")
+    assert before is not None
+    below = before.down_revision
+    assert isinstance(below, str)
+    context = await open_context(make_settings(*backend))
+    engine = context.engine
+    early, late = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(_alembic_config(c), below))
+            await conn.execute(
+                insert(topic_subscribers),
+                [
+                    {"tenant_id": "t1", "topic": "news", "recipient_id": "a", "created_at": late},
+                    {"tenant_id": "t1", "topic": "news", "recipient_id": "b", "created_at": early},
+                    {"tenant_id": "t2", "topic": "news", "recipient_id": "a", "created_at": late},
+                ],
+            )
+        await migrate(engine)
+        async with engine.connect() as conn:
+            found = (await conn.execute(select(topics).order_by(topics.c.tenant_id))).all()
+        assert [(r.tenant_id, r.name, as_utc(r.created_at)) for r in found] == [
+            ("t1", "news", early),
+            ("t2", "news", late),
+        ]
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.downgrade(_alembic_config(c), below))
         await migrate(engine)
     finally:
         await context.aclose()

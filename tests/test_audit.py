@@ -4,10 +4,11 @@ without secrets, in the change's own transaction; ``GET /v1/audit`` pages and fi
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from clarion.store import providers as provider_store
 from clarion.store import webhooks as webhook_store
 from clarion.store.tables import audit_log
 from harness import Harness, make_settings, running
+from webhook_sink import WebhookSink
 
 OLD_KEY = os.urandom(32)
 NEW_KEY = os.urandom(32)
@@ -298,3 +300,177 @@ def test_nothing_updates_or_deletes_audit_rows() -> None:
         text = path.read_text()
         assert not re.search(r"(update|delete)\(\s*(tables\.)?audit_log", text), path
         assert not re.search(r"(?i)(update|delete from)\s+audit_log", text), path
+
+
+# -- every mutating operation of the manage and admin scopes leaves an audit row ----------
+
+MUTATING = {"post", "put", "patch", "delete"}
+GUARDED = {"manage", "admin"}
+WEBHOOK_TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """How to call one operation, and the audit row (resource, action) it must leave.
+    ``setup`` makes what the call needs and returns the values of the path's fields."""
+
+    method: str
+    path: str
+    expect: tuple[str, str]
+    body: Any = None
+    setup: Callable[[Harness, WebhookSink], Awaitable[dict[str, str]]] | None = None
+
+
+async def _template(app: Harness, sink: WebhookSink) -> dict[str, str]:
+    await app.put_template("t", EMAIL)
+    await app.put_template("t", {"channels": {"email": {"subject": "Hi", "text": "Hello again"}}})
+    return {}
+
+
+async def _provider(app: Harness, sink: WebhookSink) -> dict[str, str]:
+    body = {"channel": "email", "kind": "sandbox", "config": {}}
+    await _ok(await app.client.put("/v1/providers/p", json=body, headers=app.auth))
+    return {}
+
+
+async def _webhook(app: Harness, sink: WebhookSink) -> dict[str, str]:
+    hook = {"url": "https://hooks.example.com/w", "events": ["delivery.sent"], "secret": HOOK_1}
+    await _ok(await app.client.put("/v1/webhooks/w", json=hook, headers=app.auth))
+    return {}
+
+
+async def _key(app: Harness, sink: WebhookSink) -> dict[str, str]:
+    body = {"name": "to revoke", "scopes": ["read"]}
+    made = await _ok(await app.client.post("/v1/keys", json=body, headers=app.auth), 201)
+    return {"key_id": made["id"]}
+
+
+async def _recipient(app: Harness, sink: WebhookSink) -> dict[str, str]:
+    await app.put_recipient("gone", email="gone@example.com")
+    return {}
+
+
+async def _topic(app: Harness, sink: WebhookSink) -> dict[str, str]:
+    await _ok(await app.client.put("/v1/topics/old", headers=app.auth), 201)
+    return {}
+
+
+async def _schedule(app: Harness, sink: WebhookSink) -> dict[str, str]:
+    await app.put_template("t", EMAIL)
+    await app.put_recipient("u", email="u@example.com")
+    return {}
+
+
+async def _schedule_made(app: Harness, sink: WebhookSink) -> dict[str, str]:
+    await _schedule(app, sink)
+    response = await app.client.put("/v1/schedules/old", json=SCHEDULE, headers=app.auth)
+    await _ok(response)
+    return {}
+
+
+async def _dead(app: Harness, sink: WebhookSink) -> dict[str, str]:
+    """A delivery that ran out of attempts (its endpoint answers 500)."""
+    sink.respond = lambda request: 500
+    await app.put_template("hook", WEBHOOK_TEMPLATE)
+    rid = f"d-{len(sink.received)}"
+    await app.put_recipient(rid, webhook_url=f"{sink.url}/{rid}")
+    response = await app.send({"template": "hook", "to": {"recipient_id": rid}})
+    assert response.status_code == 202, response.text
+    await app.drain()
+    [dead] = (await app.notification(response.json()["id"]))["deliveries"]
+    assert dead["status"] == "dead"
+    return {"delivery_id": dead["id"]}
+
+
+SCHEDULE = {"cron": "0 9 * * *", "notification": {"template": "t", "to": {"recipient_id": "u"}}}
+CASES = {
+    "categories_put": Case("PUT", "/v1/categories/c", ("category", "create"), {}),
+    "templates_put": Case("PUT", "/v1/templates/n", ("template", "create"), EMAIL),
+    "templates_rollback": Case(
+        "POST", "/v1/templates/t/rollback", ("template", "rollback"), {"version": 1}, _template
+    ),
+    "providers_put": Case(
+        "PUT",
+        "/v1/providers/q",
+        ("provider", "create"),
+        {"channel": "email", "kind": "sandbox", "config": {}},
+    ),
+    "providers_delete": Case("DELETE", "/v1/providers/p", ("provider", "delete"), None, _provider),
+    "webhooks_put": Case(
+        "PUT",
+        "/v1/webhooks/v",
+        ("webhook", "create"),
+        {"url": "https://hooks.example.com/v", "events": ["delivery.sent"], "secret": HOOK_2},
+    ),
+    "webhooks_delete": Case("DELETE", "/v1/webhooks/w", ("webhook", "delete"), None, _webhook),
+    "keys_create": Case(
+        "POST", "/v1/keys", ("api_key", "create"), {"name": "new", "scopes": ["read"]}
+    ),
+    "keys_revoke": Case("DELETE", "/v1/keys/{key_id}", ("api_key", "revoke"), None, _key),
+    "recipients_erase": Case(
+        "DELETE", "/v1/recipients/gone", ("recipient", "erase"), None, _recipient
+    ),
+    "topics_create": Case("PUT", "/v1/topics/new", ("topic", "create")),
+    "topics_delete": Case("DELETE", "/v1/topics/old", ("topic", "delete"), None, _topic),
+    "schedules_put": Case("PUT", "/v1/schedules/s", ("schedule", "create"), SCHEDULE, _schedule),
+    "schedules_delete": Case(
+        "DELETE", "/v1/schedules/old", ("schedule", "delete"), None, _schedule_made
+    ),
+    "dead_letters_replay_one": Case(
+        "POST", "/v1/dead-letters/{delivery_id}/replay", ("dead_letter", "replay"), None, _dead
+    ),
+    "dead_letters_replay_matching": Case(
+        "POST", "/v1/dead-letters/replay", ("dead_letter", "replay"), {}, _dead
+    ),
+}
+# Mutating operations that leave no row, each with its reason (docs/operations.md, "Audit
+# log"): they change the tenant's data or traffic, not its configuration.
+NOT_AUDITED = {
+    "recipients_put": "a recipient's profile is the tenant's data",
+    "recipients_batch": "recipients' profiles are the tenant's data",
+    "recipients_put_preferences": "a recipient's preferences are the tenant's data",
+    "recipients_token": "issues a short-lived recipient token; stores nothing",
+    "topics_subscribe": "topic memberships are the tenant's data",
+    "topics_unsubscribe": "topic memberships are the tenant's data",
+    "provider_tests_test_provider": "sends one test message; changes nothing",
+}
+
+
+def _template_of(path: str) -> re.Pattern[str]:
+    return re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + "$")
+
+
+async def test_every_mutating_operation_leaves_an_audit_row(
+    audited: Harness, sink: WebhookSink
+) -> None:
+    """Walks the published OpenAPI document: every POST, PUT, PATCH and DELETE that the
+    `manage` or `admin` scope allows must have a case here (or a reason in NOT_AUDITED),
+    and its case must leave an audit row of the right resource and action."""
+    app = audited
+    doc = (await app.client.get("/openapi.json")).json()
+    operations = {
+        op["operationId"]: (method.upper(), path)
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+        if method in MUTATING and GUARDED & set(op.get("x-scopes", []))
+    }
+    missing = sorted(operations.keys() - CASES.keys() - NOT_AUDITED.keys())
+    assert not missing, f"mutating operations with no audit case: {missing}"
+    assert (CASES.keys() | NOT_AUDITED.keys()) <= operations.keys()
+    for op_id, case in sorted(CASES.items()):
+        method, template = operations[op_id]
+        values = await case.setup(app, sink) if case.setup else {}
+        path = case.path.format(**values)
+        assert case.method == method, op_id
+        assert _template_of(template).match(path), (op_id, path)
+        before = {row["id"] for row in await _all(app, app.auth)}
+        response = await app.client.request(
+            case.method,
+            path,
+            json=case.body,
+            headers={**app.auth, **({"content-type": "application/json"} if case.body else {})},
+        )
+        assert 200 <= response.status_code < 300, (op_id, response.text)
+        rows = [row for row in await _all(app, app.auth) if row["id"] not in before]
+        assert [(row["resource"], row["action"]) for row in rows] == [case.expect], (op_id, rows)
+        assert rows[0]["key_id"] != audit.SYSTEM

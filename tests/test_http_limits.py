@@ -272,3 +272,60 @@ async def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
         assert await closed(reader)
         writer.close()
         await writer.wait_closed()
+
+
+async def test_a_chunked_body_over_the_limit_gets_a_413(tmp_path: Path) -> None:
+    """8 MiB sent chunked (no length to refuse up front): the client, which writes its whole
+    body before it reads, gets the 413 and its error body, not a reset connection."""
+    async with served(tmp_path) as (port, key):
+
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(128):
+                yield b"x" * 65536
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            response = await client.post(
+                "/v1/notifications/batch",
+                content=body(),
+                headers={**JSON, "authorization": f"Bearer {key}"},
+            )
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "payload_too_large"
+        assert response.headers["connection"] == "close"
+
+
+async def test_a_declared_length_over_the_limit_gets_a_413_while_the_body_comes(
+    tmp_path: Path,
+) -> None:
+    async with served(tmp_path) as (port, key):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            response = await client.post(
+                "/v1/notifications/batch",
+                content=b"x" * (8 * 1024 * 1024),
+                headers={**JSON, "authorization": f"Bearer {key}"},
+            )
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_many_idle_connections_are_all_let_go_after_the_keep_alive(
+    tmp_path: Path,
+) -> None:
+    """Idle kept-alive connections are not held: every one is closed by the server once
+    it has been idle for the keep-alive timeout, whatever its last request was."""
+    async with served(tmp_path, http_keep_alive=1) as (port, key):
+        requests = [
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /v1/notifications HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {key}\r\n".encode()
+            + b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        ]
+        held = [await connect(port) for _ in range(40)]
+        for number, (reader, writer) in enumerate(held):
+            writer.write(requests[number % 2])
+            status, headers, _ = await answer(reader)
+            assert status in (200, 422)
+            assert headers.get("connection") != "close"
+        for reader, writer in held:
+            assert await closed(reader, limit=5)
+            writer.close()

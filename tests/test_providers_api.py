@@ -24,6 +24,7 @@ from clarion.pipeline import planner
 from clarion.pipeline.context import open_context
 from clarion.providers import ProviderSet, kinds
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.configs import header_fields
 from clarion.providers.sandbox import SandboxProvider
 from clarion.security.secrets import Keyring, key_id, resolve_keyring
 from clarion.store import providers as provider_store
@@ -779,3 +780,82 @@ def test_every_kind_descriptor_is_whole() -> None:
     assert {"apns", "fcm"} == kinds.PUSH_PLATFORMS
     assert {"webhook", "inapp"} == kinds.UNGUARDED
     assert "inapp" not in kinds.CONFIGURABLE
+
+
+# Characters that end a header line for one reader or another, or are control characters.
+BAD_CHARACTERS = ["\r", "\n", "\x00", "\x85", "\u2028", "\u2029", "\x1b", "\x7f", "\t", "\x9b"]
+# The fields of each kind that travel in a header, a request line or as an address. A new
+# field of a kind must be decided here: checked by the header rules, or not one of them.
+HEADER_FIELDS = {
+    "smtp": {"host", "username", "from"},
+    "ses": {"access_key_id", "from"},
+    "sendgrid": {"api_key", "from"},
+    "twilio": {"from"},
+    "fcm": set(),  # its service account's fields: checked by the credential check (below)
+    "apns": {"topic"},
+    "webpush": {"vapid_subject"},
+    "sandbox": set(),
+    "webhook": set(),
+}
+
+
+def _spoiled(value: str, bad: str) -> str:
+    middle = len(value) // 2
+    return value[:middle] + bad + value[middle:]
+
+
+async def test_header_and_address_fields_are_checked_when_stored(lite: Harness) -> None:
+    app = lite
+    assert set(HEADER_FIELDS) == kinds.CONFIGURABLE
+    for kind, fields in sorted(HEADER_FIELDS.items()):
+        model = kinds.KINDS[kind].config
+        assert model is not None
+        assert header_fields(model) == fields, kind
+        for field in sorted(fields):
+            for bad in BAD_CHARACTERS:
+                payload = body(kind)
+                payload["config"] = {
+                    **payload["config"],
+                    field: _spoiled(payload["config"][field], bad),
+                }
+                response = await put(app, f"p-{kind}", payload)
+                # NUL is refused at the edge, for every field of every request (400).
+                status, code = (
+                    (400, "invalid_input") if bad == "\x00" else (422, "validation_error")
+                )
+                assert response.status_code == status, (kind, field, repr(bad), response.text)
+                error = response.json()["error"]
+                assert error["code"] == code
+                assert [d["field"] for d in error["details"]] == [f"config.{field}"], error
+    for name in ("project_id", "client_email", "token_uri"):
+        for bad in BAD_CHARACTERS:
+            account = {**SERVICE_ACCOUNT, name: _spoiled(SERVICE_ACCOUNT[name], bad)}
+            response = await put(app, "p-fcm", body("fcm", config={"service_account": account}))
+            assert response.status_code in (400, 422), (name, repr(bad), response.text)
+            field = response.json()["error"]["details"][0]["field"]
+            assert field.startswith("config.service_account"), field
+    assert await stored_rows(app) == []
+    # Addresses are checked for their form as well.
+    refused = {
+        "from": [
+            "Shop <shop@example.com>, other@example.com",
+            "=?utf-8?q?Shop=0D=0ABcc:_x@example.com?= <shop@example.com>",
+            "shop@localhost",
+            "Señal <ñ@example.com>",
+            "no address at all",
+        ]
+    }
+    for value in refused["from"]:
+        response = await put(app, "p", body("smtp", config={**VALID["smtp"][1], "from": value}))
+        assert response.status_code == 422, value
+        assert response.json()["error"]["details"][0]["field"] == "config.from"
+    for value in ("+1 415 555 0100", "TooLongSenderId", "+0123", "Acme-Shop!"):
+        config = {**VALID["twilio"][1], "from": value}
+        response = await put(app, "p", body("twilio", config=config))
+        assert response.status_code == 422, value
+    for value in ("Acme Café <no-reply@acme.test>", "first.last@mail.example.com"):
+        response = await put(app, "p", body("smtp", config={**VALID["smtp"][1], "from": value}))
+        assert response.status_code == 200, (value, response.text)
+    for value in ("+15005550006", "12345", "Acme Shop", "MG" + "ab" * 16):
+        response = await put(app, "p", body("twilio", config={**VALID["twilio"][1], "from": value}))
+        assert response.status_code == 200, (value, response.text)

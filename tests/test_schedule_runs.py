@@ -360,3 +360,49 @@ async def test_the_scheduler_role_fires_a_due_schedule(app: Harness) -> None:
 
     clock.now = datetime(2027, 6, 1, 7, 0, tzinfo=UTC)  # 09:00 in Paris: the loop takes it
     await app.until(delivered, timeout=10)
+
+
+async def _runs(app: Harness, name: str) -> list[dict[str, Any]]:
+    response = await app.client.get(f"/v1/schedules/{name}/runs", headers=app.auth)
+    assert response.status_code == 200, response.text
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
+
+
+async def test_runs_are_charged_to_the_intake_quota(backend: tuple[str, str]) -> None:
+    """A run's notification costs what a send through the API costs; a run over the quota
+    waits for it, and is skipped (saying why) if it cannot go out within the catch-up
+    window. The quota here refills one notification in 2,000 s: only the burst of 2 counts."""
+    settings = make_settings(*backend, intake_rate_per_second=0.0005, intake_burst=2)
+    async with running(settings, NO_SCHEDULER) as app:
+        await _people(app, {"u1": None})
+        clock = FakeClock(datetime(2027, 3, 1, 8, 59, 30, tzinfo=UTC))
+        app.ctx.clock = clock
+        scheduler = Recurring(app.ctx)
+        body = {"template": "daily", "to": {"recipient_id": "u1"}}
+        await _put(app, "hourly", {"cron": "0 * * * *", "notification": body})
+
+        clock.now = datetime(2027, 3, 1, 9, 0, 1, tzinfo=UTC)
+        await _passes(scheduler)
+        [first] = await _runs(app, "hourly")
+        assert (first["status"], first["error"]) == ("completed", None)
+        # The run took one of the burst: one API send is left, not two.
+        assert (await app.send(body)).status_code == 202
+        refused = await app.send(body)
+        assert refused.status_code == 429, refused.text
+
+        # The next run finds the quota spent: it waits, saying why.
+        clock.now = datetime(2027, 3, 1, 10, 0, 1, tzinfo=UTC)
+        await _passes(scheduler)
+        second = (await _runs(app, "hourly"))[0]
+        assert second["status"] == "pending"
+        assert second["error"].startswith("rate_limited: over the intake quota")
+        assert second["notification_ids"] == []
+        # Still over the quota once the catch-up window has passed: skipped, not sent late.
+        clock.now += timedelta(seconds=app.settings.schedule_catchup + 60)
+        await _passes(scheduler)
+        runs_now = {r["due_at"]: r for r in await _runs(app, "hourly")}
+        skipped = runs_now["2027-03-01T10:00:00Z"]
+        assert skipped["status"] == "skipped"
+        assert "not sent within CLARION_SCHEDULE_CATCHUP" in skipped["error"]
+        assert skipped["notification_ids"] == []

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from harness import Harness
+from harness import Harness, make_settings, running
 
 EMAIL = {"channels": {"email": {"subject": "Daily", "text": "Hello {{ recipient.id }}"}}}
 
@@ -186,3 +186,27 @@ async def test_erasure_removes_the_recipient_from_schedules(app: Harness) -> Non
     both = (await app.client.get("/v1/schedules/both", headers=app.auth)).json()
     assert both["notification"]["to"] == {"recipient_ids": ["u1"]}
     _refused(await app.client.get("/v1/schedules/alone", headers=app.auth), 404)
+
+
+async def test_a_tenant_holds_at_most_the_configured_number_of_schedules(
+    backend: tuple[str, str],
+) -> None:
+    async with running(make_settings(*backend, max_schedules=2)) as app:
+        await _setup(app)
+        for name in ("a", "b"):
+            assert (await _put(app, name, _body())).status_code == 200
+        error = _refused(await _put(app, "c", _body()), 409)
+        assert error["code"] == "too_many_schedules"
+        assert error["details"] == [{"limit": 2}]
+        # Replacing one is not creating one; deleting one frees its place.
+        assert (await _put(app, "a", _body(enabled=False))).status_code == 200
+        assert (await app.client.delete("/v1/schedules/b", headers=app.auth)).status_code == 204
+        assert (await _put(app, "c", _body())).status_code == 200
+        names = (await app.client.get("/v1/schedules", headers=app.auth)).json()["data"]
+        assert [s["name"] for s in names] == ["a", "c"]
+        # Each tenant has its own count.
+        other = {"Authorization": f"Bearer {await app.new_tenant('other')}"}
+        await app.client.put("/v1/templates/daily", json=EMAIL, headers=other)
+        await app.client.put("/v1/recipients/u1", json={"email": "x@example.com"}, headers=other)
+        body = _body(notification={"template": "daily", "to": {"recipient_id": "u1"}})
+        assert (await _put(app, "a", body, other)).status_code == 200

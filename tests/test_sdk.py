@@ -363,6 +363,12 @@ async def test_schedules_audit_and_topics(lite: Harness, server: str) -> None:
         assert (removed.removed, removed.subscribers) == (1, 1)
         with pytest.raises(NotFoundError):
             await client.topics.get("nobody-here")
+        # Created empty, then deleted.
+        assert (await client.topics.create("later")).subscribers == 0
+        assert (await client.topics.get("later")).subscribers == 0
+        await client.topics.delete("later")
+        with pytest.raises(NotFoundError):
+            await client.topics.get("later")
     async with AsyncClarion(api_key=reader, base_url=server) as client:
         with pytest.raises(PermissionDeniedError):
             await client.audit.list().first_page()

@@ -61,6 +61,7 @@ async def _both(
         pytest.param(GOOD, {"idempotency-key": "k" * 256}, id="header key too long"),
         pytest.param({**GOOD, "template": "nope"}, {}, id="unknown template"),
         pytest.param({**GOOD, "to": {"recipient_id": "ghost"}}, {}, id="unknown recipient"),
+        pytest.param({**GOOD, "to": {"topic": "never-made"}}, {}, id="unknown topic"),
         pytest.param({**GOOD, "priority": "urgent"}, {}, id="invalid field"),
         pytest.param({**GOOD, "extra": 1}, {}, id="unknown field"),
         pytest.param([GOOD], {}, id="a list"),

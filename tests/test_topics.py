@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import insert, select, text, update
 
 from clarion.domain.models import PLAN_STREAM
@@ -21,8 +23,8 @@ from clarion.pipeline.messages import plan_payload
 from clarion.pipeline.planner import Planner
 from clarion.pipeline.runtime import Roles
 from clarion.store import planning
-from clarion.store.db import _alembic_config, migrate
-from clarion.store.tables import notifications, topic_stripes
+from clarion.store.db import MIGRATIONS, _alembic_config, as_utc, migrate
+from clarion.store.tables import notifications, topic_stripes, topic_subscribers, topics
 from harness import Harness, make_settings, running
 
 EMAIL = {"channels": {"email": {"subject": "News", "text": "Hello {{ recipient.id }}"}}}
@@ -140,6 +142,71 @@ async def test_membership_bad_cases(app: Harness) -> None:
     assert (await app.client.get("/v1/topics/news", headers=reader)).status_code == 403
 
 
+async def test_a_send_to_a_topic_never_created_is_refused(app: Harness) -> None:
+    await app.put_template("digest", EMAIL)
+    await _people(app, ["u1"])
+    auth = app.auth
+    # Never created: 422 on the single route and per item in a batch.
+    sent = await app.send({"template": "digest", "to": {"topic": "nowhere"}})
+    assert sent.status_code == 422, sent.text
+    assert sent.json()["error"]["code"] == "unknown_topic"
+    assert sent.json()["error"]["details"] == [{"field": "to.topic", "topic": "nowhere"}]
+
+    # Created empty, and emptied by unsubscribing: both exist, with no subscribers.
+    created = await app.client.put("/v1/topics/empty", headers=auth)
+    assert (created.status_code, created.json()) == (201, {"name": "empty", "subscribers": 0})
+    assert (await app.client.put("/v1/topics/empty", headers=auth)).status_code == 200
+    await _subscribe(app, "emptied", ["u1"])
+    gone = await app.client.request(
+        "DELETE", "/v1/topics/emptied/subscribers", json={"recipient_ids": ["u1"]}, headers=auth
+    )
+    assert gone.json()["subscribers"] == 0
+    for name in ("empty", "emptied"):
+        shown = await app.client.get(f"/v1/topics/{name}", headers=auth)
+        assert shown.json() == {"name": name, "subscribers": 0}
+        page = await app.client.get(f"/v1/topics/{name}/subscribers", headers=auth)
+        assert page.json() == {"data": [], "next_cursor": None}
+
+    batch = [
+        {"template": "digest", "to": {"topic": "empty"}},
+        {"template": "digest", "to": {"topic": "nowhere"}},
+        {"template": "digest", "to": {"topic": "emptied"}},
+    ]
+    response = await app.client.post(
+        "/v1/notifications/batch", json={"notifications": batch}, headers=auth
+    )
+    assert response.status_code == 202, response.text
+    results = response.json()["results"]
+    assert results[1]["error"]["code"] == "unknown_topic"
+    accepted = [results[0]["id"], results[2]["id"]]
+    await app.drain()
+    for nid in accepted:  # an existing topic with no subscribers: a send that completes
+        note = await app.client.get(f"/v1/notifications/{nid}", headers=auth)
+        assert note.json()["status"] == "completed", note.json()
+        assert note.json()["deliveries"] == []
+
+    # Another tenant's topic is not one of ours.
+    other = {"Authorization": f"Bearer {await app.new_tenant('other')}"}
+    assert (await app.client.put("/v1/topics/theirs", headers=other)).status_code == 201
+    sent = await app.send({"template": "digest", "to": {"topic": "theirs"}})
+    assert sent.json()["error"]["code"] == "unknown_topic"
+
+    # A deleted topic is gone with its memberships, and sends to it are refused again.
+    await _subscribe(app, "emptied", ["u1"])
+    assert (await app.client.delete("/v1/topics/emptied", headers=auth)).status_code == 204
+    assert (await app.client.delete("/v1/topics/emptied", headers=auth)).status_code == 404
+    assert (await app.client.get("/v1/topics/emptied", headers=auth)).status_code == 404
+    export = await app.client.get("/v1/recipients/u1/export", headers=auth)
+    assert export.json()["topics"] == []
+    sent = await app.send({"template": "digest", "to": {"topic": "emptied"}})
+    assert sent.json()["error"]["code"] == "unknown_topic"
+    # As is a schedule naming it.
+    schedule = {"cron": "0 9 * * *", "notification": {"template": "digest", "to": {"topic": "x"}}}
+    response = await app.client.put("/v1/schedules/s", json=schedule, headers=auth)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "unknown_topic"
+
+
 async def test_topic_send_reaches_exactly_the_subscribers(chunky: Harness) -> None:
     app = chunky
     members = [f"m{i}" for i in range(5)]
@@ -166,6 +233,7 @@ async def test_topic_send_reaches_exactly_the_subscribers(chunky: Harness) -> No
     captured = (await app.client.get("/v1/sandbox/messages", headers=app.auth)).json()["data"]
     assert sorted(m["recipient_id"] for m in captured) == ["m0", "m1", "m2", "m4"]
 
+    assert (await app.client.put("/v1/topics/nobody", headers=app.auth)).status_code == 201
     empty = await app.send({"template": "digest", "to": {"topic": "nobody"}})
     await app.drain()
     note = await app.notification(empty.json()["id"])
@@ -433,6 +501,45 @@ async def test_a_send_planned_on_the_old_cursor_goes_on_as_one_stripe(
                 text("SELECT planned_through FROM notifications WHERE id = 'ntf_half'")
             )
             assert cursor.scalar_one() == "m07"
+        await migrate(engine)
+    finally:
+        await context.aclose()
+
+
+async def test_topics_with_subscribers_exist_after_the_topics_migration(
+    backend: tuple[str, str],
+) -> None:
+    """Migration 0023: every topic that has subscribers becomes a topic that exists,
+    created when its first subscriber joined; down again, the table goes."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    before = ScriptDirectory.from_config(config).get_revision("0023")
+    assert before is not None
+    below = before.down_revision
+    assert isinstance(below, str)
+    context = await open_context(make_settings(*backend))
+    engine = context.engine
+    early, late = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(_alembic_config(c), below))
+            await conn.execute(
+                insert(topic_subscribers),
+                [
+                    {"tenant_id": "t1", "topic": "news", "recipient_id": "a", "created_at": late},
+                    {"tenant_id": "t1", "topic": "news", "recipient_id": "b", "created_at": early},
+                    {"tenant_id": "t2", "topic": "news", "recipient_id": "a", "created_at": late},
+                ],
+            )
+        await migrate(engine)
+        async with engine.connect() as conn:
+            found = (await conn.execute(select(topics).order_by(topics.c.tenant_id))).all()
+        assert [(r.tenant_id, r.name, as_utc(r.created_at)) for r in found] == [
+            ("t1", "news", early),
+            ("t2", "news", late),
+        ]
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.downgrade(_alembic_config(c), below))
         await migrate(engine)
     finally:
         await context.aclose()

@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     schedule_catchup: float = Field(default=3600.0, gt=0)
     schedule_zone_rescan: float = Field(default=900.0, gt=0)
     schedule_history: float = Field(default=30 * 86400.0, gt=0)
+    # The most recurring schedules one tenant may hold.
+    max_schedules: int = Field(default=100, ge=1)
     # Deliveries, their events and finished notifications older than this many days leave
     # the database (0 keeps everything); the scheduler looks this often (docs/operations.md,
     # "Retention").

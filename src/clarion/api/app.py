@@ -53,7 +53,9 @@ Conventions: JSON bodies; `Authorization: Bearer <api key>`; errors as
 1,000 items (`batch_too_large` past that). `POST` requests that create things take an
 `Idempotency-Key` header (notifications also `idempotency_key` in the body): a repeat with
 the same body gets the original response, a different body a 409 `idempotency_conflict`.
-Unknown templates and recipients are a 422 (`unknown_template`, `unknown_recipient`).
+Unknown templates, recipients and topics are a 422 (`unknown_template`,
+`unknown_recipient`, `unknown_topic`). Each operation's `x-scopes` lists the API key
+scopes that allow it (any one of them).
 
 Input is checked before any handler: JSON nested deeper than 32 levels, integers beyond
 64 bits, NaN or Infinity, NUL or lone surrogates in strings, NUL in the path or query are a

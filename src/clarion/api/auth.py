@@ -18,6 +18,8 @@ from clarion.store import tenants as tenant_store
 
 _TTL = 30.0
 _MISS_TTL = 5.0
+# The scopes each dependency made by `require` allows, for the OpenAPI document (`x-scopes`).
+SCOPES_OF: dict[Callable[..., object], tuple[str, ...]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ def require(
             allowed,
         )
 
+    SCOPES_OF[dependency] = allowed
     return dependency
 
 

@@ -1,8 +1,9 @@
 """The published OpenAPI document: what FastAPI derives from the routes (with the bearer
 schemes of ``auth`` and ``inbox_auth``), plus what it cannot know — the real error body
 for every 4xx and 5xx, the ``Idempotency-Key`` header, stable operation ids
-(``<module>_<function>``) and the provider body as a union discriminated on ``kind``
-(``provider_schemas``)."""
+(``<module>_<function>``), the provider body as a union discriminated on ``kind``
+(``provider_schemas``) and, as ``x-scopes``, the API key scopes that allow each operation
+(any one of them)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import json
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 
 from clarion.api import provider_schemas
+from clarion.api.auth import SCOPES_OF
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 ERROR_SCHEMA: dict[str, Any] = {
@@ -83,6 +87,30 @@ def operation_id(route: APIRoute) -> str:
     return f"{module}_{route.name}"
 
 
+def api_routes(routes: list[BaseRoute]) -> list[APIRoute]:
+    """Every API route of ``routes``, those of included routers too."""
+    found: list[APIRoute] = []
+    for route in routes:
+        if isinstance(route, APIRoute):
+            found.append(route)
+        included = getattr(route, "original_router", None)  # an included router
+        if included is not None:
+            found += api_routes(included.routes)
+    return found
+
+
+def _scopes(dependant: Dependant) -> list[str]:
+    """The scopes the first ``require`` dependency of a route allows ([] for none)."""
+    for sub in dependant.dependencies:
+        allowed = SCOPES_OF.get(sub.call) if sub.call is not None else None
+        if allowed is not None:
+            return list(allowed)
+        found = _scopes(sub)
+        if found:
+            return found
+    return []
+
+
 def _document_errors(operation: dict[str, Any], path: str, method: str, secured: bool) -> None:
     responses: dict[str, Any] = operation.setdefault("responses", {})
     codes = {"400", "422"}
@@ -114,6 +142,12 @@ def build(app: FastAPI) -> dict[str, Any]:
                 parameters = operation.setdefault("parameters", [])
                 if not any(p.get("name") == "Idempotency-Key" for p in parameters):
                     parameters.append(IDEMPOTENCY_HEADER)
+    scopes = {operation_id(r): _scopes(r.dependant) for r in api_routes(app.routes)}
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            allowed = scopes.get(operation.get("operationId", ""))
+            if allowed:
+                operation["x-scopes"] = allowed
     _drop_unused(schemas, schema)
     return schema
 

@@ -12,6 +12,12 @@ holds open. :class:`LimitedProtocol` adds both:
   ``431 headers_too_large`` and the connection is closed.
 - **Connection cap**: a connection over ``max_connections`` for this process is answered
   ``503 server_busy`` (``Retry-After: 1``) at once and closed.
+- **Lingering close**: an answer that ends the connection while the request's body is
+  still arriving (a body refused for its size, ``413``, or late, ``408``) is followed by a
+  half-close, and what the client still sends is read and dropped for up to
+  :data:`LINGER` seconds (:data:`LINGER_IDLE` without any data ends it sooner). Closing at
+  once, with unread data, would reset the connection, and a client that writes its whole
+  body before it reads (most do) would see the reset instead of the answer.
 
 And one saving: uvicorn writes an answer's head and body in two writes (two system calls,
 two segments for the client to read); :class:`_HeldHead` holds the head until the body
@@ -28,7 +34,7 @@ import contextlib
 import logging
 import re
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import orjson
@@ -52,6 +58,10 @@ def raw_answer(status: int, reason: str, code: str, message: str, *extra: str) -
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
+LINGER = 10.0
+LINGER_IDLE = 2.0
+
+
 class LimitedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a header timeout, a header size limit and a cap
     on the connections of the process. Configured by :func:`protocol_for`."""
@@ -66,6 +76,10 @@ class LimitedProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received while the headers are incomplete
         self._head_size = 0  # the size of the request line and headers parsed
         self._in_head = True
+        self._body_done = True  # the current request's body has all arrived
+        self._linger: asyncio.TimerHandle | None = None
+        self._linger_ends = 0.0
+        self._last_data = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -84,9 +98,15 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger is not None:
+            self._last_data = self.loop.time()
+            return  # the rest of a refused body: dropped
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
@@ -109,6 +129,7 @@ class LimitedProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._body_done = False
         self._in_head = False
         self._head_bytes = 0
         self._disarm()
@@ -118,15 +139,47 @@ class LimitedProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.transport is self.transport:
-            cycle.transport = _HeldHead(self.transport, self.loop)  # type: ignore[assignment]
+            held = _HeldHead(self.transport, self.loop, self._close_after_answer)
+            cycle.transport = held  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         if not self.transport.is_closing():
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._body_done = True
         if not self.transport.is_closing():
             super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        if self._linger is None:  # lingering: no keep-alive, no next request
+            super().on_response_complete()
+
+    def _close_after_answer(self) -> None:
+        """Close once an answer that ends the connection has been written: at once when
+        the request has all arrived, else after lingering (see the module docs)."""
+        transport = self.transport
+        if self._body_done or transport.is_closing() or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._disarm()
+        now = self.loop.time()
+        self._linger_ends = now + LINGER
+        self._last_data = now
+        self._linger = self.loop.call_later(LINGER_IDLE, self._linger_check)
+        self.flow.resume_reading()  # reading stopped when the refused body backed up
+
+    def _linger_check(self) -> None:
+        now = self.loop.time()
+        quiet_until = self._last_data + LINGER_IDLE
+        if now >= self._linger_ends or now >= quiet_until:
+            self._linger = None
+            self.transport.close()
+            return
+        self._linger = self.loop.call_later(
+            min(quiet_until, self._linger_ends) - now, self._linger_check
+        )
 
     def _too_large(self) -> None:
         if self.transport.is_closing():
@@ -174,12 +227,18 @@ class _HeldHead:
     segments for the client to read. The head is held until the body's first write (or
     the end of this turn of the event loop, whichever comes first) and leaves with it."""
 
-    __slots__ = ("_head", "_loop", "_transport")
+    __slots__ = ("_close", "_head", "_loop", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        close: Callable[[], None] | None = None,
+    ) -> None:
         self._transport = transport
         self._loop = loop
         self._head: bytes | None = None
+        self._close = close or transport.close
 
     def write(self, data: bytes) -> None:
         if self._head is not None:
@@ -201,7 +260,7 @@ class _HeldHead:
 
     def close(self) -> None:
         self._flush()
-        self._transport.close()
+        self._close()
 
 
 def protocol_for(settings: Settings) -> type[LimitedProtocol]:

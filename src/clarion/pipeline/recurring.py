@@ -8,6 +8,11 @@ A pass has two steps, each safe with several schedulers at once (docs/schedules.
 2. *Fire*: take runs whose lease has passed, and make each into notifications through the
    intake's store path, with an idempotency key derived from the schedule, the due time,
    the zone and the chunk, so a run taken over after a crash repeats nothing.
+
+Each notification a run makes is charged to the tenant's intake quota, as a send through
+the API is. A run over the quota waits (it is handed back, to be taken again when the
+quota allows, with the reason in its ``error``); one that still cannot go out
+``CLARION_SCHEDULE_CATCHUP`` after its due time is ``skipped``, saying why.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from clarion.errors import ApiError
 from clarion.observability import tracing
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import plan_payload
+from clarion.resilience.quota import TenantQuotas
 from clarion.store import notifications as notification_store
 from clarion.store import schedule_runs as runs
 from clarion.store import schedules as store
@@ -37,6 +43,7 @@ _TAKE = 20  # runs fired per pass
 _PER_ZONE = 100  # due times of one zone recorded per advance (a catch-up is bounded)
 _RETRY = timedelta(minutes=1)  # before a schedule that failed to advance is looked at again
 CHUNK = 1000  # recipients per notification: the most a notification lists
+_QUOTA_WAIT = 0.1  # the least a run over its tenant's quota waits before it tries again
 
 
 def idempotency_key(name: str, due_at: datetime, zone: str, first: str) -> str:
@@ -63,6 +70,7 @@ def usable_zones(names: list[str]) -> list[str]:
 class Recurring:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
+        self._quotas = TenantQuotas(ctx.settings, ctx.engine)
 
     async def run_once(self) -> int:
         """One pass; the number of runs created or fired (0: nothing was due)."""
@@ -173,6 +181,8 @@ class Recurring:
         """Make one notification of the run (``ids``: a chunk of its audience; None: the
         topic) and record it; False when the run ends here (failed, or no longer ours)."""
         engine, clock = self._ctx.engine, self._ctx.clock
+        if not await self._charge(run):
+            return False
         new = self._notification(run, schedule, ids)
         new.trace = tracing.traceparent()  # the run's span (tracing on), kept with it
         [outcome] = await notification_store.accept(
@@ -194,6 +204,27 @@ class Recurring:
             recipients=len(ids) if ids else 0,
             lease_until=lease,
         )
+
+    async def _charge(self, run: dict[str, Any]) -> bool:
+        """Charge one notification to the tenant's intake quota; when over it, hand the
+        run back until the quota allows (or skip it, past the catch-up window) and say
+        False."""
+        tenant_id = run["tenant_id"]
+        quota = await self._quotas.quota(tenant_id)
+        [decision] = await self._ctx.resilience.limiter.take_many([quota.take(tenant_id, 1)])
+        if decision.allowed:
+            return True
+        now = self._ctx.clock()
+        why = f"rate_limited: over the intake quota of {quota.describe()}"
+        retry_at = now + timedelta(seconds=max(decision.retry_after, _QUOTA_WAIT))
+        deadline = run["due_at"] + timedelta(seconds=self._ctx.settings.schedule_catchup)
+        if retry_at <= deadline:
+            await runs.wait(self._ctx.engine, run, retry_at, f"{why}; waiting for it")
+            return False
+        sent = f" after {run['recipients']} recipients" if run["recipients"] else ""
+        why += f"; not sent{sent} within CLARION_SCHEDULE_CATCHUP of its due time"
+        await runs.finish(self._ctx.engine, run, runs.SKIPPED, now, why)
+        return False
 
     async def _publish(self, notification_id: str, tenant_id: str, trace: str | None) -> None:
         try:

@@ -2,25 +2,26 @@
 
 Field names follow the API contract. ``SECRET`` fields are encrypted at rest and shown as
 ``"***"``. Every kind takes ``base_url`` to point it at another endpoint (a regional one, or
-a test server).
+a test server). Every field that is later sent in a header, a request line or as an address
+is a :data:`HeaderText` (or one of its address forms, :data:`EmailFrom`, :data:`SmsFrom`):
+the rules of :mod:`clarion.domain.header_fields`, the same for every kind.
 """
 
 from __future__ import annotations
 
 import ssl
-from email.utils import parseaddr
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, StringConstraints
 
+from clarion.domain.header_fields import header_value, mailbox, sms_sender
+
 Text = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
-
-
-def _email_from(value: str) -> str:
-    if "@" not in parseaddr(value)[1] or "\r" in value or "\n" in value:
-        raise ValueError("not an email address (`name@example.com` or `Name <name@example.com>`)")
-    return value
+# A value sent later in a header, a request line or as an address.
+HeaderText = Annotated[Text, AfterValidator(header_value)]
+# A secret sent as it is in a header (an API key in `Authorization: Bearer`).
+HeaderSecret = Annotated[Secret, AfterValidator(header_value)]
 
 
 def _ca_pem(value: str) -> str:
@@ -32,7 +33,30 @@ def _ca_pem(value: str) -> str:
     return value
 
 
-EmailFrom = Annotated[Text, AfterValidator(_email_from)]
+EmailFrom = Annotated[Text, AfterValidator(mailbox)]
+SmsFrom = Annotated[Text, AfterValidator(sms_sender)]
+HEADER_RULES = (header_value, mailbox, sms_sender)
+
+
+def header_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The names (as the API spells them) of the fields of ``model`` that the header
+    rules check."""
+    return frozenset(
+        info.alias or name
+        for name, info in model.model_fields.items()
+        if _checked(info.metadata) or _checked(get_args(info.annotation))
+    )
+
+
+def _checked(parts: Any) -> bool:
+    """Whether an annotation's parts (its metadata, a union's members, ...) carry one of
+    the header rules."""
+    for part in parts:
+        if isinstance(part, AfterValidator) and part.func in HEADER_RULES:
+            return True
+        if get_args(part) and _checked(get_args(part)):
+            return True
+    return False
 
 
 class KindConfig(BaseModel):
@@ -46,9 +70,9 @@ class SmtpConfig(KindConfig):
     """`smtp`: any SMTP relay (STARTTLS, implicit TLS or plain), a pool of connections."""
 
     SECRET = frozenset({"password"})
-    host: Text
+    host: HeaderText
     port: int = Field(default=587, ge=1, le=65535)
-    username: Text | None = None
+    username: HeaderText | None = None
     password: Secret | None = None
     from_: EmailFrom = Field(alias="from")
     tls: Literal["starttls", "implicit", "none"] = "starttls"
@@ -70,7 +94,7 @@ class SesConfig(KindConfig):
 
     SECRET = frozenset({"secret_access_key"})
     region: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")]
-    access_key_id: Text
+    access_key_id: HeaderText
     secret_access_key: Secret
     from_: EmailFrom = Field(alias="from")
 
@@ -81,7 +105,7 @@ class SendgridConfig(KindConfig):
     """`sendgrid`: SendGrid v3 mail send."""
 
     SECRET = frozenset({"api_key"})
-    api_key: Secret
+    api_key: HeaderSecret
     from_: EmailFrom = Field(alias="from")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -93,7 +117,7 @@ class TwilioConfig(KindConfig):
     SECRET = frozenset({"auth_token"})
     account_sid: Annotated[str, StringConstraints(pattern=r"^AC[0-9a-fA-F]{32}$")]
     auth_token: Secret
-    from_: Text = Field(alias="from")
+    from_: SmsFrom = Field(alias="from")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -115,7 +139,7 @@ class ApnsConfig(KindConfig):
     team_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$")]
     key_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$")]
     private_key: Secret
-    topic: Text
+    topic: HeaderText
     environment: Literal["production", "sandbox"] = "production"
 
 
@@ -124,7 +148,7 @@ class WebpushConfig(KindConfig):
 
     SECRET = frozenset({"vapid_private_key"})
     vapid_private_key: Secret
-    vapid_subject: Annotated[str, StringConstraints(pattern=r"^(mailto:|https://).+")]
+    vapid_subject: Annotated[HeaderText, StringConstraints(pattern=r"^(mailto:|https://).+")]
 
 
 class SandboxConfig(KindConfig):

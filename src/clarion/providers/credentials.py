@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from clarion.domain.header_fields import header_value
+
 Problems = list[dict[str, str]]
 
 
@@ -57,6 +59,13 @@ def check_fcm(config: dict[str, Any]) -> Problems:
     missing = [k for k in required if not account.get(k)]
     if missing:
         return _problem("service_account", f"lacks {', '.join(missing)}")
+    # The project id goes in the request line, the token URI is called, the client email
+    # is the token's issuer: the header rules (clarion.domain.header_fields) hold for each.
+    for name in ("project_id", "client_email", "token_uri"):
+        try:
+            header_value(str(account[name]))
+        except ValueError as exc:
+            return _problem("service_account", f"its {name} {exc}")
     if not isinstance(_pem_key(str(account["private_key"])), rsa.RSAPrivateKey):
         return _problem("service_account", "its private_key is not an RSA key in PEM form")
     return []

@@ -1,7 +1,8 @@
 """The audit log: who changed what in a tenant's configuration, and when.
 
 A store function that changes configuration (templates, providers, webhooks, categories,
-API keys, tenant settings) or erases a recipient calls :func:`record` inside its own
+API keys, tenant settings, topics, schedules), erases a recipient or replays dead letters
+calls :func:`record` inside its own
 transaction, so the change and its row commit together or not at all. Rows are only ever
 inserted: nothing in Clarion updates or deletes them.
 
@@ -44,6 +45,9 @@ class Resource(StrEnum):
     API_KEY = "api_key"
     TENANT = "tenant"
     RECIPIENT = "recipient"
+    TOPIC = "topic"
+    SCHEDULE = "schedule"
+    DEAD_LETTER = "dead_letter"
 
 
 class Action(StrEnum):
@@ -55,6 +59,7 @@ class Action(StrEnum):
     ROTATE = "rotate"
     REENCRYPT = "reencrypt"
     ERASE = "erase"
+    REPLAY = "replay"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,10 @@ A replay is a claim in the store: one ``UPDATE ... WHERE status = 'dead'`` moves
 back to ``queued`` (attempts 0, reason and error cleared) and returns exactly the rows it
 changed, so two replays running at once never publish the same delivery twice. Each
 replayed delivery gets a ``replayed`` event; its earlier events stay. The rows come back
-with their notification's stored traceparent, so a replay joins the original trace.
+with their notification's stored traceparent, so a replay joins the original trace. A
+replay that requeues anything writes an audit row in its transaction (resource
+``dead_letter``, action ``replay``): the delivery's id, or ``matching`` with the filter and
+how many were requeued.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.models import DeliveryStatus
+from clarion.store import audit
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.notifications import delivery_to_public
 from clarion.store.sql import chunks
@@ -167,19 +171,28 @@ async def _add_traces(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None
         row["trace"] = traces.get(row["notification_id"])
 
 
+def _replayed(tenant_id: str, actor: str, name: str, diff: dict[str, Any]) -> audit.Change:
+    return audit.Change(
+        tenant_id, actor, audit.Resource.DEAD_LETTER, name, audit.Action.REPLAY, diff
+    )
+
+
 async def replay_one(
-    engine: AsyncEngine, tenant_id: str, delivery_id: str
+    engine: AsyncEngine, tenant_id: str, delivery_id: str, *, actor: str
 ) -> dict[str, Any] | None:
     """Requeue one dead delivery; ``None`` if it is not (or no longer) dead."""
     d = deliveries
     ids = select(d.c.id).where(d.c.id == delivery_id, d.c.tenant_id == tenant_id)
     async with write_tx(engine) as conn:
         rows = await _claim(conn, ids)
+        if rows:
+            status = {"status": {"from": DeliveryStatus.DEAD.value, "to": rows[0]["status"]}}
+            await audit.record(conn, _replayed(tenant_id, actor, delivery_id, status))
     return rows[0] if rows else None
 
 
 async def replay_many(
-    engine: AsyncEngine, f: DeadFilter, limit: int = MAX_REPLAY
+    engine: AsyncEngine, f: DeadFilter, limit: int = MAX_REPLAY, *, actor: str
 ) -> tuple[list[dict[str, Any]], bool]:
     """Requeue up to ``limit`` dead deliveries matching ``f``, oldest first; returns the
     rows this call changed and whether more remain."""
@@ -188,4 +201,13 @@ async def replay_many(
     async with write_tx(engine) as conn:
         rows = await _claim(conn, ids)
         more = (await conn.execute(_where(select(d.c.id), f).limit(1))).first() is not None
+        if rows:
+            shown: dict[str, Any] = {"replayed": {"to": len(rows)}}
+            for name in ("channel", "provider", "after", "before"):
+                value = getattr(f, name)
+                if isinstance(value, datetime):
+                    value = value.isoformat()
+                if value is not None:
+                    shown[name] = {"to": value}
+            await audit.record(conn, _replayed(f.tenant_id, actor, "matching", shown))
     return rows, more

@@ -3,7 +3,7 @@
 SQLite: SQLAlchemy in one write transaction. PostgreSQL: asyncpg, fixed statements with
 array parameters; the notifications and their outbox rows are one statement (a
 data-modifying ``WITH``), so the write is atomic without a transaction block. The reads
-before it (do the templates and recipients exist) take no lock on either store: a template
+before it (do the templates, recipients and topics exist) take no lock on either store: a template
 removed a moment after the check leaves a notification the planner finds no template for,
 as it would on SQLite.
 """
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clarion.store.db import write_tx
 from clarion.store.pg import PgPool
 from clarion.store.sql import chunks, insert_ignoring_conflicts
-from clarion.store.tables import notifications, outbox, recipients, templates
+from clarion.store.tables import notifications, outbox, recipients, templates, topics
 
 Key = tuple[str, str]
 
@@ -35,9 +35,13 @@ class Stored(NamedTuple):
     status: str
 
 
+Found = tuple[set[Key], set[Key], set[Key]]
+
+
 class IntakeTx(Protocol):
-    async def known(self, templates: set[Key], recipients: set[Key]) -> tuple[set[Key], set[Key]]:
-        """Which (tenant, template name) and which (tenant, recipient id) pairs exist."""
+    async def known(self, templates: set[Key], recipients: set[Key], topics: set[Key]) -> Found:
+        """Which (tenant, template name), (tenant, recipient id) and (tenant, topic) pairs
+        exist."""
         ...
 
     async def insert(
@@ -64,8 +68,20 @@ class _SqlIntake:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def known(self, templates: set[Key], recipients: set[Key]) -> tuple[set[Key], set[Key]]:
-        return await self._known_templates(templates), await self._known_recipients(recipients)
+    async def known(self, templates: set[Key], recipients: set[Key], topics: set[Key]) -> Found:
+        return (
+            await self._known_templates(templates),
+            await self._known_recipients(recipients),
+            await self._known_topics(topics) if topics else set(),
+        )
+
+    async def _known_topics(self, keys: set[Key]) -> set[Key]:
+        found: set[Key] = set()
+        t = topics
+        for part in chunks(sorted(keys), 1000):
+            query = select(t.c.tenant_id, t.c.name).where(tuple_(t.c.tenant_id, t.c.name).in_(part))
+            found.update((row.tenant_id, row.name) for row in await self._conn.execute(query))
+        return found
 
     async def _known_templates(self, keys: set[Key]) -> set[Key]:
         found: set[Key] = set()
@@ -151,7 +167,7 @@ _INSERT = (
 )
 
 
-# Both reference checks in one round trip: 0 marks a template found, 1 a recipient.
+# The reference checks in one round trip: 0 marks a template found, 1 a recipient, 2 a topic.
 _KNOWN = (
     "SELECT 0, t.tenant_id, t.name FROM templates AS t "
     "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, name) "
@@ -159,7 +175,11 @@ _KNOWN = (
     "UNION ALL "
     "SELECT 1, r.tenant_id, r.id FROM recipients AS r "
     "JOIN unnest($3::text[], $4::text[]) AS k(tenant_id, id) "
-    "ON r.tenant_id = k.tenant_id AND r.id = k.id"
+    "ON r.tenant_id = k.tenant_id AND r.id = k.id "
+    "UNION ALL "
+    "SELECT 2, p.tenant_id, p.name FROM topics AS p "
+    "JOIN unnest($5::text[], $6::text[]) AS k(tenant_id, name) "
+    "ON p.tenant_id = k.tenant_id AND p.name = k.name"
 )
 
 
@@ -172,9 +192,11 @@ class _PgIntake:
     def __init__(self, pg: PgPool) -> None:
         self._pg = pg
 
-    async def known(self, templates: set[Key], recipients: set[Key]) -> tuple[set[Key], set[Key]]:
-        rows = await self._pg.fetch(_KNOWN, *_pairs(templates), *_pairs(recipients))
-        found: tuple[set[Key], set[Key]] = (set(), set())
+    async def known(self, templates: set[Key], recipients: set[Key], topics: set[Key]) -> Found:
+        rows = await self._pg.fetch(
+            _KNOWN, *_pairs(templates), *_pairs(recipients), *_pairs(topics)
+        )
+        found: Found = (set(), set(), set())
         for row in rows:
             found[row[0]].add((row[1], row[2]))
         return found

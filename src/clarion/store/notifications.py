@@ -57,16 +57,24 @@ Outcome = Accepted | ApiError
 
 
 async def _references_errors(tx: IntakeTx, items: Sequence[NewNotification]) -> dict[int, ApiError]:
-    """Unknown templates and recipients, found with one query for the batch."""
-    templates, known = await tx.known(
+    """Unknown templates, recipients and topics, found with one query for the batch."""
+    templates, known, topics = await tx.known(
         {(item.tenant_id, item.template) for item in items},
         {(item.tenant_id, rid) for item in items for rid in item.recipient_ids},
+        {(item.tenant_id, item.topic) for item in items if item.topic is not None},
     )
     errors: dict[int, ApiError] = {}
     for index, item in enumerate(items):
         if (item.tenant_id, item.template) not in templates:
             errors[index] = ValidationFailed(
                 f"no template named {item.template!r}", code="unknown_template"
+            )
+            continue
+        if item.topic is not None and (item.tenant_id, item.topic) not in topics:
+            errors[index] = ValidationFailed(
+                f"no topic named {item.topic!r}",
+                code="unknown_topic",
+                details=[{"field": "to.topic", "topic": item.topic}],
             )
             continue
         missing = [rid for rid in item.recipient_ids if (item.tenant_id, rid) not in known]

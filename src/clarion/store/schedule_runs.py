@@ -131,6 +131,18 @@ async def step(
     return True
 
 
+async def wait(engine: AsyncEngine, run: dict[str, Any], until: datetime, why: str) -> bool:
+    """Hand back a run held by the caller, to be taken again at ``until`` (its cursor
+    kept), saying why in its ``error``; False if the lease is no longer the caller's."""
+    async with write_tx(engine) as conn:
+        result = await conn.execute(
+            update(r)
+            .where(r.c.id == run["id"], r.c.lease_until == run["lease_until"])
+            .values(status=PENDING, lease_until=until, error=why)
+        )
+    return result.rowcount == 1
+
+
 async def finish(
     engine: AsyncEngine, run: dict[str, Any], status: str, now: datetime, error: str | None = None
 ) -> bool:

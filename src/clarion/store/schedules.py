@@ -5,6 +5,9 @@ every due time has its run (``fired_through``). A scheduler moves ``fired_throug
 with an ``UPDATE`` guarded by the value it read, and only the one whose update matched
 creates the runs (``store/schedule_runs.py``), whose unique (schedule, due time, zone) key
 is a second guard: several schedulers create each run once.
+
+Creating, replacing and deleting a schedule write an audit row in the same transaction;
+a tenant holds at most a set number of schedules (``CLARION_MAX_SCHEDULES``).
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Text, cast, delete, or_, select, update
+from sqlalchemy import ColumnElement, Text, cast, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.cron import DEFAULT_ZONE
+from clarion.errors import Conflict
+from clarion.store import audit
 from clarion.store.db import as_utc, write_tx
 from clarion.store.sql import upsert
 from clarion.store.tables import (
@@ -25,6 +30,7 @@ from clarion.store.tables import (
     schedule_runs,
     schedules,
     templates,
+    tenants,
     topic_subscribers,
 )
 
@@ -62,17 +68,57 @@ async def current(engine: AsyncEngine, tenant_id: str, name: str) -> dict[str, A
     return _stored(row) if row is not None else None
 
 
-async def put(engine: AsyncEngine, tenant_id: str, name: str, values: dict[str, Any]) -> bool:
+def _audited(row: Any) -> dict[str, Any] | None:
+    """What the audit log shows of a schedule: its definition, timestamps as text."""
+    if row is None:
+        return None
+    shown = {name: row[name] for name in _FIELDS}
+    for name in ("starts_at", "ends_at"):
+        at = as_utc(shown[name])
+        shown[name] = at.isoformat() if at is not None else None
+    return shown
+
+
+class TooManySchedules(Conflict):
+    code = "too_many_schedules"
+
+
+async def put(
+    engine: AsyncEngine,
+    tenant_id: str,
+    name: str,
+    values: dict[str, Any],
+    *,
+    actor: str,
+    most: int,
+) -> bool:
     """Create or replace a schedule (``values``: its fields, ``fired_through``,
-    ``next_run_at``, ``updated_at`` and the request's ``trace``); True if it was created."""
+    ``next_run_at``, ``updated_at`` and the request's ``trace``); True if it was created.
+    Creating one when the tenant holds ``most`` already is :class:`TooManySchedules`."""
     row = {"tenant_id": tenant_id, "name": name, "created_at": values["updated_at"], **values}
+    mine = (s.c.tenant_id == tenant_id) & (s.c.name == name)
     async with write_tx(engine) as conn:
-        existed = (
-            await conn.execute(select(s.c.name).where(s.c.tenant_id == tenant_id, s.c.name == name))
-        ).first()
+        if conn.dialect.name == "postgresql":
+            # Creations of one tenant's schedules in turn, so the cap holds under races.
+            lock = select(tenants.c.id).where(tenants.c.id == tenant_id).with_for_update()
+            await conn.execute(lock)
+        before = (await conn.execute(select(s).where(mine))).mappings().first()
+        if before is None:
+            held = select(func.count()).select_from(s).where(s.c.tenant_id == tenant_id)
+            if int((await conn.execute(held)).scalar_one()) >= most:
+                raise TooManySchedules(
+                    f"this tenant has {most} schedules, the most it may have; delete one "
+                    "first (CLARION_MAX_SCHEDULES)",
+                    details=[{"limit": most}],
+                )
         replace = [*_FIELDS, "fired_through", "next_run_at", "updated_at", "trace"]
         await conn.execute(upsert(conn, s, ["tenant_id", "name"], replace), [row])
-    return existed is None
+        change = audit.diff(_audited(before), _audited(row))
+        action = audit.Action.CREATE if before is None else audit.Action.UPDATE
+        await audit.record(
+            conn, audit.Change(tenant_id, actor, audit.Resource.SCHEDULE, name, action, change)
+        )
+    return before is None
 
 
 async def get(engine: AsyncEngine, tenant_id: str, name: str) -> dict[str, Any] | None:
@@ -94,13 +140,28 @@ async def page(
     return [_public(row) for row in rows]
 
 
-async def remove(engine: AsyncEngine, tenant_id: str, name: str) -> bool:
+async def remove(engine: AsyncEngine, tenant_id: str, name: str, *, actor: str) -> bool:
     """Delete a schedule and its run history; a run in progress stops at its next step."""
     r = schedule_runs
+    mine = (s.c.tenant_id == tenant_id) & (s.c.name == name)
     async with write_tx(engine) as conn:
-        gone = await conn.execute(delete(s).where(s.c.tenant_id == tenant_id, s.c.name == name))
+        before = (await conn.execute(select(s).where(mine))).mappings().first()
+        if before is None:
+            return False
+        await conn.execute(delete(s).where(mine))
         await conn.execute(delete(r).where(r.c.tenant_id == tenant_id, r.c.schedule == name))
-    return bool(gone.rowcount)
+        await audit.record(
+            conn,
+            audit.Change(
+                tenant_id,
+                actor,
+                audit.Resource.SCHEDULE,
+                name,
+                audit.Action.DELETE,
+                audit.diff(_audited(before), None),
+            ),
+        )
+    return True
 
 
 async def due(engine: AsyncEngine, now: datetime, limit: int) -> list[dict[str, Any]]:

@@ -438,6 +438,16 @@ webhooks = Table(
     _ts("updated_at", nullable=False),
 )
 
+# Topics: a topic exists from its creation (explicit, or with its first subscriber) until
+# it is deleted, with or without subscribers; a send to a topic not here is refused.
+topics = Table(
+    "topics",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    _ts("created_at", nullable=False),
+)
+
 # Topic memberships: the planner reads a topic's subscribers in recipient id order, in
 # chunks; export and erasure find a recipient's by the second index.
 topic_subscribers = Table(

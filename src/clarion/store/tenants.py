@@ -168,6 +168,14 @@ async def find_key(engine: AsyncEngine, secret: str) -> KeyGrant | None:
     return KeyGrant(row.tenant_id, row.id, frozenset(row.scopes.split(",")))
 
 
+async def settings_of(engine: AsyncEngine, tenant_id: str) -> dict[str, Any] | None:
+    """The tenant's own settings (None: none, or no such tenant)."""
+    async with engine.connect() as conn:
+        found = await conn.execute(select(tenants.c.settings).where(tenants.c.id == tenant_id))
+        value = found.scalar()
+    return value if isinstance(value, dict) else None
+
+
 async def update_settings(
     engine: AsyncEngine, tenant_id: str, changes: dict[str, Any], *, actor: str = audit.SYSTEM
 ) -> None:

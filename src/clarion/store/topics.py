@@ -1,9 +1,12 @@
 """Topic memberships: subscribe and unsubscribe in bulk, count, list, and the chunks of
 subscribers the planner reads for a topic send.
 
-A topic exists while it has subscribers. Subscribing inserts from the recipients table
-(``INSERT ... SELECT ... ON CONFLICT DO NOTHING``), so a membership always names a stored
-recipient, even when an erasure runs at the same moment, and repeating a call adds nothing.
+A topic exists from its creation until it is deleted, with or without subscribers; it is
+created explicitly or by its first subscription, and a send to a topic that does not exist
+is refused. Subscribing inserts from the recipients table (``INSERT ... SELECT ... ON
+CONFLICT DO NOTHING``), so a membership always names a stored recipient, even when an
+erasure runs at the same moment, and repeating a call adds nothing. Creating and deleting
+a topic are recorded in the audit log; memberships are the tenant's data and are not.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from sqlalchemy import DateTime, delete, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from clarion.store import audit
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import chunks
-from clarion.store.tables import recipients, topic_subscribers
+from clarion.store.tables import recipients, topic_subscribers, topics
 
 MAX_PER_CALL = 10_000
 _PART = 1000  # ids per statement: bounds SQLite's variables and one statement's size
@@ -38,25 +42,84 @@ async def count(conn: AsyncConnection, tenant_id: str, topic: str) -> int:
     return int((await conn.execute(query)).scalar_one())
 
 
-async def size(engine: AsyncEngine, tenant_id: str, topic: str) -> int:
+async def size(engine: AsyncEngine, tenant_id: str, topic: str) -> int | None:
+    """The topic's number of subscribers, or None when there is no such topic."""
     async with engine.connect() as conn:
+        if not await exists(conn, tenant_id, topic):
+            return None
         return await count(conn, tenant_id, topic)
 
 
-def _insert(conn: AsyncConnection) -> Any:
+def _insert(conn: AsyncConnection, table: Any = t) -> Any:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(t)
+    return dialect.insert(table)
+
+
+async def exists(conn: AsyncConnection, tenant_id: str, topic: str) -> bool:
+    query = select(topics.c.name).where(topics.c.tenant_id == tenant_id, topics.c.name == topic)
+    return (await conn.execute(query)).first() is not None
+
+
+async def _create(conn: AsyncConnection, tenant_id: str, topic: str, actor: str) -> bool:
+    """Create the topic unless it exists (with its audit row); whether this created it."""
+    stmt = (
+        _insert(conn, topics)
+        .values(tenant_id=tenant_id, name=topic, created_at=utcnow())
+        .on_conflict_do_nothing()
+    )
+    if max((await conn.execute(stmt)).rowcount, 0) == 0:
+        return False
+    await audit.record(
+        conn, audit.Change(tenant_id, actor, audit.Resource.TOPIC, topic, audit.Action.CREATE)
+    )
+    return True
+
+
+async def create(engine: AsyncEngine, tenant_id: str, topic: str, actor: str) -> tuple[bool, int]:
+    """Create the topic if it does not exist: (whether this created it, its size)."""
+    async with write_tx(engine) as conn:
+        created = await _create(conn, tenant_id, topic, actor)
+        return created, await count(conn, tenant_id, topic)
+
+
+async def delete_topic(engine: AsyncEngine, tenant_id: str, topic: str, actor: str) -> int | None:
+    """Delete the topic and its memberships: the number of subscribers it had, or None
+    when there was no such topic."""
+    async with write_tx(engine) as conn:
+        gone = await conn.execute(
+            delete(topics).where(topics.c.tenant_id == tenant_id, topics.c.name == topic)
+        )
+        if max(gone.rowcount, 0) == 0:
+            return None
+        removed = await conn.execute(
+            delete(t).where(t.c.tenant_id == tenant_id, t.c.topic == topic)
+        )
+        had = max(removed.rowcount, 0)
+        await audit.record(
+            conn,
+            audit.Change(
+                tenant_id,
+                actor,
+                audit.Resource.TOPIC,
+                topic,
+                audit.Action.DELETE,
+                {"subscribers": {"from": had}},
+            ),
+        )
+    return had
 
 
 async def subscribe(
-    engine: AsyncEngine, tenant_id: str, topic: str, recipient_ids: Sequence[str]
+    engine: AsyncEngine, tenant_id: str, topic: str, recipient_ids: Sequence[str], actor: str
 ) -> Change:
-    """Add the recipients to the topic; ids with no recipient are reported, not added."""
+    """Add the recipients to the topic (creating it if need be); ids with no recipient are
+    reported, not added."""
     ids = list(dict.fromkeys(recipient_ids))
     now = utcnow()
     added = 0
     known: set[str] = set()
     async with write_tx(engine) as conn:
+        await _create(conn, tenant_id, topic, actor)
         for part in chunks(ids, _PART):
             r = recipients
             mine = (r.c.tenant_id == tenant_id) & r.c.id.in_(part)
@@ -93,8 +156,9 @@ async def unsubscribe(
 
 async def page(
     engine: AsyncEngine, tenant_id: str, topic: str, after: str | None, limit: int
-) -> list[dict[str, Any]]:
-    """Subscribers in recipient id order, after the cursor; up to ``limit`` rows."""
+) -> list[dict[str, Any]] | None:
+    """Subscribers in recipient id order, after the cursor; up to ``limit`` rows (None: no
+    such topic)."""
     query = select(t.c.recipient_id, t.c.created_at).where(
         t.c.tenant_id == tenant_id, t.c.topic == topic
     )
@@ -102,6 +166,8 @@ async def page(
         query = query.where(t.c.recipient_id > after)
     query = query.order_by(t.c.recipient_id).limit(limit)
     async with engine.connect() as conn:
+        if not await exists(conn, tenant_id, topic):
+            return None
         rows = (await conn.execute(query)).all()
     return [{"recipient_id": row[0], "subscribed_at": as_utc(row[1])} for row in rows]
 

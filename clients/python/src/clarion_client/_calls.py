@@ -625,8 +625,19 @@ def list_schedule_runs(name: str, *, page_size: int | None = None) -> ListCall[m
 
 
 def get_topic(name: str) -> Call[m.Topic]:
-    """A topic and its number of subscribers (404 when it has none)."""
+    """A topic and its number of subscribers (404 when it does not exist)."""
     return Call("GET", f"/v1/topics/{_seg(name)}", m.Topic.model_validate)
+
+
+def create_topic(name: str) -> Call[m.Topic]:
+    """Create a topic (one that exists is left as it is); sends to it are accepted even
+    while it has no subscribers."""
+    return Call("PUT", f"/v1/topics/{_seg(name)}", m.Topic.model_validate)
+
+
+def delete_topic(name: str) -> Call[None]:
+    """Delete a topic and its memberships; later sends to it are refused (`unknown_topic`)."""
+    return Call("DELETE", f"/v1/topics/{_seg(name)}", _none)
 
 
 def list_topic_subscribers(

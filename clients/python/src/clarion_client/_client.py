@@ -206,6 +206,8 @@ class Schedules(_SyncResource):
 
 class Topics(_SyncResource):
     get = _sync(calls.get_topic)
+    create = _sync(calls.create_topic)
+    delete = _sync(calls.delete_topic)
     subscribers = _sync_list(calls.list_topic_subscribers)
     subscribe = _sync(calls.subscribe)
     unsubscribe = _sync(calls.unsubscribe)
@@ -408,6 +410,8 @@ class AsyncSchedules(_AsyncResource):
 
 class AsyncTopics(_AsyncResource):
     get = _async(calls.get_topic)
+    create = _async(calls.create_topic)
+    delete = _async(calls.delete_topic)
     subscribers = _async_list(calls.list_topic_subscribers)
     subscribe = _async(calls.subscribe)
     unsubscribe = _async(calls.unsubscribe)

@@ -12,6 +12,7 @@ from importlib.resources import files
 from fastapi import APIRouter, Path
 from starlette.responses import RedirectResponse, Response
 
+from clarion.api.responses import html_headers
 from clarion.errors import NotFound
 
 router = APIRouter(prefix="/admin", tags=["admin"], include_in_schema=False)
@@ -27,12 +28,9 @@ CSP = (
     "img-src 'self' data:; connect-src 'self'; frame-src 'self'; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-_SECURITY = {
-    "Content-Security-Policy": CSP,
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-}
+_SECURITY = html_headers(
+    CSP, {"Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
+)
 
 
 @cache

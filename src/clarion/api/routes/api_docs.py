@@ -10,6 +10,7 @@ from importlib.resources import files
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from clarion.api.responses import html_headers
 from clarion.errors import NotFound
 
 router = APIRouter(prefix="/docs", tags=["docs"], include_in_schema=False)
@@ -26,7 +27,7 @@ CSP = (
     "img-src 'self' data:; connect-src 'self'; font-src 'self' data:; "
     "base-uri 'none'; frame-ancestors 'none'"
 )
-_HEADERS = {"Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer"}
+_HEADERS = html_headers(CSP, {"Referrer-Policy": "no-referrer"})
 
 PAGE = b"""<!doctype html>
 <html lang="en">

@@ -118,7 +118,9 @@ async def replay_matching(
             after=body.after,
             before=body.before,
         )
-        rows, more = await store.replay_many(ctx.engine, filters, body.limit)
+        rows, more = await store.replay_many(
+            ctx.engine, filters, body.limit, actor=principal.key_id
+        )
         await _publish(ctx, rows)
         return 202, {"replayed": len(rows), "more": more}
 
@@ -145,7 +147,9 @@ async def replay_one(
     ctx: Context = request.app.state.ctx
 
     async def handler() -> tuple[int, Any]:
-        row = await store.replay_one(ctx.engine, principal.tenant_id, delivery_id)
+        row = await store.replay_one(
+            ctx.engine, principal.tenant_id, delivery_id, actor=principal.key_id
+        )
         if row is None:
             status = await store.status_of(ctx.engine, principal.tenant_id, delivery_id)
             if status is None:

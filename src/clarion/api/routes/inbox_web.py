@@ -9,6 +9,8 @@ from importlib.resources import files
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from clarion.api.responses import html_headers
+
 router = APIRouter(prefix="/inbox", tags=["inbox"], include_in_schema=False)
 
 
@@ -41,11 +43,8 @@ async def demo() -> Response:
     return Response(
         _asset("demo.html"),
         media_type="text/html; charset=utf-8",
-        headers={
-            "Cache-Control": "no-store",
-            "Content-Security-Policy": (
-                "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'"
-            ),
-            "Referrer-Policy": "no-referrer",
-        },
+        headers=html_headers(
+            "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'",
+            {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+        ),
     )

@@ -23,6 +23,7 @@ from clarion.pipeline.context import Context
 from clarion.pipeline.recurring import usable_zones
 from clarion.store import schedule_runs as runs
 from clarion.store import schedules as store
+from clarion.store import topics as topic_store
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 
@@ -33,11 +34,18 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 
 
 async def _check_references(ctx: Context, tenant_id: str, body: ScheduleIn) -> None:
-    """The template and listed recipients must exist now, as for a send (each run checks
-    again: a recipient erased since is left out)."""
+    """The template, topic and listed recipients must exist now, as for a send (each run
+    checks again: a recipient erased since is left out)."""
     note = body.notification
     if not await store.known_template(ctx.engine, tenant_id, note.template):
         raise ValidationFailed(f"no template named {note.template!r}", code="unknown_template")
+    topic = note.to.topic
+    if topic is not None and await topic_store.size(ctx.engine, tenant_id, topic) is None:
+        raise ValidationFailed(
+            f"no topic named {topic!r}",
+            code="unknown_topic",
+            details=[{"field": "notification.to.topic", "topic": topic}],
+        )
     ids = note.to.recipients()
     missing = await store.unknown_recipients(ctx.engine, tenant_id, ids) if ids else []
     if missing:
@@ -99,7 +107,14 @@ async def put(
         "updated_at": now,
         "trace": tracing.traceparent(),  # each run's span links to this request
     }
-    await store.put(ctx.engine, principal.tenant_id, name, values)
+    await store.put(
+        ctx.engine,
+        principal.tenant_id,
+        name,
+        values,
+        actor=principal.key_id,
+        most=ctx.settings.max_schedules,
+    )
     found = await store.get(ctx.engine, principal.tenant_id, name)
     if found is None:  # deleted in between
         raise NotFound(f"no schedule {name!r}")
@@ -130,7 +145,8 @@ async def listing(
 
 @router.delete("/{name}", status_code=204, summary="Delete a schedule and its run history")
 async def delete(request: Request, principal: Manager, name: SchedulePath) -> Response:
-    if not await store.remove(request.app.state.ctx.engine, principal.tenant_id, name):
+    engine = request.app.state.ctx.engine
+    if not await store.remove(engine, principal.tenant_id, name, actor=principal.key_id):
         raise NotFound(f"no schedule {name!r}")
     return Response(status_code=204)
 

@@ -1,6 +1,7 @@
-"""``/v1/topics``: subscribe and unsubscribe recipients in bulk, a topic's size, its
-subscribers. A topic exists while it has subscribers: one with none (or another tenant's)
-is a 404."""
+"""``/v1/topics``: create and delete topics, subscribe and unsubscribe recipients in bulk, a
+topic's size, its subscribers. A topic exists from its creation (``PUT /v1/topics/{name}``
+or its first subscription) until it is deleted, with or without subscribers; one that does
+not exist (or another tenant's) is a 404."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
 
 from clarion.api.auth import Principal, require
 from clarion.api.errors import error_body
@@ -60,7 +62,7 @@ async def subscribe(
     request: Request, principal: Manager, name: TopicPath, body: MembersIn
 ) -> JSONResponse:
     change = await store.subscribe(
-        request.app.state.ctx.engine, principal.tenant_id, name, _checked(body)
+        request.app.state.ctx.engine, principal.tenant_id, name, _checked(body), principal.key_id
     )
     return JSONResponse(
         {
@@ -82,7 +84,7 @@ async def unsubscribe(
 ) -> JSONResponse:
     engine = request.app.state.ctx.engine
     ids = _checked(body)
-    if not await store.size(engine, principal.tenant_id, name):
+    if await store.size(engine, principal.tenant_id, name) is None:
         raise NotFound(f"no topic {name!r}")
     change = await store.unsubscribe(engine, principal.tenant_id, name, ids)
     return JSONResponse(
@@ -93,9 +95,35 @@ async def unsubscribe(
 @router.get("/{name}", summary="A topic and its number of subscribers", response_model=TopicOut)
 async def get(request: Request, principal: Manager, name: TopicPath) -> JSONResponse:
     count = await store.size(request.app.state.ctx.engine, principal.tenant_id, name)
-    if not count:
+    if count is None:
         raise NotFound(f"no topic {name!r}")
     return JSONResponse({"name": name, "subscribers": count})
+
+
+@router.put(
+    "/{name}",
+    summary="Create a topic (a topic that exists is left as it is)",
+    response_model=TopicOut,
+    responses={201: {"model": TopicOut, "description": "Created"}},
+)
+async def create(request: Request, principal: Manager, name: TopicPath) -> JSONResponse:
+    created, count = await store.create(
+        request.app.state.ctx.engine, principal.tenant_id, name, principal.key_id
+    )
+    return JSONResponse({"name": name, "subscribers": count}, status_code=201 if created else 200)
+
+
+@router.delete(
+    "/{name}",
+    status_code=204,
+    summary="Delete a topic and its memberships",
+    response_class=Response,
+)
+async def delete(request: Request, principal: Manager, name: TopicPath) -> Response:
+    engine = request.app.state.ctx.engine
+    if await store.delete_topic(engine, principal.tenant_id, name, principal.key_id) is None:
+        raise NotFound(f"no topic {name!r}")
+    return Response(status_code=204)
 
 
 @router.get(
@@ -113,7 +141,7 @@ async def subscribers(
     rows = await store.page(
         request.app.state.ctx.engine, principal.tenant_id, name, cursor, limit + 1
     )
-    if not rows and cursor is None:
+    if rows is None:
         raise NotFound(f"no topic {name!r}")
     data = rows[:limit]
     next_cursor = data[-1]["recipient_id"] if len(rows) > limit else None

@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from starlette.responses import HTMLResponse, Response
 
 from clarion.api.outputs import Unsubscribed
-from clarion.api.responses import JSONResponse
+from clarion.api.responses import JSONResponse, html_headers
 from clarion.errors import NotFound
 from clarion.security.unsubscribe import Unsubscribe, verify_token
 from clarion.store.db import utcnow, write_tx
@@ -27,13 +27,15 @@ router = APIRouter(prefix="/v1/unsubscribe", tags=["unsubscribe"])
 # Any malformed, forged or stale token is the same 404: it tells a prober nothing.
 Token = str
 CHANNEL = "email"
-_HEADERS = {
-    "Cache-Control": "no-store",
-    # The token is in the URL: no page this one links to may learn it.
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
-    "X-Robots-Tag": "noindex",
-}
+_HEADERS = html_headers(
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+    {
+        "Cache-Control": "no-store",
+        # The token is in the URL: no page this one links to may learn it.
+        "Referrer-Policy": "no-referrer",
+        "X-Robots-Tag": "noindex",
+    },
+)
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -1,5 +1,6 @@
 // Topics: open one by name to see its size and its subscribers a page at a time; subscribe
-// or unsubscribe recipients by a list of ids. A topic exists while it has subscribers.
+// or unsubscribe recipients by a list of ids. A topic exists from its first subscriber (or its
+// creation through the API) until it is deleted.
 
 import { get, api, enc } from "/admin/api.js";
 import { h, clear, when, ago, field, table, notice, errorText, heading, link } from "/admin/dom.js";
@@ -44,7 +45,7 @@ async function topic(main, name) {
     try {
       result = await api(method, `/v1/topics/${enc(name)}/subscribers`, { body: { recipient_ids: list } });
     } catch (error) {
-      messages.append(notice(error.status === 404 ? `No topic ${name}: it has no subscribers.` : errorText(error), "bad"));
+      messages.append(notice(error.status === 404 ? `No topic ${name}.` : errorText(error), "bad"));
       return;
     }
     const verb = method === "PUT" ? `Subscribed ${result.added}` : `Unsubscribed ${result.removed}`;
@@ -62,7 +63,7 @@ async function topic(main, name) {
       info = await get(`/v1/topics/${enc(name)}`);
     } catch (error) {
       if (error.status === 404) {
-        summary.append(notice(`No topic ${name} yet: it has no subscribers. Subscribe some below.`, "info"));
+        summary.append(notice(`No topic ${name} yet. Subscribing recipients below creates it.`, "info"));
       } else {
         summary.append(notice(errorText(error), "bad"));
       }

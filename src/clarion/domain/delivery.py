@@ -9,6 +9,7 @@ is plain JSON with stable keys, so messages published by an earlier version stil
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -218,8 +219,10 @@ def endpoint_of(payload: Mapping[str, Any]) -> str | None:
     return provider if isinstance(provider, str) else None
 
 
+@functools.lru_cache(maxsize=4096)
 def url_endpoint(url: str) -> str | None:
-    """The host and port of a URL, lower case; None for one without a host."""
+    """The host and port of a URL, lower case; None for one without a host. Cached: a
+    worker asks once per send, mostly about the same few URLs."""
     try:
         netloc = urlsplit(url).netloc
     except ValueError:

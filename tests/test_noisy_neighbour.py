@@ -247,3 +247,30 @@ async def test_retries_to_failing_endpoints_do_not_starve_the_same_tenants_fresh
     latencies = [hit.at - accepted for hit in sink.received]
     assert len(latencies) == QUIET
     assert p99(latencies) < 2.0, sorted(latencies)[-5:]
+
+
+async def test_a_backlog_of_events_to_a_hanging_webhook_does_not_hold_back_another_tenant(
+    app: Harness, hang: Hang, sink: WebhookSink
+) -> None:
+    """More of the noisy tenant's events wait for its hanging webhook than the dispatcher
+    may hold: those it cannot start are put back for later, and it reads past them."""
+    noisy, quiet = await tenant(app, "noisy"), await tenant(app, "quiet")
+    events = app.runtime._events
+    assert events is not None
+    backlog = 3 * events._consumer._max_held
+    async with contextlib.aclosing(noisy), contextlib.aclosing(quiet):
+        for client, url in ((noisy, hang.url), (quiet, sink.url)):
+            response = await client.put(
+                "/v1/webhooks/status", json={"url": f"{url}/events", "events": ["delivery.sent"]}
+            )
+            assert response.status_code == 200, response.text
+        await send(noisy, "a", backlog, sink.url)
+        await sink.wait_for(backlog, timeout=60)  # its deliveries, and so its events
+
+        accepted = await send(quiet, "b", QUIET, sink.url)
+        await sink.wait_for(backlog + 2 * QUIET, timeout=30)
+
+    latencies = [hit.at - accepted for hit in sink.received if hit.path == "/events"]
+    assert len(latencies) == QUIET
+    assert p99(latencies) < 2.0, sorted(latencies)[-5:]
+    assert hang.arrived <= events._consumer.endpoint_limit

@@ -51,10 +51,15 @@ Handler = Callable[[Message], Coroutine[Any, Any, None]]
 Screen = Callable[[list[Message]], Awaitable[list[Message]]]
 # Where a message's work goes (its endpoint), or None when it has no single one.
 Endpoint = Callable[[Message], str | None]
+# Takes messages off this consumer's hands for later (publishes them delayed, acks them).
+Spill = Callable[[list[Message]], Awaitable[None]]
 # A tenant's endpoint, the key of the per-endpoint limit.
 _Key = tuple[str, str]
 
 _READ_AHEAD = 500
+# An endpoint whose oldest send in flight has run this long (seconds) is slow: when the
+# consumer is full, what waits for it may be spilled.
+_SLOW_AFTER = 1.0
 
 
 def tenant_of(message: Message) -> str:
@@ -80,6 +85,7 @@ class FairConsumer:
         retry_share: float = 0.25,
         endpoint: Endpoint | None = None,
         endpoint_share: float = 1.0,
+        spill: Spill | None = None,
     ) -> None:
         self._broker = broker
         self._lanes = list(streams)
@@ -102,6 +108,7 @@ class FairConsumer:
         self._max_retries_held = max(self.retry_limit, self._max_held // 4)
         self.endpoint_limit = max(1, int(concurrency * endpoint_share))
         self._endpoint = endpoint
+        self._spill = spill
         self._renew_every = lease / 4
         # Per lane, the tenants with waiting messages, in round-robin order.
         self._waiting: list[dict[str, deque[Message]]] = [{} for _ in self._streams]
@@ -109,8 +116,8 @@ class FairConsumer:
         self._retries_waiting = 0
         self._retries_running = 0
         self._running: dict[asyncio.Task[None], Message] = {}
-        # Each running handler's lane and endpoint key.
-        self._runs: dict[asyncio.Task[None], tuple[int, _Key | None]] = {}
+        # Each running handler's lane, endpoint key and start (monotonic seconds).
+        self._runs: dict[asyncio.Task[None], tuple[int, _Key | None, float]] = {}
         self._per_tenant: Counter[str] = Counter()
         self._per_endpoint: Counter[_Key] = Counter()
         # Per full endpoint, its messages waiting for one of its slots (with their lane).
@@ -136,6 +143,9 @@ class FairConsumer:
         try:
             while not stop.is_set():
                 count = self._wanted()
+                if count <= 0 and self._spill is not None and self.held >= self._max_held:
+                    await self._spill_parked()
+                    count = self._wanted()
                 if count <= 0:
                     self._room.clear()
                     with contextlib.suppress(TimeoutError):
@@ -160,6 +170,31 @@ class FairConsumer:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
+
+    async def _spill_parked(self) -> None:
+        """Full, with nothing startable: hand the messages parked for slow endpoints (but
+        a few each, to go on with) to ``spill``, so that the loop can read past them to
+        other tenants' work. Handed back to the broker on failure (after their lease)."""
+        assert self._spill is not None
+        since = time.monotonic() - _SLOW_AFTER
+        slow = {key for _, key, at in self._runs.values() if key is not None and at <= since}
+        spilled: list[Message] = []
+        for key in slow:
+            parked = self._parked.get(key)
+            while parked is not None and len(parked) > self.endpoint_limit:
+                lane, message = parked.pop()
+                if lane == self._retry_lane:
+                    self._retries_waiting -= 1
+                self._renewed.pop(message.id, None)
+                spilled.append(message)
+        if not spilled:
+            return
+        self._waiting_count -= len(spilled)
+        log.info("%s: %d messages for slow endpoints spilled", self._name, len(spilled))
+        try:
+            await self._spill(spilled)
+        except Exception as exc:
+            log.warning("%s: spilling %d failed: %r", self._name, len(spilled), exc)
 
     def _reading(self) -> list[str]:
         """The streams to take from: the retry stream too while few retries wait here."""
@@ -275,13 +310,13 @@ class FairConsumer:
             self._per_endpoint[key] += 1
         task = asyncio.create_task(self._handle(message))
         self._running[task] = message
-        self._runs[task] = (lane, key)
+        self._runs[task] = (lane, key, time.monotonic())
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         message = self._running.pop(task, None)
         if message is not None:
-            lane, key = self._runs.pop(task)
+            lane, key, _ = self._runs.pop(task)
             tenant = tenant_of(message)
             self._per_tenant[tenant] -= 1
             if not self._per_tenant[tenant]:

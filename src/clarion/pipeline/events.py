@@ -7,7 +7,9 @@ connection) is retried for that webhook alone, after the retry schedule's delay,
 ``max_attempts`` tries; other failures are dropped at once. A message is acked once its
 outcome is decided: delivered, dropped, or its retries published.
 
-Retries go to a stream of their own (``events.retry``), each for one webhook. A tenant's
+Retries go to a stream of their own (``events.retry``), each for one webhook. When the
+dispatcher holds all it may and a slow webhook's events are all that waits, those beyond
+a few are put back on the delayed set for later (``spill``), so it can read past them. A tenant's
 POSTs in flight are held to its share of the dispatcher, and those to one endpoint (a
 webhook's host and port) to the endpoint's share, however many webhooks an event goes to:
 a tenant whose receivers hang never makes another tenant's events wait for a connection.
@@ -72,6 +74,7 @@ class EventDispatcher:
             retry_share=ctx.settings.worker_retry_share,
             endpoint=self._endpoint,
             endpoint_share=ctx.settings.worker_endpoint_share,
+            spill=self._spill,
         )
         # The POSTs of an event to several webhooks are held to the same shares.
         self._per_tenant = KeyedLimit(self._consumer.tenant_limit)
@@ -95,6 +98,21 @@ class EventDispatcher:
         with contextlib.suppress(Exception):  # else loaded per message, failing alone
             await self._ctx.webhooks.prepare({tenant_of(m) for m in messages})
         return messages
+
+    async def _spill(self, messages: list[Message]) -> None:
+        """Events the consumer could not hold any longer (their webhook is slow, and other
+        tenants' events wait behind them): back on their stream later, after a webhook
+        timeout that doubles each time an event is spilled again (at most 32 of them)."""
+        now = time.time()
+        later = []
+        for message in messages:
+            times = message.payload.get("deferred")
+            times = times if isinstance(times, int) and times > 0 else 0
+            due = now + self._timeout * 2 ** min(times, 5)
+            later.append(Delayed(message.stream, {**message.payload, "deferred": times + 1}, due))
+        await self._ctx.broker.publish_delayed(later)
+        for message in messages:
+            self._acks.post(message)
 
     def _endpoint(self, message: Message) -> str | None:
         """The endpoint of a message for one webhook (a retry, or an event of a tenant with

@@ -27,7 +27,9 @@ Read-ahead
     is held back (its tenant, endpoint or the retries at their limit): then it reads ahead
     (up to ``max_held`` messages held in all) to reach other work behind it. Held messages
     have their leases renewed, so waiting in this process never makes the broker hand them
-    to another consumer.
+    to another consumer. With ``spill``, a consumer that holds ``max_held`` and can start
+    none of it hands the messages parked for slow endpoints (but ``endpoint_limit`` each)
+    to ``spill``, which puts them back for later, and reads on.
 """
 
 from __future__ import annotations

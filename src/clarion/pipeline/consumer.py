@@ -84,7 +84,7 @@ class FairConsumer:
         screen: Screen | None = None,
         max_held: int | None = None,
         retry_stream: str | None = None,
-        retry_share: float = 0.25,
+        retry_share: float = 0.125,
         endpoint: Endpoint | None = None,
         endpoint_share: float = 1.0,
         spill: Spill | None = None,

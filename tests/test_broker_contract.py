@@ -98,6 +98,18 @@ async def test_overfill_may_return_up_to_count_per_stream_higher_lanes_first(
     assert await broker.consume(["high", "low"], "c1", count=2, timeout=0.05) == []
 
 
+async def test_overfill_reads_a_later_stream_while_an_earlier_one_has_a_backlog(
+    broker: Broker,
+) -> None:
+    """A consumer's retry lane comes after its priority lanes: with ``overfill`` it is read
+    in the same take, however long the lanes before it are."""
+    await broker.publish("fresh", [{"n": i} for i in range(50)])
+    await broker.publish("retry", [{"n": 100 + i} for i in range(5)])
+    got = await broker.consume(["fresh", "retry"], "c1", count=4, timeout=2, overfill=True)
+    assert [m.payload["n"] for m in got] == [0, 1, 2, 3, 100, 101, 102, 103]
+    await broker.ack(got)
+
+
 async def test_count_limits_a_single_stream(broker: Broker) -> None:
     await broker.publish("jobs", [{"n": i} for i in range(5)])
 

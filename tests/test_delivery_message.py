@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from clarion.broker.base import decode, encode
-from clarion.domain.delivery import Delivery, MalformedDelivery
+from clarion.domain.delivery import Delivery, MalformedDelivery, endpoint_of
 from harness import Harness
 
 
@@ -42,6 +42,20 @@ def test_a_row_becomes_the_delivery_of_its_next_try_and_survives_the_wire() -> N
     assert delivery.expires_at == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
     assert Delivery.from_payload(decode(encode(delivery.to_payload()))) == delivery
     assert delivery.next_attempt().attempt == 4
+
+
+def test_a_retry_goes_to_the_retry_lane_but_a_critical_one_keeps_its_own() -> None:
+    first = Delivery.from_row(row(priority="normal", critical=False, attempts=0))
+    assert first.stream == "send.push.normal"
+    assert first.next_attempt().stream == "send.push.retry"
+    assert Delivery.from_row(row()).next_attempt().stream == "send.push.critical"
+
+
+def test_the_endpoint_is_a_webhooks_host_and_port_else_the_provider() -> None:
+    hook = row(channel="webhook", address="https://Hooks.Example.com:8443/u/1?x=1")
+    assert endpoint_of(Delivery.from_row(hook).to_payload()) == "hooks.example.com:8443"
+    assert endpoint_of(Delivery.from_row(row()).to_payload()) == "fcm-main"
+    assert endpoint_of(Delivery.from_row(row(provider=None)).to_payload()) is None
 
 
 def test_naive_timestamps_from_sqlite_are_utc() -> None:

@@ -50,3 +50,48 @@ async def test_a_critical_message_starts_while_the_lower_lanes_fill_every_slot()
     assert len(started) == 43
     # The second critical one came first once slots were free.
     assert started.index("alert-2") < started.index("h") < started.index("a4")
+
+
+async def test_a_full_endpoint_and_the_retries_hold_no_more_than_their_shares() -> None:
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def handle(msg: Message) -> None:
+        started.append(msg.id)
+        await release.wait()
+
+    broker: Any = None  # never called: messages are handed in directly
+    consumer = FairConsumer(
+        broker,
+        STREAMS,
+        "c",
+        handle,
+        concurrency=16,
+        tenant_share=1.0,
+        lease=60,
+        name="t",
+        retry_stream="send.x.retry",
+        retry_share=0.25,
+        endpoint=lambda m: m.payload.get("to"),
+        endpoint_share=0.25,
+    )
+    assert (consumer.retry_limit, consumer.endpoint_limit) == (4, 4)
+
+    def to(lane: str, ident: str, endpoint: str) -> Message:
+        return Message(f"send.x.{lane}", ident, {"tenant": "a", "to": endpoint})
+
+    # Retries come first here, and most of the fresh work goes to one (hanging) endpoint.
+    consumer._enqueue([to("retry", f"r{i}", f"down{i % 2}") for i in range(20)])
+    consumer._enqueue([to("normal", f"h{i}", "hangs") for i in range(20)])
+    consumer._enqueue([to("normal", f"ok{i}", "healthy") for i in range(3)])
+    await asyncio.sleep(0)
+    # The hanging endpoint holds its share, the retries theirs; the healthy endpoint's
+    # work, behind them all, started at once.
+    assert sorted(started) == sorted(
+        [*(f"h{i}" for i in range(4)), "ok0", "ok1", "ok2", "r0", "r1", "r2", "r3"]
+    )
+    assert consumer.held == 43
+    release.set()
+    while consumer.held:  # each finished handler starts the next waiting one
+        await asyncio.wait(list(consumer._running))
+    assert len(started) == 43 == len(set(started))

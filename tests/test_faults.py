@@ -221,8 +221,11 @@ async def test_hanging_provider_does_not_hold_back_another_channel(
         redis_url,
         webhook_timeout=0.5,  # a send may take 1 s
         worker_concurrency=CONCURRENCY,
-        # One tenant may fill the whole pool here: the pool is what is under test.
+        # One tenant, one endpoint and its retries may fill the whole pool here: the pool
+        # is what is under test.
         worker_tenant_share=1.0,
+        worker_endpoint_share=1.0,
+        worker_retry_share=1.0,
         # Timeouts go on until the provider is let go: neither the attempts nor the
         # breaker may end them first.
         max_attempts=100,

@@ -133,9 +133,9 @@ async def test_hanging_receivers_of_one_tenant_do_not_slow_another(
     noisy, quiet = await tenant(app, "noisy"), await tenant(app, "quiet")
     async with contextlib.aclosing(noisy), contextlib.aclosing(quiet):
         await send(noisy, "a", NOISY, hang.url)
-        # The noisy tenant's receivers hold every slot they may have.
+        # The noisy tenant's receivers (all on one host) hold every slot they may have.
         limit = app.runtime.workers[0]._consumer.tenant_limit
-        await hang.wait_for(limit, timeout=30)
+        await hang.wait_for(app.runtime.workers[0]._consumer.endpoint_limit, timeout=30)
 
         accepted = await send(quiet, "b", QUIET, sink.url)
         await sink.wait_for(QUIET, timeout=30)
@@ -162,7 +162,7 @@ async def test_a_hanging_status_webhook_of_one_tenant_does_not_slow_another(
         await send(noisy, "a", NOISY, sink.url)
         events = app.runtime._events
         assert events is not None
-        await hang.wait_for(events._consumer.tenant_limit, timeout=30)
+        await hang.wait_for(events._consumer.endpoint_limit, timeout=30)
 
         accepted = await send(quiet, "b", QUIET, sink.url)
         await sink.wait_for(NOISY + 2 * QUIET, timeout=30)
@@ -170,3 +170,107 @@ async def test_a_hanging_status_webhook_of_one_tenant_does_not_slow_another(
     latencies = [hit.at - accepted for hit in sink.received if hit.path == "/events"]
     assert len(latencies) == QUIET
     assert p99(latencies) < 2.0, sorted(latencies)[-5:]
+
+
+async def test_a_tenant_with_a_thousand_hanging_status_webhooks_does_not_slow_another(
+    app: Harness, hang: Hang, sink: WebhookSink
+) -> None:
+    """Each of the noisy tenant's events goes to a thousand webhooks that hang: its POSTs
+    in flight are held to its share, so the quiet tenant's events never wait for one of
+    the dispatcher's connections."""
+    noisy, quiet = await tenant(app, "noisy"), await tenant(app, "quiet")
+    async with contextlib.aclosing(noisy), contextlib.aclosing(quiet):
+        for start in range(0, 1000, 100):
+            answers = await asyncio.gather(
+                *(
+                    noisy.put(
+                        f"/v1/webhooks/h{i}", json={"url": f"{hang.url}/{i}", "events": ["*"]}
+                    )
+                    for i in range(start, start + 100)
+                )
+            )
+            assert all(a.status_code == 200 for a in answers), answers[0].text
+        response = await quiet.put(
+            "/v1/webhooks/status", json={"url": f"{sink.url}/events", "events": ["*"]}
+        )
+        assert response.status_code == 200, response.text
+        await send(noisy, "a", 100, sink.url)
+        events = app.runtime._events
+        assert events is not None
+        await hang.wait_for(16, timeout=30)  # its POSTs hang
+
+        accepted = await send(quiet, "b", QUIET, sink.url)
+        await sink.wait_for(100 + 2 * QUIET, timeout=30)
+
+    latencies = [hit.at - accepted for hit in sink.received if hit.path == "/events"]
+    assert len(latencies) == QUIET
+    assert p99(latencies) < 2.0, sorted(latencies)[-5:]
+    # The noisy tenant's POSTs were held to its share of the dispatcher.
+    assert hang.arrived <= events._consumer.tenant_limit
+
+
+@pytest.fixture
+async def outage_app(backend: tuple[str, str]) -> AsyncIterator[Harness]:
+    """Clarion with a short webhook timeout and retry delay, and attempts enough that every
+    failing delivery keeps retrying while the test runs."""
+    settings = make_settings(
+        *backend,
+        webhook_timeout=0.5,
+        retry_schedule="100ms",
+        max_attempts=50,
+        secret_key=SECRET_KEY,
+    )
+    async with running(settings) as harness:
+        yield harness
+
+
+async def test_retries_to_failing_endpoints_do_not_starve_the_same_tenants_fresh_work(
+    outage_app: Harness, hang: Hang, sink: WebhookSink
+) -> None:
+    """An outage of some of a tenant's endpoints (one hangs, one answers 503 slowly) with
+    thousands of its deliveries retrying: its fresh deliveries to a healthy endpoint still
+    go out at once."""
+    failing = WebhookSink(respond=lambda _: 503, keep_bodies=False, delay=0.2)
+    await failing.start()
+    client = await tenant(outage_app, "busy")
+    async with contextlib.aclosing(client):
+        await send(client, "h", 2000, hang.url)
+        await send(client, "f", 500, failing.url)
+        # Both endpoints' deliveries are retrying.
+        await failing.wait_for(500 + 200, timeout=30)
+        await hang.wait_for(200, timeout=30)
+
+        accepted = await send(client, "b", QUIET, sink.url)
+        await sink.wait_for(QUIET, timeout=30)
+    await failing.close()
+
+    latencies = [hit.at - accepted for hit in sink.received]
+    assert len(latencies) == QUIET
+    assert p99(latencies) < 2.0, sorted(latencies)[-5:]
+
+
+async def test_a_backlog_of_events_to_a_hanging_webhook_does_not_hold_back_another_tenant(
+    app: Harness, hang: Hang, sink: WebhookSink
+) -> None:
+    """More of the noisy tenant's events wait for its hanging webhook than the dispatcher
+    may hold: those it cannot start are put back for later, and it reads past them."""
+    noisy, quiet = await tenant(app, "noisy"), await tenant(app, "quiet")
+    events = app.runtime._events
+    assert events is not None
+    backlog = 3 * events._consumer._max_held
+    async with contextlib.aclosing(noisy), contextlib.aclosing(quiet):
+        for client, url in ((noisy, hang.url), (quiet, sink.url)):
+            response = await client.put(
+                "/v1/webhooks/status", json={"url": f"{url}/events", "events": ["delivery.sent"]}
+            )
+            assert response.status_code == 200, response.text
+        await send(noisy, "a", backlog, sink.url)
+        await sink.wait_for(backlog, timeout=60)  # its deliveries, and so its events
+
+        accepted = await send(quiet, "b", QUIET, sink.url)
+        await sink.wait_for(backlog + 2 * QUIET, timeout=30)
+
+    latencies = [hit.at - accepted for hit in sink.received if hit.path == "/events"]
+    assert len(latencies) == QUIET
+    assert p99(latencies) < 2.0, sorted(latencies)[-5:]
+    assert hang.arrived <= events._consumer.endpoint_limit

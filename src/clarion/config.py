@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     # The share of that pool one tenant may hold: a tenant whose endpoints hang holds at
     # most this much, the other tenants' work runs in the rest (docs/architecture.md).
     worker_tenant_share: float = Field(default=0.5, gt=0, le=1)
+    # The share of that pool one endpoint of a tenant (a webhook's host and port, a
+    # provider) may hold: a tenant whose one endpoint hangs still reaches its others.
+    worker_endpoint_share: float = Field(default=0.25, gt=0, le=1)
+    # The share of that pool retries may hold: fresh work keeps the rest during an outage.
+    worker_retry_share: float = Field(default=0.125, gt=0, le=1)
     # Status-event POSTs in flight per process, shared between tenants the same way.
     event_concurrency: int = Field(default=64, ge=1)
     # Circuit breaker per (tenant, provider): opens when at least `breaker_min_calls` sends

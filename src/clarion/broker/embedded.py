@@ -96,16 +96,22 @@ class EmbeddedBroker(Broker):
     def _give_lease(self, mid: str, deadline: float) -> None:
         heapq.heappush(self._leases, (deadline, mid))
 
-    def _take(self, streams: Sequence[str], count: int, now: float) -> list[Message]:
+    def _take(
+        self, streams: Sequence[str], count: int, now: float, overfill: bool
+    ) -> list[Message]:
+        """Up to ``count`` messages, earlier streams first; with ``overfill``, up to
+        ``count`` from each stream (as Redis answers one read over several streams), so a
+        later stream is not left unread while an earlier one has a backlog."""
         taken: list[Message] = []
         for name in streams:
             ready = self._stream(name).ready
-            while ready and len(taken) < count:
+            limit = len(taken) + count if overfill else count
+            while ready and len(taken) < limit:
                 mid, data, times = ready.popleft()
                 self._held[mid] = _Held(name, data, now + self._lease, times + 1)
                 self._give_lease(mid, now + self._lease)
                 taken.append(Message(name, mid, decode(data), redelivered=times > 0))
-            if len(taken) >= count:
+            if len(taken) >= count and not overfill:
                 break
         return taken
 
@@ -137,7 +143,7 @@ class EmbeddedBroker(Broker):
             self._promote_due(now)
             if self._held:
                 self._reclaim_expired(now)
-            taken = self._take(streams, count, now)
+            taken = self._take(streams, count, now, overfill)
             if taken:
                 # Yield once, as a network broker would: a consumer that always finds work
                 # waiting must not keep every other task of the process from running.

@@ -9,13 +9,15 @@ is plain JSON with stable keys, so messages published by an earlier version stil
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
-from clarion.domain.models import DeliveryStatus, send_stream
+from clarion.domain.models import Channel, DeliveryStatus, Priority, retry_stream, send_stream
 
 
 def new_row(
@@ -108,7 +110,10 @@ class Delivery(msgspec.Struct, frozen=True):
 
     @property
     def stream(self) -> str:
-        """The lane it is published to."""
+        """The lane it is published to: its priority's for a first try, the channel's retry
+        lane for a later one (a critical delivery keeps its own lane)."""
+        if self.attempt > 1 and self.priority != Priority.CRITICAL:
+            return retry_stream(self.channel)
         return send_stream(self.channel, self.priority)
 
     def next_attempt(self) -> Delivery:
@@ -201,3 +206,25 @@ class Delivery(msgspec.Struct, frozen=True):
             fallback,
             _traceparent(get("traceparent")),
         )
+
+
+def endpoint_of(payload: Mapping[str, Any]) -> str | None:
+    """Where a send message goes, for the per-endpoint share of a worker: the host (and
+    port) of a webhook's URL, else the provider; None when the message does not say."""
+    if payload.get("channel") == Channel.WEBHOOK:
+        url = payload.get("to")
+        if isinstance(url, str):
+            return url_endpoint(url)
+    provider = payload.get("provider")
+    return provider if isinstance(provider, str) else None
+
+
+@functools.lru_cache(maxsize=4096)
+def url_endpoint(url: str) -> str | None:
+    """The host and port of a URL, lower case; None for one without a host. Cached: a
+    worker asks once per send, mostly about the same few URLs."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return None
+    return netloc.rpartition("@")[2].lower() or None

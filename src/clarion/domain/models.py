@@ -82,6 +82,22 @@ def send_stream(channel: str, lane: str) -> str:
     return f"send.{channel}.{lane}"
 
 
+# The lane of a channel's retries (but a critical delivery's, which keep its own lane): a
+# worker reads it after the priority lanes and gives it a bounded share of its sends, so a
+# backlog of retries to failing endpoints never stands in front of fresh work.
+RETRY_LANE = "retry"
+
+
+def retry_stream(channel: str) -> str:
+    """The broker stream that carries a channel's retries."""
+    return send_stream(channel, RETRY_LANE)
+
+
+def channel_streams(channel: str) -> list[str]:
+    """Every stream a channel's workers read, in the order they take them."""
+    return [*(send_stream(channel, lane) for lane in LANES), retry_stream(channel)]
+
+
 PLAN_STREAM = "plan"
 # Critical notifications to plan: a stream every planner reads at once, never waiting for
 # the plan stream's leader (pipeline/lead.py) or behind other notifications.

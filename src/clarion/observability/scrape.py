@@ -24,15 +24,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Select, func, select
 
-from clarion.domain.models import (
-    LANES,
-    PLAN_STREAMS,
-    Channel,
-    DeliveryStatus,
-    send_stream,
-)
+from clarion.domain.models import PLAN_STREAMS, Channel, DeliveryStatus, channel_streams
 from clarion.observability import metrics
-from clarion.pipeline.status_events import EVENTS_STREAM
+from clarion.pipeline.status_events import EVENTS_RETRY_STREAM, EVENTS_STREAM
 from clarion.store.db import as_utc
 from clarion.store.tables import deliveries, outbox
 
@@ -51,8 +45,8 @@ DEAD_LETTER_CAP = 10_000
 def all_streams() -> list[str]:
     streams = list(PLAN_STREAMS)
     for channel in Channel:
-        streams.extend(send_stream(channel.value, lane) for lane in LANES)
-    streams.append(EVENTS_STREAM)
+        streams.extend(channel_streams(channel.value))
+    streams += [EVENTS_STREAM, EVENTS_RETRY_STREAM]
     return streams
 
 

@@ -12,12 +12,24 @@ Fair shares
     taken while a broadcast's deliveries fill every slot (or its tenant's share) starts
     at once instead of waiting for one of them to finish.
 
+Endpoints and retries
+    Within a tenant's share, one endpoint (a webhook's host, a provider: the ``endpoint``
+    function) may hold at most ``endpoint_limit`` slots: a taken message whose endpoint is
+    full is parked, off its tenant's queue, until one of that endpoint's handlers finishes,
+    and the tenant's work to other endpoints starts past it. Retries come on a stream of
+    their own (``retry_stream``), taken after the lanes, and hold at most ``retry_limit``
+    slots and a quarter of ``max_held``: a backlog of retries to failing endpoints never
+    stands in front of fresh work, nor fills the slots it needs.
+
 Read-ahead
     The loop takes only what it can start (once a handful of slots are free, so that a busy
-    process does not pay a broker round trip per message), except when everything waiting belongs to
-    tenants at their limit: then it reads ahead (up to ``max_held`` messages held in all)
-    to reach other tenants' work behind theirs. Held messages have their leases renewed,
-    so waiting in this process never makes the broker hand them to another consumer.
+    process does not pay a broker round trip per message), except when everything waiting
+    is held back (its tenant, endpoint or the retries at their limit): then it reads ahead
+    (up to ``max_held`` messages held in all) to reach other work behind it. Held messages
+    have their leases renewed, so waiting in this process never makes the broker hand them
+    to another consumer. With ``spill``, a consumer that holds ``max_held`` and can start
+    none of it hands the messages parked for slow endpoints (but ``endpoint_limit`` each)
+    to ``spill``, which puts them back for later, and reads on.
 """
 
 from __future__ import annotations
@@ -41,8 +53,17 @@ Handler = Callable[[Message], Coroutine[Any, Any, None]]
 # Looks at freshly taken messages before they are queued; returns those still to handle
 # (e.g. drops redelivered messages whose work is already done).
 Screen = Callable[[list[Message]], Awaitable[list[Message]]]
+# Where a message's work goes (its endpoint), or None when it has no single one.
+Endpoint = Callable[[Message], str | None]
+# Takes messages off this consumer's hands for later (publishes them delayed, acks them).
+Spill = Callable[[list[Message]], Awaitable[None]]
+# A tenant's endpoint, the key of the per-endpoint limit.
+_Key = tuple[str, str]
 
 _READ_AHEAD = 500
+# An endpoint whose oldest send in flight has run this long (seconds) is slow: when the
+# consumer is full, what waits for it may be spilled.
+_SLOW_AFTER = 1.0
 
 
 def tenant_of(message: Message) -> str:
@@ -64,10 +85,17 @@ class FairConsumer:
         name: str,
         screen: Screen | None = None,
         max_held: int | None = None,
+        retry_stream: str | None = None,
+        retry_share: float = 0.125,
+        endpoint: Endpoint | None = None,
+        endpoint_share: float = 1.0,
+        spill: Spill | None = None,
     ) -> None:
         self._broker = broker
-        self._streams = list(streams)
+        self._lanes = list(streams)
+        self._streams = [*self._lanes, retry_stream] if retry_stream else self._lanes
         self._lane = {stream: i for i, stream in enumerate(self._streams)}
+        self._retry_lane = len(self._lanes) if retry_stream else -1
         self._consumer = consumer
         self._handle = handle
         self._screen = screen
@@ -80,12 +108,24 @@ class FairConsumer:
         # limits: a critical delivery never waits for a slot that the lower lanes hold,
         # however busy a broadcast keeps them.
         self.express = max(1, concurrency // 8)
+        self.retry_limit = max(1, int(concurrency * retry_share))
+        self._max_retries_held = max(self.retry_limit, self._max_held // 4)
+        self.endpoint_limit = max(1, int(concurrency * endpoint_share))
+        self._endpoint = endpoint
+        self._spill = spill
         self._renew_every = lease / 4
         # Per lane, the tenants with waiting messages, in round-robin order.
         self._waiting: list[dict[str, deque[Message]]] = [{} for _ in self._streams]
         self._waiting_count = 0
+        self._retries_waiting = 0
+        self._retries_running = 0
         self._running: dict[asyncio.Task[None], Message] = {}
+        # Each running handler's lane, endpoint key and start (monotonic seconds).
+        self._runs: dict[asyncio.Task[None], tuple[int, _Key | None, float]] = {}
         self._per_tenant: Counter[str] = Counter()
+        self._per_endpoint: Counter[_Key] = Counter()
+        # Per full endpoint, its messages waiting for one of its slots (with their lane).
+        self._parked: dict[_Key, deque[tuple[int, Message]]] = {}
         # When each held message's lease was last renewed (monotonic seconds).
         self._renewed: dict[str, tuple[Message, float]] = {}
         self._room = asyncio.Event()
@@ -107,6 +147,9 @@ class FairConsumer:
         try:
             while not stop.is_set():
                 count = self._wanted()
+                if count <= 0 and self._spill is not None and self.held >= self._max_held:
+                    await self._spill_parked()
+                    count = self._wanted()
                 if count <= 0:
                     self._room.clear()
                     with contextlib.suppress(TimeoutError):
@@ -114,7 +157,7 @@ class FairConsumer:
                     continue
                 try:
                     messages = await self._broker.consume(
-                        self._streams, self._consumer, count, 0.25, overfill=True
+                        self._reading(), self._consumer, count, 0.25, overfill=True
                     )
                     if messages and self._screen is not None:
                         messages = await self._screen(messages)
@@ -136,6 +179,37 @@ class FairConsumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
 
+    async def _spill_parked(self) -> None:
+        """Full, with nothing startable: hand the messages parked for slow endpoints (but
+        a few each, to go on with) to ``spill``, so that the loop can read past them to
+        other tenants' work. Handed back to the broker on failure (after their lease)."""
+        assert self._spill is not None
+        since = time.monotonic() - _SLOW_AFTER
+        slow = {key for _, key, at in self._runs.values() if key is not None and at <= since}
+        spilled: list[Message] = []
+        for key in slow:
+            parked = self._parked.get(key)
+            while parked is not None and len(parked) > self.endpoint_limit:
+                lane, message = parked.pop()
+                if lane == self._retry_lane:
+                    self._retries_waiting -= 1
+                self._renewed.pop(message.id, None)
+                spilled.append(message)
+        if not spilled:
+            return
+        self._waiting_count -= len(spilled)
+        log.info("%s: %d messages for slow endpoints spilled", self._name, len(spilled))
+        try:
+            await self._spill(spilled)
+        except Exception as exc:
+            log.warning("%s: spilling %d failed: %r", self._name, len(spilled), exc)
+
+    def _reading(self) -> list[str]:
+        """The streams to take from: the retry stream too while few retries wait here."""
+        if self._retries_waiting < self._max_retries_held:
+            return self._streams
+        return self._lanes
+
     def _wanted(self) -> int:
         """How many messages to take now: what can start, or a read-ahead when everything
         waiting is held back by its tenant's limit; 0 when there is no room at all."""
@@ -153,24 +227,31 @@ class FairConsumer:
 
     def _enqueue(self, messages: list[Message]) -> None:
         now = time.monotonic()
+        last = len(self._lanes) - 1
         for message in messages:
-            queues = self._waiting[self._lane.get(message.stream, len(self._streams) - 1)]
+            lane = self._lane.get(message.stream, last)
+            queues = self._waiting[lane]
             tenant = tenant_of(message)
             queue = queues.get(tenant)
             if queue is None:
                 queue = queues[tenant] = deque()
             queue.append(message)
             self._renewed[message.id] = (message, now)
+            if lane == self._retry_lane:
+                self._retries_waiting += 1
         self._waiting_count += len(messages)
         self._start_ready()
 
     def _start_ready(self) -> None:
         """Fill free slots: highest lane first, round robin between its tenants, skipping
-        tenants at their limit. The top lane has ``express`` slots more, in all and per
-        tenant."""
+        tenants at their limit (and parking messages whose endpoint is at its limit). The
+        top lane has ``express`` slots more, in all and per tenant; the retry lane comes
+        last, with at most ``retry_limit`` slots."""
         for lane, queues in enumerate(self._waiting):
             extra = self.express if lane == 0 else 0
             limit, tenant_limit = self.concurrency + extra, self.tenant_limit + extra
+            if lane == self._retry_lane:
+                limit = min(limit, len(self._running) - self._retries_running + self.retry_limit)
             skipped = 0
             while queues and skipped < len(queues):
                 if len(self._running) >= limit:
@@ -181,25 +262,80 @@ class FairConsumer:
                     queues[tenant] = queue
                     skipped += 1
                     continue
-                skipped = 0
-                self._start(queue.popleft(), tenant)
+                found = self._next_startable(lane, tenant, queue)
                 if queue:
                     queues[tenant] = queue
+                if found is None:
+                    continue  # everything it had waiting is parked: the queue is gone
+                skipped = 0
+                self._start(found[0], lane, tenant, found[1])
 
-    def _start(self, message: Message, tenant: str) -> None:
+    def _key(self, tenant: str, message: Message) -> _Key | None:
+        if self._endpoint is None:
+            return None
+        endpoint = self._endpoint(message)
+        return None if endpoint is None else (tenant, endpoint)
+
+    def _next_startable(
+        self, lane: int, tenant: str, queue: deque[Message]
+    ) -> tuple[Message, _Key | None] | None:
+        """The first message of the queue whose endpoint has room; those before it, whose
+        endpoint is full, are parked until it has."""
+        while queue:
+            message = queue.popleft()
+            key = self._key(tenant, message)
+            if key is None or self._per_endpoint[key] < self.endpoint_limit:
+                return message, key
+            parked = self._parked.get(key)
+            if parked is None:
+                parked = self._parked[key] = deque()
+            parked.append((lane, message))
+        return None
+
+    def _unpark(self, key: _Key) -> None:
+        """One of ``key``'s slots was freed: its first parked message goes back to the
+        front of its tenant's queue."""
+        parked = self._parked.get(key)
+        if not parked:
+            return
+        lane, message = parked.popleft()
+        if not parked:
+            del self._parked[key]
+        queues = self._waiting[lane]
+        queue = queues.get(key[0])
+        if queue is None:
+            queues[key[0]] = deque((message,))
+        else:
+            queue.appendleft(message)
+
+    def _start(self, message: Message, lane: int, tenant: str, key: _Key | None) -> None:
         self._waiting_count -= 1
+        if lane == self._retry_lane:
+            self._retries_waiting -= 1
+            self._retries_running += 1
         self._per_tenant[tenant] += 1
+        if key is not None:
+            self._per_endpoint[key] += 1
         task = asyncio.create_task(self._handle(message))
         self._running[task] = message
+        self._runs[task] = (lane, key, time.monotonic())
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         message = self._running.pop(task, None)
         if message is not None:
+            lane, key, _ = self._runs.pop(task)
             tenant = tenant_of(message)
             self._per_tenant[tenant] -= 1
             if not self._per_tenant[tenant]:
                 del self._per_tenant[tenant]
+            if lane == self._retry_lane:
+                self._retries_running -= 1
+            if key is not None:
+                self._per_endpoint[key] -= 1
+                if not self._per_endpoint[key]:
+                    del self._per_endpoint[key]
+                self._unpark(key)
             self._renewed.pop(message.id, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: a task failed: %r", self._name, task.exception())
@@ -228,9 +364,11 @@ class FairConsumer:
         """Give back what waits; finish what runs within ``deadline`` seconds, hand back the
         rest."""
         waiting = [m for queues in self._waiting for q in queues.values() for m in q]
+        waiting += [m for parked in self._parked.values() for _, m in parked]
         for queues in self._waiting:
             queues.clear()
-        self._waiting_count = 0
+        self._parked.clear()
+        self._waiting_count = self._retries_waiting = 0
         if waiting:
             try:
                 await self._broker.release(waiting)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clarion.broker import Message
-from clarion.domain.models import LANES, PLAN_STREAMS, Channel, send_stream
+from clarion.domain.models import PLAN_STREAMS, Channel, channel_streams
 from clarion.pipeline.consumer import unavailable
 from clarion.pipeline.context import Context
 from clarion.pipeline.digests import DigestCloser
@@ -27,7 +27,7 @@ from clarion.pipeline.intake import Intake
 from clarion.pipeline.planner import Planner
 from clarion.pipeline.recurring import Recurring
 from clarion.pipeline.scheduler import Relay, Retention, Sweeper, recover_embedded
-from clarion.pipeline.status_events import EVENTS_STREAM
+from clarion.pipeline.status_events import EVENTS_RETRY_STREAM, EVENTS_STREAM
 from clarion.pipeline.worker import ChannelWorker, StatusWriter
 from clarion.store import notifications as notification_store
 from clarion.store.batching import Batcher
@@ -143,8 +143,8 @@ class Runtime:
     def streams(self) -> list[str]:
         streams = list(PLAN_STREAMS)
         for channel in ALL_CHANNELS:
-            streams.extend(send_stream(channel, lane) for lane in LANES)
-        streams.append(EVENTS_STREAM)
+            streams.extend(channel_streams(channel))
+        streams += [EVENTS_STREAM, EVENTS_RETRY_STREAM]
         return streams
 
     async def idle(self) -> bool:

@@ -23,6 +23,9 @@ from clarion.store.deliveries import StatusChange
 log = logging.getLogger(__name__)
 
 EVENTS_STREAM = "events"
+# Events to try again (for one webhook each): a stream of their own, read after the fresh
+# events with a bounded share of the dispatcher (pipeline/consumer.py).
+EVENTS_RETRY_STREAM = "events.retry"
 # The statuses that make an event; an intermediate `queued` (a retry is due) makes none.
 EMITTED = frozenset(
     {

@@ -13,8 +13,8 @@ import logging
 from typing import Any
 
 from clarion.broker import Message
-from clarion.domain.delivery import Delivery, MalformedDelivery
-from clarion.domain.models import LANES, DeliveryStatus, send_stream
+from clarion.domain.delivery import Delivery, MalformedDelivery, endpoint_of
+from clarion.domain.models import DeliveryStatus, channel_streams, retry_stream
 from clarion.observability import logs, metrics, tracing
 from clarion.pipeline.attempt import Attempts
 from clarion.pipeline.consumer import FairConsumer, tenant_of
@@ -60,6 +60,10 @@ class StatusWriter:
         await self._batcher.close()
 
 
+def _endpoint(message: Message) -> str | None:
+    return endpoint_of(message.payload)
+
+
 class ChannelWorker:
     def __init__(
         self,
@@ -73,11 +77,11 @@ class ChannelWorker:
         self.channel = channel
         self._status = status
         self._acks = acks
-        self.streams = [send_stream(channel, lane) for lane in LANES]
+        self.streams = channel_streams(channel)
         self._attempts = Attempts(ctx, channel)
         self._consumer = FairConsumer(
             ctx.broker,
-            self.streams,
+            self.streams[:-1],
             consumer,
             self._handle,
             concurrency=ctx.settings.worker_concurrency,
@@ -85,6 +89,10 @@ class ChannelWorker:
             lease=ctx.settings.broker_lease,
             name=f"worker {channel}",
             screen=self._screen,
+            retry_stream=retry_stream(channel),
+            retry_share=ctx.settings.worker_retry_share,
+            endpoint=_endpoint,
+            endpoint_share=ctx.settings.worker_endpoint_share,
         )
 
     @property

@@ -64,7 +64,8 @@ class Relay:
 
 
 class Sweeper:
-    """Publishes again deliveries left `queued` too long: work lost between store and broker."""
+    """Publishes again deliveries left `queued` too long (work lost between store and
+    broker), and those `sending` whose worker's lease ran out (it died in the attempt)."""
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
@@ -104,8 +105,11 @@ class Retention:
 async def recover_embedded(ctx: Context) -> int:
     """Refill an empty in-process broker from the database after a start or a crash:
     every queued delivery goes back on its lane, or on the delayed set if a retry is due
-    later. Outbox rows need nothing: the relay takes them when due."""
+    later, and every one that was being sent goes back on its lane for the same attempt.
+    Outbox rows need nothing: the relay takes them when due."""
     now = utcnow()
+    # Deliveries being sent when it stopped are due again, each its same attempt.
+    await delivery_store.release_leases(ctx.engine)
     after: str | None = None
     total = 0
     while True:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import new_id
 from clarion.domain.models import DeliveryStatus, NotificationStatus
-from clarion.domain.outcome import shown_status, shown_to
+from clarion.domain.outcome import cancellation, shown_status, shown_to
 from clarion.errors import ApiError, Conflict, ValidationFailed
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.intake import IntakeTx, Stored, intake_tx
@@ -297,6 +297,7 @@ async def get_with_deliveries(
         "idempotency_key": row["idempotency_key"],
         "created_at": as_utc(row["created_at"]),
         "totals": totals,
+        **({"cancel": cancel} if (cancel := cancellation(row["status"], totals)) else {}),
         "deliveries": items,
         "deliveries_truncated": len(rows) > limit,
     }
@@ -340,8 +341,11 @@ _UNSENT = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
 async def cancel(engine: AsyncEngine, tenant_id: str, notification_id: str) -> bool:
     """Cancel what of the notification is not sent yet: its status becomes ``cancelled``,
     its deliveries still waiting (queued, or scheduled for later) become ``cancelled`` with
-    an event each, and a scheduled or still-planning send leaves the outbox. A notification
-    already finished is left as it is. False if the tenant has no such notification."""
+    an event each, and a scheduled or still-planning send leaves the outbox. Deliveries
+    ``sending`` (their attempt claimed before this) are in flight and left to finish; none
+    is claimed after this (store/bulk.py ``_CLAIM``), and a retry of one that fails is
+    cancelled at its claim. A notification already finished is left as it is. False if the
+    tenant has no such notification."""
     for attempt in range(3):
         try:
             return await _cancel(engine, tenant_id, notification_id)

@@ -172,6 +172,9 @@ deliveries = Table(
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
     _ts("sent_at"),
+    # While ``sending``: until when the worker that claimed the attempt holds it (the call
+    # and the outcome's write fit in it); past it, the worker is taken for dead.
+    _ts("leased_until"),
     # A notification's deliveries, paged in id order.
     Index("ix_deliveries_notification_id_id", "notification_id", "id"),
     Index("ix_deliveries_status_updated_at", "status", "updated_at"),

@@ -476,7 +476,13 @@ async def apply_provider_report(
                     [DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.SENT]
                 ),
             )
-            .values(status=status, reason=reason, last_error=last_error, updated_at=now)
+            .values(
+                status=status,
+                reason=reason,
+                last_error=last_error,
+                updated_at=now,
+                leased_until=None,
+            )
         )
         if result.rowcount == 0:
             return False

@@ -280,9 +280,11 @@ _CLAIM = (
     f"OR (d.status = 'sending' AND d.attempts = v.attempt AND {_LAPSED})) "
     "AND NOT EXISTS (SELECT 1 FROM notifications AS n WHERE n.id = d.notification_id "
     "AND n.status = 'cancelled') RETURNING d.id), "
+    # Only what was not claimed is looked at again: in the common case, nothing.
     "stopped AS (UPDATE deliveries AS d SET status = 'cancelled', reason = 'cancelled', "
     "scheduled_for = NULL, leased_until = NULL, updated_at = $4 "
-    "WHERE d.id = ANY($1::text[]) "
+    "FROM (SELECT u.id FROM unnest($1::text[]) AS u(id) EXCEPT SELECT id FROM claimed) AS r "
+    "WHERE d.id = r.id AND d.id = ANY($1::text[]) "
     "AND (d.status IN ('queued', 'scheduled') "
     f"OR (d.status = 'sending' AND {_LAPSED})) "
     "AND EXISTS (SELECT 1 FROM notifications AS n WHERE n.id = d.notification_id "

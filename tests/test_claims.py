@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from clarion.store.db import utcnow
 from clarion.store.deliveries import StatusChange
 from clarion.store.tables import deliveries, delivery_events
 from harness import Harness, make_settings, running
+from webhook_sink import WebhookSink
 
 TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
 LEASE = 60.0
@@ -29,12 +31,14 @@ async def planned_only(backend: tuple[str, str]) -> AsyncIterator[Harness]:
         yield harness
 
 
-async def _deliveries(app: Harness, rids: list[str]) -> tuple[str, list[str]]:
-    """A notification to ``rids``, planned: its id and its deliveries' ids, in ``rids``
-    order."""
+async def _deliveries(
+    app: Harness, rids: list[str], url: str = "http://127.0.0.1:9"
+) -> tuple[str, list[str]]:
+    """A notification to ``rids`` (webhooks under ``url``), planned: its id and its
+    deliveries' ids, in ``rids`` order."""
     await app.put_template("hook", TEMPLATE)
     for rid in rids:
-        await app.put_recipient(rid, webhook_url=f"http://127.0.0.1:9/{rid}")
+        await app.put_recipient(rid, webhook_url=f"{url}/{rid}")
     response = await app.send({"template": "hook", "to": {"recipient_ids": rids}})
     assert response.status_code == 202, response.text
     nid: str = response.json()["id"]
@@ -153,3 +157,17 @@ async def test_a_cancellation_reaches_what_is_not_claimed(planned_only: Harness)
     async with app.ctx.engine.connect() as conn:
         sending = (await conn.execute(select(d.c.id).where(d.c.status == "sending"))).all()
     assert sending == []
+
+
+async def test_a_restart_sends_again_what_was_being_sent(tmp_path: Path, sink: WebhookSink) -> None:
+    """The embedded broker is rebuilt from the store: a delivery left `sending` by the
+    stopped process (its lease still running) goes out again, that same attempt."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
+    async with running(make_settings(url, "embedded://"), Roles(api=True, planner=True)) as app:
+        _, [did] = await _deliveries(app, ["u"], sink.url)
+        assert await _claim(app, (did, 1)) == {did}
+    async with running(make_settings(url, "embedded://")) as app:
+        await app.drain()
+        row = await _row(app, did)
+    assert (row["status"], row["attempts"], row["leased_until"]) == ("sent", 1, None)
+    assert sink.count == 1

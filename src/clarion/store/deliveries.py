@@ -393,7 +393,7 @@ async def stale_queued(
     engine: AsyncEngine, older_than: datetime, limit: int
 ) -> list[dict[str, Any]]:
     """Deliveries waiting since before ``older_than``: neither changed nor due since then;
-    and those whose attempt's claim lapsed, unchanged as long.
+    and those whose attempt's claim lapsed (its worker died in the attempt).
 
     A retry or a deferral due later is the broker's delayed set's to publish; only once it
     has been due for as long as a stale queued delivery is it published again here. One
@@ -406,11 +406,12 @@ async def stale_queued(
             or_(
                 and_(
                     d.c.status.in_(WAITING),
+                    d.c.updated_at < older_than,
                     (d.c.scheduled_for.is_(None)) | (d.c.scheduled_for < older_than),
                 ),
+                # Few rows (one per send in flight): the status index finds them.
                 _lapsed(_db_now(engine)),
             ),
-            d.c.updated_at < older_than,
         )
         .order_by(d.c.updated_at)
         .limit(limit)

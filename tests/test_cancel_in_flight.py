@@ -24,7 +24,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 async def small_pool(backend: tuple[str, str]) -> AsyncIterator[Harness]:
-    async with running(make_settings(*backend, worker_concurrency=CONCURRENCY)) as harness:
+    # Receivers answer within the webhook timeout, however slowly: every call is a send.
+    settings = make_settings(*backend, worker_concurrency=CONCURRENCY, webhook_timeout=10.0)
+    async with running(settings) as harness:
         yield harness
 
 
@@ -68,9 +70,10 @@ async def test_cancel_reaches_what_the_workers_hold(small_pool: Harness) -> None
     try:
         nid = await _broadcast(app, sink)
         await app.until(lambda: _planned(app, nid), timeout=90)
-        # A call is being answered at the moment of the cancellation: something is in flight.
-        sink.delay = 2.0
-        await sink.wait_for(sink.count + 1, timeout=30, answered=False)
+        # A call is held by its receiver at the moment of the cancellation: something is in
+        # flight.
+        sink.delay = 4.0
+        await sink.wait_for(sink.arrived + 1, timeout=30, answered=False)
         response = await app.client.delete(f"/v1/notifications/{nid}", headers=app.auth)
         arrived_at_answer = sink.arrived
         sink.delay = 0.0

@@ -270,25 +270,29 @@ async def apply_changes(
 # becomes `sending` attempt n under a lease on the database's clock. One of a cancelled
 # notification that was still waiting (or whose claimant died) is cancelled by the same
 # statement, with its event. The ids claimed.
+#
+# Each row's notification is read by its primary key (a subquery per row in `cur`, which
+# the planner does not turn into a join): without fresh statistics a join may start from
+# every cancelled notification instead. A cancellation committed after `cur` was read has
+# moved the waiting deliveries to `cancelled` under row locks, which the UPDATEs wait for
+# and then see.
 _LAPSED = "(d.leased_until IS NULL OR d.leased_until < now())"
 _CLAIM = (
-    "WITH claimed AS (UPDATE deliveries AS d SET status = 'sending', attempts = v.attempt, "
-    "leased_until = now() + make_interval(secs => $3), scheduled_for = NULL, updated_at = $4 "
+    "WITH cur AS MATERIALIZED (SELECT v.id, v.attempt, "
+    "(SELECT n.status FROM notifications AS n WHERE n.id = d.notification_id) AS note "
     "FROM unnest($1::text[], $2::int[]) AS v(id, attempt) "
-    "WHERE d.id = v.id AND d.id = ANY($1::text[]) "
-    "AND ((d.status IN ('queued', 'scheduled', 'sending') AND d.attempts = v.attempt - 1) "
-    f"OR (d.status = 'sending' AND d.attempts = v.attempt AND {_LAPSED})) "
-    "AND NOT EXISTS (SELECT 1 FROM notifications AS n WHERE n.id = d.notification_id "
-    "AND n.status = 'cancelled') RETURNING d.id), "
-    # Only what was not claimed is looked at again: in the common case, nothing.
+    "JOIN deliveries AS d ON d.id = v.id WHERE d.id = ANY($1::text[])), "
+    "claimed AS (UPDATE deliveries AS d SET status = 'sending', attempts = c.attempt, "
+    "leased_until = now() + make_interval(secs => $3), scheduled_for = NULL, updated_at = $4 "
+    "FROM cur AS c WHERE d.id = c.id AND d.id = ANY($1::text[]) "
+    "AND c.note IS DISTINCT FROM 'cancelled' "
+    "AND ((d.status IN ('queued', 'scheduled', 'sending') AND d.attempts = c.attempt - 1) "
+    f"OR (d.status = 'sending' AND d.attempts = c.attempt AND {_LAPSED})) RETURNING d.id), "
     "stopped AS (UPDATE deliveries AS d SET status = 'cancelled', reason = 'cancelled', "
     "scheduled_for = NULL, leased_until = NULL, updated_at = $4 "
-    "FROM (SELECT u.id FROM unnest($1::text[]) AS u(id) EXCEPT SELECT id FROM claimed) AS r "
-    "WHERE d.id = r.id AND d.id = ANY($1::text[]) "
-    "AND (d.status IN ('queued', 'scheduled') "
-    f"OR (d.status = 'sending' AND {_LAPSED})) "
-    "AND EXISTS (SELECT 1 FROM notifications AS n WHERE n.id = d.notification_id "
-    "AND n.status = 'cancelled') RETURNING d.id, d.tenant_id), "
+    "FROM cur AS c WHERE d.id = c.id AND d.id = ANY($1::text[]) AND c.note = 'cancelled' "
+    f"AND (d.status IN ('queued', 'scheduled') OR (d.status = 'sending' AND {_LAPSED})) "
+    "RETURNING d.id, d.tenant_id), "
     "ev AS (INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
     "SELECT id, tenant_id, 'cancelled', 'cancelled', $4 FROM stopped) "
     "SELECT id FROM claimed"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, delete, func, literal, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -375,19 +375,9 @@ async def _cancel(engine: AsyncEngine, tenant_id: str, notification_id: str) -> 
             )
             return found.first() is not None
         waiting = (d.c.notification_id == notification_id) & d.c.status.in_(_UNSENT)
-        await conn.execute(
-            delivery_events.insert().from_select(
-                ["delivery_id", "tenant_id", "status", "detail", "created_at"],
-                select(
-                    d.c.id,
-                    d.c.tenant_id,
-                    literal(DeliveryStatus.CANCELLED.value),
-                    literal("cancelled"),
-                    literal(now, type_=DateTime(timezone=True)),
-                ).where(waiting),
-            )
-        )
-        await conn.execute(
+        # The events of exactly the rows changed: a delivery claimed meanwhile (`sending`)
+        # is left alone, and gets no `cancelled` event.
+        cancelled = await conn.execute(
             update(d)
             .where(waiting)
             .values(
@@ -396,7 +386,20 @@ async def _cancel(engine: AsyncEngine, tenant_id: str, notification_id: str) -> 
                 scheduled_for=None,
                 updated_at=now,
             )
+            .returning(d.c.id, d.c.tenant_id)
         )
+        events = [
+            {
+                "delivery_id": delivery_id,
+                "tenant_id": tenant,
+                "status": DeliveryStatus.CANCELLED.value,
+                "detail": "cancelled",
+                "created_at": now,
+            }
+            for delivery_id, tenant in cancelled.all()
+        ]
+        for part in chunks(events, 1000):
+            await conn.execute(delivery_events.insert(), part)
         await delete_outbox(conn, [notification_id])
         await _drop_stripes(conn, notification_id)
     return True

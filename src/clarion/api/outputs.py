@@ -87,7 +87,8 @@ class NotificationTo(_Out):
 class NotificationSummary(_Out):
     id: str
     status: str = Field(
-        description="accepted | scheduled | processing | completed | partial | failed | cancelled"
+        description="accepted | scheduled | processing | completed | partial | failed | "
+        "cancelling | cancelled"
     )
     template: str
     priority: str
@@ -123,8 +124,17 @@ class BatchResults(BaseModel):
     )
 
 
+class Cancellation(BaseModel):
+    cancelled: int = Field(description="Deliveries cancelled: none of them will be sent")
+    in_flight: int = Field(
+        description="Deliveries whose attempt was under way when it was cancelled: they may "
+        "still be sent; the notification reads `cancelling` until none is left"
+    )
+
+
 class NotificationDetail(NotificationSummary):
     data: dict[str, Any]
+    cancel: Cancellation | None = Field(None, description="Present once it is cancelled")
     deliveries: list[DeliveryOut]
     deliveries_truncated: bool = False
 

@@ -121,7 +121,12 @@ class Delivery(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], attempt: int | None = None) -> Delivery:
-        """The delivery of a stored row; by default it asks for the try after the row's."""
+        """The delivery of a stored row; by default it asks for the try after the row's, or
+        for the row's own if it is ``sending`` (its claimant died: that attempt is made
+        again, not counted twice)."""
+        if attempt is None:
+            sending = row.get("status") == DeliveryStatus.SENDING
+            attempt = row["attempts"] if sending else row["attempts"] + 1
         return cls(
             id=row["id"],
             tenant=row["tenant_id"],
@@ -132,7 +137,7 @@ class Delivery(msgspec.Struct, frozen=True):
             priority=row["priority"],
             to=row["address"],
             content=row["content"],
-            attempt=attempt if attempt is not None else row["attempts"] + 1,
+            attempt=attempt,
             expires_at=_timestamp(row.get("expires_at")),
             category=row.get("category"),
             critical=bool(row.get("critical")),

@@ -32,6 +32,9 @@ class NotificationStatus(StrEnum):
     COMPLETED = "completed"
     PARTIAL = "partial"
     CANCELLED = "cancelled"
+    # Shown, never stored: cancelled, with attempts claimed before the cancellation still
+    # being made (deliveries `sending`); `cancelled` once none is left.
+    CANCELLING = "cancelling"
     # Planning failed on this notification alone, every time (see the planner).
     FAILED = "failed"
 
@@ -48,12 +51,6 @@ class DeliveryStatus(StrEnum):
     # Its notification was cancelled before it was sent (``DELETE /v1/notifications/{id}``).
     CANCELLED = "cancelled"
 
-
-# What an attempt ends in: the only changes a cancelled delivery still takes, because a
-# worker that had taken it before the cancellation may have sent it.
-ATTEMPT_OUTCOMES = frozenset(
-    {DeliveryStatus.SENT, DeliveryStatus.DELIVERED, DeliveryStatus.FAILED, DeliveryStatus.DEAD}
-)
 
 TERMINAL_STATUSES = frozenset(
     {

@@ -17,7 +17,12 @@ def aggregate_status(stored: str, totals: Mapping[str, int]) -> str:
     ``completed`` when none failed (each sent, delivered or deliberately suppressed),
     ``failed`` when some failed and none succeeded, ``partial`` for a mix.
 
+    A cancelled notification reads ``cancelling`` while deliveries claimed before the
+    cancellation are being sent (``sending``): until then something may still go out.
+
     ``totals`` counts deliveries per status (statuses with no delivery may be absent)."""
+    if stored == NotificationStatus.CANCELLED and totals.get(DeliveryStatus.SENDING):
+        return NotificationStatus.CANCELLING
     if stored != NotificationStatus.PROCESSING:
         return stored
     present = {status for status, count in totals.items() if count}
@@ -43,3 +48,15 @@ def shown_to(row: Mapping[Any, Any]) -> dict[str, Any]:
     if row.get("topic") is not None:
         return {"topic": row["topic"]}
     return {"recipient_ids": row["recipient_ids"]}
+
+
+def cancellation(stored: str, totals: Mapping[str, int]) -> dict[str, int] | None:
+    """For a cancelled notification, what its cancellation made of the deliveries: how many
+    were cancelled, and how many claimed before it are still in flight (they may go out);
+    None for one not cancelled."""
+    if stored != NotificationStatus.CANCELLED:
+        return None
+    return {
+        "cancelled": totals.get(DeliveryStatus.CANCELLED, 0),
+        "in_flight": totals.get(DeliveryStatus.SENDING, 0),
+    }

@@ -2,8 +2,9 @@
 
     expired? ─yes─▶ failed (expired)
       │
-    send chain: first provider whose breaker is closed, paced on its rate limit, within
-      │         a timeout (resilience/sendchain.py)
+    send chain: first provider whose breaker is closed, paced on its rate limit, claimed
+      │         (pipeline/claims.py; not claimed: not sent), within a timeout
+      │         (resilience/sendchain.py)
       ├─ sent ─────────────▶ sent, with the service's message id
       ├─ failed ───────────▶ retry policy: a retry on the delayed set, failed, or dead
       └─ not attempted ───▶ a critical delivery with a fallback channel: that channel
@@ -30,7 +31,15 @@ from clarion.pipeline.context import Context
 from clarion.pipeline.messages import outbound, publish_deliveries
 from clarion.resilience.backends import send_timeout
 from clarion.resilience.retry import RetryPolicy
-from clarion.resilience.sendchain import Deferred, Failed, NoHealthyProvider, SendChain, Sent
+from clarion.resilience.sendchain import (
+    Deferred,
+    Failed,
+    Gate,
+    NoHealthyProvider,
+    Refused,
+    SendChain,
+    Sent,
+)
 from clarion.store import deliveries as delivery_store
 from clarion.store.db import utcnow
 from clarion.store.deliveries import StatusChange
@@ -89,8 +98,9 @@ class Attempts:
             max_pace_wait=min(5.0, ctx.settings.broker_lease / 3),
         )
 
-    async def run(self, delivery: Delivery) -> Attempt:
-        """One try of ``delivery``."""
+    async def run(self, delivery: Delivery, gate: Gate | None = None) -> Attempt | None:
+        """One try of ``delivery``; None when ``gate``, asked right before the provider
+        call, refused it (nothing to store)."""
         now = utcnow()
         if delivery.expires_at is not None and now.timestamp() >= delivery.expires_at:
             change = StatusChange(
@@ -105,7 +115,9 @@ class Attempts:
         if not providers.is_fresh(delivery.tenant):  # the worker loads them per take
             await providers.prepare([delivery.tenant])
         candidates = providers.chain(delivery.tenant, delivery.channel)
-        outcome = await self._chain.send(outbound(delivery), candidates)
+        outcome = await self._chain.send(outbound(delivery), candidates, gate)
+        if isinstance(outcome, Refused):
+            return None
         if isinstance(outcome, Sent):
             change = StatusChange(
                 delivery.id,

@@ -65,7 +65,8 @@ class Relay:
 
 
 class Sweeper:
-    """Publishes again deliveries left `queued` too long: work lost between store and broker."""
+    """Publishes again deliveries left `queued` too long (work lost between store and
+    broker), and those `sending` whose worker's lease ran out (it died in the attempt)."""
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
@@ -105,11 +106,14 @@ class Retention:
 async def recover_embedded(ctx: Context) -> int:
     """Refill an empty in-process broker from the database after a start or a crash:
     every queued delivery goes back on its lane, or on the delayed set if a retry is due
-    later. The process is the only one, so no broker holds the plan messages of what it
-    had accepted and not planned: their outbox rows are made due now, for the relay to
-    publish at once (in accept order) instead of after their grace; a notification
-    scheduled for later keeps its time."""
+    later, and every one that was being sent goes back on its lane for the same attempt.
+    The process is the only one, so no broker holds the plan messages of what it had
+    accepted and not planned: their outbox rows are made due now, for the relay to publish
+    at once (in accept order) instead of after their grace; a notification scheduled for
+    later keeps its time."""
     now = utcnow()
+    # Deliveries being sent when it stopped are due again, each its same attempt.
+    await delivery_store.release_leases(ctx.engine)
     released = await notification_store.release_outbox(ctx.engine, now)
     if released:
         log.info("publishing %d accepted notifications not yet planned", released)

@@ -2,7 +2,8 @@
 
 The loop knows no policy: take deliveries (fair shares between tenants: consumer.py), run
 one attempt on each (expiry, the send chain, retries, fallback and waiting are its steps:
-attempt.py), store the outcome, ack.
+attempt.py; the attempt is claimed right before the provider call: claims.py), store the
+outcome, ack.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from clarion.domain.delivery import Delivery, MalformedDelivery, endpoint_of
 from clarion.domain.models import DeliveryStatus, channel_streams, retry_stream
 from clarion.observability import logs, metrics, tracing
 from clarion.pipeline.attempt import Attempts
+from clarion.pipeline.claims import Claims, ClaimUnavailable
 from clarion.pipeline.consumer import FairConsumer, tenant_of
 from clarion.pipeline.context import Context
 from clarion.pipeline.status_events import StatusEvents
@@ -79,6 +81,7 @@ class ChannelWorker:
         self._acks = acks
         self.streams = channel_streams(channel)
         self._attempts = Attempts(ctx, channel)
+        self._claims = Claims(ctx, channel)
         self._consumer = FairConsumer(
             ctx.broker,
             self.streams[:-1],
@@ -101,6 +104,7 @@ class ChannelWorker:
         return self._consumer.held
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._claims.start()
         await self._consumer.run(stop)
 
     async def _screen(self, messages: list[Message]) -> list[Message]:
@@ -110,12 +114,13 @@ class ChannelWorker:
     async def _unfinished(self, messages: list[Message]) -> list[Message]:
         """Load the providers of the messages' tenants (once per take, not per send), and
         set aside, acked, what must not be sent: a delivery whose notification was
-        cancelled, or one handed out again that was sent already (its consumer died after
-        storing the outcome, before the ack). One read per take, for all its messages."""
+        cancelled, one handed out again that was sent already (its consumer died after
+        storing the outcome, before the ack), or a copy of an attempt made already. One read
+        per take, for all its messages; the claim before each call is the guarantee."""
         with contextlib.suppress(Exception):  # else loaded per delivery, failing alone
             await self._ctx.providers.prepare({tenant_of(m) for m in messages})
-        done = await delivery_store.finished_ids(
-            self._ctx.engine, [str(m.payload.get("id")) for m in messages], self._ctx.pg
+        done = await delivery_store.spent_ids(
+            self._ctx.engine, [_attempt_of(m) for m in messages], self._ctx.pg
         )
         if not done:
             return messages
@@ -142,9 +147,18 @@ class ChannelWorker:
         )
         with ids, tracing.attempt(delivery) as trace:
             try:
-                attempt = await self._attempts.run(delivery)
+                attempt = await self._attempts.run(delivery, self._claims.gate(delivery))
+            except ClaimUnavailable as exc:
+                # Not acked: the message comes back after its lease and is tried again.
+                log.warning("delivery %s: %s", delivery.id, exc)
+                return
             except Exception as exc:
                 attempt = self._attempts.failed(delivery, exc)
+        if attempt is None:
+            # Not claimed: cancelled, finished, or this attempt is another copy's.
+            self._acks.post(message)
+            self._ctx.made_progress()
+            return
         change, retry, dead = attempt.change, attempt.retry, attempt.dead
         change.ref = DeliveryRef(
             delivery.notification, delivery.recipient, self.channel, delivery.provider
@@ -211,3 +225,11 @@ class ChannelWorker:
     async def stop(self, deadline: float) -> None:
         """Finish what is in flight within ``deadline`` seconds; give the rest back."""
         await self._consumer.stop(deadline)
+        await self._claims.close()
+
+
+def _attempt_of(message: Message) -> tuple[str, int]:
+    """The (delivery id, attempt) a message asks for (a malformed one: attempt 0, screened
+    as nothing, and dropped by its handler)."""
+    attempt = message.payload.get("attempt")
+    return str(message.payload.get("id")), attempt if type(attempt) is int else 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -95,7 +95,16 @@ class Throttled(Deferred):
     provider: str = ""
 
 
-Outcome = Sent | Failed | Deferred
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The gate before the call said no: not to be sent (cancelled, finished, or this
+    attempt made by another worker). Nothing to store, nothing to retry."""
+
+
+Outcome = Sent | Failed | Deferred | Refused
+# Asked right before the provider call, after the breaker and the rate limit let it
+# through: whether the call may be made (the worker claims the attempt: pipeline/claims.py).
+Gate = Callable[[], Awaitable[bool]]
 
 
 class SendChain:
@@ -120,8 +129,14 @@ class SendChain:
         self._max_pace_wait = max_pace_wait
         self._unguarded = frozenset(unguarded)
 
-    async def send(self, message: OutboundMessage, candidates: Sequence[Candidate]) -> Outcome:
-        """Send ``message`` through the first usable candidate."""
+    async def send(
+        self,
+        message: OutboundMessage,
+        candidates: Sequence[Candidate],
+        gate: Gate | None = None,
+    ) -> Outcome:
+        """Send ``message`` through the first usable candidate, if ``gate`` (asked last,
+        right before the call) lets it."""
         if not candidates:
             error = PermanentError(
                 f"no enabled provider for channel {message.channel!r}", reason="no_provider"
@@ -149,6 +164,8 @@ class SendChain:
             throttled = await self._pace(message.tenant_id, message.channel, chosen)
             if throttled is not None:
                 return throttled
+        if gate is not None and not await gate():
+            return Refused()
         return await self._call(message, chosen, provider)
 
     async def _choose(

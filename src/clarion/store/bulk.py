@@ -116,19 +116,22 @@ _M = len(_CHANGE_COLUMNS)
 # delivered may arrive before the worker has stored its own outcome of the send: the report
 # is the later truth. And an outcome never overwrites one of a later attempt: a retry can
 # run (its message published before the first outcome is stored) and store its outcome
-# first.
+# first. A cancelled delivery stays cancelled: an attempt that was claimed before the
+# cancellation finds its delivery `sending` (which a cancellation leaves alone), so only an
+# attempt that was never claimed, or whose claim had lapsed, meets one. The outcome ends
+# the attempt's lease.
 _APPLY_CHANGES = (
     "WITH changed AS (UPDATE deliveries AS d SET status = v.status, attempts = v.attempts, "
     "reason = v.reason, last_error = v.last_error, "
     "provider_message_id = v.provider_message_id, scheduled_for = v.scheduled_for, "
     f"sent_at = v.sent_at, latency_ms = v.latency_ms, updated_at = ${_M + 1}::timestamptz, "
-    "provider = coalesce(v.provider, d.provider) "
+    "provider = coalesce(v.provider, d.provider), leased_until = NULL "
     f"FROM {_unnest(_CHANGE_COLUMNS)} "
     # `d.id = ANY($1)` as well: ids known when the statement is planned, so that only the
     # partitions holding them are read (store/retention.py).
     "WHERE d.id = v.id AND d.id = ANY($1::text[]) "
     "AND d.status <> 'delivered' AND d.attempts <= v.attempts "
-    "AND (d.status <> 'cancelled' OR v.status IN ('sent', 'delivered', 'failed', 'dead'))) "
+    "AND d.status <> 'cancelled') "
     f"INSERT INTO delivery_events ({', '.join(_EVENT_COLUMNS)}, created_at) "
     f"SELECT {', '.join('v.' + name for name in _EVENT_COLUMNS)}, ${_M + 1}::timestamptz "
     f"FROM {_unnest(_EVENT_COLUMNS, _M + 2)}"
@@ -269,3 +272,50 @@ async def apply_changes(
         at,
         *_columns(events, len(_EVENT_COLUMNS)),
     )
+
+
+# An attempt's claim, right before its provider call: for each (delivery, attempt n) the
+# delivery is taken only if it waits for attempt n (`attempts = n - 1`: queued, scheduled,
+# or still `sending` attempt n - 1 whose outcome is not stored yet, a retry being published
+# before that outcome), or its attempt n was claimed by a worker whose lease ran out (it
+# died before storing an outcome); and only if its notification is not cancelled. It
+# becomes `sending` attempt n under a lease on the database's clock. One of a cancelled
+# notification that was still waiting (or whose claimant died) is cancelled by the same
+# statement, with its event. The ids claimed.
+#
+# Each row's notification is read by its primary key (a subquery per row in `cur`, which
+# the planner does not turn into a join): without fresh statistics a join may start from
+# every cancelled notification instead. A cancellation committed after `cur` was read has
+# moved the waiting deliveries to `cancelled` under row locks, which the UPDATEs wait for
+# and then see.
+_LAPSED = "(d.leased_until IS NULL OR d.leased_until < now())"
+_CLAIM = (
+    "WITH cur AS MATERIALIZED (SELECT v.id, v.attempt, "
+    "(SELECT n.status FROM notifications AS n WHERE n.id = d.notification_id) AS note "
+    "FROM unnest($1::text[], $2::int[]) AS v(id, attempt) "
+    "JOIN deliveries AS d ON d.id = v.id WHERE d.id = ANY($1::text[])), "
+    "claimed AS (UPDATE deliveries AS d SET status = 'sending', attempts = c.attempt, "
+    "leased_until = now() + make_interval(secs => $3), scheduled_for = NULL, updated_at = $4 "
+    "FROM cur AS c WHERE d.id = c.id AND d.id = ANY($1::text[]) "
+    "AND c.note IS DISTINCT FROM 'cancelled' "
+    "AND ((d.status IN ('queued', 'scheduled', 'sending') AND d.attempts = c.attempt - 1) "
+    f"OR (d.status = 'sending' AND d.attempts = c.attempt AND {_LAPSED})) RETURNING d.id), "
+    "stopped AS (UPDATE deliveries AS d SET status = 'cancelled', reason = 'cancelled', "
+    "scheduled_for = NULL, leased_until = NULL, updated_at = $4 "
+    "FROM cur AS c WHERE d.id = c.id AND d.id = ANY($1::text[]) AND c.note = 'cancelled' "
+    f"AND (d.status IN ('queued', 'scheduled') OR (d.status = 'sending' AND {_LAPSED})) "
+    "RETURNING d.id, d.tenant_id), "
+    "ev AS (INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
+    "SELECT id, tenant_id, 'cancelled', 'cancelled', $4 FROM stopped) "
+    "SELECT id FROM claimed"
+)
+
+
+async def claim(
+    pg: PgPool, items: Sequence[tuple[str, int]], lease: float, at: datetime
+) -> set[str]:
+    """Claim each (delivery id, attempt) of ``items`` (ids distinct) for ``lease`` seconds;
+    the ids claimed."""
+    ids, attempts = _columns(items, 2)
+    records = await pg.fetch(_CLAIM, ids, attempts, lease, at)
+    return {record[0] for record in records}

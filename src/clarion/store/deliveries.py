@@ -4,27 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, String, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, String, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.bounded import bounded
 from clarion.domain.models import (
-    ATTEMPT_OUTCOMES,
     TERMINAL_STATUSES,
     DeliveryStatus,
     NotificationStatus,
 )
 from clarion.store import bulk
-from clarion.store.db import utcnow, write_tx
+from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.pg import PgPool
 from clarion.store.sql import chunks, insert_ignoring_conflicts
 from clarion.store.tables import deliveries, delivery_events, notifications
 
 # Deliveries still to be sent: queued now, or scheduled for later (quiet hours).
 WAITING = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
+# What an attempt's claim takes (store/bulk.py ``_CLAIM``): a delivery waiting, or still
+# ``sending`` the attempt before (its retry published before its outcome is stored).
+_CLAIMABLE = (*WAITING, DeliveryStatus.SENDING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,26 +144,124 @@ async def queued_of_notifications(
 # By primary key only, the status compared here: with `status = ANY(...)` in the query, a
 # planner without fresh statistics may read the status index instead, every row `sent` so
 # far, on every take.
-_STATUSES = "SELECT id, status FROM deliveries WHERE id = ANY($1::text[])"
+_STATUSES = "SELECT id, status, attempts FROM deliveries WHERE id = ANY($1::text[])"
 
 
-async def finished_ids(
-    engine: AsyncEngine, ids: Sequence[str], pg: PgPool | None = None
+def _spent(status: str, attempts: int, attempt: int) -> bool:
+    """Whether a delivery in this state must not get ``attempt``: it is final or cancelled,
+    or that attempt was made already (a copy handed out again, by the broker or the sweeper).
+    One ``sending`` that very attempt is left to the claim: its worker may have died."""
+    if status in TERMINAL_STATUSES or attempts > attempt:
+        return True
+    return attempts == attempt and status != DeliveryStatus.SENDING
+
+
+async def spent_ids(
+    engine: AsyncEngine, items: Sequence[tuple[str, int]], pg: PgPool | None = None
 ) -> set[str]:
-    """Which of these deliveries are already in a final state or cancelled (so must not be
-    sent). Asked once per take by every worker: on PostgreSQL one fixed statement."""
+    """Which of these (delivery id, attempt) must not be sent (see :func:`_spent`). Asked
+    once per take by every worker, a cheap early screen (the claim before the provider call
+    is the guarantee): on PostgreSQL one fixed statement."""
+    wanted = dict(items)
     if pg is not None:
-        rows = await pg.fetch(_STATUSES, list(ids))
-        final = {str(s) for s in TERMINAL_STATUSES}
-        return {row[0] for row in rows if row[1] in final}
-    found: set[str] = set()
-    async with engine.connect() as conn:
-        for part in chunks(list(ids), 1000):
-            query = select(deliveries.c.id).where(
-                deliveries.c.id.in_(part), deliveries.c.status.in_(list(TERMINAL_STATUSES))
+        rows = await pg.fetch(_STATUSES, list(wanted))
+    else:
+        rows = []
+        async with engine.connect() as conn:
+            for part in chunks(list(wanted), 1000):
+                query = select(deliveries.c.id, deliveries.c.status, deliveries.c.attempts)
+                rows.extend((await conn.execute(query.where(deliveries.c.id.in_(part)))).all())
+    return {row[0] for row in rows if _spent(row[1], row[2], wanted[row[0]])}
+
+
+async def claim(
+    engine: AsyncEngine, items: Sequence[tuple[str, int]], lease: float, pg: PgPool | None = None
+) -> set[str]:
+    """Claim attempts right before their provider calls: each (delivery id, attempt n), ids
+    distinct, becomes ``sending`` attempt n under a lease of ``lease`` seconds, if it waits
+    for attempt n and its notification is not cancelled (store/bulk.py ``_CLAIM`` says
+    when exactly); one of a cancelled notification is cancelled instead. The call is counted
+    when claimed, so ``attempts`` is the number of calls made. The ids claimed: only those
+    may be sent."""
+    if not items:
+        return set()
+    now = utcnow()
+    if pg is not None:
+        return await bulk.claim(pg, items, lease, now)
+    async with write_tx(engine) as conn:
+        return await _claim_rows(conn, dict(items), now, now + timedelta(seconds=lease))
+
+
+async def _claim_rows(
+    conn: AsyncConnection, wanted: dict[str, int], now: datetime, until: datetime
+) -> set[str]:
+    """SQLite's claim: its writers take turns (``write_tx``), so what is read here does not
+    change before it is written."""
+    d, n = deliveries, notifications
+    rows: list[Any] = []
+    for part in chunks(list(wanted), 1000):
+        query = (
+            select(d.c.id, d.c.tenant_id, d.c.status, d.c.attempts, d.c.leased_until, n.c.status)
+            .select_from(d.outerjoin(n, n.c.id == d.c.notification_id))
+            .where(d.c.id.in_(part))
+        )
+        rows.extend((await conn.execute(query)).all())
+    claimed: list[dict[str, Any]] = []
+    stopped: list[tuple[str, str]] = []
+    for did, tenant, status, attempts, leased_until, note in rows:
+        held = as_utc(leased_until)
+        lapsed = status == DeliveryStatus.SENDING and (held is None or held < now)
+        cancelled = note == NotificationStatus.CANCELLED
+        if cancelled and (status in WAITING or lapsed):
+            stopped.append((did, tenant))
+        elif not cancelled and (
+            (status in _CLAIMABLE and attempts == wanted[did] - 1)
+            or (lapsed and attempts == wanted[did])
+        ):
+            claimed.append({"b_id": did, "b_attempts": wanted[did]})
+    if claimed:
+        await conn.execute(
+            update(d)
+            .where(d.c.id == bindparam("b_id"))
+            .values(
+                status=DeliveryStatus.SENDING,
+                attempts=bindparam("b_attempts"),
+                leased_until=until,
+                scheduled_for=None,
+                updated_at=now,
+            ),
+            claimed,
+        )
+    if stopped:
+        await _cancel_rows(conn, stopped, now)
+    return {row["b_id"] for row in claimed}
+
+
+async def _cancel_rows(conn: AsyncConnection, rows: list[tuple[str, str]], now: datetime) -> None:
+    d = deliveries
+    for part in chunks(rows, 1000):
+        await conn.execute(
+            update(d)
+            .where(d.c.id.in_([did for did, _ in part]))
+            .values(
+                status=DeliveryStatus.CANCELLED,
+                reason="cancelled",
+                scheduled_for=None,
+                leased_until=None,
+                updated_at=now,
             )
-            found.update((await conn.execute(query)).scalars())
-    return found
+        )
+        events = [
+            {
+                "delivery_id": did,
+                "tenant_id": tenant,
+                "status": DeliveryStatus.CANCELLED,
+                "detail": "cancelled",
+                "created_at": now,
+            }
+            for did, tenant in part
+        ]
+        await conn.execute(delivery_events.insert(), events)
 
 
 _UPDATE = (
@@ -173,11 +273,9 @@ _UPDATE = (
         deliveries.c.id == bindparam("b_id"),
         deliveries.c.status != DeliveryStatus.DELIVERED,
         deliveries.c.attempts <= bindparam("b_attempts"),
-        # A cancelled delivery is not queued again; what an attempt made of it is kept.
-        or_(
-            deliveries.c.status != DeliveryStatus.CANCELLED,
-            *(bindparam("b_status") == str(outcome) for outcome in sorted(ATTEMPT_OUTCOMES)),
-        ),
+        # A cancelled delivery stays cancelled: an attempt claimed before the cancellation
+        # finds it `sending`, which a cancellation leaves alone (store/bulk.py).
+        deliveries.c.status != DeliveryStatus.CANCELLED,
     )
     .values(
         status=bindparam("b_status"),
@@ -190,6 +288,8 @@ _UPDATE = (
         latency_ms=bindparam("b_latency_ms"),
         updated_at=bindparam("b_updated_at"),
         provider=func.coalesce(bindparam("b_provider", type_=String), deliveries.c.provider),
+        # The outcome ends the attempt's lease.
+        leased_until=None,
     )
 )
 
@@ -301,22 +401,46 @@ def _with_trace() -> Select[Any]:
     )
 
 
+def _lapsed(now: Any) -> ColumnElement[bool]:
+    """Deliveries ``sending`` whose claimant's lease ran out (it died before storing the
+    attempt's outcome): due again, that same attempt."""
+    d = deliveries
+    return and_(
+        d.c.status == DeliveryStatus.SENDING,
+        or_(d.c.leased_until.is_(None), d.c.leased_until < now),
+    )
+
+
+def _db_now(engine: AsyncEngine) -> Any:
+    """The database's clock where it has one to share (leases are set on it), else ours."""
+    return func.now() if engine.dialect.name == "postgresql" else utcnow()
+
+
 async def stale_queued(
     engine: AsyncEngine, older_than: datetime, limit: int
 ) -> list[dict[str, Any]]:
-    """Deliveries waiting since before ``older_than``: neither changed nor due since then.
+    """Deliveries waiting since before ``older_than``: neither changed nor due since then;
+    and those whose attempt's claim lapsed (its worker died in the attempt).
 
     A retry or a deferral due later is the broker's delayed set's to publish; only once it
-    has been due for as long as a stale queued delivery is it published again here.
+    has been due for as long as a stale queued delivery is it published again here. One
+    being sent under a live lease is its worker's: never published again.
     """
+    d = deliveries
     query = (
         _with_trace()
         .where(
-            deliveries.c.status.in_(WAITING),
-            deliveries.c.updated_at < older_than,
-            (deliveries.c.scheduled_for.is_(None)) | (deliveries.c.scheduled_for < older_than),
+            or_(
+                and_(
+                    d.c.status.in_(WAITING),
+                    d.c.updated_at < older_than,
+                    (d.c.scheduled_for.is_(None)) | (d.c.scheduled_for < older_than),
+                ),
+                # Few rows (one per send in flight): the status index finds them.
+                _lapsed(_db_now(engine)),
+            ),
         )
-        .order_by(deliveries.c.updated_at)
+        .order_by(d.c.updated_at)
         .limit(limit)
     )
     async with engine.connect() as conn:
@@ -333,9 +457,21 @@ async def touch(engine: AsyncEngine, ids: Sequence[str]) -> None:
             )
 
 
+async def release_leases(engine: AsyncEngine) -> None:
+    """End every attempt's lease: after a crash of the one process an embedded broker lives
+    in, no worker holds one any more."""
+    d = deliveries
+    async with write_tx(engine) as conn:
+        await conn.execute(
+            update(d).where(d.c.status == DeliveryStatus.SENDING).values(leased_until=None)
+        )
+
+
 async def all_queued(engine: AsyncEngine, after: str | None, limit: int) -> list[dict[str, Any]]:
-    """Every waiting delivery, in id order, a page at a time (embedded recovery)."""
-    query = _with_trace().where(deliveries.c.status.in_(WAITING))
+    """Every waiting delivery, and every one being sent, in id order, a page at a time
+    (embedded recovery)."""
+    statuses = [*WAITING, DeliveryStatus.SENDING]
+    query = _with_trace().where(deliveries.c.status.in_(statuses))
     if after:
         query = query.where(deliveries.c.id > after)
     query = query.order_by(deliveries.c.id).limit(limit)
@@ -368,7 +504,13 @@ async def apply_provider_report(
                     [DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.SENT]
                 ),
             )
-            .values(status=status, reason=reason, last_error=last_error, updated_at=now)
+            .values(
+                status=status,
+                reason=reason,
+                last_error=last_error,
+                updated_at=now,
+                leased_until=None,
+            )
         )
         if result.rowcount == 0:
             return False

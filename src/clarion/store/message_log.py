@@ -109,6 +109,15 @@ def _status_condition(status: str) -> ColumnElement[bool]:
         column: ColumnElement[str] = d.c.status
         return column.in_(_SUCCESSES)
 
+    def sending(d: Any) -> ColumnElement[bool]:
+        column: ColumnElement[str] = d.c.status
+        return column == DeliveryStatus.SENDING
+
+    cancelled = n.c.status == NotificationStatus.CANCELLED
+    if status == NotificationStatus.CANCELLING:
+        return and_(cancelled, _d_exists(sending))
+    if status == NotificationStatus.CANCELLED:
+        return and_(cancelled, ~_d_exists(sending))
     processing = n.c.status == NotificationStatus.PROCESSING
     finished = and_(processing, ~_d_exists(pending))
     if status == NotificationStatus.PROCESSING:

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, delete, func, literal, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import new_id
 from clarion.domain.models import DeliveryStatus, NotificationStatus
-from clarion.domain.outcome import shown_status, shown_to
+from clarion.domain.outcome import cancellation, shown_status, shown_to
 from clarion.errors import ApiError, Conflict, ValidationFailed
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.intake import IntakeTx, Stored, intake_tx
@@ -322,6 +322,7 @@ async def get_with_deliveries(
         "idempotency_key": row["idempotency_key"],
         "created_at": as_utc(row["created_at"]),
         "totals": totals,
+        **({"cancel": cancel} if (cancel := cancellation(row["status"], totals)) else {}),
         "deliveries": items,
         "deliveries_truncated": len(rows) > limit,
     }
@@ -365,8 +366,11 @@ _UNSENT = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
 async def cancel(engine: AsyncEngine, tenant_id: str, notification_id: str) -> bool:
     """Cancel what of the notification is not sent yet: its status becomes ``cancelled``,
     its deliveries still waiting (queued, or scheduled for later) become ``cancelled`` with
-    an event each, and a scheduled or still-planning send leaves the outbox. A notification
-    already finished is left as it is. False if the tenant has no such notification."""
+    an event each, and a scheduled or still-planning send leaves the outbox. Deliveries
+    ``sending`` (their attempt claimed before this) are in flight and left to finish; none
+    is claimed after this (store/bulk.py ``_CLAIM``), and a retry of one that fails is
+    cancelled at its claim. A notification already finished is left as it is. False if the
+    tenant has no such notification."""
     for attempt in range(3):
         try:
             return await _cancel(engine, tenant_id, notification_id)
@@ -396,19 +400,9 @@ async def _cancel(engine: AsyncEngine, tenant_id: str, notification_id: str) -> 
             )
             return found.first() is not None
         waiting = (d.c.notification_id == notification_id) & d.c.status.in_(_UNSENT)
-        await conn.execute(
-            delivery_events.insert().from_select(
-                ["delivery_id", "tenant_id", "status", "detail", "created_at"],
-                select(
-                    d.c.id,
-                    d.c.tenant_id,
-                    literal(DeliveryStatus.CANCELLED.value),
-                    literal("cancelled"),
-                    literal(now, type_=DateTime(timezone=True)),
-                ).where(waiting),
-            )
-        )
-        await conn.execute(
+        # The events of exactly the rows changed: a delivery claimed meanwhile (`sending`)
+        # is left alone, and gets no `cancelled` event.
+        cancelled = await conn.execute(
             update(d)
             .where(waiting)
             .values(
@@ -417,7 +411,20 @@ async def _cancel(engine: AsyncEngine, tenant_id: str, notification_id: str) -> 
                 scheduled_for=None,
                 updated_at=now,
             )
+            .returning(d.c.id, d.c.tenant_id)
         )
+        events = [
+            {
+                "delivery_id": delivery_id,
+                "tenant_id": tenant,
+                "status": DeliveryStatus.CANCELLED.value,
+                "detail": "cancelled",
+                "created_at": now,
+            }
+            for delivery_id, tenant in cancelled.all()
+        ]
+        for part in chunks(events, 1000):
+            await conn.execute(delivery_events.insert(), part)
         await delete_outbox(conn, [notification_id])
         await _drop_stripes(conn, notification_id)
     return True

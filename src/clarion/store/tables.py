@@ -175,6 +175,9 @@ deliveries = Table(
     # How long the provider call of the attempt that set the state took (its timeline's
     # `attempt` event of a plain `sent`, which has no event row).
     Column("latency_ms", Integer),
+    # While ``sending``: until when the worker that claimed the attempt holds it (the call
+    # and the outcome's write fit in it); past it, the worker is taken for dead.
+    _ts("leased_until"),
     # A notification's deliveries, paged in id order.
     Index("ix_deliveries_notification_id_id", "notification_id", "id"),
     Index("ix_deliveries_status_updated_at", "status", "updated_at"),

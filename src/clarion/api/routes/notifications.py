@@ -187,6 +187,10 @@ async def deliveries(
     "/{notification_id}",
     status_code=202,
     summary="Cancel what is not sent yet",
+    description="Deliveries still `queued` or `scheduled` are cancelled; those whose attempt "
+    "was already under way (`sending`) may still go out. The answer counts both in "
+    '`"cancel": {"cancelled", "in_flight"}`; the status reads `cancelling` while any is in '
+    "flight, then `cancelled`.",
     response_model=NotificationDetail,
 )
 async def cancel(request: Request, principal: Sender, notification_id: str) -> JSONResponse:

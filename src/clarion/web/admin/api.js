@@ -67,7 +67,7 @@ export const del = (path) => api("DELETE", path);
 
 export const CHANNELS = ["email", "sms", "push", "webpush", "inapp", "webhook"];
 export const DELIVERY_STATUSES = ["scheduled", "queued", "sending", "sent", "delivered", "failed", "suppressed", "dead", "cancelled"];
-export const NOTIFICATION_STATUSES = ["accepted", "scheduled", "processing", "completed", "partial", "failed", "cancelled"];
+export const NOTIFICATION_STATUSES = ["accepted", "scheduled", "processing", "completed", "partial", "failed", "cancelling", "cancelled"];
 
 export function enc(part) {
   return encodeURIComponent(part);

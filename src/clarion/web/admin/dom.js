@@ -50,7 +50,7 @@ const TONES = {
   sent: "ok", delivered: "ok", completed: "ok", closed: "ok", success: "ok", enabled: "ok",
   failed: "bad", dead: "bad", open: "bad", failure: "bad",
   partial: "warn", retry_scheduled: "warn", retry: "warn", half_open: "warn", suppressed: "muted",
-  cancelled: "muted", disabled: "muted", skipped: "muted", delete: "bad", erase: "bad", revoke: "bad",
+  cancelled: "muted", cancelling: "warn", disabled: "muted", skipped: "muted", delete: "bad", erase: "bad", revoke: "bad",
   create: "ok", pending: "info", running: "warn", active: "ok", revoked: "bad",
 };
 

@@ -1,0 +1,151 @@
+"""The attempt limit holds under a backlog older than the sweeper's patience: each failing
+delivery gets exactly ``max_attempts`` calls, its ``attempts`` counts them, it ends
+``dead``, and nothing is called again after a success."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import select
+
+from clarion.store.tables import deliveries
+from harness import Harness, make_settings, running
+from webhook_sink import WebhookSink
+
+TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
+MAX_ATTEMPTS = 4
+WEBHOOK_TIMEOUT = 0.25
+# Receivers by kind (the first part of their URL's path), and how many of each.
+KINDS = {"fail": 500, "limited": 500, "hang": 30, "flaky": 500, "ok": 200}
+FAILING = {"fail", "limited", "hang"}
+
+pytestmark = pytest.mark.slow
+
+
+class Receivers:
+    """Webhook receivers: ``fail`` answers 500, ``limited`` 429, ``hang`` nothing before the
+    send times out, ``flaky`` 503 twice then 200, ``ok`` 200. Each call is recorded under
+    its delivery (the ``Idempotency-Key``) with the answer (0: none in time)."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[int]] = collections.defaultdict(list)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def url(self, kind: str, rid: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{kind}/{rid}"
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            while (request := await WebhookSink._read(reader)) is not None:
+                calls = self.calls[request.headers["idempotency-key"]]
+                kind = request.path.split("/")[1]
+                if kind == "hang":
+                    calls.append(0)
+                    await asyncio.sleep(WEBHOOK_TIMEOUT * 4)
+                    break
+                status = {"fail": 500, "limited": 429, "ok": 200}.get(kind)
+                if status is None:  # flaky
+                    status = 503 if len(calls) < 2 else 200
+                calls.append(status)
+                writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n".encode())
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+
+@pytest.fixture
+async def impatient(backend: tuple[str, str]) -> AsyncIterator[Harness]:
+    """Clarion whose sweeper publishes again what waits half a second, with leases and
+    timeouts all shorter than the backlog below."""
+    settings = make_settings(
+        *backend,
+        sweep_after=0.5,
+        broker_lease=1.0,
+        webhook_timeout=WEBHOOK_TIMEOUT,
+        max_attempts=MAX_ATTEMPTS,
+        retry_schedule="20ms,40ms,80ms",
+        worker_concurrency=32,
+        worker_tenant_share=1.0,
+    )
+    async with running(settings) as harness:
+        yield harness
+
+
+async def _broadcast(app: Harness, receivers: Receivers) -> dict[str, str]:
+    """A topic send to every receiver; the kind of each recipient."""
+    kinds = {f"{kind}-{i}": kind for kind, count in KINDS.items() for i in range(count)}
+    people = [{"id": rid, "webhook_url": receivers.url(kind, rid)} for rid, kind in kinds.items()]
+    for start in range(0, len(people), 1000):
+        response = await app.client.post(
+            "/v1/recipients/batch", json={"recipients": people[start:][:1000]}, headers=app.auth
+        )
+        assert response.status_code == 200, response.text
+    response = await app.client.put(
+        "/v1/topics/all/subscribers", json={"recipient_ids": list(kinds)}, headers=app.auth
+    )
+    assert response.status_code == 200, response.text
+    await app.put_template("hook", TEMPLATE)
+    sent = await app.send({"template": "hook", "to": {"topic": "all"}})
+    assert sent.status_code == 202, sent.text
+    return kinds
+
+
+async def test_the_attempt_limit_holds_under_a_backlog(
+    impatient: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = impatient
+    caplog.set_level(logging.INFO, logger="clarion.pipeline.scheduler")
+    receivers = Receivers()
+    await receivers.start()
+    try:
+        kinds = await _broadcast(app, receivers)
+        await app.drain(timeout=100)
+    finally:
+        await receivers.close()
+    # The backlog outlasted the sweeper's patience: it published deliveries again.
+    assert any("publishing" in r.getMessage() for r in caplog.records)
+
+    d = deliveries
+    async with app.ctx.engine.connect() as conn:
+        query = select(d.c.id, d.c.recipient_id, d.c.status, d.c.attempts)
+        rows = (await conn.execute(query)).all()
+    assert len(rows) == len(kinds)
+    wrong = []
+    for did, rid, status, attempts in rows:
+        calls = receivers.calls.get(did, [])
+        kind = kinds[rid]
+        if kind in FAILING:
+            expected = ("dead", MAX_ATTEMPTS, MAX_ATTEMPTS)
+        elif kind == "flaky":
+            expected = ("sent", 3, 3)
+        else:
+            expected = ("sent", 1, 1)
+        if (status, attempts, len(calls)) != expected or (200 in calls and calls[-1] != 200):
+            wrong.append((rid, status, attempts, calls))
+    assert not wrong, f"{len(wrong)} deliveries off the limit, e.g. {wrong[:5]}"

@@ -1,0 +1,173 @@
+"""An attempt's claim, right before its provider call: each attempt once, a lapsed claim
+taken again, nothing of a cancelled notification; and what a cancellation answers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from clarion.domain.delivery import Delivery
+from clarion.pipeline.runtime import Roles
+from clarion.store import deliveries as delivery_store
+from clarion.store.db import utcnow
+from clarion.store.deliveries import StatusChange
+from clarion.store.tables import deliveries, delivery_events
+from harness import Harness, make_settings, running
+from webhook_sink import WebhookSink
+
+TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
+LEASE = 60.0
+
+
+@pytest.fixture
+async def planned_only(backend: tuple[str, str]) -> AsyncIterator[Harness]:
+    """Clarion that plans deliveries and sends none (no channel worker)."""
+    async with running(make_settings(*backend), Roles(api=True, planner=True)) as harness:
+        yield harness
+
+
+async def _deliveries(
+    app: Harness, rids: list[str], url: str = "http://127.0.0.1:9"
+) -> tuple[str, list[str]]:
+    """A notification to ``rids`` (webhooks under ``url``), planned: its id and its
+    deliveries' ids, in ``rids`` order."""
+    await app.put_template("hook", TEMPLATE)
+    for rid in rids:
+        await app.put_recipient(rid, webhook_url=f"{url}/{rid}")
+    response = await app.send({"template": "hook", "to": {"recipient_ids": rids}})
+    assert response.status_code == 202, response.text
+    nid: str = response.json()["id"]
+
+    async def planned() -> bool:
+        return len((await app.notification(nid))["deliveries"]) == len(rids)
+
+    await app.until(planned)
+    by_recipient = {d["recipient_id"]: d["id"] for d in (await app.notification(nid))["deliveries"]}
+    return nid, [by_recipient[rid] for rid in rids]
+
+
+async def _claim(app: Harness, *items: tuple[str, int], lease: float = LEASE) -> set[str]:
+    return await delivery_store.claim(app.ctx.engine, list(items), lease, app.ctx.pg)
+
+
+async def _row(app: Harness, delivery_id: str) -> dict[str, Any]:
+    row = await delivery_store.get_one(app.ctx.engine, app.tenant_id, delivery_id)
+    assert row is not None
+    return row
+
+
+async def _outcome(app: Harness, delivery_id: str, status: str, attempts: int) -> None:
+    change = StatusChange(delivery_id, app.tenant_id, status, attempts=attempts)
+    if status == "sent":
+        change.sent_at = utcnow()
+    await delivery_store.apply_changes(app.ctx.engine, [change], app.ctx.pg)
+
+
+async def _events(app: Harness, delivery_id: str) -> list[str]:
+    e = delivery_events
+    query = select(e.c.status).where(e.c.delivery_id == delivery_id).order_by(e.c.id)
+    async with app.ctx.engine.connect() as conn:
+        return list((await conn.execute(query)).scalars())
+
+
+async def test_each_attempt_is_claimed_once(planned_only: Harness) -> None:
+    app = planned_only
+    _, [did] = await _deliveries(app, ["u"])
+    assert await _claim(app, (did, 1), (did, 1)) == {did}  # a copy in the same batch
+    row = await _row(app, did)
+    assert (row["status"], row["attempts"]) == ("sending", 1)
+    assert row["leased_until"] is not None
+    # A copy of the attempt (the sweeper's, the broker's) is not claimed, and screened out
+    # of a take once the attempt's outcome is stored.
+    assert await _claim(app, (did, 1)) == set()
+    assert await delivery_store.spent_ids(app.ctx.engine, [(did, 1)], app.ctx.pg) == set()
+    # The retry is published before the first outcome is stored, and may be claimed first.
+    assert await _claim(app, (did, 2)) == {did}
+    await _outcome(app, did, "queued", 1)  # attempt 1's outcome, late: changes nothing
+    row = await _row(app, did)
+    assert (row["status"], row["attempts"]) == ("sending", 2)
+    await _outcome(app, did, "sent", 2)
+    row = await _row(app, did)
+    assert (row["status"], row["attempts"], row["leased_until"]) == ("sent", 2, None)
+    assert await delivery_store.spent_ids(app.ctx.engine, [(did, 2)], app.ctx.pg) == {did}
+    assert await _claim(app, (did, 2), (did, 3)) == set()
+
+
+async def test_a_lapsed_claim_is_swept_and_taken_again(planned_only: Harness) -> None:
+    app = planned_only
+    _, [did, other] = await _deliveries(app, ["u", "v"])
+    assert await _claim(app, (did, 1), lease=0.0) == {did}  # its worker died at once
+    assert await _claim(app, (other, 1)) == {other}  # its worker lives
+    later = utcnow() + timedelta(seconds=5)
+    stale = await delivery_store.stale_queued(app.ctx.engine, later, 100)
+    assert [row["id"] for row in stale] == [did]
+    # The same attempt again, not the next: the call is counted once per claim.
+    [again] = [Delivery.from_row(row) for row in stale]
+    assert again.attempt == 1
+    assert await _claim(app, (did, 1)) == {did}
+    assert (await _row(app, did))["attempts"] == 1
+    assert await delivery_store.stale_queued(app.ctx.engine, later, 100) == []
+
+
+async def test_a_cancellation_reaches_what_is_not_claimed(planned_only: Harness) -> None:
+    app = planned_only
+    nid, [flying, failing, lapsed, waiting] = await _deliveries(app, ["a", "b", "c", "d"])
+    assert await _claim(app, (flying, 1), (failing, 1)) == {flying, failing}
+    assert await _claim(app, (lapsed, 1), lease=0.0) == {lapsed}
+
+    response = await app.client.delete(f"/v1/notifications/{nid}", headers=app.auth)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "cancelling"
+    assert body["cancel"] == {"cancelled": 1, "in_flight": 3}
+    assert (await _row(app, waiting))["status"] == "cancelled"
+    listed = await app.client.get(
+        "/v1/notifications", params={"status": "cancelling"}, headers=app.auth
+    )
+    assert [n["id"] for n in listed.json()["data"]] == [nid]
+
+    # Nothing is claimed any more; what is refused is cancelled, a lapsed claim included.
+    assert await _claim(app, (waiting, 1), (lapsed, 1)) == set()
+    assert (await _row(app, lapsed))["status"] == "cancelled"
+    # The attempts under way end as they end; a retry of a failed one is cancelled at its
+    # claim.
+    await _outcome(app, flying, "sent", 1)
+    await _outcome(app, failing, "queued", 1)
+    assert await _claim(app, (failing, 2)) == set()
+    done = await app.notification(nid)
+    assert done["status"] == "cancelled"
+    assert done["cancel"] == {"cancelled": 3, "in_flight": 0}
+    assert done["totals"] == {"cancelled": 3, "sent": 1}
+    assert "cancelled" not in await _events(app, flying)
+    assert (await _events(app, failing))[-1] == "cancelled"
+    # A late outcome never turns a cancelled delivery into a sent one.
+    await _outcome(app, lapsed, "sent", 1)
+    assert (await _row(app, lapsed))["status"] == "cancelled"
+
+    listed = await app.client.get(
+        "/v1/notifications", params={"status": "cancelled"}, headers=app.auth
+    )
+    assert [n["id"] for n in listed.json()["data"]] == [nid]
+    d = deliveries
+    async with app.ctx.engine.connect() as conn:
+        sending = (await conn.execute(select(d.c.id).where(d.c.status == "sending"))).all()
+    assert sending == []
+
+
+async def test_a_restart_sends_again_what_was_being_sent(tmp_path: Path, sink: WebhookSink) -> None:
+    """The embedded broker is rebuilt from the store: a delivery left `sending` by the
+    stopped process (its lease still running) goes out again, that same attempt."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
+    async with running(make_settings(url, "embedded://"), Roles(api=True, planner=True)) as app:
+        _, [did] = await _deliveries(app, ["u"], sink.url)
+        assert await _claim(app, (did, 1)) == {did}
+    async with running(make_settings(url, "embedded://")) as app:
+        await app.drain()
+        row = await _row(app, did)
+    assert (row["status"], row["attempts"], row["leased_until"]) == ("sent", 1, None)
+    assert sink.count == 1

@@ -106,7 +106,11 @@ class LiveSession:
             self.cursor = max(self.cursor, seq)
             if message["id"] not in self._sent:
                 event = self._message(message)
-                event["cursor"] = self.position
+                # Its own place, not the connection's: the replay runs in arrival order,
+                # so everything up to it has reached the client, and a client that drops
+                # after this frame resumes with the next one. (The connection's cursor
+                # may already be further: it opened at "now".)
+                event["cursor"] = str(seq)
                 events.append(event)
         return events
 

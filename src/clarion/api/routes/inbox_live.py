@@ -221,22 +221,30 @@ async def ws(websocket: WebSocket) -> None:
             max(0.0, who.expires_at - time.time()), sub.close, "token_expired"
         )
         try:
-            await _serve(websocket, sock, session)
+            await _serve(websocket, sock, session, _clean_id(websocket.query_params.get("after")))
         finally:
             expiry.cancel()
         reason = sub.reason
     await _close(websocket, reason)
 
 
-async def _serve(websocket: WebSocket, sock: _Socket, session: LiveSession) -> None:
-    for event in await session.open():
+async def _serve(
+    websocket: WebSocket, sock: _Socket, session: LiveSession, resume_after: str | None
+) -> None:
+    opening = await session.open()
+    if resume_after is not None:
+        # ``?after=``: the replay comes before anything else, as on SSE, so no frame
+        # this connection sends carries a place past what the client holds.
+        opening = await session.resume(resume_after)
+    for event in opening:
         await sock.send(event)
-    # A first frame (a resume) is answered before any live event goes out.
-    first: Mapping[str, Any] | None = None
-    with contextlib.suppress(TimeoutError):
-        first = await asyncio.wait_for(websocket.receive(), _FIRST_FRAME)
-    if first is not None and not await _handle(sock, session, first):
-        return
+    if resume_after is None:
+        # A first frame (a resume) is answered before any live event goes out.
+        first: Mapping[str, Any] | None = None
+        with contextlib.suppress(TimeoutError):
+            first = await asyncio.wait_for(websocket.receive(), _FIRST_FRAME)
+        if first is not None and not await _handle(sock, session, first):
+            return
     tasks = [
         asyncio.create_task(_read(sock, session), name="inbox-ws-read"),
         asyncio.create_task(_write(sock, session), name="inbox-ws-write"),

@@ -62,6 +62,10 @@ async def test_the_demo_inbox_goes_live_in_chromium(
         page = await browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
+        # What the page asks of the server (a fragment never leaves the browser).
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url.partition("#")[0]))
+        page.on("websocket", lambda socket: urls.append(socket.url))
         fragment = f"token={token}" + ("&transport=sse" if transport == "sse" else "")
         await page.goto(f"{base}/inbox/demo#{fragment}")
         bell = page.locator("clarion-inbox .bell")
@@ -91,4 +95,9 @@ async def test_the_demo_inbox_goes_live_in_chromium(
         await shot(page, f"{transport}-3-read")
         assert await page.evaluate("window.__sameDocument") is True
         assert errors == []
+        # The live connection carried a ticket, never the token.
+        live = [u for u in urls if "/v1/inbox/stream" in u or "/v1/inbox/ws" in u]
+        assert live, urls
+        assert all("ticket=" in u for u in live), urls
+        assert not [u for u in urls if token in u]
         await page.close()

@@ -243,12 +243,12 @@ def http_server(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Serve
 
 
 WS_MAX_SIZE = 64 * 1024
-_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]+")
+_TOKEN_IN_QUERY = re.compile(r"([?&](?:token|ticket)=)[^&\s\"]+")
 
 
 class _HideTokens(logging.Filter):
     """uvicorn logs each WebSocket's path with its query: a recipient token given as
-    ``?token=`` must not land in the log."""
+    ``?token=`` (or a ticket, ``?ticket=``) must not land in the log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args and isinstance(record.args, tuple):

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clarion.realtime.base import Event, Hub, arrivals
 from clarion.security import inbox_tokens
 from clarion.security.inbox_tokens import InvalidToken, RecipientClaims
-from clarion.store import inbox_access, inbox_changes
+from clarion.store import inbox_access, inbox_changes, inbox_tickets
 from clarion.store.db import utcnow
 from clarion.store.inbox import State
 from clarion.store.notifications import NewNotification, Outcome
@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 
 # Revocations committed slightly out of order are still seen: each poll looks this far back.
 _OVERLAP = timedelta(seconds=5)
+# How often tickets that expired unused are deleted.
+_TICKET_SWEEP = 60.0
+
+
+class UnknownTicket(InvalidToken):
+    """A live connection's ticket that is unknown, used or expired (its token may be
+    good: ask for another ticket)."""
 
 
 Submit = Callable[[Sequence[NewNotification]], Awaitable[list[Outcome]]]
@@ -71,6 +78,7 @@ class InboxGate:
         self.submit: Submit | None = None
         # What time it is for snoozes and fallbacks (tests move it).
         self.clock: Callable[[], datetime] = utcnow
+        self._next_sweep = 0.0
 
     async def mint(self, tenant_id: str, recipient_id: str, ttl: int) -> tuple[str, datetime]:
         secret = await inbox_access.secret(self.engine, tenant_id, create=True)
@@ -91,11 +99,35 @@ class InboxGate:
         if secret is None:
             raise InvalidToken("invalid recipient token")
         claims = inbox_tokens.verify(secret, token)
+        self._refuse_revoked(secret, claims)
+        return claims
+
+    def _refuse_revoked(self, secret: str, claims: RecipientClaims) -> None:
         digest = inbox_tokens.recipient_digest(secret, claims.recipient_id)
         for who in (digest, inbox_access.EVERYONE):
-            at = self._revoked.get((tenant_id, who))
+            at = self._revoked.get((claims.tenant_id, who))
             if at is not None and claims.issued_at_ms < at:
                 raise InvalidToken("the recipient token has been revoked")
+
+    async def ticket(self, claims: RecipientClaims) -> tuple[str, datetime]:
+        """A single-use ticket that opens one live connection for the holder of ``claims``
+        (store/inbox_tickets.py), and when it expires."""
+        return await inbox_tickets.issue(self.engine, claims, self.clock())
+
+    async def redeem(self, ticket: str) -> RecipientClaims:
+        """The claims of a ticket's token, once; ``InvalidToken`` for a ticket that is
+        unknown, used, expired, or whose token has expired or been revoked since."""
+        if not self._ready:
+            await self._follow()
+        claims = await inbox_tickets.redeem(self.engine, ticket, self.clock())
+        if claims is None:
+            raise UnknownTicket("unknown, used or expired ticket")
+        if claims.expires_at <= time.time():
+            raise InvalidToken("the recipient token has expired", expired=True)
+        secret = await self._secret(claims.tenant_id)
+        if secret is None:
+            raise UnknownTicket("unknown, used or expired ticket")
+        self._refuse_revoked(secret, claims)
         return claims
 
     async def _secret(self, tenant_id: str) -> str | None:
@@ -154,6 +186,10 @@ class InboxGate:
         """Follow revocations; bring back due snoozed messages; send due offline fallbacks.
         Returns how many messages it acted on."""
         await self._follow()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + _TICKET_SWEEP
+            await inbox_tickets.sweep(self.engine, self.clock())
         fallen = await self._fall_back() if self.submit is not None else 0
         woken = await inbox_changes.wake_due(self.engine, self.clock())
         if woken:

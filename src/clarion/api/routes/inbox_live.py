@@ -1,6 +1,8 @@
 """``/v1/inbox/stream`` (Server-Sent Events) and ``/v1/inbox/ws`` (WebSocket): the live
-inbox. Both take the recipient token in ``Authorization`` or as ``?token=`` (a browser's
-``EventSource`` cannot send headers). The events are those of :mod:`clarion.api.live`.
+inbox. Both take the recipient token in ``Authorization``, or a single-use ticket as
+``?ticket=`` (browsers cannot send headers there; see api/inbox_auth.py); the WebSocket
+also ``?token=``, for clients of earlier versions. The events are those of
+:mod:`clarion.api.live`.
 
 SSE: each event is ``id: <cursor>`` (the connection's place in the arrival order, see
 :mod:`clarion.api.live`) and ``data: <json>``; a reconnecting ``EventSource`` sends it
@@ -8,9 +10,10 @@ back as ``Last-Event-ID`` and first receives what it missed. A comment
 (``: heartbeat``) goes out when nothing else has for ``CLARION_INBOX_HEARTBEAT`` seconds.
 
 WebSocket: a missing, bad or expired token (or an API key) is refused before the handshake
-completes, with the HTTP status and JSON error body of the REST routes (401, 403). The
-client may send ``{"type": "resume", "after": "<cursor>"}`` (first,
-to be answered before any live event, or at any time) and ``{"type": "ping"}`` (answered
+completes, with the HTTP status and JSON error body of the REST routes (401, 403).
+``?after=<cursor>`` replays what was missed before anything else. The client may send
+``{"type": "resume", "after": "<cursor>"}`` (first, to be answered before any live
+event, or at any time) and ``{"type": "ping"}`` (answered
 ``{"type": "pong"}``). A frame that is not JSON, not an object, larger than 4 KiB, binary,
 or of an unknown type is answered with ``{"type": "error", "code", "message"}`` and the
 connection stays open.
@@ -30,7 +33,7 @@ from starlette.responses import StreamingResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from clarion.api.errors import api_error_response
-from clarion.api.inbox_auth import check, token_of
+from clarion.api.inbox_auth import live
 from clarion.api.live import LiveSession
 from clarion.errors import ApiError, Unauthorized
 from clarion.realtime.base import Event
@@ -52,7 +55,7 @@ _CLOSE_CODES = {
 
 
 async def _stream_reader(request: Request) -> RecipientClaims:
-    return await check(request, token_of(request, query=True))
+    return await live(request)
 
 
 def _sse(event: Event, cursor: str) -> bytes:
@@ -203,7 +206,7 @@ async def _refuse(websocket: WebSocket, exc: ApiError) -> None:
 @router.websocket("/ws")
 async def ws(websocket: WebSocket) -> None:
     try:
-        who = await check(websocket, token_of(websocket, query=True))
+        who = await live(websocket, query_token=True)
     except ApiError as exc:
         await _refuse(websocket, exc)
         return

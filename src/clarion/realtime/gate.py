@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clarion.realtime.base import Event, Hub, arrivals
+from clarion.realtime.base import Event, Hub, arrivals, revocation
 from clarion.security import inbox_tokens
 from clarion.security.inbox_tokens import InvalidToken, RecipientClaims
 from clarion.store import inbox_access, inbox_changes, inbox_tickets
@@ -142,8 +142,9 @@ class InboxGate:
         return found
 
     async def erased(self, tenant_id: str, recipient_id: str, at: datetime) -> None:
-        """The recipient was erased (by this process): its tokens and live connections here
-        end at once; other processes follow within ``inbox_upkeep_interval``."""
+        """The recipient was erased (by this process): its tokens here and its live
+        connections everywhere end at once (pushed through the hub); other processes
+        refuse its tokens within ``inbox_upkeep_interval``."""
         secret = await self._secret(tenant_id)
         if secret is not None:
             digest = inbox_tokens.recipient_digest(secret, recipient_id)
@@ -151,6 +152,11 @@ class InboxGate:
                 _ms(at), self._revoked.get((tenant_id, digest), 0)
             )
         self.hub.revoke(tenant_id, recipient_id, _ms(at))
+        try:
+            await self.hub.publish(tenant_id, recipient_id, revocation(_ms(at)))
+        except Exception as exc:
+            # The table is the truth: other processes follow it within the interval.
+            log.warning("live push of a revocation failed: %r", exc)
 
     async def _apply(self, tenant_id: str, who: str, at: datetime) -> None:
         """Refuse older tokens of the recipient named by digest ``who`` (``*``: of the

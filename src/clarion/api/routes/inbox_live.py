@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Annotated, Any
 
 import orjson
@@ -36,7 +36,7 @@ from clarion.api.errors import api_error_response
 from clarion.api.inbox_auth import live
 from clarion.api.live import LiveSession
 from clarion.errors import ApiError, Unauthorized
-from clarion.realtime.base import Event
+from clarion.realtime.base import TOKEN_EXPIRED, Event, Subscription
 from clarion.realtime.gate import InboxGate
 from clarion.security.inbox_tokens import RecipientClaims
 
@@ -56,6 +56,20 @@ _CLOSE_CODES = {
 
 async def _stream_reader(request: Request) -> RecipientClaims:
     return await live(request)
+
+
+@contextlib.contextmanager
+def _expiry(sub: Subscription, who: RecipientClaims) -> Iterator[None]:
+    """Closes the connection when its token expires, whatever the traffic: one timer for
+    the connection's life (not a timeout on every wait: see realtime/base.py,
+    Subscription)."""
+    timer = asyncio.get_running_loop().call_later(
+        max(0.0, who.expires_at - time.time()), sub.close, TOKEN_EXPIRED
+    )
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _sse(event: Event, cursor: str) -> bytes:
@@ -93,27 +107,25 @@ async def stream(
 
     async def events() -> AsyncIterator[bytes]:
         async with gate.hub.subscribe(who.tenant_id, who.recipient_id, who.issued_at_ms) as sub:
-            session = LiveSession(gate, who, sub)
-            first = await session.open()
-            if resume_after is not None:
-                first = await session.resume(resume_after)
-            yield b"retry: 2000\n\n"
-            for event in first:
-                yield _sse(event, session.position)
-            while True:
-                try:
-                    batch = await sub.next_batch(heartbeat)
-                except TimeoutError:
-                    if time.time() >= who.expires_at:
-                        sub.close("token_expired")
-                        continue
-                    yield b": heartbeat\n\n"
-                    continue
-                if batch is None:
-                    yield _sse({"type": "closed", "reason": sub.reason}, session.position)
-                    return
-                for event in await session.translate(batch):
+            with _expiry(sub, who):
+                session = LiveSession(gate, who, sub)
+                first = await session.open()
+                if resume_after is not None:
+                    first = await session.resume(resume_after)
+                yield b"retry: 2000\n\n"
+                for event in first:
                     yield _sse(event, session.position)
+                while True:
+                    try:
+                        batch = await sub.next_batch(heartbeat)
+                    except TimeoutError:
+                        yield b": heartbeat\n\n"
+                        continue
+                    if batch is None:
+                        yield _sse({"type": "closed", "reason": sub.reason}, session.position)
+                        return
+                    for event in await session.translate(batch):
+                        yield _sse(event, session.position)
 
     return StreamingResponse(
         events(),
@@ -218,15 +230,8 @@ async def ws(websocket: WebSocket) -> None:
     sock = _Socket(websocket)
     async with gate.hub.subscribe(who.tenant_id, who.recipient_id, who.issued_at_ms) as sub:
         session = LiveSession(gate, who, sub)
-        # One timer for the connection's life closes it when its token expires (not a
-        # timeout on every wait: see realtime/base.py, Subscription).
-        expiry = asyncio.get_running_loop().call_later(
-            max(0.0, who.expires_at - time.time()), sub.close, "token_expired"
-        )
-        try:
+        with _expiry(sub, who):
             await _serve(websocket, sock, session, _clean_id(websocket.query_params.get("after")))
-        finally:
-            expiry.cancel()
         reason = sub.reason
     await _close(websocket, reason)
 

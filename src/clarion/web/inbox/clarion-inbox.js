@@ -64,7 +64,7 @@
 
   const MAX_BACKOFF_MS = 30000;
   // Close reasons after which only a new token helps.
-  const SIGNED_OUT = ["token_revoked", "token_expired", "revoked"];
+  const SIGNED_OUT = ["revoked", "token_expired"];
 
   class ClarionInbox extends HTMLElement {
     static get observedAttributes() { return ["token", "base-url", "transport"]; }

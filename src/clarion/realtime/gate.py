@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.realtime.base import Event, Hub, arrivals, revocation
+from clarion.realtime.slots import LiveSlots
 from clarion.security import inbox_tokens
 from clarion.security.inbox_tokens import InvalidToken, RecipientClaims
 from clarion.store import inbox_access, inbox_changes, inbox_tickets
@@ -65,9 +66,13 @@ def _fallback(row: dict[str, Any]) -> NewNotification:
 
 
 class InboxGate:
-    def __init__(self, engine: AsyncEngine, hub: Hub, secret_ttl: float) -> None:
+    def __init__(
+        self, engine: AsyncEngine, hub: Hub, secret_ttl: float, slots: LiveSlots | None = None
+    ) -> None:
         self.engine = engine
         self.hub = hub
+        # The caps on this process's live connections (none unless given).
+        self.slots = slots if slots is not None else LiveSlots(0, 0)
         self._secret_ttl = secret_ttl
         self._secrets: dict[str, tuple[float, str | None]] = {}
         self._revoked: dict[tuple[str, str], int] = {}

@@ -29,15 +29,17 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
+from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from clarion.api.errors import api_error_response
 from clarion.api.inbox_auth import live
 from clarion.api.live import LiveSession
-from clarion.errors import ApiError, Unauthorized
+from clarion.errors import ApiError, TooManyRequests, Unauthorized
 from clarion.realtime.base import TOKEN_EXPIRED, Event, Subscription
 from clarion.realtime.gate import InboxGate
+from clarion.realtime.slots import LimitReached, Slot
 from clarion.security.inbox_tokens import RecipientClaims
 
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
@@ -45,6 +47,9 @@ router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
 MAX_FRAME = 4096
 # The first frame may be a resume: live events wait for it this long.
 _FIRST_FRAME = 1.0
+# A refused connection may try again this many seconds later (a cap is freed by a
+# connection that ends).
+_RETRY_AFTER = "10"
 _CLOSE_CODES = {
     "too_slow": 4008,
     "revoked": 4001,
@@ -104,9 +109,13 @@ async def stream(
     gate: InboxGate = request.app.state.ctx.inbox
     heartbeat = request.app.state.ctx.settings.inbox_heartbeat
     resume_after = _clean_id(last_event_id) or _clean_id(after)
+    slot = _admit(gate, who)
 
     async def events() -> AsyncIterator[bytes]:
-        async with gate.hub.subscribe(who.tenant_id, who.recipient_id, who.issued_at_ms) as sub:
+        async with (
+            _holding(slot),
+            gate.hub.subscribe(who.tenant_id, who.recipient_id, who.issued_at_ms) as sub,
+        ):
             with _expiry(sub, who):
                 session = LiveSession(gate, who, sub)
                 first = await session.open()
@@ -131,7 +140,31 @@ async def stream(
         events(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # A stream whose client left before it began never runs its body: its slot is
+        # given back after the response all the same.
+        background=BackgroundTask(slot.release),
     )
+
+
+def _admit(gate: InboxGate, who: RecipientClaims) -> Slot:
+    """A place for one more live connection of ``who``, or a 429 (``Retry-After``)."""
+    try:
+        return gate.slots.take(who.tenant_id, who.recipient_id)
+    except LimitReached as exc:
+        raise TooManyRequests(
+            f"{exc}: close one before opening another",
+            code="too_many_connections",
+            details=[{"limit": exc.scope, "max": exc.limit}],
+            headers={"Retry-After": _RETRY_AFTER},
+        ) from exc
+
+
+@contextlib.asynccontextmanager
+async def _holding(slot: Slot) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        slot.release()
 
 
 class _Socket:
@@ -206,13 +239,13 @@ async def _write(sock: _Socket, session: LiveSession) -> None:
 
 
 async def _refuse(websocket: WebSocket, exc: ApiError) -> None:
-    """Refuse the handshake: an HTTP 401 or 403 with the JSON error body, before any
-    WebSocket exists. A server without the denial-response extension of ASGI answers the
-    close before accept with a bare 403."""
+    """Refuse the handshake: an HTTP 401, 403 or 429 with the JSON error body (and its
+    headers: ``Retry-After``), before any WebSocket exists. A server without the
+    denial-response extension of ASGI answers the close before accept with a bare 403."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(api_error_response(exc))
     else:
-        await websocket.close(code=4401 if exc.status == 401 else 4403, reason=exc.code)
+        await websocket.close(code=4000 + exc.status, reason=exc.code)
 
 
 @router.websocket("/ws")
@@ -226,6 +259,16 @@ async def ws(websocket: WebSocket) -> None:
         await _refuse(websocket, Unauthorized("invalid recipient token"))
         return
     gate: InboxGate = websocket.app.state.ctx.inbox
+    try:
+        slot = _admit(gate, who)
+    except ApiError as exc:
+        await _refuse(websocket, exc)
+        return
+    async with _holding(slot):
+        await _connected(websocket, gate, who)
+
+
+async def _connected(websocket: WebSocket, gate: InboxGate, who: RecipientClaims) -> None:
     await websocket.accept()
     sock = _Socket(websocket)
     async with gate.hub.subscribe(who.tenant_id, who.recipient_id, who.issued_at_ms) as sub:

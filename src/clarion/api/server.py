@@ -259,9 +259,11 @@ class _HideTokens(logging.Filter):
 
 
 def _hide_tokens() -> None:
-    logger = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _HideTokens) for f in logger.filters):
-        logger.addFilter(_HideTokens())
+    # Access lines (when a deployment turns them on) carry the query of a stream's URL.
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _HideTokens) for f in logger.filters):
+            logger.addFilter(_HideTokens())
 
 
 class _Server(uvicorn.Server):

@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
@@ -93,11 +94,22 @@ async def test_the_demo_inbox_goes_live_in_chromium(
         await page.keyboard.press("Escape")
         assert await bell.get_attribute("aria-expanded") == "false"
         await shot(page, f"{transport}-3-read")
+
+        # The server drops the connection; the component comes back (with a new ticket,
+        # resuming after its last cursor) and what is sent meanwhile still shows.
+        lite.ctx.hub.close_all("resync")
+        await send(lite, "demo-user", 43)
+        await badge.wait_for(state="visible", timeout=15_000)
+        await bell.click()
+        await page.locator("clarion-inbox .item", has_text="Shipped 43").wait_for()
         assert await page.evaluate("window.__sameDocument") is True
         assert errors == []
-        # The live connection carried a ticket, never the token.
+        # Each live connection carried a ticket of its own, never the token; the second
+        # resumed after the first's last cursor.
         live = [u for u in urls if "/v1/inbox/stream" in u or "/v1/inbox/ws" in u]
-        assert live, urls
-        assert all("ticket=" in u for u in live), urls
+        assert len(live) >= 2, urls
+        tickets = [parse_qs(urlsplit(u).query)["ticket"][0] for u in live]
+        assert len(set(tickets)) == len(tickets)
+        assert "after" in parse_qs(urlsplit(live[-1]).query)
         assert not [u for u in urls if token in u]
         await page.close()

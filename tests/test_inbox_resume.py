@@ -252,3 +252,27 @@ async def test_a_resume_from_any_replayed_frame_loses_nothing(
         received += [e["message"]["id"] for e in got]
         cursor = got[-1]["cursor"]
     assert received == sent
+
+
+async def test_a_replay_frame_reaches_past_what_the_connection_sent_live(
+    app: Harness, base: str
+) -> None:
+    """A resume in the middle of a connection replays only what this connection has not
+    sent; the last replayed frame's place reaches past the live messages it sent before,
+    so resuming from it repeats none of them."""
+    token = await inbox_ready(app, "u-1")
+    engine = app.ctx.engine
+    await inbox_changes.insert(engine, [_row(app, "u-1", f"old{i}") for i in range(3)])
+    async with websocket(base, token, header=True) as ws:
+        await ws.send({"type": "ping"})  # no resume first: live events flow at once
+        assert (await ws.until("count"))["cursor"] == "3"
+        stored = await inbox_changes.insert(engine, [_row(app, "u-1", f"new{i}") for i in (4, 5)])
+        await app.ctx.hub.publish_many(arrivals(stored))
+        live = [await ws.until("message") for _ in range(2)]
+        assert [e["cursor"] for e in live] == ["4", "5"]
+        await ws.send({"type": "resume", "after": "0"})
+        replayed = [await ws.until("message") for _ in range(3)]
+        assert [e["message"]["id"] for e in replayed] == ["msg_old0", "msg_old1", "msg_old2"]
+        assert [e["cursor"] for e in replayed] == ["1", "2", "5"]
+    async with websocket(base, token, header=True, query={"after": "5"}) as ws:
+        assert (await ws.next())["type"] == "count"

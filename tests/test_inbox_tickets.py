@@ -122,6 +122,18 @@ async def test_a_ticket_of_a_revoked_token_opens_nothing(app: Harness, base: str
     await ticket_for(app, await token_for(app, "u-1"))
 
 
+async def test_erasure_leaves_no_ticket_of_the_recipient(app: Harness) -> None:
+    token = await inbox_ready(app, "u-1")
+    other = await inbox_ready(app, "u-2")
+    await ticket_for(app, token)
+    await ticket_for(app, other)
+    response = await app.client.delete("/v1/recipients/u-1", headers=app.auth)
+    assert response.status_code == 204
+    async with app.ctx.engine.connect() as conn:
+        rows = (await conn.exec_driver_sql("SELECT recipient_id FROM inbox_tickets")).all()
+    assert [r[0] for r in rows] == ["u-2"]
+
+
 async def test_tickets_are_for_recipient_tokens_only(lite: Harness) -> None:
     response = await lite.client.post("/v1/inbox/ticket", headers=lite.auth)
     assert response.status_code == 403

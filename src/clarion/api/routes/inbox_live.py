@@ -142,7 +142,7 @@ async def stream(
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         # A stream whose client left before it began never runs its body: its slot is
         # given back after the response all the same.
-        background=BackgroundTask(slot.release),
+        background=BackgroundTask(_released, slot),
     )
 
 
@@ -157,6 +157,12 @@ def _admit(gate: InboxGate, who: RecipientClaims) -> Slot:
             details=[{"limit": exc.scope, "max": exc.limit}],
             headers={"Retry-After": _RETRY_AFTER},
         ) from exc
+
+
+async def _released(slot: Slot) -> None:
+    # A coroutine, so that it runs on the event loop (a plain function would be run in a
+    # worker thread, beside the loop that counts the slots).
+    slot.release()
 
 
 @contextlib.asynccontextmanager

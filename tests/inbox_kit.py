@@ -7,6 +7,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import jwt
@@ -122,14 +123,23 @@ class Socket:
 
 @contextlib.asynccontextmanager
 async def websocket(
-    base: str, token: str, *, header: bool = False, **kwargs: Any
+    base: str,
+    token: str,
+    *,
+    header: bool = False,
+    query: dict[str, str] | None = None,
+    **kwargs: Any,
 ) -> AsyncIterator[Socket]:
-    """A WebSocket on the inbox, the token in the query (or the header when ``header``)."""
-    url = base.replace("http://", "ws://") + "/v1/inbox/ws"
+    """A WebSocket on the inbox, the token in the query (or the header when ``header``),
+    with ``query`` added to the URL."""
+    params = dict(query or {})
     if header:
         kwargs["additional_headers"] = {"Authorization": f"Bearer {token}"}
     else:
-        url += "?token=" + token
+        params["token"] = token
+    url = base.replace("http://", "ws://") + "/v1/inbox/ws"
+    if params:
+        url += "?" + urlencode(params)
     async with connect(url, **kwargs) as conn:
         yield Socket(conn)
 

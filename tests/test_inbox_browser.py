@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
@@ -62,6 +63,10 @@ async def test_the_demo_inbox_goes_live_in_chromium(
         page = await browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
+        # What the page asks of the server (a fragment never leaves the browser).
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url.partition("#")[0]))
+        page.on("websocket", lambda socket: urls.append(socket.url))
         fragment = f"token={token}" + ("&transport=sse" if transport == "sse" else "")
         await page.goto(f"{base}/inbox/demo#{fragment}")
         bell = page.locator("clarion-inbox .bell")
@@ -89,6 +94,22 @@ async def test_the_demo_inbox_goes_live_in_chromium(
         await page.keyboard.press("Escape")
         assert await bell.get_attribute("aria-expanded") == "false"
         await shot(page, f"{transport}-3-read")
+
+        # The server drops the connection; the component comes back (with a new ticket,
+        # resuming after its last cursor) and what is sent meanwhile still shows.
+        lite.ctx.hub.close_all("resync")
+        await send(lite, "demo-user", 43)
+        await badge.wait_for(state="visible", timeout=15_000)
+        await bell.click()
+        await page.locator("clarion-inbox .item", has_text="Shipped 43").wait_for()
         assert await page.evaluate("window.__sameDocument") is True
         assert errors == []
+        # Each live connection carried a ticket of its own, never the token; the second
+        # resumed after the first's last cursor.
+        live = [u for u in urls if "/v1/inbox/stream" in u or "/v1/inbox/ws" in u]
+        assert len(live) >= 2, urls
+        tickets = [parse_qs(urlsplit(u).query)["ticket"][0] for u in live]
+        assert len(set(tickets)) == len(tickets)
+        assert "after" in parse_qs(urlsplit(live[-1]).query)
+        assert not [u for u in urls if token in u]
         await page.close()

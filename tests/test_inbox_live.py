@@ -5,6 +5,7 @@ erasure and rotation close connections, a stalled client is cut without delaying
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -13,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import jwt
 import orjson
 import pytest
 from websockets.asyncio.client import connect
@@ -23,6 +25,7 @@ from clarion.store import inbox, inbox_access
 from harness import Harness, make_settings, running
 from inbox_kit import (
     Socket,
+    Stream,
     bearer,
     event_stream,
     feed,
@@ -394,3 +397,95 @@ async def test_sse_sends_heartbeats(tmp_path: Path) -> None:
             assert await stream.comment() == ": heartbeat"
             await send(harness, "u-1", 1)
             await stream.until("message")
+
+
+class _Live:
+    """One live connection, SSE or WebSocket, read as plain events."""
+
+    def __init__(self, sse: Stream | None, ws: Socket | None) -> None:
+        self.sse, self.ws = sse, ws
+
+    async def next(self) -> dict[str, Any]:
+        if self.sse is not None:
+            return (await self.sse.next())[1]
+        assert self.ws is not None
+        try:
+            return await self.ws.next()
+        except ConnectionClosed as exc:
+            frame = exc.rcvd
+        return {"type": "closed", "reason": frame and frame.reason, "code": frame and frame.code}
+
+
+@contextlib.asynccontextmanager
+async def _live(base: str, token: str, transport: str) -> AsyncIterator[_Live]:
+    if transport == "sse":
+        async with event_stream(base, token) as stream:
+            yield _Live(stream, None)
+    else:
+        async with websocket(base, token, header=True) as ws:
+            yield _Live(None, ws)
+
+
+async def _until_closed(app: Harness, live: _Live, rid: str) -> tuple[dict[str, Any], int]:
+    """Keeps events flowing to the connection (a change, each pushed once the last one
+    arrived) until it closes: the closing event, and how many changes it received."""
+    counts = {"unread": 0, "unseen": 0, "total": 0, "seq": 0}
+    received = 0
+    async with asyncio.timeout(15):
+        # Subscribed once the opening count is out: nothing published is lost.
+        assert (await live.next())["type"] == "count"
+        while True:
+            event = {"type": "changed", "action": "read", "ids": [f"msg_{received}"]}
+            event["counts"] = {**counts, "version": received + 1}
+            await app.ctx.hub.publish(app.tenant_id, rid, event)
+            while (got := await live.next())["type"] not in {"changed", "closed"}:
+                pass
+            if got["type"] == "closed":
+                return got, received
+            received += 1
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+async def test_a_live_connection_closes_at_its_token_expiry_while_events_flow(
+    app: Harness, base: str, transport: str
+) -> None:
+    """No quiet moment is needed to notice the expiry: a timer per connection closes it
+    then, with the reason (SSE ``closed`` event, WebSocket close 4001)."""
+    await inbox_ready(app, "u-1")
+    secret = await inbox_access.secret(app.ctx.engine, app.tenant_id)
+    assert secret is not None
+    # Expiry is in whole seconds: this one ends 1 to 2 s from now.
+    short = inbox_tokens.mint(secret, app.tenant_id, "u-1", int(time.time() * 1000), 2)
+    expires = jwt.decode(short, options={"verify_signature": False})["exp"]
+    async with _live(base, short, transport) as live:
+        closed, received = await _until_closed(app, live, "u-1")
+    assert closed["reason"] == "token_expired"
+    assert closed.get("code", 4001) == 4001
+    assert received > 0
+    assert time.time() >= expires
+
+
+async def test_an_erasure_in_one_process_closes_connections_in_another_at_once(
+    postgres_url: str, redis_url: str
+) -> None:
+    """The revocation is pushed through the hub to the processes that hold the
+    recipient's connections: the other process (which would look at the revocations
+    table only in an hour) closes them at once, while events flow."""
+    async with (
+        running(make_settings(postgres_url, redis_url)) as one,
+        running(make_settings(postgres_url, redis_url, inbox_upkeep_interval=3600)) as other,
+    ):
+        token = await inbox_ready(one, "u-1")
+        bystander = await inbox_ready(one, "u-2")
+        async with (
+            serving(other) as base,
+            _live(base, token, "sse") as live,
+            _live(base, bystander, "ws") as ok,
+        ):
+            erase = asyncio.create_task(one.client.delete("/v1/recipients/u-1", headers=one.auth))
+            closed, _ = await _until_closed(other, live, "u-1")
+            assert closed["reason"] == "revoked"
+            assert (await erase).status_code == 204
+            assert ok.ws is not None
+            await ok.ws.send({"type": "ping"})
+            assert (await ok.ws.until("pong"))["type"] == "pong"

@@ -18,7 +18,7 @@ from clarion.store import inbox, inbox_changes
 from clarion.store.db import utcnow
 from clarion.store.tables import inbox_messages
 from harness import Harness, make_settings, running
-from inbox_kit import bearer, inbox_ready, send, serving, websocket
+from inbox_kit import bearer, event_stream, inbox_ready, send, serving, websocket
 
 
 @pytest.fixture
@@ -202,3 +202,77 @@ async def test_counts_come_with_the_change_newest_first(app: Harness, base: str)
         )
         await ws.until("changed")
         assert (await ws.next())["unread"] == 5  # taken from the event, as carried
+
+
+async def _replayed(base: str, token: str, transport: str, cursor: str, k: int) -> list[Any]:
+    """One connection that resumes after ``cursor`` and drops after ``k`` replayed
+    messages (or at the count that ends the replay): the message events received."""
+    got: list[Any] = []
+    if transport == "sse":
+        async with event_stream(base, token, last_event_id=cursor) as stream:
+            while len(got) < k:
+                ident, event = await stream.next()
+                if event["type"] != "message":
+                    break
+                assert ident == event["cursor"]
+                got.append(event)
+        return got
+    if transport == "ws-after":
+        # The place in the URL: the replay comes first, before any count.
+        async with websocket(base, token, header=True, query={"after": cursor}) as ws:
+            while len(got) < k and (event := await ws.next())["type"] == "message":
+                got.append(event)
+        return got
+    async with websocket(base, token, header=True) as ws:
+        await ws.send({"type": "resume", "after": cursor})
+        await ws.until("count")  # the opening count: the inbox as the connection found it
+        while len(got) < k and (event := await ws.next())["type"] == "message":
+            got.append(event)
+    return got
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+@pytest.mark.parametrize("transport", ["sse", "ws", "ws-after"])
+async def test_a_resume_from_any_replayed_frame_loses_nothing(
+    app: Harness, base: str, transport: str, k: int
+) -> None:
+    """Each replayed frame carries its own place: a client that drops after every k-th
+    replayed message and resumes from the last cursor it holds gets every message once."""
+    token = await inbox_ready(app, "u-1")
+    stored = await inbox_changes.insert(
+        app.ctx.engine, [_row(app, "u-1", f"m{i:02}") for i in range(12)]
+    )
+    sent = [s["message"]["id"] for s in stored]
+    received: list[str] = []
+    cursor = "0"
+    for _ in range(len(sent) + 1):
+        got = await _replayed(base, token, transport, cursor, k)
+        if not got:
+            break
+        received += [e["message"]["id"] for e in got]
+        cursor = got[-1]["cursor"]
+    assert received == sent
+
+
+async def test_a_replay_frame_reaches_past_what_the_connection_sent_live(
+    app: Harness, base: str
+) -> None:
+    """A resume in the middle of a connection replays only what this connection has not
+    sent; the last replayed frame's place reaches past the live messages it sent before,
+    so resuming from it repeats none of them."""
+    token = await inbox_ready(app, "u-1")
+    engine = app.ctx.engine
+    await inbox_changes.insert(engine, [_row(app, "u-1", f"old{i}") for i in range(3)])
+    async with websocket(base, token, header=True) as ws:
+        await ws.send({"type": "ping"})  # no resume first: live events flow at once
+        assert (await ws.until("count"))["cursor"] == "3"
+        stored = await inbox_changes.insert(engine, [_row(app, "u-1", f"new{i}") for i in (4, 5)])
+        await app.ctx.hub.publish_many(arrivals(stored))
+        live = [await ws.until("message") for _ in range(2)]
+        assert [e["cursor"] for e in live] == ["4", "5"]
+        await ws.send({"type": "resume", "after": "0"})
+        replayed = [await ws.until("message") for _ in range(3)]
+        assert [e["message"]["id"] for e in replayed] == ["msg_old0", "msg_old1", "msg_old2"]
+        assert [e["cursor"] for e in replayed] == ["1", "2", "5"]
+    async with websocket(base, token, header=True, query={"after": "5"}) as ws:
+        assert (await ws.next())["type"] == "count"

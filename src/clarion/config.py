@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     inbox_queue_size: int = Field(default=256, ge=1, le=100_000)
     inbox_heartbeat: float = Field(default=15.0, gt=0)
     inbox_upkeep_interval: float = Field(default=1.0, gt=0)
+    # Live inbox connections one API process accepts per recipient and per tenant (0: no
+    # cap); one more is refused with a 429.
+    live_max_per_recipient: int = Field(default=20, ge=0)
+    live_max_per_tenant: int = Field(default=20_000, ge=0)
     shutdown_timeout: float = Field(default=10.0, gt=0)
     sqlite_synchronous: str = "FULL"
     log_level: str = "INFO"

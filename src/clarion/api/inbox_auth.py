@@ -1,6 +1,10 @@
-"""Recipient tokens on the inbox routes: ``Authorization: Bearer <recipient token>`` (or,
-on the WebSocket, ``?token=``). API keys are refused here (403), as recipient tokens are on
-every tenant route."""
+"""Recipient tokens on the inbox routes: ``Authorization: Bearer <recipient token>``. API
+keys are refused here (403), as recipient tokens are on every tenant route.
+
+The live routes, which browsers open without headers (``EventSource``, ``WebSocket``),
+take a single-use ticket instead (``?ticket=``, from ``POST /v1/inbox/ticket``): a URL is
+kept by proxies and access logs, so it never carries the token itself. The WebSocket
+still takes ``?token=`` from clients of earlier versions."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from clarion.errors import Forbidden, Unauthorized
+from clarion.realtime.gate import UnknownTicket
 from clarion.security.inbox_tokens import InvalidToken, RecipientClaims, looks_like_token
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -25,6 +30,29 @@ def token_of(conn: HTTPConnection, *, query: bool = False) -> str:
         return conn.query_params["token"]
     raise Unauthorized(
         "missing recipient token: send `Authorization: Bearer <token>`", headers=_CHALLENGE
+    )
+
+
+async def live(conn: HTTPConnection, *, query_token: bool = False) -> RecipientClaims:
+    """Who opens a live connection: the ``Authorization`` header, else a ticket
+    (``?ticket=``, used up here), else (``query_token``) a token in ``?token=``."""
+    if conn.headers.get("authorization"):
+        return await check(conn, token_of(conn))
+    ticket = conn.query_params.get("ticket")
+    if ticket:
+        try:
+            return await conn.app.state.ctx.inbox.redeem(ticket)  # type: ignore[no-any-return]
+        except InvalidToken as exc:
+            code = "token_expired" if exc.expired else "invalid_token"
+            if isinstance(exc, UnknownTicket):
+                code = "invalid_ticket"
+            raise Unauthorized(str(exc), code=code, headers=_CHALLENGE) from exc
+    if query_token and conn.query_params.get("token"):
+        return await check(conn, conn.query_params["token"])
+    raise Unauthorized(
+        "missing recipient token: send `Authorization: Bearer <token>`, or `?ticket=` with "
+        "a ticket from POST /v1/inbox/ticket",
+        headers=_CHALLENGE,
     )
 
 

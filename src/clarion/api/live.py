@@ -101,13 +101,22 @@ class LiveSession:
         missed = await inbox.since(self.gate.engine, tenant_id, recipient_id, after)
         if len(missed) > inbox.RESUME_LIMIT:
             return None
-        events = []
+        events: list[Event] = []
         for seq, message in missed:
             self.cursor = max(self.cursor, seq)
-            if message["id"] not in self._sent:
-                event = self._message(message)
-                event["cursor"] = self.position
-                events.append(event)
+            if message["id"] in self._sent:
+                # Sent earlier on this connection, so held by a client that gets the
+                # frame before: that frame's place reaches past it.
+                if events:
+                    events[-1]["cursor"] = str(seq)
+                continue
+            event = self._message(message)
+            # Its own place, not the connection's: the replay runs in arrival order, so
+            # everything up to it has reached the client, and a client that drops after
+            # this frame resumes with the next one. (The connection's cursor may already
+            # be further: it opened at "now".)
+            event["cursor"] = str(seq)
+            events.append(event)
         return events
 
     async def translate(self, batch: list[Event]) -> list[Event]:

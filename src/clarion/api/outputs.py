@@ -350,6 +350,11 @@ class InboxPage(BaseModel):
     next_cursor: str | None
 
 
+class InboxTicket(_Out):
+    ticket: str
+    expires_at: datetime
+
+
 class InboxCounts(_Out):
     unread: int
     unseen: int

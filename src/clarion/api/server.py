@@ -302,12 +302,12 @@ def http_server(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Serve
 
 
 WS_MAX_SIZE = 64 * 1024
-_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]+")
+_TOKEN_IN_QUERY = re.compile(r"([?&](?:token|ticket)=)[^&\s\"]+")
 
 
 class _HideTokens(logging.Filter):
     """uvicorn logs each WebSocket's path with its query: a recipient token given as
-    ``?token=`` must not land in the log."""
+    ``?token=`` (or a ticket, ``?ticket=``) must not land in the log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args and isinstance(record.args, tuple):
@@ -318,9 +318,11 @@ class _HideTokens(logging.Filter):
 
 
 def _hide_tokens() -> None:
-    logger = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _HideTokens) for f in logger.filters):
-        logger.addFilter(_HideTokens())
+    # Access lines (when a deployment turns them on) carry the query of a stream's URL.
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _HideTokens) for f in logger.filters):
+            logger.addFilter(_HideTokens())
 
 
 class _Server(uvicorn.Server):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Select, func, select
 
@@ -204,7 +204,42 @@ def _inbox(ctx: Context) -> list[Metric]:
         "clarion_inbox_connections", "Live inbox connections (WebSocket and SSE) held here"
     )
     family.add_metric([], ctx.hub.connections())
-    return [family]
+    slots = ctx.inbox.slots
+    busiest = GaugeMetricFamily(
+        "clarion_inbox_connections_busiest",
+        "The most live inbox connections one tenant, and one recipient, holds here",
+        labels=["scope"],
+    )
+    limit = GaugeMetricFamily(
+        "clarion_inbox_connections_limit",
+        "The cap on live inbox connections per tenant and per recipient (0: none)",
+        labels=["scope"],
+    )
+    refused = CounterMetricFamily(
+        "clarion_inbox_connections_refused",
+        "Live inbox connections refused (429) because a cap was reached, by that cap",
+        labels=["scope"],
+    )
+    for scope, most, cap in zip(
+        ("tenant", "recipient"),
+        slots.busiest(),
+        (slots.per_tenant, slots.per_recipient),
+        strict=True,
+    ):
+        busiest.add_metric([scope], most)
+        limit.add_metric([scope], cap)
+        refused.add_metric([scope], slots.refused[scope])
+    families: list[Metric] = [family, busiest, limit, refused]
+    if ctx.settings.metrics_tenant_label:
+        by_tenant = GaugeMetricFamily(
+            "clarion_inbox_connections_by_tenant",
+            "Live inbox connections held here, per tenant",
+            labels=["tenant"],
+        )
+        for tenant_id, n in slots.tenants().items():
+            by_tenant.add_metric([tenant_id], n)
+        families.append(by_tenant)
+    return families
 
 
 async def _gather(sources: Sources) -> list[Metric]:

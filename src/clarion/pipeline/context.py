@@ -16,6 +16,7 @@ from clarion.pipeline.subscriptions import Subscriptions
 from clarion.providers import ProviderSet
 from clarion.realtime import Hub, create_hub
 from clarion.realtime.gate import InboxGate
+from clarion.realtime.slots import LiveSlots
 from clarion.resilience.backends import Backends, open_backends
 from clarion.security.secrets import Keyring, resolve_keyring
 from clarion.store import tenants as tenant_store
@@ -56,7 +57,12 @@ class Context:
         self.resilience = open_backends(self.settings)
         self.webhooks = Subscriptions(self.engine, self.keyring, self.settings.provider_cache_ttl)
         self.hub = create_hub(self.resilience.redis, self.settings.inbox_queue_size)
-        self.inbox = InboxGate(self.engine, self.hub, self.settings.provider_cache_ttl)
+        self.inbox = InboxGate(
+            self.engine,
+            self.hub,
+            self.settings.provider_cache_ttl,
+            LiveSlots(self.settings.live_max_per_recipient, self.settings.live_max_per_tenant),
+        )
         self.providers.hub = self.hub
         self.providers.pg = self.pg
 

@@ -24,6 +24,7 @@ Key = tuple[str, str]  # (tenant id, recipient id)
 
 TOO_SLOW = "too_slow"
 REVOKED = "revoked"
+TOKEN_EXPIRED = "token_expired"
 RESYNC = "resync"
 STOPPING = "server_stopping"
 
@@ -39,6 +40,13 @@ def arrivals(stored: list[dict[str, Any]]) -> list[tuple[str, str, Event]]:
         )
         for s in stored
     ]
+
+
+def revocation(before_ms: int) -> Event:
+    """The hub event that closes, in every process, the recipient's connections whose
+    token was issued before ``before_ms``: published on the recipient's channel, so it
+    reaches exactly the processes that hold one, at once."""
+    return {"type": "revoke", "before_ms": before_ms}
 
 
 class Subscription:
@@ -153,7 +161,13 @@ class Hub(ABC):
                 await self._unlisten(key)
 
     def deliver(self, key: Key, event: Event) -> None:
-        """Put ``event`` in the queue of each local subscription of ``key``."""
+        """Put ``event`` in the queue of each local subscription of ``key``; a revocation
+        (:func:`revocation`) closes those whose token it revokes instead."""
+        if event.get("type") == "revoke":
+            before = event.get("before_ms")
+            if isinstance(before, int):
+                self.revoke(key[0], key[1], before)
+            return
         for sub in list(self._local.get(key, ())):
             sub.offer(event)
 

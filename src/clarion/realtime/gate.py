@@ -20,10 +20,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clarion.realtime.base import Event, Hub, arrivals
+from clarion.realtime.base import Event, Hub, arrivals, revocation
+from clarion.realtime.slots import LiveSlots
 from clarion.security import inbox_tokens
 from clarion.security.inbox_tokens import InvalidToken, RecipientClaims
-from clarion.store import inbox_access, inbox_changes
+from clarion.store import inbox_access, inbox_changes, inbox_tickets
 from clarion.store.db import utcnow
 from clarion.store.inbox import State
 from clarion.store.notifications import NewNotification, Outcome
@@ -32,6 +33,13 @@ log = logging.getLogger(__name__)
 
 # Revocations committed slightly out of order are still seen: each poll looks this far back.
 _OVERLAP = timedelta(seconds=5)
+# How often tickets that expired unused are deleted.
+_TICKET_SWEEP = 60.0
+
+
+class UnknownTicket(InvalidToken):
+    """A live connection's ticket that is unknown, used or expired (its token may be
+    good: ask for another ticket)."""
 
 
 Submit = Callable[[Sequence[NewNotification]], Awaitable[list[Outcome]]]
@@ -58,9 +66,13 @@ def _fallback(row: dict[str, Any]) -> NewNotification:
 
 
 class InboxGate:
-    def __init__(self, engine: AsyncEngine, hub: Hub, secret_ttl: float) -> None:
+    def __init__(
+        self, engine: AsyncEngine, hub: Hub, secret_ttl: float, slots: LiveSlots | None = None
+    ) -> None:
         self.engine = engine
         self.hub = hub
+        # The caps on this process's live connections (none unless given).
+        self.slots = slots if slots is not None else LiveSlots(0, 0)
         self._secret_ttl = secret_ttl
         self._secrets: dict[str, tuple[float, str | None]] = {}
         self._revoked: dict[tuple[str, str], int] = {}
@@ -71,6 +83,7 @@ class InboxGate:
         self.submit: Submit | None = None
         # What time it is for snoozes and fallbacks (tests move it).
         self.clock: Callable[[], datetime] = utcnow
+        self._next_sweep = 0.0
 
     async def mint(self, tenant_id: str, recipient_id: str, ttl: int) -> tuple[str, datetime]:
         secret = await inbox_access.secret(self.engine, tenant_id, create=True)
@@ -91,11 +104,35 @@ class InboxGate:
         if secret is None:
             raise InvalidToken("invalid recipient token")
         claims = inbox_tokens.verify(secret, token)
+        self._refuse_revoked(secret, claims)
+        return claims
+
+    def _refuse_revoked(self, secret: str, claims: RecipientClaims) -> None:
         digest = inbox_tokens.recipient_digest(secret, claims.recipient_id)
         for who in (digest, inbox_access.EVERYONE):
-            at = self._revoked.get((tenant_id, who))
+            at = self._revoked.get((claims.tenant_id, who))
             if at is not None and claims.issued_at_ms < at:
                 raise InvalidToken("the recipient token has been revoked")
+
+    async def ticket(self, claims: RecipientClaims) -> tuple[str, datetime]:
+        """A single-use ticket that opens one live connection for the holder of ``claims``
+        (store/inbox_tickets.py), and when it expires."""
+        return await inbox_tickets.issue(self.engine, claims, self.clock())
+
+    async def redeem(self, ticket: str) -> RecipientClaims:
+        """The claims of a ticket's token, once; ``InvalidToken`` for a ticket that is
+        unknown, used, expired, or whose token has expired or been revoked since."""
+        if not self._ready:
+            await self._follow()
+        claims = await inbox_tickets.redeem(self.engine, ticket, self.clock())
+        if claims is None:
+            raise UnknownTicket("unknown, used or expired ticket")
+        if claims.expires_at <= time.time():
+            raise InvalidToken("the recipient token has expired", expired=True)
+        secret = await self._secret(claims.tenant_id)
+        if secret is None:
+            raise UnknownTicket("unknown, used or expired ticket")
+        self._refuse_revoked(secret, claims)
         return claims
 
     async def _secret(self, tenant_id: str) -> str | None:
@@ -110,8 +147,9 @@ class InboxGate:
         return found
 
     async def erased(self, tenant_id: str, recipient_id: str, at: datetime) -> None:
-        """The recipient was erased (by this process): its tokens and live connections here
-        end at once; other processes follow within ``inbox_upkeep_interval``."""
+        """The recipient was erased (by this process): its tokens here and its live
+        connections everywhere end at once (pushed through the hub); other processes
+        refuse its tokens within ``inbox_upkeep_interval``."""
         secret = await self._secret(tenant_id)
         if secret is not None:
             digest = inbox_tokens.recipient_digest(secret, recipient_id)
@@ -119,6 +157,11 @@ class InboxGate:
                 _ms(at), self._revoked.get((tenant_id, digest), 0)
             )
         self.hub.revoke(tenant_id, recipient_id, _ms(at))
+        try:
+            await self.hub.publish(tenant_id, recipient_id, revocation(_ms(at)))
+        except Exception as exc:
+            # The table is the truth: other processes follow it within the interval.
+            log.warning("live push of a revocation failed: %r", exc)
 
     async def _apply(self, tenant_id: str, who: str, at: datetime) -> None:
         """Refuse older tokens of the recipient named by digest ``who`` (``*``: of the
@@ -154,6 +197,10 @@ class InboxGate:
         """Follow revocations; bring back due snoozed messages; send due offline fallbacks.
         Returns how many messages it acted on."""
         await self._follow()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + _TICKET_SWEEP
+            await inbox_tickets.sweep(self.engine, self.clock())
         fallen = await self._fall_back() if self.submit is not None else 0
         woken = await inbox_changes.wake_due(self.engine, self.clock())
         if woken:

@@ -43,6 +43,7 @@ from clarion.store.tables import (
     idempotency_keys,
     inbox_counters,
     inbox_messages,
+    inbox_tickets,
     notifications,
     recipients,
     sandbox_messages,
@@ -74,7 +75,7 @@ async def erase(
             return None
         await inbox_access.revoke(conn, tenant_id, recipient_id, erased_at)
         # The counter row before the messages: the inbox's lock order (inbox_changes.py).
-        for table in (inbox_counters, inbox_messages, sandbox_messages):
+        for table in (inbox_counters, inbox_messages, sandbox_messages, inbox_tickets):
             await conn.execute(
                 delete(table).where(
                     table.c.tenant_id == tenant_id, table.c.recipient_id == recipient_id

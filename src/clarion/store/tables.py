@@ -330,6 +330,22 @@ inbox_revocations = Table(
     Index("ix_inbox_revocations_revoked_at", "revoked_at"),
 )
 
+# Single-use tickets for a live inbox connection (``POST /v1/inbox/ticket``), so a
+# browser's URL carries a ticket, never a recipient token. Kept by the SHA-256 of the
+# ticket; what it grants is its token's: the recipient, when that token was issued (a
+# revocation after it refuses the ticket) and when it expires (in Unix seconds).
+inbox_tickets = Table(
+    "inbox_tickets",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("recipient_id", String(200), nullable=False),
+    Column("token_issued_ms", BigInteger, nullable=False),
+    Column("token_expires", BigInteger, nullable=False),
+    _ts("expires_at", nullable=False),
+    Index("ix_inbox_tickets_expires_at", "expires_at"),
+)
+
 categories = Table(
     "categories",
     metadata,

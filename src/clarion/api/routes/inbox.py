@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict
 
 from clarion.api.inbox_auth import recipient
-from clarion.api.outputs import InboxCounts, InboxMessage, InboxPage, Updated
+from clarion.api.outputs import InboxCounts, InboxMessage, InboxPage, InboxTicket, Updated
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import AwareDatetime
 from clarion.errors import NotFound, ValidationFailed
@@ -87,6 +87,23 @@ async def list_inbox(
 )
 async def count(request: Request, who: Reader) -> JSONResponse:
     return JSONResponse(await store.counts(_gate(request).engine, who.tenant_id, who.recipient_id))
+
+
+@router.post(
+    "/ticket",
+    summary="A single-use ticket for a live connection's URL",
+    description=(
+        "Browsers cannot send a header when they open `/v1/inbox/stream` (EventSource) or "
+        "`/v1/inbox/ws` (WebSocket): they put this ticket in the URL as `?ticket=` instead "
+        "of the token, which a URL would leave in proxies' and servers' logs. A ticket "
+        "opens one connection, within 60 seconds (or before its token expires, if "
+        "sooner), for the token's recipient; the connection lives as long as the token."
+    ),
+    response_model=InboxTicket,
+)
+async def ticket(request: Request, who: Reader) -> JSONResponse:
+    issued, expires_at = await _gate(request).ticket(who)
+    return JSONResponse({"ticket": issued, "expires_at": store.stamp(expires_at)})
 
 
 @router.post("/read-all", summary="Mark every unread message read", response_model=Updated)

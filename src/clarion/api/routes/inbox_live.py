@@ -1,6 +1,8 @@
 """``/v1/inbox/stream`` (Server-Sent Events) and ``/v1/inbox/ws`` (WebSocket): the live
-inbox. Both take the recipient token in ``Authorization`` or as ``?token=`` (a browser's
-``EventSource`` cannot send headers). The events are those of :mod:`clarion.api.live`.
+inbox. Both take the recipient token in ``Authorization``, or a single-use ticket as
+``?ticket=`` (browsers cannot send headers there; see api/inbox_auth.py); the WebSocket
+also ``?token=``, for clients of earlier versions. The events are those of
+:mod:`clarion.api.live`.
 
 SSE: each event is ``id: <cursor>`` (the connection's place in the arrival order, see
 :mod:`clarion.api.live`) and ``data: <json>``; a reconnecting ``EventSource`` sends it
@@ -8,9 +10,10 @@ back as ``Last-Event-ID`` and first receives what it missed. A comment
 (``: heartbeat``) goes out when nothing else has for ``CLARION_INBOX_HEARTBEAT`` seconds.
 
 WebSocket: a missing, bad or expired token (or an API key) is refused before the handshake
-completes, with the HTTP status and JSON error body of the REST routes (401, 403). The
-client may send ``{"type": "resume", "after": "<cursor>"}`` (first,
-to be answered before any live event, or at any time) and ``{"type": "ping"}`` (answered
+completes, with the HTTP status and JSON error body of the REST routes (401, 403).
+``?after=<cursor>`` replays what was missed before anything else. The client may send
+``{"type": "resume", "after": "<cursor>"}`` (first, to be answered before any live
+event, or at any time) and ``{"type": "ping"}`` (answered
 ``{"type": "pong"}``). A frame that is not JSON, not an object, larger than 4 KiB, binary,
 or of an unknown type is answered with ``{"type": "error", "code", "message"}`` and the
 connection stays open.
@@ -21,20 +24,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
+from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from clarion.api.errors import api_error_response
-from clarion.api.inbox_auth import check, token_of
+from clarion.api.inbox_auth import live
 from clarion.api.live import LiveSession
-from clarion.errors import ApiError, Unauthorized
-from clarion.realtime.base import Event
+from clarion.errors import ApiError, TooManyRequests, Unauthorized
+from clarion.realtime.base import TOKEN_EXPIRED, Event, Subscription
 from clarion.realtime.gate import InboxGate
+from clarion.realtime.slots import LimitReached, Slot
 from clarion.security.inbox_tokens import RecipientClaims
 
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
@@ -42,6 +47,9 @@ router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
 MAX_FRAME = 4096
 # The first frame may be a resume: live events wait for it this long.
 _FIRST_FRAME = 1.0
+# A refused connection may try again this many seconds later (a cap is freed by a
+# connection that ends).
+_RETRY_AFTER = "10"
 _CLOSE_CODES = {
     "too_slow": 4008,
     "revoked": 4001,
@@ -52,7 +60,21 @@ _CLOSE_CODES = {
 
 
 async def _stream_reader(request: Request) -> RecipientClaims:
-    return await check(request, token_of(request, query=True))
+    return await live(request)
+
+
+@contextlib.contextmanager
+def _expiry(sub: Subscription, who: RecipientClaims) -> Iterator[None]:
+    """Closes the connection when its token expires, whatever the traffic: one timer for
+    the connection's life (not a timeout on every wait: see realtime/base.py,
+    Subscription)."""
+    timer = asyncio.get_running_loop().call_later(
+        max(0.0, who.expires_at - time.time()), sub.close, TOKEN_EXPIRED
+    )
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _sse(event: Event, cursor: str) -> bytes:
@@ -87,36 +109,68 @@ async def stream(
     gate: InboxGate = request.app.state.ctx.inbox
     heartbeat = request.app.state.ctx.settings.inbox_heartbeat
     resume_after = _clean_id(last_event_id) or _clean_id(after)
+    slot = _admit(gate, who)
 
     async def events() -> AsyncIterator[bytes]:
-        async with gate.hub.subscribe(who.tenant_id, who.recipient_id, who.issued_at_ms) as sub:
-            session = LiveSession(gate, who, sub)
-            first = await session.open()
-            if resume_after is not None:
-                first = await session.resume(resume_after)
-            yield b"retry: 2000\n\n"
-            for event in first:
-                yield _sse(event, session.position)
-            while True:
-                try:
-                    batch = await sub.next_batch(heartbeat)
-                except TimeoutError:
-                    if time.time() >= who.expires_at:
-                        sub.close("token_expired")
-                        continue
-                    yield b": heartbeat\n\n"
-                    continue
-                if batch is None:
-                    yield _sse({"type": "closed", "reason": sub.reason}, session.position)
-                    return
-                for event in await session.translate(batch):
+        async with (
+            _holding(slot),
+            gate.hub.subscribe(who.tenant_id, who.recipient_id, who.issued_at_ms) as sub,
+        ):
+            with _expiry(sub, who):
+                session = LiveSession(gate, who, sub)
+                first = await session.open()
+                if resume_after is not None:
+                    first = await session.resume(resume_after)
+                yield b"retry: 2000\n\n"
+                for event in first:
                     yield _sse(event, session.position)
+                while True:
+                    try:
+                        batch = await sub.next_batch(heartbeat)
+                    except TimeoutError:
+                        yield b": heartbeat\n\n"
+                        continue
+                    if batch is None:
+                        yield _sse({"type": "closed", "reason": sub.reason}, session.position)
+                        return
+                    for event in await session.translate(batch):
+                        yield _sse(event, session.position)
 
     return StreamingResponse(
         events(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # A stream whose client left before it began never runs its body: its slot is
+        # given back after the response all the same.
+        background=BackgroundTask(_released, slot),
     )
+
+
+def _admit(gate: InboxGate, who: RecipientClaims) -> Slot:
+    """A place for one more live connection of ``who``, or a 429 (``Retry-After``)."""
+    try:
+        return gate.slots.take(who.tenant_id, who.recipient_id)
+    except LimitReached as exc:
+        raise TooManyRequests(
+            f"{exc}: close one before opening another",
+            code="too_many_connections",
+            details=[{"limit": exc.scope, "max": exc.limit}],
+            headers={"Retry-After": _RETRY_AFTER},
+        ) from exc
+
+
+async def _released(slot: Slot) -> None:
+    # A coroutine, so that it runs on the event loop (a plain function would be run in a
+    # worker thread, beside the loop that counts the slots).
+    slot.release()
+
+
+@contextlib.asynccontextmanager
+async def _holding(slot: Slot) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        slot.release()
 
 
 class _Socket:
@@ -191,19 +245,19 @@ async def _write(sock: _Socket, session: LiveSession) -> None:
 
 
 async def _refuse(websocket: WebSocket, exc: ApiError) -> None:
-    """Refuse the handshake: an HTTP 401 or 403 with the JSON error body, before any
-    WebSocket exists. A server without the denial-response extension of ASGI answers the
-    close before accept with a bare 403."""
+    """Refuse the handshake: an HTTP 401, 403 or 429 with the JSON error body (and its
+    headers: ``Retry-After``), before any WebSocket exists. A server without the
+    denial-response extension of ASGI answers the close before accept with a bare 403."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(api_error_response(exc))
     else:
-        await websocket.close(code=4401 if exc.status == 401 else 4403, reason=exc.code)
+        await websocket.close(code=4000 + exc.status, reason=exc.code)
 
 
 @router.websocket("/ws")
 async def ws(websocket: WebSocket) -> None:
     try:
-        who = await check(websocket, token_of(websocket, query=True))
+        who = await live(websocket, query_token=True)
     except ApiError as exc:
         await _refuse(websocket, exc)
         return
@@ -211,32 +265,43 @@ async def ws(websocket: WebSocket) -> None:
         await _refuse(websocket, Unauthorized("invalid recipient token"))
         return
     gate: InboxGate = websocket.app.state.ctx.inbox
+    try:
+        slot = _admit(gate, who)
+    except ApiError as exc:
+        await _refuse(websocket, exc)
+        return
+    async with _holding(slot):
+        await _connected(websocket, gate, who)
+
+
+async def _connected(websocket: WebSocket, gate: InboxGate, who: RecipientClaims) -> None:
     await websocket.accept()
     sock = _Socket(websocket)
     async with gate.hub.subscribe(who.tenant_id, who.recipient_id, who.issued_at_ms) as sub:
         session = LiveSession(gate, who, sub)
-        # One timer for the connection's life closes it when its token expires (not a
-        # timeout on every wait: see realtime/base.py, Subscription).
-        expiry = asyncio.get_running_loop().call_later(
-            max(0.0, who.expires_at - time.time()), sub.close, "token_expired"
-        )
-        try:
-            await _serve(websocket, sock, session)
-        finally:
-            expiry.cancel()
+        with _expiry(sub, who):
+            await _serve(websocket, sock, session, _clean_id(websocket.query_params.get("after")))
         reason = sub.reason
     await _close(websocket, reason)
 
 
-async def _serve(websocket: WebSocket, sock: _Socket, session: LiveSession) -> None:
-    for event in await session.open():
+async def _serve(
+    websocket: WebSocket, sock: _Socket, session: LiveSession, resume_after: str | None
+) -> None:
+    opening = await session.open()
+    if resume_after is not None:
+        # ``?after=``: the replay comes before anything else, as on SSE, so no frame
+        # this connection sends carries a place past what the client holds.
+        opening = await session.resume(resume_after)
+    for event in opening:
         await sock.send(event)
-    # A first frame (a resume) is answered before any live event goes out.
-    first: Mapping[str, Any] | None = None
-    with contextlib.suppress(TimeoutError):
-        first = await asyncio.wait_for(websocket.receive(), _FIRST_FRAME)
-    if first is not None and not await _handle(sock, session, first):
-        return
+    if resume_after is None:
+        # A first frame (a resume) is answered before any live event goes out.
+        first: Mapping[str, Any] | None = None
+        with contextlib.suppress(TimeoutError):
+            first = await asyncio.wait_for(websocket.receive(), _FIRST_FRAME)
+        if first is not None and not await _handle(sock, session, first):
+            return
     tasks = [
         asyncio.create_task(_read(sock, session), name="inbox-ws-read"),
         asyncio.create_task(_write(sock, session), name="inbox-ws-write"),

@@ -63,6 +63,8 @@
     <path d="M13.73 21a2 2 0 0 1-3.46 0"/></svg>`;
 
   const MAX_BACKOFF_MS = 30000;
+  // Close reasons after which only a new token helps.
+  const SIGNED_OUT = ["revoked", "token_expired"];
 
   class ClarionInbox extends HTMLElement {
     static get observedAttributes() { return ["token", "base-url", "transport"]; }
@@ -77,6 +79,7 @@
       this.useSse = !("WebSocket" in window);
       this.failures = 0;
       this.retryTimer = null;
+      this.generation = 0;         // one more on every connect and stop: late answers are dropped
       this.root = this.attachShadow({ mode: "open" });
       this.render();
     }
@@ -134,21 +137,40 @@
     }
 
     stop() {
+      this.generation += 1;
       clearTimeout(this.retryTimer);
       if (this.socket) { this.socket.onclose = null; this.socket.close(); this.socket = null; }
       if (this.source) { this.source.close(); this.source = null; }
     }
 
+    // A live connection's URL carries a single-use ticket, never the token (URLs stay in
+    // proxies' and servers' logs): one is asked for before every connection.
     connect() {
-      if (this.useSse) { this.connectSse(); return; }
-      const url = this.baseUrl.replace(/^http/, "ws") + "/v1/inbox/ws?token=" + encodeURIComponent(this.token);
+      const generation = ++this.generation;
+      this.api("POST", "/v1/inbox/ticket").then(
+        (body) => { if (generation === this.generation) this.openLive(body.ticket); },
+        () => {
+          if (generation !== this.generation) return;
+          this.tokenRefused().then((refused) => (refused ? this.signedOut() : this.retry()));
+        },
+      );
+    }
+
+    liveQuery(ticket) {
+      return "?ticket=" + encodeURIComponent(ticket) +
+        (this.cursor ? "&after=" + encodeURIComponent(this.cursor) : "");
+    }
+
+    openLive(ticket) {
+      if (this.useSse) { this.connectSse(ticket); return; }
+      // The cursor goes in the URL: what was missed comes before anything else.
+      const url = this.baseUrl.replace(/^http/, "ws") + "/v1/inbox/ws" + this.liveQuery(ticket);
       let opened = false;
       const socket = new WebSocket(url);
       this.socket = socket;
       socket.onopen = () => {
         opened = true;
         this.failures = 0;
-        if (this.cursor) socket.send(JSON.stringify({ type: "resume", after: this.cursor }));
         this.showStatus("");
       };
       socket.onmessage = (frame) => {
@@ -156,13 +178,14 @@
       };
       socket.onclose = (close) => {
         this.socket = null;
-        if (close.code === 4401 || close.code === 4403 || close.reason === "revoked") {
+        if (close.code === 4401 || close.code === 4403 || SIGNED_OUT.includes(close.reason)) {
           this.signedOut();
           return;
         }
         if (opened) { this.retry(); return; }
         // Never opened: a refused token (the handshake's 401/403 is not shown to pages,
-        // so ask over HTTP), or a proxy that blocks WebSockets (Server-Sent Events then).
+        // so ask over HTTP), a limit on connections, or a proxy that blocks WebSockets
+        // (Server-Sent Events then).
         this.tokenRefused().then((refused) => {
           if (refused) { this.signedOut(); return; }
           if (++this.failures >= 2) this.useSse = true;
@@ -185,17 +208,18 @@
       this.showStatus("signed out of notifications");
     }
 
-    connectSse() {
-      const url = this.baseUrl + "/v1/inbox/stream?token=" + encodeURIComponent(this.token) +
-        (this.cursor ? "&after=" + encodeURIComponent(this.cursor) : "");
-      const source = new EventSource(url);
+    connectSse(ticket) {
+      const source = new EventSource(this.baseUrl + "/v1/inbox/stream" + this.liveQuery(ticket));
       this.source = source;
-      // EventSource reconnects by itself and sends Last-Event-ID: it resumes on its own.
+      source.onopen = () => { this.failures = 0; this.showStatus(""); };
       source.onmessage = (event) => {
         try { this.onEvent(JSON.parse(event.data)); } catch (_) { /* not ours */ }
       };
+      // EventSource would reconnect by itself with the same, spent ticket: the component
+      // reconnects instead, with a new ticket and the last cursor.
       source.onerror = () => {
-        if (source.readyState !== EventSource.CLOSED) return;
+        source.close();
+        if (this.source !== source) return;
         this.source = null;
         this.tokenRefused().then((refused) => (refused ? this.signedOut() : this.retry()));
       };
@@ -226,7 +250,7 @@
           this.reload().catch(() => {});
           break;
         case "closed":
-          if (event.reason === "revoked" || event.reason === "token_expired") this.stop();
+          if (SIGNED_OUT.includes(event.reason)) this.signedOut();
           break;
         default:
           break;

@@ -509,11 +509,11 @@ async def test_a_send_planned_on_the_old_cursor_goes_on_as_one_stripe(
 async def test_topics_with_subscribers_exist_after_the_topics_migration(
     backend: tuple[str, str],
 ) -> None:
-    """Migration 0023: every topic that has subscribers becomes a topic that exists,
+    """Migration 0022: every topic that has subscribers becomes a topic that exists,
     created when its first subscriber joined; down again, the table goes."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    before = ScriptDirectory.from_config(config).get_revision("0023")
+    before = ScriptDirectory.from_config(config).get_revision("0022")
     assert before is not None
     below = before.down_revision
     assert isinstance(below, str)

@@ -1,7 +1,7 @@
 """inbox tickets: short-lived, single-use tickets that open one live inbox connection
 
-Revision ID: 0022
-Revises: 0019
+Revision ID: 0024
+Revises: 0023
 Create Date: 2026-11-25 01:00:00
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0022"
-down_revision: str | None = "0020"
+revision: str = "0024"
+down_revision: str | None = "0023"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

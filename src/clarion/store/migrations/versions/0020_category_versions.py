@@ -1,6 +1,6 @@
 """category versions: a per-tenant counter moved by every category write
 
-Revision ID: 0024
+Revision ID: 0020
 Revises: 0019
 Create Date: 2026-11-25 01:10:00
 """
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0024"
+revision: str = "0020"
 down_revision: str | None = "0019"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

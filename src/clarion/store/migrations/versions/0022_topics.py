@@ -1,8 +1,8 @@
 """topics: a topic exists from its creation (or first subscriber) until it is deleted,
 whether or not it has subscribers at the moment
 
-Revision ID: 0023
-Revises: 0019
+Revision ID: 0022
+Revises: 0021
 Create Date: 2026-11-25 01:00:00
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0023"
+revision: str = "0022"
 down_revision: str | None = "0021"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

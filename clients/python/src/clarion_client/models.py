@@ -132,8 +132,17 @@ class NotificationSummary(Model):
     totals: dict[str, int] = Field(default_factory=dict)
 
 
+class Cancellation(Model):
+    """Of a cancelled notification: what was cancelled, and what was under way and may
+    still go out (the notification reads ``cancelling`` until none is left)."""
+
+    cancelled: int
+    in_flight: int
+
+
 class Notification(NotificationSummary):
     data: dict[str, Any]
+    cancel: Cancellation | None = None
     deliveries: list[Delivery]
     deliveries_truncated: bool = False
 

@@ -40,6 +40,8 @@ class Claims:
         self._batcher: Batcher[Claim, bool] = Batcher(
             self._flush, max_items=1000, concurrency=2, name=f"claims {name}"
         )
+        # Attempts claimed whose handling has not ended: what a stop hands back.
+        self._held: dict[str, int] = {}
 
     def start(self) -> None:
         self._batcher.start()
@@ -73,8 +75,21 @@ class Claims:
             mine = delivery_id in claimed and first[delivery_id] == attempt
             if mine:
                 claimed.discard(delivery_id)
+                self._held[delivery_id] = attempt
             results.append(mine)
         return results
+
+    def finished(self, delivery_id: str) -> None:
+        """The handling of ``delivery_id`` ended (its outcome stored, or given up on)."""
+        self._held.pop(delivery_id, None)
+
+    async def hand_back(self) -> None:
+        """End the leases of the attempts whose handling was cut short by a stop: their
+        messages go back to the broker unanswered, and whoever takes one again claims the
+        same attempt at once instead of waiting for the lease to run out."""
+        held, self._held = list(self._held.items()), {}
+        if held:
+            await delivery_store.release_claims(self._ctx.engine, held)
 
     async def close(self) -> None:
         await self._batcher.close()

@@ -140,6 +140,11 @@ class ChannelWorker:
             log.error("%s: message %s dropped: %s", self.channel, message.id, exc)
             self._acks.post(message)
             return
+        await self._attempt(message, delivery)
+        # Not reached when a stop cuts the attempt short: its claim is then handed back.
+        self._claims.finished(delivery.id)
+
+    async def _attempt(self, message: Message, delivery: Delivery) -> None:
         ids = logs.bound(
             tenant_id=delivery.tenant,
             notification_id=delivery.notification,
@@ -225,6 +230,11 @@ class ChannelWorker:
     async def stop(self, deadline: float) -> None:
         """Finish what is in flight within ``deadline`` seconds; give the rest back."""
         await self._consumer.stop(deadline)
+        try:
+            await self._claims.hand_back()
+        except Exception as exc:
+            # Their leases run out instead; the sweeper publishes them again then.
+            log.warning("%s: handing back claims failed: %r", self.channel, exc)
         await self._claims.close()
 
 

@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, String, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.bounded import bounded
@@ -454,6 +465,24 @@ async def touch(engine: AsyncEngine, ids: Sequence[str]) -> None:
         for part in chunks(list(ids), 1000):
             await conn.execute(
                 update(deliveries).where(deliveries.c.id.in_(part)).values(updated_at=now)
+            )
+
+
+async def release_claims(engine: AsyncEngine, items: Sequence[tuple[str, int]]) -> None:
+    """End the leases of these attempts (delivery id, attempt), still ``sending``: their
+    worker stopped and handed their messages back unanswered, so whoever takes a message
+    again may claim the same attempt at once rather than after the lease. An attempt that
+    has stored its outcome meanwhile, or been followed by a later one, is left alone."""
+    d = deliveries
+    async with write_tx(engine) as conn:
+        for part in chunks(list(items), 500):
+            await conn.execute(
+                update(d)
+                .where(
+                    d.c.status == DeliveryStatus.SENDING,
+                    tuple_(d.c.id, d.c.attempts).in_(part),
+                )
+                .values(leased_until=None)
             )
 
 

@@ -454,8 +454,9 @@ async def test_a_live_connection_closes_at_its_token_expiry_while_events_flow(
     await inbox_ready(app, "u-1")
     secret = await inbox_access.secret(app.ctx.engine, app.tenant_id)
     assert secret is not None
-    # Expiry is in whole seconds: this one ends 1 to 2 s from now.
-    short = inbox_tokens.mint(secret, app.tenant_id, "u-1", int(time.time() * 1000), 2)
+    # Expiry is in whole seconds: this one ends 3 to 4 s from now, time enough on a busy
+    # machine for the connection to open and events to flow before it closes.
+    short = inbox_tokens.mint(secret, app.tenant_id, "u-1", int(time.time() * 1000), 4)
     expires = jwt.decode(short, options={"verify_signature": False})["exp"]
     async with _live(base, short, transport) as live:
         closed, received = await _until_closed(app, live, "u-1")

@@ -224,6 +224,9 @@ async def outage_app(backend: tuple[str, str]) -> AsyncIterator[Harness]:
         yield harness
 
 
+# Thousands of retries keep the store busy: run alone (the slow step), not beside another
+# test process, so that the bound measures Clarion rather than the machine's contention.
+@pytest.mark.slow
 async def test_retries_to_failing_endpoints_do_not_starve_the_same_tenants_fresh_work(
     outage_app: Harness, hang: Hang, sink: WebhookSink
 ) -> None:

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from clarion.broker import Message
-from clarion.pipeline.consumer import FairConsumer
+from clarion.pipeline.consumer import FairConsumer, Handler
 
 STREAMS = ["send.x.critical", "send.x.high", "send.x.normal", "send.x.low"]
 
@@ -16,7 +16,8 @@ def message(lane: str, ident: str, tenant: str) -> Message:
     return Message(f"send.x.{lane}", ident, {"tenant": tenant})
 
 
-async def test_a_critical_message_starts_while_the_lower_lanes_fill_every_slot() -> None:
+def held_handler() -> tuple[list[str], asyncio.Event, Handler]:
+    """A handler that records each message it starts and holds it until released."""
     release = asyncio.Event()
     started: list[str] = []
 
@@ -24,6 +25,11 @@ async def test_a_critical_message_starts_while_the_lower_lanes_fill_every_slot()
         started.append(msg.id)
         await release.wait()
 
+    return started, release, handle
+
+
+async def test_a_critical_message_starts_while_the_lower_lanes_fill_every_slot() -> None:
+    started, release, handle = held_handler()
     broker: Any = None  # never called: messages are handed in directly
     consumer = FairConsumer(
         broker, STREAMS, "c", handle, concurrency=8, tenant_share=0.5, lease=60, name="t"
@@ -53,13 +59,7 @@ async def test_a_critical_message_starts_while_the_lower_lanes_fill_every_slot()
 
 
 async def test_a_full_endpoint_and_the_retries_hold_no_more_than_their_shares() -> None:
-    release = asyncio.Event()
-    started: list[str] = []
-
-    async def handle(msg: Message) -> None:
-        started.append(msg.id)
-        await release.wait()
-
+    started, release, handle = held_handler()
     broker: Any = None  # never called: messages are handed in directly
     consumer = FairConsumer(
         broker,

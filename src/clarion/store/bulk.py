@@ -289,6 +289,21 @@ async def apply_changes(
 # moved the waiting deliveries to `cancelled` under row locks, which the UPDATEs wait for
 # and then see.
 _LAPSED = "(d.leased_until IS NULL OR d.leased_until < now())"
+# The claim's conditions on a delivery's state are CASE expressions on purpose: written as
+# plain predicates, PostgreSQL derives `status IN (...)` from them and, with stale statistics
+# (a new day's partition, or a server without autovacuum), ANDs the status index with the
+# primary key -- reading every queued and sending delivery of the day for a batch of twenty
+# (10 ms a call at 300,000 rows, measured). As CASE they can only be checked on the rows the
+# primary key finds, and they are still rechecked on the newest row version under concurrency.
+_CLAIMABLE = (
+    "CASE WHEN d.status IN ('queued', 'scheduled', 'sending') AND d.attempts = c.attempt - 1 "
+    f"THEN true WHEN d.status = 'sending' AND d.attempts = c.attempt THEN {_LAPSED} "
+    "ELSE false END"
+)
+_STOPPABLE = (
+    "CASE WHEN d.status IN ('queued', 'scheduled') THEN true "
+    f"WHEN d.status = 'sending' THEN {_LAPSED} ELSE false END"
+)
 _CLAIM = (
     "WITH cur AS MATERIALIZED (SELECT v.id, v.attempt, "
     "(SELECT n.status FROM notifications AS n WHERE n.id = d.notification_id) AS note "
@@ -297,14 +312,11 @@ _CLAIM = (
     "claimed AS (UPDATE deliveries AS d SET status = 'sending', attempts = c.attempt, "
     "leased_until = now() + make_interval(secs => $3), scheduled_for = NULL, updated_at = $4 "
     "FROM cur AS c WHERE d.id = c.id AND d.id = ANY($1::text[]) "
-    "AND c.note IS DISTINCT FROM 'cancelled' "
-    "AND ((d.status IN ('queued', 'scheduled', 'sending') AND d.attempts = c.attempt - 1) "
-    f"OR (d.status = 'sending' AND d.attempts = c.attempt AND {_LAPSED})) RETURNING d.id), "
+    f"AND c.note IS DISTINCT FROM 'cancelled' AND {_CLAIMABLE} RETURNING d.id), "
     "stopped AS (UPDATE deliveries AS d SET status = 'cancelled', reason = 'cancelled', "
     "scheduled_for = NULL, leased_until = NULL, updated_at = $4 "
     "FROM cur AS c WHERE d.id = c.id AND d.id = ANY($1::text[]) AND c.note = 'cancelled' "
-    f"AND (d.status IN ('queued', 'scheduled') OR (d.status = 'sending' AND {_LAPSED})) "
-    "RETURNING d.id, d.tenant_id), "
+    f"AND {_STOPPABLE} RETURNING d.id, d.tenant_id), "
     "ev AS (INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
     "SELECT id, tenant_id, 'cancelled', 'cancelled', $4 FROM stopped) "
     "SELECT id FROM claimed"

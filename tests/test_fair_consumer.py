@@ -95,3 +95,32 @@ async def test_a_full_endpoint_and_the_retries_hold_no_more_than_their_shares() 
     while consumer.held:  # each finished handler starts the next waiting one
         await asyncio.wait(list(consumer._running))
     assert len(started) == 43 == len(set(started))
+
+
+async def test_reading_ahead_near_the_cap_takes_handfuls_not_single_messages() -> None:
+    """Everything waiting is parked behind a full endpoint and the consumer holds nearly
+    all it may: it waits for a handful of slots to free before it reads on, rather than
+    paying a broker read (and a screen) for each message finished."""
+    _, _, handle = held_handler()
+    broker: Any = None  # never called: messages are handed in directly
+    consumer = FairConsumer(
+        broker,
+        STREAMS,
+        "c",
+        handle,
+        concurrency=16,
+        tenant_share=1.0,
+        lease=60,
+        name="t",
+        max_held=100,
+        endpoint=lambda m: m.payload.get("to"),
+        endpoint_share=0.25,
+    )
+    parked = [Message("send.x.normal", f"m{i}", {"tenant": "a", "to": "one"}) for i in range(99)]
+    consumer._enqueue(parked)
+    await asyncio.sleep(0)
+    assert consumer.held == 99
+    assert len(consumer._running) == consumer.endpoint_limit
+    assert consumer._wanted() == 0  # room for one: not worth a read
+    consumer._max_held = 99 + 2 * consumer._min_take
+    assert consumer._wanted() == 2 * consumer._min_take  # room for a handful: read on

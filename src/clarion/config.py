@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     # tenant, so only for deployments with few tenants.
     metrics_tenant_label: bool = False
     # Size of each channel's pool of concurrent sends.
-    worker_concurrency: int = Field(default=256, ge=1)
+    worker_concurrency: int = Field(default=512, ge=1)
     # The share of that pool one tenant may hold: a tenant whose endpoints hang holds at
     # most this much, the other tenants' work runs in the rest (docs/architecture.md).
     worker_tenant_share: float = Field(default=0.5, gt=0, le=1)

@@ -218,6 +218,10 @@ class FairConsumer:
         if free <= 0 or room <= 0:
             return 0
         if self._waiting_count:
+            # Reading ahead with the held messages near ``max_held``: wait for a handful of
+            # them to finish rather than take one message per finished handler.
+            if room < min(self._min_take, self._max_held):
+                return 0
             return min(room, _READ_AHEAD)
         if self._running and free < self._min_take:
             # Busy: wait for a handful of free slots rather than take one at a time (a

@@ -68,12 +68,13 @@ _N = len(_DELIVERY_COLUMNS)
 # New deliveries, with an event for each one inserted in another state than `queued` (a
 # delivery's creation is its `queued` event), their notifications marked `processing`, and
 # the planned notifications' outbox rows gone: the planner's whole write, one statement.
-# None of a cancelled notification: `live` takes a share lock on the notifications, so a
-# cancellation either comes first (and nothing is inserted) or waits for this statement
-# (and then cancels what it inserted).
+# None of a cancelled notification: `live` marks the notifications under their row locks,
+# so a cancellation either comes first (and nothing is inserted) or waits for this statement
+# (and then cancels what it inserted). One update, not a share lock and then an update: a
+# row locked and updated by one statement costs a lock record and a multixact more.
 _STORE_PLAN = (
-    f"WITH live AS (SELECT id FROM notifications WHERE id = ANY(${_N + 2}::text[]) "
-    "AND status <> 'cancelled' FOR SHARE), "
+    f"WITH live AS (UPDATE notifications SET status = 'processing' "
+    f"WHERE id = ANY(${_N + 2}::text[]) AND status <> 'cancelled' RETURNING id), "
     f"ins AS (INSERT INTO deliveries ({', '.join(_DELIVERY_COLUMNS)}) "
     f"SELECT {_select(_DELIVERY_COLUMNS)} FROM {_unnest(_DELIVERY_COLUMNS)} "
     "JOIN live ON live.id = v.notification_id "
@@ -81,8 +82,6 @@ _STORE_PLAN = (
     "ev AS (INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
     f"SELECT id, tenant_id, status, reason, ${_N + 1}::timestamptz FROM ins "
     f"WHERE status <> '{DeliveryStatus.QUEUED.value}'), "
-    f"up AS (UPDATE notifications SET status = 'processing' WHERE id = ANY(${_N + 2}::text[]) "
-    "AND status <> 'cancelled'), "
     f"gone AS (DELETE FROM outbox WHERE notification_id = ANY(${_N + 3}::text[])) "
     "SELECT id FROM ins"
 )

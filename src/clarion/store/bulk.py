@@ -278,47 +278,47 @@ async def apply_changes(
 # or still `sending` attempt n - 1 whose outcome is not stored yet, a retry being published
 # before that outcome), or its attempt n was claimed by a worker whose lease ran out (it
 # died before storing an outcome); and only if its notification is not cancelled. It
-# becomes `sending` attempt n under a lease on the database's clock. One of a cancelled
-# notification that was still waiting (or whose claimant died) is cancelled by the same
-# statement, with its event. The ids claimed.
+# becomes `sending` attempt n under a lease on the database's clock. The ids claimed.
 #
-# Each row's notification is read by its primary key (a subquery per row in `cur`, which
-# the planner does not turn into a join): without fresh statistics a join may start from
-# every cancelled notification instead. A cancellation committed after `cur` was read has
-# moved the waiting deliveries to `cancelled` under row locks, which the UPDATEs wait for
-# and then see.
+# Each row's notification is read by its primary key (a subquery per row, which the planner
+# does not turn into a join): without fresh statistics a join may start from every
+# cancelled notification instead. A cancellation committed after this statement's snapshot
+# has moved the waiting deliveries to `cancelled` under row locks, which the UPDATE waits
+# for and then sees (the row's conditions are checked again on its newest version).
 _LAPSED = "(d.leased_until IS NULL OR d.leased_until < now())"
-# The claim's conditions on a delivery's state are CASE expressions on purpose: written as
-# plain predicates, PostgreSQL derives `status IN (...)` from them and, with stale statistics
-# (a new day's partition, or a server without autovacuum), ANDs the status index with the
+# The conditions on a delivery's state are CASE expressions on purpose: written as plain
+# predicates, PostgreSQL derives `status IN (...)` from them and, with stale statistics (a
+# new day's partition, or a server without autovacuum), ANDs the status index with the
 # primary key -- reading every queued and sending delivery of the day for a batch of twenty
 # (10 ms a call at 300,000 rows, measured). As CASE they can only be checked on the rows the
-# primary key finds, and they are still rechecked on the newest row version under concurrency.
+# primary key finds.
 _CLAIMABLE = (
     "CASE WHEN d.status IN ('queued', 'scheduled', 'sending') AND d.attempts = c.attempt - 1 "
     f"THEN true WHEN d.status = 'sending' AND d.attempts = c.attempt THEN {_LAPSED} "
     "ELSE false END"
 )
+_NOTE = "(SELECT n.status FROM notifications AS n WHERE n.id = d.notification_id)"
+_CLAIM = (
+    "UPDATE deliveries AS d SET status = 'sending', attempts = c.attempt, "
+    "leased_until = now() + make_interval(secs => $3), scheduled_for = NULL, updated_at = $4 "
+    "FROM unnest($1::text[], $2::int[]) AS c(id, attempt) "
+    f"WHERE d.id = c.id AND d.id = ANY($1::text[]) AND {_CLAIMABLE} "
+    f"AND {_NOTE} IS DISTINCT FROM 'cancelled' RETURNING d.id"
+)
+# Of the deliveries a claim did not take, those of a cancelled notification still waiting
+# (or whose claimant died) are cancelled, with their events: asked only when a claim left
+# some out, which a running send rarely does.
 _STOPPABLE = (
     "CASE WHEN d.status IN ('queued', 'scheduled') THEN true "
     f"WHEN d.status = 'sending' THEN {_LAPSED} ELSE false END"
 )
-_CLAIM = (
-    "WITH cur AS MATERIALIZED (SELECT v.id, v.attempt, "
-    "(SELECT n.status FROM notifications AS n WHERE n.id = d.notification_id) AS note "
-    "FROM unnest($1::text[], $2::int[]) AS v(id, attempt) "
-    "JOIN deliveries AS d ON d.id = v.id WHERE d.id = ANY($1::text[])), "
-    "claimed AS (UPDATE deliveries AS d SET status = 'sending', attempts = c.attempt, "
-    "leased_until = now() + make_interval(secs => $3), scheduled_for = NULL, updated_at = $4 "
-    "FROM cur AS c WHERE d.id = c.id AND d.id = ANY($1::text[]) "
-    f"AND c.note IS DISTINCT FROM 'cancelled' AND {_CLAIMABLE} RETURNING d.id), "
-    "stopped AS (UPDATE deliveries AS d SET status = 'cancelled', reason = 'cancelled', "
-    "scheduled_for = NULL, leased_until = NULL, updated_at = $4 "
-    "FROM cur AS c WHERE d.id = c.id AND d.id = ANY($1::text[]) AND c.note = 'cancelled' "
-    f"AND {_STOPPABLE} RETURNING d.id, d.tenant_id), "
-    "ev AS (INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
-    "SELECT id, tenant_id, 'cancelled', 'cancelled', $4 FROM stopped) "
-    "SELECT id FROM claimed"
+_STOP = (
+    "WITH stopped AS (UPDATE deliveries AS d SET status = 'cancelled', reason = 'cancelled', "
+    "scheduled_for = NULL, leased_until = NULL, updated_at = $2 "
+    f"WHERE d.id = ANY($1::text[]) AND {_STOPPABLE} AND {_NOTE} = 'cancelled' "
+    "RETURNING d.id, d.tenant_id) "
+    "INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
+    "SELECT id, tenant_id, 'cancelled', 'cancelled', $2 FROM stopped"
 )
 
 
@@ -326,7 +326,9 @@ async def claim(
     pg: PgPool, items: Sequence[tuple[str, int]], lease: float, at: datetime
 ) -> set[str]:
     """Claim each (delivery id, attempt) of ``items`` (ids distinct) for ``lease`` seconds;
-    the ids claimed."""
+    the ids claimed. Those left out that belong to a cancelled notification are cancelled."""
     ids, attempts = _columns(items, 2)
-    records = await pg.fetch(_CLAIM, ids, attempts, lease, at)
-    return {record[0] for record in records}
+    claimed = {record[0] for record in await pg.fetch(_CLAIM, ids, attempts, lease, at)}
+    if len(claimed) < len(ids):
+        await pg.execute(_STOP, [i for i in ids if i not in claimed], at)
+    return claimed

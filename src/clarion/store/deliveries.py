@@ -217,7 +217,9 @@ async def _claim_rows(
             .where(d.c.id.in_(part))
         )
         rows.extend((await conn.execute(query)).all())
-    claimed: list[dict[str, Any]] = []
+    # The ids claimed, by the attempt they are claimed for: one UPDATE per attempt number
+    # (a batch is mostly first attempts), not one per row.
+    claimed: dict[int, list[str]] = {}
     stopped: list[tuple[str, str]] = []
     for did, tenant, status, attempts, leased_until, note in rows:
         held = as_utc(leased_until)
@@ -229,23 +231,23 @@ async def _claim_rows(
             (status in _CLAIMABLE and attempts == wanted[did] - 1)
             or (lapsed and attempts == wanted[did])
         ):
-            claimed.append({"b_id": did, "b_attempts": wanted[did]})
-    if claimed:
-        await conn.execute(
-            update(d)
-            .where(d.c.id == bindparam("b_id"))
-            .values(
-                status=DeliveryStatus.SENDING,
-                attempts=bindparam("b_attempts"),
-                leased_until=until,
-                scheduled_for=None,
-                updated_at=now,
-            ),
-            claimed,
-        )
+            claimed.setdefault(wanted[did], []).append(did)
+    for attempt, ids in claimed.items():
+        for part in chunks(ids, 1000):
+            await conn.execute(
+                update(d)
+                .where(d.c.id.in_(part))
+                .values(
+                    status=DeliveryStatus.SENDING,
+                    attempts=attempt,
+                    leased_until=until,
+                    scheduled_for=None,
+                    updated_at=now,
+                )
+            )
     if stopped:
         await _cancel_rows(conn, stopped, now)
-    return {row["b_id"] for row in claimed}
+    return {did for ids in claimed.values() for did in ids}
 
 
 async def _cancel_rows(conn: AsyncConnection, rows: list[tuple[str, str]], now: datetime) -> None:

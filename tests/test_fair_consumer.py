@@ -124,3 +124,91 @@ async def test_reading_ahead_near_the_cap_takes_handfuls_not_single_messages() -
     assert consumer._wanted() == 0  # room for one: not worth a read
     consumer._max_held = 99 + 2 * consumer._min_take
     assert consumer._wanted() == 2 * consumer._min_take  # room for a handful: read on
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def adaptive(handle: Handler, clock: Clock) -> FairConsumer:
+    """16 slots, one tenant may hold all; an endpoint in trouble holds 4."""
+    broker: Any = None  # never called: messages are handed in directly
+    return FairConsumer(
+        broker,
+        STREAMS,
+        "c",
+        handle,
+        concurrency=16,
+        tenant_share=1.0,
+        lease=60,
+        name="t",
+        endpoint=lambda m: m.payload.get("to"),
+        endpoint_share=0.25,
+        endpoint_slow_after=1.0,
+        clock=clock,
+    )
+
+
+def to(ident: str, endpoint: str) -> Message:
+    return Message("send.x.normal", ident, {"tenant": "a", "to": endpoint})
+
+
+async def test_a_healthy_endpoint_may_use_the_tenants_share_and_a_slow_one_only_its_own() -> None:
+    started, release, handle = held_handler()
+    clock = Clock()
+    consumer = adaptive(handle, clock)
+    assert consumer.endpoint_limit == 4
+    # Nothing wrong with the endpoint: its work fills every slot.
+    consumer._enqueue([to(f"a{i}", "busy") for i in range(12)])
+    await asyncio.sleep(0)
+    assert len(started) == 12
+    # Its sends run past the slow mark: from then on it is held to its share, parked
+    # behind its 12 running, while another endpoint's work starts past it.
+    clock.now += 1.5
+    consumer._enqueue([to(f"b{i}", "busy") for i in range(4)])
+    consumer._enqueue([to("c0", "other")])
+    await asyncio.sleep(0)
+    assert started[12:] == ["c0"]
+    release.set()
+    while consumer.held:
+        await asyncio.wait(list(consumer._running))
+    assert len(started) == 17
+
+
+async def test_an_endpoint_that_fails_is_held_to_its_share_until_it_has_been_well() -> None:
+    clock = Clock()
+    fail = True
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    async def handle(message: Message) -> bool:
+        started.append(message.id)
+        await gate.wait()
+        return not fail
+
+    consumer = adaptive(handle, clock)
+    consumer._enqueue([to("f0", "flaky")])
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.wait(list(consumer._running))  # it fails, at once
+    gate.clear()
+    consumer._enqueue([to(f"g{i}", "flaky") for i in range(10)])
+    await asyncio.sleep(0)
+    assert len(consumer._running) == consumer.endpoint_limit  # in trouble: its share
+    # Its sends succeed again, and once its trouble is old it may fill the slots.
+    fail = False
+    gate.set()
+    while consumer.held:
+        await asyncio.wait(list(consumer._running))
+    gate.clear()
+    clock.now += 31
+    consumer._enqueue([to(f"h{i}", "flaky") for i in range(10)])
+    await asyncio.sleep(0)
+    assert len(consumer._running) == 10
+    gate.set()
+    while consumer.held:
+        await asyncio.wait(list(consumer._running))

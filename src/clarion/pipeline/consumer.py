@@ -16,10 +16,14 @@ Endpoints and retries
     Within a tenant's share, one endpoint (a webhook's host, a provider: the ``endpoint``
     function) may hold at most ``endpoint_limit`` slots: a taken message whose endpoint is
     full is parked, off its tenant's queue, until one of that endpoint's handlers finishes,
-    and the tenant's work to other endpoints starts past it. Retries come on a stream of
-    their own (``retry_stream``), taken after the lanes, and hold at most ``retry_limit``
-    slots and a quarter of ``max_held``: a backlog of retries to failing endpoints never
-    stands in front of fresh work, nor fills the slots it needs.
+    and the tenant's work to other endpoints starts past it. With ``endpoint_slow_after``
+    the limit holds only for an endpoint in trouble: one whose handler failed (returned
+    False) or ran longer than that many seconds in the last ``_TROUBLE_MEMORY`` seconds, or
+    has one running longer now. A healthy endpoint may use its tenant's whole share, so
+    one busy endpoint is not held to a quarter of the slots while nothing is wrong.
+    Retries come on a stream of their own (``retry_stream``), taken after the lanes, and
+    hold at most ``retry_limit`` slots and a quarter of ``max_held``: a backlog of retries
+    to failing endpoints never stands in front of fresh work, nor fills the slots it needs.
 
 Read-ahead
     The loop takes only what it can start (once a handful of slots are free, so that a busy
@@ -49,7 +53,9 @@ from clarion.store.batching import is_outage
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Message], Coroutine[Any, Any, None]]
+# Handles one message; False says its endpoint failed it (an error, a timeout), which puts
+# the endpoint in trouble (see "Endpoints and retries").
+Handler = Callable[[Message], Coroutine[Any, Any, bool | None]]
 # Looks at freshly taken messages before they are queued; returns those still to handle
 # (e.g. drops redelivered messages whose work is already done).
 Screen = Callable[[list[Message]], Awaitable[list[Message]]]
@@ -64,6 +70,8 @@ _READ_AHEAD = 500
 # An endpoint whose oldest send in flight has run this long (seconds) is slow: when the
 # consumer is full, what waits for it may be spilled.
 _SLOW_AFTER = 1.0
+# How long an endpoint stays in trouble after its last failed or slow handler (seconds).
+_TROUBLE_MEMORY = 30.0
 
 
 def tenant_of(message: Message) -> str:
@@ -89,7 +97,9 @@ class FairConsumer:
         retry_share: float = 0.125,
         endpoint: Endpoint | None = None,
         endpoint_share: float = 1.0,
+        endpoint_slow_after: float | None = None,
         spill: Spill | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._broker = broker
         self._lanes = list(streams)
@@ -112,6 +122,12 @@ class FairConsumer:
         self._max_retries_held = max(self.retry_limit, self._max_held // 4)
         self.endpoint_limit = max(1, int(concurrency * endpoint_share))
         self._endpoint = endpoint
+        self._slow_after = endpoint_slow_after
+        self._clock = clock
+        # Per endpoint in trouble, until when (clock seconds); per endpoint, the starts of
+        # its running handlers, oldest first.
+        self._troubled: dict[_Key, float] = {}
+        self._starts: dict[_Key, dict[asyncio.Task[Any], float]] = {}
         self._spill = spill
         self._renew_every = lease / 4
         # Per lane, the tenants with waiting messages, in round-robin order.
@@ -119,9 +135,9 @@ class FairConsumer:
         self._waiting_count = 0
         self._retries_waiting = 0
         self._retries_running = 0
-        self._running: dict[asyncio.Task[None], Message] = {}
-        # Each running handler's lane, endpoint key and start (monotonic seconds).
-        self._runs: dict[asyncio.Task[None], tuple[int, _Key | None, float]] = {}
+        self._running: dict[asyncio.Task[bool | None], Message] = {}
+        # Each running handler's lane, endpoint key and start (clock seconds).
+        self._runs: dict[asyncio.Task[bool | None], tuple[int, _Key | None, float]] = {}
         self._per_tenant: Counter[str] = Counter()
         self._per_endpoint: Counter[_Key] = Counter()
         # Per full endpoint, its messages waiting for one of its slots (with their lane).
@@ -184,7 +200,7 @@ class FairConsumer:
         a few each, to go on with) to ``spill``, so that the loop can read past them to
         other tenants' work. Handed back to the broker on failure (after their lease)."""
         assert self._spill is not None
-        since = time.monotonic() - _SLOW_AFTER
+        since = self._clock() - _SLOW_AFTER
         slow = {key for _, key, at in self._runs.values() if key is not None and at <= since}
         spilled: list[Message] = []
         for key in slow:
@@ -230,7 +246,7 @@ class FairConsumer:
         return min(room, free)
 
     def _enqueue(self, messages: list[Message]) -> None:
-        now = time.monotonic()
+        now = self._clock()
         last = len(self._lanes) - 1
         for message in messages:
             lane = self._lane.get(message.stream, last)
@@ -288,13 +304,30 @@ class FairConsumer:
         while queue:
             message = queue.popleft()
             key = self._key(tenant, message)
-            if key is None or self._per_endpoint[key] < self.endpoint_limit:
+            if key is None or self._per_endpoint[key] < self._endpoint_limit(key):
                 return message, key
             parked = self._parked.get(key)
             if parked is None:
                 parked = self._parked[key] = deque()
             parked.append((lane, message))
         return None
+
+    def _endpoint_limit(self, key: _Key) -> int:
+        """``endpoint_limit`` for an endpoint in trouble (or always, without
+        ``endpoint_slow_after``); else no limit but its tenant's."""
+        if self._slow_after is None:
+            return self.endpoint_limit
+        now = self._clock()
+        until = self._troubled.get(key)
+        if until is not None:
+            if until > now:
+                return self.endpoint_limit
+            del self._troubled[key]
+        starts = self._starts.get(key)
+        if starts and next(iter(starts.values())) < now - self._slow_after:
+            self._troubled[key] = now + _TROUBLE_MEMORY
+            return self.endpoint_limit
+        return self.concurrency + self.express
 
     def _unpark(self, key: _Key) -> None:
         """One of ``key``'s slots was freed: its first parked message goes back to the
@@ -318,17 +351,22 @@ class FairConsumer:
             self._retries_waiting -= 1
             self._retries_running += 1
         self._per_tenant[tenant] += 1
+        task = asyncio.create_task(self._handle(message))
+        now = self._clock()
         if key is not None:
             self._per_endpoint[key] += 1
-        task = asyncio.create_task(self._handle(message))
+            if self._slow_after is not None:
+                self._starts.setdefault(key, {})[task] = now
         self._running[task] = message
-        self._runs[task] = (lane, key, time.monotonic())
+        self._runs[task] = (lane, key, now)
         task.add_done_callback(self._finished)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Task[bool | None]) -> None:
         message = self._running.pop(task, None)
         if message is not None:
-            lane, key, _ = self._runs.pop(task)
+            lane, key, started = self._runs.pop(task)
+            if key is not None and self._slow_after is not None:
+                self._note_endpoint(key, task, started)
             tenant = tenant_of(message)
             self._per_tenant[tenant] -= 1
             if not self._per_tenant[tenant]:
@@ -346,11 +384,24 @@ class FairConsumer:
         self._start_ready()
         self._room.set()
 
+    def _note_endpoint(self, key: _Key, task: asyncio.Task[bool | None], started: float) -> None:
+        """A handler for ``key`` ended: the endpoint is in trouble if it failed or was slow."""
+        assert self._slow_after is not None
+        starts = self._starts.get(key)
+        if starts is not None:
+            starts.pop(task, None)
+            if not starts:
+                del self._starts[key]
+        now = self._clock()
+        failed = task.cancelled() or task.exception() is not None or task.result() is False
+        if failed or now - started > self._slow_after:
+            self._troubled[key] = now + _TROUBLE_MEMORY
+
     async def _renew_leases(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._renew_every)
-            due = time.monotonic() - self._renew_every
+            due = self._clock() - self._renew_every
             stale = [message for message, at in self._renewed.values() if at <= due]
             if not stale:
                 continue
@@ -359,7 +410,7 @@ class FairConsumer:
             except Exception as exc:
                 log.warning("%s: renewing %d leases failed: %r", self._name, len(stale), exc)
                 continue
-            now = time.monotonic()
+            now = self._clock()
             for message in stale:
                 if message.id in self._renewed:
                     self._renewed[message.id] = (message, now)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from clarion.broker import Broker, Message
 
@@ -14,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 async def finish_or_hand_back(
-    inflight: dict[asyncio.Task[None], Message], broker: Broker, deadline: float
+    inflight: dict[asyncio.Task[Any], Message], broker: Broker, deadline: float
 ) -> None:
     """Let the tasks finish within ``deadline`` seconds; cancel the others and release their
     messages to the broker, so another consumer takes them at once rather than after the

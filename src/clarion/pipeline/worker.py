@@ -62,6 +62,12 @@ class StatusWriter:
         await self._batcher.close()
 
 
+_FAILED = frozenset({DeliveryStatus.FAILED, DeliveryStatus.DEAD})
+# A send's endpoint whose handling takes longer than this (seconds) is in trouble, as one
+# that fails is: the consumer holds it to its share (CLARION_WORKER_ENDPOINT_SHARE).
+ENDPOINT_SLOW_AFTER = 1.0
+
+
 def _endpoint(message: Message) -> str | None:
     return endpoint_of(message.payload)
 
@@ -96,6 +102,7 @@ class ChannelWorker:
             retry_share=ctx.settings.worker_retry_share,
             endpoint=_endpoint,
             endpoint_share=ctx.settings.worker_endpoint_share,
+            endpoint_slow_after=ENDPOINT_SLOW_AFTER,
         )
 
     @property
@@ -132,19 +139,22 @@ class ChannelWorker:
                 fresh.append(message)
         return fresh
 
-    async def _handle(self, message: Message) -> None:
+    async def _handle(self, message: Message) -> bool:
+        """Handle one delivery; False when its attempt failed (its endpoint is in trouble:
+        the consumer then holds it to its share, pipeline/consumer.py)."""
         try:
             delivery = Delivery.from_payload(message.payload)
         except MalformedDelivery as exc:
             # Nothing to store an outcome against: taken again it would fail again.
             log.error("%s: message %s dropped: %s", self.channel, message.id, exc)
             self._acks.post(message)
-            return
-        await self._attempt(message, delivery)
+            return True
+        went_well = await self._attempt(message, delivery)
         # Not reached when a stop cuts the attempt short: its claim is then handed back.
         self._claims.finished(delivery.id)
+        return went_well
 
-    async def _attempt(self, message: Message, delivery: Delivery) -> None:
+    async def _attempt(self, message: Message, delivery: Delivery) -> bool:
         ids = logs.bound(
             tenant_id=delivery.tenant,
             notification_id=delivery.notification,
@@ -156,14 +166,14 @@ class ChannelWorker:
             except ClaimUnavailable as exc:
                 # Not acked: the message comes back after its lease and is tried again.
                 log.warning("delivery %s: %s", delivery.id, exc)
-                return
+                return True
             except Exception as exc:
                 attempt = self._attempts.failed(delivery, exc)
         if attempt is None:
             # Not claimed: cancelled, finished, or this attempt is another copy's.
             self._acks.post(message)
             self._ctx.made_progress()
-            return
+            return True
         change, retry, dead = attempt.change, attempt.retry, attempt.dead
         change.ref = DeliveryRef(
             delivery.notification, delivery.recipient, self.channel, delivery.provider
@@ -177,7 +187,7 @@ class ChannelWorker:
             if is_outage(exc) or not await self._store_unstorable(change, exc):
                 # Not acked: the message comes back after its lease and is tried again.
                 log.warning("delivery %s: storing the outcome failed: %r", change.delivery_id, exc)
-                return
+                return True
         self._acks.post(message)
         self._ctx.made_progress()
         # A retry spends an attempt; waiting for a provider (breaker, rate limit) does not.
@@ -186,6 +196,9 @@ class ChannelWorker:
         metrics.attempt(self.channel, delivery, attempt.kind, change.status, reason, retried)
         if dead:
             await self._forget(delivery, dead)
+        # Retried, deferred (the breaker, a rate limit), failed or dead: the endpoint did
+        # not take it.
+        return retry is None and change.status not in _FAILED
 
     async def _store_unstorable(self, change: StatusChange, exc: Exception) -> bool:
         """An outcome the store refuses on its own (not an outage) would come back and be

@@ -242,10 +242,13 @@ class ProviderSet:
         if name == "webhook":
             from clarion.providers.webhook import WebhookProvider
 
+            # Shared by every tenant: a connection for each of the channel's sends, so one
+            # tenant holding its whole share of them never leaves another waiting for one.
             return WebhookProvider(
                 self._secrets,
                 allow_private=self._settings.allow_private_webhooks,
                 timeout=self._settings.webhook_timeout,
+                max_connections=self._settings.worker_concurrency,
             )
         raise KeyError(f"no provider named {name!r}")
 

@@ -17,10 +17,11 @@ Endpoints and retries
     function) may hold at most ``endpoint_limit`` slots: a taken message whose endpoint is
     full is parked, off its tenant's queue, until one of that endpoint's handlers finishes,
     and the tenant's work to other endpoints starts past it. With ``endpoint_slow_after``
-    the limit holds only for an endpoint in trouble: one whose handler failed (returned
-    False) or ran longer than that many seconds in the last ``_TROUBLE_MEMORY`` seconds, or
-    has one running longer now. A healthy endpoint may use its tenant's whole share, so
-    one busy endpoint is not held to a quarter of the slots while nothing is wrong.
+    the limit holds only for an endpoint in trouble: one for which a handler returned False
+    (it failed, or was slow) in the last ``_TROUBLE_MEMORY`` seconds, or has been running
+    longer than ``endpoint_slow_after`` seconds. A healthy endpoint may use its tenant's
+    whole share, so one busy endpoint is not held to a quarter of the slots while nothing
+    is wrong.
     Retries come on a stream of their own (``retry_stream``), taken after the lanes, and
     hold at most ``retry_limit`` slots and a quarter of ``max_held``: a backlog of retries
     to failing endpoints never stands in front of fresh work, nor fills the slots it needs.
@@ -53,8 +54,8 @@ from clarion.store.batching import is_outage
 
 log = logging.getLogger(__name__)
 
-# Handles one message; False says its endpoint failed it (an error, a timeout), which puts
-# the endpoint in trouble (see "Endpoints and retries").
+# Handles one message; False says its endpoint failed it or was slow (an error, a timeout,
+# a long call), which puts the endpoint in trouble (see "Endpoints and retries").
 Handler = Callable[[Message], Coroutine[Any, Any, bool | None]]
 # Looks at freshly taken messages before they are queued; returns those still to handle
 # (e.g. drops redelivered messages whose work is already done).
@@ -364,9 +365,9 @@ class FairConsumer:
     def _finished(self, task: asyncio.Task[bool | None]) -> None:
         message = self._running.pop(task, None)
         if message is not None:
-            lane, key, started = self._runs.pop(task)
+            lane, key, _ = self._runs.pop(task)
             if key is not None and self._slow_after is not None:
-                self._note_endpoint(key, task, started)
+                self._note_endpoint(key, task)
             tenant = tenant_of(message)
             self._per_tenant[tenant] -= 1
             if not self._per_tenant[tenant]:
@@ -384,18 +385,16 @@ class FairConsumer:
         self._start_ready()
         self._room.set()
 
-    def _note_endpoint(self, key: _Key, task: asyncio.Task[bool | None], started: float) -> None:
-        """A handler for ``key`` ended: the endpoint is in trouble if it failed or was slow."""
-        assert self._slow_after is not None
+    def _note_endpoint(self, key: _Key, task: asyncio.Task[bool | None]) -> None:
+        """A handler for ``key`` ended: the endpoint is in trouble if the handler says so
+        (or raised)."""
         starts = self._starts.get(key)
         if starts is not None:
             starts.pop(task, None)
             if not starts:
                 del self._starts[key]
-        now = self._clock()
-        failed = task.cancelled() or task.exception() is not None or task.result() is False
-        if failed or now - started > self._slow_after:
-            self._troubled[key] = now + _TROUBLE_MEMORY
+        if task.cancelled() or task.exception() is not None or task.result() is False:
+            self._troubled[key] = self._clock() + _TROUBLE_MEMORY
 
     async def _renew_leases(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -63,9 +63,12 @@ class StatusWriter:
 
 
 _FAILED = frozenset({DeliveryStatus.FAILED, DeliveryStatus.DEAD})
-# A send's endpoint whose handling takes longer than this (seconds) is in trouble, as one
-# that fails is: the consumer holds it to its share (CLARION_WORKER_ENDPOINT_SHARE).
-ENDPOINT_SLOW_AFTER = 1.0
+# An endpoint is in trouble, and held to its share of the slots (CLARION_WORKER_ENDPOINT_SHARE),
+# after a send to it failed or was retried, after a provider call to it took longer than
+# SLOW_CALL seconds, and while a send to it has been under way longer than STUCK_SEND
+# (claim and outcome's write included: on a busy store they take a while of their own).
+SLOW_CALL = 1.0
+STUCK_SEND = 5.0
 
 
 def _endpoint(message: Message) -> str | None:
@@ -102,7 +105,7 @@ class ChannelWorker:
             retry_share=ctx.settings.worker_retry_share,
             endpoint=_endpoint,
             endpoint_share=ctx.settings.worker_endpoint_share,
-            endpoint_slow_after=ENDPOINT_SLOW_AFTER,
+            endpoint_slow_after=STUCK_SEND,
         )
 
     @property
@@ -197,8 +200,9 @@ class ChannelWorker:
         if dead:
             await self._forget(delivery, dead)
         # Retried, deferred (the breaker, a rate limit), failed or dead: the endpoint did
-        # not take it.
-        return retry is None and change.status not in _FAILED
+        # not take it; or it took it slowly.
+        slow = change.latency_ms is not None and change.latency_ms > SLOW_CALL * 1000
+        return retry is None and change.status not in _FAILED and not slow
 
     async def _store_unstorable(self, change: StatusChange, exc: Exception) -> bool:
         """An outcome the store refuses on its own (not an outage) would come back and be

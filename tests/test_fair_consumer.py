@@ -28,6 +28,29 @@ def held_handler() -> tuple[list[str], asyncio.Event, Handler]:
     return started, release, handle
 
 
+def to(ident: str, endpoint: str, lane: str = "normal") -> Message:
+    """Tenant a's message for ``endpoint``."""
+    return Message(f"send.x.{lane}", ident, {"tenant": "a", "to": endpoint})
+
+
+def per_endpoint(handle: Handler, **options: Any) -> FairConsumer:
+    """16 slots, one tenant may hold them all, an endpoint (the payload's `to`) a quarter."""
+    broker: Any = None  # never called: messages are handed in directly
+    return FairConsumer(
+        broker,
+        STREAMS,
+        "c",
+        handle,
+        concurrency=16,
+        tenant_share=1.0,
+        lease=60,
+        name="t",
+        endpoint=lambda m: m.payload.get("to"),
+        endpoint_share=0.25,
+        **options,
+    )
+
+
 async def test_a_critical_message_starts_while_the_lower_lanes_fill_every_slot() -> None:
     started, release, handle = held_handler()
     broker: Any = None  # never called: messages are handed in directly
@@ -60,30 +83,13 @@ async def test_a_critical_message_starts_while_the_lower_lanes_fill_every_slot()
 
 async def test_a_full_endpoint_and_the_retries_hold_no_more_than_their_shares() -> None:
     started, release, handle = held_handler()
-    broker: Any = None  # never called: messages are handed in directly
-    consumer = FairConsumer(
-        broker,
-        STREAMS,
-        "c",
-        handle,
-        concurrency=16,
-        tenant_share=1.0,
-        lease=60,
-        name="t",
-        retry_stream="send.x.retry",
-        retry_share=0.25,
-        endpoint=lambda m: m.payload.get("to"),
-        endpoint_share=0.25,
-    )
+    consumer = per_endpoint(handle, retry_stream="send.x.retry", retry_share=0.25)
     assert (consumer.retry_limit, consumer.endpoint_limit) == (4, 4)
 
-    def to(lane: str, ident: str, endpoint: str) -> Message:
-        return Message(f"send.x.{lane}", ident, {"tenant": "a", "to": endpoint})
-
     # Retries come first here, and most of the fresh work goes to one (hanging) endpoint.
-    consumer._enqueue([to("retry", f"r{i}", f"down{i % 2}") for i in range(20)])
-    consumer._enqueue([to("normal", f"h{i}", "hangs") for i in range(20)])
-    consumer._enqueue([to("normal", f"ok{i}", "healthy") for i in range(3)])
+    consumer._enqueue([to(f"r{i}", f"down{i % 2}", "retry") for i in range(20)])
+    consumer._enqueue([to(f"h{i}", "hangs") for i in range(20)])
+    consumer._enqueue([to(f"ok{i}", "healthy") for i in range(3)])
     await asyncio.sleep(0)
     # The hanging endpoint holds its share, the retries theirs; the healthy endpoint's
     # work, behind them all, started at once.
@@ -102,21 +108,8 @@ async def test_reading_ahead_near_the_cap_takes_handfuls_not_single_messages() -
     all it may: it waits for a handful of slots to free before it reads on, rather than
     paying a broker read (and a screen) for each message finished."""
     _, _, handle = held_handler()
-    broker: Any = None  # never called: messages are handed in directly
-    consumer = FairConsumer(
-        broker,
-        STREAMS,
-        "c",
-        handle,
-        concurrency=16,
-        tenant_share=1.0,
-        lease=60,
-        name="t",
-        max_held=100,
-        endpoint=lambda m: m.payload.get("to"),
-        endpoint_share=0.25,
-    )
-    parked = [Message("send.x.normal", f"m{i}", {"tenant": "a", "to": "one"}) for i in range(99)]
+    consumer = per_endpoint(handle, max_held=100)
+    parked = [to(f"m{i}", "one") for i in range(99)]
     consumer._enqueue(parked)
     await asyncio.sleep(0)
     assert consumer.held == 99
@@ -135,26 +128,8 @@ class Clock:
 
 
 def adaptive(handle: Handler, clock: Clock) -> FairConsumer:
-    """16 slots, one tenant may hold all; an endpoint in trouble holds 4."""
-    broker: Any = None  # never called: messages are handed in directly
-    return FairConsumer(
-        broker,
-        STREAMS,
-        "c",
-        handle,
-        concurrency=16,
-        tenant_share=1.0,
-        lease=60,
-        name="t",
-        endpoint=lambda m: m.payload.get("to"),
-        endpoint_share=0.25,
-        endpoint_slow_after=1.0,
-        clock=clock,
-    )
-
-
-def to(ident: str, endpoint: str) -> Message:
-    return Message("send.x.normal", ident, {"tenant": "a", "to": endpoint})
+    """As :func:`per_endpoint`, with the share held only by an endpoint in trouble."""
+    return per_endpoint(handle, endpoint_slow_after=1.0, clock=clock)
 
 
 async def test_a_healthy_endpoint_may_use_the_tenants_share_and_a_slow_one_only_its_own() -> None:

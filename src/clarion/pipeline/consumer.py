@@ -73,6 +73,8 @@ _READ_AHEAD = 500
 _SLOW_AFTER = 1.0
 # How long an endpoint stays in trouble after its last failed or slow handler (seconds).
 _TROUBLE_MEMORY = 30.0
+# Endpoints in trouble remembered before the expired ones are dropped.
+_TROUBLED_KEPT = 4096
 
 
 def tenant_of(message: Message) -> str:
@@ -394,7 +396,10 @@ class FairConsumer:
             if not starts:
                 del self._starts[key]
         if task.cancelled() or task.exception() is not None or task.result() is False:
-            self._troubled[key] = self._clock() + _TROUBLE_MEMORY
+            now = self._clock()
+            if len(self._troubled) >= _TROUBLED_KEPT:  # past troubles of endpoints not seen since
+                self._troubled = {k: t for k, t in self._troubled.items() if t > now}
+            self._troubled[key] = now + _TROUBLE_MEMORY
 
     async def _renew_leases(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -16,13 +16,14 @@ from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 import orjson
-from sqlalchemy import select, tuple_
+from sqlalchemy import Table, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from clarion.store import tables
 from clarion.store.db import write_tx
 from clarion.store.pg import PgPool
 from clarion.store.sql import chunks, insert_ignoring_conflicts
-from clarion.store.tables import notifications, outbox, recipients, templates, topics
+from clarion.store.tables import notifications, outbox, recipients
 
 Key = tuple[str, str]
 
@@ -70,22 +71,15 @@ class _SqlIntake:
 
     async def known(self, templates: set[Key], recipients: set[Key], topics: set[Key]) -> Found:
         return (
-            await self._known_templates(templates),
+            await self._known(tables.templates, templates),
             await self._known_recipients(recipients),
-            await self._known_topics(topics) if topics else set(),
+            await self._known(tables.topics, topics) if topics else set(),
         )
 
-    async def _known_topics(self, keys: set[Key]) -> set[Key]:
+    async def _known(self, table: Table, keys: set[Key]) -> set[Key]:
+        """Which of these (tenant, name) keys ``table`` (templates, topics) holds."""
         found: set[Key] = set()
-        t = topics
-        for part in chunks(sorted(keys), 1000):
-            query = select(t.c.tenant_id, t.c.name).where(tuple_(t.c.tenant_id, t.c.name).in_(part))
-            found.update((row.tenant_id, row.name) for row in await self._conn.execute(query))
-        return found
-
-    async def _known_templates(self, keys: set[Key]) -> set[Key]:
-        found: set[Key] = set()
-        t = templates
+        t = table
         for part in chunks(sorted(keys), 1000):
             query = select(t.c.tenant_id, t.c.name).where(tuple_(t.c.tenant_id, t.c.name).in_(part))
             found.update((row.tenant_id, row.name) for row in await self._conn.execute(query))

@@ -134,23 +134,22 @@ async def step(
 async def wait(engine: AsyncEngine, run: dict[str, Any], until: datetime, why: str) -> bool:
     """Hand back a run held by the caller, to be taken again at ``until`` (its cursor
     kept), saying why in its ``error``; False if the lease is no longer the caller's."""
-    async with write_tx(engine) as conn:
-        result = await conn.execute(
-            update(r)
-            .where(r.c.id == run["id"], r.c.lease_until == run["lease_until"])
-            .values(status=PENDING, lease_until=until, error=why)
-        )
-    return result.rowcount == 1
+    return await _while_leased(engine, run, status=PENDING, lease_until=until, error=why)
 
 
 async def finish(
     engine: AsyncEngine, run: dict[str, Any], status: str, now: datetime, error: str | None = None
 ) -> bool:
+    return await _while_leased(engine, run, status=status, error=error, finished_at=now)
+
+
+async def _while_leased(engine: AsyncEngine, run: dict[str, Any], **values: Any) -> bool:
+    """Set ``values`` on a run held by the caller; False if its lease is no longer theirs."""
     async with write_tx(engine) as conn:
         result = await conn.execute(
             update(r)
             .where(r.c.id == run["id"], r.c.lease_until == run["lease_until"])
-            .values(status=status, error=error, finished_at=now)
+            .values(**values)
         )
     return result.rowcount == 1
 

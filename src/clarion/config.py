@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -179,8 +178,3 @@ class Settings(BaseSettings):
         if self.broker_url.startswith(("redis://", "rediss://")):
             return self.broker_url
         return None
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()

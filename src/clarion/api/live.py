@@ -40,8 +40,6 @@ from clarion.realtime.gate import InboxGate
 from clarion.security.inbox_tokens import RecipientClaims
 from clarion.store import inbox
 
-# "Everything from the start": the cursor of a client that has seen nothing.
-FROM_START = "0"
 _REMEMBERED = 2048
 _MAX_CURSOR = 2**63 - 1
 

@@ -69,9 +69,3 @@ def derived_timed_id(prefix: str, timed_id: str, *parts: str) -> str:
     that time."""
     digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
     return f"{prefix}_{time_part(timed_id)}{_b32(int.from_bytes(digest[:10], 'big'), 16)}"
-
-
-def derived_id(prefix: str, *parts: str) -> str:
-    """An id of ``prefix``'s shape that depends on ``parts`` alone (the same every time)."""
-    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
-    return f"{prefix}_{_b32(int.from_bytes(digest[:17], 'big') >> 6, 26)}"

@@ -23,7 +23,7 @@ from babel import numbers as babel_numbers
 from jinja2 import pass_context
 from jinja2.runtime import Context
 
-from clarion.domain.sandbox_limits import state_of
+from clarion.domain.template_limits import state_of
 from clarion.errors import TemplateError
 
 DEFAULT_LOCALE = "en"

@@ -19,9 +19,9 @@ from jinja2.exceptions import SecurityError, TemplateRuntimeError
 
 from clarion.domain.htmltext import html_to_text
 from clarion.domain.localized import FILTERS
-from clarion.domain.sandbox import ClarionSandbox, make_environment
-from clarion.domain.sandbox_limits import STATE, RenderState
 from clarion.domain.template_check import prepare
+from clarion.domain.template_limits import STATE, RenderState
+from clarion.domain.template_sandbox import ClarionSandbox, make_environment
 from clarion.errors import MissingVariable, TemplateError
 
 _UNDEFINED_NAME = re.compile(r"'([^']+)' is undefined|has no attribute '([^']+)'")

@@ -1,18 +1,11 @@
-"""Which channels a notification goes out on for a recipient, and to what address."""
+"""A recipient's address on each channel."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from clarion.domain.models import Channel
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    channel: str
-    address: Any  # None when the recipient has no address for the channel
 
 
 def address_for(channel: str, recipient: Mapping[str, Any]) -> Any:
@@ -30,13 +23,3 @@ def address_for(channel: str, recipient: Mapping[str, Any]) -> Any:
     if channel == Channel.INAPP:
         return recipient["id"]
     return None
-
-
-def choose_routes(
-    template_channels: Sequence[str],
-    requested: Sequence[str] | None,
-    recipient: Mapping[str, Any],
-) -> list[Route]:
-    """The template's channels, narrowed to those requested, each with its address."""
-    wanted = [c for c in template_channels if requested is None or c in requested]
-    return [Route(channel, address_for(channel, recipient)) for channel in wanted]

@@ -15,7 +15,7 @@ from typing import Any, cast
 from jinja2 import Environment, nodes
 from jinja2.visitor import NodeTransformer
 
-from clarion.domain.sandbox import CONCAT_FILTER, LOOP_FILTER, REMOVED_GLOBALS
+from clarion.domain.template_sandbox import CONCAT_FILTER, LOOP_FILTER, REMOVED_GLOBALS
 from clarion.errors import TemplateError
 
 _REFUSED_NAMES = REMOVED_GLOBALS | {"self", "caller", "varargs", "kwargs"}

@@ -154,9 +154,6 @@ class FairConsumer:
         """Messages taken and not yet finished: waiting here or being handled."""
         return self._waiting_count + len(self._running)
 
-    def running_for(self, tenant: str) -> int:
-        return self._per_tenant[tenant]
-
     async def run(self, stop: asyncio.Event) -> None:
         """Take and start work until ``stop``. A broker or database that is away (a Redis
         restart, say) is waited out with a growing pause; what was taken and not started

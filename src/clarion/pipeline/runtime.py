@@ -22,12 +22,12 @@ from clarion.domain.models import PLAN_STREAMS, Channel, channel_streams
 from clarion.pipeline.consumer import unavailable
 from clarion.pipeline.context import Context
 from clarion.pipeline.digests import DigestCloser
-from clarion.pipeline.events import EventDispatcher
 from clarion.pipeline.intake import Intake
 from clarion.pipeline.planner import Planner
 from clarion.pipeline.recurring import Recurring
 from clarion.pipeline.scheduler import Relay, Retention, Sweeper, recover_embedded
 from clarion.pipeline.status_events import EVENTS_RETRY_STREAM, EVENTS_STREAM
+from clarion.pipeline.status_webhooks import EventDispatcher
 from clarion.pipeline.worker import ChannelWorker, StatusWriter
 from clarion.store import notifications as notification_store
 from clarion.store.batching import Batcher

@@ -103,15 +103,6 @@ class Batcher(Generic[T, R]):
         if it fails, the failure is logged."""
         self._queue.put_nowait((item, None))
 
-    async def submit_many(self, items: Sequence[T]) -> list[R]:
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[R]] = []
-        for item in items:
-            future: asyncio.Future[R] = loop.create_future()
-            self._queue.put_nowait((item, future))
-            futures.append(future)
-        return list(await asyncio.gather(*futures))
-
     @property
     def pending(self) -> int:
         return self._queue.qsize()

@@ -11,7 +11,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.utils import _PassArg
 
-from clarion.domain.sandbox_limits import (
+from clarion.domain.template_limits import (
     MAX_ITEMS,
     MAX_OUTPUT,
     bounded,

@@ -2,7 +2,7 @@
 
 Jinja's immutable sandbox already refuses private attributes and changes to data. On top:
 
-* every render carries a ``RenderState`` (:mod:`clarion.domain.sandbox_limits`) under a
+* every render carries a ``RenderState`` (:mod:`clarion.domain.template_limits`) under a
   context key no template can name (names starting with ``_`` are refused when a template
   is stored); it holds the rendering locale and time zone for the localized filters, and
   the render's budgets;
@@ -25,8 +25,8 @@ from jinja2.nodes import EvalContext
 from jinja2.runtime import Context, LoopContext, markup_join, str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from clarion.domain.sandbox_filters import guard_filter
-from clarion.domain.sandbox_limits import (
+from clarion.domain.template_filters import guard_filter
+from clarion.domain.template_limits import (
     MAX_INT_BITS,
     MAX_OUTPUT,
     bounded,

@@ -225,8 +225,8 @@ async def test_store_seams_on_every_backend(app: Harness) -> None:
     await categories.put(engine, app.tenant_id, "marketing", {"digest": {"window": "1h"}})
     await categories.put(engine, other.id, "security", {"critical": True, "max_per_hour": 9})
 
+    loaded = await categories.load_for(engine, [app.tenant_id, other.id, "ten_empty"])
     async with engine.connect() as conn:
-        loaded = await categories.load_for(conn, [app.tenant_id, other.id, "ten_empty"])
         assert await categories.known(conn, app.tenant_id, ["billing", "nope", "security"]) == {
             "billing",
             "security",

@@ -15,15 +15,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from sqlalchemy.dialects import postgresql, sqlite
 
+from clarion.api.ops_server import create_ops_app
 from clarion.config import Settings
 from clarion.domain.ids import new_id
 from clarion.observability import metrics
-from clarion.observability import scrape as scrape_module
 from clarion.observability.metrics import accepted_at
-from clarion.observability.ops_server import create_ops_app
-from clarion.observability.scrape import Sources, dead_letter_query
+from clarion.pipeline import scrape as scrape_module
 from clarion.pipeline.runtime import Roles
+from clarion.pipeline.scrape import DEAD_LETTER_CAP, Sources
 from clarion.process import describe, sources_for
+from clarion.store.dead_letters import backlog_query
 from harness import Harness
 from servers import _missing
 from webhook_sink import WebhookSink
@@ -293,7 +294,7 @@ async def test_dead_letter_backlog_by_tenant_only_when_asked(
 async def test_dead_letter_backlog_reads_the_status_index(app: Harness) -> None:
     engine = app.ctx.engine
     for by_tenant in (False, True):
-        query = dead_letter_query(by_tenant)
+        query = backlog_query(by_tenant, DEAD_LETTER_CAP)
         if engine.dialect.name == "postgresql":
             compiled = query.compile(
                 dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}

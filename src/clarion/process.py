@@ -15,13 +15,13 @@ import signal
 import uvicorn
 
 from clarion.api.app import create_app
+from clarion.api.ops_server import ops_server
 from clarion.api.server import http_server
 from clarion.config import Settings
 from clarion.observability import metrics, stacks, tracing
-from clarion.observability.ops_server import ops_server
-from clarion.observability.scrape import Sources
 from clarion.pipeline.context import Context, open_context
 from clarion.pipeline.runtime import Roles, Runtime
+from clarion.pipeline.scrape import Sources
 from clarion.store import tenants as tenant_store
 from clarion.store.db import migrate
 

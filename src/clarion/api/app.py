@@ -41,9 +41,9 @@ from clarion.api.routes import (
 from clarion.api.send_one import PATH as SEND_PATH
 from clarion.api.send_one import SendOne
 from clarion.observability import tracing
-from clarion.observability.scrape import Sources
 from clarion.pipeline.context import Context
 from clarion.pipeline.intake import Intake
+from clarion.pipeline.scrape import Sources
 
 DESCRIPTION = """
 Clarion's HTTP API, version 1.

@@ -2,13 +2,13 @@
 
 Every process has its own registry (``REGISTRY`` below) and exposes it on ``/metrics``:
 the API on its own port, workers and schedulers on ``CLARION_METRICS_PORT``
-(observability/ops_server.py). A Clarion process is one event loop and never forks, so
+(api/ops_server.py). A Clarion process is one event loop and never forks, so
 there is no multiprocess mode to manage: Prometheus scrapes each process.
 
 The hooks are small and count per batch where a batch exists (``inc(n)``); label children
 are cached, so a hook on the hot path is a dictionary lookup and an addition. What is
 costly to know (stream lengths and lag, the outbox, pools) is read at scrape time
-(observability/scrape.py), never on the hot path.
+(pipeline/scrape.py), never on the hot path.
 
 Labels are bounded: channel, lane, provider *kind* (``ses``, ``smtp``, …, never a tenant's
 provider name), status, reason (a fixed vocabulary). Tenant ids appear only when

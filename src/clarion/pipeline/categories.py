@@ -59,8 +59,7 @@ class CategoryCache:
             else:
                 missing.append(tenant_id)
         if missing:
-            async with engine.connect() as conn:
-                rows = await category_store.load_for(conn, missing)
+            rows = await category_store.load_for(engine, missing)
             for tenant_id in missing:
                 policies = {name: to_policy(row) for name, row in rows.get(tenant_id, {}).items()}
                 self._entries[tenant_id] = (versions[tenant_id], policies)

@@ -7,8 +7,6 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
-
 from clarion.domain.delivery import Delivery
 from clarion.domain.models import plan_stream
 from clarion.pipeline.context import Context
@@ -17,7 +15,6 @@ from clarion.store import deliveries as delivery_store
 from clarion.store import notifications as notification_store
 from clarion.store import retention
 from clarion.store.db import utcnow
-from clarion.store.tables import notifications, outbox
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +39,14 @@ class Relay:
         if not ids:
             return 0
         streams: dict[str, list[dict[str, Any]]] = {}
-        for nid, tenant, trace, priority in await self._outboxed(ids):
+        # Critical notifications are planned from a stream of their own.
+        outboxed = await notification_store.outboxed(self._ctx.engine, ids)
+        for nid, tenant, trace, priority in outboxed:
             streams.setdefault(plan_stream(priority), []).append(plan_payload(nid, tenant, trace))
         for stream, payloads in streams.items():
             await self._ctx.broker.publish(stream, payloads)
         self._ctx.made_progress()
         return len(ids)
-
-    async def _outboxed(self, ids: list[str]) -> list[tuple[str, str, str | None, str | None]]:
-        """Each notification's id, tenant, the trace it was accepted in (if traced) and its
-        priority (critical ones are planned from a stream of their own)."""
-        o, n = outbox, notifications
-        query = (
-            select(o.c.notification_id, o.c.tenant_id, n.c.trace, n.c.priority)
-            .select_from(o.outerjoin(n, n.c.id == o.c.notification_id))
-            .where(o.c.notification_id.in_(ids))
-            .order_by(n.c.created_at, o.c.notification_id)
-        )
-        async with self._ctx.engine.connect() as conn:
-            rows = await conn.execute(query)
-            return [(r.notification_id, r.tenant_id, r.trace, r.priority) for r in rows]
 
 
 class Sweeper:

@@ -29,8 +29,7 @@ class TemplateCache:
             self._entries.move_to_end(key)
         missing = wanted - found.keys()
         if missing:
-            async with engine.connect() as conn:
-                rows = await template_store.load_versions(conn, missing)
+            rows = await template_store.load_versions(engine, missing)
             for key, row in rows.items():
                 compiled = compile_stored(row["category"], row["channels"], row["locales"])
                 compiled = replace(compiled, fallbacks=dict(row.get("fallbacks") or {}))

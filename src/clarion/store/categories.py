@@ -194,7 +194,7 @@ async def list_(
 
 
 async def load_for(
-    conn: AsyncConnection, tenant_ids: Iterable[str]
+    engine: AsyncEngine, tenant_ids: Iterable[str]
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Every category of these tenants, built-ins included, by tenant then name (one query).
 
@@ -205,8 +205,9 @@ async def load_for(
     if not wanted:
         return found
     query = select(categories).where(categories.c.tenant_id.in_(wanted))
-    for row in (await conn.execute(query)).mappings():
-        found[row["tenant_id"]][row["name"]] = _from_row(row)
+    async with engine.connect() as conn:
+        for row in (await conn.execute(query)).mappings():
+            found[row["tenant_id"]][row["name"]] = _from_row(row)
     return found
 
 

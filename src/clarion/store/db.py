@@ -93,6 +93,20 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
+async def ping(engine: AsyncEngine) -> None:
+    """One round trip to the database: raises when it does not answer."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+def pool_use(engine: AsyncEngine) -> tuple[int, int] | None:
+    """(connections in use, idle) of the engine's pool; None for a pool that keeps no count."""
+    pool: Any = engine.pool
+    if not hasattr(pool, "checkedout"):
+        return None
+    return pool.checkedout(), pool.checkedin()
+
+
 def _alembic_config(connection: Connection) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.models import DeliveryStatus
@@ -211,3 +211,25 @@ async def replay_many(
                     shown[name] = {"to": value}
             await audit.record(conn, _replayed(f.tenant_id, actor, "matching", shown))
     return rows, more
+
+
+def backlog_query(by_tenant: bool, cap: int) -> Select[Any]:
+    """Dead letters by channel (and tenant) among the newest ``cap + 1``: a backward range
+    of the (status, updated_at) index, so a count reads at most that many rows however
+    large the backlog."""
+    columns = [deliveries.c.channel, *([deliveries.c.tenant_id] if by_tenant else [])]
+    newest = (
+        select(*columns)
+        .where(deliveries.c.status == DeliveryStatus.DEAD.value)
+        .order_by(deliveries.c.updated_at.desc())
+        .limit(cap + 1)
+        .subquery()
+    )
+    return select(*newest.c, func.count()).group_by(*newest.c)
+
+
+async def backlog(engine: AsyncEngine, by_tenant: bool, cap: int) -> list[tuple[Any, ...]]:
+    """``(channel, [tenant,] count)`` of the newest ``cap + 1`` dead letters
+    (:func:`backlog_query`)."""
+    async with engine.connect() as conn:
+        return [tuple(row) for row in (await conn.execute(backlog_query(by_tenant, cap))).all()]

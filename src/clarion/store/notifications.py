@@ -225,6 +225,23 @@ async def claim_due_outbox(
     return ids
 
 
+async def outboxed(
+    engine: AsyncEngine, ids: Sequence[str]
+) -> list[tuple[str, str, str | None, str | None]]:
+    """Each outbox row's notification id, tenant, the trace it was accepted in (if traced)
+    and its priority, in accept order."""
+    o, n = outbox, notifications
+    query = (
+        select(o.c.notification_id, o.c.tenant_id, n.c.trace, n.c.priority)
+        .select_from(o.outerjoin(n, n.c.id == o.c.notification_id))
+        .where(o.c.notification_id.in_(ids))
+        .order_by(n.c.created_at, o.c.notification_id)
+    )
+    async with engine.connect() as conn:
+        rows = await conn.execute(query)
+        return [(r.notification_id, r.tenant_id, r.trace, r.priority) for r in rows]
+
+
 async def release_outbox(engine: AsyncEngine, now: datetime) -> int:
     """Make due at ``now`` every outbox row still waiting out its grace: those of
     notifications to send now (or whose ``send_at`` has passed) and of topic sends being
@@ -250,6 +267,13 @@ async def delete_outbox(conn: AsyncConnection, notification_ids: Sequence[str]) 
 async def outbox_size(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
         return len((await conn.execute(select(outbox.c.notification_id).limit(1000))).all())
+
+
+async def outbox_backlog(engine: AsyncEngine) -> tuple[int, datetime | None]:
+    """How many outbox rows there are, and when the oldest one became due (None: none)."""
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(func.count(), func.min(outbox.c.available_at)))).one()
+    return row[0] or 0, as_utc(row[1])
 
 
 async def load_many(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -80,6 +80,13 @@ class PgPool:
                 )
         return self._pool
 
+    def in_use(self) -> tuple[int, int] | None:
+        """(connections in use, idle); None before the pool is opened."""
+        if self._pool is None:
+            return None
+        size, idle = self._pool.get_size(), self._pool.get_idle_size()
+        return size - idle, idle
+
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         pool = await self._open()

@@ -114,3 +114,25 @@ async def set_preferences(
     async with write_tx(engine) as conn:
         result = await conn.execute(stmt)
     return bool(result.rowcount)
+
+
+async def turn_off(
+    engine: AsyncEngine, tenant_id: str, recipient_id: str, category: str, channel: str
+) -> bool:
+    """Set ``categories[category][channel] = false``, keeping every other preference; False
+    if there is no such recipient. Read and written in one transaction, the row locked, so
+    a concurrent change of other preferences is not lost."""
+    where = (recipients.c.tenant_id == tenant_id, recipients.c.id == recipient_id)
+    async with write_tx(engine) as conn:
+        query = select(recipients.c.preferences).where(*where).with_for_update()
+        row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            return False
+        preferences = preferences_of(row)
+        categories = dict(preferences.get("categories") or {})
+        categories[category] = {**categories.get(category, {}), channel: False}
+        preferences["categories"] = categories
+        await conn.execute(
+            update(recipients).where(*where).values(preferences=preferences, updated_at=utcnow())
+        )
+    return True

@@ -254,12 +254,13 @@ async def active_versions(
 
 
 async def load_versions(
-    conn: AsyncConnection, keys: Iterable[tuple[str, str, int]]
+    engine: AsyncEngine, keys: Iterable[tuple[str, str, int]]
 ) -> dict[tuple[str, str, int], dict[str, Any]]:
     tv = template_versions
     found: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for part in chunks(sorted(set(keys)), 500):
-        query = select(tv).where(tuple_(tv.c.tenant_id, tv.c.name, tv.c.version).in_(part))
-        for row in (await conn.execute(query)).mappings():
-            found[(row["tenant_id"], row["name"], row["version"])] = _public(row)
+    async with engine.connect() as conn:
+        for part in chunks(sorted(set(keys)), 500):
+            query = select(tv).where(tuple_(tv.c.tenant_id, tv.c.name, tv.c.version).in_(part))
+            for row in (await conn.execute(query)).mappings():
+                found[(row["tenant_id"], row["name"], row["version"])] = _public(row)
     return found

@@ -7,11 +7,11 @@ from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy import text
 
 from clarion.api.errors import error_response
 from clarion.api.outputs import Health, Ready
 from clarion.api.responses import JSONResponse
+from clarion.store.db import ping
 
 router = APIRouter(tags=["operations"])
 _CHECK_TIMEOUT = 3.0
@@ -33,12 +33,7 @@ async def readyz(request: Request) -> JSONResponse:
     of those is a check of its own."""
     ctx = request.app.state.ctx
     checks: dict[str, str] = {}
-
-    async def database() -> None:
-        async with ctx.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-
-    checks["database"] = await _check(database(), ctx.engine.dialect.name)
+    checks["database"] = await _check(ping(ctx.engine), ctx.engine.dialect.name)
     scheme = ctx.settings.broker_url.partition(":")[0]
     broker = "redis" if scheme in ("redis", "rediss") else scheme
     checks["broker"] = await _check(ctx.broker.ping(), broker)

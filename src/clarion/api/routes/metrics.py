@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from clarion.errors import NotFound
 from clarion.observability import metrics as hooks
-from clarion.observability.scrape import CONTENT_TYPE, Sources, exposition
+from clarion.pipeline.scrape import CONTENT_TYPE, Sources, exposition
 
 router = APIRouter(tags=["operations"])
 

@@ -9,19 +9,15 @@ scanners fetch links on their own, and a fetch must change nothing.
 from __future__ import annotations
 
 import html
-from typing import Any
 
 from fastapi import APIRouter, Request
-from sqlalchemy import select, update
 from starlette.responses import HTMLResponse, Response
 
 from clarion.api.outputs import Unsubscribed
 from clarion.api.responses import JSONResponse, html_headers
 from clarion.errors import NotFound
 from clarion.security.unsubscribe import Unsubscribe, verify_token
-from clarion.store.db import utcnow, write_tx
-from clarion.store.recipients import preferences_of
-from clarion.store.tables import recipients
+from clarion.store import recipients as recipient_store
 
 router = APIRouter(prefix="/v1/unsubscribe", tags=["unsubscribe"])
 # Any malformed, forged or stale token is the same 404: it tells a prober nothing.
@@ -80,7 +76,11 @@ async def confirm_page(request: Request, token: Token) -> Response:
 )
 async def unsubscribe(request: Request, token: Token) -> Response:
     target = await _target(request, token)
-    if not await _turn_off(request, target):
+    engine = request.app.state.ctx.engine
+    turned_off = await recipient_store.turn_off(
+        engine, target.tenant_id, target.recipient_id, target.category, CHANNEL
+    )
+    if not turned_off:
         raise NotFound("this unsubscribe link is not valid")
     if "text/html" in request.headers.get("accept", ""):
         category = html.escape(target.category)
@@ -89,23 +89,3 @@ async def unsubscribe(request: Request, token: Token) -> Response:
         {"status": "unsubscribed", "category": target.category, "channel": CHANNEL},
         headers={"Cache-Control": "no-store"},
     )
-
-
-async def _turn_off(request: Request, target: Unsubscribe) -> bool:
-    """Set ``categories[category].email = false``, keeping every other preference; False if
-    the recipient is gone. Read and write in one transaction so a concurrent change of
-    other preferences is not lost."""
-    where = (recipients.c.tenant_id == target.tenant_id, recipients.c.id == target.recipient_id)
-    async with write_tx(request.app.state.ctx.engine) as conn:
-        query = select(recipients.c.preferences).where(*where).with_for_update()
-        row = (await conn.execute(query)).mappings().first()
-        if row is None:
-            return False
-        preferences: dict[str, Any] = preferences_of(row)
-        categories = dict(preferences.get("categories") or {})
-        categories[target.category] = {**categories.get(target.category, {}), CHANNEL: False}
-        preferences["categories"] = categories
-        await conn.execute(
-            update(recipients).where(*where).values(preferences=preferences, updated_at=utcnow())
-        )
-    return True

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Select, func, select
 
-from clarion.domain.models import PLAN_STREAMS, Channel, DeliveryStatus, channel_streams
+from clarion.domain.models import PLAN_STREAMS, Channel, channel_streams
 from clarion.observability import metrics
 from clarion.pipeline.status_events import EVENTS_RETRY_STREAM, EVENTS_STREAM
-from clarion.store.db import as_utc
-from clarion.store.tables import deliveries, outbox
+from clarion.store import dead_letters as dead_letter_store
+from clarion.store import notifications as notification_store
+from clarion.store.db import pool_use
 
 if TYPE_CHECKING:
     from clarion.pipeline.context import Context
@@ -111,13 +111,11 @@ async def _streams(ctx: Context) -> list[Metric]:
 
 
 async def _outbox(ctx: Context) -> list[Metric]:
-    async with ctx.engine.connect() as conn:
-        row = (await conn.execute(select(func.count(), func.min(outbox.c.available_at)))).one()
+    rows, oldest = await notification_store.outbox_backlog(ctx.engine)
     size = GaugeMetricFamily(
         "clarion_outbox_backlog", "Accepted notifications not yet planned (outbox rows)"
     )
-    size.add_metric([], row[0] or 0)
-    oldest = as_utc(row[1])
+    size.add_metric([], rows)
     age = GaugeMetricFamily(
         "clarion_outbox_oldest_age_seconds",
         "How long the oldest outbox row has been due for publishing by the relay (0: none)",
@@ -126,25 +124,9 @@ async def _outbox(ctx: Context) -> list[Metric]:
     return [size, age]
 
 
-def dead_letter_query(by_tenant: bool) -> Select[Any]:
-    """Dead letters by channel (and tenant) among the newest ``DEAD_LETTER_CAP + 1``: a
-    backward range of the (status, updated_at) index, so a scrape reads at most that many
-    rows however large the backlog."""
-    columns = [deliveries.c.channel, *([deliveries.c.tenant_id] if by_tenant else [])]
-    newest = (
-        select(*columns)
-        .where(deliveries.c.status == DeliveryStatus.DEAD.value)
-        .order_by(deliveries.c.updated_at.desc())
-        .limit(DEAD_LETTER_CAP + 1)
-        .subquery()
-    )
-    return select(*newest.c, func.count()).group_by(*newest.c)
-
-
 async def _dead_letters(ctx: Context) -> list[Metric]:
     by_tenant = metrics.METRICS.tenant_label
-    async with ctx.engine.connect() as conn:
-        rows = (await conn.execute(dead_letter_query(by_tenant))).all()
+    rows = await dead_letter_store.backlog(ctx.engine, by_tenant, DEAD_LETTER_CAP)
     backlog = GaugeMetricFamily(
         "clarion_dead_letter_backlog",
         f"Deliveries in the dead letters (status dead), counting at most {DEAD_LETTER_CAP} "
@@ -173,15 +155,13 @@ def _pools(ctx: Context) -> list[Metric]:
         "Database connections of this process by pool and state",
         labels=["pool", "state"],
     )
-    pool: Any = ctx.engine.pool
-    if hasattr(pool, "checkedout"):
-        family.add_metric(["sqlalchemy", "in_use"], pool.checkedout())
-        family.add_metric(["sqlalchemy", "idle"], pool.checkedin())
-    raw = getattr(ctx.pg, "_pool", None) if ctx.pg is not None else None
-    if raw is not None:
-        size, idle = raw.get_size(), raw.get_idle_size()
-        family.add_metric(["asyncpg", "in_use"], size - idle)
-        family.add_metric(["asyncpg", "idle"], idle)
+    pools = [("sqlalchemy", pool_use(ctx.engine))]
+    if ctx.pg is not None:
+        pools.append(("asyncpg", ctx.pg.in_use()))
+    for name, use in pools:
+        if use is not None:
+            family.add_metric([name, "in_use"], use[0])
+            family.add_metric([name, "idle"], use[1])
     return [family]
 
 

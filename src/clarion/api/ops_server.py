@@ -16,7 +16,7 @@ from clarion.api import errors
 from clarion.api.routes import health
 from clarion.api.routes import metrics as metrics_route
 from clarion.api.server import http_server
-from clarion.observability.scrape import Sources
+from clarion.pipeline.scrape import Sources
 
 if TYPE_CHECKING:
     from clarion.pipeline.context import Context

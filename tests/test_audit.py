@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from clarion import cli
+from clarion import cli, cli_admin
 from clarion.security.secrets import Keyring
 from clarion.store import audit
 from clarion.store import categories as category_store
@@ -64,7 +64,7 @@ async def _all(app: Harness, auth: dict[str, str], **params: Any) -> list[dict[s
 async def _cli(app: Harness, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     capsys.readouterr()
     args = cli.build_parser().parse_args(list(argv))
-    assert await cli._admin(args, app.settings) == 0
+    assert await cli_admin.run(args, app.settings) == 0
     return capsys.readouterr().out
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from clarion import cli, cli_client
 from clarion.config import Settings
+from clarion.observability import logs
 from harness import Harness
 from inbox_kit import serving
 
@@ -25,7 +26,7 @@ TEMPLATE = {"channels": {"email": {"subject": "Hi {{ n }}", "text": "{{ n }}"}}}
 def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
     """The command configures the process's logging; these tests run it in the test's own
     process, whose logging stays as pytest set it."""
-    monkeypatch.setattr(cli, "configure_logging", lambda *args, **kwargs: None)
+    monkeypatch.setattr(logs, "configure_logging", lambda *args, **kwargs: None)
 
 
 def test_help_documents_real_settings(capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,6 +26,48 @@ def test_version_has_one_source() -> None:
     assert done.stdout.strip() == f"clarion {clarion.__version__}"
 
 
+# What the command's own answers must not load: each of these costs from tens to hundreds
+# of milliseconds, and together they made `clarion --version` take seconds.
+HEAVY = (
+    "aiosqlite",
+    "asyncpg",
+    "botocore",
+    "cryptography",
+    "fastapi",
+    "httpx",
+    "jinja2",
+    "pydantic",
+    "redis",
+    "rich",
+    "sqlalchemy",
+    "structlog",
+    "uvicorn",
+    "clarion.config",
+    "clarion.pipeline",
+    "clarion.store",
+)
+
+# Runs the command as `python -m clarion` does, then names the heavy modules it loaded.
+IMPORTED_BY = """
+import runpy, sys
+sys.argv = ["clarion", *sys.argv[1:]]
+try:
+    runpy.run_module("clarion", run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    assert exit.code in (0, None), exit.code
+heavy = {heavy!r}
+print(" ".join(sorted(name for name in heavy if name in sys.modules)))
+"""
+
+
+def test_version_and_help_import_nothing_heavy() -> None:
+    for flag in ("--version", "--help"):
+        done = run("-c", IMPORTED_BY.format(heavy=HEAVY), flag)
+        assert done.returncode == 0, done.stderr
+        assert "clarion" in done.stdout
+        assert done.stdout.splitlines()[-1] == "", (flag, done.stdout.splitlines()[-1])
+
+
 def test_package_is_typed() -> None:
     assert (Path(clarion.__file__).parent / "py.typed").is_file()
 

@@ -10,17 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
-import orjson
-from rich.console import Console
-
-from clarion import cli_client
 from clarion.domain.models import Priority
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def _json_object(text: str) -> dict[str, Any]:
+    import orjson
+
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -77,6 +74,14 @@ def add_parsers(sub: Any, channels: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``recipients import`` or ``send``; returns the exit code."""
+    # Imported here, not at the top: the `clarion` command builds its parser from this
+    # module and must answer --version and --help without loading an HTTP client.
+    import httpx
+    from rich.console import Console
+
+    from clarion import cli_client
+
     console = Console(stderr=True)
     # One line per request would drown the progress bar.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -10,11 +10,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import Select
 
 from clarion.store import inbox
+from clarion.store.pages import Position
 from clarion.store.tables import inbox_counters
 from harness import Harness
 
 
-def _feed_query(status: str | None, cursor: inbox.Cursor | None) -> Select[Any]:
+def _feed_query(status: str | None, cursor: Position | None) -> Select[Any]:
     captured: list[Select[Any]] = []
     inbox.feed_query("ten_x", "u-1", status=status, cursor=cursor, limit=50, sink=captured.append)
     return captured[0]
@@ -35,7 +36,7 @@ async def _plan(app: Harness, query: Any) -> str:
 
 
 async def test_every_list_is_an_index_range_without_a_sort(app: Harness) -> None:
-    cursor = inbox.Cursor(inbox.utcnow(), "msg_x")
+    cursor = Position(inbox.utcnow(), "msg_x")
     expected = {
         None: "ix_inbox_messages_feed",
         "unread": "ix_inbox_messages_status",

@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from clarion.store import message_log as log
 from clarion.store.db import utcnow
+from clarion.store.pages import Position
 from harness import Harness
 from webhook_sink import Received, WebhookSink
 
@@ -298,7 +299,7 @@ _SORT_NODE = re.compile(r"(^|->)\s*(Incremental )?Sort  \(", re.MULTILINE)
 
 
 async def test_common_lists_are_index_ranges_without_a_sort(app: Harness) -> None:
-    at = log.Position(utcnow(), "dlv_x")
+    at = Position(utcnow(), "dlv_x")
     deliveries = {
         log.DeliveryFilter(): "ix_deliveries_tenant_created",
         log.DeliveryFilter(status="failed"): "ix_deliveries_tenant_status_created",

@@ -22,12 +22,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import new_id
 from clarion.security.secrets import MASK
 from clarion.store.db import as_utc, utcnow
+from clarion.store.pages import Position, older_than
 from clarion.store.tables import audit_log
 
 CLI = "cli"  # the actor of a change made with the `clarion` command
@@ -146,9 +147,7 @@ class AuditFilter:
     before: datetime | None = None  # at < before
 
 
-def _query(
-    tenant_id: str, where: AuditFilter, position: tuple[datetime, str] | None
-) -> Select[Any]:
+def _query(tenant_id: str, where: AuditFilter, position: Position | None) -> Select[Any]:
     a = audit_log
     query = select(a).where(a.c.tenant_id == tenant_id)
     for column, value in (
@@ -164,8 +163,7 @@ def _query(
     if where.before is not None:
         query = query.where(a.c.at < where.before)
     if position is not None:
-        at, ident = position
-        query = query.where(or_(a.c.at < at, and_(a.c.at == at, a.c.id < ident)))
+        query = query.where(older_than(a.c.at, a.c.id, position))
     return query.order_by(a.c.at.desc(), a.c.id.desc())
 
 
@@ -173,7 +171,7 @@ async def list_page(
     engine: AsyncEngine,
     tenant_id: str,
     where: AuditFilter,
-    position: tuple[datetime, str] | None,
+    position: Position | None,
     limit: int,
 ) -> list[dict[str, Any]]:
     """A tenant's audit rows, newest first, strictly after (older than) ``position``."""

@@ -12,19 +12,18 @@ how many were requeued.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.models import DeliveryStatus
 from clarion.store import audit
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.notifications import delivery_to_public
+from clarion.store.pages import Position, older_than
 from clarion.store.sql import chunks
 from clarion.store.tables import deliveries, delivery_events, notifications
 
@@ -41,31 +40,6 @@ class DeadFilter:
     provider: str | None = None
     after: datetime | None = None
     before: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    """Position in the newest-first list: the last item's (updated_at, id)."""
-
-    updated_at: datetime
-    id: str
-
-    def encode(self) -> str:
-        raw = f"{self.updated_at.isoformat()}|{self.id}".encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    @classmethod
-    def decode(cls, text: str) -> Cursor:
-        """Raises ``ValueError`` for a cursor this module did not make."""
-        try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-            stamp, _, ident = raw.partition("|")
-            moment = as_utc(datetime.fromisoformat(stamp))
-        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-            raise ValueError("not a cursor from this list") from exc
-        if moment is None or not ident:
-            raise ValueError("not a cursor from this list")
-        return cls(moment, ident)
 
 
 def _where(query: Select[Any], f: DeadFilter) -> Select[Any]:
@@ -87,18 +61,13 @@ def public(row: Any) -> dict[str, Any]:
 
 
 async def list_dead(
-    engine: AsyncEngine, f: DeadFilter, cursor: Cursor | None, limit: int
-) -> tuple[list[dict[str, Any]], Cursor | None]:
+    engine: AsyncEngine, f: DeadFilter, cursor: Position | None, limit: int
+) -> tuple[list[dict[str, Any]], Position | None]:
     """A page of dead letters, newest first, and the cursor of the next page."""
     d = deliveries
     query = _where(select(d), f)
     if cursor is not None:
-        query = query.where(
-            or_(
-                d.c.updated_at < cursor.updated_at,
-                and_(d.c.updated_at == cursor.updated_at, d.c.id < cursor.id),
-            )
-        )
+        query = query.where(older_than(d.c.updated_at, d.c.id, cursor))
     query = query.order_by(d.c.updated_at.desc(), d.c.id.desc()).limit(limit + 1)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()
@@ -108,7 +77,7 @@ async def list_dead(
         last = page[-1]
         stamp = as_utc(last["updated_at"])
         assert stamp is not None
-        following = Cursor(stamp, last["id"])
+        following = Position(stamp, last["id"])
     return [public(row) for row in page], following
 
 

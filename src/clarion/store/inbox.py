@@ -10,18 +10,16 @@ Every query is scoped by tenant and recipient: another recipient's message is no
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, select, text, tuple_
+from sqlalchemy import ColumnElement, Select, case, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.store import sql  # noqa: F401 - SQLite renders INDEXED BY hints
 from clarion.store.db import as_utc, utcnow
+from clarion.store.pages import Position, older_than
 from clarion.store.tables import inbox_counters, inbox_messages
 
 t = inbox_messages
@@ -42,31 +40,6 @@ def stamp(value: datetime | None) -> str | None:
     """RFC 3339 in UTC with ``Z``, as every API answer writes it."""
     moment = as_utc(value)
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
-
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    """A position in the newest-first feed: the last message's (created_at, id)."""
-
-    created_at: datetime
-    id: str
-
-    def encode(self) -> str:
-        raw = f"{self.created_at.isoformat()}|{self.id}".encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    @classmethod
-    def decode(cls, text: str) -> Cursor:
-        """Raises ``ValueError`` for a cursor this module did not make."""
-        try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-            moment_text, _, ident = raw.partition("|")
-            moment = as_utc(datetime.fromisoformat(moment_text))
-        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-            raise ValueError("not a cursor from this list") from exc
-        if moment is None or not ident or len(ident) > 40:
-            raise ValueError("not a cursor from this list")
-        return cls(moment, ident)
 
 
 def public(row: Any) -> dict[str, Any]:
@@ -95,7 +68,7 @@ def feed_query(
     recipient_id: str,
     *,
     status: str | None,
-    cursor: Cursor | None,
+    cursor: Position | None,
     limit: int,
     sink: Callable[[Select[Any]], None] | None = None,
 ) -> Select[Any]:
@@ -111,7 +84,7 @@ def feed_query(
     # past every archived message: named. PostgreSQL chooses by its statistics.
     query = query.with_hint(t, f"INDEXED BY {index}", "sqlite")
     if cursor is not None:
-        query = query.where(tuple_(t.c.created_at, t.c.id) < tuple_(cursor.created_at, cursor.id))
+        query = query.where(older_than(t.c.created_at, t.c.id, cursor))
     query = query.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit + 1)
     if sink is not None:
         sink(query)
@@ -124,9 +97,9 @@ async def page(
     recipient_id: str,
     *,
     status: str | None,
-    cursor: Cursor | None,
+    cursor: Position | None,
     limit: int,
-) -> tuple[list[dict[str, Any]], Cursor | None]:
+) -> tuple[list[dict[str, Any]], Position | None]:
     """One page of the feed, newest first, and the cursor of the next page if there is one."""
     query = feed_query(tenant_id, recipient_id, status=status, cursor=cursor, limit=limit)
     async with engine.connect() as conn:
@@ -135,7 +108,7 @@ async def page(
     if len(rows) > limit:
         rows = rows[:limit]
         last = rows[-1]
-        following = Cursor(as_utc(last.created_at) or utcnow(), last.id)
+        following = Position(as_utc(last.created_at) or utcnow(), last.id)
     return [public(r) for r in rows], following
 
 

@@ -14,27 +14,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
 from clarion.domain.outcome import FAILURES, SUCCESSES, shown_status, shown_to
 from clarion.store.db import as_utc
 from clarion.store.notifications import delivery_to_public
+from clarion.store.pages import Position, older_than
 from clarion.store.sql import chunks
 from clarion.store.tables import deliveries, delivery_events, notifications, template_versions
 
 _FAILURES = list(FAILURES)
 _SUCCESSES = list(SUCCESSES)
 MAX_EVENTS = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where a page ended: the next one starts strictly after (older than) this row."""
-
-    created_at: datetime
-    id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +139,7 @@ def _time(column: Any, created: TimeRange) -> list[ColumnElement[bool]]:
 def _after(table: Any, position: Position | None) -> list[ColumnElement[bool]]:
     if position is None:
         return []
-    return [tuple_(table.c.created_at, table.c.id) < tuple_(position.created_at, position.id)]
+    return [older_than(table.c.created_at, table.c.id, position)]
 
 
 def _templates_of_category(tenant_id: str, category: str) -> Any:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.ids import new_id
@@ -14,6 +13,7 @@ from clarion.security.keys import generate_key, generate_webhook_secret, hash_ke
 from clarion.security.secrets import MASK
 from clarion.store import audit
 from clarion.store.db import as_utc, utcnow, write_tx
+from clarion.store.pages import Position, older_than
 from clarion.store.tables import api_keys, tenants
 
 
@@ -264,14 +264,13 @@ async def list_keys(engine: AsyncEngine, tenant_id: str) -> list[dict[str, Any]]
 
 
 async def list_keys_page(
-    engine: AsyncEngine, tenant_id: str, position: tuple[datetime, str] | None, limit: int
+    engine: AsyncEngine, tenant_id: str, position: Position | None, limit: int
 ) -> list[dict[str, Any]]:
     """A tenant's keys newest first, strictly after (older than) ``position``."""
     k = api_keys
     query = select(*_KEY_COLUMNS).where(k.c.tenant_id == tenant_id)
     if position is not None:
-        at, ident = position
-        query = query.where(or_(k.c.created_at < at, and_(k.c.created_at == at, k.c.id < ident)))
+        query = query.where(older_than(k.c.created_at, k.c.id, position))
     query = query.order_by(k.c.created_at.desc(), k.c.id.desc()).limit(limit)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()

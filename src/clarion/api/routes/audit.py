@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from clarion.api.auth import Principal, require
+from clarion.api.listing import Cursor, Limit, cursor_of, page, position_of, time_range
 from clarion.api.outputs import AuditPage
 from clarion.api.responses import JSONResponse
-from clarion.api.routes.message_log import decode_cursor, encode_cursor, time_range
 from clarion.store import audit as store
+from clarion.store.pages import Position
 
 router = APIRouter(tags=["audit"])
 Admin = Annotated[Principal, Depends(require("admin"))]
@@ -39,30 +40,23 @@ async def list_audit(
     action: store.Action | None = None,
     after: Annotated[datetime | None, Query(description="At or after (RFC 3339)")] = None,
     before: Annotated[datetime | None, Query(description="Before (RFC 3339)")] = None,
-    limit: Annotated[int, Query(ge=1, le=500, description="Page size (at most 500)")] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="`next_cursor` of the previous page")
-    ] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> JSONResponse:
-    span = time_range(after, before, ("after", "before"))
+    low, high = time_range(after, before, ("after", "before"))
     where = store.AuditFilter(
         resource=resource.value if resource else None,
         name=name,
         actor=key_id,
         action=action.value if action else None,
-        after=span.after,
-        before=span.before,
+        after=low,
+        before=high,
     )
-    position = decode_cursor(cursor)
     rows = await store.list_page(
-        request.app.state.ctx.engine,
-        principal.tenant_id,
-        where,
-        (position.created_at, position.id) if position else None,
-        limit + 1,
+        request.app.state.ctx.engine, principal.tenant_id, where, position_of(cursor), limit + 1
     )
-    following = None
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        following = encode_cursor({"created_at": last["at"], "id": last["id"]})
-    return JSONResponse({"data": rows[:limit], "next_cursor": following})
+    return JSONResponse(page(rows, limit, _cursor))
+
+
+def _cursor(row: dict[str, Any]) -> str:
+    return cursor_of(Position(row["at"], row["id"]))

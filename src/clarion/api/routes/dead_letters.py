@@ -15,12 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clarion.api.auth import Principal, require
 from clarion.api.idempotency import idempotent
+from clarion.api.listing import aware, cursor_of, position_of
 from clarion.api.outputs import DeadLetter, DeadLetterPage, ReplayResult
 from clarion.api.responses import JSONResponse
-from clarion.api.schemas import AwareDatetime, Name, utc_timestamp
+from clarion.api.schemas import AwareDatetime, Name
 from clarion.domain.delivery import Delivery
 from clarion.domain.models import Channel
-from clarion.errors import Conflict, NotFound, ValidationFailed
+from clarion.errors import Conflict, NotFound
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import publish_deliveries
 from clarion.store import dead_letters as store
@@ -42,29 +43,6 @@ class ReplayFilter(BaseModel):
     limit: int = Field(default=store.MAX_REPLAY, ge=1, le=store.MAX_REPLAY)
 
 
-def _aware(name: str, value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return utc_timestamp(value)
-    except ValueError as exc:
-        raise ValidationFailed(
-            f"{name}: {exc}", details=[{"field": name, "message": str(exc)}]
-        ) from exc
-
-
-def _cursor(text: str | None) -> store.Cursor | None:
-    if text is None:
-        return None
-    try:
-        return store.Cursor.decode(text)
-    except ValueError as exc:
-        raise ValidationFailed(
-            "the cursor is not one this list returned",
-            details=[{"field": "cursor", "message": str(exc)}],
-        ) from exc
-
-
 @router.get("", summary="Dead deliveries, newest first", response_model=DeadLetterPage)
 async def list_dead_letters(
     request: Request,
@@ -80,12 +58,14 @@ async def list_dead_letters(
         principal.tenant_id,
         channel=channel.value if channel else None,
         provider=provider,
-        after=_aware("after", after),
-        before=_aware("before", before),
+        after=aware("after", after),
+        before=aware("before", before),
     )
     ctx: Context = request.app.state.ctx
-    page, following = await store.list_dead(ctx.engine, filters, _cursor(cursor), limit)
-    return JSONResponse({"data": page, "next_cursor": following.encode() if following else None})
+    # This list answered `validation_error` to a bad cursor before `invalid_cursor` existed.
+    position = position_of(cursor, code="validation_error")
+    rows, following = await store.list_dead(ctx.engine, filters, position, limit)
+    return JSONResponse({"data": rows, "next_cursor": cursor_of(following) if following else None})
 
 
 async def _publish(ctx: Context, rows: list[dict[str, Any]]) -> None:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict
 
 from clarion.api.inbox_auth import recipient
+from clarion.api.listing import cursor_of, position_of
 from clarion.api.outputs import InboxCounts, InboxMessage, InboxPage, InboxTicket, Updated
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import AwareDatetime
@@ -38,18 +39,6 @@ def _gate(request: Request) -> InboxGate:
     return request.app.state.ctx.inbox  # type: ignore[no-any-return]
 
 
-def _cursor(text: str | None) -> store.Cursor | None:
-    if text is None:
-        return None
-    try:
-        return store.Cursor.decode(text)
-    except ValueError as exc:
-        raise ValidationFailed(
-            "the cursor is not one this list returned",
-            details=[{"field": "cursor", "message": str(exc)}],
-        ) from exc
-
-
 @router.get(
     "",
     summary="The recipient's inbox, newest first",
@@ -72,12 +61,11 @@ async def list_inbox(
         who.tenant_id,
         who.recipient_id,
         status=status,
-        cursor=_cursor(cursor),
+        # The inbox answered `validation_error` to a bad cursor before `invalid_cursor` existed.
+        cursor=position_of(cursor, code="validation_error"),
         limit=limit,
     )
-    return JSONResponse(
-        {"data": data, "next_cursor": following.encode() if following is not None else None}
-    )
+    return JSONResponse({"data": data, "next_cursor": cursor_of(following) if following else None})
 
 
 @router.get(

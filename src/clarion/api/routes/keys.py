@@ -14,13 +14,13 @@ from __future__ import annotations
 import unicodedata
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clarion.api.auth import Principal, require
+from clarion.api.listing import Cursor, Limit, newest_first, page, position_of
 from clarion.api.outputs import ApiKeyCreated, ApiKeyPage
 from clarion.api.responses import JSONResponse
-from clarion.api.routes.message_log import decode_cursor, encode_cursor
 from clarion.domain.models import ALL_SCOPES, Scope
 from clarion.errors import Conflict, Forbidden, NotFound
 from clarion.store import tenants as store
@@ -70,20 +70,13 @@ class KeyIn(BaseModel):
 async def list_keys(
     request: Request,
     principal: Admin,
-    limit: Annotated[int, Query(ge=1, le=500, description="Page size (at most 500)")] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="`next_cursor` of the previous page")
-    ] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> JSONResponse:
-    position = decode_cursor(cursor)
     rows = await store.list_keys_page(
-        request.app.state.ctx.engine,
-        principal.tenant_id,
-        (position.created_at, position.id) if position else None,
-        limit + 1,
+        request.app.state.ctx.engine, principal.tenant_id, position_of(cursor), limit + 1
     )
-    following = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return JSONResponse({"data": rows[:limit], "next_cursor": following})
+    return JSONResponse(page(rows, limit, newest_first))
 
 
 @router.post(

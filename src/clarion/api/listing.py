@@ -1,0 +1,100 @@
+"""What the list endpoints share: pages, the cursors of newest-first lists, time ranges.
+
+A page is ``{"data": [...], "next_cursor": ...}``, the cursor null on the last page. A list
+kept by name (providers, templates, ...) hands out the last name shown as its cursor; a
+list kept newest first hands out the last row's position (``store/pages.py``), encoded as
+an opaque string.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Query
+
+from clarion.api.schemas import utc_timestamp
+from clarion.errors import ValidationFailed
+from clarion.store.pages import Position
+
+Row = TypeVar("Row")
+_ID = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
+INVALID_CURSOR = "invalid_cursor"
+
+# The page parameters of the newest-first lists, as the API document describes them.
+Limit = Annotated[int, Query(ge=1, le=500, description="Page size (at most 500)")]
+Cursor = Annotated[
+    str | None, Query(max_length=200, description="`next_cursor` of the previous page")
+]
+
+
+def page(rows: Sequence[Row], limit: int, cursor_of: Callable[[Row], str]) -> dict[str, Any]:
+    """The first ``limit`` of ``rows`` (read as ``limit + 1``: one more means a next page)."""
+    following = cursor_of(rows[limit - 1]) if len(rows) > limit else None
+    return {"data": list(rows[:limit]), "next_cursor": following}
+
+
+def by_name(row: dict[str, Any]) -> str:
+    name: str = row["name"]
+    return name
+
+
+def cursor_of(position: Position) -> str:
+    raw = f"{position.at.isoformat()}|{position.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def newest_first(row: Mapping[str, Any]) -> str:
+    """The cursor after a row listed newest first by ``created_at``."""
+    return cursor_of(Position(row["created_at"], row["id"]))
+
+
+def position_of(text: str | None, code: str = INVALID_CURSOR) -> Position | None:
+    """The position a cursor names; a 422 (``code``) for one this API did not make."""
+    if text is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        stamp, _, ident = raw.partition("|")
+        moment = utc_timestamp(datetime.fromisoformat(stamp))
+        if not _ID.match(ident):
+            raise ValueError("no id")
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ValidationFailed(
+            "the cursor is not one this list returned",
+            code=code,
+            details=[{"field": "cursor", "message": "not a cursor from this list"}],
+        ) from exc
+    return Position(moment, ident)
+
+
+def aware(name: str, value: datetime | None) -> datetime | None:
+    """A query parameter's time in UTC; a 422 naming ``name`` for one without a zone."""
+    if value is None:
+        return None
+    try:
+        return utc_timestamp(value)
+    except ValueError as exc:
+        raise ValidationFailed(
+            f"{name}: {exc}", details=[{"field": name, "message": str(exc)}]
+        ) from exc
+
+
+def time_range(
+    after: datetime | None,
+    before: datetime | None,
+    names: tuple[str, str] = ("created_after", "created_before"),
+) -> tuple[datetime | None, datetime | None]:
+    """The range between two query parameters (named ``names`` in errors)."""
+    low_name, high_name = names
+    low, high = aware(low_name, after), aware(high_name, before)
+    if low is not None and high is not None and low >= high:
+        raise ValidationFailed(
+            f"{low_name} must be earlier than {high_name}",
+            details=[{"field": low_name, "message": f"not earlier than {high_name}"}],
+        )
+    return low, high

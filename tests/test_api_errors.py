@@ -7,6 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
+from clarion.api.refusals import refusal_error
+from clarion.domain.refusal import Reason, Refused
 from harness import Harness
 
 
@@ -272,3 +274,13 @@ async def test_health_and_openapi(ready: Harness) -> None:
     assert (await ready.client.get("/readyz")).json()["status"] == "ready"
     spec = (await ready.client.get("/openapi.json")).json()
     assert "/v1/notifications/batch" in spec["paths"]
+
+
+def test_every_refusal_has_its_answer() -> None:
+    """The store's and the pipeline's refusals each map to one HTTP error, whose code is
+    the refusal's."""
+    for reason in Reason:
+        error = refusal_error(Refused(reason, "no", [{"k": 1}]))
+        assert (error.code, error.message, error.details) == (reason.value, "no", [{"k": 1}])
+    assert refusal_error(Refused(Reason.UNKNOWN_TEMPLATE, "no")).status == 422
+    assert refusal_error(Refused(Reason.TOO_MANY_SCHEDULES, "no")).status == 409

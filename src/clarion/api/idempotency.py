@@ -52,12 +52,12 @@ async def idempotent(
                 "this idempotency key was used with a different request",
                 code="idempotency_conflict",
             )
-        if earlier.status_code == store.IN_PROGRESS:
+        if earlier.status == store.IN_PROGRESS:
             raise Conflict(
                 "a request with this idempotency key is still in progress",
                 code="idempotency_in_progress",
             )
-        return JSONResponse(earlier.response, status_code=earlier.status_code)
+        return JSONResponse(earlier.response, status_code=earlier.status)
     try:
         status, content = await handler()
     except BaseException:

@@ -172,7 +172,7 @@ def accepted_at(notification_id: str) -> float | None:
 
 
 def notifications(outcomes: Sequence[Any], items: Sequence[Any]) -> None:
-    """The intake's outcomes of a request's notifications (``Accepted`` or an ``ApiError``),
+    """The intake's outcomes of a request's notifications (``Accepted`` or ``Refused``),
     in the order of ``items`` (their ``NewNotification``)."""
     if not ENABLED:
         return

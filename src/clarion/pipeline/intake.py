@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from clarion.domain.models import plan_stream
-from clarion.errors import ApiError, ValidationFailed
+from clarion.domain.refusal import Reason, Refused
 from clarion.observability import metrics, tracing
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import plan_payload
@@ -26,16 +26,16 @@ log = logging.getLogger(__name__)
 
 
 def _outcome(result: store.Outcome | BaseException) -> store.Outcome:
-    if isinstance(result, (store.Accepted, ApiError)):
-        return result  # an API error is an outcome, whether returned or raised
+    if isinstance(result, (store.Accepted, Refused)):
+        return result
     if isinstance(result, asyncio.CancelledError) or is_outage(result):
         raise result
     if not isinstance(result, Exception):
         raise result
     log.warning("a notification the store refused: %r", result)
-    return ValidationFailed(
+    return Refused(
+        Reason.UNSTORABLE,
         "the notification could not be stored; check its fields for values no database accepts",
-        code="unstorable",
     )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from clarion.domain.cron import RECIPIENT, Cron, next_look, window_start
 from clarion.domain.cron import zone as zone_info
 from clarion.domain.models import PLAN_STREAM
-from clarion.errors import ApiError
+from clarion.domain.refusal import Refused
 from clarion.observability import tracing
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import plan_payload
@@ -188,7 +188,7 @@ class Recurring:
         [outcome] = await notification_store.accept(
             engine, [new], outbox_grace=self._ctx.settings.outbox_grace, pg=self._ctx.pg
         )
-        if isinstance(outcome, ApiError):
+        if isinstance(outcome, Refused):
             await runs.finish(
                 engine, run, runs.FAILED, clock(), f"{outcome.code}: {outcome.message}"
             )

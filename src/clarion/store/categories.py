@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from clarion.errors import ValidationFailed
+from clarion.domain.refusal import Reason, Refused
 from clarion.store import audit
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import upsert
@@ -100,14 +100,16 @@ async def put(
     body: Mapping[str, Any],
     *,
     actor: str = audit.SYSTEM,
-) -> dict[str, Any]:
+) -> dict[str, Any] | Refused:
     """Create or replace a category's policy; ``body`` holds the keys of ``POLICY`` (absent
-    ones reset to their defaults). Returns the category as stored."""
+    ones reset to their defaults). Returns the category as stored, or refuses a policy that
+    makes an always critical category not critical."""
     critical = bool(body.get("critical", False))
     if name in ALWAYS_CRITICAL and not critical:
-        raise ValidationFailed(
+        return Refused(
+            Reason.INVALID_POLICY,
             f"category {name!r} is always critical",
-            details=[{"field": "critical", "message": "must be true for this category"}],
+            [{"field": "critical", "message": "must be true for this category"}],
         )
     now = utcnow()
     row = {

@@ -17,8 +17,11 @@ IN_PROGRESS = 0
 
 @dataclass(frozen=True, slots=True)
 class Earlier:
+    """What the request that claimed the key answered: its status (``IN_PROGRESS`` while it
+    runs) and body."""
+
     request_hash: str
-    status_code: int
+    status: int
     response: Any
 
 
@@ -53,13 +56,13 @@ async def claim(
 
 
 async def complete(
-    engine: AsyncEngine, tenant_id: str, key: str, scope: str, status_code: int, response: Any
+    engine: AsyncEngine, tenant_id: str, key: str, scope: str, status: int, response: Any
 ) -> None:
     async with write_tx(engine) as conn:
         await conn.execute(
             update(keys)
             .where(keys.c.tenant_id == tenant_id, keys.c.key == key, keys.c.scope == scope)
-            .values(status_code=status_code, response=response)
+            .values(status_code=status, response=response)
         )
 
 

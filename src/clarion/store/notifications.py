@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clarion.domain.ids import new_id
 from clarion.domain.models import DeliveryStatus, NotificationStatus
 from clarion.domain.outcome import cancellation, shown_status, shown_to
-from clarion.errors import ApiError, Conflict, ValidationFailed
+from clarion.domain.refusal import Reason, Refused
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.intake import IntakeTx, Stored, intake_tx
 from clarion.store.pg import PgPool
@@ -53,46 +53,43 @@ class Accepted:
     publish_now: bool
 
 
-Outcome = Accepted | ApiError
+Outcome = Accepted | Refused
 
 
-async def _references_errors(tx: IntakeTx, items: Sequence[NewNotification]) -> dict[int, ApiError]:
+async def _unknown_references(tx: IntakeTx, items: Sequence[NewNotification]) -> dict[int, Refused]:
     """Unknown templates, recipients and topics, found with one query for the batch."""
     templates, known, topics = await tx.known(
         {(item.tenant_id, item.template) for item in items},
         {(item.tenant_id, rid) for item in items for rid in item.recipient_ids},
         {(item.tenant_id, item.topic) for item in items if item.topic is not None},
     )
-    errors: dict[int, ApiError] = {}
+    errors: dict[int, Refused] = {}
     for index, item in enumerate(items):
         if (item.tenant_id, item.template) not in templates:
-            errors[index] = ValidationFailed(
-                f"no template named {item.template!r}", code="unknown_template"
-            )
+            errors[index] = Refused(Reason.UNKNOWN_TEMPLATE, f"no template named {item.template!r}")
             continue
         if item.topic is not None and (item.tenant_id, item.topic) not in topics:
-            errors[index] = ValidationFailed(
+            errors[index] = Refused(
+                Reason.UNKNOWN_TOPIC,
                 f"no topic named {item.topic!r}",
-                code="unknown_topic",
-                details=[{"field": "to.topic", "topic": item.topic}],
+                [{"field": "to.topic", "topic": item.topic}],
             )
             continue
         missing = [rid for rid in item.recipient_ids if (item.tenant_id, rid) not in known]
         if missing:
-            errors[index] = ValidationFailed(
+            errors[index] = Refused(
+                Reason.UNKNOWN_RECIPIENT,
                 f"no recipient with id {missing[0]!r}"
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
-                code="unknown_recipient",
-                details=[{"recipient_id": rid} for rid in missing[:100]],
+                [{"recipient_id": rid} for rid in missing[:100]],
             )
     return errors
 
 
 def _replay(item: NewNotification, row: Stored) -> Outcome:
     if row.request_hash != item.request_hash:
-        return Conflict(
-            "this idempotency key was used with a different request",
-            code="idempotency_conflict",
+        return Refused(
+            Reason.IDEMPOTENCY_CONFLICT, "this idempotency key was used with a different request"
         )
     return Accepted(row.id, row.status, created=False, publish_now=False)
 
@@ -129,7 +126,7 @@ async def accept(
     now = utcnow()
     outcomes: list[Outcome | None] = [None] * len(items)
     async with intake_tx(engine, pg) as tx:
-        for index, error in (await _references_errors(tx, items)).items():
+        for index, error in (await _unknown_references(tx, items)).items():
             outcomes[index] = error
         # Repeats are rare: insert first, and look up only the keys that were taken.
         fresh: dict[tuple[str, str], int] = {}
@@ -188,9 +185,9 @@ async def _insert(
             outcomes[index] = (
                 _replay(items[index], stored)
                 if stored is not None
-                else Conflict(
+                else Refused(
+                    Reason.IDEMPOTENCY_CONFLICT,
                     "this idempotency key is being used by another request",
-                    code="idempotency_conflict",
                 )
             )
     created = {row["id"]: row for row in rows if row["id"] in inserted}

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, Text, cast, delete, func, or_, select, upd
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.cron import DEFAULT_ZONE
-from clarion.errors import Conflict
+from clarion.domain.refusal import Reason, Refused
 from clarion.store import audit
 from clarion.store.db import as_utc, write_tx
 from clarion.store.sql import upsert
@@ -79,10 +79,6 @@ def _audited(row: Any) -> dict[str, Any] | None:
     return shown
 
 
-class TooManySchedules(Conflict):
-    code = "too_many_schedules"
-
-
 async def put(
     engine: AsyncEngine,
     tenant_id: str,
@@ -91,10 +87,10 @@ async def put(
     *,
     actor: str,
     most: int,
-) -> bool:
+) -> bool | Refused:
     """Create or replace a schedule (``values``: its fields, ``fired_through``,
     ``next_run_at``, ``updated_at`` and the request's ``trace``); True if it was created.
-    Creating one when the tenant holds ``most`` already is :class:`TooManySchedules`."""
+    Creating one when the tenant holds ``most`` already is refused."""
     row = {"tenant_id": tenant_id, "name": name, "created_at": values["updated_at"], **values}
     mine = (s.c.tenant_id == tenant_id) & (s.c.name == name)
     async with write_tx(engine) as conn:
@@ -106,10 +102,11 @@ async def put(
         if before is None:
             held = select(func.count()).select_from(s).where(s.c.tenant_id == tenant_id)
             if int((await conn.execute(held)).scalar_one()) >= most:
-                raise TooManySchedules(
+                return Refused(
+                    Reason.TOO_MANY_SCHEDULES,
                     f"this tenant has {most} schedules, the most it may have; delete one "
                     "first (CLARION_MAX_SCHEDULES)",
-                    details=[{"limit": most}],
+                    [{"limit": most}],
                 )
         replace = [*_FIELDS, "fired_through", "next_run_at", "updated_at", "trace"]
         await conn.execute(upsert(conn, s, ["tenant_id", "name"], replace), [row])

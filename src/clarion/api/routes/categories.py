@@ -8,8 +8,10 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 
 from clarion.api.auth import Principal, require
 from clarion.api.outputs import CategoryOut, CategoryPage
+from clarion.api.refusals import refusal_error
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import CategoryIn
+from clarion.domain.refusal import Refused
 from clarion.errors import NotFound
 from clarion.store import categories as store
 
@@ -40,6 +42,8 @@ async def put(
     found = await store.put(
         request.app.state.ctx.engine, principal.tenant_id, name, policy, actor=principal.key_id
     )
+    if isinstance(found, Refused):
+        raise refusal_error(found)
     request.app.state.ctx.categories.invalidate(principal.tenant_id)
     return JSONResponse(found)
 

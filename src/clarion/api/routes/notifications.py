@@ -18,8 +18,10 @@ from clarion.api.outputs import (
     NotificationDetail,
 )
 from clarion.api.quota import charge_intake, charge_intake_of
+from clarion.api.refusals import refusal_error
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import MAX_BATCH, NotificationBatchIn, NotificationIn
+from clarion.domain.refusal import Refused
 from clarion.errors import ApiError, NotFound, ValidationFailed
 from clarion.observability import metrics
 from clarion.pipeline.intake import Intake
@@ -84,8 +86,8 @@ async def accept_one(
     if intake is None:
         raise NotFound("this process does not accept notifications")
     [outcome] = await intake.accept([new])
-    if isinstance(outcome, ApiError):
-        return limits.apply(api_error_response(outcome))
+    if isinstance(outcome, Refused):
+        return limits.apply(api_error_response(refusal_error(outcome)))
     return limits.apply(JSONResponse(_accepted(outcome), status_code=202))
 
 
@@ -134,7 +136,7 @@ async def create_batch(
         for index, body in refused.items():
             results[index] = body
         for index, outcome in zip(positions, outcomes, strict=True):
-            if isinstance(outcome, ApiError):
+            if isinstance(outcome, Refused):
                 results[index] = error_body(outcome.code, outcome.message, outcome.details)
             else:
                 results[index] = _accepted(outcome)

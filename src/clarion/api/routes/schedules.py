@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from clarion.api.auth import Principal, require
+from clarion.api.refusals import refusal_error
 from clarion.api.responses import JSONResponse
 from clarion.api.schedule_models import (
     ScheduleIn,
@@ -17,6 +18,7 @@ from clarion.api.schedule_models import (
     ScheduleRunPage,
 )
 from clarion.domain.cron import RECIPIENT, Cron, next_look
+from clarion.domain.refusal import Refused
 from clarion.errors import NotFound, ValidationFailed
 from clarion.observability import tracing
 from clarion.pipeline.context import Context
@@ -107,7 +109,7 @@ async def put(
         "updated_at": now,
         "trace": tracing.traceparent(),  # each run's span links to this request
     }
-    await store.put(
+    stored = await store.put(
         ctx.engine,
         principal.tenant_id,
         name,
@@ -115,6 +117,8 @@ async def put(
         actor=principal.key_id,
         most=ctx.settings.max_schedules,
     )
+    if isinstance(stored, Refused):
+        raise refusal_error(stored)
     found = await store.get(ctx.engine, principal.tenant_id, name)
     if found is None:  # deleted in between
         raise NotFound(f"no schedule {name!r}")

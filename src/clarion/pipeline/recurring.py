@@ -34,7 +34,6 @@ from clarion.store import notifications as notification_store
 from clarion.store import schedule_runs as runs
 from clarion.store import schedules as store
 from clarion.store.batching import is_outage
-from clarion.store.db import write_tx
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +118,8 @@ class Recurring:
         following = next_look(
             cron, zones, now, starts_at=schedule["starts_at"], ends_at=ends_at, rescan=rescan
         )
-        async with write_tx(self._ctx.engine) as conn:
-            if not await store.advance(conn, schedule, now, following):
-                return 0  # another scheduler advanced it
-            made = await runs.create(conn, schedule["tenant_id"], schedule["name"], due, now)
-            history = now - timedelta(seconds=settings.schedule_history)
-            await runs.prune(conn, schedule["tenant_id"], schedule["name"], history)
-        return made
+        history = now - timedelta(seconds=settings.schedule_history)
+        return await runs.plan(self._ctx.engine, schedule, due, now, following, history)
 
     # -- fire --------------------------------------------------------------------------
 

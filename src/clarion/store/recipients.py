@@ -46,17 +46,16 @@ def to_public(row: Any) -> dict[str, Any]:
     return out
 
 
-async def upsert_many(
-    conn: AsyncConnection, tenant_id: str, items: Sequence[dict[str, Any]]
-) -> None:
-    """Create or replace recipients in one statement per thousand."""
+async def upsert_many(engine: AsyncEngine, tenant_id: str, items: Sequence[dict[str, Any]]) -> None:
+    """Create or replace recipients in one transaction, one statement per thousand."""
     now = utcnow()
     rows = [
         {"tenant_id": tenant_id, "created_at": now, "updated_at": now, **item} for item in items
     ]
-    stmt = upsert(conn, recipients, ["tenant_id", "id"], [*FIELDS, "updated_at"])
-    for part in chunks(rows, 1000):
-        await conn.execute(stmt, part)
+    async with write_tx(engine) as conn:
+        stmt = upsert(conn, recipients, ["tenant_id", "id"], [*FIELDS, "updated_at"])
+        for part in chunks(rows, 1000):
+            await conn.execute(stmt, part)
 
 
 async def get(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> dict[str, Any] | None:

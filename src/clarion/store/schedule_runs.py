@@ -17,6 +17,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import new_id
+from clarion.store import schedules
 from clarion.store.db import as_utc, write_tx
 from clarion.store.sql import insert_ignoring_conflicts
 from clarion.store.tables import schedule_runs
@@ -152,6 +153,27 @@ async def _while_leased(engine: AsyncEngine, run: dict[str, Any], **values: Any)
             .values(**values)
         )
     return result.rowcount == 1
+
+
+async def plan(
+    engine: AsyncEngine,
+    schedule: dict[str, Any],
+    due: Sequence[tuple[datetime, str]],
+    now: datetime,
+    following: datetime | None,
+    forget_before: datetime,
+) -> int:
+    """In one transaction: move the schedule's watermark to ``now`` (its next look at
+    ``following``), create the runs of ``due`` and forget the finished ones due before
+    ``forget_before``. How many runs it made; 0 when another scheduler (or a replacement of
+    the schedule) moved the watermark first."""
+    tenant_id, name = schedule["tenant_id"], schedule["name"]
+    async with write_tx(engine) as conn:
+        if not await schedules.advance(conn, schedule, now, following):
+            return 0
+        made = await create(conn, tenant_id, name, due, now)
+        await prune(conn, tenant_id, name, forget_before)
+    return made
 
 
 async def prune(conn: AsyncConnection, tenant_id: str, schedule: str, before: datetime) -> None:

@@ -31,7 +31,6 @@ from clarion.security import inbox_tokens
 from clarion.store import categories as category_store
 from clarion.store import erasure
 from clarion.store import recipients as store
-from clarion.store.db import write_tx
 
 router = APIRouter(prefix="/v1/recipients", tags=["recipients"], route_class=EdgeParsedRoute)
 _ITEM = TypeAdapter(RecipientBatchItem)
@@ -47,8 +46,7 @@ async def put(
     request: Request, principal: Manager, recipient_id: RecipientPath, body: RecipientIn
 ) -> JSONResponse:
     engine = request.app.state.ctx.engine
-    async with write_tx(engine) as conn:
-        await store.upsert_many(conn, principal.tenant_id, [{"id": recipient_id, **body.to_row()}])
+    await store.upsert_many(engine, principal.tenant_id, [{"id": recipient_id, **body.to_row()}])
     found = await store.get(engine, principal.tenant_id, recipient_id)
     return JSONResponse(found)
 
@@ -88,8 +86,8 @@ async def batch(request: Request, principal: Manager, body: RecipientBatchIn) ->
             rows[item.id] = {"id": item.id, **RecipientIn.to_row(item)}
             results.append({"id": item.id, "status": "ok"})
         if rows:
-            async with write_tx(request.app.state.ctx.engine) as conn:
-                await store.upsert_many(conn, principal.tenant_id, list(rows.values()))
+            engine = request.app.state.ctx.engine
+            await store.upsert_many(engine, principal.tenant_id, list(rows.values()))
         return 200, {"results": results}
 
     return await idempotent(

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 import clarion.api.routes
 from clarion.security.unsubscribe import UnsubscribeLinks
+from clarion.store.tenants import webhook_secrets
 from harness import Harness
 
 # The HTML pages the walk must meet: if one of them stops answering HTML, the walk would
@@ -40,7 +41,7 @@ def assert_not_frameable(path: str, headers: dict[str, str]) -> None:
 
 async def test_every_html_page_forbids_framing(lite: Harness) -> None:
     await lite.put_recipient("u-1", email="alex@example.com")
-    links = UnsubscribeLinks(lite.ctx.engine, "https://clarion.example/")
+    links = UnsubscribeLinks(webhook_secrets(lite.ctx.engine), "https://clarion.example/")
     unsubscribe = await links.url(lite.tenant_id, "u-1", "marketing")
     values = {"token": unsubscribe.rsplit("/", 1)[1]}
     html: set[str] = set()

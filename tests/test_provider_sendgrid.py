@@ -16,6 +16,7 @@ from clarion.providers.base import OutboundMessage, ProviderEnv, ProviderSpec
 from clarion.providers.sendgrid import SendgridProvider
 from clarion.security.unsubscribe import verify_token
 from clarion.store.db import utcnow
+from clarion.store.tenants import webhook_secrets
 from harness import Harness, make_settings
 from standins.sendgrid import SendgridStandIn, Upcoming
 
@@ -94,7 +95,7 @@ async def test_sends_json_with_headers_and_custom_args(
     prefix = f"<{PUBLIC}/v1/unsubscribe/"
     assert headers["List-Unsubscribe"].startswith(prefix)
     token = headers["List-Unsubscribe"][len(prefix) : -1]
-    assert await verify_token(lite.ctx.engine, token) is not None
+    assert await verify_token(webhook_secrets(lite.ctx.engine), token) is not None
 
 
 async def test_critical_email_has_no_unsubscribe(lite: Harness, sendgrid: SendgridStandIn) -> None:

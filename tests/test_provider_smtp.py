@@ -15,6 +15,7 @@ from clarion.errors import PermanentError, TransientError
 from clarion.providers.base import OutboundMessage, ProviderEnv, ProviderSpec
 from clarion.providers.smtp import SmtpProvider
 from clarion.security.unsubscribe import verify_token
+from clarion.store.tenants import webhook_secrets
 from harness import Harness, make_settings
 from standins.smtp import SmtpStandIn
 
@@ -148,7 +149,7 @@ async def test_marketing_email_is_multipart_with_one_click_unsubscribe(
     prefix = f"<{PUBLIC}/v1/unsubscribe/"
     assert url.startswith(prefix)
     assert url.endswith(">")
-    target = await verify_token(lite.ctx.engine, url[len(prefix) : -1])
+    target = await verify_token(webhook_secrets(lite.ctx.engine), url[len(prefix) : -1])
     assert target is not None
     assert (target.tenant_id, target.recipient_id, target.category) == (
         lite.tenant_id,

@@ -17,6 +17,7 @@ from clarion.security.unsubscribe import (
 )
 from clarion.store import recipients as recipient_store
 from clarion.store import tenants as tenant_store
+from clarion.store.tenants import webhook_secrets
 from harness import Harness
 
 ONE_CLICK = {
@@ -28,7 +29,7 @@ ONE_CLICK = {
 async def link_path(
     harness: Harness, recipient_id: str = "u-1", category: str = "marketing"
 ) -> str:
-    links = UnsubscribeLinks(harness.ctx.engine, "https://clarion.example/")
+    links = UnsubscribeLinks(webhook_secrets(harness.ctx.engine), "https://clarion.example/")
     url = await links.url(harness.tenant_id, recipient_id, category)
     assert url.startswith("https://clarion.example/v1/unsubscribe/v1.")
     return url.removeprefix("https://clarion.example")
@@ -164,4 +165,4 @@ def test_claims_round_trip_and_unicode_ids() -> None:
 @pytest.mark.parametrize("url", ["https://clarion.exämple"])
 async def test_public_url_must_be_ascii(lite: Harness, url: str) -> None:
     with pytest.raises(ValueError, match="ASCII"):
-        UnsubscribeLinks(lite.ctx.engine, url)
+        UnsubscribeLinks(webhook_secrets(lite.ctx.engine), url)

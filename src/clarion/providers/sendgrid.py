@@ -20,6 +20,7 @@ from clarion.providers.http import DEFAULT_TIMEOUT, ApiClient, Reply, raise_for_
 from clarion.providers.mime import Email, EmailComposer
 from clarion.security.netguard import AddressGuard
 from clarion.security.unsubscribe import UnsubscribeLinks
+from clarion.store.tenants import webhook_secrets
 
 DEFAULT_BASE = "https://api.sendgrid.com"
 PATH = "/v3/mail/send"
@@ -84,7 +85,7 @@ class SendgridProvider(Provider):
             "Content-Type": "application/json",
         }
         self._composer = EmailComposer(
-            config.from_, UnsubscribeLinks(env.engine, env.settings.public_url)
+            config.from_, UnsubscribeLinks(webhook_secrets(env.engine), env.settings.public_url)
         )
         self._http = ApiClient(
             timeout=timeout,

@@ -29,6 +29,7 @@ from clarion.providers.http import (
 from clarion.providers.mime import Email, EmailComposer, to_bytes, to_mime
 from clarion.security.netguard import AddressGuard
 from clarion.security.unsubscribe import UnsubscribeLinks
+from clarion.store.tenants import webhook_secrets
 
 PATH = "/v2/email/outbound-emails"
 # Worth retrying whatever the status: SES throttles with 429 and with 400 LimitExceeded.
@@ -111,7 +112,7 @@ class SesProvider(Provider):
             Credentials(config.access_key_id, config.secret_access_key), "ses", config.region
         )
         self._composer = EmailComposer(
-            config.from_, UnsubscribeLinks(env.engine, env.settings.public_url)
+            config.from_, UnsubscribeLinks(webhook_secrets(env.engine), env.settings.public_url)
         )
         self._http = ApiClient(
             timeout=timeout,

@@ -20,6 +20,7 @@ from clarion.providers.configs import SmtpConfig
 from clarion.providers.mime import EmailComposer, to_bytes, to_mime
 from clarion.security.netguard import AddressGuard
 from clarion.security.unsubscribe import UnsubscribeLinks
+from clarion.store.tenants import webhook_secrets
 
 DEFAULT_TIMEOUT = 30.0
 _ADDRESS_CODES = frozenset({550, 551, 553})
@@ -73,7 +74,8 @@ class SmtpProvider(Provider):
     ) -> None:
         self._config = SmtpConfig.model_validate(spec.config)
         self._composer = EmailComposer(
-            self._config.from_, UnsubscribeLinks(env.engine, env.settings.public_url)
+            self._config.from_,
+            UnsubscribeLinks(webhook_secrets(env.engine), env.settings.public_url),
         )
         self._timeout = timeout
         self._guard = AddressGuard(env.settings.allow_private_webhooks)

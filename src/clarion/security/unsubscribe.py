@@ -17,17 +17,17 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from clarion.store import tenants as tenant_store
 
 _VERSION = "v1"
 _LABEL = b"clarion/unsubscribe/v1"
 _MAC_BYTES = 16
 MAX_TOKEN = 2000
+# A tenant's webhook secret, the key's source; None for no such tenant.
+SecretOf = Callable[[str], Awaitable[str | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,24 +77,24 @@ def read_claim(token: str) -> tuple[Unsubscribe, str, bytes] | None:
     return Unsubscribe(*fields), parts[1], mac
 
 
-async def verify_token(engine: AsyncEngine, token: str) -> Unsubscribe | None:
+async def verify_token(secret_of: SecretOf, token: str) -> Unsubscribe | None:
     """The token's target if it is well formed and signed with its tenant's key."""
     claim = read_claim(token)
     if claim is None:
         return None
     target, payload, mac = claim
-    tenant = await tenant_store.get_tenant(engine, target.tenant_id)
-    if tenant is None:
+    secret = await secret_of(target.tenant_id)
+    if secret is None:
         return None
-    expected = _mac(derive_key(tenant.webhook_secret), payload)
+    expected = _mac(derive_key(secret), payload)
     return target if hmac.compare_digest(expected, mac) else None
 
 
 class UnsubscribeLinks:
     """Makes the unsubscribe URLs of outgoing email; tenant keys are cached."""
 
-    def __init__(self, engine: AsyncEngine, public_url: str) -> None:
-        self._engine = engine
+    def __init__(self, secret_of: SecretOf, public_url: str) -> None:
+        self._secret_of = secret_of
         if not public_url.isascii():
             raise ValueError("the public URL must be ASCII (punycode and percent-encoding)")
         self._base = public_url.rstrip("/")
@@ -103,9 +103,9 @@ class UnsubscribeLinks:
     async def url(self, tenant_id: str, recipient_id: str, category: str) -> str:
         key = self._keys.get(tenant_id)
         if key is None:
-            tenant = await tenant_store.get_tenant(self._engine, tenant_id)
-            if tenant is None:
+            secret = await self._secret_of(tenant_id)
+            if secret is None:
                 raise LookupError(f"no tenant {tenant_id!r}")
-            key = self._keys[tenant_id] = derive_key(tenant.webhook_secret)
+            key = self._keys[tenant_id] = derive_key(secret)
         token = make_token(key, Unsubscribe(tenant_id, recipient_id, category))
         return f"{self._base}/v1/unsubscribe/{token}"

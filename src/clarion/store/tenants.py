@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,17 @@ async def get_tenant(engine: AsyncEngine, tenant_id: str) -> Tenant | None:
     async with engine.connect() as conn:
         row = (await conn.execute(select(tenants).where(tenants.c.id == tenant_id))).first()
     return Tenant(row.id, row.name, row.webhook_secret) if row else None
+
+
+def webhook_secrets(engine: AsyncEngine) -> Callable[[str], Awaitable[str | None]]:
+    """A reader of tenants' webhook secrets (None: no such tenant), for the code below the
+    store that derives keys from them (:mod:`clarion.security.unsubscribe`)."""
+
+    async def read(tenant_id: str) -> str | None:
+        tenant = await get_tenant(engine, tenant_id)
+        return tenant.webhook_secret if tenant is not None else None
+
+    return read
 
 
 async def count_tenants(engine: AsyncEngine) -> int:

@@ -18,6 +18,7 @@ from clarion.api.responses import JSONResponse, html_headers
 from clarion.errors import NotFound
 from clarion.security.unsubscribe import Unsubscribe, verify_token
 from clarion.store import recipients as recipient_store
+from clarion.store.tenants import webhook_secrets
 
 router = APIRouter(prefix="/v1/unsubscribe", tags=["unsubscribe"])
 # Any malformed, forged or stale token is the same 404: it tells a prober nothing.
@@ -43,7 +44,7 @@ button{{font:inherit;padding:.5rem 1rem}}</style></head>
 
 
 async def _target(request: Request, token: str) -> Unsubscribe:
-    target = await verify_token(request.app.state.ctx.engine, token)
+    target = await verify_token(webhook_secrets(request.app.state.ctx.engine), token)
     if target is None:
         raise NotFound("this unsubscribe link is not valid")
     return target

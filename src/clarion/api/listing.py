@@ -38,9 +38,9 @@ def page(rows: Sequence[Row], limit: int, cursor_of: Callable[[Row], str]) -> di
     return {"data": list(rows[:limit]), "next_cursor": following}
 
 
-def by_name(row: dict[str, Any]) -> str:
-    name: str = row["name"]
-    return name
+def by(field: str) -> Callable[[Mapping[str, Any]], str]:
+    """The cursor after a row of a list kept in ``field`` order: that field's value."""
+    return lambda row: str(row[field])
 
 
 def cursor_of(position: Position) -> str:

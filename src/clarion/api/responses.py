@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.responses import Response
+
+from clarion.errors import NotFound
+
+T = TypeVar("T")
 
 
 class JSONResponse(Response):
@@ -13,6 +17,13 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS)
+
+
+def or_404(value: T | None, message: str) -> T:
+    """``value``, unless there is none: then a 404 saying ``message``."""
+    if value is None:
+        raise NotFound(message)
+    return value
 
 
 # Every HTML page Clarion serves refuses to be framed by another site (clickjacking):

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -16,8 +15,7 @@ from clarion.providers.base import ProviderSpec
 from clarion.providers.kinds import secret_fields as kind_secret_fields
 from clarion.security.secrets import MASK, Keyring, RedactedConfig, SecretError, provider_aad
 from clarion.store import audit, named
-from clarion.store.db import as_utc, utcnow, write_tx
-from clarion.store.sql import chunks, upsert
+from clarion.store.db import as_utc, utcnow
 from clarion.store.tables import providers
 
 _UPDATED = [
@@ -95,6 +93,11 @@ class ProviderRow:
         )
 
 
+NAMED = named.Named(
+    providers, audit.Resource.PROVIDER, lambda row: ProviderRow.from_mapping(row).audited()
+)
+
+
 def secret_fields_of(kind: str) -> frozenset[str]:
     return kind_secret_fields(kind)
 
@@ -150,28 +153,14 @@ async def put(
         "created_at": now,
         "updated_at": now,
     }
-    mine = (providers.c.tenant_id == spec.tenant_id) & (providers.c.name == spec.name)
-    async with write_tx(engine) as conn:
-        old = (
-            (await conn.execute(select(providers).where(mine).with_for_update())).mappings().first()
-        )
-        before = ProviderRow.from_mapping(old) if old else None
-        stmt = upsert(conn, providers, ["tenant_id", "name"], _UPDATED)
-        await conn.execute(stmt.values(**values))
-        found = ProviderRow.from_mapping(
-            (await conn.execute(select(providers).where(mine))).mappings().one()
-        )
-        change = audit.diff(
-            before.audited() if before else None,
-            found.audited(),
-            secrets_changed=_secrets_changed(keyring, before, secrets),
-        )
-        action = audit.Action.UPDATE if before else audit.Action.CREATE
-        await audit.record(
-            conn,
-            audit.Change(spec.tenant_id, actor, audit.Resource.PROVIDER, spec.name, action, change),
-        )
-    return found
+
+    def secrets_changed(old: RowMapping | None) -> list[str]:
+        return _secrets_changed(keyring, ProviderRow.from_mapping(old) if old else None, secrets)
+
+    row = await named.put_one(
+        engine, NAMED, values, _UPDATED, actor=actor, secrets_changed=secrets_changed
+    )
+    return ProviderRow.from_mapping(row)
 
 
 async def get(engine: AsyncEngine, tenant_id: str, name: str) -> ProviderRow | None:
@@ -190,86 +179,19 @@ async def list_page(
 async def delete_one(
     engine: AsyncEngine, tenant_id: str, name: str, *, actor: str = audit.SYSTEM
 ) -> bool:
-    def change(row: RowMapping) -> audit.Change:
-        before = ProviderRow.from_mapping(row).audited()
-        return audit.Change(
-            tenant_id,
-            actor,
-            audit.Resource.PROVIDER,
-            name,
-            audit.Action.DELETE,
-            audit.diff(before, None),
-        )
-
-    return await named.delete_one(engine, providers, tenant_id, name, change)
+    return await named.delete_one(engine, NAMED, tenant_id, name, actor=actor)
 
 
 async def load_tenants(engine: AsyncEngine, tenant_ids: Iterable[str]) -> list[ProviderRow]:
-    """Every provider of these tenants (one query per thousand tenants)."""
-    found: list[ProviderRow] = []
-    async with engine.connect() as conn:
-        for part in chunks(sorted(set(tenant_ids)), 1000):
-            query = select(providers).where(providers.c.tenant_id.in_(part))
-            rows = (await conn.execute(query)).mappings().all()
-            found.extend(ProviderRow.from_mapping(r) for r in rows)
-    return found
-
-
-@dataclass
-class Rotation:
-    changed: int = 0
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    """Every provider of these tenants."""
+    rows = await named.of_tenants(engine, providers, tenant_ids)
+    return [ProviderRow.from_mapping(r) for r in rows]
 
 
 async def rotate(
     engine: AsyncEngine, keyring: Keyring, batch_size: int = 200, *, actor: str = audit.SYSTEM
-) -> Rotation:
-    """Re-seal every provider's secrets with the current key, a batch per transaction.
-    Idempotent: rows already sealed with the current key are left alone. A row changed
-    meanwhile (its sealed value differs from the one read) is left to its writer, who
-    sealed it with the current key."""
-    outcome = Rotation()
-    after: tuple[str, str] = ("", "")
-    while True:
-        async with write_tx(engine) as conn:
-            query = (
-                select(providers.c.tenant_id, providers.c.name, providers.c.secrets)
-                .where(
-                    providers.c.secrets.is_not(None),
-                    tuple_(providers.c.tenant_id, providers.c.name) > after,
-                )
-                .order_by(providers.c.tenant_id, providers.c.name)
-                .limit(batch_size)
-            )
-            rows = (await conn.execute(query)).all()
-            for tenant_id, name, sealed in rows:
-                if keyring.is_current(sealed):
-                    continue
-                aad = provider_aad(tenant_id, name)
-                try:
-                    plain = keyring.decrypt(sealed, aad)
-                except SecretError:
-                    outcome.unreadable.append((tenant_id, name))
-                    continue
-                result = await conn.execute(
-                    update(providers)
-                    .where(
-                        providers.c.tenant_id == tenant_id,
-                        providers.c.name == name,
-                        providers.c.secrets == sealed,
-                    )
-                    .values(secrets=keyring.encrypt(plain, aad))
-                )
-                outcome.changed += result.rowcount
-                if result.rowcount:
-                    await audit.record(conn, _reencrypted(tenant_id, name, actor))
-        if len(rows) < batch_size:
-            return outcome
-        after = (rows[-1][0], rows[-1][1])
-
-
-def _reencrypted(tenant_id: str, name: str, actor: str) -> audit.Change:
-    change = {"secrets": {"from": MASK, "to": MASK}}
-    return audit.Change(
-        tenant_id, actor, audit.Resource.PROVIDER, name, audit.Action.REENCRYPT, change
+) -> named.Rotation:
+    """Re-seal every provider's secrets with the current key (see :func:`named.rotate`)."""
+    return await named.rotate(
+        engine, keyring, NAMED, "secrets", provider_aad, batch_size=batch_size, actor=actor
     )

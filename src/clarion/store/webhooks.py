@@ -8,15 +8,12 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clarion.security.secrets import MASK, Keyring, SecretError, associated_data
+from clarion.security.secrets import MASK, Keyring, associated_data
 from clarion.store import audit, named
-from clarion.store.db import as_utc, utcnow, write_tx
-from clarion.store.providers import Rotation
-from clarion.store.sql import chunks, upsert
+from clarion.store.db import as_utc, utcnow
 from clarion.store.tables import webhooks
 
 _UPDATED = ["url", "events", "enabled", "updated_at"]
@@ -63,6 +60,11 @@ class WebhookRow:
         return keyring.decrypt(self.secret, webhook_aad(self.tenant_id, self.name)).decode()
 
 
+NAMED = named.Named(
+    webhooks, audit.Resource.WEBHOOK, lambda row: WebhookRow.from_mapping(row).audited()
+)
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookIn:
     """A validated webhook to store. ``secret`` None keeps the stored one (``sealed``)."""
@@ -99,27 +101,15 @@ async def put(
         "created_at": now,
         "updated_at": now,
     }
-    mine = (webhooks.c.tenant_id == hook.tenant_id) & (webhooks.c.name == hook.name)
-    async with write_tx(engine) as conn:
-        old = (
-            (await conn.execute(select(webhooks).where(mine).with_for_update())).mappings().first()
-        )
-        before = WebhookRow.from_mapping(old) if old else None
-        await conn.execute(upsert(conn, webhooks, ["tenant_id", "name"], updated).values(**values))
-        found = WebhookRow.from_mapping(
-            (await conn.execute(select(webhooks).where(mine))).mappings().one()
-        )
+
+    def secrets_changed(old: RowMapping | None) -> list[str]:
         # A secret sent (or made) replaces the stored one: recorded as changed, never shown.
-        replaced = ["secret"] if before is not None and hook.secret is not None else []
-        change = audit.diff(
-            before.audited() if before else None, found.audited(), secrets_changed=replaced
-        )
-        action = audit.Action.UPDATE if before else audit.Action.CREATE
-        await audit.record(
-            conn,
-            audit.Change(hook.tenant_id, actor, audit.Resource.WEBHOOK, hook.name, action, change),
-        )
-    return found
+        return ["secret"] if old is not None and hook.secret is not None else []
+
+    row = await named.put_one(
+        engine, NAMED, values, updated, actor=actor, secrets_changed=secrets_changed
+    )
+    return WebhookRow.from_mapping(row)
 
 
 async def get(engine: AsyncEngine, tenant_id: str, name: str) -> WebhookRow | None:
@@ -138,75 +128,19 @@ async def list_page(
 async def delete_one(
     engine: AsyncEngine, tenant_id: str, name: str, *, actor: str = audit.SYSTEM
 ) -> bool:
-    def change(row: RowMapping) -> audit.Change:
-        before = WebhookRow.from_mapping(row).audited()
-        return audit.Change(
-            tenant_id,
-            actor,
-            audit.Resource.WEBHOOK,
-            name,
-            audit.Action.DELETE,
-            audit.diff(before, None),
-        )
-
-    return await named.delete_one(engine, webhooks, tenant_id, name, change)
+    return await named.delete_one(engine, NAMED, tenant_id, name, actor=actor)
 
 
 async def load_enabled(engine: AsyncEngine, tenant_ids: Iterable[str]) -> list[WebhookRow]:
-    """The enabled webhooks of these tenants (one query per thousand tenants)."""
-    found: list[WebhookRow] = []
-    async with engine.connect() as conn:
-        for part in chunks(sorted(set(tenant_ids)), 1000):
-            query = select(webhooks).where(webhooks.c.tenant_id.in_(part), webhooks.c.enabled)
-            rows = (await conn.execute(query)).mappings().all()
-            found.extend(WebhookRow.from_mapping(r) for r in rows)
-    return found
+    """The enabled webhooks of these tenants."""
+    rows = await named.of_tenants(engine, webhooks, tenant_ids, webhooks.c.enabled)
+    return [WebhookRow.from_mapping(r) for r in rows]
 
 
 async def rotate(
     engine: AsyncEngine, keyring: Keyring, batch_size: int = 200, *, actor: str = audit.SYSTEM
-) -> Rotation:
-    """Re-seal every webhook's secret with the current key, a batch per transaction, as
-    :func:`clarion.store.providers.rotate` does for providers' credentials."""
-    outcome = Rotation()
-    after: tuple[str, str] = ("", "")
-    while True:
-        async with write_tx(engine) as conn:
-            query = (
-                select(webhooks.c.tenant_id, webhooks.c.name, webhooks.c.secret)
-                .where(tuple_(webhooks.c.tenant_id, webhooks.c.name) > after)
-                .order_by(webhooks.c.tenant_id, webhooks.c.name)
-                .limit(batch_size)
-            )
-            rows = (await conn.execute(query)).all()
-            for tenant_id, name, sealed in rows:
-                if keyring.is_current(sealed):
-                    continue
-                aad = webhook_aad(tenant_id, name)
-                try:
-                    plain = keyring.decrypt(sealed, aad)
-                except SecretError:
-                    outcome.unreadable.append((tenant_id, name))
-                    continue
-                result = await conn.execute(
-                    update(webhooks)
-                    .where(
-                        webhooks.c.tenant_id == tenant_id,
-                        webhooks.c.name == name,
-                        webhooks.c.secret == sealed,
-                    )
-                    .values(secret=keyring.encrypt(plain, aad))
-                )
-                outcome.changed += result.rowcount
-                if result.rowcount:
-                    await audit.record(conn, _reencrypted(tenant_id, name, actor))
-        if len(rows) < batch_size:
-            return outcome
-        after = (rows[-1][0], rows[-1][1])
-
-
-def _reencrypted(tenant_id: str, name: str, actor: str) -> audit.Change:
-    change = {"secret": {"from": MASK, "to": MASK}}
-    return audit.Change(
-        tenant_id, actor, audit.Resource.WEBHOOK, name, audit.Action.REENCRYPT, change
+) -> named.Rotation:
+    """Re-seal every webhook's secret with the current key (see :func:`named.rotate`)."""
+    return await named.rotate(
+        engine, keyring, NAMED, "secret", webhook_aad, batch_size=batch_size, actor=actor
     )

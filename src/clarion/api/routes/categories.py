@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from clarion.api.auth import Principal, require
+from clarion.api.listing import by, page
 from clarion.api.outputs import CategoryOut, CategoryPage
 from clarion.api.refusals import refusal_error
-from clarion.api.responses import JSONResponse
+from clarion.api.responses import JSONResponse, or_404
 from clarion.api.schemas import CategoryIn
 from clarion.domain.refusal import Refused
-from clarion.errors import NotFound
 from clarion.store import categories as store
 
 router = APIRouter(prefix="/v1/categories", tags=["categories"])
@@ -51,9 +51,7 @@ async def put(
 @router.get("/{name}", summary="A category", response_model=CategoryOut)
 async def get(request: Request, principal: Reader, name: CategoryPath) -> JSONResponse:
     found = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
-    if found is None:
-        raise NotFound(f"no category {name!r}")
-    return JSONResponse(found)
+    return JSONResponse(or_404(found, f"no category {name!r}"))
 
 
 @router.get(
@@ -68,6 +66,4 @@ async def list_categories(
     rows = await store.list_(
         request.app.state.ctx.engine, principal.tenant_id, after=cursor, limit=limit + 1
     )
-    page = rows[:limit]
-    next_cursor = page[-1]["name"] if len(rows) > limit else None
-    return JSONResponse({"data": page, "next_cursor": next_cursor})
+    return JSONResponse(page(rows, limit, by("name")))

@@ -11,9 +11,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from clarion.api.auth import Principal, require
 from clarion.api.listing import Cursor, Limit, newest_first, page, position_of, time_range
 from clarion.api.outputs import DeliveryDetail, DeliveryPage, NotificationPage
-from clarion.api.responses import JSONResponse
+from clarion.api.responses import JSONResponse, or_404
 from clarion.domain.models import Channel, DeliveryStatus, NotificationStatus
-from clarion.errors import NotFound
 from clarion.store import message_log as store
 
 router = APIRouter(tags=["message log"])
@@ -102,6 +101,4 @@ async def list_deliveries(
 )
 async def get_delivery(request: Request, principal: Reader, delivery_id: str) -> JSONResponse:
     found = await store.get_delivery(request.app.state.ctx.engine, principal.tenant_id, delivery_id)
-    if found is None:
-        raise NotFound(f"no delivery {delivery_id!r}")
-    return JSONResponse(found)
+    return JSONResponse(or_404(found, f"no delivery {delivery_id!r}"))

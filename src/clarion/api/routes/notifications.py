@@ -11,6 +11,7 @@ from clarion.api.auth import Principal, require
 from clarion.api.errors import api_error_response, describe_validation, error_body
 from clarion.api.idempotency import header_key, idempotent, request_hash
 from clarion.api.limits import EdgeParsedRoute
+from clarion.api.listing import by, page
 from clarion.api.outputs import (
     BatchResults,
     NotificationAccepted,
@@ -19,7 +20,7 @@ from clarion.api.outputs import (
 )
 from clarion.api.quota import charge_intake, charge_intake_of
 from clarion.api.refusals import refusal_error
-from clarion.api.responses import JSONResponse
+from clarion.api.responses import JSONResponse, or_404
 from clarion.api.schemas import MAX_BATCH, NotificationBatchIn, NotificationIn
 from clarion.domain.refusal import Refused
 from clarion.errors import ApiError, NotFound, ValidationFailed
@@ -157,9 +158,7 @@ async def get(request: Request, principal: Reader, notification_id: str) -> JSON
     found = await store.get_with_deliveries(
         request.app.state.ctx.engine, principal.tenant_id, notification_id
     )
-    if found is None:
-        raise NotFound(f"no notification {notification_id!r}")
-    return JSONResponse(found)
+    return JSONResponse(or_404(found, f"no notification {notification_id!r}"))
 
 
 @router.get(
@@ -179,10 +178,7 @@ async def deliveries(
     )
     if rows is None:
         raise NotFound(f"no notification {notification_id!r}")
-    data = rows[:limit]
-    return JSONResponse(
-        {"data": data, "next_cursor": data[-1]["id"] if len(rows) > limit else None}
-    )
+    return JSONResponse(page(rows, limit, by("id")))
 
 
 @router.delete(

@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from clarion.api import provider_schemas
 from clarion.api.auth import Principal, require
 from clarion.api.errors import describe_validation
+from clarion.api.listing import by, page
 from clarion.api.outputs import ProviderOut, ProviderPage
-from clarion.api.responses import JSONResponse
+from clarion.api.responses import JSONResponse, or_404
 from clarion.domain.models import Channel
 from clarion.errors import NotFound, ValidationFailed
 from clarion.pipeline.context import Context
@@ -147,9 +148,7 @@ async def put(
 @router.get("/{name}", summary="A provider (secrets shown as ***)", response_model=ProviderOut)
 async def get(request: Request, principal: Reader, name: ProviderName) -> JSONResponse:
     row = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
-    if row is None:
-        raise NotFound(f"no provider named {name!r}")
-    return JSONResponse(row.public())
+    return JSONResponse(or_404(row, f"no provider named {name!r}").public())
 
 
 @router.get("", summary="The tenant's providers, by name", response_model=ProviderPage)
@@ -162,9 +161,7 @@ async def list_providers(
     rows = await store.list_page(
         request.app.state.ctx.engine, principal.tenant_id, after=cursor, limit=limit + 1
     )
-    page = rows[:limit]
-    next_cursor = page[-1].name if len(rows) > limit else None
-    return JSONResponse({"data": [r.public() for r in page], "next_cursor": next_cursor})
+    return JSONResponse(page([r.public() for r in rows], limit, by("name")))
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a provider")

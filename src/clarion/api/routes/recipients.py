@@ -18,7 +18,7 @@ from clarion.api.outputs import (
     RecipientOut,
     RecipientToken,
 )
-from clarion.api.responses import JSONResponse
+from clarion.api.responses import JSONResponse, or_404
 from clarion.api.schemas import (
     MAX_BATCH,
     PreferencesIn,
@@ -54,9 +54,7 @@ async def put(
 @router.get("/{recipient_id}", summary="A recipient", response_model=RecipientOut)
 async def get(request: Request, principal: Reader, recipient_id: RecipientPath) -> JSONResponse:
     found = await store.get(request.app.state.ctx.engine, principal.tenant_id, recipient_id)
-    if found is None:
-        raise NotFound(f"no recipient {recipient_id!r}")
-    return JSONResponse(found)
+    return JSONResponse(or_404(found, f"no recipient {recipient_id!r}"))
 
 
 @router.post(
@@ -161,9 +159,7 @@ async def token(
 )
 async def export(request: Request, principal: Reader, recipient_id: RecipientPath) -> JSONResponse:
     found = await erasure.export(request.app.state.ctx.engine, principal.tenant_id, recipient_id)
-    if found is None:
-        raise NotFound(f"no recipient {recipient_id!r}")
-    return JSONResponse(found)
+    return JSONResponse(or_404(found, f"no recipient {recipient_id!r}"))
 
 
 @router.get(
@@ -176,9 +172,7 @@ async def get_preferences(
 ) -> JSONResponse:
     engine = request.app.state.ctx.engine
     found = await store.get_preferences(engine, principal.tenant_id, recipient_id)
-    if found is None:
-        raise NotFound(f"no recipient {recipient_id!r}")
-    return JSONResponse(found)
+    return JSONResponse(or_404(found, f"no recipient {recipient_id!r}"))
 
 
 @router.put(

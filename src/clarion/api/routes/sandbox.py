@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from clarion.api.auth import Principal, require
+from clarion.api.listing import by, page
 from clarion.api.outputs import SandboxPage
 from clarion.api.responses import JSONResponse
 from clarion.domain.models import Channel
@@ -35,6 +36,4 @@ async def list_messages(
         before=cursor,
         limit=limit + 1,
     )
-    page = rows[:limit]
-    next_cursor = page[-1]["id"] if len(rows) > limit else None
-    return JSONResponse({"data": page, "next_cursor": next_cursor})
+    return JSONResponse(page(rows, limit, by("id")))

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from clarion.api.auth import Principal, require
+from clarion.api.listing import by, page
 from clarion.api.refusals import refusal_error
-from clarion.api.responses import JSONResponse
+from clarion.api.responses import JSONResponse, or_404
 from clarion.api.schedule_models import (
     ScheduleIn,
     ScheduleOut,
@@ -128,9 +129,7 @@ async def put(
 @router.get("/{name}", summary="A recurring schedule", response_model=ScheduleOut)
 async def get(request: Request, principal: Reader, name: SchedulePath) -> JSONResponse:
     found = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
-    if found is None:
-        raise NotFound(f"no schedule {name!r}")
-    return JSONResponse(found)
+    return JSONResponse(or_404(found, f"no schedule {name!r}"))
 
 
 @router.get("", summary="The tenant's schedules, in name order", response_model=SchedulePage)
@@ -141,10 +140,7 @@ async def listing(
     cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> JSONResponse:
     rows = await store.page(request.app.state.ctx.engine, principal.tenant_id, cursor, limit + 1)
-    data = rows[:limit]
-    return JSONResponse(
-        {"data": data, "next_cursor": data[-1]["name"] if len(rows) > limit else None}
-    )
+    return JSONResponse(page(rows, limit, by("name")))
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a schedule and its run history")
@@ -171,7 +167,4 @@ async def history(
     if await store.get(engine, principal.tenant_id, name) is None:
         raise NotFound(f"no schedule {name!r}")
     rows = await runs.page(engine, principal.tenant_id, name, cursor, limit + 1)
-    data = rows[:limit]
-    return JSONResponse(
-        {"data": data, "next_cursor": data[-1]["id"] if len(rows) > limit else None}
-    )
+    return JSONResponse(page(rows, limit, by("id")))

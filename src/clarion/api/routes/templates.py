@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from clarion.api.auth import Principal, require
+from clarion.api.listing import by, page
 from clarion.api.outputs import (
     Page,
     TemplatePage,
@@ -171,9 +172,7 @@ async def list_templates(
     rows = await store.list_templates(
         request.app.state.ctx.engine, principal.tenant_id, after=cursor, limit=limit + 1
     )
-    page = rows[:limit]
-    next_cursor = page[-1]["name"] if len(rows) > limit else None
-    return JSONResponse({"data": page, "next_cursor": next_cursor})
+    return JSONResponse(page(rows, limit, by("name")))
 
 
 @router.get(
@@ -193,9 +192,7 @@ async def list_versions(
     )
     if rows is None:
         raise NotFound(f"no template {name!r}")
-    page = rows[:limit]
-    next_cursor = str(page[-1]["version"]) if len(rows) > limit else None
-    return JSONResponse({"data": page, "next_cursor": next_cursor})
+    return JSONResponse(page(rows, limit, by("version")))
 
 
 class RollbackIn(BaseModel):

@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from clarion.api.auth import Principal, require
 from clarion.api.errors import error_body
+from clarion.api.listing import by, page
 from clarion.api.outputs import TopicChange, TopicOut, TopicSubscriberPage
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import RecipientId
@@ -143,6 +144,4 @@ async def subscribers(
     )
     if rows is None:
         raise NotFound(f"no topic {name!r}")
-    data = rows[:limit]
-    next_cursor = data[-1]["recipient_id"] if len(rows) > limit else None
-    return JSONResponse({"data": data, "next_cursor": next_cursor})
+    return JSONResponse(page(rows, limit, by("recipient_id")))

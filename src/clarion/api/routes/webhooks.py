@@ -16,8 +16,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clarion.api.auth import Principal, require
+from clarion.api.listing import by, page
 from clarion.api.outputs import WebhookOut, WebhookPage
-from clarion.api.responses import JSONResponse
+from clarion.api.responses import JSONResponse, or_404
 from clarion.errors import NotFound, ValidationFailed
 from clarion.pipeline.context import Context
 from clarion.pipeline.subscriptions import ALL_EVENTS, EVENT_TYPES
@@ -137,9 +138,7 @@ async def put(
 )
 async def get(request: Request, principal: Manager, name: WebhookName) -> JSONResponse:
     row = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
-    if row is None:
-        raise NotFound(f"no webhook named {name!r}")
-    return JSONResponse(row.public())
+    return JSONResponse(or_404(row, f"no webhook named {name!r}").public())
 
 
 @router.get("", summary="The tenant's status webhooks, by name", response_model=WebhookPage)
@@ -152,9 +151,7 @@ async def list_webhooks(
     rows = await store.list_page(
         request.app.state.ctx.engine, principal.tenant_id, after=cursor, limit=limit + 1
     )
-    page = rows[:limit]
-    next_cursor = page[-1].name if len(rows) > limit else None
-    return JSONResponse({"data": [r.public() for r in page], "next_cursor": next_cursor})
+    return JSONResponse(page([r.public() for r in rows], limit, by("name")))
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a status webhook")

@@ -24,6 +24,7 @@ from clarion.pipeline import planner
 from clarion.pipeline.context import open_context
 from clarion.providers import ProviderSet, kinds
 from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.catalog import spec_of
 from clarion.providers.configs import header_fields
 from clarion.providers.sandbox import SandboxProvider
 from clarion.security.secrets import Keyring, key_id, resolve_keyring
@@ -611,7 +612,7 @@ async def _seed(settings: Settings) -> str:
         for kind in ("smtp", "twilio", "fcm", "sandbox"):
             channel, config, _ = VALID[kind]
             spec = ProviderSpec(tenant.id, f"p-{kind}", kind, channel, config)
-            await provider_store.put(ctx.engine, ctx.keyring, spec)
+            await provider_store.put(ctx.engine, ctx.keyring, spec, kinds.secret_fields(kind))
         return tenant.id
     finally:
         await ctx.aclose()
@@ -622,7 +623,7 @@ async def _kids_and_specs(settings: Settings, tenant_id: str) -> tuple[set[str],
     try:
         rows = await provider_store.load_tenants(ctx.engine, [tenant_id])
         kids = {r.secrets.split(":")[1] for r in rows if r.secrets}
-        specs = {r.name: dict(r.spec(r.open_secrets(ctx.keyring)).config) for r in rows}
+        specs = {r.name: dict(spec_of(r, r.open_secrets(ctx.keyring)).config) for r in rows}
         return kids, specs
     finally:
         await ctx.aclose()

@@ -13,14 +13,34 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.providers.base import ProviderSpec
-from clarion.security.secrets import Keyring, SecretError
+from clarion.providers.kinds import secret_fields
+from clarion.security.secrets import MASK, Keyring, RedactedConfig, SecretError
 from clarion.store import providers as store
 
 log = logging.getLogger(__name__)
+
+
+def spec_of(row: store.ProviderRow, secrets: dict[str, Any] | None) -> ProviderSpec:
+    """The stored provider's spec with ``secrets`` merged in; with None (they could not be
+    opened) the secret fields are left out rather than passed on as ``"***"``."""
+    secret = secret_fields(row.kind)
+    values = {k: v for k, v in row.config.items() if not (k in secret and v == MASK)}
+    values.update(secrets or {})
+    return ProviderSpec(
+        tenant_id=row.tenant_id,
+        name=row.name,
+        kind=row.kind,
+        channel=row.channel,
+        config=RedactedConfig(values, secret),
+        priority=row.priority,
+        rate_limit_per_second=row.rate_limit_per_second,
+        enabled=row.enabled,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +115,7 @@ class Catalog:
 
     def _entry(self, row: store.ProviderRow) -> Entry:
         try:
-            return Entry(row.spec(row.open_secrets(self._keyring)))
+            return Entry(spec_of(row, row.open_secrets(self._keyring)))
         except SecretError as exc:
             key = (row.tenant_id, row.name, str(exc))
             if key not in self._reported:
@@ -107,7 +127,7 @@ class Catalog:
                     row.tenant_id,
                     exc,
                 )
-            return Entry(row.spec(None), error=str(exc))
+            return Entry(spec_of(row, None), error=str(exc))
 
     def invalidate(self, tenant_id: str) -> None:
         self._invalidated[tenant_id] = time.monotonic()

@@ -1,12 +1,12 @@
 """One descriptor per provider kind: everything Clarion knows of a kind besides its code.
 
 The API validates a provider's configuration with the kind's config model and credential
-check and refuses a channel the kind cannot carry; the store knows which fields are secret;
-:mod:`clarion.providers.registry` builds the kind's class, imported on first use (a process
-loads only the protocols its tenants configure); the send chain guards a kind's calls with
-its tenant's circuit breaker unless it is built in and local; push fans out over the kinds
-that are push platforms; and a kind that accepts delivery reports names what verifies and
-reads them.
+check, refuses a channel the kind cannot carry and tells the store which fields to seal
+(the store knows no kinds); :mod:`clarion.providers.registry` builds the kind's class,
+imported on first use (a process loads only the protocols its tenants configure); the
+send chain guards a kind's calls with its tenant's circuit breaker unless it is built in
+and local; push fans out over the kinds that are push platforms; and a kind that accepts
+delivery reports names what verifies and reads them.
 """
 
 from __future__ import annotations

@@ -1,19 +1,20 @@
 """Tenants' providers. Secret fields of a config are sealed in their own column; the
-``config`` column keeps the rest, with each secret that is set shown as ``"***"``."""
+``config`` column keeps the rest, with each secret that is set shown as ``"***"``.
+
+The store knows nothing of provider kinds: which fields of a kind's config are secret is
+the caller's to say (:mod:`clarion.providers.kinds`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clarion.providers.base import ProviderSpec
-from clarion.providers.kinds import secret_fields as kind_secret_fields
-from clarion.security.secrets import MASK, Keyring, RedactedConfig, SecretError, provider_aad
+from clarion.security.secrets import MASK, Keyring, SecretError, provider_aad
 from clarion.store import audit, named
 from clarion.store.db import as_utc, utcnow
 from clarion.store.tables import providers
@@ -28,6 +29,28 @@ _UPDATED = [
     "enabled",
     "updated_at",
 ]
+
+
+class NewProvider(Protocol):
+    """What :func:`put` stores of a provider (a :class:`clarion.providers.base.ProviderSpec`
+    is one), its config validated and complete."""
+
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def channel(self) -> str: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def rate_limit_per_second(self) -> float | None: ...
+    @property
+    def enabled(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,36 +98,16 @@ class ProviderRow:
             raise SecretError("the sealed secrets are not an object")
         return value
 
-    def spec(self, secrets: dict[str, Any] | None) -> ProviderSpec:
-        """The spec with ``secrets`` merged in; with None (they could not be opened) the
-        secret fields are left out rather than passed on as ``"***"``."""
-        secret_fields = secret_fields_of(self.kind)
-        values = {k: v for k, v in self.config.items() if not (k in secret_fields and v == MASK)}
-        values.update(secrets or {})
-        return ProviderSpec(
-            tenant_id=self.tenant_id,
-            name=self.name,
-            kind=self.kind,
-            channel=self.channel,
-            config=RedactedConfig(values, secret_fields),
-            priority=self.priority,
-            rate_limit_per_second=self.rate_limit_per_second,
-            enabled=self.enabled,
-        )
-
 
 NAMED = named.Named(
     providers, audit.Resource.PROVIDER, lambda row: ProviderRow.from_mapping(row).audited()
 )
 
 
-def secret_fields_of(kind: str) -> frozenset[str]:
-    return kind_secret_fields(kind)
-
-
-def split_config(kind: str, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_config(
+    config: dict[str, Any], secret_fields: frozenset[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(what may be shown, with set secrets as ``"***"``; the secret values)."""
-    secret_fields = secret_fields_of(kind)
     shown: dict[str, Any] = {}
     secrets: dict[str, Any] = {}
     for key, value in config.items():
@@ -132,10 +135,16 @@ def _secrets_changed(
 
 
 async def put(
-    engine: AsyncEngine, keyring: Keyring, spec: ProviderSpec, *, actor: str = audit.SYSTEM
+    engine: AsyncEngine,
+    keyring: Keyring,
+    spec: NewProvider,
+    secret_fields: frozenset[str],
+    *,
+    actor: str = audit.SYSTEM,
 ) -> ProviderRow:
-    """Create or replace a provider from a validated, complete ``spec``."""
-    shown, secrets = split_config(spec.kind, dict(spec.config))
+    """Create or replace a provider from a validated, complete ``spec``; the values of
+    ``secret_fields`` are sealed."""
+    shown, secrets = split_config(dict(spec.config), secret_fields)
     sealed = (
         keyring.seal_json(secrets, provider_aad(spec.tenant_id, spec.name)) if secrets else None
     )

@@ -140,7 +140,8 @@ async def put(
         rate_limit_per_second=body.rate_limit_per_second,
         enabled=body.enabled,
     )
-    row = await store.put(ctx.engine, ctx.keyring, spec, actor=principal.key_id)
+    secret = KINDS[body.kind].secret_fields
+    row = await store.put(ctx.engine, ctx.keyring, spec, secret, actor=principal.key_id)
     ctx.providers.invalidate(principal.tenant_id)
     return JSONResponse(row.public())
 

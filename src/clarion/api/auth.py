@@ -117,3 +117,10 @@ async def authenticate(
         wanted = " or ".join(repr(s) for s in allowed)
         raise Forbidden(f"this key lacks the {wanted} scope", code="insufficient_scope")
     return principal
+
+
+# Who may call a route, by scope: the parameter a route declares for its principal.
+Reader = Annotated[Principal, Depends(require("read"))]
+Sender = Annotated[Principal, Depends(require("send"))]
+Manager = Annotated[Principal, Depends(require("manage"))]
+Admin = Annotated[Principal, Depends(require("admin"))]

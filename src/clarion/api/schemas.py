@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
+from fastapi import Path
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -26,9 +27,12 @@ MAX_BATCH = 1000
 # A recipient's `data` is merged into every render: kept small so planning stays cheap.
 MAX_RECIPIENT_DATA = 64 * 1024
 
-Name = Annotated[
-    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
-]
+# What a tenant may name its templates, topics, schedules (up to 200 characters),
+# providers, webhooks and categories (up to 100).
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NAME_PATTERN)]
+NamePath = Annotated[str, Path(min_length=1, max_length=200, pattern=NAME_PATTERN)]
+ShortNamePath = Annotated[str, Path(min_length=1, max_length=100, pattern=NAME_PATTERN)]
 RecipientId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 
@@ -257,9 +261,7 @@ class TemplateIn(BaseModel):
     )
 
 
-CategoryName = Annotated[
-    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
-]
+CategoryName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NAME_PATTERN)]
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _DURATION = re.compile(r"^([1-9]\d{0,6})([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

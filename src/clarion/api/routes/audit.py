@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Admin
 from clarion.api.listing import Cursor, Limit, cursor_of, page, position_of, time_range
 from clarion.api.outputs import AuditPage
 from clarion.api.responses import JSONResponse
@@ -15,7 +15,6 @@ from clarion.store import audit as store
 from clarion.store.pages import Position
 
 router = APIRouter(tags=["audit"])
-Admin = Annotated[Principal, Depends(require("admin"))]
 Text = Annotated[str | None, Query(min_length=1, max_length=200)]
 
 

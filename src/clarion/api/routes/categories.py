@@ -4,23 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Manager, Reader
 from clarion.api.listing import by, page
 from clarion.api.outputs import CategoryOut, CategoryPage
 from clarion.api.refusals import refusal_error
 from clarion.api.responses import JSONResponse, or_404
-from clarion.api.schemas import CategoryIn
+from clarion.api.schemas import NAME_PATTERN, CategoryIn, ShortNamePath
 from clarion.domain.refusal import Refused
 from clarion.store import categories as store
 
 router = APIRouter(prefix="/v1/categories", tags=["categories"])
-
-Manager = Annotated[Principal, Depends(require("manage"))]
-Reader = Annotated[Principal, Depends(require("read"))]
-NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
-CategoryPath = Annotated[str, Path(min_length=1, max_length=100, pattern=NAME_PATTERN)]
 
 
 @router.put(
@@ -34,7 +29,7 @@ CategoryPath = Annotated[str, Path(min_length=1, max_length=100, pattern=NAME_PA
     response_model=CategoryOut,
 )
 async def put(
-    request: Request, principal: Manager, name: CategoryPath, body: CategoryIn
+    request: Request, principal: Manager, name: ShortNamePath, body: CategoryIn
 ) -> JSONResponse:
     policy = body.model_dump(mode="json")
     if body.default_channels is not None:
@@ -49,7 +44,7 @@ async def put(
 
 
 @router.get("/{name}", summary="A category", response_model=CategoryOut)
-async def get(request: Request, principal: Reader, name: CategoryPath) -> JSONResponse:
+async def get(request: Request, principal: Reader, name: ShortNamePath) -> JSONResponse:
     found = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
     return JSONResponse(or_404(found, f"no category {name!r}"))
 

@@ -10,10 +10,10 @@ import logging
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Admin
 from clarion.api.idempotency import idempotent
 from clarion.api.listing import aware, cursor_of, position_of
 from clarion.api.outputs import DeadLetter, DeadLetterPage, ReplayResult
@@ -28,7 +28,6 @@ from clarion.store import dead_letters as store
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"])
-Admin = Annotated[Principal, Depends(require("admin"))]
 
 
 class ReplayFilter(BaseModel):

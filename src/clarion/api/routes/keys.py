@@ -14,10 +14,10 @@ from __future__ import annotations
 import unicodedata
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Admin
 from clarion.api.listing import Cursor, Limit, newest_first, page, position_of
 from clarion.api.outputs import ApiKeyCreated, ApiKeyPage
 from clarion.api.responses import JSONResponse
@@ -26,7 +26,6 @@ from clarion.errors import Conflict, Forbidden, NotFound
 from clarion.store import tenants as store
 
 router = APIRouter(prefix="/v1/keys", tags=["api keys"])
-Admin = Annotated[Principal, Depends(require("admin"))]
 KeyId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")]
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Reader
 from clarion.api.listing import Cursor, Limit, newest_first, page, position_of, time_range
 from clarion.api.outputs import DeliveryDetail, DeliveryPage, NotificationPage
 from clarion.api.responses import JSONResponse, or_404
@@ -16,7 +16,6 @@ from clarion.domain.models import Channel, DeliveryStatus, NotificationStatus
 from clarion.store import message_log as store
 
 router = APIRouter(tags=["message log"])
-Reader = Annotated[Principal, Depends(require("read"))]
 
 Text = Annotated[str | None, Query(min_length=1, max_length=200)]
 After = Annotated[datetime | None, Query(description="Only those created at or after (RFC 3339)")]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import TypeAdapter, ValidationError
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Reader, Sender
 from clarion.api.errors import api_error_response, describe_validation, error_body
 from clarion.api.idempotency import header_key, idempotent, request_hash
 from clarion.api.limits import EdgeParsedRoute
@@ -30,9 +30,6 @@ from clarion.store import notifications as store
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"], route_class=EdgeParsedRoute)
 _ITEM = TypeAdapter(NotificationIn)
-
-Sender = Annotated[Principal, Depends(require("send"))]
-Reader = Annotated[Principal, Depends(require("read"))]
 
 
 def _intake(request: Request) -> Intake:

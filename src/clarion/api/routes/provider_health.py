@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Reader
 from clarion.api.outputs import ProviderHealth
 from clarion.api.responses import JSONResponse
 from clarion.pipeline.context import Context
 from clarion.resilience.breaker import CLOSED, BreakerStatus
 
 router = APIRouter(prefix="/v1/health", tags=["providers"])
-Reader = Annotated[Principal, Depends(require("read"))]
 
 
 @router.get(

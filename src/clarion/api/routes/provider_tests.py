@@ -6,15 +6,15 @@ the answer says whether that provider, with those settings, can send."""
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Manager
 from clarion.api.outputs import ProviderTestOut
 from clarion.api.responses import JSONResponse
-from clarion.api.schemas import RecipientId
+from clarion.api.schemas import RecipientId, ShortNamePath
 from clarion.domain.ids import new_id
 from clarion.domain.routing import address_for
 from clarion.errors import NotFound, PermanentError, TransientError, ValidationFailed
@@ -24,8 +24,6 @@ from clarion.resilience.backends import send_timeout
 from clarion.store import recipients as recipient_store
 
 router = APIRouter(prefix="/v1/providers", tags=["providers"])
-Manager = Annotated[Principal, Depends(require("manage"))]
-ProviderName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 _TITLE = "Clarion test"
 _BODY = "A test message from Clarion: this provider can send."
@@ -58,7 +56,7 @@ class ProviderTestIn(BaseModel):
     response_model=ProviderTestOut,
 )
 async def test_provider(
-    request: Request, principal: Manager, name: ProviderName, body: ProviderTestIn
+    request: Request, principal: Manager, name: ShortNamePath, body: ProviderTestIn
 ) -> JSONResponse:
     ctx: Context = request.app.state.ctx
     spec = await ctx.providers.spec(principal.tenant_id, name)

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clarion.api import provider_schemas
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Manager, Reader
 from clarion.api.errors import describe_validation
 from clarion.api.listing import by, page
 from clarion.api.outputs import ProviderOut, ProviderPage
 from clarion.api.responses import JSONResponse, or_404
+from clarion.api.schemas import ShortNamePath
 from clarion.domain.models import Channel
 from clarion.errors import NotFound, ValidationFailed
 from clarion.pipeline.context import Context
@@ -29,10 +30,6 @@ from clarion.security.secrets import MASK, SecretError, SecretKeyMissing
 from clarion.store import providers as store
 
 router = APIRouter(prefix="/v1/providers", tags=["providers"])
-
-Manager = Annotated[Principal, Depends(require("manage"))]
-Reader = Annotated[Principal, Depends(require("read"))]
-ProviderName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
 class ProviderIn(BaseModel):
@@ -122,7 +119,7 @@ def _validated(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     openapi_extra=provider_schemas.OPENAPI_EXTRA,
 )
 async def put(
-    request: Request, principal: Manager, name: ProviderName, body: ProviderIn
+    request: Request, principal: Manager, name: ShortNamePath, body: ProviderIn
 ) -> JSONResponse:
     if name in BUILT_IN_NAMES:
         raise ValidationFailed(f"{name!r} is a built-in provider's name", code="reserved_name")
@@ -147,7 +144,7 @@ async def put(
 
 
 @router.get("/{name}", summary="A provider (secrets shown as ***)", response_model=ProviderOut)
-async def get(request: Request, principal: Reader, name: ProviderName) -> JSONResponse:
+async def get(request: Request, principal: Reader, name: ShortNamePath) -> JSONResponse:
     row = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
     return JSONResponse(or_404(row, f"no provider named {name!r}").public())
 
@@ -166,7 +163,7 @@ async def list_providers(
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a provider")
-async def delete(request: Request, principal: Manager, name: ProviderName) -> Response:
+async def delete(request: Request, principal: Manager, name: ShortNamePath) -> Response:
     ctx: Context = request.app.state.ctx
     if not await store.delete_one(ctx.engine, principal.tenant_id, name, actor=principal.key_id):
         raise NotFound(f"no provider named {name!r}")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Manager, Principal, Reader, require
 from clarion.api.errors import describe_validation, error_body
 from clarion.api.idempotency import idempotent
 from clarion.api.limits import EdgeParsedRoute
@@ -35,9 +35,7 @@ from clarion.store import recipients as store
 router = APIRouter(prefix="/v1/recipients", tags=["recipients"], route_class=EdgeParsedRoute)
 _ITEM = TypeAdapter(RecipientBatchItem)
 
-Manager = Annotated[Principal, Depends(require("manage"))]
 Issuer = Annotated[Principal, Depends(require("manage", "send"))]
-Reader = Annotated[Principal, Depends(require("read"))]
 RecipientPath = Annotated[str, Path(min_length=1, max_length=200)]
 
 

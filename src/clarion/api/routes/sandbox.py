@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Reader
 from clarion.api.listing import by, page
 from clarion.api.outputs import SandboxPage
 from clarion.api.responses import JSONResponse
@@ -14,7 +14,6 @@ from clarion.domain.models import Channel
 from clarion.store import messages as store
 
 router = APIRouter(prefix="/v1/sandbox", tags=["sandbox"])
-Reader = Annotated[Principal, Depends(require("read"))]
 
 
 @router.get(

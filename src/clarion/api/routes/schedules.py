@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Manager, Reader
 from clarion.api.listing import by, page
 from clarion.api.refusals import refusal_error
 from clarion.api.responses import JSONResponse, or_404
@@ -18,6 +18,7 @@ from clarion.api.schedule_models import (
     SchedulePage,
     ScheduleRunPage,
 )
+from clarion.api.schemas import NamePath
 from clarion.domain.cron import RECIPIENT, Cron, next_look
 from clarion.domain.refusal import Refused
 from clarion.errors import NotFound, ValidationFailed
@@ -30,9 +31,6 @@ from clarion.store import topics as topic_store
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 
-Manager = Annotated[Principal, Depends(require("manage"))]
-Reader = Annotated[Principal, Depends(require("read"))]
-SchedulePath = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
 
@@ -91,7 +89,7 @@ async def _timing(
 
 @router.put("/{name}", summary="Create or replace a recurring schedule", response_model=ScheduleOut)
 async def put(
-    request: Request, principal: Manager, name: SchedulePath, body: ScheduleIn
+    request: Request, principal: Manager, name: NamePath, body: ScheduleIn
 ) -> JSONResponse:
     ctx: Context = request.app.state.ctx
     await _check_references(ctx, principal.tenant_id, body)
@@ -127,7 +125,7 @@ async def put(
 
 
 @router.get("/{name}", summary="A recurring schedule", response_model=ScheduleOut)
-async def get(request: Request, principal: Reader, name: SchedulePath) -> JSONResponse:
+async def get(request: Request, principal: Reader, name: NamePath) -> JSONResponse:
     found = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
     return JSONResponse(or_404(found, f"no schedule {name!r}"))
 
@@ -144,7 +142,7 @@ async def listing(
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a schedule and its run history")
-async def delete(request: Request, principal: Manager, name: SchedulePath) -> Response:
+async def delete(request: Request, principal: Manager, name: NamePath) -> Response:
     engine = request.app.state.ctx.engine
     if not await store.remove(engine, principal.tenant_id, name, actor=principal.key_id):
         raise NotFound(f"no schedule {name!r}")
@@ -159,7 +157,7 @@ async def delete(request: Request, principal: Manager, name: SchedulePath) -> Re
 async def history(
     request: Request,
     principal: Reader,
-    name: SchedulePath,
+    name: NamePath,
     limit: Limit = 100,
     cursor: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
 ) -> JSONResponse:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Reader
 from clarion.api.outputs import StatsOut
 from clarion.api.responses import JSONResponse
 from clarion.api.routes.provider_health import breaker_view
@@ -17,7 +17,6 @@ from clarion.store import stats as store
 from clarion.store.db import utcnow
 
 router = APIRouter(prefix="/v1/stats", tags=["operations"])
-Reader = Annotated[Principal, Depends(require("read"))]
 
 
 @router.get(

@@ -4,12 +4,10 @@ without storing a version per keystroke."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import ConfigDict
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Reader
 from clarion.api.outputs import DraftPreviewOut
 from clarion.api.responses import JSONResponse
 from clarion.api.routes.templates import PreviewIn, checked, preview_recipient, render_preview
@@ -17,7 +15,6 @@ from clarion.api.schemas import TemplateIn
 from clarion.errors import ValidationFailed
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
-Reader = Annotated[Principal, Depends(require("read"))]
 
 
 class DraftPreviewIn(PreviewIn):

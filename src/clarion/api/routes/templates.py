@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Manager, Reader
 from clarion.api.listing import by, page
 from clarion.api.outputs import (
     Page,
@@ -17,7 +17,7 @@ from clarion.api.outputs import (
     TemplateVersionOut,
 )
 from clarion.api.responses import JSONResponse
-from clarion.api.schemas import RecipientId, TemplateIn
+from clarion.api.schemas import NamePath, RecipientId, TemplateIn
 from clarion.domain.durations import duration_seconds
 from clarion.domain.models import Channel
 from clarion.domain.rendering import (
@@ -34,9 +34,6 @@ from clarion.store import templates as store
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
-Manager = Annotated[Principal, Depends(require("manage"))]
-Reader = Annotated[Principal, Depends(require("read"))]
-TemplateName = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 Limit = Annotated[int, Query(ge=1, le=500)]
 LocaleTag = Annotated[
@@ -53,7 +50,7 @@ BUILT_IN_CATEGORIES = frozenset({"transactional", "marketing", "security"})
     response_model=TemplateStored,
 )
 async def put(
-    request: Request, principal: Manager, name: TemplateName, body: TemplateIn
+    request: Request, principal: Manager, name: NamePath, body: TemplateIn
 ) -> JSONResponse:
     channels, locales, _ = await checked(request, principal.tenant_id, body)
     version = await store.put(
@@ -141,7 +138,7 @@ def _fallbacks(body: TemplateIn, channels: dict[str, Any]) -> dict[str, str]:
 async def get(
     request: Request,
     principal: Reader,
-    name: TemplateName,
+    name: NamePath,
     version: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
 ) -> JSONResponse:
     found = await store.get(request.app.state.ctx.engine, principal.tenant_id, name, version)
@@ -183,7 +180,7 @@ async def list_templates(
 async def list_versions(
     request: Request,
     principal: Reader,
-    name: TemplateName,
+    name: NamePath,
     limit: Limit = 50,
     cursor: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
 ) -> JSONResponse:
@@ -207,7 +204,7 @@ class RollbackIn(BaseModel):
     response_model=TemplateVersionOut,
 )
 async def rollback(
-    request: Request, principal: Manager, name: TemplateName, body: RollbackIn
+    request: Request, principal: Manager, name: NamePath, body: RollbackIn
 ) -> JSONResponse:
     engine = request.app.state.ctx.engine
     missing = await store.rollback(
@@ -254,7 +251,7 @@ class PreviewIn(BaseModel):
     response_model=TemplatePreviewOut,
 )
 async def preview(
-    request: Request, principal: Reader, name: TemplateName, body: PreviewIn
+    request: Request, principal: Reader, name: NamePath, body: PreviewIn
 ) -> JSONResponse:
     engine = request.app.state.ctx.engine
     found = await store.get(engine, principal.tenant_id, name, body.version)

@@ -7,23 +7,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Manager
 from clarion.api.errors import error_body
 from clarion.api.listing import by, page
 from clarion.api.outputs import TopicChange, TopicOut, TopicSubscriberPage
 from clarion.api.responses import JSONResponse
-from clarion.api.schemas import RecipientId
+from clarion.api.schemas import NamePath, RecipientId
 from clarion.errors import NotFound, ValidationFailed
 from clarion.store import topics as store
 
 router = APIRouter(prefix="/v1/topics", tags=["topics"])
-
-Manager = Annotated[Principal, Depends(require("manage"))]
-TopicPath = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
 class MembersIn(BaseModel):
@@ -60,7 +57,7 @@ def _unknown(body: MembersIn, unknown: list[str]) -> list[dict[str, Any]]:
     response_model=TopicChange,
 )
 async def subscribe(
-    request: Request, principal: Manager, name: TopicPath, body: MembersIn
+    request: Request, principal: Manager, name: NamePath, body: MembersIn
 ) -> JSONResponse:
     change = await store.subscribe(
         request.app.state.ctx.engine, principal.tenant_id, name, _checked(body), principal.key_id
@@ -81,7 +78,7 @@ async def subscribe(
     response_model=TopicChange,
 )
 async def unsubscribe(
-    request: Request, principal: Manager, name: TopicPath, body: MembersIn
+    request: Request, principal: Manager, name: NamePath, body: MembersIn
 ) -> JSONResponse:
     engine = request.app.state.ctx.engine
     ids = _checked(body)
@@ -94,7 +91,7 @@ async def unsubscribe(
 
 
 @router.get("/{name}", summary="A topic and its number of subscribers", response_model=TopicOut)
-async def get(request: Request, principal: Manager, name: TopicPath) -> JSONResponse:
+async def get(request: Request, principal: Manager, name: NamePath) -> JSONResponse:
     count = await store.size(request.app.state.ctx.engine, principal.tenant_id, name)
     if count is None:
         raise NotFound(f"no topic {name!r}")
@@ -107,7 +104,7 @@ async def get(request: Request, principal: Manager, name: TopicPath) -> JSONResp
     response_model=TopicOut,
     responses={201: {"model": TopicOut, "description": "Created"}},
 )
-async def create(request: Request, principal: Manager, name: TopicPath) -> JSONResponse:
+async def create(request: Request, principal: Manager, name: NamePath) -> JSONResponse:
     created, count = await store.create(
         request.app.state.ctx.engine, principal.tenant_id, name, principal.key_id
     )
@@ -120,7 +117,7 @@ async def create(request: Request, principal: Manager, name: TopicPath) -> JSONR
     summary="Delete a topic and its memberships",
     response_class=Response,
 )
-async def delete(request: Request, principal: Manager, name: TopicPath) -> Response:
+async def delete(request: Request, principal: Manager, name: NamePath) -> Response:
     engine = request.app.state.ctx.engine
     if await store.delete_topic(engine, principal.tenant_id, name, principal.key_id) is None:
         raise NotFound(f"no topic {name!r}")
@@ -135,7 +132,7 @@ async def delete(request: Request, principal: Manager, name: TopicPath) -> Respo
 async def subscribers(
     request: Request,
     principal: Manager,
-    name: TopicPath,
+    name: NamePath,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> JSONResponse:

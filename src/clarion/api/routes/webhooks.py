@@ -12,13 +12,14 @@ import secrets
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from clarion.api.auth import Principal, require
+from clarion.api.auth import Manager
 from clarion.api.listing import by, page
 from clarion.api.outputs import WebhookOut, WebhookPage
 from clarion.api.responses import JSONResponse, or_404
+from clarion.api.schemas import ShortNamePath
 from clarion.errors import NotFound, ValidationFailed
 from clarion.pipeline.context import Context
 from clarion.pipeline.subscriptions import ALL_EVENTS, EVENT_TYPES
@@ -28,8 +29,6 @@ from clarion.store import webhooks as store
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
-Manager = Annotated[Principal, Depends(require("manage"))]
-WebhookName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 CHOICES = (*EVENT_TYPES, ALL_EVENTS)
 
 
@@ -114,7 +113,7 @@ async def _secret_of(
     response_model=WebhookOut,
 )
 async def put(
-    request: Request, principal: Manager, name: WebhookName, body: WebhookBody
+    request: Request, principal: Manager, name: ShortNamePath, body: WebhookBody
 ) -> JSONResponse:
     ctx: Context = request.app.state.ctx
     _check_url(body.url, ctx.settings.allow_private_webhooks)
@@ -136,7 +135,7 @@ async def put(
 @router.get(
     "/{name}", summary="A status webhook (its secret shown as ***)", response_model=WebhookOut
 )
-async def get(request: Request, principal: Manager, name: WebhookName) -> JSONResponse:
+async def get(request: Request, principal: Manager, name: ShortNamePath) -> JSONResponse:
     row = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
     return JSONResponse(or_404(row, f"no webhook named {name!r}").public())
 
@@ -155,7 +154,7 @@ async def list_webhooks(
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a status webhook")
-async def delete(request: Request, principal: Manager, name: WebhookName) -> Response:
+async def delete(request: Request, principal: Manager, name: ShortNamePath) -> Response:
     ctx: Context = request.app.state.ctx
     if not await store.delete_one(ctx.engine, principal.tenant_id, name, actor=principal.key_id):
         raise NotFound(f"no webhook named {name!r}")

@@ -10,6 +10,7 @@ from clarion.api import errors, openapi
 from clarion.api.auth import KeyCache
 from clarion.api.inbox_cors import InboxCors
 from clarion.api.limits import EdgeGuard
+from clarion.api.request_spans import TraceRequests
 from clarion.api.routes import (
     admin_web,
     api_docs,
@@ -124,7 +125,7 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     )
     app.add_middleware(InboxCors)
     if tracing.ON:  # outermost: the request's span covers everything else
-        app.add_middleware(tracing.TraceRequests)
+        app.add_middleware(TraceRequests)
     return app
 
 

@@ -37,7 +37,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from msgspec.structs import replace
 
@@ -46,9 +46,6 @@ from clarion.domain.delivery import Delivery
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import SpanContext, Tracer
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-    from clarion.providers.base import OutboundMessage
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +361,18 @@ def _attempt(delivery: Delivery) -> Iterator[str | None]:
         yield traceparent()
 
 
-def provider_call(message: OutboundMessage, name: str, kind: str) -> Any:
+class Sent(Protocol):
+    """What a ``provider.send`` span names of the message sent (an ``OutboundMessage``)."""
+
+    @property
+    def delivery_id(self) -> str: ...
+    @property
+    def notification_id(self) -> str: ...
+    @property
+    def channel(self) -> str: ...
+
+
+def provider_call(message: Sent, name: str, kind: str) -> Any:
     """``provider.send``: the provider's call (its HTTP request, SMTP session...)."""
     if not ON:
         return _NOOP
@@ -430,42 +438,15 @@ def _posting_event(
 # -- the API's requests ------------------------------------------------------------------
 
 
-class TraceRequests:
-    """ASGI middleware: a server span per HTTP request, continuing the caller's trace when
-    it sent a ``traceparent``. Installed only when tracing is on."""
+def serving(method: str, path: str, carried: str | None) -> Any:
+    """``{method}``: the server span of one HTTP request, a child of the ``traceparent`` the
+    caller sent (``carried``), if any; the API's middleware (``api/request_spans.py``)
+    adds the status and the route. Only when :data:`ON`."""
+    from opentelemetry import context, trace
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not ON:
-            await self.app(scope, receive, send)
-            return
-        from opentelemetry import context, trace
-
-        parent = None
-        for key, value in scope.get("headers", ()):
-            if key == b"traceparent":
-                parent = _span_context(value.decode("latin-1"))
-        base = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent else None
-        method = scope.get("method", "GET")
-        values: dict[str, Any] = {"http.request.method": method, "url.path": scope["path"]}
-        with _live().start_as_current_span(
-            f"{method}",
-            context=base or context.Context(),
-            kind=trace.SpanKind.SERVER,
-            attributes=values,
-        ) as span:
-
-            async def sending(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    span.set_attribute("http.response.status_code", message["status"])
-                await send(message)
-
-            try:
-                await self.app(scope, receive, sending)
-            finally:
-                route = getattr(scope.get("route"), "path", None)
-                if isinstance(route, str):
-                    span.set_attribute("http.route", route)
-                    span.update_name(f"{method} {route}")
+    parent = _span_context(carried)
+    base = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent else None
+    values: dict[str, Any] = {"http.request.method": method, "url.path": path}
+    return _live().start_as_current_span(
+        method, context=base or context.Context(), kind=trace.SpanKind.SERVER, attributes=values
+    )

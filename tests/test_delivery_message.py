@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
 from clarion.broker.base import decode, encode
-from clarion.domain.delivery import Delivery, MalformedDelivery, endpoint_of
+from clarion.domain.delivery import Delivery, MalformedDelivery, decode_delivery, endpoint_of
 from harness import Harness
 
 
@@ -40,7 +41,7 @@ def test_a_row_becomes_the_delivery_of_its_next_try_and_survives_the_wire() -> N
     assert delivery.attempt == 3
     assert delivery.stream == "send.push.critical"
     assert delivery.expires_at == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
-    assert Delivery.from_payload(decode(encode(delivery.to_payload()))) == delivery
+    assert decode_delivery(decode(encode(delivery))) == delivery
     assert delivery.next_attempt().attempt == 4
 
 
@@ -51,11 +52,16 @@ def test_a_retry_goes_to_the_retry_lane_but_a_critical_one_keeps_its_own() -> No
     assert Delivery.from_row(row()).next_attempt().stream == "send.push.critical"
 
 
+def _wire(delivery: Delivery) -> dict[str, Any]:
+    """A delivery as a consumer gets it from the broker."""
+    return decode(encode(delivery))
+
+
 def test_the_endpoint_is_a_webhooks_host_and_port_else_the_provider() -> None:
     hook = row(channel="webhook", address="https://Hooks.Example.com:8443/u/1?x=1")
-    assert endpoint_of(Delivery.from_row(hook).to_payload()) == "hooks.example.com:8443"
-    assert endpoint_of(Delivery.from_row(row()).to_payload()) == "fcm-main"
-    assert endpoint_of(Delivery.from_row(row(provider=None)).to_payload()) is None
+    assert endpoint_of(_wire(Delivery.from_row(hook))) == "hooks.example.com:8443"
+    assert endpoint_of(_wire(Delivery.from_row(row()))) == "fcm-main"
+    assert endpoint_of(_wire(Delivery.from_row(row(provider=None)))) is None
 
 
 def test_naive_timestamps_from_sqlite_are_utc() -> None:
@@ -75,10 +81,68 @@ def test_a_message_of_an_earlier_version_without_optional_fields_decodes() -> No
         "content": {"subject": "s"},
         "attempt": 1,
     }
-    delivery = Delivery.from_payload(orjson.loads(orjson.dumps(payload)))
+    delivery = decode_delivery(orjson.loads(orjson.dumps(payload)))
     assert (delivery.provider, delivery.category, delivery.critical) == (None, None, False)
     assert delivery.fallback is None
     assert delivery.expires_at is None
+
+
+# Send messages as the previous version's encoder wrote them (every field, nulls included):
+# deliveries queued before an upgrade are still sent after it.
+EARLIER_CRITICAL = (
+    b'{"id":"dlv_01jd7k2m3n4p5q6r7s8t9v0w1x","tenant":"ten_1",'
+    b'"notification":"ntf_01jd7k2m3n4p5q6r7s8t9v0w1x","recipient":"u-1","channel":"push",'
+    b'"provider":"fcm-main","priority":"critical","to":[{"platform":"android","token":"t"}],'
+    b'"content":{"title":"Zo\xc3\xab \xe2\x9c\x93","body":"b"},"attempt":2,'
+    b'"expires_at":1893553445.0,"category":"security","critical":true,'
+    b'"fallback":{"channel":"sms","address":"+15551234567","content":{"text":"t"}},'
+    b'"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}'
+)
+EARLIER_PLAIN = (
+    b'{"id":"dlv_01jd7k2m3n4p5q6r7s8t9v0w1x","tenant":"ten_1",'
+    b'"notification":"ntf_01jd7k2m3n4p5q6r7s8t9v0w1x","recipient":"u-1","channel":"email",'
+    b'"provider":null,"priority":"normal","to":"a@example.com","content":{"subject":"s"},'
+    b'"attempt":2,"expires_at":null,"category":null,"critical":false,"fallback":null}'
+)
+
+
+def test_a_message_queued_by_the_previous_version_decodes() -> None:
+    critical = decode_delivery(decode(EARLIER_CRITICAL))
+    assert critical == Delivery(
+        id="dlv_01jd7k2m3n4p5q6r7s8t9v0w1x",
+        tenant="ten_1",
+        notification="ntf_01jd7k2m3n4p5q6r7s8t9v0w1x",
+        recipient="u-1",
+        channel="push",
+        provider="fcm-main",
+        priority="critical",
+        to=[{"platform": "android", "token": "t"}],
+        content={"title": "Zoë ✓", "body": "b"},
+        attempt=2,
+        expires_at=datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp(),
+        category="security",
+        critical=True,
+        fallback={"channel": "sms", "address": "+15551234567", "content": {"text": "t"}},
+        trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    )
+    plain = decode_delivery(decode(EARLIER_PLAIN))
+    assert (plain.channel, plain.to, plain.content, plain.attempt) == (
+        "email",
+        "a@example.com",
+        {"subject": "s"},
+        2,
+    )
+    assert (plain.provider, plain.expires_at, plain.category, plain.fallback) == (None,) * 4
+    assert (plain.critical, plain.trace) == (False, None)
+
+
+@pytest.mark.parametrize("earlier", [EARLIER_CRITICAL, EARLIER_PLAIN])
+def test_the_wire_keeps_the_previous_versions_names_and_values(earlier: bytes) -> None:
+    """What this version writes is what the previous one wrote, less the fields at their
+    defaults (which the previous version read as absent): it reads this version's too."""
+    old = decode(earlier)
+    new = decode(encode(decode_delivery(old)))
+    assert new == {k: v for k, v in old.items() if v is not None and v is not False}
 
 
 @pytest.mark.parametrize(
@@ -95,17 +159,17 @@ def test_a_message_of_an_earlier_version_without_optional_fields_decodes() -> No
     ],
 )
 def test_a_message_that_is_not_a_delivery_is_refused(change: dict[str, Any]) -> None:
-    payload = {**Delivery.from_row(row()).to_payload(), **change}
+    payload = {**msgspec.to_builtins(Delivery.from_row(row())), **change}
     with pytest.raises(MalformedDelivery):
-        Delivery.from_payload(payload)
+        decode_delivery(payload)
 
 
 @pytest.mark.parametrize("missing", ["id", "tenant", "notification", "attempt", "priority"])
 def test_a_message_missing_a_required_field_is_refused(missing: str) -> None:
-    payload = Delivery.from_row(row()).to_payload()
+    payload = msgspec.to_builtins(Delivery.from_row(row()))
     del payload[missing]
     with pytest.raises(MalformedDelivery):
-        Delivery.from_payload(payload)
+        decode_delivery(payload)
 
 
 async def test_a_worker_drops_a_message_that_is_not_a_delivery_and_goes_on(

@@ -13,9 +13,10 @@ import pytest
 from aiohttp import web
 
 from clarion.config import Settings
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, ProviderError
 from clarion.providers.apns import ApnsProvider
-from clarion.providers.base import OutboundMessage, ProviderEnv, ProviderSpec
+from clarion.providers.base import ProviderEnv, ProviderSpec
 from clarion.providers.fcm import FcmProvider
 from clarion.providers.sendgrid import SendgridProvider
 from clarion.providers.smtp import SmtpProvider
@@ -71,12 +72,12 @@ async def redirector() -> AsyncIterator[Redirector]:
     await server.close()
 
 
-def outbound(channel: str, to: Any, content: dict[str, Any]) -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id="dlv_1",
-        tenant_id="ten_1",
-        notification_id="ntf_1",
-        recipient_id="u",
+def outbound(channel: str, to: Any, content: dict[str, Any]) -> Delivery:
+    return Delivery(
+        id="dlv_1",
+        tenant="ten_1",
+        notification="ntf_1",
+        recipient="u",
         channel=channel,
         to=to,
         content=content,
@@ -86,16 +87,16 @@ def outbound(channel: str, to: Any, content: dict[str, Any]) -> OutboundMessage:
     )
 
 
-def push(*platforms: str) -> OutboundMessage:
+def push(*platforms: str) -> Delivery:
     tokens = [{"platform": p, "token": f"tok-{p}"} for p in platforms]
     return outbound("push", tokens, {"title": "t", "body": "b"})
 
 
-def hook(url: str) -> OutboundMessage:
+def hook(url: str) -> Delivery:
     return outbound("webhook", url, {"body": {"n": 1}})
 
 
-def email() -> OutboundMessage:
+def email() -> Delivery:
     return outbound("email", "u@example.com", {"subject": "s", "text": "t"})
 
 

@@ -13,9 +13,10 @@ import msgspec
 import pytest
 
 from clarion.config import Settings
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, TransientError
 from clarion.providers.apns import TOKEN_LIFETIME, ApnsProvider, ProviderToken
-from clarion.providers.base import OutboundMessage, ProviderEnv, ProviderSpec
+from clarion.providers.base import ProviderEnv, ProviderSpec
 from standins.apns import ApnsStandin, p8_key, p8_pem
 
 CONTENT = {"title": "Shipped", "body": "Order 42", "data": {"orderId": "42"}}
@@ -23,12 +24,12 @@ CONTENT = {"title": "Shipped", "body": "Order 42", "data": {"orderId": "42"}}
 
 def message(
     *tokens: str, priority: str = "normal", delivery_id: str = "dlv_1", **content: Any
-) -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id=delivery_id,
-        tenant_id="ten_1",
-        notification_id="ntf_1",
-        recipient_id="usr_1",
+) -> Delivery:
+    return Delivery(
+        id=delivery_id,
+        tenant="ten_1",
+        notification="ntf_1",
+        recipient="usr_1",
         channel="push",
         to=[{"platform": "apns", "token": token} for token in tokens]
         + [{"platform": "fcm", "token": "fcm-token-ignored"}],

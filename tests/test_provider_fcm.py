@@ -12,20 +12,21 @@ import msgspec
 import pytest
 
 from clarion.config import Settings
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, TransientError
-from clarion.providers.base import OutboundMessage, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.base import ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.fcm import FcmProvider
 from standins.fcm import FcmStandin, rsa_key
 
 CONTENT = {"title": "Shipped", "body": "Order 42", "data": {"orderId": "42"}}
 
 
-def message(*tokens: str, priority: str = "normal", **content: Any) -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id="dlv_1",
-        tenant_id="ten_1",
-        notification_id="ntf_1",
-        recipient_id="usr_1",
+def message(*tokens: str, priority: str = "normal", **content: Any) -> Delivery:
+    return Delivery(
+        id="dlv_1",
+        tenant="ten_1",
+        notification="ntf_1",
+        recipient="usr_1",
         channel="push",
         to=[{"platform": "fcm", "token": token} for token in tokens]
         + [{"platform": "apns", "token": "apns-token-ignored"}],

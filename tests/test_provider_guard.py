@@ -9,9 +9,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from clarion.config import Settings
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError
 from clarion.providers.apns import ApnsProvider
-from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec
+from clarion.providers.base import Provider, ProviderEnv, ProviderSpec
 from clarion.providers.fcm import FcmProvider
 from clarion.providers.sendgrid import SendgridProvider
 from clarion.providers.ses import SesProvider
@@ -72,17 +73,17 @@ CASES: dict[str, tuple[type[Provider], str, dict[str, Any]]] = {
 }
 
 
-def _message(channel: str) -> OutboundMessage:
+def _message(channel: str) -> Delivery:
     to: Any = "u@example.com"
     content: dict[str, Any] = {"subject": "s", "text": "t"}
     if channel == "push":
         to = [{"platform": "apns", "token": "t1"}, {"platform": "fcm", "token": "t2"}]
         content = {"title": "t", "body": "b"}
-    return OutboundMessage(
-        delivery_id="dlv_1",
-        tenant_id="ten_1",
-        notification_id="ntf_1",
-        recipient_id="u",
+    return Delivery(
+        id="dlv_1",
+        tenant="ten_1",
+        notification="ntf_1",
+        recipient="u",
         channel=channel,
         to=to,
         content=content,

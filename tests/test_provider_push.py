@@ -11,21 +11,22 @@ from typing import Any, cast
 import pytest
 
 from clarion.config import Settings
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, ProviderError, TransientError
 from clarion.providers.apns import ApnsProvider
-from clarion.providers.base import OutboundMessage, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.base import ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.fcm import FcmProvider
 from clarion.providers.push import PushFanout, combine, parse_retry_after, push_targets
 from standins.apns import ApnsStandin
 from standins.fcm import FcmStandin
 
 
-def message(*targets: tuple[str, str]) -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id="dlv_1",
-        tenant_id="ten_1",
-        notification_id="ntf_1",
-        recipient_id="usr_1",
+def message(*targets: tuple[str, str]) -> Delivery:
+    return Delivery(
+        id="dlv_1",
+        tenant="ten_1",
+        notification="ntf_1",
+        recipient="usr_1",
         channel="push",
         to=[{"platform": platform, "token": token} for platform, token in targets],
         content={"title": "Shipped", "body": "Order 42", "data": {"orderId": "42"}},

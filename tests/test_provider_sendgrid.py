@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, TransientError
-from clarion.providers.base import OutboundMessage, ProviderEnv, ProviderSpec
+from clarion.providers.base import ProviderEnv, ProviderSpec
 from clarion.providers.sendgrid import SendgridProvider
 from clarion.security.unsubscribe import verify_token
 from clarion.store.db import utcnow
@@ -24,12 +25,12 @@ PUBLIC = "https://clarion.example"
 SUBJECT = "Su pedido ha sido enviado — ¡gracias! ✓"
 
 
-def outbound(harness: Harness, **overrides: Any) -> OutboundMessage:
+def outbound(harness: Harness, **overrides: Any) -> Delivery:
     fields: dict[str, Any] = {
-        "delivery_id": "dlv_sendgriddelivery000000001",
-        "tenant_id": harness.tenant_id,
-        "notification_id": "ntf_1",
-        "recipient_id": "u-1",
+        "id": "dlv_sendgriddelivery000000001",
+        "tenant": harness.tenant_id,
+        "notification": "ntf_1",
+        "recipient": "u-1",
         "channel": "email",
         "to": "alex@example.com",
         "content": {"subject": SUBJECT, "html": "<p>Hola</p>", "text": "Hola"},
@@ -37,7 +38,7 @@ def outbound(harness: Harness, **overrides: Any) -> OutboundMessage:
         "attempt": 1,
         "category": "marketing",
     }
-    return OutboundMessage(**{**fields, **overrides})
+    return Delivery(**{**fields, **overrides})
 
 
 def provider(harness: Harness, sendgrid: SendgridStandIn, **config: Any) -> SendgridProvider:
@@ -66,7 +67,7 @@ async def sendgrid() -> AsyncIterator[SendgridStandIn]:
     await server.close()
 
 
-async def send(client: SendgridProvider, message: OutboundMessage) -> str | None:
+async def send(client: SendgridProvider, message: Delivery) -> str | None:
     await client.start()
     try:
         return (await client.send(message)).provider_message_id

@@ -13,8 +13,9 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, TransientError
-from clarion.providers.base import OutboundMessage, ProviderEnv, ProviderSpec
+from clarion.providers.base import ProviderEnv, ProviderSpec
 from clarion.providers.ses import SesProvider
 from harness import Harness, make_settings
 from standins.ses import PATH, SesError, SesStandIn
@@ -23,12 +24,12 @@ PUBLIC = "https://clarion.example"
 SUBJECT = "Ihre Bestellung wurde versandt — Größe ✓"
 
 
-def outbound(harness: Harness, **overrides: Any) -> OutboundMessage:
+def outbound(harness: Harness, **overrides: Any) -> Delivery:
     fields: dict[str, Any] = {
-        "delivery_id": "dlv_sesdelivery0000000000001",
-        "tenant_id": harness.tenant_id,
-        "notification_id": "ntf_1",
-        "recipient_id": "u-1",
+        "id": "dlv_sesdelivery0000000000001",
+        "tenant": harness.tenant_id,
+        "notification": "ntf_1",
+        "recipient": "u-1",
         "channel": "email",
         "to": "alex@example.com",
         "content": {"subject": SUBJECT, "html": "<p>Hallo</p>", "text": "Hallo"},
@@ -36,7 +37,7 @@ def outbound(harness: Harness, **overrides: Any) -> OutboundMessage:
         "attempt": 1,
         "category": "marketing",
     }
-    return OutboundMessage(**{**fields, **overrides})
+    return Delivery(**{**fields, **overrides})
 
 
 def provider(harness: Harness, ses: SesStandIn, **config: Any) -> SesProvider:
@@ -67,7 +68,7 @@ async def ses() -> AsyncIterator[SesStandIn]:
     await server.close()
 
 
-async def send(provider: SesProvider, message: OutboundMessage) -> str | None:
+async def send(provider: SesProvider, message: Delivery) -> str | None:
     await provider.start()
     try:
         return (await provider.send(message)).provider_message_id

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, TransientError
-from clarion.providers.base import OutboundMessage, ProviderEnv, ProviderSpec
+from clarion.providers.base import ProviderEnv, ProviderSpec
 from clarion.providers.smtp import SmtpProvider
 from clarion.security.unsubscribe import verify_token
 from clarion.store.tenants import webhook_secrets
@@ -23,12 +24,12 @@ PUBLIC = "https://clarion.example"
 SUBJECT = "Votre commande été expédiée ✓ — 注文"
 
 
-def outbound(harness: Harness, **overrides: Any) -> OutboundMessage:
+def outbound(harness: Harness, **overrides: Any) -> Delivery:
     fields: dict[str, Any] = {
-        "delivery_id": "dlv_0123456789abcdefghjkmnpqr",
-        "tenant_id": harness.tenant_id,
-        "notification_id": "ntf_1",
-        "recipient_id": "u-1",
+        "id": "dlv_0123456789abcdefghjkmnpqr",
+        "tenant": harness.tenant_id,
+        "notification": "ntf_1",
+        "recipient": "u-1",
         "channel": "email",
         "to": "alex@example.com",
         "content": {
@@ -41,7 +42,7 @@ def outbound(harness: Harness, **overrides: Any) -> OutboundMessage:
         "category": "marketing",
         "critical": False,
     }
-    return OutboundMessage(**{**fields, **overrides})
+    return Delivery(**{**fields, **overrides})
 
 
 def provider(
@@ -82,7 +83,7 @@ async def secure_relay() -> AsyncIterator[SmtpStandIn]:
     await server.close()
 
 
-async def send(smtp: SmtpProvider, message: OutboundMessage) -> str | None:
+async def send(smtp: SmtpProvider, message: Delivery) -> str | None:
     await smtp.start()
     try:
         return (await smtp.send(message)).provider_message_id

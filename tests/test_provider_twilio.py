@@ -15,8 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from clarion.config import Settings
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, TransientError
-from clarion.providers.base import OutboundMessage, ProviderEnv, ProviderSpec
+from clarion.providers.base import ProviderEnv, ProviderSpec
 from clarion.providers.twilio import (
     TwilioProvider,
     signature,
@@ -66,12 +67,12 @@ async def provider_of(
         await provider.aclose()
 
 
-def sms(to: str = "+14155550100", text: str = "Order 42 shipped") -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id="dlv_1",
-        tenant_id="t1",
-        notification_id="ntf_1",
-        recipient_id="u-1",
+def sms(to: str = "+14155550100", text: str = "Order 42 shipped") -> Delivery:
+    return Delivery(
+        id="dlv_1",
+        tenant="t1",
+        notification="ntf_1",
+        recipient="u-1",
         channel="sms",
         to=to,
         content={"text": text},

@@ -14,8 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from clarion.config import Settings
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, TransientError
-from clarion.providers.base import OutboundMessage, ProviderEnv, ProviderSpec
+from clarion.providers.base import ProviderEnv, ProviderSpec
 from clarion.providers.webpush import WebpushProvider, load_vapid_key, origin_of
 from harness import Harness, make_settings, running
 from standins.webpush import Browser, PushService, b64url, vapid_keys
@@ -60,11 +61,11 @@ async def provider_of() -> AsyncIterator[Any]:
 
 
 def push(to: Any, content: dict[str, Any] | None = None, priority: str = "normal") -> Any:
-    return OutboundMessage(
-        delivery_id="dlv_1",
-        tenant_id="t1",
-        notification_id="ntf_1",
-        recipient_id="u-1",
+    return Delivery(
+        id="dlv_1",
+        tenant="t1",
+        notification="ntf_1",
+        recipient="u-1",
         channel="webpush",
         to=to,
         content=CONTENT if content is None else content,

@@ -19,11 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 
 from clarion.config import Settings
+from clarion.domain.delivery import Delivery
 from clarion.errors import TransientError
 from clarion.pipeline import planner
 from clarion.pipeline.context import open_context
 from clarion.providers import ProviderSet, kinds
-from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.catalog import spec_of
 from clarion.providers.configs import header_fields
 from clarion.providers.sandbox import SandboxProvider
@@ -424,8 +425,8 @@ class Recording(Provider):
     async def start(self) -> None:
         self.started = True
 
-    async def send(self, message: OutboundMessage) -> SendResult:
-        return SendResult(provider_message_id=f"{self.spec.name}:{message.delivery_id}")
+    async def send(self, message: Delivery) -> SendResult:
+        return SendResult(provider_message_id=f"{self.spec.name}:{message.id}")
 
     async def aclose(self) -> None:
         self.closed = True
@@ -549,11 +550,11 @@ async def test_push_fans_out_to_each_platform(lite: Harness, recording: type[Rec
     fanout = await providers.sender(t, "push", "fcm-main")
     assert type(fanout).__name__ == "PushFanout"
     assert await providers.sender(t, "push", "apns-main") is fanout
-    message = OutboundMessage(
-        delivery_id="dlv_1",
-        tenant_id=t,
-        notification_id="ntf_1",
-        recipient_id="u1",
+    message = Delivery(
+        id="dlv_1",
+        tenant=t,
+        notification="ntf_1",
+        recipient="u1",
         channel="push",
         to=[{"platform": "apns", "token": "a1"}],
         content={"title": "t"},

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import pytest
 from redis.asyncio import Redis
 
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, TransientError
-from clarion.providers.base import OutboundMessage, Provider, ProviderSpec, SendResult
+from clarion.providers.base import Provider, ProviderSpec, SendResult
 from clarion.resilience.breaker import BreakerKey, BreakerPolicy, MemoryBreaker, RedisBreaker
 from clarion.resilience.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from clarion.resilience.sendchain import (
@@ -35,15 +36,15 @@ class FakeProvider(Provider):
         self.mode = mode
         self.sent: list[str] = []
 
-    async def send(self, message: OutboundMessage) -> SendResult:
-        self.sent.append(message.delivery_id)
+    async def send(self, message: Delivery) -> SendResult:
+        self.sent.append(message.id)
         if self.mode == "transient":
             raise TransientError("503 from the service", reason="http_503")
         if self.mode == "permanent":
             raise PermanentError("no such mailbox", reason="provider_rejected")
         if self.mode == "hang":
             await asyncio.Event().wait()
-        return SendResult(provider_message_id=f"pm-{message.delivery_id}")
+        return SendResult(provider_message_id=f"pm-{message.id}")
 
 
 @dataclass
@@ -63,12 +64,12 @@ class Spec:
     rate_limit_per_second: float | None = None
 
 
-def message(n: int = 1, channel: str = "email") -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id=f"dlv_{n}",
-        tenant_id=TENANT,
-        notification_id="ntf_1",
-        recipient_id="u",
+def message(n: int = 1, channel: str = "email") -> Delivery:
+    return Delivery(
+        id=f"dlv_{n}",
+        tenant=TENANT,
+        notification="ntf_1",
+        recipient="u",
         channel=channel,
         to="u@example.com",
         content={"subject": "s", "text": "t"},

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from clarion.domain.delivery import Delivery
+from clarion.domain.delivery import Delivery, decode_delivery
 from clarion.observability import tracing
 from clarion.pipeline import status_events
 from clarion.pipeline.messages import plan_payload
@@ -164,7 +165,7 @@ def test_off_costs_nothing() -> None:
     delivery = _delivery()
     assert tracing.attempt(delivery) is tracing._NOOP
     # Off, the wire has no trace field at all.
-    assert "traceparent" not in delivery.to_payload()
+    assert "traceparent" not in msgspec.to_builtins(delivery)
     assert "traceparent" not in plan_payload("ntf_1", "ten_1")
 
 
@@ -232,13 +233,13 @@ def _delivery(**changes: Any) -> Delivery:
 def test_the_traceparent_is_an_optional_field_on_the_wire() -> None:
     trace = f"00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01"
     carried = _delivery(trace=trace)
-    assert carried.to_payload()["traceparent"] == trace
-    assert Delivery.from_payload(carried.to_payload()) == carried
+    assert msgspec.to_builtins(carried)["traceparent"] == trace
+    assert decode_delivery(msgspec.to_builtins(carried)) == carried
     # Older messages have none; a malformed one is ignored, never a reason to drop work.
-    plain = _delivery().to_payload()
-    assert Delivery.from_payload(plain).trace is None
+    plain = msgspec.to_builtins(_delivery())
+    assert decode_delivery(plain).trace is None
     for junk in (42, "nonsense", None, ["x"]):
-        assert Delivery.from_payload({**plain, "traceparent": junk}).trace is None
+        assert decode_delivery({**plain, "traceparent": junk}).trace is None
     assert plan_payload("ntf_1", "ten_1", trace)["traceparent"] == trace
 
 

@@ -1,7 +1,8 @@
 """The broker interface: streams of plain-data messages, consumed in groups with leases.
 
 The broker moves work; the database holds the truth. Every message is encoded to JSON bytes
-on publish and decoded on consume, in every backend, so serialisation is always exercised.
+on publish and decoded on consume (to a dictionary: a consumer turns it into its own type),
+in every backend, so serialisation is always exercised.
 """
 
 from __future__ import annotations
@@ -11,12 +12,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 
-Payload = Mapping[str, Any]
+# A message: a JSON object, or a msgspec struct that encodes to one (a delivery is encoded
+# straight from its struct, with no dictionary made in between).
+Payload = Mapping[str, Any] | msgspec.Struct
+
+_encode_struct = msgspec.json.Encoder().encode
 
 
 def encode(payload: Payload) -> bytes:
+    if isinstance(payload, msgspec.Struct):
+        return _encode_struct(payload)
     return orjson.dumps(payload)
 
 

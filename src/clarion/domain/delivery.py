@@ -2,9 +2,10 @@
 
 The planner, the sweeper, embedded recovery, dead-letter replay and a worker's fallback all
 make a :class:`Delivery` from a stored row (:meth:`Delivery.from_row`) and publish it; a
-channel worker reads it back from the broker (:meth:`Delivery.from_payload`) and a retry is
-the same delivery asking for its next attempt. The wire form (:meth:`Delivery.to_payload`)
-is plain JSON with stable keys, so messages published by an earlier version still decode.
+channel worker reads it back from the broker (:func:`decode_delivery`), hands it to a
+provider as it is, and a retry is the same delivery asking for its next attempt. The wire
+form is the struct's own JSON with stable keys, so messages published by an earlier version
+still decode.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -75,14 +76,33 @@ def _timestamp(value: datetime | None) -> float | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
+_TRACEPARENT_LENGTH = 55
+# A W3C traceparent: version, trace id, span id and flags.
+Traceparent = Annotated[
+    str, msgspec.Meta(min_length=_TRACEPARENT_LENGTH, max_length=_TRACEPARENT_LENGTH)
+]
+
+
 def _traceparent(value: Any) -> str | None:
     """An optional field: anything but a string of a traceparent's length is ignored."""
-    return value if isinstance(value, str) and len(value) == 55 else None
+    return value if isinstance(value, str) and len(value) == _TRACEPARENT_LENGTH else None
 
 
-class Delivery(msgspec.Struct, frozen=True):
-    """Immutable; a ``msgspec.Struct`` since a worker makes one per send and a frozen
-    dataclass's ``__init__`` costs ten times as much."""
+class Delivery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """One delivery, addressed and rendered: the value the planner makes, the broker carries,
+    the worker reads and a provider sends.
+
+    Immutable; a ``msgspec.Struct`` since a worker reads one per send: decoding and
+    encoding are msgspec's (:func:`decode_delivery`; the broker encodes a struct as it is),
+    with no copy in between. The field names are the wire's, so messages published by an
+    earlier version still decode; a field at its default is left off the wire (an earlier
+    version reads it as absent). Not tracked by the garbage collector (``gc=False``): what
+    it holds is plain data, which never refers back to it.
+
+    ``to`` is the channel's address: an email address, an E.164 phone number, a list of
+    push tokens (``{"platform", "token"}``), a list of web push subscriptions, a URL, or the
+    recipient id for in-app; ``content`` the rendered content of its channel.
+    """
 
     id: str
     tenant: str
@@ -90,15 +110,15 @@ class Delivery(msgspec.Struct, frozen=True):
     recipient: str
     channel: str
     # The planned provider (failover may send through another).
-    provider: str | None
+    provider: str | None = None
     priority: str
-    # The channel's address and the rendered content (see providers.base.OutboundMessage).
-    to: Any
-    content: Any
+    to: Any = None
+    content: Any = None
     # The number of the try this message asks for (1 for the first).
-    attempt: int
+    attempt: Annotated[int, msgspec.Meta(ge=1)]
     # When it stops being worth delivering (epoch seconds), if it has a deadline.
     expires_at: float | None = None
+    # From the template's category.
     category: str | None = None
     critical: bool = False
     # For a critical delivery: the channel, address and content to switch to when its own
@@ -106,7 +126,7 @@ class Delivery(msgspec.Struct, frozen=True):
     fallback: dict[str, Any] | None = None
     # The W3C traceparent of the trace it belongs to (observability/tracing.py), when
     # tracing is on; optional on the wire, absent otherwise.
-    trace: str | None = None
+    trace: Traceparent | None = msgspec.field(default=None, name="traceparent")
 
     @property
     def stream(self) -> str:
@@ -146,71 +166,21 @@ class Delivery(msgspec.Struct, frozen=True):
             trace=_traceparent(row.get("trace")),
         )
 
-    def to_payload(self) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "id": self.id,
-            "tenant": self.tenant,
-            "notification": self.notification,
-            "recipient": self.recipient,
-            "channel": self.channel,
-            "provider": self.provider,
-            "priority": self.priority,
-            "to": self.to,
-            "content": self.content,
-            "attempt": self.attempt,
-            "expires_at": self.expires_at,
-            "category": self.category,
-            "critical": self.critical,
-            "fallback": self.fallback,
-        }
-        if self.trace is not None:
-            payload["traceparent"] = self.trace
-        return payload
 
-    @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> Delivery:
-        """Read a send message back; :class:`MalformedDelivery` if it is not one."""
-        try:
-            id_, tenant, notification = payload["id"], payload["tenant"], payload["notification"]
-            recipient, channel = payload["recipient"], payload["channel"]
-            priority, attempt = payload["priority"], payload["attempt"]
-        except (KeyError, TypeError) as exc:
-            raise MalformedDelivery(f"not a delivery: missing {exc}") from exc
-        if not (
-            isinstance(id_, str)
-            and isinstance(tenant, str)
-            and isinstance(notification, str)
-            and isinstance(recipient, str)
-            and isinstance(channel, str)
-            and isinstance(priority, str)
-        ):
-            raise MalformedDelivery("not a delivery: an id, channel or priority is not a string")
-        if type(attempt) is not int or attempt < 1:
-            raise MalformedDelivery(f"not a delivery: attempt {attempt!r}")
-        get = payload.get
-        expires_at = get("expires_at")
-        if expires_at is not None and not isinstance(expires_at, int | float):
-            raise MalformedDelivery(f"not a delivery: expires_at {expires_at!r}")
-        fallback = get("fallback")
-        if fallback is not None and not isinstance(fallback, dict):
-            raise MalformedDelivery("not a delivery: fallback is not an object")
-        return cls(
-            id_,
-            tenant,
-            notification,
-            recipient,
-            channel,
-            get("provider"),
-            priority,
-            get("to"),
-            get("content"),
-            attempt,
-            expires_at,
-            get("category"),
-            bool(get("critical")),
-            fallback,
-            _traceparent(get("traceparent")),
-        )
+# Where msgspec says a send message's traceparent is not one.
+_AT_TRACEPARENT = "`$.traceparent`"
+
+
+def decode_delivery(payload: Any) -> Delivery:
+    """The delivery of a send message as the broker hands it out (a JSON object, decoded);
+    :class:`MalformedDelivery` if it is not one. A malformed traceparent is left out, never
+    a reason to drop the work."""
+    try:
+        return msgspec.convert(payload, Delivery)
+    except msgspec.ValidationError as exc:
+        if str(exc).endswith(_AT_TRACEPARENT) and isinstance(payload, Mapping):
+            return decode_delivery({k: v for k, v in payload.items() if k != "traceparent"})
+        raise MalformedDelivery(f"not a delivery: {exc}") from exc
 
 
 def endpoint_of(payload: Mapping[str, Any]) -> str | None:

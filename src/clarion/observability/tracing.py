@@ -37,7 +37,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from msgspec.structs import replace
 
@@ -361,18 +361,7 @@ def _attempt(delivery: Delivery) -> Iterator[str | None]:
         yield traceparent()
 
 
-class Sent(Protocol):
-    """What a ``provider.send`` span names of the message sent (an ``OutboundMessage``)."""
-
-    @property
-    def delivery_id(self) -> str: ...
-    @property
-    def notification_id(self) -> str: ...
-    @property
-    def channel(self) -> str: ...
-
-
-def provider_call(message: Sent, name: str, kind: str) -> Any:
+def provider_call(message: Delivery, name: str, kind: str) -> Any:
     """``provider.send``: the provider's call (its HTTP request, SMTP session...)."""
     if not ON:
         return _NOOP
@@ -382,8 +371,8 @@ def provider_call(message: Sent, name: str, kind: str) -> Any:
         "clarion.provider": name,
         "clarion.provider.kind": kind,
         "clarion.channel": message.channel,
-        "clarion.delivery_id": message.delivery_id,
-        "clarion.notification_id": message.notification_id,
+        "clarion.delivery_id": message.id,
+        "clarion.notification_id": message.notification,
     }
     return _live().start_as_current_span(
         "provider.send", kind=trace.SpanKind.CLIENT, attributes=values

@@ -28,7 +28,7 @@ from clarion.domain.delivery import Delivery, new_row
 from clarion.domain.ids import delivery_id
 from clarion.domain.models import DeliveryStatus
 from clarion.pipeline.context import Context
-from clarion.pipeline.messages import outbound, publish_deliveries
+from clarion.pipeline.messages import publish_deliveries
 from clarion.resilience.backends import send_timeout
 from clarion.resilience.retry import RetryPolicy
 from clarion.resilience.sendchain import (
@@ -115,7 +115,7 @@ class Attempts:
         if not providers.is_fresh(delivery.tenant):  # the worker loads them per take
             await providers.prepare([delivery.tenant])
         candidates = providers.chain(delivery.tenant, delivery.channel)
-        outcome = await self._chain.send(outbound(delivery), candidates, gate)
+        outcome = await self._chain.send(delivery, candidates, gate)
         if isinstance(outcome, Refused):
             return None
         if isinstance(outcome, Sent):
@@ -162,7 +162,7 @@ class Attempts:
             reason=outcome.reason,
             scheduled_for=due,
         )
-        return Attempt(change, Delayed(delivery.stream, delivery.to_payload(), due.timestamp()))
+        return Attempt(change, Delayed(delivery.stream, delivery, due.timestamp()))
 
     async def _fall_back(self, delivery: Delivery, fallback: dict[str, Any]) -> StatusChange | None:
         """A critical delivery whose channel has no healthy provider goes out on its

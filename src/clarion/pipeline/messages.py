@@ -8,7 +8,6 @@ from typing import Any
 from clarion.broker import Broker, Delayed
 from clarion.domain.delivery import Delivery
 from clarion.observability import tracing
-from clarion.providers.base import OutboundMessage
 from clarion.store.db import as_utc
 
 # Messages per XADD pipeline: bounds one round trip, not what a call may publish.
@@ -20,23 +19,6 @@ def plan_payload(notification_id: str, tenant_id: str, trace: str | None = None)
     if trace is not None:  # tracing on: the W3C traceparent of the notification's trace
         payload["traceparent"] = trace
     return payload
-
-
-def outbound(delivery: Delivery) -> OutboundMessage:
-    return OutboundMessage(
-        delivery_id=delivery.id,
-        tenant_id=delivery.tenant,
-        notification_id=delivery.notification,
-        recipient_id=delivery.recipient,
-        channel=delivery.channel,
-        to=delivery.to,
-        content=delivery.content,
-        priority=delivery.priority,
-        attempt=delivery.attempt,
-        category=delivery.category,
-        critical=delivery.critical,
-        expires_at=delivery.expires_at,
-    )
 
 
 def of_rows(
@@ -64,13 +46,13 @@ async def publish_deliveries(
     """Put deliveries on their lanes, and those due later on the delayed set."""
     if tracing.ON:
         ready, later = tracing.stamped(ready, later)
-    lanes: dict[str, list[dict[str, Any]]] = {}
+    lanes: dict[str, list[Delivery]] = {}
     for delivery in ready:
-        lanes.setdefault(delivery.stream, []).append(delivery.to_payload())
+        lanes.setdefault(delivery.stream, []).append(delivery)
     for stream, payloads in lanes.items():
         for start in range(0, len(payloads), _PUBLISH_CHUNK):
             await broker.publish(stream, payloads[start : start + _PUBLISH_CHUNK])
     if later:
         await broker.publish_delayed(
-            [Delayed(delivery.stream, delivery.to_payload(), due) for delivery, due in later]
+            [Delayed(delivery.stream, delivery, due) for delivery, due in later]
         )

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from clarion.broker import Message
-from clarion.domain.delivery import Delivery, MalformedDelivery, endpoint_of
+from clarion.domain.delivery import Delivery, MalformedDelivery, decode_delivery, endpoint_of
 from clarion.domain.models import DeliveryStatus, channel_streams, retry_stream
 from clarion.observability import logs, metrics, tracing
 from clarion.pipeline.attempt import Attempts
@@ -146,7 +146,7 @@ class ChannelWorker:
         """Handle one delivery; False when its attempt failed (its endpoint is in trouble:
         the consumer then holds it to its share, pipeline/consumer.py)."""
         try:
-            delivery = Delivery.from_payload(message.payload)
+            delivery = decode_delivery(message.payload)
         except MalformedDelivery as exc:
             # Nothing to store an outcome against: taken again it would fail again.
             log.error("%s: message %s dropped: %s", self.channel, message.id, exc)

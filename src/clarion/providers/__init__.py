@@ -19,14 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clarion.config import Settings
 from clarion.errors import ProviderError, TransientError
 from clarion.providers import kinds, registry
-from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.catalog import Catalog
 from clarion.providers.webhook import SecretLookup
 from clarion.realtime.base import Hub
 from clarion.security.secrets import Keyring
 from clarion.store.pg import PgPool
 
-__all__ = ["OutboundMessage", "Provider", "ProviderSet", "ProviderSpec", "SendResult"]
+__all__ = ["Provider", "ProviderSet", "ProviderSpec", "SendResult"]
 
 log = logging.getLogger(__name__)
 

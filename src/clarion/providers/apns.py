@@ -26,8 +26,9 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, ProviderError, TransientError
-from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import ApnsConfig
 from clarion.providers.push import parse_retry_after, send_tokens, tokens_for
 from clarion.security.netguard import AddressGuard
@@ -128,7 +129,7 @@ class ApnsProvider(Provider):
             )
         return self._client
 
-    async def send(self, message: OutboundMessage) -> SendResult:
+    async def send(self, message: Delivery) -> SendResult:
         if isinstance(self._auth, PermanentError):
             raise self._auth
         auth = self._auth
@@ -139,7 +140,7 @@ class ApnsProvider(Provider):
             self._timeout,
         )
 
-    async def _send_one(self, auth: ProviderToken, message: OutboundMessage, token: str) -> str:
+    async def _send_one(self, auth: ProviderToken, message: Delivery, token: str) -> str:
         headers = apns_headers(message, token, self._topic)
         payload = orjson.dumps(apns_payload(message))
         bearer = auth.current()
@@ -173,7 +174,7 @@ def _alert(content: dict[str, Any]) -> dict[str, str]:
     return {key: content[key] for key in ("title", "subtitle", "body") if content.get(key)}
 
 
-def apns_headers(message: OutboundMessage, token: str, topic: str) -> dict[str, str]:
+def apns_headers(message: Delivery, token: str, topic: str) -> dict[str, str]:
     """The request headers of one notification (the provider token is added per request)."""
     alert = bool(_alert(message.content))
     # Apple refuses priority 10 for a background (no alert) notification.
@@ -182,7 +183,7 @@ def apns_headers(message: OutboundMessage, token: str, topic: str) -> dict[str, 
         "apns-topic": topic,
         "apns-push-type": "alert" if alert else "background",
         "apns-priority": "10" if high else "5",
-        "apns-id": str(uuid.uuid5(APNS_ID_NAMESPACE, f"{message.delivery_id}\n{token}")),
+        "apns-id": str(uuid.uuid5(APNS_ID_NAMESPACE, f"{message.id}\n{token}")),
     }
     # Without an expiry Apple stores the notification and retries it for a while; 0 would
     # mean "now or never", which is wrong for a message that has no deadline.
@@ -194,7 +195,7 @@ def apns_headers(message: OutboundMessage, token: str, topic: str) -> dict[str, 
     return headers
 
 
-def apns_payload(message: OutboundMessage) -> dict[str, Any]:
+def apns_payload(message: Delivery) -> dict[str, Any]:
     """The JSON payload: ``aps`` plus the content's ``data`` as custom keys."""
     content = message.content
     alert = _alert(content)

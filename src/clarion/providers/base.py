@@ -1,4 +1,7 @@
-"""The provider interface: one method that sends one message.
+"""The provider interface: one method that sends one delivery.
+
+A provider receives the :class:`~clarion.domain.delivery.Delivery` the planner made and the
+worker read from the broker, as it is: one naming from the planner to the provider.
 
 A provider knows only its own wire protocol and how to classify its failures: it raises
 :class:`~clarion.errors.TransientError` (worth retrying) or
@@ -16,37 +19,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import msgspec
+from clarion.domain.delivery import Delivery
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from clarion.config import Settings
-
-
-class OutboundMessage(msgspec.Struct, frozen=True):
-    """One delivery, rendered and addressed, ready for a provider.
-
-    ``to`` is the channel's address: an email address, an E.164 phone number, a list of push
-    tokens (``{"platform", "token"}``), a list of web push subscriptions, a URL, or the
-    recipient id for in-app. ``category`` and ``critical`` come from the template's category.
-    Immutable; a ``msgspec.Struct`` since one is made per send (``msgspec.structs.replace``
-    makes a changed copy).
-    """
-
-    delivery_id: str
-    tenant_id: str
-    notification_id: str
-    recipient_id: str
-    channel: str
-    to: Any
-    content: dict[str, Any]
-    priority: str
-    attempt: int
-    category: str | None = None
-    critical: bool = False
-    # When the message stops being worth delivering (epoch seconds), if it has a deadline.
-    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +96,7 @@ class Provider(ABC):
     kind: str = "base"
 
     @abstractmethod
-    async def send(self, message: OutboundMessage) -> SendResult:
+    async def send(self, message: Delivery) -> SendResult:
         """Send, or raise TransientError / PermanentError."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook

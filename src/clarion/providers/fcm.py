@@ -23,8 +23,9 @@ from urllib.parse import urlencode
 import jwt
 import orjson
 
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, ProviderError, TransientError
-from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import FcmConfig
 from clarion.providers.http import ApiClient
 from clarion.providers.push import parse_retry_after, send_tokens, tokens_for
@@ -185,7 +186,7 @@ class FcmProvider(Provider):
             self._token_url = token_url
             self._auth = (account, AccessTokens(account, token_url, self._http))
 
-    async def send(self, message: OutboundMessage) -> SendResult:
+    async def send(self, message: Delivery) -> SendResult:
         if isinstance(self._auth, PermanentError):
             raise self._auth
         account, tokens = self._auth
@@ -200,7 +201,7 @@ class FcmProvider(Provider):
         )
 
     async def _send_one(
-        self, url: str, tokens: AccessTokens, message: OutboundMessage, token: str
+        self, url: str, tokens: AccessTokens, message: Delivery, token: str
     ) -> str | None:
         payload = orjson.dumps(fcm_body(message, token))
         access = await tokens.get()
@@ -225,7 +226,7 @@ class FcmProvider(Provider):
         await self._http.aclose()
 
 
-def fcm_body(message: OutboundMessage, token: str) -> dict[str, Any]:
+def fcm_body(message: Delivery, token: str) -> dict[str, Any]:
     """The ``messages:send`` request body for one token."""
     content = message.content
     body: dict[str, Any] = {"token": token}

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clarion.domain.delivery import Delivery
 from clarion.domain.durations import duration_seconds
-from clarion.providers.base import OutboundMessage
 from clarion.providers.stored import StoredProvider
 from clarion.realtime.base import Hub, arrivals
 from clarion.store import inbox_changes
@@ -29,7 +29,7 @@ class InAppProvider(StoredProvider):
         self._hub = hub
         self._pg = pg
 
-    def row(self, message: OutboundMessage) -> dict[str, Any]:
+    def row(self, message: Delivery) -> dict[str, Any]:
         # The id derives from the delivery: a repeated send finds the message already there.
         content = dict(message.content)
         after = content.pop("fallback_after", None)
@@ -39,11 +39,11 @@ class InAppProvider(StoredProvider):
             with contextlib.suppress(ValueError):  # checked when the template was stored
                 fallback = (duration_seconds(after), channel)
         return {
-            "id": "msg_" + message.delivery_id.removeprefix("dlv_"),
-            "tenant_id": message.tenant_id,
-            "recipient_id": message.recipient_id,
-            "delivery_id": message.delivery_id,
-            "notification_id": message.notification_id,
+            "id": "msg_" + message.id.removeprefix("dlv_"),
+            "tenant_id": message.tenant,
+            "recipient_id": message.recipient,
+            "delivery_id": message.id,
+            "notification_id": message.notification,
             "content": content,
             "category": message.category,
             "fallback": fallback,

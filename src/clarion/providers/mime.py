@@ -14,8 +14,8 @@ from email.policy import EmailPolicy
 from email.utils import format_datetime, make_msgid, parseaddr
 from typing import Any
 
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError
-from clarion.providers.base import OutboundMessage
 from clarion.security.unsubscribe import UnsubscribeLinks
 from clarion.store.db import utcnow
 
@@ -142,17 +142,15 @@ class EmailComposer:
         self.sender = Sender.parse(sender)
         self._links = links
 
-    async def compose(self, message: OutboundMessage) -> Email:
+    async def compose(self, message: Delivery) -> Email:
         content = message.content
         subject = header_text("Subject", str(content.get("subject") or ""))
         html = content.get("html") or None
         text = content.get("text") or None
-        headers = {"X-Clarion-Delivery-Id": message.delivery_id}
+        headers = {"X-Clarion-Delivery-Id": message.id}
         if message.category and not message.critical:
             try:
-                url = await self._links.url(
-                    message.tenant_id, message.recipient_id, message.category
-                )
+                url = await self._links.url(message.tenant, message.recipient, message.category)
             except LookupError as exc:
                 raise PermanentError(str(exc), reason="unknown_tenant") from exc
             headers["List-Unsubscribe"] = f"<{url}>"
@@ -163,7 +161,7 @@ class EmailComposer:
             subject=subject,
             text=str(text) if text is not None else None,
             html=str(html) if html is not None else None,
-            delivery_id=message.delivery_id,
+            delivery_id=message.id,
             headers=headers,
         )
 

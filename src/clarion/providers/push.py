@@ -20,8 +20,9 @@ from typing import Any
 
 import msgspec
 
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, ProviderError, TransientError
-from clarion.providers.base import OutboundMessage, Provider, SendResult
+from clarion.providers.base import Provider, SendResult
 from clarion.providers.http import parse_retry_after
 
 Outcome = SendResult | ProviderError
@@ -44,7 +45,7 @@ def push_targets(to: Any) -> list[tuple[str, str]]:
     return list(pairs)
 
 
-def tokens_for(message: OutboundMessage, platform: str) -> list[str]:
+def tokens_for(message: Delivery, platform: str) -> list[str]:
     """The tokens of one platform in a push message."""
     return [token for kind, token in push_targets(message.to) if kind == platform]
 
@@ -132,7 +133,7 @@ class PushFanout(Provider):
     def __init__(self, by_platform: dict[str, Provider]) -> None:
         self._by_platform = dict(by_platform)
 
-    async def send(self, message: OutboundMessage) -> SendResult:
+    async def send(self, message: Delivery) -> SendResult:
         targets = push_targets(message.to)
         if not targets:
             raise PermanentError("the delivery has no push token", reason="no_address")
@@ -148,6 +149,6 @@ class PushFanout(Provider):
         return combine(await gather_outcomes(calls))
 
 
-def _narrowed(message: OutboundMessage, platform: str) -> OutboundMessage:
+def _narrowed(message: Delivery, platform: str) -> Delivery:
     to = [{"platform": platform, "token": token} for token in tokens_for(message, platform)]
     return msgspec.structs.replace(message, to=to)

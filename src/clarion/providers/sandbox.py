@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from clarion.domain.delivery import Delivery
 from clarion.domain.ids import new_id
-from clarion.providers.base import OutboundMessage
 from clarion.providers.stored import StoredProvider
 from clarion.store import messages
 
@@ -22,13 +22,13 @@ class SandboxProvider(StoredProvider):
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine, messages.insert_sandbox_messages)
 
-    def row(self, message: OutboundMessage) -> dict[str, Any]:
+    def row(self, message: Delivery) -> dict[str, Any]:
         return {
             "id": new_id("sbx"),
-            "tenant_id": message.tenant_id,
-            "delivery_id": message.delivery_id,
+            "tenant_id": message.tenant,
+            "delivery_id": message.id,
             "channel": message.channel,
-            "recipient_id": message.recipient_id,
+            "recipient_id": message.recipient,
             "to": message.to,
             "content": message.content,
         }

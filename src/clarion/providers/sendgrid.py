@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.domain.delivery import Delivery
+from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import SendgridConfig
 from clarion.providers.http import DEFAULT_TIMEOUT, ApiClient, Reply, raise_for_status
 from clarion.providers.mime import Email, EmailComposer
@@ -93,7 +94,7 @@ class SendgridProvider(Provider):
             guard=AddressGuard(env.settings.allow_private_webhooks),
         )
 
-    async def send(self, message: OutboundMessage) -> SendResult:
+    async def send(self, message: Delivery) -> SendResult:
         email = await self._composer.compose(message)
         reply = await self._http.post(self._url, orjson.dumps(payload(email)), self._headers)
         if not 200 <= reply.status < 300:

@@ -16,8 +16,9 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, TransientError
-from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import SesConfig
 from clarion.providers.http import (
     DEFAULT_TIMEOUT,
@@ -138,7 +139,7 @@ class SesProvider(Provider):
         self._signer.add_auth(request)
         return body, dict(request.headers.items())
 
-    async def send(self, message: OutboundMessage) -> SendResult:
+    async def send(self, message: Delivery) -> SendResult:
         email = await self._composer.compose(message)
         body, headers = self._request(email)
         reply = await self._http.post(self._url, body, headers)

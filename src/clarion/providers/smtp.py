@@ -14,8 +14,9 @@ import ssl
 
 import aiosmtplib
 
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, ProviderError, TransientError
-from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import SmtpConfig
 from clarion.providers.mime import EmailComposer, to_bytes, to_mime
 from clarion.security.netguard import AddressGuard
@@ -89,7 +90,7 @@ class SmtpProvider(Provider):
         # Looked up once: aiosmtplib would resolve it again for every connection.
         self._local_hostname = await asyncio.to_thread(socket.getfqdn)
 
-    async def send(self, message: OutboundMessage) -> SendResult:
+    async def send(self, message: Delivery) -> SendResult:
         email = await self._composer.compose(message)
         mime = to_mime(email)
         data = to_bytes(mime)

@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clarion.providers.base import OutboundMessage, Provider, SendResult
+from clarion.domain.delivery import Delivery
+from clarion.providers.base import Provider, SendResult
 from clarion.store.batching import Batcher
 
 Insert = Callable[[AsyncEngine, list[dict[str, Any]]], Awaitable[None]]
@@ -27,7 +28,7 @@ class StoredProvider(Provider):
         )
 
     @abstractmethod
-    def row(self, message: OutboundMessage) -> dict[str, Any]:
+    def row(self, message: Delivery) -> dict[str, Any]:
         """The row that records ``message``; its ``id`` is the provider's message id."""
 
     async def start(self) -> None:
@@ -37,7 +38,7 @@ class StoredProvider(Provider):
         await self._insert(self._engine, rows)
         return [None] * len(rows)
 
-    async def send(self, message: OutboundMessage) -> SendResult:
+    async def send(self, message: Delivery) -> SendResult:
         row = self.row(message)
         await self._writer.submit(row)
         return SendResult(provider_message_id=row["id"])

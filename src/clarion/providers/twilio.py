@@ -20,10 +20,10 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import orjson
 from pydantic import ValidationError
 
+from clarion.domain.delivery import Delivery
 from clarion.domain.models import DeliveryStatus
 from clarion.errors import PermanentError, TransientError
 from clarion.providers.base import (
-    OutboundMessage,
     Provider,
     ProviderEnv,
     ProviderSpec,
@@ -173,7 +173,7 @@ class TwilioProvider(Provider):
             timeout=float(env.extra.get("timeout", TIMEOUT)),
         )
 
-    def form(self, message: OutboundMessage) -> dict[str, str]:
+    def form(self, message: Delivery) -> dict[str, str]:
         """The Messages API request for one delivery."""
         to = message.to
         if not isinstance(to, str) or not to:
@@ -186,11 +186,11 @@ class TwilioProvider(Provider):
         sender = self._config.from_
         origin = "MessagingServiceSid" if MESSAGING_SERVICE.match(sender) else "From"
         callback = status_callback_url(
-            self._public_url, self._spec.name, message.tenant_id, message.delivery_id
+            self._public_url, self._spec.name, message.tenant, message.id
         )
         return {"To": to, origin: sender, "Body": text, "StatusCallback": callback}
 
-    async def send(self, message: OutboundMessage) -> SendResult:
+    async def send(self, message: Delivery) -> SendResult:
         body = urlencode(self.form(message)).encode()
         reply = await self._http.post(self._url, body, self._headers)
         if not 200 <= reply.status < 300:

@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError
 from clarion.net import HttpClient
 from clarion.observability import tracing
-from clarion.providers.base import OutboundMessage, Provider, SendResult
+from clarion.providers.base import Provider, SendResult
 from clarion.providers.http import raise_for_status, refuse_redirect
 from clarion.security.netguard import AddressGuard
 from clarion.security.signing import sign
@@ -50,7 +51,7 @@ class WebhookProvider(Provider):
             self._guard, max_connections=self._max_connections, user_agent=USER_AGENT
         )
 
-    async def send(self, message: OutboundMessage) -> SendResult:
+    async def send(self, message: Delivery) -> SendResult:
         url = message.to
         if not isinstance(url, str):
             raise PermanentError("the recipient has no webhook URL", reason="no_address")
@@ -58,13 +59,13 @@ class WebhookProvider(Provider):
             raise RuntimeError("WebhookProvider.send before start")
         # The template's `body` is what is posted; the rest of the content is metadata.
         body = orjson.dumps(message.content.get("body", message.content))
-        secret = await self._secret_for_tenant(message.tenant_id)
+        secret = await self._secret_for_tenant(message.tenant)
         headers = {
             "content-type": "application/json",
-            "idempotency-key": message.delivery_id,
+            "idempotency-key": message.id,
             "clarion-signature": sign(secret, body),
-            "clarion-delivery-id": message.delivery_id,
-            "clarion-notification-id": message.notification_id,
+            "clarion-delivery-id": message.id,
+            "clarion-notification-id": message.notification,
             "clarion-attempt": str(message.attempt),
         }
         tracing.outbound(headers)  # the provider.send span's traceparent (tracing on only)

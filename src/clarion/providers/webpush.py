@@ -25,8 +25,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, ProviderError, TransientError
-from clarion.providers.base import OutboundMessage, Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import WebpushConfig
 from clarion.providers.http import ApiClient, parse_retry_after
 from clarion.security.netguard import AddressGuard
@@ -251,7 +252,7 @@ class WebpushProvider(Provider):
         """The VAPID public key (base64url, uncompressed point): browsers subscribe with it."""
         return self._vapid.public_key if self._vapid else None
 
-    async def send(self, message: OutboundMessage) -> SendResult:
+    async def send(self, message: Delivery) -> SendResult:
         vapid = self._vapid
         if vapid is None:
             raise PermanentError(self._key_error or "no VAPID key", reason="bad_credentials")

@@ -53,5 +53,5 @@ class RetryPolicy:
         due = now + timedelta(seconds=delay)
         base.status, base.scheduled_for = DeliveryStatus.QUEUED, due
         base.retry_reason = reason
-        retry = Delayed(delivery.stream, delivery.next_attempt().to_payload(), due.timestamp())
+        retry = Delayed(delivery.stream, delivery.next_attempt(), due.timestamp())
         return base, retry

@@ -19,9 +19,10 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, TransientError
 from clarion.observability import metrics, tracing
-from clarion.providers.base import OutboundMessage, Provider, SendResult
+from clarion.providers.base import Provider, SendResult
 from clarion.providers.kinds import UNGUARDED
 from clarion.resilience.breaker import BreakerKey, CircuitBreaker
 from clarion.resilience.deadlines import Deadlines
@@ -131,7 +132,7 @@ class SendChain:
 
     async def send(
         self,
-        message: OutboundMessage,
+        message: Delivery,
         candidates: Sequence[Candidate],
         gate: Gate | None = None,
     ) -> Outcome:
@@ -148,20 +149,20 @@ class SendChain:
         if self._is_unguarded(first):
             chosen = first
         else:
-            choice = await self._choose(message.tenant_id, message.channel, candidates)
+            choice = await self._choose(message.tenant, message.channel, candidates)
             if isinstance(choice, NoHealthyProvider):
                 return choice
             chosen = choice
         # The provider is built (and its connections opened) before its rate-limit slot is
         # taken, so that the send leaves when its slot comes, not a connection later.
-        provider = self._providers.ready(message.tenant_id, message.channel, chosen.name)
+        provider = self._providers.ready(message.tenant, message.channel, chosen.name)
         if provider is None:
             found = await self._provider(message, chosen.name)
             if isinstance(found, Failed):
                 return found
             provider = found
         if chosen.rate_limit_per_second:
-            throttled = await self._pace(message.tenant_id, message.channel, chosen)
+            throttled = await self._pace(message.tenant, message.channel, chosen)
             if throttled is not None:
                 return throttled
         if gate is not None and not await gate():
@@ -212,9 +213,9 @@ class SendChain:
     def _is_unguarded(self, candidate: Candidate) -> bool:
         return (getattr(candidate, "kind", None) or candidate.name) in self._unguarded
 
-    async def _provider(self, message: OutboundMessage, name: str) -> Provider | Failed:
+    async def _provider(self, message: Delivery, name: str) -> Provider | Failed:
         try:
-            return await self._providers.sender(message.tenant_id, message.channel, name)
+            return await self._providers.sender(message.tenant, message.channel, name)
         except KeyError:
             return Failed(name, PermanentError(f"no provider named {name!r}", reason="no_provider"))
         except Exception as exc:
@@ -224,7 +225,7 @@ class SendChain:
             return Failed(name, exc)
 
     async def _call(
-        self, message: OutboundMessage, chosen: Candidate, provider: Provider
+        self, message: Delivery, chosen: Candidate, provider: Provider
     ) -> Sent | Failed:
         name, kind = chosen.name, kind_of(chosen)
         error: BaseException
@@ -242,12 +243,12 @@ class SendChain:
             took = time.perf_counter() - started
             metrics.provider_call(message.channel, kind, "ok", took)
             if not self._is_unguarded(chosen):
-                await self._record(message.tenant_id, chosen, True)
+                await self._record(message.tenant, chosen, True)
             return Sent(name, result, kind, took)
         took = time.perf_counter() - started
         metrics.provider_call(message.channel, kind, outcome, took)
         # A permanent error is the provider answering: it says nothing against its health.
-        await self._record(message.tenant_id, chosen, isinstance(error, PermanentError))
+        await self._record(message.tenant, chosen, isinstance(error, PermanentError))
         return Failed(name, error, kind, took)
 
     async def _record(self, tenant_id: str, chosen: Candidate, ok: bool) -> None:

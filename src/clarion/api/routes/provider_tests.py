@@ -15,11 +15,11 @@ from clarion.api.auth import Manager
 from clarion.api.outputs import ProviderTestOut
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import RecipientId, ShortNamePath
+from clarion.domain.delivery import Delivery
 from clarion.domain.ids import new_id
 from clarion.domain.routing import address_for
 from clarion.errors import NotFound, PermanentError, TransientError, ValidationFailed
 from clarion.pipeline.context import Context
-from clarion.providers.base import OutboundMessage
 from clarion.resilience.backends import send_timeout
 from clarion.store import recipients as recipient_store
 
@@ -72,11 +72,11 @@ async def test_provider(
             code="no_address",
             details=[{"field": "recipient_id", "channel": spec.channel}],
         )
-    message = OutboundMessage(
-        delivery_id=new_id("tst"),
-        tenant_id=principal.tenant_id,
-        notification_id=new_id("tst"),
-        recipient_id=body.recipient_id,
+    message = Delivery(
+        id=new_id("tst"),
+        tenant=principal.tenant_id,
+        notification=new_id("tst"),
+        recipient=body.recipient_id,
         channel=spec.channel,
         to=address,
         content=CONTENT[spec.channel],

@@ -7,7 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from clarion.pipeline.runtime import ALL_CHANNELS, Roles
+from clarion.domain.models import ALL_CHANNELS
+from clarion.pipeline.runtime import Roles
 from clarion.store import categories
 from clarion.store import tenants as tenant_store
 from harness import Harness, make_settings, running
@@ -247,8 +248,8 @@ async def test_store_seams_on_every_backend(app: Harness) -> None:
     names = [c["name"] for c in await categories.list_(engine, app.tenant_id, after="b", limit=2)]
     assert names == ["billing", "marketing"]
     # The built-in table itself is never changed by what is loaded or stored.
-    assert categories.BUILT_IN["marketing"]["digest"] is None
-    assert categories.BUILT_IN["security"]["critical"] is True
+    assert categories.BUILT_IN_CATEGORIES["marketing"]["digest"] is None
+    assert categories.BUILT_IN_CATEGORIES["security"]["critical"] is True
 
 
 TEMPLATE = {"category": "updates", "channels": {"email": {"subject": "Hi", "text": "{{ n }}"}}}

@@ -15,10 +15,11 @@ import pytest
 from sqlalchemy import func, select
 
 from clarion.config import Settings
+from clarion.domain.models import ALL_CHANNELS
 from clarion.pipeline import recurring
 from clarion.pipeline.context import open_context
 from clarion.pipeline.recurring import Recurring
-from clarion.pipeline.runtime import ALL_CHANNELS, Roles
+from clarion.pipeline.runtime import Roles
 from clarion.pipeline.scheduler import Relay
 from clarion.store import schedule_runs as runs
 from clarion.store import schedules as schedule_store

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clarion import __version__, cli_bulk
-from clarion.domain.models import ALL_SCOPES, Channel
+from clarion.domain.models import ALL_CHANNELS, ALL_SCOPES
 
 if TYPE_CHECKING:
     from clarion.config import Settings
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 def _channels(text: str) -> list[str]:
     names = [part.strip() for part in text.split(",") if part.strip()]
-    valid = {c.value for c in Channel}
+    valid = set(ALL_CHANNELS)
     unknown = [n for n in names if n not in valid]
     if unknown:
         raise argparse.ArgumentTypeError(
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run every role in one process (the embedded default)")
     sub.add_parser("api", help="run the HTTP API")
     worker = sub.add_parser("worker", help="run the planner and channel workers")
-    worker.add_argument("--channels", type=_channels, default=[c.value for c in Channel])
+    worker.add_argument("--channels", type=_channels, default=list(ALL_CHANNELS))
     worker.add_argument("--no-planner", action="store_true", help="run channel workers only")
     sub.add_parser("scheduler", help="run the outbox relay, the sweeper and recurring schedules")
     sub.add_parser("migrate", help="bring the database schema up to date")

@@ -35,7 +35,9 @@ class InputError(Exception):
 
 
 @dataclass(slots=True)
-class Outcome:
+class Tally:
+    """What a bulk command did: how many items went through, the ids of those that did not."""
+
     done: int = 0
     failed: list[str] = field(default_factory=list)
 
@@ -159,9 +161,9 @@ def _key(kind: str, digest: str, index: int) -> str:
     return f"clarion-cli:{kind}:{digest[:32]}:{index}"
 
 
-def import_recipients(api: Api, items: list[dict[str, Any]], console: Console) -> Outcome:
+def import_recipients(api: Api, items: list[dict[str, Any]], console: Console) -> Tally:
     """Upsert ``items`` in batches; each refused item is reported with its position."""
-    outcome = Outcome()
+    outcome = Tally()
     digest = hashlib.sha256(orjson.dumps(items)).hexdigest()
     position = 0
     with _progress(console) as progress:
@@ -199,10 +201,10 @@ class SendSpec:
     priority: str | None = None
 
 
-def send(api: Api, spec: SendSpec, recipients: list[str], console: Console) -> Outcome:
+def send(api: Api, spec: SendSpec, recipients: list[str], console: Console) -> Tally:
     """One notification per run of up to 1,000 recipients; ``done`` counts the recipients
     whose notification was accepted. Prints each notification's id."""
-    outcome = Outcome()
+    outcome = Tally()
     base: dict[str, Any] = {"template": spec.template, "data": spec.data}
     if spec.channels:
         base["channels"] = spec.channels

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from clarion.domain.models import ALL_CHANNELS
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -20,16 +22,13 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
-_CHANNELS = frozenset({"email", "sms", "push", "webpush", "inapp", "webhook"})
-
-
 def _channel_schedules(text: str) -> dict[str, list[float]]:
     """Parse ``sms=5s,1m;push=1s,5s`` into delays per channel."""
     schedules: dict[str, list[float]] = {}
     for entry in filter(None, (part.strip() for part in text.split(";"))):
         channel, sep, schedule = entry.partition("=")
         channel = channel.strip()
-        if not sep or channel not in _CHANNELS:
+        if not sep or channel not in ALL_CHANNELS:
             raise ValueError(f"not a channel's retry schedule: {entry!r} (e.g. sms=5s,1m,10m)")
         schedules[channel] = [parse_duration(part) for part in schedule.split(",")]
     return schedules

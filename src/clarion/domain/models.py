@@ -14,6 +14,10 @@ class Channel(StrEnum):
     WEBHOOK = "webhook"
 
 
+# Every channel, in the order declared above: the one list of them.
+ALL_CHANNELS: tuple[str, ...] = tuple(c.value for c in Channel)
+
+
 class Priority(StrEnum):
     CRITICAL = "critical"
     HIGH = "high"

@@ -25,7 +25,7 @@ from clarion.store.batching import Batcher, is_outage
 log = logging.getLogger(__name__)
 
 
-def _outcome(result: store.Outcome | BaseException) -> store.Outcome:
+def _outcome(result: store.Admission | BaseException) -> store.Admission:
     if isinstance(result, (store.Accepted, Refused)):
         return result
     if isinstance(result, asyncio.CancelledError) or is_outage(result):
@@ -45,7 +45,7 @@ class Intake:
         # One commit at a time: what arrives meanwhile waits and shares the next one. Two
         # side by side halved each commit's share of concurrent requests and cost more
         # CPU per notification, with no gain in latency (docs/performance.md).
-        self._commits: Batcher[store.NewNotification, store.Outcome] = Batcher(
+        self._commits: Batcher[store.NewNotification, store.Admission] = Batcher(
             self._commit, max_items=max_items, name="group-commit"
         )
         self._publisher: Batcher[store.NewNotification, None] = Batcher(
@@ -65,7 +65,7 @@ class Intake:
         """Take from a tenant's intake quota (or refuse without taking anything)."""
         return await self._charges.submit(take)
 
-    async def _commit(self, items: list[store.NewNotification]) -> list[store.Outcome]:
+    async def _commit(self, items: list[store.NewNotification]) -> list[store.Admission]:
         return await store.accept(
             self._ctx.engine, items, outbox_grace=self._ctx.settings.outbox_grace, pg=self._ctx.pg
         )
@@ -82,7 +82,7 @@ class Intake:
                 log.warning("publishing %d accepted notifications failed: %r", len(payloads), exc)
         return [None] * len(items)
 
-    async def accept(self, items: Sequence[store.NewNotification]) -> list[store.Outcome]:
+    async def accept(self, items: Sequence[store.NewNotification]) -> list[store.Admission]:
         """Store the notifications durably; one outcome per item, in order.
 
         An item the store refuses on its own is refused alone (a 422 ``unstorable``); an

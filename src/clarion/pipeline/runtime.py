@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clarion.broker import Message
-from clarion.domain.models import PLAN_STREAMS, Channel, channel_streams
+from clarion.domain.models import ALL_CHANNELS, PLAN_STREAMS, channel_streams
 from clarion.pipeline.consumer import unavailable
 from clarion.pipeline.context import Context
 from clarion.pipeline.digests import DigestCloser
@@ -34,7 +34,6 @@ from clarion.store.batching import Batcher
 
 log = logging.getLogger(__name__)
 
-ALL_CHANNELS: tuple[str, ...] = tuple(c.value for c in Channel)
 # drain() waits for delayed messages due within this many seconds (retries), not for those
 # due later (deliveries deferred past quiet hours).
 _DRAIN_HORIZON = 60.0

@@ -30,15 +30,6 @@ __all__ = ["Provider", "ProviderSet", "ProviderSpec", "SendResult"]
 
 log = logging.getLogger(__name__)
 
-# Channels carried by a built-in provider of their own, with no configuration: the built-in
-# kinds that carry one channel (the sandbox carries every channel, as the default).
-BUILT_IN = {
-    next(iter(kind.channels)): name
-    for name, kind in kinds.KINDS.items()
-    if kind.built_in and len(kind.channels) == 1
-}
-# Names of the built-in providers: valid for every tenant, never a tenant's own name.
-BUILT_IN_NAMES = kinds.BUILT_IN
 # A replaced provider may still be sending; it is closed this long after being replaced.
 RETIRE_GRACE = 30.0
 
@@ -99,7 +90,7 @@ class ProviderSet:
 
     def default_name(self, channel: str) -> str:
         """The provider of a channel that a tenant configured nothing for."""
-        return BUILT_IN.get(channel, self._settings.default_provider)
+        return kinds.BUILT_IN_BY_CHANNEL.get(channel, self._settings.default_provider)
 
     def name_for(self, tenant_id: str, channel: str) -> str:
         """The provider that carries a tenant's channel: its first enabled one by priority,
@@ -156,7 +147,7 @@ class ProviderSet:
         await self.prepare((tenant_id,))
         entry = self._catalog.entry(tenant_id, name)
         if entry is None:
-            if name in BUILT_IN_NAMES:
+            if name in kinds.BUILT_IN:
                 return await self._built_in(name)
             raise KeyError(f"no provider named {name!r}")
         if entry.spec.kind in kinds.BUILT_IN:
@@ -177,7 +168,7 @@ class ProviderSet:
             return None
         entry = self._catalog.entry(tenant_id, name)
         if entry is None:
-            return self._shared.get(name) if name in BUILT_IN_NAMES else None
+            return self._shared.get(name) if name in kinds.BUILT_IN else None
         spec = entry.spec
         if spec.kind in kinds.BUILT_IN:
             return self._shared.get(spec.kind)

@@ -16,12 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from clarion.domain.models import ALL_CHANNELS
 from clarion.errors import PermanentError
 from clarion.providers import configs, credentials
 from clarion.providers.base import ReportReader
 from clarion.providers.credentials import Problems
-
-ALL_CHANNELS = frozenset({"email", "sms", "push", "webpush", "inapp", "webhook"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +117,7 @@ KINDS: dict[str, Kind] = {
             "clarion.providers.webpush:WebpushProvider",
             credentials=credentials.check_webpush,
         ),
-        Kind("sandbox", ALL_CHANNELS, configs.SandboxConfig),
+        Kind("sandbox", frozenset(ALL_CHANNELS), configs.SandboxConfig),
         Kind("webhook", frozenset({"webhook"}), configs.WebhookConfig, guarded=False),
         Kind("inapp", frozenset({"inapp"}), None, guarded=False),
     )
@@ -128,6 +127,13 @@ KINDS: dict[str, Kind] = {
 CONFIGURABLE = frozenset(name for name, kind in KINDS.items() if kind.config is not None)
 # The built-in kinds; their names are reserved as provider names and valid for every tenant.
 BUILT_IN = frozenset(name for name, kind in KINDS.items() if kind.built_in)
+# Channels carried by a built-in provider of their own, with no configuration: the built-in
+# kinds that carry one channel (the sandbox carries every channel, as the default).
+BUILT_IN_BY_CHANNEL = {
+    next(iter(kind.channels)): name
+    for name, kind in KINDS.items()
+    if kind.built_in and len(kind.channels) == 1
+}
 PUSH_PLATFORMS = frozenset(name for name, kind in KINDS.items() if kind.push_platform)
 UNGUARDED = frozenset(name for name, kind in KINDS.items() if not kind.guarded)
 

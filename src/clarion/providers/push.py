@@ -25,7 +25,8 @@ from clarion.errors import PermanentError, ProviderError, TransientError
 from clarion.providers.base import Provider, SendResult
 from clarion.providers.http import parse_retry_after
 
-Outcome = SendResult | ProviderError
+# What one device token's send came to.
+TokenResult = SendResult | ProviderError
 
 __all__ = ["PushFanout", "parse_retry_after", "push_targets", "send_tokens", "tokens_for"]
 
@@ -50,7 +51,7 @@ def tokens_for(message: Delivery, platform: str) -> list[str]:
     return [token for kind, token in push_targets(message.to) if kind == platform]
 
 
-def _dead(outcome: Outcome) -> list[Any]:
+def _dead(outcome: TokenResult) -> list[Any]:
     if isinstance(outcome, SendResult):
         return list(outcome.dead_addresses)
     address = getattr(outcome, "dead_address", None)
@@ -63,7 +64,7 @@ def _retry_after(error: TransientError) -> float:
     return error.retry_after or 0.0
 
 
-def combine(outcomes: Sequence[Outcome]) -> SendResult:
+def combine(outcomes: Sequence[TokenResult]) -> SendResult:
     """One result from the outcomes of several tokens (or platforms); see the module doc."""
     dead = [address for outcome in outcomes for address in _dead(outcome)]
     sent = [outcome for outcome in outcomes if isinstance(outcome, SendResult)]
@@ -86,10 +87,10 @@ def combine(outcomes: Sequence[Outcome]) -> SendResult:
     raise PermanentError(first.message, reason=first.reason, dead_address=dead or None) from first
 
 
-async def gather_outcomes(calls: Iterable[Awaitable[Outcome]]) -> list[Outcome]:
+async def gather_outcomes(calls: Iterable[Awaitable[TokenResult]]) -> list[TokenResult]:
     """Run the calls concurrently; a ProviderError is an outcome, anything else a bug."""
 
-    async def run(call: Awaitable[Outcome]) -> Outcome:
+    async def run(call: Awaitable[TokenResult]) -> TokenResult:
         try:
             return await call
         except ProviderError as exc:
@@ -109,7 +110,7 @@ async def send_tokens(
     ``dead_address=token`` when the service says the token is gone).
     """
 
-    async def one(token: str) -> Outcome:
+    async def one(token: str) -> TokenResult:
         try:
             async with asyncio.timeout(timeout):
                 return SendResult(provider_message_id=await send_one(token))

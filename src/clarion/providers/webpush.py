@@ -134,7 +134,7 @@ def encrypt(plaintext: bytes, subscription: Subscription) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class PushAnswer:
     """What one subscription's push service answered."""
 
     endpoint: str
@@ -147,12 +147,12 @@ class Outcome:
         return self.error is None and not self.gone
 
 
-def classify(endpoint: str, status: int, text: str, retry_after: str | None) -> Outcome:
+def classify(endpoint: str, status: int, text: str, retry_after: str | None) -> PushAnswer:
     """One push service's answer, by RFC 8030's meaning of its status."""
     if status in (200, 201, 202):
-        return Outcome(endpoint)
+        return PushAnswer(endpoint)
     if status in (404, 410):
-        return Outcome(endpoint, gone=True)
+        return PushAnswer(endpoint, gone=True)
     detail = f"push service HTTP {status}: {text[:200]}"
     error: ProviderError
     if status in (408, 429) or status >= 500:
@@ -165,10 +165,10 @@ def classify(endpoint: str, status: int, text: str, retry_after: str | None) -> 
         error = PermanentError(detail, reason="payload_too_large")
     else:
         error = PermanentError(detail, reason="provider_rejected")
-    return Outcome(endpoint, error=error)
+    return PushAnswer(endpoint, error=error)
 
 
-def combine(outcomes: list[Outcome]) -> SendResult:
+def combine(outcomes: list[PushAnswer]) -> SendResult:
     """One result for the delivery: sent if any subscription took it."""
     gone = tuple(o.endpoint for o in outcomes if o.gone)
     accepted = [o for o in outcomes if o.ok]
@@ -278,7 +278,7 @@ class WebpushProvider(Provider):
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return combine([r for r in results if isinstance(r, Outcome)])
+        return combine([r for r in results if isinstance(r, PushAnswer)])
 
     async def _push(
         self,
@@ -286,7 +286,7 @@ class WebpushProvider(Provider):
         target: Any,
         plaintext: bytes,
         headers: dict[str, str],
-    ) -> Outcome:
+    ) -> PushAnswer:
         endpoint = target.get("endpoint", "?") if isinstance(target, dict) else "?"
         try:
             subscription = parse_subscription(target, self._allow_private)
@@ -295,13 +295,13 @@ class WebpushProvider(Provider):
             auth = vapid.authorization(subscription.endpoint)
             return await self._post(subscription, body, {**headers, "Authorization": auth})
         except ProviderError as exc:
-            return Outcome(str(endpoint), error=exc)
+            return PushAnswer(str(endpoint), error=exc)
 
-    async def _post(self, sub: Subscription, body: bytes, headers: dict[str, str]) -> Outcome:
+    async def _post(self, sub: Subscription, body: bytes, headers: dict[str, str]) -> PushAnswer:
         reply = await self._http.post(sub.endpoint, body, headers, max_body=4096)
         outcome = classify(sub.endpoint, reply.status, reply.text, reply.headers.get("retry-after"))
         if outcome.ok:
-            return Outcome(sub.endpoint, location=reply.headers.get("location"))
+            return PushAnswer(sub.endpoint, location=reply.headers.get("location"))
         return outcome
 
     async def aclose(self) -> None:

@@ -27,7 +27,7 @@ from clarion.security.inbox_tokens import InvalidToken, RecipientClaims
 from clarion.store import inbox_access, inbox_changes, inbox_tickets
 from clarion.store.db import utcnow
 from clarion.store.inbox import State
-from clarion.store.notifications import NewNotification, Outcome
+from clarion.store.notifications import Admission, NewNotification
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class UnknownTicket(InvalidToken):
     good: ask for another ticket)."""
 
 
-Submit = Callable[[Sequence[NewNotification]], Awaitable[list[Outcome]]]
+Submit = Callable[[Sequence[NewNotification]], Awaitable[list[Admission]]]
 
 
 def _ms(moment: datetime) -> int:

@@ -119,7 +119,7 @@ _M = len(_CHANGE_COLUMNS)
 # cancellation finds its delivery `sending` (which a cancellation leaves alone), so only an
 # attempt that was never claimed, or whose claim had lapsed, meets one. The outcome ends
 # the attempt's lease.
-_APPLY_CHANGES = (
+_WRITE_CHANGES = (
     "WITH changed AS (UPDATE deliveries AS d SET status = v.status, attempts = v.attempts, "
     "reason = v.reason, last_error = v.last_error, "
     "provider_message_id = v.provider_message_id, scheduled_for = v.scheduled_for, "
@@ -255,7 +255,7 @@ async def finish_topic(pg: PgPool, notification_id: str, at: datetime) -> None:
     await pg.execute(_FINISH_TOPIC, notification_id, at)
 
 
-async def apply_changes(
+async def write_changes(
     pg: PgPool,
     changes: Sequence[tuple[Any, ...]],
     events: Sequence[tuple[Any, ...]],
@@ -266,7 +266,7 @@ async def apply_changes(
     the events (delivery id, tenant id, status, detail, attempt, provider, latency ms,
     error class, reason), all at ``at``."""
     await pg.execute(
-        _APPLY_CHANGES,
+        _WRITE_CHANGES,
         *_columns(changes, _M),
         at,
         *_columns(events, len(_EVENT_COLUMNS)),

@@ -60,7 +60,7 @@ def _built_in(name: str, critical: bool) -> dict[str, Any]:
     }
 
 
-BUILT_IN: dict[str, dict[str, Any]] = {
+BUILT_IN_CATEGORIES: dict[str, dict[str, Any]] = {
     "transactional": _built_in("transactional", critical=False),
     "marketing": _built_in("marketing", critical=False),
     "security": _built_in("security", critical=True),
@@ -78,7 +78,7 @@ def _from_row(row: Any) -> dict[str, Any]:
         "max_per_day": row["max_per_day"],
         "overflow": row["overflow"] or "drop",
         "during_snooze": row["during_snooze"] or "defer",
-        "built_in": name in BUILT_IN,
+        "built_in": name in BUILT_IN_CATEGORIES,
         "created_at": as_utc(row["created_at"]),
         "updated_at": as_utc(row["updated_at"]),
     }
@@ -90,7 +90,7 @@ def _digest(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _copy_built_ins() -> dict[str, dict[str, Any]]:
-    return {name: dict(row) for name, row in BUILT_IN.items()}
+    return {name: dict(row) for name, row in BUILT_IN_CATEGORIES.items()}
 
 
 async def put(
@@ -129,7 +129,7 @@ async def put(
     async with write_tx(engine) as conn:
         old = (await conn.execute(select(categories).where(mine).with_for_update())).mappings()
         stored = old.first()
-        before = _from_row(stored) if stored is not None else BUILT_IN.get(name)
+        before = _from_row(stored) if stored is not None else BUILT_IN_CATEGORIES.get(name)
         stmt = upsert(conn, categories, ["tenant_id", "name"], [*POLICY, "updated_at"])
         await conn.execute(stmt, [row])
         found = _from_row((await conn.execute(select(categories).where(mine))).mappings().one())
@@ -175,7 +175,7 @@ async def get(engine: AsyncEngine, tenant_id: str, name: str) -> dict[str, Any] 
         row = (await conn.execute(query)).mappings().first()
     if row is not None:
         return _from_row(row)
-    built_in = BUILT_IN.get(name)
+    built_in = BUILT_IN_CATEGORIES.get(name)
     return dict(built_in) if built_in is not None else None
 
 
@@ -190,7 +190,11 @@ async def list_(
     query = query.order_by(categories.c.name).limit(limit)
     async with engine.connect() as conn:
         stored = {row["name"]: _from_row(row) for row in (await conn.execute(query)).mappings()}
-    merged = {name: dict(row) for name, row in BUILT_IN.items() if after is None or name > after}
+    merged = {
+        name: dict(row)
+        for name, row in BUILT_IN_CATEGORIES.items()
+        if after is None or name > after
+    }
     merged.update(stored)
     return [merged[name] for name in sorted(merged)][:limit]
 
@@ -218,7 +222,7 @@ async def known(
 ) -> set[str]:
     """Which of ``names`` are categories of the tenant (built-ins always are)."""
     wanted = set(names)
-    found = wanted & BUILT_IN.keys()
+    found = wanted & BUILT_IN_CATEGORIES.keys()
     rest = sorted(wanted - found)
     if not rest:
         return found

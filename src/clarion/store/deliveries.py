@@ -402,7 +402,7 @@ async def _apply_set_based(pg: PgPool, changes: Sequence[StatusChange], now: dat
         for c in changes
         if _has_event(c)
     ]
-    await bulk.apply_changes(pg, list(latest.values()), events, now)
+    await bulk.write_changes(pg, list(latest.values()), events, now)
 
 
 def _with_trace() -> Select[Any]:

@@ -53,7 +53,8 @@ class Accepted:
     publish_now: bool
 
 
-Outcome = Accepted | Refused
+# What intake answers for each item: stored (or replayed), or refused.
+Admission = Accepted | Refused
 
 
 async def _unknown_references(tx: IntakeTx, items: Sequence[NewNotification]) -> dict[int, Refused]:
@@ -86,7 +87,7 @@ async def _unknown_references(tx: IntakeTx, items: Sequence[NewNotification]) ->
     return errors
 
 
-def _replay(item: NewNotification, row: Stored) -> Outcome:
+def _replay(item: NewNotification, row: Stored) -> Admission:
     if row.request_hash != item.request_hash:
         return Refused(
             Reason.IDEMPOTENCY_CONFLICT, "this idempotency key was used with a different request"
@@ -121,10 +122,10 @@ async def accept(
     *,
     outbox_grace: float,
     pg: PgPool | None = None,
-) -> list[Outcome]:
+) -> list[Admission]:
     """Store notifications and their outbox rows in one transaction; one outcome per item."""
     now = utcnow()
-    outcomes: list[Outcome | None] = [None] * len(items)
+    outcomes: list[Admission | None] = [None] * len(items)
     async with intake_tx(engine, pg) as tx:
         for index, error in (await _unknown_references(tx, items)).items():
             outcomes[index] = error
@@ -164,7 +165,7 @@ async def _insert(
     rows: list[dict[str, Any]],
     fresh: dict[tuple[str, str], int],
     items: Sequence[NewNotification],
-    outcomes: list[Outcome | None],
+    outcomes: list[Admission | None],
     now: datetime,
     outbox_grace: float,
 ) -> dict[str, dict[str, Any]]:

@@ -23,9 +23,8 @@ from clarion.api.schemas import ShortNamePath
 from clarion.domain.models import Channel
 from clarion.errors import NotFound, ValidationFailed
 from clarion.pipeline.context import Context
-from clarion.providers import BUILT_IN_NAMES
 from clarion.providers.base import ProviderSpec
-from clarion.providers.kinds import CONFIGURABLE, KINDS
+from clarion.providers.kinds import BUILT_IN, CONFIGURABLE, KINDS
 from clarion.security.secrets import MASK, SecretError, SecretKeyMissing
 from clarion.store import providers as store
 
@@ -121,7 +120,7 @@ def _validated(kind: str, config: dict[str, Any]) -> dict[str, Any]:
 async def put(
     request: Request, principal: Manager, name: ShortNamePath, body: ProviderIn
 ) -> JSONResponse:
-    if name in BUILT_IN_NAMES:
+    if name in BUILT_IN:
         raise ValidationFailed(f"{name!r} is a built-in provider's name", code="reserved_name")
     _check_kind(body)
     ctx: Context = request.app.state.ctx

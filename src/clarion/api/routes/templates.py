@@ -40,9 +40,6 @@ LocaleTag = Annotated[
     str, StringConstraints(max_length=35, pattern=r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 ]
 
-# Categories that always exist; others are created through /v1/categories.
-BUILT_IN_CATEGORIES = frozenset({"transactional", "marketing", "security"})
-
 
 @router.put(
     "/{name}",

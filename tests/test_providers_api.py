@@ -32,7 +32,7 @@ from clarion.providers.sandbox import SandboxProvider
 from clarion.security.secrets import Keyring, key_id, resolve_keyring
 from clarion.store import providers as provider_store
 from clarion.store import tenants as tenant_store
-from clarion.store.db import migrate
+from clarion.store.db import migrate, sqlite_file
 from clarion.store.tables import providers as providers_table
 from harness import Harness, make_settings, running
 
@@ -698,7 +698,7 @@ async def test_rotation_in_batches_keeps_the_api_working(tmp_path: Path) -> None
         outcome = await provider_store.rotate(h.ctx.engine, h.ctx.keyring, batch_size=3)
         assert outcome.changed == 0
     only_new = make_settings(url, "embedded://", secret_key=_b64(new))
-    assert resolve_keyring(only_new).previous == ()
+    assert resolve_keyring(only_new, sqlite_file(url)).previous == ()
     async with running(only_new) as h:
         got = await h.client.get("/v1/providers/mail-6", headers=h.auth)
         assert got.status_code == 200

@@ -21,6 +21,7 @@ from clarion.security.secrets import (
     provider_aad,
     resolve_keyring,
 )
+from clarion.store.db import sqlite_file
 
 
 def new_key() -> bytes:
@@ -115,16 +116,16 @@ def test_keys_come_from_settings(tmp_path: Path) -> None:
         secret_key=b64(current),
         previous_secret_keys=f" {b64(old1)}, {b64(old2)} ,",
     )
-    ring = resolve_keyring(settings)
+    ring = resolve_keyring(settings, None)
     assert ring.current == current
     assert ring.previous == (old1, old2)
     with pytest.raises(ValueError, match="CLARION_PREVIOUS_SECRET_KEYS"):
-        resolve_keyring(settings.model_copy(update={"previous_secret_keys": "nope"}))
+        resolve_keyring(settings.model_copy(update={"previous_secret_keys": "nope"}), None)
 
 
 def test_postgres_without_a_key_warns(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="clarion.security.secrets"):
-        ring = resolve_keyring(Settings(database_url="postgresql+asyncpg://db/clarion"))
+        ring = resolve_keyring(Settings(database_url="postgresql+asyncpg://db/clarion"), None)
     assert ring.current is None
     assert "CLARION_SECRET_KEY" in caplog.text
 
@@ -133,21 +134,24 @@ def test_embedded_key_file_is_made_once_private_and_reused(tmp_path: Path) -> No
     settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}")
     path = tmp_path / "clarion.db.secret"
     assert not path.exists()
-    first = resolve_keyring(settings)
+    database = sqlite_file(settings.database_url)
+    assert database == tmp_path / "clarion.db"
+    first = resolve_keyring(settings, database)
     assert path.exists()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert parse_key(path.read_text()) == first.current
-    assert resolve_keyring(settings).current == first.current
+    assert resolve_keyring(settings, database).current == first.current
     assert [p.name for p in tmp_path.iterdir()] == ["clarion.db.secret"]  # no temp file left
     # An explicit key wins over the file.
     explicit = new_key()
-    assert resolve_keyring(settings.model_copy(update={"secret_key": b64(explicit)})).current == (
-        explicit
-    )
+    explicit_settings = settings.model_copy(update={"secret_key": b64(explicit)})
+    assert resolve_keyring(explicit_settings, database).current == explicit
 
 
 def test_in_memory_sqlite_gets_a_key_of_its_own() -> None:
-    ring = resolve_keyring(Settings(database_url="sqlite+aiosqlite:///:memory:"))
+    url = "sqlite+aiosqlite:///:memory:"
+    assert sqlite_file(url) is None
+    ring = resolve_keyring(Settings(database_url=url), sqlite_file(url))
     assert ring.current is not None
 
 

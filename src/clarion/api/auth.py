@@ -9,12 +9,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.errors import Forbidden, Unauthorized
 from clarion.observability import logs
 from clarion.security.inbox_tokens import looks_like_token
 from clarion.store import tenants as tenant_store
+from clarion.store.db import AsyncEngine
 
 _TTL = 30.0
 _MISS_TTL = 5.0

@@ -5,19 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clarion.api.responses import JSONResponse
 from clarion.errors import ApiError
 from clarion.observability import metrics
 from clarion.observability.outages import outage_of
-from clarion.store.batching import is_outage
+from clarion.store.batching import DATABASE_ERRORS, DRIVER_ERRORS, is_outage
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +93,7 @@ def _internal_response(exc: BaseException) -> JSONResponse:
     return error_response(500, "internal_error", "an internal error occurred")
 
 
-_OUTAGES = (OperationalError, DBAPIError, PoolTimeout, OSError, TimeoutError, RedisError)
+_OUTAGES = (*DATABASE_ERRORS, OSError, TimeoutError, RedisError)
 
 
 def response_for(exc: Exception) -> tuple[JSONResponse, str | None]:
@@ -107,7 +104,7 @@ def response_for(exc: Exception) -> tuple[JSONResponse, str | None]:
         return api_error_response(exc), exc.code
     if isinstance(exc, _OUTAGES):
         return _unavailable_response(exc), "unavailable"
-    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError) and is_outage(exc):
+    if isinstance(exc, DRIVER_ERRORS) and is_outage(exc):
         return _unavailable_response(exc), "unavailable"
     return _internal_response(exc), None
 
@@ -134,23 +131,20 @@ def install(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}))
 
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(DBAPIError)
-    @app.exception_handler(PoolTimeout)
-    @app.exception_handler(OSError)
-    @app.exception_handler(TimeoutError)
-    @app.exception_handler(RedisError)
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         _refused(request, "unavailable")
         return _unavailable_response(exc)
 
-    @app.exception_handler(asyncpg.PostgresError)
-    @app.exception_handler(asyncpg.InterfaceError)
-    async def _asyncpg(request: Request, exc: Exception) -> JSONResponse:
+    async def _driver(request: Request, exc: Exception) -> JSONResponse:
         # The hot statements run on asyncpg directly (store/pg.py).
         if is_outage(exc):
             return await _unavailable(request, exc)
         return await _internal(request, exc)
+
+    for outage in _OUTAGES:
+        app.add_exception_handler(outage, _unavailable)
+    for error in DRIVER_ERRORS:
+        app.add_exception_handler(error, _driver)
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:

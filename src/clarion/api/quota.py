@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import Response
 
 from clarion.config import Settings
 from clarion.errors import TooManyRequests
 from clarion.resilience.quota import Quota, TenantQuotas, quota_of
 from clarion.resilience.ratelimit import Decision, RateLimiter, Take
+from clarion.store.db import AsyncEngine
 
 log = logging.getLogger(__name__)
 

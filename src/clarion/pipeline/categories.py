@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from clarion.domain.durations import duration_seconds
 from clarion.domain.preferences import CategoryPolicy
 from clarion.store import categories as category_store
+from clarion.store.db import AsyncEngine
 
 Policies = dict[str, CategoryPolicy]
 

@@ -7,8 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from clarion.broker import Broker, create_broker
 from clarion.config import Settings
 from clarion.pipeline.categories import CategoryCache
@@ -20,7 +18,7 @@ from clarion.realtime.slots import LiveSlots
 from clarion.resilience.backends import Backends, open_backends
 from clarion.security.secrets import Keyring, resolve_keyring
 from clarion.store import tenants as tenant_store
-from clarion.store.db import create_engine, utcnow
+from clarion.store.db import AsyncEngine, create_engine, sqlite_file, utcnow
 from clarion.store.pg import PgPool
 
 
@@ -100,7 +98,7 @@ class Context:
 
 
 async def open_context(settings: Settings) -> Context:
-    keyring = resolve_keyring(settings)
+    keyring = resolve_keyring(settings, sqlite_file(settings.database_url))
     engine = create_engine(settings)
     broker = create_broker(settings)
     await broker.start()

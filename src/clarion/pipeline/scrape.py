@@ -28,7 +28,7 @@ from clarion.observability import metrics
 from clarion.pipeline.status_events import EVENTS_RETRY_STREAM, EVENTS_STREAM
 from clarion.store import dead_letters as dead_letter_store
 from clarion.store import notifications as notification_store
-from clarion.store.db import pool_use
+from clarion.store.db import pools
 
 if TYPE_CHECKING:
     from clarion.pipeline.context import Context
@@ -155,13 +155,9 @@ def _pools(ctx: Context) -> list[Metric]:
         "Database connections of this process by pool and state",
         labels=["pool", "state"],
     )
-    pools = [("sqlalchemy", pool_use(ctx.engine))]
-    if ctx.pg is not None:
-        pools.append(("asyncpg", ctx.pg.in_use()))
-    for name, use in pools:
-        if use is not None:
-            family.add_metric([name, "in_use"], use[0])
-            family.add_metric([name, "idle"], use[1])
+    for name, in_use, idle in pools(ctx.engine, ctx.pg):
+        family.add_metric([name, "in_use"], in_use)
+        family.add_metric([name, "idle"], idle)
     return [family]
 
 

@@ -16,10 +16,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from clarion.security.secrets import Keyring, SecretError
 from clarion.store import webhooks as store
+from clarion.store.db import AsyncEngine
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,9 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import replace
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from clarion.domain.rendering import CompiledVersion, compile_stored
 from clarion.store import templates as template_store
+from clarion.store.db import AsyncEngine
 
 Key = tuple[str, str, int]
 

@@ -14,8 +14,6 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from clarion.config import Settings
 from clarion.errors import ProviderError, TransientError
 from clarion.providers import kinds, registry
@@ -24,6 +22,7 @@ from clarion.providers.catalog import Catalog
 from clarion.providers.webhook import SecretLookup
 from clarion.realtime.base import Hub
 from clarion.security.secrets import Keyring
+from clarion.store.db import AsyncEngine
 from clarion.store.pg import PgPool
 
 __all__ = ["Provider", "ProviderSet", "ProviderSpec", "SendResult"]

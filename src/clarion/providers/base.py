@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from clarion.domain.delivery import Delivery
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
-
     from clarion.config import Settings
+    from clarion.store.db import AsyncEngine
 
 
 @dataclass(frozen=True, slots=True)

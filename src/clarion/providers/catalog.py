@@ -15,12 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from clarion.providers.base import ProviderSpec
 from clarion.providers.kinds import secret_fields
 from clarion.security.secrets import MASK, Keyring, RedactedConfig, SecretError
 from clarion.store import providers as store
+from clarion.store.db import AsyncEngine
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,12 @@ import contextlib
 import logging
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from clarion.domain.delivery import Delivery
 from clarion.domain.durations import duration_seconds
 from clarion.providers.stored import StoredProvider
 from clarion.realtime.base import Hub, arrivals
 from clarion.store import inbox_changes
+from clarion.store.db import AsyncEngine
 from clarion.store.pg import PgPool
 
 log = logging.getLogger(__name__)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from clarion.domain.delivery import Delivery
 from clarion.domain.ids import new_id
 from clarion.providers.stored import StoredProvider
 from clarion.store import messages
+from clarion.store.db import AsyncEngine
 
 
 class SandboxProvider(StoredProvider):

@@ -6,11 +6,10 @@ from abc import abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from clarion.domain.delivery import Delivery
 from clarion.providers.base import Provider, SendResult
 from clarion.store.batching import Batcher
+from clarion.store.db import AsyncEngine
 
 Insert = Callable[[AsyncEngine, list[dict[str, Any]]], Awaitable[None]]
 

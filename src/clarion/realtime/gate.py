@@ -18,14 +18,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from clarion.realtime.base import Event, Hub, arrivals, revocation
 from clarion.realtime.slots import LiveSlots
 from clarion.security import inbox_tokens
 from clarion.security.inbox_tokens import InvalidToken, RecipientClaims
 from clarion.store import inbox_access, inbox_changes, inbox_tickets
-from clarion.store.db import utcnow
+from clarion.store.db import AsyncEngine, utcnow
 from clarion.store.inbox import State
 from clarion.store.notifications import Admission, NewNotification
 

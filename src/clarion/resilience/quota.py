@@ -14,11 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from clarion.config import Settings
 from clarion.resilience.ratelimit import Take
 from clarion.store import tenants as tenant_store
+from clarion.store.db import AsyncEngine
 
 _CACHE_TTL = 10.0
 _CACHE_MAX = 10_000

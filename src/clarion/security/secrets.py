@@ -26,7 +26,6 @@ from typing import Any
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy.engine import make_url
 
 from clarion.config import Settings
 from clarion.errors import ClarionError, Unavailable
@@ -155,13 +154,6 @@ class RedactedConfig(dict[str, Any]):
     __str__ = __repr__
 
 
-def _sqlite_path(settings: Settings) -> Path | None:
-    database = make_url(settings.database_url).database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
-
-
 def _read_key_file(path: Path) -> bytes:
     key = parse_key(path.read_text(), what=str(path))
     if path.stat().st_mode & 0o077:
@@ -187,10 +179,9 @@ def _create_key_file(path: Path) -> None:
         temp.unlink(missing_ok=True)
 
 
-def embedded_key(settings: Settings) -> bytes | None:
-    """The key kept next to an SQLite database, made on first use; None for an in-memory
-    database (whose secrets die with it anyway)."""
-    database = _sqlite_path(settings)
+def embedded_key(database: Path | None) -> bytes | None:
+    """The key kept next to an SQLite database's file, made on first use; None for an
+    in-memory database (whose secrets die with it anyway)."""
     if database is None:
         return None
     path = database.with_name(database.name + ".secret")
@@ -205,14 +196,15 @@ def _previous(settings: Settings) -> tuple[bytes, ...]:
     return tuple(parse_key(p, "CLARION_PREVIOUS_SECRET_KEYS") for p in parts)
 
 
-def resolve_keyring(settings: Settings) -> Keyring:
-    """The keys of this deployment. ``ValueError`` for a malformed key: a deployment error
-    worth stopping for."""
+def resolve_keyring(settings: Settings, database: Path | None) -> Keyring:
+    """The keys of this deployment; ``database`` is the SQLite database's file (None: in
+    memory, or not SQLite), from :func:`clarion.store.db.sqlite_file`. ``ValueError`` for a
+    malformed key: a deployment error worth stopping for."""
     previous = _previous(settings)
     if settings.secret_key:
         return Keyring(parse_key(settings.secret_key), previous)
     if settings.is_sqlite:
-        key = embedded_key(settings)
+        key = embedded_key(database)
         if key is None:
             key = os.urandom(KEY_BYTES)
         return Keyring(key, previous)

@@ -36,6 +36,12 @@ _PG_OUTAGES = (
     asyncpg.exceptions.InsufficientResourcesError,
 )
 
+# The database client's errors that the API answers with a 503 whatever they say.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (OperationalError, DBAPIError, PoolTimeout)
+# The errors of the hot statements' driver (store/pg.py): an outage or not, as
+# :func:`is_outage` says.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError)
+
 
 def is_outage(exc: BaseException) -> bool:
     """True when ``exc`` says the store or broker is out of reach (every item would fail

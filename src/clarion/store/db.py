@@ -14,10 +14,15 @@ import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+# The database's handle. Code above the store holds one and hands it to store functions;
+# it takes the name from here, so that only the store imports SQLAlchemy.
+from sqlalchemy.ext.asyncio import AsyncEngine as AsyncEngine
 
 from clarion.config import Settings
+from clarion.store.pg import PgPool
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK = 7_340_121  # PostgreSQL advisory lock id held while migrating
@@ -32,6 +37,16 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def sqlite_file(database_url: str) -> Path | None:
+    """The file of an SQLite database; None for another database, or one in memory."""
+    if not database_url.startswith("sqlite"):
+        return None
+    database = make_url(database_url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
 
 
 def _json_dumps(value: Any) -> str:
@@ -99,12 +114,17 @@ async def ping(engine: AsyncEngine) -> None:
         await conn.execute(text("SELECT 1"))
 
 
-def pool_use(engine: AsyncEngine) -> tuple[int, int] | None:
-    """(connections in use, idle) of the engine's pool; None for a pool that keeps no count."""
+def pools(engine: AsyncEngine, pg: PgPool | None) -> list[tuple[str, int, int]]:
+    """This process's database connections, ``(pool, in use, idle)`` for each pool that
+    counts them: SQLAlchemy's, and on PostgreSQL the hot statements' (asyncpg)."""
+    found = []
     pool: Any = engine.pool
-    if not hasattr(pool, "checkedout"):
-        return None
-    return pool.checkedout(), pool.checkedin()
+    if hasattr(pool, "checkedout"):
+        found.append(("sqlalchemy", pool.checkedout(), pool.checkedin()))
+    use = pg.in_use() if pg is not None else None
+    if use is not None:
+        found.append(("asyncpg", *use))
+    return found
 
 
 def _alembic_config(connection: Connection) -> Config:

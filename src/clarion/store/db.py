@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +47,11 @@ def sqlite_file(database_url: str) -> Path | None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database)
+
+
+def shown(row: Mapping[Any, Any], columns: Iterable[str]) -> dict[str, Any]:
+    """Those columns of a row, in that order, as the API shows them: times in UTC."""
+    return {c: as_utc(v) if isinstance(v := row[c], datetime) else v for c in columns}
 
 
 def _json_dumps(value: Any) -> str:

@@ -35,7 +35,7 @@ from clarion.store import digests as digest_store
 from clarion.store import recipients as recipient_store
 from clarion.store import schedules as schedule_store
 from clarion.store import topics as topic_store
-from clarion.store.db import as_utc, utcnow, write_tx
+from clarion.store.db import shown, utcnow, write_tx
 from clarion.store.sql import chunks
 from clarion.store.tables import (
     deliveries,
@@ -223,9 +223,9 @@ async def export(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> dict
         )
         if row is None:
             return None
-        inbox = await _newest(conn, inbox_messages, tenant_id, recipient_id, _inbox_public)
-        sent = await _newest(conn, deliveries, tenant_id, recipient_id, _delivery_public)
-        sandbox = await _newest(conn, sandbox_messages, tenant_id, recipient_id, _sandbox_public)
+        inbox = await _newest(conn, inbox_messages, tenant_id, recipient_id, _INBOX_COLUMNS)
+        sent = await _newest(conn, deliveries, tenant_id, recipient_id, _DELIVERY_COLUMNS)
+        sandbox = await _newest(conn, sandbox_messages, tenant_id, recipient_id, _SANDBOX_COLUMNS)
         topics = await topic_store.of_recipient(conn, tenant_id, recipient_id)
         held = await digest_store.open_windows(conn, tenant_id, recipient_id)
     return {
@@ -251,7 +251,11 @@ async def export(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> dict
 
 
 async def _newest(
-    conn: AsyncConnection, table: Any, tenant_id: str, recipient_id: str, public: Any
+    conn: AsyncConnection,
+    table: Any,
+    tenant_id: str,
+    recipient_id: str,
+    columns: tuple[str, ...],
 ) -> tuple[list[dict[str, Any]], bool]:
     query = (
         select(table)
@@ -260,46 +264,33 @@ async def _newest(
         .limit(EXPORT_LIMIT + 1)
     )
     rows = (await conn.execute(query)).mappings().all()
-    return [public(r) for r in rows[:EXPORT_LIMIT]], len(rows) > EXPORT_LIMIT
+    return [shown(r, columns) for r in rows[:EXPORT_LIMIT]], len(rows) > EXPORT_LIMIT
 
 
-def _inbox_public(row: Any) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "delivery_id": row["delivery_id"],
-        "content": row["content"],
-        "category": row["category"],
-        "status": row["status"],
-        "created_at": as_utc(row["created_at"]),
-        "read_at": as_utc(row["read_at"]),
-        "seen_at": as_utc(row["seen_at"]),
-        "archived_at": as_utc(row["archived_at"]),
-        "snoozed_until": as_utc(row["snoozed_until"]),
-    }
-
-
-def _delivery_public(row: Any) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "notification_id": row["notification_id"],
-        "channel": row["channel"],
-        "provider": row["provider"],
-        "status": row["status"],
-        "reason": row["reason"],
-        "attempts": row["attempts"],
-        "created_at": as_utc(row["created_at"]),
-        "sent_at": as_utc(row["sent_at"]),
-        "address": row["address"],
-        "content": row["content"],
-    }
-
-
-def _sandbox_public(row: Any) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "delivery_id": row["delivery_id"],
-        "channel": row["channel"],
-        "to": row["to"],
-        "content": row["content"],
-        "created_at": as_utc(row["created_at"]),
-    }
+# What an export shows of each row of the recipient's messages.
+_INBOX_COLUMNS = (
+    "id",
+    "delivery_id",
+    "content",
+    "category",
+    "status",
+    "created_at",
+    "read_at",
+    "seen_at",
+    "archived_at",
+    "snoozed_until",
+)
+_DELIVERY_COLUMNS = (
+    "id",
+    "notification_id",
+    "channel",
+    "provider",
+    "status",
+    "reason",
+    "attempts",
+    "created_at",
+    "sent_at",
+    "address",
+    "content",
+)
+_SANDBOX_COLUMNS = ("id", "delivery_id", "channel", "to", "content", "created_at")

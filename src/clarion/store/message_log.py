@@ -18,9 +18,9 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
-from clarion.domain.outcome import FAILURES, SUCCESSES, shown_status, shown_to
+from clarion.domain.outcome import FAILURES, SUCCESSES
 from clarion.store.db import as_utc
-from clarion.store.notifications import delivery_to_public
+from clarion.store.notifications import delivery_to_public, notification_summary
 from clarion.store.pages import Position, older_than
 from clarion.store.sql import chunks
 from clarion.store.tables import deliveries, delivery_events, notifications, template_versions
@@ -189,22 +189,6 @@ async def list_notifications(
         rows = [dict(r) for r in (await conn.execute(query)).mappings()]
     totals = await delivery_totals(engine, [r["id"] for r in rows])
     return [notification_summary(row, totals[row["id"]]) for row in rows]
-
-
-def notification_summary(row: Mapping[str, Any], totals: Mapping[str, int]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "status": shown_status(row, totals),
-        "template": row["template"],
-        "priority": row["priority"],
-        "to": shown_to(row),
-        "channels": row["channels"],
-        "send_at": as_utc(row["send_at"]),
-        "expires_at": as_utc(row["expires_at"]),
-        "idempotency_key": row["idempotency_key"],
-        "created_at": as_utc(row["created_at"]),
-        "totals": dict(totals),
-    }
 
 
 def deliveries_query(

@@ -7,9 +7,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from clarion.store.db import as_utc, utcnow, write_tx
+from clarion.store.db import shown, utcnow, write_tx
 from clarion.store.sql import insert_ignoring_conflicts
 from clarion.store.tables import sandbox_messages
+
+# What the API shows of a captured message.
+_COLUMNS = ("id", "delivery_id", "channel", "recipient_id", "to", "content", "created_at")
 
 
 async def insert_sandbox_messages(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
@@ -42,15 +45,4 @@ async def list_sandbox_messages(
     query = query.order_by(t.c.id.desc()).limit(limit)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()
-    return [
-        {
-            "id": r["id"],
-            "delivery_id": r["delivery_id"],
-            "channel": r["channel"],
-            "recipient_id": r["recipient_id"],
-            "to": r["to"],
-            "content": r["content"],
-            "created_at": as_utc(r["created_at"]),
-        }
-        for r in rows
-    ]
+    return [shown(r, _COLUMNS) for r in rows]

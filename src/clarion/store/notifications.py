@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,7 +15,7 @@ from clarion.domain.ids import new_id
 from clarion.domain.models import DeliveryStatus, NotificationStatus
 from clarion.domain.outcome import cancellation, shown_status, shown_to
 from clarion.domain.refusal import Reason, Refused
-from clarion.store.db import as_utc, utcnow, write_tx
+from clarion.store.db import as_utc, shown, utcnow, write_tx
 from clarion.store.intake import IntakeTx, Stored, intake_tx
 from clarion.store.pg import PgPool
 from clarion.store.sql import chunks
@@ -283,21 +283,42 @@ async def load_many(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, dict
     return found
 
 
+# What the API shows of a delivery.
+_DELIVERY_COLUMNS = (
+    "id",
+    "recipient_id",
+    "channel",
+    "provider",
+    "status",
+    "reason",
+    "attempts",
+    "last_error",
+    "provider_message_id",
+    "scheduled_for",
+    "created_at",
+    "updated_at",
+    "sent_at",
+)
+
+
 def delivery_to_public(row: Any) -> dict[str, Any]:
+    return shown(row, _DELIVERY_COLUMNS)
+
+
+def notification_summary(
+    row: Mapping[Any, Any], totals: Mapping[str, int], *, data: bool = False
+) -> dict[str, Any]:
+    """A notification as the API shows it, with its aggregate status and delivery totals
+    (and its ``data`` when ``data``, as a single notification is shown)."""
     return {
         "id": row["id"],
-        "recipient_id": row["recipient_id"],
-        "channel": row["channel"],
-        "provider": row["provider"],
-        "status": row["status"],
-        "reason": row["reason"],
-        "attempts": row["attempts"],
-        "last_error": row["last_error"],
-        "provider_message_id": row["provider_message_id"],
-        "scheduled_for": as_utc(row["scheduled_for"]),
-        "created_at": as_utc(row["created_at"]),
-        "updated_at": as_utc(row["updated_at"]),
-        "sent_at": as_utc(row["sent_at"]),
+        "status": shown_status(row, totals),
+        "template": row["template"],
+        "priority": row["priority"],
+        "to": shown_to(row),
+        **({"data": row["data"]} if data else {}),
+        **shown(row, ("channels", "send_at", "expires_at", "idempotency_key", "created_at")),
+        "totals": dict(totals),
     }
 
 
@@ -332,18 +353,7 @@ async def get_with_deliveries(
         totals = await _totals(conn, notification_id)
     items = [delivery_to_public(r) for r in rows[:limit]]
     return {
-        "id": row["id"],
-        "status": shown_status(row, totals),
-        "template": row["template"],
-        "priority": row["priority"],
-        "to": shown_to(row),
-        "data": row["data"],
-        "channels": row["channels"],
-        "send_at": as_utc(row["send_at"]),
-        "expires_at": as_utc(row["expires_at"]),
-        "idempotency_key": row["idempotency_key"],
-        "created_at": as_utc(row["created_at"]),
-        "totals": totals,
+        **notification_summary(row, totals, data=True),
         **({"cancel": cancel} if (cancel := cancellation(row["status"], totals)) else {}),
         "deliveries": items,
         "deliveries_truncated": len(rows) > limit,

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clarion.domain.cron import DEFAULT_ZONE
 from clarion.domain.refusal import Reason, Refused
 from clarion.store import audit
-from clarion.store.db import as_utc, write_tx
+from clarion.store.db import as_utc, shown, write_tx
 from clarion.store.sql import upsert
 from clarion.store.tables import (
     recipients,
@@ -39,18 +39,7 @@ _FIELDS = ("cron", "timezone", "notification", "enabled", "starts_at", "ends_at"
 
 
 def _public(row: Any) -> dict[str, Any]:
-    return {
-        "name": row["name"],
-        "cron": row["cron"],
-        "timezone": row["timezone"],
-        "notification": row["notification"],
-        "enabled": row["enabled"],
-        "starts_at": as_utc(row["starts_at"]),
-        "ends_at": as_utc(row["ends_at"]),
-        "next_run_at": as_utc(row["next_run_at"]),
-        "created_at": as_utc(row["created_at"]),
-        "updated_at": as_utc(row["updated_at"]),
-    }
+    return shown(row, ("name", *_FIELDS, "next_run_at", "created_at", "updated_at"))
 
 
 def _stored(row: Any) -> dict[str, Any]:

@@ -9,9 +9,13 @@ from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.store import audit
-from clarion.store.db import as_utc, utcnow, write_tx
+from clarion.store.db import as_utc, shown, utcnow, write_tx
 from clarion.store.sql import chunks
 from clarion.store.tables import template_versions, templates
+
+# What the API shows of a template version, and of a template in the list.
+_VERSION_COLUMNS = ("name", "version", "category", "channels", "locales", "fallbacks", "created_at")
+_TEMPLATE_COLUMNS = ("name", "active_version", "latest_version", "category", "updated_at")
 
 
 async def put(
@@ -104,15 +108,9 @@ async def _audited(
 
 
 def _public(row: Any) -> dict[str, Any]:
-    return {
-        "name": row["name"],
-        "version": row["version"],
-        "category": row["category"],
-        "channels": row["channels"],
-        "locales": row["locales"],
-        "fallbacks": row["fallbacks"] or {},
-        "created_at": as_utc(row["created_at"]),
-    }
+    public = shown(row, _VERSION_COLUMNS)
+    public["fallbacks"] = public["fallbacks"] or {}
+    return public
 
 
 async def get(
@@ -155,16 +153,7 @@ async def list_templates(
     query = query.order_by(t.c.name).limit(limit)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()
-    return [
-        {
-            "name": r["name"],
-            "active_version": r["active_version"],
-            "latest_version": r["latest_version"],
-            "category": r["category"],
-            "updated_at": as_utc(r["updated_at"]),
-        }
-        for r in rows
-    ]
+    return [shown(r, _TEMPLATE_COLUMNS) for r in rows]
 
 
 async def list_versions(

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import select
 
 from clarion.domain.delivery import Delivery
+from clarion.domain.status import StatusChange
 from clarion.pipeline.runtime import Roles
 from clarion.store import deliveries as delivery_store
 from clarion.store.db import utcnow
-from clarion.store.deliveries import StatusChange
 from clarion.store.tables import deliveries, delivery_events
 from harness import Harness, make_settings, running
 from webhook_sink import WebhookSink
@@ -62,9 +62,8 @@ async def _row(app: Harness, delivery_id: str) -> dict[str, Any]:
 
 
 async def _outcome(app: Harness, delivery_id: str, status: str, attempts: int) -> None:
-    change = StatusChange(delivery_id, app.tenant_id, status, attempts=attempts)
-    if status == "sent":
-        change.sent_at = utcnow()
+    sent_at = utcnow() if status == "sent" else None
+    change = StatusChange(delivery_id, app.tenant_id, status, attempts=attempts, sent_at=sent_at)
     await delivery_store.apply_changes(app.ctx.engine, [change], app.ctx.pg)
 
 

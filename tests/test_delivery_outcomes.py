@@ -8,10 +8,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from clarion.domain.status import StatusChange
 from clarion.pipeline.runtime import Roles
 from clarion.store import deliveries as delivery_store
 from clarion.store.db import as_utc, utcnow
-from clarion.store.deliveries import StatusChange
 from clarion.store.tables import outbox
 from harness import Harness, make_settings, running
 from webhook_sink import Received, WebhookSink

@@ -27,6 +27,7 @@ from clarion.broker import Delayed
 from clarion.domain.delivery import Delivery, new_row
 from clarion.domain.ids import delivery_id
 from clarion.domain.models import DeliveryStatus
+from clarion.domain.status import StatusChange
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import publish_deliveries
 from clarion.resilience.backends import send_timeout
@@ -42,7 +43,6 @@ from clarion.resilience.sendchain import (
 )
 from clarion.store import deliveries as delivery_store
 from clarion.store.db import utcnow
-from clarion.store.deliveries import StatusChange
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,29 @@ class Attempt:
 
 def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1000)
+
+
+def _unattempted(
+    delivery: Delivery,
+    status: str,
+    trace: str | None,
+    *,
+    reason: str,
+    scheduled_for: datetime | None = None,
+    last_error: str | None = None,
+) -> StatusChange:
+    """A change made without calling a provider: no attempt is spent."""
+    return StatusChange(
+        delivery.id,
+        delivery.tenant,
+        status,
+        attempts=delivery.attempt - 1,
+        reason=reason,
+        last_error=last_error,
+        scheduled_for=scheduled_for,
+        delivery=delivery,
+        trace=trace,
+    )
 
 
 def fallback_row(delivery: Delivery, fallback: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -98,18 +121,15 @@ class Attempts:
             max_pace_wait=min(5.0, ctx.settings.broker_lease / 3),
         )
 
-    async def run(self, delivery: Delivery, gate: Gate | None = None) -> Attempt | None:
+    async def run(
+        self, delivery: Delivery, gate: Gate | None = None, trace: str | None = None
+    ) -> Attempt | None:
         """One try of ``delivery``; None when ``gate``, asked right before the provider
-        call, refused it (nothing to store)."""
+        call, refused it (nothing to store). ``trace``: the attempt's traceparent (tracing
+        on), carried by the change to the status write's span."""
         now = utcnow()
         if delivery.expires_at is not None and now.timestamp() >= delivery.expires_at:
-            change = StatusChange(
-                delivery.id,
-                delivery.tenant,
-                DeliveryStatus.FAILED,
-                attempts=delivery.attempt - 1,
-                reason="expired",
-            )
+            change = _unattempted(delivery, DeliveryStatus.FAILED, trace, reason="expired")
             return Attempt(change)
         providers = self._ctx.providers
         if not providers.is_fresh(delivery.tenant):  # the worker loads them per take
@@ -129,42 +149,48 @@ class Attempts:
                 provider=outcome.provider,
                 attempt=delivery.attempt,
                 latency_ms=_ms(outcome.latency),
+                delivery=delivery,
+                trace=trace,
             )
             return Attempt(change, dead=outcome.result.dead_addresses, kind=outcome.kind)
         if isinstance(outcome, Failed):
-            change, retry = self._policy.on_failure(delivery, outcome.error, now)
-            change.provider = outcome.provider or None
-            change.latency_ms = _ms(outcome.latency)
+            change, retry = self._policy.on_failure(
+                delivery,
+                outcome.error,
+                now,
+                provider=outcome.provider or None,
+                latency_ms=_ms(outcome.latency),
+                trace=trace,
+            )
             dead = getattr(outcome.error, "dead_address", None)
             return Attempt(change, retry, dead, outcome.kind)
-        return await self._not_attempted(delivery, outcome, now)
+        return await self._not_attempted(delivery, outcome, now, trace)
 
-    def failed(self, delivery: Delivery, exc: BaseException) -> Attempt:
+    def failed(self, delivery: Delivery, exc: BaseException, trace: str | None = None) -> Attempt:
         """A step raised (a bug, or a payload no step can handle): counted as an attempt,
         so that after the last one it is a dead letter with the reason, never taken again
         forever."""
-        change, retry = self._policy.on_failure(delivery, exc, utcnow())
+        change, retry = self._policy.on_failure(delivery, exc, utcnow(), trace=trace)
         return Attempt(change, retry)
 
-    async def _not_attempted(self, delivery: Delivery, outcome: Deferred, now: datetime) -> Attempt:
+    async def _not_attempted(
+        self, delivery: Delivery, outcome: Deferred, now: datetime, trace: str | None
+    ) -> Attempt:
         if isinstance(outcome, NoHealthyProvider) and delivery.fallback:
-            switched = await self._fall_back(delivery, delivery.fallback)
+            switched = await self._fall_back(delivery, delivery.fallback, trace)
             if switched is not None:
                 return Attempt(switched)
         # Not attempted (every provider's breaker open, or its rate limit full): wait without
         # spending an attempt. The due time keeps the sweeper from publishing it meanwhile.
         due = now + timedelta(seconds=outcome.retry_in)
-        change = StatusChange(
-            delivery.id,
-            delivery.tenant,
-            DeliveryStatus.QUEUED,
-            attempts=delivery.attempt - 1,
-            reason=outcome.reason,
-            scheduled_for=due,
+        change = _unattempted(
+            delivery, DeliveryStatus.QUEUED, trace, reason=outcome.reason, scheduled_for=due
         )
         return Attempt(change, Delayed(delivery.stream, delivery, due.timestamp()))
 
-    async def _fall_back(self, delivery: Delivery, fallback: dict[str, Any]) -> StatusChange | None:
+    async def _fall_back(
+        self, delivery: Delivery, fallback: dict[str, Any], trace: str | None
+    ) -> StatusChange | None:
         """A critical delivery whose channel has no healthy provider goes out on its
         template's fallback channel: a delivery of its own (deterministic id, so at most
         one), and this one is failed with reason ``no_healthy_provider``. None: the
@@ -180,11 +206,10 @@ class Attempts:
         except Exception as exc:
             log.warning("delivery %s: creating the fallback failed: %r", delivery.id, exc)
             return None
-        return StatusChange(
-            delivery.id,
-            delivery.tenant,
+        return _unattempted(
+            delivery,
             DeliveryStatus.FAILED,
-            attempts=delivery.attempt - 1,
+            trace,
             reason="no_healthy_provider",
             last_error=f"no healthy {delivery.channel} provider: sent by "
             f"{fallback['channel']} instead ({row['id']})",

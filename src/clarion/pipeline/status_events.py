@@ -15,10 +15,10 @@ from typing import Any
 
 from clarion.domain.ids import new_id
 from clarion.domain.models import DeliveryStatus
+from clarion.domain.status import StatusChange
 from clarion.pipeline.context import Context
 from clarion.store import deliveries as delivery_store
 from clarion.store.db import as_utc, utcnow
-from clarion.store.deliveries import StatusChange
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,13 @@ def event(status: str, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def change_data(change: StatusChange) -> dict[str, Any]:
-    ref = change.ref
+    about = change.delivery
     return {
         "delivery_id": change.delivery_id,
-        "notification_id": ref.notification_id if ref else None,
-        "recipient_id": ref.recipient_id if ref else None,
-        "channel": ref.channel if ref else None,
-        "provider": change.provider or (ref.provider if ref else None),
+        "notification_id": about.notification if about else None,
+        "recipient_id": about.recipient if about else None,
+        "channel": about.channel if about else None,
+        "provider": change.provider or (about.provider if about else None),
         "provider_message_id": change.provider_message_id,
         "status": change.status,
         "reason": change.reason,

@@ -16,6 +16,7 @@ from typing import Any
 from clarion.broker import Message
 from clarion.domain.delivery import Delivery, MalformedDelivery, decode_delivery, endpoint_of
 from clarion.domain.models import DeliveryStatus, channel_streams, retry_stream
+from clarion.domain.status import StatusChange
 from clarion.observability import logs, metrics, tracing
 from clarion.pipeline.attempt import Attempts
 from clarion.pipeline.claims import Claims, ClaimUnavailable
@@ -25,7 +26,6 @@ from clarion.pipeline.status_events import StatusEvents
 from clarion.store import addresses as address_store
 from clarion.store import deliveries as delivery_store
 from clarion.store.batching import Batcher, is_outage
-from clarion.store.deliveries import DeliveryRef, StatusChange
 
 log = logging.getLogger(__name__)
 
@@ -165,23 +165,19 @@ class ChannelWorker:
         )
         with ids, tracing.attempt(delivery) as trace:
             try:
-                attempt = await self._attempts.run(delivery, self._claims.gate(delivery))
+                attempt = await self._attempts.run(delivery, self._claims.gate(delivery), trace)
             except ClaimUnavailable as exc:
                 # Not acked: the message comes back after its lease and is tried again.
                 log.warning("delivery %s: %s", delivery.id, exc)
                 return True
             except Exception as exc:
-                attempt = self._attempts.failed(delivery, exc)
+                attempt = self._attempts.failed(delivery, exc, trace)
         if attempt is None:
             # Not claimed: cancelled, finished, or this attempt is another copy's.
             self._acks.post(message)
             self._ctx.made_progress()
             return True
         change, retry, dead = attempt.change, attempt.retry, attempt.dead
-        change.ref = DeliveryRef(
-            delivery.notification, delivery.recipient, self.channel, delivery.provider
-        )
-        change.trace = trace
         try:
             if retry is not None:
                 await self._ctx.broker.publish_delayed([retry])
@@ -217,7 +213,7 @@ class ChannelWorker:
             reason="unstorable_outcome",
             last_error=f"the outcome ({change.status}) could not be stored: {type(exc).__name__}",
             provider=change.provider,
-            ref=change.ref,
+            delivery=change.delivery,
         )
         try:
             await self._status.write(dead)

@@ -10,8 +10,8 @@ from clarion.broker import Delayed
 from clarion.domain.backoff import retry_delay
 from clarion.domain.delivery import Delivery
 from clarion.domain.models import DeliveryStatus
+from clarion.domain.status import StatusChange
 from clarion.errors import PermanentError, ProviderError, TransientError, error_class
-from clarion.store.deliveries import StatusChange
 
 log = logging.getLogger(__name__)
 
@@ -22,36 +22,54 @@ class RetryPolicy:
     schedule: list[float]
 
     def on_failure(
-        self, delivery: Delivery, exc: BaseException, now: datetime
+        self,
+        delivery: Delivery,
+        exc: BaseException,
+        now: datetime,
+        *,
+        provider: str | None = None,
+        latency_ms: int | None = None,
+        trace: str | None = None,
     ) -> tuple[StatusChange, Delayed | None]:
-        """The status after a failed attempt, and the retry to schedule, if any."""
+        """The status after a failed attempt (``provider``, ``latency_ms``: of its call, if
+        one was made; ``trace``: the attempt's), and the retry to schedule, if any."""
         attempt = delivery.attempt
-        base = StatusChange(
-            delivery_id=delivery.id,
-            tenant_id=delivery.tenant,
-            status=DeliveryStatus.FAILED,
-            attempts=attempt,
-            attempt=attempt,
-            error_class=error_class(exc),
-        )
+        status, scheduled_for, retry_reason, retry = DeliveryStatus.FAILED, None, None, None
         if isinstance(exc, PermanentError):
-            base.reason, base.last_error = exc.reason, exc.message
-            return base, None
-        if isinstance(exc, ProviderError):
-            base.last_error = exc.message
-            reason = exc.reason
+            reason, last_error = exc.reason, exc.message
         else:
-            # A bug or an unforeseen failure: retried like a transient one, and logged.
-            log.error("delivery %s: unexpected %r", delivery.id, exc, exc_info=exc)
-            base.last_error = f"{type(exc).__name__}: {exc}"
-            reason = "internal_error"
-        if attempt >= self.max_attempts:
-            base.status, base.reason = DeliveryStatus.DEAD, reason
-            return base, None
-        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-        delay = retry_delay(attempt, self.schedule, retry_after=retry_after)
-        due = now + timedelta(seconds=delay)
-        base.status, base.scheduled_for = DeliveryStatus.QUEUED, due
-        base.retry_reason = reason
-        retry = Delayed(delivery.stream, delivery.next_attempt(), due.timestamp())
-        return base, retry
+            reason, last_error = self._why(delivery, exc)
+            if attempt >= self.max_attempts:
+                status = DeliveryStatus.DEAD
+            else:
+                retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+                delay = retry_delay(attempt, self.schedule, retry_after=retry_after)
+                scheduled_for = now + timedelta(seconds=delay)
+                status, retry_reason, reason = DeliveryStatus.QUEUED, reason, None
+                retry = Delayed(delivery.stream, delivery.next_attempt(), scheduled_for.timestamp())
+        change = StatusChange(
+            delivery.id,
+            delivery.tenant,
+            status,
+            attempts=attempt,
+            reason=reason,
+            last_error=last_error,
+            scheduled_for=scheduled_for,
+            provider=provider,
+            attempt=attempt,
+            latency_ms=latency_ms,
+            error_class=error_class(exc),
+            retry_reason=retry_reason,
+            delivery=delivery,
+            trace=trace,
+        )
+        return change, retry
+
+    @staticmethod
+    def _why(delivery: Delivery, exc: BaseException) -> tuple[str, str]:
+        """The reason and the error of a failure worth retrying."""
+        if isinstance(exc, ProviderError):
+            return exc.reason, exc.message
+        # A bug or an unforeseen failure: retried like a transient one, and logged.
+        log.error("delivery %s: unexpected %r", delivery.id, exc, exc_info=exc)
+        return "internal_error", f"{type(exc).__name__}: {exc}"

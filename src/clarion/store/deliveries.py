@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,12 +20,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from clarion.domain.bounded import bounded
 from clarion.domain.models import (
     TERMINAL_STATUSES,
     DeliveryStatus,
     NotificationStatus,
 )
+from clarion.domain.status import StatusChange
 from clarion.store import bulk
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.pg import PgPool
@@ -38,57 +37,6 @@ WAITING = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
 # What an attempt's claim takes (store/bulk.py ``_CLAIM``): a delivery waiting, or still
 # ``sending`` the attempt before (its retry published before its outcome is stored).
 _CLAIMABLE = (*WAITING, DeliveryStatus.SENDING)
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRef:
-    """What a status event tells about a delivery besides its new state."""
-
-    notification_id: str
-    recipient_id: str
-    channel: str
-    # The planned provider (a change names the one that took the attempt, if any).
-    provider: str | None
-
-
-MAX_ERROR = 2000
-MAX_MESSAGE_ID = 255  # the column's size
-
-
-@dataclass(slots=True)
-class StatusChange:
-    """A delivery's new state after an attempt (or a decision not to attempt)."""
-
-    delivery_id: str
-    tenant_id: str
-    status: str
-    attempts: int
-    reason: str | None = None
-    last_error: str | None = None
-    provider_message_id: str | None = None
-    scheduled_for: datetime | None = None
-    sent_at: datetime | None = None
-    # The provider that took the attempt (failover may pick another than the planned one).
-    provider: str | None = None
-    # Set when the change is the outcome of an attempt: its number (stored on the event
-    # row, the timeline's `attempt` event), how long the provider call took, and the class
-    # of its error (timeout, transient, permanent, internal).
-    attempt: int | None = None
-    latency_ms: int | None = None
-    error_class: str | None = None
-    # Why a retry was scheduled (the error's reason): on the event only, the delivery's
-    # `reason` stays what the API documents.
-    retry_reason: str | None = None
-    # Not stored: carried so the status event of this change can be published.
-    ref: DeliveryRef | None = None
-    # Not stored: the attempt's traceparent, linked from the status write's span (tracing).
-    trace: str | None = None
-
-    def bound(self) -> StatusChange:
-        """Bound what came from a provider's answer, before it reaches a shared batch."""
-        self.last_error = bounded(self.last_error, MAX_ERROR)
-        self.provider_message_id = bounded(self.provider_message_id, MAX_MESSAGE_ID)
-        return self
 
 
 async def existing_ids(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:

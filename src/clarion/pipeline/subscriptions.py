@@ -9,16 +9,14 @@ process changes them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from clarion.security.secrets import Keyring, SecretError
 from clarion.store import webhooks as store
 from clarion.store.db import AsyncEngine
+from clarion.store.tenant_cache import TenantCache
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +48,6 @@ class Subscription:
 
 @dataclass(frozen=True, slots=True)
 class _Tenant:
-    loaded_at: float
     hooks: tuple[Subscription, ...] = ()
     # Every event type at least one of the hooks wants, "*" expanded.
     types: frozenset[str] = frozenset()
@@ -60,41 +57,25 @@ class Subscriptions:
     def __init__(self, engine: AsyncEngine, keyring: Keyring, ttl: float) -> None:
         self._engine = engine
         self._keyring = keyring
-        self._ttl = ttl
-        self._tenants: dict[str, _Tenant] = {}
-        self._invalidated: dict[str, float] = {}
-        self._lock = asyncio.Lock()
+        self._tenants: TenantCache[_Tenant] = TenantCache(ttl, self._load)
         self._reported: set[tuple[str, str]] = set()
-
-    def _fresh(self, tenant_id: str, now: float) -> bool:
-        cached = self._tenants.get(tenant_id)
-        if cached is None or cached.loaded_at + self._ttl <= now:
-            return False
-        return cached.loaded_at > self._invalidated.get(tenant_id, -math.inf)
 
     async def prepare(self, tenant_ids: Iterable[str]) -> None:
         """Load the tenants whose copy is missing or stale."""
-        now = time.monotonic()
-        stale = {t for t in tenant_ids if not self._fresh(t, now)}
-        if not stale:
-            return
-        async with self._lock:
-            started = time.monotonic()
-            stale = {t for t in stale if not self._fresh(t, started)}
-            if stale:
-                await self._load(stale, started)
+        await self._tenants.prepare(tenant_ids)
 
-    async def _load(self, tenant_ids: set[str], started: float) -> None:
+    async def _load(self, tenant_ids: set[str]) -> dict[str, _Tenant]:
         rows = await store.load_enabled(self._engine, tenant_ids)
         hooks: dict[str, list[Subscription]] = {t: [] for t in tenant_ids}
         for row in rows:
             hook = self._open(row)
             if hook is not None:
                 hooks[row.tenant_id].append(hook)
-        # Stamped with the time the query began: an invalidation while it ran wins.
+        loaded = {}
         for tenant_id, found in hooks.items():
             types = frozenset(t for t in EVENT_TYPES if any(h.wants(t) for h in found))
-            self._tenants[tenant_id] = _Tenant(started, tuple(found), types)
+            loaded[tenant_id] = _Tenant(tuple(found), types)
+        return loaded
 
     def _open(self, row: store.WebhookRow) -> Subscription | None:
         try:
@@ -113,7 +94,7 @@ class Subscriptions:
         return Subscription(row.tenant_id, row.name, row.url, frozenset(row.events), secret)
 
     def invalidate(self, tenant_id: str) -> None:
-        self._invalidated[tenant_id] = time.monotonic()
+        self._tenants.invalidate(tenant_id)
 
     def wants(self, tenant_id: str, event_type: str) -> bool:
         """Whether any enabled webhook of the tenant takes this event (as last loaded)."""

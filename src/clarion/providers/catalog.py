@@ -7,10 +7,7 @@ made through another process is seen within seconds), and dropped at once by
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +17,7 @@ from clarion.providers.kinds import secret_fields
 from clarion.security.secrets import MASK, Keyring, RedactedConfig, SecretError
 from clarion.store import providers as store
 from clarion.store.db import AsyncEngine
+from clarion.store.tenant_cache import TenantCache
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +51,6 @@ class Entry:
 
 @dataclass(slots=True)
 class TenantProviders:
-    loaded_at: float
     by_name: dict[str, Entry] = field(default_factory=dict)
     # channel → its enabled providers, lowest priority number first, then by name
     chains: dict[str, list[ProviderSpec]] = field(default_factory=dict)
@@ -75,42 +72,24 @@ class Catalog:
     def __init__(self, engine: AsyncEngine, keyring: Keyring, ttl: float) -> None:
         self._engine = engine
         self._keyring = keyring
-        self._ttl = ttl
-        self._tenants: dict[str, TenantProviders] = {}
-        self._invalidated: dict[str, float] = {}
-        self._lock = asyncio.Lock()
+        self._tenants: TenantCache[TenantProviders] = TenantCache(ttl, self._load)
         self._reported: set[tuple[str, str, str]] = set()
 
-    def _fresh(self, tenant_id: str, now: float) -> bool:
-        cached = self._tenants.get(tenant_id)
-        if cached is None or cached.loaded_at + self._ttl <= now:
-            return False
-        return cached.loaded_at > self._invalidated.get(tenant_id, -math.inf)
-
     def is_fresh(self, tenant_id: str) -> bool:
-        return self._fresh(tenant_id, time.monotonic())
+        return self._tenants.fresh(tenant_id)
 
     async def prepare(self, tenant_ids: Iterable[str]) -> list[str]:
         """Load the tenants whose copy is missing or stale; returns those reloaded."""
-        stale = {t for t in tenant_ids if not self._fresh(t, time.monotonic())}
-        if not stale:
-            return []
-        async with self._lock:
-            started = time.monotonic()
-            stale = {t for t in stale if not self._fresh(t, started)}
-            if stale:
-                await self._load(stale, started)
-        return sorted(stale)
+        return await self._tenants.prepare(tenant_ids)
 
-    async def _load(self, tenant_ids: set[str], started: float) -> None:
+    async def _load(self, tenant_ids: set[str]) -> dict[str, TenantProviders]:
         rows = await store.load_tenants(self._engine, tenant_ids)
-        # Stamped with the time the query began: an invalidation while it ran wins.
-        loaded = {t: TenantProviders(loaded_at=started) for t in tenant_ids}
+        loaded = {t: TenantProviders() for t in tenant_ids}
         for row in rows:
             loaded[row.tenant_id].add(self._entry(row))
         for tenant in loaded.values():
             tenant.sort()
-        self._tenants.update(loaded)
+        return loaded
 
     def _entry(self, row: store.ProviderRow) -> Entry:
         try:
@@ -129,7 +108,7 @@ class Catalog:
             return Entry(spec_of(row, None), error=str(exc))
 
     def invalidate(self, tenant_id: str) -> None:
-        self._invalidated[tenant_id] = time.monotonic()
+        self._tenants.invalidate(tenant_id)
 
     def entry(self, tenant_id: str, name: str) -> Entry | None:
         cached = self._tenants.get(tenant_id)

@@ -159,6 +159,8 @@ async def insert(
 
 
 def _stored(stored: list[dict[str, Any]], states: dict[Key, State]) -> list[dict[str, Any]]:
+    """What the live inbox is told of each message stored (or woken): it, its place in the
+    recipient's arrival order and the recipient's counts after the change."""
     return [
         {
             "tenant_id": v["tenant_id"],
@@ -424,16 +426,7 @@ async def wake_due(
             key = (row["tenant_id"], row["recipient_id"])
             deltas[key] = _plus(deltas.get(key, (0, 0, 0)), contribution(row))
         states.update(await bump(conn, deltas))
-    return [
-        {
-            "tenant_id": r["tenant_id"],
-            "recipient_id": r["recipient_id"],
-            "message": public(_Row(r)),
-            "seq": r["seq"],
-            "counts": states[(r["tenant_id"], r["recipient_id"])],
-        }
-        for r in rows
-    ]
+    return _stored(rows, states)
 
 
 async def due_fallbacks(

@@ -1,15 +1,16 @@
 """Rows a tenant names itself (providers, webhooks): a table keyed by (tenant_id, name).
 
 Each kind of row is a :class:`Named`: its table, the resource its audit records name and
-the view of a row they compare. Every change is audited in its own transaction; a row's
-sealed secrets are bound to its (tenant, name) and re-sealed by :func:`rotate`.
+the value a stored row becomes, whose ``audited()`` view the audit records compare. Every
+change is audited in its own transaction; a row's sealed secrets are bound to its (tenant,
+name) and re-sealed by :func:`rotate`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import ColumnElement, RowMapping, Table, delete, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,12 +21,13 @@ from clarion.store.db import write_tx
 from clarion.store.sql import chunks, upsert
 
 
-@dataclass(frozen=True, slots=True)
-class Named:
-    table: Table
-    resource: audit.Resource
-    # What the audit log compares of a row: never a secret.
-    audited: Callable[[RowMapping], dict[str, Any]]
+class Audited(Protocol):
+    def audited(self) -> dict[str, Any]:
+        """What the audit log compares of a row: never a secret."""
+        ...
+
+
+R = TypeVar("R", bound=Audited)
 
 
 @dataclass
@@ -34,94 +36,100 @@ class Rotation:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _mine(table: Table, tenant_id: str, name: str) -> ColumnElement[bool]:
-    return (table.c.tenant_id == tenant_id) & (table.c.name == name)
+@dataclass(frozen=True, slots=True)
+class Named(Generic[R]):
+    table: Table
+    resource: audit.Resource
+    of_row: Callable[[RowMapping], R]
 
+    def matching(self, tenant_id: str, name: str) -> ColumnElement[bool]:
+        """The row of that tenant and name."""
+        return (self.table.c.tenant_id == tenant_id) & (self.table.c.name == name)
 
-async def get_one(engine: AsyncEngine, table: Table, tenant_id: str, name: str) -> Any:
-    """The row as a mapping, or None."""
-    query = select(table).where(_mine(table, tenant_id, name))
-    async with engine.connect() as conn:
-        return (await conn.execute(query)).mappings().first()
+    def _audited(self, row: RowMapping | None) -> dict[str, Any] | None:
+        return self.of_row(row).audited() if row is not None else None
 
+    async def get(self, engine: AsyncEngine, tenant_id: str, name: str) -> R | None:
+        query = select(self.table).where(self.matching(tenant_id, name))
+        async with engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return self.of_row(row) if row is not None else None
 
-async def list_page(
-    engine: AsyncEngine, table: Table, tenant_id: str, *, after: str | None, limit: int
-) -> Sequence[RowMapping]:
-    """A tenant's rows by name, those after ``after``."""
-    query = select(table).where(table.c.tenant_id == tenant_id)
-    if after is not None:
-        query = query.where(table.c.name > after)
-    query = query.order_by(table.c.name).limit(limit)
-    async with engine.connect() as conn:
-        return (await conn.execute(query)).mappings().all()
+    async def list_page(
+        self, engine: AsyncEngine, tenant_id: str, *, after: str | None, limit: int
+    ) -> list[R]:
+        """A tenant's rows by name, those after ``after``."""
+        t = self.table
+        query = select(t).where(t.c.tenant_id == tenant_id)
+        if after is not None:
+            query = query.where(t.c.name > after)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(t.c.name).limit(limit))).mappings()
+            return [self.of_row(r) for r in rows]
 
+    async def of_tenants(
+        self, engine: AsyncEngine, tenant_ids: Iterable[str], *where: ColumnElement[bool]
+    ) -> list[R]:
+        """Every row of these tenants that matches ``where`` (a query per thousand tenants)."""
+        found: list[R] = []
+        async with engine.connect() as conn:
+            for part in chunks(sorted(set(tenant_ids)), 1000):
+                query = select(self.table).where(self.table.c.tenant_id.in_(part), *where)
+                found.extend(self.of_row(r) for r in (await conn.execute(query)).mappings())
+        return found
 
-async def of_tenants(
-    engine: AsyncEngine, table: Table, tenant_ids: Iterable[str], *where: ColumnElement[bool]
-) -> list[RowMapping]:
-    """Every row of these tenants that matches ``where`` (one query per thousand tenants)."""
-    found: list[RowMapping] = []
-    async with engine.connect() as conn:
-        for part in chunks(sorted(set(tenant_ids)), 1000):
-            query = select(table).where(table.c.tenant_id.in_(part), *where)
-            found.extend((await conn.execute(query)).mappings().all())
-    return found
+    async def put(
+        self,
+        engine: AsyncEngine,
+        values: dict[str, Any],
+        updated: Sequence[str],
+        *,
+        actor: str,
+        secrets_changed: Callable[[R | None], list[str]],
+    ) -> R:
+        """Create or replace the row ``values`` names (``updated``: the columns a
+        replacement writes) and audit it; ``secrets_changed`` names the secret fields that
+        differ from those of the row before (None for a new row), which the audit record
+        cannot show."""
+        t, tenant_id, name = self.table, values["tenant_id"], values["name"]
+        mine = self.matching(tenant_id, name)
+        async with write_tx(engine) as conn:
+            old = (await conn.execute(select(t).where(mine).with_for_update())).mappings().first()
+            await conn.execute(upsert(conn, t, ["tenant_id", "name"], list(updated)).values(values))
+            found = (await conn.execute(select(t).where(mine))).mappings().one()
+            before = self.of_row(old) if old is not None else None
+            change = audit.diff(
+                self._audited(old), self._audited(found), secrets_changed=secrets_changed(before)
+            )
+            action = audit.Action.UPDATE if old else audit.Action.CREATE
+            await audit.record(
+                conn, audit.Change(tenant_id, actor, self.resource, name, action, change)
+            )
+        return self.of_row(found)
 
-
-async def put_one(
-    engine: AsyncEngine,
-    kind: Named,
-    values: dict[str, Any],
-    updated: Sequence[str],
-    *,
-    actor: str,
-    secrets_changed: Callable[[RowMapping | None], list[str]],
-) -> RowMapping:
-    """Create or replace the row ``values`` names (``updated``: the columns a replacement
-    writes) and audit it; ``secrets_changed`` names the secret fields that differ from
-    those of the row before (None for a new row), which the audit record cannot show."""
-    table, tenant_id, name = kind.table, values["tenant_id"], values["name"]
-    mine = _mine(table, tenant_id, name)
-    async with write_tx(engine) as conn:
-        before = (await conn.execute(select(table).where(mine).with_for_update())).mappings()
-        old = before.first()
-        await conn.execute(upsert(conn, table, ["tenant_id", "name"], list(updated)).values(values))
-        found = (await conn.execute(select(table).where(mine))).mappings().one()
-        change = audit.diff(
-            kind.audited(old) if old else None,
-            kind.audited(found),
-            secrets_changed=secrets_changed(old),
-        )
-        action = audit.Action.UPDATE if old else audit.Action.CREATE
-        await audit.record(
-            conn, audit.Change(tenant_id, actor, kind.resource, name, action, change)
-        )
-    return found
-
-
-async def delete_one(
-    engine: AsyncEngine, kind: Named, tenant_id: str, name: str, *, actor: str
-) -> bool:
-    """Delete the row and audit it; False if there was none."""
-    mine = _mine(kind.table, tenant_id, name)
-    async with write_tx(engine) as conn:
-        query = select(kind.table).where(mine).with_for_update()
-        row = (await conn.execute(query)).mappings().first()
-        if row is None:
-            return False
-        await conn.execute(delete(kind.table).where(mine))
-        change = audit.diff(kind.audited(row), None)
-        await audit.record(
-            conn, audit.Change(tenant_id, actor, kind.resource, name, audit.Action.DELETE, change)
-        )
-    return True
+    async def delete_one(
+        self, engine: AsyncEngine, tenant_id: str, name: str, *, actor: str = audit.SYSTEM
+    ) -> bool:
+        """Delete the row and audit it; False if there was none."""
+        mine = self.matching(tenant_id, name)
+        async with write_tx(engine) as conn:
+            query = select(self.table).where(mine).with_for_update()
+            row = (await conn.execute(query)).mappings().first()
+            if row is None:
+                return False
+            await conn.execute(delete(self.table).where(mine))
+            change = audit.diff(self._audited(row), None)
+            deleted = audit.Change(
+                tenant_id, actor, self.resource, name, audit.Action.DELETE, change
+            )
+            await audit.record(conn, deleted)
+        return True
 
 
 async def rotate(
     engine: AsyncEngine,
     keyring: Keyring,
-    kind: Named,
+    kind: Named[Any],
     sealed_in: str,
     aad: Callable[[str, str], bytes],
     *,
@@ -155,7 +163,7 @@ async def rotate(
                     outcome.unreadable.append((tenant_id, name))
                     continue
                 resealed = keyring.encrypt(plain, bound)
-                changed = _mine(t, tenant_id, name) & (column == sealed)
+                changed = kind.matching(tenant_id, name) & (column == sealed)
                 result = await conn.execute(update(t).where(changed).values({sealed_in: resealed}))
                 outcome.changed += result.rowcount
                 if result.rowcount:
@@ -165,6 +173,8 @@ async def rotate(
         after = (rows[-1][0], rows[-1][1])
 
 
-def _resealed(kind: Named, tenant_id: str, name: str, sealed_in: str, actor: str) -> audit.Change:
+def _resealed(
+    kind: Named[Any], tenant_id: str, name: str, sealed_in: str, actor: str
+) -> audit.Change:
     change = {sealed_in: {"from": MASK, "to": MASK}}
     return audit.Change(tenant_id, actor, kind.resource, name, audit.Action.REENCRYPT, change)

@@ -99,9 +99,10 @@ class ProviderRow:
         return value
 
 
-NAMED = named.Named(
-    providers, audit.Resource.PROVIDER, lambda row: ProviderRow.from_mapping(row).audited()
-)
+NAMED = named.Named(providers, audit.Resource.PROVIDER, ProviderRow.from_mapping)
+get = NAMED.get
+list_page = NAMED.list_page
+delete_one = NAMED.delete_one
 
 
 def split_config(
@@ -163,38 +164,15 @@ async def put(
         "updated_at": now,
     }
 
-    def secrets_changed(old: RowMapping | None) -> list[str]:
-        return _secrets_changed(keyring, ProviderRow.from_mapping(old) if old else None, secrets)
+    def secrets_changed(before: ProviderRow | None) -> list[str]:
+        return _secrets_changed(keyring, before, secrets)
 
-    row = await named.put_one(
-        engine, NAMED, values, _UPDATED, actor=actor, secrets_changed=secrets_changed
-    )
-    return ProviderRow.from_mapping(row)
-
-
-async def get(engine: AsyncEngine, tenant_id: str, name: str) -> ProviderRow | None:
-    row = await named.get_one(engine, providers, tenant_id, name)
-    return ProviderRow.from_mapping(row) if row else None
-
-
-async def list_page(
-    engine: AsyncEngine, tenant_id: str, *, after: str | None, limit: int
-) -> list[ProviderRow]:
-    """Providers of a tenant by name, those after ``after``."""
-    rows = await named.list_page(engine, providers, tenant_id, after=after, limit=limit)
-    return [ProviderRow.from_mapping(r) for r in rows]
-
-
-async def delete_one(
-    engine: AsyncEngine, tenant_id: str, name: str, *, actor: str = audit.SYSTEM
-) -> bool:
-    return await named.delete_one(engine, NAMED, tenant_id, name, actor=actor)
+    return await NAMED.put(engine, values, _UPDATED, actor=actor, secrets_changed=secrets_changed)
 
 
 async def load_tenants(engine: AsyncEngine, tenant_ids: Iterable[str]) -> list[ProviderRow]:
     """Every provider of these tenants."""
-    rows = await named.of_tenants(engine, providers, tenant_ids)
-    return [ProviderRow.from_mapping(r) for r in rows]
+    return await NAMED.of_tenants(engine, tenant_ids)
 
 
 async def rotate(

@@ -60,9 +60,10 @@ class WebhookRow:
         return keyring.decrypt(self.secret, webhook_aad(self.tenant_id, self.name)).decode()
 
 
-NAMED = named.Named(
-    webhooks, audit.Resource.WEBHOOK, lambda row: WebhookRow.from_mapping(row).audited()
-)
+NAMED = named.Named(webhooks, audit.Resource.WEBHOOK, WebhookRow.from_mapping)
+get = NAMED.get
+list_page = NAMED.list_page
+delete_one = NAMED.delete_one
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,39 +103,16 @@ async def put(
         "updated_at": now,
     }
 
-    def secrets_changed(old: RowMapping | None) -> list[str]:
+    def secrets_changed(before: WebhookRow | None) -> list[str]:
         # A secret sent (or made) replaces the stored one: recorded as changed, never shown.
-        return ["secret"] if old is not None and hook.secret is not None else []
+        return ["secret"] if before is not None and hook.secret is not None else []
 
-    row = await named.put_one(
-        engine, NAMED, values, updated, actor=actor, secrets_changed=secrets_changed
-    )
-    return WebhookRow.from_mapping(row)
-
-
-async def get(engine: AsyncEngine, tenant_id: str, name: str) -> WebhookRow | None:
-    row = await named.get_one(engine, webhooks, tenant_id, name)
-    return WebhookRow.from_mapping(row) if row else None
-
-
-async def list_page(
-    engine: AsyncEngine, tenant_id: str, *, after: str | None, limit: int
-) -> list[WebhookRow]:
-    """Webhooks of a tenant by name, those after ``after``."""
-    rows = await named.list_page(engine, webhooks, tenant_id, after=after, limit=limit)
-    return [WebhookRow.from_mapping(r) for r in rows]
-
-
-async def delete_one(
-    engine: AsyncEngine, tenant_id: str, name: str, *, actor: str = audit.SYSTEM
-) -> bool:
-    return await named.delete_one(engine, NAMED, tenant_id, name, actor=actor)
+    return await NAMED.put(engine, values, updated, actor=actor, secrets_changed=secrets_changed)
 
 
 async def load_enabled(engine: AsyncEngine, tenant_ids: Iterable[str]) -> list[WebhookRow]:
     """The enabled webhooks of these tenants."""
-    rows = await named.of_tenants(engine, webhooks, tenant_ids, webhooks.c.enabled)
-    return [WebhookRow.from_mapping(r) for r in rows]
+    return await NAMED.of_tenants(engine, tenant_ids, webhooks.c.enabled)
 
 
 async def rotate(

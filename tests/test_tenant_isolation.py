@@ -13,7 +13,9 @@ from aiohttp import web
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
+from clarion.api.refusals import refusal_error
 from clarion.broker.redis_streams import RedisBroker
+from clarion.domain.refusal import Refused
 from clarion.pipeline.intake import Intake
 from clarion.store import notifications as store
 from clarion.store import tenants as tenant_store
@@ -208,9 +210,9 @@ async def test_the_intake_refuses_an_unstorable_item_alone(pg_app: Harness) -> N
 
     outcomes = await intake.accept([item("good-1"), item("bad\x00"), item("good-2")])
     assert isinstance(outcomes[0], store.Accepted)
-    assert not isinstance(outcomes[1], store.Accepted)
-    assert outcomes[1].status == 422
+    assert isinstance(outcomes[1], Refused)
     assert outcomes[1].code == "unstorable"
+    assert refusal_error(outcomes[1]).status == 422
     assert isinstance(outcomes[2], store.Accepted)
 
 

@@ -8,13 +8,25 @@ from pathlib import Path
 import pytest
 
 from harness import Harness, make_settings, running
-from servers import pg_server, postgres_url, redis_server, redis_url  # noqa: F401
 from webhook_sink import WebhookSink
+
+# The real servers, and the migrated databases copied from a template on them.
+pytest_plugins = ["servers", "databases"]
 
 
 @pytest.fixture(params=["sqlite+embedded", "postgres+redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    """(database URL, broker URL) for each supported configuration."""
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(database URL, broker URL) for each supported configuration; the database is the
+    test's own, at the newest schema."""
+    if request.param == "sqlite+embedded":
+        return request.getfixturevalue("migrated_sqlite_url"), "embedded://"
+    return request.getfixturevalue("migrated_postgres_url"), request.getfixturevalue("redis_url")
+
+
+@pytest.fixture(params=["sqlite+embedded", "postgres+redis"])
+def unmigrated_backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(database URL, broker URL) for each supported configuration, the database empty:
+    for the tests of the migrations themselves."""
     if request.param == "sqlite+embedded":
         return f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}", "embedded://"
     return request.getfixturevalue("postgres_url"), request.getfixturevalue("redis_url")
@@ -28,11 +40,9 @@ async def app(backend: tuple[str, str]) -> AsyncIterator[Harness]:
 
 
 @pytest.fixture
-async def lite(tmp_path: Path) -> AsyncIterator[Harness]:
+async def lite(migrated_sqlite_url: str) -> AsyncIterator[Harness]:
     """Clarion on the embedded default only (for API checks that don't touch backends)."""
-    async with running(
-        make_settings(f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}", "embedded://")
-    ) as harness:
+    async with running(make_settings(migrated_sqlite_url, "embedded://")) as harness:
         yield harness
 
 

@@ -200,7 +200,7 @@ def pg_server() -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion from sync code, on its own thread and event loop, so
     the test's event loop (and the current-loop setting pytest-asyncio relies on) is left
     alone."""
@@ -208,7 +208,7 @@ def _run_async(coroutine: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coroutine).result()
 
 
-async def _admin(server_url: str, statement: str) -> None:
+async def admin(server_url: str, statement: str) -> None:
     dsn = make_url(server_url).set(drivername="postgresql").render_as_string(hide_password=False)
     connection = await asyncpg.connect(dsn)
     try:
@@ -221,8 +221,8 @@ async def _admin(server_url: str, statement: str) -> None:
 def postgres_url(pg_server: str) -> Iterator[str]:
     """The SQLAlchemy URL of a fresh, empty database on ``pg_server``, dropped afterwards."""
     name = f"clarion_test_{uuid.uuid4().hex[:16]}"
-    _run_async(_admin(pg_server, f'CREATE DATABASE "{name}"'))
+    run_async(admin(pg_server, f'CREATE DATABASE "{name}"'))
     try:
         yield make_url(pg_server).set(database=name).render_as_string(hide_password=False)
     finally:
-        _run_async(_admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_async(admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

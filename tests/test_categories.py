@@ -282,13 +282,13 @@ async def test_a_change_applies_to_what_is_accepted_after_it(app: Harness) -> No
 
 
 async def test_a_change_through_one_api_process_reaches_the_planner_of_another(
-    postgres_url: str, redis_url: str
+    migrated_postgres_url: str, redis_url: str
 ) -> None:
     """PostgreSQL and Redis: the API in one process, the planner and workers in another."""
     workers = Roles(planner=True, channels=ALL_CHANNELS, scheduler=True)
     async with (
-        running(make_settings(postgres_url, redis_url), workers) as app,
-        running(make_settings(postgres_url, redis_url), Roles(api=True)) as api,
+        running(make_settings(migrated_postgres_url, redis_url), workers) as app,
+        running(make_settings(migrated_postgres_url, redis_url), Roles(api=True)) as api,
     ):
         assert (await put(api, "updates", {})).status_code == 200
         await api.put_template("news", TEMPLATE)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,10 +157,12 @@ async def test_a_cancellation_reaches_what_is_not_claimed(planned_only: Harness)
     assert sending == []
 
 
-async def test_a_restart_sends_again_what_was_being_sent(tmp_path: Path, sink: WebhookSink) -> None:
+async def test_a_restart_sends_again_what_was_being_sent(
+    migrated_sqlite_url: str, sink: WebhookSink
+) -> None:
     """The embedded broker is rebuilt from the store: a delivery left `sending` by the
     stopped process (its lease still running) goes out again, that same attempt."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
+    url = migrated_sqlite_url
     async with running(make_settings(url, "embedded://"), Roles(api=True, planner=True)) as app:
         _, [did] = await _deliveries(app, ["u"], sink.url)
         assert await _claim(app, (did, 1)) == {did}

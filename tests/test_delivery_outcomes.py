@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import select
 
@@ -78,11 +77,9 @@ async def test_unreachable_endpoint_is_retried_then_dead(lite: Harness) -> None:
 
 
 async def test_private_webhook_urls_are_refused_by_default(
-    tmp_path: Path, sink: WebhookSink
+    migrated_sqlite_url: str, sink: WebhookSink
 ) -> None:
-    settings = make_settings(
-        f"sqlite+aiosqlite:///{tmp_path / 'c.db'}", "embedded://", allow_private_webhooks=False
-    )
+    settings = make_settings(migrated_sqlite_url, "embedded://", allow_private_webhooks=False)
     async with running(settings) as app:
         nid = await _send_one(app, sink)
         await app.drain()
@@ -105,10 +102,10 @@ async def test_expired_notification_is_not_sent(lite: Harness, sink: WebhookSink
 
 
 async def test_restart_plans_what_was_accepted_but_not_planned(
-    tmp_path: Path, sink: WebhookSink
+    migrated_sqlite_url: str, sink: WebhookSink
 ) -> None:
     """The in-process broker forgets on a stop; the outbox does not."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
+    url = migrated_sqlite_url
     async with running(make_settings(url, "embedded://"), Roles(api=True)) as app:
         nid = await _send_one(app, sink)
     assert sink.count == 0
@@ -120,9 +117,9 @@ async def test_restart_plans_what_was_accepted_but_not_planned(
 
 
 async def test_restart_sends_what_was_planned_but_not_sent(
-    tmp_path: Path, sink: WebhookSink
+    migrated_sqlite_url: str, sink: WebhookSink
 ) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
+    url = migrated_sqlite_url
     async with running(make_settings(url, "embedded://"), Roles(api=True, planner=True)) as app:
         nid = await _send_one(app, sink)
 
@@ -207,13 +204,13 @@ async def test_an_outcome_never_overwrites_that_of_a_later_attempt(app: Harness)
 
 
 async def test_a_restart_plans_the_unplanned_at_once_not_after_the_grace(
-    tmp_path: Path, sink: WebhookSink
+    migrated_sqlite_url: str, sink: WebhookSink
 ) -> None:
     """`serve` is the only process of the embedded mode: at its start no broker holds the
     notifications it had accepted, so it publishes them at once rather than after the
     outbox's grace (here a minute, far beyond the wait below); a scheduled one keeps its
     time."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
+    url = migrated_sqlite_url
     settings = make_settings(url, "embedded://", outbox_grace=60.0)
     async with running(settings, Roles(api=True)) as app:
         ids = [await _send_one(app, sink, rid) for rid in ("a", "b", "c")]

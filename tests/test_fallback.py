@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,11 +21,14 @@ TEMPLATE: dict[str, Any] = {
 
 
 @pytest.fixture(params=["sqlite+embedded", "postgres+redis"])
-async def clarion(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+async def clarion(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "sqlite+embedded":
-        urls = (f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}", "embedded://")
+        urls = (request.getfixturevalue("migrated_sqlite_url"), "embedded://")
     else:
-        urls = (request.getfixturevalue("postgres_url"), request.getfixturevalue("redis_url"))
+        urls = (
+            request.getfixturevalue("migrated_postgres_url"),
+            request.getfixturevalue("redis_url"),
+        )
     # Breakers open after a few failures and stay open for the whole test.
     settings = make_settings(
         *urls, breaker_min_calls=3, breaker_cooldown=600.0, secret_key="A" * 43 + "="

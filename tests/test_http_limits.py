@@ -20,11 +20,9 @@ from harness import make_settings, running
 
 
 @contextlib.asynccontextmanager
-async def served(tmp_path: Path, **limits: Any) -> AsyncIterator[tuple[int, str]]:
+async def served(database_url: str, **limits: Any) -> AsyncIterator[tuple[int, str]]:
     """Clarion's API on a real socket; yields the port and an API key."""
-    settings = make_settings(
-        f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}", "embedded://", **limits
-    )
+    settings = make_settings(database_url, "embedded://", **limits)
     async with running(settings) as harness:
         app = harness.client._transport.app  # type: ignore[attr-defined]
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -79,15 +77,15 @@ async def assert_let_go(reader: asyncio.StreamReader, status: int, code: str) ->
     return headers
 
 
-async def test_a_connection_that_sends_nothing_is_let_go(tmp_path: Path) -> None:
-    async with served(tmp_path, http_header_timeout=0.3) as (port, _):
+async def test_a_connection_that_sends_nothing_is_let_go(migrated_sqlite_url: str) -> None:
+    async with served(migrated_sqlite_url, http_header_timeout=0.3) as (port, _):
         reader, writer = await connect(port)
         await assert_let_go(reader, 408, "request_timeout")
         writer.close()
 
 
-async def test_headers_trickled_a_byte_at_a_time_time_out(tmp_path: Path) -> None:
-    async with served(tmp_path, http_header_timeout=0.3) as (port, _):
+async def test_headers_trickled_a_byte_at_a_time_time_out(migrated_sqlite_url: str) -> None:
+    async with served(migrated_sqlite_url, http_header_timeout=0.3) as (port, _):
         reader, writer = await connect(port)
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
 
@@ -107,8 +105,8 @@ async def test_headers_trickled_a_byte_at_a_time_time_out(tmp_path: Path) -> Non
         writer.close()
 
 
-async def test_a_body_that_does_not_arrive_times_out(tmp_path: Path) -> None:
-    async with served(tmp_path, http_body_timeout=0.3) as (port, key):
+async def test_a_body_that_does_not_arrive_times_out(migrated_sqlite_url: str) -> None:
+    async with served(migrated_sqlite_url, http_body_timeout=0.3) as (port, key):
         reader, writer = await connect(port)
         writer.write(
             b"POST /v1/notifications HTTP/1.1\r\nHost: x\r\n"
@@ -120,16 +118,16 @@ async def test_a_body_that_does_not_arrive_times_out(tmp_path: Path) -> None:
         writer.close()
 
 
-async def test_headers_over_the_limit_are_refused(tmp_path: Path) -> None:
-    async with served(tmp_path, http_max_header_bytes=8192) as (port, _):
+async def test_headers_over_the_limit_are_refused(migrated_sqlite_url: str) -> None:
+    async with served(migrated_sqlite_url, http_max_header_bytes=8192) as (port, _):
         reader, writer = await connect(port)
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n")
         await assert_let_go(reader, 431, "headers_too_large")
         writer.close()
 
 
-async def test_connections_over_the_cap_are_answered_503(tmp_path: Path) -> None:
-    async with served(tmp_path, http_max_connections=3) as (port, _):
+async def test_connections_over_the_cap_are_answered_503(migrated_sqlite_url: str) -> None:
+    async with served(migrated_sqlite_url, http_max_connections=3) as (port, _):
         held = [await connect(port) for _ in range(3)]
         for reader, writer in held:  # each one accepted and served, then kept alive
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -155,8 +153,8 @@ async def test_connections_over_the_cap_are_answered_503(tmp_path: Path) -> None
             w.close()
 
 
-async def test_an_idle_kept_alive_connection_is_closed(tmp_path: Path) -> None:
-    async with served(tmp_path, http_keep_alive=1) as (port, _):
+async def test_an_idle_kept_alive_connection_is_closed(migrated_sqlite_url: str) -> None:
+    async with served(migrated_sqlite_url, http_keep_alive=1) as (port, _):
         reader, writer = await connect(port)
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         status, headers, _ = await answer(reader)
@@ -166,8 +164,8 @@ async def test_an_idle_kept_alive_connection_is_closed(tmp_path: Path) -> None:
         writer.close()
 
 
-async def test_requests_within_the_limits_are_served(tmp_path: Path) -> None:
-    async with served(tmp_path, http_header_timeout=5) as (port, _):
+async def test_requests_within_the_limits_are_served(migrated_sqlite_url: Path) -> None:
+    async with served(migrated_sqlite_url, http_header_timeout=5) as (port, _):
         reader, writer = await connect(port)
         for _ in range(3):
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -257,8 +255,8 @@ async def test_a_head_whose_body_is_late_leaves_on_its_own() -> None:
     assert transport.closed
 
 
-async def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
-    async with served(tmp_path) as (port, _):
+async def test_pipelined_requests_are_answered_in_order(migrated_sqlite_url: str) -> None:
+    async with served(migrated_sqlite_url) as (port, _):
         reader, writer = await connect(port)
         writer.write(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n" * 3)
         writer.write(b"GET /nowhere HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
@@ -274,10 +272,10 @@ async def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
         await writer.wait_closed()
 
 
-async def test_a_chunked_body_over_the_limit_gets_a_413(tmp_path: Path) -> None:
+async def test_a_chunked_body_over_the_limit_gets_a_413(migrated_sqlite_url: str) -> None:
     """8 MiB sent chunked (no length to refuse up front): the client, which writes its whole
     body before it reads, gets the 413 and its error body, not a reset connection."""
-    async with served(tmp_path) as (port, key):
+    async with served(migrated_sqlite_url) as (port, key):
 
         async def body() -> AsyncIterator[bytes]:
             for _ in range(128):
@@ -295,9 +293,9 @@ async def test_a_chunked_body_over_the_limit_gets_a_413(tmp_path: Path) -> None:
 
 
 async def test_a_declared_length_over_the_limit_gets_a_413_while_the_body_comes(
-    tmp_path: Path,
+    migrated_sqlite_url: str,
 ) -> None:
-    async with served(tmp_path) as (port, key):
+    async with served(migrated_sqlite_url) as (port, key):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             response = await client.post(
                 "/v1/notifications/batch",
@@ -309,11 +307,11 @@ async def test_a_declared_length_over_the_limit_gets_a_413_while_the_body_comes(
 
 
 async def test_many_idle_connections_are_all_let_go_after_the_keep_alive(
-    tmp_path: Path,
+    migrated_sqlite_url: str,
 ) -> None:
     """Idle kept-alive connections are not held: every one is closed by the server once
     it has been idle for the keep-alive timeout, whatever its last request was."""
-    async with served(tmp_path, http_keep_alive=1) as (port, key):
+    async with served(migrated_sqlite_url, http_keep_alive=1) as (port, key):
         requests = [
             b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
             b"POST /v1/notifications HTTP/1.1\r\nHost: x\r\n"

@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -386,10 +385,8 @@ async def test_the_websocket_declines_compression(lite: Harness) -> None:
         assert (await ws.next())["type"] == "count"
 
 
-async def test_sse_sends_heartbeats(tmp_path: Path) -> None:
-    settings = make_settings(
-        f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}", "embedded://", inbox_heartbeat=0.1
-    )
+async def test_sse_sends_heartbeats(migrated_sqlite_url: str) -> None:
+    settings = make_settings(migrated_sqlite_url, "embedded://", inbox_heartbeat=0.1)
     async with running(settings) as harness:
         token = await inbox_ready(harness, "u-1")
         async with serving(harness) as base, event_stream(base, token) as stream:
@@ -467,14 +464,16 @@ async def test_a_live_connection_closes_at_its_token_expiry_while_events_flow(
 
 
 async def test_an_erasure_in_one_process_closes_connections_in_another_at_once(
-    postgres_url: str, redis_url: str
+    migrated_postgres_url: str, redis_url: str
 ) -> None:
     """The revocation is pushed through the hub to the processes that hold the
     recipient's connections: the other process (which would look at the revocations
     table only in an hour) closes them at once, while events flow."""
     async with (
-        running(make_settings(postgres_url, redis_url)) as one,
-        running(make_settings(postgres_url, redis_url, inbox_upkeep_interval=3600)) as other,
+        running(make_settings(migrated_postgres_url, redis_url)) as one,
+        running(
+            make_settings(migrated_postgres_url, redis_url, inbox_upkeep_interval=3600)
+        ) as other,
     ):
         token = await inbox_ready(one, "u-1")
         bystander = await inbox_ready(one, "u-2")

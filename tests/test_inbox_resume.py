@@ -28,8 +28,8 @@ async def base(app: Harness) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def pg(postgres_url: str, redis_url: str) -> AsyncIterator[Harness]:
-    async with running(make_settings(postgres_url, redis_url)) as harness:
+async def pg(migrated_postgres_url: str, redis_url: str) -> AsyncIterator[Harness]:
+    async with running(make_settings(migrated_postgres_url, redis_url)) as harness:
         yield harness
 
 

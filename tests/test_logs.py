@@ -122,11 +122,12 @@ HOOK_PATH = "wh-path-5c2e0d"
 
 @pytest.mark.parametrize("pii", [False, True], ids=["pii-off", "pii-on"])
 async def test_bodies_and_addresses_only_with_the_pii_switch(
-    backend: tuple[str, str], sink: WebhookSink, pii: bool
+    unmigrated_backend: tuple[str, str], sink: WebhookSink, pii: bool
 ) -> None:
-    """Every logger at DEBUG while a send runs end to end (SQL statements, aiosqlite, HTTP
-    traces): no message body, address or webhook URL reaches the output unless
-    CLARION_LOG_PII is on; then they do (and secrets stay masked)."""
+    """Every logger at DEBUG while Clarion starts on an empty database (its migrations
+    run) and a send runs end to end (SQL statements, aiosqlite, HTTP traces): no message
+    body, address or webhook URL reaches the output unless CLARION_LOG_PII is on; then
+    they do (and secrets stay masked)."""
     stream = io.StringIO()
     handler = log_handler("text", stream, pii=pii)
     root = logging.getLogger()
@@ -135,7 +136,7 @@ async def test_bodies_and_addresses_only_with_the_pii_switch(
     root.setLevel(logging.DEBUG)
     guard_libraries(pii, "DEBUG")
     try:
-        async with running(make_settings(*backend, log_pii=pii)) as app:
+        async with running(make_settings(*unmigrated_backend, log_pii=pii)) as app:
             template = {
                 "channels": {
                     "email": {"subject": "Parcel", "text": f"Your {BODY} ships {{{{ day }}}}"},

@@ -15,10 +15,10 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 
 async def test_redis_down_is_named_and_the_database_is_not(
-    postgres_url: str, caplog: pytest.LogCaptureFixture
+    migrated_postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with private_redis() as redis:
-        async with running(make_settings(postgres_url, redis.url)) as app:
+        async with running(make_settings(migrated_postgres_url, redis.url)) as app:
             await app.put_template("hello", {"channels": {"webhook": {"body": {"hi": "x"}}}})
             took = _Watch("clarion.pipeline.consumer", "taking work failed (broker (redis) ")
             consumer_log = logging.getLogger("clarion.pipeline.consumer")
@@ -76,9 +76,9 @@ class _Watch(logging.Handler):
 
 
 async def test_readyz_names_each_component_when_all_is_well(
-    postgres_url: str, redis_url: str
+    migrated_postgres_url: str, redis_url: str
 ) -> None:
-    async with running(make_settings(postgres_url, redis_url)) as app:
+    async with running(make_settings(migrated_postgres_url, redis_url)) as app:
         ready = await app.client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json() == {

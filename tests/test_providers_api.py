@@ -382,8 +382,8 @@ async def test_a_sealed_value_copied_to_another_row_does_not_open(lite: Harness)
 # -- without a key (PostgreSQL) ----------------------------------------------------------------
 
 
-async def test_postgres_without_a_secret_key(postgres_url: str, redis_url: str) -> None:
-    async with running(make_settings(postgres_url, redis_url)) as h:
+async def test_postgres_without_a_secret_key(migrated_postgres_url: str, redis_url: str) -> None:
+    async with running(make_settings(migrated_postgres_url, redis_url)) as h:
         assert h.ctx.keyring.current is None
         response = await put(h, "mail", body("smtp"))
         assert response.status_code == 503
@@ -395,9 +395,9 @@ async def test_postgres_without_a_secret_key(postgres_url: str, redis_url: str) 
         assert (await put(h, "box", body("sandbox"))).status_code == 200
 
 
-async def test_postgres_with_a_secret_key(postgres_url: str, redis_url: str) -> None:
+async def test_postgres_with_a_secret_key(migrated_postgres_url: str, redis_url: str) -> None:
     key = base64.b64encode(os.urandom(32)).decode()
-    async with running(make_settings(postgres_url, redis_url, secret_key=key)) as h:
+    async with running(make_settings(migrated_postgres_url, redis_url, secret_key=key)) as h:
         for kind in ("smtp", "fcm"):
             assert (await put(h, kind + "-1", body(kind))).status_code == 200
         everything = json.dumps([{k: str(v) for k, v in r.items()} for r in await stored_rows(h)])
@@ -482,10 +482,8 @@ async def test_choice_by_priority_then_name(lite: Harness) -> None:
     assert [s.name for s in providers.chain(t, "email")] == ["second", "z-first"]
 
 
-async def test_changes_from_another_process_are_seen(tmp_path: Path) -> None:
-    settings = make_settings(
-        f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}", "embedded://", provider_cache_ttl=0
-    )
+async def test_changes_from_another_process_are_seen(migrated_sqlite_url: str) -> None:
+    settings = make_settings(migrated_sqlite_url, "embedded://", provider_cache_ttl=0)
     async with running(settings) as h:
         other = await open_context(settings)
         try:
@@ -569,10 +567,10 @@ async def test_push_fans_out_to_each_platform(lite: Harness, recording: type[Rec
 
 
 async def test_undecryptable_credentials_fail_softly(
-    tmp_path: Path, recording: type[Recording]
+    migrated_sqlite_url: str, recording: type[Recording]
 ) -> None:
     key_a, key_b = os.urandom(32), os.urandom(32)
-    db = f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}"
+    db = migrated_sqlite_url
     settings = make_settings(db, "embedded://", secret_key=base64.b64encode(key_a).decode())
     async with running(settings) as h:
         assert (await put(h, "mail", body("smtp"))).status_code == 200
@@ -682,9 +680,9 @@ def test_rotate_secret_reencrypts_every_provider(tmp_path: Path) -> None:
     assert "smtp-pass" not in refused.stderr
 
 
-async def test_rotation_in_batches_keeps_the_api_working(tmp_path: Path) -> None:
+async def test_rotation_in_batches_keeps_the_api_working(migrated_sqlite_url: str) -> None:
     old, new = os.urandom(32), os.urandom(32)
-    url = f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}"
+    url = migrated_sqlite_url
     async with running(make_settings(url, "embedded://", secret_key=_b64(old))) as h:
         for i in range(7):
             assert (await put(h, f"mail-{i}", body("sendgrid"))).status_code == 200

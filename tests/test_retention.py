@@ -216,11 +216,11 @@ async def test_archive_exports_then_removes(ctx: Context, tmp_path: Path) -> Non
     assert any(str(r.get("id")).startswith("ntf_") for r in rows)
 
 
-@pytest.mark.parametrize("backend", ["postgres+redis"], indirect=True)
+@pytest.mark.parametrize("unmigrated_backend", ["postgres+redis"], indirect=True)
 async def test_the_partition_migration_keeps_a_database_holding_data(
-    backend: tuple[str, str],
+    unmigrated_backend: tuple[str, str],
 ) -> None:
-    context = await open_context(make_settings(*backend))
+    context = await open_context(make_settings(*unmigrated_backend))
     engine = context.engine
     try:
         async with engine.begin() as conn:

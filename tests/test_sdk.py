@@ -464,9 +464,9 @@ async def test_stats_draft_preview_and_provider_test(lite: Harness, server: str)
     assert no_address == "no_address"
 
 
-async def test_retries_honour_retry_after(tmp_path: Path) -> None:
+async def test_retries_honour_retry_after(migrated_sqlite_url: str) -> None:
     settings = make_settings(
-        f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}",
+        migrated_sqlite_url,
         "embedded://",
         intake_rate_per_second=1.0,
         intake_burst=1,

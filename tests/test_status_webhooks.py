@@ -6,7 +6,6 @@ import base64
 import json
 import secrets
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,11 +41,9 @@ async def clarion(backend: tuple[str, str]) -> AsyncIterator[Harness]:
 
 
 @pytest.fixture
-async def strict(tmp_path: Path) -> AsyncIterator[Harness]:
+async def strict(migrated_sqlite_url: str) -> AsyncIterator[Harness]:
     """A deployment that refuses private webhook addresses."""
-    settings = make_settings(
-        f"sqlite+aiosqlite:///{tmp_path / 'strict.db'}", "embedded://", allow_private_webhooks=False
-    )
+    settings = make_settings(migrated_sqlite_url, "embedded://", allow_private_webhooks=False)
     async with running(settings) as harness:
         yield harness
 

@@ -70,8 +70,8 @@ async def hostile() -> AsyncIterator[Hostile]:
 
 
 @pytest.fixture
-async def pg_app(postgres_url: str, redis_url: str) -> AsyncIterator[Harness]:
-    async with running(make_settings(postgres_url, redis_url)) as harness:
+async def pg_app(migrated_postgres_url: str, redis_url: str) -> AsyncIterator[Harness]:
+    async with running(make_settings(migrated_postgres_url, redis_url)) as harness:
         yield harness
 
 

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -425,10 +424,10 @@ async def test_a_chunk_stuck_on_an_await_is_given_up_and_planned_again(
 
 
 async def test_delivery_expiring_while_queued_is_dropped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    migrated_sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Planned in time, taken by a worker after ``expires_at``: failed, reason expired."""
-    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}", "embedded://")
+    settings = make_settings(migrated_sqlite_url, "embedded://")
     async with running(settings, Roles(api=True, planner=True)) as app:
         await _people(app, ["u1"])
         await app.put_template("digest", EMAIL)
@@ -453,11 +452,11 @@ async def _has_deliveries(app: Harness, nid: str) -> bool:
 
 
 async def test_a_send_planned_on_the_old_cursor_goes_on_as_one_stripe(
-    backend: tuple[str, str],
+    unmigrated_backend: tuple[str, str],
 ) -> None:
     """Migration 0019: a topic send half planned on the notification's own cursor becomes
     one stripe from that cursor; down again, the cursor is the lowest open stripe's."""
-    context = await open_context(make_settings(*backend))
+    context = await open_context(make_settings(*unmigrated_backend))
     engine = context.engine
     try:
         async with engine.begin() as conn:
@@ -507,7 +506,7 @@ async def test_a_send_planned_on_the_old_cursor_goes_on_as_one_stripe(
 
 
 async def test_topics_with_subscribers_exist_after_the_topics_migration(
-    backend: tuple[str, str],
+    unmigrated_backend: tuple[str, str],
 ) -> None:
     """Migration 0022: every topic that has subscribers becomes a topic that exists,
     created when its first subscriber joined; down again, the table goes."""
@@ -517,7 +516,7 @@ async def test_topics_with_subscribers_exist_after_the_topics_migration(
     assert before is not None
     below = before.down_revision
     assert isinstance(below, str)
-    context = await open_context(make_settings(*backend))
+    context = await open_context(make_settings(*unmigrated_backend))
     engine = context.engine
     early, late = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
     try:

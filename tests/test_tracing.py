@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -318,12 +317,10 @@ async def test_outbound_webhooks_carry_the_traceparent(
 
 
 async def test_outbound_webhooks_carry_no_traceparent_when_off(
-    tmp_path: Path, sink: WebhookSink
+    migrated_sqlite_url: str, sink: WebhookSink
 ) -> None:
     assert not tracing.ON
-    settings = make_settings(
-        f"sqlite+aiosqlite:///{tmp_path / 'clarion.db'}", "embedded://", secret_key=SECRET_KEY
-    )
+    settings = make_settings(migrated_sqlite_url, "embedded://", secret_key=SECRET_KEY)
     async with running(settings) as app:
         await _send_to_webhook(app, sink)
     paths = sorted(r.path for r in sink.received)

@@ -136,6 +136,22 @@ async def test_blocked_consumer_gets_a_message_published_meanwhile(broker: Broke
     assert [(m.stream, m.payload) for m in taken] == [("high", {"n": 1})]
 
 
+async def test_a_waiting_consumer_returns_once_stopped(broker: Broker) -> None:
+    """A stopping process waits for no more work: a consume blocked for long returns
+    empty when its ``stop`` is set; one made after still takes what is waiting."""
+    stop = asyncio.Event()
+    waiting = asyncio.create_task(broker.consume(["jobs"], "c1", count=5, timeout=60, stop=stop))
+    await asyncio.sleep(0)  # let the consumer start waiting (scheduling, not waiting for work)
+    stop.set()
+
+    assert await asyncio.wait_for(waiting, 10) == []
+    await broker.publish("jobs", [{"n": 1}])
+    taken = await asyncio.wait_for(
+        broker.consume(["jobs"], "c1", count=5, timeout=60, stop=stop), 10
+    )
+    assert payloads(taken) == [{"n": 1}]
+
+
 async def test_unacked_message_is_redelivered_after_the_lease(broker: Broker) -> None:
     await broker.publish("jobs", [{"n": 1}, {"n": 2}])
     done, dropped = await broker.consume(["jobs"], "dead", count=2, timeout=2)

@@ -7,6 +7,7 @@ in every backend, so serialisation is always exercised.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -98,10 +99,13 @@ class Broker(ABC):
         timeout: float,
         *,
         overfill: bool = False,
+        stop: asyncio.Event | None = None,
     ) -> list[Message]:
         """Take up to ``count`` messages, from earlier streams first (they are higher lanes).
 
-        Waits up to ``timeout`` seconds when there is nothing to take; returns ``[]`` then.
+        Waits up to ``timeout`` seconds when there is nothing to take, and no longer once
+        ``stop`` is set (a process that is stopping waits for no more work); returns ``[]``
+        then.
         ``overfill``: the caller holds (and renews the leases of) whatever it is given, so
         the broker may return up to ``count`` per stream when that saves it round trips.
         """

@@ -39,6 +39,20 @@ class _Stream:
     ready: deque[tuple[str, bytes, int]] = field(default_factory=deque)
 
 
+async def _first_of(timeout: float, event: asyncio.Event, other: asyncio.Event | None) -> None:
+    """Wait until ``event`` or ``other`` is set, or for ``timeout`` seconds."""
+    if other is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        return
+    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(other.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+
+
 class EmbeddedBroker(Broker):
     def __init__(self, lease: float = 30.0) -> None:
         self._lease = lease
@@ -136,6 +150,7 @@ class EmbeddedBroker(Broker):
         timeout: float,
         *,
         overfill: bool = False,
+        stop: asyncio.Event | None = None,
     ) -> list[Message]:
         deadline = time.monotonic() + timeout
         while True:
@@ -150,15 +165,14 @@ class EmbeddedBroker(Broker):
                 await asyncio.sleep(0)
                 return taken
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or (stop is not None and stop.is_set()):
                 return []
             wait = remaining
             upcoming = self._next_event_in(now)
             if upcoming is not None:
                 wait = min(wait, upcoming + 0.001)
             self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), wait)
+            await _first_of(wait, self._wakeup, stop)
 
     async def ack(self, messages: Sequence[Message]) -> None:
         for message in messages:

@@ -12,6 +12,7 @@ its delayed set share a Redis Cluster slot and the per-stream Lua script touches
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -182,16 +183,17 @@ class RedisBroker(Broker):
         timeout: float,
         *,
         overfill: bool = False,
+        stop: asyncio.Event | None = None,
     ) -> list[Message]:
         deadline = time.monotonic() + timeout
         try:
-            taken = await self._consume(streams, consumer, count, deadline, overfill)
+            taken = await self._consume(streams, consumer, count, deadline, overfill, stop)
         except ResponseError as exc:
             # The stream key was deleted under us (FLUSHDB, DEL): recreate the groups once.
             if "NOGROUP" not in str(exc):
                 raise
             self._groups.clear()
-            taken = await self._consume(streams, consumer, count, deadline, overfill)
+            taken = await self._consume(streams, consumer, count, deadline, overfill, stop)
         poison = [m for m in taken if m.poison is not None]
         if poison:
             await self._set_aside(poison)
@@ -226,15 +228,22 @@ class RedisBroker(Broker):
             await pipe.execute()
 
     async def _consume(
-        self, streams: Sequence[str], consumer: str, count: int, deadline: float, overfill: bool
+        self,
+        streams: Sequence[str],
+        consumer: str,
+        count: int,
+        deadline: float,
+        overfill: bool,
+        stop: asyncio.Event | None,
     ) -> list[Message]:
         """Leases taken back first, then one read over every stream: it returns at once
         when any has messages, else blocks for a slice of the time left (due delayed
-        messages are moved between slices)."""
+        messages are moved between slices; ``stop`` is looked at between them)."""
         await self._ensure_groups(streams)
         taken = await self._maintain(streams, consumer, count)
         while len(taken) < count:
-            remaining = deadline - time.monotonic()
+            stopping = stop is not None and stop.is_set()
+            remaining = 0.0 if stopping else deadline - time.monotonic()
             # Not blocking when there is something to return, or no time left.
             block = None if taken or remaining <= 0 else remaining
             taken += await self._read(streams, consumer, count - len(taken), block, overfill)

@@ -173,7 +173,7 @@ class FairConsumer:
                     continue
                 try:
                     messages = await self._broker.consume(
-                        self._reading(), self._consumer, count, 0.25, overfill=True
+                        self._reading(), self._consumer, count, 0.25, overfill=True, stop=stop
                     )
                     if messages and self._screen is not None:
                         messages = await self._screen(messages)

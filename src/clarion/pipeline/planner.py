@@ -155,24 +155,28 @@ class Planner:
     async def run_once(self, timeout: float, stop: asyncio.Event | None = None) -> int:
         """Plan one batch of whatever is waiting; returns how many messages it took."""
         block = await self.lead.turn(timeout, stop)
-        taken = await self._run(PLAN_STREAM, self.batch_size, block)
+        taken = await self._run(PLAN_STREAM, self.batch_size, block, stop)
         self.lead.took(taken, self.batch_size)
         return taken
 
-    async def run_critical_once(self, timeout: float) -> int:
+    async def run_critical_once(self, timeout: float, stop: asyncio.Event | None = None) -> int:
         """Plan the critical notifications waiting. Every planner reads them at once,
         whoever leads the plan stream: a critical send never waits for a stand-by's pause,
         nor behind the leader's batch."""
-        return await self._run(PLAN_CRITICAL_STREAM, self.batch_size, timeout)
+        return await self._run(PLAN_CRITICAL_STREAM, self.batch_size, timeout, stop)
 
-    async def run_chunks_once(self, timeout: float) -> int:
+    async def run_chunks_once(self, timeout: float, stop: asyncio.Event | None = None) -> int:
         """Plan the next chunks of topic sends, up to ``CHUNKS_AT_ONCE`` side by side (one
         per stripe), apart from the plan stream: a broadcast's chunks never hold up the
         planning of other notifications, critical ones included."""
-        return await self._run(CHUNK_STREAM, CHUNKS_AT_ONCE, timeout)
+        return await self._run(CHUNK_STREAM, CHUNKS_AT_ONCE, timeout, stop)
 
-    async def _run(self, stream: str, count: int, timeout: float) -> int:
-        messages = await self._ctx.broker.consume([stream], self._consumer, count, timeout)
+    async def _run(
+        self, stream: str, count: int, timeout: float, stop: asyncio.Event | None
+    ) -> int:
+        messages = await self._ctx.broker.consume(
+            [stream], self._consumer, count, timeout, stop=stop
+        )
         if messages:
             logs.bind(stage="planner", batch=len(messages))
             started = time.perf_counter()

@@ -99,8 +99,10 @@ class Runtime:
         if self.roles.planner:
             planner = self._planner = Planner(ctx, consumer_name("planner"))
             self._spawn("planner", self._loop(lambda: planner.run_once(0.25, self._stop)))
-            self._spawn("planner-critical", self._loop(lambda: planner.run_critical_once(0.25)))
-            self._spawn("planner-chunks", self._loop(lambda: planner.run_chunks_once(0.25)))
+            critical = self._loop(lambda: planner.run_critical_once(0.25, self._stop))
+            self._spawn("planner-critical", critical)
+            chunks = self._loop(lambda: planner.run_chunks_once(0.25, self._stop))
+            self._spawn("planner-chunks", chunks)
         if self.roles.scheduler:
             relay, sweeper = Relay(ctx), Sweeper(ctx)
             self._spawn("relay", self._loop(relay.run_once, idle=0.2))

@@ -25,8 +25,9 @@ Row = TypeVar("Row")
 _ID = re.compile(r"^[A-Za-z0-9_\-]{1,40}$")
 INVALID_CURSOR = "invalid_cursor"
 
-# The page parameters of the newest-first lists, as the API document describes them.
+# A page's size: described in the API document (the newest-first lists), or not.
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size (at most 500)")]
+Size = Annotated[int, Query(ge=1, le=500)]
 Cursor = Annotated[
     str | None, Query(max_length=200, description="`next_cursor` of the previous page")
 ]

@@ -51,6 +51,7 @@ from clarion.pipeline.templates import TemplateCache
 from clarion.store import notifications as notification_store
 from clarion.store import planning
 from clarion.store.batching import is_outage
+from clarion.store.bulk import StripeChunk
 from clarion.store.db import as_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -351,9 +352,8 @@ class Planner:
         through = chunk[-1]["id"] if chunk else after
         done = len(chunk) < size or (last is not None and through == last)
         retry_at = now + timedelta(seconds=self._ctx.settings.outbox_grace)
-        inserted = await planning.store_stripe(
-            engine, pg, rows, nid, stripe, (after, through), done, now, retry_at
-        )
+        stored = StripeChunk(nid, stripe, after, through, done, now, retry_at)
+        inserted = await planning.store_stripe(engine, pg, rows, stored)
         if inserted is None:
             return  # another planner stored this chunk, or the send was cancelled
         rows = [row for row in rows if row["id"] in inserted]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -195,22 +195,30 @@ _ADVANCE_STRIPE = (
 )
 
 
+class StripeChunk(NamedTuple):
+    """A chunk of a topic send's stripe, as it is stored: the stripe's cursor moves from
+    ``after`` to ``through`` (the stripe is done when ``done``) at ``at``, and the outbox
+    row's time moves to ``retry_at`` (the relay picks the send up again only if planning
+    stalls)."""
+
+    notification_id: str
+    stripe: int
+    after: str | None
+    through: str | None
+    done: bool
+    at: datetime
+    retry_at: datetime
+
+
 async def store_stripe(
-    pg: PgPool,
-    rows: Sequence[dict[str, Any]],
-    notification_id: str,
-    stripe: int,
-    cursor: tuple[str | None, str | None],
-    done: bool,
-    at: datetime,
-    retry_at: datetime,
+    pg: PgPool, rows: Sequence[dict[str, Any]], chunk: StripeChunk
 ) -> set[str] | None:
     """One chunk of a topic send's stripe, in one transaction: the notification is still
     live (a share lock: a cancellation waits for this chunk, or this chunk for it), the
-    stripe's cursor moves from ``cursor[0]`` to ``cursor[1]`` (done when ``done``), the
-    deliveries are inserted, and the outbox row's time moves to ``retry_at`` (the relay
-    picks the send up again only if planning stalls). None if the send was cancelled or
-    the cursor had moved (another planner stored this chunk)."""
+    stripe's cursor moves, the deliveries are inserted, and the outbox row's time moves.
+    None if the send was cancelled or the cursor had moved (another planner stored this
+    chunk)."""
+    notification_id, stripe, at = chunk.notification_id, chunk.stripe, chunk.at
     async with pg.connection() as conn, conn.transaction():
         live = await conn.fetchval(
             f"SELECT id FROM notifications WHERE id = $1 AND status IN {_LIVE} FOR SHARE",
@@ -222,9 +230,9 @@ async def store_stripe(
             _ADVANCE_STRIPE,
             notification_id,
             stripe,
-            cursor[1],
-            at if done else None,
-            cursor[0],
+            chunk.through,
+            at if chunk.done else None,
+            chunk.after,
         )
         if moved is None:
             return None
@@ -233,7 +241,7 @@ async def store_stripe(
         await conn.execute(
             "UPDATE outbox SET available_at = $2 WHERE notification_id = $1",
             notification_id,
-            retry_at,
+            chunk.retry_at,
         )
     return {record[0] for record in records}
 

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clarion.domain.refusal import Reason, Refused
 from clarion.store import audit
 from clarion.store.db import as_utc, utcnow, write_tx
-from clarion.store.sql import upsert
+from clarion.store.sql import first_row, upsert
 from clarion.store.tables import categories, category_versions
 
 POLICY = (
@@ -171,8 +171,7 @@ def _policy(category: Mapping[str, Any] | None) -> dict[str, Any] | None:
 async def get(engine: AsyncEngine, tenant_id: str, name: str) -> dict[str, Any] | None:
     """One category of the tenant, built-ins included; None if it does not exist."""
     query = select(categories).where(categories.c.tenant_id == tenant_id, categories.c.name == name)
-    async with engine.connect() as conn:
-        row = (await conn.execute(query)).mappings().first()
+    row = await first_row(engine, query)
     if row is not None:
         return _from_row(row)
     built_in = BUILT_IN_CATEGORIES.get(name)

@@ -29,7 +29,7 @@ from clarion.domain.status import StatusChange
 from clarion.store import bulk
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.pg import PgPool
-from clarion.store.sql import chunks, insert_ignoring_conflicts
+from clarion.store.sql import chunks, first_row, insert_ignoring_conflicts
 from clarion.store.tables import deliveries, delivery_events, notifications
 
 # Deliveries still to be sent: queued now, or scheduled for later (quiet hours).
@@ -509,8 +509,7 @@ async def get_one(engine: AsyncEngine, tenant_id: str, delivery_id: str) -> dict
     query = select(deliveries).where(
         deliveries.c.id == delivery_id, deliveries.c.tenant_id == tenant_id
     )
-    async with engine.connect() as conn:
-        row = (await conn.execute(query)).mappings().first()
+    row = await first_row(engine, query)
     return dict(row) if row else None
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clarion.store import sql  # noqa: F401 - SQLite renders INDEXED BY hints
 from clarion.store.db import as_utc, utcnow
 from clarion.store.pages import Position, older_than
+from clarion.store.sql import first_row
 from clarion.store.tables import inbox_counters, inbox_messages
 
 t = inbox_messages
@@ -144,8 +145,7 @@ async def state(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> State
     query = select(*(c.c[n] for n in STATE_COLUMNS)).where(
         c.c.tenant_id == tenant_id, c.c.recipient_id == recipient_id
     )
-    async with engine.connect() as conn:
-        row = (await conn.execute(query)).mappings().first()
+    row = await first_row(engine, query)
     return {n: 0 if row is None else int(row[n]) for n in STATE_COLUMNS}
 
 

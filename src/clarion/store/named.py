@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clarion.security.secrets import MASK, Keyring, SecretError
 from clarion.store import audit
 from clarion.store.db import write_tx
-from clarion.store.sql import chunks, upsert
+from clarion.store.sql import chunks, first_row, upsert
 
 
 class Audited(Protocol):
@@ -51,8 +51,7 @@ class Named(Generic[R]):
 
     async def get(self, engine: AsyncEngine, tenant_id: str, name: str) -> R | None:
         query = select(self.table).where(self.matching(tenant_id, name))
-        async with engine.connect() as conn:
-            row = (await conn.execute(query)).mappings().first()
+        row = await first_row(engine, query)
         return self.of_row(row) if row is not None else None
 
     async def list_page(

@@ -23,6 +23,7 @@ from clarion.store import notifications as notification_store
 from clarion.store import recipients as recipient_store
 from clarion.store import templates as template_store
 from clarion.store import topics as topic_store
+from clarion.store.bulk import StripeChunk
 from clarion.store.db import write_tx
 from clarion.store.pg import PgPool
 from clarion.store.tables import notifications, outbox, topic_stripes, topic_subscribers
@@ -310,25 +311,15 @@ async def open_stripes(
 
 
 async def store_stripe(
-    engine: AsyncEngine,
-    pg: PgPool | None,
-    rows: list[dict[str, Any]],
-    notification_id: str,
-    stripe: int,
-    cursor: tuple[str | None, str | None],
-    done: bool,
-    at: datetime,
-    retry_at: datetime,
+    engine: AsyncEngine, pg: PgPool | None, rows: list[dict[str, Any]], chunk: StripeChunk
 ) -> set[str] | None:
-    """One chunk of a topic send's stripe, atomically: the stripe's cursor moves from
-    ``cursor[0]`` to ``cursor[1]`` with the chunk's deliveries (see ``bulk.store_stripe``).
-    None, and nothing stored, if the cursor had already moved or the send was cancelled."""
+    """One chunk of a topic send's stripe, atomically: the stripe's cursor moves with the
+    chunk's deliveries (see ``bulk.store_stripe``). None, and nothing stored, if the cursor
+    had already moved or the send was cancelled."""
     if pg is not None:
-        return await bulk.store_stripe(
-            pg, rows, notification_id, stripe, cursor, done, at, retry_at
-        )
+        return await bulk.store_stripe(pg, rows, chunk)
     n, s = notifications, topic_stripes
-    after, through = cursor
+    notification_id, stripe, after, through, done, at, retry_at = chunk
     async with write_tx(engine) as conn:
         live = await conn.execute(
             select(n.c.id).where(n.c.id == notification_id, n.c.status.in_(_LIVE))

@@ -20,7 +20,7 @@ from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.store.db import as_utc, utcnow, write_tx
-from clarion.store.sql import chunks, upsert
+from clarion.store.sql import chunks, first_row, upsert
 from clarion.store.tables import recipients
 
 FIELDS = ("email", "phone", "locale", "timezone", "push_tokens", "webpush", "webhook_url", "data")
@@ -62,8 +62,7 @@ async def get(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> dict[st
     query = select(recipients).where(
         recipients.c.tenant_id == tenant_id, recipients.c.id == recipient_id
     )
-    async with engine.connect() as conn:
-        row = (await conn.execute(query)).mappings().first()
+    row = await first_row(engine, query)
     return to_public(row) if row else None
 
 
@@ -96,8 +95,7 @@ async def get_preferences(
     query = select(recipients.c.preferences).where(
         recipients.c.tenant_id == tenant_id, recipients.c.id == recipient_id
     )
-    async with engine.connect() as conn:
-        row = (await conn.execute(query)).mappings().first()
+    row = await first_row(engine, query)
     return preferences_of(row) if row is not None else None
 
 

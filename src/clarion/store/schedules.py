@@ -24,7 +24,7 @@ from clarion.domain.cron import DEFAULT_ZONE
 from clarion.domain.refusal import Reason, Refused
 from clarion.store import audit
 from clarion.store.db import as_utc, shown, write_tx
-from clarion.store.sql import upsert
+from clarion.store.sql import first_row, upsert
 from clarion.store.tables import (
     recipients,
     schedule_runs,
@@ -52,8 +52,7 @@ def _stored(row: Any) -> dict[str, Any]:
 async def current(engine: AsyncEngine, tenant_id: str, name: str) -> dict[str, Any] | None:
     """The stored row (for the scheduler and for a replacement), or None."""
     query = select(s).where(s.c.tenant_id == tenant_id, s.c.name == name)
-    async with engine.connect() as conn:
-        row = (await conn.execute(query)).mappings().first()
+    row = await first_row(engine, query)
     return _stored(row) if row is not None else None
 
 
@@ -109,8 +108,7 @@ async def put(
 
 async def get(engine: AsyncEngine, tenant_id: str, name: str) -> dict[str, Any] | None:
     query = select(s).where(s.c.tenant_id == tenant_id, s.c.name == name)
-    async with engine.connect() as conn:
-        row = (await conn.execute(query)).mappings().first()
+    row = await first_row(engine, query)
     return _public(row) if row is not None else None
 
 

@@ -1,13 +1,13 @@
-"""Small SQL helpers that differ by dialect."""
+"""Small SQL helpers: those that differ by dialect, and one read."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import FromClause, Table
+from sqlalchemy import Executable, FromClause, RowMapping, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 
 def _sqlite_from_hint(_compiler: Any, _table: FromClause, text: str | None) -> str | None:
@@ -35,6 +35,12 @@ def upsert(conn: AsyncConnection, table: Table, keys: list[str], update: list[st
     return stmt.on_conflict_do_update(
         index_elements=keys, set_={name: stmt.excluded[name] for name in update}
     )
+
+
+async def first_row(engine: AsyncEngine, query: Executable) -> RowMapping | None:
+    """The first row a read returns, or None."""
+    async with engine.connect() as conn:
+        return (await conn.execute(query)).mappings().first()
 
 
 def chunks(items: list[Any], size: int) -> list[list[Any]]:

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.store import audit
 from clarion.store.db import as_utc, shown, utcnow, write_tx
-from clarion.store.sql import chunks
+from clarion.store.sql import chunks, first_row
 from clarion.store.tables import template_versions, templates
 
 # What the API shows of a template version, and of a template in the list.
@@ -127,8 +127,7 @@ async def get(
         )
     else:
         query = query.where(tv.c.version == version)
-    async with engine.connect() as conn:
-        row = (await conn.execute(query)).mappings().first()
+    row = await first_row(engine, query)
     return _public(row) if row else None
 
 

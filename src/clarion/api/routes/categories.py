@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from clarion.api.auth import Manager, Reader
-from clarion.api.listing import by, page
+from clarion.api.listing import Size, by, page
 from clarion.api.outputs import CategoryOut, CategoryPage
 from clarion.api.refusals import refusal_error
 from clarion.api.responses import JSONResponse, or_404
@@ -55,7 +55,7 @@ async def get(request: Request, principal: Reader, name: ShortNamePath) -> JSONR
 async def list_categories(
     request: Request,
     principal: Reader,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=100, pattern=NAME_PATTERN)] = None,
 ) -> JSONResponse:
     rows = await store.list_(

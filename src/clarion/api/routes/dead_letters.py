@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from clarion.api.auth import Admin
 from clarion.api.idempotency import idempotent
-from clarion.api.listing import aware, cursor_of, position_of
+from clarion.api.listing import Size, aware, cursor_of, position_of
 from clarion.api.outputs import DeadLetter, DeadLetterPage, ReplayResult
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import AwareDatetime, Name
@@ -50,7 +50,7 @@ async def list_dead_letters(
     provider: Annotated[str | None, Query(max_length=200)] = None,
     after: datetime | None = None,
     before: datetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=300)] = None,
 ) -> JSONResponse:
     filters = store.DeadFilter(

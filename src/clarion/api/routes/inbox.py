@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict
 
 from clarion.api.inbox_auth import recipient
-from clarion.api.listing import cursor_of, position_of
+from clarion.api.listing import Size, cursor_of, position_of
 from clarion.api.outputs import InboxCounts, InboxMessage, InboxPage, InboxTicket, Updated
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import AwareDatetime
@@ -52,7 +52,7 @@ async def list_inbox(
     request: Request,
     who: Reader,
     status: Literal["unread", "read", "archived", "all"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=300)] = None,
 ) -> JSONResponse:
     engine = _gate(request).engine

@@ -11,7 +11,7 @@ from clarion.api.auth import Reader, Sender
 from clarion.api.errors import api_error_response, describe_validation, error_body
 from clarion.api.idempotency import header_key, idempotent, request_hash
 from clarion.api.limits import EdgeParsedRoute
-from clarion.api.listing import by, page
+from clarion.api.listing import Size, by, page
 from clarion.api.outputs import (
     BatchResults,
     NotificationAccepted,
@@ -167,7 +167,7 @@ async def deliveries(
     request: Request,
     principal: Reader,
     notification_id: str,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    limit: Size = 100,
     cursor: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
 ) -> JSONResponse:
     rows = await store.deliveries_page(

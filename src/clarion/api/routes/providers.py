@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from clarion.api import provider_schemas
 from clarion.api.auth import Manager, Reader
 from clarion.api.errors import describe_validation
-from clarion.api.listing import by, page
+from clarion.api.listing import Size, by, page
 from clarion.api.outputs import ProviderOut, ProviderPage
 from clarion.api.responses import JSONResponse, or_404
 from clarion.api.schemas import ShortNamePath
@@ -152,7 +152,7 @@ async def get(request: Request, principal: Reader, name: ShortNamePath) -> JSONR
 async def list_providers(
     request: Request,
     principal: Reader,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> JSONResponse:
     rows = await store.list_page(

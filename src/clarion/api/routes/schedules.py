@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from clarion.api.auth import Manager, Reader
-from clarion.api.listing import by, page
+from clarion.api.listing import Size, by, page
 from clarion.api.refusals import refusal_error
 from clarion.api.responses import JSONResponse, or_404
 from clarion.api.schedule_models import (
@@ -30,8 +30,6 @@ from clarion.store import schedules as store
 from clarion.store import topics as topic_store
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
-
-Limit = Annotated[int, Query(ge=1, le=500)]
 
 
 async def _check_references(ctx: Context, tenant_id: str, body: ScheduleIn) -> None:
@@ -134,7 +132,7 @@ async def get(request: Request, principal: Reader, name: NamePath) -> JSONRespon
 async def listing(
     request: Request,
     principal: Reader,
-    limit: Limit = 100,
+    limit: Size = 100,
     cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> JSONResponse:
     rows = await store.page(request.app.state.ctx.engine, principal.tenant_id, cursor, limit + 1)
@@ -158,7 +156,7 @@ async def history(
     request: Request,
     principal: Reader,
     name: NamePath,
-    limit: Limit = 100,
+    limit: Size = 100,
     cursor: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
 ) -> JSONResponse:
     engine = request.app.state.ctx.engine

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from clarion.api.auth import Manager, Reader
-from clarion.api.listing import by, page
+from clarion.api.listing import Size, by, page
 from clarion.api.outputs import (
     Page,
     TemplatePage,
@@ -35,7 +35,6 @@ from clarion.store import templates as store
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
 
-Limit = Annotated[int, Query(ge=1, le=500)]
 LocaleTag = Annotated[
     str, StringConstraints(max_length=35, pattern=r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 ]
@@ -160,7 +159,7 @@ def _compiled(category: str, channels: dict[str, Any], locales: dict[str, Any]) 
 async def list_templates(
     request: Request,
     principal: Reader,
-    limit: Limit = 50,
+    limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> JSONResponse:
     rows = await store.list_templates(
@@ -178,7 +177,7 @@ async def list_versions(
     request: Request,
     principal: Reader,
     name: NamePath,
-    limit: Limit = 50,
+    limit: Size = 50,
     cursor: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
 ) -> JSONResponse:
     rows = await store.list_versions(

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from clarion.api.auth import Manager
 from clarion.api.errors import error_body
-from clarion.api.listing import by, page
+from clarion.api.listing import Size, by, page
 from clarion.api.outputs import TopicChange, TopicOut, TopicSubscriberPage
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import NamePath, RecipientId
@@ -133,7 +133,7 @@ async def subscribers(
     request: Request,
     principal: Manager,
     name: NamePath,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    limit: Size = 100,
     cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> JSONResponse:
     rows = await store.page(

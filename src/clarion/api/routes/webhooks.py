@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clarion.api.auth import Manager
-from clarion.api.listing import by, page
+from clarion.api.listing import Size, by, page
 from clarion.api.outputs import WebhookOut, WebhookPage
 from clarion.api.responses import JSONResponse, or_404
 from clarion.api.schemas import ShortNamePath
@@ -144,7 +144,7 @@ async def get(request: Request, principal: Manager, name: ShortNamePath) -> JSON
 async def list_webhooks(
     request: Request,
     principal: Manager,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> JSONResponse:
     rows = await store.list_page(

@@ -372,9 +372,7 @@ async def test_a_sealed_value_copied_to_another_row_does_not_open(lite: Harness)
     assert (await put(lite, "one", body("smtp"))).status_code == 200
     assert (await put(lite, "two", body("sendgrid"))).status_code == 200
     rows = {r["name"]: r for r in await stored_rows(lite)}
-    moved = provider_store.ProviderRow.from_mapping(
-        {**rows["two"], "secrets": rows["one"]["secrets"]}  # type: ignore[arg-type]
-    )
+    moved = provider_store.NAMED.of({**rows["two"], "secrets": rows["one"]["secrets"]})
     with pytest.raises(Exception, match="altered or belongs elsewhere"):
         moved.open_secrets(lite.ctx.keyring)
 

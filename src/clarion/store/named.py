@@ -1,16 +1,16 @@
 """Rows a tenant names itself (providers, webhooks): a table keyed by (tenant_id, name).
 
 Each kind of row is a :class:`Named`: its table, the resource its audit records name and
-the value a stored row becomes, whose ``audited()`` view the audit records compare. Every
+the dataclass a stored row becomes, whose ``audited()`` view the audit records compare. Every
 change is audited in its own transaction; a row's sealed secrets are bound to its (tenant,
 name) and re-sealed by :func:`rotate`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from sqlalchemy import ColumnElement, RowMapping, Table, delete, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,13 +21,17 @@ from clarion.store.db import write_tx
 from clarion.store.sql import chunks, first_row, upsert
 
 
-class Audited(Protocol):
+class Stored(Protocol):
+    """A dataclass with a field for each column of its table."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
     def audited(self) -> dict[str, Any]:
         """What the audit log compares of a row: never a secret."""
         ...
 
 
-R = TypeVar("R", bound=Audited)
+R = TypeVar("R", bound=Stored)
 
 
 @dataclass
@@ -40,19 +44,23 @@ class Rotation:
 class Named(Generic[R]):
     table: Table
     resource: audit.Resource
-    of_row: Callable[[RowMapping], R]
+    row_type: type[R]
+
+    def of(self, row: Mapping[Any, Any]) -> R:
+        """A stored row as its dataclass."""
+        return self.row_type(**{f.name: row[f.name] for f in fields(self.row_type)})
 
     def matching(self, tenant_id: str, name: str) -> ColumnElement[bool]:
         """The row of that tenant and name."""
         return (self.table.c.tenant_id == tenant_id) & (self.table.c.name == name)
 
     def _audited(self, row: RowMapping | None) -> dict[str, Any] | None:
-        return self.of_row(row).audited() if row is not None else None
+        return self.of(row).audited() if row is not None else None
 
     async def get(self, engine: AsyncEngine, tenant_id: str, name: str) -> R | None:
         query = select(self.table).where(self.matching(tenant_id, name))
         row = await first_row(engine, query)
-        return self.of_row(row) if row is not None else None
+        return self.of(row) if row is not None else None
 
     async def list_page(
         self, engine: AsyncEngine, tenant_id: str, *, after: str | None, limit: int
@@ -64,7 +72,7 @@ class Named(Generic[R]):
             query = query.where(t.c.name > after)
         async with engine.connect() as conn:
             rows = (await conn.execute(query.order_by(t.c.name).limit(limit))).mappings()
-            return [self.of_row(r) for r in rows]
+            return [self.of(r) for r in rows]
 
     async def of_tenants(
         self, engine: AsyncEngine, tenant_ids: Iterable[str], *where: ColumnElement[bool]
@@ -74,7 +82,7 @@ class Named(Generic[R]):
         async with engine.connect() as conn:
             for part in chunks(sorted(set(tenant_ids)), 1000):
                 query = select(self.table).where(self.table.c.tenant_id.in_(part), *where)
-                found.extend(self.of_row(r) for r in (await conn.execute(query)).mappings())
+                found.extend(self.of(r) for r in (await conn.execute(query)).mappings())
         return found
 
     async def put(
@@ -96,7 +104,7 @@ class Named(Generic[R]):
             old = (await conn.execute(select(t).where(mine).with_for_update())).mappings().first()
             await conn.execute(upsert(conn, t, ["tenant_id", "name"], list(updated)).values(values))
             found = (await conn.execute(select(t).where(mine))).mappings().one()
-            before = self.of_row(old) if old is not None else None
+            before = self.of(old) if old is not None else None
             change = audit.diff(
                 self._audited(old), self._audited(found), secrets_changed=secrets_changed(before)
             )
@@ -104,7 +112,7 @@ class Named(Generic[R]):
             await audit.record(
                 conn, audit.Change(tenant_id, actor, self.resource, name, action, change)
             )
-        return self.of_row(found)
+        return self.of(found)
 
     async def delete_one(
         self, engine: AsyncEngine, tenant_id: str, name: str, *, actor: str = audit.SYSTEM

@@ -7,11 +7,10 @@ the caller's to say (:mod:`clarion.providers.kinds`)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.security.secrets import MASK, Keyring, SecretError, provider_aad
@@ -67,10 +66,6 @@ class ProviderRow:
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
-    @classmethod
-    def from_mapping(cls, row: RowMapping) -> ProviderRow:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
-
     def public(self) -> dict[str, Any]:
         """What the API shows: never a secret."""
         return {
@@ -99,7 +94,7 @@ class ProviderRow:
         return value
 
 
-NAMED = named.Named(providers, audit.Resource.PROVIDER, ProviderRow.from_mapping)
+NAMED = named.Named(providers, audit.Resource.PROVIDER, ProviderRow)
 get = NAMED.get
 list_page = NAMED.list_page
 delete_one = NAMED.delete_one

@@ -4,11 +4,10 @@ after the response that created it."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.security.secrets import MASK, Keyring, associated_data
@@ -35,10 +34,6 @@ class WebhookRow:
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
-    @classmethod
-    def from_mapping(cls, row: RowMapping) -> WebhookRow:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
-
     def public(self, secret: str = MASK) -> dict[str, Any]:
         """What the API shows; the secret only when it was just made."""
         return {
@@ -60,7 +55,7 @@ class WebhookRow:
         return keyring.decrypt(self.secret, webhook_aad(self.tenant_id, self.name)).decode()
 
 
-NAMED = named.Named(webhooks, audit.Resource.WEBHOOK, WebhookRow.from_mapping)
+NAMED = named.Named(webhooks, audit.Resource.WEBHOOK, WebhookRow)
 get = NAMED.get
 list_page = NAMED.list_page
 delete_one = NAMED.delete_one

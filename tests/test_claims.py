@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from clarion.domain.delivery import Delivery
 from clarion.domain.status import StatusChange
 from clarion.pipeline.runtime import Roles
 from clarion.store import deliveries as delivery_store
@@ -103,9 +102,9 @@ async def test_a_lapsed_claim_is_swept_and_taken_again(planned_only: Harness) ->
     assert await _claim(app, (other, 1)) == {other}  # its worker lives
     later = utcnow() + timedelta(seconds=5)
     stale = await delivery_store.stale_queued(app.ctx.engine, later, 100)
-    assert [row["id"] for row in stale] == [did]
+    assert [item.delivery.id for item in stale] == [did]
     # The same attempt again, not the next: the call is counted once per claim.
-    [again] = [Delivery.from_row(row) for row in stale]
+    [again] = [item.delivery for item in stale]
     assert again.attempt == 1
     assert await _claim(app, (did, 1)) == {did}
     assert (await _row(app, did))["attempts"] == 1

@@ -11,6 +11,7 @@ import pytest
 
 from clarion.broker.base import decode, encode
 from clarion.domain.delivery import Delivery, MalformedDelivery, decode_delivery, endpoint_of
+from clarion.store.delivery_rows import delivery_of
 from harness import Harness
 
 
@@ -36,7 +37,7 @@ def row(**overrides: Any) -> dict[str, Any]:
 
 
 def test_a_row_becomes_the_delivery_of_its_next_try_and_survives_the_wire() -> None:
-    delivery = Delivery.from_row(row())
+    delivery = delivery_of(row())
 
     assert delivery.attempt == 3
     assert delivery.stream == "send.push.critical"
@@ -46,10 +47,10 @@ def test_a_row_becomes_the_delivery_of_its_next_try_and_survives_the_wire() -> N
 
 
 def test_a_retry_goes_to_the_retry_lane_but_a_critical_one_keeps_its_own() -> None:
-    first = Delivery.from_row(row(priority="normal", critical=False, attempts=0))
+    first = delivery_of(row(priority="normal", critical=False, attempts=0))
     assert first.stream == "send.push.normal"
     assert first.next_attempt().stream == "send.push.retry"
-    assert Delivery.from_row(row()).next_attempt().stream == "send.push.critical"
+    assert delivery_of(row()).next_attempt().stream == "send.push.critical"
 
 
 def _wire(delivery: Delivery) -> dict[str, Any]:
@@ -59,14 +60,14 @@ def _wire(delivery: Delivery) -> dict[str, Any]:
 
 def test_the_endpoint_is_a_webhooks_host_and_port_else_the_provider() -> None:
     hook = row(channel="webhook", address="https://Hooks.Example.com:8443/u/1?x=1")
-    assert endpoint_of(_wire(Delivery.from_row(hook))) == "hooks.example.com:8443"
-    assert endpoint_of(_wire(Delivery.from_row(row()))) == "fcm-main"
-    assert endpoint_of(_wire(Delivery.from_row(row(provider=None)))) is None
+    assert endpoint_of(_wire(delivery_of(hook))) == "hooks.example.com:8443"
+    assert endpoint_of(_wire(delivery_of(row()))) == "fcm-main"
+    assert endpoint_of(_wire(delivery_of(row(provider=None)))) is None
 
 
 def test_naive_timestamps_from_sqlite_are_utc() -> None:
-    naive = Delivery.from_row(row(expires_at=datetime(2030, 1, 2, 3, 4, 5)))
-    assert naive.expires_at == Delivery.from_row(row()).expires_at
+    naive = delivery_of(row(expires_at=datetime(2030, 1, 2, 3, 4, 5)))
+    assert naive.expires_at == delivery_of(row()).expires_at
 
 
 def test_a_message_of_an_earlier_version_without_optional_fields_decodes() -> None:
@@ -159,14 +160,14 @@ def test_the_wire_keeps_the_previous_versions_names_and_values(earlier: bytes) -
     ],
 )
 def test_a_message_that_is_not_a_delivery_is_refused(change: dict[str, Any]) -> None:
-    payload = {**msgspec.to_builtins(Delivery.from_row(row())), **change}
+    payload = {**msgspec.to_builtins(delivery_of(row())), **change}
     with pytest.raises(MalformedDelivery):
         decode_delivery(payload)
 
 
 @pytest.mark.parametrize("missing", ["id", "tenant", "notification", "attempt", "priority"])
 def test_a_message_missing_a_required_field_is_refused(missing: str) -> None:
-    payload = msgspec.to_builtins(Delivery.from_row(row()))
+    payload = msgspec.to_builtins(delivery_of(row()))
     del payload[missing]
     with pytest.raises(MalformedDelivery):
         decode_delivery(payload)

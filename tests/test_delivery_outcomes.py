@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
+from clarion.domain.delivery import Delivery, Stored
 from clarion.domain.status import StatusChange
 from clarion.pipeline.runtime import Roles
 from clarion.store import deliveries as delivery_store
@@ -139,21 +140,17 @@ async def test_a_delivered_report_before_the_workers_outcome_is_kept(lite: Harne
     """A provider may report `delivered` before the worker has stored `sent`: the delivery
     stays `delivered` when the worker's write comes."""
     now = utcnow()
-    row = {
-        "id": "dlv_early",
-        "notification_id": "ntf_early",
-        "tenant_id": lite.tenant_id,
-        "recipient_id": "u1",
-        "channel": "sms",
-        "provider": "twilio-main",
-        "priority": "normal",
-        "status": "queued",
-        "reason": None,
-        "attempts": 0,
-        "created_at": now,
-        "updated_at": now,
-    }
-    assert await delivery_store.insert_one(lite.ctx.engine, row)
+    early = Delivery(
+        id="dlv_early",
+        tenant=lite.tenant_id,
+        notification="ntf_early",
+        recipient="u1",
+        channel="sms",
+        provider="twilio-main",
+        priority="normal",
+        attempt=1,
+    )
+    assert await delivery_store.insert_one(lite.ctx.engine, Stored(early), now)
     assert await delivery_store.apply_provider_report(
         lite.ctx.engine, lite.tenant_id, "dlv_early", "delivered"
     )
@@ -170,21 +167,17 @@ async def test_an_outcome_never_overwrites_that_of_a_later_attempt(app: Harness)
     """A retry's message is published before the first outcome is stored, so the retry can
     run and store its outcome first: the late, older outcome is an event, not the state."""
     now = utcnow()
-    row = {
-        "id": "dlv_race",
-        "notification_id": "ntf_race",
-        "tenant_id": app.tenant_id,
-        "recipient_id": "u1",
-        "channel": "webhook",
-        "provider": "webhook",
-        "priority": "normal",
-        "status": "queued",
-        "reason": None,
-        "attempts": 0,
-        "created_at": now,
-        "updated_at": now,
-    }
-    assert await delivery_store.insert_one(app.ctx.engine, row)
+    race = Delivery(
+        id="dlv_race",
+        tenant=app.tenant_id,
+        notification="ntf_race",
+        recipient="u1",
+        channel="webhook",
+        provider="webhook",
+        priority="normal",
+        attempt=1,
+    )
+    assert await delivery_store.insert_one(app.ctx.engine, Stored(race), now)
     retry_at = now + timedelta(seconds=1)
     engine, tenant = app.ctx.engine, app.tenant_id
     await delivery_store.apply_changes(

@@ -1,18 +1,19 @@
-"""A delivery on its way to a provider: the one shape every stage hands to the channel lanes.
+"""A delivery on its way to a provider: the one value every stage reads, planner to status.
 
-The planner, the sweeper, embedded recovery, dead-letter replay and a worker's fallback all
-make a :class:`Delivery` from a stored row (:meth:`Delivery.from_row`) and publish it; a
-channel worker reads it back from the broker (:func:`decode_delivery`), hands it to a
-provider as it is, and a retry is the same delivery asking for its next attempt. The wire
-form is the struct's own JSON with stable keys, so messages published by an earlier version
-still decode.
+The planner makes a :class:`Delivery` for each recipient and channel (with the state it is
+stored in: :class:`Stored`), the store writes it, and it is published as it is; the
+sweeper, embedded recovery and dead-letter replay have the store read it back. A channel
+worker reads it from the broker (:func:`decode_delivery`), hands it to a provider as it
+is, and a retry is the same delivery asking for its next attempt. The wire form is the
+struct's own JSON with stable keys, so messages published by an earlier version still
+decode.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -21,59 +22,8 @@ import msgspec
 from clarion.domain.models import Channel, DeliveryStatus, Priority, retry_stream, send_stream
 
 
-def new_row(
-    *,
-    notification_id: str,
-    tenant_id: str,
-    priority: str,
-    category: str | None,
-    critical: bool,
-    expires_at: datetime | None,
-    now: datetime,
-    id: str | None = None,
-    recipient_id: str | None = None,
-    channel: str | None = None,
-    address: Any = None,
-    content: Any = None,
-) -> dict[str, Any]:
-    """A new delivery's stored row (``queued``, no attempt yet): the one place its columns
-    are spelled out. The planner makes one per notification and copies it per recipient
-    and channel; a worker's fallback makes one for the channel it switches to."""
-    return {
-        "id": id,
-        "notification_id": notification_id,
-        "tenant_id": tenant_id,
-        "recipient_id": recipient_id,
-        "channel": channel,
-        "provider": None,
-        "priority": priority,
-        "status": DeliveryStatus.QUEUED,
-        "reason": None,
-        "attempts": 0,
-        "last_error": None,
-        "address": address,
-        "content": content,
-        "provider_message_id": None,
-        "category": category,
-        "fallback": None,
-        "critical": critical,
-        "scheduled_for": None,
-        "expires_at": expires_at,
-        "created_at": now,
-        "updated_at": now,
-        "sent_at": None,
-    }
-
-
 class MalformedDelivery(ValueError):
     """A send message that is not a delivery (a missing or mistyped field)."""
-
-
-def _timestamp(value: datetime | None) -> float | None:
-    if value is None:
-        return None
-    # SQLite hands back naive datetimes; everything Clarion stores is UTC.
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 _TRACEPARENT_LENGTH = 55
@@ -81,11 +31,6 @@ _TRACEPARENT_LENGTH = 55
 Traceparent = Annotated[
     str, msgspec.Meta(min_length=_TRACEPARENT_LENGTH, max_length=_TRACEPARENT_LENGTH)
 ]
-
-
-def _traceparent(value: Any) -> str | None:
-    """An optional field: anything but a string of a traceparent's length is ignored."""
-    return value if isinstance(value, str) and len(value) == _TRACEPARENT_LENGTH else None
 
 
 class Delivery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -139,32 +84,19 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc
     def next_attempt(self) -> Delivery:
         return msgspec.structs.replace(self, attempt=self.attempt + 1)
 
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any], attempt: int | None = None) -> Delivery:
-        """The delivery of a stored row; by default it asks for the try after the row's, or
-        for the row's own if it is ``sending`` (its claimant died: that attempt is made
-        again, not counted twice)."""
-        if attempt is None:
-            sending = row.get("status") == DeliveryStatus.SENDING
-            attempt = row["attempts"] if sending else row["attempts"] + 1
-        return cls(
-            id=row["id"],
-            tenant=row["tenant_id"],
-            notification=row["notification_id"],
-            recipient=row["recipient_id"],
-            channel=row["channel"],
-            provider=row["provider"],
-            priority=row["priority"],
-            to=row["address"],
-            content=row["content"],
-            attempt=attempt,
-            expires_at=_timestamp(row.get("expires_at")),
-            category=row.get("category"),
-            critical=bool(row.get("critical")),
-            fallback=row.get("fallback"),
-            # A row read with its notification's stored traceparent (store/deliveries.py).
-            trace=_traceparent(row.get("trace")),
-        )
+
+class Stored(msgspec.Struct, frozen=True, gc=False):
+    """A delivery with the state it is stored in. The planner makes one per recipient and
+    channel (``queued``; ``scheduled`` until a quiet window or a cap's slot ends;
+    ``suppressed``; ``failed``) and the store writes it; the store reads back those waiting
+    to be published again (the sweeper, embedded recovery, a replayed plan)."""
+
+    delivery: Delivery
+    status: str = DeliveryStatus.QUEUED
+    reason: str | None = None
+    # When a ``scheduled`` delivery is due (also a waiting retry's, read back).
+    scheduled_for: datetime | None = None
+    last_error: str | None = None
 
 
 # Where msgspec says a send message's traceparent is not one.

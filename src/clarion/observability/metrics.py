@@ -29,6 +29,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from clarion import __version__
+from clarion.domain.delivery import Stored
 
 # accept → sent: from milliseconds (in-app) to an hour (a retried or rate-limited email).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -222,16 +223,16 @@ def refused_items(bodies: Iterable[dict[str, Any]]) -> None:
         refused(code, n)
 
 
-def planned(rows: Sequence[dict[str, Any]]) -> None:
+def planned(items: Sequence[Stored]) -> None:
     """Deliveries the planner created, by the state it created them in."""
-    if not ENABLED or not rows:
+    if not ENABLED or not items:
         return
     m = METRICS
     keys: Tally[tuple[str, ...]] = Tally()
-    for row in rows:
-        status, reason = str(row["status"]), _label(row.get("reason"))
-        key: tuple[str, ...] = (row["channel"], NONE, status, reason)
-        keys[(*key, row["tenant_id"]) if m.tenant_label else key] += 1
+    for item in items:
+        status, reason, delivery = str(item.status), _label(item.reason), item.delivery
+        key: tuple[str, ...] = (delivery.channel, NONE, status, reason)
+        keys[(*key, delivery.tenant) if m.tenant_label else key] += 1
     for key, n in keys.items():
         m.deliveries.labels(*key).inc(n)
 

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-import msgspec
-
 from clarion.broker import Delayed
-from clarion.domain.delivery import Delivery, new_row
+from clarion.domain.delivery import Delivery, Stored
 from clarion.domain.ids import delivery_id
 from clarion.domain.models import DeliveryStatus
 from clarion.domain.status import StatusChange
@@ -86,22 +84,23 @@ def _unattempted(
     )
 
 
-def fallback_row(delivery: Delivery, fallback: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """The stored row of the delivery a critical one switches to on its fallback channel."""
-    expires_at = delivery.expires_at
-    return new_row(
+def fallback_of(delivery: Delivery, fallback: dict[str, Any]) -> Delivery:
+    """The delivery a critical one switches to on its fallback channel (its first attempt;
+    it stays in the trace of the delivery it stands in for)."""
+    return Delivery(
         id=delivery_id(delivery.notification, delivery.recipient, fallback["channel"]),
-        notification_id=delivery.notification,
-        tenant_id=delivery.tenant,
-        recipient_id=delivery.recipient,
+        tenant=delivery.tenant,
+        notification=delivery.notification,
+        recipient=delivery.recipient,
         channel=fallback["channel"],
         priority=delivery.priority,
-        address=fallback["address"],
+        to=fallback["address"],
         content=fallback["content"],
+        attempt=1,
+        expires_at=delivery.expires_at,
         category=delivery.category,
         critical=delivery.critical,
-        expires_at=datetime.fromtimestamp(expires_at, UTC) if expires_at else None,
-        now=now,
+        trace=delivery.trace,
     )
 
 
@@ -195,13 +194,10 @@ class Attempts:
         template's fallback channel: a delivery of its own (deterministic id, so at most
         one), and this one is failed with reason ``no_healthy_provider``. None: the
         fallback could not be created; the delivery waits instead."""
-        now = utcnow()
-        row = fallback_row(delivery, fallback, now)
+        switched = fallback_of(delivery, fallback)
         try:
-            created = await delivery_store.insert_one(self._ctx.engine, row)
+            created = await delivery_store.insert_one(self._ctx.engine, Stored(switched), utcnow())
             if created:
-                # The fallback stays in the trace of the delivery it stands in for.
-                switched = msgspec.structs.replace(Delivery.from_row(row), trace=delivery.trace)
                 await publish_deliveries(self._ctx.broker, [switched])
         except Exception as exc:
             log.warning("delivery %s: creating the fallback failed: %r", delivery.id, exc)
@@ -212,5 +208,5 @@ class Attempts:
             trace,
             reason="no_healthy_provider",
             last_error=f"no healthy {delivery.channel} provider: sent by "
-            f"{fallback['channel']} instead ({row['id']})",
+            f"{fallback['channel']} instead ({switched.id})",
         )

@@ -18,6 +18,9 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
+from clarion.domain.delivery import Delivery, Stored
 from clarion.domain.digests import digest_key
 from clarion.domain.models import PLAN_STREAM, DeliveryStatus, Priority
 from clarion.domain.preferences import HELD_FOR_DIGEST, CategoryPolicy
@@ -55,42 +58,37 @@ class Holding:
             return frozenset()
         return frozenset(version.digests)
 
-    def offer(
-        self, row: Mapping[str, Any], note: Mapping[str, Any], policy: CategoryPolicy
-    ) -> None:
+    def offer(self, delivery: Delivery, note: Mapping[str, Any], policy: CategoryPolicy) -> None:
         """A delivery that may be held (``digestible`` named its channel)."""
         assert policy.digest_window is not None
-        self._candidates[row["id"]] = store.Held(
-            tenant_id=row["tenant_id"],
-            recipient_id=row["recipient_id"],
-            channel=row["channel"],
+        self._candidates[delivery.id] = store.Held(
+            tenant_id=delivery.tenant,
+            recipient_id=delivery.recipient,
+            channel=delivery.channel,
             category=policy.name,
             key=digest_key(note["data"], policy.digest_key),
             window=policy.digest_window,
-            delivery_id=row["id"],
-            notification_id=row["notification_id"],
+            delivery_id=delivery.id,
+            notification_id=delivery.notification,
         )
 
-    def can_hold(self, row: Mapping[str, Any]) -> bool:
-        return row["id"] in self._candidates
+    def can_hold(self, item: Stored) -> bool:
+        return item.delivery.id in self._candidates
 
     @staticmethod
-    def hold(row: dict[str, Any]) -> None:
-        """Mark a delivery held: its message is the digest's, so it carries no content."""
-        row.update(
-            status=DeliveryStatus.SUPPRESSED,
-            reason=HELD_FOR_DIGEST,
-            scheduled_for=None,
-            content=None,
-            fallback=None,
-        )
+    def hold(item: Stored) -> Stored:
+        """The delivery held: its message is the digest's, so it carries no content."""
+        delivery = item.delivery
+        if delivery.content is not None or delivery.fallback is not None:
+            delivery = msgspec.structs.replace(delivery, content=None, fallback=None)
+        return Stored(delivery, DeliveryStatus.SUPPRESSED, HELD_FOR_DIGEST)
 
-    def held(self, rows: Iterable[Mapping[str, Any]]) -> list[store.Held]:
-        """What of ``rows`` (those about to be stored) is held."""
+    def held(self, items: Iterable[Stored]) -> list[store.Held]:
+        """What of ``items`` (those about to be stored) is held."""
         return [
-            self._candidates[row["id"]]
-            for row in rows
-            if row["reason"] == HELD_FOR_DIGEST and row["id"] in self._candidates
+            self._candidates[item.delivery.id]
+            for item in items
+            if item.reason == HELD_FOR_DIGEST and item.delivery.id in self._candidates
         ]
 
 

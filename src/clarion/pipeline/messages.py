@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from clarion.broker import Broker, Delayed
-from clarion.domain.delivery import Delivery
+from clarion.domain.delivery import Delivery, Stored
 from clarion.observability import tracing
-from clarion.store.db import as_utc
 
 # Messages per XADD pipeline: bounds one round trip, not what a call may publish.
 _PUBLISH_CHUNK = 1000
@@ -21,20 +20,19 @@ def plan_payload(notification_id: str, tenant_id: str, trace: str | None = None)
     return payload
 
 
-def of_rows(
-    rows: Iterable[Mapping[str, Any]], now: float
+def by_due_time(
+    items: Iterable[Stored], now: float
 ) -> tuple[list[Delivery], list[tuple[Delivery, float]]]:
-    """The deliveries of stored rows: those to send now, and those due later (a retry's or
-    a quiet window's ``scheduled_for``) with their due time."""
+    """The deliveries to send now, and those due later (a retry's or a quiet window's
+    ``scheduled_for``) with their due time."""
     ready: list[Delivery] = []
     later: list[tuple[Delivery, float]] = []
-    for row in rows:
-        delivery = Delivery.from_row(row)
-        due = as_utc(row.get("scheduled_for"))
+    for item in items:
+        due = item.scheduled_for
         if due is not None and due.timestamp() > now:
-            later.append((delivery, due.timestamp()))
+            later.append((item.delivery, due.timestamp()))
         else:
-            ready.append(delivery)
+            ready.append(item.delivery)
     return ready, later
 
 

@@ -16,10 +16,12 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
+
+import msgspec
 
 from clarion.broker import Message
-from clarion.domain.delivery import new_row
+from clarion.domain.delivery import Delivery, Stored
 from clarion.domain.ids import delivery_id
 from clarion.domain.models import (
     CHUNK_STREAM,
@@ -45,7 +47,7 @@ from clarion.pipeline.categories import CategoryCache, Policies
 from clarion.pipeline.context import Context
 from clarion.pipeline.inflight import holding
 from clarion.pipeline.lead import Lead
-from clarion.pipeline.messages import of_rows, plan_payload, publish_deliveries
+from clarion.pipeline.messages import by_due_time, plan_payload, publish_deliveries
 from clarion.pipeline.status_events import StatusEvents
 from clarion.pipeline.templates import TemplateCache
 from clarion.store import notifications as notification_store
@@ -75,7 +77,7 @@ _SLICE = 500
 
 @dataclass(slots=True)
 class Plan:
-    rows: list[dict[str, Any]]  # new deliveries
+    made: list[Stored]  # new deliveries
     planned: list[str]  # notification ids this batch planned
 
 
@@ -107,17 +109,30 @@ def _planning_topic(note: dict[str, Any]) -> bool:
     )
 
 
-def _common_row(note: dict[str, Any], policy: CategoryPolicy, now: datetime) -> dict[str, Any]:
-    """What the rows of a notification's deliveries share (a new row is a copy)."""
-    return new_row(
-        notification_id=note["id"],
-        tenant_id=note["tenant_id"],
+def _common(note: dict[str, Any], policy: CategoryPolicy, expires_at: datetime | None) -> Delivery:
+    """What a notification's deliveries share (each is a copy that adds its recipient and
+    channel): their first attempt."""
+    return Delivery(
+        id="",
+        tenant=note["tenant_id"],
+        notification=note["id"],
+        recipient="",
+        channel="",
         priority=note["priority"],
+        attempt=1,
+        expires_at=None if expires_at is None else expires_at.timestamp(),
         category=policy.name,
         critical=policy.critical,
-        expires_at=as_utc(note["expires_at"]),
-        now=now,
     )
+
+
+class _Draft(NamedTuple):
+    """What the deliveries of one recipient are made from."""
+
+    version: CompiledVersion
+    recipient: dict[str, Any]
+    context: dict[str, Any]  # the template's variables
+    decision: Decision  # the recipient's preferences, applied
 
 
 def _stripe_of(message: Message) -> int | None:
@@ -217,9 +232,9 @@ class Planner:
         if ids:
             async with asyncio.timeout(STEP_DEADLINE):
                 plan, republish, topical = await self._plan(ids, redelivered)
-                await self._events.emit_rows(plan.rows)
-                metrics.planned(plan.rows)
-                await self._publish([*plan.rows, *republish])
+                await self._events.emit_new(plan.made)
+                metrics.planned(plan.made)
+                await self._publish([*plan.made, *republish])
             work.extend(self._open_topic(note) for note in topical)
         chunks = sorted(
             {(m.payload["notification"], s) for m in messages if (s := _stripe_of(m)) is not None}
@@ -239,16 +254,16 @@ class Planner:
         async with planning.reads(self._ctx.engine, self._ctx.pg) as reads:
             return await reads.notifications(list(dict.fromkeys(ids)))
 
-    async def _publish(self, rows: list[dict[str, Any]]) -> None:
+    async def _publish(self, items: list[Stored]) -> None:
         waiting = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
-        ready, later = of_rows(
-            (row for row in rows if row["status"] in waiting), utcnow().timestamp()
+        ready, later = by_due_time(
+            (item for item in items if item.status in waiting), utcnow().timestamp()
         )
         await publish_deliveries(self._ctx.broker, ready, later)
 
     async def _plan(
         self, ids: list[str], redelivered: list[str]
-    ) -> tuple[Plan, list[dict[str, Any]], list[dict[str, Any]]]:
+    ) -> tuple[Plan, list[Stored], list[dict[str, Any]]]:
         """Plan the notifications to listed recipients; return the topic sends still being
         planned, whose next chunk is planned apart (``_plan_chunk``)."""
         now = utcnow()
@@ -276,25 +291,25 @@ class Planner:
             people = await reads.recipients(
                 {(n["tenant_id"], rid) for n in todo for rid in n["recipient_ids"]}
             )
-            plan = Plan(rows=[], planned=[n["id"] for n in todo])
+            plan = Plan(made=[], planned=[n["id"] for n in todo])
             holding = digests.Holding()
             for note in todo:
                 head = heads.get((note["tenant_id"], note["template"]))
                 version = compiled.get((note["tenant_id"], note["template"], head or 0))
                 policies = categories.get(note["tenant_id"], {})
-                plan.rows.extend(self._deliveries(note, version, people, policies, now, holding))
-            existing = await reads.existing_deliveries([r["id"] for r in plan.rows])
+                plan.made.extend(self._deliveries(note, version, people, policies, now, holding))
+            existing = await reads.existing_deliveries([item.delivery.id for item in plan.made])
             # A topic send's chunks are published as they are planned; one whose publish
             # was lost is found by the sweeper, not by reading the whole send again here.
             listed = [nid for nid in redelivered if notes.get(nid, {}).get("topic") is None]
             republish = await reads.waiting_deliveries(listed) if listed else []
-        plan.rows = [row for row in plan.rows if row["id"] not in existing]
+        plan.made = [item for item in plan.made if item.delivery.id not in existing]
         exempt = {n["id"] for n in todo if n.get("digest_of")}
-        await self._cap_and_hold(plan.rows, categories, holding, now, exempt)
+        await self._cap_and_hold(plan.made, categories, holding, now, exempt)
         # A topic send keeps its outbox row until its last chunk is planned.
         outbox_ids = [nid for nid in ids if notes.get(nid, {}).get("topic") is None]
-        inserted = await planning.store_plan(engine, pg, plan.rows, plan.planned, outbox_ids, now)
-        plan.rows = [row for row in plan.rows if row["id"] in inserted]
+        inserted = await planning.store_plan(engine, pg, plan.made, plan.planned, outbox_ids, now)
+        plan.made = [item for item in plan.made if item.delivery.id in inserted]
         return plan, republish, topical
 
     async def _open_topic(self, note: dict[str, Any]) -> None:
@@ -341,26 +356,26 @@ class Planner:
         )
         people = {(tenant, person["id"]): person for person in chunk}
         holding = digests.Holding()
-        rows: list[dict[str, Any]] = []
+        made: list[Stored] = []
         policies = categories.get(tenant, {})
         for start in range(0, len(chunk), _SLICE):
             if start:
                 await asyncio.sleep(0)
             part = {**note, "recipient_ids": [p["id"] for p in chunk[start : start + _SLICE]]}
-            rows.extend(self._deliveries(part, version, people, policies, now, holding))
-        await self._cap_and_hold(rows, categories, holding, now)
+            made.extend(self._deliveries(part, version, people, policies, now, holding))
+        await self._cap_and_hold(made, categories, holding, now)
         through = chunk[-1]["id"] if chunk else after
         done = len(chunk) < size or (last is not None and through == last)
         retry_at = now + timedelta(seconds=self._ctx.settings.outbox_grace)
         stored = StripeChunk(nid, stripe, after, through, done, now, retry_at)
-        inserted = await planning.store_stripe(engine, pg, rows, stored)
+        inserted = await planning.store_stripe(engine, pg, made, stored)
         if inserted is None:
             return  # another planner stored this chunk, or the send was cancelled
-        rows = [row for row in rows if row["id"] in inserted]
-        await self._events.emit_rows(rows)
-        metrics.planned(rows)
-        for start in range(0, len(rows), _SLICE):
-            await self._publish(rows[start : start + _SLICE])
+        made = [item for item in made if item.delivery.id in inserted]
+        await self._events.emit_new(made)
+        metrics.planned(made)
+        for start in range(0, len(made), _SLICE):
+            await self._publish(made[start : start + _SLICE])
         if done:
             await planning.finish_topic(engine, pg, nid, utcnow())
         else:
@@ -370,7 +385,7 @@ class Planner:
 
     async def _cap_and_hold(
         self,
-        rows: list[dict[str, Any]],
+        made: list[Stored],
         categories: dict[str, Policies],
         holding: digests.Holding,
         now: datetime,
@@ -378,8 +393,8 @@ class Planner:
     ) -> None:
         """Apply the categories' caps (pipeline/throttle.py), then hold what goes into
         digests (pipeline/digests.py), before the deliveries are stored."""
-        await throttle.cap(self._ctx.resilience.limiter, rows, categories, holding, now, exempt)
-        await digests.hold(self._ctx, holding.held(rows), now)
+        await throttle.cap(self._ctx.resilience.limiter, made, categories, holding, now, exempt)
+        await digests.hold(self._ctx, holding.held(made), now)
 
     def _deliveries(
         self,
@@ -389,7 +404,7 @@ class Planner:
         policies: Policies,
         now: datetime,
         holding: digests.Holding,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Stored]:
         if version is None:
             log.warning("notification %s: template %r is gone", note["id"], note["template"])
             return []
@@ -400,9 +415,10 @@ class Planner:
         # What is the same for every recipient of the notification, worked out once.
         channels = candidate_channels(list(version.channels), note["channels"], policy)
         tenant, nid = note["tenant_id"], note["id"]
-        common = _common_row(note, policy, now)
+        expires_at = as_utc(note["expires_at"])
+        common = _common(note, policy, expires_at)
         providers = {channel: self._ctx.providers.name_for(tenant, channel) for channel in channels}
-        rows = []
+        made = []
         for rid in note["recipient_ids"]:
             recipient = people.get((tenant, rid))
             if recipient is None:
@@ -416,87 +432,66 @@ class Planner:
                 now=now,
                 digestible=digestible,
             )
-            context = render_context(note, recipient)
+            draft = _Draft(version, recipient, render_context(note, recipient), decision)
             for channel in channels:
-                row = common.copy()
-                row["id"] = delivery_id(nid, rid, channel)
-                row["recipient_id"] = rid
-                row["channel"] = channel
-                row["provider"] = providers[channel]
-                row["address"] = address_for(channel, recipient)
+                delivery = msgspec.structs.replace(
+                    common,
+                    id=delivery_id(nid, rid, channel),
+                    recipient=rid,
+                    channel=channel,
+                    provider=providers[channel],
+                    to=address_for(channel, recipient),
+                )
                 if channel in digestible:
-                    holding.offer(row, note, policy)
-                self._settle(row, decision, version, recipient, context, now)
-                rows.append(row)
-        return rows
+                    holding.offer(delivery, note, policy)
+                made.append(self._settle(delivery, draft, now, expires_at))
+        return made
 
     def _settle(
-        self,
-        row: dict[str, Any],
-        decision: Decision,
-        version: CompiledVersion,
-        recipient: dict[str, Any],
-        context: dict[str, Any],
-        now: datetime,
-    ) -> None:
+        self, delivery: Delivery, draft: _Draft, now: datetime, expires_at: datetime | None
+    ) -> Stored:
         """What becomes of one channel: suppressed, expired, held for a digest, failed to
         render, deferred (quiet hours, snooze), or queued."""
-        channel = row["channel"]
-        expires_at = row["expires_at"]
+        channel, decision = delivery.channel, draft.decision
         if channel in decision.suppressed:
-            row.update(status=DeliveryStatus.SUPPRESSED, reason=decision.suppressed[channel])
-        elif row["address"] is None:
-            row.update(status=DeliveryStatus.SUPPRESSED, reason="no_address")
-        elif expires_at is not None and expires_at <= now:
-            row.update(status=DeliveryStatus.FAILED, reason="expired")
-        elif channel in decision.held:
-            digests.Holding.hold(row)
-        else:
-            self._render(row, version, channel, recipient, context)
-            if row["status"] == DeliveryStatus.QUEUED:
-                row["fallback"] = self._fallback(row, version, recipient, context)
-            until = decision.deferred.get(channel)
-            if until is None or row["status"] != DeliveryStatus.QUEUED:
-                return
-            if expires_at is not None and expires_at <= until:
-                # The wait outlasts the notification: it would expire while waiting.
-                row.update(status=DeliveryStatus.FAILED, reason="expired")
-            else:
-                reason = decision.deferred_for.get(channel, "deferred")
-                row.update(status=DeliveryStatus.SCHEDULED, reason=reason, scheduled_for=until)
+            return Stored(delivery, DeliveryStatus.SUPPRESSED, decision.suppressed[channel])
+        if delivery.to is None:
+            return Stored(delivery, DeliveryStatus.SUPPRESSED, "no_address")
+        if expires_at is not None and expires_at <= now:
+            return Stored(delivery, DeliveryStatus.FAILED, "expired")
+        if channel in decision.held:
+            return digests.Holding.hold(Stored(delivery))
+        _, template = draft.version.for_channel(channel, draft.recipient.get("locale"))
+        try:
+            content = template.render(draft.context)
+        except TemplateError as exc:
+            return Stored(delivery, DeliveryStatus.FAILED, "render_error", last_error=exc.message)
+        # Rendered: the delivery with its content, and the fallback's.
+        delivery = msgspec.structs.replace(
+            delivery, content=content, fallback=self._fallback(delivery, draft)
+        )
+        until = decision.deferred.get(channel)
+        if until is None:
+            return Stored(delivery)
+        if expires_at is not None and expires_at <= until:
+            # The wait outlasts the notification: it would expire while waiting.
+            return Stored(delivery, DeliveryStatus.FAILED, "expired")
+        reason = decision.deferred_for.get(channel, "deferred")
+        return Stored(delivery, DeliveryStatus.SCHEDULED, reason, until)
 
     @staticmethod
-    def _fallback(
-        row: dict[str, Any],
-        version: CompiledVersion,
-        recipient: dict[str, Any],
-        context: dict[str, Any],
-    ) -> dict[str, Any] | None:
+    def _fallback(delivery: Delivery, draft: _Draft) -> dict[str, Any] | None:
         """For a critical delivery whose template names a fallback channel: that channel's
         address and content, rendered now, so a worker can switch without the planner."""
-        target = version.fallbacks.get(row["channel"])
-        if target is None or not (row["critical"] or row["priority"] == Priority.CRITICAL):
+        target = draft.version.fallbacks.get(delivery.channel)
+        if target is None or not (delivery.critical or delivery.priority == Priority.CRITICAL):
             return None
-        address = address_for(target, recipient)
+        address = address_for(target, draft.recipient)
         if address is None:
             return None
-        _, template = version.for_channel(target, recipient.get("locale"))
+        _, template = draft.version.for_channel(target, draft.recipient.get("locale"))
         try:
-            content = template.render(context)
+            content = template.render(draft.context)
         except TemplateError:
             return None
         return {"channel": target, "address": address, "content": content}
-
-    @staticmethod
-    def _render(
-        row: dict[str, Any],
-        version: CompiledVersion,
-        channel: str,
-        recipient: dict[str, Any],
-        context: dict[str, Any],
-    ) -> None:
-        _, template = version.for_channel(channel, recipient.get("locale"))
-        try:
-            row["content"] = template.render(context)
-        except TemplateError as exc:
-            row.update(status=DeliveryStatus.FAILED, reason="render_error", last_error=exc.message)

@@ -7,10 +7,9 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from clarion.domain.delivery import Delivery
 from clarion.domain.models import plan_stream
 from clarion.pipeline.context import Context
-from clarion.pipeline.messages import of_rows, plan_payload, publish_deliveries
+from clarion.pipeline.messages import by_due_time, plan_payload, publish_deliveries
 from clarion.store import deliveries as delivery_store
 from clarion.store import notifications as notification_store
 from clarion.store import retention
@@ -58,14 +57,15 @@ class Sweeper:
 
     async def run_once(self) -> int:
         cutoff = utcnow() - timedelta(seconds=self._ctx.settings.sweep_after)
-        rows = await delivery_store.stale_queued(self._ctx.engine, cutoff, _SWEEP_BATCH)
-        if not rows:
+        stale = await delivery_store.stale_queued(self._ctx.engine, cutoff, _SWEEP_BATCH)
+        if not stale:
             return 0
-        log.info("sweeper: publishing %d stale queued deliveries again", len(rows))
+        log.info("sweeper: publishing %d stale queued deliveries again", len(stale))
         # Stale means due: whatever its scheduled time, it goes on its lane now.
-        await publish_deliveries(self._ctx.broker, [Delivery.from_row(r) for r in rows])
-        await delivery_store.touch(self._ctx.engine, [r["id"] for r in rows])
-        return len(rows)
+        deliveries = [item.delivery for item in stale]
+        await publish_deliveries(self._ctx.broker, deliveries)
+        await delivery_store.touch(self._ctx.engine, [d.id for d in deliveries])
+        return len(stale)
 
 
 class Retention:
@@ -105,10 +105,10 @@ async def recover_embedded(ctx: Context) -> int:
     after: str | None = None
     total = 0
     while True:
-        rows = await delivery_store.all_queued(ctx.engine, after, 1000)
-        if not rows:
+        waiting = await delivery_store.all_queued(ctx.engine, after, 1000)
+        if not waiting:
             return total
-        after = rows[-1]["id"]
-        total += len(rows)
-        ready, later = of_rows(rows, now.timestamp())
+        after = waiting[-1].delivery.id
+        total += len(waiting)
+        ready, later = by_due_time(waiting, now.timestamp())
         await publish_deliveries(ctx.broker, ready, later)

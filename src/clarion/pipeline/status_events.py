@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from clarion.domain.delivery import Stored
 from clarion.domain.ids import new_id
 from clarion.domain.models import DeliveryStatus
 from clarion.domain.status import StatusChange
@@ -71,8 +72,27 @@ def change_data(change: StatusChange) -> dict[str, Any]:
     }
 
 
+def new_data(item: Stored) -> dict[str, Any]:
+    """The data of an event about a new delivery (no attempt made yet)."""
+    d = item.delivery
+    return {
+        "delivery_id": d.id,
+        "notification_id": d.notification,
+        "recipient_id": d.recipient,
+        "channel": d.channel,
+        "provider": d.provider,
+        "provider_message_id": None,
+        "status": item.status,
+        "reason": item.reason,
+        "attempts": d.attempt - 1,
+        "last_error": item.last_error,
+        "scheduled_for": rfc3339(item.scheduled_for),
+        "sent_at": None,
+    }
+
+
 def row_data(row: dict[str, Any]) -> dict[str, Any]:
-    """The data of an event about a delivery row as stored (or about to be)."""
+    """The data of an event about a delivery row as stored."""
     return {
         "delivery_id": row["id"],
         "notification_id": row["notification_id"],
@@ -120,18 +140,18 @@ class StatusEvents:
             if wants(c.tenant_id, f"delivery.{c.status}")
         ]
 
-    async def of_rows(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The messages for newly inserted delivery rows (only their final or deferred
-        states make events; a queued row's event comes from its worker)."""
-        emitted = [r for r in rows if r["status"] in EMITTED]
+    async def of_new(self, items: Sequence[Stored]) -> list[dict[str, Any]]:
+        """The messages for newly inserted deliveries (only their final or deferred states
+        make events; a queued delivery's event comes from its worker)."""
+        emitted = [item for item in items if item.status in EMITTED]
         if not emitted:
             return []
-        await self._subscribed({r["tenant_id"] for r in emitted})
+        await self._subscribed({item.delivery.tenant for item in emitted})
         wants = self._ctx.webhooks.wants
         return [
-            message(r["tenant_id"], event(r["status"], row_data(r)))
-            for r in emitted
-            if wants(r["tenant_id"], f"delivery.{r['status']}")
+            message(item.delivery.tenant, event(item.status, new_data(item)))
+            for item in emitted
+            if wants(item.delivery.tenant, f"delivery.{item.status}")
         ]
 
     async def publish(self, messages: list[dict[str, Any]]) -> None:
@@ -144,12 +164,12 @@ class StatusEvents:
         except Exception as exc:
             log.warning("%d status event(s) could not be published: %r", len(messages), exc)
 
-    async def emit_rows(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Publish the events of rows already committed; failures are logged."""
+    async def emit_new(self, items: Sequence[Stored]) -> None:
+        """Publish the events of new deliveries already committed; failures are logged."""
         try:
-            messages = await self.of_rows(rows)
+            messages = await self.of_new(items)
         except Exception as exc:
-            log.warning("status events of %d deliveries were not published: %r", len(rows), exc)
+            log.warning("status events of %d deliveries were not published: %r", len(items), exc)
             return
         await self.publish(messages)
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
-from typing import Any
 
+from clarion.domain.delivery import Delivery, Stored
 from clarion.domain.models import DeliveryStatus, Priority
 from clarion.domain.preferences import CategoryPolicy
 from clarion.pipeline.categories import Policies
@@ -43,29 +43,31 @@ def day_take(tenant_id: str, recipient_id: str, category: str, max_per_day: int)
     return Take(f"mpd:{tenant_id}:{category}:{recipient_id}", max_per_day / 86400.0, max_per_day)
 
 
-def _takes(row: Mapping[str, Any], policy: CategoryPolicy) -> list[Take]:
+def _takes(delivery: Delivery, policy: CategoryPolicy) -> list[Take]:
     wait = DEFER_HORIZON if policy.overflow == "defer" else 0.0
     takes = []
+    tenant, recipient = delivery.tenant, delivery.recipient
     if policy.max_per_hour:
-        take = recipient_category_take(
-            row["tenant_id"], row["recipient_id"], policy.name, policy.max_per_hour
-        )
+        take = recipient_category_take(tenant, recipient, policy.name, policy.max_per_hour)
         takes.append(Take(take.key, take.rate, take.burst, max_wait=wait))
     if policy.max_per_day:
-        take = day_take(row["tenant_id"], row["recipient_id"], policy.name, policy.max_per_day)
+        take = day_take(tenant, recipient, policy.name, policy.max_per_day)
         takes.append(Take(take.key, take.rate, take.burst, max_wait=wait))
     return takes
 
 
 def _capped(
-    row: Mapping[str, Any], categories: Mapping[str, Policies], exempt: Collection[str]
+    item: Stored, categories: Mapping[str, Policies], exempt: Collection[str]
 ) -> CategoryPolicy | None:
     """The policy whose caps apply to the delivery, if any do."""
-    if row["status"] not in (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED):
+    if item.status not in (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED):
         return None
-    if row["priority"] == Priority.CRITICAL or row["notification_id"] in exempt:
+    delivery = item.delivery
+    if delivery.priority == Priority.CRITICAL or delivery.notification in exempt:
         return None
-    policy = categories.get(row["tenant_id"], {}).get(row["category"])
+    if delivery.category is None:
+        return None
+    policy = categories.get(delivery.tenant, {}).get(delivery.category)
     if policy is None or policy.critical or not (policy.max_per_hour or policy.max_per_day):
         return None
     return policy
@@ -73,53 +75,57 @@ def _capped(
 
 async def cap(
     limiter: RateLimiter,
-    rows: list[dict[str, Any]],
+    items: list[Stored],
     categories: Mapping[str, Policies],
     holding: Holding,
     now: datetime,
     exempt: Collection[str] = (),
 ) -> None:
-    """Apply the caps to a batch's new deliveries, in place (one round trip to the limiter);
-    ``exempt`` names notifications that are never capped (digests)."""
-    # (notification, recipient) -> its policy, its deliveries, and its takes' slice
-    groups: dict[tuple[str, str], tuple[CategoryPolicy, list[dict[str, Any]], slice]] = {}
+    """Apply the caps to a batch's new deliveries, in place (each capped one is replaced by
+    its new state; one round trip to the limiter); ``exempt`` names notifications that are
+    never capped (digests)."""
+    # (notification, recipient) -> its policy, its deliveries' places, and its takes' slice
+    groups: dict[tuple[str, str], tuple[CategoryPolicy, list[int], slice]] = {}
     takes: list[Take] = []
-    for row in rows:
-        policy = _capped(row, categories, exempt)
+    for place, item in enumerate(items):
+        policy = _capped(item, categories, exempt)
         if policy is None:
             continue
-        key = (row["notification_id"], row["recipient_id"])
+        key = (item.delivery.notification, item.delivery.recipient)
         if key not in groups:
             start = len(takes)
-            takes.extend(_takes(row, policy))
+            takes.extend(_takes(item.delivery, policy))
             groups[key] = (policy, [], slice(start, len(takes)))
-        groups[key][1].append(row)
+        groups[key][1].append(place)
     if not takes:
         return
     decisions = await limiter.take_many(takes)
-    for policy, group, span in groups.values():
+    for policy, places, span in groups.values():
         mine = decisions[span]
         wait = max(d.retry_after for d in mine)
         if all(d.allowed for d in mine):
             if wait > _NOW:
-                for row in group:
-                    _defer(row, now + timedelta(seconds=wait))
+                for place in places:
+                    items[place] = _defer(items[place], now + timedelta(seconds=wait))
             continue
-        for row in group:
-            if policy.overflow == "digest" and holding.can_hold(row):
-                holding.hold(row)
-            else:
-                row.update(
-                    status=DeliveryStatus.SUPPRESSED, reason=RATE_LIMITED, scheduled_for=None
-                )
+        for place in places:
+            items[place] = _overflow(items[place], policy, holding)
 
 
-def _defer(row: dict[str, Any], until: datetime) -> None:
-    current = row["scheduled_for"]
+def _overflow(item: Stored, policy: CategoryPolicy, holding: Holding) -> Stored:
+    """A delivery over its cap: held for the digest, or dropped."""
+    if policy.overflow == "digest" and holding.can_hold(item):
+        return holding.hold(item)
+    return Stored(item.delivery, DeliveryStatus.SUPPRESSED, RATE_LIMITED)
+
+
+def _defer(item: Stored, until: datetime) -> Stored:
+    current = item.scheduled_for
     if current is not None and current >= until:
-        return  # quiet hours or a snooze already hold it longer
-    expires_at = row["expires_at"]
-    if expires_at is not None and expires_at <= until:
-        row.update(status=DeliveryStatus.FAILED, reason="expired", scheduled_for=None)
-        return
-    row.update(status=DeliveryStatus.SCHEDULED, reason=RATE_LIMITED, scheduled_for=until)
+        return item  # quiet hours or a snooze already hold it longer
+    expires_at = item.delivery.expires_at
+    if expires_at is not None and expires_at <= until.timestamp():
+        return Stored(item.delivery, DeliveryStatus.FAILED, "expired", last_error=item.last_error)
+    return Stored(
+        item.delivery, DeliveryStatus.SCHEDULED, RATE_LIMITED, until, last_error=item.last_error
+    )

@@ -16,26 +16,16 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from clarion.domain.delivery import Stored
 from clarion.domain.models import DeliveryStatus
+from clarion.store import delivery_rows
 from clarion.store.pg import PgPool
 
-# Column name -> PostgreSQL array type, in table order.
-_DELIVERY_COLUMNS: dict[str, str] = {
-    "id": "text",
-    "notification_id": "text",
-    "tenant_id": "text",
-    "recipient_id": "text",
-    "channel": "text",
-    "provider": "text",
-    "priority": "text",
-    "status": "text",
-    "reason": "text",
+# Column name -> PostgreSQL array type, in the order of a new delivery's values.
+_DELIVERY_TYPES = {
     "attempts": "int",
-    "last_error": "text",
     "address": "json",
     "content": "json",
-    "provider_message_id": "text",
-    "category": "text",
     "critical": "bool",
     "fallback": "json",
     "scheduled_for": "timestamptz",
@@ -44,6 +34,7 @@ _DELIVERY_COLUMNS: dict[str, str] = {
     "updated_at": "timestamptz",
     "sent_at": "timestamptz",
 }
+_DELIVERY_COLUMNS = {name: _DELIVERY_TYPES.get(name, "text") for name in delivery_rows.COLUMNS}
 _JSON_COLUMNS = {name for name, kind in _DELIVERY_COLUMNS.items() if kind == "json"}
 
 
@@ -152,7 +143,7 @@ def _columns(rows: Iterable[Sequence[Any]], width: int) -> list[list[Any]]:
 
 async def store_plan(
     pg: PgPool,
-    rows: Sequence[dict[str, Any]],
+    items: Sequence[Stored],
     planned_ids: Sequence[str],
     outbox_ids: Sequence[str],
     at: datetime,
@@ -160,15 +151,17 @@ async def store_plan(
     """Insert the deliveries (``ON CONFLICT DO NOTHING``), mark the notifications planned and
     drop their outbox rows, in one statement; the ids of the deliveries inserted."""
     records = await pg.fetch(
-        _STORE_PLAN, *_delivery_arrays(rows), at, list(planned_ids), list(outbox_ids)
+        _STORE_PLAN, *_delivery_arrays(items, at), at, list(planned_ids), list(outbox_ids)
     )
     return {record[0] for record in records}
 
 
-def _delivery_arrays(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
+def _delivery_arrays(items: Sequence[Stored], at: datetime) -> list[list[Any]]:
+    """One array per column of the new deliveries (made ``at``); JSON as text."""
+    columns = _columns((delivery_rows.values(item, at) for item in items), _N)
     return [
-        [_json(row[name]) for row in rows] if name in _JSON_COLUMNS else [row[name] for row in rows]
-        for name in _DELIVERY_COLUMNS
+        [_json(value) for value in values] if name in _JSON_COLUMNS else values
+        for name, values in zip(_DELIVERY_COLUMNS, columns, strict=True)
     ]
 
 
@@ -210,9 +203,7 @@ class StripeChunk(NamedTuple):
     retry_at: datetime
 
 
-async def store_stripe(
-    pg: PgPool, rows: Sequence[dict[str, Any]], chunk: StripeChunk
-) -> set[str] | None:
+async def store_stripe(pg: PgPool, items: Sequence[Stored], chunk: StripeChunk) -> set[str] | None:
     """One chunk of a topic send's stripe, in one transaction: the notification is still
     live (a share lock: a cancellation waits for this chunk, or this chunk for it), the
     stripe's cursor moves, the deliveries are inserted, and the outbox row's time moves.
@@ -236,7 +227,7 @@ async def store_stripe(
         )
         if moved is None:
             return None
-        records = await conn.fetch(_INSERT_CHUNK, *_delivery_arrays(rows), at)
+        records = await conn.fetch(_INSERT_CHUNK, *_delivery_arrays(items, at), at)
         # Last: the outbox row is the one row the stripes of a send all write.
         await conn.execute(
             "UPDATE outbox SET available_at = $2 WHERE notification_id = $1",

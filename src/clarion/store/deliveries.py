@@ -20,13 +20,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from clarion.domain.delivery import Stored
 from clarion.domain.models import (
     TERMINAL_STATUSES,
     DeliveryStatus,
     NotificationStatus,
 )
 from clarion.domain.status import StatusChange
-from clarion.store import bulk
+from clarion.store import bulk, delivery_rows
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.pg import PgPool
 from clarion.store.sql import chunks, first_row, insert_ignoring_conflicts
@@ -48,20 +49,22 @@ async def existing_ids(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
 
 
 async def insert_planned(
-    conn: AsyncConnection, rows: list[dict[str, Any]], planned_ids: Sequence[str], at: datetime
+    conn: AsyncConnection, items: Sequence[Stored], planned_ids: Sequence[str], at: datetime
 ) -> set[str]:
     """Insert new deliveries, with an event for each one created in another state than
     ``queued`` (a delivery's creation is its ``queued`` event), and mark their notifications
     planned; none of a notification cancelled meanwhile. The ids inserted.
     (PostgreSQL: ``bulk.store_plan``.)"""
-    notes = list({row["notification_id"] for row in rows})
+    notes = list({item.delivery.notification for item in items})
     cancelled: set[str] = set()
     for part in chunks(notes, 1000):
         query = select(notifications.c.id).where(
             notifications.c.id.in_(part), notifications.c.status == NotificationStatus.CANCELLED
         )
         cancelled.update((await conn.execute(query)).scalars())
-    rows = [row for row in rows if row["notification_id"] not in cancelled]
+    rows = [
+        delivery_rows.row(item, at) for item in items if item.delivery.notification not in cancelled
+    ]
     for part in chunks(rows, 1000):
         await conn.execute(insert_ignoring_conflicts(conn, deliveries), part)
     events = [
@@ -88,15 +91,15 @@ async def insert_planned(
 
 async def queued_of_notifications(
     conn: AsyncConnection, notification_ids: Sequence[str]
-) -> list[dict[str, Any]]:
+) -> list[Stored]:
     """Deliveries of these notifications still waiting to be sent (now or later)."""
-    found: list[dict[str, Any]] = []
+    found: list[Stored] = []
     for part in chunks(list(notification_ids), 1000):
         query = select(deliveries).where(
             deliveries.c.notification_id.in_(part),
             deliveries.c.status.in_(WAITING),
         )
-        found.extend(dict(row) for row in (await conn.execute(query)).mappings())
+        found.extend(delivery_rows.stored_of(row) for row in (await conn.execute(query)).mappings())
     return found
 
 
@@ -377,9 +380,7 @@ def _db_now(engine: AsyncEngine) -> Any:
     return func.now() if engine.dialect.name == "postgresql" else utcnow()
 
 
-async def stale_queued(
-    engine: AsyncEngine, older_than: datetime, limit: int
-) -> list[dict[str, Any]]:
+async def stale_queued(engine: AsyncEngine, older_than: datetime, limit: int) -> list[Stored]:
     """Deliveries waiting since before ``older_than``: neither changed nor due since then;
     and those whose attempt's claim lapsed (its worker died in the attempt).
 
@@ -405,7 +406,7 @@ async def stale_queued(
         .limit(limit)
     )
     async with engine.connect() as conn:
-        return [dict(row) for row in (await conn.execute(query)).mappings()]
+        return [delivery_rows.stored_of(row) for row in (await conn.execute(query)).mappings()]
 
 
 async def touch(engine: AsyncEngine, ids: Sequence[str]) -> None:
@@ -446,7 +447,7 @@ async def release_leases(engine: AsyncEngine) -> None:
         )
 
 
-async def all_queued(engine: AsyncEngine, after: str | None, limit: int) -> list[dict[str, Any]]:
+async def all_queued(engine: AsyncEngine, after: str | None, limit: int) -> list[Stored]:
     """Every waiting delivery, and every one being sent, in id order, a page at a time
     (embedded recovery)."""
     statuses = [*WAITING, DeliveryStatus.SENDING]
@@ -455,7 +456,7 @@ async def all_queued(engine: AsyncEngine, after: str | None, limit: int) -> list
         query = query.where(deliveries.c.id > after)
     query = query.order_by(deliveries.c.id).limit(limit)
     async with engine.connect() as conn:
-        return [dict(row) for row in (await conn.execute(query)).mappings()]
+        return [delivery_rows.stored_of(row) for row in (await conn.execute(query)).mappings()]
 
 
 async def apply_provider_report(
@@ -513,8 +514,10 @@ async def get_one(engine: AsyncEngine, tenant_id: str, delivery_id: str) -> dict
     return dict(row) if row else None
 
 
-async def insert_one(engine: AsyncEngine, row: dict[str, Any]) -> bool:
-    """Insert one delivery with its first event unless its id exists; True if inserted."""
+async def insert_one(engine: AsyncEngine, item: Stored, at: datetime) -> bool:
+    """Insert one delivery, made ``at``, with its first event unless its id exists; True if
+    inserted."""
+    row = delivery_rows.row(item, at)
     async with write_tx(engine) as conn:
         result = await conn.execute(insert_ignoring_conflicts(conn, deliveries), [row])
         if not result.rowcount:
@@ -527,7 +530,7 @@ async def insert_one(engine: AsyncEngine, row: dict[str, Any]) -> bool:
                     "tenant_id": row["tenant_id"],
                     "status": row["status"],
                     "detail": row["reason"],
-                    "created_at": row["created_at"],
+                    "created_at": at,
                 }
             ],
         )

@@ -16,7 +16,8 @@ import asyncpg
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from clarion.store import bulk
+from clarion.domain.delivery import Stored
+from clarion.store import bulk, delivery_rows
 from clarion.store import categories as category_store
 from clarion.store import deliveries as delivery_store
 from clarion.store import notifications as notification_store
@@ -60,7 +61,7 @@ class PlanReads(Protocol):
 
     async def existing_deliveries(self, ids: Sequence[str]) -> set[str]: ...
 
-    async def waiting_deliveries(self, notification_ids: Sequence[str]) -> list[dict[str, Any]]:
+    async def waiting_deliveries(self, notification_ids: Sequence[str]) -> list[Stored]:
         """Deliveries of these notifications still to be sent (now or later)."""
         ...
 
@@ -105,7 +106,7 @@ class _SqlReads:
     async def existing_deliveries(self, ids: Sequence[str]) -> set[str]:
         return await delivery_store.existing_ids(self._conn, ids)
 
-    async def waiting_deliveries(self, notification_ids: Sequence[str]) -> list[dict[str, Any]]:
+    async def waiting_deliveries(self, notification_ids: Sequence[str]) -> list[Stored]:
         return await delivery_store.queued_of_notifications(self._conn, notification_ids)
 
     async def topic_chunk(
@@ -193,14 +194,14 @@ class _PgReads:
         # DO NOTHING RETURNING`). SQLite's write has no such report: it reads.
         return set()
 
-    async def waiting_deliveries(self, notification_ids: Sequence[str]) -> list[dict[str, Any]]:
+    async def waiting_deliveries(self, notification_ids: Sequence[str]) -> list[Stored]:
         rows = await self._conn.fetch(
             "SELECT * FROM deliveries WHERE notification_id = ANY($1::text[]) "
             "AND status = ANY($2::text[])",
             list(notification_ids),
             [str(s) for s in delivery_store.WAITING],
         )
-        return [dict(row) for row in rows]
+        return [delivery_rows.stored_of(row) for row in rows]
 
     async def topic_chunk(
         self, tenant_id: str, topic: str, after: str | None, last: str | None, limit: int
@@ -233,7 +234,7 @@ async def reads(engine: AsyncEngine, pg: PgPool | None) -> AsyncIterator[PlanRea
 async def store_plan(
     engine: AsyncEngine,
     pg: PgPool | None,
-    rows: list[dict[str, Any]],
+    items: list[Stored],
     planned_ids: Sequence[str],
     outbox_ids: Sequence[str],
     at: datetime,
@@ -243,11 +244,11 @@ async def store_plan(
     deliveries inserted: another planner may have inserted some of them a moment before
     (a plan message handed out twice), and only their inserter publishes them."""
     if pg is not None:
-        return await bulk.store_plan(pg, rows, planned_ids, outbox_ids, at)
+        return await bulk.store_plan(pg, items, planned_ids, outbox_ids, at)
     # SQLite has one process, whose writers take turns: what the reads did not find is
     # what this transaction inserts.
     async with write_tx(engine) as conn:
-        inserted = await delivery_store.insert_planned(conn, rows, planned_ids, at)
+        inserted = await delivery_store.insert_planned(conn, items, planned_ids, at)
         await notification_store.delete_outbox(conn, outbox_ids)
     return inserted
 
@@ -311,13 +312,13 @@ async def open_stripes(
 
 
 async def store_stripe(
-    engine: AsyncEngine, pg: PgPool | None, rows: list[dict[str, Any]], chunk: StripeChunk
+    engine: AsyncEngine, pg: PgPool | None, items: list[Stored], chunk: StripeChunk
 ) -> set[str] | None:
     """One chunk of a topic send's stripe, atomically: the stripe's cursor moves with the
     chunk's deliveries (see ``bulk.store_stripe``). None, and nothing stored, if the cursor
     had already moved or the send was cancelled."""
     if pg is not None:
-        return await bulk.store_stripe(pg, rows, chunk)
+        return await bulk.store_stripe(pg, items, chunk)
     n, s = notifications, topic_stripes
     notification_id, stripe, after, through, done, at, retry_at = chunk
     async with write_tx(engine) as conn:
@@ -338,7 +339,7 @@ async def store_stripe(
         )
         if moved.rowcount != 1:
             return None
-        inserted = await delivery_store.insert_planned(conn, rows, [], at)
+        inserted = await delivery_store.insert_planned(conn, items, [], at)
         await conn.execute(
             update(outbox)
             .where(outbox.c.notification_id == notification_id)

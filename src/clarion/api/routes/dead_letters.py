@@ -19,12 +19,12 @@ from clarion.api.listing import Size, aware, cursor_of, position_of
 from clarion.api.outputs import DeadLetter, DeadLetterPage, ReplayResult
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import AwareDatetime, Name
-from clarion.domain.delivery import Delivery
 from clarion.domain.models import Channel
 from clarion.errors import Conflict, NotFound
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import publish_deliveries
 from clarion.store import dead_letters as store
+from clarion.store.delivery_rows import delivery_of
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"])
@@ -71,7 +71,7 @@ async def _publish(ctx: Context, rows: list[dict[str, Any]]) -> None:
     """Hand requeued deliveries to their lanes. They are already `queued` in the store: if
     publishing fails the sweeper publishes them later, so the replay still stands."""
     try:
-        await publish_deliveries(ctx.broker, [Delivery.from_row(row) for row in rows])
+        await publish_deliveries(ctx.broker, [delivery_of(row) for row in rows])
     except Exception as exc:
         log.warning("replayed deliveries not published (the sweeper will): %r", exc)
     ctx.made_progress()

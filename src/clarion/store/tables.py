@@ -35,10 +35,19 @@ def _ts(name: str, nullable: bool = True) -> Column[object]:
     return Column(name, DateTime(timezone=True), nullable=nullable)
 
 
+# Clarion's ids (domain/ids.py) fit in 40 characters; most tables are keyed by their tenant.
+def _id(name: str = "id") -> Column[object]:
+    return Column(name, String(40), primary_key=True)
+
+
+def _tenant(*, key: bool) -> Column[object]:
+    return Column("tenant_id", String(40), primary_key=key, nullable=False)
+
+
 tenants = Table(
     "tenants",
     metadata,
-    Column("id", String(40), primary_key=True),
+    _id(),
     Column("name", String(200), nullable=False, unique=True),
     Column("webhook_secret", String(100), nullable=False),
     Column("settings", JSON, nullable=False, default=dict),
@@ -50,7 +59,7 @@ tenants = Table(
 api_keys = Table(
     "api_keys",
     metadata,
-    Column("id", String(40), primary_key=True),
+    _id(),
     Column("tenant_id", String(40), ForeignKey("tenants.id"), nullable=False, index=True),
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("prefix", String(20), nullable=False),
@@ -64,7 +73,7 @@ api_keys = Table(
 recipients = Table(
     "recipients",
     metadata,
-    Column("tenant_id", String(40), primary_key=True),
+    _tenant(key=True),
     Column("id", String(200), primary_key=True),
     Column("email", String(320)),
     Column("phone", String(32)),
@@ -82,7 +91,7 @@ recipients = Table(
 templates = Table(
     "templates",
     metadata,
-    Column("tenant_id", String(40), primary_key=True),
+    _tenant(key=True),
     Column("name", String(200), primary_key=True),
     Column("active_version", Integer, nullable=False),
     Column("latest_version", Integer, nullable=False),
@@ -92,7 +101,7 @@ templates = Table(
 template_versions = Table(
     "template_versions",
     metadata,
-    Column("tenant_id", String(40), primary_key=True),
+    _tenant(key=True),
     Column("name", String(200), primary_key=True),
     Column("version", Integer, primary_key=True),
     Column("category", String(100), nullable=False),
@@ -106,8 +115,8 @@ template_versions = Table(
 notifications = Table(
     "notifications",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("tenant_id", String(40), nullable=False),
+    _id(),
+    _tenant(key=False),
     Column("template", String(200), nullable=False),
     Column("recipient_ids", JSON, nullable=False),
     Column("data", JSON, nullable=False),
@@ -138,7 +147,7 @@ outbox = Table(
     "outbox",
     metadata,
     Column("notification_id", String(40), primary_key=True),
-    Column("tenant_id", String(40), nullable=False),
+    _tenant(key=False),
     _ts("available_at", nullable=False),
     Index("ix_outbox_available_at", "available_at"),
 )
@@ -146,9 +155,9 @@ outbox = Table(
 deliveries = Table(
     "deliveries",
     metadata,
-    Column("id", String(40), primary_key=True),
+    _id(),
     Column("notification_id", String(40), nullable=False),
-    Column("tenant_id", String(40), nullable=False),
+    _tenant(key=False),
     Column("recipient_id", String(200), nullable=False),
     Column("channel", String(16), nullable=False),
     Column("provider", String(100)),
@@ -190,7 +199,7 @@ delivery_events = Table(
         "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     ),
     Column("delivery_id", String(40), nullable=False),
-    Column("tenant_id", String(40), nullable=False),
+    _tenant(key=False),
     Column("status", String(16), nullable=False),
     Column("detail", Text),
     _ts("created_at", nullable=False),
@@ -209,7 +218,7 @@ delivery_events = Table(
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,
-    Column("tenant_id", String(40), primary_key=True),
+    _tenant(key=True),
     Column("key", String(255), primary_key=True),
     Column("scope", String(100), primary_key=True),
     Column("request_hash", String(64), nullable=False),
@@ -221,8 +230,8 @@ idempotency_keys = Table(
 sandbox_messages = Table(
     "sandbox_messages",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("tenant_id", String(40), nullable=False),
+    _id(),
+    _tenant(key=False),
     Column("delivery_id", String(40), nullable=False, unique=True),
     Column("channel", String(16), nullable=False),
     Column("recipient_id", String(200), nullable=False),
@@ -235,8 +244,8 @@ sandbox_messages = Table(
 inbox_messages = Table(
     "inbox_messages",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("tenant_id", String(40), nullable=False),
+    _id(),
+    _tenant(key=False),
     Column("recipient_id", String(200), nullable=False),
     Column("delivery_id", String(40), nullable=False, unique=True),
     Column("content", JSON, nullable=False),
@@ -306,7 +315,7 @@ Index("ix_inbox_messages_fallback_due", inbox_messages.c.fallback_due)
 inbox_counters = Table(
     "inbox_counters",
     metadata,
-    Column("tenant_id", String(40), primary_key=True),
+    _tenant(key=True),
     Column("recipient_id", String(200), primary_key=True),
     Column("unread", Integer, nullable=False),
     Column("unseen", Integer, nullable=False),
@@ -324,7 +333,7 @@ inbox_counters = Table(
 inbox_revocations = Table(
     "inbox_revocations",
     metadata,
-    Column("tenant_id", String(40), primary_key=True),
+    _tenant(key=True),
     Column("recipient_id", String(200), primary_key=True),
     _ts("revoked_at", nullable=False),
     Index("ix_inbox_revocations_revoked_at", "revoked_at"),
@@ -338,7 +347,7 @@ inbox_tickets = Table(
     "inbox_tickets",
     metadata,
     Column("id", String(64), primary_key=True),
-    Column("tenant_id", String(40), nullable=False),
+    _tenant(key=False),
     Column("recipient_id", String(200), nullable=False),
     Column("token_issued_ms", BigInteger, nullable=False),
     Column("token_expires", BigInteger, nullable=False),
@@ -349,7 +358,7 @@ inbox_tickets = Table(
 categories = Table(
     "categories",
     metadata,
-    Column("tenant_id", String(40), primary_key=True),
+    _tenant(key=True),
     Column("name", String(100), primary_key=True),
     Column("critical", Boolean, nullable=False, default=False),
     Column("default_channels", JSON),
@@ -368,7 +377,7 @@ categories = Table(
 category_versions = Table(
     "category_versions",
     metadata,
-    Column("tenant_id", String(40), primary_key=True),
+    _tenant(key=True),
     Column("version", BigInteger, nullable=False),
 )
 
@@ -429,7 +438,7 @@ Index(
 providers = Table(
     "providers",
     metadata,
-    Column("tenant_id", String(40), primary_key=True),
+    _tenant(key=True),
     Column("name", String(100), primary_key=True),
     Column("channel", String(16), nullable=False),
     Column("kind", String(20), nullable=False),
@@ -447,7 +456,7 @@ providers = Table(
 webhooks = Table(
     "webhooks",
     metadata,
-    Column("tenant_id", String(40), primary_key=True),
+    _tenant(key=True),
     Column("name", String(100), primary_key=True),
     Column("url", Text, nullable=False),
     Column("events", JSON, nullable=False),
@@ -462,7 +471,7 @@ webhooks = Table(
 topics = Table(
     "topics",
     metadata,
-    Column("tenant_id", String(40), primary_key=True),
+    _tenant(key=True),
     Column("name", String(200), primary_key=True),
     _ts("created_at", nullable=False),
 )
@@ -472,7 +481,7 @@ topics = Table(
 topic_subscribers = Table(
     "topic_subscribers",
     metadata,
-    Column("tenant_id", String(40), primary_key=True),
+    _tenant(key=True),
     Column("topic", String(200), primary_key=True),
     Column("recipient_id", String(200), primary_key=True),
     _ts("created_at", nullable=False),
@@ -500,8 +509,8 @@ topic_stripes = Table(
 audit_log = Table(
     "audit_log",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("tenant_id", String(40), nullable=False),
+    _id(),
+    _tenant(key=False),
     _ts("at", nullable=False),
     Column("actor", String(40), nullable=False),
     Column("resource", String(20), nullable=False),
@@ -518,7 +527,7 @@ audit_log = Table(
 schedules = Table(
     "schedules",
     metadata,
-    Column("tenant_id", String(40), primary_key=True),
+    _tenant(key=True),
     Column("name", String(200), primary_key=True),
     Column("cron", String(100), nullable=False),
     Column("timezone", String(64), nullable=False),
@@ -542,8 +551,8 @@ schedules = Table(
 schedule_runs = Table(
     "schedule_runs",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("tenant_id", String(40), nullable=False),
+    _id(),
+    _tenant(key=False),
     Column("schedule", String(200), nullable=False),
     _ts("due_at", nullable=False),
     Column("zone", String(64), nullable=False),
@@ -569,8 +578,8 @@ _OPEN = "closed_at IS NULL"
 digest_windows = Table(
     "digest_windows",
     metadata,
-    Column("id", String(40), primary_key=True),
-    Column("tenant_id", String(40), nullable=False),
+    _id(),
+    _tenant(key=False),
     Column("recipient_id", String(200), nullable=False),
     Column("channel", String(16), nullable=False),
     Column("category", String(100), nullable=False),

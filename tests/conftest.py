@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness import Harness, make_settings, running
+from standins import serving
 from webhook_sink import WebhookSink
 
 # The real servers, and the migrated databases copied from a template on them.
@@ -48,7 +49,5 @@ async def lite(migrated_sqlite_url: str) -> AsyncIterator[Harness]:
 
 @pytest.fixture
 async def sink() -> AsyncIterator[WebhookSink]:
-    server = WebhookSink()
-    await server.start()
-    yield server
-    await server.close()
+    async with serving(WebhookSink()) as server:
+        yield server

@@ -32,6 +32,7 @@ from faultkit import (
     send_batch,
 )
 from harness import Harness, make_settings, running
+from standins import serving
 from webhook_sink import WebhookSink
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
@@ -47,24 +48,20 @@ def _settings(postgres_url: str, redis_url: str, **overrides: Any) -> Any:
 
 @pytest.fixture
 async def sendgrid() -> AsyncIterator[FaultySendgrid]:
-    server = await FaultySendgrid().start()
-    yield server
-    await server.close()
+    async with serving(FaultySendgrid()) as server:
+        yield server
 
 
 @pytest.fixture
 async def backup() -> AsyncIterator[FaultySendgrid]:
-    server = await FaultySendgrid().start()
-    yield server
-    await server.close()
+    async with serving(FaultySendgrid()) as server:
+        yield server
 
 
 @pytest.fixture
 async def twilio() -> AsyncIterator[TimedTwilio]:
-    server = TimedTwilio()
-    await server.start()
-    yield server
-    await server.close()
+    async with serving(TimedTwilio()) as server:
+        yield server
 
 
 async def _emails(app: Harness, count: int, prefix: str = "u") -> str:

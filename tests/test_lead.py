@@ -11,6 +11,7 @@ from clarion.broker.base import Broker, Message
 from clarion.broker.redis_streams import RedisBroker
 from clarion.pipeline import lead as lead_module
 from clarion.pipeline.lead import LINGER, PAUSE, Lead
+from standins import serving
 
 
 class _Leads:
@@ -97,10 +98,8 @@ async def test_a_broker_out_of_reach_leaves_every_process_reading_as_before() ->
 
 @pytest.fixture
 async def redis_broker(redis_url: str) -> AsyncIterator[Broker]:
-    broker = RedisBroker(redis_url, lease=30)
-    await broker.start()
-    yield broker
-    await broker.close()
+    async with serving(RedisBroker(redis_url, lease=30)) as broker:
+        yield broker
 
 
 @pytest.mark.redis

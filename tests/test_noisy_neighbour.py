@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from harness import Harness, make_settings, running
+from standins import serving
 from webhook_sink import WebhookSink
 
 HOOK = {"channels": {"webhook": {"body": {"n": "{{ n }}"}}}}
@@ -66,10 +67,8 @@ class Hang:
 
 @pytest.fixture
 async def hang() -> AsyncIterator[Hang]:
-    server = Hang()
-    await server.start()
-    yield server
-    await server.close()
+    async with serving(Hang()) as server:
+        yield server
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from clarion.providers.smtp import SmtpProvider
 from clarion.providers.webhook import WebhookProvider
 from clarion.security.netguard import AddressGuard, is_public
 from harness import Harness
+from standins import serving
 from standins.apns import p8_key, p8_pem
 from standins.fcm import FcmStandin
 from standins.smtp import SmtpStandIn
@@ -66,10 +67,8 @@ class Redirector:
 
 @pytest.fixture
 async def redirector() -> AsyncIterator[Redirector]:
-    server = Redirector()
-    await server.start()
-    yield server
-    await server.close()
+    async with serving(Redirector()) as server:
+        yield server
 
 
 def outbound(channel: str, to: Any, content: dict[str, Any]) -> Delivery:

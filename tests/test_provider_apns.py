@@ -17,6 +17,7 @@ from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, TransientError
 from clarion.providers.apns import TOKEN_LIFETIME, ApnsProvider, ProviderToken
 from clarion.providers.base import ProviderEnv, ProviderSpec
+from standins import serving
 from standins.apns import ApnsStandin, p8_key, p8_pem
 
 CONTENT = {"title": "Shipped", "body": "Order 42", "data": {"orderId": "42"}}
@@ -47,10 +48,8 @@ def provider_for(config: dict[str, Any], timeout: float = 10.0) -> ApnsProvider:
 
 @pytest.fixture
 async def apns() -> AsyncIterator[ApnsStandin]:
-    standin = ApnsStandin()
-    await standin.start()
-    yield standin
-    await standin.close()
+    async with serving(ApnsStandin()) as standin:
+        yield standin
 
 
 @pytest.fixture

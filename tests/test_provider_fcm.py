@@ -16,6 +16,7 @@ from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, TransientError
 from clarion.providers.base import ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.fcm import FcmProvider
+from standins import serving
 from standins.fcm import FcmStandin, rsa_key
 
 CONTENT = {"title": "Shipped", "body": "Order 42", "data": {"orderId": "42"}}
@@ -44,10 +45,8 @@ def provider_for(config: dict[str, Any], timeout: float = 10.0) -> FcmProvider:
 
 @pytest.fixture
 async def fcm() -> AsyncIterator[FcmStandin]:
-    standin = FcmStandin()
-    await standin.start()
-    yield standin
-    await standin.close()
+    async with serving(FcmStandin()) as standin:
+        yield standin
 
 
 @pytest.fixture

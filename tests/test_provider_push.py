@@ -17,6 +17,7 @@ from clarion.providers.apns import ApnsProvider
 from clarion.providers.base import ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.fcm import FcmProvider
 from clarion.providers.push import PushFanout, combine, parse_retry_after, push_targets
+from standins import serving
 from standins.apns import ApnsStandin
 from standins.fcm import FcmStandin
 
@@ -44,18 +45,14 @@ ENV = ProviderEnv(settings=Settings(allow_private_webhooks=True), engine=cast(An
 
 @pytest.fixture
 async def fcm() -> AsyncIterator[FcmStandin]:
-    standin = FcmStandin()
-    await standin.start()
-    yield standin
-    await standin.close()
+    async with serving(FcmStandin()) as standin:
+        yield standin
 
 
 @pytest.fixture
 async def apns() -> AsyncIterator[ApnsStandin]:
-    standin = ApnsStandin()
-    await standin.start()
-    yield standin
-    await standin.close()
+    async with serving(ApnsStandin()) as standin:
+        yield standin
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from clarion.security.unsubscribe import verify_token
 from clarion.store.db import utcnow
 from clarion.store.tenants import webhook_secrets
 from harness import Harness, make_settings
+from standins import serving
 from standins.sendgrid import SendgridStandIn, Upcoming
 
 PUBLIC = "https://clarion.example"
@@ -62,9 +63,8 @@ def provider(harness: Harness, sendgrid: SendgridStandIn, **config: Any) -> Send
 
 @pytest.fixture
 async def sendgrid() -> AsyncIterator[SendgridStandIn]:
-    server = await SendgridStandIn().start()
-    yield server
-    await server.close()
+    async with serving(SendgridStandIn()) as server:
+        yield server
 
 
 async def send(client: SendgridProvider, message: Delivery) -> str | None:

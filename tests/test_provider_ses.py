@@ -18,6 +18,7 @@ from clarion.errors import PermanentError, TransientError
 from clarion.providers.base import ProviderEnv, ProviderSpec
 from clarion.providers.ses import SesProvider
 from harness import Harness, make_settings
+from standins import serving
 from standins.ses import PATH, SesError, SesStandIn
 
 PUBLIC = "https://clarion.example"
@@ -63,9 +64,8 @@ def provider(harness: Harness, ses: SesStandIn, **config: Any) -> SesProvider:
 
 @pytest.fixture
 async def ses() -> AsyncIterator[SesStandIn]:
-    server = await SesStandIn().start()
-    yield server
-    await server.close()
+    async with serving(SesStandIn()) as server:
+        yield server
 
 
 async def send(provider: SesProvider, message: Delivery) -> str | None:

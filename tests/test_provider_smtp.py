@@ -18,6 +18,7 @@ from clarion.providers.smtp import SmtpProvider
 from clarion.security.unsubscribe import verify_token
 from clarion.store.tenants import webhook_secrets
 from harness import Harness, make_settings
+from standins import serving
 from standins.smtp import SmtpStandIn
 
 PUBLIC = "https://clarion.example"
@@ -71,16 +72,14 @@ def provider(
 
 @pytest.fixture
 async def relay() -> AsyncIterator[SmtpStandIn]:
-    server = await SmtpStandIn().start()
-    yield server
-    await server.close()
+    async with serving(SmtpStandIn()) as server:
+        yield server
 
 
 @pytest.fixture
 async def secure_relay() -> AsyncIterator[SmtpStandIn]:
-    server = await SmtpStandIn(tls="starttls", users={"acme": "s3cret"}).start()
-    yield server
-    await server.close()
+    async with serving(SmtpStandIn(tls="starttls", users={"acme": "s3cret"})) as server:
+        yield server
 
 
 async def send(smtp: SmtpProvider, message: Delivery) -> str | None:

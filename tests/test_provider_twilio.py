@@ -26,6 +26,7 @@ from clarion.providers.twilio import (
 )
 from clarion.store.tables import deliveries, delivery_events
 from harness import Harness, make_settings, running
+from standins import serving
 from standins.twilio import Sms, TwilioStandin, twilio_signature
 
 PUBLIC_URL = "https://notify.example.com"
@@ -34,10 +35,8 @@ SECRET_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
 
 @pytest.fixture
 async def twilio() -> AsyncIterator[TwilioStandin]:
-    server = TwilioStandin()
-    await server.start()
-    yield server
-    await server.close()
+    async with serving(TwilioStandin()) as server:
+        yield server
 
 
 @pytest.fixture

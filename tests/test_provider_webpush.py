@@ -19,6 +19,7 @@ from clarion.errors import PermanentError, TransientError
 from clarion.providers.base import ProviderEnv, ProviderSpec
 from clarion.providers.webpush import WebpushProvider, load_vapid_key, origin_of
 from harness import Harness, make_settings, running
+from standins import serving
 from standins.webpush import Browser, PushService, b64url, vapid_keys
 
 SUBJECT = "mailto:ops@example.com"
@@ -27,10 +28,8 @@ CONTENT = {"title": "Shipped", "body": "Order 42 is on its way", "url": "https:/
 
 @pytest.fixture
 async def service() -> AsyncIterator[PushService]:
-    server = PushService()
-    await server.start()
-    yield server
-    await server.close()
+    async with serving(PushService()) as server:
+        yield server
 
 
 @pytest.fixture

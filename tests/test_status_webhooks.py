@@ -368,36 +368,25 @@ async def test_private_addresses_need_the_setting(strict: Harness) -> None:
     await put_hook(strict, "main", {"url": "https://example.com/hooks", "events": ["*"]})
 
 
-async def test_list_is_paginated_and_delete(lite: Harness) -> None:
+# Listing, reading, deleting and another tenant's 404: test_named_rows.py.
+
+
+async def test_listed_secrets_are_masked_and_a_deleted_webhook_gets_nothing(
+    lite: Harness,
+) -> None:
     for name in ("c", "a", "b"):
         await put_hook(lite, name, {"url": f"https://example.com/{name}", "events": ["*"]})
-    first = (await lite.client.get("/v1/webhooks?limit=2", headers=lite.auth)).json()
-    assert [w["name"] for w in first["data"]] == ["a", "b"]
-    assert all(w["secret"] == "***" for w in first["data"])
-    rest = (
-        await lite.client.get(f"/v1/webhooks?cursor={first['next_cursor']}", headers=lite.auth)
-    ).json()
-    assert [w["name"] for w in rest["data"]] == ["c"]
-    assert rest["next_cursor"] is None
-
+    listed = (await lite.client.get("/v1/webhooks", headers=lite.auth)).json()
+    assert [w["secret"] for w in listed["data"]] == ["***"] * 3
     assert (await lite.client.delete("/v1/webhooks/b", headers=lite.auth)).status_code == 204
-    assert (await lite.client.delete("/v1/webhooks/b", headers=lite.auth)).status_code == 404
-    assert (await lite.client.get("/v1/webhooks/b", headers=lite.auth)).status_code == 404
     await lite.ctx.webhooks.prepare([lite.tenant_id])
     names = [s.name for s in lite.ctx.webhooks.matching(lite.tenant_id, "delivery.sent")]
     assert names == ["a", "c"]
 
 
-async def test_another_tenants_webhook_is_a_404(lite: Harness) -> None:
+async def test_another_tenants_webhook_of_the_same_name_is_another_one(lite: Harness) -> None:
     await put_hook(lite, "main", {"url": "https://example.com/hooks", "events": ["*"]})
     other = {"Authorization": f"Bearer {await lite.new_tenant('other')}"}
-    response = await lite.client.get("/v1/webhooks/main", headers=other)
-    assert response.status_code == 404
-    assert response.json()["error"]["code"] == "not_found"
-    assert (await lite.client.delete("/v1/webhooks/main", headers=other)).status_code == 404
-    listed = (await lite.client.get("/v1/webhooks", headers=other)).json()
-    assert listed == {"data": [], "next_cursor": None}
-    # Its own webhook of the same name is another one.
     made = await put_hook(lite, "main", {"url": "https://example.org/", "events": ["*"]}, other)
     assert made["secret"].startswith("whsec_")
     mine = (await lite.client.get("/v1/webhooks/main", headers=lite.auth)).json()

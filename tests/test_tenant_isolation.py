@@ -22,6 +22,7 @@ from clarion.store import tenants as tenant_store
 from clarion.store.batching import Batcher
 from clarion.store.tables import deliveries
 from harness import Harness, make_settings, running
+from standins import serving
 from webhook_sink import WebhookSink
 
 HOOK = {"channels": {"webhook": {"body": {"n": "{{ n }}"}}}}
@@ -63,10 +64,8 @@ class Hostile:
 
 @pytest.fixture
 async def hostile() -> AsyncIterator[Hostile]:
-    server = Hostile()
-    await server.start()
-    yield server
-    await server.close()
+    async with serving(Hostile()) as server:
+        yield server
 
 
 @pytest.fixture

@@ -13,10 +13,11 @@ import pytest
 from clarion.config import Settings
 from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, ProviderError, TransientError
+from clarion.net.answers import parse_retry_after
 from clarion.providers.apns import ApnsProvider
 from clarion.providers.base import ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.fcm import FcmProvider
-from clarion.providers.push import PushFanout, combine, parse_retry_after, push_targets
+from clarion.providers.push import PushFanout, combine, push_targets
 from standins import serving
 from standins.apns import ApnsStandin
 from standins.fcm import FcmStandin

@@ -19,12 +19,13 @@
 - Redirects are answers like any other (callers refuse them); no proxies, cookies,
   compression or HTTP/2.
 
-Failures become :class:`TransientError` here: ``timeout``, ``connection_error`` (refused,
-reset, closed early, a malformed answer, TLS failures), ``certificate_error`` (the
-server's certificate did not verify: transient, since the owner of an expired or
-mismatched certificate usually fixes it within the retry schedule). The guard's refusals
-stay :class:`PermanentError` ``address_refused``; a URL or header that cannot be sent is
-:class:`PermanentError` ``invalid_address`` or ``invalid_request``.
+Failures become :class:`TransientError` here (:func:`clarion.net.answers.transport_error`):
+``timeout``, ``connection_error`` (refused, reset, closed early, a malformed answer, TLS
+failures), ``certificate_error`` (the server's certificate did not verify: transient,
+since the owner of an expired or mismatched certificate usually fixes it within the retry
+schedule). The guard's refusals stay :class:`PermanentError` ``address_refused``; a URL
+or header that cannot be sent is :class:`PermanentError` ``invalid_address`` or
+``invalid_request``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from collections.abc import Mapping
 
 import httptools
 
-from clarion.errors import ProviderError, TransientError
+from clarion.net.answers import transport_error
 from clarion.net.connection import Connection, Reply
 from clarion.net.framing import HeadWriter, Origin, Target, parse_target
 from clarion.security.netguard import AddressGuard
@@ -113,9 +114,9 @@ class HttpClient:
             finally:
                 self._next_turn()
         except TimeoutError as exc:
-            raise TransientError(f"timed out after {timeout}s", reason="timeout") from exc
+            raise transport_error(exc, after=timeout) from exc
         except (OSError, httptools.HttpParserError) as exc:
-            raise _transient(exc) from exc
+            raise transport_error(exc) from exc
 
     async def aclose(self) -> None:
         """Close every connection; the client takes no more requests."""
@@ -287,10 +288,3 @@ class HttpClient:
             del idle[conn]
             if not idle:
                 del self._idle[conn.origin]
-
-
-def _transient(exc: OSError | httptools.HttpParserError) -> ProviderError:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        message = f"TLS certificate not accepted: {exc.verify_message or exc}"
-        return TransientError(message, reason="certificate_error")
-    return TransientError(f"{type(exc).__name__}: {exc}", reason="connection_error")

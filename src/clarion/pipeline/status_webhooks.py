@@ -38,10 +38,8 @@ from clarion.pipeline.consumer import FairConsumer, tenant_of
 from clarion.pipeline.context import Context
 from clarion.pipeline.status_events import EVENTS_RETRY_STREAM, EVENTS_STREAM
 from clarion.pipeline.subscriptions import Subscription
-from clarion.providers.http import raise_for_status, refuse_redirect
-from clarion.providers.webhook import MAX_ANSWER, USER_AGENT
+from clarion.providers.webhook import USER_AGENT, post_signed
 from clarion.security.netguard import AddressGuard
-from clarion.security.signing import sign
 from clarion.store.batching import Batcher
 
 log = logging.getLogger(__name__)
@@ -243,21 +241,10 @@ class EventDispatcher:
         """One POST; raises :class:`TransientError` or :class:`PermanentError` on failure."""
         if self._http is None:
             raise RuntimeError("EventDispatcher.run_once before start")
-        headers = {
-            "content-type": "application/json",
-            "clarion-signature": sign(hook.secret, body),
-            "clarion-event-id": event_id,
-            "idempotency-key": f"{event_id}:{hook.name}",
-        }
+        headers = {"clarion-event-id": event_id, "idempotency-key": f"{event_id}:{hook.name}"}
         if traceparent is not None:
             headers["traceparent"] = traceparent
-        reply = await self._http.request(
-            "POST", hook.url, headers, body, timeout=self._timeout, max_body=MAX_ANSWER
-        )
-        refuse_redirect(reply.status, reply.headers)
-        raise_for_status(
-            reply.status, reply.text, reply.headers.get("retry-after"), credentials=False
-        )
+        await post_signed(self._http, hook.url, hook.secret, body, headers, timeout=self._timeout)
 
     async def stop(self, deadline: float) -> None:
         """Finish what is in flight within ``deadline`` seconds; give the rest back."""

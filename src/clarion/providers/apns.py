@@ -27,10 +27,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from clarion.domain.delivery import Delivery
-from clarion.errors import PermanentError, ProviderError, TransientError
+from clarion.errors import PermanentError, ProviderError
+from clarion.net.answers import Meaning, Meanings, classify, transport_error
 from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import ApnsConfig
-from clarion.providers.push import parse_retry_after, send_tokens, tokens_for
+from clarion.providers.push import send_tokens, tokens_for
 from clarion.security.netguard import AddressGuard
 
 BASE_URLS = {
@@ -42,7 +43,14 @@ HIGH_PRIORITIES = frozenset({"critical", "high"})
 INTERRUPTION_LEVELS = frozenset({"passive", "active", "time-sensitive", "critical"})
 # apns-id = uuid5(this, delivery id + token): a repeat of the same send carries the same id.
 APNS_ID_NAMESPACE = uuid.UUID("3f0c0a55-5a4e-4d0e-9a43-2f1f6c1f0b7e")
-GONE = {(410, "Unregistered"), (410, "ExpiredToken"), (400, "BadDeviceToken")}
+# What APNs's reasons say beyond the status (net/answers.py classifies the rest): tokens
+# that are gone, and an expiry right after renewal, a clock out of step, which can pass.
+MEANINGS: Meanings = {
+    (410, "Unregistered"): Meaning("unregistered", gone=True),
+    (410, "ExpiredToken"): Meaning("unregistered", gone=True),
+    (400, "BadDeviceToken"): Meaning("invalid_address", gone=True),
+    (None, "ExpiredProviderToken"): Meaning(transient=True),
+}
 
 Clock = Callable[[], float]
 
@@ -160,9 +168,9 @@ class ApnsProvider(Provider):
         try:
             return await self._http().post(url, content=payload, headers=headers)
         except httpx.TimeoutException as exc:
-            raise TransientError(f"timed out: {exc}", reason="timeout") from exc
+            raise transport_error(exc, timed_out=True) from exc
         except httpx.TransportError as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}", reason="connection_error") from exc
+            raise transport_error(exc) from exc
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -227,22 +235,13 @@ def apns_error(response: httpx.Response, token: str) -> ProviderError:
     """The error for an APNs answer that is not a success."""
     status, reason = response.status_code, _reason(response)
     detail = f"APNs {status} {reason or response.reason_phrase}"
-    if 300 <= status < 400:
-        location = response.headers.get("location", "")[:200]
-        return PermanentError(
-            f"{detail}: redirect to {location!r} refused (redirects are not followed)",
-            reason="redirect_refused",
-        )
-    if (status, reason) in GONE:
-        cause = "unregistered" if status == 410 else "invalid_address"
-        return PermanentError(detail, reason=cause, dead_address=token)
-    if status == 429 or status >= 500 or reason == "ExpiredProviderToken":
-        # An expiry right after renewal is a clock out of step, which can pass.
-        return TransientError(
-            detail,
-            reason=f"http_{status}",
-            retry_after=parse_retry_after(response.headers.get("retry-after")),
-        )
-    if status == 403:
-        return PermanentError(detail, reason="bad_credentials")
-    return PermanentError(detail, reason="provider_rejected")
+    found = classify(
+        status,
+        detail,
+        retry_after=response.headers.get("retry-after"),
+        code=reason,
+        meanings=MEANINGS,
+        address=token,
+        location=response.headers.get("location", ""),
+    )
+    return found or PermanentError(detail, reason="provider_rejected")

@@ -25,10 +25,11 @@ import orjson
 
 from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, ProviderError, TransientError
+from clarion.net.answers import Meaning, Meanings, classify
 from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import FcmConfig
 from clarion.providers.http import ApiClient
-from clarion.providers.push import parse_retry_after, send_tokens, tokens_for
+from clarion.providers.push import send_tokens, tokens_for
 from clarion.security.netguard import AddressGuard
 
 DEFAULT_BASE_URL = "https://fcm.googleapis.com"
@@ -153,11 +154,9 @@ class AccessTokens:
                 expires_in = ASSERTION_LIFETIME
             return body["access_token"], float(expires_in)
         detail = f"token endpoint HTTP {status}: {raw[:200].decode(errors='replace')}"
-        if status == 429 or status >= 500:
-            raise TransientError(
-                detail, reason=f"http_{status}", retry_after=parse_retry_after(retry_after)
-            )
-        raise PermanentError(detail, reason="bad_credentials")
+        # A token endpoint's refusal is the account's; so is a success without a token.
+        error = classify(status, detail, retry_after=retry_after, rejected="bad_credentials")
+        raise error or PermanentError(detail, reason="bad_credentials")
 
 
 class FcmProvider(Provider):
@@ -256,6 +255,23 @@ def fcm_body(message: Delivery, token: str) -> dict[str, Any]:
     return {"message": body}
 
 
+# An INVALID_ARGUMENT about the token itself (FCM has no code of its own for it).
+BAD_TOKEN = "INVALID_ARGUMENT:token"
+# What FCM's error codes say beyond the status (net/answers.py classifies the rest).
+_RETRY = Meaning(transient=True)
+_UNREGISTERED = Meaning("unregistered", gone=True)
+MEANINGS: Meanings = {
+    (None, "QUOTA_EXCEEDED"): _RETRY,
+    (None, "UNAVAILABLE"): _RETRY,
+    (None, "INTERNAL"): _RETRY,
+    (None, "UNREGISTERED"): _UNREGISTERED,
+    (404, ""): _UNREGISTERED,
+    (None, "SENDER_ID_MISMATCH"): Meaning("bad_credentials"),
+    (None, "THIRD_PARTY_AUTH_ERROR"): Meaning("bad_credentials"),
+    (None, BAD_TOKEN): Meaning("invalid_address", gone=True),
+}
+
+
 def fcm_error(
     status: int, body: dict[str, Any], retry_after: str | None, token: str
 ) -> ProviderError:
@@ -269,17 +285,17 @@ def fcm_error(
         error.get("status") or f"HTTP_{status}",
     )
     detail = f"FCM {status} {code}: {str(error.get('message', ''))[:200]}"
-    if status == 429 or status >= 500 or code in ("QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL"):
-        return TransientError(
-            detail, reason=f"http_{status}", retry_after=parse_retry_after(retry_after)
-        )
-    if code == "UNREGISTERED" or status == 404:
-        return PermanentError(detail, reason="unregistered", dead_address=token)
-    if code in ("SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR") or status in (401, 403):
-        return PermanentError(detail, reason="bad_credentials")
     if code == "INVALID_ARGUMENT" and _about_token(error, details):
-        return PermanentError(detail, reason="invalid_address", dead_address=token)
-    return PermanentError(detail, reason="provider_rejected")
+        code = BAD_TOKEN
+    found = classify(
+        status,
+        detail,
+        retry_after=retry_after,
+        code=code,
+        meanings=MEANINGS,
+        address=token,
+    )
+    return found or PermanentError(detail, reason="provider_rejected")
 
 
 def _about_token(error: dict[str, Any], details: list[dict[str, Any]]) -> bool:

@@ -23,12 +23,11 @@ import msgspec
 from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, ProviderError, TransientError
 from clarion.providers.base import Provider, SendResult
-from clarion.providers.http import parse_retry_after
 
 # What one device token's send came to.
 TokenResult = SendResult | ProviderError
 
-__all__ = ["PushFanout", "parse_retry_after", "push_targets", "send_tokens", "tokens_for"]
+__all__ = ["PushFanout", "push_targets", "send_tokens", "tokens_for"]
 
 
 def push_targets(to: Any) -> list[tuple[str, str]]:

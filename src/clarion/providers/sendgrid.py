@@ -15,9 +15,10 @@ from typing import Any
 import orjson
 
 from clarion.domain.delivery import Delivery
+from clarion.net.answers import raise_for_status
 from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import SendgridConfig
-from clarion.providers.http import DEFAULT_TIMEOUT, ApiClient, Reply, raise_for_status
+from clarion.providers.http import DEFAULT_TIMEOUT, ApiClient, Reply
 from clarion.providers.mime import Email, EmailComposer
 from clarion.security.netguard import AddressGuard
 from clarion.security.unsubscribe import UnsubscribeLinks

@@ -17,16 +17,10 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from clarion.domain.delivery import Delivery
-from clarion.errors import PermanentError, TransientError
+from clarion.net.answers import Meaning, Meanings, classify
 from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import SesConfig
-from clarion.providers.http import (
-    DEFAULT_TIMEOUT,
-    ApiClient,
-    Reply,
-    parse_retry_after,
-    raise_for_status,
-)
+from clarion.providers.http import DEFAULT_TIMEOUT, ApiClient, Reply
 from clarion.providers.mime import Email, EmailComposer, to_bytes, to_mime
 from clarion.security.netguard import AddressGuard
 from clarion.security.unsubscribe import UnsubscribeLinks
@@ -60,6 +54,13 @@ _CREDENTIALS = frozenset(
 )
 
 
+# What SES's error types say beyond the status (net/answers.py classifies the rest).
+MEANINGS: Meanings = {
+    **{(None, kind): Meaning(transient=True) for kind in _TRANSIENT},
+    **{(None, kind): Meaning("bad_credentials") for kind in _CREDENTIALS},
+}
+
+
 def error_type(reply: Reply, body: dict[str, Any]) -> str:
     """``MessageRejected`` from ``MessageRejected:http://...`` or ``ns#MessageRejected``."""
     raw = reply.headers.get("x-amzn-errortype") or str(body.get("__type") or body.get("code", ""))
@@ -77,15 +78,15 @@ def raise_for_reply(reply: Reply) -> None:
         body = {}
     kind = error_type(reply, body)
     detail = f"{kind}: {body.get('message') or body.get('Message') or reply.text[:200]}"
-    if kind in _TRANSIENT:
-        raise TransientError(
-            f"SES {reply.status} {detail}",
-            reason=f"http_{reply.status}",
-            retry_after=parse_retry_after(reply.headers.get("retry-after")),
-        )
-    if kind in _CREDENTIALS:
-        raise PermanentError(f"SES {reply.status} {detail}", reason="bad_credentials")
-    raise_for_status(reply.status, detail, reply.headers.get("retry-after"))
+    error = classify(
+        reply.status,
+        f"SES {reply.status} {detail}",
+        retry_after=reply.headers.get("retry-after"),
+        code=kind,
+        meanings=MEANINGS,
+    )
+    if error is not None:
+        raise error
 
 
 def message_id_of(reply: Reply) -> str | None:

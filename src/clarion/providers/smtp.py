@@ -16,6 +16,7 @@ import aiosmtplib
 
 from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, ProviderError, TransientError
+from clarion.net.answers import transport_error
 from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import SmtpConfig
 from clarion.providers.mime import EmailComposer, to_bytes, to_mime
@@ -49,10 +50,8 @@ def convert(exc: Exception) -> ProviderError:
         return classify_reply(exc.code, exc.message, at_recipient=True)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return classify_reply(exc.code, exc.message)
-    if isinstance(exc, TimeoutError):
-        return TransientError(f"SMTP timed out: {exc}", reason="timeout")
-    if isinstance(exc, ssl.SSLError | ConnectionError | OSError):
-        return TransientError(f"{type(exc).__name__}: {exc}", reason="connection_error")
+    if isinstance(exc, TimeoutError | ssl.SSLError | ConnectionError | OSError):
+        return transport_error(exc, what="SMTP")
     # The server lacks something the configuration requires (AUTH, STARTTLS).
     return PermanentError(f"{type(exc).__name__}: {exc}", reason="provider_rejected")
 

@@ -22,7 +22,8 @@ from pydantic import ValidationError
 
 from clarion.domain.delivery import Delivery
 from clarion.domain.models import DeliveryStatus
-from clarion.errors import PermanentError, TransientError
+from clarion.errors import PermanentError, ProviderError, TransientError
+from clarion.net.answers import Meaning, Meanings, classify
 from clarion.providers.base import (
     Provider,
     ProviderEnv,
@@ -32,7 +33,7 @@ from clarion.providers.base import (
     SendResult,
 )
 from clarion.providers.configs import TwilioConfig
-from clarion.providers.http import ApiClient, parse_retry_after
+from clarion.providers.http import ApiClient
 from clarion.security.netguard import AddressGuard
 
 API_URL = "https://api.twilio.com"
@@ -119,21 +120,24 @@ def _port_forms(url: str) -> list[str]:
     return list(dict.fromkeys([url, bare, with_port]))
 
 
-def classify(status: int, body: bytes, retry_after: str | None) -> None:
-    """Raise for a Twilio error answer: transient for 408/429/5xx, permanent otherwise."""
+# What Twilio's error codes say beyond the status (net/answers.py classifies the rest).
+MEANINGS: Meanings = {
+    **{(None, str(code)): Meaning("invalid_address") for code in INVALID_TO},
+    (None, str(UNSUBSCRIBED)): Meaning("opted_out"),
+}
+
+
+def twilio_error(status: int, body: bytes, retry_after: str | None) -> ProviderError | None:
+    """The error of a Twilio answer (None for a success)."""
     code, text = _error_of(body)
     detail = f"Twilio HTTP {status}" + (f" error {code}" if code else "") + f": {text}"
-    if status in (408, 429) or status >= 500:
-        raise TransientError(
-            detail, reason=f"http_{status}", retry_after=parse_retry_after(retry_after)
-        )
-    if status in (401, 403):
-        raise PermanentError(detail, reason="bad_credentials")
-    if code in INVALID_TO:
-        raise PermanentError(detail, reason="invalid_address")
-    if code == UNSUBSCRIBED:
-        raise PermanentError(detail, reason="opted_out")
-    raise PermanentError(detail, reason="provider_rejected")
+    return classify(
+        status,
+        detail,
+        retry_after=retry_after,
+        code=str(code) if code else "",
+        meanings=MEANINGS,
+    )
 
 
 def _error_of(body: bytes) -> tuple[int | None, str]:
@@ -193,8 +197,9 @@ class TwilioProvider(Provider):
     async def send(self, message: Delivery) -> SendResult:
         body = urlencode(self.form(message)).encode()
         reply = await self._http.post(self._url, body, self._headers)
-        if not 200 <= reply.status < 300:
-            classify(reply.status, reply.body, reply.headers.get("retry-after"))
+        error = twilio_error(reply.status, reply.body, reply.headers.get("retry-after"))
+        if error is not None:
+            raise error
         return SendResult(provider_message_id=_sid_of(reply.body))
 
     async def aclose(self) -> None:

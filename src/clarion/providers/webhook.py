@@ -11,22 +11,43 @@ docs/architecture.md).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 
 from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError
-from clarion.net import HttpClient
+from clarion.net import HttpClient, Reply
+from clarion.net.answers import raise_for_status, refuse_redirect
 from clarion.observability import tracing
 from clarion.providers.base import Provider, SendResult
-from clarion.providers.http import raise_for_status, refuse_redirect
 from clarion.security.netguard import AddressGuard
 from clarion.security.signing import sign
 
 SecretLookup = Callable[[str], Awaitable[str]]
 USER_AGENT = "Clarion-Webhooks/1"
 MAX_ANSWER = 4096  # bytes of a receiver's answer read (its text goes into the error)
+
+
+async def post_signed(
+    http: HttpClient,
+    url: str,
+    secret: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    timeout: float,
+) -> Reply:
+    """POST a JSON ``body`` to a receiver, signed with ``secret`` (``Clarion-Signature``),
+    with ``headers`` besides; the one way a delivery and a status event reach a webhook.
+    Raises what an answer other than a 2xx means (net/answers.py; the receiver is not a
+    service Clarion holds credentials for, so its 401 or 403 is a refusal like any other)."""
+    sent = {"content-type": "application/json", "clarion-signature": sign(secret, body)}
+    sent.update(headers)
+    reply = await http.request("POST", url, sent, body, timeout=timeout, max_body=MAX_ANSWER)
+    refuse_redirect(reply.status, reply.headers)
+    raise_for_status(reply.status, reply.text, reply.headers.get("retry-after"), credentials=False)
+    return reply
 
 
 class WebhookProvider(Provider):
@@ -61,21 +82,13 @@ class WebhookProvider(Provider):
         body = orjson.dumps(message.content.get("body", message.content))
         secret = await self._secret_for_tenant(message.tenant)
         headers = {
-            "content-type": "application/json",
             "idempotency-key": message.id,
-            "clarion-signature": sign(secret, body),
             "clarion-delivery-id": message.id,
             "clarion-notification-id": message.notification,
             "clarion-attempt": str(message.attempt),
         }
         tracing.outbound(headers)  # the provider.send span's traceparent (tracing on only)
-        reply = await self._http.request(
-            "POST", url, headers, body, timeout=self._timeout, max_body=MAX_ANSWER
-        )
-        refuse_redirect(reply.status, reply.headers)
-        raise_for_status(
-            reply.status, reply.text, reply.headers.get("retry-after"), credentials=False
-        )
+        reply = await post_signed(self._http, url, secret, body, headers, timeout=self._timeout)
         return SendResult(provider_message_id=reply.headers.get("x-request-id"))
 
     async def aclose(self) -> None:

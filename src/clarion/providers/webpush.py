@@ -27,9 +27,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, ProviderError, TransientError
+from clarion.net.answers import Meaning, Meanings, classify
 from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import WebpushConfig
-from clarion.providers.http import ApiClient, parse_retry_after
+from clarion.providers.http import ApiClient
 from clarion.security.netguard import AddressGuard
 
 TIMEOUT = 15.0
@@ -147,25 +148,25 @@ class PushAnswer:
         return self.error is None and not self.gone
 
 
-def classify(endpoint: str, status: int, text: str, retry_after: str | None) -> PushAnswer:
+# What RFC 8030's statuses say beyond HTTP's (net/answers.py classifies the rest): the
+# subscription is gone, or the message too large for the service.
+MEANINGS: Meanings = {
+    (404, ""): Meaning("unregistered", gone=True),
+    (410, ""): Meaning("unregistered", gone=True),
+    (413, ""): Meaning("payload_too_large"),
+}
+
+
+def push_answer(endpoint: str, status: int, text: str, retry_after: str | None) -> PushAnswer:
     """One push service's answer, by RFC 8030's meaning of its status."""
     if status in (200, 201, 202):
         return PushAnswer(endpoint)
-    if status in (404, 410):
-        return PushAnswer(endpoint, gone=True)
     detail = f"push service HTTP {status}: {text[:200]}"
-    error: ProviderError
-    if status in (408, 429) or status >= 500:
-        error = TransientError(
-            detail, reason=f"http_{status}", retry_after=parse_retry_after(retry_after)
-        )
-    elif status in (401, 403):
-        error = PermanentError(detail, reason="bad_credentials")
-    elif status == 413:
-        error = PermanentError(detail, reason="payload_too_large")
-    else:
-        error = PermanentError(detail, reason="provider_rejected")
-    return PushAnswer(endpoint, error=error)
+    error = classify(status, detail, retry_after=retry_after, meanings=MEANINGS, address=endpoint)
+    if isinstance(error, PermanentError) and error.dead_address is not None:
+        return PushAnswer(endpoint, gone=True)
+    # A success other than those RFC 8030 names is not taken for one.
+    return PushAnswer(endpoint, error=error or PermanentError(detail, reason="provider_rejected"))
 
 
 def combine(outcomes: list[PushAnswer]) -> SendResult:
@@ -299,7 +300,9 @@ class WebpushProvider(Provider):
 
     async def _post(self, sub: Subscription, body: bytes, headers: dict[str, str]) -> PushAnswer:
         reply = await self._http.post(sub.endpoint, body, headers, max_body=4096)
-        outcome = classify(sub.endpoint, reply.status, reply.text, reply.headers.get("retry-after"))
+        outcome = push_answer(
+            sub.endpoint, reply.status, reply.text, reply.headers.get("retry-after")
+        )
         if outcome.ok:
             return PushAnswer(sub.endpoint, location=reply.headers.get("location"))
         return outcome

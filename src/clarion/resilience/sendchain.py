@@ -21,6 +21,7 @@ from typing import Protocol
 
 from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, TransientError
+from clarion.net.answers import transport_error
 from clarion.observability import metrics, tracing
 from clarion.providers.base import Provider, SendResult
 from clarion.providers.kinds import UNGUARDED
@@ -233,8 +234,8 @@ class SendChain:
         try:
             with self._deadline(), tracing.provider_call(message, name, kind):
                 result = await provider.send(message)
-        except TimeoutError:
-            error = TransientError(f"no answer within {self._timeout}s", reason="timeout")
+        except TimeoutError as exc:
+            error = transport_error(exc, after=self._timeout)
             outcome = "timeout"
         except Exception as exc:
             error = exc

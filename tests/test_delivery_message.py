@@ -11,6 +11,8 @@ import pytest
 
 from clarion.broker.base import decode, encode
 from clarion.domain.delivery import Delivery, MalformedDelivery, decode_delivery, endpoint_of
+from clarion.errors import TransientError
+from clarion.resilience.retry import RetryPolicy
 from clarion.store.delivery_rows import delivery_of
 from harness import Harness
 
@@ -51,6 +53,19 @@ def test_a_retry_goes_to_the_retry_lane_but_a_critical_one_keeps_its_own() -> No
     assert first.stream == "send.push.normal"
     assert first.next_attempt().stream == "send.push.retry"
     assert delivery_of(row()).next_attempt().stream == "send.push.critical"
+
+
+def test_a_failed_first_try_is_retried_on_the_retry_lane() -> None:
+    first = delivery_of(row(priority="normal", critical=False, attempts=0))
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+
+    _change, retry = RetryPolicy(max_attempts=3, schedule=[1.0]).on_failure(
+        first, TransientError("503"), now
+    )
+
+    assert retry is not None
+    assert retry.stream == "send.push.retry"
+    assert retry.payload == first.next_attempt()
 
 
 def _wire(delivery: Delivery) -> dict[str, Any]:

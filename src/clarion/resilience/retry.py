@@ -46,7 +46,9 @@ class RetryPolicy:
                 delay = retry_delay(attempt, self.schedule, retry_after=retry_after)
                 scheduled_for = now + timedelta(seconds=delay)
                 status, retry_reason, reason = DeliveryStatus.QUEUED, reason, None
-                retry = Delayed(delivery.stream, delivery.next_attempt(), scheduled_for.timestamp())
+                # The next attempt's lane: a retry's, not the first try's priority lane.
+                again = delivery.next_attempt()
+                retry = Delayed(again.stream, again, scheduled_for.timestamp())
         change = StatusChange(
             delivery.id,
             delivery.tenant,

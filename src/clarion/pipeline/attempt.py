@@ -35,7 +35,7 @@ from clarion.resilience.sendchain import (
     Failed,
     Gate,
     NoHealthyProvider,
-    Refused,
+    NotClaimed,
     SendChain,
     Sent,
 )
@@ -135,7 +135,7 @@ class Attempts:
             await providers.prepare([delivery.tenant])
         candidates = providers.chain(delivery.tenant, delivery.channel)
         outcome = await self._chain.send(delivery, candidates, gate)
-        if isinstance(outcome, Refused):
+        if isinstance(outcome, NotClaimed):
             return None
         if isinstance(outcome, Sent):
             change = StatusChange(

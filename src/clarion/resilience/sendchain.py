@@ -98,12 +98,12 @@ class Throttled(Deferred):
 
 
 @dataclass(frozen=True, slots=True)
-class Refused:
+class NotClaimed:
     """The gate before the call said no: not to be sent (cancelled, finished, or this
     attempt made by another worker). Nothing to store, nothing to retry."""
 
 
-Outcome = Sent | Failed | Deferred | Refused
+Outcome = Sent | Failed | Deferred | NotClaimed
 # Asked right before the provider call, after the breaker and the rate limit let it
 # through: whether the call may be made (the worker claims the attempt: pipeline/claims.py).
 Gate = Callable[[], Awaitable[bool]]
@@ -167,7 +167,7 @@ class SendChain:
             if throttled is not None:
                 return throttled
         if gate is not None and not await gate():
-            return Refused()
+            return NotClaimed()
         return await self._call(message, chosen, provider)
 
     async def _choose(

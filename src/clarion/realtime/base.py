@@ -56,7 +56,8 @@ class Subscription:
     each wait for the next events allocates one future and nothing else. Waits that made a
     task or a timer each (``wait_for``, ``asyncio.wait``) left tens of objects per
     connection behind every push, and a collector walking hundreds of thousands of them
-    paused the whole process (docs/performance.md, "The live inbox on a quiet day")."""
+    paused the whole process (docs/performance.md, "What each design choice was measured
+    to buy")."""
 
     def __init__(self, key: Key, issued_at_ms: int, maxsize: int) -> None:
         self.key = key

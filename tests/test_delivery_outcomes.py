@@ -19,6 +19,20 @@ from webhook_sink import Received, WebhookSink
 TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
 
 
+def _first_try(name: str, tenant: str, channel: str, provider: str) -> Delivery:
+    """A delivery ``dlv_<name>`` of notification ``ntf_<name>``, before its first attempt."""
+    return Delivery(
+        id=f"dlv_{name}",
+        tenant=tenant,
+        notification=f"ntf_{name}",
+        recipient="u1",
+        channel=channel,
+        provider=provider,
+        priority="normal",
+        attempt=1,
+    )
+
+
 async def _send_one(app: Harness, sink: WebhookSink, rid: str = "u") -> str:
     await app.put_recipient(rid, webhook_url=f"{sink.url}/{rid}")
     await app.put_template("hook", TEMPLATE)
@@ -140,16 +154,7 @@ async def test_a_delivered_report_before_the_workers_outcome_is_kept(lite: Harne
     """A provider may report `delivered` before the worker has stored `sent`: the delivery
     stays `delivered` when the worker's write comes."""
     now = utcnow()
-    early = Delivery(
-        id="dlv_early",
-        tenant=lite.tenant_id,
-        notification="ntf_early",
-        recipient="u1",
-        channel="sms",
-        provider="twilio-main",
-        priority="normal",
-        attempt=1,
-    )
+    early = _first_try("early", lite.tenant_id, "sms", "twilio-main")
     assert await delivery_store.insert_one(lite.ctx.engine, Stored(early), now)
     assert await delivery_store.apply_provider_report(
         lite.ctx.engine, lite.tenant_id, "dlv_early", "delivered"
@@ -167,16 +172,7 @@ async def test_an_outcome_never_overwrites_that_of_a_later_attempt(app: Harness)
     """A retry's message is published before the first outcome is stored, so the retry can
     run and store its outcome first: the late, older outcome is an event, not the state."""
     now = utcnow()
-    race = Delivery(
-        id="dlv_race",
-        tenant=app.tenant_id,
-        notification="ntf_race",
-        recipient="u1",
-        channel="webhook",
-        provider="webhook",
-        priority="normal",
-        attempt=1,
-    )
+    race = _first_try("race", app.tenant_id, "webhook", "webhook")
     assert await delivery_store.insert_one(app.ctx.engine, Stored(race), now)
     retry_at = now + timedelta(seconds=1)
     engine, tenant = app.ctx.engine, app.tenant_id

@@ -9,12 +9,14 @@ import collections
 import re
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from clarion.store import message_log as log
 from clarion.store.db import utcnow
 from clarion.store.pages import Position
-from harness import Harness
+from clarion.store.tables import notifications
+from harness import Harness, make_settings, running
 from webhook_sink import Received, WebhookSink
 
 TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
@@ -56,6 +58,51 @@ async def _scene(app: Harness, sink: WebhookSink) -> dict[str, str]:
         sent[name] = response.json()["id"]
     await app.drain()
     return sent
+
+
+async def test_planning_shows_as_processing_without_rewriting_the_notification(
+    backend: tuple[str, str], sink: WebhookSink
+) -> None:
+    """A notification reads `accepted` (or `scheduled`) until planned, then `processing`
+    while a delivery waits: its outbox row's deletion is what marks it planned, and the
+    planner leaves the stored row as it was."""
+    settings = make_settings(*backend, retry_schedule="1h", max_attempts=2)
+    sink.respond = lambda request: 503
+    async with running(settings) as app:
+        await app.put_recipient("u", webhook_url=f"{sink.url}/u")
+        await app.put_template("hook", TEMPLATE)
+        later = {
+            "template": "hook",
+            "to": {"recipient_ids": ["u"]},
+            "send_at": "2999-01-01T00:00:00Z",
+        }
+        scheduled = (await app.send(later)).json()["id"]
+        retrying = (await app.send({"template": "hook", "to": {"recipient_ids": ["u"]}})).json()[
+            "id"
+        ]
+
+        async def retry_waits() -> bool:
+            found = (await app.notification(retrying))["deliveries"]
+            return [(d["status"], d["attempts"]) for d in found] == [("queued", 1)]
+
+        await app.until(retry_waits)
+        assert (await app.notification(scheduled))["status"] == "scheduled"
+        shown = await app.notification(retrying)
+        assert shown["status"] == "processing", shown
+        assert shown["totals"] == {"queued": 1}
+        for status, expected in (
+            ("scheduled", {scheduled}),
+            ("processing", {retrying}),
+            ("accepted", set()),
+            ("completed", set()),
+        ):
+            page = await _get(app, "/v1/notifications", status=status)
+            assert {i["id"] for i in page["data"]} == expected, status
+        async with app.ctx.engine.connect() as conn:
+            stored = await conn.execute(
+                select(notifications.c.status).where(notifications.c.id == retrying)
+            )
+            assert stored.scalar_one() == "accepted"
 
 
 async def test_log_status_filters_pages_and_timeline(app: Harness, sink: WebhookSink) -> None:

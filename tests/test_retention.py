@@ -42,7 +42,8 @@ def _ntf_id(at: datetime, n: int) -> str:
     return f"ntf_{time_prefix(millis)}{_b32(n, 16)}"
 
 
-def _notification(nid: str, at: datetime, status: str = "processing") -> dict[str, Any]:
+# A planned notification is stored as accepted, with its outbox row gone.
+def _notification(nid: str, at: datetime, status: str = "accepted") -> dict[str, Any]:
     return {
         "id": nid,
         "tenant_id": "ten_r",
@@ -71,7 +72,7 @@ def _delivery(did: str, nid: str, at: datetime) -> dict[str, Any]:
     }
 
 
-async def _seed(engine: AsyncEngine, label: str, at: datetime, status: str = "processing") -> str:
+async def _seed(engine: AsyncEngine, label: str, at: datetime, status: str = "accepted") -> str:
     """A notification accepted at ``at`` with one delivery and its event; the delivery id."""
     nid = _ntf_id(at, hash(label) & 0xFFFF)
     did = delivery_id(nid, "u-1", "webhook")

@@ -269,13 +269,14 @@ class Planner:
         now = utcnow()
         engine, pg = self._ctx.engine, self._ctx.pg
         async with planning.reads(engine, pg) as reads:
-            notes, heads, category_versions = await reads.batch(ids)
+            notes, heads, category_versions, unplanned = await reads.batch(ids)
             topical = [n for n in notes.values() if _planning_topic(n)]
             todo = sorted(
                 (
                     n
                     for n in notes.values()
                     if n["topic"] is None
+                    and n["id"] in unplanned
                     and n["status"] in (NotificationStatus.ACCEPTED, NotificationStatus.SCHEDULED)
                 ),
                 key=accept_order,

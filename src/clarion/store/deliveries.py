@@ -48,12 +48,10 @@ async def existing_ids(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
     return found
 
 
-async def insert_planned(
-    conn: AsyncConnection, items: Sequence[Stored], planned_ids: Sequence[str], at: datetime
-) -> set[str]:
+async def insert_planned(conn: AsyncConnection, items: Sequence[Stored], at: datetime) -> set[str]:
     """Insert new deliveries, with an event for each one created in another state than
-    ``queued`` (a delivery's creation is its ``queued`` event), and mark their notifications
-    planned; none of a notification cancelled meanwhile. The ids inserted.
+    ``queued`` (a delivery's creation is its ``queued`` event); none of a notification
+    cancelled meanwhile. The ids inserted.
     (PostgreSQL: ``bulk.store_plan``.)"""
     notes = list({item.delivery.notification for item in items})
     cancelled: set[str] = set()
@@ -80,12 +78,6 @@ async def insert_planned(
     ]
     for part in chunks(events, 1000):
         await conn.execute(delivery_events.insert(), part)
-    for part in chunks(list(planned_ids), 1000):
-        await conn.execute(
-            update(notifications)
-            .where(notifications.c.id.in_(part), notifications.c.status != "cancelled")
-            .values(status=NotificationStatus.PROCESSING)
-        )
     return {row["id"] for row in rows}
 
 

@@ -20,11 +20,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
 from clarion.domain.outcome import FAILURES, SUCCESSES
 from clarion.store.db import as_utc
-from clarion.store.notifications import delivery_to_public, notification_summary
+from clarion.store.notifications import (
+    delivery_to_public,
+    notification_summary,
+    select_notifications,
+    waiting,
+)
 from clarion.store.pages import Position, older_than
 from clarion.store.sql import chunks
 from clarion.store.tables import deliveries, delivery_events, notifications, template_versions
 
+_UNPLANNED = (NotificationStatus.ACCEPTED, NotificationStatus.SCHEDULED)
 _FAILURES = list(FAILURES)
 _SUCCESSES = list(SUCCESSES)
 MAX_EVENTS = 1000
@@ -111,7 +117,12 @@ def _status_condition(status: str) -> ColumnElement[bool]:
         return and_(cancelled, _d_exists(sending))
     if status == NotificationStatus.CANCELLED:
         return and_(cancelled, ~_d_exists(sending))
-    processing = n.c.status == NotificationStatus.PROCESSING
+    # Stored `processing`, or `accepted`/`scheduled` and planned (store/notifications.py
+    # ``planned_status``).
+    processing = or_(
+        n.c.status == NotificationStatus.PROCESSING,
+        and_(n.c.status.in_(_UNPLANNED), ~waiting()),
+    )
     finished = and_(processing, ~_d_exists(pending))
     if status == NotificationStatus.PROCESSING:
         return and_(processing, _d_exists(pending))
@@ -124,6 +135,8 @@ def _status_condition(status: str) -> ColumnElement[bool]:
             n.c.status == NotificationStatus.FAILED,
             and_(finished, _d_exists(failure), ~_d_exists(success)),
         )
+    if status in _UNPLANNED:
+        return and_(n.c.status == status, waiting())
     return n.c.status == status
 
 
@@ -173,7 +186,12 @@ def notifications_query(
                 )
             )
         )
-    return select(n).where(*conditions).order_by(n.c.created_at.desc(), n.c.id.desc()).limit(limit)
+    return (
+        select_notifications()
+        .where(*conditions)
+        .order_by(n.c.created_at.desc(), n.c.id.desc())
+        .limit(limit)
+    )
 
 
 async def list_notifications(

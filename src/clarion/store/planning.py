@@ -39,6 +39,8 @@ class Batch(NamedTuple):
     heads: dict[tuple[str, str], int]
     # The version of each one's tenant's categories (store/categories.py ``versions``).
     category_versions: dict[str, int]
+    # Those not planned yet: their outbox row is still there.
+    unplanned: set[str]
 
 
 class PlanReads(Protocol):
@@ -90,7 +92,8 @@ class _SqlReads:
             {(n["tenant_id"], n["template"]) for n in notes.values()}
         )
         versions = await self.category_versions(n["tenant_id"] for n in notes.values())
-        return Batch(notes, heads, versions)
+        unplanned = await notification_store.unplanned(self._conn, list(notes))
+        return Batch(notes, heads, versions, unplanned)
 
     async def category_versions(self, tenant_ids: Iterable[str]) -> dict[str, int]:
         return await category_store.versions(self._conn, tenant_ids)
@@ -141,17 +144,20 @@ class _PgReads:
         # One round trip: the template's active version and the tenant's category version
         # joined to each notification.
         rows = await self._conn.fetch(
-            "SELECT t.active_version AS _head, coalesce(cv.version, 0) AS _categories, n.* "
-            "FROM notifications AS n "
+            "SELECT t.active_version AS _head, coalesce(cv.version, 0) AS _categories, "
+            "EXISTS (SELECT 1 FROM outbox AS o WHERE o.notification_id = n.id) AS _unplanned, "
+            "n.* FROM notifications AS n "
             "LEFT JOIN templates AS t ON t.tenant_id = n.tenant_id AND t.name = n.template "
             "LEFT JOIN category_versions AS cv ON cv.tenant_id = n.tenant_id "
             "WHERE n.id = ANY($1::text[])",
             list(ids),
         )
-        found = Batch({}, {}, {})
+        found = Batch({}, {}, {}, set())
         for row in rows:
             note = dict(row)
             head = note.pop("_head")
+            if note.pop("_unplanned"):
+                found.unplanned.add(note["id"])
             found.category_versions[note["tenant_id"]] = note.pop("_categories")
             found.notes[note["id"]] = note
             if head is not None:
@@ -248,7 +254,7 @@ async def store_plan(
     # SQLite has one process, whose writers take turns: what the reads did not find is
     # what this transaction inserts.
     async with write_tx(engine) as conn:
-        inserted = await delivery_store.insert_planned(conn, items, planned_ids, at)
+        inserted = await delivery_store.insert_planned(conn, items, at)
         await notification_store.delete_outbox(conn, outbox_ids)
     return inserted
 
@@ -339,7 +345,7 @@ async def store_stripe(
         )
         if moved.rowcount != 1:
             return None
-        inserted = await delivery_store.insert_planned(conn, items, [], at)
+        inserted = await delivery_store.insert_planned(conn, items, at)
         await conn.execute(
             update(outbox)
             .where(outbox.c.notification_id == notification_id)

@@ -133,8 +133,10 @@ def _prunable(conn: Connection) -> list[tuple[str, str, str]]:
     """(table, key column, condition on a row older than :cutoff) to prune row by row."""
     pg = conn.dialect.name == "postgresql"
     partitioned = pg and is_partitioned(conn)
+    # A notification is waiting (not planned, or scheduled for later) while its outbox row
+    # is there; planned, cancelled or failed, it has none.
     notification = (
-        "created_at < :cutoff AND status NOT IN ('accepted', 'scheduled') "
+        "created_at < :cutoff "
         "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.notification_id = notifications.id)"
     )
     if partitioned:

@@ -28,8 +28,21 @@ class ClarionError(Exception):
 
 
 class ApiError(ClarionError):
+    """An error the API answers with ``status`` and an error body naming ``code``. A
+    subclass gives them as class keywords (``class NotFound(ApiError, status=404,
+    code="not_found")``), or inherits its parent's; ``code=`` at a raise overrides both."""
+
     status = 400
     code = "bad_request"
+
+    def __init_subclass__(
+        cls, *, status: int | None = None, code: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if code is not None:
+            cls.code = code
 
     def __init__(
         self,
@@ -47,51 +60,32 @@ class ApiError(ClarionError):
         self.headers = headers or {}
 
 
-class BadRequest(ApiError):
-    status = 400
-    code = "bad_request"
+class BadRequest(ApiError, status=400, code="bad_request"): ...
 
 
-class ValidationFailed(ApiError):
-    status = 422
-    code = "validation_error"
+class ValidationFailed(ApiError, status=422, code="validation_error"): ...
 
 
-class NotFound(ApiError):
-    status = 404
-    code = "not_found"
+class NotFound(ApiError, status=404, code="not_found"): ...
 
 
-class Conflict(ApiError):
-    status = 409
-    code = "conflict"
+class Conflict(ApiError, status=409, code="conflict"): ...
 
 
-class Unauthorized(ApiError):
-    status = 401
-    code = "unauthorized"
+class Unauthorized(ApiError, status=401, code="unauthorized"): ...
 
 
-class Forbidden(ApiError):
-    status = 403
-    code = "forbidden"
+class Forbidden(ApiError, status=403, code="forbidden"): ...
 
 
-class PayloadTooLarge(ApiError):
-    status = 413
-    code = "payload_too_large"
+class PayloadTooLarge(ApiError, status=413, code="payload_too_large"): ...
 
 
-class TooManyRequests(ApiError):
+class TooManyRequests(ApiError, status=429, code="rate_limited"):
     """429; carries ``Retry-After`` and the ``RateLimit-*`` headers."""
 
-    status = 429
-    code = "rate_limited"
 
-
-class Unavailable(ApiError):
-    status = 503
-    code = "unavailable"
+class Unavailable(ApiError, status=503, code="unavailable"): ...
 
 
 class TemplateError(ClarionError):

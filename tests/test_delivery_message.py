@@ -9,7 +9,7 @@ import msgspec
 import orjson
 import pytest
 
-from clarion.broker.base import decode, encode
+from clarion.broker.codec import decode, encode
 from clarion.domain.delivery import Delivery, MalformedDelivery, decode_delivery, endpoint_of
 from clarion.errors import TransientError
 from clarion.resilience.retry import RetryPolicy

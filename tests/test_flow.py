@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from clarion.broker.base import Payload
+from clarion.broker.codec import Payload
 from clarion.domain.models import PLAN_CRITICAL_STREAM, PLAN_STREAM
 from clarion.security.signing import verify
 from clarion.store import tenants as tenant_store

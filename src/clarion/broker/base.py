@@ -1,39 +1,20 @@
 """The broker interface: streams of plain-data messages, consumed in groups with leases.
 
 The broker moves work; the database holds the truth. Every message is encoded to JSON bytes
-on publish and decoded on consume (to a dictionary: a consumer turns it into its own type),
-in every backend, so serialisation is always exercised.
+on publish and decoded on consume (``broker/codec.py``), in every backend, so serialisation
+is always exercised.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-import orjson
-
-# A message: a JSON object, or a msgspec struct that encodes to one (a delivery is encoded
-# straight from its struct, with no dictionary made in between).
-Payload = Mapping[str, Any] | msgspec.Struct
-
-_encode_struct = msgspec.json.Encoder().encode
-
-
-def encode(payload: Payload) -> bytes:
-    if isinstance(payload, msgspec.Struct):
-        return _encode_struct(payload)
-    return orjson.dumps(payload)
-
-
-def decode(data: bytes | str) -> dict[str, Any]:
-    value = orjson.loads(data)
-    if not isinstance(value, dict):
-        raise ValueError("a broker message must be a JSON object")
-    return value
+from clarion.broker.codec import Payload
 
 
 @dataclass(slots=True)
@@ -76,6 +57,23 @@ class StreamStats:
     delayed: int
 
 
+@dataclass(frozen=True, slots=True)
+class Take:
+    """One :meth:`Broker.consume` call: its arguments, with its timeout made a
+    ``time.monotonic()`` deadline."""
+
+    streams: Sequence[str]
+    consumer: str
+    count: int
+    deadline: float
+    overfill: bool
+    stop: asyncio.Event | None
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+
 class Broker(ABC):
     """Streams with consumer groups. One group per stream: every message goes to one consumer.
 
@@ -90,7 +88,6 @@ class Broker(ABC):
     async def publish_delayed(self, items: Sequence[Delayed]) -> None:
         """Hold messages until they are due, then append them to their streams."""
 
-    @abstractmethod
     async def consume(
         self,
         streams: Sequence[str],
@@ -109,6 +106,12 @@ class Broker(ABC):
         ``overfill``: the caller holds (and renews the leases of) whatever it is given, so
         the broker may return up to ``count`` per stream when that saves it round trips.
         """
+        deadline = time.monotonic() + timeout
+        return await self._consume(Take(streams, consumer, count, deadline, overfill, stop))
+
+    @abstractmethod
+    async def _consume(self, take: Take) -> list[Message]:
+        """:meth:`consume`, as each backend does it."""
 
     @abstractmethod
     async def ack(self, messages: Sequence[Message]) -> None:

@@ -15,15 +15,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from clarion.broker.base import (
-    Broker,
-    Delayed,
-    Message,
-    Payload,
-    StreamStats,
-    decode,
-    encode,
-)
+from clarion.broker.base import Broker, Delayed, Message, StreamStats, Take
+from clarion.broker.codec import Payload, decode, encode
 
 
 @dataclass(slots=True)
@@ -110,7 +103,7 @@ class EmbeddedBroker(Broker):
     def _give_lease(self, mid: str, deadline: float) -> None:
         heapq.heappush(self._leases, (deadline, mid))
 
-    def _take(
+    def _take_ready(
         self, streams: Sequence[str], count: int, now: float, overfill: bool
     ) -> list[Message]:
         """Up to ``count`` messages, earlier streams first; with ``overfill``, up to
@@ -142,37 +135,27 @@ class EmbeddedBroker(Broker):
             candidates.append(self._delayed[0][0])
         return max(0.0, min(candidates) - now) if candidates else None
 
-    async def consume(
-        self,
-        streams: Sequence[str],
-        consumer: str,
-        count: int,
-        timeout: float,
-        *,
-        overfill: bool = False,
-        stop: asyncio.Event | None = None,
-    ) -> list[Message]:
-        deadline = time.monotonic() + timeout
+    async def _consume(self, take: Take) -> list[Message]:
         while True:
             now = time.time()
             self._promote_due(now)
             if self._held:
                 self._reclaim_expired(now)
-            taken = self._take(streams, count, now, overfill)
+            taken = self._take_ready(take.streams, take.count, now, take.overfill)
             if taken:
                 # Yield once, as a network broker would: a consumer that always finds work
                 # waiting must not keep every other task of the process from running.
                 await asyncio.sleep(0)
                 return taken
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or (stop is not None and stop.is_set()):
+            remaining = take.deadline - time.monotonic()
+            if remaining <= 0 or take.stopping:
                 return []
             wait = remaining
             upcoming = self._next_event_in(now)
             if upcoming is not None:
                 wait = min(wait, upcoming + 0.001)
             self._wakeup.clear()
-            await _first_of(wait, self._wakeup, stop)
+            await _first_of(wait, self._wakeup, take.stop)
 
     async def ack(self, messages: Sequence[Message]) -> None:
         for message in messages:

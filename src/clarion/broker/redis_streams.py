@@ -12,7 +12,6 @@ its delayed set share a Redis Cluster slot and the per-stream Lua script touches
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -25,7 +24,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 from redis.typing import EncodableT, FieldT, StreamIdT
 
-from clarion.broker.base import Broker, Delayed, Message, Payload, StreamStats, decode, encode
+from clarion.broker.base import Broker, Delayed, Message, StreamStats, Take
+from clarion.broker.codec import Payload, decode, encode
 from clarion.broker.reconnect import reconnecting
 
 log = logging.getLogger(__name__)
@@ -175,25 +175,15 @@ class RedisBroker(Broker):
 
     # -- consuming -------------------------------------------------------------------------
 
-    async def consume(
-        self,
-        streams: Sequence[str],
-        consumer: str,
-        count: int,
-        timeout: float,
-        *,
-        overfill: bool = False,
-        stop: asyncio.Event | None = None,
-    ) -> list[Message]:
-        deadline = time.monotonic() + timeout
+    async def _consume(self, take: Take) -> list[Message]:
         try:
-            taken = await self._consume(streams, consumer, count, deadline, overfill, stop)
+            taken = await self._read_all(take)
         except ResponseError as exc:
             # The stream key was deleted under us (FLUSHDB, DEL): recreate the groups once.
             if "NOGROUP" not in str(exc):
                 raise
             self._groups.clear()
-            taken = await self._consume(streams, consumer, count, deadline, overfill, stop)
+            taken = await self._read_all(take)
         poison = [m for m in taken if m.poison is not None]
         if poison:
             await self._set_aside(poison)
@@ -227,26 +217,18 @@ class RedisBroker(Broker):
                 pipe.xdel(key, message.id)
             await pipe.execute()
 
-    async def _consume(
-        self,
-        streams: Sequence[str],
-        consumer: str,
-        count: int,
-        deadline: float,
-        overfill: bool,
-        stop: asyncio.Event | None,
-    ) -> list[Message]:
+    async def _read_all(self, take: Take) -> list[Message]:
         """Leases taken back first, then one read over every stream: it returns at once
         when any has messages, else blocks for a slice of the time left (due delayed
         messages are moved between slices; ``stop`` is looked at between them)."""
+        streams, consumer, count = take.streams, take.consumer, take.count
         await self._ensure_groups(streams)
         taken = await self._maintain(streams, consumer, count)
         while len(taken) < count:
-            stopping = stop is not None and stop.is_set()
-            remaining = 0.0 if stopping else deadline - time.monotonic()
+            remaining = 0.0 if take.stopping else take.deadline - time.monotonic()
             # Not blocking when there is something to return, or no time left.
             block = None if taken or remaining <= 0 else remaining
-            taken += await self._read(streams, consumer, count - len(taken), block, overfill)
+            taken += await self._read(streams, consumer, count - len(taken), block, take.overfill)
             if taken or remaining <= 0:
                 break
             taken = await self._maintain(streams, consumer, count)

@@ -45,7 +45,7 @@ from clarion.domain.delivery import Delivery
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import SpanContext, Tracer
+    from opentelemetry.trace import SpanContext, SpanKind, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -341,10 +341,8 @@ def attempt(delivery: Delivery) -> Any:
 
 @contextlib.contextmanager
 def _attempt(delivery: Delivery) -> Iterator[str | None]:
-    from opentelemetry import context, trace
+    from opentelemetry import trace
 
-    parent = _span_context(delivery.trace)
-    base = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent else None
     values: dict[str, Any] = {
         "clarion.delivery_id": delivery.id,
         "clarion.notification_id": delivery.notification,
@@ -352,13 +350,21 @@ def _attempt(delivery: Delivery) -> Iterator[str | None]:
         "clarion.channel": delivery.channel,
         "clarion.attempt": delivery.attempt,
     }
-    with _live().start_as_current_span(
-        "delivery.attempt",
-        context=base or context.Context(),
-        kind=trace.SpanKind.CONSUMER,
-        attributes=values,
-    ):
+    with _child_of(delivery.trace, "delivery.attempt", trace.SpanKind.CONSUMER, values):
         yield traceparent()
+
+
+def _child_of(carried: object, name: str, kind: SpanKind, values: dict[str, Any]) -> Any:
+    """Span ``name``, a child of the context ``carried`` (a traceparent), else the root of a
+    trace of its own: never a child of whatever span happens to be current, which belongs
+    to other work."""
+    from opentelemetry import context, trace
+
+    parent = _span_context(carried)
+    base = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent else None
+    return _live().start_as_current_span(
+        name, context=base or context.Context(), kind=kind, attributes=values
+    )
 
 
 def provider_call(message: Delivery, name: str, kind: str) -> Any:
@@ -402,10 +408,8 @@ def posting_event(tenant_id: str, event: Mapping[str, Any], hook: str, carried: 
 def _posting_event(
     tenant_id: str, event: Mapping[str, Any], hook: str, carried: object
 ) -> Iterator[str | None]:
-    from opentelemetry import context, trace
+    from opentelemetry import trace
 
-    parent = _span_context(carried)
-    base = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent else None
     data = event.get("data")
     values: dict[str, Any] = {
         "clarion.tenant_id": tenant_id,
@@ -415,12 +419,7 @@ def _posting_event(
     }
     if isinstance(data, Mapping) and isinstance(data.get("delivery_id"), str):
         values["clarion.delivery_id"] = data["delivery_id"]
-    with _live().start_as_current_span(
-        "event.post",
-        context=base or context.Context(),
-        kind=trace.SpanKind.CLIENT,
-        attributes=values,
-    ):
+    with _child_of(carried, "event.post", trace.SpanKind.CLIENT, values):
         yield traceparent()
 
 
@@ -431,11 +430,7 @@ def serving(method: str, path: str, carried: str | None) -> Any:
     """``{method}``: the server span of one HTTP request, a child of the ``traceparent`` the
     caller sent (``carried``), if any; the API's middleware (``api/request_spans.py``)
     adds the status and the route. Only when :data:`ON`."""
-    from opentelemetry import context, trace
+    from opentelemetry import trace
 
-    parent = _span_context(carried)
-    base = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent else None
     values: dict[str, Any] = {"http.request.method": method, "url.path": path}
-    return _live().start_as_current_span(
-        method, context=base or context.Context(), kind=trace.SpanKind.SERVER, attributes=values
-    )
+    return _child_of(carried, method, trace.SpanKind.SERVER, values)

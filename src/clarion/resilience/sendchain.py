@@ -55,26 +55,28 @@ class ProviderLookup(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Sent:
+class _Called:
+    """A provider was chosen (and, mostly, called): what the outcome tells of it."""
+
     provider: str
-    result: SendResult
     # The provider's kind (``ses``, ``smtp``, …): the bounded name metrics use; not part
     # of the outcome's identity.
-    kind: str = field(default="", compare=False)
-    # How long the provider call took (seconds).
-    latency: float | None = field(default=None, compare=False)
+    kind: str = field(default="", compare=False, kw_only=True)
+    # How long the provider call took (seconds); None when no call was made.
+    latency: float | None = field(default=None, compare=False, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
-class Failed:
+class Sent(_Called):
+    result: SendResult
+
+
+@dataclass(frozen=True, slots=True)
+class Failed(_Called):
     """The call failed: ``error`` goes to the retry policy (transient, permanent, or an
     unforeseen exception, retried like a transient one)."""
 
-    provider: str
     error: BaseException
-    kind: str = field(default="", compare=False)
-    # How long the provider call took (seconds); None when no call was made.
-    latency: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,12 +247,12 @@ class SendChain:
             metrics.provider_call(message.channel, kind, "ok", took)
             if not self._is_unguarded(chosen):
                 await self._record(message.tenant, chosen, True)
-            return Sent(name, result, kind, took)
+            return Sent(name, result, kind=kind, latency=took)
         took = time.perf_counter() - started
         metrics.provider_call(message.channel, kind, outcome, took)
         # A permanent error is the provider answering: it says nothing against its health.
         await self._record(message.tenant, chosen, isinstance(error, PermanentError))
-        return Failed(name, error, kind, took)
+        return Failed(name, error, kind=kind, latency=took)
 
     async def _record(self, tenant_id: str, chosen: Candidate, ok: bool) -> None:
         if self._is_unguarded(chosen):

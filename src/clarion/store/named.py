@@ -8,7 +8,7 @@ name) and re-sealed by :func:`rotate`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.security.secrets import MASK, Keyring, SecretError
 from clarion.store import audit
-from clarion.store.db import write_tx
+from clarion.store.db import utcnow, write_tx
 from clarion.store.sql import chunks, first_row, upsert
 
 
@@ -85,19 +85,34 @@ class Named(Generic[R]):
                 found.extend(self.of(r) for r in (await conn.execute(query)).mappings())
         return found
 
+    def columns(self, source: object, given: Mapping[str, Any]) -> dict[str, Any]:
+        """A row to store: each column the value ``given`` for it, else ``source``'s
+        attribute of its name; ``created_at`` and ``updated_at`` are now."""
+        now = utcnow()
+        values = {"created_at": now, "updated_at": now, **given}
+        for f in fields(self.row_type):
+            if f.name not in values:
+                values[f.name] = getattr(source, f.name)
+        return values
+
     async def put(
         self,
         engine: AsyncEngine,
-        values: dict[str, Any],
-        updated: Sequence[str],
+        source: object,
+        given: Mapping[str, Any],
         *,
+        keep: Collection[str] = (),
         actor: str,
         secrets_changed: Callable[[R | None], list[str]],
     ) -> R:
-        """Create or replace the row ``values`` names (``updated``: the columns a
-        replacement writes) and audit it; ``secrets_changed`` names the secret fields that
-        differ from those of the row before (None for a new row), which the audit record
-        cannot show."""
+        """Create or replace the row of ``source``'s tenant and name (its columns: see
+        :meth:`columns`) and audit it. A replacement writes every column but the keys,
+        ``created_at`` and those in ``keep``. ``secrets_changed`` names the secret fields
+        that differ from those of the row before (None for a new row), which the audit
+        record cannot show."""
+        values = self.columns(source, given)
+        unchanged = {"tenant_id", "name", "created_at", *keep}
+        updated = [f.name for f in fields(self.row_type) if f.name not in unchanged]
         t, tenant_id, name = self.table, values["tenant_id"], values["name"]
         mine = self.matching(tenant_id, name)
         async with write_tx(engine) as conn:

@@ -15,19 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.security.secrets import MASK, Keyring, SecretError, provider_aad
 from clarion.store import audit, named
-from clarion.store.db import as_utc, utcnow
+from clarion.store.db import as_utc
 from clarion.store.tables import providers
-
-_UPDATED = [
-    "channel",
-    "kind",
-    "config",
-    "secrets",
-    "priority",
-    "rate_limit_per_second",
-    "enabled",
-    "updated_at",
-]
 
 
 class NewProvider(Protocol):
@@ -144,25 +133,12 @@ async def put(
     sealed = (
         keyring.seal_json(secrets, provider_aad(spec.tenant_id, spec.name)) if secrets else None
     )
-    now = utcnow()
-    values = {
-        "tenant_id": spec.tenant_id,
-        "name": spec.name,
-        "channel": spec.channel,
-        "kind": spec.kind,
-        "config": shown,
-        "secrets": sealed,
-        "priority": spec.priority,
-        "rate_limit_per_second": spec.rate_limit_per_second,
-        "enabled": spec.enabled,
-        "created_at": now,
-        "updated_at": now,
-    }
 
     def secrets_changed(before: ProviderRow | None) -> list[str]:
         return _secrets_changed(keyring, before, secrets)
 
-    return await NAMED.put(engine, values, _UPDATED, actor=actor, secrets_changed=secrets_changed)
+    given = {"config": shown, "secrets": sealed}
+    return await NAMED.put(engine, spec, given, actor=actor, secrets_changed=secrets_changed)
 
 
 async def load_tenants(engine: AsyncEngine, tenant_ids: Iterable[str]) -> list[ProviderRow]:

@@ -12,10 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.security.secrets import MASK, Keyring, associated_data
 from clarion.store import audit, named
-from clarion.store.db import as_utc, utcnow
+from clarion.store.db import as_utc
 from clarion.store.tables import webhooks
-
-_UPDATED = ["url", "events", "enabled", "updated_at"]
 
 
 def webhook_aad(tenant_id: str, name: str) -> bytes:
@@ -79,30 +77,21 @@ async def put(
 ) -> WebhookRow:
     """Create or replace a webhook. With a new ``secret`` it is sealed and stored; without,
     the stored one (``hook.sealed``) is kept."""
+    keep: tuple[str, ...] = ()
     if hook.secret is not None:
         sealed = keyring.encrypt(hook.secret.encode(), webhook_aad(hook.tenant_id, hook.name))
-        updated = [*_UPDATED, "secret"]
     elif hook.sealed is not None:
-        sealed, updated = hook.sealed, _UPDATED
+        sealed, keep = hook.sealed, ("secret",)
     else:
         raise ValueError("a webhook needs a secret")
-    now = utcnow()
-    values = {
-        "tenant_id": hook.tenant_id,
-        "name": hook.name,
-        "url": hook.url,
-        "events": hook.events,
-        "secret": sealed,
-        "enabled": hook.enabled,
-        "created_at": now,
-        "updated_at": now,
-    }
 
     def secrets_changed(before: WebhookRow | None) -> list[str]:
         # A secret sent (or made) replaces the stored one: recorded as changed, never shown.
         return ["secret"] if before is not None and hook.secret is not None else []
 
-    return await NAMED.put(engine, values, updated, actor=actor, secrets_changed=secrets_changed)
+    return await NAMED.put(
+        engine, hook, {"secret": sealed}, keep=keep, actor=actor, secrets_changed=secrets_changed
+    )
 
 
 async def load_enabled(engine: AsyncEngine, tenant_ids: Iterable[str]) -> list[WebhookRow]:

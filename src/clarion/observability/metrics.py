@@ -51,86 +51,87 @@ class Metrics:
         tenant = ("tenant",) if tenant_label else ()
         info = Gauge("clarion_build_info", "Clarion's version", ["version"], registry=r)
         info.labels(__version__).set(1)
-        self.accepted = Counter(
+        counter, histogram = self._counter, self._histogram
+        self.accepted = counter(
             "clarion_notifications_accepted",
             "Notifications accepted (stored durably, answered 202)",
-            [*tenant],
-            registry=r,
+            *tenant,
         )
-        self.refused = Counter(
+        self.refused = counter(
             "clarion_notifications_refused",
             "Notifications refused, by the error code answered",
-            ["reason", *tenant],
-            registry=r,
+            "reason",
+            *tenant,
         )
-        self.deliveries = Counter(
+        self.deliveries = counter(
             "clarion_deliveries",
             "Delivery outcomes: planned (queued, scheduled, suppressed, failed) and attempted "
             "(sent, queued for a retry, failed, dead)",
-            ["channel", "provider", "status", "reason", *tenant],
-            registry=r,
+            "channel",
+            "provider",
+            "status",
+            "reason",
+            *tenant,
         )
-        self.latency = Histogram(
+        self.latency = histogram(
             "clarion_delivery_latency_seconds",
             "From a notification's acceptance to its delivery being sent",
-            ["channel", "lane"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
+            "channel",
+            "lane",
         )
-        self.provider_calls = Histogram(
+        self.provider_calls = histogram(
             "clarion_provider_call_seconds",
             "Provider calls by outcome (ok, transient, permanent, timeout, error)",
-            ["channel", "provider", "outcome"],
-            buckets=CALL_BUCKETS,
-            registry=r,
+            CALL_BUCKETS,
+            "channel",
+            "provider",
+            "outcome",
         )
-        self.retries = Counter(
-            "clarion_delivery_retries",
-            "Failed attempts put back for a retry",
-            ["channel", "reason"],
-            registry=r,
+        self.retries = counter(
+            "clarion_delivery_retries", "Failed attempts put back for a retry", "channel", "reason"
         )
-        self.dead = Counter(
-            "clarion_dead_letters",
-            "Deliveries out of attempts (dead letters)",
-            ["channel", "reason"],
-            registry=r,
+        self.dead = counter(
+            "clarion_dead_letters", "Deliveries out of attempts (dead letters)", "channel", "reason"
         )
-        self.breaker_rejections = Counter(
+        self.breaker_rejections = counter(
             "clarion_circuit_breaker_rejections",
             "Sends a provider's open circuit breaker turned away",
-            ["channel", "provider"],
-            registry=r,
+            "channel",
+            "provider",
         )
-        self.rate_waits = Histogram(
+        self.rate_waits = histogram(
             "clarion_rate_limit_wait_seconds",
             "Time a send waited for its provider's rate-limit slot",
-            ["channel", "provider"],
-            buckets=CALL_BUCKETS,
-            registry=r,
+            CALL_BUCKETS,
+            "channel",
+            "provider",
         )
-        self.rate_deferred = Counter(
+        self.rate_deferred = counter(
             "clarion_rate_limit_deferred",
             "Sends put back for later because their rate-limit slot was too far away",
-            ["channel", "provider"],
-            registry=r,
+            "channel",
+            "provider",
         )
-        self.planner_batch = Histogram(
+        self.planner_batch = histogram(
             "clarion_planner_batch_size",
             "Notifications taken by the planner in one batch",
-            buckets=BATCH_BUCKETS,
-            registry=r,
+            BATCH_BUCKETS,
         )
-        self.planner_seconds = Histogram(
-            "clarion_planner_batch_seconds",
-            "Time the planner spent on one batch",
-            buckets=CALL_BUCKETS,
-            registry=r,
+        self.planner_seconds = histogram(
+            "clarion_planner_batch_seconds", "Time the planner spent on one batch", CALL_BUCKETS
         )
         # (tenant, provider name) → (channel, kind, open?): as this process last saw it.
         self.breakers: dict[tuple[str, str], tuple[str, str, bool]] = {}
         # Label children of the per-attempt metrics, found without the library's lock.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    # Every metric is registered on this process's registry, never the library's global one.
+    def _counter(self, name: str, doc: str, *labels: str) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _histogram(self, name: str, doc: str, buckets: Sequence[float], *labels: str) -> Histogram:
+        return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: the per-attempt hooks call this per send."""

@@ -10,12 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.store import audit
 from clarion.store.db import as_utc, shown, utcnow, write_tx
-from clarion.store.sql import chunks, first_row
+from clarion.store.sql import chunks, first_row, upsert
 from clarion.store.tables import template_versions, templates
 
 # What the API shows of a template version, and of a template in the list.
 _VERSION_COLUMNS = ("name", "version", "category", "channels", "locales", "fallbacks", "created_at")
 _TEMPLATE_COLUMNS = ("name", "active_version", "latest_version", "category", "updated_at")
+# What a new version changes of its template's head.
+_HEAD_UPDATED = ["active_version", "latest_version", "updated_at"]
 
 
 async def put(
@@ -30,6 +32,7 @@ async def put(
     actor: str = audit.SYSTEM,
 ) -> int:
     """Store a new version and make it active; returns its number."""
+    content = {"category": category, "channels": channels, "locales": locales}
     now = utcnow()
     async with write_tx(engine) as conn:
         head = (
@@ -43,51 +46,18 @@ async def put(
         before = (
             None if head is None else await _audited(conn, tenant_id, name, head.active_version)
         )
-        await conn.execute(
-            template_versions.insert().values(
-                tenant_id=tenant_id,
-                name=name,
-                version=version,
-                category=category,
-                channels=channels,
-                locales=locales,
-                fallbacks=fallbacks or None,
-                created_at=now,
-            )
-        )
-        if head is None:
-            await conn.execute(
-                templates.insert().values(
-                    tenant_id=tenant_id,
-                    name=name,
-                    active_version=version,
-                    latest_version=version,
-                    updated_at=now,
-                )
-            )
-        else:
-            await conn.execute(
-                update(templates)
-                .where(templates.c.tenant_id == tenant_id, templates.c.name == name)
-                .values(active_version=version, latest_version=version, updated_at=now)
-            )
-        after = {
-            "version": version,
-            "category": category,
-            "channels": channels,
-            "locales": locales,
-            "fallbacks": fallbacks or {},
-        }
+        key = {"tenant_id": tenant_id, "name": name}
+        stored = {"version": version, **content, "fallbacks": fallbacks or None}
+        await conn.execute(template_versions.insert().values(**key, **stored, created_at=now))
+        # The head names the new version as both the latest and the active one.
+        heads = upsert(conn, templates, ["tenant_id", "name"], _HEAD_UPDATED)
+        made = {"active_version": version, "latest_version": version, "updated_at": now}
+        await conn.execute(heads.values(**key, **made))
+        after = {**stored, "fallbacks": fallbacks or {}}
+        action = audit.Action.CREATE if head is None else audit.Action.UPDATE
+        change = audit.diff(before, after)
         await audit.record(
-            conn,
-            audit.Change(
-                tenant_id,
-                actor,
-                audit.Resource.TEMPLATE,
-                name,
-                audit.Action.CREATE if head is None else audit.Action.UPDATE,
-                audit.diff(before, after),
-            ),
+            conn, audit.Change(tenant_id, actor, audit.Resource.TEMPLATE, name, action, change)
         )
     return version
 

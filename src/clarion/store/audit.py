@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clarion.domain.ids import new_id
 from clarion.security.secrets import MASK
 from clarion.store.db import as_utc, utcnow
-from clarion.store.pages import Position, older_than
+from clarion.store.pages import Position, between, newest_first
 from clarion.store.tables import audit_log
 
 CLI = "cli"  # the actor of a change made with the `clarion` command
@@ -147,9 +147,11 @@ class AuditFilter:
     before: datetime | None = None  # at < before
 
 
-def _query(tenant_id: str, where: AuditFilter, position: Position | None) -> Select[Any]:
+def _query(
+    tenant_id: str, where: AuditFilter, position: Position | None, limit: int
+) -> Select[Any]:
     a = audit_log
-    query = select(a).where(a.c.tenant_id == tenant_id)
+    query = select(a).where(a.c.tenant_id == tenant_id, *between(a.c.at, where.after, where.before))
     for column, value in (
         (a.c.resource, where.resource),
         (a.c.name, where.name),
@@ -158,13 +160,7 @@ def _query(tenant_id: str, where: AuditFilter, position: Position | None) -> Sel
     ):
         if value is not None:
             query = query.where(column == value)
-    if where.after is not None:
-        query = query.where(a.c.at >= where.after)
-    if where.before is not None:
-        query = query.where(a.c.at < where.before)
-    if position is not None:
-        query = query.where(older_than(a.c.at, a.c.id, position))
-    return query.order_by(a.c.at.desc(), a.c.id.desc())
+    return newest_first(query, a.c.at, a.c.id, position, limit)
 
 
 async def list_page(
@@ -176,7 +172,7 @@ async def list_page(
 ) -> list[dict[str, Any]]:
     """A tenant's audit rows, newest first, strictly after (older than) ``position``."""
     async with engine.connect() as conn:
-        rows = (await conn.execute(_query(tenant_id, where, position).limit(limit))).mappings()
+        rows = (await conn.execute(_query(tenant_id, where, position, limit))).mappings()
         return [
             {
                 "id": r["id"],

@@ -23,7 +23,7 @@ from clarion.domain.models import DeliveryStatus
 from clarion.store import audit
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.notifications import delivery_to_public
-from clarion.store.pages import Position, older_than
+from clarion.store.pages import Position, newest_first
 from clarion.store.sql import chunks
 from clarion.store.tables import deliveries, delivery_events, notifications
 
@@ -65,10 +65,7 @@ async def list_dead(
 ) -> tuple[list[dict[str, Any]], Position | None]:
     """A page of dead letters, newest first, and the cursor of the next page."""
     d = deliveries
-    query = _where(select(d), f)
-    if cursor is not None:
-        query = query.where(older_than(d.c.updated_at, d.c.id, cursor))
-    query = query.order_by(d.c.updated_at.desc(), d.c.id.desc()).limit(limit + 1)
+    query = newest_first(_where(select(d), f), d.c.updated_at, d.c.id, cursor, limit + 1)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()
     page = rows[:limit]

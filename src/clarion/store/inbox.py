@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.store import sql  # noqa: F401 - SQLite renders INDEXED BY hints
 from clarion.store.db import as_utc, utcnow
-from clarion.store.pages import Position, older_than
+from clarion.store.pages import Position, newest_first
 from clarion.store.sql import first_row
 from clarion.store.tables import inbox_counters, inbox_messages
 
@@ -84,9 +84,7 @@ def feed_query(
     # SQLite without statistics may take another index that also avoids the sort but reads
     # past every archived message: named. PostgreSQL chooses by its statistics.
     query = query.with_hint(t, f"INDEXED BY {index}", "sqlite")
-    if cursor is not None:
-        query = query.where(older_than(t.c.created_at, t.c.id, cursor))
-    query = query.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(limit + 1)
+    query = newest_first(query, t.c.created_at, t.c.id, cursor, limit + 1)
     if sink is not None:
         sink(query)
     return query

@@ -26,7 +26,7 @@ from clarion.store.notifications import (
     select_notifications,
     waiting,
 )
-from clarion.store.pages import Position, older_than
+from clarion.store.pages import Position, between, newest_first
 from clarion.store.sql import chunks
 from clarion.store.tables import deliveries, delivery_events, notifications, template_versions
 
@@ -140,21 +140,6 @@ def _status_condition(status: str) -> ColumnElement[bool]:
     return n.c.status == status
 
 
-def _time(column: Any, created: TimeRange) -> list[ColumnElement[bool]]:
-    where = []
-    if created.after is not None:
-        where.append(column >= created.after)
-    if created.before is not None:
-        where.append(column < created.before)
-    return where
-
-
-def _after(table: Any, position: Position | None) -> list[ColumnElement[bool]]:
-    if position is None:
-        return []
-    return [older_than(table.c.created_at, table.c.id, position)]
-
-
 def _templates_of_category(tenant_id: str, category: str) -> Any:
     v = template_versions
     return (
@@ -169,8 +154,8 @@ def notifications_query(
     tenant_id: str, where: NotificationFilter, after: Position | None, limit: int
 ) -> Select[Any]:
     n = notifications
-    conditions = [n.c.tenant_id == tenant_id, *_time(n.c.created_at, where.created)]
-    conditions += _after(n, after)
+    created = between(n.c.created_at, where.created.after, where.created.before)
+    conditions = [n.c.tenant_id == tenant_id, *created]
     if where.status is not None:
         conditions.append(_status_condition(where.status))
     if where.template is not None:
@@ -186,12 +171,8 @@ def notifications_query(
                 )
             )
         )
-    return (
-        select_notifications()
-        .where(*conditions)
-        .order_by(n.c.created_at.desc(), n.c.id.desc())
-        .limit(limit)
-    )
+    query = select_notifications().where(*conditions)
+    return newest_first(query, n.c.created_at, n.c.id, after, limit)
 
 
 async def list_notifications(
@@ -202,19 +183,22 @@ async def list_notifications(
     limit: int,
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` notifications, newest first, each with its delivery totals."""
-    query = notifications_query(tenant_id, where, after, limit)
-    async with engine.connect() as conn:
-        rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+    rows = await _rows(engine, notifications_query(tenant_id, where, after, limit))
     totals = await delivery_totals(engine, [r["id"] for r in rows])
     return [notification_summary(row, totals[row["id"]]) for row in rows]
+
+
+async def _rows(engine: AsyncEngine, query: Select[Any]) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(query)).mappings()]
 
 
 def deliveries_query(
     tenant_id: str, where: DeliveryFilter, after: Position | None, limit: int
 ) -> Select[Any]:
     d = deliveries
-    conditions = [d.c.tenant_id == tenant_id, *_time(d.c.created_at, where.created)]
-    conditions += _after(d, after)
+    created = between(d.c.created_at, where.created.after, where.created.before)
+    conditions = [d.c.tenant_id == tenant_id, *created]
     for column, value in (
         (d.c.status, where.status),
         (d.c.channel, where.channel),
@@ -233,21 +217,15 @@ def deliveries_query(
                 select(n.c.id).where(n.c.tenant_id == tenant_id, n.c.template == where.template)
             )
         )
-    return select(d).where(*conditions).order_by(d.c.created_at.desc(), d.c.id.desc()).limit(limit)
+    return newest_first(select(d).where(*conditions), d.c.created_at, d.c.id, after, limit)
 
 
 async def list_deliveries(
-    engine: AsyncEngine,
-    tenant_id: str,
-    where: DeliveryFilter,
-    after: Position | None,
-    limit: int,
+    engine: AsyncEngine, tenant_id: str, where: DeliveryFilter, after: Position | None, limit: int
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` deliveries across notifications, newest first."""
     query = deliveries_query(tenant_id, where, after, limit)
-    async with engine.connect() as conn:
-        rows = [dict(r) for r in (await conn.execute(query)).mappings()]
-    return [delivery_summary(row) for row in rows]
+    return [delivery_summary(row) for row in await _rows(engine, query)]
 
 
 def delivery_summary(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from clarion.security.keys import generate_key, generate_webhook_secret, hash_ke
 from clarion.security.secrets import MASK
 from clarion.store import audit
 from clarion.store.db import as_utc, utcnow, write_tx
-from clarion.store.pages import Position, older_than
+from clarion.store.pages import Position, newest_first
 from clarion.store.tables import api_keys, tenants
 
 
@@ -281,9 +281,7 @@ async def list_keys_page(
     """A tenant's keys newest first, strictly after (older than) ``position``."""
     k = api_keys
     query = select(*_KEY_COLUMNS).where(k.c.tenant_id == tenant_id)
-    if position is not None:
-        query = query.where(older_than(k.c.created_at, k.c.id, position))
-    query = query.order_by(k.c.created_at.desc(), k.c.id.desc()).limit(limit)
+    query = newest_first(query, k.c.created_at, k.c.id, position, limit)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     return [_key_view(r) for r in rows]

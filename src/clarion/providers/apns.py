@@ -32,7 +32,6 @@ from clarion.net.answers import Meaning, Meanings, classify, transport_error
 from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import ApnsConfig
 from clarion.providers.push import send_tokens, tokens_for
-from clarion.security.netguard import AddressGuard
 
 BASE_URLS = {
     "production": "https://api.push.apple.com",
@@ -113,7 +112,7 @@ class ApnsProvider(Provider):
         self._timeout = timeout
         base = str(config.base_url) if config.base_url else BASE_URLS[config.environment]
         self._base = base.rstrip("/")
-        self._guard = AddressGuard(env.settings.allow_private_webhooks)
+        self._guard = env.guard()
         self._client: httpx.AsyncClient | None = None
         self._auth: ProviderToken | PermanentError
         try:

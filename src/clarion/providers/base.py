@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from clarion.domain.delivery import Delivery
+from clarion.security.netguard import AddressGuard
 
 if TYPE_CHECKING:
     from clarion.config import Settings
@@ -58,6 +59,11 @@ class ProviderEnv:
     settings: Settings
     engine: AsyncEngine
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def guard(self) -> AddressGuard:
+        """The check of every address a provider connects to: public ones only, unless the
+        deployment allows private ones (``CLARION_ALLOW_PRIVATE_WEBHOOKS``)."""
+        return AddressGuard(self.settings.allow_private_webhooks)
 
 
 @dataclass(frozen=True, slots=True)

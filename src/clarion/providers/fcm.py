@@ -30,7 +30,6 @@ from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResu
 from clarion.providers.configs import FcmConfig
 from clarion.providers.http import ApiClient
 from clarion.providers.push import send_tokens, tokens_for
-from clarion.security.netguard import AddressGuard
 
 DEFAULT_BASE_URL = "https://fcm.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -167,7 +166,7 @@ class FcmProvider(Provider):
     def __init__(self, spec: ProviderSpec, env: ProviderEnv, *, timeout: float = 10.0) -> None:
         config = FcmConfig.model_validate(spec.config)
         self._timeout = timeout
-        self._guard = AddressGuard(env.settings.allow_private_webhooks)
+        self._guard = env.guard()
         self._http = ApiClient(
             user_agent="Clarion-FCM/1", guard=self._guard, timeout=timeout, max_connections=256
         )

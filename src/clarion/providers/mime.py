@@ -16,8 +16,10 @@ from typing import Any
 
 from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError
+from clarion.providers.base import ProviderEnv
 from clarion.security.unsubscribe import UnsubscribeLinks
 from clarion.store.db import utcnow
+from clarion.store.tenants import webhook_secrets
 
 # Headers whose value must reach the reader exactly as written: folding a long URL into
 # RFC 2047 encoded words, as the stdlib does with any word over 78 characters, would leave
@@ -141,6 +143,11 @@ class EmailComposer:
     def __init__(self, sender: str, links: UnsubscribeLinks) -> None:
         self.sender = Sender.parse(sender)
         self._links = links
+
+    @classmethod
+    def of(cls, sender: str, env: ProviderEnv) -> EmailComposer:
+        """A composer whose unsubscribe links are signed with the tenants' webhook secrets."""
+        return cls(sender, UnsubscribeLinks(webhook_secrets(env.engine), env.settings.public_url))
 
     async def compose(self, message: Delivery) -> Email:
         content = message.content

@@ -20,9 +20,6 @@ from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResu
 from clarion.providers.configs import SendgridConfig
 from clarion.providers.http import DEFAULT_TIMEOUT, ApiClient, Reply
 from clarion.providers.mime import Email, EmailComposer
-from clarion.security.netguard import AddressGuard
-from clarion.security.unsubscribe import UnsubscribeLinks
-from clarion.store.tenants import webhook_secrets
 
 DEFAULT_BASE = "https://api.sendgrid.com"
 PATH = "/v3/mail/send"
@@ -86,13 +83,11 @@ class SendgridProvider(Provider):
             "Authorization": f"Bearer {config.api_key}",
             "Content-Type": "application/json",
         }
-        self._composer = EmailComposer(
-            config.from_, UnsubscribeLinks(webhook_secrets(env.engine), env.settings.public_url)
-        )
+        self._composer = EmailComposer.of(config.from_, env)
         self._http = ApiClient(
             timeout=timeout,
             user_agent="Clarion/sendgrid",
-            guard=AddressGuard(env.settings.allow_private_webhooks),
+            guard=env.guard(),
         )
 
     async def send(self, message: Delivery) -> SendResult:

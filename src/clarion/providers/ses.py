@@ -22,9 +22,6 @@ from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResu
 from clarion.providers.configs import SesConfig
 from clarion.providers.http import DEFAULT_TIMEOUT, ApiClient, Reply
 from clarion.providers.mime import Email, EmailComposer, to_bytes, to_mime
-from clarion.security.netguard import AddressGuard
-from clarion.security.unsubscribe import UnsubscribeLinks
-from clarion.store.tenants import webhook_secrets
 
 PATH = "/v2/email/outbound-emails"
 # Worth retrying whatever the status: SES throttles with 429 and with 400 LimitExceeded.
@@ -113,13 +110,11 @@ class SesProvider(Provider):
         self._signer = SigV4Auth(
             Credentials(config.access_key_id, config.secret_access_key), "ses", config.region
         )
-        self._composer = EmailComposer(
-            config.from_, UnsubscribeLinks(webhook_secrets(env.engine), env.settings.public_url)
-        )
+        self._composer = EmailComposer.of(config.from_, env)
         self._http = ApiClient(
             timeout=timeout,
             user_agent="Clarion/ses",
-            guard=AddressGuard(env.settings.allow_private_webhooks),
+            guard=env.guard(),
         )
 
     def _request(self, email: Email) -> tuple[bytes, dict[str, str]]:

@@ -20,9 +20,6 @@ from clarion.net.answers import transport_error
 from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import SmtpConfig
 from clarion.providers.mime import EmailComposer, to_bytes, to_mime
-from clarion.security.netguard import AddressGuard
-from clarion.security.unsubscribe import UnsubscribeLinks
-from clarion.store.tenants import webhook_secrets
 
 DEFAULT_TIMEOUT = 30.0
 _ADDRESS_CODES = frozenset({550, 551, 553})
@@ -73,12 +70,9 @@ class SmtpProvider(Provider):
         self, spec: ProviderSpec, env: ProviderEnv, *, timeout: float = DEFAULT_TIMEOUT
     ) -> None:
         self._config = SmtpConfig.model_validate(spec.config)
-        self._composer = EmailComposer(
-            self._config.from_,
-            UnsubscribeLinks(webhook_secrets(env.engine), env.settings.public_url),
-        )
+        self._composer = EmailComposer.of(self._config.from_, env)
         self._timeout = timeout
-        self._guard = AddressGuard(env.settings.allow_private_webhooks)
+        self._guard = env.guard()
         self._tls = tls_context(self._config) if self._config.tls != "none" else None
         self._slots = asyncio.Semaphore(self._config.pool_size)
         self._idle: list[aiosmtplib.SMTP] = []

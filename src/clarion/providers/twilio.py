@@ -34,7 +34,6 @@ from clarion.providers.base import (
 )
 from clarion.providers.configs import TwilioConfig
 from clarion.providers.http import ApiClient
-from clarion.security.netguard import AddressGuard
 
 API_URL = "https://api.twilio.com"
 TIMEOUT = 15.0
@@ -173,7 +172,7 @@ class TwilioProvider(Provider):
         }
         self._http = ApiClient(
             user_agent="Clarion/1",
-            guard=AddressGuard(env.settings.allow_private_webhooks),
+            guard=env.guard(),
             timeout=float(env.extra.get("timeout", TIMEOUT)),
         )
 

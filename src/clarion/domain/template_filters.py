@@ -15,10 +15,10 @@ from clarion.domain.template_limits import (
     MAX_ITEMS,
     MAX_OUTPUT,
     bounded,
-    estimate_replace,
     refuse_above,
     refuse_join,
     refuse_printf,
+    refuse_replace,
     state_of,
     take,
     weight,
@@ -67,9 +67,7 @@ def _check_wordwrap(value: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
 
 
 def _check_replace(value: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    old, new = _arg(args, kwargs, 0, "old"), _arg(args, kwargs, 1, "new")
-    if estimate_replace(str(value), old, new) > MAX_OUTPUT:
-        raise SecurityError(f"the replaced string is larger than {MAX_OUTPUT} characters")
+    refuse_replace(str(value), _arg(args, kwargs, 0, "old"), _arg(args, kwargs, 1, "new"))
     return value
 
 
@@ -130,6 +128,21 @@ def _bounded_stream(items: Iterable[Any]) -> Iterator[Any]:
         if total > MAX_OUTPUT:
             raise SecurityError(f"a sequence is larger than {MAX_OUTPUT} characters")
         yield item
+
+
+def check_str_method(owner: str, name: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The limits of a str method a template calls (the sandbox's ``BoundMethod``) that
+    could build a large string: those of the filter that does the same; returns the
+    arguments to call it with (a ``join``'s items taken once)."""
+    if name in ("center", "ljust", "rjust", "zfill") and args:
+        refuse_above(args[0], MAX_OUTPUT, "a width of")
+    elif name == "replace" and len(args) >= 2:
+        refuse_replace(owner, args[0], args[1])
+    elif name == "join" and args:
+        items = take(args[0])
+        refuse_join(owner, items)
+        args = (items, *args[1:])
+    return args
 
 
 def guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:

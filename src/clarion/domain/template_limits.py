@@ -110,11 +110,15 @@ def refuse_above(value: Any, limit: int, what: str) -> None:
         raise SecurityError(f"{what} {value} is above the limit of {limit}")
 
 
-def estimate_replace(text: str, old: Any, new: Any) -> int:
-    if not isinstance(old, str) or not isinstance(new, str):
-        return len(text)
-    matches = len(text) + 1 if not old else len(text) // len(old)
-    return len(text) + matches * len(new)
+def refuse_replace(text: str, old: Any, new: Any) -> None:
+    """Refuse ``text.replace(old, new)`` when it could pass the output limit (every
+    possible match replaced; an empty ``old`` matches between every character)."""
+    size = len(text)
+    if isinstance(old, str) and isinstance(new, str):
+        matches = len(text) + 1 if not old else len(text) // len(old)
+        size += matches * len(new)
+    if size > MAX_OUTPUT:
+        raise SecurityError(f"the replaced string is larger than {MAX_OUTPUT} characters")
 
 
 def refuse_join(separator: str, items: list[Any]) -> None:

@@ -25,17 +25,13 @@ from jinja2.nodes import EvalContext
 from jinja2.runtime import Context, LoopContext, markup_join, str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from clarion.domain.template_filters import guard_filter
+from clarion.domain.template_filters import check_str_method, guard_filter
 from clarion.domain.template_limits import (
     MAX_INT_BITS,
     MAX_OUTPUT,
     bounded,
-    estimate_replace,
-    refuse_above,
-    refuse_join,
     refuse_printf,
     state_of,
-    take,
     weight,
 )
 
@@ -82,24 +78,11 @@ class BoundMethod:
         state = state_of(context)
         state.charge_work(sum(bounded(a) for a in (self._owner, *args, *kwargs.values())))
         if isinstance(self._owner, str):
-            args = _check_str_method(self._owner, self._name, args)
+            args = check_str_method(self._owner, self._name, args)
         return self._method(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"[method {self._name}]"
-
-
-def _check_str_method(owner: str, name: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    if name in ("center", "ljust", "rjust", "zfill") and args:
-        refuse_above(args[0], MAX_OUTPUT, "a width of")
-    elif name == "replace" and len(args) >= 2:
-        if estimate_replace(owner, args[0], args[1]) > MAX_OUTPUT:
-            raise SecurityError(f"the replaced string is larger than {MAX_OUTPUT} characters")
-    elif name == "join" and args:
-        items = take(args[0])
-        refuse_join(owner, items)
-        args = (items, *args[1:])
-    return args
 
 
 def _check_product(left: Any, right: Any) -> None:

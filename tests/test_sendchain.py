@@ -23,7 +23,7 @@ from clarion.resilience.sendchain import (
     fallback_channel,
 )
 
-POLICY = BreakerPolicy(min_calls=4, threshold=0.5, cooldown=60.0, probe_ttl=5.0)
+POLICY = BreakerPolicy(min_calls=4, threshold=0.5, window=10.0, cooldown=60.0, probe_ttl=5.0)
 TENANT = "ten_a"
 
 

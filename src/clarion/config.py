@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +34,12 @@ def _channel_schedules(text: str) -> dict[str, list[float]]:
     return schedules
 
 
+# The constraints most settings share.
+Positive = Annotated[float, Field(gt=0)]
+Share = Annotated[float, Field(gt=0, le=1)]  # of a pool, of calls
+AtLeastOne = Annotated[int, Field(ge=1)]
+
+
 class Settings(BaseSettings):
     """Deployment settings. Every field maps to ``CLARION_<NAME>``."""
 
@@ -49,13 +55,13 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     # HTTP server limits (per process): see docs/operations.md, "HTTP server limits".
-    http_header_timeout: float = Field(default=10.0, gt=0)
-    http_body_timeout: float = Field(default=30.0, gt=0)
-    http_keep_alive: float = Field(default=5.0, gt=0)
-    http_max_connections: int = Field(default=4096, ge=1)
+    http_header_timeout: Positive = 10.0
+    http_body_timeout: Positive = 30.0
+    http_keep_alive: Positive = 5.0
+    http_max_connections: AtLeastOne = 4096
     http_max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     # Request bodies of 64 KiB or more handled at once per process (others wait their turn).
-    http_large_bodies: int = Field(default=4, ge=1)
+    http_large_bodies: AtLeastOne = 4
     # The address recipients' mail clients reach this API at (unsubscribe links).
     public_url: str = "http://127.0.0.1:8080"
     allow_private_webhooks: bool = False
@@ -68,14 +74,14 @@ class Settings(BaseSettings):
     # through another process is seen within this time.
     provider_cache_ttl: float = Field(default=5.0, ge=0)
     # How long a consumer may hold a message before another takes it back.
-    broker_lease: float = Field(default=30.0, gt=0)
+    broker_lease: Positive = 30.0
     # Deliveries still `queued` this long after their last change are published again.
-    sweep_after: float = Field(default=300.0, gt=0)
+    sweep_after: Positive = 300.0
     # A freshly accepted notification is published by its API process at once; the relay
     # takes it from the outbox only if it is still unplanned after this grace period. Under
     # a backlog a notification can wait in the plan stream for a while: a short grace makes
     # the relay publish it again and the planner do the work twice.
-    outbox_grace: float = Field(default=60.0, gt=0)
+    outbox_grace: Positive = 60.0
     # A topic send is planned this many subscribers at a time, each chunk committed with
     # its stripe's cursor; its subscribers are split into up to this many stripes, planned
     # side by side by whichever planners are free (docs/topics.md).
@@ -84,28 +90,28 @@ class Settings(BaseSettings):
     # Recurring schedules (docs/schedules.md): due times missed by more than the catch-up
     # window (the scheduler was down) are skipped; a `recipient` schedule looks for new
     # time zones among its audience at least this often; runs are kept this long.
-    schedule_catchup: float = Field(default=3600.0, gt=0)
-    schedule_zone_rescan: float = Field(default=900.0, gt=0)
-    schedule_history: float = Field(default=30 * 86400.0, gt=0)
+    schedule_catchup: Positive = 3600.0
+    schedule_zone_rescan: Positive = 900.0
+    schedule_history: Positive = 30 * 86400.0
     # The most recurring schedules one tenant may hold.
-    max_schedules: int = Field(default=100, ge=1)
+    max_schedules: AtLeastOne = 100
     # Deliveries, their events and finished notifications older than this many days leave
     # the database (0 keeps everything); the scheduler looks this often (docs/operations.md,
     # "Retention").
     retention_days: float = Field(default=30.0, ge=0)
-    retention_interval: float = Field(default=600.0, gt=0)
-    webhook_timeout: float = Field(default=10.0, gt=0)
+    retention_interval: Positive = 600.0
+    webhook_timeout: Positive = 10.0
     # Live inbox connections: events a connection may have waiting before it is closed as
     # too slow; the SSE heartbeat; how often an API process looks for revoked recipient
     # tokens and snoozed messages whose time has come.
     inbox_queue_size: int = Field(default=256, ge=1, le=100_000)
-    inbox_heartbeat: float = Field(default=15.0, gt=0)
-    inbox_upkeep_interval: float = Field(default=1.0, gt=0)
+    inbox_heartbeat: Positive = 15.0
+    inbox_upkeep_interval: Positive = 1.0
     # Live inbox connections one API process accepts per recipient and per tenant (0: no
     # cap); one more is refused with a 429.
     live_max_per_recipient: int = Field(default=20, ge=0)
     live_max_per_tenant: int = Field(default=20_000, ge=0)
-    shutdown_timeout: float = Field(default=10.0, gt=0)
+    shutdown_timeout: Positive = 10.0
     sqlite_synchronous: str = "FULL"
     log_level: str = "INFO"
     # Logs as one JSON object a line (`json`) or as readable text (`text`).
@@ -122,27 +128,27 @@ class Settings(BaseSettings):
     # tenant, so only for deployments with few tenants.
     metrics_tenant_label: bool = False
     # Size of each channel's pool of concurrent sends.
-    worker_concurrency: int = Field(default=512, ge=1)
+    worker_concurrency: AtLeastOne = 512
     # The share of that pool one tenant may hold: a tenant whose endpoints hang holds at
     # most this much, the other tenants' work runs in the rest (docs/architecture.md).
-    worker_tenant_share: float = Field(default=0.5, gt=0, le=1)
+    worker_tenant_share: Share = 0.5
     # The share of that pool one endpoint of a tenant (a webhook's host and port, a
     # provider) may hold: a tenant whose one endpoint hangs still reaches its others.
-    worker_endpoint_share: float = Field(default=0.25, gt=0, le=1)
+    worker_endpoint_share: Share = 0.25
     # The share of that pool retries may hold: fresh work keeps the rest during an outage.
-    worker_retry_share: float = Field(default=0.125, gt=0, le=1)
+    worker_retry_share: Share = 0.125
     # Status-event POSTs in flight per process, shared between tenants the same way.
-    event_concurrency: int = Field(default=64, ge=1)
+    event_concurrency: AtLeastOne = 64
     # Circuit breaker per (tenant, provider): opens when at least `breaker_min_calls` sends
     # in the last `breaker_window` seconds failed at `breaker_failure_threshold` or more.
-    breaker_failure_threshold: float = Field(default=0.5, gt=0, le=1)
-    breaker_min_calls: int = Field(default=20, ge=1)
+    breaker_failure_threshold: Share = 0.5
+    breaker_min_calls: AtLeastOne = 20
     breaker_window: float = Field(default=10.0, ge=1)
-    breaker_cooldown: float = Field(default=30.0, gt=0)
+    breaker_cooldown: Positive = 30.0
     # Notifications a tenant may submit per second (sustained) and at once (burst);
     # a tenant's settings may override both (same names).
-    intake_rate_per_second: float = Field(default=10000.0, gt=0)
-    intake_burst: int = Field(default=20000, ge=1)
+    intake_rate_per_second: Positive = 10000.0
+    intake_burst: AtLeastOne = 20000
 
     @field_validator("retry_schedule")
     @classmethod

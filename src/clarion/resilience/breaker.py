@@ -35,11 +35,14 @@ class BreakerKey:
 
 @dataclass(frozen=True, slots=True)
 class BreakerPolicy:
-    threshold: float = 0.5
-    min_calls: int = 20
-    window: float = 10.0
-    cooldown: float = 30.0
-    probe_ttl: float = 30.0
+    """A breaker's thresholds; a deployment's come from its settings (``breaker_*``,
+    resilience/backends.py::breaker_policy), which hold the defaults."""
+
+    threshold: float
+    min_calls: int
+    window: float
+    cooldown: float
+    probe_ttl: float
     bucket: float = 1.0
 
     @property

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -30,6 +29,7 @@ from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, ProviderError
 from clarion.net.answers import Meaning, Meanings, classify, transport_error
 from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.bearer import Clock, KeptToken
 from clarion.providers.configs import ApnsConfig
 from clarion.providers.push import send_tokens, tokens_for
 
@@ -51,8 +51,6 @@ MEANINGS: Meanings = {
     (None, "ExpiredProviderToken"): Meaning(transient=True),
 }
 
-Clock = Callable[[], float]
-
 
 class ProviderToken:
     """The team's ES256 provider token, signed once and reused for ``TOKEN_LIFETIME``."""
@@ -67,25 +65,22 @@ class ProviderToken:
         self._key = key
         self._key_id = key_id
         self._team_id = team_id
-        self._clock = clock
-        self._token: str | None = None
-        self._renew_at = 0.0
+        self._kept = KeptToken(clock)
 
     def current(self) -> str:
         """The token to send now (signed anew only when the last one is 50 minutes old)."""
-        now = self._clock()
-        if self._token is None or now >= self._renew_at:
+        token = self._kept.fresh()
+        if token is None:
+            now = self._kept.clock()
             claims = {"iss": self._team_id, "iat": int(now)}
             headers = {"alg": "ES256", "kid": self._key_id}
-            self._token = jwt.encode(claims, self._key, algorithm="ES256", headers=headers)
-            self._renew_at = now + TOKEN_LIFETIME
-        return self._token
+            token = jwt.encode(claims, self._key, algorithm="ES256", headers=headers)
+            self._kept.keep(token, now + TOKEN_LIFETIME)
+        return token
 
     def expire(self, token: str) -> None:
-        """Apple called ``token`` expired: the next call signs a new one, unless another
-        send has replaced it already."""
-        if self._token == token:
-            self._token = None
+        """Apple called ``token`` expired (see :meth:`KeptToken.drop`)."""
+        self._kept.drop(token)
 
 
 def load_key(pem: str) -> ec.EllipticCurvePrivateKey:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -27,6 +26,7 @@ from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, ProviderError, TransientError
 from clarion.net.answers import Meaning, Meanings, classify
 from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
+from clarion.providers.bearer import Clock, KeptToken
 from clarion.providers.configs import FcmConfig
 from clarion.providers.http import ApiClient
 from clarion.providers.push import send_tokens, tokens_for
@@ -38,8 +38,6 @@ ASSERTION_LIFETIME = 3600
 # An access token is replaced this long before it expires, so none expires in flight.
 REFRESH_MARGIN = 300.0
 HIGH_PRIORITIES = frozenset({"critical", "high"})
-
-Clock = Callable[[], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,36 +89,28 @@ class AccessTokens:
         self._account = account
         self._token_url = token_url
         self._http = http
-        self._clock = clock
-        self._token: str | None = None
-        self._refresh_at = 0.0
+        self._kept = KeptToken(clock)
         self._lock = asyncio.Lock()
 
     async def get(self) -> str:
         """A valid access token, fetched only if the cached one is missing or near expiry."""
-        token = self._fresh()
+        token = self._kept.fresh()
         if token is not None:
             return token
         async with self._lock:
             # Another caller may have refreshed while this one waited for the lock.
-            token = self._fresh()
+            token = self._kept.fresh()
             if token is None:
                 token, expires_in = await self._fetch()
-                self._token, self._refresh_at = token, self._clock() + expires_in - REFRESH_MARGIN
+                self._kept.keep(token, self._kept.clock() + expires_in - REFRESH_MARGIN)
             return token
 
     def drop(self, token: str) -> None:
-        """Forget a token the service refused (unless it was already replaced)."""
-        if self._token == token:
-            self._token = None
-
-    def _fresh(self) -> str | None:
-        if self._token is not None and self._clock() < self._refresh_at:
-            return self._token
-        return None
+        """Forget a token the service refused (see :meth:`KeptToken.drop`)."""
+        self._kept.drop(token)
 
     def _assertion(self) -> str:
-        now = int(self._clock())
+        now = int(self._kept.clock())
         claims = {
             "iss": self._account.client_email,
             "scope": SCOPE,

@@ -43,7 +43,10 @@ class TimeRange:
 
 
 @dataclass(frozen=True, slots=True)
-class NotificationFilter:
+class LogFilter:
+    """What both lists filter by: each list's own status, the template, the recipient,
+    the category and when the row was created."""
+
     status: str | None = None
     template: str | None = None
     recipient_id: str | None = None
@@ -52,16 +55,18 @@ class NotificationFilter:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryFilter:
-    status: str | None = None
+class NotificationFilter(LogFilter):
+    """The notification list's: a notification's status (``accepted``, ``partial``...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter(LogFilter):
+    """The delivery list's: a delivery's status, and what only a delivery has."""
+
     channel: str | None = None
     provider: str | None = None
     reason: str | None = None
-    recipient_id: str | None = None
     notification_id: str | None = None
-    template: str | None = None
-    category: str | None = None
-    created: TimeRange = TimeRange()
 
 
 async def delivery_totals(
@@ -150,12 +155,17 @@ def _templates_of_category(tenant_id: str, category: str) -> Any:
     )
 
 
+def _created(tenant_id: str, table: Any, created: TimeRange) -> list[ColumnElement[bool]]:
+    """The tenant's rows of ``table`` created in that range."""
+    within = between(table.c.created_at, created.after, created.before)
+    return [table.c.tenant_id == tenant_id, *within]
+
+
 def notifications_query(
     tenant_id: str, where: NotificationFilter, after: Position | None, limit: int
 ) -> Select[Any]:
     n = notifications
-    created = between(n.c.created_at, where.created.after, where.created.before)
-    conditions = [n.c.tenant_id == tenant_id, *created]
+    conditions = _created(tenant_id, n, where.created)
     if where.status is not None:
         conditions.append(_status_condition(where.status))
     if where.template is not None:
@@ -197,8 +207,7 @@ def deliveries_query(
     tenant_id: str, where: DeliveryFilter, after: Position | None, limit: int
 ) -> Select[Any]:
     d = deliveries
-    created = between(d.c.created_at, where.created.after, where.created.before)
-    conditions = [d.c.tenant_id == tenant_id, *created]
+    conditions = _created(tenant_id, d, where.created)
     for column, value in (
         (d.c.status, where.status),
         (d.c.channel, where.channel),

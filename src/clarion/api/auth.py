@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from clarion.errors import Forbidden, Unauthorized
 from clarion.observability import logs
+from clarion.pipeline.context import Context
 from clarion.security.inbox_tokens import looks_like_token
 from clarion.store import tenants as tenant_store
 from clarion.store.db import AsyncEngine
@@ -27,6 +28,32 @@ class Principal:
     tenant_id: str
     key_id: str
     scopes: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A request made with an API key: the key's principal and the process's context, the
+    two things a route needs to reach its tenant's rows."""
+
+    principal: Principal
+    ctx: Context
+
+    @property
+    def tenant_id(self) -> str:
+        return self.principal.tenant_id
+
+    @property
+    def key_id(self) -> str:
+        """The key's id: who the audit log says made a change."""
+        return self.principal.key_id
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        return self.principal.scopes
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.ctx.engine
 
 
 class KeyCache:
@@ -80,18 +107,17 @@ Declared = Annotated[HTTPAuthorizationCredentials | None, Depends(API_KEY)]
 
 def require(
     scope: str, *others: str
-) -> Callable[[Request, HTTPAuthorizationCredentials | None], Awaitable[Principal]]:
+) -> Callable[[Request, HTTPAuthorizationCredentials | None], Awaitable[Caller]]:
     """A dependency that authenticates the request and checks a scope (any one of
     ``scope`` and ``others``)."""
     allowed = (scope, *others)
 
-    async def dependency(request: Request, _declared: Declared) -> Principal:
-        return await authenticate(
-            request.app.state.keys,
-            request.app.state.ctx.engine,
-            request.headers.get("authorization", ""),
-            allowed,
+    async def dependency(request: Request, _declared: Declared) -> Caller:
+        ctx: Context = request.app.state.ctx
+        principal = await authenticate(
+            request.app.state.keys, ctx.engine, request.headers.get("authorization", ""), allowed
         )
+        return Caller(principal, ctx)
 
     SCOPES_OF[dependency] = allowed
     return dependency
@@ -120,7 +146,7 @@ async def authenticate(
 
 
 # Who may call a route, by scope: the parameter a route declares for its principal.
-Reader = Annotated[Principal, Depends(require("read"))]
-Sender = Annotated[Principal, Depends(require("send"))]
-Manager = Annotated[Principal, Depends(require("manage"))]
-Admin = Annotated[Principal, Depends(require("admin"))]
+Reader = Annotated[Caller, Depends(require("read"))]
+Sender = Annotated[Caller, Depends(require("send"))]
+Manager = Annotated[Caller, Depends(require("manage"))]
+Admin = Annotated[Caller, Depends(require("admin"))]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
 from clarion.api.auth import Admin
 from clarion.api.listing import Cursor, Limit, cursor_of, page, position_of, time_range
@@ -31,8 +31,7 @@ Text = Annotated[str | None, Query(min_length=1, max_length=200)]
     response_model=AuditPage,
 )
 async def list_audit(
-    request: Request,
-    principal: Admin,
+    caller: Admin,
     resource: store.Resource | None = None,
     name: Text = None,
     key_id: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
@@ -52,7 +51,7 @@ async def list_audit(
         before=high,
     )
     rows = await store.list_page(
-        request.app.state.ctx.engine, principal.tenant_id, where, position_of(cursor), limit + 1
+        caller.engine, caller.tenant_id, where, position_of(cursor), limit + 1
     )
     return JSONResponse(page(rows, limit, _cursor))
 

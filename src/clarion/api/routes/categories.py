@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
 from clarion.api.auth import Manager, Reader
 from clarion.api.listing import Size, by, page
@@ -28,24 +28,20 @@ router = APIRouter(prefix="/v1/categories", tags=["categories"])
     ),
     response_model=CategoryOut,
 )
-async def put(
-    request: Request, principal: Manager, name: ShortNamePath, body: CategoryIn
-) -> JSONResponse:
+async def put(caller: Manager, name: ShortNamePath, body: CategoryIn) -> JSONResponse:
     policy = body.model_dump(mode="json")
     if body.default_channels is not None:
         policy["default_channels"] = list(dict.fromkeys(policy["default_channels"]))
-    found = await store.put(
-        request.app.state.ctx.engine, principal.tenant_id, name, policy, actor=principal.key_id
-    )
+    found = await store.put(caller.engine, caller.tenant_id, name, policy, actor=caller.key_id)
     if isinstance(found, Refused):
         raise refusal_error(found)
-    request.app.state.ctx.categories.invalidate(principal.tenant_id)
+    caller.ctx.categories.invalidate(caller.tenant_id)
     return JSONResponse(found)
 
 
 @router.get("/{name}", summary="A category", response_model=CategoryOut)
-async def get(request: Request, principal: Reader, name: ShortNamePath) -> JSONResponse:
-    found = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
+async def get(caller: Reader, name: ShortNamePath) -> JSONResponse:
+    found = await store.get(caller.engine, caller.tenant_id, name)
     return JSONResponse(or_404(found, f"no category {name!r}"))
 
 
@@ -53,12 +49,9 @@ async def get(request: Request, principal: Reader, name: ShortNamePath) -> JSONR
     "", summary="The tenant's categories, built-ins included, by name", response_model=CategoryPage
 )
 async def list_categories(
-    request: Request,
-    principal: Reader,
+    caller: Reader,
     limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=100, pattern=NAME_PATTERN)] = None,
 ) -> JSONResponse:
-    rows = await store.list_(
-        request.app.state.ctx.engine, principal.tenant_id, after=cursor, limit=limit + 1
-    )
+    rows = await store.list_(caller.engine, caller.tenant_id, after=cursor, limit=limit + 1)
     return JSONResponse(page(rows, limit, by("name")))

@@ -44,8 +44,7 @@ class ReplayFilter(BaseModel):
 
 @router.get("", summary="Dead deliveries, newest first", response_model=DeadLetterPage)
 async def list_dead_letters(
-    request: Request,
-    principal: Admin,
+    caller: Admin,
     channel: Channel | None = None,
     provider: Annotated[str | None, Query(max_length=200)] = None,
     after: datetime | None = None,
@@ -54,13 +53,13 @@ async def list_dead_letters(
     cursor: Annotated[str | None, Query(max_length=300)] = None,
 ) -> JSONResponse:
     filters = store.DeadFilter(
-        principal.tenant_id,
+        caller.tenant_id,
         channel=channel.value if channel else None,
         provider=provider,
         after=aware("after", after),
         before=aware("before", before),
     )
-    ctx: Context = request.app.state.ctx
+    ctx = caller.ctx
     # This list answered `validation_error` to a bad cursor before `invalid_cursor` existed.
     position = position_of(cursor, code="validation_error")
     rows, following = await store.list_dead(ctx.engine, filters, position, limit)
@@ -84,28 +83,26 @@ async def _publish(ctx: Context, rows: list[dict[str, Any]]) -> None:
     response_model=ReplayResult,
 )
 async def replay_matching(
-    request: Request, principal: Admin, body: ReplayFilter | None = None
+    request: Request, caller: Admin, body: ReplayFilter | None = None
 ) -> JSONResponse:
     body = body or ReplayFilter()
-    ctx: Context = request.app.state.ctx
+    ctx = caller.ctx
 
     async def handler() -> tuple[int, Any]:
         filters = store.DeadFilter(
-            principal.tenant_id,
+            caller.tenant_id,
             channel=body.channel.value if body.channel else None,
             provider=body.provider,
             after=body.after,
             before=body.before,
         )
-        rows, more = await store.replay_many(
-            ctx.engine, filters, body.limit, actor=principal.key_id
-        )
+        rows, more = await store.replay_many(ctx.engine, filters, body.limit, actor=caller.key_id)
         await _publish(ctx, rows)
         return 202, {"replayed": len(rows), "more": more}
 
     return await idempotent(
         request,
-        principal.tenant_id,
+        caller.tenant_id,
         "dead_letters.replay",
         body.model_dump(mode="json"),
         handler,
@@ -120,17 +117,15 @@ async def replay_matching(
 )
 async def replay_one(
     request: Request,
-    principal: Admin,
+    caller: Admin,
     delivery_id: Annotated[str, Path(max_length=100)],
 ) -> JSONResponse:
-    ctx: Context = request.app.state.ctx
+    ctx = caller.ctx
 
     async def handler() -> tuple[int, Any]:
-        row = await store.replay_one(
-            ctx.engine, principal.tenant_id, delivery_id, actor=principal.key_id
-        )
+        row = await store.replay_one(ctx.engine, caller.tenant_id, delivery_id, actor=caller.key_id)
         if row is None:
-            status = await store.status_of(ctx.engine, principal.tenant_id, delivery_id)
+            status = await store.status_of(ctx.engine, caller.tenant_id, delivery_id)
             if status is None:
                 raise NotFound(f"no delivery {delivery_id!r}")
             raise Conflict(
@@ -143,7 +138,7 @@ async def replay_one(
 
     return await idempotent(
         request,
-        principal.tenant_id,
+        caller.tenant_id,
         "dead_letters.replay_one",
         {"delivery_id": delivery_id},
         handler,

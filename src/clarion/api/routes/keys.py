@@ -67,13 +67,12 @@ class KeyIn(BaseModel):
     response_model=ApiKeyPage,
 )
 async def list_keys(
-    request: Request,
-    principal: Admin,
+    caller: Admin,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> JSONResponse:
     rows = await store.list_keys_page(
-        request.app.state.ctx.engine, principal.tenant_id, position_of(cursor), limit + 1
+        caller.engine, caller.tenant_id, position_of(cursor), limit + 1
     )
     return JSONResponse(page(rows, limit, newest_first))
 
@@ -90,9 +89,9 @@ async def list_keys(
     ),
     response_model=ApiKeyCreated,
 )
-async def create(request: Request, principal: Admin, body: KeyIn) -> JSONResponse:
+async def create(caller: Admin, body: KeyIn) -> JSONResponse:
     wanted = [s.value for s in body.scopes]
-    missing = [s for s in wanted if s not in principal.scopes]
+    missing = [s for s in wanted if s not in caller.scopes]
     if missing:
         raise Forbidden(
             f"this key cannot grant scopes it lacks: {', '.join(missing)}",
@@ -100,11 +99,11 @@ async def create(request: Request, principal: Admin, body: KeyIn) -> JSONRespons
             details=[{"field": "scopes", "message": f"not held: {', '.join(missing)}"}],
         )
     made = await store.issue_key(
-        request.app.state.ctx.engine,
-        principal.tenant_id,
+        caller.engine,
+        caller.tenant_id,
         wanted,
         name=body.name,
-        actor=principal.key_id,
+        actor=caller.key_id,
     )
     return JSONResponse(made, status_code=201, headers={"Cache-Control": "no-store"})
 
@@ -120,15 +119,13 @@ async def create(request: Request, principal: Admin, body: KeyIn) -> JSONRespons
     ),
     responses={409: {"description": "The key would revoke itself (`cannot_revoke_own_key`)"}},
 )
-async def revoke(request: Request, principal: Admin, key_id: KeyId) -> Response:
-    if key_id == principal.key_id:
+async def revoke(request: Request, caller: Admin, key_id: KeyId) -> Response:
+    if key_id == caller.key_id:
         raise Conflict(
             "a key cannot revoke itself: use another admin key, or `clarion keys revoke`",
             code="cannot_revoke_own_key",
         )
-    outcome = await store.revoke_key(
-        request.app.state.ctx.engine, principal.tenant_id, key_id, actor=principal.key_id
-    )
+    outcome = await store.revoke_key(caller.engine, caller.tenant_id, key_id, actor=caller.key_id)
     if outcome == "unknown":
         raise NotFound(f"no API key {key_id!r}")
     request.app.state.keys.forget(key_id)

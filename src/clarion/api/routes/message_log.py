@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
 from clarion.api.auth import Reader
 from clarion.api.listing import Cursor, Limit, newest_first, page, position_of, time_range
@@ -28,8 +28,7 @@ Before = Annotated[datetime | None, Query(description="Only those created before
     response_model=NotificationPage,
 )
 async def list_notifications(
-    request: Request,
-    principal: Reader,
+    caller: Reader,
     status: NotificationStatus | None = None,
     template: Text = None,
     recipient_id: Text = None,
@@ -50,7 +49,7 @@ async def list_notifications(
         created=store.TimeRange(*time_range(created_after, created_before)),
     )
     rows = await store.list_notifications(
-        request.app.state.ctx.engine, principal.tenant_id, where, position_of(cursor), limit + 1
+        caller.engine, caller.tenant_id, where, position_of(cursor), limit + 1
     )
     return JSONResponse(page(rows, limit, newest_first))
 
@@ -61,8 +60,7 @@ async def list_notifications(
     response_model=DeliveryPage,
 )
 async def list_deliveries(
-    request: Request,
-    principal: Reader,
+    caller: Reader,
     status: DeliveryStatus | None = None,
     channel: Channel | None = None,
     provider: Text = None,
@@ -88,7 +86,7 @@ async def list_deliveries(
         created=store.TimeRange(*time_range(created_after, created_before)),
     )
     rows = await store.list_deliveries(
-        request.app.state.ctx.engine, principal.tenant_id, where, position_of(cursor), limit + 1
+        caller.engine, caller.tenant_id, where, position_of(cursor), limit + 1
     )
     return JSONResponse(page(rows, limit, newest_first))
 
@@ -98,6 +96,6 @@ async def list_deliveries(
     summary="One delivery with its timeline",
     response_model=DeliveryDetail,
 )
-async def get_delivery(request: Request, principal: Reader, delivery_id: str) -> JSONResponse:
-    found = await store.get_delivery(request.app.state.ctx.engine, principal.tenant_id, delivery_id)
+async def get_delivery(caller: Reader, delivery_id: str) -> JSONResponse:
+    found = await store.get_delivery(caller.engine, caller.tenant_id, delivery_id)
     return JSONResponse(or_404(found, f"no delivery {delivery_id!r}"))

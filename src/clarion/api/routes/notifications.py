@@ -67,10 +67,10 @@ def _accepted(outcome: store.Accepted) -> dict[str, Any]:
     summary="Accept one notification",
     response_model=NotificationAccepted,
 )
-async def create(request: Request, principal: Sender, item: NotificationIn) -> JSONResponse:
+async def create(request: Request, caller: Sender, item: NotificationIn) -> JSONResponse:
     # Most requests to this route are answered by api/send_one.py, in front of FastAPI,
     # through the same function; this route answers the rest (and documents it).
-    return await accept_one(request.app.state, principal.tenant_id, item, header_key(request))
+    return await accept_one(request.app.state, caller.tenant_id, item, header_key(request))
 
 
 async def accept_one(
@@ -117,17 +117,17 @@ def _parse_items(
     response_model=BatchResults,
 )
 async def create_batch(
-    request: Request, principal: Sender, batch: NotificationBatchIn
+    request: Request, caller: Sender, batch: NotificationBatchIn
 ) -> JSONResponse:
     if len(batch.notifications) > MAX_BATCH:
         raise ValidationFailed(
             f"a batch holds at most {MAX_BATCH} notifications", code="batch_too_large"
         )
     intake = _intake(request)
-    limits = await charge_intake(request, principal.tenant_id, len(batch.notifications))
+    limits = await charge_intake(request, caller.tenant_id, len(batch.notifications))
 
     async def handler() -> tuple[int, Any]:
-        news, positions, refused = _parse_items(principal.tenant_id, batch.notifications)
+        news, positions, refused = _parse_items(caller.tenant_id, batch.notifications)
         metrics.refused_items(refused.values())
         outcomes = await intake.accept(news) if news else []
         results: list[dict[str, Any]] = [{} for _ in batch.notifications]
@@ -141,7 +141,7 @@ async def create_batch(
         return 202, {"results": results}
 
     response = await idempotent(
-        request, principal.tenant_id, "notifications.batch", batch.notifications, handler
+        request, caller.tenant_id, "notifications.batch", batch.notifications, handler
     )
     return limits.apply(response)
 
@@ -151,10 +151,8 @@ async def create_batch(
     summary="A notification and its deliveries",
     response_model=NotificationDetail,
 )
-async def get(request: Request, principal: Reader, notification_id: str) -> JSONResponse:
-    found = await store.get_with_deliveries(
-        request.app.state.ctx.engine, principal.tenant_id, notification_id
-    )
+async def get(caller: Reader, notification_id: str) -> JSONResponse:
+    found = await store.get_with_deliveries(caller.engine, caller.tenant_id, notification_id)
     return JSONResponse(or_404(found, f"no notification {notification_id!r}"))
 
 
@@ -164,14 +162,13 @@ async def get(request: Request, principal: Reader, notification_id: str) -> JSON
     response_model=NotificationDeliveryPage,
 )
 async def deliveries(
-    request: Request,
-    principal: Reader,
+    caller: Reader,
     notification_id: str,
     limit: Size = 100,
     cursor: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
 ) -> JSONResponse:
     rows = await store.deliveries_page(
-        request.app.state.ctx.engine, principal.tenant_id, notification_id, cursor, limit + 1
+        caller.engine, caller.tenant_id, notification_id, cursor, limit + 1
     )
     if rows is None:
         raise NotFound(f"no notification {notification_id!r}")
@@ -188,11 +185,10 @@ async def deliveries(
     "flight, then `cancelled`.",
     response_model=NotificationDetail,
 )
-async def cancel(request: Request, principal: Sender, notification_id: str) -> JSONResponse:
-    engine = request.app.state.ctx.engine
-    if not await store.cancel(engine, principal.tenant_id, notification_id):
+async def cancel(caller: Sender, notification_id: str) -> JSONResponse:
+    if not await store.cancel(caller.engine, caller.tenant_id, notification_id):
         raise NotFound(f"no notification {notification_id!r}")
-    found = await store.get_with_deliveries(engine, principal.tenant_id, notification_id)
+    found = await store.get_with_deliveries(caller.engine, caller.tenant_id, notification_id)
     if found is None:  # erased in between
         raise NotFound(f"no notification {notification_id!r}")
     return JSONResponse(found, status_code=202)

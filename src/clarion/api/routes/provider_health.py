@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from clarion.api.auth import Reader
 from clarion.api.outputs import ProviderHealth
 from clarion.api.responses import JSONResponse
-from clarion.pipeline.context import Context
 from clarion.resilience.breaker import CLOSED, BreakerStatus
 
 router = APIRouter(prefix="/v1/health", tags=["providers"])
@@ -21,15 +20,15 @@ router = APIRouter(prefix="/v1/health", tags=["providers"])
     summary="Circuit breaker state of each provider that sent lately",
     response_model=ProviderHealth,
 )
-async def provider_health(request: Request, principal: Reader) -> JSONResponse:
+async def provider_health(caller: Reader) -> JSONResponse:
     """Each provider of the tenant that has been called: ``state`` is ``closed``, ``open``
     or ``half_open``. Closed: ``calls``, ``failures`` and ``failure_rate`` cover the
     breaker's rolling window (``window_seconds``); open or half-open: they are the figures
     that opened it, at ``opened_at``. ``retry_in`` is the seconds until an open breaker lets
     a probe through, at ``next_probe_at``."""
-    ctx: Context = request.app.state.ctx
+    ctx = caller.ctx
     breakers = ctx.resilience.breakers
-    states = await breakers.states(principal.tenant_id)
+    states = await breakers.states(caller.tenant_id)
     now = datetime.now(UTC)
     window = breakers.policy.window
     data = [breaker_view(name, status, window, now) for name, status in sorted(states.items())]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
 from clarion.api.auth import Manager
@@ -19,7 +19,6 @@ from clarion.domain.delivery import Delivery
 from clarion.domain.ids import new_id
 from clarion.domain.routing import address_for
 from clarion.errors import NotFound, PermanentError, TransientError, ValidationFailed
-from clarion.pipeline.context import Context
 from clarion.resilience.backends import send_timeout
 from clarion.store import recipients as recipient_store
 
@@ -55,14 +54,12 @@ class ProviderTestIn(BaseModel):
     ),
     response_model=ProviderTestOut,
 )
-async def test_provider(
-    request: Request, principal: Manager, name: ShortNamePath, body: ProviderTestIn
-) -> JSONResponse:
-    ctx: Context = request.app.state.ctx
-    spec = await ctx.providers.spec(principal.tenant_id, name)
+async def test_provider(caller: Manager, name: ShortNamePath, body: ProviderTestIn) -> JSONResponse:
+    ctx = caller.ctx
+    spec = await ctx.providers.spec(caller.tenant_id, name)
     if spec is None:
         raise NotFound(f"no provider {name!r}")
-    recipient = await recipient_store.get(ctx.engine, principal.tenant_id, body.recipient_id)
+    recipient = await recipient_store.get(ctx.engine, caller.tenant_id, body.recipient_id)
     if recipient is None:
         raise NotFound(f"no recipient {body.recipient_id!r}")
     address = address_for(spec.channel, recipient)
@@ -74,7 +71,7 @@ async def test_provider(
         )
     message = Delivery(
         id=new_id("tst"),
-        tenant=principal.tenant_id,
+        tenant=caller.tenant_id,
         notification=new_id("tst"),
         recipient=body.recipient_id,
         channel=spec.channel,
@@ -88,7 +85,7 @@ async def test_provider(
     answer: dict[str, Any] = {"provider": name, "channel": spec.channel, "ok": False}
     try:
         async with asyncio.timeout(timeout):
-            provider = await ctx.providers.get(principal.tenant_id, name)
+            provider = await ctx.providers.get(caller.tenant_id, name)
             result = await provider.send(message)
     except TimeoutError:
         answer.update(error=f"no answer within {timeout}s", reason="timeout", transient=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clarion.api import provider_schemas
@@ -117,17 +117,15 @@ def _validated(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     response_model=ProviderOut,
     openapi_extra=provider_schemas.OPENAPI_EXTRA,
 )
-async def put(
-    request: Request, principal: Manager, name: ShortNamePath, body: ProviderIn
-) -> JSONResponse:
+async def put(caller: Manager, name: ShortNamePath, body: ProviderIn) -> JSONResponse:
     if name in BUILT_IN:
         raise ValidationFailed(f"{name!r} is a built-in provider's name", code="reserved_name")
     _check_kind(body)
-    ctx: Context = request.app.state.ctx
-    config = await _keep_secrets(ctx, principal.tenant_id, name, body.kind, body.config)
+    ctx = caller.ctx
+    config = await _keep_secrets(ctx, caller.tenant_id, name, body.kind, body.config)
     values = _validated(body.kind, config)
     spec = ProviderSpec(
-        tenant_id=principal.tenant_id,
+        tenant_id=caller.tenant_id,
         name=name,
         kind=body.kind,
         channel=body.channel.value,
@@ -137,34 +135,31 @@ async def put(
         enabled=body.enabled,
     )
     secret = KINDS[body.kind].secret_fields
-    row = await store.put(ctx.engine, ctx.keyring, spec, secret, actor=principal.key_id)
-    ctx.providers.invalidate(principal.tenant_id)
+    row = await store.put(ctx.engine, ctx.keyring, spec, secret, actor=caller.key_id)
+    ctx.providers.invalidate(caller.tenant_id)
     return JSONResponse(row.public())
 
 
 @router.get("/{name}", summary="A provider (secrets shown as ***)", response_model=ProviderOut)
-async def get(request: Request, principal: Reader, name: ShortNamePath) -> JSONResponse:
-    row = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
+async def get(caller: Reader, name: ShortNamePath) -> JSONResponse:
+    row = await store.get(caller.engine, caller.tenant_id, name)
     return JSONResponse(or_404(row, f"no provider named {name!r}").public())
 
 
 @router.get("", summary="The tenant's providers, by name", response_model=ProviderPage)
 async def list_providers(
-    request: Request,
-    principal: Reader,
+    caller: Reader,
     limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> JSONResponse:
-    rows = await store.list_page(
-        request.app.state.ctx.engine, principal.tenant_id, after=cursor, limit=limit + 1
-    )
+    rows = await store.list_page(caller.engine, caller.tenant_id, after=cursor, limit=limit + 1)
     return JSONResponse(page([r.public() for r in rows], limit, by("name")))
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a provider")
-async def delete(request: Request, principal: Manager, name: ShortNamePath) -> Response:
-    ctx: Context = request.app.state.ctx
-    if not await store.delete_one(ctx.engine, principal.tenant_id, name, actor=principal.key_id):
+async def delete(caller: Manager, name: ShortNamePath) -> Response:
+    ctx = caller.ctx
+    if not await store.delete_one(ctx.engine, caller.tenant_id, name, actor=caller.key_id):
         raise NotFound(f"no provider named {name!r}")
-    ctx.providers.invalidate(principal.tenant_id)
+    ctx.providers.invalidate(caller.tenant_id)
     return Response(status_code=204)

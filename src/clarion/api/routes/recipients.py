@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from clarion.api.auth import Manager, Principal, Reader, require
+from clarion.api.auth import Caller, Manager, Reader, require
 from clarion.api.errors import describe_validation, error_body
 from clarion.api.idempotency import idempotent
 from clarion.api.limits import EdgeParsedRoute
@@ -35,30 +35,29 @@ from clarion.store import recipients as store
 router = APIRouter(prefix="/v1/recipients", tags=["recipients"], route_class=EdgeParsedRoute)
 _ITEM = TypeAdapter(RecipientBatchItem)
 
-Issuer = Annotated[Principal, Depends(require("manage", "send"))]
+Issuer = Annotated[Caller, Depends(require("manage", "send"))]
 RecipientPath = Annotated[str, Path(min_length=1, max_length=200)]
 
 
 @router.put("/{recipient_id}", summary="Create or replace a recipient", response_model=RecipientOut)
-async def put(
-    request: Request, principal: Manager, recipient_id: RecipientPath, body: RecipientIn
-) -> JSONResponse:
-    engine = request.app.state.ctx.engine
-    await store.upsert_many(engine, principal.tenant_id, [{"id": recipient_id, **body.to_row()}])
-    found = await store.get(engine, principal.tenant_id, recipient_id)
+async def put(caller: Manager, recipient_id: RecipientPath, body: RecipientIn) -> JSONResponse:
+    await store.upsert_many(
+        caller.engine, caller.tenant_id, [{"id": recipient_id, **body.to_row()}]
+    )
+    found = await store.get(caller.engine, caller.tenant_id, recipient_id)
     return JSONResponse(found)
 
 
 @router.get("/{recipient_id}", summary="A recipient", response_model=RecipientOut)
-async def get(request: Request, principal: Reader, recipient_id: RecipientPath) -> JSONResponse:
-    found = await store.get(request.app.state.ctx.engine, principal.tenant_id, recipient_id)
+async def get(caller: Reader, recipient_id: RecipientPath) -> JSONResponse:
+    found = await store.get(caller.engine, caller.tenant_id, recipient_id)
     return JSONResponse(or_404(found, f"no recipient {recipient_id!r}"))
 
 
 @router.post(
     "/batch", summary="Create or replace up to 1,000 recipients", response_model=BatchResults
 )
-async def batch(request: Request, principal: Manager, body: RecipientBatchIn) -> JSONResponse:
+async def batch(request: Request, caller: Manager, body: RecipientBatchIn) -> JSONResponse:
     if len(body.recipients) > MAX_BATCH:
         raise ValidationFailed(
             f"a batch holds at most {MAX_BATCH} recipients", code="batch_too_large"
@@ -82,13 +81,10 @@ async def batch(request: Request, principal: Manager, body: RecipientBatchIn) ->
             rows[item.id] = {"id": item.id, **RecipientIn.to_row(item)}
             results.append({"id": item.id, "status": "ok"})
         if rows:
-            engine = request.app.state.ctx.engine
-            await store.upsert_many(engine, principal.tenant_id, list(rows.values()))
+            await store.upsert_many(caller.engine, caller.tenant_id, list(rows.values()))
         return 200, {"results": results}
 
-    return await idempotent(
-        request, principal.tenant_id, "recipients.batch", body.recipients, handler
-    )
+    return await idempotent(request, caller.tenant_id, "recipients.batch", body.recipients, handler)
 
 
 @router.delete(
@@ -105,15 +101,13 @@ async def batch(request: Request, principal: Manager, body: RecipientBatchIn) ->
         "(`secure_delete`)."
     ),
 )
-async def erase(request: Request, principal: Manager, recipient_id: RecipientPath) -> Response:
-    ctx = request.app.state.ctx
-    erased_at = await erasure.erase(
-        ctx.engine, principal.tenant_id, recipient_id, actor=principal.key_id
-    )
+async def erase(caller: Manager, recipient_id: RecipientPath) -> Response:
+    ctx = caller.ctx
+    erased_at = await erasure.erase(ctx.engine, caller.tenant_id, recipient_id, actor=caller.key_id)
     if erased_at is None:
         raise NotFound(f"no recipient {recipient_id!r}")
     # Here at once; other API processes when they next follow the revocations.
-    await ctx.inbox.erased(principal.tenant_id, recipient_id, erased_at)
+    await ctx.inbox.erased(caller.tenant_id, recipient_id, erased_at)
     return Response(status_code=204)
 
 
@@ -135,13 +129,13 @@ class TokenIn(BaseModel):
     response_model=RecipientToken,
 )
 async def token(
-    request: Request, principal: Issuer, recipient_id: RecipientPath, body: TokenIn | None = None
+    caller: Issuer, recipient_id: RecipientPath, body: TokenIn | None = None
 ) -> JSONResponse:
-    ctx = request.app.state.ctx
-    if await store.get(ctx.engine, principal.tenant_id, recipient_id) is None:
+    ctx = caller.ctx
+    if await store.get(ctx.engine, caller.tenant_id, recipient_id) is None:
         raise NotFound(f"no recipient {recipient_id!r}")
     ttl = (body or TokenIn()).expires_in
-    issued, expires_at = await ctx.inbox.mint(principal.tenant_id, recipient_id, ttl)
+    issued, expires_at = await ctx.inbox.mint(caller.tenant_id, recipient_id, ttl)
     return JSONResponse({"token": issued, "expires_at": expires_at})
 
 
@@ -155,8 +149,8 @@ async def token(
     ),
     response_model=RecipientExport,
 )
-async def export(request: Request, principal: Reader, recipient_id: RecipientPath) -> JSONResponse:
-    found = await erasure.export(request.app.state.ctx.engine, principal.tenant_id, recipient_id)
+async def export(caller: Reader, recipient_id: RecipientPath) -> JSONResponse:
+    found = await erasure.export(caller.engine, caller.tenant_id, recipient_id)
     return JSONResponse(or_404(found, f"no recipient {recipient_id!r}"))
 
 
@@ -165,11 +159,8 @@ async def export(request: Request, principal: Reader, recipient_id: RecipientPat
     summary="A recipient's preferences",
     response_model=PreferencesOut,
 )
-async def get_preferences(
-    request: Request, principal: Reader, recipient_id: RecipientPath
-) -> JSONResponse:
-    engine = request.app.state.ctx.engine
-    found = await store.get_preferences(engine, principal.tenant_id, recipient_id)
+async def get_preferences(caller: Reader, recipient_id: RecipientPath) -> JSONResponse:
+    found = await store.get_preferences(caller.engine, caller.tenant_id, recipient_id)
     return JSONResponse(or_404(found, f"no recipient {recipient_id!r}"))
 
 
@@ -183,11 +174,10 @@ async def get_preferences(
     response_model=PreferencesOut,
 )
 async def put_preferences(
-    request: Request, principal: Manager, recipient_id: RecipientPath, body: PreferencesIn
+    caller: Manager, recipient_id: RecipientPath, body: PreferencesIn
 ) -> JSONResponse:
-    engine = request.app.state.ctx.engine
     named = set(body.categories)
-    missing = sorted(named - await category_store.known(engine, principal.tenant_id, named))
+    missing = sorted(named - await category_store.known(caller.engine, caller.tenant_id, named))
     if missing:
         raise ValidationFailed(
             f"no category named {missing[0]!r}"
@@ -196,6 +186,6 @@ async def put_preferences(
             details=[{"field": f"categories.{name}", "category": name} for name in missing[:100]],
         )
     preferences = body.model_dump(mode="json")
-    if not await store.set_preferences(engine, principal.tenant_id, recipient_id, preferences):
+    if not await store.set_preferences(caller.engine, caller.tenant_id, recipient_id, preferences):
         raise NotFound(f"no recipient {recipient_id!r}")
     return JSONResponse(preferences)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
 from clarion.api.auth import Reader
 from clarion.api.listing import Size, by, page
@@ -20,16 +20,15 @@ router = APIRouter(prefix="/v1/sandbox", tags=["sandbox"])
     "/messages", summary="Messages captured by the sandbox provider", response_model=SandboxPage
 )
 async def list_messages(
-    request: Request,
-    principal: Reader,
+    caller: Reader,
     channel: Channel | None = None,
     recipient_id: Annotated[str | None, Query(max_length=200)] = None,
     limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> JSONResponse:
     rows = await store.list_sandbox_messages(
-        request.app.state.ctx.engine,
-        principal.tenant_id,
+        caller.engine,
+        caller.tenant_id,
         channel=channel.value if channel else None,
         recipient_id=recipient_id,
         before=cursor,

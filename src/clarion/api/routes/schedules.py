@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 
 from clarion.api.auth import Manager, Reader
 from clarion.api.listing import Size, by, page
@@ -86,14 +86,12 @@ async def _timing(
 
 
 @router.put("/{name}", summary="Create or replace a recurring schedule", response_model=ScheduleOut)
-async def put(
-    request: Request, principal: Manager, name: NamePath, body: ScheduleIn
-) -> JSONResponse:
-    ctx: Context = request.app.state.ctx
-    await _check_references(ctx, principal.tenant_id, body)
+async def put(caller: Manager, name: NamePath, body: ScheduleIn) -> JSONResponse:
+    ctx = caller.ctx
+    await _check_references(ctx, caller.tenant_id, body)
     now = ctx.clock()
-    old = await store.current(ctx.engine, principal.tenant_id, name)
-    fired_through, following = await _timing(ctx, principal.tenant_id, body, old, now)
+    old = await store.current(ctx.engine, caller.tenant_id, name)
+    fired_through, following = await _timing(ctx, caller.tenant_id, body, old, now)
     values = {
         "cron": body.cron,
         "timezone": body.timezone,
@@ -108,41 +106,39 @@ async def put(
     }
     stored = await store.put(
         ctx.engine,
-        principal.tenant_id,
+        caller.tenant_id,
         name,
         values,
-        actor=principal.key_id,
+        actor=caller.key_id,
         most=ctx.settings.max_schedules,
     )
     if isinstance(stored, Refused):
         raise refusal_error(stored)
-    found = await store.get(ctx.engine, principal.tenant_id, name)
+    found = await store.get(ctx.engine, caller.tenant_id, name)
     if found is None:  # deleted in between
         raise NotFound(f"no schedule {name!r}")
     return JSONResponse(found)
 
 
 @router.get("/{name}", summary="A recurring schedule", response_model=ScheduleOut)
-async def get(request: Request, principal: Reader, name: NamePath) -> JSONResponse:
-    found = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
+async def get(caller: Reader, name: NamePath) -> JSONResponse:
+    found = await store.get(caller.engine, caller.tenant_id, name)
     return JSONResponse(or_404(found, f"no schedule {name!r}"))
 
 
 @router.get("", summary="The tenant's schedules, in name order", response_model=SchedulePage)
 async def listing(
-    request: Request,
-    principal: Reader,
+    caller: Reader,
     limit: Size = 100,
     cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> JSONResponse:
-    rows = await store.page(request.app.state.ctx.engine, principal.tenant_id, cursor, limit + 1)
+    rows = await store.page(caller.engine, caller.tenant_id, cursor, limit + 1)
     return JSONResponse(page(rows, limit, by("name")))
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a schedule and its run history")
-async def delete(request: Request, principal: Manager, name: NamePath) -> Response:
-    engine = request.app.state.ctx.engine
-    if not await store.remove(engine, principal.tenant_id, name, actor=principal.key_id):
+async def delete(caller: Manager, name: NamePath) -> Response:
+    if not await store.remove(caller.engine, caller.tenant_id, name, actor=caller.key_id):
         raise NotFound(f"no schedule {name!r}")
     return Response(status_code=204)
 
@@ -153,14 +149,12 @@ async def delete(request: Request, principal: Manager, name: NamePath) -> Respon
     response_model=ScheduleRunPage,
 )
 async def history(
-    request: Request,
-    principal: Reader,
+    caller: Reader,
     name: NamePath,
     limit: Size = 100,
     cursor: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
 ) -> JSONResponse:
-    engine = request.app.state.ctx.engine
-    if await store.get(engine, principal.tenant_id, name) is None:
+    if await store.get(caller.engine, caller.tenant_id, name) is None:
         raise NotFound(f"no schedule {name!r}")
-    rows = await runs.page(engine, principal.tenant_id, name, cursor, limit + 1)
+    rows = await runs.page(caller.engine, caller.tenant_id, name, cursor, limit + 1)
     return JSONResponse(page(rows, limit, by("id")))

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
 from clarion.api.auth import Reader
 from clarion.api.outputs import StatsOut
 from clarion.api.responses import JSONResponse
 from clarion.api.routes.provider_health import breaker_view
-from clarion.pipeline.context import Context
 from clarion.store import stats as store
 from clarion.store.db import utcnow
 
@@ -32,15 +31,14 @@ router = APIRouter(prefix="/v1/stats", tags=["operations"])
     response_model=StatsOut,
 )
 async def stats(
-    request: Request,
-    principal: Reader,
+    caller: Reader,
     minutes: Annotated[int, Query(ge=1, le=60, description="The window, in minutes")] = 60,
 ) -> JSONResponse:
-    ctx: Context = request.app.state.ctx
+    ctx = caller.ctx
     now = utcnow()
-    window = await store.window(ctx.engine, principal.tenant_id, now, minutes)
-    dead = await store.dead_letters(ctx.engine, principal.tenant_id)
-    breakers = await ctx.resilience.breakers.states(principal.tenant_id)
+    window = await store.window(ctx.engine, caller.tenant_id, now, minutes)
+    dead = await store.dead_letters(ctx.engine, caller.tenant_id)
+    breakers = await ctx.resilience.breakers.states(caller.tenant_id)
     per_minute = [
         {
             "minute": minute,

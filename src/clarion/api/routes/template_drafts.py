@@ -4,7 +4,7 @@ without storing a version per keystroke."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import ConfigDict
 
 from clarion.api.auth import Reader
@@ -33,12 +33,12 @@ class DraftPreviewIn(PreviewIn):
     ),
     response_model=DraftPreviewOut,
 )
-async def preview_draft(request: Request, principal: Reader, body: DraftPreviewIn) -> JSONResponse:
+async def preview_draft(caller: Reader, body: DraftPreviewIn) -> JSONResponse:
     if body.version is not None:
         raise ValidationFailed(
             "a draft has no versions", details=[{"field": "version", "message": "not allowed"}]
         )
-    _, _, compiled = await checked(request, principal.tenant_id, body.template)
-    recipient = await preview_recipient(request, principal.tenant_id, body)
+    _, _, compiled = await checked(caller, body.template)
+    recipient = await preview_recipient(caller, body)
     locale, channels = render_preview(compiled, body, recipient)
     return JSONResponse({"locale": locale, "channels": channels})

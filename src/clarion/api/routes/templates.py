@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from clarion.api.auth import Manager, Reader
+from clarion.api.auth import Caller, Manager, Reader
 from clarion.api.listing import Size, by, page
 from clarion.api.outputs import (
     Page,
@@ -45,29 +45,26 @@ LocaleTag = Annotated[
     summary="Store a new version of a template and make it active",
     response_model=TemplateStored,
 )
-async def put(
-    request: Request, principal: Manager, name: NamePath, body: TemplateIn
-) -> JSONResponse:
-    channels, locales, _ = await checked(request, principal.tenant_id, body)
+async def put(caller: Manager, name: NamePath, body: TemplateIn) -> JSONResponse:
+    channels, locales, _ = await checked(caller, body)
     version = await store.put(
-        request.app.state.ctx.engine,
-        principal.tenant_id,
+        caller.engine,
+        caller.tenant_id,
         name,
         category=body.category,
         channels=channels,
         locales=locales,
         fallbacks=_fallbacks(body, channels),
-        actor=principal.key_id,
+        actor=caller.key_id,
     )
     return JSONResponse({"name": name, "version": version})
 
 
 async def checked(
-    request: Request, tenant_id: str, body: TemplateIn
+    caller: Caller, body: TemplateIn
 ) -> tuple[dict[str, Any], dict[str, Any], CompiledVersion]:
     """A template body's channels, locales and compiled form, once it is valid (else 422)."""
-    engine = request.app.state.ctx.engine
-    if not await category_store.known(engine, tenant_id, [body.category]):
+    if not await category_store.known(caller.engine, caller.tenant_id, [body.category]):
         raise ValidationFailed(f"no category named {body.category!r}", code="unknown_category")
     channels = {channel.value: content for channel, content in body.channels.items()}
     locales = {
@@ -132,12 +129,11 @@ def _fallbacks(body: TemplateIn, channels: dict[str, Any]) -> dict[str, str]:
     response_model=TemplateVersionOut,
 )
 async def get(
-    request: Request,
-    principal: Reader,
+    caller: Reader,
     name: NamePath,
     version: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
 ) -> JSONResponse:
-    found = await store.get(request.app.state.ctx.engine, principal.tenant_id, name, version)
+    found = await store.get(caller.engine, caller.tenant_id, name, version)
     if found is None:
         what = f"version {version} of template {name!r}" if version else f"template {name!r}"
         raise NotFound(f"no {what}")
@@ -157,13 +153,12 @@ def _compiled(category: str, channels: dict[str, Any], locales: dict[str, Any]) 
 
 @router.get("", summary="List templates by name (cursor-paginated)", response_model=TemplatePage)
 async def list_templates(
-    request: Request,
-    principal: Reader,
+    caller: Reader,
     limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> JSONResponse:
     rows = await store.list_templates(
-        request.app.state.ctx.engine, principal.tenant_id, after=cursor, limit=limit + 1
+        caller.engine, caller.tenant_id, after=cursor, limit=limit + 1
     )
     return JSONResponse(page(rows, limit, by("name")))
 
@@ -174,14 +169,13 @@ async def list_templates(
     response_model=Page,
 )
 async def list_versions(
-    request: Request,
-    principal: Reader,
+    caller: Reader,
     name: NamePath,
     limit: Size = 50,
     cursor: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
 ) -> JSONResponse:
     rows = await store.list_versions(
-        request.app.state.ctx.engine, principal.tenant_id, name, before=cursor, limit=limit + 1
+        caller.engine, caller.tenant_id, name, before=cursor, limit=limit + 1
     )
     if rows is None:
         raise NotFound(f"no template {name!r}")
@@ -199,18 +193,15 @@ class RollbackIn(BaseModel):
     summary="Make a stored version active again; answers with that version",
     response_model=TemplateVersionOut,
 )
-async def rollback(
-    request: Request, principal: Manager, name: NamePath, body: RollbackIn
-) -> JSONResponse:
-    engine = request.app.state.ctx.engine
+async def rollback(caller: Manager, name: NamePath, body: RollbackIn) -> JSONResponse:
     missing = await store.rollback(
-        engine, principal.tenant_id, name, body.version, actor=principal.key_id
+        caller.engine, caller.tenant_id, name, body.version, actor=caller.key_id
     )
     if missing == "template":
         raise NotFound(f"no template {name!r}")
     if missing == "version":
         raise NotFound(f"no version {body.version} of template {name!r}")
-    found = await store.get(engine, principal.tenant_id, name)
+    found = await store.get(caller.engine, caller.tenant_id, name)
     if found is None:  # deleted between the two statements
         raise NotFound(f"no template {name!r}")
     return JSONResponse(found)
@@ -246,15 +237,12 @@ class PreviewIn(BaseModel):
     ),
     response_model=TemplatePreviewOut,
 )
-async def preview(
-    request: Request, principal: Reader, name: NamePath, body: PreviewIn
-) -> JSONResponse:
-    engine = request.app.state.ctx.engine
-    found = await store.get(engine, principal.tenant_id, name, body.version)
+async def preview(caller: Reader, name: NamePath, body: PreviewIn) -> JSONResponse:
+    found = await store.get(caller.engine, caller.tenant_id, name, body.version)
     if found is None:
         what = f"version {body.version} of template" if body.version else "template"
         raise NotFound(f"no {what} {name!r}")
-    recipient = await preview_recipient(request, principal.tenant_id, body)
+    recipient = await preview_recipient(caller, body)
     compiled = _compiled(found["category"], found["channels"], found["locales"])
     chosen, rendered = render_preview(compiled, body, recipient)
     return JSONResponse(
@@ -262,11 +250,11 @@ async def preview(
     )
 
 
-async def preview_recipient(request: Request, tenant_id: str, body: PreviewIn) -> dict[str, Any]:
+async def preview_recipient(caller: Caller, body: PreviewIn) -> dict[str, Any]:
     """The recipient a preview names (404 if unknown), or nobody."""
     if body.recipient_id is None:
         return {}
-    loaded = await recipient_store.get(request.app.state.ctx.engine, tenant_id, body.recipient_id)
+    loaded = await recipient_store.get(caller.engine, caller.tenant_id, body.recipient_id)
     if loaded is None:
         raise NotFound(f"no recipient {body.recipient_id!r}")
     return loaded

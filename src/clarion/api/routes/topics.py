@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
@@ -56,11 +56,9 @@ def _unknown(body: MembersIn, unknown: list[str]) -> list[dict[str, Any]]:
     summary="Subscribe up to 10,000 recipients to a topic",
     response_model=TopicChange,
 )
-async def subscribe(
-    request: Request, principal: Manager, name: NamePath, body: MembersIn
-) -> JSONResponse:
+async def subscribe(caller: Manager, name: NamePath, body: MembersIn) -> JSONResponse:
     change = await store.subscribe(
-        request.app.state.ctx.engine, principal.tenant_id, name, _checked(body), principal.key_id
+        caller.engine, caller.tenant_id, name, _checked(body), caller.key_id
     )
     return JSONResponse(
         {
@@ -77,22 +75,19 @@ async def subscribe(
     summary="Unsubscribe up to 10,000 recipients",
     response_model=TopicChange,
 )
-async def unsubscribe(
-    request: Request, principal: Manager, name: NamePath, body: MembersIn
-) -> JSONResponse:
-    engine = request.app.state.ctx.engine
+async def unsubscribe(caller: Manager, name: NamePath, body: MembersIn) -> JSONResponse:
     ids = _checked(body)
-    if await store.size(engine, principal.tenant_id, name) is None:
+    if await store.size(caller.engine, caller.tenant_id, name) is None:
         raise NotFound(f"no topic {name!r}")
-    change = await store.unsubscribe(engine, principal.tenant_id, name, ids)
+    change = await store.unsubscribe(caller.engine, caller.tenant_id, name, ids)
     return JSONResponse(
         {"name": name, "subscribers": change.subscribers, "removed": change.changed}
     )
 
 
 @router.get("/{name}", summary="A topic and its number of subscribers", response_model=TopicOut)
-async def get(request: Request, principal: Manager, name: NamePath) -> JSONResponse:
-    count = await store.size(request.app.state.ctx.engine, principal.tenant_id, name)
+async def get(caller: Manager, name: NamePath) -> JSONResponse:
+    count = await store.size(caller.engine, caller.tenant_id, name)
     if count is None:
         raise NotFound(f"no topic {name!r}")
     return JSONResponse({"name": name, "subscribers": count})
@@ -104,10 +99,8 @@ async def get(request: Request, principal: Manager, name: NamePath) -> JSONRespo
     response_model=TopicOut,
     responses={201: {"model": TopicOut, "description": "Created"}},
 )
-async def create(request: Request, principal: Manager, name: NamePath) -> JSONResponse:
-    created, count = await store.create(
-        request.app.state.ctx.engine, principal.tenant_id, name, principal.key_id
-    )
+async def create(caller: Manager, name: NamePath) -> JSONResponse:
+    created, count = await store.create(caller.engine, caller.tenant_id, name, caller.key_id)
     return JSONResponse({"name": name, "subscribers": count}, status_code=201 if created else 200)
 
 
@@ -117,9 +110,8 @@ async def create(request: Request, principal: Manager, name: NamePath) -> JSONRe
     summary="Delete a topic and its memberships",
     response_class=Response,
 )
-async def delete(request: Request, principal: Manager, name: NamePath) -> Response:
-    engine = request.app.state.ctx.engine
-    if await store.delete_topic(engine, principal.tenant_id, name, principal.key_id) is None:
+async def delete(caller: Manager, name: NamePath) -> Response:
+    if await store.delete_topic(caller.engine, caller.tenant_id, name, caller.key_id) is None:
         raise NotFound(f"no topic {name!r}")
     return Response(status_code=204)
 
@@ -130,15 +122,12 @@ async def delete(request: Request, principal: Manager, name: NamePath) -> Respon
     response_model=TopicSubscriberPage,
 )
 async def subscribers(
-    request: Request,
-    principal: Manager,
+    caller: Manager,
     name: NamePath,
     limit: Size = 100,
     cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> JSONResponse:
-    rows = await store.page(
-        request.app.state.ctx.engine, principal.tenant_id, name, cursor, limit + 1
-    )
+    rows = await store.page(caller.engine, caller.tenant_id, name, cursor, limit + 1)
     if rows is None:
         raise NotFound(f"no topic {name!r}")
     return JSONResponse(page(rows, limit, by("recipient_id")))

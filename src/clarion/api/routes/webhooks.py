@@ -12,7 +12,7 @@ import secrets
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clarion.api.auth import Manager
@@ -112,14 +112,12 @@ async def _secret_of(
     ),
     response_model=WebhookOut,
 )
-async def put(
-    request: Request, principal: Manager, name: ShortNamePath, body: WebhookBody
-) -> JSONResponse:
-    ctx: Context = request.app.state.ctx
+async def put(caller: Manager, name: ShortNamePath, body: WebhookBody) -> JSONResponse:
+    ctx = caller.ctx
     _check_url(body.url, ctx.settings.allow_private_webhooks)
-    secret, sealed, made = await _secret_of(ctx, principal.tenant_id, name, body.secret)
+    secret, sealed, made = await _secret_of(ctx, caller.tenant_id, name, body.secret)
     hook = store.WebhookIn(
-        tenant_id=principal.tenant_id,
+        tenant_id=caller.tenant_id,
         name=name,
         url=body.url,
         events=body.events,
@@ -127,36 +125,33 @@ async def put(
         secret=secret,
         sealed=sealed,
     )
-    row = await store.put(ctx.engine, ctx.keyring, hook, actor=principal.key_id)
-    ctx.webhooks.invalidate(principal.tenant_id)
+    row = await store.put(ctx.engine, ctx.keyring, hook, actor=caller.key_id)
+    ctx.webhooks.invalidate(caller.tenant_id)
     return JSONResponse(row.public(secret if made and secret else MASK))
 
 
 @router.get(
     "/{name}", summary="A status webhook (its secret shown as ***)", response_model=WebhookOut
 )
-async def get(request: Request, principal: Manager, name: ShortNamePath) -> JSONResponse:
-    row = await store.get(request.app.state.ctx.engine, principal.tenant_id, name)
+async def get(caller: Manager, name: ShortNamePath) -> JSONResponse:
+    row = await store.get(caller.engine, caller.tenant_id, name)
     return JSONResponse(or_404(row, f"no webhook named {name!r}").public())
 
 
 @router.get("", summary="The tenant's status webhooks, by name", response_model=WebhookPage)
 async def list_webhooks(
-    request: Request,
-    principal: Manager,
+    caller: Manager,
     limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
 ) -> JSONResponse:
-    rows = await store.list_page(
-        request.app.state.ctx.engine, principal.tenant_id, after=cursor, limit=limit + 1
-    )
+    rows = await store.list_page(caller.engine, caller.tenant_id, after=cursor, limit=limit + 1)
     return JSONResponse(page([r.public() for r in rows], limit, by("name")))
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a status webhook")
-async def delete(request: Request, principal: Manager, name: ShortNamePath) -> Response:
-    ctx: Context = request.app.state.ctx
-    if not await store.delete_one(ctx.engine, principal.tenant_id, name, actor=principal.key_id):
+async def delete(caller: Manager, name: ShortNamePath) -> Response:
+    ctx = caller.ctx
+    if not await store.delete_one(ctx.engine, caller.tenant_id, name, actor=caller.key_id):
         raise NotFound(f"no webhook named {name!r}")
-    ctx.webhooks.invalidate(principal.tenant_id)
+    ctx.webhooks.invalidate(caller.tenant_id)
     return Response(status_code=204)

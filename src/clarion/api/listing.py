@@ -31,6 +31,11 @@ Size = Annotated[int, Query(ge=1, le=500)]
 Cursor = Annotated[
     str | None, Query(max_length=200, description="`next_cursor` of the previous page")
 ]
+# The cursors of the lists kept in key order (the last key shown), each as long as its keys.
+ShortKeyCursor = Annotated[str | None, Query(max_length=100)]
+KeyCursor = Annotated[str | None, Query(max_length=200)]
+NameCursor = Annotated[str | None, Query(min_length=1, max_length=200)]
+IdCursor = Annotated[str | None, Query(min_length=1, max_length=40)]
 
 
 def page(rows: Sequence[Row], limit: int, cursor_of: Callable[[Row], str]) -> dict[str, Any]:

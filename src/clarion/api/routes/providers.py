@@ -8,20 +8,21 @@ client can send back what it read. The names of the built-in providers (``sandbo
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clarion.api import provider_schemas
 from clarion.api.auth import Manager, Reader
 from clarion.api.errors import describe_validation
-from clarion.api.listing import Size, by, page
+from clarion.api.listing import ShortKeyCursor, Size
+from clarion.api.named_routes import NamedRoutes
 from clarion.api.outputs import ProviderOut, ProviderPage
-from clarion.api.responses import JSONResponse, or_404
+from clarion.api.responses import JSONResponse
 from clarion.api.schemas import ShortNamePath
 from clarion.domain.models import Channel
-from clarion.errors import NotFound, ValidationFailed
+from clarion.errors import ValidationFailed
 from clarion.pipeline.context import Context
 from clarion.providers.base import ProviderSpec
 from clarion.providers.kinds import BUILT_IN, CONFIGURABLE, KINDS
@@ -29,6 +30,7 @@ from clarion.security.secrets import MASK, SecretError, SecretKeyMissing
 from clarion.store import providers as store
 
 router = APIRouter(prefix="/v1/providers", tags=["providers"])
+ROUTES = NamedRoutes(store.NAMED, "provider", lambda ctx: ctx.providers)
 
 
 class ProviderIn(BaseModel):
@@ -136,30 +138,22 @@ async def put(caller: Manager, name: ShortNamePath, body: ProviderIn) -> JSONRes
     )
     secret = KINDS[body.kind].secret_fields
     row = await store.put(ctx.engine, ctx.keyring, spec, secret, actor=caller.key_id)
-    ctx.providers.invalidate(caller.tenant_id)
+    ROUTES.changed(caller)
     return JSONResponse(row.public())
 
 
 @router.get("/{name}", summary="A provider (secrets shown as ***)", response_model=ProviderOut)
 async def get(caller: Reader, name: ShortNamePath) -> JSONResponse:
-    row = await store.get(caller.engine, caller.tenant_id, name)
-    return JSONResponse(or_404(row, f"no provider named {name!r}").public())
+    return await ROUTES.one(caller, name)
 
 
 @router.get("", summary="The tenant's providers, by name", response_model=ProviderPage)
 async def list_providers(
-    caller: Reader,
-    limit: Size = 50,
-    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    caller: Reader, limit: Size = 50, cursor: ShortKeyCursor = None
 ) -> JSONResponse:
-    rows = await store.list_page(caller.engine, caller.tenant_id, after=cursor, limit=limit + 1)
-    return JSONResponse(page([r.public() for r in rows], limit, by("name")))
+    return await ROUTES.page(caller, limit, cursor)
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a provider")
 async def delete(caller: Manager, name: ShortNamePath) -> Response:
-    ctx = caller.ctx
-    if not await store.delete_one(ctx.engine, caller.tenant_id, name, actor=caller.key_id):
-        raise NotFound(f"no provider named {name!r}")
-    ctx.providers.invalidate(caller.tenant_id)
-    return Response(status_code=204)
+    return await ROUTES.delete(caller, name)

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clarion.api.auth import Manager
-from clarion.api.listing import Size, by, page
+from clarion.api.listing import ShortKeyCursor, Size
+from clarion.api.named_routes import NamedRoutes
 from clarion.api.outputs import WebhookOut, WebhookPage
-from clarion.api.responses import JSONResponse, or_404
+from clarion.api.responses import JSONResponse
 from clarion.api.schemas import ShortNamePath
-from clarion.errors import NotFound, ValidationFailed
+from clarion.errors import ValidationFailed
 from clarion.pipeline.context import Context
 from clarion.pipeline.subscriptions import ALL_EVENTS, EVENT_TYPES
 from clarion.security.netguard import is_public
@@ -28,6 +28,7 @@ from clarion.security.secrets import MASK
 from clarion.store import webhooks as store
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+ROUTES = NamedRoutes(store.NAMED, "webhook", lambda ctx: ctx.webhooks)
 
 CHOICES = (*EVENT_TYPES, ALL_EVENTS)
 
@@ -126,7 +127,7 @@ async def put(caller: Manager, name: ShortNamePath, body: WebhookBody) -> JSONRe
         sealed=sealed,
     )
     row = await store.put(ctx.engine, ctx.keyring, hook, actor=caller.key_id)
-    ctx.webhooks.invalidate(caller.tenant_id)
+    ROUTES.changed(caller)
     return JSONResponse(row.public(secret if made and secret else MASK))
 
 
@@ -134,24 +135,16 @@ async def put(caller: Manager, name: ShortNamePath, body: WebhookBody) -> JSONRe
     "/{name}", summary="A status webhook (its secret shown as ***)", response_model=WebhookOut
 )
 async def get(caller: Manager, name: ShortNamePath) -> JSONResponse:
-    row = await store.get(caller.engine, caller.tenant_id, name)
-    return JSONResponse(or_404(row, f"no webhook named {name!r}").public())
+    return await ROUTES.one(caller, name)
 
 
 @router.get("", summary="The tenant's status webhooks, by name", response_model=WebhookPage)
 async def list_webhooks(
-    caller: Manager,
-    limit: Size = 50,
-    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    caller: Manager, limit: Size = 50, cursor: ShortKeyCursor = None
 ) -> JSONResponse:
-    rows = await store.list_page(caller.engine, caller.tenant_id, after=cursor, limit=limit + 1)
-    return JSONResponse(page([r.public() for r in rows], limit, by("name")))
+    return await ROUTES.page(caller, limit, cursor)
 
 
 @router.delete("/{name}", status_code=204, summary="Delete a status webhook")
 async def delete(caller: Manager, name: ShortNamePath) -> Response:
-    ctx = caller.ctx
-    if not await store.delete_one(ctx.engine, caller.tenant_id, name, actor=caller.key_id):
-        raise NotFound(f"no webhook named {name!r}")
-    ctx.webhooks.invalidate(caller.tenant_id)
-    return Response(status_code=204)
+    return await ROUTES.delete(caller, name)

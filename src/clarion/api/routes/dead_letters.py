@@ -116,9 +116,7 @@ async def replay_matching(
     response_model=DeadLetter,
 )
 async def replay_one(
-    request: Request,
-    caller: Admin,
-    delivery_id: Annotated[str, Path(max_length=100)],
+    request: Request, caller: Admin, delivery_id: Annotated[str, Path(max_length=100)]
 ) -> JSONResponse:
     ctx = caller.ctx
 

@@ -66,11 +66,7 @@ class KeyIn(BaseModel):
     description="Revoked keys are listed too, with `revoked_at`.",
     response_model=ApiKeyPage,
 )
-async def list_keys(
-    caller: Admin,
-    limit: Limit = 50,
-    cursor: Cursor = None,
-) -> JSONResponse:
+async def list_keys(caller: Admin, limit: Limit = 50, cursor: Cursor = None) -> JSONResponse:
     rows = await store.list_keys_page(
         caller.engine, caller.tenant_id, position_of(cursor), limit + 1
     )

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from pydantic import TypeAdapter, ValidationError
 
 from clarion.api.auth import Reader, Sender
 from clarion.api.errors import api_error_response, describe_validation, error_body
 from clarion.api.idempotency import header_key, idempotent, request_hash
 from clarion.api.limits import EdgeParsedRoute
-from clarion.api.listing import Size, by, page
+from clarion.api.listing import IdCursor, Size, by, page
 from clarion.api.outputs import (
     BatchResults,
     NotificationAccepted,
@@ -162,17 +162,12 @@ async def get(caller: Reader, notification_id: str) -> JSONResponse:
     response_model=NotificationDeliveryPage,
 )
 async def deliveries(
-    caller: Reader,
-    notification_id: str,
-    limit: Size = 100,
-    cursor: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
+    caller: Reader, notification_id: str, limit: Size = 100, cursor: IdCursor = None
 ) -> JSONResponse:
     rows = await store.deliveries_page(
         caller.engine, caller.tenant_id, notification_id, cursor, limit + 1
     )
-    if rows is None:
-        raise NotFound(f"no notification {notification_id!r}")
-    return JSONResponse(page(rows, limit, by("id")))
+    return JSONResponse(page(or_404(rows, f"no notification {notification_id!r}"), limit, by("id")))
 
 
 @router.delete(

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from clarion.api.auth import Reader
-from clarion.api.listing import Size, by, page
+from clarion.api.listing import ShortKeyCursor, Size, by, page
 from clarion.api.outputs import SandboxPage
 from clarion.api.responses import JSONResponse
 from clarion.domain.models import Channel
@@ -24,7 +24,7 @@ async def list_messages(
     channel: Channel | None = None,
     recipient_id: Annotated[str | None, Query(max_length=200)] = None,
     limit: Size = 50,
-    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    cursor: ShortKeyCursor = None,
 ) -> JSONResponse:
     rows = await store.list_sandbox_messages(
         caller.engine,

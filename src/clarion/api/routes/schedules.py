@@ -4,12 +4,12 @@ one that does not exist, is a 404."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 
 from clarion.api.auth import Manager, Reader
-from clarion.api.listing import Size, by, page
+from clarion.api.listing import IdCursor, NameCursor, Size, by, page
 from clarion.api.refusals import refusal_error
 from clarion.api.responses import JSONResponse, or_404
 from clarion.api.schedule_models import (
@@ -127,11 +127,7 @@ async def get(caller: Reader, name: NamePath) -> JSONResponse:
 
 
 @router.get("", summary="The tenant's schedules, in name order", response_model=SchedulePage)
-async def listing(
-    caller: Reader,
-    limit: Size = 100,
-    cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-) -> JSONResponse:
+async def listing(caller: Reader, limit: Size = 100, cursor: NameCursor = None) -> JSONResponse:
     rows = await store.page(caller.engine, caller.tenant_id, cursor, limit + 1)
     return JSONResponse(page(rows, limit, by("name")))
 
@@ -149,10 +145,7 @@ async def delete(caller: Manager, name: NamePath) -> Response:
     response_model=ScheduleRunPage,
 )
 async def history(
-    caller: Reader,
-    name: NamePath,
-    limit: Size = 100,
-    cursor: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
+    caller: Reader, name: NamePath, limit: Size = 100, cursor: IdCursor = None
 ) -> JSONResponse:
     if await store.get(caller.engine, caller.tenant_id, name) is None:
         raise NotFound(f"no schedule {name!r}")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from clarion.api.auth import Caller, Manager, Reader
-from clarion.api.listing import Size, by, page
+from clarion.api.listing import KeyCursor, Size, by, page
 from clarion.api.outputs import (
     Page,
     TemplatePage,
@@ -16,7 +16,7 @@ from clarion.api.outputs import (
     TemplateStored,
     TemplateVersionOut,
 )
-from clarion.api.responses import JSONResponse
+from clarion.api.responses import JSONResponse, or_404
 from clarion.api.schemas import NamePath, RecipientId, TemplateIn
 from clarion.domain.durations import duration_seconds
 from clarion.domain.models import Channel
@@ -35,6 +35,8 @@ from clarion.store import templates as store
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
 
+# A stored version's number, as asked for and as the cursor of the list of versions.
+Version = Annotated[int | None, Query(ge=1, le=2_147_483_647)]
 LocaleTag = Annotated[
     str, StringConstraints(max_length=35, pattern=r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 ]
@@ -128,11 +130,7 @@ def _fallbacks(body: TemplateIn, channels: dict[str, Any]) -> dict[str, str]:
     summary="The active version of a template, or the one asked for",
     response_model=TemplateVersionOut,
 )
-async def get(
-    caller: Reader,
-    name: NamePath,
-    version: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
-) -> JSONResponse:
+async def get(caller: Reader, name: NamePath, version: Version = None) -> JSONResponse:
     found = await store.get(caller.engine, caller.tenant_id, name, version)
     if found is None:
         what = f"version {version} of template {name!r}" if version else f"template {name!r}"
@@ -153,9 +151,7 @@ def _compiled(category: str, channels: dict[str, Any], locales: dict[str, Any]) 
 
 @router.get("", summary="List templates by name (cursor-paginated)", response_model=TemplatePage)
 async def list_templates(
-    caller: Reader,
-    limit: Size = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    caller: Reader, limit: Size = 50, cursor: KeyCursor = None
 ) -> JSONResponse:
     rows = await store.list_templates(
         caller.engine, caller.tenant_id, after=cursor, limit=limit + 1
@@ -169,17 +165,12 @@ async def list_templates(
     response_model=Page,
 )
 async def list_versions(
-    caller: Reader,
-    name: NamePath,
-    limit: Size = 50,
-    cursor: Annotated[int | None, Query(ge=1, le=2_147_483_647)] = None,
+    caller: Reader, name: NamePath, limit: Size = 50, cursor: Version = None
 ) -> JSONResponse:
     rows = await store.list_versions(
         caller.engine, caller.tenant_id, name, before=cursor, limit=limit + 1
     )
-    if rows is None:
-        raise NotFound(f"no template {name!r}")
-    return JSONResponse(page(rows, limit, by("version")))
+    return JSONResponse(page(or_404(rows, f"no template {name!r}"), limit, by("version")))
 
 
 class RollbackIn(BaseModel):
@@ -302,15 +293,17 @@ def _render(
 ) -> Any:
     try:
         return template.render(context, locale=locale, timezone=recipient.get("timezone"))
-    except MissingVariable as exc:
-        raise ValidationFailed(
-            f"{channel}: {exc.message}",
-            code="missing_variable",
-            details=[{"channel": channel, "variable": exc.name}],
-        ) from exc
     except TemplateError as exc:
-        raise ValidationFailed(
-            f"{channel}: {exc.message}",
-            code="render_error",
-            details=[{"channel": channel, "message": exc.message}],
-        ) from exc
+        raise _render_failure(channel, exc) from exc
+
+
+def _render_failure(channel: str, exc: TemplateError) -> ValidationFailed:
+    """A render's failure as a 422 that says what to fix: the variable the data lacks, or
+    the error."""
+    if isinstance(exc, MissingVariable):
+        code, detail = "missing_variable", {"variable": exc.name}
+    else:
+        code, detail = "render_error", {"message": exc.message}
+    return ValidationFailed(
+        f"{channel}: {exc.message}", code=code, details=[{"channel": channel, **detail}]
+    )

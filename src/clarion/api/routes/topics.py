@@ -5,17 +5,17 @@ not exist (or another tenant's) is a 404."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from clarion.api.auth import Manager
 from clarion.api.errors import error_body
-from clarion.api.listing import Size, by, page
+from clarion.api.listing import NameCursor, Size, by, page
 from clarion.api.outputs import TopicChange, TopicOut, TopicSubscriberPage
-from clarion.api.responses import JSONResponse
+from clarion.api.responses import JSONResponse, or_404
 from clarion.api.schemas import NamePath, RecipientId
 from clarion.errors import NotFound, ValidationFailed
 from clarion.store import topics as store
@@ -122,12 +122,7 @@ async def delete(caller: Manager, name: NamePath) -> Response:
     response_model=TopicSubscriberPage,
 )
 async def subscribers(
-    caller: Manager,
-    name: NamePath,
-    limit: Size = 100,
-    cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    caller: Manager, name: NamePath, limit: Size = 100, cursor: NameCursor = None
 ) -> JSONResponse:
     rows = await store.page(caller.engine, caller.tenant_id, name, cursor, limit + 1)
-    if rows is None:
-        raise NotFound(f"no topic {name!r}")
-    return JSONResponse(page(rows, limit, by("recipient_id")))
+    return JSONResponse(page(or_404(rows, f"no topic {name!r}"), limit, by("recipient_id")))

@@ -8,16 +8,28 @@ them), they are not run on the hot path.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+Item = TypeVar("Item")
 
-class _Out(BaseModel):
+
+class Out(BaseModel):
+    """An answer's object; an answer may carry fields that are not described yet."""
+
     model_config = ConfigDict(extra="allow")
 
 
-class ErrorDetail(_Out):
+class Paged(BaseModel, Generic[Item]):
+    """A page of a list (``api/listing.py``): ``next_cursor`` is null on the last page.
+    Each list's page is a subclass, so that the OpenAPI document names it."""
+
+    data: list[Item]
+    next_cursor: str | None
+
+
+class ErrorDetail(Out):
     code: str = Field(description="Machine-readable, e.g. `validation_error`, `not_found`")
     message: str
     details: list[Any] = Field(default_factory=list)
@@ -29,7 +41,7 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
-class DeliveryOut(_Out):
+class DeliveryOut(Out):
     id: str
     recipient_id: str | None
     channel: str
@@ -53,7 +65,7 @@ class DeliveryListItem(DeliveryOut):
     priority: str | None = None
 
 
-class DeliveryEvent(_Out):
+class DeliveryEvent(Out):
     type: str = Field(
         description="queued | scheduled | attempt | retry_scheduled | fallback | sent | "
         "delivered | failed | dead | suppressed | replayed | cancelled"
@@ -74,17 +86,15 @@ class DeliveryDetail(DeliveryListItem):
     events: list[DeliveryEvent]
 
 
-class DeliveryPage(BaseModel):
-    data: list[DeliveryListItem]
-    next_cursor: str | None
+class DeliveryPage(Paged[DeliveryListItem]): ...
 
 
-class NotificationTo(_Out):
+class NotificationTo(Out):
     recipient_ids: list[str] | None = None
     topic: str | None = None
 
 
-class NotificationSummary(_Out):
+class NotificationSummary(Out):
     id: str
     status: str = Field(
         description="accepted | scheduled | processing | completed | partial | failed | "
@@ -103,12 +113,10 @@ class NotificationSummary(_Out):
     )
 
 
-class NotificationPage(BaseModel):
-    data: list[NotificationSummary]
-    next_cursor: str | None
+class NotificationPage(Paged[NotificationSummary]): ...
 
 
-class NotificationAccepted(_Out):
+class NotificationAccepted(Out):
     model_config = ConfigDict(
         extra="allow",
         json_schema_extra={"examples": [{"id": "ntf_01m8a0f3x5k2", "status": "accepted"}]},
@@ -139,14 +147,11 @@ class NotificationDetail(NotificationSummary):
     deliveries_truncated: bool = False
 
 
-class NotificationDeliveryPage(BaseModel):
+class NotificationDeliveryPage(Paged[DeliveryOut]):
     """A notification's deliveries in id order; `next_cursor` is null on the last page."""
 
-    data: list[DeliveryOut]
-    next_cursor: str | None
 
-
-class TopicOut(_Out):
+class TopicOut(Out):
     name: str
     subscribers: int
 
@@ -159,24 +164,19 @@ class TopicChange(TopicOut):
     )
 
 
-class TopicSubscriber(_Out):
+class TopicSubscriber(Out):
     recipient_id: str
     subscribed_at: datetime | None
 
 
-class TopicSubscriberPage(BaseModel):
-    data: list[TopicSubscriber]
-    next_cursor: str | None
+class TopicSubscriberPage(Paged[TopicSubscriber]): ...
 
 
-class Page(BaseModel):
+class Page(Paged[dict[str, Any]]):
     """A page of a list: `next_cursor` is null on the last page."""
 
-    data: list[dict[str, Any]]
-    next_cursor: str | None
 
-
-class RecipientOut(_Out):
+class RecipientOut(Out):
     id: str
     email: str | None = None
     phone: str | None = None
@@ -190,24 +190,24 @@ class RecipientOut(_Out):
     updated_at: datetime
 
 
-class RecipientToken(_Out):
+class RecipientToken(Out):
     token: str
     expires_at: datetime
 
 
-class PreferencesOut(_Out):
+class PreferencesOut(Out):
     channels: dict[str, bool] = Field(default_factory=dict)
     categories: dict[str, dict[str, bool]] = Field(default_factory=dict)
     quiet_hours: dict[str, Any] | None = None
     snooze_until: datetime | None = None
 
 
-class TemplateStored(_Out):
+class TemplateStored(Out):
     name: str
     version: int
 
 
-class TemplateVersionOut(_Out):
+class TemplateVersionOut(Out):
     name: str
     version: int
     category: str
@@ -217,7 +217,7 @@ class TemplateVersionOut(_Out):
     created_at: datetime
 
 
-class TemplateSummary(_Out):
+class TemplateSummary(Out):
     name: str
     active_version: int
     latest_version: int
@@ -225,24 +225,22 @@ class TemplateSummary(_Out):
     updated_at: datetime
 
 
-class TemplatePage(BaseModel):
-    data: list[TemplateSummary]
-    next_cursor: str | None
+class TemplatePage(Paged[TemplateSummary]): ...
 
 
-class TemplatePreviewOut(_Out):
+class TemplatePreviewOut(Out):
     name: str
     version: int
     locale: str | None
     channels: dict[str, dict[str, Any]]
 
 
-class DraftPreviewOut(_Out):
+class DraftPreviewOut(Out):
     locale: str | None
     channels: dict[str, dict[str, Any]]
 
 
-class CategoryOut(_Out):
+class CategoryOut(Out):
     name: str
     critical: bool
     default_channels: list[str] | None
@@ -256,12 +254,10 @@ class CategoryOut(_Out):
     updated_at: datetime | None
 
 
-class CategoryPage(BaseModel):
-    data: list[CategoryOut]
-    next_cursor: str | None
+class CategoryPage(Paged[CategoryOut]): ...
 
 
-class ProviderOut(_Out):
+class ProviderOut(Out):
     name: str
     channel: str
     kind: str
@@ -273,7 +269,7 @@ class ProviderOut(_Out):
     updated_at: datetime
 
 
-class ProviderTestOut(_Out):
+class ProviderTestOut(Out):
     provider: str
     channel: str
     ok: bool
@@ -283,12 +279,10 @@ class ProviderTestOut(_Out):
     transient: bool | None = None
 
 
-class ProviderPage(BaseModel):
-    data: list[ProviderOut]
-    next_cursor: str | None
+class ProviderPage(Paged[ProviderOut]): ...
 
 
-class WebhookOut(_Out):
+class WebhookOut(Out):
     name: str
     url: str
     events: list[str]
@@ -298,26 +292,22 @@ class WebhookOut(_Out):
     updated_at: datetime
 
 
-class WebhookPage(BaseModel):
-    data: list[WebhookOut]
-    next_cursor: str | None
+class WebhookPage(Paged[WebhookOut]): ...
 
 
 class DeadLetter(DeliveryOut):
     notification_id: str
 
 
-class DeadLetterPage(BaseModel):
-    data: list[DeadLetter]
-    next_cursor: str | None
+class DeadLetterPage(Paged[DeadLetter]): ...
 
 
-class ReplayResult(_Out):
+class ReplayResult(Out):
     replayed: int
     more: bool = Field(description="Whether more dead letters match than were replayed")
 
 
-class SandboxMessage(_Out):
+class SandboxMessage(Out):
     id: str
     delivery_id: str
     channel: str
@@ -327,12 +317,10 @@ class SandboxMessage(_Out):
     created_at: datetime
 
 
-class SandboxPage(BaseModel):
-    data: list[SandboxMessage]
-    next_cursor: str | None
+class SandboxPage(Paged[SandboxMessage]): ...
 
 
-class InboxMessage(_Out):
+class InboxMessage(Out):
     id: str
     title: Any = None
     body: Any = None
@@ -345,36 +333,34 @@ class InboxMessage(_Out):
     archived_at: datetime | None = None
 
 
-class InboxPage(BaseModel):
-    data: list[InboxMessage]
-    next_cursor: str | None
+class InboxPage(Paged[InboxMessage]): ...
 
 
-class InboxTicket(_Out):
+class InboxTicket(Out):
     ticket: str
     expires_at: datetime
 
 
-class InboxCounts(_Out):
+class InboxCounts(Out):
     unread: int
     unseen: int
     total: int
 
 
-class Updated(_Out):
+class Updated(Out):
     updated: int
 
 
-class Health(_Out):
+class Health(Out):
     status: str
 
 
-class Ready(_Out):
+class Ready(Out):
     status: str
     checks: dict[str, str]
 
 
-class BreakerState(_Out):
+class BreakerState(Out):
     provider: str
     state: str = Field(description="closed | open | half_open")
     failure_rate: float = Field(
@@ -395,7 +381,7 @@ class ProviderHealth(BaseModel):
     data: list[BreakerState]
 
 
-class StatsMinute(_Out):
+class StatsMinute(Out):
     minute: datetime
     channel: str
     accepted: int
@@ -403,13 +389,13 @@ class StatsMinute(_Out):
     failed: int
 
 
-class StatsLatency(_Out):
+class StatsLatency(Out):
     p50: float
     p99: float
     samples: int
 
 
-class StatsOut(_Out):
+class StatsOut(Out):
     since: datetime
     until: datetime
     per_minute: list[StatsMinute]
@@ -420,13 +406,13 @@ class StatsOut(_Out):
     truncated: bool = Field(description="Whether more deliveries were created than were counted")
 
 
-class Unsubscribed(_Out):
+class Unsubscribed(Out):
     status: str
     category: str
     channel: str
 
 
-class RecipientExport(_Out):
+class RecipientExport(Out):
     """Everything stored about a recipient."""
 
     recipient: RecipientOut
@@ -441,7 +427,7 @@ class RecipientExport(_Out):
     truncated: bool = Field(description="Whether a list was cut at its limit")
 
 
-class AuditEntry(_Out):
+class AuditEntry(Out):
     id: str
     at: datetime
     key_id: str = Field(description="The API key's id, or `cli` / `system`")
@@ -457,12 +443,10 @@ class AuditEntry(_Out):
     )
 
 
-class AuditPage(BaseModel):
-    data: list[AuditEntry]
-    next_cursor: str | None
+class AuditPage(Paged[AuditEntry]): ...
 
 
-class ApiKeyOut(_Out):
+class ApiKeyOut(Out):
     id: str
     name: str | None = Field(description="Given when the key was made; null for older keys")
     prefix: str = Field(description="The key starts with `ck_<prefix>_`: tells keys apart")
@@ -478,6 +462,4 @@ class ApiKeyCreated(ApiKeyOut):
     )
 
 
-class ApiKeyPage(BaseModel):
-    data: list[ApiKeyOut]
-    next_cursor: str | None
+class ApiKeyPage(Paged[ApiKeyOut]): ...

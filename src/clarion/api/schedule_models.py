@@ -5,15 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from clarion.api.schemas import AwareDatetime, NotificationIn
+from clarion.api.outputs import Out, Paged
+from clarion.api.schemas import AwareDatetime, Body, NotificationIn, example
 from clarion.domain.cron import RECIPIENT, Cron, CronError
 from clarion.domain.cron import zone as zone_info
-
-
-class _Out(BaseModel):
-    model_config = ConfigDict(extra="allow")
 
 
 def _cron(value: str) -> str:
@@ -32,23 +29,18 @@ def _zone(value: str) -> str:
     return value
 
 
-class ScheduleIn(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "cron": "0 9 * * MON-FRI",
-                    "timezone": "recipient",
-                    "notification": {
-                        "template": "daily_summary",
-                        "to": {"topic": "daily-summary"},
-                        "data": {"edition": "weekday"},
-                    },
-                    "enabled": True,
-                }
-            ]
-        },
+class ScheduleIn(Body):
+    model_config = example(
+        {
+            "cron": "0 9 * * MON-FRI",
+            "timezone": "recipient",
+            "notification": {
+                "template": "daily_summary",
+                "to": {"topic": "daily-summary"},
+                "data": {"edition": "weekday"},
+            },
+            "enabled": True,
+        }
     )
 
     cron: Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_cron)] = Field(
@@ -82,7 +74,7 @@ class ScheduleIn(BaseModel):
         return self.notification.model_dump(mode="json", exclude_none=True)
 
 
-class ScheduleOut(_Out):
+class ScheduleOut(Out):
     name: str
     cron: str
     timezone: str
@@ -99,12 +91,10 @@ class ScheduleOut(_Out):
     updated_at: datetime
 
 
-class SchedulePage(BaseModel):
-    data: list[ScheduleOut]
-    next_cursor: str | None
+class SchedulePage(Paged[ScheduleOut]): ...
 
 
-class ScheduleRunOut(_Out):
+class ScheduleRunOut(Out):
     id: str
     due_at: datetime
     zone: str = Field(description="The zone whose cron time this run is")
@@ -117,6 +107,4 @@ class ScheduleRunOut(_Out):
     error: str | None
 
 
-class ScheduleRunPage(BaseModel):
-    data: list[ScheduleRunOut]
-    next_cursor: str | None
+class ScheduleRunPage(Paged[ScheduleRunOut]): ...

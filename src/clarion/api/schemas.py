@@ -36,6 +36,20 @@ ShortNamePath = Annotated[str, Path(min_length=1, max_length=100, pattern=NAME_P
 RecipientId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 
+
+class Body(BaseModel):
+    """A request body, or a part of one: a field it does not know is refused (422), so that
+    a misspelt option is not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def example(sample: dict[str, Any]) -> ConfigDict:
+    """The config of a :class:`Body` that shows ``sample`` in the API document (pydantic
+    merges it with the base's)."""
+    return ConfigDict(json_schema_extra={"examples": [sample]})
+
+
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 
 
@@ -102,9 +116,7 @@ Locale = Annotated[str, AfterValidator(_locale)]
 TimeZone = Annotated[str, AfterValidator(_timezone)]
 
 
-class To(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class To(Body):
     recipient_id: RecipientId | None = None
     recipient_ids: list[RecipientId] | None = Field(default=None, min_length=1, max_length=1000)
     topic: Name | None = None
@@ -122,20 +134,15 @@ class To(BaseModel):
         return list(dict.fromkeys(self.recipient_ids or []))
 
 
-class NotificationIn(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "template": "order_shipped",
-                    "to": {"recipient_id": "u-123"},
-                    "data": {"firstName": "Alex", "orderId": "ord_99482A"},
-                    "priority": "normal",
-                    "idempotency_key": "order-99482-shipped",
-                }
-            ]
-        },
+class NotificationIn(Body):
+    model_config = example(
+        {
+            "template": "order_shipped",
+            "to": {"recipient_id": "u-123"},
+            "data": {"firstName": "Alex", "orderId": "ord_99482A"},
+            "priority": "normal",
+            "idempotency_key": "order-99482-shipped",
+        }
     )
 
     template: Name
@@ -148,30 +155,22 @@ class NotificationIn(BaseModel):
     idempotency_key: IdempotencyKey | None = None
 
 
-class NotificationBatchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NotificationBatchIn(Body):
     # Items are validated one by one, so that each is accepted or refused on its own.
     notifications: list[dict[str, Any]]
 
 
-class PushToken(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PushToken(Body):
     platform: Literal["apns", "fcm"]
     token: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
 
-class WebPushKeys(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class WebPushKeys(Body):
     p256dh: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     auth: Annotated[str, StringConstraints(min_length=1, max_length=100)]
 
 
-class WebPushSubscription(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class WebPushSubscription(Body):
     endpoint: HttpUrl
     keys: WebPushKeys
     # As a browser's PushSubscription.toJSON() gives it (ms since the epoch, or null), so
@@ -179,20 +178,15 @@ class WebPushSubscription(BaseModel):
     expirationTime: int | None = Field(default=None, ge=0)
 
 
-class RecipientIn(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "email": "alex@example.com",
-                    "phone": "+14155550100",
-                    "locale": "fr-CA",
-                    "timezone": "America/Toronto",
-                    "data": {"firstName": "Alex"},
-                }
-            ]
-        },
+class RecipientIn(Body):
+    model_config = example(
+        {
+            "email": "alex@example.com",
+            "phone": "+14155550100",
+            "locale": "fr-CA",
+            "timezone": "America/Toronto",
+            "data": {"firstName": "Alex"},
+        }
     )
 
     email: Email | None = None
@@ -219,32 +213,25 @@ class RecipientBatchItem(RecipientIn):
     id: RecipientId
 
 
-class RecipientBatchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RecipientBatchIn(Body):
     # Items are validated one by one, so that each is accepted or refused on its own.
     recipients: list[Any]
 
 
-class TemplateIn(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "category": "transactional",
-                    "channels": {
-                        "email": {
-                            "subject": "Your order {{ orderId }} shipped",
-                            "html": "<p>Hello {{ firstName }}</p>",
-                            "text": "Hello {{ firstName }}",
-                        },
-                        "sms": {"text": "Order {{ orderId }} shipped"},
-                    },
-                    "locales": {"fr": {"email": {"subject": "Commande {{ orderId }} partie"}}},
-                }
-            ]
-        },
+class TemplateIn(Body):
+    model_config = example(
+        {
+            "category": "transactional",
+            "channels": {
+                "email": {
+                    "subject": "Your order {{ orderId }} shipped",
+                    "html": "<p>Hello {{ firstName }}</p>",
+                    "text": "Hello {{ firstName }}",
+                },
+                "sms": {"text": "Order {{ orderId }} shipped"},
+            },
+            "locales": {"fr": {"email": {"subject": "Commande {{ orderId }} partie"}}},
+        }
     )
 
     category: Name = "transactional"
@@ -289,11 +276,9 @@ def _digest_window(value: str) -> str:
     return value
 
 
-class QuietHours(BaseModel):
+class QuietHours(Body):
     """Hours in which non-critical deliveries wait. ``start`` after ``end`` spans midnight;
     without ``timezone`` the recipient's own time zone applies."""
-
-    model_config = ConfigDict(extra="forbid")
 
     start: Annotated[str, AfterValidator(_clock)]
     end: Annotated[str, AfterValidator(_clock)]
@@ -306,10 +291,8 @@ class QuietHours(BaseModel):
         return self
 
 
-class PreferencesIn(BaseModel):
+class PreferencesIn(Body):
     """A recipient's choices: channel-wide opt-outs, per-category ones, quiet hours."""
-
-    model_config = ConfigDict(extra="forbid")
 
     channels: dict[Channel, bool] = Field(default_factory=dict)
     categories: dict[CategoryName, dict[Channel, bool]] = Field(
@@ -334,9 +317,7 @@ DigestKey = Annotated[
 ]
 
 
-class DigestIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DigestIn(Body):
     window: Annotated[str, AfterValidator(_digest_window)]
     key: DigestKey | None = Field(
         default=None,
@@ -347,9 +328,7 @@ class DigestIn(BaseModel):
     )
 
 
-class CategoryIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CategoryIn(Body):
     critical: bool = False
     default_channels: list[Channel] | None = Field(default=None, min_length=1)
     digest: DigestIn | None = None

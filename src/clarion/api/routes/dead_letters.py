@@ -11,14 +11,14 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from clarion.api.auth import Admin
 from clarion.api.idempotency import idempotent
 from clarion.api.listing import Size, aware, cursor_of, position_of
 from clarion.api.outputs import DeadLetter, DeadLetterPage, ReplayResult
 from clarion.api.responses import JSONResponse
-from clarion.api.schemas import AwareDatetime, Name
+from clarion.api.schemas import AwareDatetime, Body, Name
 from clarion.domain.models import Channel
 from clarion.errors import Conflict, NotFound
 from clarion.pipeline.context import Context
@@ -30,10 +30,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"])
 
 
-class ReplayFilter(BaseModel):
+class ReplayFilter(Body):
     """Which dead letters to replay; every field narrows, none means all of them."""
-
-    model_config = ConfigDict(extra="forbid")
 
     channel: Channel | None = None
     provider: Name | None = None

@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, ConfigDict
 
 from clarion.api.inbox_auth import recipient
 from clarion.api.listing import Size, cursor_of, position_of
 from clarion.api.outputs import InboxCounts, InboxMessage, InboxPage, InboxTicket, Updated
 from clarion.api.responses import JSONResponse
-from clarion.api.schemas import AwareDatetime
+from clarion.api.schemas import AwareDatetime, Body
 from clarion.errors import NotFound, ValidationFailed
 from clarion.realtime.gate import InboxGate
 from clarion.security.inbox_tokens import RecipientClaims
@@ -30,8 +29,7 @@ MessageId = Annotated[str, Path(min_length=1, max_length=40)]
 Action = Literal["read", "unread", "seen", "archive", "unarchive"]
 
 
-class SnoozeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SnoozeIn(Body):
     until: AwareDatetime
 
 

@@ -15,12 +15,13 @@ import unicodedata
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from clarion.api.auth import Admin
 from clarion.api.listing import Cursor, Limit, newest_first, page, position_of
 from clarion.api.outputs import ApiKeyCreated, ApiKeyPage
 from clarion.api.responses import JSONResponse
+from clarion.api.schemas import Body, example
 from clarion.domain.models import ALL_SCOPES, Scope
 from clarion.errors import Conflict, Forbidden, NotFound
 from clarion.store import tenants as store
@@ -29,11 +30,8 @@ router = APIRouter(prefix="/v1/keys", tags=["api keys"])
 KeyId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
-class KeyIn(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"name": "billing service", "scopes": ["send"]}]},
-    )
+class KeyIn(Body):
+    model_config = example({"name": "billing service", "scopes": ["send"]})
 
     name: str = Field(
         min_length=1, max_length=100, description="What the key is for (1 to 100 characters)"

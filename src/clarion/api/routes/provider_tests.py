@@ -9,12 +9,11 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict
 
 from clarion.api.auth import Manager
 from clarion.api.outputs import ProviderTestOut
 from clarion.api.responses import JSONResponse
-from clarion.api.schemas import RecipientId, ShortNamePath
+from clarion.api.schemas import Body, RecipientId, ShortNamePath
 from clarion.domain.delivery import Delivery
 from clarion.domain.ids import new_id
 from clarion.domain.routing import address_for
@@ -36,9 +35,7 @@ CONTENT: dict[str, dict[str, Any]] = {
 }
 
 
-class ProviderTestIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ProviderTestIn(Body):
     recipient_id: RecipientId
 
 

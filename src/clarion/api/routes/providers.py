@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from clarion.api import provider_schemas
 from clarion.api.auth import Manager, Reader
@@ -20,7 +20,7 @@ from clarion.api.listing import ShortKeyCursor, Size
 from clarion.api.named_routes import NamedRoutes
 from clarion.api.outputs import ProviderOut, ProviderPage
 from clarion.api.responses import JSONResponse
-from clarion.api.schemas import ShortNamePath
+from clarion.api.schemas import Body, ShortNamePath
 from clarion.domain.models import Channel
 from clarion.errors import ValidationFailed
 from clarion.pipeline.context import Context
@@ -33,9 +33,7 @@ router = APIRouter(prefix="/v1/providers", tags=["providers"])
 ROUTES = NamedRoutes(store.NAMED, "provider", lambda ctx: ctx.providers)
 
 
-class ProviderIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ProviderIn(Body):
     channel: Channel
     kind: str = Field(min_length=1, max_length=20, description=", ".join(sorted(CONFIGURABLE)))
     config: dict[str, Any] = Field(default_factory=dict)

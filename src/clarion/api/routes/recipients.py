@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from clarion.api.auth import Caller, Manager, Reader, require
 from clarion.api.errors import describe_validation, error_body
@@ -21,6 +21,7 @@ from clarion.api.outputs import (
 from clarion.api.responses import JSONResponse, or_404
 from clarion.api.schemas import (
     MAX_BATCH,
+    Body,
     PreferencesIn,
     RecipientBatchIn,
     RecipientBatchItem,
@@ -111,8 +112,7 @@ async def erase(caller: Manager, recipient_id: RecipientPath) -> Response:
     return Response(status_code=204)
 
 
-class TokenIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TokenIn(Body):
     expires_in: int = Field(default=inbox_tokens.DEFAULT_TTL, ge=60, le=inbox_tokens.MAX_TTL)
 
 

@@ -5,7 +5,6 @@ without storing a version per keystroke."""
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import ConfigDict
 
 from clarion.api.auth import Reader
 from clarion.api.outputs import DraftPreviewOut
@@ -18,8 +17,6 @@ router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
 
 class DraftPreviewIn(PreviewIn):
-    model_config = ConfigDict(extra="forbid")
-
     template: TemplateIn
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
 from clarion.api.auth import Caller, Manager, Reader
 from clarion.api.listing import KeyCursor, Size, by, page
@@ -17,7 +17,7 @@ from clarion.api.outputs import (
     TemplateVersionOut,
 )
 from clarion.api.responses import JSONResponse, or_404
-from clarion.api.schemas import NamePath, RecipientId, TemplateIn
+from clarion.api.schemas import Body, NamePath, RecipientId, TemplateIn
 from clarion.domain.durations import duration_seconds
 from clarion.domain.models import Channel
 from clarion.domain.rendering import (
@@ -173,9 +173,7 @@ async def list_versions(
     return JSONResponse(page(or_404(rows, f"no template {name!r}"), limit, by("version")))
 
 
-class RollbackIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RollbackIn(Body):
     version: int = Field(ge=1, le=2_147_483_647)
 
 
@@ -198,9 +196,7 @@ async def rollback(caller: Manager, name: NamePath, body: RollbackIn) -> JSONRes
     return JSONResponse(found)
 
 
-class PreviewIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PreviewIn(Body):
     recipient_id: RecipientId | None = None
     data: dict[str, Any] = Field(default_factory=dict)
     locale: LocaleTag | None = None

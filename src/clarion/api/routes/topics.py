@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.responses import Response
 
 from clarion.api.auth import Manager
@@ -16,16 +16,14 @@ from clarion.api.errors import error_body
 from clarion.api.listing import NameCursor, Size, by, page
 from clarion.api.outputs import TopicChange, TopicOut, TopicSubscriberPage
 from clarion.api.responses import JSONResponse, or_404
-from clarion.api.schemas import NamePath, RecipientId
+from clarion.api.schemas import Body, NamePath, RecipientId
 from clarion.errors import NotFound, ValidationFailed
 from clarion.store import topics as store
 
 router = APIRouter(prefix="/v1/topics", tags=["topics"])
 
 
-class MembersIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MembersIn(Body):
     # The bound is checked in the handler, so that too many ids is `batch_too_large`.
     recipient_ids: list[RecipientId] = Field(min_length=1)
 

@@ -12,14 +12,14 @@ import secrets
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from clarion.api.auth import Manager
 from clarion.api.listing import ShortKeyCursor, Size
 from clarion.api.named_routes import NamedRoutes
 from clarion.api.outputs import WebhookOut, WebhookPage
 from clarion.api.responses import JSONResponse
-from clarion.api.schemas import ShortNamePath
+from clarion.api.schemas import Body, ShortNamePath
 from clarion.errors import ValidationFailed
 from clarion.pipeline.context import Context
 from clarion.pipeline.subscriptions import ALL_EVENTS, EVENT_TYPES
@@ -33,9 +33,7 @@ ROUTES = NamedRoutes(store.NAMED, "webhook", lambda ctx: ctx.webhooks)
 CHOICES = (*EVENT_TYPES, ALL_EVENTS)
 
 
-class WebhookBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class WebhookBody(Body):
     url: str = Field(min_length=1, max_length=2000)
     events: list[str] = Field(min_length=1, max_length=len(CHOICES))
     secret: str | None = Field(

@@ -12,10 +12,11 @@ import base64
 import binascii
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Query
+from fastapi import Depends, Query
 
 from clarion.api.schemas import utc_timestamp
 from clarion.errors import ValidationFailed
@@ -76,6 +77,41 @@ def position_of(text: str | None, code: str = INVALID_CURSOR) -> Position | None
             details=[{"field": "cursor", "message": "not a cursor from this list"}],
         ) from exc
     return Position(moment, ident)
+
+
+@dataclass(frozen=True, slots=True)
+class NewestPage:
+    """The page a client asks of a list kept newest first: its size and the cursor it
+    starts after."""
+
+    size: int
+    cursor: str | None
+
+    @property
+    def position(self) -> Position | None:
+        """Where the page starts (a 422 for a cursor this API did not make). Read when the
+        store is asked, so that the list's own filters are checked first."""
+        return position_of(self.cursor)
+
+    @property
+    def read(self) -> int:
+        """How many rows to read: one more than the page shows says there is a next one."""
+        return self.size + 1
+
+    def page(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        cursor_of: Callable[[Mapping[str, Any]], str] = newest_first,
+    ) -> dict[str, Any]:
+        return page(rows, self.size, cursor_of)
+
+
+def newest_page(limit: Limit = 50, cursor: Cursor = None) -> NewestPage:
+    return NewestPage(limit, cursor)
+
+
+# The page parameters of a list kept newest first, as one dependency.
+Newest = Annotated[NewestPage, Depends(newest_page)]
 
 
 def aware(name: str, value: datetime | None) -> datetime | None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from clarion.api.auth import Admin
-from clarion.api.listing import Cursor, Limit, cursor_of, page, position_of, time_range
+from clarion.api.listing import Newest, cursor_of, time_range
 from clarion.api.outputs import AuditPage
 from clarion.api.responses import JSONResponse
 from clarion.store import audit as store
@@ -32,14 +33,13 @@ Text = Annotated[str | None, Query(min_length=1, max_length=200)]
 )
 async def list_audit(
     caller: Admin,
+    at: Newest,
     resource: store.Resource | None = None,
     name: Text = None,
     key_id: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
     action: store.Action | None = None,
     after: Annotated[datetime | None, Query(description="At or after (RFC 3339)")] = None,
     before: Annotated[datetime | None, Query(description="Before (RFC 3339)")] = None,
-    limit: Limit = 50,
-    cursor: Cursor = None,
 ) -> JSONResponse:
     low, high = time_range(after, before, ("after", "before"))
     where = store.AuditFilter(
@@ -50,11 +50,9 @@ async def list_audit(
         after=low,
         before=high,
     )
-    rows = await store.list_page(
-        caller.engine, caller.tenant_id, where, position_of(cursor), limit + 1
-    )
-    return JSONResponse(page(rows, limit, _cursor))
+    rows = await store.list_page(caller.engine, caller.tenant_id, where, at.position, at.read)
+    return JSONResponse(at.page(rows, _cursor))
 
 
-def _cursor(row: dict[str, Any]) -> str:
+def _cursor(row: Mapping[str, Any]) -> str:
     return cursor_of(Position(row["at"], row["id"]))

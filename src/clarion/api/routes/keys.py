@@ -18,7 +18,7 @@ from fastapi import APIRouter, Path, Request, Response
 from pydantic import Field, field_validator
 
 from clarion.api.auth import Admin
-from clarion.api.listing import Cursor, Limit, newest_first, page, position_of
+from clarion.api.listing import Newest
 from clarion.api.outputs import ApiKeyCreated, ApiKeyPage
 from clarion.api.responses import JSONResponse
 from clarion.api.schemas import Body, example
@@ -64,11 +64,9 @@ class KeyIn(Body):
     description="Revoked keys are listed too, with `revoked_at`.",
     response_model=ApiKeyPage,
 )
-async def list_keys(caller: Admin, limit: Limit = 50, cursor: Cursor = None) -> JSONResponse:
-    rows = await store.list_keys_page(
-        caller.engine, caller.tenant_id, position_of(cursor), limit + 1
-    )
-    return JSONResponse(page(rows, limit, newest_first))
+async def list_keys(caller: Admin, at: Newest) -> JSONResponse:
+    rows = await store.list_keys_page(caller.engine, caller.tenant_id, at.position, at.read)
+    return JSONResponse(at.page(rows))
 
 
 @router.post(

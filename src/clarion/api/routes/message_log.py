@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from clarion.api.auth import Reader
-from clarion.api.listing import Cursor, Limit, newest_first, page, position_of, time_range
+from clarion.api.listing import Newest, time_range
 from clarion.api.outputs import DeliveryDetail, DeliveryPage, NotificationPage
 from clarion.api.responses import JSONResponse, or_404
 from clarion.domain.models import Channel, DeliveryStatus, NotificationStatus
@@ -22,6 +22,15 @@ After = Annotated[datetime | None, Query(description="Only those created at or a
 Before = Annotated[datetime | None, Query(description="Only those created before (RFC 3339)")]
 
 
+def created(created_after: After = None, created_before: Before = None) -> store.TimeRange:
+    return store.TimeRange(*time_range(created_after, created_before))
+
+
+# When the rows listed were created (a dependency: the API document lists its parameters
+# after the list's own filters).
+Created = Annotated[store.TimeRange, Depends(created)]
+
+
 @router.get(
     "/v1/notifications",
     summary="The message log: notifications, newest first",
@@ -29,14 +38,12 @@ Before = Annotated[datetime | None, Query(description="Only those created before
 )
 async def list_notifications(
     caller: Reader,
+    created: Created,
+    at: Newest,
     status: NotificationStatus | None = None,
     template: Text = None,
     recipient_id: Text = None,
     category: Text = None,
-    created_after: After = None,
-    created_before: Before = None,
-    limit: Limit = 50,
-    cursor: Cursor = None,
 ) -> JSONResponse:
     """Each item carries `totals` (deliveries per status) and the aggregate `status`;
     `recipient_id` matches notifications with a delivery planned for that recipient,
@@ -46,12 +53,12 @@ async def list_notifications(
         template=template,
         recipient_id=recipient_id,
         category=category,
-        created=store.TimeRange(*time_range(created_after, created_before)),
+        created=created,
     )
     rows = await store.list_notifications(
-        caller.engine, caller.tenant_id, where, position_of(cursor), limit + 1
+        caller.engine, caller.tenant_id, where, at.position, at.read
     )
-    return JSONResponse(page(rows, limit, newest_first))
+    return JSONResponse(at.page(rows))
 
 
 @router.get(
@@ -61,6 +68,8 @@ async def list_notifications(
 )
 async def list_deliveries(
     caller: Reader,
+    created: Created,
+    at: Newest,
     status: DeliveryStatus | None = None,
     channel: Channel | None = None,
     provider: Text = None,
@@ -69,10 +78,6 @@ async def list_deliveries(
     notification_id: Text = None,
     template: Text = None,
     category: Text = None,
-    created_after: After = None,
-    created_before: Before = None,
-    limit: Limit = 50,
-    cursor: Cursor = None,
 ) -> JSONResponse:
     where = store.DeliveryFilter(
         status=status.value if status else None,
@@ -83,12 +88,10 @@ async def list_deliveries(
         notification_id=notification_id,
         template=template,
         category=category,
-        created=store.TimeRange(*time_range(created_after, created_before)),
+        created=created,
     )
-    rows = await store.list_deliveries(
-        caller.engine, caller.tenant_id, where, position_of(cursor), limit + 1
-    )
-    return JSONResponse(page(rows, limit, newest_first))
+    rows = await store.list_deliveries(caller.engine, caller.tenant_id, where, at.position, at.read)
+    return JSONResponse(at.page(rows))
 
 
 @router.get(

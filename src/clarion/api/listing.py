@@ -106,7 +106,7 @@ class NewestPage:
         return page(rows, self.size, cursor_of)
 
 
-def newest_page(limit: Limit = 50, cursor: Cursor = None) -> NewestPage:
+async def newest_page(limit: Limit = 50, cursor: Cursor = None) -> NewestPage:
     return NewestPage(limit, cursor)
 
 

@@ -6,6 +6,7 @@ Every change is committed first, then pushed to the recipient's live connections
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -20,11 +21,10 @@ from clarion.realtime.gate import InboxGate
 from clarion.security.inbox_tokens import RecipientClaims
 from clarion.store import inbox as store
 from clarion.store import inbox_changes as changes
-from clarion.store.db import utcnow
+from clarion.store.db import AsyncEngine, utcnow
 
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
 
-Reader = Annotated[RecipientClaims, Depends(recipient)]
 MessageId = Annotated[str, Path(min_length=1, max_length=40)]
 Action = Literal["read", "unread", "seen", "archive", "unarchive"]
 
@@ -33,8 +33,32 @@ class SnoozeIn(Body):
     until: AwareDatetime
 
 
-def _gate(request: Request) -> InboxGate:
-    return request.app.state.ctx.inbox  # type: ignore[no-any-return]
+@dataclass(frozen=True, slots=True)
+class Inbox:
+    """The inbox a recipient token opens, and the gate that tells its live connections
+    of each change."""
+
+    claims: RecipientClaims
+    gate: InboxGate
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self.gate.engine
+
+    @property
+    def owner(self) -> tuple[str, str]:
+        """(tenant id, recipient id): whose inbox it is, as the store takes it."""
+        return self.claims.tenant_id, self.claims.recipient_id
+
+    async def changed(self, action: str, ids: list[str] | None, counts: store.State) -> None:
+        await self.gate.changed(*self.owner, action, ids, counts)
+
+
+async def _inbox(request: Request, claims: Annotated[RecipientClaims, Depends(recipient)]) -> Inbox:
+    return Inbox(claims, request.app.state.ctx.inbox)
+
+
+Reader = Annotated[Inbox, Depends(_inbox)]
 
 
 @router.get(
@@ -47,17 +71,14 @@ def _gate(request: Request) -> InboxGate:
     response_model=InboxPage,
 )
 async def list_inbox(
-    request: Request,
     who: Reader,
     status: Literal["unread", "read", "archived", "all"] | None = None,
     limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=300)] = None,
 ) -> JSONResponse:
-    engine = _gate(request).engine
     data, following = await store.page(
-        engine,
-        who.tenant_id,
-        who.recipient_id,
+        who.engine,
+        *who.owner,
         status=status,
         # The inbox answered `validation_error` to a bad cursor before `invalid_cursor` existed.
         cursor=position_of(cursor, code="validation_error"),
@@ -71,8 +92,8 @@ async def list_inbox(
     summary="Unread, unseen and total messages (archived and snoozed apart)",
     response_model=InboxCounts,
 )
-async def count(request: Request, who: Reader) -> JSONResponse:
-    return JSONResponse(await store.counts(_gate(request).engine, who.tenant_id, who.recipient_id))
+async def count(who: Reader) -> JSONResponse:
+    return JSONResponse(await store.counts(who.engine, *who.owner))
 
 
 @router.post(
@@ -87,26 +108,25 @@ async def count(request: Request, who: Reader) -> JSONResponse:
     ),
     response_model=InboxTicket,
 )
-async def ticket(request: Request, who: Reader) -> JSONResponse:
-    issued, expires_at = await _gate(request).ticket(who)
+async def ticket(who: Reader) -> JSONResponse:
+    issued, expires_at = await who.gate.ticket(who.claims)
     return JSONResponse({"ticket": issued, "expires_at": store.stamp(expires_at)})
 
 
 @router.post("/read-all", summary="Mark every unread message read", response_model=Updated)
-async def read_all(request: Request, who: Reader) -> JSONResponse:
-    return await _change_all(request, who, "read")
+async def read_all(who: Reader) -> JSONResponse:
+    return await _change_all(who, "read")
 
 
 @router.post("/archive-read", summary="Archive every read message", response_model=Updated)
-async def archive_read(request: Request, who: Reader) -> JSONResponse:
-    return await _change_all(request, who, "archive")
+async def archive_read(who: Reader) -> JSONResponse:
+    return await _change_all(who, "archive")
 
 
-async def _change_all(request: Request, who: Reader, action: str) -> JSONResponse:
-    gate = _gate(request)
-    changed, counts = await changes.change_all(gate.engine, who.tenant_id, who.recipient_id, action)
+async def _change_all(who: Inbox, action: str) -> JSONResponse:
+    changed, counts = await changes.change_all(who.engine, *who.owner, action)
     if changed:
-        await gate.changed(who.tenant_id, who.recipient_id, f"{action}_all", None, counts)
+        await who.changed(f"{action}_all", None, counts)
     return JSONResponse({"updated": changed})
 
 
@@ -115,23 +135,14 @@ async def _change_all(request: Request, who: Reader, action: str) -> JSONRespons
     summary="Hide a message until a time; it comes back then",
     response_model=InboxMessage,
 )
-async def snooze(
-    request: Request, who: Reader, message_id: MessageId, body: SnoozeIn
-) -> JSONResponse:
+async def snooze(who: Reader, message_id: MessageId, body: SnoozeIn) -> JSONResponse:
     if body.until <= utcnow():
         raise ValidationFailed(
             "until must be in the future",
             details=[{"field": "until", "message": "must be in the future"}],
         )
-    gate = _gate(request)
-    found = await changes.snooze(
-        gate.engine, who.tenant_id, who.recipient_id, message_id, body.until
-    )
-    if found is None:
-        raise NotFound(f"no message {message_id!r} in this inbox")
-    message, counts = found
-    await gate.changed(who.tenant_id, who.recipient_id, "snooze", [message_id], counts)
-    return JSONResponse(message)
+    found = await changes.snooze(who.engine, *who.owner, message_id, body.until)
+    return await _changed_one(who, message_id, "snooze", found)
 
 
 @router.post(
@@ -139,13 +150,18 @@ async def snooze(
     summary="Mark one message read, unread, seen, archived or not",
     response_model=InboxMessage,
 )
-async def change(
-    request: Request, who: Reader, message_id: MessageId, action: Action
+async def change(who: Reader, message_id: MessageId, action: Action) -> JSONResponse:
+    found = await changes.change(who.engine, *who.owner, message_id, action)
+    return await _changed_one(who, message_id, action, found)
+
+
+async def _changed_one(
+    who: Inbox, message_id: str, action: str, found: changes.Changed | None
 ) -> JSONResponse:
-    gate = _gate(request)
-    found = await changes.change(gate.engine, who.tenant_id, who.recipient_id, message_id, action)
+    """The message a change left (404 if the inbox has none of that id), once the live
+    connections are told."""
     if found is None:
         raise NotFound(f"no message {message_id!r} in this inbox")
     message, counts = found
-    await gate.changed(who.tenant_id, who.recipient_id, action, [message_id], counts)
+    await who.changed(action, [message_id], counts)
     return JSONResponse(message)

@@ -22,12 +22,13 @@ After = Annotated[datetime | None, Query(description="Only those created at or a
 Before = Annotated[datetime | None, Query(description="Only those created before (RFC 3339)")]
 
 
-def created(created_after: After = None, created_before: Before = None) -> store.TimeRange:
+async def created(created_after: After = None, created_before: Before = None) -> store.TimeRange:
     return store.TimeRange(*time_range(created_after, created_before))
 
 
 # When the rows listed were created (a dependency: the API document lists its parameters
-# after the list's own filters).
+# after the list's own filters). The dependencies here are coroutines, which FastAPI runs
+# on the event loop rather than in a thread.
 Created = Annotated[store.TimeRange, Depends(created)]
 
 

@@ -40,14 +40,6 @@ WAITING = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
 _CLAIMABLE = (*WAITING, DeliveryStatus.SENDING)
 
 
-async def existing_ids(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    for part in chunks(list(ids), 1000):
-        query = select(deliveries.c.id).where(deliveries.c.id.in_(part))
-        found.update((await conn.execute(query)).scalars())
-    return found
-
-
 async def insert_planned(conn: AsyncConnection, items: Sequence[Stored], at: datetime) -> set[str]:
     """Insert new deliveries, with an event for each one created in another state than
     ``queued`` (a delivery's creation is its ``queued`` event); none of a notification

@@ -300,15 +300,6 @@ def select_notifications(n: Any = notifications) -> Select[Any]:
     return select(*columns, planned_status(n).label("status"))
 
 
-async def unplanned(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
-    """Those of the notifications not planned yet (their outbox row is there)."""
-    found: set[str] = set()
-    for part in chunks(list(ids), 1000):
-        query = select(outbox.c.notification_id).where(outbox.c.notification_id.in_(part))
-        found.update((await conn.execute(query)).scalars())
-    return found
-
-
 async def load_many(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for part in chunks(list(ids), 1000):

@@ -27,7 +27,14 @@ from clarion.store import topics as topic_store
 from clarion.store.bulk import StripeChunk
 from clarion.store.db import write_tx
 from clarion.store.pg import PgPool
-from clarion.store.tables import notifications, outbox, topic_stripes, topic_subscribers
+from clarion.store.sql import present
+from clarion.store.tables import (
+    deliveries,
+    notifications,
+    outbox,
+    topic_stripes,
+    topic_subscribers,
+)
 
 
 class Batch(NamedTuple):
@@ -92,7 +99,7 @@ class _SqlReads:
             {(n["tenant_id"], n["template"]) for n in notes.values()}
         )
         versions = await self.category_versions(n["tenant_id"] for n in notes.values())
-        unplanned = await notification_store.unplanned(self._conn, list(notes))
+        unplanned = await present(self._conn, outbox.c.notification_id, list(notes))
         return Batch(notes, heads, versions, unplanned)
 
     async def category_versions(self, tenant_ids: Iterable[str]) -> dict[str, int]:
@@ -107,7 +114,7 @@ class _SqlReads:
         return await recipient_store.load_many(self._conn, keys)
 
     async def existing_deliveries(self, ids: Sequence[str]) -> set[str]:
-        return await delivery_store.existing_ids(self._conn, ids)
+        return await present(self._conn, deliveries.c.id, ids)
 
     async def waiting_deliveries(self, notification_ids: Sequence[str]) -> list[Stored]:
         return await delivery_store.queued_of_notifications(self._conn, notification_ids)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Executable, FromClause, RowMapping, Table
+from sqlalchemy import Column, Executable, FromClause, RowMapping, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -45,3 +46,12 @@ async def first_row(engine: AsyncEngine, query: Executable) -> RowMapping | None
 
 def chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+async def present(conn: AsyncConnection, column: Column[Any], keys: Sequence[str]) -> set[str]:
+    """Those of ``keys`` that some row holds in ``column`` (a key column: looked up by key,
+    a thousand at a time)."""
+    found: set[str] = set()
+    for part in chunks(list(keys), 1000):
+        found.update((await conn.execute(select(column).where(column.in_(part)))).scalars())
+    return found

@@ -21,7 +21,7 @@ from clarion.realtime.gate import InboxGate
 from clarion.security.inbox_tokens import RecipientClaims
 from clarion.store import inbox as store
 from clarion.store import inbox_changes as changes
-from clarion.store.db import AsyncEngine, utcnow
+from clarion.store.db import utcnow
 
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
 
@@ -40,10 +40,6 @@ class Inbox:
 
     claims: RecipientClaims
     gate: InboxGate
-
-    @property
-    def engine(self) -> AsyncEngine:
-        return self.gate.engine
 
     @property
     def owner(self) -> tuple[str, str]:
@@ -77,7 +73,7 @@ async def list_inbox(
     cursor: Annotated[str | None, Query(max_length=300)] = None,
 ) -> JSONResponse:
     data, following = await store.page(
-        who.engine,
+        who.gate.engine,
         *who.owner,
         status=status,
         # The inbox answered `validation_error` to a bad cursor before `invalid_cursor` existed.
@@ -93,7 +89,7 @@ async def list_inbox(
     response_model=InboxCounts,
 )
 async def count(who: Reader) -> JSONResponse:
-    return JSONResponse(await store.counts(who.engine, *who.owner))
+    return JSONResponse(await store.counts(who.gate.engine, *who.owner))
 
 
 @router.post(
@@ -124,7 +120,7 @@ async def archive_read(who: Reader) -> JSONResponse:
 
 
 async def _change_all(who: Inbox, action: str) -> JSONResponse:
-    changed, counts = await changes.change_all(who.engine, *who.owner, action)
+    changed, counts = await changes.change_all(who.gate.engine, *who.owner, action)
     if changed:
         await who.changed(f"{action}_all", None, counts)
     return JSONResponse({"updated": changed})
@@ -141,7 +137,7 @@ async def snooze(who: Reader, message_id: MessageId, body: SnoozeIn) -> JSONResp
             "until must be in the future",
             details=[{"field": "until", "message": "must be in the future"}],
         )
-    found = await changes.snooze(who.engine, *who.owner, message_id, body.until)
+    found = await changes.snooze(who.gate.engine, *who.owner, message_id, body.until)
     return await _changed_one(who, message_id, "snooze", found)
 
 
@@ -151,7 +147,7 @@ async def snooze(who: Reader, message_id: MessageId, body: SnoozeIn) -> JSONResp
     response_model=InboxMessage,
 )
 async def change(who: Reader, message_id: MessageId, action: Action) -> JSONResponse:
-    found = await changes.change(who.engine, *who.owner, message_id, action)
+    found = await changes.change(who.gate.engine, *who.owner, message_id, action)
     return await _changed_one(who, message_id, action, found)
 
 

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel
 from starlette.responses import Response
 
-from clarion.api.auth import Caller
-from clarion.api.listing import by, page
+from clarion.api.auth import Caller, require
+from clarion.api.listing import ShortKeyCursor, Size, by, page
+from clarion.api.openapi import operation_id_of
 from clarion.api.responses import JSONResponse
+from clarion.api.schemas import ShortNamePath
 from clarion.errors import NotFound
 from clarion.pipeline.context import Context
 from clarion.store.named import Named, Stored
@@ -33,9 +38,13 @@ R = TypeVar("R", bound=Shown)
 
 @dataclass(frozen=True, slots=True)
 class NamedRoutes(Generic[R]):
+    """The routes of one kind of named row (``noun``): read with the ``reads`` scope,
+    changed with ``manage``."""
+
     named: Named[R]
     noun: str
     copies: Callable[[Context], TenantCopies]
+    reads: str = "read"
 
     def missing(self, name: str) -> NotFound:
         return NotFound(f"no {self.noun} named {name!r}")
@@ -45,23 +54,47 @@ class NamedRoutes(Generic[R]):
         their copy expires)."""
         self.copies(caller.ctx).invalidate(caller.tenant_id)
 
-    async def one(self, caller: Caller, name: str) -> JSONResponse:
-        row = await self.named.get(caller.engine, caller.tenant_id, name)
-        if row is None:
-            raise self.missing(name)
-        return JSONResponse(row.public())
+    def declare(
+        self,
+        router: APIRouter,
+        module: str,
+        shown: type[BaseModel],
+        paged: type[BaseModel],
+        *,
+        one: str,
+        listed: str,
+        deleted: str,
+    ) -> None:
+        """``GET /{name}`` (one row, as ``shown``), ``GET ""`` (a page of rows, as
+        ``paged``) and ``DELETE /{name}``, declared on ``router`` with their summaries as
+        the operations of ``module``: ``<module>_get``, ``<module>_list_<module>`` and
+        ``<module>_delete`` (api/openapi.py)."""
+        listing = "list_" + module.rsplit(".", 1)[-1]
+        ids = partial(operation_id_of, module)
+        reader = Depends(require(self.reads))
+        manager = Depends(require("manage"))
 
-    async def page(self, caller: Caller, limit: int, after: str | None) -> JSONResponse:
-        rows = await self.named.list_page(
-            caller.engine, caller.tenant_id, after=after, limit=limit + 1
-        )
-        return JSONResponse(page([r.public() for r in rows], limit, by("name")))
+        @router.get("/{name}", summary=one, response_model=shown, operation_id=ids("get"))
+        async def get(*, caller: Caller = reader, name: ShortNamePath) -> JSONResponse:
+            row = await self.named.get(caller.engine, caller.tenant_id, name)
+            if row is None:
+                raise self.missing(name)
+            return JSONResponse(row.public())
 
-    async def delete(self, caller: Caller, name: str) -> Response:
-        found = await self.named.delete_one(
-            caller.engine, caller.tenant_id, name, actor=caller.key_id
-        )
-        if not found:
-            raise self.missing(name)
-        self.changed(caller)
-        return Response(status_code=204)
+        @router.get("", summary=listed, response_model=paged, operation_id=ids(listing))
+        async def list_rows(
+            *, caller: Caller = reader, limit: Size = 50, cursor: ShortKeyCursor = None
+        ) -> JSONResponse:
+            rows = await self.named.list_page(
+                caller.engine, caller.tenant_id, after=cursor, limit=limit + 1
+            )
+            return JSONResponse(page([r.public() for r in rows], limit, by("name")))
+
+        @router.delete("/{name}", status_code=204, summary=deleted, operation_id=ids("delete"))
+        async def delete(*, caller: Caller = manager, name: ShortNamePath) -> Response:
+            if not await self.named.delete_one(
+                caller.engine, caller.tenant_id, name, actor=caller.key_id
+            ):
+                raise self.missing(name)
+            self.changed(caller)
+            return Response(status_code=204)

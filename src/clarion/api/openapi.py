@@ -82,9 +82,14 @@ IDEMPOTENCY_HEADER: dict[str, Any] = {
 
 
 def operation_id(route: APIRoute) -> str:
-    """``<router module>_<function name>``: stable while the code is."""
-    module = route.endpoint.__module__.rsplit(".", 1)[-1]
-    return f"{module}_{route.name}"
+    """``<router module>_<function name>``: stable while the code is. A route declared
+    for a module by shared code (api/named_routes.py) carries the id it has there."""
+    return route.operation_id or operation_id_of(route.endpoint.__module__, route.name)
+
+
+def operation_id_of(module: str, function: str) -> str:
+    """The operation id of the route that the function ``function`` of ``module`` is."""
+    return f"{module.rsplit('.', 1)[-1]}_{function}"
 
 
 def api_routes(routes: list[BaseRoute]) -> list[APIRoute]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 from pydantic import Field, ValidationError
 
 from clarion.api import provider_schemas
-from clarion.api.auth import Manager, Reader
+from clarion.api.auth import Manager
 from clarion.api.errors import describe_validation
-from clarion.api.listing import ShortKeyCursor, Size
 from clarion.api.named_routes import NamedRoutes
 from clarion.api.outputs import ProviderOut, ProviderPage
 from clarion.api.responses import JSONResponse
@@ -140,18 +139,12 @@ async def put(caller: Manager, name: ShortNamePath, body: ProviderIn) -> JSONRes
     return JSONResponse(row.public())
 
 
-@router.get("/{name}", summary="A provider (secrets shown as ***)", response_model=ProviderOut)
-async def get(caller: Reader, name: ShortNamePath) -> JSONResponse:
-    return await ROUTES.one(caller, name)
-
-
-@router.get("", summary="The tenant's providers, by name", response_model=ProviderPage)
-async def list_providers(
-    caller: Reader, limit: Size = 50, cursor: ShortKeyCursor = None
-) -> JSONResponse:
-    return await ROUTES.page(caller, limit, cursor)
-
-
-@router.delete("/{name}", status_code=204, summary="Delete a provider")
-async def delete(caller: Manager, name: ShortNamePath) -> Response:
-    return await ROUTES.delete(caller, name)
+ROUTES.declare(
+    router,
+    __name__,
+    ProviderOut,
+    ProviderPage,
+    one="A provider (secrets shown as ***)",
+    listed="The tenant's providers, by name",
+    deleted="Delete a provider",
+)

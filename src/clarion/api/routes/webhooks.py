@@ -11,11 +11,10 @@ import ipaddress
 import secrets
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 from pydantic import Field, field_validator
 
 from clarion.api.auth import Manager
-from clarion.api.listing import ShortKeyCursor, Size
 from clarion.api.named_routes import NamedRoutes
 from clarion.api.outputs import WebhookOut, WebhookPage
 from clarion.api.responses import JSONResponse
@@ -28,7 +27,7 @@ from clarion.security.secrets import MASK
 from clarion.store import webhooks as store
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
-ROUTES = NamedRoutes(store.NAMED, "webhook", lambda ctx: ctx.webhooks)
+ROUTES = NamedRoutes(store.NAMED, "webhook", lambda ctx: ctx.webhooks, reads="manage")
 
 CHOICES = (*EVENT_TYPES, ALL_EVENTS)
 
@@ -129,20 +128,12 @@ async def put(caller: Manager, name: ShortNamePath, body: WebhookBody) -> JSONRe
     return JSONResponse(row.public(secret if made and secret else MASK))
 
 
-@router.get(
-    "/{name}", summary="A status webhook (its secret shown as ***)", response_model=WebhookOut
+ROUTES.declare(
+    router,
+    __name__,
+    WebhookOut,
+    WebhookPage,
+    one="A status webhook (its secret shown as ***)",
+    listed="The tenant's status webhooks, by name",
+    deleted="Delete a status webhook",
 )
-async def get(caller: Manager, name: ShortNamePath) -> JSONResponse:
-    return await ROUTES.one(caller, name)
-
-
-@router.get("", summary="The tenant's status webhooks, by name", response_model=WebhookPage)
-async def list_webhooks(
-    caller: Manager, limit: Size = 50, cursor: ShortKeyCursor = None
-) -> JSONResponse:
-    return await ROUTES.page(caller, limit, cursor)
-
-
-@router.delete("/{name}", status_code=204, summary="Delete a status webhook")
-async def delete(caller: Manager, name: ShortNamePath) -> Response:
-    return await ROUTES.delete(caller, name)

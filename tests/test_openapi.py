@@ -95,6 +95,25 @@ async def test_idempotency_header_and_response_models(lite: Harness) -> None:
                 assert "$ref" in schema, (method, path, status)
 
 
+async def test_summaries_and_descriptions_come_from_docstrings(lite: Harness) -> None:
+    doc = await _doc(lite)
+    ops = {(m, p): op for m, p, op in _operations(doc)}
+    # The docstring's first paragraph, without its full stop; no description repeats it.
+    for (method, path), op in ops.items():
+        summary = op["summary"]
+        assert not summary.endswith("."), (method, path)
+        assert not op.get("description", "").startswith(summary), (method, path)
+    assert ops["get", "/v1/categories/{name}"]["summary"] == "A category"
+    assert "description" not in ops["get", "/v1/categories/{name}"]
+    # The paragraphs after it are the description, each on one line.
+    cancel = ops["delete", "/v1/notifications/{notification_id}"]
+    assert cancel["summary"] == "Cancel what is not sent yet"
+    assert cancel["description"].startswith("Deliveries still `queued` or `scheduled` are ")
+    assert "\n" not in cancel["description"]
+    # A description the route declares (made from constants) stays the route's.
+    assert ops["get", "/v1/stats"]["description"].startswith("Of the deliveries created in ")
+
+
 async def test_an_overlong_idempotency_key_is_refused(lite: Harness) -> None:
     await lite.put_recipient("u", email="u@example.com")
     await lite.put_template("t", {"channels": {"email": {"subject": "s", "text": "t"}}})

@@ -1,5 +1,6 @@
 """The published OpenAPI document: what FastAPI derives from the routes (with the bearer
-schemes of ``auth`` and ``inbox_auth``), plus what it cannot know — the real error body
+schemes of ``auth`` and ``inbox_auth``), each operation's summary and description from its
+function's docstring, plus what it cannot know — the real error body
 for every 4xx and 5xx, the ``Idempotency-Key`` header, stable operation ids
 (``<module>_<function>``), the provider body as a union discriminated on ``kind``
 (``provider_schemas``) and, as ``x-scopes``, the API key scopes that allow each operation
@@ -7,6 +8,7 @@ for every 4xx and 5xx, the ``Idempotency-Key`` header, stable operation ids
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -130,6 +132,24 @@ def _document_errors(operation: dict[str, Any], path: str, method: str, secured:
         entry["content"] = {"application/json": {"schema": ERROR_REF}}
 
 
+def _describe(operation: dict[str, Any], route: APIRoute) -> None:
+    """An operation declared without a summary is described by its function's docstring:
+    the first paragraph, without its full stop, is the summary; the paragraphs after it are
+    the description (unless the route declares its own), each on one line. FastAPI alone
+    would make the whole docstring the description."""
+    doc = inspect.cleandoc(route.endpoint.__doc__ or "")
+    if route.summary or not doc:
+        return
+    summary, *paragraphs = [" ".join(p.split()) for p in doc.split("\n\n")]
+    operation["summary"] = summary.removesuffix(".")
+    if operation.get("description") != doc:
+        return  # declared with the route
+    if paragraphs:
+        operation["description"] = "\n\n".join(paragraphs)
+    else:
+        del operation["description"]
+
+
 def build(app: FastAPI) -> dict[str, Any]:
     schema = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
@@ -147,10 +167,14 @@ def build(app: FastAPI) -> dict[str, Any]:
                 parameters = operation.setdefault("parameters", [])
                 if not any(p.get("name") == "Idempotency-Key" for p in parameters):
                     parameters.append(IDEMPOTENCY_HEADER)
-    scopes = {operation_id(r): _scopes(r.dependant) for r in api_routes(app.routes)}
+    routes = {operation_id(r): r for r in api_routes(app.routes)}
     for item in schema.get("paths", {}).values():
         for operation in item.values():
-            allowed = scopes.get(operation.get("operationId", ""))
+            route = routes.get(operation.get("operationId", ""))
+            if route is None:
+                continue
+            _describe(operation, route)
+            allowed = _scopes(route.dependant)
             if allowed:
                 operation["x-scopes"] = allowed
     _drop_unused(schemas, schema)

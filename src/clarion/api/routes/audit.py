@@ -19,18 +19,7 @@ router = APIRouter(tags=["audit"])
 Text = Annotated[str | None, Query(min_length=1, max_length=200)]
 
 
-@router.get(
-    "/v1/audit",
-    summary="The audit log: every change to the tenant's configuration, newest first",
-    description=(
-        "Changes to templates, providers, webhooks, categories, API keys and tenant "
-        "settings, and recipients' erasures: who (`key_id`: the API key's id, or `cli` for "
-        "the `clarion` command), what (`resource`, `name`, `action`), when (`at`) and the "
-        "fields changed (`diff`, secrets shown as `***`). Filters combine; `after` is "
-        "inclusive, `before` exclusive."
-    ),
-    response_model=AuditPage,
-)
+@router.get("/v1/audit", response_model=AuditPage)
 async def list_audit(
     caller: Admin,
     at: Newest,
@@ -41,6 +30,12 @@ async def list_audit(
     after: Annotated[datetime | None, Query(description="At or after (RFC 3339)")] = None,
     before: Annotated[datetime | None, Query(description="Before (RFC 3339)")] = None,
 ) -> JSONResponse:
+    """The audit log: every change to the tenant's configuration, newest first.
+
+    Changes to templates, providers, webhooks, categories, API keys and tenant settings, and
+    recipients' erasures: who (`key_id`: the API key's id, or `cli` for the `clarion` command),
+    what (`resource`, `name`, `action`), when (`at`) and the fields changed (`diff`, secrets
+    shown as `***`). Filters combine; `after` is inclusive, `before` exclusive."""
     low, high = time_range(after, before, ("after", "before"))
     where = store.AuditFilter(
         resource=resource.value if resource else None,

@@ -18,17 +18,13 @@ from clarion.store import categories as store
 router = APIRouter(prefix="/v1/categories", tags=["categories"])
 
 
-@router.put(
-    "/{name}",
-    summary="Create or replace a category",
-    description=(
-        "`transactional`, `marketing` and `security` always exist; storing one of them sets "
-        "its policy, but `security` stays critical (422 otherwise). `digest.window` is a "
-        "duration from `1m` to `7d` (`s`, `m`, `h`, `d` units)."
-    ),
-    response_model=CategoryOut,
-)
+@router.put("/{name}", response_model=CategoryOut)
 async def put(caller: Manager, name: ShortNamePath, body: CategoryIn) -> JSONResponse:
+    """Create or replace a category.
+
+    `transactional`, `marketing` and `security` always exist; storing one of them sets its
+    policy, but `security` stays critical (422 otherwise). `digest.window` is a duration from
+    `1m` to `7d` (`s`, `m`, `h`, `d` units)."""
     policy = body.model_dump(mode="json")
     if body.default_channels is not None:
         policy["default_channels"] = list(dict.fromkeys(policy["default_channels"]))
@@ -39,19 +35,19 @@ async def put(caller: Manager, name: ShortNamePath, body: CategoryIn) -> JSONRes
     return JSONResponse(found)
 
 
-@router.get("/{name}", summary="A category", response_model=CategoryOut)
+@router.get("/{name}", response_model=CategoryOut)
 async def get(caller: Reader, name: ShortNamePath) -> JSONResponse:
+    """A category."""
     found = await store.get(caller.engine, caller.tenant_id, name)
     return JSONResponse(or_404(found, f"no category {name!r}"))
 
 
-@router.get(
-    "", summary="The tenant's categories, built-ins included, by name", response_model=CategoryPage
-)
+@router.get("", response_model=CategoryPage)
 async def list_categories(
     caller: Reader,
     limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=100, pattern=NAME_PATTERN)] = None,
 ) -> JSONResponse:
+    """The tenant's categories, built-ins included, by name."""
     rows = await store.list_(caller.engine, caller.tenant_id, after=cursor, limit=limit + 1)
     return JSONResponse(page(rows, limit, by("name")))

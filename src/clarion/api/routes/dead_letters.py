@@ -40,7 +40,7 @@ class ReplayFilter(Body):
     limit: int = Field(default=store.MAX_REPLAY, ge=1, le=store.MAX_REPLAY)
 
 
-@router.get("", summary="Dead deliveries, newest first", response_model=DeadLetterPage)
+@router.get("", response_model=DeadLetterPage)
 async def list_dead_letters(
     caller: Admin,
     channel: Channel | None = None,
@@ -50,6 +50,7 @@ async def list_dead_letters(
     limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=300)] = None,
 ) -> JSONResponse:
+    """Dead deliveries, newest first."""
     filters = store.DeadFilter(
         caller.tenant_id,
         channel=channel.value if channel else None,
@@ -74,15 +75,11 @@ async def _publish(ctx: Context, rows: list[dict[str, Any]]) -> None:
     ctx.made_progress()
 
 
-@router.post(
-    "/replay",
-    status_code=202,
-    summary="Replay the dead deliveries that match",
-    response_model=ReplayResult,
-)
+@router.post("/replay", status_code=202, response_model=ReplayResult)
 async def replay_matching(
     request: Request, caller: Admin, body: ReplayFilter | None = None
 ) -> JSONResponse:
+    """Replay the dead deliveries that match."""
     body = body or ReplayFilter()
     ctx = caller.ctx
 
@@ -107,15 +104,11 @@ async def replay_matching(
     )
 
 
-@router.post(
-    "/{delivery_id}/replay",
-    status_code=202,
-    summary="Replay one dead delivery",
-    response_model=DeadLetter,
-)
+@router.post("/{delivery_id}/replay", status_code=202, response_model=DeadLetter)
 async def replay_one(
     request: Request, caller: Admin, delivery_id: Annotated[str, Path(max_length=100)]
 ) -> JSONResponse:
+    """Replay one dead delivery."""
     ctx = caller.ctx
 
     async def handler() -> tuple[int, Any]:

@@ -17,20 +17,19 @@ router = APIRouter(tags=["operations"])
 _CHECK_TIMEOUT = 3.0
 
 
-@router.get("/healthz", summary="The process is alive", response_model=Health)
+@router.get("/healthz", response_model=Health)
 async def healthz() -> JSONResponse:
+    """The process is alive."""
     return JSONResponse({"status": "ok"})
 
 
-@router.get(
-    "/readyz",
-    summary="The database, the broker and the shared-state Redis answer",
-    response_model=Ready,
-)
+@router.get("/readyz", response_model=Ready)
 async def readyz(request: Request) -> JSONResponse:
-    """``checks`` names each component: ``ok``, or ``unavailable (server): Error``. With a
-    Redis for rate limits, breakers and live inbox events (one client for the three), each
-    of those is a check of its own."""
+    """The database, the broker and the shared-state Redis answer.
+
+    ``checks`` names each component: ``ok``, or ``unavailable (server): Error``. With a Redis for
+    rate limits, breakers and live inbox events (one client for the three), each of those is a
+    check of its own."""
     ctx = request.app.state.ctx
     checks: dict[str, str] = {}
     checks["database"] = await _check(ping(ctx.engine), ctx.engine.dialect.name)

@@ -57,21 +57,17 @@ async def _inbox(request: Request, claims: Annotated[RecipientClaims, Depends(re
 Reader = Annotated[Inbox, Depends(_inbox)]
 
 
-@router.get(
-    "",
-    summary="The recipient's inbox, newest first",
-    description=(
-        "`status`: `unread`, `read`, `archived`, or `all`; without it, everything not "
-        "archived. Snoozed messages are left out until their time comes."
-    ),
-    response_model=InboxPage,
-)
+@router.get("", response_model=InboxPage)
 async def list_inbox(
     who: Reader,
     status: Literal["unread", "read", "archived", "all"] | None = None,
     limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=300)] = None,
 ) -> JSONResponse:
+    """The recipient's inbox, newest first.
+
+    `status`: `unread`, `read`, `archived`, or `all`; without it, everything not archived.
+    Snoozed messages are left out until their time comes."""
     data, following = await store.page(
         who.gate.engine,
         *who.owner,
@@ -83,39 +79,34 @@ async def list_inbox(
     return JSONResponse({"data": data, "next_cursor": cursor_of(following) if following else None})
 
 
-@router.get(
-    "/count",
-    summary="Unread, unseen and total messages (archived and snoozed apart)",
-    response_model=InboxCounts,
-)
+@router.get("/count", response_model=InboxCounts)
 async def count(who: Reader) -> JSONResponse:
+    """Unread, unseen and total messages (archived and snoozed apart)."""
     return JSONResponse(await store.counts(who.gate.engine, *who.owner))
 
 
-@router.post(
-    "/ticket",
-    summary="A single-use ticket for a live connection's URL",
-    description=(
-        "Browsers cannot send a header when they open `/v1/inbox/stream` (EventSource) or "
-        "`/v1/inbox/ws` (WebSocket): they put this ticket in the URL as `?ticket=` instead "
-        "of the token, which a URL would leave in proxies' and servers' logs. A ticket "
-        "opens one connection, within 60 seconds (or before its token expires, if "
-        "sooner), for the token's recipient; the connection lives as long as the token."
-    ),
-    response_model=InboxTicket,
-)
+@router.post("/ticket", response_model=InboxTicket)
 async def ticket(who: Reader) -> JSONResponse:
+    """A single-use ticket for a live connection's URL.
+
+    Browsers cannot send a header when they open `/v1/inbox/stream` (EventSource) or
+    `/v1/inbox/ws` (WebSocket): they put this ticket in the URL as `?ticket=` instead of the
+    token, which a URL would leave in proxies' and servers' logs. A ticket opens one connection,
+    within 60 seconds (or before its token expires, if sooner), for the token's recipient; the
+    connection lives as long as the token."""
     issued, expires_at = await who.gate.ticket(who.claims)
     return JSONResponse({"ticket": issued, "expires_at": store.stamp(expires_at)})
 
 
-@router.post("/read-all", summary="Mark every unread message read", response_model=Updated)
+@router.post("/read-all", response_model=Updated)
 async def read_all(who: Reader) -> JSONResponse:
+    """Mark every unread message read."""
     return await _change_all(who, "read")
 
 
-@router.post("/archive-read", summary="Archive every read message", response_model=Updated)
+@router.post("/archive-read", response_model=Updated)
 async def archive_read(who: Reader) -> JSONResponse:
+    """Archive every read message."""
     return await _change_all(who, "archive")
 
 
@@ -126,12 +117,9 @@ async def _change_all(who: Inbox, action: str) -> JSONResponse:
     return JSONResponse({"updated": changed})
 
 
-@router.post(
-    "/{message_id}/snooze",
-    summary="Hide a message until a time; it comes back then",
-    response_model=InboxMessage,
-)
+@router.post("/{message_id}/snooze", response_model=InboxMessage)
 async def snooze(who: Reader, message_id: MessageId, body: SnoozeIn) -> JSONResponse:
+    """Hide a message until a time; it comes back then."""
     if body.until <= utcnow():
         raise ValidationFailed(
             "until must be in the future",
@@ -141,12 +129,9 @@ async def snooze(who: Reader, message_id: MessageId, body: SnoozeIn) -> JSONResp
     return await _changed_one(who, message_id, "snooze", found)
 
 
-@router.post(
-    "/{message_id}/{action}",
-    summary="Mark one message read, unread, seen, archived or not",
-    response_model=InboxMessage,
-)
+@router.post("/{message_id}/{action}", response_model=InboxMessage)
 async def change(who: Reader, message_id: MessageId, action: Action) -> JSONResponse:
+    """Mark one message read, unread, seen, archived or not."""
     found = await changes.change(who.gate.engine, *who.owner, message_id, action)
     return await _changed_one(who, message_id, action, found)
 

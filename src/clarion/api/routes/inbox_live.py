@@ -96,7 +96,6 @@ def _clean_id(value: str | None) -> str | None:
 
 @router.get(
     "/stream",
-    summary="Live inbox events (Server-Sent Events)",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
@@ -106,6 +105,7 @@ async def stream(
     last_event_id: Annotated[str | None, Header(max_length=200)] = None,
     after: Annotated[str | None, Query(max_length=40)] = None,
 ) -> StreamingResponse:
+    """Live inbox events (Server-Sent Events)."""
     gate: InboxGate = request.app.state.ctx.inbox
     heartbeat = request.app.state.ctx.settings.inbox_heartbeat
     resume_after = _clean_id(last_event_id) or _clean_id(after)

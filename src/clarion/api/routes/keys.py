@@ -58,30 +58,23 @@ class KeyIn(Body):
         return sorted(set(value))
 
 
-@router.get(
-    "",
-    summary="The tenant's API keys, newest first (never their secrets)",
-    description="Revoked keys are listed too, with `revoked_at`.",
-    response_model=ApiKeyPage,
-)
+@router.get("", response_model=ApiKeyPage)
 async def list_keys(caller: Admin, at: Newest) -> JSONResponse:
+    """The tenant's API keys, newest first (never their secrets).
+
+    Revoked keys are listed too, with `revoked_at`."""
     rows = await store.list_keys_page(caller.engine, caller.tenant_id, at.position, at.read)
     return JSONResponse(at.page(rows))
 
 
-@router.post(
-    "",
-    status_code=201,
-    summary="Create an API key; its secret is in this answer only",
-    description=(
-        "The answer's `secret` is the whole key; Clarion keeps only its hash and never "
-        "shows it again. A key grants only scopes the calling key holds (403 "
-        "`insufficient_scope` otherwise). No `Idempotency-Key`: an answer holding a secret "
-        "is never stored, so a retried creation makes another key."
-    ),
-    response_model=ApiKeyCreated,
-)
+@router.post("", status_code=201, response_model=ApiKeyCreated)
 async def create(caller: Admin, body: KeyIn) -> JSONResponse:
+    """Create an API key; its secret is in this answer only.
+
+    The answer's `secret` is the whole key; Clarion keeps only its hash and never shows it again.
+    A key grants only scopes the calling key holds (403 `insufficient_scope` otherwise). No
+    `Idempotency-Key`: an answer holding a secret is never stored, so a retried creation makes
+    another key."""
     wanted = [s.value for s in body.scopes]
     missing = [s for s in wanted if s not in caller.scopes]
     if missing:
@@ -103,15 +96,14 @@ async def create(caller: Admin, body: KeyIn) -> JSONResponse:
 @router.delete(
     "/{key_id}",
     status_code=204,
-    summary="Revoke an API key",
-    description=(
-        "Refused at once by this process and by every other within 30 seconds. Revoking "
-        "a revoked key changes nothing (204). The key making the request cannot revoke "
-        "itself: 409 `cannot_revoke_own_key`."
-    ),
     responses={409: {"description": "The key would revoke itself (`cannot_revoke_own_key`)"}},
 )
 async def revoke(request: Request, caller: Admin, key_id: KeyId) -> Response:
+    """Revoke an API key.
+
+    Refused at once by this process and by every other within 30 seconds. Revoking a revoked key
+    changes nothing (204). The key making the request cannot revoke itself: 409
+    `cannot_revoke_own_key`."""
     if key_id == caller.key_id:
         raise Conflict(
             "a key cannot revoke itself: use another admin key, or `clarion keys revoke`",

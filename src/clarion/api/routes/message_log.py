@@ -32,11 +32,7 @@ async def created(created_after: After = None, created_before: Before = None) ->
 Created = Annotated[store.TimeRange, Depends(created)]
 
 
-@router.get(
-    "/v1/notifications",
-    summary="The message log: notifications, newest first",
-    response_model=NotificationPage,
-)
+@router.get("/v1/notifications", response_model=NotificationPage)
 async def list_notifications(
     caller: Reader,
     created: Created,
@@ -46,9 +42,11 @@ async def list_notifications(
     recipient_id: Text = None,
     category: Text = None,
 ) -> JSONResponse:
-    """Each item carries `totals` (deliveries per status) and the aggregate `status`;
-    `recipient_id` matches notifications with a delivery planned for that recipient,
-    `category` those whose template is (or was) of that category."""
+    """The message log: notifications, newest first.
+
+    Each item carries `totals` (deliveries per status) and the aggregate `status`; `recipient_id`
+    matches notifications with a delivery planned for that recipient, `category` those whose
+    template is (or was) of that category."""
     where = store.NotificationFilter(
         status=status.value if status else None,
         template=template,
@@ -62,11 +60,7 @@ async def list_notifications(
     return JSONResponse(at.page(rows))
 
 
-@router.get(
-    "/v1/deliveries",
-    summary="The message log: deliveries across notifications, newest first",
-    response_model=DeliveryPage,
-)
+@router.get("/v1/deliveries", response_model=DeliveryPage)
 async def list_deliveries(
     caller: Reader,
     created: Created,
@@ -80,6 +74,7 @@ async def list_deliveries(
     template: Text = None,
     category: Text = None,
 ) -> JSONResponse:
+    """The message log: deliveries across notifications, newest first."""
     where = store.DeliveryFilter(
         status=status.value if status else None,
         channel=channel.value if channel else None,
@@ -95,11 +90,8 @@ async def list_deliveries(
     return JSONResponse(at.page(rows))
 
 
-@router.get(
-    "/v1/deliveries/{delivery_id}",
-    summary="One delivery with its timeline",
-    response_model=DeliveryDetail,
-)
+@router.get("/v1/deliveries/{delivery_id}", response_model=DeliveryDetail)
 async def get_delivery(caller: Reader, delivery_id: str) -> JSONResponse:
+    """One delivery with its timeline."""
     found = await store.get_delivery(caller.engine, caller.tenant_id, delivery_id)
     return JSONResponse(or_404(found, f"no delivery {delivery_id!r}"))

@@ -11,8 +11,9 @@ from clarion.pipeline.scrape import CONTENT_TYPE, Sources, exposition
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", summary="Prometheus metrics of this process", include_in_schema=False)
+@router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this process."""
     if not hooks.ENABLED:
         raise NotFound("Metrics are off on this process (CLARION_METRICS=off).")
     sources: Sources = request.app.state.metrics_sources

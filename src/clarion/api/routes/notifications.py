@@ -61,13 +61,9 @@ def _accepted(outcome: store.Accepted) -> dict[str, Any]:
     return {"id": outcome.id, "status": status}
 
 
-@router.post(
-    "",
-    status_code=202,
-    summary="Accept one notification",
-    response_model=NotificationAccepted,
-)
+@router.post("", status_code=202, response_model=NotificationAccepted)
 async def create(request: Request, caller: Sender, item: NotificationIn) -> JSONResponse:
+    """Accept one notification."""
     # Most requests to this route are answered by api/send_one.py, in front of FastAPI,
     # through the same function; this route answers the rest (and documents it).
     return await accept_one(request.app.state, caller.tenant_id, item, header_key(request))
@@ -110,15 +106,11 @@ def _parse_items(
     return news, positions, refused
 
 
-@router.post(
-    "/batch",
-    status_code=202,
-    summary="Accept up to 1,000 notifications",
-    response_model=BatchResults,
-)
+@router.post("/batch", status_code=202, response_model=BatchResults)
 async def create_batch(
     request: Request, caller: Sender, batch: NotificationBatchIn
 ) -> JSONResponse:
+    """Accept up to 1,000 notifications."""
     if len(batch.notifications) > MAX_BATCH:
         raise ValidationFailed(
             f"a batch holds at most {MAX_BATCH} notifications", code="batch_too_large"
@@ -146,41 +138,31 @@ async def create_batch(
     return limits.apply(response)
 
 
-@router.get(
-    "/{notification_id}",
-    summary="A notification and its deliveries",
-    response_model=NotificationDetail,
-)
+@router.get("/{notification_id}", response_model=NotificationDetail)
 async def get(caller: Reader, notification_id: str) -> JSONResponse:
+    """A notification and its deliveries."""
     found = await store.get_with_deliveries(caller.engine, caller.tenant_id, notification_id)
     return JSONResponse(or_404(found, f"no notification {notification_id!r}"))
 
 
-@router.get(
-    "/{notification_id}/deliveries",
-    summary="A notification's deliveries, paged",
-    response_model=NotificationDeliveryPage,
-)
+@router.get("/{notification_id}/deliveries", response_model=NotificationDeliveryPage)
 async def deliveries(
     caller: Reader, notification_id: str, limit: Size = 100, cursor: IdCursor = None
 ) -> JSONResponse:
+    """A notification's deliveries, paged."""
     rows = await store.deliveries_page(
         caller.engine, caller.tenant_id, notification_id, cursor, limit + 1
     )
     return JSONResponse(page(or_404(rows, f"no notification {notification_id!r}"), limit, by("id")))
 
 
-@router.delete(
-    "/{notification_id}",
-    status_code=202,
-    summary="Cancel what is not sent yet",
-    description="Deliveries still `queued` or `scheduled` are cancelled; those whose attempt "
-    "was already under way (`sending`) may still go out. The answer counts both in "
-    '`"cancel": {"cancelled", "in_flight"}`; the status reads `cancelling` while any is in '
-    "flight, then `cancelled`.",
-    response_model=NotificationDetail,
-)
+@router.delete("/{notification_id}", status_code=202, response_model=NotificationDetail)
 async def cancel(caller: Sender, notification_id: str) -> JSONResponse:
+    """Cancel what is not sent yet.
+
+    Deliveries still `queued` or `scheduled` are cancelled; those whose attempt was already under
+    way (`sending`) may still go out. The answer counts both in `"cancel": {"cancelled",
+    "in_flight"}`; the status reads `cancelling` while any is in flight, then `cancelled`."""
     if not await store.cancel(caller.engine, caller.tenant_id, notification_id):
         raise NotFound(f"no notification {notification_id!r}")
     found = await store.get_with_deliveries(caller.engine, caller.tenant_id, notification_id)

@@ -37,11 +37,12 @@ class UnsupportedMediaType(ApiError):
 @router.post(
     "/{name}/callbacks",
     status_code=204,
-    summary="Delivery status reports from a provider (Twilio status callbacks)",
     responses={403: {"description": "the signature is missing or wrong"}},
 )
 async def provider_callback(request: Request, name: Name, tenant: Id, delivery: Id) -> Response:
-    """Records a signed Twilio status report: ``delivered`` marks the delivery delivered,
+    """Delivery status reports from a provider (Twilio status callbacks).
+
+    Records a signed Twilio status report: ``delivered`` marks the delivery delivered,
     ``failed``/``undelivered`` marks it failed (``provider_rejected``); other statuses change
     nothing. Only a sent delivery changes. Answers 204."""
     spec = await request.app.state.ctx.providers.spec(tenant, name)

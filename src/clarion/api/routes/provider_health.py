@@ -15,17 +15,15 @@ from clarion.resilience.breaker import CLOSED, BreakerStatus
 router = APIRouter(prefix="/v1/health", tags=["providers"])
 
 
-@router.get(
-    "/providers",
-    summary="Circuit breaker state of each provider that sent lately",
-    response_model=ProviderHealth,
-)
+@router.get("/providers", response_model=ProviderHealth)
 async def provider_health(caller: Reader) -> JSONResponse:
-    """Each provider of the tenant that has been called: ``state`` is ``closed``, ``open``
-    or ``half_open``. Closed: ``calls``, ``failures`` and ``failure_rate`` cover the
-    breaker's rolling window (``window_seconds``); open or half-open: they are the figures
-    that opened it, at ``opened_at``. ``retry_in`` is the seconds until an open breaker lets
-    a probe through, at ``next_probe_at``."""
+    """Circuit breaker state of each provider that sent lately.
+
+    Each provider of the tenant that has been called: ``state`` is ``closed``, ``open`` or
+    ``half_open``. Closed: ``calls``, ``failures`` and ``failure_rate`` cover the breaker's
+    rolling window (``window_seconds``); open or half-open: they are the figures that opened it,
+    at ``opened_at``. ``retry_in`` is the seconds until an open breaker lets a probe through, at
+    ``next_probe_at``."""
     ctx = caller.ctx
     breakers = ctx.resilience.breakers
     states = await breakers.states(caller.tenant_id)

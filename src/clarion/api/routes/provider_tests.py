@@ -39,19 +39,15 @@ class ProviderTestIn(Body):
     recipient_id: RecipientId
 
 
-@router.post(
-    "/{name}/test",
-    summary="Send a test message through one provider, to a recipient",
-    description=(
-        "Needs the `manage` scope. The message goes to the recipient's address on the "
-        "provider's channel (422 `no_address` when there is none), whether the provider is "
-        "enabled or not, without retries and without counting toward its circuit breaker. "
-        '200 with `{"ok": true, "provider_message_id"}` when the service took it, '
-        '`{"ok": false, "error", "reason", "transient"}` when it did not.'
-    ),
-    response_model=ProviderTestOut,
-)
+@router.post("/{name}/test", response_model=ProviderTestOut)
 async def test_provider(caller: Manager, name: ShortNamePath, body: ProviderTestIn) -> JSONResponse:
+    """Send a test message through one provider, to a recipient.
+
+    Needs the `manage` scope. The message goes to the recipient's address on the provider's
+    channel (422 `no_address` when there is none), whether the provider is enabled or not,
+    without retries and without counting toward its circuit breaker. 200 with `{"ok": true,
+    "provider_message_id"}` when the service took it, `{"ok": false, "error", "reason",
+    "transient"}` when it did not."""
     ctx = caller.ctx
     spec = await ctx.providers.spec(caller.tenant_id, name)
     if spec is None:

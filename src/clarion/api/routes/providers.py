@@ -104,19 +104,14 @@ def _validated(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-@router.put(
-    "/{name}",
-    summary="Create or replace a provider",
-    description=(
-        'Secret fields of `config` are encrypted at rest and shown as `"***"`; sending '
-        '`"***"` back keeps the stored value. `sandbox`, `webhook` and `inapp` are the '
-        "built-in providers' names and cannot be used. Without a secret key in the "
-        "deployment, a provider with credentials is refused with 503 `secret_key_missing`."
-    ),
-    response_model=ProviderOut,
-    openapi_extra=provider_schemas.OPENAPI_EXTRA,
-)
+@router.put("/{name}", response_model=ProviderOut, openapi_extra=provider_schemas.OPENAPI_EXTRA)
 async def put(caller: Manager, name: ShortNamePath, body: ProviderIn) -> JSONResponse:
+    """Create or replace a provider.
+
+    Secret fields of `config` are encrypted at rest and shown as `"***"`; sending `"***"` back
+    keeps the stored value. `sandbox`, `webhook` and `inapp` are the built-in providers' names
+    and cannot be used. Without a secret key in the deployment, a provider with credentials is
+    refused with 503 `secret_key_missing`."""
     if name in BUILT_IN:
         raise ValidationFailed(f"{name!r} is a built-in provider's name", code="reserved_name")
     _check_kind(body)

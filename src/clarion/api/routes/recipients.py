@@ -40,8 +40,9 @@ Issuer = Annotated[Caller, Depends(require("manage", "send"))]
 RecipientPath = Annotated[str, Path(min_length=1, max_length=200)]
 
 
-@router.put("/{recipient_id}", summary="Create or replace a recipient", response_model=RecipientOut)
+@router.put("/{recipient_id}", response_model=RecipientOut)
 async def put(caller: Manager, recipient_id: RecipientPath, body: RecipientIn) -> JSONResponse:
+    """Create or replace a recipient."""
     await store.upsert_many(
         caller.engine, caller.tenant_id, [{"id": recipient_id, **body.to_row()}]
     )
@@ -49,16 +50,16 @@ async def put(caller: Manager, recipient_id: RecipientPath, body: RecipientIn) -
     return JSONResponse(found)
 
 
-@router.get("/{recipient_id}", summary="A recipient", response_model=RecipientOut)
+@router.get("/{recipient_id}", response_model=RecipientOut)
 async def get(caller: Reader, recipient_id: RecipientPath) -> JSONResponse:
+    """A recipient."""
     found = await store.get(caller.engine, caller.tenant_id, recipient_id)
     return JSONResponse(or_404(found, f"no recipient {recipient_id!r}"))
 
 
-@router.post(
-    "/batch", summary="Create or replace up to 1,000 recipients", response_model=BatchResults
-)
+@router.post("/batch", response_model=BatchResults)
 async def batch(request: Request, caller: Manager, body: RecipientBatchIn) -> JSONResponse:
+    """Create or replace up to 1,000 recipients."""
     if len(body.recipients) > MAX_BATCH:
         raise ValidationFailed(
             f"a batch holds at most {MAX_BATCH} recipients", code="batch_too_large"
@@ -88,21 +89,16 @@ async def batch(request: Request, caller: Manager, body: RecipientBatchIn) -> JS
     return await idempotent(request, caller.tenant_id, "recipients.batch", body.recipients, handler)
 
 
-@router.delete(
-    "/{recipient_id}",
-    status_code=204,
-    summary="Erase a recipient",
-    description=(
-        "Removes the recipient's contact data, tokens, subscriptions, preferences, data, "
-        "inbox and sandbox captures; deliveries are kept for counts but lose their address, "
-        "content, errors and any link to the recipient's id (their own ids change too, as "
-        "they derive from it). Deliveries still waiting become `suppressed` (`cancelled`); "
-        "dead letters become `failed`. Recurring schedules stop listing it (one addressed "
-        "to it alone is deleted). On SQLite the freed pages are overwritten "
-        "(`secure_delete`)."
-    ),
-)
+@router.delete("/{recipient_id}", status_code=204)
 async def erase(caller: Manager, recipient_id: RecipientPath) -> Response:
+    """Erase a recipient.
+
+    Removes the recipient's contact data, tokens, subscriptions, preferences, data, inbox and
+    sandbox captures; deliveries are kept for counts but lose their address, content, errors and
+    any link to the recipient's id (their own ids change too, as they derive from it). Deliveries
+    still waiting become `suppressed` (`cancelled`); dead letters become `failed`. Recurring
+    schedules stop listing it (one addressed to it alone is deleted). On SQLite the freed pages
+    are overwritten (`secure_delete`)."""
     ctx = caller.ctx
     erased_at = await erasure.erase(ctx.engine, caller.tenant_id, recipient_id, actor=caller.key_id)
     if erased_at is None:
@@ -116,21 +112,16 @@ class TokenIn(Body):
     expires_in: int = Field(default=inbox_tokens.DEFAULT_TTL, ge=60, le=inbox_tokens.MAX_TTL)
 
 
-@router.post(
-    "/{recipient_id}/token",
-    summary="A recipient token for the recipient's inbox",
-    description=(
-        "A signed token that lets an end user's browser or app read this recipient's inbox "
-        "(`/v1/inbox`, its live stream and WebSocket) and nothing else. `expires_in` in "
-        "seconds: 86,400 by default, at most 2,592,000 (30 days). Revoked by "
-        "`clarion keys rotate-inbox-secret TENANT` or by erasing the recipient. Needs the "
-        "`manage` or `send` scope."
-    ),
-    response_model=RecipientToken,
-)
+@router.post("/{recipient_id}/token", response_model=RecipientToken)
 async def token(
     caller: Issuer, recipient_id: RecipientPath, body: TokenIn | None = None
 ) -> JSONResponse:
+    """A recipient token for the recipient's inbox.
+
+    A signed token that lets an end user's browser or app read this recipient's inbox
+    (`/v1/inbox`, its live stream and WebSocket) and nothing else. `expires_in` in seconds:
+    86,400 by default, at most 2,592,000 (30 days). Revoked by `clarion keys rotate-inbox-secret
+    TENANT` or by erasing the recipient. Needs the `manage` or `send` scope."""
     ctx = caller.ctx
     if await store.get(ctx.engine, caller.tenant_id, recipient_id) is None:
         raise NotFound(f"no recipient {recipient_id!r}")
@@ -141,7 +132,6 @@ async def token(
 
 @router.get(
     "/{recipient_id}/export",
-    summary="Everything stored about a recipient",
     description=(
         f"The recipient, its preferences, inbox messages, deliveries and sandbox captures, "
         f"the newest {erasure.EXPORT_LIMIT:,} of each list; `truncated` is true when a list "
@@ -150,32 +140,26 @@ async def token(
     response_model=RecipientExport,
 )
 async def export(caller: Reader, recipient_id: RecipientPath) -> JSONResponse:
+    """Everything stored about a recipient."""
     found = await erasure.export(caller.engine, caller.tenant_id, recipient_id)
     return JSONResponse(or_404(found, f"no recipient {recipient_id!r}"))
 
 
-@router.get(
-    "/{recipient_id}/preferences",
-    summary="A recipient's preferences",
-    response_model=PreferencesOut,
-)
+@router.get("/{recipient_id}/preferences", response_model=PreferencesOut)
 async def get_preferences(caller: Reader, recipient_id: RecipientPath) -> JSONResponse:
+    """A recipient's preferences."""
     found = await store.get_preferences(caller.engine, caller.tenant_id, recipient_id)
     return JSONResponse(or_404(found, f"no recipient {recipient_id!r}"))
 
 
-@router.put(
-    "/{recipient_id}/preferences",
-    summary="Replace a recipient's preferences",
-    description=(
-        "A category's own setting wins over the channel-wide one; a critical category ignores "
-        "both. Categories must exist (422 `unknown_category`)."
-    ),
-    response_model=PreferencesOut,
-)
+@router.put("/{recipient_id}/preferences", response_model=PreferencesOut)
 async def put_preferences(
     caller: Manager, recipient_id: RecipientPath, body: PreferencesIn
 ) -> JSONResponse:
+    """Replace a recipient's preferences.
+
+    A category's own setting wins over the channel-wide one; a critical category ignores both.
+    Categories must exist (422 `unknown_category`)."""
     named = set(body.categories)
     missing = sorted(named - await category_store.known(caller.engine, caller.tenant_id, named))
     if missing:

@@ -16,9 +16,7 @@ from clarion.store import messages as store
 router = APIRouter(prefix="/v1/sandbox", tags=["sandbox"])
 
 
-@router.get(
-    "/messages", summary="Messages captured by the sandbox provider", response_model=SandboxPage
-)
+@router.get("/messages", response_model=SandboxPage)
 async def list_messages(
     caller: Reader,
     channel: Channel | None = None,
@@ -26,6 +24,7 @@ async def list_messages(
     limit: Size = 50,
     cursor: ShortKeyCursor = None,
 ) -> JSONResponse:
+    """Messages captured by the sandbox provider."""
     rows = await store.list_sandbox_messages(
         caller.engine,
         caller.tenant_id,

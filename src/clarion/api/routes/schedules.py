@@ -85,8 +85,9 @@ async def _timing(
     return fired_through, following
 
 
-@router.put("/{name}", summary="Create or replace a recurring schedule", response_model=ScheduleOut)
+@router.put("/{name}", response_model=ScheduleOut)
 async def put(caller: Manager, name: NamePath, body: ScheduleIn) -> JSONResponse:
+    """Create or replace a recurring schedule."""
     ctx = caller.ctx
     await _check_references(ctx, caller.tenant_id, body)
     now = ctx.clock()
@@ -120,33 +121,33 @@ async def put(caller: Manager, name: NamePath, body: ScheduleIn) -> JSONResponse
     return JSONResponse(found)
 
 
-@router.get("/{name}", summary="A recurring schedule", response_model=ScheduleOut)
+@router.get("/{name}", response_model=ScheduleOut)
 async def get(caller: Reader, name: NamePath) -> JSONResponse:
+    """A recurring schedule."""
     found = await store.get(caller.engine, caller.tenant_id, name)
     return JSONResponse(or_404(found, f"no schedule {name!r}"))
 
 
-@router.get("", summary="The tenant's schedules, in name order", response_model=SchedulePage)
+@router.get("", response_model=SchedulePage)
 async def listing(caller: Reader, limit: Size = 100, cursor: NameCursor = None) -> JSONResponse:
+    """The tenant's schedules, in name order."""
     rows = await store.page(caller.engine, caller.tenant_id, cursor, limit + 1)
     return JSONResponse(page(rows, limit, by("name")))
 
 
-@router.delete("/{name}", status_code=204, summary="Delete a schedule and its run history")
+@router.delete("/{name}", status_code=204)
 async def delete(caller: Manager, name: NamePath) -> Response:
+    """Delete a schedule and its run history."""
     if not await store.remove(caller.engine, caller.tenant_id, name, actor=caller.key_id):
         raise NotFound(f"no schedule {name!r}")
     return Response(status_code=204)
 
 
-@router.get(
-    "/{name}/runs",
-    summary="A schedule's runs, newest first",
-    response_model=ScheduleRunPage,
-)
+@router.get("/{name}/runs", response_model=ScheduleRunPage)
 async def history(
     caller: Reader, name: NamePath, limit: Size = 100, cursor: IdCursor = None
 ) -> JSONResponse:
+    """A schedule's runs, newest first."""
     if await store.get(caller.engine, caller.tenant_id, name) is None:
         raise NotFound(f"no schedule {name!r}")
     rows = await runs.page(caller.engine, caller.tenant_id, name, cursor, limit + 1)

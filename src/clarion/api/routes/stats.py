@@ -20,7 +20,6 @@ router = APIRouter(prefix="/v1/stats", tags=["operations"])
 
 @router.get(
     "",
-    summary="Deliveries per minute and channel, latency and breaker states, lately",
     description=(
         "Of the deliveries created in the last `minutes` (1 to 60), per minute and channel: "
         "`accepted` (created), `sent` (sent or delivered) and `failed` (failed or dead); p50 "
@@ -34,6 +33,7 @@ async def stats(
     caller: Reader,
     minutes: Annotated[int, Query(ge=1, le=60, description="The window, in minutes")] = 60,
 ) -> JSONResponse:
+    """Deliveries per minute and channel, latency and breaker states, lately."""
     ctx = caller.ctx
     now = utcnow()
     window = await store.window(ctx.engine, caller.tenant_id, now, minutes)

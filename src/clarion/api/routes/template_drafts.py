@@ -20,17 +20,13 @@ class DraftPreviewIn(PreviewIn):
     template: TemplateIn
 
 
-@router.post(
-    "/preview",
-    summary="Render a draft template without storing or sending anything",
-    description=(
-        "`template` is a body `PUT /v1/templates/{name}` would take; it is checked the same "
-        "way (422 `template_error`, `unknown_category`, ...) and rendered like "
-        "`POST /v1/templates/{name}/preview` renders a stored one. Nothing is stored."
-    ),
-    response_model=DraftPreviewOut,
-)
+@router.post("/preview", response_model=DraftPreviewOut)
 async def preview_draft(caller: Reader, body: DraftPreviewIn) -> JSONResponse:
+    """Render a draft template without storing or sending anything.
+
+    `template` is a body `PUT /v1/templates/{name}` would take; it is checked the same way (422
+    `template_error`, `unknown_category`, ...) and rendered like `POST
+    /v1/templates/{name}/preview` renders a stored one. Nothing is stored."""
     if body.version is not None:
         raise ValidationFailed(
             "a draft has no versions", details=[{"field": "version", "message": "not allowed"}]

@@ -42,12 +42,9 @@ LocaleTag = Annotated[
 ]
 
 
-@router.put(
-    "/{name}",
-    summary="Store a new version of a template and make it active",
-    response_model=TemplateStored,
-)
+@router.put("/{name}", response_model=TemplateStored)
 async def put(caller: Manager, name: NamePath, body: TemplateIn) -> JSONResponse:
+    """Store a new version of a template and make it active."""
     channels, locales, _ = await checked(caller, body)
     version = await store.put(
         caller.engine,
@@ -125,12 +122,9 @@ def _fallbacks(body: TemplateIn, channels: dict[str, Any]) -> dict[str, str]:
     return fallbacks
 
 
-@router.get(
-    "/{name}",
-    summary="The active version of a template, or the one asked for",
-    response_model=TemplateVersionOut,
-)
+@router.get("/{name}", response_model=TemplateVersionOut)
 async def get(caller: Reader, name: NamePath, version: Version = None) -> JSONResponse:
+    """The active version of a template, or the one asked for."""
     found = await store.get(caller.engine, caller.tenant_id, name, version)
     if found is None:
         what = f"version {version} of template {name!r}" if version else f"template {name!r}"
@@ -149,24 +143,22 @@ def _compiled(category: str, channels: dict[str, Any], locales: dict[str, Any]) 
         ) from exc
 
 
-@router.get("", summary="List templates by name (cursor-paginated)", response_model=TemplatePage)
+@router.get("", response_model=TemplatePage)
 async def list_templates(
     caller: Reader, limit: Size = 50, cursor: KeyCursor = None
 ) -> JSONResponse:
+    """List templates by name (cursor-paginated)."""
     rows = await store.list_templates(
         caller.engine, caller.tenant_id, after=cursor, limit=limit + 1
     )
     return JSONResponse(page(rows, limit, by("name")))
 
 
-@router.get(
-    "/{name}/versions",
-    summary="List a template's versions, newest first (an extension of the published API)",
-    response_model=Page,
-)
+@router.get("/{name}/versions", response_model=Page)
 async def list_versions(
     caller: Reader, name: NamePath, limit: Size = 50, cursor: Version = None
 ) -> JSONResponse:
+    """List a template's versions, newest first (an extension of the published API)."""
     rows = await store.list_versions(
         caller.engine, caller.tenant_id, name, before=cursor, limit=limit + 1
     )
@@ -177,12 +169,9 @@ class RollbackIn(Body):
     version: int = Field(ge=1, le=2_147_483_647)
 
 
-@router.post(
-    "/{name}/rollback",
-    summary="Make a stored version active again; answers with that version",
-    response_model=TemplateVersionOut,
-)
+@router.post("/{name}/rollback", response_model=TemplateVersionOut)
 async def rollback(caller: Manager, name: NamePath, body: RollbackIn) -> JSONResponse:
+    """Make a stored version active again; answers with that version."""
     missing = await store.rollback(
         caller.engine, caller.tenant_id, name, body.version, actor=caller.key_id
     )
@@ -211,20 +200,15 @@ class PreviewIn(Body):
     )
 
 
-@router.post(
-    "/{name}/preview",
-    summary="Render a template without sending anything",
-    description=(
-        "Needs the `read` scope, since nothing is sent. Variables: `data` over the "
-        "recipient's data (with `recipient_id`), plus `recipient`. The locale is `locale`, "
-        "else the recipient's; `locale` in the answer is the most specific one the content "
-        "used (`fr-CA` → `fr` → the default, null). `version` previews a stored version "
-        "other than the active one. A variable the data lacks is a 422 `missing_variable`; "
-        "any other render failure a 422 `render_error`."
-    ),
-    response_model=TemplatePreviewOut,
-)
+@router.post("/{name}/preview", response_model=TemplatePreviewOut)
 async def preview(caller: Reader, name: NamePath, body: PreviewIn) -> JSONResponse:
+    """Render a template without sending anything.
+
+    Needs the `read` scope, since nothing is sent. Variables: `data` over the recipient's data
+    (with `recipient_id`), plus `recipient`. The locale is `locale`, else the recipient's;
+    `locale` in the answer is the most specific one the content used (`fr-CA` → `fr` → the
+    default, null). `version` previews a stored version other than the active one. A variable the
+    data lacks is a 422 `missing_variable`; any other render failure a 422 `render_error`."""
     found = await store.get(caller.engine, caller.tenant_id, name, body.version)
     if found is None:
         what = f"version {body.version} of template" if body.version else "template"

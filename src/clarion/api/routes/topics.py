@@ -49,12 +49,9 @@ def _unknown(body: MembersIn, unknown: list[str]) -> list[dict[str, Any]]:
     ]
 
 
-@router.put(
-    "/{name}/subscribers",
-    summary="Subscribe up to 10,000 recipients to a topic",
-    response_model=TopicChange,
-)
+@router.put("/{name}/subscribers", response_model=TopicChange)
 async def subscribe(caller: Manager, name: NamePath, body: MembersIn) -> JSONResponse:
+    """Subscribe up to 10,000 recipients to a topic."""
     change = await store.subscribe(
         caller.engine, caller.tenant_id, name, _checked(body), caller.key_id
     )
@@ -68,12 +65,9 @@ async def subscribe(caller: Manager, name: NamePath, body: MembersIn) -> JSONRes
     )
 
 
-@router.delete(
-    "/{name}/subscribers",
-    summary="Unsubscribe up to 10,000 recipients",
-    response_model=TopicChange,
-)
+@router.delete("/{name}/subscribers", response_model=TopicChange)
 async def unsubscribe(caller: Manager, name: NamePath, body: MembersIn) -> JSONResponse:
+    """Unsubscribe up to 10,000 recipients."""
     ids = _checked(body)
     if await store.size(caller.engine, caller.tenant_id, name) is None:
         raise NotFound(f"no topic {name!r}")
@@ -83,8 +77,9 @@ async def unsubscribe(caller: Manager, name: NamePath, body: MembersIn) -> JSONR
     )
 
 
-@router.get("/{name}", summary="A topic and its number of subscribers", response_model=TopicOut)
+@router.get("/{name}", response_model=TopicOut)
 async def get(caller: Manager, name: NamePath) -> JSONResponse:
+    """A topic and its number of subscribers."""
     count = await store.size(caller.engine, caller.tenant_id, name)
     if count is None:
         raise NotFound(f"no topic {name!r}")
@@ -93,34 +88,27 @@ async def get(caller: Manager, name: NamePath) -> JSONResponse:
 
 @router.put(
     "/{name}",
-    summary="Create a topic (a topic that exists is left as it is)",
     response_model=TopicOut,
     responses={201: {"model": TopicOut, "description": "Created"}},
 )
 async def create(caller: Manager, name: NamePath) -> JSONResponse:
+    """Create a topic (a topic that exists is left as it is)."""
     created, count = await store.create(caller.engine, caller.tenant_id, name, caller.key_id)
     return JSONResponse({"name": name, "subscribers": count}, status_code=201 if created else 200)
 
 
-@router.delete(
-    "/{name}",
-    status_code=204,
-    summary="Delete a topic and its memberships",
-    response_class=Response,
-)
+@router.delete("/{name}", status_code=204, response_class=Response)
 async def delete(caller: Manager, name: NamePath) -> Response:
+    """Delete a topic and its memberships."""
     if await store.delete_topic(caller.engine, caller.tenant_id, name, caller.key_id) is None:
         raise NotFound(f"no topic {name!r}")
     return Response(status_code=204)
 
 
-@router.get(
-    "/{name}/subscribers",
-    summary="A topic's subscribers, in recipient id order",
-    response_model=TopicSubscriberPage,
-)
+@router.get("/{name}/subscribers", response_model=TopicSubscriberPage)
 async def subscribers(
     caller: Manager, name: NamePath, limit: Size = 100, cursor: NameCursor = None
 ) -> JSONResponse:
+    """A topic's subscribers, in recipient id order."""
     rows = await store.page(caller.engine, caller.tenant_id, name, cursor, limit + 1)
     return JSONResponse(page(or_404(rows, f"no topic {name!r}"), limit, by("recipient_id")))

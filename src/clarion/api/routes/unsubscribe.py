@@ -55,10 +55,9 @@ def _page(title: str, text: str, form: str = "") -> HTMLResponse:
     return HTMLResponse(body, headers=_HEADERS)
 
 
-@router.get(
-    "/{token}", summary="The unsubscribe page (changes nothing)", response_class=HTMLResponse
-)
+@router.get("/{token}", response_class=HTMLResponse)
 async def confirm_page(request: Request, token: Token) -> Response:
+    """The unsubscribe page (changes nothing)."""
     target = await _target(request, token)
     category = html.escape(target.category)
     return _page(
@@ -71,11 +70,11 @@ async def confirm_page(request: Request, token: Token) -> Response:
 
 @router.post(
     "/{token}",
-    summary="Unsubscribe from the link's category (RFC 8058 one-click)",
     response_model=Unsubscribed,
     responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
 )
 async def unsubscribe(request: Request, token: Token) -> Response:
+    """Unsubscribe from the link's category (RFC 8058 one-click)."""
     target = await _target(request, token)
     engine = request.app.state.ctx.engine
     turned_off = await recipient_store.turn_off(

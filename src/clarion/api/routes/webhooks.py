@@ -101,7 +101,6 @@ async def _secret_of(
 
 @router.put(
     "/{name}",
-    summary="Create or replace a status webhook",
     description=(
         "Events: " + ", ".join(f"`{e}`" for e in CHOICES) + " (every type). The URL must be "
         "https (http too when the deployment allows private webhooks). Without a secret, a "
@@ -111,6 +110,7 @@ async def _secret_of(
     response_model=WebhookOut,
 )
 async def put(caller: Manager, name: ShortNamePath, body: WebhookBody) -> JSONResponse:
+    """Create or replace a status webhook."""
     ctx = caller.ctx
     _check_url(body.url, ctx.settings.allow_private_webhooks)
     secret, sealed, made = await _secret_of(ctx, caller.tenant_id, name, body.secret)

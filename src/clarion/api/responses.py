@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
 from starlette.responses import Response
 
+from clarion.api.auth import Caller
 from clarion.errors import NotFound
+from clarion.store.db import AsyncEngine
 
 T = TypeVar("T")
 
@@ -24,6 +27,17 @@ def or_404(value: T | None, message: str) -> T:
     if value is None:
         raise NotFound(message)
     return value
+
+
+# A store's read of one row of a tenant by its key (None when there is none).
+Read = Callable[[AsyncEngine, str, str], Awaitable[dict[str, Any] | None]]
+
+
+async def one_row(caller: Caller, read: Read, key: str, noun: str) -> JSONResponse:
+    """The answer that shows one row of the caller's tenant: what ``read`` finds by ``key``,
+    or a 404 ``no <noun> '<key>'``."""
+    found = await read(caller.engine, caller.tenant_id, key)
+    return JSONResponse(or_404(found, f"no {noun} {key!r}"))
 
 
 # Every HTML page Clarion serves refuses to be framed by another site (clickjacking):

@@ -10,7 +10,7 @@ from clarion.api.auth import Manager, Reader
 from clarion.api.listing import Size, by, page
 from clarion.api.outputs import CategoryOut, CategoryPage
 from clarion.api.refusals import refusal_error
-from clarion.api.responses import JSONResponse, or_404
+from clarion.api.responses import JSONResponse, one_row
 from clarion.api.schemas import NAME_PATTERN, CategoryIn, ShortNamePath
 from clarion.domain.refusal import Refused
 from clarion.store import categories as store
@@ -38,8 +38,7 @@ async def put(caller: Manager, name: ShortNamePath, body: CategoryIn) -> JSONRes
 @router.get("/{name}", response_model=CategoryOut)
 async def get(caller: Reader, name: ShortNamePath) -> JSONResponse:
     """A category."""
-    found = await store.get(caller.engine, caller.tenant_id, name)
-    return JSONResponse(or_404(found, f"no category {name!r}"))
+    return await one_row(caller, store.get, name, "category")
 
 
 @router.get("", response_model=CategoryPage)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query
 from clarion.api.auth import Reader
 from clarion.api.listing import Newest, time_range
 from clarion.api.outputs import DeliveryDetail, DeliveryPage, NotificationPage
-from clarion.api.responses import JSONResponse, or_404
+from clarion.api.responses import JSONResponse, one_row
 from clarion.domain.models import Channel, DeliveryStatus, NotificationStatus
 from clarion.store import message_log as store
 
@@ -93,5 +93,4 @@ async def list_deliveries(
 @router.get("/v1/deliveries/{delivery_id}", response_model=DeliveryDetail)
 async def get_delivery(caller: Reader, delivery_id: str) -> JSONResponse:
     """One delivery with its timeline."""
-    found = await store.get_delivery(caller.engine, caller.tenant_id, delivery_id)
-    return JSONResponse(or_404(found, f"no delivery {delivery_id!r}"))
+    return await one_row(caller, store.get_delivery, delivery_id, "delivery")

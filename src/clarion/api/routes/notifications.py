@@ -20,7 +20,7 @@ from clarion.api.outputs import (
 )
 from clarion.api.quota import charge_intake, charge_intake_of
 from clarion.api.refusals import refusal_error
-from clarion.api.responses import JSONResponse, or_404
+from clarion.api.responses import JSONResponse, one_row, or_404
 from clarion.api.schemas import MAX_BATCH, NotificationBatchIn, NotificationIn
 from clarion.domain.refusal import Refused
 from clarion.errors import ApiError, NotFound, ValidationFailed
@@ -141,8 +141,7 @@ async def create_batch(
 @router.get("/{notification_id}", response_model=NotificationDetail)
 async def get(caller: Reader, notification_id: str) -> JSONResponse:
     """A notification and its deliveries."""
-    found = await store.get_with_deliveries(caller.engine, caller.tenant_id, notification_id)
-    return JSONResponse(or_404(found, f"no notification {notification_id!r}"))
+    return await one_row(caller, store.get_with_deliveries, notification_id, "notification")
 
 
 @router.get("/{notification_id}/deliveries", response_model=NotificationDeliveryPage)

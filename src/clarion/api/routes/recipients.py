@@ -18,7 +18,7 @@ from clarion.api.outputs import (
     RecipientOut,
     RecipientToken,
 )
-from clarion.api.responses import JSONResponse, or_404
+from clarion.api.responses import JSONResponse, one_row
 from clarion.api.schemas import (
     MAX_BATCH,
     Body,
@@ -53,8 +53,7 @@ async def put(caller: Manager, recipient_id: RecipientPath, body: RecipientIn) -
 @router.get("/{recipient_id}", response_model=RecipientOut)
 async def get(caller: Reader, recipient_id: RecipientPath) -> JSONResponse:
     """A recipient."""
-    found = await store.get(caller.engine, caller.tenant_id, recipient_id)
-    return JSONResponse(or_404(found, f"no recipient {recipient_id!r}"))
+    return await one_row(caller, store.get, recipient_id, "recipient")
 
 
 @router.post("/batch", response_model=BatchResults)
@@ -141,15 +140,13 @@ async def token(
 )
 async def export(caller: Reader, recipient_id: RecipientPath) -> JSONResponse:
     """Everything stored about a recipient."""
-    found = await erasure.export(caller.engine, caller.tenant_id, recipient_id)
-    return JSONResponse(or_404(found, f"no recipient {recipient_id!r}"))
+    return await one_row(caller, erasure.export, recipient_id, "recipient")
 
 
 @router.get("/{recipient_id}/preferences", response_model=PreferencesOut)
 async def get_preferences(caller: Reader, recipient_id: RecipientPath) -> JSONResponse:
     """A recipient's preferences."""
-    found = await store.get_preferences(caller.engine, caller.tenant_id, recipient_id)
-    return JSONResponse(or_404(found, f"no recipient {recipient_id!r}"))
+    return await one_row(caller, store.get_preferences, recipient_id, "recipient")
 
 
 @router.put("/{recipient_id}/preferences", response_model=PreferencesOut)

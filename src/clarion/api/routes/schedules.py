@@ -11,7 +11,7 @@ from fastapi import APIRouter, Response
 from clarion.api.auth import Manager, Reader
 from clarion.api.listing import IdCursor, NameCursor, Size, by, page
 from clarion.api.refusals import refusal_error
-from clarion.api.responses import JSONResponse, or_404
+from clarion.api.responses import JSONResponse, one_row
 from clarion.api.schedule_models import (
     ScheduleIn,
     ScheduleOut,
@@ -124,8 +124,7 @@ async def put(caller: Manager, name: NamePath, body: ScheduleIn) -> JSONResponse
 @router.get("/{name}", response_model=ScheduleOut)
 async def get(caller: Reader, name: NamePath) -> JSONResponse:
     """A recurring schedule."""
-    found = await store.get(caller.engine, caller.tenant_id, name)
-    return JSONResponse(or_404(found, f"no schedule {name!r}"))
+    return await one_row(caller, store.get, name, "schedule")
 
 
 @router.get("", response_model=SchedulePage)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -82,16 +82,18 @@ async def count_tenants(engine: AsyncEngine) -> int:
         return len((await conn.execute(select(tenants.c.id).limit(1))).all())
 
 
+class KeyOptions(TypedDict, total=False):
+    """A new key's name, and who made it (for the audit log)."""
+
+    name: str | None
+    actor: str
+
+
 async def create_key(
-    engine: AsyncEngine,
-    tenant_id: str,
-    scopes: list[str],
-    *,
-    name: str | None = None,
-    actor: str = audit.SYSTEM,
+    engine: AsyncEngine, tenant_id: str, scopes: list[str], **options: Unpack[KeyOptions]
 ) -> str:
     """Store a new key for the tenant and return it; only its hash is kept."""
-    made = await issue_key(engine, tenant_id, scopes, name=name, actor=actor)
+    made = await issue_key(engine, tenant_id, scopes, **options)
     return str(made["secret"])
 
 

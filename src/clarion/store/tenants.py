@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict, Unpack
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.ids import new_id
@@ -32,25 +32,30 @@ class KeyGrant:
     scopes: frozenset[str]
 
 
+async def _insert(
+    engine: AsyncEngine, table: Table, row: dict[str, Any], change: audit.Change
+) -> None:
+    """Insert ``row`` into ``table`` and record its creation (``change``) in the audit log,
+    in one transaction."""
+    async with write_tx(engine) as conn:
+        await conn.execute(table.insert().values(row))
+        await audit.record(conn, change)
+
+
 async def create_tenant(engine: AsyncEngine, name: str, *, actor: str = audit.SYSTEM) -> Tenant:
     tenant = Tenant(id=new_id("ten"), name=name, webhook_secret=generate_webhook_secret())
+    row = {
+        "id": tenant.id,
+        "name": name,
+        "webhook_secret": tenant.webhook_secret,
+        "settings": {},
+        "created_at": utcnow(),
+    }
     created = {"webhook_secret": {"to": MASK}}
-    async with write_tx(engine) as conn:
-        await conn.execute(
-            tenants.insert().values(
-                id=tenant.id,
-                name=name,
-                webhook_secret=tenant.webhook_secret,
-                settings={},
-                created_at=utcnow(),
-            )
-        )
-        await audit.record(
-            conn,
-            audit.Change(
-                tenant.id, actor, audit.Resource.TENANT, name, audit.Action.CREATE, created
-            ),
-        )
+    change = audit.Change(
+        tenant.id, actor, audit.Resource.TENANT, name, audit.Action.CREATE, created
+    )
+    await _insert(engine, tenants, row, change)
     return tenant
 
 
@@ -114,24 +119,19 @@ async def issue_key(
         "scopes": {"to": sorted(scopes)},
         "prefix": {"to": key.prefix},
     }
-    async with write_tx(engine) as conn:
-        await conn.execute(
-            api_keys.insert().values(
-                id=key.id,
-                tenant_id=tenant_id,
-                key_hash=key.key_hash,
-                prefix=key.prefix,
-                scopes=",".join(sorted(scopes)),
-                name=name,
-                created_at=now,
-            )
-        )
-        await audit.record(
-            conn,
-            audit.Change(
-                tenant_id, actor, audit.Resource.API_KEY, key.id, audit.Action.CREATE, created
-            ),
-        )
+    row = {
+        "id": key.id,
+        "tenant_id": tenant_id,
+        "key_hash": key.key_hash,
+        "prefix": key.prefix,
+        "scopes": ",".join(sorted(scopes)),
+        "name": name,
+        "created_at": now,
+    }
+    change = audit.Change(
+        tenant_id, actor, audit.Resource.API_KEY, key.id, audit.Action.CREATE, created
+    )
+    await _insert(engine, api_keys, row, change)
     return {
         "id": key.id,
         "name": name,

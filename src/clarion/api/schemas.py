@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sized
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -17,11 +18,15 @@ from pydantic import (
     Field,
     HttpUrl,
     StringConstraints,
+    TypeAdapter,
+    ValidationError,
     model_validator,
 )
 
+from clarion.api.errors import describe_validation
 from clarion.domain.contact import normal_email, normal_phone
 from clarion.domain.models import Channel, Priority
+from clarion.errors import ValidationFailed
 
 MAX_BATCH = 1000
 # A recipient's `data` is merged into every render: kept small so planning stays cheap.
@@ -48,6 +53,35 @@ def example(sample: dict[str, Any]) -> ConfigDict:
     """The config of a :class:`Body` that shows ``sample`` in the API document (pydantic
     merges it with the base's)."""
     return ConfigDict(json_schema_extra={"examples": [sample]})
+
+
+Item = TypeVar("Item", bound=BaseModel)
+
+
+class BatchItems(Generic[Item]):
+    """The items of a batch body (each a ``noun``): at most :data:`MAX_BATCH`, each
+    validated alone, so that each is accepted or refused on its own."""
+
+    def __init__(self, model: type[Item], noun: str) -> None:
+        self._adapter = TypeAdapter(model)
+        self._noun = noun
+
+    def check_size(self, entries: Sized) -> None:
+        """A 422 (``batch_too_large``) for a batch of more than :data:`MAX_BATCH` entries."""
+        if len(entries) > MAX_BATCH:
+            raise ValidationFailed(
+                f"a batch holds at most {MAX_BATCH} {self._noun}s", code="batch_too_large"
+            )
+
+    def item(self, entry: Any) -> Item:
+        """``entry`` as an item; a :class:`ValidationFailed` (the item's error in the
+        batch's answer) when it is not a valid one."""
+        try:
+            return self._adapter.validate_python(entry)
+        except ValidationError as exc:
+            raise ValidationFailed(
+                f"the {self._noun} is not valid", details=describe_validation(exc.errors())
+            ) from exc
 
 
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
@@ -157,6 +191,7 @@ class NotificationIn(Body):
 
 class NotificationBatchIn(Body):
     # Items are validated one by one, so that each is accepted or refused on its own.
+    ITEMS: ClassVar[BatchItems[NotificationIn]] = BatchItems(NotificationIn, "notification")
     notifications: list[dict[str, Any]]
 
 
@@ -215,6 +250,7 @@ class RecipientBatchItem(RecipientIn):
 
 class RecipientBatchIn(Body):
     # Items are validated one by one, so that each is accepted or refused on its own.
+    ITEMS: ClassVar[BatchItems[RecipientBatchItem]] = BatchItems(RecipientBatchItem, "recipient")
     recipients: list[Any]
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import TypeAdapter, ValidationError
 
 from clarion.api.auth import Reader, Sender
-from clarion.api.errors import api_error_response, describe_validation, error_body
+from clarion.api.errors import api_error_response, error_body
 from clarion.api.idempotency import header_key, idempotent, request_hash
 from clarion.api.limits import EdgeParsedRoute
 from clarion.api.listing import IdCursor, Size, by, page
@@ -21,15 +20,14 @@ from clarion.api.outputs import (
 from clarion.api.quota import charge_intake, charge_intake_of
 from clarion.api.refusals import refusal_error
 from clarion.api.responses import JSONResponse, one_row, or_404
-from clarion.api.schemas import MAX_BATCH, NotificationBatchIn, NotificationIn
+from clarion.api.schemas import NotificationBatchIn, NotificationIn
 from clarion.domain.refusal import Refused
-from clarion.errors import ApiError, NotFound, ValidationFailed
+from clarion.errors import ApiError, NotFound
 from clarion.observability import metrics
 from clarion.pipeline.intake import Intake
 from clarion.store import notifications as store
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"], route_class=EdgeParsedRoute)
-_ITEM = TypeAdapter(NotificationIn)
 
 
 def _intake(request: Request) -> Intake:
@@ -93,14 +91,8 @@ def _parse_items(
     refused: dict[int, dict[str, Any]] = {}
     for index, entry in enumerate(raw):
         try:
-            news.append(to_new(tenant_id, _ITEM.validate_python(entry), None))
+            news.append(to_new(tenant_id, NotificationBatchIn.ITEMS.item(entry), None))
             positions.append(index)
-        except ValidationError as exc:
-            refused[index] = error_body(
-                "validation_error",
-                "the notification is not valid",
-                describe_validation(exc.errors()),
-            )
         except ApiError as exc:
             refused[index] = error_body(exc.code, exc.message, exc.details)
     return news, positions, refused
@@ -111,10 +103,7 @@ async def create_batch(
     request: Request, caller: Sender, batch: NotificationBatchIn
 ) -> JSONResponse:
     """Accept up to 1,000 notifications."""
-    if len(batch.notifications) > MAX_BATCH:
-        raise ValidationFailed(
-            f"a batch holds at most {MAX_BATCH} notifications", code="batch_too_large"
-        )
+    batch.ITEMS.check_size(batch.notifications)
     intake = _intake(request)
     limits = await charge_intake(request, caller.tenant_id, len(batch.notifications))
 

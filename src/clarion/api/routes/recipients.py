@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field
 
 from clarion.api.auth import Caller, Manager, Reader, require
-from clarion.api.errors import describe_validation, error_body
+from clarion.api.errors import error_body
 from clarion.api.idempotency import idempotent
 from clarion.api.limits import EdgeParsedRoute
 from clarion.api.outputs import (
@@ -20,11 +20,9 @@ from clarion.api.outputs import (
 )
 from clarion.api.responses import JSONResponse, one_row
 from clarion.api.schemas import (
-    MAX_BATCH,
     Body,
     PreferencesIn,
     RecipientBatchIn,
-    RecipientBatchItem,
     RecipientIn,
 )
 from clarion.errors import NotFound, ValidationFailed
@@ -34,7 +32,6 @@ from clarion.store import erasure
 from clarion.store import recipients as store
 
 router = APIRouter(prefix="/v1/recipients", tags=["recipients"], route_class=EdgeParsedRoute)
-_ITEM = TypeAdapter(RecipientBatchItem)
 
 Issuer = Annotated[Caller, Depends(require("manage", "send"))]
 RecipientPath = Annotated[str, Path(min_length=1, max_length=200)]
@@ -59,25 +56,16 @@ async def get(caller: Reader, recipient_id: RecipientPath) -> JSONResponse:
 @router.post("/batch", response_model=BatchResults)
 async def batch(request: Request, caller: Manager, body: RecipientBatchIn) -> JSONResponse:
     """Create or replace up to 1,000 recipients."""
-    if len(body.recipients) > MAX_BATCH:
-        raise ValidationFailed(
-            f"a batch holds at most {MAX_BATCH} recipients", code="batch_too_large"
-        )
+    body.ITEMS.check_size(body.recipients)
 
     async def handler() -> tuple[int, Any]:
         results: list[dict[str, Any]] = []
         rows: dict[str, dict[str, Any]] = {}
         for entry in body.recipients:
             try:
-                item = _ITEM.validate_python(entry)
-            except ValidationError as exc:
-                results.append(
-                    error_body(
-                        "validation_error",
-                        "the recipient is not valid",
-                        describe_validation(exc.errors()),
-                    )
-                )
+                item = body.ITEMS.item(entry)
+            except ValidationFailed as exc:
+                results.append(error_body(exc.code, exc.message, exc.details))
                 continue
             rows[item.id] = {"id": item.id, **RecipientIn.to_row(item)}
             results.append({"id": item.id, "status": "ok"})

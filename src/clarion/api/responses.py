@@ -40,6 +40,14 @@ async def one_row(caller: Caller, read: Read, key: str, noun: str) -> JSONRespon
     return JSONResponse(or_404(found, f"no {noun} {key!r}"))
 
 
+def deleted(found: bool, noun: str, key: str) -> Response:
+    """The answer to deleting one row of a tenant by its key: 204, or a 404
+    ``no <noun> '<key>'`` when there was none (``found`` false)."""
+    if not found:
+        raise NotFound(f"no {noun} {key!r}")
+    return Response(status_code=204)
+
+
 # Every HTML page Clarion serves refuses to be framed by another site (clickjacking):
 # ``frame-ancestors 'none'`` for browsers that read CSP, ``X-Frame-Options`` for the rest.
 NO_FRAMING = "frame-ancestors 'none'"

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Response
 from clarion.api.auth import Manager, Reader
 from clarion.api.listing import IdCursor, NameCursor, Size, by, page
 from clarion.api.refusals import refusal_error
-from clarion.api.responses import JSONResponse, one_row
+from clarion.api.responses import JSONResponse, deleted, one_row
 from clarion.api.schedule_models import (
     ScheduleIn,
     ScheduleOut,
@@ -137,9 +137,8 @@ async def listing(caller: Reader, limit: Size = 100, cursor: NameCursor = None) 
 @router.delete("/{name}", status_code=204)
 async def delete(caller: Manager, name: NamePath) -> Response:
     """Delete a schedule and its run history."""
-    if not await store.remove(caller.engine, caller.tenant_id, name, actor=caller.key_id):
-        raise NotFound(f"no schedule {name!r}")
-    return Response(status_code=204)
+    found = await store.remove(caller.engine, caller.tenant_id, name, actor=caller.key_id)
+    return deleted(found, "schedule", name)
 
 
 @router.get("/{name}/runs", response_model=ScheduleRunPage)

@@ -15,7 +15,7 @@ from clarion.api.auth import Manager
 from clarion.api.errors import error_body
 from clarion.api.listing import NameCursor, Size, by, page
 from clarion.api.outputs import TopicChange, TopicOut, TopicSubscriberPage
-from clarion.api.responses import JSONResponse, or_404
+from clarion.api.responses import JSONResponse, deleted, or_404
 from clarion.api.schemas import Body, NamePath, RecipientId
 from clarion.errors import NotFound, ValidationFailed
 from clarion.store import topics as store
@@ -100,9 +100,8 @@ async def create(caller: Manager, name: NamePath) -> JSONResponse:
 @router.delete("/{name}", status_code=204, response_class=Response)
 async def delete(caller: Manager, name: NamePath) -> Response:
     """Delete a topic and its memberships."""
-    if await store.delete_topic(caller.engine, caller.tenant_id, name, caller.key_id) is None:
-        raise NotFound(f"no topic {name!r}")
-    return Response(status_code=204)
+    removed = await store.delete_topic(caller.engine, caller.tenant_id, name, caller.key_id)
+    return deleted(removed is not None, "topic", name)
 
 
 @router.get("/{name}/subscribers", response_model=TopicSubscriberPage)

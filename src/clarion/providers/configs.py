@@ -1,20 +1,24 @@
 """Configuration of each provider kind, validated when a tenant stores a provider.
 
 Field names follow the API contract. ``SECRET`` fields are encrypted at rest and shown as
-``"***"``. Every kind takes ``base_url`` to point it at another endpoint (a regional one, or
-a test server). Every field that is later sent in a header, a request line or as an address
-is a :data:`HeaderText` (or one of its address forms, :data:`EmailFrom`, :data:`SmsFrom`):
-the rules of :mod:`clarion.domain.header_fields`, the same for every kind.
+``"***"``; ``KEY_CHECK`` checks a kind's key material once the fields are valid. Every kind
+takes ``base_url`` to point it at another endpoint (a regional one, or a test server). Every
+field that is later sent in a header, a request line or as an address is a
+:data:`HeaderText` (or one of its address forms, :data:`EmailFrom`, :data:`SmsFrom`): the
+rules of :mod:`clarion.domain.header_fields`, the same for every kind.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, StringConstraints
 
 from clarion.domain.header_fields import header_value, mailbox, sms_sender
+from clarion.providers import credentials
+from clarion.providers.credentials import Problems
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
@@ -63,6 +67,9 @@ class KindConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     SECRET: ClassVar[frozenset[str]] = frozenset()
+    # Checks the key material of a validated configuration (providers/credentials.py);
+    # None for a kind whose fields' own rules say all.
+    KEY_CHECK: ClassVar[Callable[[dict[str, Any]], Problems] | None] = None
     base_url: HttpUrl | None = None
 
 
@@ -126,6 +133,7 @@ class FcmConfig(KindConfig):
     """`fcm`: Firebase Cloud Messaging HTTP v1 with a service account's key file."""
 
     SECRET = frozenset({"service_account"})
+    KEY_CHECK = credentials.check_fcm
     # The service account's JSON key file, as an object or as the file's text.
     service_account: dict[str, Any] | Secret
     # Where the OAuth2 token is obtained; defaults to the key file's `token_uri`.
@@ -136,6 +144,7 @@ class ApnsConfig(KindConfig):
     """`apns`: Apple Push Notification service with a `.p8` token-auth key."""
 
     SECRET = frozenset({"private_key"})
+    KEY_CHECK = credentials.check_apns
     team_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$")]
     key_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$")]
     private_key: Secret
@@ -147,6 +156,7 @@ class WebpushConfig(KindConfig):
     """`webpush`: Web Push with a VAPID P-256 key (PEM, or base64url of raw or DER bytes)."""
 
     SECRET = frozenset({"vapid_private_key"})
+    KEY_CHECK = credentials.check_webpush
     vapid_private_key: Secret
     vapid_subject: Annotated[HeaderText, StringConstraints(pattern=r"^(mailto:|https://).+")]
 

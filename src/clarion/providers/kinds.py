@@ -1,24 +1,24 @@
 """One descriptor per provider kind: everything Clarion knows of a kind besides its code.
 
-The API validates a provider's configuration with the kind's config model and credential
-check, refuses a channel the kind cannot carry and tells the store which fields to seal
-(the store knows no kinds); :mod:`clarion.providers.registry` builds the kind's class,
-imported on first use (a process loads only the protocols its tenants configure); the
-send chain guards a kind's calls with its tenant's circuit breaker unless it is built in
-and local; push fans out over the kinds that are push platforms; and a kind that accepts
-delivery reports names what verifies and reads them.
+The API validates a provider's configuration with the kind's config model (its fields, the
+check of its key material), refuses a channel the kind cannot carry and tells the store
+which fields to seal (the store knows no kinds); :mod:`clarion.providers.registry` builds
+the kind's class, imported on first use (a process loads only the protocols its tenants
+configure); the send chain guards a kind's calls with its tenant's circuit breaker unless it
+is built in and local; push fans out over the kinds that are push platforms (the configured
+kinds that carry push); and a kind that accepts delivery reports names what verifies and
+reads them.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from clarion.domain.models import ALL_CHANNELS
 from clarion.errors import PermanentError
-from clarion.providers import configs, credentials
+from clarion.providers import configs
 from clarion.providers.base import ReportReader
 from clarion.providers.credentials import Problems
 
@@ -32,14 +32,10 @@ class Kind:
     # "module:Class" of a kind a tenant configures, built per provider; None for the
     # built-in kinds, one shared instance per process.
     provider: str | None = None
-    # Checks the key material of a validated configuration.
-    credentials: Callable[[dict[str, Any]], Problems] | None = None
     # Calls go through the tenant's circuit breaker (and so fail over), unless the kind's
     # health is not one thing: a webhook's far end is each recipient's own endpoint (one
     # broken endpoint must not stop the others), in-app is Clarion's own database.
     guarded: bool = True
-    # A platform that a push delivery fans out to (its tokens carry the platform).
-    push_platform: bool = False
     # "module:function" verifying and reading the kind's delivery reports (a ReportReader).
     reports: str | None = None
 
@@ -48,12 +44,20 @@ class Kind:
         return self.provider is None
 
     @property
+    def push_platform(self) -> bool:
+        """A platform that a push delivery fans out to (its tokens carry the platform): a
+        kind a tenant configures for push."""
+        return not self.built_in and "push" in self.channels
+
+    @property
     def secret_fields(self) -> frozenset[str]:
         return self.config.SECRET if self.config is not None else frozenset()
 
     def check_credentials(self, config: dict[str, Any]) -> Problems:
-        """The problems of a validated config's key material; [] when it is usable."""
-        return self.credentials(config) if self.credentials is not None else []
+        """The problems of a validated config's key material (its config model's
+        ``KEY_CHECK``); [] when it is usable."""
+        check = self.config.KEY_CHECK if self.config is not None else None
+        return check(config) if check is not None else []
 
     def report_reader(self) -> ReportReader | None:
         return cast(ReportReader, import_target(self.reports)) if self.reports else None
@@ -99,23 +103,18 @@ KINDS: dict[str, Kind] = {
             frozenset({"push"}),
             configs.FcmConfig,
             "clarion.providers.fcm:FcmProvider",
-            credentials=credentials.check_fcm,
-            push_platform=True,
         ),
         Kind(
             "apns",
             frozenset({"push"}),
             configs.ApnsConfig,
             "clarion.providers.apns:ApnsProvider",
-            credentials=credentials.check_apns,
-            push_platform=True,
         ),
         Kind(
             "webpush",
             frozenset({"webpush"}),
             configs.WebpushConfig,
             "clarion.providers.webpush:WebpushProvider",
-            credentials=credentials.check_webpush,
         ),
         Kind("sandbox", frozenset(ALL_CHANNELS), configs.SandboxConfig),
         Kind("webhook", frozenset({"webhook"}), configs.WebhookConfig, guarded=False),

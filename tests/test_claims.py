@@ -14,7 +14,7 @@ from clarion.domain.status import StatusChange
 from clarion.pipeline.runtime import Roles
 from clarion.store import deliveries as delivery_store
 from clarion.store.db import utcnow
-from clarion.store.tables import deliveries, delivery_events
+from clarion.store.tables import deliveries, delivery_claims, delivery_events
 from harness import Harness, make_settings, running
 from webhook_sink import WebhookSink
 
@@ -65,6 +65,21 @@ async def _outcome(app: Harness, delivery_id: str, status: str, attempts: int) -
     await delivery_store.apply_changes(app.ctx.engine, [change], app.ctx.pg)
 
 
+async def _shown(app: Harness, nid: str, delivery_id: str) -> tuple[str, int]:
+    """The delivery's (status, attempts) as the API shows them."""
+    [found] = [d for d in (await app.notification(nid))["deliveries"] if d["id"] == delivery_id]
+    return found["status"], found["attempts"]
+
+
+async def _claimed(app: Harness, delivery_id: str) -> tuple[int, bool] | None:
+    """The delivery's claim: (attempt, cancelled), or None."""
+    k = delivery_claims
+    query = select(k.c.attempt, k.c.cancelled).where(k.c.id == delivery_id)
+    async with app.ctx.engine.connect() as conn:
+        row = (await conn.execute(query)).first()
+    return None if row is None else (row[0], row[1])
+
+
 async def _events(app: Harness, delivery_id: str) -> list[str]:
     e = delivery_events
     query = select(e.c.status).where(e.c.delivery_id == delivery_id).order_by(e.c.id)
@@ -74,41 +89,46 @@ async def _events(app: Harness, delivery_id: str) -> list[str]:
 
 async def test_each_attempt_is_claimed_once(planned_only: Harness) -> None:
     app = planned_only
-    _, [did] = await _deliveries(app, ["u"])
+    nid, [did] = await _deliveries(app, ["u"])
     assert await _claim(app, (did, 1), (did, 1)) == {did}  # a copy in the same batch
-    row = await _row(app, did)
-    assert (row["status"], row["attempts"]) == ("sending", 1)
-    assert row["leased_until"] is not None
+    # The claim is a row of its own; the delivery shows `sending`, and its outcome, once
+    # stored, counts the attempt.
+    assert await _claimed(app, did) == (1, False)
+    assert (await _row(app, did))["status"] == "queued"
+    assert await _shown(app, nid, did) == ("sending", 0)
     # A copy of the attempt (the sweeper's, the broker's) is not claimed, and screened out
     # of a take once the attempt's outcome is stored.
     assert await _claim(app, (did, 1)) == set()
     assert await delivery_store.spent_ids(app.ctx.engine, [(did, 1)], app.ctx.pg) == set()
     # The retry is published before the first outcome is stored, and may be claimed first.
     assert await _claim(app, (did, 2)) == {did}
-    await _outcome(app, did, "queued", 1)  # attempt 1's outcome, late: changes nothing
-    row = await _row(app, did)
-    assert (row["status"], row["attempts"]) == ("sending", 2)
+    await _outcome(app, did, "queued", 1)  # attempt 1's outcome, late
+    assert await _shown(app, nid, did) == ("sending", 1)
+    assert await delivery_store.spent_ids(app.ctx.engine, [(did, 1)], app.ctx.pg) == {did}
     await _outcome(app, did, "sent", 2)
-    row = await _row(app, did)
-    assert (row["status"], row["attempts"], row["leased_until"]) == ("sent", 2, None)
+    assert await _shown(app, nid, did) == ("sent", 2)
     assert await delivery_store.spent_ids(app.ctx.engine, [(did, 2)], app.ctx.pg) == {did}
     assert await _claim(app, (did, 2), (did, 3)) == set()
 
 
 async def test_a_lapsed_claim_is_swept_and_taken_again(planned_only: Harness) -> None:
     app = planned_only
-    _, [did, other] = await _deliveries(app, ["u", "v"])
+    nid, [did, other] = await _deliveries(app, ["u", "v"])
     assert await _claim(app, (did, 1), lease=0.0) == {did}  # its worker died at once
     assert await _claim(app, (other, 1)) == {other}  # its worker lives
+    assert await _shown(app, nid, did) == ("queued", 0)
+    assert await _shown(app, nid, other) == ("sending", 0)
     later = utcnow() + timedelta(seconds=5)
     stale = await delivery_store.stale_queued(app.ctx.engine, later, 100)
     assert [item.delivery.id for item in stale] == [did]
-    # The same attempt again, not the next: the call is counted once per claim.
+    # The same attempt again, not the next: the call is counted once, by its outcome.
     [again] = [item.delivery for item in stale]
     assert again.attempt == 1
     assert await _claim(app, (did, 1)) == {did}
-    assert (await _row(app, did))["attempts"] == 1
+    assert await _shown(app, nid, did) == ("sending", 0)
     assert await delivery_store.stale_queued(app.ctx.engine, later, 100) == []
+    await _outcome(app, did, "sent", 1)
+    assert await _shown(app, nid, did) == ("sent", 1)
 
 
 async def test_a_cancellation_reaches_what_is_not_claimed(planned_only: Harness) -> None:
@@ -121,16 +141,19 @@ async def test_a_cancellation_reaches_what_is_not_claimed(planned_only: Harness)
     assert response.status_code == 202, response.text
     body = response.json()
     assert body["status"] == "cancelling"
-    assert body["cancel"] == {"cancelled": 1, "in_flight": 3}
+    # A claim whose lease ran out is no call in flight (its worker is taken for dead): it
+    # is cancelled with what waits.
+    assert body["cancel"] == {"cancelled": 2, "in_flight": 2}
     assert (await _row(app, waiting))["status"] == "cancelled"
+    assert (await _row(app, lapsed))["status"] == "cancelled"
+    assert await _claimed(app, waiting) == (0, True)
     listed = await app.client.get(
         "/v1/notifications", params={"status": "cancelling"}, headers=app.auth
     )
     assert [n["id"] for n in listed.json()["data"]] == [nid]
 
-    # Nothing is claimed any more; what is refused is cancelled, a lapsed claim included.
+    # Nothing is claimed any more.
     assert await _claim(app, (waiting, 1), (lapsed, 1)) == set()
-    assert (await _row(app, lapsed))["status"] == "cancelled"
     # The attempts under way end as they end; a retry of a failed one is cancelled at its
     # claim.
     await _outcome(app, flying, "sent", 1)
@@ -152,14 +175,14 @@ async def test_a_cancellation_reaches_what_is_not_claimed(planned_only: Harness)
     assert [n["id"] for n in listed.json()["data"]] == [nid]
     d = deliveries
     async with app.ctx.engine.connect() as conn:
-        sending = (await conn.execute(select(d.c.id).where(d.c.status == "sending"))).all()
-    assert sending == []
+        stored = set((await conn.execute(select(d.c.status))).scalars())
+    assert stored == {"cancelled", "sent"}
 
 
 async def test_a_restart_sends_again_what_was_being_sent(
     migrated_sqlite_url: str, sink: WebhookSink
 ) -> None:
-    """The embedded broker is rebuilt from the store: a delivery left `sending` by the
+    """The embedded broker is rebuilt from the store: a delivery left in flight by the
     stopped process (its lease still running) goes out again, that same attempt."""
     url = migrated_sqlite_url
     async with running(make_settings(url, "embedded://"), Roles(api=True, planner=True)) as app:
@@ -168,5 +191,5 @@ async def test_a_restart_sends_again_what_was_being_sent(
     async with running(make_settings(url, "embedded://")) as app:
         await app.drain()
         row = await _row(app, did)
-    assert (row["status"], row["attempts"], row["leased_until"]) == ("sent", 1, None)
+    assert (row["status"], row["attempts"]) == ("sent", 1)
     assert sink.count == 1

@@ -107,16 +107,15 @@ _M = len(_CHANGE_COLUMNS)
 # delivered may arrive before the worker has stored its own outcome of the send: the report
 # is the later truth. And an outcome never overwrites one of a later attempt: a retry can
 # run (its message published before the first outcome is stored) and store its outcome
-# first. A cancelled delivery stays cancelled: an attempt that was claimed before the
-# cancellation finds its delivery `sending` (which a cancellation leaves alone), so only an
-# attempt that was never claimed, or whose claim had lapsed, meets one. The outcome ends
-# the attempt's lease.
+# first. A cancelled delivery stays cancelled: a cancellation leaves a delivery in flight
+# alone (store/deliveries.py ``stop_waiting``), so only an attempt that was never claimed,
+# or whose claim had lapsed, meets one.
 _WRITE_CHANGES = (
     "WITH changed AS (UPDATE deliveries AS d SET status = v.status, attempts = v.attempts, "
     "reason = v.reason, last_error = v.last_error, "
     "provider_message_id = v.provider_message_id, scheduled_for = v.scheduled_for, "
     f"sent_at = v.sent_at, latency_ms = v.latency_ms, updated_at = ${_M + 1}::timestamptz, "
-    "provider = coalesce(v.provider, d.provider), leased_until = NULL "
+    "provider = coalesce(v.provider, d.provider) "
     f"FROM {_unnest(_CHANGE_COLUMNS)} "
     # `d.id = ANY($1)` as well: ids known when the statement is planned, so that only the
     # partitions holding them are read (store/retention.py).
@@ -273,62 +272,48 @@ async def write_changes(
     )
 
 
-# An attempt's claim, right before its provider call: for each (delivery, attempt n) the
-# delivery is taken only if it waits for attempt n (`attempts = n - 1`: queued, scheduled,
-# or still `sending` attempt n - 1 whose outcome is not stored yet, a retry being published
-# before that outcome), or its attempt n was claimed by a worker whose lease ran out (it
-# died before storing an outcome); and only if its notification is not cancelled. It
-# becomes `sending` attempt n under a lease on the database's clock. The ids claimed.
+# An attempt's claim, right before its provider call: for each (delivery, attempt n) a row
+# of `delivery_claims` holding attempt n under a lease on the database's clock, written
+# only if the delivery waits for attempt n (`attempts = n - 1`; or `n - 2` with attempt
+# n - 1 claimed, its outcome not stored yet: the retry was published first), its
+# notification is not cancelled, and no claim holds it: none yet, or one of an earlier
+# attempt, or of attempt n by a worker whose lease ran out (it died before storing an
+# outcome). The ids claimed. One narrow insert per delivery: the delivery's own row, wide
+# and in six indexes, is written once, by the attempt's outcome.
 #
-# Each row's notification is read by its primary key (a subquery per row, which the planner
-# does not turn into a join): without fresh statistics a join may start from every
-# cancelled notification instead. A cancellation committed after this statement's snapshot
-# has moved the waiting deliveries to `cancelled` under row locks, which the UPDATE waits
-# for and then sees (the row's conditions are checked again on its newest version).
-_LAPSED = "(d.leased_until IS NULL OR d.leased_until < now())"
-# The conditions on a delivery's state are CASE expressions on purpose: written as plain
-# predicates, PostgreSQL derives `status IN (...)` from them and, with stale statistics (a
-# new day's partition, or a server without autovacuum), ANDs the status index with the
-# primary key -- reading every queued and sending delivery of the day for a batch of twenty
-# (10 ms a call at 300,000 rows, measured). As CASE they can only be checked on the rows the
-# primary key finds.
-_CLAIMABLE = (
-    "CASE WHEN d.status IN ('queued', 'scheduled', 'sending') AND d.attempts = c.attempt - 1 "
-    f"THEN true WHEN d.status = 'sending' AND d.attempts = c.attempt THEN {_LAPSED} "
-    "ELSE false END"
-)
+# Each row's notification and earlier claim are read by primary key (a subquery per row,
+# which the planner does not turn into a join): without fresh statistics a join may start
+# from every cancelled notification, or every claim, instead. A cancellation marks each
+# delivery it cancels in `delivery_claims` (store/deliveries.py ``stop_waiting``): a mark
+# committed after this statement's snapshot is a conflict that this insert waits for and
+# then finds `cancelled` (the conflict's conditions are checked on its newest version).
+#
+# The condition on the delivery's state is a CASE expression on purpose: written as a
+# plain predicate, PostgreSQL derives `status IN (...)` from it and, with stale statistics
+# (a new day's partition, or a server without autovacuum), ANDs the status index with the
+# primary key -- reading every queued delivery of the day for a batch of twenty (10 ms a
+# call at 300,000 rows, measured). As CASE it can only be checked on the rows the primary
+# key finds.
+_HELD = "(SELECT p.attempt FROM delivery_claims AS p WHERE p.id = d.id)"
 _NOTE = "(SELECT n.status FROM notifications AS n WHERE n.id = d.notification_id)"
 _CLAIM = (
-    "UPDATE deliveries AS d SET status = 'sending', attempts = c.attempt, "
-    "leased_until = now() + make_interval(secs => $3), scheduled_for = NULL, updated_at = $4 "
+    "INSERT INTO delivery_claims AS k (id, attempt, leased_until) "
+    "SELECT c.id, c.attempt, now() + make_interval(secs => $3) "
     "FROM unnest($1::text[], $2::int[]) AS c(id, attempt) "
-    f"WHERE d.id = c.id AND d.id = ANY($1::text[]) AND {_CLAIMABLE} "
-    f"AND {_NOTE} IS DISTINCT FROM 'cancelled' RETURNING d.id"
-)
-# Of the deliveries a claim did not take, those of a cancelled notification still waiting
-# (or whose claimant died) are cancelled, with their events: asked only when a claim left
-# some out, which a running send rarely does.
-_STOPPABLE = (
-    "CASE WHEN d.status IN ('queued', 'scheduled') THEN true "
-    f"WHEN d.status = 'sending' THEN {_LAPSED} ELSE false END"
-)
-_STOP = (
-    "WITH stopped AS (UPDATE deliveries AS d SET status = 'cancelled', reason = 'cancelled', "
-    "scheduled_for = NULL, leased_until = NULL, updated_at = $2 "
-    f"WHERE d.id = ANY($1::text[]) AND {_STOPPABLE} AND {_NOTE} = 'cancelled' "
-    "RETURNING d.id, d.tenant_id) "
-    "INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
-    "SELECT id, tenant_id, 'cancelled', 'cancelled', $2 FROM stopped"
+    "JOIN deliveries AS d ON d.id = c.id AND d.id = ANY($1::text[]) "
+    "WHERE CASE WHEN d.status IN ('queued', 'scheduled') THEN d.attempts = c.attempt - 1 "
+    f"OR (d.attempts = c.attempt - 2 AND {_HELD} = c.attempt - 1) ELSE false END "
+    f"AND {_NOTE} IS DISTINCT FROM 'cancelled' "
+    "ON CONFLICT (id) DO UPDATE SET attempt = EXCLUDED.attempt, "
+    "leased_until = EXCLUDED.leased_until "
+    "WHERE NOT k.cancelled AND (k.attempt < EXCLUDED.attempt "
+    "OR (k.attempt = EXCLUDED.attempt AND k.leased_until < now())) "
+    "RETURNING k.id"
 )
 
 
-async def claim(
-    pg: PgPool, items: Sequence[tuple[str, int]], lease: float, at: datetime
-) -> set[str]:
+async def claim(pg: PgPool, items: Sequence[tuple[str, int]], lease: float) -> set[str]:
     """Claim each (delivery id, attempt) of ``items`` (ids distinct) for ``lease`` seconds;
-    the ids claimed. Those left out that belong to a cancelled notification are cancelled."""
+    the ids claimed."""
     ids, attempts = _columns(items, 2)
-    claimed = {record[0] for record in await pg.fetch(_CLAIM, ids, attempts, lease, at)}
-    if len(claimed) < len(ids):
-        await pg.execute(_STOP, [i for i in ids if i not in claimed], at)
-    return claimed
+    return {record[0] for record in await pg.fetch(_CLAIM, ids, attempts, lease)}

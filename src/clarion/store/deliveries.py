@@ -12,12 +12,14 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    case,
+    exists,
     func,
-    or_,
     select,
     tuple_,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.delivery import Stored
@@ -30,14 +32,11 @@ from clarion.domain.status import StatusChange
 from clarion.store import bulk, delivery_rows
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.pg import PgPool
-from clarion.store.sql import chunks, first_row, insert_ignoring_conflicts
-from clarion.store.tables import deliveries, delivery_events, notifications
+from clarion.store.sql import chunks, db_now, first_row, insert_ignoring_conflicts, upsert
+from clarion.store.tables import deliveries, delivery_claims, delivery_events, notifications
 
 # Deliveries still to be sent: queued now, or scheduled for later (quiet hours).
 WAITING = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
-# What an attempt's claim takes (store/bulk.py ``_CLAIM``): a delivery waiting, or still
-# ``sending`` the attempt before (its retry published before its outcome is stored).
-_CLAIMABLE = (*WAITING, DeliveryStatus.SENDING)
 
 
 async def insert_planned(conn: AsyncConnection, items: Sequence[Stored], at: datetime) -> set[str]:
@@ -95,11 +94,10 @@ _STATUSES = "SELECT id, status, attempts FROM deliveries WHERE id = ANY($1::text
 
 def _spent(status: str, attempts: int, attempt: int) -> bool:
     """Whether a delivery in this state must not get ``attempt``: it is final or cancelled,
-    or that attempt was made already (a copy handed out again, by the broker or the sweeper).
-    One ``sending`` that very attempt is left to the claim: its worker may have died."""
-    if status in TERMINAL_STATUSES or attempts > attempt:
-        return True
-    return attempts == attempt and status != DeliveryStatus.SENDING
+    or that attempt's outcome is stored already (a copy handed out again, by the broker or
+    the sweeper). One whose attempt is claimed but has no outcome yet is left to the claim:
+    its worker may have died."""
+    return status in TERMINAL_STATUSES or attempts >= attempt
 
 
 async def spent_ids(
@@ -120,22 +118,57 @@ async def spent_ids(
     return {row[0] for row in rows if _spent(row[1], row[2], wanted[row[0]])}
 
 
+def in_flight(d: Any = deliveries) -> ColumnElement[bool]:
+    """Whether the delivery is being sent: it waits, and its claim is live and ahead of the
+    attempts its outcomes have counted (the claim of an attempt whose outcome is stored, or
+    whose worker died, is not)."""
+    k = delivery_claims
+    return and_(
+        d.c.status.in_(WAITING),
+        exists().where(
+            k.c.id == d.c.id,
+            k.c.attempt > d.c.attempts,
+            k.c.leased_until > db_now(),
+            ~k.c.cancelled,
+        ),
+    )
+
+
+def shown_status(d: Any = deliveries) -> ColumnElement[str]:
+    """The delivery's status as the API shows it: ``sending`` while it is in flight."""
+    return case((in_flight(d), DeliveryStatus.SENDING.value), else_=d.c.status)
+
+
+def select_deliveries(d: Any = deliveries) -> Select[Any]:
+    """Every column of the delivery, its status as :func:`shown_status`."""
+    return select(*(c for c in d.c if c.name != "status"), shown_status(d).label("status"))
+
+
 async def claim(
     engine: AsyncEngine, items: Sequence[tuple[str, int]], lease: float, pg: PgPool | None = None
 ) -> set[str]:
     """Claim attempts right before their provider calls: each (delivery id, attempt n), ids
-    distinct, becomes ``sending`` attempt n under a lease of ``lease`` seconds, if it waits
-    for attempt n and its notification is not cancelled (store/bulk.py ``_CLAIM`` says
-    when exactly); one of a cancelled notification is cancelled instead. The call is counted
-    when claimed, so ``attempts`` is the number of calls made. The ids claimed: only those
-    may be sent."""
+    distinct, is claimed for ``lease`` seconds if the delivery waits for attempt n, its
+    notification is not cancelled and no live claim holds it (store/bulk.py ``_CLAIM`` says
+    when exactly). The ids claimed: only those may be sent. Of those left out, a waiting
+    delivery of a cancelled notification is cancelled (:func:`stop_waiting`).
+
+    A claim is a row of ``delivery_claims``, not a change to the delivery: its outcome,
+    written after the call, counts the attempt, so ``attempts`` is the number of calls whose
+    outcome is known; a claim whose lease ran out (its worker died in the call) is taken
+    again for the same attempt."""
     if not items:
         return set()
-    now = utcnow()
+    wanted = dict(items)
     if pg is not None:
-        return await bulk.claim(pg, items, lease, now)
-    async with write_tx(engine) as conn:
-        return await _claim_rows(conn, dict(items), now, now + timedelta(seconds=lease))
+        claimed = await bulk.claim(pg, list(wanted.items()), lease)
+    else:
+        now = utcnow()
+        async with write_tx(engine) as conn:
+            claimed = await _claim_rows(conn, wanted, now, now + timedelta(seconds=lease))
+    if len(claimed) < len(wanted):
+        await stop_cancelled(engine, [i for i in wanted if i not in claimed])
+    return claimed
 
 
 async def _claim_rows(
@@ -143,73 +176,111 @@ async def _claim_rows(
 ) -> set[str]:
     """SQLite's claim: its writers take turns (``write_tx``), so what is read here does not
     change before it is written."""
-    d, n = deliveries, notifications
+    d, n, k = deliveries, notifications, delivery_claims
     rows: list[Any] = []
     for part in chunks(list(wanted), 1000):
         query = (
-            select(d.c.id, d.c.tenant_id, d.c.status, d.c.attempts, d.c.leased_until, n.c.status)
-            .select_from(d.outerjoin(n, n.c.id == d.c.notification_id))
-            .where(d.c.id.in_(part))
+            select(d.c.id, d.c.status, d.c.attempts, n.c.status, k.c.attempt, k.c.leased_until)
+            .select_from(
+                d.outerjoin(n, n.c.id == d.c.notification_id).outerjoin(k, k.c.id == d.c.id)
+            )
+            .where(d.c.id.in_(part), ~func.coalesce(k.c.cancelled, False))
         )
         rows.extend((await conn.execute(query)).all())
-    # The ids claimed, by the attempt they are claimed for: one UPDATE per attempt number
-    # (a batch is mostly first attempts), not one per row.
-    claimed: dict[int, list[str]] = {}
-    stopped: list[tuple[str, str]] = []
-    for did, tenant, status, attempts, leased_until, note in rows:
-        held = as_utc(leased_until)
-        lapsed = status == DeliveryStatus.SENDING and (held is None or held < now)
-        cancelled = note == NotificationStatus.CANCELLED
-        if cancelled and (status in WAITING or lapsed):
-            stopped.append((did, tenant))
-        elif not cancelled and (
-            (status in _CLAIMABLE and attempts == wanted[did] - 1)
-            or (lapsed and attempts == wanted[did])
-        ):
-            claimed.setdefault(wanted[did], []).append(did)
-    for attempt, ids in claimed.items():
-        for part in chunks(ids, 1000):
-            await conn.execute(
-                update(d)
-                .where(d.c.id.in_(part))
-                .values(
-                    status=DeliveryStatus.SENDING,
-                    attempts=attempt,
-                    leased_until=until,
-                    scheduled_for=None,
-                    updated_at=now,
-                )
-            )
-    if stopped:
-        await _cancel_rows(conn, stopped, now)
-    return {did for ids in claimed.values() for did in ids}
-
-
-async def _cancel_rows(conn: AsyncConnection, rows: list[tuple[str, str]], now: datetime) -> None:
-    d = deliveries
-    for part in chunks(rows, 1000):
+    claimed = [
+        {"id": did, "attempt": wanted[did], "leased_until": until}
+        for did, status, attempts, note, held, held_until in rows
+        if note != NotificationStatus.CANCELLED
+        and _claimable(status, attempts, held, as_utc(held_until), wanted[did], now)
+    ]
+    if claimed:
         await conn.execute(
+            upsert(conn, delivery_claims, ["id"], ["attempt", "leased_until"]), claimed
+        )
+    return {row["id"] for row in claimed}
+
+
+def _claimable(
+    status: str, attempts: int, held: int | None, until: datetime | None, attempt: int, now: Any
+) -> bool:
+    """store/bulk.py ``_CLAIM``'s rule, for one delivery and the claim it holds (``held``,
+    ``until``: none if it has none)."""
+    if status not in WAITING:
+        return False
+    # Its attempt before this one claimed, its outcome not stored yet: the retry was
+    # published first.
+    ready = attempts == attempt - 1 or (attempts == attempt - 2 and held == attempt - 1)
+    free = held is None or held < attempt or (held == attempt and until is not None and until < now)
+    return ready and free
+
+
+async def stop_cancelled(engine: AsyncEngine, ids: Sequence[str]) -> None:
+    """Cancel those of these deliveries that still wait and whose notification is cancelled
+    (an attempt that failed after its claim, whose retry its cancellation must stop)."""
+    d, n = deliveries, notifications
+    cancelled = select(n.c.id).where(
+        n.c.id == d.c.notification_id, n.c.status == NotificationStatus.CANCELLED
+    )
+    async with write_tx(engine) as conn:
+        for part in chunks(list(ids), 1000):
+            await stop_waiting(conn, and_(d.c.id.in_(part), exists(cancelled)), utcnow())
+
+
+async def stop_waiting(
+    conn: AsyncConnection, which: ColumnElement[bool], now: datetime
+) -> list[tuple[str, str]]:
+    """Cancel the deliveries ``which`` selects that still wait and are not in flight, each
+    with its ``cancelled`` event; the (id, tenant) of those cancelled.
+
+    Each is first marked in ``delivery_claims`` (``cancelled``), which no claim takes after
+    it: a claim being written at the same moment holds the row's key until it commits, so
+    the mark either waits for it and leaves the delivery to its call, or comes first and
+    the claim finds the mark. So no delivery is both cancelled and sent."""
+    d, k = deliveries, delivery_claims
+    found = (
+        await conn.execute(select(d.c.id, d.c.attempts).where(which, d.c.status.in_(WAITING)))
+    ).all()
+    marked: list[str] = []
+    for part in chunks(list(found), 1000):
+        stmt: Any = postgresql.insert(k) if conn.dialect.name == "postgresql" else sqlite.insert(k)
+        # A live claim ahead of the stored attempts is a call in flight: left alone.
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["id"],
+            set_={"cancelled": True, "leased_until": stmt.excluded.leased_until},
+            where=(k.c.attempt <= stmt.excluded.attempt) | (k.c.leased_until < db_now()),
+        ).returning(k.c.id)
+        rows = [
+            {"id": did, "attempt": attempts, "leased_until": now, "cancelled": True}
+            for did, attempts in part
+        ]
+        marked.extend((await conn.execute(stmt, rows)).scalars())
+    stopped: list[tuple[str, str]] = []
+    for ids in chunks(marked, 1000):
+        result = await conn.execute(
             update(d)
-            .where(d.c.id.in_([did for did, _ in part]))
+            .where(d.c.id.in_(ids), d.c.status.in_(WAITING))
             .values(
                 status=DeliveryStatus.CANCELLED,
                 reason="cancelled",
                 scheduled_for=None,
-                leased_until=None,
                 updated_at=now,
             )
+            .returning(d.c.id, d.c.tenant_id)
         )
-        events = [
-            {
-                "delivery_id": did,
-                "tenant_id": tenant,
-                "status": DeliveryStatus.CANCELLED,
-                "detail": "cancelled",
-                "created_at": now,
-            }
-            for did, tenant in part
-        ]
-        await conn.execute(delivery_events.insert(), events)
+        stopped.extend((did, tenant) for did, tenant in result.all())
+    events = [
+        {
+            "delivery_id": did,
+            "tenant_id": tenant,
+            "status": DeliveryStatus.CANCELLED,
+            "detail": "cancelled",
+            "created_at": now,
+        }
+        for did, tenant in stopped
+    ]
+    for chunk in chunks(events, 1000):
+        await conn.execute(delivery_events.insert(), chunk)
+    return stopped
 
 
 _UPDATE = (
@@ -221,8 +292,8 @@ _UPDATE = (
         deliveries.c.id == bindparam("b_id"),
         deliveries.c.status != DeliveryStatus.DELIVERED,
         deliveries.c.attempts <= bindparam("b_attempts"),
-        # A cancelled delivery stays cancelled: an attempt claimed before the cancellation
-        # finds it `sending`, which a cancellation leaves alone (store/bulk.py).
+        # A cancelled delivery stays cancelled: a cancellation leaves a delivery in flight
+        # alone (:func:`stop_waiting`), so only an attempt whose claim lapsed meets one.
         deliveries.c.status != DeliveryStatus.CANCELLED,
     )
     .values(
@@ -236,8 +307,6 @@ _UPDATE = (
         latency_ms=bindparam("b_latency_ms"),
         updated_at=bindparam("b_updated_at"),
         provider=func.coalesce(bindparam("b_provider", type_=String), deliveries.c.provider),
-        # The outcome ends the attempt's lease.
-        leased_until=None,
     )
 )
 
@@ -349,24 +418,10 @@ def _with_trace() -> Select[Any]:
     )
 
 
-def _lapsed(now: Any) -> ColumnElement[bool]:
-    """Deliveries ``sending`` whose claimant's lease ran out (it died before storing the
-    attempt's outcome): due again, that same attempt."""
-    d = deliveries
-    return and_(
-        d.c.status == DeliveryStatus.SENDING,
-        or_(d.c.leased_until.is_(None), d.c.leased_until < now),
-    )
-
-
-def _db_now(engine: AsyncEngine) -> Any:
-    """The database's clock where it has one to share (leases are set on it), else ours."""
-    return func.now() if engine.dialect.name == "postgresql" else utcnow()
-
-
 async def stale_queued(engine: AsyncEngine, older_than: datetime, limit: int) -> list[Stored]:
-    """Deliveries waiting since before ``older_than``: neither changed nor due since then;
-    and those whose attempt's claim lapsed (its worker died in the attempt).
+    """Deliveries waiting since before ``older_than``: neither changed nor due since then,
+    and not in flight (:func:`in_flight`); so also those whose attempt's claim lapsed (its
+    worker died in the attempt), whose outcome never came.
 
     A retry or a deferral due later is the broker's delayed set's to publish; only once it
     has been due for as long as a stale queued delivery is it published again here. One
@@ -376,15 +431,10 @@ async def stale_queued(engine: AsyncEngine, older_than: datetime, limit: int) ->
     query = (
         _with_trace()
         .where(
-            or_(
-                and_(
-                    d.c.status.in_(WAITING),
-                    d.c.updated_at < older_than,
-                    (d.c.scheduled_for.is_(None)) | (d.c.scheduled_for < older_than),
-                ),
-                # Few rows (one per send in flight): the status index finds them.
-                _lapsed(_db_now(engine)),
-            ),
+            d.c.status.in_(WAITING),
+            d.c.updated_at < older_than,
+            (d.c.scheduled_for.is_(None)) | (d.c.scheduled_for < older_than),
+            ~in_flight(d),
         )
         .order_by(d.c.updated_at)
         .limit(limit)
@@ -404,38 +454,35 @@ async def touch(engine: AsyncEngine, ids: Sequence[str]) -> None:
 
 
 async def release_claims(engine: AsyncEngine, items: Sequence[tuple[str, int]]) -> None:
-    """End the leases of these attempts (delivery id, attempt), still ``sending``: their
-    worker stopped and handed their messages back unanswered, so whoever takes a message
-    again may claim the same attempt at once rather than after the lease. An attempt that
-    has stored its outcome meanwhile, or been followed by a later one, is left alone."""
-    d = deliveries
+    """End the leases of these attempts (delivery id, attempt): their worker stopped and
+    handed their messages back unanswered, so whoever takes a message again may claim the
+    same attempt at once rather than after the lease. An attempt whose outcome is stored
+    meanwhile, or that a later one has followed, is left alone."""
+    k = delivery_claims
     async with write_tx(engine) as conn:
         for part in chunks(list(items), 500):
             await conn.execute(
-                update(d)
-                .where(
-                    d.c.status == DeliveryStatus.SENDING,
-                    tuple_(d.c.id, d.c.attempts).in_(part),
-                )
-                .values(leased_until=None)
+                update(k)
+                .where(~k.c.cancelled, tuple_(k.c.id, k.c.attempt).in_(part))
+                .values(leased_until=utcnow())
             )
 
 
 async def release_leases(engine: AsyncEngine) -> None:
     """End every attempt's lease: after a crash of the one process an embedded broker lives
     in, no worker holds one any more."""
-    d = deliveries
+    k = delivery_claims
+    now = utcnow()
     async with write_tx(engine) as conn:
         await conn.execute(
-            update(d).where(d.c.status == DeliveryStatus.SENDING).values(leased_until=None)
+            update(k).where(~k.c.cancelled, k.c.leased_until > now).values(leased_until=now)
         )
 
 
 async def all_queued(engine: AsyncEngine, after: str | None, limit: int) -> list[Stored]:
-    """Every waiting delivery, and every one being sent, in id order, a page at a time
+    """Every waiting delivery (those being sent too), in id order, a page at a time
     (embedded recovery)."""
-    statuses = [*WAITING, DeliveryStatus.SENDING]
-    query = _with_trace().where(deliveries.c.status.in_(statuses))
+    query = _with_trace().where(deliveries.c.status.in_(WAITING))
     if after:
         query = query.where(deliveries.c.id > after)
     query = query.order_by(deliveries.c.id).limit(limit)
@@ -454,7 +501,7 @@ async def apply_provider_report(
 ) -> bool:
     """Record what a provider later reported about a sent delivery (``delivered`` or
     ``failed``), with its event. Only a delivery that is ``queued`` (the report came before
-    the worker stored the send's outcome), ``sending`` or ``sent`` changes, so a late or
+    the worker stored the send's outcome) or ``sent`` changes, so a late or
     repeated report never moves a delivery backwards or revives a finished one. Returns
     whether it changed."""
     now = utcnow()
@@ -464,16 +511,13 @@ async def apply_provider_report(
             .where(
                 deliveries.c.id == delivery_id,
                 deliveries.c.tenant_id == tenant_id,
-                deliveries.c.status.in_(
-                    [DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.SENT]
-                ),
+                deliveries.c.status.in_([DeliveryStatus.QUEUED, DeliveryStatus.SENT]),
             )
             .values(
                 status=status,
                 reason=reason,
                 last_error=last_error,
                 updated_at=now,
-                leased_until=None,
             )
         )
         if result.rowcount == 0:

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from clarion.domain.delivery import Delivery, Stored
-from clarion.domain.models import DeliveryStatus
 from clarion.store.db import as_utc
 
 # The columns a new delivery is inserted with, in the order of :func:`values`.
@@ -96,12 +95,11 @@ def _traceparent(value: Any) -> str | None:
 
 
 def delivery_of(row: Mapping[Any, Any], attempt: int | None = None) -> Delivery:
-    """The delivery of a stored row; by default it asks for the try after the row's, or for
-    the row's own if it is ``sending`` (its claimant died: that attempt is made again, not
-    counted twice)."""
+    """The delivery of a stored row; by default it asks for the try after the row's (the
+    attempts its outcomes counted): an attempt claimed by a worker that died is made again,
+    and counted once, by its outcome."""
     if attempt is None:
-        sending = row.get("status") == DeliveryStatus.SENDING
-        attempt = row["attempts"] if sending else row["attempts"] + 1
+        attempt = row["attempts"] + 1
     return Delivery(
         id=row["id"],
         tenant=row["tenant_id"],

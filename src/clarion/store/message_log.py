@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
 from clarion.domain.outcome import FAILURES, SUCCESSES
 from clarion.store.db import as_utc
+from clarion.store.deliveries import WAITING, in_flight, select_deliveries, shown_status
 from clarion.store.notifications import (
     delivery_to_public,
     notification_summary,
@@ -77,10 +78,11 @@ async def delivery_totals(
     totals: dict[str, dict[str, int]] = {nid: {} for nid in notification_ids}
     async with engine.connect() as conn:
         for part in chunks(list(notification_ids), 500):
+            status = shown_status(d)
             query = (
-                select(d.c.notification_id, d.c.status, func.count())
+                select(d.c.notification_id, status, func.count())
                 .where(d.c.notification_id.in_(part))
-                .group_by(d.c.notification_id, d.c.status)
+                .group_by(d.c.notification_id, status)
             )
             for nid, status, count in (await conn.execute(query)).all():
                 totals[nid][status] = count
@@ -114,8 +116,7 @@ def _status_condition(status: str) -> ColumnElement[bool]:
         return column.in_(_SUCCESSES)
 
     def sending(d: Any) -> ColumnElement[bool]:
-        column: ColumnElement[str] = d.c.status
-        return column == DeliveryStatus.SENDING
+        return in_flight(d)
 
     cancelled = n.c.status == NotificationStatus.CANCELLED
     if status == NotificationStatus.CANCELLING:
@@ -208,8 +209,9 @@ def deliveries_query(
 ) -> Select[Any]:
     d = deliveries
     conditions = _created(tenant_id, d, where.created)
+    if where.status is not None:
+        conditions.append(_delivery_status(where.status))
     for column, value in (
-        (d.c.status, where.status),
         (d.c.channel, where.channel),
         (d.c.provider, where.provider),
         (d.c.reason, where.reason),
@@ -226,7 +228,20 @@ def deliveries_query(
                 select(n.c.id).where(n.c.tenant_id == tenant_id, n.c.template == where.template)
             )
         )
-    return newest_first(select(d).where(*conditions), d.c.created_at, d.c.id, after, limit)
+    return newest_first(
+        select_deliveries().where(*conditions), d.c.created_at, d.c.id, after, limit
+    )
+
+
+def _delivery_status(status: str) -> ColumnElement[bool]:
+    """Deliveries whose shown status (store/deliveries.py ``shown_status``) is ``status``:
+    ``sending`` is a waiting one in flight."""
+    d = deliveries
+    if status == DeliveryStatus.SENDING:
+        return in_flight(d)
+    if status in WAITING:
+        return and_(d.c.status == status, ~in_flight(d))
+    return d.c.status == status
 
 
 async def list_deliveries(
@@ -252,7 +267,7 @@ async def get_delivery(
     """One delivery of this tenant with its timeline, or None."""
     d, e = deliveries, delivery_events
     async with engine.connect() as conn:
-        query = select(d).where(d.c.id == delivery_id, d.c.tenant_id == tenant_id)
+        query = select_deliveries().where(d.c.id == delivery_id, d.c.tenant_id == tenant_id)
         found = (await conn.execute(query)).mappings().first()
         if found is None:
             return None

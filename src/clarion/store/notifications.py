@@ -12,14 +12,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import new_id
-from clarion.domain.models import DeliveryStatus, NotificationStatus
+from clarion.domain.models import NotificationStatus
 from clarion.domain.outcome import cancellation, shown_status, shown_to
 from clarion.domain.refusal import Reason, Refused
+from clarion.store import deliveries as delivery_store
 from clarion.store.db import as_utc, shown, utcnow, write_tx
 from clarion.store.intake import IntakeTx, Stored, intake_tx
 from clarion.store.pg import PgPool
 from clarion.store.sql import chunks
-from clarion.store.tables import deliveries, delivery_events, notifications, outbox, topic_stripes
+from clarion.store.tables import deliveries, notifications, outbox, topic_stripes
 
 
 @dataclass(slots=True)
@@ -369,7 +370,7 @@ async def get_with_deliveries(
         rows = (
             (
                 await conn.execute(
-                    select(deliveries)
+                    delivery_store.select_deliveries()
                     .where(deliveries.c.notification_id == notification_id)
                     .order_by(deliveries.c.id)
                     .limit(limit + 1)
@@ -390,10 +391,9 @@ async def get_with_deliveries(
 
 async def _totals(conn: AsyncConnection, notification_id: str) -> dict[str, int]:
     d = deliveries
+    status = delivery_store.shown_status(d)
     query = (
-        select(d.c.status, func.count())
-        .where(d.c.notification_id == notification_id)
-        .group_by(d.c.status)
+        select(status, func.count()).where(d.c.notification_id == notification_id).group_by(status)
     )
     return {status: int(n) for status, n in sorted((await conn.execute(query)).all())}
 
@@ -410,7 +410,9 @@ async def deliveries_page(
         )
         if found.first() is None:
             return None
-        query = select(d).where(d.c.notification_id == notification_id, d.c.id > (after or ""))
+        query = delivery_store.select_deliveries().where(
+            d.c.notification_id == notification_id, d.c.id > (after or "")
+        )
         rows = (await conn.execute(query.order_by(d.c.id).limit(limit))).mappings().all()
     return [delivery_to_public(r) for r in rows]
 
@@ -420,16 +422,15 @@ _CANCELLABLE = (
     NotificationStatus.SCHEDULED,
     NotificationStatus.PROCESSING,
 )
-_UNSENT = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
 
 
 async def cancel(engine: AsyncEngine, tenant_id: str, notification_id: str) -> bool:
     """Cancel what of the notification is not sent yet: its status becomes ``cancelled``,
     its deliveries still waiting (queued, or scheduled for later) become ``cancelled`` with
     an event each, and a scheduled or still-planning send leaves the outbox. Deliveries
-    ``sending`` (their attempt claimed before this) are in flight and left to finish; none
-    is claimed after this (store/bulk.py ``_CLAIM``), and a retry of one that fails is
-    cancelled at its claim. A notification already finished is left as it is. False if the
+    in flight (their attempt claimed before this) are left to finish; none is claimed after
+    this (store/deliveries.py ``stop_waiting``), and a retry of one that fails is cancelled
+    at its claim. A notification already finished is left as it is. False if the
     tenant has no such notification."""
     for attempt in range(3):
         try:
@@ -459,32 +460,8 @@ async def _cancel(engine: AsyncEngine, tenant_id: str, notification_id: str) -> 
                 select(n.c.id).where(n.c.id == notification_id, n.c.tenant_id == tenant_id)
             )
             return found.first() is not None
-        waiting = (d.c.notification_id == notification_id) & d.c.status.in_(_UNSENT)
-        # The events of exactly the rows changed: a delivery claimed meanwhile (`sending`)
-        # is left alone, and gets no `cancelled` event.
-        cancelled = await conn.execute(
-            update(d)
-            .where(waiting)
-            .values(
-                status=DeliveryStatus.CANCELLED,
-                reason="cancelled",
-                scheduled_for=None,
-                updated_at=now,
-            )
-            .returning(d.c.id, d.c.tenant_id)
-        )
-        events = [
-            {
-                "delivery_id": delivery_id,
-                "tenant_id": tenant,
-                "status": DeliveryStatus.CANCELLED.value,
-                "detail": "cancelled",
-                "created_at": now,
-            }
-            for delivery_id, tenant in cancelled.all()
-        ]
-        for part in chunks(events, 1000):
-            await conn.execute(delivery_events.insert(), part)
+        # A delivery claimed meanwhile is in flight: left alone, with no `cancelled` event.
+        await delivery_store.stop_waiting(conn, d.c.notification_id == notification_id, now)
         await delete_outbox(conn, [notification_id])
         await _drop_stripes(conn, notification_id)
     return True

@@ -139,16 +139,21 @@ def _prunable(conn: Connection) -> list[tuple[str, str, str]]:
         "created_at < :cutoff "
         "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.notification_id = notifications.id)"
     )
+    # An attempt's claim, once its lease ended before the cutoff (its delivery is older).
+    # No index: the oldest lie first in the table, and a batch stops when it is full.
+    claims = ("delivery_claims", "id", "leased_until < :cutoff")
     if partitioned:
         return [
             ("deliveries_default", "id", "created_at < :cutoff"),
             ("delivery_events_default", "id", "created_at < :cutoff"),
             ("notifications", "id", notification),
+            claims,
         ]
     return [
         ("deliveries", "id", "created_at < :cutoff"),
         ("delivery_events", "id", "created_at < :cutoff"),
         ("notifications", "id", notification),
+        claims,
     ]
 
 

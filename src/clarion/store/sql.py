@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Executable, FromClause, RowMapping, Table, select
+from sqlalchemy import Column, DateTime, Executable, FromClause, RowMapping, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 
 def _sqlite_from_hint(_compiler: Any, _table: FromClause, text: str | None) -> str | None:
@@ -19,6 +22,25 @@ def _sqlite_from_hint(_compiler: Any, _table: FromClause, text: str | None) -> s
 # after a table names the index to use. Queries ask for it with
 # `.with_hint(table, "INDEXED BY ...", "sqlite")` (store/inbox.py).
 SQLiteCompiler.get_from_hint_text = _sqlite_from_hint  # type: ignore[method-assign,assignment]
+
+
+class db_now(FunctionElement[datetime]):
+    """The database's clock, as a timestamp compared with stored ones: ``now()`` on
+    PostgreSQL; on SQLite the time to the millisecond in the form SQLAlchemy stores
+    timestamps in (``CURRENT_TIMESTAMP`` has whole seconds only)."""
+
+    type = DateTime(timezone=True)
+    inherit_cache = True
+
+
+@compiles(db_now)
+def _db_now(_element: db_now, _compiler: Any, **_kw: Any) -> str:
+    return "now()"
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(_element: db_now, _compiler: Any, **_kw: Any) -> str:
+    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 
 
 def insert_ignoring_conflicts(conn: AsyncConnection, table: Table) -> Any:

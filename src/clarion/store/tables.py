@@ -184,12 +184,25 @@ deliveries = Table(
     # How long the provider call of the attempt that set the state took (its timeline's
     # `attempt` event of a plain `sent`, which has no event row).
     Column("latency_ms", Integer),
-    # While ``sending``: until when the worker that claimed the attempt holds it (the call
-    # and the outcome's write fit in it); past it, the worker is taken for dead.
-    _ts("leased_until"),
     # A notification's deliveries, paged in id order.
     Index("ix_deliveries_notification_id_id", "notification_id", "id"),
     Index("ix_deliveries_status_updated_at", "status", "updated_at"),
+)
+
+# An attempt's claim, taken right before its provider call (store/deliveries.py ``claim``):
+# the attempt, and until when the worker that took it holds it (the call and the outcome's
+# write fit in it; past it, the worker is taken for dead). A row of its own, not columns of
+# the delivery: the claim is one narrow insert instead of a new version of the delivery's
+# row and an entry in each of its six indexes. A delivery is `sending` while its claim is
+# live and ahead of its stored attempts. `cancelled`: its notification's cancellation took
+# it (store/deliveries.py ``stop_waiting``); no attempt is claimed after that.
+delivery_claims = Table(
+    "delivery_claims",
+    metadata,
+    _id(),
+    Column("attempt", Integer, nullable=False),
+    _ts("leased_until", nullable=False),
+    Column("cancelled", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 delivery_events = Table(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.models import DeliveryStatus
@@ -25,7 +25,7 @@ from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.notifications import delivery_to_public
 from clarion.store.pages import Position, newest_first
 from clarion.store.sql import chunks
-from clarion.store.tables import deliveries, delivery_events, notifications
+from clarion.store.tables import deliveries, delivery_claims, delivery_events, notifications
 
 MAX_REPLAY = 10_000
 REPLAYED = "replayed"
@@ -107,6 +107,10 @@ def _requeue(ids_query: Any) -> Any:
 
 async def _claim(conn: AsyncConnection, ids_query: Any) -> list[dict[str, Any]]:
     rows = [dict(row) for row in (await conn.execute(_requeue(ids_query))).mappings()]
+    # Its attempts start again from the first: the claims of the old ones go.
+    k = delivery_claims
+    for part in chunks([row["id"] for row in rows], 1000):
+        await conn.execute(delete(k).where(k.c.id.in_(part)))
     now = utcnow()
     events = [
         {

@@ -156,19 +156,26 @@ def _templates_of_category(tenant_id: str, category: str) -> Any:
     )
 
 
-def _created(tenant_id: str, table: Any, created: TimeRange) -> list[ColumnElement[bool]]:
-    """The tenant's rows of ``table`` created in that range."""
-    within = between(table.c.created_at, created.after, created.before)
-    return [table.c.tenant_id == tenant_id, *within]
+def _listed(
+    tenant_id: str, table: Any, where: LogFilter, status: Callable[[str], ColumnElement[bool]]
+) -> list[ColumnElement[bool]]:
+    """The tenant's rows of ``table`` created in the filter's range, and in its status
+    (``status`` makes a status's condition)."""
+    created = where.created
+    conditions = [
+        table.c.tenant_id == tenant_id,
+        *between(table.c.created_at, created.after, created.before),
+    ]
+    if where.status is not None:
+        conditions.append(status(where.status))
+    return conditions
 
 
 def notifications_query(
     tenant_id: str, where: NotificationFilter, after: Position | None, limit: int
 ) -> Select[Any]:
     n = notifications
-    conditions = _created(tenant_id, n, where.created)
-    if where.status is not None:
-        conditions.append(_status_condition(where.status))
+    conditions = _listed(tenant_id, n, where, _status_condition)
     if where.template is not None:
         conditions.append(n.c.template == where.template)
     if where.category is not None:
@@ -208,9 +215,7 @@ def deliveries_query(
     tenant_id: str, where: DeliveryFilter, after: Position | None, limit: int
 ) -> Select[Any]:
     d = deliveries
-    conditions = _created(tenant_id, d, where.created)
-    if where.status is not None:
-        conditions.append(_delivery_status(where.status))
+    conditions = _listed(tenant_id, d, where, _delivery_status)
     for column, value in (
         (d.c.channel, where.channel),
         (d.c.provider, where.provider),

@@ -394,15 +394,17 @@ category_versions = Table(
     Column("version", BigInteger, nullable=False),
 )
 
+
+def _newest_first(name: str, table: Table, *by: str) -> Index:
+    """An index of a tenant's rows of ``table`` (those with equal ``by`` together) in
+    (created_at, id) order."""
+    columns = [table.c[column] for column in ("tenant_id", *by, "created_at", "id")]
+    return Index(name, *columns)
+
+
 # Erasure and export find a recipient's deliveries and sandbox captures by these; the
 # message log lists a recipient's deliveries newest first by the first.
-Index(
-    "ix_deliveries_tenant_recipient_created",
-    deliveries.c.tenant_id,
-    deliveries.c.recipient_id,
-    deliveries.c.created_at,
-    deliveries.c.id,
-)
+_newest_first("ix_deliveries_tenant_recipient_created", deliveries, "recipient_id")
 Index(
     "ix_sandbox_messages_tenant_id_recipient_id",
     sandbox_messages.c.tenant_id,
@@ -412,39 +414,11 @@ Index(
 # The message log (store/message_log.py): each list, newest first, is a range of one of
 # these — unfiltered, or by status (and template for notifications) — read backwards from a
 # (created_at, id) cursor, so a page costs a page however large the tables grow.
-Index(
-    "ix_notifications_tenant_created",
-    notifications.c.tenant_id,
-    notifications.c.created_at,
-    notifications.c.id,
-)
-Index(
-    "ix_notifications_tenant_status_created",
-    notifications.c.tenant_id,
-    notifications.c.status,
-    notifications.c.created_at,
-    notifications.c.id,
-)
-Index(
-    "ix_notifications_tenant_template_created",
-    notifications.c.tenant_id,
-    notifications.c.template,
-    notifications.c.created_at,
-    notifications.c.id,
-)
-Index(
-    "ix_deliveries_tenant_created",
-    deliveries.c.tenant_id,
-    deliveries.c.created_at,
-    deliveries.c.id,
-)
-Index(
-    "ix_deliveries_tenant_status_created",
-    deliveries.c.tenant_id,
-    deliveries.c.status,
-    deliveries.c.created_at,
-    deliveries.c.id,
-)
+_newest_first("ix_notifications_tenant_created", notifications)
+_newest_first("ix_notifications_tenant_status_created", notifications, "status")
+_newest_first("ix_notifications_tenant_template_created", notifications, "template")
+_newest_first("ix_deliveries_tenant_created", deliveries)
+_newest_first("ix_deliveries_tenant_status_created", deliveries, "status")
 
 # A tenant's providers. `config` holds the settings with each secret field shown as "***";
 # `secrets` the secret fields, sealed (see clarion.security.secrets).

@@ -21,7 +21,7 @@ from clarion.domain.ids import _b32, delivery_id, time_prefix
 from clarion.pipeline.context import Context, open_context
 from clarion.store import retention
 from clarion.store.db import _alembic_config, migrate
-from clarion.store.tables import deliveries, delivery_events, notifications, outbox
+from clarion.store.tables import deliveries, delivery_claims, delivery_events, notifications, outbox
 from harness import make_settings
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -73,7 +73,8 @@ def _delivery(did: str, nid: str, at: datetime) -> dict[str, Any]:
 
 
 async def _seed(engine: AsyncEngine, label: str, at: datetime, status: str = "accepted") -> str:
-    """A notification accepted at ``at`` with one delivery and its event; the delivery id."""
+    """A notification accepted at ``at`` with one delivery, its event and its claim; the
+    delivery id."""
     nid = _ntf_id(at, hash(label) & 0xFFFF)
     did = delivery_id(nid, "u-1", "webhook")
     async with engine.begin() as conn:
@@ -83,6 +84,8 @@ async def _seed(engine: AsyncEngine, label: str, at: datetime, status: str = "ac
             insert(delivery_events),
             [{"delivery_id": did, "tenant_id": "ten_r", "status": "sent", "created_at": at}],
         )
+        # Its attempt's claim, whose lease ended when it was sent.
+        await conn.execute(insert(delivery_claims), [{"id": did, "attempt": 1, "leased_until": at}])
     return did
 
 
@@ -133,6 +136,9 @@ async def test_rows_older_than_the_horizon_go_and_younger_ones_stay(ctx: Context
     for did in (old, "dlv_legacy_old"):
         assert await _count(engine, deliveries, id=did) == 0, did
     assert await _count(engine, delivery_events, delivery_id=old) == 0
+    assert await _count(engine, delivery_claims, id=old) == 0
+    for did in (edge, young):
+        assert await _count(engine, delivery_claims, id=did) == 1, did
     for did in (edge, young, "dlv_legacy_new"):
         assert await _count(engine, deliveries, id=did) == 1, did
         if did.startswith("dlv_0"):

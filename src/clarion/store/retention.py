@@ -139,22 +139,23 @@ def _prunable(conn: Connection) -> list[tuple[str, str, str]]:
         "created_at < :cutoff "
         "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.notification_id = notifications.id)"
     )
-    # An attempt's claim, once its lease ended before the cutoff (its delivery is older).
-    # No index: the oldest lie first in the table, and a batch stops when it is full.
-    claims = ("delivery_claims", "id", "leased_until < :cutoff")
     if partitioned:
         return [
             ("deliveries_default", "id", "created_at < :cutoff"),
             ("delivery_events_default", "id", "created_at < :cutoff"),
             ("notifications", "id", notification),
-            claims,
         ]
     return [
         ("deliveries", "id", "created_at < :cutoff"),
         ("delivery_events", "id", "created_at < :cutoff"),
         ("notifications", "id", notification),
-        claims,
     ]
+
+
+# State kept only while it matters, pruned with the rows above but not archived: an
+# attempt's claim, once its lease ended before the cutoff (its delivery is older). No
+# index: the oldest lie first in the table, and a batch stops when it is full.
+_EXPIRED_STATE = [("delivery_claims", "id", "leased_until < :cutoff")]
 
 
 def _delete_batch(conn: Connection, table: str, key: str, where: str, cutoff: datetime) -> int:
@@ -221,7 +222,7 @@ async def maintain(
     async with engine.begin() as conn:
         await conn.run_sync(drop)
     async with engine.connect() as conn:
-        targets = await conn.run_sync(_prunable)
+        targets = [*await conn.run_sync(_prunable), *_EXPIRED_STATE]
     for table, key, where in targets:
         for _ in range(max_batches):
             async with engine.begin() as conn:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
 
 from clarion.api.auth import Reader
 from clarion.api.listing import Newest, time_range
@@ -17,7 +18,7 @@ from clarion.store import message_log as store
 
 router = APIRouter(tags=["message log"])
 
-Text = Annotated[str | None, Query(min_length=1, max_length=200)]
+Text = Annotated[str | None, Field(min_length=1, max_length=200)]
 After = Annotated[datetime | None, Query(description="Only those created at or after (RFC 3339)")]
 Before = Annotated[datetime | None, Query(description="Only those created before (RFC 3339)")]
 
@@ -32,28 +33,38 @@ async def created(created_after: After = None, created_before: Before = None) ->
 Created = Annotated[store.TimeRange, Depends(created)]
 
 
+class NotificationQuery(BaseModel):
+    """The notification list's filters (query parameters)."""
+
+    status: NotificationStatus | None = None
+    template: Text = None
+    recipient_id: Text = None
+    category: Text = None
+
+
+class DeliveryQuery(BaseModel):
+    """The delivery list's filters (query parameters)."""
+
+    status: DeliveryStatus | None = None
+    channel: Channel | None = None
+    provider: Text = None
+    reason: Text = None
+    recipient_id: Text = None
+    notification_id: Text = None
+    template: Text = None
+    category: Text = None
+
+
 @router.get("/v1/notifications", response_model=NotificationPage)
 async def list_notifications(
-    caller: Reader,
-    created: Created,
-    at: Newest,
-    status: NotificationStatus | None = None,
-    template: Text = None,
-    recipient_id: Text = None,
-    category: Text = None,
+    caller: Reader, query: Annotated[NotificationQuery, Query()], created: Created, at: Newest
 ) -> JSONResponse:
     """The message log: notifications, newest first.
 
     Each item carries `totals` (deliveries per status) and the aggregate `status`; `recipient_id`
     matches notifications with a delivery planned for that recipient, `category` those whose
     template is (or was) of that category."""
-    where = store.NotificationFilter(
-        status=status.value if status else None,
-        template=template,
-        recipient_id=recipient_id,
-        category=category,
-        created=created,
-    )
+    where = store.NotificationFilter(**query.model_dump(mode="json"), created=created)
     rows = await store.list_notifications(
         caller.engine, caller.tenant_id, where, at.position, at.read
     )
@@ -62,30 +73,10 @@ async def list_notifications(
 
 @router.get("/v1/deliveries", response_model=DeliveryPage)
 async def list_deliveries(
-    caller: Reader,
-    created: Created,
-    at: Newest,
-    status: DeliveryStatus | None = None,
-    channel: Channel | None = None,
-    provider: Text = None,
-    reason: Text = None,
-    recipient_id: Text = None,
-    notification_id: Text = None,
-    template: Text = None,
-    category: Text = None,
+    caller: Reader, query: Annotated[DeliveryQuery, Query()], created: Created, at: Newest
 ) -> JSONResponse:
     """The message log: deliveries across notifications, newest first."""
-    where = store.DeliveryFilter(
-        status=status.value if status else None,
-        channel=channel.value if channel else None,
-        provider=provider,
-        reason=reason,
-        recipient_id=recipient_id,
-        notification_id=notification_id,
-        template=template,
-        category=category,
-        created=created,
-    )
+    where = store.DeliveryFilter(**query.model_dump(mode="json"), created=created)
     rows = await store.list_deliveries(caller.engine, caller.tenant_id, where, at.position, at.read)
     return JSONResponse(at.page(rows))
 

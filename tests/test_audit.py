@@ -382,6 +382,18 @@ async def _dead(app: Harness, sink: WebhookSink) -> dict[str, str]:
     return {"delivery_id": dead["id"]}
 
 
+async def _workflow(app: Harness, sink: WebhookSink) -> dict[str, str]:
+    await app.put_template("t", EMAIL)
+    for name in ("first", "second"):
+        body = {
+            "name": name,
+            "steps": [{"id": "mail", "type": "channel", "channel": "email", "template": "t"}],
+        }
+        response = await app.client.put("/v1/workflows/w", json=body, headers=app.auth)
+        assert response.status_code in (200, 201), response.text
+    return {}
+
+
 SCHEDULE = {"cron": "0 9 * * *", "notification": {"template": "t", "to": {"recipient_id": "u"}}}
 CASES = {
     "categories_put": Case("PUT", "/v1/categories/c", ("category", "create"), {}),
@@ -389,6 +401,20 @@ CASES = {
     "templates_rollback": Case(
         "POST", "/v1/templates/t/rollback", ("template", "rollback"), {"version": 1}, _template
     ),
+    "workflows_put": Case(
+        "PUT",
+        "/v1/workflows/n",
+        ("workflow", "create"),
+        {
+            "name": "n",
+            "steps": [{"id": "mail", "type": "channel", "channel": "email", "template": "t"}],
+        },
+        _schedule,
+    ),
+    "workflows_rollback": Case(
+        "POST", "/v1/workflows/w/rollback", ("workflow", "rollback"), {"version": 1}, _workflow
+    ),
+    "workflows_delete": Case("DELETE", "/v1/workflows/w", ("workflow", "delete"), None, _workflow),
     "providers_put": Case(
         "PUT",
         "/v1/providers/q",

@@ -38,6 +38,7 @@ from clarion.api.routes import (
     topics,
     unsubscribe,
     webhooks,
+    workflows,
 )
 from clarion.api.send_one import PATH as SEND_PATH
 from clarion.api.send_one import SendOne
@@ -91,6 +92,7 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
         recipients,
         categories,
         templates,
+        workflows,
         providers,
         sandbox,
         topics,

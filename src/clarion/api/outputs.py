@@ -228,6 +228,32 @@ class TemplateSummary(Out):
 class TemplatePage(Paged[TemplateSummary]): ...
 
 
+class WorkflowStored(Out):
+    key: str
+    version: int
+
+
+class WorkflowVersionOut(Out):
+    key: str
+    version: int
+    name: str
+    category: str | None = None
+    steps: list[dict[str, Any]]
+    created_at: datetime
+
+
+class WorkflowSummary(Out):
+    key: str
+    name: str
+    category: str | None = None
+    active_version: int
+    latest_version: int
+    updated_at: datetime
+
+
+class WorkflowPage(Paged[WorkflowSummary]): ...
+
+
 class TemplatePreviewOut(Out):
     name: str
     version: int

@@ -284,6 +284,52 @@ class TemplateIn(Body):
     )
 
 
+_Text = Annotated[str, StringConstraints(max_length=2000)]
+
+
+class WorkflowStepIn(Body):
+    """A step as given; the rules between its fields are checked by domain/workflows.py."""
+
+    id: Annotated[str, StringConstraints(max_length=100)]
+    type: Annotated[str, StringConstraints(max_length=20)]
+    if_: _Text | None = Field(default=None, alias="if")
+    channel: Annotated[str, StringConstraints(max_length=20)] | None = None
+    channels: list[Annotated[str, StringConstraints(max_length=20)]] | None = Field(
+        default=None, max_length=10
+    )
+    mode: Annotated[str, StringConstraints(max_length=20)] | None = None
+    template: Annotated[str, StringConstraints(max_length=200)] | None = None
+    duration: Annotated[str, StringConstraints(max_length=20)] | None = None
+    until: _Text | None = None
+    window: Annotated[str, StringConstraints(max_length=20)] | None = None
+    key: _Text | None = None
+    limit: int | None = None
+
+
+class WorkflowIn(Body):
+    model_config = example(
+        {
+            "name": "Comment on your post",
+            "category": "transactional",
+            "steps": [
+                {"id": "feed", "type": "channel", "channel": "inapp", "template": "new_comment"},
+                {"id": "wait", "type": "delay", "duration": "15m"},
+                {
+                    "id": "mail",
+                    "type": "channel",
+                    "channel": "email",
+                    "template": "new_comment",
+                    "if": "not steps.feed.read",
+                },
+            ],
+        }
+    )
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    category: Name | None = None
+    steps: list[WorkflowStepIn] = Field(min_length=1, max_length=50)
+
+
 CategoryName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NAME_PATTERN)]
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _DURATION = re.compile(r"^([1-9]\d{0,6})([smhd])$")

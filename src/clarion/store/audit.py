@@ -49,6 +49,7 @@ class Resource(StrEnum):
     TOPIC = "topic"
     SCHEDULE = "schedule"
     DEAD_LETTER = "dead_letter"
+    WORKFLOW = "workflow"
 
 
 class Action(StrEnum):

@@ -112,6 +112,28 @@ template_versions = Table(
     _ts("created_at", nullable=False),
 )
 
+workflows = Table(
+    "workflows",
+    metadata,
+    _tenant(key=True),
+    Column("key", String(200), primary_key=True),
+    Column("active_version", Integer, nullable=False),
+    Column("latest_version", Integer, nullable=False),
+    _ts("updated_at", nullable=False),
+)
+
+workflow_versions = Table(
+    "workflow_versions",
+    metadata,
+    _tenant(key=True),
+    Column("key", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("category", String(100)),
+    Column("steps", JSON, nullable=False),
+    _ts("created_at", nullable=False),
+)
+
 notifications = Table(
     "notifications",
     metadata,

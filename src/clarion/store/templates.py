@@ -222,3 +222,10 @@ async def load_versions(
             for row in (await conn.execute(query)).mappings():
                 found[(row["tenant_id"], row["name"], row["version"])] = _public(row)
     return found
+
+
+async def existing(engine: AsyncEngine, tenant_id: str, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` are templates of the tenant."""
+    async with engine.connect() as conn:
+        found = await active_versions(conn, ((tenant_id, name) for name in names))
+    return {name for _, name in found}

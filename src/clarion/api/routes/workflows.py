@@ -1,0 +1,84 @@
+"""``/v1/workflows``: store a new version, read, list, roll back, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from pydantic import Field
+
+from clarion.api.auth import Manager, Reader
+from clarion.api.listing import KeyCursor, Size, by, page
+from clarion.api.outputs import WorkflowPage, WorkflowStored, WorkflowVersionOut
+from clarion.api.responses import JSONResponse, deleted
+from clarion.api.routes.templates import Version
+from clarion.api.schemas import Body, NamePath, WorkflowIn
+from clarion.domain import workflows as definitions
+from clarion.domain.models import ALL_CHANNELS
+from clarion.errors import NotFound, ValidationFailed
+from clarion.store import categories as category_store
+from clarion.store import templates as template_store
+from clarion.store.workflows import WORKFLOWS, list_workflows
+
+router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
+
+
+@router.put("/{key}", response_model=WorkflowStored)
+async def put(caller: Manager, key: NamePath, body: WorkflowIn) -> JSONResponse:
+    """Store a new version of a workflow and make it active.
+
+    Each step is checked (its fields, templates, channels and expressions); a fault is a 422
+    `invalid_workflow` whose details name the step (index and id) and the field."""
+    if body.category is not None and not await category_store.known(
+        caller.engine, caller.tenant_id, [body.category]
+    ):
+        raise ValidationFailed(f"no category named {body.category!r}", code="unknown_category")
+    steps = [step.model_dump(by_alias=True, exclude_none=True) for step in body.steps]
+    named = {step.template for step in body.steps if step.template}
+    templates = await template_store.existing(caller.engine, caller.tenant_id, named)
+    workflow = definitions.check(body.name, body.category, steps, ALL_CHANNELS, templates)
+    content = {"name": workflow.name, "category": workflow.category, "steps": steps}
+    version = await WORKFLOWS.put(
+        caller.engine, caller.tenant_id, key, content, actor=caller.key_id
+    )
+    return JSONResponse({"key": key, "version": version}, status_code=201 if version == 1 else 200)
+
+
+@router.get("/{key}", response_model=WorkflowVersionOut)
+async def get(caller: Reader, key: NamePath, version: Version = None) -> JSONResponse:
+    """The active version of a workflow, or the one asked for."""
+    found = await WORKFLOWS.get(caller.engine, caller.tenant_id, key, version)
+    if found is None:
+        what = f"version {version} of workflow {key!r}" if version else f"workflow {key!r}"
+        raise NotFound(f"no {what}")
+    return JSONResponse(found)
+
+
+@router.get("", response_model=WorkflowPage)
+async def list_all(caller: Reader, limit: Size = 50, cursor: KeyCursor = None) -> JSONResponse:
+    """List workflows by key (cursor-paginated)."""
+    rows = await list_workflows(caller.engine, caller.tenant_id, after=cursor, limit=limit + 1)
+    return JSONResponse(page(rows, limit, by("key")))
+
+
+class WorkflowRollbackIn(Body):
+    version: int = Field(ge=1, le=2_147_483_647)
+
+
+@router.post("/{key}/rollback", response_model=WorkflowVersionOut)
+async def rollback(caller: Manager, key: NamePath, body: WorkflowRollbackIn) -> JSONResponse:
+    """Make a stored version active again; answers with that version."""
+    missing = await WORKFLOWS.rollback(
+        caller.engine, caller.tenant_id, key, body.version, actor=caller.key_id
+    )
+    if missing == "version":
+        raise NotFound(f"no version {body.version} of workflow {key!r}")
+    found = None if missing else await WORKFLOWS.get(caller.engine, caller.tenant_id, key)
+    if found is None:
+        raise NotFound(f"no workflow {key!r}")
+    return JSONResponse(found)
+
+
+@router.delete("/{key}", status_code=204, response_class=Response)
+async def delete(caller: Manager, key: NamePath) -> Response:
+    """Delete a workflow with all its versions."""
+    found = await WORKFLOWS.delete(caller.engine, caller.tenant_id, key, actor=caller.key_id)
+    return deleted(found, "workflow", key)

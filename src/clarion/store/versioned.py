@@ -1,0 +1,175 @@
+"""Versioned definitions: a head row per key naming its active and latest version, and a row
+per version; every change is a new version, audited."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, Table, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from clarion.store import audit
+from clarion.store.db import shown, utcnow, write_tx
+from clarion.store.sql import first_row, upsert
+
+# What a new version changes of its head.
+_HEAD_UPDATED = ["active_version", "latest_version", "updated_at"]
+
+
+@dataclass(frozen=True, slots=True)
+class Versioned:
+    """One kind of versioned definition: its head and version tables, the column that keys
+    both (with ``tenant_id``), what a version stores, and its audit resource."""
+
+    heads: Table
+    versions: Table
+    key: str
+    content: tuple[str, ...]
+    resource: audit.Resource
+    public: Callable[[Any], dict[str, Any]]
+
+    def _head_of(self, tenant_id: str, key: str) -> ColumnElement[bool]:
+        h = self.heads.c
+        return (h.tenant_id == tenant_id) & (h[self.key] == key)
+
+    def _versions_of(self, tenant_id: str, key: str) -> ColumnElement[bool]:
+        v = self.versions.c
+        return (v.tenant_id == tenant_id) & (v[self.key] == key)
+
+    async def active(
+        self, conn: AsyncConnection, tenant_id: str, key: str, *, lock: bool = False
+    ) -> int | None:
+        """The active version of ``key``; None when there is no such definition."""
+        query = select(self.heads.c.active_version).where(self._head_of(tenant_id, key))
+        if lock:
+            query = query.with_for_update()
+        found: int | None = (await conn.execute(query)).scalar()
+        return found
+
+    async def _audited(
+        self, conn: AsyncConnection, tenant_id: str, key: str, version: int | None
+    ) -> dict[str, Any] | None:
+        if version is None:
+            return None
+        query = select(self.versions).where(
+            self._versions_of(tenant_id, key), self.versions.c.version == version
+        )
+        row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            return None
+        public = self.public(row)
+        return {k: public[k] for k in ("version", *self.content)}
+
+    async def put(
+        self,
+        engine: AsyncEngine,
+        tenant_id: str,
+        key: str,
+        content: dict[str, Any],
+        *,
+        actor: str = audit.SYSTEM,
+    ) -> int:
+        """Store ``content`` as a new version and make it active; returns its number."""
+        now = utcnow()
+        async with write_tx(engine) as conn:
+            head = (
+                await conn.execute(
+                    select(self.heads.c.latest_version, self.heads.c.active_version)
+                    .where(self._head_of(tenant_id, key))
+                    .with_for_update()
+                )
+            ).first()
+            version = 1 if head is None else head.latest_version + 1
+            before = await self._audited(
+                conn, tenant_id, key, None if head is None else head.active_version
+            )
+            ids = {"tenant_id": tenant_id, self.key: key}
+            stored = {"version": version, **content}
+            await conn.execute(self.versions.insert().values(**ids, **stored, created_at=now))
+            heads = upsert(conn, self.heads, ["tenant_id", self.key], _HEAD_UPDATED)
+            made = {"active_version": version, "latest_version": version, "updated_at": now}
+            await conn.execute(heads.values(**ids, **made))
+            action = audit.Action.CREATE if head is None else audit.Action.UPDATE
+            change = audit.diff(before, stored)
+            await audit.record(
+                conn, audit.Change(tenant_id, actor, self.resource, key, action, change)
+            )
+        return version
+
+    def version_query(self, tenant_id: str, key: str, version: int | None) -> Select[Any]:
+        """The stored version asked for, else the active one."""
+        v = self.versions
+        query = select(v).where(self._versions_of(tenant_id, key))
+        if version is not None:
+            return query.where(v.c.version == version)
+        h = self.heads
+        return query.join(
+            h,
+            (h.c.tenant_id == v.c.tenant_id)
+            & (h.c[self.key] == v.c[self.key])
+            & (h.c.active_version == v.c.version),
+        )
+
+    async def get(
+        self, engine: AsyncEngine, tenant_id: str, key: str, version: int | None = None
+    ) -> dict[str, Any] | None:
+        row = await first_row(engine, self.version_query(tenant_id, key, version))
+        return self.public(row) if row else None
+
+    async def rollback(
+        self, engine: AsyncEngine, tenant_id: str, key: str, version: int, *, actor: str
+    ) -> str | None:
+        """Make a stored version active again.
+
+        Returns None when done, else what is missing: ``"definition"`` or ``"version"``."""
+        stored = (
+            select(self.versions.c.version)
+            .where(self._versions_of(tenant_id, key), self.versions.c.version == version)
+            .exists()
+        )
+        statement = (
+            update(self.heads)
+            .where(self._head_of(tenant_id, key), stored)
+            .values(active_version=version, updated_at=utcnow())
+        )
+        async with write_tx(engine) as conn:
+            current = await self.active(conn, tenant_id, key, lock=True)
+            if current is None:
+                return "definition"
+            if (await conn.execute(statement)).rowcount != 1:
+                return "version"
+            change = {"active_version": {"from": current, "to": version}}
+            await audit.record(
+                conn,
+                audit.Change(tenant_id, actor, self.resource, key, audit.Action.ROLLBACK, change),
+            )
+        return None
+
+    async def delete(
+        self, engine: AsyncEngine, tenant_id: str, key: str, *, actor: str = audit.SYSTEM
+    ) -> bool:
+        """Delete the definition with every version, audited; False if there was none."""
+        async with write_tx(engine) as conn:
+            current = await self.active(conn, tenant_id, key, lock=True)
+            if current is None:
+                return False
+            before = await self._audited(conn, tenant_id, key, current)
+            await conn.execute(delete(self.versions).where(self._versions_of(tenant_id, key)))
+            await conn.execute(delete(self.heads).where(self._head_of(tenant_id, key)))
+            change = audit.diff(before, None)
+            await audit.record(
+                conn,
+                audit.Change(tenant_id, actor, self.resource, key, audit.Action.DELETE, change),
+            )
+        return True
+
+
+def shown_version(columns: tuple[str, ...]) -> Callable[[Any], dict[str, Any]]:
+    """What the API shows of a stored version: ``columns`` of its row."""
+
+    def public(row: Any) -> dict[str, Any]:
+        return shown(row, columns)
+
+    return public

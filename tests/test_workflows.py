@@ -88,16 +88,12 @@ async def test_list_pages_by_key_within_the_tenant(wf: Harness) -> None:
     await wf.client.put("/v1/templates/t", json=SMS, headers=other)
     await wf.client.put("/v1/workflows/zulu", json=flow(step("a")), headers=other)
 
-    seen: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": 2} | ({"cursor": cursor} if cursor else {})
-        page = (await get(wf, "/v1/workflows", **params)).json()
-        assert len(page["data"]) <= 2
-        seen.extend(page["data"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
+    pages = [(await get(wf, "/v1/workflows", limit=2)).json()]
+    while pages[-1]["next_cursor"]:
+        cursor = pages[-1]["next_cursor"]
+        pages.append((await get(wf, "/v1/workflows", limit=2, cursor=cursor)).json())
+    assert [len(p["data"]) for p in pages] == [2, 2, 1]
+    seen = [row for p in pages for row in p["data"]]
     assert [w["key"] for w in seen] == sorted(keys)
     assert set(seen[0]) == {
         "key",
@@ -119,34 +115,18 @@ async def test_scopes(wf: Harness) -> None:
 
 
 async def test_the_published_example_is_accepted(wf: Harness) -> None:
-    body = {
-        "name": "Comment on your post",
-        "category": "transactional",
-        "steps": [
-            {"id": "feed", "type": "channel", "channel": "inapp", "template": "t"},
-            {"id": "wait", "type": "delay", "duration": "15m"},
-            {
-                "id": "mail",
-                "type": "channel",
-                "channel": "sms",
-                "template": "t",
-                "if": "not steps.feed.read",
-            },
-            {
-                "id": "alert",
-                "type": "channel",
-                "channels": ["push", "sms"],
-                "mode": "first_success",
-                "template": "t",
-                "if": "data.urgent",
-            },
-            {"id": "night", "type": "delay", "until": "21:30"},
-            {"id": "later", "type": "delay", "until": "data.when"},
-            {"id": "pile", "type": "digest", "window": "1h", "key": "data.thread"},
-            {"id": "cap", "type": "throttle", "limit": 3, "window": "1d"},
-            {"id": "stop", "type": "exit", "if": "steps.mail.status == 'sent'"},
-        ],
-    }
+    steps = [
+        step("feed", channel="inapp"),
+        step("wait", "delay", duration="15m"),
+        step("mail", **{"if": "not steps.feed.read"}),
+        step("alert", channels=["push", "sms"], mode="first_success", **{"if": "data.urgent"}),
+        step("night", "delay", until="21:30"),
+        step("later", "delay", until="data.when"),
+        step("pile", "digest", window="1h", key="data.thread"),
+        step("cap", "throttle", limit=3, window="1d"),
+        step("stop", "exit", **{"if": "steps.mail.status == 'sent'"}),
+    ]
+    body = flow(*steps, category="transactional")
     response = await put(wf, "comment", body)
     assert response.status_code == 201, response.text
     stored = (await get(wf, "/v1/workflows/comment")).json()

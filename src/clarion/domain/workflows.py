@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,13 +65,26 @@ class _Known:
     templates: frozenset[str]
 
 
-class _Problems:
-    def __init__(self) -> None:
-        self.details: list[dict[str, Any]] = []
+@dataclass(slots=True)
+class _At:
+    """The step being checked, what it may name, and the faults found so far (all steps')."""
 
-    def add(self, index: int, step_id: Any, field: str, message: str) -> None:
-        self.details.append(
-            {"step": index, "id": step_id, "field": f"steps[{index}].{field}", "message": message}
+    problems: list[dict[str, Any]]
+    index: int
+    step_id: Any
+    fields: dict[str, Any]
+    known: _Known
+    earlier: frozenset[str] = frozenset()
+    inapp: frozenset[str] = frozenset()
+
+    def add(self, field: str, message: str) -> None:
+        self.problems.append(
+            {
+                "step": self.index,
+                "id": self.step_id,
+                "field": f"steps[{self.index}].{field}",
+                "message": message,
+            }
         )
 
 
@@ -86,40 +99,46 @@ def check(
 
     ``channels`` are the channels a step may name, ``templates`` the tenant's templates."""
     known = _Known(frozenset(channels), frozenset(templates))
-    problems = _Problems()
     if not 1 <= len(steps) <= MAX_STEPS:
         raise ValidationFailed(f"a workflow has 1 to {MAX_STEPS} steps")
+    problems: list[dict[str, Any]] = []
     checked: list[Step] = []
-    inapp: set[str] = set()
     earlier: set[str] = set()
+    inapp: set[str] = set()
     for index, raw in enumerate(steps):
-        step_id, kind = raw.get("id"), raw.get("type")
-        if not isinstance(step_id, str) or not STEP_ID.match(step_id):
-            problems.add(index, step_id, "id", "1 to 40 of a-z, 0-9 and _")
-        elif step_id in earlier:
-            problems.add(index, step_id, "id", "another step has this id")
         fields = {k: v for k, v in raw.items() if k not in ("id", "type", "if") and v is not None}
-        if kind not in FIELDS:
-            problems.add(index, step_id, "type", f"one of {', '.join(STEP_TYPES)}")
-        else:
-            for extra in sorted(set(fields) - FIELDS[kind]):
-                problems.add(index, step_id, extra, f"not a field of a {kind} step")
-            _by_type[kind](problems, index, step_id, fields, known)
-        condition = raw.get("if")
-        if kind == "exit" and condition is None:
-            problems.add(index, step_id, "if", "an exit step needs a condition")
-        if condition is not None:
-            _expression(problems, index, step_id, "if", condition, earlier, inapp)
-        if kind == "channel" and _channels(fields) == ["inapp"] and isinstance(step_id, str):
-            inapp.add(step_id)
-        if isinstance(step_id, str):
-            earlier.add(step_id)
-        checked.append(Step(str(step_id), str(kind), condition, dict(fields)))
-    if problems.details:
+        at = _At(
+            problems, index, raw.get("id"), fields, known, frozenset(earlier), frozenset(inapp)
+        )
+        kind = raw.get("type")
+        _step(at, kind, raw.get("if"))
+        if isinstance(at.step_id, str):
+            earlier.add(at.step_id)
+            if kind == "channel" and _channels(fields) == ["inapp"]:
+                inapp.add(at.step_id)
+        checked.append(Step(str(at.step_id), str(kind), raw.get("if"), fields))
+    if problems:
         raise ValidationFailed(
-            "the workflow's steps are not valid", code="invalid_workflow", details=problems.details
+            "the workflow's steps are not valid", code="invalid_workflow", details=problems
         )
     return Workflow(name, category, tuple(checked))
+
+
+def _step(at: _At, kind: Any, condition: Any) -> None:
+    if not isinstance(at.step_id, str) or not STEP_ID.match(at.step_id):
+        at.add("id", "1 to 40 of a-z, 0-9 and _")
+    elif at.step_id in at.earlier:
+        at.add("id", "another step has this id")
+    if kind not in FIELDS:
+        at.add("type", f"one of {', '.join(STEP_TYPES)}")
+    else:
+        for extra in sorted(set(at.fields) - FIELDS[kind]):
+            at.add(extra, f"not a field of a {kind} step")
+        _BY_TYPE[kind](at)
+    if kind == "exit" and condition is None:
+        at.add("if", "an exit step needs a condition")
+    if condition is not None:
+        _expression(at, "if", condition, steps=True)
 
 
 def _channels(fields: Mapping[str, Any]) -> list[str]:
@@ -129,74 +148,63 @@ def _channels(fields: Mapping[str, Any]) -> list[str]:
     return list(listed) if isinstance(listed, list) else []
 
 
-def _channel(
-    problems: _Problems, index: int, step_id: Any, fields: dict[str, Any], known: _Known
-) -> None:
+def _channel(at: _At) -> None:
+    fields, known = at.fields, at.known.channels
     if ("channel" in fields) == ("channels" in fields):
-        problems.add(index, step_id, "channel", "exactly one of channel and channels")
+        at.add("channel", "exactly one of channel and channels")
     elif "channel" in fields:
-        if fields["channel"] not in known.channels:
-            problems.add(index, step_id, "channel", "not a known channel")
+        if fields["channel"] not in known:
+            at.add("channel", "not a known channel")
         if "mode" in fields:
-            problems.add(index, step_id, "mode", "only with channels")
+            at.add("mode", "only with channels")
     else:
-        listed = fields["channels"]
-        if (
-            not isinstance(listed, list)
-            or not 1 <= len(listed) <= MAX_CHANNELS
-            or len(set(map(str, listed))) != len(listed)
-            or not set(map(str, listed)) <= known.channels
-        ):
-            problems.add(index, step_id, "channels", "1 to 5 distinct known channels")
+        listed = [str(c) for c in fields["channels"]]
+        if not 1 <= len(listed) <= MAX_CHANNELS or len(set(listed)) != len(listed):
+            at.add("channels", f"1 to {MAX_CHANNELS} distinct channels")
+        if not set(listed) <= known:
+            at.add("channels", "not known channels: " + ", ".join(sorted(set(listed) - known)))
         if fields.get("mode") not in MODES:
-            problems.add(index, step_id, "mode", "first_success or all")
-    if fields.get("template") not in known.templates:
-        problems.add(index, step_id, "template", "not a template of the tenant")
+            at.add("mode", "first_success or all")
+    if fields.get("template") not in at.known.templates:
+        at.add("template", "not a template of the tenant")
 
 
-def _duration(problems: _Problems, index: int, step_id: Any, field: str, value: Any) -> None:
+def _duration(at: _At, field: str) -> None:
+    value = at.fields.get(field)
     try:
         if not isinstance(value, str) or not 1 <= duration_seconds(value) <= MAX_WAIT:
             raise ValueError(value)
     except ValueError:
-        problems.add(index, step_id, field, "a duration from 1s to 30d, like 90s, 15m or 2d")
+        at.add(field, "a duration from 1s to 30d, like 90s, 15m or 2d")
 
 
-def _delay(
-    problems: _Problems, index: int, step_id: Any, fields: dict[str, Any], known: _Known
-) -> None:
-    if ("duration" in fields) == ("until" in fields):
-        problems.add(index, step_id, "duration", "exactly one of duration and until")
-    elif "duration" in fields:
-        _duration(problems, index, step_id, "duration", fields["duration"])
-    elif not (isinstance(fields["until"], str) and CLOCK.match(fields["until"])):
-        _expression(problems, index, step_id, "until", fields["until"], None, set())
+def _delay(at: _At) -> None:
+    if ("duration" in at.fields) == ("until" in at.fields):
+        at.add("duration", "exactly one of duration and until")
+    elif "duration" in at.fields:
+        _duration(at, "duration")
+    elif not (isinstance(until := at.fields["until"], str) and CLOCK.match(until)):
+        _expression(at, "until", until, steps=False)
 
 
-def _digest(
-    problems: _Problems, index: int, step_id: Any, fields: dict[str, Any], known: _Known
-) -> None:
-    _duration(problems, index, step_id, "window", fields.get("window"))
-    if "key" in fields:
-        _expression(problems, index, step_id, "key", fields["key"], None, set())
+def _digest(at: _At) -> None:
+    _duration(at, "window")
+    if "key" in at.fields:
+        _expression(at, "key", at.fields["key"], steps=False)
 
 
-def _throttle(
-    problems: _Problems, index: int, step_id: Any, fields: dict[str, Any], known: _Known
-) -> None:
-    limit = fields.get("limit")
+def _throttle(at: _At) -> None:
+    limit = at.fields.get("limit")
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
-        problems.add(index, step_id, "limit", "a whole number from 1 to 10000")
-    _digest(problems, index, step_id, fields, known)
+        at.add("limit", "a whole number from 1 to 10000")
+    _digest(at)
 
 
-def _exit(
-    problems: _Problems, index: int, step_id: Any, fields: dict[str, Any], known: _Known
-) -> None:
+def _exit(at: _At) -> None:
     return None
 
 
-_by_type = {
+_BY_TYPE: dict[str, Callable[[_At], None]] = {
     "channel": _channel,
     "delay": _delay,
     "digest": _digest,
@@ -205,28 +213,21 @@ _by_type = {
 }
 
 
-def _expression(
-    problems: _Problems,
-    index: int,
-    step_id: Any,
-    field: str,
-    source: Any,
-    earlier: set[str] | None,
-    inapp: set[str],
-) -> None:
-    """Compile ``source`` in expression mode and check the names and steps it reads;
-    ``earlier`` None: ``steps`` is checked as for a condition of the first step."""
+def _expression(at: _At, field: str, source: Any, *, steps: bool) -> None:
+    """Compile ``source`` in expression mode and check the names and steps it reads
+    (``steps`` false: no step may be read, as for a condition of the first step)."""
     if not isinstance(source, str) or not 1 <= len(source) <= MAX_EXPRESSION:
-        problems.add(index, step_id, field, f"an expression of 1 to {MAX_EXPRESSION} characters")
+        at.add(field, f"an expression of 1 to {MAX_EXPRESSION} characters")
         return
     try:
         tree = _SANDBOX.parse(_SANDBOX.preprocess("{{ (" + source + ") }}"))
         _SANDBOX.compile_expression(source)
     except JinjaError as exc:
-        problems.add(index, step_id, field, f"not an expression: {exc}")
+        at.add(field, f"not an expression: {exc}")
         return
-    for message in _reads(tree, earlier or set(), inapp):
-        problems.add(index, step_id, field, message)
+    earlier = set(at.earlier) if steps else set()
+    for message in _reads(tree, earlier, set(at.inapp)):
+        at.add(field, message)
 
 
 def _reads(tree: nodes.Node, earlier: set[str], inapp: set[str]) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -88,50 +90,42 @@ recipients = Table(
     Column("preferences", JSON),
 )
 
-templates = Table(
-    "templates",
-    metadata,
-    _tenant(key=True),
-    Column("name", String(200), primary_key=True),
-    Column("active_version", Integer, nullable=False),
-    Column("latest_version", Integer, nullable=False),
-    _ts("updated_at", nullable=False),
-)
 
-template_versions = Table(
-    "template_versions",
-    metadata,
-    _tenant(key=True),
-    Column("name", String(200), primary_key=True),
-    Column("version", Integer, primary_key=True),
+def _versioned(name: str, key: str, *content: Column[object]) -> tuple[Table, Table]:
+    """A definition kept in versions (store/versioned.py): its head, keyed by tenant and
+    ``key``, naming the active and latest version, and a row per version holding ``content``."""
+
+    def keys(*more: str) -> list[Column[Any]]:
+        return [
+            _tenant(key=True),
+            Column(key, String(200), primary_key=True),
+            *(Column(c, Integer, primary_key=True) for c in more),
+        ]
+
+    counters = [Column(c, Integer, nullable=False) for c in ("active_version", "latest_version")]
+    head = Table(f"{name}s", metadata, *keys(), *counters, _ts("updated_at", nullable=False))
+    versions = Table(
+        f"{name}_versions", metadata, *keys("version"), *content, _ts("created_at", nullable=False)
+    )
+    return head, versions
+
+
+templates, template_versions = _versioned(
+    "template",
+    "name",
     Column("category", String(100), nullable=False),
     Column("channels", JSON, nullable=False),
     Column("locales", JSON, nullable=False),
     # Critical notifications: channel -> channel to use when it has no healthy provider.
     Column("fallbacks", JSON),
-    _ts("created_at", nullable=False),
 )
 
-workflows = Table(
-    "workflows",
-    metadata,
-    _tenant(key=True),
-    Column("key", String(200), primary_key=True),
-    Column("active_version", Integer, nullable=False),
-    Column("latest_version", Integer, nullable=False),
-    _ts("updated_at", nullable=False),
-)
-
-workflow_versions = Table(
-    "workflow_versions",
-    metadata,
-    _tenant(key=True),
-    Column("key", String(200), primary_key=True),
-    Column("version", Integer, primary_key=True),
+workflows, workflow_versions = _versioned(
+    "workflow",
+    "key",
     Column("name", String(200), nullable=False),
     Column("category", String(100)),
     Column("steps", JSON, nullable=False),
-    _ts("created_at", nullable=False),
 )
 
 notifications = Table(

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.store import audit
 from clarion.store.db import as_utc, shown, utcnow, write_tx
-from clarion.store.sql import chunks, first_row, upsert
+from clarion.store.sql import chunks, upsert
 from clarion.store.tables import template_versions, templates
+from clarion.store.versioned import Versioned
 
 # What the API shows of a template version, and of a template in the list.
 _VERSION_COLUMNS = ("name", "version", "category", "channels", "locales", "fallbacks", "created_at")
@@ -83,22 +84,20 @@ def _public(row: Any) -> dict[str, Any]:
     return public
 
 
+TEMPLATES = Versioned(
+    heads=templates,
+    versions=template_versions,
+    key="name",
+    content=("category", "channels", "locales", "fallbacks"),
+    resource=audit.Resource.TEMPLATE,
+    public=_public,
+)
+
+
 async def get(
     engine: AsyncEngine, tenant_id: str, name: str, version: int | None = None
 ) -> dict[str, Any] | None:
-    tv = template_versions
-    query = select(tv).where(tv.c.tenant_id == tenant_id, tv.c.name == name)
-    if version is None:
-        query = query.join(
-            templates,
-            (templates.c.tenant_id == tv.c.tenant_id)
-            & (templates.c.name == tv.c.name)
-            & (templates.c.active_version == tv.c.version),
-        )
-    else:
-        query = query.where(tv.c.version == version)
-    row = await first_row(engine, query)
-    return _public(row) if row else None
+    return await TEMPLATES.get(engine, tenant_id, name, version)
 
 
 async def list_templates(
@@ -106,23 +105,9 @@ async def list_templates(
 ) -> list[dict[str, Any]]:
     """Templates by name, with their active version's category; ``after`` is the last name
     of the previous page."""
-    t, tv = templates, template_versions
-    query = (
-        select(t.c.name, t.c.active_version, t.c.latest_version, t.c.updated_at, tv.c.category)
-        .join(
-            tv,
-            (tv.c.tenant_id == t.c.tenant_id)
-            & (tv.c.name == t.c.name)
-            & (tv.c.version == t.c.active_version),
-        )
-        .where(t.c.tenant_id == tenant_id)
+    return await TEMPLATES.heads_page(
+        engine, tenant_id, _TEMPLATE_COLUMNS, after=after, limit=limit
     )
-    if after is not None:
-        query = query.where(t.c.name > after)
-    query = query.order_by(t.c.name).limit(limit)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).mappings().all()
-    return [shown(r, _TEMPLATE_COLUMNS) for r in rows]
 
 
 async def list_versions(
@@ -137,7 +122,7 @@ async def list_versions(
         query = query.where(tv.c.version < before)
     query = query.order_by(tv.c.version.desc()).limit(limit)
     async with engine.connect() as conn:
-        active = await _active_version(conn, tenant_id, name)
+        active = await TEMPLATES.active(conn, tenant_id, name)
         if active is None:
             return None
         rows = (await conn.execute(query)).mappings().all()
@@ -152,18 +137,6 @@ async def list_versions(
     ]
 
 
-async def _active_version(
-    conn: AsyncConnection, tenant_id: str, name: str, *, lock: bool = False
-) -> int | None:
-    query = select(templates.c.active_version).where(
-        templates.c.tenant_id == tenant_id, templates.c.name == name
-    )
-    if lock:
-        query = query.with_for_update()
-    found: int | None = (await conn.execute(query)).scalar()
-    return found
-
-
 async def rollback(
     engine: AsyncEngine, tenant_id: str, name: str, version: int, *, actor: str = audit.SYSTEM
 ) -> str | None:
@@ -171,30 +144,8 @@ async def rollback(
 
     Returns None when done, else what is missing: ``"template"`` or ``"version"``.
     """
-    tv = template_versions
-    stored = (
-        select(tv.c.version)
-        .where(tv.c.tenant_id == tenant_id, tv.c.name == name, tv.c.version == version)
-        .exists()
-    )
-    statement = (
-        update(templates)
-        .where(templates.c.tenant_id == tenant_id, templates.c.name == name, stored)
-        .values(active_version=version, updated_at=utcnow())
-    )
-    async with write_tx(engine) as conn:
-        current = await _active_version(conn, tenant_id, name, lock=True)
-        if current is not None and (await conn.execute(statement)).rowcount == 1:
-            change = {"active_version": {"from": current, "to": version}}
-            await audit.record(
-                conn,
-                audit.Change(
-                    tenant_id, actor, audit.Resource.TEMPLATE, name, audit.Action.ROLLBACK, change
-                ),
-            )
-            return None
-        exists = current
-    return "template" if exists is None else "version"
+    missing = await TEMPLATES.rollback(engine, tenant_id, name, version, actor=actor)
+    return "template" if missing == "head" else missing
 
 
 async def active_versions(

@@ -118,12 +118,42 @@ class Versioned:
         row = await first_row(engine, self.version_query(tenant_id, key, version))
         return self.public(row) if row else None
 
+    async def heads_page(
+        self,
+        engine: AsyncEngine,
+        tenant_id: str,
+        listed: tuple[str, ...],
+        *,
+        after: str | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Heads by key, each with ``listed`` of its active version (``listed`` names the
+        head's columns too); ``after`` is the last key of the previous page."""
+        h, v = self.heads, self.versions
+        columns = [h.c[c] if c in h.c else v.c[c] for c in listed]
+        query = (
+            select(*columns)
+            .join_from(
+                h,
+                v,
+                (v.c.tenant_id == h.c.tenant_id)
+                & (v.c[self.key] == h.c[self.key])
+                & (v.c.version == h.c.active_version),
+            )
+            .where(h.c.tenant_id == tenant_id)
+        )
+        if after is not None:
+            query = query.where(h.c[self.key] > after)
+        async with engine.connect() as conn:
+            rows = await conn.execute(query.order_by(h.c[self.key]).limit(limit))
+            return [shown(r, listed) for r in rows.mappings()]
+
     async def rollback(
         self, engine: AsyncEngine, tenant_id: str, key: str, version: int, *, actor: str
     ) -> str | None:
         """Make a stored version active again.
 
-        Returns None when done, else what is missing: ``"definition"`` or ``"version"``."""
+        Returns None when done, else what is missing: ``"head"`` or ``"version"``."""
         stored = (
             select(self.versions.c.version)
             .where(self._versions_of(tenant_id, key), self.versions.c.version == version)
@@ -137,7 +167,7 @@ class Versioned:
         async with write_tx(engine) as conn:
             current = await self.active(conn, tenant_id, key, lock=True)
             if current is None:
-                return "definition"
+                return "head"
             if (await conn.execute(statement)).rowcount != 1:
                 return "version"
             change = {"active_version": {"from": current, "to": version}}

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.store import audit
-from clarion.store.db import shown
 from clarion.store.tables import workflow_versions, workflows
 from clarion.store.versioned import Versioned, shown_version
 
@@ -29,23 +27,5 @@ WORKFLOWS = Versioned(
 async def list_workflows(
     engine: AsyncEngine, tenant_id: str, *, after: str | None, limit: int
 ) -> list[dict[str, Any]]:
-    """Workflows by key, with their active version's name and category; ``after`` is the
-    last key of the previous page."""
-    w, wv = workflows, workflow_versions
-    query = (
-        select(w.c.key, w.c.active_version, w.c.latest_version, w.c.updated_at)
-        .add_columns(wv.c.name, wv.c.category)
-        .join(
-            wv,
-            (wv.c.tenant_id == w.c.tenant_id)
-            & (wv.c.key == w.c.key)
-            & (wv.c.version == w.c.active_version),
-        )
-        .where(w.c.tenant_id == tenant_id)
-    )
-    if after is not None:
-        query = query.where(w.c.key > after)
-    query = query.order_by(w.c.key).limit(limit)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).mappings().all()
-    return [shown(r, _LISTED_COLUMNS) for r in rows]
+    """Workflows by key, with their active version's name and category."""
+    return await WORKFLOWS.heads_page(engine, tenant_id, _LISTED_COLUMNS, after=after, limit=limit)

@@ -31,6 +31,7 @@ from clarion.pipeline.planner import render_context
 from clarion.store import categories as category_store
 from clarion.store import recipients as recipient_store
 from clarion.store import templates as store
+from clarion.store.versioned import Versioned
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
@@ -125,9 +126,16 @@ def _fallbacks(body: TemplateIn, channels: dict[str, Any]) -> dict[str, str]:
 @router.get("/{name}", response_model=TemplateVersionOut)
 async def get(caller: Reader, name: NamePath, version: Version = None) -> JSONResponse:
     """The active version of a template, or the one asked for."""
-    found = await store.get(caller.engine, caller.tenant_id, name, version)
+    return await version_of(caller, store.TEMPLATES, "template", name, version)
+
+
+async def version_of(
+    caller: Caller, kind: Versioned, noun: str, key: str, version: int | None
+) -> JSONResponse:
+    """The active version of a ``kind`` of definition, or the one asked for (else 404)."""
+    found = await kind.get(caller.engine, caller.tenant_id, key, version)
     if found is None:
-        what = f"version {version} of template {name!r}" if version else f"template {name!r}"
+        what = f"version {version} of {noun} {key!r}" if version else f"{noun} {key!r}"
         raise NotFound(f"no {what}")
     return JSONResponse(found)
 
@@ -172,16 +180,21 @@ class RollbackIn(Body):
 @router.post("/{name}/rollback", response_model=TemplateVersionOut)
 async def rollback(caller: Manager, name: NamePath, body: RollbackIn) -> JSONResponse:
     """Make a stored version active again; answers with that version."""
-    missing = await store.rollback(
-        caller.engine, caller.tenant_id, name, body.version, actor=caller.key_id
+    return await rolled_back(caller, store.TEMPLATES, "template", name, body.version)
+
+
+async def rolled_back(
+    caller: Manager, kind: Versioned, noun: str, key: str, version: int
+) -> JSONResponse:
+    """Make ``version`` of a ``kind`` of definition active; the answer is that version."""
+    missing = await kind.rollback(
+        caller.engine, caller.tenant_id, key, version, actor=caller.key_id
     )
-    if missing == "template":
-        raise NotFound(f"no template {name!r}")
     if missing == "version":
-        raise NotFound(f"no version {body.version} of template {name!r}")
-    found = await store.get(caller.engine, caller.tenant_id, name)
-    if found is None:  # deleted between the two statements
-        raise NotFound(f"no template {name!r}")
+        raise NotFound(f"no version {version} of {noun} {key!r}")
+    found = None if missing else await kind.get(caller.engine, caller.tenant_id, key)
+    if found is None:  # none, or deleted between the two statements
+        raise NotFound(f"no {noun} {key!r}")
     return JSONResponse(found)
 
 

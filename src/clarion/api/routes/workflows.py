@@ -9,11 +9,11 @@ from clarion.api.auth import Manager, Reader
 from clarion.api.listing import KeyCursor, Size, by, page
 from clarion.api.outputs import WorkflowPage, WorkflowStored, WorkflowVersionOut
 from clarion.api.responses import JSONResponse, deleted
-from clarion.api.routes.templates import Version
+from clarion.api.routes.templates import Version, rolled_back, version_of
 from clarion.api.schemas import Body, NamePath, WorkflowIn
 from clarion.domain import workflows as definitions
 from clarion.domain.models import ALL_CHANNELS
-from clarion.errors import NotFound, ValidationFailed
+from clarion.errors import ValidationFailed
 from clarion.store import categories as category_store
 from clarion.store import templates as template_store
 from clarion.store.workflows import WORKFLOWS, list_workflows
@@ -45,11 +45,7 @@ async def put(caller: Manager, key: NamePath, body: WorkflowIn) -> JSONResponse:
 @router.get("/{key}", response_model=WorkflowVersionOut)
 async def get(caller: Reader, key: NamePath, version: Version = None) -> JSONResponse:
     """The active version of a workflow, or the one asked for."""
-    found = await WORKFLOWS.get(caller.engine, caller.tenant_id, key, version)
-    if found is None:
-        what = f"version {version} of workflow {key!r}" if version else f"workflow {key!r}"
-        raise NotFound(f"no {what}")
-    return JSONResponse(found)
+    return await version_of(caller, WORKFLOWS, "workflow", key, version)
 
 
 @router.get("", response_model=WorkflowPage)
@@ -66,15 +62,7 @@ class WorkflowRollbackIn(Body):
 @router.post("/{key}/rollback", response_model=WorkflowVersionOut)
 async def rollback(caller: Manager, key: NamePath, body: WorkflowRollbackIn) -> JSONResponse:
     """Make a stored version active again; answers with that version."""
-    missing = await WORKFLOWS.rollback(
-        caller.engine, caller.tenant_id, key, body.version, actor=caller.key_id
-    )
-    if missing == "version":
-        raise NotFound(f"no version {body.version} of workflow {key!r}")
-    found = None if missing else await WORKFLOWS.get(caller.engine, caller.tenant_id, key)
-    if found is None:
-        raise NotFound(f"no workflow {key!r}")
-    return JSONResponse(found)
+    return await rolled_back(caller, WORKFLOWS, "workflow", key, body.version)
 
 
 @router.delete("/{key}", status_code=204, response_class=Response)

@@ -591,3 +591,22 @@ def test_retry_after_is_read_as_seconds_or_a_date() -> None:
     later = parse_retry_after(formatdate(time.time() + 30, usegmt=True))
     assert later is not None
     assert 25 < later <= 30
+
+
+async def test_workflows_put_read_list_roll_back_and_delete(lite: Harness, server: str) -> None:
+    await lite.put_template("order", {"channels": {"sms": {"text": "Order {{ orderId }}"}}})
+    steps = [{"id": "text", "type": "channel", "channel": "sms", "template": "order"}]
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        stored = await client.workflows.put("flow", name="One", steps=steps)
+        assert (stored.key, stored.version) == ("flow", 1)
+        later = [*steps, {"id": "stop", "type": "exit", "if": "data.done"}]
+        assert (await client.workflows.put("flow", name="Two", steps=later)).version == 2
+        assert (await client.workflows.get("flow")).name == "Two"
+        assert (await client.workflows.get("flow", version=1)).steps == steps
+        assert [w.key async for w in client.workflows.list(page_size=1)] == ["flow"]
+        assert (await client.workflows.rollback("flow", version=1)).version == 1
+        with pytest.raises(UnprocessableError):
+            await client.workflows.put("bad", name="Bad", steps=[{"id": "X", "type": "exit"}])
+        await client.workflows.delete("flow")
+        with pytest.raises(NotFoundError):
+            await client.workflows.get("flow")

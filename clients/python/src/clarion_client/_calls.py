@@ -287,9 +287,17 @@ def put_template(
     return Call("PUT", f"/v1/templates/{_seg(name)}", m.TemplateStored.model_validate, None, body)
 
 
+def _version(path: str, model: Callable[[Any], T], version: int | None) -> Call[T]:
+    """A versioned definition's active version, or ``version`` of it."""
+    return Call("GET", path, model, _query(version=version))
+
+
+def _rollback(path: str, model: Callable[[Any], T], version: int) -> Call[T]:
+    return Call("POST", f"{path}/rollback", model, None, {"version": version})
+
+
 def get_template(name: str, *, version: int | None = None) -> Call[m.Template]:
-    params = _query(version=version)
-    return Call("GET", f"/v1/templates/{_seg(name)}", m.Template.model_validate, params)
+    return _version(f"/v1/templates/{_seg(name)}", m.Template.model_validate, version)
 
 
 def list_templates(*, page_size: int | None = None) -> ListCall[m.TemplateSummary]:
@@ -297,8 +305,34 @@ def list_templates(*, page_size: int | None = None) -> ListCall[m.TemplateSummar
 
 
 def rollback_template(name: str, *, version: int) -> Call[m.Template]:
-    path = f"/v1/templates/{_seg(name)}/rollback"
-    return Call("POST", path, m.Template.model_validate, None, {"version": version})
+    return _rollback(f"/v1/templates/{_seg(name)}", m.Template.model_validate, version)
+
+
+# Workflows (definitions only) ------------------------------------------------------------
+
+
+def put_workflow(
+    key: str, *, name: str, steps: Sequence[Mapping[str, Any]], category: str | None = None
+) -> Call[m.WorkflowStored]:
+    """Store a new version of a workflow and make it active."""
+    body = _query(name=name, steps=[dict(s) for s in steps], category=category)
+    return Call("PUT", f"/v1/workflows/{_seg(key)}", m.WorkflowStored.model_validate, None, body)
+
+
+def get_workflow(key: str, *, version: int | None = None) -> Call[m.Workflow]:
+    return _version(f"/v1/workflows/{_seg(key)}", m.Workflow.model_validate, version)
+
+
+def list_workflows(*, page_size: int | None = None) -> ListCall[m.WorkflowSummary]:
+    return ListCall("/v1/workflows", m.WorkflowSummary, _query(limit=page_size))
+
+
+def rollback_workflow(key: str, *, version: int) -> Call[m.Workflow]:
+    return _rollback(f"/v1/workflows/{_seg(key)}", m.Workflow.model_validate, version)
+
+
+def delete_workflow(key: str) -> Call[None]:
+    return Call("DELETE", f"/v1/workflows/{_seg(key)}", _none)
 
 
 def preview_template(

@@ -155,6 +155,14 @@ class Templates(_SyncResource):
     preview_draft = _sync(calls.preview_draft)
 
 
+class Workflows(_SyncResource):
+    put = _sync(calls.put_workflow)
+    get = _sync(calls.get_workflow)
+    list = _sync_list(calls.list_workflows)
+    rollback = _sync(calls.rollback_workflow)
+    delete = _sync(calls.delete_workflow)
+
+
 class Categories(_SyncResource):
     put = _sync(calls.put_category)
     get = _sync(calls.get_category)
@@ -237,6 +245,7 @@ class Clarion(_Base):
         self.deliveries = Deliveries(self)
         self.recipients = Recipients(self)
         self.templates = Templates(self)
+        self.workflows = Workflows(self)
         self.categories = Categories(self)
         self.providers = Providers(self)
         self.webhooks = Webhooks(self)
@@ -359,6 +368,14 @@ class AsyncTemplates(_AsyncResource):
     preview_draft = _async(calls.preview_draft)
 
 
+class AsyncWorkflows(_AsyncResource):
+    put = _async(calls.put_workflow)
+    get = _async(calls.get_workflow)
+    list = _async_list(calls.list_workflows)
+    rollback = _async(calls.rollback_workflow)
+    delete = _async(calls.delete_workflow)
+
+
 class AsyncCategories(_AsyncResource):
     put = _async(calls.put_category)
     get = _async(calls.get_category)
@@ -440,6 +457,7 @@ class AsyncClarion(_Base):
         self.deliveries = AsyncDeliveries(self)
         self.recipients = AsyncRecipients(self)
         self.templates = AsyncTemplates(self)
+        self.workflows = AsyncWorkflows(self)
         self.categories = AsyncCategories(self)
         self.providers = AsyncProviders(self)
         self.webhooks = AsyncWebhooks(self)

@@ -196,6 +196,31 @@ class TemplateSummary(Model):
     updated_at: datetime
 
 
+class WorkflowStored(Model):
+    key: str
+    version: int
+
+
+class _WorkflowHead(Model):
+    """What a workflow's version and its line in the list both show."""
+
+    key: str
+    name: str
+    category: str | None = None
+
+
+class Workflow(_WorkflowHead):
+    version: int
+    steps: list[dict[str, Any]]
+    created_at: datetime
+
+
+class WorkflowSummary(_WorkflowHead):
+    active_version: int
+    latest_version: int
+    updated_at: datetime
+
+
 class TemplatePreview(Model):
     name: str
     version: int

@@ -320,19 +320,23 @@ def put_workflow(
 
 
 def get_workflow(key: str, *, version: int | None = None) -> Call[m.Workflow]:
+    """A workflow's active version, or ``version`` of it."""
     return _version(f"/v1/workflows/{_seg(key)}", m.Workflow.model_validate, version)
 
 
-def list_workflows(*, page_size: int | None = None) -> ListCall[m.WorkflowSummary]:
-    return ListCall("/v1/workflows", m.WorkflowSummary, _query(limit=page_size))
-
-
 def rollback_workflow(key: str, *, version: int) -> Call[m.Workflow]:
+    """Make a stored version of a workflow active again."""
     return _rollback(f"/v1/workflows/{_seg(key)}", m.Workflow.model_validate, version)
 
 
 def delete_workflow(key: str) -> Call[None]:
+    """Delete a workflow with all its versions."""
     return Call("DELETE", f"/v1/workflows/{_seg(key)}", _none)
+
+
+def list_workflows(*, page_size: int | None = None) -> ListCall[m.WorkflowSummary]:
+    """The tenant's workflows by key, each with its active version's name and category."""
+    return ListCall("/v1/workflows", m.WorkflowSummary, _query(limit=page_size))
 
 
 def preview_template(

@@ -32,11 +32,19 @@ from clarion.domain.status import StatusChange
 from clarion.store import bulk, delivery_rows
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.pg import PgPool
-from clarion.store.sql import chunks, db_now, first_row, insert_ignoring_conflicts, upsert
+from clarion.store.sql import (
+    chunks,
+    db_now,
+    execute_many,
+    first_row,
+    insert_ignoring_conflicts,
+    upsert,
+)
 from clarion.store.tables import deliveries, delivery_claims, delivery_events, notifications
 
 # Deliveries still to be sent: queued now, or scheduled for later (quiet hours).
 WAITING = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
+_EVENTS = delivery_events.insert()
 
 
 async def insert_planned(conn: AsyncConnection, items: Sequence[Stored], at: datetime) -> set[str]:
@@ -55,7 +63,7 @@ async def insert_planned(conn: AsyncConnection, items: Sequence[Stored], at: dat
         delivery_rows.row(item, at) for item in items if item.delivery.notification not in cancelled
     ]
     for part in chunks(rows, 1000):
-        await conn.execute(insert_ignoring_conflicts(conn, deliveries), part)
+        await execute_many(conn, insert_ignoring_conflicts(conn, deliveries), part)
     events = [
         {
             "delivery_id": row["id"],
@@ -68,7 +76,7 @@ async def insert_planned(conn: AsyncConnection, items: Sequence[Stored], at: dat
         if row["status"] != DeliveryStatus.QUEUED
     ]
     for part in chunks(events, 1000):
-        await conn.execute(delivery_events.insert(), part)
+        await execute_many(conn, _EVENTS, part)
     return {row["id"] for row in rows}
 
 
@@ -194,8 +202,8 @@ async def _claim_rows(
         and _claimable(status, attempts, held, as_utc(held_until), wanted[did], now)
     ]
     if claimed:
-        await conn.execute(
-            upsert(conn, delivery_claims, ["id"], ["attempt", "leased_until"]), claimed
+        await execute_many(
+            conn, upsert(conn, delivery_claims, ["id"], ["attempt", "leased_until"]), claimed
         )
     return {row["id"] for row in claimed}
 
@@ -368,9 +376,8 @@ async def _apply_row_by_row(
         for c in changes
         if _has_event(c)
     ]
-    await conn.execute(_UPDATE, params)
-    if events:
-        await conn.execute(delivery_events.insert(), events)
+    await execute_many(conn, _UPDATE, params)
+    await execute_many(conn, _EVENTS, events)
 
 
 async def _apply_set_based(pg: PgPool, changes: Sequence[StatusChange], now: datetime) -> None:

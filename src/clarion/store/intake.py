@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clarion.store import tables
 from clarion.store.db import write_tx
 from clarion.store.pg import PgPool
-from clarion.store.sql import chunks, insert_ignoring_conflicts
+from clarion.store.sql import chunks, execute_many, insert_ignoring_conflicts
 from clarion.store.tables import notifications, outbox, recipients
 
 Key = tuple[str, str]
@@ -108,7 +108,7 @@ class _SqlIntake:
             if row["id"] in inserted
         ]
         for part in chunks(outbox_rows, 1000):
-            await self._conn.execute(outbox.insert(), part)
+            await execute_many(self._conn, _OUTBOX, part)
         return inserted
 
     async def stored_by_key(self, keys: set[Key]) -> dict[Key, Stored]:
@@ -128,6 +128,7 @@ class _SqlIntake:
         return found
 
 
+_OUTBOX = outbox.insert()
 _COLUMNS = {
     "id": "text",
     "tenant_id": "text",

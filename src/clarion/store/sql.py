@@ -1,16 +1,29 @@
-"""Small SQL helpers: those that differ by dialect, and one read."""
+"""Small SQL helpers: those that differ by dialect, one read, and SQLite's bulk writes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Executable, FromClause, RowMapping, Table, select
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Dialect,
+    Executable,
+    FromClause,
+    RowMapping,
+    Table,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 
@@ -44,19 +57,29 @@ def _db_now_sqlite(_element: db_now, _compiler: Any, **_kw: Any) -> str:
 
 
 def insert_ignoring_conflicts(conn: AsyncConnection, table: Table) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's dialect."""
-    if conn.dialect.name == "postgresql":
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's dialect (one statement
+    per table and dialect, built once: see :func:`execute_many`)."""
+    return _insert_ignoring_conflicts(conn.dialect.name, table)
+
+
+@functools.cache
+def _insert_ignoring_conflicts(dialect: str, table: Table) -> Any:
+    if dialect == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     return sqlite.insert(table).on_conflict_do_nothing()
 
 
 def upsert(conn: AsyncConnection, table: Table, keys: list[str], update: list[str]) -> Any:
-    """``INSERT ... ON CONFLICT (keys) DO UPDATE SET`` the given columns from the new row."""
-    stmt: Any = (
-        postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
-    )
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE SET`` the given columns from the new row
+    (built once per table, columns and dialect)."""
+    return _upsert(conn.dialect.name, table, tuple(keys), tuple(update))
+
+
+@functools.cache
+def _upsert(dialect: str, table: Table, keys: tuple[str, ...], update: tuple[str, ...]) -> Any:
+    stmt: Any = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
     return stmt.on_conflict_do_update(
-        index_elements=keys, set_={name: stmt.excluded[name] for name in update}
+        index_elements=list(keys), set_={name: stmt.excluded[name] for name in update}
     )
 
 
@@ -77,3 +100,97 @@ async def present(conn: AsyncConnection, column: Column[Any], keys: Sequence[str
     for part in chunks(list(keys), 1000):
         found.update((await conn.execute(select(column).where(column.in_(part)))).scalars())
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class _Many:
+    """A statement compiled once for SQLite, and how a row becomes its parameters."""
+
+    sql: str
+    names: tuple[str, ...]  # the parameters in order: a row's key, or a fixed value's
+    fixed: dict[str, Any]  # values of parameters that rows do not carry (stored form)
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+    def parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        """The rows' parameters, built a parameter at a time over all rows (a processor
+        runs once per distinct value: a batch's rows share their timestamps)."""
+        columns: list[Any] = []
+        for name, process in zip(self.names, self.processors, strict=True):
+            if name in self.fixed:
+                columns.append(itertools.repeat(self.fixed[name], len(rows)))
+                continue
+            values = [row[name] for row in rows]
+            if process is not None:
+                # By identity: values may be unhashable (JSON), and the rows hold them alive.
+                seen: dict[int, Any] = {}
+                values = [
+                    seen[id(v)] if id(v) in seen else seen.setdefault(id(v), process(v))
+                    for v in values
+                ]
+            columns.append(values)
+        return list(zip(*columns, strict=True))
+
+
+# (id of a statement, the keys of its rows) -> the statement (which keeps the id its own)
+# and its compiled form, or None where SQLAlchemy must run it (see `_compile_many`).
+_MANY: dict[tuple[int, tuple[str, ...]], tuple[Executable, _Many | None]] = {}
+
+
+async def execute_many(
+    conn: AsyncConnection, stmt: Executable, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """``conn.execute(stmt, rows)`` (rows with the same keys), for the hot bulk writes of
+    a statement built once, at import.
+
+    On SQLite, SQLAlchemy's ``executemany`` turns every row into its parameters through
+    generic machinery (a dict per row, a processor looked up per value) that costs more
+    than the write itself. Here the statement is compiled once per set of keys, and each
+    row becomes a tuple through the same type processors, so what is stored is what
+    SQLAlchemy would store. A statement this cannot run exactly as SQLAlchemy would
+    (``RETURNING``, ``IN`` lists, defaults computed in Python) goes through SQLAlchemy."""
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":
+        await conn.execute(stmt, list(rows))
+        return
+    keys = tuple(rows[0])
+    entry = _MANY.get((id(stmt), keys))
+    if entry is None or entry[0] is not stmt:
+        entry = _MANY[(id(stmt), keys)] = (stmt, _compile_many(stmt, keys, conn.dialect))
+    many = entry[1]
+    if many is None:
+        await conn.execute(stmt, list(rows))
+        return
+    await conn.exec_driver_sql(many.sql, many.parameters(rows))
+
+
+def _compile_many(stmt: Executable, keys: tuple[str, ...], dialect: Dialect) -> _Many | None:
+    compiled = stmt.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
+    if (
+        not isinstance(compiled, SQLCompiler)
+        or compiled.positiontup is None
+        or compiled.effective_returning
+        or compiled.update_prefetch
+        or compiled.escaped_bind_names
+        or any(bind.expanding for bind in compiled.binds.values())
+    ):
+        return None
+    fixed: dict[str, Any] = {}
+    for column in compiled.insert_prefetch:
+        default = column.default
+        if default is None or not default.is_scalar:
+            return None
+        fixed[column.key] = default.arg  # type: ignore[attr-defined]
+    names = tuple(compiled.positiontup)
+    processors = []
+    for name in names:
+        bind = compiled.binds[name]
+        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if name not in keys and name not in fixed:
+            if bind.required:
+                return None
+            fixed[name] = bind.effective_value
+        if name in fixed and process is not None:
+            fixed[name] = process(fixed[name])
+        processors.append(process)
+    return _Many(compiled.string, names, fixed, tuple(processors))

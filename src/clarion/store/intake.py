@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clarion.store import tables
 from clarion.store.db import write_tx
 from clarion.store.pg import PgPool
-from clarion.store.sql import chunks, execute_many, insert_ignoring_conflicts
+from clarion.store.sql import chunks, execute_many, insert_ignoring_conflicts, present
 from clarion.store.tables import notifications, outbox, recipients
 
 Key = tuple[str, str]
@@ -98,10 +98,9 @@ class _SqlIntake:
     async def insert(
         self, rows: Sequence[dict[str, Any]], available_at: Sequence[datetime]
     ) -> set[str]:
-        stmt = insert_ignoring_conflicts(self._conn, notifications).returning(notifications.c.id)
         inserted: set[str] = set()
         for part in chunks(list(rows), 1000):
-            inserted.update((await self._conn.execute(stmt, part)).scalars())
+            inserted.update(await self._insert(part))
         outbox_rows = [
             {"notification_id": row["id"], "tenant_id": row["tenant_id"], "available_at": at}
             for row, at in zip(rows, available_at, strict=True)
@@ -110,6 +109,20 @@ class _SqlIntake:
         for part in chunks(outbox_rows, 1000):
             await execute_many(self._conn, _OUTBOX, part)
         return inserted
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> set[str]:
+        stmt = insert_ignoring_conflicts(self._conn, notifications)
+        if self._conn.dialect.name != "sqlite":
+            return set(
+                (await self._conn.execute(stmt.returning(notifications.c.id), rows)).scalars()
+            )
+        # Without RETURNING, the rows go to the driver as they are (``execute_many``). A row
+        # left out met a taken idempotency key; the ids are new (domain/ids.py ``new_id``),
+        # so an id stored once this insert is done is one it stored (SQLite's writers take
+        # turns: nobody else wrote meanwhile).
+        if await execute_many(self._conn, stmt, rows) == len(rows):
+            return {row["id"] for row in rows}
+        return await present(self._conn, notifications.c.id, [row["id"] for row in rows])
 
     async def stored_by_key(self, keys: set[Key]) -> dict[Key, Stored]:
         # One `tenant_id = ? AND idempotency_key IN (...)` per tenant, which the unique

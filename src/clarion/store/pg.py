@@ -9,7 +9,8 @@ Here each is one fixed SQL text with array parameters (``= ANY($1)``, ``unnest``
 once per connection by asyncpg, and a write that touches several tables is one statement
 (data-modifying ``WITH``), so atomic without a transaction block and one round trip.
 
-Everything else, and every statement on SQLite, goes through SQLAlchemy.
+Everything else goes through SQLAlchemy (on SQLite, the hot bulk writes through
+store/sql.py ``execute_many``).
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ _MANY: dict[tuple[int, tuple[str, ...]], tuple[Executable, _Many | None]] = {}
 
 async def execute_many(
     conn: AsyncConnection, stmt: Executable, rows: Sequence[Mapping[str, Any]]
-) -> None:
+) -> int:
     """``conn.execute(stmt, rows)`` (rows with the same keys), for the hot bulk writes of
     a statement built once, at import.
 
@@ -147,21 +147,20 @@ async def execute_many(
     than the write itself. Here the statement is compiled once per set of keys, and each
     row becomes a tuple through the same type processors, so what is stored is what
     SQLAlchemy would store. A statement this cannot run exactly as SQLAlchemy would
-    (``RETURNING``, ``IN`` lists, defaults computed in Python) goes through SQLAlchemy."""
+    (``RETURNING``, ``IN`` lists, defaults computed in Python) goes through SQLAlchemy.
+    The number of rows the statement changed."""
     if not rows:
-        return
+        return 0
     if conn.dialect.name != "sqlite":
-        await conn.execute(stmt, list(rows))
-        return
+        return int((await conn.execute(stmt, list(rows))).rowcount)
     keys = tuple(rows[0])
     entry = _MANY.get((id(stmt), keys))
     if entry is None or entry[0] is not stmt:
         entry = _MANY[(id(stmt), keys)] = (stmt, _compile_many(stmt, keys, conn.dialect))
     many = entry[1]
     if many is None:
-        await conn.execute(stmt, list(rows))
-        return
-    await conn.exec_driver_sql(many.sql, many.parameters(rows))
+        return int((await conn.execute(stmt, list(rows))).rowcount)
+    return int((await conn.exec_driver_sql(many.sql, many.parameters(rows))).rowcount)
 
 
 def _compile_many(stmt: Executable, keys: tuple[str, ...], dialect: Dialect) -> _Many | None:

@@ -100,7 +100,8 @@ class NotificationSummary(Out):
         description="accepted | scheduled | processing | completed | partial | failed | "
         "cancelling | cancelled"
     )
-    template: str
+    template: str | None = Field(description="The template sent (null for a workflow send)")
+    workflow: str | None = Field(None, description="A workflow send: the workflow run")
     priority: str
     to: NotificationTo
     channels: list[str] | None
@@ -140,11 +141,55 @@ class Cancellation(BaseModel):
     )
 
 
+class RunStepOut(Out):
+    id: str
+    status: str = Field(
+        description="A channel step: its best delivery's status (sent, delivered, failed, "
+        "suppressed, ...); skipped (its `if` was false), waiting, completed (a delay over), "
+        "exited"
+    )
+    started_at: datetime
+    ended_at: datetime | None
+    delivery_ids: list[str]
+    until: datetime | None = Field(None, description="A delay: when it ends")
+
+
+class RunOut(Out):
+    id: str
+    recipient_id: str
+    workflow: str
+    version: int = Field(description="The workflow version the run is pinned to")
+    status: str = Field(
+        description="running | waiting | completed | cancelled | throttled | digested | failed"
+    )
+    step: str | None = Field(description="The step it is at, while it has not ended")
+    waiting_until: datetime | None = Field(description="While waiting: when it goes on")
+    cancellation_key: str | None
+    steps: list[RunStepOut]
+    created_at: datetime
+    updated_at: datetime
+
+
+class RunPage(Paged[RunOut]):
+    """A workflow send's runs by recipient id; `next_cursor` is null on the last page."""
+
+
+class RunsCancelled(Out):
+    cancelled: int = Field(description="Runs cancelled (those that had ended are not counted)")
+
+
 class NotificationDetail(NotificationSummary):
     data: dict[str, Any]
     cancel: Cancellation | None = Field(None, description="Present once it is cancelled")
     deliveries: list[DeliveryOut]
     deliveries_truncated: bool = False
+    run_totals: dict[str, int] | None = Field(
+        None, description="A workflow send: how many runs are in each status"
+    )
+    runs: list[RunOut] | None = Field(
+        None, description="A workflow send: its first 100 runs by recipient id"
+    )
+    runs_truncated: bool | None = None
 
 
 class NotificationDeliveryPage(Paged[DeliveryOut]):

@@ -10,6 +10,7 @@ ERRORS: dict[Reason, type[ApiError]] = {
     Reason.UNKNOWN_TEMPLATE: ValidationFailed,
     Reason.UNKNOWN_TOPIC: ValidationFailed,
     Reason.UNKNOWN_RECIPIENT: ValidationFailed,
+    Reason.UNKNOWN_WORKFLOW: ValidationFailed,
     Reason.UNSTORABLE: ValidationFailed,
     Reason.IDEMPOTENCY_CONFLICT: Conflict,
     Reason.INVALID_POLICY: ValidationFailed,

@@ -179,7 +179,16 @@ class NotificationIn(Body):
         }
     )
 
-    template: Name
+    template: Name | None = None
+    workflow: Annotated[
+        Name | None,
+        Field(description="A workflow to run for each recipient, instead of a template."),
+    ] = None
+    cancellation_key: Annotated[
+        str | None,
+        StringConstraints(min_length=1, max_length=200),
+        Field(description="With `workflow`: what `POST /v1/workflows/{key}/cancel` names."),
+    ] = None
     to: To
     data: dict[str, Any] = Field(default_factory=dict)
     priority: Priority = Priority.NORMAL
@@ -187,6 +196,20 @@ class NotificationIn(Body):
     send_at: AwareDatetime | None = None
     expires_at: AwareDatetime | None = None
     idempotency_key: IdempotencyKey | None = None
+
+    @model_validator(mode="after")
+    def _template_or_workflow(self) -> NotificationIn:
+        if (self.template is None) == (self.workflow is None):
+            raise ValueError("a notification names exactly one of template or workflow")
+        if self.workflow is None and self.cancellation_key is not None:
+            raise ValueError("cancellation_key goes with workflow")
+        if self.workflow is not None and self.channels is not None:
+            raise ValueError("a workflow's steps name their channels: channels goes with template")
+        if self.workflow is not None and self.to.topic is not None:
+            raise ValueError(
+                "a workflow is sent to recipient_id or recipient_ids (not yet to a topic)"
+            )
+        return self
 
 
 class NotificationBatchIn(Body):

@@ -20,6 +20,7 @@ class Reason(StrEnum):
     UNKNOWN_TEMPLATE = "unknown_template"
     UNKNOWN_TOPIC = "unknown_topic"
     UNKNOWN_RECIPIENT = "unknown_recipient"
+    UNKNOWN_WORKFLOW = "unknown_workflow"
     # A notification no database accepts (a value it cannot encode).
     UNSTORABLE = "unstorable"
     # An idempotency key used with another request, or by one still running.

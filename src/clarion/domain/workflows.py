@@ -36,7 +36,7 @@ FIELDS = {
     "exit": frozenset(),
 }
 # Expressions compile in the templates' sandbox (no autoescape: a value, not markup).
-_SANDBOX = make_environment(autoescape=False, filters=FILTERS)
+SANDBOX = make_environment(autoescape=False, filters=FILTERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,29 @@ class Workflow:
     name: str
     category: str | None
     steps: tuple[Step, ...]
+
+    @classmethod
+    def stored(
+        cls, name: str, category: str | None, steps: Sequence[Mapping[str, Any]]
+    ) -> Workflow:
+        """A version as stored (checked by :func:`check` when it was)."""
+        return cls(
+            name,
+            category,
+            tuple(
+                Step(
+                    str(raw["id"]),
+                    str(raw["type"]),
+                    raw.get("if"),
+                    {
+                        k: v
+                        for k, v in raw.items()
+                        if k not in ("id", "type", "if") and v is not None
+                    },
+                )
+                for raw in steps
+            ),
+        )
 
     def templates(self) -> set[str]:
         return {s.fields["template"] for s in self.steps if s.type == "channel"}
@@ -220,8 +243,8 @@ def _expression(at: _At, field: str, source: Any, *, steps: bool) -> None:
         at.add(field, f"an expression of 1 to {MAX_EXPRESSION} characters")
         return
     try:
-        tree = _SANDBOX.parse(_SANDBOX.preprocess("{{ (" + source + ") }}"))
-        _SANDBOX.compile_expression(source)
+        tree = SANDBOX.parse(SANDBOX.preprocess("{{ (" + source + ") }}"))
+        SANDBOX.compile_expression(source)
     except JinjaError as exc:
         at.add(field, f"not an expression: {exc}")
         return

@@ -48,6 +48,7 @@ from clarion.pipeline.context import Context
 from clarion.pipeline.inflight import holding
 from clarion.pipeline.lead import Lead
 from clarion.pipeline.messages import by_due_time, plan_payload, publish_deliveries
+from clarion.pipeline.runs import Runs, StepAsk
 from clarion.pipeline.status_events import StatusEvents
 from clarion.pipeline.templates import TemplateCache
 from clarion.store import notifications as notification_store
@@ -167,6 +168,7 @@ class Planner:
         # One process leads the planning while it keeps up (pipeline/lead.py); topic
         # chunks, each a large unit of work, go to whichever planner is free.
         self.lead = Lead(ctx.broker, PLAN_STREAM, consumer)
+        self.runs = Runs(ctx, self)
 
     async def run_once(self, timeout: float, stop: asyncio.Event | None = None) -> int:
         """Plan one batch of whatever is waiting; returns how many messages it took."""
@@ -271,7 +273,7 @@ class Planner:
         async with planning.reads(engine, pg) as reads:
             notes, heads, category_versions, unplanned = await reads.batch(ids)
             topical = [n for n in notes.values() if _planning_topic(n)]
-            todo = sorted(
+            ready = sorted(
                 (
                     n
                     for n in notes.values()
@@ -281,6 +283,9 @@ class Planner:
                 ),
                 key=accept_order,
             )
+            # A workflow send is planned as runs (pipeline/runs.py), after the batch.
+            todo = [n for n in ready if n.get("workflow") is None]
+            flows = [n for n in ready if n.get("workflow") is not None]
             tenants = {n["tenant_id"] for n in todo}
             await self._ctx.providers.prepare(tenants)
             categories = await self._ctx.categories.load(
@@ -309,9 +314,67 @@ class Planner:
         await self._cap_and_hold(plan.made, categories, holding, now, exempt)
         # A topic send keeps its outbox row until its last chunk is planned.
         outbox_ids = [nid for nid in ids if notes.get(nid, {}).get("topic") is None]
+        flow_ids = {n["id"] for n in flows}
+        outbox_ids = [nid for nid in outbox_ids if nid not in flow_ids]
         inserted = await planning.store_plan(engine, pg, plan.made, plan.planned, outbox_ids, now)
         plan.made = [item for item in plan.made if item.delivery.id in inserted]
+        if flows:
+            await self.runs.start(flows, now)
         return plan, republish, topical
+
+    async def plan_steps(
+        self, asks: list[StepAsk], now: datetime
+    ) -> tuple[list[list[str]], list[Stored]]:
+        """Make and store the deliveries of workflow channel steps (pipeline/runs.py), each
+        as a template send of the step's template to one recipient on the step's channels
+        would be (preferences, quiet hours, caps, digests, providers): for each ask, the ids
+        of its deliveries (made now, or by an earlier try of the same step); and the
+        deliveries this call inserted, for :meth:`publish_made`."""
+        engine, pg = self._ctx.engine, self._ctx.pg
+        tenants = {ask.note["tenant_id"] for ask in asks}
+        async with planning.reads(engine, pg) as reads:
+            heads = await reads.active_versions(
+                {(ask.note["tenant_id"], ask.template) for ask in asks}
+            )
+            category_versions = await reads.category_versions(tenants)
+            people = await reads.recipients(
+                {(ask.note["tenant_id"], ask.recipient) for ask in asks}
+            )
+        await self._ctx.providers.prepare(tenants)
+        categories = await self._ctx.categories.load(engine, category_versions)
+        compiled = await self._templates.load(engine, [(t, n, v) for (t, n), v in heads.items()])
+        holding = digests.Holding()
+        per_ask: list[list[str]] = []
+        made: list[Stored] = []
+        for ask in asks:
+            tenant = ask.note["tenant_id"]
+            version = compiled.get((tenant, ask.template, heads.get((tenant, ask.template)) or 0))
+            part = {
+                **ask.note,
+                "template": ask.template,
+                "channels": list(ask.channels),
+                "recipient_ids": [ask.recipient],
+                "step": ask.step,
+            }
+            items = self._deliveries(
+                part, version, people, categories.get(tenant, {}), now, holding
+            )
+            per_ask.append([item.delivery.id for item in items])
+            made.extend(items)
+        async with planning.reads(engine, pg) as reads:
+            existing = await reads.existing_deliveries([item.delivery.id for item in made])
+        made = [item for item in made if item.delivery.id not in existing]
+        await self._cap_and_hold(made, categories, holding, now)
+        # The notifications are named as planned: only those not cancelled get deliveries.
+        notes = list({ask.note["id"] for ask in asks})
+        inserted = await planning.store_plan(engine, pg, made, notes, [], now)
+        return per_ask, [item for item in made if item.delivery.id in inserted]
+
+    async def publish_made(self, made: list[Stored]) -> None:
+        """Announce and publish deliveries :meth:`plan_steps` stored."""
+        await self._events.emit_new(made)
+        metrics.planned(made)
+        await self._publish(made)
 
     async def _open_topic(self, note: dict[str, Any]) -> None:
         """A topic send's first plan message: split its subscribers into stripes (once) and
@@ -416,6 +479,8 @@ class Planner:
         # What is the same for every recipient of the notification, worked out once.
         channels = candidate_channels(list(version.channels), note["channels"], policy)
         tenant, nid = note["tenant_id"], note["id"]
+        # A workflow's channel step (pipeline/runs.py): its deliveries' ids name the step.
+        step: str | None = note.get("step")
         expires_at = as_utc(note["expires_at"])
         common = _common(note, policy, expires_at)
         providers = {channel: self._ctx.providers.name_for(tenant, channel) for channel in channels}
@@ -437,7 +502,7 @@ class Planner:
             for channel in channels:
                 delivery = msgspec.structs.replace(
                     common,
-                    id=delivery_id(nid, rid, channel),
+                    id=delivery_id(nid, rid, channel if step is None else f"{step}/{channel}"),
                     recipient=rid,
                     channel=channel,
                     provider=providers[channel],

@@ -30,6 +30,7 @@ from clarion.pipeline.status_events import EVENTS_RETRY_STREAM, EVENTS_STREAM
 from clarion.pipeline.status_webhooks import EventDispatcher
 from clarion.pipeline.worker import ChannelWorker, StatusWriter
 from clarion.store import notifications as notification_store
+from clarion.store import runs as run_store
 from clarion.store.batching import Batcher
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 # drain() waits for delayed messages due within this many seconds (retries), not for those
 # due later (deliveries deferred past quiet hours).
 _DRAIN_HORIZON = 60.0
+# How long the planner's run waker rests when no workflow run was due: a run resumes
+# within this of its due time.
+RUNS_IDLE = 0.5
 
 
 def consumer_name(role: str) -> str:
@@ -103,6 +107,8 @@ class Runtime:
             self._spawn("planner-critical", critical)
             chunks = self._loop(lambda: planner.run_chunks_once(0.25, self._stop))
             self._spawn("planner-chunks", chunks)
+            # Workflow runs whose wait is over (pipeline/runs.py).
+            self._spawn("runs", self._loop(planner.runs.wake_once, idle=RUNS_IDLE))
         if self.roles.scheduler:
             relay, sweeper = Relay(ctx), Sweeper(ctx)
             self._spawn("relay", self._loop(relay.run_once, idle=0.2))
@@ -160,6 +166,9 @@ class Runtime:
         horizon = time.time() + _DRAIN_HORIZON
         backlog = await self.ctx.broker.backlog(self.streams(), due_before=horizon)
         if any(backlog.values()):
+            return False
+        due = await run_store.next_wake(self.ctx.engine)
+        if due is not None and due.timestamp() < horizon:
             return False
         return await notification_store.outbox_size(self.ctx.engine) == 0
 

@@ -36,13 +36,16 @@ class Stored(NamedTuple):
     status: str
 
 
-Found = tuple[set[Key], set[Key], set[Key]]
+# Of the keys asked for: the templates, recipients, topics and workflows found.
+Found = tuple[set[Key], set[Key], set[Key], set[Key]]
 
 
 class IntakeTx(Protocol):
-    async def known(self, templates: set[Key], recipients: set[Key], topics: set[Key]) -> Found:
-        """Which (tenant, template name), (tenant, recipient id) and (tenant, topic) pairs
-        exist."""
+    async def known(
+        self, templates: set[Key], recipients: set[Key], topics: set[Key], workflows: set[Key]
+    ) -> Found:
+        """Which (tenant, template name), (tenant, recipient id), (tenant, topic) and
+        (tenant, workflow key) pairs exist."""
         ...
 
     async def insert(
@@ -69,20 +72,24 @@ class _SqlIntake:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def known(self, templates: set[Key], recipients: set[Key], topics: set[Key]) -> Found:
+    async def known(
+        self, templates: set[Key], recipients: set[Key], topics: set[Key], workflows: set[Key]
+    ) -> Found:
         return (
-            await self._known(tables.templates, templates),
+            await self._known(tables.templates, templates) if templates else set(),
             await self._known_recipients(recipients),
             await self._known(tables.topics, topics) if topics else set(),
+            await self._known(tables.workflows, workflows, "key") if workflows else set(),
         )
 
-    async def _known(self, table: Table, keys: set[Key]) -> set[Key]:
-        """Which of these (tenant, name) keys ``table`` (templates, topics) holds."""
+    async def _known(self, table: Table, keys: set[Key], column: str = "name") -> set[Key]:
+        """Which of these (tenant, name) keys ``table`` (templates, topics, workflows)
+        holds."""
         found: set[Key] = set()
-        t = table
+        t, name = table, table.c[column]
         for part in chunks(sorted(keys), 1000):
-            query = select(t.c.tenant_id, t.c.name).where(tuple_(t.c.tenant_id, t.c.name).in_(part))
-            found.update((row.tenant_id, row.name) for row in await self._conn.execute(query))
+            query = select(t.c.tenant_id, name).where(tuple_(t.c.tenant_id, name).in_(part))
+            found.update((row[0], row[1]) for row in await self._conn.execute(query))
         return found
 
     async def _known_recipients(self, keys: set[Key]) -> set[Key]:
@@ -158,6 +165,8 @@ _COLUMNS = {
     "created_at": "timestamptz",
     "topic": "text",
     "trace": "text",
+    "workflow": "text",
+    "cancellation_key": "text",
 }
 _JSON = {"recipient_ids", "data", "channels"}
 _N = len(_COLUMNS)
@@ -187,7 +196,11 @@ _KNOWN = (
     "UNION ALL "
     "SELECT 2, p.tenant_id, p.name FROM topics AS p "
     "JOIN unnest($5::text[], $6::text[]) AS k(tenant_id, name) "
-    "ON p.tenant_id = k.tenant_id AND p.name = k.name"
+    "ON p.tenant_id = k.tenant_id AND p.name = k.name "
+    "UNION ALL "
+    "SELECT 3, w.tenant_id, w.key FROM workflows AS w "
+    "JOIN unnest($7::text[], $8::text[]) AS k(tenant_id, key) "
+    "ON w.tenant_id = k.tenant_id AND w.key = k.key"
 )
 
 
@@ -200,11 +213,13 @@ class _PgIntake:
     def __init__(self, pg: PgPool) -> None:
         self._pg = pg
 
-    async def known(self, templates: set[Key], recipients: set[Key], topics: set[Key]) -> Found:
+    async def known(
+        self, templates: set[Key], recipients: set[Key], topics: set[Key], workflows: set[Key]
+    ) -> Found:
         rows = await self._pg.fetch(
-            _KNOWN, *_pairs(templates), *_pairs(recipients), *_pairs(topics)
+            _KNOWN, *_pairs(templates), *_pairs(recipients), *_pairs(topics), *_pairs(workflows)
         )
-        found: Found = (set(), set(), set())
+        found: Found = (set(), set(), set(), set())
         for row in rows:
             found[row[0]].add((row[1], row[2]))
         return found

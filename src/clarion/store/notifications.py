@@ -15,12 +15,14 @@ from clarion.domain.ids import new_id
 from clarion.domain.models import NotificationStatus
 from clarion.domain.outcome import cancellation, shown_status, shown_to
 from clarion.domain.refusal import Reason, Refused
+from clarion.domain.runs import ENDED
 from clarion.store import deliveries as delivery_store
+from clarion.store import runs as run_store
 from clarion.store.db import as_utc, shown, utcnow, write_tx
 from clarion.store.intake import IntakeTx, Stored, intake_tx
 from clarion.store.pg import PgPool
-from clarion.store.sql import chunks
-from clarion.store.tables import deliveries, notifications, outbox, topic_stripes
+from clarion.store.sql import chunks, first_row
+from clarion.store.tables import deliveries, notifications, outbox, topic_stripes, workflow_runs
 
 
 @dataclass(slots=True)
@@ -41,6 +43,9 @@ class NewNotification:
     topic: str | None = None
     # The traceparent of the span it is accepted in (tracing on), stored with it.
     trace: str | None = None
+    # A workflow send (``template`` is empty): the workflow, and its cancellation key.
+    workflow: str | None = None
+    cancellation_key: str | None = None
     id: str = field(default_factory=lambda: new_id("ntf"))
 
 
@@ -60,14 +65,21 @@ Admission = Accepted | Refused
 
 async def _unknown_references(tx: IntakeTx, items: Sequence[NewNotification]) -> dict[int, Refused]:
     """Unknown templates, recipients and topics, found with one query for the batch."""
-    templates, known, topics = await tx.known(
-        {(item.tenant_id, item.template) for item in items},
+    templates, known, topics, workflows = await tx.known(
+        {(item.tenant_id, item.template) for item in items if item.workflow is None},
         {(item.tenant_id, rid) for item in items for rid in item.recipient_ids},
         {(item.tenant_id, item.topic) for item in items if item.topic is not None},
+        {(item.tenant_id, item.workflow) for item in items if item.workflow is not None},
     )
     errors: dict[int, Refused] = {}
     for index, item in enumerate(items):
-        if (item.tenant_id, item.template) not in templates:
+        if item.workflow is not None:
+            if (item.tenant_id, item.workflow) not in workflows:
+                errors[index] = Refused(
+                    Reason.UNKNOWN_WORKFLOW, f"no workflow with key {item.workflow!r}"
+                )
+                continue
+        elif (item.tenant_id, item.template) not in templates:
             errors[index] = Refused(Reason.UNKNOWN_TEMPLATE, f"no template named {item.template!r}")
             continue
         if item.topic is not None and (item.tenant_id, item.topic) not in topics:
@@ -114,6 +126,8 @@ def _row(item: NewNotification, now: datetime) -> dict[str, Any]:
         "created_at": now,
         "topic": item.topic,
         "trace": item.trace,
+        "workflow": item.workflow,
+        "cancellation_key": item.cancellation_key,
     }
 
 
@@ -337,10 +351,12 @@ def notification_summary(
 ) -> dict[str, Any]:
     """A notification as the API shows it, with its aggregate status and delivery totals
     (and its ``data`` when ``data``, as a single notification is shown)."""
+    workflow = row.get("workflow")
     return {
         "id": row["id"],
         "status": shown_status(row, totals),
-        "template": row["template"],
+        "template": row["template"] if workflow is None else None,
+        **({"workflow": workflow} if workflow is not None else {}),
         "priority": row["priority"],
         "to": shown_to(row),
         **({"data": row["data"]} if data else {}),
@@ -381,11 +397,41 @@ async def get_with_deliveries(
         )
         totals = await _totals(conn, notification_id)
     items = [delivery_to_public(r) for r in rows[:limit]]
-    return {
+    shown = {
         **notification_summary(row, totals, data=True),
         **({"cancel": cancel} if (cancel := cancellation(row["status"], totals)) else {}),
         "deliveries": items,
         "deliveries_truncated": len(rows) > limit,
+    }
+    if row["workflow"] is not None:
+        shown.update(await _runs_shown(engine, row, shown["status"]))
+    return shown
+
+
+# How many of a workflow send's runs its detail shows (the rest: GET .../runs).
+RUNS_SHOWN = 100
+
+
+async def _runs_shown(engine: AsyncEngine, row: Mapping[str, Any], status: str) -> dict[str, Any]:
+    """A workflow send's runs: their totals, the first ones, and a status that stays
+    ``processing`` while a run has not ended (a run waiting in a delay has no delivery
+    unfinished)."""
+    nid = row["id"]
+    run_totals = await run_store.totals(engine, nid)
+    listed = await run_store.of_notification(
+        engine, row["tenant_id"], nid, after=None, limit=RUNS_SHOWN + 1
+    )
+    live = any(n for s, n in run_totals.items() if s not in ENDED)
+    settled = (
+        NotificationStatus.COMPLETED,
+        NotificationStatus.PARTIAL,
+        NotificationStatus.FAILED,
+    )
+    return {
+        **({"status": NotificationStatus.PROCESSING} if live and status in settled else {}),
+        "run_totals": run_totals,
+        "runs": await run_store.shown(engine, listed[:RUNS_SHOWN]),
+        "runs_truncated": len(listed) > RUNS_SHOWN,
     }
 
 
@@ -462,6 +508,8 @@ async def _cancel(engine: AsyncEngine, tenant_id: str, notification_id: str) -> 
             return found.first() is not None
         # A delivery claimed meanwhile is in flight: left alone, with no `cancelled` event.
         await delivery_store.stop_waiting(conn, d.c.notification_id == notification_id, now)
+        # A workflow send's runs end here, whatever step they wait in.
+        await run_store.cancel(conn, workflow_runs.c.notification_id == notification_id, now)
         await delete_outbox(conn, [notification_id])
         await _drop_stripes(conn, notification_id)
     return True
@@ -485,3 +533,9 @@ async def fail_unplannable(engine: AsyncEngine, notification_id: str) -> None:
         )
         await delete_outbox(conn, [notification_id])
         await _drop_stripes(conn, notification_id)
+
+
+async def is_known(engine: AsyncEngine, tenant_id: str, notification_id: str) -> bool:
+    n = notifications
+    query = select(n.c.id).where(n.c.id == notification_id, n.c.tenant_id == tenant_id)
+    return await first_row(engine, query) is not None

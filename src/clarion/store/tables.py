@@ -156,6 +156,10 @@ notifications = Table(
     # digest's closing), when tracing is on: whoever publishes it again, or its deliveries,
     # joins that trace (observability/tracing.py).
     Column("trace", String(55)),
+    # A workflow send: the workflow (its `template` is empty), and the key that
+    # `POST /v1/workflows/{key}/cancel` cancels its runs by.
+    Column("workflow", String(200)),
+    Column("cancellation_key", String(200)),
     UniqueConstraint("tenant_id", "idempotency_key", name="uq_notifications_idempotency"),
 )
 
@@ -219,6 +223,32 @@ delivery_claims = Table(
     Column("attempt", Integer, nullable=False),
     _ts("leased_until", nullable=False),
     Column("cancelled", Boolean, nullable=False, default=False, server_default=false()),
+)
+
+# A workflow send's run for one recipient (pipeline/runs.py): the workflow version it is
+# pinned to, the step it is at, each step's outcome, and when it is to be looked at next
+# (`wake_at`: a delay's end, a channel step's next look at its delivery, or the lease of a
+# run being advanced; none once it has ended).
+workflow_runs = Table(
+    "workflow_runs",
+    metadata,
+    _id(),
+    _tenant(key=False),
+    Column("notification_id", String(40), nullable=False),
+    Column("recipient_id", String(200), nullable=False),
+    Column("workflow", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("cancellation_key", String(200)),
+    Column("status", String(16), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("turn", Integer, nullable=False),
+    Column("steps", JSON, nullable=False),
+    _ts("wake_at"),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+    Index("ix_workflow_runs_wake_at", "wake_at"),
+    Index("ix_workflow_runs_notification", "notification_id", "recipient_id"),
+    Index("ix_workflow_runs_cancellation", "tenant_id", "workflow", "cancellation_key"),
 )
 
 delivery_events = Table(

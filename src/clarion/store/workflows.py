@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from clarion.domain.workflows import Workflow
 from clarion.store import audit
 from clarion.store.tables import workflow_versions, workflows
 from clarion.store.versioned import Versioned, shown_version
@@ -29,3 +32,41 @@ async def list_workflows(
 ) -> list[dict[str, Any]]:
     """Workflows by key, with their active version's name and category."""
     return await WORKFLOWS.heads_page(engine, tenant_id, _LISTED_COLUMNS, after=after, limit=limit)
+
+
+async def active_versions(
+    conn: AsyncConnection, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """The active version of each (tenant, workflow key) that exists."""
+    h = workflows
+    found: dict[tuple[str, str], int] = {}
+    for tenant, names in _by_tenant(keys).items():
+        query = select(h.c.key, h.c.active_version).where(
+            h.c.tenant_id == tenant, h.c.key.in_(names)
+        )
+        found.update(((tenant, row.key), row.active_version) for row in await conn.execute(query))
+    return found
+
+
+async def load_versions(
+    engine: AsyncEngine, keys: Iterable[tuple[str, str, int]]
+) -> dict[tuple[str, str, int], Workflow]:
+    """Stored workflow versions, as checked workflows (they were checked when stored)."""
+    v = workflow_versions
+    found: dict[tuple[str, str, int], Workflow] = {}
+    async with engine.connect() as conn:
+        for tenant, key, version in set(keys):
+            query = select(v.c.name, v.c.category, v.c.steps).where(
+                v.c.tenant_id == tenant, v.c.key == key, v.c.version == version
+            )
+            row = (await conn.execute(query)).first()
+            if row is not None:
+                found[(tenant, key, version)] = Workflow.stored(row.name, row.category, row.steps)
+    return found
+
+
+def _by_tenant(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for tenant, name in keys:
+        grouped.setdefault(tenant, []).append(name)
+    return grouped

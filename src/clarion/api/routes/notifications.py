@@ -10,12 +10,13 @@ from clarion.api.auth import Reader, Sender
 from clarion.api.errors import api_error_response, error_body
 from clarion.api.idempotency import header_key, idempotent, request_hash
 from clarion.api.limits import EdgeParsedRoute
-from clarion.api.listing import IdCursor, Size, by, page
+from clarion.api.listing import IdCursor, KeyCursor, Size, by, page
 from clarion.api.outputs import (
     BatchResults,
     NotificationAccepted,
     NotificationDeliveryPage,
     NotificationDetail,
+    RunPage,
 )
 from clarion.api.quota import charge_intake, charge_intake_of
 from clarion.api.refusals import refusal_error
@@ -26,6 +27,7 @@ from clarion.errors import ApiError, NotFound
 from clarion.observability import metrics
 from clarion.pipeline.intake import Intake
 from clarion.store import notifications as store
+from clarion.store import runs as run_store
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"], route_class=EdgeParsedRoute)
 
@@ -38,10 +40,14 @@ def _intake(request: Request) -> Intake:
 
 
 def to_new(tenant_id: str, item: NotificationIn, header_key: str | None) -> store.NewNotification:
-    body = item.model_dump(mode="json", exclude={"idempotency_key"})
+    # A template send's hash is what it was before workflows: their fields are left out.
+    left_out = {"idempotency_key"} | (
+        {"workflow", "cancellation_key"} if item.workflow is None else set()
+    )
+    body = item.model_dump(mode="json", exclude=left_out)
     return store.NewNotification(
         tenant_id=tenant_id,
-        template=item.template,
+        template=item.template or "",
         recipient_ids=item.to.recipients(),
         data=item.data,
         priority=item.priority.value,
@@ -51,6 +57,8 @@ def to_new(tenant_id: str, item: NotificationIn, header_key: str | None) -> stor
         idempotency_key=item.idempotency_key or header_key,
         request_hash=request_hash(body),
         topic=item.to.topic,
+        workflow=item.workflow,
+        cancellation_key=item.cancellation_key,
     )
 
 
@@ -142,6 +150,20 @@ async def deliveries(
         caller.engine, caller.tenant_id, notification_id, cursor, limit + 1
     )
     return JSONResponse(page(or_404(rows, f"no notification {notification_id!r}"), limit, by("id")))
+
+
+@router.get("/{notification_id}/runs", response_model=RunPage)
+async def runs(
+    caller: Reader, notification_id: str, limit: Size = 100, cursor: KeyCursor = None
+) -> JSONResponse:
+    """A workflow send's runs, one per recipient, by recipient id (paged): where each
+    stands, and each step's outcome with its deliveries."""
+    if not await store.is_known(caller.engine, caller.tenant_id, notification_id):
+        raise NotFound(f"no notification {notification_id!r}")
+    rows = await run_store.of_notification(
+        caller.engine, caller.tenant_id, notification_id, after=cursor, limit=limit + 1
+    )
+    return JSONResponse(page(await run_store.shown(caller.engine, rows), limit, by("recipient_id")))
 
 
 @router.delete("/{notification_id}", status_code=202, response_model=NotificationDetail)

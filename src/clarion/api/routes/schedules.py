@@ -36,6 +36,11 @@ async def _check_references(ctx: Context, tenant_id: str, body: ScheduleIn) -> N
     """The template, topic and listed recipients must exist now, as for a send (each run
     checks again: a recipient erased since is left out)."""
     note = body.notification
+    if note.template is None:
+        raise ValidationFailed(
+            "a schedule sends a template (workflows are not scheduled yet)",
+            code="validation_error",
+        )
     if not await store.known_template(ctx.engine, tenant_id, note.template):
         raise ValidationFailed(f"no template named {note.template!r}", code="unknown_template")
     topic = note.to.topic

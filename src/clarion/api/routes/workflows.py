@@ -5,17 +5,24 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from pydantic import Field
 
-from clarion.api.auth import Manager, Reader
+from clarion.api.auth import Manager, Reader, Sender
 from clarion.api.listing import KeyCursor, Size, by, page
-from clarion.api.outputs import WorkflowPage, WorkflowStored, WorkflowVersionOut
+from clarion.api.outputs import (
+    RunsCancelled,
+    WorkflowPage,
+    WorkflowStored,
+    WorkflowVersionOut,
+)
 from clarion.api.responses import JSONResponse, deleted
 from clarion.api.routes.templates import Version, rolled_back, version_of
-from clarion.api.schemas import Body, NamePath, WorkflowIn
+from clarion.api.schemas import Body, NamePath, RecipientId, WorkflowIn
 from clarion.domain import workflows as definitions
 from clarion.domain.models import ALL_CHANNELS
 from clarion.errors import ValidationFailed
 from clarion.store import categories as category_store
+from clarion.store import runs as run_store
 from clarion.store import templates as template_store
+from clarion.store.db import utcnow
 from clarion.store.workflows import WORKFLOWS, list_workflows
 
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
@@ -70,3 +77,25 @@ async def delete(caller: Manager, key: NamePath) -> Response:
     """Delete a workflow with all its versions."""
     found = await WORKFLOWS.delete(caller.engine, caller.tenant_id, key, actor=caller.key_id)
     return deleted(found, "workflow", key)
+
+
+class WorkflowCancelIn(Body):
+    cancellation_key: str = Field(min_length=1, max_length=200)
+    recipient_ids: list[RecipientId] | None = Field(default=None, min_length=1, max_length=1000)
+
+
+@router.post("/{key}/cancel", status_code=202, response_model=RunsCancelled)
+async def cancel(caller: Sender, key: NamePath, body: WorkflowCancelIn) -> JSONResponse:
+    """Cancel every run of this workflow with the cancellation key (of these recipients
+    only, when given) that has not ended: waiting in a delay, at a channel step, or about
+    to start. Their deliveries still queued or scheduled are cancelled; one whose attempt
+    is under way may still go out."""
+    cancelled = await run_store.cancel_by_key(
+        caller.engine,
+        caller.tenant_id,
+        key,
+        body.cancellation_key,
+        body.recipient_ids,
+        utcnow(),
+    )
+    return JSONResponse({"cancelled": cancelled}, status_code=202)

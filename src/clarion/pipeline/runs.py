@@ -1,0 +1,413 @@
+"""Workflow runs: a workflow send becomes one run per recipient, which walks the
+workflow's steps (domain/runs.py says what each step does).
+
+A run is stored when its notification is planned, pinned to the workflow's active version,
+and advanced at once as far as it goes: through conditions, channel steps (their deliveries
+are planned as a template send's are: pipeline/planner.py ``plan_steps``) and exits, up to a
+step that waits (a delay, or a ``first_success`` step waiting on its delivery) or to its end.
+A waiting run is a stored row with its wake time, not a task in memory: the planners take
+the due ones in batches (``wake_once``), each under a lease, so a run whose advancer dies is
+taken again when the lease ends. Advancing a run again from its stored step makes nothing
+twice: a step's deliveries have ids derived from (notification, recipient, step, channel),
+and a save counts only for the lease (``turn``) it was advanced under.
+"""
+
+from __future__ import annotations
+
+import logging
+import zoneinfo
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from clarion.domain import runs as rules
+from clarion.domain.delivery import Stored
+from clarion.domain.ids import delivery_id, derived_timed_id
+from clarion.domain.models import DeliveryStatus
+from clarion.domain.runs import DeliveryFacts, RunStatus, StepRecord
+from clarion.domain.workflows import CLOCK, Step, Workflow
+from clarion.pipeline.context import Context
+from clarion.store import planning
+from clarion.store import runs as run_store
+from clarion.store import workflows as workflow_store
+from clarion.store.db import utcnow, write_tx
+from clarion.store.notifications import delete_outbox
+
+log = logging.getLogger(__name__)
+
+# A run being advanced is leased for this long: one whose advancer died is taken again after.
+LEASE = 60.0
+# Runs woken in one batch.
+WAKE_BATCH = 500
+_RECIPIENT = ("id", "email", "phone", "locale", "timezone")
+
+
+@dataclass(frozen=True, slots=True)
+class StepAsk:
+    """A workflow channel step to plan: the notification's row, the recipient, the step's
+    id, template and channels."""
+
+    note: dict[str, Any]
+    recipient: str
+    step: str
+    template: str
+    channels: tuple[str, ...]
+
+
+class StepPlanner(Protocol):
+    """What plans a channel step's deliveries (pipeline/planner.py)."""
+
+    async def plan_steps(
+        self, asks: list[StepAsk], now: datetime
+    ) -> tuple[list[list[str]], list[Stored]]: ...
+
+    async def publish_made(self, made: list[Stored]) -> None: ...
+
+
+def run_id(notification_id: str, recipient_id: str) -> str:
+    return derived_timed_id("run", notification_id, notification_id, recipient_id)
+
+
+@dataclass(slots=True)
+class _Run:
+    """A run being advanced: its stored row, its workflow, notification and recipient."""
+
+    row: dict[str, Any]
+    workflow: Workflow | None
+    note: dict[str, Any] | None
+    recipient: dict[str, Any] | None
+    records: list[StepRecord] = field(default_factory=list)
+    status: str = RunStatus.RUNNING
+    wake_at: datetime | None = None
+    # A channel step waiting for its deliveries to be planned: the step and the channels.
+    asked: tuple[Step, tuple[str, ...]] | None = None
+
+    @property
+    def step(self) -> int:
+        return len(self.records) - (1 if self._open() else 0)
+
+    def _open(self) -> bool:
+        return bool(self.records) and self.records[-1].ended_at is None
+
+    def current(self) -> StepRecord | None:
+        return self.records[-1] if self._open() else None
+
+
+class Runs:
+    """The workflow engine of one planner."""
+
+    def __init__(self, ctx: Context, planner: StepPlanner) -> None:
+        self._ctx = ctx
+        self._planner = planner
+
+    async def start(self, notes: Sequence[dict[str, Any]], now: datetime) -> None:
+        """Store the runs of these workflow sends (one per recipient; none twice, and
+        none of a send whose workflow is gone) and plan them: their outbox rows go in the
+        same transaction. Then advance the new ones."""
+        engine = self._ctx.engine
+        async with engine.connect() as conn:
+            heads = await workflow_store.active_versions(
+                conn, {(n["tenant_id"], n["workflow"]) for n in notes}
+            )
+        rows: list[dict[str, Any]] = []
+        for note in notes:
+            version = heads.get((note["tenant_id"], note["workflow"]))
+            if version is None:
+                log.warning("notification %s: workflow %r is gone", note["id"], note["workflow"])
+                continue
+            rows.extend(
+                {
+                    "id": run_id(note["id"], rid),
+                    "tenant_id": note["tenant_id"],
+                    "notification_id": note["id"],
+                    "recipient_id": rid,
+                    "workflow": note["workflow"],
+                    "version": version,
+                    "cancellation_key": note.get("cancellation_key"),
+                    "status": RunStatus.RUNNING,
+                    "step": 0,
+                    "turn": 0,
+                    "steps": [],
+                    "wake_at": now + timedelta(seconds=LEASE),
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for rid in note["recipient_ids"]
+            )
+        async with write_tx(engine) as conn:
+            fresh = await run_store.insert(conn, rows)
+            await run_store.lease(conn, list(fresh), now, LEASE)
+            await delete_outbox(conn, [n["id"] for n in notes])
+        taken = [{**row, "turn": 1} for row in rows if row["id"] in fresh]
+        if taken:
+            await self.advance(taken, now)
+
+    async def wake_once(self, limit: int = WAKE_BATCH) -> int:
+        """Advance the runs that are due (a delay over, a delivery to look at, a lease
+        run out); how many."""
+        now = utcnow()
+        taken = await run_store.take_due(self._ctx.engine, now, LEASE, limit)
+        if taken:
+            await self.advance(taken, now)
+        return len(taken)
+
+    async def advance(self, rows: list[dict[str, Any]], now: datetime) -> None:
+        """Advance leased runs as far as each goes now, then store where each stands."""
+        runs = await self._load(rows)
+        active = [run for run in runs if run.workflow is not None and run.note is not None]
+        for run in runs:
+            if run not in active:
+                run.status = RunStatus.FAILED
+        while active:
+            facts = await run_store.facts(
+                self._ctx.engine, [d for run in active for r in run.records for d in r.deliveries]
+            )
+            for run in active:
+                self._walk(run, facts, now)
+            asking = [run for run in active if run.asked is not None]
+            if not asking:
+                break
+            await self._plan_asked(asking, now)
+            active = asking
+        await run_store.save(
+            self._ctx.engine,
+            [
+                {
+                    "id": run.row["id"],
+                    "turn": run.row["turn"],
+                    "status": run.status,
+                    "step": run.step,
+                    "steps": [record.to_json() for record in run.records],
+                    "wake_at": run.wake_at,
+                    "updated_at": now,
+                }
+                for run in runs
+            ],
+        )
+
+    async def _load(self, rows: list[dict[str, Any]]) -> list[_Run]:
+        engine, pg = self._ctx.engine, self._ctx.pg
+        flows = await workflow_store.load_versions(
+            engine, {(r["tenant_id"], r["workflow"], r["version"]) for r in rows}
+        )
+        async with planning.reads(engine, pg) as reads:
+            notes = await reads.notifications(list({r["notification_id"] for r in rows}))
+            people = await reads.recipients({(r["tenant_id"], r["recipient_id"]) for r in rows})
+        return [
+            _Run(
+                row,
+                flows.get((row["tenant_id"], row["workflow"], row["version"])),
+                notes.get(row["notification_id"]),
+                people.get((row["tenant_id"], row["recipient_id"])),
+                [StepRecord.from_json(raw) for raw in row["steps"] or []],
+            )
+            for row in rows
+        ]
+
+    async def _plan_asked(self, runs: list[_Run], now: datetime) -> None:
+        asks = []
+        for run in runs:
+            assert run.asked is not None
+            assert run.note is not None
+            step, channels = run.asked
+            asks.append(
+                StepAsk(
+                    run.note,
+                    run.row["recipient_id"],
+                    step.id,
+                    step.fields["template"],
+                    channels,
+                )
+            )
+        per_ask, made = await self._planner.plan_steps(asks, now)
+        made = await self._unless_cancelled(runs, made, now)
+        await self._planner.publish_made(made)
+        for run, ask, ids in zip(runs, asks, per_ask, strict=True):
+            record = run.current()
+            assert record is not None
+            for channel in ask.channels:
+                mine = delivery_id(ask.note["id"], ask.recipient, f"{ask.step}/{channel}")
+                record.channels[channel] = [mine] if mine in ids else []
+            record.deliveries.extend(ids)
+            run.asked = None
+
+    async def _unless_cancelled(
+        self, runs: list[_Run], made: list[Stored], now: datetime
+    ) -> list[Stored]:
+        """Of the deliveries just stored, those whose run has not been cancelled meanwhile:
+        a cancellation that committed before they were stored did not see them, so they
+        are cancelled here (the runs' rows are read under lock on PostgreSQL, so a
+        cancellation still being written is waited for; one after this sees them)."""
+        cancelled = await run_store.cancelled_of(self._ctx.engine, [r.row["id"] for r in runs])
+        if not cancelled:
+            return made
+        pairs = {
+            (r.row["notification_id"], r.row["recipient_id"])
+            for r in runs
+            if r.row["id"] in cancelled
+        }
+        await run_store.stop_deliveries(self._ctx.engine, sorted(pairs), now)
+        for run in runs:
+            if run.row["id"] in cancelled:
+                run.status = RunStatus.CANCELLED
+        return [
+            item
+            for item in made
+            if (item.delivery.notification, item.delivery.recipient) not in pairs
+        ]
+
+    def _walk(self, run: _Run, facts: dict[str, DeliveryFacts], now: datetime) -> None:
+        """Take ``run`` through its steps until one waits, asks for deliveries, or the
+        run ends."""
+        assert run.workflow is not None
+        assert run.note is not None
+        steps = run.workflow.steps
+        moment = now.timestamp()
+        while True:
+            index = run.step
+            if index >= len(steps):
+                run.status, run.wake_at = RunStatus.COMPLETED, None
+                return
+            step = steps[index]
+            record = run.current()
+            if record is None:
+                if not rules.holds(step.condition, self._context(run, facts)):
+                    run.records.append(StepRecord(step.id, rules.SKIPPED, moment, moment))
+                    continue
+                record = StepRecord(step.id, rules.WAITING, moment)
+                run.records.append(record)
+            if not self._step(run, step, record, facts, now):
+                return
+
+    def _step(
+        self,
+        run: _Run,
+        step: Step,
+        record: StepRecord,
+        facts: dict[str, DeliveryFacts],
+        now: datetime,
+    ) -> bool:
+        """Do what ``step`` does at ``record``; whether the run goes on to the next step."""
+        moment = now.timestamp()
+        if step.type == "exit":
+            record.status, record.ended_at = rules.EXITED, moment
+            run.status, run.wake_at = RunStatus.COMPLETED, None
+            return False
+        if step.type == "delay":
+            return self._delay(run, step, record, now)
+        if step.type == "channel":
+            return self._channel(run, step, record, facts, now)
+        # Digest and throttle steps are checked when stored but not run by this engine.
+        record.status, record.ended_at = "unavailable", moment
+        run.status, run.wake_at = RunStatus.FAILED, None
+        return False
+
+    def _delay(self, run: _Run, step: Step, record: StepRecord, now: datetime) -> bool:
+        moment = now.timestamp()
+        if record.until is None:
+            until = self._until(run, step, now)
+            if until is None:
+                record.status, record.ended_at = DeliveryStatus.FAILED.value, moment
+                return True
+            record.until = until.timestamp()
+        if record.until > moment:
+            run.status, run.wake_at = RunStatus.WAITING, datetime.fromtimestamp(record.until, UTC)
+            return False
+        record.status, record.ended_at = rules.DONE, moment
+        return True
+
+    def _until(self, run: _Run, step: Step, now: datetime) -> datetime | None:
+        """When a delay ends: its duration from now, or its ``until``: a recipient-local
+        ``HH:MM`` (the next one, in the recipient's time zone) or an expression giving an
+        RFC 3339 time. None when ``until`` gives no time."""
+        seconds = rules.delay_seconds(step)
+        if seconds is not None:
+            return now + timedelta(seconds=seconds)
+        until = str(step.fields["until"])
+        if CLOCK.match(until):
+            return next_clock(until, (run.recipient or {}).get("timezone"), now)
+        value = rules.evaluate(until, self._context(run, {}))
+        if isinstance(value, datetime):
+            return value if value.tzinfo else None
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo is not None else None
+
+    def _channel(
+        self,
+        run: _Run,
+        step: Step,
+        record: StepRecord,
+        facts: dict[str, DeliveryFacts],
+        now: datetime,
+    ) -> bool:
+        moment = now.timestamp()
+        channels = rules.channels_of(step)
+        if not rules.first_success(step):
+            if not record.channels:
+                run.asked = (step, tuple(channels))
+                return False
+            record.status = rules.step_status([facts[d] for d in record.deliveries if d in facts])
+            record.ended_at = moment
+            return True
+        # First success: the channel being tried, and what became of its delivery.
+        while record.tried < len(channels):
+            channel = channels[record.tried]
+            if channel not in record.channels:
+                run.asked = (step, (channel,))
+                return False
+            seen = [facts[d] for d in record.channels[channel] if d in facts]
+            status = rules.step_status(seen)
+            if status in rules.SUCCEEDED:
+                record.status, record.ended_at = status, moment
+                return True
+            if all(f.status in rules.GAVE_UP for f in seen):
+                # Failed for good, suppressed (opted out, no address), or none made (the
+                # template has no such part): the next channel is tried.
+                record.tried += 1
+                continue
+            run.status = RunStatus.WAITING
+            run.wake_at = datetime.fromtimestamp(rules.next_look(record.at, moment), UTC)
+            return False
+        record.status, record.ended_at = DeliveryStatus.FAILED.value, moment
+        return True
+
+    def _context(self, run: _Run, facts: dict[str, DeliveryFacts]) -> dict[str, Any]:
+        assert run.note is not None
+        recipient = run.recipient or {"id": run.row["recipient_id"]}
+        steps = {
+            record.id: rules.step_view(record, [facts[d] for d in record.deliveries if d in facts])
+            for record in run.records
+        }
+        return rules.expression_context(
+            run.note["data"] or {},
+            {name: recipient.get(name) for name in _RECIPIENT},
+            steps,
+        )
+
+
+def next_clock(clock: str, timezone: str | None, now: datetime) -> datetime:
+    """The next ``HH:MM`` after ``now`` on the wall clock of ``timezone`` (UTC when none
+    or unknown). A time that a DST change skips that day is taken as the first moment after
+    the gap; one it repeats, as its first occurrence."""
+    try:
+        zone = zoneinfo.ZoneInfo(timezone) if timezone else zoneinfo.ZoneInfo("UTC")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        zone = zoneinfo.ZoneInfo("UTC")
+    hour, minute = (int(part) for part in clock.split(":"))
+    local = now.astimezone(zone)
+    for days in range(0, 3):
+        day = (local + timedelta(days=days)).date()
+        wall = datetime(day.year, day.month, day.day, hour, minute, tzinfo=zone, fold=0)
+        instant = wall.astimezone(UTC)
+        if instant.astimezone(zone).replace(tzinfo=None) != wall.replace(tzinfo=None):
+            # In a gap: the wall time does not exist; the gap's end is the moment meant.
+            instant = datetime(
+                day.year, day.month, day.day, hour, minute, tzinfo=zone, fold=1
+            ).astimezone(UTC)
+        if instant > now:
+            return instant
+    return now + timedelta(days=1)

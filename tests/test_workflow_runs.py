@@ -1,0 +1,327 @@
+"""Workflow sends: a run per recipient through channel steps, delays on real timers,
+conditions on what the recipient did, escalation, exits, pinned versions, and cancellation
+by notification and by key in every state a run can be in."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from harness import Harness
+from inbox_kit import bearer, token_for
+
+TEMPLATE = {
+    "channels": {
+        "inapp": {"title": "New comment", "body": "{{ who }} commented"},
+        "email": {"subject": "New comment", "text": "{{ who }} commented"},
+        "sms": {"text": "{{ who }} commented"},
+        "push": {"title": "New comment", "body": "{{ who }} commented"},
+    }
+}
+
+
+async def put_workflow(app: Harness, key: str, *steps: dict[str, Any]) -> int:
+    response = await app.client.put(
+        f"/v1/workflows/{key}", json={"name": key, "steps": list(steps)}, headers=app.auth
+    )
+    assert response.status_code in (200, 201), response.text
+    version: int = response.json()["version"]
+    return version
+
+
+async def trigger(app: Harness, key: str, rids: list[str], **extra: Any) -> str:
+    response = await app.send(
+        {"workflow": key, "to": {"recipient_ids": rids}, "data": {"who": "Sam"}, **extra}
+    )
+    assert response.status_code == 202, response.text
+    nid: str = response.json()["id"]
+    return nid
+
+
+async def runs(app: Harness, nid: str) -> dict[str, dict[str, Any]]:
+    note = await app.notification(nid)
+    return {run["recipient_id"]: run for run in note["runs"]}
+
+
+def channels_of(note: dict[str, Any], rid: str) -> dict[str, str]:
+    return {d["channel"]: d["status"] for d in note["deliveries"] if d["recipient_id"] == rid}
+
+
+async def until_status(app: Harness, nid: str, rid: str, *statuses: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+
+    async def reached() -> bool:
+        found.update((await runs(app, nid)).get(rid, {}))
+        return found.get("status") in statuses
+
+    await app.until(reached)
+    return found
+
+
+@pytest.fixture
+async def ready(app: Harness) -> Harness:
+    await app.put_template("comment", TEMPLATE)
+    for rid in ("r1", "r2"):
+        await app.put_recipient(rid, email=f"{rid}@example.com", phone="+14155550100")
+    return app
+
+
+async def test_a_run_walks_its_steps_and_shows_each(ready: Harness) -> None:
+    app = ready
+    await put_workflow(
+        app,
+        "comment",
+        {"id": "feed", "type": "channel", "channel": "inapp", "template": "comment"},
+        {"id": "loud", "type": "channel", "channel": "sms", "template": "comment",
+         "if": "data.urgent"},
+        {"id": "mail", "type": "channel", "channels": ["email", "sms"], "mode": "all",
+         "template": "comment", "if": "steps.feed.status != 'skipped'"},
+    )  # fmt: skip
+    nid = await trigger(app, "comment", ["r1", "r2"])
+    await app.drain()
+    note = await app.notification(nid)
+    assert note["workflow"] == "comment" and note["template"] is None
+    assert note["status"] == "completed", note
+    assert note["run_totals"] == {"completed": 2}
+    for rid in ("r1", "r2"):
+        assert channels_of(note, rid) == {"inapp": "sent", "email": "sent", "sms": "sent"}
+    run = (await runs(app, nid))["r1"]
+    assert run["version"] == 1 and run["step"] is None and run["waiting_until"] is None
+    steps = {s["id"]: s for s in run["steps"]}
+    assert [s["id"] for s in run["steps"]] == ["feed", "loud", "mail"]
+    assert steps["loud"]["status"] == "skipped" and steps["loud"]["delivery_ids"] == []
+    assert steps["mail"]["status"] == "sent" and len(steps["mail"]["delivery_ids"]) == 2
+    ids = {d["id"] for d in note["deliveries"]}
+    assert set(steps["feed"]["delivery_ids"]) <= ids
+    # The runs' own page.
+    page = await app.client.get(f"/v1/notifications/{nid}/runs?limit=1", headers=app.auth)
+    assert page.status_code == 200, page.text
+    assert [r["recipient_id"] for r in page.json()["data"]] == ["r1"]
+    assert page.json()["next_cursor"] == "r1"
+
+
+async def test_in_app_then_email_only_if_unread(ready: Harness) -> None:
+    """The flow of docs/workflows.md: in-app now, wait, email only if still unread. The
+    delay runs on a real timer."""
+    app = ready
+    await put_workflow(
+        app,
+        "nudge",
+        {"id": "feed", "type": "channel", "channel": "inapp", "template": "comment"},
+        {"id": "wait", "type": "delay", "duration": "2s"},
+        {"id": "mail", "type": "channel", "channel": "email", "template": "comment",
+         "if": "not steps.feed.read"},
+    )  # fmt: skip
+    nid = await trigger(app, "nudge", ["r1", "r2"])
+    waiting = await until_status(app, nid, "r1", "waiting")
+    assert waiting["step"] == "wait" and waiting["waiting_until"] is not None
+    # r1 reads the in-app message while the run waits.
+    token = await token_for(app, "r1")
+    feed = (await app.client.get("/v1/inbox", headers=bearer(token))).json()["data"]
+    read = await app.client.post(f"/v1/inbox/{feed[0]['id']}/read", headers=bearer(token))
+    assert read.status_code == 200, read.text
+    assert (await app.notification(nid))["status"] == "processing"
+    await until_status(app, nid, "r1", "completed")
+    await until_status(app, nid, "r2", "completed")
+    await app.drain()
+    note = await app.notification(nid)
+    assert channels_of(note, "r1") == {"inapp": "sent"}
+    assert channels_of(note, "r2") == {"inapp": "sent", "email": "sent"}
+    mail = {
+        r: {s["id"]: s for s in run["steps"]}["mail"] for r, run in (await runs(app, nid)).items()
+    }
+    assert mail["r1"]["status"] == "skipped" and mail["r2"]["status"] == "sent"
+    assert note["status"] == "completed"
+
+
+async def test_first_success_goes_on_when_a_channel_cannot_be_sent(ready: Harness) -> None:
+    """Push first; a recipient with no push token has no address for it, so SMS goes."""
+    app = ready
+    await app.put_recipient("r3", email="r3@example.com")  # no phone either
+    await put_workflow(
+        app,
+        "alert",
+        {"id": "alert", "type": "channel", "channels": ["push", "sms", "email"],
+         "mode": "first_success", "template": "comment"},
+    )  # fmt: skip
+    nid = await trigger(app, "alert", ["r1", "r3"])
+    await until_status(app, nid, "r1", "completed")
+    await until_status(app, nid, "r3", "completed")
+    await app.drain()
+    note = await app.notification(nid)
+    assert channels_of(note, "r1") == {"push": "suppressed", "sms": "sent"}
+    assert channels_of(note, "r3") == {"push": "suppressed", "sms": "suppressed", "email": "sent"}
+    step = (await runs(app, nid))["r3"]["steps"][0]
+    assert step["status"] == "sent" and len(step["delivery_ids"]) == 3
+
+
+async def test_exit_ends_the_run(ready: Harness) -> None:
+    app = ready
+    await put_workflow(
+        app,
+        "quiet",
+        {"id": "stop", "type": "exit", "if": "data.who == 'Sam'"},
+        {"id": "mail", "type": "channel", "channel": "email", "template": "comment"},
+    )
+    nid = await trigger(app, "quiet", ["r1"])
+    run = await until_status(app, nid, "r1", "completed")
+    assert [(s["id"], s["status"]) for s in run["steps"]] == [("stop", "exited")]
+    assert (await app.notification(nid))["deliveries"] == []
+
+
+async def test_a_run_keeps_the_version_it_started_with(ready: Harness) -> None:
+    app = ready
+    first = {"id": "mail", "type": "channel", "channel": "email", "template": "comment"}
+    await put_workflow(app, "pinned", {"id": "wait", "type": "delay", "duration": "1s"}, first)
+    nid = await trigger(app, "pinned", ["r1"])
+    await until_status(app, nid, "r1", "waiting")
+    sms = {"id": "text", "type": "channel", "channel": "sms", "template": "comment"}
+    assert await put_workflow(app, "pinned", sms) == 2
+    run = await until_status(app, nid, "r1", "completed")
+    assert run["version"] == 1
+    await app.drain()
+    assert channels_of(await app.notification(nid), "r1") == {"email": "sent"}
+
+
+async def _cancel_by_key(app: Harness, key: str, body: dict[str, Any]) -> httpx.Response:
+    return await app.client.post(f"/v1/workflows/{key}/cancel", json=body, headers=app.auth)
+
+
+async def test_cancel_by_key_stops_waiting_runs(ready: Harness) -> None:
+    app = ready
+    await put_workflow(
+        app,
+        "later",
+        {"id": "wait", "type": "delay", "duration": "1s"},
+        {"id": "mail", "type": "channel", "channel": "email", "template": "comment"},
+    )
+    kept = await trigger(app, "later", ["r1", "r2"], cancellation_key="order-1")
+    other = await trigger(app, "later", ["r1"], cancellation_key="order-2")
+    await until_status(app, kept, "r2", "waiting")
+    answer = await _cancel_by_key(
+        app, "later", {"cancellation_key": "order-1", "recipient_ids": ["r1"]}
+    )
+    assert answer.status_code == 202 and answer.json() == {"cancelled": 1}, answer.text
+    assert (await _cancel_by_key(app, "later", {"cancellation_key": "nope"})).json() == {
+        "cancelled": 0
+    }
+    await until_status(app, kept, "r2", "completed")
+    await until_status(app, other, "r1", "completed")
+    await app.drain()
+    by_rid = await runs(app, kept)
+    assert by_rid["r1"]["status"] == "cancelled"
+    note = await app.notification(kept)
+    assert channels_of(note, "r1") == {} and channels_of(note, "r2") == {"email": "sent"}
+    assert channels_of(await app.notification(other), "r1") == {"email": "sent"}
+    # Cancelling again: nothing left to cancel.
+    again = await _cancel_by_key(app, "later", {"cancellation_key": "order-1"})
+    assert again.json() == {"cancelled": 0}
+
+
+async def test_cancel_reaches_queued_deliveries_of_a_run(ready: Harness) -> None:
+    """A run at a channel step whose delivery waits (quiet hours): cancelling by key
+    cancels the delivery too, and nothing is sent."""
+    app = ready
+    await app.put_recipient("r4", email="r4@example.com", timezone="UTC")
+    quiet = {"quiet_hours": {"start": "00:00", "end": "23:59"}}
+    response = await app.client.put("/v1/recipients/r4/preferences", json=quiet, headers=app.auth)
+    assert response.status_code == 200, response.text
+    await put_workflow(
+        app,
+        "mail",
+        {"id": "mail", "type": "channel", "channels": ["email"], "mode": "first_success",
+         "template": "comment"},
+    )  # fmt: skip
+    nid = await trigger(app, "mail", ["r4"], cancellation_key="k")
+    await until_status(app, nid, "r4", "waiting")
+    assert channels_of(await app.notification(nid), "r4") == {"email": "scheduled"}
+    answer = await _cancel_by_key(app, "mail", {"cancellation_key": "k"})
+    assert answer.json() == {"cancelled": 1}
+    note = await app.notification(nid)
+    assert channels_of(note, "r4") == {"email": "cancelled"}
+    assert (await runs(app, nid))["r4"]["status"] == "cancelled"
+
+
+async def test_deleting_the_notification_cancels_its_runs(ready: Harness) -> None:
+    app = ready
+    await put_workflow(
+        app,
+        "slow",
+        {"id": "feed", "type": "channel", "channel": "inapp", "template": "comment"},
+        {"id": "wait", "type": "delay", "duration": "1h"},
+        {"id": "mail", "type": "channel", "channel": "email", "template": "comment"},
+    )
+    nid = await trigger(app, "slow", ["r1", "r2"])
+    await until_status(app, nid, "r2", "waiting")
+    response = await app.client.delete(f"/v1/notifications/{nid}", headers=app.auth)
+    assert response.status_code == 202, response.text
+    note = response.json()
+    assert note["status"] == "cancelled"
+    assert note["run_totals"] == {"cancelled": 2}
+    assert all(run["waiting_until"] is None for run in note["runs"])
+
+
+async def test_workflow_sends_are_checked_at_the_edge(ready: Harness) -> None:
+    app = ready
+    await put_workflow(
+        app, "ok", {"id": "mail", "type": "channel", "channel": "email", "template": "comment"}
+    )
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"workflow": "missing", "to": {"recipient_id": "r1"}}, "unknown_workflow"),
+        ({"workflow": "ok", "template": "comment", "to": {"recipient_id": "r1"}},
+         "validation_error"),
+        ({"to": {"recipient_id": "r1"}}, "validation_error"),
+        ({"template": "comment", "cancellation_key": "k", "to": {"recipient_id": "r1"}},
+         "validation_error"),
+        ({"workflow": "ok", "channels": ["sms"], "to": {"recipient_id": "r1"}},
+         "validation_error"),
+        ({"workflow": "ok", "cancellation_key": "", "to": {"recipient_id": "r1"}},
+         "validation_error"),
+        ({"workflow": "ok", "to": {"recipient_id": "nobody"}}, "unknown_recipient"),
+    ]  # fmt: skip
+    for body, code in cases:
+        response = await app.send(body)
+        assert response.status_code == 422, (body, response.text)
+        assert response.json()["error"]["code"] == code, (body, response.text)
+    batch = await app.client.post(
+        "/v1/notifications/batch",
+        json={"notifications": [
+            {"workflow": "ok", "to": {"recipient_id": "r1"}},
+            {"workflow": "missing", "to": {"recipient_id": "r1"}},
+        ]},
+        headers=app.auth,
+    )  # fmt: skip
+    results = batch.json()["results"]
+    assert results[0]["status"] == "accepted"
+    assert results[1]["error"]["code"] == "unknown_workflow"
+    bad_cancel = await _cancel_by_key(app, "ok", {"recipient_ids": ["r1"]})
+    assert bad_cancel.status_code == 422
+    other = await app.new_tenant("other")
+    foreign = await app.client.get(
+        f"/v1/notifications/{results[0]['id']}/runs", headers={"Authorization": f"Bearer {other}"}
+    )
+    assert foreign.status_code == 404
+
+
+async def test_runs_resume_after_a_restart_of_the_waker(ready: Harness) -> None:
+    """A waiting run is a stored row: a planner that never saw it wakes it when due."""
+    app = ready
+    await put_workflow(
+        app,
+        "durable",
+        {"id": "wait", "type": "delay", "duration": "1s"},
+        {"id": "mail", "type": "channel", "channel": "email", "template": "comment"},
+    )
+    nid = await trigger(app, "durable", ["r1"])
+    await until_status(app, nid, "r1", "waiting")
+    from clarion.pipeline.planner import Planner
+
+    fresh = Planner(app.ctx, "another-planner")
+    await asyncio.sleep(1.2)  # the delay's own length: it is what is being waited for
+    assert await fresh.runs.wake_once() in (0, 1)
+    await until_status(app, nid, "r1", "completed")
+    await app.drain()
+    assert channels_of(await app.notification(nid), "r1") == {"email": "sent"}

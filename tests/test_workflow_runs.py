@@ -83,17 +83,22 @@ async def test_a_run_walks_its_steps_and_shows_each(ready: Harness) -> None:
     nid = await trigger(app, "comment", ["r1", "r2"])
     await app.drain()
     note = await app.notification(nid)
-    assert note["workflow"] == "comment" and note["template"] is None
+    assert note["workflow"] == "comment"
+    assert note["template"] is None
     assert note["status"] == "completed", note
     assert note["run_totals"] == {"completed": 2}
     for rid in ("r1", "r2"):
         assert channels_of(note, rid) == {"inapp": "sent", "email": "sent", "sms": "sent"}
     run = (await runs(app, nid))["r1"]
-    assert run["version"] == 1 and run["step"] is None and run["waiting_until"] is None
+    assert run["version"] == 1
+    assert run["step"] is None
+    assert run["waiting_until"] is None
     steps = {s["id"]: s for s in run["steps"]}
     assert [s["id"] for s in run["steps"]] == ["feed", "loud", "mail"]
-    assert steps["loud"]["status"] == "skipped" and steps["loud"]["delivery_ids"] == []
-    assert steps["mail"]["status"] == "sent" and len(steps["mail"]["delivery_ids"]) == 2
+    assert steps["loud"]["status"] == "skipped"
+    assert steps["loud"]["delivery_ids"] == []
+    assert steps["mail"]["status"] == "sent"
+    assert len(steps["mail"]["delivery_ids"]) == 2
     ids = {d["id"] for d in note["deliveries"]}
     assert set(steps["feed"]["delivery_ids"]) <= ids
     # The runs' own page.
@@ -117,7 +122,8 @@ async def test_in_app_then_email_only_if_unread(ready: Harness) -> None:
     )  # fmt: skip
     nid = await trigger(app, "nudge", ["r1", "r2"])
     waiting = await until_status(app, nid, "r1", "waiting")
-    assert waiting["step"] == "wait" and waiting["waiting_until"] is not None
+    assert waiting["step"] == "wait"
+    assert waiting["waiting_until"] is not None
     # r1 reads the in-app message while the run waits.
     token = await token_for(app, "r1")
     feed = (await app.client.get("/v1/inbox", headers=bearer(token))).json()["data"]
@@ -133,7 +139,8 @@ async def test_in_app_then_email_only_if_unread(ready: Harness) -> None:
     mail = {
         r: {s["id"]: s for s in run["steps"]}["mail"] for r, run in (await runs(app, nid)).items()
     }
-    assert mail["r1"]["status"] == "skipped" and mail["r2"]["status"] == "sent"
+    assert mail["r1"]["status"] == "skipped"
+    assert mail["r2"]["status"] == "sent"
     assert note["status"] == "completed"
 
 
@@ -155,7 +162,8 @@ async def test_first_success_goes_on_when_a_channel_cannot_be_sent(ready: Harnes
     assert channels_of(note, "r1") == {"push": "suppressed", "sms": "sent"}
     assert channels_of(note, "r3") == {"push": "suppressed", "sms": "suppressed", "email": "sent"}
     step = (await runs(app, nid))["r3"]["steps"][0]
-    assert step["status"] == "sent" and len(step["delivery_ids"]) == 3
+    assert step["status"] == "sent"
+    assert len(step["delivery_ids"]) == 3
 
 
 async def test_exit_ends_the_run(ready: Harness) -> None:
@@ -214,7 +222,8 @@ async def test_cancel_by_key_stops_waiting_runs(ready: Harness) -> None:
     by_rid = await runs(app, kept)
     assert by_rid["r1"]["status"] == "cancelled"
     note = await app.notification(kept)
-    assert channels_of(note, "r1") == {} and channels_of(note, "r2") == {"email": "sent"}
+    assert channels_of(note, "r1") == {}
+    assert channels_of(note, "r2") == {"email": "sent"}
     assert channels_of(await app.notification(other), "r1") == {"email": "sent"}
     # Cancelling again: nothing left to cancel.
     again = await _cancel_by_key(app, "later", {"cancellation_key": "order-1"})

@@ -27,7 +27,8 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def _connection(parser: argparse.ArgumentParser) -> None:
+def add_connection(parser: argparse.ArgumentParser) -> None:
+    """``--url`` and ``--key``: where a command that works through the API connects."""
     parser.add_argument(
         "--url",
         default=os.environ.get("CLARION_API_URL", DEFAULT_URL),
@@ -54,7 +55,7 @@ def add_parsers(sub: Any, channels: Any) -> None:
         "batches of up to 1,000; running it again does not create anything twice.",
     )
     load.add_argument("file", type=Path)
-    _connection(load)
+    add_connection(load)
     send = sub.add_parser(
         "send",
         help="send a notification to many recipients, through the API",
@@ -70,7 +71,7 @@ def add_parsers(sub: Any, channels: Any) -> None:
     send.add_argument("--data", type=_json_object, default={}, help="a JSON object")
     send.add_argument("--channels", type=channels, help="narrow to these channels (a,b)")
     send.add_argument("--priority", choices=[p.value for p in Priority])
-    _connection(send)
+    add_connection(send)
 
 
 def run(args: argparse.Namespace) -> int:

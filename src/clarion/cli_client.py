@@ -121,10 +121,20 @@ class Api:
 
     def post(self, path: str, body: Any, idempotency_key: str) -> httpx.Response:
         """POST, tried again on 429 and 503 after their ``Retry-After`` (at most 60 s)."""
+        return self.request("POST", path, body, {"Idempotency-Key": idempotency_key})
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str | int] | None = None,
+    ) -> httpx.Response:
+        """One request (``body`` as JSON unless None), tried again on 429 and 503 after
+        their ``Retry-After`` (at most 60 s), at most ``MAX_TRIES`` times."""
         for attempt in range(1, MAX_TRIES + 1):
-            response = self._client.post(
-                path, json=body, headers={"Idempotency-Key": idempotency_key}
-            )
+            response = self._client.request(method, path, json=body, headers=headers, params=params)
             if response.status_code not in (429, 503) or attempt == MAX_TRIES:
                 return response
             time.sleep(min(_retry_after(response), MAX_WAIT))

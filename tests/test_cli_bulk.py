@@ -37,7 +37,7 @@ def test_help_documents_real_settings(capsys: pytest.CaptureFixture[str]) -> Non
     named = set(re.findall(r"CLARION_([A-Z_]+)", out)) - {"API_URL", "API_KEY"}
     assert {"DATABASE_URL", "BROKER_URL", "SECRET_KEY", "HTTP_PORT"} <= named
     assert {name.lower() for name in named} <= set(Settings.model_fields)
-    for command in ("recipients", "send", "tenants", "keys"):
+    for command in ("recipients", "send", "apply", "tenants", "keys"):
         assert command in out
 
 

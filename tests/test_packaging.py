@@ -42,6 +42,7 @@ HEAVY = (
     "sqlalchemy",
     "structlog",
     "uvicorn",
+    "yaml",
     "clarion.config",
     "clarion.pipeline",
     "clarion.store",

@@ -16,7 +16,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clarion import __version__, cli_bulk
+from clarion import __version__, cli_apply, cli_bulk
 from clarion.domain.models import ALL_CHANNELS, ALL_SCOPES
 
 if TYPE_CHECKING:
@@ -63,7 +63,8 @@ settings (environment; every one is in docs/operations.md):
   CLARION_DEFAULT_PROVIDER  where channels without a provider go (sandbox)
   CLARION_METRICS_PORT   /metrics, /healthz and /readyz on their own port
   CLARION_LOG_LEVEL      INFO; CLARION_LOG_FORMAT: text or json
-  CLARION_API_URL, CLARION_API_KEY  where `recipients import` and `send` connect
+  CLARION_API_URL, CLARION_API_KEY  where `recipients import`, `send` and `apply`
+                         connect
 
 The admin console is at /admin and the API reference at /docs on the API's port.
 """
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     secret = sub.add_parser("secret", help="secrets").add_subparsers(dest="action", required=True)
     secret.add_parser("generate", help="print a new CLARION_SECRET_KEY")
     cli_bulk.add_parsers(sub, _channels)
+    cli_apply.add_parser(sub)
     return parser
 
 
@@ -155,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(cli_admin.run(args, settings))
     if args.command in ("recipients", "send"):
         return cli_bulk.run(args)
+    if args.command == "apply":
+        return cli_apply.run(args)
     return _run_roles(args, settings)
 
 

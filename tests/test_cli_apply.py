@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from clarion import cli, cli_apply_files, cli_apply_plan, cli_client
+from clarion import cli, cli_apply_files, cli_apply_plan, cli_apply_yaml, cli_client
 from clarion.observability import logs
 from harness import Harness
 from inbox_kit import serving
@@ -324,7 +324,7 @@ def test_hostile_and_malformed_files_are_refused_before_anything_is_sent(
     loader: str,
 ) -> None:
     if loader == "python":  # where PyYAML was built without libyaml
-        monkeypatch.setattr(cli_apply_files, "_LOADER", cli_apply_files._PureLoader)
+        monkeypatch.setattr(cli_apply_yaml, "_LOADER", cli_apply_yaml._PureLoader)
     write(tmp_path, {name: content, "categories/fine.yaml": "max_per_hour: 1\n"})
     started = time.monotonic()
     # Port 9 (discard) is never called: the folder is refused first.

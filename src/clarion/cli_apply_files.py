@@ -3,26 +3,23 @@
 folders are ``categories``, ``templates`` and ``workflows``.
 
 Every file is read and checked before anything is sent, and every fault is reported with
-its file and, where it has one, its line and column or the field. YAML is read by PyYAML's
-safe loader (on libyaml where PyYAML has it; plain data only; a timestamp stays the text it
-was written as, a key given twice is refused) after one pass over its events that bounds
-what loading it builds: one
-document, nested at most :data:`MAX_DEPTH` levels, at most :data:`MAX_VALUES` values once
-its aliases are expanded, so that an alias bomb is refused before it is built."""
+its file and, where it has one, its line and column or the field: YAML as
+``cli_apply_yaml`` reads it (plain data, bounded before it is built), JSON strictly (a key
+given twice, NaN and infinities refused), and either within the API's own limits."""
 
 from __future__ import annotations
 
 import json
 import math
 import re
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
-import yaml
 
+from clarion import cli_apply_yaml
 from clarion.cli_apply_kinds import KINDS, Kind
 
 MAX_FILE_BYTES = 1024 * 1024
@@ -71,17 +68,6 @@ class _Fault(Exception):
         super().__init__(message)
         self.message = message
         self.where = "" if line is None else f":{line}:{column}"
-
-
-class _Mark(Protocol):
-    """Where a YAML event or error is (PyYAML's ``Mark``; from 0)."""
-
-    line: int
-    column: int
-
-
-def _at(message: str, mark: _Mark | None) -> _Fault:
-    return _Fault(message) if mark is None else _Fault(message, mark.line + 1, mark.column + 1)
 
 
 def read_folder(root: Path) -> Folder:
@@ -154,7 +140,14 @@ def _object(kind: Kind, path: Path) -> tuple[str, dict[str, Any]]:
         raise _Fault(
             f"{key!r} is not a {kind.noun}'s key: 1 to {kind.max_key} of A-Z a-z 0-9 _ . : -"
         )
-    value = (_json if suffix == ".json" else _yaml)(_text(path))
+    text = _text(path)
+    if suffix == ".json":
+        value = _json(text)
+    else:
+        try:
+            value = cli_apply_yaml.load(text, MAX_DEPTH, MAX_VALUES)
+        except cli_apply_yaml.Unreadable as exc:
+            raise _Fault(exc.message, exc.line, exc.column) from exc
     _plain(value, [], [0])
     return key, _body(kind, value)
 
@@ -222,112 +215,6 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _constant(name: str) -> Any:
     raise _Fault(f"{name} is not a JSON value")
-
-
-# YAML
-
-_TIMESTAMP = "tag:yaml.org,2002:timestamp"
-_MERGE = "tag:yaml.org,2002:merge"
-
-
-class _Strict(yaml.constructor.SafeConstructor):
-    """PyYAML's safe constructor, but a mapping that gives a key twice is refused (instead
-    of keeping the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: set[str] = set()
-        for key, _ in node.value:
-            if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE:
-                if key.value in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"the key {key.value!r} is given twice", key.start_mark
-                    )
-                seen.add(key.value)
-        return super().construct_mapping(node, deep)
-
-
-class _PureLoader(_Strict, yaml.SafeLoader):
-    """The safe loader in Python, strict."""
-
-
-_LOADER: type[yaml.SafeLoader] | type[yaml.CSafeLoader] = _PureLoader
-if yaml.__with_libyaml__:  # libyaml's parser: the same events, some thirty times faster
-
-    class _FastLoader(_Strict, yaml.CSafeLoader):
-        """The safe loader on libyaml, strict."""
-
-    _LOADER = _FastLoader
-
-
-def _as_written(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
-    return loader.construct_scalar(node)
-
-
-# A timestamp stays the text it was written as: JSON has no dates.
-for _loader in (_PureLoader, _LOADER):
-    _loader.yaml_implicit_resolvers = {
-        first: [(tag, pattern) for tag, pattern in resolvers if tag != _TIMESTAMP]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    _loader.add_constructor(_TIMESTAMP, _as_written)
-
-
-def _yaml(text: str) -> Any:
-    try:
-        _bound(text)
-        return yaml.load(text, Loader=_LOADER)  # a safe loader: plain data only
-    except yaml.MarkedYAMLError as exc:
-        raise _at(exc.problem or str(exc), exc.problem_mark) from exc
-    except yaml.YAMLError as exc:
-        raise _Fault(str(exc)) from exc
-
-
-def _bound(text: str) -> None:
-    """Refuse what loading ``text`` would make too large, from its events alone: a second
-    document, and what :class:`_Sizes` refuses."""
-    sizes = _Sizes()
-    documents = 0
-    for event in yaml.parse(text, Loader=_LOADER):
-        if isinstance(event, yaml.DocumentStartEvent):
-            documents += 1
-            if documents > 1:
-                raise _at("a second document: a file holds one object", event.start_mark)
-        sizes.take(event)
-
-
-class _Sizes:
-    """The values in each collection still open, an alias counted as what it repeats:
-    collections nested more than :data:`MAX_DEPTH` deep, more than :data:`MAX_VALUES`
-    values, and an alias of a node it is inside (or of no node) are refused."""
-
-    def __init__(self) -> None:
-        self._open: list[tuple[list[int], str | None]] = []
-        self._anchors: dict[str, int] = {}
-
-    def take(self, event: yaml.Event) -> None:
-        mark = event.start_mark
-        if isinstance(event, yaml.CollectionStartEvent):
-            if len(self._open) >= MAX_DEPTH:
-                raise _at(f"nested more than {MAX_DEPTH} levels deep", mark)
-            self._open.append(([1], event.anchor))
-        elif isinstance(event, yaml.CollectionEndEvent):
-            count, anchor = self._open.pop()
-            self._add(count[0], anchor, mark)
-        elif isinstance(event, yaml.ScalarEvent):
-            self._add(1, event.anchor, mark)
-        elif isinstance(event, yaml.AliasEvent):
-            if event.anchor not in self._anchors:
-                raise _at(f"the alias *{event.anchor} names no anchor finished before it", mark)
-            self._add(self._anchors[event.anchor], None, mark)
-
-    def _add(self, count: int, anchor: str | None, mark: _Mark | None) -> None:
-        if anchor is not None:
-            self._anchors[anchor] = count
-        if self._open:
-            total = self._open[-1][0]
-            total[0] += count
-            if total[0] > MAX_VALUES:
-                raise _at(f"more than {MAX_VALUES} values once aliases are expanded", mark)
 
 
 # What both give: plain JSON data only.

@@ -335,3 +335,34 @@ async def test_runs_resume_after_a_restart_of_the_waker(ready: Harness) -> None:
     await until_status(app, nid, "r1", "completed")
     await app.drain()
     assert channels_of(await app.notification(nid), "r1") == {"email": "sent"}
+
+
+async def test_a_topic_send_runs_for_every_subscriber(ready: Harness) -> None:
+    app = ready
+    ids = [f"s{i}" for i in range(30)]
+    for rid in ids:
+        await app.put_recipient(rid, email=f"{rid}@example.com")
+    response = await app.client.put(
+        "/v1/topics/posts/subscribers", json={"recipient_ids": ids}, headers=app.auth
+    )
+    assert response.status_code == 200, response.text
+    await put_workflow(
+        app,
+        "digestless",
+        {"id": "wait", "type": "delay", "duration": "1s"},
+        {"id": "mail", "type": "channel", "channel": "email", "template": "comment"},
+    )
+    body = {"workflow": "digestless", "to": {"topic": "posts"}, "data": {"who": "Sam"}}
+    sent = await app.send(body)
+    assert sent.status_code == 202, sent.text
+    nid = sent.json()["id"]
+
+    async def all_done() -> bool:
+        note = await app.notification(nid)
+        return note["run_totals"] == {"completed": 30}
+
+    await app.until(all_done)
+    await app.drain()
+    note = await app.notification(nid)
+    assert note["totals"] == {"sent": 30}
+    assert note["status"] == "completed"

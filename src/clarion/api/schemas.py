@@ -205,10 +205,6 @@ class NotificationIn(Body):
             raise ValueError("cancellation_key goes with workflow")
         if self.workflow is not None and self.channels is not None:
             raise ValueError("a workflow's steps name their channels: channels goes with template")
-        if self.workflow is not None and self.to.topic is not None:
-            raise ValueError(
-                "a workflow is sent to recipient_id or recipient_ids (not yet to a topic)"
-            )
         return self
 
 

@@ -418,6 +418,15 @@ class Planner:
         version = compiled.get(
             (tenant, note["template"], heads.get((tenant, note["template"])) or 0)
         )
+        through = chunk[-1]["id"] if chunk else after
+        done = len(chunk) < size or (last is not None and through == last)
+        retry_at = now + timedelta(seconds=self._ctx.settings.outbox_grace)
+        stored = StripeChunk(nid, stripe, after, through, done, now, retry_at)
+        if note.get("workflow") is not None:
+            # A workflow send: the chunk's recipients become runs (pipeline/runs.py).
+            if await self.runs.start_chunk(note, [p["id"] for p in chunk], stored, now):
+                await self._next_chunk(note, stripe, done)
+            return
         people = {(tenant, person["id"]): person for person in chunk}
         holding = digests.Holding()
         made: list[Stored] = []
@@ -428,10 +437,6 @@ class Planner:
             part = {**note, "recipient_ids": [p["id"] for p in chunk[start : start + _SLICE]]}
             made.extend(self._deliveries(part, version, people, policies, now, holding))
         await self._cap_and_hold(made, categories, holding, now)
-        through = chunk[-1]["id"] if chunk else after
-        done = len(chunk) < size or (last is not None and through == last)
-        retry_at = now + timedelta(seconds=self._ctx.settings.outbox_grace)
-        stored = StripeChunk(nid, stripe, after, through, done, now, retry_at)
         inserted = await planning.store_stripe(engine, pg, made, stored)
         if inserted is None:
             return  # another planner stored this chunk, or the send was cancelled
@@ -440,8 +445,14 @@ class Planner:
         metrics.planned(made)
         for start in range(0, len(made), _SLICE):
             await self._publish(made[start : start + _SLICE])
+        await self._next_chunk(note, stripe, done)
+
+    async def _next_chunk(self, note: dict[str, Any], stripe: int, done: bool) -> None:
+        """After a chunk is stored: the send is planned if it was its stripe's last (and
+        the last stripe), else the stripe's next chunk is asked for."""
+        nid, tenant = note["id"], note["tenant_id"]
         if done:
-            await planning.finish_topic(engine, pg, nid, utcnow())
+            await planning.finish_topic(self._ctx.engine, self._ctx.pg, nid, utcnow())
         else:
             trace = tracing.carried(nid)
             payload = {**plan_payload(nid, tenant, trace), "stripe": stripe}

@@ -31,6 +31,7 @@ from clarion.pipeline.context import Context
 from clarion.store import planning
 from clarion.store import runs as run_store
 from clarion.store import workflows as workflow_store
+from clarion.store.bulk import StripeChunk
 from clarion.store.db import utcnow, write_tx
 from clarion.store.notifications import delete_outbox
 
@@ -105,40 +106,71 @@ class Runs:
         """Store the runs of these workflow sends (one per recipient; none twice, and
         none of a send whose workflow is gone) and plan them: their outbox rows go in the
         same transaction. Then advance the new ones."""
-        engine = self._ctx.engine
-        async with engine.connect() as conn:
-            heads = await workflow_store.active_versions(
-                conn, {(n["tenant_id"], n["workflow"]) for n in notes}
-            )
-        rows: list[dict[str, Any]] = []
-        for note in notes:
-            version = heads.get((note["tenant_id"], note["workflow"]))
-            if version is None:
-                log.warning("notification %s: workflow %r is gone", note["id"], note["workflow"])
-                continue
-            rows.extend(
-                {
-                    "id": run_id(note["id"], rid),
-                    "tenant_id": note["tenant_id"],
-                    "notification_id": note["id"],
-                    "recipient_id": rid,
-                    "workflow": note["workflow"],
-                    "version": version,
-                    "cancellation_key": note.get("cancellation_key"),
-                    "status": RunStatus.RUNNING,
-                    "step": 0,
-                    "turn": 0,
-                    "steps": [],
-                    "wake_at": now + timedelta(seconds=LEASE),
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for rid in note["recipient_ids"]
-            )
-        async with write_tx(engine) as conn:
+        versions = await self._versions(notes)
+        rows = [
+            row for note in notes for row in self._rows(note, note["recipient_ids"], versions, now)
+        ]
+        async with write_tx(self._ctx.engine) as conn:
             fresh = await run_store.insert(conn, rows)
             await run_store.lease(conn, list(fresh), now, LEASE)
             await delete_outbox(conn, [n["id"] for n in notes])
+        await self._begin(rows, fresh, now)
+
+    async def start_chunk(
+        self, note: dict[str, Any], recipient_ids: list[str], chunk: StripeChunk, now: datetime
+    ) -> bool:
+        """Store the runs of one chunk of a topic send through a workflow with the stripe's
+        cursor (store/planning.py ``store_stripe_runs``), then advance them. False if the
+        chunk was stored already, or the send cancelled."""
+        versions = await self._versions([note])
+        rows = self._rows(note, recipient_ids, versions, now)
+        fresh = await planning.store_stripe_runs(self._ctx.engine, rows, chunk, LEASE)
+        if fresh is None:
+            return False
+        for start in range(0, len(rows), WAKE_BATCH):
+            await self._begin(rows[start : start + WAKE_BATCH], fresh, now)
+        return True
+
+    async def _versions(self, notes: Sequence[dict[str, Any]]) -> dict[tuple[str, str], int]:
+        async with self._ctx.engine.connect() as conn:
+            return await workflow_store.active_versions(
+                conn, {(n["tenant_id"], n["workflow"]) for n in notes}
+            )
+
+    @staticmethod
+    def _rows(
+        note: dict[str, Any],
+        recipient_ids: Sequence[str],
+        versions: dict[tuple[str, str], int],
+        now: datetime,
+    ) -> list[dict[str, Any]]:
+        """The runs of a workflow send's recipients, pinned to the workflow's active
+        version (none if the workflow is gone)."""
+        version = versions.get((note["tenant_id"], note["workflow"]))
+        if version is None:
+            log.warning("notification %s: workflow %r is gone", note["id"], note["workflow"])
+            return []
+        return [
+            {
+                "id": run_id(note["id"], rid),
+                "tenant_id": note["tenant_id"],
+                "notification_id": note["id"],
+                "recipient_id": rid,
+                "workflow": note["workflow"],
+                "version": version,
+                "cancellation_key": note.get("cancellation_key"),
+                "status": RunStatus.RUNNING,
+                "step": 0,
+                "turn": 0,
+                "steps": [],
+                "wake_at": now + timedelta(seconds=LEASE),
+                "created_at": now,
+                "updated_at": now,
+            }
+            for rid in recipient_ids
+        ]
+
+    async def _begin(self, rows: list[dict[str, Any]], fresh: set[str], now: datetime) -> None:
         taken = [{**row, "turn": 1} for row in rows if row["id"] in fresh]
         if taken:
             await self.advance(taken, now)

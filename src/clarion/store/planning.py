@@ -22,6 +22,7 @@ from clarion.store import categories as category_store
 from clarion.store import deliveries as delivery_store
 from clarion.store import notifications as notification_store
 from clarion.store import recipients as recipient_store
+from clarion.store import runs as run_store
 from clarion.store import templates as template_store
 from clarion.store import topics as topic_store
 from clarion.store.bulk import StripeChunk
@@ -359,6 +360,44 @@ async def store_stripe(
             .values(available_at=retry_at)
         )
     return inserted
+
+
+async def store_stripe_runs(
+    engine: AsyncEngine, rows: list[dict[str, Any]], chunk: StripeChunk, lease: float
+) -> set[str] | None:
+    """One chunk of a topic send through a workflow, atomically: the stripe's cursor moves
+    with the chunk's runs, stored and leased for their first advance (store/runs.py). The
+    ids of the runs stored; None, and nothing stored, if the cursor had already moved (the
+    conditional update waits for a concurrent one, then finds it moved) or the send was
+    cancelled."""
+    n, s = notifications, topic_stripes
+    notification_id, stripe, after, through, done, at, retry_at = chunk
+    async with write_tx(engine) as conn:
+        live = await conn.execute(
+            select(n.c.id).where(n.c.id == notification_id, n.c.status.in_(_LIVE))
+        )
+        if live.first() is None:
+            return None
+        moved = await conn.execute(
+            update(s)
+            .where(
+                s.c.notification_id == notification_id,
+                s.c.stripe == stripe,
+                s.c.done_at.is_(None),
+                s.c.planned_through.is_(None) if after is None else s.c.planned_through == after,
+            )
+            .values(planned_through=through, done_at=at if done else None)
+        )
+        if moved.rowcount != 1:
+            return None
+        fresh = await run_store.insert(conn, rows)
+        await run_store.lease(conn, list(fresh), at, lease)
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.notification_id == notification_id)
+            .values(available_at=retry_at)
+        )
+    return fresh
 
 
 async def finish_topic(

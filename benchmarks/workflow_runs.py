@@ -1,0 +1,216 @@
+"""A workflow sent to a topic: N runs wait in a delay at once, then resume and send.
+
+Starts Clarion as ``e2e.py`` does (``--config postgres-redis``: one ``clarion api``, K
+``clarion worker``, one ``clarion scheduler``; ``--config embedded``: one ``clarion serve``),
+creates N recipients subscribed to one topic, a webhook template and a workflow of two
+steps, ``delay`` (``--delay``) then a webhook ``channel`` step, and POSTs one notification
+to the topic through the workflow. Measures:
+
+* time to all runs stored and waiting (each run's delay starts when it is stored);
+* how many runs waited at once (the most seen in the notification's ``run_totals``);
+* resume lag: per run, when its channel step started minus when its delay ended (both
+  from the run's own steps, ``GET /v1/notifications/{id}/runs``): p50, p99, max;
+* time to all delivered, and every run ``completed`` with its webhook sent once;
+* peak resident memory (``VmHWM``) of every Clarion process, and its resident memory
+  just before the send.
+
+Prints one JSON object to stdout; progress goes to stderr. Takes the machine-wide lock of
+``e2e.py``.
+
+    uv run python benchmarks/workflow_runs.py --subscribers 100000 --delay 4m
+    uv run python benchmarks/workflow_runs.py --config embedded --subscribers 10000 --delay 90s
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+import e2e
+
+TOPIC = "everyone"
+LOOK_EVERY = 2.0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
+    parser.add_argument("--subscribers", type=int, default=100_000)
+    parser.add_argument("--delay", default="4m", help="the workflow's delay (a duration)")
+    parser.add_argument(
+        "--config", choices=["embedded", "postgres-redis"], default="postgres-redis"
+    )
+    own, rest = parser.parse_known_args(argv)
+    # Everything else (stores, workers, --keep, --timeout, ...) as e2e.py takes it.
+    args = e2e.parse_args(["--config", own.config, *rest])
+    for name, value in vars(own).items():
+        setattr(args, name, value)
+    if args.subscribers < 1:
+        parser.error("--subscribers must be >= 1")
+    return args
+
+
+def peak_rss_mib(pid: int) -> tuple[float, float]:
+    """A process's resident memory now and at its peak (``VmRSS``, ``VmHWM``), in MiB."""
+    fields = dict(
+        line.split(":", 1)
+        for line in e2e.read_text(f"/proc/{pid}/status").splitlines()
+        if ":" in line
+    )
+
+    def mib(name: str) -> float:
+        return round(int(fields.get(name, "0 kB").split()[0]) / 1024, 1)
+
+    return mib("VmRSS"), mib("VmHWM")
+
+
+class WorkflowRuns(e2e.Bench):
+    async def create_fixtures(self, session: aiohttp.ClientSession, sink_url: str) -> None:
+        n = self.args.subscribers
+        ids = [f"s{i:08d}" for i in range(n)]
+        gate = asyncio.Semaphore(4)
+
+        async def people(start: int) -> None:
+            body = {
+                "recipients": [
+                    {"id": rid, "webhook_url": f"{sink_url}/{rid}"}
+                    for rid in ids[start : start + 1000]
+                ]
+            }
+            async with gate:
+                await self.call(session, "POST", "/v1/recipients/batch", body)
+
+        await asyncio.gather(*(people(start) for start in range(0, n, 1000)))
+        for start in range(0, n, 10_000):
+            body = {"recipient_ids": ids[start : start + 10_000]}
+            reply = await self.call(session, "PUT", f"/v1/topics/{TOPIC}/subscribers", body)
+            if reply["errors"]:
+                raise RuntimeError(f"subscribing failed: {reply['errors'][:3]}")
+        hook = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
+        await self.call(session, "PUT", "/v1/templates/news", hook)
+        steps = [
+            {"id": "wait", "type": "delay", "duration": self.args.delay},
+            {"id": "hook", "type": "channel", "channel": "webhook", "template": "news"},
+        ]
+        await self.call(session, "PUT", "/v1/workflows/later", {"name": "Later", "steps": steps})
+        log(f"{n} recipients subscribed to {TOPIC!r}")
+
+    async def measure(
+        self, session: aiohttp.ClientSession, sink: e2e.SinkControl
+    ) -> dict[str, Any]:
+        n = self.args.subscribers
+        before = {c.name: peak_rss_mib(c.popen.pid)[0] for c in self.children.items}
+        cpu_before = self.cpu_times()
+        started = time.time()
+        body = {"workflow": "later", "to": {"topic": TOPIC}}
+        nid = (await self.call(session, "POST", "/v1/notifications", body))["id"]
+        deadline = time.monotonic() + self.args.timeout
+        most_waiting, all_waiting_at = 0, None
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not every run completed in {self.args.timeout}s")
+            self.children.check()
+            note = await self.call(session, "GET", f"/v1/notifications/{nid}", None)
+            totals: dict[str, int] = note["run_totals"]
+            waiting = totals.get("waiting", 0)
+            most_waiting = max(most_waiting, waiting)
+            if (
+                all_waiting_at is None
+                and sum(totals.values()) == n
+                and waiting + totals.get("completed", 0) == n
+                and totals.get("completed", 0) == 0
+            ):
+                all_waiting_at = time.time()
+                log(f"all {n} runs waiting after {all_waiting_at - started:.1f}s")
+            if totals.get("completed", 0) == n and note["totals"].get("sent", 0) == n:
+                break
+            await asyncio.sleep(LOOK_EVERY)
+        await self.wait_delivered(sink, n)
+        await asyncio.sleep(self.args.settle)  # late repeats count as duplicates
+        stats = await sink.ask("stats")
+        cpu = e2e.cpu_used(cpu_before, self.cpu_times(), n)
+        memory = {
+            c.name: dict(
+                zip(
+                    ("before_mib", "now_mib", "peak_mib"),
+                    (before[c.name], *peak_rss_mib(c.popen.pid)),
+                    strict=True,
+                )
+            )
+            for c in self.children.items
+        }
+        lags, last_sent = await self._lags(session, nid)
+        ordered = sorted(lags)
+        return {
+            "config": self.args.config,
+            "subscribers": n,
+            "delay": self.args.delay,
+            "workers": self.args.workers if self.args.config == "postgres-redis" else 0,
+            "all_waiting_s": None if all_waiting_at is None else round(all_waiting_at - started, 2),
+            "most_waiting_at_once": most_waiting,
+            "resume_lag_s": {
+                "p50": round(e2e.percentile(ordered, 0.5), 3),
+                "p99": round(e2e.percentile(ordered, 0.99), 3),
+                "max": round(ordered[-1], 3),
+            },
+            "all_delivered_s": round(last_sent - started, 2),
+            "webhooks": stats,
+            "memory": memory,
+            "cpu": cpu,
+            "machine": e2e.machine(),
+        }
+
+    async def _lags(self, session: aiohttp.ClientSession, nid: str) -> tuple[list[float], float]:
+        """Per run, seconds from its delay's end to its channel step's start; and the
+        latest of those starts."""
+        lags: list[float] = []
+        cursor: str | None = None
+        last = 0.0
+        while True:
+            path = f"/v1/notifications/{nid}/runs?limit=100" + (
+                f"&cursor={cursor}" if cursor else ""
+            )
+            page = await self.call(session, "GET", path, None)
+            for run in page["data"]:
+                if run["status"] != "completed":
+                    raise RuntimeError(f"run {run['id']} ended {run['status']}")
+                wait, hook = run["steps"]
+                until = datetime.fromisoformat(wait["until"]).timestamp()
+                began = datetime.fromisoformat(hook["started_at"]).timestamp()
+                lags.append(began - until)
+                last = max(last, began)
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return lags, last
+
+
+def log(message: str) -> None:
+    print(f"[workflow_runs {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    args = parse_args()
+    with Path(tempfile.gettempdir(), "clarion-e2e.lock").open("w") as lock:
+        e2e.wait_for_lock(lock, args.wait_for_other)
+        bench = WorkflowRuns(args)
+        failed = True
+        try:
+            result = asyncio.run(bench.run())
+            failed = False
+        finally:
+            bench.cleanup(failed)
+    print(orjson.dumps(result).decode(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

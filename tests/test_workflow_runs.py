@@ -366,3 +366,28 @@ async def test_a_topic_send_runs_for_every_subscriber(ready: Harness) -> None:
     note = await app.notification(nid)
     assert note["totals"] == {"sent": 30}
     assert note["status"] == "completed"
+
+
+async def test_throttle_ends_runs_over_the_limit(ready: Harness) -> None:
+    app = ready
+    await put_workflow(
+        app,
+        "capped",
+        {"id": "cap", "type": "throttle", "limit": 2, "window": "1h", "key": "data.thread"},
+        {"id": "mail", "type": "channel", "channel": "email", "template": "comment"},
+    )
+    sends = []
+    for thread in ("a", "a", "a", "b"):
+        response = await app.send(
+            {"workflow": "capped", "to": {"recipient_id": "r1"},
+             "data": {"who": "Sam", "thread": thread}}
+        )  # fmt: skip
+        assert response.status_code == 202, response.text
+        sends.append(response.json()["id"])
+        await app.drain()
+    statuses = [(await runs(app, nid))["r1"]["status"] for nid in sends]
+    assert statuses == ["completed", "completed", "throttled", "completed"]
+    throttled = (await runs(app, sends[2]))["r1"]
+    assert [(s["id"], s["status"]) for s in throttled["steps"]] == [("cap", "throttled")]
+    assert channels_of(await app.notification(sends[2]), "r1") == {}
+    assert channels_of(await app.notification(sends[3]), "r1") == {"email": "sent"}

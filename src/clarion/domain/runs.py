@@ -46,6 +46,7 @@ SKIPPED = "skipped"  # its `if` was false, or it had nothing to send
 WAITING = "waiting"  # a delay not over, or a channel step whose outcome is not known yet
 DONE = "completed"  # a delay that is over
 EXITED = "exited"  # an `exit` step whose condition held
+PASSED = "passed"  # a `throttle` step under its limit
 
 # The order of a channel step's deliveries' statuses, best first: a step with several
 # deliveries (`mode: all`) shows its best one.

@@ -23,11 +23,13 @@ from typing import Any, Protocol
 
 from clarion.domain import runs as rules
 from clarion.domain.delivery import Stored
+from clarion.domain.durations import duration_seconds
 from clarion.domain.ids import delivery_id, derived_timed_id
 from clarion.domain.models import DeliveryStatus
 from clarion.domain.runs import DeliveryFacts, RunStatus, StepRecord
 from clarion.domain.workflows import CLOCK, Step, Workflow
 from clarion.pipeline.context import Context
+from clarion.resilience.ratelimit import Take
 from clarion.store import planning
 from clarion.store import runs as run_store
 from clarion.store import workflows as workflow_store
@@ -83,6 +85,8 @@ class _Run:
     wake_at: datetime | None = None
     # A channel step waiting for its deliveries to be planned: the step and the channels.
     asked: tuple[Step, tuple[str, ...]] | None = None
+    # A throttle step waiting for the limiter's answer: the step and its key.
+    limit: tuple[Step, str] | None = None
 
     @property
     def step(self) -> int:
@@ -198,10 +202,14 @@ class Runs:
             for run in active:
                 self._walk(run, facts, now)
             asking = [run for run in active if run.asked is not None]
-            if not asking:
+            limited = [run for run in active if run.limit is not None]
+            if not asking and not limited:
                 break
-            await self._plan_asked(asking, now)
-            active = asking
+            if asking:
+                await self._plan_asked(asking, now)
+            if limited:
+                await self._throttle(limited, now)
+            active = asking + limited
         await run_store.save(
             self._ctx.engine,
             [
@@ -296,7 +304,7 @@ class Runs:
         assert run.note is not None
         steps = run.workflow.steps
         moment = now.timestamp()
-        while True:
+        while run.status not in rules.ENDED:
             index = run.step
             if index >= len(steps):
                 run.status, run.wake_at = RunStatus.COMPLETED, None
@@ -330,7 +338,12 @@ class Runs:
             return self._delay(run, step, record, now)
         if step.type == "channel":
             return self._channel(run, step, record, facts, now)
-        # Digest and throttle steps are checked when stored but not run by this engine.
+        if step.type == "throttle":
+            if record.status == rules.WAITING:
+                run.limit = (step, self._throttle_key(run, step, facts))
+                return False
+            return record.status == rules.PASSED
+        # Digest steps are checked when stored but not run by this engine.
         record.status, record.ended_at = "unavailable", moment
         run.status, run.wake_at = RunStatus.FAILED, None
         return False
@@ -406,6 +419,41 @@ class Runs:
             return False
         record.status, record.ended_at = DeliveryStatus.FAILED.value, moment
         return True
+
+    def _throttle_key(self, run: _Run, step: Step, facts: dict[str, DeliveryFacts]) -> str:
+        """The limiter's key of a throttle step: its ``key`` expression's value (default:
+        the recipient), within the tenant and workflow."""
+        source = step.fields.get("key")
+        value = (
+            run.row["recipient_id"]
+            if source is None
+            else rules.evaluate(source, self._context(run, facts))
+        )
+        return f"workflow:{run.row['tenant_id']}:{run.row['workflow']}:{step.id}:{value}"
+
+    async def _throttle(self, runs: list[_Run], now: datetime) -> None:
+        """Ask the limiter for each run at a throttle step; one over the limit ends
+        ``throttled``. A throttle is a bucket of ``limit`` refilled over ``window`` (the
+        rate limiter's GCRA, as the categories' caps are), shared by every process."""
+        takes = []
+        for run in runs:
+            assert run.limit is not None
+            step, key = run.limit
+            window = float(duration_seconds(step.fields["window"]))
+            limit = int(step.fields["limit"])
+            takes.append(Take(key, limit / window, limit))
+        decisions = await self._ctx.resilience.limiter.take_many(takes)
+        moment = now.timestamp()
+        for run, decision in zip(runs, decisions, strict=True):
+            record = run.current()
+            assert record is not None
+            run.limit = None
+            record.ended_at = moment
+            if decision.allowed:
+                record.status = rules.PASSED
+            else:
+                record.status = RunStatus.THROTTLED.value
+                run.status, run.wake_at = RunStatus.THROTTLED, None
 
     def _context(self, run: _Run, facts: dict[str, DeliveryFacts]) -> dict[str, Any]:
         assert run.note is not None

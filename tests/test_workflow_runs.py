@@ -391,3 +391,57 @@ async def test_throttle_ends_runs_over_the_limit(ready: Harness) -> None:
     assert [(s["id"], s["status"]) for s in throttled["steps"]] == [("cap", "throttled")]
     assert channels_of(await app.notification(sends[2]), "r1") == {}
     assert channels_of(await app.notification(sends[3]), "r1") == {"email": "sent"}
+
+
+async def test_a_workflow_on_paper(ready: Harness) -> None:
+    app = ready
+    await put_workflow(
+        app,
+        "nudge",
+        {"id": "feed", "type": "channel", "channel": "inapp", "template": "comment"},
+        {"id": "wait", "type": "delay", "duration": "15m"},
+        {"id": "mail", "type": "channel", "channel": "email", "template": "comment",
+         "if": "not steps.feed.read"},
+        {"id": "stop", "type": "exit", "if": "recipient.locale == 'fr'"},
+        {"id": "alert", "type": "channel", "channels": ["push", "sms"],
+         "mode": "first_success", "template": "comment", "if": "data.urgent"},
+    )  # fmt: skip
+
+    async def test(body: dict[str, Any]) -> dict[str, Any]:
+        response = await app.client.post("/v1/workflows/nudge/test", json=body, headers=app.auth)
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    unread = await test({"recipient_id": "r1", "data": {"who": "Sam", "urgent": True}})
+    assert unread["ends"] == "completed"
+    assert [(s["id"], s["status"]) for s in unread["steps"]] == [
+        ("feed", "sent"), ("wait", "completed"), ("mail", "sent"), ("stop", "skipped"),
+        ("alert", "sent"),
+    ]  # fmt: skip
+    assert unread["steps"][1]["wait_seconds"] == 900
+    assert unread["steps"][2]["content"]["email"]["subject"] == "New comment"
+    assert unread["steps"][4]["content"]["sms"]["text"] == "Sam commented"
+    read = await test(
+        {"recipient": {"locale": "fr"}, "data": {"who": "Sam"}, "assume": {"steps.feed.read": True}}
+    )
+    assert [(s["id"], s["status"]) for s in read["steps"]] == [
+        ("feed", "sent"), ("wait", "completed"), ("mail", "skipped"), ("stop", "exited"),
+    ]  # fmt: skip
+    missing = await test({"recipient_id": "r1"})
+    assert "error" in missing["steps"][0]["content"]["inapp"]
+    # Nothing was stored or sent.
+    listed = await app.client.get("/v1/notifications", headers=app.auth)
+    assert listed.json()["data"] == []
+    for body, status in [
+        ({"assume": {"steps.nope.read": True}}, 422),
+        ({"assume": {"steps.feed.read": "yes"}}, 422),
+        ({"assume": {"data.x": True}}, 422),
+        ({"recipient_id": "ghost"}, 404),
+        ({"recipient_id": "r1", "recipient": {}}, 422),
+        ({"version": 9}, 404),
+    ]:
+        response = await app.client.post("/v1/workflows/nudge/test", json=body, headers=app.auth)
+        assert response.status_code == status, (body, response.text)
+    gone = await app.client.post("/v1/workflows/none/test", json={}, headers=app.auth)
+    assert gone.status_code == 404

@@ -38,6 +38,7 @@ from clarion.api.routes import (
     topics,
     unsubscribe,
     webhooks,
+    workflow_tests,
     workflows,
 )
 from clarion.api.send_one import PATH as SEND_PATH
@@ -108,6 +109,7 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     app.include_router(inbox_live.router)
     app.include_router(inbox_web.router)
     app.include_router(template_drafts.router)
+    app.include_router(workflow_tests.router)
     app.include_router(stats.router)
     app.include_router(message_log.router)
     app.include_router(schedules.router)

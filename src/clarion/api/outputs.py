@@ -174,6 +174,26 @@ class RunPage(Paged[RunOut]):
     """A workflow send's runs by recipient id; `next_cursor` is null on the last page."""
 
 
+class WorkflowTestStep(Out):
+    id: str
+    type: str
+    status: str = Field(description="What the step would come to (as assumed)")
+    channels: list[str] | None = None
+    mode: str | None = None
+    content: dict[str, Any] | None = Field(
+        None, description="A channel step: each channel's rendered content, or its error"
+    )
+    wait_seconds: float | None = None
+    until: Any = None
+
+
+class WorkflowTestOut(Out):
+    key: str
+    version: int
+    ends: str = Field(description="How the run would end: completed, throttled or failed")
+    steps: list[WorkflowTestStep]
+
+
 class RunsCancelled(Out):
     cancelled: int = Field(description="Runs cancelled (those that had ended are not counted)")
 

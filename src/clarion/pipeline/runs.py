@@ -491,3 +491,69 @@ def next_clock(clock: str, timezone: str | None, now: datetime) -> datetime:
         if instant > now:
             return instant
     return now + timedelta(days=1)
+
+
+# What a `POST /v1/workflows/{key}/test` assumes of a channel step it passes: sent, not
+# seen. Its `assume` overrides any of these (`steps.<id>.<field>`).
+_ASSUMED = {"status": DeliveryStatus.SENT.value, "seen": False, "read": False, "archived": False}
+
+
+def on_paper(
+    workflow: Workflow,
+    data: dict[str, Any],
+    recipient: dict[str, Any],
+    assume: dict[str, dict[str, Any]],
+    render: Any,
+    now: datetime,
+) -> tuple[str, list[dict[str, Any]]]:
+    """The path a run would take, nothing stored or sent: each step reached with what it
+    would do. ``assume`` gives, per step id, what expressions read of it (``status``,
+    ``seen``, ``read``, ``archived``); a channel step is otherwise taken as sent and not
+    seen, a throttle as passed. ``render(template, channel)`` is the step's content, or an
+    error. The status the run would end with, and the steps."""
+    views: dict[str, dict[str, Any]] = {}
+    path: list[dict[str, Any]] = []
+    shown = {name: recipient.get(name) for name in _RECIPIENT}
+    for step in workflow.steps:
+        context = rules.expression_context(data, shown, views)
+        entry: dict[str, Any] = {"id": step.id, "type": step.type}
+        path.append(entry)
+        if not rules.holds(step.condition, context):
+            entry["status"] = rules.SKIPPED
+            views[step.id] = {**_ASSUMED, "status": rules.SKIPPED, **assume.get(step.id, {})}
+            continue
+        if step.type == "exit":
+            entry["status"] = rules.EXITED
+            return RunStatus.COMPLETED.value, path
+        if step.type == "delay":
+            seconds = rules.delay_seconds(step)
+            if seconds is not None:
+                entry["wait_seconds"] = seconds
+            else:
+                until = str(step.fields["until"])
+                if CLOCK.match(until):
+                    entry["until"] = next_clock(until, recipient.get("timezone"), now)
+                else:
+                    entry["until"] = rules.evaluate(until, context)
+            entry["status"] = rules.DONE
+            views[step.id] = {**_ASSUMED, "status": rules.DONE, **assume.get(step.id, {})}
+            continue
+        if step.type == "throttle":
+            view = {**_ASSUMED, "status": rules.PASSED, **assume.get(step.id, {})}
+            entry["status"] = view["status"]
+            views[step.id] = view
+            if view["status"] == RunStatus.THROTTLED:
+                return RunStatus.THROTTLED.value, path
+            continue
+        if step.type == "channel":
+            channels = rules.channels_of(step)
+            entry["channels"] = channels
+            entry["mode"] = "first_success" if rules.first_success(step) else "all"
+            entry["content"] = {c: render(step.fields["template"], c) for c in channels}
+            view = {**_ASSUMED, **assume.get(step.id, {})}
+            entry["status"] = view["status"]
+            views[step.id] = view
+            continue
+        entry["status"] = "unavailable"
+        return RunStatus.FAILED.value, path
+    return RunStatus.COMPLETED.value, path

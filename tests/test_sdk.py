@@ -610,3 +610,112 @@ async def test_workflows_put_read_list_roll_back_and_delete(lite: Harness, serve
         await client.workflows.delete("flow")
         with pytest.raises(NotFoundError):
             await client.workflows.get("flow")
+
+
+LATER = [
+    {"id": "wait", "type": "delay", "duration": "1h"},
+    {"id": "mail", "type": "channel", "channel": "email", "template": "order"},
+]
+
+
+async def test_workflow_sends_runs_and_cancel_by_key(lite: Harness, server: str) -> None:
+    await _setup(lite)
+    await lite.put_recipient("u-2", email="u2@example.com")
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        await client.workflows.put("later", name="Later", steps=LATER)
+        sent = await client.notifications.send(
+            workflow="later", to=["u-1", "u-2"], data={"orderId": "W"}, cancellation_key="k"
+        )
+
+        async def waiting() -> bool:
+            return [r.status async for r in client.notifications.runs(sent.id)] == ["waiting"] * 2
+
+        await lite.until(waiting)
+        found = await client.notifications.get(sent.id)
+        assert found.workflow == "later"
+        assert found.template is None
+        assert found.run_totals == {"waiting": 2}
+        assert found.runs_truncated is False
+        assert found.runs is not None
+        assert [r.recipient_id for r in found.runs] == ["u-1", "u-2"]
+        pages = [page async for page in client.notifications.runs(sent.id, page_size=1).pages()]
+        assert [[r.recipient_id for r in p.data] for p in pages] == [["u-1"], ["u-2"]]
+        assert pages[0].next_cursor == "u-1"
+        run = pages[0].data[0]
+        assert isinstance(run, models.Run)
+        assert run.step == "wait"
+        assert run.workflow == "later"
+        assert run.version == 1
+        assert run.cancellation_key == "k"
+        assert run.waiting_until is not None
+        [wait] = run.steps
+        assert wait.id == "wait"
+        assert wait.status == "waiting"
+        assert wait.until == run.waiting_until
+
+        one = await client.workflows.cancel("later", cancellation_key="k", recipient_ids=["u-1"])
+        assert one.cancelled == 1
+        again = await client.workflows.cancel("later", cancellation_key="k", recipient_ids=["u-1"])
+        assert again.cancelled == 0
+        with pytest.raises(NotFoundError):
+            await client.notifications.runs("ntf_nothing").first_page()
+
+    def sync_calls() -> tuple[int, int, list[str]]:
+        with Clarion(api_key=lite.key, base_url=server) as client:
+            rest = client.workflows.cancel("later", cancellation_key="k").cancelled
+            none_left = client.workflows.cancel("later", cancellation_key="k").cancelled
+            statuses = [r.status for r in client.notifications.runs(sent.id, page_size=1)]
+            return rest, none_left, statuses
+
+    assert await in_thread(sync_calls) == (1, 0, ["cancelled", "cancelled"])
+
+
+async def test_a_send_names_a_template_or_a_workflow(lite: Harness, server: str) -> None:
+    await _setup(lite)
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        await client.workflows.put("later", name="Later", steps=LATER)
+        with pytest.raises(ValueError, match="exactly one of template or workflow"):
+            await client.notifications.send(template="order", workflow="later", to="u-1")
+        with pytest.raises(ValueError, match="exactly one of template or workflow"):
+            await client.notifications.send(to="u-1")
+        with pytest.raises(ValueError, match="exactly one of template or workflow"):
+            await client.notifications.send_batch(
+                [{"template": "order", "workflow": "later", "to": {"recipient_id": "u-1"}}]
+            )
+        # Checked before anything is sent: nothing reached the log.
+        assert [n async for n in client.notifications.list()] == []
+        # A template send may not carry a cancellation key: the server says so.
+        with pytest.raises(UnprocessableError) as keyed:
+            await client.notifications.send(template="order", to="u-1", cancellation_key="k")
+        assert keyed.value.code == "validation_error"
+        batch = await client.notifications.send_batch(
+            [
+                {"workflow": "later", "to": {"recipient_id": "u-1"}, "cancellation_key": "b"},
+                models.NotificationRequest(workflow="nope", to=models.To(recipient_id="u-1")),
+            ]
+        )
+        accepted, refused = batch.results
+        assert isinstance(accepted, models.Accepted)
+        assert isinstance(refused, models.BatchItemError)
+        assert refused.error.code == "unknown_workflow"
+
+    def sync_send() -> models.Accepted:
+        with Clarion(api_key=lite.key, base_url=server) as client:
+            with pytest.raises(ValueError, match="exactly one of template or workflow"):
+                client.notifications.send(template="order", workflow="later", to="u-1")
+            return client.notifications.send(workflow="later", to="u-1", cancellation_key="b")
+
+    second = await in_thread(sync_send)
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        assert (await client.notifications.get(second.id)).workflow == "later"
+
+        async def both_waiting() -> bool:
+            found = [
+                r.status
+                for nid in (accepted.id, second.id)
+                async for r in client.notifications.runs(nid)
+            ]
+            return found == ["waiting", "waiting"]
+
+        await lite.until(both_waiting)
+        assert (await client.workflows.cancel("later", cancellation_key="b")).cancelled == 2

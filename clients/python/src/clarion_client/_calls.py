@@ -86,8 +86,10 @@ def _body(model: BaseModel) -> Any:
 
 def send_notification(
     *,
-    template: str,
     to: Recipients,
+    template: str | None = None,
+    workflow: str | None = None,
+    cancellation_key: str | None = None,
     data: Mapping[str, Any] | None = None,
     priority: m.Priority = "normal",
     channels: Sequence[m.Channel] | None = None,
@@ -95,10 +97,14 @@ def send_notification(
     expires_at: datetime | None = None,
     idempotency_key: str | None = None,
 ) -> Call[m.Accepted]:
-    """Accept one notification. Without ``idempotency_key`` one is made, so a retried
-    request never sends twice."""
+    """Accept one notification: a ``template`` sent, or a ``workflow`` run per recipient
+    (exactly one of them, else a ``ValueError`` and nothing is sent; ``cancellation_key``
+    goes with a workflow). Without ``idempotency_key`` one is made, so a retried request
+    never sends twice."""
     request = m.NotificationRequest(
         template=template,
+        workflow=workflow,
+        cancellation_key=cancellation_key,
         to=to_target(to),
         data=dict(data or {}),
         priority=priority,
@@ -115,7 +121,8 @@ def send_batch(
     *,
     idempotency_key: str | None = None,
 ) -> Call[m.BatchResults]:
-    """Accept up to 1,000 notifications; each is accepted or refused on its own."""
+    """Accept up to 1,000 notifications, each naming a template or a workflow; each is
+    accepted or refused on its own."""
     items = [
         _body(n if isinstance(n, m.NotificationRequest) else m.NotificationRequest(**n))
         for n in notifications
@@ -156,6 +163,13 @@ def list_notifications(
         limit=page_size,
     )
     return ListCall("/v1/notifications", m.NotificationSummary, params)
+
+
+def list_runs(notification_id: str, *, page_size: int | None = None) -> ListCall[m.Run]:
+    """A workflow send's runs, one per recipient, by recipient id: where each stands, and
+    each step it reached with its deliveries."""
+    path = f"/v1/notifications/{_seg(notification_id)}/runs"
+    return ListCall(path, m.Run, _query(limit=page_size))
 
 
 # Deliveries ------------------------------------------------------------------------------
@@ -308,7 +322,7 @@ def rollback_template(name: str, *, version: int) -> Call[m.Template]:
     return _rollback(f"/v1/templates/{_seg(name)}", m.Template.model_validate, version)
 
 
-# Workflows (definitions only) ------------------------------------------------------------
+# Workflows -------------------------------------------------------------------------------
 
 
 def put_workflow(
@@ -332,6 +346,21 @@ def rollback_workflow(key: str, *, version: int) -> Call[m.Workflow]:
 def delete_workflow(key: str) -> Call[None]:
     """Delete a workflow with all its versions."""
     return Call("DELETE", f"/v1/workflows/{_seg(key)}", _none)
+
+
+def cancel_runs(
+    key: str, *, cancellation_key: str, recipient_ids: Sequence[str] | None = None
+) -> Call[m.RunsCancelled]:
+    """Cancel this workflow's runs sent with ``cancellation_key`` (of ``recipient_ids``
+    only, up to 1,000, when given) that have not ended, with their deliveries not yet
+    under way; ``cancelled`` counts them. Not retried after a lost connection (a repeat
+    would count 0); calling it again is safe."""
+    body = _query(
+        cancellation_key=cancellation_key,
+        recipient_ids=list(recipient_ids) if recipient_ids is not None else None,
+    )
+    path = f"/v1/workflows/{_seg(key)}/cancel"
+    return Call("POST", path, m.RunsCancelled.model_validate, None, body)
 
 
 def list_workflows(*, page_size: int | None = None) -> ListCall[m.WorkflowSummary]:

@@ -129,6 +129,7 @@ class Notifications(_SyncResource):
     send = _sync(calls.send_notification)
     send_batch = _sync(calls.send_batch)
     get = _sync(calls.get_notification)
+    runs = _sync_list(calls.list_runs)
     list = _sync_list(calls.list_notifications)
 
 
@@ -161,6 +162,7 @@ class Workflows(_SyncResource):
     list = _sync_list(calls.list_workflows)
     rollback = _sync(calls.rollback_workflow)
     delete = _sync(calls.delete_workflow)
+    cancel = _sync(calls.cancel_runs)
 
 
 class Categories(_SyncResource):
@@ -342,6 +344,7 @@ class AsyncNotifications(_AsyncResource):
     send = _async(calls.send_notification)
     send_batch = _async(calls.send_batch)
     get = _async(calls.get_notification)
+    runs = _async_list(calls.list_runs)
     list = _async_list(calls.list_notifications)
 
 
@@ -374,6 +377,7 @@ class AsyncWorkflows(_AsyncResource):
     list = _async_list(calls.list_workflows)
     rollback = _async(calls.rollback_workflow)
     delete = _async(calls.delete_workflow)
+    cancel = _async(calls.cancel_runs)
 
 
 class AsyncCategories(_AsyncResource):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 T = TypeVar("T")
 
@@ -35,11 +35,15 @@ Channel = Literal["email", "sms", "push", "webpush", "inapp", "webhook"]
 
 
 class NotificationRequest(BaseModel):
-    """The body of ``POST /v1/notifications`` (and each item of a batch)."""
+    """The body of ``POST /v1/notifications`` (and each item of a batch): exactly one of
+    ``template`` or ``workflow`` (a run per recipient; ``cancellation_key`` is what
+    ``workflows.cancel`` names), else a ``ValueError`` before anything is sent."""
 
     model_config = ConfigDict(extra="forbid")
 
-    template: str
+    template: str | None = None
+    workflow: str | None = None
+    cancellation_key: str | None = None
     to: To
     data: dict[str, Any] = Field(default_factory=dict)
     priority: Priority = "normal"
@@ -47,6 +51,12 @@ class NotificationRequest(BaseModel):
     send_at: datetime | None = None
     expires_at: datetime | None = None
     idempotency_key: str | None = None
+
+    @model_validator(mode="after")
+    def _template_or_workflow(self) -> NotificationRequest:
+        if (self.template is None) == (self.workflow is None):
+            raise ValueError("a notification names exactly one of template or workflow")
+        return self
 
 
 # Responses ------------------------------------------------------------------------------
@@ -119,9 +129,13 @@ class NotificationTo(Model):
 
 
 class NotificationSummary(Model):
+    """A notification in the log: ``template`` for a template send, ``workflow`` (and a
+    null ``template``) for a workflow send."""
+
     id: str
     status: str
-    template: str
+    template: str | None
+    workflow: str | None = None
     priority: str
     to: NotificationTo
     channels: list[str] | None
@@ -140,11 +154,55 @@ class Cancellation(Model):
     in_flight: int
 
 
+class RunStep(Model):
+    """A step a run reached: a channel step's ``status`` is its best delivery's (``sent``,
+    ``failed``, ...), else ``skipped``, ``waiting``, ``completed`` or ``exited``; a delay
+    shows ``until``."""
+
+    id: str
+    status: str
+    started_at: datetime
+    ended_at: datetime | None
+    delivery_ids: list[str]
+    until: datetime | None = None
+
+
+class Run(Model):
+    """A workflow send's run for one recipient, pinned to a workflow ``version``:
+    ``status`` (``running``, ``waiting``, ``completed``, ``cancelled``, ``failed``), the
+    ``step`` it is at and, while waiting, ``waiting_until``."""
+
+    id: str
+    recipient_id: str
+    workflow: str
+    version: int
+    status: str
+    step: str | None
+    waiting_until: datetime | None
+    cancellation_key: str | None
+    steps: list[RunStep]
+    created_at: datetime
+    updated_at: datetime
+
+
+class RunsCancelled(Model):
+    """How many runs a cancel by key stopped (those that had ended are not counted)."""
+
+    cancelled: int
+
+
 class Notification(NotificationSummary):
+    """A notification with its deliveries; a workflow send also shows ``run_totals`` (runs
+    per status) and its first 100 ``runs`` by recipient id (``notifications.runs`` pages
+    them all)."""
+
     data: dict[str, Any]
     cancel: Cancellation | None = None
     deliveries: list[Delivery]
     deliveries_truncated: bool = False
+    run_totals: dict[str, int] | None = None
+    runs: list[Run] | None = None
+    runs_truncated: bool | None = None
 
 
 class Recipient(Model):
@@ -448,6 +506,9 @@ SCHEMAS: dict[type[BaseModel], str] = {
     Notification: "NotificationDetail",
     NotificationSummary: "NotificationSummary",
     NotificationTo: "NotificationTo",
+    Run: "RunOut",
+    RunStep: "RunStepOut",
+    RunsCancelled: "RunsCancelled",
     Delivery: "DeliveryOut",
     DeliveryListItem: "DeliveryListItem",
     DeliveryDetail: "DeliveryDetail",

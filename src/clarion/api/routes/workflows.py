@@ -1,4 +1,4 @@
-"""``/v1/workflows``: store a new version, read, list, roll back, delete."""
+"""``/v1/workflows``: store a new version, read, list, roll back, delete; cancel runs by key."""
 
 from __future__ import annotations
 

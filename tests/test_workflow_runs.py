@@ -5,11 +5,16 @@ by notification and by key in every state a run can be in."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from clarion.store import retention
+from clarion.store.db import utcnow
+from clarion.store.tables import workflow_runs
 from harness import Harness
 from inbox_kit import bearer, token_for
 
@@ -445,3 +450,26 @@ async def test_a_workflow_on_paper(ready: Harness) -> None:
         assert response.status_code == status, (body, response.text)
     gone = await app.client.post("/v1/workflows/none/test", json={}, headers=app.auth)
     assert gone.status_code == 404
+
+
+async def test_ended_runs_leave_with_retention_and_a_recipients_runs_with_erasure(
+    ready: Harness,
+) -> None:
+    app = ready
+    mail = {"id": "mail", "type": "channel", "channel": "email", "template": "comment"}
+    await put_workflow(app, "now", mail)
+    await put_workflow(app, "later", {"id": "wait", "type": "delay", "duration": "1h"}, mail)
+    done = await trigger(app, "now", ["r1"])
+    waiting = await trigger(app, "later", ["r1", "r2"])
+    await until_status(app, done, "r1", "completed")
+    await until_status(app, waiting, "r2", "waiting")
+    report = await retention.maintain(app.ctx.engine, utcnow() + timedelta(days=40), days=30)
+    assert report.deleted.get("workflow_runs") == 1
+    async with app.ctx.engine.connect() as conn:
+        left = (await conn.execute(select(workflow_runs.c.recipient_id))).scalars().all()
+    assert sorted(left) == ["r1", "r2"]  # the waiting ones
+    erased = await app.client.delete("/v1/recipients/r2", headers=app.auth)
+    assert erased.status_code == 204, erased.text
+    async with app.ctx.engine.connect() as conn:
+        left = (await conn.execute(select(workflow_runs.c.recipient_id))).scalars().all()
+    assert left == ["r1"]

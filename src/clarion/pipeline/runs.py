@@ -33,6 +33,7 @@ from clarion.resilience.ratelimit import Take
 from clarion.store import planning
 from clarion.store import runs as run_store
 from clarion.store import workflows as workflow_store
+from clarion.store.batching import is_outage
 from clarion.store.bulk import StripeChunk
 from clarion.store.db import utcnow, write_tx
 from clarion.store.notifications import delete_outbox
@@ -189,7 +190,26 @@ class Runs:
         return len(taken)
 
     async def advance(self, rows: list[dict[str, Any]], now: datetime) -> None:
-        """Advance leased runs as far as each goes now, then store where each stands."""
+        """Advance leased runs as far as each goes now, then store where each stands. A
+        batch that fails for anything but an outage is split in halves and each advanced
+        again, down to the run that fails, which alone ends ``failed``: one tenant's bad
+        run never holds up the others (an outage leaves them to their leases)."""
+        try:
+            await self._advance(rows, now)
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            if len(rows) > 1:
+                middle = len(rows) // 2
+                await self.advance(rows[:middle], now)
+                await self.advance(rows[middle:], now)
+                return
+            row = rows[0]
+            log.error("workflow run %s cannot be advanced: %r", row["id"], exc, exc_info=exc)
+            failed = {"status": RunStatus.FAILED, "wake_at": None, "updated_at": now}
+            await run_store.save(self._ctx.engine, [{**row, **failed}])
+
+    async def _advance(self, rows: list[dict[str, Any]], now: datetime) -> None:
         runs = await self._load(rows)
         active = [run for run in runs if run.workflow is not None and run.note is not None]
         for run in runs:

@@ -48,6 +48,7 @@ from clarion.store.tables import (
     recipients,
     sandbox_messages,
     tenants,
+    workflow_runs,
 )
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ async def erase(
             return None
         await inbox_access.revoke(conn, tenant_id, recipient_id, erased_at)
         # The counter row before the messages: the inbox's lock order (inbox_changes.py).
-        for table in (inbox_counters, inbox_messages, sandbox_messages, inbox_tickets):
+        tables = (inbox_counters, inbox_messages, sandbox_messages, inbox_tickets, workflow_runs)
+        for table in tables:
             await conn.execute(
                 delete(table).where(
                     table.c.tenant_id == tenant_id, table.c.recipient_id == recipient_id

@@ -153,9 +153,14 @@ def _prunable(conn: Connection) -> list[tuple[str, str, str]]:
 
 
 # State kept only while it matters, pruned with the rows above but not archived: an
-# attempt's claim, once its lease ended before the cutoff (its delivery is older). No
+# attempt's claim, once its lease ended before the cutoff (its delivery is older), and a
+# workflow run that ended before it. No
 # index: the oldest lie first in the table, and a batch stops when it is full.
-_EXPIRED_STATE = [("delivery_claims", "id", "leased_until < :cutoff")]
+_EXPIRED_STATE = [
+    ("delivery_claims", "id", "leased_until < :cutoff"),
+    # A workflow run that ended (none is due: it has no wake time) before the cutoff.
+    ("workflow_runs", "id", "updated_at < :cutoff AND wake_at IS NULL"),
+]
 
 
 def _delete_batch(conn: Connection, table: str, key: str, where: str, cutoff: datetime) -> int:

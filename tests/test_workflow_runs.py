@@ -473,3 +473,30 @@ async def test_ended_runs_leave_with_retention_and_a_recipients_runs_with_erasur
     async with app.ctx.engine.connect() as conn:
         left = (await conn.execute(select(workflow_runs.c.recipient_id))).scalars().all()
     assert left == ["r1"]
+
+
+async def test_preferences_per_workflow(ready: Harness) -> None:
+    app = ready
+    prefs = {"channels": {"email": False}, "workflows": {"digest": {"email": True, "sms": False}}}
+    response = await app.client.put("/v1/recipients/r1/preferences", json=prefs, headers=app.auth)
+    assert response.status_code == 200, response.text
+    got = await app.client.get("/v1/recipients/r1/preferences", headers=app.auth)
+    assert got.json()["workflows"] == {"digest": {"email": True, "sms": False}}
+    both = {"id": "both", "type": "channel", "channels": ["email", "sms"], "mode": "all",
+            "template": "comment"}  # fmt: skip
+    await put_workflow(app, "digest", both)
+    await put_workflow(app, "other", both)
+    mine = await trigger(app, "digest", ["r1"])
+    theirs = await trigger(app, "other", ["r1"])
+    await until_status(app, mine, "r1", "completed")
+    await until_status(app, theirs, "r1", "completed")
+    await app.drain()
+    # The workflow's own setting wins over the channel-wide opt-out, and adds its own.
+    assert channels_of(await app.notification(mine), "r1") == {
+        "email": "sent",
+        "sms": "suppressed",
+    }
+    assert channels_of(await app.notification(theirs), "r1") == {
+        "email": "suppressed",
+        "sms": "sent",
+    }

@@ -399,6 +399,11 @@ class PreferencesIn(Body):
     categories: dict[CategoryName, dict[Channel, bool]] = Field(
         default_factory=dict, max_length=1000
     )
+    workflows: dict[Name, dict[Channel, bool]] = Field(
+        default_factory=dict,
+        max_length=1000,
+        description="Opt-outs for one workflow's sends, by workflow key (the most specific)",
+    )
     quiet_hours: QuietHours | None = None
     snooze_until: Rfc3339 | None = Field(
         default=None,

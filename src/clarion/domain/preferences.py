@@ -65,6 +65,8 @@ class Preferences:
     quiet_hours: QuietHours | None
     # A temporary opt-out of every non-critical send, until this aware UTC instant.
     snooze_until: dt.datetime | None = None
+    # Opt-outs per workflow (docs/workflows.md), the most specific of all.
+    workflows: Mapping[str, Mapping[str, bool]] = _NO_MAPPING
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any] | None) -> Preferences:
@@ -75,11 +77,16 @@ class Preferences:
             name: MappingProxyType(dict(settings))
             for name, settings in (value.get("categories") or {}).items()
         }
+        workflows = {
+            key: MappingProxyType(dict(settings))
+            for key, settings in (value.get("workflows") or {}).items()
+        }
         return cls(
             channels=MappingProxyType(dict(value.get("channels") or {})),
             categories=MappingProxyType(categories),
             quiet_hours=_quiet_from_json(value.get("quiet_hours")),
             snooze_until=_instant_from_json(value.get("snooze_until")),
+            workflows=MappingProxyType(workflows),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -90,14 +97,20 @@ class Preferences:
             "categories": {name: dict(s) for name, s in self.categories.items()},
             "quiet_hours": None if quiet is None else _quiet_to_json(quiet),
             "snooze_until": _instant_to_json(self.snooze_until),
+            "workflows": {key: dict(s) for key, s in self.workflows.items()},
         }
 
     def snoozed(self, now: dt.datetime) -> bool:
         """Whether a snooze is on at ``now``: it ends by itself when its time has come."""
         return self.snooze_until is not None and now < self.snooze_until
 
-    def allows(self, category: str, channel: str) -> bool:
-        """The category's own setting for the channel, else the channel-wide one, else yes."""
+    def allows(self, category: str, channel: str, workflow: str | None = None) -> bool:
+        """The workflow's own setting for the channel (a workflow send), else the
+        category's, else the channel-wide one, else yes."""
+        if workflow is not None:
+            mine = self.workflows.get(workflow, _NO_MAPPING).get(channel)
+            if mine is not None:
+                return bool(mine)
         own = self.categories.get(category, _NO_MAPPING).get(channel)
         if own is not None:
             return bool(own)
@@ -161,11 +174,13 @@ def decide(
     priority: str,
     now: dt.datetime,
     digestible: Collection[str] = (),
+    workflow: str | None = None,
 ) -> Decision:
     """Send now, defer, hold for a digest, or suppress, for each channel.
 
     A critical category or ``critical`` priority overrides opt-outs, snooze, digests and
-    quiet hours. Otherwise, in this order: an opted-out channel is suppressed; a snooze
+    quiet hours. Otherwise, in this order: an opted-out channel (for ``workflow``'s sends,
+    for the category, or everywhere) is suppressed; a snooze
     drops the channel (``during_snooze: drop``) or lets the rest decide and defers what
     would go sooner to the snooze's end; a channel in ``digestible`` (the template has
     digest content for it) of a category with a digest is held; quiet hours defer the
@@ -192,7 +207,7 @@ def decide(
     # With `overflow: digest` the digest is for what is over a cap (pipeline/throttle.py).
     hold = category.digest_window is not None and category.overflow != "digest"
     for channel in wanted:
-        if not preferences.allows(category.name, channel):
+        if not preferences.allows(category.name, channel, workflow):
             suppressed[channel] = OPTED_OUT
         elif snooze_end is not None and category.during_snooze == "drop":
             suppressed[channel] = SNOOZED

@@ -508,6 +508,7 @@ class Planner:
                 priority=note["priority"],
                 now=now,
                 digestible=digestible,
+                workflow=note.get("workflow"),
             )
             draft = _Draft(version, recipient, render_context(note, recipient), decision)
             for channel in channels:

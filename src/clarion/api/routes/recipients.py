@@ -143,8 +143,9 @@ async def put_preferences(
 ) -> JSONResponse:
     """Replace a recipient's preferences.
 
-    A category's own setting wins over the channel-wide one; a critical category ignores both.
-    Categories must exist (422 `unknown_category`)."""
+    A workflow's own setting (`workflows`, for that workflow's sends) wins over the
+    category's, which wins over the channel-wide one; a critical category or priority
+    ignores them all. Categories must exist (422 `unknown_category`); workflows need not yet."""
     named = set(body.categories)
     missing = sorted(named - await category_store.known(caller.engine, caller.tenant_id, named))
     if missing:

@@ -271,6 +271,7 @@ async def test_deleting_the_notification_cancels_its_runs(ready: Harness) -> Non
     )
     nid = await trigger(app, "slow", ["r1", "r2"])
     await until_status(app, nid, "r2", "waiting")
+    await app.drain()  # the in-app messages sent: nothing in flight (`cancelling`)
     response = await app.client.delete(f"/v1/notifications/{nid}", headers=app.auth)
     assert response.status_code == 202, response.text
     note = response.json()

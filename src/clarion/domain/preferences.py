@@ -66,7 +66,7 @@ class Preferences:
     # A temporary opt-out of every non-critical send, until this aware UTC instant.
     snooze_until: dt.datetime | None = None
     # Opt-outs per workflow (docs/workflows.md), the most specific of all.
-    workflows: Mapping[str, Mapping[str, bool]] = _NO_MAPPING
+    workflows: Mapping[str, Mapping[str, bool]] = field(default_factory=lambda: _NO_MAPPING)
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any] | None) -> Preferences:

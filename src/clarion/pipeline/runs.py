@@ -215,10 +215,13 @@ class Runs:
         for run in runs:
             if run not in active:
                 run.status = RunStatus.FAILED
+        # What the deliveries just planned are, known without reading them back.
+        planned: dict[str, DeliveryFacts] = {}
         while active:
-            facts = await run_store.facts(
-                self._ctx.engine, [d for run in active for r in run.records for d in r.deliveries]
-            )
+            wanted = [d for run in active for r in run.records for d in r.deliveries]
+            facts = await run_store.facts(self._ctx.engine, [d for d in wanted if d not in planned])
+            facts.update((d, planned[d]) for d in wanted if d in planned)
+            planned.clear()
             for run in active:
                 self._walk(run, facts, now)
             asking = [run for run in active if run.asked is not None]
@@ -226,7 +229,7 @@ class Runs:
             if not asking and not limited:
                 break
             if asking:
-                await self._plan_asked(asking, now)
+                planned = await self._plan_asked(asking, now)
             if limited:
                 await self._throttle(limited, now)
             active = asking + limited
@@ -265,7 +268,9 @@ class Runs:
             for row in rows
         ]
 
-    async def _plan_asked(self, runs: list[_Run], now: datetime) -> None:
+    async def _plan_asked(self, runs: list[_Run], now: datetime) -> dict[str, DeliveryFacts]:
+        """Plan the deliveries of the channel steps the runs ask for; what the ones stored
+        now are (those stored before, by an earlier try, are read back as they are now)."""
         asks = []
         for run in runs:
             assert run.asked is not None
@@ -291,6 +296,7 @@ class Runs:
                 record.channels[channel] = [mine] if mine in ids else []
             record.deliveries.extend(ids)
             run.asked = None
+        return {item.delivery.id: DeliveryFacts(status=item.status) for item in made}
 
     async def _unless_cancelled(
         self, runs: list[_Run], made: list[Stored], now: datetime
@@ -299,7 +305,12 @@ class Runs:
         a cancellation that committed before they were stored did not see them, so they
         are cancelled here (the runs' rows are read under lock on PostgreSQL, so a
         cancellation still being written is waited for; one after this sees them)."""
-        cancelled = await run_store.cancelled_of(self._ctx.engine, [r.row["id"] for r in runs])
+        # Only a run with a cancellation key can be cancelled on its own: a cancelled
+        # notification is kept out by the insert itself (store/planning.py store_plan).
+        keyed = [r.row["id"] for r in runs if r.row["cancellation_key"] is not None]
+        if not keyed:
+            return made
+        cancelled = await run_store.cancelled_of(self._ctx.engine, keyed)
         if not cancelled:
             return made
         pairs = {

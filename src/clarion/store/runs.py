@@ -116,6 +116,8 @@ async def facts(engine: AsyncEngine, ids: Sequence[str]) -> dict[str, DeliveryFa
     """What expressions may read of these deliveries: their status, and of in-app ones
     whether the message was seen, read or archived."""
     found: dict[str, DeliveryFacts] = {}
+    if not ids:
+        return found
     d, m = deliveries, inbox_messages
     async with engine.connect() as conn:
         for part in chunks(list(dict.fromkeys(ids)), 1000):

@@ -73,7 +73,7 @@ def run_id(notification_id: str, recipient_id: str) -> str:
     return derived_timed_id("run", notification_id, notification_id, recipient_id)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Run:
     """A run being advanced: its stored row, its workflow, notification and recipient."""
 
@@ -211,10 +211,12 @@ class Runs:
 
     async def _advance(self, rows: list[dict[str, Any]], now: datetime) -> None:
         runs = await self._load(rows)
-        active = [run for run in runs if run.workflow is not None and run.note is not None]
+        active = []
         for run in runs:
-            if run not in active:
-                run.status = RunStatus.FAILED
+            if run.workflow is None or run.note is None:
+                run.status = RunStatus.FAILED  # its workflow version or notification is gone
+            else:
+                active.append(run)
         # What the deliveries just planned are, known without reading them back.
         planned: dict[str, DeliveryFacts] = {}
         while active:

@@ -41,6 +41,7 @@ _DRAIN_HORIZON = 60.0
 # How long the planner's run waker rests when no workflow run was due: a run resumes
 # within this of its due time.
 RUNS_IDLE = 0.5
+RUN_WAKERS = 2
 
 
 def consumer_name(role: str) -> str:
@@ -107,8 +108,10 @@ class Runtime:
             self._spawn("planner-critical", critical)
             chunks = self._loop(lambda: planner.run_chunks_once(0.25, self._stop))
             self._spawn("planner-chunks", chunks)
-            # Workflow runs whose wait is over (pipeline/runs.py).
-            self._spawn("runs", self._loop(planner.runs.wake_once, idle=RUNS_IDLE))
+            # Workflow runs whose wait is over (pipeline/runs.py), a few batches at once:
+            # each takes runs no other holds (SKIP LOCKED on PostgreSQL).
+            for waker in range(RUN_WAKERS):
+                self._spawn(f"runs-{waker}", self._loop(planner.runs.wake_once, idle=RUNS_IDLE))
         if self.roles.scheduler:
             relay, sweeper = Relay(ctx), Sweeper(ctx)
             self._spawn("relay", self._loop(relay.run_once, idle=0.2))

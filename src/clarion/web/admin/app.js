@@ -7,6 +7,7 @@ import { clear, h, notice, errorText } from "/admin/dom.js";
 import * as dashboard from "/admin/dashboard.js";
 import * as log from "/admin/log.js";
 import * as templates from "/admin/templates.js";
+import * as workflows from "/admin/workflows.js";
 import * as sandbox from "/admin/sandbox.js";
 import * as deadLetters from "/admin/dead-letters.js";
 import * as providers from "/admin/providers.js";
@@ -21,6 +22,7 @@ const SCREENS = [
   ["dashboard", "Dashboard", dashboard.render],
   ["log", "Message log", log.render],
   ["templates", "Templates", templates.render],
+  ["workflows", "Workflows", workflows.render],
   ["sandbox", "Sandbox", sandbox.render],
   ["dead-letters", "Dead letters", deadLetters.render],
   ["recipients", "Recipients", recipients.render],

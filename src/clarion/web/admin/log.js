@@ -1,8 +1,12 @@
 // The message log: notifications and deliveries, newest first, with filters and cursors;
-// a notification with its deliveries; a delivery with its timeline.
+// a notification with its deliveries (and a workflow send's runs, refreshed while they go
+// on); a delivery with its timeline.
 
 import { get, post, enc, CHANNELS, DELIVERY_STATUSES, NOTIFICATION_STATUSES } from "/admin/api.js";
 import { h, badge, code, when, ago, field, select, table, notice, errorText, heading, link, pretty } from "/admin/dom.js";
+import { runsCard, unfinished } from "/admin/runs.js";
+
+const REFRESH_MS = 2000;
 
 export async function render(main, { rest, query }) {
   if (rest[0] === "notification" && rest[1]) return notification(main, rest[1]);
@@ -119,13 +123,19 @@ function totals(counts) {
   return h("span", { class: "totals" }, entries.map(([status, n]) => h("span", { class: "total" }, badge(status), ` ${n}`)));
 }
 
+// What a notification sends: its template, or the workflow it runs.
+function sent(item) {
+  if (item.template || !item.workflow) return item.template || "—";
+  return h("span", {}, h("span", { class: "chip", text: "workflow" }), " ", link(`#/workflows/${enc(item.workflow)}`, item.workflow));
+}
+
 function notificationRow(item) {
   return h(
     "tr",
     { dataset: { id: item.id } },
     h("td", {}, link(`#/log/notification/${enc(item.id)}`, item.id)),
     h("td", {}, badge(item.status)),
-    h("td", {}, item.template),
+    h("td", {}, sent(item)),
     h("td", {}, to(item.to)),
     h("td", {}, totals(item.totals)),
     h("td", { title: when(item.created_at) }, ago(item.created_at)),
@@ -151,27 +161,69 @@ function facts(pairs) {
   return h("dl", { class: "facts" }, pairs.filter(([, v]) => v !== undefined).map(([k, v]) => [h("dt", { text: k }), h("dd", {}, v === null || v === "" ? "—" : v)]));
 }
 
+// A notification's page. A workflow send's view is drawn again every REFRESH_MS while a
+// run has not ended, until the operator loads more runs (a redraw would drop them).
 async function notification(main, id) {
-  const item = await get(`/v1/notifications/${enc(id)}`);
-  main.append(
+  let stopped = false;
+  let more = false;
+  let timer = null;
+  const status = h("small", { class: "muted refresh-line", "aria-live": "off" });
+  const onMore = () => {
+    more = true;
+    clearTimeout(timer);
+    status.textContent = "Not refreshing: more runs loaded. Reload the page to refresh.";
+  };
+
+  async function draw() {
+    const item = await get(`/v1/notifications/${enc(id)}`);
+    const runs = item.workflow ? await runsCard(item, status, onMore) : null;
+    // Left (the screen is gone) or more runs loaded meanwhile: keep what is shown.
+    if (stopped || more || !main.isConnected) return false;
+    const live = Boolean(item.workflow) && unfinished(item);
+    status.textContent = live ? `Refreshes every ${REFRESH_MS / 1000} s while runs go on.` : "";
+    main.replaceChildren(...notificationView(item, runs));
+    return live;
+  }
+
+  async function refresh() {
+    let live = false;
+    try {
+      live = await draw();
+    } catch (error) {
+      status.textContent = "";
+      main.append(notice(errorText(error), "bad"));
+    }
+    if (live) timer = setTimeout(refresh, REFRESH_MS);
+  }
+
+  if (await draw()) timer = setTimeout(refresh, REFRESH_MS);
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+}
+
+function notificationView(item, runs) {
+  return [
     heading(`Notification ${item.id}`, link(`#/log?tab=deliveries&notification_id=${enc(item.id)}`, "All its deliveries")),
     h("section", { class: "card" },
       facts([
         ["Status", badge(item.status)],
-        ["Template", item.template],
+        item.workflow ? ["Workflow", link(`#/workflows/${enc(item.workflow)}`, item.workflow)] : ["Template", item.template],
         ["Priority", item.priority],
         ["To", to(item.to)],
-        ["Channels", (item.channels || []).join(", ") || "template's"],
+        ["Channels", (item.channels || []).join(", ") || (item.workflow ? "its steps'" : "template's")],
         ["Created", when(item.created_at)],
         ["Send at", when(item.send_at)],
         ["Idempotency key", item.idempotency_key],
       ]),
     ),
+    runs,
     h("section", { class: "card" }, h("h2", { text: "Data" }), pretty(item.data)),
     h("section", { class: "card" }, h("h2", { text: "Deliveries" }),
       table(["Delivery", "Status", "Channel", "Recipient", "Provider", "Attempts", "Reason", "Created"],
         item.deliveries.map(deliveryRow), "No deliveries planned yet.")),
-  );
+  ].filter(Boolean);
 }
 
 async function delivery(main, id) {

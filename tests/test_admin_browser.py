@@ -316,6 +316,7 @@ SCREENS = [
     ("audit", "Audit log"),
     ("schedules", "Schedules"),
     ("topics", "Topics"),
+    ("workflows", "Workflows"),
 ]
 
 
@@ -602,6 +603,175 @@ async def test_api_keys_are_made_and_revoked_from_the_console(
         )
         assert [e["action"] for e in audit.json()["data"]][:2] == ["revoke", "create"]
         assert secret not in audit.text
+
+        assert await page.evaluate("window.__xss") is None
+        assert errors == []
+        assert outside.refused == []
+        assert all(urlsplit(url).hostname == "127.0.0.1" for url in requests)
+        await page.close()
+
+
+COMMENT = {
+    "channels": {
+        "inapp": {"title": "New comment", "body": "{{ who }} commented"},
+        "email": {"subject": "New comment", "text": "{{ who }} commented"},
+        "push": {"title": "New comment", "body": "{{ who }} commented"},
+    }
+}
+# The expression carries markup: the diagram must show it as the characters it is.
+EXIT_IF = "data.n < 3 or data.note == '<script>window.__xss=3</script>'"
+NUDGE = [
+    {"id": "cap", "type": "throttle", "limit": 10, "window": "1h"},
+    {"id": "feed", "type": "channel", "channel": "inapp", "template": "comment"},
+    {"id": "wait", "type": "delay", "duration": "1s"},
+    {"id": "mail", "type": "channel", "channel": "email", "template": "comment",
+     "if": "not steps.feed.read"},
+    {"id": "stop", "type": "exit", "if": EXIT_IF},
+    {"id": "alert", "type": "channel", "channels": ["push", "email"], "mode": "first_success",
+     "template": "comment", "if": "data.urgent"},
+]  # fmt: skip
+
+
+async def _put_workflow(app: Harness, key: str, name: str, steps: list[dict[str, Any]]) -> None:
+    response = await app.client.put(
+        f"/v1/workflows/{key}", json={"name": name, "steps": steps}, headers=app.auth
+    )
+    assert response.status_code in (200, 201), response.text
+
+
+async def _send_workflow(app: Harness, key: str, data: dict[str, Any]) -> str:
+    response = await app.send({"workflow": key, "to": {"recipient_ids": ["alex"]}, "data": data})
+    assert response.status_code == 202, response.text
+    nid: str = response.json()["id"]
+    return nid
+
+
+async def test_workflows_their_diagrams_and_a_runs_path(
+    lite: Harness, context: tuple[BrowserContext, Outside]
+) -> None:
+    """The workflows list a page at a time, a version drawn as a step diagram (another
+    version picked by number), and a workflow send's run followed to its end in the
+    notification's view, which refreshes itself while the run waits."""
+    browser_context, outside = context
+    await lite.put_template("comment", COMMENT)
+    await lite.put_recipient("alex", email="alex@example.com")
+    await _put_workflow(lite, "nudge", XSS, [NUDGE[1], NUDGE[3]])
+    await _put_workflow(lite, "nudge", XSS, NUDGE)
+    await _put_workflow(lite, "later", "Later", [{**NUDGE[2], "duration": "1h"}, NUDGE[1]])
+    for n in range(51):  # more than a page of 50
+        await _put_workflow(lite, f"w{n:02}", f"Filler {n}", [NUDGE[1]])
+    async with serving(lite) as base:
+        page = await browser_context.new_page()
+        errors: list[str] = []
+        requests: list[str] = []
+        await _watch(page, errors, requests)
+        await page.goto(f"{base}/admin/")
+        await page.get_by_label("API key").fill(lite.key)
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page.get_by_role("heading", name="Message log")).to_be_visible()
+
+        # The list: key order, 50 at a time; the hostile name shows as text.
+        await page.get_by_role("link", name="Workflows").click()
+        rows = page.locator(".results tbody tr")
+        await expect(rows).to_have_count(50)
+        await expect(rows.first).to_have_attribute("data-key", "later")
+        nudge = page.locator("tr[data-key=nudge]")
+        await expect(nudge.locator("td").nth(1)).to_have_text(XSS)
+        await expect(nudge).to_contain_text("v2")
+        await page.get_by_role("button", name="Load more").click()
+        await expect(rows).to_have_count(53)
+        await expect(page.get_by_role("button", name="Load more")).to_have_count(0)
+        await shot(page, "admin-workflows")
+
+        # The active version as a diagram: each step with its fields, conditions on edges.
+        await nudge.get_by_role("link", name="nudge").click()
+        await expect(page.get_by_role("heading", name="Workflow nudge")).to_be_visible()
+        steps = page.locator(".flow-step")
+        await expect(steps).to_have_count(6)
+        ids = await steps.evaluate_all("(nodes) => nodes.map((n) => n.dataset.step)")
+        assert ids == [step["id"] for step in NUDGE]
+        await expect(page.locator(".facts")).to_contain_text(XSS)
+        await expect(page.locator(".facts")).to_contain_text("active")
+        edges = page.locator(".flow-if")
+        await expect(edges).to_have_count(3)
+        await expect(steps.nth(3).locator(".flow-if")).to_contain_text("if not steps.feed.read")
+        await expect(steps.nth(4).locator(".flow-if code")).to_have_text(EXIT_IF)
+        await expect(steps.nth(0).locator(".chip")).to_have_text("throttle")
+        await expect(steps.nth(0).locator(".flow-fields dd")).to_have_text(
+            ["10 per 1h", "the recipient"]
+        )
+        await expect(steps.nth(2).locator(".flow-fields dd")).to_have_text("1s")
+        await expect(steps.nth(4).locator(".flow-fields dd")).to_have_text(
+            "the run ends (completed)"
+        )
+        await expect(steps.nth(5).locator(".flow-fields dd").first).to_have_text(
+            "push → email first_success"
+        )
+        await expect(steps.nth(1).get_by_role("link", name="comment")).to_have_attribute(
+            "href", "#/templates/comment"
+        )
+        await shot(page, "admin-workflow-diagram")
+        # Version 1, picked by number: two steps, and a link back to the active one.
+        await page.get_by_label("Version", exact=True).fill("1")
+        await page.get_by_role("button", name="Show").click()
+        await expect(page.get_by_role("heading", name="Steps (version 1)")).to_be_visible()
+        await expect(steps).to_have_count(2)
+        await expect(page.get_by_role("link", name="active is v2")).to_be_visible()
+        await page.get_by_label("Version", exact=True).fill("9")
+        await page.get_by_role("button", name="Show").click()
+        await expect(page.get_by_role("alert")).to_contain_text("has no version 9")
+
+        # A send through it: the run waits a second, then goes on; the view follows it.
+        nid = await _send_workflow(lite, "nudge", {"who": "Sam", "n": 5, "urgent": True})
+        await page.goto(f"{base}/admin/#/log/notification/{nid}")
+        await expect(page.locator(".facts")).to_contain_text("nudge")
+        run = page.locator(".run[data-recipient=alex]")
+        await expect(run).to_have_attribute("data-status", "completed", timeout=30_000)
+        await expect(page.locator(".runs-head [data-status=completed]")).to_have_text("completed 1")
+        await expect(page.locator(".refresh-line")).to_have_text("")
+        path = run.locator(".path-step")
+        reached = await path.evaluate_all(
+            "(nodes) => nodes.map((n) => [n.dataset.step, n.dataset.status])"
+        )
+        assert reached == [
+            ["cap", "passed"],
+            ["feed", "sent"],
+            ["wait", "completed"],
+            ["mail", "sent"],
+            ["stop", "skipped"],
+            ["alert", "sent"],
+        ]
+        took = await path.nth(2).locator(".path-took").text_content()
+        assert took
+        match = re.fullmatch(r" \((\d+\.\d\d) s\)", took)
+        assert match, took
+        assert float(match[1]) >= 1.0
+        await expect(path.nth(5).locator(".path-delivery")).to_have_count(2)
+        await expect(path.nth(5).locator(".chip")).to_have_text(["push", "email"])
+        await shot(page, "admin-workflow-run")
+        # A step's delivery opens in the console's delivery view.
+        await path.nth(3).locator(".path-delivery a").click()
+        await expect(page.get_by_role("heading", name=re.compile(r"^Delivery dlv"))).to_be_visible()
+        await expect(page.locator(".facts")).to_contain_text("email")
+        await page.get_by_role("link", name="Its notification").click()
+        await run.get_by_role("link", name="version 2").click()
+        await expect(page.get_by_role("heading", name="Workflow nudge")).to_be_visible()
+
+        # A run waiting an hour shows until when; cancelled, the view shows it cancelled.
+        later = await _send_workflow(lite, "later", {"who": "Sam"})
+        await page.get_by_role("link", name="Message log").click()
+        await expect(page.locator(f"tr[data-id='{later}']")).to_contain_text("later")
+        await page.get_by_role("link", name=later).click()
+        await expect(run).to_have_attribute("data-status", "waiting", timeout=15_000)
+        await expect(run.locator(".run-wait")).to_contain_text("waiting until")
+        await expect(run.locator(".run-wait")).to_contain_text("(in 59m")
+        await expect(run.locator(".path-step[data-step=wait]")).to_contain_text("delay until")
+        await expect(page.locator(".refresh-line")).to_contain_text("Refreshes every 2 s")
+        await shot(page, "admin-workflow-waiting")
+        cancelled = await lite.client.delete(f"/v1/notifications/{later}", headers=lite.auth)
+        assert cancelled.status_code == 202, cancelled.text
+        await expect(run).to_have_attribute("data-status", "cancelled")
+        await expect(page.locator(".refresh-line")).to_have_text("")
 
         assert await page.evaluate("window.__xss") is None
         assert errors == []

@@ -25,15 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
-import orjson
 
 import e2e
 
@@ -209,18 +206,7 @@ def log(message: str) -> None:
 
 
 def main() -> int:
-    args = parse_args()
-    with Path(tempfile.gettempdir(), "clarion-e2e.lock").open("w") as lock:
-        e2e.wait_for_lock(lock, args.wait_for_other)
-        bench = Broadcast(args)
-        failed = True
-        try:
-            result = asyncio.run(bench.run())
-            failed = False
-        finally:
-            bench.cleanup(failed)
-    print(orjson.dumps(result).decode(), flush=True)
-    return 0
+    return e2e.run_locked(parse_args(), Broadcast)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -1034,12 +1034,14 @@ def wait_for_lock(lock: TextIO, wait: float) -> None:
             time.sleep(1)
 
 
-def run_benchmark(args: argparse.Namespace) -> int:
+def run_benchmark(
+    args: argparse.Namespace, make: Callable[[argparse.Namespace], Bench] | None = None
+) -> int:
     def on_sigterm(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    bench = Bench(args)
+    bench = (make or Bench)(args)
     failed = True
     try:
         result = uvloop.run(bench.run())
@@ -1060,9 +1062,17 @@ def main() -> int:
         # on uvloop it takes as little of the machine's CPU from Clarion as it can.
         uvloop.run(run_sink(args.sink_records))
         return 0
+    return run_locked(args)
+
+
+def run_locked(
+    args: argparse.Namespace, make: Callable[[argparse.Namespace], Bench] | None = None
+) -> int:
+    """Run one benchmark (``make`` builds it: a subclass of :class:`Bench`) under the
+    machine-wide lock, so that no two measure each other; print its JSON."""
     with Path(tempfile.gettempdir(), "clarion-e2e.lock").open("w") as lock:
         wait_for_lock(lock, args.wait_for_other)
-        return run_benchmark(args)
+        return run_benchmark(args, make)
 
 
 if __name__ == "__main__":

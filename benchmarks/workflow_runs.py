@@ -26,15 +26,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 
 import e2e
 
@@ -198,18 +195,7 @@ def log(message: str) -> None:
 
 
 def main() -> int:
-    args = parse_args()
-    with Path(tempfile.gettempdir(), "clarion-e2e.lock").open("w") as lock:
-        e2e.wait_for_lock(lock, args.wait_for_other)
-        bench = WorkflowRuns(args)
-        failed = True
-        try:
-            result = asyncio.run(bench.run())
-            failed = False
-        finally:
-            bench.cleanup(failed)
-    print(orjson.dumps(result).decode(), flush=True)
-    return 0
+    return e2e.run_locked(parse_args(), WorkflowRuns)
 
 
 if __name__ == "__main__":

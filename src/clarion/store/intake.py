@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clarion.store import tables
 from clarion.store.db import write_tx
 from clarion.store.pg import PgPool
-from clarion.store.sql import chunks, execute_many, insert_ignoring_conflicts, present
+from clarion.store.sql import chunks, execute_many, grouped, insert_ignoring_conflicts, present
 from clarion.store.tables import notifications, outbox, recipients
 
 Key = tuple[str, str]
@@ -61,13 +61,6 @@ class IntakeTx(Protocol):
         ...
 
 
-def _by_tenant(keys: Iterable[Key]) -> dict[str, list[str]]:
-    grouped: dict[str, list[str]] = {}
-    for tenant, value in keys:
-        grouped.setdefault(tenant, []).append(value)
-    return grouped
-
-
 class _SqlIntake:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
@@ -94,7 +87,7 @@ class _SqlIntake:
 
     async def _known_recipients(self, keys: set[Key]) -> set[Key]:
         found: set[Key] = set()
-        for tenant, ids in _by_tenant(keys).items():
+        for tenant, ids in grouped(keys).items():
             for part in chunks(sorted(ids), 1000):
                 query = select(recipients.c.id).where(
                     recipients.c.tenant_id == tenant, recipients.c.id.in_(part)
@@ -136,7 +129,7 @@ class _SqlIntake:
         # index answers whatever the planner knows of the table.
         found: dict[Key, Stored] = {}
         n = notifications
-        for tenant, tenant_keys in _by_tenant(keys).items():
+        for tenant, tenant_keys in grouped(keys).items():
             for part in chunks(sorted(tenant_keys), 1000):
                 query = select(n.c.id, n.c.idempotency_key, n.c.request_hash, n.c.status).where(
                     n.c.tenant_id == tenant, n.c.idempotency_key.in_(part)

@@ -333,33 +333,46 @@ async def store_stripe(
     had already moved or the send was cancelled."""
     if pg is not None:
         return await bulk.store_stripe(pg, items, chunk)
-    n, s = notifications, topic_stripes
-    notification_id, stripe, after, through, done, at, retry_at = chunk
     async with write_tx(engine) as conn:
-        live = await conn.execute(
-            select(n.c.id).where(n.c.id == notification_id, n.c.status.in_(_LIVE))
-        )
-        if live.first() is None:
+        if not await _move_cursor(conn, chunk):
             return None
-        moved = await conn.execute(
-            update(s)
-            .where(
-                s.c.notification_id == notification_id,
-                s.c.stripe == stripe,
-                s.c.done_at.is_(None),
-                s.c.planned_through.is_(None) if after is None else s.c.planned_through == after,
-            )
-            .values(planned_through=through, done_at=at if done else None)
-        )
-        if moved.rowcount != 1:
-            return None
-        inserted = await delivery_store.insert_planned(conn, items, at)
-        await conn.execute(
-            update(outbox)
-            .where(outbox.c.notification_id == notification_id)
-            .values(available_at=retry_at)
-        )
+        inserted = await delivery_store.insert_planned(conn, items, chunk.at)
+        await _retry_later(conn, chunk)
     return inserted
+
+
+async def _move_cursor(conn: AsyncConnection, chunk: StripeChunk) -> bool:
+    """Move a stripe's cursor past ``chunk`` if the send is live and the cursor still
+    stands where the chunk began (a concurrent planner's update is waited for, then found
+    moved)."""
+    n, s = notifications, topic_stripes
+    notification_id, stripe, after, through, done, at, _ = chunk
+    live = await conn.execute(
+        select(n.c.id).where(n.c.id == notification_id, n.c.status.in_(_LIVE))
+    )
+    if live.first() is None:
+        return False
+    moved = await conn.execute(
+        update(s)
+        .where(
+            s.c.notification_id == notification_id,
+            s.c.stripe == stripe,
+            s.c.done_at.is_(None),
+            s.c.planned_through.is_(None) if after is None else s.c.planned_through == after,
+        )
+        .values(planned_through=through, done_at=at if done else None)
+    )
+    return bool(moved.rowcount == 1)
+
+
+async def _retry_later(conn: AsyncConnection, chunk: StripeChunk) -> None:
+    """The send's outbox row waits a grace period more: planning that stalls is
+    published again."""
+    await conn.execute(
+        update(outbox)
+        .where(outbox.c.notification_id == chunk.notification_id)
+        .values(available_at=chunk.retry_at)
+    )
 
 
 async def store_stripe_runs(
@@ -370,33 +383,12 @@ async def store_stripe_runs(
     ids of the runs stored; None, and nothing stored, if the cursor had already moved (the
     conditional update waits for a concurrent one, then finds it moved) or the send was
     cancelled."""
-    n, s = notifications, topic_stripes
-    notification_id, stripe, after, through, done, at, retry_at = chunk
     async with write_tx(engine) as conn:
-        live = await conn.execute(
-            select(n.c.id).where(n.c.id == notification_id, n.c.status.in_(_LIVE))
-        )
-        if live.first() is None:
-            return None
-        moved = await conn.execute(
-            update(s)
-            .where(
-                s.c.notification_id == notification_id,
-                s.c.stripe == stripe,
-                s.c.done_at.is_(None),
-                s.c.planned_through.is_(None) if after is None else s.c.planned_through == after,
-            )
-            .values(planned_through=through, done_at=at if done else None)
-        )
-        if moved.rowcount != 1:
+        if not await _move_cursor(conn, chunk):
             return None
         fresh = await run_store.insert(conn, rows)
-        await run_store.lease(conn, list(fresh), at, lease)
-        await conn.execute(
-            update(outbox)
-            .where(outbox.c.notification_id == notification_id)
-            .values(available_at=retry_at)
-        )
+        await run_store.lease(conn, list(fresh), chunk.at, lease)
+        await _retry_later(conn, chunk)
     return fresh
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clarion.domain.runs import ENDED, EXITED, SKIPPED, DeliveryFacts, RunStatus, step_status
 from clarion.store import deliveries as delivery_store
 from clarion.store.db import as_utc, write_tx
-from clarion.store.sql import chunks, execute_many, insert_ignoring_conflicts
+from clarion.store.sql import chunks, execute_many, grouped, insert_ignoring_conflicts
 from clarion.store.tables import deliveries, inbox_messages, workflow_runs
 
 _ENDED = sorted(ENDED)
@@ -164,19 +164,12 @@ async def cancel(
         )
     pairs = [(row.notification_id, row.recipient_id) for row in found]
     d = deliveries
-    for nid, rids in _by_notification(pairs).items():
+    for nid, rids in grouped(pairs).items():
         for part in chunks(rids, 1000):
             await delivery_store.stop_waiting(
                 conn, and_(d.c.notification_id == nid, d.c.recipient_id.in_(part)), now
             )
     return pairs
-
-
-def _by_notification(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
-    grouped: dict[str, list[str]] = {}
-    for nid, rid in pairs:
-        grouped.setdefault(nid, []).append(rid)
-    return grouped
 
 
 async def cancel_by_key(
@@ -247,7 +240,7 @@ async def stop_deliveries(
     """Cancel the waiting deliveries of these (notification, recipient) pairs."""
     d = deliveries
     async with write_tx(engine) as conn:
-        for nid, rids in _by_notification(pairs).items():
+        for nid, rids in grouped(pairs).items():
             for part in chunks(rids, 1000):
                 await delivery_store.stop_waiting(
                     conn, and_(d.c.notification_id == nid, d.c.recipient_id.in_(part)), now

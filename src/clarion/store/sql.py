@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -87,6 +87,15 @@ async def first_row(engine: AsyncEngine, query: Executable) -> RowMapping | None
     """The first row a read returns, or None."""
     async with engine.connect() as conn:
         return (await conn.execute(query)).mappings().first()
+
+
+def grouped(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """The second of each pair, by the first (a tenant's names, a notification's
+    recipients), in order."""
+    found: dict[str, list[str]] = {}
+    for key, value in pairs:
+        found.setdefault(key, []).append(value)
+    return found
 
 
 def chunks(items: list[Any], size: int) -> list[list[Any]]:

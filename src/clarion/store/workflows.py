@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.workflows import Workflow
 from clarion.store import audit
+from clarion.store.sql import grouped
 from clarion.store.tables import workflow_versions, workflows
 from clarion.store.versioned import Versioned, shown_version
 
@@ -40,7 +41,7 @@ async def active_versions(
     """The active version of each (tenant, workflow key) that exists."""
     h = workflows
     found: dict[tuple[str, str], int] = {}
-    for tenant, names in _by_tenant(keys).items():
+    for tenant, names in grouped(keys).items():
         query = select(h.c.key, h.c.active_version).where(
             h.c.tenant_id == tenant, h.c.key.in_(names)
         )
@@ -63,10 +64,3 @@ async def load_versions(
             if row is not None:
                 found[(tenant, key, version)] = Workflow.stored(row.name, row.category, row.steps)
     return found
-
-
-def _by_tenant(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    grouped: dict[str, list[str]] = {}
-    for tenant, name in keys:
-        grouped.setdefault(tenant, []).append(name)
-    return grouped

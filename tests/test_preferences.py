@@ -407,6 +407,7 @@ def test_json_shape_round_trips() -> None:
         "categories": {"marketing": {"email": False, "push": True}},
         "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris"},
         "snooze_until": "2026-11-24T08:00:00Z",
+        "workflows": {"new_comment": {"email": False}},
     }
     prefs = Preferences.from_json(api)
     assert prefs.snooze_until == dt.datetime(2026, 11, 24, 8, tzinfo=dt.UTC)
@@ -419,6 +420,7 @@ def test_json_shape_round_trips() -> None:
         "categories": {},
         "quiet_hours": None,
         "snooze_until": None,
+        "workflows": {},
     }
     bare = Preferences.from_json(quiet("22:00", "07:00"))
     assert bare.to_json()["quiet_hours"] == {"start": "22:00", "end": "07:00"}

@@ -247,12 +247,19 @@ async def test_preferences_start_empty_and_round_trip(lite: Harness) -> None:
     await lite.put_recipient("u")
     path = "/v1/recipients/u/preferences"
     empty = (await lite.client.get(path, headers=lite.auth)).json()
-    assert empty == {"channels": {}, "categories": {}, "quiet_hours": None, "snooze_until": None}
+    assert empty == {
+        "channels": {},
+        "categories": {},
+        "quiet_hours": None,
+        "snooze_until": None,
+        "workflows": {},
+    }
     body = {
         "channels": {"sms": False, "email": True},
         "categories": {"marketing": {"email": False, "push": True}, "security": {"sms": True}},
         "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris"},
         "snooze_until": "2030-01-01T08:00:00Z",
+        "workflows": {"new_comment": {"email": False}},
     }
     response = await lite.client.put(path, json=body, headers=lite.auth)
     assert response.status_code == 200, response.text
@@ -268,6 +275,7 @@ async def test_preferences_start_empty_and_round_trip(lite: Harness) -> None:
         "categories": {},
         "quiet_hours": {"start": "00:00", "end": "23:59", "timezone": None},
         "snooze_until": None,
+        "workflows": {},
     }
 
 
@@ -297,7 +305,13 @@ async def test_invalid_preferences_are_refused(
     want = field or "quiet_hours.timezone"
     assert any(name == want or name.startswith(f"{want}.") for name in named), named
     empty = (await lite.client.get(path, headers=lite.auth)).json()
-    assert empty == {"channels": {}, "categories": {}, "quiet_hours": None, "snooze_until": None}
+    assert empty == {
+        "channels": {},
+        "categories": {},
+        "quiet_hours": None,
+        "snooze_until": None,
+        "workflows": {},
+    }
 
 
 async def test_preferences_name_only_existing_categories(lite: Harness) -> None:
@@ -647,6 +661,7 @@ async def test_export_of_a_recipient_without_history(lite: Harness) -> None:
         "categories": {},
         "quiet_hours": None,
         "snooze_until": None,
+        "workflows": {},
     }
     assert export["inbox_messages"] == export["deliveries"] == export["sandbox_messages"] == []
     assert export["truncated"] is False

@@ -28,7 +28,13 @@ FIELDS = ("email", "phone", "locale", "timezone", "push_tokens", "webpush", "web
 
 def empty_preferences() -> dict[str, Any]:
     """What a recipient who never set preferences has: everything allowed, no quiet hours."""
-    return {"channels": {}, "categories": {}, "quiet_hours": None, "snooze_until": None}
+    return {
+        "channels": {},
+        "categories": {},
+        "quiet_hours": None,
+        "snooze_until": None,
+        "workflows": {},
+    }
 
 
 def preferences_of(row: Any) -> dict[str, Any]:

@@ -227,6 +227,7 @@ class RecipientToken(Model):
 class Preferences(Model):
     channels: dict[str, bool] = Field(default_factory=dict)
     categories: dict[str, dict[str, bool]] = Field(default_factory=dict)
+    workflows: dict[str, dict[str, bool]] = Field(default_factory=dict)
     quiet_hours: dict[str, Any] | None = None
     snooze_until: datetime | None = None
 

@@ -32,3 +32,9 @@ def test_a_channel_may_have_its_own_retry_schedule() -> None:
 def test_a_bad_channel_schedule_is_refused_at_start(value: str) -> None:
     with pytest.raises(ValidationError):
         Settings(channel_retry_schedules=value)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, -1.0])
+def test_a_workflow_run_lease_under_a_second_is_refused(value: float) -> None:
+    with pytest.raises(ValidationError):
+        Settings(workflow_run_lease=value)

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # side by side by whichever planners are free (docs/topics.md).
     topic_chunk: int = Field(default=2000, ge=1, le=100_000)
     topic_stripes: int = Field(default=8, ge=1, le=64)
+    # A workflow run being advanced is leased for this long: one whose planner died is
+    # taken again when the lease ends (docs/workflows.md, "Restarts and crashes").
+    workflow_run_lease: float = Field(default=60.0, ge=1)
     # Recurring schedules (docs/schedules.md): due times missed by more than the catch-up
     # window (the scheduler was down) are skipped; a `recipient` schedule looks for new
     # time zones among its audience at least this often; runs are kept this long.

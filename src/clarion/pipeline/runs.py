@@ -40,8 +40,6 @@ from clarion.store.notifications import delete_outbox
 
 log = logging.getLogger(__name__)
 
-# A run being advanced is leased for this long: one whose advancer died is taken again after.
-LEASE = 60.0
 # Runs woken in one batch.
 WAKE_BATCH = 500
 _RECIPIENT = ("id", "email", "phone", "locale", "timezone")
@@ -106,6 +104,9 @@ class Runs:
     def __init__(self, ctx: Context, planner: StepPlanner) -> None:
         self._ctx = ctx
         self._planner = planner
+        # A run being advanced is leased for this long: one whose advancer died is taken
+        # again after.
+        self._lease = ctx.settings.workflow_run_lease
 
     async def start(self, notes: Sequence[dict[str, Any]], now: datetime) -> None:
         """Store the runs of these workflow sends (one per recipient; none twice, and
@@ -117,7 +118,7 @@ class Runs:
         ]
         async with write_tx(self._ctx.engine) as conn:
             fresh = await run_store.insert(conn, rows)
-            await run_store.lease(conn, list(fresh), now, LEASE)
+            await run_store.lease(conn, list(fresh), now, self._lease)
             await delete_outbox(conn, [n["id"] for n in notes])
         await self._begin(rows, fresh, now)
 
@@ -129,7 +130,7 @@ class Runs:
         chunk was stored already, or the send cancelled."""
         versions = await self._versions([note])
         rows = self._rows(note, recipient_ids, versions, now)
-        fresh = await planning.store_stripe_runs(self._ctx.engine, rows, chunk, LEASE)
+        fresh = await planning.store_stripe_runs(self._ctx.engine, rows, chunk, self._lease)
         if fresh is None:
             return False
         for start in range(0, len(rows), WAKE_BATCH):
@@ -142,8 +143,8 @@ class Runs:
                 conn, {(n["tenant_id"], n["workflow"]) for n in notes}
             )
 
-    @staticmethod
     def _rows(
+        self,
         note: dict[str, Any],
         recipient_ids: Sequence[str],
         versions: dict[tuple[str, str], int],
@@ -168,7 +169,7 @@ class Runs:
                 "step": 0,
                 "turn": 0,
                 "steps": [],
-                "wake_at": now + timedelta(seconds=LEASE),
+                "wake_at": now + timedelta(seconds=self._lease),
                 "created_at": now,
                 "updated_at": now,
             }
@@ -184,7 +185,7 @@ class Runs:
         """Advance the runs that are due (a delay over, a delivery to look at, a lease
         run out); how many."""
         now = utcnow()
-        taken = await run_store.take_due(self._ctx.engine, now, LEASE, limit)
+        taken = await run_store.take_due(self._ctx.engine, now, self._lease, limit)
         if taken:
             await self.advance(taken, now)
         return len(taken)

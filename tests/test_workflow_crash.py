@@ -27,6 +27,9 @@ other crash tests (test_crash.py): at-least-once, so a send in flight at a kill 
 again, but only ever as the same delivery, never as a second one. Nothing waits a fixed
 time: each kill is triggered by the sink's or the database's counts, and the end found by
 polling them against a deadline.
+
+A planner that dies between storing a step's deliveries and publishing them is also
+played in this process, exactly: the run taken again publishes them.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import asyncio
 import json
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,8 +49,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from clarion.domain.delivery import Stored
 from clarion.domain.ids import delivery_id
+from clarion.pipeline.planner import Planner
 from clarion.store.tables import deliveries, workflow_runs
+from harness import Harness, make_settings, running
 from procs import Proc, Procs, clarion_env, create_tenant, free_port, wait_ready, wait_until
 from webhook_sink import WebhookSink
 
@@ -371,3 +377,60 @@ async def test_serve_killed_through_workflow_runs_on_sqlite(
         print(f"sqlite+embedded: {await flow.check_completed(crew.running['serve'])}")
     finally:
         await flow.engine.dispose()
+
+
+@pytest.fixture
+async def short_lease(backend: tuple[str, str]) -> AsyncIterator[Harness]:
+    """Clarion in this process with every role, runs leased for a second."""
+    async with running(make_settings(*backend, workflow_run_lease=1.0)) as harness:
+        yield harness
+
+
+async def test_a_step_stored_by_a_planner_that_died_before_publishing_it_is_sent(
+    short_lease: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planner advancing a run stores a channel step's deliveries, then dies before
+    publishing them (here: the broker is out of reach, once; an outage leaves the run to
+    its lease, as a death does). The run is taken again when its lease ends and finds the
+    step's deliveries stored: it publishes them again, rather than leaving them to the
+    sweeper (``CLARION_SWEEP_AFTER``, five minutes by default)."""
+    app = short_lease
+    await app.put_template("note", {"channels": {"inapp": {"title": "t", "body": "b"}}})
+    await app.put_recipient("r1")
+    steps = [
+        {"id": "feed", "type": "channel", "channel": "inapp", "template": "note"},
+        {"id": "wait", "type": "delay", "duration": "1s"},
+        {"id": "later", "type": "channel", "channel": "inapp", "template": "note"},
+    ]
+    response = await app.client.put(
+        "/v1/workflows/dies", json={"name": "dies", "steps": steps}, headers=app.auth
+    )
+    assert response.status_code == 201, response.text
+    real = Planner.publish_made
+    published: list[list[str]] = []
+
+    async def dies_once(planner: Planner, made: list[Stored]) -> None:
+        published.append([item.delivery.id for item in made])
+        if len(published) == 2:  # the second step's, after the delay
+            raise ConnectionError("the planner died here")
+        await real(planner, made)
+
+    monkeypatch.setattr(Planner, "publish_made", dies_once)
+    response = await app.send({"workflow": "dies", "to": {"recipient_ids": ["r1"]}})
+    assert response.status_code == 202, response.text
+    nid = response.json()["id"]
+    later = delivery_id(nid, "r1", "later/inapp")
+    note: dict[str, Any] = {}
+
+    async def later_sent() -> bool:
+        note.update(await app.notification(nid))
+        return {d["id"]: d["status"] for d in note["deliveries"]}.get(later) == "sent"
+
+    try:
+        await app.until(later_sent, timeout=15)
+    except TimeoutError:
+        raise AssertionError(f"the second step's delivery was never sent: {note}") from None
+    assert published[1] == [later]
+    # Taken again, the run made nothing new: the delivery went out as the one stored.
+    assert published[2] == []
+    assert note["run_totals"] == {"completed": 1}

@@ -9,7 +9,9 @@ A waiting run is a stored row with its wake time, not a task in memory: the plan
 the due ones in batches (``wake_once``), each under a lease, so a run whose advancer dies is
 taken again when the lease ends. Advancing a run again from its stored step makes nothing
 twice: a step's deliveries have ids derived from (notification, recipient, step, channel),
-and a save counts only for the lease (``turn``) it was advanced under.
+and a save counts only for the lease (``turn``) it was advanced under. Those of a step's
+deliveries that an earlier advance stored are published again (it may have died before it
+published them), and an attempt published twice is still sent once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from clarion.domain.models import DeliveryStatus
 from clarion.domain.runs import DeliveryFacts, RunStatus, StepRecord
 from clarion.domain.workflows import CLOCK, Step, Workflow
 from clarion.pipeline.context import Context
+from clarion.pipeline.messages import by_due_time, publish_deliveries
 from clarion.resilience.ratelimit import Take
 from clarion.store import planning
 from clarion.store import runs as run_store
@@ -289,8 +292,12 @@ class Runs:
                 )
             )
         per_ask, made = await self._planner.plan_steps(asks, now)
+        fresh = {item.delivery.id for item in made}
+        earlier = [d for ids in per_ask for d in ids if d not in fresh]
         made = await self._unless_cancelled(runs, made, now)
         await self._planner.publish_made(made)
+        if earlier:
+            await self._publish_again(earlier)
         for run, ask, ids in zip(runs, asks, per_ask, strict=True):
             record = run.current()
             assert record is not None
@@ -300,6 +307,16 @@ class Runs:
             record.deliveries.extend(ids)
             run.asked = None
         return {item.delivery.id: DeliveryFacts(status=item.status) for item in made}
+
+    async def _publish_again(self, ids: list[str]) -> None:
+        """Publish again those of these deliveries that wait and are not being sent: an
+        earlier advance of the run stored them, and its planner died (or failed) before
+        it published them or saved the run, whose lease then ran out. Published twice,
+        an attempt is still sent once (its claim); without this they would wait for the
+        sweeper."""
+        waiting = await run_store.still_waiting(self._ctx.engine, ids)
+        ready, later = by_due_time(waiting, utcnow().timestamp())
+        await publish_deliveries(self._ctx.broker, ready, later)
 
     async def _unless_cancelled(
         self, runs: list[_Run], made: list[Stored], now: datetime

@@ -10,11 +10,13 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from clarion.domain.delivery import Stored
 from clarion.domain.runs import ENDED, EXITED, SKIPPED, DeliveryFacts, RunStatus, step_status
 from clarion.store import deliveries as delivery_store
+from clarion.store import delivery_rows
 from clarion.store.db import as_utc, write_tx
 from clarion.store.sql import chunks, execute_many, grouped, insert_ignoring_conflicts
-from clarion.store.tables import deliveries, inbox_messages, workflow_runs
+from clarion.store.tables import deliveries, inbox_messages, notifications, workflow_runs
 
 _ENDED = sorted(ENDED)
 _SAVE = (
@@ -140,6 +142,27 @@ async def facts(engine: AsyncEngine, ids: Sequence[str]) -> dict[str, DeliveryFa
                     read=row.read_at is not None or row.archived_at is not None,
                     archived=row.archived_at is not None,
                 )
+    return found
+
+
+async def still_waiting(engine: AsyncEngine, ids: Sequence[str]) -> list[Stored]:
+    """Those of these deliveries that wait and are not being sent (a run's step stored by
+    an advance that did not get to publish them), with their notification's traceparent."""
+    d, n = deliveries, notifications
+    found: list[Stored] = []
+    async with engine.connect() as conn:
+        for part in chunks(list(dict.fromkeys(ids)), 1000):
+            query = (
+                select(d, n.c.trace)
+                .select_from(d.outerjoin(n, n.c.id == d.c.notification_id))
+                .where(
+                    d.c.id.in_(part),
+                    d.c.status.in_(delivery_store.WAITING),
+                    ~delivery_store.in_flight(d),
+                )
+            )
+            rows = await conn.execute(query)
+            found.extend(delivery_rows.stored_of(row) for row in rows.mappings())
     return found
 
 

@@ -85,6 +85,7 @@ async def test_one_click_post_turns_email_off_for_the_category_only(lite: Harnes
         "categories": {"marketing": {"push": True, "email": False}, "news": {"email": True}},
         "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": None},
         "snooze_until": None,
+        "workflows": {},
     }
 
 
@@ -102,6 +103,7 @@ async def test_post_without_earlier_preferences_and_from_a_browser(lite: Harness
         "categories": {"digest": {"email": False}},
         "quiet_hours": None,
         "snooze_until": None,
+        "workflows": {},
     }
 
 
@@ -146,6 +148,7 @@ async def test_forged_or_malformed_links_are_404_and_change_nothing(lite: Harnes
         "categories": {},
         "quiet_hours": None,
         "snooze_until": None,
+        "workflows": {},
     }
 
 

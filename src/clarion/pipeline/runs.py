@@ -70,6 +70,10 @@ class StepPlanner(Protocol):
     async def publish_made(self, made: list[Stored]) -> None: ...
 
 
+# What expressions and steps know of deliveries, by id.
+Facts = dict[str, DeliveryFacts]
+
+
 def run_id(notification_id: str, recipient_id: str) -> str:
     return derived_timed_id("run", notification_id, notification_id, recipient_id)
 
@@ -371,14 +375,7 @@ class Runs:
             if not self._step(run, step, record, facts, now):
                 return
 
-    def _step(
-        self,
-        run: _Run,
-        step: Step,
-        record: StepRecord,
-        facts: dict[str, DeliveryFacts],
-        now: datetime,
-    ) -> bool:
+    def _step(self, run: _Run, step: Step, record: StepRecord, facts: Facts, now: datetime) -> bool:
         """Do what ``step`` does at ``record``; whether the run goes on to the next step."""
         moment = now.timestamp()
         if step.type == "exit":
@@ -433,12 +430,7 @@ class Runs:
         return parsed if parsed.tzinfo is not None else None
 
     def _channel(
-        self,
-        run: _Run,
-        step: Step,
-        record: StepRecord,
-        facts: dict[str, DeliveryFacts],
-        now: datetime,
+        self, run: _Run, step: Step, record: StepRecord, facts: Facts, now: datetime
     ) -> bool:
         moment = now.timestamp()
         channels = rules.channels_of(step)

@@ -72,7 +72,9 @@ async def test_cancel_reaches_what_the_workers_hold(small_pool: Harness) -> None
         await app.until(lambda: _planned(app, nid), timeout=90)
         # A call is held by its receiver at the moment of the cancellation: something is in
         # flight.
-        sink.delay = 4.0
+        # Held well inside the webhook timeout (10 s), and long enough for the cancellation
+        # to answer while it is held on a slow machine.
+        sink.delay = 8.0
         await sink.wait_for(sink.arrived + 1, timeout=30, answered=False)
         response = await app.client.delete(f"/v1/notifications/{nid}", headers=app.auth)
         arrived_at_answer = sink.arrived

@@ -5,21 +5,23 @@ delivery gets exactly ``max_attempts`` calls, its ``attempts`` counts them, it e
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
+import json
 import logging
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from clarion.store.tables import deliveries
 from harness import Harness, make_settings, running
-from webhook_sink import WebhookSink
 
 TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
 MAX_ATTEMPTS = 4
-WEBHOOK_TIMEOUT = 0.25
+# Long enough that a busy event loop does not time a send out before its request is
+# written (a connection's opening delayed past the deadline fails the attempt unsent).
+WEBHOOK_TIMEOUT = 1.0
 # Receivers by kind (the first part of their URL's path), and how many of each.
 KINDS = {"fail": 500, "limited": 500, "hang": 30, "flaky": 500, "ok": 200}
 FAILING = {"fail", "limited", "hang"}
@@ -28,55 +30,46 @@ pytestmark = pytest.mark.slow
 
 
 class Receivers:
-    """Webhook receivers: ``fail`` answers 500, ``limited`` 429, ``hang`` nothing before the
-    send times out, ``flaky`` 503 twice then 200, ``ok`` 200. Each call is recorded under
-    its delivery (the ``Idempotency-Key``) with the answer (0: none in time)."""
+    """The webhook receivers (tests/backlog_receivers.py says what each kind answers), in
+    a process of their own."""
 
     def __init__(self) -> None:
-        self.calls: dict[str, list[int]] = collections.defaultdict(list)
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls: dict[str, list[int]] = {}
         self.port = 0
+        self._proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=1024)
-        self.port = self._server.sockets[0].getsockname()[1]
+        script = Path(__file__).with_name("backlog_receivers.py")
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(script),
+            "--hang",
+            str(WEBHOOK_TIMEOUT * 4),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert self._proc.stdout is not None
+        self.port = int(await asyncio.wait_for(self._proc.stdout.readline(), 30))
 
     def url(self, kind: str, rid: str) -> str:
         return f"http://127.0.0.1:{self.port}/{kind}/{rid}"
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+        """Stop the receivers; :attr:`calls` then holds every call they saw."""
+        proc = self._proc
+        if proc is None:
+            return
+        assert proc.stdin is not None
+        assert proc.stdout is not None
         try:
-            while (request := await WebhookSink._read(reader)) is not None:
-                calls = self.calls[request.headers["idempotency-key"]]
-                kind = request.path.split("/")[1]
-                if kind == "hang":
-                    calls.append(0)
-                    await asyncio.sleep(WEBHOOK_TIMEOUT * 4)
-                    break
-                status = {"fail": 500, "limited": 429, "ok": 200}.get(kind)
-                if status is None:  # flaky
-                    status = 503 if len(calls) < 2 else 200
-                calls.append(status)
-                writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n".encode())
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
+            proc.stdin.write(b"calls\n")
+            await proc.stdin.drain()
+            self.calls = json.loads(await asyncio.wait_for(proc.stdout.read(), 30))
+            await asyncio.wait_for(proc.wait(), 30)
         finally:
-            self._tasks.discard(task)
-            writer.close()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
 
 @pytest.fixture

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # A workflow run being advanced is leased for this long: one whose planner died is
     # taken again when the lease ends (docs/workflows.md, "Restarts and crashes").
     workflow_run_lease: float = Field(default=60.0, ge=1)
+    # A workflow `digest` step keeps the data of this many triggers per window (its count
+    # goes on beyond it): what `digest.events` holds (docs/workflows.md).
+    workflow_digest_max_events: int = Field(default=100, ge=0, le=10_000)
     # Recurring schedules (docs/schedules.md): due times missed by more than the catch-up
     # window (the scheduler was down) are skipped; a `recipient` schedule looks for new
     # time zones among its audience at least this often; runs are kept this long.

@@ -145,13 +145,21 @@ class RunStepOut(Out):
     id: str
     status: str = Field(
         description="A channel step: its best delivery's status (sent, delivered, failed, "
-        "suppressed, ...); skipped (its `if` was false), waiting, completed (a delay over), "
-        "exited"
+        "suppressed, ...); skipped (its `if` was false), waiting, completed (a delay over, "
+        "a digest's window closed), exited, passed, throttled, digested"
     )
     started_at: datetime
     ended_at: datetime | None
     delivery_ids: list[str]
-    until: datetime | None = Field(None, description="A delay: when it ends")
+    until: datetime | None = Field(
+        None, description="A delay: when it ends; a digest step's open window: when it closes"
+    )
+    into: str | None = Field(
+        None, description="A digest step that joined another run's window: that run's id"
+    )
+    count: int | None = Field(
+        None, description="A digest step whose window closed: the triggers it collected"
+    )
 
 
 class RunOut(Out):
@@ -185,6 +193,8 @@ class WorkflowTestStep(Out):
     )
     wait_seconds: float | None = None
     until: Any = None
+    window_seconds: float | None = Field(None, description="A digest step: its window")
+    key: str | None = Field(None, description="A digest step: the key of its window")
 
 
 class WorkflowTestOut(Out):

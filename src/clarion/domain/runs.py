@@ -9,6 +9,7 @@ ones as ``steps.<id>`` (:func:`expression_context`).
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -47,6 +48,9 @@ WAITING = "waiting"  # a delay not over, or a channel step whose outcome is not 
 DONE = "completed"  # a delay that is over
 EXITED = "exited"  # an `exit` step whose condition held
 PASSED = "passed"  # a `throttle` step under its limit
+DIGESTED = "digested"  # a `digest` step that joined another run's window
+# A digest key longer than this is stored as its hash.
+MAX_DIGEST_KEY = 200
 
 # The order of a channel step's deliveries' statuses, best first: a step with several
 # deliveries (`mode: all`) shows its best one.
@@ -91,8 +95,15 @@ class StepRecord:
     channels: dict[str, list[str]] = field(default_factory=dict)
     # A `first_success` step: the index of the channel being tried.
     tried: int = 0
-    # A delay: when it ends (epoch seconds).
+    # A delay: when it ends (epoch seconds); a digest step that opened its window: when
+    # the window closes.
     until: float | None = None
+    # A digest step that joined another run's window: that run (which carries the digest).
+    into: str | None = None
+    # A digest step whose window closed: how many triggers it collected, and the data of
+    # the first of them (up to the cap).
+    count: int | None = None
+    events: list[Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         shown: dict[str, Any] = {"id": self.id, "status": self.status, "at": self.at}
@@ -102,8 +113,12 @@ class StepRecord:
             "channels": dict(self.channels),
             "tried": self.tried,
             "until": self.until,
+            "into": self.into,
+            "count": self.count,
         }
         shown.update((name, value) for name, value in optional.items() if value)
+        if self.events is not None:
+            shown["events"] = list(self.events)
         return shown
 
     @classmethod
@@ -117,6 +132,9 @@ class StepRecord:
             channels={k: list(v) for k, v in raw.get("channels", {}).items()},
             tried=raw.get("tried", 0),
             until=raw.get("until"),
+            into=raw.get("into"),
+            count=raw.get("count"),
+            events=None if raw.get("events") is None else list(raw["events"]),
         )
 
 
@@ -183,6 +201,30 @@ def expression_context(
     digest: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {"data": data, "recipient": recipient, "steps": steps, "digest": digest}
+
+
+def digest_key(value: Any, recipient_id: str) -> str:
+    """The key of a digest step's window from its ``key`` expression's value: the recipient
+    when there is no expression or it gives nothing, and a long one by its hash (a key is
+    stored, up to :data:`MAX_DIGEST_KEY` characters)."""
+    key = recipient_id if value is None else str(value)
+    if len(key) <= MAX_DIGEST_KEY:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def carried(records: Sequence[StepRecord]) -> dict[str, Any] | None:
+    """``digest`` for expressions and templates: the count and events of the last digest
+    window this run carried and closed (None before any)."""
+    for record in reversed(records):
+        if record.count is not None and record.ended_at is not None:
+            return {"count": record.count, "events": list(record.events or ())}
+    return None
+
+
+def window_seconds(step: Step) -> float:
+    """A `digest` step's window."""
+    return float(duration_seconds(step.fields["window"]))
 
 
 def delay_seconds(step: Step) -> float | None:

@@ -356,6 +356,9 @@ class Planner:
                 "recipient_ids": [ask.recipient],
                 "step": ask.step,
             }
+            if ask.digest is not None:
+                # A step after a digest: its template reads the digest as `digest`.
+                part["data"] = {**(ask.note["data"] or {}), "digest": ask.digest}
             items = self._deliveries(
                 part, version, people, categories.get(tenant, {}), now, holding
             )

@@ -33,7 +33,7 @@ from clarion.domain.workflows import CLOCK, Step, Workflow
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import by_due_time, publish_deliveries
 from clarion.resilience.ratelimit import Take
-from clarion.store import planning
+from clarion.store import planning, run_digests
 from clarion.store import runs as run_store
 from clarion.store import workflows as workflow_store
 from clarion.store.batching import is_outage
@@ -58,6 +58,8 @@ class StepAsk:
     step: str
     template: str
     channels: tuple[str, ...]
+    # The digest the run carried to this step (``digest`` in the template's context).
+    digest: dict[str, Any] | None = None
 
 
 class StepPlanner(Protocol):
@@ -93,6 +95,11 @@ class _Run:
     asked: tuple[Step, tuple[str, ...]] | None = None
     # A throttle step waiting for the limiter's answer: the step and its key.
     limit: tuple[Step, str] | None = None
+    # A digest step waiting for its window: the step, and its key (none: the run carries
+    # the window, which is over, and closes it).
+    gather: tuple[Step, str | None] | None = None
+    # Cancelled or taken by another advancer while this one held it: left as it is.
+    lost: bool = False
 
     @property
     def step(self) -> int:
@@ -236,28 +243,17 @@ class Runs:
                 self._walk(run, facts, now)
             asking = [run for run in active if run.asked is not None]
             limited = [run for run in active if run.limit is not None]
-            if not asking and not limited:
+            gathering = [run for run in active if run.gather is not None]
+            if not asking and not limited and not gathering:
                 break
             if asking:
                 planned = await self._plan_asked(asking, now)
             if limited:
                 await self._throttle(limited, now)
-            active = asking + limited
-        await run_store.save(
-            self._ctx.engine,
-            [
-                {
-                    "id": run.row["id"],
-                    "turn": run.row["turn"],
-                    "status": run.status,
-                    "step": run.step,
-                    "steps": [record.to_json() for record in run.records],
-                    "wake_at": run.wake_at,
-                    "updated_at": now,
-                }
-                for run in runs
-            ],
-        )
+            if gathering:
+                await self._gather(gathering, now)
+            active = asking + limited + [run for run in gathering if not run.lost]
+        await run_store.save(self._ctx.engine, [_saved(run, now) for run in runs if not run.lost])
 
     async def _load(self, rows: list[dict[str, Any]]) -> list[_Run]:
         engine, pg = self._ctx.engine, self._ctx.pg
@@ -293,6 +289,7 @@ class Runs:
                     step.id,
                     step.fields["template"],
                     channels,
+                    rules.carried(run.records),
                 )
             )
         per_ask, made = await self._planner.plan_steps(asks, now)
@@ -391,9 +388,20 @@ class Runs:
                 run.limit = (step, self._throttle_key(run, step, facts))
                 return False
             return record.status == rules.PASSED
-        # Digest steps are checked when stored but not run by this engine.
-        record.status, record.ended_at = "unavailable", moment
-        run.status, run.wake_at = RunStatus.FAILED, None
+        return self._digest(run, step, record, facts, now)
+
+    def _digest(
+        self, run: _Run, step: Step, record: StepRecord, facts: Facts, now: datetime
+    ) -> bool:
+        """A digest step: a run that has not entered the window yet asks to (with its key);
+        the carrier waits until its window is over, then asks to close it."""
+        if record.until is None:
+            run.gather = (step, self._digest_key(run, step, facts))
+            return False
+        if record.until > now.timestamp():
+            run.status, run.wake_at = RunStatus.WAITING, datetime.fromtimestamp(record.until, UTC)
+            return False
+        run.gather = (step, None)
         return False
 
     def _delay(self, run: _Run, step: Step, record: StepRecord, now: datetime) -> bool:
@@ -474,6 +482,52 @@ class Runs:
         )
         return f"workflow:{run.row['tenant_id']}:{run.row['workflow']}:{step.id}:{value}"
 
+    def _digest_key(self, run: _Run, step: Step, facts: dict[str, DeliveryFacts]) -> str:
+        """The key of a digest step's window: its ``key`` expression's value (default, or
+        when it gives nothing: the recipient), within the tenant, workflow and step."""
+        source = step.fields.get("key")
+        value = None if source is None else rules.evaluate(source, self._context(run, facts))
+        return rules.digest_key(value, run.row["recipient_id"])
+
+    async def _gather(self, runs: list[_Run], now: datetime) -> None:
+        """Enter or close the digest windows the runs ask for (store/run_digests.py), and
+        store each run with its outcome in the same transaction: a carrier that opened its
+        window waits until it closes; a run that joined one ends ``digested``; a carrier
+        that closed its window goes on with ``digest`` (the count and the events)."""
+        entering, closing = [], []
+        for run in runs:
+            assert run.gather is not None
+            assert run.note is not None
+            step, key = run.gather
+            run.gather = None
+            rid, turn = run.row["id"], run.row["turn"]
+            if key is None:
+                closing.append(run_digests.Closing(rid, turn, step.id))
+                continue
+            window = (run.row["tenant_id"], run.row["workflow"], step.id, key)
+            closes_at = now + timedelta(seconds=rules.window_seconds(step))
+            entering.append(
+                run_digests.Entering(rid, turn, window, closes_at, run.note["data"] or {})
+            )
+        by_id = {run.row["id"]: run for run in runs}
+        moment = now.timestamp()
+
+        def rows_of(outcomes: dict[str, run_digests.Outcome]) -> list[dict[str, Any]]:
+            for rid, outcome in outcomes.items():
+                _settle(by_id[rid], outcome, moment)
+            return [_saved(by_id[rid], now) for rid in outcomes]
+
+        outcomes = await run_digests.settle(
+            self._ctx.engine,
+            entering,
+            closing,
+            now,
+            self._ctx.settings.workflow_digest_max_events,
+            rows_of,
+        )
+        for run in runs:
+            run.lost = run.row["id"] not in outcomes
+
     async def _throttle(self, runs: list[_Run], now: datetime) -> None:
         """Ask the limiter for each run at a throttle step; one over the limit ends
         ``throttled``. A throttle is a bucket of ``limit`` refilled over ``window`` (the
@@ -509,7 +563,39 @@ class Runs:
             run.note["data"] or {},
             {name: recipient.get(name) for name in _RECIPIENT},
             steps,
+            rules.carried(run.records),
         )
+
+
+def _settle(run: _Run, outcome: run_digests.Outcome, moment: float) -> None:
+    """What a digest step's outcome makes of the run (in memory; stored with it)."""
+    record = run.current()
+    assert record is not None
+    if isinstance(outcome, run_digests.Opened):
+        record.until = outcome.closes_at.timestamp()
+        run.status, run.wake_at = RunStatus.WAITING, outcome.closes_at
+    elif isinstance(outcome, run_digests.Joined):
+        record.status, record.into, record.ended_at = rules.DIGESTED, outcome.into, moment
+        run.status, run.wake_at = RunStatus.DIGESTED, None
+    else:
+        record.status, record.ended_at = rules.DONE, moment
+        record.count, record.events = outcome.count, outcome.events
+        run.status = RunStatus.RUNNING
+
+
+def _saved(run: _Run, now: datetime) -> dict[str, Any]:
+    """A run's row as store/runs.py ``save`` takes it. One still running keeps its lease
+    (it is saved on the way, by a digest step, and again when it stops)."""
+    running = run.status == RunStatus.RUNNING
+    return {
+        "id": run.row["id"],
+        "turn": run.row["turn"],
+        "status": run.status,
+        "step": run.step,
+        "steps": [record.to_json() for record in run.records],
+        "wake_at": run.row["wake_at"] if running else run.wake_at,
+        "updated_at": now,
+    }
 
 
 def next_clock(clock: str, timezone: str | None, now: datetime) -> datetime:
@@ -548,17 +634,21 @@ def on_paper(
     assume: dict[str, dict[str, Any]],
     render: Any,
     now: datetime,
+    digest: dict[str, Any],
 ) -> tuple[str, list[dict[str, Any]]]:
     """The path a run would take, nothing stored or sent: each step reached with what it
     would do. ``assume`` gives, per step id, what expressions read of it (``status``,
     ``seen``, ``read``, ``archived``); a channel step is otherwise taken as sent and not
-    seen, a throttle as passed. ``render(template, channel)`` is the step's content, or an
-    error. The status the run would end with, and the steps."""
+    seen, a throttle as passed. A digest step is taken as the first trigger of its window,
+    which closes with ``digest`` (the count and events that later steps read).
+    ``render(template, channel, digest)`` is the step's content, or an error. The status
+    the run would end with, and the steps."""
     views: dict[str, dict[str, Any]] = {}
     path: list[dict[str, Any]] = []
     shown = {name: recipient.get(name) for name in _RECIPIENT}
+    carried: dict[str, Any] | None = None
     for step in workflow.steps:
-        context = rules.expression_context(data, shown, views)
+        context = rules.expression_context(data, shown, views, carried)
         entry: dict[str, Any] = {"id": step.id, "type": step.type}
         path.append(entry)
         if not rules.holds(step.condition, context):
@@ -592,11 +682,17 @@ def on_paper(
             channels = rules.channels_of(step)
             entry["channels"] = channels
             entry["mode"] = "first_success" if rules.first_success(step) else "all"
-            entry["content"] = {c: render(step.fields["template"], c) for c in channels}
+            entry["content"] = {c: render(step.fields["template"], c, carried) for c in channels}
             view = {**_ASSUMED, **assume.get(step.id, {})}
             entry["status"] = view["status"]
             views[step.id] = view
             continue
-        entry["status"] = "unavailable"
-        return RunStatus.FAILED.value, path
+        # A digest step: the window this trigger would open, closed with ``digest``.
+        source = step.fields.get("key")
+        value = None if source is None else rules.evaluate(source, context)
+        entry["key"] = rules.digest_key(value, str(recipient.get("id") or ""))
+        entry["window_seconds"] = rules.window_seconds(step)
+        entry["status"] = rules.DONE
+        views[step.id] = {**_ASSUMED, "status": rules.DONE, **assume.get(step.id, {})}
+        carried = digest
     return RunStatus.COMPLETED.value, path

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import renamed_delivery_id
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus
-from clarion.store import audit, inbox_access
+from clarion.store import audit, inbox_access, run_digests
 from clarion.store import digests as digest_store
 from clarion.store import recipients as recipient_store
 from clarion.store import schedules as schedule_store
@@ -75,6 +75,8 @@ async def erase(
         if not removed.rowcount:
             return None
         await inbox_access.revoke(conn, tenant_id, recipient_id, erased_at)
+        # Before their runs: the digest windows they carry and the triggers they gave.
+        await run_digests.forget_recipient(conn, tenant_id, recipient_id)
         # The counter row before the messages: the inbox's lock order (inbox_changes.py).
         tables = (inbox_counters, inbox_messages, sandbox_messages, inbox_tickets, workflow_runs)
         for table in tables:

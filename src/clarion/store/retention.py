@@ -160,6 +160,17 @@ _EXPIRED_STATE = [
     ("delivery_claims", "id", "leased_until < :cutoff"),
     # A workflow run that ended (none is due: it has no wake time) before the cutoff.
     ("workflow_runs", "id", "updated_at < :cutoff AND wake_at IS NULL"),
+    # A digest window that should have closed before the cutoff: its carrier never came
+    # back for it (its workflow or notification gone).
+    ("workflow_digests", "run_id", "closes_at < :cutoff"),
+    # Triggers collected in a window that is no more (its carrier ended without closing it).
+    (
+        "workflow_digest_events",
+        "carrier_id",
+        "created_at < :cutoff AND NOT EXISTS (SELECT 1 FROM workflow_digests w "
+        "WHERE w.run_id = workflow_digest_events.carrier_id "
+        "AND w.step = workflow_digest_events.step)",
+    ),
 ]
 
 

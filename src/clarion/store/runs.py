@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.delivery import Stored
@@ -16,7 +16,14 @@ from clarion.store import deliveries as delivery_store
 from clarion.store import delivery_rows
 from clarion.store.db import as_utc, write_tx
 from clarion.store.sql import chunks, execute_many, grouped, insert_ignoring_conflicts
-from clarion.store.tables import deliveries, inbox_messages, notifications, workflow_runs
+from clarion.store.tables import (
+    deliveries,
+    inbox_messages,
+    notifications,
+    workflow_digest_events,
+    workflow_digests,
+    workflow_runs,
+)
 
 _ENDED = sorted(ENDED)
 _SAVE = (
@@ -97,6 +104,12 @@ async def save(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) -> None:
     or leased again since (its lease ran out), is left as it is."""
     if not rows:
         return
+    async with write_tx(engine) as conn:
+        await save_in(conn, rows)
+
+
+async def save_in(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """:func:`save` in a transaction of the caller's."""
     params = [
         {
             "b_id": row["id"],
@@ -109,9 +122,36 @@ async def save(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) -> None:
         }
         for row in rows
     ]
-    async with write_tx(engine) as conn:
-        for part in chunks(params, 1000):
-            await execute_many(conn, _SAVE, part)
+    for part in chunks(params, 1000):
+        await execute_many(conn, _SAVE, part)
+
+
+async def owned(conn: AsyncConnection, turns: dict[str, int]) -> set[str]:
+    """Which of these runs (id → the turn of their lease) are still held under that turn
+    and have not ended. On PostgreSQL their rows are locked until the transaction ends, so
+    neither a cancellation nor another advancer changes them meanwhile (SQLite's writers
+    take turns)."""
+    r = workflow_runs
+    found: set[str] = set()
+    for part in chunks(sorted(turns), 1000):
+        query = select(r.c.id, r.c.turn, r.c.status).where(r.c.id.in_(part)).order_by(r.c.id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        found.update(
+            row.id
+            for row in await conn.execute(query)
+            if row.turn == turns[row.id] and row.status not in ENDED
+        )
+    return found
+
+
+async def drop_windows(conn: AsyncConnection, carriers: Sequence[str]) -> None:
+    """Delete the open digest windows these runs carry, and the triggers collected in
+    them: a window whose carrier will not close it must not collect more."""
+    w, e = workflow_digests, workflow_digest_events
+    for part in chunks(list(carriers), 1000):
+        await conn.execute(delete(w).where(w.c.run_id.in_(part)))
+        await conn.execute(delete(e).where(e.c.carrier_id.in_(part)))
 
 
 async def facts(engine: AsyncEngine, ids: Sequence[str]) -> dict[str, DeliveryFacts]:
@@ -185,6 +225,9 @@ async def cancel(
             .where(r.c.id.in_(part), r.c.status.not_in(_ENDED))
             .values(status=RunStatus.CANCELLED, wake_at=None, updated_at=now)
         )
+    # A cancelled run closes no digest window: the one it carries goes (the runs that
+    # joined it stay `digested`), and the next trigger opens a new one.
+    await drop_windows(conn, [row.id for row in found])
     pairs = [(row.notification_id, row.recipient_id) for row in found]
     d = deliveries
     for nid, rids in grouped(pairs).items():
@@ -301,6 +344,8 @@ def public(row: dict[str, Any], known: dict[str, DeliveryFacts]) -> dict[str, An
             "ended_at": _moment(raw.get("ended_at")),
             "delivery_ids": list(raw.get("deliveries", ())),
             **({"until": _moment(raw["until"])} if raw.get("until") else {}),
+            **({"into": raw["into"]} if raw.get("into") else {}),
+            **({"count": raw["count"]} if raw.get("count") is not None else {}),
         }
         for raw in row["steps"] or []
     ]

@@ -251,6 +251,39 @@ workflow_runs = Table(
     Index("ix_workflow_runs_cancellation", "tenant_id", "workflow", "cancellation_key"),
 )
 
+# A workflow `digest` step's open window (pipeline/runs.py): one per (tenant, workflow, step,
+# key). The run that opened it carries it (`run_id`) and closes it at `closes_at`; each run
+# that reaches the step meanwhile with the same key joins it and counts. Deleted when it
+# closes, or when its carrier is cancelled.
+workflow_digests = Table(
+    "workflow_digests",
+    metadata,
+    _tenant(key=True),
+    Column("workflow", String(200), primary_key=True),
+    Column("step", String(40), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("run_id", String(40), nullable=False),
+    _ts("closes_at", nullable=False),
+    Column("count", Integer, nullable=False),
+    _ts("created_at", nullable=False),
+    Index("ix_workflow_digests_run_id", "run_id"),
+)
+
+# The triggers an open digest window collected, in the order they joined (`seq`, from 1:
+# the carrier's own): the `data` of each run (`run_id`), up to
+# CLARION_WORKFLOW_DIGEST_MAX_EVENTS per window. Read and deleted when the window closes.
+workflow_digest_events = Table(
+    "workflow_digest_events",
+    metadata,
+    Column("carrier_id", String(40), primary_key=True),
+    Column("step", String(40), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("run_id", String(40), nullable=False),
+    Column("data", JSON, nullable=False),
+    _ts("created_at", nullable=False),
+    Index("ix_workflow_digest_events_run_id", "run_id"),
+)
+
 delivery_events = Table(
     "delivery_events",
     metadata,

@@ -25,6 +25,7 @@ from clarion.store.workflows import WORKFLOWS
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 
 _ASSUMPTION = re.compile(r"^steps\.([a-z0-9_]{1,40})\.([a-z]+)$")
+_DIGEST_COUNT = "digest.count"
 
 
 class WorkflowTestIn(Body):
@@ -33,10 +34,11 @@ class WorkflowTestIn(Body):
         None, description="A recipient that need not exist (instead of recipient_id)"
     )
     data: dict[str, Any] = Field(default_factory=dict)
-    assume: dict[str, str | bool] = Field(
+    assume: dict[str, str | bool | int] = Field(
         default_factory=dict,
         max_length=200,
-        description='What expressions read of earlier steps, e.g. {"steps.feed.read": true}',
+        description='What expressions read of earlier steps, e.g. {"steps.feed.read": true}, '
+        'and of a digest step\'s window: {"digest.count": 5}',
     )
     version: int | None = Field(default=None, ge=1, le=2_147_483_647)
 
@@ -51,24 +53,34 @@ async def _recipient(caller: Any, recipient_id: str | None) -> dict[str, Any]:
     return loaded
 
 
-def _assumptions(workflow: Workflow, raw: dict[str, str | bool]) -> dict[str, dict[str, Any]]:
+def _assumptions(
+    workflow: Workflow, raw: dict[str, str | bool | int]
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """What the test assumes of each step (by id), and the count of a digest's window."""
     ids = {step.id for step in workflow.steps}
     found: dict[str, dict[str, Any]] = {}
+    count = 1
     problems = []
     for name, value in raw.items():
+        if name == _DIGEST_COUNT:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append({"field": f"assume.{name}", "message": "a whole number from 1"})
+            else:
+                count = value
+            continue
         match = _ASSUMPTION.match(name)
         if match is None or match.group(1) not in ids or match.group(2) not in STEP_FIELDS:
             problems.append({"field": f"assume.{name}", "message": "not steps.<id>.<field>"})
             continue
         field = match.group(2)
-        if (field == "status") != isinstance(value, str):
+        if not isinstance(value, str if field == "status" else bool):
             kind = "a status" if field == "status" else "true or false"
             problems.append({"field": f"assume.{name}", "message": f"{kind}"})
             continue
         found.setdefault(match.group(1), {})[field] = value
     if problems:
         raise ValidationFailed("the assumptions are not valid", details=problems)
-    return found
+    return found, count
 
 
 @router.post("/{key}/test", response_model=WorkflowTestOut)
@@ -78,7 +90,8 @@ async def test(caller: Reader, key: NamePath, body: WorkflowTestIn) -> JSONRespo
 
     `assume` says what expressions read of earlier steps (`steps.feed.read`,
     `steps.alert.status`); otherwise a channel step counts as sent and not seen, a throttle
-    as passed."""
+    as passed. A digest step is taken as the first trigger of its window, which closes with
+    `digest.count` 1 (or `assume`'s `digest.count`) and this data as each of its events."""
     if body.recipient_id is not None and body.recipient is not None:
         raise ValidationFailed("give recipient_id or recipient, not both")
     found = await WORKFLOWS.get(caller.engine, caller.tenant_id, key, body.version)
@@ -86,7 +99,9 @@ async def test(caller: Reader, key: NamePath, body: WorkflowTestIn) -> JSONRespo
         what = f"version {body.version} of workflow" if body.version else "workflow"
         raise NotFound(f"no {what} {key!r}")
     workflow = Workflow.stored(found["name"], found["category"], found["steps"])
-    assume = _assumptions(workflow, body.assume)
+    assume, count = _assumptions(workflow, body.assume)
+    cap = caller.ctx.settings.workflow_digest_max_events
+    digest = {"count": count, "events": [body.data] * min(count, cap)}
     if body.recipient is not None:
         recipient: dict[str, Any] = {"id": "test", **body.recipient.model_dump(mode="json")}
     else:
@@ -98,7 +113,7 @@ async def test(caller: Reader, key: NamePath, body: WorkflowTestIn) -> JSONRespo
     }
     context = render_context({"data": body.data}, recipient)
 
-    def render(template: str, channel: str) -> Any:
+    def render(template: str, channel: str, carried: dict[str, Any] | None) -> Any:
         stored = versions.get(template)
         if stored is None:
             return {"error": f"no template named {template!r}"}
@@ -108,10 +123,12 @@ async def test(caller: Reader, key: NamePath, body: WorkflowTestIn) -> JSONRespo
         _, part = compiled.for_channel(channel, recipient.get("locale"))
         try:
             return part.render(
-                context, locale=recipient.get("locale"), timezone=recipient.get("timezone")
+                context if carried is None else {**context, "digest": carried},
+                locale=recipient.get("locale"),
+                timezone=recipient.get("timezone"),
             )
         except TemplateError as exc:
             return {"error": exc.message}
 
-    ends, path = on_paper(workflow, body.data, recipient, assume, render, utcnow())
+    ends, path = on_paper(workflow, body.data, recipient, assume, render, utcnow(), digest)
     return JSONResponse({"key": key, "version": found["version"], "ends": ends, "steps": path})

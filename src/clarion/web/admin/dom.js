@@ -52,7 +52,7 @@ const TONES = {
   partial: "warn", retry_scheduled: "warn", retry: "warn", half_open: "warn", suppressed: "muted",
   cancelled: "muted", cancelling: "warn", disabled: "muted", skipped: "muted", delete: "bad", erase: "bad", revoke: "bad",
   create: "ok", pending: "info", running: "warn", active: "ok", revoked: "bad",
-  passed: "ok", throttled: "warn", unavailable: "bad",
+  passed: "ok", throttled: "warn", digested: "muted", unavailable: "bad",
 };
 
 export function badge(status) {

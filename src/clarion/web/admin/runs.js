@@ -56,7 +56,9 @@ function path(run, channels) {
     "li",
     { class: `path-step ${step.ended_at ? "" : "open"}`, dataset: { step: step.id, status: step.status } },
     h("div", { class: "path-head" }, code(step.id), badge(step.status), timing(step)),
-    step.until ? h("div", { class: "path-until", text: `delay until ${when(step.until)}` }) : null,
+    step.until ? h("div", { class: "path-until", text: `${step.count === undefined ? "delay until" : "window closed"} ${when(step.until)}` }) : null,
+    step.count !== undefined ? h("div", { class: "path-digest", text: `${step.count} collected` }) : null,
+    step.into ? h("div", { class: "path-digest" }, "digested into ", code(step.into)) : null,
     deliveryLinks(step.delivery_ids, channels),
   )));
 }

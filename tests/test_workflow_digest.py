@@ -397,3 +397,37 @@ async def test_a_digest_on_paper(ready: Harness) -> None:
             "/v1/workflows/paper/test", json={"assume": assume}, headers=app.auth
         )
         assert response.status_code == 422, (assume, response.text)
+
+
+@pytest.fixture
+async def short_lease(backend: tuple[str, str]) -> AsyncIterator[Harness]:
+    """Clarion with runs leased for a second."""
+    async with running(make_settings(*backend, workflow_run_lease=1.0)) as harness:
+        yield await _ready(harness)
+
+
+async def test_a_join_whose_advancer_died_counts_once(
+    short_lease: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The advancer of a joining run dies inside the digest's transaction (here: the
+    database is out of reach as the runs' rows are stored): nothing of it is kept. The run
+    is taken again when its lease ends and joins, once."""
+    app = short_lease
+    await put_workflow(app, "dies", {**COLLECT, "window": "1h"}, MAIL)
+    carrier = await _settled(app, await _trigger(app, "dies", "r1"))
+    real = run_digests.run_store.save_in
+    calls: list[int] = []
+
+    async def dies_once(conn: Any, rows: Any) -> None:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise ConnectionError("the planner died here")
+        await real(conn, rows)
+
+    monkeypatch.setattr(run_digests.run_store, "save_in", dies_once)
+    second = await _trigger(app, "dies", "r1", data={"who": "Bob"})
+    joined = await until_status(app, second, "r1", "digested")
+    assert len(calls) >= 2
+    assert _steps(joined)["collect"]["into"] == carrier["id"]
+    assert [(w["run_id"], w["count"]) for w in await _windows(app)] == [(carrier["id"], 2)]
+    assert await _events(app) == 2

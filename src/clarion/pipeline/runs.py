@@ -4,7 +4,9 @@ workflow's steps (domain/runs.py says what each step does).
 A run is stored when its notification is planned, pinned to the workflow's active version,
 and advanced at once as far as it goes: through conditions, channel steps (their deliveries
 are planned as a template send's are: pipeline/planner.py ``plan_steps``) and exits, up to a
-step that waits (a delay, or a ``first_success`` step waiting on its delivery) or to its end.
+step that waits (a delay, a digest window it carries, or a ``first_success`` step waiting on
+its delivery) or to its end. A digest step's window is opened, joined or closed in the
+transaction that stores its runs (store/run_digests.py).
 A waiting run is a stored row with its wake time, not a task in memory: the planners take
 the due ones in batches (``wake_once``), each under a lease, so a run whose advancer dies is
 taken again when the lease ends. Advancing a run again from its stored step makes nothing

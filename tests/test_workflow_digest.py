@@ -193,7 +193,7 @@ async def test_each_key_has_its_own_window_and_later_steps_read_the_digest(
     assert (await _settled(app, b1))["status"] == "waiting"
     joined = await _run(app, a2)
     assert _steps(joined)["collect"]["into"] == (await _run(app, a1))["id"]
-    assert [w["key"] for w in await _windows(app)] == ["a", "b"]
+    assert [w["key"] for w in await _windows(app)] == ["r1:a", "r1:b"]
     await until_status(app, a1, "r1", "completed")
     await until_status(app, b1, "r1", "completed")
     await app.drain()
@@ -206,6 +206,18 @@ async def test_each_key_has_its_own_window_and_later_steps_read_the_digest(
     ]  # fmt: skip
     titles = sorted(i["title"] for i in await _inbox(app, "r1"))
     assert titles == ["2 comments", "Comment"]
+
+
+async def test_a_window_holds_one_recipients_triggers_whatever_the_key(ready: Harness) -> None:
+    """Two recipients' triggers with the same key value: a window each, so neither digest
+    carries the other's data."""
+    app = ready
+    await put_workflow(app, "shared", {**COLLECT, "key": "data.post"}, MAIL)
+    mine = await _trigger(app, "shared", "r1", data={"who": "Ann", "post": "a"})
+    theirs = await _trigger(app, "shared", "r2", data={"who": "Bob", "post": "a"})
+    assert (await _settled(app, mine))["status"] == "waiting"
+    assert (await _settled(app, theirs, "r2"))["status"] == "waiting"
+    assert [w["key"] for w in await _windows(app)] == ["r1:a", "r2:a"]
 
 
 async def test_events_are_capped_and_the_count_goes_on(capped: Harness) -> None:
@@ -382,7 +394,7 @@ async def test_a_digest_on_paper(ready: Harness) -> None:
         ("collect", "completed"), ("mail", "sent"), ("many", "skipped"),
     ]  # fmt: skip
     assert first["steps"][0]["window_seconds"] == 2
-    assert first["steps"][0]["key"] == "p1"
+    assert first["steps"][0]["key"] == "r1:p1"
     assert first["steps"][1]["content"]["inapp"]["title"] == "1 comments"
     assert first["steps"][1]["content"]["inapp"]["body"] == "Ann;"
     three = await test(

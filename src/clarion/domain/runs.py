@@ -204,10 +204,11 @@ def expression_context(
 
 
 def digest_key(value: Any, recipient_id: str) -> str:
-    """The key of a digest step's window from its ``key`` expression's value: the recipient
-    when there is no expression or it gives nothing, and a long one by its hash (a key is
-    stored, up to :data:`MAX_DIGEST_KEY` characters)."""
-    key = recipient_id if value is None else str(value)
+    """The key of a digest step's window: always the recipient's, and within it the ``key``
+    expression's value when it gives one, so a digest only ever carries its own
+    recipient's triggers. A long one is kept by its hash (a key is stored, up to
+    :data:`MAX_DIGEST_KEY` characters)."""
+    key = recipient_id if value is None or value == "" else f"{recipient_id}:{value}"
     if len(key) <= MAX_DIGEST_KEY:
         return key
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()

@@ -485,8 +485,8 @@ class Runs:
         return f"workflow:{run.row['tenant_id']}:{run.row['workflow']}:{step.id}:{value}"
 
     def _digest_key(self, run: _Run, step: Step, facts: dict[str, DeliveryFacts]) -> str:
-        """The key of a digest step's window: its ``key`` expression's value (default, or
-        when it gives nothing: the recipient), within the tenant, workflow and step."""
+        """The key of a digest step's window, within the tenant, workflow and step: the
+        recipient's, with its ``key`` expression's value (domain/runs.py ``digest_key``)."""
         source = step.fields.get("key")
         value = None if source is None else rules.evaluate(source, self._context(run, facts))
         return rules.digest_key(value, run.row["recipient_id"])

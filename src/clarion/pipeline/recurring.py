@@ -235,7 +235,7 @@ class Recurring:
         expires = body.get("expires_at")
         return notification_store.NewNotification(
             tenant_id=run["tenant_id"],
-            template=body["template"],
+            template=body.get("template") or "",
             recipient_ids=ids or [],
             data=body.get("data") or {},
             priority=body.get("priority") or "normal",
@@ -245,4 +245,6 @@ class Recurring:
             idempotency_key=key,
             request_hash=hashlib.sha256(key.encode()).hexdigest(),
             topic=body["to"]["topic"] if ids is None else None,
+            workflow=body.get("workflow"),
+            cancellation_key=body.get("cancellation_key"),
         )

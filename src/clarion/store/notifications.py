@@ -100,6 +100,34 @@ async def _unknown_references(tx: IntakeTx, items: Sequence[NewNotification]) ->
     return errors
 
 
+async def unknown_template_or_workflow(
+    engine: AsyncEngine,
+    tenant_id: str,
+    *,
+    template: str | None,
+    workflow: str | None,
+    pg: PgPool | None = None,
+) -> Refused | None:
+    """The refusal ``accept`` would give a notification naming this template (or this
+    workflow) that the tenant does not have, or None: the same check, storing nothing, for
+    what is accepted later on the caller's behalf (a schedule's runs)."""
+    item = NewNotification(
+        tenant_id=tenant_id,
+        template=template or "",
+        recipient_ids=[],
+        data={},
+        priority="normal",
+        channels=None,
+        send_at=None,
+        expires_at=None,
+        idempotency_key=None,
+        request_hash="",
+        workflow=workflow,
+    )
+    async with intake_tx(engine, pg) as tx:
+        return (await _unknown_references(tx, [item])).get(0)
+
+
 def _replay(item: NewNotification, row: Stored) -> Admission:
     if row.request_hash != item.request_hash:
         return Refused(

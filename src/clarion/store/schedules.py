@@ -29,7 +29,6 @@ from clarion.store.tables import (
     recipients,
     schedule_runs,
     schedules,
-    templates,
     tenants,
     topic_subscribers,
 )
@@ -249,14 +248,6 @@ async def audience_chunk(
     )
     async with engine.connect() as conn:
         return list((await conn.execute(query)).scalars())
-
-
-async def known_template(engine: AsyncEngine, tenant_id: str, name: str) -> bool:
-    query = select(templates.c.name).where(
-        templates.c.tenant_id == tenant_id, templates.c.name == name
-    )
-    async with engine.connect() as conn:
-        return (await conn.execute(query)).first() is not None
 
 
 async def unknown_recipients(engine: AsyncEngine, tenant_id: str, ids: Sequence[str]) -> list[str]:

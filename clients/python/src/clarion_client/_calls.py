@@ -648,9 +648,9 @@ def put_schedule(
     starts_at: datetime | None = None,
     ends_at: datetime | None = None,
 ) -> Call[m.Schedule]:
-    """Create or replace a recurring schedule: ``notification`` (a send's body, without
-    ``send_at`` or ``idempotency_key``) goes out at each ``cron`` time in ``timezone`` (an
-    IANA zone, or ``"recipient"``: each recipient's own)."""
+    """Create or replace a recurring schedule: ``notification`` (a send's body, naming a
+    template or a workflow, without ``send_at`` or ``idempotency_key``) goes out at each
+    ``cron`` time in ``timezone`` (an IANA zone, or ``"recipient"``: each recipient's own)."""
     if isinstance(notification, Mapping):
         fields = dict(notification)
         if "to" in fields:

@@ -25,6 +25,7 @@ from clarion.errors import NotFound, ValidationFailed
 from clarion.observability import tracing
 from clarion.pipeline.context import Context
 from clarion.pipeline.recurring import usable_zones
+from clarion.store import notifications as notification_store
 from clarion.store import schedule_runs as runs
 from clarion.store import schedules as store
 from clarion.store import topics as topic_store
@@ -33,16 +34,15 @@ router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 
 
 async def _check_references(ctx: Context, tenant_id: str, body: ScheduleIn) -> None:
-    """The template, topic and listed recipients must exist now, as for a send (each run
-    checks again: a recipient erased since is left out)."""
+    """The template or workflow, topic and listed recipients must exist now, as for a send
+    (each run checks again: a recipient erased since is left out, and a run whose template
+    or workflow is gone fails)."""
     note = body.notification
-    if note.template is None:
-        raise ValidationFailed(
-            "a schedule sends a template (workflows are not scheduled yet)",
-            code="validation_error",
-        )
-    if not await store.known_template(ctx.engine, tenant_id, note.template):
-        raise ValidationFailed(f"no template named {note.template!r}", code="unknown_template")
+    unknown = await notification_store.unknown_template_or_workflow(
+        ctx.engine, tenant_id, template=note.template, workflow=note.workflow, pg=ctx.pg
+    )
+    if unknown is not None:
+        raise refusal_error(unknown)
     topic = note.to.topic
     if topic is not None and await topic_store.size(ctx.engine, tenant_id, topic) is None:
         raise ValidationFailed(

@@ -117,6 +117,35 @@ async def test_a_workflow_schedule_runs_it_for_each_listed_recipient(quiet: Harn
     assert row["idempotency_key"] == recurring.idempotency_key("listed", run["due_at"], PARIS, "u1")
 
 
+async def test_the_cancellation_key_cancels_a_scheduled_runs_wait(quiet: Harness) -> None:
+    app = quiet
+    await _people(app, {"u1": None})
+    await put_workflow(app, "later", {"id": "wait", "type": "delay", "duration": "1h"}, MAIL_STEP)
+    clock = _midnight(app)
+    note = {"workflow": "later", "cancellation_key": "june", "to": {"recipient_id": "u1"}}
+    assert (await _put(app, "later", _schedule(note))).status_code == 200
+    await _fire_at_nine_in_paris(app, clock)
+    [run] = await runs.of_schedule(app.ctx.engine, app.tenant_id, "later")
+    [nid] = run["notification_ids"]
+
+    async def status() -> str:
+        [one] = (await app.notification(nid))["runs"]
+        found: str = one["status"]
+        return found
+
+    async def waiting() -> bool:
+        return await status() == "waiting"
+
+    await app.until(waiting)
+    cancel = await app.client.post(
+        "/v1/workflows/later/cancel", json={"cancellation_key": "june"}, headers=app.auth
+    )
+    assert cancel.status_code == 202, cancel.text
+    assert cancel.json() == {"cancelled": 1}
+    await app.drain()
+    assert await status() == "cancelled"
+
+
 async def test_topic_schedules_run_the_workflow_for_every_subscriber(
     quiet: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -55,18 +55,25 @@ async function load(results, messages, cursor) {
     h("td", {}, link(`#/schedules/${enc(item.name)}`, item.name)),
     h("td", {}, code(item.cron)),
     h("td", {}, item.timezone),
-    h("td", {}, item.notification && item.notification.template ? item.notification.template : "—"),
+    h("td", {}, sends(item.notification)),
     h("td", {}, badge(item.enabled ? "enabled" : "disabled")),
     h("td", { title: when(item.next_run_at) }, item.next_run_at ? when(item.next_run_at) : "—"),
     h("td", { class: "row-actions" }, toggleButton(item, messages, () => reloadList(results, messages)), deleteButton(item, messages, () => reloadList(results, messages))),
   ));
   const body = results.querySelector("tbody");
   if (body) body.append(...rows);
-  else results.append(table(["Name", "Cron", "Time zone", "Template", "State", "Next run", ""], rows, "No schedules: nothing is sent on a timetable."));
+  else results.append(table(["Name", "Cron", "Time zone", "Sends", "State", "Next run", ""], rows, "No schedules: nothing is sent on a timetable."));
   if (page.next_cursor) {
     const more = h("button", { class: "more", type: "button", text: "Load more", onclick: () => { more.remove(); load(results, messages, page.next_cursor); } });
     results.append(more);
   }
+}
+
+// What a schedule sends: its template, or its workflow.
+function sends(note) {
+  if (note && note.template) return note.template;
+  if (note && note.workflow) return `workflow ${note.workflow}`;
+  return "—";
 }
 
 async function reloadList(results, messages) {

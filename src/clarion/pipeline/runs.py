@@ -201,7 +201,7 @@ class Runs:
         """Advance the runs that are due (a delay over, a delivery to look at, a lease
         run out); how many."""
         now = utcnow()
-        taken = await run_store.take_due(self._ctx.engine, now, self._lease, limit)
+        taken = await run_store.take_due(self._ctx.engine, now, self._lease, limit, self._ctx.pg)
         if taken:
             await self.advance(taken, now)
         return len(taken)

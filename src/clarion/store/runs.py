@@ -15,6 +15,7 @@ from clarion.domain.runs import ENDED, EXITED, SKIPPED, DeliveryFacts, RunStatus
 from clarion.store import deliveries as delivery_store
 from clarion.store import delivery_rows
 from clarion.store.db import as_utc, write_tx
+from clarion.store.pg import PgPool
 from clarion.store.sql import chunks, execute_many, grouped, insert_ignoring_conflicts
 from clarion.store.tables import (
     deliveries,
@@ -58,15 +59,33 @@ async def insert(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> set[s
     return {row["id"] for row in fresh}
 
 
+# PostgreSQL's take of due runs, one fixed statement on asyncpg; asked first whether any is
+# due, a cheap read of the wake-time index, so that the wakers' idle looks write nothing.
+_ANY_DUE = "SELECT EXISTS (SELECT 1 FROM workflow_runs WHERE wake_at <= $1)"
+_TAKE_DUE = (
+    "UPDATE workflow_runs AS r SET wake_at = $2, turn = r.turn + 1 "
+    "FROM (SELECT id FROM workflow_runs WHERE wake_at <= $1 ORDER BY wake_at LIMIT $3 "
+    "FOR UPDATE SKIP LOCKED) AS due WHERE r.id = due.id RETURNING r.*"
+)
+
+
 async def take_due(
-    engine: AsyncEngine, now: datetime, lease: float, limit: int
+    engine: AsyncEngine, now: datetime, lease: float, limit: int, pg: PgPool | None = None
 ) -> list[dict[str, Any]]:
     """Lease up to ``limit`` runs due by ``now`` (oldest due first) for ``lease`` seconds:
     each comes back with its turn counted, and only that turn's save is stored. A run whose
-    advancer died is due again when its lease ends."""
+    advancer died is due again when its lease ends. With none due, nothing is written."""
     r = workflow_runs
     until = now + timedelta(seconds=lease)
+    if pg is not None:
+        [[due_now]] = await pg.fetch(_ANY_DUE, now)
+        if not due_now:
+            return []
+        return [dict(row) for row in await pg.fetch(_TAKE_DUE, now, until, limit)]
     due = select(r.c.id).where(r.c.wake_at <= now).order_by(r.c.wake_at).limit(limit)
+    async with engine.connect() as conn:
+        if (await conn.execute(due.limit(1))).first() is None:
+            return []
     async with write_tx(engine) as conn:
         if conn.dialect.name == "postgresql":
             due = due.with_for_update(skip_locked=True)

@@ -134,7 +134,6 @@ class Runs:
         ]
         async with write_tx(self._ctx.engine) as conn:
             fresh = await run_store.insert(conn, rows)
-            await run_store.lease(conn, list(fresh), now, self._lease)
             await delete_outbox(conn, [n["id"] for n in notes])
         await self._begin(rows, fresh, now)
 
@@ -146,7 +145,7 @@ class Runs:
         chunk was stored already, or the send cancelled."""
         versions = await self._versions([note])
         rows = self._rows(note, recipient_ids, versions, now)
-        fresh = await planning.store_stripe_runs(self._ctx.engine, rows, chunk, self._lease)
+        fresh = await planning.store_stripe_runs(self._ctx.engine, rows, chunk)
         if fresh is None:
             return False
         for start in range(0, len(rows), WAKE_BATCH):
@@ -183,7 +182,8 @@ class Runs:
                 "cancellation_key": note.get("cancellation_key"),
                 "status": RunStatus.RUNNING,
                 "step": 0,
-                "turn": 0,
+                # Stored leased for its first advance, by whoever stores it.
+                "turn": 1,
                 "steps": [],
                 "wake_at": now + timedelta(seconds=self._lease),
                 "created_at": now,
@@ -193,7 +193,7 @@ class Runs:
         ]
 
     async def _begin(self, rows: list[dict[str, Any]], fresh: set[str], now: datetime) -> None:
-        taken = [{**row, "turn": 1} for row in rows if row["id"] in fresh]
+        taken = [row for row in rows if row["id"] in fresh]
         if taken:
             await self.advance(taken, now)
 
@@ -224,7 +224,7 @@ class Runs:
             row = rows[0]
             log.error("workflow run %s cannot be advanced: %r", row["id"], exc, exc_info=exc)
             failed = {"status": RunStatus.FAILED, "wake_at": None, "updated_at": now}
-            await run_store.save(self._ctx.engine, [{**row, **failed}])
+            await run_store.save(self._ctx.engine, [{**row, **failed}], self._ctx.pg)
 
     async def _advance(self, rows: list[dict[str, Any]], now: datetime) -> None:
         runs = await self._load(rows)
@@ -255,7 +255,8 @@ class Runs:
             if gathering:
                 await self._gather(gathering, now)
             active = asking + limited + [run for run in gathering if not run.lost]
-        await run_store.save(self._ctx.engine, [_saved(run, now) for run in runs if not run.lost])
+        saved = [_saved(run, now) for run in runs if not run.lost]
+        await run_store.save(self._ctx.engine, saved, self._ctx.pg)
 
     async def _load(self, rows: list[dict[str, Any]]) -> list[_Run]:
         engine, pg = self._ctx.engine, self._ctx.pg

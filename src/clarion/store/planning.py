@@ -376,7 +376,7 @@ async def _retry_later(conn: AsyncConnection, chunk: StripeChunk) -> None:
 
 
 async def store_stripe_runs(
-    engine: AsyncEngine, rows: list[dict[str, Any]], chunk: StripeChunk, lease: float
+    engine: AsyncEngine, rows: list[dict[str, Any]], chunk: StripeChunk
 ) -> set[str] | None:
     """One chunk of a topic send through a workflow, atomically: the stripe's cursor moves
     with the chunk's runs, stored and leased for their first advance (store/runs.py). The
@@ -387,7 +387,6 @@ async def store_stripe_runs(
         if not await _move_cursor(conn, chunk):
             return None
         fresh = await run_store.insert(conn, rows)
-        await run_store.lease(conn, list(fresh), chunk.at, lease)
         await _retry_later(conn, chunk)
     return fresh
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import ColumnElement, and_, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -46,8 +47,9 @@ _SAVE = (
 
 
 async def insert(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> set[str]:
-    """Store new runs (a run stored already, by a plan replayed, is left as it is); the ids
-    of the runs that are new."""
+    """Store new runs, leased for their first advance by whoever stores them (their turn
+    1, their wake time the lease's end); a run stored already, by a plan replayed, is left
+    as it is. The ids of the runs that are new."""
     ids = [row["id"] for row in rows]
     present: set[str] = set()
     for part in chunks(ids, 1000):
@@ -106,25 +108,39 @@ async def take_due(
         return [dict(row) for row in rows.mappings()]
 
 
-async def lease(conn: AsyncConnection, ids: Sequence[str], now: datetime, lease: float) -> None:
-    """Lease runs just stored (their turn 0) for their first advance."""
-    r = workflow_runs
-    for part in chunks(list(ids), 1000):
-        await conn.execute(
-            update(r)
-            .where(r.c.id.in_(part))
-            .values(wake_at=now + timedelta(seconds=lease), turn=r.c.turn + 1)
-        )
-
-
-async def save(engine: AsyncEngine, rows: Sequence[dict[str, Any]]) -> None:
+async def save(
+    engine: AsyncEngine, rows: Sequence[dict[str, Any]], pg: PgPool | None = None
+) -> None:
     """Store what advancing runs made of them: each row's ``id``, ``turn`` (the one its
     lease gave), ``status``, ``step``, ``steps`` and ``wake_at``. A run cancelled meanwhile,
-    or leased again since (its lease ran out), is left as it is."""
+    or leased again since (its lease ran out), is left as it is. On PostgreSQL one
+    statement for the batch."""
     if not rows:
+        return
+    if pg is not None:
+        await pg.execute(_SAVE_MANY, *_columns(rows), sorted(ENDED))
         return
     async with write_tx(engine) as conn:
         await save_in(conn, rows)
+
+
+# store/bulk.py's way: one array per column, unpacked by unnest.
+_SAVE_MANY = (
+    "UPDATE workflow_runs AS r SET status = v.status, step = v.step, steps = v.steps::json, "
+    "wake_at = v.wake_at, updated_at = v.updated_at "
+    "FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[], "
+    "$6::timestamptz[], $7::timestamptz[]) AS v(id, turn, status, step, steps, wake_at, "
+    "updated_at) "
+    "WHERE r.id = v.id AND r.turn = v.turn AND r.status <> ALL($8::text[])"
+)
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    names = ("id", "turn", "status", "step", "steps", "wake_at", "updated_at")
+    columns: list[list[Any]] = [[row[name] for row in rows] for name in names]
+    columns[2] = [str(status) for status in columns[2]]
+    columns[4] = [orjson.dumps(steps).decode() for steps in columns[4]]
+    return columns
 
 
 async def save_in(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:

@@ -351,7 +351,9 @@ async def stop_deliveries(
 async def next_wake(engine: AsyncEngine) -> datetime | None:
     """When the next run is due, if any waits."""
     async with engine.connect() as conn:
-        found = (await conn.execute(select(func.min(workflow_runs.c.wake_at)))).scalar()
+        r = workflow_runs
+        query = select(func.min(r.c.wake_at)).where(r.c.wake_at.is_not(None))
+        found = (await conn.execute(query)).scalar()
     return as_utc(found)
 
 

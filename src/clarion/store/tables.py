@@ -246,9 +246,22 @@ workflow_runs = Table(
     _ts("wake_at"),
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
-    Index("ix_workflow_runs_wake_at", "wake_at"),
+    # Partial: a run's row is rewritten at every step, and each index it is in with it.
+    Index(
+        "ix_workflow_runs_wake_at",
+        "wake_at",
+        sqlite_where=text("wake_at IS NOT NULL"),
+        postgresql_where=text("wake_at IS NOT NULL"),
+    ),
     Index("ix_workflow_runs_notification", "notification_id", "recipient_id"),
-    Index("ix_workflow_runs_cancellation", "tenant_id", "workflow", "cancellation_key"),
+    Index(
+        "ix_workflow_runs_cancellation",
+        "tenant_id",
+        "workflow",
+        "cancellation_key",
+        sqlite_where=text("cancellation_key IS NOT NULL"),
+        postgresql_where=text("cancellation_key IS NOT NULL"),
+    ),
 )
 
 # A workflow `digest` step's open window (pipeline/runs.py): one per (tenant, workflow, step,

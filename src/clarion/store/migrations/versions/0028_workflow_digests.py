@@ -2,7 +2,7 @@
 
 Revision ID: 0028
 Revises: 0027
-Create Date: 2026-12-02 09:00:00
+Create Date: 2026-11-25 15:00:00
 """
 
 from collections.abc import Sequence

@@ -156,8 +156,10 @@ class Cancellation(Model):
 
 class RunStep(Model):
     """A step a run reached: a channel step's ``status`` is its best delivery's (``sent``,
-    ``failed``, ...), else ``skipped``, ``waiting``, ``completed`` or ``exited``; a delay
-    shows ``until``."""
+    ``failed``, ...), else ``skipped``, ``waiting``, ``completed``, ``exited``, ``passed``,
+    ``throttled`` or ``digested``; a delay, or a digest's open window, shows ``until``. A
+    digest step shows ``count`` once its window closed, or ``into`` (the run that carries
+    the window it joined)."""
 
     id: str
     status: str
@@ -165,12 +167,15 @@ class RunStep(Model):
     ended_at: datetime | None
     delivery_ids: list[str]
     until: datetime | None = None
+    into: str | None = None
+    count: int | None = None
 
 
 class Run(Model):
     """A workflow send's run for one recipient, pinned to a workflow ``version``:
-    ``status`` (``running``, ``waiting``, ``completed``, ``cancelled``, ``failed``), the
-    ``step`` it is at and, while waiting, ``waiting_until``."""
+    ``status`` (``running``, ``waiting``, ``completed``, ``cancelled``, ``throttled``,
+    ``digested``, ``failed``), the ``step`` it is at and, while waiting,
+    ``waiting_until``."""
 
     id: str
     recipient_id: str

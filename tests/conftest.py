@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from harness import Harness, make_settings, running
+from procs import Procs
 from standins import serving
 from webhook_sink import WebhookSink
 
@@ -51,3 +52,13 @@ async def lite(migrated_sqlite_url: str) -> AsyncIterator[Harness]:
 async def sink() -> AsyncIterator[WebhookSink]:
     async with serving(WebhookSink()) as server:
         yield server
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    """Clarion processes a test starts (tests/procs.py), all stopped when it ends."""
+    started = Procs(tmp_path)
+    try:
+        yield started
+    finally:
+        started.close()

@@ -14,9 +14,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
@@ -54,15 +52,6 @@ _BUSY = (
     "SELECT pid, state, wait_event_type, wait_event, now() - xact_start, left(query, 160) "
     "FROM pg_stat_activity WHERE state <> 'idle' AND pid <> pg_backend_pid()"
 )
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    started = Procs(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 async def _stacks(proc: Proc) -> str:

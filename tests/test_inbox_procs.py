@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,15 +17,6 @@ from procs import CLI, Procs, clarion_env, create_tenant, free_port, wait_ready
 
 # Processes start in about 20 s: run with the slow step of scripts/test.
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    started = Procs(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 async def test_events_cross_api_processes(postgres_url: str, redis_url: str, procs: Procs) -> None:

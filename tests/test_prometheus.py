@@ -36,15 +36,6 @@ scrape_configs:
 """
 
 
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    started = Procs(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
-
-
 @dataclass(frozen=True)
 class Ports:
     prometheus: int

@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +54,6 @@ def split_block(database_url: str, redis_url: str) -> tuple[str, list[str]]:
     assert f"CLARION_BROKER_URL={redis_url}" in script
     assert "CLARION_SECRET_KEY" in script
     return script, roles
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    started = Procs(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 async def test_readme_production_commands_deliver(

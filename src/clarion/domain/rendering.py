@@ -159,6 +159,9 @@ def locale_chain(wanted: str | None, available: Mapping[str, Any]) -> list[str]:
 # A channel's content may carry, under this key, the content its digest is rendered from
 # (with ``items`` and ``count``); it is never part of the channel's own message.
 DIGEST_KEY = "digest"
+# An in-app part's offline fallback (``fallback_after``, ``fallback_channel``): fields of the
+# template, run as steps of its send (pipeline/runs.py), never part of the message.
+OFFLINE_KEYS = ("fallback_after", "fallback_channel")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,9 @@ class CompiledVersion:
     fallbacks: dict[str, str] = dataclasses.field(default_factory=dict)
     digests: dict[str, CompiledTemplate] = dataclasses.field(default_factory=dict)
     locale_digests: dict[str, dict[str, CompiledTemplate]] = dataclasses.field(default_factory=dict)
+    # The in-app part's offline fallback: after how long unseen (a duration), and on which
+    # channel.
+    offline: tuple[str, str] | None = None
 
     def for_channel(self, channel: str, locale: str | None) -> tuple[str | None, CompiledTemplate]:
         for candidate in locale_chain(locale, self.locales):
@@ -192,6 +198,26 @@ class CompiledVersion:
             {channel: self.digests.get(channel, missing) for channel in self.channels},
             self.locale_digests,
         )
+
+
+def offline_of(channels: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The in-app part's offline fallback, if it names one (checked when stored)."""
+    inapp = channels.get("inapp")
+    if not isinstance(inapp, Mapping):
+        return None
+    after, channel = inapp.get("fallback_after"), inapp.get("fallback_channel")
+    return (after, channel) if isinstance(after, str) and isinstance(channel, str) else None
+
+
+def _without_offline(channels: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        channel: (
+            {k: v for k, v in content.items() if k not in OFFLINE_KEYS}
+            if channel == "inapp" and isinstance(content, Mapping)
+            else content
+        )
+        for channel, content in channels.items()
+    }
 
 
 def _split(content: Mapping[str, Any]) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
@@ -227,22 +253,32 @@ def compile_version(
     category: str, channels: Mapping[str, Mapping[str, Any]], locales: Mapping[str, Any]
 ) -> CompiledVersion:
     """Compile every channel, and every locale's overrides merged over the default content
-    (a locale's ``digest`` replaces the channel's whole digest content)."""
+    (a locale's ``digest`` replaces the channel's whole digest content). The in-app
+    part's offline fallback is kept apart (``offline``), out of its content."""
+    offline = offline_of(channels)
+    channels = _without_offline(channels)
     base, digests = _compile_split(channels)
     per_locale: dict[str, dict[str, CompiledTemplate]] = {}
     per_locale_digests: dict[str, dict[str, CompiledTemplate]] = {}
     for locale, overrides in locales.items():
-        merged = {
-            channel: {**channels[channel], **content}
-            for channel, content in overrides.items()
-            if channel in channels and isinstance(content, Mapping)
-        }
+        merged = _without_offline(
+            {
+                channel: {**channels[channel], **content}
+                for channel, content in overrides.items()
+                if channel in channels and isinstance(content, Mapping)
+            }
+        )
         try:
             per_locale[locale], per_locale_digests[locale] = _compile_split(merged)
         except TemplateError as exc:
             raise TemplateError(f"locales.{locale}.{exc.message}", line=exc.line) from exc
     return CompiledVersion(
-        category, base, per_locale, digests=digests, locale_digests=per_locale_digests
+        category,
+        base,
+        per_locale,
+        digests=digests,
+        locale_digests=per_locale_digests,
+        offline=offline,
     )
 
 

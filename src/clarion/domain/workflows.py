@@ -35,6 +35,10 @@ FIELDS = {
     "throttle": frozenset({"limit", "window", "key"}),
     "exit": frozenset(),
 }
+# The built-in workflow a template send runs when its template's in-app part has an offline
+# fallback (a name no tenant's workflow can have), and its steps' ids.
+TEMPLATE_FLOW = "~template"
+SEND_STEP, WAIT_STEP, FALLBACK_STEP = "send", "wait", "fallback"
 # Expressions compile in the templates' sandbox (no autoescape: a value, not markup).
 SANDBOX = make_environment(autoescape=False, filters=FILTERS)
 
@@ -80,6 +84,26 @@ class Workflow:
 
     def templates(self) -> set[str]:
         return {s.fields["template"] for s in self.steps if s.type == "channel"}
+
+
+def template_flow(template: str, after: str, channel: str) -> Workflow:
+    """The built-in workflow of a send of ``template`` whose in-app part falls back to
+    ``channel`` when unseen after ``after``: the send's channels (planned with the send),
+    a delay, and the fallback channel unless a message of the send was seen by then."""
+    return Workflow(
+        template,
+        None,
+        (
+            Step(SEND_STEP, "channel", None, {"template": template, "mode": "all"}),
+            Step(WAIT_STEP, "delay", None, {"duration": after}),
+            Step(
+                FALLBACK_STEP,
+                "channel",
+                f"not steps.{SEND_STEP}.seen",
+                {"template": template, "channel": channel},
+            ),
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

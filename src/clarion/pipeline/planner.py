@@ -48,7 +48,7 @@ from clarion.pipeline.context import Context
 from clarion.pipeline.inflight import holding
 from clarion.pipeline.lead import Lead
 from clarion.pipeline.messages import by_due_time, plan_payload, publish_deliveries
-from clarion.pipeline.runs import Runs, StepAsk
+from clarion.pipeline.runs import Runs, StepAsk, offline_runs
 from clarion.pipeline.status_events import StatusEvents
 from clarion.pipeline.templates import TemplateCache
 from clarion.store import notifications as notification_store
@@ -312,6 +312,7 @@ class Planner:
         plan.made = [item for item in plan.made if item.delivery.id not in existing]
         exempt = {n["id"] for n in todo if n.get("digest_of")}
         await self._cap_and_hold(plan.made, categories, holding, now, exempt)
+        await self.runs.store_offline(self._offline_runs(todo, heads, compiled, plan.made, now))
         # A topic send keeps its outbox row until its last chunk is planned.
         outbox_ids = [nid for nid in ids if notes.get(nid, {}).get("topic") is None]
         flow_ids = {n["id"] for n in flows}
@@ -372,6 +373,31 @@ class Planner:
         notes = list({ask.note["id"] for ask in asks})
         inserted = await planning.store_plan(engine, pg, made, notes, [], now)
         return per_ask, [item for item in made if item.delivery.id in inserted]
+
+    async def compiled(
+        self, keys: set[tuple[str, str, int]]
+    ) -> dict[tuple[str, str, int], CompiledVersion]:
+        """Compiled template versions (cached: a version never changes)."""
+        return await self._templates.load(self._ctx.engine, keys)
+
+    @staticmethod
+    def _offline_runs(
+        notes: list[dict[str, Any]],
+        heads: dict[tuple[str, str], int],
+        compiled: dict[tuple[str, str, int], CompiledVersion],
+        made: list[Stored],
+        now: datetime,
+    ) -> list[dict[str, Any]]:
+        """The runs of those of these template sends whose template's in-app part has an
+        offline fallback: the fallback is a step of their run (pipeline/runs.py
+        ``offline_runs``). A send of any other template stores no run."""
+        sends = {}
+        for note in notes:
+            head = heads.get((note["tenant_id"], note["template"]))
+            version = compiled.get((note["tenant_id"], note["template"], head or 0))
+            if head and version and version.offline and note.get("digest_of") is None:
+                sends[note["id"]] = (note, head, version.offline)
+        return offline_runs(sends, made, now) if sends else []
 
     async def publish_made(self, made: list[Stored]) -> None:
         """Announce and publish deliveries :meth:`plan_steps` stored."""
@@ -440,6 +466,7 @@ class Planner:
             part = {**note, "recipient_ids": [p["id"] for p in chunk[start : start + _SLICE]]}
             made.extend(self._deliveries(part, version, people, policies, now, holding))
         await self._cap_and_hold(made, categories, holding, now)
+        await self.runs.store_offline(self._offline_runs([note], heads, compiled, made, now))
         inserted = await planning.store_stripe(engine, pg, made, stored)
         if inserted is None:
             return  # another planner stored this chunk, or the send was cancelled

@@ -30,8 +30,17 @@ from clarion.domain.delivery import Stored
 from clarion.domain.durations import duration_seconds
 from clarion.domain.ids import delivery_id, derived_timed_id
 from clarion.domain.models import DeliveryStatus
+from clarion.domain.rendering import CompiledVersion
 from clarion.domain.runs import DeliveryFacts, RunStatus, StepRecord
-from clarion.domain.workflows import CLOCK, Step, Workflow
+from clarion.domain.workflows import (
+    CLOCK,
+    SEND_STEP,
+    TEMPLATE_FLOW,
+    WAIT_STEP,
+    Step,
+    Workflow,
+    template_flow,
+)
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import by_due_time, publish_deliveries
 from clarion.resilience.ratelimit import Take
@@ -73,6 +82,10 @@ class StepPlanner(Protocol):
 
     async def publish_made(self, made: list[Stored]) -> None: ...
 
+    async def compiled(
+        self, keys: set[tuple[str, str, int]]
+    ) -> dict[tuple[str, str, int], CompiledVersion]: ...
+
 
 # What expressions and steps know of deliveries, by id.
 Facts = dict[str, DeliveryFacts]
@@ -80,6 +93,68 @@ Facts = dict[str, DeliveryFacts]
 
 def run_id(notification_id: str, recipient_id: str) -> str:
     return derived_timed_id("run", notification_id, notification_id, recipient_id)
+
+
+# An in-app delivery in one of these is still to be sent: its offline fallback can come.
+_TO_SEND = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
+
+
+def offline_runs(
+    sends: dict[str, tuple[dict[str, Any], int, tuple[str, str]]],
+    made: Sequence[Stored],
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The runs of template sends whose template's in-app part has an offline fallback
+    (``sends``: notification id -> its row, the template version planned, and the
+    fallback's duration and channel), for the deliveries just planned: one per recipient
+    with an in-app delivery to send. Each runs the built-in workflow of its template
+    (domain/workflows.py ``template_flow``) and is stored with its send step done (its
+    deliveries are these) and waiting in the delay, which counts from when the in-app
+    delivery is due."""
+    per_recipient: dict[tuple[str, str], list[Stored]] = {}
+    for item in made:
+        if item.delivery.notification in sends:
+            key = (item.delivery.notification, item.delivery.recipient)
+            per_recipient.setdefault(key, []).append(item)
+    moment = now.timestamp()
+    rows = []
+    for (nid, rid), items in per_recipient.items():
+        inapp = next(
+            (i for i in items if i.delivery.channel == "inapp" and i.status in _TO_SEND), None
+        )
+        if inapp is None:
+            continue
+        note, version, (after, _) = sends[nid]
+        due = inapp.scheduled_for.timestamp() if inapp.scheduled_for is not None else moment
+        until = max(due, moment) + duration_seconds(after)
+        send = StepRecord(
+            SEND_STEP,
+            rules.step_status([DeliveryFacts(status=i.status) for i in items]),
+            moment,
+            moment,
+            [i.delivery.id for i in items],
+            {i.delivery.channel: [i.delivery.id] for i in items},
+        )
+        wait = StepRecord(WAIT_STEP, rules.WAITING, moment, until=until)
+        rows.append(
+            {
+                "id": run_id(nid, rid),
+                "tenant_id": note["tenant_id"],
+                "notification_id": nid,
+                "recipient_id": rid,
+                "workflow": TEMPLATE_FLOW,
+                "version": version,
+                "cancellation_key": None,
+                "status": RunStatus.WAITING,
+                "step": 1,
+                "turn": 0,
+                "steps": [send.to_json(), wait.to_json()],
+                "wake_at": datetime.fromtimestamp(until, UTC),
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    return rows
 
 
 @dataclass(slots=True, eq=False)
@@ -136,6 +211,15 @@ class Runs:
             fresh = await run_store.insert(conn, rows)
             await delete_outbox(conn, [n["id"] for n in notes])
         await self._begin(rows, fresh, now)
+
+    async def store_offline(self, rows: list[dict[str, Any]]) -> None:
+        """Store the waiting runs of template sends (:func:`offline_runs`), before their
+        deliveries: a plan replayed after a crash between the two stores the deliveries
+        and finds the runs there; a run whose send was cancelled meanwhile wakes to plan
+        nothing (a cancelled notification gets no delivery)."""
+        if rows:
+            async with write_tx(self._ctx.engine) as conn:
+                await run_store.insert(conn, rows)
 
     async def start_chunk(
         self, note: dict[str, Any], recipient_ids: list[str], chunk: StripeChunk, now: datetime
@@ -261,21 +345,55 @@ class Runs:
     async def _load(self, rows: list[dict[str, Any]]) -> list[_Run]:
         engine, pg = self._ctx.engine, self._ctx.pg
         flows = await workflow_store.load_versions(
-            engine, {(r["tenant_id"], r["workflow"], r["version"]) for r in rows}
+            engine,
+            {
+                (r["tenant_id"], r["workflow"], r["version"])
+                for r in rows
+                if r["workflow"] != TEMPLATE_FLOW
+            },
         )
         async with planning.reads(engine, pg) as reads:
             notes = await reads.notifications(list({r["notification_id"] for r in rows}))
             people = await reads.recipients({(r["tenant_id"], r["recipient_id"]) for r in rows})
+        builtin = await self._template_flows(rows, notes)
+
+        def flow_of(row: dict[str, Any]) -> Workflow | None:
+            key = (row["tenant_id"], row["workflow"], row["version"])
+            if row["workflow"] != TEMPLATE_FLOW:
+                return flows.get(key)
+            note = notes.get(row["notification_id"])
+            return builtin.get((key[0], note["template"], key[2])) if note else None
+
         return [
             _Run(
                 row,
-                flows.get((row["tenant_id"], row["workflow"], row["version"])),
+                flow_of(row),
                 notes.get(row["notification_id"]),
                 people.get((row["tenant_id"], row["recipient_id"])),
                 [StepRecord.from_json(raw) for raw in row["steps"] or []],
             )
             for row in rows
         ]
+
+    async def _template_flows(
+        self, rows: list[dict[str, Any]], notes: dict[str, dict[str, Any]]
+    ) -> dict[tuple[str, str, int], Workflow]:
+        """The built-in workflows of template sends' runs (:func:`offline_runs`), by
+        (tenant, template, version): each from the template version its send was planned
+        with."""
+        wanted = set()
+        for row in rows:
+            note = notes.get(row["notification_id"])
+            if row["workflow"] == TEMPLATE_FLOW and note is not None and note["template"]:
+                wanted.add((row["tenant_id"], str(note["template"]), int(row["version"])))
+        if not wanted:
+            return {}
+        compiled = await self._planner.compiled(wanted)
+        return {
+            key: template_flow(key[1], *version.offline)
+            for key, version in compiled.items()
+            if version.offline is not None
+        }
 
     async def _plan_asked(self, runs: list[_Run], now: datetime) -> dict[str, DeliveryFacts]:
         """Plan the deliveries of the channel steps the runs ask for; what the ones stored

@@ -206,9 +206,11 @@ class InboxGate:
         return len(woken) + fallen
 
     async def _fall_back(self) -> int:
-        """Unseen in time: the notification goes out again on the fallback channel, as a
-        notification of its own (preferences, quiet hours and all), once: its idempotency
-        key is the message's, so processes that race submit one."""
+        """Messages stored with a ``fallback_due`` of their own (by versions before an
+        offline fallback became a step of its send's run, pipeline/runs.py), unseen in
+        time: the notification goes out again on the fallback channel, as a notification
+        of its own (preferences, quiet hours and all), once: its idempotency key is the
+        message's, so processes that race submit one. No message is stored with one now."""
         due = await inbox_changes.due_fallbacks(self.engine, self.clock())
         items = [_fallback(row) for row in due if row["template"] is not None]
         if items and self.submit is not None:

@@ -431,8 +431,7 @@ async def get_with_deliveries(
         "deliveries": items,
         "deliveries_truncated": len(rows) > limit,
     }
-    if row["workflow"] is not None:
-        shown.update(await _runs_shown(engine, row, shown["status"]))
+    shown.update(await _runs_shown(engine, row, shown["status"]))
     return shown
 
 
@@ -441,11 +440,14 @@ RUNS_SHOWN = 100
 
 
 async def _runs_shown(engine: AsyncEngine, row: Mapping[str, Any], status: str) -> dict[str, Any]:
-    """A workflow send's runs: their totals, the first ones, and a status that stays
+    """A send's runs (a workflow send's, or a template send's whose in-app part falls
+    back: pipeline/runs.py): their totals, the first ones, and a status that stays
     ``processing`` while a run has not ended (a run waiting in a delay has no delivery
-    unfinished)."""
+    unfinished). Nothing for a send without runs."""
     nid = row["id"]
     run_totals = await run_store.totals(engine, nid)
+    if not run_totals and row["workflow"] is None:
+        return {}
     listed = await run_store.of_notification(
         engine, row["tenant_id"], nid, after=None, limit=RUNS_SHOWN + 1
     )

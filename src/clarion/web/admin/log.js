@@ -176,10 +176,11 @@ async function notification(main, id) {
 
   async function draw() {
     const item = await get(`/v1/notifications/${enc(id)}`);
-    const runs = item.workflow ? await runsCard(item, status, onMore) : null;
+    // A workflow send's runs, or a template send's whose in-app part falls back.
+    const runs = item.run_totals ? await runsCard(item, status, onMore) : null;
     // Left (the screen is gone) or more runs loaded meanwhile: keep what is shown.
     if (stopped || more || !main.isConnected) return false;
-    const live = Boolean(item.workflow) && unfinished(item);
+    const live = Boolean(item.run_totals) && unfinished(item);
     status.textContent = live ? `Refreshes every ${REFRESH_MS / 1000} s while runs go on.` : "";
     main.replaceChildren(...notificationView(item, runs));
     return live;

@@ -165,8 +165,13 @@ class RunStepOut(Out):
 class RunOut(Out):
     id: str
     recipient_id: str
-    workflow: str
-    version: int = Field(description="The workflow version the run is pinned to")
+    workflow: str = Field(
+        description="The workflow run; `~template` for a template send's built-in workflow "
+        "(its in-app part's offline fallback)"
+    )
+    version: int = Field(
+        description="The workflow version the run is pinned to (`~template`: the template's)"
+    )
     status: str = Field(
         description="running | waiting | completed | cancelled | throttled | digested | failed"
     )
@@ -214,10 +219,12 @@ class NotificationDetail(NotificationSummary):
     deliveries: list[DeliveryOut]
     deliveries_truncated: bool = False
     run_totals: dict[str, int] | None = Field(
-        None, description="A workflow send: how many runs are in each status"
+        None,
+        description="A send with runs (a workflow send; a template send whose in-app part "
+        "falls back): how many runs are in each status",
     )
     runs: list[RunOut] | None = Field(
-        None, description="A workflow send: its first 100 runs by recipient id"
+        None, description="A send with runs: its first 100 runs by recipient id"
     )
     runs_truncated: bool | None = None
 

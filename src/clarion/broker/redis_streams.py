@@ -12,11 +12,13 @@ its delayed set share a Redis Cluster slot and the per-stream Lua script touches
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -34,21 +36,28 @@ GROUP = "clarion"
 MAX_CONNECTIONS = 64
 # How often one broker instance moves due delayed messages into a stream, at most.
 MOVE_EVERY = 0.05
-# A blocking read waits at most this long, so due delayed messages are moved promptly.
-BLOCK_SLICE = 0.1
+# How often it looks at a stream's delayed set when it knows of nothing due sooner: another
+# process may have added a message due earlier than any it knows of.
+LOOK_EVERY = 1.0
+# A blocking read waits at most this long (and no longer than until the next delayed
+# message this instance knows of is due), then due delayed messages are moved. A stop
+# ends it at once.
+BLOCK_SLICE = LOOK_EVERY
 # Delayed messages moved per script call (keeps each call short for the server).
 MOVE_BATCH = 500
 # Delayed members are a fixed-length random tag + the payload: equal payloads stay distinct.
 TAG_BYTES = 8
 
-# KEYS: delayed set, stream. ARGV: now, batch size, tag length in characters.
+# KEYS: delayed set, stream. ARGV: now, batch size, tag length in characters. Returns how
+# many were moved and when the next one left is due ('' when none is left).
 _MOVE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, member in ipairs(due) do
     redis.call('XADD', KEYS[2], '*', 'd', string.sub(member, tonumber(ARGV[3]) + 1))
     redis.call('ZREM', KEYS[1], member)
 end
-return #due
+local next = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {#due, next[2] or ''}
 """
 
 
@@ -99,6 +108,9 @@ class RedisBroker(Broker):
         self._step_down: AsyncScript | None = None
         self._groups: set[str] = set()
         self._moved_at: dict[str, float] = {}
+        # Per stream, when the next delayed message this instance knows of is due (epoch
+        # seconds; absent: none known).
+        self._next_due: dict[str, float] = {}
         self._claimed_at: dict[str, float] = {}
         # XAUTOCLAIM is a scan: continue where the last one stopped so the whole
         # pending list is covered, not just its head.
@@ -172,6 +184,10 @@ class RedisBroker(Broker):
                 member = os.urandom(TAG_BYTES).hex().encode() + encode(item.payload)
                 pipe.zadd(self._delayed_key(item.stream), {member: item.due})
             await pipe.execute()
+        for item in items:
+            known = self._next_due.get(item.stream)
+            if known is None or item.due < known:
+                self._next_due[item.stream] = item.due
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -219,20 +235,29 @@ class RedisBroker(Broker):
 
     async def _read_all(self, take: Take) -> list[Message]:
         """Leases taken back first, then one read over every stream: it returns at once
-        when any has messages, else blocks for a slice of the time left (due delayed
-        messages are moved between slices; ``stop`` is looked at between them)."""
+        when any has messages, else blocks for a slice of the time left, up to when the
+        next delayed message known is due (due delayed messages are moved between
+        slices). ``stop`` ends a blocking read at once."""
         streams, consumer, count = take.streams, take.consumer, take.count
         await self._ensure_groups(streams)
         taken = await self._maintain(streams, consumer, count)
         while len(taken) < count:
             remaining = 0.0 if take.stopping else take.deadline - time.monotonic()
             # Not blocking when there is something to return, or no time left.
-            block = None if taken or remaining <= 0 else remaining
-            taken += await self._read(streams, consumer, count - len(taken), block, take.overfill)
-            if taken or remaining <= 0:
+            block = None if taken or remaining <= 0 else min(remaining, self._slice(streams))
+            taken += await self._read(
+                streams, consumer, count - len(taken), block, take.overfill, take.stop
+            )
+            if taken or remaining <= 0 or take.stopping:
                 break
             taken = await self._maintain(streams, consumer, count)
         return taken
+
+    def _slice(self, streams: Sequence[str]) -> float:
+        """How long a read may block before delayed messages are looked at again."""
+        now = time.time()
+        soonest = min((self._next_due.get(s, now + BLOCK_SLICE) for s in streams), default=now)
+        return min(BLOCK_SLICE, max(MOVE_EVERY, soonest - now))
 
     async def _ensure_groups(self, streams: Sequence[str]) -> None:
         for stream in streams:
@@ -249,8 +274,8 @@ class RedisBroker(Broker):
     async def _maintain(self, streams: Sequence[str], consumer: str, count: int) -> list[Message]:
         """Move due delayed messages into their streams and take back expired leases,
         each at most as often as its interval; return the messages taken back."""
-        now = time.monotonic()
-        moving = [s for s in streams if now - self._moved_at.get(s, -1e9) >= MOVE_EVERY]
+        now, wall = time.monotonic(), time.time()
+        moving = [s for s in streams if self._moving_due(s, now, wall)]
         for stream in moving:
             self._moved_at[stream] = now
         if moving:
@@ -264,9 +289,19 @@ class RedisBroker(Broker):
                 claimed += await self._claim(stream, consumer, count - len(claimed))
         return claimed
 
+    def _moving_due(self, stream: str, now: float, wall: float) -> bool:
+        """Whether to move a stream's due delayed messages now: at most every
+        ``MOVE_EVERY``; when one known is due, or ``LOOK_EVERY`` after the last look."""
+        since = now - self._moved_at.get(stream, -1e9)
+        if since < MOVE_EVERY:
+            return False
+        known = self._next_due.get(stream)
+        return since >= LOOK_EVERY or (known is not None and known <= wall)
+
     async def _move_due_messages(self, streams: Sequence[str]) -> None:
         """One script call per stream (each touches one cluster slot), all in one round
-        trip. A full batch means more may be due: that stream goes again until drained."""
+        trip. A full batch means more may be due: that stream goes again until drained.
+        Each call says when the next message left is due."""
         assert self._move_due is not None  # set with the client in start()
         sha = self._move_due.sha
         while streams:
@@ -276,12 +311,17 @@ class RedisBroker(Broker):
                     keys = [self._delayed_key(stream), self._stream_key(stream)]
                     pipe.evalsha(sha, 2, *keys, *args)
                 try:
-                    moved = await pipe.execute()
+                    replies = await pipe.execute()
                 except NoScriptError:
                     # The server lost its script cache (a restart, SCRIPT FLUSH).
                     await self._redis.script_load(_MOVE_DUE)
                     continue
-            streams = [s for s, n in zip(streams, moved, strict=True) if n == MOVE_BATCH]
+            for stream, (_, upcoming) in zip(streams, replies, strict=True):
+                if upcoming:
+                    self._next_due[stream] = float(upcoming)
+                else:
+                    self._next_due.pop(stream, None)
+            streams = [s for s, r in zip(streams, replies, strict=True) if r[0] == MOVE_BATCH]
 
     async def _claim(self, stream: str, consumer: str, count: int) -> list[Message]:
         reply = await self._redis.xautoclaim(
@@ -303,17 +343,22 @@ class RedisBroker(Broker):
         count: int,
         block: float | None,
         overfill: bool,
+        stop: asyncio.Event | None = None,
     ) -> list[Message]:
         """One XREADGROUP over all the streams (blocking for at most one slice of
-        ``block`` seconds, if given), in stream order."""
+        ``block`` seconds, if given, or until ``stop``), in stream order."""
         names = {self._stream_key(stream).encode(): stream for stream in streams}
-        reply = await self._redis.xreadgroup(
+        read = self._redis.xreadgroup(
             GROUP,
             consumer,
             dict.fromkeys(names, ">"),
             count=count,
             block=None if block is None else max(1, int(min(block, BLOCK_SLICE) * 1000)),
         )
+        if block is None or stop is None:
+            reply = await read
+        else:
+            reply = await _unless_stopped(read, stop)
         got: dict[str, list[Message]] = {}
         for key, entries in _by_key(reply):
             stream = names[_as_bytes(key)]
@@ -471,3 +516,25 @@ def _ids_by_stream(messages: Sequence[Message]) -> dict[str, list[str]]:
     for message in messages:
         ids[message.stream].append(message.id)
     return ids
+
+
+async def _unless_stopped(read: Awaitable[Any], stop: asyncio.Event) -> Any:
+    """A blocking read's reply, or nothing if ``stop`` comes first: the read is then
+    cancelled (its connection is closed, not reused). An entry the server handed out to
+    the cancelled read is taken back by any consumer once its lease ends, as after a
+    crash."""
+    reading = asyncio.ensure_future(read)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        reading.cancel()
+        raise
+    finally:
+        stopping.cancel()
+    if reading.done():
+        return reading.result()
+    reading.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await reading
+    return []

@@ -54,6 +54,10 @@ from clarion.store.batching import is_outage
 
 log = logging.getLogger(__name__)
 
+# How long a read waits for work (a stop ends it sooner): at rest, a consumer blocks on its
+# streams rather than polling them.
+READ_WAIT = 1.0
+
 # Handles one message; False says its endpoint failed it or was slow (an error, a timeout,
 # a long call), which puts the endpoint in trouble (see "Endpoints and retries").
 Handler = Callable[[Message], Coroutine[Any, Any, bool | None]]
@@ -173,7 +177,7 @@ class FairConsumer:
                     continue
                 try:
                     messages = await self._broker.consume(
-                        self._reading(), self._consumer, count, 0.25, overfill=True, stop=stop
+                        self._reading(), self._consumer, count, READ_WAIT, overfill=True, stop=stop
                     )
                     if messages and self._screen is not None:
                         messages = await self._screen(messages)

@@ -11,10 +11,11 @@ work arrives. The others *stand by*: they read without blocking, and after a rea
 found under a quarter of what it asked for they pause ``PAUSE`` before the next, so what
 arrives goes to the leader, in batches as large as its pace lets accumulate, and a
 message the leader leaves waiting (its process busy with a broadcast's chunk, say) is
-taken by a stand-by within ``PAUSE``. A leader that falls behind leaves messages in the
-stream, a stand-by's read finds a good share of what it asked for and it reads again at
-once: under a backlog every planner works. A leader that stops gives up its lease; one
-that dies loses it after ``LEASE`` seconds.
+taken by a stand-by within ``PAUSE`` while work flows; after a quiet spell a stand-by's
+pause grows to ``RESTING``, so that a deployment at rest is nearly still. A leader that
+falls behind leaves messages in the stream, a stand-by's read finds a good share of what
+it asked for and it reads again at once: under a backlog every planner works. A leader
+that stops gives up its lease; one that dies loses it after ``LEASE`` seconds.
 
 The leader itself *lingers*: after a read that found a few messages (some, but under a
 quarter of what it asked for) it waits ``LINGER`` before the next, so that at a moderate
@@ -48,8 +49,11 @@ log = logging.getLogger(__name__)
 
 LEASE = 5.0
 RENEW_EVERY = LEASE / 3
-# A stand-by's pause after a read that found little.
+# A stand-by's pause after a read that found little; after each further read that found
+# nothing it pauses twice as long, up to RESTING: at rest a stand-by reads seldom, and
+# a read that finds anything brings it back to PAUSE.
 PAUSE = 0.05
+RESTING = 0.8
 # A read that finds at least this share of what it asked for means the leader is behind.
 BEHIND = 0.25
 # The leader's wait after a read that found a few.
@@ -67,6 +71,8 @@ class Lead:
         self.leading = False
         self._checked = -1e9
         self._pause = 0.0
+        # Reads in a row that found nothing.
+        self._empty = 0
 
     async def turn(self, timeout: float, stop: asyncio.Event | None = None) -> float:
         """Before a read: keep or seek the lead when due, and wait out a stand-by's pause
@@ -95,10 +101,13 @@ class Lead:
     def took(self, taken: int, asked: int) -> None:
         """After a read: how many messages it gave of how many were asked for."""
         few = taken < max(1.0, asked * BEHIND)
+        self._empty = 0 if taken else self._empty + 1
         if self.leading:
             self._pause = LINGER if taken and few else 0.0
+        elif few:
+            self._pause = min(PAUSE * 2 ** max(self._empty - 1, 0), RESTING)
         else:
-            self._pause = PAUSE if few else 0.0
+            self._pause = 0.0
 
     async def step_down(self) -> None:
         """Give up the lead (a clean stop), so another process takes it at once."""

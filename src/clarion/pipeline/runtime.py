@@ -19,7 +19,7 @@ from typing import Any
 
 from clarion.broker import Message
 from clarion.domain.models import ALL_CHANNELS, PLAN_STREAMS, channel_streams
-from clarion.pipeline.consumer import unavailable
+from clarion.pipeline.consumer import READ_WAIT, unavailable
 from clarion.pipeline.context import Context
 from clarion.pipeline.digests import DigestCloser
 from clarion.pipeline.intake import Intake
@@ -38,10 +38,17 @@ log = logging.getLogger(__name__)
 # drain() waits for delayed messages due within this many seconds (retries), not for those
 # due later (deliveries deferred past quiet hours).
 _DRAIN_HORIZON = 60.0
-# How long the planner's run waker rests when no workflow run was due: a run resumes
-# within this of its due time.
+# How long the planner's run wakers rest when no workflow run was due: the first looks
+# again after RUNS_IDLE, then less often while none is due, down to once a RUNS_RESTING
+# (a run resumes within that of its due time after a quiet spell, within RUNS_IDLE while
+# runs keep falling due); the others, which add hands under a backlog, every RUNS_RESTING.
 RUNS_IDLE = 0.5
+RUNS_RESTING = 1.0
 RUN_WAKERS = 2
+# The scheduler's relay of the outbox: every RELAY_IDLE while it finds work, resting up to
+# RELAY_RESTING between looks after a quiet spell.
+RELAY_IDLE = 0.2
+RELAY_RESTING = 1.0
 
 
 def consumer_name(role: str) -> str:
@@ -103,24 +110,31 @@ class Runtime:
             self._spawn("events", self._events.run(self._stop))
         if self.roles.planner:
             planner = self._planner = Planner(ctx, consumer_name("planner"))
-            self._spawn("planner", self._loop(lambda: planner.run_once(0.25, self._stop)))
-            critical = self._loop(lambda: planner.run_critical_once(0.25, self._stop))
+            self._spawn("planner", self._loop(lambda: planner.run_once(READ_WAIT, self._stop)))
+            critical = self._loop(lambda: planner.run_critical_once(READ_WAIT, self._stop))
             self._spawn("planner-critical", critical)
-            chunks = self._loop(lambda: planner.run_chunks_once(0.25, self._stop))
+            chunks = self._loop(lambda: planner.run_chunks_once(READ_WAIT, self._stop))
             self._spawn("planner-chunks", chunks)
             # Workflow runs whose wait is over (pipeline/runs.py), a few batches at once:
             # each takes runs no other holds (SKIP LOCKED on PostgreSQL).
             for waker in range(RUN_WAKERS):
-                self._spawn(f"runs-{waker}", self._loop(planner.runs.wake_once, idle=RUNS_IDLE))
+                first = waker == 0
+                wakes = self._loop(
+                    planner.runs.wake_once,
+                    idle=RUNS_IDLE if first else RUNS_RESTING,
+                    resting=RUNS_RESTING,
+                )
+                self._spawn(f"runs-{waker}", wakes)
         if self.roles.scheduler:
             relay, sweeper = Relay(ctx), Sweeper(ctx)
-            self._spawn("relay", self._loop(relay.run_once, idle=0.2))
+            relaying = self._loop(relay.run_once, idle=RELAY_IDLE, resting=RELAY_RESTING)
+            self._spawn("relay", relaying)
             recurring = Recurring(ctx)
-            self._spawn("schedules", self._loop(recurring.run_once, idle=0.5))
+            self._spawn("schedules", self._loop(recurring.run_once, idle=0.5, resting=1.0))
             interval = min(30.0, ctx.settings.sweep_after / 4)
             self._spawn("sweeper", self._loop(sweeper.run_once, idle=interval))
             closer = DigestCloser(ctx)
-            self._spawn("digests", self._loop(closer.run_once, idle=1.0))
+            self._spawn("digests", self._loop(closer.run_once, idle=1.0, resting=2.0))
             keeper = Retention(ctx)
             self._spawn(
                 "retention", self._loop(keeper.run_once, idle=ctx.settings.retention_interval)
@@ -133,14 +147,20 @@ class Runtime:
     def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))
 
-    async def _loop(self, step: Callable[[], Awaitable[int]], idle: float = 0.0) -> None:
-        """Run ``step`` until stopped; when it found nothing, wait ``idle`` or for the stop.
-        A failing step (database or broker away) is logged and retried after a pause."""
-        pause = idle
+    async def _loop(
+        self, step: Callable[[], Awaitable[int]], idle: float = 0.0, resting: float = 0.0
+    ) -> None:
+        """Run ``step`` until stopped; when it found nothing, wait ``idle`` or for the stop,
+        and after each further look that found nothing twice as long, up to ``resting``
+        (none: always ``idle``): at rest a loop looks seldom, and a look that finds work
+        brings it back to ``idle``. A failing step (database or broker away) is logged and
+        retried after a pause."""
+        pause, empty = idle, 0
         while not self._stop.is_set():
             try:
                 found = await step()
-                pause = idle
+                empty = 0 if found else empty + 1
+                pause = min(idle * 2 ** (empty - 1), resting) if resting and empty > 1 else idle
             except Exception as exc:
                 task = asyncio.current_task()
                 name = task.get_name() if task is not None else "loop"

@@ -34,15 +34,15 @@ log = logging.getLogger(__name__)
 
 GROUP = "clarion"
 MAX_CONNECTIONS = 64
-# How often one broker instance moves due delayed messages into a stream, at most.
+# How often one broker instance moves due delayed messages into a stream, at most; and
+# how long a blocking read waits at most before it does (a stop ends a read at once).
 MOVE_EVERY = 0.05
-# How often it looks at a stream's delayed set when it knows of nothing due sooner: another
-# process may have added a message due earlier than any it knows of.
-LOOK_EVERY = 1.0
-# A blocking read waits at most this long (and no longer than until the next delayed
-# message this instance knows of is due), then due delayed messages are moved. A stop
-# ends it at once.
-BLOCK_SLICE = LOOK_EVERY
+BLOCK_SLICE = 0.1
+# At rest (nothing taken or published for QUIET seconds) it looks at a stream's delayed
+# set only when a message it knows of is due, or every RESTING_LOOK (another process may
+# have added one due sooner), and a read blocks up to that long.
+QUIET = 10.0
+RESTING_LOOK = 1.0
 # Delayed messages moved per script call (keeps each call short for the server).
 MOVE_BATCH = 500
 # Delayed members are a fixed-length random tag + the payload: equal payloads stay distinct.
@@ -111,6 +111,8 @@ class RedisBroker(Broker):
         # Per stream, when the next delayed message this instance knows of is due (epoch
         # seconds; absent: none known).
         self._next_due: dict[str, float] = {}
+        # Until when this instance is busy (monotonic): something was taken or published.
+        self._busy_until = 0.0
         self._claimed_at: dict[str, float] = {}
         # XAUTOCLAIM is a scan: continue where the last one stopped so the whole
         # pending list is covered, not just its head.
@@ -173,6 +175,7 @@ class RedisBroker(Broker):
         if not payloads:
             return
         assert self._publish is not None  # set with the client in start()
+        self._busy_until = time.monotonic() + QUIET
         # No MAXLEN: trimming would drop work that nobody has done yet.
         await self._publish(keys=[self._stream_key(stream)], args=[encode(p) for p in payloads])
 
@@ -184,6 +187,7 @@ class RedisBroker(Broker):
                 member = os.urandom(TAG_BYTES).hex().encode() + encode(item.payload)
                 pipe.zadd(self._delayed_key(item.stream), {member: item.due})
             await pipe.execute()
+        self._busy_until = time.monotonic() + QUIET
         for item in items:
             known = self._next_due.get(item.stream)
             if known is None or item.due < known:
@@ -251,13 +255,19 @@ class RedisBroker(Broker):
             if taken or remaining <= 0 or take.stopping:
                 break
             taken = await self._maintain(streams, consumer, count)
+        if taken:
+            self._busy_until = time.monotonic() + QUIET
         return taken
 
     def _slice(self, streams: Sequence[str]) -> float:
-        """How long a read may block before delayed messages are looked at again."""
+        """How long a read may block before delayed messages are looked at again: a slice
+        while busy, up to ``RESTING_LOOK`` at rest, and no longer than until the next
+        delayed message known is due."""
+        if time.monotonic() < self._busy_until:
+            return BLOCK_SLICE
         now = time.time()
-        soonest = min((self._next_due.get(s, now + BLOCK_SLICE) for s in streams), default=now)
-        return min(BLOCK_SLICE, max(MOVE_EVERY, soonest - now))
+        soonest = min((self._next_due.get(s, now + RESTING_LOOK) for s in streams), default=now)
+        return min(RESTING_LOOK, max(MOVE_EVERY, soonest - now))
 
     async def _ensure_groups(self, streams: Sequence[str]) -> None:
         for stream in streams:
@@ -290,13 +300,16 @@ class RedisBroker(Broker):
         return claimed
 
     def _moving_due(self, stream: str, now: float, wall: float) -> bool:
-        """Whether to move a stream's due delayed messages now: at most every
-        ``MOVE_EVERY``; when one known is due, or ``LOOK_EVERY`` after the last look."""
+        """Whether to move a stream's due delayed messages now: every ``MOVE_EVERY``
+        while busy; at rest when one known is due, or ``RESTING_LOOK`` after the last
+        look."""
         since = now - self._moved_at.get(stream, -1e9)
         if since < MOVE_EVERY:
             return False
+        if now < self._busy_until or since >= RESTING_LOOK:
+            return True
         known = self._next_due.get(stream)
-        return since >= LOOK_EVERY or (known is not None and known <= wall)
+        return known is not None and known <= wall
 
     async def _move_due_messages(self, streams: Sequence[str]) -> None:
         """One script call per stream (each touches one cluster slot), all in one round
@@ -353,7 +366,7 @@ class RedisBroker(Broker):
             consumer,
             dict.fromkeys(names, ">"),
             count=count,
-            block=None if block is None else max(1, int(min(block, BLOCK_SLICE) * 1000)),
+            block=None if block is None else max(1, int(min(block, RESTING_LOOK) * 1000)),
         )
         if block is None or stop is None:
             reply = await read

@@ -352,3 +352,25 @@ async def test_no_label_is_empty(app: Harness, sink: WebhookSink) -> None:
     assert "none" not in retries
     assert total(samples, "clarion_dead_letters_total", channel="webhook") >= 1
     assert total(samples, "clarion_deliveries_total", provider="none", status="queued") >= 1
+
+
+async def test_a_stall_of_the_event_loop_shows_as_its_lag(lite: Harness) -> None:
+    """``clarion_event_loop_lag_seconds``: a timer the loop ran late by a blocking call
+    is counted in the buckets at or above the stall."""
+
+    async def lags() -> tuple[float, float]:
+        _, samples = await scrape(lite.client)
+        count = total(samples, "clarion_event_loop_lag_seconds_count")
+        fast = total(samples, "clarion_event_loop_lag_seconds_bucket", le="0.1")
+        return count, count - fast
+
+    async def sampled(after: float) -> bool:
+        return (await lags())[0] > after
+
+    await lite.until(lambda: sampled(0))
+    count, slow = await lags()
+    # The stall measured: the loop blocked on purpose, longer than the sampling interval,
+    # so a sample falls due within it and runs at least 0.2 s late.
+    time.sleep(0.7)  # noqa: ASYNC251
+    await lite.until(lambda: sampled(count))
+    assert (await lags())[1] >= slow + 1

@@ -35,6 +35,9 @@ from clarion.domain.delivery import Stored
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+# How late the event loop ran a timer: from a fraction of a millisecond (nothing else
+# ready) to seconds (a stall: a long computation, a blocking call).
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 # The value of a label with nothing to tell (no provider called, no reason).
 NONE = "none"
 _B32 = {c: i for i, c in enumerate("0123456789abcdefghjkmnpqrstvwxyz")}
@@ -120,6 +123,12 @@ class Metrics:
         )
         self.planner_seconds = histogram(
             "clarion_planner_batch_seconds", "Time the planner spent on one batch", CALL_BUCKETS
+        )
+        self.loop_lag = histogram(
+            "clarion_event_loop_lag_seconds",
+            "How late this process's event loop ran a timer (every half second): the wait "
+            "of everything ready at that moment behind the work in hand",
+            LAG_BUCKETS,
         )
         # (tenant, provider name) → (channel, kind, open?): as this process last saw it.
         self.breakers: dict[tuple[str, str], tuple[str, str, bool]] = {}
@@ -241,6 +250,12 @@ def planned(items: Sequence[Stored]) -> None:
 def _label(value: str | None) -> str:
     """A label's value: never empty (``none`` when there is nothing to tell)."""
     return value or NONE
+
+
+def loop_lag(seconds: float) -> None:
+    if not ENABLED:
+        return
+    METRICS.loop_lag.observe(seconds)
 
 
 def planner_batch(size: int, seconds: float) -> None:

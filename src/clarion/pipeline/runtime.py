@@ -19,6 +19,7 @@ from typing import Any
 
 from clarion.broker import Message
 from clarion.domain.models import ALL_CHANNELS, PLAN_STREAMS, channel_streams
+from clarion.observability import metrics
 from clarion.pipeline.consumer import READ_WAIT, unavailable
 from clarion.pipeline.context import Context
 from clarion.pipeline.digests import DigestCloser
@@ -49,6 +50,8 @@ RUN_WAKERS = 2
 # RELAY_RESTING between looks after a quiet spell.
 RELAY_IDLE = 0.2
 RELAY_RESTING = 1.0
+# How often the event loop's lag is sampled (clarion_event_loop_lag_seconds).
+LAG_EVERY = 0.5
 
 
 def consumer_name(role: str) -> str:
@@ -82,6 +85,7 @@ class Runtime:
 
     async def start(self) -> None:
         ctx = self.ctx
+        self._spawn("loop-lag", self._sample_lag())
         if self.roles.api:
             self.intake = Intake(ctx)
             self.intake.start()
@@ -139,6 +143,17 @@ class Runtime:
             self._spawn(
                 "retention", self._loop(keeper.run_once, idle=ctx.settings.retention_interval)
             )
+
+    async def _sample_lag(self) -> None:
+        """Every ``LAG_EVERY``, how late the loop woke this task: what anything ready
+        waited then behind the work in hand (a stall shows as a lag as long)."""
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            due = loop.time() + LAG_EVERY
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), LAG_EVERY)
+            if not self._stop.is_set():
+                metrics.loop_lag(max(0.0, loop.time() - due))
 
     async def _ack(self, messages: list[Message]) -> list[None]:
         await self.ctx.broker.ack(messages)

@@ -129,9 +129,17 @@ async def test_in_app_then_email_only_if_unread(ready: Harness) -> None:
     waiting = await until_status(app, nid, "r1", "waiting")
     assert waiting["step"] == "wait"
     assert waiting["waiting_until"] is not None
-    # r1 reads the in-app message while the run waits.
+    # r1 reads the in-app message while the run waits (the run waits from when its step
+    # was planned: the message may still be on its way).
     token = await token_for(app, "r1")
-    feed = (await app.client.get("/v1/inbox", headers=bearer(token))).json()["data"]
+    feed: list[dict[str, Any]] = []
+
+    async def arrived() -> bool:
+        answer = await app.client.get("/v1/inbox", headers=bearer(token))
+        feed[:] = answer.json()["data"]
+        return bool(feed)
+
+    await app.until(arrived)
     read = await app.client.post(f"/v1/inbox/{feed[0]['id']}/read", headers=bearer(token))
     assert read.status_code == 200, read.text
     assert (await app.notification(nid))["status"] == "processing"

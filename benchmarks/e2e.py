@@ -935,6 +935,20 @@ def preferences_not_in_force() -> dict[str, Any]:
     }
 
 
+def parse_with(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """A benchmark built on this one: its own options (``parser``, made with
+    ``add_help=False``) with ``--config``, and everything else (stores, workers, --keep,
+    --timeout, ...) as this file takes it."""
+    parser.add_argument(
+        "--config", choices=["embedded", "postgres-redis"], default="postgres-redis"
+    )
+    own, rest = parser.parse_known_args(argv)
+    args = parse_args(["--config", own.config, *rest])
+    for name, value in vars(own).items():
+        setattr(args, name, value)
+    return args
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=["embedded", "postgres-redis"])

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,14 +34,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
     parser.add_argument("--seconds", type=float, default=60.0, help="how long it is watched")
     parser.add_argument("--settle", type=float, default=10.0, help="a pause before watching")
-    parser.add_argument(
-        "--config", choices=["embedded", "postgres-redis"], default="postgres-redis"
-    )
-    own, rest = parser.parse_known_args(argv)
-    # Everything else (stores, workers, --keep, ...) as e2e.py takes it.
-    args = e2e.parse_args(["--config", own.config, *rest])
-    for name, value in vars(own).items():
-        setattr(args, name, value)
+    args = e2e.parse_with(parser, argv)
     if args.seconds <= 0:
         parser.error("--seconds must be > 0")
     return args
@@ -52,7 +44,7 @@ class Idle(e2e.Bench):
     async def measure(
         self, session: aiohttp.ClientSession, sink: e2e.SinkControl
     ) -> dict[str, Any]:
-        log(f"ready: settling {self.args.settle:.0f}s, then watching {self.args.seconds:.0f}s")
+        e2e.log(f"ready: settling {self.args.settle:.0f}s, then watching {self.args.seconds:.0f}s")
         await asyncio.sleep(self.args.settle)
         before = self.cpu_times()
         await asyncio.sleep(self.args.seconds)
@@ -84,10 +76,6 @@ class Idle(e2e.Bench):
             "machine": e2e.machine(),
             "command": " ".join(["python", *sys.argv]),
         }
-
-
-def log(message: str) -> None:
-    print(f"[idle {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def main() -> int:

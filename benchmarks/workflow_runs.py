@@ -43,14 +43,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
     parser.add_argument("--subscribers", type=int, default=100_000)
     parser.add_argument("--delay", default="4m", help="the workflow's delay (a duration)")
-    parser.add_argument(
-        "--config", choices=["embedded", "postgres-redis"], default="postgres-redis"
-    )
-    own, rest = parser.parse_known_args(argv)
-    # Everything else (stores, workers, --keep, --timeout, ...) as e2e.py takes it.
-    args = e2e.parse_args(["--config", own.config, *rest])
-    for name, value in vars(own).items():
-        setattr(args, name, value)
+    args = e2e.parse_with(parser, argv)
     if args.subscribers < 1:
         parser.error("--subscribers must be >= 1")
     return args

@@ -70,6 +70,14 @@ class Harness:
         response = await self.client.put(f"/v1/templates/{name}", json=body, headers=self.auth)
         assert response.status_code == 200, response.text
 
+    async def subscribe(self, topic: str, recipient_ids: list[str]) -> None:
+        response = await self.client.put(
+            f"/v1/topics/{topic}/subscribers",
+            json={"recipient_ids": recipient_ids},
+            headers=self.auth,
+        )
+        assert response.status_code == 200, response.text
+
     async def send(self, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
         return await self.client.post(
             "/v1/notifications", json=body, headers={**self.auth, **(headers or {})}

@@ -193,10 +193,7 @@ async def test_a_topic_send_falls_back_per_subscriber(app: Harness) -> None:
     rids = [f"s{i}" for i in range(5)]
     for rid in rids:
         await app.put_recipient(rid, email=f"{rid}@example.com")
-    response = await app.client.put(
-        "/v1/topics/watchers/subscribers", json={"recipient_ids": rids}, headers=app.auth
-    )
-    assert response.status_code == 200, response.text
+    await app.subscribe("watchers", rids)
     response = await app.send(
         {
             "template": "shipped",

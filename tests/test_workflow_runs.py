@@ -356,10 +356,7 @@ async def test_a_topic_send_runs_for_every_subscriber(ready: Harness) -> None:
     ids = [f"s{i}" for i in range(30)]
     for rid in ids:
         await app.put_recipient(rid, email=f"{rid}@example.com")
-    response = await app.client.put(
-        "/v1/topics/posts/subscribers", json={"recipient_ids": ids}, headers=app.auth
-    )
-    assert response.status_code == 200, response.text
+    await app.subscribe("posts", ids)
     await put_workflow(
         app,
         "digestless",

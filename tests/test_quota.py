@@ -9,6 +9,8 @@ from sqlalchemy import func, select, update
 
 from clarion.api.quota import Quota, quota_of
 from clarion.config import Settings
+from clarion.resilience.quota import ALLOWANCE_HOLD, ALLOWANCE_MOST, Allowances
+from clarion.resilience.ratelimit import Decision, MemoryRateLimiter, Take
 from clarion.store import tenants as tenant_store
 from clarion.store.tables import notifications, tenants
 from harness import Harness
@@ -107,3 +109,110 @@ def test_quota_settings_fall_back_to_the_deployment() -> None:
         assert quota_of(settings, {"intake_rate_per_second": bad, "intake_burst": bad}) == (
             Quota(100, 200)
         )
+
+
+# -- allowances: most charges without a round trip to the shared bucket --------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Bucket:
+    """The in-process limiter, counting the charges that reach it."""
+
+    def __init__(self, clock: _Clock) -> None:
+        self.limiter = MemoryRateLimiter(clock)
+        self.asked: list[int] = []
+
+    async def charge(self, take: Take) -> Decision:
+        self.asked.append(take.cost)
+        [decision] = await self.limiter.take_many([take])
+        return decision
+
+
+async def test_a_steady_tenant_is_charged_mostly_from_its_allowance() -> None:
+    clock = _Clock()
+    bucket = _Bucket(clock)
+    allowances = Allowances(bucket.charge, clock)
+    quota = Quota(10_000, 20_000)
+    for _ in range(2000):
+        decision = await allowances.take(quota.take("t1", 1))
+        assert decision.allowed
+        clock.now += 0.001
+    # The bucket was asked far less often than once per charge, and never gave more than
+    # was spent plus one allowance at most.
+    assert len(bucket.asked) < 100
+    assert 2000 <= sum(bucket.asked) <= 2000 + ALLOWANCE_MOST
+    assert 0 < decision.remaining <= quota.burst
+
+
+async def test_near_its_quota_a_tenant_is_charged_one_by_one() -> None:
+    clock = _Clock()
+    bucket = _Bucket(clock)
+    allowances = Allowances(bucket.charge, clock)
+    small = Quota(0.01, 5)
+    remaining = []
+    for _ in range(5):
+        decision = await allowances.take(small.take("t1", 1))
+        assert decision.allowed
+        remaining.append(decision.remaining)
+    assert remaining == [4, 3, 2, 1, 0]
+    refused = await allowances.take(small.take("t1", 1))
+    assert not refused.allowed and refused.retry_after > 0
+    assert bucket.asked == [1] * 6
+
+
+async def test_what_is_taken_ahead_is_asked_again_alone_when_refused() -> None:
+    clock = _Clock()
+    bucket = _Bucket(clock)
+    mine, theirs = Allowances(bucket.charge, clock), Allowances(bucket.charge, clock)
+    quota = Quota(0.01, 1000)
+    for _ in range(40):  # enough to take several ahead
+        assert (await allowances_take(mine, quota)).allowed
+
+    async def left() -> int:
+        [probe] = await bucket.limiter.take_many([Take("intake:t1", 0.01, 1000, 0)])
+        return probe.remaining
+
+    held = 1000 - 40 - await left()
+    assert held > 0
+    # Another process spends all but one of what is left.
+    assert (await theirs.take(quota.take("t1", await left() - 1))).allowed
+    # This process spends what it holds, then gets the last one, charged alone.
+    for _ in range(held):
+        assert (await allowances_take(mine, quota)).allowed
+    asked = len(bucket.asked)
+    last = await allowances_take(mine, quota)
+    assert last.allowed and last.remaining == 0
+    # Asked with some ahead, refused, then asked alone.
+    first, alone = bucket.asked[asked:]
+    assert first > 1 and alone == 1
+    assert not (await allowances_take(mine, quota)).allowed
+
+
+async def allowances_take(allowances: Allowances, quota: Quota) -> Decision:
+    return await allowances.take(quota.take("t1", 1))
+
+
+async def test_an_allowance_is_forgotten_after_its_time_and_on_a_quota_change() -> None:
+    clock = _Clock()
+    bucket = _Bucket(clock)
+    allowances = Allowances(bucket.charge, clock)
+    quota = Quota(10_000, 20_000)
+    for _ in range(200):
+        await allowances.take(quota.take("t1", 1))
+    asked = len(bucket.asked)
+    clock.now += ALLOWANCE_HOLD + 0.01
+    await allowances.take(quota.take("t1", 1))
+    assert len(bucket.asked) == asked + 1  # what was held is forgotten
+    smaller = Quota(10_000, 100)
+    await allowances.take(smaller.take("t1", 1))
+    assert len(bucket.asked) == asked + 2  # a new quota is asked at once
+    # Other tenants never share an allowance.
+    await allowances.take(quota.take("t2", 1))
+    assert len(bucket.asked) == asked + 3

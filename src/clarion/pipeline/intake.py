@@ -18,6 +18,7 @@ from clarion.domain.refusal import Reason, Refused
 from clarion.observability import metrics, tracing
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import plan_payload
+from clarion.resilience.quota import Allowances
 from clarion.resilience.ratelimit import Decision, Take
 from clarion.store import notifications as store
 from clarion.store.batching import Batcher, is_outage
@@ -55,6 +56,7 @@ class Intake:
         self._charges: Batcher[Take, Decision] = Batcher(
             ctx.resilience.limiter.take_many, max_items=1000, name="intake-quota"
         )
+        self._allowances = Allowances(self._charges.submit)
 
     def start(self) -> None:
         self._commits.start()
@@ -62,8 +64,10 @@ class Intake:
         self._charges.start()
 
     async def charge(self, take: Take) -> Decision:
-        """Take from a tenant's intake quota (or refuse without taking anything)."""
-        return await self._charges.submit(take)
+        """Take from a tenant's intake quota (or refuse without taking anything): from
+        what this process took ahead for the tenant when it can, else from the shared
+        bucket."""
+        return await self._allowances.take(take)
 
     async def _commit(self, items: list[store.NewNotification]) -> list[store.Admission]:
         return await store.accept(

@@ -181,3 +181,30 @@ async def test_a_batch_whose_results_cannot_be_handed_out_fails_its_callers() ->
         assert await asyncio.wait_for(batcher.submit(2), 10) == 4
     finally:
         await batcher.close()
+
+
+async def test_a_lingering_batcher_waits_for_more_only_while_items_come_together() -> None:
+    batches: list[list[str]] = []
+
+    async def flush(items: list[str]) -> list[str]:
+        batches.append(items)
+        return items
+
+    # A long linger, so that what is queued during it is sure to join.
+    batcher: Batcher[str, str] = Batcher(flush, name="test", linger=2.0)
+    batcher.start()
+    try:
+        # Alone: written at once (no linger after a batch of none).
+        assert await asyncio.wait_for(batcher.submit("a"), 1.5) == "a"
+        # Alone again after a batch of one: still no linger.
+        assert await asyncio.wait_for(batcher.submit("b"), 1.5) == "b"
+        # Two together: one batch, and from now on the batcher lingers.
+        assert await asyncio.wait_for(asyncio.gather(batcher.submit("c"), batcher.submit("d")), 1.5)
+        e = batcher.put_nowait("e")
+        for _ in range(3):
+            await asyncio.sleep(0)  # the batcher takes "e" and lingers
+        f = batcher.put_nowait("f")
+        assert await asyncio.wait_for(asyncio.gather(e, f), 10) == ["e", "f"]
+        assert batches == [["a"], ["b"], ["c", "d"], ["e", "f"]]
+    finally:
+        await batcher.close()

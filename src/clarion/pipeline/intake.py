@@ -25,6 +25,11 @@ from clarion.store.batching import Batcher, is_outage
 
 log = logging.getLogger(__name__)
 
+# While requests arrive together, a commit waits this long for more to share it: at a
+# moderate rate, commits of two or three notifications cost the database most of their
+# time (docs/performance.md).
+COMMIT_LINGER = 0.002
+
 
 def _outcome(result: store.Admission | BaseException) -> store.Admission:
     if isinstance(result, (store.Accepted, Refused)):
@@ -47,7 +52,7 @@ class Intake:
         # side by side halved each commit's share of concurrent requests and cost more
         # CPU per notification, with no gain in latency (docs/performance.md).
         self._commits: Batcher[store.NewNotification, store.Admission] = Batcher(
-            self._commit, max_items=max_items, name="group-commit"
+            self._commit, max_items=max_items, name="group-commit", linger=COMMIT_LINGER
         )
         self._publisher: Batcher[store.NewNotification, None] = Batcher(
             self._publish, max_items=2000, name="intake-publish"

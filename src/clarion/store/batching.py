@@ -2,7 +2,10 @@
 
 A batch is whatever has arrived while the previous one was being written, up to a maximum:
 no timer adds latency when traffic is light, and under load each round trip carries many
-items. Used for group commit of notifications, status updates, and captured messages.
+items. A batcher may also *linger*: when its last batch had more than one item (items are
+arriving together), it waits that long for more before it writes, so that a moderate load
+shares round trips too; an item that arrives alone is written at once. Used for group
+commit of notifications, status updates, and captured messages.
 
 Items of a batch belong to different tenants, so one item must not fail the others: a batch
 that fails for anything but an outage (the store or broker out of reach) is split in halves
@@ -76,9 +79,12 @@ class Batcher(Generic[T, R]):
         max_items: int = 1000,
         concurrency: int = 1,
         name: str = "batcher",
+        linger: float = 0.0,
     ) -> None:
         self._flush = flush
         self._max = max_items
+        self._linger = linger
+        self._last = 0  # how many items the last batch had
         self._concurrency = concurrency
         self._name = name
         # Each item with the future its caller waits on (None: no one waits, see ``post``).
@@ -116,8 +122,12 @@ class Batcher(Generic[T, R]):
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            while len(batch) < self._max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            self._take_queued(batch)
+            if self._linger and self._last > 1 and len(batch) < self._max:
+                # Items are arriving together: wait a moment for more to share the trip.
+                await asyncio.sleep(self._linger)
+                self._take_queued(batch)
+            self._last = len(batch)
             try:
                 await self._write(batch)
             except Exception as exc:
@@ -131,6 +141,10 @@ class Batcher(Generic[T, R]):
             finally:
                 for _ in batch:
                     self._queue.task_done()
+
+    def _take_queued(self, batch: list[tuple[T, asyncio.Future[R] | None]]) -> None:
+        while len(batch) < self._max and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
 
     async def _write(self, batch: list[tuple[T, asyncio.Future[R] | None]]) -> None:
         items = [item for item, _ in batch]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -163,7 +164,8 @@ async def test_near_its_quota_a_tenant_is_charged_one_by_one() -> None:
         remaining.append(decision.remaining)
     assert remaining == [4, 3, 2, 1, 0]
     refused = await allowances.take(small.take("t1", 1))
-    assert not refused.allowed and refused.retry_after > 0
+    assert not refused.allowed
+    assert refused.retry_after > 0
     assert bucket.asked == [1] * 6
 
 
@@ -188,10 +190,12 @@ async def test_what_is_taken_ahead_is_asked_again_alone_when_refused() -> None:
         assert (await allowances_take(mine, quota)).allowed
     asked = len(bucket.asked)
     last = await allowances_take(mine, quota)
-    assert last.allowed and last.remaining == 0
+    assert last.allowed
+    assert last.remaining == 0
     # Asked with some ahead, refused, then asked alone.
     first, alone = bucket.asked[asked:]
-    assert first > 1 and alone == 1
+    assert first > 1
+    assert alone == 1
     assert not (await allowances_take(mine, quota)).allowed
 
 
@@ -216,3 +220,24 @@ async def test_an_allowance_is_forgotten_after_its_time_and_on_a_quota_change() 
     # Other tenants never share an allowance.
     await allowances.take(quota.take("t2", 1))
     assert len(bucket.asked) == asked + 3
+
+
+async def test_concurrent_charges_take_ahead_one_at_a_time() -> None:
+    clock = _Clock()
+    bucket = _Bucket(clock)
+
+    async def slow_charge(take: Take) -> Decision:
+        await asyncio.sleep(0)  # other charges of the tenant come in meanwhile
+        return await bucket.charge(take)
+
+    allowances = Allowances(slow_charge, clock)
+    quota = Quota(10_000, 20_000)
+    spent = 0
+    for _ in range(50):
+        decisions = await asyncio.gather(*(allowances.take(quota.take("t1", 1)) for _ in range(32)))
+        assert all(d.allowed for d in decisions)
+        spent += len(decisions)
+        # What the process holds of the tenant's (charged, not yet spent) stays bounded.
+        assert sum(bucket.asked) - spent <= ALLOWANCE_MOST
+        clock.now += 0.005
+    assert len(bucket.asked) < 50 * 32 / 2

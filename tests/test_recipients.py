@@ -592,10 +592,12 @@ async def test_export_holds_everything_stored(app: Harness, sink: WebhookSink) -
         "sandbox_messages",
         "topics",
         "digests",
+        "workflow_runs",
         "truncated",
     }
     assert export["topics"] == ["news"]
     assert export["digests"] == []
+    assert export["workflow_runs"] == []
     assert export["truncated"] is False
     recipient = export["recipient"]
     for name, value in person_body(sink).items():

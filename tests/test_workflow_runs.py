@@ -474,6 +474,14 @@ async def test_ended_runs_leave_with_retention_and_a_recipients_runs_with_erasur
     async with app.ctx.engine.connect() as conn:
         left = (await conn.execute(select(workflow_runs.c.recipient_id))).scalars().all()
     assert sorted(left) == ["r1", "r2"]  # the waiting ones
+    # A recipient's export lists their runs, as the API shows them.
+    export = await app.client.get("/v1/recipients/r2/export", headers=app.auth)
+    assert export.status_code == 200, export.text
+    [run] = export.json()["workflow_runs"]
+    assert (run["notification_id"], run["workflow"], run["status"]) == (waiting, "later", "waiting")
+    assert run["step"] == "wait"
+    assert run["waiting_until"] is not None
+    assert [step["id"] for step in run["steps"]] == ["wait"]
     erased = await app.client.delete("/v1/recipients/r2", headers=app.auth)
     assert erased.status_code == 204, erased.text
     async with app.ctx.engine.connect() as conn:

@@ -68,6 +68,18 @@ async def test_versions_rollback_and_delete(wf: Harness) -> None:
     assert back.status_code == 200, back.text
     assert back.json()["version"] == 1
     assert (await get(wf, "/v1/workflows/w")).json()["version"] == 1
+    # The versions, newest first, the active one marked; paged by version.
+    listed = (await get(wf, "/v1/workflows/w/versions", limit=1)).json()
+    [newest] = listed["data"]
+    assert (newest["version"], newest["active"], newest["name"], newest["steps"]) == (
+        2, False, "Two", 2,
+    )  # fmt: skip
+    rest = (await get(wf, "/v1/workflows/w/versions", cursor=listed["next_cursor"])).json()
+    assert [(v["version"], v["active"]) for v in rest["data"]] == [(1, True)]
+    assert rest["next_cursor"] is None
+    assert (await get(wf, "/v1/workflows/nope/versions")).status_code == 404
+    for bad in ({"cursor": "x"}, {"cursor": "9223372036854775808"}, {"limit": 0}):
+        refused(await get(wf, "/v1/workflows/w/versions", **bad), "validation_error")
     missing = await wf.client.post("/v1/workflows/w/rollback", json={"version": 7}, headers=wf.auth)
     assert missing.status_code == 404
     nobody = await wf.client.post("/v1/workflows/x/rollback", json={"version": 1}, headers=wf.auth)

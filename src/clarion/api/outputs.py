@@ -337,6 +337,18 @@ class WorkflowSummary(Out):
 class WorkflowPage(Paged[WorkflowSummary]): ...
 
 
+class WorkflowVersionSummary(Out):
+    version: int
+    active: bool = Field(description="Whether this is the version new sends run")
+    name: str
+    category: str | None = None
+    steps: int = Field(description="How many steps the version has")
+    created_at: datetime
+
+
+class WorkflowVersionPage(Paged[WorkflowVersionSummary]): ...
+
+
 class TemplatePreviewOut(Out):
     name: str
     version: int
@@ -532,6 +544,11 @@ class RecipientExport(Out):
     digests: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Open digest windows: channel, category, key, held, opened_at, closes_at",
+    )
+    workflow_runs: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Workflow runs, newest first, as `GET /v1/notifications/{id}/runs` shows "
+        "them, each with its `notification_id`",
     )
     truncated: bool = Field(description="Whether a list was cut at its limit")
 

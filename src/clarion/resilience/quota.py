@@ -90,7 +90,6 @@ class _Allowance:
     remaining: int  # what the shared bucket had left after the take
     reset: float  # seconds from ``taken`` until the bucket is whole again
     taken: float
-    ahead: int  # how many to take ahead next time
 
 
 Charger = Callable[[Take], Awaitable[Decision]]
@@ -101,57 +100,60 @@ class Allowances:
     bucket.
 
     A tenant that sends steadily through this process takes a few notifications ahead
-    with each charge that goes to the bucket, and spends them on its next requests for up
-    to :data:`ALLOWANCE_HOLD` seconds. How many it takes ahead adapts to its pace: doubled
+    with a charge that goes to the bucket, and spends them on its next requests for up to
+    :data:`ALLOWANCE_HOLD` seconds. How many it takes ahead adapts to its pace: doubled
     when an allowance ran out before its time (up to :data:`ALLOWANCE_MOST`), halved when
     some of it was left over and forgotten. Never more than 1/:data:`ALLOWANCE_SHARE` of
     what the bucket had left, so near its quota a tenant is charged one request at a time,
-    exactly as without allowances.
+    exactly as without allowances; and one charge at a time per tenant takes ahead (others
+    that miss meanwhile are charged alone), so a process never holds more than
+    :data:`ALLOWANCE_MOST` of a tenant's.
 
     Whatever is spent here was allowed by the bucket first, so a tenant never gets more
     than its quota; an allowance left over (a tenant that stopped) is capacity the tenant
-    does not get back, at most a few dozen notifications per process. A refusal always
-    comes from the bucket: a charge too big for what is held goes there, and if the bucket
-    refuses it with the notifications ahead, it is asked again for the charge alone.
+    does not get back. A refusal always comes from the bucket: a charge too big for what
+    is held goes there, and if the bucket refuses it with the notifications ahead, it is
+    asked again for the charge alone.
     """
 
     def __init__(self, charge: Charger, clock: Callable[[], float] = time.monotonic) -> None:
         self._charge = charge
         self._clock = clock
         self._held: dict[str, _Allowance] = {}
+        self._ahead: dict[str, int] = {}  # how many to take ahead next time, per bucket
+        self._asking: set[str] = set()  # buckets with a charge taking ahead under way
 
     async def take(self, take: Take) -> Decision:
-        now = self._clock()
-        held = self._held.get(take.key)
-        if held is not None and (held.rate, held.burst) != (take.rate, take.burst):
-            held = None  # the tenant's quota changed
+        key, now = take.key, self._clock()
+        held = self._valid(key, take)
         if held is not None and held.until > now and held.tokens >= take.cost:
             held.tokens -= take.cost
             return self._decision(held, now)
         ahead = 0
-        if held is not None:
+        if held is not None and key not in self._asking:
+            pace = self._ahead.get(key, 0)
             if held.until > now:  # spent before its time: take more ahead
-                held.ahead = min(ALLOWANCE_MOST, max(1, held.ahead * 2))
+                pace = min(ALLOWANCE_MOST, max(1, pace * 2))
             elif held.tokens > 0:  # some was forgotten: take less
-                held.ahead //= 2
-            ahead = min(held.ahead, held.remaining // ALLOWANCE_SHARE)
-        decision = await self._charge(replace(take, cost=take.cost + ahead))
-        if not decision.allowed and ahead:
-            ahead = 0
-            decision = await self._charge(take)
+                pace //= 2
+            self._ahead[key] = pace
+            ahead = min(pace, held.remaining // ALLOWANCE_SHARE)
+        if ahead:
+            self._asking.add(key)
+        try:
+            decision = await self._charge(replace(take, cost=take.cost + ahead))
+            if not decision.allowed and ahead:
+                ahead = 0
+                decision = await self._charge(take)
+        finally:
+            self._asking.discard(key)
         if not decision.allowed:
             return decision
         now = self._clock()
         # Another charge of the tenant may have come back meanwhile: what it holds is kept.
-        current = self._held.get(take.key)
-        kept = (
-            current.tokens
-            if current is not None
-            and current.until > now
-            and (current.rate, current.burst) == (take.rate, take.burst)
-            else 0
-        )
-        self._held[take.key] = _Allowance(
+        current = self._valid(key, take)
+        kept = current.tokens if current is not None and current.until > now else 0
+        self._held[key] = _Allowance(
             take.rate,
             take.burst,
             kept + ahead,
@@ -159,12 +161,18 @@ class Allowances:
             decision.remaining,
             decision.reset,
             now,
-            held.ahead if held is not None else 0,
         )
         if len(self._held) > _CACHE_MAX:
             self._forget(now)
         remaining = min(take.burst, decision.remaining + kept + ahead)
         return Decision(True, decision.retry_after, remaining, decision.reset)
+
+    def _valid(self, key: str, take: Take) -> _Allowance | None:
+        """The allowance held for ``key``, unless the tenant's quota changed since."""
+        held = self._held.get(key)
+        if held is None or (held.rate, held.burst) != (take.rate, take.burst):
+            return None
+        return held
 
     @staticmethod
     def _decision(held: _Allowance, now: float) -> Decision:
@@ -175,3 +183,4 @@ class Allowances:
     def _forget(self, now: float) -> None:
         for key in [key for key, held in self._held.items() if held.until <= now]:
             del self._held[key]
+            self._ahead.pop(key, None)

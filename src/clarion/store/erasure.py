@@ -33,6 +33,7 @@ from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus
 from clarion.store import audit, inbox_access, run_digests
 from clarion.store import digests as digest_store
 from clarion.store import recipients as recipient_store
+from clarion.store import runs as run_store
 from clarion.store import schedules as schedule_store
 from clarion.store import topics as topic_store
 from clarion.store.db import shown, utcnow, write_tx
@@ -232,6 +233,8 @@ async def export(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> dict
         sandbox = await _newest(conn, sandbox_messages, tenant_id, recipient_id, _SANDBOX_COLUMNS)
         topics = await topic_store.of_recipient(conn, tenant_id, recipient_id)
         held = await digest_store.open_windows(conn, tenant_id, recipient_id)
+        runs = await _newest(conn, workflow_runs, tenant_id, recipient_id, None)
+    shown_runs = await run_store.shown(engine, runs[0])
     return {
         "recipient": recipient_store.to_public(row),
         "preferences": recipient_store.preferences_of(row),
@@ -250,7 +253,11 @@ async def export(engine: AsyncEngine, tenant_id: str, recipient_id: str) -> dict
         "inbox_messages": inbox[0],
         "deliveries": sent[0],
         "sandbox_messages": sandbox[0],
-        "truncated": inbox[1] or sent[1] or sandbox[1],
+        "workflow_runs": [
+            {**run, "notification_id": row["notification_id"]}
+            for run, row in zip(shown_runs, runs[0], strict=True)
+        ],
+        "truncated": inbox[1] or sent[1] or sandbox[1] or runs[1],
     }
 
 
@@ -259,8 +266,10 @@ async def _newest(
     table: Any,
     tenant_id: str,
     recipient_id: str,
-    columns: tuple[str, ...],
+    columns: tuple[str, ...] | None,
 ) -> tuple[list[dict[str, Any]], bool]:
+    """The recipient's newest ``EXPORT_LIMIT`` rows of ``table`` (these columns, or
+    whole), and whether there were more."""
     query = (
         select(table)
         .where(table.c.tenant_id == tenant_id, table.c.recipient_id == recipient_id)
@@ -268,7 +277,9 @@ async def _newest(
         .limit(EXPORT_LIMIT + 1)
     )
     rows = (await conn.execute(query)).mappings().all()
-    return [shown(r, columns) for r in rows[:EXPORT_LIMIT]], len(rows) > EXPORT_LIMIT
+    kept = rows[:EXPORT_LIMIT]
+    shown_rows = [dict(r) for r in kept] if columns is None else [shown(r, columns) for r in kept]
+    return shown_rows, len(rows) > EXPORT_LIMIT
 
 
 # What an export shows of each row of the recipient's messages.

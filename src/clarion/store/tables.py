@@ -254,6 +254,8 @@ workflow_runs = Table(
         postgresql_where=text("wake_at IS NOT NULL"),
     ),
     Index("ix_workflow_runs_notification", "notification_id", "recipient_id"),
+    # A recipient's runs, for their export and erasure.
+    Index("ix_workflow_runs_recipient", "tenant_id", "recipient_id"),
     Index(
         "ix_workflow_runs_cancellation",
         "tenant_id",

@@ -9,7 +9,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.store import audit
-from clarion.store.db import as_utc, shown, utcnow, write_tx
+from clarion.store.db import shown, utcnow, write_tx
 from clarion.store.sql import chunks, upsert
 from clarion.store.tables import template_versions, templates
 from clarion.store.versioned import Versioned
@@ -114,27 +114,9 @@ async def list_versions(
     engine: AsyncEngine, tenant_id: str, name: str, *, before: int | None, limit: int
 ) -> list[dict[str, Any]] | None:
     """A template's versions, newest first; None when there is no such template."""
-    tv = template_versions
-    query = select(tv.c.version, tv.c.category, tv.c.created_at).where(
-        tv.c.tenant_id == tenant_id, tv.c.name == name
+    return await TEMPLATES.versions_page(
+        engine, tenant_id, name, ("version", "category", "created_at"), before=before, limit=limit
     )
-    if before is not None:
-        query = query.where(tv.c.version < before)
-    query = query.order_by(tv.c.version.desc()).limit(limit)
-    async with engine.connect() as conn:
-        active = await TEMPLATES.active(conn, tenant_id, name)
-        if active is None:
-            return None
-        rows = (await conn.execute(query)).mappings().all()
-    return [
-        {
-            "version": r["version"],
-            "active": r["version"] == active,
-            "category": r["category"],
-            "created_at": as_utc(r["created_at"]),
-        }
-        for r in rows
-    ]
 
 
 async def rollback(

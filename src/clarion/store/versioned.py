@@ -148,6 +148,31 @@ class Versioned:
             rows = await conn.execute(query.order_by(h.c[self.key]).limit(limit))
             return [shown(r, listed) for r in rows.mappings()]
 
+    async def versions_page(
+        self,
+        engine: AsyncEngine,
+        tenant_id: str,
+        key: str,
+        listed: tuple[str, ...],
+        *,
+        before: int | None,
+        limit: int,
+    ) -> list[dict[str, Any]] | None:
+        """The versions of ``key``, newest first, each with ``listed`` of its row and
+        whether it is the active one; ``before`` is the last version of the previous page.
+        None when there is no such definition."""
+        v = self.versions
+        query = select(*(v.c[c] for c in listed)).where(self._versions_of(tenant_id, key))
+        if before is not None:
+            query = query.where(v.c.version < before)
+        query = query.order_by(v.c.version.desc()).limit(limit)
+        async with engine.connect() as conn:
+            active = await self.active(conn, tenant_id, key)
+            if active is None:
+                return None
+            rows = (await conn.execute(query)).mappings().all()
+        return [{**shown(r, listed), "active": r["version"] == active} for r in rows]
+
     async def rollback(
         self, engine: AsyncEngine, tenant_id: str, key: str, version: int, *, actor: str
     ) -> str | None:

@@ -17,6 +17,7 @@ from clarion.store.versioned import Versioned, shown_version
 # What the API shows of a workflow version, and of a workflow in the list.
 _VERSION_COLUMNS = ("key", "version", "name", "category", "steps", "created_at")
 _LISTED_COLUMNS = ("key", "name", "category", "active_version", "latest_version", "updated_at")
+_HISTORY_COLUMNS = ("version", "name", "category", "steps", "created_at")
 
 WORKFLOWS = Versioned(
     heads=workflows,
@@ -33,6 +34,22 @@ async def list_workflows(
 ) -> list[dict[str, Any]]:
     """Workflows by key, with their active version's name and category."""
     return await WORKFLOWS.heads_page(engine, tenant_id, _LISTED_COLUMNS, after=after, limit=limit)
+
+
+async def list_versions(
+    engine: AsyncEngine, tenant_id: str, key: str, *, before: int | None, limit: int
+) -> list[dict[str, Any]] | None:
+    """A workflow's versions, newest first, each with its name, category, step count and
+    whether it is active; None when there is no such workflow."""
+    rows = await WORKFLOWS.versions_page(
+        engine, tenant_id, key, _HISTORY_COLUMNS, before=before, limit=limit
+    )
+    if rows is None:
+        return None
+    return [
+        {**{k: v for k, v in row.items() if k != "steps"}, "steps": len(row["steps"])}
+        for row in rows
+    ]
 
 
 async def active_versions(

@@ -120,9 +120,9 @@ async def token(
 @router.get(
     "/{recipient_id}/export",
     description=(
-        f"The recipient, its preferences, inbox messages, deliveries and sandbox captures, "
-        f"the newest {erasure.EXPORT_LIMIT:,} of each list; `truncated` is true when a list "
-        f"was cut."
+        f"The recipient, its preferences, topics, open digest windows, inbox messages, "
+        f"deliveries, sandbox captures and workflow runs, the newest "
+        f"{erasure.EXPORT_LIMIT:,} of each list; `truncated` is true when a list was cut."
     ),
     response_model=RecipientExport,
 )

@@ -12,8 +12,9 @@ from clarion.api.outputs import (
     WorkflowPage,
     WorkflowStored,
     WorkflowVersionOut,
+    WorkflowVersionPage,
 )
-from clarion.api.responses import JSONResponse, deleted
+from clarion.api.responses import JSONResponse, deleted, or_404
 from clarion.api.routes.templates import Version, rolled_back, version_of
 from clarion.api.schemas import Body, NamePath, RecipientId, WorkflowIn
 from clarion.domain import workflows as definitions
@@ -22,6 +23,7 @@ from clarion.errors import ValidationFailed
 from clarion.store import categories as category_store
 from clarion.store import runs as run_store
 from clarion.store import templates as template_store
+from clarion.store import workflows as workflow_store
 from clarion.store.db import utcnow
 from clarion.store.workflows import WORKFLOWS, list_workflows
 
@@ -60,6 +62,19 @@ async def list_all(caller: Reader, limit: Size = 50, cursor: KeyCursor = None) -
     """List workflows by key (cursor-paginated)."""
     rows = await list_workflows(caller.engine, caller.tenant_id, after=cursor, limit=limit + 1)
     return JSONResponse(page(rows, limit, by("key")))
+
+
+@router.get("/{key}/versions", response_model=WorkflowVersionPage)
+async def list_versions(
+    caller: Reader, key: NamePath, limit: Size = 50, cursor: Version = None
+) -> JSONResponse:
+    """List a workflow's versions, newest first (cursor-paginated): which is active, and
+    each one's name, category, number of steps and creation time. Read one whole with
+    `GET /v1/workflows/{key}?version=N`."""
+    rows = await workflow_store.list_versions(
+        caller.engine, caller.tenant_id, key, before=cursor, limit=limit + 1
+    )
+    return JSONResponse(page(or_404(rows, f"no workflow {key!r}"), limit, by("version")))
 
 
 class WorkflowRollbackIn(Body):

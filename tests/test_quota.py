@@ -136,10 +136,18 @@ class _Bucket:
         return decision
 
 
-async def test_a_steady_tenant_is_charged_mostly_from_its_allowance() -> None:
+def _allowances() -> tuple[_Clock, _Bucket, Allowances]:
     clock = _Clock()
     bucket = _Bucket(clock)
-    allowances = Allowances(bucket.charge, clock)
+    return clock, bucket, Allowances(bucket.charge, clock)
+
+
+async def allowances_take(allowances: Allowances, quota: Quota) -> Decision:
+    return await allowances.take(quota.take("t1", 1))
+
+
+async def test_a_steady_tenant_is_charged_mostly_from_its_allowance() -> None:
+    clock, bucket, allowances = _allowances()
     quota = Quota(10_000, 20_000)
     for _ in range(2000):
         decision = await allowances.take(quota.take("t1", 1))
@@ -153,9 +161,7 @@ async def test_a_steady_tenant_is_charged_mostly_from_its_allowance() -> None:
 
 
 async def test_near_its_quota_a_tenant_is_charged_one_by_one() -> None:
-    clock = _Clock()
-    bucket = _Bucket(clock)
-    allowances = Allowances(bucket.charge, clock)
+    _, bucket, allowances = _allowances()
     small = Quota(0.01, 5)
     remaining = []
     for _ in range(5):
@@ -199,14 +205,8 @@ async def test_what_is_taken_ahead_is_asked_again_alone_when_refused() -> None:
     assert not (await allowances_take(mine, quota)).allowed
 
 
-async def allowances_take(allowances: Allowances, quota: Quota) -> Decision:
-    return await allowances.take(quota.take("t1", 1))
-
-
 async def test_an_allowance_is_forgotten_after_its_time_and_on_a_quota_change() -> None:
-    clock = _Clock()
-    bucket = _Bucket(clock)
-    allowances = Allowances(bucket.charge, clock)
+    clock, bucket, allowances = _allowances()
     quota = Quota(10_000, 20_000)
     for _ in range(200):
         await allowances.take(quota.take("t1", 1))

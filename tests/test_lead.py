@@ -9,8 +9,9 @@ import pytest
 
 from clarion.broker.base import Broker, Message
 from clarion.broker.redis_streams import RedisBroker
+from clarion.domain.backoff import resting_pause
 from clarion.pipeline import lead as lead_module
-from clarion.pipeline.lead import LINGER, PAUSE, Lead
+from clarion.pipeline.lead import LINGER, PAUSE, RESTING, Lead
 from standins import serving
 
 
@@ -125,3 +126,23 @@ async def test_under_a_backlog_the_stand_by_reads_at_once(redis_broker: Broker) 
     # A leader that stops gives its lead up: another process takes it at once.
     await leader.step_down()
     assert await redis_broker.lead("plan", "p2", ttl=30)
+
+
+async def test_a_stand_by_at_rest_for_hours_keeps_its_longest_pause(
+    slept: list[float],
+) -> None:
+    lead = lead_for(_Leads("a"), "b")
+    await lead.turn(0.25)
+    for _ in range(5000):  # more than an hour of empty reads at the longest pause
+        lead.took(0, 100)
+    assert await lead.turn(0.25) == 0.0
+    assert slept == [RESTING]
+    lead.took(3, 100)  # something came: back to the short pause
+    await lead.turn(0.25)
+    assert slept == [RESTING, PAUSE]
+
+
+def test_a_resting_pause_grows_to_its_longest_and_stays() -> None:
+    assert [resting_pause(0.5, n, 4.0) for n in range(6)] == [0.5, 0.5, 1.0, 2.0, 4.0, 4.0]
+    assert resting_pause(0.5, 10**9, 4.0) == 4.0
+    assert resting_pause(0.5, 10**9, 0.0) == 0.5  # no growth asked for

@@ -44,6 +44,7 @@ import logging
 import time
 
 from clarion.broker import Broker
+from clarion.domain.backoff import resting_pause
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Lead:
         if self.leading:
             self._pause = LINGER if taken and few else 0.0
         elif few:
-            self._pause = min(PAUSE * 2 ** max(self._empty - 1, 0), RESTING)
+            self._pause = resting_pause(PAUSE, self._empty, RESTING)
         else:
             self._pause = 0.0
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clarion.broker import Message
+from clarion.domain.backoff import resting_pause
 from clarion.domain.models import ALL_CHANNELS, PLAN_STREAMS, channel_streams
 from clarion.observability import metrics
 from clarion.pipeline.consumer import READ_WAIT, unavailable
@@ -175,7 +176,7 @@ class Runtime:
             try:
                 found = await step()
                 empty = 0 if found else empty + 1
-                pause = min(idle * 2 ** (empty - 1), resting) if resting and empty > 1 else idle
+                pause = resting_pause(idle, empty, resting)
             except Exception as exc:
                 task = asyncio.current_task()
                 name = task.get_name() if task is not None else "loop"

@@ -40,9 +40,10 @@ MOVE_EVERY = 0.05
 BLOCK_SLICE = 0.1
 # At rest (nothing taken or published for QUIET seconds) it looks at a stream's delayed
 # set only when a message it knows of is due, or every RESTING_LOOK (another process may
-# have added one due sooner), and a read blocks up to that long.
+# have added one due sooner: one that is not its own consumer, as the scheduler's relay,
+# or one that died), and a read blocks up to that long.
 QUIET = 10.0
-RESTING_LOOK = 1.0
+RESTING_LOOK = 5.0
 # Delayed messages moved per script call (keeps each call short for the server).
 MOVE_BATCH = 500
 # Delayed members are a fixed-length random tag + the payload: equal payloads stay distinct.

@@ -55,8 +55,9 @@ from clarion.store.batching import is_outage
 log = logging.getLogger(__name__)
 
 # How long a read waits for work (a stop ends it sooner): at rest, a consumer blocks on its
-# streams rather than polling them.
-READ_WAIT = 1.0
+# streams rather than polling them. The broker cuts a wait into slices of its own where it
+# must look at something between (broker/redis_streams.py: every 100 ms while busy).
+READ_WAIT = 5.0
 
 # Handles one message; False says its endpoint failed it or was slow (an error, a timeout,
 # a long call), which puts the endpoint in trouble (see "Endpoints and retries").

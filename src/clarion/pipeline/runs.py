@@ -18,6 +18,7 @@ published them), and an attempt published twice is still sent once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zoneinfo
 from collections.abc import Sequence
@@ -198,6 +199,8 @@ class Runs:
         # A run being advanced is leased for this long: one whose advancer died is taken
         # again after.
         self._lease = ctx.settings.workflow_run_lease
+        # Set while more runs are due than a batch: the last wake took a full one.
+        self._backlog = asyncio.Event()
 
     async def start(self, notes: Sequence[dict[str, Any]], now: datetime) -> None:
         """Store the runs of these workflow sends (one per recipient; none twice, and
@@ -286,9 +289,27 @@ class Runs:
         run out); how many."""
         now = utcnow()
         taken = await run_store.take_due(self._ctx.engine, now, self._lease, limit, self._ctx.pg)
+        if len(taken) >= limit:
+            self._backlog.set()
+        else:
+            self._backlog.clear()
         if taken:
             await self.advance(taken, now)
         return len(taken)
+
+    async def help_once(self, stop: asyncio.Event) -> int:
+        """An extra hand: wait (without looking at the store) until a wake finds more runs
+        due than a batch, or ``stop``; then wake a batch. How many it advanced."""
+        if not self._backlog.is_set():
+            waits = [asyncio.ensure_future(e.wait()) for e in (self._backlog, stop)]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+            if stop.is_set():
+                return 0
+        return await self.wake_once()
 
     async def advance(self, rows: list[dict[str, Any]], now: datetime) -> None:
         """Advance leased runs as far as each goes now, then store where each stands. A

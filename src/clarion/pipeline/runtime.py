@@ -40,13 +40,16 @@ log = logging.getLogger(__name__)
 # drain() waits for delayed messages due within this many seconds (retries), not for those
 # due later (deliveries deferred past quiet hours).
 _DRAIN_HORIZON = 60.0
-# How long the planner's run wakers rest when no workflow run was due: the first looks
-# again after RUNS_IDLE, then less often while none is due, down to once a RUNS_RESTING
-# (a run resumes within that of its due time after a quiet spell, within RUNS_IDLE while
-# runs keep falling due); the others, which add hands under a backlog, every RUNS_RESTING.
+# How long the planner's run waker rests when no workflow run was due: it looks again
+# after RUNS_IDLE, then less often while none is due, down to once a RUNS_RESTING (a run
+# resumes within that of its due time after a quiet spell, within RUNS_IDLE while runs
+# keep falling due); the other RUN_WAKERS - 1 add hands only while it finds a backlog.
 RUNS_IDLE = 0.5
 RUNS_RESTING = 1.0
 RUN_WAKERS = 2
+# How long the lead of the plan stream's read blocks at most: its lease (pipeline/lead.py,
+# 5 s) is renewed between reads.
+LEAD_READ = 1.0
 # The scheduler's relay of the outbox: every RELAY_IDLE while it finds work, resting up to
 # RELAY_RESTING between looks after a quiet spell.
 RELAY_IDLE = 0.2
@@ -115,21 +118,19 @@ class Runtime:
             self._spawn("events", self._events.run(self._stop))
         if self.roles.planner:
             planner = self._planner = Planner(ctx, consumer_name("planner"))
-            self._spawn("planner", self._loop(lambda: planner.run_once(READ_WAIT, self._stop)))
+            self._spawn("planner", self._loop(lambda: planner.run_once(LEAD_READ, self._stop)))
             critical = self._loop(lambda: planner.run_critical_once(READ_WAIT, self._stop))
             self._spawn("planner-critical", critical)
             chunks = self._loop(lambda: planner.run_chunks_once(READ_WAIT, self._stop))
             self._spawn("planner-chunks", chunks)
-            # Workflow runs whose wait is over (pipeline/runs.py), a few batches at once:
-            # each takes runs no other holds (SKIP LOCKED on PostgreSQL).
-            for waker in range(RUN_WAKERS):
-                first = waker == 0
-                wakes = self._loop(
-                    planner.runs.wake_once,
-                    idle=RUNS_IDLE if first else RUNS_RESTING,
-                    resting=RUNS_RESTING,
-                )
-                self._spawn(f"runs-{waker}", wakes)
+            # Workflow runs whose wait is over (pipeline/runs.py): one waker looks at the
+            # table; while it finds more due than a batch, the others join in, a few
+            # batches at once (each takes runs no other holds: SKIP LOCKED on PostgreSQL).
+            wakes = self._loop(planner.runs.wake_once, idle=RUNS_IDLE, resting=RUNS_RESTING)
+            self._spawn("runs-0", wakes)
+            for waker in range(1, RUN_WAKERS):
+                helping = self._loop(lambda: planner.runs.help_once(self._stop))
+                self._spawn(f"runs-{waker}", helping)
         if self.roles.scheduler:
             relay, sweeper = Relay(ctx), Sweeper(ctx)
             relaying = self._loop(relay.run_once, idle=RELAY_IDLE, resting=RELAY_RESTING)

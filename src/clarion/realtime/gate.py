@@ -182,36 +182,49 @@ class InboxGate:
 
     async def _follow(self) -> None:
         async with self._loaded:
-            since = None if self._watermark is None else self._watermark - _OVERLAP
-            for tenant_id, who, at in await inbox_access.revocations_since(self.engine, since):
-                await self._apply(tenant_id, who, at)
-                if self._watermark is None or at > self._watermark:
-                    self._watermark = at
-            if self._watermark is None:
-                self._watermark = utcnow() - _OVERLAP
-            self._ready = True
+            revoked = await inbox_access.revocations_since(self.engine, self._since())
+            await self._followed(revoked)
+
+    def _since(self) -> datetime | None:
+        return None if self._watermark is None else self._watermark - _OVERLAP
+
+    async def _followed(self, revoked: list[tuple[str, str, datetime]]) -> None:
+        """Apply revocations read after the watermark, and move it on (under ``_loaded``)."""
+        for tenant_id, who, at in revoked:
+            await self._apply(tenant_id, who, at)
+            if self._watermark is None or at > self._watermark:
+                self._watermark = at
+        if self._watermark is None:
+            self._watermark = utcnow() - _OVERLAP
+        self._ready = True
 
     async def upkeep(self) -> int:
         """Follow revocations; bring back due snoozed messages; send due offline fallbacks.
-        Returns how many messages it acted on."""
-        await self._follow()
+        One read finds what there is to do (the API does this every second, so at rest
+        it is a single look); a write follows only for what it found. Returns how many
+        messages it acted on."""
+        moment = self.clock()
+        async with self._loaded:
+            look = await inbox_changes.upkeep_look(
+                self.engine, self._since(), moment, fallbacks=self.submit is not None
+            )
+            await self._followed(look.revoked)
         now = time.monotonic()
         if now >= self._next_sweep:
             self._next_sweep = now + _TICKET_SWEEP
-            await inbox_tickets.sweep(self.engine, self.clock())
-        fallen = await self._fall_back() if self.submit is not None else 0
-        woken = await inbox_changes.wake_due(self.engine, self.clock())
+            await inbox_tickets.sweep(self.engine, moment)
+        fallen = await self._fall_back(look.fallbacks) if look.fallbacks else 0
+        woken = await inbox_changes.wake_due(self.engine, moment) if look.snoozed else []
         if woken:
             await self.hub.publish_many(arrivals(woken))
         return len(woken) + fallen
 
-    async def _fall_back(self) -> int:
+    async def _fall_back(self, due: list[dict[str, Any]]) -> int:
         """Messages stored with a ``fallback_due`` of their own (by versions before an
         offline fallback became a step of its send's run, pipeline/runs.py), unseen in
         time: the notification goes out again on the fallback channel, as a notification
         of its own (preferences, quiet hours and all), once: its idempotency key is the
         message's, so processes that race submit one. No message is stored with one now."""
-        due = await inbox_changes.due_fallbacks(self.engine, self.clock())
         items = [_fallback(row) for row in due if row["template"] is not None]
         if items and self.submit is not None:
             await self.submit(items)

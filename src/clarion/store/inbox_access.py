@@ -93,9 +93,16 @@ async def revocations_since(
 ) -> list[tuple[str, str, datetime]]:
     """Revocations recorded after ``since`` (those that can still matter when None: no
     token lives longer than ``MAX_TTL``)."""
+    async with engine.connect() as conn:
+        return await revocations_in(conn, since)
+
+
+async def revocations_in(
+    conn: AsyncConnection, since: datetime | None
+) -> list[tuple[str, str, datetime]]:
+    """:func:`revocations_since` on the caller's connection."""
     floor = since if since is not None else utcnow() - timedelta(seconds=MAX_TTL)
     r = inbox_revocations
     query = select(r.c.tenant_id, r.c.recipient_id, r.c.revoked_at).where(r.c.revoked_at > floor)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
+    rows = (await conn.execute(query)).all()
     return [(row[0], row[1], as_utc(row[2]) or floor) for row in rows]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,6 +30,7 @@ from sqlalchemy import Select, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from clarion.store import inbox_access
 from clarion.store.db import utcnow, write_tx
 from clarion.store.inbox import STATE_COLUMNS, State, mine, public, stamp
 from clarion.store.pg import PgPool
@@ -429,8 +431,31 @@ async def wake_due(
     return _stored(rows, states)
 
 
-async def due_fallbacks(
-    engine: AsyncEngine, now: datetime | None = None, limit: int = 500
+@dataclass(frozen=True)
+class UpkeepLook:
+    """What an API process's inbox upkeep has to do (realtime/gate.py)."""
+
+    revoked: list[tuple[str, str, datetime]]
+    fallbacks: list[dict[str, Any]]
+    snoozed: bool
+
+
+async def upkeep_look(
+    engine: AsyncEngine, since: datetime | None, now: datetime, *, fallbacks: bool
+) -> UpkeepLook:
+    """In one read: the token revocations recorded after ``since``
+    (:func:`inbox_access.revocations_in`), the messages whose offline fallback is due (when
+    ``fallbacks``), and whether a snoozed message has come due (for :func:`wake_due`)."""
+    snoozed_due = select(t.c.id).where(t.c.snoozed_until <= now).limit(1)
+    async with engine.connect() as conn:
+        revoked = await inbox_access.revocations_in(conn, since)
+        due = await _due_fallbacks(conn, now) if fallbacks else []
+        snoozed = (await conn.execute(snoozed_due)).first() is not None
+    return UpkeepLook(revoked, due, snoozed)
+
+
+async def _due_fallbacks(
+    conn: AsyncConnection, now: datetime, limit: int = 500
 ) -> list[dict[str, Any]]:
     """Unseen messages whose fallback is due, with what their notification asked for
     (``template``, ``data``, ``priority``; None when the notification is gone)."""
@@ -446,14 +471,15 @@ async def due_fallbacks(
             n.c.priority,
         )
         .select_from(t.outerjoin(n, n.c.id == t.c.notification_id))
-        .where(t.c.fallback_due <= (now or utcnow()), t.c.seen_at.is_(None))
+        .where(t.c.fallback_due <= now, t.c.seen_at.is_(None))
         .limit(limit)
     )
-    async with engine.connect() as conn:
-        return [dict(r) for r in (await conn.execute(query)).mappings()]
+    return [dict(r) for r in (await conn.execute(query)).mappings()]
 
 
 async def fallbacks_done(engine: AsyncEngine, ids: list[str]) -> None:
+    if not ids:
+        return
     async with write_tx(engine) as conn:
         for part in chunks(ids, 1000):
             await conn.execute(update(t).where(t.c.id.in_(part)).values(fallback_due=None))

@@ -1,6 +1,6 @@
-"""With nothing to do, the roles look seldom and write nothing: the API's inbox upkeep is
-one read, and only one run waker per planner looks at the table while no backlog of due
-runs calls for more hands."""
+"""With nothing to do, the roles look seldom and write nothing: the API's inbox upkeep and
+the scheduler's looks are one read each, and only one run waker per planner looks at the
+table while no backlog of due runs calls for more hands."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from typing import Any
 
 from sqlalchemy import event, select, update
 
+from clarion.pipeline.digests import DigestCloser
 from clarion.pipeline.planner import Planner
+from clarion.pipeline.recurring import Recurring
 from clarion.pipeline.runtime import Roles
+from clarion.pipeline.scheduler import Relay
 from clarion.store.db import utcnow, write_tx
 from clarion.store.tables import workflow_runs
 from harness import Harness, make_settings, running
@@ -19,31 +22,60 @@ from harness import Harness, make_settings, running
 EMAIL = {"channels": {"email": {"subject": "Hi", "text": "Hello {{ who }}"}}}
 
 
+class Watched:
+    """The SQLAlchemy pool checkouts and statements (by first word) made meanwhile."""
+
+    def __init__(self, app: Harness) -> None:
+        self.checkouts = 0
+        self.statements: list[str] = []
+        self._engine = app.ctx.engine.sync_engine
+
+    def _checked_out(self, *_: Any) -> None:
+        self.checkouts += 1
+
+    def _executed(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        self.statements.append(statement.lstrip().split(None, 1)[0].upper())
+
+    def __enter__(self) -> Watched:
+        event.listen(self._engine.pool, "checkout", self._checked_out)
+        event.listen(self._engine, "before_cursor_execute", self._executed)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        event.remove(self._engine.pool, "checkout", self._checked_out)
+        event.remove(self._engine, "before_cursor_execute", self._executed)
+
+    def only_reads(self, app: Harness, looks: int) -> None:
+        """On PostgreSQL, the looks went to its direct pool and SQLAlchemy did nothing;
+        on SQLite, ``looks`` checkouts that only read."""
+        if app.ctx.pg is not None:
+            assert self.checkouts == 0
+            assert self.statements == []
+        else:
+            assert self.checkouts == looks, self.statements
+            assert set(self.statements) == {"SELECT"}, self.statements
+
+
 async def test_the_inbox_upkeep_at_rest_is_one_read(backend: tuple[str, str]) -> None:
     async with running(make_settings(*backend), Roles()) as app:
         gate = app.ctx.inbox
         gate.submit = lambda items: asyncio.sleep(0, [])  # an API process's intake
         await gate.upkeep()  # the first also sweeps expired tickets
-        checkouts: list[Any] = []
-        statements: list[str] = []
-
-        def checked_out(*_: Any) -> None:
-            checkouts.append(None)
-
-        def executed(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-            statements.append(statement.lstrip().split(None, 1)[0].upper())
-
-        engine = app.ctx.engine.sync_engine
-        event.listen(engine.pool, "checkout", checked_out)
-        event.listen(engine, "before_cursor_execute", executed)
-        try:
+        with Watched(app) as watched:
             assert await gate.upkeep() == 0
-        finally:
-            event.remove(engine.pool, "checkout", checked_out)
-            event.remove(engine, "before_cursor_execute", executed)
-        assert len(checkouts) == 1
-        assert statements
-        assert set(statements) == {"SELECT"}, statements
+        watched.only_reads(app, looks=1)
+
+
+async def test_the_schedulers_looks_at_rest_write_nothing(backend: tuple[str, str]) -> None:
+    async with running(make_settings(*backend), Roles()) as app:
+        relay, schedules, digests = Relay(app.ctx), Recurring(app.ctx), DigestCloser(app.ctx)
+        await digests.run_once()  # the first also prunes what closed long ago
+        with Watched(app) as watched:
+            assert await relay.run_once() == 0
+            assert await schedules.run_once() == 0
+            assert await digests.run_once() == 0
+        # The outbox, due schedules, schedule runs, digest windows: a look each.
+        watched.only_reads(app, looks=4)
 
 
 async def _waiting_runs(app: Harness, planner: Planner, count: int) -> None:

@@ -63,6 +63,7 @@ class Context:
         )
         self.providers.hub = self.hub
         self.providers.pg = self.pg
+        self.inbox.pg = self.pg
 
     async def webhook_secret(self, tenant_id: str) -> str:
         secret = self._secrets.get(tenant_id)

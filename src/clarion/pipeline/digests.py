@@ -117,6 +117,7 @@ class DigestCloser:
             _CLOSE_BATCH,
             outbox_grace=self._ctx.settings.outbox_grace,
             trace=tracing.digest,
+            pg=self._ctx.pg,
         )
         if closed:
             log.info("closed %d digest windows", len(closed))

@@ -87,7 +87,7 @@ class Recurring:
 
     async def advance(self, now: datetime) -> int:
         created = 0
-        for schedule in await store.due(self._ctx.engine, now, _SCAN):
+        for schedule in await store.due(self._ctx.engine, now, _SCAN, self._ctx.pg):
             try:
                 created += await self._advance(schedule, now)
             except Exception as exc:
@@ -125,7 +125,7 @@ class Recurring:
 
     async def fire(self, now: datetime) -> int:
         lease = self._ctx.settings.broker_lease
-        taken = await runs.take(self._ctx.engine, now, lease, _TAKE)
+        taken = await runs.take(self._ctx.engine, now, lease, _TAKE, self._ctx.pg)
         for run in taken:
             try:
                 await self._fire(run)

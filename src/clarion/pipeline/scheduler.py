@@ -34,6 +34,7 @@ class Relay:
             _RELAY_BATCH,
             lease=self._ctx.settings.broker_lease,
             now=self._ctx.clock(),
+            pg=self._ctx.pg,
         )
         if not ids:
             return 0

@@ -26,6 +26,7 @@ from clarion.store import inbox_access, inbox_changes, inbox_tickets
 from clarion.store.db import AsyncEngine, utcnow
 from clarion.store.inbox import State
 from clarion.store.notifications import Admission, NewNotification
+from clarion.store.pg import PgPool
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class InboxGate:
         # What time it is for snoozes and fallbacks (tests move it).
         self.clock: Callable[[], datetime] = utcnow
         self._next_sweep = 0.0
+        # PostgreSQL's direct pool, for the upkeep's look (none on SQLite).
+        self.pg: PgPool | None = None
 
     async def mint(self, tenant_id: str, recipient_id: str, ttl: int) -> tuple[str, datetime]:
         secret = await inbox_access.secret(self.engine, tenant_id, create=True)
@@ -206,7 +209,7 @@ class InboxGate:
         moment = self.clock()
         async with self._loaded:
             look = await inbox_changes.upkeep_look(
-                self.engine, self._since(), moment, fallbacks=self.submit is not None
+                self.engine, self._since(), moment, fallbacks=self.submit is not None, pg=self.pg
             )
             await self._followed(look.revoked)
         now = time.monotonic()

@@ -32,7 +32,8 @@ from clarion.domain.digests import MAX_ITEMS, digest_notification_id
 from clarion.domain.ids import new_id
 from clarion.domain.models import NotificationStatus, Priority
 from clarion.store.db import as_utc, utcnow, write_tx
-from clarion.store.sql import chunks, insert_ignoring_conflicts
+from clarion.store.pg import PgPool
+from clarion.store.sql import chunks, finds_any, insert_ignoring_conflicts
 from clarion.store.tables import digest_items, digest_windows, notifications, outbox
 
 # A closed window (and what it held) is kept this long: a plan replayed after a crash
@@ -146,19 +147,29 @@ def _untraced(_tenant: str, _notification: str, _held: Sequence[object]) -> None
     return None
 
 
+_WINDOWS_DUE = (
+    "SELECT EXISTS (SELECT 1 FROM digest_windows WHERE closed_at IS NULL AND closes_at <= $1)"
+)
+
+
 async def close_due(
     engine: AsyncEngine,
     now: datetime,
     limit: int,
     outbox_grace: float,
     trace: Tracer = _untraced,
+    pg: PgPool | None = None,
 ) -> list[Closed]:
     """Close up to ``limit`` windows due at ``now``: one notification each (with its
     outbox row) summing up what it held, in the same transaction as the closing. A window
     whose every notification was cancelled closes with none. Each digest keeps the
-    traceparent ``trace`` gives it (from the traces of what it holds)."""
+    traceparent ``trace`` gives it (from the traces of what it holds). With none due,
+    nothing is written (:func:`finds_any`)."""
     t = digest_windows
     stamp = utcnow()
+    due = select(t.c.id).where(t.c.closed_at.is_(None), t.c.closes_at <= now)
+    if not await finds_any(engine, pg, due, _WINDOWS_DUE, now):
+        return []
     async with write_tx(engine) as conn:
         query = (
             select(t)

@@ -440,12 +440,33 @@ class UpkeepLook:
     snoozed: bool
 
 
+# Whether the upkeep's look would find anything, in one round trip on PostgreSQL.
+_ANYTHING = (
+    "SELECT EXISTS (SELECT 1 FROM inbox_revocations WHERE revoked_at > $1) "
+    "OR EXISTS (SELECT 1 FROM inbox_messages WHERE snoozed_until <= $2) "
+    "OR ($3 AND EXISTS (SELECT 1 FROM inbox_messages "
+    "WHERE fallback_due <= $2 AND seen_at IS NULL))"
+)
+_NOTHING = UpkeepLook([], [], False)
+
+
 async def upkeep_look(
-    engine: AsyncEngine, since: datetime | None, now: datetime, *, fallbacks: bool
+    engine: AsyncEngine,
+    since: datetime | None,
+    now: datetime,
+    *,
+    fallbacks: bool,
+    pg: PgPool | None = None,
 ) -> UpkeepLook:
     """In one read: the token revocations recorded after ``since``
     (:func:`inbox_access.revocations_in`), the messages whose offline fallback is due (when
-    ``fallbacks``), and whether a snoozed message has come due (for :func:`wake_due`)."""
+    ``fallbacks``), and whether a snoozed message has come due (for :func:`wake_due`). On
+    PostgreSQL, once the first look has set ``since``, one round trip tells first whether
+    there is anything at all."""
+    if pg is not None and since is not None:
+        [[anything]] = await pg.fetch(_ANYTHING, since, now, fallbacks)
+        if not anything:
+            return _NOTHING
     snoozed_due = select(t.c.id).where(t.c.snoozed_until <= now).limit(1)
     async with engine.connect() as conn:
         revoked = await inbox_access.revocations_in(conn, since)

@@ -21,7 +21,7 @@ from clarion.store import runs as run_store
 from clarion.store.db import as_utc, shown, utcnow, write_tx
 from clarion.store.intake import IntakeTx, Stored, intake_tx
 from clarion.store.pg import PgPool
-from clarion.store.sql import chunks, first_row
+from clarion.store.sql import chunks, finds_any, first_row
 from clarion.store.tables import deliveries, notifications, outbox, topic_stripes, workflow_runs
 
 
@@ -241,12 +241,23 @@ async def _insert(
     return created
 
 
+_OUTBOX_DUE = "SELECT EXISTS (SELECT 1 FROM outbox WHERE available_at <= $1)"
+
+
 async def claim_due_outbox(
-    engine: AsyncEngine, limit: int, lease: float, now: datetime | None = None
+    engine: AsyncEngine,
+    limit: int,
+    lease: float,
+    now: datetime | None = None,
+    pg: PgPool | None = None,
 ) -> list[str]:
     """Take outbox rows due at ``now``: push their availability past a lease so other
-    relays skip them while this one publishes, and return their notification ids."""
+    relays skip them while this one publishes, and return their notification ids. With
+    none due, nothing is written (:func:`finds_any`)."""
     now = now or utcnow()
+    due = select(outbox.c.notification_id).where(outbox.c.available_at <= now)
+    if not await finds_any(engine, pg, due, _OUTBOX_DUE, now):
+        return []
     async with write_tx(engine) as conn:
         query = (
             select(outbox.c.notification_id)

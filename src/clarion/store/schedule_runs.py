@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clarion.domain.ids import new_id
 from clarion.store import schedules
 from clarion.store.db import as_utc, write_tx
-from clarion.store.sql import insert_ignoring_conflicts
+from clarion.store.pg import PgPool
+from clarion.store.sql import finds_any, insert_ignoring_conflicts
 from clarion.store.tables import schedule_runs
 
 r = schedule_runs
@@ -70,11 +71,20 @@ def _run(row: Any) -> dict[str, Any]:
     return out
 
 
+_ANY_DUE = (
+    "SELECT EXISTS (SELECT 1 FROM schedule_runs WHERE status = ANY($1) AND lease_until <= $2)"
+)
+
+
 async def take(
-    engine: AsyncEngine, now: datetime, lease: float, limit: int
+    engine: AsyncEngine, now: datetime, lease: float, limit: int, pg: PgPool | None = None
 ) -> list[dict[str, Any]]:
     """Take open runs whose lease has passed (new ones are due at once): each with an
-    ``UPDATE`` guarded by the lease read, so of several schedulers one takes it."""
+    ``UPDATE`` guarded by the lease read, so of several schedulers one takes it. Asked
+    first whether any is (:func:`finds_any`)."""
+    due = select(r.c.id).where(r.c.status.in_(OPEN), r.c.lease_until <= now)
+    if not await finds_any(engine, pg, due, _ANY_DUE, list(OPEN), now):
+        return []
     query = (
         select(r)
         .where(r.c.status.in_(OPEN), r.c.lease_until <= now)

@@ -24,7 +24,8 @@ from clarion.domain.cron import DEFAULT_ZONE
 from clarion.domain.refusal import Reason, Refused
 from clarion.store import audit
 from clarion.store.db import as_utc, shown, write_tx
-from clarion.store.sql import first_row, upsert
+from clarion.store.pg import PgPool
+from clarion.store.sql import finds_any, first_row, upsert
 from clarion.store.tables import (
     recipients,
     schedule_runs,
@@ -147,8 +148,17 @@ async def remove(engine: AsyncEngine, tenant_id: str, name: str, *, actor: str) 
     return True
 
 
-async def due(engine: AsyncEngine, now: datetime, limit: int) -> list[dict[str, Any]]:
-    """Schedules whose next look is due (disabled ones have none)."""
+_ANY_DUE = "SELECT EXISTS (SELECT 1 FROM schedules WHERE next_run_at <= $1)"
+
+
+async def due(
+    engine: AsyncEngine, now: datetime, limit: int, pg: PgPool | None = None
+) -> list[dict[str, Any]]:
+    """Schedules whose next look is due (disabled ones have none), asked first whether
+    any is (:func:`finds_any`)."""
+    some = select(s.c.name).where(s.c.next_run_at <= now)
+    if not await finds_any(engine, pg, some, _ANY_DUE, now):
+        return []
     query = select(s).where(s.c.next_run_at <= now).order_by(s.c.next_run_at).limit(limit)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Executable,
     FromClause,
     RowMapping,
+    Select,
     Table,
     select,
 )
@@ -25,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
+
+from clarion.store.pg import PgPool
 
 
 def _sqlite_from_hint(_compiler: Any, _table: FromClause, text: str | None) -> str | None:
@@ -81,6 +84,21 @@ def _upsert(dialect: str, table: Table, keys: tuple[str, ...], update: tuple[str
     return stmt.on_conflict_do_update(
         index_elements=list(keys), set_={name: stmt.excluded[name] for name in update}
     )
+
+
+async def finds_any(
+    engine: AsyncEngine, pg: PgPool | None, query: Select[Any], sql: str, *args: Any
+) -> bool:
+    """Whether ``query`` finds a row, asked without a write transaction: on PostgreSQL as
+    ``sql`` (``SELECT EXISTS (...)``, the same question in asyncpg's terms, over ``args``),
+    one round trip without a pool checkout's ping, ``BEGIN`` or ``ROLLBACK``; otherwise
+    ``query`` read for one row. The looks of the roles at rest (the scheduler's, the API's)
+    ask this first and write only when it finds something."""
+    if pg is not None:
+        [[found]] = await pg.fetch(sql, *args)
+        return bool(found)
+    async with engine.connect() as conn:
+        return (await conn.execute(query.limit(1))).first() is not None
 
 
 async def first_row(engine: AsyncEngine, query: Executable) -> RowMapping | None:

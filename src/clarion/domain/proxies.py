@@ -90,9 +90,9 @@ def _host(host: str, shown: str) -> str:
     try:
         name = host.encode("idna").decode("ascii").lower()
     except UnicodeError as exc:
-        raise ValueError(f"{shown!r}: {host!r} is not a host name") from exc
+        raise ValueError(f"{shown!r} is not a proxy URL: {host!r} is no host name") from exc
     if not _NAME.fullmatch(name):
-        raise ValueError(f"{shown!r}: {host!r} is not a host name")
+        raise ValueError(f"{shown!r} is not a proxy URL: {host!r} is no host name")
     return name
 
 
@@ -136,11 +136,17 @@ def parse_no_proxy(text: str) -> Bypass:
         if entry == "*":
             return Bypass(everything=True)
         where, port = _split_port(entry)
+        bracketed = where.startswith("[") or where.endswith("]")
+        if bracketed:
+            if not (where.startswith("[") and where.endswith("]")):
+                raise ValueError(f"NO_PROXY: {entry!r} is not an IPv6 address")
+            where = where[1:-1]
         try:
-            networks.append((ipaddress.ip_network(where.strip("[]"), strict=False), port))
+            networks.append((ipaddress.ip_network(where, strict=False), port))
             continue
         except ValueError:
-            pass
+            if bracketed or ":" in where:
+                raise ValueError(f"NO_PROXY: {entry!r} is not an IPv6 address") from None
         name = where.lower().removeprefix("*.").lstrip(".").rstrip(".")
         try:
             name = name.encode("idna").decode("ascii")

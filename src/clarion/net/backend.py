@@ -20,22 +20,17 @@ from clarion.security.netguard import AddressGuard
 
 
 def guarded_transport(
-    guard: AddressGuard,
-    *,
-    http1: bool = True,
-    http2: bool = False,
-    ssl_context: Any = None,
+    guard: AddressGuard, *, http1: bool = True, http2: bool = False
 ) -> httpx.AsyncHTTPTransport:
     """For ``httpx.AsyncClient(transport=...)``: connections go to checked addresses,
-    through the guard's proxy where one applies (``ssl_context``: the trust of the
-    destinations' certificates, httpx's default if None)."""
+    through the guard's proxy where one applies."""
     transport = httpx.AsyncHTTPTransport(http1=http1, http2=http2)
     # httpx takes no network backend; its pool is rebuilt with the same settings and
     # the guarded backend (the pool is the transport's only state).
     limits = httpx.Limits()
     transport._pool = _GuardedPool(
         guard,
-        ssl_context=ssl_context or httpx.create_ssl_context(),
+        ssl_context=httpx.create_ssl_context(),
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,

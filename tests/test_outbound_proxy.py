@@ -366,16 +366,20 @@ async def test_webhooks_through_the_proxy(proxy: ConnectProxy, sink: WebhookSink
 async def test_a_deployment_behind_a_proxy(
     proxy: ConnectProxy, sink: WebhookSink, migrated_sqlite_url: str
 ) -> None:
-    """Clarion running every role with ``HTTP_PROXY`` set: a tenant's Twilio provider, a
-    recipient's webhook and the tenant's status webhook all go through the proxy."""
+    """Clarion running every role with ``HTTP_PROXY`` set: a recipient's webhook and the
+    tenant's status webhook go through it; the tenant's Twilio provider, stored through
+    the API with a proxy of its own (sealed, shown as ``***``), through that one."""
     key = base64.b64encode(secrets.token_bytes(32)).decode()
     settings = make_settings(
         migrated_sqlite_url, "embedded://", secret_key=key, http_proxy=proxy.url, no_proxy=""
     )
-    async with serving(TwilioStandin()) as twilio, running(settings) as app:
-        body = {"channel": "sms", "kind": "twilio", "config": twilio.config()}
+    own = ConnectProxy(credentials=("tenant", PASSWORD))
+    async with serving(own), serving(TwilioStandin()) as twilio, running(settings) as app:
+        config = twilio.config(proxy=own.url_with("tenant", QUOTED))
+        body = {"channel": "sms", "kind": "twilio", "config": config}
         response = await app.client.put("/v1/providers/sms-main", json=body, headers=app.auth)
         assert response.status_code == 200, response.text
+        assert response.json()["config"]["proxy"] == "***"
         hook = {"url": f"{sink.url}/events", "events": ["delivery.sent"]}
         response = await app.client.put("/v1/webhooks/main", json=hook, headers=app.auth)
         assert response.status_code == 200, response.text
@@ -388,8 +392,9 @@ async def test_a_deployment_behind_a_proxy(
         assert [m.body for m in twilio.received] == ["Shipped"]
         paths = sorted(r.path for r in sink.received)
         assert paths == ["/events", "/events", "/hook"]  # two deliveries sent, one hook
-        assert set(proxy.tunnels) == {at(twilio.port), at(sink.port)}
-        assert proxy.refused == []
+        assert set(proxy.tunnels) == {at(sink.port)}
+        assert own.tunnels == [at(twilio.port)]
+        assert proxy.refused == own.refused == []
 
 
 # -- NO_PROXY and a provider's own proxy --------------------------------------------------

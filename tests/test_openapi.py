@@ -144,6 +144,8 @@ SEMANTIC = {
     "config.private_key",
     "config.service_account",
     "config.vapid_private_key",
+    # A proxy URL, parsed (its scheme, host and port).
+    "config.proxy",
 }
 
 

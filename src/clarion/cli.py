@@ -143,10 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from pydantic import ValidationError
+
     from clarion.config import Settings
     from clarion.observability.logs import configure_logging
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        # Each refused setting by name, with why (never its value: settings hold passwords).
+        print(f"clarion: invalid settings: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format, pii=settings.log_pii)
     if args.command == "secret":
         print(base64.b64encode(os.urandom(32)).decode())

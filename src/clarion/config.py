@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from clarion.domain.models import ALL_CHANNELS
+from clarion.domain.proxies import Proxies, environment_proxies, parse_no_proxy, parse_proxy
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -40,10 +43,46 @@ Share = Annotated[float, Field(gt=0, le=1)]  # of a pool, of calls
 AtLeastOne = Annotated[int, Field(ge=1)]
 
 
-class Settings(BaseSettings):
-    """Deployment settings. Every field maps to ``CLARION_<NAME>``."""
+_PROXY_VARIABLES = ("https_proxy", "http_proxy", "no_proxy")
 
-    model_config = SettingsConfigDict(env_prefix="CLARION_", extra="ignore")
+
+class _ProxyVariables(PydanticBaseSettingsSource):
+    """``HTTPS_PROXY``, ``HTTP_PROXY`` and ``NO_PROXY`` as every HTTP client reads them: the
+    lower-case spelling first, then the upper-case one."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads them all
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name in _PROXY_VARIABLES:
+            value = os.environ.get(name, os.environ.get(name.upper()))
+            if value is not None:
+                found[name] = value
+        return found
+
+
+class Settings(BaseSettings):
+    """Deployment settings. Every field maps to ``CLARION_<NAME>``; the outbound proxy's
+    also to the standard ``HTTPS_PROXY``, ``HTTP_PROXY`` and ``NO_PROXY``."""
+
+    # A refused value is not repeated in the error: settings hold passwords (in URLs too).
+    model_config = SettingsConfigDict(
+        env_prefix="CLARION_", extra="ignore", hide_input_in_errors=True
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # CLARION_HTTPS_PROXY (even empty) wins over HTTPS_PROXY: Clarion's own setting.
+        proxies = _ProxyVariables(settings_cls)
+        return init_settings, env_settings, proxies, dotenv_settings, file_secret_settings
 
     database_url: str = "sqlite+aiosqlite:///./clarion.db"
     broker_url: str = "embedded://"
@@ -107,6 +146,12 @@ class Settings(BaseSettings):
     retention_days: float = Field(default=30.0, ge=0)
     retention_interval: Positive = 600.0
     webhook_timeout: Positive = 10.0
+    # The outbound proxy of every HTTP request (docs/operations.md, "Outbound proxy"):
+    # http://[user:password@]host[:port]; empty for none. Read from CLARION_HTTPS_PROXY or
+    # else HTTPS_PROXY / https_proxy (and the same for the other two).
+    https_proxy: str = ""
+    http_proxy: str = ""
+    no_proxy: str = ""
     # Live inbox connections: events a connection may have waiting before it is closed as
     # too slow; the SSE heartbeat; how often an API process looks for revoked recipient
     # tokens and snoozed messages whose time has come.
@@ -168,6 +213,24 @@ class Settings(BaseSettings):
     def _check_channel_schedules(cls, value: str) -> str:
         _channel_schedules(value)
         return value
+
+    @field_validator("https_proxy", "http_proxy")
+    @classmethod
+    def _check_proxy(cls, value: str) -> str:
+        if value.strip():
+            parse_proxy(value)
+        return value
+
+    @field_validator("no_proxy")
+    @classmethod
+    def _check_no_proxy(cls, value: str) -> str:
+        parse_no_proxy(value)
+        return value
+
+    @property
+    def proxies(self) -> Proxies:
+        """The deployment's outbound proxies (the three settings above, parsed)."""
+        return environment_proxies(self.https_proxy, self.http_proxy, self.no_proxy)
 
     @property
     def retry_delays(self) -> list[float]:

@@ -94,13 +94,18 @@ class ApnsStandin:
     provider_tokens: list[str] = field(default_factory=list)
     # (host, port) of each client connection: one entry per TCP connection.
     connections: set[tuple[str, int]] = field(default_factory=set)
+    # (certificate file, key file): HTTP/2 over TLS (ALPN h2) instead of cleartext, at
+    # `host` (a name the test makes resolve to 127.0.0.1, which the certificate names).
+    tls_files: tuple[str, str] | None = None
+    host: str = "127.0.0.1"
     port: int = 0
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls_files else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def config(self, **overrides: Any) -> dict[str, Any]:
         """A provider config for this server."""
@@ -121,6 +126,8 @@ class ApnsStandin:
         self.port = sock.getsockname()[1]
         config = Config()
         config.bind = [f"fd://{sock.detach()}"]
+        if self.tls_files is not None:
+            config.certfile, config.keyfile = self.tls_files
         config.accesslog = None
         config.graceful_timeout = 0.5
         self._task = asyncio.create_task(

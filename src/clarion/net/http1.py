@@ -16,14 +16,18 @@
 - A request that fails on a reused connection before any answer arrives (the server
   closed the idle connection as it was sent) is sent once more on a new connection if it
   is safe to repeat: GET, HEAD, OPTIONS, PUT, DELETE, or an ``Idempotency-Key``.
-- Redirects are answers like any other (callers refuse them); no proxies, cookies,
-  compression or HTTP/2.
+- Through the guard's outbound proxy (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``, or
+  a provider's own) a connection is a ``CONNECT`` tunnel to the checked address
+  (:mod:`clarion.net.tunnel`), kept and reused like any other; TLS runs inside it.
+- Redirects are answers like any other (callers refuse them); no cookies, compression or
+  HTTP/2.
 
 Failures become :class:`TransientError` here (:func:`clarion.net.answers.transport_error`):
 ``timeout``, ``connection_error`` (refused, reset, closed early, a malformed answer, TLS
 failures), ``certificate_error`` (the server's certificate did not verify: transient,
 since the owner of an expired or mismatched certificate usually fixes it within the retry
-schedule). The guard's refusals stay :class:`PermanentError` ``address_refused``; a URL
+schedule); a proxy's refusal of ``CONNECT`` is what :mod:`clarion.net.tunnel` says. The
+guard's refusals stay :class:`PermanentError` ``address_refused``; a URL
 or header that cannot be sent is :class:`PermanentError` ``invalid_address`` or
 ``invalid_request``.
 """
@@ -37,9 +41,12 @@ from collections.abc import Mapping
 
 import httptools
 
+from clarion.domain.proxies import Proxy
+from clarion.errors import TransientError
 from clarion.net.answers import transport_error
 from clarion.net.connection import Connection, Reply
 from clarion.net.framing import HeadWriter, Origin, Target, parse_target
+from clarion.net.tunnel import open_tunnel
 from clarion.security.netguard import AddressGuard
 
 _MAX_TARGETS = 1024  # URLs whose parsed form is kept
@@ -184,23 +191,36 @@ class HttpClient:
     async def _connect(self, origin: Origin, deadline: float) -> Connection:
         """A new connection to a checked address of the origin's host, tried in turn; each
         address gets an equal share of the time left, so an unreachable first address
-        (a broken IPv6 route) leaves time for the next."""
-        _, host, port = origin
+        (a broken IPv6 route) leaves time for the next. Through a proxy, the addresses are
+        what the proxy is asked to ``CONNECT`` to."""
+        scheme, host, port = origin
+        proxy = self._guard.proxy_for(scheme, host, port)
         loop = asyncio.get_running_loop()
+        proxy_addresses: list[str] = []
         async with asyncio.timeout_at(deadline):
-            addresses = await self._guard.resolve(host, port)
+            if proxy is None:
+                targets = await self._guard.resolve(host, port)
+            else:
+                targets = await self._guard.tunnel_targets(host, port)
+                proxy_addresses = await self._guard.proxy_addresses(proxy)
         if len(self._open) >= self._max:
             self._evict()
-        last: OSError | None = None
-        for tried, address in enumerate(addresses):
-            share = (deadline - loop.time()) / (len(addresses) - tried)
+        last: Exception | None = None
+        for tried, target in enumerate(targets):
+            share = (deadline - loop.time()) / (len(targets) - tried)
             try:
                 async with asyncio.timeout(share):
-                    return await self._open_connection(origin, address)
+                    if proxy is None:
+                        return await self._open_connection(origin, target)
+                    return await self._open_tunnel(origin, proxy, proxy_addresses, target)
             except ssl.SSLCertVerificationError:
                 raise
             except OSError as exc:  # TimeoutError included
                 last = exc
+            except TransientError as exc:
+                if exc.reason != "proxy_error":
+                    raise
+                last = exc  # the proxy cannot reach this address: perhaps the next
         raise last or ConnectionError(f"no address for {host!r}")
 
     async def _open_connection(self, origin: Origin, address: str) -> Connection:
@@ -215,6 +235,23 @@ class HttpClient:
         )
         # uvloop may return before it has called connection_made.
         conn.transport = transport
+        return self._opened(conn)
+
+    async def _open_tunnel(
+        self, origin: Origin, proxy: Proxy, addresses: list[str], target: str
+    ) -> Connection:
+        scheme, host, _ = origin
+        _, conn = await open_tunnel(
+            proxy,
+            addresses,
+            target,
+            lambda: Connection(origin, self._forget),
+            tls=self._tls() if scheme == "https" else None,
+            server_hostname=host,
+        )
+        return self._opened(conn)
+
+    def _opened(self, conn: Connection) -> Connection:
         if self._closed:
             conn.close()
             raise RuntimeError("the HTTP client is closed")

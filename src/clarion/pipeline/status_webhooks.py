@@ -55,7 +55,7 @@ class EventDispatcher:
         self._ctx = ctx
         self._acks = acks
         self._concurrency = ctx.settings.event_concurrency
-        self._guard = AddressGuard(ctx.settings.allow_private_webhooks)
+        self._guard = AddressGuard(ctx.settings.allow_private_webhooks, ctx.settings.proxies)
         self._timeout = ctx.settings.webhook_timeout
         self._http: HttpClient | None = None
         self._consumer = FairConsumer(

@@ -239,6 +239,7 @@ class ProviderSet:
                 allow_private=self._settings.allow_private_webhooks,
                 timeout=self._settings.webhook_timeout,
                 max_connections=self._settings.worker_concurrency,
+                proxies=self._settings.proxies,
             )
         raise KeyError(f"no provider named {name!r}")
 

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, ProviderError
 from clarion.net.answers import Meaning, Meanings, classify, transport_error
+from clarion.net.backend import guarded_transport
 from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.bearer import Clock, KeptToken
 from clarion.providers.configs import ApnsConfig
@@ -107,7 +108,7 @@ class ApnsProvider(Provider):
         self._timeout = timeout
         base = str(config.base_url) if config.base_url else BASE_URLS[config.environment]
         self._base = base.rstrip("/")
-        self._guard = env.guard()
+        self._guard = env.guard(config.proxy)
         self._client: httpx.AsyncClient | None = None
         self._auth: ProviderToken | PermanentError
         try:
@@ -127,7 +128,7 @@ class ApnsProvider(Provider):
                 http2=True,
                 timeout=httpx.Timeout(self._timeout),
                 headers={"user-agent": "Clarion-APNs/1"},
-                transport=self._guard.transport(http1=False, http2=True),
+                transport=guarded_transport(self._guard, http1=False, http2=True),
             )
         return self._client
 

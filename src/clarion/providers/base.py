@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from clarion.domain.delivery import Delivery
+from clarion.domain.proxies import provider_proxies
 from clarion.security.netguard import AddressGuard
 
 if TYPE_CHECKING:
@@ -60,10 +61,13 @@ class ProviderEnv:
     engine: AsyncEngine
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def guard(self) -> AddressGuard:
+    def guard(self, proxy: str | None = None) -> AddressGuard:
         """The check of every address a provider connects to: public ones only, unless the
-        deployment allows private ones (``CLARION_ALLOW_PRIVATE_WEBHOOKS``)."""
-        return AddressGuard(self.settings.allow_private_webhooks)
+        deployment allows private ones (``CLARION_ALLOW_PRIVATE_WEBHOOKS``); and the proxy
+        its HTTP requests go through: the deployment's (``HTTPS_PROXY``, ...), or the
+        provider's own ``proxy`` (a URL, or ``"none"`` for none) if it names one."""
+        proxies = self.settings.proxies if proxy is None else provider_proxies(proxy)
+        return AddressGuard(self.settings.allow_private_webhooks, proxies)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, StringConstraints
 
 from clarion.domain.header_fields import header_value, mailbox, sms_sender
+from clarion.domain.proxies import provider_proxies
 from clarion.providers import credentials
 from clarion.providers.credentials import Problems
 
@@ -37,7 +38,16 @@ def _ca_pem(value: str) -> str:
     return value
 
 
+def _proxy(value: str) -> str:
+    provider_proxies(value)
+    return value
+
+
 EmailFrom = Annotated[Text, AfterValidator(mailbox)]
+# A provider's own outbound proxy: an http:// URL (credentials in it allowed), or "none" or
+# "" to go direct; unset, the deployment's (HTTPS_PROXY, ...). Sealed like a secret: its
+# URL may hold a password.
+ProxySetting = Annotated[str, StringConstraints(max_length=2000), AfterValidator(_proxy)]
 SmsFrom = Annotated[Text, AfterValidator(sms_sender)]
 HEADER_RULES = (header_value, mailbox, sms_sender)
 
@@ -73,6 +83,12 @@ class KindConfig(BaseModel):
     base_url: HttpUrl | None = None
 
 
+class HttpKindConfig(KindConfig):
+    """A kind that calls its service over HTTP: it may name its own proxy."""
+
+    proxy: ProxySetting | None = None
+
+
 class SmtpConfig(KindConfig):
     """`smtp`: any SMTP relay (STARTTLS, implicit TLS or plain), a pool of connections."""
 
@@ -96,10 +112,10 @@ class SmtpConfig(KindConfig):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class SesConfig(KindConfig):
+class SesConfig(HttpKindConfig):
     """`ses`: Amazon SES API v2, signed with the access key (Signature Version 4)."""
 
-    SECRET = frozenset({"secret_access_key"})
+    SECRET = frozenset({"secret_access_key", "proxy"})
     region: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")]
     access_key_id: HeaderText
     secret_access_key: Secret
@@ -108,20 +124,20 @@ class SesConfig(KindConfig):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class SendgridConfig(KindConfig):
+class SendgridConfig(HttpKindConfig):
     """`sendgrid`: SendGrid v3 mail send."""
 
-    SECRET = frozenset({"api_key"})
+    SECRET = frozenset({"api_key", "proxy"})
     api_key: HeaderSecret
     from_: EmailFrom = Field(alias="from")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class TwilioConfig(KindConfig):
+class TwilioConfig(HttpKindConfig):
     """`twilio`: Twilio Programmable Messaging; `from` is a number or a sender id."""
 
-    SECRET = frozenset({"auth_token"})
+    SECRET = frozenset({"auth_token", "proxy"})
     account_sid: Annotated[str, StringConstraints(pattern=r"^AC[0-9a-fA-F]{32}$")]
     auth_token: Secret
     from_: SmsFrom = Field(alias="from")
@@ -129,10 +145,10 @@ class TwilioConfig(KindConfig):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class FcmConfig(KindConfig):
+class FcmConfig(HttpKindConfig):
     """`fcm`: Firebase Cloud Messaging HTTP v1 with a service account's key file."""
 
-    SECRET = frozenset({"service_account"})
+    SECRET = frozenset({"service_account", "proxy"})
     KEY_CHECK = credentials.check_fcm
     # The service account's JSON key file, as an object or as the file's text.
     service_account: dict[str, Any] | Secret
@@ -140,10 +156,10 @@ class FcmConfig(KindConfig):
     token_url: HttpUrl | None = None
 
 
-class ApnsConfig(KindConfig):
+class ApnsConfig(HttpKindConfig):
     """`apns`: Apple Push Notification service with a `.p8` token-auth key."""
 
-    SECRET = frozenset({"private_key"})
+    SECRET = frozenset({"private_key", "proxy"})
     KEY_CHECK = credentials.check_apns
     team_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$")]
     key_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$")]
@@ -152,10 +168,10 @@ class ApnsConfig(KindConfig):
     environment: Literal["production", "sandbox"] = "production"
 
 
-class WebpushConfig(KindConfig):
+class WebpushConfig(HttpKindConfig):
     """`webpush`: Web Push with a VAPID P-256 key (PEM, or base64url of raw or DER bytes)."""
 
-    SECRET = frozenset({"vapid_private_key"})
+    SECRET = frozenset({"vapid_private_key", "proxy"})
     KEY_CHECK = credentials.check_webpush
     vapid_private_key: Secret
     vapid_subject: Annotated[HeaderText, StringConstraints(pattern=r"^(mailto:|https://).+")]

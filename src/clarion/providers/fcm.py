@@ -156,7 +156,7 @@ class FcmProvider(Provider):
     def __init__(self, spec: ProviderSpec, env: ProviderEnv, *, timeout: float = 10.0) -> None:
         config = FcmConfig.model_validate(spec.config)
         self._timeout = timeout
-        self._guard = env.guard()
+        self._guard = env.guard(config.proxy)
         self._http = ApiClient(
             user_agent="Clarion-FCM/1", guard=self._guard, timeout=timeout, max_connections=256
         )

@@ -87,7 +87,7 @@ class SendgridProvider(Provider):
         self._http = ApiClient(
             timeout=timeout,
             user_agent="Clarion/sendgrid",
-            guard=env.guard(),
+            guard=env.guard(config.proxy),
         )
 
     async def send(self, message: Delivery) -> SendResult:

@@ -114,7 +114,7 @@ class SesProvider(Provider):
         self._http = ApiClient(
             timeout=timeout,
             user_agent="Clarion/ses",
-            guard=env.guard(),
+            guard=env.guard(config.proxy),
         )
 
     def _request(self, email: Email) -> tuple[bytes, dict[str, str]]:

@@ -172,7 +172,7 @@ class TwilioProvider(Provider):
         }
         self._http = ApiClient(
             user_agent="Clarion/1",
-            guard=env.guard(),
+            guard=env.guard(self._config.proxy),
             timeout=float(env.extra.get("timeout", TIMEOUT)),
         )
 

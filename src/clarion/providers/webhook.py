@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import orjson
 
 from clarion.domain.delivery import Delivery
+from clarion.domain.proxies import DIRECT, Proxies
 from clarion.errors import PermanentError
 from clarion.net import HttpClient, Reply
 from clarion.net.answers import raise_for_status, refuse_redirect
@@ -60,9 +61,10 @@ class WebhookProvider(Provider):
         allow_private: bool = False,
         timeout: float = 10.0,
         max_connections: int = 256,
+        proxies: Proxies = DIRECT,
     ) -> None:
         self._secret_for_tenant = secret_for_tenant
-        self._guard = AddressGuard(allow_private)
+        self._guard = AddressGuard(allow_private, proxies)
         self._timeout = timeout
         self._max_connections = max_connections
         self._http: HttpClient | None = None

@@ -31,7 +31,6 @@ from clarion.net.answers import Meaning, Meanings, classify
 from clarion.providers.base import Provider, ProviderEnv, ProviderSpec, SendResult
 from clarion.providers.configs import WebpushConfig
 from clarion.providers.http import ApiClient
-from clarion.security.netguard import AddressGuard
 
 TIMEOUT = 15.0
 DEFAULT_TTL = 86_400
@@ -240,7 +239,7 @@ class WebpushProvider(Provider):
             # clear reason instead of breaking the worker that loads it.
             self._key_error = str(exc)
         self._allow_private = env.settings.allow_private_webhooks
-        self._guard = AddressGuard(self._allow_private)
+        self._guard = env.guard(config.proxy)
         self._http = ApiClient(
             user_agent="Clarion/1",
             guard=self._guard,

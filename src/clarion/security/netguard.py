@@ -3,9 +3,16 @@
 The check is made on the address a connection is actually opened to, never on a separate
 lookup: Clarion's HTTP/1.1 client (:mod:`clarion.net`) and SMTP connect to an address that
 :meth:`AddressGuard.resolve` checked, and httpx (APNs) resolves names through
-:class:`GuardedBackend`. A name that resolves to a public address when checked
-and to an internal one a moment later (DNS rebinding) therefore gains nothing: the address
-connected to is the one checked. IP literals are checked before any request.
+:class:`clarion.net.backend.GuardedBackend`. A name that resolves to a public address when
+checked and to an internal one a moment later (DNS rebinding) therefore gains nothing: the
+address connected to is the one checked. IP literals are checked before any request.
+
+Through an outbound proxy (:mod:`clarion.domain.proxies`) the destination is still what is
+checked: :meth:`AddressGuard.tunnel_targets` resolves and checks it, and the proxy is asked
+to ``CONNECT`` to the checked address itself, so the proxy's own lookup cannot send the
+request elsewhere. The deployment's proxy may be on any address (it is the operator's
+choice); a proxy a tenant names in a provider's configuration is checked like any other
+address a tenant gives.
 
 An address is refused unless it is globally routable unicast, including in the forms that
 embed an IPv4 address in IPv6: mapped (``::ffff:127.0.0.1``), compatible
@@ -18,12 +25,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Any
 from urllib.parse import urlsplit
 
-import httpcore
-import httpx
-
+from clarion.domain.proxies import DIRECT, Proxies, Proxy
 from clarion.errors import PermanentError, TransientError
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -71,11 +75,30 @@ def _literal(host: str) -> str | None:
         return None
 
 
-class AddressGuard:
-    """Checks the addresses outbound connections go to (unless ``allow_private``)."""
+async def _lookup(host: str, port: int, what: str = "") -> list[str]:
+    """Every address of ``host`` (an IP literal is its own), unchecked."""
+    literal = _literal(host)
+    if literal is not None:
+        return [literal]
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise TransientError(f"cannot resolve {what}{host!r}: {exc}", reason="dns_error") from exc
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
-    def __init__(self, allow_private: bool) -> None:
+
+def authority(host: str, port: int) -> str:
+    """``host:port`` as a request target names it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class AddressGuard:
+    """Checks the addresses outbound connections go to (unless ``allow_private``), and
+    knows the proxies HTTP requests go through (``proxies``; none by default)."""
+
+    def __init__(self, allow_private: bool, proxies: Proxies = DIRECT) -> None:
         self.allow_private = allow_private
+        self.proxies = proxies
 
     async def check(self, url: str) -> None:
         """Raise :class:`PermanentError` for a URL that is not http(s) or names a
@@ -92,22 +115,31 @@ class AddressGuard:
 
     async def resolve(self, host: str, port: int) -> list[str]:
         """Every address of ``host``, after checking that each is public."""
-        literal = _literal(host)
-        if literal is not None:
-            addresses = [literal]
-        else:
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(
-                    host, port, type=socket.SOCK_STREAM
-                )
-            except OSError as exc:
-                raise TransientError(f"cannot resolve {host!r}: {exc}", reason="dns_error") from exc
-            addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        addresses = await _lookup(host, port)
         if not self.allow_private:
             for address in addresses:
                 if not is_public(address):
                     raise _refusal(host, address)
         return addresses
+
+    def proxy_for(self, scheme: str, host: str, port: int) -> Proxy | None:
+        """The proxy a request to ``scheme://host:port`` goes through; None: direct."""
+        return self.proxies.select(scheme, host, port)
+
+    async def proxy_addresses(self, proxy: Proxy) -> list[str]:
+        """The addresses of a proxy: the deployment's as they resolve, a tenant's checked."""
+        if self.proxies.trusted:
+            return await _lookup(proxy.host, proxy.port, "the proxy ")
+        return await self.resolve(proxy.host, proxy.port)
+
+    async def tunnel_targets(self, host: str, port: int) -> list[str]:
+        """What to ask a proxy to ``CONNECT`` to, in turn, for a request to ``host:port``:
+        each of its checked addresses, so that the proxy connects to what was checked; the
+        name itself when private addresses are allowed (nothing to check: the proxy
+        resolves it, as it must where Clarion's own DNS knows no outside names)."""
+        if self.allow_private:
+            return [authority(host, port)]
+        return [authority(address, port) for address in await self.resolve(host, port)]
 
     async def connect(self, host: str, port: int, timeout: float) -> socket.socket:
         """A socket connected to a checked address of ``host`` (tried in turn)."""
@@ -129,55 +161,3 @@ class AddressGuard:
                     raise
                 return sock
         raise last or OSError(f"no address for {host!r}")
-
-    def transport(self, *, http1: bool = True, http2: bool = False) -> httpx.AsyncHTTPTransport:
-        """For ``httpx.AsyncClient(transport=...)``: connections go to checked addresses."""
-        transport = httpx.AsyncHTTPTransport(http1=http1, http2=http2)
-        # httpx takes no network backend; its pool is rebuilt with the same settings and
-        # the guarded backend (the pool is the transport's only state).
-        limits = httpx.Limits()
-        transport._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            http1=http1,
-            http2=http2,
-            network_backend=GuardedBackend(self),
-        )
-        return transport
-
-
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's default network backend, connecting only to checked addresses. TLS still
-    verifies the certificate against the host name (httpcore passes it separately)."""
-
-    def __init__(self, guard: AddressGuard) -> None:
-        self._guard = guard
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.AsyncNetworkStream:
-        last: Exception | None = None
-        for address in await self._guard.resolve(host, port):
-            try:
-                return await self._inner.connect_tcp(
-                    address, port, timeout, local_address, socket_options
-                )
-            except httpcore.ConnectError as exc:
-                last = exc
-        raise last or httpcore.ConnectError(f"no address for {host!r}")
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("unix sockets are not used for outbound requests")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)

@@ -6,15 +6,18 @@ import { get, put, post, del, enc, CHANNELS } from "/admin/api.js";
 import { h, clear, badge, ago, when, field, select, table, notice, errorText, heading, code } from "/admin/dom.js";
 
 const MASK = "***";
+// The HTTP kinds' own outbound proxy (docs/operations.md, "Outbound proxy"): a secret, as
+// its URL may hold a password; "none" to go direct; empty keeps the deployment's.
+const PROXY = ["proxy", "Proxy (http://[user:password@]host:port, or none)", true];
 // kind: [channels, [[field, label, secret?, kind of input]]]
 const KINDS = {
   smtp: [["email"], [["host", "Host"], ["port", "Port", false, "number"], ["username", "Username"], ["password", "Password", true], ["from", "From"], ["tls", "TLS (starttls, implicit, none)"]]],
-  ses: [["email"], [["region", "Region"], ["access_key_id", "Access key id"], ["secret_access_key", "Secret access key", true], ["from", "From"]]],
-  sendgrid: [["email"], [["api_key", "API key", true], ["from", "From"]]],
-  twilio: [["sms"], [["account_sid", "Account SID"], ["auth_token", "Auth token", true], ["from", "From"]]],
-  fcm: [["push"], [["service_account", "Service account (JSON key file)", true, "json"]]],
-  apns: [["push"], [["team_id", "Team id"], ["key_id", "Key id"], ["private_key", "Private key (.p8 PEM)", true, "textarea"], ["topic", "Topic (bundle id)"], ["environment", "Environment (production, sandbox)"]]],
-  webpush: [["webpush"], [["vapid_private_key", "VAPID private key", true, "textarea"], ["vapid_subject", "VAPID subject"]]],
+  ses: [["email"], [["region", "Region"], ["access_key_id", "Access key id"], ["secret_access_key", "Secret access key", true], ["from", "From"], PROXY]],
+  sendgrid: [["email"], [["api_key", "API key", true], ["from", "From"], PROXY]],
+  twilio: [["sms"], [["account_sid", "Account SID"], ["auth_token", "Auth token", true], ["from", "From"], PROXY]],
+  fcm: [["push"], [["service_account", "Service account (JSON key file)", true, "json"], PROXY]],
+  apns: [["push"], [["team_id", "Team id"], ["key_id", "Key id"], ["private_key", "Private key (.p8 PEM)", true, "textarea"], ["topic", "Topic (bundle id)"], ["environment", "Environment (production, sandbox)"], PROXY]],
+  webpush: [["webpush"], [["vapid_private_key", "VAPID private key", true, "textarea"], ["vapid_subject", "VAPID subject"], PROXY]],
   sandbox: [CHANNELS, []],
 };
 

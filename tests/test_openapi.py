@@ -144,6 +144,12 @@ SEMANTIC = {
     "config.private_key",
     "config.service_account",
     "config.vapid_private_key",
+    # Chat kinds: tokens checked for their form, URLs for being web URLs (https).
+    "config.token",
+    "config.bot_token",
+    "config.webhook_url",
+    "config.avatar_url",
+    "config.icon_url",
 }
 
 

@@ -1,5 +1,6 @@
 """Checks that a provider's key material can be used, when it is stored rather than at its
-first send: an APNs ``.p8`` key, an FCM service account, a VAPID private key.
+first send: an APNs ``.p8`` key, an FCM service account, a VAPID private key, a Slack or
+Telegram bot token.
 
 Each problem is a ``{"field": "config.<name>", "message"}`` detail; a message never quotes
 the value.

@@ -9,6 +9,7 @@ client can send back what it read. The names of the built-in providers (``sandbo
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter
 from pydantic import Field, ValidationError
@@ -108,7 +109,7 @@ def _https_destination(caller: Manager, kind: str, values: dict[str, Any]) -> No
     """A chat kind's own webhook URL is https, or plain http where the deployment allows
     private webhooks (as a recipient's is)."""
     url = values.get("webhook_url") if KINDS[kind].destination == "webhook_url" else None
-    plain = isinstance(url, str) and not url.startswith("https://")
+    plain = isinstance(url, str) and urlsplit(url).scheme != "https"
     if plain and not caller.ctx.settings.allow_private_webhooks:
         raise _field_error("config.webhook_url", "a webhook URL must be https")
 

@@ -146,6 +146,12 @@ SEMANTIC = {
     "config.vapid_private_key",
     # A proxy URL, parsed (its scheme, host and port).
     "config.proxy",
+    # Chat kinds: tokens checked for their form, URLs for being web URLs (https).
+    "config.token",
+    "config.bot_token",
+    "config.webhook_url",
+    "config.avatar_url",
+    "config.icon_url",
 }
 
 

@@ -118,6 +118,38 @@ VALID: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     ),
     "webhook": ("webhook", {"base_url": "https://hooks.example.com/"}, {}),
     "sandbox": ("email", {}, {}),
+    **{
+        kind: ("chat", {"webhook_url": url, **more}, {"webhook_url": url})
+        for kind, url, more in (
+            ("slack_webhook", "https://hooks.slack.com/services/T0/B0/slack-hook-9Xq", {}),
+            ("teams", "https://example.webhook.office.com/webhookb2/teams-hook-3Vb", {}),
+            (
+                "discord",
+                "https://discord.com/api/webhooks/1/discord-hook-5Tn",
+                {"username": "Shop"},
+            ),
+            (
+                "mattermost",
+                "https://chat.example.com/hooks/mm-hook-8Kd",
+                {"username": "shop", "channel": "town-square"},
+            ),
+            (
+                "google_chat",
+                "https://chat.googleapis.com/v1/spaces/AAAA/messages?key=K&token=gchat-hook-2Pz",
+                {},
+            ),
+        )
+    },
+    "slack": (
+        "chat",
+        {"token": "xoxb-1-2-slack-token-7Yw", "channel": "C0123456789", "username": "Shop"},
+        {"token": "xoxb-1-2-slack-token-7Yw"},
+    ),
+    "telegram": (
+        "chat",
+        {"bot_token": "123456:telegram-token-4Rf9aaaaaaaaaa", "chat_id": "-1001234567"},
+        {"bot_token": "123456:telegram-token-4Rf9aaaaaaaaaa"},
+    ),
 }
 
 
@@ -769,6 +801,13 @@ HEADER_FIELDS = {
     "webpush": {"vapid_subject"},
     "sandbox": set(),
     "webhook": set(),
+    "slack_webhook": {"webhook_url"},
+    "slack": {"token", "username"},
+    "teams": {"webhook_url"},
+    "discord": {"webhook_url", "username"},
+    "mattermost": {"webhook_url", "username"},
+    "google_chat": {"webhook_url"},
+    "telegram": {"bot_token"},
 }
 
 

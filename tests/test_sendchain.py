@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
@@ -182,6 +183,29 @@ async def test_a_full_rate_limit_queue_is_throttled(
     assert outcome.provider == "primary"
     assert outcome.retry_in > 5
     assert fakes["primary"].sent == ["dlv_1"]
+
+
+class PerDestination(FakeProvider):
+    """A service that takes one send per ``slow`` seconds per destination (its ``to``)."""
+
+    def pacing(self, message: Delivery) -> list[tuple[str, float]]:
+        return [(f"to:{message.to}", 0.01)]
+
+
+async def test_a_providers_own_pace_per_destination_is_kept() -> None:
+    provider = PerDestination()
+    chain = SendChain(
+        MemoryBreaker(POLICY), MemoryRateLimiter(), Lookup({"p": provider}), timeout=0.2
+    )
+    first = msgspec.structs.replace(message(1), to="C0A")
+    assert isinstance(await chain.send(first, [Spec("p")]), Sent)
+    # Another destination has a slot of its own; the same one has to wait its turn.
+    other = msgspec.structs.replace(message(2), to="C0B")
+    assert isinstance(await chain.send(other, [Spec("p")]), Sent)
+    again = await chain.send(msgspec.structs.replace(message(3), to="C0A"), [Spec("p")])
+    assert isinstance(again, Throttled)
+    assert (again.provider, again.reason) == ("p", "rate_limited")
+    assert provider.sent == ["dlv_1", "dlv_2"]  # not attempted: no attempt used
 
 
 async def test_works_with_provider_specs(chain: SendChain) -> None:

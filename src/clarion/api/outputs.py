@@ -267,6 +267,7 @@ class RecipientOut(Out):
     push_tokens: list[dict[str, Any]] | None = None
     webpush: list[dict[str, Any]] | None = None
     webhook_url: str | None = None
+    chat: list[dict[str, Any]] | None = None
     data: dict[str, Any] | None = None
     created_at: datetime
     updated_at: datetime

@@ -63,6 +63,13 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "vapid_private_key": "<VAPID private key>",
         "vapid_subject": "mailto:ops@example.com",
     },
+    "slack_webhook": {"webhook_url": "https://hooks.slack.com/services/T000/B000/XXXX"},
+    "slack": {"token": "xoxb-0000-0000-XXXX", "channel": "C0123456789"},
+    "teams": {"webhook_url": "https://example.webhook.office.com/webhookb2/..."},
+    "discord": {"webhook_url": "https://discord.com/api/webhooks/123/XXXX"},
+    "mattermost": {"webhook_url": "https://chat.example.com/hooks/xxxx"},
+    "google_chat": {"webhook_url": "https://chat.googleapis.com/v1/spaces/AAAA/messages?key=K"},
+    "telegram": {"bot_token": "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11", "chat_id": "-1001234"},
     "webhook": {},
     "sandbox": {},
 }

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from clarion.api.errors import describe_validation
+from clarion.domain.chat import MATTERMOST_CHANNEL, SLACK_CHANNEL, TELEGRAM_CHAT, chat_id_text
 from clarion.domain.contact import normal_email, normal_phone
 from clarion.domain.models import Channel, Priority
 from clarion.errors import ValidationFailed
@@ -232,6 +233,74 @@ class WebPushSubscription(Body):
     expirationTime: int | None = Field(default=None, ge=0)
 
 
+# A chat service's webhook URL: https, which the API checks against the deployment's
+# settings (`http` only where private webhooks are allowed: :meth:`RecipientIn.plain_http`).
+HttpsUrl = HttpUrl
+SlackChannel = Annotated[str, StringConstraints(pattern=SLACK_CHANNEL)]
+MattermostChannel = Annotated[str, StringConstraints(pattern=MATTERMOST_CHANNEL)]
+TelegramChatId = Annotated[
+    str, StringConstraints(pattern=TELEGRAM_CHAT), BeforeValidator(chat_id_text)
+]
+
+
+class SlackAddress(Body):
+    """A Slack conversation: ``channel`` for a bot (`slack` provider), or an incoming
+    webhook's ``webhook_url`` (`slack_webhook` provider); exactly one of them."""
+
+    kind: Literal["slack"]
+    channel: SlackChannel | None = None
+    webhook_url: HttpsUrl | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> SlackAddress:
+        if (self.channel is None) == (self.webhook_url is None):
+            raise ValueError("a Slack address has a channel or a webhook_url (one of them)")
+        return self
+
+
+class TeamsAddress(Body):
+    """A Microsoft Teams workflow (Power Automate) or incoming webhook URL."""
+
+    kind: Literal["teams"]
+    webhook_url: HttpsUrl
+
+
+class DiscordAddress(Body):
+    kind: Literal["discord"]
+    webhook_url: HttpsUrl
+
+
+class MattermostAddress(Body):
+    kind: Literal["mattermost"]
+    webhook_url: HttpsUrl
+    channel: MattermostChannel | None = Field(
+        default=None, description="Overrides the webhook's channel, unless it is locked"
+    )
+
+
+class GoogleChatAddress(Body):
+    kind: Literal["google_chat"]
+    webhook_url: HttpsUrl
+
+
+class TelegramAddress(Body):
+    kind: Literal["telegram"]
+    chat_id: TelegramChatId = Field(
+        description="A chat's id (an integer, negative for groups) or a channel's @username"
+    )
+
+
+ChatAddress = Annotated[
+    SlackAddress
+    | TeamsAddress
+    | DiscordAddress
+    | MattermostAddress
+    | GoogleChatAddress
+    | TelegramAddress,
+    Field(discriminator="kind"),
+]
+
+
 class RecipientIn(Body):
     model_config = example(
         {
@@ -250,9 +319,28 @@ class RecipientIn(Body):
     push_tokens: list[PushToken] = Field(default_factory=list, max_length=100)
     webpush: list[WebPushSubscription] = Field(default_factory=list, max_length=100)
     webhook_url: HttpUrl | None = None
+    chat: list[ChatAddress] = Field(
+        default_factory=list,
+        max_length=20,
+        description=(
+            "Extension: chat addresses, each naming its service (`kind`): slack (`channel` "
+            "or `webhook_url`), teams, discord, google_chat (`webhook_url`), mattermost "
+            "(`webhook_url`, optional `channel`), telegram (`chat_id`). Webhook URLs are https."
+        ),
+    )
     data: Annotated[dict[str, Any], AfterValidator(_small_data)] = Field(
         default_factory=dict, description="At most 64 KiB as JSON."
     )
+
+    def plain_http(self) -> list[dict[str, str]]:
+        """The chat webhook URLs that are not https, as validation details: refused unless
+        the deployment allows private webhooks (a receiver on its own network)."""
+        urls = ((i, getattr(address, "webhook_url", None)) for i, address in enumerate(self.chat))
+        return [
+            {"field": f"chat.{i}.webhook_url", "message": "a webhook URL must be https"}
+            for i, url in urls
+            if url is not None and url.scheme != "https"
+        ]
 
     def to_row(self) -> dict[str, Any]:
         row = self.model_dump(mode="json")
@@ -260,6 +348,11 @@ class RecipientIn(Body):
         for subscription in row["webpush"]:
             if subscription.get("expirationTime") is None:
                 subscription.pop("expirationTime", None)
+        # A chat address keeps the fields it was given.
+        row["chat"] = [
+            {key: value for key, value in address.items() if value is not None}
+            for address in row["chat"]
+        ]
         return row
 
 

@@ -12,6 +12,7 @@ class Channel(StrEnum):
     WEBPUSH = "webpush"
     INAPP = "inapp"
     WEBHOOK = "webhook"
+    CHAT = "chat"
 
 
 # Every channel, in the order declared above: the one list of them.

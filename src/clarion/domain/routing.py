@@ -20,6 +20,8 @@ def address_for(channel: str, recipient: Mapping[str, Any]) -> Any:
         return list(recipient.get("webpush") or []) or None
     if channel == Channel.WEBHOOK:
         return recipient.get("webhook_url") or None
+    if channel == Channel.CHAT:
+        return list(recipient.get("chat") or []) or None
     if channel == Channel.INAPP:
         return recipient["id"]
     return None

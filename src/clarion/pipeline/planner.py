@@ -127,6 +127,13 @@ def _common(note: dict[str, Any], policy: CategoryPolicy, expires_at: datetime |
     )
 
 
+def _address(channel: str, recipient: dict[str, Any], roomed: set[str]) -> Any:
+    """The recipient's address on a channel; for one whose provider has a destination of
+    its own, an empty one rather than none (the provider sends to its destination)."""
+    address = address_for(channel, recipient)
+    return [] if address is None and channel in roomed else address
+
+
 class _Draft(NamedTuple):
     """What the deliveries of one recipient are made from."""
 
@@ -525,6 +532,9 @@ class Planner:
         expires_at = as_utc(note["expires_at"])
         common = _common(note, policy, expires_at)
         providers = {channel: self._ctx.providers.name_for(tenant, channel) for channel in channels}
+        # Channels whose provider has a destination of its own (a chat room): planned for a
+        # recipient with no address there too.
+        roomed = {c for c in channels if self._ctx.providers.has_destination(tenant, c)}
         made = []
         for rid in note["recipient_ids"]:
             recipient = people.get((tenant, rid))
@@ -548,7 +558,7 @@ class Planner:
                     recipient=rid,
                     channel=channel,
                     provider=providers[channel],
-                    to=address_for(channel, recipient),
+                    to=_address(channel, recipient, roomed),
                 )
                 if channel in digestible:
                     holding.offer(delivery, note, policy)

@@ -97,6 +97,13 @@ class ProviderSet:
         specs = self._catalog.chain(tenant_id, channel)
         return specs[0].name if specs else self.default_name(channel)
 
+    def has_destination(self, tenant_id: str, channel: str) -> bool:
+        """Whether the provider that carries a tenant's channel (:meth:`name_for`) sends
+        without an address of the recipient's: a chat provider with a destination of its
+        own. Answers from what ``prepare`` loaded."""
+        specs = self._catalog.chain(tenant_id, channel)
+        return bool(specs) and kinds.KINDS[specs[0].kind].has_destination(specs[0].config)
+
     def chain(self, tenant_id: str, channel: str) -> list[ProviderSpec]:
         """A channel's enabled providers in the order to try them (failover); for a channel
         the tenant configured nothing for, the built-in or default provider alone (kind = its

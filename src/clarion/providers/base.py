@@ -38,6 +38,11 @@ class SendResult:
     dead_addresses: tuple[Any, ...] = ()
 
 
+# A limit of the service's own that a send falls under: (what it is counted by, e.g. a
+# Slack channel; sends per second).
+Pace = tuple[str, float]
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderSpec:
     """A tenant's configured provider, as stored (``config`` validated, secrets decrypted)."""
@@ -107,6 +112,12 @@ class Provider(ABC):
     @abstractmethod
     async def send(self, message: Delivery) -> SendResult:
         """Send, or raise TransientError / PermanentError."""
+
+    def pacing(self, message: Delivery) -> Sequence[Pace]:
+        """The service's own per-destination limits this send falls under, besides the
+        provider's ``rate_limit_per_second`` (Slack's one message a second per channel):
+        the send chain waits for a slot of each before the call."""
+        return ()
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open pools and background writers."""

@@ -13,9 +13,20 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal, get_args
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    StringConstraints,
+    TypeAdapter,
+)
 
+from clarion.domain.chat import MATTERMOST_CHANNEL, SLACK_CHANNEL, TELEGRAM_CHAT, chat_id_text
 from clarion.domain.header_fields import header_value, mailbox, sms_sender
 from clarion.domain.proxies import provider_proxies
 from clarion.providers import credentials
@@ -183,3 +194,90 @@ class SandboxConfig(KindConfig):
 
 class WebhookConfig(KindConfig):
     """`webhook`: a signed JSON POST to each recipient's `webhook_url`."""
+
+
+_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
+
+
+def _web_url(value: str) -> str:
+    """A webhook URL (kept as given, since it holds its own credentials): http(s) with a
+    host; whether plain http may be used depends on the deployment (checked by the API and
+    again at each send)."""
+    _URL.validate_python(value)
+    if urlsplit(value).scheme not in ("http", "https"):
+        raise ValueError("an https URL")
+    return value
+
+
+# A chat service's webhook URL: a secret (whoever holds it can post), so sealed at rest.
+WebhookUrl = Annotated[Secret, AfterValidator(header_value), AfterValidator(_web_url)]
+SlackChannel = Annotated[str, StringConstraints(pattern=SLACK_CHANNEL)]
+ChatName = Annotated[HeaderText, StringConstraints(max_length=80)]
+
+
+class ChatConfig(HttpKindConfig):
+    """A chat kind: what it sends through, and optionally a destination of its own (an ops
+    room) for recipients with no chat address of its kind; ``DESTINATION`` names that
+    field. Like every HTTP kind it may name its own proxy."""
+
+    DESTINATION: ClassVar[str] = "webhook_url"
+
+
+class WebhookChatConfig(ChatConfig):
+    """A chat kind that posts to webhook URLs: the recipient's, else this one."""
+
+    SECRET = frozenset({"webhook_url", "proxy"})
+    webhook_url: WebhookUrl | None = None
+
+
+class SlackWebhookConfig(WebhookChatConfig):
+    """`slack_webhook`: Slack incoming webhooks (the recipient's, or this one)."""
+
+
+class SlackConfig(ChatConfig):
+    """`slack`: Slack's Web API `chat.postMessage` with a bot token."""
+
+    DESTINATION = "channel"
+    SECRET = frozenset({"token", "proxy"})
+    KEY_CHECK = credentials.check_slack
+    token: HeaderSecret
+    channel: SlackChannel | None = None
+    username: ChatName | None = None
+    icon_emoji: Annotated[str, StringConstraints(pattern=r"^:[a-z0-9_+'-]{1,100}:$")] | None = None
+
+
+class TeamsConfig(WebhookChatConfig):
+    """`teams`: a Microsoft Teams workflow (Power Automate) or incoming webhook URL."""
+
+
+class DiscordConfig(WebhookChatConfig):
+    """`discord`: Discord webhooks."""
+
+    username: ChatName | None = None
+    avatar_url: HttpUrl | None = None
+
+
+class MattermostConfig(WebhookChatConfig):
+    """`mattermost`: Mattermost incoming webhooks."""
+
+    channel: Annotated[str, StringConstraints(pattern=MATTERMOST_CHANNEL)] | None = None
+    username: ChatName | None = None
+    icon_url: HttpUrl | None = None
+
+
+class GoogleChatConfig(WebhookChatConfig):
+    """`google_chat`: Google Chat incoming webhooks."""
+
+
+class TelegramConfig(ChatConfig):
+    """`telegram`: the Telegram Bot API's `sendMessage`."""
+
+    DESTINATION = "chat_id"
+    SECRET = frozenset({"bot_token", "proxy"})
+    KEY_CHECK = credentials.check_telegram
+    bot_token: HeaderSecret
+    chat_id: (
+        Annotated[str, StringConstraints(pattern=TELEGRAM_CHAT), BeforeValidator(chat_id_text)]
+        | None
+    ) = None
+    disable_link_preview: bool = False

@@ -1,5 +1,6 @@
 """Checks that a provider's key material can be used, when it is stored rather than at its
-first send: an APNs ``.p8`` key, an FCM service account, a VAPID private key.
+first send: an APNs ``.p8`` key, an FCM service account, a VAPID private key, a Slack or
+Telegram bot token.
 
 Each problem is a ``{"field": "config.<name>", "message"}`` detail; a message never quotes
 the value.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 import orjson
@@ -99,4 +101,21 @@ def check_webpush(config: dict[str, Any]) -> Problems:
             "vapid_private_key",
             "not a P-256 private key (PEM, or base64url of the raw 32 bytes or of DER)",
         )
+    return []
+
+
+_SLACK_TOKEN = re.compile(r"^xox[a-z]-[A-Za-z0-9-]+$")
+_TELEGRAM_TOKEN = re.compile(r"^[0-9]{1,20}:[A-Za-z0-9_-]{20,}$")
+
+
+def check_slack(config: dict[str, Any]) -> Problems:
+    if not _SLACK_TOKEN.match(config["token"]):
+        return _problem("token", "not a Slack token (xoxb-...)")
+    return []
+
+
+def check_telegram(config: dict[str, Any]) -> Problems:
+    # Sent in the request's path: anything but the token's own form could change the path.
+    if not _TELEGRAM_TOKEN.match(config["bot_token"]):
+        return _problem("bot_token", "not a Telegram bot token (<bot id>:<secret>)")
     return []

@@ -13,6 +13,7 @@ reads them.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -48,6 +49,19 @@ class Kind:
         """A platform that a push delivery fans out to (its tokens carry the platform): a
         kind a tenant configures for push."""
         return not self.built_in and "push" in self.channels
+
+    @property
+    def destination(self) -> str | None:
+        """The config field of a chat kind's own destination (an ops room), if it is one."""
+        if self.config is not None and issubclass(self.config, configs.ChatConfig):
+            return self.config.DESTINATION
+        return None
+
+    def has_destination(self, config: Mapping[str, Any]) -> bool:
+        """Whether a provider of this kind, so configured, can send without an address of
+        the recipient's (a chat kind with its own destination)."""
+        field = self.destination
+        return field is not None and bool(config.get(field))
 
     @property
     def secret_fields(self) -> frozenset[str]:
@@ -115,6 +129,18 @@ KINDS: dict[str, Kind] = {
             frozenset({"webpush"}),
             configs.WebpushConfig,
             "clarion.providers.webpush:WebpushProvider",
+        ),
+        *(
+            Kind(name, frozenset({"chat"}), config, f"clarion.providers.{module}:{cls}")
+            for name, config, module, cls in (
+                ("slack_webhook", configs.SlackWebhookConfig, "slack", "SlackWebhookProvider"),
+                ("slack", configs.SlackConfig, "slack", "SlackProvider"),
+                ("teams", configs.TeamsConfig, "teams", "TeamsProvider"),
+                ("discord", configs.DiscordConfig, "discord", "DiscordProvider"),
+                ("mattermost", configs.MattermostConfig, "mattermost", "MattermostProvider"),
+                ("google_chat", configs.GoogleChatConfig, "google_chat", "GoogleChatProvider"),
+                ("telegram", configs.TelegramConfig, "telegram", "TelegramProvider"),
+            )
         ),
         Kind("sandbox", frozenset(ALL_CHANNELS), configs.SandboxConfig),
         Kind("webhook", frozenset({"webhook"}), configs.WebhookConfig, guarded=False),

@@ -63,8 +63,9 @@ def _retry_after(error: TransientError) -> float:
     return error.retry_after or 0.0
 
 
-def combine(outcomes: Sequence[TokenResult]) -> SendResult:
-    """One result from the outcomes of several tokens (or platforms); see the module doc."""
+def combine(outcomes: Sequence[TokenResult], noun: str = "push token") -> SendResult:
+    """One result from the outcomes of several tokens (or platforms, or chat addresses:
+    ``noun`` names them in a message); see the module doc."""
     dead = [address for outcome in outcomes for address in _dead(outcome)]
     sent = [outcome for outcome in outcomes if isinstance(outcome, SendResult)]
     if sent:
@@ -72,14 +73,14 @@ def combine(outcomes: Sequence[TokenResult]) -> SendResult:
         return SendResult(provider_message_id=first_id, dead_addresses=tuple(dead))
     errors = [outcome for outcome in outcomes if isinstance(outcome, ProviderError)]
     if not errors:
-        raise PermanentError("the delivery has no push token", reason="no_address")
+        raise PermanentError(f"the delivery has no {noun}", reason="no_address")
     transient = [error for error in errors if isinstance(error, TransientError)]
     if transient:
         raise max(transient, key=_retry_after)
     live = [error for error in errors if not _dead(error)]
     if not live:
         raise PermanentError(
-            f"every push token ({len(dead)}) is gone", reason="unregistered", dead_address=dead
+            f"every {noun} ({len(dead)}) is gone", reason="unregistered", dead_address=dead
         )
     first = live[0]
     # The gone tokens are still reported, so the worker removes them with the failure.

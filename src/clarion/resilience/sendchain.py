@@ -168,6 +168,11 @@ class SendChain:
             throttled = await self._pace(message.tenant, message.channel, chosen)
             if throttled is not None:
                 return throttled
+        for where, rate in provider.pacing(message):
+            # The service's own limit per destination (a Slack channel's message a second).
+            throttled = await self._pace(message.tenant, message.channel, chosen, where, rate)
+            if throttled is not None:
+                return throttled
         if gate is not None and not await gate():
             return NotClaimed()
         return await self._call(message, chosen, provider)
@@ -196,11 +201,20 @@ class SendChain:
             log.warning("breaker %s unavailable, letting the call through: %r", key, exc)
             return True
 
-    async def _pace(self, tenant_id: str, channel: str, chosen: Candidate) -> Throttled | None:
-        rate = chosen.rate_limit_per_second
+    async def _pace(
+        self,
+        tenant_id: str,
+        channel: str,
+        chosen: Candidate,
+        where: str | None = None,
+        rate: float | None = None,
+    ) -> Throttled | None:
+        """Wait for the provider's slot (at its ``rate_limit_per_second``), or for the slot
+        of one of its destinations (``where``, at ``rate``)."""
+        rate = rate if where is not None else chosen.rate_limit_per_second
         if not rate:
             return None
-        key = f"provider:{tenant_id}:{chosen.name}"
+        key = f"provider:{tenant_id}:{chosen.name}" + (f":{where}" if where is not None else "")
         started = time.perf_counter()
         try:
             decision = await self._limiter.acquire(key, rate, 1, max_wait=self._max_pace_wait)

@@ -23,7 +23,17 @@ from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.sql import chunks, first_row, upsert
 from clarion.store.tables import recipients
 
-FIELDS = ("email", "phone", "locale", "timezone", "push_tokens", "webpush", "webhook_url", "data")
+FIELDS = (
+    "email",
+    "phone",
+    "locale",
+    "timezone",
+    "push_tokens",
+    "webpush",
+    "webhook_url",
+    "chat",
+    "data",
+)
 
 
 def empty_preferences() -> dict[str, Any]:

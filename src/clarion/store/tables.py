@@ -88,6 +88,7 @@ recipients = Table(
     _ts("created_at", nullable=False),
     _ts("updated_at", nullable=False),
     Column("preferences", JSON),
+    Column("chat", JSON),
 )
 
 

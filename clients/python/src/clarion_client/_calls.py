@@ -224,6 +224,7 @@ def put_recipient(
     push_tokens: Sequence[Mapping[str, Any]] | None = None,
     webpush: Sequence[Mapping[str, Any]] | None = None,
     webhook_url: str | None = None,
+    chat: Sequence[Mapping[str, Any]] | None = None,
     data: Mapping[str, Any] | None = None,
 ) -> Call[m.Recipient]:
     """Create or replace a recipient (fields left out are cleared)."""
@@ -235,6 +236,7 @@ def put_recipient(
         push_tokens=[dict(t) for t in push_tokens] if push_tokens is not None else None,
         webpush=[dict(w) for w in webpush] if webpush is not None else None,
         webhook_url=webhook_url,
+        chat=[dict(c) for c in chat] if chat is not None else None,
         data=dict(data) if data is not None else None,
     )
     path = f"/v1/recipients/{_seg(recipient_id)}"

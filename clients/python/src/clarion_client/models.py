@@ -31,7 +31,7 @@ class To(BaseModel):
 
 
 Priority = Literal["critical", "high", "normal", "low"]
-Channel = Literal["email", "sms", "push", "webpush", "inapp", "webhook"]
+Channel = Literal["email", "sms", "push", "webpush", "inapp", "webhook", "chat"]
 
 
 class NotificationRequest(BaseModel):
@@ -219,6 +219,7 @@ class Recipient(Model):
     push_tokens: list[dict[str, Any]] | None = None
     webpush: list[dict[str, Any]] | None = None
     webhook_url: str | None = None
+    chat: list[dict[str, Any]] | None = None
     data: dict[str, Any] | None = None
     created_at: datetime
     updated_at: datetime

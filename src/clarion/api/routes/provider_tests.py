@@ -18,6 +18,7 @@ from clarion.domain.delivery import Delivery
 from clarion.domain.ids import new_id
 from clarion.domain.routing import address_for
 from clarion.errors import NotFound, PermanentError, TransientError, ValidationFailed
+from clarion.providers.kinds import KINDS
 from clarion.resilience.backends import send_timeout
 from clarion.store import recipients as recipient_store
 
@@ -32,6 +33,7 @@ CONTENT: dict[str, dict[str, Any]] = {
     "webpush": {"title": _TITLE, "body": _BODY},
     "inapp": {"title": _TITLE, "body": _BODY},
     "webhook": {"body": {"event": "provider.test", "message": _BODY}},
+    "chat": {"text": _BODY},
 }
 
 
@@ -56,6 +58,8 @@ async def test_provider(caller: Manager, name: ShortNamePath, body: ProviderTest
     if recipient is None:
         raise NotFound(f"no recipient {body.recipient_id!r}")
     address = address_for(spec.channel, recipient)
+    if address is None and KINDS[spec.kind].has_destination(spec.config):
+        address = []  # a chat provider's own destination
     if address is None:
         raise ValidationFailed(
             f"recipient {body.recipient_id!r} has no {spec.channel} address",

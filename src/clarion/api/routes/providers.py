@@ -9,6 +9,7 @@ client can send back what it read. The names of the built-in providers (``sandbo
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter
 from pydantic import Field, ValidationError
@@ -104,6 +105,15 @@ def _validated(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _https_destination(caller: Manager, kind: str, values: dict[str, Any]) -> None:
+    """A chat kind's own webhook URL is https, or plain http where the deployment allows
+    private webhooks (as a recipient's is)."""
+    url = values.get("webhook_url") if KINDS[kind].destination == "webhook_url" else None
+    plain = isinstance(url, str) and urlsplit(url).scheme != "https"
+    if plain and not caller.ctx.settings.allow_private_webhooks:
+        raise _field_error("config.webhook_url", "a webhook URL must be https")
+
+
 @router.put("/{name}", response_model=ProviderOut, openapi_extra=provider_schemas.OPENAPI_EXTRA)
 async def put(caller: Manager, name: ShortNamePath, body: ProviderIn) -> JSONResponse:
     """Create or replace a provider.
@@ -118,6 +128,7 @@ async def put(caller: Manager, name: ShortNamePath, body: ProviderIn) -> JSONRes
     ctx = caller.ctx
     config = await _keep_secrets(ctx, caller.tenant_id, name, body.kind, body.config)
     values = _validated(body.kind, config)
+    _https_destination(caller, body.kind, values)
     spec = ProviderSpec(
         tenant_id=caller.tenant_id,
         name=name,

@@ -37,9 +37,19 @@ Issuer = Annotated[Caller, Depends(require("manage", "send"))]
 RecipientPath = Annotated[str, Path(min_length=1, max_length=200)]
 
 
+def _checked(caller: Caller, recipient: RecipientIn) -> RecipientIn:
+    """A recipient whose chat webhook URLs are https (or plain http where the deployment
+    allows private webhooks); else a 422 naming them."""
+    problems = [] if caller.ctx.settings.allow_private_webhooks else recipient.plain_http()
+    if problems:
+        raise ValidationFailed("the recipient is not valid", details=problems)
+    return recipient
+
+
 @router.put("/{recipient_id}", response_model=RecipientOut)
 async def put(caller: Manager, recipient_id: RecipientPath, body: RecipientIn) -> JSONResponse:
     """Create or replace a recipient."""
+    _checked(caller, body)
     await store.upsert_many(
         caller.engine, caller.tenant_id, [{"id": recipient_id, **body.to_row()}]
     )
@@ -64,6 +74,7 @@ async def batch(request: Request, caller: Manager, body: RecipientBatchIn) -> JS
         for entry in body.recipients:
             try:
                 item = body.ITEMS.item(entry)
+                _checked(caller, item)
             except ValidationFailed as exc:
                 results.append(error_body(exc.code, exc.message, exc.details))
                 continue

@@ -18,6 +18,7 @@ from clarion.api.outputs import (
 )
 from clarion.api.responses import JSONResponse, or_404
 from clarion.api.schemas import Body, NamePath, RecipientId, TemplateIn
+from clarion.domain import chat
 from clarion.domain.durations import duration_seconds
 from clarion.domain.models import Channel
 from clarion.domain.rendering import (
@@ -78,7 +79,23 @@ async def checked(
                 f"locale {locale!r} overrides channels the template lacks: {sorted(extra)}"
             )
     _inapp_fallback(channels)
+    _chat_part(channels, locales)
     return channels, locales, _compiled(body.category, channels, locales)
+
+
+def _chat_part(channels: dict[str, Any], locales: dict[str, Any]) -> None:
+    """The chat part (and each locale's, merged over it) has its text, and blocks and a
+    parse mode of the right shape (domain/chat.py)."""
+    if "chat" not in channels:
+        return
+    problems = chat.part_problems(channels["chat"], "channels.chat")
+    for locale, overrides in locales.items():
+        override = overrides.get("chat")
+        if isinstance(override, dict) and isinstance(channels["chat"], dict):
+            merged = {**channels["chat"], **override}
+            problems.extend(chat.part_problems(merged, f"locales.{locale}.chat"))
+    if problems:
+        raise ValidationFailed("the chat part is not valid", details=problems)
 
 
 _INAPP_FALLBACK_MAX = 7 * 86400

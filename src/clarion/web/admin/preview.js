@@ -64,11 +64,18 @@ function inapp(content) {
       content.action_url ? h("small", { class: "muted", text: `→ ${text(content.action_url)}` }) : null));
 }
 
+function chat(content) {
+  return h("div", { class: "preview-chat" },
+    h("p", { class: "chat-text", text: text(content.text) }),
+    content.blocks !== undefined ? pretty(content.blocks) : null);
+}
+
 export function renderChannel(channel, content) {
   const value = content || {};
   if (channel === "email") return email(value);
   if (channel === "sms") return sms(value);
   if (channel === "push" || channel === "webpush") return push(value, channel);
   if (channel === "inapp") return inapp(value);
+  if (channel === "chat") return chat(value);
   return pretty(value.body !== undefined ? value.body : value);
 }

@@ -18,6 +18,13 @@ const KINDS = {
   fcm: [["push"], [["service_account", "Service account (JSON key file)", true, "json"], PROXY]],
   apns: [["push"], [["team_id", "Team id"], ["key_id", "Key id"], ["private_key", "Private key (.p8 PEM)", true, "textarea"], ["topic", "Topic (bundle id)"], ["environment", "Environment (production, sandbox)"], PROXY]],
   webpush: [["webpush"], [["vapid_private_key", "VAPID private key", true, "textarea"], ["vapid_subject", "VAPID subject"], PROXY]],
+  slack_webhook: [["chat"], [["webhook_url", "Incoming webhook URL (for recipients with no Slack address)", true], PROXY]],
+  slack: [["chat"], [["token", "Bot token (xoxb-...)", true], ["channel", "Channel id (for recipients with no Slack channel)"], ["username", "Username"], ["icon_emoji", "Icon emoji (:package:)"], PROXY]],
+  teams: [["chat"], [["webhook_url", "Workflow or webhook URL (for recipients with no Teams address)", true], PROXY]],
+  discord: [["chat"], [["webhook_url", "Webhook URL (for recipients with no Discord address)", true], ["username", "Username"], ["avatar_url", "Avatar URL"], PROXY]],
+  mattermost: [["chat"], [["webhook_url", "Incoming webhook URL (for recipients with no Mattermost address)", true], ["channel", "Channel"], ["username", "Username"], ["icon_url", "Icon URL"], PROXY]],
+  google_chat: [["chat"], [["webhook_url", "Space webhook URL (for recipients with no Google Chat address)", true], PROXY]],
+  telegram: [["chat"], [["bot_token", "Bot token", true], ["chat_id", "Chat id (for recipients with no Telegram chat)"], PROXY]],
   sandbox: [CHANNELS, []],
 };
 

@@ -13,6 +13,7 @@ const FIELDS = {
   webpush: [["title", "Title", "input"], ["body", "Body", "textarea"], ["url", "URL", "input"]],
   inapp: [["title", "Title", "input"], ["body", "Body", "textarea"], ["action_url", "Action URL", "input"]],
   webhook: [["body", "Body (JSON, strings are templates)", "json"]],
+  chat: [["text", "Text", "textarea"], ["blocks", "Blocks (JSON: Slack blocks, an Adaptive Card, Discord embeds, Google Chat cardsV2, ...)", "json"], ["parse_mode", "Telegram parse mode (HTML, MarkdownV2)", "input"]],
 };
 const NAME = /^[A-Za-z0-9_.:-]{1,200}$/;
 
@@ -62,7 +63,8 @@ function clean(content, channel) {
   const out = {};
   for (const [key, value] of Object.entries(content || {})) {
     if (value === "" || value === undefined) continue;
-    if (channel === "webhook" && key === "body" && typeof value === "string") out[key] = JSON.parse(value);
+    const json = (FIELDS[channel] || []).some(([name, , kind]) => name === key && kind === "json");
+    if (json && typeof value === "string") out[key] = JSON.parse(value);
     else out[key] = value;
   }
   return out;
@@ -120,7 +122,7 @@ async function editor(main, name) {
     try {
       draft = body(state);
     } catch {
-      show(mine, notice("The webhook body is not valid JSON.", "warn"));
+      show(mine, notice("A JSON field (the webhook body, the chat blocks) is not valid JSON.", "warn"));
       return;
     }
     if (!draft.channels[channel]) {
@@ -214,7 +216,7 @@ async function editor(main, name) {
     try {
       draft = body(state);
     } catch {
-      status.textContent = "The webhook body is not valid JSON.";
+      status.textContent = "A JSON field (the webhook body, the chat blocks) is not valid JSON.";
       status.className = "status-line bad";
       return;
     }

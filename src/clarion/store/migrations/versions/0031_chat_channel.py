@@ -1,8 +1,8 @@
 """chat channel: a recipient's chat addresses
 
-Revision ID: 0032
+Revision ID: 0031
 Revises: 0030
-Create Date: 2026-11-26 09:00:00
+Create Date: 2026-11-25 23:40:00
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0032"
+revision: str = "0031"
 down_revision: str | None = "0030"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

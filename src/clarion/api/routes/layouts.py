@@ -27,7 +27,11 @@ from clarion.store import layouts as store
 router = APIRouter(tags=["layouts"])
 
 
-@router.put("/v1/layouts/{name}", response_model=LayoutStored)
+@router.put(
+    "/v1/layouts/{name}",
+    response_model=LayoutStored,
+    responses={409: {"description": "A new layout past the cap (`too_many_layouts`)"}},
+)
 async def put(caller: Manager, name: NamePath, body: LayoutIn) -> JSONResponse:
     """Store a new version of a layout and make it active.
 
@@ -91,7 +95,14 @@ async def rollback(caller: Manager, name: NamePath, body: LayoutRollbackIn) -> J
     return await rolled_back(caller, store.LAYOUTS, "layout", name, body.version)
 
 
-@router.delete("/v1/layouts/{name}", status_code=204, response_class=Response)
+@router.delete(
+    "/v1/layouts/{name}",
+    status_code=204,
+    response_class=Response,
+    responses={
+        409: {"description": "A template or the tenant's default uses it (`layout_in_use`)"}
+    },
+)
 async def delete(caller: Manager, name: NamePath) -> Response:
     """Delete a layout with all its versions.
 

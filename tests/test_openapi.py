@@ -288,7 +288,8 @@ async def test_layouts_and_the_brand_are_documented(lite: Harness) -> None:
     assert set(layout_in["required"]) == {"html", "text"}
     assert "{{ content }}" in layout_in["properties"]["html"]["description"]
     [example] = layout_in["examples"]
-    assert "{{ content }}" in example["html"] and "{{ content }}" in example["text"]
+    assert "{{ content }}" in example["html"]
+    assert "{{ content }}" in example["text"]
     delete = ops["delete", "/v1/layouts/{name}"]
     assert {"204", "404", "409"} <= set(delete["responses"])
     assert "layout_in_use" in delete["responses"]["409"]["description"]

@@ -3,6 +3,9 @@ render (sends, previews, workflow tests); a layout in use cannot be deleted."""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -383,3 +386,20 @@ async def test_the_delivered_email_is_laid_out(lite: Harness, relay: SmtpStandIn
     assert (
         parts["text/plain"].replace("\r\n", "\n").strip() == "Acme & <Co>\nHello Alex\n-- 1 Main St"
     )
+
+
+async def test_the_documented_examples_work(lite: Harness) -> None:
+    """docs/layouts.md's brand, layout and template, taken from the page itself."""
+    page = (Path(__file__).parents[1] / "docs" / "layouts.md").read_text(encoding="utf-8")
+    bodies = re.findall(r"-d '(\{.*?\})'\n", page, re.DOTALL)
+    brand, layout, asked = (json.loads(body) for body in bodies)
+    assert (await put_brand(lite, brand)).status_code == 200
+    await stored(lite, "/v1/layouts/house", layout)
+    [template] = re.findall(r"```json\n(\{\"channels\".*?)```", page, re.DOTALL)
+    await lite.put_template("order_shipped", json.loads(template))
+    answer = await preview(lite, "order_shipped", asked)
+    assert answer.status_code == 200, answer.text
+    email = answer.json()["channels"]["email"]
+    assert '<img src="https://cdn.acme.example/logo.png" alt="Acme">' in email["html"]
+    assert "<p>Hello Alex, order A1 is on its way.</p>" in email["html"]
+    assert email["text"].endswith("Acme, Acme Inc., 1 Main St, Springfield (Impressum)")

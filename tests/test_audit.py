@@ -394,6 +394,21 @@ async def _workflow(app: Harness, sink: WebhookSink) -> dict[str, str]:
     return {}
 
 
+LAYOUT = {"html": "<div>{{ content }}</div>", "text": "{{ content }}"}
+
+
+async def _layout(app: Harness, sink: WebhookSink) -> dict[str, str]:
+    for html in ("<div>{{ content }}</div>", "<main>{{ content }}</main>"):
+        body = {**LAYOUT, "html": html}
+        await _ok(await app.client.put("/v1/layouts/l", json=body, headers=app.auth))
+    return {}
+
+
+async def _brand(app: Harness, sink: WebhookSink) -> dict[str, str]:
+    await _ok(await app.client.put("/v1/brand", json={"name": "Acme"}, headers=app.auth))
+    return {}
+
+
 SCHEDULE = {"cron": "0 9 * * *", "notification": {"template": "t", "to": {"recipient_id": "u"}}}
 CASES = {
     "categories_put": Case("PUT", "/v1/categories/c", ("category", "create"), {}),
@@ -415,6 +430,13 @@ CASES = {
         "POST", "/v1/workflows/w/rollback", ("workflow", "rollback"), {"version": 1}, _workflow
     ),
     "workflows_delete": Case("DELETE", "/v1/workflows/w", ("workflow", "delete"), None, _workflow),
+    "layouts_put": Case("PUT", "/v1/layouts/n", ("layout", "create"), LAYOUT),
+    "layouts_rollback": Case(
+        "POST", "/v1/layouts/l/rollback", ("layout", "rollback"), {"version": 1}, _layout
+    ),
+    "layouts_delete": Case("DELETE", "/v1/layouts/l", ("layout", "delete"), None, _layout),
+    "layouts_put_brand": Case("PUT", "/v1/brand", ("brand", "update"), {"name": "Acme"}),
+    "layouts_delete_brand": Case("DELETE", "/v1/brand", ("brand", "update"), None, _brand),
     "providers_put": Case(
         "PUT",
         "/v1/providers/q",

@@ -1,4 +1,4 @@
-"""``clarion apply DIR``: categories, templates and workflows from files, through a running
+"""``clarion apply DIR``: categories, layouts, templates and workflows from files, through a running
 API (real server, real store): created, then unchanged on a second run; a dry run's diff
 that changes nothing; pruning; a folder refused whole before anything is sent, hostile
 files included; the server's refusals reported with the object."""
@@ -375,6 +375,7 @@ async def test_the_documented_example_applies(
     files = dict(re.findall(r"```yaml\n# config/(\S+)\n(.*?)```", page, re.DOTALL))
     assert sorted(files) == [
         "categories/promos.yaml",
+        "layouts/house.yaml",
         "templates/welcome.yaml",
         "workflows/onboarding.yaml",
     ]
@@ -384,11 +385,11 @@ async def test_the_documented_example_applies(
         code, out = await apply(root)
         assert (code, out.splitlines()[-1]) == (
             0,
-            "applied: 3 created, 0 updated, 0 deleted, 0 unchanged",
+            "applied: 4 created, 0 updated, 0 deleted, 0 unchanged",
         )
         code, out = await apply(root, "--dry-run")
         assert code == 0, out
-        assert "plan: 3 unchanged" in out
+        assert "plan: 4 unchanged" in out
 
 
 def test_an_unreachable_server_changes_nothing(
@@ -436,3 +437,47 @@ def test_a_server_that_is_not_clarion_is_reported_not_crashed_on(tmp_path: Path)
         "reading category fine: HTTP 200, not a Clarion answer: <html>a login page</html>"
     ]
     api.close()
+
+
+HOUSE = """\
+default: true
+html: "<main>{{ content }}</main>"
+text: "{{ content }}"
+locales:
+  de: {text: "DE {{ content }}"}
+"""
+
+
+async def test_layouts_are_applied_before_the_templates_naming_them(
+    lite: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    letter = '{"channels": {"email": {"subject": "s", "html": "<p>x</p>", "layout": "house"}}}'
+    root = write(tmp_path, {"layouts/house.yaml": HOUSE, "templates/letter.json": letter})
+    async with serving(lite) as base:
+        apply = Runner(lite, base, capsys)
+        code, out = await apply(root)
+        assert code == 0, out
+        assert out.index("layout house: created") < out.index("template letter: created")
+        house = await apply.get("/v1/layouts/house")
+        assert house is not None
+        assert (house["default"], house["locales"]) == (True, {"de": {"text": "DE {{ content }}"}})
+        code, out = await apply(root)
+        assert out.rstrip().endswith("nothing to change: 2 unchanged"), out
+
+        # A file without `default` says the layout is not the default.
+        write(root, {"layouts/house.yaml": HOUSE.replace("default: true\n", "")})
+        code, out = await apply(root)
+        assert code == 0, out
+        assert "~ layout house  (layouts/house.yaml)" in out
+        house = await apply.get("/v1/layouts/house")
+        assert house is not None
+        assert (house["version"], house["default"]) == (2, False)
+
+        # Pruned while a template still names it: the server's refusal stops the run.
+        (root / "layouts" / "house.yaml").unlink()
+        write(root, {"layouts/.gitkeep": ""})
+        code, out = await apply(root, "--prune")
+        assert code == 1, out
+        assert "- layout house" in out
+        assert "409 layout_in_use" in out
+        assert await apply.get("/v1/layouts/house") is not None

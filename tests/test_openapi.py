@@ -281,3 +281,34 @@ async def test_generated_bodies_agree_with_the_server(lite: Harness) -> None:
         assert error["code"] == "validation_error", (payload, error)
         fields = {d["field"] for d in error["details"]}
         assert fields <= SEMANTIC, (payload, error)
+
+
+async def test_layouts_and_the_brand_are_documented(lite: Harness) -> None:
+    doc = await _doc(lite)
+    ops = {(m, p): op for m, p, op in _operations(doc)}
+    schemas = doc["components"]["schemas"]
+    put = ops["put", "/v1/layouts/{name}"]
+    assert put["operationId"] == "layouts_put"
+    assert "manage" in put["x-scopes"]
+    assert {"200", "409", "413", "422"} <= set(put["responses"])
+    body = put["requestBody"]["content"]["application/json"]["schema"]
+    layout_in = schemas[body["$ref"].rsplit("/", 1)[-1]]
+    assert set(layout_in["required"]) == {"html", "text"}
+    assert "{{ content }}" in layout_in["properties"]["html"]["description"]
+    [example] = layout_in["examples"]
+    assert "{{ content }}" in example["html"]
+    assert "{{ content }}" in example["text"]
+    delete = ops["delete", "/v1/layouts/{name}"]
+    assert {"204", "404", "409"} <= set(delete["responses"])
+    assert "layout_in_use" in delete["responses"]["409"]["description"]
+    for path in ("/v1/layouts", "/v1/layouts/{name}", "/v1/layouts/{name}/versions"):
+        assert (
+            "$ref" in ops["get", path]["responses"]["200"]["content"]["application/json"]["schema"]
+        )
+    assert ops["post", "/v1/layouts/{name}/rollback"]["operationId"] == "layouts_rollback"
+    assert schemas["LayoutSummary"]["properties"]["default"]["type"] == "boolean"
+    brand = ops["put", "/v1/brand"]["requestBody"]["content"]["application/json"]["schema"]
+    brand_in = schemas[brand["$ref"].rsplit("/", 1)[-1]]
+    assert brand_in["additionalProperties"] is True
+    assert {"name", "logo_url", "colors", "address"} <= set(brand_in["properties"])
+    assert {("get", "/v1/brand"), ("delete", "/v1/brand")} <= set(ops)

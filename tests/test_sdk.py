@@ -719,3 +719,35 @@ async def test_a_send_names_a_template_or_a_workflow(lite: Harness, server: str)
 
         await lite.until(both_waiting)
         assert (await client.workflows.cancel("later", cancellation_key="b")).cancelled == 2
+
+
+async def test_layouts_and_the_brand(lite: Harness, server: str) -> None:
+    layout = {"html": "<main>{{ brand.name }} {{ content }}</main>", "text": "{{ content }}"}
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        brand = await client.brand.put({"name": "Acme", "support_email": "help@acme.example"})
+        assert brand.name == "Acme"
+        assert (await client.brand.get()).model_extra == {"support_email": "help@acme.example"}
+        stored = await client.layouts.put("house", **layout, default=True)
+        assert (stored.name, stored.version) == ("house", 1)
+        later = {**layout, "locales": {"fr": {"text": "FR {{ content }}"}}}
+        assert (await client.layouts.put("house", **later)).version == 2
+        found = await client.layouts.get("house")
+        assert (found.version, found.default, found.locales) == (2, True, later["locales"])
+        assert [(x.name, x.default) async for x in client.layouts.list()] == [("house", True)]
+        assert (await client.layouts.rollback("house", version=1)).version == 1
+        with pytest.raises(UnprocessableError):
+            await client.layouts.put("bad", html="<p>no slot</p>", text="{{ content }}")
+
+        await client.templates.put(
+            "hello", channels={"email": {"subject": "s", "html": "<p>Hi</p>"}}
+        )
+        preview = await client.templates.preview("hello", channel="email")
+        assert preview.channels["email"]["html"] == "<main>Acme <p>Hi</p></main>"
+        with pytest.raises(ConflictError):
+            await client.layouts.delete("house")
+        await client.layouts.put("house", **layout, default=False)
+        await client.layouts.delete("house")
+        with pytest.raises(NotFoundError):
+            await client.layouts.get("house")
+        await client.brand.delete()
+        assert (await client.brand.get()).name is None

@@ -1,4 +1,4 @@
-"""The ``clarion apply DIR`` command: categories, templates and workflows kept as files
+"""The ``clarion apply DIR`` command: categories, layouts, templates and workflows kept as files
 (``cli_apply_files``), made the server's through its API (``cli_apply_plan``), so that the
 same folder can be applied to every environment that has a URL and a key."""
 
@@ -17,20 +17,20 @@ if TYPE_CHECKING:
     from clarion.cli_apply_plan import Change
 
 DESCRIPTION = """\
-Create or update categories, templates and workflows from the files of DIR, through the API:
-DIR/categories/<name>.yaml, DIR/templates/<name>.yaml and DIR/workflows/<key>.yaml (or
-.yml, .json), each holding the body PUT /v1/<folder>/<name> takes. Every file is checked
-before anything is sent; then each object is compared with the server's active version and
-only what differs is stored, categories first, then templates, then workflows. Running it
-again changes nothing. See docs/operations.md."""
+Create or update categories, layouts, templates and workflows from the files of DIR, through
+the API: DIR/categories/<name>.yaml, DIR/layouts/<name>.yaml, DIR/templates/<name>.yaml and
+DIR/workflows/<key>.yaml (or .yml, .json), each holding the body PUT /v1/<folder>/<name>
+takes. Every file is checked before anything is sent; then each object is compared with the
+server's active version and only what differs is stored, categories first, then layouts,
+templates and workflows. Running it again changes nothing. See docs/operations.md."""
 
 
 def add_parser(sub: Any) -> None:
     """``apply`` on the ``clarion`` command's subparsers."""
     apply = sub.add_parser(
         "apply",
-        help="create or update categories, templates and workflows from a folder of YAML or "
-        "JSON files, through the API",
+        help="create or update categories, layouts, templates and workflows from a folder of "
+        "YAML or JSON files, through the API",
         description=DESCRIPTION,
     )
     apply.add_argument("dir", type=Path, metavar="DIR", help="the folder")
@@ -43,7 +43,7 @@ def add_parser(sub: Any) -> None:
         "--prune",
         action="store_true",
         help="also delete what the server has and DIR lacks, of the kinds DIR has a folder "
-        "for (the API deletes workflows only: other kinds are reported and kept)",
+        "for (the API deletes layouts and workflows only: other kinds are reported and kept)",
     )
     cli_bulk.add_connection(apply)
 

@@ -1,6 +1,6 @@
 """What ``clarion apply DIR`` reads: one file per object, ``DIR/<folder>/<key>.yaml`` (or
 ``.yml``, ``.json``), whose content is the body ``PUT /v1/<folder>/<key>`` takes; the
-folders are ``categories``, ``templates`` and ``workflows``.
+folders are ``categories``, ``layouts``, ``templates`` and ``workflows``.
 
 Every file is read and checked before anything is sent, and every fault is reported with
 its file and, where it has one, its line and column or the field: YAML as

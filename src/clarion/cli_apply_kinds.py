@@ -1,6 +1,6 @@
 """The kinds of object ``clarion apply`` manages, in the order it applies them (a template
-names a category, a workflow names templates): each kind's folder, which is also its path in
-the API, the fields of its ``PUT`` body, and the body's normal form.
+names a category and a layout, a workflow names templates): each kind's folder, which is
+also its path in the API, the fields of its ``PUT`` body, and the body's normal form.
 
 The normal form is what the server keeps of a body: every field, an omitted one at the
 API's default. A file's body and the server's active version are compared in it, so that
@@ -29,6 +29,9 @@ class Kind:
     max_key: int
     deletable: bool
     shape: Callable[[dict[str, Any]], dict[str, Any]]
+    # Optional fields sent at their default when a file omits them: for these, the API
+    # reads an omitted field as "unchanged", while the folder means the default.
+    stated: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -42,6 +45,10 @@ class Kind:
         """``body``'s fields of this kind's body, each omitted one at its default."""
         filled = {**self.defaults, **{k: v for k, v in body.items() if k in self.fields}}
         return self.shape(filled)
+
+    def sent(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``PUT`` body for a file's ``body``."""
+        return {**{k: self.defaults[k] for k in self.stated}, **body}
 
 
 def _category(body: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +94,18 @@ CATEGORY = Kind(
     deletable=False,
     shape=_category,
 )
+LAYOUT = Kind(
+    noun="layout",
+    folder="layouts",
+    named_by="name",
+    required=("html", "text"),
+    # The folder says which layout is the default: one whose file says nothing is not.
+    defaults={"locales": {}, "default": False},
+    max_key=200,
+    deletable=True,
+    shape=_template,
+    stated=("default",),
+)
 TEMPLATE = Kind(
     noun="template",
     folder="templates",
@@ -107,4 +126,4 @@ WORKFLOW = Kind(
     deletable=True,
     shape=_workflow,
 )
-KINDS = (CATEGORY, TEMPLATE, WORKFLOW)
+KINDS = (CATEGORY, LAYOUT, TEMPLATE, WORKFLOW)

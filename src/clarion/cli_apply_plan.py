@@ -3,8 +3,9 @@ with the server's active version, both in their normal form (``cli_apply_kinds``
 what differs is stored; with ``--prune``, what the server has and the folder lacks is
 deleted, for the kinds the folder has a folder for.
 
-Changes are made in the plan's order: categories, templates, then workflows (a template
-names a category, a workflow its templates), and deletions after, in the reverse order. The
+Changes are made in the plan's order: categories, layouts, templates, then workflows (a
+template names a category and a layout, a workflow its templates), and deletions after, in
+the reverse order. The
 first refusal stops the run: what follows it may depend on it."""
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ def apply(api: Api, changes: list[Change]) -> Iterator[str]:
     raises :class:`Refused`, and nothing after it is tried."""
     for change in changes:
         if change.action in ("create", "update"):
-            response = api.request("PUT", change.url, change.body)
+            response = api.request("PUT", change.url, change.kind.sent(change.body or {}))
             what = f"storing {change.name} ({change.source})"
             if response.status_code not in (200, 201):
                 raise Refused(what, response)

@@ -350,6 +350,50 @@ class WorkflowVersionSummary(Out):
 class WorkflowVersionPage(Paged[WorkflowVersionSummary]): ...
 
 
+class LayoutStored(Out):
+    name: str
+    version: int
+
+
+class LayoutVersionOut(Out):
+    name: str
+    version: int
+    html: str
+    text: str
+    locales: dict[str, dict[str, str]]
+    default: bool = Field(default=False, description="Whether it is the tenant's default layout")
+    created_at: datetime
+
+
+class LayoutSummary(Out):
+    name: str
+    active_version: int
+    latest_version: int
+    default: bool
+    updated_at: datetime
+
+
+class LayoutPage(Paged[LayoutSummary]): ...
+
+
+class LayoutVersionSummary(Out):
+    version: int
+    active: bool = Field(description="Whether this is the version sends are laid out in")
+    created_at: datetime
+
+
+class LayoutVersionPage(Paged[LayoutVersionSummary]): ...
+
+
+class BrandOut(Out):
+    """The tenant's brand, as stored: the checked fields and any other key."""
+
+    name: str | None = None
+    logo_url: str | None = None
+    colors: dict[str, str] | None = None
+    address: str | None = None
+
+
 class TemplatePreviewOut(Out):
     name: str
     version: int

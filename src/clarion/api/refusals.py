@@ -15,6 +15,9 @@ ERRORS: dict[Reason, type[ApiError]] = {
     Reason.IDEMPOTENCY_CONFLICT: Conflict,
     Reason.INVALID_POLICY: ValidationFailed,
     Reason.TOO_MANY_SCHEDULES: Conflict,
+    Reason.UNKNOWN_LAYOUT: ValidationFailed,
+    Reason.LAYOUT_IN_USE: Conflict,
+    Reason.TOO_MANY_LAYOUTS: Conflict,
 }
 
 

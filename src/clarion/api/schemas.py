@@ -554,3 +554,99 @@ class CategoryIn(Body):
         if self.overflow == "digest" and not (self.max_per_hour or self.max_per_day):
             raise ValueError("`overflow: digest` needs `max_per_hour` or `max_per_day`")
         return self
+
+
+class LayoutPartsIn(Body):
+    """A locale's variant of a layout: either part, or both, replacing the layout's own."""
+
+    html: str | None = None
+    text: str | None = None
+
+
+class LayoutIn(Body):
+    model_config = example(
+        {
+            "html": '<table><tr><td><img src="{{ brand.logo_url }}" alt="{{ brand.name }}">'
+            "</td></tr><tr><td>{{ content }}</td></tr>"
+            "<tr><td>{{ brand.address }}</td></tr></table>",
+            "text": "{{ content }}\n\n--\n{{ brand.name }}, {{ brand.address }}",
+            "locales": {"de": {"text": "{{ content }}\n\n--\n{{ brand.name }} (Impressum)"}},
+            "default": True,
+        }
+    )
+
+    html: str = Field(
+        min_length=1,
+        description="The HTML around a template's email; prints `{{ content }}` where the "
+        "template's rendered HTML goes (inserted as markup; the layout's own variables are "
+        "escaped).",
+    )
+    text: str = Field(
+        min_length=1, description="The text around the email's text part, with `{{ content }}`."
+    )
+    locales: dict[Locale, LayoutPartsIn] = Field(
+        default_factory=dict,
+        max_length=200,
+        description="Per-locale variants, chosen as a template's locale is (`fr-CA` → `fr` → "
+        "the layout's own).",
+    )
+    default: bool | None = Field(
+        default=None,
+        description="true: the tenant's default layout from now on (for templates that name "
+        "none); false: no longer the default, if it was; absent: unchanged.",
+    )
+
+    def content(self) -> dict[str, Any]:
+        locales = {
+            locale: parts.model_dump(exclude_none=True) for locale, parts in self.locales.items()
+        }
+        return {"html": self.html, "text": self.text, "locales": locales}
+
+
+MAX_BRAND = 16 * 1024
+_BRAND_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+_COLOUR = re.compile(r"^#(?:[0-9A-Fa-f]{3}|[0-9A-Fa-f]{6}|[0-9A-Fa-f]{8})$")
+BrandKey = Annotated[str, StringConstraints(pattern=_BRAND_KEY.pattern)]
+Colour = Annotated[str, StringConstraints(pattern=_COLOUR.pattern)]
+
+
+class BrandIn(BaseModel):
+    """The tenant's brand: ``brand.*`` in every template and layout. The fields named here
+    are checked; any other key (a name a template can write as ``brand.<key>``) is kept as
+    given. At most 16 KiB as JSON."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Acme",
+                    "logo_url": "https://cdn.acme.example/logo.png",
+                    "colors": {"primary": "#0a66c2", "text": "#222222"},
+                    "address": "Acme Inc., 1 Main St, Springfield",
+                    "support_email": "help@acme.example",
+                }
+            ]
+        },
+    )
+
+    name: Annotated[str, StringConstraints(max_length=200)] | None = None
+    logo_url: HttpUrl | None = Field(default=None, description="An http(s) URL")
+    colors: dict[BrandKey, Colour] | None = Field(
+        default=None, max_length=50, description="CSS hex colours by name, e.g. `#0a66c2`"
+    )
+    address: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+    @model_validator(mode="after")
+    def _small_with_usable_keys(self) -> BrandIn:
+        for key in self.model_extra or {}:
+            if not _BRAND_KEY.match(key):
+                raise ValueError(
+                    f"brand key {key[:70]!r} is not a name (letters, digits, _; 64 at most)"
+                )
+        if len(orjson.dumps(self.stored())) > MAX_BRAND:
+            raise ValueError(f"the brand takes more than {MAX_BRAND // 1024} KiB as JSON")
+        return self
+
+    def stored(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)

@@ -29,6 +29,11 @@ class Reason(StrEnum):
     INVALID_POLICY = "validation_error"
     # A new schedule past the tenant's cap.
     TOO_MANY_SCHEDULES = "too_many_schedules"
+    # A template naming a layout its tenant does not have; a layout still named (by a
+    # template's active version, or as the tenant's default); a new layout past the cap.
+    UNKNOWN_LAYOUT = "unknown_layout"
+    LAYOUT_IN_USE = "layout_in_use"
+    TOO_MANY_LAYOUTS = "too_many_layouts"
 
 
 @dataclass(frozen=True, slots=True)

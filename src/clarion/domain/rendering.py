@@ -94,6 +94,11 @@ class _Unusable:
     message: str
 
 
+def unusable(message: str) -> CompiledTemplate:
+    """Content whose every render fails with ``message`` (a template error)."""
+    return CompiledTemplate(_Unusable(message))
+
+
 def _render_tree(node: Any, variables: dict[str, Any]) -> Any:
     # Most common first: a compiled tree holds dicts, templates, lists and plain values.
     if isinstance(node, dict):
@@ -162,6 +167,9 @@ DIGEST_KEY = "digest"
 # An in-app part's offline fallback (``fallback_after``, ``fallback_channel``): fields of the
 # template, run as steps of its send (pipeline/runs.py), never part of the message.
 OFFLINE_KEYS = ("fallback_after", "fallback_channel")
+# The email part's layout (domain/layouts.py): a name, null (the tenant's default) or false
+# (none); a field of the template, never part of the message.
+LAYOUT_KEY = "layout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +189,8 @@ class CompiledVersion:
     # The in-app part's offline fallback: after how long unseen (a duration), and on which
     # channel.
     offline: tuple[str, str] | None = None
+    # The email part's layout: a layout's name, None (the tenant's default) or False (none).
+    layout: str | bool | None = None
 
     def for_channel(self, channel: str, locale: str | None) -> tuple[str | None, CompiledTemplate]:
         for candidate in locale_chain(locale, self.locales):
@@ -197,6 +207,7 @@ class CompiledVersion:
             self.category,
             {channel: self.digests.get(channel, missing) for channel in self.channels},
             self.locale_digests,
+            layout=self.layout,
         )
 
 
@@ -209,11 +220,22 @@ def offline_of(channels: Mapping[str, Any]) -> tuple[str, str] | None:
     return (after, channel) if isinstance(after, str) and isinstance(channel, str) else None
 
 
-def _without_offline(channels: Mapping[str, Any]) -> dict[str, Any]:
+def layout_of(channels: Mapping[str, Any]) -> str | bool | None:
+    """The layout the email part names: a name, None (the default) or False (none)."""
+    email = channels.get("email")
+    chosen = email.get(LAYOUT_KEY) if isinstance(email, Mapping) else None
+    return chosen if isinstance(chosen, str) or chosen is False else None
+
+
+# The keys of each channel's part that are fields of the template, not of its message.
+_TEMPLATE_KEYS = {"inapp": frozenset(OFFLINE_KEYS), "email": frozenset({LAYOUT_KEY})}
+
+
+def _message_parts(channels: Mapping[str, Any]) -> dict[str, Any]:
     return {
         channel: (
-            {k: v for k, v in content.items() if k not in OFFLINE_KEYS}
-            if channel == "inapp" and isinstance(content, Mapping)
+            {k: v for k, v in content.items() if k not in _TEMPLATE_KEYS[channel]}
+            if channel in _TEMPLATE_KEYS and isinstance(content, Mapping)
             else content
         )
         for channel, content in channels.items()
@@ -254,14 +276,15 @@ def compile_version(
 ) -> CompiledVersion:
     """Compile every channel, and every locale's overrides merged over the default content
     (a locale's ``digest`` replaces the channel's whole digest content). The in-app
-    part's offline fallback is kept apart (``offline``), out of its content."""
-    offline = offline_of(channels)
-    channels = _without_offline(channels)
+    part's offline fallback is kept apart (``offline``), out of its content, and so is the
+    email part's layout (``layout``)."""
+    offline, layout = offline_of(channels), layout_of(channels)
+    channels = _message_parts(channels)
     base, digests = _compile_split(channels)
     per_locale: dict[str, dict[str, CompiledTemplate]] = {}
     per_locale_digests: dict[str, dict[str, CompiledTemplate]] = {}
     for locale, overrides in locales.items():
-        merged = _without_offline(
+        merged = _message_parts(
             {
                 channel: {**channels[channel], **content}
                 for channel, content in overrides.items()
@@ -279,6 +302,7 @@ def compile_version(
         digests=digests,
         locale_digests=per_locale_digests,
         offline=offline,
+        layout=layout,
     )
 
 

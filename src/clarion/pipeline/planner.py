@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -23,6 +23,7 @@ import msgspec
 from clarion.broker import Message
 from clarion.domain.delivery import Delivery, Stored
 from clarion.domain.ids import delivery_id
+from clarion.domain.layouts import NO_LOOK, Look
 from clarion.domain.models import (
     CHUNK_STREAM,
     PLAN_CRITICAL_STREAM,
@@ -46,6 +47,7 @@ from clarion.pipeline import digests, throttle
 from clarion.pipeline.categories import CategoryCache, Policies
 from clarion.pipeline.context import Context
 from clarion.pipeline.inflight import holding
+from clarion.pipeline.layouts import LookCache
 from clarion.pipeline.lead import Lead
 from clarion.pipeline.messages import by_due_time, plan_payload, publish_deliveries
 from clarion.pipeline.runs import Runs, StepAsk, offline_runs
@@ -82,10 +84,16 @@ class Plan:
     planned: list[str]  # notification ids this batch planned
 
 
-def render_context(notification: dict[str, Any], recipient: dict[str, Any]) -> dict[str, Any]:
+def render_context(
+    notification: dict[str, Any], recipient: dict[str, Any], brand: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A template's variables: the notification's data over the recipient's, then
+    ``recipient`` and the tenant's ``brand`` (when it has one), which data cannot replace."""
     context: dict[str, Any] = dict(recipient.get("data") or {})
     context.update(notification["data"] or {})
     context["recipient"] = {name: recipient.get(name) for name in _RECIPIENT_VARS}
+    if brand is not None:
+        context["brand"] = brand
     return context
 
 
@@ -141,6 +149,7 @@ class _Draft(NamedTuple):
     recipient: dict[str, Any]
     context: dict[str, Any]  # the template's variables
     decision: Decision  # the recipient's preferences, applied
+    look: Look  # the tenant's layouts, for its email
 
 
 def _stripe_of(message: Message) -> int | None:
@@ -170,6 +179,7 @@ class Planner:
         self._ctx = ctx
         self._consumer = consumer
         self._templates = TemplateCache()
+        self._looks = LookCache()
         self._events = StatusEvents(ctx)
         self.batch_size = 200
         # One process leads the planning while it keeps up (pipeline/lead.py); topic
@@ -298,6 +308,7 @@ class Planner:
             categories = await self._ctx.categories.load(
                 engine, {t: category_versions[t] for t in tenants}
             )
+            looks = await self._looks.load(engine, {t: category_versions[t] for t in tenants})
             compiled = await self._templates.load(
                 engine, [(t, name, v) for (t, name), v in heads.items()]
             )
@@ -310,7 +321,10 @@ class Planner:
                 head = heads.get((note["tenant_id"], note["template"]))
                 version = compiled.get((note["tenant_id"], note["template"], head or 0))
                 policies = categories.get(note["tenant_id"], {})
-                plan.made.extend(self._deliveries(note, version, people, policies, now, holding))
+                look = looks.get(note["tenant_id"], NO_LOOK)
+                plan.made.extend(
+                    self._deliveries(note, version, people, policies, now, holding, look)
+                )
             existing = await reads.existing_deliveries([item.delivery.id for item in plan.made])
             # A topic send's chunks are published as they are planned; one whose publish
             # was lost is found by the sweeper, not by reading the whole send again here.
@@ -350,6 +364,7 @@ class Planner:
             )
         await self._ctx.providers.prepare(tenants)
         categories = await self._ctx.categories.load(engine, category_versions)
+        looks = await self._looks.load(engine, category_versions)
         compiled = await self._templates.load(engine, [(t, n, v) for (t, n), v in heads.items()])
         holding = digests.Holding()
         per_ask: list[list[str]] = []
@@ -367,9 +382,8 @@ class Planner:
             if ask.digest is not None:
                 # A step after a digest: its template reads the digest as `digest`.
                 part["data"] = {**(ask.note["data"] or {}), "digest": ask.digest}
-            items = self._deliveries(
-                part, version, people, categories.get(tenant, {}), now, holding
-            )
+            policies, look = categories.get(tenant, {}), looks.get(tenant, NO_LOOK)
+            items = self._deliveries(part, version, people, policies, now, holding, look)
             per_ask.append([item.delivery.id for item in items])
             made.extend(items)
         async with planning.reads(engine, pg) as reads:
@@ -450,6 +464,7 @@ class Planner:
             category_versions = await reads.category_versions([tenant])
         await self._ctx.providers.prepare({tenant})
         categories = await self._ctx.categories.load(engine, category_versions)
+        look = (await self._looks.load(engine, category_versions)).get(tenant, NO_LOOK)
         compiled = await self._templates.load(engine, [(t, n, v) for (t, n), v in heads.items()])
         version = compiled.get(
             (tenant, note["template"], heads.get((tenant, note["template"])) or 0)
@@ -471,7 +486,7 @@ class Planner:
             if start:
                 await asyncio.sleep(0)
             part = {**note, "recipient_ids": [p["id"] for p in chunk[start : start + _SLICE]]}
-            made.extend(self._deliveries(part, version, people, policies, now, holding))
+            made.extend(self._deliveries(part, version, people, policies, now, holding, look))
         await self._cap_and_hold(made, categories, holding, now)
         await self.runs.store_offline(self._offline_runs([note], heads, compiled, made, now))
         inserted = await planning.store_stripe(engine, pg, made, stored)
@@ -516,6 +531,7 @@ class Planner:
         policies: Policies,
         now: datetime,
         holding: digests.Holding,
+        look: Look = NO_LOOK,
     ) -> list[Stored]:
         if version is None:
             log.warning("notification %s: template %r is gone", note["id"], note["template"])
@@ -550,7 +566,8 @@ class Planner:
                 digestible=digestible,
                 workflow=note.get("workflow"),
             )
-            draft = _Draft(version, recipient, render_context(note, recipient), decision)
+            context = render_context(note, recipient, look.brand)
+            draft = _Draft(version, recipient, context, decision, look)
             for channel in channels:
                 delivery = msgspec.structs.replace(
                     common,
@@ -579,9 +596,8 @@ class Planner:
             return Stored(delivery, DeliveryStatus.FAILED, "expired")
         if channel in decision.held:
             return digests.Holding.hold(Stored(delivery))
-        _, template = draft.version.for_channel(channel, draft.recipient.get("locale"))
         try:
-            content = template.render(draft.context)
+            content = _render(draft, channel)
         except TemplateError as exc:
             return Stored(delivery, DeliveryStatus.FAILED, "render_error", last_error=exc.message)
         # Rendered: the delivery with its content, and the fallback's.
@@ -607,9 +623,15 @@ class Planner:
         address = address_for(target, draft.recipient)
         if address is None:
             return None
-        _, template = draft.version.for_channel(target, draft.recipient.get("locale"))
         try:
-            content = template.render(draft.context)
+            content = _render(draft, target)
         except TemplateError:
             return None
         return {"channel": target, "address": address, "content": content}
+
+
+def _render(draft: _Draft, channel: str) -> Any:
+    """A channel's content for one recipient, an email laid out in its layout."""
+    _, template = draft.version.for_channel(channel, draft.recipient.get("locale"))
+    content = template.render(draft.context)
+    return draft.look.dress(channel, draft.version.layout, content, draft.context)

@@ -50,6 +50,8 @@ class Resource(StrEnum):
     SCHEDULE = "schedule"
     DEAD_LETTER = "dead_letter"
     WORKFLOW = "workflow"
+    LAYOUT = "layout"
+    BRAND = "brand"
 
 
 class Action(StrEnum):

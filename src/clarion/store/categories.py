@@ -14,7 +14,9 @@ set its policy (a ``max_per_hour`` on marketing, say), but ``security`` stays cr
 
 Every write moves the tenant's version (``category_versions``) in its transaction: a reader
 that caches a tenant's categories asks for the version (``versions``) and reloads when it has
-moved, so what is accepted after a write is planned under it, in any process.
+moved, so what is accepted after a write is planned under it, in any process. Writes of the
+tenant's layouts and brand (store/layouts.py) move the same version: the planner caches them
+by it too.
 """
 
 from __future__ import annotations
@@ -138,12 +140,14 @@ async def put(
         await audit.record(
             conn, audit.Change(tenant_id, actor, audit.Resource.CATEGORY, name, action, change)
         )
-        await _bump(conn, tenant_id)
+        await bump(conn, tenant_id)
     return found
 
 
-async def _bump(conn: AsyncConnection, tenant_id: str) -> None:
-    """Move the tenant's version, in the transaction of the write it stamps."""
+async def bump(conn: AsyncConnection, tenant_id: str) -> None:
+    """Move the tenant's version, in the transaction of the write it stamps. Every write of
+    what the planner caches per tenant by this version moves it: categories, and the
+    layouts and brand (store/layouts.py) email is dressed in."""
     v = category_versions
     stmt: Any = (
         postgresql.insert(v) if conn.dialect.name == "postgresql" else sqlite.insert(v)

@@ -119,6 +119,17 @@ templates, template_versions = _versioned(
     Column("locales", JSON, nullable=False),
     # Critical notifications: channel -> channel to use when it has no healthy provider.
     Column("fallbacks", JSON),
+    # The layout its email part names (store/layouts.py refuses to delete one in use).
+    Column("layout", String(200)),
+)
+
+# A tenant's email layouts: the HTML and text around a template's email, with its slot.
+layouts, layout_versions = _versioned(
+    "layout",
+    "name",
+    Column("html", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("locales", JSON, nullable=False),
 )
 
 workflows, workflow_versions = _versioned(

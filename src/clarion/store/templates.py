@@ -8,7 +8,9 @@ from typing import Any
 from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from clarion.domain.refusal import Refused
 from clarion.store import audit
+from clarion.store import layouts as layout_store
 from clarion.store.db import shown, utcnow, write_tx
 from clarion.store.sql import chunks, upsert
 from clarion.store.tables import template_versions, templates
@@ -30,12 +32,19 @@ async def put(
     channels: dict[str, Any],
     locales: dict[str, Any],
     fallbacks: dict[str, str] | None = None,
+    layout: str | None = None,
     actor: str = audit.SYSTEM,
-) -> int:
-    """Store a new version and make it active; returns its number."""
+) -> int | Refused:
+    """Store a new version and make it active; returns its number. ``layout``: the layout
+    its email part names, which must exist (else a refusal, ``unknown_layout``); it is held
+    until the version is stored, so it cannot be deleted meanwhile (store/layouts.py)."""
     content = {"category": category, "channels": channels, "locales": locales}
     now = utcnow()
     async with write_tx(engine) as conn:
+        if layout is not None and (
+            refused := await layout_store.hold(conn, tenant_id, name=layout)
+        ):
+            return refused
         head = (
             await conn.execute(
                 select(templates.c.latest_version, templates.c.active_version)
@@ -49,7 +58,9 @@ async def put(
         )
         key = {"tenant_id": tenant_id, "name": name}
         stored = {"version": version, **content, "fallbacks": fallbacks or None}
-        await conn.execute(template_versions.insert().values(**key, **stored, created_at=now))
+        await conn.execute(
+            template_versions.insert().values(**key, **stored, layout=layout, created_at=now)
+        )
         # The head names the new version as both the latest and the active one.
         heads = upsert(conn, templates, ["tenant_id", "name"], _HEAD_UPDATED)
         made = {"active_version": version, "latest_version": version, "updated_at": now}

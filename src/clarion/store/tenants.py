@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import Table, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import new_id
 from clarion.security.keys import generate_key, generate_webhook_secret, hash_key
@@ -195,31 +195,47 @@ async def update_settings(
 ) -> None:
     """Merge ``changes`` into the tenant's settings; a None value removes the setting."""
     async with write_tx(engine) as conn:
-        found = (
-            await conn.execute(
-                select(tenants.c.name, tenants.c.settings)
-                .where(tenants.c.id == tenant_id)
-                .with_for_update()
-            )
-        ).first()
-        if found is None:
-            return
-        current = found.settings
-        merged = dict(current or {})
-        for name, value in changes.items():
-            if value is None:
-                merged.pop(name, None)
-            else:
-                merged[name] = value
-        await conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(settings=merged))
-        change = audit.diff(current or {}, merged)
-        if change:
-            await audit.record(
-                conn,
-                audit.Change(
-                    tenant_id, actor, audit.Resource.TENANT, found.name, audit.Action.UPDATE, change
-                ),
-            )
+        await merge_settings(conn, tenant_id, changes, actor=actor)
+
+
+async def merge_settings(
+    conn: AsyncConnection,
+    tenant_id: str,
+    changes: dict[str, Any],
+    *,
+    actor: str = audit.SYSTEM,
+    resource: audit.Resource = audit.Resource.TENANT,
+    name: str | None = None,
+) -> dict[str, Any] | None:
+    """:func:`update_settings` in the caller's write transaction, audited as a change of
+    ``resource`` named ``name`` (else the tenant's name); returns the settings as they were
+    (None: no such tenant)."""
+    found = (
+        await conn.execute(
+            select(tenants.c.name, tenants.c.settings)
+            .where(tenants.c.id == tenant_id)
+            .with_for_update()
+        )
+    ).first()
+    if found is None:
+        return None
+    current = dict(found.settings or {})
+    merged = dict(current)
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    await conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(settings=merged))
+    change = audit.diff(current, merged)
+    if change:
+        await audit.record(
+            conn,
+            audit.Change(
+                tenant_id, actor, resource, name or found.name, audit.Action.UPDATE, change
+            ),
+        )
+    return current
 
 
 async def list_tenants(engine: AsyncEngine) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@ per version; every change is a new version, audited."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,13 @@ class Versioned:
     content: tuple[str, ...]
     resource: audit.Resource
     public: Callable[[Any], dict[str, Any]]
+    # Called in the transaction of every write (put, rollback, delete) with its tenant: a
+    # kind that readers cache by a tenant's version moves it there.
+    touch: Callable[[AsyncConnection, str], Awaitable[None]] | None = None
+
+    async def _touched(self, conn: AsyncConnection, tenant_id: str) -> None:
+        if self.touch is not None:
+            await self.touch(conn, tenant_id)
 
     def _head_of(self, tenant_id: str, key: str) -> ColumnElement[bool]:
         h = self.heads.c
@@ -72,30 +79,41 @@ class Versioned:
         actor: str = audit.SYSTEM,
     ) -> int:
         """Store ``content`` as a new version and make it active; returns its number."""
-        now = utcnow()
         async with write_tx(engine) as conn:
-            head = (
-                await conn.execute(
-                    select(self.heads.c.latest_version, self.heads.c.active_version)
-                    .where(self._head_of(tenant_id, key))
-                    .with_for_update()
-                )
-            ).first()
-            version = 1 if head is None else head.latest_version + 1
-            before = await self._audited(
-                conn, tenant_id, key, None if head is None else head.active_version
+            return await self.put_in(conn, tenant_id, key, content, actor=actor)
+
+    async def put_in(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        key: str,
+        content: dict[str, Any],
+        *,
+        actor: str = audit.SYSTEM,
+    ) -> int:
+        """:meth:`put`, in the caller's write transaction."""
+        now = utcnow()
+        head = (
+            await conn.execute(
+                select(self.heads.c.latest_version, self.heads.c.active_version)
+                .where(self._head_of(tenant_id, key))
+                .with_for_update()
             )
-            ids = {"tenant_id": tenant_id, self.key: key}
-            stored = {"version": version, **content}
-            await conn.execute(self.versions.insert().values(**ids, **stored, created_at=now))
-            heads = upsert(conn, self.heads, ["tenant_id", self.key], _HEAD_UPDATED)
-            made = {"active_version": version, "latest_version": version, "updated_at": now}
-            await conn.execute(heads.values(**ids, **made))
-            action = audit.Action.CREATE if head is None else audit.Action.UPDATE
-            change = audit.diff(before, stored)
-            await audit.record(
-                conn, audit.Change(tenant_id, actor, self.resource, key, action, change)
-            )
+        ).first()
+        version = 1 if head is None else head.latest_version + 1
+        before = await self._audited(
+            conn, tenant_id, key, None if head is None else head.active_version
+        )
+        ids = {"tenant_id": tenant_id, self.key: key}
+        stored = {"version": version, **content}
+        await conn.execute(self.versions.insert().values(**ids, **stored, created_at=now))
+        heads = upsert(conn, self.heads, ["tenant_id", self.key], _HEAD_UPDATED)
+        made = {"active_version": version, "latest_version": version, "updated_at": now}
+        await conn.execute(heads.values(**ids, **made))
+        action = audit.Action.CREATE if head is None else audit.Action.UPDATE
+        change = audit.diff(before, stored)
+        await audit.record(conn, audit.Change(tenant_id, actor, self.resource, key, action, change))
+        await self._touched(conn, tenant_id)
         return version
 
     def version_query(self, tenant_id: str, key: str, version: int | None) -> Select[Any]:
@@ -200,6 +218,7 @@ class Versioned:
                 conn,
                 audit.Change(tenant_id, actor, self.resource, key, audit.Action.ROLLBACK, change),
             )
+            await self._touched(conn, tenant_id)
         return None
 
     async def delete(
@@ -210,15 +229,22 @@ class Versioned:
             current = await self.active(conn, tenant_id, key, lock=True)
             if current is None:
                 return False
-            before = await self._audited(conn, tenant_id, key, current)
-            await conn.execute(delete(self.versions).where(self._versions_of(tenant_id, key)))
-            await conn.execute(delete(self.heads).where(self._head_of(tenant_id, key)))
-            change = audit.diff(before, None)
-            await audit.record(
-                conn,
-                audit.Change(tenant_id, actor, self.resource, key, audit.Action.DELETE, change),
-            )
+            await self.delete_in(conn, tenant_id, key, current, actor=actor)
         return True
+
+    async def delete_in(
+        self, conn: AsyncConnection, tenant_id: str, key: str, current: int, *, actor: str
+    ) -> None:
+        """:meth:`delete`, in the caller's write transaction, once the caller has locked
+        the head (:meth:`active` with ``lock``) and found its active version ``current``."""
+        before = await self._audited(conn, tenant_id, key, current)
+        await conn.execute(delete(self.versions).where(self._versions_of(tenant_id, key)))
+        await conn.execute(delete(self.heads).where(self._head_of(tenant_id, key)))
+        change = audit.diff(before, None)
+        await audit.record(
+            conn, audit.Change(tenant_id, actor, self.resource, key, audit.Action.DELETE, change)
+        )
+        await self._touched(conn, tenant_id)
 
 
 def shown_version(columns: tuple[str, ...]) -> Callable[[Any], dict[str, Any]]:

@@ -324,6 +324,65 @@ def rollback_template(name: str, *, version: int) -> Call[m.Template]:
     return _rollback(f"/v1/templates/{_seg(name)}", m.Template.model_validate, version)
 
 
+# Layouts and the brand -------------------------------------------------------------------
+
+
+def put_layout(
+    name: str,
+    *,
+    html: str,
+    text: str,
+    locales: Mapping[str, Mapping[str, str]] | None = None,
+    default: bool | None = None,
+) -> Call[m.LayoutStored]:
+    """Store a new version of an email layout and make it active. ``html`` and ``text``
+    each print ``{{ content }}`` where a template's email goes; ``default``: True makes it
+    the tenant's default layout, False makes it no longer the default."""
+    body = _query(
+        html=html,
+        text=text,
+        locales={k: dict(v) for k, v in locales.items()} if locales is not None else None,
+        default=default,
+    )
+    return Call("PUT", f"/v1/layouts/{_seg(name)}", m.LayoutStored.model_validate, None, body)
+
+
+def get_layout(name: str, *, version: int | None = None) -> Call[m.Layout]:
+    """A layout's active version, or ``version`` of it."""
+    return _version(f"/v1/layouts/{_seg(name)}", m.Layout.model_validate, version)
+
+
+def list_layouts(*, page_size: int | None = None) -> ListCall[m.LayoutSummary]:
+    """The tenant's layouts by name; ``default`` marks its default one."""
+    return ListCall("/v1/layouts", m.LayoutSummary, _query(limit=page_size))
+
+
+def rollback_layout(name: str, *, version: int) -> Call[m.Layout]:
+    """Make a stored version of a layout active again."""
+    return _rollback(f"/v1/layouts/{_seg(name)}", m.Layout.model_validate, version)
+
+
+def delete_layout(name: str) -> Call[None]:
+    """Delete a layout with all its versions (a 409 ``layout_in_use`` while a template's
+    active version names it, or while it is the default)."""
+    return Call("DELETE", f"/v1/layouts/{_seg(name)}", _none)
+
+
+def get_brand() -> Call[m.Brand]:
+    """The tenant's brand (empty when it has none)."""
+    return Call("GET", "/v1/brand", m.Brand.model_validate)
+
+
+def put_brand(brand: Mapping[str, Any]) -> Call[m.Brand]:
+    """Replace the tenant's brand: ``brand.*`` in every template and layout."""
+    return Call("PUT", "/v1/brand", m.Brand.model_validate, None, dict(brand))
+
+
+def delete_brand() -> Call[None]:
+    """Remove the tenant's brand."""
+    return Call("DELETE", "/v1/brand", _none)
+
+
 # Workflows -------------------------------------------------------------------------------
 
 

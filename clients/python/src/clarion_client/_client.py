@@ -156,6 +156,20 @@ class Templates(_SyncResource):
     preview_draft = _sync(calls.preview_draft)
 
 
+class Layouts(_SyncResource):
+    put = _sync(calls.put_layout)
+    get = _sync(calls.get_layout)
+    list = _sync_list(calls.list_layouts)
+    rollback = _sync(calls.rollback_layout)
+    delete = _sync(calls.delete_layout)
+
+
+class BrandResource(_SyncResource):
+    get = _sync(calls.get_brand)
+    put = _sync(calls.put_brand)
+    delete = _sync(calls.delete_brand)
+
+
 class Workflows(_SyncResource):
     put = _sync(calls.put_workflow)
     get = _sync(calls.get_workflow)
@@ -247,6 +261,8 @@ class Clarion(_Base):
         self.deliveries = Deliveries(self)
         self.recipients = Recipients(self)
         self.templates = Templates(self)
+        self.layouts = Layouts(self)
+        self.brand = BrandResource(self)
         self.workflows = Workflows(self)
         self.categories = Categories(self)
         self.providers = Providers(self)
@@ -371,6 +387,20 @@ class AsyncTemplates(_AsyncResource):
     preview_draft = _async(calls.preview_draft)
 
 
+class AsyncLayouts(_AsyncResource):
+    put = _async(calls.put_layout)
+    get = _async(calls.get_layout)
+    list = _async_list(calls.list_layouts)
+    rollback = _async(calls.rollback_layout)
+    delete = _async(calls.delete_layout)
+
+
+class AsyncBrandResource(_AsyncResource):
+    get = _async(calls.get_brand)
+    put = _async(calls.put_brand)
+    delete = _async(calls.delete_brand)
+
+
 class AsyncWorkflows(_AsyncResource):
     put = _async(calls.put_workflow)
     get = _async(calls.get_workflow)
@@ -461,6 +491,8 @@ class AsyncClarion(_Base):
         self.deliveries = AsyncDeliveries(self)
         self.recipients = AsyncRecipients(self)
         self.templates = AsyncTemplates(self)
+        self.layouts = AsyncLayouts(self)
+        self.brand = AsyncBrandResource(self)
         self.workflows = AsyncWorkflows(self)
         self.categories = AsyncCategories(self)
         self.providers = AsyncProviders(self)

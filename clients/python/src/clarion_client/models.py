@@ -286,6 +286,40 @@ class WorkflowSummary(_WorkflowHead):
     updated_at: datetime
 
 
+class LayoutStored(Model):
+    name: str
+    version: int
+
+
+class Layout(Model):
+    """A layout's version: ``html`` and ``text`` with ``{{ content }}``, and ``locales``."""
+
+    name: str
+    version: int
+    html: str
+    text: str
+    locales: dict[str, dict[str, str]]
+    default: bool = False
+    created_at: datetime
+
+
+class LayoutSummary(Model):
+    name: str
+    active_version: int
+    latest_version: int
+    default: bool
+    updated_at: datetime
+
+
+class Brand(Model):
+    """The tenant's brand: these fields, and any other key it was given."""
+
+    name: str | None = None
+    logo_url: str | None = None
+    colors: dict[str, str] | None = None
+    address: str | None = None
+
+
 class TemplatePreview(Model):
     name: str
     version: int
@@ -532,6 +566,10 @@ SCHEMAS: dict[type[BaseModel], str] = {
     Workflow: "WorkflowVersionOut",
     WorkflowSummary: "WorkflowSummary",
     TemplatePreview: "TemplatePreviewOut",
+    LayoutStored: "LayoutStored",
+    Layout: "LayoutVersionOut",
+    LayoutSummary: "LayoutSummary",
+    Brand: "BrandOut",
     Category: "CategoryOut",
     Provider: "ProviderOut",
     Webhook: "WebhookOut",

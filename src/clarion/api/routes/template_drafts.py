@@ -12,6 +12,7 @@ from clarion.api.responses import JSONResponse
 from clarion.api.routes.templates import PreviewIn, checked, preview_recipient, render_preview
 from clarion.api.schemas import TemplateIn
 from clarion.errors import ValidationFailed
+from clarion.pipeline.layouts import look_of
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
@@ -33,5 +34,6 @@ async def preview_draft(caller: Reader, body: DraftPreviewIn) -> JSONResponse:
         )
     _, _, compiled = await checked(caller, body.template)
     recipient = await preview_recipient(caller, body)
-    locale, channels = render_preview(compiled, body, recipient)
+    look = await look_of(caller.engine, caller.tenant_id, compiled.layout)
+    locale, channels = render_preview(compiled, body, recipient, look)
     return JSONResponse({"locale": locale, "channels": channels})

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import re
+from typing import Annotated, Any, NamedTuple
 
 from fastapi import APIRouter, Query
 from pydantic import Field, StringConstraints
@@ -16,20 +17,26 @@ from clarion.api.outputs import (
     TemplateStored,
     TemplateVersionOut,
 )
+from clarion.api.refusals import refusal_error
 from clarion.api.responses import JSONResponse, or_404
-from clarion.api.schemas import Body, NamePath, RecipientId, TemplateIn
+from clarion.api.schemas import NAME_PATTERN, Body, NamePath, RecipientId, TemplateIn
 from clarion.domain import chat
 from clarion.domain.durations import duration_seconds
+from clarion.domain.layouts import Choice, Look
 from clarion.domain.models import Channel
+from clarion.domain.refusal import Refused
 from clarion.domain.rendering import (
+    LAYOUT_KEY,
     CompiledTemplate,
     CompiledVersion,
     compile_version,
     locale_chain,
 )
 from clarion.errors import MissingVariable, NotFound, TemplateError, ValidationFailed
+from clarion.pipeline.layouts import look_of
 from clarion.pipeline.planner import render_context
 from clarion.store import categories as category_store
+from clarion.store import layouts as layout_store
 from clarion.store import recipients as recipient_store
 from clarion.store import templates as store
 from clarion.store.versioned import Versioned
@@ -39,6 +46,7 @@ router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
 # A stored version's number, as asked for and as the cursor of the list of versions.
 Version = Annotated[int | None, Query(ge=1, le=2_147_483_647)]
+_LAYOUT_NAME = re.compile(NAME_PATTERN)
 LocaleTag = Annotated[
     str, StringConstraints(max_length=35, pattern=r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 ]
@@ -47,7 +55,8 @@ LocaleTag = Annotated[
 @router.put("/{name}", response_model=TemplateStored)
 async def put(caller: Manager, name: NamePath, body: TemplateIn) -> JSONResponse:
     """Store a new version of a template and make it active."""
-    channels, locales, _ = await checked(caller, body)
+    channels, locales, compiled = await checked(caller, body)
+    layout = compiled.layout
     version = await store.put(
         caller.engine,
         caller.tenant_id,
@@ -56,8 +65,11 @@ async def put(caller: Manager, name: NamePath, body: TemplateIn) -> JSONResponse
         channels=channels,
         locales=locales,
         fallbacks=_fallbacks(body, channels),
+        layout=layout if isinstance(layout, str) else None,
         actor=caller.key_id,
     )
+    if isinstance(version, Refused):
+        raise refusal_error(version)
     return JSONResponse({"name": name, "version": version})
 
 
@@ -80,7 +92,35 @@ async def checked(
             )
     _inapp_fallback(channels)
     _chat_part(channels, locales)
+    await _layout(caller, channels, locales)
     return channels, locales, _compiled(body.category, channels, locales)
+
+
+async def _layout(caller: Caller, channels: dict[str, Any], locales: dict[str, Any]) -> None:
+    """The email part's ``layout``: a layout of the tenant, null (the tenant's default) or
+    false (none); chosen for every locale (a layout has locales of its own)."""
+    for locale, overrides in locales.items():
+        if LAYOUT_KEY in (overrides.get("email") or {}):
+            raise ValidationFailed(
+                "a template's layout is the same for every locale; a layout has locales of its own",
+                details=[{"field": f"locales.{locale}.email.layout", "message": "not allowed"}],
+            )
+    email = channels.get("email") or {}
+    chosen = email.get(LAYOUT_KEY)
+    if chosen is None or chosen is False:
+        return
+    field = {"field": "channels.email.layout"}
+    if not isinstance(chosen, str) or not _LAYOUT_NAME.match(chosen):
+        raise ValidationFailed(
+            "the email's layout is a layout's name, null (the default) or false (none)",
+            details=[{**field, "message": "not a layout name, null or false"}],
+        )
+    if not await layout_store.exists(caller.engine, caller.tenant_id, chosen):
+        raise ValidationFailed(
+            f"no layout named {chosen!r}",
+            code="unknown_layout",
+            details=[{**field, "message": "not a layout of the tenant"}],
+        )
 
 
 def _chat_part(channels: dict[str, Any], locales: dict[str, Any]) -> None:
@@ -196,7 +236,19 @@ class RollbackIn(Body):
 
 @router.post("/{name}/rollback", response_model=TemplateVersionOut)
 async def rollback(caller: Manager, name: NamePath, body: RollbackIn) -> JSONResponse:
-    """Make a stored version active again; answers with that version."""
+    """Make a stored version active again; answers with that version.
+
+    A version whose email names a layout deleted since is refused (422 `unknown_layout`)."""
+    stored = await store.get(caller.engine, caller.tenant_id, name, body.version)
+    layout = (stored or {}).get("channels", {}).get("email", {}).get(LAYOUT_KEY)
+    if isinstance(layout, str) and not await layout_store.exists(
+        caller.engine, caller.tenant_id, layout
+    ):
+        raise ValidationFailed(
+            f"version {body.version} of template {name!r} names layout {layout!r}, which is gone",
+            code="unknown_layout",
+            details=[{"field": "version", "message": "names a deleted layout"}],
+        )
     return await rolled_back(caller, store.TEMPLATES, "template", name, body.version)
 
 
@@ -237,15 +289,17 @@ async def preview(caller: Reader, name: NamePath, body: PreviewIn) -> JSONRespon
     Needs the `read` scope, since nothing is sent. Variables: `data` over the recipient's data
     (with `recipient_id`), plus `recipient`. The locale is `locale`, else the recipient's;
     `locale` in the answer is the most specific one the content used (`fr-CA` → `fr` → the
-    default, null). `version` previews a stored version other than the active one. A variable the
-    data lacks is a 422 `missing_variable`; any other render failure a 422 `render_error`."""
+    default, null). `version` previews a stored version other than the active one. The email
+    is laid out in its layout, and `brand` is the tenant's, as a send renders them. A variable
+    the data lacks is a 422 `missing_variable`; any other render failure a 422 `render_error`."""
     found = await store.get(caller.engine, caller.tenant_id, name, body.version)
     if found is None:
         what = f"version {body.version} of template" if body.version else "template"
         raise NotFound(f"no {what} {name!r}")
     recipient = await preview_recipient(caller, body)
     compiled = _compiled(found["category"], found["channels"], found["locales"])
-    chosen, rendered = render_preview(compiled, body, recipient)
+    look = await look_of(caller.engine, caller.tenant_id, compiled.layout)
+    chosen, rendered = render_preview(compiled, body, recipient, look)
     return JSONResponse(
         {"name": name, "version": found["version"], "locale": chosen, "channels": rendered}
     )
@@ -262,22 +316,27 @@ async def preview_recipient(caller: Caller, body: PreviewIn) -> dict[str, Any]:
 
 
 def render_preview(
-    compiled: CompiledVersion, body: PreviewIn, recipient: dict[str, Any]
+    compiled: CompiledVersion, body: PreviewIn, recipient: dict[str, Any], look: Look
 ) -> tuple[str | None, dict[str, Any]]:
-    """The locale the content used and each channel rendered, as a preview answers."""
+    """The locale the content used and each channel rendered (an email in its layout), as
+    a preview answers."""
     if body.digest:
         compiled = CompiledVersion(
-            compiled.category, dict(compiled.digests), compiled.locale_digests
+            compiled.category,
+            dict(compiled.digests),
+            compiled.locale_digests,
+            layout=compiled.layout,
         )
     locale = body.locale or recipient.get("locale")
-    context = render_context({"data": body.data}, recipient)
+    context = render_context({"data": body.data}, recipient, look.brand)
     rendered: dict[str, Any] = {}
     used: set[str] = set()
     for channel in _preview_channels(compiled, body.channel):
         content_locale, template = compiled.for_channel(channel, locale)
         if content_locale is not None:
             used.add(content_locale)
-        rendered[channel] = _render(channel, template, context, locale, recipient)
+        dress = _Dress(look, compiled.layout)
+        rendered[channel] = _render(channel, template, context, locale, recipient, dress)
     chosen = next((tag for tag in locale_chain(locale, compiled.locales) if tag in used), None)
     return chosen, rendered
 
@@ -294,15 +353,23 @@ def _preview_channels(compiled: CompiledVersion, channel: Channel | None) -> lis
     return [channel.value]
 
 
+class _Dress(NamedTuple):
+    look: Look
+    layout: Choice
+
+
 def _render(
     channel: str,
     template: CompiledTemplate,
     context: dict[str, Any],
     locale: str | None,
     recipient: dict[str, Any],
+    dress: _Dress,
 ) -> Any:
+    timezone = recipient.get("timezone")
     try:
-        return template.render(context, locale=locale, timezone=recipient.get("timezone"))
+        content = template.render(context, locale=locale, timezone=timezone)
+        return dress.look.dress(channel, dress.layout, content, context, locale, timezone)
     except TemplateError as exc:
         raise _render_failure(channel, exc) from exc
 

@@ -15,6 +15,7 @@ from clarion.api.schemas import Body, NamePath, RecipientId, RecipientIn
 from clarion.domain.rendering import compile_stored
 from clarion.domain.workflows import STEP_FIELDS, Workflow
 from clarion.errors import NotFound, TemplateError, ValidationFailed
+from clarion.pipeline.layouts import look_of
 from clarion.pipeline.planner import render_context
 from clarion.pipeline.runs import on_paper
 from clarion.store import recipients as recipient_store
@@ -111,22 +112,27 @@ async def test(caller: Reader, key: NamePath, body: WorkflowTestIn) -> JSONRespo
         for name in sorted(workflow.templates())
         if (stored := await template_store.get(caller.engine, caller.tenant_id, name)) is not None
     }
-    context = render_context({"data": body.data}, recipient)
+    compiled = {
+        name: compile_stored(stored["category"], stored["channels"], stored["locales"])
+        for name, stored in versions.items()
+    }
+    look = await look_of(
+        caller.engine, caller.tenant_id, *(version.layout for version in compiled.values())
+    )
+    context = render_context({"data": body.data}, recipient, look.brand)
 
     def render(template: str, channel: str, carried: dict[str, Any] | None) -> Any:
-        stored = versions.get(template)
-        if stored is None:
+        version = compiled.get(template)
+        if version is None:
             return {"error": f"no template named {template!r}"}
-        compiled = compile_stored(stored["category"], stored["channels"], stored["locales"])
-        if channel not in compiled.channels:
+        if channel not in version.channels:
             return {"error": f"the template has no {channel!r} part: nothing is sent"}
-        _, part = compiled.for_channel(channel, recipient.get("locale"))
+        locale, timezone = recipient.get("locale"), recipient.get("timezone")
+        _, part = version.for_channel(channel, locale)
+        variables = context if carried is None else {**context, "digest": carried}
         try:
-            return part.render(
-                context if carried is None else {**context, "digest": carried},
-                locale=recipient.get("locale"),
-                timezone=recipient.get("timezone"),
-            )
+            content = part.render(variables, locale=locale, timezone=timezone)
+            return look.dress(channel, version.layout, content, variables, locale, timezone)
         except TemplateError as exc:
             return {"error": exc.message}
 

@@ -50,6 +50,7 @@ class Resource(StrEnum):
     SCHEDULE = "schedule"
     DEAD_LETTER = "dead_letter"
     WORKFLOW = "workflow"
+    SUPPRESSION = "suppression"
 
 
 class Action(StrEnum):

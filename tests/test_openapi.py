@@ -144,6 +144,7 @@ SEMANTIC = {
     "config.private_key",
     "config.service_account",
     "config.vapid_private_key",
+    "config.webhook_public_key",
 }
 
 

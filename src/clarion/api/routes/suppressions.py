@@ -25,6 +25,7 @@ from clarion.domain.contact import suppression_key
 from clarion.domain.dsn import NotADsn, read_dsn
 from clarion.domain.feedback import MAX_DETAIL, SuppressionReason, SuppressionSource
 from clarion.errors import ApiError, NotFound, ValidationFailed
+from clarion.observability import metrics
 from clarion.pipeline.feedback import record
 from clarion.store import suppressions as store
 
@@ -84,6 +85,7 @@ async def add_suppression(request: Request, caller: Manager, body: NewSuppressio
             body.detail,
         )
         [row] = await store.add(caller.ctx.engine, caller.tenant_id, [entry], actor=caller.key_id)
+        metrics.suppressions_added(row["reason"], SuppressionSource.OPERATOR.value)
         return 201, row
 
     return await idempotent(

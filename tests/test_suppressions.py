@@ -160,6 +160,17 @@ def test_what_is_not_a_dsn_is_refused(raw: bytes) -> None:
         read_dsn(raw)
 
 
+def test_eight_bit_and_malformed_fields_are_read_safely() -> None:
+    raw = dsn("a@example.com").replace(b"Action: failed", b"Action: f\xc3\xa4iled")
+    assert read_dsn(raw) == []
+    raw = dsn("a@example.com").replace(b"Status: 5.1.1", b"Status: 5.\xff.1")
+    [soft] = read_dsn(raw)
+    assert soft.kind is FeedbackKind.SOFT_BOUNCE
+    raw = dsn("a@example.com").replace(b"rfc822; a@example.com", b"rfc822; \xe4@example.com")
+    raw = raw.replace(b"rfc822;a@example.com", b"x400; whatever")
+    assert read_dsn(raw) == []
+
+
 def test_hostile_addresses_in_a_dsn_are_dropped() -> None:
     assert read_dsn(dsn("not-an-address")) == []
     assert read_dsn(dsn("a\x01b@example.com")) == []

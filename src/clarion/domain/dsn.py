@@ -62,29 +62,35 @@ def read_dsn(raw: bytes) -> list[Feedback]:
     return [item for item in found if item is not None]
 
 
+def _field(block: Message, name: str) -> str:
+    """A field's text ("" when absent); one holding 8-bit bytes comes as a ``Header``."""
+    value = block.get(name)
+    return str(value) if value is not None else ""
+
+
 def _recipient(block: Message, delivery_id: str | None) -> Feedback | None:
-    action = (block.get("Action") or "").strip().lower()
-    status = _STATUS.match(block.get("Status") or "")
+    action = _field(block, "Action").strip().lower()
+    status = _STATUS.match(_field(block, "Status"))
     if action == "failed" and status is not None and status.group(1) == "5":
         kind = FeedbackKind.HARD_BOUNCE
     elif action in ("failed", "delayed"):
         kind = FeedbackKind.SOFT_BOUNCE
     else:
         return None
-    address = _address(block.get("Original-Recipient")) or _address(block.get("Final-Recipient"))
+    address = _address(_field(block, "Original-Recipient")) or _address(
+        _field(block, "Final-Recipient")
+    )
     detail = " ".join(
-        str(value).split(";", 1)[-1].strip() if name == "Diagnostic-Code" else str(value)
+        value.split(";", 1)[-1].strip() if name == "Diagnostic-Code" else value
         for name in ("Status", "Diagnostic-Code")
-        if (value := block.get(name))
+        if (value := _field(block, name))
     )
     return feedback(address, kind, detail, delivery_id)
 
 
-def _address(field: str | None) -> str | None:
+def _address(field: str) -> str | None:
     """``rfc822; alex@example.com`` → ``alex@example.com`` (other address types: None)."""
-    if not field:
-        return None
-    kind, _, address = str(field).partition(";")
+    kind, _, address = field.partition(";")
     if kind.strip().lower() not in ("rfc822", "utf-8"):
         return None
     return address.strip() or None

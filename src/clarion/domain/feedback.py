@@ -77,6 +77,8 @@ def feedback(
     address = address.strip().strip("<>")
     if bounded(address, MAX_ADDRESS) != address or any(c.isspace() for c in address):
         return None  # control characters, or not one address
+    if not address.rpartition("@")[0].isascii() or "\ufffd" in address:
+        return None  # Clarion sends to ASCII mailbox names only; or undecodable bytes
     text = bounded(str(detail), MAX_DETAIL) if detail not in (None, "") else None
     ident = delivery_id if isinstance(delivery_id, str) and 0 < len(delivery_id) <= 40 else None
     return Feedback(address, kind, text, ident)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from clarion.domain.contact import suppression_key
-from clarion.domain.feedback import Feedback, FeedbackKind, SuppressionReason
+from clarion.domain.feedback import MAX_ADDRESS, Feedback, FeedbackKind, SuppressionReason
 from clarion.domain.models import DeliveryStatus
 from clarion.observability import logs, metrics
 from clarion.pipeline.context import Context
@@ -48,11 +48,11 @@ async def record(
     for kind, n in Counter(item.kind.value for item in reports).items():
         metrics.feedback(source, kind, n)
     entries = [
-        suppression_store.Entry(
-            suppression_key(item.address), reason, source, item.detail, item.delivery_id
-        )
+        suppression_store.Entry(key, reason, source, item.detail, item.delivery_id)
         for item in reports
         if (reason := item.suppresses) is not None
+        # An address whose domain grows past the column in its ASCII form is no address.
+        and len(key := suppression_key(item.address)) <= MAX_ADDRESS
     ]
     stored = await suppression_store.add(ctx.engine, tenant_id, entries)
     for reason, n in Counter(row["reason"] for row in stored).items():

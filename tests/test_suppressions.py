@@ -153,7 +153,12 @@ def test_a_dsn_reports_hard_and_soft_bounces() -> None:
         b"Content-Type: multipart/report; report-type=delivery-status; boundary=x\r\n"
         b"\r\n--x\r\nContent-Type: text/plain\r\n\r\nno status part\r\n--x--\r\n",
         b"\x00\xff\xfe garbage",
+        b"".join(
+            b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
+            for i in range(3000)
+        ),
     ],
+    ids=["plain", "other-report", "no-status", "garbage", "nested"],
 )
 def test_what_is_not_a_dsn_is_refused(raw: bytes) -> None:
     with pytest.raises(NotADsn):

@@ -35,7 +35,10 @@ class NotADsn(ValueError):
 def read_dsn(raw: bytes) -> list[Feedback]:
     """The bounces a DSN reports, one per failed or delayed recipient (soft bounces
     included, each marked so); :class:`NotADsn` for a message that is not one."""
-    message = email.message_from_bytes(raw, policy=policy.compat32)
+    try:
+        message = email.message_from_bytes(raw, policy=policy.compat32)
+    except (RecursionError, ValueError, LookupError) as exc:  # nesting past any real report
+        raise NotADsn(f"not a readable message: {type(exc).__name__}") from exc
     if message.get_content_type() != "multipart/report":
         raise NotADsn("not a multipart/report message")
     if str(message.get_param("report-type") or "").lower() != "delivery-status":

@@ -179,6 +179,7 @@ class ChannelWorker:
         went_well = await self._attempt(message, delivery)
         # Not reached when a stop cuts the attempt short: its claim is then handed back.
         self._claims.finished(delivery.id)
+        self._suppressed.pop(delivery.id, None)
         return went_well
 
     async def _attempt(self, message: Message, delivery: Delivery) -> bool:
@@ -193,7 +194,7 @@ class ChannelWorker:
                     delivery,
                     self._claims.gate(delivery),
                     trace,
-                    suppressed=self._suppressed.pop(delivery.id, None),
+                    suppressed=self._suppressed.get(delivery.id),
                 )
             except ClaimUnavailable as exc:
                 # Not acked: the message comes back after its lease and is tried again.

@@ -309,6 +309,7 @@ SCREENS = [
     ("templates/hostile", "Template hostile"),
     ("sandbox", "Sandbox"),
     ("dead-letters", "Dead letters"),
+    ("suppressions", "Suppressions"),
     ("recipients/u-xss", "Recipient u-xss"),
     ("providers", "Providers"),
     ("settings", "Categories & webhooks"),
@@ -343,6 +344,12 @@ async def test_every_screen_shows_hostile_data_as_text(
         "/v1/categories/billing", json={"max_per_hour": 5}, headers=lite.auth
     )
     assert category.status_code == 200, category.text
+    suppressed = await lite.client.post(
+        "/v1/suppressions",
+        json={"email": "x@example.com", "reason": "bounced", "detail": XSS},
+        headers=lite.auth,
+    )
+    assert suppressed.status_code == 201, suppressed.text
     async with serving(lite) as base:
         page = await browser_context.new_page()
         errors: list[str] = []
@@ -358,6 +365,8 @@ async def test_every_screen_shows_hostile_data_as_text(
             if route == "templates/hostile":
                 await expect(page.locator(".versions li")).to_have_count(1)
                 await expect(page.locator(".preview-pane")).to_contain_text("payload")
+            if route == "suppressions":
+                await expect(page.locator(".results td.error-text")).to_have_text(XSS)
             await shot(page, "admin-screen-" + route.split("?")[0].replace("/", "-"))
         # The email's HTML is the payload, in a frame where no script runs.
         await page.goto(f"{base}/admin/#/sandbox?channel=email")

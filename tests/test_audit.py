@@ -409,6 +409,12 @@ async def _brand(app: Harness, sink: WebhookSink) -> dict[str, str]:
     return {}
 
 
+async def _suppression(app: Harness, sink: WebhookSink) -> dict[str, str]:
+    body = {"email": "gone@example.com", "reason": "bounced"}
+    await _ok(await app.client.post("/v1/suppressions", json=body, headers=app.auth), 201)
+    return {"email": "gone@example.com"}
+
+
 SCHEDULE = {"cron": "0 9 * * *", "notification": {"template": "t", "to": {"recipient_id": "u"}}}
 CASES = {
     "categories_put": Case("PUT", "/v1/categories/c", ("category", "create"), {}),
@@ -470,6 +476,15 @@ CASES = {
     "dead_letters_replay_matching": Case(
         "POST", "/v1/dead-letters/replay", ("dead_letter", "replay"), {}, _dead
     ),
+    "suppressions_add_suppression": Case(
+        "POST",
+        "/v1/suppressions",
+        ("suppression", "create"),
+        {"email": "a@example.com", "reason": "bounced"},
+    ),
+    "suppressions_delete_suppression": Case(
+        "DELETE", "/v1/suppressions/{email}", ("suppression", "delete"), None, _suppression
+    ),
 }
 # Mutating operations that leave no row, each with its reason (docs/operations.md, "Audit
 # log"): they change the tenant's data or traffic, not its configuration.
@@ -481,6 +496,7 @@ NOT_AUDITED = {
     "topics_subscribe": "topic memberships are the tenant's data",
     "topics_unsubscribe": "topic memberships are the tenant's data",
     "provider_tests_test_provider": "sends one test message; changes nothing",
+    "suppressions_hand_in_dsn": "a bounce report, as providers send them: the tenant's traffic",
 }
 
 

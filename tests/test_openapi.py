@@ -152,6 +152,7 @@ SEMANTIC = {
     "config.webhook_url",
     "config.avatar_url",
     "config.icon_url",
+    "config.webhook_public_key",
 }
 
 

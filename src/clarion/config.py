@@ -200,12 +200,28 @@ class Settings(BaseSettings):
     # a tenant's settings may override both (same names).
     intake_rate_per_second: Positive = 10000.0
     intake_burst: AtLeastOne = 20000
+    # Bounce and complaint reports (docs/providers.md, "Bounces and complaints"): the hosts
+    # an SNS message's SigningCertURL and SubscribeURL may name (a regular expression over
+    # the host name; AWS's own by default), the CA certificates (a PEM file) to verify
+    # those hosts' TLS with instead of the system's, and how old a signed report may be.
+    sns_cert_hosts: str = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+    sns_ca_file: str | None = None
+    feedback_max_age: Positive = 3600.0
 
     @field_validator("retry_schedule")
     @classmethod
     def _check_schedule(cls, value: str) -> str:
         for part in value.split(","):
             parse_duration(part)
+        return value
+
+    @field_validator("sns_cert_hosts")
+    @classmethod
+    def _check_pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from exc
         return value
 
     @field_validator("channel_retry_schedules")

@@ -4,17 +4,28 @@ The bearer key (401 unknown, 403 without the ``mail.send`` scope), the JSON body
 fields and their order (text/plain before text/html), reserved headers, the verified
 sender; it answers ``202`` with ``X-Message-Id``, ``400 {"errors": [{"message", "field"}]}``,
 and whatever error is queued in ``upcoming`` (429 with rate-limit headers, 5xx).
+
+It also plays SendGrid's signed event webhook: :meth:`SendgridStandIn.post_events` POSTs
+a JSON array of events signed as SendGrid signs them (ECDSA P-256 with SHA-256 over the
+timestamp followed by the body, base64 DER in ``X-Twilio-Email-Event-Webhook-Signature``),
+with the key whose public half :attr:`SendgridStandIn.verification_key` shows as
+SendGrid's settings page does (base64 of the DER SubjectPublicKeyInfo).
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import orjson
 from aiohttp import web
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 PATH = "/v3/mail/send"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -67,6 +78,50 @@ class SendgridStandIn:
     sent: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
+    # The event webhook's signing key.
+    event_key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
+
+    @property
+    def verification_key(self) -> str:
+        """The event webhook's verification key, as SendGrid's settings show it."""
+        der = self.event_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return base64.b64encode(der).decode()
+
+    def sign_events(
+        self,
+        body: bytes,
+        timestamp: int | None = None,
+        key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> dict[str, str]:
+        """The signature headers SendGrid sends with ``body``."""
+        stamp = str(int(time.time()) if timestamp is None else timestamp)
+        signature = (key or self.event_key).sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+        return {
+            "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+            "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
+        }
+
+    async def post_events(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        events: list[dict[str, Any]],
+        *,
+        timestamp: int | None = None,
+        key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> httpx.Response:
+        """POST a batch of events to ``url`` as SendGrid's signed event webhook does."""
+        body = orjson.dumps(events)
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "SendGrid Event API",
+            **self.sign_events(body, timestamp, key),
+        }
+        return await client.post(url, content=body, headers=headers)
 
     @property
     def url(self) -> str:

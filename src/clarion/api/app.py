@@ -27,6 +27,7 @@ from clarion.api.routes import (
     metrics,
     notifications,
     provider_callbacks,
+    provider_feedback,
     provider_health,
     provider_tests,
     providers,
@@ -34,6 +35,7 @@ from clarion.api.routes import (
     sandbox,
     schedules,
     stats,
+    suppressions,
     template_drafts,
     templates,
     topics,
@@ -102,6 +104,8 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     ):
         app.include_router(module.router)
     app.include_router(provider_callbacks.router)
+    app.include_router(provider_feedback.router)
+    app.include_router(suppressions.router)
     app.include_router(dead_letters.router)
     app.include_router(provider_health.router)
     app.include_router(provider_tests.router)

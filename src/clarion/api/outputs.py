@@ -473,6 +473,25 @@ class ReplayResult(Out):
     more: bool = Field(description="Whether more dead letters match than were replayed")
 
 
+class Suppression(Out):
+    email: str = Field(description="The address, trimmed and lower-cased")
+    reason: str = Field(description="bounced | complained")
+    source: str = Field(description="ses | sendgrid | dsn | operator")
+    detail: str | None = Field(description="The provider's diagnostic, or the operator's note")
+    delivery_id: str | None = Field(description="The delivery the report was about, if named")
+    created_at: datetime = Field(description="When the address was first suppressed")
+    updated_at: datetime = Field(description="When it was last reported")
+
+
+class SuppressionPage(Paged[Suppression]): ...
+
+
+class DsnResult(Out):
+    reported: int = Field(description="Recipients the DSN reports as failed or delayed")
+    suppressed: int = Field(description="Addresses put on the suppression list")
+    bounced: int = Field(description="Deliveries marked failed (bounced)")
+
+
 class SandboxMessage(Out):
     id: str
     delivery_id: str

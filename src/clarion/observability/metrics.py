@@ -116,6 +116,25 @@ class Metrics:
             "channel",
             "provider",
         )
+        self.feedback = counter(
+            "clarion_email_feedback",
+            "Bounces and complaints that providers reported, by source (ses, sendgrid, dsn) "
+            "and kind (hard_bounce, soft_bounce, complaint)",
+            "source",
+            "kind",
+        )
+        self.suppressions_added = counter(
+            "clarion_suppressions_added",
+            "Addresses put on (or confirmed on) a suppression list, by reason and source",
+            "reason",
+            "source",
+        )
+        self.suppressed_sends = counter(
+            "clarion_suppressed_sends",
+            "Sends not made because the address is on its tenant's suppression list",
+            "channel",
+            "reason",
+        )
         self.planner_batch = histogram(
             "clarion_planner_batch_size",
             "Notifications taken by the planner in one batch",
@@ -312,3 +331,22 @@ def rate_limit(channel: str, kind: str, waited: float, deferred: bool) -> None:
         m.rate_deferred.labels(channel, kind).inc()
     else:
         m.rate_waits.labels(channel, kind).observe(waited)
+
+
+def feedback(source: str, kind: str, n: int = 1) -> None:
+    """Reports of bounces and complaints received (each address counts once)."""
+    if not ENABLED or not n:
+        return
+    METRICS.feedback.labels(source, kind).inc(n)
+
+
+def suppressions_added(reason: str, source: str, n: int = 1) -> None:
+    if not ENABLED or not n:
+        return
+    METRICS.suppressions_added.labels(reason, source).inc(n)
+
+
+def suppressed_send(channel: str, reason: str | None) -> None:
+    if not ENABLED:
+        return
+    METRICS.child(METRICS.suppressed_sends, channel, _label(reason)).inc()

@@ -1,5 +1,7 @@
 """One attempt at a delivery: the policy around the provider call, as steps.
 
+    address suppressed? ─yes─▶ suppressed (bounced, complained): no provider called
+      │
     expired? ─yes─▶ failed (expired)
       │
     send chain: first provider whose breaker is closed, paced on its rate limit, claimed
@@ -121,11 +123,27 @@ class Attempts:
         )
 
     async def run(
-        self, delivery: Delivery, gate: Gate | None = None, trace: str | None = None
+        self,
+        delivery: Delivery,
+        gate: Gate | None = None,
+        trace: str | None = None,
+        *,
+        suppressed: str | None = None,
     ) -> Attempt | None:
         """One try of ``delivery``; None when ``gate``, asked right before the provider
         call, refused it (nothing to store). ``trace``: the attempt's traceparent (tracing
-        on), carried by the change to the status write's span."""
+        on), carried by the change to the status write's span. ``suppressed``: the reason
+        its address is on its tenant's suppression list (the worker looked it up with its
+        take), if it is: then it is not sent, and no attempt is spent."""
+        if suppressed is not None:
+            change = _unattempted(
+                delivery,
+                DeliveryStatus.SUPPRESSED,
+                trace,
+                reason=suppressed,
+                last_error=f"the address is on the suppression list ({suppressed})",
+            )
+            return Attempt(change)
         now = utcnow()
         if delivery.expires_at is not None and now.timestamp() >= delivery.expires_at:
             change = _unattempted(delivery, DeliveryStatus.FAILED, trace, reason="expired")

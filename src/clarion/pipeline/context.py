@@ -12,10 +12,13 @@ from clarion.config import Settings
 from clarion.pipeline.categories import CategoryCache
 from clarion.pipeline.subscriptions import Subscriptions
 from clarion.providers import ProviderSet
+from clarion.providers.base import FeedbackEnv
+from clarion.providers.sns import SnsVerifier
 from clarion.realtime import Hub, create_hub
 from clarion.realtime.gate import InboxGate
 from clarion.realtime.slots import LiveSlots
 from clarion.resilience.backends import Backends, open_backends
+from clarion.security.netguard import AddressGuard
 from clarion.security.secrets import Keyring, resolve_keyring
 from clarion.store import tenants as tenant_store
 from clarion.store.db import AsyncEngine, create_engine, sqlite_file, utcnow
@@ -39,6 +42,8 @@ class Context:
     # Live inbox events (Redis pub/sub, or in process) and the gate of recipient tokens.
     hub: Hub = field(init=False)
     inbox: InboxGate = field(init=False)
+    # What reading providers' bounce and complaint reports needs (the SNS verifier).
+    feedback: FeedbackEnv = field(init=False)
     # The hot statements' asyncpg pool on PostgreSQL (store/pg.py); None on SQLite.
     pg: PgPool | None = None
     _secrets: dict[str, str] = field(default_factory=dict)
@@ -62,6 +67,15 @@ class Context:
             LiveSlots(self.settings.live_max_per_recipient, self.settings.live_max_per_tenant),
         )
         self.providers.hub = self.hub
+        sns = SnsVerifier(
+            # Certificates and subscription confirmations go out like every request:
+            # through the deployment's proxy, if any.
+            AddressGuard(self.settings.allow_private_webhooks, self.settings.proxies),
+            hosts=self.settings.sns_cert_hosts,
+            max_age=self.settings.feedback_max_age,
+            ca_file=self.settings.sns_ca_file,
+        )
+        self.feedback = FeedbackEnv(sns, self.settings.feedback_max_age)
         self.providers.pg = self.pg
         self.inbox.pg = self.pg
 
@@ -90,6 +104,7 @@ class Context:
 
     async def aclose(self) -> None:
         await self.providers.aclose()
+        await self.feedback.sns.aclose()
         await self.hub.aclose()
         await self.resilience.aclose()
         await self.broker.close()

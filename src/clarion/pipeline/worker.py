@@ -14,8 +14,9 @@ import logging
 from typing import Any
 
 from clarion.broker import Message
+from clarion.domain.contact import suppression_key
 from clarion.domain.delivery import Delivery, MalformedDelivery, decode_delivery, endpoint_of
-from clarion.domain.models import DeliveryStatus, channel_streams, retry_stream
+from clarion.domain.models import Channel, DeliveryStatus, channel_streams, retry_stream
 from clarion.domain.status import StatusChange
 from clarion.observability import logs, metrics, tracing
 from clarion.pipeline.attempt import Attempts
@@ -25,6 +26,7 @@ from clarion.pipeline.context import Context
 from clarion.pipeline.status_events import StatusEvents
 from clarion.store import addresses as address_store
 from clarion.store import deliveries as delivery_store
+from clarion.store import suppressions as suppression_store
 from clarion.store.batching import Batcher, is_outage
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,9 @@ class ChannelWorker:
         self.streams = channel_streams(channel)
         self._attempts = Attempts(ctx, channel)
         self._claims = Claims(ctx, channel)
+        # Email deliveries of the takes whose address is on their tenant's suppression
+        # list: delivery id → the suppression's reason (looked up once per take).
+        self._suppressed: dict[str, str] = {}
         self._consumer = FairConsumer(
             ctx.broker,
             self.streams[:-1],
@@ -119,7 +124,10 @@ class ChannelWorker:
 
     async def _screen(self, messages: list[Message]) -> list[Message]:
         with tracing.taking(self.channel, messages):
-            return await self._unfinished(messages)
+            fresh = await self._unfinished(messages)
+            if self.channel == Channel.EMAIL and fresh:
+                await self._find_suppressed(fresh)
+            return fresh
 
     async def _unfinished(self, messages: list[Message]) -> list[Message]:
         """Load the providers of the messages' tenants (once per take, not per send), and
@@ -142,6 +150,22 @@ class ChannelWorker:
                 fresh.append(message)
         return fresh
 
+    async def _find_suppressed(self, messages: list[Message]) -> None:
+        """Note which of a take's emails go to an address on its tenant's suppression list
+        (one read for the whole take): they are not sent (attempt.py)."""
+        keys: dict[str, tuple[str, str]] = {}
+        for message in messages:
+            to, ident = message.payload.get("to"), message.payload.get("id")
+            if isinstance(to, str) and isinstance(ident, str):
+                keys[ident] = (tenant_of(message), suppression_key(to))
+        found = await suppression_store.matching(
+            self._ctx.engine, list(keys.values()), self._ctx.pg
+        )
+        for ident, key in keys.items():
+            reason = found.get(key)
+            if reason is not None:
+                self._suppressed[ident] = reason
+
     async def _handle(self, message: Message) -> bool:
         """Handle one delivery; False when its attempt failed (its endpoint is in trouble:
         the consumer then holds it to its share, pipeline/consumer.py)."""
@@ -155,6 +179,7 @@ class ChannelWorker:
         went_well = await self._attempt(message, delivery)
         # Not reached when a stop cuts the attempt short: its claim is then handed back.
         self._claims.finished(delivery.id)
+        self._suppressed.pop(delivery.id, None)
         return went_well
 
     async def _attempt(self, message: Message, delivery: Delivery) -> bool:
@@ -165,7 +190,12 @@ class ChannelWorker:
         )
         with ids, tracing.attempt(delivery) as trace:
             try:
-                attempt = await self._attempts.run(delivery, self._claims.gate(delivery), trace)
+                attempt = await self._attempts.run(
+                    delivery,
+                    self._claims.gate(delivery),
+                    trace,
+                    suppressed=self._suppressed.get(delivery.id),
+                )
             except ClaimUnavailable as exc:
                 # Not acked: the message comes back after its lease and is tried again.
                 log.warning("delivery %s: %s", delivery.id, exc)
@@ -193,6 +223,8 @@ class ChannelWorker:
         retried = retry is not None and change.attempts == delivery.attempt
         reason = change.reason or change.retry_reason
         metrics.attempt(self.channel, delivery, attempt.kind, change.status, reason, retried)
+        if change.status == DeliveryStatus.SUPPRESSED:
+            metrics.suppressed_send(self.channel, change.reason)
         if dead:
             await self._forget(delivery, dead)
         # Retried, deferred (the breaker, a rate limit), failed or dead: the endpoint did

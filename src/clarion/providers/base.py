@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from clarion.domain.delivery import Delivery
+from clarion.domain.feedback import Feedback
 from clarion.domain.proxies import provider_proxies
 from clarion.security.netguard import AddressGuard
 
 if TYPE_CHECKING:
     from clarion.config import Settings
+    from clarion.providers.sns import SnsVerifier
     from clarion.store.db import AsyncEngine
 
 
@@ -102,6 +104,30 @@ class ReportReader(Protocol):
         params: Sequence[tuple[str, str]],
         headers: Mapping[str, str],
     ) -> Report | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackEnv:
+    """What reading bounce and complaint reports needs from its process: the SNS verifier
+    (its certificates cached), and how old a signed report may be (seconds)."""
+
+    sns: SnsVerifier
+    max_age: float
+
+
+class FeedbackReader(Protocol):
+    """Verifies a report of bounces and complaints against the provider's configuration
+    and reads it (``body`` as received): the addresses it names, [] when it names none.
+    :class:`ReportRefused` when it is not authentic, :class:`~clarion.errors.ProviderError`
+    when it cannot be checked now."""
+
+    async def __call__(
+        self,
+        config: Mapping[str, Any],
+        body: bytes,
+        headers: Mapping[str, str],
+        env: FeedbackEnv,
+    ) -> list[Feedback]: ...
 
 
 class Provider(ABC):

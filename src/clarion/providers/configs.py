@@ -123,24 +123,49 @@ class SmtpConfig(KindConfig):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+def _public_key(value: str) -> str:
+    credentials.p256_public_key(value)
+    return value
+
+
+# An SNS topic's ARN: arn:aws:sns:eu-west-1:123456789012:ses-feedback.
+TopicArn = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^arn:aws(-[a-z]+)*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$"
+    ),
+]
+
+
 class SesConfig(HttpKindConfig):
-    """`ses`: Amazon SES API v2, signed with the access key (Signature Version 4)."""
+    """`ses`: Amazon SES API v2, signed with the access key (Signature Version 4).
+    `feedback_topic_arns`: the SNS topics whose bounce and complaint notifications
+    `/v1/providers/{name}/feedback` takes (docs/providers.md)."""
 
     SECRET = frozenset({"secret_access_key", "proxy"})
     region: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")]
     access_key_id: HeaderText
     secret_access_key: Secret
     from_: EmailFrom = Field(alias="from")
+    feedback_topic_arns: list[TopicArn] = Field(default_factory=list, max_length=20)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class SendgridConfig(HttpKindConfig):
-    """`sendgrid`: SendGrid v3 mail send."""
+    """`sendgrid`: SendGrid v3 mail send. `webhook_public_key`: the verification key of the
+    signed event webhook (base64 DER, as SendGrid shows it, or PEM), which
+    `/v1/providers/{name}/feedback` checks every event batch against (docs/providers.md)."""
 
     SECRET = frozenset({"api_key", "proxy"})
     api_key: HeaderSecret
     from_: EmailFrom = Field(alias="from")
+    webhook_public_key: (
+        Annotated[
+            str, StringConstraints(min_length=1, max_length=2000), AfterValidator(_public_key)
+        ]
+        | None
+    ) = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

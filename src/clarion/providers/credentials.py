@@ -17,7 +17,9 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import (
     load_der_private_key,
+    load_der_public_key,
     load_pem_private_key,
+    load_pem_public_key,
 )
 
 from clarion.domain.header_fields import header_value
@@ -119,3 +121,20 @@ def check_telegram(config: dict[str, Any]) -> Problems:
     if not _TELEGRAM_TOKEN.match(config["bot_token"]):
         return _problem("bot_token", "not a Telegram bot token (<bot id>:<secret>)")
     return []
+
+
+def p256_public_key(text: str) -> ec.EllipticCurvePublicKey:
+    """A P-256 public key written as SendGrid shows its event webhook's verification key
+    (base64 of the DER SubjectPublicKeyInfo), or as PEM; ``ValueError`` otherwise."""
+
+    stripped = text.strip()
+    try:
+        if stripped.startswith("-----BEGIN"):
+            key = load_pem_public_key(stripped.encode())
+        else:
+            key = load_der_public_key(base64.b64decode(stripped, validate=True))
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise ValueError("not a public key (base64 DER or PEM)") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ValueError("not a P-256 (prime256v1) public key")
+    return key

@@ -6,8 +6,8 @@ which fields to seal (the store knows no kinds); :mod:`clarion.providers.registr
 the kind's class, imported on first use (a process loads only the protocols its tenants
 configure); the send chain guards a kind's calls with its tenant's circuit breaker unless it
 is built in and local; push fans out over the kinds that are push platforms (the configured
-kinds that carry push); and a kind that accepts delivery reports names what verifies and
-reads them.
+kinds that carry push); and a kind that accepts delivery reports, or bounce and complaint
+reports, names what verifies and reads them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, cast
 from clarion.domain.models import ALL_CHANNELS
 from clarion.errors import PermanentError
 from clarion.providers import configs
-from clarion.providers.base import ReportReader
+from clarion.providers.base import FeedbackReader, ReportReader
 from clarion.providers.credentials import Problems
 
 
@@ -39,6 +39,9 @@ class Kind:
     guarded: bool = True
     # "module:function" verifying and reading the kind's delivery reports (a ReportReader).
     reports: str | None = None
+    # "module:function" verifying and reading the kind's bounce and complaint reports (a
+    # FeedbackReader), POSTed to /v1/providers/{name}/feedback.
+    feedback: str | None = None
 
     @property
     def built_in(self) -> bool:
@@ -76,6 +79,9 @@ class Kind:
     def report_reader(self) -> ReportReader | None:
         return cast(ReportReader, import_target(self.reports)) if self.reports else None
 
+    def feedback_reader(self) -> FeedbackReader | None:
+        return cast(FeedbackReader, import_target(self.feedback)) if self.feedback else None
+
 
 def import_target(target: str) -> Any:
     """The object named by ``"module:attribute"``; :class:`PermanentError` when this
@@ -98,12 +104,19 @@ KINDS: dict[str, Kind] = {
             configs.SmtpConfig,
             "clarion.providers.smtp:SmtpProvider",
         ),
-        Kind("ses", frozenset({"email"}), configs.SesConfig, "clarion.providers.ses:SesProvider"),
+        Kind(
+            "ses",
+            frozenset({"email"}),
+            configs.SesConfig,
+            "clarion.providers.ses:SesProvider",
+            feedback="clarion.providers.ses_feedback:read_feedback",
+        ),
         Kind(
             "sendgrid",
             frozenset({"email"}),
             configs.SendgridConfig,
             "clarion.providers.sendgrid:SendgridProvider",
+            feedback="clarion.providers.sendgrid_events:read_feedback",
         ),
         Kind(
             "twilio",

@@ -52,6 +52,7 @@ class Resource(StrEnum):
     WORKFLOW = "workflow"
     LAYOUT = "layout"
     BRAND = "brand"
+    SUPPRESSION = "suppression"
 
 
 class Action(StrEnum):

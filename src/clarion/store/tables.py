@@ -717,3 +717,23 @@ digest_items = Table(
     _ts("created_at", nullable=False),
     Index("ix_digest_items_window_id_id", "window_id", "id"),
 )
+
+# A tenant's email suppression list (store/suppressions.py, docs/operations.md): addresses
+# that bounced hard or complained, which Clarion no longer sends email to. `address` is the
+# address's key (domain/contact.py ``suppression_key``); `detail` the provider's diagnostic;
+# `delivery_id` the delivery the report was about, when it named one. `created_at`: first
+# suppressed; `updated_at`: the latest report. Looked up by key, in one read per worker take.
+suppressions = Table(
+    "suppressions",
+    metadata,
+    _tenant(key=True),
+    Column("address", String(320), primary_key=True),
+    Column("id", String(40), nullable=False),
+    Column("reason", String(16), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("detail", Text),
+    Column("delivery_id", String(40)),
+    _ts("created_at", nullable=False),
+    _ts("updated_at", nullable=False),
+    Index("ix_suppressions_tenant_created", "tenant_id", "created_at", "id"),
+)

@@ -10,6 +10,7 @@ import * as templates from "/admin/templates.js";
 import * as workflows from "/admin/workflows.js";
 import * as sandbox from "/admin/sandbox.js";
 import * as deadLetters from "/admin/dead-letters.js";
+import * as suppressions from "/admin/suppressions.js";
 import * as providers from "/admin/providers.js";
 import * as settings from "/admin/settings.js";
 import * as recipients from "/admin/recipients.js";
@@ -25,6 +26,7 @@ const SCREENS = [
   ["workflows", "Workflows", workflows.render],
   ["sandbox", "Sandbox", sandbox.render],
   ["dead-letters", "Dead letters", deadLetters.render],
+  ["suppressions", "Suppressions", suppressions.render],
   ["recipients", "Recipients", recipients.render],
   ["topics", "Topics", topics.render],
   ["schedules", "Schedules", schedules.render],

@@ -12,8 +12,8 @@ const PROXY = ["proxy", "Proxy (http://[user:password@]host:port, or none)", tru
 // kind: [channels, [[field, label, secret?, kind of input]]]
 const KINDS = {
   smtp: [["email"], [["host", "Host"], ["port", "Port", false, "number"], ["username", "Username"], ["password", "Password", true], ["from", "From"], ["tls", "TLS (starttls, implicit, none)"]]],
-  ses: [["email"], [["region", "Region"], ["access_key_id", "Access key id"], ["secret_access_key", "Secret access key", true], ["from", "From"], PROXY]],
-  sendgrid: [["email"], [["api_key", "API key", true], ["from", "From"], PROXY]],
+  ses: [["email"], [["region", "Region"], ["access_key_id", "Access key id"], ["secret_access_key", "Secret access key", true], ["from", "From"], ["feedback_topic_arns", "Feedback SNS topic ARNs (comma-separated)", false, "list"], PROXY]],
+  sendgrid: [["email"], [["api_key", "API key", true], ["from", "From"], ["webhook_public_key", "Event webhook verification key"], PROXY]],
   twilio: [["sms"], [["account_sid", "Account SID"], ["auth_token", "Auth token", true], ["from", "From"], PROXY]],
   fcm: [["push"], [["service_account", "Service account (JSON key file)", true, "json"], PROXY]],
   apns: [["push"], [["team_id", "Team id"], ["key_id", "Key id"], ["private_key", "Private key (.p8 PEM)", true, "textarea"], ["topic", "Topic (bundle id)"], ["environment", "Environment (production, sandbox)"], PROXY]],
@@ -112,7 +112,8 @@ export async function render(main) {
           props.placeholder = stored === MASK ? "stored: leave empty to keep" : "";
           input = type === "textarea" || type === "json" ? h("textarea", { ...props, rows: 4, class: "code secret" }) : h("input", { ...props, type: "password" });
         } else {
-          input = h("input", { ...props, type: type === "number" ? "number" : "text", value: stored === undefined ? "" : String(stored) });
+          const shown = stored === undefined ? "" : Array.isArray(stored) ? stored.join(", ") : String(stored);
+          input = h("input", { ...props, type: type === "number" ? "number" : "text", value: shown });
         }
         settings.append(field(label, input, secret ? "Write-only: never shown again" : null));
       }
@@ -140,6 +141,7 @@ export async function render(main) {
             }
             if (type === "number") value = Number(value);
             else if (type === "json") value = JSON.parse(value);
+            else if (type === "list") value = value.split(",").map((item) => item.trim()).filter(Boolean);
             config[key] = value;
           }
         } catch {

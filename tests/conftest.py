@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,6 +15,13 @@ from webhook_sink import WebhookSink
 
 # The real servers, and the migrated databases copied from a template on them.
 pytest_plugins = ["servers", "databases"]
+
+# The suite talks to its own servers on loopback: a proxy set in the shell that runs it
+# would carry that traffic (Clarion honours these, docs/operations.md). Tests of the proxy
+# set their own.
+for _name in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"):
+    for _spelling in (_name, _name.lower(), f"CLARION_{_name}"):
+        os.environ.pop(_spelling, None)
 
 
 @pytest.fixture(params=["sqlite+embedded", "postgres+redis"])

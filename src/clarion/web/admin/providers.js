@@ -8,7 +8,7 @@ import { h, clear, badge, ago, when, field, select, table, notice, errorText, he
 const MASK = "***";
 // The HTTP kinds' own outbound proxy (docs/operations.md, "Outbound proxy"): a secret, as
 // its URL may hold a password; "none" to go direct; empty keeps the deployment's.
-const PROXY = ["proxy", "Proxy (http://[user:password@]host:port, or none)", true];
+const PROXY = ["proxy", "Proxy (an http proxy URL with user:password@host:port, or none)", true];
 // kind: [channels, [[field, label, secret?, kind of input]]]
 const KINDS = {
   smtp: [["email"], [["host", "Host"], ["port", "Port", false, "number"], ["username", "Username"], ["password", "Password", true], ["from", "From"], ["tls", "TLS (starttls, implicit, none)"]]],

@@ -167,6 +167,22 @@ async def test_unacked_message_is_redelivered_after_the_lease(broker: Broker) ->
     assert await broker.consume(["jobs"], "alive", count=10, timeout=3 * LEASE) == []
 
 
+async def test_messages_taken_back_from_several_lanes_respect_the_count(broker: Broker) -> None:
+    """Leases run out on two lanes at once: a take of one gets one of them, and the other
+    is not lost but comes with the next take (taken back lane by lane in one trip)."""
+    await broker.publish("high", [{"n": 1}])
+    await broker.publish("low", [{"n": 2}])
+    held = await broker.consume(["high", "low"], "dead", count=2, timeout=2, overfill=True)
+    assert len(held) == 2
+    [first] = await broker.consume(["high", "low"], "alive", count=1, timeout=2)
+    [second] = await broker.consume(["high", "low"], "alive", count=1, timeout=2)
+    assert sorted([first.payload["n"], second.payload["n"]]) == [1, 2]
+    assert first.redelivered
+    assert second.redelivered
+    await broker.ack([first, second])
+    assert await broker.consume(["high", "low"], "alive", count=10, timeout=3 * LEASE) == []
+
+
 async def test_delayed_message_appears_once_due(broker: Broker) -> None:
     due = time.time() + 0.3
     await broker.publish_delayed([Delayed("jobs", {"n": 1}, due), Delayed("jobs", {"n": 1}, due)])

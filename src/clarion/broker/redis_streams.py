@@ -245,7 +245,7 @@ class RedisBroker(Broker):
         slices). ``stop`` ends a blocking read at once."""
         streams, consumer, count = take.streams, take.consumer, take.count
         await self._ensure_groups(streams)
-        taken = await self._maintain(streams, consumer, count)
+        taken = await self._maintain(streams, consumer, count, take.overfill)
         while len(taken) < count:
             remaining = 0.0 if take.stopping else take.deadline - time.monotonic()
             # Not blocking when there is something to return, or no time left.
@@ -255,7 +255,7 @@ class RedisBroker(Broker):
             )
             if taken or remaining <= 0 or take.stopping:
                 break
-            taken = await self._maintain(streams, consumer, count)
+            taken = await self._maintain(streams, consumer, count, take.overfill)
         if taken:
             self._busy_until = time.monotonic() + QUIET
         return taken
@@ -282,23 +282,65 @@ class RedisBroker(Broker):
                     raise
             self._groups.add(stream)
 
-    async def _maintain(self, streams: Sequence[str], consumer: str, count: int) -> list[Message]:
-        """Move due delayed messages into their streams and take back expired leases,
-        each at most as often as its interval; return the messages taken back."""
+    async def _maintain(
+        self, streams: Sequence[str], consumer: str, count: int, overfill: bool
+    ) -> list[Message]:
+        """Move due delayed messages into their streams and take back expired leases, each
+        at most as often as its interval, all in one pipelined round trip; return the
+        messages taken back (no more than ``count`` unless ``overfill``: the excess is put
+        back on its streams)."""
         now, wall = time.monotonic(), time.time()
         moving = [s for s in streams if self._moving_due(s, now, wall)]
+        claiming = [s for s in streams if now - self._claimed_at.get(s, -1e9) >= self._claim_every]
+        if not moving and not claiming:
+            return []
         for stream in moving:
             self._moved_at[stream] = now
-        if moving:
-            await self._move_due_messages(moving)
+        for stream in claiming:
+            self._claimed_at[stream] = now
+        assert self._move_due is not None  # set with the client in start()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in moving:
+                keys = [self._delayed_key(stream), self._stream_key(stream)]
+                pipe.evalsha(self._move_due.sha, 2, *keys, wall, MOVE_BATCH, TAG_BYTES * 2)
+            for stream in claiming:
+                pipe.xautoclaim(
+                    self._stream_key(stream),
+                    GROUP,
+                    consumer,
+                    min_idle_time=int(self._lease * 1000),
+                    start_id=self._claim_cursor.get(stream, "0-0"),
+                    count=count,
+                )
+            replies = await pipe.execute(raise_on_error=False)
+        moves, claims = replies[: len(moving)], replies[len(moving) :]
+        again = [s for s, reply in zip(moving, moves, strict=True) if not self._moved(s, reply)]
+        if again:
+            await self._move_due_messages(again)
         claimed: list[Message] = []
-        for stream in streams:
-            if len(claimed) < count and now - self._claimed_at.get(stream, -1e9) >= (
-                self._claim_every
-            ):
-                self._claimed_at[stream] = now
-                claimed += await self._claim(stream, consumer, count - len(claimed))
+        for stream, reply in zip(claiming, claims, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            claimed += self._claimed(stream, reply)
+        if len(claimed) > count and not overfill:
+            await self._requeue(claimed[count:], mark_redelivered=True)
+            claimed = claimed[:count]
         return claimed
+
+    def _moved(self, stream: str, reply: Any) -> bool:
+        """Note when a stream's next delayed message is due, from its move's reply; False
+        when the move must go again (a full batch moved: more may be due; or the server
+        had lost the script)."""
+        if isinstance(reply, NoScriptError):
+            return False
+        if isinstance(reply, Exception):
+            raise reply
+        moved, upcoming = reply
+        if upcoming:
+            self._next_due[stream] = float(upcoming)
+        else:
+            self._next_due.pop(stream, None)
+        return bool(moved != MOVE_BATCH)
 
     def _moving_due(self, stream: str, now: float, wall: float) -> bool:
         """Whether to move a stream's due delayed messages now: every ``MOVE_EVERY``
@@ -337,15 +379,8 @@ class RedisBroker(Broker):
                     self._next_due.pop(stream, None)
             streams = [s for s, r in zip(streams, replies, strict=True) if r[0] == MOVE_BATCH]
 
-    async def _claim(self, stream: str, consumer: str, count: int) -> list[Message]:
-        reply = await self._redis.xautoclaim(
-            self._stream_key(stream),
-            GROUP,
-            consumer,
-            min_idle_time=int(self._lease * 1000),
-            start_id=self._claim_cursor.get(stream, "0-0"),
-            count=count,
-        )
+    def _claimed(self, stream: str, reply: Any) -> list[Message]:
+        """The messages an XAUTOCLAIM took back; the scan goes on from where it stopped."""
         cursor = reply[0]
         self._claim_cursor[stream] = cursor.decode() if isinstance(cursor, bytes) else cursor
         return _messages(stream, reply[1], redelivered=True)

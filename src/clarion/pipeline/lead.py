@@ -54,7 +54,7 @@ RENEW_EVERY = LEASE / 3
 # nothing it pauses twice as long, up to RESTING: at rest a stand-by reads seldom, and
 # a read that finds anything brings it back to PAUSE.
 PAUSE = 0.05
-RESTING = 0.8
+RESTING = 2.0
 # A read that finds at least this share of what it asked for means the leader is behind.
 BEHIND = 0.25
 # The leader's wait after a read that found a few.

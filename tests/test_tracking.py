@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
@@ -18,9 +19,11 @@ import pytest
 from clarion.domain.tracking import rewrite, trackable
 from clarion.observability import metrics
 from clarion.security import tracking as signing
+from clarion.store import message_log as log
 from clarion.store import tenants as tenant_store
 from harness import Harness, make_settings, running
 from standins.smtp import SmtpStandIn
+from test_message_log import _PARTITION_INDEX, _plan
 from test_provider_smtp import configure_smtp, relay
 from test_workflow_runs import put_workflow, until_status
 from webhook_sink import WebhookSink
@@ -504,3 +507,13 @@ def test_rewrite_changes_only_real_links() -> None:
 )
 def test_what_is_never_tracked(href: str) -> None:
     assert trackable(href) is None
+
+
+async def test_the_event_filter_walks_the_time_index_and_probes_events(app: Harness) -> None:
+    where = log.DeliveryFilter(event="opened")
+    plan = await _plan(app, log.deliveries_query("ten_x", where, None, 51))
+    index = "ix_deliveries_tenant_created"
+    assert index in plan or _PARTITION_INDEX[index] in plan, plan
+    assert "Seq Scan" not in plan, plan
+    assert not re.search(r"\bSCAN delivery_events\b", plan), plan
+    assert "TEMP B-TREE" not in plan, plan

@@ -11,6 +11,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -517,3 +518,19 @@ async def test_the_event_filter_walks_the_time_index_and_probes_events(app: Harn
     assert "Seq Scan" not in plan, plan
     assert not re.search(r"\bSCAN delivery_events\b", plan), plan
     assert "TEMP B-TREE" not in plan, plan
+
+
+async def test_the_documented_examples_work(lite: Harness) -> None:
+    """docs/tracking.md's category body and workflow, taken from the page itself."""
+    page = (Path(__file__).parents[1] / "docs" / "tracking.md").read_text(encoding="utf-8")
+    headers = {**lite.auth, "content-type": "application/json"}
+    [category] = re.findall(r"-d '(\{.*?\})'\n", page, re.DOTALL)
+    stored = await lite.client.put("/v1/categories/newsletter", content=category, headers=headers)
+    assert stored.json()["tracking"] == {"opens": True, "clicks": True}
+    [workflow] = re.findall(r"```json\n(\{\"name\".*?)```", page, re.DOTALL)
+    await lite.put_template(
+        "order",
+        {"channels": {"email": {"subject": "s", "text": "t"}, "sms": {"text": "t"}}},
+    )
+    answer = await lite.client.put("/v1/workflows/reminder", content=workflow, headers=headers)
+    assert answer.status_code in (200, 201), answer.text

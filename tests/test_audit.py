@@ -164,6 +164,7 @@ async def test_every_change_is_recorded_without_secrets(
         "max_per_day": {"to": None},
         "max_per_hour": {"to": 3},
         "overflow": {"to": "drop"},
+        "tracking": {"to": {"opens": False, "clicks": False}},
     }
     assert diffs[1] == {"max_per_hour": {"from": 3, "to": 5}}
     assert diffs[3]["category"] == {"from": "promo", "to": "transactional"}

@@ -58,6 +58,8 @@ def _category(body: dict[str, Any]) -> dict[str, Any]:
         body["default_channels"] = list(dict.fromkeys(channels))
     if isinstance(body["digest"], dict):
         body["digest"] = {"key": None, **body["digest"]}
+    if isinstance(body["tracking"], dict):
+        body["tracking"] = {"opens": False, "clicks": False, **body["tracking"]}
     return body
 
 
@@ -89,6 +91,7 @@ CATEGORY = Kind(
         "max_per_day": None,
         "overflow": "drop",
         "during_snooze": "defer",
+        "tracking": {"opens": False, "clicks": False},
     },
     max_key=100,
     deletable=False,

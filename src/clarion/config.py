@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic.fields import FieldInfo
@@ -103,6 +104,11 @@ class Settings(BaseSettings):
     http_large_bodies: AtLeastOne = 4
     # The address recipients' mail clients reach this API at (unsubscribe links).
     public_url: str = "http://127.0.0.1:8080"
+    # Where the open and click tracking links of email point (docs/tracking.md): a host
+    # of its own, or empty for CLARION_PUBLIC_URL. At most this many opens and clicks are
+    # recorded per delivery; more are still answered, and not recorded.
+    tracking_url: str = ""
+    tracking_max_events: int = Field(default=100, ge=1, le=1000)
     allow_private_webhooks: bool = False
     max_attempts: int = Field(default=8, ge=1, le=100)
     retry_schedule: str = "1s,5s,30s,2m,10m,1h"
@@ -229,6 +235,23 @@ class Settings(BaseSettings):
     def _check_channel_schedules(cls, value: str) -> str:
         _channel_schedules(value)
         return value
+
+    @field_validator("tracking_url")
+    @classmethod
+    def _check_tracking_url(cls, value: str) -> str:
+        if not value.strip():
+            return ""
+        parts = urlsplit(value.strip())
+        if not value.isascii() or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("an http(s) URL in ASCII (an international domain in punycode)")
+        if parts.query or parts.fragment:
+            raise ValueError("a base URL, without a query or a fragment")
+        return value.strip()
+
+    @property
+    def tracking_base(self) -> str:
+        """The base of tracking links: ``tracking_url``, else ``public_url``."""
+        return (self.tracking_url.strip() or self.public_url).rstrip("/")
 
     @field_validator("https_proxy", "http_proxy")
     @classmethod

@@ -39,6 +39,7 @@ from clarion.api.routes import (
     template_drafts,
     templates,
     topics,
+    tracking,
     unsubscribe,
     webhooks,
     workflow_tests,
@@ -110,6 +111,7 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
     app.include_router(provider_health.router)
     app.include_router(provider_tests.router)
     app.include_router(unsubscribe.router)
+    app.include_router(tracking.router)
     app.include_router(webhooks.router)
     app.include_router(inbox.router)
     app.include_router(inbox_live.router)

@@ -68,7 +68,7 @@ class DeliveryListItem(DeliveryOut):
 class DeliveryEvent(Out):
     type: str = Field(
         description="queued | scheduled | attempt | retry_scheduled | fallback | sent | "
-        "delivered | failed | dead | suppressed | replayed | cancelled"
+        "delivered | failed | dead | suppressed | replayed | cancelled | opened | clicked"
     )
     at: datetime | None
     provider: str | None = None
@@ -80,9 +80,22 @@ class DeliveryEvent(Out):
     )
     reason: str | None = None
     attempt: int | None = Field(None, description="an attempt's number (1 for the first)")
+    url: str | None = Field(None, description="a `clicked` event's: the link's target")
+
+
+class Engagement(Out):
+    """An email's opens and clicks as recorded (docs/tracking.md): each is an event of the
+    timeline; a click counts as an open too (images may be blocked)."""
+
+    opens: int = Field(description="`opened` events recorded (at most the deployment's cap)")
+    clicks: int = Field(description="`clicked` events recorded (at most the same cap)")
+    opened: bool = Field(description="an open or a click was recorded")
+    first_opened_at: datetime | None = Field(description="the first open, or the first click")
+    first_clicked_at: datetime | None
 
 
 class DeliveryDetail(DeliveryListItem):
+    tracking: Engagement
     events: list[DeliveryEvent]
 
 
@@ -406,6 +419,13 @@ class DraftPreviewOut(Out):
     channels: dict[str, dict[str, Any]]
 
 
+class Tracking(Out):
+    """A category's open and click tracking of its email."""
+
+    opens: bool = False
+    clicks: bool = False
+
+
 class CategoryOut(Out):
     name: str
     critical: bool
@@ -415,6 +435,7 @@ class CategoryOut(Out):
     max_per_day: int | None = None
     overflow: str = "drop"
     during_snooze: str = "defer"
+    tracking: Tracking = Field(default_factory=Tracking)
     built_in: bool
     created_at: datetime | None
     updated_at: datetime | None

@@ -527,6 +527,18 @@ class DigestIn(Body):
     )
 
 
+class TrackingIn(Body):
+    opens: bool = Field(
+        default=False,
+        description="Add a 1x1 image to the HTML of this category's email: `delivery.opened`",
+    )
+    clicks: bool = Field(
+        default=False,
+        description="Send the http(s) links of the HTML through a signed redirect that records "
+        "`delivery.clicked`",
+    )
+
+
 class CategoryIn(Body):
     critical: bool = False
     default_channels: list[Channel] | None = Field(default=None, min_length=1)
@@ -545,6 +557,11 @@ class CategoryIn(Body):
     during_snooze: Literal["defer", "drop"] = Field(
         default="defer",
         description="What arrives while a recipient is snoozed: deferred to the end, or dropped.",
+    )
+    tracking: TrackingIn = Field(
+        default_factory=TrackingIn,
+        description="Open and click tracking of this category's email (docs/tracking.md); "
+        "both off by default.",
     )
 
     @model_validator(mode="after")

@@ -139,6 +139,9 @@ class CategoryPolicy:
     digest_key: str | None = None
     # What arrives while the recipient is snoozed: "defer" (to the snooze's end) | "drop".
     during_snooze: str = "defer"
+    # Open and click tracking of its email (docs/tracking.md): off unless the category says.
+    track_opens: bool = False
+    track_clicks: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,6 +146,10 @@ class DeliveryFacts:
     seen: bool = False
     read: bool = False
     archived: bool = False
+    # Of an email delivery whose category tracks them (docs/tracking.md); a click counts
+    # as an open.
+    opened: bool = False
+    clicked: bool = False
 
 
 @functools.lru_cache(maxsize=4096)
@@ -181,8 +185,9 @@ def step_status(facts: Sequence[DeliveryFacts]) -> str:
 
 
 def step_view(record: StepRecord, facts: Sequence[DeliveryFacts]) -> dict[str, Any]:
-    """``steps.<id>`` for an expression: the step's status, and for its in-app deliveries
-    whether the message was seen, read or archived."""
+    """``steps.<id>`` for an expression: the step's status, for its in-app deliveries
+    whether the message was seen, read or archived, and for its email ones whether it was
+    opened or clicked."""
     status = record.status
     if record.deliveries and status not in (SKIPPED, EXITED):
         status = step_status(facts)
@@ -191,6 +196,8 @@ def step_view(record: StepRecord, facts: Sequence[DeliveryFacts]) -> dict[str, A
         "seen": any(f.seen for f in facts),
         "read": any(f.read for f in facts),
         "archived": any(f.archived for f in facts),
+        "opened": any(f.opened for f in facts),
+        "clicked": any(f.clicked for f in facts),
     }
 
 

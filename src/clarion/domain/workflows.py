@@ -25,8 +25,10 @@ STEP_ID = re.compile(r"^[a-z0-9_]{1,40}$")
 CLOCK = re.compile(r"^(?:[01]\d|2[0-3]):[0-5]\d$")
 # The names an expression may read, and what it may read of an earlier step.
 NAMES = frozenset({"data", "recipient", "digest", "steps"})
-STEP_FIELDS = frozenset({"status", "seen", "read", "archived"})
+STEP_FIELDS = frozenset({"status", "seen", "read", "archived", "opened", "clicked"})
 INAPP_FIELDS = frozenset({"seen", "read", "archived"})
+# What only a step that sends email shows (docs/tracking.md).
+EMAIL_FIELDS = frozenset({"opened", "clicked"})
 # Each type's fields beyond ``id``, ``type`` and ``if``.
 FIELDS = {
     "channel": frozenset({"channel", "channels", "mode", "template"}),
@@ -123,6 +125,7 @@ class _At:
     known: _Known
     earlier: frozenset[str] = frozenset()
     inapp: frozenset[str] = frozenset()
+    email: frozenset[str] = frozenset()
 
     def add(self, field: str, message: str) -> None:
         self.problems.append(
@@ -152,17 +155,19 @@ def check(
     checked: list[Step] = []
     earlier: set[str] = set()
     inapp: set[str] = set()
+    email: set[str] = set()
     for index, raw in enumerate(steps):
         fields = {k: v for k, v in raw.items() if k not in ("id", "type", "if") and v is not None}
-        at = _At(
-            problems, index, raw.get("id"), fields, known, frozenset(earlier), frozenset(inapp)
-        )
+        seen = (frozenset(earlier), frozenset(inapp), frozenset(email))
+        at = _At(problems, index, raw.get("id"), fields, known, *seen)
         kind = raw.get("type")
         _step(at, kind, raw.get("if"))
         if isinstance(at.step_id, str):
             earlier.add(at.step_id)
             if kind == "channel" and _channels(fields) == ["inapp"]:
                 inapp.add(at.step_id)
+            if kind == "channel" and "email" in _channels(fields):
+                email.add(at.step_id)
         checked.append(Step(str(at.step_id), str(kind), raw.get("if"), fields))
     if problems:
         raise ValidationFailed(
@@ -273,11 +278,11 @@ def _expression(at: _At, field: str, source: Any, *, steps: bool) -> None:
         at.add(field, f"not an expression: {exc}")
         return
     earlier = set(at.earlier) if steps else set()
-    for message in _reads(tree, earlier, set(at.inapp)):
+    for message in _reads(tree, earlier, set(at.inapp), set(at.email)):
         at.add(field, message)
 
 
-def _reads(tree: nodes.Node, earlier: set[str], inapp: set[str]) -> list[str]:
+def _reads(tree: nodes.Node, earlier: set[str], inapp: set[str], email: set[str]) -> list[str]:
     """What an expression reads that it may not: an unknown name, an underscored attribute,
     a step that is not an earlier one, or a field a step does not show."""
     found = [
@@ -296,7 +301,7 @@ def _reads(tree: nodes.Node, earlier: set[str], inapp: set[str]) -> list[str]:
         if _is_steps(attr.node) and attr.attr not in earlier:
             found.append(f"steps.{attr.attr} does not name an earlier step")
         elif isinstance(attr.node, nodes.Getattr) and _is_steps(attr.node.node):
-            found += _step_field(attr.node.attr, attr.attr, earlier, inapp)
+            found += _step_field(attr.node.attr, attr.attr, earlier, inapp, email)
     return found
 
 
@@ -304,11 +309,15 @@ def _is_steps(node: nodes.Node) -> bool:
     return isinstance(node, nodes.Name) and node.name == "steps"
 
 
-def _step_field(step: str, field: str, earlier: set[str], inapp: set[str]) -> list[str]:
+def _step_field(
+    step: str, field: str, earlier: set[str], inapp: set[str], email: set[str]
+) -> list[str]:
     if step not in earlier:
         return []
     if field not in STEP_FIELDS:
         return [f"steps.{step}.{field}: a step shows {', '.join(sorted(STEP_FIELDS))}"]
     if field in INAPP_FIELDS and step not in inapp:
         return [f"steps.{step}.{field}: only an in-app channel step shows it"]
+    if field in EMAIL_FIELDS and step not in email:
+        return [f"steps.{step}.{field}: only a channel step that sends email shows it"]
     return []

@@ -135,6 +135,14 @@ class Metrics:
             "channel",
             "reason",
         )
+        self.tracking = counter(
+            "clarion_tracking_hits",
+            "Email open images and tracked links fetched (docs/tracking.md), by what was "
+            "made of the hit: recorded, not_recorded (no such delivery, or its cap reached) "
+            "or invalid (a token not signed as it should be)",
+            "event",
+            "outcome",
+        )
         self.planner_batch = histogram(
             "clarion_planner_batch_size",
             "Notifications taken by the planner in one batch",
@@ -321,6 +329,14 @@ def breaker_seen(channel: str, tenant: str, name: str, kind: str, allowed: bool)
     m.breakers[(tenant, name)] = (channel, kind, not allowed)
     if not allowed:
         m.breaker_rejections.labels(channel, kind).inc()
+
+
+def tracked(event: str, outcome: str) -> None:
+    """An open image or a tracked link fetched: ``event`` opened or clicked, ``outcome``
+    recorded, not_recorded or invalid."""
+    if not ENABLED:
+        return
+    METRICS.child(METRICS.tracking, event, outcome).inc()
 
 
 def rate_limit(channel: str, kind: str, waited: float, deferred: bool) -> None:

@@ -23,6 +23,7 @@ Policies = dict[str, CategoryPolicy]
 def to_policy(row: Mapping[str, Any]) -> CategoryPolicy:
     channels = row.get("default_channels")
     digest = row.get("digest") or None
+    tracking = row.get("tracking") or {}
     return CategoryPolicy(
         name=row["name"],
         critical=bool(row.get("critical")),
@@ -33,6 +34,8 @@ def to_policy(row: Mapping[str, Any]) -> CategoryPolicy:
         digest_window=duration_seconds(digest["window"]) if digest else None,
         digest_key=digest.get("key") if digest else None,
         during_snooze=row.get("during_snooze") or "defer",
+        track_opens=bool(tracking.get("opens")),
+        track_clicks=bool(tracking.get("clicks")),
     )
 
 

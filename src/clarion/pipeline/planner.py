@@ -53,6 +53,7 @@ from clarion.pipeline.messages import by_due_time, plan_payload, publish_deliver
 from clarion.pipeline.runs import Runs, StepAsk, offline_runs
 from clarion.pipeline.status_events import StatusEvents
 from clarion.pipeline.templates import TemplateCache
+from clarion.pipeline.tracking import EMAIL, Tracker, Trackers
 from clarion.store import notifications as notification_store
 from clarion.store import planning
 from clarion.store.batching import is_outage
@@ -150,6 +151,7 @@ class _Draft(NamedTuple):
     context: dict[str, Any]  # the template's variables
     decision: Decision  # the recipient's preferences, applied
     look: Look  # the tenant's layouts, for its email
+    tracker: Tracker | None  # the category's open and click tracking of its email
 
 
 def _stripe_of(message: Message) -> int | None:
@@ -180,6 +182,7 @@ class Planner:
         self._consumer = consumer
         self._templates = TemplateCache()
         self._looks = LookCache()
+        self._trackers = Trackers(ctx)
         self._events = StatusEvents(ctx)
         self.batch_size = 200
         # One process leads the planning while it keeps up (pipeline/lead.py); topic
@@ -308,6 +311,7 @@ class Planner:
             categories = await self._ctx.categories.load(
                 engine, {t: category_versions[t] for t in tenants}
             )
+            await self._trackers.prepare(categories)
             looks = await self._looks.load(engine, {t: category_versions[t] for t in tenants})
             compiled = await self._templates.load(
                 engine, [(t, name, v) for (t, name), v in heads.items()]
@@ -364,6 +368,7 @@ class Planner:
             )
         await self._ctx.providers.prepare(tenants)
         categories = await self._ctx.categories.load(engine, category_versions)
+        await self._trackers.prepare(categories)
         looks = await self._looks.load(engine, category_versions)
         compiled = await self._templates.load(engine, [(t, n, v) for (t, n), v in heads.items()])
         holding = digests.Holding()
@@ -464,6 +469,7 @@ class Planner:
             category_versions = await reads.category_versions([tenant])
         await self._ctx.providers.prepare({tenant})
         categories = await self._ctx.categories.load(engine, category_versions)
+        await self._trackers.prepare(categories)
         look = (await self._looks.load(engine, category_versions)).get(tenant, NO_LOOK)
         compiled = await self._templates.load(engine, [(t, n, v) for (t, n), v in heads.items()])
         version = compiled.get(
@@ -551,6 +557,7 @@ class Planner:
         # Channels whose provider has a destination of its own (a chat room): planned for a
         # recipient with no address there too.
         roomed = {c for c in channels if self._ctx.providers.has_destination(tenant, c)}
+        tracker = self._trackers.tracker(tenant, policy)
         made = []
         for rid in note["recipient_ids"]:
             recipient = people.get((tenant, rid))
@@ -567,7 +574,7 @@ class Planner:
                 workflow=note.get("workflow"),
             )
             context = render_context(note, recipient, look.brand)
-            draft = _Draft(version, recipient, context, decision, look)
+            draft = _Draft(version, recipient, context, decision, look, tracker)
             for channel in channels:
                 delivery = msgspec.structs.replace(
                     common,
@@ -597,7 +604,7 @@ class Planner:
         if channel in decision.held:
             return digests.Holding.hold(Stored(delivery))
         try:
-            content = _render(draft, channel)
+            content = _render(draft, channel, delivery.id)
         except TemplateError as exc:
             return Stored(delivery, DeliveryStatus.FAILED, "render_error", last_error=exc.message)
         # Rendered: the delivery with its content, and the fallback's.
@@ -624,14 +631,18 @@ class Planner:
         if address is None:
             return None
         try:
-            content = _render(draft, target)
+            content = _render(draft, target, delivery.id)
         except TemplateError:
             return None
         return {"channel": target, "address": address, "content": content}
 
 
-def _render(draft: _Draft, channel: str) -> Any:
-    """A channel's content for one recipient, an email laid out in its layout."""
+def _render(draft: _Draft, channel: str, delivery_id: str) -> Any:
+    """A channel's content for one recipient, an email laid out in its layout, then
+    tracked when its category says so (pipeline/tracking.py)."""
     _, template = draft.version.for_channel(channel, draft.recipient.get("locale"))
     content = template.render(draft.context)
-    return draft.look.dress(channel, draft.version.layout, content, draft.context)
+    dressed = draft.look.dress(channel, draft.version.layout, content, draft.context)
+    if draft.tracker is None or channel != EMAIL:
+        return dressed
+    return draft.tracker.apply(dressed, delivery_id)

@@ -766,7 +766,14 @@ def next_clock(clock: str, timezone: str | None, now: datetime) -> datetime:
 
 # What a `POST /v1/workflows/{key}/test` assumes of a channel step it passes: sent, not
 # seen. Its `assume` overrides any of these (`steps.<id>.<field>`).
-_ASSUMED = {"status": DeliveryStatus.SENT.value, "seen": False, "read": False, "archived": False}
+_ASSUMED = {
+    "status": DeliveryStatus.SENT.value,
+    "seen": False,
+    "read": False,
+    "archived": False,
+    "opened": False,
+    "clicked": False,
+}
 
 
 def on_paper(
@@ -780,9 +787,10 @@ def on_paper(
 ) -> tuple[str, list[dict[str, Any]]]:
     """The path a run would take, nothing stored or sent: each step reached with what it
     would do. ``assume`` gives, per step id, what expressions read of it (``status``,
-    ``seen``, ``read``, ``archived``); a channel step is otherwise taken as sent and not
-    seen, a throttle as passed. A digest step is taken as the first trigger of its window,
-    which closes with ``digest`` (the count and events that later steps read).
+    ``seen``, ``read``, ``archived``, ``opened``, ``clicked``); a channel step is otherwise
+    taken as sent and not seen, opened or clicked, a throttle as passed. A digest step is
+    taken as the first trigger of its window, which closes with ``digest`` (the count and
+    events that later steps read).
     ``render(template, channel, digest)`` is the step's content, or an error. The status
     the run would end with, and the steps."""
     views: dict[str, dict[str, Any]] = {}

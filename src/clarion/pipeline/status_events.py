@@ -19,6 +19,7 @@ from clarion.domain.models import DeliveryStatus
 from clarion.domain.status import StatusChange
 from clarion.pipeline.context import Context
 from clarion.store import deliveries as delivery_store
+from clarion.store import tracking as tracking_store
 from clarion.store.db import as_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,28 @@ class StatusEvents:
             log.warning("status events of %d deliveries were not published: %r", len(items), exc)
             return
         await self.publish(messages)
+
+    async def emit_tracked(
+        self, tenant_id: str, delivery_id: str, kind: str, event_id: int, url: str | None
+    ) -> None:
+        """Publish ``delivery.opened`` or ``delivery.clicked`` (``kind``) for an open or a
+        click already recorded (store/tracking.py): the delivery as it is, ``first`` (the
+        delivery's first of its kind) and a click's ``url``. Read only when a webhook wants
+        it; a failure is logged, not raised."""
+        try:
+            await self._subscribed([tenant_id])
+            if not self._ctx.webhooks.wants(tenant_id, f"delivery.{kind}"):
+                return
+            row = await delivery_store.get_one(self._ctx.engine, tenant_id, delivery_id)
+            first = await tracking_store.is_first(self._ctx.engine, delivery_id, kind, event_id)
+        except Exception as exc:
+            log.warning("delivery %s: its %s event was not published: %r", delivery_id, kind, exc)
+            return
+        if row is not None:
+            data = {**row_data(row), "first": first}
+            if url is not None:
+                data["url"] = url
+            await self.publish([message(tenant_id, event(kind, data))])
 
     async def emit_report(self, tenant_id: str, delivery_id: str, status: str) -> None:
         """Publish the event of a provider's report, already committed, about a delivery."""

@@ -28,6 +28,9 @@ EVENT_TYPES = (
     "delivery.dead",
     "delivery.suppressed",
     "delivery.scheduled",
+    # Email opens and clicks, of categories that track them (docs/tracking.md).
+    "delivery.opened",
+    "delivery.clicked",
 )
 ALL_EVENTS = "*"
 

@@ -6,6 +6,7 @@ A category row is a plain dict::
      "digest": {"window": "1h", "key": "project" | None} | None,
      "max_per_hour": 10 | None, "max_per_day": 50 | None,
      "overflow": "drop" | "defer" | "digest", "during_snooze": "defer" | "drop",
+     "tracking": {"opens": False, "clicks": False},
      "built_in": True, "created_at": datetime | None, "updated_at": datetime | None}
 
 ``transactional``, ``marketing`` and ``security`` exist for every tenant without being
@@ -42,8 +43,11 @@ POLICY = (
     "max_per_day",
     "overflow",
     "during_snooze",
+    "tracking",
 )
 ALWAYS_CRITICAL = frozenset({"security"})
+# A category tracks neither opens nor clicks unless it says so (docs/tracking.md).
+NO_TRACKING = {"opens": False, "clicks": False}
 
 
 def _built_in(name: str, critical: bool) -> dict[str, Any]:
@@ -56,6 +60,7 @@ def _built_in(name: str, critical: bool) -> dict[str, Any]:
         "max_per_day": None,
         "overflow": "drop",
         "during_snooze": "defer",
+        "tracking": dict(NO_TRACKING),
         "built_in": True,
         "created_at": None,
         "updated_at": None,
@@ -80,6 +85,7 @@ def _from_row(row: Any) -> dict[str, Any]:
         "max_per_day": row["max_per_day"],
         "overflow": row["overflow"] or "drop",
         "during_snooze": row["during_snooze"] or "defer",
+        "tracking": _tracking(row["tracking"]),
         "built_in": name in BUILT_IN_CATEGORIES,
         "created_at": as_utc(row["created_at"]),
         "updated_at": as_utc(row["updated_at"]),
@@ -91,8 +97,16 @@ def _digest(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return None if not value else {"window": value["window"], "key": value.get("key")}
 
 
+def _tracking(value: Mapping[str, Any] | None) -> dict[str, bool]:
+    # Stored before tracking existed: null, none of it.
+    return {key: bool((value or {}).get(key)) for key in NO_TRACKING}
+
+
 def _copy_built_ins() -> dict[str, dict[str, Any]]:
-    return {name: dict(row) for name, row in BUILT_IN_CATEGORIES.items()}
+    return {
+        name: {**row, "tracking": dict(row["tracking"])}
+        for name, row in BUILT_IN_CATEGORIES.items()
+    }
 
 
 async def put(
@@ -124,6 +138,7 @@ async def put(
         "max_per_day": body.get("max_per_day"),
         "overflow": body.get("overflow") or "drop",
         "during_snooze": body.get("during_snooze") or "defer",
+        "tracking": _tracking(body.get("tracking")),
         "created_at": now,
         "updated_at": now,
     }

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
 from clarion.domain.outcome import FAILURES, SUCCESSES
+from clarion.store import tracking
 from clarion.store.db import as_utc
 from clarion.store.deliveries import WAITING, in_flight, select_deliveries, shown_status
 from clarion.store.notifications import (
@@ -68,6 +69,8 @@ class DeliveryFilter(LogFilter):
     provider: str | None = None
     reason: str | None = None
     notification_id: str | None = None
+    # Deliveries with at least one event of this type: ``opened`` or ``clicked``.
+    event: str | None = None
 
 
 async def delivery_totals(
@@ -233,6 +236,13 @@ def deliveries_query(
                 select(n.c.id).where(n.c.tenant_id == tenant_id, n.c.template == where.template)
             )
         )
+    if where.event is not None:
+        e = delivery_events
+        conditions.append(
+            exists().where(
+                e.c.delivery_id == d.c.id, e.c.tenant_id == tenant_id, e.c.status == where.event
+            )
+        )
     return newest_first(
         select_deliveries().where(*conditions), d.c.created_at, d.c.id, after, limit
     )
@@ -295,7 +305,8 @@ async def get_delivery(
             )
         ).all()
     rows = [EventRow(s, detail, as_utc(at), *rest) for s, detail, at, *rest in events]
-    return {**delivery_summary(row), "events": timeline(row, rows)}
+    engagement = tracking.summary([(r.status, r.at) for r in rows])
+    return {**delivery_summary(row), "tracking": engagement, "events": timeline(row, rows)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +374,9 @@ def timeline(delivery: Mapping[str, Any], events: Sequence[EventRow]) -> list[di
         (i for i, e in enumerate(events) if e.status == DeliveryStatus.FAILED), default=-1
     )
     for index, e in enumerate(events):
+        if e.status in tracking.TRACKED:
+            out.append(_tracked(e))
+            continue
         kind = _TYPES.get(e.status, e.status)
         if index == 0 and first_is_creation and e.status == DeliveryStatus.QUEUED:
             kind = "queued"
@@ -380,6 +394,14 @@ def timeline(delivery: Mapping[str, Any], events: Sequence[EventRow]) -> list[di
             out.append(attempt)
         out.append(_event(kind, e.at, provider, outcome, error, reason))
     return out
+
+
+def _tracked(e: EventRow) -> dict[str, Any]:
+    """An open or a click (store/tracking.py); a click names the link's target."""
+    found = _event(e.status, e.at)
+    if e.status == tracking.CLICKED:
+        found["url"] = e.detail
+    return found
 
 
 def _error_and_reason(e: EventRow, outcome: str | None) -> tuple[str | None, str | None]:

@@ -8,18 +8,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, bindparam, delete, func, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.delivery import Stored
 from clarion.domain.runs import ENDED, EXITED, SKIPPED, DeliveryFacts, RunStatus, step_status
 from clarion.store import deliveries as delivery_store
-from clarion.store import delivery_rows
+from clarion.store import delivery_rows, tracking
 from clarion.store.db import as_utc, write_tx
 from clarion.store.pg import PgPool
 from clarion.store.sql import chunks, execute_many, grouped, insert_ignoring_conflicts
 from clarion.store.tables import (
     deliveries,
+    delivery_events,
     inbox_messages,
     notifications,
     workflow_digest_events,
@@ -183,8 +184,9 @@ async def drop_windows(conn: AsyncConnection, carriers: Sequence[str]) -> None:
 
 
 async def facts(engine: AsyncEngine, ids: Sequence[str]) -> dict[str, DeliveryFacts]:
-    """What expressions may read of these deliveries: their status, and of in-app ones
-    whether the message was seen, read or archived."""
+    """What expressions may read of these deliveries: their status, of in-app ones
+    whether the message was seen, read or archived, and of email ones whether it was
+    opened or clicked (a click counts as an open)."""
     found: dict[str, DeliveryFacts] = {}
     if not ids:
         return found
@@ -198,6 +200,8 @@ async def facts(engine: AsyncEngine, ids: Sequence[str]) -> dict[str, DeliveryFa
                     m.c.seen_at,
                     m.c.read_at,
                     m.c.archived_at,
+                    _tracked(d, tracking.TRACKED).label("opened"),
+                    _tracked(d, (tracking.CLICKED,)).label("clicked"),
                 )
                 .select_from(d.outerjoin(m, m.c.delivery_id == d.c.id))
                 .where(d.c.id.in_(part))
@@ -209,8 +213,20 @@ async def facts(engine: AsyncEngine, ids: Sequence[str]) -> dict[str, DeliveryFa
                     seen=any(t is not None for t in (row.seen_at, row.read_at, row.archived_at)),
                     read=row.read_at is not None or row.archived_at is not None,
                     archived=row.archived_at is not None,
+                    opened=bool(row.opened),
+                    clicked=bool(row.clicked),
                 )
     return found
+
+
+def _tracked(d: Any, events: tuple[str, ...]) -> Any:
+    """Whether an email delivery has one of these events (store/tracking.py): a probe of
+    ``ix_delivery_events_delivery_id``, made only for email."""
+    e = delivery_events
+    return and_(
+        d.c.channel == "email",
+        exists().where(e.c.delivery_id == d.c.id, e.c.status.in_(events)),
+    )
 
 
 async def still_waiting(engine: AsyncEngine, ids: Sequence[str]) -> list[Stored]:

@@ -488,6 +488,8 @@ categories = Table(
     Column("max_per_day", Integer),
     Column("overflow", String(10)),
     Column("during_snooze", String(10)),
+    # Open and click tracking of its email: {"opens": bool, "clicks": bool}; null: none.
+    Column("tracking", JSON),
 )
 
 # A tenant's categories' version: moved by every category write, in its transaction. A

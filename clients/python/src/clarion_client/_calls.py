@@ -185,11 +185,13 @@ def list_deliveries(
     notification_id: str | None = None,
     template: str | None = None,
     category: str | None = None,
+    event: str | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     page_size: int | None = None,
 ) -> ListCall[m.DeliveryListItem]:
-    """Deliveries across notifications, newest first."""
+    """Deliveries across notifications, newest first (``event``: only those with an
+    ``opened`` or ``clicked`` event)."""
     params = _query(
         status=status,
         channel=channel,
@@ -199,6 +201,7 @@ def list_deliveries(
         notification_id=notification_id,
         template=template,
         category=category,
+        event=event,
         created_after=created_after,
         created_before=created_before,
         limit=page_size,
@@ -497,9 +500,11 @@ def put_category(
     max_per_day: int | None = None,
     overflow: str | None = None,
     during_snooze: str | None = None,
+    tracking: Mapping[str, bool] | None = None,
 ) -> Call[m.Category]:
     """Create or replace a category's policy (``overflow``: drop, defer or digest;
-    ``during_snooze``: defer or drop)."""
+    ``during_snooze``: defer or drop; ``tracking``: ``{"opens": bool, "clicks": bool}``,
+    the open and click tracking of its email)."""
     body = _query(
         critical=critical,
         default_channels=list(default_channels) if default_channels is not None else None,
@@ -508,6 +513,7 @@ def put_category(
         max_per_day=max_per_day,
         overflow=overflow,
         during_snooze=during_snooze,
+        tracking=dict(tracking) if tracking is not None else None,
     )
     return Call("PUT", f"/v1/categories/{_seg(name)}", m.Category.model_validate, None, body)
 

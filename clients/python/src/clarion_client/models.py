@@ -117,9 +117,21 @@ class DeliveryEvent(Model):
     error_class: str | None = None
     reason: str | None = None
     attempt: int | None = None
+    url: str | None = None  # a `clicked` event's link target
+
+
+class Engagement(Model):
+    """An email's opens and clicks as recorded (a click counts as an open)."""
+
+    opens: int
+    clicks: int
+    opened: bool
+    first_opened_at: datetime | None
+    first_clicked_at: datetime | None
 
 
 class DeliveryDetail(DeliveryListItem):
+    tracking: Engagement
     events: list[DeliveryEvent]
 
 
@@ -327,6 +339,13 @@ class TemplatePreview(Model):
     channels: dict[str, dict[str, Any]]
 
 
+class CategoryTracking(Model):
+    """A category's open and click tracking of its email."""
+
+    opens: bool = False
+    clicks: bool = False
+
+
 class Category(Model):
     name: str
     critical: bool
@@ -336,6 +355,7 @@ class Category(Model):
     max_per_day: int | None = None
     overflow: str = "drop"
     during_snooze: str = "defer"
+    tracking: CategoryTracking = Field(default_factory=CategoryTracking)
     built_in: bool
     created_at: datetime | None
     updated_at: datetime | None
@@ -556,6 +576,8 @@ SCHEMAS: dict[type[BaseModel], str] = {
     DeliveryListItem: "DeliveryListItem",
     DeliveryDetail: "DeliveryDetail",
     DeliveryEvent: "DeliveryEvent",
+    Engagement: "Engagement",
+    CategoryTracking: "Tracking",
     Recipient: "RecipientOut",
     RecipientToken: "RecipientToken",
     Preferences: "PreferencesOut",

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
@@ -53,6 +53,9 @@ class DeliveryQuery(BaseModel):
     notification_id: Text = None
     template: Text = None
     category: Text = None
+    event: Literal["opened", "clicked"] | None = Field(
+        None, description="Only deliveries with at least one event of this type (docs/tracking.md)"
+    )
 
 
 @router.get("/v1/notifications", response_model=NotificationPage)

@@ -4,7 +4,7 @@
 import { get, put, del, enc, CHANNELS } from "/admin/api.js";
 import { h, clear, badge, ago, when, field, table, notice, errorText, heading, code } from "/admin/dom.js";
 
-const EVENTS = ["*", "delivery.sent", "delivery.delivered", "delivery.failed", "delivery.dead", "delivery.suppressed", "delivery.scheduled"];
+const EVENTS = ["*", "delivery.sent", "delivery.delivered", "delivery.failed", "delivery.dead", "delivery.suppressed", "delivery.scheduled", "delivery.opened", "delivery.clicked"];
 
 export async function render(main) {
   const categories = h("section", { class: "card" });
@@ -22,6 +22,8 @@ async function drawCategories(area) {
   const messages = h("div", {});
   const name = h("input", { name: "name", required: true, pattern: "[A-Za-z0-9_.:\\-]{1,100}", placeholder: "billing" });
   const critical = h("input", { type: "checkbox", name: "critical" });
+  const opens = h("input", { type: "checkbox", name: "tracking_opens" });
+  const clicks = h("input", { type: "checkbox", name: "tracking_clicks" });
   const digest = h("input", { name: "digest", placeholder: "e.g. 1h (empty: none)" });
   const maxPerHour = h("input", { name: "max_per_hour", type: "number", min: 1 });
   const channels = checks("default_channels", CHANNELS, []);
@@ -31,7 +33,7 @@ async function drawCategories(area) {
       event.preventDefault();
       clear(messages);
       const chosen = [...channels.querySelectorAll("input:checked")].map((box) => box.value);
-      const body = { critical: critical.checked, default_channels: chosen.length ? chosen : null, digest: digest.value.trim() ? { window: digest.value.trim() } : null, max_per_hour: maxPerHour.value ? Number(maxPerHour.value) : null };
+      const body = { critical: critical.checked, default_channels: chosen.length ? chosen : null, digest: digest.value.trim() ? { window: digest.value.trim() } : null, max_per_hour: maxPerHour.value ? Number(maxPerHour.value) : null, tracking: { opens: opens.checked, clicks: clicks.checked } };
       try {
         await put(`/v1/categories/${enc(name.value.trim())}`, body);
         clear(area);
@@ -42,6 +44,8 @@ async function drawCategories(area) {
     },
   }, h("div", { class: "grid3" }, field("Name", name), field("Digest window", digest), field("At most per hour", maxPerHour)),
   h("label", { class: "toggle" }, critical, " Critical (ignores opt-outs and quiet hours)"),
+  h("label", { class: "toggle" }, opens, " Track email opens (an image in the HTML)"),
+  h("label", { class: "toggle" }, clicks, " Track email clicks (links through a redirect)"),
   field("Default channels", channels),
   h("div", { class: "filter-actions" }, h("button", { type: "submit", class: "primary", text: "Save category" })), messages);
 
@@ -55,6 +59,7 @@ async function drawCategories(area) {
       h("td", {}, c.max_per_hour ? String(c.max_per_hour) : "—"),
       h("td", {}, c.built_in ? h("span", { class: "muted", text: "built in" }) : h("button", { type: "button", class: "small", text: "Edit", onclick: () => {
         name.value = c.name; critical.checked = c.critical; digest.value = c.digest ? c.digest.window : ""; maxPerHour.value = c.max_per_hour || "";
+        opens.checked = Boolean(c.tracking && c.tracking.opens); clicks.checked = Boolean(c.tracking && c.tracking.clicks);
         for (const box of channels.querySelectorAll("input")) box.checked = (c.default_channels || []).includes(box.value);
         name.focus();
       } })),

@@ -3,7 +3,7 @@ version names
 
 Revision ID: 0032
 Revises: 0031
-Create Date: 2026-11-26 10:00:00
+Create Date: 2026-11-25 23:59:00
 """
 
 from collections.abc import Sequence

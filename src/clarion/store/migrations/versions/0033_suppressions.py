@@ -2,7 +2,7 @@
 
 Revision ID: 0033
 Revises: 0032
-Create Date: 2026-11-26 09:00:00
+Create Date: 2026-11-25 23:59:00
 """
 
 from collections.abc import Sequence

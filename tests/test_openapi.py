@@ -152,6 +152,8 @@ SEMANTIC = {
     "config.webhook_url",
     "config.avatar_url",
     "config.icon_url",
+    # WhatsApp: the Cloud API's access token is sent in a header.
+    "config.access_token",
 }
 
 

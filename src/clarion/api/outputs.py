@@ -268,6 +268,7 @@ class RecipientOut(Out):
     webpush: list[dict[str, Any]] | None = None
     webhook_url: str | None = None
     chat: list[dict[str, Any]] | None = None
+    whatsapp: str | None = None
     data: dict[str, Any] | None = None
     created_at: datetime
     updated_at: datetime

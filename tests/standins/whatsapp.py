@@ -109,7 +109,7 @@ class WhatsappStandin(WebStandin):
         """Answer the next send with Meta's throughput error (HTTP 429 when it says
         Retry-After, else 400 as the Cloud API usually does)."""
         headers = {"Retry_After": retry_after} if retry_after else {}
-        body = _error_body(
+        body = meta_error(
             code,
             "Rate limit hit",
             "Message failed to send because there were "
@@ -165,7 +165,7 @@ class WhatsappStandin(WebStandin):
         self, status: int, code: int, message: str, details: str = "", kind: str = ""
     ) -> web.Response:
         self.refused.append(f"{status} {code} {message} {details}".strip())
-        return web.json_response(_error_body(code, message, details, kind), status=status)
+        return web.json_response(meta_error(code, message, details, kind), status=status)
 
     # -- Meta's side of the webhook ------------------------------------------------------
 
@@ -251,7 +251,7 @@ class WhatsappStandin(WebStandin):
         return await client.get(httpx.URL(url).copy_merge_params(params)), challenge
 
 
-def _error_body(code: int, message: str, details: str = "", kind: str = "") -> dict[str, Any]:
+def meta_error(code: int, message: str, details: str = "", kind: str = "") -> dict[str, Any]:
     return {
         "error": {
             "message": f"(#{code}) {message}",

@@ -28,7 +28,7 @@ from clarion.providers.whatsapp import (
 )
 from standins import serving
 from standins.twilio import TwilioStandin
-from standins.whatsapp import WaMessage, WhatsappStandin, meta_error, hub_signature
+from standins.whatsapp import WaMessage, WhatsappStandin, hub_signature, meta_error
 
 PUBLIC_URL = "https://notify.example.com"
 CONTENT_SID = "HX" + "ab" * 16

@@ -68,7 +68,8 @@ class DeliveryListItem(DeliveryOut):
 class DeliveryEvent(Out):
     type: str = Field(
         description="queued | scheduled | attempt | retry_scheduled | fallback | sent | "
-        "delivered | failed | dead | suppressed | replayed | cancelled"
+        "delivered | read | failed | dead | suppressed | replayed | cancelled (read: the "
+        "provider reported the recipient read it, WhatsApp's read receipts)"
     )
     at: datetime | None
     provider: str | None = None

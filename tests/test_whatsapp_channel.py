@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from clarion.observability import metrics
 from clarion.providers.whatsapp import webhook_url
 from clarion.store import tenants as tenant_store
 from harness import Harness, make_settings, running
@@ -217,6 +218,8 @@ async def test_forged_webhooks_are_refused_and_change_nothing(
     lite: Harness, meta: WhatsappStandin
 ) -> None:
     delivery_id, message, url = await sent_by_meta(lite, meta)
+    labels = {"channel": "whatsapp", "provider": "whatsapp_cloud", "status": "refused"}
+    before = _sample("clarion_provider_reports_total", labels)
     failed = meta.webhook(message, "failed", 131026)
     forged = await meta.post_webhook(lite.client, url, failed, app_secret="not-the-secret")
     assert forged.status_code == 403
@@ -231,6 +234,11 @@ async def test_forged_webhooks_are_refused_and_change_nothing(
     delivery = await shown(lite, delivery_id)
     assert delivery["status"] == "sent"
     assert "failed" not in events(delivery)
+    assert _sample("clarion_provider_reports_total", labels) == before + 4
+
+
+def _sample(name: str, labels: dict[str, str]) -> float:
+    return metrics.METRICS.registry.get_sample_value(name, labels) or 0.0
 
 
 async def test_a_webhook_reaches_only_its_own_tenants_deliveries(

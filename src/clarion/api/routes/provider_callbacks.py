@@ -27,6 +27,7 @@ from clarion.errors import (
     Unavailable,
     ValidationFailed,
 )
+from clarion.observability import metrics
 from clarion.pipeline.status_events import StatusEvents
 from clarion.providers.base import READ, ProviderSpec, Report, ReportRefused
 from clarion.providers.kinds import KINDS, Kind
@@ -83,10 +84,12 @@ async def provider_callback(
         else:
             reports = await _form_reports(request, kind, spec, delivery)
     except ReportRefused as exc:
+        metrics.provider_report(spec.channel, spec.kind, "refused")
         raise Forbidden(str(exc), code="invalid_signature") from exc
     except ProviderError as exc:
         raise Unavailable(exc.message) from exc
     for report in reports:
+        metrics.provider_report(spec.channel, spec.kind, report.status)
         await _record(request, tenant, report.delivery_id or delivery or "", report)
     return Response(status_code=200 if kind.report_format == "json" else 204)
 

@@ -153,6 +153,8 @@ SEMANTIC = {
     "config.avatar_url",
     "config.icon_url",
     "config.webhook_public_key",
+    # WhatsApp: the Cloud API's access token is sent in a header.
+    "config.access_token",
 }
 
 

@@ -150,6 +150,29 @@ VALID: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {"bot_token": "123456:telegram-token-4Rf9aaaaaaaaaa", "chat_id": "-1001234567"},
         {"bot_token": "123456:telegram-token-4Rf9aaaaaaaaaa"},
     ),
+    "whatsapp_cloud": (
+        "whatsapp",
+        {
+            "phone_number_id": "106540352242922",
+            "access_token": "EAAG-wa-token-3Nm",
+            "app_secret": "wa-app-secret-8Pq",
+            "verify_token": "wa-verify-token-2Lc",
+        },
+        {
+            "access_token": "EAAG-wa-token-3Nm",
+            "app_secret": "wa-app-secret-8Pq",
+            "verify_token": "wa-verify-token-2Lc",
+        },
+    ),
+    "twilio_whatsapp": (
+        "whatsapp",
+        {
+            "account_sid": "AC" + "0b" * 16,
+            "auth_token": "twilio-wa-token-6Hs",
+            "from": "+14155550100",
+        },
+        {"auth_token": "twilio-wa-token-6Hs"},
+    ),
 }
 
 
@@ -780,7 +803,10 @@ def test_every_kind_descriptor_is_whole() -> None:
             assert issubclass(registry.load(name), Provider), name
             assert kind.config is not None, name
         if kind.reports is not None:
-            assert callable(kind.report_reader()), name
+            reader = kind.report_reader() or kind.json_report_reader()
+            assert callable(reader), name
+        if kind.handshake is not None:
+            assert callable(kind.subscription_check()), name
     assert {"sandbox", "webhook", "inapp"} == kinds.BUILT_IN
     assert {"apns", "fcm"} == kinds.PUSH_PLATFORMS
     assert {"webhook", "inapp"} == kinds.UNGUARDED
@@ -808,6 +834,8 @@ HEADER_FIELDS = {
     "mattermost": {"webhook_url", "username"},
     "google_chat": {"webhook_url"},
     "telegram": {"bot_token"},
+    "whatsapp_cloud": {"access_token"},
+    "twilio_whatsapp": set(),  # `from`: a number or a messaging service SID, by its pattern
 }
 
 

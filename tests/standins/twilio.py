@@ -8,6 +8,11 @@ account in the path, a form-encoded body with ``To``, ``Body`` and ``From`` or
 test credentials: ``+15005550001`` is invalid (21211), ``+15005550009`` is not a mobile
 number (21614).
 
+WhatsApp goes through the same API with ``whatsapp:+E164`` addresses (``To`` and ``From``
+alike, 63007 otherwise), and a template message names a Content API template instead of a
+``Body``: a ``ContentSid`` the account has (``contents``; 21655 otherwise) with its
+``ContentVariables``, a JSON object of strings, one per variable (21656, 63028).
+
 :meth:`TwilioStandin.report` then plays Twilio's part in a status callback: it POSTs the
 message's status to its ``StatusCallback`` URL, signed as Twilio signs it.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from collections import deque
@@ -28,6 +34,8 @@ import httpx
 from aiohttp import web
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+CONTENT_SID = re.compile(r"^HX[0-9a-f]{32}$")
+WHATSAPP = "whatsapp:"
 MAGIC_NUMBERS = {
     "+15005550001": (21211, "The 'To' number +15005550001 is not a valid phone number."),
     "+15005550009": (21614, "'To' number is not a valid mobile number"),
@@ -55,7 +63,7 @@ class Sms:
 
     @property
     def body(self) -> str:
-        return self.form["Body"]
+        return self.form.get("Body", "")
 
     @property
     def status_callback(self) -> str | None:
@@ -67,10 +75,12 @@ class TwilioStandin:
     account_sid: str = field(default_factory=lambda: "AC" + secrets.token_hex(16))
     auth_token: str = field(default_factory=lambda: secrets.token_hex(16))
     received: list[Sms] = field(default_factory=list)
+    # The account's Content API templates: SID -> how many variables each takes.
+    contents: dict[str, int] = field(default_factory=dict)
     # Why requests were refused (a test reads it when a send did not go through).
     rejected: list[str] = field(default_factory=list)
     port: int = 0
-    _failures: deque[tuple[int, str | None]] = field(default_factory=deque)
+    _failures: deque[tuple[int, str | None, int | None]] = field(default_factory=deque)
     _runner: web.AppRunner | None = None
 
     @property
@@ -87,9 +97,12 @@ class TwilioStandin:
             **overrides,
         }
 
-    def fail_next(self, status: int, retry_after: str | None = None) -> None:
-        """Answer the next send with an error of this HTTP status (429 carries Retry-After)."""
-        self._failures.append((status, retry_after))
+    def fail_next(
+        self, status: int, retry_after: str | None = None, code: int | None = None
+    ) -> None:
+        """Answer the next send with an error of this HTTP status (429 carries Retry-After),
+        and of this Twilio error code if given."""
+        self._failures.append((status, retry_after, code))
 
     async def start(self) -> None:
         app = web.Application()
@@ -145,7 +158,7 @@ class TwilioStandin:
         if request.content_type != "application/x-www-form-urlencoded":
             return self._error(400, 21604, "A 'To' phone number is required.")
         form = {key: str(value) for key, value in (await request.post()).items()}
-        problem = _problem(form)
+        problem = _problem(form, self.contents)
         if problem is not None:
             return self._error(400, *problem)
         if self._failures:
@@ -164,7 +177,9 @@ class TwilioStandin:
             return False
         return hmac.compare_digest(f"{user}:{password}", f"{self.account_sid}:{self.auth_token}")
 
-    def _scripted(self, status: int, retry_after: str | None) -> web.Response:
+    def _scripted(self, status: int, retry_after: str | None, code: int | None) -> web.Response:
+        if code is not None:
+            return self._error(status, code, f"Error {code}", retry_after=retry_after)
         if status == 429:
             return self._error(429, 20429, "Too Many Requests", retry_after=retry_after or "1")
         if status >= 500:
@@ -209,15 +224,43 @@ class TwilioStandin:
         }
 
 
-def _problem(form: dict[str, str]) -> tuple[int, str] | None:
+def _problem(form: dict[str, str], contents: dict[str, int]) -> tuple[int, str] | None:
     """What Twilio would refuse in a Messages create request (code, message)."""
     to = form.get("To")
     if not to:
         return 21604, "A 'To' phone number is required."
-    if not form.get("Body"):
+    if not form.get("Body") and not form.get("ContentSid"):
         return 21602, "Message body is required."
     if not form.get("From") and not form.get("MessagingServiceSid"):
         return 21603, "A 'From' phone number is required."
-    if not E164.match(to):
+    whatsapp = to.startswith(WHATSAPP)
+    sender = form.get("From")
+    if sender is not None and sender.startswith(WHATSAPP) != whatsapp:
+        return 63007, "Twilio could not find a Channel with the specified From address"
+    number = to.removeprefix(WHATSAPP)
+    if not E164.match(number):
         return 21211, f"The 'To' number {to} is not a valid phone number."
-    return MAGIC_NUMBERS.get(to)
+    if "ContentSid" in form:
+        problem = _content_problem(form, contents)
+        if problem is not None:
+            return problem
+    return MAGIC_NUMBERS.get(number)
+
+
+def _content_problem(form: dict[str, str], contents: dict[str, int]) -> tuple[int, str] | None:
+    """A Content API template: a known ``HX`` SID, and its variables a JSON object of
+    strings, one for each of the template's variables."""
+    sid = form["ContentSid"]
+    if not CONTENT_SID.match(sid) or sid not in contents:
+        return 21655, "The ContentSid is Invalid."
+    try:
+        variables = json.loads(form.get("ContentVariables", "{}"))
+    except ValueError:
+        return 21656, "The ContentVariables Parameter is invalid."
+    if not isinstance(variables, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in variables.items()
+    ):
+        return 21656, "The ContentVariables Parameter is invalid."
+    if len(variables) != contents[sid]:
+        return 63028, "Number of parameters provided does not match the expected number"
+    return None

@@ -68,7 +68,9 @@ class DeliveryListItem(DeliveryOut):
 class DeliveryEvent(Out):
     type: str = Field(
         description="queued | scheduled | attempt | retry_scheduled | fallback | sent | "
-        "delivered | failed | dead | suppressed | replayed | cancelled | opened | clicked"
+        "delivered | read | failed | dead | suppressed | replayed | cancelled | opened | "
+        "clicked (read: the provider reported the recipient read it, WhatsApp's read "
+        "receipts)"
     )
     at: datetime | None
     provider: str | None = None
@@ -281,6 +283,7 @@ class RecipientOut(Out):
     webpush: list[dict[str, Any]] | None = None
     webhook_url: str | None = None
     chat: list[dict[str, Any]] | None = None
+    whatsapp: str | None = None
     data: dict[str, Any] | None = None
     created_at: datetime
     updated_at: datetime

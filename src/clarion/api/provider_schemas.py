@@ -70,6 +70,17 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "mattermost": {"webhook_url": "https://chat.example.com/hooks/xxxx"},
     "google_chat": {"webhook_url": "https://chat.googleapis.com/v1/spaces/AAAA/messages?key=K"},
     "telegram": {"bot_token": "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11", "chat_id": "-1001234"},
+    "whatsapp_cloud": {
+        "phone_number_id": "106540352242922",
+        "access_token": "<system user access token>",
+        "app_secret": "<app secret>",
+        "verify_token": "<a token of your choice>",
+    },
+    "twilio_whatsapp": {
+        "account_sid": "AC0123456789abcdef0123456789abcdef",
+        "auth_token": "<auth token>",
+        "from": "whatsapp:+14155550100",
+    },
     "webhook": {},
     "sandbox": {},
 }

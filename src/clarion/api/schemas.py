@@ -328,6 +328,13 @@ class RecipientIn(Body):
             "(`webhook_url`, optional `channel`), telegram (`chat_id`). Webhook URLs are https."
         ),
     )
+    whatsapp: Phone | None = Field(
+        default=None,
+        description=(
+            "Extension: the recipient's WhatsApp number (E.164), when it is not `phone`; "
+            "without it, the whatsapp channel sends to `phone`."
+        ),
+    )
     data: Annotated[dict[str, Any], AfterValidator(_small_data)] = Field(
         default_factory=dict, description="At most 64 KiB as JSON."
     )

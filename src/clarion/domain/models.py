@@ -13,6 +13,7 @@ class Channel(StrEnum):
     INAPP = "inapp"
     WEBHOOK = "webhook"
     CHAT = "chat"
+    WHATSAPP = "whatsapp"
 
 
 # Every channel, in the order declared above: the one list of them.

@@ -25,11 +25,12 @@ HELD_FOR_DIGEST = "digest"
 SNOOZED = "snoozed"
 
 # Quiet hours protect a person's attention, so they hold back only the channels that buzz,
-# ring or land in an inbox someone watches (a chat message notifies its reader too). An
+# ring or land in an inbox someone watches (a chat or WhatsApp message notifies its reader
+# too). An
 # in-app inbox entry waits silently until the person looks, and a webhook is read by a
 # machine: deferring those would only delay them.
 INTERRUPTIVE: frozenset[str] = frozenset(
-    {Channel.EMAIL, Channel.SMS, Channel.PUSH, Channel.WEBPUSH, Channel.CHAT}
+    {Channel.EMAIL, Channel.SMS, Channel.PUSH, Channel.WEBPUSH, Channel.CHAT, Channel.WHATSAPP}
 )
 
 _NO_MAPPING: Mapping[str, Any] = MappingProxyType({})

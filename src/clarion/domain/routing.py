@@ -22,6 +22,9 @@ def address_for(channel: str, recipient: Mapping[str, Any]) -> Any:
         return recipient.get("webhook_url") or None
     if channel == Channel.CHAT:
         return list(recipient.get("chat") or []) or None
+    if channel == Channel.WHATSAPP:
+        # A number of its own when the recipient gave one, else the phone number.
+        return recipient.get("whatsapp") or recipient.get("phone") or None
     if channel == Channel.INAPP:
         return recipient["id"]
     return None

@@ -143,6 +143,14 @@ class Metrics:
             "event",
             "outcome",
         )
+        self.reports = counter(
+            "clarion_provider_reports",
+            "Delivery reports providers sent back (status callbacks, webhooks), by what they "
+            "said (delivered, read, failed) or refused (a forged or unverifiable one)",
+            "channel",
+            "provider",
+            "status",
+        )
         self.planner_batch = histogram(
             "clarion_planner_batch_size",
             "Notifications taken by the planner in one batch",
@@ -319,6 +327,13 @@ def provider_call(channel: str, kind: str, outcome: str, seconds: float) -> None
     if not ENABLED:
         return
     METRICS.child(METRICS.provider_calls, channel, kind, outcome).observe(seconds)
+
+
+def provider_report(channel: str, kind: str, status: str, count: int = 1) -> None:
+    """Reports a provider sent back: ``status`` is what they said, or ``refused``."""
+    if not ENABLED:
+        return
+    METRICS.child(METRICS.reports, channel, kind, status).inc(count)
 
 
 def breaker_seen(channel: str, tenant: str, name: str, kind: str, allowed: bool) -> None:

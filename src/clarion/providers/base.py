@@ -77,14 +77,24 @@ class ProviderEnv:
         return AddressGuard(self.settings.allow_private_webhooks, proxies)
 
 
+# A report that the recipient read the message: an event on the delivery's timeline (the
+# delivery itself is then `delivered`).
+READ = "read"
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
-    """What a provider reported later about a sent delivery: ``delivered`` or ``failed``
-    (with the reason and the provider's words)."""
+    """What a provider reported later about a sent delivery: ``delivered``, ``read`` or
+    ``failed`` (with the reason and the provider's words). ``delivery_id`` is set by a
+    report that names its delivery itself (one webhook for every message), else the
+    delivery is the one the callback's URL names; ``message_id`` is the provider's id of
+    the message, which must then be the delivery's."""
 
     status: str
     reason: str | None = None
     error: str | None = None
+    delivery_id: str | None = None
+    message_id: str | None = None
 
 
 class ReportRefused(Exception):
@@ -128,6 +138,25 @@ class FeedbackReader(Protocol):
         headers: Mapping[str, str],
         env: FeedbackEnv,
     ) -> list[Feedback]: ...
+
+
+class JsonReportReader(Protocol):
+    """Verifies a webhook's JSON delivery reports against the provider's configuration
+    (its signature over the raw ``body``) and reads them: one report per message it is
+    about (each naming its delivery), none for a webhook that changes nothing. Raises
+    :class:`ReportRefused` for a forged or malformed one."""
+
+    def __call__(
+        self, config: Mapping[str, Any], body: bytes, headers: Mapping[str, str]
+    ) -> Sequence[Report]: ...
+
+
+class SubscriptionCheck(Protocol):
+    """Answers a service's verification of the webhook URL (a GET with a challenge and
+    the token the tenant set up there): the text to answer with, or
+    :class:`ReportRefused`."""
+
+    def __call__(self, config: Mapping[str, Any], query: Mapping[str, str]) -> str: ...
 
 
 class Provider(ABC):

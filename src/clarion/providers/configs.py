@@ -306,3 +306,40 @@ class TelegramConfig(ChatConfig):
         | None
     ) = None
     disable_link_preview: bool = False
+
+
+# A WhatsApp sender at Twilio: its number (E.164; "whatsapp:" before it is taken off), or a
+# Messaging Service whose sender pool holds WhatsApp numbers.
+WHATSAPP_SENDER = r"^(\+[1-9][0-9]{6,14}|MG[0-9a-fA-F]{32})$"
+
+
+def _whatsapp_sender(value: Any) -> Any:
+    return value.removeprefix("whatsapp:") if isinstance(value, str) else value
+
+
+class WhatsappCloudConfig(HttpKindConfig):
+    """`whatsapp_cloud`: Meta's WhatsApp Cloud API (`POST /{version}/{phone_number_id}/
+    messages` with a bearer access token); `app_secret` verifies its status webhooks
+    (`X-Hub-Signature-256`) and `verify_token` answers the webhook's verification."""
+
+    SECRET = frozenset({"access_token", "app_secret", "verify_token", "proxy"})
+    # Sent in the request's path: digits only.
+    phone_number_id: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,30}$")]
+    access_token: HeaderSecret
+    app_secret: Secret | None = None
+    verify_token: Annotated[Secret, StringConstraints(max_length=200)] | None = None
+    api_version: Annotated[str, StringConstraints(pattern=r"^v[0-9]{1,3}\.[0-9]{1,2}$")] = "v21.0"
+
+
+class TwilioWhatsappConfig(HttpKindConfig):
+    """`twilio_whatsapp`: Twilio's Messages API with `whatsapp:` addresses; templates
+    through the Content API (`ContentSid`, `ContentVariables`)."""
+
+    SECRET = frozenset({"auth_token", "proxy"})
+    account_sid: Annotated[str, StringConstraints(pattern=r"^AC[0-9a-fA-F]{32}$")]
+    auth_token: Secret
+    from_: Annotated[
+        str, BeforeValidator(_whatsapp_sender), StringConstraints(pattern=WHATSAPP_SENDER)
+    ] = Field(alias="from")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -15,12 +15,17 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from clarion.domain.models import ALL_CHANNELS
 from clarion.errors import PermanentError
 from clarion.providers import configs
-from clarion.providers.base import FeedbackReader, ReportReader
+from clarion.providers.base import (
+    FeedbackReader,
+    JsonReportReader,
+    ReportReader,
+    SubscriptionCheck,
+)
 from clarion.providers.credentials import Problems
 
 
@@ -37,11 +42,17 @@ class Kind:
     # health is not one thing: a webhook's far end is each recipient's own endpoint (one
     # broken endpoint must not stop the others), in-app is Clarion's own database.
     guarded: bool = True
-    # "module:function" verifying and reading the kind's delivery reports (a ReportReader).
+    # "module:function" verifying and reading the kind's delivery reports: a ReportReader
+    # of form-encoded callbacks, or for ``report_format`` "json" a JsonReportReader of a
+    # webhook's raw JSON body (reports that name their deliveries themselves).
     reports: str | None = None
     # "module:function" verifying and reading the kind's bounce and complaint reports (a
     # FeedbackReader), POSTed to /v1/providers/{name}/feedback.
     feedback: str | None = None
+    report_format: Literal["form", "json"] = "form"
+    # "module:function" answering the service's verification of a webhook URL (a GET
+    # handshake, a SubscriptionCheck), for a kind whose webhook is set up that way.
+    handshake: str | None = None
 
     @property
     def built_in(self) -> bool:
@@ -77,7 +88,17 @@ class Kind:
         return check(config) if check is not None else []
 
     def report_reader(self) -> ReportReader | None:
-        return cast(ReportReader, import_target(self.reports)) if self.reports else None
+        if self.reports is None or self.report_format != "form":
+            return None
+        return cast(ReportReader, import_target(self.reports))
+
+    def json_report_reader(self) -> JsonReportReader | None:
+        if self.reports is None or self.report_format != "json":
+            return None
+        return cast(JsonReportReader, import_target(self.reports))
+
+    def subscription_check(self) -> SubscriptionCheck | None:
+        return cast(SubscriptionCheck, import_target(self.handshake)) if self.handshake else None
 
     def feedback_reader(self) -> FeedbackReader | None:
         return cast(FeedbackReader, import_target(self.feedback)) if self.feedback else None
@@ -154,6 +175,22 @@ KINDS: dict[str, Kind] = {
                 ("google_chat", configs.GoogleChatConfig, "google_chat", "GoogleChatProvider"),
                 ("telegram", configs.TelegramConfig, "telegram", "TelegramProvider"),
             )
+        ),
+        Kind(
+            "whatsapp_cloud",
+            frozenset({"whatsapp"}),
+            configs.WhatsappCloudConfig,
+            "clarion.providers.whatsapp:WhatsappCloudProvider",
+            reports="clarion.providers.whatsapp:read_reports",
+            report_format="json",
+            handshake="clarion.providers.whatsapp:verify_subscription",
+        ),
+        Kind(
+            "twilio_whatsapp",
+            frozenset({"whatsapp"}),
+            configs.TwilioWhatsappConfig,
+            "clarion.providers.twilio_whatsapp:TwilioWhatsappProvider",
+            reports="clarion.providers.twilio_whatsapp:read_report",
         ),
         Kind("sandbox", frozenset(ALL_CHANNELS), configs.SandboxConfig),
         Kind("webhook", frozenset({"webhook"}), configs.WebhookConfig, guarded=False),

@@ -32,7 +32,7 @@ from clarion.providers.base import (
     ReportRefused,
     SendResult,
 )
-from clarion.providers.configs import TwilioConfig
+from clarion.providers.configs import TwilioConfig, TwilioWhatsappConfig
 from clarion.providers.http import ApiClient
 
 API_URL = "https://api.twilio.com"
@@ -85,15 +85,7 @@ def read_report(
     """A Twilio status callback, verified by its ``X-Twilio-Signature``: ``delivered``, or
     ``failed``/``undelivered`` (``provider_rejected``); any other status changes nothing.
     :class:`TransientError` when the account's auth token cannot be read."""
-    try:
-        auth_token = TwilioConfig.model_validate(dict(config)).auth_token
-    except ValidationError as exc:
-        # The stored credentials cannot be read (e.g. sealed with another secret key).
-        raise TransientError(
-            "the provider's credentials are unavailable", reason="secret_key_mismatch"
-        ) from exc
-    if not valid_signature(auth_token, url, params, headers.get("x-twilio-signature")):
-        raise ReportRefused("the request signature is missing or wrong")
+    verify(TwilioConfig, config, url, params, headers)
     status = dict(params).get("MessageStatus", "")
     if status == "delivered":
         return Report(DeliveryStatus.DELIVERED)
@@ -102,6 +94,27 @@ def read_report(
         error = f"Twilio reported {status}" + (f" (error {code})" if code else "")
         return Report(DeliveryStatus.FAILED, reason="provider_rejected", error=error)
     return None
+
+
+def verify(
+    model: type[TwilioConfig] | type[TwilioWhatsappConfig],
+    config: Mapping[str, Any],
+    url: str,
+    params: Sequence[tuple[str, str]],
+    headers: Mapping[str, str],
+) -> None:
+    """Check a status callback's ``X-Twilio-Signature`` with the auth token of ``config``
+    (a ``model``): :class:`ReportRefused` when it is wrong, :class:`TransientError` when
+    the stored auth token cannot be read."""
+    try:
+        auth_token = model.model_validate(dict(config)).auth_token
+    except ValidationError as exc:
+        # The stored credentials cannot be read (e.g. sealed with another secret key).
+        raise TransientError(
+            "the provider's credentials are unavailable", reason="secret_key_mismatch"
+        ) from exc
+    if not valid_signature(auth_token, url, params, headers.get("x-twilio-signature")):
+        raise ReportRefused("the request signature is missing or wrong")
 
 
 def _port_forms(url: str) -> list[str]:
@@ -126,8 +139,11 @@ MEANINGS: Meanings = {
 }
 
 
-def twilio_error(status: int, body: bytes, retry_after: str | None) -> ProviderError | None:
-    """The error of a Twilio answer (None for a success)."""
+def twilio_error(
+    status: int, body: bytes, retry_after: str | None, meanings: Meanings = MEANINGS
+) -> ProviderError | None:
+    """The error of a Twilio answer (None for a success); ``meanings`` are the error codes
+    of the channel sent on (:data:`MEANINGS` for SMS)."""
     code, text = _error_of(body)
     detail = f"Twilio HTTP {status}" + (f" error {code}" if code else "") + f": {text}"
     return classify(
@@ -135,7 +151,7 @@ def twilio_error(status: int, body: bytes, retry_after: str | None) -> ProviderE
         detail,
         retry_after=retry_after,
         code=str(code) if code else "",
-        meanings=MEANINGS,
+        meanings=meanings,
     )
 
 
@@ -199,13 +215,14 @@ class TwilioProvider(Provider):
         error = twilio_error(reply.status, reply.body, reply.headers.get("retry-after"))
         if error is not None:
             raise error
-        return SendResult(provider_message_id=_sid_of(reply.body))
+        return SendResult(provider_message_id=sid_of(reply.body))
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
 
-def _sid_of(body: bytes) -> str | None:
+def sid_of(body: bytes) -> str | None:
+    """The ``sid`` of a created Message resource."""
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError:

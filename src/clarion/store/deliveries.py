@@ -45,6 +45,9 @@ from clarion.store.tables import deliveries, delivery_claims, delivery_events, n
 # Deliveries still to be sent: queued now, or scheduled for later (quiet hours).
 WAITING = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
 _EVENTS = delivery_events.insert()
+# A provider's report that the recipient read a message: an event of its delivery's, the
+# delivery staying `delivered` (providers/base.py ``READ``).
+READ = "read"
 
 
 async def insert_planned(conn: AsyncConnection, items: Sequence[Stored], at: datetime) -> set[str]:
@@ -505,40 +508,100 @@ async def apply_provider_report(
     *,
     reason: str | None = None,
     last_error: str | None = None,
+    message_id: str | None = None,
 ) -> bool:
     """Record what a provider later reported about a sent delivery (``delivered`` or
     ``failed``), with its event. Only a delivery that is ``queued`` (the report came before
     the worker stored the send's outcome) or ``sent`` changes, so a late or
-    repeated report never moves a delivery backwards or revives a finished one. Returns
-    whether it changed."""
+    repeated report never moves a delivery backwards or revives a finished one; with
+    ``message_id``, only a delivery whose provider message id is that one (or not stored
+    yet). Returns whether it changed."""
     now = utcnow()
     async with write_tx(engine) as conn:
-        result = await conn.execute(
-            update(deliveries)
-            .where(
-                deliveries.c.id == delivery_id,
-                deliveries.c.tenant_id == tenant_id,
-                deliveries.c.status.in_([DeliveryStatus.QUEUED, DeliveryStatus.SENT]),
-            )
-            .values(
-                status=status,
-                reason=reason,
-                last_error=last_error,
-                updated_at=now,
-            )
+        return await _reported(
+            conn, tenant_id, delivery_id, status, reason, last_error, message_id, now
         )
-        if result.rowcount == 0:
-            return False
+
+
+async def _reported(
+    conn: AsyncConnection,
+    tenant_id: str,
+    delivery_id: str,
+    status: str,
+    reason: str | None,
+    last_error: str | None,
+    message_id: str | None,
+    now: datetime,
+) -> bool:
+    where = [
+        deliveries.c.id == delivery_id,
+        deliveries.c.tenant_id == tenant_id,
+        deliveries.c.status.in_([DeliveryStatus.QUEUED, DeliveryStatus.SENT]),
+    ]
+    if message_id is not None:
+        where.append(_message_is(message_id))
+    result = await conn.execute(
+        update(deliveries)
+        .where(*where)
+        .values(status=status, reason=reason, last_error=last_error, updated_at=now)
+    )
+    if result.rowcount == 0:
+        return False
+    await conn.execute(
+        delivery_events.insert().values(
+            delivery_id=delivery_id,
+            tenant_id=tenant_id,
+            status=status,
+            detail=last_error or reason,
+            created_at=now,
+        )
+    )
+    return True
+
+
+def _message_is(message_id: str) -> ColumnElement[bool]:
+    column = deliveries.c.provider_message_id
+    return column.is_(None) | (column == message_id)
+
+
+async def apply_read_report(
+    engine: AsyncEngine, tenant_id: str, delivery_id: str, *, message_id: str | None = None
+) -> tuple[bool, bool]:
+    """Record that the recipient read a sent delivery: its ``read`` event, once, on the
+    timeline; a delivery still ``sent`` (or ``queued``) becomes ``delivered`` first, as
+    reading implies (the services may report the two in either order, or only the read).
+    A failed or unsent delivery changes nothing. Returns (whether it became delivered,
+    whether the read was recorded)."""
+    now = utcnow()
+    async with write_tx(engine) as conn:
+        delivered = await _reported(
+            conn, tenant_id, delivery_id, DeliveryStatus.DELIVERED, None, None, message_id, now
+        )
+        where = [
+            deliveries.c.id == delivery_id,
+            deliveries.c.tenant_id == tenant_id,
+            deliveries.c.status == DeliveryStatus.DELIVERED,
+        ]
+        if message_id is not None:
+            where.append(_message_is(message_id))
+        # Locked, so two copies of one report record one event.
+        query = select(deliveries.c.id).where(*where).with_for_update()
+        found = (await conn.execute(query)).first()
+        if found is None:
+            return delivered, False
+        seen = exists().where(
+            delivery_events.c.delivery_id == delivery_id,
+            delivery_events.c.tenant_id == tenant_id,
+            delivery_events.c.status == READ,
+        )
+        if (await conn.execute(select(seen))).scalar():
+            return delivered, False
         await conn.execute(
             delivery_events.insert().values(
-                delivery_id=delivery_id,
-                tenant_id=tenant_id,
-                status=status,
-                detail=last_error or reason,
-                created_at=now,
+                delivery_id=delivery_id, tenant_id=tenant_id, status=READ, created_at=now
             )
         )
-    return True
+    return delivered, True
 
 
 async def get_one(engine: AsyncEngine, tenant_id: str, delivery_id: str) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ FIELDS = (
     "webpush",
     "webhook_url",
     "chat",
+    "whatsapp",
     "data",
 )
 

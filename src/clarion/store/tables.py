@@ -89,6 +89,8 @@ recipients = Table(
     _ts("updated_at", nullable=False),
     Column("preferences", JSON),
     Column("chat", JSON),
+    # The recipient's WhatsApp number (E.164) when it is not `phone`.
+    Column("whatsapp", String(32)),
 )
 
 

@@ -228,6 +228,7 @@ def put_recipient(
     webpush: Sequence[Mapping[str, Any]] | None = None,
     webhook_url: str | None = None,
     chat: Sequence[Mapping[str, Any]] | None = None,
+    whatsapp: str | None = None,
     data: Mapping[str, Any] | None = None,
 ) -> Call[m.Recipient]:
     """Create or replace a recipient (fields left out are cleared)."""
@@ -240,6 +241,7 @@ def put_recipient(
         webpush=[dict(w) for w in webpush] if webpush is not None else None,
         webhook_url=webhook_url,
         chat=[dict(c) for c in chat] if chat is not None else None,
+        whatsapp=whatsapp,
         data=dict(data) if data is not None else None,
     )
     path = f"/v1/recipients/{_seg(recipient_id)}"

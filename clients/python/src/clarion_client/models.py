@@ -31,7 +31,7 @@ class To(BaseModel):
 
 
 Priority = Literal["critical", "high", "normal", "low"]
-Channel = Literal["email", "sms", "push", "webpush", "inapp", "webhook", "chat"]
+Channel = Literal["email", "sms", "push", "webpush", "inapp", "webhook", "chat", "whatsapp"]
 
 
 class NotificationRequest(BaseModel):
@@ -232,6 +232,7 @@ class Recipient(Model):
     webpush: list[dict[str, Any]] | None = None
     webhook_url: str | None = None
     chat: list[dict[str, Any]] | None = None
+    whatsapp: str | None = None
     data: dict[str, Any] | None = None
     created_at: datetime
     updated_at: datetime

@@ -34,6 +34,9 @@ CONTENT: dict[str, dict[str, Any]] = {
     "inapp": {"title": _TITLE, "body": _BODY},
     "webhook": {"body": {"event": "provider.test", "message": _BODY}},
     "chat": {"text": _BODY},
+    # Meta's sample template, which every WhatsApp Business account starts with (a text
+    # would reach only a number that wrote in the last 24 hours); Twilio sends the text.
+    "whatsapp": {"template": "hello_world", "language": "en_US", "text": _BODY},
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, NamedTuple
 
 from fastapi import APIRouter, Query
@@ -20,7 +21,7 @@ from clarion.api.outputs import (
 from clarion.api.refusals import refusal_error
 from clarion.api.responses import JSONResponse, or_404
 from clarion.api.schemas import NAME_PATTERN, Body, NamePath, RecipientId, TemplateIn
-from clarion.domain import chat
+from clarion.domain import chat, whatsapp
 from clarion.domain.durations import duration_seconds
 from clarion.domain.layouts import Choice, Look
 from clarion.domain.models import Channel
@@ -92,6 +93,7 @@ async def checked(
             )
     _inapp_fallback(channels)
     _chat_part(channels, locales)
+    _whatsapp_part(channels, locales)
     await _layout(caller, channels, locales)
     return channels, locales, _compiled(body.category, channels, locales)
 
@@ -126,16 +128,32 @@ async def _layout(caller: Caller, channels: dict[str, Any], locales: dict[str, A
 def _chat_part(channels: dict[str, Any], locales: dict[str, Any]) -> None:
     """The chat part (and each locale's, merged over it) has its text, and blocks and a
     parse mode of the right shape (domain/chat.py)."""
-    if "chat" not in channels:
+    _part_checked("chat", chat.part_problems, channels, locales)
+
+
+def _whatsapp_part(channels: dict[str, Any], locales: dict[str, Any]) -> None:
+    """The WhatsApp part (and each locale's, merged over it) names a template with its
+    language and parameters of the right shape, a Twilio content SID, or a text
+    (domain/whatsapp.py)."""
+    _part_checked("whatsapp", whatsapp.part_problems, channels, locales)
+
+
+def _part_checked(
+    channel: str,
+    check: Callable[[Any, str], list[dict[str, str]]],
+    channels: dict[str, Any],
+    locales: dict[str, Any],
+) -> None:
+    if channel not in channels:
         return
-    problems = chat.part_problems(channels["chat"], "channels.chat")
+    problems = check(channels[channel], f"channels.{channel}")
     for locale, overrides in locales.items():
-        override = overrides.get("chat")
-        if isinstance(override, dict) and isinstance(channels["chat"], dict):
-            merged = {**channels["chat"], **override}
-            problems.extend(chat.part_problems(merged, f"locales.{locale}.chat"))
+        override = overrides.get(channel)
+        if isinstance(override, dict) and isinstance(channels[channel], dict):
+            merged = {**channels[channel], **override}
+            problems.extend(check(merged, f"locales.{locale}.{channel}"))
     if problems:
-        raise ValidationFailed("the chat part is not valid", details=problems)
+        raise ValidationFailed(f"the {channel} part is not valid", details=problems)
 
 
 _INAPP_FALLBACK_MAX = 7 * 86400

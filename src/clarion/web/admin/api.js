@@ -65,7 +65,7 @@ export const post = (path, body, options) => api("POST", path, { body, ...(optio
 export const put = (path, body) => api("PUT", path, { body });
 export const del = (path) => api("DELETE", path);
 
-export const CHANNELS = ["email", "sms", "push", "webpush", "inapp", "webhook", "chat"];
+export const CHANNELS = ["email", "sms", "push", "webpush", "inapp", "webhook", "chat", "whatsapp"];
 export const DELIVERY_STATUSES = ["scheduled", "queued", "sending", "sent", "delivered", "failed", "suppressed", "dead", "cancelled"];
 export const NOTIFICATION_STATUSES = ["accepted", "scheduled", "processing", "completed", "partial", "failed", "cancelling", "cancelled"];
 

@@ -70,6 +70,14 @@ function chat(content) {
     content.blocks !== undefined ? pretty(content.blocks) : null);
 }
 
+function whatsapp(content) {
+  const named = content.template ? `${text(content.template)} (${text(content.language)})` : null;
+  return h("div", { class: "preview-chat" },
+    named ? h("small", { class: "muted", text: `Template ${named}` }) : null,
+    content.body !== undefined ? pretty(content.body) : null,
+    content.text ? h("p", { class: "chat-text", text: text(content.text) }) : null);
+}
+
 export function renderChannel(channel, content) {
   const value = content || {};
   if (channel === "email") return email(value);
@@ -77,5 +85,6 @@ export function renderChannel(channel, content) {
   if (channel === "push" || channel === "webpush") return push(value, channel);
   if (channel === "inapp") return inapp(value);
   if (channel === "chat") return chat(value);
+  if (channel === "whatsapp") return whatsapp(value);
   return pretty(value.body !== undefined ? value.body : value);
 }

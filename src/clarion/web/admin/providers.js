@@ -25,6 +25,8 @@ const KINDS = {
   mattermost: [["chat"], [["webhook_url", "Incoming webhook URL (for recipients with no Mattermost address)", true], ["channel", "Channel"], ["username", "Username"], ["icon_url", "Icon URL"], PROXY]],
   google_chat: [["chat"], [["webhook_url", "Space webhook URL (for recipients with no Google Chat address)", true], PROXY]],
   telegram: [["chat"], [["bot_token", "Bot token", true], ["chat_id", "Chat id (for recipients with no Telegram chat)"], PROXY]],
+  whatsapp_cloud: [["whatsapp"], [["phone_number_id", "Phone number id"], ["access_token", "Access token (a system user's)", true], ["app_secret", "App secret (verifies status webhooks)", true], ["verify_token", "Webhook verify token", true], ["api_version", "Graph API version (v21.0)"], PROXY]],
+  twilio_whatsapp: [["whatsapp"], [["account_sid", "Account SID"], ["auth_token", "Auth token", true], ["from", "From (whatsapp:+14155238886, or a messaging service MG...)"], PROXY]],
   sandbox: [CHANNELS, []],
 };
 

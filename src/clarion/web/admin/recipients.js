@@ -57,7 +57,7 @@ async function recipient(main, id) {
     h("div", { class: "cards" },
       h("section", { class: "card" }, h("h2", { text: "Profile" }),
         h("dl", { class: "facts" },
-          [["Email", profile.email], ["Phone", profile.phone], ["Locale", profile.locale], ["Time zone", profile.timezone], ["Webhook URL", profile.webhook_url],
+          [["Email", profile.email], ["Phone", profile.phone], ["WhatsApp", profile.whatsapp || (profile.phone ? "(the phone)" : null)], ["Locale", profile.locale], ["Time zone", profile.timezone], ["Webhook URL", profile.webhook_url],
             ["Push tokens", String((profile.push_tokens || []).length)], ["Web push", String((profile.webpush || []).length)], ["Chat", (profile.chat || []).map((c) => c.kind).join(", ")], ["Created", when(profile.created_at)], ["Updated", when(profile.updated_at)]]
             .map(([k, v]) => [h("dt", { text: k }), h("dd", { text: v || "—" })])),
         h("h3", { text: "Data" }), pretty(profile.data || {})),

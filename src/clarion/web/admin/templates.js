@@ -14,6 +14,7 @@ const FIELDS = {
   inapp: [["title", "Title", "input"], ["body", "Body", "textarea"], ["action_url", "Action URL", "input"]],
   webhook: [["body", "Body (JSON, strings are templates)", "json"]],
   chat: [["text", "Text", "textarea"], ["blocks", "Blocks (JSON: Slack blocks, an Adaptive Card, Discord embeds, Google Chat cardsV2, ...)", "json"], ["parse_mode", "Telegram parse mode (HTML, MarkdownV2)", "input"]],
+  whatsapp: [["template", "Template name (Meta, approved)", "input"], ["language", "Template language (en_US)", "input"], ["header", "Header (JSON: {\"type\": \"image\", \"link\": \"https://cdn.example.com/a.png\"} or {\"type\": \"text\", \"text\": ...})", "json"], ["body", "Body parameters (JSON: [\"{{ firstName }}\", ...] or {\"name\": ...})", "json"], ["buttons", "Buttons (JSON: [{\"index\": 0, \"url\": \"{{ orderId }}\"}])", "json"], ["content_sid", "Twilio Content SID (HX...)", "input"], ["content_variables", "Twilio content variables (JSON, default: from the body)", "json"], ["text", "Free-form text (only where the part has no template)", "textarea"]],
 };
 const NAME = /^[A-Za-z0-9_.:-]{1,200}$/;
 
@@ -122,7 +123,7 @@ async function editor(main, name) {
     try {
       draft = body(state);
     } catch {
-      show(mine, notice("A JSON field (the webhook body, the chat blocks) is not valid JSON.", "warn"));
+      show(mine, notice("A JSON field (the webhook body, the chat blocks, the WhatsApp parameters) is not valid JSON.", "warn"));
       return;
     }
     if (!draft.channels[channel]) {
@@ -216,7 +217,7 @@ async function editor(main, name) {
     try {
       draft = body(state);
     } catch {
-      status.textContent = "A JSON field (the webhook body, the chat blocks) is not valid JSON.";
+      status.textContent = "A JSON field (the webhook body, the chat blocks, the WhatsApp parameters) is not valid JSON.";
       status.className = "status-line bad";
       return;
     }

@@ -11,6 +11,7 @@ testing less.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import pwd
@@ -138,6 +139,28 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str) -> No
         time.sleep(0.01)
 
 
+@contextlib.contextmanager
+def nats_process(port: int, store: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``nats-server -js`` on ``port`` keeping its JetStream store in ``store``, stopped
+    (or killed, if it was not) at the end."""
+    binary = _nats_binary()
+    if binary is None:
+        _missing("nats-server not found on PATH; set CLARION_TEST_NATS_URL to use a server")
+    args = [binary, "-js", "-sd", store, "-a", "127.0.0.1", "-p", str(port)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port, process, "nats-server")
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 @pytest.fixture(scope="session")
 def nats_server() -> Iterator[str]:
     """The URL of a NATS server with JetStream for this session: ``CLARION_TEST_NATS_URL``,
@@ -147,23 +170,9 @@ def nats_server() -> Iterator[str]:
     if env_url:
         yield env_url
         return
-    binary = _nats_binary()
-    if binary is None:
-        _missing("nats-server not found on PATH; set CLARION_TEST_NATS_URL to use a server")
     port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="clarion-nats-") as tmp:
-        args = [binary, "-js", "-sd", tmp, "-a", "127.0.0.1", "-p", str(port)]
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            _wait_for_port(port, process, "nats-server")
-            yield f"nats://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with tempfile.TemporaryDirectory(prefix="clarion-nats-") as tmp, nats_process(port, tmp):
+        yield f"nats://127.0.0.1:{port}"
 
 
 async def _empty_nats(url: str) -> None:

@@ -110,9 +110,10 @@ def reaching() -> Iterator[None]:
 def parse_url(url: str) -> tuple[list[str], int]:
     """Servers (comma-separated URLs) and ``?replicas=N`` (streams and the lead bucket)."""
     base, _, query = url.partition("?")
-    replicas = int(parse_qs(query).get("replicas", ["1"])[0])
-    if not 1 <= replicas <= 5:
-        raise ValueError("replicas must be 1 to 5")
+    replicas_text = parse_qs(query).get("replicas", ["1"])[0]
+    if replicas_text not in ("1", "2", "3", "4", "5"):
+        raise ValueError(f"replicas must be 1 to 5, not {replicas_text!r}")
+    replicas = int(replicas_text)
     servers = [server.strip() for server in base.split(",") if server.strip()]
     for server in servers:
         if urlsplit(server).scheme not in ("nats", "tls"):
@@ -380,26 +381,35 @@ class NatsBroker(Broker):
     async def _set_aside(self, messages: Sequence[Message]) -> None:
         """Copy undecodable messages to the poison stream, then ack them: handed out again
         they would fail again, forever."""
+        await self._poison(
+            [
+                (m.stream, str(m.payload.get("raw", "")).encode(), m.poison or "", m.id)
+                for m in messages
+            ]
+        )
+
+    async def _poison(self, items: Sequence[tuple[str, bytes, str, str]]) -> None:
+        """Each ``(stream, raw data, error, ack subject)``: kept in the poison stream for an
+        operator, then acked."""
         await self._ensure_stream(
             self.poison_stream(),
             [f"{self._prefix}.poison.>"],
             retention="limits",
             max_msgs_per_subject=POISON_KEEP,
         )
-        copies = []
-        for message in messages:
+        copies: list[Outgoing] = []
+        for stream, raw, error, ack_subject in items:
             log.error(
-                "stream %s: message %s cannot be decoded (%s): set aside in %s",
-                message.stream,
-                message.id,
-                message.poison,
+                "stream %s: message %s cannot be used (%s): set aside in %s",
+                stream,
+                ack_subject,
+                error,
                 self.poison_stream(),
             )
-            headers = {TARGET: message.stream, "Clarion-Error": message.poison or ""}
-            raw = str(message.payload.get("raw", "")).encode()
-            copies.append((f"{self._prefix}.poison.{token(message.stream)}", raw, headers))
+            headers = {TARGET: stream, "Clarion-Error": error}
+            copies.append((f"{self._prefix}.poison.{token(stream)}", raw, headers))
         await self._store(copies)
-        await self._settle(messages, b"+ACK")
+        await self._requests([(ack_subject, b"+ACK", None) for *_, ack_subject in items])
 
     # -- delayed messages ------------------------------------------------------------------
 
@@ -431,6 +441,7 @@ class NatsBroker(Broker):
         now = time.time()
         due: list[Msg] = []
         later: list[Outgoing] = []
+        bad: list[tuple[str, bytes, str, str]] = []
         for msg in msgs:
             headers = msg.headers or {}
             try:
@@ -438,8 +449,7 @@ class NatsBroker(Broker):
             except (KeyError, ValueError):
                 at, stream = now, ""
             if not stream:
-                log.error("nats: a delayed message without its due time or stream: dropped")
-                later.append((msg.reply, b"+TERM", None))
+                bad.append((DELAYED_LANE, msg.data, "no due time or stream", msg.reply))
             elif at <= now:
                 due.append(msg)
             else:
@@ -461,6 +471,8 @@ class NatsBroker(Broker):
             later += [(m.reply, b"+ACK", None) for m in due]
         if later:
             await self._requests(later)
+        if bad:
+            await self._poison(bad)
 
     # -- settling --------------------------------------------------------------------------
 

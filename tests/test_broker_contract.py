@@ -150,6 +150,22 @@ async def test_blocked_consumer_gets_a_message_published_meanwhile(broker: Broke
     assert [(m.stream, m.payload) for m in taken] == [("high", {"n": 1})]
 
 
+async def test_a_consumer_that_waits_again_gets_each_message_published_meanwhile(
+    broker: Broker,
+) -> None:
+    """Each wait is woken by what is published during it, not only the first (a backend
+    that waits on the server must ask again after each answer)."""
+    for n in range(3):
+        waiting = asyncio.create_task(broker.consume(["low", "high"], "c1", count=5, timeout=2))
+        # Time for a network backend to be waiting on its server (were it not yet, the
+        # message would be found by a read, and the wake go untested, not fail).
+        await asyncio.sleep(0.1)
+        await broker.publish("high", [{"n": n}])
+        taken = await waiting
+        assert payloads(taken) == [{"n": n}]
+        await broker.ack(taken)
+
+
 async def test_a_waiting_consumer_returns_once_stopped(broker: Broker) -> None:
     """A stopping process waits for no more work: a consume blocked for long returns
     empty when its ``stop`` is set; one made after still takes what is waiting."""

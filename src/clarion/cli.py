@@ -193,6 +193,19 @@ def _run_roles(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    if (
+        args.command in ("api", "worker", "scheduler")
+        and settings.broker_url.startswith(("nats://", "tls://"))
+        and settings.effective_redis_url is None
+    ):
+        print(
+            f"`clarion {args.command}` with the NATS broker needs CLARION_REDIS_URL: the "
+            "processes of a deployment share rate limits, circuit breakers and live inbox "
+            'events through Redis (docs/operations.md, "NATS JetStream"); one process '
+            "alone can use `clarion serve`",
+            file=sys.stderr,
+        )
+        return 2
     if not settings.is_sqlite and not settings.secret_key:
         print(
             f"`clarion {args.command}` on PostgreSQL needs CLARION_SECRET_KEY: it seals tenants' "

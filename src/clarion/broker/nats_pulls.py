@@ -161,15 +161,18 @@ class Puller:
         self._wake()
 
     async def _on_standing(self, msg: Msg) -> None:
-        token = msg.subject.rsplit(".", 1)[-1]
-        if self._delivered(msg) is None:
-            status = (msg.headers or {}).get("Status", "")
-            if status == "100" or msg.reply:
+        lane = self._delivered(msg)
+        if lane is not None:
+            # Its one message came (a delivery carries its original subject, not the
+            # request's inbox: a lane has one standing pull, so it was that one).
+            lane.standing, lane.standing_until = None, 0.0
+        elif not msg.reply:
+            if (msg.headers or {}).get("Status", "") == "100":
                 return
-        # Its one message came, or it ended: the lane has no standing pull now.
-        for lane in self._lanes.values():
-            if lane.standing == token:
-                lane.standing, lane.standing_until = None, 0.0
+            token = msg.subject.rsplit(".", 1)[-1]
+            for each in self._lanes.values():
+                if each.standing == token:  # it ended (expired, or refused)
+                    each.standing, each.standing_until = None, 0.0
         self._wake()
 
     # -- asking ----------------------------------------------------------------------------

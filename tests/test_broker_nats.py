@@ -17,7 +17,8 @@ import nats
 import pytest
 
 from clarion.broker.base import Delayed, Message
-from clarion.broker.nats_jetstream import NatsBroker, parse_url, token
+from clarion.broker.nats_client import parse_url, token
+from clarion.broker.nats_jetstream import NatsBroker
 from servers import _free_port, nats_process
 
 pytestmark = pytest.mark.nats

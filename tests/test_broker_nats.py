@@ -19,6 +19,8 @@ import pytest
 from clarion.broker.base import Delayed, Message
 from clarion.broker.nats_client import parse_url, token
 from clarion.broker.nats_jetstream import NatsBroker
+from clarion.observability.outages import outage_of
+from clarion.store.batching import is_outage
 from servers import _free_port, nats_process
 
 pytestmark = pytest.mark.nats
@@ -208,3 +210,22 @@ async def test_stream_stats_count_waiting_held_and_delayed(broker: NatsBroker) -
         "other": 0,
     }
     await broker.ack(held)
+
+
+async def test_a_server_that_is_away_is_an_outage_until_it_is_back(tmp_path: Path) -> None:
+    """A process may start before NATS: its calls fail as an outage of the broker (waited
+    out by the consumers), and work once the server is up."""
+    port = _free_port()
+    broker = NatsBroker(f"nats://127.0.0.1:{port}", lease=LEASE)
+    try:
+        with pytest.raises(ConnectionError) as refused:
+            await broker.publish("jobs", [{"n": 1}])
+        assert is_outage(refused.value)
+        assert str(outage_of(refused.value)) == "broker (nats)"
+        with nats_process(port, str(tmp_path / "store")):
+            await broker.publish("jobs", [{"n": 1}])
+            [message] = await take_all(broker, ["jobs"], 1)
+            assert message.payload == {"n": 1}
+            await broker.ping()
+    finally:
+        await broker.close()

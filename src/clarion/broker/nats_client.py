@@ -120,23 +120,33 @@ class JetStream:
                         self._servers,
                         name="clarion",
                         connect_timeout=int(REPLY_TIMEOUT),
-                        max_reconnect_attempts=-1,
+                        # The first connection fails after trying each server twice...
+                        max_reconnect_attempts=1,
                         reconnect_time_wait=0.5,
                         pending_size=64 * 1024 * 1024,
+                        disconnected_cb=self._disconnected,
                         reconnected_cb=self._reconnected,
                         error_cb=self._error,
                     )
+                # ...and once made, it is made again for as long as it takes.
+                nc.options["max_reconnect_attempts"] = -1
+                self.forget()  # what a closed connection knew of the server
                 puller = Puller(nc)
                 await puller.start()
                 self._nc, self._puller = nc, puller
         return self._nc
 
+    async def _disconnected(self) -> None:
+        log.warning("nats: disconnected, reconnecting")
+
     async def _reconnected(self) -> None:
+        log.info("nats: reconnected")
         if self._puller is not None:
             self._puller.forget()
 
     async def _error(self, exc: Exception) -> None:
-        log.warning("nats: %r", exc)
+        # A server that is away is said once (disconnected), not at each attempt.
+        log.log(logging.DEBUG if isinstance(exc, OSError) else logging.WARNING, "nats: %r", exc)
 
     async def close(self) -> None:
         if self._puller is not None:
@@ -183,10 +193,10 @@ class JetStream:
                     ),
                     return_exceptions=True,
                 )
-            for answer in answers:
-                if isinstance(answer, BaseException):
-                    raise answer
-                replies.append(answer)
+                for answer in answers:
+                    if isinstance(answer, BaseException):
+                        raise answer
+                    replies.append(answer)
         return replies
 
     async def store(self, items: Sequence[Outgoing]) -> None:

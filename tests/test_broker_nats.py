@@ -229,3 +229,25 @@ async def test_a_server_that_is_away_is_an_outage_until_it_is_back(tmp_path: Pat
             await broker.ping()
     finally:
         await broker.close()
+
+
+async def test_two_processes_move_each_delayed_message_once(nats_url: str) -> None:
+    """Every consuming process runs a mover; each delayed message reaches its stream once."""
+    brokers = [NatsBroker(nats_url, lease=LEASE) for _ in range(2)]
+    try:
+        due = time.time() + 0.3
+        await brokers[0].publish_delayed([Delayed("jobs", {"n": n}, due) for n in range(200)])
+
+        async def drain(broker: NatsBroker) -> list[int]:
+            seen: list[int] = []
+            while batch := await broker.consume(["jobs"], "c", count=50, timeout=1.5):
+                seen += [m.payload["n"] for m in batch]
+                await broker.ack(batch)
+            return seen
+
+        first, second = await asyncio.gather(*(drain(b) for b in brokers))
+        assert sorted(first + second) == list(range(200))
+        assert await brokers[0].backlog(["jobs"]) == {"jobs": 0}
+    finally:
+        for broker in brokers:
+            await broker.close()

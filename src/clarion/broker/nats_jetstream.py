@@ -167,9 +167,10 @@ class NatsBroker(Broker):
         lanes = [await self._work_lane(stream) for stream in take.streams]
         self._start_mover()
         try:
-            got = await self._js.puller.take(
-                lanes, take.count, take.deadline, take.overfill, take.stop
-            )
+            with reaching():
+                got = await self._js.puller.take(
+                    lanes, take.count, take.deadline, take.overfill, take.stop
+                )
         except LaneMissing:
             self._js.forget()
             raise
@@ -260,14 +261,7 @@ class NatsBroker(Broker):
             for stream in {(m.headers or {})[TARGET] for m in due}:
                 await self._ensure_work(stream)
             await self._js.store(
-                [
-                    (
-                        self._subject((m.headers or {})[TARGET]),
-                        m.data,
-                        {"Nats-Msg-Id": f"{self._delayed}:{m.metadata.sequence.stream}"},
-                    )
-                    for m in due
-                ]
+                [(self._subject((m.headers or {})[TARGET]), m.data, _move_id(m)) for m in due]
             )
             later += [(m.reply, b"+ACK", None) for m in due]
         if later:
@@ -350,6 +344,14 @@ class NatsBroker(Broker):
             lag = int(consumer["num_pending"]) if consumer else length
             stats.append(StreamStats(stream, GROUP, length, pending, lag, delayed[token(stream)]))
         return stats
+
+
+def _move_id(msg: Msg) -> dict[str, str]:
+    """The moved copy's ``Nats-Msg-Id``: the delayed message's sequence and store time, so
+    a move repeated within the stream's duplicate window (two minutes) stores one copy,
+    and a delayed stream made anew (its sequence starting over) is not taken for one."""
+    meta = msg.metadata
+    return {"Nats-Msg-Id": f"delayed:{meta.sequence.stream}:{meta.timestamp.timestamp():.9f}"}
 
 
 def _message(stream: str, msg: Msg) -> Message:

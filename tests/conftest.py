@@ -24,13 +24,21 @@ for _name in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"):
         os.environ.pop(_spelling, None)
 
 
-@pytest.fixture(params=["sqlite+embedded", "postgres+redis"])
+# The configurations every pipeline test runs on; a few end-to-end tests add NATS
+# (``@pytest.mark.parametrize("backend", WITH_NATS, indirect=True)``), whose broker the
+# contract suite (tests/test_broker_contract.py) covers on its own.
+BACKENDS = ["sqlite+embedded", "postgres+redis"]
+WITH_NATS = [*BACKENDS, pytest.param("postgres+nats", marks=pytest.mark.nats)]
+
+
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
     """(database URL, broker URL) for each supported configuration; the database is the
     test's own, at the newest schema."""
     if request.param == "sqlite+embedded":
         return request.getfixturevalue("migrated_sqlite_url"), "embedded://"
-    return request.getfixturevalue("migrated_postgres_url"), request.getfixturevalue("redis_url")
+    broker = "nats_url" if request.param == "postgres+nats" else "redis_url"
+    return request.getfixturevalue("migrated_postgres_url"), request.getfixturevalue(broker)
 
 
 @pytest.fixture(params=["sqlite+embedded", "postgres+redis"])

@@ -1,15 +1,17 @@
-"""Real Redis and PostgreSQL servers for the tests.
+"""Real Redis, PostgreSQL and NATS servers for the tests.
 
 By default each test session starts its own throwaway servers from the binaries installed
 on this machine, on free ports, with data in temporary directories, and stops them at the
-end. Set ``CLARION_TEST_REDIS_URL`` / ``CLARION_TEST_POSTGRES_URL`` to use existing servers
-instead. A missing binary skips the tests that need it, except under ``CI=true``, where it
-fails them: CI must not go green by testing less.
+end. Set ``CLARION_TEST_REDIS_URL`` / ``CLARION_TEST_POSTGRES_URL`` /
+``CLARION_TEST_NATS_URL`` to use existing servers instead. A missing binary skips the
+tests that need it, except under ``CI=true``, where it fails them: CI must not go green by
+testing less.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import pwd
@@ -26,6 +28,7 @@ from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
+import nats
 import pytest
 import redis
 from sqlalchemy.engine import make_url
@@ -108,6 +111,86 @@ def redis_url(redis_server: str) -> str:
     with redis.Redis.from_url(url) as client:
         client.flushdb()
     return url
+
+
+# -- NATS ----------------------------------------------------------------------------------
+
+
+def _nats_binary() -> str | None:
+    """``nats-server`` from PATH, else where Debian's package puts it."""
+    found = shutil.which("nats-server")
+    if found is None and Path("/usr/sbin/nats-server").exists():
+        found = "/usr/sbin/nats-server"
+    return found
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str) -> None:
+    """Poll until the fresh server accepts connections (server start-up, bounded)."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def nats_process(port: int, store: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``nats-server -js`` on ``port`` keeping its JetStream store in ``store``, stopped
+    (or killed, if it was not) at the end."""
+    binary = _nats_binary()
+    if binary is None:
+        _missing("nats-server not found on PATH; set CLARION_TEST_NATS_URL to use a server")
+    args = [binary, "-js", "-sd", store, "-a", "127.0.0.1", "-p", str(port)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port, process, "nats-server")
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[str]:
+    """The URL of a NATS server with JetStream for this session: ``CLARION_TEST_NATS_URL``,
+    or a private ``nats-server -js`` started here (its store in a temporary directory) and
+    stopped at the end."""
+    env_url = os.environ.get("CLARION_TEST_NATS_URL")
+    if env_url:
+        yield env_url
+        return
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="clarion-nats-") as tmp, nats_process(port, tmp):
+        yield f"nats://127.0.0.1:{port}"
+
+
+async def _empty_nats(url: str) -> None:
+    """Delete every stream (the key-value buckets are streams too)."""
+    client = await nats.connect(url)
+    try:
+        js = client.jetstream()
+        for name in await js.streams_info():
+            await js.delete_stream(name.config.name)
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def nats_url(nats_server: str) -> str:
+    """A NATS URL whose JetStream holds no stream at the start of the test."""
+    run_async(_empty_nats(nats_server))
+    return nats_server
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------

@@ -14,26 +14,40 @@ from redis.asyncio import Redis
 
 from clarion.broker.base import Broker, Delayed, Message
 from clarion.broker.embedded import EmbeddedBroker
+from clarion.broker.nats_jetstream import NatsBroker
 from clarion.broker.redis_streams import RedisBroker
 from clarion.pipeline.inflight import holding
 
 LEASE = 0.3
 
 
-@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "embedded",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("nats", marks=pytest.mark.nats),
+    ]
+)
 def broker_url(request: pytest.FixtureRequest) -> str | None:
-    """None for the embedded broker, else the URL of an empty Redis database."""
-    if request.param == "redis":
-        url: str = request.getfixturevalue("redis_url")
+    """None for the embedded broker, else the URL of an empty Redis database or of a NATS
+    server whose JetStream holds nothing."""
+    if request.param in ("redis", "nats"):
+        url: str = request.getfixturevalue(f"{request.param}_url")
         return url
     return None
 
 
+def make_broker(url: str | None) -> Broker:
+    if url is None:
+        return EmbeddedBroker(lease=LEASE)
+    if url.startswith("nats://"):
+        return NatsBroker(url, lease=LEASE)
+    return RedisBroker(url, lease=LEASE)
+
+
 @pytest.fixture
 async def broker(broker_url: str | None) -> AsyncIterator[Broker]:
-    instance: Broker = (
-        EmbeddedBroker(lease=LEASE) if broker_url is None else RedisBroker(broker_url, lease=LEASE)
-    )
+    instance = make_broker(broker_url)
     await instance.start()
     yield instance
     await instance.close()
@@ -134,6 +148,22 @@ async def test_blocked_consumer_gets_a_message_published_meanwhile(broker: Broke
     taken = await waiting
 
     assert [(m.stream, m.payload) for m in taken] == [("high", {"n": 1})]
+
+
+async def test_a_consumer_that_waits_again_gets_each_message_published_meanwhile(
+    broker: Broker,
+) -> None:
+    """Each wait is woken by what is published during it, not only the first (a backend
+    that waits on the server must ask again after each answer)."""
+    for n in range(3):
+        waiting = asyncio.create_task(broker.consume(["low", "high"], "c1", count=5, timeout=2))
+        # Time for a network backend to be waiting on its server (were it not yet, the
+        # message would be found by a read, and the wake go untested, not fail).
+        await asyncio.sleep(0.1)
+        await broker.publish("high", [{"n": n}])
+        taken = await waiting
+        assert payloads(taken) == [{"n": n}]
+        await broker.ack(taken)
 
 
 async def test_a_waiting_consumer_returns_once_stopped(broker: Broker) -> None:
@@ -307,7 +337,7 @@ async def test_one_holder_leads_a_role_until_it_steps_down(broker: Broker) -> No
     assert await broker.lead("planner", "p1", ttl=60)
     assert await broker.lead("planner", "p1", ttl=60)  # kept
     assert await broker.lead("senders", "p2", ttl=60)  # another role: its own lead
-    shared = isinstance(broker, RedisBroker)
+    shared = isinstance(broker, RedisBroker | NatsBroker)
     assert await broker.lead("planner", "p2", ttl=60) is not shared
     await broker.step_down("planner", "p2")  # not the holder: nothing changes
     assert await broker.lead("planner", "p2", ttl=60) is not shared

@@ -189,18 +189,17 @@ class Run:
         return {"received": self.sink.count, "repeats": repeats, "timeline": self.timeline}
 
 
-@pytest.mark.postgres
-@pytest.mark.redis
-async def test_worker_killed_mid_delivery_on_postgres_and_redis(
-    postgres_url: str, redis_url: str, sink: WebhookSink, procs: Procs
+async def kill_a_worker(
+    env: dict[str, str], database_url: str, sink: WebhookSink, procs: Procs, label: str
 ) -> None:
-    port = free_port()
-    env = clarion_env(postgres_url, redis_url, http_port=port, **FAST)
+    """An API, a scheduler and a worker; the worker is killed part-way through and another
+    started: everything accepted arrives."""
+    port = int(env["CLARION_HTTP_PORT"])
     key = await asyncio.to_thread(create_tenant, env, "crash")
     api = procs.start("api", ["api"], env)
     procs.start("scheduler", ["scheduler"], env)
     first = procs.start("worker-1", ["worker"], env)
-    run = Run(port, key, sink, postgres_url, procs)
+    run = Run(port, key, sink, database_url, procs)
 
     async def crash() -> int:
         at_kill = await run.kill_part_way(first)
@@ -218,9 +217,29 @@ async def test_worker_killed_mid_delivery_on_postgres_and_redis(
                 submitted = group.create_task(run.submit(client))
                 killed = group.create_task(crash())
         numbers = await run.check_everything_arrived(submitted.result())
-        print(f"postgres+redis: killed at {killed.result()}, then {numbers}")
+        print(f"{label}: killed at {killed.result()}, then {numbers}")
     finally:
         await run.aclose()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_worker_killed_mid_delivery_on_postgres_and_redis(
+    postgres_url: str, redis_url: str, sink: WebhookSink, procs: Procs
+) -> None:
+    env = clarion_env(postgres_url, redis_url, http_port=free_port(), **FAST)
+    await kill_a_worker(env, postgres_url, sink, procs, "postgres+redis")
+
+
+@pytest.mark.postgres
+@pytest.mark.nats
+@pytest.mark.redis
+async def test_worker_killed_mid_delivery_on_postgres_and_nats(
+    postgres_url: str, nats_url: str, redis_url: str, sink: WebhookSink, procs: Procs
+) -> None:
+    """The NATS broker; Redis holds only the shared rate limits, breakers and live events."""
+    env = clarion_env(postgres_url, nats_url, redis_url=redis_url, http_port=free_port(), **FAST)
+    await kill_a_worker(env, postgres_url, sink, procs, "postgres+nats")
 
 
 async def test_serve_killed_mid_delivery_on_sqlite(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
 from clarion.domain.delivery import Delivery, Stored
@@ -13,6 +14,7 @@ from clarion.pipeline.runtime import Roles
 from clarion.store import deliveries as delivery_store
 from clarion.store.db import as_utc, utcnow
 from clarion.store.tables import outbox
+from conftest import WITH_NATS
 from harness import Harness, make_settings, running
 from webhook_sink import Received, WebhookSink
 
@@ -42,6 +44,7 @@ async def _send_one(app: Harness, sink: WebhookSink, rid: str = "u") -> str:
     return nid
 
 
+@pytest.mark.parametrize("backend", WITH_NATS, indirect=True)
 async def test_transient_errors_are_retried_until_sent(app: Harness, sink: WebhookSink) -> None:
     seen: collections.Counter[str] = collections.Counter()
 

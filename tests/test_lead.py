@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from clarion.broker.base import Broker, Message
+from clarion.broker.nats_jetstream import NatsBroker
 from clarion.broker.redis_streams import RedisBroker
 from clarion.domain.backoff import resting_pause
 from clarion.pipeline import lead as lead_module
@@ -97,35 +98,42 @@ async def test_a_broker_out_of_reach_leaves_every_process_reading_as_before() ->
     assert leads.stepped_down == ["b"]
 
 
-@pytest.fixture
-async def redis_broker(redis_url: str) -> AsyncIterator[Broker]:
-    async with serving(RedisBroker(redis_url, lease=30)) as broker:
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("nats", marks=pytest.mark.nats),
+    ]
+)
+async def shared_broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    """A broker shared by processes: Redis or NATS."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    shared = NatsBroker(url, lease=30) if request.param == "nats" else RedisBroker(url, lease=30)
+    async with serving(shared) as broker:
         yield broker
 
 
-@pytest.mark.redis
-async def test_under_a_backlog_the_stand_by_reads_at_once(redis_broker: Broker) -> None:
-    leader, stand_by = Lead(redis_broker, "plan", "p1"), Lead(redis_broker, "plan", "p2")
+async def test_under_a_backlog_the_stand_by_reads_at_once(shared_broker: Broker) -> None:
+    leader, stand_by = Lead(shared_broker, "plan", "p1"), Lead(shared_broker, "plan", "p2")
     assert await leader.turn(0.25) == 0.25
     assert await stand_by.turn(0.25) == 0.0
-    await redis_broker.publish("plan", [{"n": i} for i in range(300)])
+    await shared_broker.publish("plan", [{"n": i} for i in range(300)])
     taken: list[Message] = []
     for _ in range(3):
         block = await stand_by.turn(0.25)
-        got = await redis_broker.consume(["plan"], "p2", 100, block)
+        got = await shared_broker.consume(["plan"], "p2", 100, block)
         stand_by.took(len(got), 100)
         taken += got
     assert len(taken) == 300
     assert stand_by._pause == 0.0
-    await redis_broker.ack(taken)
+    await shared_broker.ack(taken)
     # Nothing left: the next read finds nothing, and the stand-by pauses before the one after.
-    got = await redis_broker.consume(["plan"], "p2", 100, await stand_by.turn(0.25))
+    got = await shared_broker.consume(["plan"], "p2", 100, await stand_by.turn(0.25))
     stand_by.took(len(got), 100)
     assert got == []
     assert stand_by._pause == PAUSE
     # A leader that stops gives its lead up: another process takes it at once.
     await leader.step_down()
-    assert await redis_broker.lead("plan", "p2", ttl=30)
+    assert await shared_broker.lead("plan", "p2", ttl=30)
 
 
 async def test_a_stand_by_at_rest_for_hours_keeps_its_longest_pause(

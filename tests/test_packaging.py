@@ -80,6 +80,16 @@ def test_older_python_gets_a_clear_error() -> None:
     assert "Clarion needs Python 3.11 or newer; this is Python 3.10.12" in done.stderr
 
 
+def test_roles_on_nats_refuse_to_start_without_a_redis_for_shared_state() -> None:
+    # Nothing listens there: the refusal comes before any connection.
+    env = clarion_env("postgresql+asyncpg://nobody@127.0.0.1:9/none", "nats://127.0.0.1:9")
+    env.pop("CLARION_REDIS_URL", None)
+    for role in ("api", "worker", "scheduler"):
+        done = run("-m", "clarion", role, env=env)
+        assert done.returncode == 2, (role, done.stderr)
+        assert "with the NATS broker needs CLARION_REDIS_URL" in done.stderr
+
+
 def test_roles_on_postgres_refuse_to_start_without_a_secret_key() -> None:
     # Nothing listens there: the refusal comes before any connection.
     env = clarion_env("postgresql+asyncpg://nobody@127.0.0.1:9/none", "redis://127.0.0.1:9/0")

@@ -55,8 +55,10 @@ SETTINGS_HELP = """\
 settings (environment; every one is in docs/operations.md):
   CLARION_DATABASE_URL   sqlite+aiosqlite:///./clarion.db (default) or
                          postgresql+asyncpg://user@host/db
-  CLARION_BROKER_URL     embedded:// (default, one process) or redis://host:6379/0
+  CLARION_BROKER_URL     embedded:// (default, one process), redis://host:6379/0 or
+                         nats://host:4222 (NATS JetStream)
   CLARION_REDIS_URL      Redis for rate limits, breakers and live inbox fan-out
+                         (the broker's Redis by default; set it with NATS)
   CLARION_SECRET_KEY     seals provider credentials (`clarion secret generate`)
   CLARION_HTTP_HOST      the API's address (127.0.0.1)
   CLARION_HTTP_PORT      the API's port (8080)
@@ -189,7 +191,21 @@ def _run_roles(args: argparse.Namespace, settings: Settings) -> int:
     ):
         print(
             f"`clarion {args.command}` runs one role and needs a shared broker "
-            "(CLARION_BROKER_URL=redis://...); with the embedded default use `clarion serve`",
+            "(CLARION_BROKER_URL=redis://... or nats://...); with the embedded default use "
+            "`clarion serve`",
+            file=sys.stderr,
+        )
+        return 2
+    if (
+        args.command in ("api", "worker", "scheduler")
+        and settings.broker_url.startswith(("nats://", "tls://"))
+        and settings.effective_redis_url is None
+    ):
+        print(
+            f"`clarion {args.command}` with the NATS broker needs CLARION_REDIS_URL: the "
+            "processes of a deployment share rate limits, circuit breakers and live inbox "
+            'events through Redis (docs/operations.md, "NATS JetStream"); one process '
+            "alone can use `clarion serve`",
             file=sys.stderr,
         )
         return 2

@@ -18,4 +18,8 @@ def create_broker(settings: Settings) -> Broker:
         from clarion.broker.redis_streams import RedisBroker
 
         return RedisBroker(url, lease=settings.broker_lease)
-    raise ValueError(f"unknown broker URL scheme: {url!r} (use embedded:// or redis://)")
+    if url.startswith(("nats://", "tls://")):
+        from clarion.broker.nats_jetstream import NatsBroker
+
+        return NatsBroker(url, lease=settings.broker_lease)
+    raise ValueError(f"unknown broker URL scheme: {url!r} (use embedded://, redis:// or nats://)")

@@ -1,10 +1,11 @@
 """Which component an outage came from: named in logs, in a 503's body and in ``/readyz``.
 
-A process stands on several servers (the database; Redis for the broker, the rate limiter,
-the circuit breakers and the realtime hub): an outage that does not say which one sends an
-operator to the wrong server. The component is the innermost Clarion module the failure
-passed through (the broker's client, the rate limiter, the store...); the server is told by
-the exception's own library. Module names are compared as text: nothing here imports them.
+A process stands on several servers (the database; Redis or NATS for the broker; Redis for
+the rate limiter, the circuit breakers and the realtime hub): an outage that does not say
+which one sends an operator to the wrong server. The component is the innermost Clarion
+module the failure passed through (the broker's client, the rate limiter, the store...); the
+server is told by the exception's own library. Module names are compared as text: nothing
+here imports them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ _COMPONENTS = (
     ("clarion.providers", PROVIDER),
 )
 # Library of the exception -> the server it speaks to.
-_SERVERS = {"redis": "redis", "asyncpg": "postgresql", "sqlite3": "sqlite", "aiosqlite": "sqlite"}
+_SERVERS = {
+    "redis": "redis",
+    "nats": "nats",
+    "asyncpg": "postgresql",
+    "sqlite3": "sqlite",
+    "aiosqlite": "sqlite",
+}
 
 
 @dataclass(frozen=True, slots=True)

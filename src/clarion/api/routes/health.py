@@ -34,7 +34,7 @@ async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
     checks["database"] = await _check(ping(ctx.engine), ctx.engine.dialect.name)
     scheme = ctx.settings.broker_url.partition(":")[0]
-    broker = "redis" if scheme in ("redis", "rediss") else scheme
+    broker = {"rediss": "redis", "unix": "redis", "tls": "nats"}.get(scheme, scheme)
     checks["broker"] = await _check(ctx.broker.ping(), broker)
     redis = ctx.resilience.redis
     if redis is not None:

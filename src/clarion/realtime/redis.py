@@ -10,6 +10,10 @@ One task owns the subscriber connection and (un)subscribes between reads (every 
 most), so the connection is never used by two coroutines at once, and a connection that
 ends never waits on Redis.
 
+On a Redis Cluster a published event reaches every node (the cluster bus carries it), so
+the subscriber connection may be to any node; it is opened again, to a node of the
+cluster's current layout, when its node fails.
+
 Pub/sub is fire-and-forget. When the subscriber connection is lost, events published
 meanwhile are lost for this process: every local connection is closed with reason
 ``resync``, and its client resumes from its last event id (the inbox table is the truth).
@@ -22,10 +26,10 @@ import contextlib
 import logging
 
 import orjson
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from clarion.broker.redis_client import RedisClient
 from clarion.realtime.base import RESYNC, Event, Hub, Key
 
 log = logging.getLogger(__name__)
@@ -54,7 +58,7 @@ class RedisHub(Hub):
     connections of this process ask for, between reads, so the connection is never used
     by two coroutines at once, and a connection that ends never waits on Redis."""
 
-    def __init__(self, redis: Redis, queue_size: int = 256) -> None:
+    def __init__(self, redis: RedisClient, queue_size: int = 256) -> None:
         super().__init__(queue_size)
         self._redis = redis
         self._owner: asyncio.Task[None] | None = None

@@ -14,7 +14,7 @@ from standins import serving
 from webhook_sink import WebhookSink
 
 # The real servers, and the migrated databases copied from a template on them.
-pytest_plugins = ["servers", "databases"]
+pytest_plugins = ["servers", "cluster_servers", "databases"]
 
 # The suite talks to its own servers on loopback: a proxy set in the shell that runs it
 # would carry that traffic (Clarion honours these, docs/operations.md). Tests of the proxy

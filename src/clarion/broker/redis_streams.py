@@ -150,6 +150,11 @@ class RedisBroker(Broker):
         self._busy_until = 0.0
         self._claim_every = max(0.05, lease / 4)
 
+    @property
+    def shards(self) -> int:
+        """How many Redis streams each stream is kept in."""
+        return self._shards
+
     # -- keys and connection ---------------------------------------------------------------
 
     def _tag(self, stream: str, shard: int) -> str:
@@ -428,7 +433,8 @@ class RedisBroker(Broker):
             args = [time.time(), MOVE_BATCH, TAG_BYTES * 2]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    pipe.evalsha(sha, 2, self._delayed_of(key), key, *args)
+                    # As a plain command: a cluster's pipeline refuses its evalsha().
+                    pipe.execute_command("EVALSHA", sha, 2, self._delayed_of(key), key, *args)
                 try:
                     replies = await pipe.execute()
                 except NoScriptError:

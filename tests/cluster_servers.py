@@ -62,14 +62,22 @@ class LocalCluster:
         return "redis+cluster://" + ",".join(n.address for n in self.nodes[:MASTERS])
 
     def start(self) -> None:
+        taken: set[int] = set()
         for i in range(2 * MASTERS):
             directory = self.root / f"node-{i}"
             directory.mkdir()
-            self.nodes.append(Node(_free_port(), _free_port(), directory))
-        for node in self.nodes:
-            self.start_node(node)
-        for node in self.nodes:
-            _wait_for_ping(node)
+            node = Node(_unused_port(taken), _unused_port(taken), directory)
+            self.nodes.append(node)
+            for attempt in range(3):
+                self.start_node(node)
+                try:
+                    _wait_for_ping(node)
+                    break
+                except RuntimeError:
+                    # A free port taken by another server meanwhile: others, once more.
+                    if attempt == 2:
+                        raise
+                    node.port, node.bus_port = _unused_port(taken), _unused_port(taken)
         create = [self.cli, "--cluster", "create", *(n.address for n in self.nodes)]
         subprocess.run(
             [*create, "--cluster-replicas", "1", "--cluster-yes"],
@@ -87,6 +95,7 @@ class LocalCluster:
         # A replica takes over however long it has been apart from its master.
         args += ["--cluster-replica-validity-factor", "0"]
         args += ["--save", "", "--appendonly", "no", "--dir", str(node.directory)]
+        args += ["--logfile", str(node.directory / "redis.log")]
         node.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def kill(self, node: Node) -> None:
@@ -180,12 +189,20 @@ class LocalCluster:
             node.process = None
 
 
+def _unused_port(taken: set[int]) -> int:
+    while (port := _free_port()) in taken:
+        pass
+    taken.add(port)
+    return port
+
+
 def _wait_for_ping(node: Node) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     with redis.Redis(port=node.port, socket_connect_timeout=0.5, socket_timeout=0.5) as client:
         while True:
             if node.process is not None and node.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with code {node.process.returncode}")
+                log = (node.directory / "redis.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server exited ({node.process.returncode}): {log}")
             try:
                 client.ping()
                 return

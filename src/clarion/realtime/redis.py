@@ -27,6 +27,7 @@ import logging
 
 import orjson
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from clarion.broker.redis_client import RedisClient
@@ -77,7 +78,10 @@ class RedisHub(Hub):
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for tenant_id, recipient_id, event in items:
-                pipe.publish(channel(tenant_id, recipient_id), orjson.dumps(event))
+                # As a plain command: a cluster's pipeline refuses its publish().
+                pipe.execute_command(
+                    "PUBLISH", channel(tenant_id, recipient_id), orjson.dumps(event)
+                )
             await pipe.execute()
 
     async def start(self) -> None:
@@ -98,19 +102,34 @@ class RedisHub(Hub):
 
     async def _own(self) -> None:
         pause = 0.1
+        lost = False
         while not self._closing:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub: PubSub | None = None
             try:
+                pubsub = await self._open(lost)
                 await self._serve(pubsub)
             except (RedisError, OSError, RuntimeError) as exc:
                 log.warning("inbox pub/sub connection lost (%r): live connections resync", exc)
                 self._fail_waiting(exc)
                 self.close_all(RESYNC)
+                lost = True
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
             finally:
-                with contextlib.suppress(RedisError, OSError, RuntimeError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                if pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError, RuntimeError):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _open(self, lost: bool) -> PubSub:
+        """A pub/sub connection. In a cluster it goes to a node of the cluster's layout,
+        which is read first (and read again after a lost connection: its node may have
+        failed, and a replica taken over)."""
+        if isinstance(self._redis, RedisCluster):
+            if lost:
+                await self._redis.nodes_manager.initialize()
+            else:
+                await self._redis.initialize()
+        return self._redis.pubsub(ignore_subscribe_messages=True)
 
     async def _serve(self, pubsub: PubSub) -> None:
         while not self._closing:

@@ -134,8 +134,26 @@ class LocalCluster:
         roles = self.roles()
         return next(n for n in self.running() if roles[n.port] == ("replica", master.port))
 
+    def master_of(self, key: str) -> Node:
+        """The master that serves ``key``'s slot."""
+        with self.running()[0].client() as client:
+            slot = client.cluster("keyslot", key)
+            for start, end, master, *_ in client.cluster("slots"):
+                if start <= slot <= end:
+                    return self.node(int(master[1]))
+        raise AssertionError(f"no node serves {key}")
+
     def node(self, port: int) -> Node:
         return next(n for n in self.nodes if n.port == port)
+
+    def wait_for_master(self, replica: Node, timeout: float = 60.0) -> None:
+        """Until ``replica`` has taken over as a master and says the cluster is ok (the
+        others count its master failed after the node timeout, then elect it)."""
+        deadline = time.monotonic() + timeout
+        while self.roles().get(replica.port, ("", None))[0] != "master" or not _ok(replica):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{replica.address} did not take over")
+            time.sleep(0.05)
 
     def wait_healthy(self, timeout: float = STARTUP_TIMEOUT) -> None:
         """Until every node runs and says the cluster is ok, with three masters, each with
@@ -187,6 +205,11 @@ class LocalCluster:
                 node.process.kill()
                 node.process.wait()
             node.process = None
+
+
+def _ok(node: Node) -> bool:
+    with node.client() as client:
+        return bool(client.cluster("info")["cluster_state"] == "ok")
 
 
 def _unused_port(taken: set[int]) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Harness, make_settings, running
+from harness import CLUSTER_SHARDS, Harness, make_settings, running
 from procs import Procs
 from standins import serving
 from webhook_sink import WebhookSink
@@ -30,7 +30,8 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
     test's own, at the newest schema."""
     if request.param == "sqlite+embedded":
         return request.getfixturevalue("migrated_sqlite_url"), "embedded://"
-    return request.getfixturevalue("migrated_postgres_url"), request.getfixturevalue("redis_url")
+    redis = "redis_cluster_url" if request.param == "postgres+redis-cluster" else "redis_url"
+    return request.getfixturevalue("migrated_postgres_url"), request.getfixturevalue(redis)
 
 
 @pytest.fixture(params=["sqlite+embedded", "postgres+redis"])
@@ -45,7 +46,8 @@ def unmigrated_backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[
 @pytest.fixture
 async def app(backend: tuple[str, str]) -> AsyncIterator[Harness]:
     """Clarion with every role running, on each backend."""
-    async with running(make_settings(*backend)) as harness:
+    shards = CLUSTER_SHARDS if backend[1].startswith("redis+cluster://") else 1
+    async with running(make_settings(*backend, broker_shards=shards)) as harness:
         yield harness
 
 

@@ -55,7 +55,8 @@ SETTINGS_HELP = """\
 settings (environment; every one is in docs/operations.md):
   CLARION_DATABASE_URL   sqlite+aiosqlite:///./clarion.db (default) or
                          postgresql+asyncpg://user@host/db
-  CLARION_BROKER_URL     embedded:// (default, one process) or redis://host:6379/0
+  CLARION_BROKER_URL     embedded:// (default, one process), redis://host:6379/0 or
+                         redis+cluster://host1:6379,host2:6379 (a Redis Cluster)
   CLARION_REDIS_URL      Redis for rate limits, breakers and live inbox fan-out
   CLARION_SECRET_KEY     seals provider credentials (`clarion secret generate`)
   CLARION_HTTP_HOST      the API's address (127.0.0.1)

@@ -34,7 +34,8 @@ async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
     checks["database"] = await _check(ping(ctx.engine), ctx.engine.dialect.name)
     scheme = ctx.settings.broker_url.partition(":")[0]
-    broker = "redis" if scheme in ("redis", "rediss") else scheme
+    # redis, rediss and their +cluster forms (a Redis Cluster) are all Redis.
+    broker = "redis" if scheme.partition("+")[0] in ("redis", "rediss") else scheme
     checks["broker"] = await _check(ctx.broker.ping(), broker)
     redis = ctx.resilience.redis
     if redis is not None:

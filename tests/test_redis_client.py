@@ -33,16 +33,18 @@ def test_a_cluster_url_names_its_nodes_and_keeps_credentials_tls_and_options() -
     ],
 )
 def test_a_malformed_cluster_url_is_refused(url: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Redis Cluster URL"):
         cluster_nodes(url)
 
 
 def test_schemes() -> None:
-    assert is_cluster_url("redis+cluster://h:1") and is_cluster_url("rediss+cluster://h:1")
+    assert is_cluster_url("redis+cluster://h:1")
+    assert is_cluster_url("rediss+cluster://h:1")
     assert not is_cluster_url("redis://h:1")
     for url in ("redis://h", "rediss://h", "unix:///tmp/r.sock", "redis+cluster://h:1"):
         assert is_redis_url(url)
-    assert not is_redis_url("embedded://") and not is_redis_url("nats://h")
+    assert not is_redis_url("embedded://")
+    assert not is_redis_url("nats://h")
 
 
 async def test_the_client_and_broker_follow_the_url() -> None:
@@ -56,8 +58,9 @@ async def test_the_client_and_broker_follow_the_url() -> None:
         await single.aclose()
     settings = Settings(broker_url="redis+cluster://127.0.0.1:1", broker_shards=4)
     broker = create_broker(settings)
-    assert isinstance(broker, RedisBroker) and broker.shards == 4
+    assert isinstance(broker, RedisBroker)
+    assert broker.shards == 4
     # The broker's cluster serves the shared fast state too, unless another is named.
     assert settings.effective_redis_url == "redis+cluster://127.0.0.1:1"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="broker_shards"):
         Settings(broker_shards=0)

@@ -1,5 +1,6 @@
 """A Redis Cluster master killed (-9) part-way through delivery: its replica takes over, the
-killed node comes back as a replica, and nothing accepted is lost.
+killed node comes back as a replica, and nothing accepted is lost; and the live inbox hub
+on a master that is killed comes back.
 
 Clarion runs in this process on PostgreSQL and the session's Redis Cluster (three masters,
 three replicas; cluster_servers.py), each stream in three shards. The kill takes the master
@@ -13,11 +14,15 @@ a fixed time: the kill is triggered by the sink's count, the end by polling the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
 from sqlalchemy import func, select
 
+from clarion.broker.redis_client import connect
+from clarion.realtime.base import RESYNC
+from clarion.realtime.redis import RedisHub, channel
 from clarion.store.tables import deliveries
 from cluster_servers import LocalCluster
 from faultkit import put_recipients, send_batch
@@ -96,3 +101,48 @@ async def test_a_master_killed_mid_delivery_loses_nothing(
 
 async def _all_sent(app: Harness) -> bool:
     return await _sent(app) == TOTAL
+
+
+async def test_the_live_hub_comes_back_after_its_node_fails(local_cluster: LocalCluster) -> None:
+    """The API process's subscriber connection is on the master that a recipient's channel
+    hashes to; killed, the process's live connections are told to resync, and once the
+    replica has taken over a reconnecting client receives its events again."""
+    holder_redis = connect(local_cluster.url, max_connections=8, pool_timeout=5)
+    sender_redis = connect(local_cluster.url, max_connections=8, pool_timeout=5)
+    holder, sender = RedisHub(holder_redis), RedisHub(sender_redis)
+    try:
+        async with holder.subscribe("ten_live", "alex") as first:
+            await sender.publish("ten_live", "alex", {"type": "message", "n": 1})
+            assert await first.next_batch() == [{"type": "message", "n": 1}]
+            victim = local_cluster.master_of(channel("ten_live", "alex"))
+            replica = local_cluster.replica_of(victim)
+            local_cluster.kill(victim)
+            async with asyncio.timeout(60):
+                await first.closed.wait()
+            assert first.reason == RESYNC
+        await asyncio.to_thread(local_cluster.wait_for_master, replica)
+        local_cluster.restart(victim)
+        await asyncio.to_thread(local_cluster.wait_healthy)
+
+        # The client comes back (as the web inbox does after a resync) until its
+        # subscription holds; then what is published reaches it. Pub/sub may drop an event
+        # while the cluster settles (a reconnecting client reads what it missed from the
+        # inbox table), so the sender publishes until one arrives.
+        async with asyncio.timeout(60):
+            while True:
+                async with holder.subscribe("ten_live", "alex") as again:
+                    if again.closed.is_set():
+                        continue
+                    got = None
+                    while not got and not again.closed.is_set():
+                        await sender.publish("ten_live", "alex", {"type": "message", "n": 2})
+                        with contextlib.suppress(TimeoutError):
+                            got = await again.next_batch(timeout=1.0)
+                    if got:
+                        assert got[0] == {"type": "message", "n": 2}
+                        break
+    finally:
+        await holder.aclose()
+        await sender.aclose()
+        await holder_redis.aclose()
+        await sender_redis.aclose()

@@ -28,7 +28,7 @@ import logging
 import orjson
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from clarion.broker.redis_client import RedisClient
 from clarion.realtime.base import RESYNC, Event, Hub, Key
@@ -108,7 +108,9 @@ class RedisHub(Hub):
             try:
                 pubsub = await self._open(lost)
                 await self._serve(pubsub)
-            except (RedisError, OSError, RuntimeError) as exc:
+            except (RedisError, RedisClusterException, OSError, RuntimeError) as exc:
+                # RedisClusterException: a cluster whose layout cannot be read (a failover
+                # under way), not a RedisError.
                 log.warning("inbox pub/sub connection lost (%r): live connections resync", exc)
                 self._fail_waiting(exc)
                 self.close_all(RESYNC)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import Harness, make_settings, running
+from harness import CLUSTER_SHARDS, Harness, make_settings, running
 from procs import Procs
 from standins import serving
 from webhook_sink import WebhookSink
 
 # The real servers, and the migrated databases copied from a template on them.
-pytest_plugins = ["servers", "databases"]
+pytest_plugins = ["servers", "cluster_servers", "databases"]
 
 # The suite talks to its own servers on loopback: a proxy set in the shell that runs it
 # would carry that traffic (Clarion honours these, docs/operations.md). Tests of the proxy
@@ -24,11 +24,12 @@ for _name in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"):
         os.environ.pop(_spelling, None)
 
 
-# The configurations every pipeline test runs on; a few end-to-end tests add NATS
-# (``@pytest.mark.parametrize("backend", WITH_NATS, indirect=True)``), whose broker the
-# contract suite (tests/test_broker_contract.py) covers on its own.
+# The configurations every pipeline test runs on; a few end-to-end tests add NATS or a
+# Redis Cluster (``@pytest.mark.parametrize("backend", WITH_NATS, indirect=True)``), whose
+# brokers the contract suite (tests/test_broker_contract.py) covers on its own.
 BACKENDS = ["sqlite+embedded", "postgres+redis"]
 WITH_NATS = [*BACKENDS, pytest.param("postgres+nats", marks=pytest.mark.nats)]
+WITH_ENGINES = [*WITH_NATS, "postgres+redis-cluster"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -37,7 +38,8 @@ def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
     test's own, at the newest schema."""
     if request.param == "sqlite+embedded":
         return request.getfixturevalue("migrated_sqlite_url"), "embedded://"
-    broker = "nats_url" if request.param == "postgres+nats" else "redis_url"
+    urls = {"postgres+nats": "nats_url", "postgres+redis-cluster": "redis_cluster_url"}
+    broker = urls.get(request.param, "redis_url")
     return request.getfixturevalue("migrated_postgres_url"), request.getfixturevalue(broker)
 
 
@@ -53,7 +55,8 @@ def unmigrated_backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[
 @pytest.fixture
 async def app(backend: tuple[str, str]) -> AsyncIterator[Harness]:
     """Clarion with every role running, on each backend."""
-    async with running(make_settings(*backend)) as harness:
+    shards = CLUSTER_SHARDS if backend[1].startswith("redis+cluster://") else 1
+    async with running(make_settings(*backend, broker_shards=shards)) as harness:
         yield harness
 
 

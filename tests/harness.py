@@ -27,6 +27,12 @@ FAST = {
     "webhook_timeout": 2.0,
 }
 
+# Every backend, for the few end-to-end tests that also run on a Redis Cluster (the
+# session's, cluster_servers.py): parametrize ``backend`` (conftest.py) with these, indirect.
+WITH_CLUSTER = ["sqlite+embedded", "postgres+redis", "postgres+redis-cluster"]
+# A broker on the cluster keeps each stream in this many shards (slots) in those tests.
+CLUSTER_SHARDS = 2
+
 
 def make_settings(database_url: str, broker_url: str, **overrides: Any) -> Settings:
     return Settings(database_url=database_url, broker_url=broker_url, **{**FAST, **overrides})

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
-from redis.asyncio import Redis
 
+from clarion.broker.redis_client import RedisClient, connect
 from clarion.resilience.breaker import (
     BreakerKey,
     BreakerPolicy,
@@ -31,7 +31,12 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["memory", "redis"])
+def shared_client(url: str) -> RedisClient:
+    """A process's client of Redis, or of a Redis Cluster, as resilience/backends.py makes it."""
+    return connect(url, max_connections=8, pool_timeout=5)
+
+
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def breakers(request: pytest.FixtureRequest) -> AsyncIterator[list[CircuitBreaker]]:
     """Two breakers that share state, as two worker processes do through Redis; the
     in-process breaker is one process's, so both entries are the same object."""
@@ -39,8 +44,10 @@ async def breakers(request: pytest.FixtureRequest) -> AsyncIterator[list[Circuit
         breaker = MemoryBreaker(POLICY)
         yield [breaker, breaker]
         return
-    url = request.getfixturevalue("redis_url")
-    clients = [Redis.from_url(url), Redis.from_url(url)]
+    url = request.getfixturevalue(
+        "redis_cluster_url" if request.param == "redis-cluster" else "redis_url"
+    )
+    clients = [shared_client(url), shared_client(url)]
     yield [RedisBreaker(client, POLICY) for client in clients]
     for client in clients:
         await client.aclose()

@@ -12,7 +12,7 @@ from clarion.broker.codec import Payload
 from clarion.domain.models import PLAN_CRITICAL_STREAM, PLAN_STREAM
 from clarion.security.signing import verify
 from clarion.store import tenants as tenant_store
-from conftest import WITH_NATS
+from conftest import WITH_ENGINES
 from harness import Harness
 from webhook_sink import WebhookSink
 
@@ -31,7 +31,7 @@ TEMPLATE = {
 }
 
 
-@pytest.mark.parametrize("backend", WITH_NATS, indirect=True)
+@pytest.mark.parametrize("backend", WITH_ENGINES, indirect=True)
 async def test_notification_is_delivered_on_every_channel(app: Harness, sink: WebhookSink) -> None:
     await app.put_recipient(
         "u-123",
@@ -73,7 +73,7 @@ async def test_notification_is_delivered_on_every_channel(app: Harness, sink: We
     assert verify(tenant.webhook_secret, hook.body, hook.headers["clarion-signature"])
 
 
-@pytest.mark.parametrize("backend", WITH_NATS, indirect=True)
+@pytest.mark.parametrize("backend", WITH_ENGINES, indirect=True)
 async def test_batch_of_a_thousand_reaches_the_sink(app: Harness, sink: WebhookSink) -> None:
     recipients = [{"id": f"r{i}", "webhook_url": f"{sink.url}/r{i}"} for i in range(50)]
     response = await app.client.post(
@@ -212,7 +212,7 @@ async def test_critical_notifications_are_planned_from_a_stream_of_their_own(
     }
 
 
-@pytest.mark.parametrize("backend", WITH_NATS, indirect=True)
+@pytest.mark.parametrize("backend", WITH_ENGINES, indirect=True)
 async def test_critical_lane_is_served(app: Harness) -> None:
     await app.put_recipient("u", phone="+33612345678")
     await app.put_template("t", {"channels": {"sms": {"text": "code 1234"}}})

@@ -7,6 +7,7 @@ import contextlib
 
 from redis.asyncio import Redis
 
+from clarion.broker.redis_client import connect
 from clarion.realtime.base import Subscription
 from clarion.realtime.redis import RedisHub
 
@@ -55,3 +56,33 @@ async def test_a_recipient_who_closes_and_comes_back_at_once_still_receives(
     finally:
         await hub.aclose()
         await redis.aclose()
+
+
+async def test_events_cross_a_redis_cluster_from_any_node_to_the_subscriber(
+    redis_cluster_url: str,
+) -> None:
+    """Two API processes on a Redis Cluster: events published by one (channels of every
+    slot, through every master) reach the connections held by the other."""
+    holder_redis = connect(redis_cluster_url, max_connections=8, pool_timeout=5)
+    sender_redis = connect(redis_cluster_url, max_connections=8, pool_timeout=5)
+    holder, sender = RedisHub(holder_redis), RedisHub(sender_redis)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            subs: list[Subscription] = await asyncio.gather(
+                *(stack.enter_async_context(holder.subscribe(TENANT, f"c{i}")) for i in range(60))
+            )
+            await sender.publish_many(
+                [(TENANT, f"c{i}", {"type": "message", "n": i}) for i in range(60)]
+            )
+            await sender.publish(TENANT, "c0", {"type": "message", "n": "again"})
+            for i, sub in enumerate(subs):
+                got = await sub.next_batch()
+                if i == 0 and len(got) == 1:
+                    got += await sub.next_batch()
+                assert got[0] == {"type": "message", "n": i}
+            assert got == [{"type": "message", "n": 59}]
+    finally:
+        await holder.aclose()
+        await sender.aclose()
+        await holder_redis.aclose()
+        await sender_redis.aclose()

@@ -8,8 +8,9 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
+from clarion.broker.redis_client import RedisClient, connect
 from clarion.resilience.ratelimit import (
     PACE_MARGIN,
     Decision,
@@ -31,7 +32,12 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["memory", "redis"])
+def shared_client(url: str) -> RedisClient:
+    """A process's client of Redis, or of a Redis Cluster, as resilience/backends.py makes it."""
+    return connect(url, max_connections=8, pool_timeout=5)
+
+
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def limiters(request: pytest.FixtureRequest) -> AsyncIterator[list[RateLimiter]]:
     """Two limiters sharing their buckets, as two processes would (Redis), or the one
     limiter of the embedded default twice."""
@@ -39,8 +45,10 @@ async def limiters(request: pytest.FixtureRequest) -> AsyncIterator[list[RateLim
         limiter = MemoryRateLimiter()
         yield [limiter, limiter]
         return
-    url = request.getfixturevalue("redis_url")
-    clients = [Redis.from_url(url), Redis.from_url(url)]
+    url = request.getfixturevalue(
+        "redis_cluster_url" if request.param == "redis-cluster" else "redis_url"
+    )
+    clients = [shared_client(url), shared_client(url)]
     yield [RedisRateLimiter(client) for client in clients]
     for client in clients:
         await client.aclose()
@@ -116,8 +124,12 @@ async def test_take_many_decides_in_order(limiters: list[RateLimiter]) -> None:
     assert [d.allowed for d in decisions] == [True, True, False, True]
 
 
-async def test_a_batch_after_the_server_lost_its_scripts(redis_url: str) -> None:
-    client = Redis.from_url(redis_url)
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_a_batch_after_the_server_lost_its_scripts(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("redis_cluster_url" if kind == "redis-cluster" else "redis_url")
+    client = shared_client(url)
     try:
         limiter = RedisRateLimiter(client)
         await client.script_flush()  # as after a restart of Redis
@@ -182,3 +194,30 @@ async def test_recipient_category_cap(limiters: list[RateLimiter]) -> None:
     assert [d.allowed for d in await limiter.take_many(takes)] == [True, True, False]
     refused = (await limiter.take_many(takes[:1]))[0]
     assert refused.retry_after == pytest.approx(1800, rel=0.01)
+
+
+async def test_a_cluster_node_that_lost_its_scripts_charges_each_bucket_once(
+    redis_cluster_url: str,
+) -> None:
+    """A batch over keys on every master, one of which lost its scripts (restarted, or a
+    replica just promoted): only the calls it refused are sent again, so the buckets on
+    the other masters are charged once."""
+    client = connect(redis_cluster_url, max_connections=8, pool_timeout=5)
+    assert isinstance(client, RedisCluster)
+    try:
+        limiter = RedisRateLimiter(client)
+        await limiter.take_many([Take("warm", 1.0, 2)])  # the script is loaded everywhere
+        keys = [f"spread-{i}" for i in range(30)]
+        masters = {client.get_node_from_key(f"clarion:rl:{{{key}}}").name for key in keys}
+        assert len(masters) == 3  # the batch reaches every master
+        [lost] = client.get_primaries()[:1]
+        await client.execute_command("SCRIPT FLUSH", target_nodes=lost)
+
+        first = await limiter.take_many([Take(key, 0.001, 2) for key in keys])
+        second = await limiter.take_many([Take(key, 0.001, 2) for key in keys])
+        third = await limiter.take_many([Take(key, 0.001, 2) for key in keys])
+
+        assert all(d.allowed for d in first + second)
+        assert not any(d.allowed for d in third)
+    finally:
+        await client.aclose()

@@ -57,6 +57,7 @@ settings (environment; every one is in docs/operations.md):
                          postgresql+asyncpg://user@host/db
   CLARION_BROKER_URL     embedded:// (default, one process), redis://host:6379/0 or
                          nats://host:4222 (NATS JetStream)
+                         redis+cluster://host1:6379,host2:6379 (a Redis Cluster)
   CLARION_REDIS_URL      Redis for rate limits, breakers and live inbox fan-out
                          (the broker's Redis by default; set it with NATS)
   CLARION_SECRET_KEY     seals provider credentials (`clarion secret generate`)

@@ -16,6 +16,10 @@ from clarion.domain.proxies import Proxies, environment_proxies, parse_no_proxy,
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# A broker URL with these schemes is a Redis (one server, or a cluster: broker/redis_client.py),
+# which also serves the rate limits, breakers and live inbox events unless CLARION_REDIS_URL
+# names another.
+_REDIS_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
 
 
 def parse_duration(text: str) -> float:
@@ -120,6 +124,11 @@ class Settings(BaseSettings):
     provider_cache_ttl: float = Field(default=5.0, ge=0)
     # How long a consumer may hold a message before another takes it back.
     broker_lease: Positive = 30.0
+    # Redis broker: each stream is kept in this many Redis streams (shards), which a
+    # Redis Cluster spreads over its nodes; publishers spread messages over them and
+    # consumers read them all (docs/operations.md, "Redis Cluster"). Raise it freely;
+    # lower it only with the streams drained.
+    broker_shards: int = Field(default=1, ge=1, le=64)
     # Deliveries still `queued` this long after their last change are published again.
     sweep_after: Positive = 300.0
     # A freshly accepted notification is published by its API process at once; the relay
@@ -288,6 +297,6 @@ class Settings(BaseSettings):
     def effective_redis_url(self) -> str | None:
         if self.redis_url:
             return self.redis_url
-        if self.broker_url.startswith(("redis://", "rediss://")):
+        if self.broker_url.startswith(_REDIS_SCHEMES):
             return self.broker_url
         return None

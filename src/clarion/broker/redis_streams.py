@@ -1,7 +1,12 @@
-"""The Redis broker: one Redis stream per broker stream, read through one consumer group.
+"""The Redis broker: one Redis stream per broker stream (or per shard of it), read through
+one consumer group.
 
 Keys carry a hash tag (``clarion:{stream}:s``, ``clarion:{stream}:d``) so that a stream and
-its delayed set share a Redis Cluster slot and the per-stream Lua script touches one slot.
+its delayed set share a Redis Cluster slot and every script and transaction touches one
+slot. With ``shards`` above 1 a stream is kept in that many Redis streams, shard ``k > 0``
+under the tag ``{stream#k}`` (shard 0 keeps the plain one): a cluster spreads them over its
+nodes. Publishers spread messages over the shards; consumers read them all, higher lanes
+first (docs/operations.md, "Redis Cluster").
 
 * Waiting and held messages live in the stream; acked ones are deleted from it, so the
   stream's length is what is left to do.
@@ -13,22 +18,32 @@ its delayed set share a Redis Cluster slot and the per-stream Lua script touches
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
+import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 from redis.typing import EncodableT, FieldT, StreamIdT
 
 from clarion.broker.base import Broker, Delayed, Message, StreamStats, Take
-from clarion.broker.codec import Payload, decode, encode
-from clarion.broker.reconnect import reconnecting
+from clarion.broker.codec import Payload, encode
+from clarion.broker.redis_client import RedisClient, connect
+from clarion.broker.redis_reads import (
+    ClusterReads,
+    Entries,
+    as_bytes,
+    as_sent,
+    by_key,
+    entry_of,
+    messages_of,
+    unless_stopped,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,40 +111,88 @@ return 0
 
 
 class RedisBroker(Broker):
-    """Streams in Redis (6.2+, for XAUTOCLAIM) with one consumer group per stream."""
+    """Streams in Redis (6.2+, for XAUTOCLAIM) with one consumer group per stream; a
+    ``redis+cluster://`` URL for a Redis Cluster (broker/redis_client.py)."""
 
-    def __init__(self, url: str, lease: float = 30.0, prefix: str = "clarion") -> None:
+    def __init__(
+        self, url: str, lease: float = 30.0, prefix: str = "clarion", shards: int = 1
+    ) -> None:
+        if shards < 1:
+            raise ValueError("a stream has at least one shard")
         self._url = url
         self._lease = lease
         self._prefix = prefix
-        self._client: Redis | None = None
+        self._shards = shards
+        self._client: RedisClient | None = None
+        self._cluster: ClusterReads | None = None
         self._move_due: AsyncScript | None = None
         self._publish: AsyncScript | None = None
         self._lead: AsyncScript | None = None
         self._step_down: AsyncScript | None = None
-        self._groups: set[str] = set()
-        self._moved_at: dict[str, float] = {}
-        # Per stream, when the next delayed message this instance knows of is due (epoch
-        # seconds; absent: none known).
-        self._next_due: dict[str, float] = {}
+        # Per stream shard's key: its stream and shard.
+        self._places: dict[bytes, tuple[str, int]] = {}
+        # Per stream, the shard its next message goes to (each process starts at random,
+        # so that processes publishing one message at a time don't all fill shard 0).
+        self._turn: dict[str, int] = {}
+        # Per stream, the shard read first (each read starts one further).
+        self._first: dict[str, int] = {}
+        # Per stream shard's key, as for one stream before sharding:
+        self._groups: set[bytes] = set()
+        self._moved_at: dict[bytes, float] = {}
+        # when the next delayed message this instance knows of is due (epoch seconds;
+        # absent: none known);
+        self._next_due: dict[bytes, float] = {}
+        self._claimed_at: dict[bytes, float] = {}
+        # where the last XAUTOCLAIM stopped (it is a scan: the next one goes on from there
+        # so that the whole pending list is covered, not just its head).
+        self._claim_cursor: dict[bytes, str] = {}
         # Until when this instance is busy (monotonic): something was taken or published.
         self._busy_until = 0.0
-        self._claimed_at: dict[str, float] = {}
-        # XAUTOCLAIM is a scan: continue where the last one stopped so the whole
-        # pending list is covered, not just its head.
-        self._claim_cursor: dict[str, str] = {}
         self._claim_every = max(0.05, lease / 4)
+
+    @property
+    def shards(self) -> int:
+        """How many Redis streams each stream is kept in."""
+        return self._shards
 
     # -- keys and connection ---------------------------------------------------------------
 
-    def _stream_key(self, stream: str) -> str:
-        return f"{self._prefix}:{{{stream}}}:s"
+    def _tag(self, stream: str, shard: int) -> str:
+        return stream if shard == 0 else f"{stream}#{shard}"
 
-    def _delayed_key(self, stream: str) -> str:
-        return f"{self._prefix}:{{{stream}}}:d"
+    def _stream_key(self, stream: str, shard: int = 0) -> str:
+        return f"{self._prefix}:{{{self._tag(stream, shard)}}}:s"
+
+    def _delayed_key(self, stream: str, shard: int = 0) -> str:
+        return f"{self._prefix}:{{{self._tag(stream, shard)}}}:d"
+
+    def _keys(self, streams: Sequence[str]) -> list[bytes]:
+        """The stream keys of ``streams``, in their order; each stream's shards from the
+        one after the shard read first last time."""
+        keys = []
+        for stream in streams:
+            first = self._first.get(stream, 0)
+            self._first[stream] = (first + 1) % self._shards
+            for i in range(self._shards):
+                keys.append(self._key(stream, (first + i) % self._shards))
+        return keys
+
+    def _key(self, stream: str, shard: int) -> bytes:
+        key = self._stream_key(stream, shard).encode()
+        if key not in self._places:
+            self._places[key] = (stream, shard)
+        return key
+
+    def _delayed_of(self, key: bytes) -> str:
+        return self._delayed_key(*self._places[key])
+
+    def _message_key(self, message: Message) -> tuple[str, str]:
+        """The stream key and entry id of a taken message."""
+        entry_id, shard = entry_of(message)
+        return self._stream_key(message.stream, shard), entry_id
 
     @property
-    def _redis(self) -> Redis:
+    def _redis(self) -> RedisClient:
         if self._client is None:
             raise RuntimeError("RedisBroker.start() was not called")
         return self._client
@@ -137,19 +200,22 @@ class RedisBroker(Broker):
     async def start(self) -> None:
         """Connect. Consumers block on reads for a moment, so the pool waits for a free
         connection rather than failing when all are busy."""
-        pool = BlockingConnectionPool.from_url(
-            self._url, max_connections=MAX_CONNECTIONS, timeout=20, protocol=2, **reconnecting()
-        )
-        self._client = Redis.from_pool(pool)
-        # Entries as the server sent them: _messages reads their fields, without a dict,
+        client = connect(self._url, max_connections=MAX_CONNECTIONS, pool_timeout=20)
+        self._client = client
+        if isinstance(client, RedisCluster):
+            self._cluster = ClusterReads(client, GROUP, self._lease)
+        # Entries as the server sent them: messages_of reads their fields, without a dict,
         # a tuple and a list built per entry by redis-py first.
-        self._client.set_response_callback("XREADGROUP", _as_sent)
-        self._move_due = self._client.register_script(_MOVE_DUE)
-        self._publish = self._client.register_script(_PUBLISH)
-        self._lead = self._client.register_script(_LEAD)
-        self._step_down = self._client.register_script(_STEP_DOWN)
+        client.set_response_callback("XREADGROUP", as_sent)
+        self._move_due = client.register_script(_MOVE_DUE)
+        self._publish = client.register_script(_PUBLISH)
+        self._lead = client.register_script(_LEAD)
+        self._step_down = client.register_script(_STEP_DOWN)
 
     async def close(self) -> None:
+        if self._cluster is not None:
+            await self._cluster.aclose()
+            self._cluster = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -172,27 +238,59 @@ class RedisBroker(Broker):
 
     # -- publishing ------------------------------------------------------------------------
 
+    def _spread(self, stream: str, count: int) -> list[tuple[int, int, int]]:
+        """Where ``count`` messages of ``stream`` go: ``(shard, start, end)`` slices of
+        them, as even as can be, over the shards in turn."""
+        if self._shards == 1:
+            return [(0, 0, count)]
+        turn = self._turn.get(stream)
+        if turn is None:
+            turn = random.randrange(self._shards)
+        parts = min(count, self._shards)
+        self._turn[stream] = (turn + parts) % self._shards
+        size, extra = divmod(count, parts)
+        spread, start = [], 0
+        for i in range(parts):
+            end = start + size + (1 if i < extra else 0)
+            spread.append(((turn + i) % self._shards, start, end))
+            start = end
+        return spread
+
     async def publish(self, stream: str, payloads: Sequence[Payload]) -> None:
         if not payloads:
             return
-        assert self._publish is not None  # set with the client in start()
+        publish = self._publish
+        assert publish is not None  # set with the client in start()
         self._busy_until = time.monotonic() + QUIET
-        # No MAXLEN: trimming would drop work that nobody has done yet.
-        await self._publish(keys=[self._stream_key(stream)], args=[encode(p) for p in payloads])
+        encoded = [encode(p) for p in payloads]
+        # No MAXLEN: trimming would drop work that nobody has done yet. One script call per
+        # shard, side by side (each reloads the script itself if its server lost it).
+        await asyncio.gather(
+            *(
+                publish(keys=[self._stream_key(stream, shard)], args=encoded[start:end])
+                for shard, start, end in self._spread(stream, len(encoded))
+            )
+        )
 
     async def publish_delayed(self, items: Sequence[Delayed]) -> None:
         if not items:
             return
+        by_stream: dict[str, list[Delayed]] = defaultdict(list)
+        for item in items:
+            by_stream[item.stream].append(item)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for item in items:
-                member = os.urandom(TAG_BYTES).hex().encode() + encode(item.payload)
-                pipe.zadd(self._delayed_key(item.stream), {member: item.due})
+            for stream, held in by_stream.items():
+                for shard, start, end in self._spread(stream, len(held)):
+                    key = self._delayed_key(stream, shard)
+                    for item in held[start:end]:
+                        member = os.urandom(TAG_BYTES).hex().encode() + encode(item.payload)
+                        pipe.zadd(key, {member: item.due})
+                    due = min(item.due for item in held[start:end])
+                    known = self._next_due.get(self._key(stream, shard))
+                    if known is None or due < known:
+                        self._next_due[self._key(stream, shard)] = due
             await pipe.execute()
         self._busy_until = time.monotonic() + QUIET
-        for item in items:
-            known = self._next_due.get(item.stream)
-            if known is None or item.due < known:
-                self._next_due[item.stream] = item.due
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -211,214 +309,242 @@ class RedisBroker(Broker):
             taken = [m for m in taken if m.poison is None]
         return taken
 
-    def poison_key(self, stream: str) -> str:
+    def poison_key(self, stream: str, shard: int = 0) -> str:
         """Where entries that cannot be decoded are kept for an operator to read."""
-        return f"{self._stream_key(stream)}:poison"
+        return f"{self._stream_key(stream, shard)}:poison"
+
+    def _by_slot(self, messages: Sequence[Message]) -> list[list[Message]]:
+        """Messages in groups that one transaction may touch: all of them on one server,
+        those of one stream shard (one slot) in a cluster."""
+        if self._cluster is None:
+            return [list(messages)] if messages else []
+        groups: dict[str, list[Message]] = defaultdict(list)
+        for message in messages:
+            groups[self._message_key(message)[0]].append(message)
+        return list(groups.values())
 
     async def _set_aside(self, messages: Sequence[Message]) -> None:
         """Move undecodable entries to the stream's poison stream: handed out again they
         would fail again, forever."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for message in messages:
-                log.error(
-                    "stream %s: entry %s cannot be decoded (%s): set aside in %s",
-                    message.stream,
-                    message.id,
-                    message.poison,
-                    self.poison_key(message.stream),
-                )
-                key = self._stream_key(message.stream)
-                fields: dict[FieldT, EncodableT] = {
-                    "id": message.id,
-                    "error": message.poison or "",
-                    "raw": str(message.payload.get("raw", "")),
-                }
-                pipe.xadd(self.poison_key(message.stream), fields, maxlen=10_000)
-                pipe.xack(key, GROUP, message.id)
-                pipe.xdel(key, message.id)
-            await pipe.execute()
+        for group in self._by_slot(messages):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for message in group:
+                    key, entry_id = self._message_key(message)
+                    aside = f"{key}:poison"
+                    log.error(
+                        "stream %s: entry %s cannot be decoded (%s): set aside in %s",
+                        message.stream,
+                        message.id,
+                        message.poison,
+                        aside,
+                    )
+                    fields: dict[FieldT, EncodableT] = {
+                        "id": entry_id,
+                        "error": message.poison or "",
+                        "raw": str(message.payload.get("raw", "")),
+                    }
+                    pipe.xadd(aside, fields, maxlen=10_000)
+                    pipe.xack(key, GROUP, entry_id)
+                    pipe.xdel(key, entry_id)
+                await pipe.execute()
 
     async def _read_all(self, take: Take) -> list[Message]:
         """Leases taken back first, then one read over every stream: it returns at once
         when any has messages, else blocks for a slice of the time left, up to when the
         next delayed message known is due (due delayed messages are moved between
         slices). ``stop`` ends a blocking read at once."""
-        streams, consumer, count = take.streams, take.consumer, take.count
-        await self._ensure_groups(streams)
-        taken = await self._maintain(streams, consumer, count, take.overfill)
+        consumer, count = take.consumer, take.count
+        keys = self._keys(take.streams)
+        await self._ensure_groups(keys)
+        taken = await self._maintain(keys, consumer, count)
         while len(taken) < count:
             remaining = 0.0 if take.stopping else take.deadline - time.monotonic()
             # Not blocking when there is something to return, or no time left.
-            block = None if taken or remaining <= 0 else min(remaining, self._slice(streams))
-            taken += await self._read(
-                streams, consumer, count - len(taken), block, take.overfill, take.stop
-            )
+            block = None if taken or remaining <= 0 else min(remaining, self._slice(keys))
+            taken += await self._read(take, keys, count - len(taken), block)
             if taken or remaining <= 0 or take.stopping:
                 break
-            taken = await self._maintain(streams, consumer, count, take.overfill)
+            taken = await self._maintain(keys, consumer, count)
         if taken:
             self._busy_until = time.monotonic() + QUIET
         return taken
 
-    def _slice(self, streams: Sequence[str]) -> float:
+    def _slice(self, keys: Sequence[bytes]) -> float:
         """How long a read may block before delayed messages are looked at again: a slice
         while busy, up to ``RESTING_LOOK`` at rest, and no longer than until the next
         delayed message known is due."""
         if time.monotonic() < self._busy_until:
             return BLOCK_SLICE
         now = time.time()
-        soonest = min((self._next_due.get(s, now + RESTING_LOOK) for s in streams), default=now)
+        soonest = min((self._next_due.get(k, now + RESTING_LOOK) for k in keys), default=now)
         return min(RESTING_LOOK, max(MOVE_EVERY, soonest - now))
 
-    async def _ensure_groups(self, streams: Sequence[str]) -> None:
-        for stream in streams:
-            if stream in self._groups:
+    async def _ensure_groups(self, keys: Sequence[bytes]) -> None:
+        for key in keys:
+            if key in self._groups:
                 continue
             try:
                 # At id 0, so messages published before the group existed are not skipped.
-                await self._redis.xgroup_create(self._stream_key(stream), GROUP, "0", mkstream=True)
+                await self._redis.xgroup_create(key, GROUP, "0", mkstream=True)
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-            self._groups.add(stream)
+            self._groups.add(key)
 
-    async def _maintain(
-        self, streams: Sequence[str], consumer: str, count: int, overfill: bool
-    ) -> list[Message]:
+    async def _maintain(self, keys: Sequence[bytes], consumer: str, count: int) -> list[Message]:
         """Move due delayed messages into their streams and take back expired leases, each
-        at most as often as its interval, all in one pipelined round trip; return the
-        messages taken back (no more than ``count`` unless ``overfill``: the excess is put
-        back on its streams)."""
+        at most as often as its interval, all in one pipelined round trip (one per node of
+        a cluster, side by side); return the messages taken back, no more than ``count``
+        (the excess, rare, is put back on its streams)."""
         now, wall = time.monotonic(), time.time()
-        moving = [s for s in streams if self._moving_due(s, now, wall)]
-        claiming = [s for s in streams if now - self._claimed_at.get(s, -1e9) >= self._claim_every]
+        moving = [k for k in keys if self._moving_due(k, now, wall)]
+        claiming = [k for k in keys if now - self._claimed_at.get(k, -1e9) >= self._claim_every]
         if not moving and not claiming:
             return []
-        for stream in moving:
-            self._moved_at[stream] = now
-        for stream in claiming:
-            self._claimed_at[stream] = now
+        for key in moving:
+            self._moved_at[key] = now
+        for key in claiming:
+            self._claimed_at[key] = now
         assert self._move_due is not None  # set with the client in start()
         async with self._redis.pipeline(transaction=False) as pipe:
-            for stream in moving:
-                keys = [self._delayed_key(stream), self._stream_key(stream)]
-                pipe.evalsha(self._move_due.sha, 2, *keys, wall, MOVE_BATCH, TAG_BYTES * 2)
-            for stream in claiming:
+            for key in moving:
+                # As a plain command: a cluster's pipeline refuses its evalsha().
+                args = (wall, MOVE_BATCH, TAG_BYTES * 2)
+                pipe.execute_command(
+                    "EVALSHA", self._move_due.sha, 2, self._delayed_of(key), key, *args
+                )
+            for key in claiming:
                 pipe.xautoclaim(
-                    self._stream_key(stream),
+                    key,
                     GROUP,
                     consumer,
                     min_idle_time=int(self._lease * 1000),
-                    start_id=self._claim_cursor.get(stream, "0-0"),
+                    start_id=self._claim_cursor.get(key, "0-0"),
                     count=count,
                 )
             replies = await pipe.execute(raise_on_error=False)
         moves, claims = replies[: len(moving)], replies[len(moving) :]
-        again = [s for s, reply in zip(moving, moves, strict=True) if not self._moved(s, reply)]
+        again = [k for k, reply in zip(moving, moves, strict=True) if not self._moved(k, reply)]
         if again:
             await self._move_due_messages(again)
         claimed: list[Message] = []
-        for stream, reply in zip(claiming, claims, strict=True):
+        for key, reply in zip(claiming, claims, strict=True):
             if isinstance(reply, Exception):
                 raise reply
-            claimed += self._claimed(stream, reply)
-        if len(claimed) > count and not overfill:
+            claimed += self._claimed(key, reply)
+        if len(claimed) > count:
             await self._requeue(claimed[count:], mark_redelivered=True)
             claimed = claimed[:count]
         return claimed
 
-    def _moved(self, stream: str, reply: Any) -> bool:
-        """Note when a stream's next delayed message is due, from its move's reply; False
-        when the move must go again (a full batch moved: more may be due; or the server
-        had lost the script)."""
+    def _moved(self, key: bytes, reply: Any) -> bool:
+        """Note when a stream shard's next delayed message is due, from its move's reply;
+        False when the move must go again (a full batch moved: more may be due; or the
+        server had lost the script)."""
         if isinstance(reply, NoScriptError):
             return False
         if isinstance(reply, Exception):
             raise reply
         moved, upcoming = reply
         if upcoming:
-            self._next_due[stream] = float(upcoming)
+            self._next_due[key] = float(upcoming)
         else:
-            self._next_due.pop(stream, None)
+            self._next_due.pop(key, None)
         return bool(moved != MOVE_BATCH)
 
-    def _moving_due(self, stream: str, now: float, wall: float) -> bool:
-        """Whether to move a stream's due delayed messages now: every ``MOVE_EVERY``
+    def _moving_due(self, key: bytes, now: float, wall: float) -> bool:
+        """Whether to move a stream shard's due delayed messages now: every ``MOVE_EVERY``
         while busy; at rest when one known is due, or ``RESTING_LOOK`` after the last
         look."""
-        since = now - self._moved_at.get(stream, -1e9)
+        since = now - self._moved_at.get(key, -1e9)
         if since < MOVE_EVERY:
             return False
         if now < self._busy_until or since >= RESTING_LOOK:
             return True
-        known = self._next_due.get(stream)
+        known = self._next_due.get(key)
         return known is not None and known <= wall
 
-    async def _move_due_messages(self, streams: Sequence[str]) -> None:
-        """One script call per stream (each touches one cluster slot), all in one round
-        trip. A full batch means more may be due: that stream goes again until drained.
-        Each call says when the next message left is due."""
+    async def _move_due_messages(self, keys: Sequence[bytes]) -> None:
+        """One script call per stream shard (each touches one cluster slot), all in one
+        round trip (one per node of a cluster, side by side). A full batch means more may
+        be due: that shard goes again until drained. Each call says when the next message
+        left is due. Moving is safe to repeat, so a batch that met a server without the
+        script (restarted, or a replica just promoted) is sent again whole."""
         assert self._move_due is not None  # set with the client in start()
         sha = self._move_due.sha
-        while streams:
+        while keys:
             args = [time.time(), MOVE_BATCH, TAG_BYTES * 2]
             async with self._redis.pipeline(transaction=False) as pipe:
-                for stream in streams:
-                    keys = [self._delayed_key(stream), self._stream_key(stream)]
-                    pipe.evalsha(sha, 2, *keys, *args)
+                for key in keys:
+                    # As a plain command: a cluster's pipeline refuses its evalsha().
+                    pipe.execute_command("EVALSHA", sha, 2, self._delayed_of(key), key, *args)
                 try:
                     replies = await pipe.execute()
                 except NoScriptError:
-                    # The server lost its script cache (a restart, SCRIPT FLUSH).
                     await self._redis.script_load(_MOVE_DUE)
                     continue
-            for stream, (_, upcoming) in zip(streams, replies, strict=True):
+            for key, (_, upcoming) in zip(keys, replies, strict=True):
                 if upcoming:
-                    self._next_due[stream] = float(upcoming)
+                    self._next_due[key] = float(upcoming)
                 else:
-                    self._next_due.pop(stream, None)
-            streams = [s for s, r in zip(streams, replies, strict=True) if r[0] == MOVE_BATCH]
+                    self._next_due.pop(key, None)
+            keys = [k for k, r in zip(keys, replies, strict=True) if r[0] == MOVE_BATCH]
 
-    def _claimed(self, stream: str, reply: Any) -> list[Message]:
+    def _claimed(self, key: bytes, reply: Any) -> list[Message]:
         """The messages an XAUTOCLAIM took back; the scan goes on from where it stopped."""
         cursor = reply[0]
-        self._claim_cursor[stream] = cursor.decode() if isinstance(cursor, bytes) else cursor
-        return _messages(stream, reply[1], redelivered=True)
+        self._claim_cursor[key] = cursor.decode() if isinstance(cursor, bytes) else cursor
+        return messages_of(*self._places[key], reply[1], redelivered=True)
 
     async def _read(
-        self,
-        streams: Sequence[str],
-        consumer: str,
-        count: int,
-        block: float | None,
-        overfill: bool,
-        stop: asyncio.Event | None = None,
+        self, take: Take, keys: Sequence[bytes], count: int, block: float | None
     ) -> list[Message]:
-        """One XREADGROUP over all the streams (blocking for at most one slice of
-        ``block`` seconds, if given, or until ``stop``), in stream order."""
-        names = {self._stream_key(stream).encode(): stream for stream in streams}
+        """One read of every key (blocking for at most ``block`` seconds, if given, or
+        until ``stop``), in stream order. COUNT applies per key: each shard of a stream is
+        asked for its part of ``count``, and what comes over ``count`` (per stream with
+        ``overfill``, else in all) is given back."""
+        per_key = -(-count // self._shards)
+        counts = dict.fromkeys(keys, per_key)
+        if self._cluster is not None:
+            got = await self._cluster.read(take.consumer, counts, block, take.stop)
+        else:
+            got = await self._read_server(take, counts, block)
+        taken, excess = [], []
+        for stream in dict.fromkeys([*take.streams, *(self._places[k][0] for k in got)]):
+            ordered = [k for k in keys if self._places[k][0] == stream]
+            ordered += [k for k in got if k not in counts and self._places[k][0] == stream]
+            found = []
+            for key in ordered:
+                if key in got:
+                    entries, stale = got[key]
+                    found += messages_of(*self._places[key], entries, redelivered=stale)
+            if take.overfill and len(found) > count:
+                excess += found[count:]
+                found = found[:count]
+            taken += found
+        if not take.overfill and len(taken) > count:
+            excess += taken[count:]
+            taken = taken[:count]
+        if excess:
+            await self._requeue(excess, mark_redelivered=False)
+        return taken
+
+    async def _read_server(
+        self, take: Take, counts: dict[bytes, int], block: float | None
+    ) -> Entries:
+        """One XREADGROUP over every key (one server: any keys may go together)."""
         read = self._redis.xreadgroup(
             GROUP,
-            consumer,
-            dict.fromkeys(names, ">"),
-            count=count,
+            take.consumer,
+            dict.fromkeys(counts, ">"),
+            count=max(counts.values()),
             block=None if block is None else max(1, int(min(block, RESTING_LOOK) * 1000)),
         )
-        if block is None or stop is None:
+        if block is None or take.stop is None:
             reply = await read
         else:
-            reply = await _unless_stopped(read, stop)
-        got: dict[str, list[Message]] = {}
-        for key, entries in _by_key(reply):
-            stream = names[_as_bytes(key)]
-            got[stream] = _messages(stream, entries)
-        taken = [m for stream in streams for m in got.get(stream, [])]
-        # COUNT applies per stream: when several streams had data and the caller wants no
-        # more than ``count``, give back the excess.
-        if len(taken) > count and not overfill:
-            await self._requeue(taken[count:], mark_redelivered=False)
-            return taken[:count]
-        return taken
+            reply = await unless_stopped(read, take.stop)
+        return {as_bytes(key): (entries, False) for key, entries in by_key(reply) if entries}
 
     # -- settling --------------------------------------------------------------------------
 
@@ -426,8 +552,7 @@ class RedisBroker(Broker):
         if not messages:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
-            for stream, ids in _ids_by_stream(messages).items():
-                key = self._stream_key(stream)
+            for key, ids in self._ids_by_key(messages).items():
                 pipe.xack(key, GROUP, *ids)
                 # Deleted too, so the stream holds only work still to do.
                 pipe.xdel(key, *ids)
@@ -442,29 +567,36 @@ class RedisBroker(Broker):
         if not messages:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
-            for stream, ids in _ids_by_stream(messages).items():
+            for key, ids in self._ids_by_key(messages).items():
                 claimed: list[StreamIdT] = list(ids)
-                pipe.xclaim(self._stream_key(stream), GROUP, consumer, 0, claimed, justid=True)
+                pipe.xclaim(key, GROUP, consumer, 0, claimed, justid=True)
             await pipe.execute()
 
+    def _ids_by_key(self, messages: Sequence[Message]) -> dict[str, list[str]]:
+        ids: dict[str, list[str]] = defaultdict(list)
+        for message in messages:
+            key, entry_id = self._message_key(message)
+            ids[key].append(entry_id)
+        return ids
+
     async def _requeue(self, messages: Sequence[Message], *, mark_redelivered: bool) -> None:
-        """Append copies of ``messages`` and drop the originals, atomically.
+        """Append copies of ``messages`` and drop the originals, atomically (per stream
+        shard in a cluster, one slot per transaction).
 
         A stream entry's delivery count cannot be carried over, so the copy has a field ``r``
         that makes the next consumer see it as redelivered.
         """
-        if not messages:
-            return
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for message in messages:
-                key = self._stream_key(message.stream)
-                fields: dict[FieldT, EncodableT] = {"d": encode(message.payload)}
-                if mark_redelivered or message.redelivered:
-                    fields["r"] = b"1"
-                pipe.xadd(key, fields)
-                pipe.xack(key, GROUP, message.id)
-                pipe.xdel(key, message.id)
-            await pipe.execute()
+        for group in self._by_slot(messages):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for message in group:
+                    key, entry_id = self._message_key(message)
+                    fields: dict[FieldT, EncodableT] = {"d": encode(message.payload)}
+                    if mark_redelivered or message.redelivered:
+                        fields["r"] = b"1"
+                    pipe.xadd(key, fields)
+                    pipe.xack(key, GROUP, entry_id)
+                    pipe.xdel(key, entry_id)
+                await pipe.execute()
 
     async def backlog(
         self, streams: Sequence[str], due_before: float | None = None
@@ -472,34 +604,46 @@ class RedisBroker(Broker):
         until = "+inf" if due_before is None else f"({due_before}"
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream in streams:
-                pipe.xlen(self._stream_key(stream))
-                pipe.zcount(self._delayed_key(stream), "-inf", until)
+                for shard in range(self._shards):
+                    pipe.xlen(self._stream_key(stream, shard))
+                    pipe.zcount(self._delayed_key(stream, shard), "-inf", until)
             counts = await pipe.execute()
+        per_stream = 2 * self._shards
         return {
-            stream: int(counts[2 * i]) + int(counts[2 * i + 1]) for i, stream in enumerate(streams)
+            stream: sum(int(n) for n in counts[i * per_stream : (i + 1) * per_stream])
+            for i, stream in enumerate(streams)
         }
 
     async def stream_stats(self, streams: Sequence[str]) -> list[StreamStats]:
-        """XLEN, XINFO GROUPS and ZCARD of each stream, in one round trip. Acked entries
-        are deleted, so a group's ``lag`` may be unknown to Redis: then it is the length
-        less the pending entries."""
+        """XLEN, XINFO GROUPS and ZCARD of each stream shard, in one round trip, added up
+        per stream. Acked entries are deleted, so a group's ``lag`` may be unknown to
+        Redis: then it is the length less the pending entries."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream in streams:
-                pipe.xlen(self._stream_key(stream))
-                pipe.xinfo_groups(self._stream_key(stream))
-                pipe.zcard(self._delayed_key(stream))
+                for shard in range(self._shards):
+                    pipe.xlen(self._stream_key(stream, shard))
+                    pipe.xinfo_groups(self._stream_key(stream, shard))
+                    pipe.zcard(self._delayed_key(stream, shard))
             replies = await pipe.execute(raise_on_error=False)
         stats = []
         for i, stream in enumerate(streams):
-            length, groups, delayed = replies[3 * i : 3 * i + 3]
-            length = length if isinstance(length, int) else 0
-            group = _group_info(groups)
-            pending = int(group.get("pending") or 0)
-            lag = group.get("lag")
-            lag = int(lag) if lag is not None else max(0, length - pending)
-            delayed = delayed if isinstance(delayed, int) else 0
-            stats.append(StreamStats(stream, GROUP, length, pending, lag, delayed))
+            totals = [0, 0, 0, 0]
+            for shard in range(self._shards):
+                at = 3 * (i * self._shards + shard)
+                for n, value in enumerate(_shard_stats(*replies[at : at + 3])):
+                    totals[n] += value
+            stats.append(StreamStats(stream, GROUP, *totals))
         return stats
+
+
+def _shard_stats(length: Any, groups: Any, delayed: Any) -> tuple[int, int, int, int]:
+    """Length, pending, lag and delayed of one stream shard from its replies."""
+    length = length if isinstance(length, int) else 0
+    group = _group_info(groups)
+    pending = int(group.get("pending") or 0)
+    lag = group.get("lag")
+    lag = int(lag) if lag is not None else max(0, length - pending)
+    return length, pending, lag, delayed if isinstance(delayed, int) else 0
 
 
 def _group_info(groups: Any) -> dict[str, Any]:
@@ -515,75 +659,3 @@ def _group_info(groups: Any) -> dict[str, Any]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _as_bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()
-
-
-def _by_key(reply: Any) -> Iterable[tuple[bytes | str, Any]]:
-    """(stream key, entries) pairs from an XREADGROUP reply, in RESP2 or RESP3 shape."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):
-        return [(key, value[0]) for key, value in reply.items()]
-    return [(key, entries) for key, entries in reply]
-
-
-def _as_sent(response: Any, **_: Any) -> Any:
-    return response
-
-
-def _messages(stream: str, entries: Any, redelivered: bool = False) -> list[Message]:
-    """The messages of stream entries: each ``(id, fields)``, its fields a dict (XAUTOCLAIM,
-    parsed by redis-py) or the server's flat list of names and values (XREADGROUP)."""
-    messages = []
-    for entry_id, fields in entries:
-        if not fields:  # an entry deleted while pending (older servers report these)
-            continue
-        if isinstance(fields, list):
-            if len(fields) == 2 and fields[0] == b"d":  # the payload alone: the usual entry
-                fields = {b"d": fields[1]}
-            else:
-                pairs = iter(fields)
-                fields = dict(zip(pairs, pairs, strict=False))
-        ident = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-        try:
-            payload, poison = decode(fields[b"d"]), None
-        except (KeyError, ValueError) as exc:
-            payload, poison = {"raw": repr(fields)[:1000]}, f"{type(exc).__name__}: {exc}"
-        messages.append(
-            Message(
-                stream, ident, payload, redelivered=redelivered or b"r" in fields, poison=poison
-            )
-        )
-    return messages
-
-
-def _ids_by_stream(messages: Sequence[Message]) -> dict[str, list[str]]:
-    ids: dict[str, list[str]] = defaultdict(list)
-    for message in messages:
-        ids[message.stream].append(message.id)
-    return ids
-
-
-async def _unless_stopped(read: Awaitable[Any], stop: asyncio.Event) -> Any:
-    """A blocking read's reply, or nothing if ``stop`` comes first: the read is then
-    cancelled (its connection is closed, not reused). An entry the server handed out to
-    the cancelled read is taken back by any consumer once its lease ends, as after a
-    crash."""
-    reading = asyncio.ensure_future(read)
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        reading.cancel()
-        raise
-    finally:
-        stopping.cancel()
-    if reading.done():
-        return reading.result()
-    reading.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await reading
-    return []

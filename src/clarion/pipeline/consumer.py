@@ -150,8 +150,9 @@ class FairConsumer:
         self._per_endpoint: Counter[_Key] = Counter()
         # Per full endpoint, its messages waiting for one of its slots (with their lane).
         self._parked: dict[_Key, deque[tuple[int, Message]]] = {}
-        # When each held message's lease was last renewed (monotonic seconds).
-        self._renewed: dict[str, tuple[Message, float]] = {}
+        # When each held message's lease was last renewed (monotonic seconds), by stream and
+        # id (two streams may give the same id).
+        self._renewed: dict[tuple[str, str], tuple[Message, float]] = {}
         self._room = asyncio.Event()
 
     @property
@@ -214,7 +215,7 @@ class FairConsumer:
                 lane, message = parked.pop()
                 if lane == self._retry_lane:
                     self._retries_waiting -= 1
-                self._renewed.pop(message.id, None)
+                self._renewed.pop((message.stream, message.id), None)
                 spilled.append(message)
         if not spilled:
             return
@@ -261,7 +262,7 @@ class FairConsumer:
             if queue is None:
                 queue = queues[tenant] = deque()
             queue.append(message)
-            self._renewed[message.id] = (message, now)
+            self._renewed[(message.stream, message.id)] = (message, now)
             if lane == self._retry_lane:
                 self._retries_waiting += 1
         self._waiting_count += len(messages)
@@ -383,7 +384,7 @@ class FairConsumer:
                 if not self._per_endpoint[key]:
                     del self._per_endpoint[key]
                 self._unpark(key)
-            self._renewed.pop(message.id, None)
+            self._renewed.pop((message.stream, message.id), None)
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: a task failed: %r", self._name, task.exception())
         self._start_ready()
@@ -418,8 +419,8 @@ class FairConsumer:
                 continue
             now = self._clock()
             for message in stale:
-                if message.id in self._renewed:
-                    self._renewed[message.id] = (message, now)
+                if (message.stream, message.id) in self._renewed:
+                    self._renewed[(message.stream, message.id)] = (message, now)
 
     async def stop(self, deadline: float) -> None:
         """Give back what waits; finish what runs within ``deadline`` seconds, hand back the

@@ -10,6 +10,10 @@ One task owns the subscriber connection and (un)subscribes between reads (every 
 most), so the connection is never used by two coroutines at once, and a connection that
 ends never waits on Redis.
 
+On a Redis Cluster a published event reaches every node (the cluster bus carries it), so
+the subscriber connection may be to any node; it is opened again, to a node of the
+cluster's current layout, when its node fails.
+
 Pub/sub is fire-and-forget. When the subscriber connection is lost, events published
 meanwhile are lost for this process: every local connection is closed with reason
 ``resync``, and its client resumes from its last event id (the inbox table is the truth).
@@ -22,10 +26,11 @@ import contextlib
 import logging
 
 import orjson
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
+from clarion.broker.redis_client import RedisClient
 from clarion.realtime.base import RESYNC, Event, Hub, Key
 
 log = logging.getLogger(__name__)
@@ -54,7 +59,7 @@ class RedisHub(Hub):
     connections of this process ask for, between reads, so the connection is never used
     by two coroutines at once, and a connection that ends never waits on Redis."""
 
-    def __init__(self, redis: Redis, queue_size: int = 256) -> None:
+    def __init__(self, redis: RedisClient, queue_size: int = 256) -> None:
         super().__init__(queue_size)
         self._redis = redis
         self._owner: asyncio.Task[None] | None = None
@@ -73,7 +78,10 @@ class RedisHub(Hub):
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for tenant_id, recipient_id, event in items:
-                pipe.publish(channel(tenant_id, recipient_id), orjson.dumps(event))
+                # As a plain command: a cluster's pipeline refuses its publish().
+                pipe.execute_command(
+                    "PUBLISH", channel(tenant_id, recipient_id), orjson.dumps(event)
+                )
             await pipe.execute()
 
     async def start(self) -> None:
@@ -94,19 +102,36 @@ class RedisHub(Hub):
 
     async def _own(self) -> None:
         pause = 0.1
+        lost = False
         while not self._closing:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub: PubSub | None = None
             try:
+                pubsub = await self._open(lost)
                 await self._serve(pubsub)
-            except (RedisError, OSError, RuntimeError) as exc:
+            except (RedisError, RedisClusterException, OSError, RuntimeError) as exc:
+                # RedisClusterException: a cluster whose layout cannot be read (a failover
+                # under way), not a RedisError.
                 log.warning("inbox pub/sub connection lost (%r): live connections resync", exc)
                 self._fail_waiting(exc)
                 self.close_all(RESYNC)
+                lost = True
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
             finally:
-                with contextlib.suppress(RedisError, OSError, RuntimeError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                if pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError, RuntimeError):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _open(self, lost: bool) -> PubSub:
+        """A pub/sub connection. In a cluster it goes to a node of the cluster's layout,
+        which is read first (and read again after a lost connection: its node may have
+        failed, and a replica taken over)."""
+        if isinstance(self._redis, RedisCluster):
+            if lost:
+                await self._redis.nodes_manager.initialize()
+            else:
+                await self._redis.initialize()
+        return self._redis.pubsub(ignore_subscribe_messages=True)
 
     async def _serve(self, pubsub: PubSub) -> None:
         while not self._closing:

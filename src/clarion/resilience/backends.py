@@ -1,16 +1,15 @@
 """The shared-state backends of one process: rate limiter and circuit breakers.
 
-With a Redis URL (``settings.effective_redis_url``) they live in Redis and are shared by
-every process of the deployment; without one, in this process (the embedded default).
+With a Redis URL (``settings.effective_redis_url``: one server, or a Redis Cluster) they
+live in Redis and are shared by every process of the deployment; without one, in this
+process (the embedded default).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import BlockingConnectionPool, Redis
-
-from clarion.broker.reconnect import reconnecting
+from clarion.broker.redis_client import RedisClient, connect
 from clarion.config import Settings
 from clarion.resilience.breaker import BreakerPolicy, CircuitBreaker, MemoryBreaker, RedisBreaker
 from clarion.resilience.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -39,7 +38,7 @@ def send_timeout(settings: Settings) -> float:
 class Backends:
     limiter: RateLimiter
     breakers: CircuitBreaker
-    redis: Redis | None = None
+    redis: RedisClient | None = None
 
     async def aclose(self) -> None:
         if self.redis is not None:
@@ -52,9 +51,5 @@ def open_backends(settings: Settings) -> Backends:
     url = settings.effective_redis_url
     if url is None:
         return Backends(MemoryRateLimiter(), MemoryBreaker(policy))
-    pool = BlockingConnectionPool.from_url(
-        url, max_connections=_MAX_CONNECTIONS, timeout=_POOL_TIMEOUT, protocol=2, **reconnecting()
-    )
-    # from_pool: closing the client closes the pool too.
-    client = Redis.from_pool(pool)
+    client = connect(url, max_connections=_MAX_CONNECTIONS, pool_timeout=_POOL_TIMEOUT)
     return Backends(RedisRateLimiter(client), RedisBreaker(client, policy), client)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
+from clarion.broker.redis_client import RedisClient
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -300,7 +300,9 @@ class RedisBreaker(CircuitBreaker):
     Redis Cluster slot; a tenant's breakers are listed in the set ``...:{tenant}:known``.
     """
 
-    def __init__(self, client: Redis, policy: BreakerPolicy, prefix: str = "clarion:cb") -> None:
+    def __init__(
+        self, client: RedisClient, policy: BreakerPolicy, prefix: str = "clarion:cb"
+    ) -> None:
         super().__init__(policy)
         self._client = client
         self._prefix = prefix

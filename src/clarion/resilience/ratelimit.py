@@ -27,8 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
+
+from clarion.broker.redis_client import RedisClient
 
 # Pacing keeps this fraction clear of a provider's limit, so that jitter between our
 # clock and the provider's (network, scheduling, a busy event loop after the slot) cannot
@@ -237,7 +238,7 @@ return {1, string.format('%.6f', wait), remaining, string.format('%.6f', new_tat
 class RedisRateLimiter(RateLimiter):
     """Buckets in Redis, shared by every process; one script call per request, pipelined."""
 
-    def __init__(self, client: Redis, prefix: str = "clarion:rl") -> None:
+    def __init__(self, client: RedisClient, prefix: str = "clarion:rl") -> None:
         self._client = client
         self._prefix = prefix
         self._script = client.register_script(GCRA_SCRIPT)
@@ -259,23 +260,31 @@ class RedisRateLimiter(RateLimiter):
         return [_decision(reply) for reply in replies]
 
     async def _pipelined(self, takes: Sequence[Take]) -> list[Any]:
-        """One round trip of ``EVALSHA``s. redis-py's pipelined scripts first ask the server
-        whether each script is loaded (``SCRIPT EXISTS``), a second round trip every time;
-        here a server that lost its scripts (restarted) answers ``NOSCRIPT``, and the
-        script is loaded and the batch sent once more."""
-        for first in (True, False):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for take in takes:
-                    pipe.execute_command(
-                        "EVALSHA", self._script.sha, 1, self._key(take.key), *self._args(take)
-                    )
-                try:
-                    return list(await pipe.execute())
-                except NoScriptError:
-                    if not first:
-                        raise
+        """One round trip of ``EVALSHA``s (in a cluster, one per node, side by side).
+        redis-py's pipelined scripts first ask the server whether each script is loaded
+        (``SCRIPT EXISTS``), a second round trip every time; here the calls that meet a
+        server without the script (restarted, or a replica just promoted) answer
+        ``NOSCRIPT``, and those alone are sent again once it is loaded: a call that went
+        through is never charged twice."""
+        replies = await self._evalsha_each(takes)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
             await self._client.script_load(GCRA_SCRIPT)
-        raise AssertionError("unreachable")
+            again = await self._evalsha_each([takes[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def _evalsha_each(self, takes: Sequence[Take]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for take in takes:
+                pipe.execute_command(
+                    "EVALSHA", self._script.sha, 1, self._key(take.key), *self._args(take)
+                )
+            return list(await pipe.execute(raise_on_error=False))
 
     async def _reserve(self, take: Take) -> tuple[Decision, float]:
         reply = await self._script(keys=[self._key(take.key)], args=self._args(take))

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import asyncpg
+from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -46,6 +47,18 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (OperationalError, DBAPIError, Po
 DRIVER_ERRORS: tuple[type[Exception], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
+_OUTAGES = (
+    OSError,
+    TimeoutError,
+    PoolTimeout,
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+
+
 def is_outage(exc: BaseException) -> bool:
     """True when ``exc`` says the store or broker is out of reach (every item would fail
     alike), False when it may be one item's fault."""
@@ -59,9 +72,9 @@ def is_outage(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.InterfaceError):
         # A connection or pool that is closed; a value asyncpg cannot encode is a ValueError.
         return not isinstance(exc, ValueError)
-    return isinstance(
-        exc, (OSError, TimeoutError, PoolTimeout, RedisConnectionError, RedisTimeoutError)
-    )
+    # A Redis Cluster down, reshaping or failing over (ClusterError, of which the cluster's
+    # CLUSTERDOWN) is out of reach alike.
+    return isinstance(exc, _OUTAGES)
 
 
 class Batcher(Generic[T, R]):

@@ -34,7 +34,9 @@ async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
     checks["database"] = await _check(ping(ctx.engine), ctx.engine.dialect.name)
     scheme = ctx.settings.broker_url.partition(":")[0]
-    broker = {"rediss": "redis", "unix": "redis", "tls": "nats"}.get(scheme, scheme)
+    # redis, rediss and their +cluster forms (a Redis Cluster) are all Redis; tls:// is NATS.
+    base = scheme.partition("+")[0]
+    broker = "redis" if base in ("redis", "rediss", "unix") else "nats" if base == "tls" else scheme
     checks["broker"] = await _check(ctx.broker.ping(), broker)
     redis = ctx.resilience.redis
     if redis is not None:

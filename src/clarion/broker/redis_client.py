@@ -1,0 +1,109 @@
+"""Clarion's Redis clients: one server, or a Redis Cluster, chosen by the URL.
+
+``redis://`` / ``rediss://`` / ``unix://``: one server (or a proxy in front of several).
+``redis+cluster://`` / ``rediss+cluster://``: a Redis Cluster, reached through any of the
+nodes listed, comma-separated (``redis+cluster://:secret@10.0.0.1:6379,10.0.0.2:6379``);
+the client learns the rest of the cluster from them, follows ``MOVED`` and ``ASK``
+redirections, and reads the cluster's layout again after a failover. Query options are
+redis-py's (``?ssl_cert_reqs=none``). Every key that a script or a transaction uses
+together carries the same hash tag, so that each touches one slot (docs/operations.md,
+"Redis Cluster").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from clarion.broker.reconnect import reconnecting
+
+# Either client: the commands Clarion sends are the same, routed by key in a cluster.
+RedisClient = Redis | RedisCluster
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
+
+# A cluster's client opens connections per node as it needs them and fails a command,
+# rather than waiting, when a node has this many busy: above anything one process uses
+# (its consumers' blocking reads and its sends' rate-limit and breaker calls).
+CLUSTER_CONNECTIONS_PER_NODE = 2048
+# How many times a command that met a node that is down (a failover under way) or a
+# cluster that is reshaping is sent again, the cluster's layout read afresh in between,
+# before the caller sees the outage and waits it out.
+CLUSTER_RETRIES = 3
+
+
+def is_redis_url(url: str) -> bool:
+    return url.partition("://")[0] in SCHEMES
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0] in CLUSTER_SCHEMES
+
+
+def connect(url: str, *, max_connections: int, pool_timeout: float) -> RedisClient:
+    """A client for ``url`` (no connection is made until first use). One server: a
+    blocking pool of ``max_connections`` (a caller waits ``pool_timeout`` for a free
+    one). A cluster: connections per node, up to ``CLUSTER_CONNECTIONS_PER_NODE``."""
+    if is_cluster_url(url):
+        return _cluster(url)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=pool_timeout, protocol=2, **reconnecting()
+    )
+    # from_pool: closing the client closes the pool too.
+    return Redis.from_pool(pool)
+
+
+def cluster_nodes(url: str) -> tuple[str, list[tuple[str, int]]]:
+    """A cluster URL as redis-py's URL of its first node (credentials, TLS and options
+    kept) and every node listed, as (host, port)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in CLUSTER_SCHEMES:
+        raise ValueError("a Redis Cluster URL starts with redis+cluster:// or rediss+cluster://")
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = netloc.rpartition("@")
+    nodes = [_host_port(part) for part in hosts.split(",") if part.strip()]
+    if not nodes:
+        raise ValueError("a Redis Cluster URL names at least one node: host:port[,host:port]")
+    host, port = nodes[0]
+    host = f"[{host}]" if ":" in host else host
+    first = f"{scheme.partition('+')[0]}://{userinfo}{at}{host}:{port}{tail}"
+    return first, nodes
+
+
+def _host_port(part: str) -> tuple[str, int]:
+    part = part.strip()
+    if part.startswith("["):  # [IPv6]:port
+        host, _, port = part[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = part.rpartition(":") if ":" in part else (part, "", "")
+    if not host:
+        raise ValueError(f"not a host:port in the Redis Cluster URL: {part!r}")
+    try:
+        number = int(port) if port else 6379
+    except ValueError:
+        raise ValueError(f"not a port in the Redis Cluster URL: {part!r}") from None
+    return unquote(host), number
+
+
+def _cluster(url: str) -> RedisCluster:
+    first, nodes = cluster_nodes(url)
+    settings: dict[str, Any] = reconnecting()
+    # The cluster client retries a command itself (after reading the layout again): its
+    # own Retry, not one per connection.
+    settings.pop("retry_on_error")
+    settings["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.1), CLUSTER_RETRIES)
+    return RedisCluster.from_url(
+        first,
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes[1:]],
+        max_connections=CLUSTER_CONNECTIONS_PER_NODE,
+        protocol=2,
+        **settings,
+    )

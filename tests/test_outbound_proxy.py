@@ -27,6 +27,7 @@ from clarion.domain.delivery import Delivery
 from clarion.domain.proxies import parse_no_proxy, parse_proxy, provider_proxies
 from clarion.errors import PermanentError, ProviderError, TransientError
 from clarion.net import HttpClient
+from clarion.providers import registry
 from clarion.providers.apns import ApnsProvider
 from clarion.providers.base import Provider, ProviderEnv, ProviderSpec
 from clarion.providers.configs import SendgridConfig
@@ -41,12 +42,19 @@ from clarion.security.netguard import AddressGuard
 from harness import make_settings, running
 from standins import serving
 from standins.apns import ApnsStandin
+from standins.discord import DiscordStandin
 from standins.fcm import FcmStandin
+from standins.google_chat import GoogleChatStandin
+from standins.mattermost import MattermostStandin
 from standins.proxy import ConnectProxy
 from standins.sendgrid import SendgridStandIn
 from standins.ses import SesStandIn
+from standins.slack import SlackStandin
+from standins.teams import TeamsStandin
+from standins.telegram import TelegramStandin
 from standins.twilio import TwilioStandin
 from standins.webpush import PushService, vapid_keys
+from standins.whatsapp import WhatsappStandin
 from webhook_sink import WebhookSink
 
 PASSWORD = "pa:ss@w0rd"  # needs percent-encoding in a URL
@@ -354,6 +362,57 @@ async def test_apns_http2_through_the_proxy(proxy: ConnectProxy) -> None:
         )
         assert [r.token for r in apns.received] == ["tok-1"]
         assert proxy.tunnels == [at(apns.port)]
+
+
+# Each chat kind and WhatsApp kind: its stand-in, the provider's configuration, where a
+# delivery goes (``to``) and its content.
+CHAT = {"text": "Order 42 shipped"}
+WHATSAPP = {"template": "hello_world", "language": "en_US"}
+MESSAGING: dict[str, Callable[[Any], tuple[dict[str, Any], str, Any, dict[str, Any]]]] = {
+    "slack_webhook": lambda s: ({}, "chat", [{"kind": "slack", "webhook_url": s.hook()}], CHAT),
+    "slack": lambda s: (s.config(), "chat", [{"kind": "slack", "channel": "C0ALERTS01"}], CHAT),
+    "discord": lambda s: ({}, "chat", [{"kind": "discord", "webhook_url": s.webhook()}], CHAT),
+    "teams": lambda s: ({}, "chat", [{"kind": "teams", "webhook_url": s.workflow()}], CHAT),
+    "mattermost": lambda s: ({}, "chat", [{"kind": "mattermost", "webhook_url": s.hook()}], CHAT),
+    "google_chat": lambda s: (
+        {},
+        "chat",
+        [{"kind": "google_chat", "webhook_url": s.webhook()}],
+        CHAT,
+    ),
+    "telegram": lambda s: (s.config(), "chat", [{"kind": "telegram", "chat_id": "4242001"}], CHAT),
+    "whatsapp_cloud": lambda s: (s.config(), "whatsapp", "+14155550100", WHATSAPP),
+    "twilio_whatsapp": lambda s: (
+        s.config(),
+        "whatsapp",
+        "+14155550100",
+        {"content_sid": "HX" + "ab" * 16, "body": ["Alex", "A42"]},
+    ),
+}
+STANDINS: dict[str, Callable[[], Any]] = {
+    "slack_webhook": SlackStandin,
+    "slack": SlackStandin,
+    "discord": DiscordStandin,
+    "teams": TeamsStandin,
+    "mattermost": MattermostStandin,
+    "google_chat": GoogleChatStandin,
+    "telegram": TelegramStandin,
+    "whatsapp_cloud": WhatsappStandin,
+    "twilio_whatsapp": lambda: TwilioStandin(contents={"HX" + "ab" * 16: 2}),
+}
+
+
+@pytest.mark.parametrize("kind", list(MESSAGING))
+async def test_chat_and_whatsapp_kinds_through_the_proxy(
+    proxy: ConnectProxy, engine: Any, kind: str
+) -> None:
+    async with serving(STANDINS[kind]()) as standin:
+        config, channel, to, content = MESSAGING[kind](standin)
+        made = ProviderSpec(tenant_id="t1", name=kind, kind=kind, channel=channel, config=config)
+        provider = registry.load(kind)(made, env_of(via(proxy), engine))
+        await sent(provider, delivery(channel, to, content))
+        assert len(standin.received) == 1
+        assert proxy.tunnels == [at(standin.port)]
 
 
 async def test_webhooks_through_the_proxy(proxy: ConnectProxy, sink: WebhookSink) -> None:

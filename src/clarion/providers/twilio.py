@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -167,14 +167,18 @@ def _error_of(body: bytes) -> tuple[int | None, str]:
     return (code if isinstance(code, int) else None), str(data.get("message", ""))[:200]
 
 
-class TwilioProvider(Provider):
-    """Sends SMS through a tenant's Twilio account."""
+class TwilioMessages(Provider):
+    """A provider that creates Messages through a tenant's Twilio account (the Messages
+    API, form-encoded, the account's key as Basic credentials): SMS here, WhatsApp in
+    ``providers/twilio_whatsapp.py``. A kind gives its configuration's model, the form of
+    one delivery, and what Twilio's error codes mean on its channel."""
 
-    kind = "twilio"
+    CONFIG: ClassVar[type[TwilioConfig] | type[TwilioWhatsappConfig]] = TwilioConfig
+    MEANINGS: ClassVar[Meanings] = MEANINGS
 
     def __init__(self, spec: ProviderSpec, env: ProviderEnv) -> None:
         self._spec = spec
-        self._config = TwilioConfig.model_validate(spec.config)
+        self._config = self.CONFIG.model_validate(spec.config)
         self._public_url = env.settings.public_url
         base = str(self._config.base_url) if self._config.base_url else API_URL
         self._url = (
@@ -194,6 +198,32 @@ class TwilioProvider(Provider):
 
     def form(self, message: Delivery) -> dict[str, str]:
         """The Messages API request for one delivery."""
+        raise NotImplementedError
+
+    def callback(self, message: Delivery) -> str:
+        """Where Twilio reports the message's status."""
+        return status_callback_url(self._public_url, self._spec.name, message.tenant, message.id)
+
+    async def send(self, message: Delivery) -> SendResult:
+        body = urlencode(self.form(message)).encode()
+        reply = await self._http.post(self._url, body, self._headers, what="Twilio")
+        retry_after = reply.headers.get("retry-after")
+        error = twilio_error(reply.status, reply.body, retry_after, self.MEANINGS)
+        if error is not None:
+            raise error
+        return SendResult(provider_message_id=sid_of(reply.body))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class TwilioProvider(TwilioMessages):
+    """Sends SMS through a tenant's Twilio account."""
+
+    kind = "twilio"
+
+    def form(self, message: Delivery) -> dict[str, str]:
+        """The Messages API request for one delivery."""
         to = message.to
         if not isinstance(to, str) or not to:
             raise PermanentError("the recipient has no phone number", reason="no_address")
@@ -204,21 +234,7 @@ class TwilioProvider(Provider):
             raise PermanentError("the SMS content has no text", reason="render_error")
         sender = self._config.from_
         origin = "MessagingServiceSid" if MESSAGING_SERVICE.match(sender) else "From"
-        callback = status_callback_url(
-            self._public_url, self._spec.name, message.tenant, message.id
-        )
-        return {"To": to, origin: sender, "Body": text, "StatusCallback": callback}
-
-    async def send(self, message: Delivery) -> SendResult:
-        body = urlencode(self.form(message)).encode()
-        reply = await self._http.post(self._url, body, self._headers)
-        error = twilio_error(reply.status, reply.body, reply.headers.get("retry-after"))
-        if error is not None:
-            raise error
-        return SendResult(provider_message_id=sid_of(reply.body))
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
+        return {"To": to, origin: sender, "Body": text, "StatusCallback": self.callback(message)}
 
 
 def sid_of(body: bytes) -> str | None:

@@ -11,10 +11,8 @@ with ``X-Twilio-Signature`` as for SMS; WhatsApp adds ``read``.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlencode
 
 import orjson
 
@@ -25,23 +23,14 @@ from clarion.errors import PermanentError
 from clarion.net.answers import Meaning, Meanings
 from clarion.providers.base import (
     READ,
-    Provider,
-    ProviderEnv,
-    ProviderSpec,
     Report,
-    SendResult,
 )
 from clarion.providers.configs import TwilioWhatsappConfig
-from clarion.providers.http import ApiClient
 from clarion.providers.twilio import (
-    API_URL,
     E164,
     MEANINGS,
     MESSAGING_SERVICE,
-    TIMEOUT,
-    sid_of,
-    status_callback_url,
-    twilio_error,
+    TwilioMessages,
     verify,
 )
 
@@ -95,30 +84,12 @@ def read_report(
     return None
 
 
-class TwilioWhatsappProvider(Provider):
+class TwilioWhatsappProvider(TwilioMessages):
     """Sends WhatsApp messages from a tenant's Twilio WhatsApp sender."""
 
     kind = "twilio_whatsapp"
-
-    def __init__(self, spec: ProviderSpec, env: ProviderEnv) -> None:
-        self._spec = spec
-        self._config = TwilioWhatsappConfig.model_validate(spec.config)
-        self._public_url = env.settings.public_url
-        base = str(self._config.base_url) if self._config.base_url else API_URL
-        self._url = (
-            f"{base.rstrip('/')}/2010-04-01/Accounts/{self._config.account_sid}/Messages.json"
-        )
-        credentials = f"{self._config.account_sid}:{self._config.auth_token}".encode()
-        self._headers = {
-            "authorization": f"Basic {base64.b64encode(credentials).decode()}",
-            "accept": "application/json",
-            "content-type": "application/x-www-form-urlencoded",
-        }
-        self._http = ApiClient(
-            user_agent="Clarion/1",
-            guard=env.guard(self._config.proxy),
-            timeout=float(env.extra.get("timeout", TIMEOUT)),
-        )
+    CONFIG = TwilioWhatsappConfig
+    MEANINGS = WHATSAPP_MEANINGS
 
     def form(self, message: Delivery) -> dict[str, str]:
         """The Messages API request for one delivery."""
@@ -133,22 +104,8 @@ class TwilioWhatsappProvider(Provider):
         else:
             form = {"To": PREFIX + to, "From": PREFIX + sender}
         form.update(_content(message.content))
-        form["StatusCallback"] = status_callback_url(
-            self._public_url, self._spec.name, message.tenant, message.id
-        )
+        form["StatusCallback"] = self.callback(message)
         return form
-
-    async def send(self, message: Delivery) -> SendResult:
-        body = urlencode(self.form(message)).encode()
-        reply = await self._http.post(self._url, body, self._headers, what="Twilio")
-        retry_after = reply.headers.get("retry-after")
-        error = twilio_error(reply.status, reply.body, retry_after, WHATSAPP_MEANINGS)
-        if error is not None:
-            raise error
-        return SendResult(provider_message_id=sid_of(reply.body))
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
 
 def _content(part: Mapping[str, Any]) -> dict[str, str]:

@@ -1,10 +1,9 @@
 """Open and click tracking links: a signed token naming a tenant's delivery, and for a
 click the link's target.
 
-``v1.<payload>.<mac>`` as an unsubscribe token (security/unsubscribe.py): the payload is the
-JSON list ``["o", tenant_id, delivery_id]`` (an open) or ``["c", tenant_id, delivery_id,
-url]`` (a click), base64url without padding; the MAC is HMAC-SHA256 of the payload's text,
-truncated to 128 bits. A click's target comes only from a token whose MAC checks out, so the
+A token of security/tokens.py, as an unsubscribe link's: the payload is the JSON list
+``["o", tenant_id, delivery_id]`` (an open) or ``["c", tenant_id, delivery_id, url]`` (a
+click). A click's target comes only from a token whose MAC checks out, so the
 redirect is never an open one; a token does not expire (a link in an old email must keep
 working).
 
@@ -17,20 +16,13 @@ key can never name another tenant's delivery.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import orjson
-
 from clarion.domain.tracking import trackable
+from clarion.security import tokens
 
-_VERSION = "v1"
 _LABEL = b"clarion/tracking/v1"
-_MAC_BYTES = 16
 OPEN, CLICK = "o", "c"
 KINDS = {OPEN: "opened", CLICK: "clicked"}
 # The longest token made (a target of domain/tracking.py's MAX_URL fits) and read.
@@ -54,28 +46,15 @@ class Hit:
         return KINDS[self.kind]
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def derive_key(webhook_secret: str) -> bytes:
-    return hmac.new(webhook_secret.encode(), _LABEL, hashlib.sha256).digest()
-
-
-def _mac(key: bytes, payload: str) -> bytes:
-    return hmac.new(key, payload.encode(), hashlib.sha256).digest()[:_MAC_BYTES]
+    return tokens.derive_key(webhook_secret, _LABEL)
 
 
 def make_token(key: bytes, hit: Hit) -> str:
     fields = [hit.kind, hit.tenant_id, hit.delivery_id]
     if hit.kind == CLICK:
         fields.append(hit.url or "")
-    payload = _b64(orjson.dumps(fields))
-    return f"{_VERSION}.{payload}.{_b64(_mac(key, payload))}"
+    return tokens.seal(key, fields)
 
 
 def _hit(fields: object) -> Hit | None:
@@ -91,17 +70,12 @@ def _hit(fields: object) -> Hit | None:
 def read_claim(token: str) -> tuple[Hit, str, bytes] | None:
     """The token's unverified claim, its payload text and MAC; None if malformed (a click
     whose target is not an http(s) URL included)."""
-    if len(token) > MAX_TOKEN:
+    opened = tokens.unseal(token, MAX_TOKEN)
+    if opened is None:
         return None
-    parts = token.split(".")
-    if len(parts) != 3 or parts[0] != _VERSION:
-        return None
-    try:
-        hit = _hit(orjson.loads(_unb64(parts[1])))
-        mac = _unb64(parts[2])
-    except (binascii.Error, ValueError):
-        return None
-    return None if hit is None else (hit, parts[1], mac)
+    fields, payload, mac = opened
+    hit = _hit(fields)
+    return None if hit is None else (hit, payload, mac)
 
 
 async def verify_token(key_of: KeyOf, token: str) -> Hit | None:
@@ -113,7 +87,7 @@ async def verify_token(key_of: KeyOf, token: str) -> Hit | None:
     key = await key_of(hit.tenant_id)
     if key is None:
         return None
-    return hit if hmac.compare_digest(_mac(key, payload), mac) else None
+    return hit if tokens.signed(key, payload, mac) else None
 
 
 class TrackingLinks:

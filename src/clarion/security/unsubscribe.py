@@ -1,8 +1,7 @@
 """Unsubscribe links: a signed token naming a tenant, a recipient and a category.
 
-``v1.<payload>.<mac>``, both parts base64url without padding; the payload is the JSON list
-``[tenant_id, recipient_id, category]`` and the MAC is HMAC-SHA256 of the payload's text,
-truncated to 128 bits to keep the link short. The token is the only credential of the
+A token of security/tokens.py whose payload is the JSON list ``[tenant_id, recipient_id,
+category]``. The token is the only credential of the
 unsubscribe endpoint, so it never expires: a link in an old email must keep working.
 
 The key is derived from the tenant's webhook secret (HMAC of a fixed label, so the secret
@@ -13,18 +12,12 @@ trusts nothing in it until the MAC checks out.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import orjson
+from clarion.security import tokens
 
-_VERSION = "v1"
 _LABEL = b"clarion/unsubscribe/v1"
-_MAC_BYTES = 16
 MAX_TOKEN = 2000
 # A tenant's webhook secret, the key's source; None for no such tenant.
 SecretOf = Callable[[str], Awaitable[str | None]]
@@ -39,42 +32,25 @@ class Unsubscribe:
     category: str
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def derive_key(webhook_secret: str) -> bytes:
-    return hmac.new(webhook_secret.encode(), _LABEL, hashlib.sha256).digest()
+    return tokens.derive_key(webhook_secret, _LABEL)
 
 
 def make_token(key: bytes, target: Unsubscribe) -> str:
-    payload = _b64(orjson.dumps([target.tenant_id, target.recipient_id, target.category]))
-    return f"{_VERSION}.{payload}.{_b64(_mac(key, payload))}"
-
-
-def _mac(key: bytes, payload: str) -> bytes:
-    return hmac.new(key, payload.encode(), hashlib.sha256).digest()[:_MAC_BYTES]
+    return tokens.seal(key, [target.tenant_id, target.recipient_id, target.category])
 
 
 def read_claim(token: str) -> tuple[Unsubscribe, str, bytes] | None:
     """The token's unverified claim, its payload text and MAC; None if malformed."""
-    parts = token.split(".")
-    if len(token) > MAX_TOKEN or len(parts) != 3 or parts[0] != _VERSION:
+    opened = tokens.unseal(token, MAX_TOKEN)
+    if opened is None:
         return None
-    try:
-        fields = orjson.loads(_unb64(parts[1]))
-        mac = _unb64(parts[2])
-    except (binascii.Error, ValueError):
-        return None
+    fields, payload, mac = opened
     if not (isinstance(fields, list) and len(fields) == 3):
         return None
     if not all(isinstance(field, str) and field for field in fields):
         return None
-    return Unsubscribe(*fields), parts[1], mac
+    return Unsubscribe(*fields), payload, mac
 
 
 async def verify_token(secret_of: SecretOf, token: str) -> Unsubscribe | None:
@@ -86,8 +62,7 @@ async def verify_token(secret_of: SecretOf, token: str) -> Unsubscribe | None:
     secret = await secret_of(target.tenant_id)
     if secret is None:
         return None
-    expected = _mac(derive_key(secret), payload)
-    return target if hmac.compare_digest(expected, mac) else None
+    return target if tokens.signed(derive_key(secret), payload, mac) else None
 
 
 class UnsubscribeLinks:

@@ -398,7 +398,11 @@ class RedisBroker(Broker):
         (the excess, rare, is put back on its streams)."""
         now, wall = time.monotonic(), time.time()
         moving = [k for k in keys if self._moving_due(k, now, wall)]
-        claiming = [k for k in keys if now - self._claimed_at.get(k, -1e9) >= self._claim_every]
+        # At rest the take-backs ride with the moves (every RESTING_LOOK), not a trip apart.
+        resting = now >= self._busy_until and bool(moving)
+        claiming = [
+            k for k in keys if now - self._claimed_at.get(k, -1e9) >= self._claim_every or resting
+        ]
         if not moving and not claiming:
             return []
         for key in moving:

@@ -48,8 +48,8 @@ RUNS_IDLE = 0.5
 RUNS_RESTING = 1.0
 RUN_WAKERS = 2
 # How long the lead of the plan stream's read blocks at most: its lease (pipeline/lead.py,
-# 5 s) is renewed between reads.
-LEAD_READ = 1.0
+# 5 s) is renewed between reads, so well within it.
+LEAD_READ = 2.5
 # The scheduler's relay of the outbox: every RELAY_IDLE while it finds work, resting up to
 # RELAY_RESTING between looks after a quiet spell.
 RELAY_IDLE = 0.2

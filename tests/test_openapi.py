@@ -138,6 +138,7 @@ SEMANTIC = {
     "config.topic",
     "config.vapid_subject",
     "config.from",
+    "config.return_path",
     "config.base_url",
     "config.token_url",
     "config.ca_pem",

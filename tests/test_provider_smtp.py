@@ -10,10 +10,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, TransientError
 from clarion.providers.base import ProviderEnv, ProviderSpec
+from clarion.providers.configs import SmtpConfig
 from clarion.providers.smtp import SmtpProvider
 from clarion.security.unsubscribe import verify_token
 from clarion.store.tenants import webhook_secrets
@@ -169,6 +171,24 @@ async def test_critical_or_uncategorised_email_has_no_unsubscribe(
     assert "List-Unsubscribe" not in msg
     assert "List-Unsubscribe-Post" not in msg
     assert msg["X-Clarion-Delivery-Id"] == "dlv_0123456789abcdefghjkmnpqr"
+
+
+async def test_a_return_path_is_the_envelope_sender(lite: Harness, relay: SmtpStandIn) -> None:
+    """Bounces go to the return-path mailbox; the reader still sees the `from`."""
+    await send(provider(lite, relay, return_path="bounces@acme.test"), outbound(lite))
+    [got] = relay.received
+    assert got.mail_from == "bounces@acme.test"
+    assert got.message["From"] == "Acme Café <no-reply@acme.test>"
+
+
+@pytest.mark.parametrize(
+    "return_path", ["Bounces <bounces@acme.test>", "not an address", "a@b.test\r\nX: y", ""]
+)
+def test_a_return_path_is_one_bare_address(return_path: str) -> None:
+    with pytest.raises(ValidationError):
+        SmtpConfig.model_validate(
+            {"host": "127.0.0.1", "from": "no-reply@acme.test", "return_path": return_path}
+        )
 
 
 async def test_text_only_email_is_a_single_part(lite: Harness, relay: SmtpStandIn) -> None:

@@ -75,6 +75,7 @@ VALID: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
             "username": "shop",
             "password": "smtp-pass-Zq81",
             "from": "Shop <shop@example.com>",
+            "return_path": "bounces@example.com",
             "tls": "implicit",
         },
         {"password": "smtp-pass-Zq81"},
@@ -818,7 +819,7 @@ BAD_CHARACTERS = ["\r", "\n", "\x00", "\x85", "\u2028", "\u2029", "\x1b", "\x7f"
 # The fields of each kind that travel in a header, a request line or as an address. A new
 # field of a kind must be decided here: checked by the header rules, or not one of them.
 HEADER_FIELDS = {
-    "smtp": {"host", "username", "from"},
+    "smtp": {"host", "username", "from", "return_path"},
     "ses": {"access_key_id", "from"},
     "sendgrid": {"api_key", "from"},
     "twilio": {"from"},

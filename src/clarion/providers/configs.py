@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from email.utils import parseaddr
 from typing import Annotated, Any, ClassVar, Literal, get_args
 from urllib.parse import urlsplit
 
@@ -55,6 +56,16 @@ def _proxy(value: str) -> str:
 
 
 EmailFrom = Annotated[Text, AfterValidator(mailbox)]
+
+
+def _bare_address(value: str) -> str:
+    if parseaddr(value)[1] != value:
+        raise ValueError("one bare email address (`bounces@example.com`), no name")
+    return value
+
+
+# An address alone, as an SMTP envelope names one.
+EmailAddress = Annotated[EmailFrom, AfterValidator(_bare_address)]
 # A provider's own outbound proxy: an http:// URL (credentials in it allowed), or "none" or
 # "" to go direct; unset, the deployment's (HTTPS_PROXY, ...). Sealed like a secret: its
 # URL may hold a password.
@@ -109,6 +120,9 @@ class SmtpConfig(KindConfig):
     username: HeaderText | None = None
     password: Secret | None = None
     from_: EmailFrom = Field(alias="from")
+    # The envelope sender (MAIL FROM), where bounces go: a return-path mailbox whose
+    # reports are handed to POST /v1/suppressions/dsn. Unset: the address of `from`.
+    return_path: EmailAddress | None = None
     tls: Literal["starttls", "implicit", "none"] = "starttls"
     # Verify the server's certificate (turn off only for a relay with a private CA).
     verify_tls: bool = True

@@ -90,7 +90,8 @@ class SmtpProvider(Provider):
         async with self._slots:
             try:
                 async with asyncio.timeout(self._timeout * 4):
-                    await self._deliver(email.sender.address, email.to, data)
+                    sender = self._config.return_path or email.sender.address
+                    await self._deliver(sender, email.to, data)
             except ProviderError:
                 raise
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:

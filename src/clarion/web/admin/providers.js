@@ -11,7 +11,7 @@ const MASK = "***";
 const PROXY = ["proxy", "Proxy (an http proxy URL with user:password@host:port, or none)", true];
 // kind: [channels, [[field, label, secret?, kind of input]]]
 const KINDS = {
-  smtp: [["email"], [["host", "Host"], ["port", "Port", false, "number"], ["username", "Username"], ["password", "Password", true], ["from", "From"], ["tls", "TLS (starttls, implicit, none)"]]],
+  smtp: [["email"], [["host", "Host"], ["port", "Port", false, "number"], ["username", "Username"], ["password", "Password", true], ["from", "From"], ["return_path", "Return path (where bounces go; empty: the From address)"], ["tls", "TLS (starttls, implicit, none)"]]],
   ses: [["email"], [["region", "Region"], ["access_key_id", "Access key id"], ["secret_access_key", "Secret access key", true], ["from", "From"], ["feedback_topic_arns", "Feedback SNS topic ARNs (comma-separated)", false, "list"], PROXY]],
   sendgrid: [["email"], [["api_key", "API key", true], ["from", "From"], ["webhook_public_key", "Event webhook verification key"], PROXY]],
   twilio: [["sms"], [["account_sid", "Account SID"], ["auth_token", "Auth token", true], ["from", "From"], PROXY]],

@@ -28,8 +28,11 @@ for _name in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"):
 # Redis Cluster (``@pytest.mark.parametrize("backend", WITH_NATS, indirect=True)``), whose
 # brokers the contract suite (tests/test_broker_contract.py) covers on its own.
 BACKENDS = ["sqlite+embedded", "postgres+redis"]
-WITH_NATS = [*BACKENDS, pytest.param("postgres+nats", marks=pytest.mark.nats)]
-WITH_ENGINES = [*WITH_NATS, "postgres+redis-cluster"]
+# NATS and the six-node Redis Cluster run in the slow step (one process at a time): beside
+# the fast suite's two, a cluster on two cores answers slowly enough to upset timings.
+WITH_NATS = [*BACKENDS, pytest.param("postgres+nats", marks=[pytest.mark.nats, pytest.mark.slow])]
+WITH_ENGINES = [*WITH_NATS, pytest.param("postgres+redis-cluster", marks=pytest.mark.slow)]
+CLUSTER = pytest.param("redis-cluster", marks=pytest.mark.slow)
 
 
 @pytest.fixture(params=BACKENDS)

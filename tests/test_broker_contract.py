@@ -26,12 +26,12 @@ REDIS = [
     # One server, each stream in three shards (one XREADGROUP over them all).
     pytest.param(("redis", 3), marks=pytest.mark.redis, id="redis-sharded"),
     # A cluster of three masters, each stream in two shards (slots), read one slot at a time.
-    pytest.param(("cluster", 2), marks=pytest.mark.redis, id="redis-cluster"),
+    pytest.param(("cluster", 2), marks=[pytest.mark.redis, pytest.mark.slow], id="redis-cluster"),
 ]
 BROKERS = [
     pytest.param(("embedded", 1), id="embedded"),
     *REDIS,
-    pytest.param(("nats", 1), marks=pytest.mark.nats, id="nats"),
+    pytest.param(("nats", 1), marks=[pytest.mark.nats, pytest.mark.slow], id="nats"),
 ]
 _URLS = {"redis": "redis_url", "cluster": "redis_cluster_url", "nats": "nats_url"}
 

@@ -23,7 +23,7 @@ from clarion.observability.outages import outage_of
 from clarion.store.batching import is_outage
 from servers import _free_port, nats_process
 
-pytestmark = pytest.mark.nats
+pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
 LEASE = 0.3
 

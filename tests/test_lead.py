@@ -101,7 +101,7 @@ async def test_a_broker_out_of_reach_leaves_every_process_reading_as_before() ->
 @pytest.fixture(
     params=[
         pytest.param("redis", marks=pytest.mark.redis),
-        pytest.param("nats", marks=pytest.mark.nats),
+        pytest.param("nats", marks=[pytest.mark.nats, pytest.mark.slow]),
     ]
 )
 async def shared_broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
 from redis.asyncio import Redis
 
 from clarion.broker.redis_client import connect
@@ -58,6 +59,7 @@ async def test_a_recipient_who_closes_and_comes_back_at_once_still_receives(
         await redis.aclose()
 
 
+@pytest.mark.slow
 async def test_events_cross_a_redis_cluster_from_any_node_to_the_subscriber(
     redis_cluster_url: str,
 ) -> None:

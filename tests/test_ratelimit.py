@@ -22,6 +22,7 @@ from clarion.resilience.ratelimit import (
     recipient_category_limit,
     recipient_category_take,
 )
+from conftest import CLUSTER
 
 
 class Clock:
@@ -37,7 +38,7 @@ def shared_client(url: str) -> RedisClient:
     return connect(url, max_connections=8, pool_timeout=5)
 
 
-@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+@pytest.fixture(params=["memory", "redis", CLUSTER])
 async def limiters(request: pytest.FixtureRequest) -> AsyncIterator[list[RateLimiter]]:
     """Two limiters sharing their buckets, as two processes would (Redis), or the one
     limiter of the embedded default twice."""
@@ -124,7 +125,7 @@ async def test_take_many_decides_in_order(limiters: list[RateLimiter]) -> None:
     assert [d.allowed for d in decisions] == [True, True, False, True]
 
 
-@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+@pytest.mark.parametrize("kind", ["redis", CLUSTER])
 async def test_a_batch_after_the_server_lost_its_scripts(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
@@ -196,6 +197,7 @@ async def test_recipient_category_cap(limiters: list[RateLimiter]) -> None:
     assert refused.retry_after == pytest.approx(1800, rel=0.01)
 
 
+@pytest.mark.slow
 async def test_a_cluster_node_that_lost_its_scripts_charges_each_bucket_once(
     redis_cluster_url: str,
 ) -> None:

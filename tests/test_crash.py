@@ -242,6 +242,19 @@ async def test_worker_killed_mid_delivery_on_postgres_and_nats(
     await kill_a_worker(env, postgres_url, sink, procs, "postgres+nats")
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_worker_killed_mid_delivery_on_postgres_and_redis_cluster(
+    postgres_url: str, redis_cluster_url: str, sink: WebhookSink, procs: Procs
+) -> None:
+    """The session's Redis Cluster (three masters; cluster_servers.py), each stream in
+    three shards: the killed worker's unacked messages come back from every shard."""
+    env = clarion_env(
+        postgres_url, redis_cluster_url, broker_shards=3, http_port=free_port(), **FAST
+    )
+    await kill_a_worker(env, postgres_url, sink, procs, "postgres+redis-cluster")
+
+
 async def test_serve_killed_mid_delivery_on_sqlite(
     tmp_path: Path, sink: WebhookSink, procs: Procs
 ) -> None:

@@ -125,7 +125,7 @@ def kustomize(path: Path) -> list[dict[str, Any]]:
     elif tool := shutil.which("kustomize"):
         rendered = run(tool, "build", str(path))
     else:
-        pytest.skip("kubectl is not installed: the manifests are only parsed")
+        pytest.skip("neither kubectl nor kustomize is installed: the manifests are only parsed")
     assert rendered.returncode == 0, rendered.stderr
     return [d for d in yaml.safe_load_all(rendered.stdout) if d]
 

@@ -75,6 +75,7 @@ class NatsHub(Hub):
         self._written = 0
         self._confirmed = 0
         self._confirming = asyncio.Lock()
+        self._closing = False
 
     async def _client(self) -> Client:
         if self._nc is not None and not self._nc.is_closed:
@@ -160,7 +161,14 @@ class NatsHub(Hub):
             return
         self.deliver(key, event)
 
+    async def ping(self) -> None:
+        nc = await self._client()
+        with reaching():
+            await nc.flush(timeout=int(REPLY_TIMEOUT))
+
     async def _disconnected(self) -> None:
+        if self._closing:  # closed by aclose
+            return
         log.warning("inbox NATS connection lost: live connections resync")
         self.close_all(RESYNC)
 
@@ -181,6 +189,7 @@ class NatsHub(Hub):
 
     async def aclose(self) -> None:
         await super().aclose()
+        self._closing = True
         nc, self._nc = self._nc, None
         self._subs.clear()
         if nc is not None:

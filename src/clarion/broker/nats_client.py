@@ -1,6 +1,6 @@
-"""A connection to NATS JetStream as the broker uses it: requests to the JetStream API,
-messages stored with their acks awaited, streams and consumers made once, and the names
-of broker streams in NATS."""
+"""Connections to NATS (the broker's, and the live inbox hub's: :func:`connect`) and
+JetStream as the broker uses it: requests to the JetStream API, messages stored with their
+acks awaited, streams and consumers made once, and the names of broker streams in NATS."""
 
 from __future__ import annotations
 

@@ -82,6 +82,10 @@ class NatsHub(Hub):
             return self._nc
         async with self._connecting:
             if self._nc is None or self._nc.is_closed:
+                if self._subs:
+                    # Made on a connection that is gone: a new one starts with none.
+                    self._subs.clear()
+                    self.close_all(RESYNC)
                 self._nc = await connect(
                     self._servers,
                     "clarion-inbox",

@@ -1,7 +1,8 @@
-"""The live inbox across processes (PostgreSQL + Redis): two ``clarion api`` processes and a
-``clarion worker``. A notification accepted by one API process, stored by the worker,
-reaches WebSocket and SSE connections held by the other; erasure through one API process
-and ``clarion keys rotate-inbox-secret`` close connections held by the other."""
+"""The live inbox across processes (PostgreSQL + Redis, and PostgreSQL + NATS): two
+``clarion api`` processes and a ``clarion worker``. A notification accepted by one API
+process, stored by the worker, reaches WebSocket and SSE connections held by the other;
+erasure through one API process and ``clarion keys rotate-inbox-secret`` close connections
+held by the other. With the NATS broker the events go through NATS, not Redis."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
 
 from inbox_kit import TEMPLATE, event_stream, websocket
@@ -19,11 +21,29 @@ from procs import CLI, Procs, clarion_env, create_tenant, free_port, wait_ready
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(120)]
 
 
-async def test_events_cross_api_processes(postgres_url: str, redis_url: str, procs: Procs) -> None:
+@pytest.fixture(params=["redis", pytest.param("nats", marks=pytest.mark.nats)])
+def broker_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    return redis_url if request.param == "redis" else str(request.getfixturevalue("nats_url"))
+
+
+async def _redis_channels(redis_url: str) -> list[bytes]:
+    """The live inbox channels subscribed in Redis."""
+    async with Redis.from_url(redis_url) as redis:
+        return list(await redis.pubsub_channels("clarion:inbox:*"))
+
+
+async def test_events_cross_api_processes(
+    postgres_url: str, redis_url: str, broker_url: str, procs: Procs
+) -> None:
     port_a, port_b = free_port(), free_port()
-    settings = {"log_level": "WARNING", "inbox_upkeep_interval": 0.2, "shutdown_timeout": 3}
-    env_a = clarion_env(postgres_url, redis_url, http_port=port_a, **settings)
-    env_b = clarion_env(postgres_url, redis_url, http_port=port_b, **settings)
+    settings = {
+        "log_level": "WARNING",
+        "inbox_upkeep_interval": 0.2,
+        "shutdown_timeout": 3,
+        "redis_url": redis_url,
+    }
+    env_a = clarion_env(postgres_url, broker_url, http_port=port_a, **settings)
+    env_b = clarion_env(postgres_url, broker_url, http_port=port_b, **settings)
     key = await asyncio.to_thread(create_tenant, env_a, "acme")
     auth = {"Authorization": f"Bearer {key}"}
     api_a = procs.start("api-a", ["api"], env_a)
@@ -52,6 +72,8 @@ async def test_events_cross_api_processes(postgres_url: str, redis_url: str, pro
             await ws.until("count")
             await stream.until("count")
             await other.until("count")
+            # Redis carries the events with the Redis broker, NATS with the NATS broker.
+            assert bool(await _redis_channels(redis_url)) == (broker_url == redis_url)
             response = await a.post(
                 "/v1/notifications",
                 json={"template": "shipped", "to": {"recipient_id": "u-1"}, "data": {"n": 7}},

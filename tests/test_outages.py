@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from clarion.realtime.nats import NatsHub
 from faultkit import private_postgres, private_redis, tolerant_client
 from harness import make_settings, running
 
@@ -91,6 +92,25 @@ async def test_readyz_names_each_component_when_all_is_well(
             "realtime_hub": "ok",
         },
     }
+
+
+@pytest.mark.nats
+@pytest.mark.slow
+async def test_readyz_checks_the_live_hub_on_nats_with_the_nats_broker(
+    migrated_postgres_url: str, nats_url: str, redis_url: str
+) -> None:
+    settings = make_settings(migrated_postgres_url, nats_url, redis_url=redis_url)
+    async with running(settings) as app:
+        ready = await app.client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {
+        "database": "ok",
+        "broker": "ok",
+        "rate_limiter": "ok",
+        "circuit_breakers": "ok",
+        "realtime_hub": "ok",
+    }
+    assert isinstance(app.ctx.hub, NatsHub)
 
 
 async def test_database_down_is_named_and_the_broker_is_not(redis_url: str) -> None:

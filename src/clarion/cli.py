@@ -59,7 +59,8 @@ settings (environment; every one is in docs/operations.md):
                          nats://host:4222 (NATS JetStream)
                          redis+cluster://host1:6379,host2:6379 (a Redis Cluster)
   CLARION_REDIS_URL      Redis for rate limits, breakers and live inbox fan-out
-                         (the broker's Redis by default; set it with NATS)
+                         (the broker's Redis by default; set it with NATS, whose
+                         servers carry the live inbox events then)
   CLARION_SECRET_KEY     seals provider credentials (`clarion secret generate`)
   CLARION_HTTP_HOST      the API's address (127.0.0.1)
   CLARION_HTTP_PORT      the API's port (8080)
@@ -204,9 +205,9 @@ def _run_roles(args: argparse.Namespace, settings: Settings) -> int:
     ):
         print(
             f"`clarion {args.command}` with the NATS broker needs CLARION_REDIS_URL: the "
-            "processes of a deployment share rate limits, circuit breakers and live inbox "
-            'events through Redis (docs/operations.md, "NATS JetStream"); one process '
-            "alone can use `clarion serve`",
+            "processes of a deployment share rate limits, intake quotas and circuit breakers "
+            'through Redis (docs/operations.md, "NATS JetStream"); one process alone can '
+            "use `clarion serve`",
             file=sys.stderr,
         )
         return 2

@@ -7,7 +7,7 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -20,6 +20,8 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # which also serves the rate limits, breakers and live inbox events unless CLARION_REDIS_URL
 # names another.
 _REDIS_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
+# A broker URL with these schemes is NATS JetStream, which also carries live inbox events.
+_NATS_SCHEMES = ("nats://", "tls://")
 
 
 def parse_duration(text: str) -> float:
@@ -173,6 +175,11 @@ class Settings(BaseSettings):
     inbox_queue_size: int = Field(default=256, ge=1, le=100_000)
     inbox_heartbeat: Positive = 15.0
     inbox_upkeep_interval: Positive = 1.0
+    # What carries live inbox events between processes: `auto` is the NATS broker's
+    # servers with the NATS broker, else Redis when there is one (CLARION_REDIS_URL or a
+    # Redis broker), else nothing (one process). `redis` keeps Redis pub/sub with the NATS
+    # broker: while processes of a version that used it are still running.
+    inbox_hub: Literal["auto", "redis", "nats"] = "auto"
     # Live inbox connections one API process accepts per recipient and per tenant (0: no
     # cap); one more is refused with a 429.
     live_max_per_recipient: int = Field(default=20, ge=0)
@@ -292,6 +299,23 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @model_validator(mode="after")
+    def _check_inbox_hub(self) -> Settings:
+        if self.inbox_hub == "nats" and not self.broker_url.startswith(_NATS_SCHEMES):
+            raise ValueError("CLARION_INBOX_HUB=nats needs the NATS broker (nats://...)")
+        if self.inbox_hub == "redis" and self.effective_redis_url is None:
+            raise ValueError("CLARION_INBOX_HUB=redis needs CLARION_REDIS_URL")
+        return self
+
+    @property
+    def live_hub(self) -> Literal["memory", "redis", "nats"]:
+        """Where live inbox events go from process to process (``inbox_hub`` resolved)."""
+        if self.inbox_hub == "auto":
+            if self.broker_url.startswith(_NATS_SCHEMES):
+                return "nats"
+            return "redis" if self.effective_redis_url is not None else "memory"
+        return self.inbox_hub
 
     @property
     def effective_redis_url(self) -> str | None:

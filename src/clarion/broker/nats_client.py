@@ -1,13 +1,13 @@
-"""A connection to NATS JetStream as the broker uses it: requests to the JetStream API,
-messages stored with their acks awaited, streams and consumers made once, and the names
-of broker streams in NATS."""
+"""Connections to NATS (the broker's, and the live inbox hub's: :func:`connect`) and
+JetStream as the broker uses it: requests to the JetStream API, messages stored with their
+acks awaited, streams and consumers made once, and the names of broker streams in NATS."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -85,6 +85,45 @@ def parse_url(url: str) -> tuple[list[str], int]:
     return servers, replicas
 
 
+Callback = Callable[[], Awaitable[None]]
+
+
+async def log_error(exc: Exception) -> None:
+    """What a connection's error callback does at least: say it (a server that is away
+    once, when disconnected, not at each attempt)."""
+    log.log(logging.DEBUG if isinstance(exc, OSError) else logging.WARNING, "nats: %r", exc)
+
+
+async def connect(
+    servers: list[str],
+    name: str,
+    *,
+    pending_size: int,
+    disconnected: Callback,
+    reconnected: Callback,
+    error: Callable[[Exception], Awaitable[None]] = log_error,
+) -> Client:
+    """A connection to ``servers`` (from :func:`parse_url`: credentials in the URL, and
+    ``tls://`` for TLS, are nats-py's). The first attempt fails, as an outage
+    (``ConnectionError``), after trying each server twice; once made, the connection is
+    made again after a loss for as long as it takes, and says so through ``disconnected``
+    and ``reconnected``. ``pending_size``: bytes buffered while it is away."""
+    with reaching():
+        nc = await nats.connect(
+            servers,
+            name=name,
+            connect_timeout=int(REPLY_TIMEOUT),
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.5,
+            pending_size=pending_size,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+        )
+    nc.options["max_reconnect_attempts"] = -1
+    return nc
+
+
 class JetStream:
     """One connection, made on first use, and what is known to exist on the server."""
 
@@ -115,21 +154,13 @@ class JetStream:
             return self._nc
         async with self._connecting:
             if self._nc is None or self._nc.is_closed:
-                with reaching():
-                    nc = await nats.connect(
-                        self._servers,
-                        name="clarion",
-                        connect_timeout=int(REPLY_TIMEOUT),
-                        # The first connection fails after trying each server twice...
-                        max_reconnect_attempts=1,
-                        reconnect_time_wait=0.5,
-                        pending_size=64 * 1024 * 1024,
-                        disconnected_cb=self._disconnected,
-                        reconnected_cb=self._reconnected,
-                        error_cb=self._error,
-                    )
-                # ...and once made, it is made again for as long as it takes.
-                nc.options["max_reconnect_attempts"] = -1
+                nc = await connect(
+                    self._servers,
+                    "clarion",
+                    pending_size=64 * 1024 * 1024,
+                    disconnected=self._disconnected,
+                    reconnected=self._reconnected,
+                )
                 self.forget()  # what a closed connection knew of the server
                 puller = Puller(nc)
                 await puller.start()
@@ -143,10 +174,6 @@ class JetStream:
         log.info("nats: reconnected")
         if self._puller is not None:
             self._puller.forget()
-
-    async def _error(self, exc: Exception) -> None:
-        # A server that is away is said once (disconnected), not at each attempt.
-        log.log(logging.DEBUG if isinstance(exc, OSError) else logging.WARNING, "nats: %r", exc)
 
     async def close(self) -> None:
         if self._puller is not None:

@@ -39,7 +39,7 @@ class Context:
     categories: CategoryCache = field(default_factory=CategoryCache)
     # Tenants' status webhooks; the API drops a tenant's entry when it changes one.
     webhooks: Subscriptions = field(init=False)
-    # Live inbox events (Redis pub/sub, or in process) and the gate of recipient tokens.
+    # Live inbox events (NATS, Redis pub/sub, or in process) and the gate of recipient tokens.
     hub: Hub = field(init=False)
     inbox: InboxGate = field(init=False)
     # What reading providers' bounce and complaint reports needs (the SNS verifier).
@@ -59,7 +59,7 @@ class Context:
         self.providers = ProviderSet(self.settings, self.engine, self.webhook_secret, self.keyring)
         self.resilience = open_backends(self.settings)
         self.webhooks = Subscriptions(self.engine, self.keyring, self.settings.provider_cache_ttl)
-        self.hub = create_hub(self.resilience.redis, self.settings.inbox_queue_size)
+        self.hub = create_hub(self.settings, self.resilience.redis)
         self.inbox = InboxGate(
             self.engine,
             self.hub,

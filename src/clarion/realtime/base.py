@@ -134,6 +134,9 @@ class Hub(ABC):
     async def start(self) -> None:  # noqa: B027 - optional hook
         pass
 
+    async def ping(self) -> None:  # noqa: B027 - optional hook
+        """Raise unless the hub's own server answers (one it shares is checked with it)."""
+
     async def aclose(self) -> None:
         self.close_all(STOPPING)
 

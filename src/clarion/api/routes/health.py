@@ -29,7 +29,8 @@ async def readyz(request: Request) -> JSONResponse:
 
     ``checks`` names each component: ``ok``, or ``unavailable (server): Error``. With a Redis for
     rate limits, breakers and live inbox events (one client for the three), each of those is a
-    check of its own."""
+    check of its own; live inbox events on NATS (the NATS broker) are checked on the hub's
+    own connection."""
     ctx = request.app.state.ctx
     checks: dict[str, str] = {}
     checks["database"] = await _check(ping(ctx.engine), ctx.engine.dialect.name)
@@ -39,10 +40,14 @@ async def readyz(request: Request) -> JSONResponse:
     broker = "redis" if base in ("redis", "rediss", "unix") else "nats" if base == "tls" else scheme
     checks["broker"] = await _check(ctx.broker.ping(), broker)
     redis = ctx.resilience.redis
+    hub = ctx.settings.live_hub
     if redis is not None:
         shared = await _check(redis.ping(), "redis")
-        for component in ("rate_limiter", "circuit_breakers", "realtime_hub"):
-            checks[component] = shared
+        checks["rate_limiter"] = checks["circuit_breakers"] = shared
+        if hub == "redis":
+            checks["realtime_hub"] = shared
+    if hub == "nats":
+        checks["realtime_hub"] = await _check(ctx.hub.ping(), "nats")
     failed = [name.replace("_", " ") for name, value in checks.items() if value != "ok"]
     if not failed:
         return JSONResponse({"status": "ready", "checks": checks})

@@ -33,6 +33,8 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
+from private_servers import nats_binary, start_nats, stop_process
+
 T = TypeVar("T")
 
 STARTUP_TIMEOUT = 15.0
@@ -116,49 +118,18 @@ def redis_url(redis_server: str) -> str:
 # -- NATS ----------------------------------------------------------------------------------
 
 
-def _nats_binary() -> str | None:
-    """``nats-server`` from PATH, else where Debian's package puts it."""
-    found = shutil.which("nats-server")
-    if found is None and Path("/usr/sbin/nats-server").exists():
-        found = "/usr/sbin/nats-server"
-    return found
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str) -> None:
-    """Poll until the fresh server accepts connections (server start-up, bounded)."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with code {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.01)
-
-
 @contextlib.contextmanager
 def nats_process(port: int, store: str) -> Iterator[subprocess.Popen[bytes]]:
     """A ``nats-server -js`` on ``port`` keeping its JetStream store in ``store``, stopped
     (or killed, if it was not) at the end."""
-    binary = _nats_binary()
+    binary = nats_binary()
     if binary is None:
         _missing("nats-server not found on PATH; set CLARION_TEST_NATS_URL to use a server")
-    args = [binary, "-js", "-sd", store, "-a", "127.0.0.1", "-p", str(port)]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_nats(binary, port, store)
     try:
-        _wait_for_port(port, process, "nats-server")
         yield process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
 
 
 @pytest.fixture(scope="session")

@@ -228,19 +228,27 @@ def _unused_port(taken: set[int]) -> int:
 
 
 def _wait_for_ping(node: Node) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
     with redis.Redis(port=node.port, socket_connect_timeout=0.5, socket_timeout=0.5) as client:
-        while True:
-            if node.process is not None and node.process.poll() is not None:
-                log = (node.directory / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server exited ({node.process.returncode}): {log}")
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.01)
+        wait_for_ping(client, node.process, node.directory / "redis.log")
+
+
+def wait_for_ping(
+    client: redis.Redis, process: subprocess.Popen[bytes] | None, log: Path | None = None
+) -> None:
+    """Poll until a fresh ``redis-server`` answers PING (server start-up, bounded); its
+    ``log``'s end goes into the error if it exits meanwhile."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        if process is not None and process.poll() is not None:
+            end = log.read_text(errors="replace")[-2000:] if log is not None else ""
+            raise RuntimeError(f"redis-server exited with code {process.returncode} {end}")
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
 
 
 # -- NATS ----------------------------------------------------------------------------------

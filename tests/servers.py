@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +32,7 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
-from private_servers import nats_binary, start_nats, stop_process
+from private_servers import nats_binary, start_nats, stop_process, wait_for_ping
 
 T = TypeVar("T")
 
@@ -59,18 +58,8 @@ def _free_port() -> int:
 
 def _wait_for_redis(url: str, process: subprocess.Popen[bytes]) -> None:
     """Poll until the fresh server answers PING (server start-up, bounded)."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
     with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5) as client:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with code {process.returncode}")
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.01)
+        wait_for_ping(client, process)
 
 
 @pytest.fixture(scope="session")

@@ -17,14 +17,45 @@ as a client would; the output counts them as ``throttled``.
         --notifications 20000
     uv run python benchmarks/e2e.py --config postgres-redis --rate 1000 --batch 10 \
         --notifications 30000
+    uv run python benchmarks/e2e.py --config postgres-redis --broker redis-cluster \
+        --apis 2 --workers 2 --notifications 60000
+    uv run python benchmarks/e2e.py --config postgres-redis --broker nats --notifications 60000
 
 ``embedded``: one ``clarion serve`` on a fresh SQLite file with the in-process broker.
-``postgres-redis``: one ``clarion api``, K ``clarion worker`` and one ``clarion scheduler``
-sharing a fresh PostgreSQL database (created here, dropped at the end) and one Redis
-database (flushed before and after).
+``postgres-redis``: K ``clarion api`` (``--apis``, 1 by default), M ``clarion worker``
+(``--workers``) and one ``clarion scheduler`` sharing a fresh PostgreSQL database (created
+here, dropped at the end) and a broker (``--broker``):
+
+- ``redis``: the Redis database of ``--redis-url`` (flushed before and after), which also
+  holds the shared state (rate limits, breakers, live events);
+- ``redis-cluster``: a private Redis Cluster, three masters and three replicas started here
+  from ``redis-server`` (free ports, no persistence, files in the run's temporary
+  directory) and stopped at the end, for the broker and the shared state, each stream in
+  ``--shards`` shards (3 by default);
+- ``nats``: a private ``nats-server`` with JetStream (free port, its store in the run's
+  temporary directory, the monitoring endpoint on another port), stopped at the end; the
+  shared state in the Redis of ``--redis-url``.
+
+The K API processes listen on K ports and the load generator sends its requests to them in
+turn, as a load balancer in front of them would. Not one port shared with SO_REUSEPORT: the
+kernel then gives each new connection to a listener by a hash of its addresses, and the
+load generator holds only ``--concurrency`` keep-alive connections (4 by default), so how
+many requests each process got would be left to chance (two of three processes could take
+them all); round robin gives each the same number, and needs nothing of Clarion.
 
 A notification counts as delivered when the sink has received its webhook. Times are wall
 clock (``time.time()``) in both processes of this machine.
+
+``cpu``: CPU seconds from the first request to the last delivery, by role, and
+``processes``: each process (role, name, pid) with its CPU seconds, per notification and
+its busy share of one core over the window (``core_pct``; ``core_pct_range`` gives the
+lowest and highest per role of several processes, so one idle beside one saturated
+shows); PostgreSQL's processes are one row. ``costs`` (postgres-redis): what the stores did
+per notification (store_costs.py): Redis commands (summed over the cluster's masters),
+NATS messages and bytes, PostgreSQL commits, rows, WAL and, with ``pg_stat_statements``
+loaded (``--private-postgres --pg-statements``), statements. Its counters are read before
+the CPU window opens and after the Clarion processes have stopped, so their reading costs
+the window nothing.
 """
 
 from __future__ import annotations

@@ -962,36 +962,30 @@ class Bench:
                 kept.append(f"PostgreSQL on port {pg.port} (pg_ctl -D {pg.data} stop)")
             log(f"kept: {', '.join(kept)}; Redis data stays until the next run flushes it")
             return
-        if self.database is not None:
-            try:
-                asyncio.run(drop_database(self.admin_url, self.database))
-            except Exception as exc:
-                log(f"could not drop database {self.database}: {exc!r}")
-        if self.redis_url is not None:
-            try:
-                flush_redis(self.redis_url)
-            except Exception as exc:
-                log(f"could not flush {self.redis_url}: {exc!r}")
-        if self.private_postgres is not None:
-            try:
-                self.private_postgres.stop()
-            except Exception as exc:
-                log(f"could not stop the private PostgreSQL: {exc!r}")
+        if (name := self.database) is not None:
+            admin = self.admin_url
+            attempt(f"drop database {name}", lambda: asyncio.run(drop_database(admin, name)))
+        if (redis_url := self.redis_url) is not None:
+            attempt(f"flush {redis_url}", lambda: flush_redis(redis_url))
+        if (private := self.private_postgres) is not None:
+            attempt("stop the private PostgreSQL", private.stop)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def stop_servers(self) -> None:
         """Stop the Redis Cluster or NATS server started here (their files are in the
         temporary directory, kept with --keep)."""
         if self.cluster is not None:
-            try:
-                self.cluster.stop()
-            except Exception as exc:
-                log(f"could not stop the Redis Cluster: {exc!r}")
-        if self.nats is not None:
-            try:
-                stop_process(self.nats)
-            except Exception as exc:
-                log(f"could not stop nats-server: {exc!r}")
+            attempt("stop the Redis Cluster", self.cluster.stop)
+        if (nats := self.nats) is not None:
+            attempt("stop nats-server", lambda: stop_process(nats))
+
+
+def attempt(what: str, action: Callable[[], object]) -> None:
+    """One step of the clean-up: a failure is logged, and the steps after it still run."""
+    try:
+        action()
+    except Exception as exc:
+        log(f"could not {what}: {exc!r}")
 
 
 def read_text(path: str) -> str:

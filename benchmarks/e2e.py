@@ -17,14 +17,45 @@ as a client would; the output counts them as ``throttled``.
         --notifications 20000
     uv run python benchmarks/e2e.py --config postgres-redis --rate 1000 --batch 10 \
         --notifications 30000
+    uv run python benchmarks/e2e.py --config postgres-redis --broker redis-cluster \
+        --apis 2 --workers 2 --notifications 60000
+    uv run python benchmarks/e2e.py --config postgres-redis --broker nats --notifications 60000
 
 ``embedded``: one ``clarion serve`` on a fresh SQLite file with the in-process broker.
-``postgres-redis``: one ``clarion api``, K ``clarion worker`` and one ``clarion scheduler``
-sharing a fresh PostgreSQL database (created here, dropped at the end) and one Redis
-database (flushed before and after).
+``postgres-redis``: K ``clarion api`` (``--apis``, 1 by default), M ``clarion worker``
+(``--workers``) and one ``clarion scheduler`` sharing a fresh PostgreSQL database (created
+here, dropped at the end) and a broker (``--broker``):
+
+- ``redis``: the Redis database of ``--redis-url`` (flushed before and after), which also
+  holds the shared state (rate limits, breakers, live events);
+- ``redis-cluster``: a private Redis Cluster, three masters and three replicas started here
+  from ``redis-server`` (free ports, no persistence, files in the run's temporary
+  directory) and stopped at the end, for the broker and the shared state, each stream in
+  ``--shards`` shards (3 by default);
+- ``nats``: a private ``nats-server`` with JetStream (free port, its store in the run's
+  temporary directory, the monitoring endpoint on another port), stopped at the end; the
+  shared state in the Redis of ``--redis-url``.
+
+The K API processes listen on K ports and the load generator sends its requests to them in
+turn, as a load balancer in front of them would. Not one port shared with SO_REUSEPORT: the
+kernel then gives each new connection to a listener by a hash of its addresses, and the
+load generator holds only ``--concurrency`` keep-alive connections (4 by default), so how
+many requests each process got would be left to chance (two of three processes could take
+them all); round robin gives each the same number, and needs nothing of Clarion.
 
 A notification counts as delivered when the sink has received its webhook. Times are wall
 clock (``time.time()``) in both processes of this machine.
+
+``cpu``: CPU seconds from the first request to the last delivery, by role, and
+``processes``: each process (role, name, pid) with its CPU seconds, per notification and
+its busy share of one core over the window (``core_pct``; ``core_pct_range`` gives the
+lowest and highest per role of several processes, so one idle beside one saturated
+shows); PostgreSQL's processes are one row. ``costs`` (postgres-redis): what the stores did
+per notification (store_costs.py): Redis commands (summed over the cluster's masters),
+NATS messages and bytes, PostgreSQL commits, rows, WAL and, with ``pg_stat_statements``
+loaded (``--private-postgres --pg-statements``), statements. Its counters are read before
+the CPU window opens and after the Clarion processes have stopped, so their reading costs
+the window nothing.
 """
 
 from __future__ import annotations
@@ -61,6 +92,8 @@ import uvloop
 from clarion.errors import TransientError
 from clarion.net.http1 import HttpClient
 from clarion.security.netguard import AddressGuard
+from private_servers import LocalCluster, nats_binary, start_nats, stop_process
+from store_costs import Stores, backends_gone, per_notification, snapshot
 
 STARTUP_TIMEOUT = 90.0  # per process group: imports take seconds on a busy machine
 STOP_TIMEOUT = 20.0  # after SIGTERM, before SIGKILL
@@ -196,8 +229,9 @@ class Children:
             if code is not None:
                 raise RuntimeError(f"{child.name} exited with code {code}:\n{tail(child)}")
 
-    def stop_all(self, timeout: float = STOP_TIMEOUT) -> None:
-        alive = [c for c in self.items if c.popen.poll() is None]
+    def stop(self, children: Sequence[Child], timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM to each, then SIGKILL to any still running after ``timeout`` seconds."""
+        alive = [c for c in children if c.popen.poll() is None]
         for child in alive:
             with contextlib.suppress(ProcessLookupError):
                 child.popen.send_signal(signal.SIGTERM)
@@ -209,6 +243,9 @@ class Children:
                 log(f"{child.name} did not stop within {timeout:.0f}s: SIGKILL")
                 child.popen.kill()
             child.popen.wait()
+
+    def stop_all(self, timeout: float = STOP_TIMEOUT) -> None:
+        self.stop(self.items, timeout)
         for child in self.items:
             if child.log_file is not None:
                 child.log_file.close()
@@ -278,9 +315,11 @@ def postgres_bindir() -> Path:
 
 
 class PrivatePostgres:
-    """A throwaway PostgreSQL cluster with stock settings, on a free port."""
+    """A throwaway PostgreSQL cluster with stock settings, on a free port; ``preload``:
+    libraries for ``shared_preload_libraries`` (such as pg_stat_statements)."""
 
-    def __init__(self) -> None:
+    def __init__(self, preload: Sequence[str] = ()) -> None:
+        self.preload = list(preload)
         self.bindir = postgres_bindir()
         self.dir = Path(tempfile.mkdtemp(prefix="clarion-e2e-pg-"))
         self.data = self.dir / "data"
@@ -303,6 +342,8 @@ class PrivatePostgres:
         initdb = str(self.bindir / "initdb")
         self._run(initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        if self.preload:
+            options += f" -c shared_preload_libraries={','.join(self.preload)}"
         log_file = str(self.dir / "postgres.log")
         pg_ctl = str(self.bindir / "pg_ctl")
         self._run(pg_ctl, "-D", str(self.data), "-l", log_file, "-o", options, "-w", "start")
@@ -415,13 +456,22 @@ class Bench:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="clarion-e2e-"))
         self.children = Children(self.tmp)
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        # One port per `clarion api` (--apis); the load goes round robin over them.
+        self.ports = [free_port() for _ in range(args.apis)]
+        self.port = self.ports[0]
+        self.bases = [f"http://127.0.0.1:{port}" for port in self.ports]
+        self.base = self.bases[0]
         self.database: str | None = None
         self.admin_url: str = args.postgres_url
         self.private_postgres: PrivatePostgres | None = None
         self.postgres: dict[str, str] | None = None
         self.redis_url: str | None = None
+        self.cluster: LocalCluster | None = None
+        self.nats: subprocess.Popen[bytes] | None = None
+        self.broker_ports: list[int] = []  # a worker connected to one is taking work
+        self.stores: Stores | None = None  # where `costs` reads its counters
+        self.server_names: dict[int, str] = {}  # pid -> name, of the servers started here
+        self.process_names: dict[int, str] = {}
         self.sink: Child | None = None
         self.key = ""
         self.run_id = secrets.token_hex(4)
@@ -446,10 +496,10 @@ class Bench:
     async def prepare_stores(self) -> dict[str, str]:
         if self.args.config == "embedded":
             return self.env(f"sqlite+aiosqlite:///{self.tmp / 'clarion.db'}", "embedded://")
-        claim_redis(self.args.redis_url)
-        self.redis_url = self.args.redis_url
+        broker_env = await asyncio.to_thread(self.start_broker)
         if self.args.private_postgres:
-            self.private_postgres = PrivatePostgres()
+            preload = ["pg_stat_statements"] if self.args.pg_statements else []
+            self.private_postgres = PrivatePostgres(preload)
             self.admin_url = await asyncio.to_thread(self.private_postgres.start)
         self.postgres = await postgres_settings(self.admin_url)
         if self.postgres.get("autovacuum") == "off":
@@ -458,8 +508,65 @@ class Bench:
         await create_database(self.admin_url, name, self.args.pg_set)
         self.database = name
         database_url = with_database(self.admin_url, name, "postgresql+asyncpg")
-        log(f"database {name}, redis {self.args.redis_url} (flushed)")
-        return self.env(database_url, self.args.redis_url)
+        assert self.stores is not None
+        self.stores.postgres_admin, self.stores.database = self.admin_url, name
+        self.stores.database_url = with_database(self.admin_url, name)
+        log(f"database {name}, broker {broker_env['CLARION_BROKER_URL']}")
+        env = self.env(database_url, broker_env.pop("CLARION_BROKER_URL"))
+        return {**env, **broker_env}
+
+    def start_broker(self) -> dict[str, str]:
+        """Start or claim the broker and the Redis for shared state (``--broker``); returns
+        their variables for the Clarion processes."""
+        shards = {"CLARION_BROKER_SHARDS": str(self.args.shards)} if self.args.shards else {}
+        if self.args.broker == "redis-cluster":
+            self.cluster = self.start_cluster()
+            url = self.cluster.url
+            masters = [("127.0.0.1", node.port) for node in self.cluster.masters()]
+            self.stores = Stores(masters, "cluster masters")
+            return {"CLARION_BROKER_URL": url, "CLARION_REDIS_URL": url, **shards}
+        claim_redis(self.args.redis_url)
+        self.redis_url = self.args.redis_url
+        parts = urlsplit(self.redis_url)
+        redis_server = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self.stores = Stores([redis_server], "server (all its databases)")
+        if self.args.broker == "nats":
+            url, self.stores.nats_monitor = self.start_nats()
+            return {"CLARION_BROKER_URL": url, "CLARION_REDIS_URL": self.redis_url}
+        self.broker_ports = [redis_server[1]]
+        return {"CLARION_BROKER_URL": self.redis_url, **shards}
+
+    def start_cluster(self) -> LocalCluster:
+        """A private Redis Cluster of three masters and three replicas."""
+        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if server is None or cli is None:
+            raise RuntimeError("--broker redis-cluster needs redis-server and redis-cli on PATH")
+        root = self.tmp / "redis-cluster"
+        root.mkdir()
+        # redis.conf's node timeout: a node slow to answer on a loaded machine is not failed.
+        self.cluster = LocalCluster(server, cli, root, node_timeout_ms=15_000)
+        self.cluster.start()
+        roles = self.cluster.roles()
+        for node in self.cluster.nodes:
+            assert node.process is not None
+            self.server_names[node.process.pid] = f"redis-{roles[node.port][0]}-{node.port}"
+        self.broker_ports = [node.port for node in self.cluster.nodes]
+        log(f"Redis Cluster: {self.cluster.url} (and three replicas)")
+        return self.cluster
+
+    def start_nats(self) -> tuple[str, str]:
+        """A private nats-server with JetStream and its monitoring endpoint: their URLs."""
+        binary = nats_binary()
+        if binary is None:
+            raise RuntimeError("--broker nats needs nats-server on PATH")
+        port, monitor = free_port(), free_port()
+        store = self.tmp / "nats"
+        store.mkdir()
+        self.nats = start_nats(binary, port, str(store), monitor_port=monitor)
+        self.server_names[self.nats.pid] = "nats"
+        self.broker_ports = [port]
+        log(f"NATS: nats://127.0.0.1:{port}, monitoring on port {monitor}")
+        return f"nats://127.0.0.1:{port}", f"http://127.0.0.1:{monitor}"
 
     async def start_sink(self) -> tuple[str, SinkControl]:
         records = self.tmp / "received.tsv"
@@ -492,7 +599,8 @@ class Bench:
         if self.args.config == "embedded":
             self.children.start("serve", clarion("serve"), env)
             return []
-        self.children.start("api", clarion("api"), env)
+        for i, port in enumerate(self.ports):
+            self.children.start(f"api-{i}", clarion("api"), {**env, "CLARION_HTTP_PORT": str(port)})
         worker_args = ["worker"]
         if self.args.worker_channels:
             worker_args += ["--channels", self.args.worker_channels]
@@ -505,15 +613,18 @@ class Bench:
 
     async def wait_ready(self, session: aiohttp.ClientSession, worker_pids: list[int]) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        redis_port = urlsplit(self.args.redis_url).port or 6379
-        api_ready = False
+        waiting = list(self.bases)
         while True:
             self.children.check()
-            if not api_ready:
+            for base in list(waiting):
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.get(f"{self.base}/readyz") as response:
-                        api_ready = response.status == 200
-            if api_ready and all(connected_to(pid, redis_port) for pid in worker_pids):
+                    async with session.get(f"{base}/readyz") as response:
+                        if response.status == 200:
+                            waiting.remove(base)
+            taking = all(
+                any(connected_to(pid, port) for port in self.broker_ports) for pid in worker_pids
+            )
+            if not waiting and taking:
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"Clarion was not ready within {STARTUP_TIMEOUT:.0f}s")
@@ -580,10 +691,10 @@ class Bench:
             for start in range(0, m, size)
         ]
 
-    async def post_batch(self, client: HttpClient, body: bytes, load: Load) -> None:
+    async def post_batch(self, client: HttpClient, body: bytes, load: Load, base: str) -> None:
         headers = {"authorization": f"Bearer {self.key}", "content-type": "application/json"}
         single = self.args.mode == "single"
-        url = f"{self.base}/v1/notifications" + ("" if single else "/batch")
+        url = f"{base}/v1/notifications" + ("" if single else "/batch")
         attempt = 0
         while True:
             retry_after: float | None = None
@@ -633,9 +744,9 @@ class Bench:
 
     async def _send_all(self, client: HttpClient) -> Load:
         bodies = self.bodies()
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        for body in bodies:
-            queue.put_nowait(body)
+        queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+        for item in enumerate(bodies):
+            queue.put_nowait(item)
         load = Load()
 
         per_request = 1 if self.args.mode == "single" else self.args.batch
@@ -645,11 +756,12 @@ class Bench:
 
         async def sender() -> None:
             while not queue.empty():
-                body = queue.get_nowait()
+                k, body = queue.get_nowait()
                 if interval:  # paced: request k goes out at k * interval, not before
                     due = paced_from + next(slots) * interval
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
-                await self.post_batch(client, body, load)
+                # Round robin over the API processes, as a load balancer in front of them.
+                await self.post_batch(client, body, load, self.bases[k % len(self.bases)])
 
         load.started = time.time()
         paced_from = time.monotonic()
@@ -712,21 +824,49 @@ class Bench:
 
     async def measure(self, session: aiohttp.ClientSession, sink: SinkControl) -> dict[str, Any]:
         log(f"ready: sending {self.args.notifications} notifications")
+        # The stores' counters are read outside the CPU window, so that reading them is
+        # not counted in it.
+        stores_before = await snapshot(self.stores) if self.stores else {}
         cpu_before = self.cpu_times()
         load = await self.send_all(session)
         log(f"accepted {len(load.accepted_at)} in {time.time() - load.started:.1f}s")
-        await self.wait_delivered(sink, len(load.accepted_at))
-        cpu = cpu_used(cpu_before, self.cpu_times(), len(load.accepted_at))
+        m = len(load.accepted_at)
+        await self.wait_delivered(sink, m)
+        cpu = cpu_used(cpu_before, self.cpu_times(), m, self.process_names)
         await asyncio.sleep(self.args.settle)  # late repeats count as duplicates
         await sink.ask("dump")
         statuses = await self.check_statuses(session, load)
         received = read_records(self.tmp / "received.tsv")
-        return {**self.figures(load, received), "status_check": statuses, "cpu": cpu}
+        costs = await self.costs(stores_before, m) if self.stores else None
+        return {
+            **self.figures(load, received),
+            "status_check": statuses,
+            "cpu": cpu,
+            "costs": costs,
+        }
+
+    async def costs(self, before: dict[str, Any], notifications: int) -> dict[str, Any]:
+        """What the stores did per notification, from the first request until the Clarion
+        processes have stopped and their database sessions have ended (PostgreSQL counts a
+        session's work when it reports it: at most once a second, and when it ends)."""
+        assert self.stores is not None
+        clarion_roles = [c for c in self.children.items if c is not self.sink]
+        await asyncio.to_thread(self.children.stop, clarion_roles)
+        costs: dict[str, Any] = {"window": "first request to the Clarion processes stopped"}
+        if self.stores.postgres_admin and self.stores.database:
+            ended = await backends_gone(self.stores.postgres_admin, self.stores.database, 30)
+            if not ended:
+                costs["warning"] = "sessions of the database still open: counts may be short"
+        after = await snapshot(self.stores)
+        return {**costs, **per_notification(self.stores, before, after, notifications)}
 
     def cpu_times(self) -> dict[tuple[str, int], float]:
         """CPU seconds used so far by each process of this run, and by the whole machine."""
-        roles = {c.popen.pid: c.name.split("-")[0] for c in self.children.items}
-        roles[os.getpid()] = "loadgen"
+        names = {c.popen.pid: c.name for c in self.children.items}
+        names.update(self.server_names)
+        names[os.getpid()] = "loadgen"
+        self.process_names = names
+        roles = {pid: name.split("-")[0] for pid, name in names.items()}
         postmaster = self.private_postgres.postmaster_pid() if self.private_postgres else None
         if postmaster is not None:
             roles[postmaster] = "postgres"
@@ -761,12 +901,16 @@ class Bench:
         keys = Counter(key for _nid, key, _at in received)
         accept_span = max(load.accepted_at.values()) - load.started
         deliver_span = delivered[-1] - load.started
-        workers = self.args.workers if self.args.config == "postgres-redis" else None
+        apart = self.args.config == "postgres-redis"
+        workers = self.args.workers if apart else None
         return {
             "config": self.args.config,
+            "broker": self.args.broker if apart else None,
+            "shards": self.args.shards,
             "notifications": self.args.notifications,
             "recipients": self.args.recipients,
             "preferences": self.args.preferences,
+            "apis": self.args.apis if apart else None,
             "workers": workers,
             "worker_channels": (self.args.worker_channels or "all") if workers else None,
             "mode": self.args.mode,
@@ -810,6 +954,7 @@ class Bench:
                 if text := tail(child):
                     log(f"--- last lines of {child.name} ---\n{text}")
         self.children.stop_all()
+        self.stop_servers()
         if self.args.keep:
             kept = [str(self.tmp)] + [f"database {self.database}"] * bool(self.database)
             if self.private_postgres is not None:
@@ -817,22 +962,30 @@ class Bench:
                 kept.append(f"PostgreSQL on port {pg.port} (pg_ctl -D {pg.data} stop)")
             log(f"kept: {', '.join(kept)}; Redis data stays until the next run flushes it")
             return
-        if self.database is not None:
-            try:
-                asyncio.run(drop_database(self.admin_url, self.database))
-            except Exception as exc:
-                log(f"could not drop database {self.database}: {exc!r}")
-        if self.redis_url is not None:
-            try:
-                flush_redis(self.redis_url)
-            except Exception as exc:
-                log(f"could not flush {self.redis_url}: {exc!r}")
-        if self.private_postgres is not None:
-            try:
-                self.private_postgres.stop()
-            except Exception as exc:
-                log(f"could not stop the private PostgreSQL: {exc!r}")
+        if (name := self.database) is not None:
+            admin = self.admin_url
+            attempt(f"drop database {name}", lambda: asyncio.run(drop_database(admin, name)))
+        if (redis_url := self.redis_url) is not None:
+            attempt(f"flush {redis_url}", lambda: flush_redis(redis_url))
+        if (private := self.private_postgres) is not None:
+            attempt("stop the private PostgreSQL", private.stop)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def stop_servers(self) -> None:
+        """Stop the Redis Cluster or NATS server started here (their files are in the
+        temporary directory, kept with --keep)."""
+        if self.cluster is not None:
+            attempt("stop the Redis Cluster", self.cluster.stop)
+        if (nats := self.nats) is not None:
+            attempt("stop nats-server", lambda: stop_process(nats))
+
+
+def attempt(what: str, action: Callable[[], object]) -> None:
+    """One step of the clean-up: a failure is logged, and the steps after it still run."""
+    try:
+        action()
+    except Exception as exc:
+        log(f"could not {what}: {exc!r}")
 
 
 def read_text(path: str) -> str:
@@ -858,9 +1011,13 @@ def process_cpu(pid: int) -> float:
 
 
 def cpu_used(
-    before: dict[tuple[str, int], float], after: dict[tuple[str, int], float], notifications: int
+    before: dict[tuple[str, int], float],
+    after: dict[tuple[str, int], float],
+    notifications: int,
+    names: dict[int, str] | None = None,
 ) -> dict[str, Any]:
-    """CPU seconds between two snapshots by role; `other` is whatever else the machine did."""
+    """CPU seconds between two snapshots by role; `other` is whatever else the machine did;
+    `processes`, each process's own (``names``: pid -> name, else its role)."""
     window = after.pop(("wall", 0)) - before.pop(("wall", 0))
     busy = after.pop(("machine", 0)) - before.pop(("machine", 0))
     by_role: dict[str, float] = {}
@@ -868,13 +1025,57 @@ def cpu_used(
         by_role[role] = by_role.get(role, 0.0) + seconds - before.get((role, pid), 0.0)
     ours = sum(by_role.values())
     capacity = window * len(os.sched_getaffinity(0))
+    rows = process_rows(before, after, window, notifications, names or {})
     return {
         "window_s": round(window, 1),
         "machine_busy_pct": round(100 * busy / capacity, 1),
         "seconds": {role: round(v, 1) for role, v in sorted(by_role.items(), key=lambda i: -i[1])},
         "other_s": round(max(0.0, busy - ours), 1),
         "ms_per_notification": round(1000 * ours / notifications, 2),
+        "processes": rows,
+        "core_pct_range": {
+            role: [min(shares), max(shares)]
+            for role in by_role
+            if len(shares := [r["core_pct"] for r in rows if r["role"] == role]) > 1
+        },
     }
+
+
+def process_rows(
+    before: dict[tuple[str, int], float],
+    after: dict[tuple[str, int], float],
+    window: float,
+    notifications: int,
+    names: dict[int, str],
+) -> list[dict[str, Any]]:
+    """One row a process: CPU seconds in the window, per notification, and its busy share of
+    one core (100: it used a whole core all along). PostgreSQL's processes, many and
+    short-lived, are one row, with its busiest process's share."""
+
+    def row(role: str, name: str, pid: int | None, used: float) -> dict[str, Any]:
+        return {
+            "role": role,
+            "name": name,
+            "pid": pid,
+            "cpu_s": round(used, 2),
+            "ms_per_notification": round(1000 * used / notifications, 3),
+            "core_pct": round(100 * used / window, 1) if window > 0 else None,
+        }
+
+    rows, postgres = [], []
+    for (role, pid), seconds in sorted(
+        after.items(), key=lambda i: (i[0][0], names.get(i[0][1], ""))
+    ):
+        used = seconds - before.get((role, pid), 0.0)
+        if role == "postgres":
+            postgres.append(used)
+        else:
+            rows.append(row(role, names.get(pid, role), pid, used))
+    if postgres:
+        pg = row("postgres", f"postgres ({len(postgres)} processes)", None, sum(postgres))
+        pg["busiest_core_pct"] = round(100 * max(postgres) / window, 1) if window > 0 else None
+        rows.append(pg)
+    return rows
 
 
 def read_records(path: Path) -> list[tuple[str, str, float]]:
@@ -956,6 +1157,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recipients", "-n", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2, help="postgres-redis: worker processes")
     parser.add_argument(
+        "--apis",
+        type=int,
+        default=1,
+        help="postgres-redis: `clarion api` processes, each on a port, the load round robin",
+    )
+    parser.add_argument(
+        "--broker",
+        choices=["redis", "redis-cluster", "nats"],
+        default="redis",
+        help="postgres-redis: the Redis of --redis-url; a private Redis Cluster (3 masters, "
+        "3 replicas); or a private nats-server with JetStream, the shared state in "
+        "--redis-url's Redis",
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        help="CLARION_BROKER_SHARDS, with a Redis broker (redis-cluster: 3 by default)",
+    )
+    parser.add_argument(
         "--worker-channels",
         default="",
         help="postgres-redis: `clarion worker --channels` (default: every channel)",
@@ -988,6 +1208,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--private-postgres",
         action="store_true",
         help="start a throwaway PostgreSQL cluster with stock settings instead",
+    )
+    parser.add_argument(
+        "--pg-statements",
+        action="store_true",
+        help="with --private-postgres: load pg_stat_statements, for the statements in `costs`",
     )
     parser.add_argument(
         "--pg-set",
@@ -1025,9 +1250,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--batch must be between 1 and 1000")
     if args.rate < 0:
         parser.error("--rate must be >= 0")
-    if min(args.notifications, args.recipients, args.workers, args.concurrency) < 1:
-        parser.error("--notifications, --recipients, --workers and --concurrency must be >= 1")
+    if min(args.notifications, args.recipients, args.workers, args.concurrency, args.apis) < 1:
+        parser.error(
+            "--notifications, --recipients, --workers, --apis and --concurrency must be >= 1"
+        )
+    check_stores(parser, args)
     return args
+
+
+def check_stores(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The options of the stores that go together; --shards defaults by --broker."""
+    if args.config == "embedded" and (args.broker != "redis" or args.apis != 1):
+        parser.error("--broker and --apis are for --config postgres-redis")
+    if args.shards is not None and (args.broker == "nats" or not 1 <= args.shards <= 64):
+        parser.error("--shards is for a Redis broker, 1 to 64")
+    if args.broker == "redis-cluster" and args.shards is None:
+        args.shards = 3
+    if args.pg_statements and not args.private_postgres:
+        parser.error("--pg-statements needs --private-postgres (a server's preload setting)")
 
 
 def wait_for_lock(lock: TextIO, wait: float) -> None:

@@ -10,6 +10,9 @@ was outside the runs' own processes.
     uv run python benchmarks/suite.py --before ../before   # each Clarion run also from a
                                                            # checkout of the code before a change,
                                                            # alternating, with after/before ratios
+    uv run python benchmarks/suite.py --only procs-1x1,procs-2x2,procs-3x3   # more processes
+                                                           # on a Redis Cluster
+    uv run python benchmarks/suite.py --only batch,cluster-batch,nats-batch  # the brokers
 
 ``--before`` names another checkout of Clarion with its environment set up
 (``uv sync --all-extras`` in it); its benchmarks run from there. Celery runs with
@@ -63,7 +66,29 @@ RUNS: dict[str, tuple[list[str], bool]] = {
         ["celery_baseline.py", "--notifications", "6000", "--recipients", "1000"],
         True,
     ),
+    # Past one Redis (docs/operations.md, "Redis Cluster" and "NATS JetStream"): the batch
+    # path on each broker, and K API processes x M workers on a Redis Cluster.
+    "cluster-batch": (
+        ["e2e.py", "--config", "postgres-redis", "--broker", "redis-cluster",
+         "--notifications", "60000", "--recipients", "1000", "--workers", "2"],
+        False,
+    ),
+    "nats-batch": (
+        ["e2e.py", "--config", "postgres-redis", "--broker", "nats", "--notifications",
+         "60000", "--recipients", "1000", "--workers", "2"],
+        False,
+    ),
+    **{
+        f"procs-{k}x{k}": (
+            ["e2e.py", "--config", "postgres-redis", "--broker", "redis-cluster", "--apis",
+             str(k), "--workers", str(k), "--notifications", "60000", "--recipients", "1000"],
+            False,
+        )
+        for k in (1, 2, 3)
+    },
 }  # fmt: skip
+# What runs without --only: the table of docs/performance.md.
+DEFAULT_RUNS = ["batch", "single", "paced", "embedded", "celery-batch", "celery-single"]
 # A Clarion path and the Celery run that does the same work the way a team would by hand.
 AGAINST_CELERY = {"batch": "celery-batch", "single": "celery-single"}
 FIGURES: dict[str, Callable[[dict[str, Any]], float | None]] = {
@@ -75,6 +100,12 @@ FIGURES: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "api_p99_ms": lambda r: r.get("api_latency_ms", {}).get("p99"),
     "machine_busy_pct": lambda r: r.get("cpu", {}).get("machine_busy_pct"),
     "other_cpu_s": lambda r: r.get("cpu", {}).get("other_s"),
+    "redis_commands_per_notification": lambda r: (
+        (r.get("costs") or {}).get("redis", {}).get("commands_per_notification")
+    ),
+    "pg_wal_bytes_per_notification": lambda r: (
+        (r.get("costs") or {}).get("postgres", {}).get("wal_bytes_per_notification")
+    ),
 }
 
 
@@ -128,7 +159,9 @@ def jiffies() -> list[int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", default=",".join(RUNS), help="runs, comma-separated")
+    parser.add_argument(
+        "--only", default=",".join(DEFAULT_RUNS), help=f"runs, comma-separated: {', '.join(RUNS)}"
+    )
     parser.add_argument("--before", type=Path, help="a checkout of the code before a change")
     parser.add_argument("--keep", type=Path, help="a folder for each run's JSON")
     args = parser.parse_args()

@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,8 @@ import nats
 import pytest
 import redis
 from sqlalchemy.engine import make_url
+
+from private_servers import nats_binary, start_nats, stop_process, wait_for_ping
 
 T = TypeVar("T")
 
@@ -57,18 +58,8 @@ def _free_port() -> int:
 
 def _wait_for_redis(url: str, process: subprocess.Popen[bytes]) -> None:
     """Poll until the fresh server answers PING (server start-up, bounded)."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
     with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5) as client:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with code {process.returncode}")
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.01)
+        wait_for_ping(client, process)
 
 
 @pytest.fixture(scope="session")
@@ -116,49 +107,18 @@ def redis_url(redis_server: str) -> str:
 # -- NATS ----------------------------------------------------------------------------------
 
 
-def _nats_binary() -> str | None:
-    """``nats-server`` from PATH, else where Debian's package puts it."""
-    found = shutil.which("nats-server")
-    if found is None and Path("/usr/sbin/nats-server").exists():
-        found = "/usr/sbin/nats-server"
-    return found
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str) -> None:
-    """Poll until the fresh server accepts connections (server start-up, bounded)."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with code {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.01)
-
-
 @contextlib.contextmanager
 def nats_process(port: int, store: str) -> Iterator[subprocess.Popen[bytes]]:
     """A ``nats-server -js`` on ``port`` keeping its JetStream store in ``store``, stopped
     (or killed, if it was not) at the end."""
-    binary = _nats_binary()
+    binary = nats_binary()
     if binary is None:
         _missing("nats-server not found on PATH; set CLARION_TEST_NATS_URL to use a server")
-    args = [binary, "-js", "-sd", store, "-a", "127.0.0.1", "-p", str(port)]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_nats(binary, port, store)
     try:
-        _wait_for_port(port, process, "nats-server")
         yield process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
 
 
 @pytest.fixture(scope="session")

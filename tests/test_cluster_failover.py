@@ -24,9 +24,9 @@ from clarion.broker.redis_client import connect
 from clarion.realtime.base import RESYNC
 from clarion.realtime.redis import RedisHub, channel
 from clarion.store.tables import deliveries
-from cluster_servers import LocalCluster
 from faultkit import put_recipients, send_batch
 from harness import Harness, make_settings, running
+from private_servers import LocalCluster
 from webhook_sink import WebhookSink
 
 TOTAL = 600

@@ -86,10 +86,11 @@ class Runtime:
     _events: EventDispatcher | None = None
     _acks: Batcher[Message, None] | None = None
     _planner: Planner | None = None
+    _lag_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         ctx = self.ctx
-        self._spawn("loop-lag", self._sample_lag())
+        self._sample_lag()
         if self.roles.api:
             self.intake = Intake(ctx)
             self.intake.start()
@@ -146,16 +147,24 @@ class Runtime:
                 "retention", self._loop(keeper.run_once, idle=ctx.settings.retention_interval)
             )
 
-    async def _sample_lag(self) -> None:
-        """Every ``LAG_EVERY``, how late the loop woke this task: what anything ready
-        waited then behind the work in hand (a stall shows as a lag as long)."""
+    def _sample_lag(self) -> None:
+        """Every ``LAG_EVERY``, how late the loop ran a timer: what anything ready waited
+        then behind the work in hand (a stall shows as a lag as long). A bare timer, not a
+        task: at rest each sample costs the loop one turn."""
         loop = asyncio.get_running_loop()
-        while not self._stop.is_set():
-            due = loop.time() + LAG_EVERY
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), LAG_EVERY)
-            if not self._stop.is_set():
+
+        def sample(due: float) -> None:
+            try:
                 metrics.loop_lag(max(0.0, loop.time() - due))
+            finally:
+                if not self._stop.is_set():
+                    schedule()
+
+        def schedule() -> None:
+            due = loop.time() + LAG_EVERY
+            self._lag_timer = loop.call_at(due, sample, due)
+
+        schedule()
 
     async def _ack(self, messages: list[Message]) -> list[None]:
         await self.ctx.broker.ack(messages)
@@ -235,6 +244,8 @@ class Runtime:
     async def stop(self) -> None:
         """Stop taking work, finish or hand back what is in flight, close."""
         self._stop.set()
+        if self._lag_timer is not None:
+            self._lag_timer.cancel()
         deadline = self.ctx.settings.shutdown_timeout
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=deadline)

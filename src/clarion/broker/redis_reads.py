@@ -107,9 +107,11 @@ async def unless_stopped(read: Awaitable[Any], stop: asyncio.Event) -> Any:
 class ClusterReads:
     """A consumer's reads over a Redis Cluster: at most one read in flight per consumer
     and key, kept across calls. A read that got messages after its caller returned hands
-    them to the consumer's next call; messages that waited there past half a lease (the
+    them to the next call for that key; messages that waited there past half a lease (the
     consumer was busy and did not call) come marked as redelivered, for their work may
-    have been taken back and done meanwhile."""
+    have been taken back and done meanwhile. Several loops of a process may read under one
+    consumer name (the planner's plan, critical and chunk streams), each its own keys: a
+    call harvests only the keys it reads, so no loop takes another's reads from under it."""
 
     def __init__(self, client: RedisCluster, group: str, lease: float) -> None:
         self._client = client
@@ -125,12 +127,11 @@ class ClusterReads:
         block: float | None,
         stop: asyncio.Event | None,
     ) -> Entries:
-        """Entries for ``consumer``: first what its earlier reads got, then one read of
-        each key not being read already, without blocking; with ``block`` (seconds) and
-        nothing yet, a blocking read of each of those keys, until the first returns or
-        ``block`` ends (or ``stop``). Entries of keys not in ``counts`` may come (an
-        earlier call read them)."""
-        got = self._harvest(consumer)
+        """Entries for ``consumer`` of the keys in ``counts``: first what its earlier reads
+        of them got, then one read of each key not being read already, without blocking;
+        with ``block`` (seconds) and nothing yet, a blocking read of each key, until the
+        first returns or ``block`` ends (or ``stop``)."""
+        got = self._harvest(consumer, counts)
         free = [key for key in counts if (consumer, key) not in self._inflight]
         if free:
             async with self._client.pipeline(transaction=False) as pipe:
@@ -143,8 +144,9 @@ class ClusterReads:
                         got[key] = (entries, False)
         if got or block is None or (stop is not None and stop.is_set()):
             return got
-        for key in free:
-            self._start(consumer, key, counts[key], block)
+        for key in counts:
+            if (consumer, key) not in self._inflight:
+                self._start(consumer, key, counts[key], block)
         reading = [self._inflight[(consumer, key)] for key in counts]
         stopping = None if stop is None else asyncio.ensure_future(stop.wait())
         try:
@@ -153,7 +155,7 @@ class ClusterReads:
         finally:
             if stopping is not None:
                 stopping.cancel()
-        return self._harvest(consumer)
+        return self._harvest(consumer, counts)
 
     def _start(self, consumer: str, key: bytes, count: int, block: float) -> None:
         read = self._client.xreadgroup(
@@ -166,18 +168,19 @@ class ClusterReads:
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._done_at[task] = time.monotonic()
 
-    def _harvest(self, consumer: str) -> Entries:
-        """What this consumer's finished reads got. A failed read is forgotten (anything the
-        server handed out to it is taken back after its lease); its error is raised only
-        when no read got anything, so that one node's outage does not drop what the
-        others' reads took."""
+    def _harvest(self, consumer: str, keys: Iterable[bytes]) -> Entries:
+        """What this consumer's finished reads of ``keys`` got. A failed read is forgotten
+        (anything the server handed out to it is taken back after its lease); its error is
+        raised only when no read got anything, so that one node's outage does not drop
+        what the others' reads took."""
         got: Entries = {}
         failure: BaseException | None = None
         now = time.monotonic()
-        for (owner, key), task in list(self._inflight.items()):
-            if owner != consumer or not task.done():
+        for key in keys:
+            task = self._inflight.get((consumer, key))
+            if task is None or not task.done():
                 continue
-            del self._inflight[(owner, key)]
+            del self._inflight[(consumer, key)]
             stale = now - self._done_at.pop(task, now) > self._stale_after
             if task.cancelled():
                 continue

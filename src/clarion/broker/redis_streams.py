@@ -514,9 +514,8 @@ class RedisBroker(Broker):
         else:
             got = await self._read_server(take, counts, block)
         taken, excess = [], []
-        for stream in dict.fromkeys([*take.streams, *(self._places[k][0] for k in got)]):
+        for stream in take.streams:
             ordered = [k for k in keys if self._places[k][0] == stream]
-            ordered += [k for k in got if k not in counts and self._places[k][0] == stream]
             found = []
             for key in ordered:
                 if key in got:

@@ -7,6 +7,7 @@ On the session's Redis Cluster (cluster_servers.py)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -39,24 +40,31 @@ async def _getkeys_calls(client: RedisCluster) -> int:
     return total
 
 
+async def _left_in_flight(reads: ClusterReads, key: bytes, count: int) -> asyncio.Future[Any]:
+    """A blocking read of ``key`` by the consumer ``planner`` whose caller is stopped once
+    the read is sent: the read stays in flight on the server; its task."""
+    stop, started = asyncio.Event(), asyncio.Event()
+    start = reads._start
+
+    def starting(consumer: str, key: bytes, count: int, block: float) -> None:
+        start(consumer, key, count, block)
+        started.set()
+
+    reads._start = starting  # type: ignore[method-assign]
+    stopped = asyncio.create_task(reads.read("planner", {key: count}, 10.0, stop))
+    await started.wait()
+    pending = reads._inflight[("planner", key)]
+    stop.set()
+    assert await stopped == {}
+    return pending
+
+
 async def test_loops_under_one_consumer_keep_their_own_reads(redis_cluster_url: str) -> None:
     client = await _client(redis_cluster_url)
     reads = ClusterReads(client, GROUP, lease=30.0)
     try:
         # The plan loop's blocking read is stopped; its read stays in flight on the server.
-        stop, started = asyncio.Event(), asyncio.Event()
-        start = reads._start
-
-        def starting(consumer: str, key: bytes, count: int, block: float) -> None:
-            start(consumer, key, count, block)
-            started.set()
-
-        reads._start = starting  # type: ignore[method-assign]
-        stopped = asyncio.create_task(reads.read("planner", {PLAN: 10}, 10.0, stop))
-        await started.wait()
-        pending = reads._inflight[("planner", PLAN)]
-        stop.set()
-        assert await stopped == {}
+        pending = await _left_in_flight(reads, PLAN, 10)
         await client.xadd(PLAN, {"d": b"plan-1"})
         await pending  # the read in flight took the message after its caller returned
         # The critical loop, same consumer name, other key: it neither gets nor drops the
@@ -122,6 +130,32 @@ async def test_a_read_is_routed_without_asking_the_server_for_its_keys(
         await client.xreadgroup(GROUP, "worker", {PLAN: ">"}, count=1)
         await client.xread({CRITICAL: "0-0"}, count=1)
         assert await _getkeys_calls(client) == before
+    finally:
+        await reads.aclose()
+        await client.aclose()
+
+
+async def test_what_a_read_took_after_its_caller_returned_is_never_dropped(
+    redis_cluster_url: str,
+) -> None:
+    """A read in flight takes messages after its caller returned, and more come to its
+    key: the next call returns what the read took (it does not read the key again over
+    them), and the call after returns the rest. Every message taken is handed out."""
+    client = await _client(redis_cluster_url)
+    reads = ClusterReads(client, GROUP, lease=30.0)
+    try:
+        pending = await _left_in_flight(reads, PLAN, 2)
+        for i in range(4):
+            await client.xadd(PLAN, {"d": f"m{i}".encode()})
+        await pending
+        handed: list[bytes] = []
+        for _ in range(3):
+            got = await reads.read("planner", {PLAN: 2}, None, None)
+            for entries, _stale in got.values():
+                handed += [fields[b"d"] for _, fields in entries]
+        assert handed == [b"m0", b"m1", b"m2", b"m3"]
+        summary = await client.xpending(PLAN, GROUP)
+        assert summary["pending"] == len(handed)
     finally:
         await reads.aclose()
         await client.aclose()

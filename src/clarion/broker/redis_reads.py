@@ -132,7 +132,10 @@ class ClusterReads:
         with ``block`` (seconds) and nothing yet, a blocking read of each key, until the
         first returns or ``block`` ends (or ``stop``)."""
         got = self._harvest(consumer, counts)
-        free = [key for key in counts if (consumer, key) not in self._inflight]
+        # Not a key whose earlier read just came in: a second read of it would take more,
+        # and its entries would replace those (taken, never handled until their lease ran
+        # out).
+        free = [key for key in counts if (consumer, key) not in self._inflight and key not in got]
         if free:
             async with self._client.pipeline(transaction=False) as pipe:
                 for key in free:

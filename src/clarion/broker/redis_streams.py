@@ -18,6 +18,7 @@ first (docs/operations.md, "Redis Cluster").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -28,7 +29,7 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.typing import EncodableT, FieldT, StreamIdT
 
 from clarion.broker.base import Broker, Delayed, Message, StreamStats, Take
@@ -204,6 +205,12 @@ class RedisBroker(Broker):
         self._client = client
         if isinstance(client, RedisCluster):
             self._cluster = ClusterReads(client, GROUP, self._lease)
+            # The cluster's layout read once before the consumers start: their first
+            # commands, all at once, otherwise met connections closed under them as the
+            # client replaced the nodes it started from. A cluster away now is waited out
+            # by the consumers, as any outage.
+            with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                await client.initialize()
         # Entries as the server sent them: messages_of reads their fields, without a dict,
         # a tuple and a list built per entry by redis-py first.
         client.set_response_callback("XREADGROUP", as_sent)

@@ -68,6 +68,11 @@ RUNS: dict[str, tuple[list[str], bool]] = {
     ),
     # Past one Redis (docs/operations.md, "Redis Cluster" and "NATS JetStream"): the batch
     # path on each broker, and K API processes x M workers on a Redis Cluster.
+    "redis-batch": (
+        ["e2e.py", "--config", "postgres-redis", "--broker", "redis", "--notifications",
+         "60000", "--recipients", "1000", "--workers", "2"],
+        False,
+    ),
     "cluster-batch": (
         ["e2e.py", "--config", "postgres-redis", "--broker", "redis-cluster",
          "--notifications", "60000", "--recipients", "1000", "--workers", "2"],

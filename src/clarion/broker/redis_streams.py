@@ -54,6 +54,11 @@ MAX_CONNECTIONS = 64
 # how long a blocking read waits at most before it does (a stop ends a read at once).
 MOVE_EVERY = 0.05
 BLOCK_SLICE = 0.1
+# While busy, a stream shard's delayed set is looked at when a message this process put
+# there (or saw there) is due, and every BUSY_LOOK besides, for those that other processes
+# put there: with many processes, each of them looking every MOVE_EVERY was most of the
+# Redis commands of a busy cluster.
+BUSY_LOOK = 0.5
 # At rest (nothing taken or published for QUIET seconds) it looks at a stream's delayed
 # set only when a message it knows of is due, or every RESTING_LOOK (another process may
 # have added one due sooner: one that is not its own consumer, as the scheduler's relay,
@@ -464,13 +469,13 @@ class RedisBroker(Broker):
         return bool(moved != MOVE_BATCH)
 
     def _moving_due(self, key: bytes, now: float, wall: float) -> bool:
-        """Whether to move a stream shard's due delayed messages now: every ``MOVE_EVERY``
-        while busy; at rest when one known is due, or ``RESTING_LOOK`` after the last
-        look."""
+        """Whether to move a stream shard's due delayed messages now: when one known is
+        due (looked at every ``MOVE_EVERY`` at most), or ``BUSY_LOOK`` after the last look
+        while busy, ``RESTING_LOOK`` at rest."""
         since = now - self._moved_at.get(key, -1e9)
         if since < MOVE_EVERY:
             return False
-        if now < self._busy_until or since >= RESTING_LOOK:
+        if since >= (BUSY_LOOK if now < self._busy_until else RESTING_LOOK):
             return True
         known = self._next_due.get(key)
         return known is not None and known <= wall

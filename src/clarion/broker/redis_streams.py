@@ -64,7 +64,7 @@ BUSY_LOOK = 0.5
 # have added one due sooner: one that is not its own consumer, as the scheduler's relay,
 # or one that died), and a read blocks up to that long.
 QUIET = 10.0
-RESTING_LOOK = 5.0
+RESTING_LOOK = 8.0
 # Delayed messages moved per script call (keeps each call short for the server).
 MOVE_BATCH = 500
 # Delayed members are a fixed-length random tag + the payload: equal payloads stay distinct.

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, func, select, update
+from sqlalchemy import Select, bindparam, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -167,7 +167,10 @@ async def close_due(
     nothing is written (:func:`finds_any`)."""
     t = digest_windows
     stamp = utcnow()
-    due = select(t.c.id).where(t.c.closed_at.is_(None), t.c.closes_at <= now)
+
+    def due() -> Select[Any]:
+        return select(t.c.id).where(t.c.closed_at.is_(None), t.c.closes_at <= now)
+
     if not await finds_any(engine, pg, due, _WINDOWS_DUE, now):
         return []
     async with write_tx(engine) as conn:

@@ -255,7 +255,10 @@ async def claim_due_outbox(
     relays skip them while this one publishes, and return their notification ids. With
     none due, nothing is written (:func:`finds_any`)."""
     now = now or utcnow()
-    due = select(outbox.c.notification_id).where(outbox.c.available_at <= now)
+
+    def due() -> Select[Any]:
+        return select(outbox.c.notification_id).where(outbox.c.available_at <= now)
+
     if not await finds_any(engine, pg, due, _OUTBOX_DUE, now):
         return []
     async with write_tx(engine) as conn:

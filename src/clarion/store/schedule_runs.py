@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.ids import new_id
@@ -82,7 +82,10 @@ async def take(
     """Take open runs whose lease has passed (new ones are due at once): each with an
     ``UPDATE`` guarded by the lease read, so of several schedulers one takes it. Asked
     first whether any is (:func:`finds_any`)."""
-    due = select(r.c.id).where(r.c.status.in_(OPEN), r.c.lease_until <= now)
+
+    def due() -> Select[Any]:
+        return select(r.c.id).where(r.c.status.in_(OPEN), r.c.lease_until <= now)
+
     if not await finds_any(engine, pg, due, _ANY_DUE, list(OPEN), now):
         return []
     query = (

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Text, cast, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, Text, cast, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.cron import DEFAULT_ZONE
@@ -156,7 +156,10 @@ async def due(
 ) -> list[dict[str, Any]]:
     """Schedules whose next look is due (disabled ones have none), asked first whether
     any is (:func:`finds_any`)."""
-    some = select(s.c.name).where(s.c.next_run_at <= now)
+
+    def some() -> Select[Any]:
+        return select(s.c.name).where(s.c.next_run_at <= now)
+
     if not await finds_any(engine, pg, some, _ANY_DUE, now):
         return []
     query = select(s).where(s.c.next_run_at <= now).order_by(s.c.next_run_at).limit(limit)

@@ -87,18 +87,19 @@ def _upsert(dialect: str, table: Table, keys: tuple[str, ...], update: tuple[str
 
 
 async def finds_any(
-    engine: AsyncEngine, pg: PgPool | None, query: Select[Any], sql: str, *args: Any
+    engine: AsyncEngine, pg: PgPool | None, query: Callable[[], Select[Any]], sql: str, *args: Any
 ) -> bool:
-    """Whether ``query`` finds a row, asked without a write transaction: on PostgreSQL as
-    ``sql`` (``SELECT EXISTS (...)``, the same question in asyncpg's terms, over ``args``),
-    one round trip without a pool checkout's ping, ``BEGIN`` or ``ROLLBACK``; otherwise
-    ``query`` read for one row. The looks of the roles at rest (the scheduler's, the API's)
-    ask this first and write only when it finds something."""
+    """Whether the query ``query()`` makes finds a row, asked without a write transaction:
+    on PostgreSQL as ``sql`` (``SELECT EXISTS (...)``, the same question in asyncpg's terms,
+    over ``args``), one round trip without a pool checkout's ping, ``BEGIN`` or
+    ``ROLLBACK``, and the query never built; otherwise the query read for one row. The
+    looks of the roles at rest (the scheduler's, the API's) ask this first and write only
+    when it finds something."""
     if pg is not None:
         [[found]] = await pg.fetch(sql, *args)
         return bool(found)
     async with engine.connect() as conn:
-        return (await conn.execute(query.limit(1))).first() is not None
+        return (await conn.execute(query().limit(1))).first() is not None
 
 
 async def first_row(engine: AsyncEngine, query: Executable) -> RowMapping | None:

@@ -12,8 +12,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 # is dropped and the call fails (redis TimeoutError, an outage to the callers) instead of
 # waiting forever on a half-open socket. Set here rather than left to redis-py, whose
 # default changed between versions (none before 8, 5 s since). Above any command Clarion
-# sends: its longest, a blocking XREADGROUP, blocks for 0.1 s while busy and 8 s at most
-# at rest (broker/redis_streams.py RESTING_LOOK, pipeline/consumer.py READ_WAIT).
+# sends: its longest, a blocking XREADGROUP, blocks for 0.5 s at most while busy and 8 s
+# at most at rest (broker/redis_streams.py).
 SOCKET_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
 

@@ -50,14 +50,14 @@ log = logging.getLogger(__name__)
 
 GROUP = "clarion"
 MAX_CONNECTIONS = 64
-# How often one broker instance moves due delayed messages into a stream, at most; and
-# how long a blocking read waits at most before it does (a stop ends a read at once).
+# How often one broker instance moves due delayed messages into a stream, at most (a stop
+# ends a blocking read at once).
 MOVE_EVERY = 0.05
-BLOCK_SLICE = 0.1
 # While busy, a stream shard's delayed set is looked at when a message this process put
 # there (or saw there) is due, and every BUSY_LOOK besides, for those that other processes
-# put there: with many processes, each of them looking every MOVE_EVERY was most of the
-# Redis commands of a busy cluster.
+# put there; a blocking read waits until the next of these at most. With many processes,
+# each of them looking every MOVE_EVERY, and each idle consumer's read coming back every
+# 100 ms, were most of the Redis commands of a busy cluster.
 BUSY_LOOK = 0.5
 # At rest (nothing taken or published for QUIET seconds) it looks at a stream's delayed
 # set only when a message it knows of is due, or every RESTING_LOOK (another process may
@@ -382,14 +382,15 @@ class RedisBroker(Broker):
         return taken
 
     def _slice(self, keys: Sequence[bytes]) -> float:
-        """How long a read may block before delayed messages are looked at again: a slice
-        while busy, up to ``RESTING_LOOK`` at rest, and no longer than until the next
-        delayed message known is due."""
-        if time.monotonic() < self._busy_until:
-            return BLOCK_SLICE
+        """How long a read may block before delayed messages are looked at again: until
+        the next delayed message known is due, and no longer than ``BUSY_LOOK`` while the
+        process is busy, ``RESTING_LOOK`` at rest. A read answers at once when a message
+        comes, so a consumer with nothing to read costs a round trip per slice, not ten a
+        second, while others in its process are busy."""
+        look = BUSY_LOOK if time.monotonic() < self._busy_until else RESTING_LOOK
         now = time.time()
-        soonest = min((self._next_due.get(k, now + RESTING_LOOK) for k in keys), default=now)
-        return min(RESTING_LOOK, max(MOVE_EVERY, soonest - now))
+        soonest = min((self._next_due.get(k, now + look) for k in keys), default=now)
+        return min(look, max(MOVE_EVERY, soonest - now))
 
     async def _ensure_groups(self, keys: Sequence[bytes]) -> None:
         for key in keys:

@@ -56,10 +56,9 @@ log = logging.getLogger(__name__)
 
 # How long a read waits for work (a stop ends it sooner): at rest, a consumer blocks on its
 # streams rather than polling them. The broker cuts a wait into slices of its own where it
-# must look at something between (broker/redis_streams.py: every 100 ms while busy). Below
-# the Redis clients' socket timeout (broker/reconnect.py), which a blocking read must not
-# meet.
-READ_WAIT = 8.0
+# must look at something between (broker/redis_streams.py). It also bounds how long lanes
+# left out of a read (no room for them when it began) wait for the next.
+READ_WAIT = 5.0
 
 # Handles one message; False says its endpoint failed it or was slow (an error, a timeout,
 # a long call), which puts the endpoint in trouble (see "Endpoints and retries").

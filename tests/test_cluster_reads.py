@@ -7,6 +7,8 @@ On the session's Redis Cluster (cluster_servers.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,6 +31,19 @@ async def _client(url: str) -> RedisCluster:
     for key in (PLAN, CRITICAL):
         await client.xgroup_create(key, GROUP, "0", mkstream=True)
     return client
+
+
+@contextlib.asynccontextmanager
+async def _reading(url: str) -> AsyncIterator[tuple[RedisCluster, ClusterReads]]:
+    """A client of the cluster with the test streams' group, and its reads; both closed
+    at the end."""
+    client = await _client(url)
+    reads = ClusterReads(client, GROUP, lease=30.0)
+    try:
+        yield client, reads
+    finally:
+        await reads.aclose()
+        await client.aclose()
 
 
 async def _getkeys_calls(client: RedisCluster) -> int:
@@ -60,9 +75,7 @@ async def _left_in_flight(reads: ClusterReads, key: bytes, count: int) -> asynci
 
 
 async def test_loops_under_one_consumer_keep_their_own_reads(redis_cluster_url: str) -> None:
-    client = await _client(redis_cluster_url)
-    reads = ClusterReads(client, GROUP, lease=30.0)
-    try:
+    async with _reading(redis_cluster_url) as (client, reads):
         # The plan loop's blocking read is stopped; its read stays in flight on the server.
         pending = await _left_in_flight(reads, PLAN, 10)
         await client.xadd(PLAN, {"d": b"plan-1"})
@@ -78,42 +91,34 @@ async def test_loops_under_one_consumer_keep_their_own_reads(redis_cluster_url: 
         got = await reads.read("planner", {PLAN: 10}, None, None)
         assert set(got) == {PLAN}
         assert [fields[b"d"] for _, fields in got[PLAN][0]] == [b"plan-1"]
-    finally:
-        await reads.aclose()
-        await client.aclose()
 
 
 async def test_concurrent_loops_under_one_consumer_do_not_fail(redis_cluster_url: str) -> None:
     """Three loops read side by side under one name while messages come: none fails,
     and every message reaches the loop of its stream once."""
-    client = await _client(redis_cluster_url)
-    reads = ClusterReads(client, GROUP, lease=30.0)
-    third = b"clarion:{plan.chunks}:s"
-    await client.xgroup_create(third, GROUP, "0", mkstream=True)
-    keys = (PLAN, CRITICAL, third)
-    seen: dict[bytes, list[bytes]] = {key: [] for key in keys}
-    each = 40
+    async with _reading(redis_cluster_url) as (client, reads):
+        third = b"clarion:{plan.chunks}:s"
+        await client.xgroup_create(third, GROUP, "0", mkstream=True)
+        keys = (PLAN, CRITICAL, third)
+        seen: dict[bytes, list[bytes]] = {key: [] for key in keys}
+        each = 40
 
-    async def loop(key: bytes) -> None:
-        while len(seen[key]) < each:
-            got = await reads.read("planner", {key: 5}, 0.02, None)
-            assert set(got) <= {key}
-            for entries, _stale in got.values():
-                seen[key] += [fields[b"d"] for _, fields in entries]
+        async def loop(key: bytes) -> None:
+            while len(seen[key]) < each:
+                got = await reads.read("planner", {key: 5}, 0.02, None)
+                assert set(got) <= {key}
+                for entries, _stale in got.values():
+                    seen[key] += [fields[b"d"] for _, fields in entries]
 
-    async def publish() -> None:
-        for i in range(each):
-            for key in keys:
-                await client.xadd(key, {"d": f"{key.decode()}-{i}".encode()})
-            await asyncio.sleep(0)
+        async def publish() -> None:
+            for i in range(each):
+                for key in keys:
+                    await client.xadd(key, {"d": f"{key.decode()}-{i}".encode()})
+                await asyncio.sleep(0)
 
-    try:
         await asyncio.gather(publish(), *(loop(key) for key in keys))
         for key in keys:
             assert seen[key] == [f"{key.decode()}-{i}".encode() for i in range(each)]
-    finally:
-        await reads.aclose()
-        await client.aclose()
 
 
 async def test_a_read_is_routed_without_asking_the_server_for_its_keys(
@@ -121,18 +126,13 @@ async def test_a_read_is_routed_without_asking_the_server_for_its_keys(
 ) -> None:
     """redis-py asks ``COMMAND GETKEYS`` for commands whose keys have no fixed place; the
     stream reads' keys are found by the client."""
-    client = await _client(redis_cluster_url)
-    reads = ClusterReads(client, GROUP, lease=30.0)
-    try:
+    async with _reading(redis_cluster_url) as (client, reads):
         before = await _getkeys_calls(client)
         for _ in range(5):
             await reads.read("worker", {PLAN: 10, CRITICAL: 10}, None, None)
         await client.xreadgroup(GROUP, "worker", {PLAN: ">"}, count=1)
         await client.xread({CRITICAL: "0-0"}, count=1)
         assert await _getkeys_calls(client) == before
-    finally:
-        await reads.aclose()
-        await client.aclose()
 
 
 async def test_what_a_read_took_after_its_caller_returned_is_never_dropped(
@@ -141,9 +141,7 @@ async def test_what_a_read_took_after_its_caller_returned_is_never_dropped(
     """A read in flight takes messages after its caller returned, and more come to its
     key: the next call returns what the read took (it does not read the key again over
     them), and the call after returns the rest. Every message taken is handed out."""
-    client = await _client(redis_cluster_url)
-    reads = ClusterReads(client, GROUP, lease=30.0)
-    try:
+    async with _reading(redis_cluster_url) as (client, reads):
         pending = await _left_in_flight(reads, PLAN, 2)
         for i in range(4):
             await client.xadd(PLAN, {"d": f"m{i}".encode()})
@@ -156,6 +154,3 @@ async def test_what_a_read_took_after_its_caller_returned_is_never_dropped(
         assert handed == [b"m0", b"m1", b"m2", b"m3"]
         summary = await client.xpending(PLAN, GROUP)
         assert summary["pending"] == len(handed)
-    finally:
-        await reads.aclose()
-        await client.aclose()

@@ -12,7 +12,7 @@ was outside the runs' own processes.
                                                            # alternating, with after/before ratios
     uv run python benchmarks/suite.py --only procs-1x1,procs-2x2,procs-3x3   # more processes
                                                            # on a Redis Cluster
-    uv run python benchmarks/suite.py --only batch,cluster-batch,nats-batch  # the brokers
+    uv run python benchmarks/suite.py --only redis-batch,cluster-batch,nats-batch  # brokers
 
 ``--before`` names another checkout of Clarion with its environment set up
 (``uv sync --all-extras`` in it); its benchmarks run from there. Celery runs with

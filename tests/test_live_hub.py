@@ -8,8 +8,12 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -116,7 +120,8 @@ async def test_a_recipient_whose_last_connection_closed_gets_nothing_more(
         assert await stays.next_batch() == [{"type": "message", "n": 2}]
         if isinstance(holder, NatsHub):
             assert holder._nc is not None
-            assert holder._nc.stats["in_msgs"] == 1  # the process received only that one
+            # The process received only that one, besides its own subscriptions' echoes.
+            assert holder._nc.stats["in_msgs"] - holder._echo_count == 1
 
 
 async def _interest(hub: Hub, tenant_id: str, recipient_id: str) -> bool:
@@ -255,6 +260,69 @@ async def test_a_lost_nats_connection_makes_every_live_connection_resync(
     finally:
         await holder.aclose()
         await sender.aclose()
+
+
+@contextlib.contextmanager
+def _holding_proxy(upstream: str, hold: float) -> Iterator[int]:
+    """A TCP proxy to the NATS server ``upstream`` (host:port) on a port of its own that
+    keeps every byte's order but holds, ``hold`` seconds, each chunk from a client that
+    carries a SUB of an inbox subject (and so what comes behind it): a slow network
+    between one API process and the server."""
+    host, _, port = upstream.rpartition(":")
+    listener = socket.create_server(("127.0.0.1", 0))
+    sockets: list[socket.socket] = [listener]
+
+    def pump(src: socket.socket, dst: socket.socket, holding: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if holding and b"SUB clarion.inbox." in data:
+                    time.sleep(hold)
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                server = socket.create_connection((host, int(port)))
+                sockets.extend((client, server))
+                for args in ((client, server, True), (server, client, False)):
+                    threading.Thread(target=pump, args=args, daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+@pytest.mark.nats
+@pytest.mark.slow
+async def test_a_subscription_is_in_place_on_the_server_before_it_is_confirmed(
+    nats_url: str,
+) -> None:
+    """Between an API process and the server the network is slow, so its SUB reaches the
+    server late: the connection is not told it is subscribed (and does not read the table)
+    until the server has it, so an event published at once, from another process, is not
+    lost."""
+    with _holding_proxy(urlsplit(nats_url).netloc, hold=0.5) as port:
+        holder, sender = NatsHub(f"nats://127.0.0.1:{port}"), NatsHub(nats_url)
+        try:
+            await holder.ping()
+            await sender.ping()
+            for n in range(3):
+                async with holder.subscribe(TENANT, f"u.{n}") as sub:
+                    assert not sub.closed.is_set()
+                    await sender.publish(TENANT, f"u.{n}", {"type": "message", "n": n})
+                    async with asyncio.timeout(10):
+                        assert await sub.next_batch() == [{"type": "message", "n": n}]
+        finally:
+            await holder.aclose()
+            await sender.aclose()
 
 
 @pytest.mark.nats

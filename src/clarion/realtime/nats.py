@@ -11,9 +11,12 @@ subscription goes to the recipient it was made for (the subject is never read ba
 
 Core NATS, not JetStream: no stream holds ``clarion.inbox.>``, an event is fire-and-forget
 like Redis pub/sub, and the inbox table is the truth. Publishing writes into the client's
-buffer and returns (its flusher task sends at once); a subscription waits for one round
-trip (shared by every subscription made meanwhile), so the server knows it before the
-connection reads what it missed from the table.
+buffer and returns (its flusher task sends at once); a subscription waits until the server
+has it before the connection reads what it missed from the table: the hub sends a message
+to its own echo subject behind the SUB, and the server handles one connection's protocol
+in order, so when the echo comes back the subscription is in place. One echo serves every
+subscription written before it. (The client's ``flush()`` cannot tell this: it writes its
+PING straight to the socket, ahead of commands still in the client's buffer.)
 
 The hub has its own connection, made on first use like the broker's
 (:func:`clarion.broker.nats_client.connect`: the same servers, credentials and TLS), so a
@@ -75,6 +78,9 @@ class NatsHub(Hub):
         self._written = 0
         self._confirmed = 0
         self._confirming = asyncio.Lock()
+        self._echo_subject = ""
+        self._echoes: dict[int, asyncio.Future[None]] = {}
+        self._echo_count = 0
         self._closing = False
 
     async def _client(self) -> Client:
@@ -86,7 +92,7 @@ class NatsHub(Hub):
                     # Made on a connection that is gone: a new one starts with none.
                     self._subs.clear()
                     self.close_all(RESYNC)
-                self._nc = await connect(
+                nc = await connect(
                     self._servers,
                     "clarion-inbox",
                     pending_size=_PENDING,
@@ -94,6 +100,17 @@ class NatsHub(Hub):
                     reconnected=self._reconnected,
                     error=self._error,
                 )
+                # The client subscribes it again after each reconnection, before anything
+                # written since.
+                try:
+                    self._echo_subject = nc.new_inbox()
+                    with reaching():
+                        await nc.subscribe(self._echo_subject, cb=self._echoed)
+                except BaseException:
+                    with contextlib.suppress(nats.errors.Error, OSError):
+                        await nc.close()
+                    raise
+                self._nc = nc
         return self._nc
 
     async def publish(self, tenant_id: str, recipient_id: str, event: Event) -> None:
@@ -136,15 +153,34 @@ class NatsHub(Hub):
             await self._unlisten(key)
 
     async def _confirm(self, nc: Client, mark: int) -> None:
-        """Wait until the server has seen the first ``mark`` subscriptions written: one
-        round trip for every subscription that waits meanwhile, not one each."""
+        """Wait until the server has the first ``mark`` subscriptions written: one echo
+        for every subscription that waits meanwhile, not one each."""
         async with self._confirming:
             if self._confirmed >= mark:
                 return
             upto = self._written
-            with reaching():
-                await nc.flush(timeout=int(REPLY_TIMEOUT))
+            self._echo_count += 1
+            number = self._echo_count
+            echoed = self._echoes[number] = asyncio.get_running_loop().create_future()
+            try:
+                with reaching():
+                    await nc.publish(self._echo_subject, str(number).encode())
+                async with asyncio.timeout(REPLY_TIMEOUT):
+                    await echoed
+            finally:
+                self._echoes.pop(number, None)
             self._confirmed = max(self._confirmed, upto)
+
+    async def _echoed(self, msg: Msg) -> None:
+        with contextlib.suppress(ValueError):
+            echoed = self._echoes.get(int(msg.data))
+            if echoed is not None and not echoed.done():
+                echoed.set_result(None)
+
+    def _fail_echoes(self) -> None:
+        for echoed in self._echoes.values():
+            if not echoed.done():
+                echoed.set_exception(ConnectionError("NATS connection lost"))
 
     async def _unlisten(self, key: Key) -> None:
         sub = self._subs.pop(key, None)
@@ -174,6 +210,7 @@ class NatsHub(Hub):
         if self._closing:  # closed by aclose
             return
         log.warning("inbox NATS connection lost: live connections resync")
+        self._fail_echoes()
         self.close_all(RESYNC)
 
     async def _reconnected(self) -> None:

@@ -363,9 +363,15 @@ class Planner:
                 {(ask.note["tenant_id"], ask.template) for ask in asks}
             )
             category_versions = await reads.category_versions(tenants)
-            people = await reads.recipients(
-                {(ask.note["tenant_id"], ask.recipient) for ask in asks}
-            )
+            # The runs' advance has just read most of them.
+            people = {
+                (ask.note["tenant_id"], ask.recipient): ask.person
+                for ask in asks
+                if ask.person is not None
+            }
+            unread = {(a.note["tenant_id"], a.recipient) for a in asks} - people.keys()
+            if unread:
+                people.update(await reads.recipients(unread))
         await self._ctx.providers.prepare(tenants)
         categories = await self._ctx.categories.load(engine, category_versions)
         await self._trackers.prepare(categories)

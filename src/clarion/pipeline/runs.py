@@ -72,6 +72,8 @@ class StepAsk:
     channels: tuple[str, ...]
     # The digest the run carried to this step (``digest`` in the template's context).
     digest: dict[str, Any] | None = None
+    # The recipient's row as the run's advance read it (none: the planner reads it).
+    person: dict[str, Any] | None = None
 
 
 class StepPlanner(Protocol):
@@ -372,6 +374,7 @@ class Runs:
                 for r in rows
                 if r["workflow"] != TEMPLATE_FLOW
             },
+            pg,
         )
         async with planning.reads(engine, pg) as reads:
             notes = await reads.notifications(list({r["notification_id"] for r in rows}))
@@ -432,6 +435,7 @@ class Runs:
                     step.fields["template"],
                     channels,
                     rules.carried(run.records),
+                    run.recipient,
                 )
             )
         per_ask, made = await self._planner.plan_steps(asks, now)

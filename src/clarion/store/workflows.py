@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.workflows import Workflow
 from clarion.store import audit
+from clarion.store.pg import PgPool
 from clarion.store.sql import grouped
 from clarion.store.tables import workflow_versions, workflows
 from clarion.store.versioned import Versioned, shown_version
@@ -67,13 +68,33 @@ async def active_versions(
 
 
 async def load_versions(
-    engine: AsyncEngine, keys: Iterable[tuple[str, str, int]]
+    engine: AsyncEngine, keys: Iterable[tuple[str, str, int]], pg: PgPool | None = None
 ) -> dict[tuple[str, str, int], Workflow]:
-    """Stored workflow versions, as checked workflows (they were checked when stored)."""
+    """Stored workflow versions, as checked workflows (they were checked when stored);
+    on PostgreSQL in one statement over the direct pool when given. Not cached: a deleted
+    workflow's versions are gone, and its key may be stored again from version 1."""
     v = workflow_versions
     found: dict[tuple[str, str, int], Workflow] = {}
+    wanted = sorted(set(keys))
+    if not wanted:
+        return found
+    if pg is not None:
+        rows = await pg.fetch(
+            "SELECT v.tenant_id, v.key, v.version, v.name, v.category, v.steps"
+            " FROM workflow_versions v JOIN unnest($1::text[], $2::text[], $3::int[])"
+            " AS k(tenant_id, key, version)"
+            " ON v.tenant_id = k.tenant_id AND v.key = k.key AND v.version = k.version",
+            [k[0] for k in wanted],
+            [k[1] for k in wanted],
+            [k[2] for k in wanted],
+        )
+        for row in rows:
+            found[(row["tenant_id"], row["key"], row["version"])] = Workflow.stored(
+                row["name"], row["category"], row["steps"]
+            )
+        return found
     async with engine.connect() as conn:
-        for tenant, key, version in set(keys):
+        for tenant, key, version in wanted:
             query = select(v.c.name, v.c.category, v.c.steps).where(
                 v.c.tenant_id == tenant, v.c.key == key, v.c.version == version
             )

@@ -290,7 +290,15 @@ class Runs:
         """Advance the runs that are due (a delay over, a delivery to look at, a lease
         run out); how many."""
         now = utcnow()
-        taken = await run_store.take_due(self._ctx.engine, now, self._lease, limit, self._ctx.pg)
+        taken = await run_store.take_due(
+            self._ctx.engine,
+            now,
+            self._lease,
+            limit,
+            self._ctx.pg,
+            # The last take found more due than a batch: some surely are.
+            look_first=not self._backlog.is_set(),
+        )
         if len(taken) >= limit:
             self._backlog.set()
         else:

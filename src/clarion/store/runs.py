@@ -73,17 +73,26 @@ _TAKE_DUE = (
 
 
 async def take_due(
-    engine: AsyncEngine, now: datetime, lease: float, limit: int, pg: PgPool | None = None
+    engine: AsyncEngine,
+    now: datetime,
+    lease: float,
+    limit: int,
+    pg: PgPool | None = None,
+    *,
+    look_first: bool = True,
 ) -> list[dict[str, Any]]:
     """Lease up to ``limit`` runs due by ``now`` (oldest due first) for ``lease`` seconds:
     each comes back with its turn counted, and only that turn's save is stored. A run whose
-    advancer died is due again when its lease ends. With none due, nothing is written."""
+    advancer died is due again when its lease ends. With none due, nothing is written:
+    ``look_first`` asks whether any is due before the update is tried (on PostgreSQL;
+    not worth it when the last take found a full batch)."""
     r = workflow_runs
     until = now + timedelta(seconds=lease)
     if pg is not None:
-        [[due_now]] = await pg.fetch(_ANY_DUE, now)
-        if not due_now:
-            return []
+        if look_first:
+            [[due_now]] = await pg.fetch(_ANY_DUE, now)
+            if not due_now:
+                return []
         return [dict(row) for row in await pg.fetch(_TAKE_DUE, now, until, limit)]
     due = select(r.c.id).where(r.c.wake_at <= now).order_by(r.c.wake_at).limit(limit)
     async with engine.connect() as conn:

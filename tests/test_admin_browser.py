@@ -787,3 +787,42 @@ async def test_workflows_their_diagrams_and_a_runs_path(
         assert outside.refused == []
         assert all(urlsplit(url).hostname == "127.0.0.1" for url in requests)
         await page.close()
+
+
+async def test_a_category_edited_in_the_console_keeps_every_setting(
+    lite: Harness, context: tuple[BrowserContext, Outside]
+) -> None:
+    """Edit shows each setting of the category in the form, and saving an edit changes what
+    was changed and nothing else: caps per day, what goes over a cap, snoozes and the
+    digest's key are not reset to their defaults."""
+    browser_context, _ = context
+    settings = {
+        "digest": {"window": "1h", "key": "project"},
+        "max_per_hour": 5,
+        "max_per_day": 20,
+        "overflow": "digest",
+        "during_snooze": "drop",
+        "tracking": {"opens": True, "clicks": False},
+    }
+    made = await lite.client.put("/v1/categories/billing", json=settings, headers=lite.auth)
+    assert made.status_code == 200, made.text
+    async with serving(lite) as base:
+        page = await browser_context.new_page()
+        errors: list[str] = []
+        await _watch(page, errors, [])
+        await _sign_in(page, base, lite.key)
+        await page.get_by_role("link", name="Categories & webhooks").click()
+        row = page.locator("tr[data-name=billing]")
+        await expect(row).to_contain_text("1h per project")
+        await expect(row).to_contain_text("5/hour, 20/day, then digest")
+        await row.get_by_role("button", name="Edit").click()
+        await expect(page.get_by_label("At most per day")).to_have_value("20")
+        await expect(page.get_by_label("Over a cap")).to_have_value("digest")
+        await expect(page.get_by_label("While snoozed")).to_have_value("drop")
+        await expect(page.get_by_label("Digest key")).to_have_value("project")
+        await page.get_by_label("At most per hour").fill("7")
+        await page.get_by_role("button", name="Save category").click()
+        await expect(row).to_contain_text("7/hour, 20/day, then digest")
+        assert errors == []
+    stored = (await lite.client.get("/v1/categories/billing", headers=lite.auth)).json()
+    assert {name: stored[name] for name in settings} == {**settings, "max_per_hour": 7}

@@ -2,7 +2,7 @@
 // webhooks (delivery events posted to the tenant, signed).
 
 import { get, put, del, enc, CHANNELS } from "/admin/api.js";
-import { h, clear, badge, ago, when, field, table, notice, errorText, heading, code } from "/admin/dom.js";
+import { h, clear, badge, ago, when, field, select, table, notice, errorText, heading, code } from "/admin/dom.js";
 
 const EVENTS = ["*", "delivery.sent", "delivery.delivered", "delivery.failed", "delivery.dead", "delivery.suppressed", "delivery.scheduled", "delivery.opened", "delivery.clicked"];
 
@@ -25,7 +25,11 @@ async function drawCategories(area) {
   const opens = h("input", { type: "checkbox", name: "tracking_opens" });
   const clicks = h("input", { type: "checkbox", name: "tracking_clicks" });
   const digest = h("input", { name: "digest", placeholder: "e.g. 1h (empty: none)" });
+  const digestKey = h("input", { name: "digest_key", placeholder: "e.g. project (empty: one per channel)" });
   const maxPerHour = h("input", { name: "max_per_hour", type: "number", min: 1 });
+  const maxPerDay = h("input", { name: "max_per_day", type: "number", min: 1 });
+  const overflow = select("overflow", [["drop", "dropped"], ["defer", "deferred to a free slot"], ["digest", "held for the digest"]], "drop");
+  const duringSnooze = select("during_snooze", [["defer", "deferred to its end"], ["drop", "dropped"]], "defer");
   const channels = checks("default_channels", CHANNELS, []);
   const form = h("form", {
     class: "stack",
@@ -33,7 +37,19 @@ async function drawCategories(area) {
       event.preventDefault();
       clear(messages);
       const chosen = [...channels.querySelectorAll("input:checked")].map((box) => box.value);
-      const body = { critical: critical.checked, default_channels: chosen.length ? chosen : null, digest: digest.value.trim() ? { window: digest.value.trim() } : null, max_per_hour: maxPerHour.value ? Number(maxPerHour.value) : null, tracking: { opens: opens.checked, clicks: clicks.checked } };
+      const span = digest.value.trim();
+      const key = digestKey.value.trim();
+      // Every field of the category, so that saving an edit keeps what the form shows.
+      const body = {
+        critical: critical.checked,
+        default_channels: chosen.length ? chosen : null,
+        digest: span ? (key ? { window: span, key } : { window: span }) : null,
+        max_per_hour: maxPerHour.value ? Number(maxPerHour.value) : null,
+        max_per_day: maxPerDay.value ? Number(maxPerDay.value) : null,
+        overflow: overflow.value,
+        during_snooze: duringSnooze.value,
+        tracking: { opens: opens.checked, clicks: clicks.checked },
+      };
       try {
         await put(`/v1/categories/${enc(name.value.trim())}`, body);
         clear(area);
@@ -42,7 +58,9 @@ async function drawCategories(area) {
         messages.append(notice(errorText(error), "bad"));
       }
     },
-  }, h("div", { class: "grid3" }, field("Name", name), field("Digest window", digest), field("At most per hour", maxPerHour)),
+  }, h("div", { class: "grid3" }, field("Name", name), field("Digest window", digest), field("Digest key", digestKey)),
+  h("div", { class: "grid3" }, field("At most per hour", maxPerHour), field("At most per day", maxPerDay), field("Over a cap", overflow)),
+  h("div", { class: "grid3" }, field("While snoozed", duringSnooze)),
   h("label", { class: "toggle" }, critical, " Critical (ignores opt-outs and quiet hours)"),
   h("label", { class: "toggle" }, opens, " Track email opens (an image in the HTML)"),
   h("label", { class: "toggle" }, clicks, " Track email clicks (links through a redirect)"),
@@ -51,14 +69,16 @@ async function drawCategories(area) {
 
   area.append(
     h("h2", { text: "Categories" }),
-    table(["Name", "Critical", "Default channels", "Digest", "Per hour", ""], page.data.map((c) => h("tr", { dataset: { name: c.name } },
+    table(["Name", "Critical", "Default channels", "Digest", "Caps", ""], page.data.map((c) => h("tr", { dataset: { name: c.name } },
       h("td", {}, h("strong", { text: c.name })),
       h("td", {}, c.critical ? badge("critical") : "no"),
       h("td", {}, (c.default_channels || []).join(", ") || "template's"),
-      h("td", {}, c.digest ? c.digest.window : "—"),
-      h("td", {}, c.max_per_hour ? String(c.max_per_hour) : "—"),
+      h("td", {}, c.digest ? (c.digest.key ? `${c.digest.window} per ${c.digest.key}` : c.digest.window) : "—"),
+      h("td", {}, caps(c)),
       h("td", {}, c.built_in ? h("span", { class: "muted", text: "built in" }) : h("button", { type: "button", class: "small", text: "Edit", onclick: () => {
-        name.value = c.name; critical.checked = c.critical; digest.value = c.digest ? c.digest.window : ""; maxPerHour.value = c.max_per_hour || "";
+        name.value = c.name; critical.checked = c.critical; digest.value = c.digest ? c.digest.window : ""; digestKey.value = (c.digest && c.digest.key) || "";
+        maxPerHour.value = c.max_per_hour || ""; maxPerDay.value = c.max_per_day || "";
+        overflow.value = c.overflow || "drop"; duringSnooze.value = c.during_snooze || "defer";
         opens.checked = Boolean(c.tracking && c.tracking.opens); clicks.checked = Boolean(c.tracking && c.tracking.clicks);
         for (const box of channels.querySelectorAll("input")) box.checked = (c.default_channels || []).includes(box.value);
         name.focus();
@@ -66,6 +86,13 @@ async function drawCategories(area) {
     ))),
     h("h3", { text: "Add or change a category" }), form,
   );
+}
+
+function caps(category) {
+  const parts = [];
+  if (category.max_per_hour) parts.push(`${category.max_per_hour}/hour`);
+  if (category.max_per_day) parts.push(`${category.max_per_day}/day`);
+  return parts.length ? `${parts.join(", ")}, then ${category.overflow || "drop"}` : "—";
 }
 
 async function drawWebhooks(area) {

@@ -212,10 +212,11 @@ class Runs:
         rows = [
             row for note in notes for row in self._rows(note, note["recipient_ids"], versions, now)
         ]
+        rows, loaded = await self._walk_first(rows, now)
         async with write_tx(self._ctx.engine) as conn:
             fresh = await run_store.insert(conn, rows)
             await delete_outbox(conn, [n["id"] for n in notes])
-        await self._begin(rows, fresh, now)
+        await self._begin(rows, fresh, now, loaded)
 
     async def store_offline(self, rows: list[dict[str, Any]]) -> None:
         """Store the waiting runs of template sends (:func:`offline_runs`), before their
@@ -233,13 +234,42 @@ class Runs:
         cursor (store/planning.py ``store_stripe_runs``), then advance them. False if the
         chunk was stored already, or the send cancelled."""
         versions = await self._versions([note])
-        rows = self._rows(note, recipient_ids, versions, now)
+        rows, loaded = await self._walk_first(self._rows(note, recipient_ids, versions, now), now)
         fresh = await planning.store_stripe_runs(self._ctx.engine, rows, chunk)
         if fresh is None:
             return False
-        for start in range(0, len(rows), WAKE_BATCH):
-            await self._begin(rows[start : start + WAKE_BATCH], fresh, now)
+        leased = [row for row in rows if row["id"] in loaded]
+        for start in range(0, len(leased), WAKE_BATCH):
+            await self._begin(leased[start : start + WAKE_BATCH], fresh, now, loaded)
         return True
+
+    async def _walk_first(
+        self, rows: list[dict[str, Any]], now: datetime
+    ) -> tuple[list[dict[str, Any]], dict[str, _Run]]:
+        """Walk new runs in memory before they are stored. A run that stops in a wait (a
+        delay) or ends before anything else must be stored (a delivery planned, a
+        throttle's count, a digest window) is stored as it then stands: one write, where
+        storing it leased and saving its advance took two and left the wake-time index an
+        entry to step over for every run. The others are stored leased, as they were made;
+        returned with them, by id, are those runs as loaded, for their first advance."""
+        runs = await self._load(rows)
+        out: list[dict[str, Any]] = []
+        loaded: dict[str, _Run] = {}
+        for row, run in zip(rows, runs, strict=True):
+            if run.workflow is not None and run.note is not None:
+                try:
+                    self._walk(run, {}, now)
+                except Exception:  # the advance fails it alone (``advance``)
+                    pass
+                else:
+                    if run.status != RunStatus.RUNNING and not (
+                        run.asked or run.limit or run.gather
+                    ):
+                        out.append({**row, **_saved(run, now), "turn": 0})
+                        continue
+            out.append(row)
+            loaded[row["id"]] = _Run(row, run.workflow, run.note, run.recipient)
+        return out, loaded
 
     async def _versions(self, notes: Sequence[dict[str, Any]]) -> dict[tuple[str, str], int]:
         async with self._ctx.engine.connect() as conn:
@@ -281,10 +311,17 @@ class Runs:
             for rid in recipient_ids
         ]
 
-    async def _begin(self, rows: list[dict[str, Any]], fresh: set[str], now: datetime) -> None:
-        taken = [row for row in rows if row["id"] in fresh]
+    async def _begin(
+        self,
+        rows: list[dict[str, Any]],
+        fresh: set[str],
+        now: datetime,
+        loaded: dict[str, _Run],
+    ) -> None:
+        """Advance the runs just stored leased (those of ``rows`` in ``loaded``)."""
+        taken = [row for row in rows if row["id"] in fresh and row["id"] in loaded]
         if taken:
-            await self.advance(taken, now)
+            await self.advance(taken, now, [loaded[row["id"]] for row in taken])
 
     async def wake_once(self, limit: int = WAKE_BATCH) -> int:
         """Advance the runs that are due (a delay over, a delivery to look at, a lease
@@ -321,13 +358,16 @@ class Runs:
                 return 0
         return await self.wake_once()
 
-    async def advance(self, rows: list[dict[str, Any]], now: datetime) -> None:
-        """Advance leased runs as far as each goes now, then store where each stands. A
-        batch that fails for anything but an outage is split in halves and each advanced
-        again, down to the run that fails, which alone ends ``failed``: one tenant's bad
+    async def advance(
+        self, rows: list[dict[str, Any]], now: datetime, loaded: list[_Run] | None = None
+    ) -> None:
+        """Advance leased runs as far as each goes now, then store where each stands
+        (``loaded``: the runs of ``rows`` as just loaded, not read again). A batch that
+        fails for anything but an outage is split in halves and each advanced again (read
+        again), down to the run that fails, which alone ends ``failed``: one tenant's bad
         run never holds up the others (an outage leaves them to their leases)."""
         try:
-            await self._advance(rows, now)
+            await self._advance(rows, now, loaded)
         except Exception as exc:
             if is_outage(exc):
                 raise
@@ -341,8 +381,10 @@ class Runs:
             failed = {"status": RunStatus.FAILED, "wake_at": None, "updated_at": now}
             await run_store.save(self._ctx.engine, [{**row, **failed}], self._ctx.pg)
 
-    async def _advance(self, rows: list[dict[str, Any]], now: datetime) -> None:
-        runs = await self._load(rows)
+    async def _advance(
+        self, rows: list[dict[str, Any]], now: datetime, loaded: list[_Run] | None = None
+    ) -> None:
+        runs = loaded if loaded is not None else await self._load(rows)
         active = []
         for run in runs:
             if run.workflow is None or run.note is None:

@@ -751,3 +751,129 @@ async def test_layouts_and_the_brand(lite: Harness, server: str) -> None:
             await client.layouts.get("house")
         await client.brand.delete()
         assert (await client.brand.get()).name is None
+
+
+async def test_suppressions_added_listed_filtered_and_deleted(lite: Harness, server: str) -> None:
+    await _setup(lite)
+    stranger = await lite.new_tenant("stranger", ["read"])
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        assert (await client.suppressions.list().first_page()).data == []
+        added = await client.suppressions.add(
+            "Alex+Tag@Example.com", reason="bounced", detail="the customer says it is gone"
+        )
+        assert isinstance(added, models.Suppression)
+        assert (added.email, added.reason, added.source) == (
+            "alex+tag@example.com",
+            "bounced",
+            "operator",
+        )
+        assert (added.detail, added.delivery_id) == ("the customer says it is gone", None)
+        await client.suppressions.add("sam@example.com", reason="complained")
+        both = {s.email async for s in client.suppressions.list()}
+        assert both == {"alex+tag@example.com", "sam@example.com"}
+
+        [alex] = [s async for s in client.suppressions.list(email="ALEX+tag@example.com ")]
+        assert alex.email == "alex+tag@example.com"
+        [sam] = [s async for s in client.suppressions.list(reason="complained")]
+        assert sam.email == "sam@example.com"
+        assert [s async for s in client.suppressions.list(channel="email", reason="bounced")] == [
+            alex
+        ]
+        assert [s async for s in client.suppressions.list(email="nobody@example.com")] == []
+        assert (await client.suppressions.get("Alex+Tag@example.com")) == alex
+
+        again = await client.suppressions.add("alex+tag@example.com", reason="complained")
+        assert (again.reason, again.detail, again.created_at) == (
+            "complained",
+            None,
+            alex.created_at,
+        )
+
+        for i in range(5):
+            await client.suppressions.add(f"more-{i}@example.com", reason="bounced")
+        pages = [p async for p in client.suppressions.list(page_size=3).pages()]
+        assert [len(p.data) for p in pages] == [3, 3, 1]
+        paged = [s.email for p in pages for s in p.data]
+        assert len(set(paged)) == 7
+        assert {s.email async for s in client.suppressions.list(reason="bounced", page_size=2)} == {
+            f"more-{i}@example.com" for i in range(5)
+        }
+
+        # On the list, an address is not mailed; off it, it is again.
+        await client.suppressions.add("u1@example.com", reason="bounced")
+        held = await client.notifications.send(template="order", to="u-1", data={"orderId": 1})
+        await lite.drain()
+        [delivery] = (await client.notifications.get(held.id)).deliveries
+        assert (delivery.status, delivery.reason) == ("suppressed", "bounced")
+        await client.suppressions.delete("U1@example.com")
+        sent = await client.notifications.send(template="order", to="u-1", data={"orderId": 2})
+        await lite.drain()
+        assert (await client.notifications.get(sent.id)).deliveries[0].status == "sent"
+
+        await client.suppressions.delete("alex+tag@example.com")
+        with pytest.raises(NotFoundError) as gone:
+            await client.suppressions.delete("alex+tag@example.com")
+        assert (gone.value.status, gone.value.code) == (404, "not_found")
+        with pytest.raises(NotFoundError):
+            await client.suppressions.get("alex+tag@example.com")
+        assert "alex+tag@example.com" not in {s.email async for s in client.suppressions.list()}
+
+        with pytest.raises(UnprocessableError) as invalid:
+            await client.suppressions.add("not-an-address", reason="bounced")
+        assert invalid.value.code == "validation_error"
+        with pytest.raises(UnprocessableError):
+            await client.suppressions.add("x@example.com", reason="spam")  # type: ignore[arg-type]
+        with pytest.raises(UnprocessableError):
+            await client.suppressions.add("x@example.com", reason="bounced", detail="d" * 1001)
+        with pytest.raises(UnprocessableError):
+            await client.suppressions.list(reason="spam").first_page()  # type: ignore[arg-type]
+        with pytest.raises(UnprocessableError):
+            await client.suppressions.list(channel="sms").first_page()
+        with pytest.raises(UnprocessableError):
+            await client.suppressions.list(page_size=501).first_page()
+        with pytest.raises(UnprocessableError) as bad_cursor:
+            await client.suppressions.list().first_page(cursor="garbage")
+        assert bad_cursor.value.code == "invalid_cursor"
+        assert [s async for s in client.suppressions.list(email="x@example.com")] == []
+
+    async with AsyncClarion(api_key=stranger, base_url=server) as client:
+        assert [s async for s in client.suppressions.list()] == []  # another tenant's list
+        with pytest.raises(NotFoundError):
+            await client.suppressions.get("sam@example.com")
+        with pytest.raises(PermissionDeniedError) as scope:
+            await client.suppressions.add("sam@example.com", reason="bounced")
+        assert scope.value.code == "insufficient_scope"
+
+
+async def test_suppressions_with_the_sync_client(lite: Harness, server: str) -> None:
+    def scenario() -> tuple[Any, ...]:
+        with Clarion(api_key=lite.key, base_url=server) as client:
+            empty = list(client.suppressions.list())
+            added = client.suppressions.add("kim@example.com", reason="complained", detail="spam")
+            for i in range(4):
+                client.suppressions.add(f"b{i}@example.com", reason="bounced")
+            by_address = list(client.suppressions.list(email="Kim@Example.com"))
+            by_reason = [s.email for s in client.suppressions.list(reason="bounced", page_size=3)]
+            sizes = [len(p.data) for p in client.suppressions.list(page_size=2).pages()]
+            client.suppressions.delete("kim@example.com")
+            with pytest.raises(NotFoundError) as gone:
+                client.suppressions.delete("kim@example.com")
+            with pytest.raises(UnprocessableError) as invalid:
+                client.suppressions.add("kim@", reason="bounced")
+            left = [s.email for s in client.suppressions.list()]
+            return empty, added, by_address, by_reason, sizes, gone.value, invalid.value, left
+
+    empty, added, by_address, by_reason, sizes, gone, invalid, left = await in_thread(scenario)
+    assert empty == []
+    assert (added.email, added.reason, added.source, added.detail) == (
+        "kim@example.com",
+        "complained",
+        "operator",
+        "spam",
+    )
+    assert by_address == [added]
+    assert sorted(by_reason) == [f"b{i}@example.com" for i in range(4)]
+    assert sizes == [2, 2, 1]
+    assert (gone.status, gone.code) == (404, "not_found")
+    assert (invalid.status, invalid.code) == (422, "validation_error")
+    assert sorted(left) == [f"b{i}@example.com" for i in range(4)]

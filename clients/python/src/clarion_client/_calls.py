@@ -654,6 +654,47 @@ def list_sandbox_messages(
     return ListCall("/v1/sandbox/messages", m.SandboxMessage, params)
 
 
+# Suppressions ----------------------------------------------------------------------------
+
+
+def list_suppressions(
+    *,
+    email: str | None = None,
+    reason: m.SuppressionReason | None = None,
+    channel: str | None = None,
+    page_size: int | None = None,
+) -> ListCall[m.Suppression]:
+    """The email addresses Clarion does not send to, newest first (``email``: that one
+    address, matched trimmed and lower-cased; ``channel``: only ``email`` has a list)."""
+    params = _query(email=email, reason=reason, channel=channel, limit=page_size)
+    return ListCall("/v1/suppressions", m.Suppression, params)
+
+
+def get_suppression(email: str) -> Call[m.Suppression]:
+    """One address on the suppression list (404 when it is not on it)."""
+    return Call("GET", f"/v1/suppressions/{_seg(email)}", m.Suppression.model_validate)
+
+
+def add_suppression(
+    email: str,
+    *,
+    reason: m.SuppressionReason,
+    detail: str | None = None,
+    idempotency_key: str | None = None,
+) -> Call[m.Suppression]:
+    """Put an address on the suppression list (source ``operator``); ``detail`` is a note
+    of up to 1,000 characters. An address already on it takes the new reason and note."""
+    body = _query(email=email, reason=reason, detail=detail)
+    key = idempotency_key or new_idempotency_key()
+    return Call("POST", "/v1/suppressions", m.Suppression.model_validate, None, body, key)
+
+
+def delete_suppression(email: str) -> Call[None]:
+    """Take an address off the suppression list: email to it goes out again (404 when it
+    is not on it)."""
+    return Call("DELETE", f"/v1/suppressions/{_seg(email)}", _none)
+
+
 # Audit log -------------------------------------------------------------------------------
 
 

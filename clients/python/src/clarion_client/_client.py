@@ -210,6 +210,13 @@ class Sandbox(_SyncResource):
     messages = _sync_list(calls.list_sandbox_messages)
 
 
+class Suppressions(_SyncResource):
+    list = _sync_list(calls.list_suppressions)
+    get = _sync(calls.get_suppression)
+    add = _sync(calls.add_suppression)
+    delete = _sync(calls.delete_suppression)
+
+
 class Audit(_SyncResource):
     list = _sync_list(calls.list_audit)
 
@@ -269,6 +276,7 @@ class Clarion(_Base):
         self.webhooks = Webhooks(self)
         self.dead_letters = DeadLetters(self)
         self.sandbox = Sandbox(self)
+        self.suppressions = Suppressions(self)
         self.audit = Audit(self)
         self.keys = Keys(self)
         self.schedules = Schedules(self)
@@ -441,6 +449,13 @@ class AsyncSandbox(_AsyncResource):
     messages = _async_list(calls.list_sandbox_messages)
 
 
+class AsyncSuppressions(_AsyncResource):
+    list = _async_list(calls.list_suppressions)
+    get = _async(calls.get_suppression)
+    add = _async(calls.add_suppression)
+    delete = _async(calls.delete_suppression)
+
+
 class AsyncAudit(_AsyncResource):
     list = _async_list(calls.list_audit)
 
@@ -499,6 +514,7 @@ class AsyncClarion(_Base):
         self.webhooks = AsyncWebhooks(self)
         self.dead_letters = AsyncDeadLetters(self)
         self.sandbox = AsyncSandbox(self)
+        self.suppressions = AsyncSuppressions(self)
         self.audit = AsyncAudit(self)
         self.keys = AsyncKeys(self)
         self.schedules = AsyncSchedules(self)

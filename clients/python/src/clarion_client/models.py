@@ -403,6 +403,23 @@ class SandboxMessage(Model):
     created_at: datetime
 
 
+SuppressionReason = Literal["bounced", "complained"]
+
+
+class Suppression(Model):
+    """An email address on the suppression list: ``reason`` (``bounced``, ``complained``),
+    ``source`` (``ses``, ``sendgrid``, ``dsn``, ``operator``), ``detail`` (the provider's
+    diagnostic, or the operator's note) and the ``delivery_id`` a report named."""
+
+    email: str
+    reason: str
+    source: str
+    detail: str | None
+    delivery_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
 class DraftPreview(Model):
     """A draft template rendered (nothing stored)."""
 
@@ -599,6 +616,7 @@ SCHEMAS: dict[type[BaseModel], str] = {
     DeadLetter: "DeadLetter",
     ReplayResult: "ReplayResult",
     SandboxMessage: "SandboxMessage",
+    Suppression: "Suppression",
     DraftPreview: "DraftPreviewOut",
     ProviderTestResult: "ProviderTestOut",
     AuditEntry: "AuditEntry",

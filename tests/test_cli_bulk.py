@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import typing
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,11 @@ import orjson
 import pytest
 
 from clarion import cli, cli_client
+from clarion.api import schemas
 from clarion.config import Settings
+from clarion.domain.chat import ADDRESS_FIELDS
 from clarion.observability import logs
-from harness import Harness
+from harness import Harness, make_settings, running
 from inbox_kit import serving
 
 TEMPLATE = {"channels": {"email": {"subject": "Hi {{ n }}", "text": "{{ n }}"}}}
@@ -133,10 +137,162 @@ async def test_recipients_import_from_csv_and_jsonl(
         assert await _recipient(lite, "m-1499") is not None
 
 
+CHAT_CSV = (
+    "id,whatsapp,chat.slack.channel,chat.telegram.chat_id,chat.discord.webhook_url,"
+    "chat.mattermost.webhook_url,chat.mattermost.channel\n"
+    "w-1,+447700900123,C0123456789,-1001234567,https://discord.com/api/webhooks/1/a,"
+    "https://mm.example.com/hooks/x,town-square\n"
+    "w-2,,,@news_channel,,,\n"
+    "w-3,,,,,,\n"
+    # A kind's cells are one address: a Mattermost channel without its webhook is refused.
+    "w-4,+14155550100,,,,,town-square\n"
+)
+
+
+async def test_recipients_import_whatsapp_and_chat_columns(
+    lite: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "chat.csv"
+    table.write_text(CHAT_CSV, encoding="utf-8")
+    items = cli_client.read_recipients(table)
+    # Empty cells are left out: no empty `whatsapp`, no address without cells.
+    assert items[1] == {"id": "w-2", "chat": [{"kind": "telegram", "chat_id": "@news_channel"}]}
+    assert items[2] == {"id": "w-3"}
+    async with serving(lite) as base:
+        argv = ["recipients", "import", str(table), "--url", base, "--key", lite.key]
+        assert await asyncio.to_thread(cli.main, argv) == 1
+        err = capsys.readouterr().err
+        assert re.search(r"item 4: .*chat\.0\.mattermost\.webhook_url", err), err
+        assert "3 recipient(s) stored, 1 refused" in err
+        one = await _recipient(lite, "w-1")
+        assert one is not None
+        assert one["whatsapp"] == "+447700900123"
+        # Several kinds in one row, in the header's order.
+        assert one["chat"] == [
+            {"kind": "slack", "channel": "C0123456789"},
+            {"kind": "telegram", "chat_id": "-1001234567"},
+            {"kind": "discord", "webhook_url": "https://discord.com/api/webhooks/1/a"},
+            {
+                "kind": "mattermost",
+                "webhook_url": "https://mm.example.com/hooks/x",
+                "channel": "town-square",
+            },
+        ]
+        two = await _recipient(lite, "w-2")
+        assert two is not None
+        assert (two["whatsapp"], two["chat"]) == (
+            None,
+            [{"kind": "telegram", "chat_id": "@news_channel"}],
+        )
+        three = await _recipient(lite, "w-3")
+        assert three is not None
+        assert (three["whatsapp"], three["chat"]) == (None, [])
+        assert await _recipient(lite, "w-4") is None
+        # Again: the same file stores the same recipients, nothing twice.
+        assert await asyncio.to_thread(cli.main, argv) == 1
+        assert "3 recipient(s) stored, 1 refused" in capsys.readouterr().err
+        assert await _recipient(lite, "w-1") == one
+
+
+async def test_the_documented_csv_imports(
+    lite: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/operations.md's example file, taken from the page itself."""
+    page = (Path(__file__).parents[1] / "docs" / "operations.md").read_text(encoding="utf-8")
+    [example] = re.findall(r"```csv\n(.*?)```", page, re.DOTALL)
+    table = tmp_path / "users.csv"
+    table.write_text(example, encoding="utf-8")
+    async with serving(lite) as base:
+        argv = ["recipients", "import", str(table), "--url", base, "--key", lite.key]
+        assert await asyncio.to_thread(cli.main, argv) == 0
+        assert "2 recipient(s) stored, 0 refused" in capsys.readouterr().err
+    one = await _recipient(lite, "u-1")
+    assert one is not None
+    assert [address["kind"] for address in one["chat"]] == ["slack", "telegram"]
+
+
+@pytest.fixture
+async def strict(migrated_sqlite_url: str) -> AsyncIterator[Harness]:
+    """A deployment that allows no plain-http webhook (the default)."""
+    settings = make_settings(migrated_sqlite_url, "embedded://", allow_private_webhooks=False)
+    async with running(settings) as harness:
+        yield harness
+
+
+async def test_hostile_chat_and_whatsapp_cells_are_refused_row_by_row(
+    strict: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = tmp_path / "hostile.csv"
+    table.write_text(
+        "id,whatsapp,chat.slack.channel,chat.slack.webhook_url,chat.discord.webhook_url,"
+        "chat.telegram.chat_id\n"
+        "h-1,,,,http://discord.com/api/webhooks/1/a,\n"
+        "h-2,,C0123456789,https://hooks.slack.com/services/T/B/x,,\n"
+        "h-3,not-a-number,,,,\n"
+        'h-4,,"C1 <script>",,,\n'
+        "h-5,,,,javascript:alert(1),\n"
+        "h-6,,,,,@x\n"
+        "h-7,+14155550100,,,https://discord.com/api/webhooks/1/a,4242001\n",
+        encoding="utf-8",
+    )
+    async with serving(strict) as base:
+        argv = ["recipients", "import", str(table), "--url", base, "--key", strict.key]
+        assert await asyncio.to_thread(cli.main, argv) == 1
+        err = capsys.readouterr().err
+        assert (
+            "item 1: the recipient is not valid (chat.0.webhook_url: a webhook URL must be https)"
+            in err
+        )
+        for n, field in (
+            (2, "chat.0.slack"),
+            (3, "whatsapp"),
+            (4, "chat.0.slack.channel"),
+            (5, "chat.0.discord.webhook_url"),
+            (6, "chat.0.telegram.chat_id"),
+        ):
+            assert re.search(rf"item {n}: .*\({re.escape(field)}", err), (n, err)
+        assert "item 7" not in err
+        assert "1 recipient(s) stored, 6 refused" in err
+        for n in range(1, 7):
+            assert await _recipient(strict, f"h-{n}") is None
+        kept = await _recipient(strict, "h-7")
+        assert kept is not None
+        assert kept["chat"] == [
+            {"kind": "discord", "webhook_url": "https://discord.com/api/webhooks/1/a"},
+            {"kind": "telegram", "chat_id": "4242001"},
+        ]
+
+
+def test_the_chat_columns_are_the_api_s_address_fields() -> None:
+    union = typing.get_args(typing.get_args(schemas.ChatAddress)[0])
+    fields = {
+        model.model_fields["kind"].annotation.__args__[0]: set(model.model_fields) - {"kind"}
+        for model in union
+    }
+    assert fields == {kind: set(names) for kind, names in ADDRESS_FIELDS.items()}
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
         ("bad.csv", "id,shoe\nu,1\n", "unknown column 'shoe'"),
+        # A header is checked as a whole, whatever the rows hold.
+        ("bad.csv", "id,shoe\nu,\n", "line 1: unknown column 'shoe'"),
+        ("bad.csv", "id,email,email\nu,a@example.com,b@example.com\n", "'email' is named twice"),
+        ("bad.csv", "id,chat.slack\nu,C1\n", "line 1: column 'chat.slack' is not chat.<kind>."),
+        ("bad.csv", "id,chat..x\nu,C1\n", "line 1: column 'chat..x' is not chat.<kind>."),
+        ("bad.csv", "id,chat.slack.\nu,C1\n", "column 'chat.slack.' is not chat.<kind>."),
+        ("bad.csv", "id,chat.slack.channel.x\nu,C1\n", "'chat.slack.channel.x' is not chat."),
+        ("bad.csv", "id,chat\nu,C1\n", "column 'chat' is not chat.<kind>.<field>"),
+        (
+            "bad.csv",
+            "id,chat.pigeon.channel\nu,\n",
+            "line 1: column 'chat.pigeon.channel': unknown chat kind 'pigeon'",
+        ),
+        ("bad.csv", "id,chat.Slack.channel\nu,C1\n", "unknown chat kind 'Slack'"),
+        ("bad.csv", "id,chat.telegram.channel\nu,1\n", "a telegram address has no 'channel'"),
+        ("bad.csv", "id,chat.slack.kind\nu,teams\n", "a slack address has no 'kind'"),
+        ("bad.csv", "id,whatsapp\nu,+14155550100,x\n", "line 2: more cells than columns"),
         ("bad.csv", "email\na@example.com\n", "`id` column"),
         ("bad.jsonl", '{"id": "a"}\n[1]\n', "line 2: not a JSON object"),
         ("bad.jsonl", "{nope\n", "line 1: not JSON"),

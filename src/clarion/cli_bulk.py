@@ -49,10 +49,12 @@ def add_parsers(sub: Any, channels: Any) -> None:
     load = recipients.add_parser(
         "import",
         help="create or replace recipients from a .csv or .jsonl file",
-        description="CSV: a header row naming `id` and any of email, phone, locale, "
-        "timezone, webhook_url, data.<name> (empty cells are left out). JSONL: one recipient "
-        "object per line, with its `id`, as PUT /v1/recipients/{id} takes it. Sent in "
-        "batches of up to 1,000; running it again does not create anything twice.",
+        description="CSV: a header row naming `id` and any of email, phone, whatsapp, "
+        "locale, timezone, webhook_url, data.<name>, chat.<kind>.<field> (e.g. "
+        "chat.slack.channel, chat.telegram.chat_id: a row's cells of one kind make one chat "
+        "address); empty cells are left out. JSONL: one recipient object per line, with its "
+        "`id`, as PUT /v1/recipients/{id} takes it. Sent in batches of up to 1,000; running "
+        "it again does not create anything twice.",
     )
     load.add_argument("file", type=Path)
     add_connection(load)

@@ -23,11 +23,14 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from clarion.domain.chat import ADDRESS_FIELDS
+
 MAX_ITEMS = 1000
 MAX_BYTES = 400 * 1024
 MAX_TRIES = 5
 MAX_WAIT = 60.0
-FIELDS = ("email", "phone", "locale", "timezone", "webhook_url")
+FIELDS = ("email", "phone", "whatsapp", "locale", "timezone", "webhook_url")
+COLUMNS = f"id, {', '.join(FIELDS)}, data.<name>, chat.<kind>.<field>"
 
 
 class InputError(Exception):
@@ -42,39 +45,82 @@ class Tally:
     failed: list[str] = field(default_factory=list)
 
 
-def _csv_row(row: dict[str, str], line: int) -> dict[str, Any]:
+def _chat_column(column: str, line: int) -> tuple[str, str]:
+    kind, _, name = column.removeprefix("chat.").partition(".")
+    if not column.startswith("chat.") or not kind or not name or "." in name:
+        raise InputError(
+            f"line {line}: column {column!r} is not chat.<kind>.<field> (e.g. chat.slack.channel)"
+        )
+    if kind not in ADDRESS_FIELDS:
+        raise InputError(
+            f"line {line}: column {column!r}: unknown chat kind {kind!r} "
+            f"({', '.join(ADDRESS_FIELDS)})"
+        )
+    if name not in ADDRESS_FIELDS[kind]:
+        raise InputError(
+            f"line {line}: column {column!r}: a {kind} address has no {name!r} "
+            f"({', '.join(ADDRESS_FIELDS[kind])})"
+        )
+    return kind, name
+
+
+def _columns(names: Sequence[str], line: int) -> dict[str, tuple[str, ...]]:
+    """Where each column of a CSV header goes in a recipient: ``(field,)``, ``("data",
+    name)`` or ``("chat", kind, field)``. A column that names nothing known, or one named
+    twice, is refused before any row is read."""
+    columns: dict[str, tuple[str, ...]] = {}
+    for column in names:
+        if column in columns:
+            raise InputError(f"line {line}: column {column!r} is named twice")
+        if column == "id" or column in FIELDS:
+            columns[column] = (column,)
+        elif column.startswith("data."):
+            columns[column] = ("data", column[5:])
+        elif column == "chat" or column.startswith("chat."):
+            columns[column] = ("chat", *_chat_column(column, line))
+        else:
+            raise InputError(f"line {line}: unknown column {column!r} ({COLUMNS})")
+    return columns
+
+
+def _csv_row(row: dict[str, str], line: int, columns: dict[str, tuple[str, ...]]) -> dict[str, Any]:
     item: dict[str, Any] = {}
     data: dict[str, Any] = {}
+    # A row's cells of one kind make one address, in the order of the header.
+    chat: dict[str, dict[str, str]] = {}
     for column, value in row.items():
         if column is None:
             raise InputError(f"line {line}: more cells than columns")
         if value is None or value == "":
             continue
-        if column == "id" or column in FIELDS:
-            item[column] = value
-        elif column.startswith("data."):
-            data[column[5:]] = value
-        else:
-            raise InputError(
-                f"line {line}: unknown column {column!r} (id, {', '.join(FIELDS)}, data.<name>)"
-            )
+        match columns[column]:
+            case ("data", name):
+                data[name] = value
+            case ("chat", kind, name):
+                chat.setdefault(kind, {"kind": kind})[name] = value
+            case _:
+                item[column] = value
     if data:
         item["data"] = data
+    if chat:
+        item["chat"] = list(chat.values())
     return item
 
 
 def read_recipients(path: Path) -> list[dict[str, Any]]:
-    """The recipients of a ``.csv`` (a header row: ``id``, ``email``, ``phone``, ``locale``,
-    ``timezone``, ``webhook_url``, ``data.<name>``) or ``.jsonl`` file (one recipient object
-    with its ``id`` per line)."""
+    """The recipients of a ``.csv`` (a header row: ``id``, ``email``, ``phone``,
+    ``whatsapp``, ``locale``, ``timezone``, ``webhook_url``, ``data.<name>``,
+    ``chat.<kind>.<field>``) or ``.jsonl`` file (one recipient object with its ``id`` per
+    line)."""
     text = path.read_text(encoding="utf-8-sig")
     items: list[dict[str, Any]] = []
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text))
         if not reader.fieldnames or "id" not in reader.fieldnames:
             raise InputError("line 1: the header must name an `id` column")
+        columns = _columns(reader.fieldnames, reader.line_num)
         for row in reader:
-            items.append(_csv_row(row, reader.line_num))
+            items.append(_csv_row(row, reader.line_num, columns))
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():

@@ -5,7 +5,9 @@ A run is stored when its notification is planned, pinned to the workflow's activ
 and advanced at once as far as it goes: through conditions, channel steps (their deliveries
 are planned as a template send's are: pipeline/planner.py ``plan_steps``) and exits, up to a
 step that waits (a delay, a digest window it carries, or a ``first_success`` step waiting on
-its delivery) or to its end. A digest step's window is opened, joined or closed in the
+its delivery) or to its end. It is walked in memory first: one that reaches a wait or its
+end without planning anything is stored as it then stands; the others are stored leased,
+then advanced. A digest step's window is opened, joined or closed in the
 transaction that stores its runs (store/run_digests.py).
 A waiting run is a stored row with its wake time, not a task in memory: the planners take
 the due ones in batches (``wake_once``), each under a lease, so a run whose advancer dies is

@@ -351,6 +351,35 @@ async def test_runs_resume_after_a_restart_of_the_waker(ready: Harness) -> None:
     assert channels_of(await app.notification(nid), "r1") == {"email": "sent"}
 
 
+async def test_a_run_that_goes_straight_into_a_wait_is_stored_waiting(ready: Harness) -> None:
+    """A run whose first steps plan nothing (a condition skips a step, then a delay) is
+    walked before it is stored and stored already waiting, never leased (turn 0, its wake
+    time the delay's end); one whose first step plans a delivery is stored leased for that
+    first advance, then saved where it stands (turn 1)."""
+    app = ready
+    skipped = {"id": "skipped", "type": "channel", "channel": "sms", "template": "comment"}
+    wait = {"id": "wait", "type": "delay", "duration": "1h"}
+    mail = {"id": "mail", "type": "channel", "channel": "email", "template": "comment"}
+    await put_workflow(app, "quiet", {**skipped, "if": "data.urgent"}, wait, mail)
+    await put_workflow(app, "loud", mail, wait, mail | {"id": "again"})
+    before = utcnow()
+    quiet = await trigger(app, "quiet", ["r1"])
+    loud = await trigger(app, "loud", ["r2"])
+    await until_status(app, quiet, "r1", "waiting")
+    await until_status(app, loud, "r2", "waiting")
+    r = workflow_runs
+    async with app.ctx.engine.connect() as conn:
+        rows = (await conn.execute(select(r.c.recipient_id, r.c.turn, r.c.wake_at))).all()
+    stored = {rid: (turn, wake_at) for rid, turn, wake_at in rows}
+    assert (stored["r1"][0], stored["r2"][0]) == (0, 1)
+    for _, wake_at in stored.values():
+        assert timedelta(minutes=59) < wake_at.replace(tzinfo=before.tzinfo) - before
+    steps = {rid: [s["id"] for s in run["steps"]] for rid, run in (await runs(app, quiet)).items()}
+    assert steps == {"r1": ["skipped", "wait"]}
+    await app.drain()
+    assert channels_of(await app.notification(loud), "r2") == {"email": "sent"}
+
+
 async def test_a_topic_send_runs_for_every_subscriber(ready: Harness) -> None:
     app = ready
     ids = [f"s{i}" for i in range(30)]

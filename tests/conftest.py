@@ -71,6 +71,15 @@ async def lite(migrated_sqlite_url: str) -> AsyncIterator[Harness]:
 
 
 @pytest.fixture
+async def strict(migrated_sqlite_url: str) -> AsyncIterator[Harness]:
+    """Clarion on the embedded default refusing private and plain-http webhook addresses
+    (``allow_private_webhooks`` off, as in production)."""
+    settings = make_settings(migrated_sqlite_url, "embedded://", allow_private_webhooks=False)
+    async with running(settings) as harness:
+        yield harness
+
+
+@pytest.fixture
 async def sink() -> AsyncIterator[WebhookSink]:
     async with serving(WebhookSink()) as server:
         yield server

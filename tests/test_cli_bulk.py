@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 import typing
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from clarion.api import schemas
 from clarion.config import Settings
 from clarion.domain.chat import ADDRESS_FIELDS
 from clarion.observability import logs
-from harness import Harness, make_settings, running
+from harness import Harness
 from inbox_kit import serving
 
 TEMPLATE = {"channels": {"email": {"subject": "Hi {{ n }}", "text": "{{ n }}"}}}
@@ -209,14 +208,6 @@ async def test_the_documented_csv_imports(
     one = await _recipient(lite, "u-1")
     assert one is not None
     assert [address["kind"] for address in one["chat"]] == ["slack", "telegram"]
-
-
-@pytest.fixture
-async def strict(migrated_sqlite_url: str) -> AsyncIterator[Harness]:
-    """A deployment that allows no plain-http webhook (the default)."""
-    settings = make_settings(migrated_sqlite_url, "embedded://", allow_private_webhooks=False)
-    async with running(settings) as harness:
-        yield harness
 
 
 async def test_hostile_chat_and_whatsapp_cells_are_refused_row_by_row(

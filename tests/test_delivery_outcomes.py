@@ -95,13 +95,11 @@ async def test_unreachable_endpoint_is_retried_then_dead(lite: Harness) -> None:
 
 
 async def test_private_webhook_urls_are_refused_by_default(
-    migrated_sqlite_url: str, sink: WebhookSink
+    strict: Harness, sink: WebhookSink
 ) -> None:
-    settings = make_settings(migrated_sqlite_url, "embedded://", allow_private_webhooks=False)
-    async with running(settings) as app:
-        nid = await _send_one(app, sink)
-        await app.drain()
-        [delivery] = (await app.notification(nid))["deliveries"]
+    nid = await _send_one(strict, sink)
+    await strict.drain()
+    [delivery] = (await strict.notification(nid))["deliveries"]
     assert delivery["status"] == "failed"
     assert delivery["reason"] == "address_refused"
     assert sink.count == 0

@@ -40,14 +40,6 @@ async def clarion(backend: tuple[str, str]) -> AsyncIterator[Harness]:
         yield harness
 
 
-@pytest.fixture
-async def strict(migrated_sqlite_url: str) -> AsyncIterator[Harness]:
-    """A deployment that refuses private webhook addresses."""
-    settings = make_settings(migrated_sqlite_url, "embedded://", allow_private_webhooks=False)
-    async with running(settings) as harness:
-        yield harness
-
-
 async def put_hook(
     app: Harness, name: str, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> dict[str, Any]:

@@ -381,13 +381,19 @@ class RedisBroker(Broker):
             self._busy_until = time.monotonic() + QUIET
         return taken
 
+    def _look(self, now: float) -> float:
+        """How often delayed sets are looked at besides known due times: ``BUSY_LOOK``
+        while this process has taken work in the last ``QUIET`` seconds, else
+        ``RESTING_LOOK`` (``now``: ``time.monotonic()``)."""
+        return BUSY_LOOK if now < self._busy_until else RESTING_LOOK
+
     def _slice(self, keys: Sequence[bytes]) -> float:
         """How long a read may block before delayed messages are looked at again: until
         the next delayed message known is due, and no longer than ``BUSY_LOOK`` while the
         process is busy, ``RESTING_LOOK`` at rest. A read answers at once when a message
         comes, so a consumer with nothing to read costs a round trip per slice, not ten a
         second, while others in its process are busy."""
-        look = BUSY_LOOK if time.monotonic() < self._busy_until else RESTING_LOOK
+        look = self._look(time.monotonic())
         now = time.time()
         soonest = min((self._next_due.get(k, now + look) for k in keys), default=now)
         return min(look, max(MOVE_EVERY, soonest - now))
@@ -476,7 +482,7 @@ class RedisBroker(Broker):
         since = now - self._moved_at.get(key, -1e9)
         if since < MOVE_EVERY:
             return False
-        if since >= (BUSY_LOOK if now < self._busy_until else RESTING_LOOK):
+        if since >= self._look(now):
             return True
         known = self._next_due.get(key)
         return known is not None and known <= wall

@@ -23,11 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-SERVICES = ("slack", "teams", "discord", "mattermost", "google_chat", "telegram")
 # The fields of an address that say where on its service a message goes.
 WHERE = ("webhook_url", "channel", "chat_id")
-# Each service's address fields besides ``kind``, as the API takes them (its schemas say
-# which are required); what a CSV import's ``chat.<kind>.<field>`` columns may name.
+# The chat services, and each one's address fields besides ``kind``, as the API takes them
+# (its schemas say which are required); what a CSV import's ``chat.<kind>.<field>`` columns
+# may name.
 ADDRESS_FIELDS: dict[str, tuple[str, ...]] = {
     "slack": ("channel", "webhook_url"),
     "teams": ("webhook_url",),
@@ -36,6 +36,7 @@ ADDRESS_FIELDS: dict[str, tuple[str, ...]] = {
     "google_chat": ("webhook_url",),
     "telegram": ("chat_id",),
 }
+SERVICES = tuple(ADDRESS_FIELDS)
 PARSE_MODES = ("HTML", "MarkdownV2", "Markdown")
 # A Slack conversation as chat.postMessage takes it: an id (C…, G…, D…, or a user's U…/W… for
 # a direct message from the app) or a #name.

@@ -820,6 +820,13 @@ async def test_a_category_edited_in_the_console_keeps_every_setting(
         await expect(page.get_by_label("Over a cap")).to_have_value("digest")
         await expect(page.get_by_label("While snoozed")).to_have_value("drop")
         await expect(page.get_by_label("Digest key")).to_have_value("project")
+        # A form the API refuses (over a cap into a digest, with no digest) is shown
+        # refused, and changes nothing.
+        await page.get_by_label("Digest window").fill("")
+        await page.get_by_role("button", name="Save category").click()
+        await expect(page.locator(".notice")).to_contain_text("digest")
+        await expect(row).to_contain_text("5/hour, 20/day, then digest")
+        await page.get_by_label("Digest window").fill("1h")
         await page.get_by_label("At most per hour").fill("7")
         await page.get_by_role("button", name="Save category").click()
         await expect(row).to_contain_text("7/hour, 20/day, then digest")

@@ -8,10 +8,16 @@ N recipients subscribed to one topic, then POSTs one notification to the topic a
   notification's ``planned_at``);
 * time to all delivered: from the POST to the last delivery's ``sent_at``, every delivery
   ``sent``;
-* the API and the pipeline staying responsive meanwhile: a ``critical`` in-app notification
-  to a recipient outside the topic is POSTed every ``--probe-interval`` seconds while the
-  broadcast drains; each one's latency is its delivery's ``sent_at`` minus the moment it was
-  POSTed (p50, p99, max).
+* the API and the pipeline staying responsive meanwhile: an in-app notification to a
+  recipient outside the topic is POSTed every ``--probe-interval`` seconds while the
+  broadcast drains, ``critical`` and ``high`` priority in turn; each one's latency is its
+  delivery's ``sent_at`` minus the moment it was POSTed (p50, p99, max, per priority);
+* peak resident memory (``VmHWM``) of every process started, and its resident memory just
+  before the POST.
+
+The N recipients are created before the measurement by the bulk CLI (``clarion recipients
+import`` of a CSV written here), as an operator would load them; how long that took is
+``recipients_import_s``. Their subscriptions go through ``PUT /v1/topics/{name}/subscribers``.
 
 Prints one JSON object to stdout; progress goes to stderr. Takes the same machine-wide lock
 as ``e2e.py``, so the two never measure each other.
@@ -24,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -64,14 +72,8 @@ class Broadcast(e2e.Bench):
         def extra(rid: str) -> dict[str, str]:
             return {"webhook_url": f"{sink_url}/{rid}"} if hooks else {}
 
-        gate = asyncio.Semaphore(4)
-
-        async def people(start: int) -> None:
-            body = {"recipients": [{"id": rid, **extra(rid)} for rid in ids[start : start + 1000]]}
-            async with gate:
-                await self.call(session, "POST", "/v1/recipients/batch", body)
-
-        await asyncio.gather(*(people(start) for start in range(0, n, 1000)))
+        self.import_s = await self._import(ids, extra)
+        log(f"{n} recipients imported by the bulk CLI in {self.import_s:.1f}s")
         await self.call(session, "PUT", f"/v1/recipients/{PROBE}", {})
         for start in range(0, n, 10_000):
             body = {"recipient_ids": ids[start : start + 10_000]}
@@ -88,6 +90,32 @@ class Broadcast(e2e.Bench):
         await self.call(session, "PUT", "/v1/templates/alert", alert)
         log(f"{n} recipients subscribed to {TOPIC!r}")
 
+    async def _import(self, ids: list[str], extra: Any) -> float:
+        """Create the recipients with ``clarion recipients import`` (a CSV of them); the
+        seconds it took."""
+        path = self.tmp / "recipients.csv"
+        fields = ["id", *extra(ids[0])]
+        with path.open("w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(fields)
+            writer.writerows([rid, *extra(rid).values()] for rid in ids)
+        output = self.tmp / "import.log"
+        command = [*e2e.clarion("recipients", "import", str(path)), "--url", self.base]
+        began = time.monotonic()
+        with output.open("w") as log_file:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                env={**os.environ, "CLARION_API_KEY": self.key},
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+            )
+            code = await process.wait()
+        took = time.monotonic() - began
+        if code != 0:
+            raise RuntimeError(f"the import exited {code}: {output.read_text()[-2000:]}")
+        return took
+
     async def measure(
         self, session: aiohttp.ClientSession, sink: e2e.SinkControl
     ) -> dict[str, Any]:
@@ -102,11 +130,13 @@ class Broadcast(e2e.Bench):
         self, session: aiohttp.ClientSession, db: asyncpg.Connection
     ) -> dict[str, Any]:
         n = self.args.subscribers
+        memory_before = e2e.memory_now(self.children)
         cpu_before = self.cpu_times()
         started = time.time()
         body = {"template": "news", "to": {"topic": TOPIC}, "priority": self.args.priority}
         nid = (await self.call(session, "POST", "/v1/notifications", body))["id"]
         probes: dict[str, float] = {}
+        priorities: dict[str, str] = {}
         deadline = time.monotonic() + self.args.timeout
         sent = 0
         counted = time.monotonic()
@@ -115,8 +145,11 @@ class Broadcast(e2e.Bench):
                 raise TimeoutError(f"only {sent} of {n} deliveries sent in {self.args.timeout}s")
             self.children.check()
             posted = time.time()
-            probe = {"template": "alert", "to": {"recipient_id": PROBE}, "priority": "critical"}
-            probes[(await self.call(session, "POST", "/v1/notifications", probe))["id"]] = posted
+            # Critical and high in turn: both are to keep going out during the broadcast.
+            priority = "critical" if len(probes) % 2 == 0 else "high"
+            probe = {"template": "alert", "to": {"recipient_id": PROBE}, "priority": priority}
+            pid = (await self.call(session, "POST", "/v1/notifications", probe))["id"]
+            probes[pid], priorities[pid] = posted, priority
             await asyncio.sleep(self.args.probe_interval)
             # Counting a million rows costs the database a good part of a core: look at
             # most every COUNT_EVERY seconds (the end time is read from the rows anyway).
@@ -128,8 +161,11 @@ class Broadcast(e2e.Bench):
                     nid,
                 )
         cpu = e2e.cpu_used(cpu_before, self.cpu_times(), n)
+        memory = e2e.memory_used(self.children, memory_before)
         planned_at, last_sent, statuses = await self._broadcast_times(db, nid)
-        parts = await self._probe_latencies(db, probes)
+        found = await self._probe_latencies(db, probes)
+        parts = [part for pid, part in found if priorities[pid] == "critical"]
+        high = [part for pid, part in found if priorities[pid] == "high"]
         latencies = [sum(part) for part in parts]
         return {
             "config": "postgres-redis",
@@ -151,6 +187,12 @@ class Broadcast(e2e.Bench):
             # worker slot, the provider), each p50 / p99 / max.
             "critical_to_planning_ms": _ms_p50_p99_max([p[0] for p in parts]),
             "critical_planning_to_sent_ms": _ms_p50_p99_max([p[1] for p in parts]),
+            "high_probes": len(high),
+            "high_ms": _ms_p50_p99_max([sum(p) for p in high]),
+            "high_to_planning_ms": _ms_p50_p99_max([p[0] for p in high]),
+            "high_planning_to_sent_ms": _ms_p50_p99_max([p[1] for p in high]),
+            "recipients_import_s": round(self.import_s, 1),
+            "memory": memory,
             "cpu": cpu,
             "machine": e2e.machine(),
             "postgres": self.postgres,
@@ -173,10 +215,10 @@ class Broadcast(e2e.Bench):
     @staticmethod
     async def _probe_latencies(
         db: asyncpg.Connection, probes: dict[str, float]
-    ) -> list[tuple[float, float]]:
-        """Per probe, seconds from its POST to the start of its planning (its delivery's
-        ``created_at``) and from there to its send (``sent_at``), by total; waits for the
-        last ones."""
+    ) -> list[tuple[str, tuple[float, float]]]:
+        """Per probe, its id with the seconds from its POST to the start of its planning
+        (its delivery's ``created_at``) and from there to its send (``sent_at``), by total;
+        waits for the last ones."""
         deadline = time.monotonic() + 30
         while True:
             rows = await db.fetch(
@@ -190,10 +232,10 @@ class Broadcast(e2e.Bench):
         if len(rows) < len(probes):
             raise RuntimeError(f"{len(probes) - len(rows)} critical probes were not sent")
         parts = [
-            (row[1].timestamp() - probes[row[0]], row[2].timestamp() - row[1].timestamp())
+            (row[0], (row[1].timestamp() - probes[row[0]], row[2].timestamp() - row[1].timestamp()))
             for row in rows
         ]
-        return sorted(parts, key=sum)
+        return sorted(parts, key=lambda part: sum(part[1]))
 
 
 def _ms_p50_p99_max(values: list[float]) -> list[float]:

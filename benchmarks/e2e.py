@@ -996,6 +996,38 @@ def read_text(path: str) -> str:
         return ""
 
 
+def rss_mib(pid: int) -> tuple[float, float]:
+    """A process's resident memory now and at its peak (``VmRSS``, ``VmHWM``), in MiB."""
+    fields = dict(
+        line.split(":", 1) for line in read_text(f"/proc/{pid}/status").splitlines() if ":" in line
+    )
+
+    def mib(name: str) -> float:
+        return round(int(fields.get(name, "0 kB").split()[0]) / 1024, 1)
+
+    return mib("VmRSS"), mib("VmHWM")
+
+
+def memory_now(children: Children) -> dict[str, float]:
+    """Each started process's resident memory now, in MiB, by name."""
+    return {c.name: rss_mib(c.popen.pid)[0] for c in children.items}
+
+
+def memory_used(children: Children, before: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Each started process's resident memory before (``memory_now``), now and at its
+    peak, in MiB, by name."""
+    return {
+        c.name: dict(
+            zip(
+                ("before_mib", "now_mib", "peak_mib"),
+                (before.get(c.name, 0.0), *rss_mib(c.popen.pid)),
+                strict=True,
+            )
+        )
+        for c in children.items
+    }
+
+
 def parent_pid(pid: int) -> int | None:
     stat = read_text(f"/proc/{pid}/stat")
     return int(stat.rsplit(")", 1)[1].split()[1]) if ")" in stat else None

@@ -49,20 +49,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def peak_rss_mib(pid: int) -> tuple[float, float]:
-    """A process's resident memory now and at its peak (``VmRSS``, ``VmHWM``), in MiB."""
-    fields = dict(
-        line.split(":", 1)
-        for line in e2e.read_text(f"/proc/{pid}/status").splitlines()
-        if ":" in line
-    )
-
-    def mib(name: str) -> float:
-        return round(int(fields.get(name, "0 kB").split()[0]) / 1024, 1)
-
-    return mib("VmRSS"), mib("VmHWM")
-
-
 class WorkflowRuns(e2e.Bench):
     async def create_fixtures(self, session: aiohttp.ClientSession, sink_url: str) -> None:
         n = self.args.subscribers
@@ -98,7 +84,7 @@ class WorkflowRuns(e2e.Bench):
         self, session: aiohttp.ClientSession, sink: e2e.SinkControl
     ) -> dict[str, Any]:
         n = self.args.subscribers
-        before = {c.name: peak_rss_mib(c.popen.pid)[0] for c in self.children.items}
+        before = e2e.memory_now(self.children)
         cpu_before = self.cpu_times()
         started = time.time()
         body = {"workflow": "later", "to": {"topic": TOPIC}}
@@ -128,16 +114,7 @@ class WorkflowRuns(e2e.Bench):
         await asyncio.sleep(self.args.settle)  # late repeats count as duplicates
         stats = await sink.ask("stats")
         cpu = e2e.cpu_used(cpu_before, self.cpu_times(), n)
-        memory = {
-            c.name: dict(
-                zip(
-                    ("before_mib", "now_mib", "peak_mib"),
-                    (before[c.name], *peak_rss_mib(c.popen.pid)),
-                    strict=True,
-                )
-            )
-            for c in self.children.items
-        }
+        memory = e2e.memory_used(self.children, before)
         lags, last_sent = await self._lags(session, nid)
         ordered = sorted(lags)
         return {

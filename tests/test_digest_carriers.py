@@ -17,10 +17,12 @@ from clarion.domain.digests import MAX_ITEMS, digest_notification_id
 from clarion.pipeline.context import open_context
 from clarion.pipeline.planner import Planner
 from clarion.pipeline.runtime import Roles
+from clarion.pipeline.scheduler import Retention
 from clarion.store import digests as digest_store
 from clarion.store import runs as run_store
 from clarion.store.db import _alembic_config, as_utc, migrate, utcnow
 from clarion.store.tables import (
+    digest_items,
     digest_windows,
     notifications,
     outbox,
@@ -414,3 +416,47 @@ async def test_the_migration_gives_each_open_window_a_carrier(
             assert left.scalar() == 0
     finally:
         await context.aclose()
+
+
+async def test_closed_windows_are_pruned_by_the_retention_pass(held: Harness) -> None:
+    app = held
+    await _hold(app, [await _send(app, "a")])
+    await time_passes(app, HOUR + timedelta(seconds=1))
+    assert await Planner(app.ctx, "waker").runs.wake_once() == 1
+    keeper = Retention(app.ctx)
+    await keeper.run_once()
+    assert (await _window(app))["closed_at"] is not None  # kept a day
+    async with app.ctx.engine.begin() as conn:
+        await conn.execute(update(digest_windows).values(closed_at=utcnow() - 25 * HOUR))
+    await keeper.run_once()
+    async with app.ctx.engine.connect() as conn:
+        for table in (digest_windows, digest_items):
+            left = await conn.execute(select(func.count()).select_from(table))
+            assert left.scalar() == 0, table.name
+
+
+async def test_an_overdue_window_without_a_carrier_is_given_one(held: Harness) -> None:
+    """A window opened without its carrier (by a planner of an earlier version, during an
+    upgrade's rolling restart) gets one from the retention pass once it is overdue, and
+    the run engine closes it."""
+    app = held
+    await _hold(app, [await _send(app, "a")])
+    window = await _window(app)
+    async with app.ctx.engine.begin() as conn:
+        await conn.execute(delete(workflow_runs))
+    keeper, runs = Retention(app.ctx), Planner(app.ctx, "waker").runs
+    await keeper.run_once()
+    assert await _carriers(app) == []  # not overdue: left alone
+    await time_passes(app, HOUR + timedelta(minutes=6))
+    await keeper.run_once()
+    [carrier] = await _carriers(app)
+    assert carrier["id"] == carrier_id(window)
+    assert as_utc(carrier["wake_at"]) == as_utc((await _window(app))["closes_at"])
+    assert await runs.wake_once() == 1
+    assert await digests_made(app) == 1
+    # Overdue windows whose carriers are there keep them.
+    await _hold(app, [await _send(app, "b")])
+    await time_passes(app, HOUR + timedelta(minutes=6))
+    before = await _carriers(app)
+    await keeper.run_once()
+    assert await _carriers(app) == before

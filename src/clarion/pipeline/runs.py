@@ -8,7 +8,10 @@ step that waits (a delay, a digest window it carries, or a ``first_success`` ste
 its delivery) or to its end. It is walked in memory first: one that reaches a wait or its
 end without planning anything is stored as it then stands; the others are stored leased,
 then advanced. A digest step's window is opened, joined or closed in the
-transaction that stores its runs (store/run_digests.py).
+transaction that stores its runs (store/run_digests.py). A category digest's window is
+carried by a run of the built-in workflow ``~digest`` that the planner stores with the
+window (store/digests.py); woken like any run, it closes its window into the digest
+notification in the transaction that stores it completed (pipeline/digests.py ``close``).
 A waiting run is a stored row with its wake time, not a task in memory: the planners take
 the due ones in batches (``wake_once``), each under a lease, so a run whose advancer dies is
 taken again when the lease ends. Advancing a run again from its stored step makes nothing

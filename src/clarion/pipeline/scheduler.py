@@ -72,8 +72,9 @@ class Sweeper:
 
 class Retention:
     """Day partitions made ahead, what is older than the retention horizon removed
-    (store/retention.py), and digest windows closed more than a day ago forgotten
-    (store/digests.py ``prune``, whatever the horizon)."""
+    (store/retention.py), digest windows closed more than a day ago forgotten (store/
+    digests.py ``prune``, whatever the horizon), and an overdue open window without a
+    carrier run given one (``adopt``)."""
 
     MAX_BATCHES = 20
 
@@ -91,7 +92,10 @@ class Retention:
         full = self.MAX_BATCHES * retention.BATCH
         left = sum(1 for count in report.deleted.values() if count >= full)
         pruned = await digest_store.prune(self._ctx.engine, now, digest_store.PRUNE_BATCH)
-        return left + (1 if pruned >= digest_store.PRUNE_BATCH else 0)
+        adopted = await digest_store.adopt(self._ctx.engine, now, digest_store.PRUNE_BATCH)
+        if adopted:
+            log.warning("gave %d open digest windows the carrier run they lacked", adopted)
+        return left + (1 if max(pruned, adopted) >= digest_store.PRUNE_BATCH else 0)
 
 
 async def recover_embedded(ctx: Context) -> int:

@@ -45,6 +45,8 @@ from clarion.store.tables import digest_items, digest_windows, workflow_runs
 RETAIN = timedelta(days=1)
 # Closed windows forgotten in one pass of the retention keeper (pipeline/scheduler.py).
 PRUNE_BATCH = 1000
+# An open window this long past its closing time is looked at for a carrier (``adopt``).
+ORPHAN_AFTER = timedelta(minutes=5)
 WINDOW_KEY = ("tenant_id", "recipient_id", "channel", "category", "dkey")
 
 WindowKey = tuple[str, str, str, str, str]
@@ -227,6 +229,37 @@ async def windows(engine: AsyncEngine, ids: Sequence[str]) -> dict[str, dict[str
             rows = await conn.execute(select(t).where(t.c.id.in_(part)))
             found.update((row["id"], dict(row)) for row in rows.mappings())
     return found
+
+
+async def adopt(engine: AsyncEngine, now: datetime, limit: int = PRUNE_BATCH) -> int:
+    """Give a carrier to each open window overdue by ``ORPHAN_AFTER`` that has none (one a
+    planner of an earlier version opened during an upgrade's rolling restart), which the
+    run engine then closes; how many it gave. A window whose carrier is there (behind a
+    backlog of due runs, say) keeps it: at rest this is one read of the open windows'
+    ``closes_at`` index."""
+    t, r = digest_windows, workflow_runs
+    query = (
+        select(t.c.id, t.c.tenant_id, t.c.recipient_id, t.c.closes_at)
+        .where(t.c.closed_at.is_(None), t.c.closes_at < now - ORPHAN_AFTER)
+        .order_by(t.c.closes_at)
+        .limit(limit)
+    )
+    async with engine.connect() as conn:
+        overdue = (await conn.execute(query)).all()
+        if not overdue:
+            return 0
+        wanted = {run_id(digest_notification_id(w.id), w.recipient_id): w for w in overdue}
+        there = select(r.c.id).where(r.c.id.in_(list(wanted)))
+        present = set((await conn.execute(there)).scalars())
+    missing = [
+        carrier_row(w.id, w.tenant_id, w.recipient_id, w.closes_at, now)
+        for rid, w in wanted.items()
+        if rid not in present
+    ]
+    if missing:
+        async with write_tx(engine) as conn:
+            await execute_many(conn, insert_ignoring_conflicts(conn, workflow_runs), missing)
+    return len(missing)
 
 
 async def prune(engine: AsyncEngine, now: datetime, limit: int = PRUNE_BATCH) -> int:

@@ -11,14 +11,10 @@ window until the planner commits, so its carrier closing it meanwhile waits for 
 planner and sums up every item; a window closed meanwhile is no longer in the unique index
 of open windows, and the upsert opens a new one. On SQLite writers take turns.
 
-Closing (the carrier, woken by the run engine: :func:`close_carried`): in one transaction,
-the windows are locked, their items read, one notification per due window inserted with
-its outbox row (its id derives from the window's, ``ON CONFLICT DO NOTHING``), the windows
-marked closed and the carriers stored completed, under the lease they were advanced
-under. An advancer that dies before the commit leaves everything as it was, and the
-carrier is taken again when its lease ends; after it, the outbox row brings the
-notification to the planner. Closed windows and their items are kept a day (see
-``RETAIN``), then pruned.
+Closing is the carrier's, woken by the run engine (store/digest_closing.py). Closed
+windows and their items are kept a day (see ``RETAIN``), then pruned by the scheduler
+role's retention pass, which also gives a carrier to an overdue open window that has none
+(:func:`adopt`).
 """
 
 from __future__ import annotations

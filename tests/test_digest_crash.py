@@ -1,10 +1,11 @@
 """A digest window survives kill -9 of the planner and the scheduler (PostgreSQL + Redis).
 
 A category holds its notifications for a minute. Part of them are held, then the worker
-(which plans) and the scheduler (which closes windows) are killed; more notifications are
-accepted while they are down; a new worker and two schedulers start. When the window
-closes there is exactly one digest, holding every notification, delivered once. Progress is
-read from the database, polled against deadlines.
+(which plans, and whose run waker closes windows: each is carried by a stored run) and the
+scheduler (which relays the outbox) are killed; more notifications are accepted while
+they are down; a new worker and two schedulers start. When the window closes there is
+exactly one digest, holding every notification, delivered once, and the window's carrier
+run has completed. Progress is read from the database, polled against deadlines.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from clarion.store.tables import deliveries, digest_items, digest_windows, notifications
+from clarion.store.tables import (
+    deliveries,
+    digest_items,
+    digest_windows,
+    notifications,
+    workflow_runs,
+)
 from procs import Procs, clarion_env, create_tenant, free_port, wait_ready, wait_until
 
 DEADLINE = 150.0
@@ -119,7 +126,9 @@ async def test_planner_and_scheduler_killed_during_a_digest_window(
             async with engine.connect() as conn:
                 note = (
                     await conn.execute(
-                        select(notifications.c.data).where(notifications.c.digest_of.is_not(None))
+                        select(notifications.c.id, notifications.c.data).where(
+                            notifications.c.digest_of.is_not(None)
+                        )
                     )
                 ).one()
                 windows = (
@@ -132,6 +141,13 @@ async def test_planner_and_scheduler_killed_during_a_digest_window(
                         )
                     )
                 ).all()
+                carriers = (
+                    await conn.execute(
+                        select(workflow_runs.c.status, workflow_runs.c.notification_id).where(
+                            workflow_runs.c.workflow == "~digest"
+                        )
+                    )
+                ).all()
             # Every notification of both halves, held in one window, in one digest.
             assert note.data["count"] == len(first) + len(second)
             assert sorted(item["what"] for item in note.data["items"]) == sorted(first + second)
@@ -141,6 +157,7 @@ async def test_planner_and_scheduler_killed_during_a_digest_window(
             assert len(windows) == 1
             assert windows[0].closed_at is not None
             [(status, content)] = rows
+            assert [(c.status, c.notification_id) for c in carriers] == [("completed", note.id)]
             assert status == "sent"
             assert content["title"] == "12 updates"
     finally:

@@ -1,5 +1,6 @@
 """Digests: a category's notifications held per (recipient, channel, key), one message per
-window when it closes (the scheduler's clock injected), on both backends."""
+window when it closes (its carrier run woken by the run engine, the window's time moved
+rather than waited for), on both backends."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
 
 from clarion.domain.digests import MAX_ITEMS
-from clarion.pipeline.digests import DigestCloser
+from clarion.pipeline.planner import Planner
 from clarion.store import digests as digest_store
 from clarion.store.db import utcnow
-from clarion.store.tables import digest_items, digest_windows
+from clarion.store.tables import digest_items, digest_windows, workflow_runs
+from digest_kit import carrier_id, close_after, digests_made, time_passes
 from harness import Harness
 
 DIGEST_EMAIL = {
@@ -90,16 +92,13 @@ async def test_a_window_sends_one_digest_with_every_item_when_it_closes(app: Har
         4,
     )
 
-    closer = DigestCloser(app.ctx)
-    assert await closer.run_once(utcnow() + HOUR / 2) == 0  # not yet
-    assert await closer.run_once(utcnow() + HOUR + timedelta(seconds=1)) == 1
-    await app.drain()
+    assert await close_after(app, HOUR / 2) == 0  # not yet
+    assert await close_after(app, HOUR / 2 + timedelta(seconds=1)) == 1
     [email] = await _emails(app)
     assert email["content"]["subject"] == "4 updates"
     assert email["content"]["text"] == "a0;a1;a2;a3;"
-    # Closing again finds nothing: exactly one digest.
-    assert await closer.run_once(utcnow() + 2 * HOUR) == 0
-    await app.drain()
+    # Later still, nothing more: exactly one digest.
+    assert await close_after(app, HOUR) == 0
     assert len(await _emails(app)) == 1
     [closed] = await _closed(app)
     digest = await app.notification(closed["notification_id"])
@@ -122,8 +121,7 @@ async def test_the_key_splits_digests_and_the_locale_applies(app: Harness) -> No
     windows = await digest_store.open_windows(app.ctx.engine, app.tenant_id, "u1")
     assert sorted((w["dkey"], w["items"]) for w in windows) == [("", 1), ("p1", 2), ("p2", 1)]
 
-    assert await DigestCloser(app.ctx).run_once(utcnow() + timedelta(minutes=11)) == 3
-    await app.drain()
+    assert await close_after(app, timedelta(minutes=11)) == 3
     subjects = sorted(m["content"]["subject"] for m in await _emails(app))
     assert subjects == ["1 nouvelles", "1 nouvelles", "2 nouvelles"]
 
@@ -159,10 +157,12 @@ async def test_cancelled_notifications_leave_the_digest_and_two_closers_close_on
     await app.drain()
     response = await app.client.delete(f"/v1/notifications/{gone}", headers=app.auth)
     assert response.status_code == 202, response.text
-    due = utcnow() + HOUR + timedelta(seconds=1)
-    made = await asyncio.gather(*(DigestCloser(app.ctx).run_once(due) for _ in range(3)))
-    assert sum(made) == 1
+    # Due: three more planners' run wakers look at once, beside Clarion's own.
+    await time_passes(app, HOUR + timedelta(seconds=1))
+    wakers = [Planner(app.ctx, f"closer-{n}").runs for n in range(3)]
+    await asyncio.gather(*(runs.wake_once() for runs in wakers))
     await app.drain()
+    assert await digests_made(app) == 1
     [email] = await _emails(app)
     assert (email["content"]["subject"], email["content"]["text"]) == ("2 updates", "kept;kept2;")
 
@@ -181,11 +181,10 @@ async def test_holding_twice_holds_once(app: Harness) -> None:
     )
     await digest_store.hold(app.ctx.engine, [replay], utcnow())
     assert await _count_items(app) == 1
-    assert await DigestCloser(app.ctx).run_once(utcnow() + 2 * HOUR) == 1
+    assert await close_after(app, 2 * HOUR) == 1
     await digest_store.hold(app.ctx.engine, [replay], utcnow())
     assert await _count_items(app) == 1
-    assert await DigestCloser(app.ctx).run_once(utcnow() + 4 * HOUR) == 0
-    await app.drain()
+    assert await close_after(app, 4 * HOUR) == 0
     assert len(await _emails(app)) == 1
     assert window["items"] == 1
 
@@ -256,8 +255,8 @@ async def test_a_full_window_closes_at_once(lite: Harness) -> None:
 
 
 async def test_a_window_being_added_to_is_not_closed_under_the_planner(app: Harness) -> None:
-    """PostgreSQL: a planner's hold locks its window until it commits; a scheduler closing
-    meanwhile passes it by, and closes it with the new item the next time."""
+    """PostgreSQL: a planner's hold locks its window until it commits; the window's carrier
+    closing it meanwhile waits for the planner, and closes it with the new item."""
     if app.ctx.engine.dialect.name != "postgresql":
         pytest.skip("SQLite writers take turns in one process")
     await _setup(app)
@@ -265,24 +264,41 @@ async def test_a_window_being_added_to_is_not_closed_under_the_planner(app: Harn
     await app.drain()
     nid = await _send(app, {"what": "second"})
     await app.drain()
-    async with app.ctx.engine.connect() as conn:
+    [window] = await digest_store.open_windows(app.ctx.engine, app.tenant_id, "u1")
+    async with app.ctx.engine.begin() as conn:
         [item] = (
             await conn.execute(select(digest_items).where(digest_items.c.notification_id == nid))
         ).all()
         await conn.execute(digest_items.delete().where(digest_items.c.notification_id == nid))
-        await conn.commit()
+        # The window is due; its carrier is not woken yet.
+        past = utcnow() - timedelta(seconds=1)
+        await conn.execute(update(digest_windows).values(closes_at=past))
     held = digest_store.Held(
         app.tenant_id, "u1", "email", "updates", "", 3600, item.delivery_id, nid
     )
-    due = utcnow() + 2 * HOUR
-    closer = DigestCloser(app.ctx)
     async with app.ctx.engine.begin() as planner:
         await digest_store.hold_in(planner, [held], utcnow())
-        assert await closer.run_once(due) == 0  # locked: passed by
-    assert await closer.run_once(due) == 1
+        # The carrier due now: Clarion's run waker takes it, and its closing waits.
+        async with app.ctx.engine.begin() as conn:
+            carrier = carrier_id({"id": window["id"], "recipient_id": "u1"})
+            await conn.execute(
+                update(workflow_runs).where(workflow_runs.c.id == carrier).values(wake_at=past)
+            )
+        await app.until(lambda: _waiting_on_a_lock(app))
+        assert await digests_made(app) == 0
     await app.drain()
+    assert await digests_made(app) == 1
     [email] = await _emails(app)
     assert email["content"]["text"] == "first;second;"
+
+
+async def _waiting_on_a_lock(app: Harness) -> bool:
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    async with app.ctx.engine.connect() as conn:
+        return bool((await conn.execute(query)).scalar())
 
 
 async def test_preview_renders_the_digest_content(lite: Harness) -> None:

@@ -9,11 +9,11 @@ from typing import Any
 import httpx
 import pytest
 
-from clarion.pipeline.digests import DigestCloser
 from clarion.pipeline.planner import Planner
 from clarion.pipeline.runtime import Roles
 from clarion.store import digests as digest_store
 from clarion.store.db import utcnow
+from digest_kit import close_after
 from harness import Harness, make_settings, running
 
 TEMPLATE: dict[str, Any] = {
@@ -92,8 +92,7 @@ async def test_max_per_day_overflow_digest_holds_what_is_over(app: Harness) -> N
         assert (over["inapp"]["status"], over["inapp"]["reason"]) == ("suppressed", "rate_limited")
     [window] = await digest_store.open_windows(app.ctx.engine, app.tenant_id, "u1")
     assert window["items"] == 2
-    assert await DigestCloser(app.ctx).run_once(utcnow() + timedelta(hours=2)) == 1
-    await app.drain()
+    assert await close_after(app, timedelta(hours=2)) == 1
     response = await app.client.get(
         "/v1/sandbox/messages", params={"channel": "email"}, headers=app.auth
     )

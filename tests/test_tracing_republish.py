@@ -15,10 +15,9 @@ import pytest
 import redis
 
 from clarion.observability import tracing
-from clarion.pipeline.digests import DigestCloser
 from clarion.pipeline.runtime import Roles
 from clarion.resilience.breaker import BreakerKey
-from clarion.store.db import utcnow
+from digest_kit import close_after
 from harness import Harness, make_settings, running
 from webhook_sink import Received, WebhookSink
 
@@ -265,7 +264,7 @@ async def test_a_digest_is_a_trace_linked_to_what_it_holds(
         for n in range(2)
     ]
     await app.drain()
-    assert await DigestCloser(app.ctx).run_once(utcnow() + timedelta(hours=2)) == 1
+    assert await close_after(app, timedelta(hours=2)) == 1
     [made] = _named(list(exported.get_finished_spans()), "digest.close")
     attributes = made.attributes or {}
     nid = str(attributes["clarion.notification_id"])

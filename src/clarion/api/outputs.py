@@ -173,7 +173,9 @@ class RunStepOut(Out):
         None, description="A digest step that joined another run's window: that run's id"
     )
     count: int | None = Field(
-        None, description="A digest step whose window closed: the triggers it collected"
+        None,
+        description="A digest step whose window closed: the triggers it collected (`~digest`: "
+        "the notifications the digest sums up)",
     )
 
 
@@ -182,10 +184,12 @@ class RunOut(Out):
     recipient_id: str
     workflow: str = Field(
         description="The workflow run; `~template` for a template send's built-in workflow "
-        "(its in-app part's offline fallback)"
+        "(its in-app part's offline fallback); `~digest` for the run that carried a "
+        "category digest's window (its notification is the digest)"
     )
     version: int = Field(
-        description="The workflow version the run is pinned to (`~template`: the template's)"
+        description="The workflow version the run is pinned to (`~template`: the template's; "
+        "`~digest`: 1)"
     )
     status: str = Field(
         description="running | waiting | completed | cancelled | throttled | digested | failed"

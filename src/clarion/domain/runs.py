@@ -18,6 +18,7 @@ from typing import Any
 from jinja2.exceptions import SecurityError, TemplateRuntimeError, UndefinedError
 
 from clarion.domain.durations import duration_seconds
+from clarion.domain.ids import derived_timed_id
 from clarion.domain.models import DeliveryStatus
 from clarion.domain.workflows import SANDBOX, Step
 
@@ -104,6 +105,9 @@ class StepRecord:
     # the first of them (up to the cap).
     count: int | None = None
     events: list[Any] | None = None
+    # The step of a category digest's carrier (``~digest``): the window it closes
+    # (digest_windows.id).
+    window: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         shown: dict[str, Any] = {"id": self.id, "status": self.status, "at": self.at}
@@ -114,9 +118,13 @@ class StepRecord:
             "tried": self.tried,
             "until": self.until,
             "into": self.into,
-            "count": self.count,
+            "window": self.window,
         }
         shown.update((name, value) for name, value in optional.items() if value)
+        # A count of 0 says something too: a category digest whose every notification was
+        # cancelled.
+        if self.count is not None:
+            shown["count"] = self.count
         if self.events is not None:
             shown["events"] = list(self.events)
         return shown
@@ -135,6 +143,7 @@ class StepRecord:
             into=raw.get("into"),
             count=raw.get("count"),
             events=None if raw.get("events") is None else list(raw["events"]),
+            window=raw.get("window"),
         )
 
 
@@ -199,6 +208,11 @@ def step_view(record: StepRecord, facts: Sequence[DeliveryFacts]) -> dict[str, A
         "opened": any(f.opened for f in facts),
         "clicked": any(f.clicked for f in facts),
     }
+
+
+def run_id(notification_id: str, recipient_id: str) -> str:
+    """A run's id: one per (notification, recipient), so a replayed plan stores it once."""
+    return derived_timed_id("run", notification_id, notification_id, recipient_id)
 
 
 def expression_context(

@@ -41,6 +41,12 @@ FIELDS = {
 # fallback (a name no tenant's workflow can have), and its steps' ids.
 TEMPLATE_FLOW = "~template"
 SEND_STEP, WAIT_STEP, FALLBACK_STEP = "send", "wait", "fallback"
+# The built-in workflow that carries a category digest's window (docs/digests.md), and its
+# one step's id: the window's wait, over when the window closes into its digest.
+DIGEST_FLOW = "~digest"
+COLLECT_STEP = "collect"
+# The built-in workflows have one version each.
+BUILTIN_VERSION = 1
 # Expressions compile in the templates' sandbox (no autoescape: a value, not markup).
 SANDBOX = make_environment(autoescape=False, filters=FILTERS)
 
@@ -106,6 +112,13 @@ def template_flow(template: str, after: str, channel: str) -> Workflow:
             ),
         ),
     )
+
+
+def digest_flow(category: str) -> Workflow:
+    """The built-in workflow of a category digest's window: one digest step, which waits
+    until the window closes, then closes it into the digest notification (the window's
+    row, not a step's fields, says which window and when)."""
+    return Workflow(f"{category} digest", category, (Step(COLLECT_STEP, "digest", None, {}),))
 
 
 @dataclass(frozen=True, slots=True)

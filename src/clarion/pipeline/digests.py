@@ -1,19 +1,19 @@
-"""Digests in the pipeline: the planner holds, the scheduler closes.
+"""Digests in the pipeline: the planner holds, each window's carrier run closes it.
 
 The planner offers a :class:`Holding` each delivery that could go into a digest (its
 category has one, its template has digest content for the channel, it is not critical and
 not a digest itself); ``decide`` or a cap's ``overflow: digest`` holds it (the delivery
 is stored ``suppressed`` with reason ``digest``), and before the batch's deliveries are
-stored the planner calls :func:`hold` once for all held ones. :class:`DigestCloser` runs
-in the scheduler role: it closes due windows into digest notifications, which the planner
-then plans like any other (preferences, quiet hours and snooze apply), rendered from the
-template's digest content.
+stored the planner calls :func:`hold` once for all held ones: a window it opens gets its
+carrier, a run of the built-in workflow ``~digest`` that waits until the window closes.
+The run engine (pipeline/runs.py) wakes the carrier like any run, and :func:`close` closes
+its window into a digest notification, which the planner then plans like any other
+(preferences, quiet hours and snooze apply), rendered from the template's digest content.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -28,14 +28,10 @@ from clarion.domain.rendering import CompiledVersion
 from clarion.observability import tracing
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import plan_payload
+from clarion.store import digest_closing as closer
 from clarion.store import digests as store
-from clarion.store.db import utcnow
 
 log = logging.getLogger(__name__)
-
-_CLOSE_BATCH = 100
-# Closed windows are pruned at most this often (seconds), when there is nothing to close.
-_PRUNE_EVERY = 60.0
 
 
 class Holding:
@@ -99,35 +95,27 @@ async def hold(ctx: Context, items: list[store.Held], now: datetime) -> None:
     await store.hold(ctx.engine, items, now)
 
 
-class DigestCloser:
-    """Closes digest windows whose time has come (the scheduler role; several may run)."""
-
-    def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
-        self._pruned = -_PRUNE_EVERY
-
-    async def run_once(self, now: datetime | None = None) -> int:
-        """Close the windows due at ``now`` (the clock's time unless given); how many
-        digests it made."""
-        now = now or utcnow()
-        engine = self._ctx.engine
-        closed = await store.close_due(
-            engine,
-            now,
-            _CLOSE_BATCH,
-            outbox_grace=self._ctx.settings.outbox_grace,
-            trace=tracing.digest,
-            pg=self._ctx.pg,
-        )
-        if closed:
-            log.info("closed %d digest windows", len(closed))
-            try:
-                payloads = [plan_payload(c.notification_id, c.tenant_id, c.trace) for c in closed]
-                await self._ctx.broker.publish(PLAN_STREAM, payloads)
-            except Exception as exc:  # the relay publishes them from the outbox instead
-                log.warning("publishing %d digests failed: %r", len(closed), exc)
-            self._ctx.made_progress()
-        elif time.monotonic() - self._pruned >= _PRUNE_EVERY:
-            self._pruned = time.monotonic()
-            await store.prune(engine, now)
-        return len(closed)
+async def close(
+    ctx: Context, closing: list[closer.Closing], now: datetime, rows_of: closer.Settle
+) -> dict[str, closer.Outcome]:
+    """Close the windows of these carriers that are due, storing the carriers' rows
+    ``rows_of`` makes of the outcomes in the same transaction (store/digest_closing.py),
+    then publish the digests' plan messages (the relay publishes them from the outbox if
+    that fails). The outcome of each carrier still held under its lease."""
+    outcomes, made = await closer.close_carried(
+        ctx.engine,
+        closing,
+        now,
+        ctx.settings.outbox_grace,
+        rows_of,
+        trace=tracing.digest,
+    )
+    if made:
+        log.info("closed %d digest windows", len(made))
+        try:
+            payloads = [plan_payload(c.notification_id, c.tenant_id, c.trace) for c in made]
+            await ctx.broker.publish(PLAN_STREAM, payloads)
+        except Exception as exc:  # the relay publishes them from the outbox instead
+            log.warning("publishing %d digests failed: %r", len(made), exc)
+        ctx.made_progress()
+    return outcomes

@@ -8,7 +8,10 @@ step that waits (a delay, a digest window it carries, or a ``first_success`` ste
 its delivery) or to its end. It is walked in memory first: one that reaches a wait or its
 end without planning anything is stored as it then stands; the others are stored leased,
 then advanced. A digest step's window is opened, joined or closed in the
-transaction that stores its runs (store/run_digests.py).
+transaction that stores its runs (store/run_digests.py). A category digest's window is
+carried by a run of the built-in workflow ``~digest`` that the planner stores with the
+window (store/digests.py); woken like any run, it closes its window into the digest
+notification in the transaction that stores it completed (pipeline/digests.py ``close``).
 A waiting run is a stored row with its wake time, not a task in memory: the planners take
 the due ones in batches (``wake_once``), each under a lease, so a run whose advancer dies is
 taken again when the lease ends. Advancing a run again from its stored step makes nothing
@@ -31,23 +34,27 @@ from typing import Any, Protocol
 from clarion.domain import runs as rules
 from clarion.domain.delivery import Stored
 from clarion.domain.durations import duration_seconds
-from clarion.domain.ids import delivery_id, derived_timed_id
+from clarion.domain.ids import delivery_id
 from clarion.domain.models import DeliveryStatus
 from clarion.domain.rendering import CompiledVersion
-from clarion.domain.runs import DeliveryFacts, RunStatus, StepRecord
+from clarion.domain.runs import DeliveryFacts, RunStatus, StepRecord, run_id
 from clarion.domain.workflows import (
     CLOCK,
+    DIGEST_FLOW,
     SEND_STEP,
     TEMPLATE_FLOW,
     WAIT_STEP,
     Step,
     Workflow,
+    digest_flow,
     template_flow,
 )
+from clarion.pipeline import digests
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import by_due_time, publish_deliveries
 from clarion.resilience.ratelimit import Take
-from clarion.store import planning, run_digests
+from clarion.store import digest_closing, planning, run_digests
+from clarion.store import digests as digest_store
 from clarion.store import runs as run_store
 from clarion.store import workflows as workflow_store
 from clarion.store.batching import is_outage
@@ -94,10 +101,6 @@ class StepPlanner(Protocol):
 
 # What expressions and steps know of deliveries, by id.
 Facts = dict[str, DeliveryFacts]
-
-
-def run_id(notification_id: str, recipient_id: str) -> str:
-    return derived_timed_id("run", notification_id, notification_id, recipient_id)
 
 
 # An in-app delivery in one of these is still to be sent: its offline fallback can come.
@@ -182,6 +185,12 @@ class _Run:
     gather: tuple[Step, str | None] | None = None
     # Cancelled or taken by another advancer while this one held it: left as it is.
     lost: bool = False
+    # A category digest's carrier (``~digest``): its window's row (none: gone), and whether
+    # it asks to close the window.
+    window: dict[str, Any] | None = None
+    closing: bool = False
+    # Stored already, in the transaction that closed its window (or left as it is).
+    stored: bool = False
 
     @property
     def step(self) -> int:
@@ -389,8 +398,9 @@ class Runs:
         runs = loaded if loaded is not None else await self._load(rows)
         active = []
         for run in runs:
-            if run.workflow is None or run.note is None:
-                run.status = RunStatus.FAILED  # its workflow version or notification is gone
+            if run.workflow is None or (run.note is None and run.window is None):
+                # Its workflow version, its notification or its digest window is gone.
+                run.status = RunStatus.FAILED
             else:
                 active.append(run)
         # What the deliveries just planned are, known without reading them back.
@@ -405,7 +415,8 @@ class Runs:
             asking = [run for run in active if run.asked is not None]
             limited = [run for run in active if run.limit is not None]
             gathering = [run for run in active if run.gather is not None]
-            if not asking and not limited and not gathering:
+            closing = [run for run in active if run.closing]
+            if not asking and not limited and not gathering and not closing:
                 break
             if asking:
                 planned = await self._plan_asked(asking, now)
@@ -413,25 +424,36 @@ class Runs:
                 await self._throttle(limited, now)
             if gathering:
                 await self._gather(gathering, now)
+            if closing:
+                await self._close_windows(closing, now)
             active = asking + limited + [run for run in gathering if not run.lost]
-        saved = [_saved(run, now) for run in runs if not run.lost]
+        saved = [_saved(run, now) for run in runs if not run.lost and not run.stored]
         await run_store.save(self._ctx.engine, saved, self._ctx.pg)
 
     async def _load(self, rows: list[dict[str, Any]]) -> list[_Run]:
         engine, pg = self._ctx.engine, self._ctx.pg
+        # A category digest's carrier has no notification before its window closes, nor a
+        # tenant's workflow: its window's row is what it needs (``_carriers``).
+        sends = [r for r in rows if r["workflow"] != DIGEST_FLOW]
         flows = await workflow_store.load_versions(
             engine,
             {
                 (r["tenant_id"], r["workflow"], r["version"])
-                for r in rows
+                for r in sends
                 if r["workflow"] != TEMPLATE_FLOW
             },
             pg,
         )
-        async with planning.reads(engine, pg) as reads:
-            notes = await reads.notifications(list({r["notification_id"] for r in rows}))
-            people = await reads.recipients({(r["tenant_id"], r["recipient_id"]) for r in rows})
-        builtin = await self._template_flows(rows, notes)
+        notes: dict[str, dict[str, Any]] = {}
+        people: dict[tuple[str, str], dict[str, Any]] = {}
+        if sends:
+            async with planning.reads(engine, pg) as reads:
+                notes = await reads.notifications(list({r["notification_id"] for r in sends}))
+                people = await reads.recipients(
+                    {(r["tenant_id"], r["recipient_id"]) for r in sends}
+                )
+        builtin = await self._template_flows(sends, notes)
+        carriers = await self._carriers([r for r in rows if r["workflow"] == DIGEST_FLOW])
 
         def flow_of(row: dict[str, Any]) -> Workflow | None:
             key = (row["tenant_id"], row["workflow"], row["version"])
@@ -441,7 +463,9 @@ class Runs:
             return builtin.get((key[0], note["template"], key[2])) if note else None
 
         return [
-            _Run(
+            carriers[row["id"]]
+            if row["id"] in carriers
+            else _Run(
                 row,
                 flow_of(row),
                 notes.get(row["notification_id"]),
@@ -450,6 +474,23 @@ class Runs:
             )
             for row in rows
         ]
+
+    async def _carriers(self, rows: list[dict[str, Any]]) -> dict[str, _Run]:
+        """The carriers of category digest windows (``~digest``), by id, each with its
+        window's row and the built-in workflow of the window's category (none when the
+        window is gone)."""
+        if not rows:
+            return {}
+        records = {row["id"]: [StepRecord.from_json(raw) for raw in row["steps"]] for row in rows}
+        ids = {r.window for found in records.values() for r in found if r.window is not None}
+        windows = await digest_store.windows(self._ctx.engine, sorted(ids))
+        found = {}
+        for row in rows:
+            window_id = next((r.window for r in records[row["id"]] if r.window), None)
+            window = windows.get(window_id) if window_id is not None else None
+            flow = digest_flow(window["category"]) if window is not None else None
+            found[row["id"]] = _Run(row, flow, None, None, records[row["id"]], window=window)
+        return found
 
     async def _template_flows(
         self, rows: list[dict[str, Any]], notes: dict[str, dict[str, Any]]
@@ -551,7 +592,6 @@ class Runs:
         """Take ``run`` through its steps until one waits, asks for deliveries, or the
         run ends."""
         assert run.workflow is not None
-        assert run.note is not None
         steps = run.workflow.steps
         moment = now.timestamp()
         while run.status not in rules.ENDED:
@@ -562,7 +602,9 @@ class Runs:
             step = steps[index]
             record = run.current()
             if record is None:
-                if not rules.holds(step.condition, self._context(run, facts)):
+                if step.condition is not None and not rules.holds(
+                    step.condition, self._context(run, facts)
+                ):
                     run.records.append(StepRecord(step.id, rules.SKIPPED, moment, moment))
                     continue
                 record = StepRecord(step.id, rules.WAITING, moment)
@@ -592,7 +634,12 @@ class Runs:
         self, run: _Run, step: Step, record: StepRecord, facts: Facts, now: datetime
     ) -> bool:
         """A digest step: a run that has not entered the window yet asks to (with its key);
-        the carrier waits until its window is over, then asks to close it."""
+        the carrier waits until its window is over, then asks to close it. A category
+        digest's carrier asks at once: its window's row, read under lock as it is closed,
+        says whether it is due (a full window is due before its time)."""
+        if run.window is not None:
+            run.closing = True
+            return False
         if record.until is None:
             run.gather = (step, self._digest_key(run, step, facts))
             return False
@@ -726,6 +773,32 @@ class Runs:
         for run in runs:
             run.lost = run.row["id"] not in outcomes
 
+    async def _close_windows(self, runs: list[_Run], now: datetime) -> None:
+        """Close the category digest windows these carriers carry (pipeline/digests.py
+        ``close``), each carrier stored in the same transaction: completed, its step with
+        the count, once its window is closed; waiting until the window's time if it is not
+        due yet."""
+        closing = []
+        for run in runs:
+            assert run.window is not None
+            run.closing = False
+            closing.append(digest_closing.Closing(run.row["id"], run.row["turn"], run.window["id"]))
+        by_id = {run.row["id"]: run for run in runs}
+        moment = now.timestamp()
+
+        def rows_of(outcomes: dict[str, digest_closing.Outcome]) -> list[dict[str, Any]]:
+            for rid, outcome in outcomes.items():
+                run = by_id[rid]
+                if _shut(run, outcome, moment):
+                    self._walk(run, {}, now)  # past its last step: completed
+            return [_saved(by_id[rid], now) for rid in outcomes]
+
+        await digests.close(self._ctx, closing, now, rows_of)
+        for run in runs:
+            # Stored with its window's closing, or (not among the outcomes) taken by
+            # another advancer meanwhile: either way nothing is left to store.
+            run.stored = True
+
     async def _throttle(self, runs: list[_Run], now: datetime) -> None:
         """Ask the limiter for each run at a throttle step; one over the limit ends
         ``throttled``. A throttle is a bucket of ``limit`` refilled over ``window`` (the
@@ -779,6 +852,22 @@ def _settle(run: _Run, outcome: run_digests.Outcome, moment: float) -> None:
         record.status, record.ended_at = rules.DONE, moment
         record.count, record.events = outcome.count, outcome.events
         run.status = RunStatus.RUNNING
+
+
+def _shut(run: _Run, outcome: digest_closing.Outcome, moment: float) -> bool:
+    """What a category digest window's closing makes of its carrier (in memory; stored
+    with it): whether its step is over."""
+    record = run.current()
+    assert record is not None
+    if isinstance(outcome, digest_closing.Waits):
+        record.until = outcome.closes_at.timestamp()
+        run.status, run.wake_at = RunStatus.WAITING, outcome.closes_at
+        return False
+    record.status, record.ended_at, record.count = rules.DONE, moment, outcome.count
+    if outcome.closes_at is not None:
+        record.until = outcome.closes_at.timestamp()
+    run.status = RunStatus.RUNNING
+    return True
 
 
 def _saved(run: _Run, now: datetime) -> dict[str, Any]:

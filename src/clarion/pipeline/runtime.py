@@ -23,7 +23,6 @@ from clarion.domain.models import ALL_CHANNELS, PLAN_STREAMS, channel_streams
 from clarion.observability import metrics
 from clarion.pipeline.consumer import READ_WAIT, unavailable
 from clarion.pipeline.context import Context
-from clarion.pipeline.digests import DigestCloser
 from clarion.pipeline.intake import Intake
 from clarion.pipeline.planner import Planner
 from clarion.pipeline.recurring import Recurring
@@ -140,8 +139,6 @@ class Runtime:
             self._spawn("schedules", self._loop(recurring.run_once, idle=0.5, resting=1.0))
             interval = min(30.0, ctx.settings.sweep_after / 4)
             self._spawn("sweeper", self._loop(sweeper.run_once, idle=interval))
-            closer = DigestCloser(ctx)
-            self._spawn("digests", self._loop(closer.run_once, idle=1.0, resting=2.0))
             keeper = Retention(ctx)
             self._spawn(
                 "retention", self._loop(keeper.run_once, idle=ctx.settings.retention_interval)

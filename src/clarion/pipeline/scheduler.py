@@ -1,5 +1,5 @@
-"""The scheduler role: the outbox relay, the sweeper, retention, and recovery of the embedded
-broker."""
+"""The scheduler role: the outbox relay, the sweeper, retention (closed digest windows
+included), and recovery of the embedded broker."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from clarion.domain.models import plan_stream
 from clarion.pipeline.context import Context
 from clarion.pipeline.messages import by_due_time, plan_payload, publish_deliveries
 from clarion.store import deliveries as delivery_store
+from clarion.store import digests as digest_store
 from clarion.store import notifications as notification_store
 from clarion.store import retention
 from clarion.store.db import utcnow
@@ -70,8 +71,10 @@ class Sweeper:
 
 
 class Retention:
-    """Day partitions made ahead, and what is older than the retention horizon removed
-    (store/retention.py)."""
+    """Day partitions made ahead, what is older than the retention horizon removed
+    (store/retention.py), digest windows closed more than a day ago forgotten (store/
+    digests.py ``prune``, whatever the horizon), and an overdue open window without a
+    carrier run given one (``adopt``)."""
 
     MAX_BATCHES = 20
 
@@ -82,11 +85,17 @@ class Retention:
         """One pass; non-zero when it stopped with rows still to remove (run again soon)."""
         settings = self._ctx.settings
         # The wall clock, not the context's (which tests move across months).
+        now = utcnow()
         report = await retention.maintain(
-            self._ctx.engine, utcnow(), settings.retention_days, self.MAX_BATCHES
+            self._ctx.engine, now, settings.retention_days, self.MAX_BATCHES
         )
         full = self.MAX_BATCHES * retention.BATCH
-        return sum(1 for count in report.deleted.values() if count >= full)
+        left = sum(1 for count in report.deleted.values() if count >= full)
+        pruned = await digest_store.prune(self._ctx.engine, now, digest_store.PRUNE_BATCH)
+        adopted = await digest_store.adopt(self._ctx.engine, now, digest_store.PRUNE_BATCH)
+        if adopted:
+            log.warning("gave %d open digest windows the carrier run they lacked", adopted)
+        return left + (1 if max(pruned, adopted) >= digest_store.PRUNE_BATCH else 0)
 
 
 async def recover_embedded(ctx: Context) -> int:

@@ -3,44 +3,47 @@ a path that runs per delivery).
 
 Holding (the planner, once per batch): one upsert opens the windows that are not open yet
 and counts what joins those that are, returning their ids, then one insert adds the items
-(a delivery id already held is skipped, so a replayed plan holds nothing twice). On
-PostgreSQL the upsert's ``DO UPDATE`` locks each open window until the planner commits, so
-a closing scheduler (``FOR UPDATE SKIP LOCKED``) passes it by and sees every item of it the
-next time; a window a scheduler closed meanwhile is no longer in the unique index of open
-windows, and the upsert opens a new one. On SQLite writers take turns.
+(a delivery id already held is skipped, so a replayed plan holds nothing twice). Each
+window opened gets, in the same transaction, its carrier: a run of the built-in workflow
+``~digest`` (:func:`carrier_row`) that waits until the window closes; a window that fills
+has its carrier made due at once. On PostgreSQL the upsert's ``DO UPDATE`` locks each open
+window until the planner commits, so its carrier closing it meanwhile waits for the
+planner and sums up every item; a window closed meanwhile is no longer in the unique index
+of open windows, and the upsert opens a new one. On SQLite writers take turns.
 
-Closing (the scheduler): in one transaction, the due windows are taken, their items read,
-one notification per window inserted with its outbox row (its id derives from the
-window's, ``ON CONFLICT DO NOTHING``), and the windows marked closed. A scheduler that dies
-before the commit leaves everything as it was; after it, the outbox row brings the
-notification to the planner. Closed windows and their items are kept a day (see
-``RETAIN``), then pruned.
+Closing is the carrier's, woken by the run engine (store/digest_closing.py). Closed
+windows and their items are kept a day (see ``RETAIN``), then pruned by the scheduler
+role's retention pass, which also gives a carrier to an overdue open window that has none
+(:func:`adopt`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, case, delete, func, select, update
+from sqlalchemy import bindparam, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.digests import MAX_ITEMS, digest_notification_id
 from clarion.domain.ids import new_id
-from clarion.domain.models import NotificationStatus, Priority
-from clarion.store.db import as_utc, utcnow, write_tx
-from clarion.store.pg import PgPool
-from clarion.store.sql import chunks, finds_any, insert_ignoring_conflicts
-from clarion.store.tables import digest_items, digest_windows, notifications, outbox
+from clarion.domain.runs import WAITING, RunStatus, StepRecord, run_id
+from clarion.domain.workflows import BUILTIN_VERSION, COLLECT_STEP, DIGEST_FLOW
+from clarion.store.db import as_utc, write_tx
+from clarion.store.sql import chunks, execute_many, insert_ignoring_conflicts
+from clarion.store.tables import digest_items, digest_windows, workflow_runs
 
 # A closed window (and what it held) is kept this long: a plan replayed after a crash
 # (within a broker lease or the outbox's grace, seconds to minutes) finds its items held.
 RETAIN = timedelta(days=1)
-_WINDOW_KEY = ("tenant_id", "recipient_id", "channel", "category", "dkey")
-_PRIORITY_ORDER = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2}
+# Closed windows forgotten in one pass of the retention keeper (pipeline/scheduler.py).
+PRUNE_BATCH = 1000
+# An open window this long past its closing time is looked at for a carrier (``adopt``).
+ORPHAN_AFTER = timedelta(minutes=5)
+WINDOW_KEY = ("tenant_id", "recipient_id", "channel", "category", "dkey")
 
 WindowKey = tuple[str, str, str, str, str]
 
@@ -63,6 +66,10 @@ class Held:
         return (self.tenant_id, self.recipient_id, self.channel, self.category, self.key)
 
 
+def utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _insert(conn: AsyncConnection) -> Any:
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
@@ -78,18 +85,19 @@ async def hold(engine: AsyncEngine, items: Sequence[Held], now: datetime) -> Non
 
 async def hold_in(conn: AsyncConnection, items: Sequence[Held], now: datetime) -> None:
     """:func:`hold` within the caller's transaction (its windows stay locked until the
-    caller commits)."""
+    caller commits). A window opened here gets its carrier run (:func:`carrier_row`); one
+    that fills here has its carrier woken at once."""
     groups: dict[WindowKey, list[Held]] = {}
     for item in items:
         groups.setdefault(item.window_key, []).append(item)
-    ids: dict[WindowKey, str] = {}
+    windows: dict[WindowKey, _Opened] = {}
     # Windows are locked in key order, so that planners holding overlapping sets of
     # windows at once never wait on each other in a cycle.
     for part in chunks(sorted(groups.items()), 500):
-        ids.update(await _open(conn, part, now))
+        windows.update(await _open(conn, part, now))
     rows = [
         {
-            "window_id": ids[item.window_key],
+            "window_id": windows[item.window_key].id,
             "delivery_id": item.delivery_id,
             "notification_id": item.notification_id,
             "created_at": now,
@@ -98,16 +106,81 @@ async def hold_in(conn: AsyncConnection, items: Sequence[Held], now: datetime) -
     ]
     for part in chunks(rows, 1000):
         await conn.execute(insert_ignoring_conflicts(conn, digest_items), part)
+    carriers = [
+        carrier_row(w.id, key[0], key[1], w.closes_at, now) for key, w in windows.items() if w.fresh
+    ]
+    for part in chunks(carriers, 1000):
+        await execute_many(conn, insert_ignoring_conflicts(conn, workflow_runs), part)
+    full = [
+        {"b_id": run_id(digest_notification_id(w.id), key[1]), "b_now": now}
+        for key, w in windows.items()
+        if w.full and not w.fresh
+    ]
+    for part in chunks(full, 1000):
+        await execute_many(conn, _WAKE_NOW, part)
+
+
+# A full window's carrier is due at once (one waiting for a later close; an ended one has
+# no wake time).
+_WAKE_NOW = (
+    update(workflow_runs)
+    .where(workflow_runs.c.id == bindparam("b_id"), workflow_runs.c.wake_at > bindparam("b_now"))
+    .values(wake_at=bindparam("b_now"))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """A window items were just held in: its id, when it closes, whether this hold opened
+    it, and whether it is full."""
+
+    id: str
+    closes_at: datetime
+    fresh: bool
+    full: bool
+
+
+def carrier_row(
+    window_id: str,
+    tenant_id: str,
+    recipient_id: str,
+    closes_at: datetime,
+    now: datetime,
+) -> dict[str, Any]:
+    """The run that carries a category digest's window (the built-in workflow
+    ``~digest``): the window's recipient's, its notification the digest to be, waiting in
+    its one step until the window closes. Its step names the window."""
+    nid = digest_notification_id(window_id)
+    closes = utc(closes_at)
+    step = StepRecord(
+        COLLECT_STEP, WAITING, now.timestamp(), until=closes.timestamp(), window=window_id
+    )
+    return {
+        "id": run_id(nid, recipient_id),
+        "tenant_id": tenant_id,
+        "notification_id": nid,
+        "recipient_id": recipient_id,
+        "workflow": DIGEST_FLOW,
+        "version": BUILTIN_VERSION,
+        "cancellation_key": None,
+        "status": RunStatus.WAITING,
+        "step": 0,
+        "turn": 0,
+        "steps": [step.to_json()],
+        "wake_at": closes,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 async def _open(
     conn: AsyncConnection, groups: list[tuple[WindowKey, list[Held]]], now: datetime
-) -> dict[WindowKey, str]:
+) -> dict[WindowKey, _Opened]:
     t = digest_windows
     values = [
         {
             "id": new_id("dgw"),
-            **dict(zip(_WINDOW_KEY, key, strict=True)),
+            **dict(zip(WINDOW_KEY, key, strict=True)),
             "held": len(held),
             "opened_at": now,
             "closes_at": now + timedelta(seconds=held[0].window),
@@ -116,145 +189,76 @@ async def _open(
         }
         for key, held in groups
     ]
+    proposed = {row["id"] for row in values}
     stmt = _insert(conn)(t).values(values)
     full = t.c.held + stmt.excluded.held >= MAX_ITEMS
     stmt = stmt.on_conflict_do_update(
-        index_elements=list(_WINDOW_KEY),
+        index_elements=list(WINDOW_KEY),
         index_where=t.c.closed_at.is_(None),
         set_={
             "held": t.c.held + stmt.excluded.held,
-            # A full window closes at the scheduler's next look.
+            # A full window closes at once: its carrier is woken (hold_in).
             "closes_at": case((full, stmt.excluded.opened_at), else_=t.c.closes_at),
         },
-    ).returning(t.c.id, *(t.c[name] for name in _WINDOW_KEY))
+    ).returning(t.c.id, t.c.closes_at, t.c.held, *(t.c[name] for name in WINDOW_KEY))
     found = await conn.execute(stmt)
-    return {tuple(row[1:]): row[0] for row in found}
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    notification_id: str
-    tenant_id: str
-    trace: str | None = None
-
-
-# (tenant id, digest notification id, the held notifications' traceparents) → the
-# digest's own traceparent (observability/tracing.py::digest).
-Tracer = Callable[[str, str, Sequence[object]], str | None]
-
-
-def _untraced(_tenant: str, _notification: str, _held: Sequence[object]) -> None:
-    return None
-
-
-_WINDOWS_DUE = (
-    "SELECT EXISTS (SELECT 1 FROM digest_windows WHERE closed_at IS NULL AND closes_at <= $1)"
-)
-
-
-async def close_due(
-    engine: AsyncEngine,
-    now: datetime,
-    limit: int,
-    outbox_grace: float,
-    trace: Tracer = _untraced,
-    pg: PgPool | None = None,
-) -> list[Closed]:
-    """Close up to ``limit`` windows due at ``now``: one notification each (with its
-    outbox row) summing up what it held, in the same transaction as the closing. A window
-    whose every notification was cancelled closes with none. Each digest keeps the
-    traceparent ``trace`` gives it (from the traces of what it holds). With none due,
-    nothing is written (:func:`finds_any`)."""
-    t = digest_windows
-    stamp = utcnow()
-
-    def due() -> Select[Any]:
-        return select(t.c.id).where(t.c.closed_at.is_(None), t.c.closes_at <= now)
-
-    if not await finds_any(engine, pg, due, _WINDOWS_DUE, now):
-        return []
-    async with write_tx(engine) as conn:
-        query = (
-            select(t)
-            .where(t.c.closed_at.is_(None), t.c.closes_at <= now)
-            .order_by(t.c.closes_at)
-            .limit(limit)
-        )
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        windows = [dict(row) for row in (await conn.execute(query)).mappings()]
-        if not windows:
-            return []
-        held = await _items(conn, [w["id"] for w in windows])
-        notes = [
-            _digest_row(window, held[window["id"]], stamp, trace)
-            for window in windows
-            if held.get(window["id"])
-        ]
-        for part in chunks(notes, 500):
-            await conn.execute(insert_ignoring_conflicts(conn, notifications), part)
-        later = stamp + timedelta(seconds=outbox_grace)
-        boxes = [
-            {"notification_id": n["id"], "tenant_id": n["tenant_id"], "available_at": later}
-            for n in notes
-        ]
-        for part in chunks(boxes, 1000):
-            await conn.execute(insert_ignoring_conflicts(conn, outbox), part)
-        made = {n["digest_of"]: n["id"] for n in notes}
-        await conn.execute(
-            update(t)
-            .where(t.c.id == bindparam("wid"))
-            .values(closed_at=stamp, notification_id=bindparam("nid")),
-            [{"wid": w["id"], "nid": made.get(w["id"])} for w in windows],
-        )
-    return [Closed(n["id"], n["tenant_id"], n["trace"]) for n in notes]
-
-
-async def _items(conn: AsyncConnection, window_ids: list[str]) -> dict[str, list[Any]]:
-    """Each window's notifications still standing (data, template, priority), in the order
-    they were accepted (a planner batch may hold several in another order)."""
-    i, n = digest_items, notifications
-    query = (
-        select(i.c.window_id, n.c.data, n.c.template, n.c.priority, n.c.trace)
-        .join(n, n.c.id == i.c.notification_id)
-        .where(i.c.window_id.in_(window_ids), n.c.status != NotificationStatus.CANCELLED)
-        .order_by(i.c.window_id, n.c.created_at, n.c.id)
-    )
-    found: dict[str, list[Any]] = {}
-    for row in await conn.execute(query):
-        found.setdefault(row.window_id, []).append(row)
-    return found
-
-
-def _digest_row(
-    window: dict[str, Any], held: list[Any], at: datetime, trace: Tracer
-) -> dict[str, Any]:
-    # The first held notification's template renders the digest; the digest goes on the
-    # highest lane any of them had.
-    priority = max((row.priority for row in held), key=lambda p: _PRIORITY_ORDER.get(p, 1))
-    items = [row.data or {} for row in held]
-    nid = digest_notification_id(window["id"])
     return {
-        "id": nid,
-        "tenant_id": window["tenant_id"],
-        "template": held[0].template,
-        "recipient_ids": [window["recipient_id"]],
-        "data": {"items": items, "count": len(items)},
-        "priority": priority,
-        "channels": [window["channel"]],
-        "send_at": None,
-        "expires_at": None,
-        "status": NotificationStatus.ACCEPTED,
-        "idempotency_key": None,
-        "request_hash": None,
-        "created_at": at,
-        "topic": None,
-        "digest_of": window["id"],
-        "trace": trace(window["tenant_id"], nid, [row.trace for row in held]),
+        tuple(row[3:]): _Opened(
+            row.id,
+            utc(row.closes_at),
+            # The row this statement proposed is the one there: it opened the window.
+            row.id in proposed,
+            row.held >= MAX_ITEMS,
+        )
+        for row in found
     }
 
 
-async def prune(engine: AsyncEngine, now: datetime, limit: int = 1000) -> int:
+async def windows(engine: AsyncEngine, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """These windows' rows, by id (those that are gone are missing)."""
+    t = digest_windows
+    found: dict[str, dict[str, Any]] = {}
+    if not ids:
+        return found
+    async with engine.connect() as conn:
+        for part in chunks(list(ids), 1000):
+            rows = await conn.execute(select(t).where(t.c.id.in_(part)))
+            found.update((row["id"], dict(row)) for row in rows.mappings())
+    return found
+
+
+async def adopt(engine: AsyncEngine, now: datetime, limit: int = PRUNE_BATCH) -> int:
+    """Give a carrier to each open window overdue by ``ORPHAN_AFTER`` that has none (one a
+    planner of an earlier version opened during an upgrade's rolling restart), which the
+    run engine then closes; how many it gave. A window whose carrier is there (behind a
+    backlog of due runs, say) keeps it: at rest this is one read of the open windows'
+    ``closes_at`` index."""
+    t, r = digest_windows, workflow_runs
+    query = (
+        select(t.c.id, t.c.tenant_id, t.c.recipient_id, t.c.closes_at)
+        .where(t.c.closed_at.is_(None), t.c.closes_at < now - ORPHAN_AFTER)
+        .order_by(t.c.closes_at)
+        .limit(limit)
+    )
+    async with engine.connect() as conn:
+        overdue = (await conn.execute(query)).all()
+        if not overdue:
+            return 0
+        wanted = {run_id(digest_notification_id(w.id), w.recipient_id): w for w in overdue}
+        there = select(r.c.id).where(r.c.id.in_(list(wanted)))
+        present = set((await conn.execute(there)).scalars())
+    missing = [
+        carrier_row(w.id, w.tenant_id, w.recipient_id, w.closes_at, now)
+        for rid, w in wanted.items()
+        if rid not in present
+    ]
+    if missing:
+        async with write_tx(engine) as conn:
+            await execute_many(conn, insert_ignoring_conflicts(conn, workflow_runs), missing)
+    return len(missing)
+
+
+async def prune(engine: AsyncEngine, now: datetime, limit: int = PRUNE_BATCH) -> int:
     """Forget windows closed more than ``RETAIN`` ago, and their items."""
     t = digest_windows
     async with write_tx(engine) as conn:

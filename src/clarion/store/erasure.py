@@ -76,8 +76,10 @@ async def erase(
         if not removed.rowcount:
             return None
         await inbox_access.revoke(conn, tenant_id, recipient_id, erased_at)
-        # Before their runs: the digest windows they carry and the triggers they gave.
+        # Before their runs: the digest windows they carry and the triggers they gave, and
+        # their category digest windows (locked before their carriers, as closing does).
         await run_digests.forget_recipient(conn, tenant_id, recipient_id)
+        await digest_store.forget_recipient(conn, tenant_id, recipient_id)
         # The counter row before the messages: the inbox's lock order (inbox_changes.py).
         tables = (inbox_counters, inbox_messages, sandbox_messages, inbox_tickets, workflow_runs)
         for table in tables:
@@ -88,7 +90,6 @@ async def erase(
             )
         await topic_store.forget_recipient(conn, tenant_id, recipient_id)
         await schedule_store.forget_recipient(conn, tenant_id, recipient_id)
-        await digest_store.forget_recipient(conn, tenant_id, recipient_id)
         await _scrub_deliveries(conn, tenant_id, recipient_id)
         await _forget_in_notifications(conn, tenant_id, recipient_id)
         await _forget_batch_responses(conn, tenant_id, recipient_id)

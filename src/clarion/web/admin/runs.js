@@ -8,6 +8,8 @@ import { h, badge, code, when, notice, errorText, link } from "/admin/dom.js";
 const LIVE = new Set(["running", "waiting"]);
 // The built-in workflow of a template send whose in-app part falls back (docs/inbox.md).
 const TEMPLATE_FLOW = "~template";
+// The built-in workflow that carries a category digest's window (docs/digests.md).
+const DIGEST_FLOW = "~digest";
 
 // Whether the notification may still change: a run has not ended, or none is stored yet.
 export function unfinished(item) {
@@ -72,10 +74,13 @@ function runView(run, channels) {
     h("div", { class: "run-head" },
       link(`#/recipients/${enc(run.recipient_id)}`, run.recipient_id),
       badge(run.status),
-      // A template send's run (its in-app fallback) follows the template's built-in workflow.
+      // A template send's run (its in-app fallback) follows the template's built-in workflow;
+      // a digest's, the built-in workflow that carried its category's window.
       run.workflow === TEMPLATE_FLOW
         ? h("span", { class: "muted", text: `in-app fallback, template version ${run.version}` })
-        : link(`#/workflows/${enc(run.workflow)}?version=${run.version}`, `version ${run.version}`),
+        : run.workflow === DIGEST_FLOW
+          ? h("span", { class: "muted", text: "category digest window" })
+          : link(`#/workflows/${enc(run.workflow)}?version=${run.version}`, `version ${run.version}`),
       run.step ? h("span", {}, "at ", code(run.step)) : null,
       run.waiting_until ? h("span", { class: "run-wait", text: `waiting until ${when(run.waiting_until)} (${wait(run.waiting_until)})` }) : null,
       run.cancellation_key ? h("span", { class: "muted" }, "key ", code(run.cancellation_key)) : null),

@@ -542,3 +542,76 @@ async def test_topics_with_subscribers_exist_after_the_topics_migration(
         await migrate(engine)
     finally:
         await context.aclose()
+
+
+async def test_a_topic_size_follows_concurrent_changes(app: Harness) -> None:
+    """The size a topic answers is kept with its memberships, not counted: calls that add,
+    remove and erase at once leave it equal to the memberships there are."""
+    people = [f"p{i:02d}" for i in range(60)]
+    await _people(app, people)
+    await _subscribe(app, "other", people[:10])
+    await _subscribe(app, "news", people[50:52])
+    put = "/v1/topics/news/subscribers"
+
+    async def change(index: int) -> None:
+        ids = people[index * 7 : index * 7 + 20]  # overlapping calls
+        if index % 3 == 2:
+            response = await app.client.request(
+                "DELETE", put, json={"recipient_ids": ids[:5]}, headers=app.auth
+            )
+        else:
+            response = await app.client.put(put, json={"recipient_ids": ids}, headers=app.auth)
+        assert response.status_code == 200, response.text
+
+    async def erase(rid: str) -> None:
+        assert (
+            await app.client.delete(f"/v1/recipients/{rid}", headers=app.auth)
+        ).status_code == 204
+
+    await asyncio.gather(*(change(i) for i in range(6)), erase("p03"), erase("p30"))
+    for topic in ("news", "other"):
+        listed = await _pages(app, f"/v1/topics/{topic}/subscribers", limit=500)
+        shown = await app.client.get(f"/v1/topics/{topic}", headers=app.auth)
+        assert shown.json()["subscribers"] == len(listed), topic
+    again = await _subscribe(app, "news", ["p59"])
+    assert again["subscribers"] == len(await _pages(app, put, limit=500))
+    gone = await app.client.request("DELETE", put, json={"recipient_ids": people}, headers=app.auth)
+    assert gone.json()["subscribers"] == 0
+
+
+async def test_topic_sizes_are_counted_by_their_migration(
+    unmigrated_backend: tuple[str, str],
+) -> None:
+    """Migration 0037: each topic's size, counted from its memberships (none: 0)."""
+    context = await open_context(make_settings(*unmigrated_backend))
+    engine = context.engine
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(_alembic_config(c), "0036"))
+            await conn.execute(
+                text(
+                    "INSERT INTO topics (tenant_id, name, created_at) VALUES "
+                    "('t1', 'news', :at), ('t1', 'empty', :at), ('t2', 'news', :at)"
+                ),
+                {"at": now},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO topic_subscribers (tenant_id, topic, recipient_id, created_at) "
+                    "VALUES ('t1', 'news', 'a', :at), ('t1', 'news', 'b', :at), "
+                    "('t2', 'news', 'a', :at)"
+                ),
+                {"at": now},
+            )
+        await migrate(engine)
+        async with engine.connect() as conn:
+            query = select(topics.c.tenant_id, topics.c.name, topics.c.subscribers)
+            found = sorted((await conn.execute(query)).all())
+        assert [tuple(row) for row in found] == [
+            ("t1", "empty", 0),
+            ("t1", "news", 2),
+            ("t2", "news", 1),
+        ]
+    finally:
+        await context.aclose()

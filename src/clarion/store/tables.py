@@ -571,6 +571,9 @@ topics = Table(
     _tenant(key=True),
     Column("name", String(200), primary_key=True),
     _ts("created_at", nullable=False),
+    # How many subscribers it has: moved in the transaction of every change to its
+    # memberships (store/topics.py), so that a call answers its size without counting them.
+    Column("subscribers", Integer, nullable=False, default=0, server_default="0"),
 )
 
 # Topic memberships: the planner reads a topic's subscribers in recipient id order, in

@@ -7,6 +7,10 @@ is refused. Subscribing inserts from the recipients table (``INSERT ... SELECT .
 CONFLICT DO NOTHING``), so a membership always names a stored recipient, even when an
 erasure runs at the same moment, and repeating a call adds nothing. Creating and deleting
 a topic are recorded in the audit log; memberships are the tenant's data and are not.
+
+A topic's size is a column of its row, moved by each change to its memberships in that
+change's transaction (the row is updated last, so the lock it takes is held only until the
+commit): a call answers the size after it without counting a large topic's members.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import DateTime, delete, func, literal, select
+from sqlalchemy import DateTime, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -38,8 +42,21 @@ class Change:
 
 
 async def count(conn: AsyncConnection, tenant_id: str, topic: str) -> int:
-    query = select(func.count()).where(t.c.tenant_id == tenant_id, t.c.topic == topic)
-    return int((await conn.execute(query)).scalar_one())
+    """The topic's size (0 when there is no such topic)."""
+    query = select(topics.c.subscribers).where(
+        topics.c.tenant_id == tenant_id, topics.c.name == topic
+    )
+    return int((await conn.execute(query)).scalar() or 0)
+
+
+async def _moved(conn: AsyncConnection, tenant_id: str, names: Sequence[str], by: int) -> None:
+    """Move the size of these topics by ``by`` (in name order, one statement)."""
+    if by and names:
+        await conn.execute(
+            update(topics)
+            .where(topics.c.tenant_id == tenant_id, topics.c.name.in_(sorted(set(names))))
+            .values(subscribers=topics.c.subscribers + by)
+        )
 
 
 async def size(engine: AsyncEngine, tenant_id: str, topic: str) -> int | None:
@@ -133,6 +150,7 @@ async def subscribe(
                 .on_conflict_do_nothing()
             )
             added += max((await conn.execute(stmt)).rowcount, 0)
+        await _moved(conn, tenant_id, [topic], added)
         total = await count(conn, tenant_id, topic)
     return Change(added, [rid for rid in ids if rid not in known], total)
 
@@ -150,6 +168,7 @@ async def unsubscribe(
                 )
             )
             removed += max(result.rowcount, 0)
+        await _moved(conn, tenant_id, [topic], -removed)
         total = await count(conn, tenant_id, topic)
     return Change(removed, [], total)
 
@@ -182,9 +201,13 @@ async def of_recipient(conn: AsyncConnection, tenant_id: str, recipient_id: str)
 
 
 async def forget_recipient(conn: AsyncConnection, tenant_id: str, recipient_id: str) -> None:
-    await conn.execute(
-        delete(t).where(t.c.tenant_id == tenant_id, t.c.recipient_id == recipient_id)
+    """Erasure: the recipient's memberships, each of its topics one subscriber smaller."""
+    gone = await conn.execute(
+        delete(t)
+        .where(t.c.tenant_id == tenant_id, t.c.recipient_id == recipient_id)
+        .returning(t.c.topic)
     )
+    await _moved(conn, tenant_id, list(gone.scalars()), -1)
 
 
 def chunk_query(tenant_id: str, topic: str, after: str | None, last: str | None, limit: int) -> Any:

@@ -17,7 +17,8 @@ N recipients subscribed to one topic, then POSTs one notification to the topic a
 
 The N recipients are created before the measurement by the bulk CLI (``clarion recipients
 import`` of a CSV written here), as an operator would load them; how long that took is
-``recipients_import_s``. Their subscriptions go through ``PUT /v1/topics/{name}/subscribers``.
+``recipients_import_s``. Their subscriptions go through ``PUT /v1/topics/{name}/subscribers``,
+10,000 a call (``subscribe_s``).
 
 Prints one JSON object to stdout; progress goes to stderr. Takes the same machine-wide lock
 as ``e2e.py``, so the two never measure each other.
@@ -75,11 +76,13 @@ class Broadcast(e2e.Bench):
         self.import_s = await self._import(ids, extra)
         log(f"{n} recipients imported by the bulk CLI in {self.import_s:.1f}s")
         await self.call(session, "PUT", f"/v1/recipients/{PROBE}", {})
+        began = time.monotonic()
         for start in range(0, n, 10_000):
             body = {"recipient_ids": ids[start : start + 10_000]}
             reply = await self.call(session, "PUT", f"/v1/topics/{TOPIC}/subscribers", body)
             if reply["errors"]:
                 raise RuntimeError(f"subscribing failed: {reply['errors'][:3]}")
+        self.subscribe_s = time.monotonic() - began
         content: dict[str, Any] = (
             {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}
             if self.args.channel == "webhook"
@@ -192,6 +195,7 @@ class Broadcast(e2e.Bench):
             "high_to_planning_ms": _ms_p50_p99_max([p[0] for p in high]),
             "high_planning_to_sent_ms": _ms_p50_p99_max([p[1] for p in high]),
             "recipients_import_s": round(self.import_s, 1),
+            "subscribe_s": round(self.subscribe_s, 1),
             "memory": memory,
             "cpu": cpu,
             "machine": e2e.machine(),

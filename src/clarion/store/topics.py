@@ -48,6 +48,14 @@ _PG_SUBSCRIBE = text(
     "  ON CONFLICT DO NOTHING RETURNING 1)"
     " SELECT (SELECT count(*) FROM added) AS added, ARRAY(SELECT id FROM found) AS known"
 )
+# Removal the same way: each id's membership found by its key, then removed by its row's
+# address (a joined or ``IN`` delete was planned as a scan of the whole topic).
+_PG_UNSUBSCRIBE = text(
+    "DELETE FROM topic_subscribers WHERE ctid = ANY(ARRAY("
+    " SELECT m.ctid FROM unnest(CAST(:ids AS text[])) AS u(id)"
+    " CROSS JOIN LATERAL (SELECT ctid FROM topic_subscribers"
+    "  WHERE tenant_id = :tenant AND topic = :topic AND recipient_id = u.id OFFSET 0) AS m))"
+)
 
 t = topic_subscribers
 
@@ -192,13 +200,13 @@ async def unsubscribe(
     ids = list(dict.fromkeys(recipient_ids))
     removed = 0
     async with write_tx(engine) as conn:
-        for part in chunks(ids, _PART):
-            result = await conn.execute(
-                delete(t).where(
-                    t.c.tenant_id == tenant_id, t.c.topic == topic, t.c.recipient_id.in_(part)
-                )
-            )
-            removed += max(result.rowcount, 0)
+        if conn.dialect.name == "postgresql":
+            values = {"ids": ids, "tenant": tenant_id, "topic": topic}
+            removed = max((await conn.execute(_PG_UNSUBSCRIBE, values)).rowcount, 0)
+        else:
+            for part in chunks(ids, _PART):
+                where = (t.c.tenant_id == tenant_id, t.c.topic == topic, t.c.recipient_id.in_(part))
+                removed += max((await conn.execute(delete(t).where(*where))).rowcount, 0)
         await _moved(conn, tenant_id, [topic], -removed)
         total = await count(conn, tenant_id, topic)
     return Change(removed, [], total)

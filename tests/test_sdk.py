@@ -34,6 +34,7 @@ from clarion_client import (
 )
 from clarion_client.webhooks import sign
 from harness import Harness, make_settings, running
+from test_suppressions import dsn
 from webhook_sink import WebhookSink
 
 R = TypeVar("R")
@@ -877,3 +878,34 @@ async def test_suppressions_with_the_sync_client(lite: Harness, server: str) -> 
     assert (gone.status, gone.code) == (404, "not_found")
     assert (invalid.status, invalid.code) == (422, "validation_error")
     assert sorted(left) == [f"b{i}@example.com" for i in range(4)]
+
+
+async def test_a_bounce_message_handed_in_with_either_client(lite: Harness, server: str) -> None:
+    """``suppressions.hand_in_dsn``: the raw message goes as ``message/rfc822``; what is not
+    a bounce is the API's 422, and a key without the manage scope is refused."""
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        result = await client.suppressions.hand_in_dsn(dsn("Gone@Example.com"))
+        assert (result.reported, result.suppressed, result.bounced) == (1, 1, 0)
+        entry = await client.suppressions.get("gone@example.com")
+        assert (entry.reason, entry.source) == ("bounced", "dsn")
+        soft = await client.suppressions.hand_in_dsn(dsn("late@example.com", status="4.2.2"))
+        assert (soft.reported, soft.suppressed) == (1, 0)
+        with pytest.raises(UnprocessableError):
+            await client.suppressions.hand_in_dsn(b"Subject: hello\r\n\r\nnot a report\r\n")
+        with pytest.raises(TypeError):
+            await client.suppressions.hand_in_dsn("a str, not the message's bytes")  # type: ignore[arg-type]
+    reader = await lite.new_tenant("dsn-reader", ["read", "send"])
+
+    def scenario() -> tuple[Any, Any]:
+        with Clarion(api_key=lite.key, base_url=server) as client:
+            done = client.suppressions.hand_in_dsn(dsn("other@example.com"))
+        with (
+            Clarion(api_key=reader, base_url=server) as client,
+            pytest.raises(PermissionDeniedError) as refused,
+        ):
+            client.suppressions.hand_in_dsn(dsn("other@example.com"))
+        return done, refused.value
+
+    done, refused = await in_thread(scenario)
+    assert done.suppressed == 1
+    assert refused.code == "insufficient_scope"

@@ -27,6 +27,9 @@ class Call(Generic[R]):
     params: dict[str, Any] | None = None
     json: Any = None
     idempotency_key: str | None = None
+    # A body sent as it is (with its media type), instead of ``json``.
+    content: bytes | None = None
+    content_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -687,6 +690,21 @@ def add_suppression(
     body = _query(email=email, reason=reason, detail=detail)
     key = idempotency_key or new_idempotency_key()
     return Call("POST", "/v1/suppressions", m.Suppression.model_validate, None, body, key)
+
+
+def hand_in_dsn(message: bytes) -> Call[m.DsnResult]:
+    """Hand in a bounce message (an RFC 3464 delivery status notification, as the mail
+    server received it): the addresses it reports as failed for good go on the suppression
+    list (source ``dsn``), and the deliveries it names are marked bounced."""
+    if not isinstance(message, bytes | bytearray):
+        raise TypeError("the message is the raw bytes of the email")
+    return Call(
+        "POST",
+        "/v1/suppressions/dsn",
+        m.DsnResult.model_validate,
+        content=bytes(message),
+        content_type="message/rfc822",
+    )
 
 
 def delete_suppression(email: str) -> Call[None]:

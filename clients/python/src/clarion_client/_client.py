@@ -55,6 +55,15 @@ class _Base:
         }
         if call.idempotency_key is not None:
             headers["Idempotency-Key"] = call.idempotency_key
+        if call.content is not None:
+            headers["Content-Type"] = call.content_type or "application/octet-stream"
+            return httpx.Request(
+                call.method,
+                self.base_url + call.path,
+                params=call.params,
+                content=call.content,
+                headers=headers,
+            )
         return httpx.Request(
             call.method,
             self.base_url + call.path,
@@ -215,6 +224,7 @@ class Suppressions(_SyncResource):
     get = _sync(calls.get_suppression)
     add = _sync(calls.add_suppression)
     delete = _sync(calls.delete_suppression)
+    hand_in_dsn = _sync(calls.hand_in_dsn)
 
 
 class Audit(_SyncResource):
@@ -454,6 +464,7 @@ class AsyncSuppressions(_AsyncResource):
     get = _async(calls.get_suppression)
     add = _async(calls.add_suppression)
     delete = _async(calls.delete_suppression)
+    hand_in_dsn = _async(calls.hand_in_dsn)
 
 
 class AsyncAudit(_AsyncResource):

@@ -406,6 +406,15 @@ class SandboxMessage(Model):
 SuppressionReason = Literal["bounced", "complained"]
 
 
+class DsnResult(Model):
+    """What a handed-in bounce message did: how many recipients it ``reported`` as failed
+    or delayed, the addresses ``suppressed`` and the deliveries marked ``bounced``."""
+
+    reported: int
+    suppressed: int
+    bounced: int
+
+
 class Suppression(Model):
     """An email address on the suppression list: ``reason`` (``bounced``, ``complained``),
     ``source`` (``ses``, ``sendgrid``, ``dsn``, ``operator``), ``detail`` (the provider's
@@ -617,6 +626,7 @@ SCHEMAS: dict[type[BaseModel], str] = {
     ReplayResult: "ReplayResult",
     SandboxMessage: "SandboxMessage",
     Suppression: "Suppression",
+    DsnResult: "DsnResult",
     DraftPreview: "DraftPreviewOut",
     ProviderTestResult: "ProviderTestOut",
     AuditEntry: "AuditEntry",

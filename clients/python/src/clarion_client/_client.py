@@ -55,21 +55,13 @@ class _Base:
         }
         if call.idempotency_key is not None:
             headers["Idempotency-Key"] = call.idempotency_key
+        # A body as it is (with its media type), or JSON.
+        body: dict[str, Any] = {"json": call.json}
         if call.content is not None:
             headers["Content-Type"] = call.content_type or "application/octet-stream"
-            return httpx.Request(
-                call.method,
-                self.base_url + call.path,
-                params=call.params,
-                content=call.content,
-                headers=headers,
-            )
+            body = {"content": call.content}
         return httpx.Request(
-            call.method,
-            self.base_url + call.path,
-            params=call.params,
-            json=call.json,
-            headers=headers,
+            call.method, self.base_url + call.path, params=call.params, headers=headers, **body
         )
 
     @staticmethod

@@ -316,10 +316,12 @@ def postgres_bindir() -> Path:
 
 class PrivatePostgres:
     """A throwaway PostgreSQL cluster with stock settings, on a free port; ``preload``:
-    libraries for ``shared_preload_libraries`` (such as pg_stat_statements)."""
+    libraries for ``shared_preload_libraries`` (such as pg_stat_statements); ``settings``:
+    server settings (``NAME=VALUE``) instead of the stock ones."""
 
-    def __init__(self, preload: Sequence[str] = ()) -> None:
+    def __init__(self, preload: Sequence[str] = (), settings: Sequence[str] = ()) -> None:
         self.preload = list(preload)
+        self.settings = list(settings)
         self.bindir = postgres_bindir()
         self.dir = Path(tempfile.mkdtemp(prefix="clarion-e2e-pg-"))
         self.data = self.dir / "data"
@@ -344,6 +346,8 @@ class PrivatePostgres:
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
         if self.preload:
             options += f" -c shared_preload_libraries={','.join(self.preload)}"
+        for setting in self.settings:
+            options += f" -c {setting}"
         log_file = str(self.dir / "postgres.log")
         pg_ctl = str(self.bindir / "pg_ctl")
         self._run(pg_ctl, "-D", str(self.data), "-l", log_file, "-o", options, "-w", "start")
@@ -499,7 +503,7 @@ class Bench:
         broker_env = await asyncio.to_thread(self.start_broker)
         if self.args.private_postgres:
             preload = ["pg_stat_statements"] if self.args.pg_statements else []
-            self.private_postgres = PrivatePostgres(preload)
+            self.private_postgres = PrivatePostgres(preload, self.args.pg_server)
             self.admin_url = await asyncio.to_thread(self.private_postgres.start)
         self.postgres = await postgres_settings(self.admin_url)
         if self.postgres.get("autovacuum") == "off":
@@ -1247,6 +1251,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="with --private-postgres: load pg_stat_statements, for the statements in `costs`",
     )
     parser.add_argument(
+        "--pg-server",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="with --private-postgres: a server setting instead of the stock one, repeatable",
+    )
+    parser.add_argument(
         "--pg-set",
         action="append",
         default=[],
@@ -1298,6 +1309,10 @@ def check_stores(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--shards is for a Redis broker, 1 to 64")
     if args.broker == "redis-cluster" and args.shards is None:
         args.shards = 3
+    if args.pg_server and not args.private_postgres:
+        parser.error("--pg-server needs --private-postgres (the server's own settings)")
+    if any("=" not in setting or " " in setting for setting in args.pg_server):
+        parser.error("--pg-server takes NAME=VALUE without spaces")
     if args.pg_statements and not args.private_postgres:
         parser.error("--pg-statements needs --private-postgres (a server's preload setting)")
 

@@ -11,6 +11,9 @@ to the topic through the workflow. Measures:
 * resume lag: per run, when its channel step started minus when its delay ended (both
   from the run's own steps, ``GET /v1/notifications/{id}/runs``): p50, p99, max;
 * time to all delivered, and every run ``completed`` with its webhook sent once;
+* CPU of the whole run (``cpu``) and of the resume alone (``resume_cpu``: from a second
+  before the first run is due to all delivered), and what the stores did in that window
+  (``resume_costs``; statements with ``--private-postgres --pg-statements``);
 * peak resident memory (``VmHWM``) of every Clarion process, and its resident memory
   just before the send.
 
@@ -91,6 +94,10 @@ class WorkflowRuns(e2e.Bench):
         nid = (await self.call(session, "POST", "/v1/notifications", body))["id"]
         deadline = time.monotonic() + self.args.timeout
         most_waiting, all_waiting_at = 0, None
+        # The resume's own window opens a little before the first run is due.
+        resume_opens = started + seconds_of(self.args.delay) - 1.0
+        resume_before: dict[tuple[str, int], float] | None = None
+        stores_before: dict[str, Any] = {}
         while True:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not every run completed in {self.args.timeout}s")
@@ -107,16 +114,27 @@ class WorkflowRuns(e2e.Bench):
             ):
                 all_waiting_at = time.time()
                 log(f"all {n} runs waiting after {all_waiting_at - started:.1f}s")
+            if resume_before is None and all_waiting_at is not None:
+                await asyncio.sleep(max(0.0, resume_opens - time.time()))
+                stores_before = await e2e.snapshot(self.stores) if self.stores else {}
+                resume_before = self.cpu_times()
+                log("the resume's window opens")
+                continue
             if totals.get("completed", 0) == n and note["totals"].get("sent", 0) == n:
                 break
             await asyncio.sleep(LOOK_EVERY)
         await self.wait_delivered(sink, n)
         await asyncio.sleep(self.args.settle)  # late repeats count as duplicates
         stats = await sink.ask("stats")
-        cpu = e2e.cpu_used(cpu_before, self.cpu_times(), n)
+        cpu_after = self.cpu_times()
+        cpu = e2e.cpu_used(cpu_before, dict(cpu_after), n)
+        resume_cpu = (
+            e2e.cpu_used(resume_before, dict(cpu_after), n) if resume_before is not None else None
+        )
         memory = e2e.memory_used(self.children, before)
         lags, last_sent = await self._lags(session, nid)
         ordered = sorted(lags)
+        costs = await self.costs(stores_before, n) if self.stores and stores_before else None
         return {
             "config": self.args.config,
             "subscribers": n,
@@ -133,6 +151,8 @@ class WorkflowRuns(e2e.Bench):
             "webhooks": stats,
             "memory": memory,
             "cpu": cpu,
+            "resume_cpu": resume_cpu,
+            "resume_costs": costs,
             "machine": e2e.machine(),
         }
 
@@ -158,6 +178,12 @@ class WorkflowRuns(e2e.Bench):
             cursor = page["next_cursor"]
             if cursor is None:
                 return lags, last
+
+
+def seconds_of(duration: str) -> float:
+    """A workflow duration (``90s``, ``15m``, ``2h``, ``1d``) in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return float(duration[:-1]) * units[duration[-1]]
 
 
 def log(message: str) -> None:

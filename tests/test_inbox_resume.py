@@ -59,13 +59,16 @@ async def _lock_waiters(app: Harness, count: int) -> None:
             await conn.rollback()
 
 
-async def test_an_earlier_arrival_commits_before_a_later_one(pg: Harness) -> None:
+@pytest.mark.parametrize("driver", ["sqlalchemy", "asyncpg"])
+async def test_an_earlier_arrival_commits_before_a_later_one(pg: Harness, driver: str) -> None:
     """The race resume had: message A is stamped, then B; B commits first; a client that
     resumes then holds B and skips A when it commits. Now A holds the recipient's counter
     row (its place in the order) until it commits, so B waits: what is visible is always
-    a prefix of the arrival order."""
+    a prefix of the arrival order. Both ways of storing: the transaction of the API's
+    engine, and the in-app worker's one statement on asyncpg."""
     await inbox_ready(pg, "u-1")
     engine = pg.ctx.engine
+    pool = pg.ctx.pg if driver == "asyncpg" else None
     # A's insert will wait on this uncommitted row with A's id: A is paused after taking
     # its place, before its commit.
     async with engine.connect() as blocker:
@@ -81,9 +84,9 @@ async def test_an_earlier_arrival_commits_before_a_later_one(pg: Harness) -> Non
                 seq=0,
             )
         )
-        first = asyncio.create_task(inbox_changes.insert(engine, [_row(pg, "u-1", "a")]))
+        first = asyncio.create_task(inbox_changes.insert(engine, [_row(pg, "u-1", "a")], pool))
         await _lock_waiters(pg, 1)
-        second = asyncio.create_task(inbox_changes.insert(engine, [_row(pg, "u-1", "b")]))
+        second = asyncio.create_task(inbox_changes.insert(engine, [_row(pg, "u-1", "b")], pool))
         await _lock_waiters(pg, 2)
         # Both are stamped, neither committed: a resume now finds nothing, and B waits.
         assert await inbox.since(engine, pg.tenant_id, "u-1", 0) == []
@@ -98,6 +101,65 @@ async def test_an_earlier_arrival_commits_before_a_later_one(pg: Harness) -> Non
     replay = await inbox.since(engine, pg.tenant_id, "u-1", 0)
     assert [(seq, m["id"]) for seq, m in replay] == [(1, "msg_a"), (2, "msg_b")]
     assert [m["id"] for _, m in await inbox.since(engine, pg.tenant_id, "u-1", 1)] == ["msg_b"]
+
+
+async def test_the_workers_statement_counts_only_messages_not_stored_yet(pg: Harness) -> None:
+    """The in-app worker's one statement on PostgreSQL: a message stored already is
+    neither counted nor numbered again."""
+    await inbox_ready(pg, "u-1")
+    engine, pool = pg.ctx.engine, pg.ctx.pg
+    assert pool is not None
+    [a] = await inbox_changes.insert(engine, [_row(pg, "u-1", "a")], pool)
+    rows = [_row(pg, "u-1", "b"), _row(pg, "u-1", "a"), _row(pg, "u-2", "c")]
+    stored = await inbox_changes.insert(engine, rows, pool)
+    assert [(s["message"]["id"], s["seq"]) for s in stored] == [
+        ("msg_b", a["seq"] + 1),
+        ("msg_c", 1),
+    ]
+    assert stored[0]["counts"]["total"] == 2
+    assert stored[1]["counts"]["total"] == 1
+    state = await inbox.state(engine, pg.tenant_id, "u-1")
+    assert (state["total"], state["unread"], state["unseen"], state["seq"]) == (2, 2, 2, 2)
+    assert await inbox_changes.insert(engine, [_row(pg, "u-1", "b")], pool) == []
+    assert (await inbox.state(engine, pg.tenant_id, "u-1"))["total"] == 2
+    replay = await inbox.since(engine, pg.tenant_id, "u-1", 0)
+    assert [(seq, m["id"]) for seq, m in replay] == [(1, "msg_a"), (2, "msg_b")]
+
+
+async def test_a_message_stored_by_another_writer_meanwhile_gives_its_count_back(
+    pg: Harness,
+) -> None:
+    """Two writers of the same message at once (a second attempt racing the first): the
+    statement that finds it stored when it inserts gives its count back."""
+    await inbox_ready(pg, "u-1")
+    engine, pool = pg.ctx.engine, pg.ctx.pg
+    assert pool is not None
+    async with engine.connect() as other:
+        # The other writer's message, not committed: the statement does not see it when it
+        # counts, and waits for it when it inserts.
+        await other.execute(
+            inbox_messages.insert().values(
+                id="msg_a",
+                tenant_id=pg.tenant_id,
+                recipient_id="u-1",
+                delivery_id="dlv_a",
+                content={},
+                status="unread",
+                created_at=utcnow(),
+                seq=0,
+            )
+        )
+        storing = asyncio.create_task(
+            inbox_changes.insert(engine, [_row(pg, "u-1", "a"), _row(pg, "u-1", "b")], pool)
+        )
+        await _lock_waiters(pg, 1)
+        await other.commit()
+    [b] = await storing
+    assert b["message"]["id"] == "msg_b"
+    assert b["counts"]["total"] == 1
+    state = await inbox.state(engine, pg.tenant_id, "u-1")
+    # Only b is counted; the number a took stays unused.
+    assert (state["total"], state["unread"], state["unseen"], state["seq"]) == (1, 1, 1, 2)
 
 
 async def test_a_message_stored_twice_keeps_its_place_and_counts(app: Harness) -> None:

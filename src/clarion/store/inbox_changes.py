@@ -136,15 +136,16 @@ async def insert(
     the same delivery inserts nothing), as ``{"tenant_id", "recipient_id", "message",
     "seq", "counts"}`` (``counts``: the recipient's, this transaction's changes included).
 
-    Two statements in the usual case: the counters are moved first (taking each
-    recipient's next ``seq`` numbers under its row lock), then the messages inserted. A
-    message that was there already gives its count back (a third statement, rare); its
-    ``seq`` number stays unused."""
+    The counters are moved first (taking each recipient's next ``seq`` numbers under its
+    row lock), then the messages inserted: on PostgreSQL in one statement, which counts
+    only the messages not stored yet; on SQLite in two, where a message that was there
+    already gives its count back (a third statement, rare). A ``seq`` number given back
+    stays unused."""
     now = utcnow()
     values = [_new_row(r, now) for r in rows]
     arrivals = Counter((v["tenant_id"], v["recipient_id"]) for v in values)
     if pg is not None:
-        stored, states = await _insert_pg(pg, values, arrivals)
+        stored, states = await _insert_pg(pg, values)
         return _stored(stored, states)
     async with write_tx(engine) as conn:
         states = await bump(conn, {k: (n, n, n) for k, n in arrivals.items()}, arrivals)
@@ -175,9 +176,9 @@ def _stored(stored: list[dict[str, Any]], states: dict[Key, State]) -> list[dict
     ]
 
 
-# The same two statements on asyncpg, for the in-app worker's batches on PostgreSQL: fixed
-# SQL texts, columns as arrays. The counters in key order (WITH ORDINALITY keeps the order
-# the keys were sorted in), as every change locks them.
+# The counters' upsert on asyncpg (a fixed SQL text, columns as arrays), for counts given
+# back: in key order (WITH ORDINALITY keeps the order the keys were sorted in), as every
+# change locks them.
 _PG_BUMP = (
     "INSERT INTO inbox_counters AS c (tenant_id, recipient_id, unread, unseen, total, seq, "
     "version) SELECT k.tenant_id, k.recipient_id, k.d0, k.d1, k.d2, k.n, 1 FROM unnest("
@@ -202,15 +203,6 @@ _PG_COLUMNS = {
     "fallback_channel": "text",
     "seq": "bigint",
 }
-_PG_INSERT = (
-    f"INSERT INTO inbox_messages ({', '.join(_PG_COLUMNS)}) SELECT "
-    + ", ".join(f"v.{n}::json" if k == "json" else f"v.{n}" for n, k in _PG_COLUMNS.items())
-    + " FROM unnest("
-    + ", ".join(
-        f"${i}::{'text' if k == 'json' else k}[]" for i, k in enumerate(_PG_COLUMNS.values(), 1)
-    )
-    + f") AS v({', '.join(_PG_COLUMNS)}) ON CONFLICT DO NOTHING RETURNING id"
-)
 
 
 async def _pg_bump(
@@ -227,27 +219,77 @@ async def _pg_bump(
     return {(r[0], r[1]): {n: int(r[n]) for n in STATE_COLUMNS} for r in rows}
 
 
+# ``insert`` on PostgreSQL as one statement, so one round trip and no explicit transaction:
+# the messages not stored yet are counted per recipient, the counters moved (in key order,
+# as every change locks them) and each message inserted with its recipient's next ``seq``
+# (the counter's new ``seq``, less the recipient's count, plus the message's place among
+# the recipient's in list order, ``o``); what comes back is the counters, then the ids of
+# the messages inserted, each with its ``seq``. The counter rows stay locked until the
+# statement commits.
+_PG_MESSAGE_COLUMNS = {name: kind for name, kind in _PG_COLUMNS.items() if name != "seq"}
+_PG_STORE = (
+    "WITH v AS (SELECT * FROM unnest("
+    + ", ".join(
+        f"${i}::{'text' if k == 'json' else k}[]"
+        for i, k in enumerate(_PG_MESSAGE_COLUMNS.values(), 1)
+    )
+    + f") WITH ORDINALITY AS v({', '.join(_PG_MESSAGE_COLUMNS)}, o) "
+    "WHERE NOT EXISTS (SELECT 1 FROM inbox_messages AS m WHERE m.id = v.id)), "
+    "k AS (SELECT tenant_id, recipient_id, count(*)::int AS n FROM v "
+    "GROUP BY tenant_id, recipient_id), "
+    "bump AS (INSERT INTO inbox_counters AS c (tenant_id, recipient_id, unread, unseen, "
+    "total, seq, version) SELECT k.tenant_id, k.recipient_id, k.n, k.n, k.n, k.n, 1 FROM k "
+    # Byte order, as Python sorts the keys of every other change.
+    'ORDER BY k.tenant_id COLLATE "C", k.recipient_id COLLATE "C" '
+    "ON CONFLICT (tenant_id, recipient_id) DO UPDATE SET unread = c.unread + "
+    "excluded.unread, unseen = c.unseen + excluded.unseen, total = c.total + excluded.total, "
+    "seq = c.seq + excluded.seq, version = c.version + 1 "
+    f"RETURNING c.tenant_id, c.recipient_id, {', '.join('c.' + n for n in STATE_COLUMNS)}), "
+    f"ins AS (INSERT INTO inbox_messages ({', '.join(_PG_COLUMNS)}) SELECT "
+    + ", ".join(f"v.{n}::json" if k == "json" else f"v.{n}" for n, k in _PG_MESSAGE_COLUMNS.items())
+    + ", b.seq - k.n + row_number() OVER (PARTITION BY v.tenant_id, v.recipient_id "
+    "ORDER BY v.o) FROM v JOIN k USING (tenant_id, recipient_id) "
+    "JOIN bump AS b USING (tenant_id, recipient_id) "
+    "ON CONFLICT DO NOTHING RETURNING id, seq) "
+    f"SELECT tenant_id, recipient_id, {', '.join('b.' + n for n in STATE_COLUMNS)}, k.n, "
+    "NULL AS id FROM bump AS b JOIN k USING (tenant_id, recipient_id) "
+    # A message's row: its id, and its seq in the seq column.
+    "UNION ALL SELECT NULL, NULL, "
+    + ", ".join("seq" if n == "seq" else "NULL" for n in STATE_COLUMNS)
+    + ", NULL, id FROM ins"
+)
+
+
 async def _insert_pg(
-    pg: PgPool, values: list[dict[str, Any]], arrivals: Counter[Key]
+    pg: PgPool, values: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], dict[Key, State]]:
-    """``insert`` on PostgreSQL: the counters moved, then the messages inserted, in one
-    transaction (a message there already gives its count back)."""
-    async with pg.connection() as conn, conn.transaction():
-        states = await _pg_bump(conn, {k: (n, n, n) for k, n in arrivals.items()}, arrivals)
-        _numbered(values, arrivals, states)
-        columns = [
-            [orjson.dumps(v[n]).decode() for v in values]
-            if kind == "json"
-            else [v[n] for v in values]
-            for n, kind in _PG_COLUMNS.items()
-        ]
-        fresh = {r[0] for r in await conn.fetch(_PG_INSERT, *columns)}
-        stored = [v for v in values if v["id"] in fresh]
-        if len(stored) < len(values):
-            there = Counter(
-                (v["tenant_id"], v["recipient_id"]) for v in values if v["id"] not in fresh
-            )
-            states.update(await _pg_bump(conn, {k: (-n, -n, -n) for k, n in there.items()}, {}))
+    """``insert`` on PostgreSQL, in one statement (``_PG_STORE``). A message found stored
+    already is not counted; one stored by another writer at the same moment (a second
+    attempt of its delivery racing the first) gives its count back in a second statement."""
+    columns = [
+        [orjson.dumps(v[n]).decode() for v in values] if kind == "json" else [v[n] for v in values]
+        for n, kind in _PG_MESSAGE_COLUMNS.items()
+    ]
+    states: dict[Key, State] = {}
+    counted: Counter[Key] = Counter()
+    numbers: dict[str, int] = {}
+    for row in await pg.fetch(_PG_STORE, *columns):
+        if row["id"] is not None:
+            numbers[row["id"]] = int(row["seq"])
+        else:
+            key = (row["tenant_id"], row["recipient_id"])
+            states[key] = {n: int(row[n]) for n in STATE_COLUMNS}
+            counted[key] = int(row["n"])
+    stored = []
+    for v in values:
+        if v["id"] in numbers:
+            v["seq"] = numbers.pop(v["id"])
+            stored.append(v)
+            counted[(v["tenant_id"], v["recipient_id"])] -= 1
+    raced = {key: n for key, n in counted.items() if n > 0}
+    if raced:
+        async with pg.connection() as conn:
+            states.update(await _pg_bump(conn, {k: (-n, -n, -n) for k, n in raced.items()}, {}))
     return stored, states
 
 

@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from clarion.domain.models import channel_streams
 from clarion.domain.status import StatusChange
-from clarion.pipeline.runtime import Roles, Runtime
+from clarion.pipeline.runtime import Roles
 from clarion.store import deliveries as delivery_store
 from clarion.store.db import utcnow
 from clarion.store.tables import deliveries, delivery_claims, delivery_events
@@ -194,64 +193,3 @@ async def test_a_restart_sends_again_what_was_being_sent(
         row = await _row(app, did)
     assert (row["status"], row["attempts"]) == ("sent", 1)
     assert sink.count == 1
-
-
-async def test_a_cancelled_critical_send_taken_fresh_is_not_sent(
-    planned_only: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A critical or high-priority delivery taken for the first time skips the take's early
-    screen (no read before its send): its claim still keeps a cancelled one from going
-    out, and its message is acked."""
-    app = planned_only
-    sink = WebhookSink()
-    await sink.start()
-    try:
-        await app.put_template("hook", TEMPLATE)
-        rids = ["a", "b"]
-        for rid in rids:
-            await app.put_recipient(rid, webhook_url=f"{sink.url}/{rid}")
-        sends = [
-            {"template": "hook", "to": {"recipient_ids": rids}, "priority": priority}
-            for priority in ("critical", "high")
-        ]
-        nids = []
-        for send in sends:
-            response = await app.send(send)
-            assert response.status_code == 202, response.text
-            nids.append(response.json()["id"])
-
-        async def planned() -> bool:
-            shown = [await app.notification(nid) for nid in nids]
-            return all(len(note["deliveries"]) == len(rids) for note in shown)
-
-        await app.until(planned)
-        for nid in nids:
-            response = await app.client.delete(f"/v1/notifications/{nid}", headers=app.auth)
-            assert response.status_code == 202, response.text
-        # Now a channel worker takes them from their lanes, asking nothing before it claims.
-        asked: list[Any] = []
-        screen = delivery_store.spent_ids
-
-        async def spent_ids(*args: Any) -> set[str]:
-            asked.append(args[1])
-            return await screen(*args)
-
-        monkeypatch.setattr(delivery_store, "spent_ids", spent_ids)
-        workers = Runtime(app.ctx, Roles(channels=["webhook"]))
-        await workers.start()
-        try:
-            await workers.drain(timeout=30)
-        finally:
-            await workers.stop()
-        assert sink.arrived == 0
-        assert asked == []
-        for nid in nids:
-            done = await app.notification(nid)
-            assert done["totals"] == {"cancelled": len(rids)}
-            for delivery in done["deliveries"]:
-                assert await _claimed(app, delivery["id"]) == (0, True)
-        # Every message was acked: nothing waits or is held on the webhook lanes.
-        backlog = await app.ctx.broker.backlog(channel_streams("webhook"))
-        assert sum(backlog.values()) == 0
-    finally:
-        await sink.close()

@@ -16,14 +16,7 @@ from typing import Any
 from clarion.broker import Message
 from clarion.domain.contact import suppression_key
 from clarion.domain.delivery import Delivery, MalformedDelivery, decode_delivery, endpoint_of
-from clarion.domain.models import (
-    Channel,
-    DeliveryStatus,
-    Priority,
-    channel_streams,
-    retry_stream,
-    send_stream,
-)
+from clarion.domain.models import Channel, DeliveryStatus, channel_streams, retry_stream
 from clarion.domain.status import StatusChange
 from clarion.observability import logs, metrics, tracing
 from clarion.pipeline.attempt import Attempts
@@ -98,9 +91,6 @@ class ChannelWorker:
         self._status = status
         self._acks = acks
         self.streams = channel_streams(channel)
-        # The lanes whose deliveries, taken for the first time, go on without the take's
-        # early screen (``_unfinished``).
-        self._urgent = {send_stream(channel, p) for p in (Priority.CRITICAL, Priority.HIGH)}
         self._attempts = Attempts(ctx, channel)
         self._claims = Claims(ctx, channel)
         # Email deliveries of the takes whose address is on their tenant's suppression
@@ -147,14 +137,8 @@ class ChannelWorker:
         per take, for all its messages; the claim before each call is the guarantee."""
         with contextlib.suppress(Exception):  # else loaded per delivery, failing alone
             await self._ctx.providers.prepare({tenant_of(m) for m in messages})
-        # A critical or high-priority delivery handed out for the first time is not asked
-        # about: its send waits for no more round trips than it must, and its claim refuses
-        # it all the same if it was cancelled or copied (a take of them alone reads nothing).
-        asked = [m for m in messages if m.redelivered or m.stream not in self._urgent]
-        if not asked:
-            return messages
         done = await delivery_store.spent_ids(
-            self._ctx.engine, [_attempt_of(m) for m in asked], self._ctx.pg
+            self._ctx.engine, [_attempt_of(m) for m in messages], self._ctx.pg
         )
         if not done:
             return messages

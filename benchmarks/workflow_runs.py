@@ -10,7 +10,8 @@ to the topic through the workflow. Measures:
 * how many runs waited at once (the most seen in the notification's ``run_totals``);
 * resume lag: per run, when its channel step started minus when its delay ended (both
   from the run's own steps, ``GET /v1/notifications/{id}/runs``): p50, p99, max;
-* time to all delivered, and every run ``completed`` with its webhook sent once;
+* time to all delivered, and every run ``completed`` with its webhook sent once (with
+  ``--resume-only`` no worker sends webhooks: the runs resume, their deliveries wait);
 * CPU of the whole run (``cpu``) and of the resume alone (``resume_cpu``: from a second
   before the first run is due to all delivered), and what the stores did in that window
   (``resume_costs``; statements with ``--private-postgres --pg-statements``);
@@ -22,6 +23,7 @@ Prints one JSON object to stdout; progress goes to stderr. Takes the machine-wid
 
     uv run python benchmarks/workflow_runs.py --subscribers 100000 --delay 4m
     uv run python benchmarks/workflow_runs.py --config embedded --subscribers 10000 --delay 90s
+    uv run python benchmarks/workflow_runs.py --subscribers 100000 --delay 4m --resume-only
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 import aiohttp
 
 import e2e
+from clarion.domain.models import ALL_CHANNELS
 
 TOPIC = "everyone"
 LOOK_EVERY = 2.0
@@ -46,7 +49,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
     parser.add_argument("--subscribers", type=int, default=100_000)
     parser.add_argument("--delay", default="4m", help="the workflow's delay (a duration)")
+    parser.add_argument(
+        "--resume-only",
+        action="store_true",
+        help="no webhook workers: the runs resume and their deliveries wait, unsent (the "
+        "resume's own rate, without the sends competing for the cores)",
+    )
     args = e2e.parse_with(parser, argv)
+    if args.resume_only:
+        if args.config != "postgres-redis":
+            parser.error("--resume-only is for --config postgres-redis")
+        args.worker_channels = ",".join(c for c in ALL_CHANNELS if c != "webhook")
     if args.subscribers < 1:
         parser.error("--subscribers must be >= 1")
     return args
@@ -120,10 +133,12 @@ class WorkflowRuns(e2e.Bench):
                 resume_before = self.cpu_times()
                 log("the resume's window opens")
                 continue
-            if totals.get("completed", 0) == n and note["totals"].get("sent", 0) == n:
+            sent = note["totals"].get("sent", 0)
+            if totals.get("completed", 0) == n and (sent == n or self.args.resume_only):
                 break
             await asyncio.sleep(LOOK_EVERY)
-        await self.wait_delivered(sink, n)
+        if not self.args.resume_only:
+            await self.wait_delivered(sink, n)
         await asyncio.sleep(self.args.settle)  # late repeats count as duplicates
         stats = await sink.ask("stats")
         cpu_after = self.cpu_times()
@@ -139,6 +154,7 @@ class WorkflowRuns(e2e.Bench):
             "config": self.args.config,
             "subscribers": n,
             "delay": self.args.delay,
+            "resume_only": self.args.resume_only,
             "workers": self.args.workers if self.args.config == "postgres-redis" else 0,
             "all_waiting_s": None if all_waiting_at is None else round(all_waiting_at - started, 2),
             "most_waiting_at_once": most_waiting,
@@ -147,7 +163,9 @@ class WorkflowRuns(e2e.Bench):
                 "p99": round(e2e.percentile(ordered, 0.99), 3),
                 "max": round(ordered[-1], 3),
             },
-            "all_delivered_s": round(last_sent - started, 2),
+            # The last channel step's start; with --resume-only nothing is delivered.
+            "all_resumed_s": round(last_sent - started, 2),
+            "all_delivered_s": None if self.args.resume_only else round(last_sent - started, 2),
             "webhooks": stats,
             "memory": memory,
             "cpu": cpu,

@@ -11,7 +11,10 @@ N recipients subscribed to one topic, then POSTs one notification to the topic a
 * the API and the pipeline staying responsive meanwhile: an in-app notification to a
   recipient outside the topic is POSTed every ``--probe-interval`` seconds while the
   broadcast drains, ``critical`` and ``high`` priority in turn; each one's latency is its
-  delivery's ``sent_at`` minus the moment it was POSTed (p50, p99, max, per priority);
+  delivery's ``sent_at`` minus the moment it was POSTed (p50, p99, max, per priority),
+  and a critical one's split: to its planning (its delivery's ``created_at``), from there
+  to the start of its in-app write (the inbox row's ``created_at``: stored, published,
+  taken and claimed by then), and the write itself;
 * peak resident memory (``VmHWM``) of every process started, and its resident memory just
   before the POST.
 
@@ -189,11 +192,15 @@ class Broadcast(e2e.Bench):
             # plan stream, a free planner), then to its send (planning, the lane, a free
             # worker slot, the provider), each p50 / p99 / max.
             "critical_to_planning_ms": _ms_p50_p99_max([p[0] for p in parts]),
-            "critical_planning_to_sent_ms": _ms_p50_p99_max([p[1] for p in parts]),
+            "critical_planning_to_sent_ms": _ms_p50_p99_max([p[1] + p[2] for p in parts]),
+            # ... the second part split: to the start of its in-app write (stored,
+            # published, taken and claimed), then the write itself to sent.
+            "critical_planning_to_write_ms": _ms_p50_p99_max([p[1] for p in parts]),
+            "critical_write_to_sent_ms": _ms_p50_p99_max([p[2] for p in parts]),
             "high_probes": len(high),
             "high_ms": _ms_p50_p99_max([sum(p) for p in high]),
             "high_to_planning_ms": _ms_p50_p99_max([p[0] for p in high]),
-            "high_planning_to_sent_ms": _ms_p50_p99_max([p[1] for p in high]),
+            "high_planning_to_sent_ms": _ms_p50_p99_max([p[1] + p[2] for p in high]),
             "recipients_import_s": round(self.import_s, 1),
             "subscribe_s": round(self.subscribe_s, 1),
             "memory": memory,
@@ -219,15 +226,18 @@ class Broadcast(e2e.Bench):
     @staticmethod
     async def _probe_latencies(
         db: asyncpg.Connection, probes: dict[str, float]
-    ) -> list[tuple[str, tuple[float, float]]]:
+    ) -> list[tuple[str, tuple[float, float, float]]]:
         """Per probe, its id with the seconds from its POST to the start of its planning
-        (its delivery's ``created_at``) and from there to its send (``sent_at``), by total;
-        waits for the last ones."""
+        (its delivery's ``created_at``), from there to the start of its in-app write (the
+        inbox row's ``created_at``: stored, published, taken and claimed by then), and from
+        there to its send (``sent_at``), by total; waits for the last ones."""
         deadline = time.monotonic() + 30
         while True:
             rows = await db.fetch(
-                "SELECT notification_id, created_at, sent_at FROM deliveries "
-                "WHERE notification_id = ANY($1::text[]) AND status = 'sent'",
+                "SELECT d.notification_id, d.created_at, coalesce(i.created_at, d.sent_at), "
+                "d.sent_at FROM deliveries AS d "
+                "LEFT JOIN inbox_messages AS i ON i.delivery_id = d.id "
+                "WHERE d.notification_id = ANY($1::text[]) AND d.status = 'sent'",
                 list(probes),
             )
             if len(rows) == len(probes) or time.monotonic() > deadline:
@@ -236,7 +246,14 @@ class Broadcast(e2e.Bench):
         if len(rows) < len(probes):
             raise RuntimeError(f"{len(probes) - len(rows)} critical probes were not sent")
         parts = [
-            (row[0], (row[1].timestamp() - probes[row[0]], row[2].timestamp() - row[1].timestamp()))
+            (
+                row[0],
+                (
+                    row[1].timestamp() - probes[row[0]],
+                    row[2].timestamp() - row[1].timestamp(),
+                    row[3].timestamp() - row[2].timestamp(),
+                ),
+            )
             for row in rows
         ]
         return sorted(parts, key=lambda part: sum(part[1]))

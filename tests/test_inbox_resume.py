@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from clarion.realtime.base import arrivals
 from clarion.store import inbox, inbox_changes
@@ -47,6 +48,16 @@ def _row(app: Harness, rid: str, name: str) -> dict[str, Any]:
     }
 
 
+async def _uncommitted_message(conn: AsyncConnection, app: Harness, mid: str, rid: str) -> None:
+    """A message row inserted by ``conn``'s transaction, left uncommitted."""
+    row = {"id": mid, "tenant_id": app.tenant_id, "recipient_id": rid, "delivery_id": mid}
+    await conn.execute(
+        inbox_messages.insert().values(
+            **row, content={}, status="unread", created_at=utcnow(), seq=0
+        )
+    )
+
+
 async def _lock_waiters(app: Harness, count: int) -> None:
     """Until ``count`` transactions on the inbox tables wait for a lock (asked again and
     again, no timer: each question is a round trip to the server)."""
@@ -72,18 +83,7 @@ async def test_an_earlier_arrival_commits_before_a_later_one(pg: Harness, driver
     # A's insert will wait on this uncommitted row with A's id: A is paused after taking
     # its place, before its commit.
     async with engine.connect() as blocker:
-        await blocker.execute(
-            inbox_messages.insert().values(
-                id="msg_a",
-                tenant_id=pg.tenant_id,
-                recipient_id="someone-else",
-                delivery_id="dlv_blocker",
-                content={},
-                status="unread",
-                created_at=utcnow(),
-                seq=0,
-            )
-        )
+        await _uncommitted_message(blocker, pg, "msg_a", "someone-else")
         first = asyncio.create_task(inbox_changes.insert(engine, [_row(pg, "u-1", "a")], pool))
         await _lock_waiters(pg, 1)
         second = asyncio.create_task(inbox_changes.insert(engine, [_row(pg, "u-1", "b")], pool))
@@ -137,18 +137,7 @@ async def test_a_message_stored_by_another_writer_meanwhile_gives_its_count_back
     async with engine.connect() as other:
         # The other writer's message, not committed: the statement does not see it when it
         # counts, and waits for it when it inserts.
-        await other.execute(
-            inbox_messages.insert().values(
-                id="msg_a",
-                tenant_id=pg.tenant_id,
-                recipient_id="u-1",
-                delivery_id="dlv_a",
-                content={},
-                status="unread",
-                created_at=utcnow(),
-                seq=0,
-            )
-        )
+        await _uncommitted_message(other, pg, "msg_a", "u-1")
         storing = asyncio.create_task(
             inbox_changes.insert(engine, [_row(pg, "u-1", "a"), _row(pg, "u-1", "b")], pool)
         )

@@ -39,6 +39,7 @@ from typing import Any
 import aiohttp
 
 import e2e
+from clarion.domain.durations import duration_seconds
 from clarion.domain.models import ALL_CHANNELS
 
 TOPIC = "everyone"
@@ -108,7 +109,7 @@ class WorkflowRuns(e2e.Bench):
         deadline = time.monotonic() + self.args.timeout
         most_waiting, all_waiting_at = 0, None
         # The resume's own window opens a little before the first run is due.
-        resume_opens = started + seconds_of(self.args.delay) - 1.0
+        resume_opens = started + duration_seconds(self.args.delay) - 1.0
         resume_before: dict[tuple[str, int], float] | None = None
         stores_before: dict[str, Any] = {}
         while True:
@@ -196,12 +197,6 @@ class WorkflowRuns(e2e.Bench):
             cursor = page["next_cursor"]
             if cursor is None:
                 return lags, last
-
-
-def seconds_of(duration: str) -> float:
-    """A workflow duration (``90s``, ``15m``, ``2h``, ``1d``) in seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    return float(duration[:-1]) * units[duration[-1]]
 
 
 def log(message: str) -> None:

@@ -143,10 +143,10 @@ async def insert(
     stays unused."""
     now = utcnow()
     values = [_new_row(r, now) for r in rows]
-    arrivals = Counter((v["tenant_id"], v["recipient_id"]) for v in values)
     if pg is not None:
         stored, states = await _insert_pg(pg, values)
         return _stored(stored, states)
+    arrivals = Counter((v["tenant_id"], v["recipient_id"]) for v in values)
     async with write_tx(engine) as conn:
         states = await bump(conn, {k: (n, n, n) for k, n in arrivals.items()}, arrivals)
         _numbered(values, arrivals, states)

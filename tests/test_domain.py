@@ -128,3 +128,26 @@ def test_settings_durations() -> None:
     assert Settings(retry_schedule="1s,5s,1h").retry_delays == [1, 5, 3600]
     with pytest.raises(ValueError, match="duration"):
         Settings(retry_schedule="soon")
+
+
+def test_which_delays_are_walked_ahead() -> None:
+    """A delay is walked ahead of its end only when what follows it, up to the next delay,
+    is channel and exit steps that read no step."""
+    from clarion.domain.runs import walks_ahead
+    from clarion.domain.workflows import Workflow
+
+    def flow(*steps: dict[str, object]) -> Workflow:
+        return Workflow.stored("w", None, [{"id": f"s{i}", **s} for i, s in enumerate(steps)])
+
+    wait = {"type": "delay", "duration": "1m"}
+    mail = {"type": "channel", "channel": "email", "template": "t"}
+    plain = flow(wait, mail, {"type": "exit", "if": "data.stop"}, {**mail, "if": "data.x"})
+    assert walks_ahead(plain.steps, 0)
+    assert not walks_ahead(flow(wait, {**mail, "if": "not steps.s9.read"}).steps, 0)
+    assert not walks_ahead(flow(wait, {"type": "throttle", "limit": 1, "window": "1h"}).steps, 0)
+    assert not walks_ahead(flow(wait, {"type": "digest", "window": "1h"}).steps, 0)
+    # Only up to the next delay: what comes after that one is that one's to answer.
+    later = flow(wait, mail, wait, {"type": "throttle", "limit": 1, "window": "1h"})
+    assert walks_ahead(later.steps, 0)
+    assert not walks_ahead(later.steps, 2)
+    assert walks_ahead(flow(wait).steps, 0)

@@ -5,7 +5,7 @@ by notification and by key in every state a run can be in."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from clarion.store import retention
-from clarion.store.db import utcnow
+from clarion.store.db import as_utc, utcnow
 from clarion.store.tables import workflow_runs
 from harness import Harness
 from inbox_kit import bearer, token_for
@@ -236,7 +236,9 @@ async def test_cancel_by_key_stops_waiting_runs(ready: Harness) -> None:
     by_rid = await runs(app, kept)
     assert by_rid["r1"]["status"] == "cancelled"
     note = await app.notification(kept)
-    assert channels_of(note, "r1") == {}
+    # The delay, shorter than CLARION_WORKFLOW_WAKE_AHEAD, was walked ahead at once: r1's
+    # email was made, scheduled for the delay's end, and the cancellation reached it.
+    assert channels_of(note, "r1") == {"email": "cancelled"}
     assert channels_of(note, "r2") == {"email": "sent"}
     assert channels_of(await app.notification(other), "r1") == {"email": "sent"}
     # Cancelling again: nothing left to cancel.
@@ -543,3 +545,85 @@ async def test_preferences_per_workflow(ready: Harness) -> None:
         "email": "suppressed",
         "sms": "sent",
     }
+
+
+async def test_a_delay_is_walked_ahead_and_its_step_goes_out_when_it_ends(
+    ready: Harness,
+) -> None:
+    """A delay followed by steps that rest on nothing that can still change is passed
+    ahead of its end (CLARION_WORKFLOW_WAKE_AHEAD, 30 s by default): the next step's
+    delivery is made at once, scheduled for the delay's end, and the run waits until
+    then; the delivery is not sent before the end, and the run completes at it."""
+    app = ready
+    await put_workflow(
+        app,
+        "soon",
+        {"id": "wait", "type": "delay", "duration": "2s"},
+        {"id": "mail", "type": "channel", "channel": "email", "template": "comment"},
+    )
+    nid = await trigger(app, "soon", ["r1"])
+    run = await until_status(app, nid, "r1", "waiting")
+    wait = run["steps"][0]
+    assert wait["id"] == "wait"
+    # The run shows the delay's end, not the earlier moment it was woken at.
+    assert run["waiting_until"] == wait["until"]
+    note = await app.notification(nid)
+    [mail] = [d for d in note["deliveries"] if d["recipient_id"] == "r1"]
+    assert (mail["channel"], mail["status"], mail["reason"]) == ("email", "scheduled", "delay")
+    assert mail["scheduled_for"] == wait["until"]
+    done = await until_status(app, nid, "r1", "completed")
+    await app.drain()
+    [mail] = [d for d in (await app.notification(nid))["deliveries"] if d["recipient_id"] == "r1"]
+    assert mail["status"] == "sent"
+    assert mail["sent_at"] >= wait["until"]
+    # Walked at the delay's end: the step started then.
+    assert done["steps"][1]["started_at"] == wait["until"]
+
+
+async def test_a_delay_before_a_step_that_reads_a_step_is_not_walked_ahead(
+    ready: Harness,
+) -> None:
+    """Whether the in-app message was read is known only when the delay ends: a run whose
+    next step's ``if`` reads a step is woken at the delay's end, not ahead of it."""
+    app = ready
+    await put_workflow(
+        app,
+        "unread",
+        {"id": "feed", "type": "channel", "channel": "inapp", "template": "comment"},
+        {"id": "wait", "type": "delay", "duration": "1h"},
+        {"id": "mail", "type": "channel", "channel": "email", "template": "comment",
+         "if": "not steps.feed.read"},
+    )  # fmt: skip
+    nid = await trigger(app, "unread", ["r1"])
+    run = await until_status(app, nid, "r1", "waiting")
+    async with app.ctx.engine.connect() as conn:
+        row = await conn.execute(select(workflow_runs).where(workflow_runs.c.id == run["id"]))
+        stored = row.mappings().one()
+    assert run["waiting_until"] == run["steps"][1]["until"]
+    assert as_utc(stored["wake_at"]) == datetime.fromisoformat(run["steps"][1]["until"])
+
+
+async def test_cancelling_a_run_walked_ahead_stops_its_scheduled_step(ready: Harness) -> None:
+    """A run walked ahead of its delay's end has not finished: cancelling it by key, or
+    its notification, before the end cancels the delivery scheduled for it."""
+    app = ready
+    await put_workflow(
+        app,
+        "remind",
+        {"id": "wait", "type": "delay", "duration": "20s"},
+        {"id": "mail", "type": "channel", "channel": "email", "template": "comment"},
+        {"id": "done", "type": "exit", "if": "data.who"},
+    )
+    keyed = await trigger(app, "remind", ["r1"], cancellation_key="cart-1")
+    deleted = await trigger(app, "remind", ["r2"])
+    for nid, rid in ((keyed, "r1"), (deleted, "r2")):
+        await until_status(app, nid, rid, "waiting")
+        assert channels_of(await app.notification(nid), rid) == {"email": "scheduled"}
+    answer = await _cancel_by_key(app, "remind", {"cancellation_key": "cart-1"})
+    assert answer.json() == {"cancelled": 1}
+    response = await app.client.delete(f"/v1/notifications/{deleted}", headers=app.auth)
+    assert response.status_code == 202, response.text
+    for nid, rid in ((keyed, "r1"), (deleted, "r2")):
+        note = await app.notification(nid)
+        assert channels_of(note, rid) == {"email": "cancelled"}
+        assert (await runs(app, nid))[rid]["status"] == "cancelled"

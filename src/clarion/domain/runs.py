@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from jinja2 import nodes
 from jinja2.exceptions import SecurityError, TemplateRuntimeError, UndefinedError
 
 from clarion.domain.durations import duration_seconds
@@ -259,6 +260,29 @@ def channels_of(step: Step) -> list[str]:
     """A channel step's channels, in the order they are tried."""
     one = step.fields.get("channel")
     return [one] if one is not None else list(step.fields["channels"])
+
+
+def walks_ahead(steps: Sequence[Step], delay: int) -> bool:
+    """Whether the steps after the delay at index ``delay`` may be walked before the delay
+    ends (their deliveries scheduled for its end): up to the next delay, or the end, they
+    are channel and exit steps none of whose ``if`` reads a step. What such steps do rests
+    on the run's data, its recipient and the digest it carries, known already; what a
+    step's delivery became (sent, seen, read) goes on changing until the delay ends, and
+    a throttle or digest step counts triggers as they come."""
+    for step in steps[delay + 1 :]:
+        if step.type == "delay":
+            return True
+        if step.type not in ("channel", "exit"):
+            return False
+        if step.condition is not None and _reads_steps(step.condition):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _reads_steps(source: str) -> bool:
+    tree = SANDBOX.parse(SANDBOX.preprocess("{{ (" + source + ") }}"))
+    return any(name.name == "steps" for name in tree.find_all(nodes.Name))
 
 
 def first_success(step: Step) -> bool:

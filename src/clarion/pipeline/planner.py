@@ -394,7 +394,12 @@ class Planner:
                 # A step after a digest: its template reads the digest as `digest`.
                 part["data"] = {**(ask.note["data"] or {}), "digest": ask.digest}
             policies, look = categories.get(tenant, {}), looks.get(tenant, NO_LOOK)
-            items = self._deliveries(part, version, people, policies, now, holding, look)
+            # A step walked ahead of its delay's end is decided for that time, and what
+            # would go now is scheduled for it.
+            at = ask.not_before or now
+            items = self._deliveries(part, version, people, policies, at, holding, look)
+            if ask.not_before is not None:
+                items = [_scheduled_for(item, ask.not_before) for item in items]
             per_ask.append([item.delivery.id for item in items])
             made.extend(items)
         async with planning.reads(engine, pg) as reads:
@@ -641,6 +646,15 @@ class Planner:
         except TemplateError:
             return None
         return {"channel": target, "address": address, "content": content}
+
+
+def _scheduled_for(item: Stored, when: datetime) -> Stored:
+    """A delivery that would go now, scheduled for ``when`` instead (reason ``delay``)."""
+    if item.status != DeliveryStatus.QUEUED:
+        return item
+    return msgspec.structs.replace(
+        item, status=DeliveryStatus.SCHEDULED, reason="delay", scheduled_for=when
+    )
 
 
 def _render(draft: _Draft, channel: str, delivery_id: str) -> Any:

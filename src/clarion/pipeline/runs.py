@@ -83,6 +83,9 @@ class StepAsk:
     digest: dict[str, Any] | None = None
     # The recipient's row as the run's advance read it (none: the planner reads it).
     person: dict[str, Any] | None = None
+    # The step is walked ahead of the delay before it (``Runs._delay``): its deliveries
+    # are decided for this time (quiet hours, expiry) and scheduled for it.
+    not_before: datetime | None = None
 
 
 class StepPlanner(Protocol):
@@ -191,6 +194,9 @@ class _Run:
     closing: bool = False
     # Stored already, in the transaction that closed its window (or left as it is).
     stored: bool = False
+    # Walked ahead of now: the end of the delay it passed early (``Runs._delay``), the
+    # time its later steps are walked at.
+    clock: datetime | None = None
 
     @property
     def step(self) -> int:
@@ -212,6 +218,9 @@ class Runs:
         # A run being advanced is leased for this long: one whose advancer died is taken
         # again after.
         self._lease = ctx.settings.workflow_run_lease
+        # A delay whose next steps rest on nothing that can still change is passed this
+        # long before it ends (``_delay``).
+        self._ahead = ctx.settings.workflow_wake_ahead
         # Set while more runs are due than a batch: the last wake took a full one.
         self._backlog = asyncio.Event()
 
@@ -529,6 +538,7 @@ class Runs:
                     channels,
                     rules.carried(run.records),
                     run.recipient,
+                    run.clock if run.clock is not None and run.clock > now else None,
                 )
             )
         per_ask, made = await self._planner.plan_steps(asks, now)
@@ -590,11 +600,24 @@ class Runs:
 
     def _walk(self, run: _Run, facts: dict[str, DeliveryFacts], now: datetime) -> None:
         """Take ``run`` through its steps until one waits, asks for deliveries, or the
-        run ends."""
+        run ends. A run walked ahead of a delay's end that ends before that end waits for
+        it instead: until then it has not finished, and a cancellation still reaches it and
+        the deliveries scheduled for the end."""
+        self._walk_steps(run, facts, now)
+        if run.status == RunStatus.COMPLETED and run.clock is not None and run.clock > now:
+            run.status, run.wake_at = RunStatus.WAITING, run.clock
+
+    def _walk_steps(self, run: _Run, facts: dict[str, DeliveryFacts], now: datetime) -> None:
         assert run.workflow is not None
         steps = run.workflow.steps
-        moment = now.timestamp()
+        if run.records and run.records[-1].status == rules.EXITED:
+            # Ended by an exit step ahead of its time (``_walk``), and now past it.
+            run.status, run.wake_at = RunStatus.COMPLETED, None
+            return
         while run.status not in rules.ENDED:
+            # Past a delay it passed early, the run is walked at the delay's end.
+            at = run.clock if run.clock is not None and run.clock > now else now
+            moment = at.timestamp()
             index = run.step
             if index >= len(steps):
                 run.status, run.wake_at = RunStatus.COMPLETED, None
@@ -609,7 +632,7 @@ class Runs:
                     continue
                 record = StepRecord(step.id, rules.WAITING, moment)
                 run.records.append(record)
-            if not self._step(run, step, record, facts, now):
+            if not self._step(run, step, record, facts, at):
                 return
 
     def _step(self, run: _Run, step: Step, record: StepRecord, facts: Facts, now: datetime) -> bool:
@@ -650,6 +673,11 @@ class Runs:
         return False
 
     def _delay(self, run: _Run, step: Step, record: StepRecord, now: datetime) -> bool:
+        """A delay: the run waits until it ends. One whose next steps rest on nothing that
+        can still change (:func:`rules.walks_ahead`) is woken ``workflow_wake_ahead``
+        before the end and passes it then, walked on at the end's time: the deliveries of
+        its next steps are made at once, scheduled for the end, so that however many runs
+        end their delay together, theirs go out when it ends."""
         moment = now.timestamp()
         if record.until is None:
             until = self._until(run, step, now)
@@ -658,8 +686,14 @@ class Runs:
                 return True
             record.until = until.timestamp()
         if record.until > moment:
-            run.status, run.wake_at = RunStatus.WAITING, datetime.fromtimestamp(record.until, UTC)
-            return False
+            assert run.workflow is not None
+            ahead = self._ahead if rules.walks_ahead(run.workflow.steps, run.step) else 0.0
+            if record.until - ahead > moment:
+                run.status = RunStatus.WAITING
+                run.wake_at = datetime.fromtimestamp(record.until - ahead, UTC)
+                return False
+            run.clock = datetime.fromtimestamp(record.until, UTC)
+            moment = record.until
         record.status, record.ended_at = rules.DONE, moment
         return True
 

@@ -413,7 +413,13 @@ def public(row: dict[str, Any], known: dict[str, DeliveryFacts]) -> dict[str, An
         "version": row["version"],
         "status": row["status"],
         "step": current["id"] if current else None,
-        "waiting_until": as_utc(row["wake_at"]) if row["status"] == RunStatus.WAITING else None,
+        # A delay's end (a run is woken ahead of the end of some: pipeline/runs.py), or
+        # when a waiting step looks again.
+        "waiting_until": None
+        if row["status"] != RunStatus.WAITING
+        else current["until"]
+        if current is not None and current.get("until") is not None
+        else as_utc(row["wake_at"]),
         "cancellation_key": row["cancellation_key"],
         "steps": steps,
         "created_at": as_utc(row["created_at"]),

@@ -9,7 +9,11 @@ to the topic through the workflow. Measures:
 * time to all runs stored and waiting (each run's delay starts when it is stored);
 * how many runs waited at once (the most seen in the notification's ``run_totals``);
 * resume lag: per run, when its channel step started minus when its delay ended (both
-  from the run's own steps, ``GET /v1/notifications/{id}/runs``): p50, p99, max;
+  from the run's own steps, ``GET /v1/notifications/{id}/runs``): p50, p99, max. A run
+  woken ahead of its delay's end (``CLARION_WORKFLOW_WAKE_AHEAD``) starts its channel
+  step at the end, its delivery made earlier and scheduled for it: 0;
+* sent lag: per run, when its webhook arrived minus when its delay ended: p50, p99, max
+  (what the receiving end sees: the resume, then the send, at the rate deliveries go);
 * time to all delivered, and every run ``completed`` with its webhook sent once (with
   ``--resume-only`` no worker sends webhooks: the runs resume, their deliveries wait);
 * CPU of the whole run (``cpu``) and of the resume alone (``resume_cpu``: from a second
@@ -148,8 +152,14 @@ class WorkflowRuns(e2e.Bench):
             e2e.cpu_used(resume_before, dict(cpu_after), n) if resume_before is not None else None
         )
         memory = e2e.memory_used(self.children, before)
-        lags, last_sent = await self._lags(session, nid)
+        arrived: dict[str, float] = {}
+        if not self.args.resume_only:
+            await sink.ask("dump")
+            for _nid, key, at in e2e.read_records(self.tmp / "received.tsv"):
+                arrived.setdefault(key, at)
+        lags, last_sent, sent_lags = await self._lags(session, nid, arrived)
         ordered = sorted(lags)
+        sent_ordered = sorted(sent_lags)
         costs = await self.costs(stores_before, n) if self.stores and stores_before else None
         return {
             "config": self.args.config,
@@ -164,9 +174,17 @@ class WorkflowRuns(e2e.Bench):
                 "p99": round(e2e.percentile(ordered, 0.99), 3),
                 "max": round(ordered[-1], 3),
             },
+            "sent_lag_s": {
+                "p50": round(e2e.percentile(sent_ordered, 0.5), 3),
+                "p99": round(e2e.percentile(sent_ordered, 0.99), 3),
+                "max": round(sent_ordered[-1], 3),
+            }
+            if sent_ordered
+            else None,
             # The last channel step's start; with --resume-only nothing is delivered.
             "all_resumed_s": round(last_sent - started, 2),
-            "all_delivered_s": None if self.args.resume_only else round(last_sent - started, 2),
+            # The last webhook's arrival.
+            "all_delivered_s": round(max(arrived.values()) - started, 2) if arrived else None,
             "webhooks": stats,
             "memory": memory,
             "cpu": cpu,
@@ -175,10 +193,14 @@ class WorkflowRuns(e2e.Bench):
             "machine": e2e.machine(),
         }
 
-    async def _lags(self, session: aiohttp.ClientSession, nid: str) -> tuple[list[float], float]:
-        """Per run, seconds from its delay's end to its channel step's start; and the
-        latest of those starts."""
+    async def _lags(
+        self, session: aiohttp.ClientSession, nid: str, arrived: dict[str, float]
+    ) -> tuple[list[float], float, list[float]]:
+        """Per run, seconds from its delay's end to its channel step's start; the latest
+        of those starts; and per run whose webhook ``arrived`` (by delivery id), seconds
+        from its delay's end to the webhook's arrival."""
         lags: list[float] = []
+        sent_lags: list[float] = []
         cursor: str | None = None
         last = 0.0
         while True:
@@ -194,9 +216,10 @@ class WorkflowRuns(e2e.Bench):
                 began = datetime.fromisoformat(hook["started_at"]).timestamp()
                 lags.append(began - until)
                 last = max(last, began)
+                sent_lags += [arrived[d] - until for d in hook["delivery_ids"] if d in arrived]
             cursor = page["next_cursor"]
             if cursor is None:
-                return lags, last
+                return lags, last, sent_lags
 
 
 def log(message: str) -> None:

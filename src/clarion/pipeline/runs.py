@@ -197,6 +197,9 @@ class _Run:
     # Walked ahead of now: the end of the delay it passed early (``Runs._delay``), the
     # time its later steps are walked at.
     clock: datetime | None = None
+    # Walked ahead to its end, and woken at the delay's end only to complete (``_walk``):
+    # it reads nothing.
+    ending: bool = False
 
     @property
     def step(self) -> int:
@@ -407,7 +410,9 @@ class Runs:
         runs = loaded if loaded is not None else await self._load(rows)
         active = []
         for run in runs:
-            if run.workflow is None or (run.note is None and run.window is None):
+            if run.ending:
+                run.status, run.wake_at = RunStatus.COMPLETED, None
+            elif run.workflow is None or (run.note is None and run.window is None):
                 # Its workflow version, its notification or its digest window is gone.
                 run.status = RunStatus.FAILED
             else:
@@ -453,6 +458,22 @@ class Runs:
             },
             pg,
         )
+
+        def ending(row: dict[str, Any]) -> bool:
+            """Walked ahead to its end (``_walk``): every step it has is over, and it has
+            no more (or an exit ended it)."""
+            flow = flows.get((row["tenant_id"], row["workflow"], row["version"]))
+            raw = row["steps"] or []
+            return (
+                flow is not None
+                and row["workflow"] != TEMPLATE_FLOW
+                and bool(raw)
+                and raw[-1].get("ended_at") is not None
+                and (len(raw) >= len(flow.steps) or raw[-1].get("status") == rules.EXITED)
+            )
+
+        ends = {row["id"] for row in sends if ending(row)}
+        sends = [row for row in sends if row["id"] not in ends]
         notes: dict[str, dict[str, Any]] = {}
         people: dict[tuple[str, str], dict[str, Any]] = {}
         if sends:
@@ -480,6 +501,7 @@ class Runs:
                 notes.get(row["notification_id"]),
                 people.get((row["tenant_id"], row["recipient_id"])),
                 [StepRecord.from_json(raw) for raw in row["steps"] or []],
+                ending=row["id"] in ends,
             )
             for row in rows
         ]

@@ -3,7 +3,9 @@ steps, while runs wait in a delay and while channel steps are being planned and 
 start them again; check that every run completed once and no step was sent twice.
 
 A workflow of four steps (webhook → 5 s delay → webhook → webhook, if the first step was
-not skipped), sent in one batch to 300 recipients (three notifications of 100), runs on
+not skipped; the middle notification's through the same steps with a last one that reads
+no step, so that its delay is walked ahead of its end), sent in one batch to 300
+recipients (three notifications of 100), runs on
 real processes (``procs.py``): on PostgreSQL + Redis an API, a worker (the planner, which
 stores and advances runs, and the webhook channel) and a scheduler; on SQLite the single
 ``clarion serve``. Three times, processes are killed with SIGKILL and started again:
@@ -68,6 +70,11 @@ STEPS = [
     {"id": "last", "type": "channel", "channel": "webhook", "template": "last",
      "if": "steps.first.status != 'skipped'"},
 ]  # fmt: skip
+# The same steps with a last step that reads no step: the delay is walked ahead of its end
+# (CLARION_WORKFLOW_WAKE_AHEAD), its next steps' deliveries made before it ends and
+# scheduled for the end. The middle notification goes through it, the others through STEPS
+# (woken at the delay's end), so the kills meet runs on both paths.
+AHEAD = [*STEPS[:3], {**STEPS[3], "if": "recipient.id != ''"}]
 # No `first_success` step: a run waiting on its delivery looks at it again after as long
 # as it has waited (up to a minute), so when it went on would depend on how long the kills
 # held its delivery up, not on whether it was sent.
@@ -158,8 +165,13 @@ class Flow:
                 template = {"channels": {"webhook": webhook}}
                 await self._call(client, "PUT", f"/v1/templates/{name}", template)
             await self._call(client, "PUT", "/v1/workflows/crash", {"name": "c", "steps": STEPS})
+            ahead = {"name": "a", "steps": AHEAD}
+            await self._call(client, "PUT", "/v1/workflows/crash_ahead", ahead)
             shares = [[f"r{n:03d}" for n in range(k, RECIPIENTS, NOTES)] for k in range(NOTES)]
-            items = [{"workflow": "crash", "to": {"recipient_ids": ids}} for ids in shares]
+            items = [
+                {"workflow": "crash_ahead" if k == 1 else "crash", "to": {"recipient_ids": ids}}
+                for k, ids in enumerate(shares)
+            ]
             body = {"notifications": items}
             results = await self._call(client, "POST", "/v1/notifications/batch", body)
         assert [r.get("status") for r in results["results"]] == ["accepted"] * NOTES, results
@@ -315,7 +327,9 @@ async def crash_through(flow: Flow) -> None:
     assert seen["runs"]["in delay"] > 0, "no run was in its delay at the kill"
 
     async def second_being_planned() -> bool:
-        return sum((await flow.delivery_statuses()).values()) > RECIPIENTS
+        # The runs walked ahead made their later steps' deliveries with the first's.
+        ahead = 2 * (RECIPIENTS // NOTES)
+        return sum((await flow.delivery_statuses()).values()) > RECIPIENTS + ahead
 
     await flow.until(second_being_planned, "the second step's deliveries")
     seen = await flow.kill("second being planned", flow.crew.planners)

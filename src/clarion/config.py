@@ -149,8 +149,8 @@ class Settings(BaseSettings):
     # A run waiting in a delay whose next steps depend on nothing that can still change
     # (channel and exit steps that read no step) is walked this long before the delay
     # ends: its deliveries are made then, scheduled for the end, so they go out on time
-    # however many runs end their delay at once (docs/workflows.md, "Delays"). 0: at the
-    # end.
+    # however many runs end their delay at once (docs/workflows.md, "What each step
+    # does"). 0: at the end.
     workflow_wake_ahead: float = Field(default=30.0, ge=0, le=3600)
     # A workflow `digest` step keeps the data of this many triggers per window (its count
     # goes on beyond it): what `digest.events` holds (docs/workflows.md).

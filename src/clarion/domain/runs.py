@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from jinja2 import nodes
 from jinja2.exceptions import SecurityError, TemplateRuntimeError, UndefinedError
 
 from clarion.domain.durations import duration_seconds
 from clarion.domain.ids import derived_timed_id
 from clarion.domain.models import DeliveryStatus
-from clarion.domain.workflows import SANDBOX, Step
+from clarion.domain.workflows import SANDBOX, Step, reads_steps
 
 
 class RunStatus(StrEnum):
@@ -274,15 +273,9 @@ def walks_ahead(steps: Sequence[Step], delay: int) -> bool:
             return True
         if step.type not in ("channel", "exit"):
             return False
-        if step.condition is not None and _reads_steps(step.condition):
+        if step.condition is not None and reads_steps(step.condition):
             return False
     return True
-
-
-@functools.lru_cache(maxsize=4096)
-def _reads_steps(source: str) -> bool:
-    tree = SANDBOX.parse(SANDBOX.preprocess("{{ (" + source + ") }}"))
-    return any(name.name == "steps" for name in tree.find_all(nodes.Name))
 
 
 def first_success(step: Step) -> bool:

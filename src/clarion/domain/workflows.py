@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -285,7 +286,7 @@ def _expression(at: _At, field: str, source: Any, *, steps: bool) -> None:
         at.add(field, f"an expression of 1 to {MAX_EXPRESSION} characters")
         return
     try:
-        tree = SANDBOX.parse(SANDBOX.preprocess("{{ (" + source + ") }}"))
+        tree = expression_tree(source)
         SANDBOX.compile_expression(source)
     except JinjaError as exc:
         at.add(field, f"not an expression: {exc}")
@@ -316,6 +317,17 @@ def _reads(tree: nodes.Node, earlier: set[str], inapp: set[str], email: set[str]
         elif isinstance(attr.node, nodes.Getattr) and _is_steps(attr.node.node):
             found += _step_field(attr.node.attr, attr.attr, earlier, inapp, email)
     return found
+
+
+def expression_tree(source: str) -> nodes.Template:
+    """The parse tree of an expression (``if``, ``until``, ``key``)."""
+    return SANDBOX.parse(SANDBOX.preprocess("{{ (" + source + ") }}"))
+
+
+@functools.lru_cache(maxsize=4096)
+def reads_steps(source: str) -> bool:
+    """Whether an expression (checked when its workflow was stored) reads ``steps``."""
+    return any(_is_steps(name) for name in expression_tree(source).find_all(nodes.Name))
 
 
 def _is_steps(node: nodes.Node) -> bool:

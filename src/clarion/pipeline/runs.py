@@ -201,6 +201,10 @@ class _Run:
     # it reads nothing.
     ending: bool = False
 
+    def ahead(self, now: datetime) -> datetime | None:
+        """The delay's end it is walked at, while that is still to come (else None)."""
+        return self.clock if self.clock is not None and self.clock > now else None
+
     @property
     def step(self) -> int:
         return len(self.records) - (1 if self._open() else 0)
@@ -560,7 +564,7 @@ class Runs:
                     channels,
                     rules.carried(run.records),
                     run.recipient,
-                    run.clock if run.clock is not None and run.clock > now else None,
+                    run.ahead(now),
                 )
             )
         per_ask, made = await self._planner.plan_steps(asks, now)
@@ -626,8 +630,9 @@ class Runs:
         it instead: until then it has not finished, and a cancellation still reaches it and
         the deliveries scheduled for the end."""
         self._walk_steps(run, facts, now)
-        if run.status == RunStatus.COMPLETED and run.clock is not None and run.clock > now:
-            run.status, run.wake_at = RunStatus.WAITING, run.clock
+        end = run.ahead(now)
+        if run.status == RunStatus.COMPLETED and end is not None:
+            run.status, run.wake_at = RunStatus.WAITING, end
 
     def _walk_steps(self, run: _Run, facts: dict[str, DeliveryFacts], now: datetime) -> None:
         assert run.workflow is not None
@@ -638,7 +643,7 @@ class Runs:
             return
         while run.status not in rules.ENDED:
             # Past a delay it passed early, the run is walked at the delay's end.
-            at = run.clock if run.clock is not None and run.clock > now else now
+            at = run.ahead(now) or now
             moment = at.timestamp()
             index = run.step
             if index >= len(steps):

@@ -197,6 +197,13 @@ class Broadcast(e2e.Bench):
             # published, taken and claimed), then the write itself to sent.
             "critical_planning_to_write_ms": _ms_p50_p99_max([p[1] for p in parts]),
             "critical_write_to_sent_ms": _ms_p50_p99_max([p[2] for p in parts]),
+            # The slowest urgent sends: when each was posted (seconds after the broadcast's
+            # POST), its priority and its latency (ms): tails at the start of a broadcast
+            # and tails spread over it have different causes.
+            "slowest": [
+                [round(probes[pid] - started, 1), priorities[pid], round(1000 * sum(part))]
+                for pid, part in sorted(found, key=lambda f: -sum(f[1]))[:5]
+            ],
             "high_probes": len(high),
             "high_ms": _ms_p50_p99_max([sum(p) for p in high]),
             "high_to_planning_ms": _ms_p50_p99_max([p[0] for p in high]),

@@ -8,6 +8,7 @@ from typing import Any
 
 from clarion.broker import Message
 from clarion.pipeline.consumer import FairConsumer, Handler
+from clarion.pipeline.urgency import Urgency
 
 STREAMS = ["send.x.critical", "send.x.high", "send.x.normal", "send.x.low"]
 
@@ -187,3 +188,36 @@ async def test_an_endpoint_that_fails_is_held_to_its_share_until_it_has_been_wel
     gate.set()
     while consumer.held:
         await asyncio.wait(list(consumer._running))
+
+
+async def test_the_lower_lanes_start_few_while_urgent_work_is_under_way() -> None:
+    """While a critical or high-priority send is under way in the process, the normal and
+    low lanes (and the retries) start at most ``yield_limit`` handlers; the urgent lanes
+    are not held; the rest start once the urgent work ends."""
+    started, release, handle = held_handler()
+    urgency = Urgency()
+    broker: Any = None  # never called: messages are handed in directly
+    consumer = FairConsumer(
+        broker,
+        STREAMS,
+        "c",
+        handle,
+        concurrency=16,
+        tenant_share=1.0,
+        lease=60,
+        name="t",
+        urgency=urgency,
+    )
+    assert consumer.yield_limit == 2
+    with urgency.holding():
+        consumer._enqueue([message("normal", f"n{i}", "a") for i in range(20)])
+        consumer._enqueue([message("high", f"h{i}", "a") for i in range(3)])
+        await asyncio.sleep(0)
+        assert sorted(started) == ["h0", "h1", "h2", "n0", "n1"]
+    # The urgent work is over: the free slots fill at once.
+    await asyncio.sleep(0)
+    assert len(started) == 16
+    release.set()
+    while consumer.held:
+        await asyncio.wait(list(consumer._running))
+    assert len(started) == 23

@@ -159,6 +159,11 @@ class Metrics:
         self.planner_seconds = histogram(
             "clarion_planner_batch_seconds", "Time the planner spent on one batch", CALL_BUCKETS
         )
+        self.gave_way = counter(
+            "clarion_broadcast_gave_way_seconds",
+            "Time topic sends' chunks waited, between their steps, for critical and "
+            "high-priority work under way (pipeline/urgency.py)",
+        )
         self.loop_lag = histogram(
             "clarion_event_loop_lag_seconds",
             "How late this process's event loop ran a timer (every half second): the wait "
@@ -291,6 +296,12 @@ def loop_lag(seconds: float) -> None:
     if not ENABLED:
         return
     METRICS.loop_lag.observe(seconds)
+
+
+def gave_way(seconds: float) -> None:
+    if not ENABLED:
+        return
+    METRICS.gave_way.inc(seconds)
 
 
 def planner_batch(size: int, seconds: float) -> None:

@@ -50,6 +50,7 @@ from typing import Any
 from clarion.broker import Broker, Message
 from clarion.observability.outages import outage_of
 from clarion.pipeline.inflight import finish_or_hand_back
+from clarion.pipeline.urgency import URGENT_LANES, Urgency
 from clarion.store.batching import is_outage
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class FairConsumer:
         endpoint_share: float = 1.0,
         endpoint_slow_after: float | None = None,
         spill: Spill | None = None,
+        urgency: Urgency | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._broker = broker
@@ -155,6 +157,12 @@ class FairConsumer:
         # id (two streams may give the same id).
         self._renewed: dict[tuple[str, str], tuple[Message, float]] = {}
         self._room = asyncio.Event()
+        # While urgent work is under way in the process (pipeline/urgency.py), the lanes
+        # below the urgent ones start at most ``yield_limit`` handlers in all.
+        self._urgency = urgency
+        self.yield_limit = max(1, concurrency // 8)
+        if urgency is not None:
+            urgency.when_clear(self._start_ready)
 
     @property
     def held(self) -> int:
@@ -274,11 +282,17 @@ class FairConsumer:
         tenants at their limit (and parking messages whose endpoint is at its limit). The
         top lane has ``express`` slots more, in all and per tenant; the retry lane comes
         last, with at most ``retry_limit`` slots."""
+        urgent = self._urgency is not None and self._urgency.under_way > 0
         for lane, queues in enumerate(self._waiting):
             extra = self.express if lane == 0 else 0
             limit, tenant_limit = self.concurrency + extra, self.tenant_limit + extra
             if lane == self._retry_lane:
                 limit = min(limit, len(self._running) - self._retries_running + self.retry_limit)
+            if lane >= URGENT_LANES and self._urgency is not None:
+                if queues:
+                    self._urgency.busy()
+                if urgent:
+                    limit = min(limit, self.yield_limit)
             skipped = 0
             while queues and skipped < len(queues):
                 if len(self._running) >= limit:

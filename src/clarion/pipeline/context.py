@@ -11,6 +11,7 @@ from clarion.broker import Broker, create_broker
 from clarion.config import Settings
 from clarion.pipeline.categories import CategoryCache
 from clarion.pipeline.subscriptions import Subscriptions
+from clarion.pipeline.urgency import Urgency
 from clarion.providers import ProviderSet
 from clarion.providers.base import FeedbackEnv
 from clarion.providers.sns import SnsVerifier
@@ -54,6 +55,9 @@ class Context:
     clock: Callable[[], datetime] = utcnow
     # Set whenever a stage finishes a piece of work; drain() waits on it.
     progress: asyncio.Event = field(default_factory=asyncio.Event)
+    # Critical and high-priority work under way in this process, which a broadcast's
+    # planning gives way to (pipeline/urgency.py).
+    urgency: Urgency = field(default_factory=Urgency)
 
     def __post_init__(self) -> None:
         self.providers = ProviderSet(self.settings, self.engine, self.webhook_secret, self.keyring)

@@ -82,7 +82,7 @@ class Intake:
     async def _publish(self, items: list[store.NewNotification]) -> list[None]:
         streams: dict[str, list[dict[str, Any]]] = {}
         for item in items:
-            payload = plan_payload(item.id, item.tenant_id, item.trace)
+            payload = plan_payload(item.id, item.tenant_id, item.trace, item.priority)
             streams.setdefault(plan_stream(item.priority), []).append(payload)
         for stream, payloads in streams.items():
             try:

@@ -8,15 +8,20 @@ from typing import Any
 from clarion.broker import Broker, Delayed
 from clarion.domain.delivery import Delivery, Stored
 from clarion.observability import tracing
+from clarion.pipeline.urgency import URGENT
 
 # Messages per XADD pipeline: bounds one round trip, not what a call may publish.
 _PUBLISH_CHUNK = 1000
 
 
-def plan_payload(notification_id: str, tenant_id: str, trace: str | None = None) -> dict[str, Any]:
+def plan_payload(
+    notification_id: str, tenant_id: str, trace: str | None = None, priority: str | None = None
+) -> dict[str, Any]:
     payload = {"notification": notification_id, "tenant": tenant_id}
     if trace is not None:  # tracing on: the W3C traceparent of the notification's trace
         payload["traceparent"] = trace
+    if priority in URGENT:  # its planning is urgent work (pipeline/urgency.py)
+        payload["priority"] = priority
     return payload
 
 

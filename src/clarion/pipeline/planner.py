@@ -54,6 +54,7 @@ from clarion.pipeline.runs import Runs, StepAsk, offline_runs
 from clarion.pipeline.status_events import StatusEvents
 from clarion.pipeline.templates import TemplateCache
 from clarion.pipeline.tracking import EMAIL, Tracker, Trackers
+from clarion.pipeline.urgency import URGENT
 from clarion.store import notifications as notification_store
 from clarion.store import planning
 from clarion.store.batching import is_outage
@@ -201,7 +202,7 @@ class Planner:
         """Plan the critical notifications waiting. Every planner reads them at once,
         whoever leads the plan stream: a critical send never waits for a stand-by's pause,
         nor behind the leader's batch."""
-        return await self._run(PLAN_CRITICAL_STREAM, self.batch_size, timeout, stop)
+        return await self._run(PLAN_CRITICAL_STREAM, self.batch_size, timeout, stop, urgent=True)
 
     async def run_chunks_once(self, timeout: float, stop: asyncio.Event | None = None) -> int:
         """Plan the next chunks of topic sends, up to ``CHUNKS_AT_ONCE`` side by side (one
@@ -210,7 +211,12 @@ class Planner:
         return await self._run(CHUNK_STREAM, CHUNKS_AT_ONCE, timeout, stop)
 
     async def _run(
-        self, stream: str, count: int, timeout: float, stop: asyncio.Event | None
+        self,
+        stream: str,
+        count: int,
+        timeout: float,
+        stop: asyncio.Event | None,
+        urgent: bool = False,
     ) -> int:
         messages = await self._ctx.broker.consume(
             [stream], self._consumer, count, timeout, stop=stop
@@ -219,7 +225,9 @@ class Planner:
             logs.bind(stage="planner", batch=len(messages))
             started = time.perf_counter()
             lease = self._ctx.settings.broker_lease
-            with tracing.planning(messages):
+            # Planning a critical or high-priority send: the broadcasts' chunks give way.
+            urgent = urgent or any(m.payload.get("priority") in URGENT for m in messages)
+            with tracing.planning(messages), self._ctx.urgency.holding(urgent):
                 async with holding(self._ctx.broker, messages, self._consumer, lease):
                     await self._handle_isolated(messages)
             await self._ctx.broker.ack(messages)
@@ -467,6 +475,8 @@ class Planner:
         """Plan the next chunk of a topic send's stripe, exactly as a listed send's
         recipients are planned, and commit it with the stripe's cursor; then ask for the
         stripe's next chunk through the chunk stream, behind the other stripes' chunks."""
+        urgency = self._ctx.urgency
+        await urgency.give_way()
         now = utcnow()
         engine, pg = self._ctx.engine, self._ctx.pg
         tenant, size, nid = note["tenant_id"], self._ctx.settings.topic_chunk, note["id"]
@@ -502,10 +512,12 @@ class Planner:
         for start in range(0, len(chunk), _SLICE):
             if start:
                 await asyncio.sleep(0)
+                await urgency.give_way()
             part = {**note, "recipient_ids": [p["id"] for p in chunk[start : start + _SLICE]]}
             made.extend(self._deliveries(part, version, people, policies, now, holding, look))
         await self._cap_and_hold(made, categories, holding, now)
         await self.runs.store_offline(self._offline_runs([note], heads, compiled, made, now))
+        await urgency.give_way()
         inserted = await planning.store_stripe(engine, pg, made, stored)
         if inserted is None:
             return  # another planner stored this chunk, or the send was cancelled
@@ -513,6 +525,7 @@ class Planner:
         await self._events.emit_new(made)
         metrics.planned(made)
         for start in range(0, len(made), _SLICE):
+            await urgency.give_way()
             await self._publish(made[start : start + _SLICE])
         await self._next_chunk(note, stripe, done)
 

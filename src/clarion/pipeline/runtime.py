@@ -90,6 +90,9 @@ class Runtime:
     async def start(self) -> None:
         ctx = self.ctx
         self._sample_lag()
+        if (self.roles.planner or self.roles.channels) and ctx.resilience.redis is not None:
+            # Urgent work in one process makes the others' broadcast work give way too.
+            ctx.urgency.share(ctx.resilience.redis, consumer_name("urgency"))
         if self.roles.api:
             self.intake = Intake(ctx)
             self.intake.start()
@@ -261,3 +264,4 @@ class Runtime:
             await self._status.close()
         if self._acks is not None:
             await self._acks.close()
+        await self.ctx.urgency.aclose()

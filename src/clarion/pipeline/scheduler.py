@@ -43,7 +43,8 @@ class Relay:
         # Critical notifications are planned from a stream of their own.
         outboxed = await notification_store.outboxed(self._ctx.engine, ids)
         for nid, tenant, trace, priority in outboxed:
-            streams.setdefault(plan_stream(priority), []).append(plan_payload(nid, tenant, trace))
+            payload = plan_payload(nid, tenant, trace, priority)
+            streams.setdefault(plan_stream(priority), []).append(payload)
         for stream, payloads in streams.items():
             await self._ctx.broker.publish(stream, payloads)
         self._ctx.made_progress()

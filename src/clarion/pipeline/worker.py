@@ -24,6 +24,7 @@ from clarion.pipeline.claims import Claims, ClaimUnavailable
 from clarion.pipeline.consumer import FairConsumer, tenant_of
 from clarion.pipeline.context import Context
 from clarion.pipeline.status_events import StatusEvents
+from clarion.pipeline.urgency import URGENT
 from clarion.store import addresses as address_store
 from clarion.store import deliveries as delivery_store
 from clarion.store import suppressions as suppression_store
@@ -111,6 +112,7 @@ class ChannelWorker:
             endpoint=_endpoint,
             endpoint_share=ctx.settings.worker_endpoint_share,
             endpoint_slow_after=STUCK_SEND,
+            urgency=ctx.urgency,
         )
 
     @property
@@ -176,7 +178,9 @@ class ChannelWorker:
             log.error("%s: message %s dropped: %s", self.channel, message.id, exc)
             self._acks.post(message)
             return True
-        went_well = await self._attempt(message, delivery)
+        # A critical or high-priority send: the broadcasts' chunks give way meanwhile.
+        with self._ctx.urgency.holding(delivery.priority in URGENT):
+            went_well = await self._attempt(message, delivery)
         # Not reached when a stop cuts the attempt short: its claim is then handed back.
         self._claims.finished(delivery.id)
         self._suppressed.pop(delivery.id, None)

@@ -1,0 +1,202 @@
+"""A broadcast's planning gives way to critical and high-priority work in its process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from clarion.broker import Message
+from clarion.broker.redis_client import connect
+from clarion.pipeline import urgency as urgency_module
+from clarion.pipeline.messages import plan_payload
+from clarion.pipeline.planner import Planner
+from clarion.pipeline.runtime import Roles
+from clarion.pipeline.urgency import Urgency
+from harness import make_settings, running
+
+EMAIL = {"channels": {"email": {"subject": "News", "text": "Hello {{ recipient.id }}"}}}
+
+
+async def test_give_way_returns_at_once_when_nothing_urgent_is_under_way() -> None:
+    urgency = Urgency()
+    with urgency.holding(False):
+        await urgency.give_way()
+    await urgency.give_way()
+    assert (urgency.under_way, urgency.waited) == (0, 0.0)
+
+
+async def test_give_way_waits_for_the_urgent_work_to_end() -> None:
+    urgency = Urgency()
+    released = asyncio.Event()
+
+    async def urgent() -> None:
+        with urgency.holding(), urgency.holding():  # two sends under way at once
+            await released.wait()
+
+    task = asyncio.create_task(urgent())
+    await asyncio.sleep(0)
+    assert urgency.under_way == 2
+    waiting = asyncio.create_task(urgency.give_way())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    assert urgency.giving_way == 1
+    released.set()
+    await asyncio.wait_for(waiting, 5)
+    await task
+    assert (urgency.under_way, urgency.giving_way) == (0, 0)
+    assert urgency.waited > 0
+
+
+async def test_give_way_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A steady stream of urgent work slows a broadcast's planning, never stops it."""
+    monkeypatch.setattr(urgency_module, "PAUSE", 0.01)
+    urgency = Urgency()
+    with urgency.holding():
+        await asyncio.wait_for(urgency.give_way(), 5)
+        assert urgency.under_way == 1
+    assert urgency.waited >= 0.01
+
+
+async def test_holding_ends_when_the_urgent_work_fails() -> None:
+    urgency = Urgency()
+    with pytest.raises(RuntimeError), urgency.holding():
+        raise RuntimeError("the send failed")
+    assert urgency.under_way == 0
+    await asyncio.wait_for(urgency.give_way(), 5)
+
+
+def test_plan_messages_name_an_urgent_priority_only() -> None:
+    assert plan_payload("n1", "t1", None, "high")["priority"] == "high"
+    assert plan_payload("n1", "t1", None, "critical")["priority"] == "critical"
+    for priority in ("normal", "low", None):
+        assert "priority" not in plan_payload("n1", "t1", None, priority)
+
+
+async def test_a_broadcast_chunk_waits_while_urgent_work_is_under_way(
+    backend: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk started while a critical send is being handled in its process stores
+    nothing until that send is done; the next chunk, with nothing urgent, goes at once."""
+    monkeypatch.setattr(urgency_module, "PAUSE", 60.0)
+    settings = make_settings(*backend, topic_chunk=2, topic_stripes=1)
+    members = [f"m{i}" for i in range(4)]
+    async with running(settings, Roles(api=True)) as app:
+        body = {"recipients": [{"id": m, "email": f"{m}@example.com"} for m in members]}
+        await app.client.post("/v1/recipients/batch", json=body, headers=app.auth)
+        await app.client.put(
+            "/v1/topics/news/subscribers", json={"recipient_ids": members}, headers=app.auth
+        )
+        await app.put_template("digest", EMAIL)
+        sent = (await app.send({"template": "digest", "to": {"topic": "news"}})).json()
+        planner = Planner(app.ctx, "planner")
+        assert await planner.run_once(timeout=1.0) == 1  # the send's stripe is made
+        urgency = app.ctx.urgency
+        released = asyncio.Event()
+
+        async def urgent() -> None:
+            with urgency.holding():
+                await released.wait()
+
+        holder = asyncio.create_task(urgent())
+        chunk = asyncio.create_task(planner.run_chunks_once(timeout=1.0))
+        while urgency.giving_way == 0:
+            assert not chunk.done()
+            await asyncio.sleep(0.01)
+        assert (await app.notification(sent["id"]))["totals"] == {}
+        released.set()
+        await holder
+        assert await asyncio.wait_for(chunk, 10) == 1
+        assert (await app.notification(sent["id"]))["totals"] == {"queued": 2}
+        waited = urgency.waited
+        assert await planner.run_chunks_once(timeout=1.0) == 1  # the last chunk
+        assert urgency.waited == waited
+        note = await app.notification(sent["id"])
+        assert note["totals"] == {"queued": 4}
+
+
+async def test_urgent_plan_messages_hold_the_planners_process(backend: tuple[str, str]) -> None:
+    """Planning a critical or high-priority send marks urgent work under way for the
+    batch's whole time; a normal one does not."""
+    async with running(make_settings(*backend), Roles(api=True)) as app:
+        await app.put_recipient("u", email="u@example.com")
+        await app.put_template("digest", EMAIL)
+        urgency = app.ctx.urgency
+        seen: list[int] = []
+        planner = Planner(app.ctx, "planner")
+        handle = planner.handle
+
+        async def watched(messages: list[Message]) -> None:
+            seen.append(urgency.under_way)
+            await handle(messages)
+
+        planner.handle = watched  # type: ignore[method-assign]
+        for priority in ("critical", "normal", "high"):
+            body = {"template": "digest", "to": {"recipient_id": "u"}, "priority": priority}
+            assert (await app.send(body)).status_code == 202
+            if priority == "critical":
+                assert await planner.run_critical_once(timeout=1.0) == 1
+            else:
+                assert await planner.run_once(timeout=1.0) == 1
+        assert seen == [1, 0, 1]
+        assert urgency.under_way == 0
+
+
+async def _until(urgency: Urgency, condition: Callable[[], bool]) -> None:
+    """Wait (bounded) until ``condition`` holds after one of ``urgency``'s looks at the
+    shared set (every ``LOOK_EVERY``)."""
+    async with asyncio.timeout(10):
+        while not condition():
+            urgency.looked.clear()
+            await urgency.looked.wait()
+
+
+async def test_urgent_work_in_one_process_makes_the_others_broadcasts_give_way(
+    redis_url: str,
+) -> None:
+    """Through Redis: a process with broadcast work in hand sees another's urgent work
+    while it lasts; one with none in hand does not look."""
+    client = connect(redis_url, max_connections=8, pool_timeout=5)
+    planning, sending, resting = Urgency(), Urgency(), Urgency()
+    for name, urgency in (("planning", planning), ("sending", sending), ("resting", resting)):
+        urgency.share(client, name)
+    cleared = asyncio.Event()
+    planning.when_clear(cleared.set)
+    try:
+        planning.busy()
+        with sending.holding():
+            await _until(planning, lambda: planning.under_way == 1)
+            assert resting.under_way == 0
+            waiting = asyncio.create_task(planning.give_way())
+            await _until(planning, lambda: planning.giving_way == 1)
+        await asyncio.wait_for(cleared.wait(), 10)
+        await asyncio.wait_for(waiting, 10)
+        assert planning.under_way == 0
+        assert await client.zcard(urgency_module.KEY) == 0  # the entry withdrawn
+    finally:
+        for urgency in (planning, sending, resting):
+            await urgency.aclose()
+        await client.aclose()
+
+
+async def test_a_dead_processs_urgent_work_lapses(redis_url: str) -> None:
+    """An entry its process never withdrew (it died) stops counting after its lease."""
+    client = connect(redis_url, max_connections=8, pool_timeout=5)
+    lapsed = int((time.time() - 1) * 1000)
+    await client.zadd(urgency_module.KEY, {"dead": lapsed})
+    alive = Urgency()
+    alive.share(client, "alive")
+    try:
+        alive.busy()
+        await _until(alive, lambda: alive.looks >= 2)
+        assert alive.under_way == 0  # only the lapsed entry
+        await client.zadd(urgency_module.KEY, {"other": int((time.time() + 60) * 1000)})
+        await _until(alive, lambda: alive.under_way == 1)
+        await client.zrem(urgency_module.KEY, "other")
+        await _until(alive, lambda: alive.under_way == 0)
+    finally:
+        await alive.aclose()
+        await client.aclose()

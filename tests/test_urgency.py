@@ -118,6 +118,32 @@ async def test_a_broadcast_chunk_waits_while_urgent_work_is_under_way(
         assert note["totals"] == {"queued": 4}
 
 
+async def test_an_urgent_broadcast_gives_way_to_nothing(
+    backend: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A high-priority topic send is urgent work itself: its chunks go on while urgent work
+    (its own deliveries, say) is under way."""
+    monkeypatch.setattr(urgency_module, "PAUSE", 60.0)
+    settings = make_settings(*backend, topic_chunk=2, topic_stripes=1)
+    members = [f"m{i}" for i in range(3)]
+    async with running(settings, Roles(api=True)) as app:
+        body = {"recipients": [{"id": m, "email": f"{m}@example.com"} for m in members]}
+        await app.client.post("/v1/recipients/batch", json=body, headers=app.auth)
+        await app.client.put(
+            "/v1/topics/news/subscribers", json={"recipient_ids": members}, headers=app.auth
+        )
+        await app.put_template("digest", EMAIL)
+        sent = await app.send({"template": "digest", "to": {"topic": "news"}, "priority": "high"})
+        planner = Planner(app.ctx, "planner")
+        assert await planner.run_once(timeout=1.0) == 1
+        with app.ctx.urgency.holding():
+            while await asyncio.wait_for(planner.run_chunks_once(timeout=0.2), 10):
+                pass
+        assert app.ctx.urgency.waited == 0
+        note = await app.notification(sent.json()["id"])
+        assert note["totals"] == {"queued": 3}
+
+
 async def test_urgent_plan_messages_hold_the_planners_process(backend: tuple[str, str]) -> None:
     """Planning a critical or high-priority send marks urgent work under way for the
     batch's whole time; a normal one does not."""

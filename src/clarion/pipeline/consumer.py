@@ -253,12 +253,21 @@ class FairConsumer:
             # them to finish rather than take one message per finished handler.
             if room < min(self._min_take, self._max_held):
                 return 0
+            if self._yielding() and self._waiting_count >= self.concurrency:
+                # The lower lanes are giving way: what waits here is held back on purpose,
+                # not by its tenant's limit; no read-ahead past it until the urgent work
+                # ends (or it drains below a full round of slots).
+                return 0
             return min(room, _READ_AHEAD)
         if self._running and free < self._min_take:
             # Busy: wait for a handful of free slots rather than take one at a time (a
             # broker round trip per message).
             return 0
         return min(room, free)
+
+    def _yielding(self) -> bool:
+        """Urgent work under way: the lower lanes give way (``yield_limit``)."""
+        return self._urgency is not None and self._urgency.under_way > 0
 
     def _enqueue(self, messages: list[Message]) -> None:
         now = self._clock()
@@ -282,7 +291,7 @@ class FairConsumer:
         tenants at their limit (and parking messages whose endpoint is at its limit). The
         top lane has ``express`` slots more, in all and per tenant; the retry lane comes
         last, with at most ``retry_limit`` slots."""
-        urgent = self._urgency is not None and self._urgency.under_way > 0
+        urgent = self._yielding()
         for lane, queues in enumerate(self._waiting):
             extra = self.express if lane == 0 else 0
             limit, tenant_limit = self.concurrency + extra, self.tenant_limit + extra

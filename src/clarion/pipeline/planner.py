@@ -161,6 +161,10 @@ def _stripe_of(message: Message) -> int | None:
     return stripe if type(stripe) is int and stripe >= 0 else None
 
 
+async def _no_wait() -> None:
+    pass
+
+
 async def _together(work: list[Coroutine[Any, Any, None]]) -> None:
     """Run a batch's units side by side (one alone needs no task); if one fails, the
     others are cancelled and its exception is raised as it is, so the batch's bisection
@@ -475,8 +479,10 @@ class Planner:
         """Plan the next chunk of a topic send's stripe, exactly as a listed send's
         recipients are planned, and commit it with the stripe's cursor; then ask for the
         stripe's next chunk through the chunk stream, behind the other stripes' chunks."""
-        urgency = self._ctx.urgency
-        await urgency.give_way()
+        # A critical or high-priority broadcast is urgent work itself: it gives way to
+        # nothing (its own deliveries would hold it up).
+        give_way = _no_wait if note["priority"] in URGENT else self._ctx.urgency.give_way
+        await give_way()
         now = utcnow()
         engine, pg = self._ctx.engine, self._ctx.pg
         tenant, size, nid = note["tenant_id"], self._ctx.settings.topic_chunk, note["id"]
@@ -512,12 +518,12 @@ class Planner:
         for start in range(0, len(chunk), _SLICE):
             if start:
                 await asyncio.sleep(0)
-                await urgency.give_way()
+                await give_way()
             part = {**note, "recipient_ids": [p["id"] for p in chunk[start : start + _SLICE]]}
             made.extend(self._deliveries(part, version, people, policies, now, holding, look))
         await self._cap_and_hold(made, categories, holding, now)
         await self.runs.store_offline(self._offline_runs([note], heads, compiled, made, now))
-        await urgency.give_way()
+        await give_way()
         inserted = await planning.store_stripe(engine, pg, made, stored)
         if inserted is None:
             return  # another planner stored this chunk, or the send was cancelled
@@ -525,7 +531,7 @@ class Planner:
         await self._events.emit_new(made)
         metrics.planned(made)
         for start in range(0, len(made), _SLICE):
-            await urgency.give_way()
+            await give_way()
             await self._publish(made[start : start + _SLICE])
         await self._next_chunk(note, stripe, done)
 

@@ -214,6 +214,8 @@ async def test_the_lower_lanes_start_few_while_urgent_work_is_under_way() -> Non
         consumer._enqueue([message("high", f"h{i}", "a") for i in range(3)])
         await asyncio.sleep(0)
         assert sorted(started) == ["h0", "h1", "h2", "n0", "n1"]
+        # What waits is held back on purpose: no read-ahead past it meanwhile.
+        assert consumer._wanted() == 0
     # The urgent work is over: the free slots fill at once.
     await asyncio.sleep(0)
     assert len(started) == 16

@@ -118,13 +118,19 @@ async def test_a_broadcast_chunk_waits_while_urgent_work_is_under_way(
         assert note["totals"] == {"queued": 4}
 
 
-async def test_an_urgent_broadcast_gives_way_to_nothing(
-    backend: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("priority", "give_way"),
+    [("high", True), ("normal", False)],
+    ids=["an urgent broadcast", "CLARION_BROADCAST_GIVE_WAY=false"],
+)
+async def test_broadcasts_that_give_way_to_nothing(
+    backend: tuple[str, str], monkeypatch: pytest.MonkeyPatch, priority: str, give_way: bool
 ) -> None:
     """A high-priority topic send is urgent work itself: its chunks go on while urgent work
-    (its own deliveries, say) is under way."""
+    (its own deliveries, say) is under way; and so do every broadcast's with giving way
+    turned off."""
     monkeypatch.setattr(urgency_module, "PAUSE", 60.0)
-    settings = make_settings(*backend, topic_chunk=2, topic_stripes=1)
+    settings = make_settings(*backend, topic_chunk=2, topic_stripes=1, broadcast_give_way=give_way)
     members = [f"m{i}" for i in range(3)]
     async with running(settings, Roles(api=True)) as app:
         body = {"recipients": [{"id": m, "email": f"{m}@example.com"} for m in members]}
@@ -133,7 +139,7 @@ async def test_an_urgent_broadcast_gives_way_to_nothing(
             "/v1/topics/news/subscribers", json={"recipient_ids": members}, headers=app.auth
         )
         await app.put_template("digest", EMAIL)
-        sent = await app.send({"template": "digest", "to": {"topic": "news"}, "priority": "high"})
+        sent = await app.send({"template": "digest", "to": {"topic": "news"}, "priority": priority})
         planner = Planner(app.ctx, "planner")
         assert await planner.run_once(timeout=1.0) == 1
         with app.ctx.urgency.holding():

@@ -479,9 +479,13 @@ class Planner:
         """Plan the next chunk of a topic send's stripe, exactly as a listed send's
         recipients are planned, and commit it with the stripe's cursor; then ask for the
         stripe's next chunk through the chunk stream, behind the other stripes' chunks."""
-        # A critical or high-priority broadcast is urgent work itself: it gives way to
-        # nothing (its own deliveries would hold it up).
-        give_way = _no_wait if note["priority"] in URGENT else self._ctx.urgency.give_way
+        # While urgent work is under way, a chunk waits before its reads and before its
+        # store (pipeline/urgency.py): its rows are built between two looks at the event
+        # loop anyway, and its publishes are light. A critical or high-priority broadcast
+        # is urgent work itself: it gives way to nothing (its own deliveries would hold it
+        # up).
+        gives_way = self._ctx.settings.broadcast_give_way and note["priority"] not in URGENT
+        give_way = self._ctx.urgency.give_way if gives_way else _no_wait
         await give_way()
         now = utcnow()
         engine, pg = self._ctx.engine, self._ctx.pg
@@ -518,7 +522,6 @@ class Planner:
         for start in range(0, len(chunk), _SLICE):
             if start:
                 await asyncio.sleep(0)
-                await give_way()
             part = {**note, "recipient_ids": [p["id"] for p in chunk[start : start + _SLICE]]}
             made.extend(self._deliveries(part, version, people, policies, now, holding, look))
         await self._cap_and_hold(made, categories, holding, now)
@@ -531,7 +534,6 @@ class Planner:
         await self._events.emit_new(made)
         metrics.planned(made)
         for start in range(0, len(made), _SLICE):
-            await give_way()
             await self._publish(made[start : start + _SLICE])
         await self._next_chunk(note, stripe, done)
 

@@ -90,7 +90,8 @@ class Runtime:
     async def start(self) -> None:
         ctx = self.ctx
         self._sample_lag()
-        if (self.roles.planner or self.roles.channels) and ctx.resilience.redis is not None:
+        gives_way = ctx.settings.broadcast_give_way and ctx.resilience.redis is not None
+        if gives_way and (self.roles.planner or self.roles.channels):
             # Urgent work in one process makes the others' broadcast work give way too.
             ctx.urgency.share(ctx.resilience.redis, consumer_name("urgency"))
         if self.roles.api:

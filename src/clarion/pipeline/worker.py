@@ -112,7 +112,7 @@ class ChannelWorker:
             endpoint=_endpoint,
             endpoint_share=ctx.settings.worker_endpoint_share,
             endpoint_slow_after=STUCK_SEND,
-            urgency=ctx.urgency,
+            urgency=ctx.urgency if ctx.settings.broadcast_give_way else None,
         )
 
     @property

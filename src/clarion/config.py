@@ -144,9 +144,9 @@ class Settings(BaseSettings):
     topic_chunk: int = Field(default=2000, ge=1, le=100_000)
     topic_stripes: int = Field(default=8, ge=1, le=64)
     # While a critical or high-priority send is under way, a broadcast's chunks wait
-    # between their steps and the channel workers start few lower-lane sends
-    # (pipeline/urgency.py): urgent sends keep their pace during a broadcast, whose
-    # deliveries are created somewhat later. Off: a broadcast is planned at full speed.
+    # before their reads and their store, and the channel workers start few lower-lane
+    # sends (pipeline/urgency.py): urgent sends keep their pace during a broadcast, whose
+    # deliveries are created a little later. Off: a broadcast never waits for them.
     broadcast_give_way: bool = True
     # A workflow run being advanced is leased for this long: one whose planner died is
     # taken again when the lease ends (docs/workflows.md, "Restarts and crashes").

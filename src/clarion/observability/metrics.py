@@ -161,8 +161,8 @@ class Metrics:
         )
         self.gave_way = counter(
             "clarion_broadcast_gave_way_seconds",
-            "Time topic sends' chunks waited, between their steps, for critical and "
-            "high-priority work under way (pipeline/urgency.py)",
+            "Time topic sends' chunks waited, before their reads and their store, for "
+            "critical and high-priority work under way (pipeline/urgency.py)",
         )
         self.loop_lag = histogram(
             "clarion_event_loop_lag_seconds",

@@ -8,8 +8,8 @@ core behind them. So the stages on an urgent send's path say when one is under w
 (:meth:`Urgency.holding`: its planning, its attempt), and meanwhile:
 
 * a chunk, before its reads and before its store, waits (:meth:`Urgency.give_way`) until
-  none is, or until a bounded pause has passed: a steady stream of urgent sends slows a broadcast's planning,
-  it never stops it;
+  none is, or until a bounded pause has passed: a steady stream of urgent sends slows a
+  broadcast's planning, it never stops it;
 * the channel workers start few handlers from the lanes below the urgent ones
   (pipeline/consumer.py ``yield_limit``).
 

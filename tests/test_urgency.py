@@ -15,7 +15,7 @@ from clarion.pipeline.messages import plan_payload
 from clarion.pipeline.planner import Planner
 from clarion.pipeline.runtime import Roles
 from clarion.pipeline.urgency import Urgency
-from harness import make_settings, running
+from harness import Harness, make_settings, running
 
 EMAIL = {"channels": {"email": {"subject": "News", "text": "Hello {{ recipient.id }}"}}}
 
@@ -76,6 +76,16 @@ def test_plan_messages_name_an_urgent_priority_only() -> None:
         assert "priority" not in plan_payload("n1", "t1", None, priority)
 
 
+async def _subscribed(app: Harness, members: list[str]) -> None:
+    """``members`` subscribed to "news", and the template "digest" to send them."""
+    body = {"recipients": [{"id": m, "email": f"{m}@example.com"} for m in members]}
+    await app.client.post("/v1/recipients/batch", json=body, headers=app.auth)
+    await app.client.put(
+        "/v1/topics/news/subscribers", json={"recipient_ids": members}, headers=app.auth
+    )
+    await app.put_template("digest", EMAIL)
+
+
 async def test_a_broadcast_chunk_waits_while_urgent_work_is_under_way(
     backend: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -85,12 +95,7 @@ async def test_a_broadcast_chunk_waits_while_urgent_work_is_under_way(
     settings = make_settings(*backend, topic_chunk=2, topic_stripes=1)
     members = [f"m{i}" for i in range(4)]
     async with running(settings, Roles(api=True)) as app:
-        body = {"recipients": [{"id": m, "email": f"{m}@example.com"} for m in members]}
-        await app.client.post("/v1/recipients/batch", json=body, headers=app.auth)
-        await app.client.put(
-            "/v1/topics/news/subscribers", json={"recipient_ids": members}, headers=app.auth
-        )
-        await app.put_template("digest", EMAIL)
+        await _subscribed(app, members)
         sent = (await app.send({"template": "digest", "to": {"topic": "news"}})).json()
         planner = Planner(app.ctx, "planner")
         assert await planner.run_once(timeout=1.0) == 1  # the send's stripe is made
@@ -133,12 +138,7 @@ async def test_broadcasts_that_give_way_to_nothing(
     settings = make_settings(*backend, topic_chunk=2, topic_stripes=1, broadcast_give_way=give_way)
     members = [f"m{i}" for i in range(3)]
     async with running(settings, Roles(api=True)) as app:
-        body = {"recipients": [{"id": m, "email": f"{m}@example.com"} for m in members]}
-        await app.client.post("/v1/recipients/batch", json=body, headers=app.auth)
-        await app.client.put(
-            "/v1/topics/news/subscribers", json={"recipient_ids": members}, headers=app.auth
-        )
-        await app.put_template("digest", EMAIL)
+        await _subscribed(app, members)
         sent = await app.send({"template": "digest", "to": {"topic": "news"}, "priority": priority})
         planner = Planner(app.ctx, "planner")
         assert await planner.run_once(timeout=1.0) == 1

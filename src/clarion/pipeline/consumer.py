@@ -292,16 +292,15 @@ class FairConsumer:
         top lane has ``express`` slots more, in all and per tenant; the retry lane comes
         last, with at most ``retry_limit`` slots."""
         urgent = self._yielding()
+        if self._urgency is not None and self._waiting_count:
+            self._urgency.busy()  # look at the other processes' urgent work meanwhile
         for lane, queues in enumerate(self._waiting):
             extra = self.express if lane == 0 else 0
             limit, tenant_limit = self.concurrency + extra, self.tenant_limit + extra
             if lane == self._retry_lane:
                 limit = min(limit, len(self._running) - self._retries_running + self.retry_limit)
-            if lane >= URGENT_LANES and self._urgency is not None:
-                if queues:
-                    self._urgency.busy()
-                if urgent:
-                    limit = min(limit, self.yield_limit)
+            if urgent and lane >= URGENT_LANES:
+                limit = min(limit, self.yield_limit)
             skipped = 0
             while queues and skipped < len(queues):
                 if len(self._running) >= limit:

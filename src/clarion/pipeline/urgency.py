@@ -122,8 +122,11 @@ class Urgency:
 
     def busy(self) -> None:
         """Broadcast work is in hand here: look at the other processes' urgent work."""
+        if self._shared is None:
+            return
         self._busy_at = self._clock()
-        self._busy.set()
+        if not self._busy.is_set():
+            self._busy.set()
 
     async def give_way(self) -> None:
         """Wait while urgent work is under way, at most ``PAUSE`` seconds."""

@@ -178,8 +178,11 @@ class ChannelWorker:
             log.error("%s: message %s dropped: %s", self.channel, message.id, exc)
             self._acks.post(message)
             return True
-        # A critical or high-priority send: the broadcasts' chunks give way meanwhile.
-        with self._ctx.urgency.holding(delivery.priority in URGENT):
+        if delivery.priority in URGENT:
+            # A critical or high-priority send: the broadcasts give way meanwhile.
+            with self._ctx.urgency.holding():
+                went_well = await self._attempt(message, delivery)
+        else:
             went_well = await self._attempt(message, delivery)
         # Not reached when a stop cuts the attempt short: its claim is then handed back.
         self._claims.finished(delivery.id)

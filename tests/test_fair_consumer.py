@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from clarion.broker import Message
+from clarion.pipeline import urgency as urgency_module
 from clarion.pipeline.consumer import FairConsumer, Handler
 from clarion.pipeline.urgency import Urgency
 
@@ -35,7 +38,8 @@ def to(ident: str, endpoint: str, lane: str = "normal") -> Message:
 
 
 def per_endpoint(handle: Handler, **options: Any) -> FairConsumer:
-    """16 slots, one tenant may hold them all, an endpoint (the payload's `to`) a quarter."""
+    """16 slots, one tenant may hold them all, an endpoint (the payload's `to`) a quarter
+    unless ``options`` say otherwise."""
     broker: Any = None  # never called: messages are handed in directly
     return FairConsumer(
         broker,
@@ -47,8 +51,7 @@ def per_endpoint(handle: Handler, **options: Any) -> FairConsumer:
         lease=60,
         name="t",
         endpoint=lambda m: m.payload.get("to"),
-        endpoint_share=0.25,
-        **options,
+        **{"endpoint_share": 0.25, **options},
     )
 
 
@@ -196,18 +199,7 @@ async def test_the_lower_lanes_start_few_while_urgent_work_is_under_way() -> Non
     are not held; the rest start once the urgent work ends."""
     started, release, handle = held_handler()
     urgency = Urgency()
-    broker: Any = None  # never called: messages are handed in directly
-    consumer = FairConsumer(
-        broker,
-        STREAMS,
-        "c",
-        handle,
-        concurrency=16,
-        tenant_share=1.0,
-        lease=60,
-        name="t",
-        urgency=urgency,
-    )
+    consumer = per_endpoint(handle, endpoint_share=1.0, urgency=urgency)
     assert consumer.yield_limit == 2
     with urgency.holding():
         consumer._enqueue([message("normal", f"n{i}", "a") for i in range(20)])
@@ -223,3 +215,27 @@ async def test_the_lower_lanes_start_few_while_urgent_work_is_under_way() -> Non
     while consumer.held:
         await asyncio.wait(list(consumer._running))
     assert len(started) == 23
+
+
+async def test_the_lower_lanes_start_again_when_giving_way_has_had_its_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A steady stream of urgent work holds the lower lanes back for at most its share of
+    the time (pipeline/urgency.py ``SHARE``): once the budget is spent they fill up."""
+    monkeypatch.setattr(urgency_module, "BUDGET", 0.02)
+    started, release, handle = held_handler()
+    urgency = Urgency()
+    consumer = per_endpoint(handle, endpoint_share=1.0, urgency=urgency)
+    spent = asyncio.Event()
+    with urgency.holding():
+        consumer._enqueue([message("normal", f"n{i}", "a") for i in range(20)])
+        await asyncio.sleep(0)
+        assert len(started) == consumer.yield_limit
+        urgency.when_clear(spent.set)  # called after the consumer's own
+        await asyncio.wait_for(spent.wait(), 5)
+        await asyncio.sleep(0)
+        assert len(started) == 16
+    release.set()
+    while consumer.held:
+        await asyncio.wait(list(consumer._running))
+    await urgency.aclose()

@@ -69,6 +69,63 @@ async def test_holding_ends_when_the_urgent_work_fails() -> None:
     await asyncio.wait_for(urgency.give_way(), 5)
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_giving_way_takes_at_most_its_share_of_the_time() -> None:
+    """A steady stream of urgent work (one tenant's critical sends, say) holds the rest
+    back for a burst, then for at most ``SHARE`` of the time: once the budget is spent,
+    nothing gives way until half of it is back."""
+    clock = Clock()
+    urgency = Urgency(clock)
+    cleared: list[float] = []
+    urgency.when_clear(lambda: cleared.append(clock.now))
+    burst = urgency_module.BUDGET / (1 - urgency_module.SHARE)
+    with urgency.holding():
+        clock.now += burst - 0.1
+        assert (urgency.under_way, urgency.spent) == (1, False)
+        clock.now += 0.2
+        assert (urgency.under_way, urgency.spent) == (0, True)
+        await asyncio.wait_for(urgency.give_way(), 5)  # at once: the budget is spent
+        assert urgency.waited == 0
+        await asyncio.sleep(0)
+        assert cleared == [clock.now]  # what held its lower lanes back starts them again
+        # Half the budget back, at SHARE a second: giving way again.
+        clock.now += urgency_module.BUDGET / 2 / urgency_module.SHARE - 0.1
+        assert urgency.under_way == 0
+        clock.now += 0.2
+        assert urgency.under_way == 1
+        waiting = asyncio.create_task(urgency.give_way())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+    await asyncio.wait_for(waiting, 5)
+    # Over a long stretch of steady urgent work, the time given way is its share.
+    held = 0.0
+    with urgency.holding():
+        for _ in range(1000):
+            clock.now += 0.1
+            held += 0.1 if urgency.under_way else 0.0
+    assert held / 100 == pytest.approx(urgency_module.SHARE, abs=0.05)
+
+
+async def test_time_at_rest_refills_the_budget_of_giving_way() -> None:
+    clock = Clock()
+    urgency = Urgency(clock)
+    with urgency.holding():
+        clock.now += 10
+        assert urgency.spent
+    clock.now += urgency_module.BUDGET / urgency_module.SHARE
+    assert not urgency.spent
+    with urgency.holding():  # a full burst again
+        clock.now += urgency_module.BUDGET / (1 - urgency_module.SHARE) - 0.1
+        assert urgency.under_way == 1
+
+
 def test_plan_messages_name_an_urgent_priority_only() -> None:
     assert plan_payload("n1", "t1", None, "high")["priority"] == "high"
     assert plan_payload("n1", "t1", None, "critical")["priority"] == "critical"
@@ -232,3 +289,22 @@ async def test_a_dead_processs_urgent_work_lapses(redis_url: str) -> None:
     finally:
         await alive.aclose()
         await client.aclose()
+
+
+async def test_a_long_urgent_send_stops_holding_back_when_the_budget_is_spent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One urgent send that takes long (a slow endpoint): what gives way learns that the
+    budget is spent when it is, not only when someone asks."""
+    monkeypatch.setattr(urgency_module, "BUDGET", 0.02)
+    urgency = Urgency()
+    cleared = asyncio.Event()
+    urgency.when_clear(cleared.set)
+    with urgency.holding():
+        await asyncio.wait_for(cleared.wait(), 5)
+        assert urgency.spent
+        cleared.clear()
+        # Half of it back, giving way again; then spent again after another burst.
+        await asyncio.wait_for(cleared.wait(), 5)
+        assert urgency.spent
+    await urgency.aclose()

@@ -164,6 +164,11 @@ class Metrics:
             "Time topic sends' chunks waited, before their reads and their store, for "
             "critical and high-priority work under way (pipeline/urgency.py)",
         )
+        self.give_way_spent = counter(
+            "clarion_broadcast_give_way_spent",
+            "Times a process's budget of giving way to urgent work (half the time) ran "
+            "out: broadcasts and lower lanes went on at full speed (pipeline/urgency.py)",
+        )
         self.loop_lag = histogram(
             "clarion_event_loop_lag_seconds",
             "How late this process's event loop ran a timer (every half second): the wait "
@@ -302,6 +307,12 @@ def gave_way(seconds: float) -> None:
     if not ENABLED:
         return
     METRICS.gave_way.inc(seconds)
+
+
+def give_way_spent() -> None:
+    if not ENABLED:
+        return
+    METRICS.give_way_spent.inc()
 
 
 def planner_batch(size: int, seconds: float) -> None:

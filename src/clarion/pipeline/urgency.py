@@ -18,6 +18,14 @@ of a shared sorted set (its name, scored by when the entry lapses, so that a pro
 died is forgotten), and a process with broadcast work in hand looks at the set every
 ``LOOK_EVERY`` seconds: an urgent send's planning in one process and its attempt in
 another both find the whole deployment's broadcast work giving way.
+
+Giving way is bounded in time as well as per wait: over any stretch of time, a process gives
+way for at most ``SHARE`` of it, plus a burst of ``BUDGET / (1 - SHARE)`` seconds. The
+budget is spent by time with urgent work under way and refilled by time at rest; once it
+is spent, the process goes on as if nothing urgent were under way until half of it is back.
+Urgent sends are a tenant's own choice: a tenant that keeps critical sends flowing takes
+its fair share of the urgent lanes, but holds back every other tenant's broadcasts and
+lower lanes for at most that share of the time.
 """
 
 from __future__ import annotations
@@ -48,6 +56,10 @@ LEASE = 2.0
 # for how long after its last broadcast work it goes on looking (seconds).
 LOOK_EVERY = 0.05
 LOOK_FOR = 1.0
+# The share of time a process gives way at most, and the budget (seconds) of giving way
+# that time at rest refills at SHARE a second and time under way spends at 1 - SHARE.
+SHARE = 0.5
+BUDGET = 2.0
 
 
 class Urgency:
@@ -58,6 +70,12 @@ class Urgency:
         self._clear.set()
         self._clock = clock
         self._when_clear: list[Callable[[], None]] = []
+        # The budget of giving way (``SHARE``): seconds left, when it was last accounted,
+        # and whether it is spent (then nothing is under way until half of it is back).
+        self._budget = BUDGET
+        self._accounted = clock()
+        self._spent = False
+        self._turn: asyncio.TimerHandle | None = None  # when it is spent, or half back
         # Sharing (``share``): the client, this process's entry, what the set says of it.
         self._shared: Any = None
         self._name = ""
@@ -75,8 +93,58 @@ class Urgency:
 
     @property
     def under_way(self) -> int:
-        """Urgent work under way: here, plus one if another process has some."""
-        return self._local + self._remote
+        """Urgent work under way: here, plus one if another process has some; none while
+        the budget of giving way is spent."""
+        if self._local + self._remote == 0:
+            return 0
+        self._account()
+        return 0 if self._spent else self._local + self._remote
+
+    @property
+    def spent(self) -> bool:
+        """The budget of giving way is spent: urgent work is under way, nothing gives way."""
+        self._account()
+        return self._spent
+
+    def _account(self) -> None:
+        """Bring the budget of giving way up to now: spent while urgent work held the rest
+        back, refilled otherwise; spent out or half back, say so."""
+        now = self._clock()
+        elapsed, self._accounted = now - self._accounted, now
+        raw = self._local + self._remote
+        if raw and not self._spent:
+            self._budget -= elapsed * (1 - SHARE)
+            if self._budget <= 0:
+                self._budget, self._spent = 0.0, True
+                metrics.give_way_spent()
+                self._release()
+                self._watch()
+        else:
+            self._budget = min(BUDGET, self._budget + elapsed * SHARE)
+            if self._spent and self._budget >= BUDGET / 2:
+                self._spent = False
+                if raw:
+                    self._clear.clear()
+                self._watch()
+
+    def _watch(self) -> None:
+        """While urgent work is under way, account again when the budget will be spent (or
+        half back): what gives way learns of it then, whoever asks meanwhile."""
+        if self._turn is not None:
+            self._turn.cancel()
+            self._turn = None
+        if self._local + self._remote == 0:
+            return
+        # Spent: until half of it is back; else until it is spent.
+        delay = (BUDGET / 2 - self._budget) / SHARE if self._spent else self._budget / (1 - SHARE)
+        with contextlib.suppress(RuntimeError):  # no running loop: accounted when asked
+            self._turn = asyncio.get_running_loop().call_later(max(delay, 0.001), self._on_turn)
+
+    def _on_turn(self) -> None:
+        self._turn = None
+        self._account()
+        if self._turn is None:  # woken a hair early: no turn yet
+            self._watch()
 
     def share(self, client: Any, name: str) -> None:
         """Tell other processes of this one's urgent work, and listen for theirs, through
@@ -88,6 +156,8 @@ class Urgency:
         ]
 
     async def aclose(self) -> None:
+        if self._turn is not None:
+            self._turn.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -104,17 +174,22 @@ class Urgency:
         if not urgent:
             yield
             return
+        self._account()
         self._local += 1
         if self._local == 1:
-            self._clear.clear()
+            if not self._spent:
+                self._clear.clear()
             self._changed.set()
+            self._watch()
         try:
             yield
         finally:
+            self._account()
             self._local -= 1
             if self._local == 0:
                 self._changed.set()
                 self._settle()
+                self._watch()
 
     def when_clear(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` each time the last urgent work under way ends."""
@@ -150,6 +225,17 @@ class Urgency:
             self._clear.set()
             for callback in self._when_clear:
                 callback()
+
+    def _release(self) -> None:
+        """The budget is spent: let what gives way go on (the callbacks run soon, not
+        from inside whatever asked)."""
+        if self._clear.is_set():
+            return
+        self._clear.set()
+        with contextlib.suppress(RuntimeError):  # no running loop: no one is waiting
+            loop = asyncio.get_running_loop()
+            for callback in self._when_clear:
+                loop.call_soon(callback)
 
     async def _announce(self) -> None:
         """Keep this process's entry in the shared set while it has urgent work."""
@@ -198,8 +284,10 @@ class Urgency:
 
     def _seen(self, remote: bool) -> None:
         if remote != self._remote:
+            self._account()
             self._remote = remote
-            if remote:
+            self._watch()
+            if remote and not self._spent:
                 self._clear.clear()
             else:
                 self._settle()

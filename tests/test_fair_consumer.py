@@ -201,16 +201,16 @@ async def test_the_lower_lanes_start_few_while_urgent_work_is_under_way() -> Non
     urgency = Urgency()
     consumer = per_endpoint(handle, endpoint_share=1.0, urgency=urgency)
     assert consumer.yield_limit == 2
-    with urgency.holding():
+    with urgency.holding(["b"]):
         consumer._enqueue([message("normal", f"n{i}", "a") for i in range(20)])
         consumer._enqueue([message("high", f"h{i}", "a") for i in range(3)])
         await asyncio.sleep(0)
         assert sorted(started) == ["h0", "h1", "h2", "n0", "n1"]
         # What waits is held back on purpose: no read-ahead past it meanwhile.
         assert consumer._wanted() == 0
-    # The urgent work is over: the free slots fill at once.
+    # The urgent work is over: the free slots fill at once (the consumer is told soon).
     await asyncio.sleep(0)
-    assert len(started) == 16
+    assert len(consumer._running) == 16
     release.set()
     while consumer.held:
         await asyncio.wait(list(consumer._running))
@@ -220,22 +220,26 @@ async def test_the_lower_lanes_start_few_while_urgent_work_is_under_way() -> Non
 async def test_the_lower_lanes_start_again_when_giving_way_has_had_its_share(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A steady stream of urgent work holds the lower lanes back for at most its share of
-    the time (pipeline/urgency.py ``SHARE``): once the budget is spent they fill up."""
+    """A tenant's steady stream of urgent work holds the other tenants' lower lanes back
+    for at most its share of the time (pipeline/urgency.py ``SHARE``): once its budget is
+    spent they fill up, and only its own stay held back."""
     monkeypatch.setattr(urgency_module, "BUDGET", 0.02)
     started, release, handle = held_handler()
     urgency = Urgency()
     consumer = per_endpoint(handle, endpoint_share=1.0, urgency=urgency)
     spent = asyncio.Event()
-    with urgency.holding():
-        consumer._enqueue([message("normal", f"n{i}", "a") for i in range(20)])
+    with urgency.holding(["flood"]):
+        consumer._enqueue([message("normal", f"a{i}", "a") for i in range(20)])
+        consumer._enqueue([message("normal", f"flood{i}", "flood") for i in range(5)])
         await asyncio.sleep(0)
         assert len(started) == consumer.yield_limit
         urgency.when_clear(spent.set)  # called after the consumer's own
         await asyncio.wait_for(spent.wait(), 5)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the handlers the consumer started meanwhile begin
         assert len(started) == 16
+        assert not any(ident.startswith("flood") for ident in started)
     release.set()
     while consumer.held:
         await asyncio.wait(list(consumer._running))
+    assert len(started) == 25
     await urgency.aclose()

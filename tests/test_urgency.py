@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 
@@ -14,7 +15,7 @@ from clarion.pipeline import urgency as urgency_module
 from clarion.pipeline.messages import plan_payload
 from clarion.pipeline.planner import Planner
 from clarion.pipeline.runtime import Roles
-from clarion.pipeline.urgency import Urgency
+from clarion.pipeline.urgency import NOTHING_HELD, Held, Urgency
 from harness import Harness, make_settings, running
 
 EMAIL = {"channels": {"email": {"subject": "News", "text": "Hello {{ recipient.id }}"}}}
@@ -22,9 +23,9 @@ EMAIL = {"channels": {"email": {"subject": "News", "text": "Hello {{ recipient.i
 
 async def test_give_way_returns_at_once_when_nothing_urgent_is_under_way() -> None:
     urgency = Urgency()
-    with urgency.holding(False):
-        await urgency.give_way()
-    await urgency.give_way()
+    with urgency.holding([]):
+        await urgency.give_way("t")
+    await urgency.give_way("t")
     assert (urgency.under_way, urgency.waited) == (0, 0.0)
 
 
@@ -33,13 +34,13 @@ async def test_give_way_waits_for_the_urgent_work_to_end() -> None:
     released = asyncio.Event()
 
     async def urgent() -> None:
-        with urgency.holding(), urgency.holding():  # two sends under way at once
+        with urgency.holding(["t"]), urgency.holding(["t"]):  # two sends under way at once
             await released.wait()
 
     task = asyncio.create_task(urgent())
     await asyncio.sleep(0)
     assert urgency.under_way == 2
-    waiting = asyncio.create_task(urgency.give_way())
+    waiting = asyncio.create_task(urgency.give_way("t"))
     for _ in range(3):
         await asyncio.sleep(0)
     assert not waiting.done()
@@ -55,18 +56,18 @@ async def test_give_way_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """A steady stream of urgent work slows a broadcast's planning, never stops it."""
     monkeypatch.setattr(urgency_module, "PAUSE", 0.01)
     urgency = Urgency()
-    with urgency.holding():
-        await asyncio.wait_for(urgency.give_way(), 5)
+    with urgency.holding(["t"]):
+        await asyncio.wait_for(urgency.give_way("t"), 5)
         assert urgency.under_way == 1
     assert urgency.waited >= 0.01
 
 
 async def test_holding_ends_when_the_urgent_work_fails() -> None:
     urgency = Urgency()
-    with pytest.raises(RuntimeError), urgency.holding():
+    with pytest.raises(RuntimeError), urgency.holding(["t"]):
         raise RuntimeError("the send failed")
     assert urgency.under_way == 0
-    await asyncio.wait_for(urgency.give_way(), 5)
+    await asyncio.wait_for(urgency.give_way("t"), 5)
 
 
 class Clock:
@@ -77,53 +78,71 @@ class Clock:
         return self.now
 
 
-async def test_giving_way_takes_at_most_its_share_of_the_time() -> None:
-    """A steady stream of urgent work (one tenant's critical sends, say) holds the rest
-    back for a burst, then for at most ``SHARE`` of the time: once the budget is spent,
-    nothing gives way until half of it is back."""
+BURST = urgency_module.BUDGET / (1 - urgency_module.SHARE)  # a full budget's holding
+REFILL = urgency_module.BUDGET / 2 / urgency_module.SHARE  # half a budget back
+
+
+async def test_another_tenants_urgent_work_holds_back_for_at_most_its_share() -> None:
+    """A tenant's steady stream of urgent work holds the others' broadcasts and lower
+    lanes back for a burst, then for at most ``SHARE`` of the time: once its budget is
+    spent, only its own give way until half of it is back."""
     clock = Clock()
     urgency = Urgency(clock)
     cleared: list[float] = []
     urgency.when_clear(lambda: cleared.append(clock.now))
-    burst = urgency_module.BUDGET / (1 - urgency_module.SHARE)
-    with urgency.holding():
-        clock.now += burst - 0.1
-        assert (urgency.under_way, urgency.spent) == (1, False)
+    with urgency.holding(["flood"]):
+        clock.now += BURST - 0.1
+        assert (urgency.holds("other"), urgency.spent("flood")) == (True, False)
         clock.now += 0.2
-        assert (urgency.under_way, urgency.spent) == (0, True)
-        await asyncio.wait_for(urgency.give_way(), 5)  # at once: the budget is spent
+        assert (urgency.holds("other"), urgency.spent("flood")) == (False, True)
+        assert urgency.held() == Held(False, frozenset({"flood"}))
+        await asyncio.wait_for(urgency.give_way("other"), 5)  # at once
         assert urgency.waited == 0
         await asyncio.sleep(0)
-        assert cleared == [clock.now]  # what held its lower lanes back starts them again
-        # Half the budget back, at SHARE a second: giving way again.
-        clock.now += urgency_module.BUDGET / 2 / urgency_module.SHARE - 0.1
-        assert urgency.under_way == 0
-        clock.now += 0.2
-        assert urgency.under_way == 1
-        waiting = asyncio.create_task(urgency.give_way())
+        assert cleared == [clock.now]  # what held the lower lanes back starts them again
+        own = asyncio.create_task(urgency.give_way("flood"))  # its own still give way
         await asyncio.sleep(0)
-        assert not waiting.done()
-    await asyncio.wait_for(waiting, 5)
-    # Over a long stretch of steady urgent work, the time given way is its share.
+        assert not own.done()
+        clock.now += REFILL - 0.1
+        assert not urgency.holds("other")
+        clock.now += 0.2
+        assert urgency.holds("other")
+    await asyncio.wait_for(own, 5)
+    assert urgency.held() == NOTHING_HELD
+    # Over a long stretch of steady urgent work, the others are held back for its share.
     held = 0.0
-    with urgency.holding():
+    with urgency.holding(["flood"]):
         for _ in range(1000):
             clock.now += 0.1
-            held += 0.1 if urgency.under_way else 0.0
+            held += 0.1 if urgency.holds("other") else 0.0
+            assert urgency.holds("flood")
     assert held / 100 == pytest.approx(urgency_module.SHARE, abs=0.05)
 
 
-async def test_time_at_rest_refills_the_budget_of_giving_way() -> None:
+async def test_each_tenant_has_a_budget_of_its_own() -> None:
     clock = Clock()
     urgency = Urgency(clock)
-    with urgency.holding():
+    with urgency.holding(["flood"]):
+        clock.now += BURST + 1
+        assert not urgency.holds("quiet")
+        with urgency.holding(["alert"]):  # another tenant's urgent send: a full budget
+            assert urgency.holds("quiet")
+            clock.now += 1
+            assert urgency.holds("quiet")
+        assert not urgency.holds("quiet")
+
+
+async def test_time_at_rest_refills_the_budget() -> None:
+    clock = Clock()
+    urgency = Urgency(clock)
+    with urgency.holding(["t"]):
         clock.now += 10
-        assert urgency.spent
+        assert urgency.spent("t")
     clock.now += urgency_module.BUDGET / urgency_module.SHARE
-    assert not urgency.spent
-    with urgency.holding():  # a full burst again
-        clock.now += urgency_module.BUDGET / (1 - urgency_module.SHARE) - 0.1
-        assert urgency.under_way == 1
+    assert not urgency.spent("t")
+    with urgency.holding(["t"]):  # a full burst again
+        clock.now += BURST - 0.1
+        assert urgency.holds("other")
 
 
 def test_plan_messages_name_an_urgent_priority_only() -> None:
@@ -160,7 +179,7 @@ async def test_a_broadcast_chunk_waits_while_urgent_work_is_under_way(
         released = asyncio.Event()
 
         async def urgent() -> None:
-            with urgency.holding():
+            with urgency.holding(["t"]):
                 await released.wait()
 
         holder = asyncio.create_task(urgent())
@@ -199,7 +218,7 @@ async def test_broadcasts_that_give_way_to_nothing(
         sent = await app.send({"template": "digest", "to": {"topic": "news"}, "priority": priority})
         planner = Planner(app.ctx, "planner")
         assert await planner.run_once(timeout=1.0) == 1
-        with app.ctx.urgency.holding():
+        with app.ctx.urgency.holding(["t"]):
             while await asyncio.wait_for(planner.run_chunks_once(timeout=0.2), 10):
                 pass
         assert app.ctx.urgency.waited == 0
@@ -256,10 +275,10 @@ async def test_urgent_work_in_one_process_makes_the_others_broadcasts_give_way(
     planning.when_clear(cleared.set)
     try:
         planning.busy()
-        with sending.holding():
+        with sending.holding(["t"]):
             await _until(planning, lambda: planning.under_way == 1)
             assert resting.under_way == 0
-            waiting = asyncio.create_task(planning.give_way())
+            waiting = asyncio.create_task(planning.give_way("t"))
             await _until(planning, lambda: planning.giving_way == 1)
         await asyncio.wait_for(cleared.wait(), 10)
         await asyncio.wait_for(waiting, 10)
@@ -291,6 +310,34 @@ async def test_a_dead_processs_urgent_work_lapses(redis_url: str) -> None:
         await client.aclose()
 
 
+async def test_without_redis_each_process_gives_way_to_its_own_urgent_work() -> None:
+    """Redis out of reach: announcing and looking fail quietly and go on; a process still
+    gives way to its own urgent work, and stops when it ends."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    client = connect(f"redis://127.0.0.1:{port}/0", max_connections=4, pool_timeout=1)
+    urgency = Urgency()
+    urgency.share(client, "alone")
+    cleared = asyncio.Event()
+    urgency.when_clear(cleared.set)
+    try:
+        urgency.busy()
+        with urgency.holding(["t"]):
+            await _until(urgency, lambda: urgency.looks >= 2)  # each look failed, and went on
+            assert urgency.under_way == 1
+            waiting = asyncio.create_task(urgency.give_way("t"))
+            await asyncio.sleep(0)
+            assert not waiting.done()
+        await asyncio.wait_for(cleared.wait(), 5)
+        await asyncio.wait_for(waiting, 5)
+        assert urgency.under_way == 0
+        assert all(not task.done() for task in urgency._tasks)  # neither loop gave up
+    finally:
+        await urgency.aclose()
+        await client.aclose()
+
+
 async def test_a_long_urgent_send_stops_holding_back_when_the_budget_is_spent(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -300,11 +347,11 @@ async def test_a_long_urgent_send_stops_holding_back_when_the_budget_is_spent(
     urgency = Urgency()
     cleared = asyncio.Event()
     urgency.when_clear(cleared.set)
-    with urgency.holding():
+    with urgency.holding(["slow"]):
         await asyncio.wait_for(cleared.wait(), 5)
-        assert urgency.spent
+        assert urgency.spent("slow")
         cleared.clear()
-        # Half of it back, giving way again; then spent again after another burst.
+        # Half of it back, holding back again; then spent again after another burst.
         await asyncio.wait_for(cleared.wait(), 5)
-        assert urgency.spent
+        assert urgency.spent("slow")
     await urgency.aclose()

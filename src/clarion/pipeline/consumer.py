@@ -50,7 +50,7 @@ from typing import Any
 from clarion.broker import Broker, Message
 from clarion.observability.outages import outage_of
 from clarion.pipeline.inflight import finish_or_hand_back
-from clarion.pipeline.urgency import URGENT_LANES, Urgency
+from clarion.pipeline.urgency import NOTHING_HELD, URGENT_LANES, Held, Urgency
 from clarion.store.batching import is_outage
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,8 @@ class FairConsumer:
         # id (two streams may give the same id).
         self._renewed: dict[tuple[str, str], tuple[Message, float]] = {}
         self._room = asyncio.Event()
-        # While urgent work is under way in the process (pipeline/urgency.py), the lanes
-        # below the urgent ones start at most ``yield_limit`` handlers in all.
+        # While urgent work holds them back (pipeline/urgency.py), the lanes below the
+        # urgent ones start at most ``yield_limit`` handlers in all.
         self._urgency = urgency
         self.yield_limit = max(1, concurrency // 8)
         if urgency is not None:
@@ -253,7 +253,7 @@ class FairConsumer:
             # them to finish rather than take one message per finished handler.
             if room < min(self._min_take, self._max_held):
                 return 0
-            if self._yielding() and self._waiting_count >= self.concurrency:
+            if self._held() and self._waiting_count >= self.concurrency:
                 # The lower lanes are giving way: what waits here is held back on purpose,
                 # not by its tenant's limit; no read-ahead past it until the urgent work
                 # ends (or it drains below a full round of slots).
@@ -265,9 +265,9 @@ class FairConsumer:
             return 0
         return min(room, free)
 
-    def _yielding(self) -> bool:
-        """Urgent work under way: the lower lanes give way (``yield_limit``)."""
-        return self._urgency is not None and self._urgency.under_way > 0
+    def _held(self) -> Held:
+        """What urgent work holds back of the lower lanes now (``yield_limit``)."""
+        return NOTHING_HELD if self._urgency is None else self._urgency.held()
 
     def _enqueue(self, messages: list[Message]) -> None:
         now = self._clock()
@@ -291,7 +291,7 @@ class FairConsumer:
         tenants at their limit (and parking messages whose endpoint is at its limit). The
         top lane has ``express`` slots more, in all and per tenant; the retry lane comes
         last, with at most ``retry_limit`` slots."""
-        urgent = self._yielding()
+        held = self._held()
         if self._urgency is not None and self._waiting_count:
             self._urgency.busy()  # look at the other processes' urgent work meanwhile
         for lane, queues in enumerate(self._waiting):
@@ -299,7 +299,10 @@ class FairConsumer:
             limit, tenant_limit = self.concurrency + extra, self.tenant_limit + extra
             if lane == self._retry_lane:
                 limit = min(limit, len(self._running) - self._retries_running + self.retry_limit)
-            if urgent and lane >= URGENT_LANES:
+            # Held back by urgent work: every tenant's lower lanes, or only those of the
+            # tenants whose urgent work it is (pipeline/urgency.py).
+            few = held.tenants if lane >= URGENT_LANES else frozenset()
+            if held.everyone and lane >= URGENT_LANES:
                 limit = min(limit, self.yield_limit)
             skipped = 0
             while queues and skipped < len(queues):
@@ -307,7 +310,9 @@ class FairConsumer:
                     break
                 tenant = next(iter(queues))
                 queue = queues.pop(tenant)
-                if self._per_tenant[tenant] >= tenant_limit:
+                if self._per_tenant[tenant] >= tenant_limit or (
+                    tenant in few and len(self._running) >= self.yield_limit
+                ):
                     queues[tenant] = queue
                     skipped += 1
                     continue

@@ -161,7 +161,7 @@ def _stripe_of(message: Message) -> int | None:
     return stripe if type(stripe) is int and stripe >= 0 else None
 
 
-async def _no_wait() -> None:
+async def _no_wait(tenant: str) -> None:
     pass
 
 
@@ -230,8 +230,12 @@ class Planner:
             started = time.perf_counter()
             lease = self._ctx.settings.broker_lease
             # Planning a critical or high-priority send: the broadcasts' chunks give way.
-            urgent = urgent or any(m.payload.get("priority") in URGENT for m in messages)
-            with tracing.planning(messages), self._ctx.urgency.holding(urgent):
+            tenants = [
+                str(m.payload.get("tenant", ""))
+                for m in messages
+                if urgent or m.payload.get("priority") in URGENT
+            ]
+            with tracing.planning(messages), self._ctx.urgency.holding(tenants):
                 async with holding(self._ctx.broker, messages, self._consumer, lease):
                     await self._handle_isolated(messages)
             await self._ctx.broker.ack(messages)
@@ -486,10 +490,10 @@ class Planner:
         # up).
         gives_way = self._ctx.settings.broadcast_give_way and note["priority"] not in URGENT
         give_way = self._ctx.urgency.give_way if gives_way else _no_wait
-        await give_way()
+        tenant, size, nid = note["tenant_id"], self._ctx.settings.topic_chunk, note["id"]
+        await give_way(tenant)
         now = utcnow()
         engine, pg = self._ctx.engine, self._ctx.pg
-        tenant, size, nid = note["tenant_id"], self._ctx.settings.topic_chunk, note["id"]
         async with planning.reads(engine, pg) as reads:
             cursor = await reads.stripe(nid, stripe)
             if cursor is None or cursor["done_at"] is not None:
@@ -526,7 +530,7 @@ class Planner:
             made.extend(self._deliveries(part, version, people, policies, now, holding, look))
         await self._cap_and_hold(made, categories, holding, now)
         await self.runs.store_offline(self._offline_runs([note], heads, compiled, made, now))
-        await give_way()
+        await give_way(tenant)
         inserted = await planning.store_stripe(engine, pg, made, stored)
         if inserted is None:
             return  # another planner stored this chunk, or the send was cancelled

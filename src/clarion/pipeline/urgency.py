@@ -4,8 +4,8 @@ A broadcast's chunks (pipeline/planner.py) are the largest pieces of work a proc
 thousands of deliveries built, stored in one transaction and published; and its
 deliveries fill every slot of the channel workers. While they run, a critical or
 high-priority send waits its turn for the event loop, for a pooled connection and for a
-core behind them. So the stages on an urgent send's path say when one is under way
-(:meth:`Urgency.holding`: its planning, its attempt), and meanwhile:
+core behind them. So the stages on an urgent send's path say when one is under way, and
+for which tenant (:meth:`Urgency.holding`: its planning, its attempt), and meanwhile:
 
 * a chunk, before its reads and before its store, waits (:meth:`Urgency.give_way`) until
   none is, or until a bounded pause has passed: a steady stream of urgent sends slows a
@@ -13,19 +13,20 @@ core behind them. So the stages on an urgent send's path say when one is under w
 * the channel workers start few handlers from the lanes below the urgent ones
   (pipeline/consumer.py ``yield_limit``).
 
-With Redis, the processes tell each other: each one's urgent work under way is an entry
-of a shared sorted set (its name, scored by when the entry lapses, so that a process that
-died is forgotten), and a process with broadcast work in hand looks at the set every
-``LOOK_EVERY`` seconds: an urgent send's planning in one process and its attempt in
-another both find the whole deployment's broadcast work giving way.
+Urgent sends are a tenant's own choice, so what they hold back of *other* tenants is
+bounded in time: each tenant has a budget of giving way (``BUDGET`` seconds), spent while
+its urgent work is under way and refilled at ``SHARE`` of a second a second; once spent,
+that tenant's urgent work holds back only its own broadcasts and lower lanes until half of
+the budget is back. A tenant that keeps critical sends flowing therefore holds the others
+back for at most ``SHARE`` of the time (after a first burst); its own broadcasts give way
+to it all the time.
 
-Giving way is bounded in time as well as per wait: over any stretch of time, a process gives
-way for at most ``SHARE`` of it, plus a burst of ``BUDGET / (1 - SHARE)`` seconds. The
-budget is spent by time with urgent work under way and refilled by time at rest; once it
-is spent, the process goes on as if nothing urgent were under way until half of it is back.
-Urgent sends are a tenant's own choice: a tenant that keeps critical sends flowing takes
-its fair share of the urgent lanes, but holds back every other tenant's broadcasts and
-lower lanes for at most that share of the time.
+With Redis, the processes tell each other: each one's urgent work under way is an entry of
+a shared sorted set per tenant (its name and the tenant's, scored by when the entry lapses,
+so that a process that died is forgotten), and a process with broadcast work in hand looks
+at the set every ``LOOK_EVERY`` seconds: an urgent send's planning in one process and its
+attempt in another both find the whole deployment's broadcast work giving way. Each process
+keeps the budgets of what it sees.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from clarion.domain.models import Priority
@@ -48,38 +51,68 @@ URGENT_LANES = 2
 # The longest one give-way waits (seconds): more than an urgent send's stay in a process on
 # a busy machine, little beside a chunk's own time.
 PAUSE = 0.25
-# The shared set of processes with urgent work under way; an entry lapses after LEASE
-# seconds unless renewed (every LEASE / 4 while the work goes on).
+# The shared set of urgent work under way, an entry per process and tenant; an entry
+# lapses after LEASE seconds unless renewed (every LEASE / 4 while the work goes on).
 KEY = "clarion:urgent"
 LEASE = 2.0
 # How often a process with broadcast work in hand looks at the others' urgent work, and
 # for how long after its last broadcast work it goes on looking (seconds).
 LOOK_EVERY = 0.05
 LOOK_FOR = 1.0
-# The share of time a process gives way at most, and the budget (seconds) of giving way
-# that time at rest refills at SHARE a second and time under way spends at 1 - SHARE.
+# A tenant's budget of holding back other tenants (seconds), and the share of time it
+# holds them back at most: time at rest refills it at SHARE a second, time with its urgent
+# work under way spends it at 1 - SHARE a second.
 SHARE = 0.5
 BUDGET = 2.0
+# The most entries of the shared set one look reads.
+_LOOK_MOST = 1000
+
+
+@dataclass
+class _Budget:
+    left: float = BUDGET
+    spent: bool = False
+
+
+@dataclass(frozen=True)
+class Held:
+    """What urgent work holds back now: ``everyone``'s lower lanes and broadcasts (a
+    tenant with budget left has urgent work under way), or else those of ``tenants`` only
+    (urgent work of theirs is under way, their budgets spent)."""
+
+    everyone: bool
+    tenants: frozenset[str]
+
+    def __bool__(self) -> bool:
+        return self.everyone or bool(self.tenants)
+
+    def holds(self, tenant: str) -> bool:
+        return self.everyone or tenant in self.tenants
+
+
+NOTHING_HELD = Held(False, frozenset())
 
 
 class Urgency:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._local = 0
-        self._remote = False
-        self._clear = asyncio.Event()
-        self._clear.set()
         self._clock = clock
-        self._when_clear: list[Callable[[], None]] = []
-        # The budget of giving way (``SHARE``): seconds left, when it was last accounted,
-        # and whether it is spent (then nothing is under way until half of it is back).
-        self._budget = BUDGET
+        # Urgent work under way: here, per tenant; and the tenants with some elsewhere.
+        self._local: Counter[str] = Counter()
+        self._remote: frozenset[str] = frozenset()
+        # The tenants' budgets (only of tenants with urgent work or a budget refilling),
+        # when they were last accounted, and when one is next spent or half back.
+        self._budgets: dict[str, _Budget] = {}
         self._accounted = clock()
-        self._spent = False
-        self._turn: asyncio.TimerHandle | None = None  # when it is spent, or half back
-        # Sharing (``share``): the client, this process's entry, what the set says of it.
+        self._turn: asyncio.TimerHandle | None = None
+        self._held = NOTHING_HELD
+        # Set and replaced at each change of what is held: what waits, waits for one.
+        self._change = asyncio.Event()
+        self._when_clear: list[Callable[[], None]] = []
+        self._calling = False
+        # Sharing (``share``): the client, this process's name, the tenants announced.
         self._shared: Any = None
         self._name = ""
-        self._announced = False
+        self._announced: set[str] = set()
         self._changed = asyncio.Event()
         self._busy_at = -LOOK_FOR
         self._busy = asyncio.Event()
@@ -93,58 +126,24 @@ class Urgency:
 
     @property
     def under_way(self) -> int:
-        """Urgent work under way: here, plus one if another process has some; none while
-        the budget of giving way is spent."""
-        if self._local + self._remote == 0:
-            return 0
+        """Urgent work under way: here, plus a tenant with some in another process."""
+        return self._local.total() + len(self._remote)
+
+    def held(self) -> Held:
+        """What urgent work holds back now (see :class:`Held`)."""
+        if self._local or self._remote:
+            self._account()
+        return self._held
+
+    def holds(self, tenant: str) -> bool:
+        """Urgent work holds back ``tenant``'s broadcasts and lower lanes now."""
+        return self.held().holds(tenant)
+
+    def spent(self, tenant: str) -> bool:
+        """``tenant``'s budget of holding back the others is spent."""
         self._account()
-        return 0 if self._spent else self._local + self._remote
-
-    @property
-    def spent(self) -> bool:
-        """The budget of giving way is spent: urgent work is under way, nothing gives way."""
-        self._account()
-        return self._spent
-
-    def _account(self) -> None:
-        """Bring the budget of giving way up to now: spent while urgent work held the rest
-        back, refilled otherwise; spent out or half back, say so."""
-        now = self._clock()
-        elapsed, self._accounted = now - self._accounted, now
-        raw = self._local + self._remote
-        if raw and not self._spent:
-            self._budget -= elapsed * (1 - SHARE)
-            if self._budget <= 0:
-                self._budget, self._spent = 0.0, True
-                metrics.give_way_spent()
-                self._release()
-                self._watch()
-        else:
-            self._budget = min(BUDGET, self._budget + elapsed * SHARE)
-            if self._spent and self._budget >= BUDGET / 2:
-                self._spent = False
-                if raw:
-                    self._clear.clear()
-                self._watch()
-
-    def _watch(self) -> None:
-        """While urgent work is under way, account again when the budget will be spent (or
-        half back): what gives way learns of it then, whoever asks meanwhile."""
-        if self._turn is not None:
-            self._turn.cancel()
-            self._turn = None
-        if self._local + self._remote == 0:
-            return
-        # Spent: until half of it is back; else until it is spent.
-        delay = (BUDGET / 2 - self._budget) / SHARE if self._spent else self._budget / (1 - SHARE)
-        with contextlib.suppress(RuntimeError):  # no running loop: accounted when asked
-            self._turn = asyncio.get_running_loop().call_later(max(delay, 0.001), self._on_turn)
-
-    def _on_turn(self) -> None:
-        self._turn = None
-        self._account()
-        if self._turn is None:  # woken a hair early: no turn yet
-            self._watch()
+        budget = self._budgets.get(tenant)
+        return budget is not None and budget.spent
 
     def share(self, client: Any, name: str) -> None:
         """Tell other processes of this one's urgent work, and listen for theirs, through
@@ -158,6 +157,7 @@ class Urgency:
     async def aclose(self) -> None:
         if self._turn is not None:
             self._turn.cancel()
+            self._turn = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -166,33 +166,33 @@ class Urgency:
         self._tasks = []
         if self._shared is not None and self._announced:
             with contextlib.suppress(Exception):
-                await self._shared.zrem(KEY, self._name)
+                await self._shared.zrem(KEY, *(self._member(t) for t in self._announced))
 
     @contextlib.contextmanager
-    def holding(self, urgent: bool = True) -> Iterator[None]:
-        """Mark the block as urgent work under way (nothing when ``urgent`` is false)."""
-        if not urgent:
+    def holding(self, tenants: Iterable[str]) -> Iterator[None]:
+        """Mark the block as urgent work of ``tenants`` under way (none: nothing urgent)."""
+        mine = Counter(tenants)
+        if not mine:
             yield
             return
         self._account()
-        self._local += 1
-        if self._local == 1:
-            if not self._spent:
-                self._clear.clear()
+        new = any(tenant not in self._local for tenant in mine)
+        self._local.update(mine)
+        if new:
             self._changed.set()
-            self._watch()
+            self._settle()
         try:
             yield
         finally:
             self._account()
-            self._local -= 1
-            if self._local == 0:
+            self._local.subtract(mine)
+            if any(self._local[tenant] <= 0 for tenant in mine):
+                self._local = +self._local  # the tenants with none left go
                 self._changed.set()
                 self._settle()
-                self._watch()
 
     def when_clear(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` each time the last urgent work under way ends."""
+        """Call ``callback`` (soon) each time urgent work holds back less than before."""
         self._when_clear.append(callback)
 
     def busy(self) -> None:
@@ -203,42 +203,112 @@ class Urgency:
         if not self._busy.is_set():
             self._busy.set()
 
-    async def give_way(self) -> None:
-        """Wait while urgent work is under way, at most ``PAUSE`` seconds."""
+    async def give_way(self, tenant: str) -> None:
+        """Wait while urgent work holds back ``tenant``'s broadcasts, at most ``PAUSE``
+        seconds."""
         self.busy()
-        if self.under_way == 0:
+        if not self.holds(tenant):
             return
         started = self._clock()
         self.giving_way += 1
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._clear.wait(), PAUSE)
+            async with asyncio.timeout(PAUSE):
+                while self.holds(tenant):
+                    await self._change.wait()
+        except TimeoutError:
+            pass
         finally:
             self.giving_way -= 1
             waited = self._clock() - started
             self.waited += waited
             metrics.gave_way(waited)
 
-    def _settle(self) -> None:
-        """Nothing urgent under way any more: let what gave way go on."""
-        if self.under_way == 0 and not self._clear.is_set():
-            self._clear.set()
-            for callback in self._when_clear:
-                callback()
+    def _account(self) -> None:
+        """Bring the budgets up to now: spent by tenants with urgent work under way and
+        budget left, refilled for the others; then what is held follows."""
+        now = self._clock()
+        elapsed, self._accounted = now - self._accounted, now
+        urgent = self._urgent()
+        changed = False
+        for tenant in urgent:
+            if tenant not in self._budgets:
+                self._budgets[tenant] = _Budget()
+        for tenant, budget in list(self._budgets.items()):
+            if tenant in urgent and not budget.spent:
+                budget.left -= elapsed * (1 - SHARE)
+                if budget.left <= 0:
+                    budget.left, budget.spent, changed = 0.0, True, True
+                    metrics.give_way_spent()
+            else:
+                budget.left = min(BUDGET, budget.left + elapsed * SHARE)
+                if budget.spent and budget.left >= BUDGET / 2:
+                    budget.spent, changed = False, True
+                if budget.left >= BUDGET and tenant not in urgent:
+                    del self._budgets[tenant]  # full again: as if it had never been
+        if changed:
+            self._settle()
 
-    def _release(self) -> None:
-        """The budget is spent: let what gives way go on (the callbacks run soon, not
-        from inside whatever asked)."""
-        if self._clear.is_set():
+    def _urgent(self) -> set[str]:
+        return set(self._local) | self._remote
+
+    def _settle(self) -> None:
+        """Work out what is held now; tell what waits of a change, the callbacks of less
+        held than before; and account again when a budget is next spent or half back."""
+        urgent = self._urgent()
+        live = {t for t in urgent if not self._budgets.get(t, _Budget()).spent}
+        if live:
+            held = Held(True, frozenset())
+        else:
+            held = Held(False, frozenset(urgent)) if urgent else NOTHING_HELD
+        before, self._held = self._held, held
+        if held != before:
+            self._change.set()
+            self._change = asyncio.Event()
+            if not held.everyone and (before.everyone or before.tenants - held.tenants):
+                self._call_soon()
+        self._watch(live)
+
+    def _call_soon(self) -> None:
+        if self._calling or not self._when_clear:
             return
-        self._clear.set()
         with contextlib.suppress(RuntimeError):  # no running loop: no one is waiting
+            asyncio.get_running_loop().call_soon(self._call)
+            self._calling = True
+
+    def _call(self) -> None:
+        self._calling = False
+        for callback in self._when_clear:
+            callback()
+
+    def _watch(self, live: set[str]) -> None:
+        """While urgent work is under way, account again when the first budget is spent
+        (or half back): what gives way learns of it then, whoever asks meanwhile."""
+        if self._turn is not None:
+            self._turn.cancel()
+            self._turn = None
+        delays = [
+            (BUDGET / 2 - self._budgets[t].left) / SHARE
+            if t not in live
+            else self._budgets.get(t, _Budget()).left / (1 - SHARE)
+            for t in self._urgent()
+        ]
+        if not delays:
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop: accounted when asked
             loop = asyncio.get_running_loop()
-            for callback in self._when_clear:
-                loop.call_soon(callback)
+            self._turn = loop.call_later(max(min(delays), 0.001), self._on_turn)
+
+    def _on_turn(self) -> None:
+        self._turn = None
+        self._account()
+        if self._turn is None:  # woken a hair early: no turn yet
+            self._settle()
+
+    def _member(self, tenant: str) -> str:
+        return f"{self._name} {tenant}"
 
     async def _announce(self) -> None:
-        """Keep this process's entry in the shared set while it has urgent work."""
+        """Keep this process's entries in the shared set while it has urgent work."""
         while True:
             try:
                 await self._publish()
@@ -253,24 +323,26 @@ class Urgency:
                 await asyncio.wait_for(self._changed.wait(), again)
 
     async def _publish(self) -> None:
-        if self._local:
+        tenants = set(self._local)
+        gone = self._announced - tenants
+        if tenants:
             until = int((time.time() + LEASE) * 1000)
-            await self._shared.zadd(KEY, {self._name: until})
-            self._announced = True
-        elif self._announced:
-            await self._shared.zrem(KEY, self._name)
-            self._announced = False
+            await self._shared.zadd(KEY, {self._member(t): until for t in tenants})
+            self._announced |= tenants
+        if gone:
+            await self._shared.zrem(KEY, *(self._member(t) for t in gone))
+            self._announced -= gone
 
     async def _look(self) -> None:
         """While broadcast work is in hand here, look at the others' urgent work."""
         while True:
             if self._clock() - self._busy_at > LOOK_FOR:
-                self._seen(False)  # what it saw last is stale by the time it looks again
+                self._seen(frozenset())  # what it saw last is stale by the time it looks
                 self._busy.clear()
                 await self._busy.wait()
             try:
                 now = int(time.time() * 1000)
-                found = await self._shared.zrangebyscore(KEY, now, "+inf", start=0, num=2)
+                found = await self._shared.zrangebyscore(KEY, now, "+inf", start=0, num=_LOOK_MOST)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -278,16 +350,22 @@ class Urgency:
                 found = []
             self.looks += 1
             self.looked.set()
-            own = self._name.encode()
-            self._seen(any(entry not in (own, self._name) for entry in found))
+            self._seen(self._others(found))
             await asyncio.sleep(LOOK_EVERY)
 
-    def _seen(self, remote: bool) -> None:
+    def _others(self, found: list[Any]) -> frozenset[str]:
+        """The tenants of the other processes' entries (an entry without one, from an
+        older version, holds back everyone's as a tenant of no name)."""
+        tenants = set()
+        for entry in found:
+            member = entry.decode() if isinstance(entry, bytes) else str(entry)
+            name, _, tenant = member.partition(" ")
+            if name != self._name:
+                tenants.add(tenant)
+        return frozenset(tenants)
+
+    def _seen(self, remote: frozenset[str]) -> None:
         if remote != self._remote:
             self._account()
             self._remote = remote
-            self._watch()
-            if remote and not self._spent:
-                self._clear.clear()
-            else:
-                self._settle()
+            self._settle()

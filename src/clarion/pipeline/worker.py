@@ -180,7 +180,7 @@ class ChannelWorker:
             return True
         if delivery.priority in URGENT:
             # A critical or high-priority send: the broadcasts give way meanwhile.
-            with self._ctx.urgency.holding():
+            with self._ctx.urgency.holding((delivery.tenant,)):
                 went_well = await self._attempt(message, delivery)
         else:
             went_well = await self._attempt(message, delivery)

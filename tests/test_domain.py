@@ -8,8 +8,9 @@ import time
 import pytest
 
 from clarion.config import Settings, parse_duration
+from clarion.domain import ids
 from clarion.domain.backoff import retry_delay
-from clarion.domain.ids import delivery_id, new_id
+from clarion.domain.ids import delivery_id, derived_timed_id, new_id
 from clarion.domain.rendering import compile_content, compile_version, locale_chain
 from clarion.errors import MissingVariable, PermanentError, TemplateError
 from clarion.security.netguard import AddressGuard, is_public
@@ -23,6 +24,23 @@ def test_ids_sort_by_time_and_delivery_ids_are_deterministic() -> None:
     assert delivery_id("ntf_1", "u", "email") == delivery_id("ntf_1", "u", "email")
     assert delivery_id("ntf_1", "u", "email") != delivery_id("ntf_1", "u", "sms")
     assert delivery_id("ntf_1", "u", "email").startswith("dlv_")
+
+
+def test_derived_ids_never_change() -> None:
+    """A replayed plan must derive the ids stored before, whatever the version: these were
+    made by the first encoder, one character at a time."""
+    nid = "ntf_01jc9x2v3k7q8r0m4n5p6s7t8w"
+    assert delivery_id(nid, "user-123", "email") == "dlv_01jc9x2v3k84f4snsy6cebxyzd"
+    assert derived_timed_id("run", nid, "a", "b") == "run_01jc9x2v3ky16dsvcq6tk9v9gg"
+    assert ids._b32_26((1 << 128) - 1) == "7zzzzzzzzzzzzzzzzzzzzzzzzz"
+    rng = random.Random(7)
+    for _ in range(2000):
+        wide, narrow = rng.getrandbits(130), rng.getrandbits(80)
+        assert ids._b32_26(wide) == ids._b32(wide, 26)
+        assert ids._b32_16(narrow) == ids._b32(narrow, 16)
+    made = new_id("ntf")
+    assert len(made) == 30
+    assert made[4] == "0"
 
 
 def test_render_nested_webhook_body_and_escaping() -> None:

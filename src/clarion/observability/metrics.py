@@ -166,8 +166,8 @@ class Metrics:
         )
         self.give_way_spent = counter(
             "clarion_broadcast_give_way_spent",
-            "Times a process's budget of giving way to urgent work (half the time) ran "
-            "out: broadcasts and lower lanes went on at full speed (pipeline/urgency.py)",
+            "Times a tenant's budget of holding back the other tenants' broadcasts and "
+            "lower lanes (half the time) ran out in this process (pipeline/urgency.py)",
         )
         self.loop_lag = histogram(
             "clarion_event_loop_lag_seconds",

@@ -253,10 +253,11 @@ class FairConsumer:
             # them to finish rather than take one message per finished handler.
             if room < min(self._min_take, self._max_held):
                 return 0
-            if self._held() and self._waiting_count >= self.concurrency:
-                # The lower lanes are giving way: what waits here is held back on purpose,
-                # not by its tenant's limit; no read-ahead past it until the urgent work
-                # ends (or it drains below a full round of slots).
+            if self._held().everyone and self._waiting_count >= self.concurrency:
+                # Every tenant's lower lanes are giving way: what waits here is held back
+                # on purpose, not by its tenant's limit; no read-ahead past it until the
+                # urgent work ends (or it drains below a full round of slots). Held back
+                # for some tenants only, the others' messages are read on.
                 return 0
             return min(room, _READ_AHEAD)
         if self._running and free < self._min_take:

@@ -37,7 +37,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from clarion.domain.models import Priority
@@ -70,7 +70,7 @@ _LOOK_MOST = 1000
 
 @dataclass
 class _Budget:
-    left: float = BUDGET
+    left: float = field(default_factory=lambda: BUDGET)
     spent: bool = False
 
 

@@ -14,7 +14,9 @@ N recipients subscribed to one topic, then POSTs one notification to the topic a
   delivery's ``sent_at`` minus the moment it was POSTed (p50, p99, max, per priority),
   and a critical one's split: to its planning (its delivery's ``created_at``), from there
   to the start of its in-app write (the inbox row's ``created_at``: stored, published,
-  taken and claimed by then), and the write itself;
+  taken and claimed by then), and the write itself; with ``--probe-tenant other`` the
+  probes are another tenant's (a tenant's urgent sends hold another's broadcast back for
+  at most half of the time, its own's always: docs/architecture.md);
 * peak resident memory (``VmHWM``) of every process started, and its resident memory just
   before the POST.
 
@@ -57,6 +59,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channel", choices=["inapp", "webhook"], default="inapp")
     parser.add_argument("--priority", choices=["high", "normal", "low"], default="normal")
     parser.add_argument("--probe-interval", type=float, default=0.25)
+    parser.add_argument("--probe-tenant", choices=["same", "other"], default="same")
     own, rest = parser.parse_known_args(argv)
     # Everything else (stores, workers, --keep, ...) as e2e.py takes it.
     args = e2e.parse_args(["--config", "postgres-redis", *rest])
@@ -68,6 +71,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 class Broadcast(e2e.Bench):
+    probe_key: str | None = None  # the probes' tenant's key, when it is another
+
+    def create_tenant(self, env: dict[str, str], name: str = "bench") -> str:
+        if self.args.probe_tenant == "other":
+            self.probe_key = super().create_tenant(env, "bench-probes")
+        return super().create_tenant(env, name)
+
     async def create_fixtures(self, session: aiohttp.ClientSession, sink_url: str) -> None:
         n = self.args.subscribers
         ids = [f"s{i:08d}" for i in range(n)]
@@ -78,7 +88,7 @@ class Broadcast(e2e.Bench):
 
         self.import_s = await self._import(ids, extra)
         log(f"{n} recipients imported by the bulk CLI in {self.import_s:.1f}s")
-        await self.call(session, "PUT", f"/v1/recipients/{PROBE}", {})
+        await self.call(session, "PUT", f"/v1/recipients/{PROBE}", {}, self.probe_key)
         began = time.monotonic()
         for start in range(0, n, 10_000):
             body = {"recipient_ids": ids[start : start + 10_000]}
@@ -93,7 +103,7 @@ class Broadcast(e2e.Bench):
         )
         await self.call(session, "PUT", "/v1/templates/news", {"channels": content})
         alert = {"category": "security", "channels": {"inapp": {"title": "Alert", "body": "!"}}}
-        await self.call(session, "PUT", "/v1/templates/alert", alert)
+        await self.call(session, "PUT", "/v1/templates/alert", alert, self.probe_key)
         log(f"{n} recipients subscribed to {TOPIC!r}")
 
     async def _import(self, ids: list[str], extra: Any) -> float:
@@ -154,7 +164,8 @@ class Broadcast(e2e.Bench):
             # Critical and high in turn: both are to keep going out during the broadcast.
             priority = "critical" if len(probes) % 2 == 0 else "high"
             probe = {"template": "alert", "to": {"recipient_id": PROBE}, "priority": priority}
-            pid = (await self.call(session, "POST", "/v1/notifications", probe))["id"]
+            reply = await self.call(session, "POST", "/v1/notifications", probe, self.probe_key)
+            pid = reply["id"]
             probes[pid], priorities[pid] = posted, priority
             await asyncio.sleep(self.args.probe_interval)
             # Counting a million rows costs the database a good part of a core: look at
@@ -179,6 +190,7 @@ class Broadcast(e2e.Bench):
             "subscribers": n,
             "workers": self.args.workers,
             "priority": self.args.priority,
+            "probe_tenant": self.args.probe_tenant,
             "all_created_s": round(planned_at - started, 2),
             "all_delivered_s": round(last_sent - started, 2),
             "created_per_s": round(n / (planned_at - started)),

@@ -585,9 +585,9 @@ class Bench:
         ports = orjson.loads(line)
         return f"http://127.0.0.1:{ports['port']}", SinkControl(ports["control"])
 
-    def create_tenant(self, env: dict[str, str]) -> str:
+    def create_tenant(self, env: dict[str, str], name: str = "bench") -> str:
         result = subprocess.run(
-            clarion("tenants", "create", "bench"),
+            clarion("tenants", "create", name),
             env=env,
             capture_output=True,
             text=True,
@@ -635,9 +635,16 @@ class Bench:
             await asyncio.sleep(0.2)
 
     async def call(
-        self, session: aiohttp.ClientSession, method: str, path: str, body: Any
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        body: Any,
+        key: str | None = None,
     ) -> dict[str, Any]:
-        headers = {"authorization": f"Bearer {self.key}", "content-type": "application/json"}
+        """A call with the tenant's key (or ``key``, another tenant's); its JSON reply."""
+        bearer = key or self.key
+        headers = {"authorization": f"Bearer {bearer}", "content-type": "application/json"}
         data = orjson.dumps(body) if body is not None else None
         url = self.base + path
         async with session.request(method, url, data=data, headers=headers) as response:

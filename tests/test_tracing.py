@@ -336,3 +336,24 @@ def test_event_messages_carry_a_traceparent_only_when_given() -> None:
     assert status_events.message("ten_1", evt, carried)["traceparent"] == carried
     # A malformed one carried by a message starts a trace of its own.
     assert tracing._span_context("00-not-a-trace") is None
+
+
+async def test_a_global_provider_adds_no_framework_span_to_a_request(
+    monkeypatch: pytest.MonkeyPatch, backend: tuple[str, str]
+) -> None:
+    """An OpenTelemetry provider set for the whole process (an auto-instrumenting wrapper,
+    say) gets no span of FastAPI's own per request: Clarion's request spans are its own,
+    on its own provider (here off)."""
+    from opentelemetry import trace
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    async with running(make_settings(*backend)) as app:
+        await app.put_recipient("u", email="u@example.com")
+        await app.put_template("welcome", EMAIL)
+        sent = await app.send({"template": "welcome", "to": {"recipient_id": "u"}})
+        assert sent.status_code == 202
+        assert (await app.client.get("/v1/templates/welcome", headers=app.auth)).status_code == 200
+    assert exporter.get_finished_spans() == ()

@@ -47,6 +47,7 @@ from clarion.api.routes import (
 )
 from clarion.api.send_one import PATH as SEND_PATH
 from clarion.api.send_one import SendOne
+from clarion.api.server import NO_FRAMEWORK_TELEMETRY
 from clarion.observability import tracing
 from clarion.pipeline.context import Context
 from clarion.pipeline.intake import Intake
@@ -83,6 +84,7 @@ def create_app(ctx: Context, intake: Intake | None, sources: Sources | None = No
         generate_unique_id_function=openapi.operation_id,
         docs_url=None,
         redoc_url=None,
+        telemetry=NO_FRAMEWORK_TELEMETRY,
     )
     app.state.ctx = ctx
     app.state.metrics_sources = sources or Sources(ctx, inbox=True)

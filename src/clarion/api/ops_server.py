@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from clarion.api import errors
 from clarion.api.routes import health
 from clarion.api.routes import metrics as metrics_route
-from clarion.api.server import http_server
+from clarion.api.server import NO_FRAMEWORK_TELEMETRY, http_server
 from clarion.pipeline.scrape import Sources
 
 if TYPE_CHECKING:
@@ -23,7 +23,13 @@ if TYPE_CHECKING:
 
 
 def create_ops_app(ctx: Context, sources: Sources) -> FastAPI:
-    app = FastAPI(title="Clarion operations", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="Clarion operations",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        telemetry=NO_FRAMEWORK_TELEMETRY,
+    )
     app.state.ctx = ctx
     app.state.metrics_sources = sources
     errors.install(app)

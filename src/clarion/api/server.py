@@ -39,6 +39,7 @@ from typing import Any
 
 import orjson
 import uvicorn
+from fastapi.telemetry import TelemetryConfig
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from clarion.api.errors import error_body
@@ -261,6 +262,19 @@ class _HeldHead:
     def close(self) -> None:
         self._flush()
         self._close()
+
+
+# FastAPI's own request telemetry, off: Clarion's request spans (api/request_spans.py) and
+# metrics are its own, on its own tracer provider, so a global OpenTelemetry provider (an
+# auto-instrumenting wrapper, FASTAPI_OTEL_AUTO_CONFIGURE) adds no second span per request;
+# and a request no longer asks whether one is configured (5.8 against 0.2 µs).
+NO_FRAMEWORK_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
 
 
 def protocol_for(settings: Settings) -> type[LimitedProtocol]:

@@ -9,6 +9,9 @@ import pytest
 
 from clarion.api.refusals import refusal_error
 from clarion.domain.refusal import Reason, Refused
+from clarion.store import notifications as notification_store
+from clarion.store import tenants as tenant_store
+from clarion.store.notifications import Accepted, NewNotification
 from harness import Harness
 
 
@@ -284,3 +287,91 @@ def test_every_refusal_has_its_answer() -> None:
         assert (error.code, error.message, error.details) == (reason.value, "no", [{"k": 1}])
     assert refusal_error(Refused(Reason.UNKNOWN_TEMPLATE, "no")).status == 422
     assert refusal_error(Refused(Reason.TOO_MANY_SCHEDULES, "no")).status == 409
+
+
+async def test_one_commit_judges_each_item_by_its_own_tenant(ready_both: Harness) -> None:
+    """One group commit of several tenants' items: each item's references are its own
+    tenant's (PostgreSQL checks them in the insert itself, SQLite before it), each refusal
+    says what was unknown, and an item repeating the idempotency key of one refused for
+    what it names is judged on its own."""
+    ready = ready_both
+    other_key = await ready.new_tenant("other-co")
+    other = {"Authorization": f"Bearer {other_key}"}
+    response = await ready.client.put("/v1/recipients/w", json={}, headers=other)
+    assert response.status_code == 200, response.text
+    response = await ready.client.put(
+        "/v1/topics/news/subscribers", json={"recipient_ids": ["w"]}, headers=other
+    )
+    assert response.status_code == 200, response.text
+    tenant = await tenant_store.get_tenant_by_name(ready.ctx.engine, "other-co")
+    assert tenant is not None
+    other_id = tenant.id
+
+    def item(tenant: str, template: str = "t", **extra: Any) -> NewNotification:
+        fields: dict[str, Any] = {"recipient_ids": ["u"], "idempotency_key": None}
+        fields.update(extra)
+        return NewNotification(
+            tenant_id=tenant,
+            template=template,
+            data={"name": "a"},
+            priority="normal",
+            channels=None,
+            send_at=None,
+            expires_at=None,
+            request_hash=fields.pop("request_hash", "h"),
+            **fields,
+        )
+
+    items = [
+        item(ready.tenant_id),  # 0: stored
+        item(other_id),  # 1: the other tenant has no template "t"
+        item(ready.tenant_id, recipient_ids=["u", "ghost", "w", "ghost2"]),  # 2
+        item(ready.tenant_id, recipient_ids=[], topic="news"),  # 3: the other's topic
+        item(ready.tenant_id, template="", workflow="nope"),  # 4
+        item(ready.tenant_id, template="nope", idempotency_key="k"),  # 5: refused ...
+        item(ready.tenant_id, idempotency_key="k", request_hash="h2"),  # 6: ... so stored
+        item(ready.tenant_id, idempotency_key="k", request_hash="h2"),  # 7: 6 replayed
+    ]
+    outcomes = await notification_store.accept(
+        ready.ctx.engine, items, outbox_grace=5.0, pg=ready.ctx.pg
+    )
+    assert isinstance(outcomes[0], Accepted)
+    assert outcomes[0].created
+    refusals = {i: o for i, o in enumerate(outcomes) if isinstance(o, Refused)}
+    assert {i: o.reason for i, o in refusals.items()} == {
+        1: Reason.UNKNOWN_TEMPLATE,
+        2: Reason.UNKNOWN_RECIPIENT,
+        3: Reason.UNKNOWN_TOPIC,
+        4: Reason.UNKNOWN_WORKFLOW,
+        5: Reason.UNKNOWN_TEMPLATE,
+    }
+    assert refusals[2].message == "no recipient with id 'ghost' (and 2 more)"
+    assert refusals[2].details == [
+        {"recipient_id": "ghost"},
+        {"recipient_id": "w"},
+        {"recipient_id": "ghost2"},
+    ]
+    stored, repeat = outcomes[6], outcomes[7]
+    assert isinstance(stored, Accepted)
+    assert stored.created
+    assert stored.id == items[6].id
+    assert isinstance(repeat, Accepted)
+    assert not repeat.created
+    assert repeat.id == items[6].id
+    # A later request with the key: replayed from the store, or refused for its other body.
+    again = await notification_store.accept(
+        ready.ctx.engine,
+        [
+            item(ready.tenant_id, idempotency_key="k", request_hash="h2"),
+            item(ready.tenant_id, template="nope", idempotency_key="k", request_hash="h3"),
+        ],
+        outbox_grace=5.0,
+        pg=ready.ctx.pg,
+    )
+    assert isinstance(again[0], Accepted)
+    assert again[0].id == items[6].id
+    assert isinstance(again[1], Refused)
+    assert again[1].reason == Reason.UNKNOWN_TEMPLATE
+    await ready.drain()
+    assert (await ready.notification(items[0].id))["deliveries"][0]["status"] == "sent"
+    assert (await ready.notification(items[6].id))["deliveries"][0]["status"] == "sent"

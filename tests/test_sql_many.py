@@ -116,11 +116,11 @@ async def test_the_intake_tells_which_rows_it_stored(engine: AsyncEngine) -> Non
     at = datetime(2026, 1, 1, tzinfo=UTC)
     first = _notification("k1", at)
     async with intake_tx(engine, None) as tx:
-        assert await tx.insert([first], [at]) == {first["id"]}
+        assert (await tx.insert([first], [at])).ids == {first["id"]}
     # One row meets a taken idempotency key: it alone is left out.
     rows = [_notification("k1", at), _notification("k2", at), _notification(None, at)]
     async with intake_tx(engine, None) as tx:
-        assert await tx.insert(rows, [at] * 3) == {rows[1]["id"], rows[2]["id"]}
+        assert (await tx.insert(rows, [at] * 3)).ids == {rows[1]["id"], rows[2]["id"]}
     async with engine.connect() as conn:
         stored = (await conn.execute(select(notifications.c.id, notifications.c.data))).all()
         outbox = (await conn.execute(text("SELECT notification_id FROM outbox"))).scalars()

@@ -2,10 +2,12 @@
 
 SQLite: SQLAlchemy in one write transaction. PostgreSQL: asyncpg, fixed statements with
 array parameters; the notifications and their outbox rows are one statement (a
-data-modifying ``WITH``), so the write is atomic without a transaction block. The reads
-before it (do the templates, recipients and topics exist) take no lock on either store: a template
-removed a moment after the check leaves a notification the planner finds no template for,
-as it would on SQLite.
+data-modifying ``WITH``), so the write is atomic without a transaction block. On SQLite the
+references (do the templates, recipients and topics exist) are read before the insert; on
+PostgreSQL the insert reads them itself, leaves out each row that names one its tenant does
+not have, and says which and why: one round trip for the whole group commit. Neither takes
+a lock: a template removed a moment after the check leaves a notification the planner finds
+no template for, on either store.
 """
 
 from __future__ import annotations
@@ -39,8 +41,26 @@ class Stored(NamedTuple):
 # Of the keys asked for: the templates, recipients, topics and workflows found.
 Found = tuple[set[Key], set[Key], set[Key], set[Key]]
 
+# Why an insert that checks references left a row out (``Inserted.unknown``).
+UNKNOWN_NAME = 1  # its template, or its workflow
+UNKNOWN_TOPIC = 2
+UNKNOWN_RECIPIENTS = 3
+
+
+class Inserted(NamedTuple):
+    """What an insert stored: the ids inserted (a row left out without a reason met a taken
+    idempotency key); where the insert checks references, the rows left out for one, by id,
+    with the reason, and the (tenant, recipient id) pairs that were not found."""
+
+    ids: set[str]
+    unknown: dict[str, int]
+    missing_recipients: set[Key]
+
 
 class IntakeTx(Protocol):
+    # Whether ``insert`` checks the rows' references itself (else ``known`` is asked first).
+    checks_references: bool
+
     async def known(
         self, templates: set[Key], recipients: set[Key], topics: set[Key], workflows: set[Key]
     ) -> Found:
@@ -50,9 +70,10 @@ class IntakeTx(Protocol):
 
     async def insert(
         self, rows: Sequence[dict[str, Any]], available_at: Sequence[datetime]
-    ) -> set[str]:
-        """Insert notification rows (skipping a taken idempotency key) with an outbox row
-        for each one inserted, available at the matching time; the ids inserted."""
+    ) -> Inserted:
+        """Insert notification rows (skipping a taken idempotency key, and, where it checks
+        references, a row naming what its tenant does not have) with an outbox row for each
+        one inserted, available at the matching time."""
         ...
 
     async def stored_by_key(self, keys: set[Key]) -> dict[Key, Stored]:
@@ -62,6 +83,8 @@ class IntakeTx(Protocol):
 
 
 class _SqlIntake:
+    checks_references = False
+
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
@@ -97,7 +120,7 @@ class _SqlIntake:
 
     async def insert(
         self, rows: Sequence[dict[str, Any]], available_at: Sequence[datetime]
-    ) -> set[str]:
+    ) -> Inserted:
         inserted: set[str] = set()
         for part in chunks(list(rows), 1000):
             inserted.update(await self._insert(part))
@@ -108,7 +131,7 @@ class _SqlIntake:
         ]
         for part in chunks(outbox_rows, 1000):
             await execute_many(self._conn, _OUTBOX, part)
-        return inserted
+        return Inserted(inserted, {}, set())
 
     async def _insert(self, rows: list[dict[str, Any]]) -> set[str]:
         stmt = insert_ignoring_conflicts(self._conn, notifications)
@@ -164,19 +187,45 @@ _COLUMNS = {
 _JSON = {"recipient_ids", "data", "channels"}
 _N = len(_COLUMNS)
 
+_GONE = 4  # a row of the answer naming a recipient not found
+_AT = f"${_N + 1}::timestamptz[]"
+_TEMPLATES = f"${_N + 2}::text[], ${_N + 3}::text[]"
+_RECIPIENTS = f"${_N + 4}::text[], ${_N + 5}::text[]"
+
+# The references are read first, once each (the distinct templates and recipients of the
+# whole commit, as pairs): `gone` holds the recipients not found, nearly always none; each
+# row is then checked against those, its workflow and its topic by primary key. A row
+# naming something unknown is not inserted, and comes back with the reason (in the order
+# `_unknown_references` in store/notifications.py checks them), the missing recipients
+# after it.
 _INSERT = (
-    "WITH v AS (SELECT * FROM unnest("
+    "WITH tpl AS MATERIALIZED (SELECT t.tenant_id, t.name FROM templates AS t "
+    f"JOIN unnest({_TEMPLATES}) AS k(tenant_id, name) "
+    "ON t.tenant_id = k.tenant_id AND t.name = k.name), "
+    "gone AS MATERIALIZED (SELECT k.tenant_id, k.id "
+    f"FROM unnest({_RECIPIENTS}) AS k(tenant_id, id) WHERE NOT EXISTS "
+    "(SELECT 1 FROM recipients AS r WHERE r.tenant_id = k.tenant_id AND r.id = k.id)), "
+    "v AS MATERIALIZED (SELECT u.*, CASE "
+    "WHEN NOT CASE WHEN u.workflow IS NULL THEN EXISTS "
+    "(SELECT 1 FROM tpl WHERE tpl.tenant_id = u.tenant_id AND tpl.name = u.template) "
+    "ELSE EXISTS (SELECT 1 FROM workflows AS w "
+    f"WHERE w.tenant_id = u.tenant_id AND w.key = u.workflow) END THEN {UNKNOWN_NAME} "
+    "WHEN u.topic IS NOT NULL AND NOT EXISTS (SELECT 1 FROM topics AS p "
+    f"WHERE p.tenant_id = u.tenant_id AND p.name = u.topic) THEN {UNKNOWN_TOPIC} "
+    "WHEN EXISTS (SELECT 1 FROM gone AS g "
+    f"WHERE g.tenant_id = u.tenant_id AND u.recipient_ids::jsonb ? g.id) THEN {UNKNOWN_RECIPIENTS} "
+    "ELSE 0 END AS unknown FROM unnest("
     + ", ".join(f"${i + 1}::{kind}[]" for i, kind in enumerate(_COLUMNS.values()))
-    + f", ${_N + 1}::timestamptz[]) AS v({', '.join(_COLUMNS)}, available_at)), "
+    + f", {_AT}) AS u({', '.join(_COLUMNS)}, available_at)), "
     f"ins AS (INSERT INTO notifications ({', '.join(_COLUMNS)}) SELECT "
     + ", ".join(f"v.{name}::json" if name in _JSON else f"v.{name}" for name in _COLUMNS)
-    + " FROM v ON CONFLICT DO NOTHING RETURNING id), "
+    + " FROM v WHERE v.unknown = 0 ON CONFLICT DO NOTHING RETURNING id), "
     "ob AS (INSERT INTO outbox (notification_id, tenant_id, available_at) "
     "SELECT v.id, v.tenant_id, v.available_at FROM v JOIN ins ON ins.id = v.id) "
-    "SELECT id FROM ins"
+    "SELECT 0, id, NULL::text FROM ins "
+    "UNION ALL SELECT v.unknown, v.id, NULL FROM v WHERE v.unknown <> 0 "
+    f"UNION ALL SELECT {_GONE}, g.tenant_id, g.id FROM gone AS g"
 )
-
-
 # The reference checks in one round trip: 0 marks a template found, 1 a recipient, 2 a topic.
 _KNOWN = (
     "SELECT 0, t.tenant_id, t.name FROM templates AS t "
@@ -203,6 +252,8 @@ def _pairs(keys: Iterable[Key]) -> tuple[list[str], list[str]]:
 
 
 class _PgIntake:
+    checks_references = True
+
     def __init__(self, pg: PgPool) -> None:
         self._pg = pg
 
@@ -219,15 +270,27 @@ class _PgIntake:
 
     async def insert(
         self, rows: Sequence[dict[str, Any]], available_at: Sequence[datetime]
-    ) -> set[str]:
+    ) -> Inserted:
         arrays = [
             [orjson.dumps(row[name]).decode() for row in rows]
             if name in _JSON
             else [row[name] for row in rows]
             for name in _COLUMNS
         ]
-        records = await self._pg.fetch(_INSERT, *arrays, list(available_at))
-        return {record[0] for record in records}
+        templates = {(row["tenant_id"], row["template"]) for row in rows if row["workflow"] is None}
+        recipients = {(row["tenant_id"], rid) for row in rows for rid in row["recipient_ids"]}
+        records = await self._pg.fetch(
+            _INSERT, *arrays, list(available_at), *_pairs(templates), *_pairs(recipients)
+        )
+        done = Inserted(set(), {}, set())
+        for kind, first, second in records:
+            if kind == 0:
+                done.ids.add(first)
+            elif kind == _GONE:
+                done.missing_recipients.add((first, second))
+            else:
+                done.unknown[first] = kind
+        return done
 
     async def stored_by_key(self, keys: set[Key]) -> dict[Key, Stored]:
         rows = await self._pg.fetch(

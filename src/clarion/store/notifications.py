@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +19,14 @@ from clarion.domain.runs import ENDED
 from clarion.store import deliveries as delivery_store
 from clarion.store import runs as run_store
 from clarion.store.db import as_utc, shown, utcnow, write_tx
-from clarion.store.intake import IntakeTx, Stored, intake_tx
+from clarion.store.intake import (
+    UNKNOWN_NAME,
+    UNKNOWN_TOPIC,
+    Inserted,
+    IntakeTx,
+    Stored,
+    intake_tx,
+)
 from clarion.store.pg import PgPool
 from clarion.store.sql import chunks, finds_any, first_row
 from clarion.store.tables import deliveries, notifications, outbox, topic_stripes, workflow_runs
@@ -73,31 +80,55 @@ async def _unknown_references(tx: IntakeTx, items: Sequence[NewNotification]) ->
     )
     errors: dict[int, Refused] = {}
     for index, item in enumerate(items):
-        if item.workflow is not None:
-            if (item.tenant_id, item.workflow) not in workflows:
-                errors[index] = Refused(
-                    Reason.UNKNOWN_WORKFLOW, f"no workflow with key {item.workflow!r}"
-                )
-                continue
-        elif (item.tenant_id, item.template) not in templates:
-            errors[index] = Refused(Reason.UNKNOWN_TEMPLATE, f"no template named {item.template!r}")
-            continue
-        if item.topic is not None and (item.tenant_id, item.topic) not in topics:
-            errors[index] = Refused(
-                Reason.UNKNOWN_TOPIC,
-                f"no topic named {item.topic!r}",
-                [{"field": "to.topic", "topic": item.topic}],
-            )
-            continue
-        missing = [rid for rid in item.recipient_ids if (item.tenant_id, rid) not in known]
-        if missing:
-            errors[index] = Refused(
-                Reason.UNKNOWN_RECIPIENT,
-                f"no recipient with id {missing[0]!r}"
-                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
-                [{"recipient_id": rid} for rid in missing[:100]],
-            )
+        named = (
+            (item.tenant_id, item.workflow) in workflows
+            if item.workflow is not None
+            else (item.tenant_id, item.template) in templates
+        )
+        topic = item.topic is None or (item.tenant_id, item.topic) in topics
+        error = _refusal(item, named, topic, known)
+        if error is not None:
+            errors[index] = error
     return errors
+
+
+def _refusal(
+    item: NewNotification, named: bool, topic: bool, recipients: Container[tuple[str, str]]
+) -> Refused | None:
+    """Why ``item`` is refused, if it is: its template (or workflow) is not ``named``, its
+    topic not found, or a recipient not among the (tenant, id) pairs of ``recipients``
+    (or a :class:`_Found`)."""
+    if not named:
+        if item.workflow is not None:
+            return Refused(Reason.UNKNOWN_WORKFLOW, f"no workflow with key {item.workflow!r}")
+        return Refused(Reason.UNKNOWN_TEMPLATE, f"no template named {item.template!r}")
+    if not topic:
+        return Refused(
+            Reason.UNKNOWN_TOPIC,
+            f"no topic named {item.topic!r}",
+            [{"field": "to.topic", "topic": item.topic}],
+        )
+    missing = [rid for rid in item.recipient_ids if (item.tenant_id, rid) not in recipients]
+    if missing:
+        return Refused(
+            Reason.UNKNOWN_RECIPIENT,
+            f"no recipient with id {missing[0]!r}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+            [{"recipient_id": rid} for rid in missing[:100]],
+        )
+    return None
+
+
+class _Found:
+    """The (tenant, recipient id) pairs found, as the complement of those not found."""
+
+    __slots__ = ("_gone",)
+
+    def __init__(self, gone: set[tuple[str, str]]) -> None:
+        self._gone = gone
+
+    def __contains__(self, key: object) -> bool:
+        return key not in self._gone
 
 
 async def unknown_template_or_workflow(
@@ -169,24 +200,15 @@ async def accept(
     """Store notifications and their outbox rows in one transaction; one outcome per item."""
     now = utcnow()
     outcomes: list[Admission | None] = [None] * len(items)
+    repeats: dict[int, int] = {}  # an item repeating a key earlier in the batch → that item
+    created: dict[str, dict[str, Any]] = {}
     async with intake_tx(engine, pg) as tx:
-        for index, error in (await _unknown_references(tx, items)).items():
-            outcomes[index] = error
-        # Repeats are rare: insert first, and look up only the keys that were taken.
-        fresh: dict[tuple[str, str], int] = {}
-        repeats: dict[int, int] = {}  # an item repeating a key earlier in the batch → it
-        new_rows: list[dict[str, Any]] = []
-        for index, item in enumerate(items):
-            if outcomes[index] is not None:
-                continue
-            key = (item.tenant_id, item.idempotency_key) if item.idempotency_key else None
-            if key is not None and key in fresh:
-                repeats[index] = fresh[key]
-                continue
-            if key is not None:
-                fresh[key] = index
-            new_rows.append(_row(item, now))
-        created = await _insert(tx, new_rows, fresh, items, outcomes, now, outbox_grace)
+        if not tx.checks_references:
+            for index, error in (await _unknown_references(tx, items)).items():
+                outcomes[index] = error
+        todo = [index for index, outcome in enumerate(outcomes) if outcome is None]
+        while todo:
+            todo = await _store(tx, items, todo, outcomes, repeats, created, now, outbox_grace)
     for index, item in enumerate(items):
         if outcomes[index] is None and index not in repeats:
             row = created[item.id]
@@ -203,23 +225,51 @@ async def accept(
     return [o for o in outcomes if o is not None]
 
 
-async def _insert(
+async def _store(
     tx: IntakeTx,
-    rows: list[dict[str, Any]],
-    fresh: dict[tuple[str, str], int],
     items: Sequence[NewNotification],
+    todo: list[int],
     outcomes: list[Admission | None],
+    repeats: dict[int, int],
+    created: dict[str, dict[str, Any]],
     now: datetime,
     outbox_grace: float,
-) -> dict[str, dict[str, Any]]:
-    if not rows:
-        return {}
+) -> list[int]:
+    """Insert the items of ``todo``; the outcome of each one refused, the rows of those
+    created. Returns the items to try again: those repeating the idempotency key of one
+    refused here for what it names (a store that checks references in its insert), tried
+    as if that one had not been sent, as a store that checks first does."""
+    # Repeats are rare: insert first, and look up only the keys that were taken.
+    fresh: dict[tuple[str, str], int] = {}
+    rows: list[dict[str, Any]] = []
+    repeating: list[int] = []
+    for index in todo:
+        item = items[index]
+        key = (item.tenant_id, item.idempotency_key) if item.idempotency_key else None
+        if key is not None and key in fresh:
+            repeats[index] = fresh[key]
+            repeating.append(index)
+            continue
+        if key is not None:
+            fresh[key] = index
+        rows.append(_row(item, now))
+    if repeating and tx.checks_references:
+        # Not inserted, so not checked by the insert: what they name is read here.
+        errors = await _unknown_references(tx, [items[index] for index in repeating])
+        for at, error in errors.items():
+            outcomes[repeating[at]] = error
+            del repeats[repeating[at]]
     grace = now + timedelta(seconds=outbox_grace)
-    inserted = await tx.insert(
+    done = await tx.insert(
         rows,
         [row["send_at"] if row["send_at"] and row["send_at"] > now else grace for row in rows],
     )
-    taken = {key for key, index in fresh.items() if items[index].id not in inserted}
+    refused = _refuse_unknown(items, todo, done, outcomes) if done.unknown else set()
+    taken = {
+        key
+        for key, index in fresh.items()
+        if items[index].id not in done.ids and index not in refused
+    }
     if taken:
         # An earlier request (or another process a moment before) stored the same key.
         earlier = await tx.stored_by_key(taken)
@@ -234,11 +284,35 @@ async def _insert(
                     "this idempotency key is being used by another request",
                 )
             )
-    created = {row["id"]: row for row in rows if row["id"] in inserted}
-    for row in created.values():
-        if row["send_at"] is not None and row["send_at"] <= now:
-            row["send_at"] = None
-    return created
+    for row in rows:
+        if row["id"] in done.ids:
+            if row["send_at"] is not None and row["send_at"] <= now:
+                row["send_at"] = None
+            created[row["id"]] = row
+    again = [index for index, first in repeats.items() if first in refused]
+    for index in again:
+        del repeats[index]
+    return again
+
+
+def _refuse_unknown(
+    items: Sequence[NewNotification],
+    todo: list[int],
+    done: Inserted,
+    outcomes: list[Admission | None],
+) -> set[int]:
+    """The refusals of the items an insert left out for what they name; those items."""
+    refused: set[int] = set()
+    found = _Found(done.missing_recipients)
+    for index in todo:
+        item = items[index]
+        why = done.unknown.get(item.id)
+        if why is None:
+            continue
+        error = _refusal(item, why != UNKNOWN_NAME, why != UNKNOWN_TOPIC, found)
+        outcomes[index] = error or Refused(Reason.UNKNOWN_RECIPIENT, "a recipient is unknown")
+        refused.add(index)
+    return refused
 
 
 _OUTBOX_DUE = "SELECT EXISTS (SELECT 1 FROM outbox WHERE available_at <= $1)"

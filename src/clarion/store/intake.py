@@ -193,8 +193,9 @@ _TEMPLATES = f"${_N + 2}::text[], ${_N + 3}::text[]"
 _RECIPIENTS = f"${_N + 4}::text[], ${_N + 5}::text[]"
 
 # The references are read first, once each (the distinct templates and recipients of the
-# whole commit, as pairs): `gone` holds the recipients not found, nearly always none; each
-# row is then checked against those, its workflow and its topic by primary key. A row
+# whole commit, as pairs): `gone` holds the recipients not found, nearly always none (an
+# uncorrelated EXISTS, run once, spares each row the look at it then); each row is then
+# checked against those, its workflow and its topic by primary key. A row
 # naming something unknown is not inserted, and comes back with the reason (in the order
 # `_unknown_references` in store/notifications.py checks them), the missing recipients
 # after it.
@@ -212,7 +213,7 @@ _INSERT = (
     f"WHERE w.tenant_id = u.tenant_id AND w.key = u.workflow) END THEN {UNKNOWN_NAME} "
     "WHEN u.topic IS NOT NULL AND NOT EXISTS (SELECT 1 FROM topics AS p "
     f"WHERE p.tenant_id = u.tenant_id AND p.name = u.topic) THEN {UNKNOWN_TOPIC} "
-    "WHEN EXISTS (SELECT 1 FROM gone AS g "
+    "WHEN EXISTS (SELECT 1 FROM gone) AND EXISTS (SELECT 1 FROM gone AS g "
     f"WHERE g.tenant_id = u.tenant_id AND u.recipient_ids::jsonb ? g.id) THEN {UNKNOWN_RECIPIENTS} "
     "ELSE 0 END AS unknown FROM unnest("
     + ", ".join(f"${i + 1}::{kind}[]" for i, kind in enumerate(_COLUMNS.values()))

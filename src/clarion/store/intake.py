@@ -195,8 +195,8 @@ _RECIPIENTS = f"${_N + 4}::text[], ${_N + 5}::text[]"
 # The references are read first, once each (the distinct templates and recipients of the
 # whole commit, as pairs): `gone` holds the recipients not found, nearly always none (an
 # uncorrelated EXISTS, run once, spares each row the look at it then); each row is then
-# checked against those, its workflow and its topic by primary key. A row
-# naming something unknown is not inserted, and comes back with the reason (in the order
+# checked against those, its workflow and its topic by primary key. A row naming something
+# unknown is not inserted, and comes back with the reason (in the order
 # `_unknown_references` in store/notifications.py checks them), the missing recipients
 # after it.
 _INSERT = (
@@ -227,6 +227,8 @@ _INSERT = (
     "UNION ALL SELECT v.unknown, v.id, NULL FROM v WHERE v.unknown <> 0 "
     f"UNION ALL SELECT {_GONE}, g.tenant_id, g.id FROM gone AS g"
 )
+
+
 # The reference checks in one round trip: 0 marks a template found, 1 a recipient, 2 a topic.
 _KNOWN = (
     "SELECT 0, t.tenant_id, t.name FROM templates AS t "

@@ -229,7 +229,8 @@ _INSERT = (
 )
 
 
-# The reference checks in one round trip: 0 marks a template found, 1 a recipient, 2 a topic.
+# The reference checks in one round trip (SQLite's order, and the repeats in a commit): 0 marks
+# a template found, 1 a recipient, 2 a topic, 3 a workflow.
 _KNOWN = (
     "SELECT 0, t.tenant_id, t.name FROM templates AS t "
     "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, name) "

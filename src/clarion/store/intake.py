@@ -229,8 +229,9 @@ _INSERT = (
 )
 
 
-# The reference checks in one round trip (SQLite's order, and the repeats in a commit): 0 marks
-# a template found, 1 a recipient, 2 a topic, 3 a workflow.
+# The reference checks in one round trip, for what the insert does not check (a key's repeats
+# in one commit, a schedule's template): 0 marks a template found, 1 a recipient, 2 a topic,
+# 3 a workflow.
 _KNOWN = (
     "SELECT 0, t.tenant_id, t.name FROM templates AS t "
     "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, name) "

@@ -13,6 +13,8 @@ was outside the runs' own processes.
     uv run python benchmarks/suite.py --only procs-1x1,procs-2x2,procs-3x3   # more processes
                                                            # on a Redis Cluster
     uv run python benchmarks/suite.py --only redis-batch,cluster-batch,nats-batch  # brokers
+    uv run python benchmarks/suite.py --only batch --e2e-arg=--private-postgres   # a stock
+                                                           # PostgreSQL of its own (autovacuum on)
 
 ``--before`` names another checkout of Clarion with its environment set up
 (``uv sync --all-extras`` in it); its benchmarks run from there. Celery runs with
@@ -114,8 +116,12 @@ FIGURES: dict[str, Callable[[dict[str, Any]], float | None]] = {
 }
 
 
-def run_one(name: str, checkout: Path, keep: Path | None, label: str) -> dict[str, Any]:
+def run_one(
+    name: str, checkout: Path, keep: Path | None, label: str, extra: list[str]
+) -> dict[str, Any]:
     arguments, celery = RUNS[name]
+    if not celery and arguments[0] == "e2e.py":
+        arguments = [*arguments, *extra]
     script = str(checkout / "benchmarks" / arguments[0])
     if celery:
         command = [*CELERY, script, *arguments[1:]]
@@ -169,6 +175,12 @@ def main() -> int:
     )
     parser.add_argument("--before", type=Path, help="a checkout of the code before a change")
     parser.add_argument("--keep", type=Path, help="a folder for each run's JSON")
+    parser.add_argument(
+        "--e2e-arg",
+        action="append",
+        default=[],
+        help="an argument added to every e2e.py run, such as --e2e-arg=--private-postgres",
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = set(names) - set(RUNS)
@@ -188,7 +200,7 @@ def main() -> int:
             if round_ % 2:
                 labels.reverse()
             for label in labels:
-                result = run_one(name, checkouts[label], args.keep, label)
+                result = run_one(name, checkouts[label], args.keep, label, args.e2e_arg)
                 results[label].setdefault(name, []).append(result)
     blocks = {c: {n: summary(r) for n, r in runs.items()} for c, runs in results.items()}
     after = blocks["after"]

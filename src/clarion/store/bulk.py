@@ -19,6 +19,8 @@ import orjson
 from clarion.domain.delivery import Stored
 from clarion.domain.models import DeliveryStatus
 from clarion.store import delivery_rows
+from clarion.store.packed import columns as packed_columns
+from clarion.store.packed import param
 from clarion.store.pg import PgPool
 
 # Column name -> PostgreSQL array type, in the order of a new delivery's values.
@@ -36,25 +38,53 @@ _DELIVERY_TYPES = {
 }
 _DELIVERY_COLUMNS = {name: _DELIVERY_TYPES.get(name, "text") for name in delivery_rows.COLUMNS}
 _JSON_COLUMNS = {name for name, kind in _DELIVERY_COLUMNS.items() if kind == "json"}
+# What a new delivery's row holds the same in every row of a batch (delivery_rows.values):
+# made and last updated when the batch is stored (the statement's time parameter), never
+# sent yet. Not sent as columns.
+_FIXED = {"created_at": "{at}", "updated_at": "{at}", "sent_at": "NULL::timestamptz"}
+_SENT_COLUMNS = {n: kind for n, kind in _DELIVERY_COLUMNS.items() if n not in _FIXED}
+_SENT = [i for i, name in enumerate(_DELIVERY_COLUMNS) if name not in _FIXED]
 
 
-def _unnest(columns: dict[str, str], first: int = 1) -> str:
-    """``unnest($first::type[], ...) AS v(names)``; JSON travels as text (asyncpg has no
-    json[] codec) and is cast back where it is used."""
+def _unnest(columns: dict[str, str], first: int = 1, packed: bool = False) -> str:
+    """``unnest($first::type[], ...) AS v(names)``, each parameter an array or one packed
+    text (store/packed.py); JSON travels as text (asyncpg has no json[] codec) and is cast
+    back where it is used."""
     arrays = ", ".join(
-        f"${first + i}::{'text' if kind == 'json' else kind}[]"
+        param(first + i, "text" if kind == "json" else kind, packed)
         for i, kind in enumerate(columns.values())
     )
     return f"unnest({arrays}) AS v({', '.join(columns)})"
 
 
-def _select(columns: dict[str, str]) -> str:
+def _kinds(columns: dict[str, str]) -> list[str]:
+    return ["text" if kind == "json" else kind for kind in columns.values()]
+
+
+def _select(columns: dict[str, str], at: str) -> str:
     return ", ".join(
-        f"v.{name}::json" if kind == "json" else f"v.{name}" for name, kind in columns.items()
+        _FIXED[name].format(at=at)
+        if name in _FIXED
+        else f"v.{name}::json"
+        if kind == "json"
+        else f"v.{name}"
+        for name, kind in columns.items()
     )
 
 
-_N = len(_DELIVERY_COLUMNS)
+_N = len(_SENT_COLUMNS)
+_SENT_KINDS = _kinds(_SENT_COLUMNS)
+_AT = f"${_N + 1}::timestamptz"
+
+
+def _new_deliveries(packed: bool) -> str:
+    """The insert of a batch's deliveries, from the columns of :data:`_SENT_COLUMNS` first
+    and the batch's time after them."""
+    return (
+        f"INSERT INTO deliveries ({', '.join(_DELIVERY_COLUMNS)}) "
+        f"SELECT {_select(_DELIVERY_COLUMNS, _AT)} FROM {_unnest(_SENT_COLUMNS, 1, packed)} "
+    )
+
 
 # New deliveries, with an event for each one inserted in another state than `queued` (a
 # delivery's creation is its `queued` event), and the planned notifications' outbox rows
@@ -64,19 +94,21 @@ _N = len(_DELIVERY_COLUMNS)
 # or waits for this statement (and then cancels what it inserted). A share lock, not an
 # update to `processing`: the update wrote a new version of the row and an entry in each of
 # its five indexes (26 µs of server CPU a notification; the lock, 4 µs and one WAL record).
-_STORE_PLAN = (
-    f"WITH live AS (SELECT id FROM notifications "
-    f"WHERE id = ANY(${_N + 2}::text[]) AND status <> 'cancelled' FOR SHARE), "
-    f"ins AS (INSERT INTO deliveries ({', '.join(_DELIVERY_COLUMNS)}) "
-    f"SELECT {_select(_DELIVERY_COLUMNS)} FROM {_unnest(_DELIVERY_COLUMNS)} "
-    "JOIN live ON live.id = v.notification_id "
-    "ON CONFLICT DO NOTHING RETURNING id, tenant_id, status, reason), "
-    "ev AS (INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
-    f"SELECT id, tenant_id, status, reason, ${_N + 1}::timestamptz FROM ins "
-    f"WHERE status <> '{DeliveryStatus.QUEUED.value}'), "
-    f"gone AS (DELETE FROM outbox WHERE notification_id = ANY(${_N + 3}::text[])) "
-    "SELECT id FROM ins"
-)
+_STORE_PLAN = {
+    packed: (
+        f"WITH live AS (SELECT id FROM notifications "
+        f"WHERE id = ANY(${_N + 2}::text[]) AND status <> 'cancelled' FOR SHARE), "
+        f"ins AS ({_new_deliveries(packed)}"
+        "JOIN live ON live.id = v.notification_id "
+        "ON CONFLICT DO NOTHING RETURNING id, tenant_id, status, reason), "
+        "ev AS (INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
+        f"SELECT id, tenant_id, status, reason, {_AT} FROM ins "
+        f"WHERE status <> '{DeliveryStatus.QUEUED.value}'), "
+        f"gone AS (DELETE FROM outbox WHERE notification_id = ANY(${_N + 3}::text[])) "
+        "SELECT id FROM ins"
+    )
+    for packed in (True, False)
+}
 
 _CHANGE_COLUMNS = {
     "id": "text",
@@ -102,6 +134,9 @@ _EVENT_COLUMNS = {
     "reason": "text",
 }
 _M = len(_CHANGE_COLUMNS)
+_E = len(_EVENT_COLUMNS)
+_CHANGE_KINDS = _kinds(_CHANGE_COLUMNS)
+_EVENT_KINDS = _kinds(_EVENT_COLUMNS)
 
 # Status changes and their events, one statement. A provider's report that the message was
 # delivered may arrive before the worker has stored its own outcome of the send: the report
@@ -110,22 +145,27 @@ _M = len(_CHANGE_COLUMNS)
 # first. A cancelled delivery stays cancelled: a cancellation leaves a delivery in flight
 # alone (store/deliveries.py ``stop_waiting``), so only an attempt that was never claimed,
 # or whose claim had lapsed, meets one.
-_WRITE_CHANGES = (
-    "WITH changed AS (UPDATE deliveries AS d SET status = v.status, attempts = v.attempts, "
-    "reason = v.reason, last_error = v.last_error, "
-    "provider_message_id = v.provider_message_id, scheduled_for = v.scheduled_for, "
-    f"sent_at = v.sent_at, latency_ms = v.latency_ms, updated_at = ${_M + 1}::timestamptz, "
-    "provider = coalesce(v.provider, d.provider) "
-    f"FROM {_unnest(_CHANGE_COLUMNS)} "
-    # `d.id = ANY($1)` as well: ids known when the statement is planned, so that only the
-    # partitions holding them are read (store/retention.py).
-    "WHERE d.id = v.id AND d.id = ANY($1::text[]) "
-    "AND d.status <> 'delivered' AND d.attempts <= v.attempts "
-    "AND d.status <> 'cancelled') "
-    f"INSERT INTO delivery_events ({', '.join(_EVENT_COLUMNS)}, created_at) "
-    f"SELECT {', '.join('v.' + name for name in _EVENT_COLUMNS)}, ${_M + 1}::timestamptz "
-    f"FROM {_unnest(_EVENT_COLUMNS, _M + 2)}"
-)
+#
+# The ids go twice: packed in the first parameter with the other columns, and as an array
+# in the last, for `d.id = ANY(...)`: ids known when the statement is planned, so that only
+# the partitions holding them are read (store/retention.py).
+_WRITE_CHANGES = {
+    packed: (
+        "WITH changed AS (UPDATE deliveries AS d SET status = v.status, "
+        "attempts = v.attempts, reason = v.reason, last_error = v.last_error, "
+        "provider_message_id = v.provider_message_id, scheduled_for = v.scheduled_for, "
+        f"sent_at = v.sent_at, latency_ms = v.latency_ms, updated_at = ${_M + 1}::timestamptz, "
+        "provider = coalesce(v.provider, d.provider) "
+        f"FROM {_unnest(_CHANGE_COLUMNS, 1, packed)} "
+        f"WHERE d.id = v.id AND d.id = ANY(${_M + _E + 2}::text[]) "
+        "AND d.status <> 'delivered' AND d.attempts <= v.attempts "
+        "AND d.status <> 'cancelled') "
+        f"INSERT INTO delivery_events ({', '.join(_EVENT_COLUMNS)}, created_at) "
+        f"SELECT {', '.join('v.' + name for name in _EVENT_COLUMNS)}, ${_M + 1}::timestamptz "
+        f"FROM {_unnest(_EVENT_COLUMNS, _M + 2, packed)}"
+    )
+    for packed in (True, False)
+}
 
 
 def _json(value: Any) -> str:
@@ -150,32 +190,42 @@ async def store_plan(
 ) -> set[str]:
     """Insert the deliveries (``ON CONFLICT DO NOTHING``), mark the notifications planned and
     drop their outbox rows, in one statement; the ids of the deliveries inserted."""
-    records = await pg.fetch(
-        _STORE_PLAN, *_delivery_arrays(items, at), at, list(planned_ids), list(outbox_ids)
-    )
+    packed, columns = _delivery_columns(items, at)
+    records = await pg.fetch(_STORE_PLAN[packed], *columns, at, list(planned_ids), list(outbox_ids))
     return {record[0] for record in records}
 
 
-def _delivery_arrays(items: Sequence[Stored], at: datetime) -> list[list[Any]]:
-    """One array per column of the new deliveries (made ``at``); JSON as text."""
-    columns = _columns((delivery_rows.values(item, at) for item in items), _N)
-    return [
-        [_json(value) for value in values] if name in _JSON_COLUMNS else values
-        for name, values in zip(_DELIVERY_COLUMNS, columns, strict=True)
+def _delivery_columns(items: Sequence[Stored], at: datetime) -> tuple[bool, list[Any]]:
+    """The new deliveries' (made ``at``) columns of :data:`_SENT_COLUMNS`, JSON as text:
+    packed if they can be, and whether they are."""
+    rows = (delivery_rows.values(item, at) for item in items)
+    every = _columns(rows, len(_DELIVERY_COLUMNS))
+    columns = [
+        [_json(value) for value in every[i]] if name in _JSON_COLUMNS else every[i]
+        for i, name in zip(_SENT, _SENT_COLUMNS, strict=True)
     ]
+    return _packed(_SENT_KINDS, columns)
+
+
+def _packed(kinds: list[str], columns: list[list[Any]]) -> tuple[bool, list[Any]]:
+    """``columns`` packed (store/packed.py) if they can be, else as arrays; and which."""
+    texts = packed_columns(kinds, columns)
+    return (True, list(texts)) if texts is not None else (False, list(columns))
 
 
 # A chunk of a topic send's stripe: its deliveries and their events, as in _STORE_PLAN, with
 # no notification or outbox row touched (store_stripe does that around it).
-_INSERT_CHUNK = (
-    f"WITH ins AS (INSERT INTO deliveries ({', '.join(_DELIVERY_COLUMNS)}) "
-    f"SELECT {_select(_DELIVERY_COLUMNS)} FROM {_unnest(_DELIVERY_COLUMNS)} "
-    "ON CONFLICT DO NOTHING RETURNING id, tenant_id, status, reason), "
-    "ev AS (INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
-    f"SELECT id, tenant_id, status, reason, ${_N + 1}::timestamptz FROM ins "
-    f"WHERE status <> '{DeliveryStatus.QUEUED.value}') "
-    "SELECT id FROM ins"
-)
+_INSERT_CHUNK = {
+    packed: (
+        f"WITH ins AS ({_new_deliveries(packed)}"
+        "ON CONFLICT DO NOTHING RETURNING id, tenant_id, status, reason), "
+        "ev AS (INSERT INTO delivery_events (delivery_id, tenant_id, status, detail, created_at) "
+        f"SELECT id, tenant_id, status, reason, {_AT} FROM ins "
+        f"WHERE status <> '{DeliveryStatus.QUEUED.value}') "
+        "SELECT id FROM ins"
+    )
+    for packed in (True, False)
+}
 
 _LIVE = "('accepted', 'scheduled', 'processing')"
 
@@ -227,7 +277,8 @@ async def store_stripe(pg: PgPool, items: Sequence[Stored], chunk: StripeChunk) 
         )
         if moved is None:
             return None
-        records = await conn.fetch(_INSERT_CHUNK, *_delivery_arrays(items, at), at)
+        packed, columns = _delivery_columns(items, at)
+        records = await conn.fetch(_INSERT_CHUNK[packed], *columns, at)
         # Last: the outbox row is the one row the stripes of a send all write.
         await conn.execute(
             "UPDATE outbox SET available_at = $2 WHERE notification_id = $1",
@@ -264,12 +315,10 @@ async def write_changes(
     message id, scheduled for, sent at, provider, latency ms) — ids distinct — and store
     the events (delivery id, tenant id, status, detail, attempt, provider, latency ms,
     error class, reason), all at ``at``."""
-    await pg.execute(
-        _WRITE_CHANGES,
-        *_columns(changes, _M),
-        at,
-        *_columns(events, len(_EVENT_COLUMNS)),
-    )
+    columns = _columns(changes, _M)
+    event_columns = _columns(events, _E)
+    packed, values = _packed(_CHANGE_KINDS + _EVENT_KINDS, columns + event_columns)
+    await pg.execute(_WRITE_CHANGES[packed], *values[:_M], at, *values[_M:], columns[0])
 
 
 # An attempt's claim, right before its provider call: for each (delivery, attempt n) a row

@@ -23,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.store import tables
 from clarion.store.db import write_tx
+from clarion.store.packed import columns as packed_columns
+from clarion.store.packed import param
 from clarion.store.pg import PgPool
 from clarion.store.sql import chunks, execute_many, grouped, insert_ignoring_conflicts, present
 from clarion.store.tables import notifications, outbox, recipients
@@ -192,6 +194,7 @@ _AT = f"${_N + 1}::timestamptz[]"
 _TEMPLATES = f"${_N + 2}::text[], ${_N + 3}::text[]"
 _RECIPIENTS = f"${_N + 4}::text[], ${_N + 5}::text[]"
 
+
 # The references are read first, once each (the distinct templates and recipients of the
 # whole commit, as pairs): `gone` holds the recipients not found, nearly always none (an
 # uncorrelated EXISTS, run once, spares each row the look at it then); each row is then
@@ -199,34 +202,41 @@ _RECIPIENTS = f"${_N + 4}::text[], ${_N + 5}::text[]"
 # unknown is not inserted, and comes back with the reason (in the order
 # `_unknown_references` in store/notifications.py checks them), the missing recipients
 # after it.
-_INSERT = (
-    "WITH tpl AS MATERIALIZED (SELECT t.tenant_id, t.name FROM templates AS t "
-    f"JOIN unnest({_TEMPLATES}) AS k(tenant_id, name) "
-    "ON t.tenant_id = k.tenant_id AND t.name = k.name), "
-    "gone AS MATERIALIZED (SELECT k.tenant_id, k.id "
-    f"FROM unnest({_RECIPIENTS}) AS k(tenant_id, id) WHERE NOT EXISTS "
-    "(SELECT 1 FROM recipients AS r WHERE r.tenant_id = k.tenant_id AND r.id = k.id)), "
-    "v AS MATERIALIZED (SELECT u.*, CASE "
-    "WHEN NOT CASE WHEN u.workflow IS NULL THEN EXISTS "
-    "(SELECT 1 FROM tpl WHERE tpl.tenant_id = u.tenant_id AND tpl.name = u.template) "
-    "ELSE EXISTS (SELECT 1 FROM workflows AS w "
-    f"WHERE w.tenant_id = u.tenant_id AND w.key = u.workflow) END THEN {UNKNOWN_NAME} "
-    "WHEN u.topic IS NOT NULL AND NOT EXISTS (SELECT 1 FROM topics AS p "
-    f"WHERE p.tenant_id = u.tenant_id AND p.name = u.topic) THEN {UNKNOWN_TOPIC} "
-    "WHEN EXISTS (SELECT 1 FROM gone) AND EXISTS (SELECT 1 FROM gone AS g "
-    f"WHERE g.tenant_id = u.tenant_id AND u.recipient_ids::jsonb ? g.id) THEN {UNKNOWN_RECIPIENTS} "
-    "ELSE 0 END AS unknown FROM unnest("
-    + ", ".join(f"${i + 1}::{kind}[]" for i, kind in enumerate(_COLUMNS.values()))
-    + f", {_AT}) AS u({', '.join(_COLUMNS)}, available_at)), "
-    f"ins AS (INSERT INTO notifications ({', '.join(_COLUMNS)}) SELECT "
-    + ", ".join(f"v.{name}::json" if name in _JSON else f"v.{name}" for name in _COLUMNS)
-    + " FROM v WHERE v.unknown = 0 ON CONFLICT DO NOTHING RETURNING id), "
-    "ob AS (INSERT INTO outbox (notification_id, tenant_id, available_at) "
-    "SELECT v.id, v.tenant_id, v.available_at FROM v JOIN ins ON ins.id = v.id) "
-    "SELECT 0, id, NULL::text FROM ins "
-    "UNION ALL SELECT v.unknown, v.id, NULL FROM v WHERE v.unknown <> 0 "
-    f"UNION ALL SELECT {_GONE}, g.tenant_id, g.id FROM gone AS g"
-)
+def _insert(packed: bool) -> str:
+    """The statement, with the rows' columns as arrays or packed texts (store/packed.py)."""
+    columns = ", ".join(param(i + 1, kind, packed) for i, kind in enumerate(_COLUMNS.values()))
+    return (
+        "WITH tpl AS MATERIALIZED (SELECT t.tenant_id, t.name FROM templates AS t "
+        f"JOIN unnest({_TEMPLATES}) AS k(tenant_id, name) "
+        "ON t.tenant_id = k.tenant_id AND t.name = k.name), "
+        "gone AS MATERIALIZED (SELECT k.tenant_id, k.id "
+        f"FROM unnest({_RECIPIENTS}) AS k(tenant_id, id) WHERE NOT EXISTS "
+        "(SELECT 1 FROM recipients AS r WHERE r.tenant_id = k.tenant_id AND r.id = k.id)), "
+        "v AS MATERIALIZED (SELECT u.*, CASE "
+        "WHEN NOT CASE WHEN u.workflow IS NULL THEN EXISTS "
+        "(SELECT 1 FROM tpl WHERE tpl.tenant_id = u.tenant_id AND tpl.name = u.template) "
+        "ELSE EXISTS (SELECT 1 FROM workflows AS w "
+        f"WHERE w.tenant_id = u.tenant_id AND w.key = u.workflow) END THEN {UNKNOWN_NAME} "
+        "WHEN u.topic IS NOT NULL AND NOT EXISTS (SELECT 1 FROM topics AS p "
+        f"WHERE p.tenant_id = u.tenant_id AND p.name = u.topic) THEN {UNKNOWN_TOPIC} "
+        "WHEN EXISTS (SELECT 1 FROM gone) AND EXISTS (SELECT 1 FROM gone AS g "
+        "WHERE g.tenant_id = u.tenant_id AND u.recipient_ids::jsonb ? g.id) "
+        f"THEN {UNKNOWN_RECIPIENTS} "
+        f"ELSE 0 END AS unknown FROM unnest({columns}, {_AT}) "
+        f"AS u({', '.join(_COLUMNS)}, available_at)), "
+        f"ins AS (INSERT INTO notifications ({', '.join(_COLUMNS)}) SELECT "
+        + ", ".join(f"v.{name}::json" if name in _JSON else f"v.{name}" for name in _COLUMNS)
+        + " FROM v WHERE v.unknown = 0 ON CONFLICT DO NOTHING RETURNING id), "
+        "ob AS (INSERT INTO outbox (notification_id, tenant_id, available_at) "
+        "SELECT v.id, v.tenant_id, v.available_at FROM v JOIN ins ON ins.id = v.id) "
+        "SELECT 0, id, NULL::text FROM ins "
+        "UNION ALL SELECT v.unknown, v.id, NULL FROM v WHERE v.unknown <> 0 "
+        f"UNION ALL SELECT {_GONE}, g.tenant_id, g.id FROM gone AS g"
+    )
+
+
+_INSERT = {packed: _insert(packed) for packed in (True, False)}
+_KINDS = list(_COLUMNS.values())
 
 
 # The reference checks in one round trip, for what the insert does not check (a key's repeats
@@ -282,10 +292,15 @@ class _PgIntake:
             else [row[name] for row in rows]
             for name in _COLUMNS
         ]
+        texts = packed_columns(_KINDS, arrays)
         templates = {(row["tenant_id"], row["template"]) for row in rows if row["workflow"] is None}
         recipients = {(row["tenant_id"], rid) for row in rows for rid in row["recipient_ids"]}
         records = await self._pg.fetch(
-            _INSERT, *arrays, list(available_at), *_pairs(templates), *_pairs(recipients)
+            _INSERT[texts is not None],
+            *(arrays if texts is None else texts),
+            list(available_at),
+            *_pairs(templates),
+            *_pairs(recipients),
         )
         done = Inserted(set(), {}, set())
         for kind, first, second in records:

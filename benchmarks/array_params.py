@@ -1,0 +1,104 @@
+"""What a batch's columns cost to send to PostgreSQL: as arrays, or packed into one text.
+
+The hot statements send a batch as one parameter per column (store/bulk.py). This sends
+the same batch (``--rows`` rows of ``--columns`` text columns of 30 characters, NULLs
+among them) ``--repeats`` times both ways, in alternation, through one asyncpg connection,
+and prints the CPU that the sending process and the server's backend spent per element
+(from ``/proc``), with medians over ``--rounds``:
+
+    uv run python benchmarks/array_params.py
+    uv run python benchmarks/array_params.py --database-url postgresql://postgres@127.0.0.1/postgres
+
+The query only splits and counts the rows (``unnest``): no table is read or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import string
+from pathlib import Path
+
+import asyncpg
+
+from clarion.store import packed
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _query(columns: int, as_text: bool) -> str:
+    params = ", ".join(packed.param(i + 1, "text", as_text) for i in range(columns))
+    names = ", ".join(f"c{i}" for i in range(columns))
+    return f"SELECT count(*) FROM unnest({params}) AS u({names})"
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--rows", type=int, default=200)
+    parser.add_argument("--columns", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    rng = random.Random(1)
+    letters = string.ascii_letters
+
+    def value() -> str | None:
+        return None if rng.random() < 0.2 else "".join(rng.choices(letters, k=30))
+
+    columns = [[value() for _ in range(args.rows)] for _ in range(args.columns)]
+    conn = await asyncpg.connect(args.database_url)
+    try:
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        found: dict[str, dict[str, list[float]]] = {
+            way: {"client": [], "server": []} for way in ("arrays", "packed")
+        }
+        elements = args.rows * args.columns * args.repeats
+        for _ in range(args.rounds):
+            for way in ("arrays", "packed"):
+                query = _query(args.columns, way == "packed")
+                texts = [packed.pack(column) for column in columns]
+                first = columns if way == "arrays" else texts
+                assert await conn.fetchval(query, *first) == args.rows
+                client, server = _own_cpu(), _cpu(backend)
+                for _ in range(args.repeats):
+                    if way == "arrays":
+                        await conn.fetchval(query, *columns)
+                    else:
+                        await conn.fetchval(query, *[packed.pack(column) for column in columns])
+                found[way]["client"].append((_own_cpu() - client) / elements * 1e6)
+                found[way]["server"].append((_cpu(backend) - server) / elements * 1e6)
+    finally:
+        await conn.close()
+    report = {
+        "rows": args.rows,
+        "columns": args.columns,
+        "repeats": args.repeats,
+        "us_per_element": {
+            way: {
+                side: {"median": round(statistics.median(v), 3), "runs": [round(x, 3) for x in v]}
+                for side, v in sides.items()
+            }
+            for way, sides in found.items()
+        },
+    }
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))

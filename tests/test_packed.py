@@ -57,11 +57,13 @@ def test_a_value_holding_a_mark_does_not_pack(values: list[str | None]) -> None:
 def test_kinds_pack_as_their_texts() -> None:
     moment = datetime(2026, 11, 27, 4, 0, 1, 250, tzinfo=UTC)
     columns = packed.columns(
-        ["int", "bool", "timestamptz"], [[1, None], [True, False], [moment, None]]
+        ["int", "bool", "timestamptz", "text"],
+        [[1, None], [True, False], [moment, None], ["a", None]],
     )
-    assert columns == ["1\x1f\x1e", "t\x1ff", "2026-11-27T04:00:01.000250+00:00\x1f\x1e"]
-    # A naive datetime would be read in the session's time zone: the batch goes as arrays.
-    assert packed.columns(["timestamptz"], [[datetime(2026, 11, 27)]]) is None
+    # A timestamp column stays an array: its parameter is one in either form.
+    assert columns == ["1\x1f\x1e", "t\x1ff", [moment, None], "a\x1f\x1e"]
+    assert packed.param(3, "timestamptz", True) == "$3::timestamptz[]"
+    assert packed.param(1, "int", True) == "string_to_array($1, E'\\x1f', E'\\x1e')::int[]"
     assert packed.columns(["text", "int"], [["a\x1f"], [1]]) is None
 
 

@@ -1,13 +1,18 @@
 """What a batch's columns cost to send to PostgreSQL: as arrays, or packed into one text.
 
 The hot statements send a batch as one parameter per column (store/bulk.py). This sends
-the same batch (``--rows`` rows of ``--columns`` text columns of 30 characters, NULLs
-among them) ``--repeats`` times both ways, in alternation, through one asyncpg connection,
-and prints the CPU that the sending process and the server's backend spent per element
-(from ``/proc``), with medians over ``--rounds``:
+the same batch (``--rows`` rows of ``--columns`` columns of ``--kind``: texts of 30
+characters, or timestamps, NULLs among them) ``--repeats`` times both ways, in
+alternation, through one asyncpg connection, and prints the CPU that the sending process
+and the server's backend spent per element (from ``/proc``), with medians over
+``--rounds``:
 
     uv run python benchmarks/array_params.py
+    uv run python benchmarks/array_params.py --kind timestamptz
     uv run python benchmarks/array_params.py --database-url postgresql://postgres@127.0.0.1/postgres
+
+A timestamp travels packed as its ISO 8601 text (``datetime.isoformat``), which
+PostgreSQL parses.
 
 The query only splits and counts the rows (``unnest``): no table is read or written.
 """
@@ -21,7 +26,9 @@ import os
 import random
 import statistics
 import string
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -40,8 +47,14 @@ def _own_cpu() -> float:
     return times.user + times.system
 
 
-def _query(columns: int, as_text: bool) -> str:
-    params = ", ".join(packed.param(i + 1, "text", as_text) for i in range(columns))
+def _query(columns: int, kind: str, as_text: bool) -> str:
+    if as_text:  # packed.param keeps timestamps as arrays; here both ways are measured
+        cast = f"::{kind}[]" if kind != "text" else ""
+        params = ", ".join(
+            f"string_to_array(${i + 1}, E'\\x1f', E'\\x1e'){cast}" for i in range(columns)
+        )
+    else:
+        params = ", ".join(f"${i + 1}::{kind}[]" for i in range(columns))
     names = ", ".join(f"c{i}" for i in range(columns))
     return f"SELECT count(*) FROM unnest({params}) AS u({names})"
 
@@ -53,12 +66,24 @@ async def main() -> int:
     parser.add_argument("--columns", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--kind", choices=["text", "timestamptz"], default="text")
     args = parser.parse_args()
     rng = random.Random(1)
     letters = string.ascii_letters
 
-    def value() -> str | None:
-        return None if rng.random() < 0.2 else "".join(rng.choices(letters, k=30))
+    start = datetime(2026, 11, 27, tzinfo=UTC)
+
+    def value() -> Any:
+        if rng.random() < 0.2:
+            return None
+        if args.kind == "timestamptz":
+            return start + timedelta(microseconds=rng.randrange(10**11))
+        return "".join(rng.choices(letters, k=30))
+
+    def texts(column: list[Any]) -> str | None:
+        if args.kind == "timestamptz":
+            return packed.pack([None if v is None else v.isoformat() for v in column])
+        return packed.pack(column)
 
     columns = [[value() for _ in range(args.rows)] for _ in range(args.columns)]
     conn = await asyncpg.connect(args.database_url)
@@ -70,21 +95,21 @@ async def main() -> int:
         elements = args.rows * args.columns * args.repeats
         for _ in range(args.rounds):
             for way in ("arrays", "packed"):
-                query = _query(args.columns, way == "packed")
-                texts = [packed.pack(column) for column in columns]
-                first = columns if way == "arrays" else texts
+                query = _query(args.columns, args.kind, way == "packed")
+                first = columns if way == "arrays" else [texts(column) for column in columns]
                 assert await conn.fetchval(query, *first) == args.rows
                 client, server = _own_cpu(), _cpu(backend)
                 for _ in range(args.repeats):
                     if way == "arrays":
                         await conn.fetchval(query, *columns)
                     else:
-                        await conn.fetchval(query, *[packed.pack(column) for column in columns])
+                        await conn.fetchval(query, *[texts(column) for column in columns])
                 found[way]["client"].append((_own_cpu() - client) / elements * 1e6)
                 found[way]["server"].append((_cpu(backend) - server) / elements * 1e6)
     finally:
         await conn.close()
     report = {
+        "kind": args.kind,
         "rows": args.rows,
         "columns": args.columns,
         "repeats": args.repeats,

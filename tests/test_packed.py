@@ -10,7 +10,7 @@ import pytest
 
 from clarion.domain.delivery import Delivery, Stored
 from clarion.domain.status import StatusChange
-from clarion.store import bulk, packed
+from clarion.store import bulk, delivery_rows, packed
 from clarion.store import deliveries as delivery_store
 from clarion.store.db import utcnow
 from harness import Harness, make_settings, running
@@ -160,3 +160,16 @@ async def test_a_recipient_id_holding_the_marks_is_accepted_planned_and_sent(
         [delivery] = (await pg_app.notification(nid))["deliveries"]
         assert (delivery["recipient_id"], delivery["status"]) == (rid, "sent")
     assert sorted(r.path for r in sink.received) == sorted(f"/{quote(r, safe='')}" for r in odd)
+
+
+def test_a_new_deliverys_fixed_columns_are_what_the_insert_writes_for_them() -> None:
+    """The planner's insert on PostgreSQL writes the batch's time for `created_at` and
+    `updated_at` and NULL for `sent_at` instead of sending them (store/bulk.py `_FIXED`):
+    the row SQLite stores (delivery_rows.values) holds the same."""
+    at = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
+    delivery = Delivery(
+        id="dlv_x", tenant="ten_x", notification="ntf_x", recipient="u1",
+        channel="webhook", provider="webhook", priority="normal", attempt=1,
+    )  # fmt: skip
+    row = delivery_rows.row(Stored(delivery), at)
+    assert (row["created_at"], row["updated_at"], row["sent_at"]) == (at, at, None)

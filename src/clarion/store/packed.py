@@ -2,19 +2,21 @@
 
 The hot statements (store/bulk.py, store/intake.py) send a batch as one parameter per
 column. As an array, asyncpg encodes the column element by element and checks each element
-against three abstract base classes on the way (is it a nested array?): about 0.9 µs of
+against three abstract base classes on the way (is it a nested array?): about 0.8 µs of
 the sending process's CPU per element, measured on the benchmark machine
 (docs/performance.md, "Columns as one text"). Joined into one text, the same values cost
-about 0.2 µs each to send, the joining included, and PostgreSQL's ``string_to_array`` splits them for no more
-than it spends reading the array. So a column travels as its values joined by the unit
-separator (U+001F), with NULL as the record separator (U+001E), and the statement reads it
-as ``string_to_array($n, E'\\x1f', E'\\x1e')::type[]`` (:func:`param`). Text (JSON as text),
-integers and booleans travel so; timestamps stay arrays (:func:`columns`).
+about 0.2 µs each to send, the joining included, and PostgreSQL's ``string_to_array``
+splits them for no more than it spends reading the array. So a column travels as its
+values joined by the unit separator (U+001F), with NULL as the record separator (U+001E),
+and the statement reads it as ``string_to_array($n, E'\\x1f', E'\\x1e')::type[]``
+(:func:`param`). Text (JSON as text), integers and booleans travel so; timestamps stay
+arrays (:func:`columns`).
 
 A value that holds either mark cannot travel so. JSON text never does (it escapes control
 characters), nor do the ids Clarion makes, nor a provider's error text (control characters
-are replaced before it is stored: domain/status.py); an id a client chose might. :func:`pack` then answers None, and the statement goes with plain arrays
-(each hot statement has both texts: :func:`param` with ``packed=False``).
+are replaced before it is stored: domain/status.py); an id a client chose might.
+:func:`pack` then answers None, and the statement goes with plain arrays (each hot
+statement has both texts: :func:`param` with ``packed=False``).
 """
 
 from __future__ import annotations

@@ -26,6 +26,24 @@ async def pg_app(migrated_postgres_url: str, redis_url: str) -> AsyncIterator[Ha
         yield harness
 
 
+def _delivery(name: str, tenant: str) -> Delivery:
+    """Delivery ``dlv_<name>`` of notification ``ntf_<name>``, before its first attempt."""
+    return Delivery(
+        id=f"dlv_{name}", tenant=tenant, notification=f"ntf_{name}", recipient="u1",
+        channel="webhook", provider="webhook", priority="normal", attempt=1,
+    )  # fmt: skip
+
+
+async def _stored(app: Harness, *names: str) -> datetime:
+    """Store a new delivery of each name; when."""
+    now = utcnow()
+    for name in names:
+        assert await delivery_store.insert_one(
+            app.ctx.engine, Stored(_delivery(name, app.tenant_id)), now
+        )
+    return now
+
+
 @pytest.mark.parametrize(
     ("values", "text"),
     [
@@ -72,13 +90,7 @@ async def test_packed_values_are_stored_exactly(pg_app: Harness) -> None:
     """On PostgreSQL the status writer sends its columns packed: what is stored is what was
     written, NULLs and empty strings included."""
     engine, tenant, pg = pg_app.ctx.engine, pg_app.tenant_id, pg_app.ctx.pg
-    now = utcnow()
-    for name in ("plain", "empty"):
-        delivery = Delivery(
-            id=f"dlv_{name}", tenant=tenant, notification=f"ntf_{name}", recipient="u1",
-            channel="webhook", provider="webhook", priority="normal", attempt=1,
-        )  # fmt: skip
-        assert await delivery_store.insert_one(engine, Stored(delivery), now)
+    now = await _stored(pg_app, "plain", "empty")
     sent_at = now + timedelta(microseconds=7)
     await delivery_store.apply_changes(
         engine,
@@ -117,13 +129,7 @@ async def test_values_holding_the_marks_travel_as_arrays(pg_app: Harness) -> Non
     written: a status change makes it storable first, control characters replaced.)"""
     engine, tenant, pg = pg_app.ctx.engine, pg_app.tenant_id, pg_app.ctx.pg
     assert pg is not None
-    now = utcnow()
-    for name in ("odd", "even"):
-        delivery = Delivery(
-            id=f"dlv_{name}", tenant=tenant, notification=f"ntf_{name}", recipient="u1",
-            channel="webhook", provider="webhook", priority="normal", attempt=1,
-        )  # fmt: skip
-        assert await delivery_store.insert_one(engine, Stored(delivery), now)
+    now = await _stored(pg_app, "odd", "even")
     changes = [
         ("dlv_odd", "failed", 1, None, "a\x1fb\x1e", None, None, None, None, None),
         ("dlv_even", "sent", 1, None, None, "\x1e", None, now, "webhook", 5),
@@ -167,9 +173,5 @@ def test_a_new_deliverys_fixed_columns_are_what_the_insert_writes_for_them() -> 
     `updated_at` and NULL for `sent_at` instead of sending them (store/bulk.py `_FIXED`):
     the row SQLite stores (delivery_rows.values) holds the same."""
     at = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
-    delivery = Delivery(
-        id="dlv_x", tenant="ten_x", notification="ntf_x", recipient="u1",
-        channel="webhook", provider="webhook", priority="normal", attempt=1,
-    )  # fmt: skip
-    row = delivery_rows.row(Stored(delivery), at)
+    row = delivery_rows.row(Stored(_delivery("x", "ten_x")), at)
     assert (row["created_at"], row["updated_at"], row["sent_at"]) == (at, at, None)

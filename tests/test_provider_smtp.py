@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from clarion.domain.delivery import Delivery
 from clarion.errors import PermanentError, TransientError
+from clarion.providers import mime
 from clarion.providers.base import ProviderEnv, ProviderSpec
 from clarion.providers.configs import SmtpConfig
 from clarion.providers.smtp import SmtpProvider
@@ -396,3 +397,13 @@ async def test_end_to_end_through_the_api_then_one_click_unsubscribe(
     [second] = (await lite.notification(again.json()["id"]))["deliveries"]
     assert (second["status"], second["reason"]) == ("suppressed", "opted_out")
     assert len(relay.received) == 1
+
+
+def test_a_message_id_is_unique_per_attempt_and_never_folded() -> None:
+    """The header fits on its own first line (78 characters with `Message-ID: `) for a
+    domain of up to 24 characters, so no receiver sees it folded."""
+    delivery = "dlv_0123456789abcdefghjkmnpqrs"  # as long as a delivery id
+    first, second = mime.message_id(delivery, "x" * 24), mime.message_id(delivery, "x" * 24)
+    assert first != second
+    assert first.startswith(f"<{delivery}.")
+    assert len(f"Message-ID: {first}") <= 78

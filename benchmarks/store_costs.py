@@ -158,23 +158,30 @@ async def postgres_counters(admin_url: str, database: str, database_url: str) ->
     return counters
 
 
-async def statement_counters(database_url: str) -> dict[int, tuple[int, float, str]]:
-    """Per statement of the database: calls, milliseconds, text (the extension created in
-    the database on the first call)."""
+async def statement_counters(database_url: str) -> dict[int, tuple[int, float, str, float]]:
+    """Per statement of the database: calls, milliseconds executing, text, milliseconds
+    planning (0 unless ``pg_stat_statements.track_planning`` is on; the extension created
+    in the database on the first call)."""
     import asyncpg
 
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         rows = await conn.fetch(
-            "SELECT queryid, calls, total_exec_time, query FROM pg_stat_statements"
+            "SELECT queryid, calls, total_exec_time, query, total_plan_time FROM pg_stat_statements"
             " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
             " AND query NOT LIKE '%pg_stat_statements%'"
         )
     finally:
         await conn.close()
     return {
-        int(r["queryid"]): (int(r["calls"]), float(r["total_exec_time"]), r["query"]) for r in rows
+        int(r["queryid"]): (
+            int(r["calls"]),
+            float(r["total_exec_time"]),
+            r["query"],
+            float(r["total_plan_time"]),
+        )
+        for r in rows
     }
 
 
@@ -217,22 +224,28 @@ def postgres_costs(before: dict[str, Any], after: dict[str, Any], n: int) -> dic
         return costs
     earlier = before.get("statements", {})
     deltas = []
-    for queryid, (calls, ms, text) in after["statements"].items():
-        was_calls, was_ms, _ = earlier.get(queryid, (0, 0.0, ""))
+    for queryid, (calls, ms, text, plan_ms) in after["statements"].items():
+        was_calls, was_ms, _, was_plan_ms = earlier.get(queryid, (0, 0.0, "", 0.0))
         if calls > was_calls:
-            deltas.append((calls - was_calls, ms - was_ms, " ".join(text.split())[:160]))
+            text = " ".join(text.split())[:160]
+            deltas.append((calls - was_calls, ms - was_ms, text, plan_ms - was_plan_ms))
+
+    def shown(calls: int, ms: float, text: str, plan_ms: float) -> dict[str, Any]:
+        return {
+            "query": text,
+            "per_notification": round(calls / n, 4),
+            "exec_ms": round(ms, 1),
+            "plan_ms": round(plan_ms, 1),
+        }
+
     deltas.sort(reverse=True)
     costs["statements"] = {
         "per_notification": round(sum(d[0] for d in deltas) / n, 3),
         "exec_ms_per_notification": round(sum(d[1] for d in deltas) / n, 4),
-        "top": [
-            {"query": text, "per_notification": round(calls / n, 4), "exec_ms": round(ms, 1)}
-            for calls, ms, text in deltas[:TOP]
-        ],
+        # Planning is counted with pg_stat_statements.track_planning on (else 0).
+        "plan_ms_per_notification": round(sum(d[3] for d in deltas) / n, 4),
+        "top": [shown(*d) for d in deltas[:TOP]],
         # By time in the server (a statement's time includes what it waited for).
-        "slowest": [
-            {"query": text, "per_notification": round(calls / n, 4), "exec_ms": round(ms, 1)}
-            for calls, ms, text in sorted(deltas, key=lambda d: -d[1])[:TOP]
-        ],
+        "slowest": [shown(*d) for d in sorted(deltas, key=lambda d: -d[1])[:TOP]],
     }
     return costs

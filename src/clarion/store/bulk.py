@@ -21,7 +21,7 @@ from clarion.domain.models import DeliveryStatus
 from clarion.store import delivery_rows
 from clarion.store.packed import columns as packed_columns
 from clarion.store.packed import param
-from clarion.store.pg import PgPool
+from clarion.store.pg import PgPool, fixed_plan
 
 # Column name -> PostgreSQL array type, in the order of a new delivery's values.
 _DELIVERY_TYPES = {
@@ -95,7 +95,7 @@ def _new_deliveries(packed: bool) -> str:
 # update to `processing`: the update wrote a new version of the row and an entry in each of
 # its five indexes (26 µs of server CPU a notification; the lock, 4 µs and one WAL record).
 _STORE_PLAN = {
-    packed: (
+    packed: fixed_plan(
         f"WITH live AS (SELECT id FROM notifications "
         f"WHERE id = ANY(${_N + 2}::text[]) AND status <> 'cancelled' FOR SHARE), "
         f"ins AS ({_new_deliveries(packed)}"

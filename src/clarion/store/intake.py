@@ -25,7 +25,7 @@ from clarion.store import tables
 from clarion.store.db import write_tx
 from clarion.store.packed import columns as packed_columns
 from clarion.store.packed import param
-from clarion.store.pg import PgPool
+from clarion.store.pg import PgPool, fixed_plan
 from clarion.store.sql import chunks, execute_many, grouped, insert_ignoring_conflicts, present
 from clarion.store.tables import notifications, outbox, recipients
 
@@ -235,14 +235,16 @@ def _insert(packed: bool) -> str:
     )
 
 
-_INSERT = {packed: _insert(packed) for packed in (True, False)}
+# Planned once per connection (store/pg.py ``fixed_plan``): every table it reads is read
+# by its key.
+_INSERT = {packed: fixed_plan(_insert(packed)) for packed in (True, False)}
 _KINDS = list(_COLUMNS.values())
 
 
 # The reference checks in one round trip, for what the insert does not check (a key's repeats
 # in one commit, a schedule's template): 0 marks a template found, 1 a recipient, 2 a topic,
 # 3 a workflow.
-_KNOWN = (
+_KNOWN = fixed_plan(
     "SELECT 0, t.tenant_id, t.name FROM templates AS t "
     "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, name) "
     "ON t.tenant_id = k.tenant_id AND t.name = k.name "
@@ -258,6 +260,14 @@ _KNOWN = (
     "SELECT 3, w.tenant_id, w.key FROM workflows AS w "
     "JOIN unnest($7::text[], $8::text[]) AS k(tenant_id, key) "
     "ON w.tenant_id = k.tenant_id AND w.key = k.key"
+)
+
+
+_STORED_BY_KEY = fixed_plan(
+    "SELECT n.tenant_id, n.idempotency_key, n.id, n.request_hash, n.status "
+    "FROM notifications AS n "
+    "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, idempotency_key) "
+    "ON n.tenant_id = k.tenant_id AND n.idempotency_key = k.idempotency_key"
 )
 
 
@@ -313,13 +323,7 @@ class _PgIntake:
         return done
 
     async def stored_by_key(self, keys: set[Key]) -> dict[Key, Stored]:
-        rows = await self._pg.fetch(
-            "SELECT n.tenant_id, n.idempotency_key, n.id, n.request_hash, n.status "
-            "FROM notifications AS n "
-            "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, idempotency_key) "
-            "ON n.tenant_id = k.tenant_id AND n.idempotency_key = k.idempotency_key",
-            *_pairs(keys),
-        )
+        rows = await self._pg.fetch(_STORED_BY_KEY, *_pairs(keys))
         return {
             (row["tenant_id"], row["idempotency_key"]): Stored(
                 row["id"], row["request_hash"], row["status"]

@@ -47,6 +47,33 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     SET): the pool's reset round trip on every release is skipped."""
 
 
+# Statements planned once per connection (:func:`fixed_plan`), and the settings of the
+# connections that run them.
+_FIXED: set[str] = set()
+_FIXED_SETTINGS = {
+    # One generic plan per statement and connection, made at its first execution.
+    "plan_cache_mode": "force_generic_plan",
+    # Whatever the statistics say when that plan is made (a new database, a table loaded a
+    # moment before), a table is read through an index: the plan's shape cannot be one that
+    # only suits a near-empty table.
+    "enable_seqscan": "off",
+}
+
+
+def fixed_plan(sql: str) -> str:
+    """Mark ``sql`` as a statement to plan once per connection instead of at each
+    execution; the statement itself, for a module-level constant.
+
+    Only for a statement whose plan cannot gain from the values: no partition to prune by
+    them (a generic plan reads every partition an ``= ANY($n)`` list names), and every
+    table read by a key its values fill in, which a plan made on any statistics reads the
+    same way (nested loops over the key's index, checked in tests/test_fixed_plans.py).
+    Planning such a statement at each execution cost PostgreSQL 0.2-0.4 ms a time
+    (docs/performance.md, "Planning every statement anew")."""
+    _FIXED.add(sql)
+    return sql
+
+
 # How long a statement waits for one of the pool's connections. asyncpg waits forever by
 # default: one connection never given back would stop every later statement, silently.
 # Bounded, the wait fails (TimeoutError, an outage to the callers), and the unit of work
@@ -55,20 +82,24 @@ ACQUIRE_TIMEOUT = 30.0
 
 
 class PgPool:
-    """A small asyncpg pool, opened on first use."""
+    """A small asyncpg pool, opened on first use; and beside it another, opened on first
+    use too, for the statements planned once per connection (:func:`fixed_plan`)."""
 
     def __init__(self, database_url: str, *, size: int = 4) -> None:
         self._dsn = asyncpg_dsn(database_url)
         self._size = size
         self._pool: asyncpg.Pool | None = None
+        self._fixed: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
 
-    async def _open(self) -> asyncpg.Pool:
-        if self._pool is not None:
-            return self._pool
+    async def _open(self, fixed: bool = False) -> asyncpg.Pool:
+        pool = self._fixed if fixed else self._pool
+        if pool is not None:
+            return pool
         async with self._opening:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(
+            pool = self._fixed if fixed else self._pool
+            if pool is None:
+                pool = await asyncpg.create_pool(
                     self._dsn,
                     min_size=1,
                     max_size=self._size,
@@ -76,35 +107,47 @@ class PgPool:
                     reset=_no_reset,
                     command_timeout=30,
                     # As for SQLAlchemy's connections (store/db.py): plan with the actual
-                    # values, never a generic plan made while a table was nearly empty.
-                    server_settings={"plan_cache_mode": "force_custom_plan"},
+                    # values, never a generic plan made while a table was nearly empty;
+                    # but for the statements whose plan the values cannot change.
+                    server_settings=_FIXED_SETTINGS
+                    if fixed
+                    else {"plan_cache_mode": "force_custom_plan"},
                 )
-        return self._pool
+                if fixed:
+                    self._fixed = pool
+                else:
+                    self._pool = pool
+        return pool
 
     def in_use(self) -> tuple[int, int] | None:
-        """(connections in use, idle); None before the pool is opened."""
-        if self._pool is None:
+        """(connections in use, idle) of both pools; None before either is opened."""
+        pools = [p for p in (self._pool, self._fixed) if p is not None]
+        if not pools:
             return None
-        size, idle = self._pool.get_size(), self._pool.get_idle_size()
+        size = sum(p.get_size() for p in pools)
+        idle = sum(p.get_idle_size() for p in pools)
         return size - idle, idle
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        pool = await self._open()
+    async def connection(self, fixed: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the pool for statements planned at each execution, or of the
+        one for those planned once (``fixed``)."""
+        pool = await self._open(fixed)
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             yield conn
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        async with self.connection() as conn:
+        async with self.connection(sql in _FIXED) as conn:
             rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
         return rows
 
     async def execute(self, sql: str, *args: Any) -> str:
-        async with self.connection() as conn:
+        async with self.connection(sql in _FIXED) as conn:
             status: str = await conn.execute(sql, *args)
         return status
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        for pool in (self._pool, self._fixed):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._fixed = None

@@ -201,24 +201,30 @@ _RECIPIENTS = f"${_N + 4}::text[], ${_N + 5}::text[]"
 # checked against those, its workflow and its topic by primary key. A row naming something
 # unknown is not inserted, and comes back with the reason (in the order
 # `_unknown_references` in store/notifications.py checks them), the missing recipients
-# after it.
+# after it. Each look at a table is a scalar subquery by the table's key, not a join or an
+# `EXISTS`: the statement is planned once per connection (store/pg.py ``fixed_plan``), and
+# a scalar subquery is the one form whose plan probes the key per value whatever the
+# table's statistics (a join or an `EXISTS` on a near-empty table was planned as a read of
+# its whole key index; tests/test_fixed_plans.py).
 def _insert(packed: bool) -> str:
     """The statement, with the rows' columns as arrays or packed texts (store/packed.py)."""
     columns = ", ".join(param(i + 1, kind, packed) for i, kind in enumerate(_COLUMNS.values()))
     return (
-        "WITH tpl AS MATERIALIZED (SELECT t.tenant_id, t.name FROM templates AS t "
-        f"JOIN unnest({_TEMPLATES}) AS k(tenant_id, name) "
-        "ON t.tenant_id = k.tenant_id AND t.name = k.name), "
+        "WITH tpl AS MATERIALIZED (SELECT k.tenant_id, k.name "
+        f"FROM unnest({_TEMPLATES}) AS k(tenant_id, name) WHERE "
+        "(SELECT true FROM templates AS t WHERE t.tenant_id = k.tenant_id AND t.name = k.name)), "
         "gone AS MATERIALIZED (SELECT k.tenant_id, k.id "
-        f"FROM unnest({_RECIPIENTS}) AS k(tenant_id, id) WHERE NOT EXISTS "
-        "(SELECT 1 FROM recipients AS r WHERE r.tenant_id = k.tenant_id AND r.id = k.id)), "
+        f"FROM unnest({_RECIPIENTS}) AS k(tenant_id, id) WHERE "
+        "(SELECT true FROM recipients AS r WHERE r.tenant_id = k.tenant_id AND r.id = k.id) "
+        "IS NULL), "
         "v AS MATERIALIZED (SELECT u.*, CASE "
         "WHEN NOT CASE WHEN u.workflow IS NULL THEN EXISTS "
         "(SELECT 1 FROM tpl WHERE tpl.tenant_id = u.tenant_id AND tpl.name = u.template) "
-        "ELSE EXISTS (SELECT 1 FROM workflows AS w "
-        f"WHERE w.tenant_id = u.tenant_id AND w.key = u.workflow) END THEN {UNKNOWN_NAME} "
-        "WHEN u.topic IS NOT NULL AND NOT EXISTS (SELECT 1 FROM topics AS p "
-        f"WHERE p.tenant_id = u.tenant_id AND p.name = u.topic) THEN {UNKNOWN_TOPIC} "
+        "ELSE (SELECT true FROM workflows AS w "
+        "WHERE w.tenant_id = u.tenant_id AND w.key = u.workflow) IS NOT NULL END "
+        f"THEN {UNKNOWN_NAME} "
+        "WHEN u.topic IS NOT NULL AND (SELECT true FROM topics AS p "
+        f"WHERE p.tenant_id = u.tenant_id AND p.name = u.topic) IS NULL THEN {UNKNOWN_TOPIC} "
         "WHEN EXISTS (SELECT 1 FROM gone) AND EXISTS (SELECT 1 FROM gone AS g "
         "WHERE g.tenant_id = u.tenant_id AND u.recipient_ids::jsonb ? g.id) "
         f"THEN {UNKNOWN_RECIPIENTS} "
@@ -244,7 +250,7 @@ _KINDS = list(_COLUMNS.values())
 # The reference checks in one round trip, for what the insert does not check (a key's repeats
 # in one commit, a schedule's template): 0 marks a template found, 1 a recipient, 2 a topic,
 # 3 a workflow.
-_KNOWN = fixed_plan(
+_KNOWN = (
     "SELECT 0, t.tenant_id, t.name FROM templates AS t "
     "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, name) "
     "ON t.tenant_id = k.tenant_id AND t.name = k.name "
@@ -263,7 +269,7 @@ _KNOWN = fixed_plan(
 )
 
 
-_STORED_BY_KEY = fixed_plan(
+_STORED_BY_KEY = (
     "SELECT n.tenant_id, n.idempotency_key, n.id, n.request_hash, n.status "
     "FROM notifications AS n "
     "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, idempotency_key) "

@@ -1,0 +1,108 @@
+"""The statements planned once per connection (store/pg.py ``fixed_plan``) read every table
+by an index, whatever the statistics were when their plan was made: on a new database,
+and on one whose tables hold rows and have been analyzed. A plan that read a table whole
+would be kept for the connection's life, however large the table grew."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+import pytest
+
+from clarion.store import bulk, intake  # noqa: F401  (their statements register themselves)
+from clarion.store.pg import _FIXED, _FIXED_SETTINGS, asyncpg_dsn
+
+# Tables a statement may read without an index: none but what it made itself (CTEs and
+# the unnested parameters are not tables).
+_SCANS = {"Seq Scan", "Index Scan", "Index Only Scan", "Bitmap Heap Scan", "Bitmap Index Scan"}
+
+
+def _scans(node: dict[str, Any]) -> list[tuple[str, str | None, str | None, bool]]:
+    """Every table read of a plan: (node type, table, index, whether the index is read by
+    a condition rather than whole)."""
+    found = []
+    if node["Node Type"] in _SCANS:
+        found.append(
+            (
+                node["Node Type"],
+                node.get("Relation Name"),
+                node.get("Index Name"),
+                "Index Cond" in node,
+            )
+        )
+    for child in node.get("Plans", ()):
+        found.extend(_scans(child))
+    return found
+
+
+async def _unique_indexes(conn: asyncpg.Connection) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid "
+        "WHERE i.indisunique"
+    )
+    return {row[0] for row in rows}
+
+
+async def _check(url: str) -> None:
+    conn = await asyncpg.connect(asyncpg_dsn(url), server_settings=_FIXED_SETTINGS)
+    try:
+        unique = await _unique_indexes(conn)
+        assert _FIXED
+        wrong = []
+        for sql in sorted(_FIXED):
+            statement = await conn.prepare(sql)
+            nulls = ", ".join(["NULL"] * len(statement.get_parameters()))
+            await conn.execute(f"PREPARE fixed AS {sql}")
+            try:
+                [[plan]] = await conn.fetch(f"EXPLAIN (FORMAT JSON) EXECUTE fixed({nulls})")
+            finally:
+                await conn.execute("DEALLOCATE fixed")
+            scans = _scans(json.loads(plan)[0]["Plan"])
+            assert scans, sql
+            for kind, table, index, keyed in scans:
+                # By a key: one row per value, not the whole table or index, nor a range.
+                if kind == "Seq Scan" or (index is not None and (index not in unique or not keyed)):
+                    wrong.append((kind, table, index, sql[:60]))
+        assert not wrong
+    finally:
+        await conn.close()
+
+
+@pytest.mark.postgres
+async def test_on_a_new_database(migrated_postgres_url: str) -> None:
+    await _check(migrated_postgres_url)
+
+
+@pytest.mark.postgres
+async def test_on_tables_that_hold_rows(migrated_postgres_url: str) -> None:
+    conn = await asyncpg.connect(asyncpg_dsn(migrated_postgres_url))
+    try:
+        await conn.execute(
+            "INSERT INTO tenants (id, name, webhook_secret, settings, created_at) "
+            "SELECT 'ten_' || i, 'tenant ' || i, 's', '{}', now() FROM generate_series(1, 20) i"
+        )
+        await conn.execute(
+            "INSERT INTO recipients (tenant_id, id, created_at, updated_at) "
+            "SELECT 'ten_' || (i % 20 + 1), 'r' || i, now(), now() "
+            "FROM generate_series(1, 20000) i"
+        )
+        await conn.execute(
+            "INSERT INTO templates (tenant_id, name, active_version, latest_version, "
+            "updated_at) SELECT 'ten_' || (i % 20 + 1), 't' || i, 1, 1, now() "
+            "FROM generate_series(1, 2000) i"
+        )
+        await conn.execute(
+            "INSERT INTO notifications (id, tenant_id, template, recipient_ids, data, "
+            "priority, status, created_at) SELECT 'ntf_' || i, 'ten_' || (i % 20 + 1), 't1', "
+            "'[]', '{}', 'normal', 'accepted', now() FROM generate_series(1, 20000) i"
+        )
+        await conn.execute(
+            "INSERT INTO outbox (notification_id, tenant_id, available_at) "
+            "SELECT id, tenant_id, now() FROM notifications"
+        )
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    await _check(migrated_postgres_url)

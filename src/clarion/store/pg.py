@@ -147,7 +147,7 @@ class PgPool:
         return status
 
     async def aclose(self) -> None:
-        for pool in (self._pool, self._fixed):
-            if pool is not None:
-                await pool.close()
+        pools = [p for p in (self._pool, self._fixed) if p is not None]
         self._pool = self._fixed = None
+        for pool in pools:
+            await pool.close()

@@ -14,8 +14,8 @@ import pytest
 from clarion.store import bulk, intake  # noqa: F401  (their statements register themselves)
 from clarion.store.pg import _FIXED, _FIXED_SETTINGS, asyncpg_dsn
 
-# Tables a statement may read without an index: none but what it made itself (CTEs and
-# the unnested parameters are not tables).
+# The plan nodes that read a table or an index (CTEs and the unnested parameters are read
+# by nodes of their own, not checked).
 _SCANS = {"Seq Scan", "Index Scan", "Index Only Scan", "Bitmap Heap Scan", "Bitmap Index Scan"}
 
 

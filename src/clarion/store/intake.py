@@ -269,14 +269,6 @@ _KNOWN = (
 )
 
 
-_STORED_BY_KEY = (
-    "SELECT n.tenant_id, n.idempotency_key, n.id, n.request_hash, n.status "
-    "FROM notifications AS n "
-    "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, idempotency_key) "
-    "ON n.tenant_id = k.tenant_id AND n.idempotency_key = k.idempotency_key"
-)
-
-
 def _pairs(keys: Iterable[Key]) -> tuple[list[str], list[str]]:
     ordered = sorted(keys)
     return [k[0] for k in ordered], [k[1] for k in ordered]
@@ -329,7 +321,13 @@ class _PgIntake:
         return done
 
     async def stored_by_key(self, keys: set[Key]) -> dict[Key, Stored]:
-        rows = await self._pg.fetch(_STORED_BY_KEY, *_pairs(keys))
+        rows = await self._pg.fetch(
+            "SELECT n.tenant_id, n.idempotency_key, n.id, n.request_hash, n.status "
+            "FROM notifications AS n "
+            "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, idempotency_key) "
+            "ON n.tenant_id = k.tenant_id AND n.idempotency_key = k.idempotency_key",
+            *_pairs(keys),
+        )
         return {
             (row["tenant_id"], row["idempotency_key"]): Stored(
                 row["id"], row["request_hash"], row["status"]

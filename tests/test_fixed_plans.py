@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from clarion.store import bulk, intake  # noqa: F401  (their statements register themselves)
+from clarion.store import deliveries as delivery_store
 from clarion.store.pg import _FIXED, _FIXED_SETTINGS, asyncpg_dsn
 
 # The plan nodes that read a table or an index (CTEs and the unnested parameters are read
@@ -45,9 +46,25 @@ async def _unique_indexes(conn: asyncpg.Connection) -> set[str]:
     return {row[0] for row in rows}
 
 
+async def _first_day_partition(conn: asyncpg.Connection) -> str:
+    return str(
+        await conn.fetchval(
+            "SELECT min(c.relname) FROM pg_inherits AS i JOIN pg_class AS c "
+            "ON c.oid = i.inhrelid WHERE i.inhparent = 'deliveries'::regclass "
+            "AND c.relname <> 'deliveries_default'"
+        )
+    )
+
+
 async def _check(url: str) -> None:
     conn = await asyncpg.connect(asyncpg_dsn(url), server_settings=_FIXED_SETTINGS)
     try:
+        # The statements by delivery id, on a day partition (store/day_partitions.py).
+        day = await _first_day_partition(conn)
+        for packed in (True, False):
+            bulk._write_changes_on(packed, day)
+        bulk._claim_on(day)
+        delivery_store._statuses_on(day)
         unique = await _unique_indexes(conn)
         assert _FIXED
         wrong = []
@@ -101,6 +118,25 @@ async def test_on_tables_that_hold_rows(migrated_postgres_url: str) -> None:
         await conn.execute(
             "INSERT INTO outbox (notification_id, tenant_id, available_at) "
             "SELECT id, tenant_id, now() FROM notifications"
+        )
+        # Deliveries in a day partition, most of them sent, and claims of theirs.
+        day = await _first_day_partition(conn)
+        low = await conn.fetchval(
+            "SELECT substring(pg_get_expr(relpartbound, oid) from $$FROM \\('([^']+)'$$) "
+            "FROM pg_class WHERE relname = $1",
+            day,
+        )
+        await conn.execute(
+            f"INSERT INTO {day} (id, notification_id, tenant_id, recipient_id, channel, "
+            "priority, status, attempts, critical, created_at, updated_at) "
+            "SELECT $1::text || lpad(i::text, 16, '0'), 'ntf_' || i, 'ten_' || (i % 20 + 1), "
+            "'r' || i, 'webhook', 'normal', CASE WHEN i % 10 = 0 THEN 'queued' ELSE 'sent' END, "
+            "1, false, now(), now() FROM generate_series(1, 20000) i",
+            low,
+        )
+        await conn.execute(
+            f"INSERT INTO delivery_claims (id, attempt, leased_until) "
+            f"SELECT id, 1, now() FROM {day}"
         )
         await conn.execute("ANALYZE")
     finally:

@@ -67,6 +67,17 @@ def time_prefix(millis: int) -> str:
     return _b32((millis & ((1 << 48) - 1)) << 80, 26)[:TIME_CHARS]
 
 
+_VALUES = {char: value for value, char in enumerate(_ALPHABET)}
+
+
+def time_millis(part: str) -> int:
+    """The milliseconds a time part (:func:`time_prefix`) spells."""
+    value = 0
+    for char in part:
+        value = value << 5 | _VALUES[char]
+    return value
+
+
 def time_part(any_id: str) -> str:
     """The time part of an id made by :func:`new_id`, or :data:`NO_TIME` for another."""
     _prefix, sep, body = any_id.partition("_")

@@ -10,6 +10,7 @@ transaction block, and one round trip. SQLite, with no wire to cross, keeps SQLA
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -18,7 +19,7 @@ import orjson
 
 from clarion.domain.delivery import Stored
 from clarion.domain.models import DeliveryStatus
-from clarion.store import delivery_rows
+from clarion.store import day_partitions, delivery_rows
 from clarion.store.packed import columns as packed_columns
 from clarion.store.packed import param
 from clarion.store.pg import PgPool, fixed_plan
@@ -138,6 +139,7 @@ _E = len(_EVENT_COLUMNS)
 _CHANGE_KINDS = _kinds(_CHANGE_COLUMNS)
 _EVENT_KINDS = _kinds(_EVENT_COLUMNS)
 
+
 # Status changes and their events, one statement. A provider's report that the message was
 # delivered may arrive before the worker has stored its own outcome of the send: the report
 # is the later truth. And an outcome never overwrites one of a later attempt: a retry can
@@ -149,9 +151,9 @@ _EVENT_KINDS = _kinds(_EVENT_COLUMNS)
 # The ids go twice: packed in the first parameter with the other columns, and as an array
 # in the last, for `d.id = ANY(...)`: ids known when the statement is planned, so that only
 # the partitions holding them are read (store/retention.py).
-_WRITE_CHANGES = {
-    packed: (
-        "WITH changed AS (UPDATE deliveries AS d SET status = v.status, "
+def _write_changes_sql(packed: bool, table: str) -> str:
+    return (
+        f"WITH changed AS (UPDATE {table} AS d SET status = v.status, "
         "attempts = v.attempts, reason = v.reason, last_error = v.last_error, "
         "provider_message_id = v.provider_message_id, scheduled_for = v.scheduled_for, "
         f"sent_at = v.sent_at, latency_ms = v.latency_ms, updated_at = ${_M + 1}::timestamptz, "
@@ -164,8 +166,18 @@ _WRITE_CHANGES = {
         f"SELECT {', '.join('v.' + name for name in _EVENT_COLUMNS)}, ${_M + 1}::timestamptz "
         f"FROM {_unnest(_EVENT_COLUMNS, _M + 2, packed)}"
     )
-    for packed in (True, False)
-}
+
+
+_WRITE_CHANGES = {packed: _write_changes_sql(packed, "deliveries") for packed in (True, False)}
+
+
+@functools.cache
+def _write_changes_on(packed: bool, table: str) -> str:
+    """The status update naming ``table``: ``deliveries``, or one of its day partitions
+    (store/day_partitions.py), a plain table whose statement is planned once."""
+    if table == "deliveries":
+        return _WRITE_CHANGES[packed]
+    return fixed_plan(_write_changes_sql(packed, table))
 
 
 def _json(value: Any) -> str:
@@ -318,7 +330,15 @@ async def write_changes(
     columns = _columns(changes, _M)
     event_columns = _columns(events, _E)
     packed, values = _packed(_CHANGE_KINDS + _EVENT_KINDS, columns + event_columns)
-    await pg.execute(_WRITE_CHANGES[packed], *values[:_M], at, *values[_M:], columns[0])
+    await day_partitions.execute(
+        pg,
+        columns[0],
+        functools.partial(_write_changes_on, packed),
+        *values[:_M],
+        at,
+        *values[_M:],
+        columns[0],
+    )
 
 
 # An attempt's claim, right before its provider call: for each (delivery, attempt n) a row
@@ -345,24 +365,36 @@ async def write_changes(
 # key finds.
 _HELD = "(SELECT p.attempt FROM delivery_claims AS p WHERE p.id = d.id)"
 _NOTE = "(SELECT n.status FROM notifications AS n WHERE n.id = d.notification_id)"
-_CLAIM = (
-    "INSERT INTO delivery_claims AS k (id, attempt, leased_until) "
-    "SELECT c.id, c.attempt, now() + make_interval(secs => $3) "
-    "FROM unnest($1::text[], $2::int[]) AS c(id, attempt) "
-    "JOIN deliveries AS d ON d.id = c.id AND d.id = ANY($1::text[]) "
-    "WHERE CASE WHEN d.status IN ('queued', 'scheduled') THEN d.attempts = c.attempt - 1 "
-    f"OR (d.attempts = c.attempt - 2 AND {_HELD} = c.attempt - 1) ELSE false END "
-    f"AND {_NOTE} IS DISTINCT FROM 'cancelled' "
-    "ON CONFLICT (id) DO UPDATE SET attempt = EXCLUDED.attempt, "
-    "leased_until = EXCLUDED.leased_until "
-    "WHERE NOT k.cancelled AND (k.attempt < EXCLUDED.attempt "
-    "OR (k.attempt = EXCLUDED.attempt AND k.leased_until < now())) "
-    "RETURNING k.id"
-)
+
+
+def _claim_sql(table: str) -> str:
+    return (
+        "INSERT INTO delivery_claims AS k (id, attempt, leased_until) "
+        "SELECT c.id, c.attempt, now() + make_interval(secs => $3) "
+        "FROM unnest($1::text[], $2::int[]) AS c(id, attempt) "
+        f"JOIN {table} AS d ON d.id = c.id AND d.id = ANY($1::text[]) "
+        "WHERE CASE WHEN d.status IN ('queued', 'scheduled') THEN d.attempts = c.attempt - 1 "
+        f"OR (d.attempts = c.attempt - 2 AND {_HELD} = c.attempt - 1) ELSE false END "
+        f"AND {_NOTE} IS DISTINCT FROM 'cancelled' "
+        "ON CONFLICT (id) DO UPDATE SET attempt = EXCLUDED.attempt, "
+        "leased_until = EXCLUDED.leased_until "
+        "WHERE NOT k.cancelled AND (k.attempt < EXCLUDED.attempt "
+        "OR (k.attempt = EXCLUDED.attempt AND k.leased_until < now())) "
+        "RETURNING k.id"
+    )
+
+
+_CLAIM = _claim_sql("deliveries")
+
+
+@functools.cache
+def _claim_on(table: str) -> str:
+    return _CLAIM if table == "deliveries" else fixed_plan(_claim_sql(table))
 
 
 async def claim(pg: PgPool, items: Sequence[tuple[str, int]], lease: float) -> set[str]:
     """Claim each (delivery id, attempt) of ``items`` (ids distinct) for ``lease`` seconds;
     the ids claimed."""
     ids, attempts = _columns(items, 2)
-    return {record[0] for record in await pg.fetch(_CLAIM, ids, attempts, lease)}
+    claimed = await day_partitions.fetch(pg, ids, _claim_on, ids, attempts, lease)
+    return {record[0] for record in claimed}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,9 +30,9 @@ from clarion.domain.models import (
     NotificationStatus,
 )
 from clarion.domain.status import StatusChange
-from clarion.store import bulk, delivery_rows
+from clarion.store import bulk, day_partitions, delivery_rows
 from clarion.store.db import as_utc, utcnow, write_tx
-from clarion.store.pg import PgPool
+from clarion.store.pg import PgPool, fixed_plan
 from clarion.store.sql import (
     chunks,
     db_now,
@@ -103,6 +104,15 @@ async def queued_of_notifications(
 _STATUSES = "SELECT id, status, attempts FROM deliveries WHERE id = ANY($1::text[])"
 
 
+@functools.cache
+def _statuses_on(table: str) -> str:
+    """:data:`_STATUSES` naming ``table``: ``deliveries``, or one of its day partitions
+    (store/day_partitions.py), whose statement is planned once."""
+    if table == "deliveries":
+        return _STATUSES
+    return fixed_plan(_STATUSES.replace("FROM deliveries ", f"FROM {table} "))
+
+
 def _spent(status: str, attempts: int, attempt: int) -> bool:
     """Whether a delivery in this state must not get ``attempt``: it is final or cancelled,
     or that attempt's outcome is stored already (a copy handed out again, by the broker or
@@ -119,7 +129,8 @@ async def spent_ids(
     is the guarantee): on PostgreSQL one fixed statement."""
     wanted = dict(items)
     if pg is not None:
-        rows = await pg.fetch(_STATUSES, list(wanted))
+        ids = list(wanted)
+        rows = await day_partitions.fetch(pg, ids, _statuses_on, ids)
     else:
         rows = []
         async with engine.connect() as conn:

@@ -24,6 +24,8 @@ import asyncpg
 import orjson
 from sqlalchemy.engine import make_url
 
+from clarion.store.day_partitions import DayPartitions
+
 
 def asyncpg_dsn(database_url: str) -> str:
     """The asyncpg form of a ``postgresql+asyncpg://`` SQLAlchemy URL."""
@@ -91,6 +93,8 @@ class PgPool:
         self._pool: asyncpg.Pool | None = None
         self._fixed: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
+        # The day partitions of `deliveries` that statements by delivery id may name.
+        self.days = DayPartitions(self)
 
     async def _open(self, fixed: bool = False) -> asyncpg.Pool:
         pool = self._fixed if fixed else self._pool

@@ -171,7 +171,7 @@ def _write_changes_sql(packed: bool, table: str) -> str:
 _WRITE_CHANGES = {packed: _write_changes_sql(packed, "deliveries") for packed in (True, False)}
 
 
-@functools.cache
+@functools.lru_cache(maxsize=16)  # a few days at a time
 def _write_changes_on(packed: bool, table: str) -> str:
     """The status update naming ``table``: ``deliveries``, or one of its day partitions
     (store/day_partitions.py), a plain table whose statement is planned once."""
@@ -387,7 +387,7 @@ def _claim_sql(table: str) -> str:
 _CLAIM = _claim_sql("deliveries")
 
 
-@functools.cache
+@functools.lru_cache(maxsize=16)  # a few days at a time
 def _claim_on(table: str) -> str:
     return _CLAIM if table == "deliveries" else fixed_plan(_claim_sql(table))
 

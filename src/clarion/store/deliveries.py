@@ -104,7 +104,7 @@ async def queued_of_notifications(
 _STATUSES = "SELECT id, status, attempts FROM deliveries WHERE id = ANY($1::text[])"
 
 
-@functools.cache
+@functools.lru_cache(maxsize=16)  # a few days at a time
 def _statuses_on(table: str) -> str:
     """:data:`_STATUSES` naming ``table``: ``deliveries``, or one of its day partitions
     (store/day_partitions.py), whose statement is planned once."""

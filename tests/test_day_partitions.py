@@ -1,7 +1,9 @@
 """The statements by delivery id name the day partition that holds the ids
 (store/day_partitions.py), and only one PostgreSQL itself put them in: for a batch of one
 day with a partition of its own; never for ids of another shape, of two days, of a day
-whose rows are in the default partition, or of a partition dropped or detached since."""
+whose rows are in the default partition, or of a partition dropped or detached since; nor
+and a statement naming a small partition is planned with its values until it has grown
+(store/pg.py ``FEW_PAGES``)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from clarion.domain.ids import _b32, delivery_id, time_prefix
 from clarion.store import bulk, day_partitions, retention
 from clarion.store import deliveries as delivery_store
 from clarion.store.day_partitions import RECHECK, DayPartitions, day_of
-from clarion.store.pg import PgPool, asyncpg_dsn
+from clarion.store.pg import FEW_PAGES, PgPool, asyncpg_dsn
 
 pytestmark = pytest.mark.postgres
 
@@ -237,3 +239,40 @@ async def test_concurrent_batches_ask_the_catalog_once(pg: PgPool) -> None:
     found = await asyncio.gather(*(pg.days.of(ids) for _ in range(10)))
     assert set(found) == {retention.partition_name("deliveries", day)}
     assert asked == 1
+
+
+async def _fill(url: str, table: str, low: str, rows: int) -> int:
+    """``rows`` deliveries in ``table`` (ids from ``low`` on); its pages."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await conn.execute(
+            f"INSERT INTO {table} (id, notification_id, tenant_id, recipient_id, channel, "
+            "priority, status, attempts, critical, created_at, updated_at) "
+            "SELECT $1::text || lpad(i::text, 16, '0'), 'ntf_' || i, 'ten_d', 'r' || i, "
+            "'webhook', 'normal', 'sent', 1, false, now(), now() "
+            "FROM generate_series(1, $2::int) i",
+            low,
+            rows,
+        )
+        return int(await conn.fetchval(f"SELECT pg_relation_size('{table}') / 8192"))
+    finally:
+        await conn.close()
+
+
+async def test_planned_once_after_the_partition_has_grown(
+    pg: PgPool, migrated_postgres_url: str
+) -> None:
+    """On a partition analysed while empty a plan made once could read another index
+    whole: its statements run with their values until it has FEW_PAGES pages."""
+    day = datetime.now(UTC).date()
+    name = retention.partition_name("deliveries", day)
+    await _sql(migrated_postgres_url, f"ANALYZE {name}")
+    sql = delivery_store._statuses_on(name)
+    assert await pg.days.of([_dlv_at(_start(day) + 5)]) == name
+    assert not await pg.fixed(sql)
+    pages = await _fill(migrated_postgres_url, name, retention.day_bound(day), 2_000)
+    assert pages >= FEW_PAGES
+    assert not await pg.fixed(sql)  # not looked at again yet
+    pg._look_at = 0.0
+    assert await pg.fixed(sql)
+    assert await delivery_store.spent_ids(None, [(_dlv_at(_start(day) + 5), 1)], pg) == set()

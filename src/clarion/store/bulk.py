@@ -106,7 +106,8 @@ _STORE_PLAN = {
         f"SELECT id, tenant_id, status, reason, {_AT} FROM ins "
         f"WHERE status <> '{DeliveryStatus.QUEUED.value}'), "
         f"gone AS (DELETE FROM outbox WHERE notification_id = ANY(${_N + 3}::text[])) "
-        "SELECT id FROM ins"
+        "SELECT id FROM ins",
+        grown=("notifications",),
     )
     for packed in (True, False)
 }
@@ -177,7 +178,7 @@ def _write_changes_on(packed: bool, table: str) -> str:
     (store/day_partitions.py), a plain table whose statement is planned once."""
     if table == "deliveries":
         return _WRITE_CHANGES[packed]
-    return fixed_plan(_write_changes_sql(packed, table))
+    return fixed_plan(_write_changes_sql(packed, table), grown=(table,))
 
 
 def _json(value: Any) -> str:
@@ -389,7 +390,9 @@ _CLAIM = _claim_sql("deliveries")
 
 @functools.lru_cache(maxsize=16)  # a few days at a time
 def _claim_on(table: str) -> str:
-    return _CLAIM if table == "deliveries" else fixed_plan(_claim_sql(table))
+    if table == "deliveries":
+        return _CLAIM
+    return fixed_plan(_claim_sql(table), grown=(table, "notifications"))
 
 
 async def claim(pg: PgPool, items: Sequence[tuple[str, int]], lease: float) -> set[str]:

@@ -16,6 +16,12 @@ base32, whose order is the same under any collation): PostgreSQL itself put each
 that partition by the same bounds. A batch with an id of another day or shape, or a day
 without a partition of its own (its rows are in the default one), names ``deliveries``; so
 does a statement whose partition is dropped meanwhile (:meth:`DayPartitions.forget`).
+
+Every index of ``deliveries`` holds the id, and on a near-empty partition reading one of
+them whole costs the planner as little as probing the primary key: a statement naming a
+partition is planned once only after the partition has grown (store/pg.py ``FEW_PAGES``),
+and with its values until then, which is still cheaper than planning it against
+``deliveries``.
 """
 
 from __future__ import annotations
@@ -55,7 +61,8 @@ class _Day:
     table: str | None  # None: no partition of its own
     low: str
     high: str
-    seen_at: float
+    # When it is to be looked at again (the clock's seconds).
+    until: float
 
 
 def day_of(delivery_id: str) -> date | None:
@@ -91,7 +98,7 @@ class DayPartitions:
         if day is None:
             return None
         known = self._days.get(day)
-        if known is None or self._clock() - known.seen_at > RECHECK:
+        if known is None or self._clock() >= known.until:
             known = await self._look(day)
         if known.table is None:
             return None
@@ -112,15 +119,17 @@ class DayPartitions:
         lock = self._locks.setdefault(day, asyncio.Lock())
         async with lock:
             known = self._days.get(day)
-            if known is not None and self._clock() - known.seen_at <= RECHECK:
+            now = self._clock()
+            if known is not None and now < known.until:
                 return known  # asked meanwhile
             table = partition_name("deliveries", day)
             rows = await self._pg.fetch(_BOUNDS, table)
+            ours = bool(rows) and rows[0][0] == expected_bounds(day)
             known = _Day(
-                table if rows and rows[0][0] == expected_bounds(day) else None,
+                table if ours else None,
                 day_bound(day),
                 day_bound(day + timedelta(days=1)),
-                self._clock(),
+                now + RECHECK,
             )
             self._days[day] = known
         return known

@@ -110,7 +110,7 @@ def _statuses_on(table: str) -> str:
     (store/day_partitions.py), whose statement is planned once."""
     if table == "deliveries":
         return _STATUSES
-    return fixed_plan(_STATUSES.replace("FROM deliveries ", f"FROM {table} "))
+    return fixed_plan(_STATUSES.replace("FROM deliveries ", f"FROM {table} "), grown=(table,))
 
 
 def _spent(status: str, attempts: int, attempt: int) -> bool:

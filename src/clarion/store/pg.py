@@ -16,7 +16,8 @@ store/sql.py ``execute_many``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -49,9 +50,9 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     SET): the pool's reset round trip on every release is skipped."""
 
 
-# Statements planned once per connection (:func:`fixed_plan`), and the settings of the
-# connections that run them.
-_FIXED: set[str] = set()
+# Statements planned once per connection (:func:`fixed_plan`), each with the tables that must
+# have grown before it is (``FEW_PAGES``); and the settings of the connections that run them.
+_FIXED: dict[str, frozenset[str]] = {}
 _FIXED_SETTINGS = {
     # One generic plan per statement and connection, made at its first execution.
     "plan_cache_mode": "force_generic_plan",
@@ -60,19 +61,34 @@ _FIXED_SETTINGS = {
     # only suits a near-empty table.
     "enable_seqscan": "off",
 }
+# A table probed by a key that other indexes hold too (the id of `notifications`, of a
+# day partition of `deliveries`: each index ends with it) is read through whichever index
+# costs least; on a near-empty table, one read whole costs as little as the key's probe.
+# A plan made once then would keep that index for the connection's life, so a statement
+# probing such a table is planned once only after the table has this many pages (8 kB
+# each), and with its values meanwhile; which tables have grown is looked at again every
+# GROWING seconds while one has not.
+FEW_PAGES = 16
+GROWING = 5.0
+_GROWN = (
+    "SELECT t FROM unnest($1::text[]) AS t "
+    "WHERE pg_relation_size(to_regclass(t)) >= $2::bigint * current_setting('block_size')::int"
+)
 
 
-def fixed_plan(sql: str) -> str:
+def fixed_plan(sql: str, grown: Iterable[str] = ()) -> str:
     """Mark ``sql`` as a statement to plan once per connection instead of at each
-    execution; the statement itself, for a module-level constant.
+    execution, once the tables of ``grown`` have FEW_PAGES pages; the statement itself, for
+    a module-level constant.
 
     Only for a statement whose plan cannot gain from the values: no partition to prune by
     them (a generic plan reads every partition an ``= ANY($n)`` list names), and every
     table read by a key its values fill in, which a plan made on any statistics reads the
-    same way (nested loops over the key's index, checked in tests/test_fixed_plans.py).
+    same way (nested loops over the key's index, checked in tests/test_fixed_plans.py);
+    ``grown`` names the tables where that holds only once they hold rows (above).
     Planning such a statement at each execution cost PostgreSQL 0.2-0.4 ms a time
     (docs/performance.md, "Planning every statement anew")."""
-    _FIXED.add(sql)
+    _FIXED[sql] = frozenset(grown)
     return sql
 
 
@@ -95,6 +111,10 @@ class PgPool:
         self._opening = asyncio.Lock()
         # The day partitions of `deliveries` that statements by delivery id may name.
         self.days = DayPartitions(self)
+        # The tables of fixed_plan's `grown` seen grown, and when to look again.
+        self._grown: frozenset[str] = frozenset()
+        self._look_at = 0.0
+        self._looking = asyncio.Lock()
 
     async def _open(self, fixed: bool = False) -> asyncpg.Pool:
         pool = self._fixed if fixed else self._pool
@@ -140,13 +160,34 @@ class PgPool:
         async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             yield conn
 
+    async def fixed(self, sql: str) -> bool:
+        """Whether ``sql`` runs planned once (:func:`fixed_plan`) now."""
+        grown = _FIXED.get(sql)
+        if grown is None:
+            return False
+        if grown <= self._grown:
+            return True
+        if time.monotonic() >= self._look_at:
+            await self._look_at_sizes()
+        return grown <= self._grown
+
+    async def _look_at_sizes(self) -> None:
+        async with self._looking:
+            if time.monotonic() < self._look_at:
+                return  # looked meanwhile
+            wanted = sorted(set().union(*_FIXED.values()) - self._grown)
+            async with self.connection() as conn:
+                rows = await conn.fetch(_GROWN, wanted, FEW_PAGES)
+            self._grown |= {row[0] for row in rows}
+            self._look_at = time.monotonic() + GROWING
+
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        async with self.connection(sql in _FIXED) as conn:
+        async with self.connection(await self.fixed(sql)) as conn:
             rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
         return rows
 
     async def execute(self, sql: str, *args: Any) -> str:
-        async with self.connection(sql in _FIXED) as conn:
+        async with self.connection(await self.fixed(sql)) as conn:
             status: str = await conn.execute(sql, *args)
         return status
 

@@ -151,7 +151,8 @@ _EVENT_KINDS = _kinds(_EVENT_COLUMNS)
 #
 # The ids go twice: packed in the first parameter with the other columns, and as an array
 # in the last, for `d.id = ANY(...)`: ids known when the statement is planned, so that only
-# the partitions holding them are read (store/retention.py).
+# the partitions holding them are read (store/retention.py); a batch of one day names that
+# day's partition instead, and is planned once (store/day_partitions.py).
 def _write_changes_sql(packed: bool, table: str) -> str:
     return (
         f"WITH changed AS (UPDATE {table} AS d SET status = v.status, "

@@ -7,6 +7,7 @@ and a statement naming a small partition is planned with its values until it has
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 
@@ -18,6 +19,8 @@ from clarion.store import bulk, day_partitions, retention
 from clarion.store import deliveries as delivery_store
 from clarion.store.day_partitions import RECHECK, DayPartitions, day_of
 from clarion.store.pg import FEW_PAGES, PgPool, asyncpg_dsn
+from databases import _database, _migrate
+from servers import admin
 
 pytestmark = pytest.mark.postgres
 
@@ -276,3 +279,34 @@ async def test_planned_once_after_the_partition_has_grown(
     pg._look_at = 0.0
     assert await pg.fixed(sql)
     assert await delivery_store.spent_ids(None, [(_dlv_at(_start(day) + 5), 1)], pg) == set()
+
+
+async def test_no_partition_is_named_under_a_collation_that_orders_numbers(
+    pg_server: str,
+) -> None:
+    """Under an ICU collation comparing digits as numbers ("9" before "10"), ids do not
+    order as bytes do: which partition holds an id is PostgreSQL's to say, and none is
+    named."""
+    name = f"clarion_test_kn_{uuid.uuid4().hex[:12]}"
+    try:
+        await admin(
+            pg_server,
+            f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING UTF8 LOCALE_PROVIDER icu '
+            "ICU_LOCALE 'und-u-kn-true' LOCALE 'C.UTF-8'",
+        )
+    except asyncpg.PostgresError as exc:
+        pytest.skip(f"this PostgreSQL cannot make an ICU database: {exc}")
+    try:
+        url = _database(pg_server, name)
+        await _migrate(url)
+        pool = PgPool(url)
+        try:
+            day = datetime.now(UTC).date()
+            did = _dlv_at(_start(day) + 5)
+            assert await _insert_delivery(url, did) == retention.partition_name("deliveries", day)
+            assert await pool.days.of([did]) is None
+            assert await bulk.claim(pool, [(did, 1)], 30.0) == {did}
+        finally:
+            await pool.aclose()
+    finally:
+        await admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -12,10 +12,13 @@ partition instead, a plain table whose statement is planned once per connection.
 A partition is named only once the catalog has shown it to be a partition of
 ``deliveries`` with the bounds of its day (looked at again every ``RECHECK`` seconds), and
 only for ids of the shape delivery ids have (``dlv_`` and 26 characters of Crockford's
-base32, whose order is the same under any collation): PostgreSQL itself put each row in
-that partition by the same bounds. A batch with an id of another day or shape, or a day
-without a partition of its own (its rows are in the default one), names ``deliveries``; so
-does a statement whose partition is dropped meanwhile (:meth:`DayPartitions.forget`).
+base32), compared with the bounds in byte order: PostgreSQL itself put each row in that
+partition by the same bounds, in the order of the column's collation, which the same look
+checks orders such ids as bytes do (it does under C, libc's locales and ICU's, but not an
+ICU collation that compares digits as numbers: then no partition is named). A batch with
+an id of another day or shape, or a day without a partition of its own (its rows are in
+the default one), names ``deliveries``; so does a statement whose partition is dropped
+meanwhile (:meth:`DayPartitions.forget`).
 
 Every index of ``deliveries`` holds the id, and on a near-empty partition reading one of
 them whole costs the planner as little as probing the primary key: a statement naming a
@@ -48,12 +51,25 @@ RECHECK = 60.0
 
 _SHAPE = re.compile(r"dlv_[0-9a-hjkmnp-tv-z]{26}").fullmatch
 
+# Ids whose order under a collation shows whether it orders delivery ids as bytes do
+# (digits before letters, each character by itself: not "9" before "10").
+_PROBES = (
+    "dlv_9", "dlv_10", "dlv_09", "dlv_0a", "dlv_a0", "dlv_0z", "dlv_z0", "dlv_001",
+    "dlv_01m8e6txyj", "dlv_01m8e6txyk", "dlv_1zz", "dlv_zz9",
+)  # fmt: skip
+_ORDERED = sorted(_PROBES)
 _BOUNDS = (
-    "SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits AS i "
+    "SELECT (SELECT pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits AS i "
     "JOIN pg_class AS c ON c.oid = i.inhrelid "
     "WHERE i.inhparent = to_regclass('deliveries') AND c.relname = $1 "
-    "AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = i.inhparent)"
+    "AND c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = i.inhparent)), "
+    "(SELECT partcollation[0]::oid::int FROM pg_partitioned_table "
+    "WHERE partrelid = to_regclass('deliveries')), "
+    "(SELECT array_agg(t ORDER BY t) FROM unnest($2::text[]) AS t)"
 )
+# The partition key's collation: the database's default (ordered as the probes show), or
+# "C" or "POSIX" (bytes).
+_DEFAULT_COLLATION, _BYTE_COLLATIONS = 100, (950, 951)
 
 
 @dataclass(frozen=True)
@@ -123,8 +139,11 @@ class DayPartitions:
             if known is not None and now < known.until:
                 return known  # asked meanwhile
             table = partition_name("deliveries", day)
-            rows = await self._pg.fetch(_BOUNDS, table)
-            ours = bool(rows) and rows[0][0] == expected_bounds(day)
+            [(bounds, collation, ordered)] = await self._pg.fetch(_BOUNDS, table, list(_PROBES))
+            as_bytes = collation in _BYTE_COLLATIONS or (
+                collation == _DEFAULT_COLLATION and ordered == _ORDERED
+            )
+            ours = bounds == expected_bounds(day) and as_bytes
             known = _Day(
                 table if ours else None,
                 day_bound(day),

@@ -332,7 +332,7 @@ async def write_changes(
     columns = _columns(changes, _M)
     event_columns = _columns(events, _E)
     packed, values = _packed(_CHANGE_KINDS + _EVENT_KINDS, columns + event_columns)
-    await day_partitions.execute(
+    await day_partitions.fetch(
         pg,
         columns[0],
         functools.partial(_write_changes_on, packed),

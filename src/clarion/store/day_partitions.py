@@ -166,16 +166,3 @@ async def fetch(
         except asyncpg.UndefinedTableError:
             pg.days.forget(table)  # dropped since (and its rows with it)
     return await pg.fetch(statement("deliveries"), *args)
-
-
-async def execute(
-    pg: PgPool, ids: Sequence[str], statement: Callable[[str], str], *args: Any
-) -> str:
-    """:func:`fetch` for a statement that returns no rows."""
-    table = await pg.days.of(ids)
-    if table is not None:
-        try:
-            return await pg.execute(statement(table), *args)
-        except asyncpg.UndefinedTableError:
-            pg.days.forget(table)
-    return await pg.execute(statement("deliveries"), *args)

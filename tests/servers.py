@@ -193,9 +193,17 @@ def _run(args: list[str], cwd: str) -> None:
         raise RuntimeError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
 
 
+# Where a private server keeps its data: in memory where the machine has a tmpfs for it.
+# Every test's database is a copy of a template, hundreds of files made at once; on a disk
+# that took 0.3 s of each test's set-up (file creation on ext4), in memory 0.04 s.
+_MEMORY = Path("/dev/shm")
+
+
 def _private_dir() -> str:
-    """A 0700 temporary directory owned by whoever will run the server."""
-    path = tempfile.mkdtemp(prefix="clarion-pg-", dir="/tmp")
+    """A 0700 temporary directory owned by whoever will run the server: in memory when the
+    machine has /dev/shm, else in /tmp."""
+    memory = _MEMORY.is_dir() and os.access(_MEMORY, os.W_OK | os.X_OK)
+    path = tempfile.mkdtemp(prefix="clarion-pg-", dir=str(_MEMORY) if memory else "/tmp")
     if os.geteuid() == 0:
         shutil.chown(path, user="postgres", group="postgres")
     return path
@@ -230,7 +238,10 @@ def pg_server() -> Iterator[str]:
         _run([*initdb, "--no-sync", "-E", "UTF8", "--locale=C"], cwd=tmp)
         options = (
             f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300 "
+            # Each copy of the template writes its pages to the WAL: recycle it early, so
+            # that a session's server holds little of it (in memory, above).
+            "-c max_wal_size=128MB -c min_wal_size=32MB"
         )
         # -l: the server must not inherit our output pipes, or the call never returns.
         log = str(Path(tmp) / "postgres.log")

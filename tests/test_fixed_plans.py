@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from clarion.store import bulk, intake  # noqa: F401  (their statements register themselves)
+from clarion.store import bulk, intake, planning  # noqa: F401  (their statements register themselves)
 from clarion.store import deliveries as delivery_store
 from clarion.store.pg import _FIXED, _FIXED_SETTINGS, _GROWN, FEW_PAGES, asyncpg_dsn
 
@@ -184,9 +184,9 @@ async def _fill_deliveries(conn: asyncpg.Connection, rows: int, first: int = 1) 
 
 
 async def _grown(url: str, analysed_empty: bool) -> str:
-    """`notifications` and the first day partition filled to just past the size at which
-    their statements are planned once, their statistics those of new tables (none) or of
-    tables analysed while empty; the partition's name."""
+    """`notifications`, `recipients` and the first day partition filled to just past the
+    size at which their statements are planned once, their statistics those of new tables
+    (none) or of tables analysed while empty; the partition's name."""
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         if analysed_empty:
@@ -200,10 +200,16 @@ async def _grown(url: str, analysed_empty: bool) -> str:
                 "FROM generate_series($1::int, $1::int + 99) i",
                 rows + 1,
             )
+            await conn.execute(
+                "INSERT INTO recipients (tenant_id, id, created_at, updated_at) "
+                "SELECT 'ten_1', 'r' || i, now(), now() "
+                "FROM generate_series($1::int, $1::int + 99) i",
+                rows + 1,
+            )
             day = await _fill_deliveries(conn, 100, rows + 1)
             rows += 100
-            grown = await conn.fetch(_GROWN, [day, "notifications"], FEW_PAGES)
-            if len(grown) == 2:
+            grown = await conn.fetch(_GROWN, [day, "notifications", "recipients"], FEW_PAGES)
+            if len(grown) == 3:
                 return day
         raise AssertionError("the tables did not grow")
     finally:

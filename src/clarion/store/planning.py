@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-import asyncpg
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -27,7 +26,7 @@ from clarion.store import templates as template_store
 from clarion.store import topics as topic_store
 from clarion.store.bulk import StripeChunk
 from clarion.store.db import write_tx
-from clarion.store.pg import PgPool
+from clarion.store.pg import PgPool, fixed_plan
 from clarion.store.sql import present
 from clarion.store.tables import (
     deliveries,
@@ -138,31 +137,50 @@ def _pairs(keys: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return [k[0] for k in unique], [k[1] for k in unique]
 
 
+# The planner's two reads of every batch, planned once per connection (store/pg.py
+# ``fixed_plan``): each probes its tables by their keys only. Planned at each execution, as
+# four-table joins with `= ANY`, they cost PostgreSQL more to plan than to run
+# (docs/performance.md, "Planning every statement anew").
+#
+# A batch's notifications, each with its template's active version, its tenant's category
+# version and whether its outbox row is still there. Each is a scalar subquery, one probe
+# of a key per notification, whatever the tables' statistics when the plan was made: as a
+# join, a plan made while `category_versions` was small reads it whole for every batch; as
+# `EXISTS`, PostgreSQL may hash the whole outbox for each batch (a "hashed SubPlan", chosen
+# once the outbox holds a backlog of tens of thousands: 50-90 ms a batch).
+_BATCH = fixed_plan(
+    "SELECT (SELECT t.active_version FROM templates AS t "
+    "WHERE t.tenant_id = n.tenant_id AND t.name = n.template) AS _head, "
+    "coalesce((SELECT cv.version FROM category_versions AS cv "
+    "WHERE cv.tenant_id = n.tenant_id), 0) AS _categories, "
+    "(SELECT true FROM outbox AS o WHERE o.notification_id = n.id) AS _unplanned, "
+    "n.* FROM notifications AS n WHERE n.id = ANY($1::text[])",
+    grown=("notifications",),
+)
+_NOTIFICATIONS = fixed_plan(
+    "SELECT * FROM notifications WHERE id = ANY($1::text[])", grown=("notifications",)
+)
+_RECIPIENTS = fixed_plan(
+    "SELECT r.* FROM recipients AS r "
+    "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, id) "
+    "ON r.tenant_id = k.tenant_id AND r.id = k.id",
+    grown=("recipients",),
+)
+
+
 class _PgReads:
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
+    """Each read on a connection of its own pool (store/pg.py): those planned once on the
+    fixed-plan pool, the others planned at each execution."""
+
+    def __init__(self, pg: PgPool) -> None:
+        self._pg = pg
 
     async def notifications(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        rows = await self._conn.fetch(
-            "SELECT * FROM notifications WHERE id = ANY($1::text[])", list(ids)
-        )
+        rows = await self._pg.fetch(_NOTIFICATIONS, list(ids))
         return {row["id"]: dict(row) for row in rows}
 
     async def batch(self, ids: Sequence[str]) -> Batch:
-        # One round trip: the template's active version and the tenant's category version
-        # joined to each notification, and whether its outbox row is still there. That is
-        # a scalar subquery, one probe of the outbox's key per notification: as `EXISTS`,
-        # PostgreSQL may hash the whole outbox for each batch instead (a "hashed SubPlan",
-        # chosen once the outbox holds a backlog of tens of thousands: 50-90 ms a batch).
-        rows = await self._conn.fetch(
-            "SELECT t.active_version AS _head, coalesce(cv.version, 0) AS _categories, "
-            "(SELECT true FROM outbox AS o WHERE o.notification_id = n.id) AS _unplanned, "
-            "n.* FROM notifications AS n "
-            "LEFT JOIN templates AS t ON t.tenant_id = n.tenant_id AND t.name = n.template "
-            "LEFT JOIN category_versions AS cv ON cv.tenant_id = n.tenant_id "
-            "WHERE n.id = ANY($1::text[])",
-            list(ids),
-        )
+        rows = await self._pg.fetch(_BATCH, list(ids))
         found = Batch({}, {}, {}, set())
         for row in rows:
             note = dict(row)
@@ -177,14 +195,14 @@ class _PgReads:
 
     async def category_versions(self, tenant_ids: Iterable[str]) -> dict[str, int]:
         wanted = sorted(set(tenant_ids))
-        rows = await self._conn.fetch(
+        rows = await self._pg.fetch(
             "SELECT tenant_id, version FROM category_versions WHERE tenant_id = ANY($1::text[])",
             wanted,
         )
         return {**dict.fromkeys(wanted, 0), **{row[0]: row[1] for row in rows}}
 
     async def active_versions(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        rows = await self._conn.fetch(
+        rows = await self._pg.fetch(
             "SELECT t.tenant_id, t.name, t.active_version FROM templates AS t "
             "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, name) "
             "ON t.tenant_id = k.tenant_id AND t.name = k.name",
@@ -195,12 +213,7 @@ class _PgReads:
     async def recipients(
         self, keys: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], dict[str, Any]]:
-        rows = await self._conn.fetch(
-            "SELECT r.* FROM recipients AS r "
-            "JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, id) "
-            "ON r.tenant_id = k.tenant_id AND r.id = k.id",
-            *_pairs(keys),
-        )
+        rows = await self._pg.fetch(_RECIPIENTS, *_pairs(keys))
         return {(row["tenant_id"], row["id"]): dict(row) for row in rows}
 
     async def existing_deliveries(self, ids: Sequence[str]) -> set[str]:
@@ -212,7 +225,7 @@ class _PgReads:
         return set()
 
     async def waiting_deliveries(self, notification_ids: Sequence[str]) -> list[Stored]:
-        rows = await self._conn.fetch(
+        rows = await self._pg.fetch(
             "SELECT * FROM deliveries WHERE notification_id = ANY($1::text[]) "
             "AND status = ANY($2::text[])",
             list(notification_ids),
@@ -223,26 +236,26 @@ class _PgReads:
     async def topic_chunk(
         self, tenant_id: str, topic: str, after: str | None, last: str | None, limit: int
     ) -> list[dict[str, Any]]:
-        rows = await self._conn.fetch(
+        rows = await self._pg.fetch(
             topic_store.PG_CHUNK, tenant_id, topic, after or "", limit, last
         )
         return [dict(row) for row in rows]
 
     async def stripe(self, notification_id: str, stripe: int) -> dict[str, Any] | None:
-        row = await self._conn.fetchrow(
+        rows = await self._pg.fetch(
             "SELECT * FROM topic_stripes WHERE notification_id = $1 AND stripe = $2",
             notification_id,
             stripe,
         )
-        return dict(row) if row is not None else None
+        return dict(rows[0]) if rows else None
 
 
 @asynccontextmanager
 async def reads(engine: AsyncEngine, pg: PgPool | None) -> AsyncIterator[PlanReads]:
-    """One connection for a batch's reads."""
+    """A batch's reads: on SQLite in one connection; on PostgreSQL each on a connection
+    of its pool."""
     if pg is not None:
-        async with pg.connection() as raw:
-            yield _PgReads(raw)
+        yield _PgReads(pg)
         return
     async with engine.connect() as conn:
         yield _SqlReads(conn)

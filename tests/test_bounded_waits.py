@@ -43,6 +43,32 @@ async def test_a_statement_waits_a_bounded_time_for_a_pooled_connection(
         await pg.aclose()
 
 
+@pytest.mark.postgres
+async def test_closing_a_pool_does_not_wait_forever_for_a_connection_never_given_back(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A statement's task left waiting on something that never comes, holding its
+    connection: the pool's close gives up on it after CLOSE_TIMEOUT and closes it, so a
+    stopping process still ends."""
+    monkeypatch.setattr(pg_module, "CLOSE_TIMEOUT", 0.2)
+    pg = PgPool(postgres_url, size=2)
+    held = asyncio.Event()
+
+    async def stuck() -> None:
+        async with pg.connection() as conn:
+            held.set()
+            await asyncio.Event().wait()
+            await conn.fetch("SELECT 1")
+
+    task = asyncio.create_task(stuck())
+    await held.wait()
+    await asyncio.wait_for(pg.aclose(), 10)
+    assert not task.done()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class _SilentRenewals(EmbeddedBroker):
     """A broker whose lease renewals never return."""
 

@@ -16,6 +16,7 @@ store/sql.py ``execute_many``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -26,6 +27,8 @@ import orjson
 from sqlalchemy.engine import make_url
 
 from clarion.store.day_partitions import DayPartitions
+
+log = logging.getLogger(__name__)
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -97,6 +100,13 @@ def fixed_plan(sql: str, grown: Iterable[str] = ()) -> str:
 # Bounded, the wait fails (TimeoutError, an outage to the callers), and the unit of work
 # that needed the connection is retried like any other that met an unreachable database.
 ACQUIRE_TIMEOUT = 30.0
+
+
+# How long closing waits for the connections in use to be given back. asyncpg's close waits
+# for them forever: one never given back (a statement's task left waiting on something
+# that will not come) would keep a stopping process from ever ending. Past this, the
+# connections still in use are closed under their users.
+CLOSE_TIMEOUT = 10.0
 
 
 class PgPool:
@@ -195,4 +205,13 @@ class PgPool:
         pools = [p for p in (self._pool, self._fixed) if p is not None]
         self._pool = self._fixed = None
         for pool in pools:
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+            except TimeoutError:
+                held = pool.get_size() - pool.get_idle_size()
+                log.warning(
+                    "closing PostgreSQL connections still in use after %gs: %d",
+                    CLOSE_TIMEOUT,
+                    held,
+                )
+                pool.terminate()

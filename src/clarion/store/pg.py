@@ -64,9 +64,10 @@ _FIXED_SETTINGS = {
     # only suits a near-empty table.
     "enable_seqscan": "off",
 }
-# A table probed by a key that other indexes hold too (the id of `notifications`, of a
-# day partition of `deliveries`: each index ends with it) is read through whichever index
-# costs least; on a near-empty table, one read whole costs as little as the key's probe.
+# A table probed by a key is read through whichever index costs least; on a near-empty
+# table, one read whole costs as little as the key's probe: another index that ends with
+# the key (each index of `notifications` and of a day partition of `deliveries` ends with
+# the id), or the key's own, merged with a sorted list of keys (`recipients`).
 # A plan made once then would keep that index for the connection's life, so a statement
 # probing such a table is planned once only after the table has this many pages (8 kB
 # each), and with its values meanwhile; which tables have grown is looked at again every

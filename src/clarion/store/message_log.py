@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
 from clarion.domain.outcome import FAILURES, SUCCESSES
-from clarion.store import tracking
+from clarion.store import send_totals, tracking
 from clarion.store.db import as_utc
-from clarion.store.deliveries import WAITING, in_flight, select_deliveries, shown_status
+from clarion.store.deliveries import WAITING, in_flight, select_deliveries
 from clarion.store.notifications import (
     delivery_to_public,
     notification_summary,
@@ -29,7 +29,6 @@ from clarion.store.notifications import (
     waiting,
 )
 from clarion.store.pages import Position, between, newest_first
-from clarion.store.sql import chunks
 from clarion.store.tables import deliveries, delivery_events, notifications, template_versions
 
 _UNPLANNED = (NotificationStatus.ACCEPTED, NotificationStatus.SCHEDULED)
@@ -76,20 +75,9 @@ class DeliveryFilter(LogFilter):
 async def delivery_totals(
     engine: AsyncEngine, notification_ids: Sequence[str]
 ) -> dict[str, dict[str, int]]:
-    """Per notification: how many of its deliveries are in each status."""
-    d = deliveries
-    totals: dict[str, dict[str, int]] = {nid: {} for nid in notification_ids}
-    async with engine.connect() as conn:
-        for part in chunks(list(notification_ids), 500):
-            status = shown_status(d)
-            query = (
-                select(d.c.notification_id, status, func.count())
-                .where(d.c.notification_id.in_(part))
-                .group_by(d.c.notification_id, status)
-            )
-            for nid, status, count in (await conn.execute(query)).all():
-                totals[nid][status] = count
-    return totals
+    """Per notification: how many of its deliveries are in each status (a large send's as
+    counted a moment ago: store/send_totals.py)."""
+    return await send_totals.totals(engine, notification_ids)
 
 
 Predicate = Callable[[Any], ColumnElement[bool]]

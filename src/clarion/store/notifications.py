@@ -18,6 +18,7 @@ from clarion.domain.refusal import Reason, Refused
 from clarion.domain.runs import ENDED
 from clarion.store import deliveries as delivery_store
 from clarion.store import runs as run_store
+from clarion.store import send_totals
 from clarion.store.db import as_utc, shown, utcnow, write_tx
 from clarion.store.intake import (
     UNKNOWN_NAME,
@@ -482,8 +483,14 @@ def notification_summary(
 
 
 async def get_with_deliveries(
-    engine: AsyncEngine, tenant_id: str, notification_id: str, limit: int = 1000
+    engine: AsyncEngine,
+    tenant_id: str,
+    notification_id: str,
+    limit: int = 1000,
+    fresh: bool = False,
 ) -> dict[str, Any] | None:
+    """A notification with its first ``limit`` deliveries and its totals (a large send's
+    as counted a moment ago, unless ``fresh``: store/send_totals.py)."""
     n = notifications
     async with engine.connect() as conn:
         row = (
@@ -511,7 +518,9 @@ async def get_with_deliveries(
             .mappings()
             .all()
         )
-        totals = await _totals(conn, notification_id)
+        totals = (await send_totals.totals(engine, [notification_id], conn, fresh=fresh))[
+            notification_id
+        ]
     items = [delivery_to_public(r) for r in rows[:limit]]
     shown = {
         **notification_summary(row, totals, data=True),
@@ -551,15 +560,6 @@ async def _runs_shown(engine: AsyncEngine, row: Mapping[str, Any], status: str) 
         "runs": await run_store.shown(engine, listed[:RUNS_SHOWN]),
         "runs_truncated": len(listed) > RUNS_SHOWN,
     }
-
-
-async def _totals(conn: AsyncConnection, notification_id: str) -> dict[str, int]:
-    d = deliveries
-    status = delivery_store.shown_status(d)
-    query = (
-        select(status, func.count()).where(d.c.notification_id == notification_id).group_by(status)
-    )
-    return {status: int(n) for status, n in sorted((await conn.execute(query)).all())}
 
 
 async def deliveries_page(

@@ -175,7 +175,10 @@ async def cancel(caller: Sender, notification_id: str) -> JSONResponse:
     "in_flight"}`; the status reads `cancelling` while any is in flight, then `cancelled`."""
     if not await store.cancel(caller.engine, caller.tenant_id, notification_id):
         raise NotFound(f"no notification {notification_id!r}")
-    found = await store.get_with_deliveries(caller.engine, caller.tenant_id, notification_id)
+    # Counted afresh: the answer says how many were cancelled and how many were in flight.
+    found = await store.get_with_deliveries(
+        caller.engine, caller.tenant_id, notification_id, fresh=True
+    )
     if found is None:  # erased in between
         raise NotFound(f"no notification {notification_id!r}")
     return JSONResponse(found, status_code=202)

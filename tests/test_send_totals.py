@@ -1,0 +1,110 @@
+"""A send's totals (how many of its deliveries are in each status): a large send's are kept
+a while by the process that counted them, a small send's are counted at every look, and a
+cancellation counts afresh (store/send_totals.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from clarion.pipeline.runtime import Roles
+from clarion.store import send_totals
+from clarion.store.db import write_tx
+from clarion.store.tables import deliveries
+from harness import Harness, make_settings, running
+
+TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
+
+
+@pytest.fixture
+async def planned_only(backend: tuple[str, str]) -> AsyncIterator[Harness]:
+    """Clarion that plans deliveries and sends none (no channel worker)."""
+    async with running(make_settings(*backend), Roles(api=True, planner=True)) as harness:
+        yield harness
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    """The totals' clock, standing still unless moved; a send of three deliveries is
+    large."""
+    fake = _Clock()
+    monkeypatch.setattr(send_totals, "_now", fake)
+    monkeypatch.setattr(send_totals, "LARGE", 3)
+    return fake
+
+
+async def _planned(app: Harness, rids: list[str]) -> tuple[str, list[str]]:
+    """A notification to ``rids``, its deliveries planned (queued): its id and theirs."""
+    await app.put_template("hook", TEMPLATE)
+    for rid in rids:
+        await app.put_recipient(rid, webhook_url=f"http://127.0.0.1:9/{rid}")
+    response = await app.send({"template": "hook", "to": {"recipient_ids": rids}})
+    assert response.status_code == 202, response.text
+    nid: str = response.json()["id"]
+
+    async def planned() -> bool:
+        return len((await app.notification(nid))["deliveries"]) == len(rids)
+
+    await app.until(planned)
+    return nid, [d["id"] for d in (await app.notification(nid))["deliveries"]]
+
+
+async def _fail(app: Harness, delivery_id: str) -> None:
+    """A delivery's status changed behind the API's back."""
+    async with write_tx(app.ctx.engine) as conn:
+        await conn.execute(
+            update(deliveries).where(deliveries.c.id == delivery_id).values(status="failed")
+        )
+
+
+async def _listed(app: Harness) -> dict[str, dict[str, Any]]:
+    response = await app.client.get("/v1/notifications", headers=app.auth)
+    assert response.status_code == 200, response.text
+    return {n["id"]: n["totals"] for n in response.json()["data"]}
+
+
+async def test_a_large_sends_totals_are_kept_a_while_and_a_small_sends_are_not(
+    planned_only: Harness, clock: _Clock
+) -> None:
+    app = planned_only
+    large, large_deliveries = await _planned(app, ["a", "b", "c"])
+    small, small_deliveries = await _planned(app, ["d", "e"])
+    assert (await app.notification(large))["totals"] == {"queued": 3}
+    assert (await _listed(app))[small] == {"queued": 2}
+
+    await _fail(app, large_deliveries[0])
+    await _fail(app, small_deliveries[0])
+    # The large send's count is kept, in its detail and in the list; the small one's is not.
+    assert (await app.notification(large))["totals"] == {"queued": 3}
+    assert await _listed(app) == {large: {"queued": 3}, small: {"failed": 1, "queued": 1}}
+    assert (await app.notification(small))["totals"] == {"failed": 1, "queued": 1}
+
+    # Kept for ten times as long as the count took, and at least a second.
+    clock.now += send_totals.KEEP_AT_LEAST
+    assert (await app.notification(large))["totals"] == {"failed": 1, "queued": 2}
+
+
+async def test_a_cancellation_counts_afresh(planned_only: Harness, clock: _Clock) -> None:
+    app = planned_only
+    nid, _ = await _planned(app, ["a", "b", "c"])
+    assert (await app.notification(nid))["totals"] == {"queued": 3}
+    response = await app.client.delete(f"/v1/notifications/{nid}", headers=app.auth)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["cancel"] == {"cancelled": 3, "in_flight": 0}
+    assert body["totals"] == {"cancelled": 3}
+    # What was counted then is what is kept.
+    shown = await app.notification(nid)
+    assert shown["status"] == "cancelled"
+    assert shown["totals"] == {"cancelled": 3}

@@ -1,6 +1,6 @@
-"""A send's totals (how many of its deliveries are in each status): a large send's are kept
-a while by the process that counted them, a small send's are counted at every look, and a
-cancellation counts afresh (store/send_totals.py)."""
+"""A send's totals (how many of its deliveries, or workflow runs, are in each status): a
+large send's are kept a while by the process that counted them, a small send's are counted
+at every look, and a cancellation counts afresh (store/send_totals.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy import update
 from clarion.pipeline.runtime import Roles
 from clarion.store import send_totals
 from clarion.store.db import write_tx
-from clarion.store.tables import deliveries
+from clarion.store.tables import deliveries, workflow_runs
 from harness import Harness, make_settings, running
 
 TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
@@ -108,3 +108,38 @@ async def test_a_cancellation_counts_afresh(planned_only: Harness, clock: _Clock
     shown = await app.notification(nid)
     assert shown["status"] == "cancelled"
     assert shown["totals"] == {"cancelled": 3}
+
+
+async def test_a_large_workflow_sends_run_totals_are_kept_a_while(
+    planned_only: Harness, clock: _Clock
+) -> None:
+    app = planned_only
+    await app.put_template("hook", TEMPLATE)
+    for rid in ("a", "b", "c"):
+        await app.put_recipient(rid, webhook_url=f"http://127.0.0.1:9/{rid}")
+    steps = [
+        {"id": "wait", "type": "delay", "duration": "1h"},
+        {"id": "hook", "type": "channel", "channel": "webhook", "template": "hook"},
+    ]
+    response = await app.client.put(
+        "/v1/workflows/later", json={"name": "later", "steps": steps}, headers=app.auth
+    )
+    assert response.status_code in (200, 201), response.text
+    response = await app.send({"workflow": "later", "to": {"recipient_ids": ["a", "b", "c"]}})
+    assert response.status_code == 202, response.text
+    nid: str = response.json()["id"]
+
+    async def waiting() -> bool:
+        clock.now += send_totals.KEEP_AT_LEAST  # nothing kept from a look before
+        return (await app.notification(nid)).get("run_totals") == {"waiting": 3}
+
+    await app.until(waiting)
+    async with write_tx(app.ctx.engine) as conn:
+        await conn.execute(
+            update(workflow_runs)
+            .where(workflow_runs.c.notification_id == nid, workflow_runs.c.recipient_id == "a")
+            .values(status="completed")
+        )
+    assert (await app.notification(nid))["run_totals"] == {"waiting": 3}
+    clock.now += send_totals.KEEP_AT_LEAST
+    assert (await app.notification(nid))["run_totals"] == {"completed": 1, "waiting": 2}

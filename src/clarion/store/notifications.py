@@ -528,7 +528,7 @@ async def get_with_deliveries(
         "deliveries": items,
         "deliveries_truncated": len(rows) > limit,
     }
-    shown.update(await _runs_shown(engine, row, shown["status"]))
+    shown.update(await _runs_shown(engine, row, shown["status"], fresh))
     return shown
 
 
@@ -536,13 +536,15 @@ async def get_with_deliveries(
 RUNS_SHOWN = 100
 
 
-async def _runs_shown(engine: AsyncEngine, row: Mapping[str, Any], status: str) -> dict[str, Any]:
+async def _runs_shown(
+    engine: AsyncEngine, row: Mapping[str, Any], status: str, fresh: bool = False
+) -> dict[str, Any]:
     """A send's runs (a workflow send's, or a template send's whose in-app part falls
     back: pipeline/runs.py): their totals, the first ones, and a status that stays
     ``processing`` while a run has not ended (a run waiting in a delay has no delivery
     unfinished). Nothing for a send without runs."""
     nid = row["id"]
-    run_totals = await run_store.totals(engine, nid)
+    run_totals = await send_totals.run_totals(engine, nid, fresh)
     if not run_totals and row["workflow"] is None:
         return {}
     listed = await run_store.of_notification(

@@ -325,18 +325,6 @@ async def of_notification(
         return [dict(row) for row in rows.mappings()]
 
 
-async def totals(engine: AsyncEngine, notification_id: str) -> dict[str, int]:
-    """How many of a notification's runs are in each status."""
-    r = workflow_runs
-    query = (
-        select(r.c.status, func.count())
-        .where(r.c.notification_id == notification_id)
-        .group_by(r.c.status)
-    )
-    async with engine.connect() as conn:
-        return {status: int(n) for status, n in (await conn.execute(query)).all()}
-
-
 async def cancelled_of(engine: AsyncEngine, ids: Sequence[str]) -> set[str]:
     """Which of these runs are cancelled. On PostgreSQL their rows are read under lock, so
     a cancellation being written is waited for."""

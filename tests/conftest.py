@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from clarion.pipeline.runtime import Roles
 from harness import CLUSTER_SHARDS, Harness, make_settings, running
 from procs import Procs
 from standins import serving
@@ -60,6 +61,13 @@ async def app(backend: tuple[str, str]) -> AsyncIterator[Harness]:
     """Clarion with every role running, on each backend."""
     shards = CLUSTER_SHARDS if backend[1].startswith("redis+cluster://") else 1
     async with running(make_settings(*backend, broker_shards=shards)) as harness:
+        yield harness
+
+
+@pytest.fixture
+async def planned_only(backend: tuple[str, str]) -> AsyncIterator[Harness]:
+    """Clarion that plans deliveries and sends none (no channel worker)."""
+    async with running(make_settings(*backend), Roles(api=True, planner=True)) as harness:
         yield harness
 
 

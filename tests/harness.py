@@ -118,3 +118,38 @@ async def running(settings: Settings, roles: Roles | None = None) -> AsyncIterat
         if runtime is not None:
             await runtime.stop()
         await ctx.aclose()
+
+
+# A webhook template whose body names the recipient (planned_webhooks).
+HOOK_TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
+
+
+async def planned_webhooks(
+    app: Harness, rids: list[str], url: str = "http://127.0.0.1:9"
+) -> tuple[str, list[str]]:
+    """A notification to ``rids`` (webhooks under ``url``), planned: its id and its
+    deliveries' ids, in ``rids`` order."""
+    await app.put_template("hook", HOOK_TEMPLATE)
+    for rid in rids:
+        await app.put_recipient(rid, webhook_url=f"{url}/{rid}")
+    response = await app.send({"template": "hook", "to": {"recipient_ids": rids}})
+    assert response.status_code == 202, response.text
+    nid: str = response.json()["id"]
+
+    async def planned() -> bool:
+        return len((await app.notification(nid))["deliveries"]) == len(rids)
+
+    await app.until(planned)
+    by_recipient = {d["recipient_id"]: d["id"] for d in (await app.notification(nid))["deliveries"]}
+    return nid, [by_recipient[rid] for rid in rids]
+
+
+class StillClock:
+    """A monotonic clock for code that takes one as a function: it stands still unless a
+    test moves ``now``."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now

@@ -3,11 +3,9 @@ taken again, nothing of a cancelled notification; and what a cancellation answer
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from clarion.domain.status import StatusChange
@@ -15,38 +13,10 @@ from clarion.pipeline.runtime import Roles
 from clarion.store import deliveries as delivery_store
 from clarion.store.db import utcnow
 from clarion.store.tables import deliveries, delivery_claims, delivery_events
-from harness import Harness, make_settings, running
+from harness import Harness, make_settings, planned_webhooks, running
 from webhook_sink import WebhookSink
 
-TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
 LEASE = 60.0
-
-
-@pytest.fixture
-async def planned_only(backend: tuple[str, str]) -> AsyncIterator[Harness]:
-    """Clarion that plans deliveries and sends none (no channel worker)."""
-    async with running(make_settings(*backend), Roles(api=True, planner=True)) as harness:
-        yield harness
-
-
-async def _deliveries(
-    app: Harness, rids: list[str], url: str = "http://127.0.0.1:9"
-) -> tuple[str, list[str]]:
-    """A notification to ``rids`` (webhooks under ``url``), planned: its id and its
-    deliveries' ids, in ``rids`` order."""
-    await app.put_template("hook", TEMPLATE)
-    for rid in rids:
-        await app.put_recipient(rid, webhook_url=f"{url}/{rid}")
-    response = await app.send({"template": "hook", "to": {"recipient_ids": rids}})
-    assert response.status_code == 202, response.text
-    nid: str = response.json()["id"]
-
-    async def planned() -> bool:
-        return len((await app.notification(nid))["deliveries"]) == len(rids)
-
-    await app.until(planned)
-    by_recipient = {d["recipient_id"]: d["id"] for d in (await app.notification(nid))["deliveries"]}
-    return nid, [by_recipient[rid] for rid in rids]
 
 
 async def _claim(app: Harness, *items: tuple[str, int], lease: float = LEASE) -> set[str]:
@@ -89,7 +59,7 @@ async def _events(app: Harness, delivery_id: str) -> list[str]:
 
 async def test_each_attempt_is_claimed_once(planned_only: Harness) -> None:
     app = planned_only
-    nid, [did] = await _deliveries(app, ["u"])
+    nid, [did] = await planned_webhooks(app, ["u"])
     assert await _claim(app, (did, 1), (did, 1)) == {did}  # a copy in the same batch
     # The claim is a row of its own; the delivery shows `sending`, and its outcome, once
     # stored, counts the attempt.
@@ -113,7 +83,7 @@ async def test_each_attempt_is_claimed_once(planned_only: Harness) -> None:
 
 async def test_a_lapsed_claim_is_swept_and_taken_again(planned_only: Harness) -> None:
     app = planned_only
-    nid, [did, other] = await _deliveries(app, ["u", "v"])
+    nid, [did, other] = await planned_webhooks(app, ["u", "v"])
     assert await _claim(app, (did, 1), lease=0.0) == {did}  # its worker died at once
     assert await _claim(app, (other, 1)) == {other}  # its worker lives
     assert await _shown(app, nid, did) == ("queued", 0)
@@ -133,7 +103,7 @@ async def test_a_lapsed_claim_is_swept_and_taken_again(planned_only: Harness) ->
 
 async def test_a_cancellation_reaches_what_is_not_claimed(planned_only: Harness) -> None:
     app = planned_only
-    nid, [flying, failing, lapsed, waiting] = await _deliveries(app, ["a", "b", "c", "d"])
+    nid, [flying, failing, lapsed, waiting] = await planned_webhooks(app, ["a", "b", "c", "d"])
     assert await _claim(app, (flying, 1), (failing, 1)) == {flying, failing}
     assert await _claim(app, (lapsed, 1), lease=0.0) == {lapsed}
 
@@ -186,7 +156,7 @@ async def test_a_restart_sends_again_what_was_being_sent(
     stopped process (its lease still running) goes out again, that same attempt."""
     url = migrated_sqlite_url
     async with running(make_settings(url, "embedded://"), Roles(api=True, planner=True)) as app:
-        _, [did] = await _deliveries(app, ["u"], sink.url)
+        _, [did] = await planned_webhooks(app, ["u"], sink.url)
         assert await _claim(app, (did, 1)) == {did}
     async with running(make_settings(url, "embedded://")) as app:
         await app.drain()

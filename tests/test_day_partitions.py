@@ -20,6 +20,7 @@ from clarion.store import deliveries as delivery_store
 from clarion.store.day_partitions import RECHECK, DayPartitions, day_of
 from clarion.store.pg import FEW_PAGES, PgPool, asyncpg_dsn
 from databases import _database, _migrate
+from harness import StillClock
 from servers import admin
 
 pytestmark = pytest.mark.postgres
@@ -35,14 +36,6 @@ def _dlv_at(millis: int, n: int = 1) -> str:
 
 def _start(day: date) -> int:
     return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -193,7 +186,7 @@ async def test_a_partition_dropped_since(pg: PgPool, migrated_postgres_url: str)
 async def test_a_partition_detached_is_named_no_more(migrated_postgres_url: str) -> None:
     """What the catalog showed is looked at again every RECHECK seconds: a partition
     detached by hand is a plain table, where no new row goes."""
-    clock = _Clock()
+    clock = StillClock()
     pool = PgPool(migrated_postgres_url)
     pool.days = DayPartitions(pool, clock)
     try:

@@ -4,60 +4,25 @@ at every look, and a cancellation counts afresh (store/send_totals.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sqlalchemy import update
 
-from clarion.pipeline.runtime import Roles
 from clarion.store import send_totals
 from clarion.store.db import write_tx
 from clarion.store.tables import deliveries, workflow_runs
-from harness import Harness, make_settings, running
-
-TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
+from harness import HOOK_TEMPLATE, Harness, StillClock, planned_webhooks
 
 
 @pytest.fixture
-async def planned_only(backend: tuple[str, str]) -> AsyncIterator[Harness]:
-    """Clarion that plans deliveries and sends none (no channel worker)."""
-    async with running(make_settings(*backend), Roles(api=True, planner=True)) as harness:
-        yield harness
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+def clock(monkeypatch: pytest.MonkeyPatch) -> StillClock:
     """The totals' clock, standing still unless moved; a send of three deliveries is
     large."""
-    fake = _Clock()
+    fake = StillClock()
     monkeypatch.setattr(send_totals, "_now", fake)
     monkeypatch.setattr(send_totals, "LARGE", 3)
     return fake
-
-
-async def _planned(app: Harness, rids: list[str]) -> tuple[str, list[str]]:
-    """A notification to ``rids``, its deliveries planned (queued): its id and theirs."""
-    await app.put_template("hook", TEMPLATE)
-    for rid in rids:
-        await app.put_recipient(rid, webhook_url=f"http://127.0.0.1:9/{rid}")
-    response = await app.send({"template": "hook", "to": {"recipient_ids": rids}})
-    assert response.status_code == 202, response.text
-    nid: str = response.json()["id"]
-
-    async def planned() -> bool:
-        return len((await app.notification(nid))["deliveries"]) == len(rids)
-
-    await app.until(planned)
-    return nid, [d["id"] for d in (await app.notification(nid))["deliveries"]]
 
 
 async def _fail(app: Harness, delivery_id: str) -> None:
@@ -75,11 +40,11 @@ async def _listed(app: Harness) -> dict[str, dict[str, Any]]:
 
 
 async def test_a_large_sends_totals_are_kept_a_while_and_a_small_sends_are_not(
-    planned_only: Harness, clock: _Clock
+    planned_only: Harness, clock: StillClock
 ) -> None:
     app = planned_only
-    large, large_deliveries = await _planned(app, ["a", "b", "c"])
-    small, small_deliveries = await _planned(app, ["d", "e"])
+    large, large_deliveries = await planned_webhooks(app, ["a", "b", "c"])
+    small, small_deliveries = await planned_webhooks(app, ["d", "e"])
     assert (await app.notification(large))["totals"] == {"queued": 3}
     assert (await _listed(app))[small] == {"queued": 2}
 
@@ -95,9 +60,9 @@ async def test_a_large_sends_totals_are_kept_a_while_and_a_small_sends_are_not(
     assert (await app.notification(large))["totals"] == {"failed": 1, "queued": 2}
 
 
-async def test_a_cancellation_counts_afresh(planned_only: Harness, clock: _Clock) -> None:
+async def test_a_cancellation_counts_afresh(planned_only: Harness, clock: StillClock) -> None:
     app = planned_only
-    nid, _ = await _planned(app, ["a", "b", "c"])
+    nid, _ = await planned_webhooks(app, ["a", "b", "c"])
     assert (await app.notification(nid))["totals"] == {"queued": 3}
     response = await app.client.delete(f"/v1/notifications/{nid}", headers=app.auth)
     assert response.status_code == 202, response.text
@@ -111,10 +76,10 @@ async def test_a_cancellation_counts_afresh(planned_only: Harness, clock: _Clock
 
 
 async def test_a_large_workflow_sends_run_totals_are_kept_a_while(
-    planned_only: Harness, clock: _Clock
+    planned_only: Harness, clock: StillClock
 ) -> None:
     app = planned_only
-    await app.put_template("hook", TEMPLATE)
+    await app.put_template("hook", HOOK_TEMPLATE)
     for rid in ("a", "b", "c"):
         await app.put_recipient(rid, webhook_url=f"http://127.0.0.1:9/{rid}")
     steps = [

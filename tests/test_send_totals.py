@@ -13,6 +13,7 @@ from clarion.store import send_totals
 from clarion.store.db import write_tx
 from clarion.store.tables import deliveries, workflow_runs
 from harness import HOOK_TEMPLATE, Harness, StillClock, planned_webhooks
+from test_workflow_runs import put_workflow
 
 
 @pytest.fixture
@@ -82,14 +83,12 @@ async def test_a_large_workflow_sends_run_totals_are_kept_a_while(
     await app.put_template("hook", HOOK_TEMPLATE)
     for rid in ("a", "b", "c"):
         await app.put_recipient(rid, webhook_url=f"http://127.0.0.1:9/{rid}")
-    steps = [
+    await put_workflow(
+        app,
+        "later",
         {"id": "wait", "type": "delay", "duration": "1h"},
         {"id": "hook", "type": "channel", "channel": "webhook", "template": "hook"},
-    ]
-    response = await app.client.put(
-        "/v1/workflows/later", json={"name": "later", "steps": steps}, headers=app.auth
     )
-    assert response.status_code in (200, 201), response.text
     response = await app.send({"workflow": "later", "to": {"recipient_ids": ["a", "b", "c"]}})
     assert response.status_code == 202, response.text
     nid: str = response.json()["id"]

@@ -72,14 +72,6 @@ class DeliveryFilter(LogFilter):
     event: str | None = None
 
 
-async def delivery_totals(
-    engine: AsyncEngine, notification_ids: Sequence[str]
-) -> dict[str, dict[str, int]]:
-    """Per notification: how many of its deliveries are in each status (a large send's as
-    counted a moment ago: store/send_totals.py)."""
-    return await send_totals.totals(engine, notification_ids)
-
-
 Predicate = Callable[[Any], ColumnElement[bool]]
 
 
@@ -193,7 +185,8 @@ async def list_notifications(
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` notifications, newest first, each with its delivery totals."""
     rows = await _rows(engine, notifications_query(tenant_id, where, after, limit))
-    totals = await delivery_totals(engine, [r["id"] for r in rows])
+    # A large send's as counted a moment ago (store/send_totals.py).
+    totals = await send_totals.totals(engine, [r["id"] for r in rows])
     return [notification_summary(row, totals[row["id"]]) for row in rows]
 
 

@@ -20,6 +20,7 @@ from clarion.resilience.backends import send_timeout
 from clarion.resilience.sendchain import Gate
 from clarion.store import deliveries as delivery_store
 from clarion.store.batching import Batcher
+from clarion.store.db import writes_at_once
 
 Claim = tuple[str, int]  # (delivery id, attempt)
 
@@ -38,7 +39,10 @@ class Claims:
         # outcome. A lease that runs out says the worker died in the attempt.
         self.lease = send_timeout(ctx.settings) + ctx.settings.broker_lease
         self._batcher: Batcher[Claim, bool] = Batcher(
-            self._flush, max_items=1000, concurrency=2, name=f"claims {name}"
+            self._flush,
+            max_items=1000,
+            concurrency=writes_at_once(ctx.engine),
+            name=f"claims {name}",
         )
         # Attempts claimed whose handling has not ended: what a stop hands back.
         self._held: dict[str, int] = {}

@@ -29,6 +29,7 @@ from clarion.store import addresses as address_store
 from clarion.store import deliveries as delivery_store
 from clarion.store import suppressions as suppression_store
 from clarion.store.batching import Batcher, is_outage
+from clarion.store.db import writes_at_once
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,10 @@ class StatusWriter:
         self._ctx = ctx
         self._events = StatusEvents(ctx)
         self._batcher: Batcher[StatusChange, None] = Batcher(
-            self._flush, max_items=2000, concurrency=2, name="status-writer"
+            self._flush,
+            max_items=2000,
+            concurrency=writes_at_once(ctx.engine),
+            name="status-writer",
         )
 
     def start(self) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncEngine as AsyncEngine
 
 from clarion.config import Settings
+from clarion.store import sqlite_driver
 from clarion.store.pg import PgPool
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -67,6 +68,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
     if url.startswith("sqlite"):
         engine = create_async_engine(
             url,
+            # aiosqlite with one trip to its thread per statement (store/sqlite_driver.py).
+            module=sqlite_driver.dbapi(),
             json_serializer=_json_dumps,
             json_deserializer=orjson.loads,
             connect_args={"timeout": 30},
@@ -150,6 +153,14 @@ async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the newest migration."""
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade)
+
+
+def writes_at_once(engine: AsyncEngine) -> int:
+    """How many batches of one kind (claims, status changes) a process writes at once: two
+    on PostgreSQL, where one is stored while the next gathers; one on SQLite, whose writers
+    take turns (:func:`write_tx`): a second would only wait for the first's turn, and each
+    would carry half the batch (docs/performance.md, "Embedded: one trip per statement")."""
+    return 1 if engine.dialect.name == "sqlite" else 2
 
 
 _WRITE_LOCKS: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()

@@ -176,21 +176,63 @@ async def test_an_outcome_never_overwrites_that_of_a_later_attempt(app: Harness)
     race = _first_try("race", app.tenant_id, "webhook", "webhook")
     assert await delivery_store.insert_one(app.ctx.engine, Stored(race), now)
     retry_at = now + timedelta(seconds=1)
-    engine, tenant = app.ctx.engine, app.tenant_id
+    engine, tenant, pg = app.ctx.engine, app.tenant_id, app.ctx.pg
     await delivery_store.apply_changes(
         engine,
         [
             StatusChange("dlv_race", tenant, "queued", attempts=2, scheduled_for=retry_at),
             StatusChange("dlv_race", tenant, "dead", attempts=3, reason="http_500"),
         ],
+        pg,
     )
     await delivery_store.apply_changes(
-        engine, [StatusChange("dlv_race", tenant, "queued", attempts=1, scheduled_for=retry_at)]
+        engine,
+        [StatusChange("dlv_race", tenant, "queued", attempts=1, scheduled_for=retry_at)],
+        pg,
     )
 
     found = await delivery_store.get_one(engine, tenant, "dlv_race")
     assert found is not None
     assert (found["status"], found["attempts"], found["reason"]) == ("dead", 3, "http_500")
+
+
+async def test_a_large_batch_of_outcomes_is_stored_whole(app: Harness) -> None:
+    """A status writer's batch of 300 (on SQLite statements of 256, 32, 8 and 4 rows),
+    one delivery changed twice in it (the later change is its state), every field kept."""
+    now = utcnow()
+    engine, tenant = app.ctx.engine, app.tenant_id
+    for i in range(300):
+        assert await delivery_store.insert_one(
+            engine, Stored(_first_try(f"b{i}", tenant, "webhook", "webhook")), now
+        )
+    sent_at = now + timedelta(seconds=2)
+    changes = [
+        StatusChange(
+            f"dlv_b{i}",
+            tenant,
+            "sent",
+            attempts=1,
+            provider_message_id=f"m{i}",
+            sent_at=sent_at,
+            latency_ms=i,
+            provider="hooks-b" if i % 2 else None,
+        )
+        for i in range(300)
+    ]
+    changes.insert(0, StatusChange("dlv_b7", tenant, "failed", attempts=1, reason="http_500"))
+    await delivery_store.apply_changes(engine, changes, app.ctx.pg)
+    for i in (0, 7, 99, 255, 256, 299):
+        found = await delivery_store.get_one(engine, tenant, f"dlv_b{i}")
+        assert found is not None
+        assert (found["status"], found["attempts"], found["provider_message_id"]) == (
+            "sent",
+            1,
+            f"m{i}",
+        )
+        assert found["latency_ms"] == i
+        assert as_utc(found["sent_at"]) == sent_at
+        # A change without a provider leaves the delivery's own.
+        assert found["provider"] == ("hooks-b" if i % 2 else "webhook")
 
 
 async def test_a_restart_plans_the_unplanned_at_once_not_after_the_grace(

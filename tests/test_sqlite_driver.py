@@ -124,3 +124,52 @@ async def test_a_streamed_result_is_read_as_it_comes(engine: AsyncEngine) -> Non
         result = await conn.stream(text("SELECT name FROM t ORDER BY id"))
         names = [row[0] async for row in result]
     assert names == [f"n{i}" for i in range(250)]
+
+
+@pytest.mark.parametrize("count", [1, 3, 512, 1300])
+async def test_many_rows_are_inserted_as_executemany_would(
+    engine: AsyncEngine, trips: list[str], count: int
+) -> None:
+    rows = [{"name": f"n{i}"} for i in range(count)]
+    ignoring = text("INSERT INTO t (name) VALUES (:name) ON CONFLICT DO NOTHING")
+    async with write_tx(engine) as conn:
+        assert (await conn.execute(ignoring, rows)).rowcount == count
+        # Again, with one new row among them: only it is stored.
+        again = await conn.execute(ignoring, [*rows, {"name": "new"}])
+        assert again.rowcount == 1
+    assert await _names(engine) == [f"n{i}" for i in range(count)] + ["new"]
+    assert trips.count("_run_many") == (2 if count > 1 else 1)  # one row: `execute`
+
+
+async def test_an_upsert_of_many_rows_and_an_update_of_many(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE k (id TEXT PRIMARY KEY, n INTEGER)"))
+    upsert = text(
+        "INSERT INTO k (id, n) VALUES (:id, :n) ON CONFLICT (id) DO UPDATE SET n = excluded.n"
+    )
+    async with write_tx(engine) as conn:
+        await conn.execute(upsert, [{"id": f"k{i}", "n": i} for i in range(5)])
+        # A row twice in one batch: the later one wins, as one row after the other would.
+        await conn.execute(
+            upsert, [{"id": "k1", "n": 10}, {"id": "k9", "n": 9}, {"id": "k1", "n": 11}]
+        )
+        updated = await conn.execute(
+            text("UPDATE k SET n = n + :by WHERE id = :id"),
+            [{"id": "k0", "by": 100}, {"id": "k2", "by": 200}, {"id": "none", "by": 1}],
+        )
+        assert updated.rowcount == 2
+    async with engine.connect() as conn:
+        stored = {row[0]: row[1] for row in await conn.execute(text("SELECT id, n FROM k"))}
+    assert stored == {"k0": 100, "k1": 11, "k2": 202, "k3": 3, "k4": 4, "k9": 9}
+
+
+async def test_a_failing_row_fails_the_whole_batch(engine: AsyncEngine) -> None:
+    rows = [{"name": "a"}, {"name": "b"}, {"name": "a"}]
+    with pytest.raises(IntegrityError):
+        await _insert_rows(engine, rows)
+    assert await _names(engine) == []
+
+
+async def _insert_rows(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
+    async with write_tx(engine) as conn:
+        await conn.execute(text("INSERT INTO t (name) VALUES (:name)"), rows)

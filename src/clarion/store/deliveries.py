@@ -10,9 +10,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Select,
-    String,
     and_,
-    bindparam,
     case,
     exists,
     func,
@@ -305,38 +303,11 @@ async def stop_waiting(
     return stopped
 
 
-_UPDATE = (
-    update(deliveries)
-    # A provider's report that the message was delivered may arrive before the worker has
-    # stored its own outcome of the send: the report is the later truth. An outcome never
-    # overwrites one of a later attempt (a retry may store its outcome first).
-    .where(
-        deliveries.c.id == bindparam("b_id"),
-        deliveries.c.status != DeliveryStatus.DELIVERED,
-        deliveries.c.attempts <= bindparam("b_attempts"),
-        # A cancelled delivery stays cancelled: a cancellation leaves a delivery in flight
-        # alone (:func:`stop_waiting`), so only an attempt whose claim lapsed meets one.
-        deliveries.c.status != DeliveryStatus.CANCELLED,
-    )
-    .values(
-        status=bindparam("b_status"),
-        attempts=bindparam("b_attempts"),
-        reason=bindparam("b_reason"),
-        last_error=bindparam("b_last_error"),
-        provider_message_id=bindparam("b_provider_message_id"),
-        scheduled_for=bindparam("b_scheduled_for"),
-        sent_at=bindparam("b_sent_at"),
-        latency_ms=bindparam("b_latency_ms"),
-        updated_at=bindparam("b_updated_at"),
-        provider=func.coalesce(bindparam("b_provider", type_=String), deliveries.c.provider),
-    )
-)
-
-
 async def apply_changes(
     engine: AsyncEngine, changes: Sequence[StatusChange], pg: PgPool | None = None
 ) -> None:
-    """Write a batch of status changes and their events atomically."""
+    """Write a batch of status changes and their events atomically (on PostgreSQL through
+    its pool of hot statements, ``pg``)."""
     if not changes:
         return
     now = utcnow()
@@ -344,8 +315,10 @@ async def apply_changes(
     if pg is not None:
         await _apply_set_based(pg, changes, now)
         return
+    if engine.dialect.name != "sqlite":
+        raise ValueError("status changes on PostgreSQL are written through its pool (pg)")
     async with write_tx(engine) as conn:
-        await _apply_row_by_row(conn, changes, now)
+        await _apply_sqlite(conn, changes, now)
 
 
 def _has_event(change: StatusChange) -> bool:
@@ -355,25 +328,92 @@ def _has_event(change: StatusChange) -> bool:
     return change.status != DeliveryStatus.SENT or bool(change.last_error or change.reason)
 
 
-async def _apply_row_by_row(
+# The columns a status change sets, in the order of a row of ``_CHANGED`` after its id.
+_CHANGE_COLUMNS = (
+    "status",
+    "attempts",
+    "reason",
+    "last_error",
+    "provider_message_id",
+    "scheduled_for",
+    "sent_at",
+    "latency_ms",
+    "provider",
+)
+_ROW = "(" + ", ".join(["?"] * (len(_CHANGE_COLUMNS) + 1)) + ")"
+# Rows per statement at most; the texts are of 1, 2, 4, ... rows (cached when prepared).
+_CHANGES_AT_ONCE = 256
+
+
+@functools.cache
+def _changed(rows: int) -> str:
+    """SQLite's status update of ``rows`` deliveries in one statement: ``updated_at``, then
+    a row of (id, the columns) per delivery. A provider's report that the message was
+    delivered may arrive before the worker has stored its own outcome of the send: the
+    report is the later truth. An outcome never overwrites one of a later attempt (a retry
+    may store its outcome first). A cancelled delivery stays cancelled: a cancellation
+    leaves a delivery in flight alone (:func:`stop_waiting`), so only an attempt whose claim
+    lapsed meets one. (PostgreSQL: ``bulk.write_changes``.)"""
+    values = ", ".join([_ROW] * rows)
+    column = {name: f"v.column{i + 2}" for i, name in enumerate(_CHANGE_COLUMNS)}
+    sets = ", ".join(f"{name} = {column[name]}" for name in _CHANGE_COLUMNS if name != "provider")
+    return (
+        f"UPDATE deliveries SET {sets}, updated_at = ?, "
+        f"provider = coalesce({column['provider']}, deliveries.provider) "
+        f"FROM (VALUES {values}) AS v WHERE deliveries.id = v.column1 "
+        f"AND deliveries.status NOT IN ('{DeliveryStatus.DELIVERED.value}', "
+        f"'{DeliveryStatus.CANCELLED.value}') AND deliveries.attempts <= {column['attempts']}"
+    )
+
+
+async def _apply_sqlite(
     conn: AsyncConnection, changes: Sequence[StatusChange], now: datetime
 ) -> None:
-    params = [
-        {
-            "b_id": c.delivery_id,
-            "b_status": c.status,
-            "b_attempts": c.attempts,
-            "b_reason": c.reason,
-            "b_last_error": c.last_error,
-            "b_provider_message_id": c.provider_message_id,
-            "b_scheduled_for": c.scheduled_for,
-            "b_sent_at": c.sent_at,
-            "b_latency_ms": c.latency_ms,
-            "b_updated_at": now,
-            "b_provider": c.provider,
-        }
-        for c in changes
+    """SQLite: the changes in statements of many rows each, one row per delivery (of two
+    changes to the same delivery in a batch the later is its state, as on PostgreSQL);
+    each change with an event. As ``executemany``, SQLite's driver would take each row in
+    a turn of its own, and each turn waited for the busy event loop's thread
+    (store/sqlite_driver.py)."""
+    dialect = conn.dialect
+    stored = [
+        deliveries.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        for name in _CHANGE_COLUMNS
     ]
+    latest = {c.delivery_id: c for c in changes}
+    rows = [
+        (
+            c.delivery_id,
+            *(
+                value if process is None or value is None else process(value)
+                for value, process in zip(
+                    (
+                        c.status,
+                        c.attempts,
+                        c.reason,
+                        c.last_error,
+                        c.provider_message_id,
+                        c.scheduled_for,
+                        c.sent_at,
+                        c.latency_ms,
+                        c.provider,
+                    ),
+                    stored,
+                    strict=True,
+                )
+            ),
+        )
+        for c in latest.values()
+    ]
+    at_process = deliveries.c.updated_at.type.dialect_impl(dialect).bind_processor(dialect)
+    at = now if at_process is None else at_process(now)
+    start = 0
+    while start < len(rows):
+        size = min(_CHANGES_AT_ONCE, 1 << (len(rows) - start).bit_length() - 1)
+        part = rows[start : start + size]
+        flat = [value for row in part for value in row]
+        # ``updated_at`` is the statement's first parameter (in SET, before FROM).
+        await conn.exec_driver_sql(_changed(size), (at, *flat))
+        start += size
     events = [
         {
             "delivery_id": c.delivery_id,
@@ -390,7 +430,6 @@ async def _apply_row_by_row(
         for c in changes
         if _has_event(c)
     ]
-    await execute_many(conn, _UPDATE, params)
     await execute_many(conn, _EVENTS, events)
 
 

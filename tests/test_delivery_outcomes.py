@@ -197,8 +197,9 @@ async def test_an_outcome_never_overwrites_that_of_a_later_attempt(app: Harness)
 
 
 async def test_a_large_batch_of_outcomes_is_stored_whole(app: Harness) -> None:
-    """A status writer's batch of 300 (on SQLite statements of 256, 32, 8 and 4 rows),
-    one delivery changed twice in it (the later change is its state), every field kept."""
+    """A status writer's batch of 300 (on SQLite a statement of 256 rows and one of 64, 20
+    of them no delivery's), one delivery changed twice in it (the later change is its
+    state), every field kept."""
     now = utcnow()
     engine, tenant = app.ctx.engine, app.tenant_id
     for i in range(300):

@@ -341,7 +341,7 @@ _CHANGE_COLUMNS = (
     "provider",
 )
 _ROW = "(" + ", ".join(["?"] * (len(_CHANGE_COLUMNS) + 1)) + ")"
-# Rows per statement at most; the texts are of 1, 2, 4, ... rows (cached when prepared).
+# Rows per statement at most.
 _CHANGES_AT_ONCE = 256
 
 
@@ -406,14 +406,15 @@ async def _apply_sqlite(
     ]
     at_process = deliveries.c.updated_at.type.dialect_impl(dialect).bind_processor(dialect)
     at = now if at_process is None else at_process(now)
-    start = 0
-    while start < len(rows):
-        size = min(_CHANGES_AT_ONCE, 1 << (len(rows) - start).bit_length() - 1)
-        part = rows[start : start + size]
+    for start in range(0, len(rows), _CHANGES_AT_ONCE):
+        part = rows[start : start + _CHANGES_AT_ONCE]
+        # Statements of 1, 2, 4, ... rows, the last ones of no delivery (a NULL id matches
+        # none): one statement per batch, its text one of a few that stay prepared.
+        size = 1 << (len(part) - 1).bit_length()
         flat = [value for row in part for value in row]
+        flat += [None] * (len(_CHANGE_COLUMNS) + 1) * (size - len(part))
         # ``updated_at`` is the statement's first parameter (in SET, before FROM).
         await conn.exec_driver_sql(_changed(size), (at, *flat))
-        start += size
     events = [
         {
             "delivery_id": c.delivery_id,

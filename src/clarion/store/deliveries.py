@@ -337,12 +337,34 @@ _CHANGE_COLUMNS = (
     "provider_message_id",
     "scheduled_for",
     "sent_at",
-    "latency_ms",
     "provider",
+    "latency_ms",
 )
 _ROW = "(" + ", ".join(["?"] * (len(_CHANGE_COLUMNS) + 1)) + ")"
 # Rows per statement at most.
 _CHANGES_AT_ONCE = 256
+
+
+def _latest(changes: Sequence[StatusChange]) -> list[tuple[Any, ...]]:
+    """One row per delivery, its id and then ``_CHANGE_COLUMNS``: of two changes to the
+    same delivery in a batch, the later is its state (as one after the other would leave
+    it); both are events."""
+    latest = {
+        c.delivery_id: (
+            c.delivery_id,
+            c.status,
+            c.attempts,
+            c.reason,
+            c.last_error,
+            c.provider_message_id,
+            c.scheduled_for,
+            c.sent_at,
+            c.provider,
+            c.latency_ms,
+        )
+        for c in changes
+    }
+    return list(latest.values())
 
 
 @functools.cache
@@ -379,30 +401,15 @@ async def _apply_sqlite(
         deliveries.c[name].type.dialect_impl(dialect).bind_processor(dialect)
         for name in _CHANGE_COLUMNS
     ]
-    latest = {c.delivery_id: c for c in changes}
     rows = [
         (
-            c.delivery_id,
+            row[0],
             *(
                 value if process is None or value is None else process(value)
-                for value, process in zip(
-                    (
-                        c.status,
-                        c.attempts,
-                        c.reason,
-                        c.last_error,
-                        c.provider_message_id,
-                        c.scheduled_for,
-                        c.sent_at,
-                        c.latency_ms,
-                        c.provider,
-                    ),
-                    stored,
-                    strict=True,
-                )
+                for value, process in zip(row[1:], stored, strict=True)
             ),
         )
-        for c in latest.values()
+        for row in _latest(changes)
     ]
     at_process = deliveries.c.updated_at.type.dialect_impl(dialect).bind_processor(dialect)
     at = now if at_process is None else at_process(now)
@@ -435,23 +442,6 @@ async def _apply_sqlite(
 
 
 async def _apply_set_based(pg: PgPool, changes: Sequence[StatusChange], now: datetime) -> None:
-    # One UPDATE row per delivery: of two changes to the same delivery in a batch, the
-    # later is its state (as executemany would leave it); both are events.
-    latest = {
-        c.delivery_id: (
-            c.delivery_id,
-            c.status,
-            c.attempts,
-            c.reason,
-            c.last_error,
-            c.provider_message_id,
-            c.scheduled_for,
-            c.sent_at,
-            c.provider,
-            c.latency_ms,
-        )
-        for c in changes
-    }
     events = [
         (
             c.delivery_id,
@@ -467,7 +457,7 @@ async def _apply_set_based(pg: PgPool, changes: Sequence[StatusChange], now: dat
         for c in changes
         if _has_event(c)
     ]
-    await bulk.write_changes(pg, list(latest.values()), events, now)
+    await bulk.write_changes(pg, _latest(changes), events, now)
 
 
 def _with_trace() -> Select[Any]:

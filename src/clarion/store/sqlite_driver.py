@@ -17,7 +17,9 @@ Here a statement is one trip: its cursor is made, run, read to the end and close
 connection's thread, and what SQLAlchemy reads afterwards (the rows, ``description``,
 ``rowcount``, ``lastrowid``) is kept on this side. A commit or rollback with no
 transaction open (``in_transaction``, which SQLite keeps and may be read from any thread)
-makes no trip; sqlite3 would do nothing in the thread either. Streamed results
+makes no trip; sqlite3 would do nothing in the thread either. An ``INSERT`` of many
+rows goes as statements of many rows each rather than row by row (``_run_many``: sqlite3's
+``executemany`` gives up the GIL for every row). Streamed results
 (``AsyncConnection.stream``) keep aiosqlite's own cursor, which fetches as it is read.
 
 Passed to SQLAlchemy as the DBAPI module (``create_async_engine(..., module=dbapi())``);

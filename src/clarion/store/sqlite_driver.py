@@ -24,7 +24,8 @@ rows goes as statements of many rows each rather than row by row (``_run_many``:
 
 Passed to SQLAlchemy as the DBAPI module (``create_async_engine(..., module=dbapi())``);
 it uses aiosqlite's ``Connection._execute``, the call SQLAlchemy's own adapter builds on,
-and is tested with it (tests/test_sqlite_driver.py).
+and the adapter classes of SQLAlchemy 2.1 (pyproject.toml asks for SQLAlchemy 2.1 and
+aiosqlite 0.22 at least), and is tested with both (tests/test_sqlite_driver.py).
 """
 
 from __future__ import annotations

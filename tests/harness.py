@@ -115,9 +115,45 @@ async def running(settings: Settings, roles: Roles | None = None) -> AsyncIterat
         async with httpx.AsyncClient(transport=transport, base_url="http://clarion") as client:
             yield Harness(settings, ctx, runtime, client, key, tenant.id)
     finally:
+        await _stopped(runtime, ctx)
+
+
+# A harness stops within this (its runtime's ``shutdown_timeout`` is 3 s), or the test
+# fails with what each task was waiting for, rather than the per-test timeout's thread
+# stacks, which show only an idle event loop.
+STOP_WITHIN = 60.0
+
+
+async def _stopped(runtime: Runtime | None, ctx: Context) -> None:
+    async def stop() -> None:
         if runtime is not None:
             await runtime.stop()
         await ctx.aclose()
+
+    stopping = asyncio.ensure_future(stop())
+    done, _ = await asyncio.wait({stopping}, timeout=STOP_WITHIN)
+    if not done:
+        waits = "\n\n".join(
+            "\n".join([repr(task), *_awaiting(task.get_coro())])
+            for task in asyncio.all_tasks()
+            if task is not asyncio.current_task()
+        )
+        stopping.cancel()
+        raise AssertionError(f"the harness did not stop in {STOP_WITHIN:g}s; its tasks:\n{waits}")
+    await stopping
+
+
+def _awaiting(coro: object) -> list[str]:
+    """Where a coroutine waits: its frame, then each it awaits, down to the future."""
+    lines = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            lines.append(f"  {coro!r}")
+            break
+        lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return lines
 
 
 # A webhook template whose body names the recipient (planned_webhooks).

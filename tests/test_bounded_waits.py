@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import pytest
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+import harness
 from clarion.broker import reconnect
 from clarion.broker.base import Message
 from clarion.broker.embedded import EmbeddedBroker
@@ -234,3 +235,21 @@ async def test_a_lingering_batcher_waits_for_more_only_while_items_come_together
         assert batches == [["a"], ["b"], ["c", "d"], ["e", "f"]]
     finally:
         await batcher.close()
+
+
+async def test_a_harness_that_does_not_stop_says_what_it_waits_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The test harness's own bound: a stop that hangs fails with each task's awaits."""
+    monkeypatch.setattr(harness, "STOP_WITHIN", 0.1)
+
+    class Stuck:
+        async def stop(self) -> None:
+            await asyncio.Event().wait()
+
+    class Closed:
+        async def aclose(self) -> None:
+            return None
+
+    with pytest.raises(AssertionError, match=r"(?s)did not stop in 0.1s.*harness.py.*locks.py"):
+        await harness._stopped(Stuck(), Closed())  # type: ignore[arg-type]

@@ -355,3 +355,39 @@ async def test_a_long_urgent_send_stops_holding_back_when_the_budget_is_spent(
         await asyncio.wait_for(cleared.wait(), 5)
         assert urgency.spent("slow")
     await urgency.aclose()
+
+
+class _LosesCancellation:
+    """A shared-set client whose look loses a cancellation that comes as it finishes, as
+    a Redis call through Python 3.11's ``asyncio.wait_for`` can: the call's result is
+    returned and the task goes on, its cancellation spent."""
+
+    def __init__(self) -> None:
+        self.looking = asyncio.Event()
+        self.lost = 0
+
+    async def zrangebyscore(self, *args: object, **kwargs: object) -> list[bytes]:
+        self.looking.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.lost += 1
+        return []
+
+    async def zadd(self, *args: object, **kwargs: object) -> int:
+        return 0
+
+    async def zrem(self, *args: object, **kwargs: object) -> int:
+        return 0
+
+
+async def test_closing_ends_the_loops_even_when_a_cancellation_is_lost() -> None:
+    client = _LosesCancellation()
+    urgency = Urgency()
+    urgency.share(client, "lossy")
+    urgency.busy()
+    await asyncio.wait_for(client.looking.wait(), 5)
+    tasks = list(urgency._tasks)
+    await asyncio.wait_for(urgency.aclose(), 5)
+    assert client.lost == 1
+    assert all(task.done() for task in tasks)

@@ -66,6 +66,9 @@ SHARE = 0.5
 BUDGET = 2.0
 # The most entries of the shared set one look reads.
 _LOOK_MOST = 1000
+# How long closing waits for the tasks sharing urgent work to end (seconds): a Redis call
+# under way is bounded by the client's socket timeout.
+_CLOSE_WAIT = 15.0
 
 
 @dataclass
@@ -117,6 +120,7 @@ class Urgency:
         self._busy_at = -LOOK_FOR
         self._busy = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         # Looks at the shared set; chunks giving way now, and the seconds they have
         # spent so in all.
         self.looks = 0
@@ -158,11 +162,18 @@ class Urgency:
         if self._turn is not None:
             self._turn.cancel()
             self._turn = None
+        # The loops see the flag once woken: a cancellation can be lost on its way through
+        # a Redis call (asyncio.wait_for of Python 3.11 returns the call's result when it
+        # finished as the cancellation came), and a loop that lost it must not wait on.
+        self._closing = True
+        self._busy.set()
+        self._changed.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=_CLOSE_WAIT)
+            if pending:
+                log.warning("urgency: %d task(s) did not stop when asked", len(pending))
         self._tasks = []
         if self._shared is not None and self._announced:
             with contextlib.suppress(Exception):
@@ -309,7 +320,7 @@ class Urgency:
 
     async def _announce(self) -> None:
         """Keep this process's entries in the shared set while it has urgent work."""
-        while True:
+        while not self._closing:
             try:
                 await self._publish()
             except asyncio.CancelledError:
@@ -335,11 +346,13 @@ class Urgency:
 
     async def _look(self) -> None:
         """While broadcast work is in hand here, look at the others' urgent work."""
-        while True:
+        while not self._closing:
             if self._clock() - self._busy_at > LOOK_FOR:
                 self._seen(frozenset())  # what it saw last is stale by the time it looks
                 self._busy.clear()
                 await self._busy.wait()
+                if self._closing:
+                    return
             try:
                 now = int(time.time() * 1000)
                 found = await self._shared.zrangebyscore(KEY, now, "+inf", start=0, num=_LOOK_MOST)

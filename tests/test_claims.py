@@ -149,6 +149,19 @@ async def test_a_cancellation_reaches_what_is_not_claimed(planned_only: Harness)
     assert stored == {"cancelled", "sent"}
 
 
+async def test_a_batch_larger_than_a_statement_is_claimed_whole(planned_only: Harness) -> None:
+    """Ids of no delivery among them (a delivery erased meanwhile) are not claimed, and
+    the batch's real ones are, wherever they fall in it."""
+    app = planned_only
+    _, dids = await planned_webhooks(app, ["a", "b", "c"])
+    unknown = [(f"dlv_none{i:04d}", 1) for i in range(700)]
+    items = [dids[0], *unknown[:600], dids[1], *unknown[600:], dids[2]]
+    batch = [item if isinstance(item, tuple) else (item, 1) for item in items]
+    assert await _claim(app, *batch) == set(dids)
+    assert await _claim(app, *batch) == set()  # each held now
+    assert [await _claimed(app, did) for did in dids] == [(1, False)] * 3
+
+
 async def test_a_restart_sends_again_what_was_being_sent(
     migrated_sqlite_url: str, sink: WebhookSink
 ) -> None:

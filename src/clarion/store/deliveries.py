@@ -13,7 +13,6 @@ from sqlalchemy import (
     and_,
     case,
     exists,
-    func,
     select,
     tuple_,
     update,
@@ -29,7 +28,7 @@ from clarion.domain.models import (
 )
 from clarion.domain.status import StatusChange
 from clarion.store import bulk, day_partitions, delivery_rows
-from clarion.store.db import as_utc, utcnow, write_tx
+from clarion.store.db import utcnow, write_tx
 from clarion.store.pg import PgPool, fixed_plan
 from clarion.store.sql import (
     chunks,
@@ -37,7 +36,6 @@ from clarion.store.sql import (
     execute_many,
     first_row,
     insert_ignoring_conflicts,
-    upsert,
 )
 from clarion.store.tables import deliveries, delivery_claims, delivery_events, notifications
 
@@ -191,47 +189,57 @@ async def claim(
     return claimed
 
 
+# Rows per claim statement at most (two parameters each).
+_CLAIMS_AT_ONCE = 512
+
+
+@functools.cache
+def _claiming(rows: int) -> str:
+    """SQLite's claim of ``rows`` attempts in one statement, store/bulk.py ``_CLAIM``'s rule
+    as a join: the lease's end, then a row of (delivery id, attempt) per attempt, then the
+    time now. Each delivery is read by primary key, with the claim it holds (``p``)."""
+    values = ", ".join(["(?, ?)"] * rows)
+    waiting = ", ".join(f"'{status.value}'" for status in WAITING)
+    return (
+        "INSERT INTO delivery_claims (id, attempt, leased_until) "
+        f"SELECT d.id, c.column2, ? FROM (VALUES {values}) AS c "
+        "JOIN deliveries AS d ON d.id = c.column1 "
+        "LEFT JOIN delivery_claims AS p ON p.id = d.id "
+        f"WHERE d.status IN ({waiting}) "
+        # Its attempt before this one claimed, its outcome not stored yet: the retry was
+        # published first.
+        "AND (d.attempts = c.column2 - 1 OR (d.attempts = c.column2 - 2 "
+        "AND p.attempt = c.column2 - 1)) "
+        # No claim holds it: none, one of an earlier attempt, or this attempt's lapsed.
+        "AND (p.id IS NULL OR (NOT p.cancelled AND (p.attempt < c.column2 "
+        "OR (p.attempt = c.column2 AND p.leased_until < ?)))) "
+        "AND NOT EXISTS (SELECT 1 FROM notifications AS n WHERE n.id = d.notification_id "
+        f"AND n.status = '{NotificationStatus.CANCELLED.value}') "
+        "ON CONFLICT (id) DO UPDATE SET attempt = excluded.attempt, "
+        "leased_until = excluded.leased_until "
+        "RETURNING id"
+    )
+
+
 async def _claim_rows(
     conn: AsyncConnection, wanted: dict[str, int], now: datetime, until: datetime
 ) -> set[str]:
-    """SQLite's claim: its writers take turns (``write_tx``), so what is read here does not
-    change before it is written."""
-    d, n, k = deliveries, notifications, delivery_claims
-    rows: list[Any] = []
-    for part in chunks(list(wanted), 1000):
-        query = (
-            select(d.c.id, d.c.status, d.c.attempts, n.c.status, k.c.attempt, k.c.leased_until)
-            .select_from(
-                d.outerjoin(n, n.c.id == d.c.notification_id).outerjoin(k, k.c.id == d.c.id)
-            )
-            .where(d.c.id.in_(part), ~func.coalesce(k.c.cancelled, False))
-        )
-        rows.extend((await conn.execute(query)).all())
-    claimed = [
-        {"id": did, "attempt": wanted[did], "leased_until": until}
-        for did, status, attempts, note, held, held_until in rows
-        if note != NotificationStatus.CANCELLED
-        and _claimable(status, attempts, held, as_utc(held_until), wanted[did], now)
-    ]
-    if claimed:
-        await execute_many(
-            conn, upsert(conn, delivery_claims, ["id"], ["attempt", "leased_until"]), claimed
-        )
-    return {row["id"] for row in claimed}
-
-
-def _claimable(
-    status: str, attempts: int, held: int | None, until: datetime | None, attempt: int, now: Any
-) -> bool:
-    """store/bulk.py ``_CLAIM``'s rule, for one delivery and the claim it holds (``held``,
-    ``until``: none if it has none)."""
-    if status not in WAITING:
-        return False
-    # Its attempt before this one claimed, its outcome not stored yet: the retry was
-    # published first.
-    ready = attempts == attempt - 1 or (attempts == attempt - 2 and held == attempt - 1)
-    free = held is None or held < attempt or (held == attempt and until is not None and until < now)
-    return ready and free
+    """SQLite's claim: one statement per batch of up to ``_CLAIMS_AT_ONCE`` (padded to a
+    power of two with rows of no delivery, so that a few texts stay prepared). Its writers
+    take turns (``write_tx``): what the statement reads does not change before it writes."""
+    dialect = conn.dialect
+    process = delivery_claims.c.leased_until.type.dialect_impl(dialect).bind_processor(dialect)
+    until_value, now_value = (until, now) if process is None else (process(until), process(now))
+    items = list(wanted.items())
+    claimed: set[str] = set()
+    for start in range(0, len(items), _CLAIMS_AT_ONCE):
+        part = items[start : start + _CLAIMS_AT_ONCE]
+        size = 1 << (len(part) - 1).bit_length()
+        flat: list[Any] = [value for item in part for value in item]
+        flat += [None, None] * (size - len(part))
+        result = await conn.exec_driver_sql(_claiming(size), (until_value, *flat, now_value))
+        claimed.update(row[0] for row in result.all())
+    return claimed
 
 
 async def stop_cancelled(engine: AsyncEngine, ids: Sequence[str]) -> None:

@@ -243,3 +243,47 @@ async def test_the_lower_lanes_start_again_when_giving_way_has_had_its_share(
         await asyncio.wait(list(consumer._running))
     assert len(started) == 25
     await urgency.aclose()
+
+
+class _RenewalLosesCancellation:
+    """A broker whose lease renewal loses a cancellation that comes while it is under way,
+    as a Redis call through Python 3.11's ``asyncio.wait_for`` can; its reads wait."""
+
+    def __init__(self) -> None:
+        self.extending = asyncio.Event()
+        self.lost = 0
+
+    async def consume(self, *args: Any, **kwargs: Any) -> list[Message]:
+        await asyncio.Event().wait()
+        return []
+
+    async def extend(self, *args: Any) -> None:
+        self.extending.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.lost += 1
+
+
+async def test_the_consumer_ends_when_its_lease_renewal_loses_the_cancellation() -> None:
+    _, release, handle = held_handler()
+    broker = _RenewalLosesCancellation()
+    consumer = FairConsumer(
+        broker,  # type: ignore[arg-type]
+        STREAMS,
+        "c",
+        handle,
+        concurrency=4,
+        tenant_share=1.0,
+        lease=0.04,
+        name="t",
+    )
+    consumer._enqueue([message("normal", "m", "a")])  # held, its lease renewed
+    running = asyncio.create_task(consumer.run(asyncio.Event()))
+    await asyncio.wait_for(broker.extending.wait(), 5)
+    running.cancel()
+    done, _ = await asyncio.wait([running], timeout=5)
+    assert done == {running}
+    assert running.cancelled()
+    assert broker.lost == 1
+    release.set()

@@ -80,6 +80,9 @@ _READ_AHEAD = 500
 _SLOW_AFTER = 1.0
 # How long an endpoint stays in trouble after its last failed or slow handler (seconds).
 _TROUBLE_MEMORY = 30.0
+# How long a stop waits for the lease renewer beyond its period (seconds): a broker call
+# under way.
+_RENEW_STOP = 5.0
 # Endpoints in trouble remembered before the expired ones are dropped.
 _TROUBLED_KEPT = 4096
 
@@ -173,7 +176,8 @@ class FairConsumer:
         """Take and start work until ``stop``. A broker or database that is away (a Redis
         restart, say) is waited out with a growing pause; what was taken and not started
         comes back after its lease."""
-        renewing = asyncio.create_task(self._renew_leases(stop), name=f"{self._name}-leases")
+        ended = asyncio.Event()
+        renewing = asyncio.create_task(self._renew_leases(stop, ended), name=f"{self._name}-leases")
         pause = 0.0
         try:
             while not stop.is_set():
@@ -206,9 +210,14 @@ class FairConsumer:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), pause)
         finally:
+            # The renewer also ends by the flag: a cancellation can be lost on its way
+            # through a broker call (Python 3.11's asyncio.wait_for returns the call's
+            # result when it finished as the cancellation came).
+            ended.set()
             renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
+            _, pending = await asyncio.wait([renewing], timeout=self._renew_every + _RENEW_STOP)
+            if pending:
+                log.warning("%s: renewing leases did not stop when asked", self._name)
 
     async def _spill_parked(self) -> None:
         """Full, with nothing startable: hand the messages parked for slow endpoints (but
@@ -433,10 +442,12 @@ class FairConsumer:
                 self._troubled = {k: t for k, t in self._troubled.items() if t > now}
             self._troubled[key] = now + _TROUBLE_MEMORY
 
-    async def _renew_leases(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
+    async def _renew_leases(self, stop: asyncio.Event, ended: asyncio.Event) -> None:
+        while not (stop.is_set() or ended.is_set()):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._renew_every)
+            if ended.is_set():
+                return
             due = self._clock() - self._renew_every
             stale = [message for message, at in self._renewed.values() if at <= due]
             if not stale:

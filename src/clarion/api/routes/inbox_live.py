@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Annotated, Any
@@ -42,11 +43,15 @@ from clarion.realtime.gate import InboxGate
 from clarion.realtime.slots import LimitReached, Slot
 from clarion.security.inbox_tokens import RecipientClaims
 
+log = logging.getLogger(__name__)
+
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
 
 MAX_FRAME = 4096
 # The first frame may be a resume: live events wait for it this long.
 _FIRST_FRAME = 1.0
+# How long a connection's end waits for its reader and writer to stop (seconds).
+_STOP_WAIT = 5.0
 # A refused connection may try again this many seconds later (a cap is freed by a
 # connection that ends).
 _RETRY_AFTER = "10"
@@ -313,7 +318,14 @@ async def _serve(
     finally:
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Bounded: a task that lost its cancellation (docs/architecture.md) ends when the
+        # subscription closes, right after this.
+        done, pending = await asyncio.wait(tasks, timeout=_STOP_WAIT)
+        for task in done:
+            if not task.cancelled():
+                task.exception()  # retrieved: the connection's end is told otherwise
+        if pending:
+            log.warning("a live connection's %d task(s) did not stop when asked", len(pending))
 
 
 async def _close(websocket: WebSocket, reason: str | None) -> None:

@@ -189,6 +189,16 @@ async def claim(
     return claimed
 
 
+def _padded(rows: Sequence[Sequence[Any]], width: int) -> tuple[int, list[Any]]:
+    """SQLite's rows of one ``VALUES`` statement: their count rounded up to a power of two,
+    and their values in a row, the rows added all NULL (an id of no delivery). Statements
+    of 1, 2, 4, ... rows: a batch is one statement, its text one of a few kept prepared."""
+    size = 1 << (len(rows) - 1).bit_length()
+    flat = [value for row in rows for value in row]
+    flat += [None] * width * (size - len(rows))
+    return size, flat
+
+
 # Rows per claim statement at most (two parameters each).
 _CLAIMS_AT_ONCE = 512
 
@@ -234,9 +244,7 @@ async def _claim_rows(
     claimed: set[str] = set()
     for start in range(0, len(items), _CLAIMS_AT_ONCE):
         part = items[start : start + _CLAIMS_AT_ONCE]
-        size = 1 << (len(part) - 1).bit_length()
-        flat: list[Any] = [value for item in part for value in item]
-        flat += [None, None] * (size - len(part))
+        size, flat = _padded(part, 2)
         result = await conn.exec_driver_sql(_claiming(size), (until_value, *flat, now_value))
         claimed.update(row[0] for row in result.all())
     return claimed
@@ -423,11 +431,7 @@ async def _apply_sqlite(
     at = now if at_process is None else at_process(now)
     for start in range(0, len(rows), _CHANGES_AT_ONCE):
         part = rows[start : start + _CHANGES_AT_ONCE]
-        # Statements of 1, 2, 4, ... rows, the last ones of no delivery (a NULL id matches
-        # none): one statement per batch, its text one of a few that stay prepared.
-        size = 1 << (len(part) - 1).bit_length()
-        flat = [value for row in part for value in row]
-        flat += [None] * (len(_CHANGE_COLUMNS) + 1) * (size - len(part))
+        size, flat = _padded(part, len(_CHANGE_COLUMNS) + 1)
         # ``updated_at`` is the statement's first parameter (in SET, before FROM).
         await conn.exec_driver_sql(_changed(size), (at, *flat))
     events = [

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import DataError
 
 from clarion.broker import create_broker
-from clarion.broker.redis_client import cluster_nodes, connect, is_cluster_url, is_redis_url
+from clarion.broker.redis_client import (
+    cluster_nodes,
+    connect,
+    is_cluster_url,
+    is_redis_url,
+    packed_by_hiredis,
+)
 from clarion.broker.redis_streams import RedisBroker
 from clarion.config import Settings
 
@@ -64,3 +74,66 @@ async def test_the_client_and_broker_follow_the_url() -> None:
     assert settings.effective_redis_url == "redis+cluster://127.0.0.1:1"
     with pytest.raises(ValueError, match="broker_shards"):
         Settings(broker_shards=0)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("XADD", b"clarion:lane:webhook", "*", "d", b"\x00\xff" * 200),
+        ("SET", "ké", "vé", "EX", 10),
+        ("ZADD", "k", 1795000000.123456, b"m", 1e20, "n", float("inf"), "o"),
+        ("CONFIG GET", "maxmemory"),
+        (b"CLIENT SETNAME", "clarion"),
+        ("SET", "k", memoryview(b"view")),
+        ("SET", "k", 2**70),
+        ("SET", "k", bytearray(b"array")),
+    ],
+)
+def test_commands_are_packed_by_hiredis_into_the_same_bytes(args: tuple[Any, ...]) -> None:
+    ours = packed_by_hiredis(Connection)()
+    theirs = Connection()
+    assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args))
+    commands = [args, ("GET", "k")]
+    assert b"".join(ours.pack_commands(commands)) == b"".join(theirs.pack_commands(commands))
+
+
+@pytest.mark.parametrize("value", [True, None, object()])
+def test_an_argument_redis_refuses_is_refused_as_redis_py_does(value: object) -> None:
+    with pytest.raises(DataError):
+        packed_by_hiredis(Connection)().pack_command("SET", "k", value)
+
+
+async def test_every_connection_kind_packs_by_hiredis() -> None:
+    for kind in (Connection, SSLConnection, UnixDomainSocketConnection):
+        packed = packed_by_hiredis(kind)
+        assert issubclass(packed, kind)
+        assert packed_by_hiredis(kind) is packed
+        assert packed_by_hiredis(packed) is packed
+    single = connect("redis://127.0.0.1:1/0", max_connections=1, pool_timeout=1)
+    secure = connect("rediss://127.0.0.1:1/0", max_connections=1, pool_timeout=1)
+    cluster = connect("redis+cluster://127.0.0.1:1,127.0.0.1:2", max_connections=1, pool_timeout=1)
+    try:
+        assert isinstance(cluster, RedisCluster)
+        assert single.connection_pool.connection_class is packed_by_hiredis(Connection)
+        assert secure.connection_pool.connection_class is packed_by_hiredis(SSLConnection)
+        nodes = cluster.nodes_manager
+        assert nodes.connection_kwargs["connection_class"] is packed_by_hiredis(Connection)
+        for node in nodes.startup_nodes.values():
+            assert node.connection_class is packed_by_hiredis(Connection)
+    finally:
+        for client in (single, secure, cluster):
+            await client.aclose()
+
+
+async def test_a_client_packed_by_hiredis_talks_to_a_real_server(redis_url: str) -> None:
+    client = connect(redis_url, max_connections=2, pool_timeout=1)
+    try:
+        await client.set("ké", "vé")
+        assert await client.get("ké") == "vé".encode()
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set("n", 2)
+            pipe.incrbyfloat("n", 0.5)
+            assert await pipe.execute() == [True, 2.5]
+        assert "maxmemory" in await client.config_get("maxmemory")
+    finally:
+        await client.aclose()

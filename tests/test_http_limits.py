@@ -105,6 +105,45 @@ async def test_headers_trickled_a_byte_at_a_time_time_out(migrated_sqlite_url: s
         writer.close()
 
 
+async def test_the_next_request_on_a_kept_alive_connection_has_the_header_timeout(
+    migrated_sqlite_url: str,
+) -> None:
+    # The first request comes whole (its head needs no timer); the second's head stops
+    # half way and is timed from its first byte.
+    async with served(migrated_sqlite_url, http_header_timeout=0.3) as (port, _):
+        reader, writer = await connect(port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _headers, _body = await answer(reader)
+        assert status == 200
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await assert_let_go(reader, 408, "request_timeout")
+        writer.close()
+
+
+async def test_a_body_that_comes_after_its_head_is_read_whole(migrated_sqlite_url: str) -> None:
+    # The head first, the body in two later writes: the body is waited for (within its
+    # timeout), not taken as complete with the head.
+    async with served(migrated_sqlite_url, http_body_timeout=5) as (port, key):
+        reader, writer = await connect(port)
+        body = json.dumps({"template": "nope", "to": {"recipient_id": "u1"}}).encode()
+        writer.write(
+            b"POST /v1/notifications HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {key}\r\n".encode()
+            + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(body[:10])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(body[10:])
+        status, _headers, answered = await answer(reader)
+        # The whole body was read: the template is unknown, not the JSON cut short.
+        assert status == 422, answered
+        assert error_code(answered) != "invalid_json", answered
+        writer.close()
+
+
 async def test_a_body_that_does_not_arrive_times_out(migrated_sqlite_url: str) -> None:
     async with served(migrated_sqlite_url, http_body_timeout=0.3) as (port, key):
         reader, writer = await connect(port)

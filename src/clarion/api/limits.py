@@ -32,6 +32,9 @@ LARGE_BODIES = 4
 _TRIM_DELAY = 0.5
 # The scope key under which a JSON body, once parsed and checked here, is handed on.
 PARSED_JSON = "clarion.json"
+# Set in the scope by the HTTP server (api/server.py) once a request's body has all
+# arrived: reading it then waits for nothing, and needs no timer.
+BODY_COMPLETE = "clarion.body_complete"
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -103,8 +106,11 @@ class EdgeGuard:
             await self.app(scope, receive, send)
             return
         try:
-            async with asyncio.timeout(self.body_timeout):
+            if scope.get(BODY_COMPLETE):
                 body = await self._read(scope, receive)
+            else:
+                async with asyncio.timeout(self.body_timeout):
+                    body = await self._read(scope, receive)
         except _ClientGone:
             return
         except TimeoutError:

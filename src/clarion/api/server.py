@@ -43,6 +43,7 @@ from fastapi.telemetry import TelemetryConfig
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from clarion.api.errors import error_body
+from clarion.api.limits import BODY_COMPLETE
 from clarion.config import Settings
 
 
@@ -111,15 +112,18 @@ class LimitedProtocol(HttpToolsProtocol):
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
-        if self._in_head and self._head_bytes > self.max_header_bytes:
-            self._too_large()
+        if self._in_head:
+            if self._head_bytes > self.max_header_bytes:
+                self._too_large()
+            elif self._header_timer is None:
+                # A request begun whose head has not all come: its time runs from now. A
+                # head that came whole in one read (most do) needs no timer.
+                self._arm()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
         self._head_size = 0
-        if self._header_timer is None:
-            self._arm()  # the next request on a kept-alive connection
 
     def on_url(self, url: bytes) -> None:
         self._head_size += len(url)
@@ -151,6 +155,9 @@ class LimitedProtocol(HttpToolsProtocol):
         self._body_done = True
         if not self.transport.is_closing():
             super().on_message_complete()
+            # This request's scope: the next request's is made when its first byte comes.
+            scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+            scope[BODY_COMPLETE] = True
 
     def on_response_complete(self) -> None:
         if self._linger is None:  # lingering: no keep-alive, no next request

@@ -1058,9 +1058,12 @@ def cpu_used(
     after: dict[tuple[str, int], float],
     notifications: int,
     names: dict[int, str] | None = None,
+    outside: tuple[str, ...] = ("sink", "loadgen"),
 ) -> dict[str, Any]:
     """CPU seconds between two snapshots by role; `other` is whatever else the machine did;
-    `processes`, each process's own (``names``: pid -> name, else its role)."""
+    `processes`, each process's own (``names``: pid -> name, else its role). The system's
+    figure (``system_ms_per_notification``) leaves out the roles ``outside`` it: the
+    load generator and the receiving end, which are not Clarion's work."""
     window = after.pop(("wall", 0)) - before.pop(("wall", 0))
     busy = after.pop(("machine", 0)) - before.pop(("machine", 0))
     by_role: dict[str, float] = {}
@@ -1075,6 +1078,9 @@ def cpu_used(
         "seconds": {role: round(v, 1) for role, v in sorted(by_role.items(), key=lambda i: -i[1])},
         "other_s": round(max(0.0, busy - ours), 1),
         "ms_per_notification": round(1000 * ours / notifications, 2),
+        "system_ms_per_notification": round(
+            1000 * sum(v for role, v in by_role.items() if role not in outside) / notifications, 3
+        ),
         "processes": rows,
         "core_pct_range": {
             role: [min(shares), max(shares)]

@@ -102,6 +102,11 @@ FIGURES: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "delivered_per_s": lambda r: r.get("delivered_per_s"),
     "sustained_delivered_per_s": lambda r: r.get("sustained_delivered_per_s"),
     "cpu_ms_per_notification": lambda r: r.get("cpu", {}).get("ms_per_notification"),
+    # Clarion and its stores only: the acceptance figure (no load generator, no sink).
+    "system_cpu_ms_per_notification": lambda r: r.get("cpu", {}).get("system_ms_per_notification"),
+    "worker_ms_per_notification": lambda r: _role_ms(r, "worker"),
+    "api_ms_per_notification": lambda r: _role_ms(r, "api"),
+    "postgres_ms_per_notification": lambda r: _role_ms(r, "postgres"),
     "latency_p50_ms": lambda r: r.get("latency_ms", {}).get("p50"),
     "latency_p99_ms": lambda r: r.get("latency_ms", {}).get("p99"),
     "api_p99_ms": lambda r: r.get("api_latency_ms", {}).get("p99"),
@@ -114,6 +119,15 @@ FIGURES: dict[str, Callable[[dict[str, Any]], float | None]] = {
         (r.get("costs") or {}).get("postgres", {}).get("wal_bytes_per_notification")
     ),
 }
+
+
+def _role_ms(result: dict[str, Any], role: str) -> float | None:
+    """CPU milliseconds per notification of one role's processes (all of them together)."""
+    seconds = result.get("cpu", {}).get("seconds", {}).get(role)
+    count = result.get("notifications")
+    if seconds is None or not count:
+        return None
+    return round(1000 * seconds / count, 3)
 
 
 def run_one(
@@ -141,7 +155,7 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     for figure, read in FIGURES.items():
         values = [v for v in (read(r) for r in results) if v is not None]
         if values:
-            out[figure] = {"median": round(statistics.median(values), 2), "runs": values}
+            out[figure] = {"median": round(statistics.median(values), 3), "runs": values}
     out["delivered_all_once"] = all(
         r.get("duplicates") == 0 and r.get("delivered") == r.get("notifications") for r in results
     )
@@ -221,7 +235,11 @@ def main() -> int:
         report["after_over_before"] = {
             name: {
                 figure: ratio(median(after, name, figure), median(blocks["before"], name, figure))
-                for figure in ("delivered_per_s", "cpu_ms_per_notification")
+                for figure in (
+                    "delivered_per_s",
+                    "cpu_ms_per_notification",
+                    "system_cpu_ms_per_notification",
+                )
             }
             for name in blocks["before"]
         }

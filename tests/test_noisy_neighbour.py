@@ -19,6 +19,10 @@ from webhook_sink import WebhookSink
 
 HOOK = {"channels": {"webhook": {"body": {"n": "{{ n }}"}}}}
 NOISY, QUIET = 1000, 200
+# With the `app` fixture a hanging call holds its slot for the 10 s webhook timeout, so a
+# quiet tenant's send that waited behind one would arrive 10 s late or more. Half of that
+# tells the two apart on a busy machine too (several test processes on two cores).
+HELD_BACK = 5.0
 SECRET_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
 
 
@@ -144,7 +148,7 @@ async def test_hanging_receivers_of_one_tenant_do_not_slow_another(
 
     latencies = [hit.at - accepted for hit in sink.received if hit.path.startswith("/b/")]
     assert len(latencies) == QUIET
-    assert p99(latencies) < 2.0, sorted(latencies)[-5:]
+    assert p99(latencies) < HELD_BACK, sorted(latencies)[-5:]
     # The noisy tenant was held to its share: no more of its requests than its limit
     # arrived while the quiet tenant's went through.
     assert hang.arrived <= limit * len(app.runtime.workers)
@@ -171,7 +175,7 @@ async def test_a_hanging_status_webhook_of_one_tenant_does_not_slow_another(
 
     latencies = [hit.at - accepted for hit in sink.received if hit.path == "/events"]
     assert len(latencies) == QUIET
-    assert p99(latencies) < 2.0, sorted(latencies)[-5:]
+    assert p99(latencies) < HELD_BACK, sorted(latencies)[-5:]
 
 
 async def test_a_tenant_with_a_thousand_hanging_status_webhooks_does_not_slow_another(
@@ -206,7 +210,7 @@ async def test_a_tenant_with_a_thousand_hanging_status_webhooks_does_not_slow_an
 
     latencies = [hit.at - accepted for hit in sink.received if hit.path == "/events"]
     assert len(latencies) == QUIET
-    assert p99(latencies) < 2.0, sorted(latencies)[-5:]
+    assert p99(latencies) < HELD_BACK, sorted(latencies)[-5:]
     # The noisy tenant's POSTs were held to its share of the dispatcher.
     assert hang.arrived <= events._consumer.tenant_limit
 
@@ -277,5 +281,5 @@ async def test_a_backlog_of_events_to_a_hanging_webhook_does_not_hold_back_anoth
 
     latencies = [hit.at - accepted for hit in sink.received if hit.path == "/events"]
     assert len(latencies) == QUIET
-    assert p99(latencies) < 2.0, sorted(latencies)[-5:]
+    assert p99(latencies) < HELD_BACK, sorted(latencies)[-5:]
     assert hang.arrived <= events._consumer.endpoint_limit

@@ -213,10 +213,11 @@ async def _cancel_by_key(app: Harness, key: str, body: dict[str, Any]) -> httpx.
 
 async def test_cancel_by_key_stops_waiting_runs(ready: Harness) -> None:
     app = ready
+    # Long enough for the cancellation to come before the delay's end on a busy machine.
     await put_workflow(
         app,
         "later",
-        {"id": "wait", "type": "delay", "duration": "1s"},
+        {"id": "wait", "type": "delay", "duration": "3s"},
         {"id": "mail", "type": "channel", "channel": "email", "template": "comment"},
     )
     kept = await trigger(app, "later", ["r1", "r2"], cancellation_key="order-1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -13,7 +14,8 @@ from typing import Any
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
@@ -142,10 +144,30 @@ def _alembic_config(connection: Connection) -> Config:
     return config
 
 
+@functools.cache
+def _heads() -> frozenset[str]:
+    """The newest migrations (one: the history is a line), read from the scripts once a
+    process."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return frozenset(ScriptDirectory.from_config(config).get_heads())
+
+
+def _at_heads(connection: Connection) -> bool:
+    """Whether the schema is at the newest migrations already: one read of alembic's own
+    table, where an upgrade to them would load every migration script to find that out."""
+    if not inspect(connection).has_table("alembic_version"):
+        return False
+    stored = connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
+    return frozenset(stored) == _heads()
+
+
 def _upgrade(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         # Several processes may start at once; one migrates, the others wait for it.
         connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
+    if _at_heads(connection):
+        return
     command.upgrade(_alembic_config(connection), "head")
 
 

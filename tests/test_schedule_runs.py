@@ -19,7 +19,7 @@ from clarion.domain.models import ALL_CHANNELS
 from clarion.pipeline import recurring
 from clarion.pipeline.context import open_context
 from clarion.pipeline.recurring import Recurring
-from clarion.pipeline.runtime import Roles
+from clarion.pipeline.runtime import RELAY_RESTING, Roles
 from clarion.pipeline.scheduler import Relay
 from clarion.store import schedule_runs as runs
 from clarion.store import schedules as schedule_store
@@ -281,7 +281,9 @@ async def test_send_at_survives_a_restart_and_fires_on_time(backend: tuple[str, 
         started = time.monotonic()
         clock.now = due  # the scheduler's own loop takes it from here
         await app.until(sent, timeout=5)
-        assert time.monotonic() - started < 1.0
+        # On time: at the relay's next look (it rests up to RELAY_RESTING between looks),
+        # then planned and sent, with room for a busy machine; not after the outbox's grace.
+        assert time.monotonic() - started < RELAY_RESTING + 2.0
 
 
 async def test_a_run_taken_over_after_a_crash_repeats_nothing(

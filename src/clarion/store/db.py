@@ -137,9 +137,14 @@ def pools(engine: AsyncEngine, pg: PgPool | None) -> list[tuple[str, int, int]]:
     return found
 
 
-def _alembic_config(connection: Connection) -> Config:
+def _scripts_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = _scripts_config()
     config.attributes["connection"] = connection
     return config
 
@@ -148,9 +153,7 @@ def _alembic_config(connection: Connection) -> Config:
 def _heads() -> frozenset[str]:
     """The newest migrations (one: the history is a line), read from the scripts once a
     process."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    return frozenset(ScriptDirectory.from_config(config).get_heads())
+    return frozenset(ScriptDirectory.from_config(_scripts_config()).get_heads())
 
 
 def _at_heads(connection: Connection) -> bool:

@@ -138,8 +138,15 @@ async def run_sink(records: Path) -> None:
     sink = WebhookSink(respond=record, keep_bodies=False)
     await sink.start()
     done = asyncio.Event()
+    # The control connections' handlers, ended by closing their connections on the way
+    # out (a handler still waiting for a line when the loop ends would be cancelled, and
+    # asyncio would log its callback's CancelledError).
+    handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
 
     async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers[task] = writer
         while line := await reader.readline():
             command = line.decode().strip()
             reply: dict[str, Any] = {"received": len(rows), "distinct": len(keys)}
@@ -160,6 +167,10 @@ async def run_sink(records: Path) -> None:
     print(orjson.dumps({"port": sink.port, "control": control_port}).decode(), flush=True)
     await done.wait()
     server.close()
+    for writer in handlers.values():
+        writer.close()
+    if handlers:
+        await asyncio.wait(handlers, timeout=5.0)
     await sink.close()
 
 

@@ -619,9 +619,18 @@ class Bench:
         worker_args = ["worker"]
         if self.args.worker_channels:
             worker_args += ["--channels", self.args.worker_channels]
+        urgent_args = []
+        if self.args.urgent_workers:
+            # Workers of the urgent lanes beside ones of the others (docs/operations.md).
+            urgent_args = [*worker_args, "--lanes", "critical,high"]
+            worker_args += ["--lanes", "normal,low"]
         pids = [
             self.children.start(f"worker-{i}", clarion(*worker_args), env).popen.pid
             for i in range(self.args.workers)
+        ]
+        pids += [
+            self.children.start(f"urgent-{i}", clarion(*urgent_args), env).popen.pid
+            for i in range(self.args.urgent_workers)
         ]
         self.children.start("scheduler", clarion("scheduler"), env)
         return pids
@@ -935,6 +944,7 @@ class Bench:
             "apis": self.args.apis if apart else None,
             "workers": workers,
             "worker_channels": (self.args.worker_channels or "all") if workers else None,
+            "urgent_workers": self.args.urgent_workers or None,
             "mode": self.args.mode,
             "batch": self.args.batch if self.args.mode == "batch" else 1,
             "concurrency": self.args.concurrency,
@@ -1239,6 +1249,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--worker-channels",
         default="",
         help="postgres-redis: `clarion worker --channels` (default: every channel)",
+    )
+    parser.add_argument(
+        "--urgent-workers",
+        type=int,
+        default=0,
+        help="postgres-redis: this many more `clarion worker --lanes critical,high`, the "
+        "--workers then given `--lanes normal,low`",
     )
     parser.add_argument(
         "--mode",

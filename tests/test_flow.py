@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from clarion.broker.codec import Payload
-from clarion.domain.models import PLAN_CRITICAL_STREAM, PLAN_STREAM
+from clarion.domain.models import PLAN_CRITICAL_STREAM, PLAN_HIGH_STREAM, PLAN_STREAM
 from clarion.security.signing import verify
 from clarion.store import tenants as tenant_store
 from conftest import WITH_ENGINES
@@ -208,7 +208,7 @@ async def test_critical_notifications_are_planned_from_a_stream_of_their_own(
         "critical": PLAN_CRITICAL_STREAM,
         "normal": PLAN_STREAM,
         "critical later": PLAN_CRITICAL_STREAM,
-        "high later": PLAN_STREAM,
+        "high later": PLAN_HIGH_STREAM,
     }
 
 

@@ -116,8 +116,8 @@ async def test_prometheus_sees_sends_lag_and_latency(
     assert f"ready: api on http://127.0.0.1:{ports.api}" in api.output(100_000)
     worker_log = worker.output(100_000)
     assert (
-        "ready: planner (streams plan.critical, plan, plan.chunks); channel workers for email"
-        in worker_log
+        "ready: planner (streams plan.critical, plan.high, plan, plan.chunks); "
+        "channel workers for email" in worker_log
     )
     assert f"metrics and probes on http://127.0.0.1:{ports.worker}/metrics" in worker_log
     assert "CLARION_DEFAULT_PROVIDER is `sandbox`" in worker_log

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clarion import __version__, cli_apply, cli_bulk
-from clarion.domain.models import ALL_CHANNELS, ALL_SCOPES
+from clarion.domain.models import ALL_CHANNELS, ALL_SCOPES, LANES
 
 if TYPE_CHECKING:
     from clarion.config import Settings
@@ -33,6 +33,15 @@ def _channels(text: str) -> list[str]:
             f"unknown channel(s) {unknown}; choose from {sorted(valid)}"
         )
     return names
+
+
+def _lanes(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    valid = [str(lane) for lane in LANES]
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown lane(s) {unknown}; choose from {valid}")
+    return [lane for lane in valid if lane in names]
 
 
 def _scopes(text: str) -> list[str]:
@@ -88,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the planner and channel workers")
     worker.add_argument("--channels", type=_channels, default=list(ALL_CHANNELS))
     worker.add_argument("--no-planner", action="store_true", help="run channel workers only")
+    worker.add_argument(
+        "--lanes",
+        type=_lanes,
+        default=[str(lane) for lane in LANES],
+        help="the priority lanes to take (default: all); e.g. critical,high for a worker of "
+        "urgent sends beside workers given normal,low (docs/operations.md)",
+    )
     sub.add_parser("scheduler", help="run the outbox relay, the sweeper and recurring schedules")
     sub.add_parser("migrate", help="bring the database schema up to date")
     archive = sub.add_parser(
@@ -182,7 +198,7 @@ def _roles(args: argparse.Namespace) -> Roles:
         return Roles(api=True)
     if args.command == "scheduler":
         return Roles(scheduler=True)
-    return Roles(planner=not args.no_planner, channels=args.channels)
+    return Roles(planner=not args.no_planner, channels=args.channels, lanes=args.lanes)
 
 
 def _run_roles(args: argparse.Namespace, settings: Settings) -> int:

@@ -18,6 +18,13 @@ from clarion.api.app import create_app
 from clarion.api.ops_server import ops_server
 from clarion.api.server import http_server
 from clarion.config import Settings
+from clarion.domain.models import (
+    BULK_LANES,
+    CHUNK_STREAM,
+    LANES,
+    PLAN_STREAM,
+    urgent_plan_streams,
+)
 from clarion.observability import metrics, stacks, tracing
 from clarion.pipeline.context import Context, open_context
 from clarion.pipeline.runtime import Roles, Runtime
@@ -51,16 +58,26 @@ def _install_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, on_signal)
 
 
+def _plan_streams(lanes: list[str], bulk: bool) -> str:
+    streams = urgent_plan_streams(lanes)
+    return ", ".join(streams + ([PLAN_STREAM, CHUNK_STREAM] if bulk else []))
+
+
 def describe(settings: Settings, roles: Roles) -> str:
     """What a process serves, for its "ready" line."""
     parts = []
     if roles.api:
         parts.append(f"api on http://{settings.http_host}:{settings.http_port}")
-    if roles.planner:
-        parts.append("planner (streams plan.critical, plan, plan.chunks)")
+    lanes = [str(lane) for lane in LANES if lane in roles.lanes]
+    bulk = bool(BULK_LANES & set(lanes))
+    if roles.planner and (streams := _plan_streams(lanes, bulk)):
+        parts.append(f"planner (streams {streams})")
     if roles.channels:
         channels = ", ".join(roles.channels)
-        parts.append(f"channel workers for {channels} (streams send.<channel>.<lane>, events)")
+        taken = "<lane>" if len(lanes) == len(LANES) else "{" + ",".join(lanes) + "}"
+        if bulk and len(lanes) < len(LANES):
+            taken = taken[:-1] + ",retry}"
+        parts.append(f"channel workers for {channels} (streams send.<channel>.{taken}, events)")
     if roles.scheduler:
         parts.append("scheduler (outbox relay, sweeper, schedules)")
     if settings.metrics_port is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from enum import StrEnum
 
 
@@ -29,6 +30,11 @@ class Priority(StrEnum):
 
 # Lanes in the order a worker takes them: a critical message never waits behind a lower one.
 LANES: tuple[Priority, ...] = (Priority.CRITICAL, Priority.HIGH, Priority.NORMAL, Priority.LOW)
+# The lanes whose notifications are planned from the plan stream (by its leader,
+# pipeline/lead.py) and whose retries have the retry lane; a worker given none of them
+# (`clarion worker --lanes critical,high`) plans only urgent notifications and reads no
+# retries.
+BULK_LANES: frozenset[str] = frozenset({Priority.NORMAL, Priority.LOW})
 
 
 class NotificationStatus(StrEnum):
@@ -105,12 +111,25 @@ PLAN_STREAM = "plan"
 # Critical notifications to plan: a stream every planner reads at once, never waiting for
 # the plan stream's leader (pipeline/lead.py) or behind other notifications.
 PLAN_CRITICAL_STREAM = "plan.critical"
+# High-priority notifications to plan: read likewise, apart from critical ones, so that a
+# worker given the high lane alone (`clarion worker --lanes high`) plans those.
+PLAN_HIGH_STREAM = "plan.high"
 # The chunks of topic sends being planned (pipeline/planner.py): a stream of their own, so
 # that a broadcast's chunks never stand in front of other notifications' planning.
 CHUNK_STREAM = "plan.chunks"
-PLAN_STREAMS: tuple[str, ...] = (PLAN_CRITICAL_STREAM, PLAN_STREAM, CHUNK_STREAM)
+PLAN_STREAMS: tuple[str, ...] = (PLAN_CRITICAL_STREAM, PLAN_HIGH_STREAM, PLAN_STREAM, CHUNK_STREAM)
+# Each urgent lane's plan stream, read by the planners of the workers that take the lane.
+URGENT_PLAN_STREAMS: dict[str, str] = {
+    Priority.CRITICAL: PLAN_CRITICAL_STREAM,
+    Priority.HIGH: PLAN_HIGH_STREAM,
+}
+
+
+def urgent_plan_streams(lanes: Collection[str]) -> list[str]:
+    """The urgent plan streams of these lanes, critical first."""
+    return [stream for lane, stream in URGENT_PLAN_STREAMS.items() if lane in lanes]
 
 
 def plan_stream(priority: str | None) -> str:
     """The stream a notification of this priority is planned from."""
-    return PLAN_CRITICAL_STREAM if priority == Priority.CRITICAL else PLAN_STREAM
+    return URGENT_PLAN_STREAMS.get(priority or "", PLAN_STREAM)

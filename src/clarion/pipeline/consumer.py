@@ -113,6 +113,7 @@ class FairConsumer:
         endpoint_slow_after: float | None = None,
         spill: Spill | None = None,
         urgency: Urgency | None = None,
+        ranks: Sequence[int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._broker = broker
@@ -120,6 +121,14 @@ class FairConsumer:
         self._streams = [*self._lanes, retry_stream] if retry_stream else self._lanes
         self._lane = {stream: i for i, stream in enumerate(self._streams)}
         self._retry_lane = len(self._lanes) if retry_stream else -1
+        # Each stream's place among every lane (0: critical, domain/models.py ``LANES``),
+        # for a consumer given only some of them: the express slots are the critical
+        # lane's, and urgent work holds back the lanes from ``URGENT_LANES`` on. The retry
+        # stream ranks below them all.
+        known = list(ranks) if ranks is not None else list(range(len(self._lanes)))
+        if len(known) != len(self._lanes):
+            raise ValueError("one rank per lane")
+        self._ranks = [*known, max(known, default=0) + 1] if retry_stream else known
         self._consumer = consumer
         self._handle = handle
         self._screen = screen
@@ -305,14 +314,15 @@ class FairConsumer:
         if self._urgency is not None and self._waiting_count:
             self._urgency.busy()  # look at the other processes' urgent work meanwhile
         for lane, queues in enumerate(self._waiting):
-            extra = self.express if lane == 0 else 0
+            rank = self._ranks[lane]
+            extra = self.express if rank == 0 else 0
             limit, tenant_limit = self.concurrency + extra, self.tenant_limit + extra
             if lane == self._retry_lane:
                 limit = min(limit, len(self._running) - self._retries_running + self.retry_limit)
             # Held back by urgent work: every tenant's lower lanes, or only those of the
             # tenants whose urgent work it is (pipeline/urgency.py).
-            few = held.tenants if lane >= URGENT_LANES else frozenset()
-            if held.everyone and lane >= URGENT_LANES:
+            few = held.tenants if rank >= URGENT_LANES else frozenset()
+            if held.everyone and rank >= URGENT_LANES:
                 limit = min(limit, self.yield_limit)
             skipped = 0
             while queues and skipped < len(queues):

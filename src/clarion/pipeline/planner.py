@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -27,6 +27,7 @@ from clarion.domain.layouts import NO_LOOK, Look
 from clarion.domain.models import (
     CHUNK_STREAM,
     PLAN_CRITICAL_STREAM,
+    PLAN_HIGH_STREAM,
     PLAN_STREAM,
     DeliveryStatus,
     NotificationStatus,
@@ -198,32 +199,38 @@ class Planner:
     async def run_once(self, timeout: float, stop: asyncio.Event | None = None) -> int:
         """Plan one batch of whatever is waiting; returns how many messages it took."""
         block = await self.lead.turn(timeout, stop)
-        taken = await self._run(PLAN_STREAM, self.batch_size, block, stop)
+        taken = await self._run((PLAN_STREAM,), self.batch_size, block, stop)
         self.lead.took(taken, self.batch_size)
         return taken
 
-    async def run_critical_once(self, timeout: float, stop: asyncio.Event | None = None) -> int:
-        """Plan the critical notifications waiting. Every planner reads them at once,
-        whoever leads the plan stream: a critical send never waits for a stand-by's pause,
-        nor behind the leader's batch."""
-        return await self._run(PLAN_CRITICAL_STREAM, self.batch_size, timeout, stop, urgent=True)
+    async def run_urgent_once(
+        self,
+        timeout: float,
+        stop: asyncio.Event | None = None,
+        streams: Sequence[str] = (PLAN_CRITICAL_STREAM, PLAN_HIGH_STREAM),
+    ) -> int:
+        """Plan the critical and high-priority notifications waiting (those of
+        ``streams``, critical first). Every planner reads them at once, whoever leads the
+        plan stream: an urgent send never waits for a stand-by's pause, nor behind the
+        leader's batch."""
+        return await self._run(streams, self.batch_size, timeout, stop, urgent=True)
 
     async def run_chunks_once(self, timeout: float, stop: asyncio.Event | None = None) -> int:
         """Plan the next chunks of topic sends, up to ``CHUNKS_AT_ONCE`` side by side (one
         per stripe), apart from the plan stream: a broadcast's chunks never hold up the
         planning of other notifications, critical ones included."""
-        return await self._run(CHUNK_STREAM, CHUNKS_AT_ONCE, timeout, stop)
+        return await self._run((CHUNK_STREAM,), CHUNKS_AT_ONCE, timeout, stop)
 
     async def _run(
         self,
-        stream: str,
+        streams: Sequence[str],
         count: int,
         timeout: float,
         stop: asyncio.Event | None,
         urgent: bool = False,
     ) -> int:
         messages = await self._ctx.broker.consume(
-            [stream], self._consumer, count, timeout, stop=stop
+            list(streams), self._consumer, count, timeout, stop=stop
         )
         if messages:
             logs.bind(stage="planner", batch=len(messages))

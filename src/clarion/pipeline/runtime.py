@@ -19,7 +19,14 @@ from typing import Any
 
 from clarion.broker import Message
 from clarion.domain.backoff import resting_pause
-from clarion.domain.models import ALL_CHANNELS, PLAN_STREAMS, channel_streams
+from clarion.domain.models import (
+    ALL_CHANNELS,
+    BULK_LANES,
+    LANES,
+    PLAN_STREAMS,
+    channel_streams,
+    urgent_plan_streams,
+)
 from clarion.observability import metrics
 from clarion.pipeline.consumer import READ_WAIT, unavailable
 from clarion.pipeline.context import Context
@@ -67,6 +74,10 @@ class Roles:
     planner: bool = False
     channels: Sequence[str] = ()
     scheduler: bool = False
+    # The lanes the channel workers take and the planner plans for (``clarion worker
+    # --lanes``): each urgent lane's plan stream, and with a bulk lane (normal, low) the
+    # plan and chunk streams and the workflow wake-ups.
+    lanes: Sequence[str] = LANES
 
     @classmethod
     def everything(cls) -> Roles:
@@ -112,7 +123,7 @@ class Runtime:
             self._acks.start()
             for channel in self.roles.channels:
                 worker = ChannelWorker(
-                    ctx, channel, consumer_name(channel), self._status, self._acks
+                    ctx, channel, consumer_name(channel), self._status, self._acks, self.roles.lanes
                 )
                 self.workers.append(worker)
                 self._spawn(f"worker-{channel}", worker.run(self._stop))
@@ -122,9 +133,14 @@ class Runtime:
             self._spawn("events", self._events.run(self._stop))
         if self.roles.planner:
             planner = self._planner = Planner(ctx, consumer_name("planner"))
+            if urgent := urgent_plan_streams(self.roles.lanes):
+                urgently = self._loop(
+                    lambda: planner.run_urgent_once(READ_WAIT, self._stop, urgent)
+                )
+                self._spawn("planner-urgent", urgently)
+        if self._planner is not None and BULK_LANES & set(self.roles.lanes):
+            planner = self._planner
             self._spawn("planner", self._loop(lambda: planner.run_once(LEAD_READ, self._stop)))
-            critical = self._loop(lambda: planner.run_critical_once(READ_WAIT, self._stop))
-            self._spawn("planner-critical", critical)
             chunks = self._loop(lambda: planner.run_chunks_once(READ_WAIT, self._stop))
             self._spawn("planner-chunks", chunks)
             # Workflow runs whose wait is over (pipeline/runs.py): one waker looks at the

@@ -11,12 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from clarion.broker import Message
 from clarion.domain.contact import suppression_key
 from clarion.domain.delivery import Delivery, MalformedDelivery, decode_delivery, endpoint_of
-from clarion.domain.models import Channel, DeliveryStatus, channel_streams, retry_stream
+from clarion.domain.models import (
+    BULK_LANES,
+    LANES,
+    Channel,
+    DeliveryStatus,
+    retry_stream,
+    send_stream,
+)
 from clarion.domain.status import StatusChange
 from clarion.observability import logs, metrics, tracing
 from clarion.pipeline.attempt import Attempts
@@ -90,12 +98,17 @@ class ChannelWorker:
         consumer: str,
         status: StatusWriter,
         acks: Batcher[Message, None],
+        lanes: Collection[str] = LANES,
     ) -> None:
         self._ctx = ctx
         self.channel = channel
         self._status = status
         self._acks = acks
-        self.streams = channel_streams(channel)
+        # The lanes this process takes (``clarion worker --lanes``), in LANES order; the
+        # retry lane with any bulk lane (domain/models.py ``BULK_LANES``).
+        ranks = [rank for rank, lane in enumerate(LANES) if lane in lanes]
+        retries = retry_stream(channel) if BULK_LANES & set(lanes) else None
+        self.streams = [send_stream(channel, LANES[rank]) for rank in ranks]
         self._attempts = Attempts(ctx, channel)
         self._claims = Claims(ctx, channel)
         # Email deliveries of the takes whose address is on their tenant's suppression
@@ -103,7 +116,7 @@ class ChannelWorker:
         self._suppressed: dict[str, str] = {}
         self._consumer = FairConsumer(
             ctx.broker,
-            self.streams[:-1],
+            self.streams,
             consumer,
             self._handle,
             concurrency=ctx.settings.worker_concurrency,
@@ -111,12 +124,13 @@ class ChannelWorker:
             lease=ctx.settings.broker_lease,
             name=f"worker {channel}",
             screen=self._screen,
-            retry_stream=retry_stream(channel),
+            retry_stream=retries,
             retry_share=ctx.settings.worker_retry_share,
             endpoint=_endpoint,
             endpoint_share=ctx.settings.worker_endpoint_share,
             endpoint_slow_after=STUCK_SEND,
             urgency=ctx.urgency if ctx.settings.broadcast_give_way else None,
+            ranks=ranks,
         )
 
     @property

@@ -30,6 +30,8 @@ as ``e2e.py``, so the two never measure each other.
 
     uv run python benchmarks/broadcast.py --subscribers 50000
     uv run python benchmarks/broadcast.py --subscribers 1000000 --channel webhook --workers 2
+    uv run python benchmarks/broadcast.py --subscribers 1000000 --channel webhook --workers 2 \
+        --urgent-workers 1        # the urgent lanes in a worker of their own
 """
 
 from __future__ import annotations

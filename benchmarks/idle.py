@@ -27,7 +27,7 @@ import aiohttp
 
 import e2e
 
-CLARION_ROLES = ("api", "worker", "scheduler", "serve")
+CLARION_ROLES = ("api", "worker", "urgent", "scheduler", "serve")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -287,3 +287,60 @@ async def test_the_consumer_ends_when_its_lease_renewal_loses_the_cancellation()
     assert running.cancelled()
     assert broker.lost == 1
     release.set()
+
+
+async def test_a_consumer_of_some_lanes_ranks_them_among_all() -> None:
+    """Given the normal and low lanes only (``clarion worker --lanes normal,low``), its top
+    lane has no express slots and is held back by urgent work; given the high lane only,
+    that lane is never held back."""
+    started, release, handle = held_handler()
+    urgency = Urgency()
+    broker: Any = None  # never called: messages are handed in directly
+    bulk = FairConsumer(
+        broker,
+        ["send.x.normal", "send.x.low"],
+        "c",
+        handle,
+        concurrency=8,
+        tenant_share=1.0,
+        lease=60,
+        name="t",
+        urgency=urgency,
+        ranks=[2, 3],
+    )
+    high = FairConsumer(
+        broker,
+        ["send.x.high"],
+        "c",
+        handle,
+        concurrency=8,
+        tenant_share=1.0,
+        lease=60,
+        name="t",
+        urgency=urgency,
+        ranks=[1],
+    )
+    with urgency.holding(["b"]):
+        bulk._enqueue([message("normal", f"n{i}", "a") for i in range(20)])
+        high._enqueue([message("high", f"h{i}", "a") for i in range(3)])
+        await asyncio.sleep(0)
+        assert sorted(started) == ["h0", "h1", "h2", "n0"]  # yield_limit: 8 // 8
+    await asyncio.sleep(0)
+    assert len(bulk._running) == 8  # no express slot over the concurrency
+    release.set()
+    for consumer in (bulk, high):
+        while consumer.held:
+            await asyncio.wait(list(consumer._running))
+    assert len(started) == 23
+    with pytest.raises(ValueError, match="one rank per lane"):
+        FairConsumer(
+            broker,
+            ["a", "b"],
+            "c",
+            handle,
+            concurrency=8,
+            tenant_share=1.0,
+            lease=60,
+            name="t",
+            ranks=[2],
+        )

@@ -138,19 +138,8 @@ class Runtime:
                     lambda: planner.run_urgent_once(READ_WAIT, self._stop, urgent)
                 )
                 self._spawn("planner-urgent", urgently)
-        if self._planner is not None and BULK_LANES & set(self.roles.lanes):
-            planner = self._planner
-            self._spawn("planner", self._loop(lambda: planner.run_once(LEAD_READ, self._stop)))
-            chunks = self._loop(lambda: planner.run_chunks_once(READ_WAIT, self._stop))
-            self._spawn("planner-chunks", chunks)
-            # Workflow runs whose wait is over (pipeline/runs.py): one waker looks at the
-            # table; while it finds more due than a batch, the others join in, a few
-            # batches at once (each takes runs no other holds: SKIP LOCKED on PostgreSQL).
-            wakes = self._loop(planner.runs.wake_once, idle=RUNS_IDLE, resting=RUNS_RESTING)
-            self._spawn("runs-0", wakes)
-            for waker in range(1, RUN_WAKERS):
-                helping = self._loop(lambda: planner.runs.help_once(self._stop))
-                self._spawn(f"runs-{waker}", helping)
+            if BULK_LANES & set(self.roles.lanes):
+                self._plan_bulk(planner)
         if self.roles.scheduler:
             relay, sweeper = Relay(ctx), Sweeper(ctx)
             relaying = self._loop(relay.run_once, idle=RELAY_IDLE, resting=RELAY_RESTING)
@@ -163,6 +152,21 @@ class Runtime:
             self._spawn(
                 "retention", self._loop(keeper.run_once, idle=ctx.settings.retention_interval)
             )
+
+    def _plan_bulk(self, planner: Planner) -> None:
+        """The planner's loops for the bulk lanes: the plan stream (one leader at a time),
+        topic chunks, and workflow runs whose wait is over."""
+        self._spawn("planner", self._loop(lambda: planner.run_once(LEAD_READ, self._stop)))
+        chunks = self._loop(lambda: planner.run_chunks_once(READ_WAIT, self._stop))
+        self._spawn("planner-chunks", chunks)
+        # Workflow runs whose wait is over (pipeline/runs.py): one waker looks at the
+        # table; while it finds more due than a batch, the others join in, a few
+        # batches at once (each takes runs no other holds: SKIP LOCKED on PostgreSQL).
+        wakes = self._loop(planner.runs.wake_once, idle=RUNS_IDLE, resting=RUNS_RESTING)
+        self._spawn("runs-0", wakes)
+        for waker in range(1, RUN_WAKERS):
+            helping = self._loop(lambda: planner.runs.help_once(self._stop))
+            self._spawn(f"runs-{waker}", helping)
 
     def _sample_lag(self) -> None:
         """Every ``LAG_EVERY``, how late the loop ran a timer: what anything ready waited

@@ -704,6 +704,8 @@ class Bench:
             "to": {"recipient_id": f"r{i % self.args.recipients}"},
             "data": {"n": i},
         }
+        if self.args.priority:
+            notification["priority"] = self.args.priority
         if self.args.idempotency_keys:
             # As real clients do: one key per notification, unique to this run.
             notification["idempotency_key"] = f"{self.run_id}-{i}"
@@ -945,6 +947,7 @@ class Bench:
             "workers": workers,
             "worker_channels": (self.args.worker_channels or "all") if workers else None,
             "urgent_workers": self.args.urgent_workers or None,
+            "priority": self.args.priority,
             "mode": self.args.mode,
             "batch": self.args.batch if self.args.mode == "batch" else 1,
             "concurrency": self.args.concurrency,
@@ -1264,6 +1267,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="batch: POST /v1/notifications/batch; single: one POST /v1/notifications each",
     )
     parser.add_argument("--batch", type=int, default=1000, help="notifications per request")
+    parser.add_argument(
+        "--priority",
+        choices=["critical", "high", "normal", "low"],
+        help="every notification's priority (default: none given, so normal)",
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (clients)")
     parser.add_argument(
         "--rate", type=float, default=0.0, help="notifications per second, paced (0: as fast)"

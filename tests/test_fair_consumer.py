@@ -296,30 +296,15 @@ async def test_a_consumer_of_some_lanes_ranks_them_among_all() -> None:
     started, release, handle = held_handler()
     urgency = Urgency()
     broker: Any = None  # never called: messages are handed in directly
-    bulk = FairConsumer(
-        broker,
-        ["send.x.normal", "send.x.low"],
-        "c",
-        handle,
-        concurrency=8,
-        tenant_share=1.0,
-        lease=60,
-        name="t",
-        urgency=urgency,
-        ranks=[2, 3],
-    )
-    high = FairConsumer(
-        broker,
-        ["send.x.high"],
-        "c",
-        handle,
-        concurrency=8,
-        tenant_share=1.0,
-        lease=60,
-        name="t",
-        urgency=urgency,
-        ranks=[1],
-    )
+
+    def ranked(lanes: list[str], ranks: list[int]) -> FairConsumer:
+        streams = [f"send.x.{lane}" for lane in lanes]
+        options: dict[str, Any] = {"tenant_share": 1.0, "lease": 60, "name": "t"}
+        return FairConsumer(
+            broker, streams, "c", handle, concurrency=8, urgency=urgency, ranks=ranks, **options
+        )
+
+    bulk, high = ranked(["normal", "low"], [2, 3]), ranked(["high"], [1])
     with urgency.holding(["b"]):
         bulk._enqueue([message("normal", f"n{i}", "a") for i in range(20)])
         high._enqueue([message("high", f"h{i}", "a") for i in range(3)])
@@ -333,14 +318,4 @@ async def test_a_consumer_of_some_lanes_ranks_them_among_all() -> None:
             await asyncio.wait(list(consumer._running))
     assert len(started) == 23
     with pytest.raises(ValueError, match="one rank per lane"):
-        FairConsumer(
-            broker,
-            ["a", "b"],
-            "c",
-            handle,
-            concurrency=8,
-            tenant_share=1.0,
-            lease=60,
-            name="t",
-            ranks=[2],
-        )
+        ranked(["normal", "low"], [2])

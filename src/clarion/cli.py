@@ -12,7 +12,7 @@ import asyncio
 import base64
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Collection, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +24,15 @@ if TYPE_CHECKING:
     from clarion.pipeline.runtime import Roles
 
 
-def _channels(text: str) -> list[str]:
+def _names(text: str, valid: Collection[str]) -> tuple[list[str], list[str]]:
+    """A comma-separated list's names, and those of them not in ``valid``."""
     names = [part.strip() for part in text.split(",") if part.strip()]
+    return names, [n for n in names if n not in valid]
+
+
+def _channels(text: str) -> list[str]:
     valid = set(ALL_CHANNELS)
-    unknown = [n for n in names if n not in valid]
+    names, unknown = _names(text, valid)
     if unknown:
         raise argparse.ArgumentTypeError(
             f"unknown channel(s) {unknown}; choose from {sorted(valid)}"
@@ -36,18 +41,16 @@ def _channels(text: str) -> list[str]:
 
 
 def _lanes(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
     valid = [str(lane) for lane in LANES]
-    unknown = [n for n in names if n not in valid]
+    names, unknown = _names(text, valid)
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown lane(s) {unknown}; choose from {valid}")
     return [lane for lane in valid if lane in names]
 
 
 def _scopes(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
     valid = {s.value for s in ALL_SCOPES}
-    unknown = [n for n in names if n not in valid]
+    names, unknown = _names(text, valid)
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"scopes must be some of {sorted(valid)}")
     return names

@@ -74,9 +74,8 @@ def describe(settings: Settings, roles: Roles) -> str:
         parts.append(f"planner (streams {streams})")
     if roles.channels:
         channels = ", ".join(roles.channels)
-        taken = "<lane>" if len(lanes) == len(LANES) else "{" + ",".join(lanes) + "}"
-        if bulk and len(lanes) < len(LANES):
-            taken = taken[:-1] + ",retry}"
+        some = [*lanes, "retry"] if bulk else lanes
+        taken = "<lane>" if len(lanes) == len(LANES) else "{" + ",".join(some) + "}"
         parts.append(f"channel workers for {channels} (streams send.<channel>.{taken}, events)")
     if roles.scheduler:
         parts.append("scheduler (outbox relay, sweeper, schedules)")

@@ -217,7 +217,7 @@ async def test_broadcasts_that_give_way_to_nothing(
         await _subscribed(app, members)
         sent = await app.send({"template": "digest", "to": {"topic": "news"}, "priority": priority})
         planner = Planner(app.ctx, "planner")
-        plan = planner.run_urgent_once if priority == "high" else planner.run_once
+        plan = planner.run_high_once if priority == "high" else planner.run_once
         assert await plan(timeout=1.0) == 1
         with app.ctx.urgency.holding(["t"]):
             while await asyncio.wait_for(planner.run_chunks_once(timeout=0.2), 10):
@@ -246,10 +246,12 @@ async def test_urgent_plan_messages_hold_the_planners_process(backend: tuple[str
         for priority in ("critical", "normal", "high"):
             body = {"template": "digest", "to": {"recipient_id": "u"}, "priority": priority}
             assert (await app.send(body)).status_code == 202
-            if priority != "normal":
-                assert await planner.run_urgent_once(timeout=1.0) == 1
-            else:
-                assert await planner.run_once(timeout=1.0) == 1
+            plan = {
+                "critical": planner.run_urgent_once,
+                "high": planner.run_high_once,
+                "normal": planner.run_once,
+            }[priority]
+            assert await plan(timeout=1.0) == 1
         assert seen == [1, 0, 1]
         assert urgency.under_way == 0
 

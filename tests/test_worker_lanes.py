@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 from clarion import cli
-from clarion.domain.models import LANES
+from clarion.broker.redis_streams import RedisBroker
+from clarion.domain.models import LANES, PLAN_HIGH_STREAM, PLAN_STREAM
 from clarion.pipeline.runtime import Roles
 from clarion.process import describe
 from harness import Harness, make_settings, running
+from standins import serving
 
 INAPP = {"channels": {"inapp": {"title": "Hi", "body": "Hello {{ recipient.id }}"}}}
 
@@ -56,7 +58,7 @@ async def test_a_worker_of_the_urgent_lanes(backend: tuple[str, str]) -> None:
         worker = app.runtime.workers[0]
         assert worker.streams == ["send.inapp.critical", "send.inapp.high"]
         assert worker._consumer._streams == worker.streams  # no retry lane
-        assert "planner-urgent" in _tasks(app)
+        assert {"planner-critical", "planner-high"} <= _tasks(app)
         assert not {"planner", "planner-chunks", "runs-0"} & _tasks(app)
         await app.put_recipient("u")
         await app.put_template("hi", INAPP)
@@ -80,7 +82,7 @@ async def test_a_worker_of_the_bulk_lanes(backend: tuple[str, str]) -> None:
         assert worker.streams == ["send.inapp.normal", "send.inapp.low"]
         assert worker._consumer._streams == [*worker.streams, "send.inapp.retry"]
         assert {"planner", "planner-chunks", "runs-0"} <= _tasks(app)
-        assert "planner-urgent" not in _tasks(app)
+        assert not {"planner-critical", "planner-high"} & _tasks(app)
         await app.put_recipient("u")
         await app.put_template("hi", INAPP)
         urgent = [await _sent(app, "critical"), await _sent(app, "high")]
@@ -116,7 +118,7 @@ async def test_every_lane_by_default(backend: tuple[str, str]) -> None:
         worker = app.runtime.workers[0]
         lanes = [f"send.inapp.{lane}" for lane in LANES]
         assert worker._consumer._streams == [*lanes, "send.inapp.retry"]
-        assert {"planner", "planner-urgent", "planner-chunks"} <= _tasks(app)
+        assert {"planner", "planner-critical", "planner-high", "planner-chunks"} <= _tasks(app)
 
 
 def test_the_ready_line_names_the_streams_taken() -> None:
@@ -136,3 +138,35 @@ def test_the_ready_line_names_the_streams_taken() -> None:
     every = line([str(lane) for lane in LANES])
     assert "planner (streams plan.critical, plan.high, plan, plan.chunks)" in every
     assert "send.<channel>.<lane>, events" in every
+
+
+@pytest.mark.redis
+async def test_high_priority_planning_has_a_lead_of_its_own(
+    redis_url: str, migrated_postgres_url: str
+) -> None:
+    """One process leads the high-priority plan stream, apart from the plan stream: a
+    flow of high-priority sends is planned in batches by one planner, not spread over
+    all of them; a process that stops gives both leads up at once."""
+    roles = Roles(api=True, planner=True, channels=["inapp"])
+    async with serving(RedisBroker(redis_url, lease=30)) as another:
+        async with running(make_settings(migrated_postgres_url, redis_url), roles) as app:
+            planner = app.runtime._planner
+            assert planner is not None
+
+            async def leading() -> bool:
+                return planner.lead.leading and planner.high_lead.leading
+
+            await app.until(leading)
+            # Another process stands by for either while this one holds them.
+            assert not await another.lead(PLAN_HIGH_STREAM, "another", ttl=5)
+            assert not await another.lead(PLAN_STREAM, "another", ttl=5)
+            await app.put_recipient("u")
+            await app.put_template("hi", INAPP)
+            high = [await _sent(app, "high") for _ in range(3)]
+
+            async def done() -> bool:
+                return all([await _status(app, nid) == "completed" for nid in high])
+
+            await app.until(done)
+        assert await another.lead(PLAN_HIGH_STREAM, "another", ttl=5)
+        assert await another.lead(PLAN_STREAM, "another", ttl=5)

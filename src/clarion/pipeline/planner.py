@@ -191,29 +191,48 @@ class Planner:
         self._trackers = Trackers(ctx)
         self._events = StatusEvents(ctx)
         self.batch_size = 200
-        # One process leads the planning while it keeps up (pipeline/lead.py); topic
-        # chunks, each a large unit of work, go to whichever planner is free.
+        # One process leads the planning while it keeps up (pipeline/lead.py), of the plan
+        # stream and, apart, of the high-priority one; topic chunks, each a large unit of
+        # work, go to whichever planner is free.
         self.lead = Lead(ctx.broker, PLAN_STREAM, consumer)
+        self.high_lead = Lead(ctx.broker, PLAN_HIGH_STREAM, consumer)
         self.runs = Runs(ctx, self)
 
     async def run_once(self, timeout: float, stop: asyncio.Event | None = None) -> int:
         """Plan one batch of whatever is waiting; returns how many messages it took."""
-        block = await self.lead.turn(timeout, stop)
-        taken = await self._run((PLAN_STREAM,), self.batch_size, block, stop)
-        self.lead.took(taken, self.batch_size)
-        return taken
+        return await self._led(self.lead, PLAN_STREAM, timeout, stop)
+
+    async def run_high_once(self, timeout: float, stop: asyncio.Event | None = None) -> int:
+        """Plan one batch of the high-priority notifications waiting. They have a leader
+        of their own, as the plan stream does, so that a flow of them is planned in
+        batches rather than spread over every planner; a leader busy with the plan
+        stream's batch or a broadcast's chunk does not hold them up (its lead of this
+        stream is another read, in a loop of its own)."""
+        return await self._led(self.high_lead, PLAN_HIGH_STREAM, timeout, stop, urgent=True)
 
     async def run_urgent_once(
         self,
         timeout: float,
         stop: asyncio.Event | None = None,
-        streams: Sequence[str] = (PLAN_CRITICAL_STREAM, PLAN_HIGH_STREAM),
+        streams: Sequence[str] = (PLAN_CRITICAL_STREAM,),
     ) -> int:
-        """Plan the critical and high-priority notifications waiting (those of
-        ``streams``, critical first). Every planner reads them at once, whoever leads the
-        plan stream: an urgent send never waits for a stand-by's pause, nor behind the
-        leader's batch."""
+        """Plan the critical notifications waiting (those of ``streams``). Every planner
+        reads them at once, whoever leads: a critical send never waits for a stand-by's
+        pause, nor behind a leader's batch."""
         return await self._run(streams, self.batch_size, timeout, stop, urgent=True)
+
+    async def _led(
+        self,
+        lead: Lead,
+        stream: str,
+        timeout: float,
+        stop: asyncio.Event | None,
+        urgent: bool = False,
+    ) -> int:
+        block = await lead.turn(timeout, stop)
+        taken = await self._run((stream,), self.batch_size, block, stop, urgent)
+        lead.took(taken, self.batch_size)
+        return taken
 
     async def run_chunks_once(self, timeout: float, stop: asyncio.Event | None = None) -> int:
         """Plan the next chunks of topic sends, up to ``CHUNKS_AT_ONCE`` side by side (one

@@ -24,8 +24,8 @@ from clarion.domain.models import (
     BULK_LANES,
     LANES,
     PLAN_STREAMS,
+    Priority,
     channel_streams,
-    urgent_plan_streams,
 )
 from clarion.observability import metrics
 from clarion.pipeline.consumer import READ_WAIT, unavailable
@@ -133,11 +133,12 @@ class Runtime:
             self._spawn("events", self._events.run(self._stop))
         if self.roles.planner:
             planner = self._planner = Planner(ctx, consumer_name("planner"))
-            if urgent := urgent_plan_streams(self.roles.lanes):
-                urgently = self._loop(
-                    lambda: planner.run_urgent_once(READ_WAIT, self._stop, urgent)
-                )
-                self._spawn("planner-urgent", urgently)
+            if Priority.CRITICAL in self.roles.lanes:
+                critical = self._loop(lambda: planner.run_urgent_once(READ_WAIT, self._stop))
+                self._spawn("planner-critical", critical)
+            if Priority.HIGH in self.roles.lanes:
+                high = self._loop(lambda: planner.run_high_once(LEAD_READ, self._stop))
+                self._spawn("planner-high", high)
             if BULK_LANES & set(self.roles.lanes):
                 self._plan_bulk(planner)
         if self.roles.scheduler:
@@ -275,6 +276,7 @@ class Runtime:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._planner is not None:
             await self._planner.lead.step_down()
+            await self._planner.high_lead.step_down()
         for worker in self.workers:
             await worker.stop(deadline)
         if self._events is not None:

@@ -25,8 +25,10 @@ reads, their checks against the store and the status writes downstream grow with
 Measured at 1,000 single requests a second (docs/performance.md): 17% less CPU per
 notification for 4 ms more from request to delivery. An empty read is not followed by a
 linger (the next message is taken as it arrives), nor a large one (under a backlog every
-read is full). Critical notifications come on a stream of their own, which no one
-lingers on (pipeline/planner.py).
+read is full). High-priority notifications come on a stream of their own with a lead of
+its own, read in a loop of its own, so that they never wait behind the plan stream's
+batches; critical ones on a stream that every planner reads at once, with no lead and no
+linger (pipeline/planner.py).
 
 The channel workers do not take turns like this: each reads ahead of what it can start
 (its tenants' fair shares, pipeline/consumer.py), so a leader would draw a backlog into

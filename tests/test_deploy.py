@@ -21,7 +21,9 @@ import yaml
 
 from clarion.broker.nats_client import parse_url
 from clarion.broker.redis_client import cluster_nodes, is_cluster_url
+from clarion import cli
 from clarion.config import Settings
+from clarion.domain.models import LANES
 from servers import _missing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +33,7 @@ SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
 KUBERNETES = DEPLOY / "kubernetes"
 OVERLAYS = ["redis-cluster", "nats"]
 # The compose services that run Clarion, and the variants over deploy/compose.yaml.
-ROLES = ("migrate", "api", "worker", "scheduler")
+ROLES = ("migrate", "api", "worker", "worker-urgent", "scheduler")
 COMPOSE_VARIANTS = ["redis-cluster", "nats"]
 
 
@@ -284,6 +286,26 @@ def test_each_compose_variant_gives_every_role_its_broker(variant: str) -> None:
     # `redis` is healthy once the cluster is made, and migrate waits for that.
     assert migrate["redis"]["condition"] == "service_healthy"
     assert "cluster_state:ok" in words(services["redis"]["healthcheck"]["test"])
+
+
+def test_the_compose_workers_take_every_lane_between_them() -> None:
+    """deploy/compose.yaml's workers split the priority lanes (bulk, urgent) and between
+    them take every one: a lane no worker takes would wait in the broker."""
+    services = compose_services(DEPLOY / "compose.yaml")
+    taken: list[str] = []
+    for name in ("worker", "worker-urgent"):
+        args = cli.build_parser().parse_args(services[name]["command"])
+        taken += cli._roles(args).lanes
+    assert sorted(taken) == sorted(str(lane) for lane in LANES)
+    # Prometheus scrapes each of them.
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    assert {"worker:9100", "worker-urgent:9100"} <= targets
 
 
 def test_dockerfile_runs_as_non_root_from_a_slim_stage() -> None:

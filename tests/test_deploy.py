@@ -23,7 +23,7 @@ from clarion.broker.nats_client import parse_url
 from clarion.broker.redis_client import cluster_nodes, is_cluster_url
 from clarion import cli
 from clarion.config import Settings
-from clarion.domain.models import LANES
+from clarion.domain.models import ALL_CHANNELS, LANES
 from servers import _missing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,8 +135,8 @@ def kustomize(path: Path) -> list[dict[str, Any]]:
 def test_kustomize_renders_probes_and_budgets() -> None:
     objects = kustomize(KUBERNETES)
     kinds = [o["kind"] for o in objects]
-    assert kinds.count("Deployment") == 4
-    assert kinds.count("PodDisruptionBudget") == 4
+    assert kinds.count("Deployment") == 5
+    assert kinds.count("PodDisruptionBudget") == 5
     assert "ScaledObject" in kinds
     for deployment in (o for o in objects if o["kind"] == "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
@@ -146,6 +146,29 @@ def test_kustomize_renders_probes_and_budgets() -> None:
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert settings_of(config_map(objects)).broker_url == "redis://redis:6379/0"
+
+
+def test_the_kubernetes_workers_take_every_lane_and_channel_between_them() -> None:
+    """The channel groups take the bulk lanes, the urgent workers the urgent lanes of every
+    channel; each lane of each channel is someone's, and planned by someone."""
+    objects = kustomize(KUBERNETES)
+    taken: set[tuple[str, str]] = set()
+    planned: set[str] = set()
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        if container["args"][0] != "worker":
+            continue
+        roles = cli._roles(cli.build_parser().parse_args(container["args"]))
+        taken |= {(channel, lane) for channel in roles.channels for lane in roles.lanes}
+        if roles.planner:
+            planned |= set(roles.lanes)
+    every = {(str(c), str(lane)) for c in ALL_CHANNELS for lane in LANES}
+    assert taken == every
+    assert planned == {str(lane) for lane in LANES}
+    # KEDA scales the bulk email workers on the lag of the streams they read.
+    [scaled] = [o for o in objects if o["kind"] == "ScaledObject"]
+    query = scaled["spec"]["triggers"][0]["metadata"]["query"]
+    assert "normal|low|retry" in query
 
 
 def config_map(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -199,7 +222,7 @@ def test_each_broker_overlay_changes_the_configuration_only(overlay: str) -> Non
     name = config["metadata"]["name"]
     assert name != base_config["metadata"]["name"]
     workloads = [o for o in objects if o["kind"] in ("Deployment", "Job")]
-    assert len(workloads) == 5
+    assert len(workloads) == 6
     assert all(config_refs(o) == [name] for o in workloads)
     # ...and nothing else differs from the base: the ScaledObject included, since every
     # broker reports clarion_stream_lag per Clarion stream (a stream's shards added up).

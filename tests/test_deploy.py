@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from clarion import cli
 from clarion.broker.nats_client import parse_url
 from clarion.broker.redis_client import cluster_nodes, is_cluster_url
-from clarion import cli
 from clarion.config import Settings
 from clarion.domain.models import ALL_CHANNELS, LANES
 from servers import _missing

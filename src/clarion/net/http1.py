@@ -82,6 +82,15 @@ class HttpClient:
         self._sweeper: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop its connections run on, kept: on Python 3.11 each
+        asyncio.get_running_loop() is a getpid system call, and a request takes several."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     @property
     def connections(self) -> int:
@@ -104,7 +113,7 @@ class HttpClient:
         target = self._target(url)
         head, replayable = self._heads.head(method, target, headers, len(body))
         data = head + body if len(body) < 65536 else b"".join((head, body))
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         deadline = loop.time() + timeout
         if self._watchdog is None:
             self._watchdog = loop.call_later(_TICK, self._watch)
@@ -148,7 +157,7 @@ class HttpClient:
         return target
 
     async def _wait_turn(self, deadline: float) -> None:
-        turn = asyncio.get_running_loop().create_future()
+        turn = self._running_loop().create_future()
         self._turns.append(turn)
         try:
             async with asyncio.timeout_at(deadline):
@@ -195,7 +204,7 @@ class HttpClient:
         what the proxy is asked to ``CONNECT`` to."""
         scheme, host, port = origin
         proxy = self._guard.proxy_for(scheme, host, port)
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         proxy_addresses: list[str] = []
         async with asyncio.timeout_at(deadline):
             if proxy is None:
@@ -280,7 +289,7 @@ class HttpClient:
         if not conn.reusable or self._closed or not conn.usable():
             conn.close()
             return
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         conn.idle_since = loop.time()
         self._idle.setdefault(conn.origin, {})[conn] = None
         self._lru[conn] = None
@@ -296,7 +305,7 @@ class HttpClient:
 
     def _sweep(self) -> None:
         self._sweeper = None
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         expired = loop.time() - self._idle_timeout
         while self._lru:
             conn = next(iter(self._lru))
@@ -309,7 +318,7 @@ class HttpClient:
 
     def _watch(self) -> None:
         self._watchdog = None
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         now = loop.time()
         for conn in list(self._open):
             conn.expire(now)

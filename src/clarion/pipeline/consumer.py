@@ -173,6 +173,7 @@ class FairConsumer:
         # urgent ones start at most ``yield_limit`` handlers in all.
         self._urgency = urgency
         self.yield_limit = max(1, concurrency // 8)
+        self._loop: asyncio.AbstractEventLoop | None = None
         if urgency is not None:
             urgency.when_clear(self._start_ready)
 
@@ -185,8 +186,13 @@ class FairConsumer:
         """Take and start work until ``stop``. A broker or database that is away (a Redis
         restart, say) is waited out with a growing pause; what was taken and not started
         comes back after its lease."""
+        # Kept for the task each message starts: on Python 3.11 each
+        # asyncio.get_running_loop() (asyncio.create_task's) is a getpid system call.
+        self._loop = asyncio.get_running_loop()
         ended = asyncio.Event()
-        renewing = asyncio.create_task(self._renew_leases(stop, ended), name=f"{self._name}-leases")
+        renewing = self._loop.create_task(
+            self._renew_leases(stop, ended), name=f"{self._name}-leases"
+        )
         pause = 0.0
         try:
             while not stop.is_set():
@@ -405,7 +411,7 @@ class FairConsumer:
             self._retries_waiting -= 1
             self._retries_running += 1
         self._per_tenant[tenant] += 1
-        task = asyncio.create_task(self._handle(message))
+        task = (self._loop or asyncio.get_running_loop()).create_task(self._handle(message))
         now = self._clock()
         if key is not None:
             self._per_endpoint[key] += 1

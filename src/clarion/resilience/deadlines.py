@@ -67,7 +67,12 @@ class _Call:
         self._owner = owner
 
     def __enter__(self) -> None:
-        task = asyncio.current_task()
+        # By the loop last seen when there is one: asyncio.current_task() alone asks for
+        # the running loop, a getpid system call on Python 3.11, once per call bounded.
+        seen = self._owner._loop
+        task = asyncio.current_task(seen) if seen is not None else None
+        if task is None:
+            task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a deadline bounds a task's call")
         loop = task.get_loop()

@@ -103,23 +103,31 @@ class Batcher(Generic[T, R]):
         # Each item with the future its caller waits on (None: no one waits, see ``post``).
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R] | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        # The loop its tasks run on, kept: on Python 3.11 each asyncio.get_running_loop()
+        # is a getpid system call, and a future is made for every item.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.flushes = 0
 
     def start(self) -> None:
         if not self._tasks:
+            self._loop = asyncio.get_running_loop()
             self._tasks = [
-                asyncio.create_task(self._run(), name=f"{self._name}-{i}")
+                self._loop.create_task(self._run(), name=f"{self._name}-{i}")
                 for i in range(self._concurrency)
             ]
 
+    def _future(self) -> asyncio.Future[R]:
+        loop = self._loop if self._tasks else None
+        return (loop or asyncio.get_running_loop()).create_future()
+
     async def submit(self, item: T) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        future = self._future()
         self._queue.put_nowait((item, future))
         return await future
 
     def put_nowait(self, item: T) -> asyncio.Future[R]:
         """Queue an item without waiting; the future holds its result."""
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        future = self._future()
         self._queue.put_nowait((item, future))
         return future
 

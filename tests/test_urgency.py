@@ -247,7 +247,7 @@ async def test_urgent_plan_messages_hold_the_planners_process(backend: tuple[str
             body = {"template": "digest", "to": {"recipient_id": "u"}, "priority": priority}
             assert (await app.send(body)).status_code == 202
             plan = {
-                "critical": planner.run_urgent_once,
+                "critical": planner.run_critical_once,
                 "high": planner.run_high_once,
                 "normal": planner.run_once,
             }[priority]

@@ -210,16 +210,12 @@ class Planner:
         stream is another read, in a loop of its own)."""
         return await self._led(self.high_lead, PLAN_HIGH_STREAM, timeout, stop, urgent=True)
 
-    async def run_urgent_once(
-        self,
-        timeout: float,
-        stop: asyncio.Event | None = None,
-        streams: Sequence[str] = (PLAN_CRITICAL_STREAM,),
-    ) -> int:
-        """Plan the critical notifications waiting (those of ``streams``). Every planner
-        reads them at once, whoever leads: a critical send never waits for a stand-by's
-        pause, nor behind a leader's batch."""
-        return await self._run(streams, self.batch_size, timeout, stop, urgent=True)
+    async def run_critical_once(self, timeout: float, stop: asyncio.Event | None = None) -> int:
+        """Plan the critical notifications waiting. Every planner reads them at once,
+        whoever leads: a critical send never waits for a stand-by's pause, nor behind a
+        leader's batch."""
+        stream = (PLAN_CRITICAL_STREAM,)
+        return await self._run(stream, self.batch_size, timeout, stop, urgent=True)
 
     async def _led(
         self,

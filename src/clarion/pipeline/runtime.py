@@ -134,7 +134,7 @@ class Runtime:
         if self.roles.planner:
             planner = self._planner = Planner(ctx, consumer_name("planner"))
             if Priority.CRITICAL in self.roles.lanes:
-                critical = self._loop(lambda: planner.run_urgent_once(READ_WAIT, self._stop))
+                critical = self._loop(lambda: planner.run_critical_once(READ_WAIT, self._stop))
                 self._spawn("planner-critical", critical)
             if Priority.HIGH in self.roles.lanes:
                 high = self._loop(lambda: planner.run_high_once(LEAD_READ, self._stop))

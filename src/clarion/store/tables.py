@@ -218,9 +218,30 @@ deliveries = Table(
     # How long the provider call of the attempt that set the state took (its timeline's
     # `attempt` event of a plain `sent`, which has no event row).
     Column("latency_ms", Integer),
+    # Set while the sweeper watches it: a delivery still waiting when the sweeper's pass
+    # over the deliveries made in its time came by, or put back in the queue after that
+    # (a replayed dead letter); cleared by the outcome that ends its wait
+    # (pipeline/scheduler.py ``Sweeper``). No index holds a column that an attempt's
+    # outcome changes, so that PostgreSQL writes the outcome in place (migration 0038);
+    # this one is NULL, and stays NULL, for every delivery sent in its first minutes.
+    _ts("watched_since"),
     # A notification's deliveries, paged in id order.
     Index("ix_deliveries_notification_id_id", "notification_id", "id"),
-    Index("ix_deliveries_status_updated_at", "status", "updated_at"),
+    Index(
+        "ix_deliveries_watched_since",
+        "watched_since",
+        postgresql_where=text("watched_since IS NOT NULL"),
+        sqlite_where=text("watched_since IS NOT NULL"),
+    ),
+)
+
+# Where the sweeper's pass over new deliveries has come to (one row, id 1): every delivery
+# made before ``swept_until`` and waiting then is watched (``deliveries.watched_since``).
+sweeps = Table(
+    "sweeps",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    _ts("swept_until", nullable=False),
 )
 
 # An attempt's claim, taken right before its provider call (store/deliveries.py ``claim``):
@@ -334,6 +355,14 @@ delivery_events = Table(
     Column("error_class", String(40)),
     Column("reason", String(40)),
     Index("ix_delivery_events_delivery_id", "delivery_id"),
+    # A tenant's dead letters, newest first: each one's `dead` event (store/dead_letters.py).
+    Index(
+        "ix_delivery_events_tenant_status_created",
+        "tenant_id",
+        "status",
+        "created_at",
+        "delivery_id",
+    ),
 )
 
 idempotency_keys = Table(
@@ -522,13 +551,13 @@ Index(
 )
 
 # The message log (store/message_log.py): each list, newest first, is a range of one of
-# these — unfiltered, or by status (and template for notifications) — read backwards from a
-# (created_at, id) cursor, so a page costs a page however large the tables grow.
+# these — unfiltered, or by status (and template) for notifications — read backwards from a
+# (created_at, id) cursor. A delivery's status is in no index (migration 0038): a delivery
+# list filtered by status reads the tenant's deliveries newest first.
 _newest_first("ix_notifications_tenant_created", notifications)
 _newest_first("ix_notifications_tenant_status_created", notifications, "status")
 _newest_first("ix_notifications_tenant_template_created", notifications, "template")
 _newest_first("ix_deliveries_tenant_created", deliveries)
-_newest_first("ix_deliveries_tenant_status_created", deliveries, "status")
 
 # A tenant's providers. `config` holds the settings with each secret field shown as "***";
 # `secrets` the secret fields, sealed (see clarion.security.secrets).

@@ -3,14 +3,16 @@ taken again, nothing of a cancelled notification; and what a cancellation answer
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 
+from clarion.domain.delivery import Stored
 from clarion.domain.status import StatusChange
 from clarion.pipeline.runtime import Roles
 from clarion.store import deliveries as delivery_store
+from clarion.store import sweeps
 from clarion.store.db import utcnow
 from clarion.store.tables import deliveries, delivery_claims, delivery_events
 from harness import Harness, make_settings, planned_webhooks, running
@@ -21,6 +23,14 @@ LEASE = 60.0
 
 async def _claim(app: Harness, *items: tuple[str, int], lease: float = LEASE) -> set[str]:
     return await delivery_store.claim(app.ctx.engine, list(items), lease, app.ctx.pg)
+
+
+async def _stale(app: Harness, older_than: datetime) -> list[Stored]:
+    """The sweeper's pass as of ``older_than``: what it watches, then the stale of those."""
+    overlap = sweeps.OVERLAP
+    while await sweeps.watch_new(app.ctx.engine, utcnow(), older_than, overlap):
+        pass
+    return await sweeps.stale(app.ctx.engine, older_than, 100)
 
 
 async def _row(app: Harness, delivery_id: str) -> dict[str, Any]:
@@ -89,14 +99,14 @@ async def test_a_lapsed_claim_is_swept_and_taken_again(planned_only: Harness) ->
     assert await _shown(app, nid, did) == ("queued", 0)
     assert await _shown(app, nid, other) == ("sending", 0)
     later = utcnow() + timedelta(seconds=5)
-    stale = await delivery_store.stale_queued(app.ctx.engine, later, 100)
+    stale = await _stale(app, later)
     assert [item.delivery.id for item in stale] == [did]
     # The same attempt again, not the next: the call is counted once, by its outcome.
     [again] = [item.delivery for item in stale]
     assert again.attempt == 1
     assert await _claim(app, (did, 1)) == {did}
     assert await _shown(app, nid, did) == ("sending", 0)
-    assert await delivery_store.stale_queued(app.ctx.engine, later, 100) == []
+    assert await _stale(app, later) == []
     await _outcome(app, did, "sent", 1)
     assert await _shown(app, nid, did) == ("sent", 1)
 

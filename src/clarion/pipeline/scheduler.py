@@ -13,7 +13,7 @@ from clarion.pipeline.messages import by_due_time, plan_payload, publish_deliver
 from clarion.store import deliveries as delivery_store
 from clarion.store import digests as digest_store
 from clarion.store import notifications as notification_store
-from clarion.store import retention
+from clarion.store import retention, sweeps
 from clarion.store.db import utcnow
 
 log = logging.getLogger(__name__)
@@ -53,22 +53,29 @@ class Relay:
 
 class Sweeper:
     """Publishes again deliveries left `queued` too long (work lost between store and
-    broker), and those `sending` whose worker's lease ran out (it died in the attempt)."""
+    broker), and those `sending` whose worker's lease ran out (it died in the attempt).
+
+    Each pass first watches what was made since the last one and still waits (store/
+    sweeps.py), then publishes the stale among the watched."""
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
 
     async def run_once(self) -> int:
-        cutoff = utcnow() - timedelta(seconds=self._ctx.settings.sweep_after)
-        stale = await delivery_store.stale_queued(self._ctx.engine, cutoff, _SWEEP_BATCH)
-        if not stale:
-            return 0
-        log.info("sweeper: publishing %d stale queued deliveries again", len(stale))
-        # Stale means due: whatever its scheduled time, it goes on its lane now.
-        deliveries = [item.delivery for item in stale]
-        await publish_deliveries(self._ctx.broker, deliveries)
-        await delivery_store.touch(self._ctx.engine, [d.id for d in deliveries])
-        return len(stale)
+        engine, patience = self._ctx.engine, self._ctx.settings.sweep_after
+        now = utcnow()
+        cutoff = now - timedelta(seconds=patience)
+        overlap = min(sweeps.OVERLAP, timedelta(seconds=patience))
+        behind = await sweeps.watch_new(engine, now, cutoff, overlap)
+        stale = await sweeps.stale(engine, cutoff, _SWEEP_BATCH)
+        if stale:
+            log.info("sweeper: publishing %d stale queued deliveries again", len(stale))
+            # Stale means due: whatever its scheduled time, it goes on its lane now.
+            deliveries = [item.delivery for item in stale]
+            await publish_deliveries(self._ctx.broker, deliveries)
+            await delivery_store.touch(engine, [d.id for d in deliveries])
+        # Behind (a pass after a long pause): at once again.
+        return len(stale) + (1 if behind else 0)
 
 
 class Retention:

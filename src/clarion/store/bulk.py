@@ -159,7 +159,12 @@ def _write_changes_sql(packed: bool, table: str) -> str:
         "attempts = v.attempts, reason = v.reason, last_error = v.last_error, "
         "provider_message_id = v.provider_message_id, scheduled_for = v.scheduled_for, "
         f"sent_at = v.sent_at, latency_ms = v.latency_ms, updated_at = ${_M + 1}::timestamptz, "
-        "provider = coalesce(v.provider, d.provider) "
+        "provider = coalesce(v.provider, d.provider), "
+        # Still waiting: watched as it was; else no longer (store/sweeps.py). Unwatched,
+        # as nearly every delivery is, it stays NULL: the row is written in place.
+        f"watched_since = CASE WHEN v.status IN ('{DeliveryStatus.QUEUED.value}', "
+        f"'{DeliveryStatus.SCHEDULED.value}') "
+        "THEN d.watched_since END "
         f"FROM {_unnest(_CHANGE_COLUMNS, 1, packed)} "
         f"WHERE d.id = v.id AND d.id = ANY(${_M + _E + 2}::text[]) "
         "AND d.status <> 'delivered' AND d.attempts <= v.attempts "

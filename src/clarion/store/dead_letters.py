@@ -90,6 +90,7 @@ async def status_of(engine: AsyncEngine, tenant_id: str, delivery_id: str) -> st
 def _requeue(ids_query: Any) -> Any:
     """Back to the queue: the same delivery, as if it had never been tried."""
     d = deliveries
+    now = utcnow()
     return (
         update(d)
         .where(d.c.id.in_(ids_query), d.c.status == DeliveryStatus.DEAD)
@@ -99,7 +100,10 @@ def _requeue(ids_query: Any) -> Any:
             reason=None,
             last_error=None,
             scheduled_for=None,
-            updated_at=utcnow(),
+            updated_at=now,
+            # Waiting again, long after the sweeper's pass over its time: watched from now
+            # (store/sweeps.py).
+            watched_since=now,
         )
         .returning(*d.c)
     )

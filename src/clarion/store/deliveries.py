@@ -300,6 +300,7 @@ async def stop_waiting(
                 reason="cancelled",
                 scheduled_for=None,
                 updated_at=now,
+                watched_since=None,
             )
             .returning(d.c.id, d.c.tenant_id)
         )
@@ -395,9 +396,12 @@ def _changed(rows: int) -> str:
     values = ", ".join([_ROW] * rows)
     column = {name: f"v.column{i + 2}" for i, name in enumerate(_CHANGE_COLUMNS)}
     sets = ", ".join(f"{name} = {column[name]}" for name in _CHANGE_COLUMNS if name != "provider")
+    waiting = ", ".join(f"'{status.value}'" for status in WAITING)
     return (
         f"UPDATE deliveries SET {sets}, updated_at = ?, "
-        f"provider = coalesce({column['provider']}, deliveries.provider) "
+        f"provider = coalesce({column['provider']}, deliveries.provider), "
+        f"watched_since = CASE WHEN {column['status']} IN ({waiting}) "
+        "THEN deliveries.watched_since END "
         f"FROM (VALUES {values}) AS v WHERE deliveries.id = v.column1 "
         f"AND deliveries.status NOT IN ('{DeliveryStatus.DELIVERED.value}', "
         f"'{DeliveryStatus.CANCELLED.value}') AND deliveries.attempts <= {column['attempts']}"
@@ -472,7 +476,7 @@ async def _apply_set_based(pg: PgPool, changes: Sequence[StatusChange], now: dat
     await bulk.write_changes(pg, _latest(changes), events, now)
 
 
-def _with_trace() -> Select[Any]:
+def with_trace() -> Select[Any]:
     """Delivery rows with their notification's stored traceparent (``trace``), for what
     publishes them again: a joined lookup by primary key, off the hot path."""
     n = notifications
@@ -481,38 +485,16 @@ def _with_trace() -> Select[Any]:
     )
 
 
-async def stale_queued(engine: AsyncEngine, older_than: datetime, limit: int) -> list[Stored]:
-    """Deliveries waiting since before ``older_than``: neither changed nor due since then,
-    and not in flight (:func:`in_flight`); so also those whose attempt's claim lapsed (its
-    worker died in the attempt), whose outcome never came.
-
-    A retry or a deferral due later is the broker's delayed set's to publish; only once it
-    has been due for as long as a stale queued delivery is it published again here. One
-    being sent under a live lease is its worker's: never published again.
-    """
-    d = deliveries
-    query = (
-        _with_trace()
-        .where(
-            d.c.status.in_(WAITING),
-            d.c.updated_at < older_than,
-            (d.c.scheduled_for.is_(None)) | (d.c.scheduled_for < older_than),
-            ~in_flight(d),
-        )
-        .order_by(d.c.updated_at)
-        .limit(limit)
-    )
-    async with engine.connect() as conn:
-        return [delivery_rows.stored_of(row) for row in (await conn.execute(query)).mappings()]
-
-
 async def touch(engine: AsyncEngine, ids: Sequence[str]) -> None:
-    """Mark deliveries as handled just now (the sweeper re-published them)."""
+    """Mark deliveries as handled just now (the sweeper re-published them): watched from
+    now, stale again only ``sweep_after`` from now (store/sweeps.py)."""
     now = utcnow()
     async with write_tx(engine) as conn:
         for part in chunks(list(ids), 1000):
             await conn.execute(
-                update(deliveries).where(deliveries.c.id.in_(part)).values(updated_at=now)
+                update(deliveries)
+                .where(deliveries.c.id.in_(part))
+                .values(updated_at=now, watched_since=now)
             )
 
 
@@ -545,7 +527,7 @@ async def release_leases(engine: AsyncEngine) -> None:
 async def all_queued(engine: AsyncEngine, after: str | None, limit: int) -> list[Stored]:
     """Every waiting delivery (those being sent too), in id order, a page at a time
     (embedded recovery)."""
-    query = _with_trace().where(deliveries.c.status.in_(WAITING))
+    query = with_trace().where(deliveries.c.status.in_(WAITING))
     if after:
         query = query.where(deliveries.c.id > after)
     query = query.order_by(deliveries.c.id).limit(limit)
@@ -596,7 +578,13 @@ async def _reported(
     result = await conn.execute(
         update(deliveries)
         .where(*where)
-        .values(status=status, reason=reason, last_error=last_error, updated_at=now)
+        .values(
+            status=status,
+            reason=reason,
+            last_error=last_error,
+            updated_at=now,
+            watched_since=None,
+        )
     )
     if result.rowcount == 0:
         return False

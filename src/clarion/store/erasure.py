@@ -132,7 +132,7 @@ async def _scrub_deliveries(conn: AsyncConnection, tenant_id: str, recipient_id:
     await conn.execute(
         update(deliveries)
         .where(mine, deliveries.c.status.not_in(list(TERMINAL_STATUSES)))
-        .values(status=DeliveryStatus.SUPPRESSED, reason="cancelled")
+        .values(status=DeliveryStatus.SUPPRESSED, reason="cancelled", watched_since=None)
     )
     # Nor can a dead letter be replayed: it leaves the dead-letter queue as a failure.
     await conn.execute(

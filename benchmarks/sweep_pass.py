@@ -21,19 +21,16 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from sqlalchemy import func, select, text, update  # noqa: E402
-from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
-
-from clarion.store import sweeps  # noqa: E402
-from clarion.store.tables import deliveries  # noqa: E402
-from clarion.store.tables import sweeps as sweeps_table  # noqa: E402
+from clarion.store import sweeps
+from clarion.store.tables import deliveries
+from clarion.store.tables import sweeps as sweeps_table
 
 
 def cpu_seconds(pid: int) -> float:

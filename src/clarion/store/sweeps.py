@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, true, update
+from sqlalchemy import select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -28,6 +28,7 @@ from clarion.domain.delivery import Stored
 from clarion.store import delivery_rows
 from clarion.store.db import as_utc, write_tx
 from clarion.store.deliveries import WAITING, in_flight, with_trace
+from clarion.store.sql import chunks
 from clarion.store.tables import deliveries, sweeps, tenants
 
 # The most of deliveries' making time one pass reads: a pass after a long pause catches
@@ -39,6 +40,16 @@ SPAN = timedelta(minutes=1)
 # fifteenth of the rows are read twice.
 OVERLAP = timedelta(seconds=2)
 _ROW = 1
+
+
+async def _no_scans(conn: AsyncConnection) -> None:
+    """No sequential scan for the rest of the transaction (PostgreSQL). Both of the
+    sweeper's reads want an index: a range of each tenant's new deliveries, the partial
+    index of the watched. Without statistics (a table autovacuum has not analysed yet) the
+    planner takes ``watched_since IS NOT NULL`` to hold for nearly every row, and would
+    read every partition whole instead."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SET LOCAL enable_seqscan = off"))
 
 
 async def _swept_until(conn: AsyncConnection) -> datetime | None:
@@ -57,8 +68,11 @@ def _newly_waiting(conn: AsyncConnection, since: datetime, until: datetime) -> A
         d.c.watched_since.is_(None),
     )
     if conn.dialect.name == "postgresql":
-        # LATERAL: one index range per tenant, whatever the planner's statistics say.
-        per_tenant = select(d.c.id).where(d.c.tenant_id == tenants.c.id, *conditions).lateral("w")
+        # One index range per tenant, whatever the planner's statistics say: LATERAL, and
+        # OFFSET 0 so that the subquery is not pulled up into a join it may hash.
+        per_tenant = (
+            select(d.c.id).where(d.c.tenant_id == tenants.c.id, *conditions).offset(0).lateral("w")
+        )
         return select(per_tenant.c.id).select_from(tenants).join(per_tenant, true())
     return select(d.c.id).join(tenants, tenants.c.id == d.c.tenant_id).where(*conditions)
 
@@ -70,6 +84,7 @@ async def watch_new(
     wait, and move the pass on: by at most :data:`SPAN`. Whether it stopped short of
     ``until`` (call again)."""
     async with write_tx(engine) as conn:
+        await _no_scans(conn)
         start = await _swept_until(conn)
         if start is None:
             # A database with no pass yet (migration 0038 starts one, and marks what waits
@@ -84,10 +99,13 @@ async def watch_new(
         if start >= until:
             return False
         end = min(until, start + SPAN)
-        newly = _newly_waiting(conn, start - overlap, end)
-        await conn.execute(
-            update(deliveries).where(deliveries.c.id.in_(newly)).values(watched_since=now)
-        )
+        newly = (await conn.execute(_newly_waiting(conn, start - overlap, end))).scalars()
+        # By id, a chunk at a time: each a range of the primary key, never a join the
+        # planner could make a scan of every partition.
+        for part in chunks(list(newly), 1000):
+            await conn.execute(
+                update(deliveries).where(deliveries.c.id.in_(part)).values(watched_since=now)
+            )
         await conn.execute(
             update(sweeps)
             .where(sweeps.c.id == _ROW, sweeps.c.swept_until < end)
@@ -119,5 +137,6 @@ async def stale(engine: AsyncEngine, older_than: datetime, limit: int) -> list[S
         .order_by(d.c.watched_since)
         .limit(limit)
     )
-    async with engine.connect() as conn:
+    async with engine.begin() as conn:
+        await _no_scans(conn)
         return [delivery_rows.stored_of(row) for row in (await conn.execute(query)).mappings()]

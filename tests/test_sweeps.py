@@ -154,3 +154,31 @@ async def test_no_index_of_deliveries_holds_what_an_outcome_changes(
     assert partitions
     for name, options in partitions:
         assert "fillfactor=60" in (options or []), name
+
+
+async def test_the_sweepers_reads_walk_indexes(planned_only: Harness) -> None:
+    app = planned_only
+    engine = app.ctx.engine
+    await planned_webhooks(app, ["a", "b"])
+    now = utcnow()
+    stale = sweeps.stale_query(now)
+    async with engine.begin() as conn:
+        await sweeps._no_scans(conn)
+        newly = sweeps._newly_waiting(conn, now - timedelta(minutes=1), now)
+        plans = []
+        for query in (newly, stale):
+            compiled = query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+            explain = "EXPLAIN" if conn.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN"
+            rows = (await conn.exec_driver_sql(f"{explain} {compiled}")).all()
+            plans.append("\n".join(str(row[-1]) for row in rows))
+    newly_plan, stale_plan = plans
+    for plan in plans:
+        assert "Seq Scan on deliveries" not in plan, plan
+        assert "SCAN deliveries\n" not in plan + "\n", plan
+    if engine.dialect.name == "postgresql":
+        # Each day partition has its copy of an index, named after its columns.
+        assert "Index Cond: (((tenant_id)::text = (tenants.id)::text)" in newly_plan, newly_plan
+        assert "watched_since_idx" in stale_plan, stale_plan
+    else:
+        assert "ix_deliveries_tenant_created" in newly_plan, newly_plan
+        assert "ix_deliveries_watched_since" in stale_plan, stale_plan

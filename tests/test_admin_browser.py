@@ -20,6 +20,9 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 
 from clarion.pipeline.recurring import Recurring
+from clarion.store import message_log
+from clarion.store.db import utcnow
+from clarion.store.tables import deliveries
 from harness import Harness
 from inbox_kit import serving
 from test_inbox_browser import browser, shot
@@ -299,6 +302,52 @@ async def test_the_api_docs_work_offline(
         assert errors == []
         assert outside.refused == []
         assert all(urlsplit(url).hostname == "127.0.0.1" for url in requests)
+        await page.close()
+
+
+async def test_a_log_filtered_by_status_loads_past_empty_pages(
+    lite: Harness, context: tuple[BrowserContext, Outside], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filtered by a delivery's status, a page examines a bounded stretch of deliveries and
+    may be empty while the list goes on (docs/message-log.md): the log says so, not "No
+    delivery matches.", and "Load more" goes on until the match shows."""
+    browser_context, _ = context
+    monkeypatch.setattr(message_log, "SCAN_LIMIT", 3)
+    base_time = utcnow() - timedelta(minutes=1)  # recent: retention leaves them be
+    rows = [
+        {
+            "id": f"dlv_{i:04d}",
+            "notification_id": "ntf_x",
+            "tenant_id": lite.tenant_id,
+            "recipient_id": "u-1",
+            "channel": "webhook",
+            "priority": "normal",
+            "status": "failed" if i == 0 else "sent",
+            "attempts": 1,
+            "created_at": base_time + timedelta(seconds=i),
+            "updated_at": base_time,
+        }
+        for i in range(12)
+    ]
+    async with lite.ctx.engine.begin() as conn:
+        await conn.execute(deliveries.insert(), rows)
+    async with serving(lite) as base:
+        page = await browser_context.new_page()
+        errors: list[str] = []
+        await _watch(page, errors, [])
+        await _sign_in(page, base, lite.key)
+        await page.goto(f"{base}/admin/#/log?tab=deliveries&status=failed")
+        note = page.get_by_text("None among the latest examined")
+        await expect(note).to_be_visible()
+        await expect(page.get_by_text("No delivery matches.")).to_have_count(0)
+        # 11..9 examined, then 8..6, 5..3, and 2..0 with the match.
+        for _ in range(3):
+            await page.get_by_role("button", name="Load more").click()
+        await expect(page.locator("tbody tr")).to_have_count(1)
+        await expect(page.locator("tbody")).to_contain_text("dlv_0000")
+        await expect(note).to_have_count(0)
+        await expect(page.get_by_role("button", name="Load more")).to_have_count(0)
+        assert errors == []
         await page.close()
 
 

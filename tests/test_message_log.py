@@ -7,15 +7,22 @@ from __future__ import annotations
 import base64
 import collections
 import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from clarion.pipeline.runtime import Roles
 from clarion.store import message_log as log
+from clarion.store import tenants as tenant_store
 from clarion.store.db import utcnow
 from clarion.store.pages import Position
-from clarion.store.tables import notifications
+from clarion.store.tables import deliveries as deliveries_table
+from clarion.store.tables import delivery_claims, notifications
 from harness import Harness, make_settings, running
 from webhook_sink import Received, WebhookSink
 
@@ -275,6 +282,14 @@ BAD_INPUT = [
     ("/v1/notifications", {"cursor": "not a cursor"}, "invalid_cursor"),
     ("/v1/deliveries", {"cursor": "bm9wZQ"}, "invalid_cursor"),  # "nope"
     ("/v1/deliveries", {"cursor": "MjAyNi0xMS0yM1QwMDowMDowMHwn"}, "invalid_cursor"),
+    # A status filter's cursor is as strict: a made-up id, time or length is refused.
+    (
+        "/v1/deliveries",
+        {"status": "failed", "cursor": _cursor("2026-11-23T00:00:00+00:00|x' OR '1'='1")},
+        "invalid_cursor",
+    ),
+    ("/v1/deliveries", {"status": "sending", "cursor": _cursor("99999|dlv_x")}, "invalid_cursor"),
+    ("/v1/deliveries", {"status": "queued", "cursor": "A" * 201}, "validation_error"),
     ("/v1/notifications", {"limit": "0"}, "validation_error"),
     ("/v1/notifications", {"limit": "501"}, "validation_error"),
     ("/v1/deliveries", {"limit": "many"}, "validation_error"),
@@ -338,18 +353,18 @@ async def _plan(app: Harness, query: Any) -> str:
 # A partition's copy of an index is named after its columns.
 _PARTITION_INDEX = {
     "ix_deliveries_tenant_created": "_tenant_id_created_at_id_idx",
-    "ix_deliveries_tenant_status_created": "_tenant_id_status_created_at_id_idx",
     "ix_deliveries_tenant_recipient_created": "_tenant_id_recipient_id_created_at_id_idx",
 }
 # A sort node (a Merge Append's "Sort Key" merges sorted inputs, it sorts nothing).
 _SORT_NODE = re.compile(r"(^|->)\s*(Incremental )?Sort  \(", re.MULTILINE)
+# The walk of a status filter: the rows of the index range numbered, at most SCAN_LIMIT.
+_BOUNDED_WALK = re.compile(r"Limit  \(.*\n\s*->  WindowAgg  \(")
 
 
 async def test_common_lists_are_index_ranges_without_a_sort(app: Harness) -> None:
     at = Position(utcnow(), "dlv_x")
     deliveries = {
         log.DeliveryFilter(): "ix_deliveries_tenant_created",
-        log.DeliveryFilter(status="failed"): "ix_deliveries_tenant_status_created",
         log.DeliveryFilter(recipient_id="u-1"): "ix_deliveries_tenant_recipient_created",
         log.DeliveryFilter(channel="email"): "ix_deliveries_tenant_created",
     }
@@ -382,3 +397,222 @@ async def test_common_lists_are_index_ranges_without_a_sort(app: Harness) -> Non
         plan = await _plan(app, log.notifications_query("ten_x", nfilter, None, 51))
         assert "Seq Scan" not in plan, (nfilter, plan)
         assert not re.search(r"\bSCAN (d_agg|deliveries)\b", plan), (nfilter, plan)
+
+
+async def test_a_status_filter_walks_a_bounded_range_of_the_time_index(app: Harness) -> None:
+    """No index holds a delivery's status (migration 0038): filtered by status, the list
+    walks the tenant's time index (or a recipient's) newest first, at most SCAN_LIMIT rows,
+    and reads whole only the deliveries it shows, by id."""
+    at = Position(utcnow(), "dlv_x")
+    deliveries = {
+        log.DeliveryFilter(status="failed"): "ix_deliveries_tenant_created",
+        log.DeliveryFilter(status="sending"): "ix_deliveries_tenant_created",
+        log.DeliveryFilter(status="queued", channel="email"): "ix_deliveries_tenant_created",
+        log.DeliveryFilter(
+            status="sent", recipient_id="u-1"
+        ): "ix_deliveries_tenant_recipient_created",
+    }
+    postgres = app.ctx.engine.dialect.name == "postgresql"
+    for after in (None, at):
+        for dfilter, index in deliveries.items():
+            query = log.deliveries_query("ten_x", dfilter, after, 51)
+            compiled = str(query.compile(compile_kwargs={"literal_binds": True}))
+            assert f"LIMIT {log.SCAN_LIMIT + 1}" in compiled, compiled
+            plan = await _plan(app, query)
+            assert index in plan or _PARTITION_INDEX[index] in plan, (dfilter, plan)
+            assert "Seq Scan" not in plan, (dfilter, plan)
+            if postgres:
+                # The walk streams from the index, numbered, and stops at the bound; the
+                # rows shown come out of it in order: nothing is sorted.
+                assert _BOUNDED_WALK.search(plan), (dfilter, plan)
+                assert not _SORT_NODE.search(plan), (dfilter, plan)
+            else:
+                # SQLite walks the index in order too, and sorts only what it keeps of the
+                # walk (at most SCAN_LIMIT narrow rows, top ``limit``), then the page.
+                assert not re.search(r"\bSCAN deliveries\b", plan), (dfilter, plan)
+                assert plan.count("USE TEMP B-TREE FOR ORDER BY") == 2, (dfilter, plan)
+
+
+# The walk of a status filter, made small: these lists cross its bound in a few rows.
+SCAN = 5
+BASE = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+async def api(backend: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+    """The API alone on each backend (no worker, sweeper or retention touches the rows
+    stored here), a status filter walking at most SCAN deliveries a page."""
+    monkeypatch.setattr(log, "SCAN_LIMIT", SCAN)
+    async with running(make_settings(*backend), Roles(api=True)) as harness:
+        yield harness
+
+
+def _row(tenant_id: str, did: str, at: datetime, status: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": did,
+        "notification_id": f"ntf_{did}",
+        "tenant_id": tenant_id,
+        "recipient_id": "a",
+        "channel": "webhook",
+        "priority": "normal",
+        "status": status,
+        "attempts": 0,
+        "created_at": at,
+        "updated_at": at,
+        **fields,
+    }
+
+
+async def _store(
+    app: Harness, rows: list[dict[str, Any]], claims: Sequence[dict[str, Any]] = ()
+) -> None:
+    async with app.ctx.engine.begin() as conn:
+        await conn.execute(deliveries_table.insert(), rows)
+        if claims:
+            await conn.execute(delivery_claims.insert(), list(claims))
+
+
+async def _walk(app: Harness, **params: Any) -> tuple[list[str], list[dict[str, Any]]]:
+    """Every page of a delivery list, following `next_cursor` until it is null: the ids
+    listed and the pages."""
+    pages: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        at = {"cursor": cursor} if cursor else {}
+        page = await _get(app, "/v1/deliveries", **params, **at)
+        pages.append(page)
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return [d["id"] for p in pages for d in p["data"]], pages
+        assert len(pages) < 100, "the cursor does not move on"
+
+
+def _cursor_id(cursor: str) -> str:
+    """The delivery a cursor names (the test knows how cursors are made)."""
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    return raw.partition("|")[2]
+
+
+async def test_a_status_filter_pages_through_a_bounded_walk(api: Harness) -> None:
+    """30 deliveries, three to a timestamp, a few failed; another tenant's, all failed, at
+    the same times. Filtered by status, each page examines at most SCAN deliveries: a page
+    may be short or empty while `next_cursor` is set, and following the cursors lists every
+    match once, newest first."""
+    other = (await tenant_store.create_tenant(api.ctx.engine, "other")).id
+    failed = {1, 2, 13, 14, 15, 16, 17, 29}
+    stored: list[tuple[str, str, str]] = []  # (id, status, recipient), newest first
+    rows = []
+    for i in range(30):
+        at = BASE + timedelta(seconds=i // 3)
+        did, status, recipient = f"dlv_{i:04d}", "failed" if i in failed else "sent", "ab"[i % 2]
+        stored.insert(0, (did, status, recipient))
+        rows.append(_row(api.tenant_id, did, at, status, recipient_id=recipient))
+        rows.append(_row(other, f"{did}_other", at, "failed", recipient_id=recipient))
+    await _store(api, rows)
+
+    def only(status: str, recipient: str | None = None) -> list[str]:
+        return [d for d, s, r in stored if s == status and recipient in (None, r)]
+
+    # Limit 2, page by page.
+    ids, pages = await _walk(api, status="failed", limit=2)
+    assert ids == only("failed")
+    assert [[d["id"] for d in p["data"]] for p in pages] == [
+        ["dlv_0029"],  # 29..25 examined
+        [],  # 24..20
+        ["dlv_0017", "dlv_0016"],  # a full page: 17, 16 and 15 found
+        ["dlv_0015", "dlv_0014"],  # the same timestamp as 12 and 13
+        ["dlv_0013"],  # 13..9
+        [],  # 8..4
+        ["dlv_0002", "dlv_0001"],  # 3..0: nothing left to examine
+    ]
+    cursors = [_cursor_id(p["next_cursor"]) for p in pages[:-1]]
+    assert cursors == ["dlv_0025", "dlv_0020", "dlv_0016", "dlv_0014", "dlv_0009", "dlv_0004"]
+    assert all(d["status"] == "failed" for p in pages for d in p["data"])
+    # A full page's cursor is its last row's, wherever the walk stopped.
+    first = await _get(api, "/v1/deliveries", status="failed", limit=1)
+    assert [d["id"] for d in first["data"]] == ["dlv_0029"]
+    assert _cursor_id(first["next_cursor"]) == "dlv_0029"
+
+    # Any page size, a common status, with another filter: each match once, in order.
+    for limit in (1, 3, 4, 50):
+        assert (await _walk(api, status="failed", limit=limit))[0] == only("failed"), limit
+        assert (await _walk(api, status="sent", limit=limit))[0] == only("sent"), limit
+    for recipient in ("a", "b"):
+        found, _ = await _walk(api, status="failed", recipient_id=recipient, limit=2)
+        assert found == only("failed", recipient), recipient
+    # A status nothing has: an empty page per walk of SCAN; the last walk ends exactly at
+    # the oldest delivery, so its page says there is nothing more.
+    found, pages = await _walk(api, status="dead", limit=10)
+    assert (found, len(pages)) == ([], 30 // SCAN)
+    # Without a status filter, pages are full as before.
+    found, pages = await _walk(api, limit=7)
+    assert found == [d for d, _, _ in stored]
+    assert [len(p["data"]) for p in pages] == [7, 7, 7, 7, 2]
+
+    # The other tenant sees only theirs, also from a cursor of ours.
+    key = await tenant_store.create_key(api.ctx.engine, other, ["read"])
+    theirs = {"Authorization": f"Bearer {key}"}
+    mine = await _get(api, "/v1/deliveries", status="failed", limit=1)
+    for params in ({"status": "failed"}, {"status": "failed", "cursor": mine["next_cursor"]}):
+        response = await api.client.get("/v1/deliveries", params=params, headers=theirs)
+        assert response.status_code == 200, response.text
+        listed = response.json()["data"]
+        assert listed
+        assert all(d["id"].endswith("_other") for d in listed), listed
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A delivery as stored (its status, attempts, claim) and the status the API shows."""
+
+    stored: str
+    shown: str
+    attempts: int = 0
+    # The claim of an attempt: (attempt, hours until its lease ends, cancelled).
+    claim: tuple[int, int, bool] | None = None
+
+
+async def test_sending_and_waiting_statuses_page_through_the_walk(api: Harness) -> None:
+    """`sending` is a waiting delivery with a live claim ahead of its attempts; `queued` and
+    `scheduled` are the waiting ones without one. Each filter finds exactly its own across
+    walks, shown in that status."""
+    kinds = {
+        2: Waiting("queued", "queued"),
+        4: Waiting("queued", "sending", claim=(1, 1, False)),
+        7: Waiting("queued", "queued", claim=(1, -1, False)),  # lapsed
+        8: Waiting("queued", "queued", claim=(1, 1, True)),  # cancelled
+        11: Waiting("scheduled", "sending", claim=(1, 1, False)),
+        12: Waiting("scheduled", "scheduled"),
+        13: Waiting("queued", "sending", attempts=1, claim=(2, 1, False)),
+        14: Waiting("queued", "queued", attempts=1, claim=(1, 1, False)),  # outcome stored
+        17: Waiting("queued", "sending", claim=(1, 1, False)),
+        18: Waiting("sent", "sent", attempts=1, claim=(1, 1, False)),
+    }
+    now = utcnow()
+    other = (await tenant_store.create_tenant(api.ctx.engine, "other")).id
+    rows, claims, newest = [], [], []
+    for i in range(20):
+        kind = kinds.get(i, Waiting("sent", "sent", attempts=1))
+        did, at = f"dlv_{i:04d}", BASE + timedelta(seconds=i // 2)
+        newest.insert(0, (did, kind.shown))
+        rows.append(_row(api.tenant_id, did, at, kind.stored, attempts=kind.attempts))
+        # Another tenant's, waiting and every other one in flight, at the same times.
+        rows.append(_row(other, f"{did}_other", at, "queued"))
+        if i % 2:
+            until = now + timedelta(hours=1)
+            claims.append(
+                {"id": f"{did}_other", "attempt": 1, "leased_until": until, "cancelled": False}
+            )
+        if kind.claim is not None:
+            attempt, hours, cancelled = kind.claim
+            until = now + timedelta(hours=hours)
+            claims.append(
+                {"id": did, "attempt": attempt, "leased_until": until, "cancelled": cancelled}
+            )
+    await _store(api, rows, claims)
+    for status in ("sending", "queued", "scheduled", "sent"):
+        expected = [did for did, shown in newest if shown == status]
+        for limit in (1, 2, 50):
+            found, pages = await _walk(api, status=status, limit=limit)
+            assert found == expected, (status, limit)
+            assert {d["status"] for p in pages for d in p["data"]} == {status}, (status, limit)

@@ -18,6 +18,9 @@ import uvicorn
 
 from clarion.api.app import create_app
 from clarion.pipeline.recurring import Recurring
+from clarion.store import message_log
+from clarion.store.db import utcnow
+from clarion.store.tables import deliveries
 from clarion_client import (
     AsyncClarion,
     AuthenticationError,
@@ -247,6 +250,47 @@ async def test_pagination_iterates_every_page(lite: Harness, server: str) -> Non
             return [n.id for n in client.notifications.list(page_size=4)]
 
     assert await in_thread(sync_pages) == items
+
+
+async def test_pagination_goes_on_past_short_and_empty_pages(
+    lite: Harness, server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filtered by status, a page of deliveries examines a bounded number of them
+    (docs/message-log.md): a page may be short or empty while `next_cursor` is set, and
+    both clients follow it to the end."""
+    monkeypatch.setattr(message_log, "SCAN_LIMIT", 3)
+    base = utcnow() - timedelta(minutes=1)  # recent: retention leaves them be
+    rows = [
+        {
+            "id": f"dlv_{i:04d}",
+            "notification_id": "ntf_x",
+            "tenant_id": lite.tenant_id,
+            "recipient_id": "u-1",
+            "channel": "webhook",
+            "priority": "normal",
+            "status": "failed" if i in (0, 11) else "sent",
+            "attempts": 1,
+            "created_at": base + timedelta(seconds=i),
+            "updated_at": base,
+        }
+        for i in range(12)
+    ]
+    async with lite.ctx.engine.begin() as conn:
+        await conn.execute(deliveries.insert(), rows)
+    async with AsyncClarion(api_key=lite.key, base_url=server) as client:
+        pager = client.deliveries.list(status="failed", page_size=2)
+        pages = [page async for page in pager.pages()]
+        # 11..9 examined, 8..6, 5..3, then 2..0 and nothing more.
+        assert [[d.id for d in p.data] for p in pages] == [["dlv_0011"], [], [], ["dlv_0000"]]
+        assert pages[-1].next_cursor is None
+        items = [d.id async for d in client.deliveries.list(status="failed", page_size=2)]
+        assert items == ["dlv_0011", "dlv_0000"]
+
+    def sync_items() -> list[str]:
+        with Clarion(api_key=lite.key, base_url=server) as client:
+            return [d.id for d in client.deliveries.list(status="failed", page_size=2)]
+
+    assert await in_thread(sync_items) == items
 
 
 async def test_errors_carry_the_api_code(lite: Harness, server: str) -> None:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from clarion.api.auth import Reader
-from clarion.api.listing import Newest, time_range
+from clarion.api.listing import Newest, cursor_of, time_range
 from clarion.api.outputs import DeliveryDetail, DeliveryPage, NotificationPage
 from clarion.api.responses import JSONResponse, one_row
 from clarion.domain.models import Channel, DeliveryStatus, NotificationStatus
@@ -78,10 +78,16 @@ async def list_notifications(
 async def list_deliveries(
     caller: Reader, query: Annotated[DeliveryQuery, Query()], created: Created, at: Newest
 ) -> JSONResponse:
-    """The message log: deliveries across notifications, newest first."""
+    """The message log: deliveries across notifications, newest first.
+
+    Filtered by `status`, a page examines a bounded number of deliveries: it may hold fewer
+    than `limit` items, even none, while `next_cursor` is set; follow `next_cursor` until it
+    is null."""
     where = store.DeliveryFilter(**query.model_dump(mode="json"), created=created)
-    rows = await store.list_deliveries(caller.engine, caller.tenant_id, where, at.position, at.read)
-    return JSONResponse(at.page(rows))
+    rows, following = await store.list_deliveries(
+        caller.engine, caller.tenant_id, where, at.position, at.size
+    )
+    return JSONResponse({"data": rows, "next_cursor": cursor_of(following) if following else None})
 
 
 @router.get("/v1/deliveries/{delivery_id}", response_model=DeliveryDetail)

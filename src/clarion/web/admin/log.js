@@ -97,13 +97,19 @@ async function load(tab, filters, results, cursor) {
   }
   let body = results.querySelector("tbody");
   const rows = page.data.map(tab === "deliveries" ? deliveryRow : notificationRow);
-  if (!body) {
+  // A list filtered by a delivery's status examines a stretch of deliveries per page: a
+  // page may be empty while there is more to look through (docs/message-log.md).
+  const notYet = results.querySelector(".not-yet");
+  if (notYet) notYet.remove();
+  if (body) {
+    body.append(...rows);
+  } else if (!rows.length && page.next_cursor) {
+    results.append(h("p", { class: "empty not-yet", text: "None among the latest examined: load more to look further back." }));
+  } else {
     const headers = tab === "deliveries"
       ? ["Delivery", "Status", "Channel", "Recipient", "Provider", "Attempts", "Reason", "Created"]
       : ["Notification", "Status", "Template", "To", "Deliveries", "Created"];
     results.append(table(headers, rows, tab === "deliveries" ? "No delivery matches." : "No notification matches."));
-  } else {
-    body.append(...rows);
   }
   if (page.next_cursor) {
     results.append(h("button", { class: "more", type: "button", onclick: () => load(tab, filters, results, page.next_cursor), text: "Load more" }));

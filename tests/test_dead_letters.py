@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
+from clarion.domain.ids import new_id
+from clarion.store import dead_letters as store
+from clarion.store import stats
 from clarion.store import tenants as tenant_store
-from clarion.store.tables import delivery_events
+from clarion.store.db import utcnow
+from clarion.store.pages import Position
+from clarion.store.tables import deliveries, delivery_events
 from harness import Harness
+from plan_kit import SORT_NODE, assert_reads_dead_events, plan_of
 from webhook_sink import Received, WebhookSink
 
 TEMPLATE = {"channels": {"webhook": {"body": {"hello": "{{ recipient.id }}"}}}}
@@ -230,3 +237,232 @@ async def test_concurrent_bulk_replays_claim_each_delivery_once(
     assert sum(r.json()["replayed"] for r in responses) == len(dead)
     await app.drain()
     assert endpoint.accepted == {d["id"]: 1 for d in dead}
+
+
+# -- Found through their `dead` events ---------------------------------------------------
+
+
+async def _stored(
+    app: Harness,
+    events: list[tuple[str, datetime]],
+    *,
+    status: str = "dead",
+    tenant_id: str | None = None,
+    channel: str = "webhook",
+    provider: str = "hooks",
+) -> str:
+    """A delivery as the status writer leaves it: its ``events`` (status, time) in order,
+    its row in ``status`` and changed last at the last event's time."""
+    tenant = tenant_id or app.tenant_id
+    delivery_id = new_id("dlv")
+    first, last = events[0][1], events[-1][1]
+    row = {
+        "id": delivery_id,
+        "notification_id": new_id("ntf"),
+        "tenant_id": tenant,
+        "recipient_id": "u",
+        "channel": channel,
+        "provider": provider,
+        "priority": "normal",
+        "status": status,
+        "attempts": 3,
+        "created_at": first - timedelta(minutes=5),
+        "updated_at": last,
+    }
+    stored = [
+        {"delivery_id": delivery_id, "tenant_id": tenant, "status": kind, "created_at": at}
+        for kind, at in events
+    ]
+    async with app.ctx.engine.begin() as conn:
+        await conn.execute(insert(deliveries), row)
+        for event in stored:  # one at a time: their ids in this order
+            await conn.execute(insert(delivery_events), event)
+    return delivery_id
+
+
+def _ids(body: dict[str, Any]) -> list[str]:
+    return [item["id"] for item in body["data"]]
+
+
+async def _every_page(app: Harness, key: str | None = None, **params: Any) -> list[str]:
+    headers = {"Authorization": f"Bearer {key}"} if key else app.auth
+    seen: list[str] = []
+    cursor = None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        response = await app.client.get("/v1/dead-letters", params=query, headers=headers)
+        assert response.status_code == 200, response.text
+        seen.extend(_ids(response.json()))
+        cursor = response.json()["next_cursor"]
+        if cursor is None:
+            return seen
+
+
+async def _backlog(app: Harness) -> dict[tuple[Any, ...], int]:
+    rows = await store.backlog(app.ctx.engine, True, 10_000)
+    return {tuple(row[:-1]): row[-1] for row in rows}
+
+
+async def test_a_letter_that_dies_again_is_listed_once_at_its_last_death(
+    app: Harness, sink: WebhookSink
+) -> None:
+    sink.respond = Endpoint()  # failing throughout
+    [dead] = await _dead(app, sink, ["u"])
+    [listed] = (await _list(app)).json()["data"]
+    first = listed["updated_at"]
+    replayed = await app.client.post(f"/v1/dead-letters/{dead['id']}/replay", headers=app.auth)
+    assert replayed.status_code == 202, replayed.text
+    await app.drain()
+    [again] = (await app.notification(listed["notification_id"]))["deliveries"]
+    assert again["status"] == "dead"
+    query = select(delivery_events.c.status).where(delivery_events.c.delivery_id == dead["id"])
+    async with app.ctx.engine.connect() as conn:
+        history = [row.status for row in await conn.execute(query)]
+    assert history.count("dead") == 2
+    [item] = (await _list(app)).json()["data"]
+    assert item["id"] == dead["id"]
+    assert item["updated_at"] == again["updated_at"] > first
+    # Its first death no longer counts: it is dead since the second.
+    assert _ids((await _list(app, before=first)).json()) == []
+    assert _ids((await _list(app, after=first)).json()) == [dead["id"]]
+    assert await stats.dead_letters(app.ctx.engine, app.tenant_id) == 1
+    assert await _backlog(app) == {("webhook", app.tenant_id): 1}
+    bulk = await app.client.post("/v1/dead-letters/replay", json={"limit": 5}, headers=app.auth)
+    assert bulk.json() == {"replayed": 1, "more": False}
+
+
+async def test_a_replayed_letter_is_gone_until_it_dies_again(app: Harness) -> None:
+    base = utcnow() - timedelta(days=1)
+    # Replayed just now (the sweeper leaves a delivery queued this recently alone).
+    waiting = await _stored(app, [("dead", base), ("replayed", utcnow())], status="queued")
+    sent = await _stored(
+        app, [("dead", base), ("replayed", base + timedelta(minutes=2))], status="sent"
+    )
+    # Its dead event is the newest of the tenant's: still nothing to list.
+    late = await _stored(
+        app,
+        [("dead", base + timedelta(hours=1)), ("replayed", base + timedelta(hours=2))],
+        status="sent",
+    )
+    dead = await _stored(app, [("dead", base - timedelta(hours=1))])
+    assert await _every_page(app, limit=1) == [dead]
+    assert await stats.dead_letters(app.ctx.engine, app.tenant_id) == 1
+    assert await _backlog(app) == {("webhook", app.tenant_id): 1}
+    rows, more = await store.replay_many(
+        app.ctx.engine, store.DeadFilter(app.tenant_id), 10, actor="test"
+    )
+    assert ([row["id"] for row in rows], more) == ([dead], False)
+    for delivery_id in (waiting, sent, late):
+        assert await store.status_of(app.ctx.engine, app.tenant_id, delivery_id) != "dead"
+
+
+async def test_an_erased_recipients_dead_letters_are_neither_listed_nor_counted(
+    app: Harness, sink: WebhookSink
+) -> None:
+    sink.respond = Endpoint()
+    await _dead(app, sink, ["u", "v"])
+    assert len((await _list(app)).json()["data"]) == 2
+    erased = await app.client.delete("/v1/recipients/u", headers=app.auth)
+    assert erased.status_code == 204, erased.text
+    [left] = (await _list(app)).json()["data"]
+    assert left["recipient_id"] == "v"
+    assert await stats.dead_letters(app.ctx.engine, app.tenant_id) == 1
+    assert await _backlog(app) == {("webhook", app.tenant_id): 1}
+    # Its `dead` event stays (under the delivery's new id): it is its row that says failed.
+    failed = select(deliveries.c.id).where(deliveries.c.recipient_id != "v")
+    e = delivery_events
+    async with app.ctx.engine.connect() as conn:
+        [erased_id] = (await conn.execute(failed)).scalars().all()
+        events = select(e.c.status).where(e.c.delivery_id == erased_id)
+        assert "dead" in (await conn.execute(events)).scalars().all()
+    assert await store.status_of(app.ctx.engine, app.tenant_id, erased_id) == "failed"
+    bulk = await app.client.post("/v1/dead-letters/replay", headers=app.auth)
+    assert bulk.json() == {"replayed": 1, "more": False}
+
+
+async def test_another_tenants_dead_letters_never_appear(app: Harness) -> None:
+    other = await tenant_store.create_tenant(app.ctx.engine, "other")
+    other_key = await tenant_store.create_key(app.ctx.engine, other.id, ["admin"])
+    at = utcnow() - timedelta(hours=1)
+    mine = await _stored(app, [("dead", at)])
+    # The same time, on the same channel, and one newer than mine.
+    theirs = [
+        await _stored(app, [("dead", at)], tenant_id=other.id),
+        await _stored(app, [("dead", at + timedelta(minutes=1))], tenant_id=other.id),
+    ]
+    assert await _every_page(app, limit=1) == [mine]
+    assert sorted(await _every_page(app, key=other_key, limit=1)) == sorted(theirs)
+    assert await _every_page(app, channel="webhook", provider="hooks") == [mine]
+    assert await stats.dead_letters(app.ctx.engine, app.tenant_id) == 1
+    assert await stats.dead_letters(app.ctx.engine, other.id) == 2
+    assert await _backlog(app) == {("webhook", app.tenant_id): 1, ("webhook", other.id): 2}
+    foreign = await app.client.post(f"/v1/dead-letters/{theirs[0]}/replay", headers=app.auth)
+    assert foreign.status_code == 404
+    bulk = await app.client.post("/v1/dead-letters/replay", headers=app.auth)
+    assert bulk.json() == {"replayed": 1, "more": False}
+    for delivery_id in theirs:
+        assert await store.status_of(app.ctx.engine, other.id, delivery_id) == "dead"
+
+
+async def test_pages_with_equal_times_show_each_letter_once(app: Harness) -> None:
+    at = utcnow() - timedelta(hours=1)
+    same = [await _stored(app, [("dead", at)]) for _ in range(5)]
+    newer = await _stored(app, [("dead", at + timedelta(seconds=1))])
+    older = await _stored(app, [("dead", at - timedelta(seconds=1))])
+    expected = [newer, *sorted(same, reverse=True), older]
+    for size in (1, 2, 3, 50):
+        assert await _every_page(app, limit=size) == expected, size
+    # A cursor from the middle of the equal ones goes on after it, not after their time.
+    first = (await _list(app, limit=3)).json()
+    assert _ids(first) == expected[:3]
+    following = await _list(app, limit=50, cursor=first["next_cursor"])
+    assert _ids(following.json()) == expected[3:]
+
+
+async def test_after_and_before_bound_the_time_of_death(app: Harness) -> None:
+    t0 = utcnow() - timedelta(days=1)
+    t1, t2, t3 = (t0 + timedelta(hours=n) for n in (1, 2, 3))
+    a = await _stored(app, [("dead", t0)])
+    b = await _stored(app, [("dead", t1)])
+    # Created long before t1, dead at t2: its creation time does not count.
+    c = await _stored(app, [("dead", t2)])
+    # Dead first at t0, replayed, and dead again at t3: it counts as dead since t3.
+    d = await _stored(app, [("dead", t0), ("replayed", t1), ("dead", t3)])
+
+    def stamp(at: datetime) -> str:
+        return at.isoformat()
+
+    assert await _every_page(app) == [d, c, b, a]
+    assert await _every_page(app, after=stamp(t0)) == [d, c, b]
+    assert await _every_page(app, before=stamp(t2)) == [b, a]
+    assert await _every_page(app, after=stamp(t0), before=stamp(t3)) == [c, b]
+    assert await _every_page(app, after=stamp(t0), before=stamp(t3), limit=1) == [c, b]
+    assert await _every_page(app, after=stamp(t3)) == []
+    # A bulk replay takes the same bounds, oldest first.
+    f = store.DeadFilter(app.tenant_id, before=t3)
+    rows, more = await store.replay_many(app.ctx.engine, f, 2, actor="test")
+    assert ([row["id"] for row in rows], more) == ([a, b], True)
+    rows, more = await store.replay_many(app.ctx.engine, f, 2, actor="test")
+    assert ([row["id"] for row in rows], more) == ([c], False)
+    assert await _every_page(app) == [d]
+
+
+# -- Their plans --------------------------------------------------------------------------
+
+
+async def test_dead_letters_are_read_through_the_events_status_index(app: Harness) -> None:
+    f = store.DeadFilter(app.tenant_id)
+    narrow = store.DeadFilter(
+        app.tenant_id, channel="email", provider="p", after=utcnow() - timedelta(days=1)
+    )
+    at = Position(utcnow(), "dlv_x")
+    for query in (
+        store.page_query(f, None, 51),
+        store.page_query(narrow, at, 51),
+        store.oldest(f, 1000),
+        store.found(f, 1000),
+    ):
+        plan = await plan_of(app, query)
+        assert_reads_dead_events(plan)
+        assert "TEMP B-TREE" not in plan, plan
+        assert not SORT_NODE.search(plan), plan

@@ -13,7 +13,6 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
-from sqlalchemy.dialects import postgresql, sqlite
 
 from clarion.api.ops_server import create_ops_app
 from clarion.config import Settings
@@ -26,6 +25,7 @@ from clarion.pipeline.scrape import DEAD_LETTER_CAP, Sources
 from clarion.process import describe, sources_for
 from clarion.store.dead_letters import backlog_query
 from harness import Harness
+from plan_kit import assert_reads_dead_events, plan_of
 from servers import _missing
 from webhook_sink import WebhookSink
 
@@ -255,7 +255,7 @@ async def test_dead_letter_backlog_is_read_at_scrape_time(
     assert total(samples, "clarion_dead_letter_backlog", channel="webhook") == 2
     assert total(samples, "clarion_dead_letter_backlog", channel="email") == 0
     assert total(samples, "clarion_scrape_errors", part="dead_letters") == 0
-    # Past the cap: the newest are counted and the gauge says it was capped.
+    # Past the cap: one more than the cap is counted and the gauge says it was capped.
     monkeypatch.setattr(scrape_module, "DEAD_LETTER_CAP", 1)
     _, capped = await scrape(app.client)
     assert total(capped, "clarion_dead_letter_backlog", channel="webhook") == 2
@@ -291,28 +291,16 @@ async def test_dead_letter_backlog_by_tenant_only_when_asked(
     assert not any(("tenant", tenant) in labels for _, labels in plain)
 
 
-async def test_dead_letter_backlog_reads_the_status_index(app: Harness) -> None:
-    engine = app.ctx.engine
+async def test_dead_letter_backlog_reads_the_events_status_index(app: Harness) -> None:
+    lateral = app.ctx.engine.dialect.name == "postgresql"
     for by_tenant in (False, True):
-        query = backlog_query(by_tenant, DEAD_LETTER_CAP)
-        if engine.dialect.name == "postgresql":
-            compiled = query.compile(
-                dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
-            )
-            explain = "EXPLAIN"
-        else:
-            compiled = query.compile(
-                dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}
-            )
-            explain = "EXPLAIN QUERY PLAN"
-        async with engine.connect() as conn:
-            if engine.dialect.name == "postgresql":
-                # Empty tables make a sequential scan cheapest: ask whether an index serves it.
-                await conn.exec_driver_sql("SET enable_seqscan = off")
-            rows = (await conn.exec_driver_sql(f"{explain} {compiled}")).all()
-        plan = "\n".join(str(r[-1]) for r in rows)
-        # On PostgreSQL each day partition has its copy, named after the columns.
-        assert "ix_deliveries_status_updated_at" in plan or "_status_updated_at_idx" in plan, plan
+        plan = await plan_of(app, backlog_query(by_tenant, DEAD_LETTER_CAP, lateral=lateral))
+        # Tenant by tenant (PostgreSQL: a LATERAL walk each; SQLite: the ids as an IN list),
+        # each a range of the events' index, with no sort before the cap.
+        assert_reads_dead_events(plan)
+        assert "TEMP B-TREE FOR ORDER BY" not in plan, plan
+        assert "Sort Key: e" not in plan, plan
+        assert "tenants" in plan, plan
 
 
 def test_ready_line_and_sources_follow_the_setting(lite: Harness) -> None:

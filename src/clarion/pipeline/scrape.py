@@ -3,8 +3,8 @@ breakers.
 
 None of it is counted on the hot path. A scrape asks the broker for every stream's length,
 pending entries and lag (one Redis round trip), the database for the outbox's size and
-age and for the dead letters by channel (a bounded read of the status index), and the
-process for its pools and live connections; what it gathers is handed to
+age and for the dead letters by channel (a bounded read of the events' status index), and
+the process for its pools and live connections; what it gathers is handed to
 Prometheus by a collector registered once per registry.
 """
 
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # A scrape waits at most this long for the broker and the database.
 SCRAPE_TIMEOUT = 3.0
-# Dead letters a scrape counts at most (the newest ones, by the status index).
+# Dead letters a scrape counts at most: tenant after tenant, it stops at one more
+# (store/dead_letters.py ``backlog_query``).
 DEAD_LETTER_CAP = 10_000
 
 
@@ -129,8 +130,7 @@ async def _dead_letters(ctx: Context) -> list[Metric]:
     rows = await dead_letter_store.backlog(ctx.engine, by_tenant, DEAD_LETTER_CAP)
     backlog = GaugeMetricFamily(
         "clarion_dead_letter_backlog",
-        f"Deliveries in the dead letters (status dead), counting at most {DEAD_LETTER_CAP} "
-        "(the newest)",
+        f"Deliveries in the dead letters (status dead), counting at most {DEAD_LETTER_CAP + 1}",
         labels=["channel", *(["tenant"] if by_tenant else [])],
     )
     counts: dict[tuple[str, ...], int] = {}
@@ -142,8 +142,8 @@ async def _dead_letters(ctx: Context) -> list[Metric]:
         backlog.add_metric(list(labels), n)
     capped = GaugeMetricFamily(
         "clarion_dead_letter_backlog_capped",
-        f"1 when the dead letters are more than {DEAD_LETTER_CAP}: the backlog is at least "
-        "that large and its split by channel is that of the newest ones",
+        f"1 when the dead letters are more than {DEAD_LETTER_CAP}: the backlog is larger "
+        "than that and its split by channel is that of the ones counted, tenant after tenant",
     )
     capped.add_metric([], 1 if sum(n for *_, n in rows) > DEAD_LETTER_CAP else 0)
     return [backlog, capped]

@@ -8,6 +8,18 @@ with their notification's stored traceparent, so a replay joins the original tra
 replay that requeues anything writes an audit row in its transaction (resource
 ``dead_letter``, action ``replay``): the delivery's id, or ``matching`` with the filter and
 how many were requeued.
+
+No index of ``deliveries`` holds its status (migration 0038): a dead letter is found
+through its ``dead`` event, a range of ``ix_delivery_events_tenant_status_created``
+(tenant, status, time, delivery id), and its delivery by id. Only deliveries still ``dead``
+count (not one replayed since, nor one that erasure turned ``failed``), each by its latest
+``dead`` event (no later one of the same delivery: a few entries of the events' primary
+key, which leads with the delivery id on PostgreSQL, or of
+``ix_delivery_events_delivery_id`` on SQLite). That event is written by the statement that
+makes the delivery dead, at the delivery's new ``updated_at``: its time is when the letter
+went dead, what ``after`` and ``before`` bound, the order and the cursor's time. A page
+costs its size in index entries, each with a look at its delivery, plus the ``dead``
+events it passes of deliveries no longer dead (replayed or erased since).
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import ColumnElement, Select, delete, exists, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.models import DeliveryStatus
@@ -25,7 +37,13 @@ from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.notifications import delivery_to_public
 from clarion.store.pages import Position, newest_first
 from clarion.store.sql import chunks
-from clarion.store.tables import deliveries, delivery_claims, delivery_events, notifications
+from clarion.store.tables import (
+    deliveries,
+    delivery_claims,
+    delivery_events,
+    notifications,
+    tenants,
+)
 
 MAX_REPLAY = 10_000
 REPLAYED = "replayed"
@@ -42,18 +60,85 @@ class DeadFilter:
     before: datetime | None = None
 
 
+# A dead letter's `dead` event, another event of the same delivery, and the delivery: named
+# apart from the table a replay updates, so that no subquery is correlated with it.
+_event = delivery_events.alias("e")
+_later = delivery_events.alias("later")
+_row = deliveries.alias("d")
+_DEAD = DeliveryStatus.DEAD.value
+
+
+def _latest_death(event: Any) -> ColumnElement[bool]:
+    """``event`` is its delivery's latest ``dead`` event: a letter that died, was replayed
+    and died again is one letter, dead since the second time. The later events of the
+    delivery are a range of the events' primary key (``delivery_id``, ``id``); ``OFFSET 0``
+    keeps PostgreSQL from turning the ``NOT EXISTS`` into an anti-join, which it may plan
+    as a read of every ``dead`` event: it stays a probe per event read."""
+    later = _later
+    return ~exists(
+        select(later.c.id)
+        .where(
+            later.c.delivery_id == event.c.delivery_id,
+            later.c.id > event.c.id,
+            later.c.status == _DEAD,
+        )
+        .limit(1)
+        .offset(0)
+    )
+
+
+def _still_dead(event: Any, row: Any) -> list[ColumnElement[bool]]:
+    """``event`` is a ``dead`` event of its delivery ``row`` (joined by id), the latest,
+    and the delivery is dead still."""
+    return [event.c.status == _DEAD, row.c.status == _DEAD, _latest_death(event)]
+
+
+def _joined() -> Any:
+    """An event and its delivery, by the delivery's id alone: the event's tenant is its
+    delivery's, and a condition on the delivery's tenant may be planned as a read of all
+    the tenant's deliveries."""
+    e, d = _event, _row
+    return e.join(d, d.c.id == e.c.delivery_id)
+
+
 def _where(query: Select[Any], f: DeadFilter) -> Select[Any]:
-    d = deliveries
-    query = query.where(d.c.tenant_id == f.tenant_id, d.c.status == DeliveryStatus.DEAD)
+    """``query`` over the tenant's dead letters that match ``f``: their latest ``dead``
+    event (``e``, a range of the tenant's entries in the events' status index) joined to
+    their delivery (``d``)."""
+    e, d = _event, _row
+    query = query.select_from(_joined()).where(e.c.tenant_id == f.tenant_id, *_still_dead(e, d))
     if f.channel:
         query = query.where(d.c.channel == f.channel)
     if f.provider:
         query = query.where(d.c.provider == f.provider)
     if f.after:
-        query = query.where(d.c.updated_at > f.after)
+        query = query.where(e.c.created_at > f.after)
     if f.before:
-        query = query.where(d.c.updated_at < f.before)
+        query = query.where(e.c.created_at < f.before)
     return query
+
+
+def found(f: DeadFilter, limit: int) -> Select[Any]:
+    """The ids of up to ``limit`` dead letters matching ``f``, in no order: what a count
+    reads. Asked in the index's order, a walk expected to reach the end of the tenant's
+    range may be planned as a read of the whole range and a sort; in none, it stops at
+    ``limit``."""
+    return _where(select(_event.c.delivery_id), f).limit(limit)
+
+
+def oldest(f: DeadFilter, limit: int) -> Select[Any]:
+    """The ids of the oldest ``limit`` dead letters matching ``f``, oldest first."""
+    e = _event
+    query = _where(select(e.c.delivery_id), f)
+    return query.order_by(e.c.created_at, e.c.delivery_id).limit(limit)
+
+
+def page_query(f: DeadFilter, cursor: Position | None, limit: int) -> Select[Any]:
+    """Up to ``limit`` dead letters matching ``f`` after ``cursor``, newest first: their
+    delivery's columns, and when each went dead (``dead_at``)."""
+    e = _event
+    dead = _where(select(_row, e.c.created_at.label("dead_at")), f)
+    return newest_first(dead, e.c.created_at, e.c.delivery_id, cursor, limit)
 
 
 def public(row: Any) -> dict[str, Any]:
@@ -64,15 +149,14 @@ async def list_dead(
     engine: AsyncEngine, f: DeadFilter, cursor: Position | None, limit: int
 ) -> tuple[list[dict[str, Any]], Position | None]:
     """A page of dead letters, newest first, and the cursor of the next page."""
-    d = deliveries
-    query = newest_first(_where(select(d), f), d.c.updated_at, d.c.id, cursor, limit + 1)
+    query = page_query(f, cursor, limit + 1)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()
     page = rows[:limit]
     following = None
     if len(rows) > limit:
         last = page[-1]
-        stamp = as_utc(last["updated_at"])
+        stamp = as_utc(last["dead_at"])
         assert stamp is not None
         following = Position(stamp, last["id"])
     return [public(row) for row in page], following
@@ -170,11 +254,9 @@ async def replay_many(
 ) -> tuple[list[dict[str, Any]], bool]:
     """Requeue up to ``limit`` dead deliveries matching ``f``, oldest first; returns the
     rows this call changed and whether more remain."""
-    d = deliveries
-    ids = _where(select(d.c.id), f).order_by(d.c.updated_at, d.c.id).limit(limit)
     async with write_tx(engine) as conn:
-        rows = await _claim(conn, ids)
-        more = (await conn.execute(_where(select(d.c.id), f).limit(1))).first() is not None
+        rows = await _claim(conn, oldest(f, limit))
+        more = (await conn.execute(oldest(f, 1))).first() is not None
         if rows:
             shown: dict[str, Any] = {"replayed": {"to": len(rows)}}
             for name in ("channel", "provider", "after", "before"):
@@ -187,23 +269,53 @@ async def replay_many(
     return rows, more
 
 
-def backlog_query(by_tenant: bool, cap: int) -> Select[Any]:
-    """Dead letters by channel (and tenant) among the newest ``cap + 1``: a backward range
-    of the (status, updated_at) index, so a count reads at most that many rows however
-    large the backlog."""
-    columns = [deliveries.c.channel, *([deliveries.c.tenant_id] if by_tenant else [])]
-    newest = (
-        select(*columns)
-        .where(deliveries.c.status == DeliveryStatus.DEAD.value)
-        .order_by(deliveries.c.updated_at.desc())
-        .limit(cap + 1)
-        .subquery()
-    )
-    return select(*newest.c, func.count()).group_by(*newest.c)
+def backlog_query(by_tenant: bool, cap: int, *, lateral: bool) -> Select[Any]:
+    """Dead letters by channel (and tenant), counting at most ``cap + 1`` of them.
+
+    The events' status index leads with the tenant, and no index orders every tenant's
+    dead letters together: the count walks the tenants, one after the other, and each
+    tenant's ``dead`` events in the index, and stops at the ``cap + 1``-th letter found.
+    However many tenants and dead letters there are, it reads at most that many letters,
+    besides the events of letters no longer dead it passes, and one look into the index
+    per tenant it reaches. Up to ``cap`` the counts are exact; past it, the backlog is larger
+    than ``cap`` and the split by channel (and tenant) is that of the letters counted, which
+    are neither the newest nor spread over every tenant. No order is asked for: a walk in
+    an order may be planned as a read of a whole tenant's events and a sort.
+
+    ``lateral`` (PostgreSQL): each tenant's walk is a ``LATERAL`` subquery, itself capped,
+    so that it is run tenant by tenant on the index. SQLite, which has no ``LATERAL``, runs
+    the tenants' ids as an ``IN`` list, a range of the index per id.
+    """
+    t, e, d = tenants, _event, _row
+    if lateral:
+        walk = (
+            select(d.c.channel)
+            .select_from(_joined())
+            .where(e.c.tenant_id == t.c.id, *_still_dead(e, d))
+            .limit(cap + 1)
+            .lateral("walk")
+        )
+        counted = (
+            select(walk.c.channel, t.c.id.label("tenant_id"))
+            .select_from(t.join(walk, true()))
+            .limit(cap + 1)
+            .subquery()
+        )
+    else:
+        counted = (
+            select(d.c.channel, e.c.tenant_id)
+            .select_from(_joined())
+            .where(e.c.tenant_id.in_(select(t.c.id)), *_still_dead(e, d))
+            .limit(cap + 1)
+            .subquery()
+        )
+    columns = [counted.c.channel, *([counted.c.tenant_id] if by_tenant else [])]
+    return select(*columns, func.count()).group_by(*columns)
 
 
 async def backlog(engine: AsyncEngine, by_tenant: bool, cap: int) -> list[tuple[Any, ...]]:
-    """``(channel, [tenant,] count)`` of the newest ``cap + 1`` dead letters
+    """``(channel, [tenant,] count)`` of at most ``cap + 1`` dead letters
     (:func:`backlog_query`)."""
+    query = backlog_query(by_tenant, cap, lateral=engine.dialect.name == "postgresql")
     async with engine.connect() as conn:
-        return [tuple(row) for row in (await conn.execute(backlog_query(by_tenant, cap))).all()]
+        return [tuple(row) for row in (await conn.execute(query)).all()]

@@ -2,9 +2,10 @@
 and channel, and their latency.
 
 One range of ``ix_deliveries_tenant_created`` (``tenant_id, created_at, id``) read newest
-first and capped at ``MAX_ROWS``: the cost is bounded by the cap, never by the table. The
-dead-letter count walks ``ix_deliveries_tenant_status_created`` and stops at
-``MAX_DEAD``."""
+first and capped at ``MAX_ROWS``: the cost is bounded by the cap, never by the table. No
+index of ``deliveries`` holds the status: the dead-letter count walks the tenant's ``dead``
+events (``ix_delivery_events_tenant_status_created``), each delivery's latest, keeps those
+whose delivery is dead still, and stops at ``MAX_DEAD + 1`` (store/dead_letters.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.models import DeliveryStatus
 from clarion.store.db import as_utc
+from clarion.store.dead_letters import DeadFilter, found
 from clarion.store.tables import deliveries
 
 MAX_ROWS = 20_000
@@ -97,14 +99,8 @@ def window_query(tenant_id: str, since: datetime) -> Select[Any]:
 
 
 def dead_query(tenant_id: str) -> Select[Any]:
-    """How many dead letters, counting at most ``MAX_DEAD + 1`` index entries."""
-    capped = (
-        select(deliveries.c.id)
-        .where(deliveries.c.tenant_id == tenant_id, deliveries.c.status == "dead")
-        .order_by(deliveries.c.created_at.desc(), deliveries.c.id.desc())
-        .limit(MAX_DEAD + 1)
-        .subquery()
-    )
+    """How many dead letters, counting at most ``MAX_DEAD + 1`` of them."""
+    capped = found(DeadFilter(tenant_id), MAX_DEAD + 1).subquery()
     return select(func.count()).select_from(capped)
 
 

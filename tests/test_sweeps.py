@@ -153,7 +153,7 @@ async def test_no_index_of_deliveries_holds_what_an_outcome_changes(
     assert columns & _OUTCOME_COLUMNS == set()
     assert partitions
     for name, options in partitions:
-        assert "fillfactor=60" in (options or []), name
+        assert "fillfactor=50" in (options or []), name
 
 
 async def test_the_sweepers_reads_walk_indexes(planned_only: Harness) -> None:

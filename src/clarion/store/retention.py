@@ -40,8 +40,12 @@ log = logging.getLogger(__name__)
 # Partitioned tables and the column they are partitioned on.
 PARTITIONED = {"deliveries": "id", "delivery_events": "delivery_id"}
 # Room left on each page of a day of deliveries: the outcome of an attempt is a new version
-# of its row, written on the same page while there is room (migration 0038).
-DELIVERIES_FILLFACTOR = 60
+# of its row, written on the same page while there is room (migration 0038). Half: a batch
+# of outcomes rewrites most rows of a page at once, each about as large as before. Measured
+# on 100,000 webhook deliveries: 72% of the outcomes in place at 60, all of them at 50, the
+# partition smaller at 50 (53 MB against 56: a row moved to another page leaves its old
+# version behind until vacuum).
+DELIVERIES_FILLFACTOR = 50
 # Partitions made ahead of today, so that a scheduler down for a while costs nothing.
 AHEAD_DAYS = 3
 BATCH = 5000

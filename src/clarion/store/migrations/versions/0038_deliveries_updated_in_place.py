@@ -34,7 +34,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # Room left on each page of a delivery partition for the new versions of its rows.
-FILLFACTOR = 60
+FILLFACTOR = 50
 
 
 def upgrade() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -15,7 +16,8 @@ from clarion.config import Settings
 from clarion.pipeline.context import Context, open_context
 from clarion.pipeline.runtime import Roles, Runtime
 from clarion.store import tenants as tenant_store
-from clarion.store.db import migrate
+from clarion.store.db import migrate, utcnow
+from clarion.store.tables import deliveries
 
 FAST = {
     "allow_private_webhooks": True,
@@ -189,3 +191,28 @@ class StillClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+async def stored_deliveries(app: Harness, statuses: list[str]) -> list[str]:
+    """Deliveries of the tenant written straight to the store, one per status, a second
+    apart (the last the newest), made a minute ago (recent: retention leaves them be);
+    their ids, ``dlv_0000`` on."""
+    base = utcnow() - timedelta(minutes=1)
+    rows = [
+        {
+            "id": f"dlv_{i:04d}",
+            "notification_id": "ntf_x",
+            "tenant_id": app.tenant_id,
+            "recipient_id": "u-1",
+            "channel": "webhook",
+            "priority": "normal",
+            "status": status,
+            "attempts": 1,
+            "created_at": base + timedelta(seconds=i),
+            "updated_at": base,
+        }
+        for i, status in enumerate(statuses)
+    ]
+    async with app.ctx.engine.begin() as conn:
+        await conn.execute(deliveries.insert(), rows)
+    return [row["id"] for row in rows]

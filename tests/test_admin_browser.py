@@ -21,9 +21,7 @@ from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 
 from clarion.pipeline.recurring import Recurring
 from clarion.store import message_log
-from clarion.store.db import utcnow
-from clarion.store.tables import deliveries
-from harness import Harness
+from harness import Harness, stored_deliveries
 from inbox_kit import serving
 from test_inbox_browser import browser, shot
 
@@ -313,24 +311,7 @@ async def test_a_log_filtered_by_status_loads_past_empty_pages(
     delivery matches.", and "Load more" goes on until the match shows."""
     browser_context, _ = context
     monkeypatch.setattr(message_log, "SCAN_LIMIT", 3)
-    base_time = utcnow() - timedelta(minutes=1)  # recent: retention leaves them be
-    rows = [
-        {
-            "id": f"dlv_{i:04d}",
-            "notification_id": "ntf_x",
-            "tenant_id": lite.tenant_id,
-            "recipient_id": "u-1",
-            "channel": "webhook",
-            "priority": "normal",
-            "status": "failed" if i == 0 else "sent",
-            "attempts": 1,
-            "created_at": base_time + timedelta(seconds=i),
-            "updated_at": base_time,
-        }
-        for i in range(12)
-    ]
-    async with lite.ctx.engine.begin() as conn:
-        await conn.execute(deliveries.insert(), rows)
+    await stored_deliveries(lite, ["failed" if i == 0 else "sent" for i in range(12)])
     async with serving(lite) as base:
         page = await browser_context.new_page()
         errors: list[str] = []

@@ -19,8 +19,6 @@ import uvicorn
 from clarion.api.app import create_app
 from clarion.pipeline.recurring import Recurring
 from clarion.store import message_log
-from clarion.store.db import utcnow
-from clarion.store.tables import deliveries
 from clarion_client import (
     AsyncClarion,
     AuthenticationError,
@@ -36,7 +34,7 @@ from clarion_client import (
     verify_signature,
 )
 from clarion_client.webhooks import sign
-from harness import Harness, make_settings, running
+from harness import Harness, make_settings, running, stored_deliveries
 from test_suppressions import dsn
 from webhook_sink import WebhookSink
 
@@ -259,24 +257,7 @@ async def test_pagination_goes_on_past_short_and_empty_pages(
     (docs/message-log.md): a page may be short or empty while `next_cursor` is set, and
     both clients follow it to the end."""
     monkeypatch.setattr(message_log, "SCAN_LIMIT", 3)
-    base = utcnow() - timedelta(minutes=1)  # recent: retention leaves them be
-    rows = [
-        {
-            "id": f"dlv_{i:04d}",
-            "notification_id": "ntf_x",
-            "tenant_id": lite.tenant_id,
-            "recipient_id": "u-1",
-            "channel": "webhook",
-            "priority": "normal",
-            "status": "failed" if i in (0, 11) else "sent",
-            "attempts": 1,
-            "created_at": base + timedelta(seconds=i),
-            "updated_at": base,
-        }
-        for i in range(12)
-    ]
-    async with lite.ctx.engine.begin() as conn:
-        await conn.execute(deliveries.insert(), rows)
+    await stored_deliveries(lite, ["failed" if i in (0, 11) else "sent" for i in range(12)])
     async with AsyncClarion(api_key=lite.key, base_url=server) as client:
         pager = client.deliveries.list(status="failed", page_size=2)
         pages = [page async for page in pager.pages()]

@@ -113,18 +113,7 @@ async def test_a_database_without_a_pass_starts_one(planned_only: Harness) -> No
 # The columns an attempt's outcome sets (store/bulk.py ``_write_changes_sql``): no index may
 # hold one, or PostgreSQL writes each outcome as a new row version with an entry in every
 # index. `watched_since` stays NULL for a delivery sent before the sweeper's pass over it.
-_OUTCOME_COLUMNS = {
-    "status",
-    "attempts",
-    "reason",
-    "last_error",
-    "provider_message_id",
-    "scheduled_for",
-    "sent_at",
-    "latency_ms",
-    "updated_at",
-    "provider",
-}
+_OUTCOME_COLUMNS = {*delivery_store.CHANGE_COLUMNS, "updated_at"}
 
 
 async def test_no_index_of_deliveries_holds_what_an_outcome_changes(

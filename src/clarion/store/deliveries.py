@@ -346,7 +346,7 @@ def _has_event(change: StatusChange) -> bool:
 
 
 # The columns a status change sets, in the order of a row of ``_CHANGED`` after its id.
-_CHANGE_COLUMNS = (
+CHANGE_COLUMNS = (
     "status",
     "attempts",
     "reason",
@@ -357,13 +357,13 @@ _CHANGE_COLUMNS = (
     "provider",
     "latency_ms",
 )
-_ROW = "(" + ", ".join(["?"] * (len(_CHANGE_COLUMNS) + 1)) + ")"
+_ROW = "(" + ", ".join(["?"] * (len(CHANGE_COLUMNS) + 1)) + ")"
 # Rows per statement at most.
 _CHANGES_AT_ONCE = 256
 
 
 def _latest(changes: Sequence[StatusChange]) -> list[tuple[Any, ...]]:
-    """One row per delivery, its id and then ``_CHANGE_COLUMNS``: of two changes to the
+    """One row per delivery, its id and then ``CHANGE_COLUMNS``: of two changes to the
     same delivery in a batch, the later is its state (as one after the other would leave
     it); both are events."""
     latest = {
@@ -394,8 +394,8 @@ def _changed(rows: int) -> str:
     leaves a delivery in flight alone (:func:`stop_waiting`), so only an attempt whose claim
     lapsed meets one. (PostgreSQL: ``bulk.write_changes``.)"""
     values = ", ".join([_ROW] * rows)
-    column = {name: f"v.column{i + 2}" for i, name in enumerate(_CHANGE_COLUMNS)}
-    sets = ", ".join(f"{name} = {column[name]}" for name in _CHANGE_COLUMNS if name != "provider")
+    column = {name: f"v.column{i + 2}" for i, name in enumerate(CHANGE_COLUMNS)}
+    sets = ", ".join(f"{name} = {column[name]}" for name in CHANGE_COLUMNS if name != "provider")
     waiting = ", ".join(f"'{status.value}'" for status in WAITING)
     return (
         f"UPDATE deliveries SET {sets}, updated_at = ?, "
@@ -419,7 +419,7 @@ async def _apply_sqlite(
     dialect = conn.dialect
     stored = [
         deliveries.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        for name in _CHANGE_COLUMNS
+        for name in CHANGE_COLUMNS
     ]
     rows = [
         (
@@ -435,7 +435,7 @@ async def _apply_sqlite(
     at = now if at_process is None else at_process(now)
     for start in range(0, len(rows), _CHANGES_AT_ONCE):
         part = rows[start : start + _CHANGES_AT_ONCE]
-        size, flat = _padded(part, len(_CHANGE_COLUMNS) + 1)
+        size, flat = _padded(part, len(CHANGE_COLUMNS) + 1)
         # ``updated_at`` is the statement's first parameter (in SET, before FROM).
         await conn.exec_driver_sql(_changed(size), (at, *flat))
     events = [

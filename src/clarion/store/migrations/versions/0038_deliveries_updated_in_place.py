@@ -37,6 +37,15 @@ depends_on: str | Sequence[str] | None = None
 FILLFACTOR = 50
 
 
+def _partitions() -> list[str]:
+    """The partitions of ``deliveries`` (PostgreSQL)."""
+    query = sa.text(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'deliveries'::regclass"
+    )
+    return list(op.get_bind().execute(query).scalars())
+
+
 def upgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
     stamp = sa.DateTime(timezone=True)
@@ -67,26 +76,14 @@ def upgrade() -> None:
     op.drop_index("ix_deliveries_status_updated_at", table_name="deliveries")
     op.drop_index("ix_deliveries_tenant_status_created", table_name="deliveries")
     if postgres:
-        partitions = op.get_bind().execute(
-            sa.text(
-                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "WHERE i.inhparent = 'deliveries'::regclass"
-            )
-        )
-        for (name,) in partitions.all():
+        for name in _partitions():
             op.execute(f"ALTER TABLE {name} SET (fillfactor = {FILLFACTOR})")
 
 
 def downgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
     if postgres:
-        partitions = op.get_bind().execute(
-            sa.text(
-                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "WHERE i.inhparent = 'deliveries'::regclass"
-            )
-        )
-        for (name,) in partitions.all():
+        for name in _partitions():
             op.execute(f"ALTER TABLE {name} RESET (fillfactor)")
     op.create_index(
         "ix_deliveries_tenant_status_created",

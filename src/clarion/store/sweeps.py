@@ -21,14 +21,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, select, text, true, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.delivery import Stored
 from clarion.store import delivery_rows
 from clarion.store.db import as_utc, write_tx
 from clarion.store.deliveries import WAITING, in_flight, with_trace
-from clarion.store.sql import chunks
+from clarion.store.sql import chunks, insert_ignoring_conflicts
 from clarion.store.tables import deliveries, sweeps, tenants
 
 # The most of deliveries' making time one pass reads: a pass after a long pause catches
@@ -97,12 +96,8 @@ async def watch_new(
         if start is None:
             # A database with no pass yet (migration 0038 starts one, and marks what waits
             # then): the pass starts here.
-            stmt: Any = (
-                postgresql.insert(sweeps)
-                if conn.dialect.name == "postgresql"
-                else sqlite.insert(sweeps)
-            )
-            await conn.execute(stmt.values(id=_ROW, swept_until=until).on_conflict_do_nothing())
+            row = {"id": _ROW, "swept_until": until}
+            await conn.execute(insert_ignoring_conflicts(conn, sweeps), [row])
             return False
         if start >= until:
             return False

@@ -182,23 +182,17 @@ async def test_what_is_taken_ahead_is_asked_again_alone_when_refused() -> None:
     quota = Quota(0.01, 1000)
     for _ in range(40):  # enough to take several ahead
         assert (await allowances_take(mine, quota)).allowed
+        await asyncio.sleep(0)  # its top-ups
 
-    async def left() -> int:
-        [probe] = await bucket.limiter.take_many([Take("intake:t1", 0.01, 1000, 0)])
-        return probe.remaining
-
-    held = 1000 - 40 - await left()
-    assert held > 0
-    # Another process spends all but one of what is left.
-    assert (await theirs.take(quota.take("t1", await left() - 1))).allowed
-    # This process spends what it holds, then gets the last one, charged alone.
-    for _ in range(held):
-        assert (await allowances_take(mine, quota)).allowed
+    [probe] = await bucket.limiter.take_many([Take("intake:t1", 0.01, 1000, 0)])
+    # Another process spends all but one of what is left, and what this one holds is
+    # forgotten: its next charge asks with some ahead, is refused, and asks again alone.
+    assert (await theirs.take(quota.take("t1", probe.remaining - 1))).allowed
+    clock.now += ALLOWANCE_HOLD + 0.01
     asked = len(bucket.asked)
     last = await allowances_take(mine, quota)
     assert last.allowed
     assert last.remaining == 0
-    # Asked with some ahead, refused, then asked alone.
     first, alone = bucket.asked[asked:]
     assert first > 1
     assert alone == 1
@@ -241,3 +235,96 @@ async def test_concurrent_charges_take_ahead_one_at_a_time() -> None:
         assert sum(bucket.asked) - spent <= ALLOWANCE_MOST
         clock.now += 0.005
     assert len(bucket.asked) < 50 * 32 / 2
+
+
+class _Tasks:
+    """A charger that notes which task asked: a request's own, or a top-up's."""
+
+    def __init__(self, bucket: _Bucket) -> None:
+        self.bucket = bucket
+        self.by: list[asyncio.Task[Any] | None] = []
+        self.failing = False
+
+    async def charge(self, take: Take) -> Decision:
+        self.by.append(asyncio.current_task())
+        await asyncio.sleep(0)  # a round trip: the request's task gives way meanwhile
+        if self.failing:
+            raise ConnectionError("the bucket is out of reach")
+        return await self.bucket.charge(take)
+
+
+async def _steadily(allowances: Allowances, quota: Quota, clock: _Clock, n: int) -> list[Any]:
+    """``n`` requests one after the other, each in a task of its own; the tasks."""
+    requests = []
+    for _ in range(n):
+        request = asyncio.create_task(allowances.take(quota.take("t1", 1)))
+        requests.append(request)
+        assert (await request).allowed
+        await asyncio.sleep(0)  # what a request starts in the background gets its turn
+        clock.now += 0.001
+    return requests
+
+
+async def test_a_steady_tenant_is_topped_up_before_its_allowance_runs_out() -> None:
+    clock = _Clock()
+    charger = _Tasks(_Bucket(clock))
+    allowances = Allowances(charger.charge, clock)
+    quota = Quota(10_000, 20_000)
+    await _steadily(allowances, quota, clock, 100)  # its pace found
+    asked = len(charger.by)
+    requests = await _steadily(allowances, quota, clock, 1000)
+    # No request waited for the bucket: every charge was a top-up in the background, for
+    # half of what is taken ahead at most.
+    charges = charger.by[asked:]
+    assert charges
+    assert not set(charges) & set(requests)
+    assert len(charges) <= 1000 / (ALLOWANCE_MOST / 2) + 1
+    # Never more was given than was spent and one allowance.
+    assert sum(charger.bucket.asked) <= 1100 + ALLOWANCE_MOST
+
+
+async def test_a_top_up_refused_leaves_the_tenant_charged_one_by_one() -> None:
+    clock = _Clock()
+    bucket = _Bucket(clock)
+    charger = _Tasks(bucket)
+    mine, theirs = Allowances(charger.charge, clock), Allowances(bucket.charge, clock)
+    quota = Quota(0.01, 2000)
+    await _steadily(mine, quota, clock, 100)
+    [probe] = await bucket.limiter.take_many([Take("intake:t1", 0.01, 2000, 0)])
+    # Another process spends all the bucket has left: this one's next top-up is refused.
+    assert (await theirs.take(quota.take("t1", probe.remaining))).allowed
+    asked = len(bucket.asked)
+    for _ in range(ALLOWANCE_MOST * 2):
+        decision = await mine.take(quota.take("t1", 1))
+        await asyncio.sleep(0)
+        if not decision.allowed:
+            break
+    # What it held was spent, one top-up was refused, and then each request was refused by
+    # the bucket itself.
+    assert not decision.allowed
+    assert decision.retry_after > 0
+    refused_top_ups = [cost for cost in bucket.asked[asked:] if cost > 1]
+    assert len(refused_top_ups) == 1
+    assert bucket.asked[-1] == 1
+
+
+async def test_a_top_up_that_fails_leaves_the_requests_to_the_bucket() -> None:
+    clock = _Clock()
+    charger = _Tasks(_Bucket(clock))
+    allowances = Allowances(charger.charge, clock)
+    quota = Quota(10_000, 20_000)
+    await _steadily(allowances, quota, clock, 100)
+    charger.failing = True
+    outcome: Decision | BaseException | None = None
+    for _ in range(ALLOWANCE_MOST * 2):
+        try:
+            outcome = await allowances.take(quota.take("t1", 1))
+        except ConnectionError as exc:
+            outcome = exc
+            break
+        await asyncio.sleep(0)
+    # What was held was spent; the top-up's failure was not the request's, but the first
+    # request that found nothing held was charged at the bucket and saw the outage.
+    assert isinstance(outcome, ConnectionError)
+    charger.failing = False
+    assert (await allowances.take(quota.take("t1", 1))).allowed

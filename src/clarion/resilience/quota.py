@@ -9,6 +9,8 @@ charges the same bucket). A notification costs 1, whatever its audience.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +21,8 @@ from clarion.config import Settings
 from clarion.resilience.ratelimit import Decision, Take
 from clarion.store import tenants as tenant_store
 from clarion.store.db import AsyncEngine
+
+log = logging.getLogger(__name__)
 
 _CACHE_TTL = 10.0
 _CACHE_MAX = 10_000
@@ -73,7 +77,8 @@ class TenantQuotas:
         return quota
 
 
-# An allowance taken ahead is spent within this many seconds, or its rest is forgotten.
+# An allowance taken ahead is spent within this many seconds of its last charge, or its
+# rest is forgotten.
 ALLOWANCE_HOLD = 0.25
 # At most this many notifications are taken ahead at once, and at most this share of what
 # the bucket had left at the last look: near its limit a tenant is charged one by one.
@@ -103,11 +108,14 @@ class Allowances:
     with a charge that goes to the bucket, and spends them on its next requests for up to
     :data:`ALLOWANCE_HOLD` seconds. How many it takes ahead adapts to its pace: doubled
     when an allowance ran out before its time (up to :data:`ALLOWANCE_MOST`), halved when
-    some of it was left over and forgotten. Never more than 1/:data:`ALLOWANCE_SHARE` of
-    what the bucket had left, so near its quota a tenant is charged one request at a time,
-    exactly as without allowances; and one charge at a time per tenant takes ahead (others
-    that miss meanwhile are charged alone), so a process never holds more than
-    :data:`ALLOWANCE_MOST` of a tenant's.
+    some of it was left over and forgotten. Once half of it is spent within its time, a
+    charge for the rest is sent in the background (a *top-up*) while the requests go on
+    spending what is held, so that a steady tenant's requests do not wait for the bucket
+    at all, nor are charged one by one while a charge is on its way. Never more than
+    1/:data:`ALLOWANCE_SHARE` of what the bucket had left, so near its quota a tenant is
+    charged one request at a time, exactly as without allowances; and one charge at a
+    time per tenant takes ahead (others that miss meanwhile are charged alone), so a
+    process never holds more than :data:`ALLOWANCE_MOST` of a tenant's.
 
     Whatever is spent here was allowed by the bucket first, so a tenant never gets more
     than its quota; an allowance left over (a tenant that stopped) is capacity the tenant
@@ -122,12 +130,15 @@ class Allowances:
         self._held: dict[str, _Allowance] = {}
         self._ahead: dict[str, int] = {}  # how many to take ahead next time, per bucket
         self._asking: set[str] = set()  # buckets with a charge taking ahead under way
+        self._topping: set[asyncio.Task[None]] = set()
 
     async def take(self, take: Take) -> Decision:
         key, now = take.key, self._clock()
         held = self._valid(key, take)
         if held is not None and held.until > now and held.tokens >= take.cost:
             held.tokens -= take.cost
+            if held.tokens * 2 <= self._ahead.get(key, 0) and key not in self._asking:
+                self._top_up(key, take, held)
             return self._decision(held, now)
         ahead = 0
         if held is not None and key not in self._asking:
@@ -166,6 +177,46 @@ class Allowances:
             self._forget(now)
         remaining = min(take.burst, decision.remaining + kept + ahead)
         return Decision(True, decision.retry_after, remaining, decision.reset)
+
+    def _top_up(self, key: str, take: Take, held: _Allowance) -> None:
+        """Half of what was taken ahead is spent, within its time: take more ahead (up to
+        twice as many as last time) in the background."""
+        pace = min(ALLOWANCE_MOST, max(1, self._ahead.get(key, 0) * 2))
+        self._ahead[key] = pace
+        amount = min(pace - held.tokens, held.remaining // ALLOWANCE_SHARE)
+        if amount <= 0:
+            return
+        self._asking.add(key)
+        task = asyncio.get_running_loop().create_task(self._topping_up(key, take, amount))
+        self._topping.add(task)
+        task.add_done_callback(self._topping.discard)
+
+    async def _topping_up(self, key: str, take: Take, amount: int) -> None:
+        try:
+            decision = await self._charge(replace(take, cost=amount))
+        except Exception as exc:  # the bucket out of reach: the next charge that misses says so
+            log.debug("an intake allowance could not be topped up: %r", exc)
+            return
+        finally:
+            self._asking.discard(key)
+        now = self._clock()
+        current = self._valid(key, take)
+        if not decision.allowed:
+            # What the bucket has left is too little to take ahead: no more top-ups until
+            # a charge finds more.
+            if current is not None:
+                current.remaining = decision.remaining
+            return
+        kept = current.tokens if current is not None and current.until > now else 0
+        self._held[key] = _Allowance(
+            take.rate,
+            take.burst,
+            kept + amount,
+            now + ALLOWANCE_HOLD,
+            decision.remaining,
+            decision.reset,
+            now,
+        )
 
     def _valid(self, key: str, take: Take) -> _Allowance | None:
         """The allowance held for ``key``, unless the tenant's quota changed since."""

@@ -114,8 +114,9 @@ class Allowances:
     at all, nor are charged one by one while a charge is on its way. Never more than
     1/:data:`ALLOWANCE_SHARE` of what the bucket had left, so near its quota a tenant is
     charged one request at a time, exactly as without allowances; and one charge at a
-    time per tenant takes ahead (others that miss meanwhile are charged alone), so a
-    process never holds more than :data:`ALLOWANCE_MOST` of a tenant's.
+    time per tenant takes ahead (others that miss meanwhile wait for it, and are charged
+    alone only if it did not bring enough), so a process never holds more than
+    :data:`ALLOWANCE_MOST` of a tenant's.
 
     Whatever is spent here was allowed by the bucket first, so a tenant never gets more
     than its quota; an allowance left over (a tenant that stopped) is capacity the tenant
@@ -129,17 +130,24 @@ class Allowances:
         self._clock = clock
         self._held: dict[str, _Allowance] = {}
         self._ahead: dict[str, int] = {}  # how many to take ahead next time, per bucket
-        self._asking: set[str] = set()  # buckets with a charge taking ahead under way
+        # Buckets with a charge taking ahead under way: set once it has come back.
+        self._asking: dict[str, asyncio.Event] = {}
         self._topping: set[asyncio.Task[None]] = set()
 
     async def take(self, take: Take) -> Decision:
-        key, now = take.key, self._clock()
+        key = take.key
+        spent = self._spend(key, take)
+        if spent is not None:
+            return spent
+        asking = self._asking.get(key)
+        if asking is not None:
+            # A charge taking ahead is on its way: what it brings may cover this one too.
+            await asking.wait()
+            spent = self._spend(key, take)
+            if spent is not None:
+                return spent
+        now = self._clock()
         held = self._valid(key, take)
-        if held is not None and held.until > now and held.tokens >= take.cost:
-            held.tokens -= take.cost
-            if held.tokens * 2 <= self._ahead.get(key, 0) and key not in self._asking:
-                self._top_up(key, take, held)
-            return self._decision(held, now)
         ahead = 0
         if held is not None and key not in self._asking:
             pace = self._ahead.get(key, 0)
@@ -149,15 +157,20 @@ class Allowances:
                 pace //= 2
             self._ahead[key] = pace
             ahead = min(pace, held.remaining // ALLOWANCE_SHARE)
+        mine: asyncio.Event | None = None
         if ahead:
-            self._asking.add(key)
+            mine = self._asking[key] = asyncio.Event()
         try:
             decision = await self._charge(replace(take, cost=take.cost + ahead))
             if not decision.allowed and ahead:
                 ahead = 0
                 decision = await self._charge(take)
         finally:
-            self._asking.discard(key)
+            if mine is not None:
+                # Those waiting for it are woken after the allowance is kept below (no
+                # await in between).
+                del self._asking[key]
+                mine.set()
         if not decision.allowed:
             return decision
         now = self._clock()
@@ -178,6 +191,18 @@ class Allowances:
         remaining = min(take.burst, decision.remaining + kept + ahead)
         return Decision(True, decision.retry_after, remaining, decision.reset)
 
+    def _spend(self, key: str, take: Take) -> Decision | None:
+        """The charge taken from what this process holds for the tenant, or None if that
+        is not enough."""
+        now = self._clock()
+        held = self._valid(key, take)
+        if held is None or held.until <= now or held.tokens < take.cost:
+            return None
+        held.tokens -= take.cost
+        if held.tokens * 2 <= self._ahead.get(key, 0) and key not in self._asking:
+            self._top_up(key, take, held)
+        return self._decision(held, now)
+
     def _top_up(self, key: str, take: Take, held: _Allowance) -> None:
         """Half of what was taken ahead is spent, within its time: take more ahead (up to
         twice as many as last time) in the background."""
@@ -186,19 +211,20 @@ class Allowances:
         amount = min(pace - held.tokens, held.remaining // ALLOWANCE_SHARE)
         if amount <= 0:
             return
-        self._asking.add(key)
-        task = asyncio.get_running_loop().create_task(self._topping_up(key, take, amount))
+        asking = self._asking[key] = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(self._topping_up(key, take, amount, asking))
         self._topping.add(task)
         task.add_done_callback(self._topping.discard)
 
-    async def _topping_up(self, key: str, take: Take, amount: int) -> None:
+    async def _topping_up(self, key: str, take: Take, amount: int, asking: asyncio.Event) -> None:
         try:
             decision = await self._charge(replace(take, cost=amount))
         except Exception as exc:  # the bucket out of reach: the next charge that misses says so
             log.debug("an intake allowance could not be topped up: %r", exc)
             return
         finally:
-            self._asking.discard(key)
+            del self._asking[key]
+            asking.set()
         now = self._clock()
         current = self._valid(key, take)
         if not decision.allowed:

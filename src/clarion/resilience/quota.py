@@ -173,14 +173,20 @@ class Allowances:
                 mine.set()
         if not decision.allowed:
             return decision
+        holding = self._keep(key, take, ahead, decision)
+        remaining = min(take.burst, decision.remaining + holding)
+        return Decision(True, decision.retry_after, remaining, decision.reset)
+
+    def _keep(self, key: str, take: Take, ahead: int, decision: Decision) -> int:
+        """Hold what a charge allowed ahead, beside what another charge of the tenant that
+        came back meanwhile brought; what is held now."""
         now = self._clock()
-        # Another charge of the tenant may have come back meanwhile: what it holds is kept.
         current = self._valid(key, take)
-        kept = current.tokens if current is not None and current.until > now else 0
+        held = ahead + (current.tokens if current is not None and current.until > now else 0)
         self._held[key] = _Allowance(
             take.rate,
             take.burst,
-            kept + ahead,
+            held,
             now + ALLOWANCE_HOLD,
             decision.remaining,
             decision.reset,
@@ -188,8 +194,7 @@ class Allowances:
         )
         if len(self._held) > _CACHE_MAX:
             self._forget(now)
-        remaining = min(take.burst, decision.remaining + kept + ahead)
-        return Decision(True, decision.retry_after, remaining, decision.reset)
+        return held
 
     def _spend(self, key: str, take: Take) -> Decision | None:
         """The charge taken from what this process holds for the tenant, or None if that
@@ -225,24 +230,14 @@ class Allowances:
         finally:
             del self._asking[key]
             asking.set()
-        now = self._clock()
-        current = self._valid(key, take)
-        if not decision.allowed:
-            # What the bucket has left is too little to take ahead: no more top-ups until
-            # a charge finds more.
-            if current is not None:
-                current.remaining = decision.remaining
+        if decision.allowed:
+            self._keep(key, take, amount, decision)
             return
-        kept = current.tokens if current is not None and current.until > now else 0
-        self._held[key] = _Allowance(
-            take.rate,
-            take.burst,
-            kept + amount,
-            now + ALLOWANCE_HOLD,
-            decision.remaining,
-            decision.reset,
-            now,
-        )
+        # What the bucket has left is too little to take ahead: no more top-ups until a
+        # charge finds more.
+        current = self._valid(key, take)
+        if current is not None:
+            current.remaining = decision.remaining
 
     def _valid(self, key: str, take: Take) -> _Allowance | None:
         """The allowance held for ``key``, unless the tenant's quota changed since."""

@@ -227,12 +227,17 @@ async def test_a_lingering_batcher_waits_for_more_only_while_items_come_together
         assert await asyncio.wait_for(batcher.submit("b"), 1.5) == "b"
         # Two together: one batch, and from now on the batcher lingers.
         assert await asyncio.wait_for(asyncio.gather(batcher.submit("c"), batcher.submit("d")), 1.5)
+        assert batcher.pending == 0
         e = batcher.put_nowait("e")
         for _ in range(3):
             await asyncio.sleep(0)  # the batcher takes "e" and lingers
+        # Taken from the queue, not yet written: still pending (a drain waits for it).
+        assert batcher.pending == 1
         f = batcher.put_nowait("f")
+        assert batcher.pending == 2
         assert await asyncio.wait_for(asyncio.gather(e, f), 10) == ["e", "f"]
         assert batches == [["a"], ["b"], ["c", "d"], ["e", "f"]]
+        assert batcher.pending == 0
     finally:
         await batcher.close()
 

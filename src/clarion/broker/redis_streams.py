@@ -276,13 +276,16 @@ class RedisBroker(Broker):
         self._busy_until = time.monotonic() + QUIET
         encoded = [encode(p) for p in payloads]
         # No MAXLEN: trimming would drop work that nobody has done yet. One script call per
-        # shard, side by side (each reloads the script itself if its server lost it).
-        await asyncio.gather(
-            *(
-                publish(keys=[self._stream_key(stream, shard)], args=encoded[start:end])
-                for shard, start, end in self._spread(stream, len(encoded))
-            )
-        )
+        # shard, side by side (each reloads the script itself if its server lost it); one
+        # shard's awaited as it is, not as a task of its own.
+        calls = [
+            publish(keys=[self._stream_key(stream, shard)], args=encoded[start:end])
+            for shard, start, end in self._spread(stream, len(encoded))
+        ]
+        if len(calls) == 1:
+            await calls[0]
+        else:
+            await asyncio.gather(*calls)
 
     async def publish_delayed(self, items: Sequence[Delayed]) -> None:
         if not items:

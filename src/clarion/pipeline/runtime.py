@@ -62,6 +62,10 @@ RELAY_IDLE = 0.2
 RELAY_RESTING = 1.0
 # How often the event loop's lag is sampled (clarion_event_loop_lag_seconds).
 LAG_EVERY = 0.5
+# While acks come several at a time, each batch waits this long for more before it goes
+# (store/batching.py): nothing waits on an ack, and at a moderate rate each trip to the
+# broker then carries a few times as many (docs/performance.md).
+ACK_LINGER = 0.02
 
 
 def consumer_name(role: str) -> str:
@@ -119,7 +123,7 @@ class Runtime:
         if self.roles.channels:
             self._status = StatusWriter(ctx)
             self._status.start()
-            self._acks = Batcher(self._ack, max_items=2000, name="acks")
+            self._acks = Batcher(self._ack, max_items=2000, name="acks", linger=ACK_LINGER)
             self._acks.start()
             for channel in self.roles.channels:
                 worker = ChannelWorker(

@@ -98,6 +98,7 @@ class Batcher(Generic[T, R]):
         self._max = max_items
         self._linger = linger
         self._last = 0  # how many items the last batch had
+        self._taken = 0  # items taken from the queue and not yet written (or failed)
         self._concurrency = concurrency
         self._name = name
         # Each item with the future its caller waits on (None: no one waits, see ``post``).
@@ -138,18 +139,20 @@ class Batcher(Generic[T, R]):
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Items queued or in a batch not yet written (lingering, or on its way)."""
+        return self._queue.qsize() + self._taken
 
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            self._take_queued(batch)
-            if self._linger and self._last > 1 and len(batch) < self._max:
-                # Items are arriving together: wait a moment for more to share the trip.
-                await asyncio.sleep(self._linger)
-                self._take_queued(batch)
-            self._last = len(batch)
+            self._taken += 1
             try:
+                self._take_queued(batch)
+                if self._linger and self._last > 1 and len(batch) < self._max:
+                    # Items are arriving together: wait a moment for more to share the trip.
+                    await asyncio.sleep(self._linger)
+                    self._take_queued(batch)
+                self._last = len(batch)
                 await self._write(batch)
             except Exception as exc:
                 # Not the flush's failure (``_write`` hands that to the callers) but a fault
@@ -160,12 +163,14 @@ class Batcher(Generic[T, R]):
                     if future is not None and not future.done():
                         future.set_exception(exc)
             finally:
+                self._taken -= len(batch)
                 for _ in batch:
                     self._queue.task_done()
 
     def _take_queued(self, batch: list[tuple[T, asyncio.Future[R] | None]]) -> None:
         while len(batch) < self._max and not self._queue.empty():
             batch.append(self._queue.get_nowait())
+            self._taken += 1
 
     async def _write(self, batch: list[tuple[T, asyncio.Future[R] | None]]) -> None:
         items = [item for item, _ in batch]

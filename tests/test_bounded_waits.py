@@ -242,6 +242,27 @@ async def test_a_lingering_batcher_waits_for_more_only_while_items_come_together
         await batcher.close()
 
 
+async def test_a_batcher_stopped_while_it_lingers_tells_the_callers_of_its_batch() -> None:
+    async def flush(items: list[str]) -> list[str]:
+        return items
+
+    batcher: Batcher[str, str] = Batcher(flush, name="test", linger=60.0)
+    batcher.start()
+    try:
+        assert await asyncio.wait_for(asyncio.gather(batcher.submit("a"), batcher.submit("b")), 5)
+        c = batcher.put_nowait("c")
+        for _ in range(3):
+            await asyncio.sleep(0)  # the batcher takes "c" and lingers
+        assert batcher.pending == 1
+    finally:
+        # Not close(), which would wait for the queue: the tasks are cancelled mid-linger.
+        for task in batcher._tasks:
+            task.cancel()
+        await asyncio.gather(*batcher._tasks, return_exceptions=True)
+    assert c.cancelled()
+    assert batcher.pending == 0
+
+
 async def test_a_harness_that_does_not_stop_says_what_it_waits_for(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

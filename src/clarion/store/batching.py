@@ -154,6 +154,13 @@ class Batcher(Generic[T, R]):
                     self._take_queued(batch)
                 self._last = len(batch)
                 await self._write(batch)
+            except asyncio.CancelledError:
+                # Stopped with a batch in hand (lingering, say): its callers are told so
+                # rather than left waiting on futures no one will resolve.
+                for _, future in batch:
+                    if future is not None and not future.done():
+                        future.cancel()
+                raise
             except Exception as exc:
                 # Not the flush's failure (``_write`` hands that to the callers) but a fault
                 # in handing out the results: the callers get it rather than wait forever,

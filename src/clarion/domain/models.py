@@ -64,6 +64,10 @@ class DeliveryStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+# A delivery that waits to be sent: now (`queued`) or at its due time (`scheduled`: a
+# retry, or the end of a quiet window).
+WAITING_STATUSES: tuple[DeliveryStatus, ...] = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
+
 TERMINAL_STATUSES = frozenset(
     {
         DeliveryStatus.CANCELLED,

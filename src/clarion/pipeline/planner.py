@@ -29,6 +29,7 @@ from clarion.domain.models import (
     PLAN_CRITICAL_STREAM,
     PLAN_HIGH_STREAM,
     PLAN_STREAM,
+    WAITING_STATUSES,
     DeliveryStatus,
     NotificationStatus,
     Priority,
@@ -315,9 +316,8 @@ class Planner:
             return await reads.notifications(list(dict.fromkeys(ids)))
 
     async def _publish(self, items: list[Stored]) -> None:
-        waiting = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
         ready, later = by_due_time(
-            (item for item in items if item.status in waiting), utcnow().timestamp()
+            (item for item in items if item.status in WAITING_STATUSES), utcnow().timestamp()
         )
         await publish_deliveries(self._ctx.broker, ready, later)
 

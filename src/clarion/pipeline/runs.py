@@ -35,7 +35,7 @@ from clarion.domain import runs as rules
 from clarion.domain.delivery import Stored
 from clarion.domain.durations import duration_seconds
 from clarion.domain.ids import delivery_id
-from clarion.domain.models import DeliveryStatus
+from clarion.domain.models import WAITING_STATUSES, DeliveryStatus
 from clarion.domain.rendering import CompiledVersion
 from clarion.domain.runs import DeliveryFacts, RunStatus, StepRecord, run_id
 from clarion.domain.workflows import (
@@ -107,7 +107,7 @@ Facts = dict[str, DeliveryFacts]
 
 
 # An in-app delivery in one of these is still to be sent: its offline fallback can come.
-_TO_SEND = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
+_TO_SEND = WAITING_STATUSES
 
 
 def offline_runs(

@@ -26,7 +26,7 @@ from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 
 from clarion.domain.delivery import Delivery, Stored
-from clarion.domain.models import DeliveryStatus, Priority
+from clarion.domain.models import WAITING_STATUSES, DeliveryStatus, Priority
 from clarion.domain.preferences import CategoryPolicy
 from clarion.pipeline.categories import Policies
 from clarion.pipeline.digests import Holding
@@ -60,7 +60,7 @@ def _capped(
     item: Stored, categories: Mapping[str, Policies], exempt: Collection[str]
 ) -> CategoryPolicy | None:
     """The policy whose caps apply to the delivery, if any do."""
-    if item.status not in (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED):
+    if item.status not in WAITING_STATUSES:
         return None
     delivery = item.delivery
     if delivery.priority == Priority.CRITICAL or delivery.notification in exempt:

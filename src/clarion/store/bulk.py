@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from clarion.domain.delivery import Stored
-from clarion.domain.models import DeliveryStatus
+from clarion.domain.models import WAITING_STATUSES, DeliveryStatus, NotificationStatus
 from clarion.store import day_partitions, delivery_rows
 from clarion.store.packed import columns as packed_columns
 from clarion.store.packed import param
@@ -246,7 +246,16 @@ _INSERT_CHUNK = {
     for packed in (True, False)
 }
 
-_LIVE = "('accepted', 'scheduled', 'processing')"
+
+def _sql_list(values: Iterable[str]) -> str:
+    """Statuses as an SQL list, ``('a', 'b')``: enum values, never input."""
+    return "(" + ", ".join(f"'{value}'" for value in values) + ")"
+
+
+_LIVE = _sql_list(
+    (NotificationStatus.ACCEPTED, NotificationStatus.SCHEDULED, NotificationStatus.PROCESSING)
+)
+_WAITING = _sql_list(WAITING_STATUSES)
 
 # A stripe's cursor moves only from where this planner read it: a chunk is stored once, by
 # one planner. Stripes have a row each, so stripes of one send never wait for each other.
@@ -380,7 +389,7 @@ def _claim_sql(table: str) -> str:
         "SELECT c.id, c.attempt, now() + make_interval(secs => $3) "
         "FROM unnest($1::text[], $2::int[]) AS c(id, attempt) "
         f"JOIN {table} AS d ON d.id = c.id AND d.id = ANY($1::text[]) "
-        "WHERE CASE WHEN d.status IN ('queued', 'scheduled') THEN d.attempts = c.attempt - 1 "
+        f"WHERE CASE WHEN d.status IN {_WAITING} THEN d.attempts = c.attempt - 1 "
         f"OR (d.attempts = c.attempt - 2 AND {_HELD} = c.attempt - 1) ELSE false END "
         f"AND {_NOTE} IS DISTINCT FROM 'cancelled' "
         "ON CONFLICT (id) DO UPDATE SET attempt = EXCLUDED.attempt, "

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from clarion.domain.delivery import Stored
 from clarion.domain.models import (
     TERMINAL_STATUSES,
+    WAITING_STATUSES,
     DeliveryStatus,
     NotificationStatus,
 )
@@ -40,7 +41,7 @@ from clarion.store.sql import (
 from clarion.store.tables import deliveries, delivery_claims, delivery_events, notifications
 
 # Deliveries still to be sent: queued now, or scheduled for later (quiet hours).
-WAITING = (DeliveryStatus.QUEUED, DeliveryStatus.SCHEDULED)
+WAITING = WAITING_STATUSES
 _EVENTS = delivery_events.insert()
 # A provider's report that the recipient read a message: an event of its delivery's, the
 # delivery staying `delivered` (providers/base.py ``READ``).

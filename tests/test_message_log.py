@@ -366,7 +366,6 @@ async def test_common_lists_are_index_ranges_without_a_sort(app: Harness) -> Non
     deliveries = {
         log.DeliveryFilter(): "ix_deliveries_tenant_created",
         log.DeliveryFilter(recipient_id="u-1"): "ix_deliveries_tenant_recipient_created",
-        log.DeliveryFilter(channel="email"): "ix_deliveries_tenant_created",
     }
     notifications = {
         log.NotificationFilter(): "ix_notifications_tenant_created",
@@ -400,14 +399,20 @@ async def test_common_lists_are_index_ranges_without_a_sort(app: Harness) -> Non
 
 
 async def test_a_status_filter_walks_a_bounded_range_of_the_time_index(app: Harness) -> None:
-    """No index holds a delivery's status (migration 0038): filtered by status, the list
-    walks the tenant's time index (or a recipient's) newest first, at most SCAN_LIMIT rows,
-    and reads whole only the deliveries it shows, by id."""
+    """No index holds a delivery's status (migration 0038), nor its channel, provider or
+    reason: filtered by any of them, the list walks the tenant's time index (or a
+    recipient's) newest first, at most SCAN_LIMIT rows, and reads whole only the deliveries
+    it shows, by id."""
     at = Position(utcnow(), "dlv_x")
     deliveries = {
         log.DeliveryFilter(status="failed"): "ix_deliveries_tenant_created",
         log.DeliveryFilter(status="sending"): "ix_deliveries_tenant_created",
         log.DeliveryFilter(status="queued", channel="email"): "ix_deliveries_tenant_created",
+        log.DeliveryFilter(channel="email"): "ix_deliveries_tenant_created",
+        log.DeliveryFilter(provider="twilio", reason="invalid"): "ix_deliveries_tenant_created",
+        log.DeliveryFilter(channel="sms", recipient_id="u-1"): (
+            "ix_deliveries_tenant_recipient_created"
+        ),
         log.DeliveryFilter(
             status="sent", recipient_id="u-1"
         ): "ix_deliveries_tenant_recipient_created",
@@ -559,6 +564,43 @@ async def test_a_status_filter_pages_through_a_bounded_walk(api: Harness) -> Non
         listed = response.json()["data"]
         assert listed
         assert all(d["id"].endswith("_other") for d in listed), listed
+
+
+async def test_a_rare_channel_or_provider_pages_through_a_bounded_walk(api: Harness) -> None:
+    """A channel or provider that few deliveries have is a walk of at most SCAN deliveries
+    a page too, not a read of the tenant's whole history: pages may be short or empty while
+    `next_cursor` is set, and following the cursors lists every match once, newest first."""
+    rows = []
+    stored: list[tuple[str, str, str]] = []  # (id, channel, provider), newest first
+    for i in range(20):
+        at = BASE + timedelta(seconds=i)
+        channel, provider = ("sms", "twilio") if i in (3, 17) else ("webhook", "webhook")
+        did = f"dlv_{i:04d}"
+        stored.insert(0, (did, channel, provider))
+        rows.append(_row(api.tenant_id, did, at, "sent", channel=channel, provider=provider))
+    await _store(api, rows)
+    expected = [d for d, c, _ in stored if c == "sms"]
+    for params in (
+        {"channel": "sms"},
+        {"provider": "twilio"},
+        {"channel": "sms", "status": "sent"},
+    ):
+        ids, pages = await _walk(api, limit=2, **params)
+        assert ids == expected, params
+        # 19..15 examined (17 found), 14..10, 9..5, 4..0 (3 found): four walks.
+        assert [[d["id"] for d in p["data"]] for p in pages] == [
+            ["dlv_0017"],
+            [],
+            [],
+            ["dlv_0003"],
+        ], params
+    # A channel nothing has: an empty page per walk, then the end.
+    ids, pages = await _walk(api, channel="email", limit=10)
+    assert (ids, len(pages)) == ([], 20 // SCAN)
+    # A common one: full pages, as without a filter.
+    ids, pages = await _walk(api, channel="webhook", limit=2)
+    assert ids == [d for d, c, _ in stored if c == "webhook"]
+    assert all(len(p["data"]) == 2 for p in pages[:-1])
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ created_at, id)``. A notification's aggregate status is computed here, at read t
 its deliveries' statuses (one grouped query per page over
 ``ix_deliveries_notification_id``): the hot path writes nothing per delivery for it.
 
-No index holds a delivery's status (migration 0038), so a delivery list filtered by status
-walks the tenant's deliveries newest first and keeps those in the status. That walk stops
-after :data:`SCAN_LIMIT` deliveries: a page may then hold fewer rows than asked for, even
-none, and the next one starts after the last delivery examined.
+No index holds a delivery's status (migration 0038), nor its channel, provider, reason,
+category or template, so a delivery list filtered by any of them walks the tenant's
+deliveries newest first and keeps those that match. That walk stops after
+:data:`SCAN_LIMIT` deliveries: a page may then hold fewer rows than asked for, even none,
+and the next one starts after the last delivery examined.
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ _UNPLANNED = (NotificationStatus.ACCEPTED, NotificationStatus.SCHEDULED)
 _FAILURES = list(FAILURES)
 _SUCCESSES = list(SUCCESSES)
 MAX_EVENTS = 1000
-# How many of a tenant's deliveries (of those the other filters keep) one page of a
-# delivery list filtered by status examines at most. No index holds the status, so a rare
-# status would otherwise walk the tenant's whole history on every request: seconds over
-# millions of rows. A walk of 10,000 took 10-15 ms on PostgreSQL and 25-50 ms on SQLite
-# (200,000 deliveries, all in memory).
+# How many of a tenant's deliveries (of its time range, or a recipient's or a
+# notification's) one page of a delivery list filtered by what no index holds (status,
+# channel, provider, reason, category, template, event) examines at most. A rare value
+# would otherwise walk the tenant's whole history on every request: seconds over millions
+# of rows, a database connection held all that time. A walk of 10,000 took 10-15 ms on
+# PostgreSQL and 25-50 ms on SQLite (200,000 deliveries, all in memory).
 SCAN_LIMIT = 10_000
 
 
@@ -205,52 +207,79 @@ async def _rows(engine: AsyncEngine, query: Select[Any]) -> list[dict[str, Any]]
 def deliveries_query(
     tenant_id: str, where: DeliveryFilter, after: Position | None, limit: int
 ) -> Select[Any]:
-    """Up to ``limit`` of the tenant's deliveries after ``after``, newest first; filtered by
-    status, the rows of :func:`_examined` (a bounded walk)."""
+    """Up to ``limit`` of the tenant's deliveries after ``after``, newest first. Filtered by
+    what no index holds (:func:`walks`), the rows of :func:`_examined` (a bounded walk)."""
     d = deliveries
-    conditions = _listed(tenant_id, d, where.created)
+    # What the walk's index holds: the tenant and the time (the recipient's index with a
+    # recipient), or a notification's deliveries.
+    ranged = _listed(tenant_id, d, where.created)
+    for column, value in (
+        (d.c.recipient_id, where.recipient_id),
+        (d.c.notification_id, where.notification_id),
+    ):
+        if value is not None:
+            ranged.append(column == value)
+    # What each row of that range is checked for.
+    checked: list[ColumnElement[bool]] = []
     for column, value in (
         (d.c.channel, where.channel),
         (d.c.provider, where.provider),
         (d.c.reason, where.reason),
-        (d.c.recipient_id, where.recipient_id),
-        (d.c.notification_id, where.notification_id),
         (d.c.category, where.category),
     ):
         if value is not None:
-            conditions.append(column == value)
+            checked.append(column == value)
     if where.template is not None:
         n = notifications
-        conditions.append(
+        checked.append(
             d.c.notification_id.in_(
                 select(n.c.id).where(n.c.tenant_id == tenant_id, n.c.template == where.template)
             )
         )
     if where.event is not None:
         e = delivery_events
-        conditions.append(
+        checked.append(
             exists().where(
                 e.c.delivery_id == d.c.id, e.c.tenant_id == tenant_id, e.c.status == where.event
             )
         )
     if where.status is not None:
-        return _examined(conditions, _delivery_status(where.status), after, limit)
-    return newest_first(
-        select_deliveries().where(*conditions), d.c.created_at, d.c.id, after, limit
+        checked.append(_delivery_status(where.status))
+    if checked:
+        return _examined(ranged, and_(*checked), after, limit)
+    return newest_first(select_deliveries().where(*ranged), d.c.created_at, d.c.id, after, limit)
+
+
+def walks(where: DeliveryFilter) -> bool:
+    """Whether the list filtered so is a bounded walk (:func:`_examined`): filtered by what
+    no index of deliveries holds (a status, channel, provider, reason, category, template
+    or event), which a rare value would otherwise make a walk of the tenant's whole
+    history."""
+    return any(
+        value is not None
+        for value in (
+            where.status,
+            where.channel,
+            where.provider,
+            where.reason,
+            where.category,
+            where.template,
+            where.event,
+        )
     )
 
 
 def _examined(
     conditions: Sequence[ColumnElement[bool]],
-    status: ColumnElement[bool],
+    matches: ColumnElement[bool],
     after: Position | None,
     limit: int,
 ) -> Select[Any]:
-    """Of the next :data:`SCAN_LIMIT` deliveries after ``after`` that ``conditions`` keep,
-    newest first: those in ``status`` (``matched``), the last one examined (``walk_end``)
-    and the one after it (``walk_goes_on``: more is left to examine). At most ``limit + 1``
-    rows: ``limit`` matches fill the caller's page and its row more, and fewer come with
-    those last two rows.
+    """Of the next :data:`SCAN_LIMIT` deliveries after ``after`` that ``conditions`` keep
+    (an index's range), newest first: those that ``matches`` keeps (``matched``), the last
+    one examined (``walk_end``) and the one after it (``walk_goes_on``: more is left to
+    examine). At most ``limit + 1`` rows: ``limit`` matches fill the caller's page and its
+    row more, and fewer come with those last two rows.
 
     ``walked`` is the walk: the range of the tenant's time index (or a recipient's) read
     backwards from ``after``, numbered, one row past the bound. Only the rows ``kept`` are
@@ -260,7 +289,7 @@ def _examined(
     walk = select(
         d.c.id,
         d.c.created_at,
-        status.label("matched"),
+        matches.label("matched"),
         func.row_number().over(order_by=newest).label("n"),
     ).where(*conditions)
     walked = newest_first(walk, d.c.created_at, d.c.id, after, SCAN_LIMIT + 1).subquery("walked")
@@ -303,13 +332,14 @@ async def list_deliveries(
     """A page of deliveries across notifications, newest first, and where the next page
     starts (None: nothing more to examine).
 
-    Filtered by status, the page holds the matching deliveries among the next
+    Filtered by what no index holds (:func:`walks`), the page holds the matching
+    deliveries among the next
     :data:`SCAN_LIMIT`: fewer than ``limit`` (even none) when the walk stopped at its bound
     first, the next page then starting after the last delivery examined. A full page ends
     at its last row, as an unfiltered one does."""
     found = await _rows(engine, deliveries_query(tenant_id, where, after, limit + 1))
     examined: Position | None = None
-    if where.status is not None:
+    if walks(where):
         last = next((row for row in found if row["walk_end"]), None)
         if last is not None and any(row["walk_goes_on"] for row in found):
             examined = _position(last)

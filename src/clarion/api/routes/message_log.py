@@ -80,9 +80,9 @@ async def list_deliveries(
 ) -> JSONResponse:
     """The message log: deliveries across notifications, newest first.
 
-    Filtered by `status`, a page examines a bounded number of deliveries: it may hold fewer
-    than `limit` items, even none, while `next_cursor` is set; follow `next_cursor` until it
-    is null."""
+    Filtered by `status`, `channel`, `provider`, `reason`, `category`, `template` or
+    `event`, a page examines a bounded number of deliveries: it may hold fewer than `limit`
+    items, even none, while `next_cursor` is set; follow `next_cursor` until it is null."""
     where = store.DeliveryFilter(**query.model_dump(mode="json"), created=created)
     rows, following = await store.list_deliveries(
         caller.engine, caller.tenant_id, where, at.position, at.size

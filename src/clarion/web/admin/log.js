@@ -97,8 +97,9 @@ async function load(tab, filters, results, cursor) {
   }
   let body = results.querySelector("tbody");
   const rows = page.data.map(tab === "deliveries" ? deliveryRow : notificationRow);
-  // A list filtered by a delivery's status examines a stretch of deliveries per page: a
-  // page may be empty while there is more to look through (docs/message-log.md).
+  // A delivery list filtered by what no index holds (status, channel, provider...) examines
+  // a stretch of deliveries per page: a page may be empty while there is more to look
+  // through (docs/message-log.md).
   const notYet = results.querySelector(".not-yet");
   if (notYet) notYet.remove();
   if (body) {

@@ -208,7 +208,9 @@ def deliveries_query(
     tenant_id: str, where: DeliveryFilter, after: Position | None, limit: int
 ) -> Select[Any]:
     """Up to ``limit`` of the tenant's deliveries after ``after``, newest first. Filtered by
-    what no index holds (:func:`walks`), the rows of :func:`_examined` (a bounded walk)."""
+    what no index holds (a status, channel, provider, reason, category, template or event),
+    which a rare value would otherwise make a read of the tenant's whole history, the rows
+    of :func:`_examined` (a bounded walk)."""
     d = deliveries
     # What the walk's index holds: the tenant and the time (the recipient's index with a
     # recipient), or a notification's deliveries.
@@ -248,25 +250,6 @@ def deliveries_query(
     if checked:
         return _examined(ranged, and_(*checked), after, limit)
     return newest_first(select_deliveries().where(*ranged), d.c.created_at, d.c.id, after, limit)
-
-
-def walks(where: DeliveryFilter) -> bool:
-    """Whether the list filtered so is a bounded walk (:func:`_examined`): filtered by what
-    no index of deliveries holds (a status, channel, provider, reason, category, template
-    or event), which a rare value would otherwise make a walk of the tenant's whole
-    history."""
-    return any(
-        value is not None
-        for value in (
-            where.status,
-            where.channel,
-            where.provider,
-            where.reason,
-            where.category,
-            where.template,
-            where.event,
-        )
-    )
 
 
 def _examined(
@@ -332,14 +315,14 @@ async def list_deliveries(
     """A page of deliveries across notifications, newest first, and where the next page
     starts (None: nothing more to examine).
 
-    Filtered by what no index holds (:func:`walks`), the page holds the matching
+    Filtered by what no index holds (:func:`deliveries_query`), the page holds the matching
     deliveries among the next
     :data:`SCAN_LIMIT`: fewer than ``limit`` (even none) when the walk stopped at its bound
     first, the next page then starting after the last delivery examined. A full page ends
     at its last row, as an unfiltered one does."""
     found = await _rows(engine, deliveries_query(tenant_id, where, after, limit + 1))
     examined: Position | None = None
-    if walks(where):
+    if found and "walk_end" in found[0]:  # a bounded walk's rows
         last = next((row for row in found if row["walk_end"]), None)
         if last is not None and any(row["walk_goes_on"] for row in found):
             examined = _position(last)

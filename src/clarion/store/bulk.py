@@ -255,7 +255,8 @@ def _sql_list(values: Iterable[str]) -> str:
 _LIVE = _sql_list(
     (NotificationStatus.ACCEPTED, NotificationStatus.SCHEDULED, NotificationStatus.PROCESSING)
 )
-_WAITING = _sql_list(WAITING_STATUSES)
+# The waiting delivery statuses as an SQL list, for the statements of both stores.
+WAITING_SQL = _sql_list(WAITING_STATUSES)
 
 # A stripe's cursor moves only from where this planner read it: a chunk is stored once, by
 # one planner. Stripes have a row each, so stripes of one send never wait for each other.
@@ -389,7 +390,7 @@ def _claim_sql(table: str) -> str:
         "SELECT c.id, c.attempt, now() + make_interval(secs => $3) "
         "FROM unnest($1::text[], $2::int[]) AS c(id, attempt) "
         f"JOIN {table} AS d ON d.id = c.id AND d.id = ANY($1::text[]) "
-        f"WHERE CASE WHEN d.status IN {_WAITING} THEN d.attempts = c.attempt - 1 "
+        f"WHERE CASE WHEN d.status IN {WAITING_SQL} THEN d.attempts = c.attempt - 1 "
         f"OR (d.attempts = c.attempt - 2 AND {_HELD} = c.attempt - 1) ELSE false END "
         f"AND {_NOTE} IS DISTINCT FROM 'cancelled' "
         "ON CONFLICT (id) DO UPDATE SET attempt = EXCLUDED.attempt, "

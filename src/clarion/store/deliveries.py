@@ -210,13 +210,12 @@ def _claiming(rows: int) -> str:
     as a join: the lease's end, then a row of (delivery id, attempt) per attempt, then the
     time now. Each delivery is read by primary key, with the claim it holds (``p``)."""
     values = ", ".join(["(?, ?)"] * rows)
-    waiting = ", ".join(f"'{status.value}'" for status in WAITING)
     return (
         "INSERT INTO delivery_claims (id, attempt, leased_until) "
         f"SELECT d.id, c.column2, ? FROM (VALUES {values}) AS c "
         "JOIN deliveries AS d ON d.id = c.column1 "
         "LEFT JOIN delivery_claims AS p ON p.id = d.id "
-        f"WHERE d.status IN ({waiting}) "
+        f"WHERE d.status IN {bulk.WAITING_SQL} "
         # Its attempt before this one claimed, its outcome not stored yet: the retry was
         # published first.
         "AND (d.attempts = c.column2 - 1 OR (d.attempts = c.column2 - 2 "
@@ -397,11 +396,10 @@ def _changed(rows: int) -> str:
     values = ", ".join([_ROW] * rows)
     column = {name: f"v.column{i + 2}" for i, name in enumerate(CHANGE_COLUMNS)}
     sets = ", ".join(f"{name} = {column[name]}" for name in CHANGE_COLUMNS if name != "provider")
-    waiting = ", ".join(f"'{status.value}'" for status in WAITING)
     return (
         f"UPDATE deliveries SET {sets}, updated_at = ?, "
         f"provider = coalesce({column['provider']}, deliveries.provider), "
-        f"watched_since = CASE WHEN {column['status']} IN ({waiting}) "
+        f"watched_since = CASE WHEN {column['status']} IN {bulk.WAITING_SQL} "
         "THEN deliveries.watched_since END "
         f"FROM (VALUES {values}) AS v WHERE deliveries.id = v.column1 "
         f"AND deliveries.status NOT IN ('{DeliveryStatus.DELIVERED.value}', "

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import insert, select
 
 from clarion.domain.ids import new_id
@@ -447,6 +449,58 @@ async def test_after_and_before_bound_the_time_of_death(app: Harness) -> None:
     assert await _every_page(app) == [d]
 
 
+async def test_a_rare_channel_or_provider_pages_through_a_bounded_walk(
+    app: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A channel or provider few dead letters have is a walk of at most SCAN_LIMIT `dead`
+    events a page, not a read of every dead letter of the tenant: pages may be short or
+    empty while `next_cursor` is set, and following the cursors lists every match once,
+    newest first."""
+    monkeypatch.setattr(store, "SCAN_LIMIT", 5)
+    base = utcnow() - timedelta(days=1)
+    stored: list[tuple[str, str]] = []  # (id, channel), newest first
+    for i in range(20):
+        at = base + timedelta(seconds=i)
+        channel, provider = ("sms", "twilio") if i in (3, 11, 17) else ("webhook", "hooks")
+        if i == 11:  # replayed since: its `dead` event is walked, the letter not listed
+            await _stored(
+                app,
+                [("dead", at), ("replayed", at)],
+                status="queued",
+                channel=channel,
+                provider=provider,
+            )
+            continue
+        did = await _stored(app, [("dead", at)], channel=channel, provider=provider)
+        stored.insert(0, (did, channel))
+    expected = [d for d, c in stored if c == "sms"]
+    for params in ({"channel": "sms"}, {"provider": "twilio"}):
+        pages = await _pages(app, limit=2, **params)
+        # 19..15 examined (17 found), 14..10 (11 replayed), 9..5, 4..0 (3 found).
+        assert pages == [[expected[0]], [], [], [expected[1]]], params
+    # A channel no letter has: an empty page per walk, then the end.
+    assert await _pages(app, channel="email", limit=10) == [[], [], [], []]
+    # A common one: full pages, as without a filter.
+    pages = await _pages(app, channel="webhook", limit=2)
+    assert [d for page in pages for d in page] == [d for d, c in stored if c == "webhook"]
+    assert all(len(page) == 2 for page in pages[:-1])
+
+
+async def _pages(app: Harness, **params: Any) -> list[list[str]]:
+    """The ids of every page of dead letters, following `next_cursor` until it is null."""
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        response = await _list(app, **query)
+        assert response.status_code == 200, response.text
+        pages.append(_ids(response.json()))
+        cursor = response.json()["next_cursor"]
+        if cursor is None:
+            return pages
+        assert len(pages) < 100, "the cursor does not move on"
+
+
 # -- Their plans --------------------------------------------------------------------------
 
 
@@ -458,11 +512,44 @@ async def test_dead_letters_are_read_through_the_events_status_index(app: Harnes
     at = Position(utcnow(), "dlv_x")
     for query in (
         store.page_query(f, None, 51),
-        store.page_query(narrow, at, 51),
+        store.page_query(f, at, 51),
         store.oldest(f, 1000),
+        store.oldest(narrow, 1000),
         store.found(f, 1000),
     ):
         plan = await plan_of(app, query)
         assert_reads_dead_events(plan)
         assert "TEMP B-TREE" not in plan, plan
         assert not SORT_NODE.search(plan), plan
+
+
+# PostgreSQL: the walk's bound over its numbered rows (store/dead_letters.py ``_walked``).
+BOUNDED_WALK = re.compile(r"Limit  \(.*\n\s*->  WindowAgg  \(")
+
+
+async def test_a_filtered_page_is_a_bounded_walk_of_the_events_status_index(
+    app: Harness,
+) -> None:
+    postgres = app.ctx.engine.dialect.name == "postgresql"
+    at = Position(utcnow(), "dlv_x")
+    since = utcnow() - timedelta(days=1)
+    for f in (
+        store.DeadFilter(app.tenant_id, channel="email"),
+        store.DeadFilter(app.tenant_id, channel="email", provider="p", after=since),
+        store.DeadFilter(app.tenant_id, provider="p", before=utcnow()),
+    ):
+        for cursor in (None, at):
+            query = store.page_query(f, cursor, 51)
+            compiled = str(query.compile(compile_kwargs={"literal_binds": True}))
+            assert f"LIMIT {store.SCAN_LIMIT + 1}" in compiled, compiled
+            plan = await plan_of(app, query)
+            assert_reads_dead_events(plan)
+            if postgres:
+                # The walk streams from the index, numbered, and stops at the bound; the
+                # letters shown come out of it in order: nothing is sorted.
+                assert BOUNDED_WALK.search(plan), (f, plan)
+                assert not SORT_NODE.search(plan), (f, plan)
+            else:
+                # SQLite walks the index in order too, and sorts only what it keeps of
+                # the walk (at most SCAN_LIMIT narrow rows, top ``limit``), then the page.
+                assert plan.count("USE TEMP B-TREE FOR ORDER BY") == 2, (f, plan)

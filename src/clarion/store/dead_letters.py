@@ -20,6 +20,12 @@ makes the delivery dead, at the delivery's new ``updated_at``: its time is when 
 went dead, what ``after`` and ``before`` bound, the order and the cursor's time. A page
 costs its size in index entries, each with a look at its delivery, plus the ``dead``
 events it passes of deliveries no longer dead (replayed or erased since).
+
+No index holds a dead letter's channel or provider either: a page filtered by them walks
+the tenant's ``dead`` events as an unfiltered one does, and stops after
+:data:`~clarion.store.message_log.SCAN_LIMIT` of them (the message log's bound), so that a
+rare channel does not read the tenant's every dead letter per request. Such a page may hold
+fewer letters than asked for, even none, its cursor then after the last event examined.
 """
 
 from __future__ import annotations
@@ -28,12 +34,24 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, delete, exists, func, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from clarion.domain.models import DeliveryStatus
 from clarion.store import audit
 from clarion.store.db import as_utc, utcnow, write_tx
+from clarion.store.message_log import SCAN_LIMIT
 from clarion.store.notifications import delivery_to_public
 from clarion.store.pages import Position, newest_first
 from clarion.store.sql import chunks
@@ -135,10 +153,66 @@ def oldest(f: DeadFilter, limit: int) -> Select[Any]:
 
 def page_query(f: DeadFilter, cursor: Position | None, limit: int) -> Select[Any]:
     """Up to ``limit`` dead letters matching ``f`` after ``cursor``, newest first: their
-    delivery's columns, and when each went dead (``dead_at``)."""
+    delivery's columns, and when each went dead (``dead_at``). Filtered by a channel or a
+    provider, the rows of :func:`_walked` (a bounded walk)."""
+    if f.channel or f.provider:
+        return _walked(f, cursor, limit)
     e = _event
     dead = _where(select(_row, e.c.created_at.label("dead_at")), f)
     return newest_first(dead, e.c.created_at, e.c.delivery_id, cursor, limit)
+
+
+def _walked(f: DeadFilter, cursor: Position | None, limit: int) -> Select[Any]:
+    """Of the tenant's next :data:`SCAN_LIMIT` ``dead`` events after ``cursor`` (in the
+    time bounds of ``f``), newest first: the letters still dead that match ``f``'s channel
+    and provider (``matched``), the last event examined (``walk_end``) and the one after it
+    (``walk_goes_on``: more is left to examine). At most ``limit`` rows, and those two more:
+    the message log's bounded walk (store/message_log.py ``_examined``) over the events'
+    status index. Only the rows kept are read whole (by id)."""
+    e, d = _event, _row
+    ranged = [e.c.tenant_id == f.tenant_id, e.c.status == _DEAD]
+    if f.after:
+        ranged.append(e.c.created_at > f.after)
+    if f.before:
+        ranged.append(e.c.created_at < f.before)
+    checked = _still_dead(e, d)[1:]
+    if f.channel:
+        checked.append(d.c.channel == f.channel)
+    if f.provider:
+        checked.append(d.c.provider == f.provider)
+    newest = (e.c.created_at.desc(), e.c.delivery_id.desc())
+    walk = (
+        select(
+            e.c.delivery_id,
+            e.c.created_at,
+            and_(*checked).label("matched"),
+            func.row_number().over(order_by=newest).label("n"),
+        )
+        .select_from(_joined())
+        .where(*ranged)
+    )
+    walked = newest_first(walk, e.c.created_at, e.c.delivery_id, cursor, SCAN_LIMIT + 1)
+    w = walked.subquery("walked")
+    kept = (
+        select(
+            w.c.delivery_id,
+            w.c.created_at,
+            and_(w.c.matched, w.c.n <= SCAN_LIMIT).label("matched"),
+            (w.c.n == SCAN_LIMIT).label("walk_end"),
+            (w.c.n > SCAN_LIMIT).label("walk_goes_on"),
+        )
+        .where(or_(w.c.matched, w.c.n >= SCAN_LIMIT))
+        .order_by(w.c.created_at.desc(), w.c.delivery_id.desc())
+        .limit(limit)
+        .subquery("kept")
+    )
+    dl = deliveries
+    return (
+        select(dl, kept.c.created_at.label("dead_at"))
+        .add_columns(kept.c.matched, kept.c.walk_end, kept.c.walk_goes_on)
+        .select_from(kept.join(dl, dl.c.id == kept.c.delivery_id))
+        .order_by(kept.c.created_at.desc(), kept.c.delivery_id.desc())
+    )
 
 
 def public(row: Any) -> dict[str, Any]:
@@ -148,18 +222,33 @@ def public(row: Any) -> dict[str, Any]:
 async def list_dead(
     engine: AsyncEngine, f: DeadFilter, cursor: Position | None, limit: int
 ) -> tuple[list[dict[str, Any]], Position | None]:
-    """A page of dead letters, newest first, and the cursor of the next page."""
+    """A page of dead letters, newest first, and the cursor of the next page (None: nothing
+    more to examine). Filtered by a channel or a provider, the page holds the matching
+    letters among the next :data:`SCAN_LIMIT` ``dead`` events: fewer than ``limit`` (even
+    none) when the walk stopped at its bound first, the next page then starting after the
+    last event examined."""
     query = page_query(f, cursor, limit + 1)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()
+    examined: Position | None = None
+    if rows and "walk_end" in rows[0]:  # a bounded walk's rows
+        last = next((row for row in rows if row["walk_end"]), None)
+        if last is not None and any(row["walk_goes_on"] for row in rows):
+            examined = _position(last)
+        rows = [row for row in rows if row["matched"]]
     page = rows[:limit]
     following = None
-    if len(rows) > limit:
-        last = page[-1]
-        stamp = as_utc(last["dead_at"])
-        assert stamp is not None
-        following = Position(stamp, last["id"])
+    if len(rows) > limit or (examined is not None and len(page) == limit):
+        following = _position(page[-1])
+    elif examined is not None:
+        following = examined
     return [public(row) for row in page], following
+
+
+def _position(row: Any) -> Position:
+    stamp = as_utc(row["dead_at"])
+    assert stamp is not None
+    return Position(stamp, row["id"])
 
 
 async def status_of(engine: AsyncEngine, tenant_id: str, delivery_id: str) -> str | None:

@@ -50,7 +50,10 @@ async def list_dead_letters(
     limit: Size = 50,
     cursor: Annotated[str | None, Query(max_length=300)] = None,
 ) -> JSONResponse:
-    """Dead deliveries, newest first."""
+    """Dead deliveries, newest first. Filtered by `channel` or `provider`, each page
+    examines at most 10,000 of the tenant's dead letters and shows those that match: it
+    may hold fewer than `limit`, even none, while `next_cursor` is set. Only a null
+    `next_cursor` ends the list."""
     filters = store.DeadFilter(
         caller.tenant_id,
         channel=channel.value if channel else None,

@@ -85,9 +85,15 @@ export async function render(main, { query }) {
       h("td", { class: "error-text" }, item.last_error || item.reason || ""),
       h("td", { title: when(item.updated_at || item.created_at) }, ago(item.updated_at || item.created_at)),
     ));
+    // Filtered by channel or provider, a page examines a stretch of dead letters: it may be
+    // empty while there is more to look through (docs/message-log.md, Lists).
+    const notYet = results.querySelector(".not-yet");
+    if (notYet) notYet.remove();
     const body = results.querySelector("tbody");
     if (body) body.append(...rows);
-    else {
+    else if (!rows.length && page.next_cursor) {
+      results.append(h("p", { class: "empty not-yet", text: "None among the latest examined: load more to look further back." }));
+    } else {
       const all = h("input", { type: "checkbox", "aria-label": "Select all", onchange: (event) => {
         for (const box of results.querySelectorAll("input[name=pick]")) box.checked = event.target.checked;
         pickChanged();

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import contextvars
 import re
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -499,6 +502,44 @@ async def _pages(app: Harness, **params: Any) -> list[list[str]]:
         if cursor is None:
             return pages
         assert len(pages) < 100, "the cursor does not move on"
+
+
+async def test_a_bulk_replay_finds_its_letters_before_it_takes_the_writer(
+    lite: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding the letters of a bulk replay walks the tenant's dead events past those that
+    do not match, as long as that takes. On SQLite it runs outside the write, which holds
+    the one writer that every tenant's commits and sends take turns on."""
+    at = utcnow() - timedelta(hours=1)
+    letters = [await _stored(lite, [("dead", at + timedelta(seconds=n))]) for n in range(3)]
+    writing = contextvars.ContextVar("writing", default=False)
+    searches: list[bool] = []
+    find, write = store.oldest, store.write_tx
+
+    def watched(f: store.DeadFilter, limit: int) -> Any:
+        searches.append(writing.get())
+        return find(f, limit)
+
+    @contextlib.asynccontextmanager
+    async def writer(engine: Any) -> AsyncIterator[Any]:
+        async with write(engine) as conn:
+            token = writing.set(True)
+            try:
+                yield conn
+            finally:
+                writing.reset(token)
+
+    monkeypatch.setattr(store, "write_tx", writer)
+    monkeypatch.setattr(store, "oldest", watched)
+    replay = await lite.client.post(
+        "/v1/dead-letters/replay", json={"channel": "webhook", "limit": 2}, headers=lite.auth
+    )
+    assert replay.json() == {"replayed": 2, "more": True}
+    assert searches == [False], searches
+    replay = await lite.client.post("/v1/dead-letters/replay", headers=lite.auth)
+    assert replay.json() == {"replayed": 1, "more": False}
+    for delivery_id in letters:
+        assert await store.status_of(lite.ctx.engine, lite.tenant_id, delivery_id) != "dead"
 
 
 # -- Their plans --------------------------------------------------------------------------

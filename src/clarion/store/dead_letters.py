@@ -342,10 +342,24 @@ async def replay_many(
     engine: AsyncEngine, f: DeadFilter, limit: int = MAX_REPLAY, *, actor: str
 ) -> tuple[list[dict[str, Any]], bool]:
     """Requeue up to ``limit`` dead deliveries matching ``f``, oldest first; returns the
-    rows this call changed and whether more remain."""
+    rows this call changed and whether more remain.
+
+    The letters are found first, outside the write: finding them walks the tenant's
+    ``dead`` events, past every letter that does not match (a rare channel among many dead
+    letters), and on SQLite a write transaction would hold the one writer, every tenant's
+    commits and sends waiting, for that long. The write then claims them by id, each only
+    if it is dead still: a replay running at the same time claims none of them again."""
+    async with engine.connect() as conn:
+        found = list((await conn.execute(oldest(f, limit + 1))).scalars())
+    more, found = len(found) > limit, found[:limit]
+    if not found:
+        return [], more
+    rows: list[dict[str, Any]] = []
     async with write_tx(engine) as conn:
-        rows = await _claim(conn, oldest(f, limit))
-        more = (await conn.execute(oldest(f, 1))).first() is not None
+        for part in chunks(found, 1000):
+            rows += await _claim(conn, part)
+        place = {delivery_id: n for n, delivery_id in enumerate(found)}
+        rows.sort(key=lambda row: place[row["id"]])  # oldest first, as found
         if rows:
             shown: dict[str, Any] = {"replayed": {"to": len(rows)}}
             for name in ("channel", "provider", "after", "before"):

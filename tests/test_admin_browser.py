@@ -20,7 +20,9 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 
 from clarion.pipeline.recurring import Recurring
-from clarion.store import message_log
+from clarion.store import dead_letters, message_log
+from clarion.store.db import utcnow
+from clarion.store.tables import deliveries, delivery_events
 from harness import Harness, stored_deliveries
 from inbox_kit import serving
 from test_inbox_browser import browser, shot
@@ -326,6 +328,52 @@ async def test_a_log_filtered_by_status_loads_past_empty_pages(
             await page.get_by_role("button", name="Load more").click()
         await expect(page.locator("tbody tr")).to_have_count(1)
         await expect(page.locator("tbody")).to_contain_text("dlv_0000")
+        await expect(note).to_have_count(0)
+        await expect(page.get_by_role("button", name="Load more")).to_have_count(0)
+        assert errors == []
+        await page.close()
+
+
+async def test_dead_letters_filtered_by_channel_load_past_empty_pages(
+    lite: Harness, context: tuple[BrowserContext, Outside], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filtered by channel, a page of dead letters examines a bounded stretch of them and
+    may be empty while the list goes on: the page says so, not "No dead letters", and
+    "Load more" goes on until the match shows."""
+    browser_context, _ = context
+    monkeypatch.setattr(dead_letters, "SCAN_LIMIT", 3)
+    ids = await stored_deliveries(lite, ["dead"] * 12)
+    base = utcnow() - timedelta(seconds=30)
+    async with lite.ctx.engine.begin() as conn:
+        await conn.execute(
+            deliveries.update().where(deliveries.c.id == ids[0]).values(channel="sms")
+        )
+        await conn.execute(
+            delivery_events.insert(),
+            [
+                {
+                    "delivery_id": delivery_id,
+                    "tenant_id": lite.tenant_id,
+                    "status": "dead",
+                    "created_at": base + timedelta(seconds=i),
+                }
+                for i, delivery_id in enumerate(ids)
+            ],
+        )
+    async with serving(lite) as base_url:
+        page = await browser_context.new_page()
+        errors: list[str] = []
+        await _watch(page, errors, [])
+        await _sign_in(page, base_url, lite.key)
+        await page.goto(f"{base_url}/admin/#/dead-letters?channel=sms")
+        note = page.get_by_text("None among the latest examined")
+        await expect(note).to_be_visible()
+        await expect(page.get_by_text("No dead letters.")).to_have_count(0)
+        # 11..9 examined, then 8..6, 5..3, and 2..0 with the match.
+        for _ in range(3):
+            await page.get_by_role("button", name="Load more").click()
+        await expect(page.locator("tbody tr")).to_have_count(1)
+        await expect(page.locator("tbody")).to_contain_text(ids[0])
         await expect(note).to_have_count(0)
         await expect(page.get_by_role("button", name="Load more")).to_have_count(0)
         assert errors == []

@@ -53,7 +53,7 @@ from clarion.store import audit
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.message_log import SCAN_LIMIT
 from clarion.store.notifications import delivery_to_public
-from clarion.store.pages import Position, newest_first
+from clarion.store.pages import Position, newest_first, page_of
 from clarion.store.sql import chunks
 from clarion.store.tables import (
     deliveries,
@@ -230,18 +230,7 @@ async def list_dead(
     query = page_query(f, cursor, limit + 1)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()
-    examined: Position | None = None
-    if rows and "walk_end" in rows[0]:  # a bounded walk's rows
-        last = next((row for row in rows if row["walk_end"]), None)
-        if last is not None and any(row["walk_goes_on"] for row in rows):
-            examined = _position(last)
-        rows = [row for row in rows if row["matched"]]
-    page = rows[:limit]
-    following = None
-    if len(rows) > limit or (examined is not None and len(page) == limit):
-        following = _position(page[-1])
-    elif examined is not None:
-        following = examined
+    page, following = page_of(rows, limit, _position)
     return [public(row) for row in page], following
 
 

@@ -35,7 +35,7 @@ from clarion.store.notifications import (
     select_notifications,
     waiting,
 )
-from clarion.store.pages import Position, between, newest_first
+from clarion.store.pages import Position, between, newest_first, page_of
 from clarion.store.tables import deliveries, delivery_events, notifications, template_versions
 
 _UNPLANNED = (NotificationStatus.ACCEPTED, NotificationStatus.SCHEDULED)
@@ -321,18 +321,7 @@ async def list_deliveries(
     first, the next page then starting after the last delivery examined. A full page ends
     at its last row, as an unfiltered one does."""
     found = await _rows(engine, deliveries_query(tenant_id, where, after, limit + 1))
-    examined: Position | None = None
-    if found and "walk_end" in found[0]:  # a bounded walk's rows
-        last = next((row for row in found if row["walk_end"]), None)
-        if last is not None and any(row["walk_goes_on"] for row in found):
-            examined = _position(last)
-        found = [row for row in found if row["matched"]]
-    page = found[:limit]
-    following = None
-    if len(found) > limit or (examined is not None and len(page) == limit):
-        following = _position(page[-1])
-    elif examined is not None:
-        following = examined
+    page, following = page_of(found, limit, _position)
     return [delivery_summary(row) for row in page], following
 
 

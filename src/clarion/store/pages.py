@@ -8,9 +8,10 @@ shown. The API hands a position out as an opaque cursor (``api/paging.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, tuple_
 
@@ -19,6 +20,33 @@ from sqlalchemy import ColumnElement, Select, tuple_
 class Position:
     at: datetime
     id: str
+
+
+Row = TypeVar("Row", bound=Mapping[str, Any])
+
+
+def page_of(
+    rows: Sequence[Row], limit: int, position: Callable[[Row], Position]
+) -> tuple[list[Row], Position | None]:
+    """The page of ``limit`` rows in ``rows`` (read ``limit + 1``, newest first) and where
+    the next page starts (None: nothing more).
+
+    The rows of a bounded walk (a list filtered by what no index holds: store/message_log.py
+    ``_examined``, store/dead_letters.py ``_walked``) say which matched, which was the last
+    one examined (``walk_end``) and whether more is left to examine (``walk_goes_on``): the
+    page is the matches, fewer than ``limit`` (even none) when the walk stopped at its bound
+    first, the next page then starting after the last row examined. A full page ends at its
+    last row, as an unfiltered one does."""
+    examined: Position | None = None
+    if rows and "walk_end" in rows[0]:
+        last = next((row for row in rows if row["walk_end"]), None)
+        if last is not None and any(row["walk_goes_on"] for row in rows):
+            examined = position(last)
+        rows = [row for row in rows if row["matched"]]
+    page = list(rows[:limit])
+    if len(rows) > limit or (examined is not None and len(page) == limit):
+        return page, position(page[-1])
+    return page, examined
 
 
 def newest_first(

@@ -481,6 +481,10 @@ async def test_a_rare_channel_or_provider_pages_through_a_bounded_walk(
         pages = await _pages(app, limit=2, **params)
         # 19..15 examined (17 found), 14..10 (11 replayed), 9..5, 4..0 (3 found).
         assert pages == [[expected[0]], [], [], [expected[1]]], params
+        # A full page ends at its last letter, the walk going on after it: 19..15 (17
+        # found), 16..12, 11..7, 6..2 (3 found), then 2..0.
+        one = await _pages(app, limit=1, **params)
+        assert one == [[expected[0]], [], [], [expected[1]], []], params
     # A channel no letter has: an empty page per walk, then the end.
     assert await _pages(app, channel="email", limit=10) == [[], [], [], []]
     # A common one: full pages, as without a filter.

@@ -166,9 +166,10 @@ def _walked(f: DeadFilter, cursor: Position | None, limit: int) -> Select[Any]:
     """Of the tenant's next :data:`SCAN_LIMIT` ``dead`` events after ``cursor`` (in the
     time bounds of ``f``), newest first: the letters still dead that match ``f``'s channel
     and provider (``matched``), the last event examined (``walk_end``) and the one after it
-    (``walk_goes_on``: more is left to examine). At most ``limit`` rows, and those two more:
-    the message log's bounded walk (store/message_log.py ``_examined``) over the events'
-    status index. Only the rows kept are read whole (by id)."""
+    (``walk_goes_on``: more is left to examine). At most ``limit + 1`` rows: ``limit``
+    matches fill the caller's page and its row more, and fewer come with those last two
+    rows. The message log's bounded walk (store/message_log.py ``_examined``) over the
+    events' status index. Only the rows kept are read whole (by id)."""
     e, d = _event, _row
     ranged = [e.c.tenant_id == f.tenant_id, e.c.status == _DEAD]
     if f.after:
@@ -203,7 +204,7 @@ def _walked(f: DeadFilter, cursor: Position | None, limit: int) -> Select[Any]:
         )
         .where(or_(w.c.matched, w.c.n >= SCAN_LIMIT))
         .order_by(w.c.created_at.desc(), w.c.delivery_id.desc())
-        .limit(limit)
+        .limit(limit + 1)
         .subquery("kept")
     )
     dl = deliveries

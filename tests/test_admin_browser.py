@@ -314,20 +314,35 @@ async def test_a_log_filtered_by_status_loads_past_empty_pages(
     browser_context, _ = context
     monkeypatch.setattr(message_log, "SCAN_LIMIT", 3)
     await stored_deliveries(lite, ["failed" if i == 0 else "sent" for i in range(12)])
+    await _loads_past_empty_pages(
+        lite,
+        browser_context,
+        "log?tab=deliveries&status=failed",
+        "No delivery matches.",
+        "dlv_0000",
+    )
+
+
+async def _loads_past_empty_pages(
+    lite: Harness, browser_context: BrowserContext, screen: str, nothing: str, match: str
+) -> None:
+    """The console's ``screen`` lists 12 rows, 3 examined a page, of which only the oldest,
+    ``match``, matches: the first page says so rather than ``nothing``, and "Load more"
+    goes on until the match shows, then ends."""
     async with serving(lite) as base:
         page = await browser_context.new_page()
         errors: list[str] = []
         await _watch(page, errors, [])
         await _sign_in(page, base, lite.key)
-        await page.goto(f"{base}/admin/#/log?tab=deliveries&status=failed")
+        await page.goto(f"{base}/admin/#/{screen}")
         note = page.get_by_text("None among the latest examined")
         await expect(note).to_be_visible()
-        await expect(page.get_by_text("No delivery matches.")).to_have_count(0)
+        await expect(page.get_by_text(nothing)).to_have_count(0)
         # 11..9 examined, then 8..6, 5..3, and 2..0 with the match.
         for _ in range(3):
             await page.get_by_role("button", name="Load more").click()
         await expect(page.locator("tbody tr")).to_have_count(1)
-        await expect(page.locator("tbody")).to_contain_text("dlv_0000")
+        await expect(page.locator("tbody")).to_contain_text(match)
         await expect(note).to_have_count(0)
         await expect(page.get_by_role("button", name="Load more")).to_have_count(0)
         assert errors == []
@@ -360,24 +375,9 @@ async def test_dead_letters_filtered_by_channel_load_past_empty_pages(
                 for i, delivery_id in enumerate(ids)
             ],
         )
-    async with serving(lite) as base_url:
-        page = await browser_context.new_page()
-        errors: list[str] = []
-        await _watch(page, errors, [])
-        await _sign_in(page, base_url, lite.key)
-        await page.goto(f"{base_url}/admin/#/dead-letters?channel=sms")
-        note = page.get_by_text("None among the latest examined")
-        await expect(note).to_be_visible()
-        await expect(page.get_by_text("No dead letters.")).to_have_count(0)
-        # 11..9 examined, then 8..6, 5..3, and 2..0 with the match.
-        for _ in range(3):
-            await page.get_by_role("button", name="Load more").click()
-        await expect(page.locator("tbody tr")).to_have_count(1)
-        await expect(page.locator("tbody")).to_contain_text(ids[0])
-        await expect(note).to_have_count(0)
-        await expect(page.get_by_role("button", name="Load more")).to_have_count(0)
-        assert errors == []
-        await page.close()
+    await _loads_past_empty_pages(
+        lite, browser_context, "dead-letters?channel=sms", "No dead letters.", ids[0]
+    )
 
 
 SCREENS = [

@@ -244,9 +244,18 @@ def planning(messages: Sequence[Any]) -> Any:
 def _planning(messages: Sequence[Any]) -> Iterator[None]:
     carried: dict[str, str] = {}
     for message in messages:
-        nid, trace = message.payload.get("notification"), message.payload.get("traceparent")
+        payload = message.payload
+        nid, trace, more = (
+            payload.get("notification"),
+            payload.get("traceparent"),
+            payload.get("more"),
+        )
         if isinstance(nid, str) and isinstance(trace, str):
             carried[nid] = trace
+            # A plan message may carry more notifications of the same trace.
+            for other in more if isinstance(more, list) else ():
+                if isinstance(other, str):
+                    carried[other] = trace
     token = _carried.set(carried)
     try:
         with _batch("planner.batch", carried.values(), len(messages), {}):

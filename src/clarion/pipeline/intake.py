@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
 
-from clarion.domain.models import plan_stream
 from clarion.domain.refusal import Reason, Refused
 from clarion.observability import metrics, tracing
 from clarion.pipeline.context import Context
-from clarion.pipeline.messages import plan_payload
+from clarion.pipeline.messages import plan_messages
 from clarion.resilience.quota import Allowances
 from clarion.resilience.ratelimit import Decision, Take
 from clarion.store import notifications as store
@@ -80,10 +78,7 @@ class Intake:
         )
 
     async def _publish(self, items: list[store.NewNotification]) -> list[None]:
-        streams: dict[str, list[dict[str, Any]]] = {}
-        for item in items:
-            payload = plan_payload(item.id, item.tenant_id, item.trace, item.priority)
-            streams.setdefault(plan_stream(item.priority), []).append(payload)
+        streams = plan_messages((i.id, i.tenant_id, i.trace, i.priority) for i in items)
         for stream, payloads in streams.items():
             try:
                 await self._ctx.broker.publish(stream, payloads)

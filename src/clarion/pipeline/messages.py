@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from clarion.broker import Broker, Delayed
+from clarion.broker import Broker, Delayed, Message
 from clarion.domain.delivery import Delivery, Stored
+from clarion.domain.models import plan_stream
 from clarion.observability import tracing
 from clarion.pipeline.urgency import URGENT
 
 # Messages per XADD pipeline: bounds one round trip, not what a call may publish.
 _PUBLISH_CHUNK = 1000
+# Notifications one plan message may carry: those of one tenant, priority and trace that
+# were stored together share a message (docs/architecture.md, "Plan messages"). A
+# message's cost to publish, take and ack is then shared; the cap keeps a plan batch,
+# whose size the planner asks for in messages, near the notifications it means.
+PLAN_GROUP = 25
 
 
 def plan_payload(
@@ -23,6 +29,41 @@ def plan_payload(
     if priority in URGENT:  # its planning is urgent work (pipeline/urgency.py)
         payload["priority"] = priority
     return payload
+
+
+def plan_messages(
+    notifications: Iterable[tuple[str, str, str | None, str | None]],
+) -> dict[str, list[dict[str, Any]]]:
+    """The plan messages of notifications stored together (id, tenant, trace, priority),
+    by stream: each carries up to ``PLAN_GROUP`` of one tenant, priority and trace, the
+    first as ``notification`` and the rest as ``more``."""
+    groups: dict[tuple[str, str, str | None, str | None], dict[str, Any]] = {}
+    streams: dict[str, list[dict[str, Any]]] = {}
+    for nid, tenant, trace, priority in notifications:
+        key = (plan_stream(priority), tenant, trace, priority)
+        payload = groups.get(key)
+        if payload is not None:
+            more: list[str] = payload.setdefault("more", [])
+            more.append(nid)
+            if len(more) + 1 >= PLAN_GROUP:
+                del groups[key]
+            continue
+        payload = plan_payload(nid, tenant, trace, priority)
+        streams.setdefault(key[0], []).append(payload)
+        groups[key] = payload
+    return streams
+
+
+def planned_ids(message: Message) -> list[str]:
+    """The notifications a plan message asks to plan (none when it names none)."""
+    payload = message.payload
+    first = payload.get("notification")
+    if not isinstance(first, str):
+        return []
+    more = payload.get("more")
+    if type(more) is not list:
+        return [first]
+    return [first, *(nid for nid in more if isinstance(nid, str))]
 
 
 def by_due_time(

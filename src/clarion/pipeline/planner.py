@@ -11,7 +11,9 @@ broker's delayed set until the quiet window ends.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,7 +53,12 @@ from clarion.pipeline.context import Context
 from clarion.pipeline.inflight import holding
 from clarion.pipeline.layouts import LookCache
 from clarion.pipeline.lead import Lead
-from clarion.pipeline.messages import by_due_time, plan_payload, publish_deliveries
+from clarion.pipeline.messages import (
+    by_due_time,
+    plan_payload,
+    planned_ids,
+    publish_deliveries,
+)
 from clarion.pipeline.runs import Runs, StepAsk, offline_runs
 from clarion.pipeline.status_events import StatusEvents
 from clarion.pipeline.templates import TemplateCache
@@ -163,6 +170,13 @@ def _stripe_of(message: Message) -> int | None:
     return stripe if type(stripe) is int and stripe >= 0 else None
 
 
+def _carrying(message: Message, ids: list[str]) -> Message:
+    """The plan message as if it carried only ``ids`` (a batch's bisection): acked as the
+    message it is part of."""
+    payload = {**message.payload, "notification": ids[0], "more": ids[1:]}
+    return dataclasses.replace(message, payload=payload)
+
+
 async def _no_wait(tenant: str) -> None:
     pass
 
@@ -191,7 +205,12 @@ class Planner:
         self._looks = LookCache()
         self._trackers = Trackers(ctx)
         self._events = StatusEvents(ctx)
+        # Notifications a plan batch takes: a read asks for as many messages as carry
+        # about this many, by what the stream's last messages carried each (intake groups
+        # a commit's notifications, pipeline/messages.py); a read that brings more than
+        # this is planned in steps of this many.
         self.batch_size = 200
+        self._carried: dict[str, float] = {}
         # One process leads the planning while it keeps up (pipeline/lead.py), of the plan
         # stream and, apart, of the high-priority one; topic chunks, each a large unit of
         # work, go to whichever planner is free.
@@ -215,8 +234,12 @@ class Planner:
         """Plan the critical notifications waiting. Every planner reads them at once,
         whoever leads: a critical send never waits for a stand-by's pause, nor behind a
         leader's batch."""
-        stream = (PLAN_CRITICAL_STREAM,)
-        return await self._run(stream, self.batch_size, timeout, stop, urgent=True)
+        stream = PLAN_CRITICAL_STREAM
+        return await self._run((stream,), self._ask(stream), timeout, stop, urgent=True)
+
+    def _ask(self, stream: str) -> int:
+        """How many messages a read of a plan stream asks for."""
+        return max(1, math.ceil(self.batch_size / self._carried.get(stream, 1.0)))
 
     async def _led(
         self,
@@ -227,7 +250,7 @@ class Planner:
         urgent: bool = False,
     ) -> int:
         block = await lead.turn(timeout, stop)
-        taken = await self._run((stream,), self.batch_size, block, stop, urgent)
+        taken = await self._run((stream,), self._ask(stream), block, stop, urgent)
         lead.took(taken, self.batch_size)
         return taken
 
@@ -245,10 +268,15 @@ class Planner:
         stop: asyncio.Event | None,
         urgent: bool = False,
     ) -> int:
+        """Take and plan up to ``count`` messages; returns the notifications (or chunks)
+        they asked for."""
         messages = await self._ctx.broker.consume(
             list(streams), self._consumer, count, timeout, stop=stop
         )
+        taken = sum(len(planned_ids(m)) or 1 for m in messages)
         if messages:
+            if len(streams) == 1:
+                self._carried[streams[0]] = taken / len(messages)
             logs.bind(stage="planner", batch=len(messages))
             started = time.perf_counter()
             lease = self._ctx.settings.broker_lease
@@ -263,8 +291,8 @@ class Planner:
                     await self._handle_isolated(messages)
             await self._ctx.broker.ack(messages)
             self._ctx.made_progress()
-            metrics.planner_batch(len(messages), time.perf_counter() - started)
-        return len(messages)
+            metrics.planner_batch(taken, time.perf_counter() - started)
+        return taken
 
     async def _handle_isolated(self, messages: list[Message]) -> None:
         """Plan a batch; one that fails for anything but an outage is bisected, so that a
@@ -274,6 +302,8 @@ class Planner:
         except Exception as exc:
             if is_outage(exc):
                 raise
+            if len(messages) == 1 and len(ids := planned_ids(messages[0])) > 1:
+                messages = [_carrying(messages[0], ids[:1]), _carrying(messages[0], ids[1:])]
             if len(messages) > 1:
                 middle = len(messages) // 2
                 await self._handle_isolated(messages[:middle])
@@ -287,12 +317,14 @@ class Planner:
 
     async def handle(self, messages: list[Message]) -> None:
         plain = [m for m in messages if _stripe_of(m) is None]
-        ids = list(dict.fromkeys(m.payload["notification"] for m in plain))
-        redelivered = [m.payload["notification"] for m in plain if m.redelivered]
+        ids = list(dict.fromkeys(nid for m in plain for nid in planned_ids(m)))
+        redelivered = {nid for m in plain if m.redelivered for nid in planned_ids(m)}
         work: list[Coroutine[Any, Any, None]] = []
-        if ids:
+        for start in range(0, len(ids), self.batch_size):
+            step = ids[start : start + self.batch_size]
+            again = [nid for nid in step if nid in redelivered]
             async with asyncio.timeout(STEP_DEADLINE):
-                plan, republish, topical = await self._plan(ids, redelivered)
+                plan, republish, topical = await self._plan(step, again)
                 await self._events.emit_new(plan.made)
                 metrics.planned(plan.made)
                 await self._publish([*plan.made, *republish])

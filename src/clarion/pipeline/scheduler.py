@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
 
-from clarion.domain.models import plan_stream
 from clarion.pipeline.context import Context
-from clarion.pipeline.messages import by_due_time, plan_payload, publish_deliveries
+from clarion.pipeline.messages import by_due_time, plan_messages, publish_deliveries
 from clarion.store import deliveries as delivery_store
 from clarion.store import digests as digest_store
 from clarion.store import notifications as notification_store
@@ -39,12 +37,9 @@ class Relay:
         )
         if not ids:
             return 0
-        streams: dict[str, list[dict[str, Any]]] = {}
         # Critical notifications are planned from a stream of their own.
         outboxed = await notification_store.outboxed(self._ctx.engine, ids)
-        for nid, tenant, trace, priority in outboxed:
-            payload = plan_payload(nid, tenant, trace, priority)
-            streams.setdefault(plan_stream(priority), []).append(payload)
+        streams = plan_messages(outboxed)
         for stream, payloads in streams.items():
             await self._ctx.broker.publish(stream, payloads)
         self._ctx.made_progress()

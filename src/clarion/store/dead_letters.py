@@ -41,7 +41,6 @@ from sqlalchemy import (
     delete,
     exists,
     func,
-    or_,
     select,
     true,
     update,
@@ -53,7 +52,7 @@ from clarion.store import audit
 from clarion.store.db import as_utc, utcnow, write_tx
 from clarion.store.message_log import SCAN_LIMIT
 from clarion.store.notifications import delivery_to_public
-from clarion.store.pages import Position, newest_first, page_of
+from clarion.store.pages import Position, bounded_walk, newest_first, page_of
 from clarion.store.sql import chunks
 from clarion.store.tables import (
     deliveries,
@@ -108,7 +107,13 @@ def _latest_death(event: Any) -> ColumnElement[bool]:
 def _still_dead(event: Any, row: Any) -> list[ColumnElement[bool]]:
     """``event`` is a ``dead`` event of its delivery ``row`` (joined by id), the latest,
     and the delivery is dead still."""
-    return [event.c.status == _DEAD, row.c.status == _DEAD, _latest_death(event)]
+    return [event.c.status == _DEAD, *_dead_since(event, row)]
+
+
+def _dead_since(event: Any, row: Any) -> list[ColumnElement[bool]]:
+    """No later death of the delivery ``row`` than ``event``, and the delivery is dead
+    still: what makes a ``dead`` event a dead letter."""
+    return [row.c.status == _DEAD, _latest_death(event)]
 
 
 def _joined() -> Any:
@@ -168,45 +173,25 @@ def _walked(f: DeadFilter, cursor: Position | None, limit: int) -> Select[Any]:
     and provider (``matched``), the last event examined (``walk_end``) and the one after it
     (``walk_goes_on``: more is left to examine). At most ``limit + 1`` rows: ``limit``
     matches fill the caller's page and its row more, and fewer come with those last two
-    rows. The message log's bounded walk (store/message_log.py ``_examined``) over the
-    events' status index. Only the rows kept are read whole (by id)."""
+    rows (store/pages.py ``bounded_walk``), over the events' status index. Only the rows
+    kept are read whole (by id)."""
     e, d = _event, _row
     ranged = [e.c.tenant_id == f.tenant_id, e.c.status == _DEAD]
     if f.after:
         ranged.append(e.c.created_at > f.after)
     if f.before:
         ranged.append(e.c.created_at < f.before)
-    checked = _still_dead(e, d)[1:]
+    checked = _dead_since(e, d)
     if f.channel:
         checked.append(d.c.channel == f.channel)
     if f.provider:
         checked.append(d.c.provider == f.provider)
-    newest = (e.c.created_at.desc(), e.c.delivery_id.desc())
     walk = (
-        select(
-            e.c.delivery_id,
-            e.c.created_at,
-            and_(*checked).label("matched"),
-            func.row_number().over(order_by=newest).label("n"),
-        )
+        select(e.c.delivery_id, e.c.created_at, and_(*checked).label("matched"))
         .select_from(_joined())
         .where(*ranged)
     )
-    walked = newest_first(walk, e.c.created_at, e.c.delivery_id, cursor, SCAN_LIMIT + 1)
-    w = walked.subquery("walked")
-    kept = (
-        select(
-            w.c.delivery_id,
-            w.c.created_at,
-            and_(w.c.matched, w.c.n <= SCAN_LIMIT).label("matched"),
-            (w.c.n == SCAN_LIMIT).label("walk_end"),
-            (w.c.n > SCAN_LIMIT).label("walk_goes_on"),
-        )
-        .where(or_(w.c.matched, w.c.n >= SCAN_LIMIT))
-        .order_by(w.c.created_at.desc(), w.c.delivery_id.desc())
-        .limit(limit + 1)
-        .subquery("kept")
-    )
+    kept = bounded_walk(walk, e.c.created_at, e.c.delivery_id, cursor, limit, SCAN_LIMIT)
     dl = deliveries
     return (
         select(dl, kept.c.created_at.label("dead_at"))

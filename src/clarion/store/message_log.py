@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from clarion.domain.models import TERMINAL_STATUSES, DeliveryStatus, NotificationStatus
@@ -35,7 +35,7 @@ from clarion.store.notifications import (
     select_notifications,
     waiting,
 )
-from clarion.store.pages import Position, between, newest_first, page_of
+from clarion.store.pages import Position, between, bounded_walk, newest_first, page_of
 from clarion.store.tables import deliveries, delivery_events, notifications, template_versions
 
 _UNPLANNED = (NotificationStatus.ACCEPTED, NotificationStatus.SCHEDULED)
@@ -262,34 +262,12 @@ def _examined(
     (an index's range), newest first: those that ``matches`` keeps (``matched``), the last
     one examined (``walk_end``) and the one after it (``walk_goes_on``: more is left to
     examine). At most ``limit + 1`` rows: ``limit`` matches fill the caller's page and its
-    row more, and fewer come with those last two rows.
-
-    ``walked`` is the walk: the range of the tenant's time index (or a recipient's) read
-    backwards from ``after``, numbered, one row past the bound. Only the rows ``kept`` are
-    read whole (by id)."""
+    row more, and fewer come with those last two rows (store/pages.py ``bounded_walk``):
+    the walk is a range of the tenant's time index (or a recipient's) read backwards from
+    ``after``. Only the rows kept are read whole (by id)."""
     d = deliveries
-    newest = (d.c.created_at.desc(), d.c.id.desc())
-    walk = select(
-        d.c.id,
-        d.c.created_at,
-        matches.label("matched"),
-        func.row_number().over(order_by=newest).label("n"),
-    ).where(*conditions)
-    walked = newest_first(walk, d.c.created_at, d.c.id, after, SCAN_LIMIT + 1).subquery("walked")
-    n = walked.c.n
-    kept = (
-        select(
-            walked.c.id,
-            walked.c.created_at,
-            and_(walked.c.matched, n <= SCAN_LIMIT).label("matched"),
-            (n == SCAN_LIMIT).label("walk_end"),
-            (n > SCAN_LIMIT).label("walk_goes_on"),
-        )
-        .where(or_(walked.c.matched, n >= SCAN_LIMIT))
-        .order_by(walked.c.created_at.desc(), walked.c.id.desc())
-        .limit(limit + 1)
-        .subquery("kept")
-    )
+    walk = select(d.c.id, d.c.created_at, matches.label("matched")).where(*conditions)
+    kept = bounded_walk(walk, d.c.created_at, d.c.id, after, limit, SCAN_LIMIT)
     return (
         select_deliveries()
         .add_columns(kept.c.matched, kept.c.walk_end, kept.c.walk_goes_on)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, tuple_
+from sqlalchemy import ColumnElement, Select, Subquery, and_, func, or_, select, tuple_
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,37 @@ def newest_first(
     if after is not None:
         query = query.where(tuple_(at, ident) < tuple_(after.at, after.id))
     return query.order_by(at.desc(), ident.desc()).limit(limit)
+
+
+def bounded_walk(
+    walk: Select[Any], at: Any, ident: Any, after: Position | None, limit: int, bound: int
+) -> Subquery:
+    """The rows a filtered page keeps of a bounded walk, for :func:`page_of`.
+
+    ``walk`` selects ``ident``, ``at`` and ``matched`` (whether the list's filter keeps the
+    row) from a range of an index ending in ``(at, ident)``. Of its next ``bound`` rows after
+    ``after``, newest first: those ``matched``, the last one examined (``walk_end``) and the
+    one after it (``walk_goes_on``: more is left to examine). At most ``limit + 1`` rows:
+    ``limit`` matches fill the caller's page and its row more, and fewer come with those
+    last two rows. The walk is numbered and read one row past its bound; only the rows
+    kept are then read whole, by the caller's join on ``ident``."""
+    newest = (at.desc(), ident.desc())
+    numbered = walk.add_columns(func.row_number().over(order_by=newest).label("n"))
+    walked = newest_first(numbered, at, ident, after, bound + 1).subquery("walked")
+    w_id, w_at, n = walked.c[ident.name], walked.c[at.name], walked.c.n
+    return (
+        select(
+            w_id,
+            w_at,
+            and_(walked.c.matched, n <= bound).label("matched"),
+            (n == bound).label("walk_end"),
+            (n > bound).label("walk_goes_on"),
+        )
+        .where(or_(walked.c.matched, n >= bound))
+        .order_by(w_at.desc(), w_id.desc())
+        .limit(limit + 1)
+        .subquery("kept")
+    )
 
 
 def between(

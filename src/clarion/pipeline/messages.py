@@ -14,7 +14,7 @@ from clarion.pipeline.urgency import URGENT
 # Messages per XADD pipeline: bounds one round trip, not what a call may publish.
 _PUBLISH_CHUNK = 1000
 # Notifications one plan message may carry: those of one tenant, priority and trace that
-# were stored together share a message (docs/architecture.md, "Plan messages"). A
+# were stored together share a message (docs/architecture.md, the flow's intake). A
 # message's cost to publish, take and ack is then shared; the cap keeps a plan batch,
 # whose size the planner asks for in messages, near the notifications it means.
 PLAN_GROUP = 25
@@ -37,10 +37,10 @@ def plan_messages(
     """The plan messages of notifications stored together (id, tenant, trace, priority),
     by stream: each carries up to ``PLAN_GROUP`` of one tenant, priority and trace, the
     first as ``notification`` and the rest as ``more``."""
-    groups: dict[tuple[str, str, str | None, str | None], dict[str, Any]] = {}
+    groups: dict[tuple[str, str | None, str | None], dict[str, Any]] = {}
     streams: dict[str, list[dict[str, Any]]] = {}
     for nid, tenant, trace, priority in notifications:
-        key = (plan_stream(priority), tenant, trace, priority)
+        key = (tenant, trace, priority)
         payload = groups.get(key)
         if payload is not None:
             more: list[str] = payload.setdefault("more", [])
@@ -49,7 +49,7 @@ def plan_messages(
                 del groups[key]
             continue
         payload = plan_payload(nid, tenant, trace, priority)
-        streams.setdefault(key[0], []).append(payload)
+        streams.setdefault(plan_stream(priority), []).append(payload)
         groups[key] = payload
     return streams
 

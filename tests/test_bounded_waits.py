@@ -242,6 +242,41 @@ async def test_a_lingering_batcher_waits_for_more_only_while_items_come_together
         await batcher.close()
 
 
+async def test_a_lingering_batcher_writes_once_nothing_more_can_come() -> None:
+    """``gathered`` says when every item that could join has joined: the linger (a minute
+    here) ends then, as an item arrives or before it begins."""
+    batches: list[list[str]] = []
+    expected = 0
+
+    async def flush(items: list[str]) -> list[str]:
+        batches.append(items)
+        return items
+
+    batcher: Batcher[str, str] = Batcher(
+        flush, name="test", linger=60.0, gathered=lambda: batcher.pending >= expected
+    )
+    batcher.start()
+    try:
+        expected = 2
+        assert await asyncio.wait_for(asyncio.gather(batcher.submit("a"), batcher.submit("b")), 5)
+        # Lingering now: three are expected, and the third ends the linger.
+        expected = 3
+        c = batcher.put_nowait("c")
+        for _ in range(3):
+            await asyncio.sleep(0)  # the batcher takes "c" and lingers
+        d = batcher.put_nowait("d")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not c.done()
+        assert await asyncio.wait_for(asyncio.gather(c, d, batcher.submit("e")), 5)
+        # All expected already there when the linger would begin: it does not.
+        expected = 1
+        assert await asyncio.wait_for(batcher.submit("f"), 5) == "f"
+        assert batches == [["a", "b"], ["c", "d", "e"], ["f"]]
+    finally:
+        await batcher.close()
+
+
 async def test_a_batcher_stopped_while_it_lingers_tells_the_callers_of_its_batch() -> None:
     async def flush(items: list[str]) -> list[str]:
         return items

@@ -13,29 +13,38 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from clarion.api.limits import LARGE_BODY, EdgeGuard
 from clarion.api.server import _HeldHead, http_server
-from harness import make_settings, running
+from clarion.pipeline import intake as intake_module
+from harness import Harness, make_settings, running
 
 
 @contextlib.asynccontextmanager
 async def served(database_url: str, **limits: Any) -> AsyncIterator[tuple[int, str]]:
     """Clarion's API on a real socket; yields the port and an API key."""
     settings = make_settings(database_url, "embedded://", **limits)
-    async with running(settings) as harness:
-        app = harness.client._transport.app  # type: ignore[attr-defined]
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)  # connections queue here until the server accepts them
-        server = http_server(app, settings)
-        task = asyncio.create_task(server.serve(sockets=[listener]))
-        try:
-            yield listener.getsockname()[1], harness.key
-        finally:
-            server.should_exit = True
-            await task
-            listener.close()
+    async with running(settings) as harness, serving(harness) as port:
+        yield port, harness.key
+
+
+@contextlib.asynccontextmanager
+async def serving(harness: Harness) -> AsyncIterator[int]:
+    """The harness's application on a real socket, as `clarion api` serves it; yields the
+    port."""
+    app = harness.client._transport.app  # type: ignore[attr-defined]
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)  # connections queue here until the server accepts them
+    server = http_server(app, harness.settings, intake=harness.runtime.intake)
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
+        listener.close()
 
 
 async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -365,4 +374,75 @@ async def test_many_idle_connections_are_all_let_go_after_the_keep_alive(
             assert headers.get("connection") != "close"
         for reader, writer in held:
             assert await closed(reader, limit=5)
+            writer.close()
+
+
+def _send(key: str, n: int) -> bytes:
+    body = json.dumps({"template": "ping", "to": {"recipient_id": "r"}, "data": {"n": n}})
+    head = (
+        "POST /v1/notifications HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {key}\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body.encode()
+
+
+@contextlib.asynccontextmanager
+async def lingering(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, linger: float
+) -> AsyncIterator[tuple[Harness, int]]:
+    """A served API whose group commit lingers ``linger`` seconds, as it does once
+    requests have been arriving together."""
+    monkeypatch.setattr(intake_module, "COMMIT_LINGER", linger)
+    settings = make_settings(database_url, "embedded://")
+    async with running(settings) as harness:
+        await harness.put_recipient("r")
+        await harness.put_template("ping", {"channels": {"webhook": {"body": {"n": "{{ n }}"}}}})
+        intake = harness.runtime.intake
+        assert intake is not None
+        intake._commits._last = 2  # the last commit carried two: the next one lingers
+        async with serving(harness) as port:
+            yield harness, port
+
+
+async def test_a_commit_lingers_no_longer_once_every_connection_waits_on_it(
+    migrated_sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three connections, each with a request waiting on the group commit: no other request
+    can come before they are answered, so the commit does not sit out its linger (a
+    minute here); it carries all three at once."""
+    async with lingering(migrated_sqlite_url, monkeypatch, 60.0) as (harness, port):
+        intake = harness.runtime.intake
+        assert intake is not None
+        flushes = intake._commits.flushes
+        connections = [await connect(port) for _ in range(3)]
+        for n, (_, writer) in enumerate(connections):
+            writer.write(_send(harness.key, n))
+        answers = await asyncio.gather(*(answer(reader) for reader, _ in connections))
+        assert [status for status, _, _ in answers] == [202, 202, 202]
+        assert intake._commits.flushes == flushes + 1
+        for _, writer in connections:
+            writer.close()
+
+
+async def test_a_commit_lingers_while_a_connection_could_still_send(
+    migrated_sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open connection without a request (a kept-alive client between two requests, a
+    live stream) could still send one: the commit lingers its whole time for it."""
+    linger = 0.5
+    async with lingering(migrated_sqlite_url, monkeypatch, linger) as (harness, port):
+        intake = harness.runtime.intake
+        assert intake is not None
+        flushes = intake._commits.flushes
+        idle = await connect(port)
+        connections = [await connect(port) for _ in range(2)]
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        for n, (_, writer) in enumerate(connections):
+            writer.write(_send(harness.key, n))
+        answers = await asyncio.gather(*(answer(reader) for reader, _ in connections))
+        assert loop.time() - sent >= linger
+        assert [status for status, _, _ in answers] == [202, 202]
+        assert intake._commits.flushes == flushes + 1
+        for _, writer in [idle, *connections]:
             writer.close()

@@ -157,7 +157,7 @@ async def run(settings: Settings, roles: Roles, *, demo: bool = False) -> None:
         ops_task = asyncio.create_task(ops.serve(), name="ops-http") if ops else None
         if roles.api:
             app = create_app(ctx, runtime.intake, sources)
-            server = http_server(app, settings)
+            server = http_server(app, settings, intake=runtime.intake)
             server_task = asyncio.create_task(server.serve(), name="http")
             base = f"http://{settings.http_host}:{settings.http_port}"
             print(f"Clarion listening on {base} (console: {base}/admin/)", flush=True)

@@ -45,6 +45,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from clarion.api.errors import error_body
 from clarion.api.limits import BODY_COMPLETE
 from clarion.config import Settings
+from clarion.pipeline.intake import Intake
 
 
 def raw_answer(status: int, reason: str, code: str, message: str, *extra: str) -> bytes:
@@ -296,8 +297,12 @@ def protocol_for(settings: Settings) -> type[LimitedProtocol]:
     )
 
 
-def http_server(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Server:
-    """The uvicorn server for ``app`` with Clarion's limits (see the module docs)."""
+def http_server(
+    app: Any, settings: Settings, *, intake: Intake | None = None, **overrides: Any
+) -> uvicorn.Server:
+    """The uvicorn server for ``app`` with Clarion's limits (see the module docs). With
+    ``intake``, the intake's group commit knows how many connections the server holds: it
+    lingers for no more once each of them has a request waiting on it."""
     config = uvicorn.Config(
         app,
         host=settings.http_host,
@@ -319,7 +324,10 @@ def http_server(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Serve
         **overrides,
     )
     _hide_tokens()
-    return _Server(config)
+    server = _Server(config)
+    if intake is not None:
+        intake.open_connections = server.server_state.connections.__len__
+    return server
 
 
 WS_MAX_SIZE = 64 * 1024

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from clarion.domain.refusal import Reason, Refused
 from clarion.observability import metrics, tracing
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 # While requests arrive together, a commit waits this long for more to share it: at a
 # moderate rate, commits of two or three notifications cost the database most of their
-# time (docs/performance.md).
+# time (docs/performance.md). It waits no longer once every open connection's request is
+# waiting on it: nothing more can come then but on a new connection.
 COMMIT_LINGER = 0.002
 
 
@@ -50,8 +51,16 @@ class Intake:
         # side by side halved each commit's share of concurrent requests and cost more
         # CPU per notification, with no gain in latency (docs/performance.md).
         self._commits: Batcher[store.NewNotification, store.Admission] = Batcher(
-            self._commit, max_items=max_items, name="group-commit", linger=COMMIT_LINGER
+            self._commit,
+            max_items=max_items,
+            name="group-commit",
+            linger=COMMIT_LINGER,
+            gathered=self._all_waiting,
         )
+        # Requests of the HTTP server's connections waiting on a commit, and how many
+        # connections the server holds open (set by the process that serves them).
+        self._waiting = 0
+        self.open_connections: Callable[[], int] | None = None
         self._publisher: Batcher[store.NewNotification, None] = Batcher(
             self._publish, max_items=2000, name="intake-publish"
         )
@@ -60,6 +69,13 @@ class Intake:
             ctx.resilience.limiter.take_many, max_items=1000, name="intake-quota"
         )
         self._allowances = Allowances(self._charges.submit)
+
+    def _all_waiting(self) -> bool:
+        """Whether every open connection has a request waiting on the commit: a connection
+        carries one request at a time, so no other can join the commit before it is
+        answered. Idle keep-alive connections and live streams keep this false."""
+        count = self.open_connections
+        return count is not None and self._waiting >= count()
 
     def start(self) -> None:
         self._commits.start()
@@ -86,8 +102,11 @@ class Intake:
                 log.warning("publishing %d accepted notifications failed: %r", len(payloads), exc)
         return [None] * len(items)
 
-    async def accept(self, items: Sequence[store.NewNotification]) -> list[store.Admission]:
-        """Store the notifications durably; one outcome per item, in order.
+    async def accept(
+        self, items: Sequence[store.NewNotification], *, request: bool = False
+    ) -> list[store.Admission]:
+        """Store the notifications durably; one outcome per item, in order. ``request``:
+        an HTTP request of one of the server's connections waits for them.
 
         An item the store refuses on its own is refused alone (a 422 ``unstorable``); an
         outage fails the request (a 503)."""
@@ -98,9 +117,13 @@ class Intake:
                 # sweeper's, a replay's) joins this trace, even after a crash.
                 for item in items:
                     item.trace = trace
-            results = await asyncio.gather(
-                *(self._commits.put_nowait(item) for item in items), return_exceptions=True
-            )
+            self._waiting += request
+            try:
+                results = await asyncio.gather(
+                    *(self._commits.put_nowait(item) for item in items), return_exceptions=True
+                )
+            finally:
+                self._waiting -= request
         outcomes = [_outcome(result) for result in results]
         metrics.notifications(outcomes, items)
         for item, outcome in zip(items, outcomes, strict=True):

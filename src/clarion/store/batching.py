@@ -4,8 +4,10 @@ A batch is whatever has arrived while the previous one was being written, up to 
 no timer adds latency when traffic is light, and under load each round trip carries many
 items. A batcher may also *linger*: when its last batch had more than one item (items are
 arriving together), it waits that long for more before it writes, so that a moderate load
-shares round trips too; an item that arrives alone is written at once. Used for group
-commit of notifications, status updates, and captured messages.
+shares round trips too; an item that arrives alone is written at once. A batcher told how
+to see that nothing more can come (``gathered``: for the group commit, every open connection's
+request is waiting on it) stops lingering as soon as that holds. Used for group commit of
+notifications, status updates, and captured messages.
 
 Items of a batch belong to different tenants, so one item must not fail the others: a batch
 that fails for anything but an outage (the store or broker out of reach) is split in halves
@@ -77,6 +79,11 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, _OUTAGES)
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Batcher(Generic[T, R]):
     """Feeds items to ``flush`` in batches; each caller gets its own item's result.
 
@@ -93,8 +100,13 @@ class Batcher(Generic[T, R]):
         concurrency: int = 1,
         name: str = "batcher",
         linger: float = 0.0,
+        gathered: Callable[[], bool] | None = None,
     ) -> None:
         self._flush = flush
+        # Whether every item that could join a lingering batch has joined it: asked when a
+        # linger would begin and as each item arrives during one, which it then ends.
+        self._gathered = gathered
+        self._lingering: asyncio.Future[None] | None = None
         self._max = max_items
         self._linger = linger
         self._last = 0  # how many items the last batch had
@@ -124,12 +136,16 @@ class Batcher(Generic[T, R]):
     async def submit(self, item: T) -> R:
         future = self._future()
         self._queue.put_nowait((item, future))
+        if self._lingering is not None:
+            self._arrived()
         return await future
 
     def put_nowait(self, item: T) -> asyncio.Future[R]:
         """Queue an item without waiting; the future holds its result."""
         future = self._future()
         self._queue.put_nowait((item, future))
+        if self._lingering is not None:
+            self._arrived()
         return future
 
     def post(self, item: T) -> None:
@@ -150,7 +166,7 @@ class Batcher(Generic[T, R]):
                 self._take_queued(batch)
                 if self._linger and self._last > 1 and len(batch) < self._max:
                     # Items are arriving together: wait a moment for more to share the trip.
-                    await asyncio.sleep(self._linger)
+                    await self._linger_a_moment()
                     self._take_queued(batch)
                 self._last = len(batch)
                 await self._write(batch)
@@ -173,6 +189,28 @@ class Batcher(Generic[T, R]):
                 self._taken -= len(batch)
                 for _ in batch:
                     self._queue.task_done()
+
+    async def _linger_a_moment(self) -> None:
+        """Wait ``linger`` seconds, or less: until ``gathered`` says no more can come."""
+        if self._gathered is None:
+            await asyncio.sleep(self._linger)
+            return
+        if self._gathered():
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(self._linger, _wake, waiter)
+        self._lingering = waiter
+        try:
+            await waiter
+        finally:
+            self._lingering = None
+            timer.cancel()
+
+    def _arrived(self) -> None:
+        waiter = self._lingering
+        if waiter is not None and self._gathered is not None and self._gathered():
+            _wake(waiter)
 
     def _take_queued(self, batch: list[tuple[T, asyncio.Future[R] | None]]) -> None:
         while len(batch) < self._max and not self._queue.empty():

@@ -85,7 +85,7 @@ async def accept_one(
     intake: Intake | None = state.intake
     if intake is None:
         raise NotFound("this process does not accept notifications")
-    [outcome] = await intake.accept([new])
+    [outcome] = await intake.accept([new], request=True)
     if isinstance(outcome, Refused):
         return limits.apply(api_error_response(refusal_error(outcome)))
     return limits.apply(JSONResponse(_accepted(outcome), status_code=202))
@@ -118,7 +118,7 @@ async def create_batch(
     async def handler() -> tuple[int, Any]:
         news, positions, refused = _parse_items(caller.tenant_id, batch.notifications)
         metrics.refused_items(refused.values())
-        outcomes = await intake.accept(news) if news else []
+        outcomes = await intake.accept(news, request=True) if news else []
         results: list[dict[str, Any]] = [{} for _ in batch.notifications]
         for index, body in refused.items():
             results[index] = body

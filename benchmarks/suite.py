@@ -17,7 +17,10 @@ was outside the runs' own processes.
                                                            # PostgreSQL of its own (autovacuum on)
 
 ``--before`` names another checkout of Clarion with its environment set up
-(``uv sync --all-extras`` in it); its benchmarks run from there. Celery runs with
+(``uv sync --all-extras`` in it); its benchmarks run from there, in four rounds unless told
+otherwise: the code before goes first in even rounds and after first in odd ones, and the
+second run of a pair is often the cheaper, so the rounds must be even for each side to go
+first as often. Celery runs with
 ``uv run --with 'celery[redis]' --with 'psycopg[binary,pool]'`` (fetched on first use).
 Each run is a separate process that prints one JSON object; ``--keep DIR`` writes each of
 them to DIR as well.
@@ -183,7 +186,9 @@ def jiffies() -> list[int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--rounds", type=int, help="3 by default; with --before 4, and an even number"
+    )
     parser.add_argument(
         "--only", default=",".join(DEFAULT_RUNS), help=f"runs, comma-separated: {', '.join(RUNS)}"
     )
@@ -198,8 +203,17 @@ def main() -> int:
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = set(names) - set(RUNS)
-    if unknown or args.rounds < 1:
+    if unknown:
         parser.error(f"unknown runs: {sorted(unknown)}; runs: {', '.join(RUNS)}")
+    if args.rounds is None:
+        args.rounds = 4 if args.before else 3
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
+    if args.before and args.rounds % 2:
+        parser.error(
+            "--rounds with --before: an even number, so that the code before and after each"
+            " go first in as many rounds"
+        )
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     checkouts = {"after": HERE.parent}

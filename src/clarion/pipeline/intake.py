@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from clarion.domain.refusal import Reason, Refused
@@ -57,9 +58,11 @@ class Intake:
             linger=COMMIT_LINGER,
             gathered=self._all_waiting,
         )
-        # Requests of the HTTP server's connections waiting on a commit, and how many
-        # connections the server holds open (set by the process that serves them).
-        self._waiting = 0
+        # The requests of the HTTP server's connections waiting on a commit, each by the
+        # future of its last notification (the batcher writes in the order queued, so
+        # these are done in turn); how many connections the server holds open (set by the
+        # process that serves them).
+        self._waiting: deque[asyncio.Future[store.Admission]] = deque()
         self.open_connections: Callable[[], int] | None = None
         self._publisher: Batcher[store.NewNotification, None] = Batcher(
             self._publish, max_items=2000, name="intake-publish"
@@ -75,7 +78,13 @@ class Intake:
         carries one request at a time, so no other can join the commit before it is
         answered. Idle keep-alive connections and live streams keep this false."""
         count = self.open_connections
-        return count is not None and self._waiting >= count()
+        return count is not None and self._still_waiting() >= count()
+
+    def _still_waiting(self) -> int:
+        waiting = self._waiting
+        while waiting and waiting[0].done():  # written: its answer is on its way
+            waiting.popleft()
+        return len(waiting)
 
     def start(self) -> None:
         self._commits.start()
@@ -117,13 +126,12 @@ class Intake:
                 # sweeper's, a replay's) joins this trace, even after a crash.
                 for item in items:
                     item.trace = trace
-            self._waiting += request
-            try:
-                results = await asyncio.gather(
-                    *(self._commits.put_nowait(item) for item in items), return_exceptions=True
-                )
-            finally:
-                self._waiting -= request
+            futures = [self._commits.put_nowait(item) for item in items]
+            if request and futures and self.open_connections is not None:
+                self._still_waiting()  # what was written leaves, lingering or not
+                self._waiting.append(futures[-1])
+                self._commits.recheck()
+            results = await asyncio.gather(*futures, return_exceptions=True)
         outcomes = [_outcome(result) for result in results]
         metrics.notifications(outcomes, items)
         for item, outcome in zip(items, outcomes, strict=True):

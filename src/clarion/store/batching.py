@@ -137,7 +137,7 @@ class Batcher(Generic[T, R]):
         future = self._future()
         self._queue.put_nowait((item, future))
         if self._lingering is not None:
-            self._arrived()
+            self.recheck()
         return await future
 
     def put_nowait(self, item: T) -> asyncio.Future[R]:
@@ -145,7 +145,7 @@ class Batcher(Generic[T, R]):
         future = self._future()
         self._queue.put_nowait((item, future))
         if self._lingering is not None:
-            self._arrived()
+            self.recheck()
         return future
 
     def post(self, item: T) -> None:
@@ -207,7 +207,9 @@ class Batcher(Generic[T, R]):
             self._lingering = None
             timer.cancel()
 
-    def _arrived(self) -> None:
+    def recheck(self) -> None:
+        """End a linger if ``gathered`` now holds (asked as each item arrives; a caller
+        whose items ``gathered`` counts only once they are queued asks again then)."""
         waiter = self._lingering
         if waiter is not None and self._gathered is not None and self._gathered():
             _wake(waiter)

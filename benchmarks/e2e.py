@@ -36,12 +36,22 @@ here, dropped at the end) and a broker (``--broker``):
   temporary directory, the monitoring endpoint on another port), stopped at the end; the
   shared state in the Redis of ``--redis-url``.
 
+``--one-process`` runs every role of ``postgres-redis`` in one ``clarion serve`` instead (the
+stores and the broker the same), to see what the hops between processes cost.
+
 The K API processes listen on K ports and the load generator sends its requests to them in
 turn, as a load balancer in front of them would. Not one port shared with SO_REUSEPORT: the
 kernel then gives each new connection to a listener by a hash of its addresses, and the
 load generator holds only ``--concurrency`` keep-alive connections (4 by default), so how
 many requests each process got would be left to chance (two of three processes could take
 them all); round robin gives each the same number, and needs nothing of Clarion.
+
+Paced (``--rate``), ``--burst N`` sends the requests N at a time, every N / rate seconds, at
+the same rate: how much of a request's cost is its process waking for it alone.
+``--awake`` keeps both cores from going idle for the run with two spinning processes of the
+lowest scheduling class (``SCHED_IDLE``: any other process preempts them at once; their CPU
+shows as ``other_s`` and the machine as fully busy): how much of the cost at a moderate
+rate is the cores waking from idle.
 
 A notification counts as delivered when the sink has received its webhook. Times are wall
 clock (``time.time()``) in both processes of this machine.
@@ -488,6 +498,7 @@ class Bench:
         self.server_names: dict[int, str] = {}  # pid -> name, of the servers started here
         self.process_names: dict[int, str] = {}
         self.sink: Child | None = None
+        self.spinners: list[subprocess.Popen[bytes]] = []  # --awake
         self.key = ""
         self.run_id = secrets.token_hex(4)
         # Roles on PostgreSQL refuse to start without one; every process shares it.
@@ -612,6 +623,9 @@ class Bench:
     def start_clarion(self, env: dict[str, str]) -> list[int]:
         """Start the Clarion processes; returns the worker processes' pids."""
         if self.args.config == "embedded":
+            self.children.start("serve", clarion("serve"), env)
+            return []
+        if self.args.one_process:
             self.children.start("serve", clarion("serve"), env)
             return []
         for i, port in enumerate(self.ports):
@@ -784,14 +798,16 @@ class Bench:
 
         per_request = 1 if self.args.mode == "single" else self.args.batch
         interval = per_request / self.args.rate if self.args.rate else 0.0
+        burst = self.args.burst
         slots = iter(range(len(bodies)))
         paced_from = time.monotonic()
 
         async def sender() -> None:
             while not queue.empty():
                 k, body = queue.get_nowait()
-                if interval:  # paced: request k goes out at k * interval, not before
-                    due = paced_from + next(slots) * interval
+                if interval:  # paced: request k goes out at k * interval (--burst: with
+                    # the others of its burst, at the first one's time), not before
+                    due = paced_from + next(slots) // burst * burst * interval
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
                 # Round robin over the API processes, as a load balancer in front of them.
                 await self.post_batch(client, body, load, self.bases[k % len(self.bases)])
@@ -843,6 +859,8 @@ class Bench:
             sink_url, sink = await self.start_sink()
             self.key = await asyncio.to_thread(self.create_tenant, env)
             worker_pids = self.start_clarion(env)
+            if self.args.awake:
+                self.spinners = [spin() for _ in os.sched_getaffinity(0)]
             timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
             connector = aiohttp.TCPConnector(limit=max(self.args.concurrency, 4))
             async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
@@ -850,6 +868,9 @@ class Bench:
                 await self.create_fixtures(session, sink_url)
                 return await self.measure(session, sink)
         finally:
+            for spinner in self.spinners:
+                spinner.kill()
+                spinner.wait()
             if sink is not None:
                 sink.close()
             if holder is not None:
@@ -935,7 +956,7 @@ class Bench:
         accept_span = max(load.accepted_at.values()) - load.started
         deliver_span = delivered[-1] - load.started
         apart = self.args.config == "postgres-redis"
-        workers = self.args.workers if apart else None
+        workers = self.args.workers if apart and not self.args.one_process else None
         return {
             "config": self.args.config,
             "broker": self.args.broker if apart else None,
@@ -952,6 +973,9 @@ class Bench:
             "batch": self.args.batch if self.args.mode == "batch" else 1,
             "concurrency": self.args.concurrency,
             "rate": self.args.rate or None,
+            "burst": self.args.burst if self.args.rate and self.args.burst > 1 else None,
+            "one_process": self.args.one_process or None,
+            "awake": self.args.awake or None,
             "idempotency_keys": self.args.idempotency_keys,
             "accepted": m,
             "rejected": dict(load.rejected),
@@ -1277,6 +1301,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--rate", type=float, default=0.0, help="notifications per second, paced (0: as fast)"
     )
     parser.add_argument(
+        "--burst",
+        type=int,
+        default=1,
+        help="with --rate: send the requests this many at a time, at the same rate",
+    )
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="postgres-redis: every role in one `clarion serve` (no --apis, --workers apart)",
+    )
+    parser.add_argument(
+        "--awake",
+        action="store_true",
+        help="keep every core from going idle with a spinning process of the lowest class",
+    )
+    parser.add_argument(
         "--no-idempotency-keys",
         dest="idempotency_keys",
         action="store_false",
@@ -1342,6 +1382,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--batch must be between 1 and 1000")
     if args.rate < 0:
         parser.error("--rate must be >= 0")
+    if args.burst < 1 or (args.burst > 1 and not args.rate):
+        parser.error("--burst must be >= 1, and goes with --rate")
     if min(args.notifications, args.recipients, args.workers, args.concurrency, args.apis) < 1:
         parser.error(
             "--notifications, --recipients, --workers, --apis and --concurrency must be >= 1"
@@ -1354,6 +1396,12 @@ def check_stores(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     """The options of the stores that go together; --shards defaults by --broker."""
     if args.config == "embedded" and (args.broker != "redis" or args.apis != 1):
         parser.error("--broker and --apis are for --config postgres-redis")
+    if args.one_process and (
+        args.config != "postgres-redis" or args.apis != 1 or args.urgent_workers
+    ):
+        parser.error(
+            "--one-process is for --config postgres-redis, without --apis or --urgent-workers"
+        )
     if args.shards is not None and (args.broker == "nats" or not 1 <= args.shards <= 64):
         parser.error("--shards is for a Redis broker, 1 to 64")
     if args.broker == "redis-cluster" and args.shards is None:
@@ -1364,6 +1412,18 @@ def check_stores(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--pg-server takes NAME=VALUE without spaces")
     if args.pg_statements and not args.private_postgres:
         parser.error("--pg-statements needs --private-postgres (a server's preload setting)")
+
+
+def spin() -> subprocess.Popen[bytes]:
+    """A process that keeps one core from going idle, and gives it up to any other at once
+    (``SCHED_IDLE``, the lowest scheduling class; Linux). It dies with this one."""
+    code = (
+        "import ctypes, os, signal\n"
+        "ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+        "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+        "while True: pass"
+    )
+    return subprocess.Popen([sys.executable, "-c", code])
 
 
 def wait_for_lock(lock: TextIO, wait: float) -> None:

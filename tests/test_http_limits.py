@@ -385,8 +385,19 @@ async def test_many_idle_connections_are_all_let_go_after_the_keep_alive(
 
 def _send(key: str, n: int) -> bytes:
     body = json.dumps({"template": "ping", "to": {"recipient_id": "r"}, "data": {"n": n}})
+    return _post(key, "/v1/notifications", body)
+
+
+def _send_two(key: str) -> bytes:
+    """One request of two notifications: its commit carries both, so the next one lingers
+    (as it does once notifications have been arriving together)."""
+    one = {"template": "ping", "to": {"recipient_id": "r"}, "data": {"n": 0}}
+    return _post(key, "/v1/notifications/batch", json.dumps({"notifications": [one, one]}))
+
+
+def _post(key: str, path: str, body: str) -> bytes:
     head = (
-        "POST /v1/notifications HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
         f"authorization: Bearer {key}\r\ncontent-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body.encode()
@@ -396,18 +407,25 @@ def _send(key: str, n: int) -> bytes:
 async def lingering(
     database_url: str, monkeypatch: pytest.MonkeyPatch, linger: float
 ) -> AsyncIterator[tuple[Harness, int]]:
-    """A served API whose group commit lingers ``linger`` seconds, as it does once
-    requests have been arriving together."""
+    """A served API whose group commit lingers ``linger`` seconds."""
     monkeypatch.setattr(intake_module, "COMMIT_LINGER", linger)
     settings = make_settings(database_url, "embedded://")
     async with running(settings) as harness:
         await harness.put_recipient("r")
         await harness.put_template("ping", {"channels": {"webhook": {"body": {"n": "{{ n }}"}}}})
-        intake = harness.runtime.intake
-        assert intake is not None
-        intake._commits._last = 2  # the last commit carried two: the next one lingers
         async with serving(harness) as port:
             yield harness, port
+
+
+async def together(
+    harness: Harness, first: tuple[asyncio.StreamReader, asyncio.StreamWriter]
+) -> None:
+    """Send two notifications in one request on ``first``, which stays open: the next
+    commit lingers."""
+    reader, writer = first
+    writer.write(_send_two(harness.key))
+    status, _, _ = await answer(reader)
+    assert status == 202
 
 
 async def test_a_commit_lingers_no_longer_once_every_connection_waits_on_it(
@@ -419,8 +437,9 @@ async def test_a_commit_lingers_no_longer_once_every_connection_waits_on_it(
     async with lingering(migrated_sqlite_url, monkeypatch, 60.0) as (harness, port):
         intake = harness.runtime.intake
         assert intake is not None
-        flushes = intake._commits.flushes
         connections = [await connect(port) for _ in range(3)]
+        await together(harness, connections[0])
+        flushes = intake._commits.flushes
         for n, (_, writer) in enumerate(connections):
             writer.write(_send(harness.key, n))
         answers = await asyncio.gather(*(answer(reader) for reader, _ in connections))
@@ -439,8 +458,9 @@ async def test_a_commit_lingers_while_a_connection_could_still_send(
     async with lingering(migrated_sqlite_url, monkeypatch, linger) as (harness, port):
         intake = harness.runtime.intake
         assert intake is not None
-        flushes = intake._commits.flushes
         idle = await connect(port)
+        await together(harness, idle)
+        flushes = intake._commits.flushes
         connections = [await connect(port) for _ in range(2)]
         loop = asyncio.get_running_loop()
         sent = loop.time()

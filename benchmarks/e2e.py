@@ -60,7 +60,9 @@ clock (``time.time()``) in both processes of this machine.
 ``processes``: each process (role, name, pid) with its CPU seconds, per notification and
 its busy share of one core over the window (``core_pct``; ``core_pct_range`` gives the
 lowest and highest per role of several processes, so one idle beside one saturated
-shows); PostgreSQL's processes are one row. ``costs`` (postgres-redis): what the stores did
+shows); PostgreSQL's processes are one row; ``by_role``: per notification, each role's
+CPU in the kernel (the rest is user time), and how often its processes went to sleep
+waiting for work and were preempted (context switches). ``costs`` (postgres-redis): what the stores did
 per notification (store_costs.py): Redis commands (summed over the cluster's masters),
 NATS messages and bytes, PostgreSQL commits, rows, WAL and, with ``pg_stat_statements``
 loaded (``--private-postgres --pg-statements``), statements. Its counters are read before
@@ -497,6 +499,7 @@ class Bench:
         self.stores: Stores | None = None  # where `costs` reads its counters
         self.server_names: dict[int, str] = {}  # pid -> name, of the servers started here
         self.process_names: dict[int, str] = {}
+        self.roles: dict[int, str] = {}  # pid -> role, as the last cpu_times() found them
         self.sink: Child | None = None
         self.spinners: list[subprocess.Popen[bytes]] = []  # --awake
         self.key = ""
@@ -882,11 +885,15 @@ class Bench:
         # not counted in it.
         stores_before = await snapshot(self.stores) if self.stores else {}
         cpu_before = self.cpu_times()
+        switches_before = self.switches()
         load = await self.send_all(session)
         log(f"accepted {len(load.accepted_at)} in {time.time() - load.started:.1f}s")
         m = len(load.accepted_at)
         await self.wait_delivered(sink, m)
-        cpu = cpu_used(cpu_before, self.cpu_times(), m, self.process_names)
+        cpu_after = self.cpu_times()
+        switches_after = self.switches()
+        cpu = cpu_used(cpu_before, cpu_after, m, self.process_names)
+        cpu["by_role"] = switches_used(switches_before, switches_after, m)
         await asyncio.sleep(self.args.settle)  # late repeats count as duplicates
         await sink.ask("dump")
         statuses = await self.check_statuses(session, load)
@@ -921,6 +928,7 @@ class Bench:
         names[os.getpid()] = "loadgen"
         self.process_names = names
         roles = {pid: name.split("-")[0] for pid, name in names.items()}
+        self.roles = roles
         postmaster = self.private_postgres.postmaster_pid() if self.private_postgres else None
         if postmaster is not None:
             roles[postmaster] = "postgres"
@@ -942,6 +950,11 @@ class Bench:
         times[("machine", 0)] = busy / os.sysconf("SC_CLK_TCK")
         times[("wall", 0)] = time.monotonic()
         return times
+
+    def switches(self) -> dict[tuple[str, int], tuple[float, int, int]]:
+        """For each process cpu_times() last found: its CPU seconds in the kernel, and how
+        many times it went to sleep (waiting for work) and was preempted so far."""
+        return {(role, pid): kernel_and_switches(pid) for pid, role in self.roles.items()}
 
     def figures(self, load: Load, received: list[tuple[str, str, float]]) -> dict[str, Any]:
         m = len(load.accepted_at)
@@ -1099,6 +1112,43 @@ def process_cpu(pid: int) -> float:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def kernel_and_switches(pid: int) -> tuple[float, int, int]:
+    """A process's system CPU seconds (in the kernel) and its main thread's voluntary and
+    involuntary context switches so far (zeros when it is gone)."""
+    stat, status = read_text(f"/proc/{pid}/stat"), read_text(f"/proc/{pid}/status")
+    if ")" not in stat:
+        return 0.0, 0, 0
+    kernel = int(stat.rsplit(")", 1)[1].split()[12]) / os.sysconf("SC_CLK_TCK")
+    counts = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    voluntary = int(counts.get("voluntary_ctxt_switches", "0"))
+    return kernel, voluntary, int(counts.get("nonvoluntary_ctxt_switches", "0"))
+
+
+def switches_used(
+    before: dict[tuple[str, int], tuple[float, int, int]],
+    after: dict[tuple[str, int], tuple[float, int, int]],
+    notifications: int,
+) -> dict[str, dict[str, float]]:
+    """By role, per notification: the CPU milliseconds spent in the kernel (the rest of
+    the role's CPU is user time), and how many times its processes went to sleep waiting
+    for work (``sleeps``: voluntary context switches) and were preempted by another process
+    (``preempted``)."""
+    totals: dict[str, list[float]] = {}
+    for (role, pid), (kernel, voluntary, preempted) in after.items():
+        was = before.get((role, pid), (0.0, 0, 0))
+        total = totals.setdefault(role, [0.0, 0.0, 0.0])
+        for i, (now, then) in enumerate(zip((kernel, voluntary, preempted), was, strict=True)):
+            total[i] += now - then
+    return {
+        role: {
+            "kernel_ms_per_notification": round(1000 * kernel / notifications, 3),
+            "sleeps_per_notification": round(voluntary / notifications, 2),
+            "preempted_per_notification": round(preempted / notifications, 2),
+        }
+        for role, (kernel, voluntary, preempted) in sorted(totals.items())
+    }
 
 
 def cpu_used(

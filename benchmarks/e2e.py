@@ -62,12 +62,12 @@ its busy share of one core over the window (``core_pct``; ``core_pct_range`` giv
 lowest and highest per role of several processes, so one idle beside one saturated
 shows); PostgreSQL's processes are one row; ``by_role``: per notification, each role's
 CPU in the kernel (the rest is user time), and how often its processes went to sleep
-waiting for work and were preempted (context switches). ``costs`` (postgres-redis): what the stores did
-per notification (store_costs.py): Redis commands (summed over the cluster's masters),
-NATS messages and bytes, PostgreSQL commits, rows, WAL and, with ``pg_stat_statements``
-loaded (``--private-postgres --pg-statements``), statements. Its counters are read before
-the CPU window opens and after the Clarion processes have stopped, so their reading costs
-the window nothing.
+waiting for work and were preempted (context switches). ``costs`` (postgres-redis): what
+the stores did per notification (store_costs.py): Redis commands (summed over the
+cluster's masters), NATS messages and bytes, PostgreSQL commits, rows, WAL and, with
+``pg_stat_statements`` loaded (``--private-postgres --pg-statements``), statements. Its
+counters are read before the CPU window opens and after the Clarion processes have
+stopped, so their reading costs the window nothing.
 """
 
 from __future__ import annotations

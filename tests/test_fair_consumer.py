@@ -319,3 +319,68 @@ async def test_a_consumer_of_some_lanes_ranks_them_among_all() -> None:
     assert len(started) == 23
     with pytest.raises(ValueError, match="one rank per lane"):
         ranked(["normal", "low"], [2])
+
+
+class OneRead:
+    """A broker with one message to hand out; then each read waits for the stop."""
+
+    def __init__(self, message: Message) -> None:
+        self._left = [message]
+        self.reads = 0
+
+    async def consume(
+        self,
+        streams: list[str],
+        consumer: str,
+        count: int,
+        timeout: float,
+        *,
+        overfill: bool = False,
+        stop: asyncio.Event | None = None,
+    ) -> list[Message]:
+        self.reads += 1
+        if self._left:
+            given, self._left = self._left, []
+            return given
+        assert stop is not None
+        await stop.wait()
+        return []
+
+
+async def test_within_a_take_of_its_cap_it_spills_what_waits_for_a_slow_endpoint() -> None:
+    """Everything waiting is parked behind a slow endpoint and the consumer holds one short
+    of ``max_held``: too near the cap to read a take (above), and not at it. The messages
+    parked for the slow endpoint are spilled and it reads on to another tenant's work, not
+    waiting for the slow sends to end (a hanging webhook's: at its timeout)."""
+    clock = Clock()
+    release, quiet_started = asyncio.Event(), asyncio.Event()
+
+    async def handle(msg: Message) -> None:
+        if msg.id == "q":
+            quiet_started.set()
+        await release.wait()
+
+    spilled: list[Message] = []
+
+    async def spill(messages: list[Message]) -> None:
+        spilled.extend(messages)
+
+    broker = OneRead(Message("send.x.normal", "q", {"tenant": "b", "to": "two"}))
+    consumer = per_endpoint(handle, max_held=100, spill=spill, clock=clock)
+    consumer._broker = broker  # type: ignore[assignment]
+    consumer._enqueue([to(f"m{i}", "one") for i in range(99)])
+    await asyncio.sleep(0)
+    assert consumer.held == 99
+    assert consumer._wanted() == 0
+    clock.now += 2.0  # the endpoint's sends have been under way past the slow mark
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    try:
+        async with asyncio.timeout(5):
+            await quiet_started.wait()
+    finally:
+        stop.set()
+        release.set()
+        await running
+    assert len(spilled) == 99 - 2 * consumer.endpoint_limit
+    assert {m.payload["to"] for m in spilled} == {"one"}

@@ -32,9 +32,10 @@ Read-ahead
     is held back (its tenant, endpoint or the retries at their limit): then it reads ahead
     (up to ``max_held`` messages held in all) to reach other work behind it. Held messages
     have their leases renewed, so waiting in this process never makes the broker hand them
-    to another consumer. With ``spill``, a consumer that holds ``max_held`` and can start
-    none of it hands the messages parked for slow endpoints (but ``endpoint_limit`` each)
-    to ``spill``, which puts them back for later, and reads on.
+    to another consumer. With ``spill``, a consumer that holds ``max_held`` (or too near it
+    to read a take) and can start none of it hands the messages parked for slow endpoints
+    (but ``endpoint_limit`` each) to ``spill``, which puts them back for later, and reads
+    on.
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ class FairConsumer:
         try:
             while not stop.is_set():
                 count = self._wanted()
-                if count <= 0 and self._spill is not None and self.held >= self._max_held:
+                if count <= 0 and self._spill is not None and self._too_full_to_read():
                     await self._spill_parked()
                     count = self._wanted()
                 if count <= 0:
@@ -258,6 +259,12 @@ class FairConsumer:
             await self._spill(spilled)
         except Exception as exc:
             log.warning("%s: spilling %d failed: %r", self._name, len(spilled), exc)
+
+    def _too_full_to_read(self) -> bool:
+        """Too little room for a take: held up to ``max_held``, or within a take of it
+        (:meth:`_wanted` then reads nothing until a handful finish, and a handful to a
+        hanging endpoint finish only at its timeout)."""
+        return self._max_held - self.held < min(self._min_take, self._max_held)
 
     def _reading(self) -> list[str]:
         """The streams to take from: the retry stream too while few retries wait here."""

@@ -328,16 +328,7 @@ class OneRead:
         self._left = [message]
         self.reads = 0
 
-    async def consume(
-        self,
-        streams: list[str],
-        consumer: str,
-        count: int,
-        timeout: float,
-        *,
-        overfill: bool = False,
-        stop: asyncio.Event | None = None,
-    ) -> list[Message]:
+    async def consume(self, *_: Any, stop: asyncio.Event | None = None, **__: Any) -> list[Message]:
         self.reads += 1
         if self._left:
             given, self._left = self._left, []

@@ -326,10 +326,8 @@ class OneRead:
 
     def __init__(self, message: Message) -> None:
         self._left = [message]
-        self.reads = 0
 
     async def consume(self, *_: Any, stop: asyncio.Event | None = None, **__: Any) -> list[Message]:
-        self.reads += 1
         if self._left:
             given, self._left = self._left, []
             return given

@@ -282,7 +282,7 @@ class FairConsumer:
         if self._waiting_count:
             # Reading ahead with the held messages near ``max_held``: wait for a handful of
             # them to finish rather than take one message per finished handler.
-            if room < min(self._min_take, self._max_held):
+            if self._too_full_to_read():
                 return 0
             if self._held().everyone and self._waiting_count >= self.concurrency:
                 # Every tenant's lower lanes are giving way: what waits here is held back

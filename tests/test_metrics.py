@@ -92,6 +92,10 @@ async def test_metrics_follow_a_send(app: Harness) -> None:
     call = {"channel": "email", "provider": "sandbox", "outcome": "ok"}
     assert delta("clarion_provider_call_seconds_count", **call) == 3
     assert delta("clarion_planner_batch_size_sum") >= 3
+    # Four requests one after another reached the intake (an unknown template is found by
+    # the commit's insert; an invalid body is refused before): a commit of one each.
+    assert delta("clarion_intake_commit_size_sum") == 4
+    assert delta("clarion_intake_commit_seconds_count") == 4
     # Read at scrape time: every stream, the outbox, the pools, live connections.
     for stream in ("plan", "send.email.normal", "send.sms.critical", "events"):
         key = ("clarion_stream_lag", frozenset({("stream", stream), ("group", "clarion")}))

@@ -34,6 +34,8 @@ from clarion.domain.delivery import Stored
 # accept → sent: from milliseconds (in-app) to an hour (a retried or rate-limited email).
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# A group commit: a round trip and an fsync, from half a millisecond to a stalled server.
+COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 # How late the event loop ran a timer: from a fraction of a millisecond (nothing else
 # ready) to seconds (a stall: a long computation, a blocking call).
@@ -150,6 +152,18 @@ class Metrics:
             "channel",
             "provider",
             "status",
+        )
+        self.commit_size = histogram(
+            "clarion_intake_commit_size",
+            "Notifications stored by one group commit of the API's intake (every request "
+            "waiting at that moment shares it)",
+            BATCH_BUCKETS,
+        )
+        self.commit_seconds = histogram(
+            "clarion_intake_commit_seconds",
+            "Time one group commit of the API's intake took, its linger left out: what a "
+            "202 waits for beside the event loop",
+            COMMIT_BUCKETS,
         )
         self.planner_batch = histogram(
             "clarion_planner_batch_size",
@@ -313,6 +327,13 @@ def give_way_spent() -> None:
     if not ENABLED:
         return
     METRICS.give_way_spent.inc()
+
+
+def intake_commit(size: int, seconds: float) -> None:
+    if not ENABLED:
+        return
+    METRICS.commit_size.observe(size)
+    METRICS.commit_seconds.observe(seconds)
 
 
 def planner_batch(size: int, seconds: float) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -98,9 +99,12 @@ class Intake:
         return await self._allowances.take(take)
 
     async def _commit(self, items: list[store.NewNotification]) -> list[store.Admission]:
-        return await store.accept(
+        started = time.perf_counter()
+        admissions = await store.accept(
             self._ctx.engine, items, outbox_grace=self._ctx.settings.outbox_grace, pg=self._ctx.pg
         )
+        metrics.intake_commit(len(items), time.perf_counter() - started)
+        return admissions
 
     async def _publish(self, items: list[store.NewNotification]) -> list[None]:
         streams = plan_messages((i.id, i.tenant_id, i.trace, i.priority) for i in items)

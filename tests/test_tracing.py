@@ -157,7 +157,7 @@ def test_off_costs_nothing() -> None:
     assert not tracing.ON
     assert tracing.traceparent() is None
     assert tracing.batch("x", [], 0) is tracing._NOOP
-    assert tracing.planning([]) is tracing._NOOP
+    assert tracing.planning([], lambda message: []) is tracing._NOOP
     assert tracing.taking("email", []) is tracing._NOOP
     assert tracing.writing([]) is tracing._NOOP
     assert tracing.carried("ntf_1") is None
@@ -357,3 +357,34 @@ async def test_a_global_provider_adds_no_framework_span_to_a_request(
         assert sent.status_code == 202
         assert (await app.client.get("/v1/templates/welcome", headers=app.auth)).status_code == 200
     assert exporter.get_finished_spans() == ()
+
+
+async def test_notifications_of_one_request_each_keep_the_trace(
+    traced: Harness, exported: InMemorySpanExporter
+) -> None:
+    """A batch request's notifications share one plan message (the first and ``more``):
+    the planner stamps every one of them with the trace, not only the first."""
+    app = traced
+    await app.put_template("hello", EMAIL)
+    await app.put_recipient("u1", email="u1@example.com")
+    exported.clear()
+    caller = f"00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01"
+    items = [{"template": "hello", "to": {"recipient_id": "u1"}} for _ in range(3)]
+    response = await app.client.post(
+        "/v1/notifications/batch",
+        json={"notifications": items},
+        headers={**app.auth, "traceparent": caller},
+    )
+    assert response.status_code == 202, response.text
+    ids = [result["id"] for result in response.json()["results"]]
+    assert len(ids) == 3
+    await app.drain()
+    for nid in ids:
+        await app.until(lambda nid=nid: _done(app, nid))
+    attempts = _named(list(exported.get_finished_spans()), "delivery.attempt")
+    stamped = {}
+    for attempt in attempts:
+        assert attempt.attributes is not None
+        assert attempt.context is not None
+        stamped[attempt.attributes["clarion.notification_id"]] = attempt.context.trace_id
+    assert stamped == dict.fromkeys(ids, CALLER_TRACE)

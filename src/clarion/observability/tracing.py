@@ -35,7 +35,7 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -232,30 +232,24 @@ def writing(changes: Sequence[Any]) -> Any:
     return _batch("status.write", (c.trace for c in changes), len(changes), {})
 
 
-def planning(messages: Sequence[Any]) -> Any:
+def planning(messages: Sequence[Any], ids_of: Callable[[Any], Sequence[str]]) -> Any:
     """The planner's batch span; within it, the deliveries planned take the traceparent
-    their notification's plan message carried (:func:`stamped`)."""
+    their notification's plan message carried (:func:`stamped`). ``ids_of``: the
+    notifications a message asks to plan (the message format is the pipeline's)."""
     if not ON:
         return _NOOP
-    return _planning(messages)
+    return _planning(messages, ids_of)
 
 
 @contextlib.contextmanager
-def _planning(messages: Sequence[Any]) -> Iterator[None]:
+def _planning(messages: Sequence[Any], ids_of: Callable[[Any], Sequence[str]]) -> Iterator[None]:
     carried: dict[str, str] = {}
     for message in messages:
-        payload = message.payload
-        nid, trace, more = (
-            payload.get("notification"),
-            payload.get("traceparent"),
-            payload.get("more"),
-        )
-        if isinstance(nid, str) and isinstance(trace, str):
-            carried[nid] = trace
-            # A plan message may carry more notifications of the same trace.
-            for other in more if isinstance(more, list) else ():
-                if isinstance(other, str):
-                    carried[other] = trace
+        trace = message.payload.get("traceparent")
+        if isinstance(trace, str):
+            # A plan message may carry several notifications of the same trace.
+            for nid in ids_of(message):
+                carried[nid] = trace
     token = _carried.set(carried)
     try:
         with _batch("planner.batch", carried.values(), len(messages), {}):

@@ -286,7 +286,7 @@ class Planner:
                 for m in messages
                 if urgent or m.payload.get("priority") in URGENT
             ]
-            with tracing.planning(messages), self._ctx.urgency.holding(tenants):
+            with tracing.planning(messages, planned_ids), self._ctx.urgency.holding(tenants):
                 async with holding(self._ctx.broker, messages, self._consumer, lease):
                     await self._handle_isolated(messages)
             await self._ctx.broker.ack(messages)

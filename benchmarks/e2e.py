@@ -631,9 +631,11 @@ class Bench:
         if self.args.one_process:
             self.children.start("serve", clarion("serve"), env)
             return []
+        api_args = ["api", "--planner"] if self.args.api_plans else ["api"]
         for i, port in enumerate(self.ports):
-            self.children.start(f"api-{i}", clarion("api"), {**env, "CLARION_HTTP_PORT": str(port)})
-        worker_args = ["worker"]
+            env_i = {**env, "CLARION_HTTP_PORT": str(port)}
+            self.children.start(f"api-{i}", clarion(*api_args), env_i)
+        worker_args = ["worker", "--no-planner"] if self.args.api_plans else ["worker"]
         if self.args.worker_channels:
             worker_args += ["--channels", self.args.worker_channels]
         urgent_args = []
@@ -988,6 +990,7 @@ class Bench:
             "rate": self.args.rate or None,
             "burst": self.args.burst if self.args.rate and self.args.burst > 1 else None,
             "one_process": self.args.one_process or None,
+            "api_plans": self.args.api_plans or None,
             "awake": self.args.awake or None,
             "idempotency_keys": self.args.idempotency_keys,
             "accepted": m,
@@ -1362,6 +1365,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="postgres-redis: every role in one `clarion serve` (no --apis, --workers apart)",
     )
     parser.add_argument(
+        "--api-plans",
+        action="store_true",
+        help="postgres-redis: `clarion api --planner` and `clarion worker --no-planner`",
+    )
+    parser.add_argument(
         "--awake",
         action="store_true",
         help="keep every core from going idle with a spinning process of the lowest class",
@@ -1451,6 +1459,12 @@ def check_stores(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     ):
         parser.error(
             "--one-process is for --config postgres-redis, without --apis or --urgent-workers"
+        )
+    if args.api_plans and (
+        args.config != "postgres-redis" or args.one_process or args.urgent_workers
+    ):
+        parser.error(
+            "--api-plans is for --config postgres-redis, without --one-process or --urgent-workers"
         )
     if args.shards is not None and (args.broker == "nats" or not 1 <= args.shards <= 64):
         parser.error("--shards is for a Redis broker, 1 to 64")

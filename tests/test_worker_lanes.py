@@ -170,3 +170,34 @@ async def test_high_priority_planning_has_a_lead_of_its_own(
             await app.until(done)
         assert await another.lead(PLAN_HIGH_STREAM, "another", ttl=5)
         assert await another.lead(PLAN_STREAM, "another", ttl=5)
+
+
+def test_an_api_that_plans() -> None:
+    """`clarion api --planner`: the API and a planner of every lane, no channel worker;
+    `clarion api` alone plans nothing."""
+    args = cli.build_parser().parse_args(["api", "--planner"])
+    roles = cli._roles(args)
+    assert (roles.api, roles.planner, roles.channels, roles.scheduler) == (True, True, (), False)
+    assert roles.lanes == LANES
+    plain = cli._roles(cli.build_parser().parse_args(["api"]))
+    assert (plain.api, plain.planner, plain.channels) == (True, False, ())
+
+
+async def test_an_api_that_plans_leaves_the_sends_to_the_workers(
+    backend: tuple[str, str],
+) -> None:
+    """Its notifications are planned in the API's process: their deliveries are made and
+    wait, queued, for a channel worker (`clarion worker --no-planner`)."""
+    roles = cli._roles(cli.build_parser().parse_args(["api", "--planner"]))
+    async with running(make_settings(*backend), roles) as app:
+        assert app.runtime.workers == []
+        assert {"planner", "planner-critical", "planner-high"} <= _tasks(app)
+        await app.put_recipient("u")
+        await app.put_template("hi", INAPP)
+        nid = await _sent(app, "normal")
+
+        async def planned() -> bool:
+            deliveries = (await app.notification(nid)).get("deliveries") or []
+            return [d["status"] for d in deliveries] == ["queued"]
+
+        await app.until(planned)

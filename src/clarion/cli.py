@@ -96,7 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"clarion {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run every role in one process (the embedded default)")
-    sub.add_parser("api", help="run the HTTP API")
+    api = sub.add_parser("api", help="run the HTTP API")
+    api.add_argument(
+        "--planner",
+        action="store_true",
+        help="plan in this process too, beside workers run with --no-planner: less CPU per "
+        "notification at a moderate rate on a small machine (docs/operations.md, Scaling)",
+    )
     worker = sub.add_parser("worker", help="run the planner and channel workers")
     worker.add_argument("--channels", type=_channels, default=list(ALL_CHANNELS))
     worker.add_argument("--no-planner", action="store_true", help="run channel workers only")
@@ -198,7 +204,7 @@ def _roles(args: argparse.Namespace) -> Roles:
     if args.command == "serve":
         return Roles.everything()
     if args.command == "api":
-        return Roles(api=True)
+        return Roles(api=True, planner=args.planner)
     if args.command == "scheduler":
         return Roles(scheduler=True)
     return Roles(planner=not args.no_planner, channels=args.channels, lanes=args.lanes)

@@ -10,6 +10,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -475,3 +476,20 @@ async def test_a_commit_lingers_while_a_connection_could_still_send(
         assert group_commits() == commits + 1
         for _, writer in [idle, *connections]:
             writer.close()
+
+
+async def test_a_request_whose_commit_is_written_no_longer_counts_as_waiting() -> None:
+    """A request counts as waiting on the commit until its notifications are written, not
+    until its handler runs again: once written, its connection may send the next request,
+    so a commit lingering for it must not end early by counting it still."""
+    limiter = SimpleNamespace(take_many=None)
+    intake = intake_module.Intake(SimpleNamespace(resilience=SimpleNamespace(limiter=limiter)))  # type: ignore[arg-type]
+    intake.open_connections = lambda: 2
+    loop = asyncio.get_running_loop()
+    written, waiting = loop.create_future(), loop.create_future()
+    intake._waiting.extend([written, waiting])
+    assert intake._all_waiting()
+    written.set_result(None)  # its answer is on its way; its handler has not run yet
+    assert not intake._all_waiting()
+    waiting.set_result(None)
+    assert not intake._all_waiting()
